@@ -1,0 +1,240 @@
+package cache_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+// drivers is every driver the store suite runs on. S3 joins with the issue
+// that adds it.
+var drivers = map[string]func(t *testing.T) storagedriver.StorageDriver{
+	"inmemory": func(t *testing.T) storagedriver.StorageDriver { return inmemory.New() },
+	"filesystem": func(t *testing.T) storagedriver.StorageDriver {
+		return filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 100})
+	},
+}
+
+func TestStore(t *testing.T) {
+	t.Parallel()
+	for name, newDriver := range drivers {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			runStoreSuite(t, newDriver)
+		})
+	}
+}
+
+func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.StorageDriver) {
+	ctx := context.Background()
+	content := bytes.Repeat([]byte("regnorm-"), 4096)
+	dgst := digest.FromBytes(content)
+
+	tests := []struct {
+		name string
+		run  func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store)
+	}{
+		{"blob round trip with known size", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			ingest(t, s, dgst, int64(len(content)), content)
+			assertBlob(t, s, dgst, content)
+		}},
+		{"blob round trip with unknown size", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			ingest(t, s, dgst, -1, content)
+			assertBlob(t, s, dgst, content)
+		}},
+		{"wrong bytes are never published", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			bad := bytes.Clone(content)
+			bad[10] ^= 0xff
+			err := ingestErr(t, s, dgst, int64(len(bad)), bad)
+			if !errors.Is(err, cache.ErrDigestMismatch) {
+				t.Fatalf("commit: got %v, want ErrDigestMismatch", err)
+			}
+			assertAbsent(t, d, s, dgst)
+		}},
+		{"truncated content is never published", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			err := ingestErr(t, s, dgst, int64(len(content)), content[:100])
+			if !errors.Is(err, cache.ErrSizeMismatch) {
+				t.Fatalf("commit: got %v, want ErrSizeMismatch", err)
+			}
+			assertAbsent(t, d, s, dgst)
+		}},
+		{"content longer than announced is refused while writing", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			in, err := s.IngestBlob(ctx, dgst, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := in.Write(content); !errors.Is(err, cache.ErrSizeMismatch) {
+				t.Fatalf("write: got %v, want ErrSizeMismatch", err)
+			}
+			if err := in.Cancel(ctx); err != nil {
+				t.Fatal(err)
+			}
+			assertAbsent(t, d, s, dgst)
+		}},
+		{"cancel leaves nothing", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			in, err := s.IngestBlob(ctx, dgst, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in.Write(content[:50])
+			if err := in.Cancel(ctx); err != nil {
+				t.Fatal(err)
+			}
+			assertAbsent(t, d, s, dgst)
+		}},
+		{"open seeks", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			ingest(t, s, dgst, -1, content)
+			rc, _, err := s.OpenBlob(ctx, dgst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			for _, off := range []int64{1000, 5, int64(len(content)) - 3} {
+				if _, err := rc.Seek(off, io.SeekStart); err != nil {
+					t.Fatal(err)
+				}
+				got := make([]byte, 3)
+				if _, err := io.ReadFull(rc, got); err != nil {
+					t.Fatalf("read at %d: %v", off, err)
+				}
+				if want := content[off : off+3]; !bytes.Equal(got, want) {
+					t.Fatalf("read at %d: got %q, want %q", off, got, want)
+				}
+			}
+			if n, err := rc.Seek(-1, io.SeekEnd); err != nil || n != int64(len(content))-1 {
+				t.Fatalf("seek from end: %d, %v", n, err)
+			}
+		}},
+		{"missing blob", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			if _, _, err := s.OpenBlob(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("open: got %v, want ErrNotFound", err)
+			}
+		}},
+		{"manifest round trip keeps bytes", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			body := []byte(`{"schemaVersion":2,  "mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
+			want := cache.Manifest{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest.FromBytes(body), Content: body}
+			if err := s.PutManifest(ctx, want); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.GetManifest(ctx, want.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.MediaType != want.MediaType || !bytes.Equal(got.Content, want.Content) {
+				t.Fatalf("got %+v, want %+v", got, want)
+			}
+		}},
+		{"manifest under a wrong digest is refused", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			err := s.PutManifest(ctx, cache.Manifest{MediaType: "x", Digest: dgst, Content: []byte("{}")})
+			if !errors.Is(err, cache.ErrDigestMismatch) {
+				t.Fatalf("put: got %v, want ErrDigestMismatch", err)
+			}
+			if _, err := s.GetManifest(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("get: got %v, want ErrNotFound", err)
+			}
+		}},
+		{"tag records per upstream", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+			a := cache.TagRecord{Digest: dgst, MediaType: "m", Size: 3, CheckedAt: now}
+			if err := s.PutTag(ctx, "127.0.0.1:5000", "library/redis", "latest", a); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.GetTag(ctx, "127.0.0.1:5000", "library/redis", "latest")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != a {
+				t.Fatalf("got %+v, want %+v", got, a)
+			}
+			for _, other := range [][3]string{{"127.0.0.1_5000", "library/redis", "latest"}, {"127.0.0.1:5000", "library/redis", "7"}, {"docker.io", "library/redis", "latest"}} {
+				if _, err := s.GetTag(ctx, other[0], other[1], other[2]); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("get %v: got %v, want ErrNotFound", other, err)
+				}
+			}
+		}},
+		{"clean uploads removes only old leftovers", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			in, err := s.IngestBlob(ctx, dgst, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in.Write(content)
+			if n, err := s.CleanUploads(ctx, time.Hour, time.Now()); err != nil || n != 0 {
+				t.Fatalf("young upload: removed %d, %v", n, err)
+			}
+			if n, err := s.CleanUploads(ctx, time.Hour, time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+				t.Fatalf("old upload: removed %d, %v", n, err)
+			}
+			assertAbsent(t, d, s, dgst)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d := newDriver(t)
+			tt.run(t, d, cache.New(d))
+		})
+	}
+}
+
+func ingest(t *testing.T, s *cache.Store, dgst digest.Digest, size int64, content []byte) {
+	t.Helper()
+	if err := ingestErr(t, s, dgst, size, content); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ingestErr(t *testing.T, s *cache.Store, dgst digest.Digest, size int64, content []byte) error {
+	t.Helper()
+	in, err := s.IngestBlob(context.Background(), dgst, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	return in.Commit(context.Background())
+}
+
+func assertBlob(t *testing.T, s *cache.Store, dgst digest.Digest, want []byte) {
+	t.Helper()
+	rc, info, err := s.OpenBlob(context.Background(), dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) || info.Size != int64(len(want)) {
+		t.Fatalf("blob %s: got %d bytes (info %d), want %d", dgst, len(got), info.Size, len(want))
+	}
+}
+
+// assertAbsent checks that neither the blob nor any temporary object is left.
+func assertAbsent(t *testing.T, d storagedriver.StorageDriver, s *cache.Store, dgst digest.Digest) {
+	t.Helper()
+	if _, err := s.StatBlob(context.Background(), dgst); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("stat: got %v, want ErrNotFound", err)
+	}
+	var left []string
+	d.Walk(context.Background(), "/_uploads", func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			left = append(left, fi.Path())
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Fatalf("temporary objects left behind: %v", left)
+	}
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is regnorm's whole configuration. Precedence, lowest first: the
+// embedded defaults, the YAML file, REGNORM_* environment variables, flags.
+type Config struct {
+	// Listen is the address the mirror serves on.
+	Listen string `yaml:"listen"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"logLevel"`
+	// LogFormat is text or json.
+	LogFormat string `yaml:"logFormat"`
+	// DefaultUpstream answers requests without an ns parameter.
+	DefaultUpstream string `yaml:"defaultUpstream"`
+	// TagTTL is how long a tag is served from cache before upstream is asked again.
+	TagTTL time.Duration `yaml:"tagTTL"`
+	// FetchTimeout bounds one blob download from upstream.
+	FetchTimeout time.Duration `yaml:"fetchTimeout"`
+	// ShutdownTimeout is how long in-flight requests may finish after SIGTERM.
+	ShutdownTimeout time.Duration `yaml:"shutdownTimeout"`
+	// SpoolDir holds the (unlinked) files that fan a download out to many
+	// clients. Empty means the system temporary directory.
+	SpoolDir string `yaml:"spoolDir"`
+	// Cache selects and configures the storage driver.
+	Cache CacheConfig `yaml:"cache"`
+	// Upstreams are the registries this mirror serves. A list in the file
+	// replaces the default list whole.
+	Upstreams []UpstreamConfig `yaml:"upstreams"`
+}
+
+// CacheConfig selects the storage driver.
+type CacheConfig struct {
+	// Driver is filesystem or inmemory.
+	Driver     string           `yaml:"driver"`
+	Filesystem FilesystemConfig `yaml:"filesystem"`
+}
+
+// FilesystemConfig configures the filesystem driver.
+type FilesystemConfig struct {
+	RootDirectory string `yaml:"rootDirectory"`
+}
+
+// UpstreamConfig is one upstream registry.
+type UpstreamConfig struct {
+	// Name is the registry as containerd names it in ns, e.g. docker.io.
+	Name string `yaml:"name"`
+	// URL is the endpoint; http:// for plain HTTP.
+	URL string `yaml:"url"`
+	// CAFile is a PEM bundle trusted in addition to the system roots.
+	CAFile string `yaml:"caFile"`
+	// Username for Basic auth and token requests.
+	Username string `yaml:"username"`
+	// PasswordFile holds the password (or token) for Username.
+	PasswordFile string `yaml:"passwordFile"`
+	// PasswordEnv names an environment variable holding the password.
+	PasswordEnv string `yaml:"passwordEnv"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		Listen:          ":5000",
+		LogLevel:        "info",
+		LogFormat:       "text",
+		DefaultUpstream: "docker.io",
+		TagTTL:          5 * time.Minute,
+		FetchTimeout:    time.Hour,
+		ShutdownTimeout: 30 * time.Second,
+		Cache:           CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
+		Upstreams: []UpstreamConfig{
+			{Name: "docker.io", URL: "https://registry-1.docker.io"},
+			{Name: "quay.io", URL: "https://quay.io"},
+			{Name: "ghcr.io", URL: "https://ghcr.io"},
+			{Name: "registry.k8s.io", URL: "https://registry.k8s.io"},
+			{Name: "gcr.io", URL: "https://gcr.io"},
+		},
+	}
+}
+
+// loadConfig builds the configuration from args and the environment.
+func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	cfg := defaultConfig()
+	fs := flag.NewFlagSet("regnorm", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		configFile = fs.String("config", getenv("REGNORM_CONFIG"), "YAML configuration file (env REGNORM_CONFIG)")
+		listen     = fs.String("listen", "", "listen address (env REGNORM_LISTEN; default :5000)")
+		dataDir    = fs.String("data-dir", "", "filesystem cache directory (env REGNORM_DATA_DIR; default ./data)")
+		driver     = fs.String("cache-driver", "", "cache storage driver: filesystem or inmemory (env REGNORM_CACHE_DRIVER)")
+		defaultUp  = fs.String("default-upstream", "", "upstream for requests without ns (env REGNORM_DEFAULT_UPSTREAM; default docker.io)")
+		tagTTL     = fs.String("tag-ttl", "", "how long a tag is served from cache, e.g. 5m (env REGNORM_TAG_TTL)")
+		logLevel   = fs.String("log-level", "", "debug, info, warn or error (env REGNORM_LOG_LEVEL)")
+		logFormat  = fs.String("log-format", "", "text or json (env REGNORM_LOG_FORMAT)")
+	)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *configFile != "" {
+		if err := readConfigFile(*configFile, &cfg); err != nil {
+			return Config{}, err
+		}
+	}
+	// Environment, then flags: the later one wins.
+	for _, o := range []struct {
+		flag, env string
+		set       func(string) error
+	}{
+		{*listen, "REGNORM_LISTEN", func(v string) error { cfg.Listen = v; return nil }},
+		{*dataDir, "REGNORM_DATA_DIR", func(v string) error { cfg.Cache.Filesystem.RootDirectory = v; return nil }},
+		{*driver, "REGNORM_CACHE_DRIVER", func(v string) error { cfg.Cache.Driver = v; return nil }},
+		{*defaultUp, "REGNORM_DEFAULT_UPSTREAM", func(v string) error { cfg.DefaultUpstream = v; return nil }},
+		{*logLevel, "REGNORM_LOG_LEVEL", func(v string) error { cfg.LogLevel = v; return nil }},
+		{*logFormat, "REGNORM_LOG_FORMAT", func(v string) error { cfg.LogFormat = v; return nil }},
+		{*tagTTL, "REGNORM_TAG_TTL", func(v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("config: tagTTL: %w", err)
+			}
+			cfg.TagTTL = d
+			return nil
+		}},
+	} {
+		for _, v := range []string{getenv(o.env), o.flag} {
+			if v == "" {
+				continue
+			}
+			if err := o.set(v); err != nil {
+				return Config{}, err
+			}
+		}
+	}
+	return cfg, cfg.validate()
+}
+
+func readConfigFile(path string, cfg *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true) // a misspelt field is an error, not a silent default
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// validate checks everything before anything starts; each error names the field.
+func (c Config) validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("logLevel", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("logFormat", "%q is not text or json", c.LogFormat)
+	}
+	if c.TagTTL < 0 {
+		bad("tagTTL", "must not be negative")
+	}
+	if c.FetchTimeout <= 0 {
+		bad("fetchTimeout", "must be positive")
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdownTimeout", "must not be negative")
+	}
+	switch c.Cache.Driver {
+	case "filesystem":
+		if c.Cache.Filesystem.RootDirectory == "" {
+			bad("cache.filesystem.rootDirectory", "must be set for the filesystem driver")
+		}
+	case "inmemory":
+	default:
+		bad("cache.driver", "%q is not filesystem or inmemory", c.Cache.Driver)
+	}
+	if len(c.Upstreams) == 0 {
+		bad("upstreams", "at least one upstream is needed")
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Upstreams {
+		field := fmt.Sprintf("upstreams[%d]", i)
+		switch {
+		case u.Name == "":
+			bad(field+".name", "must be set")
+		case strings.ContainsAny(u.Name, "/ ?#"):
+			bad(field+".name", "%q is not a registry host name", u.Name)
+		case seen[u.Name]:
+			bad(field+".name", "%q is configured twice", u.Name)
+		}
+		seen[u.Name] = true
+		if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || parsed.RawQuery != "" {
+			bad(field+".url", "%q is not an http(s) URL", u.URL)
+		}
+		if u.PasswordFile != "" && u.PasswordEnv != "" {
+			bad(field+".passwordFile", "set passwordFile or passwordEnv, not both")
+		}
+		if (u.PasswordFile != "" || u.PasswordEnv != "") && u.Username == "" {
+			bad(field+".username", "must be set when a password is configured")
+		}
+	}
+	if !seen[c.DefaultUpstream] {
+		bad("defaultUpstream", "%q is not one of the configured upstreams", c.DefaultUpstream)
+	}
+	return errors.Join(errs...)
+}

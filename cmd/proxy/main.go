@@ -1,0 +1,181 @@
+// Command proxy runs regnorm, a pull-through registry mirror for containerd
+// that normalizes images on the way through.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "regnorm:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+
+	upstreams, err := buildUpstreams(cfg.Upstreams, getenv)
+	if err != nil {
+		return err
+	}
+	driver, err := buildDriver(cfg.Cache)
+	if err != nil {
+		return err
+	}
+	store := cache.New(driver)
+	// Temporary objects older than any live download are a crashed
+	// process's leftovers.
+	if n, err := store.CleanUploads(ctx, cfg.FetchTimeout+time.Hour, time.Now()); err != nil {
+		log.Warn("cleaning leftover uploads failed", "error", err)
+	} else if n > 0 {
+		log.Info("removed leftover uploads", "count", n)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := proxy.New(proxy.Options{
+		Store:           store,
+		Upstreams:       upstreams,
+		DefaultUpstream: cfg.DefaultUpstream,
+		TagTTL:          cfg.TagTTL,
+		SpoolDir:        cfg.SpoolDir,
+		FetchTimeout:    cfg.FetchTimeout,
+		Metrics:         proxy.NewMetrics(reg),
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	httpSrv := &http.Server{
+		Handler:           srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})),
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("regnorm listening", "address", ln.Addr().String(), "cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", "drain_timeout", cfg.ShutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
+		defer cancel()
+		return httpSrv.Shutdown(sctx)
+	})
+	return g.Wait()
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel)) // validated already
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func buildDriver(c CacheConfig) (storagedriver.StorageDriver, error) {
+	switch c.Driver {
+	case "inmemory":
+		return inmemory.New(), nil
+	case "filesystem":
+		root, err := filepath.Abs(c.Filesystem.RootDirectory)
+		if err != nil {
+			return nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
+		}
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
+		}
+		return filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100}), nil
+	}
+	return nil, fmt.Errorf("config: cache.driver: %q is not supported", c.Driver)
+}
+
+// buildUpstreams reads CA files and passwords: the files and environment
+// variables the configuration names.
+func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]proxy.UpstreamConfig, error) {
+	var out []proxy.UpstreamConfig
+	for i, c := range cfgs {
+		field := fmt.Sprintf("config: upstreams[%d]", i)
+		u, err := url.Parse(c.URL)
+		if err != nil {
+			return nil, fmt.Errorf("%s.url: %w", field, err)
+		}
+		up := proxy.UpstreamConfig{Name: c.Name, URL: u}
+		if c.CAFile != "" {
+			pem, err := os.ReadFile(c.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("%s.caFile: %w", field, err)
+			}
+			pool, err := x509.SystemCertPool()
+			if err != nil {
+				pool = x509.NewCertPool()
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%s.caFile: %s holds no PEM certificate", field, c.CAFile)
+			}
+			up.RootCAs = pool
+		}
+		switch {
+		case c.PasswordFile != "":
+			b, err := os.ReadFile(c.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("%s.passwordFile: %w", field, err)
+			}
+			up.Credentials = proxy.Credentials{Username: c.Username, Password: strings.TrimRight(string(b), "\r\n")}
+		case c.PasswordEnv != "":
+			pw := getenv(c.PasswordEnv)
+			if pw == "" {
+				return nil, fmt.Errorf("%s.passwordEnv: environment variable %s is empty", field, c.PasswordEnv)
+			}
+			up.Credentials = proxy.Credentials{Username: c.Username, Password: pw}
+		}
+		out = append(out, up)
+	}
+	return out, nil
+}

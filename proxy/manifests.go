@@ -1,0 +1,297 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+const (
+	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+// defaultAccept is what upstream is asked for when the client names nothing
+// usable: every manifest type containerd understands.
+var defaultAccept = []string{ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageManifest, mediaTypeDockerManifestList, mediaTypeDockerManifest}
+
+// manifestFetchTimeout bounds one upstream manifest request, which many
+// clients may be waiting on.
+const manifestFetchTimeout = 2 * time.Minute
+
+func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
+	req, err := s.parse(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	accept := parseAccept(r.Header.Values("Accept"))
+
+	var m cache.Manifest
+	var source string
+	if req.tag != "" {
+		m, source, err = s.manifestByTag(ctx, req, accept)
+	} else {
+		m, source, err = s.manifestByDigest(ctx, req, accept)
+	}
+	if err != nil {
+		return err
+	}
+	logAttrs(ctx, slog.String("source", source), slog.String("digest", m.Digest.String()))
+
+	etag := `"` + m.Digest.String() + `"`
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("ETag", etag)
+	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.Contains(inm, etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	h.Set("Content-Length", strconv.Itoa(len(m.Content)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		n, _ := w.Write(m.Content)
+		s.metrics.servedBytes.WithLabelValues(source).Add(float64(n))
+	}
+	return nil
+}
+
+func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
+	m, err := s.store.GetManifest(ctx, req.digest)
+	if err == nil {
+		s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
+		return m, "cache", nil
+	}
+	if !errors.Is(err, cache.ErrNotFound) {
+		s.log.Warn("cache read failed, trying upstream", "digest", req.digest, "error", err)
+	}
+	s.metrics.cacheRequests.WithLabelValues("manifest", "miss").Inc()
+	key := "digest " + req.upstream.name + "/" + req.repo + "@" + req.digest.String()
+	v, err, _ := s.manifests.Do(key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
+		defer cancel()
+		m, err := s.fetchManifest(ctx, req.upstream, req.repo, req.digest.String(), accept, req.digest)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.store.PutManifest(ctx, m); err != nil {
+			s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
+		}
+		return m, nil
+	})
+	if err != nil {
+		return cache.Manifest{}, "", err
+	}
+	return v.(cache.Manifest), "upstream", nil
+}
+
+// manifestByTag answers from a fresh tag record, else asks upstream: a HEAD
+// to revalidate what is cached, a GET for what is not. When upstream cannot
+// answer, a stale record is better than a failed pull.
+func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
+	rec, err := s.store.GetTag(ctx, req.upstream.name, req.repo, req.tag)
+	haveRec := err == nil && accepts(accept, rec.MediaType)
+	if haveRec && s.now().Sub(rec.CheckedAt) < s.tagTTL {
+		if m, err := s.store.GetManifest(ctx, rec.Digest); err == nil {
+			s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
+			return m, "cache", nil
+		}
+	}
+	s.metrics.cacheRequests.WithLabelValues("manifest", "miss").Inc()
+
+	type result struct {
+		m      cache.Manifest
+		source string
+	}
+	key := "tag " + req.upstream.name + "/" + req.repo + ":" + req.tag + " " + strings.Join(accept, ",")
+	v, err, _ := s.manifests.Do(key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
+		defer cancel()
+		m, source, err := s.refreshTag(ctx, req, accept, rec, haveRec)
+		return result{m, source}, err
+	})
+	if err != nil {
+		return cache.Manifest{}, "", err
+	}
+	res := v.(result)
+	return res.m, res.source, nil
+}
+
+func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []string, rec cache.TagRecord, haveRec bool) (cache.Manifest, string, error) {
+	up := req.upstream
+	var cached cache.Manifest
+	if haveRec {
+		var err error
+		if cached, err = s.store.GetManifest(ctx, rec.Digest); err != nil {
+			haveRec = false
+		}
+	}
+	stale := func(cause error) (cache.Manifest, string, error) {
+		s.metrics.staleServes.WithLabelValues(up.name).Inc()
+		s.log.Warn("upstream unavailable, serving stale tag", "upstream", up.name, "repo", req.repo, "tag", req.tag,
+			"digest", rec.Digest, "checked_at", rec.CheckedAt, "error", cause)
+		logAttrs(ctx, slog.Bool("stale", true))
+		return cached, "cache", nil
+	}
+	if haveRec {
+		dgst, err := s.headManifest(ctx, up, req.repo, req.tag, accept)
+		switch {
+		case err != nil && unavailable(err):
+			return stale(err)
+		case err != nil:
+			return cache.Manifest{}, "", err
+		case dgst == rec.Digest:
+			rec.CheckedAt = s.now()
+			if err := s.store.PutTag(ctx, up.name, req.repo, req.tag, rec); err != nil {
+				s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
+			}
+			return cached, "cache", nil
+		}
+		// The tag moved: fetch what it points to now.
+	}
+	m, err := s.fetchManifest(ctx, up, req.repo, req.tag, accept, "")
+	if err != nil {
+		if haveRec && unavailable(err) {
+			return stale(err)
+		}
+		return cache.Manifest{}, "", err
+	}
+	if err := s.store.PutManifest(ctx, m); err != nil {
+		s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
+		return m, "upstream", nil
+	}
+	rec = cache.TagRecord{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(m.Content)), CheckedAt: s.now()}
+	if err := s.store.PutTag(ctx, up.name, req.repo, req.tag, rec); err != nil {
+		s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
+	}
+	return m, "upstream", nil
+}
+
+// headManifest asks upstream which digest a tag points to. An empty digest
+// means upstream did not say.
+func (s *Server) headManifest(ctx context.Context, up *upstream, repo, tag string, accept []string) (digest.Digest, error) {
+	resp, err := up.do(ctx, http.MethodHead, repo, "/v2/"+repo+"/manifests/"+tag, nil, acceptHeader(accept))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", up.statusError(resp, CodeManifestUnknown)
+	}
+	resp.Body.Close()
+	dgst, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		return "", nil
+	}
+	return dgst, nil
+}
+
+// fetchManifest GETs a manifest and verifies it: against want when the
+// request was by digest, else against the upstream's Docker-Content-Digest
+// when it sends one.
+func (s *Server) fetchManifest(ctx context.Context, up *upstream, repo, ref string, accept []string, want digest.Digest) (cache.Manifest, error) {
+	resp, err := up.do(ctx, http.MethodGet, repo, "/v2/"+repo+"/manifests/"+ref, nil, acceptHeader(accept))
+	if err != nil {
+		return cache.Manifest{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return cache.Manifest{}, up.statusError(resp, CodeManifestUnknown)
+	}
+	defer resp.Body.Close()
+	tooLarge := newError(http.StatusBadGateway, CodeManifestInvalid, fmt.Sprintf("upstream manifest is larger than %d bytes", maxManifestSize), nil)
+	if resp.ContentLength > maxManifestSize {
+		return cache.Manifest{}, tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	if err != nil {
+		return cache.Manifest{}, newError(http.StatusBadGateway, CodeUnavailable, "reading manifest from upstream "+up.name+" failed", err)
+	}
+	if len(body) > maxManifestSize {
+		return cache.Manifest{}, tooLarge
+	}
+
+	dgst := want
+	if dgst == "" {
+		dgst = digest.Canonical.FromBytes(body)
+		if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm().Available() {
+			dgst = h
+		}
+	}
+	if got := dgst.Algorithm().FromBytes(body); got != dgst {
+		return cache.Manifest{}, newError(http.StatusBadGateway, CodeManifestInvalid,
+			fmt.Sprintf("upstream %s sent a manifest that hashes to %s, not %s", up.name, got, dgst), nil)
+	}
+	return cache.Manifest{MediaType: manifestMediaType(resp.Header.Get("Content-Type"), body), Digest: dgst, Content: body}, nil
+}
+
+// manifestMediaType trusts the upstream's Content-Type unless it is generic,
+// then the manifest's own mediaType field.
+func manifestMediaType(contentType string, body []byte) string {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	if mt != "" && mt != "application/json" && mt != "text/plain" && mt != "application/octet-stream" {
+		return mt
+	}
+	var probe struct {
+		MediaType string          `json:"mediaType"`
+		Manifests json.RawMessage `json:"manifests"`
+	}
+	if json.Unmarshal(body, &probe) == nil && probe.MediaType != "" {
+		return probe.MediaType
+	}
+	if probe.Manifests != nil {
+		return ocispec.MediaTypeImageIndex
+	}
+	return ocispec.MediaTypeImageManifest
+}
+
+// parseAccept flattens Accept headers into media types, dropping parameters
+// and the schema 1 types (their digests are not digests of their bytes, so
+// they cannot be verified or cached; containerd 2.1 removed them too).
+func parseAccept(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, _ := strings.Cut(part, ";")
+			mt = strings.TrimSpace(mt)
+			if mt == "" || strings.HasPrefix(mt, "application/vnd.docker.distribution.manifest.v1") {
+				continue
+			}
+			out = append(out, mt)
+		}
+	}
+	return out
+}
+
+// accepts reports whether a client that sent accept can take mediaType.
+func accepts(accept []string, mediaType string) bool {
+	if len(accept) == 0 {
+		return true
+	}
+	for _, a := range accept {
+		if a == mediaType || a == "*/*" {
+			return true
+		}
+	}
+	return false
+}
+
+func acceptHeader(accept []string) http.Header {
+	if len(accept) == 0 {
+		accept = defaultAccept
+	}
+	return http.Header{"Accept": {strings.Join(accept, ", ")}}
+}

@@ -1,0 +1,66 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the proxy's Prometheus metrics. Build them once with
+// NewMetrics and pass them in Options; nothing is registered globally.
+type Metrics struct {
+	requests         *prometheus.CounterVec
+	requestDuration  *prometheus.HistogramVec
+	cacheRequests    *prometheus.CounterVec
+	servedBytes      *prometheus.CounterVec
+	upstreamRequests *prometheus.CounterVec
+	upstreamDuration *prometheus.HistogramVec
+	tokenFetches     *prometheus.CounterVec
+	staleServes      *prometheus.CounterVec
+	inflightFetches  prometheus.Gauge
+}
+
+// NewMetrics creates the metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_http_requests_total",
+			Help: "HTTP requests answered, by route, method and status code.",
+		}, []string{"route", "method", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "regnorm_http_request_duration_seconds",
+			Help:    "Time to answer an HTTP request, body included, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"route"}),
+		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_cache_requests_total",
+			Help: "Cache look-ups for client requests, by kind (manifest, blob) and result (hit, miss).",
+		}, []string{"kind", "result"}),
+		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_served_bytes_total",
+			Help: "Blob and manifest bytes sent to clients, by source (cache, upstream).",
+		}, []string{"source"}),
+		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_upstream_requests_total",
+			Help: "Requests sent to upstream registries, by upstream and result (HTTP status code, or error).",
+		}, []string{"upstream", "result"}),
+		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "regnorm_upstream_request_duration_seconds",
+			Help:    "Time until upstream response headers, by upstream.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 3, 10),
+		}, []string{"upstream"}),
+		tokenFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_upstream_token_fetches_total",
+			Help: "Bearer tokens fetched from upstream token services, by upstream and result (ok, error).",
+		}, []string{"upstream", "result"}),
+		staleServes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_stale_serves_total",
+			Help: "Tags answered from an expired cache record because upstream could not be reached, by upstream.",
+		}, []string{"upstream"}),
+		inflightFetches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_upstream_inflight_fetches",
+			Help: "Blob downloads from upstream in progress.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
+		m.upstreamRequests, m.upstreamDuration, m.tokenFetches, m.staleServes, m.inflightFetches)
+	return m
+}

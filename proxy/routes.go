@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+
+	"github.com/distribution/reference"
+	"github.com/gorilla/mux"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// The OCI distribution spec's grammar for repository names on the wire: no
+// domain, lower case, no empty components. reference.NameRegexp also admits a
+// domain (with upper case), which never appears in a request path.
+const namePattern = `[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*`
+
+// digestPattern is the spec's loose digest grammar: routes accept it, and
+// digest.Parse then tells a malformed digest (400 DIGEST_INVALID) from a
+// well-formed one.
+const digestPattern = `[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+`
+
+var (
+	referencePattern = reference.TagRegexp.String() + `|` + digestPattern
+	anchoredTag      = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
+)
+
+// Route names, used as the metrics' route label.
+const (
+	routeBase      = "base"
+	routeManifest  = "manifest"
+	routeBlob      = "blob"
+	routeTags      = "tags"
+	routeUpload    = "upload"
+	routeHealth    = "health"
+	routeMetrics   = "metrics"
+	routeNotFound  = "not_found"
+	routeForbidden = "method_not_allowed"
+)
+
+// distRequest is a distribution API request, parsed and validated before any
+// I/O happens.
+type distRequest struct {
+	upstream *upstream
+	repo     string
+	tag      string        // set for a manifest by tag
+	digest   digest.Digest // set for a manifest by digest, and for blobs
+}
+
+// ref is the reference as it appears in the path.
+func (d distRequest) ref() string {
+	if d.tag != "" {
+		return d.tag
+	}
+	return d.digest.String()
+}
+
+func (s *Server) parse(r *http.Request) (distRequest, error) {
+	vars := mux.Vars(r)
+	repo := vars["name"]
+	if len(repo) > reference.NameTotalLengthMax {
+		return distRequest{}, newError(http.StatusBadRequest, CodeNameInvalid, fmt.Sprintf("repository name longer than %d characters", reference.NameTotalLengthMax), nil)
+	}
+	up, err := s.upstreamFor(r.URL.Query().Get("ns"))
+	if err != nil {
+		return distRequest{}, err
+	}
+	req := distRequest{upstream: up, repo: repo}
+	ref := vars["reference"]
+	if ref == "" {
+		ref = vars["digest"]
+	}
+	switch {
+	case ref == "":
+	case anchoredTag.MatchString(ref) && vars["digest"] == "":
+		req.tag = ref
+	default:
+		dgst, err := digest.Parse(ref)
+		if err != nil {
+			return distRequest{}, newError(http.StatusBadRequest, CodeDigestInvalid, "invalid digest "+ref, err)
+		}
+		req.digest = dgst
+	}
+	return req, nil
+}
+
+// upstreamFor picks the upstream named by ns. Only configured upstreams are
+// ever contacted: an unknown ns is refused, never dialled.
+func (s *Server) upstreamFor(ns string) (*upstream, error) {
+	if ns == "" {
+		ns = s.defaultUpstream
+	}
+	if up, ok := s.upstreams[ns]; ok {
+		return up, nil
+	}
+	return nil, newError(http.StatusNotFound, CodeNameUnknown, fmt.Sprintf("upstream registry %q is not configured on this mirror", ns), nil)
+}
+
+func (s *Server) routes(metricsHandler http.Handler) http.Handler {
+	r := mux.NewRouter()
+	// Match on the escaped path, so %2F never turns into a separator, and do
+	// not clean paths, so a//b is refused rather than redirected.
+	r.UseEncodedPath()
+	r.SkipClean(true)
+
+	read := []string{http.MethodGet, http.MethodHead}
+	name := "/v2/{name:" + namePattern + "}"
+
+	r.Handle("/v2/", s.handle(routeBase, s.serveBase)).Methods(read...)
+	r.Handle(name+"/manifests/{reference:"+referencePattern+"}", s.handle(routeManifest, s.serveManifest)).Methods(read...)
+	r.Handle(name+"/blobs/{digest:"+digestPattern+"}", s.handle(routeBlob, s.serveBlob)).Methods(read...)
+	r.Handle(name+"/tags/list", s.handle(routeTags, s.serveTags)).Methods(read...)
+	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
+	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
+	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)
+	if metricsHandler != nil {
+		r.Handle("/metrics", s.accessLog(routeMetrics, metricsHandler)).Methods(read...)
+	}
+	r.MethodNotAllowedHandler = s.handle(routeForbidden, s.readOnly)
+	r.NotFoundHandler = s.handle(routeNotFound, func(w http.ResponseWriter, r *http.Request) error {
+		return newError(http.StatusNotFound, CodeNameInvalid, "no such endpoint, or an invalid repository name or reference", nil)
+	})
+	return r
+}
+
+func (s *Server) readOnly(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Allow", "GET, HEAD")
+	return newError(http.StatusMethodNotAllowed, CodeUnsupported, "regnorm is a read-only mirror: "+r.Method+" is not supported", nil)
+}

@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+// Store is what the proxy needs from the cache.
+type Store interface {
+	cache.BlobProvider
+	cache.BlobIngester
+	cache.ManifestStore
+	cache.TagStore
+}
+
+// Options configure a Server. cmd/proxy builds them from the configuration.
+type Options struct {
+	Store     Store
+	Upstreams []UpstreamConfig
+	// DefaultUpstream answers requests that carry no ns parameter.
+	DefaultUpstream string
+	// TagTTL is how long a tag is served from cache before upstream is asked
+	// again.
+	TagTTL time.Duration
+	// SpoolDir holds the unlinked files that let many clients read a blob
+	// while it downloads. Empty means os.TempDir().
+	SpoolDir string
+	// FetchTimeout bounds one blob download from upstream, however many
+	// clients are waiting for it.
+	FetchTimeout time.Duration
+	Metrics      *Metrics
+	Logger       *slog.Logger
+}
+
+// Server serves the read side of the OCI distribution API as a pull-through
+// mirror of the configured upstreams.
+type Server struct {
+	store           Store
+	upstreams       map[string]*upstream
+	defaultUpstream string
+	tagTTL          time.Duration
+	fetches         *blobFetches
+	manifests       singleflight.Group
+	metrics         *Metrics
+	log             *slog.Logger
+	now             func() time.Time
+}
+
+// Manifests larger than this are refused: they are held in memory.
+const maxManifestSize = 4 << 20
+
+// New validates opts and builds a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, errors.New("proxy: no store")
+	}
+	if opts.Metrics == nil || opts.Logger == nil {
+		return nil, errors.New("proxy: metrics and logger are required")
+	}
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = os.TempDir()
+	}
+	if opts.FetchTimeout <= 0 {
+		opts.FetchTimeout = time.Hour
+	}
+	s := &Server{
+		store:           opts.Store,
+		upstreams:       map[string]*upstream{},
+		defaultUpstream: opts.DefaultUpstream,
+		tagTTL:          opts.TagTTL,
+		metrics:         opts.Metrics,
+		log:             opts.Logger,
+		now:             time.Now,
+	}
+	for _, cfg := range opts.Upstreams {
+		if _, dup := s.upstreams[cfg.Name]; dup {
+			return nil, fmt.Errorf("proxy: upstream %q configured twice", cfg.Name)
+		}
+		s.upstreams[cfg.Name] = newUpstream(cfg, opts.Metrics, opts.Logger)
+	}
+	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {
+		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.DefaultUpstream)
+	}
+	s.fetches = &blobFetches{
+		store:    opts.Store,
+		spoolDir: opts.SpoolDir,
+		timeout:  opts.FetchTimeout,
+		metrics:  opts.Metrics,
+		log:      opts.Logger,
+		inflight: map[digest.Digest]*blobFetch{},
+	}
+	return s, nil
+}
+
+// Handler returns the HTTP handler. metrics, when not nil, is mounted at
+// /metrics.
+func (s *Server) Handler(metrics http.Handler) http.Handler {
+	return s.routes(metrics)
+}
+
+func (s *Server) serveBase(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	w.Header().Set("Content-Type", "application/json")
+	w.Write([]byte("{}"))
+	return nil
+}
+
+func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) error {
+	w.Write([]byte("ok\n"))
+	return nil
+}
+
+// serveReadyz reports ready when the cache storage answers.
+func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	// Any digest will do: a clean "not found" proves the storage answers.
+	_, err := s.store.StatBlob(ctx, "sha256:0000000000000000000000000000000000000000000000000000000000000000")
+	if err != nil && !errors.Is(err, cache.ErrNotFound) {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+	}
+	w.Write([]byte("ready\n"))
+	return nil
+}
