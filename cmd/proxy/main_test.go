@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestDefaultConfig(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":5000" || cfg.Cache.Driver != "filesystem" || cfg.Cache.Filesystem.RootDirectory != "./data" || cfg.DefaultUpstream != "docker.io" {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	var names []string
+	for _, u := range cfg.Upstreams {
+		names = append(names, u.Name)
+	}
+	if got := strings.Join(names, ","); got != "docker.io,quay.io,ghcr.io,registry.k8s.io,gcr.io" {
+		t.Fatalf("default upstreams: %s", got)
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "regnorm.yaml")
+	os.WriteFile(file, []byte("listen: 127.0.0.1:6000\ntagTTL: 1m\ncache:\n  filesystem:\n    rootDirectory: /from-file\n"), 0o600)
+
+	cfg, err := loadConfig([]string{"--config", file, "--listen", "127.0.0.1:7000"},
+		env(map[string]string{"REGNORM_LISTEN": "127.0.0.1:6500", "REGNORM_DATA_DIR": "/from-env"}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:7000" {
+		t.Errorf("listen = %s, want the flag's", cfg.Listen)
+	}
+	if cfg.Cache.Filesystem.RootDirectory != "/from-env" {
+		t.Errorf("rootDirectory = %s, want the environment's", cfg.Cache.Filesystem.RootDirectory)
+	}
+	if cfg.TagTTL != time.Minute {
+		t.Errorf("tagTTL = %s, want the file's", cfg.TagTTL)
+	}
+}
+
+func TestInvalidConfigNamesTheField(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, yaml string
+		args       []string
+		wantField  string
+	}{
+		{name: "listen", args: []string{"--listen", "nope"}, wantField: "listen"},
+		{name: "driver", args: []string{"--cache-driver", "floppy"}, wantField: "cache.driver"},
+		{name: "ttl", args: []string{"--tag-ttl", "soon"}, wantField: "tagTTL"},
+		{name: "default upstream", args: []string{"--default-upstream", "example.com"}, wantField: "defaultUpstream"},
+		{name: "url", yaml: "upstreams:\n- name: docker.io\n  url: ftp://x\n", wantField: "upstreams[0].url"},
+		{name: "duplicate", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n- name: docker.io\n  url: https://b\n", wantField: "upstreams[1].name"},
+		{name: "password without user", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  passwordEnv: X\n", wantField: "upstreams[0].username"},
+		{name: "unknown field", yaml: "listne: :5000\n", wantField: "listne"},
+		{name: "log level", yaml: "logLevel: loud\n", wantField: "logLevel"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			args := tt.args
+			if tt.yaml != "" {
+				file := filepath.Join(t.TempDir(), "c.yaml")
+				os.WriteFile(file, []byte(tt.yaml), 0o600)
+				args = append(args, "--config", file)
+			}
+			_, err := loadConfig(args, env(nil), &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tt.wantField) {
+				t.Fatalf("got %v, want an error naming %s", err, tt.wantField)
+			}
+		})
+	}
+}
+
+func TestPasswordFromEnvironmentOrFile(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(file, []byte("from-file\n"), 0o600)
+	ups, err := buildUpstreams([]UpstreamConfig{
+		{Name: "a", URL: "https://a", Username: "u", PasswordFile: file},
+		{Name: "b", URL: "https://b", Username: "u", PasswordEnv: "B_PW"},
+	}, env(map[string]string{"B_PW": "from-env"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ups[0].Credentials.Password != "from-file" || ups[1].Credentials.Password != "from-env" {
+		t.Fatal("passwords not loaded")
+	}
+	if _, err := buildUpstreams([]UpstreamConfig{{Name: "b", URL: "https://b", Username: "u", PasswordEnv: "UNSET"}}, env(nil)); err == nil || !strings.Contains(err.Error(), "passwordEnv") {
+		t.Fatalf("empty password env: %v", err)
+	}
+}
+
+// TestRunServesAndDrains starts the real wiring and stops it as SIGTERM would.
+func TestRunServesAndDrains(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", addr, "--data-dir", t.TempDir()}, env(nil), io.Discard, io.Discard)
+	}()
+	var resp *http.Response
+	for i := 0; i < 100; i++ {
+		if resp, err = http.Get("http://" + addr + "/v2/"); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/v2/: %d", resp.StatusCode)
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		r, err := http.Get("http://" + addr + path)
+		if err != nil || r.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %v %v", path, err, r)
+		}
+		r.Body.Close()
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not stop")
+	}
+}
+

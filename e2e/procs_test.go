@@ -1,0 +1,238 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Paths set by TestMain.
+var (
+	regnormBin    string
+	helloBin      string
+	registryBin   = os.Getenv("REGNORM_REGISTRY_BIN")
+	conformBin    = os.Getenv("REGNORM_CONFORMANCE_BIN")
+	containerdBin = os.Getenv("REGNORM_CONTAINERD_BIN")
+	ctrBin        = os.Getenv("REGNORM_CTR_BIN")
+)
+
+func TestMain(m *testing.M) {
+	for name, v := range map[string]string{"REGNORM_REGISTRY_BIN": registryBin, "REGNORM_CONFORMANCE_BIN": conformBin,
+		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin} {
+		if _, err := os.Stat(v); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %s=%q is not usable (%v); run scripts/test.sh, which installs it\n", name, v, err)
+			os.Exit(2)
+		}
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "e2e: containerd needs root")
+		os.Exit(2)
+	}
+	dir, err := os.MkdirTemp("", "regnorm-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	regnormBin, helloBin = filepath.Join(dir, "regnorm"), filepath.Join(dir, "hello")
+	// The same flags as the Dockerfile's build.
+	for _, b := range [][2]string{{regnormBin, "../cmd/proxy"}, {helloBin, "./testdata/hello"}} {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", b[0], b[1])
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: build %s: %v\n%s", b[1], err, out)
+			os.Exit(2)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// process is a child process that is stopped, by its PID, when the test ends.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+}
+
+func start(t *testing.T, name string, bin string, args ...string) *process {
+	t.Helper()
+	p := &process{name: name, cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("--- %s output (last 8 KiB):\n%s", name, p.out.tail(8<<10))
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM, then SIGKILL after 10 s, to this process only.
+func (p *process) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+func (l *lockedBuffer) tail(n int) string {
+	s := l.String()
+	if len(s) > n {
+		s = s[len(s)-n:]
+	}
+	return s
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s did not come up", url)
+}
+
+// startRegistry runs the distribution registry binary on 127.0.0.1 with
+// filesystem storage, and returns its URL.
+func startRegistry(t *testing.T) (string, *process) {
+	t.Helper()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+http:
+  addr: %s
+  secret: regnorm-e2e
+`, filepath.Join(dir, "data"), addr)
+	path := filepath.Join(dir, "config.yml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+	p := start(t, "registry", registryBin, "serve", path)
+	waitHTTP(t, "http://"+addr+"/v2/")
+	return "http://" + addr, p
+}
+
+// startRegnorm runs the built binary with a config whose docker.io upstream
+// is upstreamURL, and returns its URL.
+func startRegnorm(t *testing.T, upstreamURL string, extraYAML string) (string, *process) {
+	t.Helper()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cfg := fmt.Sprintf(`listen: %s
+logFormat: json
+tagTTL: 1h
+cache:
+  driver: filesystem
+  filesystem:
+    rootDirectory: %s
+upstreams:
+- name: docker.io
+  url: %s
+%s`, addr, filepath.Join(dir, "cache"), upstreamURL, extraYAML)
+	path := filepath.Join(dir, "regnorm.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+	p := start(t, "regnorm", regnormBin, "--config", path)
+	waitHTTP(t, "http://"+addr+"/healthz")
+	return "http://" + addr, p
+}
+
+// metric sums the samples of name whose labels contain every want label.
+func metric(t *testing.T, base, name string, want ...string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	re := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `(?:\{([^}]*)\})? (\S+)$`)
+	total := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		m := re.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(m[1], w)
+		}
+		if ok {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			total += v
+		}
+	}
+	return total
+}
+
+func run(t *testing.T, ctx context.Context, bin string, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	return string(out), err
+}
+

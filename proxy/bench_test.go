@@ -1,0 +1,109 @@
+package proxy_test
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
+)
+
+// BenchmarkCachedBlobVsFileServer serves one cached blob (200 MB, or
+// REGNORM_BENCH_BLOB_MB) over loopback through regnorm and through
+// http.FileServer on the very same file, alternating, and reports both
+// throughputs and their ratio (goal: ratio >= 0.9).
+//
+//	go test ./proxy -run '^$' -bench CachedBlobVsFileServer -benchtime 10x
+func BenchmarkCachedBlobVsFileServer(b *testing.B) {
+	size := 200 << 20
+	if v, err := strconv.Atoi(os.Getenv("REGNORM_BENCH_BLOB_MB")); err == nil && v > 0 {
+		size = v << 20
+	}
+	root := b.TempDir()
+	store := cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100}))
+	dgst := ingestRandom(b, store, size)
+	blobFile := filepath.Join(root, "blobs", "sha256", dgst.Encoded()[:2], dgst.Encoded(), "data")
+
+	upstreamURL, _ := url.Parse("http://127.0.0.1:1") // never contacted: the blob is cached
+	srv, err := proxy.New(proxy.Options{
+		Store:           store,
+		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: upstreamURL}},
+		DefaultUpstream: "docker.io",
+		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),
+		Logger:          slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	proxySrv := httptest.NewServer(srv.Handler(nil))
+	defer proxySrv.Close()
+	fileSrv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(blobFile))))
+	defer fileSrv.Close()
+
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	get := func(u string) time.Duration {
+		start := time.Now()
+		resp, err := client.Get(u)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || n != int64(size) || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET %s: %d bytes, status %d, %v", u, n, resp.StatusCode, err)
+		}
+		return time.Since(start)
+	}
+	proxyURL := proxySrv.URL + "/v2/library/bench/blobs/" + dgst.String()
+	fileURL := fileSrv.URL + "/data"
+	get(proxyURL) // warm the page cache and connections
+	get(fileURL)
+
+	b.ResetTimer()
+	var viaProxy, viaFile time.Duration
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			viaProxy += get(proxyURL)
+			viaFile += get(fileURL)
+		} else {
+			viaFile += get(fileURL)
+			viaProxy += get(proxyURL)
+		}
+	}
+	mb := float64(size) * float64(b.N) / 1e6
+	b.ReportMetric(mb/viaProxy.Seconds(), "proxy_MB/s")
+	b.ReportMetric(mb/viaFile.Seconds(), "fileserver_MB/s")
+	b.ReportMetric(viaFile.Seconds()/viaProxy.Seconds(), "ratio")
+}
+
+func ingestRandom(b *testing.B, store *cache.Store, size int) digest.Digest {
+	b.Helper()
+	buf := make([]byte, size)
+	rand.Read(buf)
+	dgst := digest.FromBytes(buf)
+	in, err := store.IngestBlob(context.Background(), dgst, int64(size))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := in.Write(buf); err != nil {
+		b.Fatal(err)
+	}
+	if err := in.Commit(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return dgst
+}

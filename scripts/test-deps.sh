@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, caching built
+# tools under $REGNORM_CACHE (default ~/.cache/regnorm) so they are built once.
+# Prints the environment the tests read, as `export` lines.
+set -euo pipefail
+
+CACHE=${REGNORM_CACHE:-$HOME/.cache/regnorm}
+BIN=$CACHE/bin
+mkdir -p "$BIN"
+
+# Pinned versions of what the tests build from the Go module proxy.
+REGISTRY_VERSION=v3.1.2
+CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+
+log() { echo "test-deps: $*" >&2; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    log "need root to install ${missing[*]}"; exit 1
+  fi
+  if [ ! -f "$CACHE/.apt-updated" ] || [ -n "$(find "$CACHE/.apt-updated" -mmin +1440)" ]; then
+    apt-get update -qq >&2
+    touch "$CACHE/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# go_tool NAME PACKAGE@VERSION: go install into the cache unless the pinned
+# version is already there.
+go_tool() {
+  local name=$1 pkg=$2 stamp="$BIN/.$1.version"
+  if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$pkg" ]; then
+    return 0
+  fi
+  log "building $pkg"
+  GOBIN="$BIN" GOFLAGS=-mod=mod go install "$pkg" >&2
+  echo "$pkg" > "$stamp"
+}
+
+# containerd (Debian 12: 1.6.20) and runc run the end-to-end pulls.
+apt_install containerd runc
+go_tool registry "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
+
+echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
+echo "export REGNORM_CONFORMANCE_BIN=$BIN/conformance"
+echo "export REGNORM_CONTAINERD_BIN=$(command -v containerd)"
+echo "export REGNORM_CTR_BIN=$(command -v ctr)"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, vet, unit and integration tests (race
+# detector on), fuzz seeds, the end-to-end tests with real containerd, the
+# registry binary and the OCI conformance suite, and a short benchmark run
+# that keeps the benchmarks working. Installs what it needs (scripts/test-deps.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+eval "$(scripts/test-deps.sh)"
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted"; exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+go vet -tags e2e ./e2e/
+
+echo "== unit and integration tests"
+go test -race -count=1 ./...
+
+echo "== end-to-end tests"
+go test -tags e2e -count=1 -v -timeout 30m ./e2e/ 2>&1 | grep -v '^\s*{"time"'
+
+echo "== benchmarks (short run, figures not judged)"
+REGNORM_BENCH_BLOB_MB=16 go test -run '^$' -bench . -benchtime 2x ./...
+
+echo "== done in $(( $(date +%s) - start ))s"
