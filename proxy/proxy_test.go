@@ -139,6 +139,36 @@ func TestTokenAuthUpstream(t *testing.T) {
 	})
 }
 
+func TestBasicAuthUpstream(t *testing.T) {
+	t.Parallel()
+	regOpts := regtest.Options{BasicAuth: true, Username: "puller", Password: "basic-pass"}
+	for _, tt := range []struct {
+		name       string
+		creds      proxy.Credentials
+		wantStatus int
+	}{
+		{"credentials", proxy.Credentials{Username: "puller", Password: "basic-pass"}, http.StatusOK},
+		{"no credentials", proxy.Credentials{}, http.StatusUnauthorized},
+		{"wrong password", proxy.Credentials{Username: "puller", Password: "nope"}, http.StatusUnauthorized},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, harnessOptions{registry: regOpts, credentials: tt.creds})
+			img := h.push(t, "team/app", "v1", regtest.ImageOptions{}, oneFile)
+			r := h.do(t, http.MethodGet, "/v2/team/app/manifests/v1", containerdAccept)
+			if r.status != tt.wantStatus {
+				t.Fatalf("status %d, want %d: %s", r.status, tt.wantStatus, r.body)
+			}
+			if tt.wantStatus == http.StatusOK && !bytes.Equal(r.body, img.Manifest) {
+				t.Fatal("wrong manifest")
+			}
+			if tt.wantStatus != http.StatusOK && r.ociError(t) != proxy.CodeUnauthorized {
+				t.Fatalf("code %s", r.ociError(t))
+			}
+		})
+	}
+}
+
 // TestConcurrentColdBlob: 50 clients, one upstream GET, 50 correct bodies.
 func TestConcurrentColdBlob(t *testing.T) {
 	t.Parallel()

@@ -144,6 +144,8 @@ type Client struct {
 	Base string
 	// Token, when set, returns a bearer token with push rights on repo.
 	Token func(repo string) (string, error)
+	// Username and Password, when set, are sent as Basic auth.
+	Username, Password string
 }
 
 // PushImage pushes img's blobs and manifest, tagged tag.
@@ -209,6 +211,9 @@ func (c *Client) do(ctx context.Context, method, repo, target, contentType strin
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	if c.Username != "" {
+		req.SetBasicAuth(c.Username, c.Password)
 	}
 	if c.Token != nil {
 		tok, err := c.Token(repo)

@@ -19,9 +19,11 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/auth/token"
 	"github.com/distribution/distribution/v3/registry/handlers"
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"              // Basic auth for the in-process registry
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory" // the in-process registry's storage
 	"github.com/go-jose/go-jose/v4"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Options configure an in-process registry.
@@ -33,6 +35,9 @@ type Options struct {
 	Username, Password string
 	// TokenLifetime is the expires_in of issued tokens (default 5 minutes).
 	TokenLifetime time.Duration
+	// BasicAuth puts the registry behind htpasswd Basic auth for Username
+	// and Password instead.
+	BasicAuth bool
 }
 
 // Registry is a distribution registry on an httptest server.
@@ -81,6 +86,12 @@ func Start(t testing.TB, opts Options) *Registry {
 			"jwks":    r.newSigningKey(t),
 		}}
 	}
+	if opts.BasicAuth {
+		config.Auth = configuration.Auth{"htpasswd": configuration.Parameters{
+			"realm": "regtest",
+			"path":  writeHtpasswd(t, opts.Username, opts.Password),
+		}}
+	}
 	app := handlers.NewApp(context.Background(), config)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.requests.add(req.Method + " " + kindOf(req.URL.Path))
@@ -104,6 +115,19 @@ func kindOf(path string) string {
 		}
 	}
 	return "other"
+}
+
+func writeHtpasswd(t testing.TB, user, password string) string {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(path, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // newSigningKey makes the key tokens are signed with and writes its public
@@ -193,8 +217,11 @@ func (r *Registry) Token(scopes ...string) (string, error) {
 // tokens when the registry is behind token auth.
 func (r *Registry) Client() *Client {
 	c := &Client{Base: r.URL}
-	if r.opts.TokenAuth {
+	switch {
+	case r.opts.TokenAuth:
 		c.Token = func(repo string) (string, error) { return r.Token("repository:" + repo + ":pull,push") }
+	case r.opts.BasicAuth:
+		c.Username, c.Password = r.opts.Username, r.opts.Password
 	}
 	return c
 }
