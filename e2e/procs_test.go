@@ -235,4 +235,3 @@ func run(t *testing.T, ctx context.Context, bin string, args ...string) (string,
 	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	return string(out), err
 }
-

@@ -7,7 +7,6 @@ import (
 	"os"
 	"testing"
 
-
 	"github.com/regnorm/regnorm/internal/regtest"
 )
 

@@ -155,4 +155,3 @@ func TestRunServesAndDrains(t *testing.T) {
 		t.Fatal("run did not stop")
 	}
 }
-

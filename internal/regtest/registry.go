@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // Basic auth for the in-process registry
 	"github.com/distribution/distribution/v3/registry/auth/token"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"              // Basic auth for the in-process registry
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory" // the in-process registry's storage
 	"github.com/go-jose/go-jose/v4"
 	"github.com/sirupsen/logrus"
