@@ -10,7 +10,7 @@ start=$(date +%s)
 eval "$(scripts/test-deps.sh)"
 
 echo "== gofmt"
-unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+unformatted=$(gofmt -l .)
 if [ -n "$unformatted" ]; then
   echo "gofmt would change: $unformatted"; exit 1
 fi
