@@ -1,0 +1,258 @@
+package rewrite
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Media types regnorm reads.
+const (
+	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeDockerConfig       = "application/vnd.docker.container.image.v1+json"
+	// MediaTypeOctetStream is what Docker before 1.11 put on image configs.
+	MediaTypeOctetStream = "application/octet-stream"
+)
+
+// Change kinds.
+const (
+	// KindConfigMediaType: an image config declared as octet-stream got the
+	// config media type of its manifest's format.
+	KindConfigMediaType = "config-media-type"
+	// KindChildManifest: an index entry points at its child's normalized
+	// manifest.
+	KindChildManifest = "child-manifest"
+)
+
+// Change is one thing normalization changed, and where.
+type Change struct {
+	Kind string `json:"kind"`
+	// Path locates the changed value, e.g. "config.mediaType" or "manifests[2]".
+	Path string `json:"path"`
+	Old  string `json:"old"`
+	New  string `json:"new"`
+}
+
+// Result is a normalized document. When Changes is empty, Content is the
+// input itself, byte for byte. Digest is the sha256 digest of Content.
+type Result struct {
+	MediaType string
+	Content   []byte
+	Digest    digest.Digest
+	Changes   []Change
+}
+
+// Changed reports whether normalization changed anything.
+func (r Result) Changed() bool { return len(r.Changes) > 0 }
+
+// ErrNotImage means the document is not something this rule reads (for
+// example an index passed as a manifest).
+var ErrNotImage = errors.New("not an image manifest")
+
+// IsIndex reports whether mediaType is an OCI index or a Docker manifest list.
+func IsIndex(mediaType string) bool {
+	return mediaType == ocispec.MediaTypeImageIndex || mediaType == MediaTypeDockerManifestList
+}
+
+// IsManifest reports whether mediaType is an OCI or Docker schema 2 image
+// manifest.
+func IsManifest(mediaType string) bool {
+	return mediaType == ocispec.MediaTypeImageManifest || mediaType == MediaTypeDockerManifest
+}
+
+// ManifestPlan says what normalizing a manifest needs before it can run.
+type ManifestPlan struct {
+	// Config is the config descriptor; set when the rule must read the
+	// config blob to decide (its media type is octet-stream).
+	Config *ocispec.Descriptor
+}
+
+// PlanManifest reads a manifest and says which blobs NormalizeManifest will
+// need. A manifest whose plan needs nothing is already normal.
+func PlanManifest(mediaType string, manifest []byte) (ManifestPlan, error) {
+	doc, err := parseManifest(mediaType, manifest)
+	if err != nil {
+		return ManifestPlan{}, err
+	}
+	var plan ManifestPlan
+	if mt, _ := doc.str("config", "mediaType"); mt == MediaTypeOctetStream {
+		desc, err := descriptorAt(doc, "config")
+		if err != nil {
+			return ManifestPlan{}, err
+		}
+		plan.Config = &desc
+	}
+	return plan, nil
+}
+
+// NormalizeManifest applies the rules to an image manifest. config is the
+// config blob when PlanManifest asked for it (nil otherwise); it must match
+// the manifest's config descriptor.
+//
+// The config media type rule: a config declared application/octet-stream
+// that really is an image config (rootfs.type "layers", one diff_id per
+// layer) gets the Docker config type in a Docker manifest and the OCI config
+// type in an OCI manifest. Anything else octet-stream (an artifact) is left
+// alone.
+func NormalizeManifest(mediaType string, manifest, config []byte) (Result, error) {
+	doc, err := parseManifest(mediaType, manifest)
+	if err != nil {
+		return Result{}, err
+	}
+	var edits []edit
+	var changes []Change
+
+	if mt, _ := doc.str("config", "mediaType"); mt == MediaTypeOctetStream && config != nil {
+		desc, err := descriptorAt(doc, "config")
+		if err != nil {
+			return Result{}, err
+		}
+		if got := desc.Digest.Algorithm().FromBytes(config); got != desc.Digest || int64(len(config)) != desc.Size {
+			return Result{}, fmt.Errorf("config blob does not match descriptor %s", desc.Digest)
+		}
+		layers, ok := doc.arrayLen("layers")
+		if !ok {
+			return Result{}, fmt.Errorf("%w: layers is not an array", ErrNotImage)
+		}
+		if isImageConfig(config, layers) {
+			want := configMediaTypeFor(mediaType)
+			edits = append(edits, edit{path: []string{"config", "mediaType"}, value: quote(want)})
+			changes = append(changes, Change{Kind: KindConfigMediaType, Path: "config.mediaType", Old: mt, New: want})
+		}
+	}
+	return finish(doc, mediaType, edits, changes)
+}
+
+// NormalizeIndex points an index's entries at their children's normalized
+// manifests. children maps an original child digest to its normalized
+// descriptor; entries not in the map stay as they are. Platform,
+// annotations and every other field are kept.
+func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]ocispec.Descriptor) (Result, error) {
+	if !IsIndex(mediaType) {
+		return Result{}, fmt.Errorf("%w: %s is not an index", ErrNotImage, mediaType)
+	}
+	doc, err := parseDoc(index)
+	if err != nil {
+		return Result{}, err
+	}
+	n, ok := doc.arrayLen("manifests")
+	if !ok {
+		return Result{}, fmt.Errorf("%w: manifests is not an array", ErrNotImage)
+	}
+	var edits []edit
+	var changes []Change
+	for i := range n {
+		idx := strconv.Itoa(i)
+		desc, err := descriptorAt(doc, "manifests", idx)
+		if err != nil {
+			return Result{}, err
+		}
+		next, ok := children[desc.Digest]
+		if !ok || next.Digest == desc.Digest {
+			continue
+		}
+		edits = append(edits,
+			edit{path: []string{"manifests", idx, "digest"}, value: quote(next.Digest.String())},
+			edit{path: []string{"manifests", idx, "size"}, value: []byte(strconv.FormatInt(next.Size, 10))},
+		)
+		changes = append(changes, Change{Kind: KindChildManifest, Path: "manifests[" + idx + "]", Old: desc.Digest.String(), New: next.Digest.String()})
+	}
+	return finish(doc, mediaType, edits, changes)
+}
+
+// IndexChildren returns the descriptors an index lists.
+func IndexChildren(mediaType string, index []byte) ([]ocispec.Descriptor, error) {
+	if !IsIndex(mediaType) {
+		return nil, fmt.Errorf("%w: %s is not an index", ErrNotImage, mediaType)
+	}
+	doc, err := parseDoc(index)
+	if err != nil {
+		return nil, err
+	}
+	n, ok := doc.arrayLen("manifests")
+	if !ok {
+		return nil, fmt.Errorf("%w: manifests is not an array", ErrNotImage)
+	}
+	out := make([]ocispec.Descriptor, 0, n)
+	for i := range n {
+		desc, err := descriptorAt(doc, "manifests", strconv.Itoa(i))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, desc)
+	}
+	return out, nil
+}
+
+func parseManifest(mediaType string, manifest []byte) (*jsonDoc, error) {
+	if !IsManifest(mediaType) {
+		return nil, fmt.Errorf("%w: %s", ErrNotImage, mediaType)
+	}
+	doc, err := parseDoc(manifest)
+	if err != nil {
+		return nil, err
+	}
+	if v, ok := doc.int64At("schemaVersion"); !ok || v != 2 {
+		return nil, fmt.Errorf("%w: schemaVersion is not 2", ErrNotImage)
+	}
+	return doc, nil
+}
+
+// descriptorAt reads the media type, digest and size of the descriptor at path.
+func descriptorAt(doc *jsonDoc, path ...string) (ocispec.Descriptor, error) {
+	at := func(field string) []string { return append(append([]string(nil), path...), field) }
+	mt, _ := doc.str(at("mediaType")...)
+	ds, _ := doc.str(at("digest")...)
+	dgst, err := digest.Parse(ds)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("%w: descriptor %v has an invalid digest: %v", ErrNotImage, path, err)
+	}
+	size, ok := doc.int64At(at("size")...)
+	if !ok || size < 0 {
+		return ocispec.Descriptor{}, fmt.Errorf("%w: descriptor %v has an invalid size", ErrNotImage, path)
+	}
+	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: size}, nil
+}
+
+// isImageConfig reports whether config is an image config for a manifest
+// with layers layers.
+func isImageConfig(config []byte, layers int) bool {
+	doc, err := parseDoc(config)
+	if err != nil {
+		return false
+	}
+	if t, _ := doc.str("rootfs", "type"); t != "layers" {
+		return false
+	}
+	n, ok := doc.arrayLen("rootfs", "diff_ids")
+	return ok && n == layers
+}
+
+func configMediaTypeFor(manifestMediaType string) string {
+	if manifestMediaType == MediaTypeDockerManifest {
+		return MediaTypeDockerConfig
+	}
+	return ocispec.MediaTypeImageConfig
+}
+
+// finish applies edits, or returns the input untouched when there are none.
+func finish(doc *jsonDoc, mediaType string, edits []edit, changes []Change) (Result, error) {
+	if len(edits) == 0 {
+		return Result{MediaType: mediaType, Content: doc.raw, Digest: digest.FromBytes(doc.raw)}, nil
+	}
+	out, err := doc.splice(edits)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{MediaType: mediaType, Content: out, Digest: digest.FromBytes(out), Changes: changes}, nil
+}
+
+func quote(s string) []byte {
+	b, _ := json.Marshal(s) // a string always marshals
+	return b
+}

@@ -1,0 +1,194 @@
+package rewrite
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// TestManifestGolden normalizes every case in testdata/manifest and compares
+// the output bytes and the change list with want.json and changes.json.
+func TestManifestGolden(t *testing.T) {
+	t.Parallel()
+	dirs, err := filepath.Glob("testdata/manifest/*")
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no cases: %v", err)
+	}
+	wantChanged := map[string]bool{"docker-octet-stream": true, "oci-octet-stream": true, "odd-formatting": true}
+	for _, dir := range dirs {
+		name := filepath.Base(dir)
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			mediaType := strings.TrimSpace(string(readFile(t, dir, "mediatype")))
+			in := readFile(t, dir, "manifest.json")
+			config := readFile(t, dir, "config.json")
+
+			plan, err := PlanManifest(mediaType, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cfg []byte
+			if plan.Config != nil {
+				cfg = config
+			}
+			got, err := NormalizeManifest(mediaType, in, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Changed() != wantChanged[name] {
+				t.Fatalf("changed = %v, want %v (%+v)", got.Changed(), wantChanged[name], got.Changes)
+			}
+			if !got.Changed() && !bytes.Equal(got.Content, in) {
+				t.Fatal("a manifest that needs nothing was not returned byte for byte")
+			}
+			changes, _ := json.MarshalIndent(got.Changes, "", "  ")
+			golden(t, filepath.Join(dir, "want.json"), got.Content)
+			golden(t, filepath.Join(dir, "changes.json"), append(changes, '\n'))
+			checkManifestProperties(t, mediaType, in, config, got)
+		})
+	}
+}
+
+// checkManifestProperties holds for every result: the digest is the digest
+// of the bytes, the output is valid JSON equal to the input except for the
+// config media type, and normalizing again changes nothing.
+func checkManifestProperties(t *testing.T, mediaType string, in, config []byte, got Result) {
+	t.Helper()
+	if got.Digest != digest.FromBytes(got.Content) {
+		t.Fatal("digest does not verify")
+	}
+	var before, after map[string]any
+	if err := json.Unmarshal(in, &before); err != nil {
+		t.Fatalf("input: %v", err)
+	}
+	if err := json.Unmarshal(got.Content, &after); err != nil {
+		t.Fatalf("output is not JSON: %v", err)
+	}
+	if cfg, ok := after["config"].(map[string]any); ok {
+		cfg["mediaType"] = before["config"].(map[string]any)["mediaType"]
+	}
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("something other than config.mediaType changed:\n%s\n%s", in, got.Content)
+	}
+	again, err := NormalizeManifest(mediaType, got.Content, config)
+	if err != nil {
+		t.Fatalf("second pass: %v", err)
+	}
+	if again.Changed() || !bytes.Equal(again.Content, got.Content) {
+		t.Fatalf("second pass changed %+v", again.Changes)
+	}
+}
+
+func TestIndex(t *testing.T) {
+	t.Parallel()
+	in := readFile(t, "testdata/index", "list.json")
+	const mt = MediaTypeDockerManifestList
+	children, err := IndexChildren(mt, in)
+	if err != nil || len(children) != 3 {
+		t.Fatalf("children: %v %v", children, err)
+	}
+
+	t.Run("no child changed", func(t *testing.T) {
+		t.Parallel()
+		got, err := NormalizeIndex(mt, in, map[digest.Digest]ocispec.Descriptor{children[1].Digest: children[1]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Changed() || !bytes.Equal(got.Content, in) {
+			t.Fatal("index with clean children was not returned byte for byte")
+		}
+	})
+	t.Run("one broken child among clean ones", func(t *testing.T) {
+		t.Parallel()
+		fixed := ocispec.Descriptor{MediaType: children[1].MediaType, Digest: digest.FromString("normalized child"), Size: 777}
+		got, err := NormalizeIndex(mt, in, map[digest.Digest]ocispec.Descriptor{children[1].Digest: fixed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "testdata/index/want.json", got.Content)
+		if want := []Change{{Kind: KindChildManifest, Path: "manifests[1]", Old: children[1].Digest.String(), New: fixed.Digest.String()}}; !reflect.DeepEqual(got.Changes, want) {
+			t.Fatalf("changes = %+v, want %+v", got.Changes, want)
+		}
+		var before, after ocispec.Index
+		json.Unmarshal(in, &before)
+		json.Unmarshal(got.Content, &after)
+		before.Manifests[1].Digest, before.Manifests[1].Size = fixed.Digest, fixed.Size
+		if !reflect.DeepEqual(before, after) {
+			t.Fatalf("more than the child's digest and size changed:\n%s", got.Content)
+		}
+		if got.Digest != digest.FromBytes(got.Content) {
+			t.Fatal("digest does not verify")
+		}
+		again, err := NormalizeIndex(mt, got.Content, map[digest.Digest]ocispec.Descriptor{children[1].Digest: fixed})
+		if err != nil || again.Changed() {
+			t.Fatalf("second pass: %v %+v", err, again.Changes)
+		}
+	})
+}
+
+func TestRejectsAmbiguousOrForeignInput(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, mediaType, doc string
+	}{
+		{"duplicate config key", MediaTypeDockerManifest, `{"schemaVersion":2,"config":{"mediaType":"application/octet-stream","mediaType":"x","digest":"sha256:` + strings.Repeat("a", 64) + `","size":1},"layers":[]}`},
+		{"duplicate top-level key", MediaTypeDockerManifest, `{"schemaVersion":2,"schemaVersion":2,"layers":[]}`},
+		{"not JSON", MediaTypeDockerManifest, `{"schemaVersion":2,`},
+		{"schema 1", MediaTypeDockerManifest, `{"schemaVersion":1}`},
+		{"index as manifest", ocispec.MediaTypeImageIndex, `{"schemaVersion":2,"manifests":[]}`},
+		{"NUL in key", MediaTypeDockerManifest, `{"schemaVersion":2,"config\u0000mediaType":"application/octet-stream"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if _, err := NormalizeManifest(tt.mediaType, []byte(tt.doc), nil); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+func TestConfigMustMatchItsDescriptor(t *testing.T) {
+	t.Parallel()
+	dir := "testdata/manifest/docker-octet-stream"
+	in := readFile(t, dir, "manifest.json")
+	if _, err := NormalizeManifest(MediaTypeDockerManifest, in, []byte(`{"rootfs":{"type":"layers","diff_ids":["a","b"]}}`)); err == nil {
+		t.Fatal("a config that does not match the descriptor was used")
+	}
+}
+
+func readFile(t *testing.T, dir, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func golden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./rewrite -update)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s differs:\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
