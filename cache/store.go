@@ -259,13 +259,9 @@ func (s *Store) PutManifest(ctx context.Context, m Manifest) error {
 
 // GetTag returns the record of upstream/repo:tag.
 func (s *Store) GetTag(ctx context.Context, upstream, repo, tag string) (TagRecord, error) {
-	b, err := s.driver.GetContent(ctx, tagPath(upstream, repo, tag))
-	if err != nil {
-		return TagRecord{}, fmt.Errorf("get tag %s/%s:%s: %w", upstream, repo, tag, notFound(err))
-	}
 	var rec TagRecord
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return TagRecord{}, fmt.Errorf("get tag %s/%s:%s: decode: %w", upstream, repo, tag, err)
+	if err := s.getJSON(ctx, tagPath(upstream, repo, tag), &rec); err != nil {
+		return TagRecord{}, fmt.Errorf("get tag %s/%s:%s: %w", upstream, repo, tag, err)
 	}
 	if err := rec.Digest.Validate(); err != nil {
 		return TagRecord{}, fmt.Errorf("get tag %s/%s:%s: %w", upstream, repo, tag, err)
@@ -275,11 +271,7 @@ func (s *Store) GetTag(ctx context.Context, upstream, repo, tag string) (TagReco
 
 // PutTag writes the record of upstream/repo:tag.
 func (s *Store) PutTag(ctx context.Context, upstream, repo, tag string, rec TagRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("put tag %s/%s:%s: %w", upstream, repo, tag, err)
-	}
-	if err := s.driver.PutContent(ctx, tagPath(upstream, repo, tag), b); err != nil {
+	if err := s.putJSON(ctx, tagPath(upstream, repo, tag), rec); err != nil {
 		return fmt.Errorf("put tag %s/%s:%s: %w", upstream, repo, tag, err)
 	}
 	return nil

@@ -162,6 +162,53 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				}
 			}
 		}},
+		{"normalization verdicts", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			body := []byte(`{"schemaVersion":2}`)
+			normalized := cache.Manifest{MediaType: "m", Digest: digest.FromBytes(body), Content: body}
+			n := cache.Normalization{Original: dgst, Normalized: normalized.Digest, MediaType: "m",
+				Changes: []cache.Change{{Kind: "config-media-type", Path: "config.mediaType", Old: "a", New: "b"}}}
+			if err := s.PutNormalization(ctx, n); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("verdict pointing at a missing manifest: got %v, want ErrNotFound", err)
+			}
+			if err := s.PutManifest(ctx, normalized); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.PutNormalization(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.GetNormalization(ctx, dgst)
+			if err != nil || got.Normalized != n.Normalized || len(got.Changes) != 1 || got.Changes[0] != n.Changes[0] {
+				t.Fatalf("got %+v, %v", got, err)
+			}
+			clean := cache.Normalization{Original: normalized.Digest}
+			if err := s.PutNormalization(ctx, clean); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.GetNormalization(ctx, normalized.Digest); err != nil || got.Normalized != "" {
+				t.Fatalf("clean verdict: %+v, %v", got, err)
+			}
+		}},
+		{"report entries", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			if got, err := s.ListReports(ctx); err != nil || len(got) != 0 {
+				t.Fatalf("empty list: %v %v", got, err)
+			}
+			t0 := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+			a := cache.ReportEntry{Upstream: "docker.io", Repository: "library/redis", Original: dgst, Normalized: digest.FromString("n"), Tags: []string{"2.8"}, FirstServed: t0, LastServed: t0, TimesServed: 1}
+			b := cache.ReportEntry{Upstream: "quay.io", Repository: "library/redis", Original: dgst}
+			for _, e := range []cache.ReportEntry{a, b} {
+				if err := s.PutReport(ctx, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := s.GetReport(ctx, a.Key())
+			if err != nil || got.TimesServed != 1 || got.Tags[0] != "2.8" {
+				t.Fatalf("get: %+v %v", got, err)
+			}
+			all, err := s.ListReports(ctx)
+			if err != nil || len(all) != 2 {
+				t.Fatalf("list: %d entries, %v", len(all), err)
+			}
+		}},
 		{"clean uploads removes only old leftovers", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			in, err := s.IngestBlob(ctx, dgst, -1)
 			if err != nil {
@@ -236,5 +283,19 @@ func assertAbsent(t *testing.T, d storagedriver.StorageDriver, s *cache.Store, d
 	})
 	if len(left) > 0 {
 		t.Fatalf("temporary objects left behind: %v", left)
+	}
+}
+
+func TestReportEntryMerge(t *testing.T) {
+	t.Parallel()
+	t1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	t2 := t1.Add(time.Hour)
+	e := cache.ReportEntry{Tags: []string{"b"}, FirstServed: t2, LastServed: t2, TimesServed: 2}
+	e.Merge(cache.ReportEntry{Normalized: "sha256:x", Tags: []string{"a", "b"}, FirstServed: t1, LastServed: t1, TimesServed: 3, UnnormalizedPulls: 1, LastUnnormalizedPull: t2})
+	if e.FirstServed != t1 || e.LastServed != t2 || e.TimesServed != 5 || e.UnnormalizedPulls != 1 || e.Normalized != "sha256:x" {
+		t.Fatalf("merge: %+v", e)
+	}
+	if len(e.Tags) != 2 || e.Tags[0] != "a" || e.Tags[1] != "b" {
+		t.Fatalf("tags: %v", e.Tags)
 	}
 }

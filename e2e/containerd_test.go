@@ -25,8 +25,9 @@ type containerd struct {
 }
 
 // startContainerd starts a containerd whose docker.io mirror is mirrorURL,
-// with capabilities pull and resolve, as the README tells operators.
-func startContainerd(t *testing.T, mirrorURL string) *containerd {
+// with capabilities pull and resolve, as the README tells operators. Each
+// direct registry (host:port) is reached over plain HTTP with no mirror.
+func startContainerd(t *testing.T, mirrorURL string, direct ...string) *containerd {
 	t.Helper()
 	// Short paths: unix socket names are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "rn-ctd")
@@ -38,6 +39,11 @@ func startContainerd(t *testing.T, mirrorURL string) *containerd {
 	hosts := fmt.Sprintf("server = \"https://registry-1.docker.io\"\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", mirrorURL)
 	os.MkdirAll(filepath.Join(c.configPath, "docker.io"), 0o755)
 	os.WriteFile(filepath.Join(c.configPath, "docker.io", "hosts.toml"), []byte(hosts), 0o644)
+	for _, host := range direct {
+		os.MkdirAll(filepath.Join(c.configPath, host), 0o755)
+		toml := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)
+		os.WriteFile(filepath.Join(c.configPath, host, "hosts.toml"), []byte(toml), 0o644)
+	}
 
 	cfg := fmt.Sprintf(`version = 2
 root = %q
@@ -95,6 +101,19 @@ func (c *containerd) pull(t *testing.T, ref string) (string, error) {
 		return "", err
 	}
 	return resp.ImageRef, nil
+}
+
+// repoDigest returns the manifest digest containerd recorded for ref.
+func (c *containerd) repoDigest(t *testing.T, ref string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.images(t).ImageStatus(ctx, &runtime.ImageStatusRequest{Image: &runtime.ImageSpec{Image: ref}})
+	if err != nil || resp.Image == nil || len(resp.Image.RepoDigests) == 0 {
+		t.Fatalf("image status %s: %v %v", ref, err, resp)
+	}
+	_, dgst, _ := strings.Cut(resp.Image.RepoDigests[0], "@")
+	return dgst
 }
 
 // run runs the image with ctr and returns what it printed.

@@ -59,6 +59,12 @@ func TestContainerdPullsThroughMirror(t *testing.T) {
 		t.Fatalf("blob GETs through regnorm = %v, want 3 (config and two layers)", n)
 	}
 	// A clean image keeps its upstream digest: nothing was rewritten.
+	if got := node.repoDigest(t, "docker.io/library/hello:v1"); got != img.ManifestDigest.String() {
+		t.Fatalf("clean image pulled as %s, upstream digest is %s", got, img.ManifestDigest)
+	}
+	if n := metric(t, proxyURL, "regnorm_rewrites_total"); n != 0 {
+		t.Fatalf("rewrites = %v for a clean image", n)
+	}
 	if n := metric(t, proxyURL, "regnorm_cache_requests_total", `kind="blob"`, `result="miss"`); n != 3 {
 		t.Fatalf("blob cache misses = %v, want 3", n)
 	}

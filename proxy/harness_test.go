@@ -34,7 +34,9 @@ type harness struct {
 	front *faultyFront
 	store *cache.Store
 	url   string
+	srv   *proxy.Server
 	logs  *syncBuffer
+	opts  harnessOptions
 }
 
 type harnessOptions struct {
@@ -47,25 +49,34 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	t.Helper()
 	reg := regtest.Start(t, o.registry)
 	front := newFaultyFront(t, reg.URL)
-	u, _ := url.Parse(front.URL)
 	store := cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 50}))
-	logs := &syncBuffer{}
+	h := &harness{reg: reg, front: front, store: store, opts: o}
+	h.restart(t)
+	return h
+}
+
+// restart replaces the proxy with a new one on the same cache, as a restart
+// or another replica would be.
+func (h *harness) restart(t *testing.T) {
+	t.Helper()
+	u, _ := url.Parse(h.front.URL)
+	h.logs = &syncBuffer{}
 	promReg := prometheus.NewRegistry()
 	srv, err := proxy.New(proxy.Options{
-		Store:           store,
-		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u, Credentials: o.credentials}},
+		Store:           h.store,
+		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u, Credentials: h.opts.credentials}},
 		DefaultUpstream: "docker.io",
-		TagTTL:          o.tagTTL,
+		TagTTL:          h.opts.tagTTL,
 		SpoolDir:        t.TempDir(),
 		Metrics:         proxy.NewMetrics(promReg),
-		Logger:          slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:          slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ps := httptest.NewServer(srv.Handler(promhttp.HandlerFor(promReg, promhttp.HandlerOpts{})))
 	t.Cleanup(ps.Close)
-	return &harness{reg: reg, front: front, store: store, url: ps.URL, logs: logs}
+	h.srv, h.url = srv, ps.URL
 }
 
 // push pushes a generated image and returns it.
@@ -131,7 +142,7 @@ func (r response) ociError(t *testing.T) string {
 func (h *harness) metric(t *testing.T, name, labels string) float64 {
 	t.Helper()
 	r := h.do(t, http.MethodGet, "/metrics", nil)
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\{([^}]*)\} (\S+)$`)
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{([^}]*)\})? (\S+)$`)
 	total := 0.0
 	for _, m := range re.FindAllStringSubmatch(string(r.body), -1) {
 		if strings.Contains(m[1], labels) {

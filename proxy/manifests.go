@@ -44,12 +44,26 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	var m cache.Manifest
 	var source string
 	if req.tag != "" {
-		m, source, err = s.manifestByTag(ctx, req, accept)
+		if m, source, err = s.manifestByTag(ctx, req, accept); err != nil {
+			return err
+		}
+		n, err := s.normalize(ctx, req.upstream, req.repo, m)
+		if err != nil {
+			return err
+		}
+		if n.changed() {
+			s.metrics.normalizedServed.Inc()
+			now := s.now().UTC()
+			s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
+				Tags: []string{req.tag}, FirstServed: now, LastServed: now, TimesServed: 1})
+			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
+		}
+		m = n.manifest
 	} else {
-		m, source, err = s.manifestByDigest(ctx, req, accept)
-	}
-	if err != nil {
-		return err
+		if m, source, err = s.manifestByDigest(ctx, req, accept); err != nil {
+			return err
+		}
+		s.noteDigestPull(ctx, req, m)
 	}
 	logAttrs(ctx, slog.String("source", source), slog.String("digest", m.Digest.String()))
 

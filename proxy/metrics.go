@@ -16,6 +16,12 @@ type Metrics struct {
 	tokenFetches     *prometheus.CounterVec
 	staleServes      *prometheus.CounterVec
 	inflightFetches  prometheus.Gauge
+
+	rewrites          *prometheus.CounterVec
+	rewriteErrors     *prometheus.CounterVec
+	normalizeDuration prometheus.Histogram
+	normalizedServed  prometheus.Counter
+	unnormalizedPulls prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -59,7 +65,29 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_upstream_inflight_fetches",
 			Help: "Blob downloads from upstream in progress.",
 		}),
+		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_rewrites_total",
+			Help: "Changes made by normalization, by kind (config-media-type, child-manifest), counted once per normalized document.",
+		}, []string{"kind"}),
+		rewriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_rewrite_errors_total",
+			Help: "Normalizations that failed, by reason: invalid (content refused, served untouched) or fetch (a config or child could not be read, request failed).",
+		}, []string{"reason"}),
+		normalizeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "regnorm_normalization_duration_seconds",
+			Help:    "Time to normalize one manifest or index, blob fetches included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}),
+		normalizedServed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_normalized_manifests_served_total",
+			Help: "Answers to a manifest request by tag that gave a normalized manifest.",
+		}),
+		unnormalizedPulls: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_unnormalized_digest_pulls_total",
+			Help: "Pulls by the original digest of a manifest regnorm normalizes: they get the original, unfixed bytes.",
+		}),
 	}
+	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
 		m.upstreamRequests, m.upstreamDuration, m.tokenFetches, m.staleServes, m.inflightFetches)
 	return m

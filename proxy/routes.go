@@ -34,6 +34,7 @@ const (
 	routeUpload    = "upload"
 	routeHealth    = "health"
 	routeMetrics   = "metrics"
+	routeReport    = "report"
 	routeNotFound  = "not_found"
 	routeForbidden = "method_not_allowed"
 )
@@ -111,6 +112,7 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle(name+"/blobs/{digest:"+digestPattern+"}", s.handle(routeBlob, s.serveBlob)).Methods(read...)
 	r.Handle(name+"/tags/list", s.handle(routeTags, s.serveTags)).Methods(read...)
 	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
+	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.serveReport)).Methods(read...)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
 	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)
 	if metricsHandler != nil {

@@ -21,6 +21,8 @@ type Store interface {
 	cache.BlobIngester
 	cache.ManifestStore
 	cache.TagStore
+	cache.NormalizationStore
+	cache.ReportStore
 }
 
 // Options configure a Server. cmd/proxy builds them from the configuration.
@@ -51,6 +53,8 @@ type Server struct {
 	tagTTL          time.Duration
 	fetches         *blobFetches
 	manifests       singleflight.Group
+	normalizations  singleflight.Group
+	reports         *reporter
 	metrics         *Metrics
 	log             *slog.Logger
 	now             func() time.Time
@@ -81,6 +85,7 @@ func New(opts Options) (*Server, error) {
 		metrics:         opts.Metrics,
 		log:             opts.Logger,
 		now:             time.Now,
+		reports:         newReporter(opts.Store, opts.Logger),
 	}
 	for _, cfg := range opts.Upstreams {
 		if _, dup := s.upstreams[cfg.Name]; dup {
@@ -100,6 +105,15 @@ func New(opts Options) (*Server, error) {
 		inflight: map[digest.Digest]*blobFetch{},
 	}
 	return s, nil
+}
+
+// reportFlushInterval is how often served counts reach the stored report.
+const reportFlushInterval = 10 * time.Second
+
+// Run does the server's background work until ctx ends: it flushes the
+// rewrite report, and flushes it once more on the way out.
+func (s *Server) Run(ctx context.Context) {
+	s.reports.run(ctx, reportFlushInterval)
 }
 
 // Handler returns the HTTP handler. metrics, when not nil, is mounted at

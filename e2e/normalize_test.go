@@ -1,0 +1,101 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regnorm/regnorm/internal/regtest"
+)
+
+var legacyConfig = regtest.ImageOptions{ConfigMediaType: "application/octet-stream"}
+
+// TestOctetStreamConfigImages reproduces containerd's failure on images
+// whose config is declared application/octet-stream (Docker before 1.11),
+// then pulls the same images through regnorm by tag and runs them.
+func TestOctetStreamConfigImages(t *testing.T) {
+	registryURL, _ := startRegistry(t)
+	registryHost := strings.TrimPrefix(registryURL, "http://")
+	legacy := pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
+	indexDigest := pushIndex(t, registryURL, "library/legacy-multi", "v1", legacy, pushHello(t, registryURL, "library/legacy-multi", "arm64", regtest.ImageOptions{}))
+	proxyURL, _ := startRegnorm(t, registryURL, "")
+
+	for _, tt := range []struct{ name, repo, original string }{
+		{"image", "library/legacy", legacy.ManifestDigest.String()},
+		{"index with a broken linux/amd64 child", "library/legacy-multi", indexDigest.String()},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// A node of its own: content left by another case would hide the bug.
+			node := startContainerd(t, proxyURL, registryHost)
+			// Straight from the upstream, containerd 1.6.20 fails as in the wild.
+			_, err := node.pull(t, registryHost+"/"+tt.repo+":v1")
+			if err == nil || !strings.Contains(err.Error(), "failed to extract layer") || !strings.Contains(err.Error(), "not found") {
+				t.Fatalf("direct pull: got %v, want containerd's 'failed to extract layer ... not found'", err)
+			}
+			// Through regnorm, by tag: pulled, and it runs.
+			ref := "docker.io/" + tt.repo + ":v1"
+			if _, err := node.pull(t, ref); err != nil {
+				t.Fatalf("pull through regnorm: %v", err)
+			}
+			if got := node.run(t, ref); got != "hello from regnorm e2e" {
+				t.Fatalf("container printed %q", got)
+			}
+			if got := node.repoDigest(t, ref); got == tt.original {
+				t.Fatalf("pulled under the original digest %s", got)
+			}
+		})
+	}
+
+	// The report names both, and the metrics count them.
+	resp, err := http.Get(proxyURL + "/api/v1/rewrites")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var report struct {
+		Rewrites []struct {
+			Repository     string `json:"repository"`
+			OriginalDigest string `json:"originalDigest"`
+		} `json:"rewrites"`
+	}
+	json.NewDecoder(resp.Body).Decode(&report)
+	seen := map[string]bool{}
+	for _, e := range report.Rewrites {
+		seen[e.OriginalDigest] = true
+	}
+	if !seen[legacy.ManifestDigest.String()] || !seen[indexDigest.String()] {
+		t.Fatalf("report lacks an entry: %+v", report.Rewrites)
+	}
+	if n := metric(t, proxyURL, "regnorm_rewrites_total", `kind="config-media-type"`); n != 1 {
+		t.Fatalf("config-media-type rewrites = %v, want 1 (the index's child is the same manifest)", n)
+	}
+}
+
+// pushIndex pushes an OCI index of amd64 and arm64 images and returns its digest.
+func pushIndex(t *testing.T, registryURL, repo, tag string, amd64, arm64 regtest.Image) digest.Digest {
+	t.Helper()
+	// The children must be in the index's repository.
+	c := &regtest.Client{Base: registryURL}
+	for _, img := range []regtest.Image{amd64, arm64} {
+		if err := c.PushImage(context.Background(), repo, img.ManifestDigest.String(), img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: arm64.ManifestDigest, Size: int64(len(arm64.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "arm64"}},
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: amd64.ManifestDigest, Size: int64(len(amd64.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+	}}
+	index.SchemaVersion = 2
+	raw, _ := json.Marshal(index)
+	if err := c.PushManifest(context.Background(), repo, tag, ocispec.MediaTypeImageIndex, raw); err != nil {
+		t.Fatal(err)
+	}
+	return digest.FromBytes(raw)
+}

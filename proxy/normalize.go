@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/rewrite"
+)
+
+const (
+	// maxConfigSize caps a config blob read into memory for normalization.
+	maxConfigSize = 8 << 20
+	// maxIndexDepth: an index may list indexes; deeper nesting is served as is.
+	maxIndexDepth = 2
+	// normalizeTimeout bounds one normalization, however many clients wait.
+	normalizeTimeout = 5 * time.Minute
+	// childFetches is how many children of an index are fetched at once.
+	childFetches = 4
+)
+
+// errInvalidContent marks content the rules refuse (invalid, ambiguous,
+// oversized): such a document is served untouched. Every other error (an
+// upstream that cannot deliver a config, say) fails the request instead.
+var errInvalidContent = errors.New("content not normalizable")
+
+// normalized is what to serve for one original manifest, and why.
+type normalized struct {
+	manifest cache.Manifest
+	verdict  cache.Normalization // Normalized is empty when nothing changed
+}
+
+func (n normalized) changed() bool { return n.verdict.Normalized != "" }
+
+// normalize returns the manifest to serve in place of m: its normalized form,
+// or m itself. Verdicts are read from the cache first, so a restart or another
+// replica does not recompute them.
+func (s *Server) normalize(ctx context.Context, up *upstream, repo string, m cache.Manifest) (normalized, error) {
+	return s.normalizeDepth(ctx, up, repo, m, 0)
+}
+
+func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, m cache.Manifest, depth int) (normalized, error) {
+	clean := normalized{manifest: m, verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}
+	if !s.mayNeedNormalizing(m, depth) {
+		return clean, nil
+	}
+	if n, err := s.store.GetNormalization(ctx, m.Digest); err == nil {
+		if n.Normalized == "" {
+			return normalized{manifest: m, verdict: n}, nil
+		}
+		if nm, err := s.store.GetManifest(ctx, n.Normalized); err == nil {
+			return normalized{manifest: nm, verdict: n}, nil
+		}
+		// The verdict outlived its manifest: compute both again.
+	}
+	v, err, _ := s.normalizations.Do(m.Digest.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), normalizeTimeout)
+		defer cancel()
+		return s.computeNormalization(ctx, up, repo, m, depth)
+	})
+	if err != nil {
+		s.metrics.rewriteErrors.WithLabelValues("fetch").Inc()
+		return normalized{}, err
+	}
+	return v.(normalized), nil
+}
+
+// mayNeedNormalizing is the pure, I/O-free first look: most manifests are
+// clean and cost nothing more.
+func (s *Server) mayNeedNormalizing(m cache.Manifest, depth int) bool {
+	switch {
+	case rewrite.IsManifest(m.MediaType):
+		plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
+		return err == nil && plan.Config != nil
+	case rewrite.IsIndex(m.MediaType):
+		return depth < maxIndexDepth
+	}
+	return false
+}
+
+func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo string, m cache.Manifest, depth int) (normalized, error) {
+	start := time.Now()
+	var res rewrite.Result
+	var err error
+	if rewrite.IsManifest(m.MediaType) {
+		res, err = s.normalizeImage(ctx, up, repo, m)
+	} else {
+		res, err = s.normalizeIndex(ctx, up, repo, m, depth)
+	}
+	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, CreatedAt: s.now().UTC()}
+	out := m
+	switch {
+	case errors.Is(err, errInvalidContent):
+		// Content-addressed: the same bytes will be refused again, so the
+		// clean verdict is recorded and the original served.
+		s.metrics.rewriteErrors.WithLabelValues("invalid").Inc()
+		s.log.Warn("manifest not normalizable, serving it untouched", "upstream", up.name, "repo", repo, "digest", m.Digest, "error", err)
+	case err != nil:
+		return normalized{}, err
+	case res.Changed():
+		out = cache.Manifest{MediaType: res.MediaType, Digest: res.Digest, Content: res.Content}
+		if err := s.store.PutManifest(ctx, out); err != nil {
+			return normalized{}, fmt.Errorf("cache normalized manifest: %w", err)
+		}
+		verdict.Normalized = res.Digest
+		for _, c := range res.Changes {
+			verdict.Changes = append(verdict.Changes, cache.Change(c))
+			s.metrics.rewrites.WithLabelValues(c.Kind).Inc()
+		}
+		s.reports.add(cache.ReportEntry{Upstream: up.name, Repository: repo, Original: m.Digest,
+			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
+		s.log.Info("normalized manifest", "upstream", up.name, "repo", repo, "original", m.Digest,
+			"normalized", res.Digest, "changes", len(res.Changes))
+	}
+	if err := s.store.PutNormalization(ctx, verdict); err != nil {
+		s.log.Error("caching normalization verdict failed", "digest", m.Digest, "error", err)
+	}
+	s.metrics.normalizeDuration.Observe(time.Since(start).Seconds())
+	return normalized{manifest: out, verdict: verdict}, nil
+}
+
+// normalizeImage applies the manifest rules, reading the config through the
+// cache (where containerd will find it next).
+func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, m cache.Manifest) (rewrite.Result, error) {
+	plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	var config []byte
+	if plan.Config != nil {
+		if config, err = s.readBlob(ctx, up, repo, *plan.Config, maxConfigSize); err != nil {
+			return rewrite.Result{}, err
+		}
+	}
+	res, err := rewrite.NormalizeManifest(m.MediaType, m.Content, config)
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	return res, nil
+}
+
+// normalizeIndex normalizes every child manifest (a few at a time) and
+// points the index at those that changed.
+func (s *Server) normalizeIndex(ctx context.Context, up *upstream, repo string, m cache.Manifest, depth int) (rewrite.Result, error) {
+	children, err := rewrite.IndexChildren(m.MediaType, m.Content)
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	var mu sync.Mutex
+	changed := map[digest.Digest]ocispec.Descriptor{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(childFetches)
+	for _, child := range children {
+		if !rewrite.IsManifest(child.MediaType) && !rewrite.IsIndex(child.MediaType) {
+			continue
+		}
+		g.Go(func() error {
+			cm, _, err := s.manifestByDigest(gctx, distRequest{upstream: up, repo: repo, digest: child.Digest}, nil)
+			if err != nil {
+				return fmt.Errorf("child manifest %s: %w", child.Digest, err)
+			}
+			n, err := s.normalizeDepth(gctx, up, repo, cm, depth+1)
+			if err != nil {
+				return err
+			}
+			if n.changed() {
+				mu.Lock()
+				changed[child.Digest] = ocispec.Descriptor{MediaType: child.MediaType, Digest: n.manifest.Digest, Size: int64(len(n.manifest.Content))}
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return rewrite.Result{}, err
+	}
+	res, err := rewrite.NormalizeIndex(m.MediaType, m.Content, changed)
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	return res, nil
+}
+
+// readBlob reads a small blob through the cache, downloading it with the
+// same single-flight fetch clients use.
+func (s *Server) readBlob(ctx context.Context, up *upstream, repo string, desc ocispec.Descriptor, limit int64) ([]byte, error) {
+	if desc.Size > limit {
+		return nil, fmt.Errorf("%w: blob %s is %d bytes, more than %d", errInvalidContent, desc.Digest, desc.Size, limit)
+	}
+	rc, _, err := s.store.OpenBlob(ctx, desc.Digest)
+	if errors.Is(err, cache.ErrNotFound) {
+		f := s.fetches.join(up, repo, desc.Digest)
+		err = f.waitDone(ctx)
+		f.release()
+		if err != nil {
+			return nil, err
+		}
+		rc, _, err = s.store.OpenBlob(ctx, desc.Digest)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read blob %s: %w", desc.Digest, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%w: blob %s is larger than %d bytes", errInvalidContent, desc.Digest, limit)
+	}
+	return b, nil
+}
+
+// noteDigestPull handles a pull by digest: it always gets the bytes it
+// names (containerd verifies them). If those are an original that regnorm
+// normalizes, the pull cannot be fixed: count it, say which digest to pin
+// instead, and put it in the report. A verdict already known is used at
+// once; an unknown one is computed in the background, off the request.
+func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest) {
+	if !s.mayNeedNormalizing(m, 0) {
+		return
+	}
+	note := func(n cache.Normalization) {
+		if n.Normalized == "" {
+			return
+		}
+		s.metrics.unnormalizedPulls.Inc()
+		s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
+			UnnormalizedPulls: 1, LastUnnormalizedPull: s.now().UTC()})
+		s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
+			"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
+		logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
+	}
+	if n, err := s.store.GetNormalization(ctx, m.Digest); err == nil {
+		note(n)
+		return
+	}
+	go func() {
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), normalizeTimeout)
+		defer cancel()
+		n, err := s.normalize(bg, req.upstream, req.repo, m)
+		if err != nil {
+			s.log.Warn("normalizing a manifest pulled by digest failed", "digest", m.Digest, "error", err)
+			return
+		}
+		note(n.verdict)
+	}()
+}
+
+// serveReport answers GET /api/v1/rewrites with every rewrite entry.
+func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) error {
+	entries, err := s.reports.list(r.Context())
+	if err != nil {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return writeJSON(w, map[string]any{"rewrites": entries})
+}

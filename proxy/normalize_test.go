@@ -1,0 +1,237 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+)
+
+var legacy = regtest.ImageOptions{ConfigMediaType: "application/octet-stream"}
+
+type reportBody struct {
+	Rewrites []cache.ReportEntry `json:"rewrites"`
+}
+
+func (h *harness) report(t *testing.T) []cache.ReportEntry {
+	t.Helper()
+	r := h.do(t, http.MethodGet, "/api/v1/rewrites", nil)
+	var body reportBody
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &body) != nil {
+		t.Fatalf("report: %d %s", r.status, r.body)
+	}
+	return body.Rewrites
+}
+
+// pullByTag resolves tag like containerd and fetches the manifest by the
+// digest it was given, checking that digest against the bytes.
+func (h *harness) pullByTag(t *testing.T, repo, tag string) (digest.Digest, []byte) {
+	t.Helper()
+	head := h.do(t, http.MethodHead, "/v2/"+repo+"/manifests/"+tag+"?ns=docker.io", containerdAccept)
+	if head.status != http.StatusOK {
+		t.Fatalf("HEAD %s:%s: %d", repo, tag, head.status)
+	}
+	dgst := digest.Digest(head.header.Get("Docker-Content-Digest"))
+	get := h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+dgst.String()+"?ns=docker.io", containerdAccept)
+	if get.status != http.StatusOK || digest.FromBytes(get.body) != dgst {
+		t.Fatalf("GET %s@%s: %d, body hashes to %s", repo, dgst, get.status, digest.FromBytes(get.body))
+	}
+	return dgst, get.body
+}
+
+func TestNormalizesOctetStreamConfig(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{tagTTL: time.Hour})
+	img := h.push(t, "library/redis", "2.8.23", legacy, oneFile)
+
+	// Concurrent first requests normalize once.
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() { h.do(t, http.MethodHead, "/v2/library/redis/manifests/2.8.23?ns=docker.io", containerdAccept) })
+	}
+	wg.Wait()
+	dgst, body := h.pullByTag(t, "library/redis", "2.8.23")
+	if dgst == img.ManifestDigest {
+		t.Fatal("the octet-stream image was served under its original digest")
+	}
+	var m ocispec.Manifest
+	json.Unmarshal(body, &m)
+	if m.Config.MediaType != regtest.MediaTypeDockerConfig {
+		t.Fatalf("config media type %q", m.Config.MediaType)
+	}
+	// Only the config media type differs from upstream's manifest.
+	if want := bytes.Replace(img.Manifest, []byte(`"application/octet-stream"`), []byte(`"`+regtest.MediaTypeDockerConfig+`"`), 1); !bytes.Equal(body, want) {
+		t.Fatalf("normalized manifest differs beyond the config media type:\n%s", body)
+	}
+	for _, desc := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
+		r := h.do(t, http.MethodGet, "/v2/library/redis/blobs/"+desc.Digest.String()+"?ns=docker.io", nil)
+		if r.status != http.StatusOK || digest.FromBytes(r.body) != desc.Digest {
+			t.Fatalf("blob %s: %d", desc.Digest, r.status)
+		}
+	}
+	if got := h.metric(t, "regnorm_rewrites_total", `kind="config-media-type"`); got != 1 {
+		t.Fatalf("rewrites = %v, want 1 (normalized once)", got)
+	}
+	if got := h.metric(t, "regnorm_normalized_manifests_served_total", ""); got != 11 {
+		t.Fatalf("normalized answers = %v, want 11", got)
+	}
+	entries := h.report(t)
+	if len(entries) != 1 {
+		t.Fatalf("report: %+v", entries)
+	}
+	e := entries[0]
+	if e.Upstream != "docker.io" || e.Repository != "library/redis" || e.Original != img.ManifestDigest || e.Normalized != dgst ||
+		len(e.Tags) != 1 || e.Tags[0] != "2.8.23" || e.TimesServed != 11 || e.FirstServed.IsZero() ||
+		len(e.Changes) != 1 || e.Changes[0].Kind != "config-media-type" || e.Changes[0].Old != "application/octet-stream" {
+		t.Fatalf("report entry: %+v", e)
+	}
+}
+
+func TestPullByOriginalDigestGetsOriginal(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "library/redis", "old", legacy, oneFile)
+	normalizedDigest, _ := h.pullByTag(t, "library/redis", "old")
+
+	r := h.do(t, http.MethodGet, "/v2/library/redis/manifests/"+img.ManifestDigest.String()+"?ns=docker.io", containerdAccept)
+	if r.status != http.StatusOK || !bytes.Equal(r.body, img.Manifest) {
+		t.Fatalf("pull by original digest: %d, original bytes: %v", r.status, bytes.Equal(r.body, img.Manifest))
+	}
+	if got := h.metric(t, "regnorm_unnormalized_digest_pulls_total", ""); got != 1 {
+		t.Fatalf("unnormalized digest pulls = %v, want 1", got)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "pin the normalized digest") || !strings.Contains(logs, normalizedDigest.String()) {
+		t.Fatalf("no warning naming %s:\n%s", normalizedDigest, logs)
+	}
+	if e := h.report(t); len(e) != 1 || e[0].UnnormalizedPulls != 1 {
+		t.Fatalf("report: %+v", e)
+	}
+	// The normalized digest itself is a fine pin: no warning.
+	h.do(t, http.MethodGet, "/v2/library/redis/manifests/"+normalizedDigest.String()+"?ns=docker.io", containerdAccept)
+	if got := h.metric(t, "regnorm_unnormalized_digest_pulls_total", ""); got != 1 {
+		t.Fatalf("a pull by the normalized digest counted as unnormalized (%v)", got)
+	}
+}
+
+func TestPullByOriginalDigestFirst(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "library/redis", "old", legacy, oneFile)
+	r := h.do(t, http.MethodGet, "/v2/library/redis/manifests/"+img.ManifestDigest.String(), containerdAccept)
+	if r.status != http.StatusOK || !bytes.Equal(r.body, img.Manifest) {
+		t.Fatalf("pull by original digest: %d", r.status)
+	}
+	// The verdict is computed off the request; the count follows.
+	deadline := time.Now().Add(10 * time.Second)
+	for h.metric(t, "regnorm_unnormalized_digest_pulls_total", "") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("a first pull by an original digest was never counted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestIndexWithOneBrokenChild(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	broken := h.push(t, "library/multi", "amd64-only", legacy, oneFile)
+	clean := h.push(t, "library/multi", "arm64-only", regtest.ImageOptions{}, oneFile, oneFile)
+	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: clean.ManifestDigest, Size: int64(len(clean.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "arm64"}},
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: broken.ManifestDigest, Size: int64(len(broken.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "amd64"},
+			Annotations: map[string]string{"keep": "me"}},
+	}}
+	index.SchemaVersion = 2
+	raw, _ := json.Marshal(index)
+	if err := h.reg.Client().PushManifest(context.Background(), "library/multi", "latest", ocispec.MediaTypeImageIndex, raw); err != nil {
+		t.Fatal(err)
+	}
+
+	dgst, body := h.pullByTag(t, "library/multi", "latest")
+	if dgst == digest.FromBytes(raw) {
+		t.Fatal("index with a broken child kept its digest")
+	}
+	var got ocispec.Index
+	json.Unmarshal(body, &got)
+	if got.Manifests[0].Digest != clean.ManifestDigest {
+		t.Fatal("the clean child changed")
+	}
+	fixed := got.Manifests[1]
+	if fixed.Digest == broken.ManifestDigest || fixed.Platform.Architecture != "amd64" || fixed.Annotations["keep"] != "me" {
+		t.Fatalf("broken child entry: %+v", fixed)
+	}
+	// Both children are served by the digests the index names.
+	for _, desc := range got.Manifests {
+		r := h.do(t, http.MethodGet, "/v2/library/multi/manifests/"+desc.Digest.String()+"?ns=docker.io", containerdAccept)
+		if r.status != http.StatusOK || digest.FromBytes(r.body) != desc.Digest || int64(len(r.body)) != desc.Size {
+			t.Fatalf("child %s: %d", desc.Digest, r.status)
+		}
+	}
+	if got := h.metric(t, "regnorm_rewrites_total", `kind="child-manifest"`); got != 1 {
+		t.Fatalf("child-manifest rewrites = %v", got)
+	}
+	// The index of clean children would have kept its digest: the clean
+	// child on its own does.
+	if d, _ := h.pullByTag(t, "library/multi", "arm64-only"); d != clean.ManifestDigest {
+		t.Fatal("clean child tag got a new digest")
+	}
+}
+
+// TestNormalizationSurvivesRestart: verdicts and the report live in the
+// cache, so a new process answers the same without recomputing.
+func TestNormalizationSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{tagTTL: time.Hour})
+	h.push(t, "library/redis", "2.8.23", legacy, oneFile)
+	first, _ := h.pullByTag(t, "library/redis", "2.8.23")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h.srv.Run(ctx) // returns after its final flush
+
+	blobGets := h.reg.Requests(http.MethodGet, "blobs")
+	h.restart(t)
+	second, _ := h.pullByTag(t, "library/redis", "2.8.23")
+	if second != first {
+		t.Fatalf("after restart the digest is %s, was %s", second, first)
+	}
+	if h.reg.Requests(http.MethodGet, "blobs") != blobGets || h.metric(t, "regnorm_rewrites_total", "") != 0 {
+		t.Fatal("the restarted proxy normalized again")
+	}
+	if e := h.report(t); len(e) != 1 || e[0].TimesServed != 2 || e[0].Normalized != first {
+		t.Fatalf("report after restart: %+v", e)
+	}
+}
+
+func TestOctetStreamArtifactUntouched(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	// One layer but a config that is not an image config.
+	cfg := []byte(`{"chart":"x"}`)
+	if err := h.reg.Client().PushBlob(context.Background(), "library/art", cfg); err != nil {
+		t.Fatal(err)
+	}
+	layer := regtest.RandomBytes(100)
+	h.pushBlob(t, "library/art", layer)
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest,
+		Config: ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromBytes(cfg), Size: int64(len(cfg))},
+		Layers: []ocispec.Descriptor{{MediaType: "application/octet-stream", Digest: digest.FromBytes(layer), Size: 100}}}
+	m.SchemaVersion = 2
+	raw, _ := json.Marshal(m)
+	if err := h.reg.Client().PushManifest(context.Background(), "library/art", "v1", ocispec.MediaTypeImageManifest, raw); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := h.pullByTag(t, "library/art", "v1"); d != digest.FromBytes(raw) {
+		t.Fatal("an artifact with an octet-stream config was rewritten")
+	}
+}

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+// reporter keeps the rewrite report. Serving counts accumulate in memory and
+// are merged into the cache's entries on every flush, so the hot path never
+// waits for storage; list shows stored and pending counts together.
+type reporter struct {
+	store cache.ReportStore
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	pending map[string]cache.ReportEntry
+}
+
+func newReporter(store cache.ReportStore, log *slog.Logger) *reporter {
+	return &reporter{store: store, log: log, pending: map[string]cache.ReportEntry{}}
+}
+
+// add merges delta into the pending changes of its entry.
+func (r *reporter) add(delta cache.ReportEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := delta.Key()
+	e, ok := r.pending[key]
+	if !ok {
+		e = identity(delta)
+	}
+	e.Merge(delta)
+	r.pending[key] = e
+}
+
+func identity(e cache.ReportEntry) cache.ReportEntry {
+	return cache.ReportEntry{Upstream: e.Upstream, Repository: e.Repository, Original: e.Original}
+}
+
+// flush merges pending changes into the stored entries. What fails to be
+// stored stays pending for the next flush.
+func (r *reporter) flush(ctx context.Context) error {
+	r.mu.Lock()
+	pending := r.pending
+	r.pending = map[string]cache.ReportEntry{}
+	r.mu.Unlock()
+
+	var errs []error
+	for key, delta := range pending {
+		cur, err := r.store.GetReport(ctx, key)
+		if errors.Is(err, cache.ErrNotFound) {
+			cur, err = identity(delta), nil
+		}
+		if err == nil {
+			cur.Merge(delta)
+			err = r.store.PutReport(ctx, cur)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			r.add(delta)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// run flushes every interval until ctx ends, then once more.
+func (r *reporter) run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if err := r.flush(ctx); err != nil {
+				r.log.Warn("flushing the rewrite report failed", "error", err)
+			}
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := r.flush(fctx); err != nil {
+				r.log.Warn("flushing the rewrite report failed", "error", err)
+			}
+			return
+		}
+	}
+}
+
+// list returns every entry, pending counts included, most recently served first.
+func (r *reporter) list(ctx context.Context) ([]cache.ReportEntry, error) {
+	stored, err := r.store.ListReports(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byKey := map[string]cache.ReportEntry{}
+	for _, e := range stored {
+		byKey[e.Key()] = e
+	}
+	r.mu.Lock()
+	for key, delta := range r.pending {
+		e, ok := byKey[key]
+		if !ok {
+			e = identity(delta)
+		}
+		e.Merge(delta)
+		byKey[key] = e
+	}
+	r.mu.Unlock()
+	out := make([]cache.ReportEntry, 0, len(byKey))
+	for _, e := range byKey {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b cache.ReportEntry) int {
+		if c := b.LastServed.Compare(a.LastServed); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key(), b.Key())
+	})
+	return out, nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
