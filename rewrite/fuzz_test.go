@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 // FuzzNormalizeManifest: whatever the input, a result that comes back is
@@ -29,10 +31,10 @@ func FuzzNormalizeManifest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if plan.Config == nil {
+		if !plan.ConfigMediaTypeSuspect {
 			config = nil
 		}
-		got, err := NormalizeManifest(mt, manifest, config)
+		got, err := NormalizeManifest(mt, manifest, config, nil)
 		if err != nil {
 			return
 		}
@@ -81,6 +83,41 @@ func FuzzJSONDoc(f *testing.F) {
 		}
 		if !bytes.Equal(out, data) {
 			t.Fatal("identity splice changed the document")
+		}
+	})
+}
+
+// FuzzRepackLayer: a layer the scanner accepts repackages into a valid tar
+// whose digests verify, with the same number of entries, and a second scan
+// finds nothing to strip.
+func FuzzRepackLayer(f *testing.F) {
+	for _, c := range layerCases {
+		raw := buildTar(f, c.entries, c.format)
+		f.Add(raw)
+		f.Add(compress(f, raw, Gzip))
+	}
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		if len(blob) > 64<<10 {
+			return // bounded: gzip can expand a large input a thousandfold
+		}
+		scan, err := ScanLayer(bytes.NewReader(blob))
+		if err != nil {
+			return
+		}
+		var out bytes.Buffer
+		res, err := RepackLayer(&out, bytes.NewReader(blob))
+		if err != nil {
+			return // the Go tar writer refuses some headers its reader accepts
+		}
+		if res.Entries != scan.Entries || len(res.Removals) != len(scan.Removals) {
+			t.Fatalf("scan %+v, repack %+v", scan, res.LayerScan)
+		}
+		if res.Digest != digest.FromBytes(out.Bytes()) || res.Size != int64(out.Len()) {
+			t.Fatal("digest does not verify")
+		}
+		again, err := ScanLayer(bytes.NewReader(out.Bytes()))
+		if err != nil || !again.Clean() || again.Entries != scan.Entries {
+			t.Fatalf("second pass: %+v %v", again, err)
 		}
 	})
 }

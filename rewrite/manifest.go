@@ -36,6 +36,9 @@ type Change struct {
 	Path string `json:"path"`
 	Old  string `json:"old"`
 	New  string `json:"new"`
+	// Details says more where a kind needs it: for symlink-xattrs, one
+	// "path: key, key" line per entry stripped.
+	Details []string `json:"details,omitempty"`
 }
 
 // Result is a normalized document. When Changes is empty, Content is the
@@ -45,6 +48,10 @@ type Result struct {
 	Content   []byte
 	Digest    digest.Digest
 	Changes   []Change
+	// Config is the new config blob when normalization changed it (new
+	// diff_ids), with its descriptor; nil otherwise.
+	Config     []byte
+	ConfigDesc ocispec.Descriptor
 }
 
 // Changed reports whether normalization changed anything.
@@ -65,67 +72,118 @@ func IsManifest(mediaType string) bool {
 	return mediaType == ocispec.MediaTypeImageManifest || mediaType == MediaTypeDockerManifest
 }
 
-// ManifestPlan says what normalizing a manifest needs before it can run.
+// ManifestPlan is what a manifest refers to, for deciding what to read
+// before NormalizeManifest runs.
 type ManifestPlan struct {
-	// Config is the config descriptor; set when the rule must read the
-	// config blob to decide (its media type is octet-stream).
-	Config *ocispec.Descriptor
+	Config ocispec.Descriptor
+	Layers []ocispec.Descriptor
+	// ConfigMediaTypeSuspect: the config is declared octet-stream, so the
+	// config blob must be read to decide the media type rule.
+	ConfigMediaTypeSuspect bool
 }
 
-// PlanManifest reads a manifest and says which blobs NormalizeManifest will
-// need. A manifest whose plan needs nothing is already normal.
+// PlanManifest reads a manifest's descriptors.
 func PlanManifest(mediaType string, manifest []byte) (ManifestPlan, error) {
 	doc, err := parseManifest(mediaType, manifest)
 	if err != nil {
 		return ManifestPlan{}, err
 	}
 	var plan ManifestPlan
-	if mt, _ := doc.str("config", "mediaType"); mt == MediaTypeOctetStream {
-		desc, err := descriptorAt(doc, "config")
+	if plan.Config, err = descriptorAt(doc, "config"); err != nil {
+		return ManifestPlan{}, err
+	}
+	plan.ConfigMediaTypeSuspect = plan.Config.MediaType == MediaTypeOctetStream
+	n, ok := doc.arrayLen("layers")
+	if !ok {
+		return ManifestPlan{}, fmt.Errorf("%w: layers is not an array", ErrNotImage)
+	}
+	for i := range n {
+		desc, err := descriptorAt(doc, "layers", strconv.Itoa(i))
 		if err != nil {
 			return ManifestPlan{}, err
 		}
-		plan.Config = &desc
+		plan.Layers = append(plan.Layers, desc)
 	}
 	return plan, nil
 }
 
 // NormalizeManifest applies the rules to an image manifest. config is the
-// config blob when PlanManifest asked for it (nil otherwise); it must match
-// the manifest's config descriptor.
+// config blob (it must match the manifest's descriptor); it may be nil when
+// the config is not octet-stream and no layer is repackaged. layers maps an
+// original layer digest to its repackaged form; layers not in the map stay.
 //
 // The config media type rule: a config declared application/octet-stream
 // that really is an image config (rootfs.type "layers", one diff_id per
 // layer) gets the Docker config type in a Docker manifest and the OCI config
 // type in an OCI manifest. Anything else octet-stream (an artifact) is left
 // alone.
-func NormalizeManifest(mediaType string, manifest, config []byte) (Result, error) {
+//
+// The layer rule: each repackaged layer's descriptor gets its new digest and
+// size, and its rootfs.diff_ids entry in the config the new uncompressed
+// digest; the config then gets a new digest, and the manifest points at it.
+func NormalizeManifest(mediaType string, manifest, config []byte, layers map[digest.Digest]LayerResult) (Result, error) {
 	doc, err := parseManifest(mediaType, manifest)
 	if err != nil {
 		return Result{}, err
 	}
-	var edits []edit
+	plan, err := PlanManifest(mediaType, manifest)
+	if err != nil {
+		return Result{}, err
+	}
+	var cdoc *jsonDoc
+	if config != nil {
+		if got := plan.Config.Digest.Algorithm().FromBytes(config); got != plan.Config.Digest || int64(len(config)) != plan.Config.Size {
+			return Result{}, fmt.Errorf("config blob does not match descriptor %s", plan.Config.Digest)
+		}
+		// A config that is not (unambiguous) JSON is not an image config:
+		// cdoc stays nil and the rules that need one do not apply.
+		cdoc, _ = parseDoc(config)
+	}
+	var edits, configEdits []edit
 	var changes []Change
 
-	if mt, _ := doc.str("config", "mediaType"); mt == MediaTypeOctetStream && config != nil {
-		desc, err := descriptorAt(doc, "config")
+	if plan.ConfigMediaTypeSuspect && cdoc != nil && isImageConfig(cdoc, len(plan.Layers)) {
+		want := configMediaTypeFor(mediaType)
+		edits = append(edits, edit{path: []string{"config", "mediaType"}, value: quote(want)})
+		changes = append(changes, Change{Kind: KindConfigMediaType, Path: "config.mediaType", Old: MediaTypeOctetStream, New: want})
+	}
+	for i, desc := range plan.Layers {
+		fix, ok := layers[desc.Digest]
+		if !ok || fix.Digest == desc.Digest {
+			continue
+		}
+		if cdoc == nil || !isImageConfig(cdoc, len(plan.Layers)) {
+			return Result{}, fmt.Errorf("%w: layer %d is repackaged but the config has no matching rootfs.diff_ids", ErrNotImage, i)
+		}
+		idx := strconv.Itoa(i)
+		edits = append(edits,
+			edit{path: []string{"layers", idx, "digest"}, value: quote(fix.Digest.String())},
+			edit{path: []string{"layers", idx, "size"}, value: []byte(strconv.FormatInt(fix.Size, 10))},
+		)
+		configEdits = append(configEdits, edit{path: []string{"rootfs", "diff_ids", idx}, value: quote(fix.DiffID.String())})
+		changes = append(changes, Change{Kind: KindSymlinkXattrs, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
+			Details: describeRemovals(fix.Removals)})
+	}
+
+	var res Result
+	if len(configEdits) > 0 {
+		newConfig, err := cdoc.splice(configEdits)
 		if err != nil {
 			return Result{}, err
 		}
-		if got := desc.Digest.Algorithm().FromBytes(config); got != desc.Digest || int64(len(config)) != desc.Size {
-			return Result{}, fmt.Errorf("config blob does not match descriptor %s", desc.Digest)
-		}
-		layers, ok := doc.arrayLen("layers")
-		if !ok {
-			return Result{}, fmt.Errorf("%w: layers is not an array", ErrNotImage)
-		}
-		if isImageConfig(config, layers) {
-			want := configMediaTypeFor(mediaType)
-			edits = append(edits, edit{path: []string{"config", "mediaType"}, value: quote(want)})
-			changes = append(changes, Change{Kind: KindConfigMediaType, Path: "config.mediaType", Old: mt, New: want})
-		}
+		res.Config = newConfig
+		res.ConfigDesc = ocispec.Descriptor{MediaType: plan.Config.MediaType, Digest: digest.FromBytes(newConfig), Size: int64(len(newConfig))}
+		edits = append(edits,
+			edit{path: []string{"config", "digest"}, value: quote(res.ConfigDesc.Digest.String())},
+			edit{path: []string{"config", "size"}, value: []byte(strconv.FormatInt(res.ConfigDesc.Size, 10))},
+		)
 	}
-	return finish(doc, mediaType, edits, changes)
+	out, err := finish(doc, mediaType, edits, changes)
+	if err != nil {
+		return Result{}, err
+	}
+	out.Config, out.ConfigDesc = res.Config, res.ConfigDesc
+	return out, nil
 }
 
 // NormalizeIndex points an index's entries at their children's normalized
@@ -221,11 +279,7 @@ func descriptorAt(doc *jsonDoc, path ...string) (ocispec.Descriptor, error) {
 
 // isImageConfig reports whether config is an image config for a manifest
 // with layers layers.
-func isImageConfig(config []byte, layers int) bool {
-	doc, err := parseDoc(config)
-	if err != nil {
-		return false
-	}
+func isImageConfig(doc *jsonDoc, layers int) bool {
 	if t, _ := doc.str("rootfs", "type"); t != "layers" {
 		return false
 	}

@@ -38,10 +38,10 @@ func TestManifestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			var cfg []byte
-			if plan.Config != nil {
+			if plan.ConfigMediaTypeSuspect {
 				cfg = config
 			}
-			got, err := NormalizeManifest(mediaType, in, cfg)
+			got, err := NormalizeManifest(mediaType, in, cfg, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,7 +80,7 @@ func checkManifestProperties(t *testing.T, mediaType string, in, config []byte, 
 	if !reflect.DeepEqual(before, after) {
 		t.Fatalf("something other than config.mediaType changed:\n%s\n%s", in, got.Content)
 	}
-	again, err := NormalizeManifest(mediaType, got.Content, config)
+	again, err := NormalizeManifest(mediaType, got.Content, config, nil)
 	if err != nil {
 		t.Fatalf("second pass: %v", err)
 	}
@@ -151,7 +151,7 @@ func TestRejectsAmbiguousOrForeignInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if _, err := NormalizeManifest(tt.mediaType, []byte(tt.doc), nil); err == nil {
+			if _, err := NormalizeManifest(tt.mediaType, []byte(tt.doc), nil, nil); err == nil {
 				t.Fatal("accepted")
 			}
 		})
@@ -162,7 +162,7 @@ func TestConfigMustMatchItsDescriptor(t *testing.T) {
 	t.Parallel()
 	dir := "testdata/manifest/docker-octet-stream"
 	in := readFile(t, dir, "manifest.json")
-	if _, err := NormalizeManifest(MediaTypeDockerManifest, in, []byte(`{"rootfs":{"type":"layers","diff_ids":["a","b"]}}`)); err == nil {
+	if _, err := NormalizeManifest(MediaTypeDockerManifest, in, []byte(`{"rootfs":{"type":"layers","diff_ids":["a","b"]}}`), nil); err == nil {
 		t.Fatal("a config that does not match the descriptor was used")
 	}
 }
@@ -190,5 +190,51 @@ func golden(t *testing.T, path string, got []byte) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s differs:\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+func TestManifestWithRepackagedLayer(t *testing.T) {
+	t.Parallel()
+	dir := "testdata/manifest/docker-octet-stream"
+	in, config := readFile(t, dir, "manifest.json"), readFile(t, dir, "config.json")
+	plan, err := PlanManifest(MediaTypeDockerManifest, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fix := LayerResult{
+		LayerScan: LayerScan{Removals: []XattrRemoval{{Path: "etc/link", Keys: []string{"SCHILY.xattr.user.a"}}}},
+		Digest:    digest.FromString("repacked layer"), Size: 4242, DiffID: digest.FromString("repacked diff"),
+	}
+	layers := map[digest.Digest]LayerResult{plan.Layers[1].Digest: fix}
+	got, err := NormalizeManifest(MediaTypeDockerManifest, in, config, layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Changes) != 2 || got.Changes[1].Kind != KindSymlinkXattrs || got.Changes[1].Path != "layers[1]" ||
+		got.Changes[1].Details[0] != "etc/link: SCHILY.xattr.user.a" {
+		t.Fatalf("changes: %+v", got.Changes)
+	}
+	// The config changed only in diff_ids[1].
+	var before, after map[string]any
+	json.Unmarshal(config, &before)
+	json.Unmarshal(got.Config, &after)
+	before["rootfs"].(map[string]any)["diff_ids"].([]any)[1] = fix.DiffID.String()
+	if !reflect.DeepEqual(before, after) || got.ConfigDesc.Digest != digest.FromBytes(got.Config) {
+		t.Fatalf("config:\n%s", got.Config)
+	}
+	// The manifest changed only in the config descriptor and layer 1.
+	var m ocispec.Manifest
+	json.Unmarshal(got.Content, &m)
+	if m.Config.Digest != got.ConfigDesc.Digest || m.Config.Size != got.ConfigDesc.Size || m.Config.MediaType != MediaTypeDockerConfig ||
+		m.Layers[1].Digest != fix.Digest || m.Layers[1].Size != fix.Size || m.Layers[0].Digest != plan.Layers[0].Digest {
+		t.Fatalf("manifest:\n%s", got.Content)
+	}
+	again, err := NormalizeManifest(MediaTypeDockerManifest, got.Content, got.Config, layers)
+	if err != nil || again.Changed() {
+		t.Fatalf("second pass: %v %+v", err, again.Changes)
+	}
+	// A repackaged layer needs a config with matching diff_ids.
+	if _, err := NormalizeManifest(MediaTypeDockerManifest, in, nil, layers); err == nil {
+		t.Fatal("layer fix without a config accepted")
 	}
 }

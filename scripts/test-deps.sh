@@ -10,6 +10,8 @@ mkdir -p "$BIN"
 
 # Pinned versions of what the tests build from the Go module proxy.
 REGISTRY_VERSION=v3.1.2
+# The last containerd that aborts on xattrs on symlinks (fixed in 1.6.9).
+OLD_CONTAINERD_VERSION=v1.6.8
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 
 log() { echo "test-deps: $*" >&2; }
@@ -43,12 +45,32 @@ go_tool() {
   echo "$pkg" > "$stamp"
 }
 
+# old_containerd: containerd v1.6.8 from the Go module proxy. Its go.mod has
+# replace directives, so `go install pkg@version` refuses it; build in a
+# writable copy of the module instead (about 10 minutes on 2 cores, once).
+old_containerd() {
+  local out="$BIN/containerd-${OLD_CONTAINERD_VERSION#v}"
+  [ -x "$out" ] && return 0
+  log "building containerd $OLD_CONTAINERD_VERSION (once; about 10 minutes)"
+  local mod src
+  mod=$(GOFLAGS=-mod=mod go mod download -json "github.com/containerd/containerd@$OLD_CONTAINERD_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  src=$(mktemp -d "$CACHE/containerd-src.XXXXXX")
+  cp -r "$mod/." "$src/"
+  chmod -R u+w "$src"
+  rm -rf "$src/vendor"
+  (cd "$src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -tags "no_btrfs no_devmapper no_aufs no_zfs" -o "$out.tmp" ./cmd/containerd) >&2
+  mv "$out.tmp" "$out"
+  rm -rf "$src"
+}
+
 # containerd (Debian 12: 1.6.20) and runc run the end-to-end pulls.
 apt_install containerd runc
 go_tool registry "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
+old_containerd
 
 echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
 echo "export REGNORM_CONFORMANCE_BIN=$BIN/conformance"
 echo "export REGNORM_CONTAINERD_BIN=$(command -v containerd)"
 echo "export REGNORM_CTR_BIN=$(command -v ctr)"
+echo "export REGNORM_OLD_CONTAINERD_BIN=$BIN/containerd-${OLD_CONTAINERD_VERSION#v}"

@@ -1,0 +1,259 @@
+package rewrite
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// KindSymlinkXattrs: a layer was repackaged without the xattrs the kernel
+// refuses on symlinks and other special files.
+const KindSymlinkXattrs = "symlink-xattrs"
+
+// Compression is a layer's compression, kept when it is repackaged.
+type Compression string
+
+// Compressions regnorm reads and writes.
+const (
+	Uncompressed Compression = "none"
+	Gzip         Compression = "gzip"
+	Zstd         Compression = "zstd"
+)
+
+// The settings that make repackaged layers byte-identical on every replica:
+// a pinned library (klauspost/compress, in go.mod), a fixed level, a single
+// zstd encoder thread, and gzip headers with no name and no time.
+const (
+	gzipLevel = gzip.DefaultCompression
+	zstdLevel = zstd.SpeedDefault
+)
+
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
+// XattrRemoval is the xattr keys removed from one tar entry.
+type XattrRemoval struct {
+	Path string   `json:"path"`
+	Keys []string `json:"keys"`
+}
+
+// LayerScan is what scanning a layer found.
+type LayerScan struct {
+	Compression Compression
+	Entries     int
+	// Removals lists what the symlink xattr rule would remove; empty means
+	// the layer is clean and is served untouched.
+	Removals []XattrRemoval
+}
+
+// Clean reports whether the layer needs nothing.
+func (s LayerScan) Clean() bool { return len(s.Removals) == 0 }
+
+// LayerResult describes a repackaged layer.
+type LayerResult struct {
+	LayerScan
+	// Digest and Size are those of the repackaged, compressed blob.
+	Digest digest.Digest
+	Size   int64
+	// DiffID is the digest of the repackaged, uncompressed tar.
+	DiffID digest.Digest
+}
+
+// ErrNotTar means a layer blob is not a (compressed) tar stream regnorm reads.
+var ErrNotTar = errors.New("not a tar layer")
+
+// ScanLayer reads a layer blob (gzip, zstd or plain tar) and reports what
+// the symlink xattr rule would remove. It decompresses but never compresses,
+// so a clean layer costs one decompression.
+func ScanLayer(blob io.Reader) (LayerScan, error) {
+	tr, comp, closeFn, err := openLayer(blob)
+	if err != nil {
+		return LayerScan{}, err
+	}
+	defer closeFn()
+	scan := LayerScan{Compression: comp}
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return scan, nil
+		}
+		if err != nil {
+			return LayerScan{}, fmt.Errorf("%w: %v", ErrNotTar, err)
+		}
+		scan.Entries++
+		if keys := strippableXattrs(hdr); len(keys) > 0 {
+			scan.Removals = append(scan.Removals, XattrRemoval{Path: hdr.Name, Keys: keys})
+		}
+	}
+}
+
+// RepackLayer writes blob to dst without the xattrs that the kernel refuses
+// on symlinks, devices and FIFOs, keeping the compression. Names, modes,
+// owners, times, link targets, contents, the xattrs of regular files and
+// directories, whiteouts and the order of entries are kept. The digests of
+// the output are computed in the same pass that writes it.
+//
+// Every entry goes through archive/tar's writer, which cannot reproduce
+// every header byte for byte: PAX records are written in sorted order, GNU
+// sparse files are written expanded, and numeric fields use its own
+// encoding. What an extraction produces is unchanged.
+func RepackLayer(dst io.Writer, blob io.Reader) (LayerResult, error) {
+	tr, comp, closeFn, err := openLayer(blob)
+	if err != nil {
+		return LayerResult{}, err
+	}
+	defer closeFn()
+
+	compressedHash, compressedSize := sha256.New(), &countWriter{}
+	zw, err := newCompressor(io.MultiWriter(dst, compressedHash, compressedSize), comp)
+	if err != nil {
+		return LayerResult{}, err
+	}
+	diffIDHash := sha256.New()
+	tw := tar.NewWriter(io.MultiWriter(zw, diffIDHash))
+
+	res := LayerResult{LayerScan: LayerScan{Compression: comp}}
+	buf := make([]byte, 256<<10)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return LayerResult{}, fmt.Errorf("%w: %v", ErrNotTar, err)
+		}
+		res.Entries++
+		if keys := strippableXattrs(hdr); len(keys) > 0 {
+			res.Removals = append(res.Removals, XattrRemoval{Path: hdr.Name, Keys: keys})
+			for _, k := range keys {
+				delete(hdr.PAXRecords, k)
+			}
+		}
+		hdr.Xattrs = nil //nolint:staticcheck // PAXRecords holds the same records; both would be written
+		if err := tw.WriteHeader(hdr); err != nil {
+			return LayerResult{}, fmt.Errorf("%w: rewrite %s: %v", ErrNotTar, hdr.Name, err)
+		}
+		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
+			return LayerResult{}, fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return LayerResult{}, err
+	}
+	if err := zw.Close(); err != nil {
+		return LayerResult{}, err
+	}
+	res.Digest = digestOf(compressedHash)
+	res.Size = compressedSize.n
+	res.DiffID = digestOf(diffIDHash)
+	return res, nil
+}
+
+// strippableXattrs returns the xattr records of hdr that the rule removes:
+// all of them on an entry that is not a regular file, hard link or
+// directory. Sorted, so reports are deterministic.
+func strippableXattrs(hdr *tar.Header) []string {
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeRegA, tar.TypeLink, tar.TypeDir, tar.TypeGNUSparse, tar.TypeXGlobalHeader: //nolint:staticcheck // TypeRegA still appears in old layers
+		return nil
+	}
+	var keys []string
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "SCHILY.xattr.") || strings.HasPrefix(k, "LIBARCHIVE.xattr.") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// openLayer detects the compression from the first bytes and returns a tar
+// reader over the decompressed stream. Decompression runs in its own
+// goroutine, so that on a multi-core machine it overlaps with what the
+// caller does with the tar (compressing, in RepackLayer).
+func openLayer(blob io.Reader) (*tar.Reader, Compression, func(), error) {
+	br := bufio.NewReaderSize(blob, 64<<10)
+	head, _ := br.Peek(4)
+	var comp Compression
+	var rc io.ReadCloser
+	switch {
+	case bytes.HasPrefix(head, gzipMagic):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("%w: gzip: %v", ErrNotTar, err)
+		}
+		zr.Multistream(true)
+		comp, rc = Gzip, zr
+	case bytes.HasPrefix(head, zstdMagic):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("%w: zstd: %v", ErrNotTar, err)
+		}
+		comp, rc = Zstd, zr.IOReadCloser()
+	default:
+		comp, rc = Uncompressed, io.NopCloser(br)
+	}
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 256<<10)
+		_, err := io.CopyBuffer(pw, rc, buf)
+		pw.CloseWithError(err)
+	}()
+	closeFn := func() {
+		pr.CloseWithError(errors.New("layer reader closed"))
+		<-done
+		rc.Close()
+	}
+	return tar.NewReader(bufio.NewReaderSize(pr, 256<<10)), comp, closeFn, nil
+}
+
+func newCompressor(w io.Writer, comp Compression) (io.WriteCloser, error) {
+	switch comp {
+	case Gzip:
+		return gzip.NewWriterLevel(w, gzipLevel) // zero Header: no name, no time
+	case Zstd:
+		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstdLevel), zstd.WithEncoderConcurrency(1))
+	case Uncompressed:
+		return nopWriteCloser{w}, nil
+	}
+	return nil, fmt.Errorf("unknown compression %q", comp)
+}
+
+type nopWriteCloser struct{ io.Writer }
+
+func (nopWriteCloser) Close() error { return nil }
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
+func digestOf(h hash.Hash) digest.Digest {
+	return digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil))
+}
+
+// describeRemovals renders removals for a report: "path: key, key".
+func describeRemovals(rs []XattrRemoval) []string {
+	out := make([]string, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, r.Path+": "+strings.Join(r.Keys, ", "))
+	}
+	return out
+}
