@@ -280,5 +280,3 @@ func TestNotATar(t *testing.T) {
 		}
 	}
 }
-
-
