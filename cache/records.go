@@ -19,10 +19,11 @@ import (
 // Change is one recorded normalization change (the cache's copy of what
 // the rewrite package reports; cache does not import rewrite).
 type Change struct {
-	Kind string `json:"kind"`
-	Path string `json:"path"`
-	Old  string `json:"old"`
-	New  string `json:"new"`
+	Kind    string   `json:"kind"`
+	Path    string   `json:"path"`
+	Old     string   `json:"old"`
+	New     string   `json:"new"`
+	Details []string `json:"details,omitempty"`
 }
 
 // Normalization is the verdict for one original manifest or index: it needs
@@ -34,7 +35,10 @@ type Normalization struct {
 	Normalized digest.Digest `json:"normalized,omitempty"`
 	MediaType  string        `json:"mediaType"`
 	Changes    []Change      `json:"changes,omitempty"`
-	CreatedAt  time.Time     `json:"createdAt"`
+	// Rules names the rules that were on; a verdict made under other rules
+	// is recomputed.
+	Rules     string    `json:"rules"`
+	CreatedAt time.Time `json:"createdAt"`
 }
 
 // NormalizationStore reads and writes normalization verdicts.
@@ -100,10 +104,71 @@ type ReportStore interface {
 	ListReports(ctx context.Context) ([]ReportEntry, error)
 }
 
+// XattrRemoval is the xattr keys stripped from one tar entry.
+type XattrRemoval struct {
+	Path string   `json:"path"`
+	Keys []string `json:"keys"`
+}
+
+// LayerVerdict is what scanning one original layer found: it is clean
+// (Repacked is empty), or its repackaged form is Repacked. Keyed by the
+// layer's digest alone, so a base layer is scanned once for the whole
+// cluster.
+type LayerVerdict struct {
+	Original    digest.Digest  `json:"original"`
+	Compression string         `json:"compression"`
+	Entries     int            `json:"entries"`
+	Repacked    digest.Digest  `json:"repacked,omitempty"`
+	Size        int64          `json:"size,omitempty"`
+	DiffID      digest.Digest  `json:"diffID,omitempty"`
+	Removals    []XattrRemoval `json:"removals,omitempty"`
+	CreatedAt   time.Time      `json:"createdAt"`
+}
+
+// LayerVerdictStore reads and writes layer verdicts.
+type LayerVerdictStore interface {
+	GetLayerVerdict(ctx context.Context, layer digest.Digest) (LayerVerdict, error)
+	PutLayerVerdict(ctx context.Context, v LayerVerdict) error
+}
+
 var (
 	_ NormalizationStore = (*Store)(nil)
 	_ ReportStore        = (*Store)(nil)
+	_ LayerVerdictStore  = (*Store)(nil)
 )
+
+func layerVerdictPath(dgst digest.Digest) string {
+	return path.Join("/layers", dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())
+}
+
+// GetLayerVerdict returns the verdict recorded for a layer.
+func (s *Store) GetLayerVerdict(ctx context.Context, layer digest.Digest) (LayerVerdict, error) {
+	if err := layer.Validate(); err != nil {
+		return LayerVerdict{}, fmt.Errorf("get layer verdict %q: %w", layer, err)
+	}
+	var v LayerVerdict
+	if err := s.getJSON(ctx, layerVerdictPath(layer), &v); err != nil {
+		return LayerVerdict{}, fmt.Errorf("get layer verdict %s: %w", layer, err)
+	}
+	if v.Original != layer {
+		return LayerVerdict{}, fmt.Errorf("get layer verdict %s: record is for %s", layer, v.Original)
+	}
+	return v, nil
+}
+
+// PutLayerVerdict records a verdict. A repackaged layer must already be in
+// the cache: a verdict never points at a blob that is not there.
+func (s *Store) PutLayerVerdict(ctx context.Context, v LayerVerdict) error {
+	if err := v.Original.Validate(); err != nil {
+		return fmt.Errorf("put layer verdict %q: %w", v.Original, err)
+	}
+	if v.Repacked != "" {
+		if _, err := s.StatBlob(ctx, v.Repacked); err != nil {
+			return fmt.Errorf("put layer verdict %s: repacked blob: %w", v.Original, err)
+		}
+	}
+	return s.putJSON(ctx, layerVerdictPath(v.Original), v)
+}
 
 func normalizationPath(dgst digest.Digest) string {
 	return path.Join("/normalized", dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())

@@ -57,6 +57,7 @@ type BlobProvider interface {
 // BlobIngester writes blobs into the cache; see Ingest.
 type BlobIngester interface {
 	IngestBlob(ctx context.Context, dgst digest.Digest, size int64) (*Ingest, error)
+	NewBlob(ctx context.Context) (*Ingest, error)
 }
 
 // ManifestStore reads and writes manifests by digest.
@@ -126,6 +127,18 @@ func (s *Store) IngestBlob(ctx context.Context, dgst digest.Digest, size int64) 
 	if err := dgst.Validate(); err != nil {
 		return nil, fmt.Errorf("ingest blob %q: %w", dgst, err)
 	}
+	return s.ingest(ctx, dgst, size, dgst.Algorithm())
+}
+
+// NewBlob starts writing content regnorm produces (a repackaged layer, a
+// new config), whose digest is known only once it is written: Commit
+// publishes it under the sha256 digest of what was written, which Digest
+// then returns.
+func (s *Store) NewBlob(ctx context.Context) (*Ingest, error) {
+	return s.ingest(ctx, "", -1, digest.SHA256)
+}
+
+func (s *Store) ingest(ctx context.Context, dgst digest.Digest, size int64, alg digest.Algorithm) (*Ingest, error) {
 	id, err := randomID()
 	if err != nil {
 		return nil, err
@@ -135,7 +148,7 @@ func (s *Store) IngestBlob(ctx context.Context, dgst digest.Digest, size int64) 
 	if err != nil {
 		return nil, fmt.Errorf("ingest blob %s: %w", dgst, err)
 	}
-	return &Ingest{store: s, fw: fw, tmp: tmp, dgst: dgst, size: size, hash: dgst.Algorithm().Hash()}, nil
+	return &Ingest{store: s, fw: fw, tmp: tmp, dgst: dgst, size: size, alg: alg, hash: alg.Hash()}, nil
 }
 
 // Ingest is a blob being written. Write the content, then Commit to verify and
@@ -145,8 +158,9 @@ type Ingest struct {
 	store   *Store
 	fw      storagedriver.FileWriter
 	tmp     string
-	dgst    digest.Digest
+	dgst    digest.Digest // expected; empty for NewBlob until Commit
 	size    int64
+	alg     digest.Algorithm
 	hash    hash.Hash
 	written int64
 	done    bool
@@ -207,11 +221,23 @@ func (in *Ingest) verify() error {
 	if in.size >= 0 && in.written != in.size {
 		return fmt.Errorf("blob %s: got %d bytes, want %d: %w", in.dgst, in.written, in.size, ErrSizeMismatch)
 	}
-	if got := digest.NewDigest(in.dgst.Algorithm(), in.hash); got != in.dgst {
+	got := digest.NewDigest(in.alg, in.hash)
+	if in.dgst == "" {
+		in.dgst = got // produced content: its digest is what was written
+		return nil
+	}
+	if got != in.dgst {
 		return fmt.Errorf("blob %s: content hashes to %s: %w", in.dgst, got, ErrDigestMismatch)
 	}
 	return nil
 }
+
+// Digest is the blob's digest: the expected one, or for NewBlob the digest
+// of what was written, once Commit has run.
+func (in *Ingest) Digest() digest.Digest { return in.dgst }
+
+// Size is how many bytes have been written.
+func (in *Ingest) Size() int64 { return in.written }
 
 // manifestEnvelope is how a manifest is stored: one object, written at once,
 // so media type and bytes can never disagree.

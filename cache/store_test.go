@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"reflect"
 	"testing"
 	"time"
 
@@ -177,7 +178,7 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				t.Fatal(err)
 			}
 			got, err := s.GetNormalization(ctx, dgst)
-			if err != nil || got.Normalized != n.Normalized || len(got.Changes) != 1 || got.Changes[0] != n.Changes[0] {
+			if err != nil || got.Normalized != n.Normalized || len(got.Changes) != 1 || !reflect.DeepEqual(got.Changes, n.Changes) {
 				t.Fatalf("got %+v, %v", got, err)
 			}
 			clean := cache.Normalization{Original: normalized.Digest}
@@ -207,6 +208,39 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			all, err := s.ListReports(ctx)
 			if err != nil || len(all) != 2 {
 				t.Fatalf("list: %d entries, %v", len(all), err)
+			}
+		}},
+		{"produced blob is published under what was written", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			in, err := s.NewBlob(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in.Write(content)
+			if err := in.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if in.Digest() != dgst || in.Size() != int64(len(content)) {
+				t.Fatalf("digest %s size %d", in.Digest(), in.Size())
+			}
+			assertBlob(t, s, dgst, content)
+		}},
+		{"layer verdicts", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			layer := digest.FromString("original layer")
+			v := cache.LayerVerdict{Original: layer, Compression: "gzip", Entries: 3, Repacked: dgst, Size: int64(len(content)),
+				DiffID: digest.FromString("diff"), Removals: []cache.XattrRemoval{{Path: "a", Keys: []string{"SCHILY.xattr.user.x"}}}}
+			if err := s.PutLayerVerdict(ctx, v); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("verdict pointing at a missing blob: got %v, want ErrNotFound", err)
+			}
+			ingest(t, s, dgst, -1, content)
+			if err := s.PutLayerVerdict(ctx, v); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.GetLayerVerdict(ctx, layer)
+			if err != nil || got.Repacked != dgst || got.Removals[0].Keys[0] != "SCHILY.xattr.user.x" {
+				t.Fatalf("got %+v, %v", got, err)
+			}
+			if _, err := s.GetLayerVerdict(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("missing verdict: %v", err)
 			}
 		}},
 		{"clean uploads removes only old leftovers", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {

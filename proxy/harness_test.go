@@ -43,6 +43,9 @@ type harnessOptions struct {
 	registry    regtest.Options
 	credentials proxy.Credentials
 	tagTTL      time.Duration
+	rules       *proxy.Rules
+	deadline    time.Duration
+	patient     time.Duration
 }
 
 func newHarness(t *testing.T, o harnessOptions) *harness {
@@ -67,6 +70,9 @@ func (h *harness) restart(t *testing.T) {
 		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u, Credentials: h.opts.credentials}},
 		DefaultUpstream: "docker.io",
 		TagTTL:          h.opts.tagTTL,
+		Rules:           h.opts.rules,
+		Deadline:        h.opts.deadline,
+		PatientDeadline: h.opts.patient,
 		SpoolDir:        t.TempDir(),
 		Metrics:         proxy.NewMetrics(promReg),
 		Logger:          slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -153,12 +159,14 @@ func (h *harness) metric(t *testing.T, name, labels string) float64 {
 	return total
 }
 
-// faultyFront relays to the registry unless a fault is set.
+// faultyFront relays to the registry unless a fault is set; blob requests
+// can be slowed down.
 type faultyFront struct {
-	URL   string
-	mu    sync.Mutex
-	fault http.HandlerFunc
-	hits  int
+	URL       string
+	mu        sync.Mutex
+	fault     http.HandlerFunc
+	hits      int
+	blobDelay time.Duration
 }
 
 func newFaultyFront(t *testing.T, target string) *faultyFront {
@@ -167,9 +175,12 @@ func newFaultyFront(t *testing.T, target string) *faultyFront {
 	f := &faultyFront{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
-		fault := f.fault
+		fault, delay := f.fault, f.blobDelay
 		f.hits++
 		f.mu.Unlock()
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			time.Sleep(delay)
+		}
 		if fault != nil {
 			fault(w, r)
 			return
@@ -185,6 +196,12 @@ func (f *faultyFront) set(h http.HandlerFunc) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fault = h
+}
+
+func (f *faultyFront) slowBlobs(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.blobDelay = d
 }
 
 func (f *faultyFront) count() int {

@@ -47,7 +47,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		if m, source, err = s.manifestByTag(ctx, req, accept); err != nil {
 			return err
 		}
-		n, err := s.normalize(ctx, req.upstream, req.repo, m)
+		n, err := s.normalizeWithin(ctx, req, m, s.deadlineFor(r.UserAgent()))
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,11 @@ type Metrics struct {
 	normalizeDuration prometheus.Histogram
 	normalizedServed  prometheus.Counter
 	unnormalizedPulls prometheus.Counter
+	layersScanned     prometheus.Counter
+	layersRepackaged  prometheus.Counter
+	bytesScanned      prometheus.Counter
+	bytesRepackaged   prometheus.Counter
+	deadlineExceeded  prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -86,7 +91,28 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_unnormalized_digest_pulls_total",
 			Help: "Pulls by the original digest of a manifest regnorm normalizes: they get the original, unfixed bytes.",
 		}),
+		layersScanned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_layers_scanned_total",
+			Help: "Layers scanned for xattrs on symlinks (each layer digest once for the whole cache).",
+		}),
+		layersRepackaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_layers_repackaged_total",
+			Help: "Layers repackaged without xattrs on symlinks and other special files.",
+		}),
+		bytesScanned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_layer_scanned_bytes_total",
+			Help: "Compressed layer bytes scanned.",
+		}),
+		bytesRepackaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_layer_repackaged_bytes_total",
+			Help: "Compressed bytes of repackaged layers written.",
+		}),
+		deadlineExceeded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_normalization_deadline_exceeded_total",
+			Help: "Requests by tag answered 503 with Retry-After because normalization was not done by the deadline (it goes on).",
+		}),
 	}
+	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
 		m.upstreamRequests, m.upstreamDuration, m.tokenFetches, m.staleServes, m.inflightFetches)

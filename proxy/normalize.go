@@ -54,7 +54,7 @@ func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, 
 	if !s.mayNeedNormalizing(m, depth) {
 		return clean, nil
 	}
-	if n, err := s.store.GetNormalization(ctx, m.Digest); err == nil {
+	if n, err := s.store.GetNormalization(ctx, m.Digest); err == nil && n.Rules == s.rules.key() {
 		if n.Normalized == "" {
 			return normalized{manifest: m, verdict: n}, nil
 		}
@@ -75,13 +75,27 @@ func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, 
 	return v.(normalized), nil
 }
 
-// mayNeedNormalizing is the pure, I/O-free first look: most manifests are
-// clean and cost nothing more.
+// mayNeedNormalizing is the pure, I/O-free first look: with only the config
+// media type rule on, most manifests are clean and cost nothing more; with
+// the layer rule on, every image with layers needs its verdict.
 func (s *Server) mayNeedNormalizing(m cache.Manifest, depth int) bool {
 	switch {
 	case rewrite.IsManifest(m.MediaType):
 		plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
-		return err == nil && plan.Config != nil
+		if err != nil {
+			return false
+		}
+		if s.rules.ConfigMediaType && plan.ConfigMediaTypeSuspect {
+			return true
+		}
+		if s.rules.SymlinkXattrs {
+			for _, l := range plan.Layers {
+				if rewrite.IsScannableLayer(l.MediaType) {
+					return true
+				}
+			}
+		}
+		return false
 	case rewrite.IsIndex(m.MediaType):
 		return depth < maxIndexDepth
 	}
@@ -97,7 +111,7 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 	} else {
 		res, err = s.normalizeIndex(ctx, up, repo, m, depth)
 	}
-	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, CreatedAt: s.now().UTC()}
+	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: s.rules.key(), CreatedAt: s.now().UTC()}
 	out := m
 	switch {
 	case errors.Is(err, errInvalidContent):
@@ -114,13 +128,19 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 		}
 		verdict.Normalized = res.Digest
 		for _, c := range res.Changes {
-			verdict.Changes = append(verdict.Changes, cache.Change(c))
+			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
 			s.metrics.rewrites.WithLabelValues(c.Kind).Inc()
 		}
 		s.reports.add(cache.ReportEntry{Upstream: up.name, Repository: repo, Original: m.Digest,
 			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
 		s.log.Info("normalized manifest", "upstream", up.name, "repo", repo, "original", m.Digest,
 			"normalized", res.Digest, "changes", len(res.Changes))
+		// Normalizing a normalized manifest changes nothing: say so now, so a
+		// pull by the new digest costs no work.
+		if err := s.store.PutNormalization(ctx, cache.Normalization{Original: res.Digest, MediaType: res.MediaType,
+			Rules: verdict.Rules, CreatedAt: verdict.CreatedAt}); err != nil {
+			s.log.Error("caching normalization verdict failed", "digest", res.Digest, "error", err)
+		}
 	}
 	if err := s.store.PutNormalization(ctx, verdict); err != nil {
 		s.log.Error("caching normalization verdict failed", "digest", m.Digest, "error", err)
@@ -129,22 +149,35 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 	return normalized{manifest: out, verdict: verdict}, nil
 }
 
-// normalizeImage applies the manifest rules, reading the config through the
-// cache (where containerd will find it next).
+// normalizeImage applies the manifest rules: it scans the layers (and
+// repackages those that need it), and reads the config through the cache
+// (where containerd will find it next) when a rule needs it.
 func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, m cache.Manifest) (rewrite.Result, error) {
 	plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
-	var config []byte
-	if plan.Config != nil {
-		if config, err = s.readBlob(ctx, up, repo, *plan.Config, maxConfigSize); err != nil {
+	var layers map[digest.Digest]rewrite.LayerResult
+	if s.rules.SymlinkXattrs {
+		if layers, err = s.repackagedLayers(ctx, up, repo, plan.Layers); err != nil {
 			return rewrite.Result{}, err
 		}
 	}
-	res, err := rewrite.NormalizeManifest(m.MediaType, m.Content, config)
+	var config []byte
+	if (s.rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
+		if config, err = s.readBlob(ctx, up, repo, plan.Config, maxConfigSize); err != nil {
+			return rewrite.Result{}, err
+		}
+	}
+	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
+		Layers: layers, KeepConfigMediaType: !s.rules.ConfigMediaType})
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	if res.Config != nil {
+		if err := s.putBlob(ctx, res.Config, res.ConfigDesc.Digest); err != nil {
+			return rewrite.Result{}, fmt.Errorf("store new config: %w", err)
+		}
 	}
 	return res, nil
 }

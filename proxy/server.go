@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -23,6 +24,31 @@ type Store interface {
 	cache.TagStore
 	cache.NormalizationStore
 	cache.ReportStore
+	cache.LayerVerdictStore
+}
+
+// Rules switches each normalization on or off.
+type Rules struct {
+	// ConfigMediaType retypes octet-stream image configs.
+	ConfigMediaType bool
+	// SymlinkXattrs repackages layers with xattrs on symlinks and other
+	// special files.
+	SymlinkXattrs bool
+}
+
+// AllRules is every normalization on: the default.
+var AllRules = Rules{ConfigMediaType: true, SymlinkXattrs: true}
+
+// key names the rules that are on, for verdicts.
+func (r Rules) key() string {
+	var on []string
+	if r.ConfigMediaType {
+		on = append(on, "config-media-type")
+	}
+	if r.SymlinkXattrs {
+		on = append(on, "symlink-xattrs")
+	}
+	return strings.Join(on, ",")
 }
 
 // Options configure a Server. cmd/proxy builds them from the configuration.
@@ -40,8 +66,17 @@ type Options struct {
 	// FetchTimeout bounds one blob download from upstream, however many
 	// clients are waiting for it.
 	FetchTimeout time.Duration
-	Metrics      *Metrics
-	Logger       *slog.Logger
+	// Rules are the normalizations that are on; nil means AllRules.
+	Rules *Rules
+	// Deadline is how long a request by tag waits for normalization before
+	// it gets 503 with Retry-After (the work goes on). Default 25 s, under
+	// containerd 2.3's 30 s response header timeout.
+	Deadline time.Duration
+	// PatientDeadline replaces Deadline for containerd versions that have no
+	// response header timeout (before 2.3); see deadlineFor.
+	PatientDeadline time.Duration
+	Metrics         *Metrics
+	Logger          *slog.Logger
 }
 
 // Server serves the read side of the OCI distribution API as a pull-through
@@ -54,7 +89,11 @@ type Server struct {
 	fetches         *blobFetches
 	manifests       singleflight.Group
 	normalizations  singleflight.Group
+	layers          singleflight.Group
 	reports         *reporter
+	rules           Rules
+	deadline        time.Duration
+	patientDeadline time.Duration
 	metrics         *Metrics
 	log             *slog.Logger
 	now             func() time.Time
@@ -77,6 +116,12 @@ func New(opts Options) (*Server, error) {
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = time.Hour
 	}
+	if opts.Deadline <= 0 {
+		opts.Deadline = 25 * time.Second
+	}
+	if opts.PatientDeadline < opts.Deadline {
+		opts.PatientDeadline = opts.Deadline
+	}
 	s := &Server{
 		store:           opts.Store,
 		upstreams:       map[string]*upstream{},
@@ -86,6 +131,12 @@ func New(opts Options) (*Server, error) {
 		log:             opts.Logger,
 		now:             time.Now,
 		reports:         newReporter(opts.Store, opts.Logger),
+		rules:           AllRules,
+		deadline:        opts.Deadline,
+		patientDeadline: opts.PatientDeadline,
+	}
+	if opts.Rules != nil {
+		s.rules = *opts.Rules
 	}
 	for _, cfg := range opts.Upstreams {
 		if _, dup := s.upstreams[cfg.Name]; dup {

@@ -34,7 +34,7 @@ func FuzzNormalizeManifest(f *testing.F) {
 		if !plan.ConfigMediaTypeSuspect {
 			config = nil
 		}
-		got, err := NormalizeManifest(mt, manifest, config, nil)
+		got, err := NormalizeManifest(ManifestInput{MediaType: mt, Manifest: manifest, Config: config})
 		if err != nil {
 			return
 		}

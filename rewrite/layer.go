@@ -257,3 +257,17 @@ func describeRemovals(rs []XattrRemoval) []string {
 	}
 	return out
 }
+
+// IsScannableLayer reports whether a layer of this media type is a tar
+// stream regnorm reads. Foreign and non-distributable layers (Windows base
+// layers fetched from elsewhere) are not.
+func IsScannableLayer(mediaType string) bool {
+	switch mediaType {
+	case "application/vnd.docker.image.rootfs.diff.tar.gzip",
+		"application/vnd.oci.image.layer.v1.tar",
+		"application/vnd.oci.image.layer.v1.tar+gzip",
+		"application/vnd.oci.image.layer.v1.tar+zstd":
+		return true
+	}
+	return false
+}

@@ -107,10 +107,22 @@ func PlanManifest(mediaType string, manifest []byte) (ManifestPlan, error) {
 	return plan, nil
 }
 
-// NormalizeManifest applies the rules to an image manifest. config is the
-// config blob (it must match the manifest's descriptor); it may be nil when
-// the config is not octet-stream and no layer is repackaged. layers maps an
-// original layer digest to its repackaged form; layers not in the map stay.
+// ManifestInput is what NormalizeManifest reads.
+type ManifestInput struct {
+	MediaType string
+	Manifest  []byte
+	// Config is the config blob (it must match the manifest's descriptor);
+	// it may be nil when the config is not octet-stream and no layer is
+	// repackaged.
+	Config []byte
+	// Layers maps an original layer digest to its repackaged form; layers
+	// not in the map stay.
+	Layers map[digest.Digest]LayerResult
+	// KeepConfigMediaType turns the config media type rule off.
+	KeepConfigMediaType bool
+}
+
+// NormalizeManifest applies the rules to an image manifest.
 //
 // The config media type rule: a config declared application/octet-stream
 // that really is an image config (rootfs.type "layers", one diff_id per
@@ -121,7 +133,8 @@ func PlanManifest(mediaType string, manifest []byte) (ManifestPlan, error) {
 // The layer rule: each repackaged layer's descriptor gets its new digest and
 // size, and its rootfs.diff_ids entry in the config the new uncompressed
 // digest; the config then gets a new digest, and the manifest points at it.
-func NormalizeManifest(mediaType string, manifest, config []byte, layers map[digest.Digest]LayerResult) (Result, error) {
+func NormalizeManifest(in ManifestInput) (Result, error) {
+	mediaType, manifest, config, layers := in.MediaType, in.Manifest, in.Config, in.Layers
 	doc, err := parseManifest(mediaType, manifest)
 	if err != nil {
 		return Result{}, err
@@ -142,7 +155,7 @@ func NormalizeManifest(mediaType string, manifest, config []byte, layers map[dig
 	var edits, configEdits []edit
 	var changes []Change
 
-	if plan.ConfigMediaTypeSuspect && cdoc != nil && isImageConfig(cdoc, len(plan.Layers)) {
+	if !in.KeepConfigMediaType && plan.ConfigMediaTypeSuspect && cdoc != nil && isImageConfig(cdoc, len(plan.Layers)) {
 		want := configMediaTypeFor(mediaType)
 		edits = append(edits, edit{path: []string{"config", "mediaType"}, value: quote(want)})
 		changes = append(changes, Change{Kind: KindConfigMediaType, Path: "config.mediaType", Old: MediaTypeOctetStream, New: want})

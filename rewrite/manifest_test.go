@@ -41,7 +41,7 @@ func TestManifestGolden(t *testing.T) {
 			if plan.ConfigMediaTypeSuspect {
 				cfg = config
 			}
-			got, err := NormalizeManifest(mediaType, in, cfg, nil)
+			got, err := NormalizeManifest(ManifestInput{MediaType: mediaType, Manifest: in, Config: cfg})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,7 +80,7 @@ func checkManifestProperties(t *testing.T, mediaType string, in, config []byte, 
 	if !reflect.DeepEqual(before, after) {
 		t.Fatalf("something other than config.mediaType changed:\n%s\n%s", in, got.Content)
 	}
-	again, err := NormalizeManifest(mediaType, got.Content, config, nil)
+	again, err := NormalizeManifest(ManifestInput{MediaType: mediaType, Manifest: got.Content, Config: config})
 	if err != nil {
 		t.Fatalf("second pass: %v", err)
 	}
@@ -151,7 +151,7 @@ func TestRejectsAmbiguousOrForeignInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if _, err := NormalizeManifest(tt.mediaType, []byte(tt.doc), nil, nil); err == nil {
+			if _, err := NormalizeManifest(ManifestInput{MediaType: tt.mediaType, Manifest: []byte(tt.doc)}); err == nil {
 				t.Fatal("accepted")
 			}
 		})
@@ -162,7 +162,7 @@ func TestConfigMustMatchItsDescriptor(t *testing.T) {
 	t.Parallel()
 	dir := "testdata/manifest/docker-octet-stream"
 	in := readFile(t, dir, "manifest.json")
-	if _, err := NormalizeManifest(MediaTypeDockerManifest, in, []byte(`{"rootfs":{"type":"layers","diff_ids":["a","b"]}}`), nil); err == nil {
+	if _, err := NormalizeManifest(ManifestInput{MediaType: MediaTypeDockerManifest, Manifest: in, Config: []byte(`{"rootfs":{"type":"layers","diff_ids":["a","b"]}}`)}); err == nil {
 		t.Fatal("a config that does not match the descriptor was used")
 	}
 }
@@ -206,7 +206,7 @@ func TestManifestWithRepackagedLayer(t *testing.T) {
 		Digest:    digest.FromString("repacked layer"), Size: 4242, DiffID: digest.FromString("repacked diff"),
 	}
 	layers := map[digest.Digest]LayerResult{plan.Layers[1].Digest: fix}
-	got, err := NormalizeManifest(MediaTypeDockerManifest, in, config, layers)
+	got, err := NormalizeManifest(ManifestInput{MediaType: MediaTypeDockerManifest, Manifest: in, Config: config, Layers: layers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,12 +229,12 @@ func TestManifestWithRepackagedLayer(t *testing.T) {
 		m.Layers[1].Digest != fix.Digest || m.Layers[1].Size != fix.Size || m.Layers[0].Digest != plan.Layers[0].Digest {
 		t.Fatalf("manifest:\n%s", got.Content)
 	}
-	again, err := NormalizeManifest(MediaTypeDockerManifest, got.Content, got.Config, layers)
+	again, err := NormalizeManifest(ManifestInput{MediaType: MediaTypeDockerManifest, Manifest: got.Content, Config: got.Config, Layers: layers})
 	if err != nil || again.Changed() {
 		t.Fatalf("second pass: %v %+v", err, again.Changes)
 	}
 	// A repackaged layer needs a config with matching diff_ids.
-	if _, err := NormalizeManifest(MediaTypeDockerManifest, in, nil, layers); err == nil {
+	if _, err := NormalizeManifest(ManifestInput{MediaType: MediaTypeDockerManifest, Manifest: in, Config: nil, Layers: layers}); err == nil {
 		t.Fatal("layer fix without a config accepted")
 	}
 }

@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+// retryAfterNormalizing is the Retry-After sent with a 503 when
+// normalization outlives the deadline.
+const retryAfterNormalizing = 10 * time.Second
+
+var containerdUserAgent = regexp.MustCompile(`containerd/v?(\d+)\.(\d+)\.(\d+)`)
+
+// deadlineFor is how long a client may wait for a manifest answer, from
+// what its User-Agent says of its timeouts (CONTAINERD.md):
+//
+//	containerd 1.4 – 1.6     no limit on response headers          patient deadline
+//	1.7.0 – 1.7.9            CRI gives up after 1 min without progress   at most 50 s
+//	1.7.10+, 2.0 – 2.2       the same after 5 min                       at most 4.5 min
+//	2.3+, anything else      30 s response header timeout              the deadline (25 s)
+func (s *Server) deadlineFor(userAgent string) time.Duration {
+	m := containerdUserAgent.FindStringSubmatch(userAgent)
+	if m == nil {
+		return s.deadline
+	}
+	major, _ := strconv.Atoi(m[1])
+	minor, _ := strconv.Atoi(m[2])
+	patch, _ := strconv.Atoi(m[3])
+	switch {
+	case major == 1 && minor < 7:
+		return s.patientDeadline
+	case major == 1 && minor == 7 && patch < 10:
+		return min(s.patientDeadline, 50*time.Second)
+	case major == 1 || (major == 2 && minor < 3):
+		return min(s.patientDeadline, 4*time.Minute+30*time.Second)
+	}
+	return s.deadline
+}
+
+// normalizeWithin normalizes m for a request, waiting at most d. Past d the
+// client gets 503 with Retry-After; the work goes on, and the next request
+// gets its result at once.
+func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, d time.Duration) (normalized, error) {
+	if !s.mayNeedNormalizing(m, 0) {
+		return normalized{manifest: m, verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}, nil
+	}
+	type result struct {
+		n   normalized
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := s.normalize(context.WithoutCancel(ctx), req.upstream, req.repo, m)
+		done <- result{n, err}
+	}()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		return r.n, r.err
+	case <-timer.C:
+		s.metrics.deadlineExceeded.Inc()
+		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "regnorm is still normalizing this image; retry shortly", nil)
+		e.RetryAfter = retryAfterNormalizing
+		return normalized{}, e
+	case <-ctx.Done():
+		return normalized{}, ctx.Err()
+	}
+}

@@ -1,0 +1,197 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/rewrite"
+)
+
+// layerFetches is how many layers of one image are fetched and scanned at once.
+const layerFetches = 3
+
+// repackagedLayers returns the repackaged form of every layer of plan that
+// the symlink xattr rule changes, fetching and scanning layers a few at a
+// time. Verdicts come from the cache when another pull, replica or earlier
+// process already scanned the layer.
+func (s *Server) repackagedLayers(ctx context.Context, up *upstream, repo string, layers []ocispec.Descriptor) (map[digest.Digest]rewrite.LayerResult, error) {
+	var mu sync.Mutex
+	fixes := map[digest.Digest]rewrite.LayerResult{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(layerFetches)
+	for _, desc := range layers {
+		if !rewrite.IsScannableLayer(desc.MediaType) {
+			continue
+		}
+		g.Go(func() error {
+			v, err := s.layerVerdict(gctx, up, repo, desc.Digest)
+			if err != nil {
+				return err
+			}
+			if v.Repacked != "" {
+				mu.Lock()
+				fixes[desc.Digest] = layerResult(v)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	return fixes, g.Wait()
+}
+
+// layerVerdict scans one layer once, however many images and requests want it.
+func (s *Server) layerVerdict(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (cache.LayerVerdict, error) {
+	if v, err := s.store.GetLayerVerdict(ctx, dgst); err == nil {
+		return v, nil
+	}
+	v, err, _ := s.layers.Do(dgst.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
+		defer cancel()
+		return s.computeLayerVerdict(ctx, up, repo, dgst)
+	})
+	if err != nil {
+		return cache.LayerVerdict{}, err
+	}
+	return v.(cache.LayerVerdict), nil
+}
+
+func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (cache.LayerVerdict, error) {
+	v := cache.LayerVerdict{Original: dgst, CreatedAt: s.now().UTC()}
+	scan, err := s.scanLayer(ctx, up, repo, dgst)
+	switch {
+	case errors.Is(err, rewrite.ErrNotTar):
+		// Not a tar regnorm reads: served as it is, and never scanned again.
+		s.log.Warn("layer is not a readable tar, leaving it untouched", "digest", dgst, "error", err)
+		return v, s.store.PutLayerVerdict(ctx, v)
+	case err != nil:
+		return cache.LayerVerdict{}, err
+	}
+	v.Compression, v.Entries = string(scan.Compression), scan.Entries
+	if !scan.Clean() {
+		res, err := s.repackLayer(ctx, dgst)
+		if err != nil {
+			return cache.LayerVerdict{}, err
+		}
+		v.Repacked, v.Size, v.DiffID = res.Digest, res.Size, res.DiffID
+		for _, r := range res.Removals {
+			v.Removals = append(v.Removals, cache.XattrRemoval(r))
+		}
+		s.log.Info("repackaged layer", "repo", repo, "original", dgst, "repacked", res.Digest, "entries_stripped", len(res.Removals))
+	}
+	if err := s.store.PutLayerVerdict(ctx, v); err != nil {
+		return cache.LayerVerdict{}, fmt.Errorf("record layer verdict: %w", err)
+	}
+	return v, nil
+}
+
+// scanLayer reads a layer as it arrives: from the download's spool while it
+// downloads (the single-flight fetch clients use), or from the cache. The
+// scan counts only once the download has verified.
+func (s *Server) scanLayer(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (rewrite.LayerScan, error) {
+	var src io.Reader
+	if rc, _, err := s.store.OpenBlob(ctx, dgst); err == nil {
+		defer rc.Close()
+		src = rc
+	} else {
+		f := s.fetches.join(up, repo, dgst)
+		defer f.release()
+		if err := f.waitReady(ctx); err != nil {
+			return rewrite.LayerScan{}, err
+		}
+		if f.cached || f.size < 0 {
+			if err := f.waitDone(ctx); err != nil {
+				return rewrite.LayerScan{}, err
+			}
+			rc, _, err := s.store.OpenBlob(ctx, dgst)
+			if err != nil {
+				return rewrite.LayerScan{}, err
+			}
+			defer rc.Close()
+			src = rc
+		} else {
+			src = &spoolReader{ctx: ctx, f: f}
+			defer func() {
+				// Wait for verification whatever the scan did: an unverified
+				// scan result is worthless.
+				f.waitDone(ctx)
+			}()
+		}
+	}
+	counted := &countingReader{r: src}
+	scan, err := rewrite.ScanLayer(counted)
+	s.metrics.layersScanned.Inc()
+	s.metrics.bytesScanned.Add(float64(counted.n))
+	return scan, err
+}
+
+// repackLayer writes the repackaged layer into the cache as a new blob.
+func (s *Server) repackLayer(ctx context.Context, dgst digest.Digest) (rewrite.LayerResult, error) {
+	rc, _, err := s.store.OpenBlob(ctx, dgst)
+	if err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	defer rc.Close()
+	in, err := s.store.NewBlob(ctx)
+	if err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	res, err := rewrite.RepackLayer(in, rc)
+	if err != nil {
+		return rewrite.LayerResult{}, errors.Join(fmt.Errorf("repackage layer %s: %w", dgst, err), in.Cancel(ctx))
+	}
+	if err := in.Commit(ctx); err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	if in.Digest() != res.Digest {
+		return rewrite.LayerResult{}, fmt.Errorf("repackaged layer %s: stored as %s, computed %s", dgst, in.Digest(), res.Digest)
+	}
+	s.metrics.layersRepackaged.Inc()
+	s.metrics.bytesRepackaged.Add(float64(res.Size))
+	return res, nil
+}
+
+// putBlob stores small content regnorm produced (a new config).
+func (s *Server) putBlob(ctx context.Context, content []byte, want digest.Digest) error {
+	in, err := s.store.NewBlob(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := in.Write(content); err != nil {
+		return errors.Join(err, in.Cancel(ctx))
+	}
+	if err := in.Commit(ctx); err != nil {
+		return err
+	}
+	if in.Digest() != want {
+		return fmt.Errorf("stored blob as %s, want %s", in.Digest(), want)
+	}
+	return nil
+}
+
+func layerResult(v cache.LayerVerdict) rewrite.LayerResult {
+	res := rewrite.LayerResult{Digest: v.Repacked, Size: v.Size, DiffID: v.DiffID}
+	res.Compression, res.Entries = rewrite.Compression(v.Compression), v.Entries
+	for _, r := range v.Removals {
+		res.Removals = append(res.Removals, rewrite.XattrRemoval(r))
+	}
+	return res
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
