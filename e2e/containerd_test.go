@@ -29,6 +29,12 @@ type containerd struct {
 // direct registry (host:port) is reached over plain HTTP with no mirror.
 func startContainerd(t *testing.T, mirrorURL string, direct ...string) *containerd {
 	t.Helper()
+	return startContainerdBin(t, containerdBin, mirrorURL, direct...)
+}
+
+// startContainerdBin is startContainerd with another containerd binary.
+func startContainerdBin(t *testing.T, bin, mirrorURL string, direct ...string) *containerd {
+	t.Helper()
 	// Short paths: unix socket names are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "rn-ctd")
 	if err != nil {
@@ -64,7 +70,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.socket, c.socket+".ttrpc", c.configPath)
 	cfgPath := filepath.Join(dir, "config.toml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	c.proc = start(t, "containerd", containerdBin, "--config", cfgPath)
+	c.proc = start(t, "containerd "+filepath.Base(bin), bin, "--config", cfgPath)
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {

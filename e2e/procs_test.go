@@ -28,11 +28,14 @@ var (
 	conformBin    = os.Getenv("REGNORM_CONFORMANCE_BIN")
 	containerdBin = os.Getenv("REGNORM_CONTAINERD_BIN")
 	ctrBin        = os.Getenv("REGNORM_CTR_BIN")
+	// oldContainerdBin is containerd v1.6.8, the last that aborts on xattrs
+	// on symlinks.
+	oldContainerdBin = os.Getenv("REGNORM_OLD_CONTAINERD_BIN")
 )
 
 func TestMain(m *testing.M) {
 	for name, v := range map[string]string{"REGNORM_REGISTRY_BIN": registryBin, "REGNORM_CONFORMANCE_BIN": conformBin,
-		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin} {
+		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin, "REGNORM_OLD_CONTAINERD_BIN": oldContainerdBin} {
 		if _, err := os.Stat(v); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s=%q is not usable (%v); run scripts/test.sh, which installs it\n", name, v, err)
 			os.Exit(2)

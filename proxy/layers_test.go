@@ -4,9 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,4 +160,34 @@ func gunzip(t *testing.T, b []byte) []byte {
 		t.Fatal(err)
 	}
 	return out
+}
+
+func TestWarm(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{deadline: 50 * time.Millisecond})
+	img := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	clean := h.push(t, "library/clean", "v1", regtest.ImageOptions{}, baseLayer)
+	h.front.slowBlobs(200 * time.Millisecond)
+
+	results, err := proxy.Warm(context.Background(), h.url, []string{
+		"docker.io/ansible/creator-ee:v0.5.0", "library/clean:v1", "evil.example.com/x:1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := results[0]; r.OriginalDigest != img.ManifestDigest.String() || r.NormalizedDigest == "" || len(r.Changes) != 1 || r.Error != "" {
+		t.Fatalf("warm creator-ee: %+v", r)
+	}
+	if r := results[1]; r.OriginalDigest != clean.ManifestDigest.String() || r.NormalizedDigest != "" || r.Error != "" {
+		t.Fatalf("warm clean: %+v", r)
+	}
+	if r := results[2]; !strings.Contains(r.Error, "not configured") {
+		t.Fatalf("warm unknown registry: %+v", r)
+	}
+	// Warmed: answered at once, well within a 50 ms deadline.
+	modern := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/2.3.0"}}
+	r := h.do(t, http.MethodHead, "/v2/ansible/creator-ee/manifests/v0.5.0", modern)
+	if r.status != http.StatusOK || r.header.Get("Docker-Content-Digest") != results[0].NormalizedDigest {
+		t.Fatalf("after warm: %d %s", r.status, r.header.Get("Docker-Content-Digest"))
+	}
 }

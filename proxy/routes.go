@@ -35,6 +35,7 @@ const (
 	routeHealth    = "health"
 	routeMetrics   = "metrics"
 	routeReport    = "report"
+	routeWarm      = "warm"
 	routeNotFound  = "not_found"
 	routeForbidden = "method_not_allowed"
 )
@@ -113,6 +114,7 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle(name+"/tags/list", s.handle(routeTags, s.serveTags)).Methods(read...)
 	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
 	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.serveReport)).Methods(read...)
+	r.Handle("/api/v1/warm", s.handle(routeWarm, s.serveWarm)).Methods(http.MethodPost)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
 	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)
 	if metricsHandler != nil {

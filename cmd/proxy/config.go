@@ -37,9 +37,25 @@ type Config struct {
 	SpoolDir string `yaml:"spoolDir"`
 	// Cache selects and configures the storage driver.
 	Cache CacheConfig `yaml:"cache"`
+	// Normalize switches the rules and sets how long clients wait for them.
+	Normalize NormalizeConfig `yaml:"normalize"`
 	// Upstreams are the registries this mirror serves. A list in the file
 	// replaces the default list whole.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
+}
+
+// NormalizeConfig configures normalization.
+type NormalizeConfig struct {
+	// ConfigMediaType retypes octet-stream image configs.
+	ConfigMediaType bool `yaml:"configMediaType"`
+	// SymlinkXattrs repackages layers with xattrs on symlinks.
+	SymlinkXattrs bool `yaml:"symlinkXattrs"`
+	// Deadline is how long a request by tag waits for normalization before
+	// 503 with Retry-After (the work goes on).
+	Deadline time.Duration `yaml:"deadline"`
+	// PatientDeadline is the wait for containerd before 1.7, which has no
+	// response header timeout (1.7 and 2.0-2.2 get at most 50 s / 4.5 min).
+	PatientDeadline time.Duration `yaml:"patientDeadline"`
 }
 
 // CacheConfig selects the storage driver.
@@ -80,6 +96,7 @@ func defaultConfig() Config {
 		FetchTimeout:    time.Hour,
 		ShutdownTimeout: 30 * time.Second,
 		Cache:           CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
+		Normalize:       NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -183,6 +200,12 @@ func (c Config) validate() error {
 	}
 	if c.FetchTimeout <= 0 {
 		bad("fetchTimeout", "must be positive")
+	}
+	if c.Normalize.Deadline <= 0 {
+		bad("normalize.deadline", "must be positive")
+	}
+	if c.Normalize.PatientDeadline < c.Normalize.Deadline {
+		bad("normalize.patientDeadline", "must be at least normalize.deadline")
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdownTimeout", "must not be negative")

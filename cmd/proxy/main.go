@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,6 +42,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "warm" {
+		return runWarm(ctx, args[1:], getenv, stdout, stderr)
+	}
 	cfg, err := loadConfig(args, getenv, stderr)
 	if err != nil {
 		return err
@@ -73,6 +77,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		TagTTL:          cfg.TagTTL,
 		SpoolDir:        cfg.SpoolDir,
 		FetchTimeout:    cfg.FetchTimeout,
+		Rules:           &proxy.Rules{ConfigMediaType: cfg.Normalize.ConfigMediaType, SymlinkXattrs: cfg.Normalize.SymlinkXattrs},
+		Deadline:        cfg.Normalize.Deadline,
+		PatientDeadline: cfg.Normalize.PatientDeadline,
 		Metrics:         proxy.NewMetrics(reg),
 		Logger:          log,
 	})
@@ -111,6 +118,49 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return httpSrv.Shutdown(sctx)
 	})
 	return g.Wait()
+}
+
+// runWarm is `regnorm warm [--server URL] IMAGE...`: it asks a running
+// regnorm to normalize images ahead of time and prints what it did.
+func runWarm(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("regnorm warm", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", firstNonEmpty(getenv("REGNORM_SERVER"), "http://127.0.0.1:5000"), "regnorm to warm (env REGNORM_SERVER)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("usage: regnorm warm [--server URL] IMAGE...")
+	}
+	results, err := proxy.Warm(ctx, *server, fs.Args())
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, r := range results {
+		switch {
+		case r.Error != "":
+			failed++
+			fmt.Fprintf(stdout, "%s\terror: %s\n", r.Image, r.Error)
+		case r.NormalizedDigest != "":
+			fmt.Fprintf(stdout, "%s\tnormalized %s -> %s (%d changes)\n", r.Image, r.OriginalDigest, r.NormalizedDigest, len(r.Changes))
+		default:
+			fmt.Fprintf(stdout, "%s\tclean %s\n", r.Image, r.OriginalDigest)
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d images failed", failed, len(results))
+	}
+	return nil
+}
+
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
