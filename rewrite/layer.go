@@ -181,9 +181,8 @@ func strippableXattrs(hdr *tar.Header) []string {
 }
 
 // openLayer detects the compression from the first bytes and returns a tar
-// reader over the decompressed stream. Decompression runs in its own
-// goroutine, so that on a multi-core machine it overlaps with what the
-// caller does with the tar (compressing, in RepackLayer).
+// reader over the decompressed stream. Decompression runs ahead in its own
+// goroutine (aheadReader).
 func openLayer(blob io.Reader) (*tar.Reader, Compression, func(), error) {
 	br := bufio.NewReaderSize(blob, 64<<10)
 	head, _ := br.Peek(4)
@@ -206,20 +205,109 @@ func openLayer(blob io.Reader) (*tar.Reader, Compression, func(), error) {
 	default:
 		comp, rc = Uncompressed, io.NopCloser(br)
 	}
-	pr, pw := io.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 256<<10)
-		_, err := io.CopyBuffer(pw, rc, buf)
-		pw.CloseWithError(err)
-	}()
+	ar := newAheadReader(rc)
 	closeFn := func() {
-		pr.CloseWithError(errors.New("layer reader closed"))
-		<-done
+		ar.Close()
 		rc.Close()
 	}
-	return tar.NewReader(bufio.NewReaderSize(pr, 256<<10)), comp, closeFn, nil
+	return tar.NewReader(ar), comp, closeFn, nil
+}
+
+// aheadReader decompresses in its own goroutine, up to aheadChunks chunks
+// ahead of the reader, so that decompressing and what the reader does with
+// the bytes (compressing, when repackaging) overlap on two cores. io.Pipe
+// would hand over one buffer at a time and serialize the two.
+type aheadReader struct {
+	chunks chan []byte
+	free   chan []byte
+	errc   chan error
+	stop   chan struct{}
+	cur    []byte // the chunk being read
+	off    int
+	err    error
+}
+
+const (
+	aheadChunks    = 4
+	aheadChunkSize = 256 << 10
+)
+
+func newAheadReader(src io.Reader) *aheadReader {
+	a := &aheadReader{
+		chunks: make(chan []byte, aheadChunks),
+		free:   make(chan []byte, aheadChunks+1),
+		errc:   make(chan error, 1),
+		stop:   make(chan struct{}),
+	}
+	for range aheadChunks + 1 {
+		a.free <- make([]byte, aheadChunkSize)
+	}
+	go func() {
+		defer close(a.chunks)
+		for {
+			var buf []byte
+			select {
+			case buf = <-a.free:
+			case <-a.stop:
+				return
+			}
+			n, err := io.ReadFull(src, buf)
+			if n > 0 {
+				select {
+				case a.chunks <- buf[:n]:
+				case <-a.stop:
+					return
+				}
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				a.errc <- io.EOF
+				return
+			}
+			if err != nil {
+				a.errc <- err
+				return
+			}
+		}
+	}()
+	return a
+}
+
+func (a *aheadReader) Read(p []byte) (int, error) {
+	for a.off >= len(a.cur) {
+		if a.cur != nil {
+			a.free <- a.cur[:cap(a.cur)]
+			a.cur = nil
+		}
+		if a.err != nil {
+			return 0, a.err
+		}
+		chunk, ok := <-a.chunks
+		if !ok {
+			// The goroutine reports its error before it closes chunks; no
+			// error means it was stopped.
+			select {
+			case a.err = <-a.errc:
+			default:
+				a.err = errors.New("layer reader closed")
+			}
+			return 0, a.err
+		}
+		a.cur, a.off = chunk, 0
+	}
+	n := copy(p, a.cur[a.off:])
+	a.off += n
+	return n, nil
+}
+
+// Close stops the decompressing goroutine.
+func (a *aheadReader) Close() {
+	select {
+	case <-a.stop:
+	default:
+		close(a.stop)
+	}
+	for range a.chunks { // let the goroutine finish
+	}
 }
 
 func newCompressor(w io.Writer, comp Compression) (io.WriteCloser, error) {
