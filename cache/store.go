@@ -342,3 +342,26 @@ func randomID() (string, error) {
 	}
 	return hex.EncodeToString(b[:]), nil
 }
+
+// Usage is how much the cache holds.
+type Usage struct {
+	Bytes int64 `json:"bytes"`
+	Blobs int64 `json:"blobs"`
+}
+
+// Usage walks the blobs and adds up their sizes. It costs a listing of the
+// whole blob tree: call it now and then, not per request.
+func (s *Store) Usage(ctx context.Context) (Usage, error) {
+	var u Usage
+	err := s.driver.Walk(ctx, "/blobs", func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			u.Bytes += fi.Size()
+			u.Blobs++
+		}
+		return nil
+	})
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return Usage{}, fmt.Errorf("cache usage: %w", err)
+	}
+	return u, nil
+}

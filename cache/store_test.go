@@ -243,6 +243,18 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				t.Fatalf("missing verdict: %v", err)
 			}
 		}},
+		{"usage counts published blobs only", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			if u, err := s.Usage(ctx); err != nil || u != (cache.Usage{}) {
+				t.Fatalf("empty: %+v %v", u, err)
+			}
+			ingest(t, s, dgst, -1, content)
+			in, _ := s.IngestBlob(ctx, digest.FromString("x"), -1)
+			in.Write([]byte("unpublished"))
+			defer in.Cancel(ctx)
+			if u, err := s.Usage(ctx); err != nil || u.Blobs != 1 || u.Bytes != int64(len(content)) {
+				t.Fatalf("usage: %+v %v", u, err)
+			}
+		}},
 		{"clean uploads removes only old leftovers", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			in, err := s.IngestBlob(ctx, dgst, -1)
 			if err != nil {

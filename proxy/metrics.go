@@ -27,6 +27,9 @@ type Metrics struct {
 	bytesScanned      prometheus.Counter
 	bytesRepackaged   prometheus.Counter
 	deadlineExceeded  prometheus.Counter
+	normalizations    *prometheus.CounterVec
+	cacheBytes        prometheus.Gauge
+	cacheBlobs        prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -111,7 +114,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_normalization_deadline_exceeded_total",
 			Help: "Requests by tag answered 503 with Retry-After because normalization was not done by the deadline (it goes on).",
 		}),
+		normalizations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_normalizations_total",
+			Help: "Manifests and indexes normalized (computed, not served), by result: normalized, clean, invalid (served untouched), error (request failed).",
+		}, []string{"result"}),
+		cacheBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_cache_size_bytes",
+			Help: "Bytes of blobs in the cache, measured every minute.",
+		}),
+		cacheBlobs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_cache_objects",
+			Help: "Blobs in the cache, measured every minute.",
+		}),
 	}
+	reg.MustRegister(m.normalizations, m.cacheBytes, m.cacheBlobs)
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,

@@ -70,6 +70,7 @@ func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, 
 	})
 	if err != nil {
 		s.metrics.rewriteErrors.WithLabelValues("fetch").Inc()
+		s.metrics.normalizations.WithLabelValues("error").Inc()
 		return normalized{}, err
 	}
 	return v.(normalized), nil
@@ -113,8 +114,10 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 	}
 	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: s.rules.key(), CreatedAt: s.now().UTC()}
 	out := m
+	result := "clean"
 	switch {
 	case errors.Is(err, errInvalidContent):
+		result = "invalid"
 		// Content-addressed: the same bytes will be refused again, so the
 		// clean verdict is recorded and the original served.
 		s.metrics.rewriteErrors.WithLabelValues("invalid").Inc()
@@ -122,6 +125,7 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 	case err != nil:
 		return normalized{}, err
 	case res.Changed():
+		result = "normalized"
 		out = cache.Manifest{MediaType: res.MediaType, Digest: res.Digest, Content: res.Content}
 		if err := s.store.PutManifest(ctx, out); err != nil {
 			return normalized{}, fmt.Errorf("cache normalized manifest: %w", err)
@@ -146,6 +150,7 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 		s.log.Error("caching normalization verdict failed", "digest", m.Digest, "error", err)
 	}
 	s.metrics.normalizeDuration.Observe(time.Since(start).Seconds())
+	s.metrics.normalizations.WithLabelValues(result).Inc()
 	return normalized{manifest: out, verdict: verdict}, nil
 }
 

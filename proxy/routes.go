@@ -36,6 +36,7 @@ const (
 	routeMetrics   = "metrics"
 	routeReport    = "report"
 	routeWarm      = "warm"
+	routeStatus    = "status"
 	routeNotFound  = "not_found"
 	routeForbidden = "method_not_allowed"
 )
@@ -114,6 +115,8 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle(name+"/tags/list", s.handle(routeTags, s.serveTags)).Methods(read...)
 	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
 	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.serveReport)).Methods(read...)
+	r.Handle("/status", s.handle(routeStatus, s.serveStatus)).Methods(read...)
+	r.Handle("/", http.RedirectHandler("/status", http.StatusFound)).Methods(read...)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.serveWarm)).Methods(http.MethodPost)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
 	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)

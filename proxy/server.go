@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -25,6 +27,7 @@ type Store interface {
 	cache.NormalizationStore
 	cache.ReportStore
 	cache.LayerVerdictStore
+	Usage(ctx context.Context) (cache.Usage, error)
 }
 
 // Rules switches each normalization on or off.
@@ -92,6 +95,8 @@ type Server struct {
 	layers          singleflight.Group
 	reports         *reporter
 	rules           Rules
+	usage           atomic.Pointer[cache.Usage] // last measured
+	started         time.Time
 	deadline        time.Duration
 	patientDeadline time.Duration
 	metrics         *Metrics
@@ -132,6 +137,7 @@ func New(opts Options) (*Server, error) {
 		now:             time.Now,
 		reports:         newReporter(opts.Store, opts.Logger),
 		rules:           AllRules,
+		started:         time.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
 	}
@@ -161,10 +167,32 @@ func New(opts Options) (*Server, error) {
 // reportFlushInterval is how often served counts reach the stored report.
 const reportFlushInterval = 10 * time.Second
 
+// usageInterval is how often the cache size is measured (a walk of the
+// blob tree).
+const usageInterval = time.Minute
+
 // Run does the server's background work until ctx ends: it flushes the
-// rewrite report, and flushes it once more on the way out.
+// rewrite report (once more on the way out) and measures the cache.
 func (s *Server) Run(ctx context.Context) {
+	go s.measureUsage(ctx)
 	s.reports.run(ctx, reportFlushInterval)
+}
+
+func (s *Server) measureUsage(ctx context.Context) {
+	for {
+		if u, err := s.store.Usage(ctx); err == nil {
+			s.usage.Store(&u)
+			s.metrics.cacheBytes.Set(float64(u.Bytes))
+			s.metrics.cacheBlobs.Set(float64(u.Blobs))
+		} else if ctx.Err() == nil {
+			s.log.Warn("measuring the cache failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(usageInterval):
+		}
+	}
 }
 
 // Handler returns the HTTP handler. metrics, when not nil, is mounted at
@@ -196,4 +224,13 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Write([]byte("ready\n"))
 	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

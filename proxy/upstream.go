@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -37,6 +38,7 @@ type upstream struct {
 	creds   Credentials
 	tokens  *tokenSource
 	basic   atomic.Bool // the upstream asked for Basic auth
+	health  health
 	metrics *Metrics
 	log     *slog.Logger
 }
@@ -98,9 +100,11 @@ func (u *upstream) do(ctx context.Context, method, repo, path string, query url.
 		u.metrics.upstreamDuration.WithLabelValues(u.name).Observe(time.Since(start).Seconds())
 		if err != nil {
 			u.metrics.upstreamRequests.WithLabelValues(u.name, "error").Inc()
+			u.health.record(false, "unreachable")
 			return nil, err
 		}
 		u.metrics.upstreamRequests.WithLabelValues(u.name, strconv.Itoa(resp.StatusCode)).Inc()
+		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, resp.Status)
 		return resp, nil
 	}
 
@@ -172,6 +176,30 @@ func (u *upstream) tokenFailed(err error) error {
 		return newError(http.StatusUnauthorized, CodeUnauthorized, "upstream "+u.name+" refused the credentials", err)
 	}
 	return newError(http.StatusBadGateway, CodeUnavailable, "upstream "+u.name+" token service failed", err)
+}
+
+// health remembers how an upstream last answered, for the status page.
+type health struct {
+	mu       sync.Mutex
+	lastOK   time.Time
+	lastFail time.Time
+	failure  string // status or "unreachable": never a URL or a credential
+}
+
+func (h *health) record(ok bool, what string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ok {
+		h.lastOK = time.Now()
+	} else {
+		h.lastFail, h.failure = time.Now(), what
+	}
+}
+
+func (h *health) snapshot() (lastOK, lastFail time.Time, failure string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lastOK, h.lastFail, h.failure
 }
 
 // maxErrorBody caps how much of an upstream error body is read for the log.

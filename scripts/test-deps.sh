@@ -63,14 +63,29 @@ old_containerd() {
   rm -rf "$src"
 }
 
+# npm_tools: @grafana/schema and TypeScript, which type-check the dashboard.
+NPM_TOOLS="@grafana/schema@13.2.3 typescript@5.9.3"
+npm_tools() {
+  local dir="$CACHE/npm"
+  [ "$(cat "$dir/.versions" 2>/dev/null)" = "$NPM_TOOLS" ] && [ -d "$dir/node_modules" ] && return 0
+  command -v npm >/dev/null || apt_install nodejs npm
+  log "npm install $NPM_TOOLS"
+  mkdir -p "$dir"
+  # shellcheck disable=SC2086
+  npm install --prefix "$dir" --no-audit --no-fund --silent $NPM_TOOLS >&2
+  echo "$NPM_TOOLS" > "$dir/.versions"
+}
+
 # containerd (Debian 12: 1.6.20) and runc run the end-to-end pulls.
 apt_install containerd runc
 go_tool registry "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
 old_containerd
+npm_tools
 
 echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
 echo "export REGNORM_CONFORMANCE_BIN=$BIN/conformance"
 echo "export REGNORM_CONTAINERD_BIN=$(command -v containerd)"
 echo "export REGNORM_CTR_BIN=$(command -v ctr)"
+echo "export REGNORM_NPM_MODULES=$CACHE/npm/node_modules"
 echo "export REGNORM_OLD_CONTAINERD_BIN=$BIN/containerd-${OLD_CONTAINERD_VERSION#v}"

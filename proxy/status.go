@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"embed"
+	"fmt"
+	"html/template"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+//go:embed templates/status.html
+var templates embed.FS
+
+var statusTemplate = template.Must(template.New("status.html").Funcs(template.FuncMap{
+	"short": func(d digest.Digest) string {
+		if len(d.Encoded()) < 16 {
+			return d.String()
+		}
+		return d.Algorithm().String() + ":" + d.Encoded()[:12] + "…"
+	},
+	"ago":   ago,
+	"bytes": humanBytes,
+	"inc":   func(i int) int { return i + 1 },
+	"dec":   func(i int) int { return i - 1 },
+}).ParseFS(templates, "templates/status.html"))
+
+// statusPageSize is how many rewritten images a page lists.
+const statusPageSize = 50
+
+type upstreamStatus struct {
+	Name, Host       string
+	LastOK, LastFail time.Time
+	Failure          string
+	Failing          bool
+}
+
+type statusData struct {
+	Now       time.Time
+	Uptime    string
+	Rules     string
+	Cache     *cache.Usage
+	Upstreams []upstreamStatus
+	Query     string
+	Page      int
+	Pages     int
+	Total     int
+	Matching  int
+	Shown     int
+	Entries   []cache.ReportEntry
+	NeedRepin []cache.ReportEntry
+}
+
+// serveStatus renders the status page: rewritten images (filtered and paged
+// on the server, so a thousand entries stay readable), pulls that need
+// re-pinning, and cache and upstream health.
+func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
+	entries, err := s.reports.list(r.Context())
+	if err != nil {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
+	}
+	d := statusData{Now: s.now().UTC(), Uptime: time.Since(s.started).Round(time.Second).String(), Rules: s.rules.key(),
+		Cache: s.usage.Load(), Total: len(entries), Query: strings.TrimSpace(r.URL.Query().Get("q"))}
+	for _, name := range sortedKeys(s.upstreams) {
+		up := s.upstreams[name]
+		ok, fail, why := up.health.snapshot()
+		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Host: up.base.Host, LastOK: ok, LastFail: fail,
+			Failure: why, Failing: fail.After(ok)})
+	}
+	var matching []cache.ReportEntry
+	for _, e := range entries {
+		if e.UnnormalizedPulls > 0 {
+			d.NeedRepin = append(d.NeedRepin, e)
+		}
+		if matches(e, d.Query) {
+			matching = append(matching, e)
+		}
+	}
+	d.Matching = len(matching)
+	d.Pages = max(1, (len(matching)+statusPageSize-1)/statusPageSize)
+	d.Page, _ = strconv.Atoi(r.URL.Query().Get("page"))
+	d.Page = min(max(d.Page, 1), d.Pages)
+	start := (d.Page - 1) * statusPageSize
+	d.Entries = matching[start:min(start+statusPageSize, len(matching))]
+	d.Shown = len(d.Entries)
+
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'self'")
+	return statusTemplate.Execute(w, d)
+}
+
+func matches(e cache.ReportEntry, q string) bool {
+	if q == "" {
+		return true
+	}
+	q = strings.ToLower(q)
+	hay := strings.ToLower(strings.Join(append([]string{e.Upstream, e.Repository, e.Original.String(), e.Normalized.String()}, e.Tags...), " "))
+	return strings.Contains(hay, q)
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		return fmt.Sprintf("%d min ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d h ago", int(d.Hours()))
+	}
+	return t.UTC().Format("2006-01-02")
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
