@@ -31,11 +31,14 @@ var (
 	// oldContainerdBin is containerd v1.6.8, the last that aborts on xattrs
 	// on symlinks.
 	oldContainerdBin = os.Getenv("REGNORM_OLD_CONTAINERD_BIN")
+	prometheusBin    = os.Getenv("REGNORM_PROMETHEUS_BIN")
+	chromiumBin      = os.Getenv("REGNORM_CHROMIUM_BIN")
 )
 
 func TestMain(m *testing.M) {
 	for name, v := range map[string]string{"REGNORM_REGISTRY_BIN": registryBin, "REGNORM_CONFORMANCE_BIN": conformBin,
-		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin, "REGNORM_OLD_CONTAINERD_BIN": oldContainerdBin} {
+		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin, "REGNORM_OLD_CONTAINERD_BIN": oldContainerdBin,
+		"REGNORM_PROMETHEUS_BIN": prometheusBin, "REGNORM_CHROMIUM_BIN": chromiumBin} {
 		if _, err := os.Stat(v); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s=%q is not usable (%v); run scripts/test.sh, which installs it\n", name, v, err)
 			os.Exit(2)

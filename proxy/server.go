@@ -95,7 +95,7 @@ type Server struct {
 	layers          singleflight.Group
 	reports         *reporter
 	rules           Rules
-	usage           atomic.Pointer[cache.Usage] // last measured
+	usage           atomic.Pointer[measuredUsage]
 	started         time.Time
 	deadline        time.Duration
 	patientDeadline time.Duration
@@ -178,10 +178,16 @@ func (s *Server) Run(ctx context.Context) {
 	s.reports.run(ctx, reportFlushInterval)
 }
 
+// measuredUsage is the cache's size as last measured, and when.
+type measuredUsage struct {
+	cache.Usage
+	At time.Time
+}
+
 func (s *Server) measureUsage(ctx context.Context) {
 	for {
 		if u, err := s.store.Usage(ctx); err == nil {
-			s.usage.Store(&u)
+			s.usage.Store(&measuredUsage{Usage: u, At: time.Now()})
 			s.metrics.cacheBytes.Set(float64(u.Bytes))
 			s.metrics.cacheBlobs.Set(float64(u.Blobs))
 		} else if ctx.Err() == nil {

@@ -44,7 +44,7 @@ type statusData struct {
 	Now       time.Time
 	Uptime    string
 	Rules     string
-	Cache     *cache.Usage
+	Cache     *measuredUsage
 	Upstreams []upstreamStatus
 	Query     string
 	Page      int

@@ -78,6 +78,8 @@ npm_tools() {
 
 # containerd (Debian 12: 1.6.20) and runc run the end-to-end pulls.
 apt_install containerd runc
+# A real Prometheus scrapes regnorm and a real browser loads its status page.
+apt_install prometheus chromium
 go_tool registry "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
 old_containerd
@@ -87,5 +89,7 @@ echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
 echo "export REGNORM_CONFORMANCE_BIN=$BIN/conformance"
 echo "export REGNORM_CONTAINERD_BIN=$(command -v containerd)"
 echo "export REGNORM_CTR_BIN=$(command -v ctr)"
+echo "export REGNORM_PROMETHEUS_BIN=$(command -v prometheus)"
+echo "export REGNORM_CHROMIUM_BIN=$(command -v chromium)"
 echo "export REGNORM_NPM_MODULES=$CACHE/npm/node_modules"
 echo "export REGNORM_OLD_CONTAINERD_BIN=$BIN/containerd-${OLD_CONTAINERD_VERSION#v}"
