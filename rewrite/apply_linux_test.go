@@ -12,6 +12,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,6 +126,7 @@ func describeTree(t *testing.T, root string, drop map[string]map[string]bool) ma
 			vn, _ := unix.Lgetxattr(p, name, val)
 			xs = append(xs, name+"="+string(val[:max(vn, 0)]))
 		}
+		slices.Sort(xs) // containerd sets them in map order
 		out[rel] = desc + " xattrs " + strings.Join(xs, ",")
 		return nil
 	})
