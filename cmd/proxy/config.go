@@ -42,6 +42,8 @@ type Config struct {
 	// Upstreams are the registries this mirror serves. A list in the file
 	// replaces the default list whole.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
+	// CheckOnly (--check-config): validate, print the result, and exit.
+	CheckOnly bool `yaml:"-"`
 }
 
 // NormalizeConfig configures normalization.
@@ -122,12 +124,14 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		logLevel   = fs.String("log-level", "", "debug, info, warn or error (env REGNORM_LOG_LEVEL)")
 		logFormat  = fs.String("log-format", "", "text or json (env REGNORM_LOG_FORMAT)")
 	)
+	checkOnly := fs.Bool("check-config", false, "validate the configuration, print it, and exit")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	cfg.CheckOnly = *checkOnly
 	if *configFile != "" {
 		if err := readConfigFile(*configFile, &cfg); err != nil {
 			return Config{}, err

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
@@ -42,12 +43,22 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "warm" {
-		return runWarm(ctx, args[1:], getenv, stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "warm":
+			return runWarm(ctx, args[1:], getenv, stdout, stderr)
+		case "node-config":
+			return runNodeConfig(ctx, args[1:], stdout, stderr)
+		}
 	}
 	cfg, err := loadConfig(args, getenv, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.CheckOnly {
+		out, _ := yaml.Marshal(cfg)
+		fmt.Fprintf(stdout, "# configuration is valid\n%s", out)
+		return nil
 	}
 	log := newLogger(cfg, stderr)
 

@@ -155,3 +155,14 @@ func TestRunServesAndDrains(t *testing.T) {
 		t.Fatal("run did not stop")
 	}
 }
+
+// TestShippedConfigsAreValid: the config files the repository ships for
+// docker-compose load and validate.
+func TestShippedConfigsAreValid(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"--check-config", "--config", "../../deploy/compose/regnorm.yaml"}, env(nil), &out, io.Discard)
+	if err != nil || !strings.Contains(out.String(), "configuration is valid") || !strings.Contains(out.String(), "rootDirectory: /var/lib/regnorm") {
+		t.Fatalf("compose config: %v\n%s", err, out.String())
+	}
+}

@@ -1,0 +1,49 @@
+{{- define "regnorm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "regnorm.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "regnorm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "regnorm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "regnorm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "regnorm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "regnorm.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "regnorm.secretName" -}}
+{{- .Values.credentials.existingSecret | default (printf "%s-credentials" (include "regnorm.fullname" .)) }}
+{{- end }}
+
+{{/* The URL the nodes' containerd reaches regnorm at. */}}
+{{- define "regnorm.mirrorEndpoint" -}}
+{{- if .Values.nodeConfig.endpoint }}
+{{- .Values.nodeConfig.endpoint }}
+{{- else if and (eq .Values.service.type "NodePort") .Values.service.nodePort }}
+{{- printf "http://127.0.0.1:%v" .Values.service.nodePort }}
+{{- else if .Values.service.clusterIP }}
+{{- printf "http://%s:%v" .Values.service.clusterIP .Values.service.port }}
+{{- else }}
+{{- fail "nodeConfig needs an address the nodes can reach: set nodeConfig.endpoint, service.clusterIP, or service.type=NodePort with service.nodePort" }}
+{{- end }}
+{{- end }}
