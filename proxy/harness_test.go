@@ -163,6 +163,7 @@ func (h *harness) metric(t *testing.T, name, labels string) float64 {
 // can be slowed down.
 type faultyFront struct {
 	URL       string
+	relay     http.HandlerFunc // to the registry, for faults that pick their requests
 	mu        sync.Mutex
 	fault     http.HandlerFunc
 	hits      int
@@ -172,7 +173,7 @@ type faultyFront struct {
 func newFaultyFront(t *testing.T, target string) *faultyFront {
 	u, _ := url.Parse(target)
 	rp := httputil.NewSingleHostReverseProxy(u)
-	f := &faultyFront{}
+	f := &faultyFront{relay: rp.ServeHTTP}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		fault, delay := f.fault, f.blobDelay
@@ -185,7 +186,7 @@ func newFaultyFront(t *testing.T, target string) *faultyFront {
 			fault(w, r)
 			return
 		}
-		rp.ServeHTTP(w, r)
+		f.relay(w, r)
 	}))
 	t.Cleanup(srv.Close)
 	f.URL = srv.URL

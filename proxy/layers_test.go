@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +190,32 @@ func TestWarm(t *testing.T) {
 	r := h.do(t, http.MethodHead, "/v2/ansible/creator-ee/manifests/v0.5.0", modern)
 	if r.status != http.StatusOK || r.header.Get("Docker-Content-Digest") != results[0].NormalizedDigest {
 		t.Fatalf("after warm: %d %s", r.status, r.header.Get("Docker-Content-Digest"))
+	}
+}
+
+// TestFailedLayerDownloadIsNoVerdict: a layer whose download breaks is not
+// recorded as clean; once upstream recovers it is repackaged.
+func TestFailedLayerDownloadIsNoVerdict(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	broken := m.Layers[1].Digest.String()
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, broken) {
+			h.front.relay(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(int(m.Layers[1].Size)))
+		w.Write(img.Layers[1][:m.Layers[1].Size/2])
+	})
+	if r := h.do(t, http.MethodHead, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdAccept); r.status < 500 {
+		t.Fatalf("with a broken layer download: %d, want a 5xx", r.status)
+	}
+	h.front.set(nil)
+	dgst, _ := h.pullByTag(t, "ansible/creator-ee", "v0.5.0")
+	if dgst == img.ManifestDigest || h.metric(t, "regnorm_layers_repackaged_total", "") != 1 {
+		t.Fatal("after recovery the layer was not repackaged: a failed download was taken for a verdict")
 	}
 }

@@ -79,9 +79,10 @@ var ErrNotTar = errors.New("not a tar layer")
 // the symlink xattr rule would remove. It decompresses but never compresses,
 // so a clean layer costs one decompression.
 func ScanLayer(blob io.Reader) (LayerScan, error) {
-	tr, comp, closeFn, err := openLayer(blob)
+	src := &sourceReader{r: blob}
+	tr, comp, closeFn, err := openLayer(src)
 	if err != nil {
-		return LayerScan{}, err
+		return LayerScan{}, src.cause(err)
 	}
 	defer closeFn()
 	scan := LayerScan{Compression: comp}
@@ -91,7 +92,7 @@ func ScanLayer(blob io.Reader) (LayerScan, error) {
 			return scan, nil
 		}
 		if err != nil {
-			return LayerScan{}, fmt.Errorf("%w: %v", ErrNotTar, err)
+			return LayerScan{}, src.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
 		}
 		scan.Entries++
 		if keys := strippableXattrs(hdr); len(keys) > 0 {
@@ -111,9 +112,10 @@ func ScanLayer(blob io.Reader) (LayerScan, error) {
 // sparse files are written expanded, and numeric fields use its own
 // encoding. What an extraction produces is unchanged.
 func RepackLayer(dst io.Writer, blob io.Reader) (LayerResult, error) {
-	tr, comp, closeFn, err := openLayer(blob)
+	src := &sourceReader{r: blob}
+	tr, comp, closeFn, err := openLayer(src)
 	if err != nil {
-		return LayerResult{}, err
+		return LayerResult{}, src.cause(err)
 	}
 	defer closeFn()
 
@@ -133,7 +135,7 @@ func RepackLayer(dst io.Writer, blob io.Reader) (LayerResult, error) {
 			break
 		}
 		if err != nil {
-			return LayerResult{}, fmt.Errorf("%w: %v", ErrNotTar, err)
+			return LayerResult{}, src.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
 		}
 		res.Entries++
 		if keys := strippableXattrs(hdr); len(keys) > 0 {
@@ -147,7 +149,7 @@ func RepackLayer(dst io.Writer, blob io.Reader) (LayerResult, error) {
 			return LayerResult{}, fmt.Errorf("%w: rewrite %s: %v", ErrNotTar, hdr.Name, err)
 		}
 		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
-			return LayerResult{}, fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err)
+			return LayerResult{}, src.cause(fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err))
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -320,6 +322,30 @@ func newCompressor(w io.Writer, comp Compression) (io.WriteCloser, error) {
 		return nopWriteCloser{w}, nil
 	}
 	return nil, fmt.Errorf("unknown compression %q", comp)
+}
+
+// sourceReader remembers a failure of the reader a layer comes from, so
+// that a download or disk that fails is reported as that failure: it says
+// nothing about the layer, whereas ErrNotTar is a verdict on its content.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// cause returns the source's failure if there was one, else err.
+func (s *sourceReader) cause(err error) error {
+	if s.err != nil {
+		return fmt.Errorf("read layer: %w", s.err)
+	}
+	return err
 }
 
 type nopWriteCloser struct{ io.Writer }

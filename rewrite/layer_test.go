@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -280,3 +282,20 @@ func TestNotATar(t *testing.T) {
 		}
 	}
 }
+
+// A source that fails is not a verdict on the layer: the error must not be
+// ErrNotTar (which would mark the layer as unreadable for good).
+func TestSourceFailureIsNotAVerdict(t *testing.T) {
+	t.Parallel()
+	blob := compress(t, buildTar(t, layerCases[0].entries, tar.FormatPAX), Gzip)
+	failing := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
+	if _, err := ScanLayer(failing); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+		t.Fatalf("scan: %v", err)
+	}
+	failing = io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
+	if _, err := RepackLayer(io.Discard, failing); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+		t.Fatalf("repack: %v", err)
+	}
+}
+
+var errDownload = errors.New("connection reset")
