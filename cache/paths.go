@@ -12,19 +12,24 @@ import (
 //
 //	/blobs/<alg>/<hex[:2]>/<hex>/data          blob bytes
 //	/manifests/<alg>/<hex[:2]>/<hex>           manifest envelope (media type + bytes)
+//	/normalized/<alg>/<hex[:2]>/<hex>          normalization verdict of a manifest
+//	/layers/<alg>/<hex[:2]>/<hex>              verdict of a layer
+//	/reports/<h[:2]>/<h>                       report entry (h: sha256 of its key)
 //	/tags/<upstream>/<repository>/_tags/<tag>  tag record
 //	/_uploads/<id>/data                        blobs being written, never read
 //
 // Repository components cannot start with '_' (distribution/reference), so
 // "_tags" never collides with a repository name.
 
-func blobPath(dgst digest.Digest) string {
-	return path.Join("/blobs", dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded(), "data")
+// digestPath is where a content-addressed record of kind lives.
+func digestPath(kind string, dgst digest.Digest) string {
+	return path.Join("/"+kind, dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())
 }
 
-func manifestPath(dgst digest.Digest) string {
-	return path.Join("/manifests", dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())
-}
+func blobPath(dgst digest.Digest) string          { return digestPath("blobs", dgst) + "/data" }
+func manifestPath(dgst digest.Digest) string      { return digestPath("manifests", dgst) }
+func normalizationPath(dgst digest.Digest) string { return digestPath("normalized", dgst) }
+func layerVerdictPath(dgst digest.Digest) string  { return digestPath("layers", dgst) }
 
 func tagPath(upstream, repo, tag string) string {
 	return path.Join("/tags", escapeSegment(upstream), repo, "_tags", tag)

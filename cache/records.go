@@ -137,10 +137,6 @@ var (
 	_ LayerVerdictStore  = (*Store)(nil)
 )
 
-func layerVerdictPath(dgst digest.Digest) string {
-	return path.Join("/layers", dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())
-}
-
 // GetLayerVerdict returns the verdict recorded for a layer.
 func (s *Store) GetLayerVerdict(ctx context.Context, layer digest.Digest) (LayerVerdict, error) {
 	if err := layer.Validate(); err != nil {
@@ -168,10 +164,6 @@ func (s *Store) PutLayerVerdict(ctx context.Context, v LayerVerdict) error {
 		}
 	}
 	return s.putJSON(ctx, layerVerdictPath(v.Original), v)
-}
-
-func normalizationPath(dgst digest.Digest) string {
-	return path.Join("/normalized", dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())
 }
 
 func reportPath(key string) string {

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"archive/tar"
 	"context"
 	"os"
 	"testing"
@@ -13,15 +14,19 @@ import (
 // pushHello pushes an image whose entrypoint prints a known line.
 func pushHello(t *testing.T, registryURL, repo, tag string, opts regtest.ImageOptions) regtest.Image {
 	t.Helper()
+	return pushHelloWith(t, registryURL, repo, tag, opts,
+		[]regtest.File{{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755}, {Name: "etc/motd", Content: []byte("regnorm\n")}})
+}
+
+// pushHelloWith pushes the hello binary's layer and then layer.
+func pushHelloWith(t *testing.T, registryURL, repo, tag string, opts regtest.ImageOptions, layer []regtest.File) regtest.Image {
+	t.Helper()
 	bin, err := os.ReadFile(helloBin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts.Entrypoint = []string{"/hello"}
-	img, err := regtest.BuildImage(opts,
-		[]regtest.File{{Name: "hello", Mode: 0o755, Content: bin}},
-		[]regtest.File{{Name: "etc/", Typeflag: '5', Mode: 0o755}, {Name: "etc/motd", Content: []byte("regnorm\n")}},
-	)
+	img, err := regtest.BuildImage(opts, []regtest.File{{Name: "hello", Mode: 0o755, Content: bin}}, layer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ package e2e
 import (
 	"archive/tar"
 	"context"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -18,28 +17,13 @@ import (
 // quay.io/ansible/creator-ee v0.5.0: a symlink carrying a user.* xattr.
 func pushXattrImage(t *testing.T, registryURL, repo, tag string, opts regtest.ImageOptions) regtest.Image {
 	t.Helper()
-	bin, err := os.ReadFile(helloBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Entrypoint = []string{"/hello"}
-	img, err := regtest.BuildImage(opts,
-		[]regtest.File{{Name: "hello", Mode: 0o755, Content: bin}},
-		[]regtest.File{
-			{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
-			{Name: "etc/krb5.conf.d/", Typeflag: tar.TypeDir, Mode: 0o755},
-			{Name: "etc/crypto-policies.conf", Content: []byte("DEFAULT\n")},
-			{Name: "etc/krb5.conf.d/crypto-policies", Typeflag: tar.TypeSymlink, Linkname: "/etc/crypto-policies.conf",
-				PAXRecords: map[string]string{"SCHILY.xattr.user.rpm.origin": repo}},
-		},
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := (&regtest.Client{Base: registryURL}).PushImage(context.Background(), repo, tag, img); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return pushHelloWith(t, registryURL, repo, tag, opts, []regtest.File{
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/krb5.conf.d/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/crypto-policies.conf", Content: []byte("DEFAULT\n")},
+		{Name: "etc/krb5.conf.d/crypto-policies", Typeflag: tar.TypeSymlink, Linkname: "/etc/crypto-policies.conf",
+			PAXRecords: map[string]string{"SCHILY.xattr.user.rpm.origin": repo}},
+	})
 }
 
 // TestSymlinkXattrImages: containerd v1.6.8 fails on a layer with a user.*
