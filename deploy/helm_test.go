@@ -48,6 +48,11 @@ networkPolicy:
 upstreams:
   - {name: docker.io, url: https://registry-1.docker.io, username: mybot, passwordKey: dockerhub}
 credentials: {passwords: {dockerhub: s3cret}}`,
+	"three replicas on S3": `
+replicaCount: 3
+cache:
+  driver: s3
+  s3: {bucket: regnorm-cache, region: eu-west-1, endpoint: "http://minio.storage:9000", forcePathStyle: true, existingSecret: regnorm-s3}`,
 	"credentials in an existing secret, no persistence": `
 upstreams:
   - {name: registry.example.com, url: https://registry.example.com, username: bot, passwordKey: token}
@@ -152,8 +157,35 @@ func TestChartDetails(t *testing.T) {
 			t.Errorf("node-config args %s lack %s", got, want)
 		}
 	}
-	if _, err := renderErr(t, `nodeConfig: {enabled: true}`); err == nil || !strings.Contains(err.Error(), "nodeConfig needs an address") {
-		t.Errorf("node configuration without an address: %v", err)
+	for values, want := range map[string]string{
+		`nodeConfig: {enabled: true}`: "nodeConfig needs an address",
+		`replicaCount: 2`:             "the filesystem cache is one ReadWriteOnce volume",
+		`{cache: {driver: s3}}`:       "cache.s3.bucket is required",
+		`{cache: {driver: nfs}}`:      "cache.driver must be filesystem or s3",
+	} {
+		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", values, err, want)
+		}
+	}
+
+	s3 := render(t, chartCases["three replicas on S3"])
+	for _, o := range s3 {
+		if o.GetKind() == "PersistentVolumeClaim" {
+			t.Error("a PVC rendered with the S3 cache")
+		}
+	}
+	s3dep := find(t, s3, "Deployment")
+	if r, _, _ := unstructured.NestedFieldNoCopy(s3dep.Object, "spec", "replicas"); fmt.Sprint(r) != "3" {
+		t.Errorf("replicas %v", r)
+	}
+	if st, _, _ := unstructured.NestedString(s3dep.Object, "spec", "strategy", "type"); st != "RollingUpdate" {
+		t.Errorf("strategy %s with S3", st)
+	}
+	s3cfg := configMapData(t, s3, "regnorm", "regnorm.yaml")
+	for _, want := range []string{"driver: s3", "bucket: regnorm-cache", "endpoint: http://minio.storage:9000", "accessKeyFile: /etc/regnorm/s3/accessKey"} {
+		if !strings.Contains(s3cfg, want) {
+			t.Errorf("S3 config lacks %q:\n%s", want, s3cfg)
+		}
 	}
 
 	mon := render(t, chartCases["monitoring"])

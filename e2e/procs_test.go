@@ -32,13 +32,14 @@ var (
 	// on symlinks.
 	oldContainerdBin = os.Getenv("REGNORM_OLD_CONTAINERD_BIN")
 	prometheusBin    = os.Getenv("REGNORM_PROMETHEUS_BIN")
+	versitygwBin     = os.Getenv("REGNORM_VERSITYGW_BIN")
 	chromiumBin      = os.Getenv("REGNORM_CHROMIUM_BIN")
 )
 
 func TestMain(m *testing.M) {
 	for name, v := range map[string]string{"REGNORM_REGISTRY_BIN": registryBin, "REGNORM_CONFORMANCE_BIN": conformBin,
 		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin, "REGNORM_OLD_CONTAINERD_BIN": oldContainerdBin,
-		"REGNORM_PROMETHEUS_BIN": prometheusBin, "REGNORM_CHROMIUM_BIN": chromiumBin} {
+		"REGNORM_PROMETHEUS_BIN": prometheusBin, "REGNORM_CHROMIUM_BIN": chromiumBin, "REGNORM_VERSITYGW_BIN": versitygwBin} {
 		if _, err := os.Stat(v); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s=%q is not usable (%v); run scripts/test.sh, which installs it\n", name, v, err)
 			os.Exit(2)
@@ -185,22 +186,23 @@ http:
 }
 
 // startRegnorm runs the built binary with a config whose docker.io upstream
-// is upstreamURL, and returns its URL.
-func startRegnorm(t *testing.T, upstreamURL string, extraYAML string) (string, *process) {
+// is upstreamURL, and returns its URL. cacheYAML replaces the filesystem
+// cache in a temporary directory when set.
+func startRegnorm(t *testing.T, upstreamURL string, cacheYAML string) (string, *process) {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
+	if cacheYAML == "" {
+		cacheYAML = fmt.Sprintf("cache:\n  driver: filesystem\n  filesystem:\n    rootDirectory: %s\n", filepath.Join(dir, "cache"))
+	}
 	cfg := fmt.Sprintf(`listen: %s
 logFormat: json
 tagTTL: 1h
-cache:
-  driver: filesystem
-  filesystem:
-    rootDirectory: %s
+spoolDir: %s
 upstreams:
 - name: docker.io
   url: %s
-%s`, addr, filepath.Join(dir, "cache"), upstreamURL, extraYAML)
+%s`, addr, dir, upstreamURL, cacheYAML)
 	path := filepath.Join(dir, "regnorm.yaml")
 	os.WriteFile(path, []byte(cfg), 0o600)
 	p := start(t, "regnorm", regnormBin, "--config", path)

@@ -25,11 +25,11 @@ import (
 // repackaged form with containerd's own archive.Apply (v2.4.2, pinned in
 // go.mod; it tolerates the EPERM that older versions abort on) and compares
 // the trees: identical except for the removed xattrs. It needs root (device
-// nodes, ownership, xattrs); scripts/test.sh sets REGNORM_REQUIRE_ROOT, so
+// nodes, ownership, xattrs); scripts/test.sh sets REGNORM_REQUIRE_ALL, so
 // there it fails rather than skips.
 func TestRepackedLayerExtractsTheSame(t *testing.T) {
 	if os.Geteuid() != 0 {
-		if os.Getenv("REGNORM_REQUIRE_ROOT") != "" {
+		if os.Getenv("REGNORM_REQUIRE_ALL") != "" {
 			t.Fatal("needs root")
 		}
 		t.Skip("needs root: extracts device nodes, ownership and xattrs")

@@ -13,6 +13,7 @@ REGISTRY_VERSION=v3.1.2
 # The last containerd that aborts on xattrs on symlinks (fixed in 1.6.9).
 OLD_CONTAINERD_VERSION=v1.6.8
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+VERSITYGW_VERSION=v1.8.0
 
 log() { echo "test-deps: $*" >&2; }
 
@@ -82,11 +83,14 @@ apt_install containerd runc
 apt_install prometheus chromium
 go_tool registry "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
+# A real S3-compatible server for the S3 cache (about 2 minutes, once).
+go_tool versitygw "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 old_containerd
 npm_tools
 
 echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
 echo "export REGNORM_CONFORMANCE_BIN=$BIN/conformance"
+echo "export REGNORM_VERSITYGW_BIN=$BIN/versitygw"
 echo "export REGNORM_CONTAINERD_BIN=$(command -v containerd)"
 echo "export REGNORM_CTR_BIN=$(command -v ctr)"
 echo "export REGNORM_PROMETHEUS_BIN=$(command -v prometheus)"

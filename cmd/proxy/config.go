@@ -62,9 +62,31 @@ type NormalizeConfig struct {
 
 // CacheConfig selects the storage driver.
 type CacheConfig struct {
-	// Driver is filesystem or inmemory.
+	// Driver is filesystem, s3 or inmemory.
 	Driver     string           `yaml:"driver"`
 	Filesystem FilesystemConfig `yaml:"filesystem"`
+	S3         S3Config         `yaml:"s3"`
+}
+
+// S3Config configures the S3 driver (distribution's s3-aws), for several
+// replicas sharing one cache.
+type S3Config struct {
+	Bucket string `yaml:"bucket"`
+	Region string `yaml:"region"`
+	// Endpoint is an S3-compatible server's URL (MinIO, versitygw, Ceph);
+	// empty for AWS. http:// turns TLS off.
+	Endpoint       string `yaml:"endpoint"`
+	ForcePathStyle bool   `yaml:"forcePathStyle"`
+	// RootDirectory is a key prefix inside the bucket.
+	RootDirectory string `yaml:"rootDirectory"`
+	// SkipVerify turns off TLS certificate checks (test servers only).
+	SkipVerify bool `yaml:"skipVerify"`
+	// The keys come from files or environment variables, never from this
+	// file. With none set, the AWS SDK's own chain applies (instance roles).
+	AccessKeyFile string `yaml:"accessKeyFile"`
+	SecretKeyFile string `yaml:"secretKeyFile"`
+	AccessKeyEnv  string `yaml:"accessKeyEnv"`
+	SecretKeyEnv  string `yaml:"secretKeyEnv"`
 }
 
 // FilesystemConfig configures the filesystem driver.
@@ -219,9 +241,24 @@ func (c Config) validate() error {
 		if c.Cache.Filesystem.RootDirectory == "" {
 			bad("cache.filesystem.rootDirectory", "must be set for the filesystem driver")
 		}
+	case "s3":
+		if c.Cache.S3.Bucket == "" {
+			bad("cache.s3.bucket", "must be set for the s3 driver")
+		}
+		if c.Cache.S3.Region == "" {
+			bad("cache.s3.region", "must be set for the s3 driver (any value for most S3-compatible servers)")
+		}
+		if e := c.Cache.S3.Endpoint; e != "" {
+			if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad("cache.s3.endpoint", "%q is not an http(s) URL", e)
+			}
+		}
+		if (c.Cache.S3.AccessKeyFile == "") != (c.Cache.S3.SecretKeyFile == "") {
+			bad("cache.s3.accessKeyFile", "set both accessKeyFile and secretKeyFile, or neither")
+		}
 	case "inmemory":
 	default:
-		bad("cache.driver", "%q is not filesystem or inmemory", c.Cache.Driver)
+		bad("cache.driver", "%q is not filesystem, s3 or inmemory", c.Cache.Driver)
 	}
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "at least one upstream is needed")

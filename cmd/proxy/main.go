@@ -23,6 +23,7 @@ import (
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	s3 "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -66,7 +67,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	driver, err := buildDriver(cfg.Cache)
+	driver, err := buildDriver(ctx, cfg.Cache, getenv)
 	if err != nil {
 		return err
 	}
@@ -184,8 +185,10 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func buildDriver(c CacheConfig) (storagedriver.StorageDriver, error) {
+func buildDriver(ctx context.Context, c CacheConfig, getenv func(string) string) (storagedriver.StorageDriver, error) {
 	switch c.Driver {
+	case "s3":
+		return buildS3Driver(ctx, c.S3, getenv)
 	case "inmemory":
 		return inmemory.New(), nil
 	case "filesystem":
@@ -199,6 +202,38 @@ func buildDriver(c CacheConfig) (storagedriver.StorageDriver, error) {
 		return filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100}), nil
 	}
 	return nil, fmt.Errorf("config: cache.driver: %q is not supported", c.Driver)
+}
+
+// buildS3Driver constructs distribution's s3-aws driver directly.
+func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) (storagedriver.StorageDriver, error) {
+	access, secret := getenv(firstNonEmpty(c.AccessKeyEnv, "AWS_ACCESS_KEY_ID")), getenv(firstNonEmpty(c.SecretKeyEnv, "AWS_SECRET_ACCESS_KEY"))
+	if c.AccessKeyFile != "" {
+		a, err := os.ReadFile(c.AccessKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("config: cache.s3.accessKeyFile: %w", err)
+		}
+		sk, err := os.ReadFile(c.SecretKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("config: cache.s3.secretKeyFile: %w", err)
+		}
+		access, secret = strings.TrimSpace(string(a)), strings.TrimSpace(string(sk))
+	}
+	params := map[string]any{
+		"bucket":         c.Bucket,
+		"region":         c.Region,
+		"regionendpoint": c.Endpoint,
+		"forcepathstyle": c.ForcePathStyle,
+		"rootdirectory":  c.RootDirectory,
+		"secure":         !strings.HasPrefix(c.Endpoint, "http://"),
+		"skipverify":     c.SkipVerify,
+		"accesskey":      access,
+		"secretkey":      secret,
+	}
+	d, err := s3.FromParameters(ctx, params)
+	if err != nil {
+		return nil, fmt.Errorf("config: cache.s3: %w", err)
+	}
+	return d, nil
 }
 
 // buildUpstreams reads CA files and passwords: the files and environment
