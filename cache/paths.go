@@ -15,6 +15,7 @@ import (
 //	/normalized/<alg>/<hex[:2]>/<hex>          normalization verdict of a manifest
 //	/layers/<alg>/<hex[:2]>/<hex>              verdict of a layer
 //	/reports/<h[:2]>/<h>                       report entry (h: sha256 of its key)
+//	/derived/<alg>/<hex[:2]>/<hex>             how a blob regnorm made was made
 //	/tags/<upstream>/<repository>/_tags/<tag>  tag record
 //	/_uploads/<id>/data                        blobs being written, never read
 //

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -76,6 +77,11 @@ type TagStore interface {
 // including by several processes sharing the same storage.
 type Store struct {
 	driver storagedriver.StorageDriver
+
+	// What this process knows of blob use, for eviction.
+	mu         sync.Mutex
+	pins       map[digest.Digest]int
+	lastAccess map[digest.Digest]time.Time
 }
 
 var (
@@ -87,7 +93,7 @@ var (
 
 // New returns a Store on driver.
 func New(driver storagedriver.StorageDriver) *Store {
-	return &Store{driver: driver}
+	return &Store{driver: driver, pins: map[digest.Digest]int{}, lastAccess: map[digest.Digest]time.Time{}}
 }
 
 // StatBlob reports whether dgst is cached, and its size.

@@ -255,6 +255,66 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				t.Fatalf("usage: %+v %v", u, err)
 			}
 		}},
+		{"eviction: least recently used first, never pinned or rewritten configs", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			var dgsts []digest.Digest
+			for i := range 4 {
+				b := bytes.Repeat([]byte{byte('a' + i)}, 1000)
+				dd := digest.FromBytes(b)
+				ingest(t, s, dd, -1, b)
+				dgsts = append(dgsts, dd)
+			}
+			// Use order: 1 is pinned (being served), 0 is a rewritten config,
+			// 3 was used after 2.
+			unpin := s.Pin(dgsts[1])
+			if err := s.PutDerived(ctx, cache.Derived{Digest: dgsts[0], Kind: cache.DerivedConfig}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+			s.Pin(dgsts[3])()
+			res, err := s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 3000}, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Evicted != 1 || res.Remaining.Bytes != 3000 {
+				t.Fatalf("evict: %+v", res)
+			}
+			for i, want := range []bool{true, true, false, true} {
+				if _, err := s.StatBlob(ctx, dgsts[i]); (err == nil) != want {
+					t.Errorf("blob %d present: %v, want %v", i, err == nil, want)
+				}
+			}
+			// Pinned, 1 cannot go even though it is now the oldest candidate.
+			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 2000}, time.Now()); err != nil || res.Evicted != 1 {
+				t.Fatalf("with 1 pinned: %+v %v", res, err)
+			}
+			if _, err := s.StatBlob(ctx, dgsts[1]); err != nil {
+				t.Fatal("a pinned blob was evicted")
+			}
+			unpin()
+			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1000}, time.Now())
+			if err != nil || res.Evicted != 1 || res.Remaining.Bytes != 1000 {
+				t.Fatalf("after unpin: %+v %v", res, err)
+			}
+			if _, err := s.StatBlob(ctx, dgsts[1]); !errors.Is(err, cache.ErrNotFound) {
+				t.Error("the least recently used unpinned blob stayed")
+			}
+			// The age limit: a blob unused for longer than MaxAge goes.
+			ingest(t, s, dgst, -1, content)
+			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxAge: time.Hour}, time.Now()); err != nil || res.Evicted != 0 {
+				t.Fatalf("young blob: %+v %v", res, err)
+			}
+			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxAge: time.Hour}, time.Now().Add(2*time.Hour)); err != nil || res.Evicted != 1 {
+				t.Fatalf("old blob: %+v %v", res, err)
+			}
+			// Only the rewritten config is left, and no limit removes it.
+			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1, MaxAge: time.Hour}, time.Now().Add(2*time.Hour))
+			if err != nil || res.Evicted != 0 || res.Remaining.Blobs != 1 {
+				t.Fatalf("rewritten config: %+v %v", res, err)
+			}
+			if _, err := s.StatBlob(ctx, dgsts[0]); err != nil {
+				t.Error("a rewritten config was evicted")
+			}
+		}},
 		{"clean uploads removes only old leftovers", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			// What a crash leaves: a temporary object written but never
 			// moved. (On S3 an upload not yet committed is no object at all;

@@ -29,6 +29,8 @@ const chartDir = "helm/regnorm"
 // chartCases are the documented combinations of values.
 var chartCases = map[string]string{
 	"defaults": ``,
+	"bounded filesystem cache": `
+cache: {maxSize: 40GiB, persistence: {size: 50Gi}}`,
 	"node configuration with a fixed ClusterIP": `
 service: {clusterIP: 10.96.100.50}
 nodeConfig: {enabled: true}`,
@@ -52,6 +54,7 @@ credentials: {passwords: {dockerhub: s3cret}}`,
 replicaCount: 3
 cache:
   driver: s3
+  maxAge: 720h
   s3: {bucket: regnorm-cache, region: eu-west-1, endpoint: "http://minio.storage:9000", forcePathStyle: true, existingSecret: regnorm-s3}`,
 	"credentials in an existing secret, no persistence": `
 upstreams:

@@ -24,6 +24,15 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 	if served, err := s.serveCachedBlob(w, r, req.digest); served || err != nil {
 		return err
 	}
+	// A repackaged layer exists only here: if it was evicted, rebuild it.
+	if d, err := s.store.GetDerived(ctx, req.digest); err == nil && d.Kind == cache.DerivedLayer {
+		if err := s.rebuildLayer(ctx, d); err != nil {
+			return err
+		}
+		if served, err := s.serveCachedBlob(w, r, req.digest); served || err != nil {
+			return err
+		}
+	}
 	if r.Method == http.MethodHead {
 		return s.headBlobUpstream(w, r, req)
 	}
@@ -51,6 +60,8 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 // serveCachedBlob serves dgst if the cache has it. A cache that fails to
 // answer is logged and treated as a miss: upstream can still serve.
 func (s *Server) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest) (bool, error) {
+	unpin := s.store.Pin(dgst) // not evicted while it is served
+	defer unpin()
 	rc, _, err := s.store.OpenBlob(r.Context(), dgst)
 	if err != nil {
 		if !errors.Is(err, cache.ErrNotFound) {

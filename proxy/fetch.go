@@ -21,6 +21,7 @@ import (
 // blob, N clients cost one upstream request, and a slow client never slows
 // the download or the others.
 type blobFetches struct {
+	onCommit func(size int64) // a blob entered the cache
 	store    Store
 	spoolDir string
 	timeout  time.Duration
@@ -142,7 +143,11 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 			return errors.Join(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, rerr), in.Cancel(ctx))
 		}
 	}
-	return in.Commit(ctx)
+	if err := in.Commit(ctx); err != nil {
+		return err
+	}
+	fs.onCommit(in.Size())
+	return nil
 }
 
 func (f *blobFetch) advance(n int64) {

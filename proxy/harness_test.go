@@ -46,6 +46,7 @@ type harnessOptions struct {
 	rules       *proxy.Rules
 	deadline    time.Duration
 	patient     time.Duration
+	eviction    cache.EvictionPolicy
 }
 
 func newHarness(t *testing.T, o harnessOptions) *harness {
@@ -73,6 +74,7 @@ func (h *harness) restart(t *testing.T) {
 		Rules:           h.opts.rules,
 		Deadline:        h.opts.deadline,
 		PatientDeadline: h.opts.patient,
+		Eviction:        h.opts.eviction,
 		SpoolDir:        t.TempDir(),
 		Metrics:         proxy.NewMetrics(promReg),
 		Logger:          slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -83,6 +85,12 @@ func (h *harness) restart(t *testing.T) {
 	ps := httptest.NewServer(srv.Handler(promhttp.HandlerFor(promReg, promhttp.HandlerOpts{})))
 	t.Cleanup(ps.Close)
 	h.srv, h.url = srv, ps.URL
+	if h.opts.eviction != (cache.EvictionPolicy{}) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { srv.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 }
 
 // push pushes a generated image and returns it.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -76,9 +77,13 @@ func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo str
 	}
 	v.Compression, v.Entries = string(scan.Compression), scan.Entries
 	if !scan.Clean() {
-		res, err := s.repackLayer(ctx, dgst)
+		res, err := s.repackLayer(ctx, dgst, "")
 		if err != nil {
 			return cache.LayerVerdict{}, err
+		}
+		if err := s.store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedLayer, Source: dgst,
+			Upstream: up.name, Repository: repo}); err != nil {
+			return cache.LayerVerdict{}, fmt.Errorf("record repackaged layer: %w", err)
 		}
 		v.Repacked, v.Size, v.DiffID = res.Digest, res.Size, res.DiffID
 		for _, r := range res.Removals {
@@ -133,13 +138,21 @@ func (s *Server) scanLayer(ctx context.Context, up *upstream, repo string, dgst 
 }
 
 // repackLayer writes the repackaged layer into the cache as a new blob.
-func (s *Server) repackLayer(ctx context.Context, dgst digest.Digest) (rewrite.LayerResult, error) {
+// want, when set, is the digest the result must have (a rebuild).
+func (s *Server) repackLayer(ctx context.Context, dgst, want digest.Digest) (rewrite.LayerResult, error) {
+	unpin := s.store.Pin(dgst)
+	defer unpin()
 	rc, _, err := s.store.OpenBlob(ctx, dgst)
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
 	defer rc.Close()
-	in, err := s.store.NewBlob(ctx)
+	var in *cache.Ingest
+	if want != "" {
+		in, err = s.store.IngestBlob(ctx, want, -1)
+	} else {
+		in, err = s.store.NewBlob(ctx)
+	}
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
@@ -155,11 +168,48 @@ func (s *Server) repackLayer(ctx context.Context, dgst digest.Digest) (rewrite.L
 	}
 	s.metrics.layersRepackaged.Inc()
 	s.metrics.bytesRepackaged.Add(float64(res.Size))
+	s.noteIngest(res.Size)
 	return res, nil
 }
 
-// putBlob stores small content regnorm produced (a new config).
-func (s *Server) putBlob(ctx context.Context, content []byte, want digest.Digest) error {
+// rebuildLayer makes an evicted repackaged layer again from its original,
+// fetched again if it was evicted too. Repackaging is deterministic, and
+// the ingest verifies the result against the digest clients ask for.
+func (s *Server) rebuildLayer(ctx context.Context, d cache.Derived) error {
+	up, ok := s.upstreams[d.Upstream]
+	if !ok {
+		return newError(http.StatusNotFound, CodeBlobUnknown, "repackaged layer's upstream "+d.Upstream+" is no longer configured", nil)
+	}
+	_, err, _ := s.layers.Do("rebuild "+d.Digest.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
+		defer cancel()
+		if _, err := s.store.StatBlob(ctx, d.Digest); err == nil {
+			return nil, nil // rebuilt meanwhile
+		}
+		if _, err := s.store.StatBlob(ctx, d.Source); err != nil {
+			f := s.fetches.join(up, d.Repository, d.Source)
+			err := f.waitDone(ctx)
+			f.release()
+			if err != nil {
+				return nil, err
+			}
+		}
+		if _, err := s.repackLayer(ctx, d.Source, d.Digest); err != nil {
+			return nil, fmt.Errorf("rebuild repackaged layer %s: %w", d.Digest, err)
+		}
+		s.metrics.rebuilds.Inc()
+		s.log.Info("rebuilt an evicted repackaged layer", "digest", d.Digest, "source", d.Source)
+		return nil, nil
+	})
+	return err
+}
+
+// putConfig stores a rewritten config. Its derived record goes first, so
+// that it is never evictable, not even for a moment.
+func (s *Server) putConfig(ctx context.Context, content []byte, want digest.Digest) error {
+	if err := s.store.PutDerived(ctx, cache.Derived{Digest: want, Kind: cache.DerivedConfig}); err != nil {
+		return err
+	}
 	in, err := s.store.NewBlob(ctx)
 	if err != nil {
 		return err
@@ -173,6 +223,7 @@ func (s *Server) putBlob(ctx context.Context, content []byte, want digest.Digest
 	if in.Digest() != want {
 		return fmt.Errorf("stored blob as %s, want %s", in.Digest(), want)
 	}
+	s.noteIngest(in.Size())
 	return nil
 }
 

@@ -28,6 +28,10 @@ type Store interface {
 	cache.ReportStore
 	cache.LayerVerdictStore
 	Usage(ctx context.Context) (cache.Usage, error)
+	Pin(dgst digest.Digest) (unpin func())
+	Evict(ctx context.Context, policy cache.EvictionPolicy, now time.Time) (cache.EvictionResult, error)
+	PutDerived(ctx context.Context, d cache.Derived) error
+	GetDerived(ctx context.Context, dgst digest.Digest) (cache.Derived, error)
 }
 
 // Rules switches each normalization on or off.
@@ -78,8 +82,10 @@ type Options struct {
 	// PatientDeadline replaces Deadline for containerd versions that have no
 	// response header timeout (before 2.3); see deadlineFor.
 	PatientDeadline time.Duration
-	Metrics         *Metrics
-	Logger          *slog.Logger
+	// Eviction bounds the cache; the zero policy keeps everything.
+	Eviction cache.EvictionPolicy
+	Metrics  *Metrics
+	Logger   *slog.Logger
 }
 
 // Server serves the read side of the OCI distribution API as a pull-through
@@ -99,6 +105,9 @@ type Server struct {
 	started         time.Time
 	deadline        time.Duration
 	patientDeadline time.Duration
+	eviction        cache.EvictionPolicy
+	evictNow        chan struct{} // an ingest took the cache past its size
+	sizeEstimate    atomic.Int64  // blob bytes: last eviction's count plus ingests since
 	metrics         *Metrics
 	log             *slog.Logger
 	now             func() time.Time
@@ -140,6 +149,8 @@ func New(opts Options) (*Server, error) {
 		started:         time.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
+		eviction:        opts.Eviction,
+		evictNow:        make(chan struct{}, 1),
 	}
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
@@ -154,6 +165,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.DefaultUpstream)
 	}
 	s.fetches = &blobFetches{
+		onCommit: s.noteIngest,
 		store:    opts.Store,
 		spoolDir: opts.SpoolDir,
 		timeout:  opts.FetchTimeout,
@@ -171,11 +183,57 @@ const reportFlushInterval = 10 * time.Second
 // blob tree).
 const usageInterval = time.Minute
 
+// evictInterval is how often the eviction policy is applied even when no
+// ingest crossed the size limit (the age limit needs it).
+const evictInterval = time.Minute
+
 // Run does the server's background work until ctx ends: it flushes the
-// rewrite report (once more on the way out) and measures the cache.
+// rewrite report (once more on the way out), measures the cache, and keeps
+// it within its eviction policy.
 func (s *Server) Run(ctx context.Context) {
 	go s.measureUsage(ctx)
+	if s.eviction != (cache.EvictionPolicy{}) {
+		go s.evictLoop(ctx)
+	}
 	s.reports.run(ctx, reportFlushInterval)
+}
+
+func (s *Server) evictLoop(ctx context.Context) {
+	for {
+		res, err := s.store.Evict(ctx, s.eviction, time.Now())
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn("evicting from the cache failed", "error", err)
+		} else {
+			s.sizeEstimate.Store(res.Remaining.Bytes)
+			s.metrics.evictions.Add(float64(res.Evicted))
+			s.metrics.evictedBytes.Add(float64(res.Freed))
+			s.metrics.cacheBytes.Set(float64(res.Remaining.Bytes))
+			s.metrics.cacheBlobs.Set(float64(res.Remaining.Blobs))
+			if res.Evicted > 0 {
+				s.log.Info("evicted from the cache", "blobs", res.Evicted, "bytes", res.Freed, "remaining_bytes", res.Remaining.Bytes)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.evictNow:
+		case <-time.After(evictInterval):
+		}
+	}
+}
+
+// noteIngest counts a blob that entered the cache, and wakes the evictor
+// when the cache has outgrown its size limit.
+func (s *Server) noteIngest(size int64) {
+	if s.eviction.MaxBytes > 0 && s.sizeEstimate.Add(size) > s.eviction.MaxBytes {
+		select {
+		case s.evictNow <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // measuredUsage is the cache's size as last measured, and when.

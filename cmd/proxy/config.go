@@ -63,9 +63,24 @@ type NormalizeConfig struct {
 // CacheConfig selects the storage driver.
 type CacheConfig struct {
 	// Driver is filesystem, s3 or inmemory.
-	Driver     string           `yaml:"driver"`
+	Driver string `yaml:"driver"`
+	// MaxSize bounds the blobs' total size, e.g. 50GiB (least recently used
+	// go first); empty is no limit. Measuring it walks every blob: meant for
+	// the filesystem.
+	MaxSize string `yaml:"maxSize"`
+	// MaxAge evicts blobs unused for longer; 0 is no limit. Meant for S3.
+	MaxAge     time.Duration    `yaml:"maxAge"`
 	Filesystem FilesystemConfig `yaml:"filesystem"`
 	S3         S3Config         `yaml:"s3"`
+}
+
+// maxBytes is MaxSize in bytes; 0 is no limit.
+func (c CacheConfig) maxBytes() (int64, error) {
+	if c.MaxSize == "" {
+		return 0, nil
+	}
+	b, err := parseByteSize(c.MaxSize)
+	return int64(b), err
 }
 
 // S3Config configures the S3 driver (distribution's s3-aws), for several
@@ -140,6 +155,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		configFile = fs.String("config", getenv("REGNORM_CONFIG"), "YAML configuration file (env REGNORM_CONFIG)")
 		listen     = fs.String("listen", "", "listen address (env REGNORM_LISTEN; default :5000)")
 		dataDir    = fs.String("data-dir", "", "filesystem cache directory (env REGNORM_DATA_DIR; default ./data)")
+		maxSize    = fs.String("cache-max-size", "", "bound the cache, e.g. 50GiB (env REGNORM_CACHE_MAX_SIZE)")
 		driver     = fs.String("cache-driver", "", "cache storage driver: filesystem or inmemory (env REGNORM_CACHE_DRIVER)")
 		defaultUp  = fs.String("default-upstream", "", "upstream for requests without ns (env REGNORM_DEFAULT_UPSTREAM; default docker.io)")
 		tagTTL     = fs.String("tag-ttl", "", "how long a tag is served from cache, e.g. 5m (env REGNORM_TAG_TTL)")
@@ -167,6 +183,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		{*listen, "REGNORM_LISTEN", func(v string) error { cfg.Listen = v; return nil }},
 		{*dataDir, "REGNORM_DATA_DIR", func(v string) error { cfg.Cache.Filesystem.RootDirectory = v; return nil }},
 		{*driver, "REGNORM_CACHE_DRIVER", func(v string) error { cfg.Cache.Driver = v; return nil }},
+		{*maxSize, "REGNORM_CACHE_MAX_SIZE", func(v string) error { cfg.Cache.MaxSize = v; return nil }},
 		{*defaultUp, "REGNORM_DEFAULT_UPSTREAM", func(v string) error { cfg.DefaultUpstream = v; return nil }},
 		{*logLevel, "REGNORM_LOG_LEVEL", func(v string) error { cfg.LogLevel = v; return nil }},
 		{*logFormat, "REGNORM_LOG_FORMAT", func(v string) error { cfg.LogFormat = v; return nil }},
@@ -226,6 +243,12 @@ func (c Config) validate() error {
 	}
 	if c.FetchTimeout <= 0 {
 		bad("fetchTimeout", "must be positive")
+	}
+	if _, err := c.Cache.maxBytes(); err != nil {
+		bad("cache.maxSize", "%v", err)
+	}
+	if c.Cache.MaxAge < 0 {
+		bad("cache.maxAge", "must not be negative")
 	}
 	if c.Normalize.Deadline <= 0 {
 		bad("normalize.deadline", "must be positive")

@@ -80,6 +80,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Info("removed leftover uploads", "count", n)
 	}
 
+	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Options{
@@ -92,6 +93,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Rules:           &proxy.Rules{ConfigMediaType: cfg.Normalize.ConfigMediaType, SymlinkXattrs: cfg.Normalize.SymlinkXattrs},
 		Deadline:        cfg.Normalize.Deadline,
 		PatientDeadline: cfg.Normalize.PatientDeadline,
+		Eviction:        cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge},
 		Metrics:         proxy.NewMetrics(reg),
 		Logger:          log,
 	})

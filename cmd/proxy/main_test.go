@@ -72,6 +72,8 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "password without user", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  passwordEnv: X\n", wantField: "upstreams[0].username"},
 		{name: "unknown field", yaml: "listne: :5000\n", wantField: "listne"},
 		{name: "log level", yaml: "logLevel: loud\n", wantField: "logLevel"},
+		{name: "cache size", args: []string{"--cache-max-size", "lots"}, wantField: "cache.maxSize"},
+		{name: "cache size in the file", yaml: "cache:\n  maxSize: -3GB\n", wantField: "maxSize"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,5 +166,18 @@ func TestShippedConfigsAreValid(t *testing.T) {
 	err := run(context.Background(), []string{"--check-config", "--config", "../../deploy/compose/regnorm.yaml"}, env(nil), &out, io.Discard)
 	if err != nil || !strings.Contains(out.String(), "configuration is valid") || !strings.Contains(out.String(), "rootDirectory: /var/lib/regnorm") {
 		t.Fatalf("compose config: %v\n%s", err, out.String())
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]ByteSize{"1024": 1024, "500MB": 500e6, "10GiB": 10 << 30, "1.5 KiB": 1536, "0": 0} {
+		if got, err := parseByteSize(in); err != nil || got != want {
+			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	cfg, err := loadConfig([]string{"--cache-max-size", "64MiB"}, env(nil), io.Discard)
+	if b, _ := cfg.Cache.maxBytes(); err != nil || b != 64<<20 {
+		t.Fatalf("flag: %v %v", b, err)
 	}
 }
