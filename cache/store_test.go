@@ -333,8 +333,11 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
+			// Construct before going parallel: aws-sdk-go v1 races between
+			// building a session and another session's requests (a package
+			// variable). regnorm builds one driver, before any request.
 			d := newDriver(t)
+			t.Parallel()
 			tt.run(t, d, cache.New(d))
 		})
 	}
