@@ -44,7 +44,7 @@ type Rules struct {
 }
 
 // AllRules is every normalization on: the default.
-var AllRules = Rules{ConfigMediaType: true, SymlinkXattrs: true}
+func AllRules() Rules { return Rules{ConfigMediaType: true, SymlinkXattrs: true} }
 
 // key names the rules that are on, for verdicts.
 func (r Rules) key() string {
@@ -73,7 +73,7 @@ type Options struct {
 	// FetchTimeout bounds one blob download from upstream, however many
 	// clients are waiting for it.
 	FetchTimeout time.Duration
-	// Rules are the normalizations that are on; nil means AllRules.
+	// Rules are the normalizations that are on; nil means AllRules().
 	Rules *Rules
 	// Deadline is how long a request by tag waits for normalization before
 	// it gets 503 with Retry-After (the work goes on). Default 25 s, under
@@ -145,7 +145,7 @@ func New(opts Options) (*Server, error) {
 		log:             opts.Logger,
 		now:             time.Now,
 		reports:         newReporter(opts.Store, opts.Logger),
-		rules:           AllRules,
+		rules:           AllRules(),
 		started:         time.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
@@ -179,50 +179,61 @@ func New(opts Options) (*Server, error) {
 // reportFlushInterval is how often served counts reach the stored report.
 const reportFlushInterval = 10 * time.Second
 
-// usageInterval is how often the cache size is measured (a walk of the
-// blob tree).
-const usageInterval = time.Minute
-
-// evictInterval is how often the eviction policy is applied even when no
-// ingest crossed the size limit (the age limit needs it).
-const evictInterval = time.Minute
+// maintainInterval is how often the cache is measured and, with an
+// eviction policy, kept within it (each is one walk of the blob tree).
+const maintainInterval = time.Minute
 
 // Run does the server's background work until ctx ends: it flushes the
-// rewrite report (once more on the way out), measures the cache, and keeps
-// it within its eviction policy.
+// rewrite report (once more on the way out), and measures the cache and
+// keeps it within its eviction policy.
 func (s *Server) Run(ctx context.Context) {
-	go s.measureUsage(ctx)
-	if s.eviction != (cache.EvictionPolicy{}) {
-		go s.evictLoop(ctx)
-	}
+	go s.maintainCache(ctx)
 	s.reports.run(ctx, reportFlushInterval)
 }
 
-func (s *Server) evictLoop(ctx context.Context) {
+// measuredUsage is the cache's size as last measured, and when.
+type measuredUsage struct {
+	cache.Usage
+	At time.Time
+}
+
+// maintainCache evicts as the policy says (or, without one, only measures)
+// every minute, and at once when an ingest takes the cache past its size.
+func (s *Server) maintainCache(ctx context.Context) {
 	for {
-		res, err := s.store.Evict(ctx, s.eviction, time.Now())
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			s.log.Warn("evicting from the cache failed", "error", err)
-		} else {
-			s.sizeEstimate.Store(res.Remaining.Bytes)
-			s.metrics.evictions.Add(float64(res.Evicted))
-			s.metrics.evictedBytes.Add(float64(res.Freed))
-			s.metrics.cacheBytes.Set(float64(res.Remaining.Bytes))
-			s.metrics.cacheBlobs.Set(float64(res.Remaining.Blobs))
-			if res.Evicted > 0 {
-				s.log.Info("evicted from the cache", "blobs", res.Evicted, "bytes", res.Freed, "remaining_bytes", res.Remaining.Bytes)
-			}
+		u, err := s.evictOrMeasure(ctx)
+		switch {
+		case err == nil:
+			s.usage.Store(&measuredUsage{Usage: u, At: time.Now()})
+			s.sizeEstimate.Store(u.Bytes)
+			s.metrics.cacheBytes.Set(float64(u.Bytes))
+			s.metrics.cacheBlobs.Set(float64(u.Blobs))
+		case ctx.Err() == nil:
+			s.log.Warn("maintaining the cache failed", "error", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.evictNow:
-		case <-time.After(evictInterval):
+		case <-time.After(maintainInterval):
 		}
 	}
+}
+
+func (s *Server) evictOrMeasure(ctx context.Context) (cache.Usage, error) {
+	if s.eviction == (cache.EvictionPolicy{}) {
+		return s.store.Usage(ctx)
+	}
+	res, err := s.store.Evict(ctx, s.eviction, time.Now())
+	if err != nil {
+		return cache.Usage{}, err
+	}
+	s.metrics.evictions.Add(float64(res.Evicted))
+	s.metrics.evictedBytes.Add(float64(res.Freed))
+	if res.Evicted > 0 {
+		s.log.Info("evicted from the cache", "blobs", res.Evicted, "bytes", res.Freed, "remaining_bytes", res.Remaining.Bytes)
+	}
+	return res.Remaining, nil
 }
 
 // noteIngest counts a blob that entered the cache, and wakes the evictor
@@ -232,29 +243,6 @@ func (s *Server) noteIngest(size int64) {
 		select {
 		case s.evictNow <- struct{}{}:
 		default:
-		}
-	}
-}
-
-// measuredUsage is the cache's size as last measured, and when.
-type measuredUsage struct {
-	cache.Usage
-	At time.Time
-}
-
-func (s *Server) measureUsage(ctx context.Context) {
-	for {
-		if u, err := s.store.Usage(ctx); err == nil {
-			s.usage.Store(&measuredUsage{Usage: u, At: time.Now()})
-			s.metrics.cacheBytes.Set(float64(u.Bytes))
-			s.metrics.cacheBlobs.Set(float64(u.Blobs))
-		} else if ctx.Err() == nil {
-			s.log.Warn("measuring the cache failed", "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(usageInterval):
 		}
 	}
 }
