@@ -23,8 +23,6 @@ const (
 	maxConfigSize = 8 << 20
 	// maxIndexDepth: an index may list indexes; deeper nesting is served as is.
 	maxIndexDepth = 2
-	// normalizeTimeout bounds one normalization, however many clients wait.
-	normalizeTimeout = 5 * time.Minute
 	// childFetches is how many children of an index are fetched at once.
 	childFetches = 4
 )
@@ -64,7 +62,9 @@ func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, 
 		// The verdict outlived its manifest: compute both again.
 	}
 	v, err, _ := s.normalizations.Do(m.Digest.String(), func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), normalizeTimeout)
+		// Bounded like the downloads it waits for: clients are answered by
+		// their own deadline (503 and Retry-After), not by this one.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
 		defer cancel()
 		return s.computeNormalization(ctx, up, repo, m, depth)
 	})
@@ -284,7 +284,7 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 		return
 	}
 	go func() {
-		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), normalizeTimeout)
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
 		defer cancel()
 		n, err := s.normalize(bg, req.upstream, req.repo, m)
 		if err != nil {
