@@ -164,6 +164,13 @@ func waitHTTP(t *testing.T, url string) {
 // filesystem storage, and returns its URL.
 func startRegistry(t *testing.T) (string, *process) {
 	t.Helper()
+	return startRegistryProxy(t, "")
+}
+
+// startRegistryProxy is startRegistry, in proxy mode (distribution's
+// pull-through cache) for remote when it is set.
+func startRegistryProxy(t *testing.T, remote string) (string, *process) {
+	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	cfg := fmt.Sprintf(`version: 0.1
@@ -178,6 +185,9 @@ http:
   addr: %s
   secret: regnorm-e2e
 `, filepath.Join(dir, "data"), addr)
+	if remote != "" {
+		cfg += fmt.Sprintf("proxy:\n  remoteurl: %s\n", remote)
+	}
 	path := filepath.Join(dir, "config.yml")
 	os.WriteFile(path, []byte(cfg), 0o600)
 	p := start(t, "registry", registryBin, "serve", path)
