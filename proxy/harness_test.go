@@ -49,7 +49,7 @@ type harnessOptions struct {
 	eviction    cache.EvictionPolicy
 }
 
-func newHarness(t *testing.T, o harnessOptions) *harness {
+func newHarness(t testing.TB, o harnessOptions) *harness {
 	t.Helper()
 	reg := regtest.Start(t, o.registry)
 	front := newFaultyFront(t, reg.URL)
@@ -61,7 +61,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 
 // restart replaces the proxy with a new one on the same cache, as a restart
 // or another replica would be.
-func (h *harness) restart(t *testing.T) {
+func (h *harness) restart(t testing.TB) {
 	t.Helper()
 	u, _ := url.Parse(h.front.URL)
 	h.logs = &syncBuffer{}
@@ -94,7 +94,7 @@ func (h *harness) restart(t *testing.T) {
 }
 
 // push pushes a generated image and returns it.
-func (h *harness) push(t *testing.T, repo, tag string, opts regtest.ImageOptions, layers ...[]regtest.File) regtest.Image {
+func (h *harness) push(t testing.TB, repo, tag string, opts regtest.ImageOptions, layers ...[]regtest.File) regtest.Image {
 	t.Helper()
 	img, err := regtest.BuildImage(opts, layers...)
 	if err != nil {
@@ -106,7 +106,7 @@ func (h *harness) push(t *testing.T, repo, tag string, opts regtest.ImageOptions
 	return img
 }
 
-func (h *harness) pushBlob(t *testing.T, repo string, content []byte) digest.Digest {
+func (h *harness) pushBlob(t testing.TB, repo string, content []byte) digest.Digest {
 	t.Helper()
 	if err := h.reg.Client().PushBlob(context.Background(), repo, content); err != nil {
 		t.Fatal(err)
@@ -121,7 +121,7 @@ type response struct {
 	err    error // reading the body failed
 }
 
-func (h *harness) do(t *testing.T, method, path string, header http.Header) response {
+func (h *harness) do(t testing.TB, method, path string, header http.Header) response {
 	t.Helper()
 	req, err := http.NewRequest(method, h.url+path, nil)
 	if err != nil {
@@ -153,7 +153,7 @@ func (r response) ociError(t *testing.T) string {
 
 // metric reads one sample from /metrics; labels is a substring such as
 // `kind="blob",result="hit"`.
-func (h *harness) metric(t *testing.T, name, labels string) float64 {
+func (h *harness) metric(t testing.TB, name, labels string) float64 {
 	t.Helper()
 	r := h.do(t, http.MethodGet, "/metrics", nil)
 	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{([^}]*)\})? (\S+)$`)
@@ -178,7 +178,7 @@ type faultyFront struct {
 	blobDelay time.Duration
 }
 
-func newFaultyFront(t *testing.T, target string) *faultyFront {
+func newFaultyFront(t testing.TB, target string) *faultyFront {
 	u, _ := url.Parse(target)
 	rp := httputil.NewSingleHostReverseProxy(u)
 	f := &faultyFront{relay: rp.ServeHTTP}

@@ -23,7 +23,7 @@ type reportBody struct {
 	Rewrites []cache.ReportEntry `json:"rewrites"`
 }
 
-func (h *harness) report(t *testing.T) []cache.ReportEntry {
+func (h *harness) report(t testing.TB) []cache.ReportEntry {
 	t.Helper()
 	r := h.do(t, http.MethodGet, "/api/v1/rewrites", nil)
 	var body reportBody
@@ -35,7 +35,7 @@ func (h *harness) report(t *testing.T) []cache.ReportEntry {
 
 // pullByTag resolves tag like containerd and fetches the manifest by the
 // digest it was given, checking that digest against the bytes.
-func (h *harness) pullByTag(t *testing.T, repo, tag string) (digest.Digest, []byte) {
+func (h *harness) pullByTag(t testing.TB, repo, tag string) (digest.Digest, []byte) {
 	t.Helper()
 	head := h.do(t, http.MethodHead, "/v2/"+repo+"/manifests/"+tag+"?ns=docker.io", containerdAccept)
 	if head.status != http.StatusOK {

@@ -28,7 +28,7 @@ echo "== end-to-end tests"
 go test -tags e2e -count=1 -v -timeout 30m ./e2e/ 2>&1 | grep -v '^\s*{"time"'
 
 echo "== benchmarks (short run, figures not judged)"
-REGNORM_BENCH_BLOB_MB=16 REGNORM_BENCH_LAYER_MB=16 REGNORM_BENCH_MEMORY_MB=32 \
+REGNORM_BENCH_BLOB_MB=16 REGNORM_BENCH_LAYER_MB=16 REGNORM_BENCH_MEMORY_MB=32 REGNORM_BENCH_WARM_MB=8 \
   go test -run '^$' -bench . -benchtime 2x ./...
 
 echo "== done in $(( $(date +%s) - start ))s"
