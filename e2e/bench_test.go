@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -33,11 +34,19 @@ import (
 //	REGNORM_BENCH_FULL=1 scripts/test.sh   # or, with the tools installed:
 //	REGNORM_BENCH_FULL=1 go test -tags e2e -run TestPullBenchmark -v -timeout 60m ./e2e/
 //
-// It prints a table and writes bench-results.json (REGNORM_BENCH_OUT).
+// REGNORM_BENCH_BANDWIDTH_MB (MB/s) and REGNORM_BENCH_LATENCY (e.g. 50ms)
+// change the relay. It prints a table and writes bench-results.json
+// (REGNORM_BENCH_OUT).
 func TestPullBenchmark(t *testing.T) {
 	o := benchOptions{reps: 1, bandwidth: 50e6, latency: 20 * time.Millisecond, cleanMB: 20, xattrMB: 10, heads: 64 * 5}
 	if os.Getenv("REGNORM_BENCH_FULL") != "" {
 		o = benchOptions{reps: 3, bandwidth: 50e6, latency: 20 * time.Millisecond, cleanMB: 400, xattrMB: 150, heads: 64 * 40}
+	}
+	if v, err := strconv.ParseFloat(os.Getenv("REGNORM_BENCH_BANDWIDTH_MB"), 64); err == nil && v > 0 {
+		o.bandwidth = v * 1e6
+	}
+	if v, err := time.ParseDuration(os.Getenv("REGNORM_BENCH_LATENCY")); err == nil && v >= 0 {
+		o.latency = v
 	}
 	ctx := context.Background()
 	upstreamURL, _ := startRegistry(t)
