@@ -69,6 +69,17 @@ func (fs *blobFetches) join(up *upstream, repo string, dgst digest.Digest) *blob
 	return f
 }
 
+// ensure returns once dgst is in the cache, downloading it (or joining the
+// download under way) if it is not.
+func (fs *blobFetches) ensure(ctx context.Context, up *upstream, repo string, dgst digest.Digest) error {
+	if _, err := fs.store.StatBlob(ctx, dgst); err == nil {
+		return nil
+	}
+	f := fs.join(up, repo, dgst)
+	defer f.release()
+	return f.waitDone(ctx)
+}
+
 func (fs *blobFetches) run(f *blobFetch, up *upstream, repo string) {
 	defer f.release()
 	fs.metrics.inflightFetches.Inc()

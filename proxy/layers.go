@@ -186,13 +186,8 @@ func (s *Server) rebuildLayer(ctx context.Context, d cache.Derived) error {
 		if _, err := s.store.StatBlob(ctx, d.Digest); err == nil {
 			return nil, nil // rebuilt meanwhile
 		}
-		if _, err := s.store.StatBlob(ctx, d.Source); err != nil {
-			f := s.fetches.join(up, d.Repository, d.Source)
-			err := f.waitDone(ctx)
-			f.release()
-			if err != nil {
-				return nil, err
-			}
+		if err := s.fetches.ensure(ctx, up, d.Repository, d.Source); err != nil {
+			return nil, err
 		}
 		if _, err := s.repackLayer(ctx, d.Source, d.Digest); err != nil {
 			return nil, fmt.Errorf("rebuild repackaged layer %s: %w", d.Digest, err)

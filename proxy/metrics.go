@@ -129,19 +129,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_cache_objects",
 			Help: "Blobs in the cache, measured every minute.",
 		}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_cache_evictions_total",
+			Help: "Blobs evicted from the cache by its size or age limit.",
+		}),
+		evictedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_cache_evicted_bytes_total",
+			Help: "Bytes of blobs evicted from the cache.",
+		}),
+		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_layer_rebuilds_total",
+			Help: "Repackaged layers rebuilt from their original after eviction.",
+		}),
 	}
-	m.evictions = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "regnorm_cache_evictions_total",
-		Help: "Blobs evicted from the cache by its size or age limit.",
-	})
-	m.evictedBytes = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "regnorm_cache_evicted_bytes_total",
-		Help: "Bytes of blobs evicted from the cache.",
-	})
-	m.rebuilds = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "regnorm_layer_rebuilds_total",
-		Help: "Repackaged layers rebuilt from their original after eviction.",
-	})
 	reg.MustRegister(m.normalizations, m.cacheBytes, m.cacheBlobs, m.evictions, m.evictedBytes, m.rebuilds)
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)

@@ -235,16 +235,10 @@ func (s *Server) readBlob(ctx context.Context, up *upstream, repo string, desc o
 	if desc.Size > limit {
 		return nil, fmt.Errorf("%w: blob %s is %d bytes, more than %d", errInvalidContent, desc.Digest, desc.Size, limit)
 	}
-	rc, _, err := s.store.OpenBlob(ctx, desc.Digest)
-	if errors.Is(err, cache.ErrNotFound) {
-		f := s.fetches.join(up, repo, desc.Digest)
-		err = f.waitDone(ctx)
-		f.release()
-		if err != nil {
-			return nil, err
-		}
-		rc, _, err = s.store.OpenBlob(ctx, desc.Digest)
+	if err := s.fetches.ensure(ctx, up, repo, desc.Digest); err != nil {
+		return nil, err
 	}
+	rc, _, err := s.store.OpenBlob(ctx, desc.Digest)
 	if err != nil {
 		return nil, err
 	}
