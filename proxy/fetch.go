@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
 )
 
 // blobFetches runs at most one upstream download per digest. Every client
@@ -118,40 +121,52 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 	if err != nil {
 		return fail(err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fail(up.statusError(resp, CodeBlobUnknown))
 	}
 	spool, err := os.CreateTemp(fs.spoolDir, "regnorm-spool-*")
 	if err != nil {
+		resp.Body.Close()
 		return fail(fmt.Errorf("create spool: %w", err))
 	}
 	os.Remove(spool.Name()) // lives while open; nothing to clean up after a crash
 	in, err := fs.store.IngestBlob(ctx, f.dgst, resp.ContentLength)
 	if err != nil {
+		resp.Body.Close()
 		spool.Close()
 		return fail(err)
 	}
 	f.size, f.spool = resp.ContentLength, spool
 	close(f.ready)
 
-	buf := make([]byte, 256<<10)
-	for {
-		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			if _, err := spool.Write(buf[:n]); err != nil {
-				return errors.Join(fmt.Errorf("write spool: %w", err), in.Cancel(ctx))
-			}
-			if _, err := in.Write(buf[:n]); err != nil {
-				return errors.Join(err, in.Cancel(ctx))
-			}
-			f.advance(int64(n))
-		}
-		if rerr == io.EOF {
+	// A body cut short or stalled is resumed where it stopped, with a
+	// range request, as often as the retry policy allows.
+	body, got := resp.Body, int64(0)
+	for attempt := 1; ; attempt++ {
+		n, err := copyBody(f, body, spool, in)
+		body.Close()
+		got += n
+		if err == nil {
 			break
 		}
-		if rerr != nil {
-			return errors.Join(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, rerr), in.Cancel(ctx))
+		var local *localWriteError
+		wait, ok := up.retry.wait(attempt+1, 0)
+		if errors.As(err, &local) || !ok || ctx.Err() != nil {
+			return errors.Join(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, err), in.Cancel(ctx))
+		}
+		reason := "truncated"
+		if errors.Is(err, errStalled) {
+			reason = "stalled"
+		}
+		fs.metrics.upstreamRetries.WithLabelValues(up.name, reason).Inc()
+		fs.log.Info("resuming blob download", "upstream", up.name, "digest", f.dgst, "offset", got, "error", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), in.Cancel(ctx))
+		}
+		if body, err = resumeBlob(ctx, up, repo, f.dgst, got); err != nil {
+			return errors.Join(err, in.Cancel(ctx))
 		}
 	}
 	if err := in.Commit(ctx); err != nil {
@@ -159,6 +174,59 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 	}
 	fs.onCommit(in.Size())
 	return nil
+}
+
+// localWriteError is a failure to write the spool or the cache: not the
+// upstream's fault, and not retried.
+type localWriteError struct{ err error }
+
+func (e *localWriteError) Error() string { return e.err.Error() }
+func (e *localWriteError) Unwrap() error { return e.err }
+
+// copyBody appends body to the spool and the cache until EOF, and returns
+// how many bytes it appended.
+func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var total int64
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := spool.Write(buf[:n]); err != nil {
+				return total, &localWriteError{fmt.Errorf("write spool: %w", err)}
+			}
+			if _, err := in.Write(buf[:n]); err != nil {
+				return total, &localWriteError{err}
+			}
+			total += int64(n)
+			f.advance(int64(n))
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// resumeBlob asks upstream for the rest of a blob from offset on.
+func resumeBlob(ctx context.Context, up *upstream, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+	header := http.Header{"Range": {fmt.Sprintf("bytes=%d-", offset)}}
+	resp, err := up.do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+dgst.String(), nil, header)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		if resp.StatusCode == http.StatusOK && offset == 0 {
+			return resp.Body, nil
+		}
+		return nil, fmt.Errorf("resume blob %s at %d: %w", dgst, offset, up.statusError(resp, CodeBlobUnknown))
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", offset)) {
+		drain(resp)
+		return nil, fmt.Errorf("resume blob %s at %d: upstream answered range %q", dgst, offset, resp.Header.Get("Content-Range"))
+	}
+	return resp.Body, nil
 }
 
 func (f *blobFetch) advance(n int64) {

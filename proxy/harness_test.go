@@ -47,6 +47,11 @@ type harnessOptions struct {
 	deadline    time.Duration
 	patient     time.Duration
 	eviction    cache.EvictionPolicy
+	stall       time.Duration
+	retry       proxy.RetryPolicy
+	// upstreamURL replaces the fault front as the upstream (an address
+	// nothing listens on, for instance).
+	upstreamURL string
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -64,6 +69,9 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 func (h *harness) restart(t testing.TB) {
 	t.Helper()
 	u, _ := url.Parse(h.front.URL)
+	if h.opts.upstreamURL != "" {
+		u, _ = url.Parse(h.opts.upstreamURL)
+	}
 	h.logs = &syncBuffer{}
 	promReg := prometheus.NewRegistry()
 	srv, err := proxy.New(proxy.Options{
@@ -75,6 +83,8 @@ func (h *harness) restart(t testing.TB) {
 		Deadline:        h.opts.deadline,
 		PatientDeadline: h.opts.patient,
 		Eviction:        h.opts.eviction,
+		StallTimeout:    h.opts.stall,
+		Retry:           h.opts.retry,
 		SpoolDir:        t.TempDir(),
 		Metrics:         proxy.NewMetrics(promReg),
 		Logger:          slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

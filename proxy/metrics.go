@@ -13,6 +13,7 @@ type Metrics struct {
 	servedBytes      *prometheus.CounterVec
 	upstreamRequests *prometheus.CounterVec
 	upstreamDuration *prometheus.HistogramVec
+	upstreamRetries  *prometheus.CounterVec
 	tokenFetches     *prometheus.CounterVec
 	staleServes      *prometheus.CounterVec
 	inflightFetches  prometheus.Gauge
@@ -64,6 +65,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time until upstream response headers, by upstream.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 3, 10),
 		}, []string{"upstream"}),
+		upstreamRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_upstream_retries_total",
+			Help: "Upstream requests sent again after a failure that may pass, by upstream and reason (unreachable, stalled, truncated, or the HTTP status).",
+		}, []string{"upstream", "reason"}),
 		tokenFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_upstream_token_fetches_total",
 			Help: "Bearer tokens fetched from upstream token services, by upstream and result (ok, error).",
@@ -146,6 +151,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
-		m.upstreamRequests, m.upstreamDuration, m.tokenFetches, m.staleServes, m.inflightFetches)
+		m.upstreamRequests, m.upstreamDuration, m.upstreamRetries, m.tokenFetches, m.staleServes, m.inflightFetches)
 	return m
 }

@@ -28,6 +28,7 @@ type Store interface {
 	cache.ReportStore
 	cache.LayerVerdictStore
 	Usage(ctx context.Context) (cache.Usage, error)
+	CleanUploads(ctx context.Context, maxAge time.Duration, now time.Time) (int, error)
 	Pin(dgst digest.Digest) (unpin func())
 	Evict(ctx context.Context, policy cache.EvictionPolicy, now time.Time) (cache.EvictionResult, error)
 	PutDerived(ctx context.Context, d cache.Derived) error
@@ -73,6 +74,12 @@ type Options struct {
 	// FetchTimeout bounds one blob download from upstream, however many
 	// clients are waiting for it.
 	FetchTimeout time.Duration
+	// StallTimeout abandons an upstream response that sends nothing for
+	// this long: headers, or the next bytes of a body. Default 30 s.
+	StallTimeout time.Duration
+	// Retry bounds retries of failed upstream requests; the zero value
+	// means DefaultRetryPolicy().
+	Retry RetryPolicy
 	// Rules are the normalizations that are on; nil means AllRules().
 	Rules *Rules
 	// Deadline is how long a request by tag waits for normalization before
@@ -106,6 +113,7 @@ type Server struct {
 	deadline        time.Duration
 	patientDeadline time.Duration
 	eviction        cache.EvictionPolicy
+	uploadIdle      time.Duration // an upload not written to for this long is a dead process's
 	evictNow        chan struct{} // an ingest took the cache past its size
 	sizeEstimate    atomic.Int64  // blob bytes: last eviction's count plus ingests since
 	metrics         *Metrics
@@ -130,6 +138,12 @@ func New(opts Options) (*Server, error) {
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = time.Hour
 	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = 30 * time.Second
+	}
+	if opts.Retry == (RetryPolicy{}) {
+		opts.Retry = DefaultRetryPolicy()
+	}
 	if opts.Deadline <= 0 {
 		opts.Deadline = 25 * time.Second
 	}
@@ -150,6 +164,7 @@ func New(opts Options) (*Server, error) {
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
 		eviction:        opts.Eviction,
+		uploadIdle:      4 * opts.StallTimeout,
 		evictNow:        make(chan struct{}, 1),
 	}
 	if opts.Rules != nil {
@@ -159,7 +174,7 @@ func New(opts Options) (*Server, error) {
 		if _, dup := s.upstreams[cfg.Name]; dup {
 			return nil, fmt.Errorf("proxy: upstream %q configured twice", cfg.Name)
 		}
-		s.upstreams[cfg.Name] = newUpstream(cfg, opts.Metrics, opts.Logger)
+		s.upstreams[cfg.Name] = newUpstream(cfg, opts.Retry, opts.StallTimeout, opts.Metrics, opts.Logger)
 	}
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.DefaultUpstream)
@@ -199,8 +214,16 @@ type measuredUsage struct {
 
 // maintainCache evicts as the policy says (or, without one, only measures)
 // every minute, and at once when an ingest takes the cache past its size.
+// It also removes the temporary objects of writers that died (a crash, a
+// SIGKILL): a live writer writes at least every stall timeout, because a
+// download that stalls longer is abandoned.
 func (s *Server) maintainCache(ctx context.Context) {
 	for {
+		if n, err := s.store.CleanUploads(ctx, s.uploadIdle, time.Now()); err != nil && ctx.Err() == nil {
+			s.log.Warn("cleaning leftover uploads failed", "error", err)
+		} else if n > 0 {
+			s.log.Info("removed leftover uploads", "count", n)
+		}
 		u, err := s.evictOrMeasure(ctx)
 		switch {
 		case err == nil:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -30,6 +31,40 @@ type UpstreamConfig struct {
 	Credentials Credentials
 }
 
+// RetryPolicy bounds how an upstream request is retried after a failure
+// that may pass: a network error, a failed token service, 5xx or 429.
+type RetryPolicy struct {
+	// Attempts is how many times a request is sent at most (1: no retry).
+	Attempts int
+	// Backoff is the wait before the first retry; it doubles each time,
+	// with jitter.
+	Backoff time.Duration
+	// MaxWait is the longest wait for one retry. A Retry-After beyond it is
+	// passed on to the client instead of waited out.
+	MaxWait time.Duration
+}
+
+// DefaultRetryPolicy is three attempts, 200 ms then 400 ms apart, waiting
+// out a Retry-After of up to 5 s.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{Attempts: 3, Backoff: 200 * time.Millisecond, MaxWait: 5 * time.Second}
+}
+
+// wait is how long to wait before attempt number next (2 for the first
+// retry), given the Retry-After the upstream asked for, if any. ok is false
+// when the policy says give up.
+func (p RetryPolicy) wait(next int, asked time.Duration) (d time.Duration, ok bool) {
+	if next > p.Attempts {
+		return 0, false
+	}
+	if asked > 0 {
+		return asked, asked <= p.MaxWait
+	}
+	d = p.Backoff << (next - 2)
+	d += rand.N(d/2 + 1) // spread replicas and clients apart
+	return min(d, p.MaxWait), true
+}
+
 // upstream is the client for one upstream registry.
 type upstream struct {
 	name    string
@@ -38,18 +73,22 @@ type upstream struct {
 	creds   Credentials
 	tokens  *tokenSource
 	basic   atomic.Bool // the upstream asked for Basic auth
+	retry   RetryPolicy
+	stall   time.Duration // a response that sends nothing for this long is abandoned
 	health  health
 	metrics *Metrics
 	log     *slog.Logger
 }
 
-func newUpstream(cfg UpstreamConfig, m *Metrics, log *slog.Logger) *upstream {
-	client := &http.Client{Transport: newTransport(cfg.RootCAs)}
+func newUpstream(cfg UpstreamConfig, retry RetryPolicy, stall time.Duration, m *Metrics, log *slog.Logger) *upstream {
+	client := &http.Client{Transport: newTransport(cfg.RootCAs, stall)}
 	u := &upstream{
 		name:    cfg.Name,
 		base:    cfg.URL,
 		client:  client,
 		creds:   cfg.Credentials,
+		retry:   retry,
+		stall:   stall,
 		metrics: m,
 		log:     log.With("upstream", cfg.Name),
 	}
@@ -63,10 +102,11 @@ func newUpstream(cfg UpstreamConfig, m *Metrics, log *slog.Logger) *upstream {
 }
 
 // newTransport has connect and header timeouts but no overall timeout: a
-// large blob may take as long as it takes while bytes keep flowing.
-func newTransport(roots *x509.CertPool) *http.Transport {
+// large blob may take as long as it takes while bytes keep flowing (the
+// stall guard ends a body that stops).
+func newTransport(roots *x509.CertPool, stall time.Duration) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.ResponseHeaderTimeout = 60 * time.Second
+	t.ResponseHeaderTimeout = stall
 	t.MaxIdleConnsPerHost = 32
 	if roots != nil {
 		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
@@ -74,37 +114,93 @@ func newTransport(roots *x509.CertPool) *http.Transport {
 	return t
 }
 
-// do sends one request for repo to the upstream, authenticating as the
+// do sends a request for repo to the upstream, retrying as u.retry allows
+// when the failure may pass. A response it returns may still be a failure
+// (the last attempt's); the caller closes the body.
+func (u *upstream) do(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+	for attempt := 1; ; attempt++ {
+		resp, err := u.doOnce(ctx, method, repo, path, query, header)
+		reason, asked := retryReason(resp, err)
+		if reason == "" {
+			return resp, err
+		}
+		wait, ok := u.retry.wait(attempt+1, asked)
+		if dl, has := ctx.Deadline(); has && time.Until(dl) < wait {
+			ok = false // the caller would be gone before the retry
+		}
+		if !ok {
+			return resp, err
+		}
+		if resp != nil {
+			drain(resp)
+		}
+		u.metrics.upstreamRetries.WithLabelValues(u.name, reason).Inc()
+		u.log.Debug("retrying upstream request", "path", path, "reason", reason, "wait", wait, "attempt", attempt+1)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// retryReason says why a failed attempt may succeed if sent again ("" if it
+// may not), and the wait the upstream asked for.
+func retryReason(resp *http.Response, err error) (reason string, asked time.Duration) {
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Status == http.StatusBadGateway {
+			return "unreachable", 0 // a network error or a failed token service
+		}
+		return "", 0
+	}
+	switch s := resp.StatusCode; s {
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		return strconv.Itoa(s), retryAfter(resp.Header.Get("Retry-After"), time.Now())
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusGatewayTimeout:
+		return strconv.Itoa(s), 0
+	}
+	return "", 0
+}
+
+// doOnce sends one request for repo to the upstream, authenticating as the
 // upstream asks: a cached or new bearer token for the repository's pull
 // scope, or Basic auth. The caller closes the body.
-func (u *upstream) do(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
 	target := *u.base
 	target.Path = strings.TrimSuffix(u.base.Path, "/") + path
 	target.RawQuery = query.Encode()
 	scope := "repository:" + repo + ":pull"
 
 	send := func() (*http.Response, error) {
-		req, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
+		// Cancelled by the stall guard when the body stops, or when an
+		// error leaves no body to close.
+		rctx, cancel := context.WithCancelCause(ctx)
+		req, err := http.NewRequestWithContext(rctx, method, target.String(), nil)
 		if err != nil {
+			cancel(nil)
 			return nil, err
 		}
 		for k, v := range header {
 			req.Header[k] = v
 		}
 		req.Header.Set("User-Agent", "regnorm")
-		if err := u.authorize(ctx, req, scope); err != nil {
+		if err := u.authorize(rctx, req, scope); err != nil {
+			cancel(nil)
 			return nil, err
 		}
 		start := time.Now()
 		resp, err := u.client.Do(req)
 		u.metrics.upstreamDuration.WithLabelValues(u.name).Observe(time.Since(start).Seconds())
 		if err != nil {
+			cancel(nil)
 			u.metrics.upstreamRequests.WithLabelValues(u.name, "error").Inc()
 			u.health.record(false, "unreachable")
 			return nil, err
 		}
 		u.metrics.upstreamRequests.WithLabelValues(u.name, strconv.Itoa(resp.StatusCode)).Inc()
 		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, resp.Status)
+		resp.Body = newStallGuard(resp.Body, u.stall, cancel)
 		return resp, nil
 	}
 

@@ -30,6 +30,13 @@ type Config struct {
 	TagTTL time.Duration `yaml:"tagTTL"`
 	// FetchTimeout bounds one blob download from upstream.
 	FetchTimeout time.Duration `yaml:"fetchTimeout"`
+	// StallTimeout abandons an upstream response that sends nothing for this
+	// long (headers, or the next bytes of a body); a blob download resumes
+	// where it stopped.
+	StallTimeout time.Duration `yaml:"stallTimeout"`
+	// UpstreamAttempts is how often a failed upstream request (network
+	// error, 5xx, 429, cut-off body) is tried in all; 1 is no retry.
+	UpstreamAttempts int `yaml:"upstreamAttempts"`
 	// ShutdownTimeout is how long in-flight requests may finish after SIGTERM.
 	ShutdownTimeout time.Duration `yaml:"shutdownTimeout"`
 	// SpoolDir holds the (unlinked) files that fan a download out to many
@@ -127,15 +134,17 @@ type UpstreamConfig struct {
 
 func defaultConfig() Config {
 	return Config{
-		Listen:          ":5000",
-		LogLevel:        "info",
-		LogFormat:       "text",
-		DefaultUpstream: "docker.io",
-		TagTTL:          5 * time.Minute,
-		FetchTimeout:    time.Hour,
-		ShutdownTimeout: 30 * time.Second,
-		Cache:           CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
-		Normalize:       NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute},
+		Listen:           ":5000",
+		LogLevel:         "info",
+		LogFormat:        "text",
+		DefaultUpstream:  "docker.io",
+		TagTTL:           5 * time.Minute,
+		FetchTimeout:     time.Hour,
+		StallTimeout:     30 * time.Second,
+		UpstreamAttempts: 3,
+		ShutdownTimeout:  30 * time.Second,
+		Cache:            CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
+		Normalize:        NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -243,6 +252,12 @@ func (c Config) validate() error {
 	}
 	if c.FetchTimeout <= 0 {
 		bad("fetchTimeout", "must be positive")
+	}
+	if c.StallTimeout <= 0 {
+		bad("stallTimeout", "must be positive")
+	}
+	if c.UpstreamAttempts < 1 || c.UpstreamAttempts > 10 {
+		bad("upstreamAttempts", "%d is not between 1 and 10", c.UpstreamAttempts)
 	}
 	if _, err := c.Cache.maxBytes(); err != nil {
 		bad("cache.maxSize", "%v", err)

@@ -72,14 +72,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	store := cache.New(driver)
-	// Temporary objects older than any live download are a crashed
-	// process's leftovers.
-	if n, err := store.CleanUploads(ctx, cfg.FetchTimeout+time.Hour, time.Now()); err != nil {
-		log.Warn("cleaning leftover uploads failed", "error", err)
-	} else if n > 0 {
-		log.Info("removed leftover uploads", "count", n)
-	}
-
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -90,6 +82,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		TagTTL:          cfg.TagTTL,
 		SpoolDir:        cfg.SpoolDir,
 		FetchTimeout:    cfg.FetchTimeout,
+		StallTimeout:    cfg.StallTimeout,
+		Retry:           retryPolicy(cfg.UpstreamAttempts),
 		Rules:           &proxy.Rules{ConfigMediaType: cfg.Normalize.ConfigMediaType, SymlinkXattrs: cfg.Normalize.SymlinkXattrs},
 		Deadline:        cfg.Normalize.Deadline,
 		PatientDeadline: cfg.Normalize.PatientDeadline,
@@ -166,6 +160,12 @@ func runWarm(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("%d of %d images failed", failed, len(results))
 	}
 	return nil
+}
+
+func retryPolicy(attempts int) proxy.RetryPolicy {
+	p := proxy.DefaultRetryPolicy()
+	p.Attempts = attempts
+	return p
 }
 
 func firstNonEmpty(vals ...string) string {

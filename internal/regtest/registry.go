@@ -46,6 +46,9 @@ type Registry struct {
 	URL string
 	// TokenRequests counts requests to the token server.
 	TokenRequests atomic.Int64
+	// TokenFailure, when not zero, is the status the token server answers
+	// every request with, to test a failing token service.
+	TokenFailure atomic.Int32
 	// Requests counts requests to the registry, by "METHOD kind" where kind
 	// is manifests, blobs, tags or other.
 	requests countMap
@@ -159,6 +162,10 @@ func (r *Registry) newSigningKey(t testing.TB) string {
 // configured user (or to anyone when no user is configured).
 func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 	r.TokenRequests.Add(1)
+	if status := r.TokenFailure.Load(); status != 0 {
+		http.Error(w, "token service failure", int(status))
+		return
+	}
 	if r.opts.Username != "" {
 		u, p, ok := req.BasicAuth()
 		if !ok || u != r.opts.Username || p != r.opts.Password {
