@@ -40,15 +40,16 @@ type harness struct {
 }
 
 type harnessOptions struct {
-	registry    regtest.Options
-	credentials proxy.Credentials
-	tagTTL      time.Duration
-	rules       *proxy.Rules
-	deadline    time.Duration
-	patient     time.Duration
-	eviction    cache.EvictionPolicy
-	stall       time.Duration
-	retry       proxy.RetryPolicy
+	registry     regtest.Options
+	credentials  proxy.Credentials
+	tagTTL       time.Duration
+	rules        *proxy.Rules
+	deadline     time.Duration
+	patient      time.Duration
+	eviction     cache.EvictionPolicy
+	stall        time.Duration
+	maxLayerSize int64
+	retry        proxy.RetryPolicy
 	// upstreamURL replaces the fault front as the upstream (an address
 	// nothing listens on, for instance).
 	upstreamURL string
@@ -84,6 +85,7 @@ func (h *harness) restart(t testing.TB) {
 		PatientDeadline: h.opts.patient,
 		Eviction:        h.opts.eviction,
 		StallTimeout:    h.opts.stall,
+		MaxLayerSize:    h.opts.maxLayerSize,
 		Retry:           h.opts.retry,
 		SpoolDir:        t.TempDir(),
 		Metrics:         proxy.NewMetrics(promReg),

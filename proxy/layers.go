@@ -68,9 +68,15 @@ func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo str
 	v := cache.LayerVerdict{Original: dgst, CreatedAt: s.now().UTC()}
 	scan, err := s.scanLayer(ctx, up, repo, dgst)
 	switch {
-	case errors.Is(err, rewrite.ErrNotTar):
-		// Not a tar regnorm reads: served as it is, and never scanned again.
-		s.log.Warn("layer is not a readable tar, leaving it untouched", "digest", dgst, "error", err)
+	case errors.Is(err, rewrite.ErrNotTar), errors.Is(err, rewrite.ErrLayerTooLarge):
+		// Not a tar regnorm reads, or a decompression bomb: served as it is,
+		// and never scanned again.
+		reason := "not-tar"
+		if errors.Is(err, rewrite.ErrLayerTooLarge) {
+			reason = "too-large"
+		}
+		s.metrics.layersSkipped.WithLabelValues(reason).Inc()
+		s.log.Warn("layer left untouched", "repo", repo, "digest", dgst, "reason", reason, "error", err)
 		return v, s.store.PutLayerVerdict(ctx, v)
 	case err != nil:
 		return cache.LayerVerdict{}, err
@@ -89,7 +95,7 @@ func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo str
 		for _, r := range res.Removals {
 			v.Removals = append(v.Removals, cache.XattrRemoval(r))
 		}
-		s.log.Info("repackaged layer", "repo", repo, "original", dgst, "repacked", res.Digest, "entries_stripped", len(res.Removals))
+		s.log.Info("repackaged layer", "repo", repo, "original", dgst, "repacked", res.Digest, "entries_stripped", res.Stripped)
 	}
 	if err := s.store.PutLayerVerdict(ctx, v); err != nil {
 		return cache.LayerVerdict{}, fmt.Errorf("record layer verdict: %w", err)
@@ -100,7 +106,7 @@ func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo str
 // scanLayer reads a layer as it arrives: from the download's spool while it
 // downloads (the single-flight fetch clients use), or from the cache. The
 // scan counts only once the download has verified.
-func (s *Server) scanLayer(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (rewrite.LayerScan, error) {
+func (s *Server) scanLayer(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (scan rewrite.LayerScan, err error) {
 	var src io.Reader
 	if rc, _, err := s.store.OpenBlob(ctx, dgst); err == nil {
 		defer rc.Close()
@@ -125,13 +131,15 @@ func (s *Server) scanLayer(ctx context.Context, up *upstream, repo string, dgst 
 			src = &spoolReader{ctx: ctx, f: f}
 			defer func() {
 				// Wait for verification whatever the scan did: an unverified
-				// scan result is worthless.
-				f.waitDone(ctx)
+				// scan result (or refusal) is worthless.
+				if werr := f.waitDone(ctx); werr != nil {
+					scan, err = rewrite.LayerScan{}, werr
+				}
 			}()
 		}
 	}
 	counted := &countingReader{r: src}
-	scan, err := rewrite.ScanLayer(counted)
+	scan, err = rewrite.ScanLayer(counted, s.maxLayerSize)
 	s.metrics.layersScanned.Inc()
 	s.metrics.bytesScanned.Add(float64(counted.n))
 	return scan, err
@@ -156,7 +164,7 @@ func (s *Server) repackLayer(ctx context.Context, dgst, want digest.Digest) (rew
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
-	res, err := rewrite.RepackLayer(in, rc)
+	res, err := rewrite.RepackLayer(in, rc, s.maxLayerSize)
 	if err != nil {
 		return rewrite.LayerResult{}, errors.Join(fmt.Errorf("repackage layer %s: %w", dgst, err), in.Cancel(ctx))
 	}

@@ -25,6 +25,7 @@ type Metrics struct {
 	unnormalizedPulls prometheus.Counter
 	layersScanned     prometheus.Counter
 	layersRepackaged  prometheus.Counter
+	layersSkipped     *prometheus.CounterVec
 	bytesScanned      prometheus.Counter
 	bytesRepackaged   prometheus.Counter
 	deadlineExceeded  prometheus.Counter
@@ -110,6 +111,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_layers_repackaged_total",
 			Help: "Layers repackaged without xattrs on symlinks and other special files.",
 		}),
+		layersSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_layers_skipped_total",
+			Help: "Layers left untouched without a full scan, by reason: not-tar (not a tar stream regnorm reads) or too-large (decompresses beyond normalize.maxLayerSize).",
+		}, []string{"reason"}),
 		bytesScanned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layer_scanned_bytes_total",
 			Help: "Compressed layer bytes scanned.",
@@ -148,7 +153,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.normalizations, m.cacheBytes, m.cacheBlobs, m.evictions, m.evictedBytes, m.rebuilds)
-	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
+	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
 		m.upstreamRequests, m.upstreamDuration, m.upstreamRetries, m.tokenFetches, m.staleServes, m.inflightFetches)

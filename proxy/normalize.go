@@ -162,6 +162,10 @@ func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, 
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
+	if plan.Config.Size > maxConfigSize {
+		// Refused before any layer is fetched for nothing.
+		return rewrite.Result{}, fmt.Errorf("%w: config is %d bytes, more than %d", errInvalidContent, plan.Config.Size, maxConfigSize)
+	}
 	var layers map[digest.Digest]rewrite.LayerResult
 	if s.rules.SymlinkXattrs {
 		if layers, err = s.repackagedLayers(ctx, up, repo, plan.Layers); err != nil {

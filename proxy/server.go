@@ -89,6 +89,10 @@ type Options struct {
 	// PatientDeadline replaces Deadline for containerd versions that have no
 	// response header timeout (before 2.3); see deadlineFor.
 	PatientDeadline time.Duration
+	// MaxLayerSize bounds how far a layer is decompressed to scan it: one
+	// that expands further (a decompression bomb) is served untouched.
+	// Default 16 GiB.
+	MaxLayerSize int64
 	// Eviction bounds the cache; the zero policy keeps everything.
 	Eviction cache.EvictionPolicy
 	Metrics  *Metrics
@@ -113,6 +117,7 @@ type Server struct {
 	deadline        time.Duration
 	patientDeadline time.Duration
 	eviction        cache.EvictionPolicy
+	maxLayerSize    int64
 	uploadIdle      time.Duration // an upload not written to for this long is a dead process's
 	evictNow        chan struct{} // an ingest took the cache past its size
 	sizeEstimate    atomic.Int64  // blob bytes: last eviction's count plus ingests since
@@ -141,6 +146,9 @@ func New(opts Options) (*Server, error) {
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = 30 * time.Second
 	}
+	if opts.MaxLayerSize <= 0 {
+		opts.MaxLayerSize = 16 << 30
+	}
 	if opts.Retry == (RetryPolicy{}) {
 		opts.Retry = DefaultRetryPolicy()
 	}
@@ -165,6 +173,7 @@ func New(opts Options) (*Server, error) {
 		patientDeadline: opts.PatientDeadline,
 		eviction:        opts.Eviction,
 		uploadIdle:      4 * opts.StallTimeout,
+		maxLayerSize:    opts.MaxLayerSize,
 		evictNow:        make(chan struct{}, 1),
 	}
 	if opts.Rules != nil {

@@ -139,7 +139,7 @@ func BenchmarkLayerRules(b *testing.B) {
 			return err
 		})
 		scan += timeIt(func() error {
-			s, err := ScanLayer(bytes.NewReader(gz.Bytes()))
+			s, err := ScanLayer(bytes.NewReader(gz.Bytes()), 0)
 			if err == nil && s.Clean() {
 				err = fmt.Errorf("the generated layer has nothing to strip")
 			}
@@ -156,7 +156,7 @@ func BenchmarkLayerRules(b *testing.B) {
 			return zw.Close()
 		})
 		repack += timeIt(func() error {
-			_, err := RepackLayer(io.Discard, bytes.NewReader(gz.Bytes()))
+			_, err := RepackLayer(io.Discard, bytes.NewReader(gz.Bytes()), 0)
 			return err
 		})
 	}
@@ -205,7 +205,7 @@ func BenchmarkRepackMemory(b *testing.B) {
 			}
 			pw.CloseWithError(err)
 		}()
-		res, err := RepackLayer(io.Discard, pr)
+		res, err := RepackLayer(io.Discard, pr, 0)
 		close(stop)
 		<-sampled
 		if err != nil {

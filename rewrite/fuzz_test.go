@@ -100,12 +100,12 @@ func FuzzRepackLayer(f *testing.F) {
 		if len(blob) > 64<<10 {
 			return // bounded: gzip can expand a large input a thousandfold
 		}
-		scan, err := ScanLayer(bytes.NewReader(blob))
+		scan, err := ScanLayer(bytes.NewReader(blob), 0)
 		if err != nil {
 			return
 		}
 		var out bytes.Buffer
-		res, err := RepackLayer(&out, bytes.NewReader(blob))
+		res, err := RepackLayer(&out, bytes.NewReader(blob), 0)
 		if err != nil {
 			return // the Go tar writer refuses some headers its reader accepts
 		}
@@ -115,7 +115,7 @@ func FuzzRepackLayer(f *testing.F) {
 		if res.Digest != digest.FromBytes(out.Bytes()) || res.Size != int64(out.Len()) {
 			t.Fatal("digest does not verify")
 		}
-		again, err := ScanLayer(bytes.NewReader(out.Bytes()))
+		again, err := ScanLayer(bytes.NewReader(out.Bytes()), 0)
 		if err != nil || !again.Clean() || again.Entries != scan.Entries {
 			t.Fatalf("second pass: %+v %v", again, err)
 		}

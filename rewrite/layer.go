@@ -54,13 +54,27 @@ type XattrRemoval struct {
 type LayerScan struct {
 	Compression Compression
 	Entries     int
-	// Removals lists what the symlink xattr rule would remove; empty means
-	// the layer is clean and is served untouched.
+	// Stripped is how many entries lose xattrs; 0 means the layer is clean
+	// and is served untouched.
+	Stripped int
+	// Removals lists what the symlink xattr rule removes, for the first
+	// 1000 such entries.
 	Removals []XattrRemoval
 }
 
 // Clean reports whether the layer needs nothing.
-func (s LayerScan) Clean() bool { return len(s.Removals) == 0 }
+func (s LayerScan) Clean() bool { return s.Stripped == 0 }
+
+// record notes an entry whose xattrs keys the rule removes.
+func (s *LayerScan) record(path string, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	s.Stripped++
+	if len(s.Removals) < maxRecordedRemovals {
+		s.Removals = append(s.Removals, XattrRemoval{Path: path, Keys: keys})
+	}
+}
 
 // LayerResult describes a repackaged layer.
 type LayerResult struct {
@@ -75,29 +89,37 @@ type LayerResult struct {
 // ErrNotTar means a layer blob is not a (compressed) tar stream regnorm reads.
 var ErrNotTar = errors.New("not a tar layer")
 
+// ErrLayerTooLarge means a layer decompresses to more than the limit it was
+// read with: a decompression bomb, or a layer too large to be worth it.
+var ErrLayerTooLarge = errors.New("layer decompresses beyond the limit")
+
+// maxRecordedRemovals bounds the paths a scan lists, so that a layer of a
+// million symlinks with xattrs cannot make the report (or memory) grow
+// without bound; LayerScan.Stripped still counts them all.
+const maxRecordedRemovals = 1000
+
 // ScanLayer reads a layer blob (gzip, zstd or plain tar) and reports what
 // the symlink xattr rule would remove. It decompresses but never compresses,
-// so a clean layer costs one decompression.
-func ScanLayer(blob io.Reader) (LayerScan, error) {
-	src := &sourceReader{r: blob}
-	tr, comp, closeFn, err := openLayer(src)
+// so a clean layer costs one decompression. A layer that decompresses to
+// more than limit bytes (limit > 0) is ErrLayerTooLarge.
+func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
+	l, err := openLayer(blob, limit)
 	if err != nil {
-		return LayerScan{}, src.cause(err)
+		return LayerScan{}, err
 	}
-	defer closeFn()
-	scan := LayerScan{Compression: comp}
+	defer l.close()
+	tr := l.tr
+	scan := LayerScan{Compression: l.comp}
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			return scan, nil
 		}
 		if err != nil {
-			return LayerScan{}, src.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
+			return LayerScan{}, l.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
 		}
 		scan.Entries++
-		if keys := strippableXattrs(hdr); len(keys) > 0 {
-			scan.Removals = append(scan.Removals, XattrRemoval{Path: hdr.Name, Keys: keys})
-		}
+		scan.record(hdr.Name, strippableXattrs(hdr))
 	}
 }
 
@@ -111,13 +133,16 @@ func ScanLayer(blob io.Reader) (LayerScan, error) {
 // every header byte for byte: PAX records are written in sorted order, GNU
 // sparse files are written expanded, and numeric fields use its own
 // encoding. What an extraction produces is unchanged.
-func RepackLayer(dst io.Writer, blob io.Reader) (LayerResult, error) {
-	src := &sourceReader{r: blob}
-	tr, comp, closeFn, err := openLayer(src)
+//
+// A layer that decompresses to more than limit bytes (limit > 0) is
+// ErrLayerTooLarge.
+func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error) {
+	l, err := openLayer(blob, limit)
 	if err != nil {
-		return LayerResult{}, src.cause(err)
+		return LayerResult{}, err
 	}
-	defer closeFn()
+	defer l.close()
+	tr, comp := l.tr, l.comp
 
 	compressedHash, compressedSize := sha256.New(), &countWriter{}
 	zw, err := newCompressor(io.MultiWriter(dst, compressedHash, compressedSize), comp)
@@ -135,11 +160,11 @@ func RepackLayer(dst io.Writer, blob io.Reader) (LayerResult, error) {
 			break
 		}
 		if err != nil {
-			return LayerResult{}, src.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
+			return LayerResult{}, l.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
 		}
 		res.Entries++
 		if keys := strippableXattrs(hdr); len(keys) > 0 {
-			res.Removals = append(res.Removals, XattrRemoval{Path: hdr.Name, Keys: keys})
+			res.record(hdr.Name, keys)
 			for _, k := range keys {
 				delete(hdr.PAXRecords, k)
 			}
@@ -149,7 +174,7 @@ func RepackLayer(dst io.Writer, blob io.Reader) (LayerResult, error) {
 			return LayerResult{}, fmt.Errorf("%w: rewrite %s: %v", ErrNotTar, hdr.Name, err)
 		}
 		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
-			return LayerResult{}, src.cause(fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err))
+			return LayerResult{}, l.cause(fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err))
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -182,11 +207,30 @@ func strippableXattrs(hdr *tar.Header) []string {
 	return keys
 }
 
-// openLayer detects the compression from the first bytes and returns a tar
-// reader over the decompressed stream. Decompression runs ahead in its own
-// goroutine (aheadReader).
-func openLayer(blob io.Reader) (*tar.Reader, Compression, func(), error) {
-	br := bufio.NewReaderSize(blob, 64<<10)
+// layerReader is an opened layer: a tar reader over the decompressed
+// stream, which runs ahead in its own goroutine (aheadReader).
+type layerReader struct {
+	tr    *tar.Reader
+	comp  Compression
+	src   *sourceReader
+	limit *limitReader // nil: no limit
+	close func()
+}
+
+// cause tells what really ended a read that failed: the source, the size
+// limit, or else the tar stream itself (err).
+func (l *layerReader) cause(err error) error {
+	if l.limit != nil && l.limit.exceeded {
+		return fmt.Errorf("%w: more than %d bytes", ErrLayerTooLarge, l.limit.max)
+	}
+	return l.src.cause(err)
+}
+
+// openLayer detects the compression from the first bytes and opens the
+// decompressed stream, limited to limit bytes when limit > 0.
+func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
+	src := &sourceReader{r: blob}
+	br := bufio.NewReaderSize(src, 64<<10)
 	head, _ := br.Peek(4)
 	var comp Compression
 	var rc io.ReadCloser
@@ -194,25 +238,32 @@ func openLayer(blob io.Reader) (*tar.Reader, Compression, func(), error) {
 	case bytes.HasPrefix(head, gzipMagic):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			return nil, "", nil, fmt.Errorf("%w: gzip: %v", ErrNotTar, err)
+			return nil, src.cause(fmt.Errorf("%w: gzip: %v", ErrNotTar, err))
 		}
 		zr.Multistream(true)
 		comp, rc = Gzip, zr
 	case bytes.HasPrefix(head, zstdMagic):
 		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
 		if err != nil {
-			return nil, "", nil, fmt.Errorf("%w: zstd: %v", ErrNotTar, err)
+			return nil, src.cause(fmt.Errorf("%w: zstd: %v", ErrNotTar, err))
 		}
 		comp, rc = Zstd, zr.IOReadCloser()
 	default:
 		comp, rc = Uncompressed, io.NopCloser(br)
 	}
-	ar := newAheadReader(rc)
-	closeFn := func() {
+	l := &layerReader{comp: comp, src: src}
+	var expanded io.Reader = rc
+	if limit > 0 {
+		l.limit = &limitReader{r: rc, max: limit}
+		expanded = l.limit
+	}
+	ar := newAheadReader(expanded)
+	l.tr = tar.NewReader(ar)
+	l.close = func() {
 		ar.Close()
 		rc.Close()
 	}
-	return tar.NewReader(ar), comp, closeFn, nil
+	return l, nil
 }
 
 // aheadReader decompresses in its own goroutine, up to aheadChunks chunks
@@ -351,6 +402,29 @@ func (s *sourceReader) cause(err error) error {
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
+
+// limitReader fails with ErrLayerTooLarge once more than max bytes were read.
+type limitReader struct {
+	r        io.Reader
+	max      int64
+	read     int64
+	exceeded bool
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.read >= l.max {
+		// One byte more tells a stream of exactly max from a bigger one.
+		var one [1]byte
+		if n, err := l.r.Read(one[:]); n == 0 {
+			return 0, err
+		}
+		l.exceeded = true
+		return 0, ErrLayerTooLarge
+	}
+	n, err := l.r.Read(p[:min(int64(len(p)), l.max-l.read)])
+	l.read += int64(n)
+	return n, err
+}
 
 type countWriter struct{ n int64 }
 

@@ -139,6 +139,12 @@ var layerCases = []struct {
 		special(tar.TypeSymlink, "var/run", "/run", map[string]string{userX: "v"}),
 	}, tar.FormatPAX, []string{"var/run: " + userX}},
 	{"empty layer", nil, tar.FormatUnknown, nil},
+	// Names are data to the rule: never cleaned, joined or resolved.
+	{"hostile names passed through", []entry{
+		reg("../../etc/passwd", "x", nil),
+		reg("/abs/file", "y", nil),
+		special(tar.TypeSymlink, "/abs/../../link", "../../../etc/shadow", map[string]string{userX: "v"}),
+	}, tar.FormatPAX, []string{"/abs/../../link: " + userX}},
 }
 
 func TestLayerRule(t *testing.T) {
@@ -150,7 +156,7 @@ func TestLayerRule(t *testing.T) {
 				raw := buildTar(t, tt.entries, tt.format)
 				blob := compress(t, raw, comp)
 
-				scan, err := ScanLayer(bytes.NewReader(blob))
+				scan, err := ScanLayer(bytes.NewReader(blob), 0)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -161,7 +167,7 @@ func TestLayerRule(t *testing.T) {
 					t.Fatalf("scan found %q, want %q", got, tt.wantRemoved)
 				}
 				var out bytes.Buffer
-				res, err := RepackLayer(&out, bytes.NewReader(blob))
+				res, err := RepackLayer(&out, bytes.NewReader(blob), 0)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -183,7 +189,7 @@ func checkRepacked(t *testing.T, raw, blob, out []byte, res LayerResult) {
 	if res.DiffID != digest.FromBytes(newRaw) {
 		t.Fatal("diff_id does not verify")
 	}
-	if got, _ := ScanLayer(bytes.NewReader(out)); got.Compression != res.Compression {
+	if got, _ := ScanLayer(bytes.NewReader(out), 0); got.Compression != res.Compression {
 		t.Fatalf("compression %s became %s", res.Compression, got.Compression)
 	}
 	removed := map[string][]string{}
@@ -207,11 +213,11 @@ func checkRepacked(t *testing.T, raw, blob, out []byte, res LayerResult) {
 		}
 	}
 	var again bytes.Buffer
-	res2, err := RepackLayer(&again, bytes.NewReader(blob))
+	res2, err := RepackLayer(&again, bytes.NewReader(blob), 0)
 	if err != nil || !bytes.Equal(again.Bytes(), out) || res2.Digest != res.Digest {
 		t.Fatal("repacking the same layer twice gave different bytes")
 	}
-	if scan, err := ScanLayer(bytes.NewReader(out)); err != nil || !scan.Clean() {
+	if scan, err := ScanLayer(bytes.NewReader(out), 0); err != nil || !scan.Clean() {
 		t.Fatalf("second pass: %+v %v", scan, err)
 	}
 }
@@ -257,7 +263,7 @@ func TestRepackedDigestsGolden(t *testing.T) {
 	got := map[string]string{}
 	for _, comp := range []Compression{Gzip, Zstd, Uncompressed} {
 		var out bytes.Buffer
-		res, err := RepackLayer(&out, bytes.NewReader(compress(t, raw, comp)))
+		res, err := RepackLayer(&out, bytes.NewReader(compress(t, raw, comp)), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -274,10 +280,10 @@ func TestNotATar(t *testing.T) {
 		"gzip of junk":  compress(t, bytes.Repeat([]byte("junk"), 300), Gzip),
 		"truncated tar": buildTar(t, layerCases[0].entries, tar.FormatPAX)[:700],
 	} {
-		if _, err := ScanLayer(bytes.NewReader(blob)); err == nil {
+		if _, err := ScanLayer(bytes.NewReader(blob), 0); err == nil {
 			t.Errorf("%s: scan accepted it", name)
 		}
-		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob)); err == nil {
+		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), 0); err == nil {
 			t.Errorf("%s: repack accepted it", name)
 		}
 	}
@@ -289,13 +295,47 @@ func TestSourceFailureIsNotAVerdict(t *testing.T) {
 	t.Parallel()
 	blob := compress(t, buildTar(t, layerCases[0].entries, tar.FormatPAX), Gzip)
 	failing := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
-	if _, err := ScanLayer(failing); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+	if _, err := ScanLayer(failing, 0); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
 		t.Fatalf("scan: %v", err)
 	}
 	failing = io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
-	if _, err := RepackLayer(io.Discard, failing); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+	if _, err := RepackLayer(io.Discard, failing, 0); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
 		t.Fatalf("repack: %v", err)
 	}
 }
 
 var errDownload = errors.New("connection reset")
+
+func TestLayerSizeLimit(t *testing.T) {
+	t.Parallel()
+	raw := buildTar(t, []entry{reg("big", strings.Repeat("0", 1<<20), nil)}, tar.FormatPAX)
+	for _, comp := range []Compression{Gzip, Zstd, Uncompressed} {
+		blob := compress(t, raw, comp)
+		if _, err := ScanLayer(bytes.NewReader(blob), int64(len(raw))); err != nil {
+			t.Errorf("%s: a layer of exactly the limit: %v", comp, err)
+		}
+		if _, err := ScanLayer(bytes.NewReader(blob), 1<<19); !errors.Is(err, ErrLayerTooLarge) {
+			t.Errorf("%s: scan over the limit: %v, want ErrLayerTooLarge", comp, err)
+		}
+		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), 1<<19); !errors.Is(err, ErrLayerTooLarge) {
+			t.Errorf("%s: repack over the limit: %v, want ErrLayerTooLarge", comp, err)
+		}
+	}
+}
+
+// TestRemovalsAreCapped: a layer of many stripped entries counts them all
+// but lists only the first maxRecordedRemovals.
+func TestRemovalsAreCapped(t *testing.T) {
+	t.Parallel()
+	var entries []entry
+	for i := range maxRecordedRemovals + 5 {
+		entries = append(entries, special(tar.TypeSymlink, fmt.Sprintf("l%d", i), "t", map[string]string{userX: "v"}))
+	}
+	scan, err := ScanLayer(bytes.NewReader(buildTar(t, entries, tar.FormatPAX)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scan.Stripped != len(entries) || len(scan.Removals) != maxRecordedRemovals {
+		t.Fatalf("stripped %d, listed %d; want %d and %d", scan.Stripped, len(scan.Removals), len(entries), maxRecordedRemovals)
+	}
+}

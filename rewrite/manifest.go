@@ -82,6 +82,14 @@ type ManifestPlan struct {
 	ConfigMediaTypeSuspect bool
 }
 
+// Limits on what regnorm normalizes: beyond them a document is refused
+// (and served untouched). No runtime unpacks this many layers (overlayfs
+// stops near 500), and every listed blob costs the proxy a fetch and a scan.
+const (
+	MaxLayers        = 1000
+	MaxIndexChildren = 1000
+)
+
 // PlanManifest reads a manifest's descriptors.
 func PlanManifest(mediaType string, manifest []byte) (ManifestPlan, error) {
 	doc, err := parseManifest(mediaType, manifest)
@@ -96,6 +104,9 @@ func PlanManifest(mediaType string, manifest []byte) (ManifestPlan, error) {
 	n, ok := doc.arrayLen("layers")
 	if !ok {
 		return ManifestPlan{}, fmt.Errorf("%w: layers is not an array", ErrNotImage)
+	}
+	if n > MaxLayers {
+		return ManifestPlan{}, fmt.Errorf("%w: %d layers, more than %d", ErrNotImage, n, MaxLayers)
 	}
 	for i := range n {
 		desc, err := descriptorAt(doc, "layers", strconv.Itoa(i))
@@ -248,6 +259,9 @@ func IndexChildren(mediaType string, index []byte) ([]ocispec.Descriptor, error)
 	n, ok := doc.arrayLen("manifests")
 	if !ok {
 		return nil, fmt.Errorf("%w: manifests is not an array", ErrNotImage)
+	}
+	if n > MaxIndexChildren {
+		return nil, fmt.Errorf("%w: %d children, more than %d", ErrNotImage, n, MaxIndexChildren)
 	}
 	out := make([]ocispec.Descriptor, 0, n)
 	for i := range n {

@@ -65,6 +65,10 @@ type NormalizeConfig struct {
 	// PatientDeadline is the wait for containerd before 1.7, which has no
 	// response header timeout (1.7 and 2.0-2.2 get at most 50 s / 4.5 min).
 	PatientDeadline time.Duration `yaml:"patientDeadline"`
+	// MaxLayerSize bounds how far a layer is decompressed to scan it, e.g.
+	// 16GiB: a layer that expands further (a decompression bomb) is served
+	// untouched.
+	MaxLayerSize string `yaml:"maxLayerSize"`
 }
 
 // CacheConfig selects the storage driver.
@@ -144,7 +148,7 @@ func defaultConfig() Config {
 		UpstreamAttempts: 3,
 		ShutdownTimeout:  30 * time.Second,
 		Cache:            CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
-		Normalize:        NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute},
+		Normalize:        NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -264,6 +268,9 @@ func (c Config) validate() error {
 	}
 	if c.Cache.MaxAge < 0 {
 		bad("cache.maxAge", "must not be negative")
+	}
+	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
+		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)
 	}
 	if c.Normalize.Deadline <= 0 {
 		bad("normalize.deadline", "must be positive")

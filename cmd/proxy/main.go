@@ -73,6 +73,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	store := cache.New(driver)
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
+	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Options{
@@ -87,6 +88,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Rules:           &proxy.Rules{ConfigMediaType: cfg.Normalize.ConfigMediaType, SymlinkXattrs: cfg.Normalize.SymlinkXattrs},
 		Deadline:        cfg.Normalize.Deadline,
 		PatientDeadline: cfg.Normalize.PatientDeadline,
+		MaxLayerSize:    int64(maxLayer),
 		Eviction:        cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge},
 		Metrics:         proxy.NewMetrics(reg),
 		Logger:          log,
