@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // FuzzNormalizeManifest: whatever the input, a result that comes back is
@@ -118,6 +120,125 @@ func FuzzRepackLayer(f *testing.F) {
 		again, err := ScanLayer(bytes.NewReader(out.Bytes()), 0)
 		if err != nil || !again.Clean() || again.Entries != scan.Entries {
 			t.Fatalf("second pass: %+v %v", again, err)
+		}
+	})
+}
+
+// FuzzNormalizeIndex: pointing children at new manifests changes exactly
+// their digest and size, the result's digest verifies, and applying the
+// same replacements again changes nothing.
+func FuzzNormalizeIndex(f *testing.F) {
+	files, _ := filepath.Glob("testdata/index/*.json")
+	for _, file := range files {
+		b, _ := os.ReadFile(file)
+		f.Add(b, uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, index []byte, salt uint8) {
+		const mt = MediaTypeDockerManifestList
+		children, err := IndexChildren(mt, index)
+		if err != nil {
+			return
+		}
+		next := map[digest.Digest]ocispec.Descriptor{}
+		for i, c := range children {
+			if (i+int(salt))%2 == 0 {
+				next[c.Digest] = ocispec.Descriptor{Digest: digest.FromString(c.Digest.String() + string(rune(salt))), Size: c.Size + 1}
+			}
+		}
+		got, err := NormalizeIndex(mt, index, next)
+		if err != nil {
+			return
+		}
+		if got.Digest != digest.FromBytes(got.Content) {
+			t.Fatal("digest does not verify")
+		}
+		var before, after struct {
+			Manifests []map[string]any `json:"manifests"`
+		}
+		var beforeAll, afterAll map[string]any
+		if json.Unmarshal(index, &before) != nil || json.Unmarshal(got.Content, &after) != nil ||
+			json.Unmarshal(index, &beforeAll) != nil || json.Unmarshal(got.Content, &afterAll) != nil {
+			t.Fatal("output or input is not a JSON object")
+		}
+		delete(beforeAll, "manifests")
+		delete(afterAll, "manifests")
+		if !reflect.DeepEqual(beforeAll, afterAll) || len(before.Manifests) != len(after.Manifests) {
+			t.Fatalf("more than the children changed:\n%s\n%s", index, got.Content)
+		}
+		for i := range before.Manifests {
+			if n, ok := next[children[i].Digest]; ok {
+				if after.Manifests[i]["digest"] != n.Digest.String() {
+					t.Fatalf("child %d: digest %v, want %s", i, after.Manifests[i]["digest"], n.Digest)
+				}
+				delete(before.Manifests[i], "digest")
+				delete(before.Manifests[i], "size")
+				delete(after.Manifests[i], "digest")
+				delete(after.Manifests[i], "size")
+			}
+			if !reflect.DeepEqual(before.Manifests[i], after.Manifests[i]) {
+				t.Fatalf("child %d: more than digest and size changed", i)
+			}
+		}
+		identity := map[digest.Digest]ocispec.Descriptor{}
+		for _, n := range next {
+			identity[n.Digest] = n
+		}
+		again, err := NormalizeIndex(mt, got.Content, identity)
+		if err != nil || again.Changed() || !bytes.Equal(again.Content, got.Content) {
+			t.Fatalf("second pass: %v %+v", err, again.Changes)
+		}
+	})
+}
+
+// FuzzRewriteConfig: when every layer is repackaged, the config's diff_ids
+// become the new ones and nothing else in it changes; the config and
+// manifest digests verify; the manifest points at the new config.
+func FuzzRewriteConfig(f *testing.F) {
+	dirs, _ := filepath.Glob("testdata/manifest/*")
+	for _, dir := range dirs {
+		m, _ := os.ReadFile(filepath.Join(dir, "manifest.json"))
+		c, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+		f.Add(m, c)
+	}
+	f.Fuzz(func(t *testing.T, manifest, config []byte) {
+		const mt = MediaTypeDockerManifest
+		plan, err := PlanManifest(mt, manifest)
+		if err != nil || len(plan.Layers) == 0 {
+			return
+		}
+		layers := map[digest.Digest]LayerResult{}
+		for _, l := range plan.Layers {
+			layers[l.Digest] = LayerResult{Digest: digest.FromString("new " + l.Digest.String()), Size: l.Size + 1,
+				DiffID: digest.FromString("diff " + l.Digest.String())}
+		}
+		got, err := NormalizeManifest(ManifestInput{MediaType: mt, Manifest: manifest, Config: config, Layers: layers})
+		if err != nil {
+			return
+		}
+		if got.Config == nil {
+			t.Fatal("layers repackaged but the config is unchanged")
+		}
+		if got.ConfigDesc.Digest != digest.FromBytes(got.Config) || got.ConfigDesc.Size != int64(len(got.Config)) || got.Digest != digest.FromBytes(got.Content) {
+			t.Fatal("a digest does not verify")
+		}
+		var before, after map[string]any
+		if json.Unmarshal(config, &before) != nil || json.Unmarshal(got.Config, &after) != nil {
+			t.Fatal("config is not a JSON object")
+		}
+		diffIDs, _ := after["rootfs"].(map[string]any)["diff_ids"].([]any)
+		for i, l := range plan.Layers {
+			if i >= len(diffIDs) || diffIDs[i] != layers[l.Digest].DiffID.String() {
+				t.Fatalf("diff_ids[%d] = %v, want %s", i, diffIDs, layers[l.Digest].DiffID)
+			}
+		}
+		before["rootfs"].(map[string]any)["diff_ids"] = nil
+		after["rootfs"].(map[string]any)["diff_ids"] = nil
+		if !reflect.DeepEqual(before, after) {
+			t.Fatalf("more than diff_ids changed:\n%s\n%s", config, got.Config)
+		}
+		newPlan, err := PlanManifest(mt, got.Content)
+		if err != nil || newPlan.Config.Digest != got.ConfigDesc.Digest {
+			t.Fatalf("manifest does not point at the new config: %v", err)
 		}
 	})
 }

@@ -24,6 +24,14 @@ echo "== unit and integration tests"
 export REGNORM_REQUIRE_ALL=1
 go test -race -count=1 ./...
 
+echo "== fuzzing (each target for REGNORM_FUZZTIME, default 20s)"
+# A crasher is written to testdata/fuzz/ and fails the run; commit it as a
+# regression test once fixed.
+for target in rewrite:FuzzNormalizeManifest rewrite:FuzzNormalizeIndex rewrite:FuzzRewriteConfig \
+  rewrite:FuzzJSONDoc rewrite:FuzzRepackLayer proxy:FuzzRequestPath; do
+  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "${REGNORM_FUZZTIME:-20s}" "./${target%%:*}"
+done
+
 echo "== end-to-end tests"
 go test -tags e2e -count=1 -v -timeout 30m ./e2e/ 2>&1 | grep -v '^\s*{"time"'
 
