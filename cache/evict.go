@@ -25,8 +25,9 @@ const (
 
 // Derived records how to make a blob that only regnorm has.
 type Derived struct {
-	Digest     digest.Digest `json:"digest"`
-	Kind       string        `json:"kind"`
+	Digest digest.Digest `json:"digest"`
+	Kind   string        `json:"kind"`
+	// Source is the upstream blob it was made from.
 	Source     digest.Digest `json:"source"`
 	Upstream   string        `json:"upstream"`
 	Repository string        `json:"repository"`

@@ -21,6 +21,9 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
 
+	if err := s.confirmAccess(ctx, req); err != nil {
+		return err
+	}
 	if served, err := s.serveCachedBlob(w, r, req.digest); served || err != nil {
 		return err
 	}

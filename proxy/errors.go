@@ -33,6 +33,8 @@ type Error struct {
 	Message string
 	// RetryAfter, when set, is sent as the Retry-After header.
 	RetryAfter time.Duration
+	// Challenge, when set, is sent as the WWW-Authenticate header.
+	Challenge string
 	// Err is the cause, logged but never sent to the client.
 	Err error
 }
@@ -72,6 +74,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) *Error {
 	h.Del("Content-Length")
 	h.Del("Docker-Content-Digest")
 	h.Del("ETag")
+	if e.Challenge != "" {
+		h.Set("WWW-Authenticate", e.Challenge)
+	}
 	if e.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}

@@ -49,6 +49,8 @@ type harnessOptions struct {
 	eviction     cache.EvictionPolicy
 	stall        time.Duration
 	maxLayerSize int64
+	clientAuth   *proxy.ClientAuth
+	forward      bool
 	retry        proxy.RetryPolicy
 	// upstreamURL replaces the fault front as the upstream (an address
 	// nothing listens on, for instance).
@@ -77,7 +79,8 @@ func (h *harness) restart(t testing.TB) {
 	promReg := prometheus.NewRegistry()
 	srv, err := proxy.New(proxy.Options{
 		Store:           h.store,
-		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u, Credentials: h.opts.credentials}},
+		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
+		ClientAuth:      h.opts.clientAuth,
 		DefaultUpstream: "docker.io",
 		TagTTL:          h.opts.tagTTL,
 		Rules:           h.opts.rules,

@@ -207,10 +207,10 @@ func (s *Server) rebuildLayer(ctx context.Context, d cache.Derived) error {
 	return err
 }
 
-// putConfig stores a rewritten config. Its derived record goes first, so
-// that it is never evictable, not even for a moment.
-func (s *Server) putConfig(ctx context.Context, content []byte, want digest.Digest) error {
-	if err := s.store.PutDerived(ctx, cache.Derived{Digest: want, Kind: cache.DerivedConfig}); err != nil {
+// putConfig stores a config rewritten from source. Its derived record goes
+// first, so that it is never evictable, not even for a moment.
+func (s *Server) putConfig(ctx context.Context, content []byte, want, source digest.Digest) error {
+	if err := s.store.PutDerived(ctx, cache.Derived{Digest: want, Kind: cache.DerivedConfig, Source: source}); err != nil {
 		return err
 	}
 	in, err := s.store.NewBlob(ctx)

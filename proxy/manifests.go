@@ -39,6 +39,9 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	if err := s.confirmAccess(ctx, req); err != nil {
+		return err
+	}
 	accept := parseAccept(r.Header.Values("Accept"))
 
 	var m cache.Manifest

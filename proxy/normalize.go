@@ -184,7 +184,7 @@ func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, 
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
 	if res.Config != nil {
-		if err := s.putConfig(ctx, res.Config, res.ConfigDesc.Digest); err != nil {
+		if err := s.putConfig(ctx, res.Config, res.ConfigDesc.Digest, plan.Config.Digest); err != nil {
 			return rewrite.Result{}, fmt.Errorf("store new config: %w", err)
 		}
 	}

@@ -48,6 +48,7 @@ type distRequest struct {
 	repo     string
 	tag      string        // set for a manifest by tag
 	digest   digest.Digest // set for a manifest by digest, and for blobs
+	blob     bool          // a blob request
 }
 
 // ref is the reference as it appears in the path.
@@ -68,7 +69,10 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	if err != nil {
 		return distRequest{}, err
 	}
-	req := distRequest{upstream: up, repo: repo}
+	if up, err = up.as(r); err != nil {
+		return distRequest{}, err
+	}
+	req := distRequest{upstream: up, repo: repo, blob: vars["digest"] != ""}
 	ref := vars["reference"]
 	if ref == "" {
 		ref = vars["digest"]
@@ -109,19 +113,28 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	read := []string{http.MethodGet, http.MethodHead}
 	name := "/v2/{name:" + namePattern + "}"
 
-	r.Handle("/v2/", s.handle(routeBase, s.serveBase)).Methods(read...)
-	r.Handle(name+"/manifests/{reference:"+referencePattern+"}", s.handle(routeManifest, s.serveManifest)).Methods(read...)
-	r.Handle(name+"/blobs/{digest:"+digestPattern+"}", s.handle(routeBlob, s.serveBlob)).Methods(read...)
-	r.Handle(name+"/tags/list", s.handle(routeTags, s.serveTags)).Methods(read...)
+	// With client auth on, the registry API and warm always need it; the
+	// report and metrics as configured; health checks never do.
+	api, report, metrics := true, true, true
+	if a := s.clientAuth; a != nil {
+		report, metrics = a.ProtectReport, a.ProtectMetrics
+	}
+	r.Handle("/v2/", s.handle(routeBase, s.protect(api, s.serveBase))).Methods(read...)
+	r.Handle(name+"/manifests/{reference:"+referencePattern+"}", s.handle(routeManifest, s.protect(api, s.serveManifest))).Methods(read...)
+	r.Handle(name+"/blobs/{digest:"+digestPattern+"}", s.handle(routeBlob, s.protect(api, s.serveBlob))).Methods(read...)
+	r.Handle(name+"/tags/list", s.handle(routeTags, s.protect(api, s.serveTags))).Methods(read...)
 	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
-	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.serveReport)).Methods(read...)
-	r.Handle("/status", s.handle(routeStatus, s.serveStatus)).Methods(read...)
+	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.protect(report, s.serveReport))).Methods(read...)
+	r.Handle("/status", s.handle(routeStatus, s.protect(report, s.serveStatus))).Methods(read...)
 	r.Handle("/", http.RedirectHandler("/status", http.StatusFound)).Methods(read...)
-	r.Handle("/api/v1/warm", s.handle(routeWarm, s.serveWarm)).Methods(http.MethodPost)
+	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.serveWarm))).Methods(http.MethodPost)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
 	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)
 	if metricsHandler != nil {
-		r.Handle("/metrics", s.accessLog(routeMetrics, metricsHandler)).Methods(read...)
+		r.Handle("/metrics", s.handle(routeMetrics, s.protect(metrics, func(w http.ResponseWriter, r *http.Request) error {
+			metricsHandler.ServeHTTP(w, r)
+			return nil
+		}))).Methods(read...)
 	}
 	r.MethodNotAllowedHandler = s.handle(routeForbidden, s.readOnly)
 	r.NotFoundHandler = s.handle(routeNotFound, func(w http.ResponseWriter, r *http.Request) error {

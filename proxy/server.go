@@ -93,6 +93,8 @@ type Options struct {
 	// that expands further (a decompression bomb) is served untouched.
 	// Default 16 GiB.
 	MaxLayerSize int64
+	// ClientAuth, when set, makes clients authenticate; nil is open.
+	ClientAuth *ClientAuth
 	// Eviction bounds the cache; the zero policy keeps everything.
 	Eviction cache.EvictionPolicy
 	Metrics  *Metrics
@@ -118,6 +120,7 @@ type Server struct {
 	patientDeadline time.Duration
 	eviction        cache.EvictionPolicy
 	maxLayerSize    int64
+	clientAuth      *clientAuth
 	uploadIdle      time.Duration // an upload not written to for this long is a dead process's
 	evictNow        chan struct{} // an ingest took the cache past its size
 	sizeEstimate    atomic.Int64  // blob bytes: last eviction's count plus ingests since
@@ -174,6 +177,7 @@ func New(opts Options) (*Server, error) {
 		eviction:        opts.Eviction,
 		uploadIdle:      4 * opts.StallTimeout,
 		maxLayerSize:    opts.MaxLayerSize,
+		clientAuth:      newClientAuth(opts.ClientAuth),
 		evictNow:        make(chan struct{}, 1),
 	}
 	if opts.Rules != nil {

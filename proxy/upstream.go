@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -29,6 +30,10 @@ type UpstreamConfig struct {
 	RootCAs *x509.CertPool
 	// Credentials, when set, are used for Basic auth and token requests.
 	Credentials Credentials
+	// ForwardCredentials uses each client's own Basic credentials upstream
+	// instead of Credentials, and serves cached content to a client only
+	// after the upstream confirms that client may read the repository.
+	ForwardCredentials bool
 }
 
 // RetryPolicy bounds how an upstream request is retried after a failure
@@ -67,17 +72,22 @@ func (p RetryPolicy) wait(next int, asked time.Duration) (d time.Duration, ok bo
 
 // upstream is the client for one upstream registry.
 type upstream struct {
-	name    string
-	base    *url.URL
-	client  *http.Client
-	creds   Credentials
-	tokens  *tokenSource
-	basic   atomic.Bool // the upstream asked for Basic auth
-	retry   RetryPolicy
-	stall   time.Duration // a response that sends nothing for this long is abandoned
-	health  health
-	metrics *Metrics
-	log     *slog.Logger
+	name   string
+	base   *url.URL
+	client *http.Client
+	creds  Credentials
+	tokens *tokenSource
+	basic  *atomic.Bool // the upstream asked for Basic auth
+	retry  RetryPolicy
+	stall  time.Duration // a response that sends nothing for this long is abandoned
+	health *health
+	// forward is set for an upstream that forwards client credentials;
+	// clients then get a view of it with their own (see as).
+	forward *forwarding
+	// credsKey identifies creds in a view made by as.
+	credsKey [sha256.Size]byte
+	metrics  *Metrics
+	log      *slog.Logger
 }
 
 func newUpstream(cfg UpstreamConfig, retry RetryPolicy, stall time.Duration, m *Metrics, log *slog.Logger) *upstream {
@@ -89,16 +99,25 @@ func newUpstream(cfg UpstreamConfig, retry RetryPolicy, stall time.Duration, m *
 		creds:   cfg.Credentials,
 		retry:   retry,
 		stall:   stall,
+		basic:   &atomic.Bool{},
+		health:  &health{},
 		metrics: m,
 		log:     log.With("upstream", cfg.Name),
 	}
-	u.tokens = &tokenSource{
-		client:  client,
-		creds:   cfg.Credentials,
-		now:     time.Now,
-		onFetch: func(result string) { m.tokenFetches.WithLabelValues(cfg.Name, result).Inc() },
+	u.tokens = u.newTokenSource(cfg.Credentials)
+	if cfg.ForwardCredentials {
+		u.forward = newForwarding()
 	}
 	return u
+}
+
+func (u *upstream) newTokenSource(creds Credentials) *tokenSource {
+	return &tokenSource{
+		client:  u.client,
+		creds:   creds,
+		now:     time.Now,
+		onFetch: func(result string) { u.metrics.tokenFetches.WithLabelValues(u.name, result).Inc() },
+	}
 }
 
 // newTransport has connect and header timeouts but no overall timeout: a
@@ -215,7 +234,7 @@ func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query 
 	c, ok := parseChallenge(resp.Header.Get("WWW-Authenticate"))
 	drain(resp)
 	if !ok {
-		return nil, newError(http.StatusUnauthorized, CodeUnauthorized, "upstream "+u.name+" requires authentication", nil)
+		return nil, u.unauthorized("upstream "+u.name+" requires authentication", nil)
 	}
 	switch c.scheme {
 	case "bearer":
@@ -225,7 +244,7 @@ func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 	case "basic":
 		if u.creds.empty() {
-			return nil, newError(http.StatusUnauthorized, CodeUnauthorized, "upstream "+u.name+" requires credentials", nil)
+			return nil, u.unauthorized("upstream "+u.name+" requires credentials", nil)
 		}
 		u.basic.Store(true)
 	default:
@@ -269,9 +288,20 @@ func (u *upstream) unreachable(err error) error {
 func (u *upstream) tokenFailed(err error) error {
 	var te *tokenError
 	if errors.As(err, &te) && (te.status == http.StatusUnauthorized || te.status == http.StatusForbidden) {
-		return newError(http.StatusUnauthorized, CodeUnauthorized, "upstream "+u.name+" refused the credentials", err)
+		return u.unauthorized("upstream "+u.name+" refused the credentials", err)
 	}
 	return newError(http.StatusBadGateway, CodeUnavailable, "upstream "+u.name+" token service failed", err)
+}
+
+// unauthorized is the 401 for a client. When client credentials are
+// forwarded it carries a Basic challenge, so that containerd sends the
+// credentials it has for the mirror and the next attempt can succeed.
+func (u *upstream) unauthorized(msg string, cause error) *Error {
+	e := newError(http.StatusUnauthorized, CodeUnauthorized, msg, cause)
+	if u.forward != nil {
+		e.Challenge = `Basic realm="regnorm"`
+	}
+	return e
 }
 
 // health remembers how an upstream last answered, for the status page.
@@ -312,7 +342,7 @@ func (u *upstream) statusError(resp *http.Response, notFound string) *Error {
 	case s == http.StatusNotFound:
 		return newError(http.StatusNotFound, notFound, "not found upstream", cause)
 	case s == http.StatusUnauthorized:
-		return newError(http.StatusUnauthorized, CodeUnauthorized, "upstream "+u.name+" requires authentication", cause)
+		return u.unauthorized("upstream "+u.name+" requires authentication", cause)
 	case s == http.StatusForbidden:
 		return newError(http.StatusForbidden, CodeDenied, "upstream "+u.name+" denied access", cause)
 	case s == http.StatusTooManyRequests:

@@ -42,6 +42,10 @@ type Config struct {
 	// SpoolDir holds the (unlinked) files that fan a download out to many
 	// clients. Empty means the system temporary directory.
 	SpoolDir string `yaml:"spoolDir"`
+	// TLS serves HTTPS when set.
+	TLS TLSConfig `yaml:"tls"`
+	// Auth makes clients authenticate; off by default.
+	Auth AuthConfig `yaml:"auth"`
 	// Cache selects and configures the storage driver.
 	Cache CacheConfig `yaml:"cache"`
 	// Normalize switches the rules and sets how long clients wait for them.
@@ -52,6 +56,29 @@ type Config struct {
 	// CheckOnly (--check-config): validate, print the result, and exit.
 	CheckOnly bool `yaml:"-"`
 }
+
+// TLSConfig serves HTTPS. The files are read again when they change, so a
+// renewed certificate (cert-manager, a mounted Secret) needs no restart.
+type TLSConfig struct {
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+}
+
+// AuthConfig makes clients of the mirror authenticate, with htpasswd users
+// (Basic) and/or bearer tokens. /healthz and /readyz always stay open.
+type AuthConfig struct {
+	// HtpasswdFile holds user:bcrypt-hash lines (htpasswd -B).
+	HtpasswdFile string `yaml:"htpasswdFile"`
+	// TokensFile holds one accepted bearer token per line.
+	TokensFile string `yaml:"tokensFile"`
+	// ProtectMetrics puts /metrics behind authentication too.
+	ProtectMetrics bool `yaml:"protectMetrics"`
+	// ProtectReport puts /status and /api/v1/rewrites behind authentication
+	// too: they name the images pulled.
+	ProtectReport bool `yaml:"protectReport"`
+}
+
+func (a AuthConfig) enabled() bool { return a.HtpasswdFile != "" || a.TokensFile != "" }
 
 // NormalizeConfig configures normalization.
 type NormalizeConfig struct {
@@ -134,6 +161,10 @@ type UpstreamConfig struct {
 	PasswordFile string `yaml:"passwordFile"`
 	// PasswordEnv names an environment variable holding the password.
 	PasswordEnv string `yaml:"passwordEnv"`
+	// ForwardCredentials sends each client's own Basic credentials
+	// upstream instead of username/password, and serves cached content to a
+	// client only after the upstream confirms that client may read it.
+	ForwardCredentials bool `yaml:"forwardCredentials"`
 }
 
 func defaultConfig() Config {
@@ -305,6 +336,12 @@ func (c Config) validate() error {
 	default:
 		bad("cache.driver", "%q is not filesystem, s3 or inmemory", c.Cache.Driver)
 	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls.certFile", "set both tls.certFile and tls.keyFile, or neither")
+	}
+	if !c.Auth.enabled() && (c.Auth.ProtectMetrics || c.Auth.ProtectReport) {
+		bad("auth.htpasswdFile", "protectMetrics and protectReport need htpasswdFile or tokensFile")
+	}
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "at least one upstream is needed")
 	}
@@ -328,6 +365,12 @@ func (c Config) validate() error {
 		}
 		if (u.PasswordFile != "" || u.PasswordEnv != "") && u.Username == "" {
 			bad(field+".username", "must be set when a password is configured")
+		}
+		if u.ForwardCredentials && u.Username != "" {
+			bad(field+".forwardCredentials", "forwards the clients' credentials: do not also set username")
+		}
+		if u.ForwardCredentials && c.Auth.HtpasswdFile != "" {
+			bad(field+".forwardCredentials", "clients' Basic credentials go upstream: they cannot also be auth.htpasswdFile users")
 		}
 	}
 	if !seen[c.DefaultUpstream] {

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
@@ -72,6 +73,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	store := cache.New(driver)
+	clientAuth, err := loadClientAuth(cfg.Auth)
+	if err != nil {
+		return err
+	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
 	reg := prometheus.NewRegistry()
@@ -89,6 +94,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Deadline:        cfg.Normalize.Deadline,
 		PatientDeadline: cfg.Normalize.PatientDeadline,
 		MaxLayerSize:    int64(maxLayer),
+		ClientAuth:      clientAuth,
 		Eviction:        cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge},
 		Metrics:         proxy.NewMetrics(reg),
 		Logger:          log,
@@ -107,7 +113,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("regnorm listening", "address", ln.Addr().String(), "cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
+	if cfg.TLS.CertFile != "" {
+		certs, err := newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		ln = tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12})
+	}
+	log.Info("regnorm listening", "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(),
+		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -250,7 +265,7 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]proxy.
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
-		up := proxy.UpstreamConfig{Name: c.Name, URL: u}
+		up := proxy.UpstreamConfig{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials}
 		if c.CAFile != "" {
 			pem, err := os.ReadFile(c.CAFile)
 			if err != nil {

@@ -74,6 +74,12 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "log level", yaml: "logLevel: loud\n", wantField: "logLevel"},
 		{name: "cache size", args: []string{"--cache-max-size", "lots"}, wantField: "cache.maxSize"},
 		{name: "cache size in the file", yaml: "cache:\n  maxSize: -3GB\n", wantField: "maxSize"},
+		{name: "certificate without key", yaml: "tls:\n  certFile: /a\n", wantField: "tls.certFile"},
+		{name: "protect without auth", yaml: "auth:\n  protectMetrics: true\n", wantField: "auth.htpasswdFile"},
+		{name: "forward with a user", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  username: u\n  forwardCredentials: true\n", wantField: "upstreams[0].forwardCredentials"},
+		{name: "attempts", yaml: "upstreamAttempts: 0\n", wantField: "upstreamAttempts"},
+		{name: "stall timeout", yaml: "stallTimeout: -1s\n", wantField: "stallTimeout"},
+		{name: "layer size", yaml: "normalize:\n  maxLayerSize: big\n", wantField: "normalize.maxLayerSize"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

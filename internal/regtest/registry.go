@@ -11,7 +11,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,6 +40,15 @@ type Options struct {
 	// BasicAuth puts the registry behind htpasswd Basic auth for Username
 	// and Password instead.
 	BasicAuth bool
+	// Accounts, with TokenAuth, replace Username and Password: each may
+	// pull only its Repos; anonymous clients get tokens that grant nothing.
+	Accounts []Account
+}
+
+// Account is a token-auth user with pull rights on some repositories.
+type Account struct {
+	Username, Password string
+	Repos              []string
 }
 
 // Registry is a distribution registry on an httptest server.
@@ -46,6 +57,9 @@ type Registry struct {
 	URL string
 	// TokenRequests counts requests to the token server.
 	TokenRequests atomic.Int64
+	// Issued holds every token the token server issued, for tests that
+	// check tokens never leak.
+	Issued tokenLog
 	// TokenFailure, when not zero, is the status the token server answers
 	// every request with, to test a failing token service.
 	TokenFailure atomic.Int32
@@ -173,21 +187,45 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
+	scopes := req.URL.Query()["scope"]
+	if len(r.opts.Accounts) > 0 {
+		scopes = r.grant(req, scopes)
+	}
 	if req.URL.Query().Get("service") != service {
 		http.Error(w, "unknown service", http.StatusBadRequest)
 		return
 	}
-	tok, err := r.Token(req.URL.Query()["scope"]...)
+	tok, err := r.Token(scopes...)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
+	r.Issued.add(tok)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{
 		"token":      tok,
 		"expires_in": int(r.opts.TokenLifetime / time.Second),
 		"issued_at":  time.Now().UTC().Format(time.RFC3339),
 	})
+}
+
+// grant keeps the scopes the account behind req may have: pull on its
+// repositories. Unknown credentials get nothing, as anonymous clients do.
+func (r *Registry) grant(req *http.Request, scopes []string) []string {
+	user, pass, _ := req.BasicAuth()
+	var granted []string
+	for _, a := range r.opts.Accounts {
+		if a.Username != user || a.Password != pass {
+			continue
+		}
+		for _, s := range scopes {
+			parts := strings.Split(s, ":")
+			if len(parts) == 3 && slices.Contains(a.Repos, parts[1]) {
+				granted = append(granted, parts[0]+":"+parts[1]+":pull")
+			}
+		}
+	}
+	return granted
 }
 
 // Token mints a token for scopes such as "repository:foo:pull,push".
@@ -231,4 +269,23 @@ func (r *Registry) Client() *Client {
 		c.Username, c.Password = r.opts.Username, r.opts.Password
 	}
 	return c
+}
+
+// tokenLog records issued tokens.
+type tokenLog struct {
+	mu     sync.Mutex
+	tokens []string
+}
+
+func (l *tokenLog) add(tok string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tokens = append(l.tokens, tok)
+}
+
+// All returns the tokens issued so far.
+func (l *tokenLog) All() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.tokens)
 }

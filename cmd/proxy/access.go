@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/regnorm/regnorm/proxy"
+)
+
+// loadClientAuth reads the htpasswd and token files; nil when auth is off.
+func loadClientAuth(c AuthConfig) (*proxy.ClientAuth, error) {
+	if !c.enabled() {
+		return nil, nil
+	}
+	a := &proxy.ClientAuth{Users: map[string][]byte{}, ProtectMetrics: c.ProtectMetrics, ProtectReport: c.ProtectReport}
+	if c.HtpasswdFile != "" {
+		err := eachLine(c.HtpasswdFile, func(n int, line string) error {
+			user, hash, ok := strings.Cut(line, ":")
+			if !ok || user == "" || !strings.HasPrefix(hash, "$2") {
+				return fmt.Errorf("config: auth.htpasswdFile: line %d is not user:bcrypt-hash (htpasswd -B)", n)
+			}
+			a.Users[user] = []byte(hash)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if c.TokensFile != "" {
+		err := eachLine(c.TokensFile, func(_ int, line string) error {
+			a.Tokens = append(a.Tokens, sha256.Sum256([]byte(line)))
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(a.Users) == 0 && len(a.Tokens) == 0 {
+		return nil, fmt.Errorf("config: auth: %s%s holds no user or token: nobody could pull", c.HtpasswdFile, c.TokensFile)
+	}
+	return a, nil
+}
+
+// eachLine calls fn with every non-empty line of path that is not a comment.
+func eachLine(path string, fn func(n int, line string) error) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := fn(n, line); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// certReloader serves the certificate in certFile and keyFile, reading them
+// again when either changes (checked at most once per second, on a
+// handshake). A pair that does not load keeps the previous one in service.
+type certReloader struct {
+	certFile, keyFile string
+	log               *slog.Logger
+
+	mu      sync.Mutex
+	cert    *tls.Certificate
+	stamp   string // the files' size and modification times
+	checked time.Time
+}
+
+func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
+	c := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
+	stamp, err := c.fileStamp()
+	if err != nil {
+		return nil, fmt.Errorf("config: tls: %w", err)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("config: tls: %w", err)
+	}
+	c.cert, c.stamp, c.checked = &cert, stamp, time.Now()
+	return c, nil
+}
+
+func (c *certReloader) fileStamp() (string, error) {
+	var parts []string
+	for _, p := range []string{c.certFile, c.keyFile} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return "", err
+		}
+		parts = append(parts, fmt.Sprint(fi.Size(), fi.ModTime().UnixNano()))
+	}
+	return strings.Join(parts, "/"), nil
+}
+
+func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.checked) < time.Second {
+		return c.cert, nil
+	}
+	c.checked = time.Now()
+	stamp, err := c.fileStamp()
+	if err != nil || stamp == c.stamp {
+		return c.cert, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if err != nil {
+		// Often the moment between writing the certificate and the key.
+		c.log.Warn("TLS certificate did not load; serving the previous one", "error", err)
+		return c.cert, nil
+	}
+	c.cert, c.stamp = &cert, stamp
+	c.log.Info("TLS certificate reloaded", "file", c.certFile)
+	return c.cert, nil
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// writeCert writes a self-signed certificate for 127.0.0.1 named cn.
+func writeCert(t *testing.T, certFile, keyFile, cn string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+}
+
+// TestTLSAndClientAuth: the mirror serves HTTPS, picks up a renewed
+// certificate without a restart, and asks clients for a token except on
+// the health checks.
+func TestTLSAndClientAuth(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writeCert(t, certFile, keyFile, "first")
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte("# robots\nrobot-token\n"), 0o600)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	config := filepath.Join(dir, "config.yaml")
+	os.WriteFile(config, []byte("tls:\n  certFile: "+certFile+"\n  keyFile: "+keyFile+"\nauth:\n  tokensFile: "+tokens+"\n"), 0o600)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--config", config, "--listen", addr, "--data-dir", t.TempDir()}, env(nil), io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+
+	servedName := func() string {
+		t.Helper()
+		var conn *tls.Conn
+		for range 100 {
+			if conn, err = tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if got := servedName(); got != "first" {
+		t.Fatalf("serving %q, want first", got)
+	}
+	writeCert(t, certFile, keyFile, "second")
+	deadline := time.Now().Add(5 * time.Second)
+	for servedName() != "second" {
+		if time.Now().After(deadline) {
+			t.Fatal("the renewed certificate was not picked up")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, tt := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/v2/", "", http.StatusUnauthorized},
+		{"/v2/", "robot-token", http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+		{"/metrics", "", http.StatusOK},
+	} {
+		req, _ := http.NewRequest("GET", "https://"+addr+tt.path, nil)
+		if tt.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tt.token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s with token %q: %d, want %d", tt.path, tt.token, resp.StatusCode, tt.want)
+		}
+	}
+}

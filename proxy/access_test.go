@@ -1,0 +1,149 @@
+package proxy_test
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"net/http"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy"
+)
+
+func basic(user, pass string) http.Header {
+	h := containerdAccept.Clone()
+	h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
+	return h
+}
+
+func bearer(tok string) http.Header {
+	h := containerdAccept.Clone()
+	h.Set("Authorization", "Bearer "+tok)
+	return h
+}
+
+func TestClientAuth(t *testing.T) {
+	t.Parallel()
+	hash, _ := bcrypt.GenerateFromPassword([]byte("alice-pass"), bcrypt.MinCost)
+	h := newHarness(t, harnessOptions{clientAuth: &proxy.ClientAuth{
+		Users:          map[string][]byte{"alice": hash},
+		Tokens:         [][sha256.Size]byte{sha256.Sum256([]byte("robot-token"))},
+		ProtectMetrics: true,
+	}})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	manifest := "/v2/library/app/manifests/v1"
+	tests := []struct {
+		name, path string
+		header     http.Header
+		want       int
+	}{
+		{"no credentials", manifest, containerdAccept, http.StatusUnauthorized},
+		{"wrong password", manifest, basic("alice", "guess"), http.StatusUnauthorized},
+		{"unknown user", manifest, basic("mallory", "alice-pass"), http.StatusUnauthorized},
+		{"user", manifest, basic("alice", "alice-pass"), http.StatusOK},
+		{"user again (remembered)", manifest, basic("alice", "alice-pass"), http.StatusOK},
+		{"token", manifest, bearer("robot-token"), http.StatusOK},
+		{"wrong token", manifest, bearer("robot-token2"), http.StatusUnauthorized},
+		{"base", "/v2/", nil, http.StatusUnauthorized},
+		{"healthz stays open", "/healthz", nil, http.StatusOK},
+		{"readyz stays open", "/readyz", nil, http.StatusOK},
+		{"metrics protected", "/metrics", nil, http.StatusUnauthorized},
+		{"metrics with a token", "/metrics", bearer("robot-token"), http.StatusOK},
+		{"report left open", "/api/v1/rewrites", nil, http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := h.do(t, http.MethodGet, tt.path, tt.header)
+			if r.status != tt.want {
+				t.Fatalf("status %d, want %d (%s)", r.status, tt.want, r.body)
+			}
+			if tt.want == http.StatusUnauthorized {
+				if code := r.ociError(t); code != proxy.CodeUnauthorized {
+					t.Errorf("code %s", code)
+				}
+				if got := r.header.Get("WWW-Authenticate"); got != `Basic realm="regnorm"` {
+					t.Errorf("WWW-Authenticate %q", got)
+				}
+			}
+		})
+	}
+}
+
+// TestForwardedCredentials: with credential forwarding, each client reads
+// upstream with its own rights, and cached private content reaches only the
+// clients the upstream confirms. No password or token ever shows in logs,
+// metrics, the report, the status page or error bodies.
+func TestForwardedCredentials(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{
+		registry: regtest.Options{TokenAuth: true, Accounts: []regtest.Account{
+			{Username: "alice", Password: "alice-secret-pw", Repos: []string{"team/private", "team/shared"}},
+			{Username: "bob", Password: "bob-secret-pw", Repos: []string{"team/shared"}},
+		}},
+		forward: true,
+	})
+	private := h.push(t, "team/private", "v1", regtest.ImageOptions{}, oneFile)
+	h.push(t, "team/shared", "v1", regtest.ImageOptions{}, oneFile)
+	alice, bob := basic("alice", "alice-secret-pw"), basic("bob", "bob-secret-pw")
+	configPath := "/v2/team/private/blobs/" + mustConfigDigest(t, private.Manifest)
+	var bodies []string
+	check := func(method, path string, header http.Header, want int) {
+		t.Helper()
+		r := h.do(t, method, path, header)
+		bodies = append(bodies, string(r.body))
+		if r.status != want {
+			t.Fatalf("%s %s: %d, want %d (%s)", method, path, r.status, want, r.body)
+		}
+		if want == http.StatusUnauthorized && r.header.Get("WWW-Authenticate") != `Basic realm="regnorm"` {
+			t.Fatalf("%s %s: 401 without a Basic challenge: containerd would never send its credentials", method, path)
+		}
+	}
+
+	// Alice pulls her private image: it is now in the cache.
+	check("GET", "/v2/team/private/manifests/v1", alice, http.StatusOK)
+	check("GET", configPath, alice, http.StatusOK)
+	// Bob and anonymous clients are refused, cached or not.
+	check("GET", "/v2/team/private/manifests/v1", bob, http.StatusUnauthorized)
+	check("GET", configPath, bob, http.StatusUnauthorized)
+	check("HEAD", configPath, bob, http.StatusUnauthorized)
+	check("GET", configPath, containerdAccept, http.StatusUnauthorized)
+	check("GET", "/v2/team/private/manifests/"+private.ManifestDigest.String(), bob, http.StatusUnauthorized)
+	// What Bob may read, he gets.
+	check("GET", "/v2/team/shared/manifests/v1", bob, http.StatusOK)
+	// Credentials that are not Basic cannot be forwarded.
+	check("GET", "/v2/team/shared/manifests/v1", bearer("whatever"), http.StatusUnauthorized)
+
+	secrets := append([]string{"alice-secret-pw", "bob-secret-pw",
+		base64.StdEncoding.EncodeToString([]byte("alice:alice-secret-pw")),
+		base64.StdEncoding.EncodeToString([]byte("bob:bob-secret-pw"))}, h.reg.Issued.All()...)
+	if len(secrets) < 6 {
+		t.Fatalf("only %d secrets to look for: the token server issued nothing?", len(secrets))
+	}
+	places := map[string]string{
+		"log":     h.logs.String(),
+		"metrics": string(h.do(t, "GET", "/metrics", nil).body),
+		"report":  string(h.do(t, "GET", "/api/v1/rewrites", nil).body),
+		"status":  string(h.do(t, "GET", "/status", nil).body),
+		"errors":  strings.Join(bodies, "\n"),
+	}
+	for place, text := range places {
+		for _, secret := range secrets {
+			if strings.Contains(text, secret) {
+				t.Errorf("the %s holds a secret (%.12s...)", place, secret)
+			}
+		}
+	}
+}
+
+func mustConfigDigest(t *testing.T, manifest []byte) string {
+	t.Helper()
+	i := strings.Index(string(manifest), `"config"`)
+	j := strings.Index(string(manifest[i:]), "sha256:")
+	if i < 0 || j < 0 {
+		t.Fatal("no config digest in manifest")
+	}
+	return string(manifest[i+j : i+j+71])
+}
