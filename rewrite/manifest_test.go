@@ -75,7 +75,11 @@ func checkManifestProperties(t *testing.T, mediaType string, in, config []byte, 
 		t.Fatalf("output is not JSON: %v", err)
 	}
 	if cfg, ok := after["config"].(map[string]any); ok {
-		cfg["mediaType"] = before["config"].(map[string]any)["mediaType"]
+		if mt, had := before["config"].(map[string]any)["mediaType"]; had {
+			cfg["mediaType"] = mt
+		} else {
+			delete(cfg, "mediaType")
+		}
 	}
 	if !reflect.DeepEqual(before, after) {
 		t.Fatalf("something other than config.mediaType changed:\n%s\n%s", in, got.Content)

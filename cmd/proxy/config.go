@@ -369,8 +369,8 @@ func (c Config) validate() error {
 		if u.ForwardCredentials && u.Username != "" {
 			bad(field+".forwardCredentials", "forwards the clients' credentials: do not also set username")
 		}
-		if u.ForwardCredentials && c.Auth.HtpasswdFile != "" {
-			bad(field+".forwardCredentials", "clients' Basic credentials go upstream: they cannot also be auth.htpasswdFile users")
+		if u.ForwardCredentials && c.Auth.enabled() {
+			bad(field+".forwardCredentials", "clients' Authorization header goes upstream: it cannot also authenticate them to regnorm (auth.*)")
 		}
 	}
 	if !seen[c.DefaultUpstream] {
