@@ -3,11 +3,14 @@ package rewrite
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -102,9 +105,21 @@ func FuzzRepackLayer(f *testing.F) {
 		if len(blob) > 64<<10 {
 			return // bounded: gzip can expand a large input a thousandfold
 		}
+		// A source that ends in an error is never a layer, whatever it
+		// held before (a body cut short).
+		cut := io.MultiReader(bytes.NewReader(blob), iotest.ErrReader(io.ErrUnexpectedEOF))
+		if scan, err := ScanLayer(cut, 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("a source cut short scanned as %+v, %v", scan, err)
+		}
 		scan, err := ScanLayer(bytes.NewReader(blob), 0)
 		if err != nil {
 			return
+		}
+		// The standard library's reader is the oracle for the count.
+		if !bytes.HasPrefix(blob, zstdMagic) {
+			if want := stdlibEntries(t, blob); want >= 0 && want != scan.Entries {
+				t.Fatalf("scan counts %d entries, the standard library %d", scan.Entries, want)
+			}
 		}
 		var out bytes.Buffer
 		res, err := RepackLayer(&out, bytes.NewReader(blob), 0)

@@ -102,6 +102,11 @@ const maxRecordedRemovals = 1000
 // the symlink xattr rule would remove. It decompresses but never compresses,
 // so a clean layer costs one decompression. A layer that decompresses to
 // more than limit bytes (limit > 0) is ErrLayerTooLarge.
+//
+// It reads blob to its end, past the end of the archive, so that a source
+// that checks what it delivers (a digest at the end of the stream) has its
+// say; an error from blob is returned as it is (wrapped), never taken for
+// the end of the layer.
 func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
 	l, err := openLayer(blob, limit)
 	if err != nil {
@@ -113,6 +118,9 @@ func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
+			if err := l.drain(); err != nil {
+				return LayerScan{}, err
+			}
 			return scan, nil
 		}
 		if err != nil {
@@ -135,7 +143,8 @@ func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
 // encoding. What an extraction produces is unchanged.
 //
 // A layer that decompresses to more than limit bytes (limit > 0) is
-// ErrLayerTooLarge.
+// ErrLayerTooLarge. Like ScanLayer, it reads blob to its end and returns
+// blob's errors.
 func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error) {
 	l, err := openLayer(blob, limit)
 	if err != nil {
@@ -157,6 +166,9 @@ func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
+			if err := l.drain(); err != nil {
+				return LayerResult{}, err
+			}
 			break
 		}
 		if err != nil {
@@ -211,10 +223,20 @@ func strippableXattrs(hdr *tar.Header) []string {
 // stream, which runs ahead in its own goroutine (aheadReader).
 type layerReader struct {
 	tr    *tar.Reader
+	rest  io.Reader // the decompressed stream the tar reader reads
 	comp  Compression
 	src   *sourceReader
 	limit *limitReader // nil: no limit
 	close func()
+}
+
+// drain reads what follows the end of the archive to the end of the
+// stream (padding, usually), as containerd does when it computes a diff ID.
+func (l *layerReader) drain() error {
+	if _, err := io.Copy(io.Discard, l.rest); err != nil {
+		return l.cause(fmt.Errorf("%w: after the end of the archive: %v", ErrNotTar, err))
+	}
+	return nil
 }
 
 // cause tells what really ended a read that failed: the source, the size
@@ -258,7 +280,7 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 		expanded = l.limit
 	}
 	ar := newAheadReader(expanded)
-	l.tr = tar.NewReader(ar)
+	l.tr, l.rest = tar.NewReader(ar), ar
 	l.close = func() {
 		ar.Close()
 		rc.Close()
@@ -304,7 +326,7 @@ func newAheadReader(src io.Reader) *aheadReader {
 			case <-a.stop:
 				return
 			}
-			n, err := io.ReadFull(src, buf)
+			n, err := fill(src, buf)
 			if n > 0 {
 				select {
 				case a.chunks <- buf[:n]:
@@ -312,17 +334,31 @@ func newAheadReader(src io.Reader) *aheadReader {
 					return
 				}
 			}
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				a.errc <- io.EOF
-				return
-			}
 			if err != nil {
+				// io.EOF is the end of the stream; anything else, the
+				// source's io.ErrUnexpectedEOF (a body cut short) included,
+				// is passed on unchanged.
 				a.errc <- err
 				return
 			}
 		}
 	}()
 	return a
+}
+
+// fill reads into buf until it is full or src fails, and returns src's own
+// error: unlike io.ReadFull, it never turns a short final chunk into
+// io.ErrUnexpectedEOF, so that error keeps meaning what the source meant.
+func fill(src io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := src.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func (a *aheadReader) Read(p []byte) (int, error) {

@@ -3,11 +3,13 @@ package rewrite
 import (
 	"archive/tar"
 	"bytes"
+	stdgzip "compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -337,5 +339,94 @@ func TestRemovalsAreCapped(t *testing.T) {
 	}
 	if scan.Stripped != len(entries) || len(scan.Removals) != maxRecordedRemovals {
 		t.Fatalf("stripped %d, listed %d; want %d and %d", scan.Stripped, len(scan.Removals), len(entries), maxRecordedRemovals)
+	}
+}
+
+// TestTruncatedSourceIsAnError: a source cut short says so with
+// io.ErrUnexpectedEOF (net/http does, for a body shorter than its length).
+// Cut at a tar block boundary, the archive itself looks complete; the scan
+// and the repack must still fail rather than "succeed" with fewer entries.
+// The oracle is the standard library's tar reader on the whole layer.
+func TestTruncatedSourceIsAnError(t *testing.T) {
+	t.Parallel()
+	var entries []entry
+	rnd := rand.New(rand.NewPCG(1, 2)) // incompressible, so each cut lands mid-layer
+	for i := range 51 {
+		body := make([]byte, 100)
+		for j := range body {
+			body[j] = byte(rnd.Uint32())
+		}
+		entries = append(entries, reg(fmt.Sprintf("f%02d", i), string(body), nil))
+	}
+	raw := buildTar(t, entries, tar.FormatPAX)
+	if n := stdlibEntries(t, raw); n != 51 {
+		t.Fatalf("oracle counts %d entries, want 51", n)
+	}
+	for _, comp := range []Compression{Uncompressed, Gzip, Zstd} {
+		blob := compress(t, raw, comp)
+		if scan, err := ScanLayer(bytes.NewReader(blob), 0); err != nil || scan.Entries != 51 {
+			t.Fatalf("%s: whole layer: %+v %v", comp, scan, err)
+		}
+		// Two entries (header and one data block each) in; for the
+		// compressed layers, a cut at the same proportion.
+		cut := 2 * 2 * 512
+		if comp != Uncompressed {
+			cut = len(blob) * cut / len(raw)
+		}
+		for _, at := range []int{512, cut, len(blob) - 1} {
+			short := func() io.Reader {
+				return io.MultiReader(bytes.NewReader(blob[:at]), iotest.ErrReader(io.ErrUnexpectedEOF))
+			}
+			if scan, err := ScanLayer(short(), 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("%s cut at %d: scan %+v, %v; want io.ErrUnexpectedEOF", comp, at, scan, err)
+			}
+			if res, err := RepackLayer(io.Discard, short(), 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("%s cut at %d: repack %d entries, %v; want io.ErrUnexpectedEOF", comp, at, res.Entries, err)
+			}
+		}
+	}
+}
+
+// TestTrailingSourceErrorIsAnError: the source's verdict at the very end of
+// the stream (a digest check after the last byte) is heard, even though the
+// archive ended before it.
+func TestTrailingSourceErrorIsAnError(t *testing.T) {
+	t.Parallel()
+	raw := buildTar(t, layerCases[0].entries, tar.FormatPAX)
+	for _, comp := range []Compression{Uncompressed, Gzip, Zstd} {
+		blob := compress(t, raw, comp)
+		bad := func() io.Reader { return io.MultiReader(bytes.NewReader(blob), iotest.ErrReader(errDownload)) }
+		if _, err := ScanLayer(bad(), 0); !errors.Is(err, errDownload) {
+			t.Errorf("%s: scan: %v, want the source's error", comp, err)
+		}
+		if _, err := RepackLayer(io.Discard, bad(), 0); !errors.Is(err, errDownload) {
+			t.Errorf("%s: repack: %v, want the source's error", comp, err)
+		}
+	}
+}
+
+// stdlibEntries counts the entries of an uncompressed or gzip layer with the
+// standard library alone: an oracle independent of openLayer.
+func stdlibEntries(t testing.TB, blob []byte) int {
+	t.Helper()
+	var r io.Reader = bytes.NewReader(blob)
+	if bytes.HasPrefix(blob, gzipMagic) {
+		zr, err := stdgzip.NewReader(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = zr
+	}
+	tr := tar.NewReader(r)
+	n := 0
+	for {
+		_, err := tr.Next()
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			return -1
+		}
+		n++
 	}
 }
