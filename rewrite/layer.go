@@ -11,6 +11,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -124,7 +125,7 @@ func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
 			return scan, nil
 		}
 		if err != nil {
-			return LayerScan{}, l.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
+			return LayerScan{}, l.fail(fmt.Errorf("%w: %v", ErrNotTar, err))
 		}
 		scan.Entries++
 		scan.record(hdr.Name, strippableXattrs(hdr))
@@ -172,7 +173,7 @@ func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error
 			break
 		}
 		if err != nil {
-			return LayerResult{}, l.cause(fmt.Errorf("%w: %v", ErrNotTar, err))
+			return LayerResult{}, l.fail(fmt.Errorf("%w: %v", ErrNotTar, err))
 		}
 		res.Entries++
 		if keys := strippableXattrs(hdr); len(keys) > 0 {
@@ -183,10 +184,10 @@ func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error
 		}
 		hdr.Xattrs = nil //nolint:staticcheck // PAXRecords holds the same records; both would be written
 		if err := tw.WriteHeader(hdr); err != nil {
-			return LayerResult{}, fmt.Errorf("%w: rewrite %s: %v", ErrNotTar, hdr.Name, err)
+			return LayerResult{}, l.fail(fmt.Errorf("%w: rewrite %s: %v", ErrNotTar, hdr.Name, err))
 		}
 		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
-			return LayerResult{}, l.cause(fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err))
+			return LayerResult{}, l.fail(fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err))
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -234,18 +235,27 @@ type layerReader struct {
 // stream (padding, usually), as containerd does when it computes a diff ID.
 func (l *layerReader) drain() error {
 	if _, err := io.Copy(io.Discard, l.rest); err != nil {
-		return l.cause(fmt.Errorf("%w: after the end of the archive: %v", ErrNotTar, err))
+		return l.fail(fmt.Errorf("%w: after the end of the archive: %v", ErrNotTar, err))
 	}
 	return nil
 }
 
-// cause tells what really ended a read that failed: the source, the size
-// limit, or else the tar stream itself (err).
-func (l *layerReader) cause(err error) error {
+// fail ends a read that found the layer wanting: it stops the read-ahead,
+// reads the rest of the blob so that a source that fails (or checks its
+// digest at the end) has its say, and returns what really ended the read:
+// the source's failure, else the size limit, else err. A verdict on the
+// layer (ErrNotTar, ErrLayerTooLarge) therefore always comes from a blob
+// read whole without a source error.
+func (l *layerReader) fail(err error) error {
+	l.close()
+	l.src.drain()
+	if l.src.err != nil {
+		return l.src.cause(err)
+	}
 	if l.limit != nil && l.limit.exceeded {
 		return fmt.Errorf("%w: more than %d bytes", ErrLayerTooLarge, l.limit.max)
 	}
-	return l.src.cause(err)
+	return err
 }
 
 // openLayer detects the compression from the first bytes and opens the
@@ -260,6 +270,7 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 	case bytes.HasPrefix(head, gzipMagic):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
+			src.drain()
 			return nil, src.cause(fmt.Errorf("%w: gzip: %v", ErrNotTar, err))
 		}
 		zr.Multistream(true)
@@ -267,6 +278,7 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 	case bytes.HasPrefix(head, zstdMagic):
 		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
 		if err != nil {
+			src.drain()
 			return nil, src.cause(fmt.Errorf("%w: zstd: %v", ErrNotTar, err))
 		}
 		comp, rc = Zstd, zr.IOReadCloser()
@@ -281,9 +293,12 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 	}
 	ar := newAheadReader(expanded)
 	l.tr, l.rest = tar.NewReader(ar), ar
+	var once sync.Once
 	l.close = func() {
-		ar.Close()
-		rc.Close()
+		once.Do(func() {
+			ar.Close()
+			rc.Close()
+		})
 	}
 	return l, nil
 }
@@ -425,6 +440,14 @@ func (s *sourceReader) Read(p []byte) (int, error) {
 		s.err = err
 	}
 	return n, err
+}
+
+// drain reads the rest of the source, unless it failed already: what it
+// says at its end (a digest check) counts.
+func (s *sourceReader) drain() {
+	if s.err == nil {
+		io.Copy(io.Discard, s) //nolint:errcheck // s records the error
+	}
 }
 
 // cause returns the source's failure if there was one, else err.
