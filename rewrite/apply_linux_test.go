@@ -71,7 +71,11 @@ func TestRepackedLayerExtractsTheSame(t *testing.T) {
 			removed[r.Path][strings.TrimPrefix(strings.TrimPrefix(k, "SCHILY.xattr."), "LIBARCHIVE.xattr.")] = true
 		}
 	}
-	a, b := describeTree(t, before, removed), describeTree(t, after, nil)
+	var kept, keptAfter int
+	a, b := describeTree(t, before, removed, &kept), describeTree(t, after, nil, &keptAfter)
+	if kept == 0 || keptAfter != kept {
+		t.Fatalf("xattrs compared: %d in the original tree, %d in the repackaged one; the layer has some to keep", kept, keptAfter)
+	}
 	if !maps.Equal(a, b) {
 		for k := range a {
 			if a[k] != b[k] {
@@ -91,7 +95,7 @@ func TestRepackedLayerExtractsTheSame(t *testing.T) {
 
 // describeTree renders every path under root: type, mode, owner, times,
 // device, link target, content hash and xattrs (less those in drop).
-func describeTree(t *testing.T, root string, drop map[string]map[string]bool) map[string]string {
+func describeTree(t *testing.T, root string, drop map[string]map[string]bool, xattrs *int) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -106,16 +110,27 @@ func describeTree(t *testing.T, root string, drop map[string]map[string]bool) ma
 		desc := fmt.Sprintf("mode %o uid %d gid %d mtime %d rdev %d", st.Mode, st.Uid, st.Gid, st.Mtim.Sec, st.Rdev)
 		switch st.Mode & syscall.S_IFMT {
 		case syscall.S_IFLNK:
-			target, _ := os.Readlink(p)
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
 			desc += " -> " + target
 		case syscall.S_IFREG:
-			b, _ := os.ReadFile(p)
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
 			desc += fmt.Sprintf(" sha256 %x nlink %d", sha256.Sum256(b), st.Nlink)
 		}
+		// A filesystem without user xattrs would make every tree look
+		// alike: an error here fails the test.
 		names := make([]byte, 64<<10)
-		n, _ := unix.Llistxattr(p, names)
+		n, err := unix.Llistxattr(p, names)
+		if err != nil {
+			return fmt.Errorf("list xattrs of %s: %w", rel, err)
+		}
 		var xs []string
-		for _, name := range strings.Split(string(names[:max(n, 0)]), "\x00") {
+		for _, name := range strings.Split(string(names[:n]), "\x00") {
 			if name == "" {
 				continue
 			}
@@ -123,8 +138,12 @@ func describeTree(t *testing.T, root string, drop map[string]map[string]bool) ma
 				continue
 			}
 			val := make([]byte, 64<<10)
-			vn, _ := unix.Lgetxattr(p, name, val)
-			xs = append(xs, name+"="+string(val[:max(vn, 0)]))
+			vn, err := unix.Lgetxattr(p, name, val)
+			if err != nil {
+				return fmt.Errorf("read xattr %s of %s: %w", name, rel, err)
+			}
+			xs = append(xs, name+"="+string(val[:vn]))
+			*xattrs++
 		}
 		slices.Sort(xs) // containerd sets them in map order
 		out[rel] = desc + " xattrs " + strings.Join(xs, ",")
