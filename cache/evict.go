@@ -6,73 +6,133 @@ import (
 	"fmt"
 	"path"
 	"slices"
-	"strings"
+	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 )
 
-// Derived kinds: content regnorm made, which upstream does not have.
-const (
-	// DerivedLayer is a repackaged layer: rebuilt from its Source layer if
-	// evicted (repackaging is deterministic, and the rebuild is verified
-	// against the digest).
-	DerivedLayer = "layer"
-	// DerivedConfig is a rewritten config: small, and never evicted.
-	DerivedConfig = "config"
-)
+// AccessInterval is how often at most one process records a use of a blob
+// in the store (one small write), so that eviction after a restart, and on
+// the other replicas, knows how recently it was used: coarse on purpose,
+// because on S3 every write is a request.
+const AccessInterval = time.Hour
 
-// Derived records how to make a blob that only regnorm has.
-type Derived struct {
-	Digest digest.Digest `json:"digest"`
-	Kind   string        `json:"kind"`
-	// Source is the upstream blob it was made from.
-	Source     digest.Digest `json:"source"`
-	Upstream   string        `json:"upstream"`
-	Repository string        `json:"repository"`
+// DefaultSharedGrace is the grace period for a cache that several replicas
+// share: a use is recorded at most AccessInterval late, and a client may
+// still be reading the blob an hour after it started.
+const DefaultSharedGrace = AccessInterval + time.Hour
+
+// blobUse is what this process knows of its own use of blobs: the readers
+// open (pins), the blobs an eviction is removing, and when each blob was last
+// used and its use last recorded in the store.
+type blobUse struct {
+	now func() time.Time
+
+	mu      sync.Mutex
+	pins    map[digest.Digest]int      // open readers: bounded by them
+	claimed map[digest.Digest]struct{} // claimed by an eviction under way
+
+	lastUse  *lru.Cache[digest.Digest, time.Time] // exact, this process only
+	recorded *lru.Cache[digest.Digest, time.Time] // when this process last wrote the access record
 }
 
-func derivedPath(dgst digest.Digest) string { return digestPath("derived", dgst) }
-
-// PutDerived records how d.Digest was made.
-func (s *Store) PutDerived(ctx context.Context, d Derived) error {
-	if err := d.Digest.Validate(); err != nil {
-		return fmt.Errorf("put derived %q: %w", d.Digest, err)
+func newUsage(now func() time.Time) *blobUse {
+	return &blobUse{
+		now:      now,
+		pins:     map[digest.Digest]int{},
+		claimed:  map[digest.Digest]struct{}{},
+		lastUse:  newLRU[digest.Digest, time.Time](),
+		recorded: newLRU[digest.Digest, time.Time](),
 	}
-	if err := s.putJSON(ctx, derivedPath(d.Digest), d); err != nil {
-		return fmt.Errorf("put derived %s: %w", d.Digest, err)
+}
+
+// acquire pins dgst while a reader is open, unless an eviction has claimed
+// it: then the blob is as good as gone.
+func (u *blobUse) acquire(dgst digest.Digest) (release func(), ok bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, gone := u.claimed[dgst]; gone {
+		return nil, false
+	}
+	u.pins[dgst]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			u.mu.Lock()
+			defer u.mu.Unlock()
+			if u.pins[dgst]--; u.pins[dgst] <= 0 {
+				delete(u.pins, dgst)
+			}
+		})
+	}, true
+}
+
+func (u *blobUse) evicting(dgst digest.Digest) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	_, ok := u.claimed[dgst]
+	return ok
+}
+
+// claim marks dgst as being evicted if no reader has it open. From then on
+// acquire refuses it, so nothing can start reading a blob that is about to
+// go.
+func (u *blobUse) claim(dgst digest.Digest) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.pins[dgst] > 0 {
+		return false
+	}
+	u.claimed[dgst] = struct{}{}
+	return true
+}
+
+func (u *blobUse) unclaim(dgst digest.Digest) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(u.claimed, dgst)
+	u.lastUse.Remove(dgst)
+	u.recorded.Remove(dgst)
+}
+
+// touch notes a use of dgst now, and reports whether the use should be
+// recorded in the store: when this process has not recorded one for
+// AccessInterval.
+func (u *blobUse) touch(dgst digest.Digest) bool {
+	now := u.now()
+	u.lastUse.Add(dgst, now)
+	if t, ok := u.recorded.Get(dgst); ok && now.Sub(t) < AccessInterval {
+		return false
+	}
+	u.recorded.Add(dgst, now)
+	return true
+}
+
+// recordUse notes a read of dgst, and once an AccessInterval writes it to
+// the store, where eviction on every replica and after a restart sees it.
+func (s *Store) recordUse(ctx context.Context, dgst digest.Digest) {
+	if !s.use.touch(dgst) {
+		return
+	}
+	if err := s.driver.PutContent(ctx, accessPath(dgst), nil); err != nil {
+		s.use.recorded.Remove(dgst) // try again on the next read
+	}
+}
+
+// Retain marks a blob that eviction must never remove: content regnorm made
+// that it cannot make again on demand (a rewritten config). The mark goes
+// first, so that the blob is never evictable, not even for a moment.
+func (s *Store) Retain(ctx context.Context, dgst digest.Digest) error {
+	if err := dgst.Validate(); err != nil {
+		return fmt.Errorf("retain %q: %w", dgst, err)
+	}
+	if err := s.driver.PutContent(ctx, retainedPath(dgst), nil); err != nil {
+		return fmt.Errorf("retain %s: %w", dgst, err)
 	}
 	return nil
-}
-
-// GetDerived returns how dgst was made, if regnorm made it.
-func (s *Store) GetDerived(ctx context.Context, dgst digest.Digest) (Derived, error) {
-	if err := dgst.Validate(); err != nil {
-		return Derived{}, fmt.Errorf("get derived %q: %w", dgst, err)
-	}
-	var d Derived
-	if err := s.getJSON(ctx, derivedPath(dgst), &d); err != nil {
-		return Derived{}, fmt.Errorf("get derived %s: %w", dgst, err)
-	}
-	return d, nil
-}
-
-// Pin marks a blob in use while it is served: eviction passes it over until
-// the returned function is called. (On the filesystem an open file survives
-// its deletion anyway; on S3 a GET in progress may not.)
-func (s *Store) Pin(dgst digest.Digest) (unpin func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.pins[dgst]++
-	s.lastAccess[dgst] = time.Now()
-	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.pins[dgst]--; s.pins[dgst] <= 0 {
-			delete(s.pins, dgst)
-		}
-	}
 }
 
 // EvictionPolicy bounds the cache's blobs. Zero fields are no limit.
@@ -82,6 +142,11 @@ type EvictionPolicy struct {
 	// MaxAge: blobs unused for longer go (for S3, where a size walk is dear
 	// but an age check rides along with the listing anyway).
 	MaxAge time.Duration
+	// Grace keeps every blob used within it, by any process: another
+	// replica may be serving it, and only its recorded uses are visible
+	// here. Use DefaultSharedGrace for a cache that replicas share, and 0
+	// for one that a single process owns (its own readers are pinned).
+	Grace time.Duration
 }
 
 // EvictionResult says what an eviction did.
@@ -92,11 +157,16 @@ type EvictionResult struct {
 	Remaining Usage
 }
 
-// Evict removes blobs as policy says: least recently used first (last
-// served by this process, else last written), never one in use, never a
-// rewritten config. Manifests and records are not blobs and stay. Evicted
-// blobs are fetched again (or, for repackaged layers, rebuilt) when next
-// asked for.
+// Evict removes blobs as policy says, least recently used first. A blob's
+// last use is the latest of when it was written, when its use was last
+// recorded in the store (by any process, at most AccessInterval late), and
+// when this process last read it. Never evicted: a blob that is open here, a
+// blob used within policy.Grace, and a retained blob (Retain). Manifests and
+// records are not blobs and stay. Evicted blobs are fetched again (or, for
+// repackaged layers, rebuilt) when next asked for.
+//
+// The cost is three listings (blobs, recorded uses, retained blobs) and a
+// delete per evicted blob: no object is read.
 func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time) (EvictionResult, error) {
 	type entry struct {
 		dgst    digest.Digest
@@ -105,34 +175,38 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 	}
 	var entries []entry
 	var res EvictionResult
-	err := s.driver.Walk(ctx, "/blobs", func(fi storagedriver.FileInfo) error {
-		if fi.IsDir() || path.Base(fi.Path()) != "data" {
-			return nil
-		}
-		dir := path.Dir(fi.Path()) // /blobs/<alg>/<xx>/<hex>
-		dgst := digest.NewDigestFromEncoded(digest.Algorithm(path.Base(path.Dir(path.Dir(dir)))), path.Base(dir))
-		if dgst.Validate() != nil {
-			return nil
+	err := walkDigests(ctx, s.driver, "/blobs", func(dgst digest.Digest, fi storagedriver.FileInfo) {
+		if path.Base(fi.Path()) != "data" {
+			return
 		}
 		entries = append(entries, entry{dgst: dgst, size: fi.Size(), lastUse: fi.ModTime()})
 		res.Remaining.Bytes += fi.Size()
 		res.Remaining.Blobs++
-		return nil
 	})
-	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+	if err != nil {
 		return EvictionResult{}, fmt.Errorf("evict: list blobs: %w", err)
 	}
-	keep, err := s.derivedConfigs(ctx)
-	if err != nil {
-		return EvictionResult{}, err
+	recorded := map[digest.Digest]time.Time{}
+	if err := walkDigests(ctx, s.driver, "/access", func(dgst digest.Digest, fi storagedriver.FileInfo) {
+		recorded[dgst] = fi.ModTime()
+	}); err != nil {
+		return EvictionResult{}, fmt.Errorf("evict: list recorded uses: %w", err)
 	}
-	s.mu.Lock()
+	retained := map[digest.Digest]bool{}
+	if err := walkDigests(ctx, s.driver, "/retained", func(dgst digest.Digest, _ storagedriver.FileInfo) {
+		retained[dgst] = true
+	}); err != nil {
+		return EvictionResult{}, fmt.Errorf("evict: list retained blobs: %w", err)
+	}
 	for i := range entries {
-		if t, ok := s.lastAccess[entries[i].dgst]; ok && t.After(entries[i].lastUse) {
-			entries[i].lastUse = t
+		e := &entries[i]
+		if t, ok := recorded[e.dgst]; ok && t.After(e.lastUse) {
+			e.lastUse = t
+		}
+		if t, ok := s.use.lastUse.Peek(e.dgst); ok && t.After(e.lastUse) {
+			e.lastUse = t
 		}
 	}
-	s.mu.Unlock()
 	slices.SortFunc(entries, func(a, b entry) int { return a.lastUse.Compare(b.lastUse) })
 
 	for _, e := range entries {
@@ -141,14 +215,12 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 		if !tooOld && !tooBig {
 			continue
 		}
-		if keep[e.dgst] || !s.claimForEviction(e.dgst) {
+		if retained[e.dgst] || now.Sub(e.lastUse) < policy.Grace || !s.use.claim(e.dgst) {
 			continue
 		}
-		err := s.driver.Delete(ctx, path.Dir(blobPath(e.dgst)))
-		s.mu.Lock()
-		delete(s.lastAccess, e.dgst)
-		s.mu.Unlock()
-		if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		err := s.remove(ctx, e.dgst)
+		s.use.unclaim(e.dgst)
+		if err != nil {
 			return res, fmt.Errorf("evict %s: %w", e.dgst, err)
 		}
 		res.Evicted++
@@ -159,28 +231,69 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 	return res, nil
 }
 
-// claimForEviction reports whether dgst is not in use.
-func (s *Store) claimForEviction(dgst digest.Digest) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.pins[dgst] == 0
+// remove deletes a blob and its recorded use.
+func (s *Store) remove(ctx context.Context, dgst digest.Digest) error {
+	s.sizes.Remove(dgst)
+	err := s.driver.Delete(ctx, path.Dir(blobPath(dgst)))
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return err
+	}
+	err = s.driver.Delete(ctx, accessPath(dgst))
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return err
+	}
+	return nil
 }
 
-// derivedConfigs lists the rewritten configs, which are never evicted.
-func (s *Store) derivedConfigs(ctx context.Context) (map[digest.Digest]bool, error) {
-	keep := map[digest.Digest]bool{}
-	err := s.driver.Walk(ctx, "/derived", func(fi storagedriver.FileInfo) error {
-		if fi.IsDir() || strings.Contains(fi.Path(), ".tmp") {
+// walkDigests calls f for every object under root laid out by digestPath,
+// with the digest its path names. A missing root is empty.
+func walkDigests(ctx context.Context, d storagedriver.StorageDriver, root string, f func(digest.Digest, storagedriver.FileInfo)) error {
+	err := d.Walk(ctx, root, func(fi storagedriver.FileInfo) error {
+		if fi.IsDir() {
 			return nil
 		}
-		var d Derived
-		if err := s.getJSON(ctx, fi.Path(), &d); err == nil && d.Kind == DerivedConfig {
-			keep[d.Digest] = true
+		if dgst, ok := digestFromPath(root, fi.Path()); ok {
+			f(dgst, fi)
 		}
 		return nil
 	})
 	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
-		return nil, fmt.Errorf("evict: list derived blobs: %w", err)
+		return err
 	}
-	return keep, nil
+	return nil
+}
+
+// upgradedPath marks a cache whose rewritten configs are all retained:
+// caches written before Retain existed are not, and Upgrade fixes that once.
+const upgradedPath = "/_upgrades/retained-configs"
+
+// Upgrade brings a cache written by an earlier version of regnorm up to
+// date: it marks every rewritten config retained, reading each derived
+// record once. A marker object records that it is done, so later calls (on
+// every start, by every replica) cost one read.
+func (s *Store) Upgrade(ctx context.Context) error {
+	if _, err := s.driver.GetContent(ctx, upgradedPath); err == nil {
+		return nil
+	} else if !errors.Is(notFound(err), ErrNotFound) {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	var configs []digest.Digest
+	err := walkDigests(ctx, s.driver, "/derived", func(dgst digest.Digest, fi storagedriver.FileInfo) {
+		var d Derived
+		if s.getJSON(ctx, fi.Path(), &d) == nil && d.Kind == DerivedConfig {
+			configs = append(configs, dgst)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("upgrade: list derived records: %w", err)
+	}
+	for _, dgst := range configs {
+		if err := s.Retain(ctx, dgst); err != nil {
+			return fmt.Errorf("upgrade: %w", err)
+		}
+	}
+	if err := s.driver.PutContent(ctx, upgradedPath, nil); err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	return nil
 }

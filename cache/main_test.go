@@ -11,6 +11,7 @@ import (
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	s3 "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 
+	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 )
 
@@ -44,15 +45,28 @@ func TestMain(m *testing.M) {
 
 // newS3Driver returns an s3-aws driver on its own key prefix of the bucket.
 func newS3Driver(t *testing.T) storagedriver.StorageDriver {
+	d, _ := newS3Store(t)
+	return d
+}
+
+// newS3Store returns an s3-aws driver on its own key prefix of the bucket,
+// and the multipart-upload cleaner for the same prefix.
+func newS3Store(t *testing.T) (storagedriver.StorageDriver, *cache.S3Uploads) {
 	var b [8]byte
 	rand.Read(b[:])
+	root := "/t-" + hex.EncodeToString(b[:])
 	d, err := s3.FromParameters(context.Background(), map[string]any{
 		"bucket": s3Server.Bucket, "region": s3Server.Region, "regionendpoint": s3Server.Endpoint,
 		"forcepathstyle": true, "secure": false, "accesskey": s3Server.AccessKey, "secretkey": s3Server.SecretKey,
-		"rootdirectory": "/t-" + hex.EncodeToString(b[:]),
+		"rootdirectory": root,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d
+	u, err := cache.NewS3Uploads(cache.S3Params{Bucket: s3Server.Bucket, Region: s3Server.Region, Endpoint: s3Server.Endpoint,
+		ForcePathStyle: true, AccessKey: s3Server.AccessKey, SecretKey: s3Server.SecretKey, RootDirectory: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, u
 }

@@ -15,8 +15,12 @@ import (
 //	/normalized/<alg>/<hex[:2]>/<hex>          normalization verdict of a manifest
 //	/layers/<alg>/<hex[:2]>/<hex>              verdict of a layer
 //	/reports/<h[:2]>/<h>                       report entry (h: sha256 of its key)
-//	/derived/<alg>/<hex[:2]>/<hex>             how a blob regnorm made was made
+//	/derived/<alg>/<hex[:2]>/<hex>             how a blob or manifest regnorm made was made
+//	/retained/<alg>/<hex[:2]>/<hex>            a blob eviction never removes (empty)
+//	/access/<alg>/<hex[:2]>/<hex>              a blob's last recorded use: the object's time (empty)
 //	/tags/<upstream>/<repository>/_tags/<tag>  tag record
+//	/links/<upstream>/<repository>/_links/<alg>/<hex>
+//	                                           the repository holds that digest upstream (empty)
 //	/_uploads/<id>/data                        blobs being written, never read
 //
 // Repository components cannot start with '_' (distribution/reference), so
@@ -31,6 +35,32 @@ func blobPath(dgst digest.Digest) string          { return digestPath("blobs", d
 func manifestPath(dgst digest.Digest) string      { return digestPath("manifests", dgst) }
 func normalizationPath(dgst digest.Digest) string { return digestPath("normalized", dgst) }
 func layerVerdictPath(dgst digest.Digest) string  { return digestPath("layers", dgst) }
+
+func derivedPath(dgst digest.Digest) string  { return digestPath("derived", dgst) }
+func retainedPath(dgst digest.Digest) string { return digestPath("retained", dgst) }
+func accessPath(dgst digest.Digest) string   { return digestPath("access", dgst) }
+
+// digestFromPath reads the digest back from a path under root laid out by
+// digestPath (a blob's trailing "/data" included).
+func digestFromPath(root, p string) (digest.Digest, bool) {
+	rest, ok := strings.CutPrefix(p, root+"/")
+	if !ok {
+		return "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) < 3 || (len(parts) == 4 && parts[3] != "data") || len(parts) > 4 {
+		return "", false
+	}
+	dgst := digest.NewDigestFromEncoded(digest.Algorithm(parts[0]), parts[2])
+	if dgst.Validate() != nil || !strings.HasPrefix(parts[2], parts[1]) {
+		return "", false
+	}
+	return dgst, true
+}
+
+func linkPath(upstream, repo string, dgst digest.Digest) string {
+	return path.Join("/links", escapeSegment(upstream), repo, "_links", dgst.Algorithm().String(), dgst.Encoded())
+}
 
 func tagPath(upstream, repo, tag string) string {
 	return path.Join("/tags", escapeSegment(upstream), repo, "_tags", tag)

@@ -7,13 +7,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 )
 
 // Change is one recorded normalization change (the cache's copy of what
@@ -39,6 +42,62 @@ type Normalization struct {
 	// is recomputed.
 	Rules     string    `json:"rules"`
 	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Derived kinds: content regnorm made, which upstream does not have.
+const (
+	// DerivedLayer is a repackaged layer: rebuilt from its Source layer if
+	// evicted (repackaging is deterministic, and the rebuild is verified
+	// against the digest).
+	DerivedLayer = "layer"
+	// DerivedConfig is a rewritten config: small, and retained (never
+	// evicted).
+	DerivedConfig = "config"
+	// DerivedManifest is a normalized manifest or index. Manifests are never
+	// evicted.
+	DerivedManifest = "manifest"
+)
+
+// Derived records what a blob or manifest regnorm made was made from.
+type Derived struct {
+	Digest digest.Digest `json:"digest"`
+	Kind   string        `json:"kind"`
+	// Source is the upstream blob or manifest it was made from: a client
+	// may read it under a repository only where that repository holds the
+	// source upstream.
+	Source digest.Digest `json:"source"`
+}
+
+// DerivedStore reads and writes derived records.
+type DerivedStore interface {
+	PutDerived(ctx context.Context, d Derived) error
+	GetDerived(ctx context.Context, dgst digest.Digest) (Derived, error)
+}
+
+// PutDerived records how d.Digest was made.
+func (s *Store) PutDerived(ctx context.Context, d Derived) error {
+	if err := errors.Join(d.Digest.Validate(), d.Source.Validate()); err != nil {
+		return fmt.Errorf("put derived %q: %w", d.Digest, err)
+	}
+	if err := s.putJSON(ctx, derivedPath(d.Digest), d); err != nil {
+		return fmt.Errorf("put derived %s: %w", d.Digest, err)
+	}
+	return nil
+}
+
+// GetDerived returns how dgst was made, if regnorm made it.
+func (s *Store) GetDerived(ctx context.Context, dgst digest.Digest) (Derived, error) {
+	if err := dgst.Validate(); err != nil {
+		return Derived{}, fmt.Errorf("get derived %q: %w", dgst, err)
+	}
+	var d Derived
+	if err := s.getJSON(ctx, derivedPath(dgst), &d); err != nil {
+		return Derived{}, fmt.Errorf("get derived %s: %w", dgst, err)
+	}
+	if d.Digest != dgst || d.Source.Validate() != nil {
+		return Derived{}, fmt.Errorf("get derived %s: record is for %s from %q", dgst, d.Digest, d.Source)
+	}
+	return d, nil
 }
 
 // NormalizationStore reads and writes normalization verdicts.
@@ -78,12 +137,15 @@ func (e *ReportEntry) Merge(other ReportEntry) {
 	if other.Normalized != "" {
 		e.Normalized, e.MediaType, e.Changes = other.Normalized, other.MediaType, other.Changes
 	}
+	// A new slice: e's may be shared with a listing someone else holds.
+	tags := slices.Clone(e.Tags)
 	for _, t := range other.Tags {
-		if !slices.Contains(e.Tags, t) {
-			e.Tags = append(e.Tags, t)
+		if !slices.Contains(tags, t) {
+			tags = append(tags, t)
 		}
 	}
-	slices.Sort(e.Tags)
+	slices.Sort(tags)
+	e.Tags = tags
 	if !other.FirstServed.IsZero() && (e.FirstServed.IsZero() || other.FirstServed.Before(e.FirstServed)) {
 		e.FirstServed = other.FirstServed
 	}
@@ -132,6 +194,7 @@ type LayerVerdictStore interface {
 }
 
 var (
+	_ DerivedStore       = (*Store)(nil)
 	_ NormalizationStore = (*Store)(nil)
 	_ ReportStore        = (*Store)(nil)
 	_ LayerVerdictStore  = (*Store)(nil)
@@ -218,27 +281,92 @@ func (s *Store) PutReport(ctx context.Context, e ReportEntry) error {
 	return nil
 }
 
-// ListReports returns every report entry.
+// ListReports returns every report entry. Entries are remembered with the
+// time they were written, so a listing reads only the entries written since
+// the last one: on S3 it costs one LIST request per 1000 entries, plus a GET
+// per changed entry.
 func (s *Store) ListReports(ctx context.Context) ([]ReportEntry, error) {
-	var out []ReportEntry
+	type listed struct {
+		path    string
+		modTime time.Time
+	}
+	var all []listed
 	err := s.driver.Walk(ctx, "/reports", func(fi storagedriver.FileInfo) error {
-		if fi.IsDir() || strings.Contains(fi.Path(), ".tmp") {
-			return nil
+		if !fi.IsDir() && !strings.Contains(fi.Path(), ".tmp") {
+			all = append(all, listed{fi.Path(), fi.ModTime()})
 		}
-		var e ReportEntry
-		if err := s.getJSON(ctx, fi.Path(), &e); err != nil {
-			if errors.Is(err, ErrNotFound) {
-				return nil // replaced while walking
-			}
-			return err
-		}
-		out = append(out, e)
 		return nil
 	})
 	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
 		return nil, fmt.Errorf("list reports: %w", err)
 	}
+	m := s.reports
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.byPath == nil {
+		m.byPath = map[string]memoEntry{}
+	}
+	seen := make(map[string]bool, len(all))
+	readAt := s.now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(reportReads)
+	var mu sync.Mutex
+	read := map[string]memoEntry{}
+	for _, l := range all {
+		seen[l.path] = true
+		// An entry read soon after it was written may have been written
+		// again within the same second (S3 times have one-second
+		// resolution, and clocks differ a little): only a read well after
+		// the write is trusted while the time stays the same.
+		if e, ok := m.byPath[l.path]; ok && e.modTime.Equal(l.modTime) && e.readAt.Sub(l.modTime) > reportSettled {
+			continue
+		}
+		g.Go(func() error {
+			var e ReportEntry
+			if err := s.getJSON(gctx, l.path, &e); err != nil {
+				if errors.Is(err, ErrNotFound) {
+					return nil // replaced while listing
+				}
+				return err
+			}
+			mu.Lock()
+			read[l.path] = memoEntry{modTime: l.modTime, readAt: readAt, entry: e}
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("list reports: %w", err)
+	}
+	maps.Copy(m.byPath, read)
+	out := make([]ReportEntry, 0, len(seen))
+	for p, e := range m.byPath {
+		if !seen[p] {
+			delete(m.byPath, p)
+			continue
+		}
+		out = append(out, e.entry)
+	}
 	return out, nil
+}
+
+// reportReads is how many report entries are read at once.
+const reportReads = 8
+
+// reportSettled is how long after its write a report entry must have been
+// read for the read to be trusted while its time stays the same.
+const reportSettled = 10 * time.Second
+
+// reportMemo holds the report entries last read, by path.
+type reportMemo struct {
+	mu     sync.Mutex
+	byPath map[string]memoEntry
+}
+
+type memoEntry struct {
+	modTime time.Time
+	readAt  time.Time
+	entry   ReportEntry
 }
 
 func (s *Store) getJSON(ctx context.Context, p string, v any) error {

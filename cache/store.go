@@ -7,12 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
-	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -24,6 +23,10 @@ var (
 	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrSizeMismatch means content was longer or shorter than announced.
 	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrDamaged means a cached blob failed verification as it was read
+	// (OpenVerified): the storage lost or changed bytes. The blob has been
+	// removed, so the next read fetches it again.
+	ErrDamaged = errors.New("cached blob damaged")
 )
 
 // BlobInfo describes a blob held in the cache.
@@ -52,7 +55,8 @@ type TagRecord struct {
 // BlobProvider opens blobs that are in the cache.
 type BlobProvider interface {
 	StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo, error)
-	OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadSeekCloser, BlobInfo, error)
+	OpenBlob(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadSeekCloser, BlobInfo, error)
+	OpenVerified(ctx context.Context, dgst digest.Digest) (io.ReadCloser, BlobInfo, error)
 }
 
 // BlobIngester writes blobs into the cache; see Ingest.
@@ -76,13 +80,29 @@ type TagStore interface {
 // Store is the cache on one storage driver. It is safe for concurrent use,
 // including by several processes sharing the same storage.
 type Store struct {
-	driver storagedriver.StorageDriver
+	driver  storagedriver.StorageDriver
+	now     func() time.Time
+	uploads MultipartUploads // nil: the driver leaves none (not S3)
 
-	// What this process knows of blob use, for eviction.
-	mu         sync.Mutex
-	pins       map[digest.Digest]int
-	lastAccess map[digest.Digest]time.Time
+	// sizes remembers the sizes of blobs seen, so that serving a blob needs
+	// no Stat (on S3, a HEAD) before its GET. Content-addressed sizes never
+	// change; an entry is dropped when the blob turns out to be gone.
+	sizes *lru.Cache[digest.Digest, int64]
+	use   *blobUse
+	// reports memoizes decoded report entries by path and modification
+	// time, so listing the report reads only what changed.
+	reports *reportMemo
 }
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock replaces time.Now, for tests.
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
+// WithMultipartUploads lets CleanUploads end the multipart uploads a crash
+// left unfinished, which are invisible through the storage driver.
+func WithMultipartUploads(m MultipartUploads) Option { return func(s *Store) { s.uploads = m } }
 
 var (
 	_ BlobProvider  = (*Store)(nil)
@@ -91,159 +111,28 @@ var (
 	_ TagStore      = (*Store)(nil)
 )
 
+// maxRemembered bounds each of the Store's in-memory maps (blob sizes,
+// access times, links): beyond it the least recently used entries go, which
+// costs a storage read the next time, never a wrong answer.
+const maxRemembered = 1 << 16
+
 // New returns a Store on driver.
-func New(driver storagedriver.StorageDriver) *Store {
-	return &Store{driver: driver, pins: map[digest.Digest]int{}, lastAccess: map[digest.Digest]time.Time{}}
+func New(driver storagedriver.StorageDriver, opts ...Option) *Store {
+	s := &Store{driver: driver, now: time.Now, sizes: newLRU[digest.Digest, int64](), reports: &reportMemo{}}
+	for _, o := range opts {
+		o(s)
+	}
+	s.use = newUsage(s.now)
+	return s
 }
 
-// StatBlob reports whether dgst is cached, and its size.
-func (s *Store) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
-	if err := dgst.Validate(); err != nil {
-		return BlobInfo{}, fmt.Errorf("stat blob %q: %w", dgst, err)
-	}
-	fi, err := s.driver.Stat(ctx, blobPath(dgst))
+func newLRU[K comparable, V any]() *lru.Cache[K, V] {
+	c, err := lru.New[K, V](maxRemembered)
 	if err != nil {
-		return BlobInfo{}, fmt.Errorf("stat blob %s: %w", dgst, notFound(err))
+		panic(err) // only for a non-positive size
 	}
-	return BlobInfo{Digest: dgst, Size: fi.Size()}, nil
+	return c
 }
-
-// OpenBlob opens a cached blob for reading. The reader seeks, so it can serve
-// range requests; on the filesystem driver it is the *os.File itself, which
-// lets net/http send it with sendfile.
-func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadSeekCloser, BlobInfo, error) {
-	info, err := s.StatBlob(ctx, dgst)
-	if err != nil {
-		return nil, BlobInfo{}, err
-	}
-	p := blobPath(dgst)
-	rc, err := s.driver.Reader(ctx, p, 0)
-	if err != nil {
-		return nil, BlobInfo{}, fmt.Errorf("open blob %s: %w", dgst, notFound(err))
-	}
-	if rsc, ok := rc.(io.ReadSeekCloser); ok {
-		return rsc, info, nil
-	}
-	return &driverSeeker{ctx: ctx, driver: s.driver, path: p, size: info.Size, rc: rc}, info, nil
-}
-
-// IngestBlob starts writing the blob dgst. size is the expected size, or -1
-// when unknown. The blob becomes visible only when Commit verifies it.
-func (s *Store) IngestBlob(ctx context.Context, dgst digest.Digest, size int64) (*Ingest, error) {
-	if err := dgst.Validate(); err != nil {
-		return nil, fmt.Errorf("ingest blob %q: %w", dgst, err)
-	}
-	return s.ingest(ctx, dgst, size, dgst.Algorithm())
-}
-
-// NewBlob starts writing content regnorm produces (a repackaged layer, a
-// new config), whose digest is known only once it is written: Commit
-// publishes it under the sha256 digest of what was written, which Digest
-// then returns.
-func (s *Store) NewBlob(ctx context.Context) (*Ingest, error) {
-	return s.ingest(ctx, "", -1, digest.SHA256)
-}
-
-func (s *Store) ingest(ctx context.Context, dgst digest.Digest, size int64, alg digest.Algorithm) (*Ingest, error) {
-	id, err := randomID()
-	if err != nil {
-		return nil, err
-	}
-	tmp := uploadPath(id)
-	fw, err := s.driver.Writer(ctx, tmp, false)
-	if err != nil {
-		return nil, fmt.Errorf("ingest blob %s: %w", dgst, err)
-	}
-	return &Ingest{store: s, fw: fw, tmp: tmp, dgst: dgst, size: size, alg: alg, hash: alg.Hash()}, nil
-}
-
-// Ingest is a blob being written. Write the content, then Commit to verify and
-// publish it, or Cancel to drop it. Whatever happens, nothing that fails
-// verification is ever moved to the blob's path.
-type Ingest struct {
-	store   *Store
-	fw      storagedriver.FileWriter
-	tmp     string
-	dgst    digest.Digest // expected; empty for NewBlob until Commit
-	size    int64
-	alg     digest.Algorithm
-	hash    hash.Hash
-	written int64
-	done    bool
-}
-
-// Write writes p to the temporary object and the running hash.
-func (in *Ingest) Write(p []byte) (int, error) {
-	if in.size >= 0 && in.written+int64(len(p)) > in.size {
-		return 0, fmt.Errorf("ingest blob %s: more than %d bytes: %w", in.dgst, in.size, ErrSizeMismatch)
-	}
-	n, err := in.fw.Write(p)
-	in.hash.Write(p[:n])
-	in.written += int64(n)
-	return n, err
-}
-
-// Commit verifies size and digest and publishes the blob. On any error the
-// temporary object is removed.
-func (in *Ingest) Commit(ctx context.Context) error {
-	if in.done {
-		return errors.New("ingest already finished")
-	}
-	in.done = true
-	if err := in.verify(); err != nil {
-		return errors.Join(err, in.cancel(ctx))
-	}
-	if err := in.fw.Commit(ctx); err != nil {
-		return errors.Join(fmt.Errorf("commit blob %s: %w", in.dgst, err), in.cancel(ctx))
-	}
-	if err := in.fw.Close(); err != nil {
-		return errors.Join(fmt.Errorf("close blob %s: %w", in.dgst, err), in.store.driver.Delete(ctx, in.tmp))
-	}
-	if err := in.store.driver.Move(ctx, in.tmp, blobPath(in.dgst)); err != nil {
-		return errors.Join(fmt.Errorf("publish blob %s: %w", in.dgst, err), in.store.driver.Delete(ctx, in.tmp))
-	}
-	return nil
-}
-
-// Cancel drops the temporary object. It is safe to call after Commit.
-func (in *Ingest) Cancel(ctx context.Context) error {
-	if in.done {
-		return nil
-	}
-	in.done = true
-	return in.cancel(ctx)
-}
-
-func (in *Ingest) cancel(ctx context.Context) error {
-	err := in.fw.Cancel(ctx)
-	in.fw.Close()
-	if err != nil {
-		return fmt.Errorf("cancel blob %s: %w", in.dgst, err)
-	}
-	return nil
-}
-
-func (in *Ingest) verify() error {
-	if in.size >= 0 && in.written != in.size {
-		return fmt.Errorf("blob %s: got %d bytes, want %d: %w", in.dgst, in.written, in.size, ErrSizeMismatch)
-	}
-	got := digest.NewDigest(in.alg, in.hash)
-	if in.dgst == "" {
-		in.dgst = got // produced content: its digest is what was written
-		return nil
-	}
-	if got != in.dgst {
-		return fmt.Errorf("blob %s: content hashes to %s: %w", in.dgst, got, ErrDigestMismatch)
-	}
-	return nil
-}
-
-// Digest is the blob's digest: the expected one, or for NewBlob the digest
-// of what was written, once Commit has run.
-func (in *Ingest) Digest() digest.Digest { return in.dgst }
-
-// Size is how many bytes have been written.
-func (in *Ingest) Size() int64 { return in.written }
 
 // manifestEnvelope is how a manifest is stored: one object, written at once,
 // so media type and bytes can never disagree.
@@ -309,29 +198,58 @@ func (s *Store) PutTag(ctx context.Context, upstream, repo, tag string, rec TagR
 	return nil
 }
 
-// CleanUploads removes temporary objects older than maxAge: what a crashed
-// process left behind. Younger ones may belong to a live writer (another
-// replica sharing the storage), so they stay.
-func (s *Store) CleanUploads(ctx context.Context, maxAge time.Duration, now time.Time) (int, error) {
+// MultipartUploads ends multipart uploads that were never completed: a
+// process killed while it wrote a blob to S3 leaves one, invisible through
+// the storage driver, and the bucket keeps its parts (and bills them) until
+// it is aborted.
+type MultipartUploads interface {
+	// AbortStale aborts the uploads under prefix (a driver path) started
+	// before olderThan, and returns how many it aborted.
+	AbortStale(ctx context.Context, prefix string, olderThan time.Time) (int, error)
+}
+
+// CleanUploads removes what writers that died (a crash, a SIGKILL) left
+// behind: temporary objects not written to for idle, and on S3 the
+// multipart uploads started more than lifetime ago. A multipart upload
+// shows when it started, not when it was last written to, so lifetime must
+// be longer than any live writer runs (a download's time limit, and a
+// margin). Younger leftovers may belong to a live writer (another replica
+// sharing the storage), so they stay. A temporary object whose age cannot
+// be read stays too, until a later pass can tell. It returns how many
+// leftovers it removed.
+func (s *Store) CleanUploads(ctx context.Context, idle, lifetime time.Duration, now time.Time) (int, error) {
 	entries, err := s.driver.List(ctx, "/_uploads")
-	if err != nil {
-		if errors.As(err, new(storagedriver.PathNotFoundError)) {
-			return 0, nil
-		}
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
 		return 0, fmt.Errorf("list uploads: %w", err)
 	}
 	removed := 0
+	var errs []error
 	for _, dir := range entries {
 		fi, err := s.driver.Stat(ctx, dir+"/data")
-		if err == nil && now.Sub(fi.ModTime()) < maxAge {
+		switch err = notFound(err); {
+		case err == nil && now.Sub(fi.ModTime()) < idle:
+			continue // a live writer's, perhaps
+		case err == nil:
+			removed++
+		case errors.Is(err, ErrNotFound):
+			// An empty directory: what a published blob leaves on the
+			// filesystem driver. Tidied, not counted.
+		default:
+			errs = append(errs, fmt.Errorf("stat upload %s: %w", dir, err))
 			continue
 		}
 		if err := s.driver.Delete(ctx, dir); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
-			return removed, fmt.Errorf("remove upload %s: %w", dir, err)
+			errs = append(errs, fmt.Errorf("remove upload %s: %w", dir, err))
 		}
-		removed++
 	}
-	return removed, nil
+	if s.uploads != nil {
+		n, err := s.uploads.AbortStale(ctx, "/_uploads/", now.Add(-lifetime))
+		removed += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("abort stale multipart uploads: %w", err))
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 func notFound(err error) error {

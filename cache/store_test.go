@@ -5,7 +5,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,7 +99,7 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 		}},
 		{"open seeks", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			ingest(t, s, dgst, -1, content)
-			rc, _, err := s.OpenBlob(ctx, dgst)
+			rc, _, err := s.OpenBlob(ctx, dgst, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -117,7 +121,7 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			}
 		}},
 		{"missing blob", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
-			if _, _, err := s.OpenBlob(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
+			if _, _, err := s.OpenBlob(ctx, dgst, 0); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("open: got %v, want ErrNotFound", err)
 			}
 		}},
@@ -255,7 +259,11 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				t.Fatalf("usage: %+v %v", u, err)
 			}
 		}},
-		{"eviction: least recently used first, never pinned or rewritten configs", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+		{"eviction: least recently used first, never open or retained", func(t *testing.T, d storagedriver.StorageDriver, _ *cache.Store) {
+			// A clock ahead of the storage's, so this process's own uses
+			// order the blobs, not the write times.
+			clk := newTestClock(time.Now().Add(time.Minute))
+			s := cache.New(d, cache.WithClock(clk.Now))
 			var dgsts []digest.Digest
 			for i := range 4 {
 				b := bytes.Repeat([]byte{byte('a' + i)}, 1000)
@@ -263,15 +271,18 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				ingest(t, s, dd, -1, b)
 				dgsts = append(dgsts, dd)
 			}
-			// Use order: 1 is pinned (being served), 0 is a rewritten config,
-			// 3 was used after 2.
-			unpin := s.Pin(dgsts[1])
-			if err := s.PutDerived(ctx, cache.Derived{Digest: dgsts[0], Kind: cache.DerivedConfig}); err != nil {
+			// Use order: 1 is open (being served), 0 is retained (a
+			// rewritten config), 3 was used after 1 and 2.
+			open, _, err := s.OpenBlob(ctx, dgsts[1], 0)
+			if err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(10 * time.Millisecond)
-			s.Pin(dgsts[3])()
-			res, err := s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 3000}, time.Now())
+			if err := s.Retain(ctx, dgsts[0]); err != nil {
+				t.Fatal(err)
+			}
+			clk.Add(time.Second)
+			readAll(t, s, dgsts[3])
+			res, err := s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 3000}, clk.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -283,36 +294,91 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 					t.Errorf("blob %d present: %v, want %v", i, err == nil, want)
 				}
 			}
-			// Pinned, 1 cannot go even though it is now the oldest candidate.
-			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 2000}, time.Now()); err != nil || res.Evicted != 1 {
-				t.Fatalf("with 1 pinned: %+v %v", res, err)
+			// Open, 1 cannot go even though it is now the oldest candidate.
+			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 2000}, clk.Now()); err != nil || res.Evicted != 1 {
+				t.Fatalf("with 1 open: %+v %v", res, err)
 			}
 			if _, err := s.StatBlob(ctx, dgsts[1]); err != nil {
-				t.Fatal("a pinned blob was evicted")
+				t.Fatal("an open blob was evicted")
 			}
-			unpin()
-			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1000}, time.Now())
+			if err := open.Close(); err != nil {
+				t.Fatal(err)
+			}
+			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1000}, clk.Now())
 			if err != nil || res.Evicted != 1 || res.Remaining.Bytes != 1000 {
-				t.Fatalf("after unpin: %+v %v", res, err)
+				t.Fatalf("after close: %+v %v", res, err)
 			}
 			if _, err := s.StatBlob(ctx, dgsts[1]); !errors.Is(err, cache.ErrNotFound) {
-				t.Error("the least recently used unpinned blob stayed")
+				t.Error("the least recently used blob stayed once closed")
 			}
 			// The age limit: a blob unused for longer than MaxAge goes.
 			ingest(t, s, dgst, -1, content)
-			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxAge: time.Hour}, time.Now()); err != nil || res.Evicted != 0 {
+			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxAge: time.Hour}, clk.Now()); err != nil || res.Evicted != 0 {
 				t.Fatalf("young blob: %+v %v", res, err)
 			}
-			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxAge: time.Hour}, time.Now().Add(2*time.Hour)); err != nil || res.Evicted != 1 {
+			if res, err := s.Evict(ctx, cache.EvictionPolicy{MaxAge: time.Hour}, clk.Now().Add(2*time.Hour)); err != nil || res.Evicted != 1 {
 				t.Fatalf("old blob: %+v %v", res, err)
 			}
-			// Only the rewritten config is left, and no limit removes it.
-			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1, MaxAge: time.Hour}, time.Now().Add(2*time.Hour))
+			// Only the retained blob is left, and no limit removes it.
+			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1, MaxAge: time.Hour}, clk.Now().Add(2*time.Hour))
 			if err != nil || res.Evicted != 0 || res.Remaining.Blobs != 1 {
-				t.Fatalf("rewritten config: %+v %v", res, err)
+				t.Fatalf("retained blob: %+v %v", res, err)
 			}
 			if _, err := s.StatBlob(ctx, dgsts[0]); err != nil {
-				t.Error("a rewritten config was evicted")
+				t.Error("a retained blob was evicted")
+			}
+		}},
+		{"a verified read of a damaged blob fails and removes it", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			for name, damage := range map[string]func([]byte) []byte{
+				"one byte flipped": func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 1; return b },
+				"cut short":        func(b []byte) []byte { return b[:len(b)-512] },
+			} {
+				ingest(t, s, dgst, -1, content)
+				if err := d.PutContent(ctx, blobDataPath(dgst), damage(content)); err != nil {
+					t.Fatal(err)
+				}
+				// A fresh store: no remembered size, as after a restart.
+				s := cache.New(d)
+				rc, _, err := s.OpenVerified(ctx, dgst)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = io.Copy(io.Discard, rc)
+				rc.Close()
+				if !errors.Is(err, cache.ErrDigestMismatch) && !errors.Is(err, cache.ErrSizeMismatch) {
+					t.Fatalf("%s: read %v, want a digest or size mismatch", name, err)
+				}
+				if _, err := s.StatBlob(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("%s: the damaged blob stayed: %v", name, err)
+				}
+			}
+		}},
+		{"a verified read of a sound blob reads it whole", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			ingest(t, s, dgst, -1, content)
+			rc, info, err := s.OpenVerified(ctx, dgst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			got, err := io.ReadAll(rc)
+			if err != nil || !bytes.Equal(got, content) || info.Size != int64(len(content)) {
+				t.Fatalf("read %d bytes, %v", len(got), err)
+			}
+		}},
+		{"repository links", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			if ok, err := s.HasLink(ctx, "docker.io", "team/shared", dgst); err != nil || ok {
+				t.Fatalf("before: %v %v", ok, err)
+			}
+			if err := s.PutLink(ctx, "docker.io", "team/shared", dgst); err != nil {
+				t.Fatal(err)
+			}
+			for _, tt := range []struct {
+				upstream, repo string
+				want           bool
+			}{{"docker.io", "team/shared", true}, {"docker.io", "team/private", false}, {"quay.io", "team/shared", false}, {"docker.io", "team", false}} {
+				if ok, err := s.HasLink(ctx, tt.upstream, tt.repo, dgst); err != nil || ok != tt.want {
+					t.Errorf("%s/%s: %v %v, want %v", tt.upstream, tt.repo, ok, err, tt.want)
+				}
 			}
 		}},
 		{"clean uploads removes only old leftovers", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
@@ -322,10 +388,10 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			if err := d.PutContent(ctx, "/_uploads/leftover/data", content); err != nil {
 				t.Fatal(err)
 			}
-			if n, err := s.CleanUploads(ctx, time.Hour, time.Now()); err != nil || n != 0 {
+			if n, err := s.CleanUploads(ctx, time.Hour, 2*time.Hour, time.Now()); err != nil || n != 0 {
 				t.Fatalf("young upload: removed %d, %v", n, err)
 			}
-			if n, err := s.CleanUploads(ctx, time.Hour, time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+			if n, err := s.CleanUploads(ctx, time.Hour, 2*time.Hour, time.Now().Add(90*time.Minute)); err != nil || n != 1 {
 				t.Fatalf("old upload: removed %d, %v", n, err)
 			}
 			assertAbsent(t, d, s, dgst)
@@ -364,7 +430,7 @@ func ingestErr(t *testing.T, s *cache.Store, dgst digest.Digest, size int64, con
 
 func assertBlob(t *testing.T, s *cache.Store, dgst digest.Digest, want []byte) {
 	t.Helper()
-	rc, info, err := s.OpenBlob(context.Background(), dgst)
+	rc, info, err := s.OpenBlob(context.Background(), dgst, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,15 +451,96 @@ func assertAbsent(t *testing.T, d storagedriver.StorageDriver, s *cache.Store, d
 		t.Fatalf("stat: got %v, want ErrNotFound", err)
 	}
 	var left []string
-	d.Walk(context.Background(), "/_uploads", func(fi storagedriver.FileInfo) error {
+	err := d.Walk(context.Background(), "/_uploads", func(fi storagedriver.FileInfo) error {
 		if !fi.IsDir() {
 			left = append(left, fi.Path())
 		}
 		return nil
 	})
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		t.Fatalf("walk uploads: %v", err)
+	}
 	if len(left) > 0 {
 		t.Fatalf("temporary objects left behind: %v", left)
 	}
+}
+
+// TestUsesSurviveRestartsAndReplicas: a blob's use is recorded in the
+// store, so a restarted process does not take a blob read a minute ago for
+// one unused since it was written, and a replica keeps what another one
+// serves. (Filesystem, whose write times a test can set back.)
+func TestUsesSurviveRestartsAndReplicas(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	root := t.TempDir()
+	d := filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 10})
+	s := cache.New(d)
+	old := time.Now().Add(-3 * time.Hour)
+	var read, unread digest.Digest
+	for i, dd := range []*digest.Digest{&read, &unread} {
+		b := bytes.Repeat([]byte{byte('a' + i)}, 1000)
+		*dd = digest.FromBytes(b)
+		ingest(t, s, *dd, -1, b)
+		if err := os.Chtimes(filepath.Join(root, blobDataPath(*dd)), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readAll(t, cache.New(d), read) // another process, or this one before a restart
+
+	restarted := cache.New(d)
+	res, err := restarted.Evict(ctx, cache.EvictionPolicy{MaxAge: 2 * time.Hour}, time.Now())
+	if err != nil || res.Evicted != 1 {
+		t.Fatalf("age limit after a restart: %+v %v", res, err)
+	}
+	if _, err := restarted.StatBlob(ctx, read); err != nil {
+		t.Fatalf("a blob read a moment ago was evicted as unused for 3h: %v", err)
+	}
+	// Over the size limit, the grace keeps what another process just used.
+	if res, err := restarted.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1, Grace: 2 * time.Hour}, time.Now()); err != nil || res.Evicted != 0 {
+		t.Fatalf("within the grace: %+v %v", res, err)
+	}
+	if res, err := restarted.Evict(ctx, cache.EvictionPolicy{MaxBytes: 1, Grace: 2 * time.Hour}, time.Now().Add(3*time.Hour)); err != nil || res.Evicted != 1 {
+		t.Fatalf("after the grace: %+v %v", res, err)
+	}
+}
+
+// readAll opens dgst, reads it to the end and closes it: one use.
+func readAll(t *testing.T, s *cache.Store, dgst digest.Digest) {
+	t.Helper()
+	rc, _, err := s.OpenBlob(context.Background(), dgst, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// blobDataPath is where the store keeps a blob's bytes (cache/paths.go),
+// for tests that damage them behind its back.
+func blobDataPath(dgst digest.Digest) string {
+	return "/blobs/" + dgst.Algorithm().String() + "/" + dgst.Encoded()[:2] + "/" + dgst.Encoded() + "/data"
+}
+
+// testClock is a clock the test moves.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newTestClock(t time.Time) *testClock { return &testClock{t: t} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
 
 func TestReportEntryMerge(t *testing.T) {
@@ -407,5 +554,63 @@ func TestReportEntryMerge(t *testing.T) {
 	}
 	if len(e.Tags) != 2 || e.Tags[0] != "a" || e.Tags[1] != "b" {
 		t.Fatalf("tags: %v", e.Tags)
+	}
+}
+
+// TestCleanUploadsAbortsStaleMultipartUploads: on S3 a blob being written
+// is a multipart upload, invisible through the storage driver; one a killed
+// process left is aborted once it is older than the age limit, and a young
+// one (a live writer's, perhaps) stays.
+func TestCleanUploadsAbortsStaleMultipartUploads(t *testing.T) {
+	if s3Server == nil {
+		t.Skip("no S3 server (REGNORM_VERSITYGW_BIN unset; scripts/test.sh sets it and REGNORM_REQUIRE_ALL)")
+	}
+	ctx := context.Background()
+	d, uploads := newS3Store(t) // before going parallel: see runStoreSuite
+	t.Parallel()
+	s := cache.New(d, cache.WithMultipartUploads(uploads))
+	start := func(content []byte) *cache.Ingest {
+		in, err := s.IngestBlob(ctx, digest.FromBytes(content), int64(len(content)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := in.Write(content); err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	// The defaults: 4 × 30 s idle, an hour's fetch timeout plus 10 min.
+	idle, lifetime := 2*time.Minute, 70*time.Minute
+	live := []byte("a download that is slow, but alive")
+	in := start(live)
+	if n, err := s.CleanUploads(ctx, idle, lifetime, time.Now().Add(30*time.Minute)); err != nil || n != 0 {
+		t.Fatalf("a live writer's upload: removed %d, %v", n, err)
+	}
+	if err := in.Commit(ctx); err != nil {
+		t.Fatalf("the live writer's upload was ended under it: %v", err)
+	}
+	assertBlob(t, s, digest.FromBytes(live), live)
+
+	start([]byte("never finished")) // abandoned, as by SIGKILL: no Commit, no Cancel
+	if n, err := s.CleanUploads(ctx, idle, lifetime, time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+		t.Fatalf("stale upload: removed %d, %v; want 1", n, err)
+	}
+	// Nothing is left to abort.
+	if n, err := uploads.AbortStale(ctx, "/_uploads/", time.Now().Add(24*time.Hour)); err != nil || n != 0 {
+		t.Fatalf("after cleaning, %d uploads were still in progress (%v)", n, err)
+	}
+}
+
+// TestMergeLeavesItsInputAlone: merging into an entry copied from a
+// listing must not write into the listing's own tags.
+func TestMergeLeavesItsInputAlone(t *testing.T) {
+	t.Parallel()
+	tags := make([]string, 3, 8) // room to grow in place
+	copy(tags, []string{"a", "b", "c"})
+	listed := cache.ReportEntry{Tags: tags}
+	e := listed
+	e.Merge(cache.ReportEntry{Tags: []string{"0"}})
+	if !slices.Equal(listed.Tags, []string{"a", "b", "c"}) || !slices.Equal(e.Tags, []string{"0", "a", "b", "c"}) {
+		t.Fatalf("listing %v, merged %v", listed.Tags, e.Tags)
 	}
 }
