@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -87,6 +88,9 @@ type cachedToken struct {
 	token   string
 	expires time.Time
 }
+
+// maxTokens bounds the tokens one source keeps (one per repository scope).
+const maxTokens = 4096
 
 // The token spec says to assume 60 s when expires_in is absent.
 const defaultTokenLifetime = 60 * time.Second
@@ -191,6 +195,14 @@ func (ts *tokenSource) fetch(ctx context.Context, c challenge, scope string) (st
 	ts.realm = c
 	if ts.tokens == nil {
 		ts.tokens = map[string]cachedToken{}
+	}
+	if len(ts.tokens) >= maxTokens {
+		// One scope per repository asked for: clients choose how many.
+		now := ts.now()
+		maps.DeleteFunc(ts.tokens, func(_ string, t cachedToken) bool { return !now.Before(t.expires) })
+		if len(ts.tokens) >= maxTokens {
+			clear(ts.tokens)
+		}
 	}
 	ts.tokens[scope] = cachedToken{token: tok, expires: expires}
 	ts.mu.Unlock()

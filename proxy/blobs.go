@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -20,63 +22,207 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
-
-	if err := s.confirmAccess(ctx, req); err != nil {
-		return err
-	}
-	if served, err := s.serveCachedBlob(w, r, req.digest); served || err != nil {
-		return err
-	}
-	// A repackaged layer exists only here: if it was evicted, rebuild it.
-	if d, err := s.store.GetDerived(ctx, req.digest); err == nil && d.Kind == cache.DerivedLayer {
-		if err := s.rebuildLayer(ctx, d); err != nil {
-			return err
-		}
-		if served, err := s.serveCachedBlob(w, r, req.digest); served || err != nil {
-			return err
-		}
-	}
 	if r.Method == http.MethodHead {
-		return s.headBlobUpstream(w, r, req)
+		return s.headBlob(w, r, req)
 	}
-
-	f := s.fetches.join(req.upstream, req.repo, req.digest)
-	defer f.release()
-	if err := f.waitReady(ctx); err != nil {
+	b, err := s.openBlob(ctx, req, rangeStart(r.Header.Get("Range")), false)
+	if err != nil {
 		return err
 	}
-	if f.cached || f.size < 0 {
-		// Nothing to tail: read the verified blob from the cache.
-		if err := f.waitDone(ctx); err != nil {
-			return err
-		}
-		if served, err := s.serveCachedBlob(w, r, req.digest); served || err != nil {
-			return err
-		}
-		return newError(http.StatusBadGateway, CodeBlobUnknown, "blob vanished from the cache", nil)
+	defer b.Close()
+	result := "hit"
+	if b.fetched {
+		result = "miss"
 	}
-	sr := &spoolReader{ctx: ctx, f: f}
-	s.sendBlob(w, r, req.digest, sr, "upstream")
-	return sr.err
+	s.metrics.cacheRequests.WithLabelValues("blob", result).Inc()
+	s.sendBlob(w, r, req.digest, b, b.source)
+	if sr, ok := b.ReadSeeker.(*spoolReader); ok {
+		return sr.err
+	}
+	return nil
 }
 
-// serveCachedBlob serves dgst if the cache has it. A cache that fails to
-// answer is logged and treated as a miss: upstream can still serve.
-func (s *Server) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest) (bool, error) {
-	unpin := s.store.Pin(dgst) // not evicted while it is served
-	defer unpin()
-	rc, _, err := s.store.OpenBlob(r.Context(), dgst)
+// headBlob answers a HEAD without reading the blob: from the cache for an
+// admitted client, else with the upstream's answer to the client. A
+// repackaged layer that was evicted is rebuilt first: upstream never had it.
+func (s *Server) headBlob(w http.ResponseWriter, r *http.Request, req distRequest) error {
+	ctx := r.Context()
+	info, err := s.store.StatBlob(ctx, req.digest)
+	if err != nil {
+		if d, derr := s.store.GetDerived(ctx, req.digest); derr != nil || d.Kind != cache.DerivedLayer {
+			return s.headBlobUpstream(w, r, req)
+		}
+		b, err := s.openBlob(ctx, req, 0, false) // admits, and rebuilds
+		if err != nil {
+			return err
+		}
+		b.Close()
+		if info, err = s.store.StatBlob(ctx, req.digest); err != nil {
+			return newError(http.StatusBadGateway, CodeBlobUnknown, "rebuilt blob vanished from the cache", err)
+		}
+	} else if err := s.admit(ctx, req); err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", req.digest.String())
+	h.Set("ETag", `"`+req.digest.String()+`"`)
+	h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
+	w.WriteHeader(http.StatusOK)
+	logAttrs(ctx, slog.String("source", "cache"))
+	return nil
+}
+
+// openedBlob is a blob to read: from the cache, or from the spool of the
+// download that is fetching it.
+type openedBlob struct {
+	io.ReadSeeker
+	source  string // "cache" or "upstream"
+	fetched bool   // not in the cache when asked for: downloaded or rebuilt
+	close   func() error
+}
+
+func (b *openedBlob) Close() error { return b.close() }
+
+// openBlob opens req's blob for req's client, from offset on: the one way
+// to read a blob, for clients and rules alike.
+//
+// The client is admitted first (access.go): from what regnorm knows, else by
+// asking the upstream as the client; a download it starts asks the upstream
+// itself. Then the blob comes from the cache; a repackaged layer that was
+// evicted is rebuilt, as the client; anything else is downloaded, or read
+// from the download under way. verified asks for a read that checks the
+// digest (for content a rule builds on): a cached blob is hashed as it is
+// read, and a download's spool is verified by construction, since its last
+// byte waits for the download's own check.
+func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, verified bool) (*openedBlob, error) {
+	admitted, sub, err := s.admitted(ctx, req)
+	if err != nil {
+		return nil, newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+	}
+	if !admitted && sub.dgst != req.digest {
+		// Made here: only the upstream can say whether its source is held.
+		if err := s.ask(ctx, req, sub); err != nil {
+			return nil, err
+		}
+		admitted = true
+	}
+	if !admitted {
+		if _, err := s.store.StatBlob(ctx, req.digest); err == nil {
+			if err := s.ask(ctx, req, sub); err != nil {
+				return nil, err
+			}
+			admitted = true
+		}
+	}
+	if admitted {
+		if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
+			return b, err
+		}
+		switch d, err := s.store.GetDerived(ctx, req.digest); {
+		case err == nil && d.Kind == cache.DerivedLayer:
+			// A repackaged layer exists only here: it was evicted; rebuild it.
+			if err := s.rebuildLayer(ctx, req, d); err != nil {
+				return nil, err
+			}
+			if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
+				return fetched(b), err
+			}
+			return nil, newError(http.StatusBadGateway, CodeBlobUnknown, "rebuilt blob vanished from the cache", nil)
+		case err == nil:
+			return nil, newError(http.StatusNotFound, CodeBlobUnknown, "blob unknown", nil)
+		}
+	}
+
+	f, err := s.fetches.join(req.upstream, req.repo, req.digest)
+	if err != nil {
+		return nil, err
+	}
+	if !admitted && !f.startedBy(ownerOf(req.upstream, req.repo)) {
+		// Someone else's download: its answer is not this client's.
+		if err := s.ask(ctx, req, sub); err != nil {
+			f.done()
+			return nil, err
+		}
+	}
+	if f, err = s.fetches.ready(ctx, f, req.upstream, req.repo); err != nil {
+		return nil, err
+	}
+	if !admitted && !f.answered {
+		// The download found the blob already cached (another one had just
+		// published it) and asked nobody: ask for this client.
+		if err := s.ask(ctx, req, sub); err != nil {
+			f.done()
+			return nil, err
+		}
+	}
+	if f.spool == nil {
+		// Nothing to tail: read the verified blob from the cache.
+		err := f.waitDone(ctx)
+		f.done()
+		if err != nil {
+			return nil, err
+		}
+		if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
+			return fetched(b), err
+		}
+		return nil, newError(http.StatusBadGateway, CodeBlobUnknown, "blob vanished from the cache", nil)
+	}
+	sr := &spoolReader{ctx: ctx, f: f}
+	return &openedBlob{ReadSeeker: sr, source: "upstream", fetched: true, close: func() error { f.done(); return nil }}, nil
+}
+
+func fetched(b *openedBlob) *openedBlob {
+	if b != nil {
+		b.fetched = true
+	}
+	return b
+}
+
+// openFromCache opens a cached blob; nil and no error when it is not
+// there. A cache that fails to answer is logged and treated as a miss:
+// upstream can still serve.
+func (s *Server) openFromCache(ctx context.Context, dgst digest.Digest, offset int64, verified bool) (*openedBlob, error) {
+	var rc io.ReadSeekCloser
+	var err error
+	if verified {
+		var vr io.ReadCloser
+		if vr, _, err = s.store.OpenVerified(ctx, dgst); err == nil {
+			rc = forwardOnly{vr}
+		}
+	} else {
+		rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
+	}
 	if err != nil {
 		if !errors.Is(err, cache.ErrNotFound) {
 			s.log.Warn("cache read failed, trying upstream", "digest", dgst, "error", err)
 		}
-		s.metrics.cacheRequests.WithLabelValues("blob", "miss").Inc()
-		return false, nil
+		return nil, nil
 	}
-	defer rc.Close()
-	s.metrics.cacheRequests.WithLabelValues("blob", "hit").Inc()
-	s.sendBlob(w, r, dgst, rc, "cache")
-	return true, nil
+	return &openedBlob{ReadSeeker: rc, source: "cache", close: rc.Close}, nil
+}
+
+// forwardOnly is a verified read: it never seeks.
+type forwardOnly struct{ io.ReadCloser }
+
+func (forwardOnly) Seek(int64, int) (int64, error) {
+	return 0, errors.New("a verified read does not seek")
+}
+
+// rangeStart is where a single-range request starts ("bytes=N-" or
+// "bytes=N-M"), so the cache can open the blob there at once; 0 for
+// anything else, which net/http then answers by seeking.
+func rangeStart(h string) int64 {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0
+	}
+	start, _, _ := strings.Cut(spec, "-")
+	n, err := strconv.ParseInt(strings.TrimSpace(start), 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }
 
 // sendBlob answers GET and HEAD, with ranges and conditional requests, from
@@ -94,7 +240,8 @@ func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Di
 	logAttrs(r.Context(), slog.String("source", source))
 }
 
-// headBlobUpstream answers a HEAD for an uncached blob without downloading it.
+// headBlobUpstream answers a HEAD for an uncached blob without downloading
+// it: the upstream's answer to the client is the answer.
 func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req distRequest) error {
 	resp, err := req.upstream.do(r.Context(), http.MethodHead, req.repo, "/v2/"+req.repo+"/blobs/"+req.digest.String(), nil, nil)
 	if err != nil {
@@ -103,7 +250,9 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req di
 	if resp.StatusCode != http.StatusOK {
 		return req.upstream.statusError(resp, CodeBlobUnknown)
 	}
-	resp.Body.Close()
+	drain(resp)
+	s.learn(r.Context(), req.upstream.name, req.repo, req.digest)
+	req.upstream.confirm(req.repo, s.clock.Now())
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", req.digest.String())

@@ -58,12 +58,13 @@ func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.M
 		n, err := s.normalize(context.WithoutCancel(ctx), req.upstream, req.repo, m)
 		done <- result{n, err}
 	}()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
+	expired := make(chan struct{})
+	stop := s.clock.AfterFunc(d, func() { close(expired) })
+	defer stop()
 	select {
 	case r := <-done:
 		return r.n, r.err
-	case <-timer.C:
+	case <-expired:
 		s.metrics.deadlineExceeded.Inc()
 		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "regnorm is still normalizing this image; retry shortly", nil)
 		e.RetryAfter = retryAfterNormalizing

@@ -88,6 +88,11 @@ func TestEvictedRepackagedLayerIsRebuilt(t *testing.T) {
 	if err != nil || res.Remaining.Blobs != 1 {
 		t.Fatalf("evict all but the rewritten config: %+v %v", res, err)
 	}
+	// A HEAD finds it too: upstream never had it, so it is rebuilt first.
+	head := h.do(t, http.MethodHead, "/v2/ansible/creator-ee/blobs/"+m.Layers[1].Digest.String(), nil)
+	if head.status != http.StatusOK || head.header.Get("Content-Length") != fmt.Sprint(m.Layers[1].Size) {
+		t.Fatalf("HEAD of the evicted repackaged layer: %d, Content-Length %q", head.status, head.header.Get("Content-Length"))
+	}
 	h.pullAll(t, "ansible/creator-ee", "v0.5.0")
 	if n := h.metric(t, "regnorm_layer_rebuilds_total", ""); n != 1 {
 		t.Fatalf("rebuilds = %v, want 1", n)

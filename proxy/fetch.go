@@ -23,27 +23,92 @@ import (
 // So the first client streams at upstream speed without waiting for the whole
 // blob, N clients cost one upstream request, and a slow client never slows
 // the download or the others.
+//
+// Everything is bounded: at most limits.Downloads run at once and at most
+// limits.Queued wait for a turn (beyond, a request is refused with 503 and
+// Retry-After); spools together hold at most limits.SpoolBytes (a download
+// that does not fit goes to the cache only, and its readers wait for it to
+// finish); and a download nobody is reading any more is cancelled after
+// orphanGrace, so clients that go away cannot leave work behind.
 type blobFetches struct {
-	onCommit func(size int64) // a blob entered the cache
-	store    Store
+	onHolds  func(ctx context.Context, up *upstream, repo string, dgst digest.Digest) // upstream said repo holds dgst
+	onCommit func(size int64)                                                         // a blob entered the cache
+	store    cache.BlobIngester
+	stat     func(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
 	spoolDir string
 	timeout  time.Duration
+	limits   FetchLimits
+	clock    Clock
 	metrics  *Metrics
 	log      *slog.Logger
 
-	mu       sync.Mutex
-	inflight map[digest.Digest]*blobFetch
+	slots chan struct{} // one per running download
+
+	mu         sync.Mutex
+	inflight   map[digest.Digest]*blobFetch // running and waiting
+	spoolBytes int64
+}
+
+// FetchLimits bound the downloads from upstream.
+type FetchLimits struct {
+	// Downloads is how many blob downloads run at once (default 32).
+	Downloads int
+	// Queued is how many more may wait for a turn (default 4 × Downloads);
+	// beyond that a request is answered 503 with Retry-After.
+	Queued int
+	// SpoolBytes bounds the spool files of the downloads in progress
+	// (default 8 GiB). A download that does not fit writes to the cache
+	// only; its readers wait for it to finish.
+	SpoolBytes int64
+}
+
+func (l FetchLimits) withDefaults() FetchLimits {
+	if l.Downloads <= 0 {
+		l.Downloads = 32
+	}
+	if l.Queued <= 0 {
+		l.Queued = 4 * l.Downloads
+	}
+	if l.SpoolBytes <= 0 {
+		l.SpoolBytes = 8 << 30
+	}
+	return l
+}
+
+// orphanGrace is how long a download nobody reads goes on: long enough for
+// a client that retries to find it again.
+const orphanGrace = 10 * time.Second
+
+// retryAfterBusy is the Retry-After of a request refused because too many
+// downloads are waiting.
+const retryAfterBusy = 5 * time.Second
+
+// fetchOwner is who started a download: the upstream's yes to it answers
+// for every later reader with the same credentials and repository.
+type fetchOwner struct {
+	upstream string
+	repo     string
+	creds    [32]byte
+}
+
+func ownerOf(up *upstream, repo string) fetchOwner {
+	return fetchOwner{upstream: up.name, repo: repo, creds: up.credsKey}
 }
 
 // blobFetch is one download. Fields above mu are set before ready closes and
 // never change afterwards.
 type blobFetch struct {
-	dgst  digest.Digest
-	ready chan struct{}
-	size  int64    // -1: upstream sent no length; wait for the cache
-	spool *os.File // nil when cached or failed before the body
-	// cached: the blob was already in the cache; read it there.
-	cached bool
+	dgst   digest.Digest
+	owner  fetchOwner
+	clock  Clock
+	ctx    context.Context // ends when the download is over, or abandoned
+	cancel context.CancelCauseFunc
+	ready  chan struct{}
+	size   int64    // from the response; -1 when upstream sent no length
+	spool  *os.File // nil: read the blob from the cache once it is there
+	// answered: the upstream said yes to the owner (200). Not set when the
+	// blob was found in the cache before any request went out.
+	answered bool
 	// early is set when the download failed before the body started.
 	early error
 
@@ -52,70 +117,190 @@ type blobFetch struct {
 	finished bool
 	err      error         // the download's outcome, once finished
 	changed  chan struct{} // closed and replaced on every change
-	refs     int
+	refs     int           // readers and waiters
+	orphaned func() bool   // stops the orphan timer
+	closed   bool          // the spool is closed
+	release  func()        // gives the spool's space back
 }
 
+var errOrphaned = errors.New("no client is reading the download any more")
+
 // join returns the download of dgst, starting it if none runs. The caller
-// must release it.
-func (fs *blobFetches) join(up *upstream, repo string, dgst digest.Digest) *blobFetch {
+// must release it with done.
+func (fs *blobFetches) join(up *upstream, repo string, dgst digest.Digest) (*blobFetch, error) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	f, ok := fs.inflight[dgst]
-	if !ok {
-		f = &blobFetch{dgst: dgst, ready: make(chan struct{}), changed: make(chan struct{}), refs: 1}
-		fs.inflight[dgst] = f
-		go fs.run(f, up, repo)
+	if f, ok := fs.inflight[dgst]; ok && f.attach() {
+		return f, nil
 	}
+	// Running and waiting downloads together, so the bound does not depend
+	// on how soon the waiting ones were scheduled.
+	if len(fs.inflight) >= fs.limits.Downloads+fs.limits.Queued {
+		fs.metrics.fetchesRejected.Inc()
+		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "too many downloads in progress; retry shortly", nil)
+		e.RetryAfter = retryAfterBusy
+		return nil, e
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fs.timeout)
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	f := &blobFetch{dgst: dgst, owner: ownerOf(up, repo), clock: fs.clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
+		cancel: func(cause error) { cancelCause(cause); cancel() }, refs: 1}
+	fs.inflight[dgst] = f
+	fs.metrics.queuedFetches.Inc()
+	go fs.run(ctx, f, up, repo)
+	return f, nil
+}
+
+// attach adds a reader to a download that is not being cancelled. One
+// whose orphan timer already fired, or that timed out, is as good as over:
+// the caller starts another.
+func (f *blobFetch) attach() bool {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.orphaned != nil {
+		fired := !f.orphaned()
+		f.orphaned = nil
+		if fired {
+			return false
+		}
+	}
+	if f.ctx.Err() != nil {
+		return false
+	}
 	f.refs++
-	f.mu.Unlock()
-	return f
+	return true
+}
+
+// ready waits until f, joined as up/repo, knows its size. A download that
+// someone else started and that the upstream refused them (401, 403, 404)
+// says nothing about this caller, who was admitted on its own: it waits for
+// that one to end and starts its own. On an error, f has been released.
+func (fs *blobFetches) ready(ctx context.Context, f *blobFetch, up *upstream, repo string) (*blobFetch, error) {
+	err := f.waitReady(ctx)
+	if err == nil || f.startedBy(ownerOf(up, repo)) || !refusal(err) {
+		if err != nil {
+			f.done()
+		}
+		return f, err
+	}
+	waitErr := f.waitDone(ctx)
+	f.done()
+	if ctx.Err() != nil {
+		return nil, waitErr
+	}
+	if f, err = fs.join(up, repo, f.dgst); err != nil {
+		return nil, err
+	}
+	if err := f.waitReady(ctx); err != nil {
+		f.done()
+		return nil, err
+	}
+	return f, nil
+}
+
+// refusal reports whether err is an upstream's no to one client.
+func refusal(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Status {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return true
+	}
+	return false
 }
 
 // ensure returns once dgst is in the cache, downloading it (or joining the
-// download under way) if it is not.
+// download under way) if it is not. The caller has admitted the client.
 func (fs *blobFetches) ensure(ctx context.Context, up *upstream, repo string, dgst digest.Digest) error {
-	if _, err := fs.store.StatBlob(ctx, dgst); err == nil {
+	if _, err := fs.stat(ctx, dgst); err == nil {
 		return nil
 	}
-	f := fs.join(up, repo, dgst)
-	defer f.release()
+	f, err := fs.join(up, repo, dgst)
+	if err != nil {
+		return err
+	}
+	if f, err = fs.ready(ctx, f, up, repo); err != nil {
+		return err
+	}
+	defer f.done()
 	return f.waitDone(ctx)
 }
 
-func (fs *blobFetches) run(f *blobFetch, up *upstream, repo string) {
-	defer f.release()
-	fs.metrics.inflightFetches.Inc()
-	defer fs.metrics.inflightFetches.Dec()
-	// The download outlives the client that started it: others may be
-	// reading, and a finished download fills the cache for everyone.
-	ctx, cancel := context.WithTimeout(context.Background(), fs.timeout)
-	defer cancel()
-
-	err := fs.download(ctx, f, up, repo)
-	if err != nil {
+func (fs *blobFetches) run(ctx context.Context, f *blobFetch, up *upstream, repo string) {
+	defer f.cancel(nil)
+	err := fs.wait(ctx)
+	if err == nil {
+		fs.metrics.inflightFetches.Inc()
+		err = fs.download(ctx, f, up, repo)
+		fs.metrics.inflightFetches.Dec()
+		<-fs.slots
+	} else {
+		f.early = err
+		close(f.ready)
+	}
+	if err != nil && errors.Is(context.Cause(ctx), errOrphaned) {
+		fs.metrics.fetchesAbandoned.Inc()
+		fs.log.Info("blob download abandoned: no client is reading it", "upstream", up.name, "repo", repo, "digest", f.dgst)
+	} else if err != nil {
 		fs.log.Warn("blob download failed", "upstream", up.name, "repo", repo, "digest", f.dgst, "error", err)
 	}
 	fs.mu.Lock()
-	delete(fs.inflight, f.dgst)
+	if fs.inflight[f.dgst] == f {
+		delete(fs.inflight, f.dgst)
+	}
 	fs.mu.Unlock()
 	f.finish(err)
 }
 
-// download fetches the blob into the cache and the spool. The blob is
-// published in the cache only if its size and digest verify.
-func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream, repo string) error {
-	// A download that finished just before this one was started has
-	// already published the blob.
-	if _, err := fs.store.StatBlob(ctx, f.dgst); err == nil {
-		f.cached = true
-		close(f.ready)
+// wait waits for a turn to download.
+func (fs *blobFetches) wait(ctx context.Context) error {
+	defer fs.metrics.queuedFetches.Dec()
+	select {
+	case fs.slots <- struct{}{}:
 		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
+}
+
+// reserveSpool takes size bytes of the spool budget, if they fit.
+func (fs *blobFetches) reserveSpool(size int64) (release func(), ok bool) {
+	if size < 0 {
+		return nil, false
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.spoolBytes+size > fs.limits.SpoolBytes {
+		return nil, false
+	}
+	fs.spoolBytes += size
+	fs.metrics.spoolBytes.Add(float64(size))
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			fs.mu.Lock()
+			fs.spoolBytes -= size
+			fs.mu.Unlock()
+			fs.metrics.spoolBytes.Sub(float64(size))
+		})
+	}, true
+}
+
+// download fetches the blob into the cache and, when it fits the budget,
+// the spool. The blob is published in the cache only if its size and digest
+// verify.
+func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream, repo string) error {
 	fail := func(err error) error {
 		f.early = err
 		close(f.ready)
 		return err
+	}
+	// A download that finished just before this one was started has
+	// already published the blob.
+	if _, err := fs.stat(ctx, f.dgst); err == nil {
+		return fail(nil)
 	}
 	resp, err := up.do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+f.dgst.String(), nil, nil)
 	if err != nil {
@@ -124,17 +309,27 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 	if resp.StatusCode != http.StatusOK {
 		return fail(up.statusError(resp, CodeBlobUnknown))
 	}
-	spool, err := os.CreateTemp(fs.spoolDir, "regnorm-spool-*")
-	if err != nil {
-		resp.Body.Close()
-		return fail(fmt.Errorf("create spool: %w", err))
-	}
-	os.Remove(spool.Name()) // lives while open; nothing to clean up after a crash
+	f.answered = true
+	fs.onHolds(ctx, up, repo, f.dgst)
 	in, err := fs.store.IngestBlob(ctx, f.dgst, resp.ContentLength)
 	if err != nil {
 		resp.Body.Close()
-		spool.Close()
 		return fail(err)
+	}
+	var spool *os.File
+	release, ok := fs.reserveSpool(resp.ContentLength)
+	if !ok {
+		fs.log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.name,
+			"digest", f.dgst, "size", resp.ContentLength, "spool_limit", fs.limits.SpoolBytes)
+	}
+	if ok {
+		if spool, err = os.CreateTemp(fs.spoolDir, "regnorm-spool-*"); err != nil {
+			release()
+			resp.Body.Close()
+			return fail(errors.Join(fmt.Errorf("create spool: %w", err), in.Cancel(ctx)))
+		}
+		os.Remove(spool.Name()) // lives while open; nothing to clean up after a crash
+		f.release = release
 	}
 	f.size, f.spool = resp.ContentLength, spool
 	close(f.ready)
@@ -152,7 +347,7 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 		var local *localWriteError
 		wait, ok := up.retry.wait(attempt+1, 0)
 		if errors.As(err, &local) || !ok || ctx.Err() != nil {
-			return errors.Join(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, err), in.Cancel(ctx))
+			return errors.Join(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, err), in.Cancel(context.WithoutCancel(ctx)))
 		}
 		reason := "truncated"
 		if errors.Is(err, errStalled) {
@@ -163,10 +358,10 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return errors.Join(ctx.Err(), in.Cancel(ctx))
+			return errors.Join(context.Cause(ctx), in.Cancel(context.WithoutCancel(ctx)))
 		}
 		if body, err = resumeBlob(ctx, up, repo, f.dgst, got); err != nil {
-			return errors.Join(err, in.Cancel(ctx))
+			return errors.Join(err, in.Cancel(context.WithoutCancel(ctx)))
 		}
 	}
 	if err := in.Commit(ctx); err != nil {
@@ -183,16 +378,18 @@ type localWriteError struct{ err error }
 func (e *localWriteError) Error() string { return e.err.Error() }
 func (e *localWriteError) Unwrap() error { return e.err }
 
-// copyBody appends body to the spool and the cache until EOF, and returns
-// how many bytes it appended.
+// copyBody appends body to the spool (if any) and the cache until EOF, and
+// returns how many bytes it appended.
 func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (int64, error) {
 	buf := make([]byte, 256<<10)
 	var total int64
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if _, err := spool.Write(buf[:n]); err != nil {
-				return total, &localWriteError{fmt.Errorf("write spool: %w", err)}
+			if spool != nil {
+				if _, err := spool.Write(buf[:n]); err != nil {
+					return total, &localWriteError{fmt.Errorf("write spool: %w", err)}
+				}
 			}
 			if _, err := in.Write(buf[:n]); err != nil {
 				return total, &localWriteError{err}
@@ -242,17 +439,40 @@ func (f *blobFetch) finish(err error) {
 	f.finished, f.err = true, err
 	close(f.changed)
 	f.changed = make(chan struct{})
+	f.closeSpoolLocked()
 	f.mu.Unlock()
 }
 
-func (f *blobFetch) release() {
+// done is a reader's release: the last one to go closes the spool once the
+// download finished, or starts the orphan timer while it still runs.
+func (f *blobFetch) done() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.refs--
-	if f.refs == 0 && f.spool != nil {
-		f.spool.Close()
+	if f.refs > 0 {
+		return
+	}
+	if f.finished {
+		f.closeSpoolLocked()
+		return
+	}
+	f.orphaned = f.clock.AfterFunc(orphanGrace, func() { f.cancel(errOrphaned) })
+}
+
+func (f *blobFetch) closeSpoolLocked() {
+	if f.refs > 0 || !f.finished || f.spool == nil || f.closed {
+		return
+	}
+	f.closed = true
+	f.spool.Close()
+	if f.release != nil {
+		f.release()
 	}
 }
+
+// startedBy reports whether the download asks the upstream as owner would:
+// its answer then answers for owner too.
+func (f *blobFetch) startedBy(owner fetchOwner) bool { return f.owner == owner }
 
 // waitReady waits until the download knows its size, or failed first.
 func (f *blobFetch) waitReady(ctx context.Context) error {
@@ -295,10 +515,11 @@ func (f *blobFetch) readable() (avail int64, finished bool, err error, changed c
 }
 
 // spoolReader reads a downloading blob from its spool, waiting for bytes as
-// they arrive. It seeks, so http.ServeContent can answer ranges.
+// they arrive. It seeks, so http.ServeContent can answer ranges. Reading to
+// its end means the download verified: the last byte waits for that.
 type spoolReader struct {
 	ctx context.Context
-	f   *blobFetch
+	f   *blobFetch // the reader holds a reference, so the spool stays open
 	off int64
 	err error // why reading stopped early, for the log
 }

@@ -1,10 +1,8 @@
 package proxy
 
 import (
-	"context"
 	"crypto/sha256"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 )
@@ -66,51 +64,28 @@ func (u *upstream) as(r *http.Request) (*upstream, error) {
 	return &v, nil
 }
 
-// confirmAccess lets a client of a forwarding upstream read req.repo only
-// once the upstream has said yes to the client's own credentials: a HEAD of
-// the object asked for (for a repackaged layer or rewritten config, of its
-// original), remembered for confirmTTL per credentials and repository.
-// Nothing cached is served before that, and an upstream that cannot answer
-// means no answer.
-func (s *Server) confirmAccess(ctx context.Context, req distRequest) error {
-	up := req.upstream
-	if up.forward == nil {
-		return nil
+// confirmed reports whether the upstream said yes to these credentials
+// for repo within confirmTTL. Without forwarding, every client reads with
+// regnorm's own credentials, and the answer is always yes.
+func (u *upstream) confirmed(repo string, now time.Time) bool {
+	if u.forward == nil {
+		return true
 	}
-	key := confirmKey{creds: up.credsKey, repo: req.repo}
-	now := s.now()
-	up.forward.mu.Lock()
-	until, ok := up.forward.confirmed[key]
-	up.forward.mu.Unlock()
-	if ok && now.Before(until) {
-		return nil
-	}
+	u.forward.mu.Lock()
+	defer u.forward.mu.Unlock()
+	until, ok := u.forward.confirmed[confirmKey{creds: u.credsKey, repo: repo}]
+	return ok && now.Before(until)
+}
 
-	var path, notFound string
-	var header http.Header
-	if req.blob {
-		dgst := req.digest
-		if d, err := s.store.GetDerived(ctx, dgst); err == nil && d.Source != "" {
-			dgst = d.Source
-		}
-		path, notFound = "/v2/"+req.repo+"/blobs/"+dgst.String(), CodeBlobUnknown
-	} else {
-		path, notFound = "/v2/"+req.repo+"/manifests/"+req.ref(), CodeManifestUnknown
-		header = http.Header{"Accept": {strings.Join(defaultAccept, ", ")}}
+// confirm remembers the upstream's yes to these credentials for repo.
+func (u *upstream) confirm(repo string, now time.Time) {
+	if u.forward == nil {
+		return
 	}
-	resp, err := up.do(ctx, http.MethodHead, req.repo, path, nil, header)
-	if err != nil {
-		return err
+	u.forward.mu.Lock()
+	defer u.forward.mu.Unlock()
+	if len(u.forward.confirmed) >= maxForwarded {
+		clear(u.forward.confirmed)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return up.statusError(resp, notFound)
-	}
-	drain(resp)
-	up.forward.mu.Lock()
-	if len(up.forward.confirmed) >= maxForwarded {
-		clear(up.forward.confirmed)
-	}
-	up.forward.confirmed[key] = now.Add(confirmTTL)
-	up.forward.mu.Unlock()
-	return nil
+	u.forward.confirmed[confirmKey{creds: u.credsKey, repo: repo}] = now.Add(confirmTTL)
 }

@@ -33,6 +33,7 @@ type harness struct {
 	reg   *regtest.Registry
 	front *faultyFront
 	store *cache.Store
+	root  string // the filesystem cache's directory, when the harness made it
 	url   string
 	srv   *proxy.Server
 	logs  *syncBuffer
@@ -52,6 +53,15 @@ type harnessOptions struct {
 	clientAuth   *proxy.ClientAuth
 	forward      bool
 	retry        proxy.RetryPolicy
+	fetches      proxy.FetchLimits
+	// clock, when set, replaces the system clock.
+	clock *fakeClock
+	// manualMaintenance: the test runs maintenance passes itself, with
+	// the eviction policy, instead of the server's loop.
+	manualMaintenance bool
+	// store, when set, replaces the filesystem cache on a temporary
+	// directory.
+	store *cache.Store
 	// upstreamURL replaces the fault front as the upstream (an address
 	// nothing listens on, for instance).
 	upstreamURL string
@@ -61,8 +71,12 @@ func newHarness(t testing.TB, o harnessOptions) *harness {
 	t.Helper()
 	reg := regtest.Start(t, o.registry)
 	front := newFaultyFront(t, reg.URL)
-	store := cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 50}))
-	h := &harness{reg: reg, front: front, store: store, opts: o}
+	store, root := o.store, ""
+	if store == nil {
+		root = t.TempDir()
+		store = cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 50}))
+	}
+	h := &harness{reg: reg, front: front, store: store, root: root, opts: o}
 	h.restart(t)
 	return h
 }
@@ -77,7 +91,13 @@ func (h *harness) restart(t testing.TB) {
 	}
 	h.logs = &syncBuffer{}
 	promReg := prometheus.NewRegistry()
+	var clock proxy.Clock
+	if h.opts.clock != nil {
+		clock = h.opts.clock
+	}
 	srv, err := proxy.New(proxy.Options{
+		Clock:           clock,
+		Fetches:         h.opts.fetches,
 		Store:           h.store,
 		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
 		ClientAuth:      h.opts.clientAuth,
@@ -99,8 +119,11 @@ func (h *harness) restart(t testing.TB) {
 	}
 	ps := httptest.NewServer(srv.Handler(promhttp.HandlerFor(promReg, promhttp.HandlerOpts{})))
 	t.Cleanup(ps.Close)
+	// Downloads outlive the requests that start them: let them end before
+	// the cache's directory is removed.
+	t.Cleanup(func() { waitFor(t, "downloads to end", func() bool { return downloadsIdle(t, promReg) }) })
 	h.srv, h.url = srv, ps.URL
-	if h.opts.eviction != (cache.EvictionPolicy{}) {
+	if h.opts.eviction != (cache.EvictionPolicy{}) && !h.opts.manualMaintenance {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { srv.Run(ctx); close(done) }()
@@ -129,6 +152,10 @@ func (h *harness) pushBlob(t testing.TB, repo string, content []byte) digest.Dig
 	return digest.FromBytes(content)
 }
 
+// boundedClient turns a request that hangs (waiting on something it must
+// not wait for) into a failure instead of a stuck test binary.
+var boundedClient = &http.Client{Timeout: time.Minute}
+
 type response struct {
 	status int
 	header http.Header
@@ -145,7 +172,7 @@ func (h *harness) do(t testing.TB, method, path string, header http.Header) resp
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := boundedClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -166,20 +193,132 @@ func (r response) ociError(t *testing.T) string {
 	return body.Errors[0].Code
 }
 
-// metric reads one sample from /metrics; labels is a substring such as
-// `kind="blob",result="hit"`.
+// metric sums the samples of name from /metrics whose labels contain
+// labels, a substring such as `kind="blob",result="hit"`. A metric that is
+// not exported, or no series matching labels, fails the test: a renamed
+// metric must not read as 0.
 func (h *harness) metric(t testing.TB, name, labels string) float64 {
 	t.Helper()
 	r := h.do(t, http.MethodGet, "/metrics", nil)
 	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{([^}]*)\})? (\S+)$`)
-	total := 0.0
+	total, matched := 0.0, 0
 	for _, m := range re.FindAllStringSubmatch(string(r.body), -1) {
 		if strings.Contains(m[1], labels) {
-			v, _ := strconv.ParseFloat(m[2], 64)
+			v, err := strconv.ParseFloat(m[2], 64)
+			if err != nil {
+				t.Fatalf("metric %s{%s}: %v", name, m[1], err)
+			}
 			total += v
+			matched++
 		}
 	}
+	if matched == 0 {
+		t.Fatalf("metric %s{%s} is not exported", name, labels)
+	}
 	return total
+}
+
+// downloadsIdle reports whether no download runs or waits.
+func downloadsIdle(t testing.TB, g prometheus.Gatherer) bool {
+	t.Helper()
+	families, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, f := range families {
+		switch f.GetName() {
+		case "regnorm_upstream_inflight_fetches", "regnorm_upstream_queued_fetches":
+			found++
+			if f.GetMetric()[0].GetGauge().GetValue() != 0 {
+				return false
+			}
+		}
+	}
+	if found != 2 {
+		t.Fatalf("download gauges not exported (%d of 2 found)", found)
+	}
+	return true
+}
+
+// waitFor polls cond until it holds, and fails the test if it does not
+// within a minute: a bound on liveness, never a verdict on speed.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fakeClock is a clock the test moves: After and AfterFunc fire when
+// Advance passes their time.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	next    int
+	waiters map[int]fakeWaiter
+}
+
+type fakeWaiter struct {
+	at   time.Time
+	fire func(time.Time)
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Now(), waiters: map[int]fakeWaiter{}} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) add(d time.Duration, fire func(time.Time)) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.next++
+	c.waiters[c.next] = fakeWaiter{at: c.now.Add(d), fire: fire}
+	return c.next
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	c.add(d, func(t time.Time) { ch <- t })
+	return ch
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
+	id := c.add(d, func(time.Time) { go f() })
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, pending := c.waiters[id]
+		delete(c.waiters, id)
+		return pending
+	}
+}
+
+// Waiting is how many timers have not fired.
+func (c *fakeClock) Waiting() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.waiters)
+}
+
+// Advance moves the clock by d and fires what is due.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	for id, w := range c.waiters {
+		if !w.at.After(c.now) {
+			delete(c.waiters, id)
+			w.fire(c.now)
+		}
+	}
 }
 
 // faultyFront relays to the registry unless a fault is set; blob requests

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -53,7 +52,9 @@ func (s *Server) layerVerdict(ctx context.Context, up *upstream, repo string, dg
 	if v, err := s.store.GetLayerVerdict(ctx, dgst); err == nil {
 		return v, nil
 	}
-	v, err, _ := s.layers.Do(dgst.String(), func() (any, error) {
+	// One scan per layer and identity: the scan asks upstream as its
+	// caller, whose refusal must not become another client's answer.
+	v, err, _ := s.layers.Do(dgst.String()+" "+askingAs(up, repo), func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
 		defer cancel()
 		return s.computeLayerVerdict(ctx, up, repo, dgst)
@@ -65,8 +66,13 @@ func (s *Server) layerVerdict(ctx context.Context, up *upstream, repo string, dg
 }
 
 func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (cache.LayerVerdict, error) {
-	v := cache.LayerVerdict{Original: dgst, CreatedAt: s.now().UTC()}
+	v := cache.LayerVerdict{Original: dgst, CreatedAt: s.clock.Now().UTC()}
 	scan, err := s.scanLayer(ctx, up, repo, dgst)
+	if damaged(err) {
+		// The cached copy failed verification and is gone: fetch it again.
+		s.log.Warn("cached layer failed verification; fetching it again", "repo", repo, "digest", dgst, "error", err)
+		scan, err = s.scanLayer(ctx, up, repo, dgst)
+	}
 	switch {
 	case errors.Is(err, rewrite.ErrNotTar), errors.Is(err, rewrite.ErrLayerTooLarge):
 		// Not a tar regnorm reads, or a decompression bomb: served as it is,
@@ -83,12 +89,11 @@ func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo str
 	}
 	v.Compression, v.Entries = string(scan.Compression), scan.Entries
 	if !scan.Clean() {
-		res, err := s.repackLayer(ctx, dgst, "")
+		res, err := s.repackFromOriginal(ctx, up, repo, dgst, "")
 		if err != nil {
 			return cache.LayerVerdict{}, err
 		}
-		if err := s.store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedLayer, Source: dgst,
-			Upstream: up.name, Repository: repo}); err != nil {
+		if err := s.store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedLayer, Source: dgst}); err != nil {
 			return cache.LayerVerdict{}, fmt.Errorf("record repackaged layer: %w", err)
 		}
 		v.Repacked, v.Size, v.DiffID = res.Digest, res.Size, res.DiffID
@@ -104,53 +109,31 @@ func (s *Server) computeLayerVerdict(ctx context.Context, up *upstream, repo str
 }
 
 // scanLayer reads a layer as it arrives: from the download's spool while it
-// downloads (the single-flight fetch clients use), or from the cache. The
-// scan counts only once the download has verified.
-func (s *Server) scanLayer(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (scan rewrite.LayerScan, err error) {
-	var src io.Reader
-	if rc, _, err := s.store.OpenBlob(ctx, dgst); err == nil {
-		defer rc.Close()
-		src = rc
-	} else {
-		f := s.fetches.join(up, repo, dgst)
-		defer f.release()
-		if err := f.waitReady(ctx); err != nil {
-			return rewrite.LayerScan{}, err
-		}
-		if f.cached || f.size < 0 {
-			if err := f.waitDone(ctx); err != nil {
-				return rewrite.LayerScan{}, err
-			}
-			rc, _, err := s.store.OpenBlob(ctx, dgst)
-			if err != nil {
-				return rewrite.LayerScan{}, err
-			}
-			defer rc.Close()
-			src = rc
-		} else {
-			src = &spoolReader{ctx: ctx, f: f}
-			defer func() {
-				// Wait for verification whatever the scan did: an unverified
-				// scan result (or refusal) is worthless.
-				if werr := f.waitDone(ctx); werr != nil {
-					scan, err = rewrite.LayerScan{}, werr
-				}
-			}()
-		}
+// downloads (the single-flight fetch clients use), or from the cache, hashed
+// as it is read. Whatever the scan concludes counts only once the whole blob
+// has verified: the rest of it is read too, and a short or wrong blob is an
+// error, never a verdict.
+func (s *Server) scanLayer(ctx context.Context, up *upstream, repo string, dgst digest.Digest) (rewrite.LayerScan, error) {
+	b, err := s.openBlob(ctx, distRequest{upstream: up, repo: repo, digest: dgst, blob: true}, 0, true)
+	if err != nil {
+		return rewrite.LayerScan{}, err
 	}
-	counted := &countingReader{r: src}
-	scan, err = rewrite.ScanLayer(counted, s.maxLayerSize)
+	defer b.Close()
+	counted := &countingReader{r: b}
+	scan, err := rewrite.ScanLayer(counted, s.maxLayerSize)
+	if _, rerr := io.Copy(io.Discard, counted); rerr != nil {
+		return rewrite.LayerScan{}, fmt.Errorf("read layer %s: %w", dgst, rerr)
+	}
 	s.metrics.layersScanned.Inc()
 	s.metrics.bytesScanned.Add(float64(counted.n))
 	return scan, err
 }
 
-// repackLayer writes the repackaged layer into the cache as a new blob.
-// want, when set, is the digest the result must have (a rebuild).
+// repackLayer writes the repackaged layer into the cache as a new blob,
+// from the cached original, verified as it is read. want, when set, is the
+// digest the result must have (a rebuild).
 func (s *Server) repackLayer(ctx context.Context, dgst, want digest.Digest) (rewrite.LayerResult, error) {
-	unpin := s.store.Pin(dgst)
-	defer unpin()
-	rc, _, err := s.store.OpenBlob(ctx, dgst)
+	rc, _, err := s.store.OpenVerified(ctx, dgst)
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
@@ -166,6 +149,12 @@ func (s *Server) repackLayer(ctx context.Context, dgst, want digest.Digest) (rew
 	}
 	res, err := rewrite.RepackLayer(in, rc, s.maxLayerSize)
 	if err != nil {
+		// The layer may have stopped the read early (at a bad header, say):
+		// read the rest, so that a damaged original says so and is fetched
+		// again, rather than failing every rebuild for good.
+		if _, rerr := io.Copy(io.Discard, rc); damaged(rerr) {
+			err = rerr
+		}
 		return rewrite.LayerResult{}, errors.Join(fmt.Errorf("repackage layer %s: %w", dgst, err), in.Cancel(ctx))
 	}
 	if err := in.Commit(ctx); err != nil {
@@ -180,24 +169,49 @@ func (s *Server) repackLayer(ctx context.Context, dgst, want digest.Digest) (rew
 	return res, nil
 }
 
-// rebuildLayer makes an evicted repackaged layer again from its original,
-// fetched again if it was evicted too. Repackaging is deterministic, and
-// the ingest verifies the result against the digest clients ask for.
-func (s *Server) rebuildLayer(ctx context.Context, d cache.Derived) error {
-	up, ok := s.upstreams[d.Upstream]
-	if !ok {
-		return newError(http.StatusNotFound, CodeBlobUnknown, "repackaged layer's upstream "+d.Upstream+" is no longer configured", nil)
+// repackFromOriginal repackages the cached layer dgst. If the cached copy
+// fails verification (it is then removed), the layer is fetched again from
+// upstream/repo and repackaged from that.
+func (s *Server) repackFromOriginal(ctx context.Context, up *upstream, repo string, dgst, want digest.Digest) (rewrite.LayerResult, error) {
+	res, err := s.repackLayer(ctx, dgst, want)
+	if !damaged(err) {
+		return res, err
 	}
-	_, err, _ := s.layers.Do("rebuild "+d.Digest.String(), func() (any, error) {
+	s.log.Warn("cached layer failed verification; fetching it again", "repo", repo, "digest", dgst, "error", err)
+	if err := s.fetches.ensure(ctx, up, repo, dgst); err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	return s.repackLayer(ctx, dgst, want)
+}
+
+// damaged reports whether err is a cached blob that failed verification
+// as it was read. OpenVerified has removed it, so the next read fetches it.
+func damaged(err error) bool { return errors.Is(err, cache.ErrDamaged) }
+
+// rebuildLayer makes an evicted repackaged layer again from its original,
+// fetched again if it was evicted too, as req's client (whose repository
+// holds the original: it was admitted). Repackaging is deterministic, and
+// the ingest verifies the result against the digest clients ask for.
+func (s *Server) rebuildLayer(ctx context.Context, req distRequest, d cache.Derived) error {
+	src := req
+	src.digest = d.Source
+	if err := s.admit(ctx, src); err != nil {
+		return err
+	}
+	_, err, _ := s.layers.Do("rebuild "+d.Digest.String()+" "+askingAs(src.upstream, src.repo), func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
 		defer cancel()
 		if _, err := s.store.StatBlob(ctx, d.Digest); err == nil {
 			return nil, nil // rebuilt meanwhile
 		}
-		if err := s.fetches.ensure(ctx, up, d.Repository, d.Source); err != nil {
+		if err := s.fetches.ensure(ctx, src.upstream, src.repo, d.Source); err != nil {
 			return nil, err
 		}
-		if _, err := s.repackLayer(ctx, d.Source, d.Digest); err != nil {
+		if _, err := s.repackFromOriginal(ctx, src.upstream, src.repo, d.Source, d.Digest); err != nil {
+			if errors.Is(err, cache.ErrDigestMismatch) && !damaged(err) {
+				s.log.Error("a rebuild made other bytes than the repackaged layer clients ask for: was it made by another regnorm version?",
+					"digest", d.Digest, "source", d.Source, "error", err)
+			}
 			return nil, fmt.Errorf("rebuild repackaged layer %s: %w", d.Digest, err)
 		}
 		s.metrics.rebuilds.Inc()
@@ -207,9 +221,13 @@ func (s *Server) rebuildLayer(ctx context.Context, d cache.Derived) error {
 	return err
 }
 
-// putConfig stores a config rewritten from source. Its derived record goes
-// first, so that it is never evictable, not even for a moment.
+// putConfig stores a config rewritten from source. It is retained first,
+// so that it is never evictable, not even for a moment: nothing could make
+// it again on demand.
 func (s *Server) putConfig(ctx context.Context, content []byte, want, source digest.Digest) error {
+	if err := s.store.Retain(ctx, want); err != nil {
+		return err
+	}
 	if err := s.store.PutDerived(ctx, cache.Derived{Digest: want, Kind: cache.DerivedConfig, Source: source}); err != nil {
 		return err
 	}
@@ -237,6 +255,12 @@ func layerResult(v cache.LayerVerdict) rewrite.LayerResult {
 		res.Removals = append(res.Removals, rewrite.XattrRemoval(r))
 	}
 	return res
+}
+
+// askingAs names who a piece of single-flight work asks upstream as: the
+// upstream, the repository, and with forwarded credentials the client's.
+func askingAs(up *upstream, repo string) string {
+	return fmt.Sprintf("%s/%s %x", up.name, repo, up.credsKey)
 }
 
 type countingReader struct {

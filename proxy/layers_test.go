@@ -116,36 +116,59 @@ func TestRulesCanBeSwitchedOff(t *testing.T) {
 
 // TestDeadline: normalization that outlives the deadline answers 503 with
 // Retry-After, goes on, and the next request gets the result at once; a
-// containerd without a header timeout waits instead.
+// containerd without a header timeout waits instead. The clock is the
+// test's, and upstream holds the layers until the test releases them, so
+// nothing here depends on how fast the machine is.
 func TestDeadline(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{deadline: 100 * time.Millisecond, patient: time.Minute})
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{clock: clk, deadline: 100 * time.Millisecond, patient: time.Minute})
 	h.push(t, "library/slow", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	h.push(t, "library/slow2", "v1", regtest.ImageOptions{}, xattrLayer, oneFile)
-	h.front.slowBlobs(700 * time.Millisecond)
+	holdLayers := func() func() {
+		release, unblock := gate(t)
+		h.front.set(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+				<-release
+			}
+			h.front.relay(w, r)
+		})
+		return unblock
+	}
 
+	unblock := holdLayers()
 	modern := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/2.3.0"}}
-	r := h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", modern)
-	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "10" {
+	answer := make(chan response, 1)
+	go func() { answer <- h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", modern) }()
+	waitFor(t, "the request to wait for its deadline", func() bool { return clk.Waiting() == 1 })
+	clk.Advance(100 * time.Millisecond)
+	if r := <-answer; r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "10" {
 		t.Fatalf("past the deadline: %d, Retry-After %q", r.status, r.header.Get("Retry-After"))
 	}
 	if h.metric(t, "regnorm_normalization_deadline_exceeded_total", "") != 1 {
 		t.Fatal("deadline not counted")
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		r := h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", modern)
-		if r.status == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the background normalization never finished")
-		}
-		time.Sleep(100 * time.Millisecond)
+	// The work went on: once upstream delivers, the result is there.
+	unblock()
+	waitFor(t, "the background normalization", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == 1
+	})
+	if r := h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", modern); r.status != http.StatusOK {
+		t.Fatalf("after the normalization: %d", r.status)
 	}
 
+	// containerd 1.6 has no header timeout: past the deadline it still
+	// waits, and gets the normalized image.
+	unblock = holdLayers()
 	patient := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/1.6.8"}}
-	if r := h.do(t, http.MethodHead, "/v2/library/slow2/manifests/v1", patient); r.status != http.StatusOK {
+	go func() { answer <- h.do(t, http.MethodHead, "/v2/library/slow2/manifests/v1", patient) }()
+	waitFor(t, "the request to wait for its deadline", func() bool { return clk.Waiting() == 1 })
+	clk.Advance(time.Second)
+	if n := clk.Waiting(); n != 1 {
+		t.Fatalf("containerd 1.6's deadline passed after 1s: %d timers left", n)
+	}
+	unblock()
+	if r := <-answer; r.status != http.StatusOK {
 		t.Fatalf("containerd 1.6 should wait: %d", r.status)
 	}
 }
@@ -163,12 +186,13 @@ func gunzip(t *testing.T, b []byte) []byte {
 	return out
 }
 
+// TestWarm: warmed images are answered from the verdicts warm stored:
+// no normalization, no layer scan, on the request.
 func TestWarm(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{deadline: 50 * time.Millisecond})
+	h := newHarness(t, harnessOptions{clock: newFakeClock()})
 	img := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	clean := h.push(t, "library/clean", "v1", regtest.ImageOptions{}, baseLayer)
-	h.front.slowBlobs(200 * time.Millisecond)
 
 	results, err := proxy.Warm(context.Background(), h.url, []string{
 		"docker.io/ansible/creator-ee:v0.5.0", "library/clean:v1", "evil.example.com/x:1",
@@ -185,11 +209,15 @@ func TestWarm(t *testing.T) {
 	if r := results[2]; !strings.Contains(r.Error, "not configured") {
 		t.Fatalf("warm unknown registry: %+v", r)
 	}
-	// Warmed: answered at once, well within a 50 ms deadline.
+	normalizations := h.metric(t, "regnorm_normalizations_total", "")
+	scans := h.metric(t, "regnorm_layers_scanned_total", "")
 	modern := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/2.3.0"}}
 	r := h.do(t, http.MethodHead, "/v2/ansible/creator-ee/manifests/v0.5.0", modern)
 	if r.status != http.StatusOK || r.header.Get("Docker-Content-Digest") != results[0].NormalizedDigest {
 		t.Fatalf("after warm: %d %s", r.status, r.header.Get("Docker-Content-Digest"))
+	}
+	if h.metric(t, "regnorm_normalizations_total", "") != normalizations || h.metric(t, "regnorm_layers_scanned_total", "") != scans {
+		t.Fatal("the warmed image was normalized again on the request")
 	}
 }
 

@@ -39,14 +39,14 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
-	if err := s.confirmAccess(ctx, req); err != nil {
-		return err
-	}
 	accept := parseAccept(r.Header.Values("Accept"))
 
 	var m cache.Manifest
 	var source string
 	if req.tag != "" {
+		if err := s.admitTag(ctx, req); err != nil {
+			return err
+		}
 		if m, source, err = s.manifestByTag(ctx, req, accept); err != nil {
 			return err
 		}
@@ -56,7 +56,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		}
 		if n.changed() {
 			s.metrics.normalizedServed.Inc()
-			now := s.now().UTC()
+			now := s.clock.Now().UTC()
 			s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
 				Tags: []string{req.tag}, FirstServed: now, LastServed: now, TimesServed: 1})
 			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
@@ -88,9 +88,21 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// manifestByDigest returns the manifest req names for req's client: from
+// the cache once the client is admitted (access.go), else from the upstream,
+// as the client, whose answer admits it.
 func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
+	admitted, sub, err := s.admitted(ctx, req)
+	if err != nil {
+		return cache.Manifest{}, "", newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+	}
 	m, err := s.store.GetManifest(ctx, req.digest)
 	if err == nil {
+		if !admitted {
+			if err := s.ask(ctx, req, sub); err != nil {
+				return cache.Manifest{}, "", err
+			}
+		}
 		s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
 		return m, "cache", nil
 	}
@@ -98,7 +110,13 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 		s.log.Warn("cache read failed, trying upstream", "digest", req.digest, "error", err)
 	}
 	s.metrics.cacheRequests.WithLabelValues("manifest", "miss").Inc()
-	key := "digest " + req.upstream.name + "/" + req.repo + "@" + req.digest.String()
+	if sub.dgst != req.digest {
+		// Made here, and lost: upstream never had it.
+		return cache.Manifest{}, "", newError(http.StatusNotFound, CodeManifestUnknown, "manifest unknown; pull by tag to make it again", nil)
+	}
+	// One fetch per client identity: the upstream's answer is for these
+	// credentials.
+	key := fmt.Sprintf("digest %s/%s@%s %x", req.upstream.name, req.repo, req.digest, req.upstream.credsKey)
 	v, err, _ := s.manifests.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
 		defer cancel()
@@ -114,6 +132,8 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 	if err != nil {
 		return cache.Manifest{}, "", err
 	}
+	s.learn(ctx, req.upstream.name, req.repo, req.digest)
+	req.upstream.confirm(req.repo, s.clock.Now())
 	return v.(cache.Manifest), "upstream", nil
 }
 
@@ -123,9 +143,11 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
 	rec, err := s.store.GetTag(ctx, req.upstream.name, req.repo, req.tag)
 	haveRec := err == nil && accepts(accept, rec.MediaType)
-	if haveRec && s.now().Sub(rec.CheckedAt) < s.tagTTL {
+	if haveRec && s.clock.Now().Sub(rec.CheckedAt) < s.tagTTL {
 		if m, err := s.store.GetManifest(ctx, rec.Digest); err == nil {
 			s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
+			// The tag record is the repository's own: upstream said so.
+			s.learn(ctx, req.upstream.name, req.repo, m.Digest)
 			return m, "cache", nil
 		}
 	}
@@ -146,6 +168,7 @@ func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []st
 		return cache.Manifest{}, "", err
 	}
 	res := v.(result)
+	s.learn(ctx, req.upstream.name, req.repo, res.m.Digest)
 	return res.m, res.source, nil
 }
 
@@ -173,7 +196,7 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 		case err != nil:
 			return cache.Manifest{}, "", err
 		case dgst == rec.Digest:
-			rec.CheckedAt = s.now()
+			rec.CheckedAt = s.clock.Now()
 			if err := s.store.PutTag(ctx, up.name, req.repo, req.tag, rec); err != nil {
 				s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
 			}
@@ -192,7 +215,7 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 		s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
 		return m, "upstream", nil
 	}
-	rec = cache.TagRecord{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(m.Content)), CheckedAt: s.now()}
+	rec = cache.TagRecord{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(m.Content)), CheckedAt: s.clock.Now()}
 	if err := s.store.PutTag(ctx, up.name, req.repo, req.tag, rec); err != nil {
 		s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
 	}

@@ -17,6 +17,10 @@ type Metrics struct {
 	tokenFetches     *prometheus.CounterVec
 	staleServes      *prometheus.CounterVec
 	inflightFetches  prometheus.Gauge
+	queuedFetches    prometheus.Gauge
+	fetchesRejected  prometheus.Counter
+	fetchesAbandoned prometheus.Counter
+	spoolBytes       prometheus.Gauge
 
 	rewrites          *prometheus.CounterVec
 	rewriteErrors     *prometheus.CounterVec
@@ -81,6 +85,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		inflightFetches: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "regnorm_upstream_inflight_fetches",
 			Help: "Blob downloads from upstream in progress.",
+		}),
+		queuedFetches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_upstream_queued_fetches",
+			Help: "Blob downloads waiting for a turn (at most maxDownloads run at once).",
+		}),
+		fetchesRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_upstream_fetches_rejected_total",
+			Help: "Requests answered 503 because maxQueuedDownloads downloads were already waiting.",
+		}),
+		fetchesAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_upstream_fetches_abandoned_total",
+			Help: "Blob downloads cancelled because no client was reading them any more.",
+		}),
+		spoolBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_spool_bytes",
+			Help: "Bytes reserved by the spool files of downloads in progress (at most spoolMaxSize).",
 		}),
 		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrites_total",
@@ -156,6 +176,40 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
-		m.upstreamRequests, m.upstreamDuration, m.upstreamRetries, m.tokenFetches, m.staleServes, m.inflightFetches)
+		m.upstreamRequests, m.upstreamDuration, m.upstreamRetries, m.tokenFetches, m.staleServes, m.inflightFetches,
+		m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes)
+	// Every label value known up front is there from the first scrape, so
+	// that a dashboard panel (and a test) sees 0 rather than nothing.
+	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs"} {
+		m.rewrites.WithLabelValues(kind)
+	}
+	for _, reason := range []string{"invalid", "fetch"} {
+		m.rewriteErrors.WithLabelValues(reason)
+	}
+	for _, result := range []string{"normalized", "clean", "invalid", "error"} {
+		m.normalizations.WithLabelValues(result)
+	}
+	for _, reason := range []string{"not-tar", "too-large"} {
+		m.layersSkipped.WithLabelValues(reason)
+	}
+	for _, kind := range []string{"manifest", "blob"} {
+		for _, result := range []string{"hit", "miss"} {
+			m.cacheRequests.WithLabelValues(kind, result)
+		}
+	}
+	for _, source := range []string{"cache", "upstream"} {
+		m.servedBytes.WithLabelValues(source)
+	}
 	return m
+}
+
+// preset creates the series of one configured upstream.
+func (m *Metrics) preset(upstream string) {
+	for _, result := range []string{"200", "error"} {
+		m.upstreamRequests.WithLabelValues(upstream, result)
+	}
+	for _, result := range []string{"ok", "error"} {
+		m.tokenFetches.WithLabelValues(upstream, result)
+	}
+	m.staleServes.WithLabelValues(upstream)
 }

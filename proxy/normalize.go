@@ -61,7 +61,8 @@ func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, 
 		}
 		// The verdict outlived its manifest: compute both again.
 	}
-	v, err, _ := s.normalizations.Do(m.Digest.String(), func() (any, error) {
+	// Per identity: the work asks upstream as its caller (see askingAs).
+	v, err, _ := s.normalizations.Do(m.Digest.String()+" "+askingAs(up, repo), func() (any, error) {
 		// Bounded like the downloads it waits for: clients are answered by
 		// their own deadline (503 and Retry-After), not by this one.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
@@ -112,7 +113,7 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 	} else {
 		res, err = s.normalizeIndex(ctx, up, repo, m, depth)
 	}
-	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: s.rules.key(), CreatedAt: s.now().UTC()}
+	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: s.rules.key(), CreatedAt: s.clock.Now().UTC()}
 	out := m
 	result := "clean"
 	switch {
@@ -127,9 +128,15 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 	case res.Changed():
 		result = "normalized"
 		out = cache.Manifest{MediaType: res.MediaType, Digest: res.Digest, Content: res.Content}
+		// The record first: the new manifest belongs wherever its original
+		// does, and only there.
+		if err := s.store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedManifest, Source: m.Digest}); err != nil {
+			return normalized{}, fmt.Errorf("record normalized manifest: %w", err)
+		}
 		if err := s.store.PutManifest(ctx, out); err != nil {
 			return normalized{}, fmt.Errorf("cache normalized manifest: %w", err)
 		}
+		s.learnDerived(ctx, up.name, repo, res.Digest, m.Digest)
 		verdict.Normalized = res.Digest
 		for _, c := range res.Changes {
 			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
@@ -187,6 +194,10 @@ func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, 
 		if err := s.putConfig(ctx, res.Config, res.ConfigDesc.Digest, plan.Config.Digest); err != nil {
 			return rewrite.Result{}, fmt.Errorf("store new config: %w", err)
 		}
+		s.learnDerived(ctx, up.name, repo, res.ConfigDesc.Digest, plan.Config.Digest)
+	}
+	for original, l := range layers {
+		s.learnDerived(ctx, up.name, repo, l.Digest, original)
 	}
 	return res, nil
 }
@@ -233,72 +244,68 @@ func (s *Server) normalizeIndex(ctx context.Context, up *upstream, repo string, 
 	return res, nil
 }
 
-// readBlob reads a small blob through the cache, downloading it with the
-// same single-flight fetch clients use.
+// readBlob reads a small blob a rule builds on, through the cache (where
+// the client finds it next), verified against its digest as it is read.
 func (s *Server) readBlob(ctx context.Context, up *upstream, repo string, desc ocispec.Descriptor, limit int64) ([]byte, error) {
 	if desc.Size > limit {
 		return nil, fmt.Errorf("%w: blob %s is %d bytes, more than %d", errInvalidContent, desc.Digest, desc.Size, limit)
 	}
-	if err := s.fetches.ensure(ctx, up, repo, desc.Digest); err != nil {
-		return nil, err
+	content, err := s.readBlobOnce(ctx, up, repo, desc, limit)
+	if damaged(err) {
+		// The cached copy failed verification and is gone: fetch it again.
+		s.log.Warn("cached blob failed verification; fetching it again", "repo", repo, "digest", desc.Digest, "error", err)
+		content, err = s.readBlobOnce(ctx, up, repo, desc, limit)
 	}
-	rc, _, err := s.store.OpenBlob(ctx, desc.Digest)
+	return content, err
+}
+
+func (s *Server) readBlobOnce(ctx context.Context, up *upstream, repo string, desc ocispec.Descriptor, limit int64) ([]byte, error) {
+	b, err := s.openBlob(ctx, distRequest{upstream: up, repo: repo, digest: desc.Digest, blob: true}, 0, true)
 	if err != nil {
 		return nil, err
 	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	defer b.Close()
+	content, err := io.ReadAll(io.LimitReader(b, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read blob %s: %w", desc.Digest, err)
 	}
-	if int64(len(b)) > limit {
+	if int64(len(content)) > limit {
 		return nil, fmt.Errorf("%w: blob %s is larger than %d bytes", errInvalidContent, desc.Digest, limit)
 	}
-	return b, nil
+	return content, nil
 }
 
 // noteDigestPull handles a pull by digest: it always gets the bytes it
 // names (containerd verifies them). If those are an original that regnorm
 // normalizes, the pull cannot be fixed: count it, say which digest to pin
-// instead, and put it in the report. A verdict already known is used at
-// once; an unknown one is computed in the background, off the request.
+// instead, and put it in the report. Only a verdict already known counts:
+// a pull by digest never makes regnorm download what nobody asked for (for
+// an index, that would be every platform's layers).
 func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest) {
 	if !s.mayNeedNormalizing(m, 0) {
 		return
 	}
-	note := func(n cache.Normalization) {
-		if n.Normalized == "" {
-			return
-		}
-		s.metrics.unnormalizedPulls.Inc()
-		s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
-			UnnormalizedPulls: 1, LastUnnormalizedPull: s.now().UTC()})
-		s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
-			"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
-		logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
-	}
-	if n, err := s.store.GetNormalization(ctx, m.Digest); err == nil {
-		note(n)
+	n, err := s.store.GetNormalization(ctx, m.Digest)
+	if err != nil || n.Normalized == "" {
 		return
 	}
-	go func() {
-		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
-		defer cancel()
-		n, err := s.normalize(bg, req.upstream, req.repo, m)
-		if err != nil {
-			s.log.Warn("normalizing a manifest pulled by digest failed", "digest", m.Digest, "error", err)
-			return
-		}
-		note(n.verdict)
-	}()
+	s.metrics.unnormalizedPulls.Inc()
+	s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
+		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
+	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
+		"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
+	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
 }
 
 // serveReport answers GET /api/v1/rewrites with every rewrite entry.
 func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) error {
-	entries, err := s.reports.list(r.Context())
+	entries, hidden, err := s.visibleReport(r.Context())
 	if err != nil {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
 	}
+	if entries == nil {
+		entries = []cache.ReportEntry{}
+	}
 	w.Header().Set("Content-Type", "application/json")
-	return writeJSON(w, map[string]any{"rewrites": entries})
+	return writeJSON(w, map[string]any{"rewrites": entries, "hidden": hidden})
 }

@@ -123,21 +123,48 @@ func TestPullByOriginalDigestGetsOriginal(t *testing.T) {
 	}
 }
 
-func TestPullByOriginalDigestFirst(t *testing.T) {
+// TestPullByDigestDownloadsNothingUnasked: a pull by digest gets what it
+// names and makes regnorm fetch nothing else: for an index, normalizing
+// would mean every platform's layers. Once a pull by tag has normalized the
+// image, a pull by the original digest is counted and reported.
+func TestPullByDigestDownloadsNothingUnasked(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
-	img := h.push(t, "library/redis", "old", legacy, oneFile)
-	r := h.do(t, http.MethodGet, "/v2/library/redis/manifests/"+img.ManifestDigest.String(), containerdAccept)
-	if r.status != http.StatusOK || !bytes.Equal(r.body, img.Manifest) {
-		t.Fatalf("pull by original digest: %d", r.status)
+	amd := h.push(t, "library/multi", "amd64", legacy, oneFile, xattrLayer)
+	arm := h.push(t, "library/multi", "arm64", legacy, oneFile)
+	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: amd.ManifestDigest, Size: int64(len(amd.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: arm.ManifestDigest, Size: int64(len(arm.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "arm64"}},
+	}}
+	index.SchemaVersion = 2
+	raw, _ := json.Marshal(index)
+	if err := h.reg.Client().PushManifest(context.Background(), "library/multi", "latest", ocispec.MediaTypeImageIndex, raw); err != nil {
+		t.Fatal(err)
 	}
-	// The verdict is computed off the request; the count follows.
-	deadline := time.Now().Add(10 * time.Second)
-	for h.metric(t, "regnorm_unnormalized_digest_pulls_total", "") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("a first pull by an original digest was never counted")
+	indexPath := "/v2/library/multi/manifests/" + digest.FromBytes(raw).String()
+
+	blobGets := h.reg.Requests(http.MethodGet, "blobs")
+	for _, path := range []string{indexPath, "/v2/library/multi/manifests/" + amd.ManifestDigest.String()} {
+		if r := h.do(t, http.MethodGet, path, containerdAccept); r.status != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, r.status)
 		}
-		time.Sleep(20 * time.Millisecond)
+	}
+	if got := h.reg.Requests(http.MethodGet, "blobs") - blobGets; got != 0 {
+		t.Fatalf("pulls by digest made regnorm download %d blobs nobody asked for", got)
+	}
+	if got := h.metric(t, "regnorm_normalizations_total", ""); got != 0 {
+		t.Fatalf("pulls by digest started %v normalizations", got)
+	}
+	if got := h.metric(t, "regnorm_unnormalized_digest_pulls_total", ""); got != 0 {
+		t.Fatalf("counted %v unnormalized pulls without a verdict", got)
+	}
+
+	h.pullByTag(t, "library/multi", "latest")
+	if r := h.do(t, http.MethodGet, indexPath, containerdAccept); r.status != http.StatusOK || !bytes.Equal(r.body, raw) {
+		t.Fatalf("pull by the original index digest: %d", r.status)
+	}
+	if got := h.metric(t, "regnorm_unnormalized_digest_pulls_total", ""); got != 1 {
+		t.Fatalf("unnormalized pulls = %v, want 1 once the verdict is known", got)
 	}
 }
 

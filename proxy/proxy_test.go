@@ -126,13 +126,14 @@ func TestTokenAuthUpstream(t *testing.T) {
 		t.Parallel()
 		short := regOpts
 		short.TokenLifetime = time.Second // renewed early: every request needs a new token
-		h := newHarness(t, harnessOptions{registry: short, credentials: proxy.Credentials{Username: "puller", Password: "s3cret-pass"}})
+		clk := newFakeClock()
+		h := newHarness(t, harnessOptions{clock: clk, registry: short, credentials: proxy.Credentials{Username: "puller", Password: "s3cret-pass"}})
 		h.push(t, "team/app", "v1", regtest.ImageOptions{}, oneFile)
 		for i := range 2 {
 			if r := h.do(t, http.MethodHead, "/v2/team/app/manifests/v1", containerdAccept); r.status != http.StatusOK {
 				t.Fatalf("HEAD %d: %d", i, r.status)
 			}
-			time.Sleep(1100 * time.Millisecond)
+			clk.Advance(1100 * time.Millisecond)
 		}
 		if got := h.reg.TokenRequests.Load(); got < 2 {
 			t.Fatalf("token requests = %d, want a new token after expiry", got)
@@ -275,10 +276,7 @@ func TestUpstreamFaults(t *testing.T) {
 				t.Fatalf("got %d %s, want %d UNAVAILABLE", r.status, r.body, tt.wantStatus)
 			}
 			// The download finishes in the background; wait for it.
-			deadline := time.Now().Add(5 * time.Second)
-			for h.metric(t, "regnorm_upstream_inflight_fetches", "") != 0 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitNoFetches(t, h)
 			if _, err := h.store.StatBlob(context.Background(), dgst); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("cache after fault: %v, want ErrNotFound", err)
 			}

@@ -19,14 +19,48 @@ import (
 // waits for storage; list shows stored and pending counts together.
 type reporter struct {
 	store cache.ReportStore
+	clock Clock
 	log   *slog.Logger
 
 	mu      sync.Mutex
 	pending map[string]cache.ReportEntry
+
+	// The stored entries as last listed: a status page loaded by many at
+	// once, or reloaded in a loop, lists the store at most once per
+	// reportListTTL.
+	listMu   sync.Mutex
+	listed   []cache.ReportEntry
+	listedAt time.Time
 }
 
-func newReporter(store cache.ReportStore, log *slog.Logger) *reporter {
-	return &reporter{store: store, log: log, pending: map[string]cache.ReportEntry{}}
+// reportListTTL is how long a listing of the stored report is reused.
+const reportListTTL = 5 * time.Second
+
+func newReporter(store cache.ReportStore, clock Clock, log *slog.Logger) *reporter {
+	return &reporter{store: store, clock: clock, log: log, pending: map[string]cache.ReportEntry{}}
+}
+
+// stored lists the stored entries, or reuses a listing younger than
+// reportListTTL.
+func (r *reporter) stored(ctx context.Context) ([]cache.ReportEntry, error) {
+	r.listMu.Lock()
+	defer r.listMu.Unlock()
+	if r.listed != nil && r.clock.Now().Sub(r.listedAt) < reportListTTL {
+		return r.listed, nil
+	}
+	entries, err := r.store.ListReports(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.listed, r.listedAt = entries, r.clock.Now()
+	return entries, nil
+}
+
+// forgetListing drops the reused listing: a flush changed the store.
+func (r *reporter) forgetListing() {
+	r.listMu.Lock()
+	r.listed = nil
+	r.listMu.Unlock()
 }
 
 // add merges delta into the pending changes of its entry.
@@ -54,6 +88,10 @@ func (r *reporter) flush(ctx context.Context) error {
 	r.pending = map[string]cache.ReportEntry{}
 	r.mu.Unlock()
 
+	if len(pending) == 0 {
+		return nil
+	}
+	defer r.forgetListing()
 	var errs []error
 	for key, delta := range pending {
 		cur, err := r.store.GetReport(ctx, key)
@@ -95,7 +133,7 @@ func (r *reporter) run(ctx context.Context, interval time.Duration) {
 
 // list returns every entry, pending counts included, most recently served first.
 func (r *reporter) list(ctx context.Context) ([]cache.ReportEntry, error) {
-	stored, err := r.store.ListReports(ctx)
+	stored, err := r.stored(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +162,26 @@ func (r *reporter) list(ctx context.Context) ([]cache.ReportEntry, error) {
 		return strings.Compare(a.Key(), b.Key())
 	})
 	return out, nil
+}
+
+// visibleReport lists the report as anyone who may read it may see it.
+// Entries of upstreams that forward credentials are left out, and counted in
+// hidden: the report is not behind those credentials (client authentication
+// cannot be combined with forwarding), and they would name private
+// repositories, digests and the paths inside private layers.
+func (s *Server) visibleReport(ctx context.Context) (entries []cache.ReportEntry, hidden int, err error) {
+	all, err := s.reports.list(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, e := range all {
+		if up, ok := s.upstreams[e.Upstream]; ok && up.forward != nil {
+			hidden++
+			continue
+		}
+		entries = append(entries, e)
+	}
+	return entries, hidden, nil
 }
 
 func writeJSON(w io.Writer, v any) error {

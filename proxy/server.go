@@ -24,15 +24,16 @@ type Store interface {
 	cache.BlobIngester
 	cache.ManifestStore
 	cache.TagStore
+	cache.LinkStore
+	cache.DerivedStore
 	cache.NormalizationStore
 	cache.ReportStore
 	cache.LayerVerdictStore
+	Retain(ctx context.Context, dgst digest.Digest) error
+	Upgrade(ctx context.Context) error
 	Usage(ctx context.Context) (cache.Usage, error)
-	CleanUploads(ctx context.Context, maxAge time.Duration, now time.Time) (int, error)
-	Pin(dgst digest.Digest) (unpin func())
+	CleanUploads(ctx context.Context, idle, lifetime time.Duration, now time.Time) (int, error)
 	Evict(ctx context.Context, policy cache.EvictionPolicy, now time.Time) (cache.EvictionResult, error)
-	PutDerived(ctx context.Context, d cache.Derived) error
-	GetDerived(ctx context.Context, dgst digest.Digest) (cache.Derived, error)
 }
 
 // Rules switches each normalization on or off.
@@ -97,8 +98,16 @@ type Options struct {
 	ClientAuth *ClientAuth
 	// Eviction bounds the cache; the zero policy keeps everything.
 	Eviction cache.EvictionPolicy
-	Metrics  *Metrics
-	Logger   *slog.Logger
+	// MaintenanceInterval is how often the cache is measured, kept within
+	// Eviction and cleaned of what dead writers left (default 1 minute).
+	// Each pass lists the blobs: make it long on S3, where listing costs.
+	MaintenanceInterval time.Duration
+	// Fetches bound the downloads from upstream; zero fields take defaults.
+	Fetches FetchLimits
+	// Clock is the time the server goes by (default the system clock).
+	Clock   Clock
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Server serves the read side of the OCI distribution API as a pull-through
@@ -119,6 +128,8 @@ type Server struct {
 	deadline        time.Duration
 	patientDeadline time.Duration
 	eviction        cache.EvictionPolicy
+	maintainEvery   time.Duration
+	links           *linkMemory
 	maxLayerSize    int64
 	clientAuth      *clientAuth
 	uploadIdle      time.Duration // an upload not written to for this long is a dead process's
@@ -126,7 +137,7 @@ type Server struct {
 	sizeEstimate    atomic.Int64  // blob bytes: last eviction's count plus ingests since
 	metrics         *Metrics
 	log             *slog.Logger
-	now             func() time.Time
+	clock           Clock
 }
 
 // Manifests larger than this are refused: they are held in memory.
@@ -161,6 +172,12 @@ func New(opts Options) (*Server, error) {
 	if opts.PatientDeadline < opts.Deadline {
 		opts.PatientDeadline = opts.Deadline
 	}
+	if opts.MaintenanceInterval <= 0 {
+		opts.MaintenanceInterval = time.Minute
+	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
 	s := &Server{
 		store:           opts.Store,
 		upstreams:       map[string]*upstream{},
@@ -168,13 +185,15 @@ func New(opts Options) (*Server, error) {
 		tagTTL:          opts.TagTTL,
 		metrics:         opts.Metrics,
 		log:             opts.Logger,
-		now:             time.Now,
-		reports:         newReporter(opts.Store, opts.Logger),
+		clock:           opts.Clock,
+		reports:         newReporter(opts.Store, opts.Clock, opts.Logger),
 		rules:           AllRules(),
-		started:         time.Now(),
+		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
 		eviction:        opts.Eviction,
+		maintainEvery:   opts.MaintenanceInterval,
+		links:           newLinkMemory(),
 		uploadIdle:      4 * opts.StallTimeout,
 		maxLayerSize:    opts.MaxLayerSize,
 		clientAuth:      newClientAuth(opts.ClientAuth),
@@ -187,16 +206,26 @@ func New(opts Options) (*Server, error) {
 		if _, dup := s.upstreams[cfg.Name]; dup {
 			return nil, fmt.Errorf("proxy: upstream %q configured twice", cfg.Name)
 		}
-		s.upstreams[cfg.Name] = newUpstream(cfg, opts.Retry, opts.StallTimeout, opts.Metrics, opts.Logger)
+		s.upstreams[cfg.Name] = newUpstream(cfg, opts.Retry, opts.StallTimeout, opts.Clock, opts.Metrics, opts.Logger)
+		opts.Metrics.preset(cfg.Name)
 	}
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.DefaultUpstream)
 	}
+	limits := opts.Fetches.withDefaults()
 	s.fetches = &blobFetches{
+		onHolds: func(ctx context.Context, up *upstream, repo string, dgst digest.Digest) {
+			s.learn(ctx, up.name, repo, dgst)
+			up.confirm(repo, s.clock.Now())
+		},
 		onCommit: s.noteIngest,
 		store:    opts.Store,
+		stat:     opts.Store.StatBlob,
 		spoolDir: opts.SpoolDir,
 		timeout:  opts.FetchTimeout,
+		limits:   limits,
+		clock:    opts.Clock,
+		slots:    make(chan struct{}, limits.Downloads),
 		metrics:  opts.Metrics,
 		log:      opts.Logger,
 		inflight: map[digest.Digest]*blobFetch{},
@@ -206,10 +235,6 @@ func New(opts Options) (*Server, error) {
 
 // reportFlushInterval is how often served counts reach the stored report.
 const reportFlushInterval = 10 * time.Second
-
-// maintainInterval is how often the cache is measured and, with an
-// eviction policy, kept within it (each is one walk of the blob tree).
-const maintainInterval = time.Minute
 
 // Run does the server's background work until ctx ends: it flushes the
 // rewrite report (once more on the way out), and measures the cache and
@@ -225,42 +250,55 @@ type measuredUsage struct {
 	At time.Time
 }
 
-// maintainCache evicts as the policy says (or, without one, only measures)
-// every minute, and at once when an ingest takes the cache past its size.
-// It also removes the temporary objects of writers that died (a crash, a
-// SIGKILL): a live writer writes at least every stall timeout, because a
-// download that stalls longer is abandoned.
+// uploadMargin is added to the fetch timeout to tell a dead writer's
+// multipart upload from a live one: every writer (a download, a repack, a
+// rewritten config) ends within the fetch timeout.
+const uploadMargin = 10 * time.Minute
+
+// maintainCache runs a maintenance pass every maintenance interval, and at
+// once when an ingest takes the cache past its size.
 func (s *Server) maintainCache(ctx context.Context) {
+	if err := s.store.Upgrade(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("upgrading the cache from an earlier version failed; rewritten configs it holds may be evicted", "error", err)
+	}
 	for {
-		if n, err := s.store.CleanUploads(ctx, s.uploadIdle, time.Now()); err != nil && ctx.Err() == nil {
-			s.log.Warn("cleaning leftover uploads failed", "error", err)
-		} else if n > 0 {
-			s.log.Info("removed leftover uploads", "count", n)
-		}
-		u, err := s.evictOrMeasure(ctx)
-		switch {
-		case err == nil:
-			s.usage.Store(&measuredUsage{Usage: u, At: time.Now()})
-			s.sizeEstimate.Store(u.Bytes)
-			s.metrics.cacheBytes.Set(float64(u.Bytes))
-			s.metrics.cacheBlobs.Set(float64(u.Blobs))
-		case ctx.Err() == nil:
-			s.log.Warn("maintaining the cache failed", "error", err)
-		}
+		s.maintainOnce(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.evictNow:
-		case <-time.After(maintainInterval):
+		case <-s.clock.After(s.maintainEvery):
 		}
 	}
 }
 
+// maintainOnce evicts as the policy says (or, without one, only measures
+// the cache), and removes what writers that died (a crash, a SIGKILL) left:
+// a live writer writes at least every stall timeout, because a download
+// that stalls longer is abandoned.
+func (s *Server) maintainOnce(ctx context.Context) {
+	if n, err := s.store.CleanUploads(ctx, s.uploadIdle, s.fetches.timeout+uploadMargin, s.clock.Now()); err != nil && ctx.Err() == nil {
+		s.log.Warn("cleaning leftover uploads failed", "error", err)
+	} else if n > 0 {
+		s.log.Info("removed leftover uploads", "count", n)
+	}
+	u, err := s.evictOrMeasure(ctx)
+	switch {
+	case err == nil:
+		s.usage.Store(&measuredUsage{Usage: u, At: s.clock.Now()})
+		s.sizeEstimate.Store(u.Bytes)
+		s.metrics.cacheBytes.Set(float64(u.Bytes))
+		s.metrics.cacheBlobs.Set(float64(u.Blobs))
+	case ctx.Err() == nil:
+		s.log.Warn("maintaining the cache failed", "error", err)
+	}
+}
+
 func (s *Server) evictOrMeasure(ctx context.Context) (cache.Usage, error) {
-	if s.eviction == (cache.EvictionPolicy{}) {
+	if s.eviction.MaxBytes == 0 && s.eviction.MaxAge == 0 {
 		return s.store.Usage(ctx)
 	}
-	res, err := s.store.Evict(ctx, s.eviction, time.Now())
+	res, err := s.store.Evict(ctx, s.eviction, s.clock.Now())
 	if err != nil {
 		return cache.Usage{}, err
 	}
@@ -292,13 +330,13 @@ func (s *Server) Handler(metrics http.Handler) http.Handler {
 func (s *Server) serveBase(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	w.Header().Set("Content-Type", "application/json")
-	w.Write([]byte("{}"))
-	return nil
+	_, err := w.Write([]byte("{}"))
+	return err
 }
 
 func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) error {
-	w.Write([]byte("ok\n"))
-	return nil
+	_, err := w.Write([]byte("ok\n"))
+	return err
 }
 
 // serveReadyz reports ready when the cache storage answers.
@@ -310,8 +348,8 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) error {
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
 	}
-	w.Write([]byte("ready\n"))
-	return nil
+	_, err = w.Write([]byte("ready\n"))
+	return err
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -50,6 +50,7 @@ type statusData struct {
 	Page      int
 	Pages     int
 	Total     int
+	Hidden    int // entries of upstreams that forward credentials, not shown
 	Matching  int
 	Shown     int
 	Entries   []cache.ReportEntry
@@ -60,12 +61,12 @@ type statusData struct {
 // on the server, so a thousand entries stay readable), pulls that need
 // re-pinning, and cache and upstream health.
 func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
-	entries, err := s.reports.list(r.Context())
+	entries, hidden, err := s.visibleReport(r.Context())
 	if err != nil {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
 	}
-	d := statusData{Now: s.now().UTC(), Uptime: time.Since(s.started).Round(time.Second).String(), Rules: s.rules.key(),
-		Cache: s.usage.Load(), Total: len(entries), Query: strings.TrimSpace(r.URL.Query().Get("q"))}
+	d := statusData{Now: s.clock.Now().UTC(), Uptime: s.clock.Now().Sub(s.started).Round(time.Second).String(), Rules: s.rules.key(),
+		Cache: s.usage.Load(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
 	for _, name := range sortedKeys(s.upstreams) {
 		up := s.upstreams[name]
 		ok, fail, why := up.health.snapshot()

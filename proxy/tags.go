@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -45,7 +46,9 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
-		io.Copy(w, io.LimitReader(resp.Body, maxTagsListSize))
+		if _, err := io.Copy(w, io.LimitReader(resp.Body, maxTagsListSize)); err != nil {
+			return fmt.Errorf("relay tags list: %w", err)
+		}
 	}
 	return nil
 }

@@ -86,11 +86,12 @@ type upstream struct {
 	forward *forwarding
 	// credsKey identifies creds in a view made by as.
 	credsKey [sha256.Size]byte
+	clock    Clock
 	metrics  *Metrics
 	log      *slog.Logger
 }
 
-func newUpstream(cfg UpstreamConfig, retry RetryPolicy, stall time.Duration, m *Metrics, log *slog.Logger) *upstream {
+func newUpstream(cfg UpstreamConfig, retry RetryPolicy, stall time.Duration, clock Clock, m *Metrics, log *slog.Logger) *upstream {
 	client := &http.Client{Transport: newTransport(cfg.RootCAs, stall)}
 	u := &upstream{
 		name:    cfg.Name,
@@ -101,6 +102,7 @@ func newUpstream(cfg UpstreamConfig, retry RetryPolicy, stall time.Duration, m *
 		stall:   stall,
 		basic:   &atomic.Bool{},
 		health:  &health{},
+		clock:   clock,
 		metrics: m,
 		log:     log.With("upstream", cfg.Name),
 	}
@@ -115,7 +117,7 @@ func (u *upstream) newTokenSource(creds Credentials) *tokenSource {
 	return &tokenSource{
 		client:  u.client,
 		creds:   creds,
-		now:     time.Now,
+		now:     u.clock.Now,
 		onFetch: func(result string) { u.metrics.tokenFetches.WithLabelValues(u.name, result).Inc() },
 	}
 }

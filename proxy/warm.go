@@ -53,7 +53,7 @@ func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	g.SetLimit(warmConcurrency)
 	for i, image := range req.Images {
 		g.Go(func() error {
-			res := s.warm(r.Context(), image)
+			res := s.warm(r, image)
 			mu.Lock()
 			results[i] = res
 			mu.Unlock()
@@ -65,7 +65,11 @@ func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, map[string]any{"results": results})
 }
 
-func (s *Server) warm(ctx context.Context, image string) WarmResult {
+// warm normalizes one image for the client of r, who must be allowed to
+// pull it: with forwarded credentials, its own credentials are asked, as for
+// a pull.
+func (s *Server) warm(r *http.Request, image string) WarmResult {
+	ctx := r.Context()
 	res := WarmResult{Image: image}
 	fail := func(err error) WarmResult {
 		res.Error = err.Error()
@@ -79,18 +83,22 @@ func (s *Server) warm(ctx context.Context, image string) WarmResult {
 	if err != nil {
 		return fail(err)
 	}
+	if up, err = up.as(r); err != nil {
+		return fail(err)
+	}
 	req := distRequest{upstream: up, repo: reference.Path(named)}
 	var m cache.Manifest
-	switch ref := named.(type) {
-	case reference.Canonical:
+	if ref, ok := named.(reference.Canonical); ok {
 		req.digest = ref.Digest()
 		m, _, err = s.manifestByDigest(ctx, req, nil)
-	case reference.Tagged:
-		req.tag = ref.Tag()
-		m, _, err = s.manifestByTag(ctx, req, nil)
-	default:
+	} else {
 		req.tag = "latest"
-		m, _, err = s.manifestByTag(ctx, req, nil)
+		if ref, ok := named.(reference.Tagged); ok {
+			req.tag = ref.Tag()
+		}
+		if err = s.admitTag(ctx, req); err == nil {
+			m, _, err = s.manifestByTag(ctx, req, nil)
+		}
 	}
 	if err != nil {
 		return fail(err)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/regnorm/regnorm/cache"
 )
 
 // Config is regnorm's whole configuration. Precedence, lowest first: the
@@ -42,6 +44,14 @@ type Config struct {
 	// SpoolDir holds the (unlinked) files that fan a download out to many
 	// clients. Empty means the system temporary directory.
 	SpoolDir string `yaml:"spoolDir"`
+	// SpoolMaxSize bounds the spool files together, e.g. 8GiB. A download
+	// that does not fit goes to the cache only; its clients wait for it.
+	SpoolMaxSize string `yaml:"spoolMaxSize"`
+	// MaxDownloads is how many blob downloads from upstream run at once.
+	MaxDownloads int `yaml:"maxDownloads"`
+	// MaxQueuedDownloads is how many more may wait for a turn; beyond,
+	// requests get 503 with Retry-After.
+	MaxQueuedDownloads int `yaml:"maxQueuedDownloads"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`
 	// Auth makes clients authenticate; off by default.
@@ -107,9 +117,39 @@ type CacheConfig struct {
 	// the filesystem.
 	MaxSize string `yaml:"maxSize"`
 	// MaxAge evicts blobs unused for longer; 0 is no limit. Meant for S3.
-	MaxAge     time.Duration    `yaml:"maxAge"`
-	Filesystem FilesystemConfig `yaml:"filesystem"`
-	S3         S3Config         `yaml:"s3"`
+	MaxAge time.Duration `yaml:"maxAge"`
+	// EvictionGrace keeps blobs used within it from eviction: another
+	// replica may be serving them. Default 2h with s3, 0 otherwise.
+	EvictionGrace *time.Duration `yaml:"evictionGrace"`
+	// MaintenanceInterval is how often the cache is measured, evicted and
+	// cleaned (each pass lists the blobs). Default 1h with s3, 1m otherwise.
+	MaintenanceInterval *time.Duration   `yaml:"maintenanceInterval"`
+	Filesystem          FilesystemConfig `yaml:"filesystem"`
+	S3                  S3Config         `yaml:"s3"`
+}
+
+// evictionGrace is EvictionGrace, or the driver's default: replicas share
+// an S3 cache; a filesystem cache belongs to one process.
+func (c CacheConfig) evictionGrace() time.Duration {
+	if c.EvictionGrace != nil {
+		return *c.EvictionGrace
+	}
+	if c.Driver == "s3" {
+		return cache.DefaultSharedGrace
+	}
+	return 0
+}
+
+// maintenanceInterval is MaintenanceInterval, or the driver's default:
+// on S3 every pass lists the bucket, which is billed.
+func (c CacheConfig) maintenanceInterval() time.Duration {
+	if c.MaintenanceInterval != nil {
+		return *c.MaintenanceInterval
+	}
+	if c.Driver == "s3" {
+		return time.Hour
+	}
+	return time.Minute
 }
 
 // maxBytes is MaxSize in bytes; 0 is no limit.
@@ -169,17 +209,20 @@ type UpstreamConfig struct {
 
 func defaultConfig() Config {
 	return Config{
-		Listen:           ":5000",
-		LogLevel:         "info",
-		LogFormat:        "text",
-		DefaultUpstream:  "docker.io",
-		TagTTL:           5 * time.Minute,
-		FetchTimeout:     time.Hour,
-		StallTimeout:     30 * time.Second,
-		UpstreamAttempts: 3,
-		ShutdownTimeout:  30 * time.Second,
-		Cache:            CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
-		Normalize:        NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
+		Listen:             ":5000",
+		LogLevel:           "info",
+		LogFormat:          "text",
+		DefaultUpstream:    "docker.io",
+		TagTTL:             5 * time.Minute,
+		FetchTimeout:       time.Hour,
+		StallTimeout:       30 * time.Second,
+		UpstreamAttempts:   3,
+		ShutdownTimeout:    30 * time.Second,
+		SpoolMaxSize:       "8GiB",
+		MaxDownloads:       32,
+		MaxQueuedDownloads: 128,
+		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
+		Normalize:          NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -297,8 +340,23 @@ func (c Config) validate() error {
 	if _, err := c.Cache.maxBytes(); err != nil {
 		bad("cache.maxSize", "%v", err)
 	}
-	if c.Cache.MaxAge < 0 {
-		bad("cache.maxAge", "must not be negative")
+	if c.Cache.MaxAge < 0 || (c.Cache.MaxAge > 0 && c.Cache.MaxAge < 2*cache.AccessInterval) {
+		bad("cache.maxAge", "must be 0 (no limit) or at least %s: uses are recorded up to %s late", 2*cache.AccessInterval, cache.AccessInterval)
+	}
+	if c.Cache.evictionGrace() < 0 {
+		bad("cache.evictionGrace", "must not be negative")
+	}
+	if c.Cache.maintenanceInterval() < time.Second {
+		bad("cache.maintenanceInterval", "must be at least 1s")
+	}
+	if b, err := parseByteSize(c.SpoolMaxSize); err != nil || b == 0 {
+		bad("spoolMaxSize", "%q is not a positive size such as 8GiB", c.SpoolMaxSize)
+	}
+	if c.MaxDownloads < 1 {
+		bad("maxDownloads", "must be at least 1")
+	}
+	if c.MaxQueuedDownloads < 1 {
+		bad("maxQueuedDownloads", "must be at least 1")
 	}
 	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)

@@ -68,36 +68,43 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	driver, err := buildDriver(ctx, cfg.Cache, getenv)
+	driver, uploads, err := buildDriver(ctx, cfg.Cache, getenv)
 	if err != nil {
 		return err
 	}
-	store := cache.New(driver)
+	var storeOpts []cache.Option
+	if uploads != nil {
+		storeOpts = append(storeOpts, cache.WithMultipartUploads(uploads))
+	}
+	store := cache.New(driver, storeOpts...)
 	clientAuth, err := loadClientAuth(cfg.Auth)
 	if err != nil {
 		return err
 	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
+	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Options{
-		Store:           store,
-		Upstreams:       upstreams,
-		DefaultUpstream: cfg.DefaultUpstream,
-		TagTTL:          cfg.TagTTL,
-		SpoolDir:        cfg.SpoolDir,
-		FetchTimeout:    cfg.FetchTimeout,
-		StallTimeout:    cfg.StallTimeout,
-		Retry:           retryPolicy(cfg.UpstreamAttempts),
-		Rules:           &proxy.Rules{ConfigMediaType: cfg.Normalize.ConfigMediaType, SymlinkXattrs: cfg.Normalize.SymlinkXattrs},
-		Deadline:        cfg.Normalize.Deadline,
-		PatientDeadline: cfg.Normalize.PatientDeadline,
-		MaxLayerSize:    int64(maxLayer),
-		ClientAuth:      clientAuth,
-		Eviction:        cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge},
-		Metrics:         proxy.NewMetrics(reg),
-		Logger:          log,
+		Store:               store,
+		Upstreams:           upstreams,
+		DefaultUpstream:     cfg.DefaultUpstream,
+		TagTTL:              cfg.TagTTL,
+		SpoolDir:            cfg.SpoolDir,
+		FetchTimeout:        cfg.FetchTimeout,
+		StallTimeout:        cfg.StallTimeout,
+		Retry:               retryPolicy(cfg.UpstreamAttempts),
+		Rules:               &proxy.Rules{ConfigMediaType: cfg.Normalize.ConfigMediaType, SymlinkXattrs: cfg.Normalize.SymlinkXattrs},
+		Deadline:            cfg.Normalize.Deadline,
+		PatientDeadline:     cfg.Normalize.PatientDeadline,
+		MaxLayerSize:        int64(maxLayer),
+		ClientAuth:          clientAuth,
+		Eviction:            cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
+		MaintenanceInterval: cfg.Cache.maintenanceInterval(),
+		Fetches:             proxy.FetchLimits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(spoolMax)},
+		Metrics:             proxy.NewMetrics(reg),
+		Logger:              log,
 	})
 	if err != nil {
 		return err
@@ -204,36 +211,39 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func buildDriver(ctx context.Context, c CacheConfig, getenv func(string) string) (storagedriver.StorageDriver, error) {
+// buildDriver builds the cache's storage driver and, on S3, what ends the
+// multipart uploads a crash leaves (the driver cannot see them).
+func buildDriver(ctx context.Context, c CacheConfig, getenv func(string) string) (storagedriver.StorageDriver, cache.MultipartUploads, error) {
 	switch c.Driver {
 	case "s3":
 		return buildS3Driver(ctx, c.S3, getenv)
 	case "inmemory":
-		return inmemory.New(), nil
+		return inmemory.New(), nil, nil
 	case "filesystem":
 		root, err := filepath.Abs(c.Filesystem.RootDirectory)
 		if err != nil {
-			return nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
+			return nil, nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
 		}
 		if err := os.MkdirAll(root, 0o755); err != nil {
-			return nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
+			return nil, nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
 		}
-		return filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100}), nil
+		return filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100}), nil, nil
 	}
-	return nil, fmt.Errorf("config: cache.driver: %q is not supported", c.Driver)
+	return nil, nil, fmt.Errorf("config: cache.driver: %q is not supported", c.Driver)
 }
 
-// buildS3Driver constructs distribution's s3-aws driver directly.
-func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) (storagedriver.StorageDriver, error) {
+// buildS3Driver constructs distribution's s3-aws driver directly, and an S3
+// client on the same bucket for multipart uploads.
+func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) (storagedriver.StorageDriver, cache.MultipartUploads, error) {
 	access, secret := getenv(firstNonEmpty(c.AccessKeyEnv, "AWS_ACCESS_KEY_ID")), getenv(firstNonEmpty(c.SecretKeyEnv, "AWS_SECRET_ACCESS_KEY"))
 	if c.AccessKeyFile != "" {
 		a, err := os.ReadFile(c.AccessKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("config: cache.s3.accessKeyFile: %w", err)
+			return nil, nil, fmt.Errorf("config: cache.s3.accessKeyFile: %w", err)
 		}
 		sk, err := os.ReadFile(c.SecretKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("config: cache.s3.secretKeyFile: %w", err)
+			return nil, nil, fmt.Errorf("config: cache.s3.secretKeyFile: %w", err)
 		}
 		access, secret = strings.TrimSpace(string(a)), strings.TrimSpace(string(sk))
 	}
@@ -250,9 +260,15 @@ func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) 
 	}
 	d, err := s3.FromParameters(ctx, params)
 	if err != nil {
-		return nil, fmt.Errorf("config: cache.s3: %w", err)
+		return nil, nil, fmt.Errorf("config: cache.s3: %w", err)
 	}
-	return d, nil
+	uploads, err := cache.NewS3Uploads(cache.S3Params{Bucket: c.Bucket, Region: c.Region, Endpoint: c.Endpoint,
+		ForcePathStyle: c.ForcePathStyle, Secure: params["secure"].(bool), SkipVerify: c.SkipVerify,
+		AccessKey: access, SecretKey: secret, RootDirectory: c.RootDirectory})
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: cache.s3: %w", err)
+	}
+	return d, uploads, nil
 }
 
 // buildUpstreams reads CA files and passwords: the files and environment

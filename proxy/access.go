@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+// Who may read what. The cache is global by digest, but an object is served
+// under a repository only where both hold:
+//
+//  1. the repository holds it upstream. regnorm learns that from the
+//     upstream's own answers for that repository (a download, a manifest
+//     fetch, a HEAD) and keeps it as a link, like distribution's repository
+//     links. Content regnorm made (a normalized manifest, a rewritten config,
+//     a repackaged layer) is held where its source is held.
+//  2. with forwarded credentials, the upstream said yes to the client's own
+//     credentials for the repository within confirmTTL.
+//
+// What is not known is asked of the upstream, as the client: a HEAD of the
+// object, or of the source regnorm made it from.
+
+// subject is an upstream object to ask about.
+type subject struct {
+	dgst     digest.Digest
+	manifest bool
+}
+
+// linkMemory remembers links known to exist, so the hot path reads none
+// from the store. Bounded; a forgotten link costs one store read.
+type linkMemory = lru.Cache[string, struct{}]
+
+func newLinkMemory() *linkMemory {
+	c, err := lru.New[string, struct{}](1 << 16)
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
+func linkKey(upstream, repo string, dgst digest.Digest) string {
+	return upstream + "\x00" + repo + "\x00" + dgst.String()
+}
+
+// holds reports whether upstream/repo is known to hold dgst.
+func (s *Server) holds(ctx context.Context, upstream, repo string, dgst digest.Digest) (bool, error) {
+	key := linkKey(upstream, repo, dgst)
+	if s.links.Contains(key) {
+		return true, nil
+	}
+	ok, err := s.store.HasLink(ctx, upstream, repo, dgst)
+	if ok {
+		s.links.Add(key, struct{}{})
+	}
+	return ok, err
+}
+
+// learn records that upstream/repo holds dgst. A link that fails to be
+// written costs a HEAD upstream later, nothing more: it is logged, not
+// returned.
+func (s *Server) learn(ctx context.Context, upstream, repo string, dgst digest.Digest) {
+	key := linkKey(upstream, repo, dgst)
+	if s.links.Contains(key) {
+		return
+	}
+	if err := s.store.PutLink(context.WithoutCancel(ctx), upstream, repo, dgst); err != nil {
+		s.log.Warn("recording a repository link failed", "upstream", upstream, "repo", repo, "digest", dgst, "error", err)
+		return
+	}
+	s.links.Add(key, struct{}{})
+}
+
+// admitted reports, without asking upstream, whether req's client may read
+// req.digest under req.repo. When it may not (yet), ask is what to ask the
+// upstream about: the digest itself, or the upstream object regnorm made it
+// from.
+func (s *Server) admitted(ctx context.Context, req distRequest) (ok bool, ask subject, err error) {
+	up := req.upstream
+	credsOK := up.confirmed(req.repo, s.clock.Now())
+	linked, err := s.holds(ctx, up.name, req.repo, req.digest)
+	if err != nil {
+		return false, subject{}, err
+	}
+	if linked && credsOK {
+		return true, subject{}, nil
+	}
+	src, derived, err := s.source(ctx, req)
+	if err != nil || linked || !derived {
+		return false, src, err
+	}
+	held, err := s.holds(ctx, up.name, req.repo, src.dgst)
+	if err != nil || !held {
+		return false, src, err
+	}
+	s.learn(ctx, up.name, req.repo, req.digest)
+	return credsOK, src, nil
+}
+
+// source is the upstream object req.digest was made from, or req.digest
+// itself when it is upstream content.
+func (s *Server) source(ctx context.Context, req distRequest) (subject, bool, error) {
+	self := subject{dgst: req.digest, manifest: !req.blob}
+	d, err := s.store.GetDerived(ctx, req.digest)
+	switch {
+	case errors.Is(err, cache.ErrNotFound):
+		return self, false, nil
+	case err != nil:
+		return self, false, err
+	case (d.Kind == cache.DerivedManifest) != self.manifest:
+		return self, false, nil // a blob asked for as a manifest, or the reverse
+	}
+	return subject{dgst: d.Source, manifest: self.manifest}, true, nil
+}
+
+// admit lets req's client read req.digest under req.repo, asking the
+// upstream when regnorm does not know (see the top of this file).
+func (s *Server) admit(ctx context.Context, req distRequest) error {
+	ok, sub, err := s.admitted(ctx, req)
+	if err != nil {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+	}
+	if ok {
+		return nil
+	}
+	return s.ask(ctx, req, sub)
+}
+
+// admitTag lets req's client read tags of req.repo: only the credentials
+// matter, since the tag record is the repository's own.
+func (s *Server) admitTag(ctx context.Context, req distRequest) error {
+	if req.upstream.confirmed(req.repo, s.clock.Now()) {
+		return nil
+	}
+	return s.askPath(ctx, req, "/v2/"+req.repo+"/manifests/"+req.tag, true, "")
+}
+
+// ask has the upstream tell req's client whether req.repo holds sub, with
+// a HEAD. A yes is remembered: the repository's link to sub (and to
+// req.digest, made from it), and the client's credentials for the
+// repository.
+func (s *Server) ask(ctx context.Context, req distRequest, sub subject) error {
+	kind := "/blobs/"
+	if sub.manifest {
+		kind = "/manifests/"
+	}
+	if err := s.askPath(ctx, req, "/v2/"+req.repo+kind+sub.dgst.String(), sub.manifest, sub.dgst); err != nil {
+		return err
+	}
+	if req.digest != "" && req.digest != sub.dgst {
+		s.learn(ctx, req.upstream.name, req.repo, req.digest)
+	}
+	return nil
+}
+
+func (s *Server) askPath(ctx context.Context, req distRequest, path string, manifest bool, dgst digest.Digest) error {
+	up := req.upstream
+	var header http.Header
+	if manifest {
+		header = http.Header{"Accept": {strings.Join(defaultAccept, ", ")}}
+	}
+	resp, err := up.do(ctx, http.MethodHead, req.repo, path, nil, header)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		notFound := CodeBlobUnknown
+		if !req.blob {
+			notFound = CodeManifestUnknown
+		}
+		return up.statusError(resp, notFound)
+	}
+	drain(resp)
+	if dgst != "" {
+		s.learn(ctx, up.name, req.repo, dgst)
+	}
+	up.confirm(req.repo, s.clock.Now())
+	return nil
+}
+
+// learnDerived records that repo holds dgst, which regnorm made from
+// source, when repo is known to hold source. No upstream request: what is
+// not known here is asked when a client wants it.
+func (s *Server) learnDerived(ctx context.Context, upstream, repo string, dgst, source digest.Digest) {
+	if held, err := s.holds(ctx, upstream, repo, source); err == nil && held {
+		s.learn(ctx, upstream, repo, dgst)
+	}
+}

@@ -1,0 +1,23 @@
+package proxy
+
+import "time"
+
+// Clock is the time the server goes by: for tag freshness, token and
+// confirmation lifetimes, verdict and report times, cache maintenance and
+// the deadline a client waits for normalization. Tests inject a fake one,
+// so no test decides pass or fail by how fast the machine is.
+type Clock interface {
+	Now() time.Time
+	// After is time.After on this clock.
+	After(d time.Duration) <-chan time.Time
+	// AfterFunc is time.AfterFunc on this clock; stop is its Stop.
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return time.AfterFunc(d, f).Stop
+}

@@ -1,0 +1,101 @@
+package proxy_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"maps"
+	"net/http"
+	"testing"
+	"time"
+
+	s3 "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+)
+
+// TestS3RequestCounts counts the requests regnorm sends a real S3 server
+// (versitygw) for the operations that repeat: serving a cached blob, a
+// maintenance pass, and a status page load. The README states these counts.
+func TestS3RequestCounts(t *testing.T) {
+	if s3Server == nil {
+		t.Skip("no S3 server (REGNORM_VERSITYGW_BIN unset; scripts/test.sh sets it and REGNORM_REQUIRE_ALL)")
+	}
+	ctx := context.Background()
+	clk := newFakeClock()
+	counter := regtest.CountS3(t, s3Server.Endpoint)
+	var b [8]byte
+	rand.Read(b[:])
+	root := "/cost-" + hex.EncodeToString(b[:])
+	newStore := func() *cache.Store {
+		d, err := s3.FromParameters(ctx, map[string]any{
+			"bucket": s3Server.Bucket, "region": s3Server.Region, "regionendpoint": counter.Endpoint,
+			"forcepathstyle": true, "secure": false, "accesskey": s3Server.AccessKey, "secretkey": s3Server.SecretKey,
+			"rootdirectory": root,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := cache.NewS3Uploads(cache.S3Params{Bucket: s3Server.Bucket, Region: s3Server.Region, Endpoint: counter.Endpoint,
+			ForcePathStyle: true, AccessKey: s3Server.AccessKey, SecretKey: s3Server.SecretKey, RootDirectory: root})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cache.New(d, cache.WithMultipartUploads(u), cache.WithClock(clk.Now))
+	}
+	// Both stores (this process's, and the one after a restart) are built
+	// before going parallel: aws-sdk-go v1 writes a package variable while
+	// it builds a session, which races with any other test's requests.
+	first, restarted := newStore(), newStore()
+	t.Parallel()
+	h := newHarness(t, harnessOptions{store: first, clock: clk, tagTTL: time.Hour, manualMaintenance: true,
+		eviction: cache.EvictionPolicy{MaxAge: 720 * time.Hour, Grace: cache.DefaultSharedGrace}})
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile, []regtest.File{{Name: "b", Content: regtest.RandomBytes(256 << 10)}})
+	h.push(t, "library/redis", "2.8.23", legacy, oneFile)
+	h.pullAll(t, "library/app", "v1")
+	h.pullAll(t, "library/redis", "2.8.23")
+	if err := h.srv.FlushReport(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	layer := "/v2/library/app/blobs/" + m.Layers[1].Digest.String()
+
+	measure := func(name string, want map[string]int64, do func()) {
+		t.Helper()
+		mark := counter.Mark()
+		do()
+		got := counter.Since(mark)
+		t.Logf("S3 requests for %s: %v", name, got)
+		if !maps.Equal(got, want) {
+			t.Errorf("%s: %v, want %v", name, got, want)
+		}
+	}
+	get := func(header http.Header) func() {
+		return func() {
+			if r := h.do(t, http.MethodGet, layer, header); r.status/100 != 2 {
+				t.Fatalf("GET %s: %d", layer, r.status)
+			}
+		}
+	}
+	measure("a cached blob GET", map[string]int64{"GetObject": 1}, get(nil))
+	clk.Advance(cache.AccessInterval)
+	measure("the first cached blob GET in an hour (its use recorded)", map[string]int64{"GetObject": 1, "PutObject": 1}, get(nil))
+	measure("a cached blob GET of a range", map[string]int64{"GetObject": 1}, get(http.Header{"Range": {"bytes=1000-1999"}}))
+	measure("a status page load", map[string]int64{"ListObjectsV2": 1, "GetObject": 1}, func() { h.do(t, http.MethodGet, "/status", nil) })
+	measure("a status page load within 5 s of the last", map[string]int64{}, func() { h.do(t, http.MethodGet, "/status", nil) })
+	// Entries written in the last seconds are read again (S3 times have
+	// one-second resolution); a minute on, only the listing is needed.
+	clk.Advance(time.Minute)
+	measure("a later status page load, nothing changed", map[string]int64{"ListObjectsV2": 1}, func() { h.do(t, http.MethodGet, "/status", nil) })
+	measure("an idle maintenance pass", map[string]int64{"ListObjectsV2": 4, "ListMultipartUploads": 1}, func() { h.srv.MaintainOnce(ctx) })
+
+	// A new process on the same bucket knows no link, size or listing yet.
+	h.store = restarted
+	h.restart(t)
+	measure("the first GET of a cached blob after a restart", map[string]int64{"GetObject": 2, "HeadObject": 1, "PutObject": 1}, get(nil))
+	measure("the next one", map[string]int64{"GetObject": 1}, get(nil))
+}
