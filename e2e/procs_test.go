@@ -220,7 +220,9 @@ upstreams:
 	return "http://" + addr, p
 }
 
-// metric sums the samples of name whose labels contain every want label.
+// metric sums the samples of name whose labels contain every want label. A
+// metric that is not exported, or no series with those labels, fails the
+// test: a renamed metric must not read as 0.
 func metric(t *testing.T, base, name string, want ...string) float64 {
 	t.Helper()
 	resp, err := http.Get(base + "/metrics")
@@ -229,7 +231,7 @@ func metric(t *testing.T, base, name string, want ...string) float64 {
 	}
 	defer resp.Body.Close()
 	re := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `(?:\{([^}]*)\})? (\S+)$`)
-	total := 0.0
+	total, matched := 0.0, 0
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		m := re.FindStringSubmatch(sc.Text())
@@ -241,9 +243,19 @@ func metric(t *testing.T, base, name string, want ...string) float64 {
 			ok = ok && strings.Contains(m[1], w)
 		}
 		if ok {
-			v, _ := strconv.ParseFloat(m[2], 64)
+			v, err := strconv.ParseFloat(m[2], 64)
+			if err != nil {
+				t.Fatalf("metric %s{%s}: %v", name, m[1], err)
+			}
 			total += v
+			matched++
 		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("read metrics: %v", err)
+	}
+	if matched == 0 {
+		t.Fatalf("metric %s%v is not exported", name, want)
 	}
 	return total
 }
