@@ -144,6 +144,7 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 			f.done()
 			return nil, err
 		}
+		admitted = true
 	}
 	if f, err = s.fetches.ready(ctx, f, req.upstream, req.repo); err != nil {
 		return nil, err

@@ -110,7 +110,7 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 		s.log.Warn("cache read failed, trying upstream", "digest", req.digest, "error", err)
 	}
 	s.metrics.cacheRequests.WithLabelValues("manifest", "miss").Inc()
-	if sub.dgst != req.digest {
+	if d, err := s.store.GetDerived(ctx, req.digest); err == nil && d.Kind == cache.DerivedManifest {
 		// Made here, and lost: upstream never had it.
 		return cache.Manifest{}, "", newError(http.StatusNotFound, CodeManifestUnknown, "manifest unknown; pull by tag to make it again", nil)
 	}

@@ -652,3 +652,20 @@ func TestRebuildFromDamagedOriginalHeals(t *testing.T) {
 		t.Fatalf("rebuilds = %v, want 1", n)
 	}
 }
+
+// TestLostManifestIsFetchedAgain: an upstream manifest that the cache lost
+// (its repository's link remains) is fetched again, not taken for one that
+// regnorm made and lost.
+func TestLostManifestIsFetchedAgain(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	h.pullByTag(t, "library/app", "v1")
+	dgst := img.ManifestDigest
+	if err := os.Remove(filepath.Join(h.root, "manifests", dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/"+dgst.String(), containerdAccept); r.status != http.StatusOK || !bytes.Equal(r.body, img.Manifest) {
+		t.Fatalf("a lost manifest: %d %s", r.status, r.body)
+	}
+}
