@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -233,32 +232,51 @@ func defaultConfig() Config {
 	}
 }
 
-// loadConfig builds the configuration from args and the environment.
-func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
-	cfg := defaultConfig()
+// flagValues are the command line's settings, before the environment.
+type flagValues struct {
+	configFile, listen, dataDir, maxSize, driver, defaultUp, tagTTL, logLevel, logFormat *string
+	checkOnly                                                                            *bool
+}
+
+// configFlags declares the main command's flags.
+func configFlags(getenv func(string) string) (*flag.FlagSet, flagValues) {
 	fs := flag.NewFlagSet("regnorm", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		configFile = fs.String("config", getenv("REGNORM_CONFIG"), "YAML configuration file (env REGNORM_CONFIG)")
-		listen     = fs.String("listen", "", "listen address (env REGNORM_LISTEN; default :5000)")
-		dataDir    = fs.String("data-dir", "", "filesystem cache directory (env REGNORM_DATA_DIR; default ./data)")
-		maxSize    = fs.String("cache-max-size", "", "bound the cache, e.g. 50GiB (env REGNORM_CACHE_MAX_SIZE)")
-		driver     = fs.String("cache-driver", "", "cache storage driver: filesystem or inmemory (env REGNORM_CACHE_DRIVER)")
-		defaultUp  = fs.String("default-upstream", "", "upstream for requests without ns (env REGNORM_DEFAULT_UPSTREAM; default docker.io)")
-		tagTTL     = fs.String("tag-ttl", "", "how long a tag is served from cache, e.g. 5m (env REGNORM_TAG_TTL)")
-		logLevel   = fs.String("log-level", "", "debug, info, warn or error (env REGNORM_LOG_LEVEL)")
-		logFormat  = fs.String("log-format", "", "text or json (env REGNORM_LOG_FORMAT)")
-	)
-	checkOnly := fs.Bool("check-config", false, "validate the configuration, print it, and exit")
+	v := flagValues{
+		configFile: fs.String("config", getenv("REGNORM_CONFIG"), "YAML configuration file (env REGNORM_CONFIG)"),
+		listen:     fs.String("listen", "", "listen address (env REGNORM_LISTEN; default :5000)"),
+		dataDir:    fs.String("data-dir", "", "filesystem cache directory (env REGNORM_DATA_DIR; default ./data)"),
+		maxSize:    fs.String("cache-max-size", "", "bound the cache, e.g. 50GiB (env REGNORM_CACHE_MAX_SIZE)"),
+		driver:     fs.String("cache-driver", "", "cache storage driver: filesystem, s3 or inmemory (env REGNORM_CACHE_DRIVER; s3 takes its settings from the file)"),
+		defaultUp:  fs.String("default-upstream", "", "upstream for requests without ns (env REGNORM_DEFAULT_UPSTREAM; default docker.io, or the only upstream)"),
+		tagTTL:     fs.String("tag-ttl", "", "how long a tag is served from cache, e.g. 5m (env REGNORM_TAG_TTL)"),
+		logLevel:   fs.String("log-level", "", "debug, info, warn or error (env REGNORM_LOG_LEVEL)"),
+		logFormat:  fs.String("log-format", "", "text or json (env REGNORM_LOG_FORMAT)"),
+		checkOnly:  fs.Bool("check-config", false, "load the configuration and everything it refers to, print it, and exit"),
+	}
+	return fs, v
+}
+
+// loadConfig builds the configuration from args and the environment.
+func loadConfig(args []string, getenv func(string) string) (Config, error) {
+	cfg := defaultConfig()
+	fs, f := configFlags(getenv)
+	fs.SetOutput(io.Discard) // run prints the usage for --help; errors are returned
 	if err := fs.Parse(args); err != nil {
-		return Config{}, err
+		if errors.Is(err, flag.ErrHelp) {
+			return Config{}, err
+		}
+		return Config{}, fmt.Errorf("%w (regnorm --help lists the flags)", err)
 	}
 	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return Config{}, fmt.Errorf("unexpected arguments: %v (regnorm --help lists the commands)", fs.Args())
 	}
+	configFile, listen, dataDir, maxSize, driver, defaultUp, tagTTL, logLevel, logFormat, checkOnly :=
+		f.configFile, f.listen, f.dataDir, f.maxSize, f.driver, f.defaultUp, f.tagTTL, f.logLevel, f.logFormat, f.checkOnly
 	cfg.CheckOnly = *checkOnly
+	defaultSet := false
 	if *configFile != "" {
-		if err := readConfigFile(*configFile, &cfg); err != nil {
+		var err error
+		if defaultSet, err = readConfigFile(*configFile, &cfg); err != nil {
 			return Config{}, err
 		}
 	}
@@ -271,7 +289,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		{*dataDir, "REGNORM_DATA_DIR", func(v string) error { cfg.Cache.Filesystem.RootDirectory = v; return nil }},
 		{*driver, "REGNORM_CACHE_DRIVER", func(v string) error { cfg.Cache.Driver = v; return nil }},
 		{*maxSize, "REGNORM_CACHE_MAX_SIZE", func(v string) error { cfg.Cache.MaxSize = v; return nil }},
-		{*defaultUp, "REGNORM_DEFAULT_UPSTREAM", func(v string) error { cfg.DefaultUpstream = v; return nil }},
+		{*defaultUp, "REGNORM_DEFAULT_UPSTREAM", func(v string) error { cfg.DefaultUpstream, defaultSet = v, true; return nil }},
 		{*logLevel, "REGNORM_LOG_LEVEL", func(v string) error { cfg.LogLevel = v; return nil }},
 		{*logFormat, "REGNORM_LOG_FORMAT", func(v string) error { cfg.LogFormat = v; return nil }},
 		{*tagTTL, "REGNORM_TAG_TTL", func(v string) error {
@@ -292,20 +310,41 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 			}
 		}
 	}
+	// With one upstream and no default named, that upstream is the default.
+	if !defaultSet && len(cfg.Upstreams) == 1 {
+		cfg.DefaultUpstream = cfg.Upstreams[0].Name
+	}
 	return cfg, cfg.validate()
 }
 
-func readConfigFile(path string, cfg *Config) error {
+// readConfigFile decodes the YAML file at path over cfg. Mistakes are
+// reported all at once, each by its field path with what was expected. It
+// reports whether the file sets defaultUpstream.
+func readConfigFile(path string, cfg *Config) (setsDefault bool, err error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return false, fmt.Errorf("config: %w", err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true) // a misspelt field is an error, not a silent default
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config %s: %w", path, err)
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return false, fmt.Errorf("config %s: not YAML: %w", path, err)
 	}
-	return nil
+	if len(doc.Content) == 0 {
+		return false, nil // an empty file: the defaults
+	}
+	if errs := checkYAML(&doc); len(errs) > 0 {
+		return false, fmt.Errorf("config %s:\n%w", path, errors.Join(errs...))
+	}
+	if err := doc.Decode(cfg); err != nil {
+		return false, fmt.Errorf("config %s: %w", path, err)
+	}
+	root := doc.Content[0]
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "defaultUpstream" {
+			setsDefault = true
+		}
+	}
+	return setsDefault, nil
 }
 
 // validate checks everything before anything starts; each error names the field.
@@ -431,8 +470,12 @@ func (c Config) validate() error {
 			bad(field+".forwardCredentials", "clients' Authorization header goes upstream: it cannot also authenticate them to regnorm (auth.*)")
 		}
 	}
-	if !seen[c.DefaultUpstream] {
-		bad("defaultUpstream", "%q is not one of the configured upstreams", c.DefaultUpstream)
+	if !seen[c.DefaultUpstream] && len(c.Upstreams) > 0 {
+		var names []string
+		for _, u := range c.Upstreams {
+			names = append(names, u.Name)
+		}
+		bad("defaultUpstream", "%q is not one of the configured upstreams: set it to one of %s", c.DefaultUpstream, strings.Join(names, ", "))
 	}
 	return errors.Join(errs...)
 }

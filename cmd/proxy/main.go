@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
@@ -50,16 +52,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		case "warm":
 			return runWarm(ctx, args[1:], getenv, stdout, stderr)
 		case "node-config":
-			return runNodeConfig(ctx, args[1:], stdout, stderr)
+			return runNodeConfig(ctx, args[1:], getenv, stdout, stderr)
+		case "version", "-version", "--version":
+			printVersion(stdout)
+			return nil
+		case "help":
+			usage(stdout)
+			return nil
 		}
 	}
-	cfg, err := loadConfig(args, getenv, stderr)
+	cfg, err := loadConfig(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		usage(stdout)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	if cfg.CheckOnly {
-		out, _ := yaml.Marshal(cfg)
-		fmt.Fprintf(stdout, "# configuration is valid\n%s", out)
+		if err := checkResources(cfg, getenv); err != nil {
+			return err
+		}
+		out, err := yaml.Marshal(cfg)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "# configuration is valid: everything it refers to loads\n%s", out)
 		return nil
 	}
 	log := newLogger(cfg, stderr)
@@ -85,7 +103,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
 	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfoMetric(readBuildInfo()))
 	srv, err := proxy.New(proxy.Options{
 		Store:               store,
 		Upstreams:           upstreams,
@@ -117,8 +136,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	httpSrv := &http.Server{
 		Handler:           srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})),
 		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// The proxy refuses headers over 64 KiB with an OCI error; this hard
+		// cap (answered in plain text by net/http) only bounds memory.
+		MaxHeaderBytes: 1 << 20,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if cfg.TLS.CertFile != "" {
 		certs, err := newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
@@ -128,7 +149,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		ln = tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12})
 	}
-	log.Info("regnorm listening", "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(),
+	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(),
 		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -152,19 +173,90 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return g.Wait()
 }
 
-// runWarm is `regnorm warm [--server URL] IMAGE...`: it asks a running
-// regnorm to normalize images ahead of time and prints what it did.
+// usage is what `regnorm --help` prints.
+func usage(w io.Writer) {
+	fmt.Fprint(w, `regnorm: a pull-through registry mirror for containerd that fixes images on the way through.
+
+Usage:
+  regnorm [flags]                        run the mirror
+  regnorm --check-config [flags]         load the configuration and everything it refers to, print it, exit
+  regnorm --version                      print the version and exit
+  regnorm warm [flags] IMAGE...          normalize images ahead of time on a running regnorm
+  regnorm node-config [flags] [REGISTRY=SERVER...]
+                                         point this node's containerd at regnorm (the chart's DaemonSet)
+
+Run "regnorm warm --help" or "regnorm node-config --help" for theirs.
+
+Flags:
+`)
+	fs, _ := configFlags(func(string) string { return "" })
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fmt.Fprint(w, `
+Precedence, lowest first: defaults, the YAML file (--config), REGNORM_* environment variables, flags.
+Exit status: 0 on success and after SIGTERM's drain, 1 on any error (it is printed).
+`)
+}
+
+// runWarm is `regnorm warm [flags] IMAGE...`: it asks a running regnorm to
+// normalize images ahead of time and prints what it did, one line an image.
 func runWarm(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("regnorm warm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	server := fs.String("server", firstNonEmpty(getenv("REGNORM_SERVER"), "http://127.0.0.1:5000"), "regnorm to warm (env REGNORM_SERVER)")
+	caFile := fs.String("ca-file", getenv("REGNORM_CA_FILE"), "PEM bundle to trust for an https server, besides the system roots (env REGNORM_CA_FILE)")
+	tokenFile := fs.String("token-file", getenv("REGNORM_TOKEN_FILE"), "file holding a bearer token (auth.tokensFile); or env REGNORM_TOKEN")
+	username := fs.String("username", getenv("REGNORM_USERNAME"), "user for Basic auth (auth.htpasswdFile, or forwarded upstream) (env REGNORM_USERNAME)")
+	passwordFile := fs.String("password-file", getenv("REGNORM_PASSWORD_FILE"), "file holding the password for --username; or env REGNORM_PASSWORD")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: regnorm warm [flags] IMAGE...
+
+Asks the regnorm at --server to normalize each IMAGE (docker.io/library/redis:2.8.23,
+quay.io/org/app@sha256:..., or a name without a registry, which is on the
+default upstream) and waits until it has. Prints one line an image:
+  IMAGE<TAB>clean DIGEST
+  IMAGE<TAB>normalized ORIGINAL -> NORMALIZED (KIND, ...)
+  IMAGE<TAB>error: CODE: MESSAGE
+and exits 1 if any image failed. Secrets come from files or the environment,
+never from a flag's value.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return nil
+		}
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("usage: regnorm warm [--server URL] IMAGE...")
+		return errors.New("warm: no image given (regnorm warm --help)")
 	}
-	results, err := proxy.Warm(ctx, *server, fs.Args())
+	client := proxy.WarmClient{Server: *server, Username: *username, Token: getenv("REGNORM_TOKEN"), Password: getenv("REGNORM_PASSWORD")}
+	var err error
+	if *tokenFile != "" {
+		if client.Token, err = readSecret(*tokenFile); err != nil {
+			return fmt.Errorf("warm: --token-file: %w", err)
+		}
+	}
+	if *passwordFile != "" {
+		if client.Password, err = readSecret(*passwordFile); err != nil {
+			return fmt.Errorf("warm: --password-file: %w", err)
+		}
+	}
+	if *caFile != "" {
+		pool, err := certPool(*caFile)
+		if err != nil {
+			return fmt.Errorf("warm: --ca-file: %w", err)
+		}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		client.HTTP = &http.Client{Transport: t}
+	}
+	results, err := client.Warm(ctx, fs.Args())
 	if err != nil {
 		return err
 	}
@@ -175,7 +267,13 @@ func runWarm(ctx context.Context, args []string, getenv func(string) string, std
 			failed++
 			fmt.Fprintf(stdout, "%s\terror: %s\n", r.Image, r.Error)
 		case r.NormalizedDigest != "":
-			fmt.Fprintf(stdout, "%s\tnormalized %s -> %s (%d changes)\n", r.Image, r.OriginalDigest, r.NormalizedDigest, len(r.Changes))
+			var kinds []string
+			for _, c := range r.Changes {
+				if !slices.Contains(kinds, c.Kind) {
+					kinds = append(kinds, c.Kind)
+				}
+			}
+			fmt.Fprintf(stdout, "%s\tnormalized %s -> %s (%s)\n", r.Image, r.OriginalDigest, r.NormalizedDigest, strings.Join(kinds, ", "))
 		default:
 			fmt.Fprintf(stdout, "%s\tclean %s\n", r.Image, r.OriginalDigest)
 		}
@@ -184,6 +282,36 @@ func runWarm(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("%d of %d images failed", failed, len(results))
 	}
 	return nil
+}
+
+// readSecret reads a password or token from a file, without its trailing
+// newline.
+func readSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	secret := strings.TrimRight(string(b), "\r\n")
+	if secret == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return secret, nil
+}
+
+// certPool is the system roots plus the certificates in the PEM file.
+func certPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
 }
 
 func retryPolicy(attempts int) proxy.RetryPolicy {
@@ -235,17 +363,9 @@ func buildDriver(ctx context.Context, c CacheConfig, getenv func(string) string)
 // buildS3Driver constructs distribution's s3-aws driver directly, and an S3
 // client on the same bucket for multipart uploads.
 func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) (storagedriver.StorageDriver, cache.MultipartUploads, error) {
-	access, secret := getenv(firstNonEmpty(c.AccessKeyEnv, "AWS_ACCESS_KEY_ID")), getenv(firstNonEmpty(c.SecretKeyEnv, "AWS_SECRET_ACCESS_KEY"))
-	if c.AccessKeyFile != "" {
-		a, err := os.ReadFile(c.AccessKeyFile)
-		if err != nil {
-			return nil, nil, fmt.Errorf("config: cache.s3.accessKeyFile: %w", err)
-		}
-		sk, err := os.ReadFile(c.SecretKeyFile)
-		if err != nil {
-			return nil, nil, fmt.Errorf("config: cache.s3.secretKeyFile: %w", err)
-		}
-		access, secret = strings.TrimSpace(string(a)), strings.TrimSpace(string(sk))
+	access, secret, err := s3Keys(c, getenv)
+	if err != nil {
+		return nil, nil, err
 	}
 	params := map[string]any{
 		"bucket":         c.Bucket,
@@ -271,6 +391,96 @@ func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) 
 	return d, uploads, nil
 }
 
+// s3Keys reads the S3 keys from the files or environment variables the
+// configuration names. Both empty means the AWS SDK's own chain (instance
+// roles); one without the other, or a variable named but unset, is an error.
+func s3Keys(c S3Config, getenv func(string) string) (access, secret string, err error) {
+	if c.AccessKeyFile != "" {
+		a, err := os.ReadFile(c.AccessKeyFile)
+		if err != nil {
+			return "", "", fmt.Errorf("config: cache.s3.accessKeyFile: %w", err)
+		}
+		sk, err := os.ReadFile(c.SecretKeyFile)
+		if err != nil {
+			return "", "", fmt.Errorf("config: cache.s3.secretKeyFile: %w", err)
+		}
+		access, secret = strings.TrimSpace(string(a)), strings.TrimSpace(string(sk))
+		if access == "" || secret == "" {
+			return "", "", errors.New("config: cache.s3.accessKeyFile: a key file is empty")
+		}
+		return access, secret, nil
+	}
+	for _, named := range []struct{ field, name string }{{"accessKeyEnv", c.AccessKeyEnv}, {"secretKeyEnv", c.SecretKeyEnv}} {
+		if named.name != "" && getenv(named.name) == "" {
+			return "", "", fmt.Errorf("config: cache.s3.%s: environment variable %s is empty", named.field, named.name)
+		}
+	}
+	access, secret = getenv(firstNonEmpty(c.AccessKeyEnv, "AWS_ACCESS_KEY_ID")), getenv(firstNonEmpty(c.SecretKeyEnv, "AWS_SECRET_ACCESS_KEY"))
+	if (access == "") != (secret == "") {
+		return "", "", errors.New("config: cache.s3: one of the access and secret keys is set in the environment without the other")
+	}
+	return access, secret, nil
+}
+
+// checkResources loads everything the configuration refers to, as a start
+// would, without starting: the TLS pair, CA files, passwords, the htpasswd
+// and token files, the S3 keys, and the directories it writes to. With it,
+// --check-config's "valid" means regnorm will start.
+func checkResources(cfg Config, getenv func(string) string) error {
+	var errs []error
+	if _, err := buildUpstreams(cfg.Upstreams, getenv); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := loadClientAuth(cfg.Auth); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			errs = append(errs, fmt.Errorf("config: tls.certFile, tls.keyFile: %w", err))
+		}
+	}
+	switch cfg.Cache.Driver {
+	case "s3":
+		if _, _, err := s3Keys(cfg.Cache.S3, getenv); err != nil {
+			errs = append(errs, err)
+		}
+	case "filesystem":
+		if err := writableDir(cfg.Cache.Filesystem.RootDirectory); err != nil {
+			errs = append(errs, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err))
+		}
+	}
+	if cfg.SpoolDir != "" {
+		if err := writableDir(cfg.SpoolDir); err != nil {
+			errs = append(errs, fmt.Errorf("config: spoolDir: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writableDir checks that dir is a directory regnorm can write to, or can
+// be created: its nearest existing parent is writable.
+func writableDir(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for p := abs; ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("%s is not a directory", p)
+			}
+			if err := unix.Access(p, unix.W_OK); err != nil {
+				return fmt.Errorf("%s is not writable: %w", p, err)
+			}
+			return nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || p == filepath.Dir(p) {
+			return err
+		}
+	}
+}
+
 // buildUpstreams reads CA files and passwords: the files and environment
 // variables the configuration names.
 func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]proxy.UpstreamConfig, error) {
@@ -283,26 +493,19 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]proxy.
 		}
 		up := proxy.UpstreamConfig{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials}
 		if c.CAFile != "" {
-			pem, err := os.ReadFile(c.CAFile)
+			pool, err := certPool(c.CAFile)
 			if err != nil {
 				return nil, fmt.Errorf("%s.caFile: %w", field, err)
-			}
-			pool, err := x509.SystemCertPool()
-			if err != nil {
-				pool = x509.NewCertPool()
-			}
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("%s.caFile: %s holds no PEM certificate", field, c.CAFile)
 			}
 			up.RootCAs = pool
 		}
 		switch {
 		case c.PasswordFile != "":
-			b, err := os.ReadFile(c.PasswordFile)
+			pw, err := readSecret(c.PasswordFile)
 			if err != nil {
 				return nil, fmt.Errorf("%s.passwordFile: %w", field, err)
 			}
-			up.Credentials = proxy.Credentials{Username: c.Username, Password: strings.TrimRight(string(b), "\r\n")}
+			up.Credentials = proxy.Credentials{Username: c.Username, Password: pw}
 		case c.PasswordEnv != "":
 			pw := getenv(c.PasswordEnv)
 			if pw == "" {

@@ -19,7 +19,7 @@ func env(m map[string]string) func(string) string {
 
 func TestDefaultConfig(t *testing.T) {
 	t.Parallel()
-	cfg, err := loadConfig(nil, env(nil), &bytes.Buffer{})
+	cfg, err := loadConfig(nil, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestConfigPrecedence(t *testing.T) {
 	os.WriteFile(file, []byte("listen: 127.0.0.1:6000\ntagTTL: 1m\ncache:\n  filesystem:\n    rootDirectory: /from-file\n"), 0o600)
 
 	cfg, err := loadConfig([]string{"--config", file, "--listen", "127.0.0.1:7000"},
-		env(map[string]string{"REGNORM_LISTEN": "127.0.0.1:6500", "REGNORM_DATA_DIR": "/from-env"}), &bytes.Buffer{})
+		env(map[string]string{"REGNORM_LISTEN": "127.0.0.1:6500", "REGNORM_DATA_DIR": "/from-env"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 				os.WriteFile(file, []byte(tt.yaml), 0o600)
 				args = append(args, "--config", file)
 			}
-			_, err := loadConfig(args, env(nil), &bytes.Buffer{})
+			_, err := loadConfig(args, env(nil))
 			if err == nil || !strings.Contains(err.Error(), tt.wantField) {
 				t.Fatalf("got %v, want an error naming %s", err, tt.wantField)
 			}
@@ -182,8 +182,67 @@ func TestByteSize(t *testing.T) {
 			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
 		}
 	}
-	cfg, err := loadConfig([]string{"--cache-max-size", "64MiB"}, env(nil), io.Discard)
+	cfg, err := loadConfig([]string{"--cache-max-size", "64MiB"}, env(nil))
 	if b, _ := cfg.Cache.maxBytes(); err != nil || b != 64<<20 {
 		t.Fatalf("flag: %v %v", b, err)
+	}
+}
+
+// TestConfigErrorsSayWhatToFix: a mistake in the file is named by its field
+// path, with what was expected and, for a misspelt field, the one meant.
+func TestConfigErrorsSayWhatToFix(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"misspelt field", "tagTtl: 5m\n", []string{"tagTtl (line 1): unknown field; did you mean tagTTL?"}},
+		{"misspelt nested field", "cache:\n  maxsize: 5GB\n", []string{"cache.maxsize (line 2): unknown field; did you mean cache.maxSize?"}},
+		{"misspelt field in a list", "upstreams:\n- name: a\n  ulr: https://a\n", []string{"upstreams[0].ulr (line 3): unknown field; did you mean upstreams[0].url?"}},
+		{"duration in words", "tagTTL: 10 minutes\n", []string{`tagTTL (line 1): "10 minutes" is not a duration such as 90s, 10m or 1h30m`}},
+		{"bool", "normalize:\n  symlinkXattrs: sometimes\n", []string{`normalize.symlinkXattrs (line 2): "sometimes" is not true or false`}},
+		{"number", "upstreamAttempts: three\n", []string{`upstreamAttempts (line 1): "three" is not a whole number`}},
+		{"mapping for a list", "upstreams:\n  name: a\n", []string{"upstreams (line 2): expected a list, got a mapping"}},
+		{"two mistakes at once", "listne: :5000\ncache:\n  maxAge: forever\n", []string{"listne (line 1): unknown field; did you mean listen?", `cache.maxAge (line 3): "forever" is not a duration`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			file := filepath.Join(t.TempDir(), "c.yaml")
+			os.WriteFile(file, []byte(tt.yaml), 0o600)
+			_, err := loadConfig([]string{"--config", file}, env(nil))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), "config: "+w) {
+					t.Errorf("error %q\ndoes not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestOneUpstreamIsTheDefault: with a single upstream and no
+// defaultUpstream, requests without ns go to it; with several, an error
+// names the field and the choices.
+func TestOneUpstreamIsTheDefault(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	one := filepath.Join(dir, "one.yaml")
+	os.WriteFile(one, []byte("upstreams:\n- name: registry.example.com\n  url: https://registry.example.com\n"), 0o600)
+	cfg, err := loadConfig([]string{"--config", one}, env(nil))
+	if err != nil || cfg.DefaultUpstream != "registry.example.com" {
+		t.Fatalf("one upstream: %q, %v", cfg.DefaultUpstream, err)
+	}
+	two := filepath.Join(dir, "two.yaml")
+	os.WriteFile(two, []byte("upstreams:\n- name: a.example.com\n  url: https://a\n- name: b.example.com\n  url: https://b\n"), 0o600)
+	_, err = loadConfig([]string{"--config", two}, env(nil))
+	if err == nil || !strings.Contains(err.Error(), `defaultUpstream: "docker.io" is not one of the configured upstreams: set it to one of a.example.com, b.example.com`) {
+		t.Fatalf("two upstreams: %v", err)
+	}
+	// Named explicitly, the default is kept (and checked).
+	if _, err := loadConfig([]string{"--config", one, "--default-upstream", "docker.io"}, env(nil)); err == nil {
+		t.Fatal("an explicit default that is not configured was accepted")
 	}
 }

@@ -18,26 +18,57 @@ import (
 const nodeConfigMarker = "# Written by regnorm node-config; removed when it stops.\n"
 
 // runNodeConfig is `regnorm node-config [--config-path DIR] --mirror URL
-// REGISTRY=SERVER...`, run by the Helm chart's DaemonSet on every node: it
-// writes <DIR>/<REGISTRY>/hosts.toml sending containerd to the mirror (pull
-// and resolve) with SERVER as the fallback, waits until it is told to stop,
-// then removes what it wrote. A hosts.toml it did not write is left alone.
-func runNodeConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// [--config FILE] [REGISTRY=SERVER...]`, run by the Helm chart's DaemonSet
+// on every node: it writes <DIR>/<REGISTRY>/hosts.toml sending containerd
+// to the mirror (pull and resolve) with SERVER as the fallback, for every
+// pair given and every upstream of the regnorm configuration FILE, waits
+// until it is told to stop, then removes what it wrote. A hosts.toml it did
+// not write is left alone.
+func runNodeConfig(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("regnorm node-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config-path", "/etc/containerd/certs.d", "containerd's registry config_path on the node")
-	mirror := fs.String("mirror", "", "URL the nodes reach regnorm at, e.g. http://10.96.0.50:5000")
+	mirror := fs.String("mirror", "", "URL the nodes reach regnorm at, e.g. http://10.96.0.50:5000 (required)")
+	configFile := fs.String("config", getenv("REGNORM_CONFIG"), "regnorm's configuration file: every upstream in it is mirrored (env REGNORM_CONFIG)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: regnorm node-config --mirror URL [--config-path DIR] [--config FILE] [REGISTRY=SERVER...]
+
+Writes DIR/REGISTRY/hosts.toml for every REGISTRY=SERVER pair (for example
+docker.io=https://registry-1.docker.io) and every upstream of FILE, sending
+containerd to regnorm at URL with SERVER as the fallback; waits until it is
+stopped (SIGTERM), then removes the files it wrote. Files it did not write
+are left alone.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return nil
+		}
 		return err
 	}
 	if u, err := url.Parse(*mirror); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("node-config: --mirror %q is not an http(s) URL", *mirror)
 	}
-	if fs.NArg() == 0 {
-		return errors.New("usage: regnorm node-config [--config-path DIR] --mirror URL REGISTRY=SERVER...")
+	pairs := fs.Args()
+	if *configFile != "" {
+		cfg, err := loadConfig([]string{"--config", *configFile}, getenv)
+		if err != nil {
+			return fmt.Errorf("node-config: %w", err)
+		}
+		for _, u := range cfg.Upstreams {
+			pairs = append(pairs, u.Name+"="+u.URL)
+		}
+	}
+	if len(pairs) == 0 {
+		return errors.New("node-config: nothing to mirror: give REGISTRY=SERVER pairs or --config (regnorm node-config --help)")
 	}
 	var written []string
-	for _, arg := range fs.Args() {
+	for _, arg := range pairs {
 		name, server, ok := strings.Cut(arg, "=")
 		if !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
 			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER", arg)

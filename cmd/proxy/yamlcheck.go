@@ -1,0 +1,169 @@
+package main
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// checkYAML walks a configuration document against the Config type before
+// it is decoded, and returns every mistake by its field path, with what was
+// expected: an unknown field with the nearest known one, a value of the
+// wrong type. yaml.v3's own errors name a line and a Go type instead
+// ("field tagTtl not found in type main.Config").
+func checkYAML(doc *yaml.Node) []error {
+	if doc.Kind == yaml.DocumentNode {
+		if len(doc.Content) == 0 {
+			return nil
+		}
+		doc = doc.Content[0]
+	}
+	var errs []error
+	checkNode(doc, reflect.TypeFor[Config](), "", &errs)
+	return errs
+}
+
+func checkNode(n *yaml.Node, t reflect.Type, path string, errs *[]error) {
+	bad := func(format string, args ...any) {
+		field := path
+		if field == "" {
+			field = "the file"
+		}
+		*errs = append(*errs, fmt.Errorf("config: %s (line %d): %s", field, n.Line, fmt.Sprintf(format, args...)))
+	}
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Tag == "!!null" {
+		return // an empty value leaves the default
+	}
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t.Kind() == reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			bad("expected a mapping of fields, got %s", describe(n))
+			return
+		}
+		fields := yamlFields(t)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key, value := n.Content[i], n.Content[i+1]
+			name := join(path, key.Value)
+			f, ok := fields[key.Value]
+			if !ok {
+				msg := fmt.Sprintf("config: %s (line %d): unknown field", name, key.Line)
+				if near := nearest(key.Value, fields); near != "" {
+					msg += "; did you mean " + join(path, near) + "?"
+				}
+				*errs = append(*errs, fmt.Errorf("%s", msg))
+				continue
+			}
+			checkNode(value, f.Type, name, errs)
+		}
+	case t.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			bad("expected a list, got %s", describe(n))
+			return
+		}
+		for i, item := range n.Content {
+			checkNode(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i), errs)
+		}
+	default:
+		if n.Kind != yaml.ScalarNode {
+			bad("expected %s, got %s", expected(t), describe(n))
+			return
+		}
+		if err := n.Decode(reflect.New(t).Interface()); err != nil {
+			bad("%q is not %s", n.Value, expected(t))
+		}
+	}
+}
+
+// yamlFields maps the YAML names of t's fields to the fields.
+func yamlFields(t reflect.Type) map[string]reflect.StructField {
+	out := map[string]reflect.StructField{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		out[name] = f
+	}
+	return out
+}
+
+// expected says in words what a value of type t looks like.
+func expected(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return "a duration such as 90s, 10m or 1h30m"
+	case t.Kind() == reflect.Bool:
+		return "true or false"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
+		return "a whole number"
+	case t.Kind() == reflect.String:
+		return "a string"
+	}
+	return "a " + t.Kind().String()
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+// nearest is the known field closest to a misspelt one: the same but for
+// case, or at most two edits away.
+func nearest(name string, fields map[string]reflect.StructField) string {
+	best, bestDist := "", 3
+	for known := range fields {
+		if strings.EqualFold(known, name) {
+			return known
+		}
+		if d := editDistance(strings.ToLower(name), strings.ToLower(known)); d < bestDist || (d == bestDist && known < best) {
+			best, bestDist = known, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
