@@ -46,6 +46,8 @@ func TestClientAuth(t *testing.T) {
 		{"user", manifest, basic("alice", "alice-pass"), http.StatusOK},
 		{"user again (remembered)", manifest, basic("alice", "alice-pass"), http.StatusOK},
 		{"token", manifest, bearer("robot-token"), http.StatusOK},
+		{"token as a Basic password, any user (crane, skopeo)", manifest, basic("crane", "robot-token"), http.StatusOK},
+		{"wrong token as a Basic password", manifest, basic("crane", "robot-token2"), http.StatusUnauthorized},
 		{"wrong token", manifest, bearer("robot-token2"), http.StatusUnauthorized},
 		{"base", "/v2/", nil, http.StatusUnauthorized},
 		{"healthz stays open", "/healthz", nil, http.StatusOK},
@@ -146,4 +148,21 @@ func mustConfigDigest(t *testing.T, manifest []byte) string {
 		t.Fatal("no config digest in manifest")
 	}
 	return string(manifest[i+j : i+j+71])
+}
+
+// TestTokenOnlyAuthChallengesBasic: with tokens only, the challenge is
+// still Basic, which generic clients answer (with the token as password).
+func TestTokenOnlyAuthChallengesBasic(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{clientAuth: &proxy.ClientAuth{Tokens: [][sha256.Size]byte{sha256.Sum256([]byte("robot-token"))}}})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	r := h.do(t, http.MethodGet, "/v2/", nil)
+	if r.status != http.StatusUnauthorized || r.header.Get("WWW-Authenticate") != `Basic realm="regnorm"` {
+		t.Fatalf("challenge: %d %q", r.status, r.header.Get("WWW-Authenticate"))
+	}
+	for _, header := range []http.Header{bearer("robot-token"), basic("anyone", "robot-token")} {
+		if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", header); r.status != http.StatusOK {
+			t.Fatalf("with the token: %d", r.status)
+		}
+	}
 }

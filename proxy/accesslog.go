@@ -48,7 +48,10 @@ func (s *Server) accessLog(route string, next http.Handler) http.Handler {
 		s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
 		s.metrics.requestDuration.WithLabelValues(route).Observe(d.Seconds())
 		level := slog.LevelInfo
-		if route == routeHealth || route == routeMetrics {
+		switch {
+		case status >= 500:
+			level = slog.LevelWarn // an upstream or the cache failed this client
+		case route == routeHealth || route == routeMetrics:
 			level = slog.LevelDebug
 		}
 		attrs := append([]slog.Attr{

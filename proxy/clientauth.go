@@ -31,7 +31,6 @@ type ClientAuth struct {
 // verified user:password pair is remembered (as a hash, never in clear).
 type clientAuth struct {
 	ClientAuth
-	challenge string
 
 	mu       sync.Mutex
 	verified map[[sha256.Size]byte]bool
@@ -44,34 +43,43 @@ func newClientAuth(c *ClientAuth) *clientAuth {
 	if c == nil {
 		return nil
 	}
-	a := &clientAuth{ClientAuth: *c, verified: map[[sha256.Size]byte]bool{}}
-	if len(c.Users) > 0 {
-		a.challenge = `Basic realm="regnorm"`
-	} else {
-		a.challenge = `Bearer realm="regnorm"`
-	}
-	return a
+	return &clientAuth{ClientAuth: *c, verified: map[[sha256.Size]byte]bool{}}
 }
+
+// clientChallenge is sent with every 401. It is always Basic: a token is also
+// accepted as the password of Basic credentials (any user name), which is
+// what generic clients (crane, skopeo, regctl) can send, whereas a Bearer
+// challenge without a token service is one they cannot answer. containerd
+// sends a token as a Bearer header from hosts.toml.
+const clientChallenge = `Basic realm="regnorm"`
 
 // check returns nil when r carries valid credentials, and otherwise the 401
 // the client gets, which never says which part was wrong.
 func (a *clientAuth) check(r *http.Request) error {
 	h := r.Header.Get("Authorization")
-	if tok, ok := strings.CutPrefix(h, "Bearer "); ok && len(a.Tokens) > 0 {
-		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-		found := 0
-		for _, t := range a.Tokens {
-			found |= subtle.ConstantTimeCompare(sum[:], t[:])
-		}
-		if found == 1 {
+	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
+		if a.tokenOK(strings.TrimSpace(tok)) {
 			return nil
 		}
-	} else if user, pass, ok := r.BasicAuth(); ok && len(a.Users) > 0 && a.userOK(user, pass) {
+	} else if user, pass, ok := r.BasicAuth(); ok && (a.userOK(user, pass) || a.tokenOK(pass)) {
 		return nil
 	}
 	e := newError(http.StatusUnauthorized, CodeUnauthorized, "authentication required", nil)
-	e.Challenge = a.challenge
+	e.Challenge = clientChallenge
 	return e
+}
+
+// tokenOK compares tok with every accepted token in constant time.
+func (a *clientAuth) tokenOK(tok string) bool {
+	if len(a.Tokens) == 0 || tok == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	found := 0
+	for _, t := range a.Tokens {
+		found |= subtle.ConstantTimeCompare(sum[:], t[:])
+	}
+	return found == 1
 }
 
 func (a *clientAuth) userOK(user, pass string) bool {

@@ -18,6 +18,7 @@ const (
 	CodeNameUnknown     = "NAME_UNKNOWN"
 	CodeNameInvalid     = "NAME_INVALID"
 	CodeDigestInvalid   = "DIGEST_INVALID"
+	CodeTagInvalid      = "TAG_INVALID"
 	CodeUnauthorized    = "UNAUTHORIZED"
 	CodeDenied          = "DENIED"
 	CodeUnsupported     = "UNSUPPORTED"
@@ -59,6 +60,17 @@ type errorBody struct {
 type errorEntry struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+}
+
+// publicMessage is what a client may be told of err, wherever it is told:
+// the code and message of an *Error, never its cause (upstream addresses,
+// bodies, paths); for anything else, a generic line. The log has the rest.
+func publicMessage(err error) string {
+	var e *Error
+	if !errors.As(err, &e) {
+		return CodeUnavailable + ": internal error"
+	}
+	return e.Code + ": " + e.Message
 }
 
 // writeError is the one place that turns an error into an OCI error response.

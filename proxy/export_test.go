@@ -1,6 +1,10 @@
 package proxy
 
-import "context"
+import (
+	"context"
+
+	digest "github.com/opencontainers/go-digest"
+)
 
 // MaintainOnce runs one cache maintenance pass, for tests that count what
 // it costs.
@@ -8,3 +12,8 @@ func (s *Server) MaintainOnce(ctx context.Context) { s.maintainOnce(ctx) }
 
 // FlushReport writes the pending report counts to the store.
 func (s *Server) FlushReport(ctx context.Context) error { return s.reports.flush(ctx) }
+
+// ParseImage is parseImage, for a table test.
+func (s *Server) ParseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
+	return s.parseImage(image)
+}

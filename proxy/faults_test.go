@@ -206,6 +206,16 @@ func TestUnreachableUpstream(t *testing.T) {
 	if strings.Contains(string(r.body), addr) {
 		t.Errorf("error names the upstream address: %s", r.body)
 	}
+	// An upstream's failure is a warning in the access log, not news.
+	warned := false
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		if strings.Contains(line, `"msg":"request"`) && strings.Contains(line, `"status":502`) {
+			warned = strings.Contains(line, `"level":"WARN"`)
+		}
+	}
+	if !warned {
+		t.Errorf("the 502's access line is not a warning:\n%s", h.logs.String())
+	}
 	if got := h.metric(t, "regnorm_upstream_requests_total", `result="error"`); got != 3 {
 		t.Errorf("%v attempts, want 3", got)
 	}

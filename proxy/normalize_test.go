@@ -207,6 +207,11 @@ func TestIndexWithOneBrokenChild(t *testing.T) {
 	if got := h.metric(t, "regnorm_rewrites_total", `kind="child-manifest"`); got != 1 {
 		t.Fatalf("child-manifest rewrites = %v", got)
 	}
+	// The normalized child is in the report, served by digest only: its
+	// tags are an empty list, not null.
+	if body := string(h.do(t, http.MethodGet, "/api/v1/rewrites", nil).body); strings.Contains(body, `"tags": null`) || !strings.Contains(body, `"tags": []`) {
+		t.Fatalf("report: %s", body)
+	}
 	// The index of clean children would have kept its digest: the clean
 	// child on its own does.
 	if d, _ := h.pullByTag(t, "library/multi", "arm64-only"); d != clean.ManifestDigest {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -299,13 +300,21 @@ func TestErrors(t *testing.T) {
 		fault              http.HandlerFunc
 		wantStatus         int
 		wantCode           string
+		wantMessage        string
 		wantRetryAfter     string
 	}{
-		{name: "upper case name", method: "GET", path: "/v2/Library/app/manifests/v1", wantStatus: 404, wantCode: proxy.CodeNameInvalid},
-		{name: "empty component", method: "GET", path: "/v2/library//app/manifests/v1", wantStatus: 404, wantCode: proxy.CodeNameInvalid},
-		{name: "encoded slash", method: "GET", path: "/v2/library%2Fapp/manifests/v1", wantStatus: 404, wantCode: proxy.CodeNameInvalid},
-		{name: "dot dot", method: "GET", path: "/v2/library/../app/manifests/v1", wantStatus: 404, wantCode: proxy.CodeNameInvalid},
+		{name: "upper case name", method: "GET", path: "/v2/Library/app/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "lower case"},
+		{name: "upper case name, tags", method: "GET", path: "/v2/Library/app/tags/list", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "lower case"},
+		{name: "empty component", method: "GET", path: "/v2/library//app/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "empty component"},
+		{name: "encoded slash", method: "GET", path: "/v2/library%2Fapp/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "percent-encoded"},
+		{name: "dot dot", method: "GET", path: "/v2/library/../app/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "each component"},
+		{name: "bad tag", method: "GET", path: "/v2/library/app/manifests/-v1!", wantStatus: 400, wantCode: proxy.CodeTagInvalid, wantMessage: "is not a tag"},
+		{name: "bad manifest digest", method: "GET", path: "/v2/library/app/manifests/sha256:xyz!", wantStatus: 400, wantCode: proxy.CodeDigestInvalid},
 		{name: "bad digest", method: "GET", path: "/v2/library/app/blobs/sha256:1234", wantStatus: 400, wantCode: proxy.CodeDigestInvalid},
+		{name: "catalog", method: "GET", path: "/v2/_catalog", wantStatus: 404, wantCode: proxy.CodeUnsupported, wantMessage: "catalog"},
+		{name: "referrers", method: "GET", path: "/v2/library/app/referrers/" + missing, wantStatus: 404, wantCode: proxy.CodeUnsupported, wantMessage: "referrers"},
+		{name: "unknown endpoint", method: "GET", path: "/v3/whatever", wantStatus: 404, wantCode: proxy.CodeUnsupported},
+		{name: "warm by GET", method: "GET", path: "/api/v1/warm", wantStatus: 405, wantCode: proxy.CodeUnsupported, wantMessage: "use POST"},
 		{name: "push", method: "PUT", path: "/v2/library/app/manifests/v1", wantStatus: 405, wantCode: proxy.CodeUnsupported},
 		{name: "delete", method: "DELETE", path: "/v2/library/app/blobs/" + missing, wantStatus: 405, wantCode: proxy.CodeUnsupported},
 		{name: "upload", method: "POST", path: "/v2/library/app/blobs/uploads/", wantStatus: 405, wantCode: proxy.CodeUnsupported},
@@ -344,13 +353,27 @@ func TestErrors(t *testing.T) {
 			if got := r.ociError(t); got != tt.wantCode {
 				t.Fatalf("code %s, want %s", got, tt.wantCode)
 			}
+			if !strings.Contains(string(r.body), tt.wantMessage) {
+				t.Fatalf("message %s does not say %q", r.body, tt.wantMessage)
+			}
 			if got := r.header.Get("Retry-After"); got != tt.wantRetryAfter {
 				t.Fatalf("Retry-After %q, want %q", got, tt.wantRetryAfter)
 			}
-			if tt.wantStatus == 404 && tt.wantCode != proxy.CodeManifestUnknown && tt.wantCode != proxy.CodeBlobUnknown && h.front.count() != before {
+			if (tt.wantStatus == 400 || tt.wantStatus == 404) && tt.wantCode != proxy.CodeManifestUnknown && tt.wantCode != proxy.CodeBlobUnknown && h.front.count() != before {
 				t.Fatal("an invalid request reached upstream")
 			}
 		})
+	}
+}
+
+// TestOversizedHeadersGetAnOCIError: headers over 64 KiB are refused with
+// 431 and an OCI error body, as every other refusal.
+func TestOversizedHeadersGetAnOCIError(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", http.Header{"X-Padding": {strings.Repeat("x", 70<<10)}})
+	if r.status != http.StatusRequestHeaderFieldsTooLarge || r.ociError(t) != proxy.CodeUnsupported || r.header.Get("Content-Type") != "application/json" {
+		t.Fatalf("oversized headers: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
 	}
 }
 

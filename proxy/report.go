@@ -153,6 +153,9 @@ func (r *reporter) list(ctx context.Context) ([]cache.ReportEntry, error) {
 	r.mu.Unlock()
 	out := make([]cache.ReportEntry, 0, len(byKey))
 	for _, e := range byKey {
+		if e.Tags == nil {
+			e.Tags = []string{} // an index child, served only by digest
+		}
 		out = append(out, e)
 	}
 	slices.SortFunc(out, func(a, b cache.ReportEntry) int {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 
 	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
@@ -23,6 +24,7 @@ const digestPattern = `[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+`
 var (
 	referencePattern = reference.TagRegexp.String() + `|` + digestPattern
 	anchoredTag      = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
+	anchoredName     = regexp.MustCompile(`^` + namePattern + `$`)
 )
 
 // Route names, used as the metrics' route label.
@@ -128,6 +130,7 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle("/status", s.handle(routeStatus, s.protect(report, s.serveStatus))).Methods(read...)
 	r.Handle("/", http.RedirectHandler("/status", http.StatusFound)).Methods(read...)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.serveWarm))).Methods(http.MethodPost)
+	r.Handle("/api/v1/warm", s.handle(routeWarm, s.warmNeedsPost)).Methods(read...)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
 	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)
 	if metricsHandler != nil {
@@ -137,13 +140,99 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 		}))).Methods(read...)
 	}
 	r.MethodNotAllowedHandler = s.handle(routeForbidden, s.readOnly)
-	r.NotFoundHandler = s.handle(routeNotFound, func(w http.ResponseWriter, r *http.Request) error {
-		return newError(http.StatusNotFound, CodeNameInvalid, "no such endpoint, or an invalid repository name or reference", nil)
-	})
-	return r
+	r.NotFoundHandler = s.handle(routeNotFound, s.serveNotFound)
+	return s.limitHeaders(r)
 }
 
 func (s *Server) readOnly(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Allow", "GET, HEAD")
 	return newError(http.StatusMethodNotAllowed, CodeUnsupported, "regnorm is a read-only mirror: "+r.Method+" is not supported", nil)
+}
+
+func (s *Server) warmNeedsPost(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Allow", "POST")
+	return newError(http.StatusMethodNotAllowed, CodeUnsupported, `use POST with a body {"images": ["docker.io/library/redis:2.8.23", ...]}`, nil)
+}
+
+// serveNotFound answers what no route matched, saying what was wrong: a
+// repository name or reference that breaks the OCI grammar (400, with the
+// reason), or an endpoint regnorm does not serve (404 UNSUPPORTED).
+func (s *Server) serveNotFound(w http.ResponseWriter, r *http.Request) error {
+	p := r.URL.EscapedPath()
+	rest, ok := strings.CutPrefix(p, "/v2/")
+	if !ok {
+		return newError(http.StatusNotFound, CodeUnsupported, "no such endpoint", nil)
+	}
+	if rest == "_catalog" || strings.HasPrefix(rest, "_catalog?") {
+		return newError(http.StatusNotFound, CodeUnsupported, "the catalog is not served: a mirror knows only the repositories it is asked for", nil)
+	}
+	for _, kind := range []string{"/manifests/", "/blobs/uploads/", "/blobs/", "/tags/", "/referrers/"} {
+		i := strings.LastIndex(rest, kind)
+		if i < 0 {
+			continue
+		}
+		name, ref := rest[:i], rest[i+len(kind):]
+		if why := nameProblem(name); why != "" {
+			return newError(http.StatusBadRequest, CodeNameInvalid, why, nil)
+		}
+		switch kind {
+		case "/referrers/":
+			// 404 lets clients fall back to the referrers tag schema.
+			return newError(http.StatusNotFound, CodeUnsupported, "the referrers API is not served", nil)
+		case "/manifests/":
+			if strings.Contains(ref, ":") {
+				return newError(http.StatusBadRequest, CodeDigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
+			}
+			return newError(http.StatusBadRequest, CodeTagInvalid, fmt.Sprintf("%q is not a tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'", ref), nil)
+		case "/blobs/":
+			return newError(http.StatusBadRequest, CodeDigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
+		}
+		break
+	}
+	return newError(http.StatusNotFound, CodeUnsupported, "no such endpoint", nil)
+}
+
+// nameProblem says what is wrong with a repository name on the wire, or ""
+// if nothing is.
+func nameProblem(name string) string {
+	switch {
+	case name == "":
+		return "the repository name is empty"
+	case strings.Contains(name, "%"):
+		return fmt.Sprintf("repository name %q is percent-encoded: send it as it is, with '/' between its components", name)
+	case strings.Contains(name, "//") || strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/"):
+		return fmt.Sprintf("repository name %q has an empty component", name)
+	case strings.ToLower(name) != name:
+		return fmt.Sprintf("repository names are lower case: %q", name)
+	case len(name) > reference.NameTotalLengthMax:
+		return fmt.Sprintf("repository name longer than %d characters", reference.NameTotalLengthMax)
+	case !anchoredName.MatchString(name):
+		return fmt.Sprintf("repository name %q: each component is lower-case letters and digits, joined by '.', '_', '__' or '-'", name)
+	}
+	return ""
+}
+
+// maxHeaderBytes bounds a request's headers; net/http's own limit (set by
+// cmd/proxy well above this) would answer in plain text.
+const maxHeaderBytes = 64 << 10
+
+// limitHeaders refuses requests whose headers exceed maxHeaderBytes, with
+// an OCI error.
+func (s *Server) limitHeaders(next http.Handler) http.Handler {
+	tooLarge := s.handle(routeNotFound, func(w http.ResponseWriter, r *http.Request) error {
+		return newError(http.StatusRequestHeaderFieldsTooLarge, CodeUnsupported, fmt.Sprintf("request headers larger than %d KiB", maxHeaderBytes>>10), nil)
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		size := len(r.Method) + len(r.RequestURI) + len(r.Proto)
+		for k, vs := range r.Header {
+			for _, v := range vs {
+				size += len(k) + len(v) + 4
+			}
+		}
+		if size > maxHeaderBytes {
+			tooLarge.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

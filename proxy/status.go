@@ -34,7 +34,7 @@ var statusTemplate = template.Must(template.New("status.html").Funcs(template.Fu
 const statusPageSize = 50
 
 type upstreamStatus struct {
-	Name, Host       string
+	Name, Endpoint   string
 	LastOK, LastFail time.Time
 	Failure          string
 	Failing          bool
@@ -70,7 +70,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	for _, name := range sortedKeys(s.upstreams) {
 		up := s.upstreams[name]
 		ok, fail, why := up.health.snapshot()
-		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Host: up.base.Host, LastOK: ok, LastFail: fail,
+		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Endpoint: up.base.Scheme + "://" + up.base.Host + up.base.Path, LastOK: ok, LastFail: fail,
 			Failure: why, Failing: fail.After(ok)})
 	}
 	var matching []cache.ReportEntry

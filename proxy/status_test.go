@@ -29,7 +29,7 @@ func TestStatusPage(t *testing.T) {
 	for _, want := range []string{
 		"docker.io/library/redis", "2.8.23", `data-value="` + normalized.String() + `"`, `data-value="` + img.ManifestDigest.String() + `"`,
 		"config-media-type", "application/octet-stream → application/vnd.docker.container.image.v1+json",
-		"Pulled by an original digest", "healthy",
+		"Pulled by an original digest", "healthy", h.front.URL, // the endpoint, scheme and all
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("status page lacks %q", want)

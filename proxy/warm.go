@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/distribution/reference"
+	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
@@ -72,33 +73,27 @@ func (s *Server) warm(r *http.Request, image string) WarmResult {
 	ctx := r.Context()
 	res := WarmResult{Image: image}
 	fail := func(err error) WarmResult {
-		res.Error = err.Error()
+		s.log.Warn("warming an image failed", "image", image, "error", err)
+		res.Error = publicMessage(err)
 		return res
 	}
-	named, err := reference.ParseNormalizedNamed(image)
+	upName, repo, tag, dgst, err := s.parseImage(image)
 	if err != nil {
 		return fail(err)
 	}
-	up, err := s.upstreamFor(reference.Domain(named))
+	up, err := s.upstreamFor(upName)
 	if err != nil {
 		return fail(err)
 	}
 	if up, err = up.as(r); err != nil {
 		return fail(err)
 	}
-	req := distRequest{upstream: up, repo: reference.Path(named)}
+	req := distRequest{upstream: up, repo: repo, tag: tag, digest: dgst}
 	var m cache.Manifest
-	if ref, ok := named.(reference.Canonical); ok {
-		req.digest = ref.Digest()
+	if dgst != "" {
 		m, _, err = s.manifestByDigest(ctx, req, nil)
-	} else {
-		req.tag = "latest"
-		if ref, ok := named.(reference.Tagged); ok {
-			req.tag = ref.Tag()
-		}
-		if err = s.admitTag(ctx, req); err == nil {
-			m, _, err = s.manifestByTag(ctx, req, nil)
-		}
+	} else if err = s.admitTag(ctx, req); err == nil {
+		m, _, err = s.manifestByTag(ctx, req, nil)
 	}
 	if err != nil {
 		return fail(err)
@@ -114,30 +109,85 @@ func (s *Server) warm(r *http.Request, image string) WarmResult {
 	return res
 }
 
-// Warm asks the regnorm at server to normalize images ahead of time.
-func Warm(ctx context.Context, server string, images []string) ([]WarmResult, error) {
+// parseImage reads an image reference as warm takes it. A name without a
+// registry ("redis:2.8.23", "team/app") is on the default upstream; on
+// docker.io a one-part name is an official image (library/redis).
+func (s *Server) parseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
+	// The first component names a registry as distribution/reference
+	// reads it: with a dot, a port, upper case, or localhost.
+	first, _, hasSlash := strings.Cut(image, "/")
+	bare := !hasSlash || !(strings.ContainsAny(first, ".:") || first == "localhost" || strings.ToLower(first) != first)
+	var named reference.Named
+	switch {
+	case bare && s.defaultUpstream != "docker.io":
+		named, err = reference.ParseNamed(s.defaultUpstream + "/" + image)
+	default:
+		named, err = reference.ParseNormalizedNamed(image)
+	}
+	if err != nil {
+		return "", "", "", "", newError(http.StatusBadRequest, CodeNameInvalid, fmt.Sprintf("%q is not an image reference: %v", image, err), nil)
+	}
+	upstream, repo, tag = reference.Domain(named), reference.Path(named), "latest"
+	if ref, ok := named.(reference.Canonical); ok {
+		return upstream, repo, "", ref.Digest(), nil
+	}
+	if ref, ok := named.(reference.Tagged); ok {
+		tag = ref.Tag()
+	}
+	return upstream, repo, tag, "", nil
+}
+
+// WarmClient asks a running regnorm to normalize images ahead of time.
+type WarmClient struct {
+	// Server is regnorm's address, e.g. https://regnorm.regnorm.svc:5000.
+	Server string
+	// HTTP sends the request (default http.DefaultClient): set its TLS
+	// configuration to trust a private CA.
+	HTTP *http.Client
+	// Token, when set, is sent as a bearer token (auth.tokensFile).
+	Token string
+	// Username and Password, when set, are sent as Basic credentials
+	// (auth.htpasswdFile, or forwarded upstream with forwardCredentials).
+	Username, Password string
+}
+
+// Warm asks for images to be warmed and returns what each became.
+func (c WarmClient) Warm(ctx context.Context, images []string) ([]WarmResult, error) {
 	body, err := json.Marshal(WarmRequest{Images: images})
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(server, "/")+"/api/v1/warm", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.Server, "/")+"/api/v1/warm", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	switch {
+	case c.Token != "":
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	case c.Username != "" || c.Password != "":
+		req.SetBasicAuth(c.Username, c.Password)
+	}
+	client := c.HTTP
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("warm: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		return nil, fmt.Errorf("warm: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+		var e errorBody
+		if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&e) == nil && len(e.Errors) > 0 {
+			return nil, fmt.Errorf("warm: %s: %s: %s", resp.Status, e.Errors[0].Code, e.Errors[0].Message)
+		}
+		return nil, fmt.Errorf("warm: %s", resp.Status)
 	}
 	var out struct {
 		Results []WarmResult `json:"results"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&out); err != nil {
 		return nil, fmt.Errorf("warm: %w", err)
 	}
 	return out.Results, nil

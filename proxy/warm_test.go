@@ -1,0 +1,74 @@
+package proxy_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+)
+
+// TestWarmImageNames: a name without a registry is on the default
+// upstream, whichever it is; on docker.io a one-part name is an official
+// image.
+func TestWarmImageNames(t *testing.T) {
+	t.Parallel()
+	dgst := digest.FromString("x")
+	for _, def := range []string{"docker.io", "registry.example.com"} {
+		u, _ := url.Parse("https://" + def)
+		srv, err := proxy.New(proxy.Options{Store: cache.New(inmemory.New()), DefaultUpstream: def,
+			Upstreams: []proxy.UpstreamConfig{{Name: def, URL: u}, {Name: "quay.io", URL: u}},
+			Metrics:   proxy.NewMetrics(prometheus.NewRegistry()), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tests := []struct{ image, upstream, repo, tag string }{
+			{"redis:2.8.23", def, map[bool]string{true: "library/redis", false: "redis"}[def == "docker.io"], "2.8.23"},
+			{"team/app", def, "team/app", "latest"},
+			{"quay.io/org/app:v1", "quay.io", "org/app", "v1"},
+			{"localhost:5000/app:v2", "localhost:5000", "app", "v2"},
+			{"docker.io/library/redis@" + dgst.String(), "docker.io", "library/redis", ""},
+		}
+		for _, tt := range tests {
+			up, repo, tag, _, err := srv.ParseImage(tt.image)
+			if err != nil || up != tt.upstream || repo != tt.repo || tag != tt.tag {
+				t.Errorf("default %s: %s: %s %s %q %v; want %s %s %q", def, tt.image, up, repo, tag, err, tt.upstream, tt.repo, tt.tag)
+			}
+		}
+		if _, _, _, _, err := srv.ParseImage("team/UPPER"); err == nil {
+			t.Errorf("an invalid reference was accepted")
+		}
+	}
+}
+
+// TestWarmErrorsSayNoMoreThanTheAPI: a warm that fails tells the caller
+// what the registry API would: never the upstream's address or body.
+func TestWarmErrorsSayNoMoreThanTheAPI(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	h := newHarness(t, harnessOptions{upstreamURL: "http://" + addr, retry: fastRetries})
+	res, err := proxy.WarmClient{Server: h.url}.Warm(context.Background(), []string{"library/app:v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res[0].Error; got != "UNAVAILABLE: upstream docker.io unreachable" || strings.Contains(got, addr) {
+		t.Fatalf("warm error %q", got)
+	}
+	if !strings.Contains(h.logs.String(), addr) {
+		t.Fatal("the log lost the cause")
+	}
+}
