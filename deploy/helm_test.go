@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -101,8 +102,10 @@ func TestChartRendersValidObjects(t *testing.T) {
 					t.Errorf("no %s rendered", kind)
 				}
 			}
-			// The rendered configuration is one the binary accepts.
-			cfg := configMapData(t, objs, "regnorm", "regnorm.yaml")
+			// The rendered configuration is one the binary accepts, with
+			// everything it refers to loaded: the files the pod mounts from
+			// Secrets are made under a temporary root.
+			cfg := mountSecrets(t, configMapData(t, objs, "regnorm", "regnorm.yaml"))
 			path := filepath.Join(t.TempDir(), "regnorm.yaml")
 			os.WriteFile(path, []byte(cfg), 0o600)
 			if out, err := exec.Command(regnorm, "--check-config", "--config", path).CombinedOutput(); err != nil {
@@ -110,6 +113,24 @@ func TestChartRendersValidObjects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mountSecrets stands in for the pod's mounts: every file a rendered
+// configuration names under /etc/regnorm is created, with a placeholder, in
+// a temporary directory, and the configuration is pointed there.
+func mountSecrets(t *testing.T, cfg string) string {
+	t.Helper()
+	root := t.TempDir()
+	for _, ref := range regexp.MustCompile(`/etc/regnorm/[^\s"']+`).FindAllString(cfg, -1) {
+		p := filepath.Join(root, ref)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("placeholder\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return strings.ReplaceAll(cfg, "/etc/regnorm/", root+"/etc/regnorm/")
 }
 
 // TestSchemaValidationCatchesMistakes: the typed converter really rejects
