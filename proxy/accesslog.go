@@ -49,8 +49,10 @@ func (s *Server) accessLog(route string, next http.Handler) http.Handler {
 		s.metrics.requestDuration.WithLabelValues(route).Observe(d.Seconds())
 		level := slog.LevelInfo
 		switch {
-		case status >= 500:
-			level = slog.LevelWarn // an upstream or the cache failed this client
+		case status >= 500 && status != http.StatusServiceUnavailable:
+			// An upstream or the cache failed this client. A 503 says to
+			// retry shortly (still normalizing, or busy): routine.
+			level = slog.LevelWarn
 		case route == routeHealth || route == routeMetrics:
 			level = slog.LevelDebug
 		}

@@ -61,7 +61,7 @@ func (a *clientAuth) check(r *http.Request) error {
 		if a.tokenOK(strings.TrimSpace(tok)) {
 			return nil
 		}
-	} else if user, pass, ok := r.BasicAuth(); ok && (a.userOK(user, pass) || a.tokenOK(pass)) {
+	} else if user, pass, ok := r.BasicAuth(); ok && (a.tokenOK(pass) || a.userOK(user, pass)) {
 		return nil
 	}
 	e := newError(http.StatusUnauthorized, CodeUnauthorized, "authentication required", nil)

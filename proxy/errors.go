@@ -66,21 +66,25 @@ type errorEntry struct {
 // the code and message of an *Error, never its cause (upstream addresses,
 // bodies, paths); for anything else, a generic line. The log has the rest.
 func publicMessage(err error) string {
+	e := public(err)
+	return e.Code + ": " + e.Message
+}
+
+// public is the *Error a client is answered with for err: err's own, or a
+// generic internal error (its cause is for the log only).
+func public(err error) *Error {
 	var e *Error
 	if !errors.As(err, &e) {
-		return CodeUnavailable + ": internal error"
+		e = newError(http.StatusInternalServerError, CodeUnavailable, "internal error", err)
 	}
-	return e.Code + ": " + e.Message
+	return e
 }
 
 // writeError is the one place that turns an error into an OCI error response.
 // Errors that are not *Error are internal: the client sees a generic message,
 // the log sees the cause.
 func writeError(w http.ResponseWriter, r *http.Request, err error) *Error {
-	var e *Error
-	if !errors.As(err, &e) {
-		e = newError(http.StatusInternalServerError, CodeUnavailable, "internal error", err)
-	}
+	e := public(err)
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Del("Content-Length")

@@ -371,9 +371,20 @@ func TestErrors(t *testing.T) {
 func TestOversizedHeadersGetAnOCIError(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
-	r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", http.Header{"X-Padding": {strings.Repeat("x", 70<<10)}})
+	r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", http.Header{"X-Padding": {strings.Repeat("x", 62<<10)}})
 	if r.status != http.StatusRequestHeaderFieldsTooLarge || r.ociError(t) != proxy.CodeUnsupported || r.header.Get("Content-Type") != "application/json" {
 		t.Fatalf("oversized headers: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
+	}
+	// The Host header counts too (net/http keeps it apart from the others).
+	req, _ := http.NewRequest(http.MethodGet, h.url+"/healthz", nil)
+	req.Host = strings.Repeat("h", 62<<10)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("a 62 KiB Host: %d", resp.StatusCode)
 	}
 }
 

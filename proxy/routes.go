@@ -38,8 +38,10 @@ const (
 	routeMetrics   = "metrics"
 	routeReport    = "report"
 	routeWarm      = "warm"
+	routeNodes     = "nodes"
 	routeStatus    = "status"
 	routeNotFound  = "not_found"
+	routeTooLarge  = "headers_too_large"
 	routeForbidden = "method_not_allowed"
 )
 
@@ -163,7 +165,7 @@ func (s *Server) serveNotFound(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return newError(http.StatusNotFound, CodeUnsupported, "no such endpoint", nil)
 	}
-	if rest == "_catalog" || strings.HasPrefix(rest, "_catalog?") {
+	if rest == "_catalog" {
 		return newError(http.StatusNotFound, CodeUnsupported, "the catalog is not served: a mirror knows only the repositories it is asked for", nil)
 	}
 	for _, kind := range []string{"/manifests/", "/blobs/uploads/", "/blobs/", "/tags/", "/referrers/"} {
@@ -212,18 +214,19 @@ func nameProblem(name string) string {
 	return ""
 }
 
-// maxHeaderBytes bounds a request's headers; net/http's own limit (set by
-// cmd/proxy well above this) would answer in plain text.
-const maxHeaderBytes = 64 << 10
+// maxHeaderBytes bounds a request's headers. net/http's own limit, which
+// cmd/proxy sets a little above it (MaxHeaderBytes, 64 KiB), answers in
+// plain text; below it, the answer is an OCI error.
+const maxHeaderBytes = 60 << 10
 
 // limitHeaders refuses requests whose headers exceed maxHeaderBytes, with
 // an OCI error.
 func (s *Server) limitHeaders(next http.Handler) http.Handler {
-	tooLarge := s.handle(routeNotFound, func(w http.ResponseWriter, r *http.Request) error {
+	tooLarge := s.handle(routeTooLarge, func(w http.ResponseWriter, r *http.Request) error {
 		return newError(http.StatusRequestHeaderFieldsTooLarge, CodeUnsupported, fmt.Sprintf("request headers larger than %d KiB", maxHeaderBytes>>10), nil)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		size := len(r.Method) + len(r.RequestURI) + len(r.Proto)
+		size := len(r.Method) + len(r.RequestURI) + len(r.Proto) + len(r.Host)
 		for k, vs := range r.Header {
 			for _, v := range vs {
 				size += len(k) + len(v) + 4

@@ -203,6 +203,11 @@ func New(opts Options) (*Server, error) {
 		s.rules = *opts.Rules
 	}
 	for _, cfg := range opts.Upstreams {
+		if cfg.ForwardCredentials && opts.ClientAuth != nil {
+			// Both read the Authorization header: a client's regnorm token
+			// would go upstream.
+			return nil, fmt.Errorf("proxy: upstream %q forwards credentials: client authentication cannot be on too", cfg.Name)
+		}
 		if _, dup := s.upstreams[cfg.Name]; dup {
 			return nil, fmt.Errorf("proxy: upstream %q configured twice", cfg.Name)
 		}

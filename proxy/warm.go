@@ -109,25 +109,28 @@ func (s *Server) warm(r *http.Request, image string) WarmResult {
 	return res
 }
 
-// parseImage reads an image reference as warm takes it. A name without a
-// registry ("redis:2.8.23", "team/app") is on the default upstream; on
-// docker.io a one-part name is an official image (library/redis).
+// parseImage reads an image reference as warm takes it. Its first
+// component names the registry when it is a configured upstream, or looks
+// like a host (a dot, a port, localhost); otherwise the name is on the
+// default upstream ("redis:2.8.23", "team/app"). On docker.io a one-part name
+// is an official image (library/redis).
 func (s *Server) parseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
-	// The first component names a registry as distribution/reference
-	// reads it: with a dot, a port, upper case, or localhost.
-	first, _, hasSlash := strings.Cut(image, "/")
-	bare := !hasSlash || !(strings.ContainsAny(first, ".:") || first == "localhost" || strings.ToLower(first) != first)
-	var named reference.Named
-	switch {
-	case bare && s.defaultUpstream != "docker.io":
-		named, err = reference.ParseNamed(s.defaultUpstream + "/" + image)
-	default:
-		named, err = reference.ParseNormalizedNamed(image)
+	upstream, rest := s.defaultUpstream, image
+	if first, after, ok := strings.Cut(image, "/"); ok {
+		if name := strings.ToLower(first); s.upstreams[name] != nil || strings.ContainsAny(name, ".:") || name == "localhost" {
+			upstream, rest = name, after
+		}
 	}
+	// The path, tag and digest are checked by the reference grammar, on a
+	// stand-in registry: upstream names need not look like hosts.
+	named, err := reference.ParseNamed("registry.invalid/" + rest)
 	if err != nil {
 		return "", "", "", "", newError(http.StatusBadRequest, CodeNameInvalid, fmt.Sprintf("%q is not an image reference: %v", image, err), nil)
 	}
-	upstream, repo, tag = reference.Domain(named), reference.Path(named), "latest"
+	repo, tag = reference.Path(named), "latest"
+	if upstream == "docker.io" && !strings.Contains(repo, "/") {
+		repo = "library/" + repo
+	}
 	if ref, ok := named.(reference.Canonical); ok {
 		return upstream, repo, "", ref.Digest(), nil
 	}

@@ -23,10 +23,10 @@ import (
 func TestWarmImageNames(t *testing.T) {
 	t.Parallel()
 	dgst := digest.FromString("x")
-	for _, def := range []string{"docker.io", "registry.example.com"} {
+	for _, def := range []string{"docker.io", "registry.example.com", "internal"} {
 		u, _ := url.Parse("https://" + def)
 		srv, err := proxy.New(proxy.Options{Store: cache.New(inmemory.New()), DefaultUpstream: def,
-			Upstreams: []proxy.UpstreamConfig{{Name: def, URL: u}, {Name: "quay.io", URL: u}},
+			Upstreams: []proxy.UpstreamConfig{{Name: def, URL: u}, {Name: "quay.io", URL: u}, {Name: "harbor", URL: u}},
 			Metrics:   proxy.NewMetrics(prometheus.NewRegistry()), Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
@@ -37,6 +37,9 @@ func TestWarmImageNames(t *testing.T) {
 			{"quay.io/org/app:v1", "quay.io", "org/app", "v1"},
 			{"localhost:5000/app:v2", "localhost:5000", "app", "v2"},
 			{"docker.io/library/redis@" + dgst.String(), "docker.io", "library/redis", ""},
+			{"harbor/team/app:1", "harbor", "team/app", "1"},
+			{"QUAY.IO/org/app:v1", "quay.io", "org/app", "v1"},
+			{"redis@" + dgst.String(), def, map[bool]string{true: "library/redis", false: "redis"}[def == "docker.io"], ""},
 		}
 		for _, tt := range tests {
 			up, repo, tag, _, err := srv.ParseImage(tt.image)
@@ -44,8 +47,10 @@ func TestWarmImageNames(t *testing.T) {
 				t.Errorf("default %s: %s: %s %s %q %v; want %s %s %q", def, tt.image, up, repo, tag, err, tt.upstream, tt.repo, tt.tag)
 			}
 		}
-		if _, _, _, _, err := srv.ParseImage("team/UPPER"); err == nil {
-			t.Errorf("an invalid reference was accepted")
+		for _, bad := range []string{"team/UPPER", "Library/x:1", "x:-bad"} {
+			if _, _, _, _, err := srv.ParseImage(bad); err == nil || !strings.Contains(err.Error(), "NAME_INVALID") {
+				t.Errorf("%s: %v, want NAME_INVALID", bad, err)
+			}
 		}
 	}
 }

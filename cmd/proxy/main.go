@@ -53,13 +53,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return runWarm(ctx, args[1:], getenv, stdout, stderr)
 		case "node-config":
 			return runNodeConfig(ctx, args[1:], getenv, stdout, stderr)
-		case "version", "-version", "--version":
-			printVersion(stdout)
-			return nil
 		case "help":
 			usage(stdout)
 			return nil
+		case "version":
+			printVersion(stdout)
+			return nil
 		}
+	}
+	if slices.Contains(args, "-version") || slices.Contains(args, "--version") {
+		printVersion(stdout)
+		return nil
 	}
 	cfg, err := loadConfig(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
@@ -136,9 +140,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	httpSrv := &http.Server{
 		Handler:           srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})),
 		ReadHeaderTimeout: 10 * time.Second,
-		// The proxy refuses headers over 64 KiB with an OCI error; this hard
-		// cap (answered in plain text by net/http) only bounds memory.
-		MaxHeaderBytes: 1 << 20,
+		// The proxy refuses headers over 60 KiB with an OCI error; this cap
+		// (answered in plain text by net/http) bounds each connection's
+		// memory.
+		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if cfg.TLS.CertFile != "" {
@@ -202,7 +207,7 @@ Exit status: 0 on success and after SIGTERM's drain, 1 on any error (it is print
 // normalize images ahead of time and prints what it did, one line an image.
 func runWarm(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("regnorm warm", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are returned; --help prints to stdout
 	server := fs.String("server", firstNonEmpty(getenv("REGNORM_SERVER"), "http://127.0.0.1:5000"), "regnorm to warm (env REGNORM_SERVER)")
 	caFile := fs.String("ca-file", getenv("REGNORM_CA_FILE"), "PEM bundle to trust for an https server, besides the system roots (env REGNORM_CA_FILE)")
 	tokenFile := fs.String("token-file", getenv("REGNORM_TOKEN_FILE"), "file holding a bearer token (auth.tokensFile); or env REGNORM_TOKEN")
@@ -230,22 +235,30 @@ Flags:
 			fs.Usage()
 			return nil
 		}
-		return err
+		return fmt.Errorf("warm: %w (regnorm warm --help)", err)
 	}
 	if fs.NArg() == 0 {
 		return errors.New("warm: no image given (regnorm warm --help)")
 	}
-	client := proxy.WarmClient{Server: *server, Username: *username, Token: getenv("REGNORM_TOKEN"), Password: getenv("REGNORM_PASSWORD")}
+	// A credential given as a flag wins over one only in the environment.
+	client := proxy.WarmClient{Server: *server}
 	var err error
-	if *tokenFile != "" {
+	switch {
+	case *tokenFile != "" && *username != "":
+		return errors.New("warm: give a token (--token-file) or a user (--username), not both")
+	case *tokenFile != "":
 		if client.Token, err = readSecret(*tokenFile); err != nil {
 			return fmt.Errorf("warm: --token-file: %w", err)
 		}
-	}
-	if *passwordFile != "" {
-		if client.Password, err = readSecret(*passwordFile); err != nil {
-			return fmt.Errorf("warm: --password-file: %w", err)
+	case *username != "":
+		client.Username, client.Password = *username, getenv("REGNORM_PASSWORD")
+		if *passwordFile != "" {
+			if client.Password, err = readSecret(*passwordFile); err != nil {
+				return fmt.Errorf("warm: --password-file: %w", err)
+			}
 		}
+	default:
+		client.Token = getenv("REGNORM_TOKEN")
 	}
 	if *caFile != "" {
 		pool, err := certPool(*caFile)
@@ -457,28 +470,25 @@ func checkResources(cfg Config, getenv func(string) string) error {
 	return errors.Join(errs...)
 }
 
-// writableDir checks that dir is a directory regnorm can write to, or can
-// be created: its nearest existing parent is writable.
+// writableDir checks a directory regnorm writes to, where it can tell: an
+// existing one must be a directory this user can write to. One that does not
+// exist yet is created at start (and a failure to create it stops the
+// start), so a check run elsewhere (a CI lint, a laptop) does not fail on a
+// path only the pod has.
 func writableDir(dir string) error {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
 		return err
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory", dir)
 	}
-	for p := abs; ; p = filepath.Dir(p) {
-		fi, err := os.Stat(p)
-		if err == nil {
-			if !fi.IsDir() {
-				return fmt.Errorf("%s is not a directory", p)
-			}
-			if err := unix.Access(p, unix.W_OK); err != nil {
-				return fmt.Errorf("%s is not writable: %w", p, err)
-			}
-			return nil
-		}
-		if !errors.Is(err, os.ErrNotExist) || p == filepath.Dir(p) {
-			return err
-		}
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return fmt.Errorf("%s is not writable: %w", dir, err)
 	}
+	return nil
 }
 
 // buildUpstreams reads CA files and passwords: the files and environment

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -244,5 +245,55 @@ func TestOneUpstreamIsTheDefault(t *testing.T) {
 	// Named explicitly, the default is kept (and checked).
 	if _, err := loadConfig([]string{"--config", one, "--default-upstream", "docker.io"}, env(nil)); err == nil {
 		t.Fatal("an explicit default that is not configured was accepted")
+	}
+}
+
+// TestConfigCheckIsBounded: a file that repeats an anchored mapping of
+// thousands of unknown fields thousands of times is refused quickly, with
+// a bounded list of mistakes.
+func TestConfigCheckIsBounded(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString("upstreams:\n- &a {")
+	for i := range 2000 {
+		fmt.Fprintf(&b, "k%d: 1, ", i)
+	}
+	b.WriteString("name: a}\n")
+	for range 2000 {
+		b.WriteString("- *a\n")
+	}
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(file, []byte(b.String()), 0o600)
+	_, err := loadConfig([]string{"--config", file}, env(nil))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	if lines := strings.Count(err.Error(), "\n"); lines > 25 || !strings.Contains(err.Error(), "more mistakes") {
+		t.Fatalf("%d lines of errors:\n%.2000s", lines, err)
+	}
+}
+
+// TestConfigMergeKeys: YAML merge keys are followed, not taken for fields.
+func TestConfigMergeKeys(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(file, []byte(`upstreams:
+- &a
+  name: a.example.com
+  url: https://a.example.com
+- <<: *a
+  name: b.example.com
+defaultUpstream: a.example.com
+`), 0o600)
+	cfg, err := loadConfig([]string{"--config", file}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Upstreams) != 2 || cfg.Upstreams[1].URL != "https://a.example.com" || cfg.Upstreams[1].Name != "b.example.com" {
+		t.Fatalf("upstreams: %+v", cfg.Upstreams)
+	}
+	os.WriteFile(file, []byte("upstreams:\n- &a {name: a.example.com, url: https://a, ulr: x}\n- <<: *a\n  name: b.example.com\n"), 0o600)
+	if _, err := loadConfig([]string{"--config", file}, env(nil)); err == nil || !strings.Contains(err.Error(), "did you mean upstreams[0].url?") {
+		t.Fatalf("a typo in an anchored mapping: %v", err)
 	}
 }

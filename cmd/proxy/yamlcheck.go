@@ -21,24 +21,61 @@ func checkYAML(doc *yaml.Node) []error {
 		}
 		doc = doc.Content[0]
 	}
-	var errs []error
-	checkNode(doc, reflect.TypeFor[Config](), "", &errs)
-	return errs
+	c := &checker{checked: map[*yaml.Node]bool{}}
+	c.node(doc, reflect.TypeFor[Config](), "")
+	if c.dropped > 0 {
+		c.errs = append(c.errs, fmt.Errorf("config: and %d more mistakes", c.dropped))
+	}
+	return c.errs
 }
 
-func checkNode(n *yaml.Node, t reflect.Type, path string, errs *[]error) {
+// Bounds on the checker's work, whatever the document: the errors it
+// reports, and the nodes it visits (an alias is walked once, however often
+// it is used).
+const (
+	maxConfigErrors = 20
+	maxConfigNodes  = 100000
+)
+
+type checker struct {
+	errs    []error
+	dropped int
+	visited int
+	checked map[*yaml.Node]bool // aliased nodes already walked
+}
+
+func (c *checker) report(err error) {
+	if len(c.errs) < maxConfigErrors {
+		c.errs = append(c.errs, err)
+	} else {
+		c.dropped++
+	}
+}
+
+func (c *checker) node(n *yaml.Node, t reflect.Type, path string) {
+	if c.visited++; c.visited > maxConfigNodes {
+		if c.visited == maxConfigNodes+1 {
+			c.report(fmt.Errorf("config: the file has more than %d values", maxConfigNodes))
+		}
+		return
+	}
+	line := n.Line
+	if n.Kind == yaml.AliasNode {
+		if c.checked[n.Alias] {
+			return // its mistakes are reported once, where it is defined
+		}
+		c.checked[n.Alias] = true
+		n = n.Alias
+	}
 	bad := func(format string, args ...any) {
 		field := path
 		if field == "" {
 			field = "the file"
 		}
-		*errs = append(*errs, fmt.Errorf("config: %s (line %d): %s", field, n.Line, fmt.Sprintf(format, args...)))
-	}
-	if n.Kind == yaml.AliasNode {
-		n = n.Alias
+		c.report(fmt.Errorf("config: %s (line %d): %s", field, line, fmt.Sprintf(format, args...)))
 	}
 	if n.Tag == "!!null" {
-		return // an empty value leaves the default
+		return // yaml.v3 leaves the field's zero value; validate judges it
 	}
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -52,17 +89,33 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, errs *[]error) {
 		fields := yamlFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			key, value := n.Content[i], n.Content[i+1]
+			if key.Tag == "!!merge" {
+				// "<<: *anchor" (or a list of them): the anchored mappings'
+				// fields are this mapping's.
+				merged := []*yaml.Node{value}
+				if value.Kind == yaml.SequenceNode {
+					merged = value.Content
+				}
+				for _, m := range merged {
+					c.node(m, t, path)
+				}
+				continue
+			}
 			name := join(path, key.Value)
+			if key.Kind != yaml.ScalarNode {
+				c.report(fmt.Errorf("config: %s (line %d): a field name must be a plain word", join(path, "?"), key.Line))
+				continue
+			}
 			f, ok := fields[key.Value]
 			if !ok {
 				msg := fmt.Sprintf("config: %s (line %d): unknown field", name, key.Line)
 				if near := nearest(key.Value, fields); near != "" {
 					msg += "; did you mean " + join(path, near) + "?"
 				}
-				*errs = append(*errs, fmt.Errorf("%s", msg))
+				c.report(fmt.Errorf("%s", msg))
 				continue
 			}
-			checkNode(value, f.Type, name, errs)
+			c.node(value, f.Type, name)
 		}
 	case t.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -70,7 +123,7 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, errs *[]error) {
 			return
 		}
 		for i, item := range n.Content {
-			checkNode(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i), errs)
+			c.node(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
