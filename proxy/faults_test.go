@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -284,4 +285,30 @@ func waitNoFetches(t *testing.T, h *harness) {
 	waitFor(t, "downloads to end", func() bool {
 		return h.metric(t, "regnorm_upstream_inflight_fetches", "") == 0 && h.metric(t, "regnorm_upstream_queued_fetches", "") == 0
 	})
+}
+
+// TestRateLimitBudget: an upstream's RateLimit-Limit and RateLimit-Remaining
+// (Docker Hub's pull budget) become gauges; until it sends them, they are
+// unknown (NaN), never a 0 that reads as an exhausted budget.
+func TestRateLimitBudget(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	if got := h.metric(t, "regnorm_upstream_ratelimit_remaining", `upstream="docker.io"`); !math.IsNaN(got) {
+		t.Fatalf("before any answer: %v, want NaN", got)
+	}
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("RateLimit-Limit", "100;w=21600")
+		w.Header().Set("RateLimit-Remaining", "76;w=21600")
+		h.front.relay(w, r)
+	})
+	if r := h.do(t, http.MethodHead, "/v2/library/app/manifests/v1", containerdAccept); r.status != http.StatusOK {
+		t.Fatalf("HEAD: %d", r.status)
+	}
+	for name, want := range map[string]float64{"regnorm_upstream_ratelimit_limit": 100, "regnorm_upstream_ratelimit_remaining": 76,
+		"regnorm_upstream_ratelimit_window_seconds": 21600} {
+		if got := h.metric(t, name, `upstream="docker.io"`); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
 }

@@ -1,6 +1,11 @@
 package proxy
 
 import (
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -21,6 +26,10 @@ type Metrics struct {
 	fetchesRejected  prometheus.Counter
 	fetchesAbandoned prometheus.Counter
 	spoolBytes       prometheus.Gauge
+	rateLimit        *prometheus.GaugeVec
+	rateRemaining    *prometheus.GaugeVec
+	rateWindow       *prometheus.GaugeVec
+	nodes            *prometheus.GaugeVec
 
 	rewrites          *prometheus.CounterVec
 	rewriteErrors     *prometheus.CounterVec
@@ -102,6 +111,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_spool_bytes",
 			Help: "Bytes reserved by the spool files of downloads in progress (at most spoolMaxSize).",
 		}),
+		rateLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "regnorm_upstream_ratelimit_limit",
+			Help: "Requests the upstream allows per window, from its RateLimit-Limit header (Docker Hub's pull budget), by upstream; NaN until it sends one.",
+		}, []string{"upstream"}),
+		rateRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "regnorm_upstream_ratelimit_remaining",
+			Help: "Requests left in the upstream's current window, from its RateLimit-Remaining header, by upstream; NaN until it sends one.",
+		}, []string{"upstream"}),
+		rateWindow: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "regnorm_upstream_ratelimit_window_seconds",
+			Help: "The upstream's rate-limit window (the w= of RateLimit-Limit), by upstream; NaN until it sends one.",
+		}, []string{"upstream"}),
+		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "regnorm_nodes",
+			Help: "Nodes that pulled through this regnorm within nodes.forgetAfter, by containerd minor version (other: not containerd).",
+		}, []string{"containerd"}),
 		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrites_total",
 			Help: "Changes made by normalization, by kind (config-media-type, child-manifest), counted once per normalized document.",
@@ -177,7 +202,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
 		m.upstreamRequests, m.upstreamDuration, m.upstreamRetries, m.tokenFetches, m.staleServes, m.inflightFetches,
-		m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes)
+		m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes, m.rateLimit, m.rateRemaining, m.rateWindow, m.nodes)
 	// Every label value known up front is there from the first scrape, so
 	// that a dashboard panel (and a test) sees 0 rather than nothing.
 	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs"} {
@@ -200,6 +225,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, source := range []string{"cache", "upstream"} {
 		m.servedBytes.WithLabelValues(source)
 	}
+	for _, route := range []string{routeBase, routeManifest, routeBlob, routeTags, routeUpload, routeHealth, routeMetrics,
+		routeReport, routeWarm, routeNodes, routeStatus, routeNotFound, routeTooLarge, routeForbidden} {
+		m.requestDuration.WithLabelValues(route)
+	}
+	m.nodes.WithLabelValues("other")
+	for _, route := range []string{routeManifest, routeBlob} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			m.requests.WithLabelValues(route, method, "200")
+		}
+	}
 	return m
 }
 
@@ -212,4 +247,42 @@ func (m *Metrics) preset(upstream string) {
 		m.tokenFetches.WithLabelValues(upstream, result)
 	}
 	m.staleServes.WithLabelValues(upstream)
+	m.upstreamDuration.WithLabelValues(upstream)
+	// Unknown until the upstream says: NaN, not a 0 that would read as an
+	// exhausted budget.
+	for _, g := range []*prometheus.GaugeVec{m.rateLimit, m.rateRemaining, m.rateWindow} {
+		g.WithLabelValues(upstream).Set(math.NaN())
+	}
+}
+
+// noteRateLimit records an upstream's RateLimit-Limit and
+// RateLimit-Remaining headers ("100;w=21600"), when it sends them.
+func (m *Metrics) noteRateLimit(upstream string, h http.Header) {
+	if limit, window, ok := parseRateLimit(h.Get("RateLimit-Limit")); ok {
+		m.rateLimit.WithLabelValues(upstream).Set(limit)
+		if window > 0 {
+			m.rateWindow.WithLabelValues(upstream).Set(window)
+		}
+	}
+	if remaining, _, ok := parseRateLimit(h.Get("RateLimit-Remaining")); ok {
+		m.rateRemaining.WithLabelValues(upstream).Set(remaining)
+	}
+}
+
+// parseRateLimit reads "100;w=21600": a count and, optionally, its window
+// in seconds.
+func parseRateLimit(v string) (n, window float64, ok bool) {
+	count, params, _ := strings.Cut(v, ";")
+	c, err := strconv.ParseUint(strings.TrimSpace(count), 10, 53)
+	if err != nil {
+		return 0, 0, false
+	}
+	for _, p := range strings.Split(params, ";") {
+		if w, found := strings.CutPrefix(strings.TrimSpace(p), "w="); found {
+			if s, err := strconv.ParseUint(w, 10, 53); err == nil {
+				window = float64(s)
+			}
+		}
+	}
+	return float64(c), window, true
 }

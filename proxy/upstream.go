@@ -220,6 +220,7 @@ func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query 
 			return nil, err
 		}
 		u.metrics.upstreamRequests.WithLabelValues(u.name, strconv.Itoa(resp.StatusCode)).Inc()
+		u.metrics.noteRateLimit(u.name, resp.Header)
 		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, resp.Status)
 		resp.Body = newStallGuard(resp.Body, u.stall, cancel)
 		return resp, nil
