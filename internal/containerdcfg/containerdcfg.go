@@ -1,0 +1,316 @@
+// Package containerdcfg reads a node's containerd configuration as
+// containerd does, and says whether containerd will read the hosts.toml
+// files in a directory: the mirror configuration regnorm's node-config
+// writes. If not, it says why, what to add, and can make a drop-in that
+// fixes it where the configuration imports drop-ins.
+//
+// The facts it encodes are containerd's (../shared/CONTAINERD.md in the
+// team's notes): 1.x reads hosts.toml only with registry.config_path set;
+// from 2.1, CRI pulls go through the transfer service, which reads
+// config_path as one directory, so the list that 2.2+ uses by default
+// ("/etc/containerd/certs.d:/etc/docker/certs.d") means no hosts.toml is
+// read; legacy registry.mirrors replace hosts.toml altogether.
+//
+// It reads files and writes none itself; it imports no HTTP and no other
+// package of regnorm's.
+package containerdcfg
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is a containerd configuration: the main file merged with its
+// imports, in containerd's order, each later file replacing whole plugin
+// sections.
+type Config struct {
+	// Version is the main file's version (1 or absent: 1; 2; 3).
+	Version int
+	// Files are the files read, main file first.
+	Files []string
+	// Imports are the main file's import patterns, made absolute.
+	Imports []string
+	// Plugins maps a plugin's name to its settings.
+	Plugins map[string]map[string]any
+}
+
+// Load reads the configuration at path and the files it imports. A missing
+// main file is a configuration of nothing: containerd's defaults.
+func Load(path string) (*Config, error) {
+	cfg := &Config{Version: 1, Plugins: map[string]map[string]any{}}
+	loaded := map[string]bool{}
+	pending := []string{path}
+	for len(pending) > 0 {
+		p := pending[0]
+		pending = pending[1:]
+		if loaded[p] {
+			continue
+		}
+		loaded[p] = true
+		b, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) && p == path {
+			return cfg, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read containerd config: %w", err)
+		}
+		var file struct {
+			Version int                       `toml:"version"`
+			Imports []string                  `toml:"imports"`
+			Plugins map[string]map[string]any `toml:"plugins"`
+		}
+		if _, err := toml.NewDecoder(bytes.NewReader(b)).Decode(&file); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", p, err)
+		}
+		cfg.Files = append(cfg.Files, p)
+		if p == path && file.Version > 0 {
+			cfg.Version = file.Version
+		}
+		maps.Copy(cfg.Plugins, file.Plugins) // a later file replaces a whole plugin section
+		for _, imp := range file.Imports {
+			imp = filepath.Clean(imp)
+			if !filepath.IsAbs(imp) {
+				imp = filepath.Join(filepath.Dir(p), imp)
+			}
+			if p == path {
+				cfg.Imports = append(cfg.Imports, imp)
+			}
+			if strings.Contains(imp, "*") {
+				matches, err := filepath.Glob(imp)
+				if err != nil {
+					return nil, fmt.Errorf("import %s: %w", imp, err)
+				}
+				pending = append(pending, matches...)
+			} else {
+				pending = append(pending, imp)
+			}
+		}
+	}
+	return cfg, nil
+}
+
+// Plugin names of the sections that hold registry settings.
+const (
+	criV2     = "io.containerd.grpc.v1.cri"   // 1.x, and a version 2 file on 2.x
+	imagesV3  = "io.containerd.cri.v1.images" // 2.x, version 3 files
+	defaultV2 = "/etc/containerd/certs.d:/etc/docker/certs.d"
+)
+
+// Version is a containerd version, from its version API or a User-Agent.
+type Version struct {
+	Major, Minor, Patch int
+	Known               bool
+	Text                string
+}
+
+var versionRe = regexp.MustCompile(`v?(\d+)\.(\d+)\.(\d+)`)
+
+// ParseVersion reads "v2.3.4", "1.6.20~ds1" or "containerd/1.7.2".
+func ParseVersion(s string) Version {
+	m := versionRe.FindStringSubmatch(s)
+	if m == nil {
+		return Version{Text: s}
+	}
+	v := Version{Known: true, Text: s}
+	v.Major, _ = strconv.Atoi(m[1])
+	v.Minor, _ = strconv.Atoi(m[2])
+	v.Patch, _ = strconv.Atoi(m[3])
+	return v
+}
+
+func (v Version) atLeast(major, minor int) bool {
+	return v.Major > major || (v.Major == major && v.Minor >= minor)
+}
+
+// Verdict is whether containerd reads the hosts.toml files in a directory.
+type Verdict struct {
+	// Reads is true when containerd, as configured, reads them.
+	Reads bool `json:"reads"`
+	// ConfigPath is the config_path containerd uses, its default included.
+	ConfigPath string `json:"configPath"`
+	// TransferService is true when CRI pulls go through containerd 2.1+'s
+	// transfer service, which reads config_path as one directory.
+	TransferService bool `json:"transferService"`
+	// Reason says why not, or what was assumed.
+	Reason string `json:"reason,omitempty"`
+	// Fix is the exact configuration to add to containerd's config, when
+	// one fixes it.
+	Fix string `json:"fix,omitempty"`
+}
+
+// registry returns the registry settings and the plugin section they are
+// in, for this version.
+func (c *Config) registry(v Version) (section string, settings map[string]any, reg map[string]any) {
+	section = criV2
+	if v.Major >= 2 && c.Version >= 3 {
+		section = imagesV3
+	}
+	settings = c.Plugins[section]
+	if settings == nil && v.Major >= 2 {
+		// A version 2 file on 2.x is migrated: its CRI settings count.
+		if s := c.Plugins[criV2]; s != nil {
+			section, settings = criV2, s
+		}
+	}
+	reg, _ = settings["registry"].(map[string]any)
+	return section, settings, reg
+}
+
+// Check says whether containerd v, with this configuration, reads the
+// hosts.toml files under dir.
+func Check(c *Config, v Version, dir string) Verdict {
+	dir = filepath.Clean(dir)
+	assumed := ""
+	if !v.Known {
+		// Without the version API: guess from the file's version.
+		v = Version{Major: 1, Minor: 7}
+		if c.Version >= 3 {
+			v = Version{Major: 2, Minor: 3}
+		}
+		assumed = fmt.Sprintf("containerd's version is unknown (its socket did not answer); assuming %d.%d from the config's version %d. ", v.Major, v.Minor, c.Version)
+	}
+	section, settings, reg := c.registry(v)
+	configPath, _ := reg["config_path"].(string)
+	fix := fixText(c, v, dir)
+	if len(anyMap(reg["mirrors"])) > 0 {
+		return Verdict{ConfigPath: configPath, Reason: assumed + fmt.Sprintf("the legacy registry.mirrors in [plugins.%q.registry] replace hosts.toml: remove them (and registry.configs and auths), then set config_path", section), Fix: fix}
+	}
+	if configPath == "" && v.atLeast(2, 2) {
+		configPath = defaultV2
+	}
+	verdict := Verdict{ConfigPath: configPath}
+	local := v.Major < 2 || (v.Major == 2 && v.Minor == 0) || localPull(settings)
+	verdict.TransferService = !local
+	switch {
+	case configPath == "":
+		verdict.Reason = assumed + fmt.Sprintf("config_path is not set: containerd %d.%d reads no hosts.toml", v.Major, v.Minor)
+		verdict.Fix = fix
+	case local && slices.Contains(splitPath(configPath), dir):
+		verdict.Reads = true
+		verdict.Reason = assumed
+	case !local && filepath.Clean(configPath) == dir:
+		verdict.Reads = true
+		verdict.Reason = assumed
+	case !local && slices.Contains(splitPath(configPath), dir):
+		verdict.Reason = assumed + fmt.Sprintf("config_path is the list %q: containerd %d.%d pulls through the transfer service, which reads it as one directory, so no hosts.toml is read", configPath, v.Major, v.Minor)
+		verdict.Fix = fix
+	default:
+		verdict.Reason = assumed + fmt.Sprintf("config_path is %q, not %q: run node-config with --config-path set to it, or set config_path", configPath, dir)
+		verdict.Fix = fix
+	}
+	verdict.Reason = strings.TrimSpace(verdict.Reason)
+	return verdict
+}
+
+// localPull reports whether 2.x settings force CRI onto the local pull
+// path instead of the transfer service (containerd's
+// CheckLocalImagePullConfigs).
+func localPull(settings map[string]any) bool {
+	if b, _ := settings["use_local_image_pull"].(bool); b {
+		return true
+	}
+	for _, key := range []string{"discard_unpacked_layers", "image_pull_with_sync_fs"} {
+		if b, _ := settings[key].(bool); b {
+			return true
+		}
+	}
+	if n, ok := settings["max_concurrent_downloads"].(int64); ok && n != 3 {
+		return true
+	}
+	if b, ok := settings["disable_snapshot_annotations"].(bool); ok && !b {
+		return true
+	}
+	reg, _ := settings["registry"].(map[string]any)
+	for _, key := range []string{"mirrors", "configs", "auths"} {
+		if len(anyMap(reg[key])) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func anyMap(v any) map[string]any {
+	m, _ := v.(map[string]any)
+	return m
+}
+
+func splitPath(p string) []string {
+	var out []string
+	for _, d := range strings.Split(p, ":") {
+		if d != "" {
+			out = append(out, filepath.Clean(d))
+		}
+	}
+	return out
+}
+
+// fixText is what to add to containerd's configuration.
+func fixText(c *Config, v Version, dir string) string {
+	if v.Major >= 2 && c.Version >= 3 {
+		return fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '%s'", dir)
+	}
+	return fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q", dir)
+}
+
+// DropIn makes a file that fixes the configuration where it imports
+// drop-ins: the whole registry plugin section as it is now (containerd
+// replaces a plugin section whole with an imported file's), with config_path
+// set to dir and the legacy mirror settings removed. It returns where to
+// write it, or why it cannot.
+func DropIn(c *Config, v Version, dir string) (path string, content []byte, err error) {
+	var target string
+	for _, imp := range c.Imports {
+		if d, pattern := filepath.Split(imp); pattern == "*.toml" {
+			target = filepath.Join(d, "99-regnorm.toml")
+			break
+		}
+	}
+	if target == "" {
+		return "", nil, fmt.Errorf("the configuration imports no drop-in directory (an imports entry such as \"/etc/containerd/conf.d/*.toml\"): add the setting to the main file and restart containerd")
+	}
+	section, settings, _ := c.registry(v)
+	copied := deepCopy(settings)
+	reg := anyMap(copied["registry"])
+	if reg == nil {
+		reg = map[string]any{}
+	}
+	delete(reg, "mirrors")
+	delete(reg, "configs")
+	delete(reg, "auths")
+	reg["config_path"] = filepath.Clean(dir)
+	copied["registry"] = reg
+	version := c.Version
+	if version < 2 {
+		version = 2
+	}
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "# Written by regnorm node-config: containerd's %s settings with config_path set to %s.\n", section, dir)
+	fmt.Fprintf(&buf, "# Imported after the main file, it replaces the section whole. Removed when node-config stops.\n")
+	doc := map[string]any{"version": version, "plugins": map[string]any{section: copied}}
+	if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
+		return "", nil, err
+	}
+	return target, buf.Bytes(), nil
+}
+
+func deepCopy(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if sub, ok := v.(map[string]any); ok {
+			out[k] = deepCopy(sub)
+		} else {
+			out[k] = v
+		}
+	}
+	return out
+}

@@ -1,0 +1,132 @@
+package containerdcfg
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestCheck: the table of CONTAINERD.md, version by version and setting by
+// setting.
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	const dir = "/etc/containerd/certs.d"
+	v2 := func(registry string) string {
+		return "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n" + registry
+	}
+	v3 := func(images string) string {
+		return "version = 3\n[plugins.'io.containerd.cri.v1.images']\n" + images
+	}
+	tests := []struct {
+		name, version, config string
+		reads, transfer       bool
+		reason                string
+	}{
+		{"1.6, config_path set", "1.6.20~ds1", v2(`config_path = "/etc/containerd/certs.d"`), true, false, ""},
+		{"1.6, config_path unset", "1.6.20~ds1", "version = 2\n", false, false, "config_path is not set"},
+		{"1.6, no file at all", "1.6.20", "", false, false, "config_path is not set"},
+		{"1.6, a list holding it", "1.6.20", v2(`config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"`), true, false, ""},
+		{"1.6, another directory", "1.6.20", v2(`config_path = "/other"`), false, false, `config_path is "/other"`},
+		{"1.6, legacy mirrors", "1.6.20", v2("[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n"), false, false, "legacy registry.mirrors"},
+		{"2.0, a list", "v2.0.5", v3("[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n"), true, false, ""},
+		{"2.1, unset", "v2.1.4", "version = 3\n", false, true, "config_path is not set"},
+		{"2.3, unset: the default list", "v2.3.4", "version = 3\n", false, true, "transfer service, which reads it as one directory"},
+		{"2.3, a list", "v2.3.4", v3("[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n"), false, true, "is the list"},
+		{"2.3, the directory", "v2.3.4", v3("[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d'\n"), true, true, ""},
+		{"2.3, a list, local pull", "v2.3.4", v3("use_local_image_pull = true\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n"), true, false, ""},
+		{"2.3, a list, max_concurrent_downloads forces local pull", "v2.3.4", v3("max_concurrent_downloads = 5\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n"), true, false, ""},
+		{"2.3, a version 2 file", "v2.3.4", v2(`config_path = "/etc/containerd/certs.d"`), true, true, ""},
+		{"unknown version, version 3 file, a list", "", v3("[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/x'\n"), false, true, "version is unknown"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d := t.TempDir()
+			path := filepath.Join(d, "config.toml")
+			if tt.config != "" {
+				write(t, d, "config.toml", tt.config)
+			}
+			cfg, err := Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := Check(cfg, ParseVersion(tt.version), dir)
+			if got.Reads != tt.reads || got.TransferService != tt.transfer || !strings.Contains(got.Reason, tt.reason) {
+				t.Fatalf("got %+v, want reads %v, transfer %v, reason %q", got, tt.reads, tt.transfer, tt.reason)
+			}
+			if !got.Reads && !strings.Contains(got.Fix, "config_path = ") {
+				t.Fatalf("no fix: %+v", got)
+			}
+		})
+	}
+}
+
+// TestImportsAndDropIn: imports are read after the main file and replace
+// whole plugin sections, as containerd merges them; the drop-in keeps every
+// other setting of the section and sets config_path, and once written it is
+// what containerd would read.
+func TestImportsAndDropIn(t *testing.T) {
+	t.Parallel()
+	d := t.TempDir()
+	main := write(t, d, "config.toml", `version = 3
+imports = ["conf.d/*.toml"]
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "registry.k8s.io/pause:3.10"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"
+[plugins.'io.containerd.cri.v1.runtime']
+  enable_selinux = true
+`)
+	cfg, err := Load(main)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := ParseVersion("v2.3.4")
+	if got := Check(cfg, v, "/etc/containerd/certs.d"); got.Reads {
+		t.Fatalf("a list on 2.3 reads: %+v", got)
+	}
+	path, content, err := DropIn(cfg, v, "/etc/containerd/certs.d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != filepath.Join(d, "conf.d", "99-regnorm.toml") {
+		t.Fatalf("drop-in at %s", path)
+	}
+	write(t, d, "conf.d/99-regnorm.toml", string(content))
+	cfg, err = Load(main)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Check(cfg, v, "/etc/containerd/certs.d"); !got.Reads {
+		t.Fatalf("with the drop-in: %+v\n%s", got, content)
+	}
+	images := cfg.Plugins["io.containerd.cri.v1.images"]
+	if images["snapshotter"] != "overlayfs" || anyMap(images["pinned_images"])["sandbox"] != "registry.k8s.io/pause:3.10" {
+		t.Fatalf("the drop-in lost the section's other settings:\n%s", content)
+	}
+	if cfg.Plugins["io.containerd.cri.v1.runtime"]["enable_selinux"] != true {
+		t.Fatal("another plugin's settings changed")
+	}
+
+	// A configuration that imports nothing cannot be fixed by a drop-in.
+	plain := write(t, t.TempDir(), "config.toml", "version = 3\n")
+	cfg, _ = Load(plain)
+	if _, _, err := DropIn(cfg, v, "/etc/containerd/certs.d"); err == nil || !strings.Contains(err.Error(), "imports no drop-in directory") {
+		t.Fatalf("no imports: %v", err)
+	}
+}
