@@ -15,6 +15,7 @@ import (
 //	/normalized/<alg>/<hex[:2]>/<hex>          normalization verdict of a manifest
 //	/layers/<alg>/<hex[:2]>/<hex>              verdict of a layer
 //	/reports/<h[:2]>/<h>                       report entry (h: sha256 of its key)
+//	/nodes/<h[:2]>/<h>                         node-config's report (h: sha256 of the node name)
 //	/derived/<alg>/<hex[:2]>/<hex>             how a blob or manifest regnorm made was made
 //	/retained/<alg>/<hex[:2]>/<hex>            a blob eviction never removes (empty)
 //	/access/<alg>/<hex[:2]>/<hex>              a blob's last recorded use: the object's time (empty)

@@ -286,87 +286,95 @@ func (s *Store) PutReport(ctx context.Context, e ReportEntry) error {
 // the last one: on S3 it costs one LIST request per 1000 entries, plus a GET
 // per changed entry.
 func (s *Store) ListReports(ctx context.Context) ([]ReportEntry, error) {
+	out, err := s.reports.list(ctx, s, "/reports")
+	if err != nil {
+		return nil, fmt.Errorf("list reports: %w", err)
+	}
+	return out, nil
+}
+
+// memoReads is how many records a listing reads at once.
+const memoReads = 8
+
+// memoSettled is how long after its write a record must have been read for
+// the read to be trusted while its time stays the same.
+const memoSettled = 10 * time.Second
+
+// listMemo lists the JSON records under a root, remembering each decoded
+// record with its modification time, so a listing reads only what changed.
+type listMemo[T any] struct {
+	mu     sync.Mutex
+	byPath map[string]memoEntry[T]
+}
+
+type memoEntry[T any] struct {
+	modTime time.Time
+	readAt  time.Time
+	value   T
+}
+
+func (m *listMemo[T]) list(ctx context.Context, s *Store, root string) ([]T, error) {
 	type listed struct {
 		path    string
 		modTime time.Time
 	}
 	var all []listed
-	err := s.driver.Walk(ctx, "/reports", func(fi storagedriver.FileInfo) error {
+	err := s.driver.Walk(ctx, root, func(fi storagedriver.FileInfo) error {
 		if !fi.IsDir() && !strings.Contains(fi.Path(), ".tmp") {
 			all = append(all, listed{fi.Path(), fi.ModTime()})
 		}
 		return nil
 	})
 	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
-		return nil, fmt.Errorf("list reports: %w", err)
+		return nil, err
 	}
-	m := s.reports
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.byPath == nil {
-		m.byPath = map[string]memoEntry{}
+		m.byPath = map[string]memoEntry[T]{}
 	}
 	seen := make(map[string]bool, len(all))
 	readAt := s.now()
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(reportReads)
+	g.SetLimit(memoReads)
 	var mu sync.Mutex
-	read := map[string]memoEntry{}
+	read := map[string]memoEntry[T]{}
 	for _, l := range all {
 		seen[l.path] = true
-		// An entry read soon after it was written may have been written
+		// A record read soon after it was written may have been written
 		// again within the same second (S3 times have one-second
 		// resolution, and clocks differ a little): only a read well after
 		// the write is trusted while the time stays the same.
-		if e, ok := m.byPath[l.path]; ok && e.modTime.Equal(l.modTime) && e.readAt.Sub(l.modTime) > reportSettled {
+		if e, ok := m.byPath[l.path]; ok && e.modTime.Equal(l.modTime) && e.readAt.Sub(l.modTime) > memoSettled {
 			continue
 		}
 		g.Go(func() error {
-			var e ReportEntry
-			if err := s.getJSON(gctx, l.path, &e); err != nil {
+			var v T
+			if err := s.getJSON(gctx, l.path, &v); err != nil {
 				if errors.Is(err, ErrNotFound) {
 					return nil // replaced while listing
 				}
 				return err
 			}
 			mu.Lock()
-			read[l.path] = memoEntry{modTime: l.modTime, readAt: readAt, entry: e}
+			read[l.path] = memoEntry[T]{modTime: l.modTime, readAt: readAt, value: v}
 			mu.Unlock()
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, fmt.Errorf("list reports: %w", err)
+		return nil, err
 	}
 	maps.Copy(m.byPath, read)
-	out := make([]ReportEntry, 0, len(seen))
+	out := make([]T, 0, len(seen))
 	for p, e := range m.byPath {
 		if !seen[p] {
 			delete(m.byPath, p)
 			continue
 		}
-		out = append(out, e.entry)
+		out = append(out, e.value)
 	}
 	return out, nil
-}
-
-// reportReads is how many report entries are read at once.
-const reportReads = 8
-
-// reportSettled is how long after its write a report entry must have been
-// read for the read to be trusted while its time stays the same.
-const reportSettled = 10 * time.Second
-
-// reportMemo holds the report entries last read, by path.
-type reportMemo struct {
-	mu     sync.Mutex
-	byPath map[string]memoEntry
-}
-
-type memoEntry struct {
-	modTime time.Time
-	readAt  time.Time
-	entry   ReportEntry
 }
 
 func (s *Store) getJSON(ctx context.Context, p string, v any) error {

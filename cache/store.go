@@ -89,9 +89,10 @@ type Store struct {
 	// change; an entry is dropped when the blob turns out to be gone.
 	sizes *lru.Cache[digest.Digest, int64]
 	use   *blobUse
-	// reports memoizes decoded report entries by path and modification
-	// time, so listing the report reads only what changed.
-	reports *reportMemo
+	// reports and nodes memoize decoded records by path and modification
+	// time, so listing them reads only what changed.
+	reports *listMemo[ReportEntry]
+	nodes   *listMemo[NodeReport]
 }
 
 // Option configures a Store.
@@ -118,7 +119,7 @@ const maxRemembered = 1 << 16
 
 // New returns a Store on driver.
 func New(driver storagedriver.StorageDriver, opts ...Option) *Store {
-	s := &Store{driver: driver, now: time.Now, sizes: newLRU[digest.Digest, int64](), reports: &reportMemo{}}
+	s := &Store{driver: driver, now: time.Now, sizes: newLRU[digest.Digest, int64](), reports: &listMemo[ReportEntry]{}, nodes: &listMemo[NodeReport]{}}
 	for _, o := range opts {
 		o(s)
 	}

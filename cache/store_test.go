@@ -214,6 +214,45 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				t.Fatalf("list: %d entries, %v", len(all), err)
 			}
 		}},
+		{"node reports", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			if got, err := s.ListNodeReports(ctx); err != nil || len(got) != 0 {
+				t.Fatalf("empty list: %v %v", got, err)
+			}
+			if err := s.PutNodeReport(ctx, cache.NodeReport{}); err == nil {
+				t.Fatal("a report without a node name was kept")
+			}
+			a := cache.NodeReport{Node: "node-a", Address: "10.0.0.1", ContainerdVersion: "2.3.4", ReadsHostsToml: false, Reason: "config_path is a list"}
+			b := cache.NodeReport{Node: "node-b", Address: "10.0.0.2", ContainerdVersion: "1.6.20", ReadsHostsToml: true}
+			for _, r := range []cache.NodeReport{a, b} {
+				if err := s.PutNodeReport(ctx, r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a.ReadsHostsToml, a.Reason = true, "" // node-a fixed: its report is replaced
+			if err := s.PutNodeReport(ctx, a); err != nil {
+				t.Fatal(err)
+			}
+			all, err := s.ListNodeReports(ctx)
+			if err != nil || len(all) != 2 {
+				t.Fatalf("list: %v, %v", all, err)
+			}
+			byNode := map[string]cache.NodeReport{}
+			for _, r := range all {
+				byNode[r.Node] = r
+			}
+			if !reflect.DeepEqual(byNode["node-a"], a) || !reflect.DeepEqual(byNode["node-b"], b) {
+				t.Fatalf("list: %+v", all)
+			}
+			if err := s.DeleteNodeReport(ctx, "node-b"); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DeleteNodeReport(ctx, "never-reported"); err != nil {
+				t.Fatalf("forgetting an unknown node: %v", err)
+			}
+			if all, err := s.ListNodeReports(ctx); err != nil || len(all) != 1 || all[0].Node != "node-a" {
+				t.Fatalf("after delete: %+v, %v", all, err)
+			}
+		}},
 		{"produced blob is published under what was written", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			in, err := s.NewBlob(ctx)
 			if err != nil {
