@@ -17,3 +17,6 @@ func (s *Server) FlushReport(ctx context.Context) error { return s.reports.flush
 func (s *Server) ParseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
 	return s.parseImage(image)
 }
+
+// CountNodes sets regnorm_nodes now.
+func (s *Server) CountNodes() { s.countNodesOnce() }

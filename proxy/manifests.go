@@ -50,6 +50,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		if m, source, err = s.manifestByTag(ctx, req, accept); err != nil {
 			return err
 		}
+		s.fleet.sawPull(r, false)
 		n, err := s.normalizeWithin(ctx, req, m, s.deadlineFor(r.UserAgent()))
 		if err != nil {
 			return err
@@ -66,7 +67,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		if m, source, err = s.manifestByDigest(ctx, req, accept); err != nil {
 			return err
 		}
-		s.noteDigestPull(ctx, req, m)
+		s.fleet.sawPull(r, s.noteDigestPull(ctx, req, m))
 	}
 	logAttrs(ctx, slog.String("source", source), slog.String("digest", m.Digest.String()))
 

@@ -281,13 +281,15 @@ func (s *Server) readBlobOnce(ctx context.Context, up *upstream, repo string, de
 // instead, and put it in the report. Only a verdict already known counts:
 // a pull by digest never makes regnorm download what nobody asked for (for
 // an index, that would be every platform's layers).
-func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest) {
+// It reports whether the pull was one of an original that regnorm
+// normalizes.
+func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest) bool {
 	if !s.mayNeedNormalizing(m, 0) {
-		return
+		return false
 	}
 	n, err := s.store.GetNormalization(ctx, m.Digest)
 	if err != nil || n.Normalized == "" {
-		return
+		return false
 	}
 	s.metrics.unnormalizedPulls.Inc()
 	s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
@@ -295,6 +297,7 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
 		"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
 	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
+	return true
 }
 
 // serveReport answers GET /api/v1/rewrites with every rewrite entry.

@@ -25,42 +25,57 @@ type reporter struct {
 	mu      sync.Mutex
 	pending map[string]cache.ReportEntry
 
-	// The stored entries as last listed: a status page loaded by many at
-	// once, or reloaded in a loop, lists the store at most once per
-	// reportListTTL.
-	listMu   sync.Mutex
-	listed   []cache.ReportEntry
-	listedAt time.Time
+	// The stored entries as last listed.
+	listed *recent[[]cache.ReportEntry]
 }
-
-// reportListTTL is how long a listing of the stored report is reused.
-const reportListTTL = 5 * time.Second
 
 func newReporter(store cache.ReportStore, clock Clock, log *slog.Logger) *reporter {
-	return &reporter{store: store, clock: clock, log: log, pending: map[string]cache.ReportEntry{}}
+	return &reporter{store: store, clock: clock, log: log, pending: map[string]cache.ReportEntry{}, listed: newRecent[[]cache.ReportEntry](clock)}
 }
 
-// stored lists the stored entries, or reuses a listing younger than
-// reportListTTL.
+// stored lists the stored entries, or reuses a recent listing.
 func (r *reporter) stored(ctx context.Context) ([]cache.ReportEntry, error) {
-	r.listMu.Lock()
-	defer r.listMu.Unlock()
-	if r.listed != nil && r.clock.Now().Sub(r.listedAt) < reportListTTL {
-		return r.listed, nil
-	}
-	entries, err := r.store.ListReports(ctx)
-	if err != nil {
-		return nil, err
-	}
-	r.listed, r.listedAt = entries, r.clock.Now()
-	return entries, nil
+	return r.listed.get(func() ([]cache.ReportEntry, error) { return r.store.ListReports(ctx) })
 }
 
-// forgetListing drops the reused listing: a flush changed the store.
-func (r *reporter) forgetListing() {
-	r.listMu.Lock()
-	r.listed = nil
-	r.listMu.Unlock()
+// listingTTL is how long a listing of the store is reused: a status page
+// loaded by many at once, or reloaded in a loop, lists the store at most
+// once per listingTTL.
+const listingTTL = 5 * time.Second
+
+// recent is a listing of the store, reused for listingTTL.
+type recent[T any] struct {
+	clock Clock
+	mu    sync.Mutex
+	value T
+	at    time.Time
+	ok    bool
+}
+
+func newRecent[T any](clock Clock) *recent[T] { return &recent[T]{clock: clock} }
+
+// get returns the listing, fetching it anew when it is older than
+// listingTTL. Callers at the same moment share one fetch.
+func (r *recent[T]) get(fetch func() (T, error)) (T, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ok && r.clock.Now().Sub(r.at) < listingTTL {
+		return r.value, nil
+	}
+	v, err := fetch()
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	r.value, r.at, r.ok = v, r.clock.Now(), true
+	return v, nil
+}
+
+// forget drops the listing: the store changed.
+func (r *recent[T]) forget() {
+	r.mu.Lock()
+	r.ok = false
+	r.mu.Unlock()
 }
 
 // add merges delta into the pending changes of its entry.
@@ -91,7 +106,7 @@ func (r *reporter) flush(ctx context.Context) error {
 	if len(pending) == 0 {
 		return nil
 	}
-	defer r.forgetListing()
+	defer r.listed.forget()
 	var errs []error
 	for key, delta := range pending {
 		cur, err := r.store.GetReport(ctx, key)

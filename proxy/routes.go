@@ -133,6 +133,8 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle("/", http.RedirectHandler("/status", http.StatusFound)).Methods(read...)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.serveWarm))).Methods(http.MethodPost)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.warmNeedsPost)).Methods(read...)
+	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(report, s.serveNodes))).Methods(read...)
+	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(api, s.receiveNodeReport))).Methods(http.MethodPost)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
 	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)
 	if metricsHandler != nil {

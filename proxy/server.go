@@ -29,6 +29,7 @@ type Store interface {
 	cache.NormalizationStore
 	cache.ReportStore
 	cache.LayerVerdictStore
+	cache.NodeStore
 	Retain(ctx context.Context, dgst digest.Digest) error
 	Upgrade(ctx context.Context) error
 	Usage(ctx context.Context) (cache.Usage, error)
@@ -104,6 +105,9 @@ type Options struct {
 	MaintenanceInterval time.Duration
 	// Fetches bound the downloads from upstream; zero fields take defaults.
 	Fetches FetchLimits
+	// ForgetNodesAfter drops a node from the fleet view when it has neither
+	// pulled nor been reported on for this long (default 24 h).
+	ForgetNodesAfter time.Duration
 	// Clock is the time the server goes by (default the system clock).
 	Clock   Clock
 	Metrics *Metrics
@@ -130,6 +134,7 @@ type Server struct {
 	eviction        cache.EvictionPolicy
 	maintainEvery   time.Duration
 	links           *linkMemory
+	fleet           *fleet
 	maxLayerSize    int64
 	clientAuth      *clientAuth
 	uploadIdle      time.Duration // an upload not written to for this long is a dead process's
@@ -178,6 +183,9 @@ func New(opts Options) (*Server, error) {
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
 	}
+	if opts.ForgetNodesAfter <= 0 {
+		opts.ForgetNodesAfter = 24 * time.Hour
+	}
 	s := &Server{
 		store:           opts.Store,
 		upstreams:       map[string]*upstream{},
@@ -194,6 +202,7 @@ func New(opts Options) (*Server, error) {
 		eviction:        opts.Eviction,
 		maintainEvery:   opts.MaintenanceInterval,
 		links:           newLinkMemory(),
+		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
 		uploadIdle:      4 * opts.StallTimeout,
 		maxLayerSize:    opts.MaxLayerSize,
 		clientAuth:      newClientAuth(opts.ClientAuth),
@@ -242,10 +251,11 @@ func New(opts Options) (*Server, error) {
 const reportFlushInterval = 10 * time.Second
 
 // Run does the server's background work until ctx ends: it flushes the
-// rewrite report (once more on the way out), and measures the cache and
-// keeps it within its eviction policy.
+// rewrite report (once more on the way out), measures the cache and keeps
+// it within its eviction policy, and counts the nodes.
 func (s *Server) Run(ctx context.Context) {
 	go s.maintainCache(ctx)
+	go s.countNodes(ctx)
 	s.reports.run(ctx, reportFlushInterval)
 }
 

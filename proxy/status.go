@@ -55,6 +55,16 @@ type statusData struct {
 	Shown     int
 	Entries   []cache.ReportEntry
 	NeedRepin []cache.ReportEntry
+	// The fleet: nodes pulling through, by containerd version; nodes that
+	// node-config found do not use the mirror (at most a page of them).
+	NodesPulling int
+	NodeVersions []versionCount
+	NodesNot     []NodeStatus
+}
+
+type versionCount struct {
+	Version string
+	Count   int
 }
 
 // serveStatus renders the status page: rewritten images (filtered and paged
@@ -72,6 +82,23 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 		ok, fail, why := up.health.snapshot()
 		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Endpoint: up.base.Scheme + "://" + up.base.Host + up.base.Path, LastOK: ok, LastFail: fail,
 			Failure: why, Failing: fail.After(ok)})
+	}
+	nodes, err := s.fleetView(r.Context())
+	if err != nil {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the node reports failed", err)
+	}
+	counts := map[string]int{}
+	for _, n := range nodes {
+		switch {
+		case !n.LastPull.IsZero():
+			d.NodesPulling++
+			counts[minorVersion(n)]++
+		case n.State == stateDoesNot && len(d.NodesNot) < statusPageSize:
+			d.NodesNot = append(d.NodesNot, n)
+		}
+	}
+	for _, v := range sortedKeys(counts) {
+		d.NodeVersions = append(d.NodeVersions, versionCount{v, counts[v]})
 	}
 	var matching []cache.ReportEntry
 	for _, e := range entries {

@@ -59,6 +59,8 @@ type Config struct {
 	Cache CacheConfig `yaml:"cache"`
 	// Normalize switches the rules and sets how long clients wait for them.
 	Normalize NormalizeConfig `yaml:"normalize"`
+	// Nodes configures the fleet view.
+	Nodes NodesConfig `yaml:"nodes"`
 	// Upstreams are the registries this mirror serves. A list in the file
 	// replaces the default list whole.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
@@ -105,6 +107,13 @@ type NormalizeConfig struct {
 	// 16GiB: a layer that expands further (a decompression bomb) is served
 	// untouched.
 	MaxLayerSize string `yaml:"maxLayerSize"`
+}
+
+// NodesConfig configures the fleet view (/api/v1/nodes, the status page).
+type NodesConfig struct {
+	// ForgetAfter drops a node that has neither pulled nor been reported on
+	// for this long.
+	ForgetAfter time.Duration `yaml:"forgetAfter"`
 }
 
 // CacheConfig selects the storage driver.
@@ -220,6 +229,7 @@ func defaultConfig() Config {
 		SpoolMaxSize:       "8GiB",
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
+		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize:          NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
@@ -396,6 +406,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxQueuedDownloads < 1 {
 		bad("maxQueuedDownloads", "must be at least 1")
+	}
+	if c.Nodes.ForgetAfter < time.Minute {
+		bad("nodes.forgetAfter", "must be at least 1m")
 	}
 	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)

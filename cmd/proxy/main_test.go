@@ -204,6 +204,7 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"bool", "normalize:\n  symlinkXattrs: sometimes\n", []string{`normalize.symlinkXattrs (line 2): "sometimes" is not true or false`}},
 		{"number", "upstreamAttempts: three\n", []string{`upstreamAttempts (line 1): "three" is not a whole number`}},
 		{"mapping for a list", "upstreams:\n  name: a\n", []string{"upstreams (line 2): expected a list, got a mapping"}},
+		{"fleet memory too short", "nodes:\n  forgetAfter: 10s\n", []string{"nodes.forgetAfter: must be at least 1m"}},
 		{"two mistakes at once", "listne: :5000\ncache:\n  maxAge: forever\n", []string{"listne (line 1): unknown field; did you mean listen?", `cache.maxAge (line 3): "forever" is not a duration`}},
 	}
 	for _, tt := range tests {
