@@ -3,41 +3,101 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	introspection "github.com/containerd/containerd/api/services/introspection/v1"
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/containerdcfg"
+	"github.com/regnorm/regnorm/proxy"
 )
 
-// nodeConfigMarker starts every hosts.toml that node-config writes, so it
-// only ever replaces or removes its own files.
+// nodeConfigMarker starts every file that node-config writes, so it only
+// ever replaces or removes its own files.
 const nodeConfigMarker = "# Written by regnorm node-config; removed when it stops.\n"
 
-// runNodeConfig is `regnorm node-config [--config-path DIR] --mirror URL
-// [--config FILE] [REGISTRY=SERVER...]`, run by the Helm chart's DaemonSet
-// on every node: it writes <DIR>/<REGISTRY>/hosts.toml sending containerd
-// to the mirror (pull and resolve) with SERVER as the fallback, for every
-// pair given and every upstream of the regnorm configuration FILE, waits
-// until it is told to stop, then removes what it wrote. A hosts.toml it did
-// not write is left alone.
-func runNodeConfig(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("regnorm node-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config-path", "/etc/containerd/certs.d", "containerd's registry config_path on the node")
-	mirror := fs.String("mirror", "", "URL the nodes reach regnorm at, e.g. http://10.96.0.50:5000 (required)")
-	configFile := fs.String("config", getenv("REGNORM_CONFIG"), "regnorm's configuration file: every upstream in it is mirrored (env REGNORM_CONFIG)")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: regnorm node-config --mirror URL [--config-path DIR] [--config FILE] [REGISTRY=SERVER...]
+// dropInMarker starts the containerd drop-in node-config writes with --fix
+// (containerdcfg.DropIn's first line).
+const dropInMarker = "# Written by regnorm node-config"
 
-Writes DIR/REGISTRY/hosts.toml for every REGISTRY=SERVER pair (for example
-docker.io=https://registry-1.docker.io) and every upstream of FILE, sending
-containerd to regnorm at URL with SERVER as the fallback; waits until it is
-stopped (SIGTERM), then removes the files it wrote. Files it did not write
-are left alone.
+// reportEvery is how often node-config reports an unchanged state.
+const reportEvery = 5 * time.Minute
+
+// nodeConfig is node-config's settings.
+type nodeConfig struct {
+	configPath, mirror        string
+	reportTo                  string // regnorm's URL from the pod; default mirror
+	interval                  time.Duration
+	containerdConfig, socket  string
+	statusFile                string
+	node, address             string
+	fix, report               bool
+	mirrorToken, mirrorCAFile string
+	hostsFiles                map[string]string // path -> content
+	client                    *http.Client
+	log                       *slog.Logger
+	dropIn                    string // the drop-in this process wrote
+	dropInPid                 uint64 // containerd's PID when it did
+	lastReport                time.Time
+	lastState, reportedState  string
+}
+
+// runNodeConfig is `regnorm node-config`, run by the Helm chart's DaemonSet
+// on every node (see usage below).
+func runNodeConfig(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "probe" {
+		return runNodeConfigProbe(args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("regnorm node-config", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; --help prints to stdout
+	nc := &nodeConfig{}
+	fs.StringVar(&nc.configPath, "config-path", "/etc/containerd/certs.d", "containerd's registry config_path on the node: where hosts.toml files go")
+	fs.StringVar(&nc.mirror, "mirror", "", "URL the nodes reach regnorm at, e.g. http://10.96.0.50:5000 (required)")
+	configFile := fs.String("config", getenv("REGNORM_CONFIG"), "regnorm's configuration file: every upstream in it is mirrored (env REGNORM_CONFIG)")
+	fs.StringVar(&nc.containerdConfig, "containerd-config", "/etc/containerd/config.toml", "containerd's main configuration file (its imports are read too)")
+	fs.StringVar(&nc.socket, "containerd-socket", "/run/containerd/containerd.sock", "containerd's socket, asked for its version (read-only is enough)")
+	fs.BoolVar(&nc.fix, "fix", false, "when containerd will not read the hosts.toml files, write a drop-in where its configuration imports them (containerd must then be restarted)")
+	fs.StringVar(&nc.statusFile, "status-file", "", "write the node's state here as JSON, for `regnorm node-config probe`")
+	fs.StringVar(&nc.node, "node-name", getenv("NODE_NAME"), "this node's name, for the report (env NODE_NAME)")
+	fs.StringVar(&nc.address, "node-address", getenv("NODE_IP"), "the address this node's pulls come from, for the report (env NODE_IP)")
+	fs.BoolVar(&nc.report, "report", true, "send what node-config finds to regnorm (POST /api/v1/nodes), for its fleet view")
+	fs.StringVar(&nc.reportTo, "report-to", "", "regnorm's URL as node-config reaches it, when it differs from --mirror (a pod does not reach a NodePort at 127.0.0.1)")
+	fs.DurationVar(&nc.interval, "interval", time.Minute, "how often containerd is checked again")
+	once := fs.Bool("once", false, "check once, print the node's state as JSON, remove the files written, and exit")
+	tokenFile := fs.String("mirror-token-file", getenv("REGNORM_TOKEN_FILE"), "token for regnorm's client authentication: written into hosts.toml for containerd, and sent with reports")
+	fs.StringVar(&nc.mirrorCAFile, "mirror-ca-file", getenv("REGNORM_CA_FILE"), "CA that signed regnorm's TLS certificate: copied next to each hosts.toml for containerd, and trusted for reports")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: regnorm node-config --mirror URL [flags] [REGISTRY=SERVER...]
+       regnorm node-config probe --status-file FILE
+
+Writes DIR/REGISTRY/hosts.toml (DIR is --config-path) for every REGISTRY=SERVER
+pair (for example docker.io=https://registry-1.docker.io) and every upstream of
+--config, sending containerd to regnorm at URL with SERVER as the fallback. Then
+it checks, every minute, whether containerd will read those files: its version
+(from its socket) and the config_path it really uses (its configuration file,
+the drop-ins it imports, and that version's default). When it will not, it logs
+why and the exact lines to add, and with --fix writes a drop-in where the
+configuration imports them (then restart containerd: systemctl restart
+containerd). It reports to regnorm for its fleet view, and writes --status-file
+for the readiness probe ("probe" exits 0 only when containerd reads the files).
+On SIGTERM it removes every file it wrote. Files it did not write are left
+alone.
 
 Flags:
 `)
@@ -49,10 +109,18 @@ Flags:
 			fs.Usage()
 			return nil
 		}
-		return err
+		return fmt.Errorf("node-config: %w (regnorm node-config --help)", err)
 	}
-	if u, err := url.Parse(*mirror); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("node-config: --mirror %q is not an http(s) URL", *mirror)
+	if nc.reportTo == "" {
+		nc.reportTo = nc.mirror
+	}
+	for flag, v := range map[string]string{"--mirror": nc.mirror, "--report-to": nc.reportTo} {
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("node-config: %s %q is not an http(s) URL", flag, v)
+		}
+	}
+	if nc.interval < time.Second {
+		return fmt.Errorf("node-config: --interval %v is under a second", nc.interval)
 	}
 	pairs := fs.Args()
 	if *configFile != "" {
@@ -67,32 +135,234 @@ Flags:
 	if len(pairs) == 0 {
 		return errors.New("node-config: nothing to mirror: give REGISTRY=SERVER pairs or --config (regnorm node-config --help)")
 	}
-	var written []string
-	for _, arg := range pairs {
-		name, server, ok := strings.Cut(arg, "=")
-		if !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
-			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER", arg)
+	if *tokenFile != "" {
+		tok, err := readSecret(*tokenFile)
+		if err != nil {
+			return fmt.Errorf("node-config: --mirror-token-file: %w", err)
 		}
-		path := filepath.Join(*configPath, name, "hosts.toml")
+		nc.mirrorToken = tok
+	}
+	nc.client = http.DefaultClient
+	if nc.mirrorCAFile != "" {
+		pool, err := certPool(nc.mirrorCAFile)
+		if err != nil {
+			return fmt.Errorf("node-config: --mirror-ca-file: %w", err)
+		}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		nc.client = &http.Client{Transport: t, Timeout: 30 * time.Second}
+	}
+	nc.log = slog.New(slog.NewTextHandler(stderr, nil))
+	for _, arg := range pairs {
+		if name, _, ok := strings.Cut(arg, "="); !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
+			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER (flags go before the pairs)", arg)
+		}
+	}
+	defer nc.cleanUp(stdout) // also what a failed writeHosts wrote
+	if err := nc.writeHosts(pairs, stdout, stderr); err != nil {
+		return err
+	}
+	for {
+		rep := nc.check(ctx)
+		if *once {
+			b, _ := json.MarshalIndent(rep, "", "  ")
+			fmt.Fprintf(stdout, "%s\n", b)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(nc.interval):
+		}
+	}
+}
+
+// writeHosts writes a hosts.toml (and the CA, when given) per registry.
+func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error {
+	nc.hostsFiles = map[string]string{}
+	var ca []byte
+	if nc.mirrorCAFile != "" {
+		var err error
+		if ca, err = os.ReadFile(nc.mirrorCAFile); err != nil {
+			return fmt.Errorf("node-config: %w", err)
+		}
+	}
+	for _, arg := range pairs {
+		name, server, _ := strings.Cut(arg, "=") // checked by runNodeConfig
+		dir := filepath.Join(nc.configPath, name)
+		path := filepath.Join(dir, "hosts.toml")
 		if old, err := os.ReadFile(path); err == nil && !bytes.HasPrefix(old, []byte(nodeConfigMarker)) {
 			fmt.Fprintf(stderr, "node-config: %s was not written by regnorm; leaving it alone\n", path)
 			continue
 		}
-		content := fmt.Sprintf("%sserver = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, server, *mirror)
-		if err := writeFileAtomic(path, []byte(content)); err != nil {
+		var host strings.Builder
+		fmt.Fprintf(&host, "%sserver = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, server, nc.mirror)
+		if ca != nil {
+			caPath := filepath.Join(dir, "regnorm-ca.crt")
+			if err := writeFileAtomic(caPath, ca); err != nil {
+				return fmt.Errorf("node-config: %w", err)
+			}
+			nc.hostsFiles[caPath] = string(ca)
+			fmt.Fprintf(&host, "  ca = %q\n", caPath)
+		}
+		if nc.mirrorToken != "" {
+			fmt.Fprintf(&host, "  [host.%q.header]\n    Authorization = [%q]\n", nc.mirror, "Bearer "+nc.mirrorToken)
+		}
+		if err := writeFileAtomic(path, []byte(host.String())); err != nil {
 			return fmt.Errorf("node-config: %w", err)
 		}
-		written = append(written, path)
+		nc.hostsFiles[path] = host.String()
 		fmt.Fprintf(stdout, "node-config: wrote %s\n", path)
 	}
-	<-ctx.Done()
-	for _, path := range written {
-		if b, err := os.ReadFile(path); err == nil && bytes.HasPrefix(b, []byte(nodeConfigMarker)) {
+	return nil
+}
+
+// check finds out whether containerd reads the hosts.toml files, fixes it
+// when asked to and it can, and says so: in the log when the state changes,
+// in the status file, and to regnorm. It returns what it found.
+func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
+	rep, pid := nc.inspect(ctx)
+	state := fmt.Sprintf("%v|%s|%s", rep.ReadsHostsToml, rep.Reason, rep.DropIn)
+	if state != nc.lastState {
+		nc.lastState = state
+		if rep.ReadsHostsToml {
+			nc.log.Info("containerd reads regnorm's hosts.toml files", "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath)
+		} else {
+			nc.log.Warn("containerd will not use regnorm: "+rep.Reason, "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath,
+				"add_to_containerd_config", rep.Fix, "drop_in", rep.DropIn, "containerd_pid", pid)
+		}
+	}
+	if nc.statusFile != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := writeFileAtomic(nc.statusFile, b); err != nil {
+			nc.log.Warn("writing the status file failed", "error", err)
+		}
+	}
+	// Report a new state at once (again at the next check if that fails),
+	// an unchanged one every reportEvery, so that regnorm keeps the node.
+	if nc.report && nc.node != "" && (state != nc.reportedState || time.Since(nc.lastReport) >= reportEvery) {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := proxy.ReportNode(rctx, nc.client, nc.reportTo, nc.mirrorToken, rep); err != nil {
+			nc.log.Warn("reporting to regnorm failed", "error", err, "regnorm", nc.reportTo)
+		} else {
+			nc.lastReport, nc.reportedState = time.Now(), state
+		}
+	}
+	return rep
+}
+
+// inspect reads containerd's version and configuration and says whether
+// it reads the hosts.toml files. It returns containerd's PID too (0 when
+// unknown).
+func (nc *nodeConfig) inspect(ctx context.Context) (cache.NodeReport, uint64) {
+	rep := cache.NodeReport{Node: nc.node, Address: nc.address, HostsDir: nc.configPath}
+	version, pid, verr := containerdInfo(ctx, nc.socket)
+	rep.ContainerdVersion = version
+	cfg, err := containerdcfg.Load(nc.containerdConfig)
+	if err != nil {
+		rep.Reason = "cannot read containerd's configuration: " + err.Error()
+		return rep, pid
+	}
+	v := containerdcfg.ParseVersion(version)
+	verdict := containerdcfg.Check(cfg, v, nc.configPath)
+	rep.ConfigPath, rep.TransferService, rep.ReadsHostsToml, rep.Reason, rep.Fix =
+		verdict.ConfigPath, verdict.TransferService, verdict.Reads, verdict.Reason, verdict.Fix
+	if verr != nil && rep.Reason != "" {
+		rep.Reason += " (" + verr.Error() + ")"
+	}
+	if !verdict.Reads && nc.fix && nc.dropIn == "" {
+		path, content, err := containerdcfg.DropIn(cfg, v, nc.configPath)
+		switch {
+		case err != nil:
+			rep.Reason += "; --fix cannot: " + err.Error()
+		default:
+			if old, rerr := os.ReadFile(path); rerr == nil && !bytes.HasPrefix(old, []byte(dropInMarker)) {
+				rep.Reason += "; --fix leaves " + path + " alone: it was not written by regnorm"
+				break
+			}
+			if err := writeFileAtomic(path, content); err != nil {
+				rep.Reason += "; --fix could not write " + path + ": " + err.Error()
+				break
+			}
+			nc.dropIn, nc.dropInPid = path, pid
+			nc.log.Warn("wrote a containerd drop-in: restart containerd to apply it (systemctl restart containerd)", "path", path)
+		}
+	}
+	if nc.dropIn != "" {
+		rep.DropIn = nc.dropIn
+		// The drop-in counts once containerd has restarted since it was
+		// written: a new PID. Until then (or when the PID is unknown) it
+		// is only written.
+		if pid == 0 || pid == nc.dropInPid {
+			rep.ReadsHostsToml = false
+			rep.Reason = "a drop-in fixing config_path is written to " + nc.dropIn + ": restart containerd to apply it (systemctl restart containerd)"
+		}
+	}
+	return rep, pid
+}
+
+// containerdInfo asks containerd's socket for its version and PID.
+func containerdInfo(ctx context.Context, socket string) (version string, pid uint64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return "", 0, fmt.Errorf("containerd socket %s: %w", socket, err)
+	}
+	defer conn.Close()
+	v, err := versionapi.NewVersionClient(conn).Version(ctx, &emptypb.Empty{})
+	if err != nil {
+		return "", 0, fmt.Errorf("containerd socket %s: %w", socket, err)
+	}
+	if s, err := introspection.NewIntrospectionClient(conn).Server(ctx, &emptypb.Empty{}); err == nil {
+		pid = s.Pid
+	}
+	return v.Version, pid, nil
+}
+
+// cleanUp removes every file this process wrote, if it is still its own.
+func (nc *nodeConfig) cleanUp(stdout io.Writer) {
+	for path, content := range nc.hostsFiles {
+		if b, err := os.ReadFile(path); err == nil && string(b) == content {
 			os.Remove(path)
 			os.Remove(filepath.Dir(path)) // only if empty
 			fmt.Fprintf(stdout, "node-config: removed %s\n", path)
 		}
 	}
+	if nc.dropIn != "" {
+		if b, err := os.ReadFile(nc.dropIn); err == nil && bytes.HasPrefix(b, []byte(dropInMarker)) {
+			os.Remove(nc.dropIn)
+			fmt.Fprintf(stdout, "node-config: removed %s (containerd keeps using it until it restarts)\n", nc.dropIn)
+		}
+	}
+	if nc.statusFile != "" {
+		os.Remove(nc.statusFile)
+	}
+}
+
+// runNodeConfigProbe is `regnorm node-config probe --status-file FILE`, the
+// DaemonSet's readiness probe: it exits 0 only when the last check found
+// that containerd reads regnorm's hosts.toml files.
+func runNodeConfigProbe(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("regnorm node-config probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	statusFile := fs.String("status-file", "", "the file node-config writes (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(*statusFile)
+	if err != nil {
+		return fmt.Errorf("node-config probe: %w", err)
+	}
+	var rep cache.NodeReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fmt.Errorf("node-config probe: %w", err)
+	}
+	if !rep.ReadsHostsToml {
+		return fmt.Errorf("containerd will not use regnorm: %s; add to containerd's config:\n%s", rep.Reason, rep.Fix)
+	}
+	fmt.Fprintf(stdout, "containerd %s reads %s\n", rep.ContainerdVersion, rep.HostsDir)
 	return nil
 }
 

@@ -58,3 +58,43 @@ func TestNodeConfigRejectsBadArguments(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeConfigOnceAndProbe: --once checks once and prints the node's
+// state; with no containerd answering and a 1.x configuration without
+// config_path, containerd does not read the files, and the probe on the
+// status file says why and what to add.
+func TestNodeConfigOnceAndProbe(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte("version = 2\n"), 0o644)
+	status := filepath.Join(dir, "status.json")
+	var out strings.Builder
+	err := run(context.Background(), []string{"node-config", "--once", "--report=false", "--config-path", filepath.Join(dir, "certs.d"),
+		"--containerd-config", cfg, "--containerd-socket", filepath.Join(dir, "none.sock"), "--status-file", status,
+		"--mirror", "http://10.96.0.50:5000", "docker.io=https://registry-1.docker.io"}, func(string) string { return "" }, &out, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"readsHostsToml": false`, "config_path is not set", `config_path = \"` + filepath.Join(dir, "certs.d")} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--once output lacks %s:\n%s", want, out.String())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "certs.d", "docker.io", "hosts.toml")); !os.IsNotExist(err) {
+		t.Errorf("--once left its hosts.toml: %v", err)
+	}
+
+	os.WriteFile(status, []byte(`{"readsHostsToml": false, "reason": "config_path is not set", "fix": "config_path = \"/x\""}`), 0o644)
+	err = run(context.Background(), []string{"node-config", "probe", "--status-file", status}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "config_path is not set") || !strings.Contains(err.Error(), `config_path = "/x"`) {
+		t.Errorf("probe of a node that does not read the files: %v", err)
+	}
+	os.WriteFile(status, []byte(`{"readsHostsToml": true, "containerdVersion": "2.3.4", "hostsDir": "/x"}`), 0o644)
+	if err := run(context.Background(), []string{"node-config", "probe", "--status-file", status}, func(string) string { return "" }, io.Discard, io.Discard); err != nil {
+		t.Errorf("probe of a node that reads them: %v", err)
+	}
+	if err := run(context.Background(), []string{"node-config", "probe", "--status-file", filepath.Join(dir, "absent")}, func(string) string { return "" }, io.Discard, io.Discard); err == nil {
+		t.Error("probe without a status file passed")
+	}
+}

@@ -265,8 +265,9 @@ func fixText(c *Config, v Version, dir string) string {
 // DropIn makes a file that fixes the configuration where it imports
 // drop-ins: the whole registry plugin section as it is now (containerd
 // replaces a plugin section whole with an imported file's), with config_path
-// set to dir and the legacy mirror settings removed. It returns where to
-// write it, or why it cannot.
+// set to dir. It returns where to write it, or why it cannot: legacy
+// registry settings (mirrors, configs, auths) are left to a person, since
+// they may hold credentials that must move to hosts.toml.
 func DropIn(c *Config, v Version, dir string) (path string, content []byte, err error) {
 	var target string
 	for _, imp := range c.Imports {
@@ -284,9 +285,11 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 	if reg == nil {
 		reg = map[string]any{}
 	}
-	delete(reg, "mirrors")
-	delete(reg, "configs")
-	delete(reg, "auths")
+	for _, key := range []string{"mirrors", "configs", "auths"} {
+		if len(anyMap(reg[key])) > 0 {
+			return "", nil, fmt.Errorf("[plugins.%q.registry] has legacy %s: move them to hosts.toml files by hand (they may hold credentials), then set config_path", section, key)
+		}
+	}
 	reg["config_path"] = filepath.Clean(dir)
 	copied["registry"] = reg
 	version := c.Version

@@ -129,4 +129,16 @@ imports = ["conf.d/*.toml"]
 	if _, _, err := DropIn(cfg, v, "/etc/containerd/certs.d"); err == nil || !strings.Contains(err.Error(), "imports no drop-in directory") {
 		t.Fatalf("no imports: %v", err)
 	}
+
+	// Legacy registry settings may hold credentials: a person moves them.
+	d = t.TempDir()
+	legacy := write(t, d, "config.toml", `version = 2
+imports = ["/etc/containerd/conf.d/*.toml"]
+[plugins."io.containerd.grpc.v1.cri".registry.configs."registry.example.com".auth]
+  username = "bot"
+`)
+	cfg, _ = Load(legacy)
+	if _, _, err := DropIn(cfg, ParseVersion("1.6.20"), "/etc/containerd/certs.d"); err == nil || !strings.Contains(err.Error(), "legacy configs") {
+		t.Fatalf("legacy configs: %v", err)
+	}
 }
