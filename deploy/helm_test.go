@@ -2,17 +2,27 @@ package deploy_test
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/engine"
@@ -63,6 +73,35 @@ upstreams:
 credentials: {existingSecret: my-registry-credentials}
 cache: {persistence: {enabled: false}}
 config: {defaultUpstream: registry.example.com}`,
+	"TLS, client authentication, protected endpoints, checked nodes": `
+service: {clusterIP: 10.96.100.50}
+tls: {secretName: regnorm-tls}
+auth: {htpasswdSecret: regnorm-htpasswd, tokensSecret: regnorm-tokens, protectMetrics: true, protectReport: true}
+metrics:
+  serviceMonitor:
+    enabled: true
+    authorization: {type: Bearer, credentials: {name: regnorm-scrape, key: token}}
+    tlsConfig: {ca: {secret: {name: regnorm-tls, key: ca.crt}}}
+nodeConfig: {enabled: true, token: {secretName: regnorm-node-token}}`,
+	"forwarded credentials and a private CA": `
+upstreams:
+  - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true}
+credentials: {existingSecret: registry-ca}`,
+	"one upstream, nodes fixed, tuned downloads": `
+upstreams:
+  - {name: registry.example.com, url: https://registry.example.com}
+service: {type: NodePort, nodePort: 30500}
+config:
+  maxDownloads: 8
+  maxQueuedDownloads: 32
+  spoolMaxSize: 2GiB
+  nodes: {forgetAfter: 2h}
+  extra: {fetchTimeout: 30m, upstreamAttempts: 2}
+nodeConfig:
+  enabled: true
+  fix: {enabled: true}
+  containerdConfig: /etc/containerd/config.toml
+  reportTo: http://regnorm.regnorm.svc:5000`,
 }
 
 func TestChartLints(t *testing.T) {
@@ -105,32 +144,157 @@ func TestChartRendersValidObjects(t *testing.T) {
 			// The rendered configuration is one the binary accepts, with
 			// everything it refers to loaded: the files the pod mounts from
 			// Secrets are made under a temporary root.
-			cfg := mountSecrets(t, configMapData(t, objs, "regnorm", "regnorm.yaml"))
+			secrets := newSecretFiles(t)
+			raw := configMapData(t, objs, "regnorm", "regnorm.yaml")
+			for _, ref := range secretRefs.FindAllString(raw, -1) {
+				checkMounted(t, find(t, objs, "Deployment"), ref)
+			}
+			cfg := secrets.mount(t, raw)
 			path := filepath.Join(t.TempDir(), "regnorm.yaml")
 			os.WriteFile(path, []byte(cfg), 0o600)
 			if out, err := exec.Command(regnorm, "--check-config", "--config", path).CombinedOutput(); err != nil {
 				t.Errorf("regnorm rejects the rendered config: %v\n%s\n%s", err, out, cfg)
 			}
+			if kinds["DaemonSet"] > 0 {
+				checkNodeConfigArgs(t, regnorm, find(t, objs, "DaemonSet"), secrets)
+			}
 		})
 	}
 }
 
-// mountSecrets stands in for the pod's mounts: every file a rendered
-// configuration names under /etc/regnorm is created, with a placeholder, in
-// a temporary directory, and the configuration is pointed there.
-func mountSecrets(t *testing.T, cfg string) string {
+// checkNodeConfigArgs runs the DaemonSet's node-config command once, with
+// the node's paths under a temporary root: the binary must accept every
+// argument the chart renders, write a hosts.toml per upstream, and check
+// the (absent) containerd.
+func checkNodeConfigArgs(t *testing.T, regnorm string, ds *unstructured.Unstructured, secrets *secretFiles) {
 	t.Helper()
-	root := t.TempDir()
-	for _, ref := range regexp.MustCompile(`/etc/regnorm/[^\s"']+`).FindAllString(cfg, -1) {
-		p := filepath.Join(root, ref)
+	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	c := containers[0].(map[string]any)
+	var args []string
+	for _, a := range c["args"].([]any) {
+		flag, value, ok := strings.Cut(a.(string), "=")
+		if secretRefs.MatchString(value) {
+			checkMounted(t, ds, value)
+		}
+		if ok && strings.HasPrefix(value, "/") {
+			a = flag + "=" + secrets.mount(t, value)
+		}
+		args = append(args, a.(string))
+	}
+	out, err := exec.Command(regnorm, slices.Insert(args, 1, "--once")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("node-config rejects the DaemonSet's arguments %q: %v\n%s", args, err, out)
+	}
+	if !strings.Contains(string(out), "/hosts.toml") || !strings.Contains(string(out), `"readsHostsToml": false`) {
+		t.Errorf("node-config --once: %s", out)
+	}
+	// The readiness probe reads the status file node-config writes.
+	probe, _, _ := unstructured.NestedStringSlice(c, "readinessProbe", "exec", "command")
+	if !slices.Contains(c["args"].([]any), any(strings.Join(probe[len(probe)-1:], ""))) ||
+		!slices.Equal(probe[:3], []string{"/regnorm", "node-config", "probe"}) || !strings.HasPrefix(probe[3], "--status-file=") {
+		t.Errorf("readiness probe %q does not run node-config probe on the status file of %q", probe, c["args"])
+	}
+}
+
+// secretRefs matches the files a pod reads from its Secrets.
+var secretRefs = regexp.MustCompile(`/etc/regnorm(-node)?/[^\s"']+`)
+
+// checkMounted: the workload mounts a volume at file's directory that
+// holds file: a Secret whose items (if listed) include its name.
+func checkMounted(t *testing.T, workload *unstructured.Unstructured, file string) {
+	t.Helper()
+	spec, _, _ := unstructured.NestedMap(workload.Object, "spec", "template", "spec")
+	var volume string
+	for _, m := range spec["containers"].([]any)[0].(map[string]any)["volumeMounts"].([]any) {
+		if m := m.(map[string]any); m["mountPath"] == filepath.Dir(file) {
+			volume = m["name"].(string)
+		}
+	}
+	for _, v := range spec["volumes"].([]any) {
+		v := v.(map[string]any)
+		if v["name"] != volume {
+			continue
+		}
+		secret, ok := v["secret"].(map[string]any)
+		if !ok {
+			break
+		}
+		items, listed := secret["items"].([]any)
+		if !listed || slices.ContainsFunc(items, func(i any) bool { return i.(map[string]any)["path"] == filepath.Base(file) }) {
+			return
+		}
+	}
+	t.Errorf("%s %s reads %s, but mounts no Secret holding it there", workload.GetKind(), workload.GetName(), file)
+}
+
+// secretFiles stands in for the pod's mounts: every file a rendered
+// configuration or command line names under /etc/regnorm (regnorm's own)
+// or /etc/regnorm-node (node-config's) is created in a temporary root, with
+// content of its kind: a real certificate and key, a bcrypt htpasswd line,
+// a token, a CA bundle. Other absolute paths (the node's) move under the
+// root, empty.
+type secretFiles struct {
+	root      string
+	cert, key []byte
+}
+
+func newSecretFiles(t *testing.T) *secretFiles {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "regnorm.regnorm.svc"},
+		DNSNames: []string{"regnorm.regnorm.svc"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &secretFiles{root: t.TempDir(),
+		cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		key:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})}
+}
+
+// mount creates the files s names and returns s pointing at them.
+func (f *secretFiles) mount(t *testing.T, s string) string {
+	t.Helper()
+	for _, ref := range secretRefs.FindAllString(s, -1) {
+		p := filepath.Join(f.root, ref)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(p, []byte("placeholder\n"), 0o600); err != nil {
+		if err := os.WriteFile(p, f.content(t, ref), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return strings.ReplaceAll(cfg, "/etc/regnorm/", root+"/etc/regnorm/")
+	s = strings.ReplaceAll(s, "/etc/regnorm", f.root+"/etc/regnorm")
+	if strings.HasPrefix(s, "/") && !strings.HasPrefix(s, f.root) {
+		s = filepath.Join(f.root, s) // a node path in node-config's arguments
+	}
+	return s
+}
+
+func (f *secretFiles) content(t *testing.T, ref string) []byte {
+	t.Helper()
+	switch base := filepath.Base(ref); {
+	case base == "tls.crt" || base == "ca.crt" || strings.Contains(base, "ca"):
+		return f.cert
+	case base == "tls.key":
+		return f.key
+	case base == "htpasswd":
+		hash, err := bcrypt.GenerateFromPassword([]byte("pass"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []byte("node:" + string(hash) + "\n")
+	default: // tokens, token, passwords
+		return []byte("placeholder-secret\n")
+	}
 }
 
 // TestSchemaValidationCatchesMistakes: the typed converter really rejects
@@ -186,9 +350,28 @@ func TestChartDetails(t *testing.T) {
 		`replicaCount: 2`:             "the filesystem cache is one ReadWriteOnce volume",
 		`{cache: {driver: s3}}`:       "cache.s3.bucket is required",
 		`{cache: {driver: nfs}}`:      "cache.driver must be filesystem or s3",
+		`{service: {clusterIP: 10.96.0.9}, auth: {tokensSecret: t}, nodeConfig: {enabled: true}}`:             "set nodeConfig.token.secretName",
+		`{auth: {tokensSecret: t}, upstreams: [{name: a.io, url: "https://a.io", forwardCredentials: true}]}`: "auth cannot be on too",
+		`{auth: {tokensSecret: t, protectMetrics: true}, metrics: {serviceMonitor: {enabled: true}}}`:         "set metrics.serviceMonitor.authorization",
+		`{auth: {protectReport: true}}`:  "need auth.htpasswdSecret or auth.tokensSecret",
+		`{config: {extra: {cache: {}}}}`: "config.extra.cache: the chart renders cache itself",
+		`{service: {clusterIP: 10.96.0.9}, nodeConfig: {enabled: true, configPath: "/etc/containerd/certs.d:/etc/docker/certs.d"}}`: "must be one directory",
 	} {
 		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want %q", values, err, want)
+		}
+	}
+
+	secure := render(t, chartCases["TLS, client authentication, protected endpoints, checked nodes"])
+	secureDep := find(t, secure, "Deployment")
+	containers, _, _ := unstructured.NestedSlice(secureDep.Object, "spec", "template", "spec", "containers")
+	if scheme, _, _ := unstructured.NestedString(containers[0].(map[string]any), "readinessProbe", "httpGet", "scheme"); scheme != "HTTPS" {
+		t.Errorf("readiness probe scheme %q with TLS", scheme)
+	}
+	nc, _, _ := unstructured.NestedSlice(find(t, secure, "DaemonSet").Object, "spec", "template", "spec", "containers")
+	for _, want := range []string{"--mirror=https://10.96.100.50:5000", "--report-to=https://regnorm.regnorm.svc:5000", "--mirror-token-file=", "--mirror-ca-file="} {
+		if !strings.Contains(fmt.Sprint(nc[0].(map[string]any)["args"]), want) {
+			t.Errorf("node-config args %v lack %s", nc[0].(map[string]any)["args"], want)
 		}
 	}
 

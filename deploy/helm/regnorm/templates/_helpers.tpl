@@ -35,15 +35,26 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.credentials.existingSecret | default (printf "%s-credentials" (include "regnorm.fullname" .)) }}
 {{- end }}
 
+{{/* http, or https with tls.secretName. */}}
+{{- define "regnorm.scheme" -}}
+{{- if .Values.tls.secretName }}https{{ else }}http{{ end }}
+{{- end }}
+
 {{/* The URL the nodes' containerd reaches regnorm at. */}}
 {{- define "regnorm.mirrorEndpoint" -}}
+{{- $scheme := include "regnorm.scheme" . }}
 {{- if .Values.nodeConfig.endpoint }}
 {{- .Values.nodeConfig.endpoint }}
 {{- else if and (eq .Values.service.type "NodePort") .Values.service.nodePort }}
-{{- printf "http://127.0.0.1:%v" .Values.service.nodePort }}
+{{- printf "%s://127.0.0.1:%v" $scheme .Values.service.nodePort }}
 {{- else if .Values.service.clusterIP }}
-{{- printf "http://%s:%v" .Values.service.clusterIP .Values.service.port }}
+{{- printf "%s://%s:%v" $scheme .Values.service.clusterIP .Values.service.port }}
 {{- else }}
 {{- fail "nodeConfig needs an address the nodes can reach: set nodeConfig.endpoint, service.clusterIP, or service.type=NodePort with service.nodePort" }}
 {{- end }}
+{{- end }}
+
+{{/* The URL node-config reports to from its pod. */}}
+{{- define "regnorm.reportTo" -}}
+{{- .Values.nodeConfig.reportTo | default (printf "%s://%s.%s.svc:%v" (include "regnorm.scheme" .) (include "regnorm.fullname" .) .Release.Namespace .Values.service.port) }}
 {{- end }}
