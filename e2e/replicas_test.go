@@ -18,7 +18,7 @@ import (
 )
 
 // TestReplicasShareAnS3Cache: two regnorm processes on one bucket of a real
-// S3-compatible server act as one mirror.
+// S3-compatible server act as one mirror, for containerd 1.6.8 and 2.3.4.
 func TestReplicasShareAnS3Cache(t *testing.T) {
 	registryURL, registry := startRegistry(t)
 	bucketDir := t.TempDir()
@@ -89,6 +89,17 @@ func TestReplicasShareAnS3Cache(t *testing.T) {
 	}
 	if got := nodeB.repoDigest(t, "docker.io/library/both:v1"); got != digests[0] {
 		t.Fatalf("replica B served %s, replica A %s", got, digests[0])
+	}
+	// A containerd 2.3.4 node (transfer service) too.
+	node2 := startContainerdVersion(t, containerd234, containerdOptions{Mirror: b})
+	if _, err := node2.pull(t, "docker.io/library/both:v1"); err != nil {
+		t.Fatalf("containerd 2.3.4 through replica B from the shared cache: %v", err)
+	}
+	if got := node2.repoDigest(t, "docker.io/library/both:v1"); got != digests[0] {
+		t.Fatalf("replica B served %s to containerd 2.3.4, replica A %s", got, digests[0])
+	}
+	if got := node2.run(t, "docker.io/library/both:v1"); got != "hello from regnorm e2e" {
+		t.Fatalf("container printed %q on containerd 2.3.4", got)
 	}
 	if n := metric(t, b, "regnorm_upstream_requests_total") - upstreamBefore; n != 0 {
 		t.Fatalf("replica B sent %v requests upstream", n)

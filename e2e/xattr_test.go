@@ -29,7 +29,8 @@ func pushXattrImage(t *testing.T, registryURL, repo, tag string, opts regtest.Im
 // TestSymlinkXattrImages: containerd v1.6.8 fails on a layer with a user.*
 // xattr on a symlink; through regnorm it pulls and runs the image, also one
 // that has both problems (warmed with the `warm` command first), and
-// Debian's 1.6.20 pulls the normalized images as well.
+// Debian's 1.6.20 and containerd 2.3.4 (which has the fix, and pulls through
+// the transfer service) pull and run the normalized images as well.
 func TestSymlinkXattrImages(t *testing.T) {
 	registryURL, _ := startRegistry(t)
 	registryHost := strings.TrimPrefix(registryURL, "http://")
@@ -70,12 +71,15 @@ func TestSymlinkXattrImages(t *testing.T) {
 				t.Fatal("pulled under the original digest")
 			}
 
-			current := startContainerd(t, proxyURL)
-			if _, err := current.pull(t, ref); err != nil {
-				t.Fatalf("containerd 1.6.20 through regnorm: %v", err)
-			}
-			if got := current.run(t, ref); got != "hello from regnorm e2e" {
-				t.Fatalf("container printed %q on 1.6.20", got)
+			// Versions with the fix pull the normalized image as well.
+			for _, kind := range []containerdKind{containerd1620, containerd234} {
+				node := startContainerdVersion(t, kind, containerdOptions{Mirror: proxyURL})
+				if _, err := node.pull(t, ref); err != nil {
+					t.Fatalf("containerd %s through regnorm: %v", kind.name, err)
+				}
+				if got := node.run(t, ref); got != "hello from regnorm e2e" {
+					t.Fatalf("container printed %q on %s", got, kind.name)
+				}
 			}
 		})
 	}

@@ -12,6 +12,8 @@ mkdir -p "$BIN"
 REGISTRY_VERSION=v3.1.2
 # The last containerd that aborts on xattrs on symlinks (fixed in 1.6.9).
 OLD_CONTAINERD_VERSION=v1.6.8
+# A containerd 2.x: CRI pulls through the transfer service, ranged blob reads.
+CONTAINERD2_VERSION=v2.3.4
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 VERSITYGW_VERSION=v1.8.0
 
@@ -64,6 +66,34 @@ old_containerd() {
   rm -rf "$src"
 }
 
+# containerd2: containerd v2.3.4's daemon, runc shim and ctr from the Go
+# module proxy, in one directory. The tests put that directory first on the
+# daemon's PATH: it must find this shim, not Debian's 1.6 shim, which fails
+# under 2.x. Unlike 1.6.8's, this go.mod has no replace directives, so `go
+# install pkg@version` builds it (about 3.5 minutes on 2 cores from a cold
+# module cache, once). The version is linked in as containerd's Makefile does:
+# it is the User-Agent regnorm sees.
+containerd2() {
+  local out="$BIN/containerd-${CONTAINERD2_VERSION#v}" cmd built=yes
+  for cmd in containerd containerd-shim-runc-v2 ctr; do [ -x "$out/$cmd" ] || built=no; done
+  [ $built = yes ] && [ "$(cat "$out/.version" 2>/dev/null)" = "$CONTAINERD2_VERSION" ] && return 0
+  log "building containerd $CONTAINERD2_VERSION (once; about 3.5 minutes)"
+  local pkgs=() tmp
+  for cmd in containerd containerd-shim-runc-v2 ctr; do
+    pkgs+=("github.com/containerd/containerd/v2/cmd/$cmd@$CONTAINERD2_VERSION")
+  done
+  tmp=$(mktemp -d "$out.tmp.XXXXXX")
+  chmod 755 "$tmp"
+  if ! GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-mod=mod go install -tags "no_btrfs no_devmapper no_aufs no_zfs" \
+    -ldflags "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD2_VERSION" "${pkgs[@]}" >&2; then
+    rm -rf "$tmp"
+    return 1
+  fi
+  echo "$CONTAINERD2_VERSION" > "$tmp/.version"
+  rm -rf "$out"
+  mv "$tmp" "$out"
+}
+
 # npm_tools: @grafana/schema and TypeScript, which type-check the dashboard.
 NPM_TOOLS="@grafana/schema@13.2.3 typescript@5.9.3"
 npm_tools() {
@@ -86,6 +116,7 @@ go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CO
 # A real S3-compatible server for the S3 cache (about 2 minutes, once).
 go_tool versitygw "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 old_containerd
+containerd2
 npm_tools
 
 echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
@@ -97,3 +128,4 @@ echo "export REGNORM_PROMETHEUS_BIN=$(command -v prometheus)"
 echo "export REGNORM_CHROMIUM_BIN=$(command -v chromium)"
 echo "export REGNORM_NPM_MODULES=$CACHE/npm/node_modules"
 echo "export REGNORM_OLD_CONTAINERD_BIN=$BIN/containerd-${OLD_CONTAINERD_VERSION#v}"
+echo "export REGNORM_CONTAINERD2_DIR=$BIN/containerd-${CONTAINERD2_VERSION#v}"
