@@ -73,6 +73,9 @@ type containerdOptions struct {
 	// default applies (2.2+: /etc/containerd/certs.d:/etc/docker/certs.d;
 	// 1.x: no hosts.toml at all).
 	OmitConfigPath bool
+	// ImportDropIns makes config.toml import confDir/*.toml, as
+	// distributions' configurations do.
+	ImportDropIns bool
 	// Config is appended to config.toml: tables of other plugins, e.g.
 	// [plugins.'io.containerd.transfer.v1.local'] on a 2.x node. On 2.x it
 	// may also define [plugins.'io.containerd.cri.v1.images'] (the config
@@ -102,7 +105,11 @@ type containerd struct {
 	socket string
 	// hostsDir is the node's hosts directory (config_path by default).
 	hostsDir string
-	proc     *process
+	// configFile is its config.toml; confDir the drop-in directory
+	// opts.ImportDropIns makes it import.
+	configFile, confDir string
+	path                string // the daemon's PATH
+	proc                *process
 }
 
 // startContainerd starts Debian's containerd (1.6.20) whose docker.io mirror
@@ -138,7 +145,8 @@ func startContainerdVersion(t *testing.T, kind containerdKind, opts containerdOp
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	c := &containerd{kind: kind, socket: filepath.Join(dir, "c.sock"), hostsDir: filepath.Join(dir, "certs.d")}
+	c := &containerd{kind: kind, socket: filepath.Join(dir, "c.sock"), hostsDir: filepath.Join(dir, "certs.d"),
+		configFile: filepath.Join(dir, "config.toml"), confDir: filepath.Join(dir, "conf.d")}
 
 	hosts := opts.Hosts
 	if hosts == nil {
@@ -167,32 +175,53 @@ func startContainerdVersion(t *testing.T, kind containerdKind, opts containerdOp
 	}
 
 	cfg := containerdConfig(kind.configVersion, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.socket, configPath)
+	if opts.ImportDropIns {
+		// Top-level keys go before the first table.
+		cfg = fmt.Sprintf("imports = [%q]\n", filepath.Join(c.confDir, "*.toml")) + cfg
+		if err := os.MkdirAll(c.confDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg += opts.Config
-	cfgPath := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+	if err := os.WriteFile(c.configFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// env execs the daemon in place (same PID, which start stops): it sets
 	// the PATH the daemon looks its shim up on.
-	path := os.Getenv("PATH")
+	c.path = os.Getenv("PATH")
 	if kind.shimDir != "" {
-		path = kind.shimDir + string(os.PathListSeparator) + path
+		c.path = kind.shimDir + string(os.PathListSeparator) + c.path
 	}
-	c.proc = start(t, "containerd "+kind.name, "/usr/bin/env", "PATH="+path, kind.bin, "--config", cfgPath)
+	c.startDaemon(t)
+	return c
+}
 
+// startDaemon starts the daemon on its configuration and returns once CRI
+// answers.
+func (c *containerd) startDaemon(t *testing.T) {
+	t.Helper()
+	c.proc = start(t, "containerd "+c.kind.name, "/usr/bin/env", "PATH="+c.path, c.kind.bin, "--config", c.configFile)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := c.images(t).ListImages(ctx, &runtime.ListImagesRequest{})
 		cancel()
 		if err == nil {
-			return c
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("containerd %s CRI did not come up: %v", kind.name, err)
+			t.Fatalf("containerd %s CRI did not come up: %v", c.kind.name, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// restart stops the daemon and starts it again, as an operator's
+// `systemctl restart containerd` does: it reads its configuration anew.
+func (c *containerd) restart(t *testing.T) {
+	t.Helper()
+	c.proc.stop()
+	c.startDaemon(t)
 }
 
 // containerdConfig is a config.toml of the given schema version with the

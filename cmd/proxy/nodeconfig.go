@@ -26,6 +26,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy"
+	"golang.org/x/sys/unix"
 )
 
 // nodeConfigMarker starts every file that node-config writes, so it only
@@ -53,7 +54,8 @@ type nodeConfig struct {
 	client                    *http.Client
 	log                       *slog.Logger
 	dropIn                    string // the drop-in this process wrote
-	dropInPid                 uint64 // containerd's PID when it did
+	dropInInstance            string // the containerd instance running when it did
+	dropInWhy, dropInFix      string // what it fixes
 	lastReport                time.Time
 	lastState, reportedState  string
 }
@@ -221,7 +223,7 @@ func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error
 // when asked to and it can, and says so: in the log when the state changes,
 // in the status file, and to regnorm. It returns what it found.
 func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
-	rep, pid := nc.inspect(ctx)
+	rep, instance := nc.inspect(ctx)
 	state := fmt.Sprintf("%v|%s|%s", rep.ReadsHostsToml, rep.Reason, rep.DropIn)
 	if state != nc.lastState {
 		nc.lastState = state
@@ -229,7 +231,7 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 			nc.log.Info("containerd reads regnorm's hosts.toml files", "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath)
 		} else {
 			nc.log.Warn("containerd will not use regnorm: "+rep.Reason, "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath,
-				"add_to_containerd_config", rep.Fix, "drop_in", rep.DropIn, "containerd_pid", pid)
+				"add_to_containerd_config", rep.Fix, "drop_in", rep.DropIn, "containerd_instance", instance)
 		}
 	}
 	if nc.statusFile != "" {
@@ -253,16 +255,16 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 }
 
 // inspect reads containerd's version and configuration and says whether
-// it reads the hosts.toml files. It returns containerd's PID too (0 when
-// unknown).
-func (nc *nodeConfig) inspect(ctx context.Context) (cache.NodeReport, uint64) {
+// it reads the hosts.toml files. It returns which containerd process
+// answered too ("" when unknown).
+func (nc *nodeConfig) inspect(ctx context.Context) (cache.NodeReport, string) {
 	rep := cache.NodeReport{Node: nc.node, Address: nc.address, HostsDir: nc.configPath}
-	version, pid, verr := containerdInfo(ctx, nc.socket)
+	version, instance, verr := containerdInfo(ctx, nc.socket)
 	rep.ContainerdVersion = version
 	cfg, err := containerdcfg.Load(nc.containerdConfig)
 	if err != nil {
 		rep.Reason = "cannot read containerd's configuration: " + err.Error()
-		return rep, pid
+		return rep, instance
 	}
 	v := containerdcfg.ParseVersion(version)
 	verdict := containerdcfg.Check(cfg, v, nc.configPath)
@@ -285,40 +287,49 @@ func (nc *nodeConfig) inspect(ctx context.Context) (cache.NodeReport, uint64) {
 				rep.Reason += "; --fix could not write " + path + ": " + err.Error()
 				break
 			}
-			nc.dropIn, nc.dropInPid = path, pid
+			nc.dropIn, nc.dropInInstance, nc.dropInWhy, nc.dropInFix = path, instance, rep.Reason, rep.Fix
 			nc.log.Warn("wrote a containerd drop-in: restart containerd to apply it (systemctl restart containerd)", "path", path)
 		}
 	}
 	if nc.dropIn != "" {
 		rep.DropIn = nc.dropIn
 		// The drop-in counts once containerd has restarted since it was
-		// written: a new PID. Until then (or when the PID is unknown) it
-		// is only written.
-		if pid == 0 || pid == nc.dropInPid {
+		// written. Until then (or when containerd does not answer) it is
+		// only written.
+		if instance == "" || instance == nc.dropInInstance {
 			rep.ReadsHostsToml = false
-			rep.Reason = "a drop-in fixing config_path is written to " + nc.dropIn + ": restart containerd to apply it (systemctl restart containerd)"
+			rep.Reason = nc.dropInWhy + "; a drop-in fixing it is written to " + nc.dropIn + ": restart containerd to apply it (systemctl restart containerd)"
+			rep.Fix = nc.dropInFix
 		}
 	}
-	return rep, pid
+	return rep, instance
 }
 
-// containerdInfo asks containerd's socket for its version and PID.
-func containerdInfo(ctx context.Context, socket string) (version string, pid uint64, err error) {
+// containerdInfo asks containerd's socket for its version, and names the
+// process that answered: its PID where the introspection API gives it
+// (1.7+), and the socket file's identity, which a restarted containerd
+// makes anew.
+func containerdInfo(ctx context.Context, socket string) (version, instance string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	var st unix.Stat_t
+	if err := unix.Stat(socket, &st); err != nil {
+		return "", "", fmt.Errorf("containerd socket %s: %w", socket, err)
+	}
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return "", 0, fmt.Errorf("containerd socket %s: %w", socket, err)
+		return "", "", fmt.Errorf("containerd socket %s: %w", socket, err)
 	}
 	defer conn.Close()
 	v, err := versionapi.NewVersionClient(conn).Version(ctx, &emptypb.Empty{})
 	if err != nil {
-		return "", 0, fmt.Errorf("containerd socket %s: %w", socket, err)
+		return "", "", fmt.Errorf("containerd socket %s: %w", socket, err)
 	}
+	var pid uint32
 	if s, err := introspection.NewIntrospectionClient(conn).Server(ctx, &emptypb.Empty{}); err == nil {
-		pid = s.Pid
+		pid = uint32(s.Pid)
 	}
-	return v.Version, pid, nil
+	return v.Version, fmt.Sprintf("pid %d, socket %d:%d@%d.%09d", pid, st.Dev, st.Ino, st.Ctim.Sec, st.Ctim.Nsec), nil
 }
 
 // cleanUp removes every file this process wrote, if it is still its own.

@@ -185,8 +185,10 @@ func Check(c *Config, v Version, dir string) Verdict {
 	if len(anyMap(reg["mirrors"])) > 0 {
 		return Verdict{ConfigPath: configPath, Reason: assumed + fmt.Sprintf("the legacy registry.mirrors in [plugins.%q.registry] replace hosts.toml: remove them (and registry.configs and auths), then set config_path", section), Fix: fix}
 	}
+	what := "config_path is the list"
 	if configPath == "" && v.atLeast(2, 2) {
 		configPath = defaultV2
+		what = fmt.Sprintf("config_path is not set, so containerd %d.%d uses its default, the list", v.Major, v.Minor)
 	}
 	verdict := Verdict{ConfigPath: configPath}
 	local := v.Major < 2 || (v.Major == 2 && v.Minor == 0) || localPull(settings)
@@ -201,8 +203,8 @@ func Check(c *Config, v Version, dir string) Verdict {
 	case !local && filepath.Clean(configPath) == dir:
 		verdict.Reads = true
 		verdict.Reason = assumed
-	case !local && slices.Contains(splitPath(configPath), dir):
-		verdict.Reason = assumed + fmt.Sprintf("config_path is the list %q: containerd %d.%d pulls through the transfer service, which reads it as one directory, so no hosts.toml is read", configPath, v.Major, v.Minor)
+	case !local && len(splitPath(configPath)) > 1:
+		verdict.Reason = assumed + fmt.Sprintf("%s %q: containerd %d.%d pulls through the transfer service, which reads it as one directory, so no hosts.toml is read", what, configPath, v.Major, v.Minor)
 		verdict.Fix = fix
 	default:
 		verdict.Reason = assumed + fmt.Sprintf("config_path is %q, not %q: run node-config with --config-path set to it, or set config_path", configPath, dir)

@@ -1,0 +1,204 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
+)
+
+// TestNodeConfigKnowsWhetherContainerdReadsIt runs `regnorm node-config`
+// against real containerd 1.6.20 and v2.3.4 daemons with each kind of
+// configuration. For each it checks the verdict node-config gives (status
+// file, readiness probe, report in regnorm's fleet view), then proves it
+// with a pull over CRI of an image regnorm fixes (an octet-stream config):
+// where node-config says containerd reads the hosts.toml files, the pull
+// goes through regnorm and the image runs, and only then is the node "uses
+// the mirror"; where it says not, regnorm gets no request and the pull
+// fails as with no mirror. Two nodes are fixed by --fix's drop-in and a
+// restart of containerd. When node-config stops, its files are gone.
+func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
+	registryURL, _ := startRegistry(t)
+	legacy := pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
+	// The image is pulled by its registry's own name: a node that misses
+	// the mirror pulls straight from it (never from Docker Hub).
+	upstreamHost := strings.TrimPrefix(registryURL, "http://")
+	ref := upstreamHost + "/library/legacy:v1"
+	list := hostsDirToken + ":/etc/docker/certs.d"
+
+	for _, tt := range []struct {
+		name string
+		kind containerdKind
+		opts containerdOptions
+		fix  bool
+		// reads is node-config's verdict (after the fix and a restart, with
+		// fix); reason is in it while containerd does not read the files.
+		reads  bool
+		reason string
+	}{
+		{name: "1.6.20, config_path the directory", kind: containerd1620, reads: true},
+		{name: "1.6.20, no config_path", kind: containerd1620, opts: containerdOptions{OmitConfigPath: true},
+			reason: "config_path is not set: containerd 1.6 reads no hosts.toml"},
+		{name: "1.6.20, legacy mirrors", kind: containerd1620, opts: containerdOptions{OmitConfigPath: true,
+			Config: "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"" + upstreamHost + "\"]\n  endpoint = [\"" + registryURL + "\"]\n"},
+			reason: "legacy registry.mirrors"},
+		{name: "1.6.20, no config_path, fixed by a drop-in", kind: containerd1620, fix: true, reads: true,
+			opts: containerdOptions{OmitConfigPath: true, ImportDropIns: true}, reason: "config_path is not set"},
+		{name: "2.3.4, config_path the directory", kind: containerd234, reads: true},
+		{name: "2.3.4, config_path a list", kind: containerd234, opts: containerdOptions{ConfigPath: list},
+			reason: "transfer service, which reads it as one directory"},
+		{name: "2.3.4, no config_path", kind: containerd234, opts: containerdOptions{OmitConfigPath: true},
+			reason: "config_path is not set, so containerd 2.3 uses its default, the list"},
+		{name: "2.3.4, a list on the local pull path", kind: containerd234, reads: true, opts: containerdOptions{ConfigPath: list,
+			Config: "\n[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = true\n"}},
+		{name: "2.3.4, config_path a list, fixed by a drop-in", kind: containerd234, fix: true, reads: true,
+			opts: containerdOptions{ConfigPath: list, ImportDropIns: true}, reason: "transfer service"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// A regnorm of its own: every node here pulls from 127.0.0.1.
+			mirror := startRegnormFor(t, upstreamHost, registryURL)
+			tt.opts.Hosts = map[string]string{} // node-config writes them
+			node := startContainerdVersion(t, tt.kind, tt.opts)
+			status := filepath.Join(t.TempDir(), "status.json")
+			args := []string{"node-config", "--interval=1s", "--config-path=" + node.hostsDir, "--mirror=" + mirror,
+				"--containerd-config=" + node.configFile, "--containerd-socket=" + node.socket, "--status-file=" + status,
+				"--node-name=node-" + tt.kind.name, "--node-address=127.0.0.1"}
+			if tt.fix {
+				args = append(args, "--fix")
+			}
+			nc := start(t, "node-config", regnormBin, append(args, upstreamHost+"="+registryURL)...)
+			hosts := filepath.Join(node.hostsDir, upstreamHost, "hosts.toml")
+
+			// The first check is done once the status has containerd's
+			// version.
+			want := tt.reads && !tt.fix
+			rep := waitNodeStatus(t, status, func(r cache.NodeReport) bool { return r.ContainerdVersion != "" })
+			if rep.ReadsHostsToml != want {
+				t.Errorf("node-config says containerd reads the files: %v, want %v (%s)", rep.ReadsHostsToml, want, rep.Reason)
+			}
+			if !strings.Contains(rep.ContainerdVersion, tt.kind.name) {
+				t.Errorf("containerd version %q, want %s", rep.ContainerdVersion, tt.kind.name)
+			}
+			if !want && (!strings.Contains(rep.Reason, tt.reason) || rep.Fix == "") {
+				t.Errorf("reason %q, fix %q; want %q and the lines to add", rep.Reason, rep.Fix, tt.reason)
+			}
+			checkProbe(t, status, want)
+			checkFleet(t, mirror, "node-"+tt.kind.name, map[bool]string{true: "no pull seen yet", false: "does not use the mirror"}[want])
+
+			if tt.fix {
+				// The drop-in is written, and does not count until
+				// containerd is restarted.
+				dropIn := filepath.Join(node.confDir, "99-regnorm.toml")
+				if rep.DropIn != dropIn || !strings.Contains(rep.Reason, "restart containerd") {
+					t.Fatalf("before the restart: drop-in %q, reason %q; want %s and a restart", rep.DropIn, rep.Reason, dropIn)
+				}
+				if _, err := os.Stat(dropIn); err != nil {
+					t.Fatal(err)
+				}
+				node.restart(t)
+				rep = waitNodeStatus(t, status, func(r cache.NodeReport) bool { return r.ReadsHostsToml })
+				checkProbe(t, status, true)
+				checkFleet(t, mirror, "node-"+tt.kind.name, "no pull seen yet")
+			}
+
+			// The pull proves the verdict.
+			if tt.reads {
+				if _, err := node.pull(t, ref); err != nil {
+					t.Fatalf("pull through regnorm: %v", err)
+				}
+				if got := node.run(t, ref); got != "hello from regnorm e2e" {
+					t.Fatalf("container printed %q", got)
+				}
+				n := checkFleet(t, mirror, "node-"+tt.kind.name, "uses the mirror")
+				if n.Pulls == 0 || !strings.Contains(n.ContainerdVersion, tt.kind.name) {
+					t.Errorf("fleet view after the pull: %+v", n)
+				}
+			} else {
+				octetStreamFails(t, node, ref, legacy)
+				if got := metric(t, mirror, "regnorm_http_requests_total", `route="manifest"`); got != 0 {
+					t.Fatalf("node-config said containerd does not read the files, but regnorm got %v manifest requests", got)
+				}
+				checkFleet(t, mirror, "node-"+tt.kind.name, "does not use the mirror")
+			}
+
+			// Stopped, node-config removes what it wrote.
+			nc.stop()
+			for _, p := range []string{hosts, filepath.Join(node.confDir, "99-regnorm.toml")} {
+				if _, err := os.Stat(p); !os.IsNotExist(err) {
+					t.Errorf("%s is left after node-config stopped: %v", p, err)
+				}
+			}
+		})
+	}
+}
+
+// waitNodeStatus waits for node-config's status file to satisfy ok, and
+// fails the test with the last state if it does not within a minute.
+func waitNodeStatus(t *testing.T, path string, ok func(cache.NodeReport) bool) cache.NodeReport {
+	t.Helper()
+	var rep cache.NodeReport
+	var last string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		last = string(b)
+		rep = cache.NodeReport{}
+		if json.Unmarshal(b, &rep) == nil && ok(rep) {
+			return rep
+		}
+	}
+	t.Fatalf("node-config's status never became what the test waits for; last:\n%s", last)
+	return rep
+}
+
+// checkProbe runs the DaemonSet's readiness probe on the status file.
+func checkProbe(t *testing.T, status string, ready bool) {
+	t.Helper()
+	out, err := exec.Command(regnormBin, "node-config", "probe", "--status-file", status).CombinedOutput()
+	if (err == nil) != ready {
+		t.Errorf("readiness probe: %v, want ready %v\n%s", err, ready, out)
+	}
+}
+
+// checkFleet waits until regnorm's fleet view lists node in state, and
+// returns it; it fails the test with the last view if it does not within
+// 30 s (node-config reports a new state at once, the view is reused for 5 s).
+func checkFleet(t *testing.T, base, node, state string) proxy.NodeStatus {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		resp, err := http.Get(base + "/api/v1/nodes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var view struct {
+			Nodes []proxy.NodeStatus `json:"nodes"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&view)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(view.Nodes)
+		last = string(b)
+		for _, n := range view.Nodes {
+			if n.Node == node && n.State == state {
+				return n
+			}
+		}
+	}
+	t.Fatalf("the fleet view never listed %s as %q; last: %s", node, state, last)
+	return proxy.NodeStatus{}
+}
