@@ -101,6 +101,7 @@ nodeConfig:
   enabled: true
   fix: {enabled: true}
   containerdConfig: /etc/containerd/config.toml
+  importDirs: [/etc/containerd-extra]
   reportTo: http://regnorm.regnorm.svc:5000`,
 }
 
