@@ -192,12 +192,7 @@ func TestLastingFaults(t *testing.T) {
 // TestUnreachableUpstream: nothing listens where the upstream should be.
 func TestUnreachableUpstream(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := closedAddr(t)
 	h := newHarness(t, harnessOptions{upstreamURL: "http://" + addr, retry: fastRetries})
 
 	r := h.do(t, http.MethodGet, "/v2/library/x/manifests/v1", containerdAccept)
@@ -311,4 +306,16 @@ func TestRateLimitBudget(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
+}
+
+// closedAddr is a 127.0.0.1 address nothing listens on: an upstream that
+// refuses connections.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/url"
 	"strings"
 	"testing"
@@ -59,12 +58,7 @@ func TestWarmImageNames(t *testing.T) {
 // what the registry API would: never the upstream's address or body.
 func TestWarmErrorsSayNoMoreThanTheAPI(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := closedAddr(t)
 	h := newHarness(t, harnessOptions{upstreamURL: "http://" + addr, retry: fastRetries})
 	res, err := proxy.WarmClient{Server: h.url}.Warm(context.Background(), []string{"library/app:v1"})
 	if err != nil {
