@@ -74,8 +74,10 @@ type containerdOptions struct {
 	// 1.x: no hosts.toml at all).
 	OmitConfigPath bool
 	// ImportDropIns makes config.toml import confDir/*.toml, as
-	// distributions' configurations do.
+	// distributions' configurations do; DropIns (which imply it) are files
+	// written there, by name.
 	ImportDropIns bool
+	DropIns       map[string]string
 	// Config is appended to config.toml: tables of other plugins, e.g.
 	// [plugins.'io.containerd.transfer.v1.local'] on a 2.x node. On 2.x it
 	// may also define [plugins.'io.containerd.cri.v1.images'] (the config
@@ -175,11 +177,16 @@ func startContainerdVersion(t *testing.T, kind containerdKind, opts containerdOp
 	}
 
 	cfg := containerdConfig(kind.configVersion, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.socket, configPath)
-	if opts.ImportDropIns {
+	if opts.ImportDropIns || opts.DropIns != nil {
 		// Top-level keys go before the first table.
 		cfg = fmt.Sprintf("imports = [%q]\n", filepath.Join(c.confDir, "*.toml")) + cfg
 		if err := os.MkdirAll(c.confDir, 0o755); err != nil {
 			t.Fatal(err)
+		}
+		for name, content := range opts.DropIns {
+			if err := os.WriteFile(filepath.Join(c.confDir, name), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	cfg += opts.Config

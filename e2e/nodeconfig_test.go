@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,8 +25,12 @@ import (
 // where node-config says containerd reads the hosts.toml files, the pull
 // goes through regnorm and the image runs, and only then is the node "uses
 // the mirror"; where it says not, regnorm gets no request and the pull
-// fails as with no mirror. Two nodes are fixed by --fix's drop-in and a
-// restart of containerd. When node-config stops, its files are gone.
+// fails as with no mirror. A drop-in that sets another CRI key hides
+// config_path on 1.6.20 (it replaces the section) and not on 2.3.4 (it
+// merges). --fix fixes a 2.3.4 node with a drop-in and a restart of
+// containerd, and a node-config started afterwards (a rollout) finds it
+// applied; it refuses on a 1.6.20 node whose CRI section a drop-in would
+// freeze. When node-config stops, its hosts.toml files are gone.
 func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 	registryURL, _ := startRegistry(t)
 	legacy := pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
@@ -39,9 +44,10 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 		name string
 		kind containerdKind
 		opts containerdOptions
-		fix  bool
+		// fix runs node-config with --fix; fixes says it writes a drop-in.
+		fix, fixes bool
 		// reads is node-config's verdict (after the fix and a restart, with
-		// fix); reason is in it while containerd does not read the files.
+		// fixes); reason is in it while containerd does not read the files.
 		reads  bool
 		reason string
 	}{
@@ -51,8 +57,11 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 		{name: "1.6.20, legacy mirrors", kind: containerd1620, opts: containerdOptions{OmitConfigPath: true,
 			Config: "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"" + upstreamHost + "\"]\n  endpoint = [\"" + registryURL + "\"]\n"},
 			reason: "legacy registry.mirrors"},
-		{name: "1.6.20, no config_path, fixed by a drop-in", kind: containerd1620, fix: true, reads: true,
-			opts: containerdOptions{OmitConfigPath: true, ImportDropIns: true}, reason: "config_path is not set"},
+		{name: "1.6.20, a drop-in replacing the CRI section", kind: containerd1620,
+			opts:   containerdOptions{DropIns: map[string]string{"50-selinux.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  enable_selinux = false\n"}},
+			reason: "config_path is not set"},
+		{name: "1.6.20, no config_path, --fix refuses to freeze the CRI section", kind: containerd1620, fix: true,
+			opts: containerdOptions{OmitConfigPath: true, ImportDropIns: true}, reason: "--fix cannot: containerd 1.6 replaces"},
 		{name: "2.3.4, config_path the directory", kind: containerd234, reads: true},
 		{name: "2.3.4, config_path a list", kind: containerd234, opts: containerdOptions{ConfigPath: list},
 			reason: "transfer service, which reads it as one directory"},
@@ -60,7 +69,9 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 			reason: "config_path is not set, so containerd 2.3 uses its default, the list"},
 		{name: "2.3.4, a list on the local pull path", kind: containerd234, reads: true, opts: containerdOptions{ConfigPath: list,
 			Config: "\n[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = true\n"}},
-		{name: "2.3.4, config_path a list, fixed by a drop-in", kind: containerd234, fix: true, reads: true,
+		{name: "2.3.4, a drop-in setting another CRI key", kind: containerd234, reads: true,
+			opts: containerdOptions{DropIns: map[string]string{"50-snapshotter.toml": "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = \"overlayfs\"\n"}}},
+		{name: "2.3.4, config_path a list, fixed by a drop-in", kind: containerd234, fix: true, fixes: true, reads: true,
 			opts: containerdOptions{ConfigPath: list, ImportDropIns: true}, reason: "transfer service"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,7 +91,7 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 
 			// The first check is done once the status has containerd's
 			// version.
-			want := tt.reads && !tt.fix
+			want := tt.reads && !tt.fixes
 			rep := waitNodeStatus(t, status, func(r cache.NodeReport) bool { return r.ContainerdVersion != "" })
 			if rep.ReadsHostsToml != want {
 				t.Errorf("node-config says containerd reads the files: %v, want %v (%s)", rep.ReadsHostsToml, want, rep.Reason)
@@ -94,10 +105,15 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 			checkProbe(t, status, want)
 			checkFleet(t, mirror, "node-"+tt.kind.name, map[bool]string{true: "no pull seen yet", false: "does not use the mirror"}[want])
 
-			if tt.fix {
+			dropIn := filepath.Join(node.confDir, "99-regnorm.toml")
+			if tt.fix && !tt.fixes {
+				if rep.DropIn != "" || fileExists(dropIn) {
+					t.Fatalf("--fix wrote a drop-in where it should refuse: %q", rep.DropIn)
+				}
+			}
+			if tt.fixes {
 				// The drop-in is written, and does not count until
 				// containerd is restarted.
-				dropIn := filepath.Join(node.confDir, "99-regnorm.toml")
 				if rep.DropIn != dropIn || !strings.Contains(rep.Reason, "restart containerd") {
 					t.Fatalf("before the restart: drop-in %q, reason %q; want %s and a restart", rep.DropIn, rep.Reason, dropIn)
 				}
@@ -130,15 +146,35 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 				checkFleet(t, mirror, "node-"+tt.kind.name, "does not use the mirror")
 			}
 
-			// Stopped, node-config removes what it wrote.
+			// Stopped, node-config removes its hosts.toml files; the drop-in
+			// stays, and the next node-config (a rollout) finds it applied.
 			nc.stop()
-			for _, p := range []string{hosts, filepath.Join(node.confDir, "99-regnorm.toml")} {
-				if _, err := os.Stat(p); !os.IsNotExist(err) {
-					t.Errorf("%s is left after node-config stopped: %v", p, err)
+			if fileExists(hosts) {
+				t.Errorf("%s is left after node-config stopped", hosts)
+			}
+			if tt.fixes {
+				before, err := os.Stat(dropIn)
+				if err != nil {
+					t.Fatalf("the drop-in is gone after node-config stopped: %v", err)
+				}
+				next := filepath.Join(t.TempDir(), "status.json")
+				args[slices.Index(args, "--status-file="+status)] = "--status-file=" + next
+				start(t, "node-config again", regnormBin, append(args, upstreamHost+"="+registryURL)...)
+				rep := waitNodeStatus(t, next, func(r cache.NodeReport) bool { return r.ContainerdVersion != "" })
+				if !rep.ReadsHostsToml || rep.DropIn != dropIn {
+					t.Errorf("a new node-config after the restart: %+v; want the drop-in applied", rep)
+				}
+				if after, err := os.Stat(dropIn); err != nil || !after.ModTime().Equal(before.ModTime()) {
+					t.Errorf("the new node-config wrote the drop-in again: %v", err)
 				}
 			}
 		})
 	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // waitNodeStatus waits for node-config's status file to satisfy ok, and

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"time"
 
-	introspection "github.com/containerd/containerd/api/services/introspection/v1"
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -53,9 +52,6 @@ type nodeConfig struct {
 	hostsFiles                map[string]string // path -> content
 	client                    *http.Client
 	log                       *slog.Logger
-	dropIn                    string // the drop-in this process wrote
-	dropInInstance            string // the containerd instance running when it did
-	dropInWhy, dropInFix      string // what it fixes
 	lastReport                time.Time
 	lastState, reportedState  string
 }
@@ -98,8 +94,9 @@ why and the exact lines to add, and with --fix writes a drop-in where the
 configuration imports them (then restart containerd: systemctl restart
 containerd). It reports to regnorm for its fleet view, and writes --status-file
 for the readiness probe ("probe" exits 0 only when containerd reads the files).
-On SIGTERM it removes every file it wrote. Files it did not write are left
-alone.
+On SIGTERM it removes the hosts.toml files it wrote; the drop-in stays (removing
+it would undo the fix at containerd's next restart): delete it to undo. Files it
+did not write are left alone.
 
 Flags:
 `)
@@ -201,7 +198,7 @@ func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(&host, "%sserver = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, server, nc.mirror)
 		if ca != nil {
 			caPath := filepath.Join(dir, "regnorm-ca.crt")
-			if err := writeFileAtomic(caPath, ca); err != nil {
+			if err := writeFileAtomic(caPath, ca, 0o644); err != nil {
 				return fmt.Errorf("node-config: %w", err)
 			}
 			nc.hostsFiles[caPath] = string(ca)
@@ -210,7 +207,11 @@ func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error
 		if nc.mirrorToken != "" {
 			fmt.Fprintf(&host, "  [host.%q.header]\n    Authorization = [%q]\n", nc.mirror, "Bearer "+nc.mirrorToken)
 		}
-		if err := writeFileAtomic(path, []byte(host.String())); err != nil {
+		mode := os.FileMode(0o644)
+		if nc.mirrorToken != "" {
+			mode = 0o600 // the token is a credential: root's alone, as containerd runs
+		}
+		if err := writeFileAtomic(path, []byte(host.String()), mode); err != nil {
 			return fmt.Errorf("node-config: %w", err)
 		}
 		nc.hostsFiles[path] = host.String()
@@ -223,7 +224,7 @@ func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error
 // when asked to and it can, and says so: in the log when the state changes,
 // in the status file, and to regnorm. It returns what it found.
 func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
-	rep, instance := nc.inspect(ctx)
+	rep := nc.inspect(ctx)
 	state := fmt.Sprintf("%v|%s|%s", rep.ReadsHostsToml, rep.Reason, rep.DropIn)
 	if state != nc.lastState {
 		nc.lastState = state
@@ -231,12 +232,12 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 			nc.log.Info("containerd reads regnorm's hosts.toml files", "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath)
 		} else {
 			nc.log.Warn("containerd will not use regnorm: "+rep.Reason, "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath,
-				"add_to_containerd_config", rep.Fix, "drop_in", rep.DropIn, "containerd_instance", instance)
+				"add_to_containerd_config", rep.Fix, "drop_in", rep.DropIn)
 		}
 	}
 	if nc.statusFile != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := writeFileAtomic(nc.statusFile, b); err != nil {
+		if err := writeFileAtomic(nc.statusFile, b, 0o644); err != nil {
 			nc.log.Warn("writing the status file failed", "error", err)
 		}
 	}
@@ -255,81 +256,116 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 }
 
 // inspect reads containerd's version and configuration and says whether
-// it reads the hosts.toml files. It returns which containerd process
-// answered too ("" when unknown).
-func (nc *nodeConfig) inspect(ctx context.Context) (cache.NodeReport, string) {
+// it reads the hosts.toml files, writing the drop-in with --fix.
+//
+// The drop-in is judged by the files alone, so that any node-config pod
+// (a new one after a rollout, say) judges alike: it is containerd's once
+// containerd started after it was written (its socket is newer), and until
+// then containerd runs on the configuration without it. node-config leaves
+// it in place when it stops: removing it would undo the fix at the next
+// containerd restart, and a rollout would ask for another restart.
+func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 	rep := cache.NodeReport{Node: nc.node, Address: nc.address, HostsDir: nc.configPath}
-	version, instance, verr := containerdInfo(ctx, nc.socket)
+	version, started, verr := containerdInfo(ctx, nc.socket)
 	rep.ContainerdVersion = version
 	cfg, err := containerdcfg.Load(nc.containerdConfig)
 	if err != nil {
 		rep.Reason = "cannot read containerd's configuration: " + err.Error()
-		return rep, instance
+		return rep
 	}
 	v := containerdcfg.ParseVersion(version)
-	verdict := containerdcfg.Check(cfg, v, nc.configPath)
+	dropIn, written := nc.ownDropIn(cfg)
+	loaded := dropIn != "" && started.After(written)
+	running := cfg // the configuration containerd runs on
+	if dropIn != "" && !loaded {
+		running = cfg.Without(dropIn)
+	}
+	verdict := containerdcfg.Check(running, v, nc.configPath)
 	rep.ConfigPath, rep.TransferService, rep.ReadsHostsToml, rep.Reason, rep.Fix =
 		verdict.ConfigPath, verdict.TransferService, verdict.Reads, verdict.Reason, verdict.Fix
 	if verr != nil && rep.Reason != "" {
 		rep.Reason += " (" + verr.Error() + ")"
 	}
-	if !verdict.Reads && nc.fix && nc.dropIn == "" {
-		path, content, err := containerdcfg.DropIn(cfg, v, nc.configPath)
+	if !verdict.Reads && nc.fix {
+		base := cfg
+		if dropIn != "" {
+			base = cfg.Without(dropIn)
+		}
+		path, content, err := containerdcfg.DropIn(base, v, nc.configPath)
+		old, _ := os.ReadFile(path)
 		switch {
 		case err != nil:
 			rep.Reason += "; --fix cannot: " + err.Error()
-		default:
-			if old, rerr := os.ReadFile(path); rerr == nil && !bytes.HasPrefix(old, []byte(dropInMarker)) {
-				rep.Reason += "; --fix leaves " + path + " alone: it was not written by regnorm"
-				break
-			}
-			if err := writeFileAtomic(path, content); err != nil {
+		case path != dropIn && fileExists(path):
+			rep.Reason += "; --fix leaves " + path + " alone: it was not written by regnorm"
+		case !bytes.Equal(old, content):
+			if err := writeFileAtomic(path, content, 0o644); err != nil {
 				rep.Reason += "; --fix could not write " + path + ": " + err.Error()
 				break
 			}
-			nc.dropIn, nc.dropInInstance, nc.dropInWhy, nc.dropInFix = path, instance, rep.Reason, rep.Fix
 			nc.log.Warn("wrote a containerd drop-in: restart containerd to apply it (systemctl restart containerd)", "path", path)
+			dropIn, loaded = path, false
+			if cfg, err = containerdcfg.Load(nc.containerdConfig); err != nil {
+				rep.Reason += "; " + err.Error()
+				return rep
+			}
 		}
 	}
-	if nc.dropIn != "" {
-		rep.DropIn = nc.dropIn
-		// The drop-in counts once containerd has restarted since it was
-		// written. Until then (or when containerd does not answer) it is
-		// only written.
-		if instance == "" || instance == nc.dropInInstance {
-			rep.ReadsHostsToml = false
-			rep.Reason = nc.dropInWhy + "; a drop-in fixing it is written to " + nc.dropIn + ": restart containerd to apply it (systemctl restart containerd)"
-			rep.Fix = nc.dropInFix
+	if dropIn == "" {
+		return rep
+	}
+	rep.DropIn = dropIn
+	if !loaded && !verdict.Reads {
+		if after := containerdcfg.Check(cfg, v, nc.configPath); after.Reads {
+			rep.Reason += "; a drop-in fixing it is written to " + dropIn + ": restart containerd to apply it (systemctl restart containerd)"
+		} else {
+			rep.Reason += "; the drop-in " + dropIn + " would not fix it: " + after.Reason
 		}
 	}
-	return rep, instance
+	return rep
 }
 
-// containerdInfo asks containerd's socket for its version, and names the
-// process that answered: its PID where the introspection API gives it
-// (1.7+), and the socket file's identity, which a restarted containerd
-// makes anew.
-func containerdInfo(ctx context.Context, socket string) (version, instance string, err error) {
+// ownDropIn finds a drop-in node-config wrote (by any pod) where the
+// configuration imports drop-ins, and when it was written.
+func (nc *nodeConfig) ownDropIn(cfg *containerdcfg.Config) (string, time.Time) {
+	for _, f := range cfg.Files {
+		if filepath.Base(f) != containerdcfg.DropInName {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		fi, serr := os.Stat(f)
+		if err == nil && serr == nil && bytes.HasPrefix(b, []byte(dropInMarker)) {
+			return f, fi.ModTime()
+		}
+	}
+	return "", time.Time{}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+// containerdInfo asks containerd's socket for its version, and says when
+// this containerd started: when it made its socket (a restarted containerd
+// makes it anew; containerd 1.6's API has no start time or PID).
+func containerdInfo(ctx context.Context, socket string) (version string, started time.Time, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var st unix.Stat_t
 	if err := unix.Stat(socket, &st); err != nil {
-		return "", "", fmt.Errorf("containerd socket %s: %w", socket, err)
+		return "", time.Time{}, fmt.Errorf("containerd socket %s: %w", socket, err)
 	}
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return "", "", fmt.Errorf("containerd socket %s: %w", socket, err)
+		return "", time.Time{}, fmt.Errorf("containerd socket %s: %w", socket, err)
 	}
 	defer conn.Close()
 	v, err := versionapi.NewVersionClient(conn).Version(ctx, &emptypb.Empty{})
 	if err != nil {
-		return "", "", fmt.Errorf("containerd socket %s: %w", socket, err)
+		return "", time.Time{}, fmt.Errorf("containerd socket %s: %w", socket, err)
 	}
-	var pid uint32
-	if s, err := introspection.NewIntrospectionClient(conn).Server(ctx, &emptypb.Empty{}); err == nil {
-		pid = uint32(s.Pid)
-	}
-	return v.Version, fmt.Sprintf("pid %d, socket %d:%d@%d.%09d", pid, st.Dev, st.Ino, st.Ctim.Sec, st.Ctim.Nsec), nil
+	return v.Version, time.Unix(st.Ctim.Sec, st.Ctim.Nsec), nil
 }
 
 // cleanUp removes every file this process wrote, if it is still its own.
@@ -339,12 +375,6 @@ func (nc *nodeConfig) cleanUp(stdout io.Writer) {
 			os.Remove(path)
 			os.Remove(filepath.Dir(path)) // only if empty
 			fmt.Fprintf(stdout, "node-config: removed %s\n", path)
-		}
-	}
-	if nc.dropIn != "" {
-		if b, err := os.ReadFile(nc.dropIn); err == nil && bytes.HasPrefix(b, []byte(dropInMarker)) {
-			os.Remove(nc.dropIn)
-			fmt.Fprintf(stdout, "node-config: removed %s (containerd keeps using it until it restarts)\n", nc.dropIn)
 		}
 	}
 	if nc.statusFile != "" {
@@ -377,12 +407,15 @@ func runNodeConfigProbe(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func writeFileAtomic(path string, content []byte) error {
+// writeFileAtomic writes path through a temporary file in its directory,
+// so that a reader never sees it half written.
+func writeFileAtomic(path string, content []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
 	tmp := path + ".regnorm.tmp"
-	if err := os.WriteFile(tmp, content, 0o644); err != nil {
+	os.Remove(tmp) // a dead process's; WriteFile keeps an old file's mode
+	if err := os.WriteFile(tmp, content, mode); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

@@ -19,7 +19,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -30,9 +29,9 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-// Config is a containerd configuration: the main file merged with its
-// imports, in containerd's order, each later file replacing whole plugin
-// sections.
+// Config is a containerd configuration: the main file and its imports, in
+// containerd's order. How they merge depends on the containerd version
+// (Plugins).
 type Config struct {
 	// Version is the main file's version (1 or absent: 1; 2; 3).
 	Version int
@@ -40,14 +39,64 @@ type Config struct {
 	Files []string
 	// Imports are the main file's import patterns, made absolute.
 	Imports []string
-	// Plugins maps a plugin's name to its settings.
-	Plugins map[string]map[string]any
+	// layers are each file's plugin settings, in Files' order.
+	layers []map[string]map[string]any
+}
+
+// DropInName is the name of the drop-in DropIn makes: last in the
+// directory's order, so that it wins.
+const DropInName = "99-regnorm.toml"
+
+// Without returns the configuration as it is without one of its files.
+func (c *Config) Without(file string) *Config {
+	out := &Config{Version: c.Version, Imports: c.Imports}
+	for i, f := range c.Files {
+		if f != file {
+			out.Files = append(out.Files, f)
+			out.layers = append(out.layers, c.layers[i])
+		}
+	}
+	return out
+}
+
+// Plugins merges the files' plugin settings as containerd v does: 1.x
+// replaces a whole plugin section with a later file's; 2.x merges them key
+// by key, a later file's value winning.
+func (c *Config) Plugins(v Version) map[string]map[string]any {
+	out := map[string]map[string]any{}
+	for _, layer := range c.layers {
+		for name, settings := range layer {
+			if v.Major >= 2 && out[name] != nil {
+				out[name] = deepMerge(out[name], settings)
+			} else {
+				out[name] = deepCopy(settings)
+			}
+		}
+	}
+	return out
+}
+
+// deepMerge returns dst with src's keys set over it, tables merged.
+func deepMerge(dst, src map[string]any) map[string]any {
+	out := deepCopy(dst)
+	for k, v := range src {
+		if sub, ok := v.(map[string]any); ok {
+			if have, ok := out[k].(map[string]any); ok {
+				out[k] = deepMerge(have, sub)
+				continue
+			}
+			out[k] = deepCopy(sub)
+			continue
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // Load reads the configuration at path and the files it imports. A missing
 // main file is a configuration of nothing: containerd's defaults.
 func Load(path string) (*Config, error) {
-	cfg := &Config{Version: 1, Plugins: map[string]map[string]any{}}
+	cfg := &Config{Version: 1}
 	loaded := map[string]bool{}
 	pending := []string{path}
 	for len(pending) > 0 {
@@ -76,7 +125,7 @@ func Load(path string) (*Config, error) {
 		if p == path && file.Version > 0 {
 			cfg.Version = file.Version
 		}
-		maps.Copy(cfg.Plugins, file.Plugins) // a later file replaces a whole plugin section
+		cfg.layers = append(cfg.layers, file.Plugins)
 		for _, imp := range file.Imports {
 			imp = filepath.Clean(imp)
 			if !filepath.IsAbs(imp) {
@@ -101,6 +150,7 @@ func Load(path string) (*Config, error) {
 
 // Plugin names of the sections that hold registry settings.
 const (
+	criV1     = "cri"                         // a version 1 file's short name
 	criV2     = "io.containerd.grpc.v1.cri"   // 1.x, and a version 2 file on 2.x
 	imagesV3  = "io.containerd.cri.v1.images" // 2.x, version 3 files
 	defaultV2 = "/etc/containerd/certs.d:/etc/docker/certs.d"
@@ -151,14 +201,19 @@ type Verdict struct {
 // registry returns the registry settings and the plugin section they are
 // in, for this version.
 func (c *Config) registry(v Version) (section string, settings map[string]any, reg map[string]any) {
-	section = criV2
-	if v.Major >= 2 && c.Version >= 3 {
+	plugins := c.Plugins(v)
+	switch {
+	case c.Version <= 1:
+		section = criV1
+	case v.Major >= 2 && c.Version >= 3:
 		section = imagesV3
+	default:
+		section = criV2
 	}
-	settings = c.Plugins[section]
-	if settings == nil && v.Major >= 2 {
-		// A version 2 file on 2.x is migrated: its CRI settings count.
-		if s := c.Plugins[criV2]; s != nil {
+	settings = plugins[section]
+	if settings == nil && v.Major >= 2 && section == imagesV3 {
+		// A version 2 drop-in on 2.x is migrated: its CRI settings count.
+		if s := plugins[criV2]; s != nil {
 			section, settings = criV2, s
 		}
 	}
@@ -258,50 +313,57 @@ func splitPath(p string) []string {
 
 // fixText is what to add to containerd's configuration.
 func fixText(c *Config, v Version, dir string) string {
-	if v.Major >= 2 && c.Version >= 3 {
+	switch {
+	case c.Version <= 1:
+		return fmt.Sprintf("[plugins.cri.registry]\n  config_path = %q", dir)
+	case v.Major >= 2 && c.Version >= 3:
 		return fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '%s'", dir)
 	}
 	return fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q", dir)
 }
 
 // DropIn makes a file that fixes the configuration where it imports
-// drop-ins: the whole registry plugin section as it is now (containerd
-// replaces a plugin section whole with an imported file's), with config_path
-// set to dir. It returns where to write it, or why it cannot: legacy
-// registry settings (mirrors, configs, auths) are left to a person, since
-// they may hold credentials that must move to hosts.toml.
+// drop-ins: config_path set to dir, in the section and file version of the
+// main file. It returns where to write it, or why a drop-in cannot fix it
+// and a person must:
+//   - a version 1 configuration (its plugins have other names);
+//   - legacy registry settings (mirrors, configs, auths), which may hold
+//     credentials that must move to hosts.toml;
+//   - containerd 1.x with CRI settings of its own: 1.x replaces a plugin
+//     section whole with an imported file's, so a drop-in would have to
+//     freeze a copy of them that later edits of the main file would not
+//     reach. (2.x merges sections key by key.)
 func DropIn(c *Config, v Version, dir string) (path string, content []byte, err error) {
 	var target string
 	for _, imp := range c.Imports {
 		if d, pattern := filepath.Split(imp); pattern == "*.toml" {
-			target = filepath.Join(d, "99-regnorm.toml")
+			target = filepath.Join(d, DropInName)
 			break
 		}
 	}
 	if target == "" {
-		return "", nil, fmt.Errorf("the configuration imports no drop-in directory (an imports entry such as \"/etc/containerd/conf.d/*.toml\"): add the setting to the main file and restart containerd")
+		return "", nil, fmt.Errorf("the configuration imports no drop-in directory (an imports entry such as \"/etc/containerd/conf.d/*.toml\"): add the lines to the main file and restart containerd")
 	}
-	section, settings, _ := c.registry(v)
-	copied := deepCopy(settings)
-	reg := anyMap(copied["registry"])
-	if reg == nil {
-		reg = map[string]any{}
+	if c.Version <= 1 {
+		return "", nil, fmt.Errorf("the configuration is version 1: add the lines to it, or migrate it (containerd config migrate)")
 	}
+	section, settings, reg := c.registry(v)
 	for _, key := range []string{"mirrors", "configs", "auths"} {
 		if len(anyMap(reg[key])) > 0 {
 			return "", nil, fmt.Errorf("[plugins.%q.registry] has legacy %s: move them to hosts.toml files by hand (they may hold credentials), then set config_path", section, key)
 		}
 	}
-	reg["config_path"] = filepath.Clean(dir)
-	copied["registry"] = reg
-	version := c.Version
-	if version < 2 {
-		version = 2
+	if v.Major < 2 {
+		for key, value := range settings {
+			if key != "registry" || len(anyMap(value)) > 1 || (len(anyMap(value)) == 1 && anyMap(value)["config_path"] == nil) {
+				return "", nil, fmt.Errorf("containerd %d.%d replaces [plugins.%q] whole with an imported file's, and the configuration sets more in it: a drop-in would freeze a copy of those settings; add the lines to the main file", v.Major, v.Minor, section)
+			}
+		}
 	}
 	var buf bytes.Buffer
-	fmt.Fprintf(&buf, "# Written by regnorm node-config: containerd's %s settings with config_path set to %s.\n", section, dir)
-	fmt.Fprintf(&buf, "# Imported after the main file, it replaces the section whole. Removed when node-config stops.\n")
-	doc := map[string]any{"version": version, "plugins": map[string]any{section: copied}}
+	fmt.Fprintf(&buf, "# Written by regnorm node-config: config_path for containerd's CRI registry, so that it reads\n")
+	fmt.Fprintf(&buf, "# the hosts.toml files in %s (one directory). node-config leaves it in place when it stops.\n", dir)
+	doc := map[string]any{"version": c.Version, "plugins": map[string]any{section: map[string]any{"registry": map[string]any{"config_path": filepath.Clean(dir)}}}}
 	if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
 		return "", nil, err
 	}

@@ -116,11 +116,16 @@ imports = ["conf.d/*.toml"]
 	if got := Check(cfg, v, "/etc/containerd/certs.d"); !got.Reads {
 		t.Fatalf("with the drop-in: %+v\n%s", got, content)
 	}
-	images := cfg.Plugins["io.containerd.cri.v1.images"]
-	if images["snapshotter"] != "overlayfs" || anyMap(images["pinned_images"])["sandbox"] != "registry.k8s.io/pause:3.10" {
-		t.Fatalf("the drop-in lost the section's other settings:\n%s", content)
+	// 2.x merges the drop-in key by key: it holds config_path alone, and
+	// the section keeps the main file's other settings.
+	if strings.Contains(string(content), "snapshotter") {
+		t.Fatalf("the drop-in copies more than config_path:\n%s", content)
 	}
-	if cfg.Plugins["io.containerd.cri.v1.runtime"]["enable_selinux"] != true {
+	images := cfg.Plugins(v)["io.containerd.cri.v1.images"]
+	if images["snapshotter"] != "overlayfs" || anyMap(images["pinned_images"])["sandbox"] != "registry.k8s.io/pause:3.10" {
+		t.Fatalf("the section lost its other settings:\n%s", content)
+	}
+	if cfg.Plugins(v)["io.containerd.cri.v1.runtime"]["enable_selinux"] != true {
 		t.Fatal("another plugin's settings changed")
 	}
 
@@ -141,5 +146,88 @@ imports = ["/etc/containerd/conf.d/*.toml"]
 	cfg, _ = Load(legacy)
 	if _, _, err := DropIn(cfg, ParseVersion("1.6.20"), "/etc/containerd/certs.d"); err == nil || !strings.Contains(err.Error(), "legacy configs") {
 		t.Fatalf("legacy configs: %v", err)
+	}
+}
+
+// TestMergeByVersion: containerd 1.x replaces a plugin section whole with
+// an imported file's, 2.x merges them key by key; a drop-in that sets only
+// the snapshotter hides config_path on 1.x, not on 2.x.
+func TestMergeByVersion(t *testing.T) {
+	t.Parallel()
+	d := t.TempDir()
+	main := write(t, d, "config.toml", `version = 2
+imports = ["conf.d/*.toml"]
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "/etc/containerd/certs.d"
+`)
+	write(t, d, "conf.d/10-snapshotter.toml", `version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+`)
+	cfg, err := Load(main)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Check(cfg, ParseVersion("1.7.2"), "/etc/containerd/certs.d"); got.Reads || !strings.Contains(got.Reason, "config_path is not set") {
+		t.Errorf("1.7: the drop-in replaced the section, config_path with it: %+v", got)
+	}
+	if got := Check(cfg, ParseVersion("v2.3.4"), "/etc/containerd/certs.d"); !got.Reads {
+		t.Errorf("2.3: the sections merge, config_path stays: %+v", got)
+	}
+}
+
+// TestDropInRefusals: where a drop-in cannot fix the configuration safely,
+// DropIn says why and writes nothing; where it can on 1.x, it holds
+// config_path alone.
+func TestDropInRefusals(t *testing.T) {
+	t.Parallel()
+	const dir = "/etc/containerd/certs.d"
+	for _, tt := range []struct {
+		name, version, config, want string
+	}{
+		{"1.x with CRI settings of its own", "1.6.20", `version = 2
+imports = ["/etc/containerd/conf.d/*.toml"]
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+`, "would freeze a copy"},
+		{"a version 1 configuration", "1.6.20", `imports = ["/etc/containerd/conf.d/*.toml"]
+[plugins.cri.containerd]
+  snapshotter = "overlayfs"
+`, "version 1"},
+		{"legacy mirrors", "v2.3.4", `version = 3
+imports = ["/etc/containerd/conf.d/*.toml"]
+[plugins.'io.containerd.cri.v1.images'.registry.mirrors."docker.io"]
+  endpoint = ["https://mirror"]
+`, "legacy mirrors"},
+	} {
+		cfg, err := Load(write(t, t.TempDir(), "config.toml", tt.config))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := DropIn(cfg, ParseVersion(tt.version), dir); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
+		}
+	}
+
+	// 1.x with no CRI settings of its own: the drop-in sets config_path,
+	// and then containerd reads the files.
+	d := t.TempDir()
+	main := write(t, d, "config.toml", "version = 2\nimports = [\"conf.d/*.toml\"]\n")
+	cfg, _ := Load(main)
+	v := ParseVersion("1.6.20")
+	path, content, err := DropIn(cfg, v, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, d, "conf.d/"+filepath.Base(path), string(content))
+	cfg, _ = Load(main)
+	if got := Check(cfg, v, dir); !got.Reads {
+		t.Fatalf("with the drop-in: %+v\n%s", got, content)
+	}
+
+	// A version 1 configuration is read under its short plugin names.
+	cfg, _ = Load(write(t, t.TempDir(), "config.toml", "[plugins.cri.registry]\n  config_path = \"/etc/containerd/certs.d\"\n"))
+	if got := Check(cfg, v, dir); !got.Reads {
+		t.Fatalf("version 1 with config_path: %+v", got)
 	}
 }
