@@ -21,6 +21,7 @@ type NodeReport struct {
 	Address           string    `json:"address"`
 	ContainerdVersion string    `json:"containerdVersion"`
 	HostsDir          string    `json:"hostsDir"`
+	ConfigVersion     int       `json:"configVersion"`
 	ConfigPath        string    `json:"configPath"`
 	TransferService   bool      `json:"transferService"`
 	ReadsHostsToml    bool      `json:"readsHostsToml"`

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -55,10 +56,20 @@ func TestClientAuth(t *testing.T) {
 		{"metrics protected", "/metrics", nil, http.StatusUnauthorized},
 		{"metrics with a token", "/metrics", bearer("robot-token"), http.StatusOK},
 		{"report left open", "/api/v1/rewrites", nil, http.StatusOK},
+		{"fleet view left open, like the report", "/api/v1/nodes", nil, http.StatusOK},
+		{"node report without credentials", "POST /api/v1/nodes", nil, http.StatusUnauthorized},
+		{"node report with a token", "POST /api/v1/nodes", bearer("robot-token"), http.StatusNoContent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := h.do(t, http.MethodGet, tt.path, tt.header)
+			var r response
+			if p, ok := strings.CutPrefix(tt.path, "POST "); ok {
+				header := http.Header{"Content-Type": {"application/json"}}
+				maps.Copy(header, tt.header)
+				r = h.doBody(t, http.MethodPost, p, header, `{"node":"n","hostsDir":"/etc/containerd/certs.d"}`)
+			} else {
+				r = h.do(t, http.MethodGet, tt.path, tt.header)
+			}
 			if r.status != tt.want {
 				t.Fatalf("status %d, want %d (%s)", r.status, tt.want, r.body)
 			}

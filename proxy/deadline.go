@@ -4,17 +4,26 @@ import (
 	"context"
 	"net/http"
 	"regexp"
-	"strconv"
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/containerdcfg"
 )
 
 // retryAfterNormalizing is the Retry-After sent with a 503 when
 // normalization outlives the deadline.
 const retryAfterNormalizing = 10 * time.Second
 
-var containerdUserAgent = regexp.MustCompile(`containerd/v?(\d+)\.(\d+)\.(\d+)`)
+var containerdUserAgent = regexp.MustCompile(`containerd/v?(\d+\.\d+\.\d+)`)
+
+// clientContainerd is the containerd version a User-Agent names, if any.
+func clientContainerd(userAgent string) (containerdcfg.Version, bool) {
+	m := containerdUserAgent.FindStringSubmatch(userAgent)
+	if m == nil {
+		return containerdcfg.Version{}, false
+	}
+	return containerdcfg.ParseVersion(m[1]), true
+}
 
 // deadlineFor is how long a client may wait for a manifest answer, from
 // what its User-Agent says of its timeouts (CONTAINERD.md):
@@ -24,13 +33,11 @@ var containerdUserAgent = regexp.MustCompile(`containerd/v?(\d+)\.(\d+)\.(\d+)`)
 //	1.7.10+, 2.0 – 2.2       the same after 5 min                       at most 4.5 min
 //	2.3+, anything else      30 s response header timeout              the deadline (25 s)
 func (s *Server) deadlineFor(userAgent string) time.Duration {
-	m := containerdUserAgent.FindStringSubmatch(userAgent)
-	if m == nil {
+	v, ok := clientContainerd(userAgent)
+	if !ok {
 		return s.deadline
 	}
-	major, _ := strconv.Atoi(m[1])
-	minor, _ := strconv.Atoi(m[2])
-	patch, _ := strconv.Atoi(m[3])
+	major, minor, patch := v.Major, v.Minor, v.Patch
 	switch {
 	case major == 1 && minor < 7:
 		return s.patientDeadline

@@ -20,3 +20,9 @@ func (s *Server) ParseImage(image string) (upstream, repo, tag string, dgst dige
 
 // CountNodes sets regnorm_nodes now.
 func (s *Server) CountNodes() { s.countNodesOnce() }
+
+// PruneNodeReports runs the background pass that forgets nodes' reports.
+func (s *Server) PruneNodeReports(ctx context.Context) { s.pruneNodeReports(ctx) }
+
+// MaxNodes is maxNodes.
+const MaxNodes = maxNodes

@@ -165,7 +165,13 @@ type response struct {
 
 func (h *harness) do(t testing.TB, method, path string, header http.Header) response {
 	t.Helper()
-	req, err := http.NewRequest(method, h.url+path, nil)
+	return h.doBody(t, method, path, header, "")
+}
+
+// doBody is do with a request body.
+func (h *harness) doBody(t testing.TB, method, path string, header http.Header, reqBody string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, h.url+path, strings.NewReader(reqBody))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -194,7 +194,7 @@ func TestWarm(t *testing.T) {
 	img := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	clean := h.push(t, "library/clean", "v1", regtest.ImageOptions{}, baseLayer)
 
-	results, err := proxy.WarmClient{Server: h.url}.Warm(context.Background(), []string{
+	results, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{
 		"docker.io/ansible/creator-ee:v0.5.0", "library/clean:v1", "evil.example.com/x:1",
 	})
 	if err != nil {

@@ -1,18 +1,22 @@
 package proxy
 
 import (
-	"bytes"
+	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"mime"
 	"net"
 	"net/http"
+	"path"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
@@ -145,10 +149,7 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 	var out []*NodeStatus
 	for _, r := range reports {
 		if now.Sub(r.ReportedAt) > s.fleet.forget {
-			if err := s.store.DeleteNodeReport(ctx, r.Node); err != nil {
-				s.log.Warn("forgetting a node failed", "node", r.Node, "error", err)
-			}
-			continue
+			continue // pruneNodeReports deletes it
 		}
 		r := r
 		n := &NodeStatus{Node: r.Node, Address: r.Address, ContainerdVersion: r.ContainerdVersion, Rules: s.rules.key(), NodeConfig: &r}
@@ -164,8 +165,8 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 			out = append(out, n)
 		}
 		n.UserAgent, n.LastPull, n.Pulls, n.OriginalDigestPulls = seen.UserAgent, seen.LastPull, seen.Pulls, seen.OriginalDigestPulls
-		if m := containerdUserAgent.FindStringSubmatch(seen.UserAgent); m != nil {
-			n.ContainerdVersion = m[1] + "." + m[2] + "." + m[3]
+		if v, ok := clientContainerd(seen.UserAgent); ok {
+			n.ContainerdVersion = v.Text
 		}
 	}
 	list := make([]NodeStatus, 0, len(out))
@@ -205,7 +206,8 @@ func minorVersion(n NodeStatus) string {
 	return fmt.Sprintf("%d.%d", v.Major, v.Minor)
 }
 
-// serveNodes answers GET /api/v1/nodes.
+// serveNodes answers GET /api/v1/nodes. The list is written a node at a
+// time: its size follows the number of nodes, its memory does not.
 func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
 	nodes, err := s.fleetView(r.Context())
 	if err != nil {
@@ -218,50 +220,137 @@ func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	return writeJSON(w, map[string]any{"nodes": nodes, "pullingByContainerd": byVersion})
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	enc.SetEscapeHTML(false)
+	bw.WriteString(`{"nodes":[`)
+	for i, n := range nodes {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		if err := enc.Encode(n); err != nil {
+			return err
+		}
+	}
+	bw.WriteString(`],"pullingByContainerd":`)
+	if err := enc.Encode(byVersion); err != nil {
+		return err
+	}
+	bw.WriteString("}\n")
+	return bw.Flush()
 }
 
 // maxNodeReport caps a node-config report's body.
-const maxNodeReport = 64 << 10
+const maxNodeReport = 16 << 10
+
+// nodeReportLimits bound each field of a report: one over its limit is
+// refused, not cut, so what the fleet view shows is what was sent.
+var nodeReportLimits = []struct {
+	field string
+	value func(*cache.NodeReport) string
+	max   int
+}{
+	{"node", func(r *cache.NodeReport) string { return r.Node }, 253},
+	{"containerdVersion", func(r *cache.NodeReport) string { return r.ContainerdVersion }, 128},
+	{"hostsDir", func(r *cache.NodeReport) string { return r.HostsDir }, 1024},
+	{"configPath", func(r *cache.NodeReport) string { return r.ConfigPath }, 1024},
+	{"reason", func(r *cache.NodeReport) string { return r.Reason }, 2048},
+	{"dropIn", func(r *cache.NodeReport) string { return r.DropIn }, 1024},
+}
 
 // receiveNodeReport answers POST /api/v1/nodes: node-config's report of one
-// node, kept in the cache for every replica.
+// node, kept in the cache for every replica. The lines to add that the
+// fleet view shows are made here, from the report's facts, never taken
+// from the sender.
 func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error {
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		// A browser cannot send this type to another origin without asking
+		// first, which regnorm never answers.
+		return newError(http.StatusUnsupportedMediaType, CodeUnsupported, "a node report is application/json", nil)
+	}
 	var rep cache.NodeReport
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxNodeReport))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rep); err != nil {
-		return newError(http.StatusBadRequest, CodeUnsupported, "body must be a node report (regnorm node-config sends it)", err)
+		return newError(http.StatusBadRequest, CodeUnsupported, "body must be a node report of at most 16 KiB (regnorm node-config sends it)", err)
 	}
-	switch {
-	case rep.Node == "" || len(rep.Node) > 253:
-		return newError(http.StatusBadRequest, CodeUnsupported, "the report names no node, or a name over 253 characters", nil)
-	case rep.Address != "" && net.ParseIP(rep.Address) == nil:
+	if rep.Node == "" {
+		return newError(http.StatusBadRequest, CodeUnsupported, "the report names no node", nil)
+	}
+	for _, l := range nodeReportLimits {
+		if v := l.value(&rep); len(v) > l.max || strings.ContainsFunc(v, unicode.IsControl) {
+			return newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("%s is longer than %d bytes or holds control characters", l.field, l.max), nil)
+		}
+	}
+	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
 		return newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("address %q is not an IP address", rep.Address), nil)
 	}
-	for _, f := range []*string{&rep.ContainerdVersion, &rep.HostsDir, &rep.ConfigPath, &rep.Reason, &rep.Fix, &rep.DropIn} {
-		*f = truncate(*f, 4096)
+	if !path.IsAbs(rep.HostsDir) || path.Clean(rep.HostsDir) != rep.HostsDir || strings.ContainsAny(rep.HostsDir, ":'\"\\") {
+		return newError(http.StatusBadRequest, CodeUnsupported, "hostsDir must be a clean absolute path", nil)
 	}
+	rep.Fix = ""
+	if !rep.ReadsHostsToml {
+		rep.Fix = containerdcfg.FixFor(containerdcfg.ParseVersion(rep.ContainerdVersion), rep.ConfigVersion, rep.HostsDir)
+	}
+	now := s.clock.Now()
 	known, err := s.fleet.reports.get(func() ([]cache.NodeReport, error) { return s.store.ListNodeReports(r.Context()) })
 	if err != nil {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the node reports failed", err)
 	}
-	if len(known) >= maxNodes && !slices.ContainsFunc(known, func(k cache.NodeReport) bool { return k.Node == rep.Node }) {
+	// A known node may always report again; a new one only while fewer
+	// than maxNodes are remembered (forgotten ones do not count).
+	live := 0
+	for _, k := range known {
+		if now.Sub(k.ReportedAt) <= s.fleet.forget {
+			live++
+		}
+	}
+	if live >= maxNodes && !slices.ContainsFunc(known, func(k cache.NodeReport) bool { return k.Node == rep.Node }) {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, fmt.Sprintf("%d nodes are known already", maxNodes), nil)
 	}
-	rep.ReportedAt = s.clock.Now().UTC()
+	rep.ReportedAt = now.UTC()
 	if err := s.store.PutNodeReport(r.Context(), rep); err != nil {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "recording the node report failed", err)
 	}
-	s.fleet.reports.forget()
+	// The listing stays in use, with this report in it: every report
+	// listing the store again would cost a walk of all of them.
+	s.fleet.reports.update(func(list []cache.NodeReport) []cache.NodeReport {
+		list = slices.DeleteFunc(slices.Clone(list), func(k cache.NodeReport) bool { return k.Node == rep.Node })
+		return append(list, rep)
+	})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-// countNodes keeps regnorm_nodes up to date until ctx ends.
+// pruneNodeReports deletes the reports of nodes forgotten (not reported on
+// for the forget period), in the background rather than on a request.
+func (s *Server) pruneNodeReports(ctx context.Context) {
+	reports, err := s.fleet.reports.get(func() ([]cache.NodeReport, error) { return s.store.ListNodeReports(ctx) })
+	if err != nil {
+		s.log.Warn("listing the node reports failed", "error", err)
+		return
+	}
+	now, pruned := s.clock.Now(), false
+	for _, r := range reports {
+		if now.Sub(r.ReportedAt) > s.fleet.forget {
+			if err := s.store.DeleteNodeReport(ctx, r.Node); err != nil {
+				s.log.Warn("forgetting a node failed", "node", r.Node, "error", err)
+				continue
+			}
+			pruned = true
+		}
+	}
+	if pruned {
+		s.fleet.reports.forget()
+	}
+}
+
+// countNodes keeps regnorm_nodes up to date, and prunes forgotten nodes'
+// reports, until ctx ends.
 func (s *Server) countNodes(ctx context.Context) {
 	for {
 		s.countNodesOnce()
+		s.pruneNodeReports(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -277,10 +366,25 @@ func (s *Server) countNodesOnce() {
 	counts := map[string]int{"other": 0}
 	for _, seen := range s.fleet.snapshot() {
 		n := NodeStatus{LastPull: seen.LastPull}
-		if m := containerdUserAgent.FindStringSubmatch(seen.UserAgent); m != nil {
-			n.ContainerdVersion = m[1] + "." + m[2] + "." + m[3]
+		if v, ok := clientContainerd(seen.UserAgent); ok {
+			n.ContainerdVersion = v.Text
 		}
 		counts[minorVersion(n)]++
+	}
+	// The versions come from clients' User-Agents: the most common
+	// maxVersionLabels get a series, the rest count as other.
+	versions := slices.Collect(maps.Keys(counts))
+	slices.SortFunc(versions, func(a, b string) int { return cmp.Or(counts[b]-counts[a], strings.Compare(a, b)) })
+	kept := 0
+	for _, v := range versions {
+		switch {
+		case v == "other":
+		case kept < maxVersionLabels:
+			kept++
+		default:
+			counts["other"] += counts[v]
+			delete(counts, v)
+		}
 	}
 	s.metrics.nodes.Reset()
 	for v, c := range counts {
@@ -288,39 +392,17 @@ func (s *Server) countNodesOnce() {
 	}
 }
 
+// maxVersionLabels bounds regnorm_nodes' series.
+const maxVersionLabels = 20
+
 // nodeCountInterval is how often regnorm_nodes is recomputed.
 const nodeCountInterval = 30 * time.Second
 
-// ReportNode sends node-config's report of one node to the regnorm at
-// server. client carries the TLS configuration; token, when set, is sent
-// as a bearer token.
-func ReportNode(ctx context.Context, client *http.Client, server, token string, rep cache.NodeReport) error {
-	body, err := json.Marshal(rep)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(server, "/")+"/api/v1/nodes", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if client == nil {
-		client = http.DefaultClient
-	}
-	resp, err := client.Do(req)
-	if err != nil {
+// ReportNode sends node-config's report of one node to regnorm's fleet
+// view.
+func (c Client) ReportNode(ctx context.Context, rep cache.NodeReport) error {
+	if err := c.post(ctx, "/api/v1/nodes", rep, http.StatusNoContent, nil); err != nil {
 		return fmt.Errorf("report node: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		var e errorBody
-		if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&e) == nil && len(e.Errors) > 0 {
-			return fmt.Errorf("report node: %s: %s: %s", resp.Status, e.Errors[0].Code, e.Errors[0].Message)
-		}
-		return errors.New("report node: " + resp.Status)
 	}
 	return nil
 }

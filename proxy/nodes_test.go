@@ -1,9 +1,9 @@
 package proxy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -47,12 +47,14 @@ func TestFleetView(t *testing.T) {
 		}
 	}
 	reports := []cache.NodeReport{
-		{Node: "node-a", Address: "127.0.0.1", ContainerdVersion: "v1.6.20", ReadsHostsToml: true},
+		{Node: "node-a", Address: "127.0.0.1", ContainerdVersion: "v1.6.20", ReadsHostsToml: true, HostsDir: "/etc/containerd/certs.d", ConfigVersion: 2},
+		// The sender's Fix is not what the fleet view shows: regnorm
+		// makes the lines from the report's facts.
 		{Node: "node-b", Address: "10.0.0.9", ContainerdVersion: "v2.3.4", ConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d",
-			Reason: "config_path is the list", Fix: "[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d'"},
+			HostsDir: "/etc/containerd/certs.d", ConfigVersion: 3, Reason: "config_path is the list", Fix: "[plugins.evil]\n  x = 1"},
 	}
 	for _, rep := range reports {
-		if err := proxy.ReportNode(context.Background(), nil, h.url, "", rep); err != nil {
+		if err := (proxy.Client{Server: h.url}).ReportNode(context.Background(), rep); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -60,7 +62,8 @@ func TestFleetView(t *testing.T) {
 	if len(nodes) != 2 {
 		t.Fatalf("nodes: %+v", nodes)
 	}
-	if n := nodes[0]; n.Node != "node-b" || n.State != "does not use the mirror" || n.NodeConfig == nil || !strings.Contains(n.NodeConfig.Fix, "config_path") {
+	if n := nodes[0]; n.Node != "node-b" || n.State != "does not use the mirror" || n.NodeConfig == nil ||
+		n.NodeConfig.Fix != "[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d'" {
 		t.Fatalf("the node that does not use the mirror first, with the fix: %+v", n)
 	}
 	if n := nodes[1]; n.Node != "node-a" || n.State != "uses the mirror" || n.ContainerdVersion != "1.6.20" || n.Pulls != 5 || n.OriginalDigestPulls != 1 {
@@ -90,20 +93,88 @@ func TestFleetView(t *testing.T) {
 	}
 }
 
-// TestNodeReportsAreChecked: a report without a node name, with a bad
-// address or unknown fields is refused.
+// TestNodeReportsAreChecked: a report that is not JSON, names no node,
+// has a bad address or hosts directory, an unknown, oversized or
+// control-character field is refused, and nothing is kept.
 func TestNodeReportsAreChecked(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
-	for _, body := range []string{`{"address":"10.0.0.1"}`, `{"node":"n","address":"not-an-ip"}`, `{"node":"n","bogus":1}`, `not json`} {
-		req, _ := http.NewRequest(http.MethodPost, h.url+"/api/v1/nodes", bytes.NewReader([]byte(body)))
+	post := func(contentType, body string) int {
+		req, _ := http.NewRequest(http.MethodPost, h.url+"/api/v1/nodes", strings.NewReader(body))
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("%s: %d, want 400", body, resp.StatusCode)
+		return resp.StatusCode
+	}
+	good := `{"node":"n","address":"10.0.0.1","hostsDir":"/etc/containerd/certs.d"}`
+	for _, ct := range []string{"", "text/plain", "application/x-www-form-urlencoded"} {
+		if got := post(ct, good); got != http.StatusUnsupportedMediaType {
+			t.Errorf("Content-Type %q: %d, want 415", ct, got)
 		}
+	}
+	for _, body := range []string{
+		`{"address":"10.0.0.1","hostsDir":"/d"}`,
+		`{"node":"n","address":"not-an-ip","hostsDir":"/d"}`,
+		`{"node":"n","hostsDir":"relative/dir"}`,
+		`{"node":"n","hostsDir":"/d'\n[plugins.x]"}`,
+		`{"node":"n","hostsDir":"/d","bogus":1}`,
+		`{"node":"n","hostsDir":"/d","reason":"` + strings.Repeat("x", 2049) + `"}`,
+		`{"node":"` + strings.Repeat("n", 254) + `","hostsDir":"/d"}`,
+		`{"node":"n\u0007","hostsDir":"/d"}`,
+		`{"node":"n","hostsDir":"/d","reason":"` + strings.Repeat("x", 20<<10) + `"}`,
+		`not json`,
+	} {
+		if got := post("application/json", body); got != http.StatusBadRequest {
+			t.Errorf("%.80s: %d, want 400", body, got)
+		}
+	}
+	if nodes := h.nodes(t); len(nodes) != 0 {
+		t.Fatalf("refused reports were kept: %+v", nodes)
+	}
+	if got := post("application/json; charset=utf-8", good); got != http.StatusNoContent {
+		t.Fatalf("a good report: %d", got)
+	}
+}
+
+// TestNodeReportsAreBounded: with maxNodes nodes known, a new node's
+// report is refused and a known node's is taken; once the known ones are
+// past the forget period they no longer count, and the background pass
+// deletes them from the store.
+func TestNodeReportsAreBounded(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{clock: clk})
+	ctx := context.Background()
+	for i := range proxy.MaxNodes {
+		if err := h.store.PutNodeReport(ctx, cache.NodeReport{Node: fmt.Sprintf("node-%d", i), HostsDir: "/d", ReportedAt: clk.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report := func(node string) error {
+		return (proxy.Client{Server: h.url}).ReportNode(ctx, cache.NodeReport{Node: node, HostsDir: "/d", ReadsHostsToml: true})
+	}
+	if err := report("one-too-many"); err == nil || !strings.Contains(err.Error(), "nodes are known already") {
+		t.Fatalf("a new node past the bound: %v", err)
+	}
+	if err := report("node-7"); err != nil {
+		t.Fatalf("a known node reporting again: %v", err)
+	}
+
+	clk.Advance(25 * time.Hour)
+	if err := report("newcomer"); err != nil {
+		t.Fatalf("a new node once the others are forgotten: %v", err)
+	}
+	h.srv.PruneNodeReports(ctx)
+	left, err := h.store.ListNodeReports(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].Node != "newcomer" {
+		t.Fatalf("after pruning, %d reports are stored, want only the newcomer's", len(left))
 	}
 }

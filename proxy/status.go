@@ -57,9 +57,10 @@ type statusData struct {
 	NeedRepin []cache.ReportEntry
 	// The fleet: nodes pulling through, by containerd version; nodes that
 	// node-config found do not use the mirror (at most a page of them).
-	NodesPulling int
-	NodeVersions []versionCount
-	NodesNot     []NodeStatus
+	NodesPulling  int
+	NodeVersions  []versionCount
+	NodesNotCount int
+	NodesNot      []NodeStatus
 }
 
 type versionCount struct {
@@ -93,8 +94,11 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 		case !n.LastPull.IsZero():
 			d.NodesPulling++
 			counts[minorVersion(n)]++
-		case n.State == stateDoesNot && len(d.NodesNot) < statusPageSize:
-			d.NodesNot = append(d.NodesNot, n)
+		case n.State == stateDoesNot:
+			d.NodesNotCount++
+			if len(d.NodesNot) < statusPageSize {
+				d.NodesNot = append(d.NodesNot, n)
+			}
 		}
 	}
 	for _, v := range sortedKeys(counts) {

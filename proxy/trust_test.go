@@ -604,7 +604,7 @@ func TestWarmIsAdmittedLikeAPull(t *testing.T) {
 	img := h.push(t, "team/private", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	normalized, _ := h.pullAs(t, basic("alice", "alice-pw"), "team/private", "v1")
 	for _, image := range []string{"docker.io/team/private:v1", "docker.io/team/private@" + img.ManifestDigest.String()} {
-		res, err := proxy.WarmClient{Server: h.url}.Warm(context.Background(), []string{image})
+		res, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{image})
 		if err != nil {
 			t.Fatal(err)
 		}

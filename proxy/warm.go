@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -140,57 +139,13 @@ func (s *Server) parseImage(image string) (upstream, repo, tag string, dgst dige
 	return upstream, repo, tag, "", nil
 }
 
-// WarmClient asks a running regnorm to normalize images ahead of time.
-type WarmClient struct {
-	// Server is regnorm's address, e.g. https://regnorm.regnorm.svc:5000.
-	Server string
-	// HTTP sends the request (default http.DefaultClient): set its TLS
-	// configuration to trust a private CA.
-	HTTP *http.Client
-	// Token, when set, is sent as a bearer token (auth.tokensFile).
-	Token string
-	// Username and Password, when set, are sent as Basic credentials
-	// (auth.htpasswdFile, or forwarded upstream with forwardCredentials).
-	Username, Password string
-}
-
-// Warm asks for images to be warmed and returns what each became.
-func (c WarmClient) Warm(ctx context.Context, images []string) ([]WarmResult, error) {
-	body, err := json.Marshal(WarmRequest{Images: images})
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.Server, "/")+"/api/v1/warm", bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	switch {
-	case c.Token != "":
-		req.Header.Set("Authorization", "Bearer "+c.Token)
-	case c.Username != "" || c.Password != "":
-		req.SetBasicAuth(c.Username, c.Password)
-	}
-	client := c.HTTP
-	if client == nil {
-		client = http.DefaultClient
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("warm: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e errorBody
-		if json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&e) == nil && len(e.Errors) > 0 {
-			return nil, fmt.Errorf("warm: %s: %s: %s", resp.Status, e.Errors[0].Code, e.Errors[0].Message)
-		}
-		return nil, fmt.Errorf("warm: %s", resp.Status)
-	}
+// Warm asks regnorm to normalize images ahead of time and returns what
+// each became.
+func (c Client) Warm(ctx context.Context, images []string) ([]WarmResult, error) {
 	var out struct {
 		Results []WarmResult `json:"results"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&out); err != nil {
+	if err := c.post(ctx, "/api/v1/warm", WarmRequest{Images: images}, http.StatusOK, &out); err != nil {
 		return nil, fmt.Errorf("warm: %w", err)
 	}
 	return out.Results, nil

@@ -242,7 +242,7 @@ Flags:
 		return errors.New("warm: no image given (regnorm warm --help)")
 	}
 	// A credential given as a flag wins over one only in the environment.
-	client := proxy.WarmClient{Server: *server}
+	client := proxy.Client{Server: *server}
 	var err error
 	switch {
 	case *tokenFile != "" && *username != "":

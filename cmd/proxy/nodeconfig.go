@@ -113,6 +113,9 @@ Flags:
 	if nc.reportTo == "" {
 		nc.reportTo = nc.mirror
 	}
+	if abs, err := filepath.Abs(nc.configPath); err == nil {
+		nc.configPath = abs
+	}
 	for flag, v := range map[string]string{"--mirror": nc.mirror, "--report-to": nc.reportTo} {
 		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("node-config: %s %q is not an http(s) URL", flag, v)
@@ -246,7 +249,8 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 	if nc.report && nc.node != "" && (state != nc.reportedState || time.Since(nc.lastReport) >= reportEvery) {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		if err := proxy.ReportNode(rctx, nc.client, nc.reportTo, nc.mirrorToken, rep); err != nil {
+		regnorm := proxy.Client{Server: nc.reportTo, HTTP: nc.client, Token: nc.mirrorToken}
+		if err := regnorm.ReportNode(rctx, rep); err != nil {
 			nc.log.Warn("reporting to regnorm failed", "error", err, "regnorm", nc.reportTo)
 		} else {
 			nc.lastReport, nc.reportedState = time.Now(), state
@@ -281,6 +285,7 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 		running = cfg.Without(dropIn)
 	}
 	verdict := containerdcfg.Check(running, v, nc.configPath)
+	rep.ConfigVersion = cfg.Version
 	rep.ConfigPath, rep.TransferService, rep.ReadsHostsToml, rep.Reason, rep.Fix =
 		verdict.ConfigPath, verdict.TransferService, verdict.Reads, verdict.Reason, verdict.Fix
 	if verr != nil && rep.Reason != "" {

@@ -313,10 +313,16 @@ func splitPath(p string) []string {
 
 // fixText is what to add to containerd's configuration.
 func fixText(c *Config, v Version, dir string) string {
+	return FixFor(v, c.Version, dir)
+}
+
+// FixFor is what to add to a configuration file of configVersion for
+// containerd v to read the hosts.toml files in dir.
+func FixFor(v Version, configVersion int, dir string) string {
 	switch {
-	case c.Version <= 1:
+	case configVersion <= 1:
 		return fmt.Sprintf("[plugins.cri.registry]\n  config_path = %q", dir)
-	case v.Major >= 2 && c.Version >= 3:
+	case v.Major >= 2 && configVersion >= 3:
 		return fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '%s'", dir)
 	}
 	return fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q", dir)
