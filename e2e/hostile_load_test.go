@@ -70,14 +70,6 @@ cache:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
-	samplerDone := make(chan struct{})
-	go func() {
-		defer close(samplerDone)
-		for ctx.Err() == nil {
-			sample()
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
 
 	var random, complete, refused, hungUp, wrong atomic.Int64
 	var wg sync.WaitGroup
@@ -126,8 +118,13 @@ cache:
 			}
 		})
 	}
+	// The test's own goroutine samples (a failed sample may end the test)
+	// while the clients run.
+	for ctx.Err() == nil {
+		sample()
+		time.Sleep(20 * time.Millisecond)
+	}
 	wg.Wait()
-	<-samplerDone
 	sample()
 	// Work the departed clients started ends: the downloads nobody reads
 	// are cancelled after their grace, the others finish.
