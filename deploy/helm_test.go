@@ -46,7 +46,9 @@ nodeConfig: {enabled: true, configPath: /etc/containerd/certs.d}`,
 metrics:
   serviceMonitor: {enabled: true, labels: {release: prometheus}}
   dashboard: {enabled: true}`,
-	"network policy": `
+	"network policy, with node configuration": `
+service: {clusterIP: 10.96.100.50}
+nodeConfig: {enabled: true}
 networkPolicy:
   enabled: true
   restrictEgress: true
@@ -151,7 +153,10 @@ func TestChartRendersValidObjects(t *testing.T) {
 				t.Errorf("regnorm rejects the rendered config: %v\n%s\n%s", err, out, cfg)
 			}
 			if kinds["DaemonSet"] > 0 {
-				checkNodeConfigArgs(t, regnorm, find(t, objs, "DaemonSet"), secrets)
+				ds := find(t, objs, "DaemonSet")
+				checkNodeConfigArgs(t, regnorm, ds, secrets)
+				checkNodeMounts(t, ds)
+				checkSelectorsSpare(t, objs, ds)
 			}
 		})
 	}
@@ -188,6 +193,110 @@ func checkNodeConfigArgs(t *testing.T, regnorm string, ds *unstructured.Unstruct
 	if !slices.Contains(c["args"].([]any), any(strings.Join(probe[len(probe)-1:], ""))) ||
 		!slices.Equal(probe[:3], []string{"/regnorm", "node-config", "probe"}) || !strings.HasPrefix(probe[3], "--status-file=") {
 		t.Errorf("readiness probe %q does not run node-config probe on the status file of %q", probe, c["args"])
+	}
+}
+
+// checkNodeMounts: every node path node-config is given is on a hostPath
+// volume mounted at the same path, writable exactly where node-config
+// writes (config_path, and the drop-in directory with --fix).
+func checkNodeMounts(t *testing.T, ds *unstructured.Unstructured) {
+	t.Helper()
+	spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	c := spec["containers"].([]any)[0].(map[string]any)
+	hostPaths := map[string]string{} // volume -> host path
+	for _, v := range spec["volumes"].([]any) {
+		v := v.(map[string]any)
+		if hp, ok := v["hostPath"].(map[string]any); ok {
+			hostPaths[v["name"].(string)] = hp["path"].(string)
+		}
+	}
+	readOnly := map[string]bool{} // mount path of each host path -> read-only
+	for _, m := range c["volumeMounts"].([]any) {
+		m := m.(map[string]any)
+		if host, ok := hostPaths[m["name"].(string)]; ok {
+			if host != m["mountPath"] {
+				t.Errorf("host path %s is mounted at %s: node-config would report paths containerd does not have", host, m["mountPath"])
+			}
+			readOnly[m["mountPath"].(string)] = m["readOnly"] == true
+		}
+	}
+	// mountOf is the deepest host mount holding p.
+	mountOf := func(p string) (string, bool, bool) {
+		for d := p; ; d = filepath.Dir(d) {
+			if ro, ok := readOnly[d]; ok {
+				return d, ro, true
+			}
+			if d == "/" {
+				return "", false, false
+			}
+		}
+	}
+	args := map[string]string{}
+	for _, a := range c["args"].([]any) {
+		if k, v, ok := strings.Cut(a.(string), "="); ok {
+			args[k] = v
+		}
+	}
+	for flag, writes := range map[string]bool{"--config-path": true, "--containerd-config": false, "--containerd-socket": false} {
+		p := args[flag]
+		at, ro, ok := mountOf(p)
+		switch {
+		case !ok:
+			t.Errorf("%s=%s is on no hostPath mount", flag, p)
+		case writes && ro:
+			t.Errorf("%s=%s is on a read-only mount (%s)", flag, p, at)
+		case !writes && !ro:
+			t.Errorf("%s=%s is on a writable mount (%s): node-config only reads there", flag, p, at)
+		}
+	}
+	writable := 0
+	for _, ro := range readOnly {
+		if !ro {
+			writable++
+		}
+	}
+	want := 1 // config_path
+	if slices.Contains(c["args"].([]any), any("--fix")) {
+		want = 2 // and the drop-in directory
+	}
+	if writable != want {
+		t.Errorf("%d writable host mounts, want %d", writable, want)
+	}
+}
+
+// checkSelectorsSpare: no selector of the server's (Service, Deployment,
+// PodDisruptionBudget, NetworkPolicy) picks node-config's pods, and the
+// Service picks the server's.
+func checkSelectorsSpare(t *testing.T, objs []*unstructured.Unstructured, ds *unstructured.Unstructured) {
+	t.Helper()
+	dsLabels, _, _ := unstructured.NestedStringMap(ds.Object, "spec", "template", "metadata", "labels")
+	depLabels, _, _ := unstructured.NestedStringMap(find(t, objs, "Deployment").Object, "spec", "template", "metadata", "labels")
+	matches := func(selector, labels map[string]string) bool {
+		for k, v := range selector {
+			if labels[k] != v {
+				return false
+			}
+		}
+		return len(selector) > 0
+	}
+	for _, o := range objs {
+		var sel map[string]string
+		switch o.GetKind() {
+		case "Service":
+			sel, _, _ = unstructured.NestedStringMap(o.Object, "spec", "selector")
+			if !matches(sel, depLabels) {
+				t.Errorf("the Service does not select the Deployment's pods")
+			}
+		case "Deployment", "PodDisruptionBudget":
+			sel, _, _ = unstructured.NestedStringMap(o.Object, "spec", "selector", "matchLabels")
+		case "NetworkPolicy":
+			sel, _, _ = unstructured.NestedStringMap(o.Object, "spec", "podSelector", "matchLabels")
+		default:
+			continue
+		}
+		if matches(sel, dsLabels) {
+			t.Errorf("%s %s selects node-config's pods (%v)", o.GetKind(), o.GetName(), sel)
+		}
 	}
 }
 
@@ -329,9 +438,10 @@ func TestChartDetails(t *testing.T) {
 		`replicaCount: 2`:             "the filesystem cache is one ReadWriteOnce volume",
 		`{cache: {driver: s3}}`:       "cache.s3.bucket is required",
 		`{cache: {driver: nfs}}`:      "cache.driver must be filesystem or s3",
-		`{service: {clusterIP: 10.96.0.9}, auth: {tokensSecret: t}, nodeConfig: {enabled: true}}`:             "set nodeConfig.token.secretName",
-		`{auth: {tokensSecret: t}, upstreams: [{name: a.io, url: "https://a.io", forwardCredentials: true}]}`: "auth cannot be on too",
-		`{auth: {tokensSecret: t, protectMetrics: true}, metrics: {serviceMonitor: {enabled: true}}}`:         "set metrics.serviceMonitor.authorization",
+		`{service: {clusterIP: 10.96.0.9}, auth: {tokensSecret: t}, nodeConfig: {enabled: true}}`:                           "set auth.tokensSecret and nodeConfig.token.secretName",
+		`{service: {clusterIP: 10.96.0.9}, auth: {htpasswdSecret: h}, nodeConfig: {enabled: true, token: {secretName: n}}}`: "set auth.tokensSecret and nodeConfig.token.secretName",
+		`{auth: {tokensSecret: t}, upstreams: [{name: a.io, url: "https://a.io", forwardCredentials: true}]}`:               "auth cannot be on too",
+		`{auth: {tokensSecret: t, protectMetrics: true}, metrics: {serviceMonitor: {enabled: true}}}`:                       "set metrics.serviceMonitor.authorization",
 		`{auth: {protectReport: true}}`:  "need auth.htpasswdSecret or auth.tokensSecret",
 		`{config: {extra: {cache: {}}}}`: "config.extra.cache: the chart renders cache itself",
 		`{service: {clusterIP: 10.96.0.9}, nodeConfig: {enabled: true, configPath: "/etc/containerd/certs.d:/etc/docker/certs.d"}}`: "must be one directory",

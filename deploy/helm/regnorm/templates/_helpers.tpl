@@ -20,6 +20,14 @@ app.kubernetes.io/name: {{ include "regnorm.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* node-config's pods: a name of their own, so that no selector of the
+server's (Service, PodDisruptionBudget, NetworkPolicy) picks them. */}}
+{{- define "regnorm.nodeConfigSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "regnorm.name" . }}-node-config
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: node-config
+{{- end }}
+
 {{- define "regnorm.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "regnorm.selectorLabels" . }}
