@@ -34,6 +34,7 @@ type NodeReport struct {
 // NodeStore keeps node-config's reports.
 type NodeStore interface {
 	PutNodeReport(ctx context.Context, r NodeReport) error
+	GetNodeReport(ctx context.Context, node string) (NodeReport, error)
 	DeleteNodeReport(ctx context.Context, node string) error
 	ListNodeReports(ctx context.Context) ([]NodeReport, error)
 }
@@ -55,6 +56,15 @@ func (s *Store) PutNodeReport(ctx context.Context, r NodeReport) error {
 		return fmt.Errorf("put node report %s: %w", r.Node, err)
 	}
 	return nil
+}
+
+// GetNodeReport returns a node's last report, or ErrNotFound.
+func (s *Store) GetNodeReport(ctx context.Context, node string) (NodeReport, error) {
+	var r NodeReport
+	if err := s.getJSON(ctx, nodePath(node), &r); err != nil {
+		return NodeReport{}, fmt.Errorf("get node report %s: %w", node, err)
+	}
+	return r, nil
 }
 
 // DeleteNodeReport forgets a node.

@@ -243,6 +243,12 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			if !reflect.DeepEqual(byNode["node-a"], a) || !reflect.DeepEqual(byNode["node-b"], b) {
 				t.Fatalf("list: %+v", all)
 			}
+			if got, err := s.GetNodeReport(ctx, "node-a"); err != nil || !reflect.DeepEqual(got, a) {
+				t.Fatalf("get: %+v, %v", got, err)
+			}
+			if _, err := s.GetNodeReport(ctx, "never-reported"); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("get an unknown node: %v, want ErrNotFound", err)
+			}
 			if err := s.DeleteNodeReport(ctx, "node-b"); err != nil {
 				t.Fatal(err)
 			}

@@ -222,7 +222,10 @@ func checkNodeMounts(t *testing.T, ds *unstructured.Unstructured) {
 	}
 	// mountOf is the deepest host mount holding p.
 	mountOf := func(p string) (string, bool, bool) {
-		for d := p; ; d = filepath.Dir(d) {
+		if !filepath.IsAbs(p) {
+			return "", false, false
+		}
+		for d := filepath.Clean(p); ; d = filepath.Dir(d) {
 			if ro, ok := readOnly[d]; ok {
 				return d, ro, true
 			}
@@ -271,13 +274,14 @@ func checkSelectorsSpare(t *testing.T, objs []*unstructured.Unstructured, ds *un
 	t.Helper()
 	dsLabels, _, _ := unstructured.NestedStringMap(ds.Object, "spec", "template", "metadata", "labels")
 	depLabels, _, _ := unstructured.NestedStringMap(find(t, objs, "Deployment").Object, "spec", "template", "metadata", "labels")
+	// An empty selector selects every pod (a NetworkPolicy's podSelector).
 	matches := func(selector, labels map[string]string) bool {
 		for k, v := range selector {
 			if labels[k] != v {
 				return false
 			}
 		}
-		return len(selector) > 0
+		return true
 	}
 	for _, o := range objs {
 		var sel map[string]string

@@ -220,6 +220,7 @@ func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff") // reporters' text, unescaped
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
 	enc.SetEscapeHTML(false)
@@ -258,6 +259,26 @@ var nodeReportLimits = []struct {
 	{"dropIn", func(r *cache.NodeReport) string { return r.DropIn }, 1024},
 }
 
+// FitNodeReport cuts a report's fields to what regnorm accepts, so that a
+// long reason does not make a node's report refused (and the node vanish
+// from the fleet view). It is what node-config does before sending.
+func FitNodeReport(r *cache.NodeReport) {
+	for _, f := range []struct {
+		p   *string
+		max int
+	}{{&r.ContainerdVersion, 128}, {&r.ConfigPath, 1024}, {&r.Reason, 2048}, {&r.DropIn, 1024}} {
+		if len(*f.p) > f.max {
+			*f.p = strings.ToValidUTF8((*f.p)[:f.max-3], "") + "..."
+		}
+		*f.p = strings.Map(func(c rune) rune {
+			if unicode.IsControl(c) {
+				return ' '
+			}
+			return c
+		}, *f.p)
+	}
+}
+
 // receiveNodeReport answers POST /api/v1/nodes: node-config's report of one
 // node, kept in the cache for every replica. The lines to add that the
 // fleet view shows are made here, from the report's facts, never taken
@@ -289,7 +310,7 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 		return newError(http.StatusBadRequest, CodeUnsupported, "hostsDir must be a clean absolute path", nil)
 	}
 	rep.Fix = ""
-	if !rep.ReadsHostsToml {
+	if !rep.ReadsHostsToml && rep.ConfigVersion > 0 {
 		rep.Fix = containerdcfg.FixFor(containerdcfg.ParseVersion(rep.ContainerdVersion), rep.ConfigVersion, rep.HostsDir)
 	}
 	now := s.clock.Now()
@@ -299,27 +320,34 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 	}
 	// A known node may always report again; a new one only while fewer
 	// than maxNodes are remembered (forgotten ones do not count).
-	live := 0
+	live, i := 0, slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == rep.Node })
 	for _, k := range known {
 		if now.Sub(k.ReportedAt) <= s.fleet.forget {
 			live++
 		}
 	}
-	if live >= maxNodes && !slices.ContainsFunc(known, func(k cache.NodeReport) bool { return k.Node == rep.Node }) {
+	if live >= maxNodes && i < 0 {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, fmt.Sprintf("%d nodes are known already", maxNodes), nil)
 	}
 	rep.ReportedAt = now.UTC()
 	if err := s.store.PutNodeReport(r.Context(), rep); err != nil {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "recording the node report failed", err)
 	}
-	// The listing stays in use, with this report in it: every report
-	// listing the store again would cost a walk of all of them.
-	s.fleet.reports.update(func(list []cache.NodeReport) []cache.NodeReport {
-		list = slices.DeleteFunc(slices.Clone(list), func(k cache.NodeReport) bool { return k.Node == rep.Node })
-		return append(list, rep)
-	})
+	// A new node, or a node whose state changed, shows at once: the
+	// listing in use is dropped. The reports every node repeats (every 5
+	// minutes) leave it, or each would cost a walk of all of them.
+	if i < 0 || !sameState(known[i], rep) {
+		s.fleet.reports.forget()
+	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// sameState reports whether two reports of a node say the same, their
+// times apart.
+func sameState(a, b cache.NodeReport) bool {
+	a.ReportedAt, b.ReportedAt = time.Time{}, time.Time{}
+	return a == b
 }
 
 // pruneNodeReports deletes the reports of nodes forgotten (not reported on
@@ -333,6 +361,11 @@ func (s *Server) pruneNodeReports(ctx context.Context) {
 	now, pruned := s.clock.Now(), false
 	for _, r := range reports {
 		if now.Sub(r.ReportedAt) > s.fleet.forget {
+			// The listing may be seconds old: a report that has come since
+			// (to another replica, say) stays.
+			if cur, err := s.store.GetNodeReport(ctx, r.Node); err != nil || now.Sub(cur.ReportedAt) <= s.fleet.forget {
+				continue
+			}
 			if err := s.store.DeleteNodeReport(ctx, r.Node); err != nil {
 				s.log.Warn("forgetting a node failed", "node", r.Node, "error", err)
 				continue

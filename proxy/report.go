@@ -71,16 +71,6 @@ func (r *recent[T]) get(fetch func() (T, error)) (T, error) {
 	return v, nil
 }
 
-// update changes the listing in place, if there is one: the store changed
-// by what change does to it.
-func (r *recent[T]) update(change func(T) T) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ok {
-		r.value = change(r.value)
-	}
-}
-
 // forget drops the listing: the store changed.
 func (r *recent[T]) forget() {
 	r.mu.Lock()
