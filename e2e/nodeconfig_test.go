@@ -27,7 +27,8 @@ import (
 // the mirror"; where it says not, regnorm gets no request and the pull
 // fails as with no mirror. A drop-in that sets another CRI key hides
 // config_path on 1.6.20 (it replaces the section) and not on 2.3.4 (it
-// merges). --fix fixes a 2.3.4 node with a drop-in and a restart of
+// merges); an old version 2 drop-in is migrated on 2.3.4, and its list
+// wins. --fix fixes a 2.3.4 node with a drop-in and a restart of
 // containerd, and a node-config started afterwards (a rollout) finds it
 // applied; it refuses on a 1.6.20 node whose CRI section a drop-in would
 // freeze. When node-config stops, its hosts.toml files are gone.
@@ -71,6 +72,9 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 			Config: "\n[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = true\n"}},
 		{name: "2.3.4, a drop-in setting another CRI key", kind: containerd234, reads: true,
 			opts: containerdOptions{DropIns: map[string]string{"50-snapshotter.toml": "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = \"overlayfs\"\n"}}},
+		{name: "2.3.4, an old version 2 drop-in with a list", kind: containerd234,
+			opts:   containerdOptions{DropIns: map[string]string{"50-old.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n"}},
+			reason: "is the list"},
 		{name: "2.3.4, config_path a list, fixed by a drop-in", kind: containerd234, fix: true, fixes: true, reads: true,
 			opts: containerdOptions{ConfigPath: list, ImportDropIns: true}, reason: "transfer service"},
 	} {

@@ -77,7 +77,7 @@ func runNodeConfig(ctx context.Context, args []string, getenv func(string) strin
 	fs.BoolVar(&nc.report, "report", true, "send what node-config finds to regnorm (POST /api/v1/nodes), for its fleet view")
 	fs.StringVar(&nc.reportTo, "report-to", "", "regnorm's URL as node-config reaches it, when it differs from --mirror (a pod does not reach a NodePort at 127.0.0.1)")
 	fs.DurationVar(&nc.interval, "interval", time.Minute, "how often containerd is checked again")
-	once := fs.Bool("once", false, "check once, print the node's state as JSON, remove the files written, and exit")
+	once := fs.Bool("once", false, "check once, print the node's state as JSON, remove the hosts.toml files written, and exit")
 	tokenFile := fs.String("mirror-token-file", getenv("REGNORM_TOKEN_FILE"), "token for regnorm's client authentication: written into hosts.toml for containerd, and sent with reports")
 	fs.StringVar(&nc.mirrorCAFile, "mirror-ca-file", getenv("REGNORM_CA_FILE"), "CA that signed regnorm's TLS certificate: copied next to each hosts.toml for containerd, and trusted for reports")
 	fs.Usage = func() {
@@ -115,6 +115,9 @@ Flags:
 	}
 	if abs, err := filepath.Abs(nc.configPath); err == nil {
 		nc.configPath = abs
+	}
+	if len(nc.configPath) > 1024 || strings.ContainsAny(nc.configPath, ":'\"\\\n") {
+		return fmt.Errorf("node-config: --config-path %q must be one directory (no ':' list, no quotes)", nc.configPath)
 	}
 	for flag, v := range map[string]string{"--mirror": nc.mirror, "--report-to": nc.reportTo} {
 		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -250,7 +253,9 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		regnorm := proxy.Client{Server: nc.reportTo, HTTP: nc.client, Token: nc.mirrorToken}
-		if err := regnorm.ReportNode(rctx, rep); err != nil {
+		sent := rep
+		proxy.FitNodeReport(&sent)
+		if err := regnorm.ReportNode(rctx, sent); err != nil {
 			nc.log.Warn("reporting to regnorm failed", "error", err, "regnorm", nc.reportTo)
 		} else {
 			nc.lastReport, nc.reportedState = time.Now(), state
@@ -280,6 +285,21 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 	v := containerdcfg.ParseVersion(version)
 	dropIn, written := nc.ownDropIn(cfg)
 	loaded := dropIn != "" && started.After(written)
+	var unsafe error // why our drop-in should no longer be there
+	if dropIn != "" && v.Known {
+		// The configuration may have changed since the drop-in was
+		// written (on 1.x, CRI settings in the main file it would hide).
+		if _, _, err := containerdcfg.DropIn(cfg.Without(dropIn), v, nc.configPath); err != nil {
+			unsafe = err
+			if !loaded {
+				// It never took effect: take it back.
+				if err := os.Remove(dropIn); err == nil {
+					nc.log.Warn("removed the drop-in: it is no longer a safe fix", "path", dropIn, "reason", unsafe)
+					cfg, dropIn, unsafe = cfg.Without(dropIn), "", nil
+				}
+			}
+		}
+	}
 	running := cfg // the configuration containerd runs on
 	if dropIn != "" && !loaded {
 		running = cfg.Without(dropIn)
@@ -320,7 +340,10 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 		return rep
 	}
 	rep.DropIn = dropIn
-	if !loaded && !verdict.Reads {
+	if unsafe != nil {
+		rep.Reason = strings.TrimPrefix(rep.Reason+"; ", "; ") + "the drop-in " + dropIn + " is no longer a safe fix (" + unsafe.Error() + "): delete it, add the lines to the main file, and restart containerd"
+	}
+	if !loaded && !verdict.Reads && unsafe == nil {
 		if after := containerdcfg.Check(cfg, v, nc.configPath); after.Reads {
 			rep.Reason += "; a drop-in fixing it is written to " + dropIn + ": restart containerd to apply it (systemctl restart containerd)"
 		} else {
@@ -370,7 +393,18 @@ func containerdInfo(ctx context.Context, socket string) (version string, started
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("containerd socket %s: %w", socket, err)
 	}
-	return v.Version, time.Unix(st.Ctim.Sec, st.Ctim.Nsec), nil
+	return v.Version, socketBorn(socket, st), nil
+}
+
+// socketBorn is when the socket file was made: its birth time where the
+// filesystem keeps one (a chmod or chown does not move it), else its
+// change time.
+func socketBorn(socket string, st unix.Stat_t) time.Time {
+	var sx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, socket, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BTIME, &sx); err == nil && sx.Mask&unix.STATX_BTIME != 0 {
+		return time.Unix(sx.Btime.Sec, int64(sx.Btime.Nsec))
+	}
+	return time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
 }
 
 // cleanUp removes every file this process wrote, if it is still its own.

@@ -39,8 +39,14 @@ type Config struct {
 	Files []string
 	// Imports are the main file's import patterns, made absolute.
 	Imports []string
-	// layers are each file's plugin settings, in Files' order.
-	layers []map[string]map[string]any
+	// layers are each file's version and plugin settings, in Files' order.
+	layers []layer
+}
+
+// layer is one file of a configuration.
+type layer struct {
+	version int // as the file says; 0 when it says none
+	plugins map[string]map[string]any
 }
 
 // DropInName is the name of the drop-in DropIn makes: last in the
@@ -59,21 +65,93 @@ func (c *Config) Without(file string) *Config {
 	return out
 }
 
-// Plugins merges the files' plugin settings as containerd v does: 1.x
-// replaces a whole plugin section with a later file's; 2.x merges them key
-// by key, a later file's value winning.
+// Plugins merges the files' plugin settings as containerd v does.
+//
+// 1.x replaces a whole plugin section with a later file's. 2.x first
+// migrates each file whose version is below its own config version (3
+// before 2.3, 4 since): a version 1 file's short plugin names get their
+// full ones, and the CRI plugin's image settings (the registry among
+// them) are copied into the images plugin's section, replacing its keys.
+// Then it merges the files key by key, a later file's value winning.
 func (c *Config) Plugins(v Version) map[string]map[string]any {
 	out := map[string]map[string]any{}
-	for _, layer := range c.layers {
-		for name, settings := range layer {
-			if v.Major >= 2 && out[name] != nil {
-				out[name] = deepMerge(out[name], settings)
-			} else {
+	if v.Major < 2 {
+		for _, l := range c.layers {
+			for name, settings := range l.plugins {
 				out[name] = deepCopy(settings)
+			}
+		}
+		return out
+	}
+	target := 3
+	if v.atLeast(2, 3) {
+		target = 4
+	}
+	for _, l := range c.layers {
+		plugins := map[string]map[string]any{}
+		for name, settings := range l.plugins {
+			if l.version <= 1 && name == criV1 {
+				name = criV2
+			}
+			plugins[name] = deepCopy(settings)
+		}
+		if max(l.version, 1) < target {
+			migrateImages(plugins)
+		}
+		for name, settings := range plugins {
+			if out[name] == nil {
+				out[name] = settings
+			} else {
+				out[name] = deepMerge(out[name], settings)
 			}
 		}
 	}
 	return out
+}
+
+// migrateImages copies a file's CRI image settings into the images
+// plugin's section, as containerd 2.x's images plugin migrates them.
+func migrateImages(plugins map[string]map[string]any) {
+	src := plugins[criV2]
+	if src == nil {
+		return
+	}
+	dst := plugins[imagesV3]
+	if dst == nil {
+		dst = map[string]any{}
+	}
+	if sandbox, ok := src["sandbox_image"]; ok {
+		pinned := anyMap(dst["pinned_images"])
+		if pinned == nil {
+			pinned = map[string]any{}
+		}
+		pinned["sandbox"] = sandbox
+		dst["pinned_images"] = pinned
+	}
+	for _, key := range []string{"registry", "image_decryption", "max_concurrent_downloads", "image_pull_progress_timeout", "image_pull_with_sync_fs", "stats_collect_period"} {
+		if val, ok := src[key]; ok {
+			dst[key] = val
+		}
+	}
+	runtime := anyMap(src["containerd"])
+	for _, key := range []string{"snapshotter", "disable_snapshot_annotations", "discard_unpacked_layers"} {
+		if val, ok := runtime[key]; ok {
+			dst[key] = val
+		}
+	}
+	plugins[imagesV3] = dst
+}
+
+// effectiveVersion is the version 1.x reads plugin names by: the last file
+// that sets one wins (its merge overrides the main file's).
+func (c *Config) effectiveVersion() int {
+	version := 1
+	for _, l := range c.layers {
+		if l.version > 0 {
+			version = l.version
+		}
+	}
+	return version
 }
 
 // deepMerge returns dst with src's keys set over it, tables merged.
@@ -125,7 +203,7 @@ func Load(path string) (*Config, error) {
 		if p == path && file.Version > 0 {
 			cfg.Version = file.Version
 		}
-		cfg.layers = append(cfg.layers, file.Plugins)
+		cfg.layers = append(cfg.layers, layer{version: file.Version, plugins: file.Plugins})
 		for _, imp := range file.Imports {
 			imp = filepath.Clean(imp)
 			if !filepath.IsAbs(imp) {
@@ -199,41 +277,42 @@ type Verdict struct {
 }
 
 // registry returns the registry settings and the plugin section they are
-// in, for this version.
+// in, for this version: on 2.x, after migration, always the images
+// plugin's; on 1.x the CRI plugin's, under the name the effective version
+// reads.
 func (c *Config) registry(v Version) (section string, settings map[string]any, reg map[string]any) {
 	plugins := c.Plugins(v)
 	switch {
-	case c.Version <= 1:
-		section = criV1
-	case v.Major >= 2 && c.Version >= 3:
+	case v.Major >= 2:
 		section = imagesV3
+	case c.effectiveVersion() <= 1:
+		section = criV1
 	default:
 		section = criV2
 	}
 	settings = plugins[section]
-	if settings == nil && v.Major >= 2 && section == imagesV3 {
-		// A version 2 drop-in on 2.x is migrated: its CRI settings count.
-		if s := plugins[criV2]; s != nil {
-			section, settings = criV2, s
-		}
-	}
 	reg, _ = settings["registry"].(map[string]any)
 	return section, settings, reg
+}
+
+// assume is the version to judge by when containerd did not say: 2.3 for
+// a configuration of version 3 or more, else 1.7.
+func (c *Config) assume(v Version) (Version, string) {
+	if v.Known {
+		return v, ""
+	}
+	guess := Version{Major: 1, Minor: 7, Known: true}
+	if c.Version >= 3 {
+		guess = Version{Major: 2, Minor: 3, Known: true}
+	}
+	return guess, fmt.Sprintf("containerd's version is unknown (its socket did not answer); assuming %d.%d from the config's version %d. ", guess.Major, guess.Minor, c.Version)
 }
 
 // Check says whether containerd v, with this configuration, reads the
 // hosts.toml files under dir.
 func Check(c *Config, v Version, dir string) Verdict {
 	dir = filepath.Clean(dir)
-	assumed := ""
-	if !v.Known {
-		// Without the version API: guess from the file's version.
-		v = Version{Major: 1, Minor: 7}
-		if c.Version >= 3 {
-			v = Version{Major: 2, Minor: 3}
-		}
-		assumed = fmt.Sprintf("containerd's version is unknown (its socket did not answer); assuming %d.%d from the config's version %d. ", v.Major, v.Minor, c.Version)
-	}
+	v, assumed := c.assume(v)
 	section, settings, reg := c.registry(v)
 	configPath, _ := reg["config_path"].(string)
 	fix := fixText(c, v, dir)
@@ -317,21 +396,24 @@ func fixText(c *Config, v Version, dir string) string {
 }
 
 // FixFor is what to add to a configuration file of configVersion for
-// containerd v to read the hosts.toml files in dir.
+// containerd v to read the hosts.toml files in dir. A file of version 3 or
+// more is a 2.x file whatever v says.
 func FixFor(v Version, configVersion int, dir string) string {
 	switch {
 	case configVersion <= 1:
 		return fmt.Sprintf("[plugins.cri.registry]\n  config_path = %q", dir)
-	case v.Major >= 2 && configVersion >= 3:
+	case configVersion >= 3:
 		return fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '%s'", dir)
 	}
 	return fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q", dir)
 }
 
 // DropIn makes a file that fixes the configuration where it imports
-// drop-ins: config_path set to dir, in the section and file version of the
-// main file. It returns where to write it, or why a drop-in cannot fix it
-// and a person must:
+// drop-ins: config_path set to dir alone, for 2.x in a version 3 file's
+// images section (merged over the main file's, migrated or not), for 1.x in
+// the CRI section of the version it reads. It returns where to write it,
+// or why a drop-in cannot fix it and a person must:
+//   - containerd's version is unknown;
 //   - a version 1 configuration (its plugins have other names);
 //   - legacy registry settings (mirrors, configs, auths), which may hold
 //     credentials that must move to hosts.toml;
@@ -350,16 +432,21 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 	if target == "" {
 		return "", nil, fmt.Errorf("the configuration imports no drop-in directory (an imports entry such as \"/etc/containerd/conf.d/*.toml\"): add the lines to the main file and restart containerd")
 	}
-	if c.Version <= 1 {
+	if !v.Known {
+		return "", nil, fmt.Errorf("containerd's version is unknown (its socket did not answer): the drop-in depends on it")
+	}
+	if c.Version <= 1 || (v.Major < 2 && c.effectiveVersion() <= 1) {
 		return "", nil, fmt.Errorf("the configuration is version 1: add the lines to it, or migrate it (containerd config migrate)")
 	}
 	section, settings, reg := c.registry(v)
 	for _, key := range []string{"mirrors", "configs", "auths"} {
 		if len(anyMap(reg[key])) > 0 {
-			return "", nil, fmt.Errorf("[plugins.%q.registry] has legacy %s: move them to hosts.toml files by hand (they may hold credentials), then set config_path", section, key)
+			return "", nil, fmt.Errorf("the registry settings have legacy %s: move them to hosts.toml files by hand (they may hold credentials), then set config_path", key)
 		}
 	}
+	version := 3
 	if v.Major < 2 {
+		version = c.effectiveVersion()
 		for key, value := range settings {
 			if key != "registry" || len(anyMap(value)) > 1 || (len(anyMap(value)) == 1 && anyMap(value)["config_path"] == nil) {
 				return "", nil, fmt.Errorf("containerd %d.%d replaces [plugins.%q] whole with an imported file's, and the configuration sets more in it: a drop-in would freeze a copy of those settings; add the lines to the main file", v.Major, v.Minor, section)
@@ -369,7 +456,7 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "# Written by regnorm node-config: config_path for containerd's CRI registry, so that it reads\n")
 	fmt.Fprintf(&buf, "# the hosts.toml files in %s (one directory). node-config leaves it in place when it stops.\n", dir)
-	doc := map[string]any{"version": c.Version, "plugins": map[string]any{section: map[string]any{"registry": map[string]any{"config_path": filepath.Clean(dir)}}}}
+	doc := map[string]any{"version": version, "plugins": map[string]any{section: map[string]any{"registry": map[string]any{"config_path": filepath.Clean(dir)}}}}
 	if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
 		return "", nil, err
 	}

@@ -231,3 +231,85 @@ imports = ["/etc/containerd/conf.d/*.toml"]
 		t.Fatalf("version 1 with config_path: %+v", got)
 	}
 }
+
+// TestMigrationByVersion: containerd 2.x migrates each file below its own
+// config version (3 before 2.3, 4 since) before merging: the CRI plugin's
+// registry settings move into the images plugin's section.
+func TestMigrationByVersion(t *testing.T) {
+	t.Parallel()
+	const dir = "/etc/containerd/certs.d"
+	// A version 3 file that sets the registry under the CRI plugin's old
+	// name: 2.2 ignores it, 2.3 migrates it.
+	cfg, err := Load(write(t, t.TempDir(), "config.toml", `version = 3
+[plugins.'io.containerd.grpc.v1.cri'.registry]
+  config_path = '/etc/containerd/certs.d'
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Check(cfg, ParseVersion("v2.2.0"), dir); got.Reads {
+		t.Errorf("2.2 read a version 3 file's old CRI section: %+v", got)
+	}
+	if got := Check(cfg, ParseVersion("v2.3.4"), dir); !got.Reads {
+		t.Errorf("2.3 migrates it: %+v", got)
+	}
+
+	// A version 2 drop-in under a version 3 main file is migrated, and its
+	// list wins.
+	d := t.TempDir()
+	main := write(t, d, "config.toml", `version = 3
+imports = ["conf.d/*.toml"]
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = '/etc/containerd/certs.d'
+`)
+	write(t, d, "conf.d/10-old.toml", `version = 2
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"
+`)
+	if cfg, err = Load(main); err != nil {
+		t.Fatal(err)
+	}
+	if got := Check(cfg, ParseVersion("v2.3.4"), dir); got.Reads || !strings.Contains(got.Reason, "is the list") {
+		t.Errorf("a migrated version 2 drop-in's list: %+v", got)
+	}
+	// The fix is a version 3 drop-in, last: it wins over both.
+	path, content, err := DropIn(cfg, ParseVersion("v2.3.4"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, d, "conf.d/"+filepath.Base(path), string(content))
+	if cfg, err = Load(main); err != nil {
+		t.Fatal(err)
+	}
+	if got := Check(cfg, ParseVersion("v2.3.4"), dir); !got.Reads {
+		t.Errorf("with the drop-in: %+v\n%s", got, content)
+	}
+
+	// 1.x reads plugin names by the last file's version: a version 2
+	// drop-in makes the version 1 main file's plugins.cri unread.
+	d = t.TempDir()
+	main = write(t, d, "config.toml", `imports = ["conf.d/*.toml"]
+[plugins.cri.registry]
+  config_path = "/etc/containerd/certs.d"
+`)
+	write(t, d, "conf.d/10-v2.toml", "version = 2\n")
+	if cfg, err = Load(main); err != nil {
+		t.Fatal(err)
+	}
+	if got := Check(cfg, ParseVersion("1.6.20"), dir); got.Reads {
+		t.Errorf("1.6 with a version 2 drop-in read plugins.cri: %+v", got)
+	}
+}
+
+// TestUnknownVersion: without containerd's version, a version 3 file is
+// judged and fixed as 2.x's, and no drop-in is made.
+func TestUnknownVersion(t *testing.T) {
+	t.Parallel()
+	if got := FixFor(ParseVersion(""), 3, "/d"); !strings.Contains(got, "io.containerd.cri.v1.images") {
+		t.Errorf("fix for a version 3 file, version unknown: %s", got)
+	}
+	cfg, _ := Load(write(t, t.TempDir(), "config.toml", "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n"))
+	if _, _, err := DropIn(cfg, ParseVersion(""), "/d"); err == nil || !strings.Contains(err.Error(), "version is unknown") {
+		t.Errorf("a drop-in with the version unknown: %v", err)
+	}
+}
