@@ -3,6 +3,7 @@ package cache
 import (
 	"fmt"
 	"path"
+	"regexp"
 	"strings"
 
 	digest "github.com/opencontainers/go-digest"
@@ -12,7 +13,8 @@ import (
 //
 //	/blobs/<alg>/<hex[:2]>/<hex>/data          blob bytes
 //	/manifests/<alg>/<hex[:2]>/<hex>           manifest envelope (media type + bytes)
-//	/normalized/<alg>/<hex[:2]>/<hex>          normalization verdict of a manifest
+//	/variants/<alg>/<hex[:2]>/<hex>/<rules>    normalization verdict of a manifest under one rule set
+//	                                           (<rules>: the set's key, ',' written '_'; "none" when empty)
 //	/layers/<alg>/<hex[:2]>/<hex>              verdict of a layer
 //	/reports/<h[:2]>/<h>                       report entry (h: sha256 of its key)
 //	/nodes/<h[:2]>/<h>                         node-config's report (h: sha256 of the node name)
@@ -32,10 +34,23 @@ func digestPath(kind string, dgst digest.Digest) string {
 	return path.Join("/"+kind, dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())
 }
 
-func blobPath(dgst digest.Digest) string          { return digestPath("blobs", dgst) + "/data" }
-func manifestPath(dgst digest.Digest) string      { return digestPath("manifests", dgst) }
-func normalizationPath(dgst digest.Digest) string { return digestPath("normalized", dgst) }
-func layerVerdictPath(dgst digest.Digest) string  { return digestPath("layers", dgst) }
+func blobPath(dgst digest.Digest) string         { return digestPath("blobs", dgst) + "/data" }
+func manifestPath(dgst digest.Digest) string     { return digestPath("manifests", dgst) }
+func layerVerdictPath(dgst digest.Digest) string { return digestPath("layers", dgst) }
+
+// rulesKey is the form of a rule set's key that verdicts are kept under.
+var rulesKey = regexp.MustCompile(`^[a-z0-9-]+(,[a-z0-9-]+)*$`)
+
+func normalizationPath(dgst digest.Digest, rules string) (string, error) {
+	seg := "none"
+	if rules != "" {
+		if !rulesKey.MatchString(rules) {
+			return "", fmt.Errorf("rule set %q is not a key of rule names", rules)
+		}
+		seg = strings.ReplaceAll(rules, ",", "_")
+	}
+	return digestPath("variants", dgst) + "/" + seg, nil
+}
 
 func derivedPath(dgst digest.Digest) string  { return digestPath("derived", dgst) }
 func retainedPath(dgst digest.Digest) string { return digestPath("retained", dgst) }

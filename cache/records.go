@@ -29,17 +29,17 @@ type Change struct {
 	Details []string `json:"details,omitempty"`
 }
 
-// Normalization is the verdict for one original manifest or index: it needs
-// nothing (Normalized is empty), or its normalized form is Normalized. It
-// depends only on content, so it is keyed by the original digest alone and
-// holds for every repository, replica and restart.
+// Normalization is the verdict for one original manifest or index under one
+// rule set: it needs nothing (Normalized is empty), or its variant for that
+// set is Normalized. It depends only on content and rules, so it is keyed by
+// the original digest and the set, and holds for every repository, replica
+// and restart.
 type Normalization struct {
 	Original   digest.Digest `json:"original"`
 	Normalized digest.Digest `json:"normalized,omitempty"`
 	MediaType  string        `json:"mediaType"`
 	Changes    []Change      `json:"changes,omitempty"`
-	// Rules names the rules that were on; a verdict made under other rules
-	// is recomputed.
+	// Rules is the key of the rule set the verdict is for.
 	Rules     string    `json:"rules"`
 	CreatedAt time.Time `json:"createdAt"`
 }
@@ -102,7 +102,7 @@ func (s *Store) GetDerived(ctx context.Context, dgst digest.Digest) (Derived, er
 
 // NormalizationStore reads and writes normalization verdicts.
 type NormalizationStore interface {
-	GetNormalization(ctx context.Context, original digest.Digest) (Normalization, error)
+	GetNormalization(ctx context.Context, original digest.Digest, rules string) (Normalization, error)
 	PutNormalization(ctx context.Context, n Normalization) error
 }
 
@@ -114,8 +114,15 @@ type ReportEntry struct {
 	Tags       []string      `json:"tags"`
 	MediaType  string        `json:"mediaType"`
 	Original   digest.Digest `json:"originalDigest"`
-	Normalized digest.Digest `json:"normalizedDigest"`
+	// Rules is the key of the rule set of this variant of Original.
+	Rules string `json:"rules"`
+	// Normalized is the variant's digest; empty when the variant is the
+	// original itself (its clients need none of the rules that change it).
+	Normalized digest.Digest `json:"normalizedDigest,omitempty"`
 	Changes    []Change      `json:"changes"`
+	// Clients are the containerd versions this variant was served to
+	// ("unidentified" for a client that names none), at most MaxReportClients.
+	Clients []string `json:"clients"`
 	// FirstServed and LastServed bound the normalized answers given.
 	FirstServed time.Time `json:"firstServed,omitzero"`
 	LastServed  time.Time `json:"lastServed,omitzero"`
@@ -126,9 +133,13 @@ type ReportEntry struct {
 	LastUnnormalizedPull time.Time `json:"lastUnnormalizedPull,omitzero"`
 }
 
-// Key identifies the entry: one per upstream, repository and original digest.
+// MaxReportClients bounds the client versions an entry lists.
+const MaxReportClients = 16
+
+// Key identifies the entry: one per upstream, repository, original digest
+// and rule set.
 func (e ReportEntry) Key() string {
-	return e.Upstream + "/" + e.Repository + "@" + e.Original.String()
+	return e.Upstream + "/" + e.Repository + "@" + e.Original.String() + " rules=" + e.Rules
 }
 
 // Merge adds other's counts and times to e. Identity fields are taken from
@@ -146,6 +157,14 @@ func (e *ReportEntry) Merge(other ReportEntry) {
 	}
 	slices.Sort(tags)
 	e.Tags = tags
+	clients := slices.Clone(e.Clients)
+	for _, c := range other.Clients {
+		if !slices.Contains(clients, c) && len(clients) < MaxReportClients {
+			clients = append(clients, c)
+		}
+	}
+	slices.Sort(clients)
+	e.Clients = clients
 	if !other.FirstServed.IsZero() && (e.FirstServed.IsZero() || other.FirstServed.Before(e.FirstServed)) {
 		e.FirstServed = other.FirstServed
 	}
@@ -235,17 +254,22 @@ func reportPath(key string) string {
 	return path.Join("/reports", h[:2], h)
 }
 
-// GetNormalization returns the verdict recorded for original.
-func (s *Store) GetNormalization(ctx context.Context, original digest.Digest) (Normalization, error) {
+// GetNormalization returns the verdict recorded for original under the
+// rule set whose key is rules.
+func (s *Store) GetNormalization(ctx context.Context, original digest.Digest, rules string) (Normalization, error) {
 	if err := original.Validate(); err != nil {
 		return Normalization{}, fmt.Errorf("get normalization %q: %w", original, err)
 	}
-	var n Normalization
-	if err := s.getJSON(ctx, normalizationPath(original), &n); err != nil {
+	p, err := normalizationPath(original, rules)
+	if err != nil {
 		return Normalization{}, fmt.Errorf("get normalization %s: %w", original, err)
 	}
-	if n.Original != original {
-		return Normalization{}, fmt.Errorf("get normalization %s: record is for %s", original, n.Original)
+	var n Normalization
+	if err := s.getJSON(ctx, p, &n); err != nil {
+		return Normalization{}, fmt.Errorf("get normalization %s [%s]: %w", original, rules, err)
+	}
+	if n.Original != original || n.Rules != rules {
+		return Normalization{}, fmt.Errorf("get normalization %s [%s]: record is for %s [%s]", original, rules, n.Original, n.Rules)
 	}
 	return n, nil
 }
@@ -256,12 +280,16 @@ func (s *Store) PutNormalization(ctx context.Context, n Normalization) error {
 	if err := n.Original.Validate(); err != nil {
 		return fmt.Errorf("put normalization %q: %w", n.Original, err)
 	}
+	p, err := normalizationPath(n.Original, n.Rules)
+	if err != nil {
+		return fmt.Errorf("put normalization %s: %w", n.Original, err)
+	}
 	if n.Normalized != "" {
 		if _, err := s.driver.Stat(ctx, manifestPath(n.Normalized)); err != nil {
 			return fmt.Errorf("put normalization %s: normalized manifest %s: %w", n.Original, n.Normalized, notFound(err))
 		}
 	}
-	return s.putJSON(ctx, normalizationPath(n.Original), n)
+	return s.putJSON(ctx, p, n)
 }
 
 // GetReport returns the entry with key.

@@ -167,10 +167,11 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				}
 			}
 		}},
-		{"normalization verdicts", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+		{"normalization verdicts, one per rule set", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			body := []byte(`{"schemaVersion":2}`)
 			normalized := cache.Manifest{MediaType: "m", Digest: digest.FromBytes(body), Content: body}
-			n := cache.Normalization{Original: dgst, Normalized: normalized.Digest, MediaType: "m",
+			const both, configOnly = "config-media-type,symlink-xattrs", "config-media-type"
+			n := cache.Normalization{Original: dgst, Normalized: normalized.Digest, MediaType: "m", Rules: both,
 				Changes: []cache.Change{{Kind: "config-media-type", Path: "config.mediaType", Old: "a", New: "b"}}}
 			if err := s.PutNormalization(ctx, n); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("verdict pointing at a missing manifest: got %v, want ErrNotFound", err)
@@ -181,15 +182,33 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			if err := s.PutNormalization(ctx, n); err != nil {
 				t.Fatal(err)
 			}
-			got, err := s.GetNormalization(ctx, dgst)
+			got, err := s.GetNormalization(ctx, dgst, both)
 			if err != nil || got.Normalized != n.Normalized || len(got.Changes) != 1 || !reflect.DeepEqual(got.Changes, n.Changes) {
 				t.Fatalf("got %+v, %v", got, err)
 			}
-			clean := cache.Normalization{Original: normalized.Digest}
+			// Another rule set's variant is another record.
+			if _, err := s.GetNormalization(ctx, dgst, configOnly); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("verdict of another rule set: got %v, want ErrNotFound", err)
+			}
+			if err := s.PutNormalization(ctx, cache.Normalization{Original: dgst, Rules: configOnly}); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.GetNormalization(ctx, dgst, configOnly); err != nil || got.Normalized != "" {
+				t.Fatalf("clean variant: %+v, %v", got, err)
+			}
+			if got, err := s.GetNormalization(ctx, dgst, both); err != nil || got.Normalized != n.Normalized {
+				t.Fatalf("the other variant after the clean one: %+v, %v", got, err)
+			}
+			for _, bad := range []string{"../x", "a b", "A", ",", "a,,b"} {
+				if err := s.PutNormalization(ctx, cache.Normalization{Original: dgst, Rules: bad}); err == nil {
+					t.Errorf("rule set %q accepted as a key", bad)
+				}
+			}
+			clean := cache.Normalization{Original: normalized.Digest, Rules: both}
 			if err := s.PutNormalization(ctx, clean); err != nil {
 				t.Fatal(err)
 			}
-			if got, err := s.GetNormalization(ctx, normalized.Digest); err != nil || got.Normalized != "" {
+			if got, err := s.GetNormalization(ctx, normalized.Digest, both); err != nil || got.Normalized != "" {
 				t.Fatalf("clean verdict: %+v, %v", got, err)
 			}
 		}},

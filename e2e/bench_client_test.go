@@ -28,18 +28,24 @@ type pullResult struct {
 
 var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
 
-// pull makes the requests containerd makes: HEAD by tag, GET manifest by
-// digest, GET config and layers (three at a time), verifying every digest.
-// A 503 with Retry-After (a mirror still normalizing) is retried, as
-// kubelet would.
+// pull is pullAs by Debian's containerd 1.6.20, which needs the config
+// media type rule only.
 func pull(ctx context.Context, base, repo, tag string) (pullResult, error) {
+	return pullAs(ctx, "containerd/1.6.20", base, repo, tag)
+}
+
+// pullAs makes the requests containerd makes, with its User-Agent: HEAD by
+// tag, GET manifest by digest, GET config and layers (three at a time),
+// verifying every digest. A 503 with Retry-After (a mirror still
+// normalizing) is retried, as kubelet would.
+func pullAs(ctx context.Context, userAgent, base, repo, tag string) (pullResult, error) {
 	start := time.Now()
 	var res pullResult
 	var dgst digest.Digest
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodHead, base+"/v2/"+repo+"/manifests/"+tag, nil)
 		req.Header.Set("Accept", acceptAll)
-		req.Header.Set("User-Agent", "containerd/1.6.20")
+		req.Header.Set("User-Agent", userAgent)
 		resp, err := httpClient.Do(req)
 		if err != nil {
 			return res, err

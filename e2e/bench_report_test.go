@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -50,11 +51,11 @@ func median(ds []time.Duration) time.Duration {
 // report prints a table, one row per scenario and contender, with ratios
 // against direct and distribution's proxy where they apply, and the goals.
 func (r *results) report(w io.Writer, cleanBytes int64) {
-	fmt.Fprintf(w, "\n%-42s %-22s %10s %21s %s\n", "scenario", "contender", "median", "spread (min–max)", "ratios")
+	fmt.Fprintf(w, "\n%-42s %-30s %10s %21s %s\n", "scenario", "contender", "median", "spread (min–max)", "ratios")
 	for _, sc := range r.order {
 		if bs, ok := r.Bytes[sc]; ok {
 			for _, c := range []string{"direct", "distribution-proxy", "regnorm"} {
-				fmt.Fprintf(w, "%-42s %-22s %9.1fMB %21s %.2f× the image\n", sc, c, float64(bs[c])/1e6, "", float64(bs[c])/float64(cleanBytes))
+				fmt.Fprintf(w, "%-42s %-30s %9.1fMB %21s %.2f× the image\n", sc, c, float64(bs[c])/1e6, "", float64(bs[c])/float64(cleanBytes))
 			}
 			continue
 		}
@@ -66,8 +67,11 @@ func (r *results) report(w io.Writer, cleanBytes int64) {
 			if d, ok := byC["direct"]; ok && c != "direct" {
 				ratio += fmt.Sprintf("%.2f× direct ", median(ds).Seconds()/median(d).Seconds())
 			}
-			if d, ok := byC["direct (original)"]; ok && c != "direct (original)" && sc[:2] == "4 " && !isFirstManifest(sc) {
+			if d, ok := byC["direct (original)"]; ok && c != "direct (original)" && sc[:2] == "4 " {
 				ratio += fmt.Sprintf("%.2f× direct pull of the original ", median(ds).Seconds()/median(d).Seconds())
+			}
+			if d, ok := byC["distribution-proxy (original)"]; ok && strings.HasPrefix(c, "regnorm") {
+				ratio += fmt.Sprintf("%.2f× distribution-proxy ", median(ds).Seconds()/median(d).Seconds())
 			}
 			if d, ok := byC["distribution-proxy"]; ok && c == "regnorm" {
 				ratio += fmt.Sprintf("%.2f× distribution-proxy ", median(ds).Seconds()/median(d).Seconds())
@@ -75,15 +79,14 @@ func (r *results) report(w io.Writer, cleanBytes int64) {
 			if d, ok := byC["loopback limit"]; ok && c != "loopback limit" {
 				ratio += fmt.Sprintf("%.2f of the loopback limit", median(d).Seconds()/median(ds).Seconds())
 			}
-			fmt.Fprintf(w, "%-42s %-22s %10s %10s–%-10s %s\n", sc, c, round(median(ds)), round(lo), round(hi), ratio)
+			fmt.Fprintf(w, "%-42s %-30s %10s %10s–%-10s %s\n", sc, c, round(median(ds)), round(lo), round(hi), ratio)
 		}
 	}
 }
 
-func isFirstManifest(sc string) bool { return len(sc) > 8 && sc[2:7] == "first" }
-
 func sortedContenders(m map[string][]time.Duration) []string {
-	order := []string{"direct", "direct (original)", "distribution-proxy", "regnorm", "regnorm, containerd CRI", "regnorm (normalized)", "loopback limit"}
+	order := []string{"direct", "direct (original)", "distribution-proxy", "distribution-proxy (original)", "regnorm", "regnorm, containerd CRI",
+		"regnorm, containerd 2.3.4", "regnorm, containerd 1.6.8", "loopback limit"}
 	var out []string
 	for _, c := range order {
 		if _, ok := m[c]; ok {

@@ -157,15 +157,26 @@ func TestPullBenchmark(t *testing.T) {
 	}
 
 	// 4. Cold pull of images that need normalization: regnorm against a
-	// direct pull of the original.
+	// direct pull of the original and distribution's proxy, by a node that
+	// needs the layer rule (1.6.8) and one that does not (2.3.4): the xattr
+	// image is the original for 2.3.4, answered without a layer download.
 	for _, img := range []string{"bench/legacy", "bench/xattr"} {
 		for range o.reps {
-			res.add("4 cold pull, "+img, "direct (original)", must(pull(ctx, relayURL, img, "v1")).total)
-			base, stop := regnorm.start()
-			r := must(pull(ctx, base, img, "v1"))
+			r := must(pull(ctx, relayURL, img, "v1"))
+			res.add("4 cold pull, "+img, "direct (original)", r.total)
+			res.add("4 first manifest answer, "+img, "direct (original)", r.firstManifest)
+			base, stop := distribution.start()
+			r = must(pull(ctx, base, img, "v1"))
 			stop()
-			res.add("4 cold pull, "+img, "regnorm (normalized)", r.total)
-			res.add("4 first manifest answer, "+img, "regnorm (normalized)", r.firstManifest)
+			res.add("4 cold pull, "+img, "distribution-proxy (original)", r.total)
+			res.add("4 first manifest answer, "+img, "distribution-proxy (original)", r.firstManifest)
+			for _, node := range []string{"2.3.4", "1.6.8"} {
+				base, stop := regnorm.start()
+				r := must(pullAs(ctx, "containerd/"+node, base, img, "v1"))
+				stop()
+				res.add("4 cold pull, "+img, "regnorm, containerd "+node, r.total)
+				res.add("4 first manifest answer, "+img, "regnorm, containerd "+node, r.firstManifest)
+			}
 		}
 	}
 

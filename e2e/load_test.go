@@ -114,7 +114,12 @@ func TestLoad(t *testing.T) {
 						repo, cold = fmt.Sprintf("load/cold%d", n), true
 					}
 				}
-				res, err := pull(ctx, proxyURL, repo, "v1")
+				// Half the clients need the layer rule.
+				ua := "containerd/1.6.20"
+				if c%2 == 0 {
+					ua = "containerd/1.6.8"
+				}
+				res, err := pullAs(ctx, ua, proxyURL, repo, "v1")
 				lat, herr := headLatencies(ctx, proxyURL, fmt.Sprintf("load/warm%d", rng.IntN(warmImages)), "v1", 1, 4)
 				mu.Lock()
 				if err != nil {

@@ -5,6 +5,8 @@ package e2e
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
@@ -28,9 +30,11 @@ func pushXattrImage(t *testing.T, registryURL, repo, tag string, opts regtest.Im
 
 // TestSymlinkXattrImages: containerd v1.6.8 fails on a layer with a user.*
 // xattr on a symlink; through regnorm it pulls and runs the image, also one
-// that has both problems (warmed with the `warm` command first), and
-// Debian's 1.6.20 and containerd 2.3.4 (which has the fix, and pulls through
-// the transfer service) pull and run the normalized images as well.
+// that has both problems (warmed with the `warm` command first, for the
+// fleet's versions). Debian's 1.6.20 and containerd 2.3.4 (which unpack such
+// layers, and 2.3.4 through the transfer service) get the xattr image as
+// the upstream has it, byte for byte, and the octet-stream one with only its
+// config fixed; the report lists both variants of each.
 func TestSymlinkXattrImages(t *testing.T) {
 	registryURL, _ := startRegistry(t)
 	registryHost := strings.TrimPrefix(registryURL, "http://")
@@ -40,8 +44,9 @@ func TestSymlinkXattrImages(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, regnormBin, "warm", "--server", proxyURL, "docker.io/library/both:v1").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "normalized "+both.ManifestDigest.String()) {
+	out, err := exec.CommandContext(ctx, regnormBin, "warm", "--server", proxyURL, "--clients", "1.6.8,1.6.20", "docker.io/library/both:v1").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "containerd 1.6.8: normalized "+both.ManifestDigest.String()) ||
+		!strings.Contains(string(out), "containerd 1.6.20: normalized "+both.ManifestDigest.String()) {
 		t.Fatalf("regnorm warm: %v\n%s", err, out)
 	}
 
@@ -50,9 +55,11 @@ func TestSymlinkXattrImages(t *testing.T) {
 		original   string
 		// The octet-stream failure comes first: the layers are never fetched.
 		directErr string
+		// Whether nodes with the xattr fix get the original.
+		originalForFixed bool
 	}{
-		{"symlink xattr", "ansible/creator-ee:v0.5.0", xattr.ManifestDigest.String(), "operation not permitted"},
-		{"symlink xattr and octet-stream config", "library/both:v1", both.ManifestDigest.String(), "not found"},
+		{"symlink xattr", "ansible/creator-ee:v0.5.0", xattr.ManifestDigest.String(), "operation not permitted", true},
+		{"symlink xattr and octet-stream config", "library/both:v1", both.ManifestDigest.String(), "not found", false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			old := startContainerdBin(t, oldContainerdBin, proxyURL, registryHost)
@@ -67,11 +74,12 @@ func TestSymlinkXattrImages(t *testing.T) {
 			if got := old.run(t, ref); got != "hello from regnorm e2e" {
 				t.Fatalf("container printed %q", got)
 			}
-			if got := old.repoDigest(t, ref); got == tt.original {
+			fixed := old.repoDigest(t, ref)
+			if fixed == tt.original {
 				t.Fatal("pulled under the original digest")
 			}
 
-			// Versions with the fix pull the normalized image as well.
+			// Versions with the xattr fix get the variant of their rules.
 			for _, kind := range []containerdKind{containerd1620, containerd234} {
 				node := startContainerdVersion(t, kind, containerdOptions{Mirror: proxyURL})
 				if _, err := node.pull(t, ref); err != nil {
@@ -80,10 +88,53 @@ func TestSymlinkXattrImages(t *testing.T) {
 				if got := node.run(t, ref); got != "hello from regnorm e2e" {
 					t.Fatalf("container printed %q on %s", got, kind.name)
 				}
+				got := node.repoDigest(t, ref)
+				switch {
+				case tt.originalForFixed && got != tt.original:
+					t.Fatalf("containerd %s got %s, want the upstream's %s", kind.name, got, tt.original)
+				case !tt.originalForFixed && (got == tt.original || got == fixed):
+					t.Fatalf("containerd %s got %s: want the config-only variant (original %s, 1.6.8's %s)", kind.name, got, tt.original, fixed)
+				}
 			}
 		})
 	}
 	if n := metric(t, proxyURL, "regnorm_rewrites_total", `kind="symlink-xattrs"`); n != 2 {
 		t.Fatalf("symlink-xattrs rewrites = %v, want 2", n)
+	}
+
+	// The report: two variants of each image, and which nodes got which.
+	resp, err := http.Get(proxyURL + "/api/v1/rewrites")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var report struct {
+		Rewrites []struct {
+			OriginalDigest   string   `json:"originalDigest"`
+			NormalizedDigest string   `json:"normalizedDigest"`
+			Rules            string   `json:"rules"`
+			Clients          []string `json:"clients"`
+		} `json:"rewrites"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&report); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range report.Rewrites {
+		unchanged := ""
+		if e.NormalizedDigest == "" {
+			unchanged = " (original)"
+		}
+		got[e.OriginalDigest+" "+e.Rules] = strings.Join(e.Clients, ",") + unchanged
+	}
+	for key, want := range map[string]string{
+		xattr.ManifestDigest.String() + " config-media-type,symlink-xattrs": "1.6.8",
+		xattr.ManifestDigest.String() + " config-media-type":                "1.6.20,2.3.4 (original)",
+		both.ManifestDigest.String() + " config-media-type,symlink-xattrs":  "1.6.8",
+		both.ManifestDigest.String() + " config-media-type":                 "1.6.20,2.3.4",
+	} {
+		if got[key] != want {
+			t.Errorf("report entry %s: clients %q, want %q (report %+v)", key, got[key], want, got)
+		}
 	}
 }

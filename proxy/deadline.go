@@ -3,27 +3,15 @@ package proxy
 import (
 	"context"
 	"net/http"
-	"regexp"
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/internal/containerdcfg"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // retryAfterNormalizing is the Retry-After sent with a 503 when
 // normalization outlives the deadline.
 const retryAfterNormalizing = 10 * time.Second
-
-var containerdUserAgent = regexp.MustCompile(`containerd/v?(\d+\.\d+\.\d+)`)
-
-// clientContainerd is the containerd version a User-Agent names, if any.
-func clientContainerd(userAgent string) (containerdcfg.Version, bool) {
-	m := containerdUserAgent.FindStringSubmatch(userAgent)
-	if m == nil {
-		return containerdcfg.Version{}, false
-	}
-	return containerdcfg.ParseVersion(m[1]), true
-}
 
 // deadlineFor is how long a client may wait for a manifest answer, from
 // what its User-Agent says of its timeouts (CONTAINERD.md):
@@ -33,7 +21,7 @@ func clientContainerd(userAgent string) (containerdcfg.Version, bool) {
 //	1.7.10+, 2.0 – 2.2       the same after 5 min                       at most 4.5 min
 //	2.3+, anything else      30 s response header timeout              the deadline (25 s)
 func (s *Server) deadlineFor(userAgent string) time.Duration {
-	v, ok := clientContainerd(userAgent)
+	v, ok := ruleset.Containerd(userAgent)
 	if !ok {
 		return s.deadline
 	}
@@ -52,9 +40,9 @@ func (s *Server) deadlineFor(userAgent string) time.Duration {
 // normalizeWithin normalizes m for a request, waiting at most d. Past d the
 // client gets 503 with Retry-After; the work goes on, and the next request
 // gets its result at once.
-func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, d time.Duration) (normalized, error) {
-	if !s.mayNeedNormalizing(m, 0) {
-		return normalized{manifest: m, verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}, nil
+func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, rules ruleset.Set, d time.Duration) (normalized, error) {
+	if !mayNeedNormalizing(m, rules, 0) {
+		return normalized{manifest: m, verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key()}}, nil
 	}
 	type result struct {
 		n   normalized
@@ -62,7 +50,7 @@ func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.M
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := s.normalize(context.WithoutCancel(ctx), req.upstream, req.repo, m)
+		n, err := s.normalize(context.WithoutCancel(ctx), req.upstream, req.repo, m, rules)
 		done <- result{n, err}
 	}()
 	expired := make(chan struct{})

@@ -25,6 +25,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // harness is a proxy in front of a real registry, with a fault-injecting
@@ -44,7 +45,7 @@ type harnessOptions struct {
 	registry     regtest.Options
 	credentials  proxy.Credentials
 	tagTTL       time.Duration
-	rules        *proxy.Rules
+	rules        *ruleset.Policy
 	deadline     time.Duration
 	patient      time.Duration
 	eviction     cache.EvictionPolicy

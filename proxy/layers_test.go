@@ -18,6 +18,7 @@ import (
 
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // The layer seen in quay.io/ansible/creator-ee v0.5.0.
@@ -104,7 +105,7 @@ func TestBothProblemsInOneImage(t *testing.T) {
 
 func TestRulesCanBeSwitchedOff(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{rules: &proxy.Rules{}})
+	h := newHarness(t, harnessOptions{rules: &ruleset.Policy{}})
 	img := h.push(t, "library/both", "v1", legacy, xattrLayer)
 	if d, _ := h.pullByTag(t, "library/both", "v1"); d != img.ManifestDigest {
 		t.Fatal("rewritten with every rule off")
@@ -137,9 +138,9 @@ func TestDeadline(t *testing.T) {
 	}
 
 	unblock := holdLayers()
-	modern := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/2.3.0"}}
+	unidentified := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"crane/0.20"}}
 	answer := make(chan response, 1)
-	go func() { answer <- h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", modern) }()
+	go func() { answer <- h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", unidentified) }()
 	waitFor(t, "the request to wait for its deadline", func() bool { return clk.Waiting() == 1 })
 	clk.Advance(100 * time.Millisecond)
 	if r := <-answer; r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "10" {
@@ -153,7 +154,7 @@ func TestDeadline(t *testing.T) {
 	waitFor(t, "the background normalization", func() bool {
 		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == 1
 	})
-	if r := h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", modern); r.status != http.StatusOK {
+	if r := h.do(t, http.MethodHead, "/v2/library/slow/manifests/v1", unidentified); r.status != http.StatusOK {
 		t.Fatalf("after the normalization: %d", r.status)
 	}
 
@@ -196,7 +197,7 @@ func TestWarm(t *testing.T) {
 
 	results, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{
 		"docker.io/ansible/creator-ee:v0.5.0", "library/clean:v1", "evil.example.com/x:1",
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,8 +212,8 @@ func TestWarm(t *testing.T) {
 	}
 	normalizations := h.metric(t, "regnorm_normalizations_total", "")
 	scans := h.metric(t, "regnorm_layers_scanned_total", "")
-	modern := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/2.3.0"}}
-	r := h.do(t, http.MethodHead, "/v2/ansible/creator-ee/manifests/v0.5.0", modern)
+	unidentified := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"crane/0.20"}}
+	r := h.do(t, http.MethodHead, "/v2/ansible/creator-ee/manifests/v0.5.0", unidentified)
 	if r.status != http.StatusOK || r.header.Get("Docker-Content-Digest") != results[0].NormalizedDigest {
 		t.Fatalf("after warm: %d %s", r.status, r.header.Get("Docker-Content-Digest"))
 	}

@@ -40,6 +40,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
 	accept := parseAccept(r.Header.Values("Accept"))
+	client := s.rules.ForUserAgent(r.UserAgent())
 
 	var m cache.Manifest
 	var source string
@@ -51,23 +52,24 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		s.fleet.sawPull(r, false)
-		n, err := s.normalizeWithin(ctx, req, m, s.deadlineFor(r.UserAgent()))
+		n, err := s.normalizeWithin(ctx, req, m, client.Rules, s.deadlineFor(r.UserAgent()))
 		if err != nil {
 			return err
 		}
 		if n.changed() {
 			s.metrics.normalizedServed.Inc()
-			now := s.clock.Now().UTC()
-			s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
-				Tags: []string{req.tag}, FirstServed: now, LastServed: now, TimesServed: 1})
+			s.reports.add(s.served(req, m.Digest, client))
 			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
+		} else if client.Rules != s.rules.Enabled {
+			// Once answered: the original may be another client's to fix.
+			defer s.noteOriginalServed(ctx, req, m, client)
 		}
 		m = n.manifest
 	} else {
 		if m, source, err = s.manifestByDigest(ctx, req, accept); err != nil {
 			return err
 		}
-		s.fleet.sawPull(r, s.noteDigestPull(ctx, req, m))
+		s.fleet.sawPull(r, s.noteDigestPull(ctx, req, m, client))
 	}
 	logAttrs(ctx, slog.String("source", source), slog.String("digest", m.Digest.String()))
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // The fleet: which nodes pull through regnorm, with which containerd, and
@@ -152,7 +153,7 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 			continue // pruneNodeReports deletes it
 		}
 		r := r
-		n := &NodeStatus{Node: r.Node, Address: r.Address, ContainerdVersion: r.ContainerdVersion, Rules: s.rules.key(), NodeConfig: &r}
+		n := &NodeStatus{Node: r.Node, Address: r.Address, ContainerdVersion: r.ContainerdVersion, NodeConfig: &r}
 		out = append(out, n)
 		if r.Address != "" {
 			byAddr[r.Address] = n
@@ -161,13 +162,16 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 	for _, seen := range s.fleet.snapshot() {
 		n, ok := byAddr[seen.Address]
 		if !ok {
-			n = &NodeStatus{Address: seen.Address, Rules: s.rules.key()}
+			n = &NodeStatus{Address: seen.Address}
 			out = append(out, n)
 		}
 		n.UserAgent, n.LastPull, n.Pulls, n.OriginalDigestPulls = seen.UserAgent, seen.LastPull, seen.Pulls, seen.OriginalDigestPulls
-		if v, ok := clientContainerd(seen.UserAgent); ok {
+		if v, ok := ruleset.Containerd(seen.UserAgent); ok {
 			n.ContainerdVersion = v.Text
 		}
+	}
+	for _, n := range out {
+		n.Rules = s.rules.ForVersion(containerdcfg.ParseVersion(n.ContainerdVersion)).Rules.Key()
 	}
 	list := make([]NodeStatus, 0, len(out))
 	for _, n := range out {
@@ -399,7 +403,7 @@ func (s *Server) countNodesOnce() {
 	counts := map[string]int{"other": 0}
 	for _, seen := range s.fleet.snapshot() {
 		n := NodeStatus{LastPull: seen.LastPull}
-		if v, ok := clientContainerd(seen.UserAgent); ok {
+		if v, ok := ruleset.Containerd(seen.UserAgent); ok {
 			n.ContainerdVersion = v.Text
 		}
 		counts[minorVersion(n)]++

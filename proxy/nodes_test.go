@@ -41,8 +41,9 @@ func TestFleetView(t *testing.T) {
 	normalized, _ := h.pullByTag(t, "library/redis", "old")
 	ua := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/1.6.20~ds1"}}
 	// pullByTag made two manifest requests (HEAD by tag, GET by digest);
-	// then a pull by tag, one by the normalized digest, one by the original.
-	for _, ref := range []string{"app/manifests/v1", "redis/manifests/" + normalized.String(), "redis/manifests/" + img.ManifestDigest.String()} {
+	// then pulls by tag, one by the normalized digest, one by the original
+	// (which this node's rules fix: the config media type).
+	for _, ref := range []string{"app/manifests/v1", "redis/manifests/old", "redis/manifests/" + normalized.String(), "redis/manifests/" + img.ManifestDigest.String()} {
 		if r := h.do(t, http.MethodHead, "/v2/library/"+ref, ua); r.status != http.StatusOK {
 			t.Fatalf("pull %s: %d", ref, r.status)
 		}
@@ -67,7 +68,7 @@ func TestFleetView(t *testing.T) {
 		n.NodeConfig.Fix != "[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d'" {
 		t.Fatalf("the node that does not use the mirror first, with the fix: %+v", n)
 	}
-	if n := nodes[1]; n.Node != "node-a" || n.State != "uses the mirror" || n.ContainerdVersion != "1.6.20" || n.Pulls != 5 || n.OriginalDigestPulls != 1 {
+	if n := nodes[1]; n.Node != "node-a" || n.State != "uses the mirror" || n.ContainerdVersion != "1.6.20" || n.Pulls != 6 || n.OriginalDigestPulls != 1 {
 		t.Fatalf("the node that pulled: %+v", n)
 	}
 	page := string(h.do(t, http.MethodGet, "/status", nil).body)

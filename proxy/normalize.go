@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/rewrite"
 )
 
@@ -40,19 +41,20 @@ type normalized struct {
 
 func (n normalized) changed() bool { return n.verdict.Normalized != "" }
 
-// normalize returns the manifest to serve in place of m: its normalized form,
-// or m itself. Verdicts are read from the cache first, so a restart or another
-// replica does not recompute them.
-func (s *Server) normalize(ctx context.Context, up *upstream, repo string, m cache.Manifest) (normalized, error) {
-	return s.normalizeDepth(ctx, up, repo, m, 0)
+// normalize returns the manifest to serve in place of m to a client with
+// rule set rules: m's variant for that set, or m itself. Verdicts are read
+// from the cache first, so a restart or another replica does not recompute
+// them.
+func (s *Server) normalize(ctx context.Context, up *upstream, repo string, m cache.Manifest, rules ruleset.Set) (normalized, error) {
+	return s.normalizeDepth(ctx, up, repo, m, rules, 0)
 }
 
-func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, m cache.Manifest, depth int) (normalized, error) {
-	clean := normalized{manifest: m, verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}
-	if !s.mayNeedNormalizing(m, depth) {
+func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, m cache.Manifest, rules ruleset.Set, depth int) (normalized, error) {
+	clean := normalized{manifest: m, verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key()}}
+	if !mayNeedNormalizing(m, rules, depth) {
 		return clean, nil
 	}
-	if n, err := s.store.GetNormalization(ctx, m.Digest); err == nil && n.Rules == s.rules.key() {
+	if n, err := s.store.GetNormalization(ctx, m.Digest, rules.Key()); err == nil {
 		if n.Normalized == "" {
 			return normalized{manifest: m, verdict: n}, nil
 		}
@@ -62,12 +64,12 @@ func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, 
 		// The verdict outlived its manifest: compute both again.
 	}
 	// Per identity: the work asks upstream as its caller (see askingAs).
-	v, err, _ := s.normalizations.Do(m.Digest.String()+" "+askingAs(up, repo), func() (any, error) {
+	v, err, _ := s.normalizations.Do(m.Digest.String()+" "+rules.Key()+" "+askingAs(up, repo), func() (any, error) {
 		// Bounded like the downloads it waits for: clients are answered by
 		// their own deadline (503 and Retry-After), not by this one.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.fetches.timeout)
 		defer cancel()
-		return s.computeNormalization(ctx, up, repo, m, depth)
+		return s.computeNormalization(ctx, up, repo, m, rules, depth)
 	})
 	if err != nil {
 		s.metrics.rewriteErrors.WithLabelValues("fetch").Inc()
@@ -77,20 +79,23 @@ func (s *Server) normalizeDepth(ctx context.Context, up *upstream, repo string, 
 	return v.(normalized), nil
 }
 
-// mayNeedNormalizing is the pure, I/O-free first look: with only the config
-// media type rule on, most manifests are clean and cost nothing more; with
-// the layer rule on, every image with layers needs its verdict.
-func (s *Server) mayNeedNormalizing(m cache.Manifest, depth int) bool {
+// mayNeedNormalizing is the pure, I/O-free first look: for a client with no
+// rule, nothing does; with only the config media type rule, most manifests
+// are clean and cost nothing more; with the layer rule, every image with
+// layers needs its verdict.
+func mayNeedNormalizing(m cache.Manifest, rules ruleset.Set, depth int) bool {
 	switch {
+	case rules.Empty():
+		return false
 	case rewrite.IsManifest(m.MediaType):
 		plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
 		if err != nil {
 			return false
 		}
-		if s.rules.ConfigMediaType && plan.ConfigMediaTypeSuspect {
+		if rules.ConfigMediaType && plan.ConfigMediaTypeSuspect {
 			return true
 		}
-		if s.rules.SymlinkXattrs {
+		if rules.SymlinkXattrs {
 			for _, l := range plan.Layers {
 				if rewrite.IsScannableLayer(l.MediaType) {
 					return true
@@ -104,16 +109,16 @@ func (s *Server) mayNeedNormalizing(m cache.Manifest, depth int) bool {
 	return false
 }
 
-func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo string, m cache.Manifest, depth int) (normalized, error) {
+func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo string, m cache.Manifest, rules ruleset.Set, depth int) (normalized, error) {
 	start := time.Now()
 	var res rewrite.Result
 	var err error
 	if rewrite.IsManifest(m.MediaType) {
-		res, err = s.normalizeImage(ctx, up, repo, m)
+		res, err = s.normalizeImage(ctx, up, repo, m, rules)
 	} else {
-		res, err = s.normalizeIndex(ctx, up, repo, m, depth)
+		res, err = s.normalizeIndex(ctx, up, repo, m, rules, depth)
 	}
-	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: s.rules.key(), CreatedAt: s.clock.Now().UTC()}
+	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key(), CreatedAt: s.clock.Now().UTC()}
 	out := m
 	result := "clean"
 	switch {
@@ -142,9 +147,9 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
 			s.metrics.rewrites.WithLabelValues(c.Kind).Inc()
 		}
-		s.reports.add(cache.ReportEntry{Upstream: up.name, Repository: repo, Original: m.Digest,
+		s.reports.add(cache.ReportEntry{Upstream: up.name, Repository: repo, Original: m.Digest, Rules: verdict.Rules,
 			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
-		s.log.Info("normalized manifest", "upstream", up.name, "repo", repo, "original", m.Digest,
+		s.log.Info("normalized manifest", "upstream", up.name, "repo", repo, "original", m.Digest, "rules", verdict.Rules,
 			"normalized", res.Digest, "changes", len(res.Changes))
 		// Normalizing a normalized manifest changes nothing: say so now, so a
 		// pull by the new digest costs no work.
@@ -161,10 +166,11 @@ func (s *Server) computeNormalization(ctx context.Context, up *upstream, repo st
 	return normalized{manifest: out, verdict: verdict}, nil
 }
 
-// normalizeImage applies the manifest rules: it scans the layers (and
-// repackages those that need it), and reads the config through the cache
-// (where containerd will find it next) when a rule needs it.
-func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, m cache.Manifest) (rewrite.Result, error) {
+// normalizeImage applies the manifest rules of rules: it scans the layers
+// (and repackages those that need it) only for the layer rule, and reads the
+// config through the cache (where containerd will find it next) only when a
+// rule needs it.
+func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, m cache.Manifest, rules ruleset.Set) (rewrite.Result, error) {
 	plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
@@ -174,19 +180,19 @@ func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, 
 		return rewrite.Result{}, fmt.Errorf("%w: config is %d bytes, more than %d", errInvalidContent, plan.Config.Size, maxConfigSize)
 	}
 	var layers map[digest.Digest]rewrite.LayerResult
-	if s.rules.SymlinkXattrs {
+	if rules.SymlinkXattrs {
 		if layers, err = s.repackagedLayers(ctx, up, repo, plan.Layers); err != nil {
 			return rewrite.Result{}, err
 		}
 	}
 	var config []byte
-	if (s.rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
+	if (rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
 		if config, err = s.readBlob(ctx, up, repo, plan.Config, maxConfigSize); err != nil {
 			return rewrite.Result{}, err
 		}
 	}
 	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
-		Layers: layers, KeepConfigMediaType: !s.rules.ConfigMediaType})
+		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType})
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
@@ -204,7 +210,7 @@ func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, 
 
 // normalizeIndex normalizes every child manifest (a few at a time) and
 // points the index at those that changed.
-func (s *Server) normalizeIndex(ctx context.Context, up *upstream, repo string, m cache.Manifest, depth int) (rewrite.Result, error) {
+func (s *Server) normalizeIndex(ctx context.Context, up *upstream, repo string, m cache.Manifest, rules ruleset.Set, depth int) (rewrite.Result, error) {
 	children, err := rewrite.IndexChildren(m.MediaType, m.Content)
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
@@ -222,7 +228,7 @@ func (s *Server) normalizeIndex(ctx context.Context, up *upstream, repo string, 
 			if err != nil {
 				return fmt.Errorf("child manifest %s: %w", child.Digest, err)
 			}
-			n, err := s.normalizeDepth(gctx, up, repo, cm, depth+1)
+			n, err := s.normalizeDepth(gctx, up, repo, cm, rules, depth+1)
 			if err != nil {
 				return err
 			}
@@ -282,17 +288,18 @@ func (s *Server) readBlobOnce(ctx context.Context, up *upstream, repo string, de
 // a pull by digest never makes regnorm download what nobody asked for (for
 // an index, that would be every platform's layers).
 // It reports whether the pull was one of an original that regnorm
-// normalizes.
-func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest) bool {
-	if !s.mayNeedNormalizing(m, 0) {
+// normalizes for this client's rules: a node that needs no rule pulls the
+// original by design.
+func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) bool {
+	if !mayNeedNormalizing(m, client.Rules, 0) {
 		return false
 	}
-	n, err := s.store.GetNormalization(ctx, m.Digest)
+	n, err := s.store.GetNormalization(ctx, m.Digest, client.Rules.Key())
 	if err != nil || n.Normalized == "" {
 		return false
 	}
 	s.metrics.unnormalizedPulls.Inc()
-	s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest,
+	s.reports.add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest, Rules: n.Rules,
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
 		"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)

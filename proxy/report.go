@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	digest "github.com/opencontainers/go-digest"
 	"io"
 	"log/slog"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // reporter keeps the rewrite report. Serving counts accumulate in memory and
@@ -92,7 +94,7 @@ func (r *reporter) add(delta cache.ReportEntry) {
 }
 
 func identity(e cache.ReportEntry) cache.ReportEntry {
-	return cache.ReportEntry{Upstream: e.Upstream, Repository: e.Repository, Original: e.Original}
+	return cache.ReportEntry{Upstream: e.Upstream, Repository: e.Repository, Original: e.Original, Rules: e.Rules}
 }
 
 // flush merges pending changes into the stored entries. What fails to be
@@ -171,6 +173,9 @@ func (r *reporter) list(ctx context.Context) ([]cache.ReportEntry, error) {
 		if e.Tags == nil {
 			e.Tags = []string{} // an index child, served only by digest
 		}
+		if e.Clients == nil {
+			e.Clients = []string{}
+		}
 		out = append(out, e)
 	}
 	slices.SortFunc(out, func(a, b cache.ReportEntry) int {
@@ -206,4 +211,36 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// served is the report's record of one answer by tag with the variant of
+// original for client's rule set.
+func (s *Server) served(req distRequest, original digest.Digest, client ruleset.Client) cache.ReportEntry {
+	now := s.clock.Now().UTC()
+	return cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: original, Rules: client.Rules.Key(),
+		Tags: []string{req.tag}, Clients: clientNames(client), FirstServed: now, LastServed: now, TimesServed: 1}
+}
+
+// noteOriginalServed records, for an original that some clients get fixed,
+// that this client got it as it is: the report shows every variant an
+// original has, and who was served which.
+func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) {
+	if !mayNeedNormalizing(m, s.rules.Enabled, 0) {
+		return
+	}
+	// Rules only add changes: the original changes for some client exactly
+	// when it changes under every enabled rule.
+	n, err := s.store.GetNormalization(ctx, m.Digest, s.rules.Enabled.Key())
+	if err != nil || n.Normalized == "" {
+		return
+	}
+	s.reports.add(s.served(req, m.Digest, client))
+}
+
+// clientNames is how the report names a client.
+func clientNames(c ruleset.Client) []string {
+	if c.Version == "" {
+		return []string{"unidentified"}
+	}
+	return []string{c.Version}
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // Store is what the proxy needs from the cache.
@@ -35,30 +35,6 @@ type Store interface {
 	Usage(ctx context.Context) (cache.Usage, error)
 	CleanUploads(ctx context.Context, idle, lifetime time.Duration, now time.Time) (int, error)
 	Evict(ctx context.Context, policy cache.EvictionPolicy, now time.Time) (cache.EvictionResult, error)
-}
-
-// Rules switches each normalization on or off.
-type Rules struct {
-	// ConfigMediaType retypes octet-stream image configs.
-	ConfigMediaType bool
-	// SymlinkXattrs repackages layers with xattrs on symlinks and other
-	// special files.
-	SymlinkXattrs bool
-}
-
-// AllRules is every normalization on: the default.
-func AllRules() Rules { return Rules{ConfigMediaType: true, SymlinkXattrs: true} }
-
-// key names the rules that are on, for verdicts.
-func (r Rules) key() string {
-	var on []string
-	if r.ConfigMediaType {
-		on = append(on, "config-media-type")
-	}
-	if r.SymlinkXattrs {
-		on = append(on, "symlink-xattrs")
-	}
-	return strings.Join(on, ",")
 }
 
 // Options configure a Server. cmd/proxy builds them from the configuration.
@@ -82,8 +58,9 @@ type Options struct {
 	// Retry bounds retries of failed upstream requests; the zero value
 	// means DefaultRetryPolicy().
 	Retry RetryPolicy
-	// Rules are the normalizations that are on; nil means AllRules().
-	Rules *Rules
+	// Rules are the normalizations that are on, and which clients get
+	// which; nil means ruleset.DefaultPolicy().
+	Rules *ruleset.Policy
 	// Deadline is how long a request by tag waits for normalization before
 	// it gets 503 with Retry-After (the work goes on). Default 25 s, under
 	// containerd 2.3's 30 s response header timeout.
@@ -126,7 +103,7 @@ type Server struct {
 	normalizations  singleflight.Group
 	layers          singleflight.Group
 	reports         *reporter
-	rules           Rules
+	rules           ruleset.Policy
 	usage           atomic.Pointer[measuredUsage]
 	started         time.Time
 	deadline        time.Duration
@@ -195,7 +172,7 @@ func New(opts Options) (*Server, error) {
 		log:             opts.Logger,
 		clock:           opts.Clock,
 		reports:         newReporter(opts.Store, opts.Clock, opts.Logger),
-		rules:           AllRules(),
+		rules:           ruleset.DefaultPolicy(),
 		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"cmp"
 	"embed"
 	"fmt"
 	"html/template"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,20 +43,21 @@ type upstreamStatus struct {
 }
 
 type statusData struct {
-	Now       time.Time
-	Uptime    string
-	Rules     string
-	Cache     *measuredUsage
-	Upstreams []upstreamStatus
-	Query     string
-	Page      int
-	Pages     int
-	Total     int
-	Hidden    int // entries of upstreams that forward credentials, not shown
-	Matching  int
-	Shown     int
-	Entries   []cache.ReportEntry
-	NeedRepin []cache.ReportEntry
+	Now        time.Time
+	Uptime     string
+	Rules      string
+	AllClients bool
+	Cache      *measuredUsage
+	Upstreams  []upstreamStatus
+	Query      string
+	Page       int
+	Pages      int
+	Total      int
+	Hidden     int // entries of upstreams that forward credentials, not shown
+	Matching   int
+	Shown      int
+	Entries    []cache.ReportEntry
+	NeedRepin  []cache.ReportEntry
 	// The fleet: nodes pulling through, by containerd version; nodes that
 	// node-config found do not use the mirror (at most a page of them).
 	NodesPulling  int
@@ -76,7 +79,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
 	}
-	d := statusData{Now: s.clock.Now().UTC(), Uptime: s.clock.Now().Sub(s.started).Round(time.Second).String(), Rules: s.rules.key(),
+	d := statusData{Now: s.clock.Now().UTC(), Uptime: s.clock.Now().Sub(s.started).Round(time.Second).String(), Rules: s.rules.Enabled.Key(), AllClients: s.rules.AllClients,
 		Cache: s.usage.Load(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
 	for _, name := range sortedKeys(s.upstreams) {
 		up := s.upstreams[name]
@@ -113,6 +116,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 			matching = append(matching, e)
 		}
 	}
+	groupVariants(matching)
 	d.Matching = len(matching)
 	d.Pages = max(1, (len(matching)+statusPageSize-1)/statusPageSize)
 	d.Page, _ = strconv.Atoi(r.URL.Query().Get("page"))
@@ -126,12 +130,28 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	return statusTemplate.Execute(w, d)
 }
 
+// groupVariants puts the variants of one original together, the original
+// served most recently first, and within it the variant with most rules.
+func groupVariants(entries []cache.ReportEntry) {
+	latest := map[string]time.Time{}
+	group := func(e cache.ReportEntry) string { return e.Upstream + "/" + e.Repository + "@" + e.Original.String() }
+	for _, e := range entries {
+		if g := group(e); e.LastServed.After(latest[g]) {
+			latest[g] = e.LastServed
+		}
+	}
+	slices.SortStableFunc(entries, func(a, b cache.ReportEntry) int {
+		ga, gb := group(a), group(b)
+		return cmp.Or(latest[gb].Compare(latest[ga]), strings.Compare(ga, gb), strings.Compare(b.Rules, a.Rules))
+	})
+}
+
 func matches(e cache.ReportEntry, q string) bool {
 	if q == "" {
 		return true
 	}
 	q = strings.ToLower(q)
-	hay := strings.ToLower(strings.Join(append([]string{e.Upstream, e.Repository, e.Original.String(), e.Normalized.String()}, e.Tags...), " "))
+	hay := strings.ToLower(strings.Join(slices.Concat([]string{e.Upstream, e.Repository, e.Original.String(), e.Normalized.String()}, e.Tags, e.Clients), " "))
 	return strings.Contains(hay, q)
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // pullAs resolves repo:tag like containerd, as the client with header, and
@@ -278,7 +279,7 @@ func TestDamagedCacheNeverFeedsARule(t *testing.T) {
 			if v, err := h.store.GetLayerVerdict(context.Background(), layer); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("a verdict was recorded from damaged content: %+v %v", v, err)
 			}
-			if n, err := h.store.GetNormalization(context.Background(), img); !errors.Is(err, cache.ErrNotFound) {
+			if n, err := h.store.GetNormalization(context.Background(), img, ruleset.All().Key()); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("a normalization was recorded from damaged content: %+v %v", n, err)
 			}
 			if u, err := h.store.Usage(context.Background()); err != nil || u.Blobs != 0 {
@@ -604,7 +605,7 @@ func TestWarmIsAdmittedLikeAPull(t *testing.T) {
 	img := h.push(t, "team/private", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	normalized, _ := h.pullAs(t, basic("alice", "alice-pw"), "team/private", "v1")
 	for _, image := range []string{"docker.io/team/private:v1", "docker.io/team/private@" + img.ManifestDigest.String()} {
-		res, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{image})
+		res, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{image}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

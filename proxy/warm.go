@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 
@@ -14,6 +15,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/containerdcfg"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // WarmRequest is the body of POST /api/v1/warm.
@@ -21,6 +24,10 @@ type WarmRequest struct {
 	// Images are references such as docker.io/library/redis:2.8.23; the
 	// registry must be a configured upstream.
 	Images []string `json:"images"`
+	// Clients are containerd versions ("1.6.8"): each image is warmed for
+	// the rule set of each, one variant per distinct set. None warms the
+	// variant of a client that names no version.
+	Clients []string `json:"clients,omitempty"`
 }
 
 // WarmResult is what warming one image did.
@@ -29,11 +36,25 @@ type WarmResult struct {
 	OriginalDigest   string         `json:"originalDigest,omitempty"`
 	NormalizedDigest string         `json:"normalizedDigest,omitempty"`
 	Changes          []cache.Change `json:"changes,omitempty"`
-	Error            string         `json:"error,omitempty"`
+	// Variants are filled when the request named clients: what each of
+	// them gets. NormalizedDigest and Changes are then empty.
+	Variants []WarmVariant `json:"variants,omitempty"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// WarmVariant is the variant of an image for the clients that share a rule
+// set.
+type WarmVariant struct {
+	Clients []string `json:"clients"`
+	Rules   string   `json:"rules"`
+	// NormalizedDigest is empty when these clients get the original.
+	NormalizedDigest string         `json:"normalizedDigest,omitempty"`
+	Changes          []cache.Change `json:"changes,omitempty"`
 }
 
 const (
 	maxWarmImages   = 1000
+	maxWarmClients  = 32
 	warmConcurrency = 2
 )
 
@@ -47,13 +68,17 @@ func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Images) == 0 || len(req.Images) > maxWarmImages {
 		return newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("give 1 to %d images", maxWarmImages), nil)
 	}
+	groups, err := s.warmGroups(req.Clients)
+	if err != nil {
+		return err
+	}
 	results := make([]WarmResult, len(req.Images))
 	var mu sync.Mutex
 	g := errgroup.Group{}
 	g.SetLimit(warmConcurrency)
 	for i, image := range req.Images {
 		g.Go(func() error {
-			res := s.warm(r, image)
+			res := s.warm(r, image, groups)
 			mu.Lock()
 			results[i] = res
 			mu.Unlock()
@@ -65,10 +90,43 @@ func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, map[string]any{"results": results})
 }
 
-// warm normalizes one image for the client of r, who must be allowed to
-// pull it: with forwarded credentials, its own credentials are asked, as for
-// a pull.
-func (s *Server) warm(r *http.Request, image string) WarmResult {
+// warmGroup is the client versions that share one rule set.
+type warmGroup struct {
+	clients []string
+	rules   ruleset.Set
+}
+
+// warmGroups groups the named containerd versions by rule set; none is the
+// one group of a client that names no version.
+func (s *Server) warmGroups(clients []string) ([]warmGroup, error) {
+	if len(clients) == 0 {
+		return []warmGroup{{rules: s.rules.ForUserAgent("").Rules}}, nil
+	}
+	if len(clients) > maxWarmClients {
+		return nil, newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("give at most %d clients", maxWarmClients), nil)
+	}
+	var groups []warmGroup
+	for _, c := range clients {
+		v := containerdcfg.ParseVersion(strings.TrimPrefix(c, "v"))
+		if !v.Known {
+			return nil, newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("client %q is not a containerd version such as 1.6.8", c), nil)
+		}
+		client := s.rules.ForVersion(v)
+		i := slices.IndexFunc(groups, func(g warmGroup) bool { return g.rules == client.Rules })
+		if i < 0 {
+			groups, i = append(groups, warmGroup{rules: client.Rules}), len(groups)
+		}
+		if !slices.Contains(groups[i].clients, client.Version) {
+			groups[i].clients = append(groups[i].clients, client.Version)
+		}
+	}
+	return groups, nil
+}
+
+// warm normalizes one image for each group of clients, as the client of r,
+// who must be allowed to pull it: with forwarded credentials, its own
+// credentials are asked, as for a pull.
+func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmResult {
 	ctx := r.Context()
 	res := WarmResult{Image: image}
 	fail := func(err error) WarmResult {
@@ -98,12 +156,20 @@ func (s *Server) warm(r *http.Request, image string) WarmResult {
 		return fail(err)
 	}
 	res.OriginalDigest = m.Digest.String()
-	n, err := s.normalize(ctx, up, req.repo, m)
-	if err != nil {
-		return fail(err)
-	}
-	if n.changed() {
-		res.NormalizedDigest, res.Changes = n.verdict.Normalized.String(), n.verdict.Changes
+	for _, g := range groups {
+		n, err := s.normalize(ctx, up, req.repo, m, g.rules)
+		if err != nil {
+			return fail(err)
+		}
+		v := WarmVariant{Clients: g.clients, Rules: g.rules.Key()}
+		if n.changed() {
+			v.NormalizedDigest, v.Changes = n.verdict.Normalized.String(), n.verdict.Changes
+		}
+		if g.clients == nil {
+			res.NormalizedDigest, res.Changes = v.NormalizedDigest, v.Changes
+		} else {
+			res.Variants = append(res.Variants, v)
+		}
 	}
 	return res
 }
@@ -139,13 +205,14 @@ func (s *Server) parseImage(image string) (upstream, repo, tag string, dgst dige
 	return upstream, repo, tag, "", nil
 }
 
-// Warm asks regnorm to normalize images ahead of time and returns what
-// each became.
-func (c Client) Warm(ctx context.Context, images []string) ([]WarmResult, error) {
+// Warm asks regnorm to normalize images ahead of time, for the named
+// containerd versions (none: for a client that names none), and returns
+// what each became.
+func (c Client) Warm(ctx context.Context, images, clients []string) ([]WarmResult, error) {
 	var out struct {
 		Results []WarmResult `json:"results"`
 	}
-	if err := c.post(ctx, "/api/v1/warm", WarmRequest{Images: images}, http.StatusOK, &out); err != nil {
+	if err := c.post(ctx, "/api/v1/warm", WarmRequest{Images: images, Clients: clients}, http.StatusOK, &out); err != nil {
 		return nil, fmt.Errorf("warm: %w", err)
 	}
 	return out.Results, nil

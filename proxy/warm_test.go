@@ -60,7 +60,7 @@ func TestWarmErrorsSayNoMoreThanTheAPI(t *testing.T) {
 	t.Parallel()
 	addr := closedAddr(t)
 	h := newHarness(t, harnessOptions{upstreamURL: "http://" + addr, retry: fastRetries})
-	res, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{"library/app:v1"})
+	res, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{"library/app:v1"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // Config is regnorm's whole configuration. Precedence, lowest first: the
@@ -97,6 +99,13 @@ type NormalizeConfig struct {
 	ConfigMediaType bool `yaml:"configMediaType"`
 	// SymlinkXattrs repackages layers with xattrs on symlinks.
 	SymlinkXattrs bool `yaml:"symlinkXattrs"`
+	// Clients is "auto": each client gets the enabled rules its containerd
+	// version needs (the others get the original); or "all": every client
+	// gets every enabled rule.
+	Clients string `yaml:"clients"`
+	// UnknownClients are the rules (within the enabled ones) for a client
+	// whose User-Agent names no containerd version: rule names, [] for none.
+	UnknownClients []string `yaml:"unknownClients"`
 	// Deadline is how long a request by tag waits for normalization before
 	// 503 with Retry-After (the work goes on).
 	Deadline time.Duration `yaml:"deadline"`
@@ -231,7 +240,8 @@ func defaultConfig() Config {
 		MaxQueuedDownloads: 128,
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
-		Normalize:          NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
+		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Clients: "auto",
+			UnknownClients: slices.Clone(ruleset.Names), Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -413,6 +423,12 @@ func (c Config) validate() error {
 	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)
 	}
+	if c.Normalize.Clients != "auto" && c.Normalize.Clients != "all" {
+		bad("normalize.clients", "%q is neither auto nor all", c.Normalize.Clients)
+	}
+	if _, err := ruleset.Parse(c.Normalize.UnknownClients); err != nil {
+		bad("normalize.unknownClients", "%v", err)
+	}
 	if c.Normalize.Deadline <= 0 {
 		bad("normalize.deadline", "must be positive")
 	}
@@ -491,4 +507,14 @@ func (c Config) validate() error {
 		bad("defaultUpstream", "%q is not one of the configured upstreams: set it to one of %s", c.DefaultUpstream, strings.Join(names, ", "))
 	}
 	return errors.Join(errs...)
+}
+
+// policy is which clients get which rules.
+func (n NormalizeConfig) policy() *ruleset.Policy {
+	unknown, _ := ruleset.Parse(n.UnknownClients) // validated
+	return &ruleset.Policy{
+		Enabled:    ruleset.Set{ConfigMediaType: n.ConfigMediaType, SymlinkXattrs: n.SymlinkXattrs},
+		AllClients: n.Clients == "all",
+		Unknown:    unknown,
+	}
 }

@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		FetchTimeout:        cfg.FetchTimeout,
 		StallTimeout:        cfg.StallTimeout,
 		Retry:               retryPolicy(cfg.UpstreamAttempts),
-		Rules:               &proxy.Rules{ConfigMediaType: cfg.Normalize.ConfigMediaType, SymlinkXattrs: cfg.Normalize.SymlinkXattrs},
+		Rules:               cfg.Normalize.policy(),
 		Deadline:            cfg.Normalize.Deadline,
 		PatientDeadline:     cfg.Normalize.PatientDeadline,
 		MaxLayerSize:        int64(maxLayer),
@@ -214,14 +214,19 @@ func runWarm(ctx context.Context, args []string, getenv func(string) string, std
 	tokenFile := fs.String("token-file", getenv("REGNORM_TOKEN_FILE"), "file holding a bearer token (auth.tokensFile); or env REGNORM_TOKEN")
 	username := fs.String("username", getenv("REGNORM_USERNAME"), "user for Basic auth (auth.htpasswdFile, or forwarded upstream) (env REGNORM_USERNAME)")
 	passwordFile := fs.String("password-file", getenv("REGNORM_PASSWORD_FILE"), "file holding the password for --username; or env REGNORM_PASSWORD")
+	clients := fs.String("clients", getenv("REGNORM_WARM_CLIENTS"), "containerd versions of your nodes, comma-separated (1.6.8,2.3.4): warm the variant each gets (env REGNORM_WARM_CLIENTS)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: regnorm warm [flags] IMAGE...
 
 Asks the regnorm at --server to normalize each IMAGE (docker.io/library/redis:2.8.23,
 quay.io/org/app@sha256:..., or a name without a registry, which is on the
-default upstream) and waits until it has. Prints one line an image:
+default upstream) and waits until it has, for a client that names no
+containerd version or, with --clients, for each containerd version named.
+Prints one line an image (with --clients, one line a variant, its clients
+first):
   IMAGE<TAB>clean DIGEST
   IMAGE<TAB>normalized ORIGINAL -> NORMALIZED (KIND, ...)
+  IMAGE<TAB>containerd 1.6.20,2.3.4: clean DIGEST
   IMAGE<TAB>error: CODE: MESSAGE
 and exits 1 if any image failed. Secrets come from files or the environment,
 never from a flag's value.
@@ -270,26 +275,26 @@ Flags:
 		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		client.HTTP = &http.Client{Transport: t}
 	}
-	results, err := client.Warm(ctx, fs.Args())
+	var versions []string
+	if *clients != "" {
+		versions = strings.Split(*clients, ",")
+	}
+	results, err := client.Warm(ctx, fs.Args(), versions)
 	if err != nil {
 		return err
 	}
 	failed := 0
 	for _, r := range results {
-		switch {
-		case r.Error != "":
+		if r.Error != "" {
 			failed++
 			fmt.Fprintf(stdout, "%s\terror: %s\n", r.Image, r.Error)
-		case r.NormalizedDigest != "":
-			var kinds []string
-			for _, c := range r.Changes {
-				if !slices.Contains(kinds, c.Kind) {
-					kinds = append(kinds, c.Kind)
-				}
-			}
-			fmt.Fprintf(stdout, "%s\tnormalized %s -> %s (%s)\n", r.Image, r.OriginalDigest, r.NormalizedDigest, strings.Join(kinds, ", "))
-		default:
-			fmt.Fprintf(stdout, "%s\tclean %s\n", r.Image, r.OriginalDigest)
+			continue
+		}
+		if r.Variants == nil {
+			fmt.Fprintf(stdout, "%s\t%s\n", r.Image, warmLine(r.OriginalDigest, r.NormalizedDigest, r.Changes))
+		}
+		for _, v := range r.Variants {
+			fmt.Fprintf(stdout, "%s\tcontainerd %s: %s\n", r.Image, strings.Join(v.Clients, ","), warmLine(r.OriginalDigest, v.NormalizedDigest, v.Changes))
 		}
 	}
 	if failed > 0 {
@@ -527,4 +532,18 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]proxy.
 		out = append(out, up)
 	}
 	return out, nil
+}
+
+// warmLine says what a client gets of one image.
+func warmLine(original, normalized string, changes []cache.Change) string {
+	if normalized == "" {
+		return "clean " + original
+	}
+	var kinds []string
+	for _, c := range changes {
+		if !slices.Contains(kinds, c.Kind) {
+			kinds = append(kinds, c.Kind)
+		}
+	}
+	return fmt.Sprintf("normalized %s -> %s (%s)", original, normalized, strings.Join(kinds, ", "))
 }

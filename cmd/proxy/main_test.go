@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 func env(m map[string]string) func(string) string {
@@ -205,6 +207,8 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"number", "upstreamAttempts: three\n", []string{`upstreamAttempts (line 1): "three" is not a whole number`}},
 		{"mapping for a list", "upstreams:\n  name: a\n", []string{"upstreams (line 2): expected a list, got a mapping"}},
 		{"fleet memory too short", "nodes:\n  forgetAfter: 10s\n", []string{"nodes.forgetAfter: must be at least 1m"}},
+		{"unknown client policy", "normalize:\n  clients: some\n", []string{`normalize.clients: "some" is neither auto nor all`}},
+		{"unknown rule", "normalize:\n  unknownClients: [symlink-xattr]\n", []string{`normalize.unknownClients: unknown rule "symlink-xattr" (known: config-media-type, symlink-xattrs)`}},
 		{"two mistakes at once", "listne: :5000\ncache:\n  maxAge: forever\n", []string{"listne (line 1): unknown field; did you mean listen?", `cache.maxAge (line 3): "forever" is not a duration`}},
 	}
 	for _, tt := range tests {
@@ -222,6 +226,33 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestClientPolicy: the rules per client come from normalize; an empty
+// unknownClients list gives unidentified clients the originals.
+func TestClientPolicy(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		yaml string
+		want ruleset.Policy
+	}{
+		{"", ruleset.DefaultPolicy()},
+		{"normalize:\n  clients: all\n", ruleset.Policy{Enabled: ruleset.All(), AllClients: true, Unknown: ruleset.All()}},
+		{"normalize:\n  unknownClients: []\n", ruleset.Policy{Enabled: ruleset.All()}},
+		{"normalize:\n  symlinkXattrs: false\n  unknownClients: [config-media-type]\n",
+			ruleset.Policy{Enabled: ruleset.Set{ConfigMediaType: true}, Unknown: ruleset.Set{ConfigMediaType: true}}},
+	} {
+		file := filepath.Join(dir, "c.yaml")
+		os.WriteFile(file, []byte(tc.yaml), 0o600)
+		cfg, err := loadConfig([]string{"--config", file}, env(nil))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if got := *cfg.Normalize.policy(); got != tc.want {
+			t.Errorf("%q: policy %+v, want %+v", tc.yaml, got, tc.want)
+		}
 	}
 }
 

@@ -1,0 +1,166 @@
+// Package ruleset decides which normalization rules a client gets: the
+// rules an operator enabled, narrowed to those the client's containerd
+// version needs (CONTAINERD.md). A node that can pull an original gets the
+// original; a node that cannot gets the variant made for its rule set.
+//
+// It knows versions and rule names, not HTTP, caches or manifests.
+package ruleset
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/regnorm/regnorm/internal/containerdcfg"
+)
+
+// Rule names, as configured and as reported.
+const (
+	ConfigMediaType = "config-media-type"
+	SymlinkXattrs   = "symlink-xattrs"
+)
+
+// Names lists every rule, in the order keys name them.
+var Names = []string{ConfigMediaType, SymlinkXattrs}
+
+// Set is a set of rules.
+type Set struct {
+	// ConfigMediaType retypes octet-stream image configs. It reads the
+	// manifest and, when the config descriptor is suspect, the config.
+	ConfigMediaType bool
+	// SymlinkXattrs repackages layers with xattrs on symlinks and other
+	// special files. It reads every layer.
+	SymlinkXattrs bool
+}
+
+// All is every rule.
+func All() Set { return Set{ConfigMediaType: true, SymlinkXattrs: true} }
+
+// Parse reads a list of rule names.
+func Parse(names []string) (Set, error) {
+	var s Set
+	for _, n := range names {
+		switch n {
+		case ConfigMediaType:
+			s.ConfigMediaType = true
+		case SymlinkXattrs:
+			s.SymlinkXattrs = true
+		default:
+			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names, ", "))
+		}
+	}
+	return s, nil
+}
+
+// Key names the rules of s, comma-separated in a fixed order; "" for none.
+// Verdicts, variants and report entries are kept per key.
+func (s Set) Key() string { return strings.Join(s.names(), ",") }
+
+func (s Set) names() []string {
+	var on []string
+	if s.ConfigMediaType {
+		on = append(on, ConfigMediaType)
+	}
+	if s.SymlinkXattrs {
+		on = append(on, SymlinkXattrs)
+	}
+	return on
+}
+
+// Empty reports whether s holds no rule: its client gets every original.
+func (s Set) Empty() bool { return s == Set{} }
+
+// ReadsLayers reports whether a rule of s reads layer content: only then
+// does an answer wait for layer downloads.
+func (s Set) ReadsLayers() bool { return s.SymlinkXattrs }
+
+// Intersect is the rules in both s and o.
+func (s Set) Intersect(o Set) Set {
+	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs}
+}
+
+// Needs is the rules a containerd version needs (CONTAINERD.md):
+//
+//	config media type   1.4 and every version since: CRI never fetches the
+//	                    layers of an image whose config is octet-stream
+//	symlink xattrs      before 1.5.14 and 1.6.0 – 1.6.8: unpacking fails
+//	                    with EPERM
+func Needs(v containerdcfg.Version) Set {
+	before := func(major, minor, patch int) bool {
+		if v.Major != major {
+			return v.Major < major
+		}
+		if v.Minor != minor {
+			return v.Minor < minor
+		}
+		return v.Patch < patch
+	}
+	return Set{
+		ConfigMediaType: !before(1, 4, 0),
+		SymlinkXattrs:   before(1, 5, 14) || (v.Major == 1 && v.Minor == 6 && v.Patch < 9),
+	}
+}
+
+var containerdUserAgent = regexp.MustCompile(`containerd/v?(\d+\.\d+\.\d+)`)
+
+// Containerd is the containerd version a User-Agent names, if any.
+func Containerd(userAgent string) (containerdcfg.Version, bool) {
+	m := containerdUserAgent.FindStringSubmatch(userAgent)
+	if m == nil {
+		return containerdcfg.Version{}, false
+	}
+	return containerdcfg.ParseVersion(m[1]), true
+}
+
+// Policy maps clients to rule sets.
+type Policy struct {
+	// Enabled is every rule the operator switched on: no client gets more.
+	Enabled Set
+	// AllClients gives every client every enabled rule, whatever it needs
+	// (normalize.clients: all).
+	AllClients bool
+	// Unknown is what a client gets whose User-Agent names no containerd
+	// version, within Enabled.
+	Unknown Set
+}
+
+// DefaultPolicy is every rule on, for the clients that need it; clients
+// that name no containerd version get every rule.
+func DefaultPolicy() Policy { return Policy{Enabled: All(), Unknown: All()} }
+
+// Client is what a policy decided for one client.
+type Client struct {
+	// Version is the containerd version ("1.6.20"), or "" when the
+	// User-Agent names none.
+	Version string
+	// Rules is the client's rule set.
+	Rules Set
+}
+
+// ForUserAgent is the rule set of the client that sent userAgent.
+func (p Policy) ForUserAgent(userAgent string) Client {
+	v, ok := Containerd(userAgent)
+	if !ok {
+		return Client{Rules: p.forUnknown()}
+	}
+	return p.ForVersion(v)
+}
+
+// ForVersion is the rule set of a containerd version.
+func (p Policy) ForVersion(v containerdcfg.Version) Client {
+	if !v.Known {
+		return Client{Rules: p.forUnknown()}
+	}
+	c := Client{Version: fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Patch), Rules: p.Enabled}
+	if !p.AllClients {
+		c.Rules = p.Enabled.Intersect(Needs(v))
+	}
+	return c
+}
+
+func (p Policy) forUnknown() Set {
+	if p.AllClients {
+		return p.Enabled
+	}
+	return p.Enabled.Intersect(p.Unknown)
+}

@@ -1,0 +1,87 @@
+package ruleset
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/regnorm/regnorm/internal/containerdcfg"
+)
+
+// TestNeeds is CONTAINERD.md's table of which containerd versions fail on
+// what, version by version at each edge.
+func TestNeeds(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		version       string
+		config, xattr bool
+	}{
+		{"1.3.9", false, true},
+		{"1.4.0", true, true},
+		{"1.4.13", true, true},
+		{"1.5.0", true, true},
+		{"1.5.13", true, true},
+		{"1.5.14", true, false},
+		{"1.5.18", true, false},
+		{"1.6.0", true, true},
+		{"1.6.8", true, true},
+		{"1.6.9", true, false},
+		{"1.6.20", true, false},
+		{"1.7.0", true, false},
+		{"2.0.0", true, false},
+		{"2.3.4", true, false},
+	} {
+		got := Needs(containerdcfg.ParseVersion(tc.version))
+		if want := (Set{ConfigMediaType: tc.config, SymlinkXattrs: tc.xattr}); got != want {
+			t.Errorf("Needs(%s) = %+v, want %+v", tc.version, got, want)
+		}
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	t.Parallel()
+	configOnly := Set{ConfigMediaType: true}
+	for _, tc := range []struct {
+		name      string
+		policy    Policy
+		userAgent string
+		version   string
+		want      Set
+	}{
+		{"old node gets both", DefaultPolicy(), "containerd/1.6.8", "1.6.8", All()},
+		{"distro suffix", DefaultPolicy(), "containerd/1.6.20~ds1", "1.6.20", configOnly},
+		{"v prefix", DefaultPolicy(), "containerd/v2.3.4-12-gabc", "2.3.4", configOnly},
+		{"unknown client gets the default", DefaultPolicy(), "go-containerregistry/v0.20", "", All()},
+		{"no User-Agent", DefaultPolicy(), "", "", All()},
+		{"unknown default narrowed", Policy{Enabled: All(), Unknown: Set{}}, "crane", "", Set{}},
+		{"unknown default within enabled", Policy{Enabled: configOnly, Unknown: All()}, "crane", "", configOnly},
+		{"enabled bounds what a node needs", Policy{Enabled: Set{SymlinkXattrs: true}, Unknown: All()}, "containerd/1.6.20", "1.6.20", Set{}},
+		{"all clients", Policy{Enabled: All(), AllClients: true}, "containerd/2.3.4", "2.3.4", All()},
+		{"all clients, unknown too", Policy{Enabled: All(), AllClients: true, Unknown: Set{}}, "crane", "", All()},
+		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true}},
+	} {
+		got := tc.policy.ForUserAgent(tc.userAgent)
+		if got.Rules != tc.want || got.Version != tc.version {
+			t.Errorf("%s: ForUserAgent(%q) = %+v, want rules %+v version %q", tc.name, tc.userAgent, got, tc.want, tc.version)
+		}
+	}
+}
+
+func TestKeyAndParse(t *testing.T) {
+	t.Parallel()
+	for _, s := range []Set{{}, {ConfigMediaType: true}, {SymlinkXattrs: true}, All()} {
+		var names []string
+		if s.Key() != "" {
+			names = strings.Split(s.Key(), ",")
+		}
+		back, err := Parse(names)
+		if err != nil || back != s {
+			t.Errorf("Parse(%q) = %+v, %v; want %+v", names, back, err, s)
+		}
+	}
+	if All().Key() != "config-media-type,symlink-xattrs" {
+		t.Errorf("All().Key() = %q", All().Key())
+	}
+	if _, err := Parse([]string{"symlink-xattr"}); err == nil {
+		t.Error("Parse accepted an unknown rule")
+	}
+}

@@ -1,0 +1,197 @@
+package proxy_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+)
+
+// upstreamLog records the upstream requests the proxy makes.
+type upstreamLog struct {
+	mu    sync.Mutex
+	blobs []string // digests of blob GETs
+}
+
+func (h *harness) logUpstream() *upstreamLog {
+	l := &upstreamLog{}
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if _, dgst, ok := strings.Cut(r.URL.Path, "/blobs/"); ok && r.Method == http.MethodGet {
+			l.mu.Lock()
+			l.blobs = append(l.blobs, dgst)
+			l.mu.Unlock()
+		}
+		h.front.relay(w, r)
+	})
+	return l
+}
+
+func (l *upstreamLog) blobGets() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.blobs)
+}
+
+func containerdHeader(version string) http.Header {
+	return http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"containerd/" + version}}
+}
+
+func headDigest(t *testing.T, h *harness, path string, header http.Header) digest.Digest {
+	t.Helper()
+	r := h.do(t, http.MethodHead, path, header)
+	if r.status != http.StatusOK {
+		t.Fatalf("HEAD %s as %s: %d %s", path, header.Get("User-Agent"), r.status, r.body)
+	}
+	return digest.Digest(r.header.Get("Docker-Content-Digest"))
+}
+
+// TestVariantsPerClient: each client gets the variant of its rule set. A
+// node that unpacks xattrs on symlinks (1.6.9+) gets the original, at once,
+// without a layer download; a node that cannot (1.6.8) gets it repackaged;
+// the octet-stream fix is for both and reads only the config. The report
+// shows each variant and who got it; a pull by the original digest counts
+// as unfixed only for a client whose rules change it.
+func TestVariantsPerClient(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	xattr := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	old := h.push(t, "library/redis", "old", legacy, oneFile)
+	var oldManifest ocispec.Manifest
+	json.Unmarshal(old.Manifest, &oldManifest)
+	log := h.logUpstream()
+
+	// containerd 1.6.20 first: nothing of the xattr image is downloaded.
+	if got := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("1.6.20~ds1")); got != xattr.ManifestDigest {
+		t.Fatalf("containerd 1.6.20 got %s, want the original %s", got, xattr.ManifestDigest)
+	}
+	if got := log.blobGets(); len(got) != 0 {
+		t.Fatalf("answering a node that needs no layer rule downloaded blobs: %v", got)
+	}
+	modernOld := headDigest(t, h, "/v2/library/redis/manifests/old", containerdHeader("2.3.4"))
+	if modernOld == old.ManifestDigest {
+		t.Fatal("containerd 2.3.4 got the octet-stream image unfixed")
+	}
+	if got := log.blobGets(); !slices.Equal(got, []string{oldManifest.Config.Digest.String()}) {
+		t.Fatalf("the config fix downloaded %v, want only the config %s", got, oldManifest.Config.Digest)
+	}
+
+	// containerd 1.6.8 gets the xattr image repackaged, and the same
+	// octet-stream fix (no layer of it changes).
+	fixed := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("1.6.8"))
+	if fixed == xattr.ManifestDigest {
+		t.Fatal("containerd 1.6.8 got the xattr image unfixed")
+	}
+	if got := headDigest(t, h, "/v2/library/redis/manifests/old", containerdHeader("1.6.8")); got != modernOld {
+		t.Fatalf("octet-stream image for 1.6.8: %s, for 2.3.4: %s; the same fix is the same bytes", got, modernOld)
+	}
+	// And 1.6.20 again: still the original, now listed beside the fix.
+	if got := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("1.6.20")); got != xattr.ManifestDigest {
+		t.Fatalf("containerd 1.6.20 got %s after 1.6.8's pull", got)
+	}
+	// The variant a client gets is byte for byte the upstream's.
+	if r := h.do(t, http.MethodGet, "/v2/ansible/creator-ee/manifests/"+xattr.ManifestDigest.String(), containerdHeader("1.6.20")); string(r.body) != string(xattr.Manifest) {
+		t.Fatal("the original served to 1.6.20 differs from the upstream's bytes")
+	}
+	if n := h.metric(t, "regnorm_unnormalized_digest_pulls_total", ""); n != 0 {
+		t.Fatalf("1.6.20 pulling the original it needs nothing of counted as an unfixed pull: %v", n)
+	}
+	h.do(t, http.MethodGet, "/v2/ansible/creator-ee/manifests/"+xattr.ManifestDigest.String(), containerdHeader("1.6.8"))
+	if n := h.metric(t, "regnorm_unnormalized_digest_pulls_total", ""); n != 1 {
+		t.Fatalf("1.6.8 pulling the original it needs fixed: %v unfixed pulls counted, want 1", n)
+	}
+
+	var variants []cache.ReportEntry
+	for _, e := range h.report(t) {
+		if e.Original == xattr.ManifestDigest {
+			variants = append(variants, e)
+		}
+	}
+	slices.SortFunc(variants, func(a, b cache.ReportEntry) int { return strings.Compare(a.Rules, b.Rules) })
+	if len(variants) != 2 {
+		t.Fatalf("report of the xattr image: %+v; want two variants", variants)
+	}
+	if v := variants[0]; v.Rules != ruleset.ConfigMediaType || v.Normalized != "" || !slices.Equal(v.Clients, []string{"1.6.20"}) || v.TimesServed != 1 {
+		t.Fatalf("the original's variant: %+v", v)
+	}
+	if v := variants[1]; v.Rules != ruleset.All().Key() || v.Normalized != fixed || !slices.Equal(v.Clients, []string{"1.6.8"}) ||
+		len(v.Changes) != 1 || v.Changes[0].Kind != ruleset.SymlinkXattrs || v.UnnormalizedPulls != 1 {
+		t.Fatalf("the fixed variant: %+v", v)
+	}
+	page := string(h.do(t, http.MethodGet, "/status", nil).body)
+	for _, want := range []string{fixed.String(), "1.6.8", "1.6.20", "original, unchanged"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+}
+
+// TestAllClientsPolicy: normalize.clients: all gives every client every
+// enabled rule; an unidentified client gets the configured default.
+func TestAllClientsPolicy(t *testing.T) {
+	t.Parallel()
+	all := ruleset.Policy{Enabled: ruleset.All(), AllClients: true}
+	h := newHarness(t, harnessOptions{rules: &all})
+	xattr := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	if got := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("2.3.4")); got == xattr.ManifestDigest {
+		t.Fatal("with clients: all, containerd 2.3.4 got the original")
+	}
+
+	none := ruleset.Policy{Enabled: ruleset.All(), Unknown: ruleset.Set{}}
+	h = newHarness(t, harnessOptions{rules: &none})
+	xattr = h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	old := h.push(t, "library/redis", "old", legacy, oneFile)
+	crane := http.Header{"User-Agent": {"go-containerregistry/v0.20.2"}}
+	if got := headDigest(t, h, "/v2/library/redis/manifests/old", crane); got != old.ManifestDigest {
+		t.Fatal("with no rules for unidentified clients, crane got a variant")
+	}
+	if got := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("1.6.8")); got == xattr.ManifestDigest {
+		t.Fatal("containerd 1.6.8 got the original")
+	}
+}
+
+// TestWarmVariants: warm for the containerd versions of the fleet makes
+// each variant once; the nodes' pulls then cost no work.
+func TestWarmVariants(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	xattr := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	results, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{"ansible/creator-ee:v0.5.0"}, []string{"1.6.8", "1.6.20", "v2.3.4", "1.6.8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 1 || results[0].Error != "" || len(results[0].Variants) != 2 || results[0].NormalizedDigest != "" {
+		t.Fatalf("warm: %+v", results)
+	}
+	old, modern := results[0].Variants[0], results[0].Variants[1]
+	if !slices.Equal(old.Clients, []string{"1.6.8"}) || old.Rules != ruleset.All().Key() || old.NormalizedDigest == "" {
+		t.Fatalf("1.6.8's variant: %+v", old)
+	}
+	if !slices.Equal(modern.Clients, []string{"1.6.20", "2.3.4"}) || modern.Rules != ruleset.ConfigMediaType || modern.NormalizedDigest != "" {
+		t.Fatalf("the variant of 1.6.20 and 2.3.4: %+v", modern)
+	}
+	normalizations := h.metric(t, "regnorm_normalizations_total", "")
+	if got := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("1.6.8")); got.String() != old.NormalizedDigest {
+		t.Fatalf("1.6.8 after warm: %s", got)
+	}
+	if got := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("2.3.4")); got != xattr.ManifestDigest {
+		t.Fatalf("2.3.4 after warm: %s", got)
+	}
+	if h.metric(t, "regnorm_normalizations_total", "") != normalizations {
+		t.Fatal("a warmed variant was normalized again on the request")
+	}
+	r := h.doBody(t, http.MethodPost, "/api/v1/warm", nil, `{"images":["ansible/creator-ee:v0.5.0"],"clients":["latest"]}`)
+	if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "not a containerd version") {
+		t.Fatalf("warm for a client that is no version: %d %s", r.status, r.body)
+	}
+}
