@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -136,5 +137,39 @@ func TestSymlinkXattrImages(t *testing.T) {
 		if got[key] != want {
 			t.Errorf("report entry %s: clients %q, want %q (report %+v)", key, got[key], want, got)
 		}
+	}
+}
+
+// TestSymlinkXattrEveryLayerType: containerd 1.6.8 fails on an xattr on a
+// symlink in every layer type it unpacks, not only Docker's gzip type (see
+// TestSymlinkXattrImages); through regnorm it pulls and runs each.
+func TestSymlinkXattrEveryLayerType(t *testing.T) {
+	registryURL, _ := startRegistry(t)
+	registryHost := strings.TrimPrefix(registryURL, "http://")
+	proxyURL, _ := startRegnorm(t, registryURL, "")
+	old := startContainerdBin(t, oldContainerdBin, proxyURL, registryHost)
+	for i, mediaType := range []string{
+		"application/vnd.docker.image.rootfs.diff.tar",
+		"application/vnd.oci.image.layer.v1.tar",
+		"application/vnd.oci.image.layer.v1.tar+gzip",
+		"application/vnd.oci.image.layer.v1.tar+zstd",
+	} {
+		t.Run(mediaType, func(t *testing.T) {
+			repo := fmt.Sprintf("types/t%d:v1", i)
+			img := pushXattrImage(t, registryURL, strings.TrimSuffix(repo, ":v1"), "v1", regtest.ImageOptions{LayerMediaType: mediaType})
+			if _, err := old.pull(t, registryHost+"/"+repo); err == nil || !strings.Contains(err.Error(), "operation not permitted") {
+				t.Fatalf("direct pull on containerd 1.6.8: got %v, want 'operation not permitted'", err)
+			}
+			ref := "docker.io/" + repo
+			if _, err := old.pull(t, ref); err != nil {
+				t.Fatalf("containerd 1.6.8 through regnorm: %v", err)
+			}
+			if got := old.run(t, ref); got != "hello from regnorm e2e" {
+				t.Fatalf("container printed %q", got)
+			}
+			if got := old.repoDigest(t, ref); got == img.ManifestDigest.String() {
+				t.Fatal("pulled under the original digest")
+			}
+		})
 	}
 }

@@ -1,8 +1,10 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -193,5 +195,67 @@ func TestWarmVariants(t *testing.T) {
 	r := h.doBody(t, http.MethodPost, "/api/v1/warm", nil, `{"images":["ansible/creator-ee:v0.5.0"],"clients":["latest"]}`)
 	if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "not a containerd version") {
 		t.Fatalf("warm for a client that is no version: %d %s", r.status, r.body)
+	}
+}
+
+// TestEveryLayerType: the symlink xattr rule reads every layer type
+// containerd unpacks (Docker and OCI; uncompressed, gzip, zstd), keeps the
+// layer's type and compression, and leaves foreign and non-distributable
+// layers alone, without downloading them.
+func TestEveryLayerType(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	magic := map[string][]byte{"gzip": {0x1f, 0x8b}, "zstd": {0x28, 0xb5, 0x2f, 0xfd}}
+	for i, mediaType := range []string{
+		"application/vnd.docker.image.rootfs.diff.tar",
+		"application/vnd.docker.image.rootfs.diff.tar.gzip",
+		"application/vnd.docker.image.rootfs.diff.tar.zstd",
+		"application/vnd.oci.image.layer.v1.tar",
+		"application/vnd.oci.image.layer.v1.tar+gzip",
+		"application/vnd.oci.image.layer.v1.tar+zstd",
+	} {
+		repo := fmt.Sprintf("types/t%d", i)
+		img := h.push(t, repo, "v1", regtest.ImageOptions{LayerMediaType: mediaType}, baseLayer, xattrLayer)
+		fixed := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.6.8"))
+		if fixed == img.ManifestDigest {
+			t.Errorf("%s: served unfixed to containerd 1.6.8", mediaType)
+			continue
+		}
+		var m ocispec.Manifest
+		json.Unmarshal(h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+fixed.String(), containerdAccept).body, &m)
+		layer := m.Layers[1]
+		if layer.MediaType != mediaType || layer.Digest == digest.FromBytes(img.Layers[1]) {
+			t.Errorf("%s: layer descriptor %+v", mediaType, layer)
+			continue
+		}
+		blob := h.do(t, http.MethodGet, "/v2/"+repo+"/blobs/"+layer.Digest.String(), nil).body
+		var want []byte
+		for suffix, m := range magic {
+			if strings.HasSuffix(mediaType, suffix) {
+				want = m
+			}
+		}
+		if want != nil && !bytes.HasPrefix(blob, want) || want == nil && (bytes.HasPrefix(blob, magic["gzip"]) || bytes.HasPrefix(blob, magic["zstd"])) {
+			t.Errorf("%s: repackaged with another compression: % x", mediaType, blob[:4])
+		}
+		if got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.6.20")); got != img.ManifestDigest {
+			t.Errorf("%s: containerd 1.6.20 got %s, want the original", mediaType, got)
+		}
+	}
+
+	for i, mediaType := range []string{
+		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+		"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+	} {
+		repo := fmt.Sprintf("foreign/t%d", i)
+		img := h.push(t, repo, "v1", regtest.ImageOptions{LayerMediaType: mediaType}, xattrLayer)
+		log := h.logUpstream()
+		if got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.6.8")); got != img.ManifestDigest {
+			t.Errorf("%s: changed: %s", mediaType, got)
+		}
+		if got := log.blobGets(); len(got) != 0 {
+			t.Errorf("%s: downloaded %v", mediaType, got)
+		}
+		h.front.set(nil)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // KindSymlinkXattrs: a layer was repackaged without the xattrs the kernel
@@ -505,15 +506,19 @@ func describeRemovals(rs []XattrRemoval) []string {
 	return out
 }
 
-// IsScannableLayer reports whether a layer of this media type is a tar
-// stream regnorm reads. Foreign and non-distributable layers (Windows base
-// layers fetched from elsewhere) are not.
+// IsScannableLayer reports whether a layer of this media type is one
+// containerd (1.4 to 2.x) unpacks from the registry: Docker's and OCI's
+// layer types, uncompressed, gzip or zstd. The compression is read from the
+// blob's first bytes, not from the type, and kept when it is repackaged.
+//
+// Foreign (Docker) and non-distributable (OCI) layers are not: they
+// typically live outside the registry (Windows base layers, at the URLs
+// their descriptor lists), and a registry mirror must not fetch them.
+// Encrypted layers cannot be read. All of these are served as listed.
 func IsScannableLayer(mediaType string) bool {
 	switch mediaType {
-	case "application/vnd.docker.image.rootfs.diff.tar.gzip",
-		"application/vnd.oci.image.layer.v1.tar",
-		"application/vnd.oci.image.layer.v1.tar+gzip",
-		"application/vnd.oci.image.layer.v1.tar+zstd":
+	case MediaTypeDockerLayer, MediaTypeDockerLayerGzip, MediaTypeDockerLayerZstd,
+		ocispec.MediaTypeImageLayer, ocispec.MediaTypeImageLayerGzip, ocispec.MediaTypeImageLayerZstd:
 		return true
 	}
 	return false

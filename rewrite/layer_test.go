@@ -430,3 +430,28 @@ func stdlibEntries(t testing.TB, blob []byte) int {
 		n++
 	}
 }
+
+// TestIsScannableLayer: every layer type containerd 1.4 – 2.x unpacks from
+// a registry is scanned; foreign, non-distributable and encrypted layers
+// are not.
+func TestIsScannableLayer(t *testing.T) {
+	t.Parallel()
+	for mediaType, want := range map[string]bool{
+		"application/vnd.docker.image.rootfs.diff.tar":                      true,
+		"application/vnd.docker.image.rootfs.diff.tar.gzip":                 true,
+		"application/vnd.docker.image.rootfs.diff.tar.zstd":                 true,
+		"application/vnd.oci.image.layer.v1.tar":                            true,
+		"application/vnd.oci.image.layer.v1.tar+gzip":                       true,
+		"application/vnd.oci.image.layer.v1.tar+zstd":                       true,
+		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":         false,
+		"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip":      false,
+		"application/vnd.oci.image.layer.v1.tar+gzip+encrypted":             false,
+		"application/vnd.oci.image.config.v1+json":                          false,
+		"application/vnd.cncf.helm.chart.content.v1.tar+gzip":               false,
+		"application/vnd.docker.image.rootfs.diff.tar.gzip; charset=binary": false,
+	} {
+		if got := IsScannableLayer(mediaType); got != want {
+			t.Errorf("IsScannableLayer(%q) = %v, want %v", mediaType, got, want)
+		}
+	}
+}

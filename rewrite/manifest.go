@@ -15,6 +15,11 @@ const (
 	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
 	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
 	MediaTypeDockerConfig       = "application/vnd.docker.container.image.v1+json"
+	// Docker's layer types: uncompressed, gzip, and the zstd type buildkit
+	// writes when oci-mediatypes is off (containerd 2.0+ unpacks it).
+	MediaTypeDockerLayer     = "application/vnd.docker.image.rootfs.diff.tar"
+	MediaTypeDockerLayerGzip = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+	MediaTypeDockerLayerZstd = "application/vnd.docker.image.rootfs.diff.tar.zstd"
 	// MediaTypeOctetStream is what Docker before 1.11 put on image configs.
 	MediaTypeOctetStream = "application/octet-stream"
 )

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -38,7 +39,7 @@ type File struct {
 
 // Image is a generated image, ready to push.
 type Image struct {
-	Layers         [][]byte // gzip-compressed layer blobs
+	Layers         [][]byte // layer blobs, compressed as their media type says
 	Config         []byte
 	Manifest       []byte
 	ManifestDigest digest.Digest
@@ -50,25 +51,44 @@ type ImageOptions struct {
 	// Docker config type; legacy Docker used application/octet-stream).
 	ConfigMediaType string
 	Entrypoint      []string
+	// LayerMediaType is every layer's media type (default Docker's gzip
+	// type); the layers are compressed as it says (gzip, zstd, or none). An
+	// OCI layer type makes an OCI image manifest with an OCI config.
+	LayerMediaType string
 }
 
 // BuildImage makes a Docker schema 2 image whose layers hold files.
 func BuildImage(opts ImageOptions, layers ...[]File) (Image, error) {
+	oci := strings.HasPrefix(opts.LayerMediaType, "application/vnd.oci.")
+	if opts.LayerMediaType == "" {
+		opts.LayerMediaType = MediaTypeDockerLayer
+	}
 	if opts.ConfigMediaType == "" {
 		opts.ConfigMediaType = MediaTypeDockerConfig
+		if oci {
+			opts.ConfigMediaType = ocispec.MediaTypeImageConfig
+		}
 	}
 	var img Image
 	var diffIDs []digest.Digest
 	manifest := ocispec.Manifest{MediaType: MediaTypeDockerManifest}
+	if oci {
+		manifest.MediaType = ocispec.MediaTypeImageManifest
+	}
 	manifest.SchemaVersion = 2
 	for _, files := range layers {
-		blob, diffID, err := TarGz(files)
+		blob, diffID, err := Layer(files, opts.LayerMediaType)
 		if err != nil {
 			return Image{}, err
 		}
 		img.Layers = append(img.Layers, blob)
 		diffIDs = append(diffIDs, diffID)
-		manifest.Layers = append(manifest.Layers, ocispec.Descriptor{MediaType: MediaTypeDockerLayer, Digest: digest.FromBytes(blob), Size: int64(len(blob))})
+		desc := ocispec.Descriptor{MediaType: opts.LayerMediaType, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+		if strings.Contains(opts.LayerMediaType, "foreign") || strings.Contains(opts.LayerMediaType, "nondistributable") {
+			// Fetched from elsewhere, as Windows base layers are.
+			desc.URLs = []string{"https://layers.invalid/" + desc.Digest.Encoded()}
+		}
+		manifest.Layers = append(manifest.Layers, desc)
 	}
 	config := ocispec.Image{
 		Platform: ocispec.Platform{Architecture: "amd64", OS: "linux"},
@@ -90,6 +110,39 @@ func BuildImage(opts ImageOptions, layers ...[]File) (Image, error) {
 // TarGz writes files as a gzip-compressed tar and returns it with the digest
 // of the uncompressed tar (its diff_id).
 func TarGz(files []File) ([]byte, digest.Digest, error) {
+	return Layer(files, MediaTypeDockerLayer)
+}
+
+// Layer writes files as a tar, compressed as mediaType says (a gzip or zstd
+// suffix, or none), and returns it with its diff_id.
+func Layer(files []File, mediaType string) ([]byte, digest.Digest, error) {
+	raw, err := tarOf(files)
+	if err != nil {
+		return nil, "", err
+	}
+	diffID := digest.FromBytes(raw)
+	var out bytes.Buffer
+	var zw io.WriteCloser
+	switch {
+	case strings.HasSuffix(mediaType, "gzip"):
+		zw = gzip.NewWriter(&out)
+	case strings.HasSuffix(mediaType, "zstd"):
+		if zw, err = zstd.NewWriter(&out, zstd.WithEncoderConcurrency(1)); err != nil {
+			return nil, "", err
+		}
+	default:
+		return raw, diffID, nil
+	}
+	if _, err := zw.Write(raw); err != nil {
+		return nil, "", err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, "", err
+	}
+	return out.Bytes(), diffID, nil
+}
+
+func tarOf(files []File) ([]byte, error) {
 	var raw bytes.Buffer
 	tw := tar.NewWriter(&raw)
 	epoch := time.Unix(1700000000, 0)
@@ -108,27 +161,18 @@ func TarGz(files []File) ([]byte, digest.Digest, error) {
 			hdr.Format = tar.FormatPAX
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
-			return nil, "", fmt.Errorf("tar %s: %w", f.Name, err)
+			return nil, fmt.Errorf("tar %s: %w", f.Name, err)
 		}
 		if hdr.Typeflag == tar.TypeReg {
 			if _, err := tw.Write(f.Content); err != nil {
-				return nil, "", err
+				return nil, err
 			}
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	diffID := digest.FromBytes(raw.Bytes())
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	if _, err := zw.Write(raw.Bytes()); err != nil {
-		return nil, "", err
-	}
-	if err := zw.Close(); err != nil {
-		return nil, "", err
-	}
-	return gz.Bytes(), diffID, nil
+	return raw.Bytes(), nil
 }
 
 // RandomBytes returns n random bytes.
@@ -155,7 +199,13 @@ func (c *Client) PushImage(ctx context.Context, repo, tag string, img Image) err
 			return err
 		}
 	}
-	return c.PushManifest(ctx, repo, tag, MediaTypeDockerManifest, img.Manifest)
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	if err := json.Unmarshal(img.Manifest, &m); err != nil {
+		return fmt.Errorf("push %s:%s: %w", repo, tag, err)
+	}
+	return c.PushManifest(ctx, repo, tag, m.MediaType, img.Manifest)
 }
 
 // PushBlob uploads content with a POST and a monolithic PUT.

@@ -93,6 +93,9 @@ func Start(t testing.TB, opts Options) *Registry {
 	}
 	config.Log.AccessLog.Disabled = true
 	config.HTTP.Secret = "regtest"
+	// Foreign and non-distributable layers name where they live (see
+	// BuildImage).
+	config.Validation.Manifests.URLs.Allow = []string{`^https://layers\.invalid/`}
 	if opts.TokenAuth {
 		tokenSrv := httptest.NewServer(http.HandlerFunc(r.serveToken))
 		t.Cleanup(tokenSrv.Close)
