@@ -46,6 +46,7 @@ type harnessOptions struct {
 	credentials  proxy.Credentials
 	tagTTL       time.Duration
 	rules        *ruleset.Policy
+	platforms    *proxy.Platforms
 	deadline     time.Duration
 	patient      time.Duration
 	eviction     cache.EvictionPolicy
@@ -105,6 +106,7 @@ func (h *harness) restart(t testing.TB) {
 		DefaultUpstream: "docker.io",
 		TagTTL:          h.opts.tagTTL,
 		Rules:           h.opts.rules,
+		Platforms:       h.opts.platforms,
 		Deadline:        h.opts.deadline,
 		PatientDeadline: h.opts.patient,
 		Eviction:        h.opts.eviction,

@@ -208,8 +208,9 @@ func (s *Server) normalizeImage(ctx context.Context, up *upstream, repo string, 
 	return res, nil
 }
 
-// normalizeIndex normalizes every child manifest (a few at a time) and
-// points the index at those that changed.
+// normalizeIndex normalizes the children of the configured platforms (a
+// few at a time) and points the index at those that changed. The others
+// are not read: each read is an upstream pull.
 func (s *Server) normalizeIndex(ctx context.Context, up *upstream, repo string, m cache.Manifest, rules ruleset.Set, depth int) (rewrite.Result, error) {
 	children, err := rewrite.IndexChildren(m.MediaType, m.Content)
 	if err != nil {
@@ -220,7 +221,7 @@ func (s *Server) normalizeIndex(ctx context.Context, up *upstream, repo string, 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(childFetches)
 	for _, child := range children {
-		if !rewrite.IsManifest(child.MediaType) && !rewrite.IsIndex(child.MediaType) {
+		if !rewrite.IsManifest(child.MediaType) && !rewrite.IsIndex(child.MediaType) || !s.platforms.reads(child) {
 			continue
 		}
 		g.Go(func() error {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy"
 )
 
 var legacy = regtest.ImageOptions{ConfigMediaType: "application/octet-stream"}
@@ -265,5 +268,92 @@ func TestOctetStreamArtifactUntouched(t *testing.T) {
 	}
 	if d, _ := h.pullByTag(t, "library/art", "v1"); d != digest.FromBytes(raw) {
 		t.Fatal("an artifact with an octet-stream config was rewritten")
+	}
+}
+
+// TestIndexReadsOnlyItsPlatforms: normalizing a 10-child index (six
+// platforms and four attestation manifests) reads only the children of
+// the configured platforms, each one upstream manifest GET; the others are
+// listed as they are, even one that the rules would change.
+func TestIndexReadsOnlyItsPlatforms(t *testing.T) {
+	t.Parallel()
+	all, _ := proxy.ParsePlatforms([]string{"all"})
+	for _, tc := range []struct {
+		name      string
+		platforms *proxy.Platforms
+		children  int // child manifest GETs upstream
+		fixed     []string
+	}{
+		{"default: linux/amd64 and linux/arm64", nil, 2, []string{"linux/amd64"}},
+		{"all platforms, never attestations", &all, 6, []string{"linux/amd64", "linux/arm/v7"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, harnessOptions{platforms: tc.platforms})
+			index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
+			index.SchemaVersion = 2
+			for i, p := range []string{"linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x", "linux/386",
+				"unknown/unknown", "unknown/unknown", "unknown/unknown", "unknown/unknown"} {
+				opts := regtest.ImageOptions{}
+				if p == "linux/amd64" || p == "linux/arm/v7" {
+					opts = legacy // the rules change these two
+				}
+				img := h.push(t, "library/multi", fmt.Sprintf("c%d", i), opts, []regtest.File{{Name: "f", Content: []byte(p + fmt.Sprint(i))}})
+				parts := strings.Split(p, "/")
+				desc := ocispec.Descriptor{MediaType: regtest.MediaTypeDockerManifest, Digest: img.ManifestDigest, Size: int64(len(img.Manifest)),
+					Platform: &ocispec.Platform{OS: parts[0], Architecture: parts[1]}}
+				if len(parts) == 3 {
+					desc.Platform.Variant = parts[2]
+				}
+				if p == "unknown/unknown" {
+					desc.Annotations = map[string]string{"vnd.docker.reference.type": "attestation-manifest"}
+				}
+				index.Manifests = append(index.Manifests, desc)
+			}
+			raw, _ := json.Marshal(index)
+			if err := h.reg.Client().PushManifest(context.Background(), "library/multi", "latest", ocispec.MediaTypeImageIndex, raw); err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			var gets []string
+			h.front.set(func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(r.URL.Path, "/manifests/") {
+					mu.Lock()
+					gets = append(gets, r.Method+" "+r.URL.Path)
+					mu.Unlock()
+				}
+				h.front.relay(w, r)
+			})
+
+			_, body := h.pullByTag(t, "library/multi", "latest")
+			mu.Lock()
+			got := slices.Clone(gets)
+			mu.Unlock()
+			children := 0
+			for _, g := range got {
+				if strings.Contains(g, "/manifests/sha256:") {
+					children++
+				}
+			}
+			if children != tc.children || len(got) != tc.children+1 {
+				t.Fatalf("upstream manifest requests: %d children of %d requests, want %d children and the tag: %v", children, len(got), tc.children, got)
+			}
+			t.Logf("a cold pull by tag of a 10-child index: %d upstream manifest requests", len(got))
+			var out ocispec.Index
+			json.Unmarshal(body, &out)
+			var fixed []string
+			for i, c := range out.Manifests {
+				if c.Digest != index.Manifests[i].Digest {
+					name := c.Platform.OS + "/" + c.Platform.Architecture
+					if c.Platform.Variant != "" {
+						name += "/" + c.Platform.Variant
+					}
+					fixed = append(fixed, name)
+				}
+			}
+			if !slices.Equal(fixed, tc.fixed) {
+				t.Fatalf("fixed children %v, want %v", fixed, tc.fixed)
+			}
+		})
 	}
 }

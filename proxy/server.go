@@ -61,6 +61,9 @@ type Options struct {
 	// Rules are the normalizations that are on, and which clients get
 	// which; nil means ruleset.DefaultPolicy().
 	Rules *ruleset.Policy
+	// Platforms are the index children normalization reads; nil means
+	// DefaultPlatforms().
+	Platforms *Platforms
 	// Deadline is how long a request by tag waits for normalization before
 	// it gets 503 with Retry-After (the work goes on). Default 25 s, under
 	// containerd 2.3's 30 s response header timeout.
@@ -104,6 +107,7 @@ type Server struct {
 	layers          singleflight.Group
 	reports         *reporter
 	rules           ruleset.Policy
+	platforms       Platforms
 	usage           atomic.Pointer[measuredUsage]
 	started         time.Time
 	deadline        time.Duration
@@ -173,6 +177,7 @@ func New(opts Options) (*Server, error) {
 		clock:           opts.Clock,
 		reports:         newReporter(opts.Store, opts.Clock, opts.Logger),
 		rules:           ruleset.DefaultPolicy(),
+		platforms:       DefaultPlatforms(),
 		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
@@ -184,6 +189,9 @@ func New(opts Options) (*Server, error) {
 		maxLayerSize:    opts.MaxLayerSize,
 		clientAuth:      newClientAuth(opts.ClientAuth),
 		evictNow:        make(chan struct{}, 1),
+	}
+	if opts.Platforms != nil {
+		s.platforms = *opts.Platforms
 	}
 	if opts.Rules != nil {
 		s.rules = *opts.Rules

@@ -25,8 +25,8 @@ type jsonDoc struct {
 }
 
 // maxPathDepth is how deep values are indexed: enough for
-// manifests/<i>/digest and rootfs/diff_ids/<i>.
-const maxPathDepth = 3
+// manifests/<i>/digest, manifests/<i>/platform/os and rootfs/diff_ids/<i>.
+const maxPathDepth = 4
 
 func parseDoc(raw []byte) (*jsonDoc, error) {
 	if !json.Valid(raw) {

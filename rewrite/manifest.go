@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	digest "github.com/opencontainers/go-digest"
@@ -252,7 +253,9 @@ func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]o
 	return finish(doc, mediaType, edits, changes)
 }
 
-// IndexChildren returns the descriptors an index lists.
+// IndexChildren returns the descriptors an index lists, with their platform
+// (os, architecture, variant) and the Docker reference type annotation
+// when present.
 func IndexChildren(mediaType string, index []byte) ([]ocispec.Descriptor, error) {
 	if !IsIndex(mediaType) {
 		return nil, fmt.Errorf("%w: %s is not an index", ErrNotImage, mediaType)
@@ -270,14 +273,28 @@ func IndexChildren(mediaType string, index []byte) ([]ocispec.Descriptor, error)
 	}
 	out := make([]ocispec.Descriptor, 0, n)
 	for i := range n {
-		desc, err := descriptorAt(doc, "manifests", strconv.Itoa(i))
+		at := []string{"manifests", strconv.Itoa(i)}
+		desc, err := descriptorAt(doc, at...)
 		if err != nil {
 			return nil, err
+		}
+		field := func(f ...string) (string, bool) { return doc.str(append(slices.Clone(at), f...)...) }
+		if os, ok := field("platform", "os"); ok {
+			desc.Platform = &ocispec.Platform{OS: os}
+			desc.Platform.Architecture, _ = field("platform", "architecture")
+			desc.Platform.Variant, _ = field("platform", "variant")
+		}
+		if ref, ok := field("annotations", AnnotationDockerReferenceType); ok {
+			desc.Annotations = map[string]string{AnnotationDockerReferenceType: ref}
 		}
 		out = append(out, desc)
 	}
 	return out, nil
 }
+
+// AnnotationDockerReferenceType marks an index entry that is no image of its
+// own: "attestation-manifest" for buildkit's provenance and SBOMs.
+const AnnotationDockerReferenceType = "vnd.docker.reference.type"
 
 func parseManifest(mediaType string, manifest []byte) (*jsonDoc, error) {
 	if !IsManifest(mediaType) {

@@ -242,3 +242,28 @@ func TestManifestWithRepackagedLayer(t *testing.T) {
 		t.Fatal("layer fix without a config accepted")
 	}
 }
+
+// TestIndexChildrenPlatforms: a child's platform and Docker reference type
+// are read, so that only the children that matter are fetched.
+func TestIndexChildrenPlatforms(t *testing.T) {
+	t.Parallel()
+	const d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	index := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+		{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + d + `","size":1,"platform":{"os":"linux","architecture":"arm","variant":"v7"}},
+		{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + d + `","size":1,"platform":{"os":"unknown","architecture":"unknown"},
+		 "annotations":{"vnd.docker.reference.type":"attestation-manifest","other":"x"}},
+		{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"` + d + `","size":1}]}`
+	children, err := IndexChildren("application/vnd.oci.image.index.v1+json", []byte(index))
+	if err != nil || len(children) != 3 {
+		t.Fatalf("%+v, %v", children, err)
+	}
+	if p := children[0].Platform; p == nil || p.OS != "linux" || p.Architecture != "arm" || p.Variant != "v7" {
+		t.Errorf("platform: %+v", p)
+	}
+	if a := children[1].Annotations; len(a) != 1 || a[AnnotationDockerReferenceType] != "attestation-manifest" {
+		t.Errorf("annotations: %v", a)
+	}
+	if children[2].Platform != nil || children[2].Annotations != nil {
+		t.Errorf("a child without platform: %+v", children[2])
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -106,6 +107,10 @@ type NormalizeConfig struct {
 	// UnknownClients are the rules (within the enabled ones) for a client
 	// whose User-Agent names no containerd version: rule names, [] for none.
 	UnknownClients []string `yaml:"unknownClients"`
+	// Platforms are the children of an index that are read and normalized
+	// (os/architecture[/variant], or all); the others, and attestation
+	// manifests, are served as listed. Each child read is an upstream pull.
+	Platforms []string `yaml:"platforms"`
 	// Deadline is how long a request by tag waits for normalization before
 	// 503 with Retry-After (the work goes on).
 	Deadline time.Duration `yaml:"deadline"`
@@ -241,7 +246,7 @@ func defaultConfig() Config {
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Clients: "auto",
-			UnknownClients: slices.Clone(ruleset.Names), Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
+			UnknownClients: slices.Clone(ruleset.Names), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -428,6 +433,9 @@ func (c Config) validate() error {
 	}
 	if _, err := ruleset.Parse(c.Normalize.UnknownClients); err != nil {
 		bad("normalize.unknownClients", "%v", err)
+	}
+	if _, err := proxy.ParsePlatforms(c.Normalize.Platforms); err != nil {
+		bad("normalize.platforms", "%v", err)
 	}
 	if c.Normalize.Deadline <= 0 {
 		bad("normalize.deadline", "must be positive")

@@ -105,6 +105,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
+	platforms, _ := proxy.ParsePlatforms(cfg.Normalize.Platforms) // validated
 	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -119,6 +120,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		StallTimeout:        cfg.StallTimeout,
 		Retry:               retryPolicy(cfg.UpstreamAttempts),
 		Rules:               cfg.Normalize.policy(),
+		Platforms:           &platforms,
 		Deadline:            cfg.Normalize.Deadline,
 		PatientDeadline:     cfg.Normalize.PatientDeadline,
 		MaxLayerSize:        int64(maxLayer),

@@ -209,6 +209,7 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"fleet memory too short", "nodes:\n  forgetAfter: 10s\n", []string{"nodes.forgetAfter: must be at least 1m"}},
 		{"unknown client policy", "normalize:\n  clients: some\n", []string{`normalize.clients: "some" is neither auto nor all`}},
 		{"unknown rule", "normalize:\n  unknownClients: [symlink-xattr]\n", []string{`normalize.unknownClients: unknown rule "symlink-xattr" (known: config-media-type, symlink-xattrs)`}},
+		{"platform without architecture", "normalize:\n  platforms: [linux]\n", []string{`normalize.platforms: "linux" is not a platform such as linux/amd64 or linux/arm/v7, nor all`}},
 		{"two mistakes at once", "listne: :5000\ncache:\n  maxAge: forever\n", []string{"listne (line 1): unknown field; did you mean listen?", `cache.maxAge (line 3): "forever" is not a duration`}},
 	}
 	for _, tt := range tests {
