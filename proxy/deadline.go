@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -40,17 +41,17 @@ func (s *Server) deadlineFor(userAgent string) time.Duration {
 // normalizeWithin normalizes m for a request, waiting at most d. Past d the
 // client gets 503 with Retry-After; the work goes on, and the next request
 // gets its result at once.
-func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, rules ruleset.Set, d time.Duration) (normalized, error) {
-	if !mayNeedNormalizing(m, rules, 0) {
-		return normalized{manifest: m, verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key()}}, nil
+func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, rules ruleset.Set, d time.Duration) (normalize.Result, error) {
+	if !normalize.MayNeed(m, rules) {
+		return normalize.Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key()}}, nil
 	}
 	type result struct {
-		n   normalized
+		n   normalize.Result
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := s.normalize(context.WithoutCancel(ctx), req.upstream, req.repo, m, rules)
+		n, err := s.engine.Normalize(context.WithoutCancel(ctx), s.readingAs(req.upstream, req.repo), m, rules)
 		done <- result{n, err}
 	}()
 	expired := make(chan struct{})
@@ -63,8 +64,8 @@ func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.M
 		s.metrics.deadlineExceeded.Inc()
 		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "regnorm is still normalizing this image; retry shortly", nil)
 		e.RetryAfter = retryAfterNormalizing
-		return normalized{}, e
+		return normalize.Result{}, e
 	case <-ctx.Done():
-		return normalized{}, ctx.Err()
+		return normalize.Result{}, ctx.Err()
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -46,7 +47,7 @@ type harnessOptions struct {
 	credentials  proxy.Credentials
 	tagTTL       time.Duration
 	rules        *ruleset.Policy
-	platforms    *proxy.Platforms
+	platforms    *normalize.Platforms
 	deadline     time.Duration
 	patient      time.Duration
 	eviction     cache.EvictionPolicy

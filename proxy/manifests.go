@@ -56,15 +56,15 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if n.changed() {
+		if n.Changed() {
 			s.metrics.normalizedServed.Inc()
-			s.reports.add(s.served(req, m.Digest, client))
+			s.reports.Add(s.served(req, m.Digest, client))
 			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
 		} else if client.Rules != s.rules.Enabled {
 			// Once answered: the original may be another client's to fix.
 			defer s.noteOriginalServed(ctx, req, m, client)
 		}
-		m = n.manifest
+		m = n.Manifest
 	} else {
 		if m, source, err = s.manifestByDigest(ctx, req, accept); err != nil {
 			return err

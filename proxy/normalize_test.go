@@ -17,7 +17,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
-	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/normalize"
 )
 
 var legacy = regtest.ImageOptions{ConfigMediaType: "application/octet-stream"}
@@ -277,10 +277,10 @@ func TestOctetStreamArtifactUntouched(t *testing.T) {
 // listed as they are, even one that the rules would change.
 func TestIndexReadsOnlyItsPlatforms(t *testing.T) {
 	t.Parallel()
-	all, _ := proxy.ParsePlatforms([]string{"all"})
+	all, _ := normalize.ParsePlatforms([]string{"all"})
 	for _, tc := range []struct {
 		name      string
-		platforms *proxy.Platforms
+		platforms *normalize.Platforms
 		children  int // child manifest GETs upstream
 		fixed     []string
 	}{

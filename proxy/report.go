@@ -7,6 +7,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"io"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -80,8 +81,8 @@ func (r *recent[T]) forget() {
 	r.mu.Unlock()
 }
 
-// add merges delta into the pending changes of its entry.
-func (r *reporter) add(delta cache.ReportEntry) {
+// Add merges delta into the pending changes of its entry.
+func (r *reporter) Add(delta cache.ReportEntry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := delta.Key()
@@ -121,7 +122,7 @@ func (r *reporter) flush(ctx context.Context) error {
 		}
 		if err != nil {
 			errs = append(errs, err)
-			r.add(delta)
+			r.Add(delta)
 		}
 	}
 	return errors.Join(errs...)
@@ -225,16 +226,13 @@ func (s *Server) served(req distRequest, original digest.Digest, client ruleset.
 // that this client got it as it is: the report shows every variant an
 // original has, and who was served which.
 func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) {
-	if !mayNeedNormalizing(m, s.rules.Enabled, 0) {
-		return
-	}
 	// Rules only add changes: the original changes for some client exactly
 	// when it changes under every enabled rule.
-	n, err := s.store.GetNormalization(ctx, m.Digest, s.rules.Enabled.Key())
-	if err != nil || n.Normalized == "" {
+	n, ok := s.engine.Verdict(ctx, m, s.rules.Enabled)
+	if !ok || n.Normalized == "" {
 		return
 	}
-	s.reports.add(s.served(req, m.Digest, client))
+	s.reports.Add(s.served(req, m.Digest, client))
 }
 
 // clientNames is how the report names a client.
@@ -243,4 +241,40 @@ func clientNames(c ruleset.Client) []string {
 		return []string{"unidentified"}
 	}
 	return []string{c.Version}
+}
+
+// noteDigestPull handles a pull by digest: it always gets the bytes it
+// names (containerd verifies them). If those are an original that regnorm
+// normalizes, the pull cannot be fixed: count it, say which digest to pin
+// instead, and put it in the report. Only a verdict already known counts:
+// a pull by digest never makes regnorm download what nobody asked for (for
+// an index, that would be every platform's layers).
+// It reports whether the pull was one of an original that regnorm
+// normalizes for this client's rules: a node that needs no rule pulls the
+// original by design.
+func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) bool {
+	n, ok := s.engine.Verdict(ctx, m, client.Rules)
+	if !ok || n.Normalized == "" {
+		return false
+	}
+	s.metrics.unnormalizedPulls.Inc()
+	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest, Rules: n.Rules,
+		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
+	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
+		"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
+	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
+	return true
+}
+
+// serveReport answers GET /api/v1/rewrites with every rewrite entry.
+func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) error {
+	entries, hidden, err := s.visibleReport(r.Context())
+	if err != nil {
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
+	}
+	if entries == nil {
+		entries = []cache.ReportEntry{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return writeJSON(w, map[string]any{"rewrites": entries, "hidden": hidden})
 }

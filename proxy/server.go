@@ -15,22 +15,21 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
-// Store is what the proxy needs from the cache.
+// Store is what the proxy needs from the cache: the rule engine's part,
+// and what serving, the report, the fleet view and maintenance use.
 type Store interface {
+	normalize.Store
 	cache.BlobProvider
 	cache.BlobIngester
 	cache.ManifestStore
 	cache.TagStore
 	cache.LinkStore
-	cache.DerivedStore
-	cache.NormalizationStore
 	cache.ReportStore
-	cache.LayerVerdictStore
 	cache.NodeStore
-	Retain(ctx context.Context, dgst digest.Digest) error
 	Upgrade(ctx context.Context) error
 	Usage(ctx context.Context) (cache.Usage, error)
 	CleanUploads(ctx context.Context, idle, lifetime time.Duration, now time.Time) (int, error)
@@ -63,7 +62,7 @@ type Options struct {
 	Rules *ruleset.Policy
 	// Platforms are the index children normalization reads; nil means
 	// DefaultPlatforms().
-	Platforms *Platforms
+	Platforms *normalize.Platforms
 	// Deadline is how long a request by tag waits for normalization before
 	// it gets 503 with Retry-After (the work goes on). Default 25 s, under
 	// containerd 2.3's 30 s response header timeout.
@@ -103,11 +102,9 @@ type Server struct {
 	tagTTL          time.Duration
 	fetches         *blobFetches
 	manifests       singleflight.Group
-	normalizations  singleflight.Group
-	layers          singleflight.Group
+	engine          *normalize.Engine
 	reports         *reporter
 	rules           ruleset.Policy
-	platforms       Platforms
 	usage           atomic.Pointer[measuredUsage]
 	started         time.Time
 	deadline        time.Duration
@@ -116,7 +113,6 @@ type Server struct {
 	maintainEvery   time.Duration
 	links           *linkMemory
 	fleet           *fleet
-	maxLayerSize    int64
 	clientAuth      *clientAuth
 	uploadIdle      time.Duration // an upload not written to for this long is a dead process's
 	evictNow        chan struct{} // an ingest took the cache past its size
@@ -177,7 +173,6 @@ func New(opts Options) (*Server, error) {
 		clock:           opts.Clock,
 		reports:         newReporter(opts.Store, opts.Clock, opts.Logger),
 		rules:           ruleset.DefaultPolicy(),
-		platforms:       DefaultPlatforms(),
 		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
@@ -186,12 +181,8 @@ func New(opts Options) (*Server, error) {
 		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
 		uploadIdle:      4 * opts.StallTimeout,
-		maxLayerSize:    opts.MaxLayerSize,
 		clientAuth:      newClientAuth(opts.ClientAuth),
 		evictNow:        make(chan struct{}, 1),
-	}
-	if opts.Platforms != nil {
-		s.platforms = *opts.Platforms
 	}
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
@@ -229,6 +220,24 @@ func New(opts Options) (*Server, error) {
 		log:      opts.Logger,
 		inflight: map[digest.Digest]*blobFetch{},
 	}
+	platforms := normalize.DefaultPlatforms()
+	if opts.Platforms != nil {
+		platforms = *opts.Platforms
+	}
+	m := opts.Metrics
+	s.engine = normalize.New(normalize.Options{
+		Store:   opts.Store,
+		Reports: s.reports,
+		Metrics: normalize.Metrics{Rewrites: m.rewrites, RewriteErrors: m.rewriteErrors, Normalizations: m.normalizations,
+			NormalizeDuration: m.normalizeDuration, LayersScanned: m.layersScanned, LayersRepackaged: m.layersRepackaged,
+			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds},
+		Log:          opts.Logger,
+		Now:          opts.Clock.Now,
+		Timeout:      s.fetches.timeout,
+		MaxLayerSize: opts.MaxLayerSize,
+		Platforms:    platforms,
+		Ingested:     s.noteIngest,
+	})
 	return s, nil
 }
 

@@ -157,13 +157,13 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	}
 	res.OriginalDigest = m.Digest.String()
 	for _, g := range groups {
-		n, err := s.normalize(ctx, up, req.repo, m, g.rules)
+		n, err := s.engine.Normalize(ctx, s.readingAs(up, req.repo), m, g.rules)
 		if err != nil {
 			return fail(err)
 		}
 		v := WarmVariant{Clients: g.clients, Rules: g.rules.Key()}
-		if n.changed() {
-			v.NormalizedDigest, v.Changes = n.verdict.Normalized.String(), n.verdict.Changes
+		if n.Changed() {
+			v.NormalizedDigest, v.Changes = n.Verdict.Normalized.String(), n.Verdict.Changes
 		}
 		if g.clients == nil {
 			res.NormalizedDigest, res.Changes = v.NormalizedDigest, v.Changes

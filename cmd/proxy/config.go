@@ -15,7 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -434,7 +434,7 @@ func (c Config) validate() error {
 	if _, err := ruleset.Parse(c.Normalize.UnknownClients); err != nil {
 		bad("normalize.unknownClients", "%v", err)
 	}
-	if _, err := proxy.ParsePlatforms(c.Normalize.Platforms); err != nil {
+	if _, err := normalize.ParsePlatforms(c.Normalize.Platforms); err != nil {
 		bad("normalize.platforms", "%v", err)
 	}
 	if c.Normalize.Deadline <= 0 {

@@ -35,6 +35,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/normalize"
 )
 
 func main() {
@@ -105,7 +106,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
-	platforms, _ := proxy.ParsePlatforms(cfg.Normalize.Platforms) // validated
+	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
 	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -1,0 +1,406 @@
+// Package normalize is the rule engine: for an original manifest or index
+// and a client's rule set, it decides the variant to serve and makes it,
+// reading the config and layers through a Source (which admits the client
+// and verifies every byte) and publishing what it derives to the cache. It
+// records verdicts per (original, rule set), so a restart or another
+// replica answers the same without recomputing.
+//
+// It knows the cache and the pure rewrites; it does not know HTTP, clients'
+// credentials or the download fan-out: those are behind Source.
+package normalize
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/rewrite"
+)
+
+const (
+	// maxConfigSize caps a config blob read into memory for normalization.
+	maxConfigSize = 8 << 20
+	// maxIndexDepth: an index may list indexes; deeper nesting is served as is.
+	maxIndexDepth = 2
+	// childFetches is how many children of an index are fetched at once.
+	childFetches = 4
+	// layerFetches is how many layers of one image are fetched and scanned at once.
+	layerFetches = 3
+)
+
+// errInvalidContent marks content the rules refuse (invalid, ambiguous,
+// oversized): such a document is served untouched. Every other error (an
+// upstream that cannot deliver a config, say) fails the request instead.
+var errInvalidContent = errors.New("content not normalizable")
+
+// Source is where the engine reads an image from, as the client that asked
+// for it: the implementation admits the client for every object and
+// verifies every byte against its digest as it is read.
+type Source interface {
+	// Upstream and Repository name where the image is, for the report and
+	// the logs.
+	Upstream() string
+	Repository() string
+	// Identity names who the reads ask upstream as (the upstream, the
+	// repository and, with forwarded credentials, the client's): work is
+	// shared only between callers of one identity, whose refusal must not
+	// become another client's answer.
+	Identity() string
+	// Manifest returns a child manifest of an index.
+	Manifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error)
+	// OpenBlob opens a blob, verified as it is read: from the download's
+	// spool while it downloads, or from the cache. A short or wrong blob
+	// is an error at the end of the read.
+	OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error)
+	// Ensure makes sure the cache holds dgst, fetching it again if needed.
+	Ensure(ctx context.Context, dgst digest.Digest) error
+	// Learn records that the repository holds derived, made from source
+	// (which it holds upstream).
+	Learn(ctx context.Context, derived, source digest.Digest)
+}
+
+// Store is the part of the cache the engine uses.
+type Store interface {
+	cache.NormalizationStore
+	cache.LayerVerdictStore
+	cache.DerivedStore
+	GetManifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error)
+	PutManifest(ctx context.Context, m cache.Manifest) error
+	OpenVerified(ctx context.Context, dgst digest.Digest) (io.ReadCloser, cache.BlobInfo, error)
+	NewBlob(ctx context.Context) (*cache.Ingest, error)
+	IngestBlob(ctx context.Context, want digest.Digest, size int64) (*cache.Ingest, error)
+	StatBlob(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
+	Retain(ctx context.Context, dgst digest.Digest) error
+}
+
+// Reporter takes what the rewrite report shows.
+type Reporter interface {
+	Add(e cache.ReportEntry)
+}
+
+// Metrics are the engine's Prometheus metrics; the caller registers them.
+type Metrics struct {
+	Rewrites          *prometheus.CounterVec // by kind
+	RewriteErrors     *prometheus.CounterVec // by reason: invalid, fetch
+	Normalizations    *prometheus.CounterVec // by result
+	NormalizeDuration prometheus.Histogram
+	LayersScanned     prometheus.Counter
+	LayersRepackaged  prometheus.Counter
+	LayersSkipped     *prometheus.CounterVec // by reason
+	BytesScanned      prometheus.Counter
+	BytesRepackaged   prometheus.Counter
+	Rebuilds          prometheus.Counter
+}
+
+// Options configure an Engine.
+type Options struct {
+	Store   Store
+	Reports Reporter
+	Metrics Metrics
+	Log     *slog.Logger
+	// Now is the clock verdicts are dated by.
+	Now func() time.Time
+	// Timeout bounds one piece of shared work, like the downloads it waits
+	// for: clients are answered by their own deadline, not by this one.
+	Timeout time.Duration
+	// MaxLayerSize bounds how far a layer is decompressed to scan it.
+	MaxLayerSize int64
+	// Platforms are the children of an index that are read.
+	Platforms Platforms
+	// Ingested is told the size of every blob the engine writes.
+	Ingested func(size int64)
+}
+
+// Engine normalizes manifests and indexes.
+type Engine struct {
+	opts Options
+	m    Metrics
+	log  *slog.Logger
+
+	normalizations singleflight.Group // by original, rule set and identity
+	layers         singleflight.Group // scans and rebuilds, by layer and identity
+}
+
+// New returns an engine.
+func New(opts Options) *Engine {
+	if opts.Ingested == nil {
+		opts.Ingested = func(int64) {}
+	}
+	return &Engine{opts: opts, m: opts.Metrics, log: opts.Log}
+}
+
+// Result is what to serve for one original manifest under one rule set,
+// and why.
+type Result struct {
+	Manifest cache.Manifest
+	// Verdict's Normalized is empty when the original is served.
+	Verdict cache.Normalization
+}
+
+// Changed reports whether the variant differs from the original.
+func (r Result) Changed() bool { return r.Verdict.Normalized != "" }
+
+// Normalize returns the variant of m for rules: its normalized form, or m
+// itself. Verdicts are read from the cache first.
+func (e *Engine) Normalize(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set) (Result, error) {
+	return e.normalize(ctx, src, m, rules, 0)
+}
+
+// Verdict returns the recorded verdict for m under rules, if any; it never
+// computes one.
+func (e *Engine) Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool) {
+	if !MayNeed(m, rules) {
+		return cache.Normalization{}, false
+	}
+	n, err := e.opts.Store.GetNormalization(ctx, m.Digest, rules.Key())
+	return n, err == nil
+}
+
+func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (Result, error) {
+	clean := Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key()}}
+	if !mayNeed(m, rules, depth) {
+		return clean, nil
+	}
+	if n, err := e.opts.Store.GetNormalization(ctx, m.Digest, rules.Key()); err == nil {
+		if n.Normalized == "" {
+			return Result{Manifest: m, Verdict: n}, nil
+		}
+		if nm, err := e.opts.Store.GetManifest(ctx, n.Normalized); err == nil {
+			return Result{Manifest: nm, Verdict: n}, nil
+		}
+		// The verdict outlived its manifest: compute both again.
+	}
+	v, err, _ := e.normalizations.Do(m.Digest.String()+" "+rules.Key()+" "+src.Identity(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.Timeout)
+		defer cancel()
+		return e.compute(ctx, src, m, rules, depth)
+	})
+	if err != nil {
+		e.m.RewriteErrors.WithLabelValues("fetch").Inc()
+		e.m.Normalizations.WithLabelValues("error").Inc()
+		return Result{}, err
+	}
+	return v.(Result), nil
+}
+
+// MayNeed is the pure, I/O-free first look at m: whether rules may change
+// it. For a client with no rule nothing does; with only the config media
+// type rule, most manifests are clean and cost nothing more; with the layer
+// rule, every image with layers needs its verdict.
+func MayNeed(m cache.Manifest, rules ruleset.Set) bool { return mayNeed(m, rules, 0) }
+
+func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
+	switch {
+	case rules.Empty():
+		return false
+	case rewrite.IsManifest(m.MediaType):
+		plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
+		if err != nil {
+			return false
+		}
+		if rules.ConfigMediaType && plan.ConfigMediaTypeSuspect {
+			return true
+		}
+		if rules.SymlinkXattrs {
+			for _, l := range plan.Layers {
+				if rewrite.IsScannableLayer(l.MediaType) {
+					return true
+				}
+			}
+		}
+		return false
+	case rewrite.IsIndex(m.MediaType):
+		return depth < maxIndexDepth
+	}
+	return false
+}
+
+func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (Result, error) {
+	start := time.Now()
+	var res rewrite.Result
+	var err error
+	if rewrite.IsManifest(m.MediaType) {
+		res, err = e.normalizeImage(ctx, src, m, rules)
+	} else {
+		res, err = e.normalizeIndex(ctx, src, m, rules, depth)
+	}
+	store := e.opts.Store
+	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key(), CreatedAt: e.opts.Now().UTC()}
+	out := m
+	result := "clean"
+	switch {
+	case errors.Is(err, errInvalidContent):
+		result = "invalid"
+		// Content-addressed: the same bytes will be refused again, so the
+		// clean verdict is recorded and the original served.
+		e.m.RewriteErrors.WithLabelValues("invalid").Inc()
+		e.log.Warn("manifest not normalizable, serving it untouched", "upstream", src.Upstream(), "repo", src.Repository(), "digest", m.Digest, "error", err)
+	case err != nil:
+		return Result{}, err
+	case res.Changed():
+		result = "normalized"
+		out = cache.Manifest{MediaType: res.MediaType, Digest: res.Digest, Content: res.Content}
+		// The record first: the new manifest belongs wherever its original
+		// does, and only there.
+		if err := store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedManifest, Source: m.Digest}); err != nil {
+			return Result{}, fmt.Errorf("record normalized manifest: %w", err)
+		}
+		if err := store.PutManifest(ctx, out); err != nil {
+			return Result{}, fmt.Errorf("cache normalized manifest: %w", err)
+		}
+		src.Learn(ctx, res.Digest, m.Digest)
+		verdict.Normalized = res.Digest
+		for _, c := range res.Changes {
+			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
+			e.m.Rewrites.WithLabelValues(c.Kind).Inc()
+		}
+		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: verdict.Rules,
+			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
+		e.log.Info("normalized manifest", "upstream", src.Upstream(), "repo", src.Repository(), "original", m.Digest, "rules", verdict.Rules,
+			"normalized", res.Digest, "changes", len(res.Changes))
+		// Normalizing a normalized manifest changes nothing: say so now, so a
+		// pull by the new digest costs no work.
+		if err := store.PutNormalization(ctx, cache.Normalization{Original: res.Digest, MediaType: res.MediaType,
+			Rules: verdict.Rules, CreatedAt: verdict.CreatedAt}); err != nil {
+			e.log.Error("caching normalization verdict failed", "digest", res.Digest, "error", err)
+		}
+	}
+	if err := store.PutNormalization(ctx, verdict); err != nil {
+		e.log.Error("caching normalization verdict failed", "digest", m.Digest, "error", err)
+	}
+	e.m.NormalizeDuration.Observe(time.Since(start).Seconds())
+	e.m.Normalizations.WithLabelValues(result).Inc()
+	return Result{Manifest: out, Verdict: verdict}, nil
+}
+
+// normalizeImage applies the manifest rules of rules: it scans the layers
+// (and repackages those that need it) only for the layer rule, and reads the
+// config (through the cache, where containerd will find it next) only when
+// a rule needs it.
+func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set) (rewrite.Result, error) {
+	plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	if plan.Config.Size > maxConfigSize {
+		// Refused before any layer is fetched for nothing.
+		return rewrite.Result{}, fmt.Errorf("%w: config is %d bytes, more than %d", errInvalidContent, plan.Config.Size, maxConfigSize)
+	}
+	var layers map[digest.Digest]rewrite.LayerResult
+	if rules.SymlinkXattrs {
+		if layers, err = e.repackagedLayers(ctx, src, plan.Layers); err != nil {
+			return rewrite.Result{}, err
+		}
+	}
+	var config []byte
+	if (rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
+		if config, err = e.readBlob(ctx, src, plan.Config, maxConfigSize); err != nil {
+			return rewrite.Result{}, err
+		}
+	}
+	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
+		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType})
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	if res.Config != nil {
+		if err := e.putConfig(ctx, res.Config, res.ConfigDesc.Digest, plan.Config.Digest); err != nil {
+			return rewrite.Result{}, fmt.Errorf("store new config: %w", err)
+		}
+		src.Learn(ctx, res.ConfigDesc.Digest, plan.Config.Digest)
+	}
+	for original, l := range layers {
+		src.Learn(ctx, l.Digest, original)
+	}
+	return res, nil
+}
+
+// normalizeIndex normalizes the children of the configured platforms (a
+// few at a time) and points the index at those that changed. The others
+// are not read: each read is an upstream pull.
+func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (rewrite.Result, error) {
+	children, err := rewrite.IndexChildren(m.MediaType, m.Content)
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	var mu sync.Mutex
+	changed := map[digest.Digest]ocispec.Descriptor{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(childFetches)
+	for _, child := range children {
+		if !rewrite.IsManifest(child.MediaType) && !rewrite.IsIndex(child.MediaType) || !e.opts.Platforms.reads(child) {
+			continue
+		}
+		g.Go(func() error {
+			cm, err := src.Manifest(gctx, child.Digest)
+			if err != nil {
+				return fmt.Errorf("child manifest %s: %w", child.Digest, err)
+			}
+			n, err := e.normalize(gctx, src, cm, rules, depth+1)
+			if err != nil {
+				return err
+			}
+			if n.Changed() {
+				mu.Lock()
+				changed[child.Digest] = ocispec.Descriptor{MediaType: child.MediaType, Digest: n.Manifest.Digest, Size: int64(len(n.Manifest.Content))}
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return rewrite.Result{}, err
+	}
+	res, err := rewrite.NormalizeIndex(m.MediaType, m.Content, changed)
+	if err != nil {
+		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+	}
+	return res, nil
+}
+
+// readBlob reads a small blob a rule builds on, through the source,
+// verified against its digest as it is read.
+func (e *Engine) readBlob(ctx context.Context, src Source, desc ocispec.Descriptor, limit int64) ([]byte, error) {
+	if desc.Size > limit {
+		return nil, fmt.Errorf("%w: blob %s is %d bytes, more than %d", errInvalidContent, desc.Digest, desc.Size, limit)
+	}
+	content, err := readBlobOnce(ctx, src, desc, limit)
+	if damaged(err) {
+		// The cached copy failed verification and is gone: fetch it again.
+		e.log.Warn("cached blob failed verification; fetching it again", "repo", src.Repository(), "digest", desc.Digest, "error", err)
+		content, err = readBlobOnce(ctx, src, desc, limit)
+	}
+	return content, err
+}
+
+func readBlobOnce(ctx context.Context, src Source, desc ocispec.Descriptor, limit int64) ([]byte, error) {
+	b, err := src.OpenBlob(ctx, desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	content, err := io.ReadAll(io.LimitReader(b, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read blob %s: %w", desc.Digest, err)
+	}
+	if int64(len(content)) > limit {
+		return nil, fmt.Errorf("%w: blob %s is larger than %d bytes", errInvalidContent, desc.Digest, limit)
+	}
+	return content, nil
+}
+
+// damaged reports whether err is a cached blob that failed verification
+// as it was read. The cache has removed it, so the next read fetches it.
+func damaged(err error) bool { return errors.Is(err, cache.ErrDamaged) }

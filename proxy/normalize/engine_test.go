@@ -1,0 +1,280 @@
+package normalize
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+)
+
+// The tests here drive the engine without HTTP: a source that serves
+// generated images from memory through a real cache, counting what is read.
+
+var (
+	legacy     = regtest.ImageOptions{ConfigMediaType: "application/octet-stream"}
+	baseLayer  = []regtest.File{{Name: "bin/tool", Mode: 0o755, Content: []byte("#!/bin/sh\n")}}
+	xattrLayer = []regtest.File{
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/link", Typeflag: tar.TypeSymlink, Linkname: "/etc/target", PAXRecords: map[string]string{"SCHILY.xattr.user.rpm": "x"}},
+	}
+)
+
+// memSource serves blobs and manifests it holds as a verified download
+// would: into the cache, then read back verified.
+type memSource struct {
+	store     *cache.Store
+	blobs     map[digest.Digest][]byte
+	manifests map[digest.Digest]cache.Manifest
+	// cut, when set, delivers only the first half of that blob.
+	cut digest.Digest
+
+	mu    sync.Mutex
+	reads []digest.Digest
+}
+
+func newSource(store *cache.Store, imgs ...regtest.Image) *memSource {
+	s := &memSource{store: store, blobs: map[digest.Digest][]byte{}, manifests: map[digest.Digest]cache.Manifest{}}
+	for _, img := range imgs {
+		s.add(img)
+	}
+	return s
+}
+
+func (s *memSource) add(img regtest.Image) {
+	s.blobs[digest.FromBytes(img.Config)] = img.Config
+	for _, l := range img.Layers {
+		s.blobs[digest.FromBytes(l)] = l
+	}
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	json.Unmarshal(img.Manifest, &m)
+	s.manifests[img.ManifestDigest] = cache.Manifest{MediaType: m.MediaType, Digest: img.ManifestDigest, Content: img.Manifest}
+}
+
+func (s *memSource) Upstream() string   { return "docker.io" }
+func (s *memSource) Repository() string { return "library/app" }
+func (s *memSource) Identity() string   { return "docker.io/library/app" }
+
+func (s *memSource) Manifest(_ context.Context, dgst digest.Digest) (cache.Manifest, error) {
+	m, ok := s.manifests[dgst]
+	if !ok {
+		return cache.Manifest{}, cache.ErrNotFound
+	}
+	return m, nil
+}
+
+func (s *memSource) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error) {
+	s.mu.Lock()
+	s.reads = append(s.reads, dgst)
+	s.mu.Unlock()
+	if err := s.Ensure(ctx, dgst); err != nil {
+		return nil, err
+	}
+	rc, _, err := s.store.OpenVerified(ctx, dgst)
+	return rc, err
+}
+
+func (s *memSource) Ensure(ctx context.Context, dgst digest.Digest) error {
+	if _, err := s.store.StatBlob(ctx, dgst); err == nil {
+		return nil
+	}
+	b, ok := s.blobs[dgst]
+	if !ok {
+		return cache.ErrNotFound
+	}
+	if dgst == s.cut {
+		b = b[:len(b)/2]
+	}
+	in, err := s.store.IngestBlob(ctx, dgst, int64(len(b)))
+	if err != nil {
+		return err
+	}
+	if _, err := in.Write(b); err != nil {
+		return errors.Join(err, in.Cancel(ctx))
+	}
+	return in.Commit(ctx)
+}
+
+func (s *memSource) Learn(context.Context, digest.Digest, digest.Digest) {}
+
+func (s *memSource) blobReads() []digest.Digest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.reads)
+}
+
+type reports struct {
+	mu      sync.Mutex
+	entries []cache.ReportEntry
+}
+
+func (r *reports) Add(e cache.ReportEntry) {
+	r.mu.Lock()
+	r.entries = append(r.entries, e)
+	r.mu.Unlock()
+}
+
+func newEngine(store *cache.Store) *Engine {
+	counter := func() prometheus.Counter { return prometheus.NewCounter(prometheus.CounterOpts{Name: "c"}) }
+	vec := func() *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v"}, []string{"l"})
+	}
+	return New(Options{
+		Store:   store,
+		Reports: &reports{},
+		Metrics: Metrics{Rewrites: vec(), RewriteErrors: vec(), Normalizations: vec(), LayersSkipped: vec(),
+			NormalizeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h"}),
+			LayersScanned:     counter(), LayersRepackaged: counter(), BytesScanned: counter(), BytesRepackaged: counter(), Rebuilds: counter()},
+		Log:       slog.New(slog.DiscardHandler),
+		Now:       func() time.Time { return time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC) },
+		Timeout:   time.Minute,
+		Platforms: DefaultPlatforms(),
+	})
+}
+
+func build(t *testing.T, opts regtest.ImageOptions, layers ...[]regtest.File) regtest.Image {
+	t.Helper()
+	img, err := regtest.BuildImage(opts, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func manifestOf(img regtest.Image) cache.Manifest {
+	return cache.Manifest{MediaType: regtest.MediaTypeDockerManifest, Digest: img.ManifestDigest, Content: img.Manifest}
+}
+
+var (
+	configOnly = ruleset.Set{ConfigMediaType: true}
+	both       = ruleset.All()
+)
+
+// TestNoLayerReadForClientsThatNeedNone: a client without the layer rule
+// (containerd 1.6.9+) gets an image whose only defect is an xattr on a
+// symlink as it is, and nothing of it is read; the octet-stream fix reads
+// the config and nothing else.
+func TestNoLayerReadForClientsThatNeedNone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := cache.New(inmemory.New())
+	xattr := build(t, regtest.ImageOptions{}, baseLayer, xattrLayer)
+	old := build(t, legacy, baseLayer)
+	src := newSource(store, xattr, old)
+	e := newEngine(store)
+
+	res, err := e.Normalize(ctx, src, manifestOf(xattr), configOnly)
+	if err != nil || res.Changed() || res.Manifest.Digest != xattr.ManifestDigest {
+		t.Fatalf("xattr image for config-only rules: %+v, %v", res.Verdict, err)
+	}
+	if got := src.blobReads(); len(got) != 0 {
+		t.Fatalf("read %v for a client that needs no layer rule", got)
+	}
+	if res, err := e.Normalize(ctx, src, manifestOf(xattr), ruleset.Set{}); err != nil || res.Changed() || len(src.blobReads()) != 0 {
+		t.Fatalf("no rules: %+v, %v, reads %v", res.Verdict, err, src.blobReads())
+	}
+
+	res, err = e.Normalize(ctx, src, manifestOf(old), configOnly)
+	if err != nil || !res.Changed() {
+		t.Fatalf("octet-stream image for config-only rules: %+v, %v", res.Verdict, err)
+	}
+	if got, want := src.blobReads(), []digest.Digest{digest.FromBytes(old.Config)}; !slices.Equal(got, want) {
+		t.Fatalf("the config fix read %v, want only the config %v", got, want)
+	}
+}
+
+// TestVariantsPerRuleSet: verdicts are kept per (original, rule set); an
+// image with both defects has one variant per set, and a second engine on
+// another cache (another replica) computes the same bytes for each.
+func TestVariantsPerRuleSet(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	img := build(t, legacy, baseLayer, xattrLayer)
+	variants := func() map[string]digest.Digest {
+		store := cache.New(inmemory.New())
+		e := newEngine(store)
+		src := newSource(store, img)
+		out := map[string]digest.Digest{}
+		for _, rules := range []ruleset.Set{configOnly, both, {SymlinkXattrs: true}} {
+			res, err := e.Normalize(ctx, src, manifestOf(img), rules)
+			if err != nil || !res.Changed() {
+				t.Fatalf("%s: %+v, %v", rules.Key(), res.Verdict, err)
+			}
+			n, err := store.GetNormalization(ctx, img.ManifestDigest, rules.Key())
+			if err != nil || n.Normalized != res.Manifest.Digest || n.Rules != rules.Key() {
+				t.Fatalf("%s: recorded %+v, %v", rules.Key(), n, err)
+			}
+			out[rules.Key()] = res.Manifest.Digest
+		}
+		return out
+	}
+	first, second := variants(), variants()
+	if len(first) != 3 || first[configOnly.Key()] == first[both.Key()] || first[both.Key()] == first[ruleset.SymlinkXattrs] {
+		t.Fatalf("variants: %v; want three different digests", first)
+	}
+	for key, d := range first {
+		if second[key] != d {
+			t.Errorf("%s: %s on one replica, %s on another", key, d, second[key])
+		}
+	}
+}
+
+// TestVerdictsAreReused: a second engine on the same cache (a restart, a
+// replica) answers from the verdicts, reading nothing.
+func TestVerdictsAreReused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := cache.New(inmemory.New())
+	img := build(t, regtest.ImageOptions{}, baseLayer, xattrLayer)
+	first, err := newEngine(store).Normalize(ctx, newSource(store, img), manifestOf(img), both)
+	if err != nil || !first.Changed() {
+		t.Fatalf("%+v, %v", first.Verdict, err)
+	}
+	src := newSource(store, img)
+	again, err := newEngine(store).Normalize(ctx, src, manifestOf(img), both)
+	if err != nil || again.Manifest.Digest != first.Manifest.Digest || !bytes.Equal(again.Manifest.Content, first.Manifest.Content) {
+		t.Fatalf("again: %+v, %v", again.Verdict, err)
+	}
+	if got := src.blobReads(); len(got) != 0 {
+		t.Fatalf("a known verdict read %v", got)
+	}
+}
+
+// TestShortLayerIsNoVerdict: a layer that arrives short is an error, and
+// neither a layer verdict nor a normalization is recorded.
+func TestShortLayerIsNoVerdict(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := cache.New(inmemory.New())
+	img := build(t, regtest.ImageOptions{}, baseLayer, xattrLayer)
+	src := newSource(store, img)
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	src.cut = m.Layers[1].Digest
+	if res, err := newEngine(store).Normalize(ctx, src, manifestOf(img), both); err == nil {
+		t.Fatalf("normalized from a short layer: %+v", res.Verdict)
+	}
+	if v, err := store.GetLayerVerdict(ctx, m.Layers[1].Digest); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("layer verdict from a short read: %+v, %v", v, err)
+	}
+	if n, err := store.GetNormalization(ctx, img.ManifestDigest, both.Key()); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("normalization from a short read: %+v, %v", n, err)
+	}
+}

@@ -1,0 +1,255 @@
+package normalize
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/rewrite"
+)
+
+// repackagedLayers returns the repackaged form of every layer that the
+// symlink xattr rule changes, fetching and scanning layers a few at a time.
+// Verdicts come from the cache when another pull, replica or earlier
+// process already scanned the layer.
+func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocispec.Descriptor) (map[digest.Digest]rewrite.LayerResult, error) {
+	var mu sync.Mutex
+	fixes := map[digest.Digest]rewrite.LayerResult{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(layerFetches)
+	for _, desc := range layers {
+		if !rewrite.IsScannableLayer(desc.MediaType) {
+			continue
+		}
+		g.Go(func() error {
+			v, err := e.layerVerdict(gctx, src, desc.Digest)
+			if err != nil {
+				return err
+			}
+			if v.Repacked != "" {
+				mu.Lock()
+				fixes[desc.Digest] = layerResult(v)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	return fixes, g.Wait()
+}
+
+// layerVerdict scans one layer once, however many images and requests want it.
+func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
+	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil {
+		return v, nil
+	}
+	v, err, _ := e.layers.Do(dgst.String()+" "+src.Identity(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.Timeout)
+		defer cancel()
+		return e.computeLayerVerdict(ctx, src, dgst)
+	})
+	if err != nil {
+		return cache.LayerVerdict{}, err
+	}
+	return v.(cache.LayerVerdict), nil
+}
+
+func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
+	v := cache.LayerVerdict{Original: dgst, CreatedAt: e.opts.Now().UTC()}
+	scan, err := e.scanLayer(ctx, src, dgst)
+	if damaged(err) {
+		// The cached copy failed verification and is gone: fetch it again.
+		e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
+		scan, err = e.scanLayer(ctx, src, dgst)
+	}
+	switch {
+	case errors.Is(err, rewrite.ErrNotTar), errors.Is(err, rewrite.ErrLayerTooLarge):
+		// Not a tar regnorm reads, or a decompression bomb: served as it is,
+		// and never scanned again.
+		reason := "not-tar"
+		if errors.Is(err, rewrite.ErrLayerTooLarge) {
+			reason = "too-large"
+		}
+		e.m.LayersSkipped.WithLabelValues(reason).Inc()
+		e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", dgst, "reason", reason, "error", err)
+		return v, e.opts.Store.PutLayerVerdict(ctx, v)
+	case err != nil:
+		return cache.LayerVerdict{}, err
+	}
+	v.Compression, v.Entries = string(scan.Compression), scan.Entries
+	if !scan.Clean() {
+		res, err := e.repackFromOriginal(ctx, src, dgst, "")
+		if err != nil {
+			return cache.LayerVerdict{}, err
+		}
+		if err := e.opts.Store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedLayer, Source: dgst}); err != nil {
+			return cache.LayerVerdict{}, fmt.Errorf("record repackaged layer: %w", err)
+		}
+		v.Repacked, v.Size, v.DiffID = res.Digest, res.Size, res.DiffID
+		for _, r := range res.Removals {
+			v.Removals = append(v.Removals, cache.XattrRemoval(r))
+		}
+		e.log.Info("repackaged layer", "repo", src.Repository(), "original", dgst, "repacked", res.Digest, "entries_stripped", res.Stripped)
+	}
+	if err := e.opts.Store.PutLayerVerdict(ctx, v); err != nil {
+		return cache.LayerVerdict{}, fmt.Errorf("record layer verdict: %w", err)
+	}
+	return v, nil
+}
+
+// scanLayer reads a layer as it arrives, through the source. Whatever the
+// scan concludes counts only once the whole blob has verified: the rest of
+// it is read too, and a short or wrong blob is an error, never a verdict.
+func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) (rewrite.LayerScan, error) {
+	b, err := src.OpenBlob(ctx, dgst)
+	if err != nil {
+		return rewrite.LayerScan{}, err
+	}
+	defer b.Close()
+	counted := &countingReader{r: b}
+	scan, err := rewrite.ScanLayer(counted, e.opts.MaxLayerSize)
+	if _, rerr := io.Copy(io.Discard, counted); rerr != nil {
+		return rewrite.LayerScan{}, fmt.Errorf("read layer %s: %w", dgst, rerr)
+	}
+	e.m.LayersScanned.Inc()
+	e.m.BytesScanned.Add(float64(counted.n))
+	return scan, err
+}
+
+// repackLayer writes the repackaged layer into the cache as a new blob,
+// from the cached original, verified as it is read. want, when set, is the
+// digest the result must have (a rebuild).
+func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest) (rewrite.LayerResult, error) {
+	store := e.opts.Store
+	rc, _, err := store.OpenVerified(ctx, dgst)
+	if err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	defer rc.Close()
+	var in *cache.Ingest
+	if want != "" {
+		in, err = store.IngestBlob(ctx, want, -1)
+	} else {
+		in, err = store.NewBlob(ctx)
+	}
+	if err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	res, err := rewrite.RepackLayer(in, rc, e.opts.MaxLayerSize)
+	if err != nil {
+		// The layer may have stopped the read early (at a bad header, say):
+		// read the rest, so that a damaged original says so and is fetched
+		// again, rather than failing every rebuild for good.
+		if _, rerr := io.Copy(io.Discard, rc); damaged(rerr) {
+			err = rerr
+		}
+		return rewrite.LayerResult{}, errors.Join(fmt.Errorf("repackage layer %s: %w", dgst, err), in.Cancel(ctx))
+	}
+	if err := in.Commit(ctx); err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	if in.Digest() != res.Digest {
+		return rewrite.LayerResult{}, fmt.Errorf("repackaged layer %s: stored as %s, computed %s", dgst, in.Digest(), res.Digest)
+	}
+	e.m.LayersRepackaged.Inc()
+	e.m.BytesRepackaged.Add(float64(res.Size))
+	e.opts.Ingested(res.Size)
+	return res, nil
+}
+
+// repackFromOriginal repackages the cached layer dgst. If the cached copy
+// fails verification (it is then removed), the layer is fetched again
+// through the source and repackaged from that.
+func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want digest.Digest) (rewrite.LayerResult, error) {
+	res, err := e.repackLayer(ctx, dgst, want)
+	if !damaged(err) {
+		return res, err
+	}
+	e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
+	if err := src.Ensure(ctx, dgst); err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	return e.repackLayer(ctx, dgst, want)
+}
+
+// RebuildLayer makes an evicted repackaged layer d again from its original,
+// fetched again through src if it was evicted too; the caller has admitted
+// src's client for the original. Repackaging is deterministic, and the
+// ingest verifies the result against the digest clients ask for.
+func (e *Engine) RebuildLayer(ctx context.Context, src Source, d cache.Derived) error {
+	_, err, _ := e.layers.Do("rebuild "+d.Digest.String()+" "+src.Identity(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.Timeout)
+		defer cancel()
+		if _, err := e.opts.Store.StatBlob(ctx, d.Digest); err == nil {
+			return nil, nil // rebuilt meanwhile
+		}
+		if err := src.Ensure(ctx, d.Source); err != nil {
+			return nil, err
+		}
+		if _, err := e.repackFromOriginal(ctx, src, d.Source, d.Digest); err != nil {
+			if errors.Is(err, cache.ErrDigestMismatch) && !damaged(err) {
+				e.log.Error("a rebuild made other bytes than the repackaged layer clients ask for: was it made by another regnorm version?",
+					"digest", d.Digest, "source", d.Source, "error", err)
+			}
+			return nil, fmt.Errorf("rebuild repackaged layer %s: %w", d.Digest, err)
+		}
+		e.m.Rebuilds.Inc()
+		e.log.Info("rebuilt an evicted repackaged layer", "digest", d.Digest, "source", d.Source)
+		return nil, nil
+	})
+	return err
+}
+
+// putConfig stores a config rewritten from source. It is retained first,
+// so that it is never evictable, not even for a moment: nothing could make
+// it again on demand.
+func (e *Engine) putConfig(ctx context.Context, content []byte, want, source digest.Digest) error {
+	store := e.opts.Store
+	if err := store.Retain(ctx, want); err != nil {
+		return err
+	}
+	if err := store.PutDerived(ctx, cache.Derived{Digest: want, Kind: cache.DerivedConfig, Source: source}); err != nil {
+		return err
+	}
+	in, err := store.NewBlob(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := in.Write(content); err != nil {
+		return errors.Join(err, in.Cancel(ctx))
+	}
+	if err := in.Commit(ctx); err != nil {
+		return err
+	}
+	if in.Digest() != want {
+		return fmt.Errorf("stored blob as %s, want %s", in.Digest(), want)
+	}
+	e.opts.Ingested(in.Size())
+	return nil
+}
+
+func layerResult(v cache.LayerVerdict) rewrite.LayerResult {
+	res := rewrite.LayerResult{Digest: v.Repacked, Size: v.Size, DiffID: v.DiffID}
+	res.Compression, res.Entries = rewrite.Compression(v.Compression), v.Entries
+	for _, r := range v.Removals {
+		res.Removals = append(res.Removals, rewrite.XattrRemoval(r))
+	}
+	return res
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

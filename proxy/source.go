@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/normalize"
+)
+
+// source is what the rule engine reads an image through: one upstream
+// repository, as one client. Every read is admitted (access.go) and
+// verified, exactly as the client's own reads are.
+type source struct {
+	s    *Server
+	up   *upstream
+	repo string
+}
+
+var _ normalize.Source = source{}
+
+func (s *Server) readingAs(up *upstream, repo string) source { return source{s: s, up: up, repo: repo} }
+
+func (src source) Upstream() string   { return src.up.name }
+func (src source) Repository() string { return src.repo }
+func (src source) Identity() string   { return askingAs(src.up, src.repo) }
+
+func (src source) request(dgst digest.Digest, blob bool) distRequest {
+	return distRequest{upstream: src.up, repo: src.repo, digest: dgst, blob: blob}
+}
+
+func (src source) Manifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error) {
+	m, _, err := src.s.manifestByDigest(ctx, src.request(dgst, false), nil)
+	return m, err
+}
+
+func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error) {
+	return src.s.openBlob(ctx, src.request(dgst, true), 0, true)
+}
+
+func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
+	return src.s.fetches.ensure(ctx, src.up, src.repo, dgst)
+}
+
+func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
+	src.s.learnDerived(ctx, src.up.name, src.repo, derived, from)
+}
+
+// rebuildLayer makes an evicted repackaged layer again from its original,
+// as req's client, who must be admitted for the original: a repository
+// holds a derived blob only where it holds its source.
+func (s *Server) rebuildLayer(ctx context.Context, req distRequest, d cache.Derived) error {
+	src := req
+	src.digest = d.Source
+	if err := s.admit(ctx, src); err != nil {
+		return err
+	}
+	return s.engine.RebuildLayer(ctx, s.readingAs(req.upstream, req.repo), d)
+}
+
+// askingAs names who a piece of single-flight work asks upstream as: the
+// upstream, the repository, and with forwarded credentials the client's.
+func askingAs(up *upstream, repo string) string {
+	return fmt.Sprintf("%s/%s %x", up.name, repo, up.credsKey)
+}
