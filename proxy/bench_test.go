@@ -1,16 +1,20 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,4 +114,98 @@ func ingestRandom(b *testing.B, store *cache.Store, size int) digest.Digest {
 		b.Fatal(err)
 	}
 	return dgst
+}
+
+// BenchmarkColdBlobVsRelay: one client GETs a cold blob (48 MB, or
+// REGNORM_BENCH_COLD_MB) through regnorm, which downloads it from the
+// upstream into its cache and streams it to the client as it arrives, and
+// through a plain relay (httputil.ReverseProxy) to the same upstream,
+// alternating, a fresh blob each round. Reports both throughputs and their
+// ratio (goal: ratio >= 0.5).
+//
+//	go test ./proxy -run '^$' -bench ColdBlobVsRelay -benchtime 5x
+func BenchmarkColdBlobVsRelay(b *testing.B) {
+	size := 48 << 20
+	if v, err := strconv.Atoi(os.Getenv("REGNORM_BENCH_COLD_MB")); err == nil && v > 0 {
+		size = v << 20
+	}
+	// The upstream answers from memory, so that the figures compare regnorm
+	// with a relay, not with the upstream's storage.
+	var mu sync.Mutex
+	blobs := map[string][]byte{}
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		blob, ok := blobs[path.Base(r.URL.Path)]
+		mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(blob))
+	}))
+	defer upstream.Close()
+	upstreamURL, _ := url.Parse(upstream.URL)
+	store := cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: b.TempDir(), MaxThreads: 100}))
+	srv, err := proxy.New(proxy.Options{
+		Store:           store,
+		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: upstreamURL}},
+		DefaultUpstream: "docker.io",
+		SpoolDir:        b.TempDir(),
+		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),
+		Logger:          slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	proxySrv := httptest.NewServer(srv.Handler(nil))
+	defer proxySrv.Close()
+	relaySrv := httptest.NewServer(httputil.NewSingleHostReverseProxy(upstreamURL))
+	defer relaySrv.Close()
+
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	get := func(u string) time.Duration {
+		start := time.Now()
+		resp, err := client.Get(u)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || n != int64(size) || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET %s: %d bytes, status %d, %v", u, n, resp.StatusCode, err)
+		}
+		return time.Since(start)
+	}
+	push := func() digest.Digest {
+		buf := make([]byte, size)
+		rand.Read(buf)
+		d := digest.FromBytes(buf)
+		mu.Lock()
+		clear(blobs) // one blob in memory at a time
+		blobs[d.String()] = buf
+		mu.Unlock()
+		return d
+	}
+	path := func(d digest.Digest) string { return "/v2/library/bench/blobs/" + d.String() }
+	get(relaySrv.URL + path(push())) // connections and the upstream's first blob
+
+	b.ResetTimer()
+	var viaProxy, viaRelay time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		d := push()
+		b.StartTimer()
+		// Both read the same blob, which is cold in regnorm's cache.
+		if i%2 == 0 {
+			viaProxy += get(proxySrv.URL + path(d))
+			viaRelay += get(relaySrv.URL + path(d))
+		} else {
+			viaRelay += get(relaySrv.URL + path(d))
+			viaProxy += get(proxySrv.URL + path(d))
+		}
+	}
+	mb := float64(size) * float64(b.N) / 1e6
+	b.ReportMetric(mb/viaProxy.Seconds(), "regnorm_MB/s")
+	b.ReportMetric(mb/viaRelay.Seconds(), "relay_MB/s")
+	b.ReportMetric(viaRelay.Seconds()/viaProxy.Seconds(), "ratio")
 }

@@ -334,11 +334,25 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 	f.size, f.spool = resp.ContentLength, spool
 	close(f.ready)
 
+	// With a spool, the cache is written from it, beside the download:
+	// clients read the spool without waiting for the hashing and the cache
+	// write. Without one, the download writes the cache itself.
+	sink, ingest := in, (*spoolIngest)(nil)
+	if spool != nil {
+		sink, ingest = nil, startSpoolIngest(f, spool, in)
+	}
+	abort := func(err error) error {
+		if ingest != nil {
+			err = errors.Join(err, ingest.abort())
+		}
+		return errors.Join(err, in.Cancel(context.WithoutCancel(ctx)))
+	}
+
 	// A body cut short or stalled is resumed where it stopped, with a
 	// range request, as often as the retry policy allows.
 	body, got := resp.Body, int64(0)
 	for attempt := 1; ; attempt++ {
-		n, err := copyBody(f, body, spool, in)
+		n, err := copyBody(f, body, spool, sink)
 		body.Close()
 		got += n
 		if err == nil {
@@ -347,7 +361,7 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 		var local *localWriteError
 		wait, ok := up.retry.wait(attempt+1, 0)
 		if errors.As(err, &local) || !ok || ctx.Err() != nil {
-			return errors.Join(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, err), in.Cancel(context.WithoutCancel(ctx)))
+			return abort(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, err))
 		}
 		reason := "truncated"
 		if errors.Is(err, errStalled) {
@@ -358,9 +372,14 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return errors.Join(context.Cause(ctx), in.Cancel(context.WithoutCancel(ctx)))
+			return abort(context.Cause(ctx))
 		}
 		if body, err = resumeBlob(ctx, up, repo, f.dgst, got); err != nil {
+			return abort(err)
+		}
+	}
+	if ingest != nil {
+		if err := ingest.finish(got); err != nil {
 			return errors.Join(err, in.Cancel(context.WithoutCancel(ctx)))
 		}
 	}
@@ -378,8 +397,8 @@ type localWriteError struct{ err error }
 func (e *localWriteError) Error() string { return e.err.Error() }
 func (e *localWriteError) Unwrap() error { return e.err }
 
-// copyBody appends body to the spool (if any) and the cache until EOF, and
-// returns how many bytes it appended.
+// copyBody appends body to the spool and the cache (each if not nil) until
+// EOF, and returns how many bytes it appended.
 func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (int64, error) {
 	buf := make([]byte, 256<<10)
 	var total int64
@@ -391,8 +410,10 @@ func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (i
 					return total, &localWriteError{fmt.Errorf("write spool: %w", err)}
 				}
 			}
-			if _, err := in.Write(buf[:n]); err != nil {
-				return total, &localWriteError{err}
+			if in != nil {
+				if _, err := in.Write(buf[:n]); err != nil {
+					return total, &localWriteError{err}
+				}
 			}
 			total += int64(n)
 			f.advance(int64(n))
@@ -402,6 +423,78 @@ func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (i
 		}
 		if rerr != nil {
 			return total, rerr
+		}
+	}
+}
+
+// spoolIngest copies a download's spool into the cache, following the
+// download: the hashing and the cache write run beside it, not in its way.
+type spoolIngest struct {
+	f     *blobFetch
+	spool *os.File
+	in    *cache.Ingest
+	end   chan int64 // the body's length once it is all in the spool; closed to abort
+	done  chan error
+}
+
+var errIngestAborted = errors.New("download aborted")
+
+func startSpoolIngest(f *blobFetch, spool *os.File, in *cache.Ingest) *spoolIngest {
+	si := &spoolIngest{f: f, spool: spool, in: in, end: make(chan int64, 1), done: make(chan error, 1)}
+	go func() { si.done <- si.run() }()
+	return si
+}
+
+// finish says the spool holds the whole body, of length n, and waits until
+// the cache has it too.
+func (si *spoolIngest) finish(n int64) error {
+	si.end <- n
+	return <-si.done
+}
+
+// abort stops the copy and returns why it stopped early, if it failed on
+// its own.
+func (si *spoolIngest) abort() error {
+	close(si.end)
+	if err := <-si.done; !errors.Is(err, errIngestAborted) {
+		return err
+	}
+	return nil
+}
+
+func (si *spoolIngest) run() error {
+	buf := make([]byte, 256<<10)
+	var off int64
+	end := int64(-1)
+	for {
+		si.f.mu.Lock()
+		written, changed := si.f.written, si.f.changed
+		si.f.mu.Unlock()
+		for off < written {
+			n, err := si.spool.ReadAt(buf[:min(int64(len(buf)), written-off)], off)
+			if n > 0 {
+				if _, werr := si.in.Write(buf[:n]); werr != nil {
+					err = werr
+				}
+				off += int64(n)
+			}
+			if err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+				// The download cannot be cached: stop it.
+				err = &localWriteError{fmt.Errorf("copy spool to cache: %w", err)}
+				si.f.cancel(err)
+				return err
+			}
+		}
+		if end >= 0 && off >= end {
+			return nil
+		}
+		select {
+		case <-changed:
+		case n, ok := <-si.end:
+			if !ok {
+				return errIngestAborted
+			}
+			end = n
 		}
 	}
 }
