@@ -61,8 +61,13 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 			s.reports.Add(s.served(req, m.Digest, client))
 			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
 		} else if client.Rules != s.rules.Enabled {
-			// Once answered: the original may be another client's to fix.
-			defer s.noteOriginalServed(ctx, req, m, client)
+			// The original may be another client's to fix: look it up once
+			// this client has its answer.
+			original := m
+			defer func() {
+				http.NewResponseController(w).Flush()
+				s.noteOriginalServed(ctx, req, original, client)
+			}()
 		}
 		m = n.Manifest
 	} else {
