@@ -20,13 +20,24 @@ type span struct{ start, end int }
 // their path ("config/mediaType", "layers/0/digest"), with exact,
 // case-sensitive key matching: what regnorm reads is exactly what it edits.
 type jsonDoc struct {
-	raw   []byte
-	spans map[string]span
+	raw      []byte
+	spans    map[string]span
+	keyBytes int // the index's path bytes, bounded by maxIndexBytes
 }
 
 // maxPathDepth is how deep values are indexed: enough for
 // manifests/<i>/digest, manifests/<i>/platform/os and rootfs/diff_ids/<i>.
 const maxPathDepth = 4
+
+// The index is bounded whatever the document: its paths hold at most
+// maxIndexBytes and maxSpans values (a manifest of 4 MiB of tiny values under
+// long keys would otherwise take gigabytes). Keys longer than maxKeyLen are
+// never read: their values are not indexed.
+const (
+	maxKeyLen     = 256
+	maxSpans      = 1 << 16
+	maxIndexBytes = 4 << 20
+)
 
 func parseDoc(raw []byte) (*jsonDoc, error) {
 	if !json.Valid(raw) {
@@ -34,7 +45,7 @@ func parseDoc(raw []byte) (*jsonDoc, error) {
 	}
 	d := &jsonDoc{raw: raw, spans: map[string]span{}}
 	s := scanner{doc: raw}
-	if err := s.value(d, nil); err != nil {
+	if err := s.value(d, nil, true); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -154,11 +165,11 @@ func (s *scanner) skipString() {
 }
 
 // value scans one value at path, recording it and its children in d while
-// the path is no deeper than maxPathDepth.
-func (s *scanner) value(d *jsonDoc, path []string) error {
+// the path is no deeper than maxPathDepth and indexed (see maxKeyLen).
+func (s *scanner) value(d *jsonDoc, path []string, indexed bool) error {
 	s.skipSpace()
 	start := s.pos
-	record := len(path) <= maxPathDepth
+	record := indexed && len(path) <= maxPathDepth
 	switch s.doc[s.pos] {
 	case '{':
 		s.pos++
@@ -185,12 +196,13 @@ func (s *scanner) value(d *jsonDoc, path []string) error {
 			s.skipSpace()
 			s.pos++ // ':'
 			child := append(slices.Clone(path), key)
-			if record && len(child) <= maxPathDepth {
+			childIndexed := record && len(key) <= maxKeyLen
+			if childIndexed && len(child) <= maxPathDepth {
 				if _, dup := d.spans[pathKey(child...)]; dup {
 					return fmt.Errorf("%w: key %q appears twice", ErrInvalidJSON, strings.Join(child, "."))
 				}
 			}
-			if err := s.value(d, child); err != nil {
+			if err := s.value(d, child, childIndexed); err != nil {
 				return err
 			}
 		}
@@ -205,7 +217,7 @@ func (s *scanner) value(d *jsonDoc, path []string) error {
 			if s.doc[s.pos] == ',' {
 				s.pos++
 			}
-			if err := s.value(d, append(slices.Clone(path), strconv.Itoa(i))); err != nil {
+			if err := s.value(d, append(slices.Clone(path), strconv.Itoa(i)), record); err != nil {
 				return err
 			}
 		}
@@ -217,7 +229,12 @@ func (s *scanner) value(d *jsonDoc, path []string) error {
 		}
 	}
 	if record {
-		d.spans[pathKey(path...)] = span{start, s.pos}
+		key := pathKey(path...)
+		d.keyBytes += len(key)
+		if len(d.spans) >= maxSpans || d.keyBytes > maxIndexBytes {
+			return fmt.Errorf("%w: more than %d values or %d bytes of paths to index", ErrInvalidJSON, maxSpans, maxIndexBytes)
+		}
+		d.spans[key] = span{start, s.pos}
 	}
 	return nil
 }

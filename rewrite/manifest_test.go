@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -265,5 +266,29 @@ func TestIndexChildrenPlatforms(t *testing.T) {
 	}
 	if children[2].Platform != nil || children[2].Annotations != nil {
 		t.Errorf("a child without platform: %+v", children[2])
+	}
+}
+
+// TestJSONIndexIsBounded: a manifest of tiny values under a long key, or of
+// very many values, is refused or skipped without taking memory in
+// proportion to its values times its key (it took gigabytes). Not
+// parallel: it measures the process's allocations.
+func TestJSONIndexIsBounded(t *testing.T) {
+	longKey := strings.Repeat("k", 200<<10)
+	for name, doc := range map[string]string{
+		"long key over many values": `{"schemaVersion":2,"` + longKey + `":[` + strings.Repeat("1,", 100000) + `1]}`,
+		"many values":               `{"schemaVersion":2,"a":[` + strings.Repeat("1,", 1<<17) + `1]}`,
+	} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := PlanManifest(MediaTypeDockerManifest, []byte(doc))
+		runtime.ReadMemStats(&after)
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+			t.Errorf("%s (%d bytes): allocated %d MB", name, len(doc), alloc>>20)
+		}
+		if err == nil {
+			t.Errorf("%s: planned", name)
+		}
 	}
 }
