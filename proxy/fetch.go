@@ -379,7 +379,7 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 		}
 	}
 	if ingest != nil {
-		if err := ingest.finish(got); err != nil {
+		if err := ingest.finish(ctx, got); err != nil {
 			return errors.Join(err, in.Cancel(context.WithoutCancel(ctx)))
 		}
 	}
@@ -433,29 +433,37 @@ type spoolIngest struct {
 	f     *blobFetch
 	spool *os.File
 	in    *cache.Ingest
-	end   chan int64 // the body's length once it is all in the spool; closed to abort
+	end   chan int64    // the body's length, once it is all in the spool
+	stop  chan struct{} // closed to abort
 	done  chan error
 }
 
 var errIngestAborted = errors.New("download aborted")
 
 func startSpoolIngest(f *blobFetch, spool *os.File, in *cache.Ingest) *spoolIngest {
-	si := &spoolIngest{f: f, spool: spool, in: in, end: make(chan int64, 1), done: make(chan error, 1)}
+	si := &spoolIngest{f: f, spool: spool, in: in, end: make(chan int64, 1), stop: make(chan struct{}), done: make(chan error, 1)}
 	go func() { si.done <- si.run() }()
 	return si
 }
 
 // finish says the spool holds the whole body, of length n, and waits until
-// the cache has it too.
-func (si *spoolIngest) finish(n int64) error {
+// the cache has it too, or ctx ends (the download was abandoned: it frees
+// its slot now).
+func (si *spoolIngest) finish(ctx context.Context, n int64) error {
 	si.end <- n
-	return <-si.done
+	select {
+	case err := <-si.done:
+		return err
+	case <-ctx.Done():
+		return errors.Join(context.Cause(ctx), si.abort())
+	}
 }
 
-// abort stops the copy and returns why it stopped early, if it failed on
-// its own.
+// abort stops the copy at once (a cancelled download must free its slot
+// now, not once the cache has caught up) and returns why it stopped early,
+// if it failed on its own.
 func (si *spoolIngest) abort() error {
-	close(si.end)
+	close(si.stop)
 	if err := <-si.done; !errors.Is(err, errIngestAborted) {
 		return err
 	}
@@ -471,6 +479,11 @@ func (si *spoolIngest) run() error {
 		written, changed := si.f.written, si.f.changed
 		si.f.mu.Unlock()
 		for off < written {
+			select {
+			case <-si.stop:
+				return errIngestAborted
+			default:
+			}
 			n, err := si.spool.ReadAt(buf[:min(int64(len(buf)), written-off)], off)
 			if n > 0 {
 				if _, werr := si.in.Write(buf[:n]); werr != nil {
@@ -490,11 +503,9 @@ func (si *spoolIngest) run() error {
 		}
 		select {
 		case <-changed:
-		case n, ok := <-si.end:
-			if !ok {
-				return errIngestAborted
-			}
-			end = n
+		case end = <-si.end:
+		case <-si.stop:
+			return errIngestAborted
 		}
 	}
 }

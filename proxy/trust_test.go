@@ -670,3 +670,62 @@ func TestLostManifestIsFetchedAgain(t *testing.T) {
 		t.Fatalf("a lost manifest: %d %s", r.status, r.body)
 	}
 }
+
+// gatedWrites is a cache driver whose blob writes each wait for a token.
+type gatedWrites struct {
+	storagedriver.StorageDriver
+	allow chan struct{}
+}
+
+type gatedWriter struct {
+	storagedriver.FileWriter
+	allow chan struct{}
+}
+
+func (w *gatedWriter) Write(p []byte) (int, error) {
+	<-w.allow
+	return w.FileWriter.Write(p)
+}
+
+func (d *gatedWrites) Writer(ctx context.Context, p string, app bool) (storagedriver.FileWriter, error) {
+	fw, err := d.StorageDriver.Writer(ctx, p, app)
+	if err != nil {
+		return nil, err
+	}
+	return &gatedWriter{FileWriter: fw, allow: d.allow}, nil
+}
+
+// TestAbandonedDownloadStopsItsCacheCopy: the cache is written from the
+// spool behind the download; when the download is abandoned (its last
+// client gone for the grace period), that copy stops at once and the slot
+// is free, however far behind the cache is.
+func TestAbandonedDownloadStopsItsCacheCopy(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	d := &gatedWrites{StorageDriver: filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 50}), allow: make(chan struct{})}
+	h := newHarness(t, harnessOptions{clock: clk, store: cache.New(d)})
+	content := regtest.RandomBytes(8 << 20) // 32 cache writes of 256 KiB
+	dgst := h.pushBlob(t, "library/x", content)
+	defer close(d.allow) // let whatever is left finish
+
+	resp, err := http.Get(h.url + "/v2/library/x/blobs/" + dgst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The spool streams to the client although the cache has not been
+	// written at all.
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // the only client goes away
+	waitFor(t, "the orphan timer", func() bool { return clk.Waiting() == 1 })
+	clk.Advance(30 * time.Second)
+	d.allow <- struct{}{} // the one write under way may end; no more are allowed
+	waitNoFetches(t, h)
+	if n := h.metric(t, "regnorm_upstream_fetches_abandoned_total", ""); n != 1 {
+		t.Fatalf("abandoned = %v, want 1", n)
+	}
+	if _, err := h.store.StatBlob(context.Background(), dgst); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("an abandoned download left %v", err)
+	}
+}
