@@ -42,6 +42,9 @@ func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadClos
 }
 
 func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
+	if err := src.s.admit(ctx, src.request(dgst, true)); err != nil {
+		return err
+	}
 	return src.s.fetches.ensure(ctx, src.up, src.repo, dgst)
 }
 

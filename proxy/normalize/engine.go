@@ -164,16 +164,27 @@ func (e *Engine) Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Se
 	if !MayNeed(m, rules) {
 		return cache.Normalization{}, false
 	}
-	n, err := e.opts.Store.GetNormalization(ctx, m.Digest, rules.Key())
+	n, err := e.opts.Store.GetNormalization(ctx, m.Digest, e.verdictKey(m, rules))
 	return n, err == nil
 }
 
+// verdictKey is what m's verdict under rules is kept under: the rule set
+// and, for an index, the platforms whose children it reads (replicas or
+// restarts with other platforms make another variant, not the same one).
+func (e *Engine) verdictKey(m cache.Manifest, rules ruleset.Set) string {
+	if rewrite.IsIndex(m.MediaType) && !rules.Empty() {
+		return rules.Key() + "," + e.opts.Platforms.key()
+	}
+	return rules.Key()
+}
+
 func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (Result, error) {
-	clean := Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key()}}
+	key := e.verdictKey(m, rules)
+	clean := Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: key}}
 	if !mayNeed(m, rules, depth) {
 		return clean, nil
 	}
-	if n, err := e.opts.Store.GetNormalization(ctx, m.Digest, rules.Key()); err == nil {
+	if n, err := e.opts.Store.GetNormalization(ctx, m.Digest, key); err == nil {
 		if n.Normalized == "" {
 			return Result{Manifest: m, Verdict: n}, nil
 		}
@@ -182,7 +193,7 @@ func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, ru
 		}
 		// The verdict outlived its manifest: compute both again.
 	}
-	v, err, _ := e.normalizations.Do(m.Digest.String()+" "+rules.Key()+" "+src.Identity(), func() (any, error) {
+	v, err, _ := e.normalizations.Do(m.Digest.String()+" "+key+" "+src.Identity(), func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.Timeout)
 		defer cancel()
 		return e.compute(ctx, src, m, rules, depth)
@@ -237,7 +248,7 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 		res, err = e.normalizeIndex(ctx, src, m, rules, depth)
 	}
 	store := e.opts.Store
-	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key(), CreatedAt: e.opts.Now().UTC()}
+	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: e.verdictKey(m, rules), CreatedAt: e.opts.Now().UTC()}
 	out := m
 	result := "clean"
 	switch {
@@ -266,7 +277,7 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
 			e.m.Rewrites.WithLabelValues(c.Kind).Inc()
 		}
-		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: verdict.Rules,
+		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: rules.Key(),
 			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
 		e.log.Info("normalized manifest", "upstream", src.Upstream(), "repo", src.Repository(), "original", m.Digest, "rules", verdict.Rules,
 			"normalized", res.Digest, "changes", len(res.Changes))
@@ -386,7 +397,7 @@ func (e *Engine) readBlob(ctx context.Context, src Source, desc ocispec.Descript
 }
 
 func readBlobOnce(ctx context.Context, src Source, desc ocispec.Descriptor, limit int64) ([]byte, error) {
-	b, err := src.OpenBlob(ctx, desc.Digest)
+	b, err := openVerified(ctx, src, desc.Digest)
 	if err != nil {
 		return nil, err
 	}
@@ -400,6 +411,41 @@ func readBlobOnce(ctx context.Context, src Source, desc ocispec.Descriptor, limi
 	}
 	return content, nil
 }
+
+// errUnverified is a blob whose bytes do not match its digest.
+var errUnverified = errors.New("content does not match its digest")
+
+// openVerified opens dgst through src and checks what is read against the
+// digest once more: whatever a rule builds on, and publishes under a new
+// digest, is verified by the engine itself, whatever the source did. A short
+// or wrong read is an error at its end, never a clean end of stream.
+func openVerified(ctx context.Context, src Source, dgst digest.Digest) (io.ReadCloser, error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, err
+	}
+	rc, err := src.OpenBlob(ctx, dgst)
+	if err != nil {
+		return nil, err
+	}
+	return &verifyingReader{rc: rc, dgst: dgst, v: dgst.Verifier()}, nil
+}
+
+type verifyingReader struct {
+	rc   io.ReadCloser
+	dgst digest.Digest
+	v    digest.Verifier
+}
+
+func (r *verifyingReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	r.v.Write(p[:n])
+	if err == io.EOF && !r.v.Verified() {
+		return n, fmt.Errorf("blob %s: %w", r.dgst, errUnverified)
+	}
+	return n, err
+}
+
+func (r *verifyingReader) Close() error { return r.rc.Close() }
 
 // damaged reports whether err is a cached blob that failed verification
 // as it was read. The cache has removed it, so the next read fetches it.

@@ -41,8 +41,9 @@ type memSource struct {
 	store     *cache.Store
 	blobs     map[digest.Digest][]byte
 	manifests map[digest.Digest]cache.Manifest
-	// cut, when set, delivers only the first half of that blob.
-	cut digest.Digest
+	// short, when set, delivers only the first half of that blob, then a
+	// clean end of stream (as a source that failed to verify would).
+	short digest.Digest
 
 	mu    sync.Mutex
 	reads []digest.Digest
@@ -84,6 +85,10 @@ func (s *memSource) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCl
 	s.mu.Lock()
 	s.reads = append(s.reads, dgst)
 	s.mu.Unlock()
+	if dgst == s.short {
+		b := s.blobs[dgst]
+		return io.NopCloser(bytes.NewReader(b[:len(b)/2])), nil
+	}
 	if err := s.Ensure(ctx, dgst); err != nil {
 		return nil, err
 	}
@@ -98,9 +103,6 @@ func (s *memSource) Ensure(ctx context.Context, dgst digest.Digest) error {
 	b, ok := s.blobs[dgst]
 	if !ok {
 		return cache.ErrNotFound
-	}
-	if dgst == s.cut {
-		b = b[:len(b)/2]
 	}
 	in, err := s.store.IngestBlob(ctx, dgst, int64(len(b)))
 	if err != nil {
@@ -257,7 +259,8 @@ func TestVerdictsAreReused(t *testing.T) {
 	}
 }
 
-// TestShortLayerIsNoVerdict: a layer that arrives short is an error, and
+// TestShortLayerIsNoVerdict: a layer that arrives short, even with a clean
+// end of stream, is an error: the engine verifies what it reads itself, and
 // neither a layer verdict nor a normalization is recorded.
 func TestShortLayerIsNoVerdict(t *testing.T) {
 	t.Parallel()
@@ -267,7 +270,7 @@ func TestShortLayerIsNoVerdict(t *testing.T) {
 	src := newSource(store, img)
 	var m ocispec.Manifest
 	json.Unmarshal(img.Manifest, &m)
-	src.cut = m.Layers[1].Digest
+	src.short = m.Layers[1].Digest
 	if res, err := newEngine(store).Normalize(ctx, src, manifestOf(img), both); err == nil {
 		t.Fatalf("normalized from a short layer: %+v", res.Verdict)
 	}
@@ -276,5 +279,44 @@ func TestShortLayerIsNoVerdict(t *testing.T) {
 	}
 	if n, err := store.GetNormalization(ctx, img.ManifestDigest, both.Key()); !errors.Is(err, cache.ErrNotFound) {
 		t.Fatalf("normalization from a short read: %+v, %v", n, err)
+	}
+}
+
+// TestIndexVerdictsPerPlatforms: an index's variant depends on the children
+// read, so replicas or restarts with other normalize.platforms on one cache
+// keep their own verdicts instead of serving each other's.
+func TestIndexVerdictsPerPlatforms(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := cache.New(inmemory.New())
+	amd64, arm := build(t, legacy, baseLayer), build(t, legacy, xattrLayer)
+	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: amd64.ManifestDigest, Size: int64(len(amd64.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+		{MediaType: regtest.MediaTypeDockerManifest, Digest: arm.ManifestDigest, Size: int64(len(arm.Manifest)), Platform: &ocispec.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}},
+	}}
+	index.SchemaVersion = 2
+	raw, _ := json.Marshal(index)
+	m := cache.Manifest{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(raw), Content: raw}
+
+	fixed := func(e *Engine) []bool {
+		res, err := e.Normalize(ctx, newSource(store, amd64, arm), m, configOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out ocispec.Index
+		json.Unmarshal(res.Manifest.Content, &out)
+		return []bool{out.Manifests[0].Digest != amd64.ManifestDigest, out.Manifests[1].Digest != arm.ManifestDigest}
+	}
+	all, _ := ParsePlatforms([]string{"all"})
+	defaults, everything := newEngine(store), newEngine(store)
+	everything.opts.Platforms = all
+	if got := fixed(defaults); !slices.Equal(got, []bool{true, false}) {
+		t.Fatalf("default platforms fixed %v, want only linux/amd64", got)
+	}
+	if got := fixed(everything); !slices.Equal(got, []bool{true, true}) {
+		t.Fatalf("all platforms, after the default's verdict: fixed %v, want both", got)
+	}
+	if got := fixed(defaults); !slices.Equal(got, []bool{true, false}) {
+		t.Fatalf("default platforms again: fixed %v", got)
 	}
 }

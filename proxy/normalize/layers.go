@@ -107,7 +107,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 // scan concludes counts only once the whole blob has verified: the rest of
 // it is read too, and a short or wrong blob is an error, never a verdict.
 func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) (rewrite.LayerScan, error) {
-	b, err := src.OpenBlob(ctx, dgst)
+	b, err := openVerified(ctx, src, dgst)
 	if err != nil {
 		return rewrite.LayerScan{}, err
 	}

@@ -1,7 +1,10 @@
 package normalize
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -45,6 +48,26 @@ func ParsePlatforms(names []string) (Platforms, error) {
 		p.list = append(p.list, pl)
 	}
 	return p, nil
+}
+
+// key names the platforms in a verdict key: "platforms-" and a hash of
+// their canonical list.
+func (p Platforms) key() string {
+	names := []string{"all"}
+	if !p.all {
+		names = names[:0]
+		for _, pl := range p.list {
+			n := pl.OS + "/" + pl.Architecture
+			if pl.Variant != "" {
+				n += "/" + pl.Variant
+			}
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		names = slices.Compact(names)
+	}
+	sum := sha256.Sum256([]byte(strings.Join(names, "\n")))
+	return "platforms-" + hex.EncodeToString(sum[:6])
 }
 
 // reads reports whether normalization reads child. A child without a
