@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -246,7 +245,7 @@ func defaultConfig() Config {
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Clients: "auto",
-			UnknownClients: slices.Clone(ruleset.Names), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
+			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},

@@ -279,8 +279,10 @@ Flags:
 		client.HTTP = &http.Client{Transport: t}
 	}
 	var versions []string
-	if *clients != "" {
-		versions = strings.Split(*clients, ",")
+	for _, v := range strings.Split(*clients, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			versions = append(versions, v)
+		}
 	}
 	results, err := client.Warm(ctx, fs.Args(), versions)
 	if err != nil {

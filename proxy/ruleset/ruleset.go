@@ -21,7 +21,7 @@ const (
 )
 
 // Names lists every rule, in the order keys name them.
-var Names = []string{ConfigMediaType, SymlinkXattrs}
+func Names() []string { return []string{ConfigMediaType, SymlinkXattrs} }
 
 // Set is a set of rules.
 type Set struct {
@@ -46,7 +46,7 @@ func Parse(names []string) (Set, error) {
 		case SymlinkXattrs:
 			s.SymlinkXattrs = true
 		default:
-			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names, ", "))
+			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
 	}
 	return s, nil
@@ -69,10 +69,6 @@ func (s Set) names() []string {
 
 // Empty reports whether s holds no rule: its client gets every original.
 func (s Set) Empty() bool { return s == Set{} }
-
-// ReadsLayers reports whether a rule of s reads layer content: only then
-// does an answer wait for layer downloads.
-func (s Set) ReadsLayers() bool { return s.SymlinkXattrs }
 
 // Intersect is the rules in both s and o.
 func (s Set) Intersect(o Set) Set {
