@@ -121,7 +121,8 @@ type ReportEntry struct {
 	Normalized digest.Digest `json:"normalizedDigest,omitempty"`
 	Changes    []Change      `json:"changes"`
 	// Clients are the containerd versions this variant was served to
-	// ("unidentified" for a client that names none), at most MaxReportClients.
+	// ("unidentified" for a client that names none): the MaxReportClients
+	// most recent, most recent last.
 	Clients []string `json:"clients"`
 	// FirstServed and LastServed bound the normalized answers given.
 	FirstServed time.Time `json:"firstServed,omitzero"`
@@ -157,14 +158,12 @@ func (e *ReportEntry) Merge(other ReportEntry) {
 	}
 	slices.Sort(tags)
 	e.Tags = tags
+	// Most recent last; the oldest leave first.
 	clients := slices.Clone(e.Clients)
 	for _, c := range other.Clients {
-		if !slices.Contains(clients, c) && len(clients) < MaxReportClients {
-			clients = append(clients, c)
-		}
+		clients = append(slices.DeleteFunc(clients, func(have string) bool { return have == c }), c)
 	}
-	slices.Sort(clients)
-	e.Clients = clients
+	e.Clients = clients[max(0, len(clients)-MaxReportClients):]
 	if !other.FirstServed.IsZero() && (e.FirstServed.IsZero() || other.FirstServed.Before(e.FirstServed)) {
 		e.FirstServed = other.FirstServed
 	}

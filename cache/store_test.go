@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -676,5 +677,22 @@ func TestMergeLeavesItsInputAlone(t *testing.T) {
 	e.Merge(cache.ReportEntry{Tags: []string{"0"}})
 	if !slices.Equal(listed.Tags, []string{"a", "b", "c"}) || !slices.Equal(e.Tags, []string{"0", "a", "b", "c"}) {
 		t.Fatalf("listing %v, merged %v", listed.Tags, e.Tags)
+	}
+}
+
+// TestReportClientsKeepTheRecent: an entry lists the most recent client
+// versions, bounded: made-up versions cannot keep real ones out for good.
+func TestReportClientsKeepTheRecent(t *testing.T) {
+	t.Parallel()
+	var e cache.ReportEntry
+	e.Merge(cache.ReportEntry{Clients: []string{"1.6.8"}})
+	for i := range 2 * cache.MaxReportClients {
+		e.Merge(cache.ReportEntry{Clients: []string{fmt.Sprintf("1.7.%d", i)}})
+	}
+	e.Merge(cache.ReportEntry{Clients: []string{"1.6.8"}})
+	e.Merge(cache.ReportEntry{Clients: []string{"1.7.31"}})
+	if len(e.Clients) != cache.MaxReportClients || e.Clients[len(e.Clients)-2] != "1.6.8" || e.Clients[len(e.Clients)-1] != "1.7.31" ||
+		slices.Contains(e.Clients, "1.7.0") {
+		t.Fatalf("clients %v", e.Clients)
 	}
 }

@@ -58,16 +58,12 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		}
 		if n.Changed() {
 			s.metrics.normalizedServed.Inc()
-			s.reports.Add(s.served(req, m.Digest, client))
+			s.reports.Add(s.served(req, m.Digest, client, n.Verdict))
 			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
 		} else if client.Rules != s.rules.Enabled {
-			// The original may be another client's to fix: look it up once
-			// this client has its answer.
-			original := m
-			defer func() {
-				http.NewResponseController(w).Flush()
-				s.noteOriginalServed(ctx, req, original, client)
-			}()
+			// The original may be another client's to fix: the report says
+			// who got it as it is, looked up beside the answer.
+			s.noteOriginalServed(ctx, req, m, client)
 		}
 		m = n.Manifest
 	} else {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	digest "github.com/opencontainers/go-digest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/ruleset"
@@ -215,24 +216,61 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // served is the report's record of one answer by tag with the variant of
-// original for client's rule set.
-func (s *Server) served(req distRequest, original digest.Digest, client ruleset.Client) cache.ReportEntry {
+// original for client's rule set; verdict says what the variant is (none:
+// the original itself).
+func (s *Server) served(req distRequest, original digest.Digest, client ruleset.Client, verdict cache.Normalization) cache.ReportEntry {
 	now := s.clock.Now().UTC()
-	return cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: original, Rules: client.Rules.Key(),
+	return cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: original, Rules: reportRules(client.Rules),
+		Normalized: verdict.Normalized, Changes: verdict.Changes, MediaType: verdict.MediaType,
 		Tags: []string{req.tag}, Clients: clientNames(client), FirstServed: now, LastServed: now, TimesServed: 1}
 }
 
+// reportRules names a rule set in the report: its key, or "none" (report
+// entries written before rule sets have none at all).
+func reportRules(rules ruleset.Set) string {
+	if rules.Empty() {
+		return "none"
+	}
+	return rules.Key()
+}
+
+// originalLookups bounds the lookups noteOriginalServed runs at once;
+// beyond, a serve goes unrecorded.
+const originalLookups = 4
+
 // noteOriginalServed records, for an original that some clients get fixed,
 // that this client got it as it is: the report shows every variant an
-// original has, and who was served which.
+// original has, and who was served which. The lookup runs beside the
+// request, never in its way (nor in the way of the next request on its
+// connection); known verdicts are remembered.
 func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) {
-	// Rules only add changes: the original changes for some client exactly
-	// when it changes under every enabled rule.
-	n, ok := s.engine.Verdict(ctx, m, s.rules.Enabled)
-	if !ok || n.Normalized == "" {
+	entry := s.served(req, m.Digest, client, cache.Normalization{})
+	if n, ok := s.enabledVerdicts.Get(m.Digest); ok {
+		if n.Normalized != "" {
+			s.reports.Add(entry)
+		}
 		return
 	}
-	s.reports.Add(s.served(req, m.Digest, client))
+	select {
+	case s.lookups <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-s.lookups }()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		// Rules only add changes: the original changes for some client
+		// exactly when it changes under every enabled rule.
+		n, ok := s.engine.Verdict(ctx, m, s.rules.Enabled)
+		if !ok {
+			return
+		}
+		s.enabledVerdicts.Add(m.Digest, n)
+		if n.Normalized != "" {
+			s.reports.Add(entry)
+		}
+	}()
 }
 
 // clientNames is how the report names a client.
@@ -258,7 +296,7 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 		return false
 	}
 	s.metrics.unnormalizedPulls.Inc()
-	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest, Rules: n.Rules,
+	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest, Rules: reportRules(client.Rules),
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
 		"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)

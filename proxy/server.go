@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
@@ -103,6 +104,8 @@ type Server struct {
 	fetches         *blobFetches
 	manifests       singleflight.Group
 	engine          *normalize.Engine
+	enabledVerdicts *lru.Cache[digest.Digest, cache.Normalization] // under every enabled rule, for the report
+	lookups         chan struct{}                                  // noteOriginalServed's, at most originalLookups
 	reports         *reporter
 	rules           ruleset.Policy
 	usage           atomic.Pointer[measuredUsage]
@@ -183,7 +186,9 @@ func New(opts Options) (*Server, error) {
 		uploadIdle:      4 * opts.StallTimeout,
 		clientAuth:      newClientAuth(opts.ClientAuth),
 		evictNow:        make(chan struct{}, 1),
+		lookups:         make(chan struct{}, originalLookups),
 	}
+	s.enabledVerdicts, _ = lru.New[digest.Digest, cache.Normalization](1 << 14)
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
 	}

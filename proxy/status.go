@@ -142,8 +142,16 @@ func groupVariants(entries []cache.ReportEntry) {
 	}
 	slices.SortStableFunc(entries, func(a, b cache.ReportEntry) int {
 		ga, gb := group(a), group(b)
-		return cmp.Or(latest[gb].Compare(latest[ga]), strings.Compare(ga, gb), strings.Compare(b.Rules, a.Rules))
+		return cmp.Or(latest[gb].Compare(latest[ga]), strings.Compare(ga, gb), ruleCount(b)-ruleCount(a), strings.Compare(a.Rules, b.Rules))
 	})
+}
+
+// ruleCount is how many rules a report entry's variant has.
+func ruleCount(e cache.ReportEntry) int {
+	if e.Rules == "" || e.Rules == "none" {
+		return 0
+	}
+	return strings.Count(e.Rules, ",") + 1
 }
 
 func matches(e cache.ReportEntry, q string) bool {

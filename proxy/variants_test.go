@@ -113,17 +113,22 @@ func TestVariantsPerClient(t *testing.T) {
 		t.Fatalf("1.6.8 pulling the original it needs fixed: %v unfixed pulls counted, want 1", n)
 	}
 
+	// The original's variant is recorded beside the answer.
 	var variants []cache.ReportEntry
-	for _, e := range h.report(t) {
-		if e.Original == xattr.ManifestDigest {
-			variants = append(variants, e)
+	waitFor(t, "the report to list both variants", func() bool {
+		variants = nil
+		for _, e := range h.report(t) {
+			if e.Original == xattr.ManifestDigest {
+				variants = append(variants, e)
+			}
 		}
-	}
+		return len(variants) == 2
+	})
 	slices.SortFunc(variants, func(a, b cache.ReportEntry) int { return strings.Compare(a.Rules, b.Rules) })
 	if len(variants) != 2 {
 		t.Fatalf("report of the xattr image: %+v; want two variants", variants)
 	}
-	if v := variants[0]; v.Rules != ruleset.ConfigMediaType || v.Normalized != "" || !slices.Equal(v.Clients, []string{"1.6.20"}) || v.TimesServed != 1 {
+	if v := variants[0]; v.Rules != ruleset.ConfigMediaType || v.Normalized != "" || !slices.Equal(v.Clients, []string{"1.6.20"}) || v.TimesServed != 1 || len(v.Changes) != 0 {
 		t.Fatalf("the original's variant: %+v", v)
 	}
 	if v := variants[1]; v.Rules != ruleset.All().Key() || v.Normalized != fixed || !slices.Equal(v.Clients, []string{"1.6.8"}) ||
@@ -257,5 +262,31 @@ func TestEveryLayerType(t *testing.T) {
 			t.Errorf("%s: downloaded %v", mediaType, got)
 		}
 		h.front.set(nil)
+	}
+}
+
+// TestReusedVariantIsReported: a variant made for one repository and served
+// in another (the verdict is the cache's) is reported there as what it is.
+func TestReusedVariantIsReported(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "team/a", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	img := h.push(t, "team/b", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	fixed := headDigest(t, h, "/v2/team/a/manifests/v1", containerdHeader("1.6.8"))
+	if got := headDigest(t, h, "/v2/team/b/manifests/v1", containerdHeader("1.6.8")); got != fixed {
+		t.Fatalf("team/b got %s, team/a %s", got, fixed)
+	}
+	found := 0
+	for _, e := range h.report(t) {
+		if e.Repository != "team/b" {
+			continue
+		}
+		found++
+		if e.Original != img.ManifestDigest || e.Normalized != fixed || len(e.Changes) != 1 || e.Rules != ruleset.All().Key() {
+			t.Fatalf("team/b's entry: %+v", e)
+		}
+	}
+	if found != 1 {
+		t.Fatalf("team/b has %d report entries, want 1", found)
 	}
 }
