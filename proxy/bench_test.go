@@ -62,20 +62,7 @@ func BenchmarkCachedBlobVsFileServer(b *testing.B) {
 	fileSrv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(blobFile))))
 	defer fileSrv.Close()
 
-	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
-	get := func(u string) time.Duration {
-		start := time.Now()
-		resp, err := client.Get(u)
-		if err != nil {
-			b.Fatal(err)
-		}
-		n, err := io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if err != nil || n != int64(size) || resp.StatusCode != http.StatusOK {
-			b.Fatalf("GET %s: %d bytes, status %d, %v", u, n, resp.StatusCode, err)
-		}
-		return time.Since(start)
-	}
+	get := timedGet(b, size)
 	proxyURL := proxySrv.URL + "/v2/library/bench/blobs/" + dgst.String()
 	fileURL := fileSrv.URL + "/data"
 	get(proxyURL) // warm the page cache and connections
@@ -162,20 +149,7 @@ func BenchmarkColdBlobVsRelay(b *testing.B) {
 	relaySrv := httptest.NewServer(httputil.NewSingleHostReverseProxy(upstreamURL))
 	defer relaySrv.Close()
 
-	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
-	get := func(u string) time.Duration {
-		start := time.Now()
-		resp, err := client.Get(u)
-		if err != nil {
-			b.Fatal(err)
-		}
-		n, err := io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if err != nil || n != int64(size) || resp.StatusCode != http.StatusOK {
-			b.Fatalf("GET %s: %d bytes, status %d, %v", u, n, resp.StatusCode, err)
-		}
-		return time.Since(start)
-	}
+	get := timedGet(b, size)
 	push := func() digest.Digest {
 		buf := make([]byte, size)
 		rand.Read(buf)
@@ -208,4 +182,23 @@ func BenchmarkColdBlobVsRelay(b *testing.B) {
 	b.ReportMetric(mb/viaProxy.Seconds(), "regnorm_MB/s")
 	b.ReportMetric(mb/viaRelay.Seconds(), "relay_MB/s")
 	b.ReportMetric(viaRelay.Seconds()/viaProxy.Seconds(), "ratio")
+}
+
+// timedGet returns a function that GETs a blob of size bytes, checks that
+// all of it came, and says how long it took.
+func timedGet(b *testing.B, size int) func(u string) time.Duration {
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	return func(u string) time.Duration {
+		start := time.Now()
+		resp, err := client.Get(u)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || n != int64(size) || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET %s: %d bytes, status %d, %v", u, n, resp.StatusCode, err)
+		}
+		return time.Since(start)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -244,9 +245,12 @@ const originalLookups = 4
 // request, never in its way (nor in the way of the next request on its
 // connection); known verdicts are remembered.
 func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) {
+	if !normalize.MayNeed(m, s.rules.Enabled) {
+		return
+	}
 	entry := s.served(req, m.Digest, client, cache.Normalization{})
-	if n, ok := s.enabledVerdicts.Get(m.Digest); ok {
-		if n.Normalized != "" {
+	if changed, ok := s.changedOriginals.Get(m.Digest); ok {
+		if changed {
 			s.reports.Add(entry)
 		}
 		return
@@ -266,7 +270,7 @@ func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cach
 		if !ok {
 			return
 		}
-		s.enabledVerdicts.Add(m.Digest, n)
+		s.changedOriginals.Add(m.Digest, n.Normalized != "")
 		if n.Normalized != "" {
 			s.reports.Add(entry)
 		}

@@ -97,32 +97,32 @@ type Options struct {
 // Server serves the read side of the OCI distribution API as a pull-through
 // mirror of the configured upstreams.
 type Server struct {
-	store           Store
-	upstreams       map[string]*upstream
-	defaultUpstream string
-	tagTTL          time.Duration
-	fetches         *blobFetches
-	manifests       singleflight.Group
-	engine          *normalize.Engine
-	enabledVerdicts *lru.Cache[digest.Digest, cache.Normalization] // under every enabled rule, for the report
-	lookups         chan struct{}                                  // noteOriginalServed's, at most originalLookups
-	reports         *reporter
-	rules           ruleset.Policy
-	usage           atomic.Pointer[measuredUsage]
-	started         time.Time
-	deadline        time.Duration
-	patientDeadline time.Duration
-	eviction        cache.EvictionPolicy
-	maintainEvery   time.Duration
-	links           *linkMemory
-	fleet           *fleet
-	clientAuth      *clientAuth
-	uploadIdle      time.Duration // an upload not written to for this long is a dead process's
-	evictNow        chan struct{} // an ingest took the cache past its size
-	sizeEstimate    atomic.Int64  // blob bytes: last eviction's count plus ingests since
-	metrics         *Metrics
-	log             *slog.Logger
-	clock           Clock
+	store            Store
+	upstreams        map[string]*upstream
+	defaultUpstream  string
+	tagTTL           time.Duration
+	fetches          *blobFetches
+	manifests        singleflight.Group
+	engine           *normalize.Engine
+	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
+	lookups          chan struct{}                   // noteOriginalServed's, at most originalLookups
+	reports          *reporter
+	rules            ruleset.Policy
+	usage            atomic.Pointer[measuredUsage]
+	started          time.Time
+	deadline         time.Duration
+	patientDeadline  time.Duration
+	eviction         cache.EvictionPolicy
+	maintainEvery    time.Duration
+	links            *linkMemory
+	fleet            *fleet
+	clientAuth       *clientAuth
+	uploadIdle       time.Duration // an upload not written to for this long is a dead process's
+	evictNow         chan struct{} // an ingest took the cache past its size
+	sizeEstimate     atomic.Int64  // blob bytes: last eviction's count plus ingests since
+	metrics          *Metrics
+	log              *slog.Logger
+	clock            Clock
 }
 
 // Manifests larger than this are refused: they are held in memory.
@@ -188,7 +188,7 @@ func New(opts Options) (*Server, error) {
 		evictNow:        make(chan struct{}, 1),
 		lookups:         make(chan struct{}, originalLookups),
 	}
-	s.enabledVerdicts, _ = lru.New[digest.Digest, cache.Normalization](1 << 14)
+	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
 	}

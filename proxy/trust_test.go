@@ -674,16 +674,18 @@ func TestLostManifestIsFetchedAgain(t *testing.T) {
 // gatedWrites is a cache driver whose blob writes each wait for a token.
 type gatedWrites struct {
 	storagedriver.StorageDriver
-	allow chan struct{}
+	allow  chan struct{}
+	writes atomic.Int64
 }
 
 type gatedWriter struct {
 	storagedriver.FileWriter
-	allow chan struct{}
+	d *gatedWrites
 }
 
 func (w *gatedWriter) Write(p []byte) (int, error) {
-	<-w.allow
+	<-w.d.allow
+	w.d.writes.Add(1)
 	return w.FileWriter.Write(p)
 }
 
@@ -692,7 +694,7 @@ func (d *gatedWrites) Writer(ctx context.Context, p string, app bool) (storagedr
 	if err != nil {
 		return nil, err
 	}
-	return &gatedWriter{FileWriter: fw, allow: d.allow}, nil
+	return &gatedWriter{FileWriter: fw, d: d}, nil
 }
 
 // TestAbandonedDownloadStopsItsCacheCopy: the cache is written from the
@@ -704,8 +706,16 @@ func TestAbandonedDownloadStopsItsCacheCopy(t *testing.T) {
 	clk := newFakeClock()
 	d := &gatedWrites{StorageDriver: filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 50}), allow: make(chan struct{})}
 	h := newHarness(t, harnessOptions{clock: clk, store: cache.New(d)})
-	content := regtest.RandomBytes(8 << 20) // 32 cache writes of 256 KiB
-	dgst := h.pushBlob(t, "library/x", content)
+	content := regtest.RandomBytes(16 << 20) // 64 cache writes of 256 KiB
+	dgst := digest.FromBytes(content)
+	// The upstream serves it from memory (a push of 16 MiB is slow under -race).
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/blobs/"+dgst.String()) {
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(content))
+			return
+		}
+		h.front.relay(w, r)
+	})
 	defer close(d.allow) // let whatever is left finish
 
 	resp, err := http.Get(h.url + "/v2/library/x/blobs/" + dgst.String())
@@ -720,8 +730,21 @@ func TestAbandonedDownloadStopsItsCacheCopy(t *testing.T) {
 	resp.Body.Close() // the only client goes away
 	waitFor(t, "the orphan timer", func() bool { return clk.Waiting() == 1 })
 	clk.Advance(30 * time.Second)
-	d.allow <- struct{}{} // the one write under way may end; no more are allowed
-	waitNoFetches(t, h)
+	// Writes are let through slowly, one every third poll: the copy must
+	// stop within a few of them, not finish its 64.
+	polls := 0
+	waitFor(t, "the abandoned download to end", func() bool {
+		if polls++; polls%3 == 0 {
+			select {
+			case d.allow <- struct{}{}:
+			default:
+			}
+		}
+		return h.metric(t, "regnorm_upstream_inflight_fetches", "") == 0 && h.metric(t, "regnorm_upstream_queued_fetches", "") == 0
+	})
+	if n := d.writes.Load(); n >= 32 {
+		t.Fatalf("the cache copy went on for %d of 64 writes after the download was abandoned", n)
+	}
 	if n := h.metric(t, "regnorm_upstream_fetches_abandoned_total", ""); n != 1 {
 		t.Fatalf("abandoned = %v, want 1", n)
 	}

@@ -195,8 +195,13 @@ func (s *scanner) value(d *jsonDoc, path []string, indexed bool) error {
 			}
 			s.skipSpace()
 			s.pos++ // ':'
-			child := append(slices.Clone(path), key)
+			// A path is built only for what is indexed: a deep or
+			// unindexed subtree costs no memory per value.
 			childIndexed := record && len(key) <= maxKeyLen
+			var child []string
+			if childIndexed {
+				child = append(slices.Clone(path), key)
+			}
 			if childIndexed && len(child) <= maxPathDepth {
 				if _, dup := d.spans[pathKey(child...)]; dup {
 					return fmt.Errorf("%w: key %q appears twice", ErrInvalidJSON, strings.Join(child, "."))
@@ -217,7 +222,11 @@ func (s *scanner) value(d *jsonDoc, path []string, indexed bool) error {
 			if s.doc[s.pos] == ',' {
 				s.pos++
 			}
-			if err := s.value(d, append(slices.Clone(path), strconv.Itoa(i)), record); err != nil {
+			var child []string
+			if record {
+				child = append(slices.Clone(path), strconv.Itoa(i))
+			}
+			if err := s.value(d, child, record); err != nil {
 				return err
 			}
 		}

@@ -3,11 +3,13 @@ package rewrite
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -269,26 +271,40 @@ func TestIndexChildrenPlatforms(t *testing.T) {
 	}
 }
 
-// TestJSONIndexIsBounded: a manifest of tiny values under a long key, or of
-// very many values, is refused or skipped without taking memory in
-// proportion to its values times its key (it took gigabytes). Not
+// TestJSONIndexIsBounded: the index of a document is bounded whatever the
+// document: tiny values under a long key, very many values, or deep nesting
+// took memory in proportion to values times key or depth squared (gigabytes
+// from kilobytes). A manifest with a long annotation key still plans. Not
 // parallel: it measures the process's allocations.
 func TestJSONIndexIsBounded(t *testing.T) {
-	longKey := strings.Repeat("k", 200<<10)
-	for name, doc := range map[string]string{
-		"long key over many values": `{"schemaVersion":2,"` + longKey + `":[` + strings.Repeat("1,", 100000) + `1]}`,
-		"many values":               `{"schemaVersion":2,"a":[` + strings.Repeat("1,", 1<<17) + `1]}`,
+	const limit = 64 << 20
+	for _, tc := range []struct {
+		name    string
+		doc     string
+		invalid bool // refused as invalid JSON rather than indexed in part
+	}{
+		{"long key over many values", `{"` + strings.Repeat("k", 20<<10) + `":[` + strings.Repeat("1,", 100000) + `1]}`, false},
+		{"many values", `{"a":[` + strings.Repeat("1,", 1<<17) + `1]}`, true},
+		{"deep nesting", `{"a":` + strings.Repeat("[", 9990) + strings.Repeat("]", 9990) + `}`, false},
 	} {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		_, err := PlanManifest(MediaTypeDockerManifest, []byte(doc))
+		_, err := parseDoc([]byte(tc.doc))
 		runtime.ReadMemStats(&after)
-		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
-			t.Errorf("%s (%d bytes): allocated %d MB", name, len(doc), alloc>>20)
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > limit {
+			t.Errorf("%s (%d bytes): allocated %d MB", tc.name, len(tc.doc), alloc>>20)
 		}
-		if err == nil {
-			t.Errorf("%s: planned", name)
+		if got := errors.Is(err, ErrInvalidJSON); got != tc.invalid {
+			t.Errorf("%s: refused %v (%v), want %v", tc.name, got, err, tc.invalid)
 		}
+	}
+
+	config := []byte(`{"rootfs":{"type":"layers","diff_ids":[]}}`)
+	manifest := `{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",` +
+		`"config":{"mediaType":"application/octet-stream","digest":"` + digest.FromBytes(config).String() + `","size":` + strconv.Itoa(len(config)) + `},` +
+		`"layers":[],"annotations":{"` + strings.Repeat("a", 1000) + `":"x"}}`
+	if plan, err := PlanManifest(MediaTypeDockerManifest, []byte(manifest)); err != nil || !plan.ConfigMediaTypeSuspect {
+		t.Fatalf("a manifest with a long annotation key: %+v, %v", plan, err)
 	}
 }
