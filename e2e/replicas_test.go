@@ -46,28 +46,38 @@ func TestReplicasShareAnS3Cache(t *testing.T) {
 	a, _ := startRegnorm(t, registryURL, cacheYAML)
 	b, _ := startRegnorm(t, registryURL, cacheYAML)
 
-	// Both replicas normalize the same cold image at the same moment.
-	digests := make([]string, 2)
+	// Both replicas normalize the same cold image at the same moment, for
+	// a node that needs both rules (1.6.8) and one that needs the config
+	// rule only (2.3.4): one variant each, the same on both replicas.
+	variants := map[string][]string{"containerd/1.6.8": make([]string, 2), "containerd/2.3.4": make([]string, 2)}
 	var wg sync.WaitGroup
-	for i, replica := range []string{a, b} {
-		wg.Go(func() {
-			req, _ := http.NewRequest(http.MethodHead, replica+"/v2/library/both/manifests/v1", nil)
-			req.Header.Set("User-Agent", "containerd/1.6.8")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				t.Errorf("replica %d: %d", i, resp.StatusCode)
-			}
-			digests[i] = resp.Header.Get("Docker-Content-Digest")
-		})
+	for ua, digests := range variants {
+		for i, replica := range []string{a, b} {
+			wg.Go(func() {
+				req, _ := http.NewRequest(http.MethodHead, replica+"/v2/library/both/manifests/v1", nil)
+				req.Header.Set("User-Agent", ua)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("replica %d, %s: %d", i, ua, resp.StatusCode)
+				}
+				digests[i] = resp.Header.Get("Docker-Content-Digest")
+			})
+		}
 	}
 	wg.Wait()
-	if digests[0] == "" || digests[0] != digests[1] || digests[0] == img.ManifestDigest.String() {
-		t.Fatalf("replicas answered %q and %q (original %s)", digests[0], digests[1], img.ManifestDigest)
+	for ua, d := range variants {
+		if d[0] == "" || d[0] != d[1] || d[0] == img.ManifestDigest.String() {
+			t.Fatalf("%s: replicas answered %q and %q (original %s)", ua, d[0], d[1], img.ManifestDigest)
+		}
+	}
+	digests, modern := variants["containerd/1.6.8"], variants["containerd/2.3.4"]
+	if digests[0] == modern[0] {
+		t.Fatalf("1.6.8 and 2.3.4 got the same variant %s", digests[0])
 	}
 
 	// A node pulls through replica A and runs the image.
@@ -95,8 +105,8 @@ func TestReplicasShareAnS3Cache(t *testing.T) {
 	if _, err := node2.pull(t, "docker.io/library/both:v1"); err != nil {
 		t.Fatalf("containerd 2.3.4 through replica B from the shared cache: %v", err)
 	}
-	if got := node2.repoDigest(t, "docker.io/library/both:v1"); got != digests[0] {
-		t.Fatalf("replica B served %s to containerd 2.3.4, replica A %s", got, digests[0])
+	if got := node2.repoDigest(t, "docker.io/library/both:v1"); got != modern[0] {
+		t.Fatalf("replica B served %s to containerd 2.3.4, both replicas made %s for it", got, modern[0])
 	}
 	if got := node2.run(t, "docker.io/library/both:v1"); got != "hello from regnorm e2e" {
 		t.Fatalf("container printed %q on containerd 2.3.4", got)
