@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -226,14 +227,32 @@ upstreams:
 // test: a renamed metric must not read as 0.
 func metric(t *testing.T, base, name string, want ...string) float64 {
 	t.Helper()
+	return metricIn(t, scrape(t, base), name, want...)
+}
+
+// scrape reads base's /metrics once: metricIn reads several values of one
+// moment from it.
+func scrape(t *testing.T, base string) string {
+	t.Helper()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read metrics: %v", err)
+	}
+	return string(body)
+}
+
+// metricIn is metric on a scrape.
+func metricIn(t *testing.T, scraped, name string, want ...string) float64 {
+	t.Helper()
 	re := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `(?:\{([^}]*)\})? (\S+)$`)
 	total, matched := 0.0, 0
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(strings.NewReader(scraped))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		m := re.FindStringSubmatch(sc.Text())
 		if m == nil {

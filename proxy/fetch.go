@@ -45,7 +45,8 @@ type blobFetches struct {
 	slots chan struct{} // one per running download
 
 	mu         sync.Mutex
-	inflight   map[digest.Digest]*blobFetch // running and waiting
+	inflight   map[digest.Digest]*blobFetch // running and waiting, by digest
+	active     int                          // every download not yet over, those replaced in inflight too
 	spoolBytes int64
 }
 
@@ -134,8 +135,9 @@ func (fs *blobFetches) join(up *upstream, repo string, dgst digest.Digest) (*blo
 		return f, nil
 	}
 	// Running and waiting downloads together, so the bound does not depend
-	// on how soon the waiting ones were scheduled.
-	if len(fs.inflight) >= fs.limits.Downloads+fs.limits.Queued {
+	// on how soon the waiting ones were scheduled; one that was cancelled
+	// and replaced counts until it is over.
+	if fs.active >= fs.limits.Downloads+fs.limits.Queued {
 		fs.metrics.fetchesRejected.Inc()
 		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "too many downloads in progress; retry shortly", nil)
 		e.RetryAfter = retryAfterBusy
@@ -146,6 +148,7 @@ func (fs *blobFetches) join(up *upstream, repo string, dgst digest.Digest) (*blo
 	f := &blobFetch{dgst: dgst, owner: ownerOf(up, repo), clock: fs.clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
 		cancel: func(cause error) { cancelCause(cause); cancel() }, refs: 1}
 	fs.inflight[dgst] = f
+	fs.active++
 	fs.metrics.queuedFetches.Inc()
 	go fs.run(ctx, f, up, repo)
 	return f, nil
@@ -247,6 +250,7 @@ func (fs *blobFetches) run(ctx context.Context, f *blobFetch, up *upstream, repo
 		fs.log.Warn("blob download failed", "upstream", up.name, "repo", repo, "digest", f.dgst, "error", err)
 	}
 	fs.mu.Lock()
+	fs.active--
 	if fs.inflight[f.dgst] == f {
 		delete(fs.inflight, f.dgst)
 	}
