@@ -301,6 +301,7 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 	}
 	s.metrics.unnormalizedPulls.Inc()
 	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest, Rules: reportRules(client.Rules),
+		Normalized: n.Normalized, MediaType: n.MediaType, Changes: n.Changes, // the digest to pin instead
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
 		"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)

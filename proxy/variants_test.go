@@ -290,3 +290,22 @@ func TestReusedVariantIsReported(t *testing.T) {
 		t.Fatalf("team/b has %d report entries, want 1", found)
 	}
 }
+
+// TestUnfixedPullNamesTheDigestToPin: a pull by an original digest is
+// reported with the variant to pin instead, also by a process that did not
+// make the variant (a restart, another replica).
+func TestUnfixedPullNamesTheDigestToPin(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	fixed := headDigest(t, h, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("1.6.8"))
+	h.restart(t) // the verdict is in the cache; the report's unflushed entries are not
+	h.do(t, http.MethodGet, "/v2/ansible/creator-ee/manifests/"+img.ManifestDigest.String(), containerdHeader("1.6.8"))
+	entries := h.report(t)
+	if len(entries) != 1 || entries[0].UnnormalizedPulls != 1 || entries[0].Normalized != fixed {
+		t.Fatalf("report after a pull by the original digest: %+v; want it to name %s", entries, fixed)
+	}
+	if page := string(h.do(t, http.MethodGet, "/status", nil).body); !strings.Contains(page, fixed.String()) {
+		t.Fatal("the status page does not say which digest to pin")
+	}
+}
