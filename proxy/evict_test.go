@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -96,5 +100,53 @@ func TestEvictedRepackagedLayerIsRebuilt(t *testing.T) {
 	h.pullAll(t, "ansible/creator-ee", "v0.5.0")
 	if n := h.metric(t, "regnorm_layer_rebuilds_total", ""); n != 1 {
 		t.Fatalf("rebuilds = %v, want 1", n)
+	}
+}
+
+// countedWalks is a cache driver that counts the walks of /blobs: each is
+// a listing of the whole cache (dear on S3).
+type countedWalks struct {
+	storagedriver.StorageDriver
+	walks atomic.Int64
+}
+
+func (d *countedWalks) Walk(ctx context.Context, path string, f storagedriver.WalkFn, options ...func(*storagedriver.WalkOptions)) error {
+	if strings.HasPrefix(path, "/blobs") {
+		d.walks.Add(1)
+	}
+	return d.StorageDriver.Walk(ctx, path, f, options...)
+}
+
+func (d *countedWalks) List(ctx context.Context, path string) ([]string, error) {
+	if strings.HasPrefix(path, "/blobs") {
+		d.walks.Add(1)
+	}
+	return d.StorageDriver.List(ctx, path)
+}
+
+// TestEvictionDoesNotFollowEveryDownload: when nothing can be evicted
+// (every blob within its grace), the cache stays over its limit; downloads
+// then wake the evictor only once a tenth of the limit (at least 16 MiB)
+// more has come, not each one.
+func TestEvictionDoesNotFollowEveryDownload(t *testing.T) {
+	t.Parallel()
+	d := &countedWalks{StorageDriver: filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 50})}
+	h := newHarness(t, harnessOptions{clock: newFakeClock(), tagTTL: time.Hour, store: cache.New(d),
+		eviction: cache.EvictionPolicy{MaxBytes: 1, Grace: time.Hour}})
+	waitFor(t, "the first maintenance pass", func() bool { return d.walks.Load() > 0 })
+	for i := range 10 {
+		h.push(t, "library/app", fmt.Sprint("v", i), regtest.ImageOptions{}, []regtest.File{{Name: "f", Content: regtest.RandomBytes(64 << 10)}})
+		h.pullAll(t, "library/app", fmt.Sprint("v", i))
+	}
+	// 20 small blobs later, one big one wakes the evictor: one more pass.
+	first := d.walks.Load()
+	big := regtest.RandomBytes(17 << 20)
+	dgst := h.pushBlob(t, "library/app", big)
+	if r := h.do(t, http.MethodGet, "/v2/library/app/blobs/"+dgst.String(), nil); r.status != http.StatusOK {
+		t.Fatalf("big blob: %d", r.status)
+	}
+	waitFor(t, "a pass after 16 MiB more", func() bool { return d.walks.Load() > first })
+	if got := d.walks.Load() - first; got != 1 || first > 2 {
+		t.Fatalf("walks of /blobs: %d at the start and after 20 small downloads, %d after the big one; want 1 or 2, then 1", first, got)
 	}
 }

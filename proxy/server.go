@@ -120,6 +120,7 @@ type Server struct {
 	uploadIdle       time.Duration // an upload not written to for this long is a dead process's
 	evictNow         chan struct{} // an ingest took the cache past its size
 	sizeEstimate     atomic.Int64  // blob bytes: last eviction's count plus ingests since
+	evictAbove       atomic.Int64  // the estimate past which an ingest wakes the evictor
 	metrics          *Metrics
 	log              *slog.Logger
 	clock            Clock
@@ -188,6 +189,7 @@ func New(opts Options) (*Server, error) {
 		evictNow:        make(chan struct{}, 1),
 		lookups:         make(chan struct{}, originalLookups),
 	}
+	s.evictAbove.Store(opts.Eviction.MaxBytes)
 	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
@@ -301,6 +303,7 @@ func (s *Server) maintainOnce(ctx context.Context) {
 	case err == nil:
 		s.usage.Store(&measuredUsage{Usage: u, At: s.clock.Now()})
 		s.sizeEstimate.Store(u.Bytes)
+		s.evictAbove.Store(evictThreshold(s.eviction.MaxBytes, u.Bytes))
 		s.metrics.cacheBytes.Set(float64(u.Bytes))
 		s.metrics.cacheBlobs.Set(float64(u.Blobs))
 	case ctx.Err() == nil:
@@ -324,10 +327,22 @@ func (s *Server) evictOrMeasure(ctx context.Context) (cache.Usage, error) {
 	return res.Remaining, nil
 }
 
+// evictThreshold is the size past which an ingest wakes the evictor: the
+// limit, or, when the last pass could not get under it (every blob in use
+// or within its grace), that much more again plus a tenth of the limit (at
+// least 16 MiB): a pass lists the whole cache, and must not follow every
+// download while nothing can go.
+func evictThreshold(limit, remaining int64) int64 {
+	if remaining <= limit {
+		return limit
+	}
+	return remaining + max(limit/10, 16<<20)
+}
+
 // noteIngest counts a blob that entered the cache, and wakes the evictor
 // when the cache has outgrown its size limit.
 func (s *Server) noteIngest(size int64) {
-	if s.eviction.MaxBytes > 0 && s.sizeEstimate.Add(size) > s.eviction.MaxBytes {
+	if s.eviction.MaxBytes > 0 && s.sizeEstimate.Add(size) > s.evictAbove.Load() {
 		select {
 		case s.evictNow <- struct{}{}:
 		default:
