@@ -157,6 +157,11 @@ func TestChartRendersValidObjects(t *testing.T) {
 				checkNodeConfigArgs(t, regnorm, ds, secrets)
 				checkNodeMounts(t, ds)
 				checkSelectorsSpare(t, objs, ds)
+				// Pods that are not ready mark nodes that do not use the
+				// mirror: they must not stop the rollout to the others.
+				if got, _, _ := unstructured.NestedString(ds.Object, "spec", "updateStrategy", "rollingUpdate", "maxUnavailable"); got != "100%" {
+					t.Errorf("node-config's DaemonSet rolls out with maxUnavailable %q, want 100%%", got)
+				}
 			}
 		})
 	}
