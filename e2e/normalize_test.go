@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -55,25 +54,13 @@ func TestOctetStreamConfigImages(t *testing.T) {
 		})
 	}
 
-	// The report names both, and the metrics count them.
-	resp, err := http.Get(proxyURL + "/api/v1/rewrites")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var report struct {
-		Rewrites []struct {
-			Repository     string `json:"repository"`
-			OriginalDigest string `json:"originalDigest"`
-		} `json:"rewrites"`
-	}
-	json.NewDecoder(resp.Body).Decode(&report)
-	seen := map[string]bool{}
-	for _, e := range report.Rewrites {
-		seen[e.OriginalDigest] = true
-	}
-	if !seen[legacy.ManifestDigest.String()] || !seen[indexDigest.String()] {
-		t.Fatalf("report lacks an entry: %+v", report.Rewrites)
+	// The report names both, as the variant of the config rule, and the
+	// metrics count them.
+	report := variantReport(t, proxyURL)
+	for _, original := range []string{legacy.ManifestDigest.String(), indexDigest.String()} {
+		if got := report[original+" config-media-type"]; got != "1.6.20,2.3.4" {
+			t.Fatalf("report entry of %s: clients %q, want 1.6.20,2.3.4 (report %v)", original, got, report)
+		}
 	}
 	if n := metric(t, proxyURL, "regnorm_rewrites_total", `kind="config-media-type"`); n != 1 {
 		t.Fatalf("config-media-type rewrites = %v, want 1 (the index's child is the same manifest)", n)
