@@ -17,18 +17,20 @@ import (
 // and what would fix it. Reports are shared by every replica through the
 // cache.
 type NodeReport struct {
-	Node              string    `json:"node"`
-	Address           string    `json:"address"`
-	ContainerdVersion string    `json:"containerdVersion"`
-	HostsDir          string    `json:"hostsDir"`
-	ConfigVersion     int       `json:"configVersion"`
-	ConfigPath        string    `json:"configPath"`
-	TransferService   bool      `json:"transferService"`
-	ReadsHostsToml    bool      `json:"readsHostsToml"`
-	Reason            string    `json:"reason,omitempty"`
-	Fix               string    `json:"fix,omitempty"`
-	DropIn            string    `json:"dropIn,omitempty"`
-	ReportedAt        time.Time `json:"reportedAt"`
+	Node              string `json:"node"`
+	Address           string `json:"address"`
+	ContainerdVersion string `json:"containerdVersion"`
+	HostsDir          string `json:"hostsDir"`
+	// ConfigVersion is the configuration version whose plugin names
+	// containerd reads (a drop-in's on 1.x may differ from the main file's).
+	ConfigVersion   int       `json:"configVersion"`
+	ConfigPath      string    `json:"configPath"`
+	TransferService bool      `json:"transferService"`
+	ReadsHostsToml  bool      `json:"readsHostsToml"`
+	Reason          string    `json:"reason,omitempty"`
+	Fix             string    `json:"fix,omitempty"`
+	DropIn          string    `json:"dropIn,omitempty"`
+	ReportedAt      time.Time `json:"reportedAt"`
 }
 
 // NodeStore keeps node-config's reports.

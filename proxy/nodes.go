@@ -315,7 +315,7 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 	}
 	rep.Fix = ""
 	if !rep.ReadsHostsToml && rep.ConfigVersion > 0 {
-		rep.Fix = containerdcfg.FixFor(containerdcfg.ParseVersion(rep.ContainerdVersion), rep.ConfigVersion, rep.HostsDir)
+		rep.Fix = containerdcfg.FixFor(rep.ConfigVersion, rep.HostsDir)
 	}
 	now := s.clock.Now()
 	known, err := s.fleet.reports.get(func() ([]cache.NodeReport, error) { return s.store.ListNodeReports(r.Context()) })

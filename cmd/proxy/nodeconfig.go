@@ -305,7 +305,7 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 		running = cfg.Without(dropIn)
 	}
 	verdict := containerdcfg.Check(running, v, nc.configPath)
-	rep.ConfigVersion = cfg.Version
+	rep.ConfigVersion = cfg.PluginsVersion(v)
 	rep.ConfigPath, rep.TransferService, rep.ReadsHostsToml, rep.Reason, rep.Fix =
 		verdict.ConfigPath, verdict.TransferService, verdict.Reads, verdict.Reason, verdict.Fix
 	if verr != nil && rep.Reason != "" {

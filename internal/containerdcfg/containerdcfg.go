@@ -315,7 +315,7 @@ func Check(c *Config, v Version, dir string) Verdict {
 	v, assumed := c.assume(v)
 	section, settings, reg := c.registry(v)
 	configPath, _ := reg["config_path"].(string)
-	fix := fixText(c, v, dir)
+	fix := FixFor(c.PluginsVersion(v), dir)
 	if len(anyMap(reg["mirrors"])) > 0 {
 		return Verdict{ConfigPath: configPath, Reason: assumed + fmt.Sprintf("the legacy registry.mirrors in [plugins.%q.registry] replace hosts.toml: remove them (and registry.configs and auths), then set config_path", section), Fix: fix}
 	}
@@ -390,15 +390,21 @@ func splitPath(p string) []string {
 	return out
 }
 
-// fixText is what to add to containerd's configuration.
-func fixText(c *Config, v Version, dir string) string {
-	return FixFor(v, c.Version, dir)
+// PluginsVersion is the configuration version whose plugin names containerd
+// v reads this configuration by, and a fix must use: on 1.x the version of
+// the last file that sets one (a drop-in's may differ from the main
+// file's); on 2.x the main file's, which 2.x migrates.
+func (c *Config) PluginsVersion(v Version) int {
+	if v, _ = c.assume(v); v.Major < 2 {
+		return c.effectiveVersion()
+	}
+	return c.Version
 }
 
-// FixFor is what to add to a configuration file of configVersion for
-// containerd v to read the hosts.toml files in dir. A file of version 3 or
-// more is a 2.x file whatever v says.
-func FixFor(v Version, configVersion int, dir string) string {
+// FixFor is what to add to containerd's configuration, read by the plugin
+// names of configVersion (PluginsVersion), for it to read the hosts.toml
+// files in dir.
+func FixFor(configVersion int, dir string) string {
 	switch {
 	case configVersion <= 1:
 		return fmt.Sprintf("[plugins.cri.registry]\n  config_path = %q", dir)

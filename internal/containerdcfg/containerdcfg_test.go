@@ -296,8 +296,13 @@ imports = ["conf.d/*.toml"]
 	if cfg, err = Load(main); err != nil {
 		t.Fatal(err)
 	}
-	if got := Check(cfg, ParseVersion("1.6.20"), dir); got.Reads {
+	got := Check(cfg, ParseVersion("1.6.20"), dir)
+	if got.Reads {
 		t.Errorf("1.6 with a version 2 drop-in read plugins.cri: %+v", got)
+	}
+	// The lines to add use the names 1.6 reads by, the drop-in's version.
+	if cfg.PluginsVersion(ParseVersion("1.6.20")) != 2 || !strings.Contains(got.Fix, `[plugins."io.containerd.grpc.v1.cri".registry]`) {
+		t.Errorf("the fix for 1.6 reading by version 2: %q", got.Fix)
 	}
 }
 
@@ -305,7 +310,8 @@ imports = ["conf.d/*.toml"]
 // judged and fixed as 2.x's, and no drop-in is made.
 func TestUnknownVersion(t *testing.T) {
 	t.Parallel()
-	if got := FixFor(ParseVersion(""), 3, "/d"); !strings.Contains(got, "io.containerd.cri.v1.images") {
+	cfg3, _ := Load(write(t, t.TempDir(), "config.toml", "version = 3\n"))
+	if got := FixFor(cfg3.PluginsVersion(ParseVersion("")), "/d"); !strings.Contains(got, "io.containerd.cri.v1.images") {
 		t.Errorf("fix for a version 3 file, version unknown: %s", got)
 	}
 	cfg, _ := Load(write(t, t.TempDir(), "config.toml", "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n"))
