@@ -423,10 +423,19 @@ func (s *Server) countNodesOnce() {
 			delete(counts, v)
 		}
 	}
-	s.metrics.nodes.Reset()
+	// Set the new values, then drop only the versions gone: a scrape in
+	// between sees every series, never none.
+	s.nodeCount.Lock()
+	defer s.nodeCount.Unlock()
 	for v, c := range counts {
 		s.metrics.nodes.WithLabelValues(v).Set(float64(c))
 	}
+	for _, v := range s.nodeVersions {
+		if _, ok := counts[v]; !ok {
+			s.metrics.nodes.DeleteLabelValues(v)
+		}
+	}
+	s.nodeVersions = slices.Collect(maps.Keys(counts))
 }
 
 // maxVersionLabels bounds regnorm_nodes' series.

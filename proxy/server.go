@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -116,6 +117,8 @@ type Server struct {
 	maintainEvery    time.Duration
 	links            *linkMemory
 	fleet            *fleet
+	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
+	nodeVersions     []string   // its label values, as last set
 	clientAuth       *clientAuth
 	uploadIdle       time.Duration // an upload not written to for this long is a dead process's
 	evictNow         chan struct{} // an ingest took the cache past its size

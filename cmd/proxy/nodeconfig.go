@@ -32,10 +32,6 @@ import (
 // ever replaces or removes its own files.
 const nodeConfigMarker = "# Written by regnorm node-config; removed when it stops.\n"
 
-// dropInMarker starts the containerd drop-in node-config writes with --fix
-// (containerdcfg.DropIn's first line).
-const dropInMarker = "# Written by regnorm node-config"
-
 // reportEvery is how often node-config reports an unchanged state.
 const reportEvery = 5 * time.Minute
 
@@ -362,7 +358,7 @@ func (nc *nodeConfig) ownDropIn(cfg *containerdcfg.Config) (string, time.Time) {
 		}
 		b, err := os.ReadFile(f)
 		fi, serr := os.Stat(f)
-		if err == nil && serr == nil && bytes.HasPrefix(b, []byte(dropInMarker)) {
+		if err == nil && serr == nil && bytes.HasPrefix(b, []byte(containerdcfg.DropInMarker)) {
 			return f, fi.ModTime()
 		}
 	}

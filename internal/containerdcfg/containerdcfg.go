@@ -414,6 +414,10 @@ func FixFor(configVersion int, dir string) string {
 	return fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q", dir)
 }
 
+// DropInMarker starts every drop-in DropIn makes: node-config knows its own
+// file by it.
+const DropInMarker = "# Written by regnorm node-config"
+
 // DropIn makes a file that fixes the configuration where it imports
 // drop-ins: config_path set to dir alone, for 2.x in a version 3 file's
 // images section (merged over the main file's, migrated or not), for 1.x in
@@ -460,7 +464,7 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 		}
 	}
 	var buf bytes.Buffer
-	fmt.Fprintf(&buf, "# Written by regnorm node-config: config_path for containerd's CRI registry, so that it reads\n")
+	fmt.Fprintf(&buf, "%s: config_path for containerd's CRI registry, so that it reads\n", DropInMarker)
 	fmt.Fprintf(&buf, "# the hosts.toml files in %s (one directory). node-config leaves it in place when it stops.\n", dir)
 	doc := map[string]any{"version": version, "plugins": map[string]any{section: map[string]any{"registry": map[string]any{"config_path": filepath.Clean(dir)}}}}
 	if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
