@@ -10,6 +10,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // Who may read what. The cache is global by digest, but an object is served
@@ -123,7 +124,7 @@ func (s *Server) source(ctx context.Context, req distRequest) (subject, bool, er
 func (s *Server) admit(ctx context.Context, req distRequest) error {
 	ok, sub, err := s.admitted(ctx, req)
 	if err != nil {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
 	if ok {
 		return nil
@@ -169,9 +170,9 @@ func (s *Server) askPath(ctx context.Context, req distRequest, path string, mani
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		notFound := CodeBlobUnknown
+		notFound := errcode.BlobUnknown
 		if !req.blob {
-			notFound = CodeManifestUnknown
+			notFound = errcode.ManifestUnknown
 		}
 		return up.statusError(resp, notFound)
 	}

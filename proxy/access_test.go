@@ -12,6 +12,7 @@ import (
 
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 func basic(user, pass string) http.Header {
@@ -74,7 +75,7 @@ func TestClientAuth(t *testing.T) {
 				t.Fatalf("status %d, want %d (%s)", r.status, tt.want, r.body)
 			}
 			if tt.want == http.StatusUnauthorized {
-				if code := r.ociError(t); code != proxy.CodeUnauthorized {
+				if code := r.ociError(t); code != errcode.Unauthorized {
 					t.Errorf("code %s", code)
 				}
 				if got := r.header.Get("WWW-Authenticate"); got != `Basic realm="regnorm"` {

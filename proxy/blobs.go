@@ -13,6 +13,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
@@ -58,7 +59,7 @@ func (s *Server) headBlob(w http.ResponseWriter, r *http.Request, req distReques
 		}
 		b.Close()
 		if info, err = s.store.StatBlob(ctx, req.digest); err != nil {
-			return newError(http.StatusBadGateway, CodeBlobUnknown, "rebuilt blob vanished from the cache", err)
+			return errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", err)
 		}
 	} else if err := s.admit(ctx, req); err != nil {
 		return err
@@ -98,7 +99,7 @@ func (b *openedBlob) Close() error { return b.close() }
 func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, verified bool) (*openedBlob, error) {
 	admitted, sub, err := s.admitted(ctx, req)
 	if err != nil {
-		return nil, newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+		return nil, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
 	if !admitted && sub.dgst != req.digest {
 		// Made here: only the upstream can say whether its source is held.
@@ -128,9 +129,9 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 			if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
 				return fetched(b), err
 			}
-			return nil, newError(http.StatusBadGateway, CodeBlobUnknown, "rebuilt blob vanished from the cache", nil)
+			return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", nil)
 		case err == nil:
-			return nil, newError(http.StatusNotFound, CodeBlobUnknown, "blob unknown", nil)
+			return nil, errcode.New(http.StatusNotFound, errcode.BlobUnknown, "blob unknown", nil)
 		}
 	}
 
@@ -167,7 +168,7 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 		if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
 			return fetched(b), err
 		}
-		return nil, newError(http.StatusBadGateway, CodeBlobUnknown, "blob vanished from the cache", nil)
+		return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob vanished from the cache", nil)
 	}
 	sr := &spoolReader{ctx: ctx, f: f}
 	return &openedBlob{ReadSeeker: sr, source: "upstream", fetched: true, close: func() error { f.done(); return nil }}, nil
@@ -249,7 +250,7 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req di
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return req.upstream.statusError(resp, CodeBlobUnknown)
+		return req.upstream.statusError(resp, errcode.BlobUnknown)
 	}
 	drain(resp)
 	s.learn(r.Context(), req.upstream.name, req.repo, req.digest)

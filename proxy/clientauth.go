@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // ClientAuth makes clients of the proxy authenticate, with htpasswd users
@@ -64,7 +66,7 @@ func (a *clientAuth) check(r *http.Request) error {
 	} else if user, pass, ok := r.BasicAuth(); ok && (a.tokenOK(pass) || a.userOK(user, pass)) {
 		return nil
 	}
-	e := newError(http.StatusUnauthorized, CodeUnauthorized, "authentication required", nil)
+	e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "authentication required", nil)
 	e.Challenge = clientChallenge
 	return e
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -62,7 +63,7 @@ func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.M
 		return r.n, r.err
 	case <-expired:
 		s.metrics.deadlineExceeded.Inc()
-		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "regnorm is still normalizing this image; retry shortly", nil)
+		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "regnorm is still normalizing this image; retry shortly", nil)
 		e.RetryAfter = retryAfterNormalizing
 		return normalize.Result{}, e
 	case <-ctx.Done():

@@ -20,6 +20,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // stallFor is the stall timeout of a fault case: short where the stall
@@ -151,12 +152,12 @@ func TestLastingFaults(t *testing.T) {
 		wantAttempts int64
 		wantRetryHdr string
 	}{
-		{"500", status(http.StatusInternalServerError, ""), blobPath, http.StatusBadGateway, proxy.CodeUnavailable, 3, ""},
-		{"503 with a long Retry-After", status(http.StatusServiceUnavailable, "120"), blobPath, http.StatusServiceUnavailable, proxy.CodeUnavailable, 1, "120"},
-		{"429 with a long Retry-After", status(http.StatusTooManyRequests, "60"), blobPath, http.StatusTooManyRequests, proxy.CodeTooManyRequests, 1, "60"},
+		{"500", status(http.StatusInternalServerError, ""), blobPath, http.StatusBadGateway, errcode.Unavailable, 3, ""},
+		{"503 with a long Retry-After", status(http.StatusServiceUnavailable, "120"), blobPath, http.StatusServiceUnavailable, errcode.Unavailable, 1, "120"},
+		{"429 with a long Retry-After", status(http.StatusTooManyRequests, "60"), blobPath, http.StatusTooManyRequests, errcode.TooManyRequests, 1, "60"},
 		{"reset mid-blob", cutOff(content), blobPath, 0, "", 3, ""},
 		{"stall mid-blob", stallAfterHalf(content), blobPath, 0, "", 3, ""},
-		{"stall before headers", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, "/v2/library/x/manifests/v1", http.StatusBadGateway, proxy.CodeUnavailable, 3, ""},
+		{"stall before headers", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }, "/v2/library/x/manifests/v1", http.StatusBadGateway, errcode.Unavailable, 3, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,7 +197,7 @@ func TestUnreachableUpstream(t *testing.T) {
 	h := newHarness(t, harnessOptions{upstreamURL: "http://" + addr, retry: fastRetries})
 
 	r := h.do(t, http.MethodGet, "/v2/library/x/manifests/v1", containerdAccept)
-	if r.status != http.StatusBadGateway || r.ociError(t) != proxy.CodeUnavailable {
+	if r.status != http.StatusBadGateway || r.ociError(t) != errcode.Unavailable {
 		t.Fatalf("got %d %s, want 502 UNAVAILABLE", r.status, r.body)
 	}
 	if strings.Contains(string(r.body), addr) {
@@ -226,8 +227,8 @@ func TestTokenServiceFaults(t *testing.T) {
 		wantStatus  int
 		wantCode    string
 	}{
-		{http.StatusInternalServerError, http.StatusBadGateway, proxy.CodeUnavailable},
-		{http.StatusUnauthorized, http.StatusUnauthorized, proxy.CodeUnauthorized},
+		{http.StatusInternalServerError, http.StatusBadGateway, errcode.Unavailable},
+		{http.StatusUnauthorized, http.StatusUnauthorized, errcode.Unauthorized},
 	} {
 		t.Run(strconv.Itoa(tt.tokenStatus), func(t *testing.T) {
 			t.Parallel()

@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // blobFetches runs at most one upstream download per digest. Every client
@@ -139,7 +140,7 @@ func (fs *blobFetches) join(up *upstream, repo string, dgst digest.Digest) (*blo
 	// and replaced counts until it is over.
 	if fs.active >= fs.limits.Downloads+fs.limits.Queued {
 		fs.metrics.fetchesRejected.Inc()
-		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "too many downloads in progress; retry shortly", nil)
+		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "too many downloads in progress; retry shortly", nil)
 		e.RetryAfter = retryAfterBusy
 		return nil, e
 	}
@@ -203,7 +204,7 @@ func (fs *blobFetches) ready(ctx context.Context, f *blobFetch, up *upstream, re
 
 // refusal reports whether err is an upstream's no to one client.
 func refusal(err error) bool {
-	var e *Error
+	var e *errcode.Error
 	if !errors.As(err, &e) {
 		return false
 	}
@@ -311,7 +312,7 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 		return fail(err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fail(up.statusError(resp, CodeBlobUnknown))
+		return fail(up.statusError(resp, errcode.BlobUnknown))
 	}
 	f.answered = true
 	fs.onHolds(ctx, up, repo, f.dgst)
@@ -525,7 +526,7 @@ func resumeBlob(ctx context.Context, up *upstream, repo string, dgst digest.Dige
 		if resp.StatusCode == http.StatusOK && offset == 0 {
 			return resp.Body, nil
 		}
-		return nil, fmt.Errorf("resume blob %s at %d: %w", dgst, offset, up.statusError(resp, CodeBlobUnknown))
+		return nil, fmt.Errorf("resume blob %s at %d: %w", dgst, offset, up.statusError(resp, errcode.BlobUnknown))
 	}
 	if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", offset)) {
 		drain(resp)

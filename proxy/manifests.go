@@ -17,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 const (
@@ -98,7 +99,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
 	admitted, sub, err := s.admitted(ctx, req)
 	if err != nil {
-		return cache.Manifest{}, "", newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+		return cache.Manifest{}, "", errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
 	m, err := s.store.GetManifest(ctx, req.digest)
 	if err == nil {
@@ -116,7 +117,7 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 	s.metrics.cacheRequests.WithLabelValues("manifest", "miss").Inc()
 	if d, err := s.store.GetDerived(ctx, req.digest); err == nil && d.Kind == cache.DerivedManifest {
 		// Made here, and lost: upstream never had it.
-		return cache.Manifest{}, "", newError(http.StatusNotFound, CodeManifestUnknown, "manifest unknown; pull by tag to make it again", nil)
+		return cache.Manifest{}, "", errcode.New(http.StatusNotFound, errcode.ManifestUnknown, "manifest unknown; pull by tag to make it again", nil)
 	}
 	// One fetch per client identity: the upstream's answer is for these
 	// credentials.
@@ -234,7 +235,7 @@ func (s *Server) headManifest(ctx context.Context, up *upstream, repo, tag strin
 		return "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", up.statusError(resp, CodeManifestUnknown)
+		return "", up.statusError(resp, errcode.ManifestUnknown)
 	}
 	resp.Body.Close()
 	dgst, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
@@ -253,16 +254,16 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream, repo, ref stri
 		return cache.Manifest{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return cache.Manifest{}, up.statusError(resp, CodeManifestUnknown)
+		return cache.Manifest{}, up.statusError(resp, errcode.ManifestUnknown)
 	}
 	defer resp.Body.Close()
-	tooLarge := newError(http.StatusBadGateway, CodeManifestInvalid, fmt.Sprintf("upstream manifest is larger than %d bytes", maxManifestSize), nil)
+	tooLarge := errcode.New(http.StatusBadGateway, errcode.ManifestInvalid, fmt.Sprintf("upstream manifest is larger than %d bytes", maxManifestSize), nil)
 	if resp.ContentLength > maxManifestSize {
 		return cache.Manifest{}, tooLarge
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	if err != nil {
-		return cache.Manifest{}, newError(http.StatusBadGateway, CodeUnavailable, "reading manifest from upstream "+up.name+" failed", err)
+		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.Unavailable, "reading manifest from upstream "+up.name+" failed", err)
 	}
 	if len(body) > maxManifestSize {
 		return cache.Manifest{}, tooLarge
@@ -276,7 +277,7 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream, repo, ref stri
 		}
 	}
 	if got := dgst.Algorithm().FromBytes(body); got != dgst {
-		return cache.Manifest{}, newError(http.StatusBadGateway, CodeManifestInvalid,
+		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.ManifestInvalid,
 			fmt.Sprintf("upstream %s sent a manifest that hashes to %s, not %s", up.name, got, dgst), nil)
 	}
 	return cache.Manifest{MediaType: manifestMediaType(resp.Header.Get("Content-Type"), body), Digest: dgst, Content: body}, nil

@@ -22,6 +22,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -215,7 +216,7 @@ func minorVersion(n NodeStatus) string {
 func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
 	nodes, err := s.fleetView(r.Context())
 	if err != nil {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the node reports failed", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
 	}
 	byVersion := map[string]int{}
 	for _, n := range nodes {
@@ -291,27 +292,27 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
 		// A browser cannot send this type to another origin without asking
 		// first, which regnorm never answers.
-		return newError(http.StatusUnsupportedMediaType, CodeUnsupported, "a node report is application/json", nil)
+		return errcode.New(http.StatusUnsupportedMediaType, errcode.Unsupported, "a node report is application/json", nil)
 	}
 	var rep cache.NodeReport
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxNodeReport))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rep); err != nil {
-		return newError(http.StatusBadRequest, CodeUnsupported, "body must be a node report of at most 16 KiB (regnorm node-config sends it)", err)
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "body must be a node report of at most 16 KiB (regnorm node-config sends it)", err)
 	}
 	if rep.Node == "" {
-		return newError(http.StatusBadRequest, CodeUnsupported, "the report names no node", nil)
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "the report names no node", nil)
 	}
 	for _, l := range nodeReportLimits {
 		if v := l.value(&rep); len(v) > l.max || strings.ContainsFunc(v, unicode.IsControl) {
-			return newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("%s is longer than %d bytes or holds control characters", l.field, l.max), nil)
+			return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("%s is longer than %d bytes or holds control characters", l.field, l.max), nil)
 		}
 	}
 	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
-		return newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("address %q is not an IP address", rep.Address), nil)
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("address %q is not an IP address", rep.Address), nil)
 	}
 	if !path.IsAbs(rep.HostsDir) || path.Clean(rep.HostsDir) != rep.HostsDir || strings.ContainsAny(rep.HostsDir, ":'\"\\") {
-		return newError(http.StatusBadRequest, CodeUnsupported, "hostsDir must be a clean absolute path", nil)
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "hostsDir must be a clean absolute path", nil)
 	}
 	rep.Fix = ""
 	if !rep.ReadsHostsToml && rep.ConfigVersion > 0 {
@@ -320,7 +321,7 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 	now := s.clock.Now()
 	known, err := s.fleet.reports.get(func() ([]cache.NodeReport, error) { return s.store.ListNodeReports(r.Context()) })
 	if err != nil {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the node reports failed", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
 	}
 	// A known node may always report again; a new one only while fewer
 	// than maxNodes are remembered (forgotten ones do not count).
@@ -331,11 +332,11 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 		}
 	}
 	if live >= maxNodes && i < 0 {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, fmt.Sprintf("%d nodes are known already", maxNodes), nil)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, fmt.Sprintf("%d nodes are known already", maxNodes), nil)
 	}
 	rep.ReportedAt = now.UTC()
 	if err := s.store.PutNodeReport(r.Context(), rep); err != nil {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "recording the node report failed", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "recording the node report failed", err)
 	}
 	// A new node, or a node whose state changed, shows at once: the
 	// listing in use is dropped. The reports every node repeats (every 5

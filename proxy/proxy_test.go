@@ -17,6 +17,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 var oneFile = []regtest.File{{Name: "hello.txt", Content: []byte("hello from regnorm\n")}}
@@ -119,7 +120,7 @@ func TestTokenAuthUpstream(t *testing.T) {
 		h := newHarness(t, harnessOptions{registry: regOpts, credentials: proxy.Credentials{Username: "puller", Password: "wrong"}})
 		h.push(t, "team/app", "v1", regtest.ImageOptions{}, oneFile)
 		r := h.do(t, http.MethodGet, "/v2/team/app/manifests/v1", containerdAccept)
-		if r.status != http.StatusUnauthorized || r.ociError(t) != proxy.CodeUnauthorized {
+		if r.status != http.StatusUnauthorized || r.ociError(t) != errcode.Unauthorized {
 			t.Fatalf("got %d %s, want 401 UNAUTHORIZED", r.status, r.body)
 		}
 	})
@@ -165,7 +166,7 @@ func TestBasicAuthUpstream(t *testing.T) {
 			if tt.wantStatus == http.StatusOK && !bytes.Equal(r.body, img.Manifest) {
 				t.Fatal("wrong manifest")
 			}
-			if tt.wantStatus != http.StatusOK && r.ociError(t) != proxy.CodeUnauthorized {
+			if tt.wantStatus != http.StatusOK && r.ociError(t) != errcode.Unauthorized {
 				t.Fatalf("code %s", r.ociError(t))
 			}
 		})
@@ -273,7 +274,7 @@ func TestUpstreamFaults(t *testing.T) {
 				if r.err == nil {
 					t.Fatalf("client read %d bytes without error; want a short read", len(r.body))
 				}
-			} else if r.status != tt.wantStatus || r.ociError(t) != proxy.CodeUnavailable {
+			} else if r.status != tt.wantStatus || r.ociError(t) != errcode.Unavailable {
 				t.Fatalf("got %d %s, want %d UNAVAILABLE", r.status, r.body, tt.wantStatus)
 			}
 			// The download finishes in the background; wait for it.
@@ -303,38 +304,38 @@ func TestErrors(t *testing.T) {
 		wantMessage        string
 		wantRetryAfter     string
 	}{
-		{name: "upper case name", method: "GET", path: "/v2/Library/app/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "lower case"},
-		{name: "upper case name, tags", method: "GET", path: "/v2/Library/app/tags/list", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "lower case"},
-		{name: "empty component", method: "GET", path: "/v2/library//app/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "empty component"},
-		{name: "encoded slash", method: "GET", path: "/v2/library%2Fapp/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "percent-encoded"},
-		{name: "dot dot", method: "GET", path: "/v2/library/../app/manifests/v1", wantStatus: 400, wantCode: proxy.CodeNameInvalid, wantMessage: "each component"},
-		{name: "bad tag", method: "GET", path: "/v2/library/app/manifests/-v1!", wantStatus: 400, wantCode: proxy.CodeTagInvalid, wantMessage: "is not a tag"},
-		{name: "bad manifest digest", method: "GET", path: "/v2/library/app/manifests/sha256:xyz!", wantStatus: 400, wantCode: proxy.CodeDigestInvalid},
-		{name: "bad digest", method: "GET", path: "/v2/library/app/blobs/sha256:1234", wantStatus: 400, wantCode: proxy.CodeDigestInvalid},
-		{name: "catalog", method: "GET", path: "/v2/_catalog", wantStatus: 404, wantCode: proxy.CodeUnsupported, wantMessage: "catalog"},
-		{name: "referrers", method: "GET", path: "/v2/library/app/referrers/" + missing, wantStatus: 404, wantCode: proxy.CodeUnsupported, wantMessage: "referrers"},
-		{name: "unknown endpoint", method: "GET", path: "/v3/whatever", wantStatus: 404, wantCode: proxy.CodeUnsupported},
-		{name: "warm by GET", method: "GET", path: "/api/v1/warm", wantStatus: 405, wantCode: proxy.CodeUnsupported, wantMessage: "use POST"},
-		{name: "push", method: "PUT", path: "/v2/library/app/manifests/v1", wantStatus: 405, wantCode: proxy.CodeUnsupported},
-		{name: "delete", method: "DELETE", path: "/v2/library/app/blobs/" + missing, wantStatus: 405, wantCode: proxy.CodeUnsupported},
-		{name: "upload", method: "POST", path: "/v2/library/app/blobs/uploads/", wantStatus: 405, wantCode: proxy.CodeUnsupported},
-		{name: "unknown ns", method: "GET", path: "/v2/library/app/manifests/v1?ns=evil.example.com", wantStatus: 404, wantCode: proxy.CodeNameUnknown},
-		{name: "unknown tag", method: "GET", path: "/v2/library/app/manifests/nope", wantStatus: 404, wantCode: proxy.CodeManifestUnknown},
-		{name: "unknown manifest digest", method: "GET", path: "/v2/library/app/manifests/" + missing, wantStatus: 404, wantCode: proxy.CodeManifestUnknown},
-		{name: "unknown blob", method: "GET", path: "/v2/library/app/blobs/" + missing, wantStatus: 404, wantCode: proxy.CodeBlobUnknown},
-		{name: "rate limited", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 429, wantCode: proxy.CodeTooManyRequests, wantRetryAfter: "30",
+		{name: "upper case name", method: "GET", path: "/v2/Library/app/manifests/v1", wantStatus: 400, wantCode: errcode.NameInvalid, wantMessage: "lower case"},
+		{name: "upper case name, tags", method: "GET", path: "/v2/Library/app/tags/list", wantStatus: 400, wantCode: errcode.NameInvalid, wantMessage: "lower case"},
+		{name: "empty component", method: "GET", path: "/v2/library//app/manifests/v1", wantStatus: 400, wantCode: errcode.NameInvalid, wantMessage: "empty component"},
+		{name: "encoded slash", method: "GET", path: "/v2/library%2Fapp/manifests/v1", wantStatus: 400, wantCode: errcode.NameInvalid, wantMessage: "percent-encoded"},
+		{name: "dot dot", method: "GET", path: "/v2/library/../app/manifests/v1", wantStatus: 400, wantCode: errcode.NameInvalid, wantMessage: "each component"},
+		{name: "bad tag", method: "GET", path: "/v2/library/app/manifests/-v1!", wantStatus: 400, wantCode: errcode.TagInvalid, wantMessage: "is not a tag"},
+		{name: "bad manifest digest", method: "GET", path: "/v2/library/app/manifests/sha256:xyz!", wantStatus: 400, wantCode: errcode.DigestInvalid},
+		{name: "bad digest", method: "GET", path: "/v2/library/app/blobs/sha256:1234", wantStatus: 400, wantCode: errcode.DigestInvalid},
+		{name: "catalog", method: "GET", path: "/v2/_catalog", wantStatus: 404, wantCode: errcode.Unsupported, wantMessage: "catalog"},
+		{name: "referrers", method: "GET", path: "/v2/library/app/referrers/" + missing, wantStatus: 404, wantCode: errcode.Unsupported, wantMessage: "referrers"},
+		{name: "unknown endpoint", method: "GET", path: "/v3/whatever", wantStatus: 404, wantCode: errcode.Unsupported},
+		{name: "warm by GET", method: "GET", path: "/api/v1/warm", wantStatus: 405, wantCode: errcode.Unsupported, wantMessage: "use POST"},
+		{name: "push", method: "PUT", path: "/v2/library/app/manifests/v1", wantStatus: 405, wantCode: errcode.Unsupported},
+		{name: "delete", method: "DELETE", path: "/v2/library/app/blobs/" + missing, wantStatus: 405, wantCode: errcode.Unsupported},
+		{name: "upload", method: "POST", path: "/v2/library/app/blobs/uploads/", wantStatus: 405, wantCode: errcode.Unsupported},
+		{name: "unknown ns", method: "GET", path: "/v2/library/app/manifests/v1?ns=evil.example.com", wantStatus: 404, wantCode: errcode.NameUnknown},
+		{name: "unknown tag", method: "GET", path: "/v2/library/app/manifests/nope", wantStatus: 404, wantCode: errcode.ManifestUnknown},
+		{name: "unknown manifest digest", method: "GET", path: "/v2/library/app/manifests/" + missing, wantStatus: 404, wantCode: errcode.ManifestUnknown},
+		{name: "unknown blob", method: "GET", path: "/v2/library/app/blobs/" + missing, wantStatus: 404, wantCode: errcode.BlobUnknown},
+		{name: "rate limited", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 429, wantCode: errcode.TooManyRequests, wantRetryAfter: "30",
 			fault: func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Retry-After", "30")
 				http.Error(w, `{"errors":[{"code":"TOOMANYREQUESTS"}]}`, http.StatusTooManyRequests)
 			}},
-		{name: "forbidden", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 403, wantCode: proxy.CodeDenied,
+		{name: "forbidden", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 403, wantCode: errcode.Denied,
 			fault: func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) }},
-		{name: "oversized manifest", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 502, wantCode: proxy.CodeManifestInvalid,
+		{name: "oversized manifest", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 502, wantCode: errcode.ManifestInvalid,
 			fault: func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", regtest.MediaTypeDockerManifest)
 				w.Write(bytes.Repeat([]byte(" "), 4<<20+1))
 			}},
-		{name: "manifest that does not match its digest", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 502, wantCode: proxy.CodeManifestInvalid,
+		{name: "manifest that does not match its digest", method: "GET", path: "/v2/library/other/manifests/v1", wantStatus: 502, wantCode: errcode.ManifestInvalid,
 			fault: func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Docker-Content-Digest", missing)
 				w.Write([]byte(`{"schemaVersion":2}`))
@@ -359,7 +360,7 @@ func TestErrors(t *testing.T) {
 			if got := r.header.Get("Retry-After"); got != tt.wantRetryAfter {
 				t.Fatalf("Retry-After %q, want %q", got, tt.wantRetryAfter)
 			}
-			if (tt.wantStatus == 400 || tt.wantStatus == 404) && tt.wantCode != proxy.CodeManifestUnknown && tt.wantCode != proxy.CodeBlobUnknown && h.front.count() != before {
+			if (tt.wantStatus == 400 || tt.wantStatus == 404) && tt.wantCode != errcode.ManifestUnknown && tt.wantCode != errcode.BlobUnknown && h.front.count() != before {
 				t.Fatal("an invalid request reached upstream")
 			}
 		})
@@ -372,7 +373,7 @@ func TestOversizedHeadersGetAnOCIError(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
 	r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", http.Header{"X-Padding": {strings.Repeat("x", 62<<10)}})
-	if r.status != http.StatusRequestHeaderFieldsTooLarge || r.ociError(t) != proxy.CodeUnsupported || r.header.Get("Content-Type") != "application/json" {
+	if r.status != http.StatusRequestHeaderFieldsTooLarge || r.ociError(t) != errcode.Unsupported || r.header.Get("Content-Type") != "application/json" {
 		t.Fatalf("oversized headers: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
 	}
 	// The Host header counts too (net/http keeps it apart from the others).

@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -313,7 +314,7 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) error {
 	entries, hidden, err := s.visibleReport(r.Context())
 	if err != nil {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
 	}
 	if entries == nil {
 		entries = []cache.ReportEntry{}

@@ -9,6 +9,8 @@ import (
 	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // The OCI distribution spec's grammar for repository names on the wire: no
@@ -67,7 +69,7 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	vars := mux.Vars(r)
 	repo := vars["name"]
 	if len(repo) > reference.NameTotalLengthMax {
-		return distRequest{}, newError(http.StatusBadRequest, CodeNameInvalid, fmt.Sprintf("repository name longer than %d characters", reference.NameTotalLengthMax), nil)
+		return distRequest{}, errcode.New(http.StatusBadRequest, errcode.NameInvalid, fmt.Sprintf("repository name longer than %d characters", reference.NameTotalLengthMax), nil)
 	}
 	up, err := s.upstreamFor(r.URL.Query().Get("ns"))
 	if err != nil {
@@ -88,7 +90,7 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	default:
 		dgst, err := digest.Parse(ref)
 		if err != nil {
-			return distRequest{}, newError(http.StatusBadRequest, CodeDigestInvalid, "invalid digest "+ref, err)
+			return distRequest{}, errcode.New(http.StatusBadRequest, errcode.DigestInvalid, "invalid digest "+ref, err)
 		}
 		req.digest = dgst
 	}
@@ -104,7 +106,7 @@ func (s *Server) upstreamFor(ns string) (*upstream, error) {
 	if up, ok := s.upstreams[ns]; ok {
 		return up, nil
 	}
-	return nil, newError(http.StatusNotFound, CodeNameUnknown, fmt.Sprintf("upstream registry %q is not configured on this mirror", ns), nil)
+	return nil, errcode.New(http.StatusNotFound, errcode.NameUnknown, fmt.Sprintf("upstream registry %q is not configured on this mirror", ns), nil)
 }
 
 func (s *Server) routes(metricsHandler http.Handler) http.Handler {
@@ -150,12 +152,12 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 
 func (s *Server) readOnly(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Allow", "GET, HEAD")
-	return newError(http.StatusMethodNotAllowed, CodeUnsupported, "regnorm is a read-only mirror: "+r.Method+" is not supported", nil)
+	return errcode.New(http.StatusMethodNotAllowed, errcode.Unsupported, "regnorm is a read-only mirror: "+r.Method+" is not supported", nil)
 }
 
 func (s *Server) warmNeedsPost(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Allow", "POST")
-	return newError(http.StatusMethodNotAllowed, CodeUnsupported, `use POST with a body {"images": ["docker.io/library/redis:2.8.23", ...]}`, nil)
+	return errcode.New(http.StatusMethodNotAllowed, errcode.Unsupported, `use POST with a body {"images": ["docker.io/library/redis:2.8.23", ...]}`, nil)
 }
 
 // serveNotFound answers what no route matched, saying what was wrong: a
@@ -165,10 +167,10 @@ func (s *Server) serveNotFound(w http.ResponseWriter, r *http.Request) error {
 	p := r.URL.EscapedPath()
 	rest, ok := strings.CutPrefix(p, "/v2/")
 	if !ok {
-		return newError(http.StatusNotFound, CodeUnsupported, "no such endpoint", nil)
+		return errcode.New(http.StatusNotFound, errcode.Unsupported, "no such endpoint", nil)
 	}
 	if rest == "_catalog" {
-		return newError(http.StatusNotFound, CodeUnsupported, "the catalog is not served: a mirror knows only the repositories it is asked for", nil)
+		return errcode.New(http.StatusNotFound, errcode.Unsupported, "the catalog is not served: a mirror knows only the repositories it is asked for", nil)
 	}
 	for _, kind := range []string{"/manifests/", "/blobs/uploads/", "/blobs/", "/tags/", "/referrers/"} {
 		i := strings.LastIndex(rest, kind)
@@ -177,23 +179,23 @@ func (s *Server) serveNotFound(w http.ResponseWriter, r *http.Request) error {
 		}
 		name, ref := rest[:i], rest[i+len(kind):]
 		if why := nameProblem(name); why != "" {
-			return newError(http.StatusBadRequest, CodeNameInvalid, why, nil)
+			return errcode.New(http.StatusBadRequest, errcode.NameInvalid, why, nil)
 		}
 		switch kind {
 		case "/referrers/":
 			// 404 lets clients fall back to the referrers tag schema.
-			return newError(http.StatusNotFound, CodeUnsupported, "the referrers API is not served", nil)
+			return errcode.New(http.StatusNotFound, errcode.Unsupported, "the referrers API is not served", nil)
 		case "/manifests/":
 			if strings.Contains(ref, ":") {
-				return newError(http.StatusBadRequest, CodeDigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
+				return errcode.New(http.StatusBadRequest, errcode.DigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
 			}
-			return newError(http.StatusBadRequest, CodeTagInvalid, fmt.Sprintf("%q is not a tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'", ref), nil)
+			return errcode.New(http.StatusBadRequest, errcode.TagInvalid, fmt.Sprintf("%q is not a tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'", ref), nil)
 		case "/blobs/":
-			return newError(http.StatusBadRequest, CodeDigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
+			return errcode.New(http.StatusBadRequest, errcode.DigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
 		}
 		break
 	}
-	return newError(http.StatusNotFound, CodeUnsupported, "no such endpoint", nil)
+	return errcode.New(http.StatusNotFound, errcode.Unsupported, "no such endpoint", nil)
 }
 
 // nameProblem says what is wrong with a repository name on the wire, or ""
@@ -225,7 +227,7 @@ const maxHeaderBytes = 60 << 10
 // an OCI error.
 func (s *Server) limitHeaders(next http.Handler) http.Handler {
 	tooLarge := s.handle(routeTooLarge, func(w http.ResponseWriter, r *http.Request) error {
-		return newError(http.StatusRequestHeaderFieldsTooLarge, CodeUnsupported, fmt.Sprintf("request headers larger than %d KiB", maxHeaderBytes>>10), nil)
+		return errcode.New(http.StatusRequestHeaderFieldsTooLarge, errcode.Unsupported, fmt.Sprintf("request headers larger than %d KiB", maxHeaderBytes>>10), nil)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		size := len(r.Method) + len(r.RequestURI) + len(r.Proto) + len(r.Host)

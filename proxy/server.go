@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -378,7 +379,7 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) error {
 	// Any digest will do: a clean "not found" proves the storage answers.
 	_, err := s.store.StatBlob(ctx, "sha256:0000000000000000000000000000000000000000000000000000000000000000")
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "cache storage is not answering", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
 	_, err = w.Write([]byte("ready\n"))
 	return err

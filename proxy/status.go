@@ -14,6 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 //go:embed templates/status.html
@@ -77,7 +78,7 @@ type versionCount struct {
 func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	entries, hidden, err := s.visibleReport(r.Context())
 	if err != nil {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the rewrite report failed", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
 	}
 	d := statusData{Now: s.clock.Now().UTC(), Uptime: s.clock.Now().Sub(s.started).Round(time.Second).String(), Rules: s.rules.Enabled.Key(), AllClients: s.rules.AllClients,
 		Cache: s.usage.Load(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
@@ -89,7 +90,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	}
 	nodes, err := s.fleetView(r.Context())
 	if err != nil {
-		return newError(http.StatusServiceUnavailable, CodeUnavailable, "reading the node reports failed", err)
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
 	}
 	counts := map[string]int{}
 	for _, n := range nodes {

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // maxTagsListSize caps a tags/list answer relayed from upstream.
@@ -24,7 +26,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 	q := url.Values{}
 	if n := in.Get("n"); n != "" {
 		if v, err := strconv.Atoi(n); err != nil || v < 0 {
-			return newError(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", nil)
+			return errcode.New(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", nil)
 		}
 		q.Set("n", n)
 	}
@@ -36,7 +38,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return req.upstream.statusError(resp, CodeNameUnknown)
+		return req.upstream.statusError(resp, errcode.NameUnknown)
 	}
 	defer resp.Body.Close()
 	h := w.Header()

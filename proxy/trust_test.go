@@ -26,6 +26,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -183,11 +184,11 @@ func TestLinksWithoutForwarding(t *testing.T) {
 	var m ocispec.Manifest
 	json.Unmarshal(img.Manifest, &m)
 
-	if r := h.do(t, http.MethodGet, "/v2/library/other/manifests/"+img.ManifestDigest.String(), containerdAccept); r.status != http.StatusNotFound || r.ociError(t) != proxy.CodeManifestUnknown {
+	if r := h.do(t, http.MethodGet, "/v2/library/other/manifests/"+img.ManifestDigest.String(), containerdAccept); r.status != http.StatusNotFound || r.ociError(t) != errcode.ManifestUnknown {
 		t.Fatalf("manifest under another repository: %d %s", r.status, r.body)
 	}
 	for _, desc := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
-		if r := h.do(t, http.MethodGet, "/v2/library/other/blobs/"+desc.Digest.String(), nil); r.status != http.StatusNotFound || r.ociError(t) != proxy.CodeBlobUnknown {
+		if r := h.do(t, http.MethodGet, "/v2/library/other/blobs/"+desc.Digest.String(), nil); r.status != http.StatusNotFound || r.ociError(t) != errcode.BlobUnknown {
 			t.Fatalf("blob under another repository: %d %s", r.status, r.body)
 		}
 	}
@@ -384,7 +385,7 @@ func TestDownloadsAreBounded(t *testing.T) {
 		refused = append(refused, <-results)
 	}
 	for _, r := range refused {
-		if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || r.ociError(t) != proxy.CodeUnavailable {
+		if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || r.ociError(t) != errcode.Unavailable {
 			t.Fatalf("over the bound: %d %s (Retry-After %q)", r.status, r.body, r.header.Get("Retry-After"))
 		}
 	}

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // UpstreamConfig is one upstream registry, ready to use: cmd/proxy has read
@@ -169,7 +171,7 @@ func (u *upstream) do(ctx context.Context, method, repo, path string, query url.
 // may not), and the wait the upstream asked for.
 func retryReason(resp *http.Response, err error) (reason string, asked time.Duration) {
 	if err != nil {
-		var e *Error
+		var e *errcode.Error
 		if errors.As(err, &e) && e.Status == http.StatusBadGateway {
 			return "unreachable", 0 // a network error or a failed token service
 		}
@@ -251,7 +253,7 @@ func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		u.basic.Store(true)
 	default:
-		return nil, newError(http.StatusUnauthorized, CodeUnauthorized, "upstream "+u.name+" asks for unsupported auth scheme "+c.scheme, nil)
+		return nil, errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "upstream "+u.name+" asks for unsupported auth scheme "+c.scheme, nil)
 	}
 	resp, err = send()
 	if err != nil {
@@ -278,14 +280,14 @@ func (u *upstream) authorize(ctx context.Context, req *http.Request, scope strin
 }
 
 func (u *upstream) unreachable(err error) error {
-	var e *Error
+	var e *errcode.Error
 	if errors.As(err, &e) {
 		return e
 	}
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return newError(http.StatusBadGateway, CodeUnavailable, "upstream "+u.name+" unreachable", err)
+	return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" unreachable", err)
 }
 
 func (u *upstream) tokenFailed(err error) error {
@@ -293,14 +295,14 @@ func (u *upstream) tokenFailed(err error) error {
 	if errors.As(err, &te) && (te.status == http.StatusUnauthorized || te.status == http.StatusForbidden) {
 		return u.unauthorized("upstream "+u.name+" refused the credentials", err)
 	}
-	return newError(http.StatusBadGateway, CodeUnavailable, "upstream "+u.name+" token service failed", err)
+	return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" token service failed", err)
 }
 
 // unauthorized is the 401 for a client. When client credentials are
 // forwarded it carries a Basic challenge, so that containerd sends the
 // credentials it has for the mirror and the next attempt can succeed.
-func (u *upstream) unauthorized(msg string, cause error) *Error {
-	e := newError(http.StatusUnauthorized, CodeUnauthorized, msg, cause)
+func (u *upstream) unauthorized(msg string, cause error) *errcode.Error {
+	e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, msg, cause)
 	if u.forward != nil {
 		e.Challenge = `Basic realm="regnorm"`
 	}
@@ -337,27 +339,27 @@ const maxErrorBody = 4 << 10
 // statusError maps a non-2xx upstream response to the OCI error the client
 // gets. notFound is the code for a 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN...).
 // It reads a capped part of the body for the log and closes it.
-func (u *upstream) statusError(resp *http.Response, notFound string) *Error {
+func (u *upstream) statusError(resp *http.Response, notFound string) *errcode.Error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
 	cause := fmt.Errorf("upstream %s answered %d: %s", u.name, resp.StatusCode, strings.TrimSpace(string(body)))
 	switch s := resp.StatusCode; {
 	case s == http.StatusNotFound:
-		return newError(http.StatusNotFound, notFound, "not found upstream", cause)
+		return errcode.New(http.StatusNotFound, notFound, "not found upstream", cause)
 	case s == http.StatusUnauthorized:
 		return u.unauthorized("upstream "+u.name+" requires authentication", cause)
 	case s == http.StatusForbidden:
-		return newError(http.StatusForbidden, CodeDenied, "upstream "+u.name+" denied access", cause)
+		return errcode.New(http.StatusForbidden, errcode.Denied, "upstream "+u.name+" denied access", cause)
 	case s == http.StatusTooManyRequests:
-		e := newError(http.StatusTooManyRequests, CodeTooManyRequests, "upstream "+u.name+" rate limit", cause)
+		e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "upstream "+u.name+" rate limit", cause)
 		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return e
 	case s == http.StatusServiceUnavailable:
-		e := newError(http.StatusServiceUnavailable, CodeUnavailable, "upstream "+u.name+" unavailable", cause)
+		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "upstream "+u.name+" unavailable", cause)
 		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return e
 	default:
-		return newError(http.StatusBadGateway, CodeUnavailable, fmt.Sprintf("upstream %s answered %d", u.name, s), cause)
+		return errcode.New(http.StatusBadGateway, errcode.Unavailable, fmt.Sprintf("upstream %s answered %d", u.name, s), cause)
 	}
 }
 
@@ -378,7 +380,7 @@ func retryAfter(h string, now time.Time) time.Duration {
 // unavailable reports whether err means upstream could not answer (as opposed
 // to answering no), which is when a stale cached answer is better than none.
 func unavailable(err error) bool {
-	var e *Error
+	var e *errcode.Error
 	if !errors.As(err, &e) {
 		return false
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -63,10 +64,10 @@ const (
 func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	var req WarmRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		return newError(http.StatusBadRequest, CodeUnsupported, "body must be {\"images\": [...]}", err)
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "body must be {\"images\": [...]}", err)
 	}
 	if len(req.Images) == 0 || len(req.Images) > maxWarmImages {
-		return newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("give 1 to %d images", maxWarmImages), nil)
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("give 1 to %d images", maxWarmImages), nil)
 	}
 	groups, err := s.warmGroups(req.Clients)
 	if err != nil {
@@ -103,13 +104,13 @@ func (s *Server) warmGroups(clients []string) ([]warmGroup, error) {
 		return []warmGroup{{rules: s.rules.ForUserAgent("").Rules}}, nil
 	}
 	if len(clients) > maxWarmClients {
-		return nil, newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("give at most %d clients", maxWarmClients), nil)
+		return nil, errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("give at most %d clients", maxWarmClients), nil)
 	}
 	var groups []warmGroup
 	for _, c := range clients {
 		v := containerdcfg.ParseVersion(strings.TrimPrefix(c, "v"))
 		if !v.Known {
-			return nil, newError(http.StatusBadRequest, CodeUnsupported, fmt.Sprintf("client %q is not a containerd version such as 1.6.8", c), nil)
+			return nil, errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("client %q is not a containerd version such as 1.6.8", c), nil)
 		}
 		client := s.rules.ForVersion(v)
 		i := slices.IndexFunc(groups, func(g warmGroup) bool { return g.rules == client.Rules })
@@ -190,7 +191,7 @@ func (s *Server) parseImage(image string) (upstream, repo, tag string, dgst dige
 	// stand-in registry: upstream names need not look like hosts.
 	named, err := reference.ParseNamed("registry.invalid/" + rest)
 	if err != nil {
-		return "", "", "", "", newError(http.StatusBadRequest, CodeNameInvalid, fmt.Sprintf("%q is not an image reference: %v", image, err), nil)
+		return "", "", "", "", errcode.New(http.StatusBadRequest, errcode.NameInvalid, fmt.Sprintf("%q is not an image reference: %v", image, err), nil)
 	}
 	repo, tag = reference.Path(named), "latest"
 	if upstream == "docker.io" && !strings.Contains(repo, "/") {
