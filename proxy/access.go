@@ -11,6 +11,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Who may read what. The cache is global by digest, but an object is served
@@ -83,8 +84,8 @@ func (s *Server) learn(ctx context.Context, upstream, repo string, dgst digest.D
 // from.
 func (s *Server) admitted(ctx context.Context, req distRequest) (ok bool, ask subject, err error) {
 	up := req.upstream
-	credsOK := up.confirmed(req.repo, s.clock.Now())
-	linked, err := s.holds(ctx, up.name, req.repo, req.digest)
+	credsOK := up.Confirmed(req.repo, s.clock.Now())
+	linked, err := s.holds(ctx, up.Name(), req.repo, req.digest)
 	if err != nil {
 		return false, subject{}, err
 	}
@@ -95,11 +96,11 @@ func (s *Server) admitted(ctx context.Context, req distRequest) (ok bool, ask su
 	if err != nil || linked || !derived {
 		return false, src, err
 	}
-	held, err := s.holds(ctx, up.name, req.repo, src.dgst)
+	held, err := s.holds(ctx, up.Name(), req.repo, src.dgst)
 	if err != nil || !held {
 		return false, src, err
 	}
-	s.learn(ctx, up.name, req.repo, req.digest)
+	s.learn(ctx, up.Name(), req.repo, req.digest)
 	return credsOK, src, nil
 }
 
@@ -135,7 +136,7 @@ func (s *Server) admit(ctx context.Context, req distRequest) error {
 // admitTag lets req's client read tags of req.repo: only the credentials
 // matter, since the tag record is the repository's own.
 func (s *Server) admitTag(ctx context.Context, req distRequest) error {
-	if req.upstream.confirmed(req.repo, s.clock.Now()) {
+	if req.upstream.Confirmed(req.repo, s.clock.Now()) {
 		return nil
 	}
 	return s.askPath(ctx, req, "/v2/"+req.repo+"/manifests/"+req.tag, true, "")
@@ -154,7 +155,7 @@ func (s *Server) ask(ctx context.Context, req distRequest, sub subject) error {
 		return err
 	}
 	if req.digest != "" && req.digest != sub.dgst {
-		s.learn(ctx, req.upstream.name, req.repo, req.digest)
+		s.learn(ctx, req.upstream.Name(), req.repo, req.digest)
 	}
 	return nil
 }
@@ -165,7 +166,7 @@ func (s *Server) askPath(ctx context.Context, req distRequest, path string, mani
 	if manifest {
 		header = http.Header{"Accept": {strings.Join(defaultAccept, ", ")}}
 	}
-	resp, err := up.do(ctx, http.MethodHead, req.repo, path, nil, header)
+	resp, err := up.Do(ctx, http.MethodHead, req.repo, path, nil, header)
 	if err != nil {
 		return err
 	}
@@ -174,13 +175,13 @@ func (s *Server) askPath(ctx context.Context, req distRequest, path string, mani
 		if !req.blob {
 			notFound = errcode.ManifestUnknown
 		}
-		return up.statusError(resp, notFound)
+		return up.StatusError(resp, notFound)
 	}
-	drain(resp)
+	upstream.Drain(resp)
 	if dgst != "" {
-		s.learn(ctx, up.name, req.repo, dgst)
+		s.learn(ctx, up.Name(), req.repo, dgst)
 	}
-	up.confirm(req.repo, s.clock.Now())
+	up.Confirm(req.repo, s.clock.Now())
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // BenchmarkCachedBlobVsFileServer serves one cached blob (200 MB, or
@@ -49,7 +50,7 @@ func BenchmarkCachedBlobVsFileServer(b *testing.B) {
 	upstreamURL, _ := url.Parse("http://127.0.0.1:1") // never contacted: the blob is cached
 	srv, err := proxy.New(proxy.Options{
 		Store:           store,
-		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: upstreamURL}},
+		Upstreams:       []upstream.Config{{Name: "docker.io", URL: upstreamURL}},
 		DefaultUpstream: "docker.io",
 		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),
 		Logger:          slog.New(slog.DiscardHandler),
@@ -120,7 +121,7 @@ func BenchmarkColdBlobVsRelay(b *testing.B) {
 	// with a relay, not with the upstream's storage.
 	var mu sync.Mutex
 	blobs := map[string][]byte{}
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		blob, ok := blobs[path.Base(r.URL.Path)]
 		mu.Unlock()
@@ -130,12 +131,12 @@ func BenchmarkColdBlobVsRelay(b *testing.B) {
 		}
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(blob))
 	}))
-	defer upstream.Close()
-	upstreamURL, _ := url.Parse(upstream.URL)
+	defer origin.Close()
+	upstreamURL, _ := url.Parse(origin.URL)
 	store := cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: b.TempDir(), MaxThreads: 100}))
 	srv, err := proxy.New(proxy.Options{
 		Store:           store,
-		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: upstreamURL}},
+		Upstreams:       []upstream.Config{{Name: "docker.io", URL: upstreamURL}},
 		DefaultUpstream: "docker.io",
 		SpoolDir:        b.TempDir(),
 		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
@@ -22,7 +23,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	logAttrs(ctx, slog.String("upstream", req.upstream.Name()), slog.String("repo", req.repo), slog.String("ref", req.ref()))
 	if r.Method == http.MethodHead {
 		return s.headBlob(w, r, req)
 	}
@@ -245,16 +246,16 @@ func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Di
 // headBlobUpstream answers a HEAD for an uncached blob without downloading
 // it: the upstream's answer to the client is the answer.
 func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req distRequest) error {
-	resp, err := req.upstream.do(r.Context(), http.MethodHead, req.repo, "/v2/"+req.repo+"/blobs/"+req.digest.String(), nil, nil)
+	resp, err := req.upstream.Do(r.Context(), http.MethodHead, req.repo, "/v2/"+req.repo+"/blobs/"+req.digest.String(), nil, nil)
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return req.upstream.statusError(resp, errcode.BlobUnknown)
+		return req.upstream.StatusError(resp, errcode.BlobUnknown)
 	}
-	drain(resp)
-	s.learn(r.Context(), req.upstream.name, req.repo, req.digest)
-	req.upstream.confirm(req.repo, s.clock.Now())
+	upstream.Drain(resp)
+	s.learn(r.Context(), req.upstream.Name(), req.repo, req.digest)
+	req.upstream.Confirm(req.repo, s.clock.Now())
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", req.digest.String())

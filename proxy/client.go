@@ -28,6 +28,9 @@ type Client struct {
 // maxAnswer bounds an API answer the client reads.
 const maxAnswer = 64 << 20
 
+// maxErrorBody caps how much of an error answer is read.
+const maxErrorBody = 4 << 10
+
 // post sends in as JSON to path and decodes the answer into out (when not
 // nil). An answer other than want is an error, with the OCI error's code
 // and message when regnorm sent one.

@@ -19,8 +19,8 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
-	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // stallFor is the stall timeout of a fault case: short where the stall
@@ -34,7 +34,7 @@ func stallFor(name string) time.Duration {
 }
 
 // fastRetries keeps fault tests quick: the same policy, shorter waits.
-var fastRetries = proxy.RetryPolicy{Attempts: 3, Backoff: 20 * time.Millisecond, MaxWait: 2 * time.Second}
+var fastRetries = upstream.RetryPolicy{Attempts: 3, Backoff: 20 * time.Millisecond, MaxWait: 2 * time.Second}
 
 // firstN applies fault to the first n requests whose path contains match,
 // and relays the rest to the registry. It counts the requests it saw.
@@ -234,7 +234,7 @@ func TestTokenServiceFaults(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, harnessOptions{
 				registry:    regtest.Options{TokenAuth: true, Username: "u", Password: "p"},
-				credentials: proxy.Credentials{Username: "u", Password: "p"},
+				credentials: upstream.Credentials{Username: "u", Password: "p"},
 				retry:       fastRetries,
 			})
 			h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)

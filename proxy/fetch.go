@@ -16,6 +16,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // blobFetches runs at most one upstream download per digest. Every client
@@ -32,8 +33,8 @@ import (
 // finish); and a download nobody is reading any more is cancelled after
 // orphanGrace, so clients that go away cannot leave work behind.
 type blobFetches struct {
-	onHolds  func(ctx context.Context, up *upstream, repo string, dgst digest.Digest) // upstream said repo holds dgst
-	onCommit func(size int64)                                                         // a blob entered the cache
+	onHolds  func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) // upstream said repo holds dgst
+	onCommit func(size int64)                                                                  // a blob entered the cache
 	store    cache.BlobIngester
 	stat     func(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
 	spoolDir string
@@ -93,8 +94,8 @@ type fetchOwner struct {
 	creds    [32]byte
 }
 
-func ownerOf(up *upstream, repo string) fetchOwner {
-	return fetchOwner{upstream: up.name, repo: repo, creds: up.credsKey}
+func ownerOf(up *upstream.Registry, repo string) fetchOwner {
+	return fetchOwner{upstream: up.Name(), repo: repo, creds: up.Identity()}
 }
 
 // blobFetch is one download. Fields above mu are set before ready closes and
@@ -129,7 +130,7 @@ var errOrphaned = errors.New("no client is reading the download any more")
 
 // join returns the download of dgst, starting it if none runs. The caller
 // must release it with done.
-func (fs *blobFetches) join(up *upstream, repo string, dgst digest.Digest) (*blobFetch, error) {
+func (fs *blobFetches) join(up *upstream.Registry, repo string, dgst digest.Digest) (*blobFetch, error) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if f, ok := fs.inflight[dgst]; ok && f.attach() {
@@ -179,9 +180,9 @@ func (f *blobFetch) attach() bool {
 // someone else started and that the upstream refused them (401, 403, 404)
 // says nothing about this caller, who was admitted on its own: it waits for
 // that one to end and starts its own. On an error, f has been released.
-func (fs *blobFetches) ready(ctx context.Context, f *blobFetch, up *upstream, repo string) (*blobFetch, error) {
+func (fs *blobFetches) ready(ctx context.Context, f *blobFetch, up *upstream.Registry, repo string) (*blobFetch, error) {
 	err := f.waitReady(ctx)
-	if err == nil || f.startedBy(ownerOf(up, repo)) || !refusal(err) {
+	if err == nil || f.startedBy(ownerOf(up, repo)) || !upstream.Refused(err) {
 		if err != nil {
 			f.done()
 		}
@@ -202,22 +203,9 @@ func (fs *blobFetches) ready(ctx context.Context, f *blobFetch, up *upstream, re
 	return f, nil
 }
 
-// refusal reports whether err is an upstream's no to one client.
-func refusal(err error) bool {
-	var e *errcode.Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	switch e.Status {
-	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
-		return true
-	}
-	return false
-}
-
 // ensure returns once dgst is in the cache, downloading it (or joining the
 // download under way) if it is not. The caller has admitted the client.
-func (fs *blobFetches) ensure(ctx context.Context, up *upstream, repo string, dgst digest.Digest) error {
+func (fs *blobFetches) ensure(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) error {
 	if _, err := fs.stat(ctx, dgst); err == nil {
 		return nil
 	}
@@ -232,7 +220,7 @@ func (fs *blobFetches) ensure(ctx context.Context, up *upstream, repo string, dg
 	return f.waitDone(ctx)
 }
 
-func (fs *blobFetches) run(ctx context.Context, f *blobFetch, up *upstream, repo string) {
+func (fs *blobFetches) run(ctx context.Context, f *blobFetch, up *upstream.Registry, repo string) {
 	defer f.cancel(nil)
 	err := fs.wait(ctx)
 	if err == nil {
@@ -246,9 +234,9 @@ func (fs *blobFetches) run(ctx context.Context, f *blobFetch, up *upstream, repo
 	}
 	if err != nil && errors.Is(context.Cause(ctx), errOrphaned) {
 		fs.metrics.fetchesAbandoned.Inc()
-		fs.log.Info("blob download abandoned: no client is reading it", "upstream", up.name, "repo", repo, "digest", f.dgst)
+		fs.log.Info("blob download abandoned: no client is reading it", "upstream", up.Name(), "repo", repo, "digest", f.dgst)
 	} else if err != nil {
-		fs.log.Warn("blob download failed", "upstream", up.name, "repo", repo, "digest", f.dgst, "error", err)
+		fs.log.Warn("blob download failed", "upstream", up.Name(), "repo", repo, "digest", f.dgst, "error", err)
 	}
 	fs.mu.Lock()
 	fs.active--
@@ -296,7 +284,7 @@ func (fs *blobFetches) reserveSpool(size int64) (release func(), ok bool) {
 // download fetches the blob into the cache and, when it fits the budget,
 // the spool. The blob is published in the cache only if its size and digest
 // verify.
-func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream, repo string) error {
+func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream.Registry, repo string) error {
 	fail := func(err error) error {
 		f.early = err
 		close(f.ready)
@@ -307,12 +295,12 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 	if _, err := fs.stat(ctx, f.dgst); err == nil {
 		return fail(nil)
 	}
-	resp, err := up.do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+f.dgst.String(), nil, nil)
+	resp, err := up.Do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+f.dgst.String(), nil, nil)
 	if err != nil {
 		return fail(err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fail(up.statusError(resp, errcode.BlobUnknown))
+		return fail(up.StatusError(resp, errcode.BlobUnknown))
 	}
 	f.answered = true
 	fs.onHolds(ctx, up, repo, f.dgst)
@@ -324,7 +312,7 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 	var spool *os.File
 	release, ok := fs.reserveSpool(resp.ContentLength)
 	if !ok {
-		fs.log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.name,
+		fs.log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.Name(),
 			"digest", f.dgst, "size", resp.ContentLength, "spool_limit", fs.limits.SpoolBytes)
 	}
 	if ok {
@@ -364,16 +352,16 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream,
 			break
 		}
 		var local *localWriteError
-		wait, ok := up.retry.wait(attempt+1, 0)
+		wait, ok := up.Retry().Wait(attempt+1, 0)
 		if errors.As(err, &local) || !ok || ctx.Err() != nil {
-			return abort(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.name, err))
+			return abort(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.Name(), err))
 		}
 		reason := "truncated"
-		if errors.Is(err, errStalled) {
+		if errors.Is(err, upstream.ErrStalled) {
 			reason = "stalled"
 		}
-		fs.metrics.upstreamRetries.WithLabelValues(up.name, reason).Inc()
-		fs.log.Info("resuming blob download", "upstream", up.name, "digest", f.dgst, "offset", got, "error", err)
+		fs.metrics.upstream.Retry(up.Name(), reason)
+		fs.log.Info("resuming blob download", "upstream", up.Name(), "digest", f.dgst, "offset", got, "error", err)
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -516,9 +504,9 @@ func (si *spoolIngest) run() error {
 }
 
 // resumeBlob asks upstream for the rest of a blob from offset on.
-func resumeBlob(ctx context.Context, up *upstream, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
+func resumeBlob(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
 	header := http.Header{"Range": {fmt.Sprintf("bytes=%d-", offset)}}
-	resp, err := up.do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+dgst.String(), nil, header)
+	resp, err := up.Do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+dgst.String(), nil, header)
 	if err != nil {
 		return nil, err
 	}
@@ -526,10 +514,10 @@ func resumeBlob(ctx context.Context, up *upstream, repo string, dgst digest.Dige
 		if resp.StatusCode == http.StatusOK && offset == 0 {
 			return resp.Body, nil
 		}
-		return nil, fmt.Errorf("resume blob %s at %d: %w", dgst, offset, up.statusError(resp, errcode.BlobUnknown))
+		return nil, fmt.Errorf("resume blob %s at %d: %w", dgst, offset, up.StatusError(resp, errcode.BlobUnknown))
 	}
 	if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", offset)) {
-		drain(resp)
+		upstream.Drain(resp)
 		return nil, fmt.Errorf("resume blob %s at %d: upstream answered range %q", dgst, offset, resp.Header.Get("Content-Range"))
 	}
 	return resp.Body, nil

@@ -19,6 +19,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // upstreamPath is what an upstream may be asked for: a well-formed name (no
@@ -54,9 +55,9 @@ func FuzzRequestPath(f *testing.F) {
 	u, _ := url.Parse(up.URL)
 	srv, err := proxy.New(proxy.Options{
 		Store:           cache.New(inmemory.New()),
-		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u}},
+		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u}},
 		DefaultUpstream: "docker.io",
-		Retry:           proxy.RetryPolicy{Attempts: 1},
+		Retry:           upstream.RetryPolicy{Attempts: 1},
 		SpoolDir:        f.TempDir(),
 		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),
 		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),

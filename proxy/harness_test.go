@@ -27,6 +27,7 @@ import (
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // harness is a proxy in front of a real registry, with a fault-injecting
@@ -44,7 +45,7 @@ type harness struct {
 
 type harnessOptions struct {
 	registry     regtest.Options
-	credentials  proxy.Credentials
+	credentials  upstream.Credentials
 	tagTTL       time.Duration
 	rules        *ruleset.Policy
 	platforms    *normalize.Platforms
@@ -55,7 +56,7 @@ type harnessOptions struct {
 	maxLayerSize int64
 	clientAuth   *proxy.ClientAuth
 	forward      bool
-	retry        proxy.RetryPolicy
+	retry        upstream.RetryPolicy
 	fetches      proxy.FetchLimits
 	// clock, when set, replaces the system clock.
 	clock *fakeClock
@@ -102,7 +103,7 @@ func (h *harness) restart(t testing.TB) {
 		Clock:           clock,
 		Fetches:         h.opts.fetches,
 		Store:           h.store,
-		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
+		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
 		ClientAuth:      h.opts.clientAuth,
 		DefaultUpstream: "docker.io",
 		TagTTL:          h.opts.tagTTL,

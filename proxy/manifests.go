@@ -18,6 +18,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 const (
@@ -39,7 +40,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	logAttrs(ctx, slog.String("upstream", req.upstream.name), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	logAttrs(ctx, slog.String("upstream", req.upstream.Name()), slog.String("repo", req.repo), slog.String("ref", req.ref()))
 	accept := parseAccept(r.Header.Values("Accept"))
 	client := s.rules.ForUserAgent(r.UserAgent())
 
@@ -121,7 +122,7 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 	}
 	// One fetch per client identity: the upstream's answer is for these
 	// credentials.
-	key := fmt.Sprintf("digest %s/%s@%s %x", req.upstream.name, req.repo, req.digest, req.upstream.credsKey)
+	key := fmt.Sprintf("digest %s/%s@%s %x", req.upstream.Name(), req.repo, req.digest, req.upstream.Identity())
 	v, err, _ := s.manifests.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
 		defer cancel()
@@ -137,8 +138,8 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 	if err != nil {
 		return cache.Manifest{}, "", err
 	}
-	s.learn(ctx, req.upstream.name, req.repo, req.digest)
-	req.upstream.confirm(req.repo, s.clock.Now())
+	s.learn(ctx, req.upstream.Name(), req.repo, req.digest)
+	req.upstream.Confirm(req.repo, s.clock.Now())
 	return v.(cache.Manifest), "upstream", nil
 }
 
@@ -146,13 +147,13 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 // to revalidate what is cached, a GET for what is not. When upstream cannot
 // answer, a stale record is better than a failed pull.
 func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
-	rec, err := s.store.GetTag(ctx, req.upstream.name, req.repo, req.tag)
+	rec, err := s.store.GetTag(ctx, req.upstream.Name(), req.repo, req.tag)
 	haveRec := err == nil && accepts(accept, rec.MediaType)
 	if haveRec && s.clock.Now().Sub(rec.CheckedAt) < s.tagTTL {
 		if m, err := s.store.GetManifest(ctx, rec.Digest); err == nil {
 			s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
 			// The tag record is the repository's own: upstream said so.
-			s.learn(ctx, req.upstream.name, req.repo, m.Digest)
+			s.learn(ctx, req.upstream.Name(), req.repo, m.Digest)
 			return m, "cache", nil
 		}
 	}
@@ -162,7 +163,7 @@ func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []st
 		m      cache.Manifest
 		source string
 	}
-	key := "tag " + req.upstream.name + "/" + req.repo + ":" + req.tag + " " + strings.Join(accept, ",")
+	key := "tag " + req.upstream.Name() + "/" + req.repo + ":" + req.tag + " " + strings.Join(accept, ",")
 	v, err, _ := s.manifests.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
 		defer cancel()
@@ -173,7 +174,7 @@ func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []st
 		return cache.Manifest{}, "", err
 	}
 	res := v.(result)
-	s.learn(ctx, req.upstream.name, req.repo, res.m.Digest)
+	s.learn(ctx, req.upstream.Name(), req.repo, res.m.Digest)
 	return res.m, res.source, nil
 }
 
@@ -187,8 +188,8 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 		}
 	}
 	stale := func(cause error) (cache.Manifest, string, error) {
-		s.metrics.staleServes.WithLabelValues(up.name).Inc()
-		s.log.Warn("upstream unavailable, serving stale tag", "upstream", up.name, "repo", req.repo, "tag", req.tag,
+		s.metrics.staleServes.WithLabelValues(up.Name()).Inc()
+		s.log.Warn("upstream unavailable, serving stale tag", "upstream", up.Name(), "repo", req.repo, "tag", req.tag,
 			"digest", rec.Digest, "checked_at", rec.CheckedAt, "error", cause)
 		logAttrs(ctx, slog.Bool("stale", true))
 		return cached, "cache", nil
@@ -196,13 +197,13 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 	if haveRec {
 		dgst, err := s.headManifest(ctx, up, req.repo, req.tag, accept)
 		switch {
-		case err != nil && unavailable(err):
+		case err != nil && upstream.Unavailable(err):
 			return stale(err)
 		case err != nil:
 			return cache.Manifest{}, "", err
 		case dgst == rec.Digest:
 			rec.CheckedAt = s.clock.Now()
-			if err := s.store.PutTag(ctx, up.name, req.repo, req.tag, rec); err != nil {
+			if err := s.store.PutTag(ctx, up.Name(), req.repo, req.tag, rec); err != nil {
 				s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
 			}
 			return cached, "cache", nil
@@ -211,7 +212,7 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 	}
 	m, err := s.fetchManifest(ctx, up, req.repo, req.tag, accept, "")
 	if err != nil {
-		if haveRec && unavailable(err) {
+		if haveRec && upstream.Unavailable(err) {
 			return stale(err)
 		}
 		return cache.Manifest{}, "", err
@@ -221,7 +222,7 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 		return m, "upstream", nil
 	}
 	rec = cache.TagRecord{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(m.Content)), CheckedAt: s.clock.Now()}
-	if err := s.store.PutTag(ctx, up.name, req.repo, req.tag, rec); err != nil {
+	if err := s.store.PutTag(ctx, up.Name(), req.repo, req.tag, rec); err != nil {
 		s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
 	}
 	return m, "upstream", nil
@@ -229,13 +230,13 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 
 // headManifest asks upstream which digest a tag points to. An empty digest
 // means upstream did not say.
-func (s *Server) headManifest(ctx context.Context, up *upstream, repo, tag string, accept []string) (digest.Digest, error) {
-	resp, err := up.do(ctx, http.MethodHead, repo, "/v2/"+repo+"/manifests/"+tag, nil, acceptHeader(accept))
+func (s *Server) headManifest(ctx context.Context, up *upstream.Registry, repo, tag string, accept []string) (digest.Digest, error) {
+	resp, err := up.Do(ctx, http.MethodHead, repo, "/v2/"+repo+"/manifests/"+tag, nil, acceptHeader(accept))
 	if err != nil {
 		return "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", up.statusError(resp, errcode.ManifestUnknown)
+		return "", up.StatusError(resp, errcode.ManifestUnknown)
 	}
 	resp.Body.Close()
 	dgst, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
@@ -248,13 +249,13 @@ func (s *Server) headManifest(ctx context.Context, up *upstream, repo, tag strin
 // fetchManifest GETs a manifest and verifies it: against want when the
 // request was by digest, else against the upstream's Docker-Content-Digest
 // when it sends one.
-func (s *Server) fetchManifest(ctx context.Context, up *upstream, repo, ref string, accept []string, want digest.Digest) (cache.Manifest, error) {
-	resp, err := up.do(ctx, http.MethodGet, repo, "/v2/"+repo+"/manifests/"+ref, nil, acceptHeader(accept))
+func (s *Server) fetchManifest(ctx context.Context, up *upstream.Registry, repo, ref string, accept []string, want digest.Digest) (cache.Manifest, error) {
+	resp, err := up.Do(ctx, http.MethodGet, repo, "/v2/"+repo+"/manifests/"+ref, nil, acceptHeader(accept))
 	if err != nil {
 		return cache.Manifest{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return cache.Manifest{}, up.statusError(resp, errcode.ManifestUnknown)
+		return cache.Manifest{}, up.StatusError(resp, errcode.ManifestUnknown)
 	}
 	defer resp.Body.Close()
 	tooLarge := errcode.New(http.StatusBadGateway, errcode.ManifestInvalid, fmt.Sprintf("upstream manifest is larger than %d bytes", maxManifestSize), nil)
@@ -263,7 +264,7 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream, repo, ref stri
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	if err != nil {
-		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.Unavailable, "reading manifest from upstream "+up.name+" failed", err)
+		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.Unavailable, "reading manifest from upstream "+up.Name()+" failed", err)
 	}
 	if len(body) > maxManifestSize {
 		return cache.Manifest{}, tooLarge
@@ -278,7 +279,7 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream, repo, ref stri
 	}
 	if got := dgst.Algorithm().FromBytes(body); got != dgst {
 		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.ManifestInvalid,
-			fmt.Sprintf("upstream %s sent a manifest that hashes to %s, not %s", up.name, got, dgst), nil)
+			fmt.Sprintf("upstream %s sent a manifest that hashes to %s, not %s", up.Name(), got, dgst), nil)
 	}
 	return cache.Manifest{MediaType: manifestMediaType(resp.Header.Get("Content-Type"), body), Digest: dgst, Content: body}, nil
 }

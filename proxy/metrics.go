@@ -1,12 +1,11 @@
 package proxy
 
 import (
-	"math"
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Metrics are the proxy's Prometheus metrics. Build them once with
@@ -16,19 +15,13 @@ type Metrics struct {
 	requestDuration  *prometheus.HistogramVec
 	cacheRequests    *prometheus.CounterVec
 	servedBytes      *prometheus.CounterVec
-	upstreamRequests *prometheus.CounterVec
-	upstreamDuration *prometheus.HistogramVec
-	upstreamRetries  *prometheus.CounterVec
-	tokenFetches     *prometheus.CounterVec
+	upstream         *upstream.Metrics
 	staleServes      *prometheus.CounterVec
 	inflightFetches  prometheus.Gauge
 	queuedFetches    prometheus.Gauge
 	fetchesRejected  prometheus.Counter
 	fetchesAbandoned prometheus.Counter
 	spoolBytes       prometheus.Gauge
-	rateLimit        *prometheus.GaugeVec
-	rateRemaining    *prometheus.GaugeVec
-	rateWindow       *prometheus.GaugeVec
 	nodes            *prometheus.GaugeVec
 
 	rewrites          *prometheus.CounterVec
@@ -53,6 +46,7 @@ type Metrics struct {
 // NewMetrics creates the metrics and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		upstream: upstream.NewMetrics(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_http_requests_total",
 			Help: "HTTP requests answered, by route, method and status code.",
@@ -70,23 +64,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_served_bytes_total",
 			Help: "Blob and manifest bytes sent to clients, by source (cache, upstream).",
 		}, []string{"source"}),
-		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "regnorm_upstream_requests_total",
-			Help: "Requests sent to upstream registries, by upstream and result (HTTP status code, or error).",
-		}, []string{"upstream", "result"}),
-		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "regnorm_upstream_request_duration_seconds",
-			Help:    "Time until upstream response headers, by upstream.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 3, 10),
-		}, []string{"upstream"}),
-		upstreamRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "regnorm_upstream_retries_total",
-			Help: "Upstream requests sent again after a failure that may pass, by upstream and reason (unreachable, stalled, truncated, or the HTTP status).",
-		}, []string{"upstream", "reason"}),
-		tokenFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "regnorm_upstream_token_fetches_total",
-			Help: "Bearer tokens fetched from upstream token services, by upstream and result (ok, error).",
-		}, []string{"upstream", "result"}),
 		staleServes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_stale_serves_total",
 			Help: "Tags answered from an expired cache record because upstream could not be reached, by upstream.",
@@ -111,18 +88,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_spool_bytes",
 			Help: "Bytes reserved by the spool files of downloads in progress (at most spoolMaxSize).",
 		}),
-		rateLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "regnorm_upstream_ratelimit_limit",
-			Help: "Requests the upstream allows per window, from its RateLimit-Limit header (Docker Hub's pull budget), by upstream; NaN until it sends one.",
-		}, []string{"upstream"}),
-		rateRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "regnorm_upstream_ratelimit_remaining",
-			Help: "Requests left in the upstream's current window, from its RateLimit-Remaining header, by upstream; NaN until it sends one.",
-		}, []string{"upstream"}),
-		rateWindow: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "regnorm_upstream_ratelimit_window_seconds",
-			Help: "The upstream's rate-limit window (the w= of RateLimit-Limit), by upstream; NaN until it sends one.",
-		}, []string{"upstream"}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "regnorm_nodes",
 			Help: "Nodes that pulled through this regnorm within nodes.forgetAfter, by containerd minor version (other: not containerd).",
@@ -201,8 +166,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
-		m.upstreamRequests, m.upstreamDuration, m.upstreamRetries, m.tokenFetches, m.staleServes, m.inflightFetches,
-		m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes, m.rateLimit, m.rateRemaining, m.rateWindow, m.nodes)
+		m.staleServes, m.inflightFetches, m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes, m.nodes)
+	reg.MustRegister(m.upstream.Collectors()...)
 	// Every label value known up front is there from the first scrape, so
 	// that a dashboard panel (and a test) sees 0 rather than nothing.
 	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs"} {
@@ -238,51 +203,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// preset creates the series of one configured upstream.
+// preset creates the proxy's own series of one configured upstream (the
+// upstream client presets its own).
 func (m *Metrics) preset(upstream string) {
-	for _, result := range []string{"200", "error"} {
-		m.upstreamRequests.WithLabelValues(upstream, result)
-	}
-	for _, result := range []string{"ok", "error"} {
-		m.tokenFetches.WithLabelValues(upstream, result)
-	}
 	m.staleServes.WithLabelValues(upstream)
-	m.upstreamDuration.WithLabelValues(upstream)
-	// Unknown until the upstream says: NaN, not a 0 that would read as an
-	// exhausted budget.
-	for _, g := range []*prometheus.GaugeVec{m.rateLimit, m.rateRemaining, m.rateWindow} {
-		g.WithLabelValues(upstream).Set(math.NaN())
-	}
-}
-
-// noteRateLimit records an upstream's RateLimit-Limit and
-// RateLimit-Remaining headers ("100;w=21600"), when it sends them.
-func (m *Metrics) noteRateLimit(upstream string, h http.Header) {
-	if limit, window, ok := parseRateLimit(h.Get("RateLimit-Limit")); ok {
-		m.rateLimit.WithLabelValues(upstream).Set(limit)
-		if window > 0 {
-			m.rateWindow.WithLabelValues(upstream).Set(window)
-		}
-	}
-	if remaining, _, ok := parseRateLimit(h.Get("RateLimit-Remaining")); ok {
-		m.rateRemaining.WithLabelValues(upstream).Set(remaining)
-	}
-}
-
-// parseRateLimit reads "100;w=21600": a count and, optionally, its window
-// in seconds.
-func parseRateLimit(v string) (n, window float64, ok bool) {
-	count, params, _ := strings.Cut(v, ";")
-	c, err := strconv.ParseUint(strings.TrimSpace(count), 10, 53)
-	if err != nil {
-		return 0, 0, false
-	}
-	for _, p := range strings.Split(params, ";") {
-		if w, found := strings.CutPrefix(strings.TrimSpace(p), "w="); found {
-			if s, err := strconv.ParseUint(w, 10, 53); err == nil {
-				window = float64(s)
-			}
-		}
-	}
-	return float64(c), window, true
 }

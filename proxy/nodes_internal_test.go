@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // TestFleetIsBounded: however many addresses pull, the fleet remembers at
@@ -36,7 +37,7 @@ func TestNodeVersionSeriesAreBounded(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
 	u, _ := url.Parse("http://127.0.0.1:1")
-	s, err := New(Options{Store: cache.New(inmemory.New()), Upstreams: []UpstreamConfig{{Name: "docker.io", URL: u}}, DefaultUpstream: "docker.io",
+	s, err := New(Options{Store: cache.New(inmemory.New()), Upstreams: []upstream.Config{{Name: "docker.io", URL: u}}, DefaultUpstream: "docker.io",
 		Metrics: NewMetrics(reg), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

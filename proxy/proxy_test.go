@@ -16,8 +16,8 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
-	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 var oneFile = []regtest.File{{Name: "hello.txt", Content: []byte("hello from regnorm\n")}}
@@ -98,7 +98,7 @@ func TestTokenAuthUpstream(t *testing.T) {
 
 	t.Run("credentials", func(t *testing.T) {
 		t.Parallel()
-		h := newHarness(t, harnessOptions{registry: regOpts, credentials: proxy.Credentials{Username: "puller", Password: "s3cret-pass"}})
+		h := newHarness(t, harnessOptions{registry: regOpts, credentials: upstream.Credentials{Username: "puller", Password: "s3cret-pass"}})
 		img := h.push(t, "team/app", "v1", regtest.ImageOptions{}, oneFile, oneFile[:0])
 		if r := h.do(t, http.MethodGet, "/v2/team/app/manifests/v1", containerdAccept); r.status != http.StatusOK || !bytes.Equal(r.body, img.Manifest) {
 			t.Fatalf("manifest through token auth: %d %s", r.status, r.body)
@@ -117,7 +117,7 @@ func TestTokenAuthUpstream(t *testing.T) {
 	})
 	t.Run("wrong credentials", func(t *testing.T) {
 		t.Parallel()
-		h := newHarness(t, harnessOptions{registry: regOpts, credentials: proxy.Credentials{Username: "puller", Password: "wrong"}})
+		h := newHarness(t, harnessOptions{registry: regOpts, credentials: upstream.Credentials{Username: "puller", Password: "wrong"}})
 		h.push(t, "team/app", "v1", regtest.ImageOptions{}, oneFile)
 		r := h.do(t, http.MethodGet, "/v2/team/app/manifests/v1", containerdAccept)
 		if r.status != http.StatusUnauthorized || r.ociError(t) != errcode.Unauthorized {
@@ -129,7 +129,7 @@ func TestTokenAuthUpstream(t *testing.T) {
 		short := regOpts
 		short.TokenLifetime = time.Second // renewed early: every request needs a new token
 		clk := newFakeClock()
-		h := newHarness(t, harnessOptions{clock: clk, registry: short, credentials: proxy.Credentials{Username: "puller", Password: "s3cret-pass"}})
+		h := newHarness(t, harnessOptions{clock: clk, registry: short, credentials: upstream.Credentials{Username: "puller", Password: "s3cret-pass"}})
 		h.push(t, "team/app", "v1", regtest.ImageOptions{}, oneFile)
 		for i := range 2 {
 			if r := h.do(t, http.MethodHead, "/v2/team/app/manifests/v1", containerdAccept); r.status != http.StatusOK {
@@ -148,12 +148,12 @@ func TestBasicAuthUpstream(t *testing.T) {
 	regOpts := regtest.Options{BasicAuth: true, Username: "puller", Password: "basic-pass"}
 	for _, tt := range []struct {
 		name       string
-		creds      proxy.Credentials
+		creds      upstream.Credentials
 		wantStatus int
 	}{
-		{"credentials", proxy.Credentials{Username: "puller", Password: "basic-pass"}, http.StatusOK},
-		{"no credentials", proxy.Credentials{}, http.StatusUnauthorized},
-		{"wrong password", proxy.Credentials{Username: "puller", Password: "nope"}, http.StatusUnauthorized},
+		{"credentials", upstream.Credentials{Username: "puller", Password: "basic-pass"}, http.StatusOK},
+		{"no credentials", upstream.Credentials{}, http.StatusUnauthorized},
+		{"wrong password", upstream.Credentials{Username: "puller", Password: "nope"}, http.StatusUnauthorized},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

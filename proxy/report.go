@@ -202,7 +202,7 @@ func (s *Server) visibleReport(ctx context.Context) (entries []cache.ReportEntry
 		return nil, 0, err
 	}
 	for _, e := range all {
-		if up, ok := s.upstreams[e.Upstream]; ok && up.forward != nil {
+		if up, ok := s.upstreams[e.Upstream]; ok && up.Forwards() {
 			hidden++
 			continue
 		}
@@ -222,7 +222,7 @@ func writeJSON(w io.Writer, v any) error {
 // the original itself).
 func (s *Server) served(req distRequest, original digest.Digest, client ruleset.Client, verdict cache.Normalization) cache.ReportEntry {
 	now := s.clock.Now().UTC()
-	return cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: original, Rules: reportRules(client.Rules),
+	return cache.ReportEntry{Upstream: req.upstream.Name(), Repository: req.repo, Original: original, Rules: reportRules(client.Rules),
 		Normalized: verdict.Normalized, Changes: verdict.Changes, MediaType: verdict.MediaType,
 		Tags: []string{req.tag}, Clients: clientNames(client), FirstServed: now, LastServed: now, TimesServed: 1}
 }
@@ -301,11 +301,11 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 		return false
 	}
 	s.metrics.unnormalizedPulls.Inc()
-	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.name, Repository: req.repo, Original: m.Digest, Rules: reportRules(client.Rules),
+	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.Name(), Repository: req.repo, Original: m.Digest, Rules: reportRules(client.Rules),
 		Normalized: n.Normalized, MediaType: n.MediaType, Changes: n.Changes, // the digest to pin instead
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
-		"upstream", req.upstream.name, "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
+		"upstream", req.upstream.Name(), "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
 	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
 	return true
 }

@@ -11,6 +11,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // The OCI distribution spec's grammar for repository names on the wire: no
@@ -50,7 +51,7 @@ const (
 // distRequest is a distribution API request, parsed and validated before any
 // I/O happens.
 type distRequest struct {
-	upstream *upstream
+	upstream *upstream.Registry
 	repo     string
 	tag      string        // set for a manifest by tag
 	digest   digest.Digest // set for a manifest by digest, and for blobs
@@ -75,7 +76,7 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	if err != nil {
 		return distRequest{}, err
 	}
-	if up, err = up.as(r); err != nil {
+	if up, err = up.As(r); err != nil {
 		return distRequest{}, err
 	}
 	req := distRequest{upstream: up, repo: repo, blob: vars["digest"] != ""}
@@ -99,7 +100,7 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 
 // upstreamFor picks the upstream named by ns. Only configured upstreams are
 // ever contacted: an unknown ns is refused, never dialled.
-func (s *Server) upstreamFor(ns string) (*upstream, error) {
+func (s *Server) upstreamFor(ns string) (*upstream.Registry, error) {
 	if ns == "" {
 		ns = s.defaultUpstream
 	}

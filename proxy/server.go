@@ -20,6 +20,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Store is what the proxy needs from the cache: the rule engine's part,
@@ -42,7 +43,7 @@ type Store interface {
 // Options configure a Server. cmd/proxy builds them from the configuration.
 type Options struct {
 	Store     Store
-	Upstreams []UpstreamConfig
+	Upstreams []upstream.Config
 	// DefaultUpstream answers requests that carry no ns parameter.
 	DefaultUpstream string
 	// TagTTL is how long a tag is served from cache before upstream is asked
@@ -59,7 +60,7 @@ type Options struct {
 	StallTimeout time.Duration
 	// Retry bounds retries of failed upstream requests; the zero value
 	// means DefaultRetryPolicy().
-	Retry RetryPolicy
+	Retry upstream.RetryPolicy
 	// Rules are the normalizations that are on, and which clients get
 	// which; nil means ruleset.DefaultPolicy().
 	Rules *ruleset.Policy
@@ -100,7 +101,7 @@ type Options struct {
 // mirror of the configured upstreams.
 type Server struct {
 	store            Store
-	upstreams        map[string]*upstream
+	upstreams        map[string]*upstream.Registry
 	defaultUpstream  string
 	tagTTL           time.Duration
 	fetches          *blobFetches
@@ -153,8 +154,8 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxLayerSize <= 0 {
 		opts.MaxLayerSize = 16 << 30
 	}
-	if opts.Retry == (RetryPolicy{}) {
-		opts.Retry = DefaultRetryPolicy()
+	if opts.Retry == (upstream.RetryPolicy{}) {
+		opts.Retry = upstream.DefaultRetryPolicy()
 	}
 	if opts.Deadline <= 0 {
 		opts.Deadline = 25 * time.Second
@@ -173,7 +174,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		store:           opts.Store,
-		upstreams:       map[string]*upstream{},
+		upstreams:       map[string]*upstream.Registry{},
 		defaultUpstream: opts.DefaultUpstream,
 		tagTTL:          opts.TagTTL,
 		metrics:         opts.Metrics,
@@ -207,7 +208,7 @@ func New(opts Options) (*Server, error) {
 		if _, dup := s.upstreams[cfg.Name]; dup {
 			return nil, fmt.Errorf("proxy: upstream %q configured twice", cfg.Name)
 		}
-		s.upstreams[cfg.Name] = newUpstream(cfg, opts.Retry, opts.StallTimeout, opts.Clock, opts.Metrics, opts.Logger)
+		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream, Log: opts.Logger})
 		opts.Metrics.preset(cfg.Name)
 	}
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {
@@ -215,9 +216,9 @@ func New(opts Options) (*Server, error) {
 	}
 	limits := opts.Fetches.withDefaults()
 	s.fetches = &blobFetches{
-		onHolds: func(ctx context.Context, up *upstream, repo string, dgst digest.Digest) {
-			s.learn(ctx, up.name, repo, dgst)
-			up.confirm(repo, s.clock.Now())
+		onHolds: func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) {
+			s.learn(ctx, up.Name(), repo, dgst)
+			up.Confirm(repo, s.clock.Now())
 		},
 		onCommit: s.noteIngest,
 		store:    opts.Store,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // source is what the rule engine reads an image through: one upstream
@@ -16,15 +17,17 @@ import (
 // verified, exactly as the client's own reads are.
 type source struct {
 	s    *Server
-	up   *upstream
+	up   *upstream.Registry
 	repo string
 }
 
 var _ normalize.Source = source{}
 
-func (s *Server) readingAs(up *upstream, repo string) source { return source{s: s, up: up, repo: repo} }
+func (s *Server) readingAs(up *upstream.Registry, repo string) source {
+	return source{s: s, up: up, repo: repo}
+}
 
-func (src source) Upstream() string   { return src.up.name }
+func (src source) Upstream() string   { return src.up.Name() }
 func (src source) Repository() string { return src.repo }
 func (src source) Identity() string   { return askingAs(src.up, src.repo) }
 
@@ -49,7 +52,7 @@ func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
 }
 
 func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
-	src.s.learnDerived(ctx, src.up.name, src.repo, derived, from)
+	src.s.learnDerived(ctx, src.up.Name(), src.repo, derived, from)
 }
 
 // rebuildLayer makes an evicted repackaged layer again from its original,
@@ -66,6 +69,6 @@ func (s *Server) rebuildLayer(ctx context.Context, req distRequest, d cache.Deri
 
 // askingAs names who a piece of single-flight work asks upstream as: the
 // upstream, the repository, and with forwarded credentials the client's.
-func askingAs(up *upstream, repo string) string {
-	return fmt.Sprintf("%s/%s %x", up.name, repo, up.credsKey)
+func askingAs(up *upstream.Registry, repo string) string {
+	return fmt.Sprintf("%s/%s %x", up.Name(), repo, up.Identity())
 }

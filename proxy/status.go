@@ -84,8 +84,8 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 		Cache: s.usage.Load(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
 	for _, name := range sortedKeys(s.upstreams) {
 		up := s.upstreams[name]
-		ok, fail, why := up.health.snapshot()
-		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Endpoint: up.base.Scheme + "://" + up.base.Host + up.base.Path, LastOK: ok, LastFail: fail,
+		ok, fail, why := up.Health()
+		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Endpoint: up.Endpoint(), LastOK: ok, LastFail: fail,
 			Failure: why, Failing: fail.After(ok)})
 	}
 	nodes, err := s.fleetView(r.Context())

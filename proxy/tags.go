@@ -21,7 +21,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	logAttrs(r.Context(), slog.String("upstream", req.upstream.name), slog.String("repo", req.repo))
+	logAttrs(r.Context(), slog.String("upstream", req.upstream.Name()), slog.String("repo", req.repo))
 	in := r.URL.Query()
 	q := url.Values{}
 	if n := in.Get("n"); n != "" {
@@ -33,12 +33,12 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 	if last := in.Get("last"); last != "" {
 		q.Set("last", last)
 	}
-	resp, err := req.upstream.do(r.Context(), http.MethodGet, req.repo, "/v2/"+req.repo+"/tags/list", q, nil)
+	resp, err := req.upstream.Do(r.Context(), http.MethodGet, req.repo, "/v2/"+req.repo+"/tags/list", q, nil)
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return req.upstream.statusError(resp, errcode.NameUnknown)
+		return req.upstream.StatusError(resp, errcode.NameUnknown)
 	}
 	defer resp.Body.Close()
 	h := w.Header()

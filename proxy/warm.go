@@ -143,7 +143,7 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	if err != nil {
 		return fail(err)
 	}
-	if up, err = up.as(r); err != nil {
+	if up, err = up.As(r); err != nil {
 		return fail(err)
 	}
 	req := distRequest{upstream: up, repo: repo, tag: tag, digest: dgst}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/upstream"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 )
@@ -25,7 +26,7 @@ func TestWarmImageNames(t *testing.T) {
 	for _, def := range []string{"docker.io", "registry.example.com", "internal"} {
 		u, _ := url.Parse("https://" + def)
 		srv, err := proxy.New(proxy.Options{Store: cache.New(inmemory.New()), DefaultUpstream: def,
-			Upstreams: []proxy.UpstreamConfig{{Name: def, URL: u}, {Name: "quay.io", URL: u}, {Name: "harbor", URL: u}},
+			Upstreams: []upstream.Config{{Name: def, URL: u}, {Name: "quay.io", URL: u}, {Name: "harbor", URL: u}},
 			Metrics:   proxy.NewMetrics(prometheus.NewRegistry()), Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)

@@ -36,6 +36,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 func main() {
@@ -338,8 +339,8 @@ func certPool(path string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-func retryPolicy(attempts int) proxy.RetryPolicy {
-	p := proxy.DefaultRetryPolicy()
+func retryPolicy(attempts int) upstream.RetryPolicy {
+	p := upstream.DefaultRetryPolicy()
 	p.Attempts = attempts
 	return p
 }
@@ -504,15 +505,15 @@ func writableDir(dir string) error {
 
 // buildUpstreams reads CA files and passwords: the files and environment
 // variables the configuration names.
-func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]proxy.UpstreamConfig, error) {
-	var out []proxy.UpstreamConfig
+func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstream.Config, error) {
+	var out []upstream.Config
 	for i, c := range cfgs {
 		field := fmt.Sprintf("config: upstreams[%d]", i)
 		u, err := url.Parse(c.URL)
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
-		up := proxy.UpstreamConfig{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials}
+		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials}
 		if c.CAFile != "" {
 			pool, err := certPool(c.CAFile)
 			if err != nil {
@@ -526,13 +527,13 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]proxy.
 			if err != nil {
 				return nil, fmt.Errorf("%s.passwordFile: %w", field, err)
 			}
-			up.Credentials = proxy.Credentials{Username: c.Username, Password: pw}
+			up.Credentials = upstream.Credentials{Username: c.Username, Password: pw}
 		case c.PasswordEnv != "":
 			pw := getenv(c.PasswordEnv)
 			if pw == "" {
 				return nil, fmt.Errorf("%s.passwordEnv: environment variable %s is empty", field, c.PasswordEnv)
 			}
-			up.Credentials = proxy.Credentials{Username: c.Username, Password: pw}
+			up.Credentials = upstream.Credentials{Username: c.Username, Password: pw}
 		}
 		out = append(out, up)
 	}

@@ -22,10 +22,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy"
-	"golang.org/x/sys/unix"
 )
 
 // nodeConfigMarker starts every file that node-config writes, so it only

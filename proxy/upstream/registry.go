@@ -1,4 +1,11 @@
-package proxy
+// Package upstream is regnorm's client for the upstream registries: one
+// Registry per configured upstream, with its authentication (bearer tokens
+// per repository scope, Basic auth, a client's own credentials when they are
+// forwarded), retries of failures that may pass, a guard that ends a body
+// that stops, and the upstream's answers as OCI errors (errcode) a client
+// can be given as they are. It knows nothing of the cache or of clients
+// beyond the credentials it is handed.
+package upstream
 
 import (
 	"context"
@@ -21,9 +28,9 @@ import (
 	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
-// UpstreamConfig is one upstream registry, ready to use: cmd/proxy has read
-// its CA file and credentials.
-type UpstreamConfig struct {
+// Config is one upstream registry, ready to use: cmd/proxy has read its CA
+// file and credentials.
+type Config struct {
 	// Name is what containerd sends as ns, e.g. "docker.io".
 	Name string
 	// URL is the endpoint, e.g. https://registry-1.docker.io.
@@ -57,10 +64,10 @@ func DefaultRetryPolicy() RetryPolicy {
 	return RetryPolicy{Attempts: 3, Backoff: 200 * time.Millisecond, MaxWait: 5 * time.Second}
 }
 
-// wait is how long to wait before attempt number next (2 for the first
+// Wait is how long to wait before attempt number next (2 for the first
 // retry), given the Retry-After the upstream asked for, if any. ok is false
 // when the policy says give up.
-func (p RetryPolicy) wait(next int, asked time.Duration) (d time.Duration, ok bool) {
+func (p RetryPolicy) Wait(next int, asked time.Duration) (d time.Duration, ok bool) {
 	if next > p.Attempts {
 		return 0, false
 	}
@@ -72,8 +79,23 @@ func (p RetryPolicy) wait(next int, asked time.Duration) (d time.Duration, ok bo
 	return min(d, p.MaxWait), true
 }
 
-// upstream is the client for one upstream registry.
-type upstream struct {
+// Options are what every Registry shares.
+type Options struct {
+	// Retry bounds retries of failed requests.
+	Retry RetryPolicy
+	// Stall abandons a response that sends nothing for this long, before
+	// its headers or in its body.
+	Stall time.Duration
+	// Now is the time tokens and confirmations go by (time.Now if nil).
+	Now func() time.Time
+	// Metrics count requests, retries and token fetches (NewMetrics).
+	Metrics *Metrics
+	Log     *slog.Logger
+}
+
+// Registry is the client for one upstream registry. A Registry made by As
+// is a view with one client's credentials; it shares everything else.
+type Registry struct {
 	name   string
 	base   *url.URL
 	client *http.Client
@@ -84,42 +106,67 @@ type upstream struct {
 	stall  time.Duration // a response that sends nothing for this long is abandoned
 	health *health
 	// forward is set for an upstream that forwards client credentials;
-	// clients then get a view of it with their own (see as).
+	// clients then get a view of it with their own (see As).
 	forward *forwarding
-	// credsKey identifies creds in a view made by as.
+	// credsKey identifies creds in a view made by As.
 	credsKey [sha256.Size]byte
-	clock    Clock
+	now      func() time.Time
 	metrics  *Metrics
 	log      *slog.Logger
 }
 
-func newUpstream(cfg UpstreamConfig, retry RetryPolicy, stall time.Duration, clock Clock, m *Metrics, log *slog.Logger) *upstream {
-	client := &http.Client{Transport: newTransport(cfg.RootCAs, stall)}
-	u := &upstream{
+// New is the client for the upstream cfg describes.
+func New(cfg Config, opts Options) *Registry {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	client := &http.Client{Transport: newTransport(cfg.RootCAs, opts.Stall)}
+	u := &Registry{
 		name:    cfg.Name,
 		base:    cfg.URL,
 		client:  client,
 		creds:   cfg.Credentials,
-		retry:   retry,
-		stall:   stall,
+		retry:   opts.Retry,
+		stall:   opts.Stall,
 		basic:   &atomic.Bool{},
 		health:  &health{},
-		clock:   clock,
-		metrics: m,
-		log:     log.With("upstream", cfg.Name),
+		now:     opts.Now,
+		metrics: opts.Metrics,
+		log:     opts.Log.With("upstream", cfg.Name),
 	}
 	u.tokens = u.newTokenSource(cfg.Credentials)
 	if cfg.ForwardCredentials {
 		u.forward = newForwarding()
 	}
+	opts.Metrics.preset(cfg.Name)
 	return u
 }
 
-func (u *upstream) newTokenSource(creds Credentials) *tokenSource {
+// Name is the upstream's name, as containerd sends it in ns.
+func (u *Registry) Name() string { return u.name }
+
+// Endpoint is the upstream's URL without credentials or query, for the
+// status page.
+func (u *Registry) Endpoint() string { return u.base.Scheme + "://" + u.base.Host + u.base.Path }
+
+// Retry is the policy requests to this upstream are retried by.
+func (u *Registry) Retry() RetryPolicy { return u.retry }
+
+// Forwards reports whether clients' own credentials are used upstream.
+func (u *Registry) Forwards() bool { return u.forward != nil }
+
+// Identity tells apart the credentials a view asks with: two views with the
+// same Identity get the same answers from the upstream.
+func (u *Registry) Identity() [sha256.Size]byte { return u.credsKey }
+
+// Health is when the upstream last answered well and badly, and how.
+func (u *Registry) Health() (lastOK, lastFail time.Time, failure string) { return u.health.snapshot() }
+
+func (u *Registry) newTokenSource(creds Credentials) *tokenSource {
 	return &tokenSource{
 		client:  u.client,
 		creds:   creds,
-		now:     u.clock.Now,
+		now:     u.now,
 		onFetch: func(result string) { u.metrics.tokenFetches.WithLabelValues(u.name, result).Inc() },
 	}
 }
@@ -137,17 +184,18 @@ func newTransport(roots *x509.CertPool, stall time.Duration) *http.Transport {
 	return t
 }
 
-// do sends a request for repo to the upstream, retrying as u.retry allows
+// Do sends a request for repo to the upstream, retrying as u.retry allows
 // when the failure may pass. A response it returns may still be a failure
-// (the last attempt's); the caller closes the body.
-func (u *upstream) do(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+// (the last attempt's); the caller closes the body, or hands the response
+// to StatusError. An error is an *errcode.Error, or the context's.
+func (u *Registry) Do(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
 	for attempt := 1; ; attempt++ {
 		resp, err := u.doOnce(ctx, method, repo, path, query, header)
 		reason, asked := retryReason(resp, err)
 		if reason == "" {
 			return resp, err
 		}
-		wait, ok := u.retry.wait(attempt+1, asked)
+		wait, ok := u.retry.Wait(attempt+1, asked)
 		if dl, has := ctx.Deadline(); has && time.Until(dl) < wait {
 			ok = false // the caller would be gone before the retry
 		}
@@ -155,9 +203,9 @@ func (u *upstream) do(ctx context.Context, method, repo, path string, query url.
 			return resp, err
 		}
 		if resp != nil {
-			drain(resp)
+			Drain(resp)
 		}
-		u.metrics.upstreamRetries.WithLabelValues(u.name, reason).Inc()
+		u.metrics.Retry(u.name, reason)
 		u.log.Debug("retrying upstream request", "path", path, "reason", reason, "wait", wait, "attempt", attempt+1)
 		select {
 		case <-time.After(wait):
@@ -189,7 +237,7 @@ func retryReason(resp *http.Response, err error) (reason string, asked time.Dura
 // doOnce sends one request for repo to the upstream, authenticating as the
 // upstream asks: a cached or new bearer token for the repository's pull
 // scope, or Basic auth. The caller closes the body.
-func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
 	target := *u.base
 	target.Path = strings.TrimSuffix(u.base.Path, "/") + path
 	target.RawQuery = query.Encode()
@@ -214,14 +262,14 @@ func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		start := time.Now()
 		resp, err := u.client.Do(req)
-		u.metrics.upstreamDuration.WithLabelValues(u.name).Observe(time.Since(start).Seconds())
+		u.metrics.duration.WithLabelValues(u.name).Observe(time.Since(start).Seconds())
 		if err != nil {
 			cancel(nil)
-			u.metrics.upstreamRequests.WithLabelValues(u.name, "error").Inc()
+			u.metrics.requests.WithLabelValues(u.name, "error").Inc()
 			u.health.record(false, "unreachable")
 			return nil, err
 		}
-		u.metrics.upstreamRequests.WithLabelValues(u.name, strconv.Itoa(resp.StatusCode)).Inc()
+		u.metrics.requests.WithLabelValues(u.name, strconv.Itoa(resp.StatusCode)).Inc()
 		u.metrics.noteRateLimit(u.name, resp.Header)
 		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, resp.Status)
 		resp.Body = newStallGuard(resp.Body, u.stall, cancel)
@@ -237,7 +285,7 @@ func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query 
 	}
 	// A 401: learn the challenge, get what it asks for, and try once more.
 	c, ok := parseChallenge(resp.Header.Get("WWW-Authenticate"))
-	drain(resp)
+	Drain(resp)
 	if !ok {
 		return nil, u.unauthorized("upstream "+u.name+" requires authentication", nil)
 	}
@@ -264,7 +312,7 @@ func (u *upstream) doOnce(ctx context.Context, method, repo, path string, query 
 
 // authorize adds what the upstream asked for last time, so that after the
 // first 401 requests go through in one round trip.
-func (u *upstream) authorize(ctx context.Context, req *http.Request, scope string) error {
+func (u *Registry) authorize(ctx context.Context, req *http.Request, scope string) error {
 	if c, ok := u.tokens.knownRealm(); ok {
 		tok, err := u.tokens.token(ctx, c, scope)
 		if err != nil {
@@ -279,7 +327,7 @@ func (u *upstream) authorize(ctx context.Context, req *http.Request, scope strin
 	return nil
 }
 
-func (u *upstream) unreachable(err error) error {
+func (u *Registry) unreachable(err error) error {
 	var e *errcode.Error
 	if errors.As(err, &e) {
 		return e
@@ -290,7 +338,7 @@ func (u *upstream) unreachable(err error) error {
 	return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" unreachable", err)
 }
 
-func (u *upstream) tokenFailed(err error) error {
+func (u *Registry) tokenFailed(err error) error {
 	var te *tokenError
 	if errors.As(err, &te) && (te.status == http.StatusUnauthorized || te.status == http.StatusForbidden) {
 		return u.unauthorized("upstream "+u.name+" refused the credentials", err)
@@ -301,7 +349,7 @@ func (u *upstream) tokenFailed(err error) error {
 // unauthorized is the 401 for a client. When client credentials are
 // forwarded it carries a Basic challenge, so that containerd sends the
 // credentials it has for the mirror and the next attempt can succeed.
-func (u *upstream) unauthorized(msg string, cause error) *errcode.Error {
+func (u *Registry) unauthorized(msg string, cause error) *errcode.Error {
 	e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, msg, cause)
 	if u.forward != nil {
 		e.Challenge = `Basic realm="regnorm"`
@@ -336,10 +384,10 @@ func (h *health) snapshot() (lastOK, lastFail time.Time, failure string) {
 // maxErrorBody caps how much of an upstream error body is read for the log.
 const maxErrorBody = 4 << 10
 
-// statusError maps a non-2xx upstream response to the OCI error the client
+// StatusError maps a non-2xx upstream response to the OCI error the client
 // gets. notFound is the code for a 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN...).
 // It reads a capped part of the body for the log and closes it.
-func (u *upstream) statusError(resp *http.Response, notFound string) *errcode.Error {
+func (u *Registry) StatusError(resp *http.Response, notFound string) *errcode.Error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
 	cause := fmt.Errorf("upstream %s answered %d: %s", u.name, resp.StatusCode, strings.TrimSpace(string(body)))
@@ -377,17 +425,27 @@ func retryAfter(h string, now time.Time) time.Duration {
 	return 0
 }
 
-// unavailable reports whether err means upstream could not answer (as opposed
+// Unavailable reports whether err means upstream could not answer (as opposed
 // to answering no), which is when a stale cached answer is better than none.
-func unavailable(err error) bool {
-	var e *errcode.Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	return e.Status == http.StatusTooManyRequests || e.Status >= 500
+func Unavailable(err error) bool {
+	s := errcode.StatusOf(err)
+	return s == http.StatusTooManyRequests || s >= 500
 }
 
-func drain(resp *http.Response) {
+// Refused reports whether err is an upstream's no to one client's
+// credentials or repository (401, 403, 404): it says nothing about another
+// client's.
+func Refused(err error) bool {
+	switch errcode.StatusOf(err) {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return true
+	}
+	return false
+}
+
+// Drain reads what is left of a response body, up to a small cap, so that
+// its connection can be reused, and closes it.
+func Drain(resp *http.Response) {
 	io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
 }

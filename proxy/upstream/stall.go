@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -9,12 +9,12 @@ import (
 	"time"
 )
 
-// errStalled is why an upstream response was abandoned: it sent nothing for
+// ErrStalled is why an upstream response was abandoned: it sent nothing for
 // the stall timeout.
-var errStalled = errors.New("upstream stopped sending")
+var ErrStalled = errors.New("upstream stopped sending")
 
 // stallGuard ends an upstream response body that stops: a Read that waits
-// longer than timeout cancels the request with errStalled. Only time spent
+// longer than timeout cancels the request with ErrStalled. Only time spent
 // inside Read counts, so a slow reader is never mistaken for a slow upstream.
 type stallGuard struct {
 	body    io.ReadCloser
@@ -28,7 +28,7 @@ func newStallGuard(body io.ReadCloser, timeout time.Duration, cancel context.Can
 	g := &stallGuard{body: body, timeout: timeout, cancel: cancel}
 	g.timer = time.AfterFunc(timeout, func() {
 		g.stalled.Store(true)
-		cancel(errStalled)
+		cancel(ErrStalled)
 	})
 	g.timer.Stop()
 	return g
@@ -39,7 +39,7 @@ func (g *stallGuard) Read(p []byte) (int, error) {
 	n, err := g.body.Read(p)
 	g.timer.Stop()
 	if err != nil && err != io.EOF && g.stalled.Load() {
-		return n, fmt.Errorf("%w for %s", errStalled, g.timeout)
+		return n, fmt.Errorf("%w for %s", ErrStalled, g.timeout)
 	}
 	return n, err
 }

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"crypto/sha256"
@@ -34,10 +34,10 @@ func newForwarding() *forwarding {
 	return &forwarding{tokens: map[[sha256.Size]byte]*tokenSource{}, confirmed: map[confirmKey]time.Time{}}
 }
 
-// as returns the upstream as the client of r: with the client's own Basic
+// As returns the upstream as the client of r: with the client's own Basic
 // credentials (none for an anonymous client) when u forwards credentials,
 // otherwise u itself.
-func (u *upstream) as(r *http.Request) (*upstream, error) {
+func (u *Registry) As(r *http.Request) (*Registry, error) {
 	if u.forward == nil {
 		return u, nil
 	}
@@ -64,10 +64,10 @@ func (u *upstream) as(r *http.Request) (*upstream, error) {
 	return &v, nil
 }
 
-// confirmed reports whether the upstream said yes to these credentials
+// Confirmed reports whether the upstream said yes to these credentials
 // for repo within confirmTTL. Without forwarding, every client reads with
 // regnorm's own credentials, and the answer is always yes.
-func (u *upstream) confirmed(repo string, now time.Time) bool {
+func (u *Registry) Confirmed(repo string, now time.Time) bool {
 	if u.forward == nil {
 		return true
 	}
@@ -77,8 +77,8 @@ func (u *upstream) confirmed(repo string, now time.Time) bool {
 	return ok && now.Before(until)
 }
 
-// confirm remembers the upstream's yes to these credentials for repo.
-func (u *upstream) confirm(repo string, now time.Time) {
+// Confirm remembers the upstream's yes to these credentials for repo.
+func (u *Registry) Confirm(repo string, now time.Time) {
 	if u.forward == nil {
 		return
 	}
