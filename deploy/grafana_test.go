@@ -21,6 +21,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 const dashboardPath = "grafana/regnorm-dashboard.json"
@@ -145,7 +146,7 @@ func TestDashboardHasDataFromTheFirstScrape(t *testing.T) {
 	u, _ := url.Parse("http://127.0.0.1:1")
 	srv, err := proxy.New(proxy.Options{
 		Store:           cache.New(inmemory.New()),
-		Upstreams:       []proxy.UpstreamConfig{{Name: "docker.io", URL: u}, {Name: "quay.io", URL: u}},
+		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u}, {Name: "quay.io", URL: u}},
 		DefaultUpstream: "docker.io",
 		Metrics:         proxy.NewMetrics(reg),
 		Logger:          slog.New(slog.DiscardHandler),
