@@ -13,6 +13,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -38,8 +39,8 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.metrics.cacheRequests.WithLabelValues("blob", result).Inc()
 	s.sendBlob(w, r, req.digest, b, b.source)
-	if sr, ok := b.ReadSeeker.(*spoolReader); ok {
-		return sr.err
+	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
+		return sr.Err()
 	}
 	return nil
 }
@@ -136,43 +137,41 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 		}
 	}
 
-	f, err := s.fetches.join(req.upstream, req.repo, req.digest)
+	f, err := s.fetches.Join(req.upstream, req.repo, req.digest)
 	if err != nil {
 		return nil, err
 	}
-	if !admitted && !f.startedBy(ownerOf(req.upstream, req.repo)) {
+	if !admitted && !f.StartedBy(req.upstream, req.repo) {
 		// Someone else's download: its answer is not this client's.
 		if err := s.ask(ctx, req, sub); err != nil {
-			f.done()
+			f.Done()
 			return nil, err
 		}
 		admitted = true
 	}
-	if f, err = s.fetches.ready(ctx, f, req.upstream, req.repo); err != nil {
+	if f, err = s.fetches.Ready(ctx, f, req.upstream, req.repo); err != nil {
 		return nil, err
 	}
-	if !admitted && !f.answered {
+	if !admitted && !f.Answered() {
 		// The download found the blob already cached (another one had just
 		// published it) and asked nobody: ask for this client.
 		if err := s.ask(ctx, req, sub); err != nil {
-			f.done()
+			f.Done()
 			return nil, err
 		}
 	}
-	if f.spool == nil {
-		// Nothing to tail: read the verified blob from the cache.
-		err := f.waitDone(ctx)
-		f.done()
-		if err != nil {
-			return nil, err
-		}
-		if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
-			return fetched(b), err
-		}
-		return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob vanished from the cache", nil)
+	sr, err := f.Tail(ctx)
+	if err != nil {
+		return nil, err
 	}
-	sr := &spoolReader{ctx: ctx, f: f}
-	return &openedBlob{ReadSeeker: sr, source: "upstream", fetched: true, close: func() error { f.done(); return nil }}, nil
+	if sr != nil {
+		return &openedBlob{ReadSeeker: sr, source: "upstream", fetched: true, close: sr.Close}, nil
+	}
+	// Nothing to tail: read the verified blob from the cache.
+	if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
+		return fetched(b), err
+	}
+	return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob vanished from the cache", nil)
 }
 
 func fetched(b *openedBlob) *openedBlob {

@@ -25,6 +25,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -57,7 +58,7 @@ type harnessOptions struct {
 	clientAuth   *proxy.ClientAuth
 	forward      bool
 	retry        upstream.RetryPolicy
-	fetches      proxy.FetchLimits
+	fetches      blobfetch.Limits
 	// clock, when set, replaces the system clock.
 	clock *fakeClock
 	// manualMaintenance: the test runs maintenance passes itself, with

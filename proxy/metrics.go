@@ -5,24 +5,21 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Metrics are the proxy's Prometheus metrics. Build them once with
 // NewMetrics and pass them in Options; nothing is registered globally.
 type Metrics struct {
-	requests         *prometheus.CounterVec
-	requestDuration  *prometheus.HistogramVec
-	cacheRequests    *prometheus.CounterVec
-	servedBytes      *prometheus.CounterVec
-	upstream         *upstream.Metrics
-	staleServes      *prometheus.CounterVec
-	inflightFetches  prometheus.Gauge
-	queuedFetches    prometheus.Gauge
-	fetchesRejected  prometheus.Counter
-	fetchesAbandoned prometheus.Counter
-	spoolBytes       prometheus.Gauge
-	nodes            *prometheus.GaugeVec
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	cacheRequests   *prometheus.CounterVec
+	servedBytes     *prometheus.CounterVec
+	upstream        *upstream.Metrics
+	fetch           *blobfetch.Metrics
+	staleServes     *prometheus.CounterVec
+	nodes           *prometheus.GaugeVec
 
 	rewrites          *prometheus.CounterVec
 	rewriteErrors     *prometheus.CounterVec
@@ -47,6 +44,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		upstream: upstream.NewMetrics(),
+		fetch:    blobfetch.NewMetrics(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_http_requests_total",
 			Help: "HTTP requests answered, by route, method and status code.",
@@ -68,26 +66,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_stale_serves_total",
 			Help: "Tags answered from an expired cache record because upstream could not be reached, by upstream.",
 		}, []string{"upstream"}),
-		inflightFetches: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "regnorm_upstream_inflight_fetches",
-			Help: "Blob downloads from upstream in progress.",
-		}),
-		queuedFetches: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "regnorm_upstream_queued_fetches",
-			Help: "Blob downloads waiting for a turn (at most maxDownloads run at once).",
-		}),
-		fetchesRejected: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "regnorm_upstream_fetches_rejected_total",
-			Help: "Requests answered 503 because maxQueuedDownloads downloads were already waiting.",
-		}),
-		fetchesAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "regnorm_upstream_fetches_abandoned_total",
-			Help: "Blob downloads cancelled because no client was reading them any more.",
-		}),
-		spoolBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "regnorm_spool_bytes",
-			Help: "Bytes reserved by the spool files of downloads in progress (at most spoolMaxSize).",
-		}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "regnorm_nodes",
 			Help: "Nodes that pulled through this regnorm within nodes.forgetAfter, by containerd minor version (other: not containerd).",
@@ -166,8 +144,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,
-		m.staleServes, m.inflightFetches, m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes, m.nodes)
+		m.staleServes, m.nodes)
 	reg.MustRegister(m.upstream.Collectors()...)
+	reg.MustRegister(m.fetch.Collectors()...)
 	// Every label value known up front is there from the first scrape, so
 	// that a dashboard panel (and a test) sees 0 rather than nothing.
 	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs"} {

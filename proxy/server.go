@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
@@ -87,7 +88,7 @@ type Options struct {
 	// Each pass lists the blobs: make it long on S3, where listing costs.
 	MaintenanceInterval time.Duration
 	// Fetches bound the downloads from upstream; zero fields take defaults.
-	Fetches FetchLimits
+	Fetches blobfetch.Limits
 	// ForgetNodesAfter drops a node from the fleet view when it has neither
 	// pulled nor been reported on for this long (default 24 h).
 	ForgetNodesAfter time.Duration
@@ -104,7 +105,7 @@ type Server struct {
 	upstreams        map[string]*upstream.Registry
 	defaultUpstream  string
 	tagTTL           time.Duration
-	fetches          *blobFetches
+	fetches          *blobfetch.Fetcher
 	manifests        singleflight.Group
 	engine           *normalize.Engine
 	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
@@ -214,24 +215,20 @@ func New(opts Options) (*Server, error) {
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.DefaultUpstream)
 	}
-	limits := opts.Fetches.withDefaults()
-	s.fetches = &blobFetches{
-		onHolds: func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) {
+	s.fetches = blobfetch.New(blobfetch.Options{
+		Store:    opts.Store,
+		SpoolDir: opts.SpoolDir,
+		Timeout:  opts.FetchTimeout,
+		Limits:   opts.Fetches,
+		Clock:    opts.Clock,
+		Metrics:  opts.Metrics.fetch,
+		Log:      opts.Logger,
+		OnHolds: func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) {
 			s.learn(ctx, up.Name(), repo, dgst)
 			up.Confirm(repo, s.clock.Now())
 		},
-		onCommit: s.noteIngest,
-		store:    opts.Store,
-		stat:     opts.Store.StatBlob,
-		spoolDir: opts.SpoolDir,
-		timeout:  opts.FetchTimeout,
-		limits:   limits,
-		clock:    opts.Clock,
-		slots:    make(chan struct{}, limits.Downloads),
-		metrics:  opts.Metrics,
-		log:      opts.Logger,
-		inflight: map[digest.Digest]*blobFetch{},
-	}
+		OnCommit: s.noteIngest,
+	})
 	platforms := normalize.DefaultPlatforms()
 	if opts.Platforms != nil {
 		platforms = *opts.Platforms
@@ -245,7 +242,7 @@ func New(opts Options) (*Server, error) {
 			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds},
 		Log:          opts.Logger,
 		Now:          opts.Clock.Now,
-		Timeout:      s.fetches.timeout,
+		Timeout:      s.fetches.Timeout,
 		MaxLayerSize: opts.MaxLayerSize,
 		Platforms:    platforms,
 		Ingested:     s.noteIngest,
@@ -298,7 +295,7 @@ func (s *Server) maintainCache(ctx context.Context) {
 // a live writer writes at least every stall timeout, because a download
 // that stalls longer is abandoned.
 func (s *Server) maintainOnce(ctx context.Context) {
-	if n, err := s.store.CleanUploads(ctx, s.uploadIdle, s.fetches.timeout+uploadMargin, s.clock.Now()); err != nil && ctx.Err() == nil {
+	if n, err := s.store.CleanUploads(ctx, s.uploadIdle, s.fetches.Timeout+uploadMargin, s.clock.Now()); err != nil && ctx.Err() == nil {
 		s.log.Warn("cleaning leftover uploads failed", "error", err)
 	} else if n > 0 {
 		s.log.Info("removed leftover uploads", "count", n)

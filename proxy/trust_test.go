@@ -26,6 +26,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -359,7 +360,7 @@ func TestRebuildAsTheClient(t *testing.T) {
 // complete.
 func TestDownloadsAreBounded(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{fetches: proxy.FetchLimits{Downloads: 2, Queued: 2}})
+	h := newHarness(t, harnessOptions{fetches: blobfetch.Limits{Downloads: 2, Queued: 2}})
 	var blobs [][]byte
 	for range 6 {
 		b := regtest.RandomBytes(32 << 10)
@@ -459,7 +460,7 @@ func TestAbandonedDownloadIsCancelled(t *testing.T) {
 // budget.
 func TestSpoolBudget(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{fetches: proxy.FetchLimits{SpoolBytes: 1 << 20}})
+	h := newHarness(t, harnessOptions{fetches: blobfetch.Limits{SpoolBytes: 1 << 20}})
 	for _, tt := range []struct {
 		size      int
 		wantSpool float64
@@ -562,7 +563,7 @@ func TestAdmissionNeverRidesOnACacheRace(t *testing.T) {
 // where the blob is held, who joined it, gets the blob, not that 404.
 func TestJoinNeverInheritsAnotherClientsRefusal(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{fetches: proxy.FetchLimits{Downloads: 1, Queued: 8}})
+	h := newHarness(t, harnessOptions{fetches: blobfetch.Limits{Downloads: 1, Queued: 8}})
 	content := regtest.RandomBytes(64 << 10)
 	dgst := h.pushBlob(t, "library/app", content)
 	busy := h.pushBlob(t, "library/app", regtest.RandomBytes(64<<10))

@@ -1,4 +1,11 @@
-package proxy
+// Package blobfetch is the single-flight download of blobs from upstream
+// into the cache: one download per digest, however many clients ask, each
+// of them reading the download's spool as it grows, the cache filled beside
+// it and published only once the digest verifies. Every resource it holds
+// is bounded (see Fetcher). It does not decide who may read a blob: its
+// caller admits clients, and asks StartedBy and Answered to know when a
+// download's upstream answer stands for a client too.
+package blobfetch
 
 import (
 	"context"
@@ -8,7 +15,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,7 +25,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
-// blobFetches runs at most one upstream download per digest. Every client
+// Fetcher runs at most one upstream download per digest. Every client
 // asking for a blob that is downloading reads it from the download's spool:
 // an unlinked temporary file that the download appends to and readers tail.
 // So the first client streams at upstream speed without waiting for the whole
@@ -32,28 +38,57 @@ import (
 // that does not fit goes to the cache only, and its readers wait for it to
 // finish); and a download nobody is reading any more is cancelled after
 // orphanGrace, so clients that go away cannot leave work behind.
-type blobFetches struct {
-	onHolds  func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) // upstream said repo holds dgst
-	onCommit func(size int64)                                                                  // a blob entered the cache
-	store    cache.BlobIngester
-	stat     func(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
-	spoolDir string
-	timeout  time.Duration
-	limits   FetchLimits
-	clock    Clock
-	metrics  *Metrics
-	log      *slog.Logger
+type Fetcher struct {
+	Options
+	limits Limits
 
 	slots chan struct{} // one per running download
 
 	mu         sync.Mutex
-	inflight   map[digest.Digest]*blobFetch // running and waiting, by digest
-	active     int                          // every download not yet over, those replaced in inflight too
+	inflight   map[digest.Digest]*Download // running and waiting, by digest
+	active     int                         // every download not yet over, those replaced in inflight too
 	spoolBytes int64
 }
 
-// FetchLimits bound the downloads from upstream.
-type FetchLimits struct {
+// Store is what a Fetcher needs of the cache.
+type Store interface {
+	StatBlob(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
+	cache.BlobIngester
+}
+
+// Clock is the time orphaned downloads are cancelled by.
+type Clock interface {
+	// AfterFunc is time.AfterFunc on this clock; stop is its Stop.
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+// Options configure a Fetcher.
+type Options struct {
+	Store Store
+	// SpoolDir holds the spool files (unlinked at once: a crash leaves
+	// nothing behind).
+	SpoolDir string
+	// Timeout bounds one download, however many clients read it.
+	Timeout time.Duration
+	Limits  Limits
+	Clock   Clock
+	Metrics *Metrics
+	Log     *slog.Logger
+	// OnHolds is called when upstream said repo holds dgst (it answered
+	// 200 to a download).
+	OnHolds func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest)
+	// OnCommit is called when a blob of size bytes entered the cache.
+	OnCommit func(size int64)
+}
+
+// New is a Fetcher with opts; zero limits take their defaults.
+func New(opts Options) *Fetcher {
+	limits := opts.Limits.withDefaults()
+	return &Fetcher{Options: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[digest.Digest]*Download{}}
+}
+
+// Limits bound the downloads from upstream.
+type Limits struct {
 	// Downloads is how many blob downloads run at once (default 32).
 	Downloads int
 	// Queued is how many more may wait for a turn (default 4 × Downloads);
@@ -65,7 +100,7 @@ type FetchLimits struct {
 	SpoolBytes int64
 }
 
-func (l FetchLimits) withDefaults() FetchLimits {
+func (l Limits) withDefaults() Limits {
 	if l.Downloads <= 0 {
 		l.Downloads = 32
 	}
@@ -89,18 +124,18 @@ const retryAfterBusy = 5 * time.Second
 // fetchOwner is who started a download: the upstream's yes to it answers
 // for every later reader with the same credentials and repository.
 type fetchOwner struct {
-	upstream string
+	registry string
 	repo     string
 	creds    [32]byte
 }
 
 func ownerOf(up *upstream.Registry, repo string) fetchOwner {
-	return fetchOwner{upstream: up.Name(), repo: repo, creds: up.Identity()}
+	return fetchOwner{registry: up.Name(), repo: repo, creds: up.Identity()}
 }
 
-// blobFetch is one download. Fields above mu are set before ready closes and
+// Download is one download. Fields above mu are set before ready closes and
 // never change afterwards.
-type blobFetch struct {
+type Download struct {
 	dgst   digest.Digest
 	owner  fetchOwner
 	clock  Clock
@@ -128,9 +163,9 @@ type blobFetch struct {
 
 var errOrphaned = errors.New("no client is reading the download any more")
 
-// join returns the download of dgst, starting it if none runs. The caller
-// must release it with done.
-func (fs *blobFetches) join(up *upstream.Registry, repo string, dgst digest.Digest) (*blobFetch, error) {
+// Join returns the download of dgst, starting it as up/repo if none runs.
+// The caller must release it with Done.
+func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) (*Download, error) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if f, ok := fs.inflight[dgst]; ok && f.attach() {
@@ -140,18 +175,18 @@ func (fs *blobFetches) join(up *upstream.Registry, repo string, dgst digest.Dige
 	// on how soon the waiting ones were scheduled; one that was cancelled
 	// and replaced counts until it is over.
 	if fs.active >= fs.limits.Downloads+fs.limits.Queued {
-		fs.metrics.fetchesRejected.Inc()
+		fs.Metrics.fetchesRejected.Inc()
 		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "too many downloads in progress; retry shortly", nil)
 		e.RetryAfter = retryAfterBusy
 		return nil, e
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), fs.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), fs.Timeout)
 	ctx, cancelCause := context.WithCancelCause(ctx)
-	f := &blobFetch{dgst: dgst, owner: ownerOf(up, repo), clock: fs.clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
+	f := &Download{dgst: dgst, owner: ownerOf(up, repo), clock: fs.Clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
 		cancel: func(cause error) { cancelCause(cause); cancel() }, refs: 1}
 	fs.inflight[dgst] = f
 	fs.active++
-	fs.metrics.queuedFetches.Inc()
+	fs.Metrics.queuedFetches.Inc()
 	go fs.run(ctx, f, up, repo)
 	return f, nil
 }
@@ -159,7 +194,7 @@ func (fs *blobFetches) join(up *upstream.Registry, repo string, dgst digest.Dige
 // attach adds a reader to a download that is not being cancelled. One
 // whose orphan timer already fired, or that timed out, is as good as over:
 // the caller starts another.
-func (f *blobFetch) attach() bool {
+func (f *Download) attach() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.orphaned != nil {
@@ -176,67 +211,67 @@ func (f *blobFetch) attach() bool {
 	return true
 }
 
-// ready waits until f, joined as up/repo, knows its size. A download that
+// Ready waits until f, joined as up/repo, knows its size. A download that
 // someone else started and that the upstream refused them (401, 403, 404)
 // says nothing about this caller, who was admitted on its own: it waits for
 // that one to end and starts its own. On an error, f has been released.
-func (fs *blobFetches) ready(ctx context.Context, f *blobFetch, up *upstream.Registry, repo string) (*blobFetch, error) {
+func (fs *Fetcher) Ready(ctx context.Context, f *Download, up *upstream.Registry, repo string) (*Download, error) {
 	err := f.waitReady(ctx)
-	if err == nil || f.startedBy(ownerOf(up, repo)) || !upstream.Refused(err) {
+	if err == nil || f.StartedBy(up, repo) || !upstream.Refused(err) {
 		if err != nil {
-			f.done()
+			f.Done()
 		}
 		return f, err
 	}
 	waitErr := f.waitDone(ctx)
-	f.done()
+	f.Done()
 	if ctx.Err() != nil {
 		return nil, waitErr
 	}
-	if f, err = fs.join(up, repo, f.dgst); err != nil {
+	if f, err = fs.Join(up, repo, f.dgst); err != nil {
 		return nil, err
 	}
 	if err := f.waitReady(ctx); err != nil {
-		f.done()
+		f.Done()
 		return nil, err
 	}
 	return f, nil
 }
 
-// ensure returns once dgst is in the cache, downloading it (or joining the
+// Ensure returns once dgst is in the cache, downloading it (or joining the
 // download under way) if it is not. The caller has admitted the client.
-func (fs *blobFetches) ensure(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) error {
-	if _, err := fs.stat(ctx, dgst); err == nil {
+func (fs *Fetcher) Ensure(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) error {
+	if _, err := fs.Store.StatBlob(ctx, dgst); err == nil {
 		return nil
 	}
-	f, err := fs.join(up, repo, dgst)
+	f, err := fs.Join(up, repo, dgst)
 	if err != nil {
 		return err
 	}
-	if f, err = fs.ready(ctx, f, up, repo); err != nil {
+	if f, err = fs.Ready(ctx, f, up, repo); err != nil {
 		return err
 	}
-	defer f.done()
+	defer f.Done()
 	return f.waitDone(ctx)
 }
 
-func (fs *blobFetches) run(ctx context.Context, f *blobFetch, up *upstream.Registry, repo string) {
+func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, repo string) {
 	defer f.cancel(nil)
 	err := fs.wait(ctx)
 	if err == nil {
-		fs.metrics.inflightFetches.Inc()
+		fs.Metrics.inflightFetches.Inc()
 		err = fs.download(ctx, f, up, repo)
-		fs.metrics.inflightFetches.Dec()
+		fs.Metrics.inflightFetches.Dec()
 		<-fs.slots
 	} else {
 		f.early = err
 		close(f.ready)
 	}
 	if err != nil && errors.Is(context.Cause(ctx), errOrphaned) {
-		fs.metrics.fetchesAbandoned.Inc()
-		fs.log.Info("blob download abandoned: no client is reading it", "upstream", up.Name(), "repo", repo, "digest", f.dgst)
+		fs.Metrics.fetchesAbandoned.Inc()
+		fs.Log.Info("blob download abandoned: no client is reading it", "upstream", up.Name(), "repo", repo, "digest", f.dgst)
 	} else if err != nil {
-		fs.log.Warn("blob download failed", "upstream", up.Name(), "repo", repo, "digest", f.dgst, "error", err)
+		fs.Log.Warn("blob download failed", "upstream", up.Name(), "repo", repo, "digest", f.dgst, "error", err)
 	}
 	fs.mu.Lock()
 	fs.active--
@@ -248,8 +283,8 @@ func (fs *blobFetches) run(ctx context.Context, f *blobFetch, up *upstream.Regis
 }
 
 // wait waits for a turn to download.
-func (fs *blobFetches) wait(ctx context.Context) error {
-	defer fs.metrics.queuedFetches.Dec()
+func (fs *Fetcher) wait(ctx context.Context) error {
+	defer fs.Metrics.queuedFetches.Dec()
 	select {
 	case fs.slots <- struct{}{}:
 		return nil
@@ -259,7 +294,7 @@ func (fs *blobFetches) wait(ctx context.Context) error {
 }
 
 // reserveSpool takes size bytes of the spool budget, if they fit.
-func (fs *blobFetches) reserveSpool(size int64) (release func(), ok bool) {
+func (fs *Fetcher) reserveSpool(size int64) (release func(), ok bool) {
 	if size < 0 {
 		return nil, false
 	}
@@ -269,14 +304,14 @@ func (fs *blobFetches) reserveSpool(size int64) (release func(), ok bool) {
 		return nil, false
 	}
 	fs.spoolBytes += size
-	fs.metrics.spoolBytes.Add(float64(size))
+	fs.Metrics.spoolBytes.Add(float64(size))
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			fs.mu.Lock()
 			fs.spoolBytes -= size
 			fs.mu.Unlock()
-			fs.metrics.spoolBytes.Sub(float64(size))
+			fs.Metrics.spoolBytes.Sub(float64(size))
 		})
 	}, true
 }
@@ -284,7 +319,7 @@ func (fs *blobFetches) reserveSpool(size int64) (release func(), ok bool) {
 // download fetches the blob into the cache and, when it fits the budget,
 // the spool. The blob is published in the cache only if its size and digest
 // verify.
-func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream.Registry, repo string) error {
+func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Registry, repo string) error {
 	fail := func(err error) error {
 		f.early = err
 		close(f.ready)
@@ -292,39 +327,35 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream.
 	}
 	// A download that finished just before this one was started has
 	// already published the blob.
-	if _, err := fs.stat(ctx, f.dgst); err == nil {
+	if _, err := fs.Store.StatBlob(ctx, f.dgst); err == nil {
 		return fail(nil)
 	}
-	resp, err := up.Do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+f.dgst.String(), nil, nil)
+	body, err := up.GetBlob(ctx, repo, f.dgst)
 	if err != nil {
 		return fail(err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return fail(up.StatusError(resp, errcode.BlobUnknown))
-	}
+	defer body.Close()
 	f.answered = true
-	fs.onHolds(ctx, up, repo, f.dgst)
-	in, err := fs.store.IngestBlob(ctx, f.dgst, resp.ContentLength)
+	fs.OnHolds(ctx, up, repo, f.dgst)
+	in, err := fs.Store.IngestBlob(ctx, f.dgst, body.Size)
 	if err != nil {
-		resp.Body.Close()
 		return fail(err)
 	}
 	var spool *os.File
-	release, ok := fs.reserveSpool(resp.ContentLength)
+	release, ok := fs.reserveSpool(body.Size)
 	if !ok {
-		fs.log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.Name(),
-			"digest", f.dgst, "size", resp.ContentLength, "spool_limit", fs.limits.SpoolBytes)
+		fs.Log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.Name(),
+			"digest", f.dgst, "size", body.Size, "spool_limit", fs.limits.SpoolBytes)
 	}
 	if ok {
-		if spool, err = os.CreateTemp(fs.spoolDir, "regnorm-spool-*"); err != nil {
+		if spool, err = os.CreateTemp(fs.SpoolDir, "regnorm-spool-*"); err != nil {
 			release()
-			resp.Body.Close()
 			return fail(errors.Join(fmt.Errorf("create spool: %w", err), in.Cancel(ctx)))
 		}
 		os.Remove(spool.Name()) // lives while open; nothing to clean up after a crash
 		f.release = release
 	}
-	f.size, f.spool = resp.ContentLength, spool
+	f.size, f.spool = body.Size, spool
 	close(f.ready)
 
 	// With a spool, the cache is written from it, beside the download:
@@ -341,35 +372,11 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream.
 		return errors.Join(err, in.Cancel(context.WithoutCancel(ctx)))
 	}
 
-	// A body cut short or stalled is resumed where it stopped, with a
-	// range request, as often as the retry policy allows.
-	body, got := resp.Body, int64(0)
-	for attempt := 1; ; attempt++ {
-		n, err := copyBody(f, body, spool, sink)
-		body.Close()
-		got += n
-		if err == nil {
-			break
-		}
-		var local *localWriteError
-		wait, ok := up.Retry().Wait(attempt+1, 0)
-		if errors.As(err, &local) || !ok || ctx.Err() != nil {
-			return abort(fmt.Errorf("read blob %s from upstream %s: %w", f.dgst, up.Name(), err))
-		}
-		reason := "truncated"
-		if errors.Is(err, upstream.ErrStalled) {
-			reason = "stalled"
-		}
-		fs.metrics.upstream.Retry(up.Name(), reason)
-		fs.log.Info("resuming blob download", "upstream", up.Name(), "digest", f.dgst, "offset", got, "error", err)
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return abort(context.Cause(ctx))
-		}
-		if body, err = resumeBlob(ctx, up, repo, f.dgst, got); err != nil {
-			return abort(err)
-		}
+	// The body resumes itself where it stopped, as often as the retry
+	// policy allows: an error here is final.
+	got, err := copyBody(f, body, spool, sink)
+	if err != nil {
+		return abort(err)
 	}
 	if ingest != nil {
 		if err := ingest.finish(ctx, got); err != nil {
@@ -379,20 +386,13 @@ func (fs *blobFetches) download(ctx context.Context, f *blobFetch, up *upstream.
 	if err := in.Commit(ctx); err != nil {
 		return err
 	}
-	fs.onCommit(in.Size())
+	fs.OnCommit(in.Size())
 	return nil
 }
 
-// localWriteError is a failure to write the spool or the cache: not the
-// upstream's fault, and not retried.
-type localWriteError struct{ err error }
-
-func (e *localWriteError) Error() string { return e.err.Error() }
-func (e *localWriteError) Unwrap() error { return e.err }
-
 // copyBody appends body to the spool and the cache (each if not nil) until
 // EOF, and returns how many bytes it appended.
-func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (int64, error) {
+func copyBody(f *Download, body io.Reader, spool *os.File, in *cache.Ingest) (int64, error) {
 	buf := make([]byte, 256<<10)
 	var total int64
 	for {
@@ -400,12 +400,12 @@ func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (i
 		if n > 0 {
 			if spool != nil {
 				if _, err := spool.Write(buf[:n]); err != nil {
-					return total, &localWriteError{fmt.Errorf("write spool: %w", err)}
+					return total, fmt.Errorf("write spool: %w", err)
 				}
 			}
 			if in != nil {
 				if _, err := in.Write(buf[:n]); err != nil {
-					return total, &localWriteError{err}
+					return total, err
 				}
 			}
 			total += int64(n)
@@ -423,7 +423,7 @@ func copyBody(f *blobFetch, body io.Reader, spool *os.File, in *cache.Ingest) (i
 // spoolIngest copies a download's spool into the cache, following the
 // download: the hashing and the cache write run beside it, not in its way.
 type spoolIngest struct {
-	f     *blobFetch
+	f     *Download
 	spool *os.File
 	in    *cache.Ingest
 	end   chan int64    // the body's length, once it is all in the spool
@@ -433,7 +433,7 @@ type spoolIngest struct {
 
 var errIngestAborted = errors.New("download aborted")
 
-func startSpoolIngest(f *blobFetch, spool *os.File, in *cache.Ingest) *spoolIngest {
+func startSpoolIngest(f *Download, spool *os.File, in *cache.Ingest) *spoolIngest {
 	si := &spoolIngest{f: f, spool: spool, in: in, end: make(chan int64, 1), stop: make(chan struct{}), done: make(chan error, 1)}
 	go func() { si.done <- si.run() }()
 	return si
@@ -486,7 +486,7 @@ func (si *spoolIngest) run() error {
 			}
 			if err != nil && !(errors.Is(err, io.EOF) && n > 0) {
 				// The download cannot be cached: stop it.
-				err = &localWriteError{fmt.Errorf("copy spool to cache: %w", err)}
+				err = fmt.Errorf("copy spool to cache: %w", err)
 				si.f.cancel(err)
 				return err
 			}
@@ -503,27 +503,7 @@ func (si *spoolIngest) run() error {
 	}
 }
 
-// resumeBlob asks upstream for the rest of a blob from offset on.
-func resumeBlob(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest, offset int64) (io.ReadCloser, error) {
-	header := http.Header{"Range": {fmt.Sprintf("bytes=%d-", offset)}}
-	resp, err := up.Do(ctx, http.MethodGet, repo, "/v2/"+repo+"/blobs/"+dgst.String(), nil, header)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusPartialContent {
-		if resp.StatusCode == http.StatusOK && offset == 0 {
-			return resp.Body, nil
-		}
-		return nil, fmt.Errorf("resume blob %s at %d: %w", dgst, offset, up.StatusError(resp, errcode.BlobUnknown))
-	}
-	if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", offset)) {
-		upstream.Drain(resp)
-		return nil, fmt.Errorf("resume blob %s at %d: upstream answered range %q", dgst, offset, resp.Header.Get("Content-Range"))
-	}
-	return resp.Body, nil
-}
-
-func (f *blobFetch) advance(n int64) {
+func (f *Download) advance(n int64) {
 	f.mu.Lock()
 	f.written += n
 	close(f.changed)
@@ -531,7 +511,7 @@ func (f *blobFetch) advance(n int64) {
 	f.mu.Unlock()
 }
 
-func (f *blobFetch) finish(err error) {
+func (f *Download) finish(err error) {
 	f.mu.Lock()
 	f.finished, f.err = true, err
 	close(f.changed)
@@ -540,9 +520,9 @@ func (f *blobFetch) finish(err error) {
 	f.mu.Unlock()
 }
 
-// done is a reader's release: the last one to go closes the spool once the
+// Done is a reader's release: the last one to go closes the spool once the
 // download finished, or starts the orphan timer while it still runs.
-func (f *blobFetch) done() {
+func (f *Download) Done() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.refs--
@@ -556,7 +536,7 @@ func (f *blobFetch) done() {
 	f.orphaned = f.clock.AfterFunc(orphanGrace, func() { f.cancel(errOrphaned) })
 }
 
-func (f *blobFetch) closeSpoolLocked() {
+func (f *Download) closeSpoolLocked() {
 	if f.refs > 0 || !f.finished || f.spool == nil || f.closed {
 		return
 	}
@@ -567,12 +547,32 @@ func (f *blobFetch) closeSpoolLocked() {
 	}
 }
 
-// startedBy reports whether the download asks the upstream as owner would:
-// its answer then answers for owner too.
-func (f *blobFetch) startedBy(owner fetchOwner) bool { return f.owner == owner }
+// StartedBy reports whether the download asks the upstream as up/repo
+// would: its answer then answers for them too.
+func (f *Download) StartedBy(up *upstream.Registry, repo string) bool {
+	return f.owner == ownerOf(up, repo)
+}
+
+// Answered reports whether the upstream said yes to the download's owner.
+// It did not when the blob was found in the cache before any request went
+// out. Valid once Ready returned.
+func (f *Download) Answered() bool { return f.answered }
+
+// Tail reads the download from its spool as it grows, from the start;
+// closing the reader is the caller's Done. A download without a spool has
+// nothing to tail: Tail waits for it to end, calls Done, and returns nil and
+// the download's outcome; without an error the blob is then in the cache.
+func (f *Download) Tail(ctx context.Context) (*Reader, error) {
+	if f.spool == nil {
+		err := f.waitDone(ctx)
+		f.Done()
+		return nil, err
+	}
+	return &Reader{ctx: ctx, f: f}, nil
+}
 
 // waitReady waits until the download knows its size, or failed first.
-func (f *blobFetch) waitReady(ctx context.Context) error {
+func (f *Download) waitReady(ctx context.Context) error {
 	select {
 	case <-f.ready:
 		return f.early
@@ -582,7 +582,7 @@ func (f *blobFetch) waitReady(ctx context.Context) error {
 }
 
 // waitDone waits for the download's outcome.
-func (f *blobFetch) waitDone(ctx context.Context) error {
+func (f *Download) waitDone(ctx context.Context) error {
 	for {
 		f.mu.Lock()
 		finished, err, changed := f.finished, f.err, f.changed
@@ -601,7 +601,7 @@ func (f *blobFetch) waitDone(ctx context.Context) error {
 // readable is how far readers may read: everything written, except that the
 // last byte is held back until the digest has verified. A client therefore
 // never receives a complete body with wrong content; it sees a short read.
-func (f *blobFetch) readable() (avail int64, finished bool, err error, changed chan struct{}) {
+func (f *Download) readable() (avail int64, finished bool, err error, changed chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	avail = f.written
@@ -611,17 +611,17 @@ func (f *blobFetch) readable() (avail int64, finished bool, err error, changed c
 	return avail, f.finished, f.err, f.changed
 }
 
-// spoolReader reads a downloading blob from its spool, waiting for bytes as
+// Reader reads a downloading blob from its spool, waiting for bytes as
 // they arrive. It seeks, so http.ServeContent can answer ranges. Reading to
 // its end means the download verified: the last byte waits for that.
-type spoolReader struct {
+type Reader struct {
 	ctx context.Context
-	f   *blobFetch // the reader holds a reference, so the spool stays open
+	f   *Download // the reader holds a reference, so the spool stays open
 	off int64
 	err error // why reading stopped early, for the log
 }
 
-func (r *spoolReader) Read(p []byte) (int, error) {
+func (r *Reader) Read(p []byte) (int, error) {
 	for {
 		if r.off >= r.f.size {
 			if err := r.f.waitDone(r.ctx); err != nil {
@@ -653,7 +653,7 @@ func (r *spoolReader) Read(p []byte) (int, error) {
 	}
 }
 
-func (r *spoolReader) Seek(offset int64, whence int) (int64, error) {
+func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
@@ -669,3 +669,12 @@ func (r *spoolReader) Seek(offset int64, whence int) (int64, error) {
 	r.off = offset
 	return offset, nil
 }
+
+// Close releases the reader's hold on the download.
+func (r *Reader) Close() error {
+	r.f.Done()
+	return nil
+}
+
+// Err is why reading stopped before the end, if it did: for the log.
+func (r *Reader) Err() error { return r.err }

@@ -1,0 +1,127 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/proxy/errcode"
+)
+
+// Blob is a blob's body from upstream. A body cut short or stalled is
+// resumed where it stopped, with a range request, as often as the retry
+// policy allows: an error from Read is final. Blob does not verify the
+// digest; the reader does.
+type Blob struct {
+	// Size is the length upstream announced; -1 when it sent none.
+	Size int64
+
+	ctx     context.Context
+	u       *Registry
+	repo    string
+	dgst    digest.Digest
+	body    io.ReadCloser // nil between an interrupted body and its resumption
+	off     int64
+	attempt int
+}
+
+// GetBlob asks upstream for dgst in repo. A refusal or failure is the
+// *errcode.Error a client would get (code BLOB_UNKNOWN for a 404).
+func (u *Registry) GetBlob(ctx context.Context, repo string, dgst digest.Digest) (*Blob, error) {
+	resp, err := u.Do(ctx, http.MethodGet, repo, blobPath(repo, dgst), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, u.StatusError(resp, errcode.BlobUnknown)
+	}
+	return &Blob{Size: resp.ContentLength, ctx: ctx, u: u, repo: repo, dgst: dgst, body: resp.Body, attempt: 1}, nil
+}
+
+func blobPath(repo string, dgst digest.Digest) string {
+	return "/v2/" + repo + "/blobs/" + dgst.String()
+}
+
+func (b *Blob) Read(p []byte) (int, error) {
+	for {
+		if b.body == nil {
+			body, err := b.resume()
+			if err != nil {
+				return 0, err
+			}
+			b.body = body
+		}
+		n, err := b.body.Read(p)
+		b.off += int64(n)
+		if err == nil || err == io.EOF {
+			return n, err
+		}
+		b.body.Close()
+		b.body = nil
+		if err := b.mayResume(err); err != nil {
+			return n, err
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// mayResume waits before the next attempt, or returns the error to give up
+// with.
+func (b *Blob) mayResume(cause error) error {
+	fail := fmt.Errorf("read blob %s from upstream %s: %w", b.dgst, b.u.name, cause)
+	b.attempt++
+	wait, ok := b.u.retry.Wait(b.attempt, 0)
+	if !ok || b.ctx.Err() != nil {
+		return fail
+	}
+	reason := "truncated"
+	if errors.Is(cause, ErrStalled) {
+		reason = "stalled"
+	}
+	b.u.metrics.Retry(b.u.name, reason)
+	b.u.log.Info("resuming blob download", "digest", b.dgst, "offset", b.off, "error", cause)
+	select {
+	case <-time.After(wait):
+		return nil
+	case <-b.ctx.Done():
+		return errors.Join(fail, context.Cause(b.ctx))
+	}
+}
+
+// resume asks upstream for the rest of the blob from where it stopped.
+func (b *Blob) resume() (io.ReadCloser, error) {
+	header := http.Header{"Range": {fmt.Sprintf("bytes=%d-", b.off)}}
+	resp, err := b.u.Do(b.ctx, http.MethodGet, b.repo, blobPath(b.repo, b.dgst), nil, header)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		if resp.StatusCode == http.StatusOK && b.off == 0 {
+			return resp.Body, nil
+		}
+		return nil, fmt.Errorf("resume blob %s at %d: %w", b.dgst, b.off, b.u.StatusError(resp, errcode.BlobUnknown))
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", b.off)) {
+		Drain(resp)
+		return nil, fmt.Errorf("resume blob %s at %d: upstream answered range %q", b.dgst, b.off, resp.Header.Get("Content-Range"))
+	}
+	return resp.Body, nil
+}
+
+// Close ends the body.
+func (b *Blob) Close() error {
+	if b.body == nil {
+		return nil
+	}
+	err := b.body.Close()
+	b.body = nil
+	return err
+}
