@@ -8,7 +8,7 @@ import (
 
 // MaintainOnce runs one cache maintenance pass, for tests that count what
 // it costs.
-func (s *Server) MaintainOnce(ctx context.Context) { s.maintainOnce(ctx) }
+func (s *Server) MaintainOnce(ctx context.Context) { s.maintainer.Once(ctx) }
 
 // FlushReport writes the pending report counts to the store.
 func (s *Server) FlushReport(ctx context.Context) error { return s.reports.flush(ctx) }

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/maintain"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -18,6 +19,7 @@ type Metrics struct {
 	servedBytes     *prometheus.CounterVec
 	upstream        *upstream.Metrics
 	fetch           *blobfetch.Metrics
+	maintain        *maintain.Metrics
 	staleServes     *prometheus.CounterVec
 	nodes           *prometheus.GaugeVec
 
@@ -33,10 +35,6 @@ type Metrics struct {
 	bytesRepackaged   prometheus.Counter
 	deadlineExceeded  prometheus.Counter
 	normalizations    *prometheus.CounterVec
-	cacheBytes        prometheus.Gauge
-	cacheBlobs        prometheus.Gauge
-	evictions         prometheus.Counter
-	evictedBytes      prometheus.Counter
 	rebuilds          prometheus.Counter
 }
 
@@ -45,6 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		upstream: upstream.NewMetrics(),
 		fetch:    blobfetch.NewMetrics(),
+		maintain: maintain.NewMetrics(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_http_requests_total",
 			Help: "HTTP requests answered, by route, method and status code.",
@@ -119,28 +118,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_normalizations_total",
 			Help: "Manifests and indexes normalized (computed, not served), by result: normalized, clean, invalid (served untouched), error (request failed).",
 		}, []string{"result"}),
-		cacheBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "regnorm_cache_size_bytes",
-			Help: "Bytes of blobs in the cache, measured every minute.",
-		}),
-		cacheBlobs: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "regnorm_cache_objects",
-			Help: "Blobs in the cache, measured every minute.",
-		}),
-		evictions: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "regnorm_cache_evictions_total",
-			Help: "Blobs evicted from the cache by its size or age limit.",
-		}),
-		evictedBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "regnorm_cache_evicted_bytes_total",
-			Help: "Bytes of blobs evicted from the cache.",
-		}),
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layer_rebuilds_total",
 			Help: "Repackaged layers rebuilt from their original after eviction.",
 		}),
 	}
-	reg.MustRegister(m.normalizations, m.cacheBytes, m.cacheBlobs, m.evictions, m.evictedBytes, m.rebuilds)
+	reg.MustRegister(m.normalizations, m.rebuilds)
+	reg.MustRegister(m.maintain.Collectors()...)
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
 	reg.MustRegister(m.requests, m.requestDuration, m.cacheRequests, m.servedBytes,

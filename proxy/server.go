@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -19,6 +18,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/maintain"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -35,10 +35,7 @@ type Store interface {
 	cache.LinkStore
 	cache.ReportStore
 	cache.NodeStore
-	Upgrade(ctx context.Context) error
-	Usage(ctx context.Context) (cache.Usage, error)
-	CleanUploads(ctx context.Context, idle, lifetime time.Duration, now time.Time) (int, error)
-	Evict(ctx context.Context, policy cache.EvictionPolicy, now time.Time) (cache.EvictionResult, error)
+	maintain.Store
 }
 
 // Options configure a Server. cmd/proxy builds them from the configuration.
@@ -106,27 +103,21 @@ type Server struct {
 	defaultUpstream  string
 	tagTTL           time.Duration
 	fetches          *blobfetch.Fetcher
+	maintainer       *maintain.Maintainer
 	manifests        singleflight.Group
 	engine           *normalize.Engine
 	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
 	lookups          chan struct{}                   // noteOriginalServed's, at most originalLookups
 	reports          *reporter
 	rules            ruleset.Policy
-	usage            atomic.Pointer[measuredUsage]
 	started          time.Time
 	deadline         time.Duration
 	patientDeadline  time.Duration
-	eviction         cache.EvictionPolicy
-	maintainEvery    time.Duration
 	links            *linkMemory
 	fleet            *fleet
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
 	nodeVersions     []string   // its label values, as last set
 	clientAuth       *clientAuth
-	uploadIdle       time.Duration // an upload not written to for this long is a dead process's
-	evictNow         chan struct{} // an ingest took the cache past its size
-	sizeEstimate     atomic.Int64  // blob bytes: last eviction's count plus ingests since
-	evictAbove       atomic.Int64  // the estimate past which an ingest wakes the evictor
 	metrics          *Metrics
 	log              *slog.Logger
 	clock            Clock
@@ -186,16 +177,11 @@ func New(opts Options) (*Server, error) {
 		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
-		eviction:        opts.Eviction,
-		maintainEvery:   opts.MaintenanceInterval,
 		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
-		uploadIdle:      4 * opts.StallTimeout,
 		clientAuth:      newClientAuth(opts.ClientAuth),
-		evictNow:        make(chan struct{}, 1),
 		lookups:         make(chan struct{}, originalLookups),
 	}
-	s.evictAbove.Store(opts.Eviction.MaxBytes)
 	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
@@ -215,6 +201,16 @@ func New(opts Options) (*Server, error) {
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.DefaultUpstream)
 	}
+	s.maintainer = maintain.New(maintain.Options{
+		Store:          opts.Store,
+		Policy:         opts.Eviction,
+		Every:          opts.MaintenanceInterval,
+		UploadIdle:     4 * opts.StallTimeout,
+		UploadLifetime: opts.FetchTimeout + uploadMargin,
+		Clock:          opts.Clock,
+		Metrics:        opts.Metrics.maintain,
+		Log:            opts.Logger,
+	})
 	s.fetches = blobfetch.New(blobfetch.Options{
 		Store:    opts.Store,
 		SpoolDir: opts.SpoolDir,
@@ -227,7 +223,7 @@ func New(opts Options) (*Server, error) {
 			s.learn(ctx, up.Name(), repo, dgst)
 			up.Confirm(repo, s.clock.Now())
 		},
-		OnCommit: s.noteIngest,
+		OnCommit: s.maintainer.Ingested,
 	})
 	platforms := normalize.DefaultPlatforms()
 	if opts.Platforms != nil {
@@ -245,7 +241,7 @@ func New(opts Options) (*Server, error) {
 		Timeout:      s.fetches.Timeout,
 		MaxLayerSize: opts.MaxLayerSize,
 		Platforms:    platforms,
-		Ingested:     s.noteIngest,
+		Ingested:     s.maintainer.Ingested,
 	})
 	return s, nil
 }
@@ -257,100 +253,15 @@ const reportFlushInterval = 10 * time.Second
 // rewrite report (once more on the way out), measures the cache and keeps
 // it within its eviction policy, and counts the nodes.
 func (s *Server) Run(ctx context.Context) {
-	go s.maintainCache(ctx)
+	go s.maintainer.Run(ctx)
 	go s.countNodes(ctx)
 	s.reports.run(ctx, reportFlushInterval)
-}
-
-// measuredUsage is the cache's size as last measured, and when.
-type measuredUsage struct {
-	cache.Usage
-	At time.Time
 }
 
 // uploadMargin is added to the fetch timeout to tell a dead writer's
 // multipart upload from a live one: every writer (a download, a repack, a
 // rewritten config) ends within the fetch timeout.
 const uploadMargin = 10 * time.Minute
-
-// maintainCache runs a maintenance pass every maintenance interval, and at
-// once when an ingest takes the cache past its size.
-func (s *Server) maintainCache(ctx context.Context) {
-	if err := s.store.Upgrade(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn("upgrading the cache from an earlier version failed; rewritten configs it holds may be evicted", "error", err)
-	}
-	for {
-		s.maintainOnce(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.evictNow:
-		case <-s.clock.After(s.maintainEvery):
-		}
-	}
-}
-
-// maintainOnce evicts as the policy says (or, without one, only measures
-// the cache), and removes what writers that died (a crash, a SIGKILL) left:
-// a live writer writes at least every stall timeout, because a download
-// that stalls longer is abandoned.
-func (s *Server) maintainOnce(ctx context.Context) {
-	if n, err := s.store.CleanUploads(ctx, s.uploadIdle, s.fetches.Timeout+uploadMargin, s.clock.Now()); err != nil && ctx.Err() == nil {
-		s.log.Warn("cleaning leftover uploads failed", "error", err)
-	} else if n > 0 {
-		s.log.Info("removed leftover uploads", "count", n)
-	}
-	u, err := s.evictOrMeasure(ctx)
-	switch {
-	case err == nil:
-		s.usage.Store(&measuredUsage{Usage: u, At: s.clock.Now()})
-		s.sizeEstimate.Store(u.Bytes)
-		s.evictAbove.Store(evictThreshold(s.eviction.MaxBytes, u.Bytes))
-		s.metrics.cacheBytes.Set(float64(u.Bytes))
-		s.metrics.cacheBlobs.Set(float64(u.Blobs))
-	case ctx.Err() == nil:
-		s.log.Warn("maintaining the cache failed", "error", err)
-	}
-}
-
-func (s *Server) evictOrMeasure(ctx context.Context) (cache.Usage, error) {
-	if s.eviction.MaxBytes == 0 && s.eviction.MaxAge == 0 {
-		return s.store.Usage(ctx)
-	}
-	res, err := s.store.Evict(ctx, s.eviction, s.clock.Now())
-	if err != nil {
-		return cache.Usage{}, err
-	}
-	s.metrics.evictions.Add(float64(res.Evicted))
-	s.metrics.evictedBytes.Add(float64(res.Freed))
-	if res.Evicted > 0 {
-		s.log.Info("evicted from the cache", "blobs", res.Evicted, "bytes", res.Freed, "remaining_bytes", res.Remaining.Bytes)
-	}
-	return res.Remaining, nil
-}
-
-// evictThreshold is the size past which an ingest wakes the evictor: the
-// limit, or, when the last pass could not get under it (every blob in use
-// or within its grace), that much more again plus a tenth of the limit (at
-// least 16 MiB): a pass lists the whole cache, and must not follow every
-// download while nothing can go.
-func evictThreshold(limit, remaining int64) int64 {
-	if remaining <= limit {
-		return limit
-	}
-	return remaining + max(limit/10, 16<<20)
-}
-
-// noteIngest counts a blob that entered the cache, and wakes the evictor
-// when the cache has outgrown its size limit.
-func (s *Server) noteIngest(size int64) {
-	if s.eviction.MaxBytes > 0 && s.sizeEstimate.Add(size) > s.evictAbove.Load() {
-		select {
-		case s.evictNow <- struct{}{}:
-		default:
-		}
-	}
-}
 
 // Handler returns the HTTP handler. metrics, when not nil, is mounted at
 // /metrics.

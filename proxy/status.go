@@ -15,6 +15,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/maintain"
 )
 
 //go:embed templates/status.html
@@ -48,7 +49,7 @@ type statusData struct {
 	Uptime     string
 	Rules      string
 	AllClients bool
-	Cache      *measuredUsage
+	Cache      *maintain.Usage
 	Upstreams  []upstreamStatus
 	Query      string
 	Page       int
@@ -81,7 +82,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
 	}
 	d := statusData{Now: s.clock.Now().UTC(), Uptime: s.clock.Now().Sub(s.started).Round(time.Second).String(), Rules: s.rules.Enabled.Key(), AllClients: s.rules.AllClients,
-		Cache: s.usage.Load(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
+		Cache: s.maintainer.Usage(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
 	for _, name := range sortedKeys(s.upstreams) {
 		up := s.upstreams[name]
 		ok, fail, why := up.Health()

@@ -1,0 +1,84 @@
+package maintain
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/regnorm/regnorm/cache"
+)
+
+// fullCache is a cache that stays at its size: nothing can be evicted.
+type fullCache struct {
+	bytes  int64
+	passes int
+}
+
+func (c *fullCache) Upgrade(context.Context) error { return nil }
+func (c *fullCache) Usage(context.Context) (cache.Usage, error) {
+	return cache.Usage{Bytes: c.bytes}, nil
+}
+func (c *fullCache) CleanUploads(context.Context, time.Duration, time.Duration, time.Time) (int, error) {
+	return 0, nil
+}
+func (c *fullCache) Evict(context.Context, cache.EvictionPolicy, time.Time) (cache.EvictionResult, error) {
+	c.passes++
+	return cache.EvictionResult{Remaining: cache.Usage{Bytes: c.bytes}}, nil
+}
+
+type fixedClock struct{ now time.Time }
+
+func (c fixedClock) Now() time.Time                       { return c.now }
+func (c fixedClock) After(time.Duration) <-chan time.Time { return nil }
+
+// woken reports whether a pass was asked for, and takes the request.
+func (m *Maintainer) woken() bool {
+	select {
+	case <-m.wake:
+		return true
+	default:
+		return false
+	}
+}
+
+// Ingests wake a pass once the cache outgrows its limit; when a pass could
+// not get under it, only after a tenth of the limit more has come, not
+// after every download.
+func TestIngestsWakeAPassOnlyWhenItCanHelp(t *testing.T) {
+	t.Parallel()
+	const limit = 1 << 30
+	store := &fullCache{bytes: limit - 10<<20}
+	m := New(Options{Store: store, Policy: cache.EvictionPolicy{MaxBytes: limit}, Clock: fixedClock{time.Unix(1e9, 0)},
+		Metrics: NewMetrics(), Log: slog.New(slog.DiscardHandler)})
+	m.Once(context.Background())
+	if u := m.Usage(); u == nil || u.Bytes != store.bytes || !u.At.Equal(time.Unix(1e9, 0)) {
+		t.Fatalf("usage after a pass: %+v", u)
+	}
+
+	m.Ingested(5 << 20)
+	if m.woken() {
+		t.Fatal("a pass was woken under the limit")
+	}
+	m.Ingested(6 << 20)
+	if !m.woken() {
+		t.Fatal("no pass was woken past the limit")
+	}
+
+	// The pass finds everything in use: the cache stays past its limit.
+	store.bytes = limit + 1<<20
+	m.Once(context.Background())
+	for range 10 {
+		m.Ingested(8 << 20) // 80 MiB in all: less than a tenth of the limit
+		if m.woken() {
+			t.Fatal("a pass was woken while nothing could go")
+		}
+	}
+	m.Ingested(30 << 20)
+	if !m.woken() {
+		t.Fatal("no pass was woken a tenth of the limit later")
+	}
+	if store.passes != 2 {
+		t.Errorf("%d eviction passes; want 2", store.passes)
+	}
+}
