@@ -1,0 +1,54 @@
+package proxy_test
+
+import (
+	"go/parser"
+	"go/token"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestSubpackagesStayApart keeps each room of proxy/ to its job (STYLE.md):
+// which regnorm packages each may import, and that only proxy/ itself
+// speaks regnorm's HTTP API (gorilla/mux). The engine and maintenance do no
+// HTTP at all; the engine touches no files (it reads through its Source).
+func TestSubpackagesStayApart(t *testing.T) {
+	t.Parallel()
+	const own = "github.com/regnorm/regnorm/"
+	for _, tt := range []struct {
+		dir    string
+		own    []string // the regnorm packages it may import
+		denied []string // standard packages it may not
+	}{
+		{dir: "errcode"},
+		{dir: "ruleset", own: []string{"internal/containerdcfg"}, denied: []string{"net/http", "os"}},
+		{dir: "upstream", own: []string{"proxy/errcode"}},
+		{dir: "blobfetch", own: []string{"cache", "proxy/errcode", "proxy/upstream"}},
+		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset"}, denied: []string{"net/http", "os"}},
+		{dir: "maintain", own: []string{"cache"}, denied: []string{"net/http"}},
+	} {
+		files, err := filepath.Glob(filepath.Join(tt.dir, "*.go"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("%s: no Go files (%v)", tt.dir, err)
+		}
+		fset := token.NewFileSet()
+		for _, file := range files {
+			if strings.HasSuffix(file, "_test.go") {
+				continue
+			}
+			f, err := parser.ParseFile(fset, file, nil, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range f.Imports {
+				path, _ := strconv.Unquote(imp.Path.Value)
+				rest, isOwn := strings.CutPrefix(path, own)
+				if isOwn && !slices.Contains(tt.own, rest) || slices.Contains(tt.denied, path) || strings.HasPrefix(path, "github.com/gorilla/") {
+					t.Errorf("%s imports %s", file, path)
+				}
+			}
+		}
+	}
+}
