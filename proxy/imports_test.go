@@ -17,18 +17,31 @@ import (
 func TestSubpackagesStayApart(t *testing.T) {
 	t.Parallel()
 	const own = "github.com/regnorm/regnorm/"
-	for _, tt := range []struct {
+	type room struct {
 		dir    string
 		own    []string // the regnorm packages it may import
 		denied []string // standard packages it may not
-	}{
+	}
+	rooms := []room{
 		{dir: "errcode"},
 		{dir: "ruleset", own: []string{"internal/containerdcfg"}, denied: []string{"net/http", "os"}},
 		{dir: "upstream", own: []string{"proxy/errcode"}},
 		{dir: "blobfetch", own: []string{"cache", "proxy/errcode", "proxy/upstream"}},
 		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset"}, denied: []string{"net/http", "os"}},
 		{dir: "maintain", own: []string{"cache"}, denied: []string{"net/http"}},
-	} {
+	}
+	// A new room gets its line in the table.
+	dirs, err := filepath.Glob("*/*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range dirs {
+		dir := filepath.Dir(file)
+		if !slices.ContainsFunc(rooms, func(r room) bool { return r.dir == dir }) {
+			t.Errorf("proxy/%s is not in this test's table", dir)
+		}
+	}
+	for _, tt := range rooms {
 		files, err := filepath.Glob(filepath.Join(tt.dir, "*.go"))
 		if err != nil || len(files) == 0 {
 			t.Fatalf("%s: no Go files (%v)", tt.dir, err)

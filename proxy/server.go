@@ -238,7 +238,7 @@ func New(opts Options) (*Server, error) {
 			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds},
 		Log:          opts.Logger,
 		Now:          opts.Clock.Now,
-		Timeout:      s.fetches.Timeout,
+		Timeout:      opts.FetchTimeout,
 		MaxLayerSize: opts.MaxLayerSize,
 		Platforms:    platforms,
 		Ingested:     s.maintainer.Ingested,

@@ -39,7 +39,7 @@ import (
 // finish); and a download nobody is reading any more is cancelled after
 // orphanGrace, so clients that go away cannot leave work behind.
 type Fetcher struct {
-	Options
+	opts   Options
 	limits Limits
 
 	slots chan struct{} // one per running download
@@ -84,7 +84,7 @@ type Options struct {
 // New is a Fetcher with opts; zero limits take their defaults.
 func New(opts Options) *Fetcher {
 	limits := opts.Limits.withDefaults()
-	return &Fetcher{Options: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[digest.Digest]*Download{}}
+	return &Fetcher{opts: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[digest.Digest]*Download{}}
 }
 
 // Limits bound the downloads from upstream.
@@ -175,18 +175,18 @@ func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) 
 	// on how soon the waiting ones were scheduled; one that was cancelled
 	// and replaced counts until it is over.
 	if fs.active >= fs.limits.Downloads+fs.limits.Queued {
-		fs.Metrics.fetchesRejected.Inc()
+		fs.opts.Metrics.fetchesRejected.Inc()
 		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "too many downloads in progress; retry shortly", nil)
 		e.RetryAfter = retryAfterBusy
 		return nil, e
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), fs.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), fs.opts.Timeout)
 	ctx, cancelCause := context.WithCancelCause(ctx)
-	f := &Download{dgst: dgst, owner: ownerOf(up, repo), clock: fs.Clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
+	f := &Download{dgst: dgst, owner: ownerOf(up, repo), clock: fs.opts.Clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
 		cancel: func(cause error) { cancelCause(cause); cancel() }, refs: 1}
 	fs.inflight[dgst] = f
 	fs.active++
-	fs.Metrics.queuedFetches.Inc()
+	fs.opts.Metrics.queuedFetches.Inc()
 	go fs.run(ctx, f, up, repo)
 	return f, nil
 }
@@ -241,7 +241,7 @@ func (fs *Fetcher) Ready(ctx context.Context, f *Download, up *upstream.Registry
 // Ensure returns once dgst is in the cache, downloading it (or joining the
 // download under way) if it is not. The caller has admitted the client.
 func (fs *Fetcher) Ensure(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) error {
-	if _, err := fs.Store.StatBlob(ctx, dgst); err == nil {
+	if _, err := fs.opts.Store.StatBlob(ctx, dgst); err == nil {
 		return nil
 	}
 	f, err := fs.Join(up, repo, dgst)
@@ -259,19 +259,19 @@ func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, 
 	defer f.cancel(nil)
 	err := fs.wait(ctx)
 	if err == nil {
-		fs.Metrics.inflightFetches.Inc()
+		fs.opts.Metrics.inflightFetches.Inc()
 		err = fs.download(ctx, f, up, repo)
-		fs.Metrics.inflightFetches.Dec()
+		fs.opts.Metrics.inflightFetches.Dec()
 		<-fs.slots
 	} else {
 		f.early = err
 		close(f.ready)
 	}
 	if err != nil && errors.Is(context.Cause(ctx), errOrphaned) {
-		fs.Metrics.fetchesAbandoned.Inc()
-		fs.Log.Info("blob download abandoned: no client is reading it", "upstream", up.Name(), "repo", repo, "digest", f.dgst)
+		fs.opts.Metrics.fetchesAbandoned.Inc()
+		fs.opts.Log.Info("blob download abandoned: no client is reading it", "upstream", up.Name(), "repo", repo, "digest", f.dgst)
 	} else if err != nil {
-		fs.Log.Warn("blob download failed", "upstream", up.Name(), "repo", repo, "digest", f.dgst, "error", err)
+		fs.opts.Log.Warn("blob download failed", "upstream", up.Name(), "repo", repo, "digest", f.dgst, "error", err)
 	}
 	fs.mu.Lock()
 	fs.active--
@@ -284,7 +284,7 @@ func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, 
 
 // wait waits for a turn to download.
 func (fs *Fetcher) wait(ctx context.Context) error {
-	defer fs.Metrics.queuedFetches.Dec()
+	defer fs.opts.Metrics.queuedFetches.Dec()
 	select {
 	case fs.slots <- struct{}{}:
 		return nil
@@ -304,14 +304,14 @@ func (fs *Fetcher) reserveSpool(size int64) (release func(), ok bool) {
 		return nil, false
 	}
 	fs.spoolBytes += size
-	fs.Metrics.spoolBytes.Add(float64(size))
+	fs.opts.Metrics.spoolBytes.Add(float64(size))
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			fs.mu.Lock()
 			fs.spoolBytes -= size
 			fs.mu.Unlock()
-			fs.Metrics.spoolBytes.Sub(float64(size))
+			fs.opts.Metrics.spoolBytes.Sub(float64(size))
 		})
 	}, true
 }
@@ -327,7 +327,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Regis
 	}
 	// A download that finished just before this one was started has
 	// already published the blob.
-	if _, err := fs.Store.StatBlob(ctx, f.dgst); err == nil {
+	if _, err := fs.opts.Store.StatBlob(ctx, f.dgst); err == nil {
 		return fail(nil)
 	}
 	body, err := up.GetBlob(ctx, repo, f.dgst)
@@ -336,19 +336,19 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Regis
 	}
 	defer body.Close()
 	f.answered = true
-	fs.OnHolds(ctx, up, repo, f.dgst)
-	in, err := fs.Store.IngestBlob(ctx, f.dgst, body.Size)
+	fs.opts.OnHolds(ctx, up, repo, f.dgst)
+	in, err := fs.opts.Store.IngestBlob(ctx, f.dgst, body.Size)
 	if err != nil {
 		return fail(err)
 	}
 	var spool *os.File
 	release, ok := fs.reserveSpool(body.Size)
 	if !ok {
-		fs.Log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.Name(),
+		fs.opts.Log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.Name(),
 			"digest", f.dgst, "size", body.Size, "spool_limit", fs.limits.SpoolBytes)
 	}
 	if ok {
-		if spool, err = os.CreateTemp(fs.SpoolDir, "regnorm-spool-*"); err != nil {
+		if spool, err = os.CreateTemp(fs.opts.SpoolDir, "regnorm-spool-*"); err != nil {
 			release()
 			return fail(errors.Join(fmt.Errorf("create spool: %w", err), in.Cancel(ctx)))
 		}
@@ -375,6 +375,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Regis
 	// The body resumes itself where it stopped, as often as the retry
 	// policy allows: an error here is final.
 	got, err := copyBody(f, body, spool, sink)
+	body.Close() // now, not after the cache write: the upstream stops sending
 	if err != nil {
 		return abort(err)
 	}
@@ -386,7 +387,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Regis
 	if err := in.Commit(ctx); err != nil {
 		return err
 	}
-	fs.OnCommit(in.Size())
+	fs.opts.OnCommit(in.Size())
 	return nil
 }
 

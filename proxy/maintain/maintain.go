@@ -50,7 +50,7 @@ type Options struct {
 
 // Maintainer runs the maintenance passes.
 type Maintainer struct {
-	Options
+	opts         Options
 	usage        atomic.Pointer[Usage]
 	wake         chan struct{} // an ingest took the cache past its size
 	sizeEstimate atomic.Int64  // blob bytes: last pass's count plus ingests since
@@ -65,7 +65,7 @@ type Usage struct {
 
 // New is a Maintainer with opts.
 func New(opts Options) *Maintainer {
-	m := &Maintainer{Options: opts, wake: make(chan struct{}, 1)}
+	m := &Maintainer{opts: opts, wake: make(chan struct{}, 1)}
 	m.wakeAbove.Store(opts.Policy.MaxBytes)
 	return m
 }
@@ -77,8 +77,8 @@ func (m *Maintainer) Usage() *Usage { return m.usage.Load() }
 // interval, and at once when an ingest takes the cache past its size, until
 // ctx ends.
 func (m *Maintainer) Run(ctx context.Context) {
-	if err := m.Store.Upgrade(ctx); err != nil && ctx.Err() == nil {
-		m.Log.Warn("upgrading the cache from an earlier version failed; rewritten configs it holds may be evicted", "error", err)
+	if err := m.opts.Store.Upgrade(ctx); err != nil && ctx.Err() == nil {
+		m.opts.Log.Warn("upgrading the cache from an earlier version failed; rewritten configs it holds may be evicted", "error", err)
 	}
 	for {
 		m.Once(ctx)
@@ -86,7 +86,7 @@ func (m *Maintainer) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-m.wake:
-		case <-m.Clock.After(m.Every):
+		case <-m.opts.Clock.After(m.opts.Every):
 		}
 	}
 }
@@ -94,36 +94,36 @@ func (m *Maintainer) Run(ctx context.Context) {
 // Once evicts as the policy says (or, without one, only measures the
 // cache), and removes what writers that died (a crash, a SIGKILL) left.
 func (m *Maintainer) Once(ctx context.Context) {
-	if n, err := m.Store.CleanUploads(ctx, m.UploadIdle, m.UploadLifetime, m.Clock.Now()); err != nil && ctx.Err() == nil {
-		m.Log.Warn("cleaning leftover uploads failed", "error", err)
+	if n, err := m.opts.Store.CleanUploads(ctx, m.opts.UploadIdle, m.opts.UploadLifetime, m.opts.Clock.Now()); err != nil && ctx.Err() == nil {
+		m.opts.Log.Warn("cleaning leftover uploads failed", "error", err)
 	} else if n > 0 {
-		m.Log.Info("removed leftover uploads", "count", n)
+		m.opts.Log.Info("removed leftover uploads", "count", n)
 	}
 	u, err := m.evictOrMeasure(ctx)
 	switch {
 	case err == nil:
-		m.usage.Store(&Usage{Usage: u, At: m.Clock.Now()})
+		m.usage.Store(&Usage{Usage: u, At: m.opts.Clock.Now()})
 		m.sizeEstimate.Store(u.Bytes)
-		m.wakeAbove.Store(wakeThreshold(m.Policy.MaxBytes, u.Bytes))
-		m.Metrics.cacheBytes.Set(float64(u.Bytes))
-		m.Metrics.cacheBlobs.Set(float64(u.Blobs))
+		m.wakeAbove.Store(wakeThreshold(m.opts.Policy.MaxBytes, u.Bytes))
+		m.opts.Metrics.cacheBytes.Set(float64(u.Bytes))
+		m.opts.Metrics.cacheBlobs.Set(float64(u.Blobs))
 	case ctx.Err() == nil:
-		m.Log.Warn("maintaining the cache failed", "error", err)
+		m.opts.Log.Warn("maintaining the cache failed", "error", err)
 	}
 }
 
 func (m *Maintainer) evictOrMeasure(ctx context.Context) (cache.Usage, error) {
-	if m.Policy.MaxBytes == 0 && m.Policy.MaxAge == 0 {
-		return m.Store.Usage(ctx)
+	if m.opts.Policy.MaxBytes == 0 && m.opts.Policy.MaxAge == 0 {
+		return m.opts.Store.Usage(ctx)
 	}
-	res, err := m.Store.Evict(ctx, m.Policy, m.Clock.Now())
+	res, err := m.opts.Store.Evict(ctx, m.opts.Policy, m.opts.Clock.Now())
 	if err != nil {
 		return cache.Usage{}, err
 	}
-	m.Metrics.evictions.Add(float64(res.Evicted))
-	m.Metrics.evictedBytes.Add(float64(res.Freed))
+	m.opts.Metrics.evictions.Add(float64(res.Evicted))
+	m.opts.Metrics.evictedBytes.Add(float64(res.Freed))
 	if res.Evicted > 0 {
-		m.Log.Info("evicted from the cache", "blobs", res.Evicted, "bytes", res.Freed, "remaining_bytes", res.Remaining.Bytes)
+		m.opts.Log.Info("evicted from the cache", "blobs", res.Evicted, "bytes", res.Freed, "remaining_bytes", res.Remaining.Bytes)
 	}
 	return res.Remaining, nil
 }
@@ -143,7 +143,7 @@ func wakeThreshold(limit, remaining int64) int64 {
 // Ingested counts a blob of size bytes that entered the cache, and wakes a
 // pass when the cache has outgrown its size limit.
 func (m *Maintainer) Ingested(size int64) {
-	if m.Policy.MaxBytes > 0 && m.sizeEstimate.Add(size) > m.wakeAbove.Load() {
+	if m.opts.Policy.MaxBytes > 0 && m.sizeEstimate.Add(size) > m.wakeAbove.Load() {
 		select {
 		case m.wake <- struct{}{}:
 		default:

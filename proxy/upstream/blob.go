@@ -29,7 +29,11 @@ type Blob struct {
 	body    io.ReadCloser // nil between an interrupted body and its resumption
 	off     int64
 	attempt int
+	err     error // final: every later Read returns it
 }
+
+// errClosed is what Read returns after Close.
+var errClosed = errors.New("read blob: body closed")
 
 // GetBlob asks upstream for dgst in repo. A refusal or failure is the
 // *errcode.Error a client would get (code BLOB_UNKNOWN for a 404).
@@ -50,9 +54,16 @@ func blobPath(repo string, dgst digest.Digest) string {
 
 func (b *Blob) Read(p []byte) (int, error) {
 	for {
+		if b.err != nil {
+			return 0, b.err
+		}
 		if b.body == nil {
 			body, err := b.resume()
 			if err != nil {
+				if b.ctx.Err() != nil {
+					err = errors.Join(err, context.Cause(b.ctx))
+				}
+				b.err = err
 				return 0, err
 			}
 			b.body = body
@@ -65,6 +76,7 @@ func (b *Blob) Read(p []byte) (int, error) {
 		b.body.Close()
 		b.body = nil
 		if err := b.mayResume(err); err != nil {
+			b.err = err
 			return n, err
 		}
 		if n > 0 {
@@ -78,8 +90,11 @@ func (b *Blob) Read(p []byte) (int, error) {
 func (b *Blob) mayResume(cause error) error {
 	fail := fmt.Errorf("read blob %s from upstream %s: %w", b.dgst, b.u.name, cause)
 	b.attempt++
+	if b.ctx.Err() != nil {
+		return errors.Join(fail, context.Cause(b.ctx))
+	}
 	wait, ok := b.u.retry.Wait(b.attempt, 0)
-	if !ok || b.ctx.Err() != nil {
+	if !ok {
 		return fail
 	}
 	reason := "truncated"
@@ -116,8 +131,11 @@ func (b *Blob) resume() (io.ReadCloser, error) {
 	return resp.Body, nil
 }
 
-// Close ends the body.
+// Close ends the body; reading after it is an error.
 func (b *Blob) Close() error {
+	if b.err == nil {
+		b.err = errClosed
+	}
 	if b.body == nil {
 		return nil
 	}

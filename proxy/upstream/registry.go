@@ -149,9 +149,6 @@ func (u *Registry) Name() string { return u.name }
 // status page.
 func (u *Registry) Endpoint() string { return u.base.Scheme + "://" + u.base.Host + u.base.Path }
 
-// Retry is the policy requests to this upstream are retried by.
-func (u *Registry) Retry() RetryPolicy { return u.retry }
-
 // Forwards reports whether clients' own credentials are used upstream.
 func (u *Registry) Forwards() bool { return u.forward != nil }
 

@@ -21,7 +21,11 @@ func newRegistry(t *testing.T, h http.Handler, cfg upstream.Config) *upstream.Re
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	cfg.URL, _ = url.Parse(srv.URL)
+	return registryAt(srv.URL, cfg)
+}
+
+func registryAt(base string, cfg upstream.Config) *upstream.Registry {
+	cfg.URL, _ = url.Parse(base)
 	if cfg.Name == "" {
 		cfg.Name = "example"
 	}
@@ -59,10 +63,10 @@ func TestBearerTokenPerScope(t *testing.T) {
 		}
 		io.WriteString(w, "{}")
 	})
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewServer(mux) // the registry and its token service
 	t.Cleanup(srv.Close)
 	realm = srv.URL + "/token"
-	r := newRegistry(t, mux, upstream.Config{})
+	r := registryAt(srv.URL, upstream.Config{})
 
 	for _, repo := range []string{"a/b", "a/b", "c/d"} {
 		resp, err := get(t, r, repo)
