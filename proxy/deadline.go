@@ -44,7 +44,7 @@ func (s *Server) deadlineFor(userAgent string) time.Duration {
 // gets its result at once.
 func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, rules ruleset.Set, d time.Duration) (normalize.Result, error) {
 	if !normalize.MayNeed(m, rules) {
-		return normalize.Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: rules.Key()}}, nil
+		return normalize.Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}, nil
 	}
 	type result struct {
 		n   normalize.Result

@@ -60,7 +60,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		}
 		if n.Changed() {
 			s.metrics.normalizedServed.Inc()
-			s.reports.Add(s.served(req, m.Digest, client, n.Verdict))
+			s.reports.Add(s.served(req, m, client, n.Verdict))
 			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
 		} else if client.Rules != s.rules.Enabled {
 			// The original may be another client's to fix: the report says

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	digest "github.com/opencontainers/go-digest"
-
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
@@ -219,10 +217,12 @@ func writeJSON(w io.Writer, v any) error {
 
 // served is the report's record of one answer by tag with the variant of
 // original for client's rule set; verdict says what the variant is (none:
-// the original itself).
-func (s *Server) served(req distRequest, original digest.Digest, client ruleset.Client, verdict cache.Normalization) cache.ReportEntry {
+// the original itself). The entry is the variant's under the rules that
+// apply to the original, which clients with other rule sets may share.
+func (s *Server) served(req distRequest, original cache.Manifest, client ruleset.Client, verdict cache.Normalization) cache.ReportEntry {
 	now := s.clock.Now().UTC()
-	return cache.ReportEntry{Upstream: req.upstream.Name(), Repository: req.repo, Original: original, Rules: reportRules(client.Rules),
+	return cache.ReportEntry{Upstream: req.upstream.Name(), Repository: req.repo, Original: original.Digest,
+		Rules:      reportRules(normalize.Applicable(original, client.Rules)),
 		Normalized: verdict.Normalized, Changes: verdict.Changes, MediaType: verdict.MediaType,
 		Tags: []string{req.tag}, Clients: clientNames(client), FirstServed: now, LastServed: now, TimesServed: 1}
 }
@@ -249,7 +249,7 @@ func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cach
 	if !normalize.MayNeed(m, s.rules.Enabled) {
 		return
 	}
-	entry := s.served(req, m.Digest, client, cache.Normalization{})
+	entry := s.served(req, m, client, cache.Normalization{})
 	if changed, ok := s.changedOriginals.Get(m.Digest); ok {
 		if changed {
 			s.reports.Add(entry)
@@ -301,7 +301,8 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 		return false
 	}
 	s.metrics.unnormalizedPulls.Inc()
-	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.Name(), Repository: req.repo, Original: m.Digest, Rules: reportRules(client.Rules),
+	s.reports.Add(cache.ReportEntry{Upstream: req.upstream.Name(), Repository: req.repo, Original: m.Digest,
+		Rules:      reportRules(normalize.Applicable(m, client.Rules)),
 		Normalized: n.Normalized, MediaType: n.MediaType, Changes: n.Changes, // the digest to pin instead
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",

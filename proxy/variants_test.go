@@ -18,6 +18,7 @@ import (
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/rewrite"
 )
 
 // upstreamLog records the upstream requests the proxy makes.
@@ -124,14 +125,14 @@ func TestVariantsPerClient(t *testing.T) {
 		}
 		return len(variants) == 2
 	})
-	slices.SortFunc(variants, func(a, b cache.ReportEntry) int { return strings.Compare(a.Rules, b.Rules) })
+	slices.SortFunc(variants, func(a, b cache.ReportEntry) int { return strings.Compare(a.Normalized.String(), b.Normalized.String()) }) // the original's first
 	if len(variants) != 2 {
 		t.Fatalf("report of the xattr image: %+v; want two variants", variants)
 	}
-	if v := variants[0]; v.Rules != ruleset.ConfigMediaType || v.Normalized != "" || !slices.Equal(v.Clients, []string{"1.6.20"}) || v.TimesServed != 1 || len(v.Changes) != 0 {
+	if v := variants[0]; v.Rules != "none" || v.Normalized != "" || !slices.Equal(v.Clients, []string{"1.6.20"}) || v.TimesServed != 1 || len(v.Changes) != 0 {
 		t.Fatalf("the original's variant: %+v", v)
 	}
-	if v := variants[1]; v.Rules != ruleset.All().Key() || v.Normalized != fixed || !slices.Equal(v.Clients, []string{"1.6.8"}) ||
+	if v := variants[1]; v.Rules != ruleset.SymlinkXattrs || v.Normalized != fixed || !slices.Equal(v.Clients, []string{"1.6.8"}) ||
 		len(v.Changes) != 1 || v.Changes[0].Kind != ruleset.SymlinkXattrs || v.UnnormalizedPulls != 1 {
 		t.Fatalf("the fixed variant: %+v", v)
 	}
@@ -177,14 +178,16 @@ func TestWarmVariants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// 1.6.20 and 2.3.4 differ only in a rule that cannot touch this image:
+	// one variant, the original.
 	if len(results) != 1 || results[0].Error != "" || len(results[0].Variants) != 2 || results[0].NormalizedDigest != "" {
 		t.Fatalf("warm: %+v", results)
 	}
 	old, modern := results[0].Variants[0], results[0].Variants[1]
-	if !slices.Equal(old.Clients, []string{"1.6.8"}) || old.Rules != ruleset.All().Key() || old.NormalizedDigest == "" {
+	if !slices.Equal(old.Clients, []string{"1.6.8"}) || old.Rules != ruleset.SymlinkXattrs || old.NormalizedDigest == "" {
 		t.Fatalf("1.6.8's variant: %+v", old)
 	}
-	if !slices.Equal(modern.Clients, []string{"1.6.20", "2.3.4"}) || modern.Rules != ruleset.ConfigMediaType || modern.NormalizedDigest != "" {
+	if !slices.Equal(modern.Clients, []string{"1.6.20", "2.3.4"}) || modern.Rules != "" || modern.NormalizedDigest != "" {
 		t.Fatalf("the variant of 1.6.20 and 2.3.4: %+v", modern)
 	}
 	normalizations := h.metric(t, "regnorm_normalizations_total", "")
@@ -229,7 +232,11 @@ func TestEveryLayerType(t *testing.T) {
 		var m ocispec.Manifest
 		json.Unmarshal(h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+fixed.String(), containerdAccept).body, &m)
 		layer := m.Layers[1]
-		if layer.MediaType != mediaType || layer.Digest == digest.FromBytes(img.Layers[1]) {
+		wantType := mediaType
+		if mediaType == rewrite.MediaTypeDockerLayerZstd {
+			wantType = ocispec.MediaTypeImageLayerZstd // 1.6.8 needs the zstd media type rule too
+		}
+		if layer.MediaType != wantType || layer.Digest == digest.FromBytes(img.Layers[1]) {
 			t.Errorf("%s: layer descriptor %+v", mediaType, layer)
 			continue
 		}
@@ -243,8 +250,8 @@ func TestEveryLayerType(t *testing.T) {
 		if want != nil && !bytes.HasPrefix(blob, want) || want == nil && (bytes.HasPrefix(blob, magic["gzip"]) || bytes.HasPrefix(blob, magic["zstd"])) {
 			t.Errorf("%s: repackaged with another compression: % x", mediaType, blob[:4])
 		}
-		if got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.6.20")); got != img.ManifestDigest {
-			t.Errorf("%s: containerd 1.6.20 got %s, want the original", mediaType, got)
+		if got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("2.3.4")); got != img.ManifestDigest {
+			t.Errorf("%s: containerd 2.3.4 got %s, want the original", mediaType, got)
 		}
 	}
 
@@ -282,7 +289,7 @@ func TestReusedVariantIsReported(t *testing.T) {
 			continue
 		}
 		found++
-		if e.Original != img.ManifestDigest || e.Normalized != fixed || len(e.Changes) != 1 || e.Rules != ruleset.All().Key() {
+		if e.Original != img.ManifestDigest || e.Normalized != fixed || len(e.Changes) != 1 || e.Rules != ruleset.SymlinkXattrs {
 			t.Fatalf("team/b's entry: %+v", e)
 		}
 	}
@@ -307,5 +314,54 @@ func TestUnfixedPullNamesTheDigestToPin(t *testing.T) {
 	}
 	if page := string(h.do(t, http.MethodGet, "/status", nil).body); !strings.Contains(page, fixed.String()) {
 		t.Fatal("the status page does not say which digest to pin")
+	}
+}
+
+// TestZstdMediaTypeVariants: containerd 1.5 – 1.7 cannot unpack Docker's
+// zstd layer type; they get a manifest whose zstd layers say OCI zstd,
+// answered without reading a blob (the rule reads the manifest only), and
+// the layer blobs they then fetch are the upstream's. 2.x gets the original.
+func TestZstdMediaTypeVariants(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "buildkit/app", "v1", regtest.ImageOptions{LayerMediaType: rewrite.MediaTypeDockerLayerZstd}, baseLayer, oneFile)
+
+	log := h.logUpstream()
+	got := headDigest(t, h, "/v2/buildkit/app/manifests/v1", containerdHeader("1.7.29"))
+	if got == img.ManifestDigest {
+		t.Fatal("containerd 1.7.29 got the original")
+	}
+	if blobs := log.blobGets(); len(blobs) != 0 {
+		t.Errorf("the zstd media type rule downloaded %v before answering", blobs)
+	}
+	h.front.set(nil)
+	var orig, fixed ocispec.Manifest
+	json.Unmarshal(img.Manifest, &orig)
+	json.Unmarshal(h.do(t, http.MethodGet, "/v2/buildkit/app/manifests/"+got.String(), containerdAccept).body, &fixed)
+	if fixed.MediaType != orig.MediaType || fixed.Config.Digest != orig.Config.Digest || len(fixed.Layers) != len(orig.Layers) {
+		t.Fatalf("variant %+v of %+v", fixed, orig)
+	}
+	for i, l := range fixed.Layers {
+		if l.MediaType != ocispec.MediaTypeImageLayerZstd || l.Digest != orig.Layers[i].Digest || l.Size != orig.Layers[i].Size {
+			t.Errorf("layer %d: %+v, was %+v", i, l, orig.Layers[i])
+		}
+		if r := h.do(t, http.MethodGet, "/v2/buildkit/app/blobs/"+l.Digest.String(), nil); r.status != http.StatusOK || digest.FromBytes(r.body) != l.Digest {
+			t.Errorf("layer %d: %d, %d bytes", i, r.status, len(r.body))
+		}
+	}
+	for _, v := range []string{"1.5.0", "1.6.20"} {
+		if d := headDigest(t, h, "/v2/buildkit/app/manifests/v1", containerdHeader(v)); d != got {
+			t.Errorf("containerd %s got %s, want 1.7.29's %s", v, d, got)
+		}
+	}
+	for _, v := range []string{"2.0.0", "2.3.4"} {
+		if d := headDigest(t, h, "/v2/buildkit/app/manifests/v1", containerdHeader(v)); d != img.ManifestDigest {
+			t.Errorf("containerd %s got %s, want the original", v, d)
+		}
+	}
+	// Two rule sets made it (1.5.0 gets the layer rule too, which finds
+	// nothing here): two layers each.
+	if n := h.metric(t, "regnorm_rewrites_total", `kind="zstd-media-type"`); n != 4 {
+		t.Errorf("zstd-media-type rewrites = %v, want 4", n)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -157,7 +158,7 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 		return fail(err)
 	}
 	res.OriginalDigest = m.Digest.String()
-	for _, g := range groups {
+	for _, g := range applicableGroups(m, groups) {
 		n, err := s.engine.Normalize(ctx, s.readingAs(up, req.repo), m, g.rules)
 		if err != nil {
 			return fail(err)
@@ -173,6 +174,22 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 		}
 	}
 	return res
+}
+
+// applicableGroups regroups clients by the rules that apply to m: clients
+// whose rule sets differ only in rules that cannot touch m get one variant.
+func applicableGroups(m cache.Manifest, groups []warmGroup) []warmGroup {
+	var out []warmGroup
+	for _, g := range groups {
+		rules := normalize.Applicable(m, g.rules)
+		i := slices.IndexFunc(out, func(o warmGroup) bool { return o.rules == rules })
+		if i < 0 {
+			out = append(out, warmGroup{rules: rules, clients: g.clients})
+			continue
+		}
+		out[i].clients = append(slices.Clip(out[i].clients), g.clients...)
+	}
+	return out
 }
 
 // parseImage reads an image reference as warm takes it. Its first

@@ -33,6 +33,9 @@ const (
 	// KindChildManifest: an index entry points at its child's normalized
 	// manifest.
 	KindChildManifest = "child-manifest"
+	// KindZstdMediaType: a layer of Docker's zstd type got the OCI zstd
+	// type; the blob is the same.
+	KindZstdMediaType = "zstd-media-type"
 )
 
 // Change is one thing normalization changed, and where.
@@ -137,6 +140,8 @@ type ManifestInput struct {
 	Layers map[digest.Digest]LayerResult
 	// KeepConfigMediaType turns the config media type rule off.
 	KeepConfigMediaType bool
+	// RetypeDockerZstd turns the zstd media type rule on.
+	RetypeDockerZstd bool
 }
 
 // NormalizeManifest applies the rules to an image manifest.
@@ -146,6 +151,10 @@ type ManifestInput struct {
 // layer) gets the Docker config type in a Docker manifest and the OCI config
 // type in an OCI manifest. Anything else octet-stream (an artifact) is left
 // alone.
+//
+// The zstd media type rule: a layer of Docker's zstd type
+// (application/vnd.docker.image.rootfs.diff.tar.zstd) gets the OCI zstd layer
+// type; its digest, size and blob stay.
 //
 // The layer rule: each repackaged layer's descriptor gets its new digest and
 // size, and its rootfs.diff_ids entry in the config the new uncompressed
@@ -176,6 +185,16 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 		want := configMediaTypeFor(mediaType)
 		edits = append(edits, edit{path: []string{"config", "mediaType"}, value: quote(want)})
 		changes = append(changes, Change{Kind: KindConfigMediaType, Path: "config.mediaType", Old: MediaTypeOctetStream, New: want})
+	}
+	if in.RetypeDockerZstd {
+		for i, desc := range plan.Layers {
+			if desc.MediaType != MediaTypeDockerLayerZstd {
+				continue
+			}
+			idx := strconv.Itoa(i)
+			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(ocispec.MediaTypeImageLayerZstd)})
+			changes = append(changes, Change{Kind: KindZstdMediaType, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: ocispec.MediaTypeImageLayerZstd})
+		}
 	}
 	for i, desc := range plan.Layers {
 		fix, ok := layers[desc.Digest]

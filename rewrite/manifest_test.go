@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -306,5 +307,44 @@ func TestJSONIndexIsBounded(t *testing.T) {
 		`"layers":[],"annotations":{"` + strings.Repeat("a", 1000) + `":"x"}}`
 	if plan, err := PlanManifest(MediaTypeDockerManifest, []byte(manifest)); err != nil || !plan.ConfigMediaTypeSuspect {
 		t.Fatalf("a manifest with a long annotation key: %+v, %v", plan, err)
+	}
+}
+
+// TestZstdMediaType: Docker's zstd layer type becomes OCI's, in place, and
+// nothing else changes: not the other layers, not a byte of the layout.
+func TestZstdMediaType(t *testing.T) {
+	t.Parallel()
+	layer := func(mt string, n int) string {
+		return fmt.Sprintf(`{"mediaType": %q, "size": %d, "digest": "%s"}`, mt, n, digest.FromString(strconv.Itoa(n)))
+	}
+	in := []byte(`{
+   "schemaVersion": 2,
+   "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+   "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7, "digest": "` + digest.FromString("config").String() + `"},
+   "layers": [
+      ` + layer(MediaTypeDockerLayerZstd, 1) + `,
+      ` + layer(MediaTypeDockerLayerGzip, 2) + `,
+      ` + layer(MediaTypeDockerLayerZstd, 3) + `
+   ]
+}`)
+	off, err := NormalizeManifest(ManifestInput{MediaType: MediaTypeDockerManifest, Manifest: in, KeepConfigMediaType: true})
+	if err != nil || off.Changed() || !bytes.Equal(off.Content, in) {
+		t.Fatalf("rule off: %+v, %v; want the input", off.Changes, err)
+	}
+	got, err := NormalizeManifest(ManifestInput{MediaType: MediaTypeDockerManifest, Manifest: in, RetypeDockerZstd: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.ReplaceAll(in, []byte(`"`+MediaTypeDockerLayerZstd+`"`), []byte(`"`+ocispec.MediaTypeImageLayerZstd+`"`))
+	if !bytes.Equal(got.Content, want) || got.Digest != digest.FromBytes(want) || got.MediaType != MediaTypeDockerManifest {
+		t.Fatalf("got %s (%s)\nwant %s", got.Content, got.Digest, want)
+	}
+	if len(got.Changes) != 2 || got.Changes[0].Path != "layers[0].mediaType" || got.Changes[1].Path != "layers[2].mediaType" ||
+		got.Changes[0].Kind != KindZstdMediaType || got.Changes[0].New != ocispec.MediaTypeImageLayerZstd {
+		t.Fatalf("changes %+v", got.Changes)
+	}
+	again, err := NormalizeManifest(ManifestInput{MediaType: MediaTypeDockerManifest, Manifest: got.Content, RetypeDockerZstd: true})
+	if err != nil || again.Changed() {
+		t.Fatalf("second pass: %+v, %v", again.Changes, err)
 	}
 }

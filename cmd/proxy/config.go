@@ -99,6 +99,8 @@ type NormalizeConfig struct {
 	ConfigMediaType bool `yaml:"configMediaType"`
 	// SymlinkXattrs repackages layers with xattrs on symlinks.
 	SymlinkXattrs bool `yaml:"symlinkXattrs"`
+	// ZstdMediaType retypes Docker's zstd layer type as OCI's.
+	ZstdMediaType bool `yaml:"zstdMediaType"`
 	// Clients is "auto": each client gets the enabled rules its containerd
 	// version needs (the others get the original); or "all": every client
 	// gets every enabled rule.
@@ -244,7 +246,7 @@ func defaultConfig() Config {
 		MaxQueuedDownloads: 128,
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
-		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, Clients: "auto",
+		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Clients: "auto",
 			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
@@ -520,7 +522,7 @@ func (c Config) validate() error {
 func (n NormalizeConfig) policy() *ruleset.Policy {
 	unknown, _ := ruleset.Parse(n.UnknownClients) // validated
 	return &ruleset.Policy{
-		Enabled:    ruleset.Set{ConfigMediaType: n.ConfigMediaType, SymlinkXattrs: n.SymlinkXattrs},
+		Enabled:    ruleset.Set{ConfigMediaType: n.ConfigMediaType, SymlinkXattrs: n.SymlinkXattrs, ZstdMediaType: n.ZstdMediaType},
 		AllClients: n.Clients == "all",
 		Unknown:    unknown,
 	}

@@ -161,6 +161,7 @@ func (e *Engine) Normalize(ctx context.Context, src Source, m cache.Manifest, ru
 // Verdict returns the recorded verdict for m under rules, if any; it never
 // computes one.
 func (e *Engine) Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool) {
+	rules = Applicable(m, rules)
 	if !MayNeed(m, rules) {
 		return cache.Normalization{}, false
 	}
@@ -179,6 +180,7 @@ func (e *Engine) verdictKey(m cache.Manifest, rules ruleset.Set) string {
 }
 
 func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (Result, error) {
+	rules = Applicable(m, rules)
 	key := e.verdictKey(m, rules)
 	clean := Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: key}}
 	if !mayNeed(m, rules, depth) {
@@ -208,34 +210,46 @@ func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, ru
 
 // MayNeed is the pure, I/O-free first look at m: whether rules may change
 // it. For a client with no rule nothing does; with only the config media
-// type rule, most manifests are clean and cost nothing more; with the layer
-// rule, every image with layers needs its verdict.
+// type rule (or the zstd media type rule), most manifests are clean and cost
+// nothing more; with the layer rule, every image with layers needs its
+// verdict.
 func MayNeed(m cache.Manifest, rules ruleset.Set) bool { return mayNeed(m, rules, 0) }
 
 func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
+	if rewrite.IsIndex(m.MediaType) && depth >= maxIndexDepth {
+		return false
+	}
+	return !Applicable(m, rules).Empty()
+}
+
+// Applicable is the part of rules that may change m, judged from m alone:
+// for an image manifest, the config media type rule if its config is
+// declared octet-stream, the layer rule if it has a layer the rule reads,
+// the zstd media type rule if it has a layer of Docker's zstd type; for an
+// index, every rule (its children decide). A variant is the original's
+// under its applicable rules: clients whose rule sets differ only in rules
+// that cannot touch an image share its verdict, its report entry and the
+// work.
+func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 	switch {
 	case rules.Empty():
-		return false
-	case rewrite.IsManifest(m.MediaType):
-		plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
-		if err != nil {
-			return false
-		}
-		if rules.ConfigMediaType && plan.ConfigMediaTypeSuspect {
-			return true
-		}
-		if rules.SymlinkXattrs {
-			for _, l := range plan.Layers {
-				if rewrite.IsScannableLayer(l.MediaType) {
-					return true
-				}
-			}
-		}
-		return false
+		return rules
 	case rewrite.IsIndex(m.MediaType):
-		return depth < maxIndexDepth
+		return rules
+	case !rewrite.IsManifest(m.MediaType):
+		return ruleset.Set{}
 	}
-	return false
+	plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
+	if err != nil {
+		return ruleset.Set{}
+	}
+	var may ruleset.Set
+	may.ConfigMediaType = plan.ConfigMediaTypeSuspect
+	for _, l := range plan.Layers {
+		may.SymlinkXattrs = may.SymlinkXattrs || rewrite.IsScannableLayer(l.MediaType)
+		may.ZstdMediaType = may.ZstdMediaType || l.MediaType == rewrite.MediaTypeDockerLayerZstd
+	}
+	return rules.Intersect(may)
 }
 
 func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (Result, error) {
@@ -322,7 +336,7 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 		}
 	}
 	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
-		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType})
+		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType, RetypeDockerZstd: rules.ZstdMediaType})
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}

@@ -18,10 +18,11 @@ import (
 const (
 	ConfigMediaType = "config-media-type"
 	SymlinkXattrs   = "symlink-xattrs"
+	ZstdMediaType   = "zstd-media-type"
 )
 
 // Names lists every rule, in the order keys name them.
-func Names() []string { return []string{ConfigMediaType, SymlinkXattrs} }
+func Names() []string { return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType} }
 
 // Set is a set of rules.
 type Set struct {
@@ -31,10 +32,13 @@ type Set struct {
 	// SymlinkXattrs repackages layers with xattrs on symlinks and other
 	// special files. It reads every layer.
 	SymlinkXattrs bool
+	// ZstdMediaType retypes layers of Docker's zstd type as OCI zstd
+	// layers; the blobs stay. It reads the manifest only.
+	ZstdMediaType bool
 }
 
 // All is every rule.
-func All() Set { return Set{ConfigMediaType: true, SymlinkXattrs: true} }
+func All() Set { return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true} }
 
 // Parse reads a list of rule names.
 func Parse(names []string) (Set, error) {
@@ -45,6 +49,8 @@ func Parse(names []string) (Set, error) {
 			s.ConfigMediaType = true
 		case SymlinkXattrs:
 			s.SymlinkXattrs = true
+		case ZstdMediaType:
+			s.ZstdMediaType = true
 		default:
 			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
@@ -64,6 +70,9 @@ func (s Set) names() []string {
 	if s.SymlinkXattrs {
 		on = append(on, SymlinkXattrs)
 	}
+	if s.ZstdMediaType {
+		on = append(on, ZstdMediaType)
+	}
 	return on
 }
 
@@ -72,7 +81,8 @@ func (s Set) Empty() bool { return s == Set{} }
 
 // Intersect is the rules in both s and o.
 func (s Set) Intersect(o Set) Set {
-	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs}
+	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs,
+		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType}
 }
 
 // Needs is the rules a containerd version needs (CONTAINERD.md):
@@ -81,6 +91,8 @@ func (s Set) Intersect(o Set) Set {
 //	                    layers of an image whose config is octet-stream
 //	symlink xattrs      before 1.5.14 and 1.6.0 – 1.6.8: unpacking fails
 //	                    with EPERM
+//	zstd media type     1.5 – 1.7: they unpack OCI zstd layers, not
+//	                    Docker's zstd type ("no processor for media-type")
 func Needs(v containerdcfg.Version) Set {
 	before := func(major, minor, patch int) bool {
 		if v.Major != major {
@@ -94,6 +106,7 @@ func Needs(v containerdcfg.Version) Set {
 	return Set{
 		ConfigMediaType: !before(1, 4, 0),
 		SymlinkXattrs:   before(1, 5, 14) || (v.Major == 1 && v.Minor == 6 && v.Patch < 9),
+		ZstdMediaType:   !before(1, 5, 0) && before(2, 0, 0),
 	}
 }
 
