@@ -16,6 +16,8 @@ OLD_CONTAINERD_VERSION=v1.6.8
 CONTAINERD2_VERSION=v2.3.4
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 VERSITYGW_VERSION=v1.8.0
+# The last distribution that stores Docker schema 1 manifests (v3 refuses them).
+REGISTRY2_VERSION=v2.8.3
 
 log() { echo "test-deps: $*" >&2; }
 
@@ -94,6 +96,64 @@ containerd2() {
   mv "$tmp" "$out"
 }
 
+# registry2: distribution v2.8.3's registry, the upstream that serves Docker
+# schema 1 images (with compatibility.schema1.enabled). The module predates
+# go.mod, so build it in a writable copy made a module, as old_containerd
+# does: rsc.io/letsencrypt, which the module proxy refuses, becomes a local
+# stub that fails if a config asks for Let's Encrypt, and logrus-logstash-hook
+# is pinned to the last release with the API it calls (about 1.5 minutes on
+# 2 cores from cold module and build caches, once; 4 beside other builds).
+registry2() {
+  local out="$BIN/registry-${REGISTRY2_VERSION#v}"
+  [ -x "$out" ] && return 0
+  log "building distribution registry $REGISTRY2_VERSION (once; about 1.5 minutes)"
+  local mod src
+  mod=$(GOFLAGS=-mod=mod go mod download -json "github.com/docker/distribution@$REGISTRY2_VERSION+incompatible" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  src=$(mktemp -d "$CACHE/registry2-src.XXXXXX")
+  cp -r "$mod/." "$src/"
+  chmod -R u+w "$src"
+  mkdir "$src/letsencrypt-stub"
+  cat > "$src/letsencrypt-stub/go.mod" <<'GOMOD'
+module rsc.io/letsencrypt
+
+go 1.21
+GOMOD
+  cat > "$src/letsencrypt-stub/letsencrypt.go" <<'GO'
+// Package letsencrypt stands in for rsc.io/letsencrypt, which the module
+// proxy does not serve: the tests never configure Let's Encrypt.
+package letsencrypt
+
+import (
+	"crypto/tls"
+	"errors"
+)
+
+var errStub = errors.New("letsencrypt: not in this build")
+
+type Manager struct{}
+
+func (m *Manager) CacheFile(name string) error                           { return errStub }
+func (m *Manager) Registered() bool                                      { return false }
+func (m *Manager) Register(email string, prompt func(string) bool) error { return errStub }
+func (m *Manager) SetHosts(hosts []string) error                         { return errStub }
+func (m *Manager) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return nil, errStub
+}
+GO
+  if ! (cd "$src" &&
+    go mod init github.com/docker/distribution &&
+    go mod edit -require=rsc.io/letsencrypt@v0.0.0 -replace=rsc.io/letsencrypt=./letsencrypt-stub &&
+    GOFLAGS=-mod=mod go get github.com/bshuster-repo/logrus-logstash-hook@v0.4.1 &&
+    GOFLAGS=-mod=mod go mod tidy -e &&
+    CGO_ENABLED=0 GOFLAGS=-mod=mod go build -o "$out.tmp" \
+      -ldflags "-X github.com/docker/distribution/version.Version=$REGISTRY2_VERSION" ./cmd/registry) >&2; then
+    rm -rf "$src" "$out.tmp"
+    return 1
+  fi
+  mv "$out.tmp" "$out"
+  rm -rf "$src"
+}
+
 # npm_tools: @grafana/schema and TypeScript, which type-check the dashboard.
 NPM_TOOLS="@grafana/schema@13.2.3 typescript@5.9.3"
 npm_tools() {
@@ -117,6 +177,7 @@ go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CO
 go_tool versitygw "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 old_containerd
 containerd2
+registry2
 npm_tools
 
 echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
@@ -129,3 +190,4 @@ echo "export REGNORM_CHROMIUM_BIN=$(command -v chromium)"
 echo "export REGNORM_NPM_MODULES=$CACHE/npm/node_modules"
 echo "export REGNORM_OLD_CONTAINERD_BIN=$BIN/containerd-${OLD_CONTAINERD_VERSION#v}"
 echo "export REGNORM_CONTAINERD2_DIR=$BIN/containerd-${CONTAINERD2_VERSION#v}"
+echo "export REGNORM_REGISTRY2_BIN=$BIN/registry-${REGISTRY2_VERSION#v}"
