@@ -13,6 +13,8 @@ import (
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/internal/schema1"
 )
 
 // Sentinel errors, tested with errors.Is.
@@ -142,7 +144,8 @@ type manifestEnvelope struct {
 	Content   []byte `json:"content"`
 }
 
-// GetManifest returns a cached manifest, verified against its digest.
+// GetManifest returns a cached manifest, verified against its digest (for
+// schema 1, the digest of its payload).
 func (s *Store) GetManifest(ctx context.Context, dgst digest.Digest) (Manifest, error) {
 	if err := dgst.Validate(); err != nil {
 		return Manifest{}, fmt.Errorf("get manifest %q: %w", dgst, err)
@@ -155,8 +158,8 @@ func (s *Store) GetManifest(ctx context.Context, dgst digest.Digest) (Manifest, 
 	if err := json.Unmarshal(b, &env); err != nil {
 		return Manifest{}, fmt.Errorf("get manifest %s: decode: %w", dgst, err)
 	}
-	if got := dgst.Algorithm().FromBytes(env.Content); got != dgst {
-		return Manifest{}, fmt.Errorf("get manifest %s: content hashes to %s: %w", dgst, got, ErrDigestMismatch)
+	if got, err := schema1.ManifestDigest(dgst.Algorithm(), env.MediaType, env.Content); err != nil || got != dgst {
+		return Manifest{}, fmt.Errorf("get manifest %s: content hashes to %s: %w", dgst, got, errors.Join(err, ErrDigestMismatch))
 	}
 	return Manifest{MediaType: env.MediaType, Digest: dgst, Content: env.Content}, nil
 }
@@ -166,8 +169,8 @@ func (s *Store) PutManifest(ctx context.Context, m Manifest) error {
 	if err := m.Digest.Validate(); err != nil {
 		return fmt.Errorf("put manifest %q: %w", m.Digest, err)
 	}
-	if got := m.Digest.Algorithm().FromBytes(m.Content); got != m.Digest {
-		return fmt.Errorf("put manifest %s: content hashes to %s: %w", m.Digest, got, ErrDigestMismatch)
+	if got, err := schema1.ManifestDigest(m.Digest.Algorithm(), m.MediaType, m.Content); err != nil || got != m.Digest {
+		return fmt.Errorf("put manifest %s: content hashes to %s: %w", m.Digest, got, errors.Join(err, ErrDigestMismatch))
 	}
 	b, err := json.Marshal(manifestEnvelope{MediaType: m.MediaType, Content: m.Content})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/schema1"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -270,18 +271,25 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Registry, repo,
 		return cache.Manifest{}, tooLarge
 	}
 
-	dgst := want
-	if dgst == "" {
-		dgst = digest.Canonical.FromBytes(body)
+	// A schema 1 manifest is known by the digest of its payload (without
+	// its signatures); every other by the digest of its bytes.
+	mediaType := manifestMediaType(resp.Header.Get("Content-Type"), body)
+	claimed := want
+	if claimed == "" {
 		if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm().Available() {
-			dgst = h
+			claimed = h
 		}
 	}
-	if got := dgst.Algorithm().FromBytes(body); got != dgst {
-		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.ManifestInvalid,
-			fmt.Sprintf("upstream %s sent a manifest that hashes to %s, not %s", up.Name(), got, dgst), nil)
+	alg := digest.Canonical
+	if claimed != "" {
+		alg = claimed.Algorithm()
 	}
-	return cache.Manifest{MediaType: manifestMediaType(resp.Header.Get("Content-Type"), body), Digest: dgst, Content: body}, nil
+	got, err := schema1.ManifestDigest(alg, mediaType, body)
+	if err != nil || (claimed != "" && got != claimed) {
+		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.ManifestInvalid,
+			fmt.Sprintf("upstream %s sent a manifest that hashes to %s, not %s", up.Name(), got, claimed), err)
+	}
+	return cache.Manifest{MediaType: mediaType, Digest: got, Content: body}, nil
 }
 
 // manifestMediaType trusts the upstream's Content-Type unless it is generic,
@@ -292,11 +300,19 @@ func manifestMediaType(contentType string, body []byte) string {
 		return mt
 	}
 	var probe struct {
-		MediaType string          `json:"mediaType"`
-		Manifests json.RawMessage `json:"manifests"`
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     string          `json:"mediaType"`
+		Manifests     json.RawMessage `json:"manifests"`
+		Signatures    json.RawMessage `json:"signatures"`
 	}
 	if json.Unmarshal(body, &probe) == nil && probe.MediaType != "" {
 		return probe.MediaType
+	}
+	if probe.SchemaVersion == 1 {
+		if probe.Signatures != nil {
+			return schema1.MediaTypeSigned
+		}
+		return schema1.MediaTypeUnsigned
 	}
 	if probe.Manifests != nil {
 		return ocispec.MediaTypeImageIndex
@@ -305,8 +321,8 @@ func manifestMediaType(contentType string, body []byte) string {
 }
 
 // parseAccept flattens Accept headers into media types, dropping parameters
-// and the schema 1 types (their digests are not digests of their bytes, so
-// they cannot be verified or cached; containerd 2.1 removed them too).
+// and the schema 1 types: upstream is always asked for schema 1 last (see
+// acceptHeader), and a schema 1 original suits every client (see accepts).
 func parseAccept(values []string) []string {
 	var out []string
 	for _, v := range values {
@@ -322,9 +338,11 @@ func parseAccept(values []string) []string {
 	return out
 }
 
-// accepts reports whether a client that sent accept can take mediaType.
+// accepts reports whether a client that sent accept can take mediaType. A
+// schema 1 original suits every client: containerd 1.x converts it itself,
+// and the clients that cannot (2.x) get the variant the schema 1 rule made.
 func accepts(accept []string, mediaType string) bool {
-	if len(accept) == 0 {
+	if len(accept) == 0 || schema1.Is(mediaType) {
 		return true
 	}
 	for _, a := range accept {
@@ -335,9 +353,13 @@ func accepts(accept []string, mediaType string) bool {
 	return false
 }
 
+// acceptHeader is the Accept header upstream is asked with: the client's
+// types (the modern four by default), then schema 1, so that a tag that
+// exists only as schema 1 is found and one that exists as anything else is
+// not converted down (as Quay does for a list that lacks its type).
 func acceptHeader(accept []string) http.Header {
 	if len(accept) == 0 {
 		accept = defaultAccept
 	}
-	return http.Header{"Accept": {strings.Join(accept, ", ")}}
+	return http.Header{"Accept": {strings.Join(accept, ", ") + ", " + schema1.MediaTypeSigned + ", " + schema1.MediaTypeUnsigned}}
 }

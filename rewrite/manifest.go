@@ -237,8 +237,9 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 
 // NormalizeIndex points an index's entries at their children's normalized
 // manifests. children maps an original child digest to its normalized
-// descriptor; entries not in the map stay as they are. Platform,
-// annotations and every other field are kept.
+// descriptor (digest, size, and media type when it changed); entries not in
+// the map stay as they are. Platform, annotations and every other field are
+// kept.
 func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]ocispec.Descriptor) (Result, error) {
 	if !IsIndex(mediaType) {
 		return Result{}, fmt.Errorf("%w: %s is not an index", ErrNotImage, mediaType)
@@ -267,6 +268,10 @@ func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]o
 			edit{path: []string{"manifests", idx, "digest"}, value: quote(next.Digest.String())},
 			edit{path: []string{"manifests", idx, "size"}, value: []byte(strconv.FormatInt(next.Size, 10))},
 		)
+		if next.MediaType != "" && next.MediaType != desc.MediaType {
+			// A converted child (schema 1) is of another type now.
+			edits = append(edits, edit{path: []string{"manifests", idx, "mediaType"}, value: quote(next.MediaType)})
+		}
 		changes = append(changes, Change{Kind: KindChildManifest, Path: "manifests[" + idx + "]", Old: desc.Digest.String(), New: next.Digest.String()})
 	}
 	return finish(doc, mediaType, edits, changes)

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/schema1"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/rewrite"
 )
@@ -208,6 +209,22 @@ func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, ru
 	return v.(Result), nil
 }
 
+// applicableToIndex is every rule of rules but the schema 1 rule, which
+// applies only when a child is schema 1 (or an index, which may have one).
+func applicableToIndex(m cache.Manifest, rules ruleset.Set) ruleset.Set {
+	children, err := rewrite.IndexChildren(m.MediaType, m.Content)
+	if err != nil {
+		return rules // invalid: the engine says so once, as a verdict
+	}
+	for _, c := range children {
+		if schema1.Is(c.MediaType) || rewrite.IsIndex(c.MediaType) {
+			return rules
+		}
+	}
+	rules.Schema1 = false
+	return rules
+}
+
 // MayNeed is the pure, I/O-free first look at m: whether rules may change
 // it. For a client with no rule nothing does; with only the config media
 // type rule (or the zstd media type rule), most manifests are clean and cost
@@ -225,8 +242,9 @@ func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
 // Applicable is the part of rules that may change m, judged from m alone:
 // for an image manifest, the config media type rule if its config is
 // declared octet-stream, the layer rule if it has a layer the rule reads,
-// the zstd media type rule if it has a layer of Docker's zstd type; for an
-// index, every rule (its children decide). A variant is the original's
+// the zstd media type rule if it has a layer of Docker's zstd type; for a
+// schema 1 manifest, the schema 1 rule alone; for an index, every rule its
+// children's types allow (the children decide the rest). A variant is the original's
 // under its applicable rules: clients whose rule sets differ only in rules
 // that cannot touch an image share its verdict, its report entry and the
 // work.
@@ -235,7 +253,9 @@ func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 	case rules.Empty():
 		return rules
 	case rewrite.IsIndex(m.MediaType):
-		return rules
+		return applicableToIndex(m, rules)
+	case schema1.Is(m.MediaType):
+		return rules.Intersect(ruleset.Set{Schema1: true})
 	case !rewrite.IsManifest(m.MediaType):
 		return ruleset.Set{}
 	}
@@ -256,9 +276,12 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 	start := time.Now()
 	var res rewrite.Result
 	var err error
-	if rewrite.IsManifest(m.MediaType) {
+	switch {
+	case schema1.Is(m.MediaType):
+		res, err = e.convertSchema1(ctx, src, m)
+	case rewrite.IsManifest(m.MediaType):
 		res, err = e.normalizeImage(ctx, src, m, rules)
-	} else {
+	default:
 		res, err = e.normalizeIndex(ctx, src, m, rules, depth)
 	}
 	store := e.opts.Store
@@ -365,7 +388,7 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(childFetches)
 	for _, child := range children {
-		if !rewrite.IsManifest(child.MediaType) && !rewrite.IsIndex(child.MediaType) || !e.opts.Platforms.reads(child) {
+		if !rewrite.IsManifest(child.MediaType) && !rewrite.IsIndex(child.MediaType) && !schema1.Is(child.MediaType) || !e.opts.Platforms.reads(child) {
 			continue
 		}
 		g.Go(func() error {
@@ -379,7 +402,7 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 			}
 			if n.Changed() {
 				mu.Lock()
-				changed[child.Digest] = ocispec.Descriptor{MediaType: child.MediaType, Digest: n.Manifest.Digest, Size: int64(len(n.Manifest.Content))}
+				changed[child.Digest] = ocispec.Descriptor{MediaType: n.Manifest.MediaType, Digest: n.Manifest.Digest, Size: int64(len(n.Manifest.Content))}
 				mu.Unlock()
 			}
 			return nil

@@ -19,10 +19,11 @@ const (
 	ConfigMediaType = "config-media-type"
 	SymlinkXattrs   = "symlink-xattrs"
 	ZstdMediaType   = "zstd-media-type"
+	Schema1         = "schema1"
 )
 
 // Names lists every rule, in the order keys name them.
-func Names() []string { return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType} }
+func Names() []string { return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1} }
 
 // Set is a set of rules.
 type Set struct {
@@ -35,10 +36,15 @@ type Set struct {
 	// ZstdMediaType retypes layers of Docker's zstd type as OCI zstd
 	// layers; the blobs stay. It reads the manifest only.
 	ZstdMediaType bool
+	// Schema1 converts schema 1 manifests to Docker schema 2. It reads
+	// every layer (for its diff ID).
+	Schema1 bool
 }
 
 // All is every rule.
-func All() Set { return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true} }
+func All() Set {
+	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true}
+}
 
 // Parse reads a list of rule names.
 func Parse(names []string) (Set, error) {
@@ -51,6 +57,8 @@ func Parse(names []string) (Set, error) {
 			s.SymlinkXattrs = true
 		case ZstdMediaType:
 			s.ZstdMediaType = true
+		case Schema1:
+			s.Schema1 = true
 		default:
 			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
@@ -73,6 +81,9 @@ func (s Set) names() []string {
 	if s.ZstdMediaType {
 		on = append(on, ZstdMediaType)
 	}
+	if s.Schema1 {
+		on = append(on, Schema1)
+	}
 	return on
 }
 
@@ -82,7 +93,7 @@ func (s Set) Empty() bool { return s == Set{} }
 // Intersect is the rules in both s and o.
 func (s Set) Intersect(o Set) Set {
 	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs,
-		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType}
+		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType, Schema1: s.Schema1 && o.Schema1}
 }
 
 // Needs is the rules a containerd version needs (CONTAINERD.md):
@@ -93,6 +104,8 @@ func (s Set) Intersect(o Set) Set {
 //	                    with EPERM
 //	zstd media type     1.5 – 1.7: they unpack OCI zstd layers, not
 //	                    Docker's zstd type ("no processor for media-type")
+//	schema 1            2.0 and later: 2.0 refuses schema 1 by default,
+//	                    2.1 removed it (1.x converts it itself)
 func Needs(v containerdcfg.Version) Set {
 	before := func(major, minor, patch int) bool {
 		if v.Major != major {
@@ -107,6 +120,7 @@ func Needs(v containerdcfg.Version) Set {
 		ConfigMediaType: !before(1, 4, 0),
 		SymlinkXattrs:   before(1, 5, 14) || (v.Major == 1 && v.Minor == 6 && v.Patch < 9),
 		ZstdMediaType:   !before(1, 5, 0) && before(2, 0, 0),
+		Schema1:         !before(2, 0, 0),
 	}
 }
 

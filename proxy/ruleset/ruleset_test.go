@@ -12,27 +12,27 @@ import (
 func TestNeeds(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		version             string
-		config, xattr, zstd bool
+		version                      string
+		config, xattr, zstd, schema1 bool
 	}{
-		{"1.3.9", false, true, false},
-		{"1.4.0", true, true, false},
-		{"1.4.13", true, true, false},
-		{"1.5.0", true, true, true},
-		{"1.5.13", true, true, true},
-		{"1.5.14", true, false, true},
-		{"1.5.18", true, false, true},
-		{"1.6.0", true, true, true},
-		{"1.6.8", true, true, true},
-		{"1.6.9", true, false, true},
-		{"1.6.20", true, false, true},
-		{"1.7.0", true, false, true},
-		{"1.7.29", true, false, true},
-		{"2.0.0", true, false, false},
-		{"2.3.4", true, false, false},
+		{"1.3.9", false, true, false, false},
+		{"1.4.0", true, true, false, false},
+		{"1.4.13", true, true, false, false},
+		{"1.5.0", true, true, true, false},
+		{"1.5.13", true, true, true, false},
+		{"1.5.14", true, false, true, false},
+		{"1.5.18", true, false, true, false},
+		{"1.6.0", true, true, true, false},
+		{"1.6.8", true, true, true, false},
+		{"1.6.9", true, false, true, false},
+		{"1.6.20", true, false, true, false},
+		{"1.7.0", true, false, true, false},
+		{"1.7.29", true, false, true, false},
+		{"2.0.0", true, false, false, true},
+		{"2.3.4", true, false, false, true},
 	} {
 		got := Needs(containerdcfg.ParseVersion(tc.version))
-		if want := (Set{ConfigMediaType: tc.config, SymlinkXattrs: tc.xattr, ZstdMediaType: tc.zstd}); got != want {
+		if want := (Set{ConfigMediaType: tc.config, SymlinkXattrs: tc.xattr, ZstdMediaType: tc.zstd, Schema1: tc.schema1}); got != want {
 			t.Errorf("Needs(%s) = %+v, want %+v", tc.version, got, want)
 		}
 	}
@@ -40,8 +40,8 @@ func TestNeeds(t *testing.T) {
 
 func TestPolicy(t *testing.T) {
 	t.Parallel()
-	configOnly := Set{ConfigMediaType: true}
 	for17 := Set{ConfigMediaType: true, ZstdMediaType: true}
+	for2 := Set{ConfigMediaType: true, Schema1: true}
 	for _, tc := range []struct {
 		name      string
 		policy    Policy
@@ -49,16 +49,16 @@ func TestPolicy(t *testing.T) {
 		version   string
 		want      Set
 	}{
-		{"old node gets both", DefaultPolicy(), "containerd/1.6.8", "1.6.8", All()},
+		{"old node gets all of 1.x's", DefaultPolicy(), "containerd/1.6.8", "1.6.8", Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true}},
 		{"distro suffix", DefaultPolicy(), "containerd/1.6.20~ds1", "1.6.20", for17},
-		{"v prefix", DefaultPolicy(), "containerd/v2.3.4-12-gabc", "2.3.4", configOnly},
+		{"v prefix", DefaultPolicy(), "containerd/v2.3.4-12-gabc", "2.3.4", for2},
 		{"unknown client gets the default", DefaultPolicy(), "go-containerregistry/v0.20", "", All()},
 		{"no User-Agent", DefaultPolicy(), "", "", All()},
 		{"unknown default narrowed", Policy{Enabled: All(), Unknown: Set{}}, "crane", "", Set{}},
-		{"unknown default within enabled", Policy{Enabled: configOnly, Unknown: All()}, "crane", "", configOnly},
+		{"unknown default within enabled", Policy{Enabled: Set{ConfigMediaType: true}, Unknown: All()}, "crane", "", Set{ConfigMediaType: true}},
 		{"enabled bounds what a node needs", Policy{Enabled: Set{SymlinkXattrs: true}, Unknown: All()}, "containerd/1.6.20", "1.6.20", Set{}},
 		{"all clients", Policy{Enabled: All(), AllClients: true}, "containerd/2.3.4", "2.3.4", All()},
-		{"2.x needs no zstd retype", DefaultPolicy(), "containerd/2.1.0", "2.1.0", configOnly},
+		{"2.x needs no zstd retype", DefaultPolicy(), "containerd/2.1.0", "2.1.0", for2},
 		{"all clients, unknown too", Policy{Enabled: All(), AllClients: true, Unknown: Set{}}, "crane", "", All()},
 		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true}},
 	} {
@@ -71,7 +71,7 @@ func TestPolicy(t *testing.T) {
 
 func TestKeyAndParse(t *testing.T) {
 	t.Parallel()
-	for _, s := range []Set{{}, {ConfigMediaType: true}, {SymlinkXattrs: true}, {ZstdMediaType: true}, All()} {
+	for _, s := range []Set{{}, {ConfigMediaType: true}, {SymlinkXattrs: true}, {ZstdMediaType: true}, {Schema1: true}, All()} {
 		var names []string
 		if s.Key() != "" {
 			names = strings.Split(s.Key(), ",")
@@ -81,7 +81,7 @@ func TestKeyAndParse(t *testing.T) {
 			t.Errorf("Parse(%q) = %+v, %v; want %+v", names, back, err, s)
 		}
 	}
-	if All().Key() != "config-media-type,symlink-xattrs,zstd-media-type" {
+	if All().Key() != "config-media-type,symlink-xattrs,zstd-media-type,schema1" {
 		t.Errorf("All().Key() = %q", All().Key())
 	}
 	if _, err := Parse([]string{"symlink-xattr"}); err == nil {

@@ -1,0 +1,139 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/internal/schema1"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/rewrite"
+)
+
+// pushSchema1 puts a signed schema 1 image in front of the harness's
+// registry (which, like distribution v3, cannot store schema 1): its blobs
+// go to the registry, its manifest is answered by the front, by tag and by
+// digest, whatever the Accept header says (as distribution v2 does).
+func pushSchema1(t *testing.T, h *harness, repo, tag string) regtest.Schema1Image {
+	t.Helper()
+	img, err := regtest.BuildSchema1(regtest.Schema1Options{Cmd: []string{"/bin/tool"}},
+		regtest.Schema1Layer{Files: baseLayer}, regtest.Schema1Layer{Throwaway: true}, regtest.Schema1Layer{Files: oneFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, blob := range img.Layers {
+		h.pushBlob(t, repo, blob)
+	}
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/"+repo+"/manifests/"+tag && r.URL.Path != "/v2/"+repo+"/manifests/"+img.Digest.String() {
+			h.front.relay(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", img.MediaType)
+		w.Header().Set("Docker-Content-Digest", img.Digest.String())
+		if r.Method == http.MethodGet {
+			w.Write(img.Manifest)
+		}
+	})
+	return img
+}
+
+// TestSchema1Variants: containerd 1.x gets a schema 1 image as the upstream
+// has it (it converts it itself); 2.x, which cannot pull schema 1, gets it
+// converted to Docker schema 2: the layers that are not throwaways, oldest
+// first, and a config with their diff IDs. Another cache (a replica)
+// computes the same bytes.
+func TestSchema1Variants(t *testing.T) {
+	t.Parallel()
+	converted := func() (digest.Digest, regtest.Schema1Image, *harness) {
+		h := newHarness(t, harnessOptions{})
+		img := pushSchema1(t, h, "old/app", "v1")
+		return headDigest(t, h, "/v2/old/app/manifests/v1", containerdHeader("2.3.4")), img, h
+	}
+	got, img, h := converted()
+	if got == img.Digest {
+		t.Fatal("containerd 2.3.4 got the schema 1 original")
+	}
+
+	r := h.do(t, http.MethodGet, "/v2/old/app/manifests/v1", containerdHeader("1.6.20"))
+	if r.status != http.StatusOK || string(r.body) != string(img.Manifest) || r.header.Get("Content-Type") != schema1.MediaTypeSigned ||
+		r.header.Get("Docker-Content-Digest") != img.Digest.String() {
+		t.Fatalf("containerd 1.6.20: %d %s %s; want the original", r.status, r.header.Get("Content-Type"), r.header.Get("Docker-Content-Digest"))
+	}
+
+	r = h.do(t, http.MethodGet, "/v2/old/app/manifests/v1", containerdHeader("2.3.4"))
+	var m ocispec.Manifest
+	if err := json.Unmarshal(r.body, &m); err != nil || r.header.Get("Content-Type") != rewrite.MediaTypeDockerManifest || digest.FromBytes(r.body) != got {
+		t.Fatalf("containerd 2.3.4: %s %s (%v)", r.header.Get("Content-Type"), r.body, err)
+	}
+	want := []digest.Digest{img.LayerDigests[0], img.LayerDigests[2]} // not the throwaway
+	if len(m.Layers) != 2 || m.Layers[0].Digest != want[0] || m.Layers[1].Digest != want[1] || m.Layers[1].Size != int64(len(img.Layers[2])) {
+		t.Fatalf("layers %+v, want %v", m.Layers, want)
+	}
+	cfg := h.do(t, http.MethodGet, "/v2/old/app/blobs/"+m.Config.Digest.String(), containerdHeader("2.3.4"))
+	var conf ocispec.Image
+	if cfg.status != http.StatusOK || digest.FromBytes(cfg.body) != m.Config.Digest || json.Unmarshal(cfg.body, &conf) != nil {
+		t.Fatalf("config: %d %s", cfg.status, cfg.body)
+	}
+	if !slices.Equal(conf.RootFS.DiffIDs, []digest.Digest{img.DiffIDs[0], img.DiffIDs[2]}) || len(conf.History) != 3 || !conf.History[1].EmptyLayer ||
+		!slices.Equal(conf.Config.Cmd, []string{"/bin/tool"}) {
+		t.Fatalf("config %s", cfg.body)
+	}
+	for _, l := range m.Layers {
+		if b := h.do(t, http.MethodGet, "/v2/old/app/blobs/"+l.Digest.String(), nil); b.status != http.StatusOK {
+			t.Fatalf("layer %s: %d", l.Digest, b.status)
+		}
+	}
+	if n := h.metric(t, "regnorm_rewrites_total", `kind="schema1"`); n != 1 {
+		t.Errorf("schema1 rewrites = %v, want 1", n)
+	}
+	var entry bool
+	for _, e := range h.report(t) {
+		if e.Original == img.Digest && e.Normalized == got && e.Rules == ruleset.Schema1 && slices.Equal(e.Clients, []string{"2.3.4"}) {
+			entry = true
+		}
+	}
+	if !entry {
+		t.Errorf("report %+v lacks 2.3.4's schema1 variant", h.report(t))
+	}
+
+	// The config is served only where the original is: not in another
+	// repository.
+	if r := h.do(t, http.MethodGet, "/v2/other/app/blobs/"+m.Config.Digest.String(), nil); r.status == http.StatusOK {
+		t.Fatal("the converted config was served under another repository")
+	}
+
+	if again, _, _ := converted(); again != got {
+		t.Fatalf("another cache converted to %s, this one to %s", again, got)
+	}
+}
+
+// A schema 1 manifest whose bytes do not frame the digest the upstream
+// claims is refused, never cached.
+func TestSchema1DigestIsChecked(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := pushSchema1(t, h, "old/app", "v1")
+	tampered := strings.Replace(string(img.Manifest), `"architecture": "amd64"`, `"architecture": "arm64"`, 1)
+	if tampered == string(img.Manifest) {
+		t.Fatal("the fixture has no architecture to tamper with")
+	}
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/manifests/") {
+			h.front.relay(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", img.MediaType)
+		w.Header().Set("Docker-Content-Digest", img.Digest.String())
+		w.Write([]byte(tampered))
+	})
+	if r := h.do(t, http.MethodGet, "/v2/old/app/manifests/v1", containerdHeader("1.6.20")); r.status != http.StatusBadGateway {
+		t.Fatalf("a tampered schema 1 manifest: %d %s", r.status, r.body)
+	}
+}
