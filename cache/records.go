@@ -66,7 +66,14 @@ type Derived struct {
 	// may read it under a repository only where that repository holds the
 	// source upstream.
 	Source digest.Digest `json:"source"`
+	// FromManifest says Source is a manifest for a blob made from one (the
+	// config of a converted schema 1 manifest). A derived manifest's source
+	// is always a manifest.
+	FromManifest bool `json:"fromManifest,omitempty"`
 }
+
+// SourceIsManifest reports whether d.Source is a manifest (else a blob).
+func (d Derived) SourceIsManifest() bool { return d.Kind == DerivedManifest || d.FromManifest }
 
 // DerivedStore reads and writes derived records.
 type DerivedStore interface {

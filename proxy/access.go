@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strings"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
@@ -117,7 +116,7 @@ func (s *Server) source(ctx context.Context, req distRequest) (subject, bool, er
 	case (d.Kind == cache.DerivedManifest) != self.manifest:
 		return self, false, nil // a blob asked for as a manifest, or the reverse
 	}
-	return subject{dgst: d.Source, manifest: self.manifest}, true, nil
+	return subject{dgst: d.Source, manifest: d.SourceIsManifest()}, true, nil
 }
 
 // admit lets req's client read req.digest under req.repo, asking the
@@ -164,7 +163,7 @@ func (s *Server) askPath(ctx context.Context, req distRequest, path string, mani
 	up := req.upstream
 	var header http.Header
 	if manifest {
-		header = http.Header{"Accept": {strings.Join(defaultAccept, ", ")}}
+		header = acceptHeader(nil) // schema 1 too: a tag or source may be one
 	}
 	resp, err := up.Do(ctx, http.MethodHead, req.repo, path, nil, header)
 	if err != nil {

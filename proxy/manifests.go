@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -354,12 +355,18 @@ func accepts(accept []string, mediaType string) bool {
 }
 
 // acceptHeader is the Accept header upstream is asked with: the client's
-// types (the modern four by default), then schema 1, so that a tag that
-// exists only as schema 1 is found and one that exists as anything else is
-// not converted down (as Quay does for a list that lacks its type).
+// types, then those of the modern four it lacks, then schema 1. So a tag
+// that exists only as schema 1 is found, and one that exists as anything
+// newer is never converted down for one client's narrow list (distribution
+// v2 and Quay convert to schema 1 when the list lacks the stored type) and
+// then cached as the tag for every client.
 func acceptHeader(accept []string) http.Header {
-	if len(accept) == 0 {
-		accept = defaultAccept
+	all := slices.Clone(accept)
+	for _, mt := range defaultAccept {
+		if !slices.Contains(all, mt) {
+			all = append(all, mt)
+		}
 	}
-	return http.Header{"Accept": {strings.Join(accept, ", ") + ", " + schema1.MediaTypeSigned + ", " + schema1.MediaTypeUnsigned}}
+	all = append(all, schema1.MediaTypeSigned, schema1.MediaTypeUnsigned)
+	return http.Header{"Accept": {strings.Join(all, ", ")}}
 }

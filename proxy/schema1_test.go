@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -135,5 +136,66 @@ func TestSchema1DigestIsChecked(t *testing.T) {
 	})
 	if r := h.do(t, http.MethodGet, "/v2/old/app/manifests/v1", containerdHeader("1.6.20")); r.status != http.StatusBadGateway {
 		t.Fatalf("a tampered schema 1 manifest: %d %s", r.status, r.body)
+	}
+}
+
+// With forwarded credentials, the converted config is admitted like the
+// manifest it was made from: once the client's confirmation has expired,
+// regnorm asks the upstream about the manifest (a blob of that digest does
+// not exist), and serves the config only on its yes.
+func TestSchema1ConfigWithForwardedCredentials(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{forward: true, clock: clk})
+	img := pushSchema1(t, h, "old/app", "v1")
+	converted := headDigest(t, h, "/v2/old/app/manifests/v1", containerdHeader("2.3.4"))
+	var m ocispec.Manifest
+	json.Unmarshal(h.do(t, http.MethodGet, "/v2/old/app/manifests/"+converted.String(), containerdHeader("2.3.4")).body, &m)
+	if converted == img.Digest || m.Config.Digest == "" {
+		t.Fatalf("not converted: %s", converted)
+	}
+	clk.Advance(2 * time.Minute) // past the upstream's last yes
+	var asked []string
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			asked = append(asked, r.URL.Path)
+		}
+		if strings.HasSuffix(r.URL.Path, "/manifests/"+img.Digest.String()) {
+			w.Header().Set("Content-Type", img.MediaType)
+			w.Header().Set("Docker-Content-Digest", img.Digest.String())
+			return
+		}
+		h.front.relay(w, r)
+	})
+	if r := h.do(t, http.MethodGet, "/v2/old/app/blobs/"+m.Config.Digest.String(), containerdHeader("2.3.4")); r.status != http.StatusOK {
+		t.Fatalf("the converted config after the confirmation expired: %d %s", r.status, r.body)
+	}
+	if want := []string{"/v2/old/app/manifests/" + img.Digest.String()}; !slices.Equal(asked, want) {
+		t.Errorf("asked upstream %v, want %v", asked, want)
+	}
+}
+
+// An upstream that converts a tag down to schema 1 when the Accept list
+// lacks the stored type (distribution v2, Quay) never does so because of
+// one client's narrow list: upstream is always asked with the modern types
+// too, and the tag stays what it is for every client.
+func TestNarrowAcceptDoesNotConvertTheTagDown(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{tagTTL: time.Hour})                  // the tag record is what everyone gets
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile) // Docker schema 2
+	down := pushSchema1(t, h, "library/down", "v1")
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/manifests/") && !strings.Contains(r.Header.Get("Accept"), rewrite.MediaTypeDockerManifest) {
+			w.Header().Set("Content-Type", down.MediaType)
+			w.Header().Set("Docker-Content-Digest", down.Digest.String())
+			w.Write(down.Manifest)
+			return
+		}
+		h.front.relay(w, r)
+	})
+	ociOnly := http.Header{"Accept": {ocispec.MediaTypeImageManifest}, "User-Agent": {"containerd/1.6.20"}}
+	h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", ociOnly)
+	if got := headDigest(t, h, "/v2/library/app/manifests/v1", containerdHeader("1.6.20")); got != img.ManifestDigest {
+		t.Fatalf("after an OCI-only request, 1.6.20 got %s, want the upstream's schema 2 %s", got, img.ManifestDigest)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 
 	digest "github.com/opencontainers/go-digest"
@@ -21,7 +22,11 @@ const KindSchema1 = "schema1"
 // not frame a payload, or its layers and history do not pair up.
 var ErrBadSchema1 = schema1.ErrMalformed
 
-// schema1Manifest is the part of a schema 1 manifest conversion reads.
+// rfc3339 is a JSON string holding a time as Docker wrote them, which is
+// how containerd and containers/image read them (time.RFC3339Nano).
+var rfc3339 = regexp.MustCompile(`^"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})"$`)
+
+// schema1Manifest is the part a schema 1 manifest conversion reads. of a schema 1 manifest conversion reads.
 type schema1Manifest struct {
 	SchemaVersion int `json:"schemaVersion"`
 	FSLayers      []struct {
@@ -81,6 +86,10 @@ func PlanSchema1(manifest []byte) ([]Schema1Layer, error) {
 		var v1 v1Compatibility
 		if err := json.Unmarshal([]byte(m.History[j].V1Compatibility), &v1); err != nil {
 			return nil, fmt.Errorf("%w: history[%d]: %v", ErrBadSchema1, j, err)
+		}
+		// Passed through to the config: it must read as a time there.
+		if v1.Created != nil && !rfc3339.Match(v1.Created) {
+			return nil, fmt.Errorf("%w: history[%d]: created %.40s is not an RFC 3339 time", ErrBadSchema1, j, v1.Created)
 		}
 		layers[i] = Schema1Layer{Digest: m.FSLayers[j].BlobSum, Throwaway: v1.ThrowAway, v1: v1}
 	}

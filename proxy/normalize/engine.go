@@ -318,11 +318,14 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
 		e.log.Info("normalized manifest", "upstream", src.Upstream(), "repo", src.Repository(), "original", m.Digest, "rules", verdict.Rules,
 			"normalized", res.Digest, "changes", len(res.Changes))
-		// Normalizing a normalized manifest changes nothing: say so now, so a
-		// pull by the new digest costs no work.
-		if err := store.PutNormalization(ctx, cache.Normalization{Original: res.Digest, MediaType: res.MediaType,
-			Rules: verdict.Rules, CreatedAt: verdict.CreatedAt}); err != nil {
-			e.log.Error("caching normalization verdict failed", "digest", res.Digest, "error", err)
+		// Normalizing a normalized manifest changes nothing: say so now (under
+		// the key a lookup for it uses), so a pull by the new digest costs no
+		// work.
+		if again := Applicable(out, rules); !again.Empty() {
+			if err := store.PutNormalization(ctx, cache.Normalization{Original: res.Digest, MediaType: res.MediaType,
+				Rules: e.verdictKey(out, again), CreatedAt: verdict.CreatedAt}); err != nil {
+				e.log.Error("caching normalization verdict failed", "digest", res.Digest, "error", err)
+			}
 		}
 	}
 	if err := store.PutNormalization(ctx, verdict); err != nil {
@@ -364,7 +367,7 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
 	if res.Config != nil {
-		if err := e.putConfig(ctx, res.Config, res.ConfigDesc.Digest, plan.Config.Digest); err != nil {
+		if err := e.putConfig(ctx, res.Config, res.ConfigDesc.Digest, plan.Config.Digest, false); err != nil {
 			return rewrite.Result{}, fmt.Errorf("store new config: %w", err)
 		}
 		src.Learn(ctx, res.ConfigDesc.Digest, plan.Config.Digest)

@@ -206,15 +206,16 @@ func (e *Engine) RebuildLayer(ctx context.Context, src Source, d cache.Derived) 
 	return err
 }
 
-// putConfig stores a config rewritten from source. It is retained first,
-// so that it is never evictable, not even for a moment: nothing could make
-// it again on demand.
-func (e *Engine) putConfig(ctx context.Context, content []byte, want, source digest.Digest) error {
+// putConfig stores a config made from source (a config blob, or for a
+// converted schema 1 image its manifest). It is retained first, so that it
+// is never evictable, not even for a moment: nothing could make it again on
+// demand.
+func (e *Engine) putConfig(ctx context.Context, content []byte, want, source digest.Digest, fromManifest bool) error {
 	store := e.opts.Store
 	if err := store.Retain(ctx, want); err != nil {
 		return err
 	}
-	if err := store.PutDerived(ctx, cache.Derived{Digest: want, Kind: cache.DerivedConfig, Source: source}); err != nil {
+	if err := store.PutDerived(ctx, cache.Derived{Digest: want, Kind: cache.DerivedConfig, Source: source, FromManifest: fromManifest}); err != nil {
 		return err
 	}
 	in, err := store.NewBlob(ctx)

@@ -56,7 +56,7 @@ func (e *Engine) convertSchema1(ctx context.Context, src Source, m cache.Manifes
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
-	if err := e.putConfig(ctx, res.Config, res.ConfigDesc.Digest, m.Digest); err != nil {
+	if err := e.putConfig(ctx, res.Config, res.ConfigDesc.Digest, m.Digest, true); err != nil {
 		return rewrite.Result{}, fmt.Errorf("store converted config: %w", err)
 	}
 	src.Learn(ctx, res.ConfigDesc.Digest, m.Digest)
