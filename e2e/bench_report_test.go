@@ -51,11 +51,11 @@ func median(ds []time.Duration) time.Duration {
 // report prints a table, one row per scenario and contender, with ratios
 // against direct and distribution's proxy where they apply, and the goals.
 func (r *results) report(w io.Writer, cleanBytes int64) {
-	fmt.Fprintf(w, "\n%-42s %-30s %10s %21s %s\n", "scenario", "contender", "median", "spread (min–max)", "ratios")
+	fmt.Fprintf(w, "\n%-42s %-38s %10s %21s %s\n", "scenario", "contender", "median", "spread (min–max)", "ratios")
 	for _, sc := range r.order {
 		if bs, ok := r.Bytes[sc]; ok {
 			for _, c := range []string{"direct", "distribution-proxy", "regnorm"} {
-				fmt.Fprintf(w, "%-42s %-30s %9.1fMB %21s %.2f× the image\n", sc, c, float64(bs[c])/1e6, "", float64(bs[c])/float64(cleanBytes))
+				fmt.Fprintf(w, "%-42s %-38s %9.1fMB %21s %.2f× the image\n", sc, c, float64(bs[c])/1e6, "", float64(bs[c])/float64(cleanBytes))
 			}
 			continue
 		}
@@ -70,6 +70,9 @@ func (r *results) report(w io.Writer, cleanBytes int64) {
 			if d, ok := byC["direct (original)"]; ok && c != "direct (original)" && sc[:2] == "4 " {
 				ratio += fmt.Sprintf("%.2f× direct pull of the original ", median(ds).Seconds()/median(d).Seconds())
 			}
+			if d, ok := byC[schema1Direct]; ok && c != schema1Direct {
+				ratio += fmt.Sprintf("%.2f× 1.6.20's direct pull (it converts itself) ", median(ds).Seconds()/median(d).Seconds())
+			}
 			if d, ok := byC["distribution-proxy (original)"]; ok && strings.HasPrefix(c, "regnorm") {
 				ratio += fmt.Sprintf("%.2f× distribution-proxy ", median(ds).Seconds()/median(d).Seconds())
 			}
@@ -79,14 +82,20 @@ func (r *results) report(w io.Writer, cleanBytes int64) {
 			if d, ok := byC["loopback limit"]; ok && c != "loopback limit" {
 				ratio += fmt.Sprintf("%.2f of the loopback limit", median(d).Seconds()/median(ds).Seconds())
 			}
-			fmt.Fprintf(w, "%-42s %-30s %10s %10s–%-10s %s\n", sc, c, round(median(ds)), round(lo), round(hi), ratio)
+			fmt.Fprintf(w, "%-42s %-38s %10s %10s–%-10s %s\n", sc, c, round(median(ds)), round(lo), round(hi), ratio)
 		}
 	}
 }
 
+// The contenders of the schema 1 scenario.
+const (
+	schema1Direct  = "direct (original), containerd 1.6.20"
+	schema1Regnorm = "regnorm (converted), containerd 2.3.4"
+)
+
 func sortedContenders(m map[string][]time.Duration) []string {
 	order := []string{"direct", "direct (original)", "distribution-proxy", "distribution-proxy (original)", "regnorm", "regnorm, containerd CRI",
-		"regnorm, containerd 2.3.4", "regnorm, containerd 1.6.8", "loopback limit"}
+		"regnorm, containerd 2.3.4", "regnorm, containerd 1.6.8", schema1Direct, schema1Regnorm, "loopback limit"}
 	var out []string
 	for _, c := range order {
 		if _, ok := m[c]; ok {

@@ -64,10 +64,7 @@ func TestPullBenchmark(t *testing.T) {
 		url, p := startRegistryProxy(t, relayURL)
 		return url, p.stop
 	}}
-	regnorm := contender{"regnorm", func() (string, func()) {
-		url, p := startRegnorm(t, relayURL, "")
-		return url, p.stop
-	}}
+	regnorm := contender{"regnorm", func() (string, func()) { return startRegnormOn(t, relayURL) }}
 	contenders := []contender{direct, distribution, regnorm}
 	res := &results{Options: map[string]any{"reps": o.reps, "bandwidth_MBps": o.bandwidth / 1e6,
 		"latency_ms": o.latency.Milliseconds(), "clean_MB": o.cleanMB, "xattr_MB": o.xattrMB}}
@@ -180,6 +177,31 @@ func TestPullBenchmark(t *testing.T) {
 		}
 	}
 
+	// 6. Cold CRI pull of a schema 1 image from distribution v2.8.3 behind
+	// the same relay: containerd 1.6.20 straight from it (1.x converts
+	// schema 1 itself) against 2.3.4 through regnorm (which converts it).
+	schema1URL := seedSchema1Bench(t, o)
+	schema1Relay := serveLocal(t, newRelay(schema1URL, o.bandwidth, o.latency))
+	for range o.reps {
+		node := startContainerd(t, schema1Relay)
+		start := time.Now()
+		if _, err := node.pull(t, "docker.io/bench/schema1:v1"); err != nil {
+			t.Fatalf("schema 1 pull on 1.6.20: %v", err)
+		}
+		res.add("6 cold CRI pull, schema 1 image", schema1Direct, time.Since(start))
+		node.proc.stop()
+
+		base, stop := startRegnormOn(t, schema1Relay)
+		node = startContainerdVersion(t, containerd234, containerdOptions{Mirror: base})
+		start = time.Now()
+		if _, err := node.pull(t, "docker.io/bench/schema1:v1"); err != nil {
+			t.Fatalf("schema 1 pull on 2.3.4 through regnorm: %v", err)
+		}
+		res.add("6 cold CRI pull, schema 1 image", schema1Regnorm, time.Since(start))
+		node.proc.stop()
+		stop()
+	}
+
 	var table bytes.Buffer
 	res.report(&table, imgs.cleanBytes)
 	fmt.Print(table.String())
@@ -248,6 +270,27 @@ func seedBench(t *testing.T, registryURL string, o benchOptions) seededImages {
 	return s
 }
 
+// seedSchema1Bench starts distribution v2.8.3 with a signed schema 1 image
+// of xattrMB of random data (plus a throwaway step) and returns its URL.
+func seedSchema1Bench(t *testing.T, o benchOptions) string {
+	t.Helper()
+	reg, err := regtest.StartRegistry2(registry2Bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	img, err := regtest.BuildSchema1(regtest.Schema1Options{Name: "bench/schema1", Tag: "v1", Cmd: []string{"/data"}},
+		regtest.Schema1Layer{Files: []regtest.File{{Name: "data", Content: regtest.RandomBytes(o.xattrMB << 20)}}},
+		regtest.Schema1Layer{Throwaway: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&regtest.Client{Base: reg.URL}).PushSchema1(context.Background(), "bench/schema1", "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	return reg.URL
+}
+
 // memoryRegistry answers the requests for one image from memory: the most
 // a registry could do over this loopback link.
 func memoryRegistry(img regtest.Image) http.Handler {
@@ -285,4 +328,10 @@ func serveLocal(t *testing.T, h http.Handler) string {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return "http://" + ln.Addr().String()
+}
+
+// startRegnormOn starts a cold regnorm in front of upstream.
+func startRegnormOn(t *testing.T, upstream string) (base string, stop func()) {
+	url, p := startRegnorm(t, upstream, "")
+	return url, p.stop
 }
