@@ -63,11 +63,6 @@ func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Diges
 func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
 	v := cache.LayerVerdict{Original: dgst, CreatedAt: e.opts.Now().UTC()}
 	scan, err := e.scanLayer(ctx, src, dgst)
-	if damaged(err) {
-		// The cached copy failed verification and is gone: fetch it again.
-		e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
-		scan, err = e.scanLayer(ctx, src, dgst)
-	}
 	switch {
 	case errors.Is(err, rewrite.ErrNotTar), errors.Is(err, rewrite.ErrLayerTooLarge):
 		// Not a tar regnorm reads, or a decompression bomb: served as it is,
@@ -103,23 +98,46 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	return v, nil
 }
 
-// scanLayer reads a layer as it arrives, through the source. Whatever the
-// scan concludes counts only once the whole blob has verified: the rest of
-// it is read too, and a short or wrong blob is an error, never a verdict.
+// scanLayer reads a layer as it arrives, through the source, for what the
+// symlink xattr rule would remove.
 func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) (rewrite.LayerScan, error) {
+	var scan rewrite.LayerScan
+	_, err := e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {
+		scan, err = rewrite.ScanLayer(r, e.opts.MaxLayerSize)
+		return err
+	})
+	return scan, err
+}
+
+// readLayer reads layer dgst through src, verified as it is read, and
+// hands the stream to read. Whatever read concludes counts only once the
+// whole blob has verified: what read leaves is read too, and a short or
+// wrong blob is an error, never a verdict. A cached copy that fails
+// verification is gone: it is fetched again, once. It returns the blob's
+// size.
+func (e *Engine) readLayer(ctx context.Context, src Source, dgst digest.Digest, read func(io.Reader) error) (int64, error) {
+	n, err := e.readLayerOnce(ctx, src, dgst, read)
+	if damaged(err) {
+		e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
+		n, err = e.readLayerOnce(ctx, src, dgst, read)
+	}
+	return n, err
+}
+
+func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Digest, read func(io.Reader) error) (int64, error) {
 	b, err := openVerified(ctx, src, dgst)
 	if err != nil {
-		return rewrite.LayerScan{}, err
+		return 0, err
 	}
 	defer b.Close()
 	counted := &countingReader{r: b}
-	scan, err := rewrite.ScanLayer(counted, e.opts.MaxLayerSize)
+	err = read(counted)
 	if _, rerr := io.Copy(io.Discard, counted); rerr != nil {
-		return rewrite.LayerScan{}, fmt.Errorf("read layer %s: %w", dgst, rerr)
+		return counted.n, fmt.Errorf("read layer %s: %w", dgst, rerr)
 	}
 	e.m.LayersScanned.Inc()
 	e.m.BytesScanned.Add(float64(counted.n))
-	return scan, err
+	return counted.n, err
 }
 
 // repackLayer writes the repackaged layer into the cache as a new blob,

@@ -67,33 +67,14 @@ func (e *Engine) convertSchema1(ctx context.Context, src Source, m cache.Manifes
 // A layer that is not a tar regnorm reads, or expands beyond MaxLayerSize,
 // makes the image one regnorm cannot convert.
 func (e *Engine) schema1Blob(ctx context.Context, src Source, dgst digest.Digest) (rewrite.Schema1Blob, error) {
-	b, err := e.schema1BlobOnce(ctx, src, dgst)
-	if damaged(err) {
-		// The cached copy failed verification and is gone: fetch it again.
-		e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
-		b, err = e.schema1BlobOnce(ctx, src, dgst)
-	}
+	var b rewrite.Schema1Blob
+	n, err := e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {
+		b.DiffID, b.Compression, err = rewrite.LayerDiffID(r, e.opts.MaxLayerSize)
+		return err
+	})
 	if errors.Is(err, rewrite.ErrNotTar) || errors.Is(err, rewrite.ErrLayerTooLarge) {
 		return b, fmt.Errorf("%w: layer %s: %w", errInvalidContent, dgst, err)
 	}
+	b.Size = n
 	return b, err
-}
-
-func (e *Engine) schema1BlobOnce(ctx context.Context, src Source, dgst digest.Digest) (rewrite.Schema1Blob, error) {
-	rc, err := openVerified(ctx, src, dgst)
-	if err != nil {
-		return rewrite.Schema1Blob{}, err
-	}
-	defer rc.Close()
-	counted := &countingReader{r: rc}
-	diffID, comp, err := rewrite.LayerDiffID(counted, e.opts.MaxLayerSize)
-	if _, rerr := io.Copy(io.Discard, counted); rerr != nil {
-		return rewrite.Schema1Blob{}, fmt.Errorf("read layer %s: %w", dgst, rerr)
-	}
-	if err != nil {
-		return rewrite.Schema1Blob{}, err
-	}
-	e.m.LayersScanned.Inc()
-	e.m.BytesScanned.Add(float64(counted.n))
-	return rewrite.Schema1Blob{Size: counted.n, DiffID: diffID, Compression: comp}, nil
 }
