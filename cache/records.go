@@ -70,6 +70,9 @@ type Derived struct {
 	// config of a converted schema 1 manifest). A derived manifest's source
 	// is always a manifest.
 	FromManifest bool `json:"fromManifest,omitempty"`
+	// Transform, for a layer, is how it was made from Source (a
+	// rewrite.LayerTransform key; empty: the symlink rule's repackaging).
+	Transform string `json:"transform,omitempty"`
 }
 
 // SourceIsManifest reports whether d.Source is a manifest (else a blob).

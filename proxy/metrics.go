@@ -133,7 +133,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.fetch.Collectors()...)
 	// Every label value known up front is there from the first scrape, so
 	// that a dashboard panel (and a test) sees 0 rather than nothing.
-	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs", "zstd-media-type", "schema1"} {
+	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs", "zstd-media-type", "schema1", "zstd-gzip"} {
 		m.rewrites.WithLabelValues(kind)
 	}
 	for _, reason := range []string{"invalid", "fetch"} {

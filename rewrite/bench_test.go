@@ -169,6 +169,59 @@ func BenchmarkLayerRules(b *testing.B) {
 	b.ReportMetric(compress.Seconds()/repack.Seconds(), "repack_ratio")
 }
 
+// BenchmarkZstdToGzip compares, in one run, on the same generated layer
+// (300 MB uncompressed, or REGNORM_BENCH_LAYER_MB), the zstd → gzip rule's
+// recompression of its zstd form against plain gzip compression of the
+// same tar, at the same gzip settings, alternately. Throughputs are
+// uncompressed MB per second; ratio 1 would mean decompressing zstd cost
+// nothing.
+//
+//	go test ./rewrite -run '^$' -bench ZstdToGzip -benchtime 3x
+func BenchmarkZstdToGzip(b *testing.B) {
+	size := int64(benchMB("REGNORM_BENCH_LAYER_MB", 300)) << 20
+	var raw bytes.Buffer
+	if err := writeRealisticLayer(&raw, size); err != nil {
+		b.Fatal(err)
+	}
+	var zst bytes.Buffer
+	zw, err := newCompressor(&zst, Zstd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	zw.Write(raw.Bytes())
+	zw.Close()
+	mb := float64(raw.Len()) / 1e6
+	timeIt := func(f func() error) time.Duration {
+		start := time.Now()
+		if err := f(); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	var compress, recompress time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		compress += timeIt(func() error {
+			zw, err := gzip.NewWriterLevel(io.Discard, gzipLevel)
+			if err != nil {
+				return err
+			}
+			if _, err := zw.Write(raw.Bytes()); err != nil {
+				return err
+			}
+			return zw.Close()
+		})
+		recompress += timeIt(func() error {
+			_, err := TransformLayer(io.Discard, bytes.NewReader(zst.Bytes()), 0, LayerTransform{To: Gzip})
+			return err
+		})
+	}
+	n := float64(b.N)
+	b.ReportMetric(mb*n/compress.Seconds(), "gzip_MB/s")
+	b.ReportMetric(mb*n/recompress.Seconds(), "zstd_to_gzip_MB/s")
+	b.ReportMetric(compress.Seconds()/recompress.Seconds(), "ratio")
+}
+
 // BenchmarkRepackMemory repackages a 1 GB layer (or REGNORM_BENCH_MEMORY_MB)
 // generated and compressed on the fly, never held in memory, and reports the
 // peak Go heap in use while it runs (goal: under 200 MB).

@@ -86,6 +86,9 @@ type LayerResult struct {
 	Size   int64
 	// DiffID is the digest of the repackaged, uncompressed tar.
 	DiffID digest.Digest
+	// MediaType, when set, is the layer's new media type (its compression
+	// changed).
+	MediaType string
 }
 
 // ErrNotTar means a layer blob is not a (compressed) tar stream regnorm reads.
@@ -148,12 +151,60 @@ func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
 // ErrLayerTooLarge. Like ScanLayer, it reads blob to its end and returns
 // blob's errors.
 func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error) {
+	return TransformLayer(dst, blob, limit, LayerTransform{Strip: true})
+}
+
+// LayerTransform is what is done to a layer: the symlink xattr rule's
+// repackaging (Strip), a new compression (To; empty keeps the layer's), or
+// both. Without Strip the tar stream is copied byte for byte, so its diff
+// ID stays.
+type LayerTransform struct {
+	Strip bool
+	To    Compression
+}
+
+// Key names t in records ("" for the symlink rule's repackaging alone).
+func (t LayerTransform) Key() string {
+	switch {
+	case t.To == "":
+		return ""
+	case t.Strip:
+		return "strip," + string(t.To)
+	}
+	return string(t.To)
+}
+
+// ParseLayerTransform reads a Key.
+func ParseLayerTransform(key string) (LayerTransform, error) {
+	strip, to, found := strings.Cut(key, ",")
+	switch {
+	case key == "":
+		return LayerTransform{Strip: true}, nil
+	case found && strip == "strip":
+		return LayerTransform{Strip: true, To: Compression(to)}, nil
+	case !found:
+		return LayerTransform{To: Compression(key)}, nil
+	}
+	return LayerTransform{}, fmt.Errorf("unknown layer transform %q", key)
+}
+
+// TransformLayer writes blob to dst as t says, hashing the output in the
+// same pass. With Strip it is RepackLayer, writing t.To when set. Without,
+// the decompressed stream is recompressed to t.To byte for byte: the tar
+// and its diff ID are the layer's own. Deterministic, like RepackLayer.
+func TransformLayer(dst io.Writer, blob io.Reader, limit int64, t LayerTransform) (LayerResult, error) {
 	l, err := openLayer(blob, limit)
 	if err != nil {
 		return LayerResult{}, err
 	}
 	defer l.close()
 	tr, comp := l.tr, l.comp
+	if t.To != "" {
+		comp = t.To
+	}
+	if !t.Strip {
+		return recompress(dst, l, comp)
+	}
 
 	compressedHash, compressedSize := sha256.New(), &countWriter{}
 	zw, err := newCompressor(io.MultiWriter(dst, compressedHash, compressedSize), comp)
@@ -201,6 +252,49 @@ func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error
 	res.Size = compressedSize.n
 	res.DiffID = digestOf(diffIDHash)
 	return res, nil
+}
+
+// recompress copies l's decompressed stream to dst, compressed with comp.
+func recompress(dst io.Writer, l *layerReader, comp Compression) (LayerResult, error) {
+	compressedHash, compressedSize := sha256.New(), &countWriter{}
+	zw, err := newCompressor(io.MultiWriter(dst, compressedHash, compressedSize), comp)
+	if err != nil {
+		return LayerResult{}, err
+	}
+	diffIDHash := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(zw, diffIDHash), l.rest); err != nil {
+		return LayerResult{}, l.fail(fmt.Errorf("%w: %v", ErrNotTar, err))
+	}
+	l.src.drain()
+	if l.src.err != nil {
+		return LayerResult{}, l.src.cause(nil)
+	}
+	if err := zw.Close(); err != nil {
+		return LayerResult{}, err
+	}
+	return LayerResult{LayerScan: LayerScan{Compression: comp}, Digest: digestOf(compressedHash), Size: compressedSize.n,
+		DiffID: digestOf(diffIDHash)}, nil
+}
+
+// LayerMediaType is mediaType (a layer type of Docker's or OCI's) for a
+// layer compressed with comp, in the same family.
+func LayerMediaType(mediaType string, comp Compression) string {
+	if strings.HasPrefix(mediaType, MediaTypeDockerLayer) {
+		switch comp {
+		case Gzip:
+			return MediaTypeDockerLayerGzip
+		case Zstd:
+			return MediaTypeDockerLayerZstd
+		}
+		return MediaTypeDockerLayer
+	}
+	switch comp {
+	case Gzip:
+		return ocispec.MediaTypeImageLayerGzip
+	case Zstd:
+		return ocispec.MediaTypeImageLayerZstd
+	}
+	return ocispec.MediaTypeImageLayer
 }
 
 // strippableXattrs returns the xattr records of hdr that the rule removes:

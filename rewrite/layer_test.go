@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // entry is one tar entry of a test layer.
@@ -271,6 +272,15 @@ func TestRepackedDigestsGolden(t *testing.T) {
 		}
 		got[string(comp)] = fmt.Sprintf("digest %s size %d diff_id %s", res.Digest, res.Size, res.DiffID)
 	}
+	// The zstd → gzip rule's two transforms of the zstd layer.
+	for _, tr := range []LayerTransform{{To: Gzip}, {Strip: true, To: Gzip}} {
+		var out bytes.Buffer
+		res, err := TransformLayer(&out, bytes.NewReader(compress(t, raw, Zstd)), 0, tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got["zstd to "+tr.Key()] = fmt.Sprintf("digest %s size %d diff_id %s", res.Digest, res.Size, res.DiffID)
+	}
 	b, _ := json.MarshalIndent(got, "", "  ")
 	golden(t, filepath.Join("testdata", "layer", "repacked-digests.json"), append(b, '\n'))
 }
@@ -453,5 +463,52 @@ func TestIsScannableLayer(t *testing.T) {
 		if got := IsScannableLayer(mediaType); got != want {
 			t.Errorf("IsScannableLayer(%q) = %v, want %v", mediaType, got, want)
 		}
+	}
+}
+
+// A zstd layer recompressed with gzip keeps its tar byte for byte (so its
+// diff ID), in the same bytes on every replica; with the symlink rule too,
+// it is repackaged and written as gzip in one pass.
+func TestZstdToGzip(t *testing.T) {
+	t.Parallel()
+	raw := buildTar(t, []entry{
+		reg("etc/motd", "hello\n", nil),
+		special(tar.TypeSymlink, "etc/link", "motd", map[string]string{"SCHILY.xattr.user.origin": "x"}),
+	}, tar.FormatPAX)
+	blob := compress(t, raw, Zstd)
+	var out bytes.Buffer
+	res, err := TransformLayer(&out, bytes.NewReader(blob), 0, LayerTransform{To: Gzip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(out.Bytes(), gzipMagic) || !bytes.Equal(decompress(t, out.Bytes()), raw) || res.Compression != Gzip {
+		t.Fatal("recompressed layer is not the same tar, gzipped")
+	}
+	if res.DiffID != digest.FromBytes(raw) || res.Digest != digest.FromBytes(out.Bytes()) || res.Size != int64(out.Len()) || res.Stripped != 0 {
+		t.Fatalf("result %+v", res)
+	}
+	var again bytes.Buffer
+	if _, err := TransformLayer(&again, bytes.NewReader(blob), 0, LayerTransform{To: Gzip}); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
+		t.Fatal("recompressing twice gave other bytes")
+	}
+
+	var both bytes.Buffer
+	res, err = TransformLayer(&both, bytes.NewReader(blob), 0, LayerTransform{Strip: true, To: Gzip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(both.Bytes(), gzipMagic) || res.Stripped != 1 || res.DiffID == digest.FromBytes(raw) || res.DiffID != digest.FromBytes(decompress(t, both.Bytes())) {
+		t.Fatalf("strip and gzip: %+v", res)
+	}
+
+	for _, key := range []string{"", "gzip", "strip,gzip"} {
+		tr, err := ParseLayerTransform(key)
+		if err != nil || tr.Key() != key {
+			t.Errorf("ParseLayerTransform(%q) = %+v, %v", key, tr, err)
+		}
+	}
+	if LayerMediaType(MediaTypeDockerLayerZstd, Gzip) != MediaTypeDockerLayerGzip ||
+		LayerMediaType(ocispec.MediaTypeImageLayerZstd, Gzip) != ocispec.MediaTypeImageLayerGzip {
+		t.Error("LayerMediaType does not keep the family")
 	}
 }

@@ -36,6 +36,9 @@ const (
 	// KindZstdMediaType: a layer of Docker's zstd type got the OCI zstd
 	// type; the blob is the same.
 	KindZstdMediaType = "zstd-media-type"
+	// KindZstdGzip: a zstd layer was recompressed with gzip (its tar, and
+	// so its diff ID, unchanged unless the symlink rule changed it too).
+	KindZstdGzip = "zstd-gzip"
 )
 
 // Change is one thing normalization changed, and where.
@@ -188,8 +191,8 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 	}
 	if in.RetypeDockerZstd {
 		for i, desc := range plan.Layers {
-			if desc.MediaType != MediaTypeDockerLayerZstd {
-				continue
+			if desc.MediaType != MediaTypeDockerLayerZstd || layers[desc.Digest].MediaType != "" {
+				continue // not Docker's zstd type, or recompressed (see below)
 			}
 			idx := strconv.Itoa(i)
 			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(ocispec.MediaTypeImageLayerZstd)})
@@ -209,9 +212,24 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 			edit{path: []string{"layers", idx, "digest"}, value: quote(fix.Digest.String())},
 			edit{path: []string{"layers", idx, "size"}, value: []byte(strconv.FormatInt(fix.Size, 10))},
 		)
-		configEdits = append(configEdits, edit{path: []string{"rootfs", "diff_ids", idx}, value: quote(fix.DiffID.String())})
-		changes = append(changes, Change{Kind: KindSymlinkXattrs, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
-			Details: describeRemovals(fix.Removals)})
+		if old, _ := cdoc.str("rootfs", "diff_ids", idx); old != fix.DiffID.String() {
+			configEdits = append(configEdits, edit{path: []string{"rootfs", "diff_ids", idx}, value: quote(fix.DiffID.String())})
+		}
+		retyped := fix.MediaType != "" && fix.MediaType != desc.MediaType
+		if retyped {
+			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(fix.MediaType)})
+		}
+		switch {
+		case fix.Stripped > 0 || !retyped:
+			changes = append(changes, Change{Kind: KindSymlinkXattrs, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
+				Details: describeRemovals(fix.Removals)})
+			if retyped {
+				changes = append(changes, Change{Kind: KindZstdGzip, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: fix.MediaType})
+			}
+		default:
+			changes = append(changes, Change{Kind: KindZstdGzip, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
+				Details: []string{"mediaType " + desc.MediaType + " -> " + fix.MediaType}})
+		}
 	}
 
 	var res Result

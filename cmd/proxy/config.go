@@ -103,6 +103,8 @@ type NormalizeConfig struct {
 	ZstdMediaType bool `yaml:"zstdMediaType"`
 	// Schema1 converts schema 1 manifests to Docker schema 2.
 	Schema1 bool `yaml:"schema1"`
+	// ZstdGzip recompresses zstd layers with gzip.
+	ZstdGzip bool `yaml:"zstdGzip"`
 	// Clients is "auto": each client gets the enabled rules its containerd
 	// version needs (the others get the original); or "all": every client
 	// gets every enabled rule.
@@ -248,7 +250,7 @@ func defaultConfig() Config {
 		MaxQueuedDownloads: 128,
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
-		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, Clients: "auto",
+		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
 			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
@@ -525,7 +527,7 @@ func (n NormalizeConfig) policy() *ruleset.Policy {
 	unknown, _ := ruleset.Parse(n.UnknownClients) // validated
 	return &ruleset.Policy{
 		Enabled: ruleset.Set{ConfigMediaType: n.ConfigMediaType, SymlinkXattrs: n.SymlinkXattrs, ZstdMediaType: n.ZstdMediaType,
-			Schema1: n.Schema1},
+			Schema1: n.Schema1, ZstdGzip: n.ZstdGzip},
 		AllClients: n.Clients == "all",
 		Unknown:    unknown,
 	}

@@ -242,7 +242,8 @@ func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
 // Applicable is the part of rules that may change m, judged from m alone:
 // for an image manifest, the config media type rule if its config is
 // declared octet-stream, the layer rule if it has a layer the rule reads,
-// the zstd media type rule if it has a layer of Docker's zstd type; for a
+// the zstd media type rule if it has a layer of Docker's zstd type, the
+// zstd → gzip rule if it has a zstd layer; for a
 // schema 1 manifest, the schema 1 rule alone; for an index, every rule its
 // children's types allow (the children decide the rest). A variant is the original's
 // under its applicable rules: clients whose rule sets differ only in rules
@@ -268,6 +269,7 @@ func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 	for _, l := range plan.Layers {
 		may.SymlinkXattrs = may.SymlinkXattrs || rewrite.IsScannableLayer(l.MediaType)
 		may.ZstdMediaType = may.ZstdMediaType || l.MediaType == rewrite.MediaTypeDockerLayerZstd
+		may.ZstdGzip = may.ZstdGzip || isZstdLayer(l.MediaType)
 	}
 	return rules.Intersect(may)
 }
@@ -352,6 +354,11 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 	var layers map[digest.Digest]rewrite.LayerResult
 	if rules.SymlinkXattrs {
 		if layers, err = e.repackagedLayers(ctx, src, plan.Layers); err != nil {
+			return rewrite.Result{}, err
+		}
+	}
+	if rules.ZstdGzip {
+		if layers, err = e.gzipLayers(ctx, src, plan.Layers, layers); err != nil {
 			return rewrite.Result{}, err
 		}
 	}

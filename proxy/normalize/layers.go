@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -79,7 +80,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	}
 	v.Compression, v.Entries = string(scan.Compression), scan.Entries
 	if !scan.Clean() {
-		res, err := e.repackFromOriginal(ctx, src, dgst, "")
+		res, err := e.repackFromOriginal(ctx, src, dgst, "", rewrite.LayerTransform{Strip: true})
 		if err != nil {
 			return cache.LayerVerdict{}, err
 		}
@@ -140,10 +141,10 @@ func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Dige
 	return counted.n, err
 }
 
-// repackLayer writes the repackaged layer into the cache as a new blob,
-// from the cached original, verified as it is read. want, when set, is the
-// digest the result must have (a rebuild).
-func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest) (rewrite.LayerResult, error) {
+// repackLayer writes the layer transformed as t says into the cache as a
+// new blob, from the cached original, verified as it is read. want, when
+// set, is the digest the result must have (a rebuild).
+func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
 	store := e.opts.Store
 	rc, _, err := store.OpenVerified(ctx, dgst)
 	if err != nil {
@@ -159,7 +160,7 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest) (rew
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
-	res, err := rewrite.RepackLayer(in, rc, e.opts.MaxLayerSize)
+	res, err := rewrite.TransformLayer(in, rc, e.opts.MaxLayerSize, t)
 	if err != nil {
 		// The layer may have stopped the read early (at a bad header, say):
 		// read the rest, so that a damaged original says so and is fetched
@@ -184,8 +185,8 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest) (rew
 // repackFromOriginal repackages the cached layer dgst. If the cached copy
 // fails verification (it is then removed), the layer is fetched again
 // through the source and repackaged from that.
-func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want digest.Digest) (rewrite.LayerResult, error) {
-	res, err := e.repackLayer(ctx, dgst, want)
+func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
+	res, err := e.repackLayer(ctx, dgst, want, t)
 	if !damaged(err) {
 		return res, err
 	}
@@ -193,7 +194,7 @@ func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want 
 	if err := src.Ensure(ctx, dgst); err != nil {
 		return rewrite.LayerResult{}, err
 	}
-	return e.repackLayer(ctx, dgst, want)
+	return e.repackLayer(ctx, dgst, want, t)
 }
 
 // RebuildLayer makes an evicted repackaged layer d again from its original,
@@ -210,7 +211,11 @@ func (e *Engine) RebuildLayer(ctx context.Context, src Source, d cache.Derived) 
 		if err := src.Ensure(ctx, d.Source); err != nil {
 			return nil, err
 		}
-		if _, err := e.repackFromOriginal(ctx, src, d.Source, d.Digest); err != nil {
+		t, err := rewrite.ParseLayerTransform(d.Transform)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := e.repackFromOriginal(ctx, src, d.Source, d.Digest, t); err != nil {
 			if errors.Is(err, cache.ErrDigestMismatch) && !damaged(err) {
 				e.log.Error("a rebuild made other bytes than the repackaged layer clients ask for: was it made by another regnorm version?",
 					"digest", d.Digest, "source", d.Source, "error", err)
@@ -271,4 +276,61 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// gzipLayers recompresses every zstd layer of layers with gzip, for the
+// zstd → gzip rule, a few at a time: byte for byte when the symlink rule
+// left it alone, or repackaged and gzipped in one pass when stripped (a
+// key of it) says the rule changes it. It returns stripped with those
+// layers replaced and added, each with its new media type.
+func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, stripped map[digest.Digest]rewrite.LayerResult) (map[digest.Digest]rewrite.LayerResult, error) {
+	var mu sync.Mutex
+	out := maps.Clone(stripped)
+	if out == nil {
+		out = map[digest.Digest]rewrite.LayerResult{}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(layerFetches)
+	seen := map[digest.Digest]bool{}
+	for _, desc := range layers {
+		if !isZstdLayer(desc.MediaType) || seen[desc.Digest] {
+			continue
+		}
+		seen[desc.Digest] = true
+		_, strip := stripped[desc.Digest]
+		t := rewrite.LayerTransform{Strip: strip, To: rewrite.Gzip}
+		g.Go(func() error {
+			res, err := e.transformLayer(gctx, src, desc.Digest, t)
+			if err != nil {
+				return err
+			}
+			res.MediaType = rewrite.LayerMediaType(desc.MediaType, rewrite.Gzip)
+			mu.Lock()
+			out[desc.Digest] = res
+			mu.Unlock()
+			return nil
+		})
+	}
+	return out, g.Wait()
+}
+
+// transformLayer makes layer dgst transformed as t says, and records how,
+// so that it can be rebuilt when evicted.
+func (e *Engine) transformLayer(ctx context.Context, src Source, dgst digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
+	if err := src.Ensure(ctx, dgst); err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	res, err := e.repackFromOriginal(ctx, src, dgst, "", t)
+	if err != nil {
+		return rewrite.LayerResult{}, fmt.Errorf("%s layer %s: %w", t.Key(), dgst, err)
+	}
+	if err := e.opts.Store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedLayer, Source: dgst, Transform: t.Key()}); err != nil {
+		return rewrite.LayerResult{}, fmt.Errorf("record %s layer: %w", t.Key(), err)
+	}
+	return res, nil
+}
+
+// isZstdLayer reports whether mediaType is a zstd layer containerd unpacks.
+func isZstdLayer(mediaType string) bool {
+	return mediaType == ocispec.MediaTypeImageLayerZstd || mediaType == rewrite.MediaTypeDockerLayerZstd
 }

@@ -20,10 +20,13 @@ const (
 	SymlinkXattrs   = "symlink-xattrs"
 	ZstdMediaType   = "zstd-media-type"
 	Schema1         = "schema1"
+	ZstdGzip        = "zstd-gzip"
 )
 
 // Names lists every rule, in the order keys name them.
-func Names() []string { return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1} }
+func Names() []string {
+	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip}
+}
 
 // Set is a set of rules.
 type Set struct {
@@ -39,11 +42,14 @@ type Set struct {
 	// Schema1 converts schema 1 manifests to Docker schema 2. It reads
 	// every layer (for its diff ID).
 	Schema1 bool
+	// ZstdGzip recompresses zstd layers with gzip. It reads every zstd
+	// layer.
+	ZstdGzip bool
 }
 
 // All is every rule.
 func All() Set {
-	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true}
+	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true}
 }
 
 // Parse reads a list of rule names.
@@ -59,6 +65,8 @@ func Parse(names []string) (Set, error) {
 			s.ZstdMediaType = true
 		case Schema1:
 			s.Schema1 = true
+		case ZstdGzip:
+			s.ZstdGzip = true
 		default:
 			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
@@ -84,6 +92,9 @@ func (s Set) names() []string {
 	if s.Schema1 {
 		on = append(on, Schema1)
 	}
+	if s.ZstdGzip {
+		on = append(on, ZstdGzip)
+	}
 	return on
 }
 
@@ -93,7 +104,8 @@ func (s Set) Empty() bool { return s == Set{} }
 // Intersect is the rules in both s and o.
 func (s Set) Intersect(o Set) Set {
 	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs,
-		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType, Schema1: s.Schema1 && o.Schema1}
+		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType, Schema1: s.Schema1 && o.Schema1,
+		ZstdGzip: s.ZstdGzip && o.ZstdGzip}
 }
 
 // Needs is the rules a containerd version needs (CONTAINERD.md):
@@ -106,6 +118,8 @@ func (s Set) Intersect(o Set) Set {
 //	                    Docker's zstd type ("no processor for media-type")
 //	schema 1            2.0 and later: 2.0 refuses schema 1 by default,
 //	                    2.1 removed it (1.x converts it itself)
+//	zstd to gzip        before 1.5: zstd layers are read as plain tar
+//	                    ("archive/tar: invalid tar header")
 func Needs(v containerdcfg.Version) Set {
 	before := func(major, minor, patch int) bool {
 		if v.Major != major {
@@ -121,6 +135,7 @@ func Needs(v containerdcfg.Version) Set {
 		SymlinkXattrs:   before(1, 5, 14) || (v.Major == 1 && v.Minor == 6 && v.Patch < 9),
 		ZstdMediaType:   !before(1, 5, 0) && before(2, 0, 0),
 		Schema1:         !before(2, 0, 0),
+		ZstdGzip:        before(1, 5, 0),
 	}
 }
 

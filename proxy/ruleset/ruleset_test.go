@@ -14,25 +14,26 @@ func TestNeeds(t *testing.T) {
 	for _, tc := range []struct {
 		version                      string
 		config, xattr, zstd, schema1 bool
+		gzip                         bool
 	}{
-		{"1.3.9", false, true, false, false},
-		{"1.4.0", true, true, false, false},
-		{"1.4.13", true, true, false, false},
-		{"1.5.0", true, true, true, false},
-		{"1.5.13", true, true, true, false},
-		{"1.5.14", true, false, true, false},
-		{"1.5.18", true, false, true, false},
-		{"1.6.0", true, true, true, false},
-		{"1.6.8", true, true, true, false},
-		{"1.6.9", true, false, true, false},
-		{"1.6.20", true, false, true, false},
-		{"1.7.0", true, false, true, false},
-		{"1.7.29", true, false, true, false},
-		{"2.0.0", true, false, false, true},
-		{"2.3.4", true, false, false, true},
+		{"1.3.9", false, true, false, false, true},
+		{"1.4.0", true, true, false, false, true},
+		{"1.4.13", true, true, false, false, true},
+		{"1.5.0", true, true, true, false, false},
+		{"1.5.13", true, true, true, false, false},
+		{"1.5.14", true, false, true, false, false},
+		{"1.5.18", true, false, true, false, false},
+		{"1.6.0", true, true, true, false, false},
+		{"1.6.8", true, true, true, false, false},
+		{"1.6.9", true, false, true, false, false},
+		{"1.6.20", true, false, true, false, false},
+		{"1.7.0", true, false, true, false, false},
+		{"1.7.29", true, false, true, false, false},
+		{"2.0.0", true, false, false, true, false},
+		{"2.3.4", true, false, false, true, false},
 	} {
 		got := Needs(containerdcfg.ParseVersion(tc.version))
-		if want := (Set{ConfigMediaType: tc.config, SymlinkXattrs: tc.xattr, ZstdMediaType: tc.zstd, Schema1: tc.schema1}); got != want {
+		if want := (Set{ConfigMediaType: tc.config, SymlinkXattrs: tc.xattr, ZstdMediaType: tc.zstd, Schema1: tc.schema1, ZstdGzip: tc.gzip}); got != want {
 			t.Errorf("Needs(%s) = %+v, want %+v", tc.version, got, want)
 		}
 	}
@@ -60,7 +61,7 @@ func TestPolicy(t *testing.T) {
 		{"all clients", Policy{Enabled: All(), AllClients: true}, "containerd/2.3.4", "2.3.4", All()},
 		{"2.x needs no zstd retype", DefaultPolicy(), "containerd/2.1.0", "2.1.0", for2},
 		{"all clients, unknown too", Policy{Enabled: All(), AllClients: true, Unknown: Set{}}, "crane", "", All()},
-		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true}},
+		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true, ZstdGzip: true}},
 	} {
 		got := tc.policy.ForUserAgent(tc.userAgent)
 		if got.Rules != tc.want || got.Version != tc.version {
@@ -71,7 +72,7 @@ func TestPolicy(t *testing.T) {
 
 func TestKeyAndParse(t *testing.T) {
 	t.Parallel()
-	for _, s := range []Set{{}, {ConfigMediaType: true}, {SymlinkXattrs: true}, {ZstdMediaType: true}, {Schema1: true}, All()} {
+	for _, s := range []Set{{}, {ConfigMediaType: true}, {SymlinkXattrs: true}, {ZstdMediaType: true}, {Schema1: true}, {ZstdGzip: true}, All()} {
 		var names []string
 		if s.Key() != "" {
 			names = strings.Split(s.Key(), ",")
@@ -81,7 +82,7 @@ func TestKeyAndParse(t *testing.T) {
 			t.Errorf("Parse(%q) = %+v, %v; want %+v", names, back, err, s)
 		}
 	}
-	if All().Key() != "config-media-type,symlink-xattrs,zstd-media-type,schema1" {
+	if All().Key() != "config-media-type,symlink-xattrs,zstd-media-type,schema1,zstd-gzip" {
 		t.Errorf("All().Key() = %q", All().Key())
 	}
 	if _, err := Parse([]string{"symlink-xattr"}); err == nil {

@@ -1,0 +1,89 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/rewrite"
+)
+
+// TestZstdToGzipForContainerd14: containerd 1.4 reads zstd layers as plain
+// tar. It gets them gzipped: a clean layer byte for byte (its diff ID
+// stays), one the symlink rule changes repackaged and gzipped in one pass;
+// evicted, each is rebuilt. 1.5 and later keep the zstd layers.
+func TestZstdToGzipForContainerd14(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "zstd/app", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, baseLayer, xattrLayer)
+	var orig ocispec.Manifest
+	json.Unmarshal(img.Manifest, &orig)
+	var origCfg ocispec.Image
+	json.Unmarshal(img.Config, &origCfg)
+
+	got := headDigest(t, h, "/v2/zstd/app/manifests/v1", containerdHeader("1.4.13"))
+	var m ocispec.Manifest
+	json.Unmarshal(h.do(t, http.MethodGet, "/v2/zstd/app/manifests/"+got.String(), containerdAccept).body, &m)
+	cfgBody := h.do(t, http.MethodGet, "/v2/zstd/app/blobs/"+m.Config.Digest.String(), nil).body
+	var cfg ocispec.Image
+	json.Unmarshal(cfgBody, &cfg)
+	if len(m.Layers) != 2 || len(cfg.RootFS.DiffIDs) != 2 {
+		t.Fatalf("variant %+v, config %s", m, cfgBody)
+	}
+	for i, l := range m.Layers {
+		blob := h.do(t, http.MethodGet, "/v2/zstd/app/blobs/"+l.Digest.String(), nil).body
+		if l.MediaType != ocispec.MediaTypeImageLayerGzip || !bytes.HasPrefix(blob, []byte{0x1f, 0x8b}) || digest.FromBytes(blob) != l.Digest {
+			t.Errorf("layer %d: %s, % x", i, l.MediaType, blob[:min(4, len(blob))])
+		}
+	}
+	if cfg.RootFS.DiffIDs[0] != origCfg.RootFS.DiffIDs[0] {
+		t.Error("the clean layer's diff ID changed: its tar was not kept byte for byte")
+	}
+	if cfg.RootFS.DiffIDs[1] == origCfg.RootFS.DiffIDs[1] {
+		t.Error("the xattr layer's diff ID stayed: the symlink rule did not run with the recompression")
+	}
+
+	if d := headDigest(t, h, "/v2/zstd/app/manifests/v1", containerdHeader("1.5.0")); d == got {
+		t.Error("containerd 1.5.0 got 1.4's gzip variant")
+	}
+
+	// Evicted, the gzipped layers are rebuilt, byte for byte.
+	if _, err := h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range m.Layers {
+		r := h.do(t, http.MethodGet, "/v2/zstd/app/blobs/"+l.Digest.String(), nil)
+		if r.status != http.StatusOK || digest.FromBytes(r.body) != l.Digest {
+			t.Errorf("evicted layer %d: %d", i, r.status)
+		}
+	}
+	if n := h.metric(t, "regnorm_layer_rebuilds_total", ""); n != 2 {
+		t.Errorf("rebuilds = %v, want 2", n)
+	}
+	if n := h.metric(t, "regnorm_rewrites_total", `kind="zstd-gzip"`); n != 2 {
+		t.Errorf("zstd-gzip rewrites = %v, want 2 (one recompressed layer, one retyped with the symlink fix)", n)
+	}
+}
+
+// A client that gets both zstd rules (one that names no containerd
+// version) gets Docker's zstd layers gzipped, typed as Docker's gzip: the
+// two rules do not both retype a layer.
+func TestBothZstdRules(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "zstd/docker", "v1", regtest.ImageOptions{LayerMediaType: rewrite.MediaTypeDockerLayerZstd}, baseLayer)
+	got := headDigest(t, h, "/v2/zstd/docker/manifests/v1", http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"crane"}})
+	var m ocispec.Manifest
+	json.Unmarshal(h.do(t, http.MethodGet, "/v2/zstd/docker/manifests/"+got.String(), containerdAccept).body, &m)
+	if len(m.Layers) != 1 || m.Layers[0].MediaType != rewrite.MediaTypeDockerLayerGzip {
+		t.Fatalf("layers %+v", m.Layers)
+	}
+}
