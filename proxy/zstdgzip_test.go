@@ -87,3 +87,25 @@ func TestBothZstdRules(t *testing.T) {
 		t.Fatalf("layers %+v", m.Layers)
 	}
 }
+
+// A zstd layer that expands beyond maxLayerSize is left as it is for
+// containerd 1.4, as the symlink rule leaves it: the pull is answered (it
+// would fail on the node, as it does straight from the upstream), once,
+// and not recompressed again on the next request.
+func TestZstdLayerTooLargeIsLeftAlone(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{maxLayerSize: 4 << 10})
+	big := []regtest.File{{Name: "big", Content: bytes.Repeat([]byte("regnorm "), 8<<10)}}
+	img := h.push(t, "zstd/big", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, big)
+	for range 2 {
+		if got := headDigest(t, h, "/v2/zstd/big/manifests/v1", containerdHeader("1.4.13")); got != img.ManifestDigest {
+			t.Fatalf("1.4.13 got %s, want the original (its layer is left alone)", got)
+		}
+	}
+	if n := h.metric(t, "regnorm_layers_skipped_total", `reason="too-large"`); n < 1 {
+		t.Errorf("layers skipped as too large = %v", n)
+	}
+	if n := h.metric(t, "regnorm_normalizations_total", `result="clean"`); n != 1 {
+		t.Errorf("clean normalizations = %v, want 1 (the verdict is kept)", n)
+	}
+}

@@ -501,6 +501,16 @@ func TestZstdToGzip(t *testing.T) {
 		t.Fatalf("strip and gzip: %+v", res)
 	}
 
+	// A source cut short is an error, never a layer; nor is one that
+	// expands beyond the limit.
+	cut := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(io.ErrUnexpectedEOF))
+	if _, err := TransformLayer(io.Discard, cut, 0, LayerTransform{To: Gzip}); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("recompressing a cut source: %v", err)
+	}
+	if _, err := TransformLayer(io.Discard, bytes.NewReader(blob), 100, LayerTransform{To: Gzip}); !errors.Is(err, ErrLayerTooLarge) {
+		t.Errorf("recompressing beyond the limit: %v", err)
+	}
+
 	for _, key := range []string{"", "gzip", "strip,gzip"} {
 		tr, err := ParseLayerTransform(key)
 		if err != nil || tr.Key() != key {

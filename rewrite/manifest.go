@@ -212,10 +212,15 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 			edit{path: []string{"layers", idx, "digest"}, value: quote(fix.Digest.String())},
 			edit{path: []string{"layers", idx, "size"}, value: []byte(strconv.FormatInt(fix.Size, 10))},
 		)
+		retyped := fix.MediaType != "" && fix.MediaType != desc.MediaType
 		if old, _ := cdoc.str("rootfs", "diff_ids", idx); old != fix.DiffID.String() {
+			if retyped && fix.Stripped == 0 {
+				// Recompressed byte for byte: the tar is the one the config
+				// names, or the image was broken before regnorm saw it.
+				return Result{}, fmt.Errorf("%w: layer %d's tar is %s, its config says %s", ErrNotImage, i, fix.DiffID, old)
+			}
 			configEdits = append(configEdits, edit{path: []string{"rootfs", "diff_ids", idx}, value: quote(fix.DiffID.String())})
 		}
-		retyped := fix.MediaType != "" && fix.MediaType != desc.MediaType
 		if retyped {
 			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(fix.MediaType)})
 		}

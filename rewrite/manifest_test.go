@@ -348,3 +348,24 @@ func TestZstdMediaType(t *testing.T) {
 		t.Fatalf("second pass: %+v, %v", again.Changes, err)
 	}
 }
+
+// A layer recompressed byte for byte must be the tar its config names: a
+// mismatch is the upstream's broken image, refused rather than mended.
+func TestRecompressedLayerKeepsItsDiffID(t *testing.T) {
+	t.Parallel()
+	in := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","size":0,"digest":"CFG"},` +
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","size":1,"digest":"` + digest.FromString("l").String() + `"}]}`)
+	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + digest.FromString("tar").String() + `"]}}`)
+	in = bytes.Replace(in, []byte(`"size":0,"digest":"CFG"`), []byte(`"size":`+strconv.Itoa(len(config))+`,"digest":"`+digest.FromBytes(config).String()+`"`), 1)
+	fix := func(diffID digest.Digest) map[digest.Digest]LayerResult {
+		return map[digest.Digest]LayerResult{digest.FromString("l"): {Digest: digest.FromString("gz"), Size: 2, DiffID: diffID, MediaType: ocispec.MediaTypeImageLayerGzip}}
+	}
+	res, err := NormalizeManifest(ManifestInput{MediaType: ocispec.MediaTypeImageManifest, Manifest: in, Config: config, Layers: fix(digest.FromString("tar"))})
+	if err != nil || res.Config != nil || len(res.Changes) != 1 || res.Changes[0].Kind != KindZstdGzip {
+		t.Fatalf("same tar: config %s, changes %+v, %v", res.Config, res.Changes, err)
+	}
+	if _, err := NormalizeManifest(ManifestInput{MediaType: ocispec.MediaTypeImageManifest, Manifest: in, Config: config, Layers: fix(digest.FromString("other"))}); !errors.Is(err, ErrNotImage) {
+		t.Fatalf("another tar: %v", err)
+	}
+}

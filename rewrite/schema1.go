@@ -22,9 +22,10 @@ const KindSchema1 = "schema1"
 // not frame a payload, or its layers and history do not pair up.
 var ErrBadSchema1 = schema1.ErrMalformed
 
-// rfc3339 is a JSON string holding a time as Docker wrote them, which is
-// how containerd and containers/image read them (time.RFC3339Nano).
-var rfc3339 = regexp.MustCompile(`^"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})"$`)
+// rfc3339 is a JSON string holding a time as Docker wrote them, and as
+// containerd and containers/image read them (time.RFC3339Nano): the fields
+// in range (rewrite has no time package, which would bring clocks).
+var rfc3339 = regexp.MustCompile(`^"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)"$`)
 
 // schema1Manifest is the part a schema 1 manifest conversion reads. of a schema 1 manifest conversion reads.
 type schema1Manifest struct {

@@ -145,8 +145,10 @@ func TestConvertSchema1(t *testing.T) {
 	}
 	// A created time containerd could not read would make a config it
 	// cannot decode: refused (served unconverted) instead.
-	if _, err := PlanSchema1(bytes.Replace(payload, []byte("2016-01-01T00:00:00Z"), []byte("yesterday"), 1)); !errors.Is(err, ErrBadSchema1) {
-		t.Fatalf("a created that is no time: %v", err)
+	for _, bad := range []string{"yesterday", "2016-13-45T25:61:61+99:99"} {
+		if _, err := PlanSchema1(bytes.Replace(payload, []byte("2016-01-01T00:00:00Z"), []byte(bad), 1)); !errors.Is(err, ErrBadSchema1) {
+			t.Fatalf("created %q: %v", bad, err)
+		}
 	}
 }
 

@@ -154,8 +154,9 @@ func checkPayload(payload []byte) error {
 	return nil
 }
 
-// topLevelKeys lists the members of the JSON object doc, refusing one
-// that names a member twice (readers disagree on which one counts).
+// topLevelKeys lists the members of the JSON object doc (in lower case),
+// refusing one that names a member twice, in any case (readers disagree on
+// which one counts), and "signatures" in any case but lower.
 func topLevelKeys(doc []byte) ([]string, error) {
 	if !json.Valid(doc) {
 		return nil, fmt.Errorf("%w: not JSON", ErrMalformed)
@@ -171,9 +172,14 @@ func topLevelKeys(doc []byte) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
-		key := t.(string)
+		// Go's JSON readers (libtrust's, containerd's) match member names
+		// without regard to case: so does this check.
+		key := strings.ToLower(t.(string))
 		if seen[key] {
-			return nil, fmt.Errorf("%w: %q twice", ErrMalformed, key)
+			return nil, fmt.Errorf("%w: %q twice", ErrMalformed, t)
+		}
+		if key == "signatures" && t != "signatures" {
+			return nil, fmt.Errorf("%w: a member %q", ErrMalformed, t)
 		}
 		seen[key] = true
 		keys = append(keys, key)

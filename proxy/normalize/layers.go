@@ -64,14 +64,10 @@ func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Diges
 func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
 	v := cache.LayerVerdict{Original: dgst, CreatedAt: e.opts.Now().UTC()}
 	scan, err := e.scanLayer(ctx, src, dgst)
-	switch {
-	case errors.Is(err, rewrite.ErrNotTar), errors.Is(err, rewrite.ErrLayerTooLarge):
+	switch reason := skipReason(err); {
+	case reason != "":
 		// Not a tar regnorm reads, or a decompression bomb: served as it is,
 		// and never scanned again.
-		reason := "not-tar"
-		if errors.Is(err, rewrite.ErrLayerTooLarge) {
-			reason = "too-large"
-		}
 		e.m.LayersSkipped.WithLabelValues(reason).Inc()
 		e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", dgst, "reason", reason, "error", err)
 		return v, e.opts.Store.PutLayerVerdict(ctx, v)
@@ -301,6 +297,13 @@ func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.De
 		t := rewrite.LayerTransform{Strip: strip, To: rewrite.Gzip}
 		g.Go(func() error {
 			res, err := e.transformLayer(gctx, src, desc.Digest, t)
+			if skip := skipReason(err); skip != "" {
+				// Not a tar regnorm reads, or a decompression bomb: left as
+				// it is, as the symlink rule leaves it.
+				e.m.LayersSkipped.WithLabelValues(skip).Inc()
+				e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", desc.Digest, "reason", skip, "error", err)
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -328,6 +331,18 @@ func (e *Engine) transformLayer(ctx context.Context, src Source, dgst digest.Dig
 		return rewrite.LayerResult{}, fmt.Errorf("record %s layer: %w", t.Key(), err)
 	}
 	return res, nil
+}
+
+// skipReason is why a layer is left as it is, from the error reading it
+// ended with: "not-tar", "too-large", or "" for any other outcome.
+func skipReason(err error) string {
+	switch {
+	case errors.Is(err, rewrite.ErrNotTar):
+		return "not-tar"
+	case errors.Is(err, rewrite.ErrLayerTooLarge):
+		return "too-large"
+	}
+	return ""
 }
 
 // isZstdLayer reports whether mediaType is a zstd layer containerd unpacks.
