@@ -202,12 +202,22 @@ func TransformLayer(dst io.Writer, blob io.Reader, limit int64, t LayerTransform
 	if t.To != "" {
 		comp = t.To
 	}
+	// A failure to write the output is the writer's (a full disk, a failed
+	// upload), never a verdict on the layer.
+	out := &sinkWriter{w: dst}
+	notTar := func(err error) error {
+		if out.err != nil && l.src.err == nil {
+			l.close()
+			return fmt.Errorf("write layer: %w", out.err)
+		}
+		return l.fail(fmt.Errorf("%w: %v", ErrNotTar, err))
+	}
 	if !t.Strip {
-		return recompress(dst, l, comp)
+		return recompress(out, l, comp, notTar)
 	}
 
 	compressedHash, compressedSize := sha256.New(), &countWriter{}
-	zw, err := newCompressor(io.MultiWriter(dst, compressedHash, compressedSize), comp)
+	zw, err := newCompressor(io.MultiWriter(out, compressedHash, compressedSize), comp)
 	if err != nil {
 		return LayerResult{}, err
 	}
@@ -236,10 +246,10 @@ func TransformLayer(dst io.Writer, blob io.Reader, limit int64, t LayerTransform
 		}
 		hdr.Xattrs = nil //nolint:staticcheck // PAXRecords holds the same records; both would be written
 		if err := tw.WriteHeader(hdr); err != nil {
-			return LayerResult{}, l.fail(fmt.Errorf("%w: rewrite %s: %v", ErrNotTar, hdr.Name, err))
+			return LayerResult{}, notTar(fmt.Errorf("rewrite %s: %v", hdr.Name, err))
 		}
 		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
-			return LayerResult{}, l.fail(fmt.Errorf("%w: copy %s: %v", ErrNotTar, hdr.Name, err))
+			return LayerResult{}, notTar(fmt.Errorf("copy %s: %v", hdr.Name, err))
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -254,8 +264,9 @@ func TransformLayer(dst io.Writer, blob io.Reader, limit int64, t LayerTransform
 	return res, nil
 }
 
-// recompress copies l's decompressed stream to dst, compressed with comp.
-func recompress(dst io.Writer, l *layerReader, comp Compression) (LayerResult, error) {
+// recompress copies l's decompressed stream to dst, compressed with comp;
+// notTar makes the error of a copy that failed.
+func recompress(dst io.Writer, l *layerReader, comp Compression, notTar func(error) error) (LayerResult, error) {
 	compressedHash, compressedSize := sha256.New(), &countWriter{}
 	zw, err := newCompressor(io.MultiWriter(dst, compressedHash, compressedSize), comp)
 	if err != nil {
@@ -263,7 +274,7 @@ func recompress(dst io.Writer, l *layerReader, comp Compression) (LayerResult, e
 	}
 	diffIDHash := sha256.New()
 	if _, err := io.Copy(io.MultiWriter(zw, diffIDHash), l.rest); err != nil {
-		return LayerResult{}, l.fail(fmt.Errorf("%w: %v", ErrNotTar, err))
+		return LayerResult{}, notTar(err)
 	}
 	l.src.drain()
 	if l.src.err != nil {
@@ -274,6 +285,20 @@ func recompress(dst io.Writer, l *layerReader, comp Compression) (LayerResult, e
 	}
 	return LayerResult{LayerScan: LayerScan{Compression: comp}, Digest: digestOf(compressedHash), Size: compressedSize.n,
 		DiffID: digestOf(diffIDHash)}, nil
+}
+
+// sinkWriter remembers the first failure of the writer a layer goes to.
+type sinkWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *sinkWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	return n, err
 }
 
 // LayerMediaType is mediaType (a layer type of Docker's or OCI's) for a

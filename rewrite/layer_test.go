@@ -511,6 +511,21 @@ func TestZstdToGzip(t *testing.T) {
 		t.Errorf("recompressing beyond the limit: %v", err)
 	}
 
+	// A writer that fails (a full disk) is the writer's failure, never a
+	// verdict on the layer.
+	full := errors.New("no space left on device")
+	noise := make([]byte, 4<<20) // varied: the compressor writes long before the end
+	for i := range noise {
+		noise[i] = byte(i*7919 + i>>8*31)
+	}
+	large := compress(t, buildTar(t, []entry{reg("noise", string(noise), nil)}, tar.FormatPAX), Zstd)
+	for _, tr := range []LayerTransform{{To: Gzip}, {Strip: true}, {Strip: true, To: Gzip}} {
+		_, err := TransformLayer(failingWriter{full}, bytes.NewReader(large), 0, tr)
+		if !errors.Is(err, full) || errors.Is(err, ErrNotTar) {
+			t.Errorf("%+v to a full disk: %v", tr, err)
+		}
+	}
+
 	for _, key := range []string{"", "gzip", "strip,gzip"} {
 		tr, err := ParseLayerTransform(key)
 		if err != nil || tr.Key() != key {
@@ -522,3 +537,7 @@ func TestZstdToGzip(t *testing.T) {
 		t.Error("LayerMediaType does not keep the family")
 	}
 }
+
+type failingWriter struct{ err error }
+
+func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }

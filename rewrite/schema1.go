@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strconv"
 	"strings"
 
 	digest "github.com/opencontainers/go-digest"
@@ -25,7 +26,24 @@ var ErrBadSchema1 = schema1.ErrMalformed
 // rfc3339 is a JSON string holding a time as Docker wrote them, and as
 // containerd and containers/image read them (time.RFC3339Nano): the fields
 // in range (rewrite has no time package, which would bring clocks).
-var rfc3339 = regexp.MustCompile(`^"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)"$`)
+var rfc3339 = regexp.MustCompile(`^"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)"$`)
+
+// isTime reports whether created (JSON) is a time Go's reader accepts:
+// RFC 3339, its fields in range, the day within its month.
+func isTime(created []byte) bool {
+	m := rfc3339.FindSubmatch(created)
+	if m == nil {
+		return false
+	}
+	year, _ := strconv.Atoi(string(m[1]))
+	month, _ := strconv.Atoi(string(m[2]))
+	day, _ := strconv.Atoi(string(m[3]))
+	days := [13]int{0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
+	if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+		days[2] = 29
+	}
+	return day <= days[month]
+}
 
 // schema1Manifest is the part a schema 1 manifest conversion reads. of a schema 1 manifest conversion reads.
 type schema1Manifest struct {
@@ -89,7 +107,7 @@ func PlanSchema1(manifest []byte) ([]Schema1Layer, error) {
 			return nil, fmt.Errorf("%w: history[%d]: %v", ErrBadSchema1, j, err)
 		}
 		// Passed through to the config: it must read as a time there.
-		if v1.Created != nil && !rfc3339.Match(v1.Created) {
+		if v1.Created != nil && !isTime(v1.Created) {
 			return nil, fmt.Errorf("%w: history[%d]: created %.40s is not an RFC 3339 time", ErrBadSchema1, j, v1.Created)
 		}
 		layers[i] = Schema1Layer{Digest: m.FSLayers[j].BlobSum, Throwaway: v1.ThrowAway, v1: v1}

@@ -143,9 +143,14 @@ func TestConvertSchema1(t *testing.T) {
 	if _, err := PlanSchema1(short); !errors.Is(err, ErrBadSchema1) {
 		t.Fatalf("fsLayers and history of different lengths: %v", err)
 	}
+	for _, good := range []string{"2016-02-29T00:00:00Z", "2016-01-01T00:00:00.123456789+00:00", "0001-01-01T00:00:00Z", "2016-01-01T10:00:00-07:00"} {
+		if _, err := PlanSchema1(bytes.Replace(payload, []byte("2016-01-01T00:00:00Z"), []byte(good), 1)); err != nil {
+			t.Fatalf("created %q: %v", good, err)
+		}
+	}
 	// A created time containerd could not read would make a config it
 	// cannot decode: refused (served unconverted) instead.
-	for _, bad := range []string{"yesterday", "2016-13-45T25:61:61+99:99"} {
+	for _, bad := range []string{"yesterday", "2016-13-45T25:61:61+99:99", "2016-02-30T00:00:00Z", "2015-02-29T00:00:00Z", "2016-01-01T00:00:60Z"} {
 		if _, err := PlanSchema1(bytes.Replace(payload, []byte("2016-01-01T00:00:00Z"), []byte(bad), 1)); !errors.Is(err, ErrBadSchema1) {
 			t.Fatalf("created %q: %v", bad, err)
 		}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -173,8 +174,12 @@ func topLevelKeys(doc []byte) ([]string, error) {
 			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
 		// Go's JSON readers (libtrust's, containerd's) match member names
-		// without regard to case: so does this check.
+		// without regard to case, folding some letters beyond ASCII too
+		// (ſ is s): names are held to ASCII, and compared in lower case.
 		key := strings.ToLower(t.(string))
+		if strings.ContainsFunc(key, func(r rune) bool { return r >= utf8.RuneSelf }) {
+			return nil, fmt.Errorf("%w: a member %q", ErrMalformed, t)
+		}
 		if seen[key] {
 			return nil, fmt.Errorf("%w: %q twice", ErrMalformed, t)
 		}

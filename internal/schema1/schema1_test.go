@@ -65,6 +65,7 @@ func TestStrictFraming(t *testing.T) {
 		"a member twice in the payload":          bytes.Replace(img.Manifest, []byte(`"schemaVersion": 1,`), []byte(`"schemaVersion": 1, "name": "x", "name": "y",`), 1),
 		"too many signatures":                    frame(payload, end, "\n}", "", 17),
 		"a member twice, in two cases":           bytes.Replace(img.Manifest, []byte(`"schemaVersion": 1,`), []byte(`"schemaVersion": 1, "FSLayers": [],`), 1),
+		"signatures with a long s":               bytes.Replace(frame(payload, end, "\n}", "", 1), []byte(`"signatures"`), []byte(`"\u017fignatures"`), 1),
 		"signatures in another case":             bytes.Replace(frame(payload, end, "\n}", "", 1), []byte(`"signatures"`), []byte(`"Signatures"`), 1),
 		"a frame past the end":                   frame(payload, end, "\n}", "", 1)[:end],
 	} {
