@@ -73,6 +73,32 @@ type Derived struct {
 	// Transform, for a layer, is how it was made from Source (a
 	// rewrite.LayerTransform key; empty: the symlink rule's repackaging).
 	Transform string `json:"transform,omitempty"`
+	// Also are the other ways the same bytes were made: two upstream layers
+	// can repackage to one (they differ only in what a rule strips). A
+	// repository may read d where it holds any of the sources.
+	Also []Origin `json:"also,omitempty"`
+}
+
+// Origin is one way a derived object was made: from Source, as Transform
+// says.
+type Origin struct {
+	Source       digest.Digest `json:"source"`
+	FromManifest bool          `json:"fromManifest,omitempty"`
+	Transform    string        `json:"transform,omitempty"`
+}
+
+// maxOrigins bounds the ways one derived object is recorded as made.
+const maxOrigins = 16
+
+// Origins are the ways d was made, the first recorded first.
+func (d Derived) Origins() []Origin {
+	return append([]Origin{{Source: d.Source, FromManifest: d.FromManifest, Transform: d.Transform}}, d.Also...)
+}
+
+// From is d made as o says (o one of d's Origins).
+func (d Derived) From(o Origin) Derived {
+	d.Source, d.FromManifest, d.Transform, d.Also = o.Source, o.FromManifest, o.Transform, nil
+	return d
 }
 
 // SourceIsManifest reports whether d.Source is a manifest (else a blob).
@@ -84,10 +110,22 @@ type DerivedStore interface {
 	GetDerived(ctx context.Context, dgst digest.Digest) (Derived, error)
 }
 
-// PutDerived records how d.Digest was made.
+// PutDerived records how d.Digest was made. When it was recorded as made
+// another way, that stays, and this way is added (up to maxOrigins).
 func (s *Store) PutDerived(ctx context.Context, d Derived) error {
 	if err := errors.Join(d.Digest.Validate(), d.Source.Validate()); err != nil {
 		return fmt.Errorf("put derived %q: %w", d.Digest, err)
+	}
+	switch old, err := s.GetDerived(ctx, d.Digest); {
+	case err == nil && old.Kind == d.Kind:
+		o := Origin{Source: d.Source, FromManifest: d.FromManifest, Transform: d.Transform}
+		if slices.Contains(old.Origins(), o) || len(old.Also)+1 >= maxOrigins {
+			return nil
+		}
+		old.Also = append(old.Also, o)
+		d = old
+	case err != nil && !errors.Is(err, ErrNotFound):
+		return fmt.Errorf("put derived %s: %w", d.Digest, err) // never drop the ways recorded
 	}
 	if err := s.putJSON(ctx, derivedPath(d.Digest), d); err != nil {
 		return fmt.Errorf("put derived %s: %w", d.Digest, err)

@@ -696,3 +696,38 @@ func TestReportClientsKeepTheRecent(t *testing.T) {
 		t.Fatalf("clients %v", e.Clients)
 	}
 }
+
+// A derived object made a second way keeps the first and adds the second;
+// the same way twice is recorded once, and the ways are bounded.
+func TestDerivedOrigins(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := cache.New(inmemory.New())
+	d := digest.FromString("repackaged")
+	put := func(source string, transform string) {
+		t.Helper()
+		if err := s.PutDerived(ctx, cache.Derived{Digest: d, Kind: cache.DerivedLayer, Source: digest.FromString(source), Transform: transform}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("gzip form", "")
+	put("zstd form", "strip,gzip")
+	put("gzip form", "")
+	got, err := s.GetDerived(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []cache.Origin{{Source: digest.FromString("gzip form")}, {Source: digest.FromString("zstd form"), Transform: "strip,gzip"}}
+	if !slices.Equal(got.Origins(), want) || got.Source != want[0].Source {
+		t.Fatalf("origins %+v, want %+v", got.Origins(), want)
+	}
+	if from := got.From(want[1]); from.Source != want[1].Source || from.Transform != "strip,gzip" || len(from.Also) != 0 {
+		t.Fatalf("From: %+v", from)
+	}
+	for i := range 40 {
+		put(fmt.Sprint("form ", i), "")
+	}
+	if got, _ := s.GetDerived(ctx, d); len(got.Origins()) > 16 {
+		t.Fatalf("%d origins recorded", len(got.Origins()))
+	}
+}

@@ -91,32 +91,48 @@ func (s *Server) admitted(ctx context.Context, req distRequest) (ok bool, ask su
 	if linked && credsOK {
 		return true, subject{}, nil
 	}
-	src, derived, err := s.source(ctx, req)
-	if err != nil || linked || !derived {
-		return false, src, err
+	d, derived, err := s.derivedRecord(ctx, req)
+	if err != nil || !derived {
+		return false, subject{dgst: req.digest, manifest: !req.blob}, err
 	}
-	held, err := s.holds(ctx, up.Name(), req.repo, src.dgst)
-	if err != nil || !held {
+	o, held, err := s.heldOrigin(ctx, req, d)
+	src := subject{dgst: o.Source, manifest: d.From(o).SourceIsManifest()}
+	if err != nil || linked || !held {
 		return false, src, err
 	}
 	s.learn(ctx, up.Name(), req.repo, req.digest)
 	return credsOK, src, nil
 }
 
-// source is the upstream object req.digest was made from, or req.digest
-// itself when it is upstream content.
-func (s *Server) source(ctx context.Context, req distRequest) (subject, bool, error) {
-	self := subject{dgst: req.digest, manifest: !req.blob}
+// derivedRecord is how req.digest was made, when regnorm made it as the
+// kind of object req asks for.
+func (s *Server) derivedRecord(ctx context.Context, req distRequest) (cache.Derived, bool, error) {
 	d, err := s.store.GetDerived(ctx, req.digest)
 	switch {
 	case errors.Is(err, cache.ErrNotFound):
-		return self, false, nil
+		return cache.Derived{}, false, nil
 	case err != nil:
-		return self, false, err
-	case (d.Kind == cache.DerivedManifest) != self.manifest:
-		return self, false, nil // a blob asked for as a manifest, or the reverse
+		return cache.Derived{}, false, err
+	case (d.Kind == cache.DerivedManifest) == req.blob:
+		return cache.Derived{}, false, nil // a blob asked for as a manifest, or the reverse
 	}
-	return subject{dgst: d.Source, manifest: d.SourceIsManifest()}, true, nil
+	return d, true, nil
+}
+
+// heldOrigin is the way d was made from an upstream object that req's
+// repository holds, as far as regnorm knows (held); else the first way.
+func (s *Server) heldOrigin(ctx context.Context, req distRequest, d cache.Derived) (o cache.Origin, held bool, err error) {
+	origins := d.Origins()
+	for _, o := range origins {
+		held, err := s.holds(ctx, req.upstream.Name(), req.repo, o.Source)
+		if err != nil {
+			return origins[0], false, err
+		}
+		if held {
+			return o, true, nil
+		}
+	}
+	return origins[0], false, nil
 }
 
 // admit lets req's client read req.digest under req.repo, asking the

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -59,6 +61,13 @@ func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
 // as req's client, who must be admitted for the original: a repository
 // holds a derived blob only where it holds its source.
 func (s *Server) rebuildLayer(ctx context.Context, req distRequest, d cache.Derived) error {
+	// From what req's repository holds: another repository's source would
+	// be asked for in vain.
+	o, _, err := s.heldOrigin(ctx, req, d)
+	if err != nil {
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+	}
+	d = d.From(o)
 	src := req
 	src.digest = d.Source
 	if err := s.admit(ctx, src); err != nil {

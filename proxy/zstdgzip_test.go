@@ -109,3 +109,33 @@ func TestZstdLayerTooLargeIsLeftAlone(t *testing.T) {
 		t.Errorf("clean normalizations = %v, want 1 (the verdict is kept)", n)
 	}
 }
+
+// Two upstream layers that repackage to the same bytes (here a gzip and a
+// zstd form of one tar, for containerd 1.4) are both recorded as its
+// sources: after eviction each repository gets it rebuilt from the layer
+// it holds.
+func TestLayerMadeFromTwoSources(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "a/gz", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerGzip}, baseLayer, xattrLayer)
+	h.push(t, "b/zs", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, baseLayer, xattrLayer)
+	layer := func(repo string) digest.Digest {
+		got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.4.13"))
+		var m ocispec.Manifest
+		json.Unmarshal(h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+got.String(), containerdAccept).body, &m)
+		return m.Layers[1].Digest
+	}
+	if a, b := layer("a/gz"), layer("b/zs"); a != b {
+		t.Fatalf("the two forms did not repackage to one layer (%s, %s): the test premise broke", a, b)
+	}
+	d := layer("a/gz")
+	if _, err := h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, repo := range []string{"a/gz", "b/zs"} {
+		if r := h.do(t, http.MethodGet, "/v2/"+repo+"/blobs/"+d.String(), nil); r.status != http.StatusOK || digest.FromBytes(r.body) != d {
+			t.Errorf("%s after eviction: %d %s", repo, r.status, r.body[:min(len(r.body), 120)])
+		}
+		h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1}, time.Now())
+	}
+}
