@@ -117,14 +117,16 @@ func (s *Store) PutDerived(ctx context.Context, d Derived) error {
 		return fmt.Errorf("put derived %q: %w", d.Digest, err)
 	}
 	switch old, err := s.GetDerived(ctx, d.Digest); {
-	case err == nil && old.Kind == d.Kind:
+	case err == nil && old.Kind != d.Kind:
+		return nil // kinds never share bytes: keep what is recorded
+	case err == nil:
 		o := Origin{Source: d.Source, FromManifest: d.FromManifest, Transform: d.Transform}
 		if slices.Contains(old.Origins(), o) || len(old.Also)+1 >= maxOrigins {
 			return nil
 		}
 		old.Also = append(old.Also, o)
 		d = old
-	case err != nil && !errors.Is(err, ErrNotFound):
+	case !errors.Is(err, ErrNotFound) && !errors.Is(err, errBadRecord):
 		return fmt.Errorf("put derived %s: %w", d.Digest, err) // never drop the ways recorded
 	}
 	if err := s.putJSON(ctx, derivedPath(d.Digest), d); err != nil {
@@ -143,7 +145,7 @@ func (s *Store) GetDerived(ctx context.Context, dgst digest.Digest) (Derived, er
 		return Derived{}, fmt.Errorf("get derived %s: %w", dgst, err)
 	}
 	if d.Digest != dgst || d.Source.Validate() != nil {
-		return Derived{}, fmt.Errorf("get derived %s: record is for %s from %q", dgst, d.Digest, d.Source)
+		return Derived{}, fmt.Errorf("get derived %s: %w: it is for %s from %q", dgst, errBadRecord, d.Digest, d.Source)
 	}
 	return d, nil
 }
@@ -458,10 +460,14 @@ func (s *Store) getJSON(ctx context.Context, p string, v any) error {
 		return notFound(err)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("decode %s: %w", p, err)
+		return fmt.Errorf("decode %s: %w: %w", p, errBadRecord, err)
 	}
 	return nil
 }
+
+// errBadRecord is a record that is there but cannot be used: one to
+// overwrite, not a storage that fails.
+var errBadRecord = errors.New("unreadable record")
 
 func (s *Store) putJSON(ctx context.Context, p string, v any) error {
 	b, err := json.Marshal(v)

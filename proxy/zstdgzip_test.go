@@ -139,3 +139,33 @@ func TestLayerMadeFromTwoSources(t *testing.T) {
 		h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1}, time.Now())
 	}
 }
+
+// With forwarded credentials, once a client's confirmation has expired,
+// the layer made from two sources is admitted by asking the upstream about
+// the source the repository holds, not about the other repository's.
+func TestLayerFromTwoSourcesWithForwardedCredentials(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{forward: true, clock: clk})
+	h.push(t, "a/gz", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerGzip}, baseLayer, xattrLayer)
+	h.push(t, "b/zs", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, baseLayer, xattrLayer)
+	layer := func(repo string) digest.Digest {
+		got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.4.13"))
+		var m ocispec.Manifest
+		json.Unmarshal(h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+got.String(), containerdAccept).body, &m)
+		return m.Layers[1].Digest
+	}
+	d := layer("a/gz")
+	if layer("b/zs") != d {
+		t.Fatal("the two forms did not repackage to one layer: the test premise broke")
+	}
+	clk.Advance(2 * time.Minute) // past the upstream's last yes
+	for _, repo := range []string{"b/zs", "a/gz"} {
+		if r := h.do(t, http.MethodGet, "/v2/"+repo+"/blobs/"+d.String(), nil); r.status != http.StatusOK {
+			t.Errorf("%s after the confirmation expired: %d %s", repo, r.status, r.body)
+		}
+	}
+	if r := h.do(t, http.MethodGet, "/v2/c/other/blobs/"+d.String(), nil); r.status == http.StatusOK {
+		t.Error("served under a repository that holds neither source")
+	}
+}
