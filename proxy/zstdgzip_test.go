@@ -30,8 +30,7 @@ func TestZstdToGzipForContainerd14(t *testing.T) {
 	json.Unmarshal(img.Config, &origCfg)
 
 	got := headDigest(t, h, "/v2/zstd/app/manifests/v1", containerdHeader("1.4.13"))
-	var m ocispec.Manifest
-	json.Unmarshal(h.do(t, http.MethodGet, "/v2/zstd/app/manifests/"+got.String(), containerdAccept).body, &m)
+	m := variantOf(t, h, "zstd/app", "1.4.13")
 	cfgBody := h.do(t, http.MethodGet, "/v2/zstd/app/blobs/"+m.Config.Digest.String(), nil).body
 	var cfg ocispec.Image
 	json.Unmarshal(cfgBody, &cfg)
@@ -119,12 +118,7 @@ func TestLayerMadeFromTwoSources(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.push(t, "a/gz", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerGzip}, baseLayer, xattrLayer)
 	h.push(t, "b/zs", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, baseLayer, xattrLayer)
-	layer := func(repo string) digest.Digest {
-		got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.4.13"))
-		var m ocispec.Manifest
-		json.Unmarshal(h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+got.String(), containerdAccept).body, &m)
-		return m.Layers[1].Digest
-	}
+	layer := func(repo string) digest.Digest { return variantOf(t, h, repo, "1.4.13").Layers[1].Digest }
 	if a, b := layer("a/gz"), layer("b/zs"); a != b {
 		t.Fatalf("the two forms did not repackage to one layer (%s, %s): the test premise broke", a, b)
 	}
@@ -149,12 +143,7 @@ func TestLayerFromTwoSourcesWithForwardedCredentials(t *testing.T) {
 	h := newHarness(t, harnessOptions{forward: true, clock: clk})
 	h.push(t, "a/gz", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerGzip}, baseLayer, xattrLayer)
 	h.push(t, "b/zs", "v1", regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, baseLayer, xattrLayer)
-	layer := func(repo string) digest.Digest {
-		got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader("1.4.13"))
-		var m ocispec.Manifest
-		json.Unmarshal(h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+got.String(), containerdAccept).body, &m)
-		return m.Layers[1].Digest
-	}
+	layer := func(repo string) digest.Digest { return variantOf(t, h, repo, "1.4.13").Layers[1].Digest }
 	d := layer("a/gz")
 	if layer("b/zs") != d {
 		t.Fatal("the two forms did not repackage to one layer: the test premise broke")
@@ -168,4 +157,15 @@ func TestLayerFromTwoSourcesWithForwardedCredentials(t *testing.T) {
 	if r := h.do(t, http.MethodGet, "/v2/c/other/blobs/"+d.String(), nil); r.status == http.StatusOK {
 		t.Error("served under a repository that holds neither source")
 	}
+}
+
+// variantOf is the manifest repo:v1 is answered with to containerd version.
+func variantOf(t *testing.T, h *harness, repo, version string) ocispec.Manifest {
+	t.Helper()
+	got := headDigest(t, h, "/v2/"+repo+"/manifests/v1", containerdHeader(version))
+	var m ocispec.Manifest
+	if err := json.Unmarshal(h.do(t, http.MethodGet, "/v2/"+repo+"/manifests/"+got.String(), containerdAccept).body, &m); err != nil {
+		t.Fatalf("%s's variant of %s: %v", version, repo, err)
+	}
+	return m
 }
