@@ -37,8 +37,9 @@ type Change struct {
 type Normalization struct {
 	Original   digest.Digest `json:"original"`
 	Normalized digest.Digest `json:"normalized,omitempty"`
-	MediaType  string        `json:"mediaType"`
-	Changes    []Change      `json:"changes,omitempty"`
+	// MediaType is the variant's: Normalized's when set, else Original's.
+	MediaType string   `json:"mediaType"`
+	Changes   []Change `json:"changes,omitempty"`
 	// Rules is the key of the rule set the verdict is for.
 	Rules     string    `json:"rules"`
 	CreatedAt time.Time `json:"createdAt"`

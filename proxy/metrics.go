@@ -71,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"containerd"}),
 		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrites_total",
-			Help: "Changes made by normalization, by kind (config-media-type, child-manifest), counted once per normalized document.",
+			Help: "Changes made by normalization, by kind (config-media-type, child-manifest, symlink-xattrs, zstd-media-type, schema1, zstd-gzip), counted once per normalized document.",
 		}, []string{"kind"}),
 		rewriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrite_errors_total",
@@ -92,11 +92,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		layersScanned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layers_scanned_total",
-			Help: "Layers scanned for xattrs on symlinks (each layer digest once for the whole cache).",
+			Help: "Layers read whole for a rule: scanned for xattrs on symlinks (each layer digest once for the whole cache), or read for a schema 1 diff ID.",
 		}),
 		layersRepackaged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layers_repackaged_total",
-			Help: "Layers repackaged without xattrs on symlinks and other special files.",
+			Help: "Layers written anew: repackaged without xattrs on symlinks and other special files, or recompressed with gzip (zstd to gzip).",
 		}),
 		layersSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_layers_skipped_total",

@@ -45,7 +45,7 @@ func isTime(created []byte) bool {
 	return day <= days[month]
 }
 
-// schema1Manifest is the part a schema 1 manifest conversion reads. of a schema 1 manifest conversion reads.
+// schema1Manifest is the part of a schema 1 manifest conversion reads.
 type schema1Manifest struct {
 	SchemaVersion int `json:"schemaVersion"`
 	FSLayers      []struct {

@@ -196,16 +196,6 @@ func topLevelKeys(doc []byte) ([]string, error) {
 	return keys, nil
 }
 
-// Digest is the digest a schema 1 manifest is known by (see
-// Payload).
-func Digest(manifest []byte) (digest.Digest, error) {
-	payload, err := Payload(manifest)
-	if err != nil {
-		return "", err
-	}
-	return digest.FromBytes(payload), nil
-}
-
 // ManifestDigest is the digest with alg that a manifest of mediaType is
 // known by: of its payload for schema 1, of its bytes for every other type.
 func ManifestDigest(alg digest.Algorithm, mediaType string, content []byte) (digest.Digest, error) {

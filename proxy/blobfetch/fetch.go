@@ -398,6 +398,11 @@ func copyBody(f *Download, body io.Reader, spool *os.File, in *cache.Ingest) (in
 	var total int64
 	for {
 		n, rerr := body.Read(buf)
+		if f.size >= 0 && total+int64(n) > f.size {
+			// More than the upstream announced: the spool was reserved for
+			// that much, and the digest could not verify anyway.
+			return total, fmt.Errorf("upstream sent more than the %d bytes it announced", f.size)
+		}
 		if n > 0 {
 			if spool != nil {
 				if _, err := spool.Write(buf[:n]); err != nil {

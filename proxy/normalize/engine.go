@@ -311,7 +311,9 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 			return Result{}, fmt.Errorf("cache normalized manifest: %w", err)
 		}
 		src.Learn(ctx, res.Digest, m.Digest)
-		verdict.Normalized = res.Digest
+		// The verdict names the variant: its digest and its type (a schema 1
+		// original's variant is a Docker schema 2 manifest), as the report does.
+		verdict.Normalized, verdict.MediaType = res.Digest, res.MediaType
 		for _, c := range res.Changes {
 			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
 			e.m.Rewrites.WithLabelValues(c.Kind).Inc()
