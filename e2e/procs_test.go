@@ -200,14 +200,15 @@ http:
 }
 
 // startRegnorm runs the built binary with a config whose docker.io upstream
-// is upstreamURL, and returns its URL. cacheYAML replaces the filesystem
-// cache in a temporary directory when set.
-func startRegnorm(t *testing.T, upstreamURL string, cacheYAML string) (string, *process) {
+// is upstreamURL, and returns its URL. extraYAML follows the upstream list:
+// more upstream entries, then other settings; without a cache section, the
+// cache is a filesystem cache in a temporary directory.
+func startRegnorm(t *testing.T, upstreamURL string, extraYAML string) (string, *process) {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
-	if cacheYAML == "" {
-		cacheYAML = fmt.Sprintf("cache:\n  driver: filesystem\n  filesystem:\n    rootDirectory: %s\n", filepath.Join(dir, "cache"))
+	if !regexp.MustCompile(`(?m)^cache:`).MatchString(extraYAML) {
+		extraYAML += fmt.Sprintf("cache:\n  driver: filesystem\n  filesystem:\n    rootDirectory: %s\n", filepath.Join(dir, "cache"))
 	}
 	cfg := fmt.Sprintf(`listen: %s
 logFormat: json
@@ -216,7 +217,7 @@ spoolDir: %s
 upstreams:
 - name: docker.io
   url: %s
-%s`, addr, dir, upstreamURL, cacheYAML)
+%s`, addr, dir, upstreamURL, extraYAML)
 	path := filepath.Join(dir, "regnorm.yaml")
 	os.WriteFile(path, []byte(cfg), 0o600)
 	p := start(t, "regnorm", regnormBin, "--config", path)
