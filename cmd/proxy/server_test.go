@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -60,14 +62,21 @@ func TestServerTimeouts(t *testing.T) {
 // TestServerLetsNoClientHoldAConnection: with short timeouts, the server
 // regnorm runs closes a keep-alive connection left idle, answers a warm
 // whose body stops coming 408 (an OCI error) and closes the connection,
-// and still sends an answer that takes longer than both timeouts whole.
+// and still finishes a warm and sends an answer that take longer than both
+// timeouts.
 // Only liveness is timed: each wait fails the test after 30 s, far beyond
 // the timeouts.
 func TestServerLetsNoClientHoldAConnection(t *testing.T) {
 	t.Parallel()
 	cfg := defaultConfig()
 	cfg.ReadTimeout, cfg.IdleTimeout = 200*time.Millisecond, 100*time.Millisecond
-	u, _ := url.Parse("http://127.0.0.1:1")
+	// An upstream slower than both timeouts, that has nothing.
+	slowUpstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(3 * cfg.ReadTimeout)
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(slowUpstream.Close)
+	u, _ := url.Parse(slowUpstream.URL)
 	srv, err := proxy.New(proxy.Options{Store: cache.New(inmemory.New()), DefaultUpstream: "docker.io",
 		Upstreams: []upstream.Config{{Name: "docker.io", URL: u}},
 		Metrics:   proxy.NewMetrics(prometheus.NewRegistry()), Logger: slog.New(slog.DiscardHandler)})
@@ -140,6 +149,22 @@ func TestServerLetsNoClientHoldAConnection(t *testing.T) {
 			t.Fatalf("got %d %+v, want 408 with an OCI error", resp.StatusCode, body)
 		}
 		closed(t, br)
+	})
+	t.Run("warm longer than the timeouts", func(t *testing.T) {
+		t.Parallel()
+		body := `{"images":["library/app:v1"]}`
+		_, br := dial(t, "POST /api/v1/warm HTTP/1.1\r\nHost: regnorm\r\nContent-Type: application/json\r\nContent-Length: "+
+			strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct{ Results []proxy.WarmResult }
+		json.NewDecoder(resp.Body).Decode(&got)
+		// Cut short, the warm would fail on its cancelled context instead.
+		if resp.StatusCode != http.StatusOK || len(got.Results) != 1 || !strings.HasPrefix(got.Results[0].Error, "MANIFEST_UNKNOWN") {
+			t.Fatalf("got %d %+v, want the upstream's 404 as MANIFEST_UNKNOWN", resp.StatusCode, got)
+		}
 	})
 	t.Run("answer longer than the timeouts", func(t *testing.T) {
 		t.Parallel()
