@@ -46,8 +46,9 @@ func (s *Server) accessLog(route string, next http.Handler) http.Handler {
 			status = http.StatusOK
 		}
 		d := time.Since(start)
-		// The method and code go through label: a client made up the one,
-		// and the other may come from an upstream.
+		// The method and code go through label: a client chooses the
+		// method, and no code a handler writes (should one ever relay an
+		// upstream's) may add a series.
 		s.metrics.requests.WithLabelValues(route, label.Method(r.Method), label.Status(status)).Inc()
 		s.metrics.requestDuration.WithLabelValues(route).Observe(d.Seconds())
 		level := slog.LevelInfo
