@@ -5,9 +5,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
+
+	"github.com/regnorm/regnorm/proxy/label"
 )
 
 // handlerFunc is a handler that returns its error; handle writes it.
@@ -45,7 +46,10 @@ func (s *Server) accessLog(route string, next http.Handler) http.Handler {
 			status = http.StatusOK
 		}
 		d := time.Since(start)
-		s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+		// The method and code go through label: a client chooses the
+		// method, and no code a handler writes (should one ever relay an
+		// upstream's) may add a series.
+		s.metrics.requests.WithLabelValues(route, label.Method(r.Method), label.Status(status)).Inc()
 		s.metrics.requestDuration.WithLabelValues(route).Observe(d.Seconds())
 		level := slog.LevelInfo
 		switch {

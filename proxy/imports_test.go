@@ -25,7 +25,8 @@ func TestSubpackagesStayApart(t *testing.T) {
 	rooms := []room{
 		{dir: "errcode"},
 		{dir: "ruleset", own: []string{"internal/containerdcfg"}, denied: []string{"net/http", "os"}},
-		{dir: "upstream", own: []string{"proxy/errcode"}},
+		{dir: "label"},
+		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label"}},
 		{dir: "blobfetch", own: []string{"cache", "proxy/errcode", "proxy/upstream"}},
 		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset", "internal/schema1"}, denied: []string{"net/http", "os"}},
 		{dir: "maintain", own: []string{"cache"}, denied: []string{"net/http"}},

@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		maintain: maintain.NewMetrics(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_http_requests_total",
-			Help: "HTTP requests answered, by route, method and status code.",
+			Help: "HTTP requests answered, by route, method (other for a method that is not standard) and status code.",
 		}, []string{"route", "method", "code"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "regnorm_http_request_duration_seconds",

@@ -6,9 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
-	"mime"
 	"net"
 	"net/http"
 	"path"
@@ -289,16 +287,9 @@ func FitNodeReport(r *cache.NodeReport) {
 // fleet view shows are made here, from the report's facts, never taken
 // from the sender.
 func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error {
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
-		// A browser cannot send this type to another origin without asking
-		// first, which regnorm never answers.
-		return errcode.New(http.StatusUnsupportedMediaType, errcode.Unsupported, "a node report is application/json", nil)
-	}
 	var rep cache.NodeReport
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxNodeReport))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "body must be a node report of at most 16 KiB (regnorm node-config sends it)", err)
+	if err := readJSON(w, r, maxNodeReport, &rep, true, "a node report (regnorm node-config sends it)"); err != nil {
+		return err
 	}
 	if rep.Node == "" {
 		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "the report names no node", nil)

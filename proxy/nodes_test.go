@@ -128,12 +128,15 @@ func TestNodeReportsAreChecked(t *testing.T) {
 		`{"node":"n","hostsDir":"/d","reason":"` + strings.Repeat("x", 2049) + `"}`,
 		`{"node":"` + strings.Repeat("n", 254) + `","hostsDir":"/d"}`,
 		`{"node":"n\u0007","hostsDir":"/d"}`,
-		`{"node":"n","hostsDir":"/d","reason":"` + strings.Repeat("x", 20<<10) + `"}`,
 		`not json`,
+		good + good,
 	} {
 		if got := post("application/json", body); got != http.StatusBadRequest {
 			t.Errorf("%.80s: %d, want 400", body, got)
 		}
+	}
+	if got := post("application/json", `{"node":"n","hostsDir":"/d","reason":"`+strings.Repeat("x", 20<<10)+`"}`); got != http.StatusRequestEntityTooLarge {
+		t.Errorf("a report over 16 KiB: %d, want 413", got)
 	}
 	if nodes := h.nodes(t); len(nodes) != 0 {
 		t.Fatalf("refused reports were kept: %+v", nodes)

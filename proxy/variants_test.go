@@ -200,7 +200,7 @@ func TestWarmVariants(t *testing.T) {
 	if h.metric(t, "regnorm_normalizations_total", "") != normalizations {
 		t.Fatal("a warmed variant was normalized again on the request")
 	}
-	r := h.doBody(t, http.MethodPost, "/api/v1/warm", nil, `{"images":["ansible/creator-ee:v0.5.0"],"clients":["latest"]}`)
+	r := h.doBody(t, http.MethodPost, "/api/v1/warm", http.Header{"Content-Type": {"application/json"}}, `{"images":["ansible/creator-ee:v0.5.0"],"clients":["latest"]}`)
 	if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "not a containerd version") {
 		t.Fatalf("warm for a client that is no version: %d %s", r.status, r.body)
 	}

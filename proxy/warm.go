@@ -2,9 +2,7 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -55,6 +53,7 @@ type WarmVariant struct {
 }
 
 const (
+	maxWarmBody     = 1 << 20
 	maxWarmImages   = 1000
 	maxWarmClients  = 32
 	warmConcurrency = 2
@@ -64,8 +63,8 @@ const (
 // that nodes asking later get the answer at once.
 func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	var req WarmRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "body must be {\"images\": [...]}", err)
+	if err := readJSON(w, r, maxWarmBody, &req, false, `{"images": [...]}`); err != nil {
+		return err
 	}
 	if len(req.Images) == 0 || len(req.Images) > maxWarmImages {
 		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("give 1 to %d images", maxWarmImages), nil)

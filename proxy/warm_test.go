@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -11,7 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/upstream"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
@@ -70,5 +73,48 @@ func TestWarmErrorsSayNoMoreThanTheAPI(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), addr) {
 		t.Fatal("the log lost the cause")
+	}
+}
+
+// TestWarmTakesOnlyJSON: a warm request that a cross-site form could send
+// (text/plain, form-encoded, multipart, or no type) is refused with 415
+// before anything is asked of upstream, and so are bodies too large, with
+// trailing data, or of the wrong shape (413, 400); the same request as
+// application/json (what regnorm warm sends) warms the image.
+func TestWarmTakesOnlyJSON(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	body := `{"images":["library/app:v1"]}`
+	for _, tt := range []struct {
+		contentType, body string
+		want              int
+	}{
+		{"text/plain", body, http.StatusUnsupportedMediaType},
+		{"text/plain; charset=utf-8", body, http.StatusUnsupportedMediaType},
+		{"application/x-www-form-urlencoded", body, http.StatusUnsupportedMediaType},
+		{"multipart/form-data; boundary=x", body, http.StatusUnsupportedMediaType},
+		{"", body, http.StatusUnsupportedMediaType},
+		{"application/json", `{"images":["library/app:v1"],"x":"` + strings.Repeat("x", 1<<20) + `"}`, http.StatusRequestEntityTooLarge},
+		{"application/json", body + `{"images":["library/app:v1"]}`, http.StatusBadRequest},
+		{"application/json", body + ` trailing`, http.StatusBadRequest},
+		{"application/json", `["library/app:v1"]`, http.StatusBadRequest},
+	} {
+		hits := h.front.count()
+		r := h.doBody(t, http.MethodPost, "/api/v1/warm", http.Header{"Content-Type": {tt.contentType}}, tt.body)
+		if r.status != tt.want || r.ociError(t) != errcode.Unsupported {
+			t.Errorf("Content-Type %q, %.60s: %d %s, want %d", tt.contentType, tt.body, r.status, r.body, tt.want)
+		}
+		if n := h.front.count() - hits; n != 0 {
+			t.Errorf("Content-Type %q, %.60s: %d upstream requests", tt.contentType, tt.body, n)
+		}
+	}
+	r := h.doBody(t, http.MethodPost, "/api/v1/warm", http.Header{"Content-Type": {"application/json; charset=utf-8"}}, body)
+	if r.status != http.StatusOK || !strings.Contains(string(r.body), `"originalDigest"`) {
+		t.Fatalf("warm as application/json: %d %s", r.status, r.body)
+	}
+	res, err := proxy.Client{Server: h.url}.Warm(context.Background(), []string{"library/app:v1"}, nil)
+	if err != nil || len(res) != 1 || res[0].Error != "" {
+		t.Fatalf("regnorm warm's client: %+v %v", res, err)
 	}
 }

@@ -42,6 +42,14 @@ type Config struct {
 	UpstreamAttempts int `yaml:"upstreamAttempts"`
 	// ShutdownTimeout is how long in-flight requests may finish after SIGTERM.
 	ShutdownTimeout time.Duration `yaml:"shutdownTimeout"`
+	// ReadTimeout bounds how long a client may take to send one request,
+	// headers and body (only POST /api/v1/warm and node reports have one).
+	// It does not bound the answer: a blob download takes as long as it
+	// takes while the client reads it.
+	ReadTimeout time.Duration `yaml:"readTimeout"`
+	// IdleTimeout closes a keep-alive connection that sends no new request
+	// for this long.
+	IdleTimeout time.Duration `yaml:"idleTimeout"`
 	// SpoolDir holds the (unlinked) files that fan a download out to many
 	// clients. Empty means the system temporary directory.
 	SpoolDir string `yaml:"spoolDir"`
@@ -245,6 +253,8 @@ func defaultConfig() Config {
 		StallTimeout:       30 * time.Second,
 		UpstreamAttempts:   3,
 		ShutdownTimeout:    30 * time.Second,
+		ReadTimeout:        time.Minute,
+		IdleTimeout:        2 * time.Minute,
 		SpoolMaxSize:       "8GiB",
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
@@ -450,6 +460,12 @@ func (c Config) validate() error {
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdownTimeout", "must not be negative")
+	}
+	if c.ReadTimeout <= 0 {
+		bad("readTimeout", "must be positive")
+	}
+	if c.IdleTimeout <= 0 {
+		bad("idleTimeout", "must be positive")
 	}
 	switch c.Cache.Driver {
 	case "filesystem":

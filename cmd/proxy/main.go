@@ -143,15 +143,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	httpSrv := &http.Server{
-		Handler:           srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})),
-		ReadHeaderTimeout: 10 * time.Second,
-		// The proxy refuses headers over 60 KiB with an OCI error; this cap
-		// (answered in plain text by net/http) bounds each connection's
-		// memory.
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	httpSrv := newHTTPServer(cfg, srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})), log)
 	if cfg.TLS.CertFile != "" {
 		certs, err := newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
 		if err != nil {
@@ -182,6 +174,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return httpSrv.Shutdown(sctx)
 	})
 	return g.Wait()
+}
+
+// readHeaderTimeout bounds how long a client may take to send a request's
+// headers.
+const readHeaderTimeout = 10 * time.Second
+
+// newHTTPServer is the server run serves h with. Its limits bound what a
+// client can hold without sending: headers (readHeaderTimeout), a whole
+// request (cfg.ReadTimeout: a body not in by then is answered 408, or the
+// connection closed), an idle keep-alive connection (cfg.IdleTimeout). No
+// limit bounds an answer (there is no WriteTimeout): a blob download takes
+// as long as it takes while the client reads it, and net/http lifts the
+// read deadline once a request is read.
+func newHTTPServer(cfg Config, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		// The proxy refuses headers over 60 KiB with an OCI error; this cap
+		// (answered in plain text by net/http) bounds each connection's
+		// memory.
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 // usage is what `regnorm --help` prints.

@@ -26,7 +26,7 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_upstream_requests_total",
-			Help: "Requests sent to upstream registries, by upstream and result (HTTP status code, or error).",
+			Help: "Requests sent to upstream registries, by upstream and result: the HTTP status code (a code outside the usual ones as its class, 4xx, or other), or error.",
 		}, []string{"upstream", "result"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "regnorm_upstream_request_duration_seconds",

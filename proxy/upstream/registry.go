@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/label"
 )
 
 // Config is one upstream registry, ready to use: cmd/proxy has read its CA
@@ -224,9 +225,9 @@ func retryReason(resp *http.Response, err error) (reason string, asked time.Dura
 	}
 	switch s := resp.StatusCode; s {
 	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
-		return strconv.Itoa(s), retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		return label.Status(s), retryAfter(resp.Header.Get("Retry-After"), time.Now())
 	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusGatewayTimeout:
-		return strconv.Itoa(s), 0
+		return label.Status(s), 0
 	}
 	return "", 0
 }
@@ -266,7 +267,7 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 			u.health.record(false, "unreachable")
 			return nil, err
 		}
-		u.metrics.requests.WithLabelValues(u.name, strconv.Itoa(resp.StatusCode)).Inc()
+		u.metrics.requests.WithLabelValues(u.name, label.Status(resp.StatusCode)).Inc()
 		u.metrics.noteRateLimit(u.name, resp.Header)
 		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, resp.Status)
 		resp.Body = newStallGuard(resp.Body, u.stall, cancel)
