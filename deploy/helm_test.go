@@ -81,7 +81,7 @@ metrics:
 nodeConfig: {enabled: true, token: {secretName: regnorm-node-token}}`,
 	"forwarded credentials and a private CA": `
 upstreams:
-  - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true}
+  - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true, allowPrivateRedirects: true}
 credentials: {existingSecret: registry-ca}`,
 	"one upstream, nodes fixed, tuned downloads": `
 upstreams:

@@ -232,6 +232,10 @@ type UpstreamConfig struct {
 	// upstream instead of username/password, and serves cached content to a
 	// client only after the upstream confirms that client may read it.
 	ForwardCredentials bool `yaml:"forwardCredentials"`
+	// AllowPrivateRedirects lets the upstream's redirects and token realm
+	// lead to addresses inside the network, for a registry whose storage or
+	// token service is there; its own URL is always allowed.
+	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
 }
 
 func defaultConfig() Config {

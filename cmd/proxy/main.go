@@ -514,7 +514,7 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstre
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
-		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials}
+		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects}
 		if c.CAFile != "" {
 			pool, err := certPool(c.CAFile)
 			if err != nil {

@@ -43,6 +43,11 @@ type Config struct {
 	// instead of Credentials, and serves cached content to a client only
 	// after the upstream confirms that client may read the repository.
 	ForwardCredentials bool
+	// AllowPrivateRedirects lets the upstream's redirects and token realm
+	// lead to addresses inside the network (loopback, link-local, private):
+	// for a registry whose storage or token service is there too. The
+	// upstream's own host and port are always allowed (see dialGuard).
+	AllowPrivateRedirects bool
 }
 
 // RetryPolicy bounds how an upstream request is retried after a failure
@@ -120,7 +125,7 @@ func New(cfg Config, opts Options) *Registry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	client := &http.Client{Transport: newTransport(cfg.RootCAs, opts.Stall)}
+	client := &http.Client{Transport: newTransport(cfg, opts.Stall), CheckRedirect: checkRedirect}
 	u := &Registry{
 		name:    cfg.Name,
 		base:    cfg.URL,
@@ -170,14 +175,16 @@ func (u *Registry) newTokenSource(creds Credentials) *tokenSource {
 
 // newTransport has connect and header timeouts but no overall timeout: a
 // large blob may take as long as it takes while bytes keep flowing (the
-// stall guard ends a body that stops).
-func newTransport(roots *x509.CertPool, stall time.Duration) *http.Transport {
+// stall guard ends a body that stops). It dials through a dialGuard: where
+// the upstream sends regnorm, not where the operator did, is checked.
+func newTransport(cfg Config, stall time.Duration) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = stall
 	t.MaxIdleConnsPerHost = 32
-	if roots != nil {
-		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if cfg.RootCAs != nil {
+		t.TLSClientConfig = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
 	}
+	newDialGuard(cfg.URL, cfg.AllowPrivateRedirects).install(t)
 	return t
 }
 
@@ -215,6 +222,9 @@ func (u *Registry) Do(ctx context.Context, method, repo, path string, query url.
 // retryReason says why a failed attempt may succeed if sent again ("" if it
 // may not), and the wait the upstream asked for.
 func retryReason(resp *http.Response, err error) (reason string, asked time.Duration) {
+	if refusedHop(err) {
+		return "", 0 // it would be refused again
+	}
 	if err != nil {
 		var e *errcode.Error
 		if errors.As(err, &e) && e.Status == http.StatusBadGateway {
@@ -332,10 +342,16 @@ func (u *Registry) unreachable(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
+	if refusedHop(err) {
+		return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" redirected to an address regnorm does not follow", err)
+	}
 	return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" unreachable", err)
 }
 
 func (u *Registry) tokenFailed(err error) error {
+	if refusedHop(err) {
+		return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" names a token service regnorm does not follow", err)
+	}
 	var te *tokenError
 	if errors.As(err, &te) && (te.status == http.StatusUnauthorized || te.status == http.StatusForbidden) {
 		return u.unauthorized("upstream "+u.name+" refused the credentials", err)
