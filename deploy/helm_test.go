@@ -85,12 +85,13 @@ upstreams:
 credentials: {existingSecret: registry-ca}`,
 	"one upstream, nodes fixed, tuned downloads": `
 upstreams:
-  - {name: registry.example.com, url: https://registry.example.com}
+  - {name: registry.example.com, url: https://registry.example.com, maxBlobSize: 4GiB}
 service: {type: NodePort, nodePort: 30500}
 config:
   maxDownloads: 8
   maxQueuedDownloads: 32
   spoolMaxSize: 2GiB
+  maxBlobSize: 8GiB
   nodes: {forgetAfter: 2h}
   extra: {fetchTimeout: 30m, upstreamAttempts: 2}
 nodeConfig:

@@ -53,6 +53,10 @@ type Config struct {
 	// MaxQueuedDownloads is how many more may wait for a turn; beyond,
 	// requests get 503 with Retry-After.
 	MaxQueuedDownloads int `yaml:"maxQueuedDownloads"`
+	// MaxBlobSize bounds one blob downloaded from upstream, e.g. 16GiB: one
+	// announced larger is refused, one that sends more is stopped, and
+	// nothing of it is cached. upstreams[].maxBlobSize overrides it.
+	MaxBlobSize string `yaml:"maxBlobSize"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`
 	// Auth makes clients authenticate; off by default.
@@ -236,6 +240,8 @@ type UpstreamConfig struct {
 	// lead to addresses inside the network, for a registry whose storage or
 	// token service is there; its own URL is always allowed.
 	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
+	// MaxBlobSize overrides the top-level maxBlobSize for this upstream.
+	MaxBlobSize string `yaml:"maxBlobSize"`
 }
 
 func defaultConfig() Config {
@@ -252,6 +258,7 @@ func defaultConfig() Config {
 		SpoolMaxSize:       "8GiB",
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
+		MaxBlobSize:        "16GiB",
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
@@ -431,6 +438,9 @@ func (c Config) validate() error {
 	if c.MaxQueuedDownloads < 1 {
 		bad("maxQueuedDownloads", "must be at least 1")
 	}
+	if b, err := parseByteSize(c.MaxBlobSize); err != nil || b == 0 {
+		bad("maxBlobSize", "%q is not a positive size such as 16GiB", c.MaxBlobSize)
+	}
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")
 	}
@@ -502,6 +512,11 @@ func (c Config) validate() error {
 		seen[u.Name] = true
 		if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || parsed.RawQuery != "" {
 			bad(field+".url", "%q is not an http(s) URL", u.URL)
+		}
+		if u.MaxBlobSize != "" {
+			if b, err := parseByteSize(u.MaxBlobSize); err != nil || b == 0 {
+				bad(field+".maxBlobSize", "%q is not a positive size such as 16GiB", u.MaxBlobSize)
+			}
 		}
 		if u.PasswordFile != "" && u.PasswordEnv != "" {
 			bad(field+".passwordFile", "set passwordFile or passwordEnv, not both")

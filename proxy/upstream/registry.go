@@ -48,6 +48,10 @@ type Config struct {
 	// for a registry whose storage or token service is there too. The
 	// upstream's own host and port are always allowed (see dialGuard).
 	AllowPrivateRedirects bool
+	// MaxBlobSize bounds a blob read from this upstream, in bytes: one
+	// announced larger is refused, one that sends more is stopped. 0 is no
+	// bound (cmd/proxy and proxy.New always set one).
+	MaxBlobSize int64
 }
 
 // RetryPolicy bounds how an upstream request is retried after a failure
@@ -113,6 +117,7 @@ type Registry struct {
 	// forward is set for an upstream that forwards client credentials;
 	// clients then get a view of it with their own (see As).
 	forward *forwarding
+	maxBlob int64 // 0: no bound
 	// credsKey identifies creds in a view made by As.
 	credsKey [sha256.Size]byte
 	now      func() time.Time
@@ -134,6 +139,7 @@ func New(cfg Config, opts Options) *Registry {
 		retry:   opts.Retry,
 		stall:   opts.Stall,
 		basic:   &atomic.Bool{},
+		maxBlob: cfg.MaxBlobSize,
 		health:  &health{},
 		now:     opts.Now,
 		metrics: opts.Metrics,
