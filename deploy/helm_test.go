@@ -85,7 +85,7 @@ upstreams:
 credentials: {existingSecret: registry-ca}`,
 	"one upstream, nodes fixed, tuned downloads": `
 upstreams:
-  - {name: registry.example.com, url: https://registry.example.com, maxBlobSize: 4GiB}
+  - {name: registry.example.com, url: https://registry.example.com, maxBlobSize: 4GiB, maxDownloads: 6}
 service: {type: NodePort, nodePort: 30500}
 config:
   maxDownloads: 8

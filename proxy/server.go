@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"slices"
@@ -221,6 +222,11 @@ func New(opts Options) (*Server, error) {
 		Metrics:        opts.Metrics.maintain,
 		Log:            opts.Logger,
 	})
+	if len(opts.Upstreams) == 1 && opts.Fetches.PerUpstream == 0 {
+		// A share keeps other upstreams' downloads going: with none, the
+		// one upstream may have every slot.
+		opts.Fetches.PerUpstream = math.MaxInt
+	}
 	s.fetches = blobfetch.New(blobfetch.Options{
 		Store:    opts.Store,
 		SpoolDir: opts.SpoolDir,

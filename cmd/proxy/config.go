@@ -242,6 +242,11 @@ type UpstreamConfig struct {
 	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
 	// MaxBlobSize overrides the top-level maxBlobSize for this upstream.
 	MaxBlobSize string `yaml:"maxBlobSize"`
+	// MaxDownloads is how many of the maxDownloads slots this upstream's
+	// downloads may hold at once; 0 is three quarters of them (all, with
+	// one upstream), so that one upstream that stalls leaves the others
+	// slots.
+	MaxDownloads int `yaml:"maxDownloads"`
 }
 
 func defaultConfig() Config {
@@ -517,6 +522,9 @@ func (c Config) validate() error {
 			if b, err := parseByteSize(u.MaxBlobSize); err != nil || b == 0 {
 				bad(field+".maxBlobSize", "%q is not a positive size such as 16GiB", u.MaxBlobSize)
 			}
+		}
+		if u.MaxDownloads < 0 || u.MaxDownloads > c.MaxDownloads {
+			bad(field+".maxDownloads", "%d is not between 0 (the default share) and maxDownloads (%d)", u.MaxDownloads, c.MaxDownloads)
 		}
 		if u.PasswordFile != "" && u.PasswordEnv != "" {
 			bad(field+".passwordFile", "set passwordFile or passwordEnv, not both")

@@ -516,7 +516,8 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstre
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
-		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects}
+		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects,
+			MaxDownloads: c.MaxDownloads}
 		if c.MaxBlobSize != "" {
 			b, _ := parseByteSize(c.MaxBlobSize) // validated
 			up.MaxBlobSize = int64(b)

@@ -52,6 +52,9 @@ type Config struct {
 	// announced larger is refused, one that sends more is stopped. 0 is no
 	// bound (cmd/proxy and proxy.New always set one).
 	MaxBlobSize int64
+	// MaxDownloads is how many blob downloads from this upstream may run at
+	// once, within the global bound; 0 takes the fetcher's default share.
+	MaxDownloads int
 }
 
 // RetryPolicy bounds how an upstream request is retried after a failure
@@ -118,6 +121,7 @@ type Registry struct {
 	// clients then get a view of it with their own (see As).
 	forward *forwarding
 	maxBlob int64 // 0: no bound
+	share   int   // downloads at once; 0: the fetcher's default
 	// credsKey identifies creds in a view made by As.
 	credsKey [sha256.Size]byte
 	now      func() time.Time
@@ -140,6 +144,7 @@ func New(cfg Config, opts Options) *Registry {
 		stall:   opts.Stall,
 		basic:   &atomic.Bool{},
 		maxBlob: cfg.MaxBlobSize,
+		share:   cfg.MaxDownloads,
 		health:  &health{},
 		now:     opts.Now,
 		metrics: opts.Metrics,
@@ -159,6 +164,10 @@ func (u *Registry) Name() string { return u.name }
 // Endpoint is the upstream's URL without credentials or query, for the
 // status page.
 func (u *Registry) Endpoint() string { return u.base.Scheme + "://" + u.base.Host + u.base.Path }
+
+// MaxDownloads is how many of the fetcher's downloads this upstream may
+// hold at once; 0 leaves it to the fetcher.
+func (u *Registry) MaxDownloads() int { return u.share }
 
 // Forwards reports whether clients' own credentials are used upstream.
 func (u *Registry) Forwards() bool { return u.forward != nil }
