@@ -35,15 +35,15 @@ type Blob struct {
 // errClosed is what Read returns after Close.
 var errClosed = errors.New("read blob: body closed")
 
-// ErrBlobTooLarge is the cause of a blob refused or stopped for being larger
+// errBlobTooLarge is the cause of a blob refused or stopped for being larger
 // than its upstream's MaxBlobSize.
-var ErrBlobTooLarge = errors.New("blob is larger than the upstream's maxBlobSize")
+var errBlobTooLarge = errors.New("blob is larger than the upstream's maxBlobSize")
 
 // CheckBlobSize refuses a blob whose announced size (-1: none) is larger
 // than the upstream's MaxBlobSize, with the error a client gets.
 func (u *Registry) CheckBlobSize(size int64) error {
 	if u.maxBlob > 0 && size > u.maxBlob {
-		return u.tooLarge(fmt.Errorf("%w: upstream %s announced %d bytes, the limit is %d", ErrBlobTooLarge, u.name, size, u.maxBlob))
+		return u.tooLarge(fmt.Errorf("%w: upstream %s announced %d bytes, the limit is %d", errBlobTooLarge, u.name, size, u.maxBlob))
 	}
 	return nil
 }
@@ -94,18 +94,19 @@ func (b *Blob) Read(p []byte) (int, error) {
 			}
 			b.body = body
 		}
-		if max := b.u.maxBlob; max > 0 && int64(len(p)) > max+1-b.off {
-			p = p[:max+1-b.off] // one byte more than allowed tells a body that is too long
+		limit := b.u.maxBlob
+		if limit > 0 && int64(len(p)) > limit+1-b.off {
+			p = p[:limit+1-b.off] // one byte more than allowed tells a body that is too long
 		}
 		n, err := b.body.Read(p)
-		if max := b.u.maxBlob; max > 0 && b.off+int64(n) > max {
+		if limit > 0 && b.off+int64(n) > limit {
 			// Whatever length it announced (none, for a chunked body),
 			// nothing past the limit is read.
-			n = int(max - b.off)
-			b.off = max
+			n = int(limit - b.off)
+			b.off = limit
 			b.body.Close()
 			b.body = nil
-			b.err = b.u.tooLarge(fmt.Errorf("%w: upstream %s sent more than %d bytes of %s", ErrBlobTooLarge, b.u.name, max, b.dgst))
+			b.err = b.u.tooLarge(fmt.Errorf("%w: upstream %s sent more than %d bytes of %s", errBlobTooLarge, b.u.name, limit, b.dgst))
 			return n, b.err
 		}
 		b.off += int64(n)

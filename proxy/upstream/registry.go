@@ -2,9 +2,11 @@
 // Registry per configured upstream, with its authentication (bearer tokens
 // per repository scope, Basic auth, a client's own credentials when they are
 // forwarded), retries of failures that may pass, a guard that ends a body
-// that stops, and the upstream's answers as OCI errors (errcode) a client
-// can be given as they are. It knows nothing of the cache or of clients
-// beyond the credentials it is handed.
+// that stops, a dialer that keeps the upstream's redirects and token realms
+// out of the network regnorm runs in, the bound on a blob's size, and the
+// upstream's answers as OCI errors (errcode) a client can be given as they
+// are. It knows nothing of the cache or of clients beyond the credentials it
+// is handed.
 package upstream
 
 import (
