@@ -81,16 +81,17 @@ metrics:
 nodeConfig: {enabled: true, token: {secretName: regnorm-node-token}}`,
 	"forwarded credentials and a private CA": `
 upstreams:
-  - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true}
+  - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true, allowPrivateRedirects: true}
 credentials: {existingSecret: registry-ca}`,
 	"one upstream, nodes fixed, tuned downloads": `
 upstreams:
-  - {name: registry.example.com, url: https://registry.example.com}
+  - {name: registry.example.com, url: https://registry.example.com, maxBlobSize: 4GiB, maxDownloads: 6}
 service: {type: NodePort, nodePort: 30500}
 config:
   maxDownloads: 8
   maxQueuedDownloads: 32
   spoolMaxSize: 2GiB
+  maxBlobSize: 8GiB
   nodes: {forgetAfter: 2h}
   extra: {fetchTimeout: 30m, upstreamAttempts: 2}
 nodeConfig:

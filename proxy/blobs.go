@@ -253,6 +253,9 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req di
 		return req.upstream.StatusError(resp, errcode.BlobUnknown)
 	}
 	upstream.Drain(resp)
+	if err := req.upstream.CheckBlobSize(resp.ContentLength); err != nil {
+		return err // a GET would be refused: say so now
+	}
 	s.learn(r.Context(), req.upstream.Name(), req.repo, req.digest)
 	req.upstream.Confirm(req.repo, s.clock.Now())
 	h := w.Header()

@@ -70,6 +70,11 @@ type harnessOptions struct {
 	// upstreamURL replaces the fault front as the upstream (an address
 	// nothing listens on, for instance).
 	upstreamURL string
+	// upstream adjusts the upstream's configuration (its limits, whether
+	// it may redirect inward).
+	upstream func(*upstream.Config)
+	// more are upstreams besides docker.io.
+	more []upstream.Config
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -100,11 +105,18 @@ func (h *harness) restart(t testing.TB) {
 	if h.opts.clock != nil {
 		clock = h.opts.clock
 	}
+	// regtest's token service listens on a port of its own: a realm on
+	// another host inside the network, which its operator would allow.
+	up := upstream.Config{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward,
+		AllowPrivateRedirects: h.opts.registry.TokenAuth}
+	if h.opts.upstream != nil {
+		h.opts.upstream(&up)
+	}
 	srv, err := proxy.New(proxy.Options{
 		Clock:           clock,
 		Fetches:         h.opts.fetches,
 		Store:           h.store,
-		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
+		Upstreams:       append([]upstream.Config{up}, h.opts.more...),
 		ClientAuth:      h.opts.clientAuth,
 		DefaultUpstream: "docker.io",
 		TagTTL:          h.opts.tagTTL,

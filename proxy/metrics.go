@@ -170,4 +170,5 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // upstream client presets its own).
 func (m *Metrics) preset(upstream string) {
 	m.staleServes.WithLabelValues(upstream)
+	m.fetch.Preset(upstream)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"slices"
@@ -76,6 +77,10 @@ type Options struct {
 	// that expands further (a decompression bomb) is served untouched.
 	// Default 16 GiB.
 	MaxLayerSize int64
+	// MaxBlobSize bounds a blob downloaded from an upstream whose own
+	// MaxBlobSize is 0 (default 16 GiB): one announced larger is refused, one
+	// that sends more is stopped, and nothing of it is cached.
+	MaxBlobSize int64
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
 	// Eviction bounds the cache; the zero policy keeps everything.
@@ -146,6 +151,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxLayerSize <= 0 {
 		opts.MaxLayerSize = 16 << 30
 	}
+	if opts.MaxBlobSize <= 0 {
+		opts.MaxBlobSize = 16 << 30
+	}
 	if opts.Retry == (upstream.RetryPolicy{}) {
 		opts.Retry = upstream.DefaultRetryPolicy()
 	}
@@ -195,6 +203,9 @@ func New(opts Options) (*Server, error) {
 		if _, dup := s.upstreams[cfg.Name]; dup {
 			return nil, fmt.Errorf("proxy: upstream %q configured twice", cfg.Name)
 		}
+		if cfg.MaxBlobSize <= 0 {
+			cfg.MaxBlobSize = opts.MaxBlobSize
+		}
 		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream, Log: opts.Logger})
 		opts.Metrics.preset(cfg.Name)
 	}
@@ -211,6 +222,11 @@ func New(opts Options) (*Server, error) {
 		Metrics:        opts.Metrics.maintain,
 		Log:            opts.Logger,
 	})
+	if len(opts.Upstreams) == 1 && opts.Fetches.PerUpstream == 0 {
+		// A share keeps other upstreams' downloads going: with none, the
+		// one upstream may have every slot.
+		opts.Fetches.PerUpstream = math.MaxInt
+	}
 	s.fetches = blobfetch.New(blobfetch.Options{
 		Store:    opts.Store,
 		SpoolDir: opts.SpoolDir,

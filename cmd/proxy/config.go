@@ -61,6 +61,10 @@ type Config struct {
 	// MaxQueuedDownloads is how many more may wait for a turn; beyond,
 	// requests get 503 with Retry-After.
 	MaxQueuedDownloads int `yaml:"maxQueuedDownloads"`
+	// MaxBlobSize bounds one blob downloaded from upstream, e.g. 16GiB: one
+	// announced larger is refused, one that sends more is stopped, and
+	// nothing of it is cached. upstreams[].maxBlobSize overrides it.
+	MaxBlobSize string `yaml:"maxBlobSize"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`
 	// Auth makes clients authenticate; off by default.
@@ -240,6 +244,17 @@ type UpstreamConfig struct {
 	// upstream instead of username/password, and serves cached content to a
 	// client only after the upstream confirms that client may read it.
 	ForwardCredentials bool `yaml:"forwardCredentials"`
+	// AllowPrivateRedirects lets the upstream's redirects and token realm
+	// lead to addresses inside the network, for a registry whose storage or
+	// token service is there; its own URL is always allowed.
+	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
+	// MaxBlobSize overrides the top-level maxBlobSize for this upstream.
+	MaxBlobSize string `yaml:"maxBlobSize"`
+	// MaxDownloads is how many of the maxDownloads slots this upstream's
+	// downloads may hold at once; 0 is three quarters of them (all, with
+	// one upstream), so that one upstream that stalls leaves the others
+	// slots.
+	MaxDownloads int `yaml:"maxDownloads"`
 }
 
 func defaultConfig() Config {
@@ -258,6 +273,7 @@ func defaultConfig() Config {
 		SpoolMaxSize:       "8GiB",
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
+		MaxBlobSize:        "16GiB",
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
@@ -437,6 +453,9 @@ func (c Config) validate() error {
 	if c.MaxQueuedDownloads < 1 {
 		bad("maxQueuedDownloads", "must be at least 1")
 	}
+	if b, err := parseByteSize(c.MaxBlobSize); err != nil || b == 0 {
+		bad("maxBlobSize", "%q is not a positive size such as 16GiB", c.MaxBlobSize)
+	}
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")
 	}
@@ -514,6 +533,14 @@ func (c Config) validate() error {
 		seen[u.Name] = true
 		if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || parsed.RawQuery != "" {
 			bad(field+".url", "%q is not an http(s) URL", u.URL)
+		}
+		if u.MaxBlobSize != "" {
+			if b, err := parseByteSize(u.MaxBlobSize); err != nil || b == 0 {
+				bad(field+".maxBlobSize", "%q is not a positive size such as 16GiB", u.MaxBlobSize)
+			}
+		}
+		if u.MaxDownloads < 0 || u.MaxDownloads > c.MaxDownloads {
+			bad(field+".maxDownloads", "%d is not between 0 (the default share) and maxDownloads (%d)", u.MaxDownloads, c.MaxDownloads)
 		}
 		if u.PasswordFile != "" && u.PasswordEnv != "" {
 			bad(field+".passwordFile", "set passwordFile or passwordEnv, not both")

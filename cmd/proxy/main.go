@@ -110,6 +110,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
 	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
 	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
+	maxBlob, _ := parseByteSize(cfg.MaxBlobSize)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfoMetric(readBuildInfo()))
@@ -127,6 +128,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Deadline:            cfg.Normalize.Deadline,
 		PatientDeadline:     cfg.Normalize.PatientDeadline,
 		MaxLayerSize:        int64(maxLayer),
+		MaxBlobSize:         int64(maxBlob),
 		ClientAuth:          clientAuth,
 		Eviction:            cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
 		MaintenanceInterval: cfg.Cache.maintenanceInterval(),
@@ -531,7 +533,12 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstre
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
-		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials}
+		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects,
+			MaxDownloads: c.MaxDownloads}
+		if c.MaxBlobSize != "" {
+			b, _ := parseByteSize(c.MaxBlobSize) // validated
+			up.MaxBlobSize = int64(b)
+		}
 		if c.CAFile != "" {
 			pool, err := certPool(c.CAFile)
 			if err != nil {

@@ -83,6 +83,9 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "attempts", yaml: "upstreamAttempts: 0\n", wantField: "upstreamAttempts"},
 		{name: "stall timeout", yaml: "stallTimeout: -1s\n", wantField: "stallTimeout"},
 		{name: "layer size", yaml: "normalize:\n  maxLayerSize: big\n", wantField: "normalize.maxLayerSize"},
+		{name: "blob size", yaml: "maxBlobSize: 0\n", wantField: "maxBlobSize"},
+		{name: "upstream downloads", yaml: "maxDownloads: 4\nupstreams:\n- name: docker.io\n  url: https://a\n  maxDownloads: 5\n", wantField: "upstreams[0].maxDownloads"},
+		{name: "upstream blob size", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  maxBlobSize: huge\n", wantField: "upstreams[0].maxBlobSize"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

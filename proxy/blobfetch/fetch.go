@@ -34,7 +34,9 @@ import (
 //
 // Everything is bounded: at most limits.Downloads run at once and at most
 // limits.Queued wait for a turn (beyond, a request is refused with 503 and
-// Retry-After); spools together hold at most limits.SpoolBytes (a download
+// Retry-After), and one upstream's downloads hold at most its share of
+// both, so that an upstream that stalls cannot keep the others waiting;
+// spools together hold at most limits.SpoolBytes (a download
 // that does not fit goes to the cache only, and its readers wait for it to
 // finish); and a download nobody is reading any more is cancelled after
 // orphanGrace, so clients that go away cannot leave work behind.
@@ -47,7 +49,18 @@ type Fetcher struct {
 	mu         sync.Mutex
 	inflight   map[digest.Digest]*Download // running and waiting, by digest
 	active     int                         // every download not yet over, those replaced in inflight too
+	shares     map[string]*share           // by upstream name: configured upstreams only
 	spoolBytes int64
+}
+
+// share is one upstream's part of the limits: its downloads wait for one of
+// its own slots before they wait for a global one, so whatever they hold,
+// the rest of the global slots stay free for the other upstreams.
+type share struct {
+	name   string
+	slots  chan struct{} // one per running download of this upstream
+	active int           // its downloads not yet over, running or waiting
+	limit  int           // bound on active
 }
 
 // Store is what a Fetcher needs of the cache.
@@ -84,7 +97,8 @@ type Options struct {
 // New is a Fetcher with opts; zero limits take their defaults.
 func New(opts Options) *Fetcher {
 	limits := opts.Limits.withDefaults()
-	return &Fetcher{opts: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[digest.Digest]*Download{}}
+	return &Fetcher{opts: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[digest.Digest]*Download{},
+		shares: map[string]*share{}}
 }
 
 // Limits bound the downloads from upstream.
@@ -98,6 +112,12 @@ type Limits struct {
 	// (default 8 GiB). A download that does not fit writes to the cache
 	// only; its readers wait for it to finish.
 	SpoolBytes int64
+	// PerUpstream is how many of Downloads one upstream's downloads may
+	// hold at once, unless the upstream says (upstream.Config.MaxDownloads):
+	// default three quarters of Downloads, at least 1. An upstream's
+	// running and waiting downloads together are bounded in the same
+	// proportion of Downloads + Queued.
+	PerUpstream int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -107,6 +127,10 @@ func (l Limits) withDefaults() Limits {
 	if l.Queued <= 0 {
 		l.Queued = 4 * l.Downloads
 	}
+	if l.PerUpstream <= 0 {
+		l.PerUpstream = max(1, l.Downloads*3/4)
+	}
+	l.PerUpstream = min(l.PerUpstream, l.Downloads)
 	if l.SpoolBytes <= 0 {
 		l.SpoolBytes = 8 << 30
 	}
@@ -174,9 +198,14 @@ func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) 
 	// Running and waiting downloads together, so the bound does not depend
 	// on how soon the waiting ones were scheduled; one that was cancelled
 	// and replaced counts until it is over.
-	if fs.active >= fs.limits.Downloads+fs.limits.Queued {
+	sh := fs.shareOf(up)
+	if fs.active >= fs.limits.Downloads+fs.limits.Queued || sh.active >= sh.limit {
 		fs.opts.Metrics.fetchesRejected.Inc()
-		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "too many downloads in progress; retry shortly", nil)
+		msg := "too many downloads in progress; retry shortly"
+		if sh.active >= sh.limit {
+			msg = "too many downloads in progress from upstream " + sh.name + "; retry shortly"
+		}
+		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, msg, nil)
 		e.RetryAfter = retryAfterBusy
 		return nil, e
 	}
@@ -186,9 +215,27 @@ func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) 
 		cancel: func(cause error) { cancelCause(cause); cancel() }, refs: 1}
 	fs.inflight[dgst] = f
 	fs.active++
+	sh.active++
 	fs.opts.Metrics.queuedFetches.Inc()
-	go fs.run(ctx, f, up, repo)
+	fs.opts.Metrics.downloads.WithLabelValues(sh.name, "waiting").Inc()
+	go fs.run(ctx, f, up, repo, sh)
 	return f, nil
+}
+
+// shareOf is up's share of the limits, made on its first download. Called
+// with fs.mu held; up is a configured upstream, so the map stays small.
+func (fs *Fetcher) shareOf(up *upstream.Registry) *share {
+	if sh, ok := fs.shares[up.Name()]; ok {
+		return sh
+	}
+	n := fs.limits.PerUpstream
+	if own := up.MaxDownloads(); own > 0 {
+		n = min(own, fs.limits.Downloads)
+	}
+	sh := &share{name: up.Name(), slots: make(chan struct{}, n),
+		limit: max(1, (fs.limits.Downloads+fs.limits.Queued)*n/fs.limits.Downloads)}
+	fs.shares[up.Name()] = sh
+	return sh
 }
 
 // attach adds a reader to a download that is not being cancelled. One
@@ -255,14 +302,17 @@ func (fs *Fetcher) Ensure(ctx context.Context, up *upstream.Registry, repo strin
 	return f.waitDone(ctx)
 }
 
-func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, repo string) {
+func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, repo string, sh *share) {
 	defer f.cancel(nil)
-	err := fs.wait(ctx)
+	err := fs.wait(ctx, sh)
 	if err == nil {
 		fs.opts.Metrics.inflightFetches.Inc()
+		fs.opts.Metrics.downloads.WithLabelValues(sh.name, "running").Inc()
 		err = fs.download(ctx, f, up, repo)
 		fs.opts.Metrics.inflightFetches.Dec()
+		fs.opts.Metrics.downloads.WithLabelValues(sh.name, "running").Dec()
 		<-fs.slots
+		<-sh.slots
 	} else {
 		f.early = err
 		close(f.ready)
@@ -275,6 +325,7 @@ func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, 
 	}
 	fs.mu.Lock()
 	fs.active--
+	sh.active--
 	if fs.inflight[f.dgst] == f {
 		delete(fs.inflight, f.dgst)
 	}
@@ -282,13 +333,22 @@ func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, 
 	f.finish(err)
 }
 
-// wait waits for a turn to download.
-func (fs *Fetcher) wait(ctx context.Context) error {
+// wait waits for a turn to download: first one of the upstream's own
+// slots, then a global one. A download waiting for its upstream's slot
+// holds no global one.
+func (fs *Fetcher) wait(ctx context.Context, sh *share) error {
 	defer fs.opts.Metrics.queuedFetches.Dec()
+	defer fs.opts.Metrics.downloads.WithLabelValues(sh.name, "waiting").Dec()
+	select {
+	case sh.slots <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
 	select {
 	case fs.slots <- struct{}{}:
 		return nil
 	case <-ctx.Done():
+		<-sh.slots
 		return context.Cause(ctx)
 	}
 }

@@ -10,6 +10,7 @@ type Metrics struct {
 	fetchesRejected  prometheus.Counter
 	fetchesAbandoned prometheus.Counter
 	spoolBytes       prometheus.Gauge
+	downloads        *prometheus.GaugeVec
 }
 
 // NewMetrics builds the download metrics, registered nowhere.
@@ -35,10 +36,22 @@ func NewMetrics() *Metrics {
 			Name: "regnorm_spool_bytes",
 			Help: "Bytes reserved by the spool files of downloads in progress (at most spoolMaxSize).",
 		}),
+		downloads: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "regnorm_upstream_downloads",
+			Help: "Blob downloads not yet over, by upstream and state: running (holding one of the upstream's share of maxDownloads) or waiting (for the upstream's share, then for a global slot).",
+		}, []string{"upstream", "state"}),
+	}
+}
+
+// Preset creates the series of one configured upstream, so that a
+// dashboard panel (and a test) sees 0 rather than nothing.
+func (m *Metrics) Preset(upstream string) {
+	for _, state := range []string{"running", "waiting"} {
+		m.downloads.WithLabelValues(upstream, state)
 	}
 }
 
 // Collectors are the metrics to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.inflightFetches, m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes}
+	return []prometheus.Collector{m.inflightFetches, m.queuedFetches, m.fetchesRejected, m.fetchesAbandoned, m.spoolBytes, m.downloads}
 }

@@ -35,6 +35,28 @@ type Blob struct {
 // errClosed is what Read returns after Close.
 var errClosed = errors.New("read blob: body closed")
 
+// errBlobTooLarge is the cause of a blob refused or stopped for being larger
+// than its upstream's MaxBlobSize.
+var errBlobTooLarge = errors.New("blob is larger than the upstream's maxBlobSize")
+
+// CheckBlobSize refuses a blob whose announced size (-1: none) is larger
+// than the upstream's MaxBlobSize, with the error a client gets.
+func (u *Registry) CheckBlobSize(size int64) error {
+	if u.maxBlob > 0 && size > u.maxBlob {
+		return u.tooLarge(fmt.Errorf("%w: upstream %s announced %d bytes, the limit is %d", errBlobTooLarge, u.name, size, u.maxBlob))
+	}
+	return nil
+}
+
+// tooLarge is the refusal of a blob over MaxBlobSize: 502, since the
+// upstream offered something this mirror will not hold; not retried, since
+// it would be the same blob again.
+func (u *Registry) tooLarge(cause error) *errcode.Error {
+	u.metrics.blobsTooLarge.WithLabelValues(u.name).Inc()
+	return errcode.New(http.StatusBadGateway, errcode.Unavailable,
+		fmt.Sprintf("blob is larger than upstream %s's maxBlobSize (%d bytes)", u.name, u.maxBlob), cause)
+}
+
 // GetBlob asks upstream for dgst in repo. A refusal or failure is the
 // *errcode.Error a client would get (code BLOB_UNKNOWN for a 404).
 func (u *Registry) GetBlob(ctx context.Context, repo string, dgst digest.Digest) (*Blob, error) {
@@ -44,6 +66,10 @@ func (u *Registry) GetBlob(ctx context.Context, repo string, dgst digest.Digest)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, u.StatusError(resp, errcode.BlobUnknown)
+	}
+	if err := u.CheckBlobSize(resp.ContentLength); err != nil {
+		resp.Body.Close() // not drained: it is too large to read
+		return nil, err
 	}
 	return &Blob{Size: resp.ContentLength, ctx: ctx, u: u, repo: repo, dgst: dgst, body: resp.Body, attempt: 1}, nil
 }
@@ -68,7 +94,21 @@ func (b *Blob) Read(p []byte) (int, error) {
 			}
 			b.body = body
 		}
+		limit := b.u.maxBlob
+		if limit > 0 && int64(len(p)) > limit+1-b.off {
+			p = p[:limit+1-b.off] // one byte more than allowed tells a body that is too long
+		}
 		n, err := b.body.Read(p)
+		if limit > 0 && b.off+int64(n) > limit {
+			// Whatever length it announced (none, for a chunked body),
+			// nothing past the limit is read.
+			n = int(limit - b.off)
+			b.off = limit
+			b.body.Close()
+			b.body = nil
+			b.err = b.u.tooLarge(fmt.Errorf("%w: upstream %s sent more than %d bytes of %s", errBlobTooLarge, b.u.name, limit, b.dgst))
+			return n, b.err
+		}
 		b.off += int64(n)
 		if err == nil || err == io.EOF {
 			return n, err

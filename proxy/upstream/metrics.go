@@ -19,6 +19,7 @@ type Metrics struct {
 	rateLimit     *prometheus.GaugeVec
 	rateRemaining *prometheus.GaugeVec
 	rateWindow    *prometheus.GaugeVec
+	blobsTooLarge *prometheus.CounterVec
 }
 
 // NewMetrics builds the upstream metrics, registered nowhere.
@@ -53,12 +54,16 @@ func NewMetrics() *Metrics {
 			Name: "regnorm_upstream_ratelimit_window_seconds",
 			Help: "The upstream's rate-limit window (the w= of RateLimit-Limit), by upstream; NaN until it sends one.",
 		}, []string{"upstream"}),
+		blobsTooLarge: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_upstream_blobs_too_large_total",
+			Help: "Blob downloads refused (announced) or stopped (sent) for being larger than the upstream's maxBlobSize, by upstream.",
+		}, []string{"upstream"}),
 	}
 }
 
 // Collectors are the metrics to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.duration, m.retries, m.tokenFetches, m.rateLimit, m.rateRemaining, m.rateWindow}
+	return []prometheus.Collector{m.requests, m.duration, m.retries, m.tokenFetches, m.rateLimit, m.rateRemaining, m.rateWindow, m.blobsTooLarge}
 }
 
 // Retry counts a request sent again to upstream, and why: also a resumed
@@ -77,6 +82,7 @@ func (m *Metrics) preset(upstream string) {
 		m.tokenFetches.WithLabelValues(upstream, result)
 	}
 	m.duration.WithLabelValues(upstream)
+	m.blobsTooLarge.WithLabelValues(upstream)
 	// Unknown until the upstream says: NaN, not a 0 that would read as an
 	// exhausted budget.
 	for _, g := range []*prometheus.GaugeVec{m.rateLimit, m.rateRemaining, m.rateWindow} {

@@ -2,9 +2,11 @@
 // Registry per configured upstream, with its authentication (bearer tokens
 // per repository scope, Basic auth, a client's own credentials when they are
 // forwarded), retries of failures that may pass, a guard that ends a body
-// that stops, and the upstream's answers as OCI errors (errcode) a client
-// can be given as they are. It knows nothing of the cache or of clients
-// beyond the credentials it is handed.
+// that stops, a dialer that keeps the upstream's redirects and token realms
+// out of the network regnorm runs in, the bound on a blob's size, and the
+// upstream's answers as OCI errors (errcode) a client can be given as they
+// are. It knows nothing of the cache or of clients beyond the credentials it
+// is handed.
 package upstream
 
 import (
@@ -44,6 +46,18 @@ type Config struct {
 	// instead of Credentials, and serves cached content to a client only
 	// after the upstream confirms that client may read the repository.
 	ForwardCredentials bool
+	// AllowPrivateRedirects lets the upstream's redirects and token realm
+	// lead to addresses inside the network (loopback, link-local, private):
+	// for a registry whose storage or token service is there too. The
+	// upstream's own host and port are always allowed (see dialGuard).
+	AllowPrivateRedirects bool
+	// MaxBlobSize bounds a blob read from this upstream, in bytes: one
+	// announced larger is refused, one that sends more is stopped. 0 is no
+	// bound (cmd/proxy and proxy.New always set one).
+	MaxBlobSize int64
+	// MaxDownloads is how many blob downloads from this upstream may run at
+	// once, within the global bound; 0 takes the fetcher's default share.
+	MaxDownloads int
 }
 
 // RetryPolicy bounds how an upstream request is retried after a failure
@@ -109,6 +123,8 @@ type Registry struct {
 	// forward is set for an upstream that forwards client credentials;
 	// clients then get a view of it with their own (see As).
 	forward *forwarding
+	maxBlob int64 // 0: no bound
+	share   int   // downloads at once; 0: the fetcher's default
 	// credsKey identifies creds in a view made by As.
 	credsKey [sha256.Size]byte
 	now      func() time.Time
@@ -121,7 +137,7 @@ func New(cfg Config, opts Options) *Registry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	client := &http.Client{Transport: newTransport(cfg.RootCAs, opts.Stall)}
+	client := &http.Client{Transport: newTransport(cfg, opts.Stall), CheckRedirect: checkRedirect}
 	u := &Registry{
 		name:    cfg.Name,
 		base:    cfg.URL,
@@ -130,6 +146,8 @@ func New(cfg Config, opts Options) *Registry {
 		retry:   opts.Retry,
 		stall:   opts.Stall,
 		basic:   &atomic.Bool{},
+		maxBlob: cfg.MaxBlobSize,
+		share:   cfg.MaxDownloads,
 		health:  &health{},
 		now:     opts.Now,
 		metrics: opts.Metrics,
@@ -149,6 +167,10 @@ func (u *Registry) Name() string { return u.name }
 // Endpoint is the upstream's URL without credentials or query, for the
 // status page.
 func (u *Registry) Endpoint() string { return u.base.Scheme + "://" + u.base.Host + u.base.Path }
+
+// MaxDownloads is how many of the fetcher's downloads this upstream may
+// hold at once; 0 leaves it to the fetcher.
+func (u *Registry) MaxDownloads() int { return u.share }
 
 // Forwards reports whether clients' own credentials are used upstream.
 func (u *Registry) Forwards() bool { return u.forward != nil }
@@ -171,14 +193,16 @@ func (u *Registry) newTokenSource(creds Credentials) *tokenSource {
 
 // newTransport has connect and header timeouts but no overall timeout: a
 // large blob may take as long as it takes while bytes keep flowing (the
-// stall guard ends a body that stops).
-func newTransport(roots *x509.CertPool, stall time.Duration) *http.Transport {
+// stall guard ends a body that stops). It dials through a dialGuard: where
+// the upstream sends regnorm, not where the operator did, is checked.
+func newTransport(cfg Config, stall time.Duration) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = stall
 	t.MaxIdleConnsPerHost = 32
-	if roots != nil {
-		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if cfg.RootCAs != nil {
+		t.TLSClientConfig = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
 	}
+	newDialGuard(cfg.URL, cfg.AllowPrivateRedirects).install(t)
 	return t
 }
 
@@ -216,6 +240,9 @@ func (u *Registry) Do(ctx context.Context, method, repo, path string, query url.
 // retryReason says why a failed attempt may succeed if sent again ("" if it
 // may not), and the wait the upstream asked for.
 func retryReason(resp *http.Response, err error) (reason string, asked time.Duration) {
+	if refusedHop(err) {
+		return "", 0 // it would be refused again
+	}
 	if err != nil {
 		var e *errcode.Error
 		if errors.As(err, &e) && e.Status == http.StatusBadGateway {
@@ -333,10 +360,16 @@ func (u *Registry) unreachable(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
+	if refusedHop(err) {
+		return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" redirected to an address regnorm does not follow", err)
+	}
 	return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" unreachable", err)
 }
 
 func (u *Registry) tokenFailed(err error) error {
+	if refusedHop(err) {
+		return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" names a token service regnorm does not follow", err)
+	}
 	var te *tokenError
 	if errors.As(err, &te) && (te.status == http.StatusUnauthorized || te.status == http.StatusForbidden) {
 		return u.unauthorized("upstream "+u.name+" refused the credentials", err)
