@@ -70,6 +70,8 @@ type harnessOptions struct {
 	// upstreamURL replaces the fault front as the upstream (an address
 	// nothing listens on, for instance).
 	upstreamURL string
+	// upstreams are configured beside docker.io (a hostile one, say).
+	upstreams []upstream.Config
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -104,7 +106,7 @@ func (h *harness) restart(t testing.TB) {
 		Clock:           clock,
 		Fetches:         h.opts.fetches,
 		Store:           h.store,
-		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
+		Upstreams:       append([]upstream.Config{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}}, h.opts.upstreams...),
 		ClientAuth:      h.opts.clientAuth,
 		DefaultUpstream: "docker.io",
 		TagTTL:          h.opts.tagTTL,
