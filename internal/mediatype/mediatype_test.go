@@ -120,3 +120,34 @@ func TestFromUpstream(t *testing.T) {
 		})
 	}
 }
+
+// FuzzOf: a type Of decides is one regnorm serves, and agrees with itself
+// and with a generic Content-Type; whatever Of refuses, FromUpstream does.
+func FuzzOf(f *testing.F) {
+	for _, doc := range []string{dockerManifest, dockerList, ociManifest, ociIndex, schema1Signed, schema1Plain,
+		`{"mediaType":"x"}`, `{"ſchemaVersion":1,"fsLayers":[]}`, "[]", "<html>"} {
+		f.Add(doc, "")
+		f.Add(doc, ocispec.MediaTypeImageIndex)
+	}
+	f.Fuzz(func(t *testing.T, doc, contentType string) {
+		mt, err := mediatype.Of([]byte(doc))
+		up, upErr := mediatype.FromUpstream(contentType, []byte(doc))
+		if err != nil {
+			if !errors.Is(err, mediatype.ErrNotManifest) || upErr == nil {
+				t.Fatalf("Of: %v; FromUpstream: %q, %v", err, up, upErr)
+			}
+			return
+		}
+		if !mediatype.Known(mt) {
+			t.Fatalf("Of decided %q, which regnorm does not serve", mt)
+		}
+		if upErr == nil && up != mt {
+			t.Fatalf("FromUpstream(%q) = %q, Of = %q", contentType, up, mt)
+		}
+		for _, ct := range []string{mt, "", "application/json"} {
+			if got, err := mediatype.FromUpstream(ct, []byte(doc)); err != nil || got != mt {
+				t.Fatalf("FromUpstream(%q) = %q, %v; want %q", ct, got, err, mt)
+			}
+		}
+	})
+}
