@@ -14,6 +14,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/schema1"
 )
 
@@ -23,6 +24,9 @@ var (
 	ErrNotFound = errors.New("not found in cache")
 	// ErrDigestMismatch means content did not hash to the digest it was stored under.
 	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrMediaTypeMismatch means a manifest was put with a media type its
+	// content does not have (see mediatype.Of).
+	ErrMediaTypeMismatch = errors.New("media type mismatch")
 	// ErrSizeMismatch means content was longer or shorter than announced.
 	ErrSizeMismatch = errors.New("size mismatch")
 	// ErrDamaged means a cached blob failed verification as it was read
@@ -158,16 +162,28 @@ func (s *Store) GetManifest(ctx context.Context, dgst digest.Digest) (Manifest, 
 	if err := json.Unmarshal(b, &env); err != nil {
 		return Manifest{}, fmt.Errorf("get manifest %s: decode: %w", dgst, err)
 	}
-	if got, err := schema1.ManifestDigest(dgst.Algorithm(), env.MediaType, env.Content); err != nil || got != dgst {
+	// The type is the content's, whatever the record says: a record written
+	// before types were derived may hold the type some upstream claimed.
+	mediaType, err := mediatype.Of(env.Content)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("get manifest %s: %w", dgst, err)
+	}
+	if got, err := schema1.ManifestDigest(dgst.Algorithm(), mediaType, env.Content); err != nil || got != dgst {
 		return Manifest{}, fmt.Errorf("get manifest %s: content hashes to %s: %w", dgst, got, errors.Join(err, ErrDigestMismatch))
 	}
-	return Manifest{MediaType: env.MediaType, Digest: dgst, Content: env.Content}, nil
+	return Manifest{MediaType: mediaType, Digest: dgst, Content: env.Content}, nil
 }
 
-// PutManifest stores m after checking that its content matches its digest.
+// PutManifest stores m after checking that its content matches its digest
+// and its media type is the one its content decides (mediatype.Of): the
+// cache is shared by digest, so no writer can store a type of its own for
+// bytes another writer put there.
 func (s *Store) PutManifest(ctx context.Context, m Manifest) error {
 	if err := m.Digest.Validate(); err != nil {
 		return fmt.Errorf("put manifest %q: %w", m.Digest, err)
+	}
+	if mt, err := mediatype.Of(m.Content); err != nil || mt != m.MediaType {
+		return fmt.Errorf("put manifest %s: type %q, the content is %q: %w", m.Digest, m.MediaType, mt, errors.Join(err, ErrMediaTypeMismatch))
 	}
 	if got, err := schema1.ManifestDigest(m.Digest.Algorithm(), m.MediaType, m.Content); err != nil || got != m.Digest {
 		return fmt.Errorf("put manifest %s: content hashes to %s: %w", m.Digest, got, errors.Join(err, ErrDigestMismatch))

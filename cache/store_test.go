@@ -3,6 +3,7 @@ package cache_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
 )
@@ -141,12 +143,34 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			}
 		}},
 		{"manifest under a wrong digest is refused", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
-			err := s.PutManifest(ctx, cache.Manifest{MediaType: "x", Digest: dgst, Content: []byte("{}")})
+			err := s.PutManifest(ctx, cache.Manifest{MediaType: ocispec.MediaTypeImageIndex, Digest: dgst, Content: []byte(`{"manifests":[]}`)})
 			if !errors.Is(err, cache.ErrDigestMismatch) {
 				t.Fatalf("put: got %v, want ErrDigestMismatch", err)
 			}
 			if _, err := s.GetManifest(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("get: got %v, want ErrNotFound", err)
+			}
+		}},
+		{"a manifest's type is its content's", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			// The cache is shared by digest: a writer cannot give bytes a
+			// type of its own, and a record that holds one (written before
+			// types came from content) is read with the content's.
+			body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}`)
+			m := cache.Manifest{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(body), Content: body}
+			if err := s.PutManifest(ctx, m); !errors.Is(err, cache.ErrMediaTypeMismatch) {
+				t.Fatalf("put as an index: got %v, want ErrMediaTypeMismatch", err)
+			}
+			if err := s.PutManifest(ctx, cache.Manifest{MediaType: "text/html", Digest: digest.FromString("<p>"), Content: []byte("<p>")}); !errors.Is(err, cache.ErrMediaTypeMismatch) {
+				t.Fatalf("put a page: got %v, want ErrMediaTypeMismatch", err)
+			}
+			enc := m.Digest.Encoded()
+			poisoned := fmt.Sprintf(`{"mediaType":%q,"content":%q}`, ocispec.MediaTypeImageIndex, base64.StdEncoding.EncodeToString(body))
+			if err := d.PutContent(ctx, "/manifests/sha256/"+enc[:2]+"/"+enc, []byte(poisoned)); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.GetManifest(ctx, m.Digest)
+			if err != nil || got.MediaType != "application/vnd.docker.distribution.manifest.v2+json" || !bytes.Equal(got.Content, body) {
+				t.Fatalf("got %q, %v; want the Docker manifest type", got.MediaType, err)
 			}
 		}},
 		{"tag records per upstream", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
@@ -169,8 +193,8 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			}
 		}},
 		{"normalization verdicts, one per rule set", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
-			body := []byte(`{"schemaVersion":2}`)
-			normalized := cache.Manifest{MediaType: "m", Digest: digest.FromBytes(body), Content: body}
+			body := []byte(`{"schemaVersion":2,"manifests":[]}`)
+			normalized := cache.Manifest{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(body), Content: body}
 			const both, configOnly = "config-media-type,symlink-xattrs", "config-media-type"
 			n := cache.Normalization{Original: dgst, Normalized: normalized.Digest, MediaType: "m", Rules: both,
 				Changes: []cache.Change{{Kind: "config-media-type", Path: "config.mediaType", Old: "a", New: "b"}}}

@@ -9,16 +9,18 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/proxy/label"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // handlerFunc is a handler that returns its error; handle writes it.
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-// handle adapts a handlerFunc: one place maps errors to OCI responses, and
-// every request gets one access-log line.
+// handle adapts a handlerFunc: one place maps errors to OCI responses,
+// every request gets one access-log line, and a budget of upstream requests
+// (upstreamBudget) for everything it causes.
 func (s *Server) handle(route string, h handlerFunc) http.Handler {
 	return s.accessLog(route, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := h(w, r)
+		err := h(w, r.WithContext(upstream.WithBudget(r.Context(), upstreamBudget)))
 		if err == nil {
 			return
 		}

@@ -137,6 +137,10 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 		}
 	}
 
+	// The download runs on its own context: req pays for it here.
+	if err := upstream.Spend(ctx); err != nil {
+		return nil, err
+	}
 	f, err := s.fetches.Join(req.upstream, req.repo, req.digest)
 	if err != nil {
 		return nil, err

@@ -26,3 +26,6 @@ func (s *Server) PruneNodeReports(ctx context.Context) { s.pruneNodeReports(ctx)
 
 // MaxNodes is maxNodes.
 const MaxNodes = maxNodes
+
+// UpstreamBudget is upstreamBudget.
+const UpstreamBudget = upstreamBudget

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 )
 
@@ -53,8 +55,9 @@ func TestHostileLayers(t *testing.T) {
 }
 
 // TestHostileManifests: documents that are invalid, ambiguous or too big to
-// normalize are passed through untouched, or refused with a clear error,
-// and never cost a blob fetch.
+// normalize are passed through untouched, or refused with a clear error
+// when they are not manifests at all (mediatype.Of), and never cost a blob
+// fetch.
 func TestHostileManifests(t *testing.T) {
 	t.Parallel()
 	cfg := digest.FromString("config")
@@ -72,14 +75,17 @@ func TestHostileManifests(t *testing.T) {
 	}
 	tests := []struct {
 		name, body string
+		// refused: not a manifest (mediatype.Of), so neither served nor
+		// cached, and 502 MANIFEST_INVALID; else served untouched.
+		refused bool
 	}{
-		{"deeply nested", `{"schemaVersion":2,"config":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `,"layers":[]}`},
-		{"duplicate keys", `{"schemaVersion":2,"mediaType":"` + regtest.MediaTypeDockerManifest + `","config":` + octet + `,"config":` + octet + `,"layers":[` + layer + `]}`},
-		{"invalid digest", manifest(desc("application/octet-stream", "sha256:zz"), layer)},
-		{"invalid size", manifest(`{"mediaType":"application/octet-stream","digest":"`+cfg.String()+`","size":-5}`, layer)},
-		{"not JSON", "\x00\x01 not json"},
-		{"5000 layers", manifest(octet, thousands...)},
-		{"oversized config", manifest(`{"mediaType":"application/octet-stream","digest":"`+cfg.String()+`","size":1000000000}`, layer)},
+		{"deeply nested", `{"schemaVersion":2,"config":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `,"layers":[]}`, true},
+		{"duplicate keys", `{"schemaVersion":2,"mediaType":"` + regtest.MediaTypeDockerManifest + `","config":` + octet + `,"config":` + octet + `,"layers":[` + layer + `]}`, true},
+		{"invalid digest", manifest(desc("application/octet-stream", "sha256:zz"), layer), false},
+		{"invalid size", manifest(`{"mediaType":"application/octet-stream","digest":"`+cfg.String()+`","size":-5}`, layer), false},
+		{"not JSON", "\x00\x01 not json", true},
+		{"5000 layers", manifest(octet, thousands...), false},
+		{"oversized config", manifest(`{"mediaType":"application/octet-stream","digest":"`+cfg.String()+`","size":1000000000}`, layer), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,6 +102,15 @@ func TestHostileManifests(t *testing.T) {
 				w.Write([]byte(tt.body))
 			})
 			r := h.do(t, http.MethodGet, "/v2/library/hostile/manifests/v1", containerdAccept)
+			if tt.refused {
+				if r.status != http.StatusBadGateway || r.ociError(t) != "MANIFEST_INVALID" {
+					t.Fatalf("got %d (%.200s), want 502 MANIFEST_INVALID", r.status, r.body)
+				}
+				if _, err := h.store.GetManifest(context.Background(), digest.FromString(tt.body)); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("the refused document is in the cache: %v", err)
+				}
+				return
+			}
 			if r.status != http.StatusOK || string(r.body) != tt.body {
 				t.Fatalf("got %d (%.200s), want the document untouched", r.status, r.body)
 			}

@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -18,19 +16,15 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/schema1"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
-const (
-	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
-	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
-)
-
 // defaultAccept is what upstream is asked for when the client names nothing
 // usable: every manifest type containerd understands.
-var defaultAccept = []string{ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageManifest, mediaTypeDockerManifestList, mediaTypeDockerManifest}
+var defaultAccept = []string{ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageManifest, mediatype.DockerManifestList, mediatype.DockerManifest}
 
 // manifestFetchTimeout bounds one upstream manifest request, which many
 // clients may be waiting on.
@@ -272,9 +266,18 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Registry, repo,
 		return cache.Manifest{}, tooLarge
 	}
 
+	// The type is the content's (mediatype.Of): the cache is shared by
+	// digest, and another upstream's copy of these bytes must be served as
+	// they are, whatever this one calls them. A Content-Type that says
+	// otherwise, or is not a manifest's at all, is an upstream answering
+	// wrong: nothing of it is cached or served.
+	mediaType, err := mediatype.FromUpstream(resp.Header.Get("Content-Type"), body)
+	if err != nil {
+		return cache.Manifest{}, errcode.New(http.StatusBadGateway, errcode.ManifestInvalid,
+			fmt.Sprintf("upstream %s answered with a document that is not a manifest regnorm serves", up.Name()), err)
+	}
 	// A schema 1 manifest is known by the digest of its payload (without
 	// its signatures); every other by the digest of its bytes.
-	mediaType := manifestMediaType(resp.Header.Get("Content-Type"), body)
 	claimed := want
 	if claimed == "" {
 		if h, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && h.Algorithm().Available() {
@@ -291,34 +294,6 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Registry, repo,
 			fmt.Sprintf("upstream %s sent a manifest that hashes to %s, not %s", up.Name(), got, claimed), err)
 	}
 	return cache.Manifest{MediaType: mediaType, Digest: got, Content: body}, nil
-}
-
-// manifestMediaType trusts the upstream's Content-Type unless it is generic,
-// then the manifest's own mediaType field.
-func manifestMediaType(contentType string, body []byte) string {
-	mt, _, _ := mime.ParseMediaType(contentType)
-	if mt != "" && mt != "application/json" && mt != "text/plain" && mt != "application/octet-stream" {
-		return mt
-	}
-	var probe struct {
-		SchemaVersion int             `json:"schemaVersion"`
-		MediaType     string          `json:"mediaType"`
-		Manifests     json.RawMessage `json:"manifests"`
-		Signatures    json.RawMessage `json:"signatures"`
-	}
-	if json.Unmarshal(body, &probe) == nil && probe.MediaType != "" {
-		return probe.MediaType
-	}
-	if probe.SchemaVersion == 1 {
-		if probe.Signatures != nil {
-			return schema1.MediaTypeSigned
-		}
-		return schema1.MediaTypeUnsigned
-	}
-	if probe.Manifests != nil {
-		return ocispec.MediaTypeImageIndex
-	}
-	return ocispec.MediaTypeImageManifest
 }
 
 // parseAccept flattens Accept headers into media types, dropping parameters

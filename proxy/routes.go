@@ -148,7 +148,26 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	}
 	r.MethodNotAllowedHandler = s.handle(routeForbidden, s.readOnly)
 	r.NotFoundHandler = s.handle(routeNotFound, s.serveNotFound)
-	return s.limitHeaders(r)
+	return browserHeaders(s.limitHeaders(r))
+}
+
+// apiCSP is the Content-Security-Policy of every answer but the status
+// page's (statusCSP): none of them is a page, so a browser may run, load,
+// frame or submit nothing from one.
+const apiCSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+// browserHeaders sets, on every answer (errors and redirects included),
+// what keeps a browser from rendering one as a page on regnorm's origin,
+// which holds /status, the fleet view, warm, and any Basic credentials a
+// browser keeps for regnorm: no sniffing of a type the answer does not
+// declare, and apiCSP. The status page replaces the CSP with its own.
+func browserHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", apiCSP)
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) readOnly(w http.ResponseWriter, r *http.Request) error {

@@ -131,6 +131,15 @@ type Server struct {
 // Manifests larger than this are refused: they are held in memory.
 const maxManifestSize = 4 << 20
 
+// upstreamBudget is how many upstream requests one client request may cause
+// (for warm, each image): manifest and HEAD requests, retries included, and
+// one for each blob it reads that is not cached. An index pulled by tag
+// costs its children, their configs and layers (of the platforms read): a
+// few dozen for most images, 2 × 250 for a two-platform image with 250
+// layers. Past it the request gets 503; what was fetched is cached, so a
+// retry goes on from there.
+const upstreamBudget = 512
+
 // New validates opts and builds a Server.
 func New(opts Options) (*Server, error) {
 	if opts.Store == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // WarmRequest is the body of POST /api/v1/warm.
@@ -128,7 +129,8 @@ func (s *Server) warmGroups(clients []string) ([]warmGroup, error) {
 // who must be allowed to pull it: with forwarded credentials, its own
 // credentials are asked, as for a pull.
 func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmResult {
-	ctx := r.Context()
+	// Each image is a pull: it gets a pull's budget, not a share of one.
+	ctx := upstream.WithBudget(r.Context(), upstreamBudget)
 	res := WarmResult{Image: image}
 	fail := func(err error) WarmResult {
 		s.log.Warn("warming an image failed", "image", image, "error", err)

@@ -291,6 +291,11 @@ func (fs *Fetcher) Ensure(ctx context.Context, up *upstream.Registry, repo strin
 	if _, err := fs.opts.Store.StatBlob(ctx, dgst); err == nil {
 		return nil
 	}
+	// The download runs on its own context: the caller's request pays for
+	// it here.
+	if err := upstream.Spend(ctx); err != nil {
+		return err
+	}
 	f, err := fs.Join(up, repo, dgst)
 	if err != nil {
 		return err

@@ -21,7 +21,6 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
@@ -388,39 +387,39 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 }
 
 // normalizeIndex normalizes the children of the configured platforms (a
-// few at a time) and points the index at those that changed. The others
-// are not read: each read is an upstream pull.
+// few at a time, stopping at the first that fails) and points the index at
+// those that changed. The others are not read: each read is an upstream
+// pull.
 func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (rewrite.Result, error) {
 	children, err := rewrite.IndexChildren(m.MediaType, m.Content)
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
+	var read []ocispec.Descriptor
+	for _, child := range children {
+		if (rewrite.IsManifest(child.MediaType) || rewrite.IsIndex(child.MediaType) || schema1.Is(child.MediaType)) && e.opts.Platforms.reads(child) {
+			read = append(read, child)
+		}
+	}
 	var mu sync.Mutex
 	changed := map[digest.Digest]ocispec.Descriptor{}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(childFetches)
-	for _, child := range children {
-		if !rewrite.IsManifest(child.MediaType) && !rewrite.IsIndex(child.MediaType) && !schema1.Is(child.MediaType) || !e.opts.Platforms.reads(child) {
-			continue
+	err = fewAtATime(ctx, childFetches, read, func(ctx context.Context, child ocispec.Descriptor) error {
+		cm, err := src.Manifest(ctx, child.Digest)
+		if err != nil {
+			return fmt.Errorf("child manifest %s: %w", child.Digest, err)
 		}
-		g.Go(func() error {
-			cm, err := src.Manifest(gctx, child.Digest)
-			if err != nil {
-				return fmt.Errorf("child manifest %s: %w", child.Digest, err)
-			}
-			n, err := e.normalize(gctx, src, cm, rules, depth+1)
-			if err != nil {
-				return err
-			}
-			if n.Changed() {
-				mu.Lock()
-				changed[child.Digest] = ocispec.Descriptor{MediaType: n.Manifest.MediaType, Digest: n.Manifest.Digest, Size: int64(len(n.Manifest.Content))}
-				mu.Unlock()
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+		n, err := e.normalize(ctx, src, cm, rules, depth+1)
+		if err != nil {
+			return err
+		}
+		if n.Changed() {
+			mu.Lock()
+			changed[child.Digest] = ocispec.Descriptor{MediaType: n.Manifest.MediaType, Digest: n.Manifest.Digest, Size: int64(len(n.Manifest.Content))}
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
 		return rewrite.Result{}, err
 	}
 	res, err := rewrite.NormalizeIndex(m.MediaType, m.Content, changed)

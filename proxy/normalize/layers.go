@@ -10,39 +10,38 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/rewrite"
 )
 
 // repackagedLayers returns the repackaged form of every layer that the
-// symlink xattr rule changes, fetching and scanning layers a few at a time.
+// symlink xattr rule changes, fetching and scanning layers a few at a time
+// (stopping at the first that fails).
 // Verdicts come from the cache when another pull, replica or earlier
 // process already scanned the layer.
 func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocispec.Descriptor) (map[digest.Digest]rewrite.LayerResult, error) {
+	var scan []ocispec.Descriptor
+	for _, desc := range layers {
+		if rewrite.IsScannableLayer(desc.MediaType) {
+			scan = append(scan, desc)
+		}
+	}
 	var mu sync.Mutex
 	fixes := map[digest.Digest]rewrite.LayerResult{}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(layerFetches)
-	for _, desc := range layers {
-		if !rewrite.IsScannableLayer(desc.MediaType) {
-			continue
+	err := fewAtATime(ctx, layerFetches, scan, func(ctx context.Context, desc ocispec.Descriptor) error {
+		v, err := e.layerVerdict(ctx, src, desc.Digest)
+		if err != nil {
+			return err
 		}
-		g.Go(func() error {
-			v, err := e.layerVerdict(gctx, src, desc.Digest)
-			if err != nil {
-				return err
-			}
-			if v.Repacked != "" {
-				mu.Lock()
-				fixes[desc.Digest] = layerResult(v)
-				mu.Unlock()
-			}
-			return nil
-		})
-	}
-	return fixes, g.Wait()
+		if v.Repacked != "" {
+			mu.Lock()
+			fixes[desc.Digest] = layerResult(v)
+			mu.Unlock()
+		}
+		return nil
+	})
+	return fixes, err
 }
 
 // layerVerdict scans one layer once, however many images and requests want it.
@@ -277,7 +276,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // gzipLayers recompresses every zstd layer of layers with gzip, for the
 // zstd → gzip rule, a few at a time: byte for byte when the symlink rule
 // left it alone, or repackaged and gzipped in one pass when stripped (a
-// key of it) says the rule changes it. It returns stripped with those
+// key of it) says the rule changes it; the first layer that fails stops
+// the rest. It returns stripped with those
 // layers replaced and added, each with its new media type.
 func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, stripped map[digest.Digest]rewrite.LayerResult) (map[digest.Digest]rewrite.LayerResult, error) {
 	var mu sync.Mutex
@@ -285,36 +285,34 @@ func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.De
 	if out == nil {
 		out = map[digest.Digest]rewrite.LayerResult{}
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(layerFetches)
+	var zstd []ocispec.Descriptor
 	seen := map[digest.Digest]bool{}
 	for _, desc := range layers {
-		if !isZstdLayer(desc.MediaType) || seen[desc.Digest] {
-			continue
+		if isZstdLayer(desc.MediaType) && !seen[desc.Digest] {
+			seen[desc.Digest] = true
+			zstd = append(zstd, desc)
 		}
-		seen[desc.Digest] = true
-		_, strip := stripped[desc.Digest]
-		t := rewrite.LayerTransform{Strip: strip, To: rewrite.Gzip}
-		g.Go(func() error {
-			res, err := e.transformLayer(gctx, src, desc.Digest, t)
-			if skip := skipReason(err); skip != "" {
-				// Not a tar regnorm reads, or a decompression bomb: left as
-				// it is, as the symlink rule leaves it.
-				e.m.LayersSkipped.WithLabelValues(skip).Inc()
-				e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", desc.Digest, "reason", skip, "error", err)
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			res.MediaType = rewrite.LayerMediaType(desc.MediaType, rewrite.Gzip)
-			mu.Lock()
-			out[desc.Digest] = res
-			mu.Unlock()
-			return nil
-		})
 	}
-	return out, g.Wait()
+	err := fewAtATime(ctx, layerFetches, zstd, func(ctx context.Context, desc ocispec.Descriptor) error {
+		_, strip := stripped[desc.Digest]
+		res, err := e.transformLayer(ctx, src, desc.Digest, rewrite.LayerTransform{Strip: strip, To: rewrite.Gzip})
+		if skip := skipReason(err); skip != "" {
+			// Not a tar regnorm reads, or a decompression bomb: left as
+			// it is, as the symlink rule leaves it.
+			e.m.LayersSkipped.WithLabelValues(skip).Inc()
+			e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", desc.Digest, "reason", skip, "error", err)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		res.MediaType = rewrite.LayerMediaType(desc.MediaType, rewrite.Gzip)
+		mu.Lock()
+		out[desc.Digest] = res
+		mu.Unlock()
+		return nil
+	})
+	return out, err
 }
 
 // transformLayer makes layer dgst transformed as t says, and records how,

@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/rewrite"
@@ -23,33 +22,26 @@ func (e *Engine) convertSchema1(ctx context.Context, src Source, m cache.Manifes
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
-	var mu sync.Mutex
+	var read []digest.Digest
 	blobs := map[digest.Digest]rewrite.Schema1Blob{}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(layerFetches)
 	for _, l := range layers {
-		if l.Throwaway {
-			continue
+		if _, seen := blobs[l.Digest]; !l.Throwaway && !seen {
+			blobs[l.Digest] = rewrite.Schema1Blob{}
+			read = append(read, l.Digest)
+		}
+	}
+	var mu sync.Mutex
+	err = fewAtATime(ctx, layerFetches, read, func(ctx context.Context, dgst digest.Digest) error {
+		b, err := e.schema1Blob(ctx, src, dgst)
+		if err != nil {
+			return err
 		}
 		mu.Lock()
-		_, seen := blobs[l.Digest]
-		blobs[l.Digest] = rewrite.Schema1Blob{}
+		blobs[dgst] = b
 		mu.Unlock()
-		if seen {
-			continue
-		}
-		g.Go(func() error {
-			b, err := e.schema1Blob(gctx, src, l.Digest)
-			if err != nil {
-				return err
-			}
-			mu.Lock()
-			blobs[l.Digest] = b
-			mu.Unlock()
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return rewrite.Result{}, err
 	}
 	res, err := rewrite.ConvertSchema1(m.MediaType, m.Content, blobs)

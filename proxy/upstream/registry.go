@@ -269,6 +269,9 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 	scope := "repository:" + repo + ":pull"
 
 	send := func() (*http.Response, error) {
+		if err := Spend(ctx); err != nil {
+			return nil, err
+		}
 		// Cancelled by the stall guard when the body stops, or when an
 		// error leaves no body to close.
 		rctx, cancel := context.WithCancelCause(ctx)

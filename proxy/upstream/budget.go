@@ -1,0 +1,48 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/regnorm/regnorm/proxy/errcode"
+)
+
+// ErrBudgetSpent is the cause of the error a request gets once it has sent
+// as many upstream requests as its budget allows.
+var ErrBudgetSpent = errors.New("upstream request budget spent")
+
+type budgetKey struct{}
+
+type budget struct {
+	limit int64
+	spent atomic.Int64
+}
+
+// WithBudget returns ctx with a budget of n upstream requests: each request
+// Do sends with ctx, or with a context made from it, spends one (retries and
+// the second try after a 401 included), and so does each Spend. Work shared
+// single-flight and detached from the caller's cancellation (a normalization,
+// a manifest fetch) keeps ctx's values, so it spends from the budget of the
+// request that started it.
+func WithBudget(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, budgetKey{}, &budget{limit: int64(n)})
+}
+
+// Spend takes one upstream request from ctx's budget (nothing when ctx has
+// none). Past the budget it is a 503 the client can act on: what was fetched
+// so far is cached, so a retry goes on from there.
+func Spend(ctx context.Context) error {
+	b, ok := ctx.Value(budgetKey{}).(*budget)
+	if !ok {
+		return nil
+	}
+	if b.spent.Add(1) <= b.limit {
+		return nil
+	}
+	return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable,
+		fmt.Sprintf("this request needs more than %d upstream requests; what was fetched is kept, so a retry goes on from there", b.limit),
+		ErrBudgetSpent)
+}
