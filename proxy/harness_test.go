@@ -56,6 +56,8 @@ type harnessOptions struct {
 	stall        time.Duration
 	maxLayerSize int64
 	clientAuth   *proxy.ClientAuth
+	// authFailures is AuthFailuresPerMinute.
+	authFailures int
 	forward      bool
 	retry        upstream.RetryPolicy
 	fetches      blobfetch.Limits
@@ -101,24 +103,25 @@ func (h *harness) restart(t testing.TB) {
 		clock = h.opts.clock
 	}
 	srv, err := proxy.New(proxy.Options{
-		Clock:           clock,
-		Fetches:         h.opts.fetches,
-		Store:           h.store,
-		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
-		ClientAuth:      h.opts.clientAuth,
-		DefaultUpstream: "docker.io",
-		TagTTL:          h.opts.tagTTL,
-		Rules:           h.opts.rules,
-		Platforms:       h.opts.platforms,
-		Deadline:        h.opts.deadline,
-		PatientDeadline: h.opts.patient,
-		Eviction:        h.opts.eviction,
-		StallTimeout:    h.opts.stall,
-		MaxLayerSize:    h.opts.maxLayerSize,
-		Retry:           h.opts.retry,
-		SpoolDir:        t.TempDir(),
-		Metrics:         proxy.NewMetrics(promReg),
-		Logger:          slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Clock:                 clock,
+		Fetches:               h.opts.fetches,
+		Store:                 h.store,
+		Upstreams:             []upstream.Config{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
+		ClientAuth:            h.opts.clientAuth,
+		AuthFailuresPerMinute: h.opts.authFailures,
+		DefaultUpstream:       "docker.io",
+		TagTTL:                h.opts.tagTTL,
+		Rules:                 h.opts.rules,
+		Platforms:             h.opts.platforms,
+		Deadline:              h.opts.deadline,
+		PatientDeadline:       h.opts.patient,
+		Eviction:              h.opts.eviction,
+		StallTimeout:          h.opts.stall,
+		MaxLayerSize:          h.opts.maxLayerSize,
+		Retry:                 h.opts.retry,
+		SpoolDir:              t.TempDir(),
+		Metrics:               proxy.NewMetrics(promReg),
+		Logger:                slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)

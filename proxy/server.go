@@ -78,6 +78,10 @@ type Options struct {
 	MaxLayerSize int64
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
+	// AuthFailuresPerMinute bounds the failed authentication attempts of
+	// one client address: that many at once, and that many more a minute.
+	// Past it, 429. Default DefaultAuthFailuresPerMinute.
+	AuthFailuresPerMinute int
 	// Eviction bounds the cache; the zero policy keeps everything.
 	Eviction cache.EvictionPolicy
 	// MaintenanceInterval is how often the cache is measured, kept within
@@ -118,6 +122,7 @@ type Server struct {
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
 	nodeVersions     []string   // its label values, as last set
 	clientAuth       *clientAuth
+	attempts         *attemptLimiter // failed authentication attempts by address
 	metrics          *Metrics
 	log              *slog.Logger
 	clock            Clock
@@ -164,6 +169,7 @@ func New(opts Options) (*Server, error) {
 	if opts.ForgetNodesAfter <= 0 {
 		opts.ForgetNodesAfter = 24 * time.Hour
 	}
+	attempts := newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute)
 	s := &Server{
 		store:           opts.Store,
 		upstreams:       map[string]*upstream.Registry{},
@@ -179,7 +185,8 @@ func New(opts Options) (*Server, error) {
 		patientDeadline: opts.PatientDeadline,
 		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
-		clientAuth:      newClientAuth(opts.ClientAuth),
+		clientAuth:      newClientAuth(opts.ClientAuth, attempts),
+		attempts:        attempts,
 		lookups:         make(chan struct{}, originalLookups),
 	}
 	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)

@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -89,6 +90,10 @@ type AuthConfig struct {
 	// ProtectReport puts /status and /api/v1/rewrites behind authentication
 	// too: they name the images pulled.
 	ProtectReport bool `yaml:"protectReport"`
+	// FailuresPerMinute bounds the failed authentication attempts of one
+	// client address: that many at
+	// once and that many more a minute; past it, 429 without a check.
+	FailuresPerMinute int `yaml:"failuresPerMinute"`
 }
 
 func (a AuthConfig) enabled() bool { return a.HtpasswdFile != "" || a.TokensFile != "" }
@@ -248,6 +253,7 @@ func defaultConfig() Config {
 		SpoolMaxSize:       "8GiB",
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
+		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
@@ -429,6 +435,9 @@ func (c Config) validate() error {
 	}
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")
+	}
+	if c.Auth.FailuresPerMinute < 1 {
+		bad("auth.failuresPerMinute", "must be at least 1")
 	}
 	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)

@@ -83,6 +83,7 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "attempts", yaml: "upstreamAttempts: 0\n", wantField: "upstreamAttempts"},
 		{name: "stall timeout", yaml: "stallTimeout: -1s\n", wantField: "stallTimeout"},
 		{name: "layer size", yaml: "normalize:\n  maxLayerSize: big\n", wantField: "normalize.maxLayerSize"},
+		{name: "no failed attempts allowed", yaml: "auth:\n  failuresPerMinute: 0\n", wantField: "auth.failuresPerMinute"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
