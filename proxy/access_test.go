@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
@@ -60,8 +61,12 @@ func TestClientAuth(t *testing.T) {
 		{"metrics with a token", "/metrics", bearer("robot-token"), http.StatusOK},
 		{"report left open", "/api/v1/rewrites", nil, http.StatusOK},
 		{"fleet view left open, like the report", "/api/v1/nodes", nil, http.StatusOK},
+		// A node report needs the report token, which only node-config
+		// holds: client credentials are not enough.
 		{"node report without credentials", "POST /api/v1/nodes", nil, http.StatusUnauthorized},
-		{"node report with a token", "POST /api/v1/nodes", bearer("robot-token"), http.StatusNoContent},
+		{"node report with a client token", "POST /api/v1/nodes", bearer("robot-token"), http.StatusUnauthorized},
+		{"node report with a user's password", "POST /api/v1/nodes", basic("alice", "alice-pass"), http.StatusUnauthorized},
+		{"node report with the report token", "POST /api/v1/nodes", bearer(testReportToken), http.StatusNoContent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,8 +85,12 @@ func TestClientAuth(t *testing.T) {
 				if code := r.ociError(t); code != errcode.Unauthorized {
 					t.Errorf("code %s", code)
 				}
-				if got := r.header.Get("WWW-Authenticate"); got != `Basic realm="regnorm"` {
-					t.Errorf("WWW-Authenticate %q", got)
+				want := `Basic realm="regnorm"`
+				if strings.HasPrefix(tt.path, "POST /api/v1/nodes") {
+					want = `Bearer realm="regnorm node reports"`
+				}
+				if got := r.header.Get("WWW-Authenticate"); got != want {
+					t.Errorf("WWW-Authenticate %q, want %q", got, want)
 				}
 			}
 		})
@@ -244,11 +253,16 @@ func TestFailedAttemptsAreLimited(t *testing.T) {
 	try(basic("alice", "guess-1"), http.StatusUnauthorized, 1)
 	try(basic("mallory", "guess-2"), http.StatusUnauthorized, 1)
 	try(bearer("wrong-token"), http.StatusUnauthorized, 0)
-	for _, header := range []http.Header{basic("alice", "guess-3"), basic("alice", "alice-pass"), bearer("robot-token")} {
+	for _, header := range []http.Header{basic("alice", "guess-3"), basic("alice", "alice-pass"), bearer("robot-token"), bearer(testReportToken)} {
 		r := try(header, http.StatusTooManyRequests, 0)
 		if code := r.ociError(t); code != errcode.TooManyRequests || r.header.Get("Retry-After") != "20" {
 			t.Fatalf("past the allowance: %s, Retry-After %q; want TOOMANYREQUESTS, 20", code, r.header.Get("Retry-After"))
 		}
+	}
+	// Node reports count against the same allowance.
+	rep := h.postReport(t, cache.NodeReport{Node: "n", HostsDir: "/etc/containerd/certs.d"}, http.Header{"Authorization": {"Bearer " + testReportToken}})
+	if rep.status != http.StatusTooManyRequests {
+		t.Fatalf("a node report past the allowance: %d", rep.status)
 	}
 
 	// One attempt back every 20 s; a success gives it back.

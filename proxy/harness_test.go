@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -56,6 +57,11 @@ type harnessOptions struct {
 	stall        time.Duration
 	maxLayerSize int64
 	clientAuth   *proxy.ClientAuth
+	// noReportToken configures no node report token: every report is
+	// refused. Otherwise reporter's token is the one.
+	noReportToken bool
+	// hostsDir is nodes.hostsDir (default /etc/containerd/certs.d).
+	hostsDir string
 	// authFailures is AuthFailuresPerMinute.
 	authFailures int
 	forward      bool
@@ -102,12 +108,18 @@ func (h *harness) restart(t testing.TB) {
 	if h.opts.clock != nil {
 		clock = h.opts.clock
 	}
+	var reportTokens [][sha256.Size]byte
+	if !h.opts.noReportToken {
+		reportTokens = [][sha256.Size]byte{sha256.Sum256([]byte(testReportToken))}
+	}
 	srv, err := proxy.New(proxy.Options{
 		Clock:                 clock,
 		Fetches:               h.opts.fetches,
 		Store:                 h.store,
 		Upstreams:             []upstream.Config{{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}},
 		ClientAuth:            h.opts.clientAuth,
+		NodeReportTokens:      reportTokens,
+		NodeHostsDir:          h.opts.hostsDir,
 		AuthFailuresPerMinute: h.opts.authFailures,
 		DefaultUpstream:       "docker.io",
 		TagTTL:                h.opts.tagTTL,
@@ -138,6 +150,14 @@ func (h *harness) restart(t testing.TB) {
 		go func() { srv.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
+}
+
+// testReportToken is the node report token of the harness.
+const testReportToken = "node-report-token"
+
+// reporter is node-config's client of h: it holds the report token.
+func (h *harness) reporter() proxy.Client {
+	return proxy.Client{Server: h.url, Token: testReportToken}
 }
 
 // push pushes a generated image and returns it.

@@ -90,8 +90,8 @@ type AuthConfig struct {
 	// ProtectReport puts /status and /api/v1/rewrites behind authentication
 	// too: they name the images pulled.
 	ProtectReport bool `yaml:"protectReport"`
-	// FailuresPerMinute bounds the failed authentication attempts of one
-	// client address: that many at
+	// FailuresPerMinute bounds the failed authentication attempts (client
+	// credentials, node report tokens) of one client address: that many at
 	// once and that many more a minute; past it, 429 without a check.
 	FailuresPerMinute int `yaml:"failuresPerMinute"`
 }
@@ -138,6 +138,14 @@ type NodesConfig struct {
 	// ForgetAfter drops a node that has neither pulled nor been reported on
 	// for this long.
 	ForgetAfter time.Duration `yaml:"forgetAfter"`
+	// ReportTokenFile holds the tokens node-config's reports must carry,
+	// one a line (node-config --report-token-file). Without it, every
+	// report is refused.
+	ReportTokenFile string `yaml:"reportTokenFile"`
+	// HostsDir is the directory node-config writes hosts.toml files to
+	// (its --config-path): the fleet view's fix names it, and a report
+	// about another is refused.
+	HostsDir string `yaml:"hostsDir"`
 }
 
 // CacheConfig selects the storage driver.
@@ -254,7 +262,7 @@ func defaultConfig() Config {
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
 		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
-		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
+		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour, HostsDir: proxy.DefaultHostsDir},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
 			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
@@ -435,6 +443,9 @@ func (c Config) validate() error {
 	}
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")
+	}
+	if !proxy.ValidHostsDir(c.Nodes.HostsDir) {
+		bad("nodes.hostsDir", "%q is not one clean absolute directory (no ':' list, no quotes): node-config's --config-path", c.Nodes.HostsDir)
 	}
 	if c.Auth.FailuresPerMinute < 1 {
 		bad("auth.failuresPerMinute", "must be at least 1")

@@ -106,6 +106,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	reportTokens, err := loadReportTokens(cfg.Nodes)
+	if err != nil {
+		return err
+	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
 	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
@@ -129,6 +133,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxLayerSize:          int64(maxLayer),
 		ClientAuth:            clientAuth,
 		AuthFailuresPerMinute: cfg.Auth.FailuresPerMinute,
+		NodeReportTokens:      reportTokens,
+		NodeHostsDir:          cfg.Nodes.HostsDir,
 		Eviction:              cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
 		MaintenanceInterval:   cfg.Cache.maintenanceInterval(),
 		ForgetNodesAfter:      cfg.Nodes.ForgetAfter,
@@ -161,7 +167,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		ln = tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12})
 	}
-	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(),
+	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(), "node_reports", len(reportTokens) > 0,
 		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -459,6 +465,9 @@ func checkResources(cfg Config, getenv func(string) string) error {
 		errs = append(errs, err)
 	}
 	if _, err := loadClientAuth(cfg.Auth); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := loadReportTokens(cfg.Nodes); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.TLS.CertFile != "" {

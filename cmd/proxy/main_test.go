@@ -83,6 +83,8 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "attempts", yaml: "upstreamAttempts: 0\n", wantField: "upstreamAttempts"},
 		{name: "stall timeout", yaml: "stallTimeout: -1s\n", wantField: "stallTimeout"},
 		{name: "layer size", yaml: "normalize:\n  maxLayerSize: big\n", wantField: "normalize.maxLayerSize"},
+		{name: "hosts directory a list", yaml: "nodes:\n  hostsDir: /etc/containerd/certs.d:/etc/docker/certs.d\n", wantField: "nodes.hostsDir"},
+		{name: "hosts directory relative", yaml: "nodes:\n  hostsDir: certs.d\n", wantField: "nodes.hostsDir"},
 		{name: "no failed attempts allowed", yaml: "auth:\n  failuresPerMinute: 0\n", wantField: "auth.failuresPerMinute"},
 	}
 	for _, tt := range tests {
