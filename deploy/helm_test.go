@@ -79,6 +79,14 @@ metrics:
     authorization: {type: Bearer, credentials: {name: regnorm-scrape, key: token}}
     tlsConfig: {ca: {secret: {name: regnorm-tls, key: ca.crt}}}
 nodeConfig: {enabled: true, token: {secretName: regnorm-node-token}}`,
+	"node reports with a token Secret of one's own, k3s paths": `
+service: {clusterIP: 10.96.100.50}
+nodeConfig:
+  enabled: true
+  configPath: /var/lib/rancher/k3s/agent/etc/containerd/certs.d
+  containerdConfig: /var/lib/rancher/k3s/agent/etc/containerd/config.toml
+  containerdSocket: /run/k3s/containerd/containerd.sock
+  reportToken: {secretName: regnorm-report, key: report-token}`,
 	"forwarded credentials and a private CA": `
 upstreams:
   - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true, allowPrivateRedirects: true}
@@ -474,6 +482,8 @@ func TestChartDetails(t *testing.T) {
 		}
 	}
 
+	checkReportToken(t)
+
 	s3 := render(t, chartCases["three replicas on S3"])
 	for _, o := range s3 {
 		if o.GetKind() == "PersistentVolumeClaim" {
@@ -504,6 +514,90 @@ func TestChartDetails(t *testing.T) {
 	want, _ := os.ReadFile(dashboardPath)
 	if strings.TrimSpace(dashboard) != strings.TrimSpace(string(want)) {
 		t.Error("the chart's dashboard differs from deploy/grafana/regnorm-dashboard.json: copy it into deploy/helm/regnorm/files/")
+	}
+}
+
+// checkReportToken: node-config's reports carry a token only regnorm and
+// node-config hold: the chart makes a random one (or takes the operator's
+// Secret) and mounts the same Secret and key in both; regnorm's
+// nodes.hostsDir is node-config's configPath. Without reports, neither
+// holds a token.
+func checkReportToken(t *testing.T) {
+	t.Helper()
+	// The Secret and key each workload mounts the file it is given from.
+	mounted := func(workload *unstructured.Unstructured, file string) (secret, key string) {
+		spec, _, _ := unstructured.NestedMap(workload.Object, "spec", "template", "spec")
+		var volume string
+		for _, m := range spec["containers"].([]any)[0].(map[string]any)["volumeMounts"].([]any) {
+			if m := m.(map[string]any); m["mountPath"] == filepath.Dir(file) {
+				volume = m["name"].(string)
+			}
+		}
+		for _, v := range spec["volumes"].([]any) {
+			v := v.(map[string]any)
+			if s, ok := v["secret"].(map[string]any); ok && v["name"] == volume {
+				for _, i := range s["items"].([]any) {
+					if i := i.(map[string]any); i["path"] == filepath.Base(file) {
+						return s["secretName"].(string), i["key"].(string)
+					}
+				}
+			}
+		}
+		t.Fatalf("%s %s mounts no Secret at %s", workload.GetKind(), workload.GetName(), file)
+		return "", ""
+	}
+	for name, want := range map[string]struct{ secret, key, hostsDir string }{
+		"node configuration with a fixed ClusterIP":                {"regnorm-node-report", "token", "/etc/containerd/certs.d"},
+		"node reports with a token Secret of one's own, k3s paths": {"regnorm-report", "report-token", "/var/lib/rancher/k3s/agent/etc/containerd/certs.d"},
+	} {
+		objs := render(t, chartCases[name])
+		cfg := configMapData(t, objs, "regnorm", "regnorm.yaml")
+		file := regexp.MustCompile(`reportTokenFile: (\S+)`).FindStringSubmatch(cfg)
+		if file == nil || !strings.Contains(cfg, "hostsDir: "+want.hostsDir+"\n") {
+			t.Errorf("%s: regnorm's configuration lacks reportTokenFile, or hostsDir %s:\n%s", name, want.hostsDir, cfg)
+			continue
+		}
+		var reportArg string
+		containers, _, _ := unstructured.NestedSlice(find(t, objs, "DaemonSet").Object, "spec", "template", "spec", "containers")
+		for _, a := range containers[0].(map[string]any)["args"].([]any) {
+			if v, ok := strings.CutPrefix(a.(string), "--report-token-file="); ok {
+				reportArg = v
+			}
+		}
+		if reportArg == "" {
+			t.Errorf("%s: node-config has no --report-token-file", name)
+			continue
+		}
+		for _, got := range [][2]string{
+			func() [2]string { s, k := mounted(find(t, objs, "Deployment"), file[1]); return [2]string{s, k} }(),
+			func() [2]string { s, k := mounted(find(t, objs, "DaemonSet"), reportArg); return [2]string{s, k} }(),
+		} {
+			if got != [2]string{want.secret, want.key} {
+				t.Errorf("%s: a workload mounts the report token from %v, want %s key %s", name, got, want.secret, want.key)
+			}
+		}
+		made, tok := false, ""
+		for _, o := range objs {
+			if o.GetKind() == "Secret" && o.GetName() == "regnorm-node-report" {
+				made = true
+				tok, _, _ = unstructured.NestedString(o.Object, "data", "token")
+			}
+		}
+		switch {
+		case want.secret != "regnorm-node-report" && made:
+			t.Errorf("%s: the chart made a token Secret besides the operator's", name)
+		case want.secret == "regnorm-node-report" && len(tok) < 64: // 48 random characters, base64
+			t.Errorf("%s: the chart made no random token (%q)", name, tok)
+		}
+	}
+	objs := render(t, `{service: {clusterIP: 10.96.100.50}, nodeConfig: {enabled: true, report: false}}`)
+	for _, o := range objs {
+		if o.GetKind() == "Secret" {
+			t.Errorf("without reports, the chart makes Secret %s", o.GetName())
+		}
+	}
+	if cfg := configMapData(t, objs, "regnorm", "regnorm.yaml"); strings.Contains(cfg, "reportTokenFile") {
+		t.Errorf("without reports, regnorm takes them:\n%s", cfg)
 	}
 }
 

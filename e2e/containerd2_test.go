@@ -84,6 +84,13 @@ func (w *wireLog) len() int {
 // can be pulled by that registry's own name through a mirror.
 func startRegnormFor(t *testing.T, name, upstreamURL string) string {
 	t.Helper()
+	return startRegnormForWith(t, name, upstreamURL, "")
+}
+
+// startRegnormForWith is startRegnormFor with more configuration (YAML
+// top-level keys).
+func startRegnormForWith(t *testing.T, name, upstreamURL, extraYAML string) string {
+	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	cfg := fmt.Sprintf(`listen: %s
@@ -98,7 +105,7 @@ cache:
   driver: filesystem
   filesystem:
     rootDirectory: %s
-`, addr, dir, name, name, upstreamURL, filepath.Join(dir, "cache"))
+%s`, addr, dir, name, name, upstreamURL, filepath.Join(dir, "cache"), extraYAML)
 	path := filepath.Join(dir, "regnorm.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

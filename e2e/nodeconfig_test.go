@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -79,14 +80,21 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 			opts: containerdOptions{ConfigPath: list, ImportDropIns: true}, reason: "transfer service"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			// A regnorm of its own: every node here pulls from 127.0.0.1.
-			mirror := startRegnormFor(t, upstreamHost, registryURL)
 			tt.opts.Hosts = map[string]string{} // node-config writes them
 			node := startContainerdVersion(t, tt.kind, tt.opts)
+			// A regnorm of its own: every node here pulls from 127.0.0.1.
+			// It takes node-config's reports with the report token, about
+			// the node's hosts directory.
+			reportToken := filepath.Join(t.TempDir(), "report-token")
+			if err := os.WriteFile(reportToken, []byte("e2e-node-report-token\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			mirror := startRegnormForWith(t, upstreamHost, registryURL,
+				fmt.Sprintf("nodes:\n  reportTokenFile: %s\n  hostsDir: %s\n", reportToken, node.hostsDir))
 			status := filepath.Join(t.TempDir(), "status.json")
 			args := []string{"node-config", "--interval=1s", "--config-path=" + node.hostsDir, "--mirror=" + mirror,
 				"--containerd-config=" + node.configFile, "--containerd-socket=" + node.socket, "--status-file=" + status,
-				"--node-name=node-" + tt.kind.name, "--node-address=127.0.0.1"}
+				"--node-name=node-" + tt.kind.name, "--node-address=127.0.0.1", "--report-token-file=" + reportToken}
 			if tt.fix {
 				args = append(args, "--fix")
 			}

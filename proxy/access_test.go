@@ -3,13 +3,16 @@ package proxy_test
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"fmt"
 	"maps"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
@@ -58,8 +61,12 @@ func TestClientAuth(t *testing.T) {
 		{"metrics with a token", "/metrics", bearer("robot-token"), http.StatusOK},
 		{"report left open", "/api/v1/rewrites", nil, http.StatusOK},
 		{"fleet view left open, like the report", "/api/v1/nodes", nil, http.StatusOK},
+		// A node report needs the report token, which only node-config
+		// holds: client credentials are not enough.
 		{"node report without credentials", "POST /api/v1/nodes", nil, http.StatusUnauthorized},
-		{"node report with a token", "POST /api/v1/nodes", bearer("robot-token"), http.StatusNoContent},
+		{"node report with a client token", "POST /api/v1/nodes", bearer("robot-token"), http.StatusUnauthorized},
+		{"node report with a user's password", "POST /api/v1/nodes", basic("alice", "alice-pass"), http.StatusUnauthorized},
+		{"node report with the report token", "POST /api/v1/nodes", bearer(testReportToken), http.StatusNoContent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,8 +85,12 @@ func TestClientAuth(t *testing.T) {
 				if code := r.ociError(t); code != errcode.Unauthorized {
 					t.Errorf("code %s", code)
 				}
-				if got := r.header.Get("WWW-Authenticate"); got != `Basic realm="regnorm"` {
-					t.Errorf("WWW-Authenticate %q", got)
+				want := `Basic realm="regnorm"`
+				if strings.HasPrefix(tt.path, "POST /api/v1/nodes") {
+					want = `Bearer realm="regnorm node reports"`
+				}
+				if got := r.header.Get("WWW-Authenticate"); got != want {
+					t.Errorf("WWW-Authenticate %q, want %q", got, want)
 				}
 			}
 		})
@@ -177,4 +188,91 @@ func TestTokenOnlyAuthChallengesBasic(t *testing.T) {
 			t.Fatalf("with the token: %d", r.status)
 		}
 	}
+}
+
+// TestUnknownUsersCostWhatKnownOnesDo: a Basic attempt with an unknown
+// user name runs one bcrypt comparison, as a wrong password of a known
+// user does, so that neither the time of an answer nor the CPU spent
+// tells which user names exist. A remembered pair costs none.
+func TestUnknownUsersCostWhatKnownOnesDo(t *testing.T) {
+	t.Parallel()
+	hash, _ := bcrypt.GenerateFromPassword([]byte("alice-pass"), bcrypt.MinCost)
+	h := newHarness(t, harnessOptions{clientAuth: &proxy.ClientAuth{Users: map[string][]byte{"alice": hash}}})
+	checks := h.srv.CountPasswordChecks()
+	for _, tt := range []struct {
+		name       string
+		user, pass string
+		want       int
+		comparison int64
+	}{
+		{"a known user, a wrong password", "alice", "guess", http.StatusUnauthorized, 1},
+		{"an unknown user", "mallory", "alice-pass", http.StatusUnauthorized, 1},
+		{"another unknown user", "bob", "guess", http.StatusUnauthorized, 1},
+		{"a known user, her password", "alice", "alice-pass", http.StatusOK, 1},
+		{"the same again (remembered)", "alice", "alice-pass", http.StatusOK, 0},
+	} {
+		before := checks.Load()
+		if r := h.do(t, http.MethodGet, "/v2/", basic(tt.user, tt.pass)); r.status != tt.want {
+			t.Fatalf("%s: %d, want %d", tt.name, r.status, tt.want)
+		}
+		if got := checks.Load() - before; got != tt.comparison {
+			t.Errorf("%s: %d bcrypt comparisons, want %d", tt.name, got, tt.comparison)
+		}
+	}
+}
+
+// TestFailedAttemptsAreLimited: past its allowance of failed attempts, an
+// address gets 429 TOOMANYREQUESTS with Retry-After, and no credential it
+// sends is checked (no bcrypt comparison is run), right ones included,
+// until the allowance refills. A success costs none of it.
+func TestFailedAttemptsAreLimited(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	hash, _ := bcrypt.GenerateFromPassword([]byte("alice-pass"), bcrypt.MinCost)
+	h := newHarness(t, harnessOptions{clock: clk, authFailures: 3, clientAuth: &proxy.ClientAuth{
+		Users: map[string][]byte{"alice": hash}, Tokens: [][sha256.Size]byte{sha256.Sum256([]byte("robot-token"))}}})
+	checks := h.srv.CountPasswordChecks()
+	try := func(header http.Header, want int, comparisons int64) response {
+		t.Helper()
+		before := checks.Load()
+		r := h.do(t, http.MethodGet, "/v2/", header)
+		if r.status != want {
+			t.Fatalf("%d, want %d (%s)", r.status, want, r.body)
+		}
+		if got := checks.Load() - before; got != comparisons {
+			t.Fatalf("%d bcrypt comparisons, want %d", got, comparisons)
+		}
+		return r
+	}
+	// Successes and requests without credentials (a client's first,
+	// answered with the challenge) cost nothing.
+	try(basic("alice", "alice-pass"), http.StatusOK, 1)
+	try(nil, http.StatusUnauthorized, 0)
+	try(bearer("robot-token"), http.StatusOK, 0)
+	// Three failures: the allowance (3 a minute).
+	try(basic("alice", "guess-1"), http.StatusUnauthorized, 1)
+	try(basic("mallory", "guess-2"), http.StatusUnauthorized, 1)
+	try(bearer("wrong-token"), http.StatusUnauthorized, 0)
+	for _, header := range []http.Header{basic("alice", "guess-3"), basic("alice", "alice-pass"), bearer("robot-token"), bearer(testReportToken)} {
+		r := try(header, http.StatusTooManyRequests, 0)
+		if code := r.ociError(t); code != errcode.TooManyRequests || r.header.Get("Retry-After") != "20" {
+			t.Fatalf("past the allowance: %s, Retry-After %q; want TOOMANYREQUESTS, 20", code, r.header.Get("Retry-After"))
+		}
+	}
+	// Node reports count against the same allowance.
+	rep := h.postReport(t, cache.NodeReport{Node: "n", HostsDir: "/etc/containerd/certs.d"}, http.Header{"Authorization": {"Bearer " + testReportToken}})
+	if rep.status != http.StatusTooManyRequests {
+		t.Fatalf("a node report past the allowance: %d", rep.status)
+	}
+
+	// One attempt back every 20 s; a success gives it back.
+	clk.Advance(20 * time.Second)
+	try(basic("alice", "alice-pass"), http.StatusOK, 0) // remembered before
+	try(basic("alice", "guess-4"), http.StatusUnauthorized, 1)
+	try(basic("alice", "guess-5"), http.StatusTooManyRequests, 0)
+	clk.Advance(time.Minute)
+	for i := range 3 {
+		try(basic("alice", fmt.Sprint("guess-", 6+i)), http.StatusUnauthorized, 1)
+	}
+	try(basic("alice", "guess-9"), http.StatusTooManyRequests, 0)
 }

@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/proxy/errcode"
 )
@@ -31,8 +35,20 @@ type ClientAuth struct {
 // clientAuth checks client credentials. bcrypt costs tens of milliseconds
 // by design, and containerd sends its credentials with every request, so a
 // verified user:password pair is remembered (as a hash, never in clear).
+// Every other Basic attempt costs one bcrypt comparison, for a user that
+// exists or not (so that timing tells no user name), and is counted
+// against its address's allowance of failures before it runs.
 type clientAuth struct {
 	ClientAuth
+	limit *attemptLimiter
+	// compare is bcrypt.CompareHashAndPassword; tests count its calls.
+	compare func(hash, password []byte) error
+	// dummy is a hash of no one's password, of the users' highest cost:
+	// what an unknown user's password is compared with.
+	dummy []byte
+	// verifying makes concurrent attempts with the same credentials (a
+	// client's first parallel requests) one comparison.
+	verifying singleflight.Group
 
 	mu       sync.Mutex
 	verified map[[sha256.Size]byte]bool
@@ -41,11 +57,24 @@ type clientAuth struct {
 // maxVerified bounds the memory of verified pairs; beyond it, it starts over.
 const maxVerified = 4096
 
-func newClientAuth(c *ClientAuth) *clientAuth {
+func newClientAuth(c *ClientAuth, limit *attemptLimiter) *clientAuth {
 	if c == nil {
 		return nil
 	}
-	return &clientAuth{ClientAuth: *c, verified: map[[sha256.Size]byte]bool{}}
+	a := &clientAuth{ClientAuth: *c, limit: limit, compare: bcrypt.CompareHashAndPassword, verified: map[[sha256.Size]byte]bool{}}
+	if len(a.Users) > 0 {
+		cost := bcrypt.MinCost
+		for _, h := range a.Users {
+			if c, err := bcrypt.Cost(h); err == nil {
+				cost = max(cost, c)
+			}
+		}
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		// An error is a cost out of bcrypt's range, which no hash has.
+		a.dummy, _ = bcrypt.GenerateFromPassword(secret, cost)
+	}
+	return a
 }
 
 // clientChallenge is sent with every 401. It is always Basic: a token is also
@@ -56,56 +85,89 @@ func newClientAuth(c *ClientAuth) *clientAuth {
 const clientChallenge = `Basic realm="regnorm"`
 
 // check returns nil when r carries valid credentials, and otherwise the 401
-// the client gets, which never says which part was wrong.
+// the client gets, which never says which part was wrong, or the 429 of an
+// address past its allowance of failures, whose credentials are not even
+// looked at.
 func (a *clientAuth) check(r *http.Request) error {
+	addr := attemptKey(r)
+	if wait := a.limit.wait(addr); wait > 0 {
+		return tooManyFailures(wait)
+	}
 	h := r.Header.Get("Authorization")
 	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
-		if a.tokenOK(strings.TrimSpace(tok)) {
+		if tokenIn(a.Tokens, strings.TrimSpace(tok)) {
 			return nil
 		}
-	} else if user, pass, ok := r.BasicAuth(); ok && (a.tokenOK(pass) || a.userOK(user, pass)) {
-		return nil
+		a.limit.take(addr)
+	} else if user, pass, ok := r.BasicAuth(); ok {
+		if tokenIn(a.Tokens, pass) {
+			return nil
+		}
+		if err := a.userOK(addr, user, pass); err == nil || errcode.StatusOf(err) == http.StatusTooManyRequests {
+			return err
+		}
 	}
 	e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "authentication required", nil)
 	e.Challenge = clientChallenge
 	return e
 }
 
-// tokenOK compares tok with every accepted token in constant time.
-func (a *clientAuth) tokenOK(tok string) bool {
-	if len(a.Tokens) == 0 || tok == "" {
+// tokenIn compares tok with every one of tokens in constant time.
+func tokenIn(tokens [][sha256.Size]byte, tok string) bool {
+	if len(tokens) == 0 || tok == "" {
 		return false
 	}
 	sum := sha256.Sum256([]byte(tok))
 	found := 0
-	for _, t := range a.Tokens {
+	for _, t := range tokens {
 		found |= subtle.ConstantTimeCompare(sum[:], t[:])
 	}
 	return found == 1
 }
 
-func (a *clientAuth) userOK(user, pass string) bool {
-	hash, ok := a.Users[user]
-	if !ok {
-		return false
+// errWrongPassword is a Basic attempt that failed.
+var errWrongPassword = errors.New("wrong user or password")
+
+// userOK checks a user's password: nil when right, errWrongPassword, or
+// the 429 of an address with no attempt left.
+func (a *clientAuth) userOK(addr, user, pass string) error {
+	if len(a.Users) == 0 {
+		a.limit.take(addr)
+		return errWrongPassword // no user to find, nor a comparison to make
 	}
-	key := sha256.Sum256([]byte(user + "\x00" + pass))
-	a.mu.Lock()
-	known := a.verified[key]
-	a.mu.Unlock()
+	hash, known := a.Users[user]
+	// The user's length first: "ab"+"c" and "a"+"bc" are different pairs.
+	key := sha256.Sum256(fmt.Appendf(nil, "%d:%s\x00%s", len(user), user, pass))
 	if known {
-		return true
+		a.mu.Lock()
+		ok := a.verified[key]
+		a.mu.Unlock()
+		if ok {
+			return nil
+		}
+	} else {
+		hash = a.dummy
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil {
-		return false
+	err, _, _ := a.verifying.Do(string(key[:]), func() (any, error) {
+		if wait := a.limit.take(addr); wait > 0 {
+			return tooManyFailures(wait), nil
+		}
+		if a.compare(hash, []byte(pass)) != nil || !known {
+			return errWrongPassword, nil
+		}
+		a.limit.giveBack(addr)
+		a.mu.Lock()
+		if len(a.verified) >= maxVerified {
+			clear(a.verified)
+		}
+		a.verified[key] = true
+		a.mu.Unlock()
+		return nil, nil
+	})
+	if err == nil {
+		return nil
 	}
-	a.mu.Lock()
-	if len(a.verified) >= maxVerified {
-		clear(a.verified)
-	}
-	a.verified[key] = true
-	a.mu.Unlock()
-	return true
+	return err.(error)
 }
 
 // protect wraps h with authentication when client auth is on and on says

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -29,3 +30,15 @@ const MaxNodes = maxNodes
 
 // UpstreamBudget is upstreamBudget.
 const UpstreamBudget = upstreamBudget
+
+// CountPasswordChecks makes s count its bcrypt comparisons from now on,
+// and returns the count. Call it before the requests it counts.
+func (s *Server) CountPasswordChecks() *atomic.Int64 {
+	n := new(atomic.Int64)
+	compare := s.clientAuth.compare
+	s.clientAuth.compare = func(hash, password []byte) error {
+		n.Add(1)
+		return compare(hash, password)
+	}
+	return n
+}

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -56,6 +57,13 @@ type harnessOptions struct {
 	stall        time.Duration
 	maxLayerSize int64
 	clientAuth   *proxy.ClientAuth
+	// noReportToken configures no node report token: every report is
+	// refused. Otherwise reporter's token is the one.
+	noReportToken bool
+	// hostsDir is nodes.hostsDir (default /etc/containerd/certs.d).
+	hostsDir string
+	// authFailures is AuthFailuresPerMinute.
+	authFailures int
 	forward      bool
 	retry        upstream.RetryPolicy
 	fetches      blobfetch.Limits
@@ -112,25 +120,32 @@ func (h *harness) restart(t testing.TB) {
 	if h.opts.upstream != nil {
 		h.opts.upstream(&up)
 	}
+	var reportTokens [][sha256.Size]byte
+	if !h.opts.noReportToken {
+		reportTokens = [][sha256.Size]byte{sha256.Sum256([]byte(testReportToken))}
+	}
 	srv, err := proxy.New(proxy.Options{
-		Clock:           clock,
-		Fetches:         h.opts.fetches,
-		Store:           h.store,
-		Upstreams:       append([]upstream.Config{up}, h.opts.more...),
-		ClientAuth:      h.opts.clientAuth,
-		DefaultUpstream: "docker.io",
-		TagTTL:          h.opts.tagTTL,
-		Rules:           h.opts.rules,
-		Platforms:       h.opts.platforms,
-		Deadline:        h.opts.deadline,
-		PatientDeadline: h.opts.patient,
-		Eviction:        h.opts.eviction,
-		StallTimeout:    h.opts.stall,
-		MaxLayerSize:    h.opts.maxLayerSize,
-		Retry:           h.opts.retry,
-		SpoolDir:        t.TempDir(),
-		Metrics:         proxy.NewMetrics(promReg),
-		Logger:          slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Clock:                 clock,
+		Fetches:               h.opts.fetches,
+		Store:                 h.store,
+		Upstreams:             append([]upstream.Config{up}, h.opts.more...),
+		ClientAuth:            h.opts.clientAuth,
+		NodeReportTokens:      reportTokens,
+		NodeHostsDir:          h.opts.hostsDir,
+		AuthFailuresPerMinute: h.opts.authFailures,
+		DefaultUpstream:       "docker.io",
+		TagTTL:                h.opts.tagTTL,
+		Rules:                 h.opts.rules,
+		Platforms:             h.opts.platforms,
+		Deadline:              h.opts.deadline,
+		PatientDeadline:       h.opts.patient,
+		Eviction:              h.opts.eviction,
+		StallTimeout:          h.opts.stall,
+		MaxLayerSize:          h.opts.maxLayerSize,
+		Retry:                 h.opts.retry,
+		SpoolDir:              t.TempDir(),
+		Metrics:               proxy.NewMetrics(promReg),
+		Logger:                slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +162,14 @@ func (h *harness) restart(t testing.TB) {
 		go func() { srv.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
+}
+
+// testReportToken is the node report token of the harness.
+const testReportToken = "node-report-token"
+
+// reporter is node-config's client of h: it holds the report token.
+func (h *harness) reporter() proxy.Client {
+	return proxy.Client{Server: h.url, Token: testReportToken}
 }
 
 // push pushes a generated image and returns it.

@@ -151,7 +151,16 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 		if now.Sub(r.ReportedAt) > s.fleet.forget {
 			continue // pruneNodeReports deletes it
 		}
+		if r.HostsDir != s.hostsDir {
+			continue // taken before nodes.hostsDir was what it is
+		}
 		r := r
+		// The lines to add are made here, from regnorm's own hosts
+		// directory: never text, nor a path, that a report brought.
+		r.Fix = ""
+		if !r.ReadsHostsToml && r.ConfigVersion > 0 {
+			r.Fix = containerdcfg.FixFor(r.ConfigVersion, s.hostsDir)
+		}
 		n := &NodeStatus{Node: r.Node, Address: r.Address, ContainerdVersion: r.ContainerdVersion, NodeConfig: &r}
 		out = append(out, n)
 		if r.Address != "" {
@@ -244,6 +253,48 @@ func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
 	return bw.Flush()
 }
 
+// DefaultHostsDir is where node-config writes hosts.toml files unless
+// told otherwise: containerd's conventional config_path.
+const DefaultHostsDir = "/etc/containerd/certs.d"
+
+// ValidHostsDir reports whether dir can be a hosts directory that the
+// fleet view names in a line of TOML: one clean absolute path, with
+// nothing that would end the string or make a list.
+func ValidHostsDir(dir string) bool {
+	return path.IsAbs(dir) && path.Clean(dir) == dir && len(dir) <= 1024 &&
+		!strings.ContainsAny(dir, ":'\"\\") && !strings.ContainsFunc(dir, unicode.IsControl)
+}
+
+// reportChallenge is sent with a 401 to a node report.
+const reportChallenge = `Bearer realm="regnorm node reports"`
+
+// reportersOnly lets through the requests that carry one of the node
+// report tokens, which only node-config holds: the fleet view tells
+// operators what to change on their nodes, so no other client may write
+// it. Without a token configured, no report is taken. Failures count
+// against the address's allowance, like client authentication's.
+func (s *Server) reportersOnly(h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if len(s.reportTokens) == 0 {
+			return errcode.New(http.StatusForbidden, errcode.Denied, "node reports are off: regnorm has no report token (nodes.reportTokenFile)", nil)
+		}
+		addr := attemptKey(r)
+		if wait := s.attempts.wait(addr); wait > 0 {
+			return tooManyFailures(wait)
+		}
+		tok, sent := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !sent || !tokenIn(s.reportTokens, strings.TrimSpace(tok)) {
+			if tok != "" {
+				s.attempts.take(addr) // a guess; no credentials is none
+			}
+			e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "a node report needs the report token (node-config --report-token-file)", nil)
+			e.Challenge = reportChallenge
+			return e
+		}
+		return h(w, r)
+	}
+}
+
 // maxNodeReport caps a node-config report's body.
 const maxNodeReport = 16 << 10
 
@@ -282,10 +333,10 @@ func FitNodeReport(r *cache.NodeReport) {
 	}
 }
 
-// receiveNodeReport answers POST /api/v1/nodes: node-config's report of one
-// node, kept in the cache for every replica. The lines to add that the
-// fleet view shows are made here, from the report's facts, never taken
-// from the sender.
+// receiveNodeReport answers POST /api/v1/nodes (behind reportersOnly):
+// node-config's report of one node, kept in the cache for every replica.
+// The lines to add that the fleet view shows are never taken from the
+// sender: fleetView makes them from regnorm's own hosts directory.
 func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error {
 	var rep cache.NodeReport
 	if err := readJSON(w, r, maxNodeReport, &rep, true, "a node report (regnorm node-config sends it)"); err != nil {
@@ -302,13 +353,13 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
 		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("address %q is not an IP address", rep.Address), nil)
 	}
-	if !path.IsAbs(rep.HostsDir) || path.Clean(rep.HostsDir) != rep.HostsDir || strings.ContainsAny(rep.HostsDir, ":'\"\\") {
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "hostsDir must be a clean absolute path", nil)
+	if rep.HostsDir != s.hostsDir {
+		// The fleet view's fix names regnorm's hosts directory: a node
+		// whose files go elsewhere would be told to read a directory it
+		// does not write.
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("hostsDir is not %s, the one regnorm is configured with (nodes.hostsDir): run node-config with --config-path %s, or set nodes.hostsDir", s.hostsDir, s.hostsDir), nil)
 	}
-	rep.Fix = ""
-	if !rep.ReadsHostsToml && rep.ConfigVersion > 0 {
-		rep.Fix = containerdcfg.FixFor(rep.ConfigVersion, rep.HostsDir)
-	}
+	rep.Fix = "" // the fleet view makes it
 	now := s.clock.Now()
 	known, err := s.fleet.reports.get(func() ([]cache.NodeReport, error) { return s.store.ListNodeReports(r.Context()) })
 	if err != nil {

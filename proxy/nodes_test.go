@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 func (h *harness) nodes(t *testing.T) []proxy.NodeStatus {
@@ -56,7 +58,7 @@ func TestFleetView(t *testing.T) {
 			HostsDir: "/etc/containerd/certs.d", ConfigVersion: 3, Reason: "config_path is the list", Fix: "[plugins.evil]\n  x = 1"},
 	}
 	for _, rep := range reports {
-		if err := (proxy.Client{Server: h.url}).ReportNode(context.Background(), rep); err != nil {
+		if err := h.reporter().ReportNode(context.Background(), rep); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -100,9 +102,10 @@ func TestFleetView(t *testing.T) {
 // control-character field is refused, and nothing is kept.
 func TestNodeReportsAreChecked(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{})
+	h := newHarness(t, harnessOptions{hostsDir: "/d"})
 	post := func(contentType, body string) int {
 		req, _ := http.NewRequest(http.MethodPost, h.url+"/api/v1/nodes", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testReportToken)
 		if contentType != "" {
 			req.Header.Set("Content-Type", contentType)
 		}
@@ -113,7 +116,7 @@ func TestNodeReportsAreChecked(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	good := `{"node":"n","address":"10.0.0.1","hostsDir":"/etc/containerd/certs.d"}`
+	good := `{"node":"n","address":"10.0.0.1","hostsDir":"/d"}`
 	for _, ct := range []string{"", "text/plain", "application/x-www-form-urlencoded"} {
 		if got := post(ct, good); got != http.StatusUnsupportedMediaType {
 			t.Errorf("Content-Type %q: %d, want 415", ct, got)
@@ -124,6 +127,7 @@ func TestNodeReportsAreChecked(t *testing.T) {
 		`{"node":"n","address":"not-an-ip","hostsDir":"/d"}`,
 		`{"node":"n","hostsDir":"relative/dir"}`,
 		`{"node":"n","hostsDir":"/d'\n[plugins.x]"}`,
+		`{"node":"n","hostsDir":"/e"}`, // not nodes.hostsDir
 		`{"node":"n","hostsDir":"/d","bogus":1}`,
 		`{"node":"n","hostsDir":"/d","reason":"` + strings.Repeat("x", 2049) + `"}`,
 		`{"node":"` + strings.Repeat("n", 254) + `","hostsDir":"/d"}`,
@@ -153,7 +157,7 @@ func TestNodeReportsAreChecked(t *testing.T) {
 func TestNodeReportsAreBounded(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock()
-	h := newHarness(t, harnessOptions{clock: clk})
+	h := newHarness(t, harnessOptions{clock: clk, hostsDir: "/d"})
 	ctx := context.Background()
 	for i := range proxy.MaxNodes {
 		if err := h.store.PutNodeReport(ctx, cache.NodeReport{Node: fmt.Sprintf("node-%d", i), HostsDir: "/d", ReportedAt: clk.Now()}); err != nil {
@@ -161,7 +165,7 @@ func TestNodeReportsAreBounded(t *testing.T) {
 		}
 	}
 	report := func(node string) error {
-		return (proxy.Client{Server: h.url}).ReportNode(ctx, cache.NodeReport{Node: node, HostsDir: "/d", ReadsHostsToml: true})
+		return h.reporter().ReportNode(ctx, cache.NodeReport{Node: node, HostsDir: "/d", ReadsHostsToml: true})
 	}
 	if err := report("one-too-many"); err == nil || !strings.Contains(err.Error(), "nodes are known already") {
 		t.Fatalf("a new node past the bound: %v", err)
@@ -191,5 +195,119 @@ func TestNodeReportsAreBounded(t *testing.T) {
 	slices.Sort(names)
 	if !slices.Equal(names, []string{"newcomer", "node-7"}) {
 		t.Fatalf("after pruning, %d reports are stored, want the newcomer's and node-7's fresh one", len(left))
+	}
+}
+
+// postReport sends rep to h as a client with header would, and returns
+// the answer.
+func (h *harness) postReport(t *testing.T, rep cache.NodeReport, header http.Header) response {
+	t.Helper()
+	body, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := http.Header{"Content-Type": {"application/json"}}
+	for k, v := range header {
+		hdr[k] = v
+	}
+	return h.doBody(t, http.MethodPost, "/api/v1/nodes", hdr, string(body))
+}
+
+// TestNodeReportsNeedTheReportToken: a report without the report token
+// (none, a wrong one, a client's Basic credentials) is refused with an OCI
+// 401 and leaves the node's report as node-config sent it.
+func TestNodeReportsNeedTheReportToken(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	genuine := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", HostsDir: "/etc/containerd/certs.d",
+		ConfigVersion: 3, ConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d", Reason: "config_path is the list"}
+	if err := h.reporter().ReportNode(context.Background(), genuine); err != nil {
+		t.Fatal(err)
+	}
+	forged := genuine
+	forged.ReadsHostsToml, forged.Reason, forged.ConfigPath = true, "forged", "/forged"
+	for name, header := range map[string]http.Header{
+		"no credentials":                   nil,
+		"a wrong token":                    {"Authorization": {"Bearer not-the-report-token"}},
+		"Basic":                            {"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("node:"+testReportToken))}},
+		"the token, not as a Bearer token": {"Authorization": {testReportToken}},
+	} {
+		r := h.postReport(t, forged, header)
+		if r.status != http.StatusUnauthorized || r.ociError(t) != errcode.Unauthorized || r.header.Get("WWW-Authenticate") == "" {
+			t.Errorf("%s: %d %q %s, want 401 UNAUTHORIZED with a challenge", name, r.status, r.header.Get("WWW-Authenticate"), r.body)
+		}
+	}
+	if err := (proxy.Client{Server: h.url}).ReportNode(context.Background(), forged); err == nil {
+		t.Error("node-config's client without the token: accepted")
+	}
+	nodes := h.nodes(t)
+	if len(nodes) != 1 || nodes[0].NodeConfig == nil || nodes[0].NodeConfig.Reason != genuine.Reason || nodes[0].State != "does not use the mirror" {
+		t.Fatalf("the fleet view after refused reports: %+v", nodes)
+	}
+	if page := string(h.do(t, http.MethodGet, "/status", nil).body); strings.Contains(page, "forged") {
+		t.Fatal("the status page shows a refused report")
+	}
+}
+
+// TestNodeReportsOffWithoutAToken: with no report token configured, every
+// report is refused (403 DENIED), whatever it carries, and none is kept.
+func TestNodeReportsOffWithoutAToken(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{noReportToken: true})
+	rep := cache.NodeReport{Node: "worker-1", HostsDir: "/etc/containerd/certs.d", ConfigVersion: 3}
+	for _, header := range []http.Header{nil, {"Authorization": {"Bearer "}}, {"Authorization": {"Bearer " + testReportToken}}} {
+		if r := h.postReport(t, rep, header); r.status != http.StatusForbidden || r.ociError(t) != errcode.Denied {
+			t.Errorf("%v: %d %s, want 403 DENIED", header, r.status, r.body)
+		}
+	}
+	if err := h.reporter().ReportNode(context.Background(), rep); err == nil || !strings.Contains(err.Error(), "nodes.reportTokenFile") {
+		t.Errorf("node-config's client: %v, want the refusal naming nodes.reportTokenFile", err)
+	}
+	if nodes := h.nodes(t); len(nodes) != 0 {
+		t.Fatalf("refused reports were kept: %+v", nodes)
+	}
+}
+
+// TestFleetFixNamesOnlyTheConfiguredHostsDir: the lines the fleet view
+// tells operators to add name nodes.hostsDir, never a path a report
+// brought. A report about another hosts directory (a pod-writable one,
+// say) is refused, even with the token; one stored before (an older
+// regnorm took it) is not shown; a sender's fix is ignored.
+func TestFleetFixNamesOnlyTheConfiguredHostsDir(t *testing.T) {
+	t.Parallel()
+	const hostsDir = "/var/lib/rancher/k3s/agent/etc/containerd/certs.d"
+	const foreign = "/var/lib/kubelet/pods/0b1c/volumes/kubernetes.io~empty-dir/certs.d"
+	h := newHarness(t, harnessOptions{hostsDir: hostsDir})
+	ctx := context.Background()
+	base := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", ConfigVersion: 3, Reason: "config_path is not set"}
+
+	rep := base
+	rep.HostsDir = foreign
+	if r := h.postReport(t, rep, http.Header{"Authorization": {"Bearer " + testReportToken}}); r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "nodes.hostsDir") {
+		t.Errorf("a report about %s: %d %s, want 400 naming nodes.hostsDir", foreign, r.status, r.body)
+	}
+	old := base
+	old.Node, old.HostsDir, old.ReportedAt = "worker-2", foreign, time.Now()
+	if err := h.store.PutNodeReport(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	rep = base
+	rep.Node, rep.HostsDir, rep.Fix = "worker-3", hostsDir, "[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '"+foreign+"'"
+	if err := h.reporter().ReportNode(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+
+	want := "[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '" + hostsDir + "'"
+	nodes := h.nodes(t)
+	if len(nodes) != 1 || nodes[0].Node != "worker-3" || nodes[0].NodeConfig == nil || nodes[0].NodeConfig.Fix != want {
+		t.Fatalf("fleet view: %+v, want worker-3 alone, told to add %q", nodes, want)
+	}
+	for place, body := range map[string][]byte{"/status": h.do(t, http.MethodGet, "/status", nil).body, "/api/v1/nodes": h.do(t, http.MethodGet, "/api/v1/nodes", nil).body} {
+		if strings.Contains(string(body), "kubelet") {
+			t.Errorf("%s shows the foreign path", place)
+		}
+	}
+	if page := string(h.do(t, http.MethodGet, "/status", nil).body); !strings.Contains(page, "config_path = &#39;"+hostsDir+"&#39;") {
+		t.Errorf("the status page does not tell to add config_path = '%s'", hostsDir)
 	}
 }

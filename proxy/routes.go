@@ -137,7 +137,8 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.serveWarm))).Methods(http.MethodPost)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.warmNeedsPost)).Methods(read...)
 	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(report, s.serveNodes))).Methods(read...)
-	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(api, s.receiveNodeReport))).Methods(http.MethodPost)
+	// Node reports need a token of their own, which only node-config has.
+	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.reportersOnly(s.receiveNodeReport))).Methods(http.MethodPost)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
 	r.Handle("/readyz", s.handle(routeHealth, s.serveReadyz)).Methods(read...)
 	if metricsHandler != nil {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
-	"github.com/regnorm/regnorm/proxy"
 )
 
 // TestS3RequestCounts counts the requests regnorm sends a real S3 server
@@ -95,7 +94,7 @@ func TestS3RequestCounts(t *testing.T) {
 	// repeats every 5 minutes leaves it.
 	report := cache.NodeReport{Node: "node-a", HostsDir: "/etc/containerd/certs.d", ReadsHostsToml: true}
 	send := func() {
-		if err := (proxy.Client{Server: h.url}).ReportNode(ctx, report); err != nil {
+		if err := h.reporter().ReportNode(ctx, report); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -83,6 +84,20 @@ type Options struct {
 	MaxBlobSize int64
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
+	// AuthFailuresPerMinute bounds the failed authentication attempts
+	// (client credentials, node-report tokens) of one client address: that
+	// many at once, and that many more a minute. Past it, 429. Default
+	// DefaultAuthFailuresPerMinute.
+	AuthFailuresPerMinute int
+	// NodeReportTokens are the SHA-256 hashes of the tokens node-config's
+	// reports (POST /api/v1/nodes) must carry, a credential only
+	// node-config holds. With none, every report is refused.
+	NodeReportTokens [][sha256.Size]byte
+	// NodeHostsDir is the directory node-config writes hosts.toml files to
+	// (its --config-path). A report about another is refused, and the lines
+	// the fleet view says to add to containerd's configuration name this
+	// one, never a path a report brought. Default /etc/containerd/certs.d.
+	NodeHostsDir string
 	// Eviction bounds the cache; the zero policy keeps everything.
 	Eviction cache.EvictionPolicy
 	// MaintenanceInterval is how often the cache is measured, kept within
@@ -123,6 +138,9 @@ type Server struct {
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
 	nodeVersions     []string   // its label values, as last set
 	clientAuth       *clientAuth
+	attempts         *attemptLimiter // failed authentication attempts by address
+	reportTokens     [][sha256.Size]byte
+	hostsDir         string
 	metrics          *Metrics
 	log              *slog.Logger
 	clock            Clock
@@ -181,6 +199,13 @@ func New(opts Options) (*Server, error) {
 	if opts.ForgetNodesAfter <= 0 {
 		opts.ForgetNodesAfter = 24 * time.Hour
 	}
+	if opts.NodeHostsDir == "" {
+		opts.NodeHostsDir = DefaultHostsDir
+	}
+	if !ValidHostsDir(opts.NodeHostsDir) {
+		return nil, fmt.Errorf("proxy: hosts directory %q is not a clean absolute path without ':' or quotes", opts.NodeHostsDir)
+	}
+	attempts := newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute)
 	s := &Server{
 		store:           opts.Store,
 		upstreams:       map[string]*upstream.Registry{},
@@ -196,7 +221,10 @@ func New(opts Options) (*Server, error) {
 		patientDeadline: opts.PatientDeadline,
 		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
-		clientAuth:      newClientAuth(opts.ClientAuth),
+		clientAuth:      newClientAuth(opts.ClientAuth, attempts),
+		attempts:        attempts,
+		reportTokens:    opts.NodeReportTokens,
+		hostsDir:        opts.NodeHostsDir,
 		lookups:         make(chan struct{}, originalLookups),
 	}
 	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)

@@ -49,6 +49,27 @@ func loadClientAuth(c AuthConfig) (*proxy.ClientAuth, error) {
 	return a, nil
 }
 
+// loadReportTokens reads nodes.reportTokenFile: the SHA-256 of each token
+// node-config's reports may carry. No file is no token: reports are
+// refused.
+func loadReportTokens(c NodesConfig) ([][sha256.Size]byte, error) {
+	if c.ReportTokenFile == "" {
+		return nil, nil
+	}
+	var tokens [][sha256.Size]byte
+	err := eachLine(c.ReportTokenFile, func(_ int, line string) error {
+		tokens = append(tokens, sha256.Sum256([]byte(line)))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w (nodes.reportTokenFile)", err)
+	}
+	if len(tokens) == 0 {
+		return nil, fmt.Errorf("config: nodes.reportTokenFile: %s holds no token: every node report would be refused", c.ReportTokenFile)
+	}
+	return tokens, nil
+}
+
 // eachLine calls fn with every non-empty line of path that is not a comment.
 func eachLine(path string, fn func(n int, line string) error) error {
 	b, err := os.ReadFile(path)

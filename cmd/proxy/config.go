@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -101,6 +102,10 @@ type AuthConfig struct {
 	// ProtectReport puts /status and /api/v1/rewrites behind authentication
 	// too: they name the images pulled.
 	ProtectReport bool `yaml:"protectReport"`
+	// FailuresPerMinute bounds the failed authentication attempts (client
+	// credentials, node report tokens) of one client address: that many at
+	// once and that many more a minute; past it, 429 without a check.
+	FailuresPerMinute int `yaml:"failuresPerMinute"`
 }
 
 func (a AuthConfig) enabled() bool { return a.HtpasswdFile != "" || a.TokensFile != "" }
@@ -145,6 +150,14 @@ type NodesConfig struct {
 	// ForgetAfter drops a node that has neither pulled nor been reported on
 	// for this long.
 	ForgetAfter time.Duration `yaml:"forgetAfter"`
+	// ReportTokenFile holds the tokens node-config's reports must carry,
+	// one a line (node-config --report-token-file). Without it, every
+	// report is refused.
+	ReportTokenFile string `yaml:"reportTokenFile"`
+	// HostsDir is the directory node-config writes hosts.toml files to
+	// (its --config-path): the fleet view's fix names it, and a report
+	// about another is refused.
+	HostsDir string `yaml:"hostsDir"`
 }
 
 // CacheConfig selects the storage driver.
@@ -274,7 +287,8 @@ func defaultConfig() Config {
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
 		MaxBlobSize:        "16GiB",
-		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour},
+		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
+		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour, HostsDir: proxy.DefaultHostsDir},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
 			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
@@ -458,6 +472,12 @@ func (c Config) validate() error {
 	}
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")
+	}
+	if !proxy.ValidHostsDir(c.Nodes.HostsDir) {
+		bad("nodes.hostsDir", "%q is not one clean absolute directory (no ':' list, no quotes): node-config's --config-path", c.Nodes.HostsDir)
+	}
+	if c.Auth.FailuresPerMinute < 1 {
+		bad("auth.failuresPerMinute", "must be at least 1")
 	}
 	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)

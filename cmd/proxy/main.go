@@ -106,6 +106,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	reportTokens, err := loadReportTokens(cfg.Nodes)
+	if err != nil {
+		return err
+	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
 	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
@@ -115,27 +119,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfoMetric(readBuildInfo()))
 	srv, err := proxy.New(proxy.Options{
-		Store:               store,
-		Upstreams:           upstreams,
-		DefaultUpstream:     cfg.DefaultUpstream,
-		TagTTL:              cfg.TagTTL,
-		SpoolDir:            cfg.SpoolDir,
-		FetchTimeout:        cfg.FetchTimeout,
-		StallTimeout:        cfg.StallTimeout,
-		Retry:               retryPolicy(cfg.UpstreamAttempts),
-		Rules:               cfg.Normalize.policy(),
-		Platforms:           &platforms,
-		Deadline:            cfg.Normalize.Deadline,
-		PatientDeadline:     cfg.Normalize.PatientDeadline,
-		MaxLayerSize:        int64(maxLayer),
-		MaxBlobSize:         int64(maxBlob),
-		ClientAuth:          clientAuth,
-		Eviction:            cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
-		MaintenanceInterval: cfg.Cache.maintenanceInterval(),
-		ForgetNodesAfter:    cfg.Nodes.ForgetAfter,
-		Fetches:             blobfetch.Limits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(spoolMax)},
-		Metrics:             proxy.NewMetrics(reg),
-		Logger:              log,
+		Store:                 store,
+		Upstreams:             upstreams,
+		DefaultUpstream:       cfg.DefaultUpstream,
+		TagTTL:                cfg.TagTTL,
+		SpoolDir:              cfg.SpoolDir,
+		FetchTimeout:          cfg.FetchTimeout,
+		StallTimeout:          cfg.StallTimeout,
+		Retry:                 retryPolicy(cfg.UpstreamAttempts),
+		Rules:                 cfg.Normalize.policy(),
+		Platforms:             &platforms,
+		Deadline:              cfg.Normalize.Deadline,
+		PatientDeadline:       cfg.Normalize.PatientDeadline,
+		MaxLayerSize:          int64(maxLayer),
+		MaxBlobSize:           int64(maxBlob),
+		ClientAuth:            clientAuth,
+		AuthFailuresPerMinute: cfg.Auth.FailuresPerMinute,
+		NodeReportTokens:      reportTokens,
+		NodeHostsDir:          cfg.Nodes.HostsDir,
+		Eviction:              cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
+		MaintenanceInterval:   cfg.Cache.maintenanceInterval(),
+		ForgetNodesAfter:      cfg.Nodes.ForgetAfter,
+		Fetches:               blobfetch.Limits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(spoolMax)},
+		Metrics:               proxy.NewMetrics(reg),
+		Logger:                log,
 	})
 	if err != nil {
 		return err
@@ -154,7 +161,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		ln = tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12})
 	}
-	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(),
+	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(), "node_reports", len(reportTokens) > 0,
 		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -477,6 +484,9 @@ func checkResources(cfg Config, getenv func(string) string) error {
 		errs = append(errs, err)
 	}
 	if _, err := loadClientAuth(cfg.Auth); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := loadReportTokens(cfg.Nodes); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.TLS.CertFile != "" {

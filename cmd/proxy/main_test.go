@@ -86,6 +86,9 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "blob size", yaml: "maxBlobSize: 0\n", wantField: "maxBlobSize"},
 		{name: "upstream downloads", yaml: "maxDownloads: 4\nupstreams:\n- name: docker.io\n  url: https://a\n  maxDownloads: 5\n", wantField: "upstreams[0].maxDownloads"},
 		{name: "upstream blob size", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  maxBlobSize: huge\n", wantField: "upstreams[0].maxBlobSize"},
+		{name: "hosts directory a list", yaml: "nodes:\n  hostsDir: /etc/containerd/certs.d:/etc/docker/certs.d\n", wantField: "nodes.hostsDir"},
+		{name: "hosts directory relative", yaml: "nodes:\n  hostsDir: certs.d\n", wantField: "nodes.hostsDir"},
+		{name: "no failed attempts allowed", yaml: "auth:\n  failuresPerMinute: 0\n", wantField: "auth.failuresPerMinute"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -46,6 +46,7 @@ type nodeConfig struct {
 	node, address             string
 	fix, report               bool
 	mirrorToken, mirrorCAFile string
+	reportToken               string            // what regnorm takes reports with
 	hostsFiles                map[string]string // path -> content
 	client                    *http.Client
 	log                       *slog.Logger
@@ -75,7 +76,8 @@ func runNodeConfig(ctx context.Context, args []string, getenv func(string) strin
 	fs.StringVar(&nc.reportTo, "report-to", "", "regnorm's URL as node-config reaches it, when it differs from --mirror (a pod does not reach a NodePort at 127.0.0.1)")
 	fs.DurationVar(&nc.interval, "interval", time.Minute, "how often containerd is checked again")
 	once := fs.Bool("once", false, "check once, print the node's state as JSON, remove the hosts.toml files written, and exit")
-	tokenFile := fs.String("mirror-token-file", getenv("REGNORM_TOKEN_FILE"), "token for regnorm's client authentication: written into hosts.toml for containerd, and sent with reports")
+	tokenFile := fs.String("mirror-token-file", getenv("REGNORM_TOKEN_FILE"), "token for regnorm's client authentication, written into hosts.toml for containerd")
+	reportTokenFile := fs.String("report-token-file", getenv("REGNORM_REPORT_TOKEN_FILE"), "token regnorm takes node reports with (one of its nodes.reportTokenFile); without it, nothing is reported (env REGNORM_REPORT_TOKEN_FILE)")
 	fs.StringVar(&nc.mirrorCAFile, "mirror-ca-file", getenv("REGNORM_CA_FILE"), "CA that signed regnorm's TLS certificate: copied next to each hosts.toml for containerd, and trusted for reports")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: regnorm node-config --mirror URL [flags] [REGISTRY=SERVER...]
@@ -89,7 +91,9 @@ it checks, every minute, whether containerd will read those files: its version
 the drop-ins it imports, and that version's default). When it will not, it logs
 why and the exact lines to add, and with --fix writes a drop-in where the
 configuration imports them (then restart containerd: systemctl restart
-containerd). It reports to regnorm for its fleet view, and writes --status-file
+containerd). It reports to regnorm for its fleet view (with the token of
+--report-token-file, which regnorm's nodes.reportTokenFile holds; regnorm's
+nodes.hostsDir must be --config-path), and writes --status-file
 for the readiness probe ("probe" exits 0 only when containerd reads the files).
 On SIGTERM it removes the hosts.toml files it wrote; the drop-in stays (removing
 it would undo the fix at containerd's next restart): delete it to undo. Files it
@@ -144,6 +148,13 @@ Flags:
 		}
 		nc.mirrorToken = tok
 	}
+	if *reportTokenFile != "" {
+		tok, err := readSecret(*reportTokenFile)
+		if err != nil {
+			return fmt.Errorf("node-config: --report-token-file: %w", err)
+		}
+		nc.reportToken = tok
+	}
 	nc.client = http.DefaultClient
 	if nc.mirrorCAFile != "" {
 		pool, err := certPool(nc.mirrorCAFile)
@@ -155,6 +166,12 @@ Flags:
 		nc.client = &http.Client{Transport: t, Timeout: 30 * time.Second}
 	}
 	nc.log = slog.New(slog.NewTextHandler(stderr, nil))
+	if nc.report && nc.reportToken == "" {
+		// regnorm refuses reports without its token: sending them would
+		// only fill both logs.
+		nc.log.Warn("not reporting to regnorm: give --report-token-file (a token of regnorm's nodes.reportTokenFile), or --report=false")
+		nc.report = false
+	}
 	for _, arg := range pairs {
 		if name, _, ok := strings.Cut(arg, "="); !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
 			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER (flags go before the pairs)", arg)
@@ -249,7 +266,7 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 	if nc.report && nc.node != "" && (state != nc.reportedState || time.Since(nc.lastReport) >= reportEvery) {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		regnorm := proxy.Client{Server: nc.reportTo, HTTP: nc.client, Token: nc.mirrorToken}
+		regnorm := proxy.Client{Server: nc.reportTo, HTTP: nc.client, Token: nc.reportToken}
 		sent := rep
 		proxy.FitNodeReport(&sent)
 		if err := regnorm.ReportNode(rctx, sent); err != nil {

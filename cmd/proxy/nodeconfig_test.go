@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/regnorm/regnorm/proxy"
 )
 
 func TestNodeConfigWritesAndRemovesItsOwnFiles(t *testing.T) {
@@ -99,5 +104,88 @@ func TestNodeConfigOnceAndProbe(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"node-config", "probe", "--status-file", filepath.Join(dir, "absent")}, func(string) string { return "" }, io.Discard, io.Discard); err == nil {
 		t.Error("probe without a status file passed")
+	}
+}
+
+// TestNodeConfigReportsWithTheReportToken: regnorm configured with
+// nodes.reportTokenFile and nodes.hostsDir takes node-config's report sent
+// with --report-token-file (not the client token of --mirror-token-file),
+// and its fleet view tells the node to read nodes.hostsDir. Without
+// --report-token-file, node-config reports nothing.
+func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	hostsDir := filepath.Join(dir, "certs.d")
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	reportToken := write("report-token", "node-report-secret\n")
+	write("tokens", "client-secret\n")
+	config := write("regnorm.yaml", "auth:\n  tokensFile: "+filepath.Join(dir, "tokens")+"\nnodes:\n  reportTokenFile: "+reportToken+"\n  hostsDir: "+hostsDir+"\n")
+	containerdConfig := write("config.toml", "version = 2\n")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--config", config, "--listen", addr, "--data-dir", t.TempDir()}, env(nil), io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	base := "http://" + addr
+	for i := 0; ; i++ {
+		resp, err := http.Get(base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i == 200 {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	nodeConfig := func(node string, extra ...string) string {
+		var log strings.Builder
+		args := append([]string{"node-config", "--once", "--config-path", hostsDir, "--containerd-config", containerdConfig,
+			"--containerd-socket", filepath.Join(dir, "none.sock"), "--mirror", base, "--node-name", node,
+			"--mirror-token-file", filepath.Join(dir, "tokens")}, extra...)
+		if err := run(ctx, append(args, "docker.io=https://registry-1.docker.io"), env(nil), io.Discard, &log); err != nil {
+			t.Fatal(err)
+		}
+		return log.String()
+	}
+	if log := nodeConfig("without-token"); !strings.Contains(log, "--report-token-file") {
+		t.Errorf("node-config without a report token does not say why it does not report:\n%s", log)
+	}
+	if log := nodeConfig("worker-1", "--report-token-file", reportToken); strings.Contains(log, "reporting to regnorm failed") {
+		t.Fatalf("the report was refused:\n%s", log)
+	}
+	req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/nodes", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var view struct {
+		Nodes []proxy.NodeStatus `json:"nodes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&view); err != nil {
+		t.Fatal(err)
+	}
+	want := "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"" + hostsDir + "\""
+	if len(view.Nodes) != 1 || view.Nodes[0].Node != "worker-1" || view.Nodes[0].NodeConfig == nil || view.Nodes[0].NodeConfig.Fix != want {
+		t.Fatalf("fleet view %+v, want worker-1 alone, told to add %q", view.Nodes, want)
 	}
 }

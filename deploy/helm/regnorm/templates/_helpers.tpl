@@ -66,3 +66,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "regnorm.reportTo" -}}
 {{- .Values.nodeConfig.reportTo | default (printf "%s://%s.%s.svc:%v" (include "regnorm.scheme" .) (include "regnorm.fullname" .) .Release.Namespace .Values.service.port) }}
 {{- end }}
+
+{{/* Whether node-config reports to regnorm: then both hold the node report
+token. */}}
+{{- define "regnorm.nodeReports" -}}
+{{- if and .Values.nodeConfig.enabled .Values.nodeConfig.report }}true{{ end }}
+{{- end }}
+
+{{/* The Secret holding the node report token: the operator's, or the one
+the chart makes. */}}
+{{- define "regnorm.reportTokenSecret" -}}
+{{- .Values.nodeConfig.reportToken.secretName | default (printf "%s-node-report" (include "regnorm.fullname" .)) }}
+{{- end }}
+
+{{- define "regnorm.reportTokenKey" -}}
+{{- if .Values.nodeConfig.reportToken.secretName }}{{ .Values.nodeConfig.reportToken.key }}{{ else }}token{{ end }}
+{{- end }}
