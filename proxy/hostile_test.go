@@ -5,13 +5,16 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/internal/regtest"
 )
@@ -150,4 +153,101 @@ func pushRawImage(t *testing.T, h *harness, repo, tag string, layer []byte) []by
 		t.Fatal(err)
 	}
 	return manifest
+}
+
+// TestLayerPathsDoNotSizeRecords: a small layer of symlinks with long paths
+// and xattrs is repackaged for containerd 1.6.8, and its layer record, the
+// rewrite report and the status page stay small: each path is cut, the list
+// is bounded, and the record says how many entries it leaves out. The
+// repackaged layer keeps every path whole. (The issue's layer had paths of
+// 512 KiB, and made records of 67 MB; 64 KiB paths make 8 MB ones without
+// the bounds, at an eighth of the test's time under the race detector.)
+func TestLayerPathsDoNotSizeRecords(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	const links, pathLen = 128, 64 << 10
+	var files []regtest.File
+	for i := range links {
+		files = append(files, regtest.File{Name: fmt.Sprintf("%03d/", i) + strings.Repeat("p", pathLen-4), Typeflag: tar.TypeSymlink,
+			Linkname: "target", PAXRecords: map[string]string{"SCHILY.xattr.user.x": "y"}})
+	}
+	img := h.push(t, "library/longpaths", "v1", regtest.ImageOptions{}, files)
+	t.Logf("layer blob: %d bytes", len(img.Layers[0]))
+
+	dgst := headDigest(t, h, "/v2/library/longpaths/manifests/v1", containerdHeader("1.6.8"))
+	if dgst == img.ManifestDigest {
+		t.Fatal("containerd 1.6.8 got the original: the layer was not repackaged")
+	}
+
+	// What each place may hold, whatever the layer's paths.
+	const maxRecord, maxReport, maxStatus = 64 << 10, 128 << 10, 256 << 10
+	type change struct {
+		Kind     string   `json:"kind"`
+		Details  []string `json:"details"`
+		Unlisted int      `json:"unlisted"`
+	}
+	report := h.do(t, http.MethodGet, "/api/v1/rewrites", nil)
+	if report.status != http.StatusOK || len(report.body) > maxReport {
+		t.Fatalf("/api/v1/rewrites: %d, %d bytes; want 200 and at most %d", report.status, len(report.body), maxReport)
+	}
+	var body struct {
+		Rewrites []struct {
+			Changes []change `json:"changes"`
+		} `json:"rewrites"`
+	}
+	if err := json.Unmarshal(report.body, &body); err != nil || len(body.Rewrites) != 1 || len(body.Rewrites[0].Changes) != 1 {
+		t.Fatalf("report: %v %.500s", err, report.body)
+	}
+	c := body.Rewrites[0].Changes[0]
+	if c.Kind != "symlink-xattrs" || len(c.Details) == 0 || len(c.Details)+c.Unlisted != links {
+		t.Fatalf("change %s lists %d entries and says %d more; want %d in all", c.Kind, len(c.Details), c.Unlisted, links)
+	}
+	if !strings.HasPrefix(c.Details[0], "000/ppp") || !strings.Contains(c.Details[0], "…: SCHILY.xattr.user.x") {
+		t.Errorf("first entry %.80q…: want the path cut, marked, then its key", c.Details[0])
+	}
+
+	status := h.do(t, http.MethodGet, "/status", nil)
+	if status.status != http.StatusOK || len(status.body) > maxStatus {
+		t.Fatalf("/status: %d, %d bytes; want 200 and at most %d", status.status, len(status.body), maxStatus)
+	}
+	if want := fmt.Sprintf("and %d more not listed", c.Unlisted); !strings.Contains(string(status.body), want) {
+		t.Errorf("/status does not say %q", want)
+	}
+
+	var orig ocispec.Manifest
+	json.Unmarshal(img.Manifest, &orig)
+	v, err := h.store.GetLayerVerdict(context.Background(), orig.Layers[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	record, _ := json.Marshal(v)
+	var counts struct {
+		Removals []json.RawMessage `json:"removals"`
+		Unlisted int               `json:"unlisted"`
+	}
+	json.Unmarshal(record, &counts)
+	if len(record) > maxRecord || len(counts.Removals)+counts.Unlisted != links {
+		t.Fatalf("layer record: %d bytes, %d entries listed and %d said left out; want at most %d bytes and %d entries in all",
+			len(record), len(counts.Removals), counts.Unlisted, maxRecord, links)
+	}
+
+	// The record is cut, the layer is not.
+	m := variantOf(t, h, "library/longpaths", "1.6.8")
+	layer := h.do(t, http.MethodGet, "/v2/library/longpaths/blobs/"+m.Layers[0].Digest.String(), nil)
+	tr := tar.NewReader(bytes.NewReader(gunzip(t, layer.body)))
+	for i := 0; ; i++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			if i != links {
+				t.Fatalf("repackaged layer has %d entries, want %d", i, links)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Name != files[i].Name || hdr.PAXRecords["SCHILY.xattr.user.x"] != "" {
+			t.Fatalf("entry %d: a %d-byte name, want %d; xattr %q, want none", i, len(hdr.Name), len(files[i].Name), hdr.PAXRecords["SCHILY.xattr.user.x"])
+		}
+	}
 }

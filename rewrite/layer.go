@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -46,10 +47,13 @@ var (
 	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 )
 
-// XattrRemoval is the xattr keys removed from one tar entry.
+// XattrRemoval is the xattr keys removed from one tar entry, as recorded:
+// a path or key longer than the record keeps ends in "…", and MoreKeys
+// counts the keys beyond those listed.
 type XattrRemoval struct {
-	Path string   `json:"path"`
-	Keys []string `json:"keys"`
+	Path     string   `json:"path"`
+	Keys     []string `json:"keys"`
+	MoreKeys int      `json:"moreKeys,omitempty"`
 }
 
 // LayerScan is what scanning a layer found.
@@ -60,12 +64,34 @@ type LayerScan struct {
 	// and is served untouched.
 	Stripped int
 	// Removals lists what the symlink xattr rule removes, for the first
-	// 1000 such entries.
+	// entries, within the bounds below; Unlisted counts the others.
 	Removals []XattrRemoval
+	// removalBytes is what Removals holds: its paths and keys.
+	removalBytes int
 }
 
 // Clean reports whether the layer needs nothing.
 func (s LayerScan) Clean() bool { return s.Stripped == 0 }
+
+// Unlisted is how many stripped entries Removals leaves out.
+func (s LayerScan) Unlisted() int { return max(0, s.Stripped-len(s.Removals)) }
+
+// What a scan lists of the entries it strips. Paths, keys and their number
+// come from the layer (tar allows paths and PAX records of a megabyte), and
+// the list goes into records, reports and pages: each is bounded, in bytes
+// and in number, so that a layer's size is never a record's. Only what is
+// listed is cut; what the layer becomes is not.
+const (
+	// maxRecordedRemovals bounds the entries listed; Stripped counts all.
+	maxRecordedRemovals = 100
+	// maxRecordedBytes bounds the paths and keys listed, together.
+	maxRecordedBytes = 16 << 10
+	// maxRecordedPath and maxRecordedKey bound one path and one key.
+	maxRecordedPath = 256
+	maxRecordedKey  = 128
+	// maxRecordedKeys bounds the keys listed for one entry.
+	maxRecordedKeys = 8
+)
 
 // record notes an entry whose xattrs keys the rule removes.
 func (s *LayerScan) record(path string, keys []string) {
@@ -73,9 +99,42 @@ func (s *LayerScan) record(path string, keys []string) {
 		return
 	}
 	s.Stripped++
-	if len(s.Removals) < maxRecordedRemovals {
-		s.Removals = append(s.Removals, XattrRemoval{Path: path, Keys: keys})
+	if len(s.Removals) >= maxRecordedRemovals {
+		return
 	}
+	r := XattrRemoval{Path: clip(path, maxRecordedPath), MoreKeys: max(0, len(keys)-maxRecordedKeys)}
+	size := len(r.Path)
+	for _, k := range keys[:len(keys)-r.MoreKeys] {
+		k = clip(k, maxRecordedKey)
+		r.Keys = append(r.Keys, k)
+		size += len(k)
+	}
+	if s.removalBytes+size > maxRecordedBytes {
+		s.removalBytes = maxRecordedBytes // the list ends here
+		return
+	}
+	s.removalBytes += size
+	s.Removals = append(s.Removals, r)
+}
+
+// clipMark ends a recorded string that was cut.
+const clipMark = "…"
+
+// clip cuts s to at most n bytes (n > len(clipMark)), at a rune boundary
+// where s is UTF-8, ending it in clipMark when it cut: the same s always
+// gives the same result.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len(clipMark)
+	for i := cut; i > cut-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			cut = i
+			break
+		}
+	}
+	return s[:cut] + clipMark
 }
 
 // LayerResult describes a repackaged layer.
@@ -97,11 +156,6 @@ var ErrNotTar = errors.New("not a tar layer")
 // ErrLayerTooLarge means a layer decompresses to more than the limit it was
 // read with: a decompression bomb, or a layer too large to be worth it.
 var ErrLayerTooLarge = errors.New("layer decompresses beyond the limit")
-
-// maxRecordedRemovals bounds the paths a scan lists, so that a layer of a
-// million symlinks with xattrs cannot make the report (or memory) grow
-// without bound; LayerScan.Stripped still counts them all.
-const maxRecordedRemovals = 1000
 
 // ScanLayer reads a layer blob (gzip, zstd or plain tar) and reports what
 // the symlink xattr rule would remove. It decompresses but never compresses,
@@ -620,7 +674,11 @@ func digestOf(h hash.Hash) digest.Digest {
 func describeRemovals(rs []XattrRemoval) []string {
 	out := make([]string, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, r.Path+": "+strings.Join(r.Keys, ", "))
+		line := r.Path + ": " + strings.Join(r.Keys, ", ")
+		if r.MoreKeys > 0 {
+			line += fmt.Sprintf(" and %d more", r.MoreKeys)
+		}
+		out = append(out, line)
 	}
 	return out
 }

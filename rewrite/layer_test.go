@@ -16,6 +16,7 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -347,8 +348,68 @@ func TestRemovalsAreCapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if scan.Stripped != len(entries) || len(scan.Removals) != maxRecordedRemovals {
-		t.Fatalf("stripped %d, listed %d; want %d and %d", scan.Stripped, len(scan.Removals), len(entries), maxRecordedRemovals)
+	if scan.Stripped != len(entries) || len(scan.Removals) != maxRecordedRemovals || scan.Unlisted() != 5 {
+		t.Fatalf("stripped %d, listed %d, unlisted %d; want %d, %d and 5", scan.Stripped, len(scan.Removals), scan.Unlisted(), len(entries), maxRecordedRemovals)
+	}
+}
+
+// TestRecordedRemovalsAreBounded: what a layer's paths and keys put in its
+// list is bounded per entry and in all, the same way every time, and only
+// the list is cut: the repackaged layer keeps every name whole.
+func TestRecordedRemovalsAreBounded(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é", 1000) // two bytes a rune: a cut can fall inside one
+	manyKeys := map[string]string{}
+	for i := range maxRecordedKeys + 3 {
+		manyKeys[fmt.Sprintf("SCHILY.xattr.user.%02d", i)] = "v"
+	}
+	var entries []entry
+	entries = append(entries,
+		special(tar.TypeSymlink, "short", "t", map[string]string{userX: "v"}),
+		special(tar.TypeSymlink, long, "t", map[string]string{"SCHILY.xattr.user." + long: "v"}),
+		special(tar.TypeSymlink, "keys", "t", manyKeys))
+	for i := range 200 {
+		entries = append(entries, special(tar.TypeSymlink, fmt.Sprintf("%03d", i)+long, "t", map[string]string{userX: "v"}))
+	}
+	raw := buildTar(t, entries, tar.FormatPAX)
+	var out bytes.Buffer
+	res, err := RepackLayer(&out, bytes.NewReader(raw), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := 0
+	for _, r := range res.Removals {
+		size += len(r.Path)
+		for _, k := range r.Keys {
+			size += len(k)
+			if len(k) > maxRecordedKey || !utf8.ValidString(k) {
+				t.Errorf("key %q: more than %d bytes, or cut inside a rune", k, maxRecordedKey)
+			}
+		}
+		if len(r.Path) > maxRecordedPath || !utf8.ValidString(r.Path) || len(r.Keys) > maxRecordedKeys {
+			t.Errorf("entry %.40q…: %d bytes, %d keys", r.Path, len(r.Path), len(r.Keys))
+		}
+	}
+	if size > maxRecordedBytes || res.Stripped != len(entries) || len(res.Removals)+res.Unlisted() != len(entries) || res.Unlisted() == 0 {
+		t.Fatalf("listed %d entries of %d bytes, %d unlisted; want at most %d bytes and %d entries in all",
+			len(res.Removals), size, res.Unlisted(), maxRecordedBytes, len(entries))
+	}
+	if r := res.Removals[1]; !strings.HasSuffix(r.Path, clipMark) || !strings.HasPrefix(long, strings.TrimSuffix(r.Path, clipMark)) {
+		t.Errorf("a long path is recorded as %q: want its start, marked as cut", r.Path)
+	}
+	if r := res.Removals[2]; len(r.Keys) != maxRecordedKeys || r.MoreKeys != 3 || !strings.HasSuffix(describeRemovals([]XattrRemoval{r})[0], " and 3 more") {
+		t.Errorf("an entry of %d keys is recorded as %+v", len(manyKeys), r)
+	}
+	again, err := ScanLayer(bytes.NewReader(raw), 0)
+	if err != nil || !slices.EqualFunc(again.Removals, res.Removals, func(a, b XattrRemoval) bool {
+		return a.Path == b.Path && slices.Equal(a.Keys, b.Keys) && a.MoreKeys == b.MoreKeys
+	}) {
+		t.Fatalf("a second scan lists otherwise: %v", err)
+	}
+	for i, e := range readEntries(t, decompress(t, out.Bytes())) {
+		if e.hdr.Name != entries[i].hdr.Name {
+			t.Fatalf("entry %d renamed in the layer: %d bytes, want %d", i, len(e.hdr.Name), len(entries[i].hdr.Name))
+		}
 	}
 }
 

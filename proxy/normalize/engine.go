@@ -315,9 +315,11 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 		// original's variant is a Docker schema 2 manifest), as the report does.
 		verdict.Normalized, verdict.MediaType = res.Digest, res.MediaType
 		for _, c := range res.Changes {
-			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
+			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details, Unlisted: c.Unlisted})
 			e.m.Rewrites.WithLabelValues(c.Kind).Inc()
 		}
+		// Bounded before anyone sees it: the report takes it as it is.
+		verdict.Changes = cache.BoundChanges(verdict.Changes)
 		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: rules.Key(),
 			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
 		e.log.Info("normalized manifest", "upstream", src.Upstream(), "repo", src.Repository(), "original", m.Digest, "rules", verdict.Rules,

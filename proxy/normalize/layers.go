@@ -87,6 +87,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 		for _, r := range res.Removals {
 			v.Removals = append(v.Removals, cache.XattrRemoval(r))
 		}
+		v.Unlisted = res.Unlisted()
 		e.log.Info("repackaged layer", "repo", src.Repository(), "original", dgst, "repacked", res.Digest, "entries_stripped", res.Stripped)
 	}
 	if err := e.opts.Store.PutLayerVerdict(ctx, v); err != nil {
@@ -260,6 +261,7 @@ func layerResult(v cache.LayerVerdict) rewrite.LayerResult {
 	for _, r := range v.Removals {
 		res.Removals = append(res.Removals, rewrite.XattrRemoval(r))
 	}
+	res.Stripped = len(res.Removals) + v.Unlisted
 	return res
 }
 
