@@ -252,7 +252,9 @@ func (e ReportEntry) Key() string {
 // Merge adds other's counts and times to e. Identity fields are taken from
 // other when set.
 func (e *ReportEntry) Merge(other ReportEntry) {
-	if other.Normalized != "" {
+	if other.Normalized != "" || len(other.Changes) > 0 {
+		// A variant, or the notes of an original served as it is (a layer
+		// left untouched).
 		e.Normalized, e.MediaType, e.Changes = other.Normalized, other.MediaType, other.Changes
 	}
 	// A new slice: e's may be shared with a listing someone else holds.
@@ -311,9 +313,12 @@ type LayerVerdict struct {
 	DiffID      digest.Digest `json:"diffID,omitempty"`
 	// Removals lists the first entries repackaging stripped; Unlisted
 	// counts the others.
-	Removals  []XattrRemoval `json:"removals,omitempty"`
-	Unlisted  int            `json:"unlisted,omitempty"`
-	CreatedAt time.Time      `json:"createdAt"`
+	Removals []XattrRemoval `json:"removals,omitempty"`
+	Unlisted int            `json:"unlisted,omitempty"`
+	// Skipped, when set, is why the layer was left untouched unscanned
+	// (not-tar, too-large, zstd-window).
+	Skipped   string    `json:"skipped,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
 }
 
 // LayerVerdictStore reads and writes layer verdicts.

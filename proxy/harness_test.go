@@ -55,6 +55,7 @@ type harnessOptions struct {
 	eviction     cache.EvictionPolicy
 	stall        time.Duration
 	maxLayerSize int64
+	layerWork    normalize.WorkLimits
 	clientAuth   *proxy.ClientAuth
 	forward      bool
 	retry        upstream.RetryPolicy
@@ -115,6 +116,7 @@ func (h *harness) restart(t testing.TB) {
 		Eviction:        h.opts.eviction,
 		StallTimeout:    h.opts.stall,
 		MaxLayerSize:    h.opts.maxLayerSize,
+		LayerWork:       h.opts.layerWork,
 		Retry:           h.opts.retry,
 		SpoolDir:        t.TempDir(),
 		Metrics:         proxy.NewMetrics(promReg),

@@ -76,6 +76,13 @@ type Options struct {
 	// that expands further (a decompression bomb) is served untouched.
 	// Default 16 GiB.
 	MaxLayerSize int64
+	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
+	// memory its decoder takes: a layer that declares more is served
+	// untouched. Default rewrite.DefaultZstdWindow (8 MiB).
+	MaxZstdWindow int64
+	// LayerWork bounds the layer scans, repackagings and recompressions
+	// that run and wait at once; zero fields take defaults.
+	LayerWork normalize.WorkLimits
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
 	// Eviction bounds the cache; the zero policy keeps everything.
@@ -235,13 +242,16 @@ func New(opts Options) (*Server, error) {
 		Reports: s.reports,
 		Metrics: normalize.Metrics{Rewrites: m.rewrites, RewriteErrors: m.rewriteErrors, Normalizations: m.normalizations,
 			NormalizeDuration: m.normalizeDuration, LayersScanned: m.layersScanned, LayersRepackaged: m.layersRepackaged,
-			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds},
-		Log:          opts.Logger,
-		Now:          opts.Clock.Now,
-		Timeout:      opts.FetchTimeout,
-		MaxLayerSize: opts.MaxLayerSize,
-		Platforms:    platforms,
-		Ingested:     s.maintainer.Ingested,
+			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds,
+			LayerWorkInflight: m.layerWorkInflight, LayerWorkQueued: m.layerWorkQueued, LayerWorkRejected: m.layerWorkRejected},
+		Log:           opts.Logger,
+		Now:           opts.Clock.Now,
+		Timeout:       opts.FetchTimeout,
+		MaxLayerSize:  opts.MaxLayerSize,
+		MaxZstdWindow: opts.MaxZstdWindow,
+		Work:          opts.LayerWork,
+		Platforms:     platforms,
+		Ingested:      s.maintainer.Ingested,
 	})
 	return s, nil
 }

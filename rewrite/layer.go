@@ -157,17 +157,47 @@ var ErrNotTar = errors.New("not a tar layer")
 // read with: a decompression bomb, or a layer too large to be worth it.
 var ErrLayerTooLarge = errors.New("layer decompresses beyond the limit")
 
+// ErrZstdWindow means a zstd frame of the layer declares a window larger
+// than the limit it was read with: decoding it would take that much memory.
+var ErrZstdWindow = errors.New("zstd window beyond the limit")
+
+// Limits bound what reading a layer may take, whatever the layer says.
+type Limits struct {
+	// Size bounds the decompressed stream (0: no bound); a layer that
+	// expands further is ErrLayerTooLarge.
+	Size int64
+	// ZstdWindow bounds the window a zstd frame may declare, and so the
+	// memory its decoder holds (0: DefaultZstdWindow); a layer with a frame
+	// that declares more is ErrZstdWindow, found from the frame's header
+	// before anything is allocated for it.
+	ZstdWindow int64
+}
+
+// DefaultZstdWindow is the window every zstd decoder is asked to support
+// (RFC 8878, section 3.1.1.1.2): the reference levels 1 to 19, and
+// klauspost/compress at every level (containerd's and buildkit's encoder),
+// stay within it. Levels 20 to 22 (--ultra) and long-distance matching
+// (--long) declare more.
+const DefaultZstdWindow = 8 << 20
+
+func (l Limits) zstdWindow() int64 {
+	if l.ZstdWindow <= 0 {
+		return DefaultZstdWindow
+	}
+	return min(max(l.ZstdWindow, zstd.MinWindowSize), 1<<40) // what the decoder accepts
+}
+
 // ScanLayer reads a layer blob (gzip, zstd or plain tar) and reports what
 // the symlink xattr rule would remove. It decompresses but never compresses,
-// so a clean layer costs one decompression. A layer that decompresses to
-// more than limit bytes (limit > 0) is ErrLayerTooLarge.
+// so a clean layer costs one decompression. A layer beyond lim is
+// ErrLayerTooLarge or ErrZstdWindow.
 //
 // It reads blob to its end, past the end of the archive, so that a source
 // that checks what it delivers (a digest at the end of the stream) has its
 // say; an error from blob is returned as it is (wrapped), never taken for
 // the end of the layer.
-func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
-	l, err := openLayer(blob, limit)
+func ScanLayer(blob io.Reader, lim Limits) (LayerScan, error) {
+	l, err := openLayer(blob, lim)
 	if err != nil {
 		return LayerScan{}, err
 	}
@@ -201,11 +231,10 @@ func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
 // sparse files are written expanded, and numeric fields use its own
 // encoding. What an extraction produces is unchanged.
 //
-// A layer that decompresses to more than limit bytes (limit > 0) is
-// ErrLayerTooLarge. Like ScanLayer, it reads blob to its end and returns
-// blob's errors.
-func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error) {
-	return TransformLayer(dst, blob, limit, LayerTransform{Strip: true})
+// A layer beyond lim is ErrLayerTooLarge or ErrZstdWindow. Like ScanLayer,
+// it reads blob to its end and returns blob's errors.
+func RepackLayer(dst io.Writer, blob io.Reader, lim Limits) (LayerResult, error) {
+	return TransformLayer(dst, blob, lim, LayerTransform{Strip: true})
 }
 
 // LayerTransform is what is done to a layer: the symlink xattr rule's
@@ -246,8 +275,8 @@ func ParseLayerTransform(key string) (LayerTransform, error) {
 // same pass. With Strip it is RepackLayer, writing t.To when set. Without,
 // the decompressed stream is recompressed to t.To byte for byte: the tar
 // and its diff ID are the layer's own. Deterministic, like RepackLayer.
-func TransformLayer(dst io.Writer, blob io.Reader, limit int64, t LayerTransform) (LayerResult, error) {
-	l, err := openLayer(blob, limit)
+func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform) (LayerResult, error) {
+	l, err := openLayer(blob, lim)
 	if err != nil {
 		return LayerResult{}, err
 	}
@@ -402,6 +431,7 @@ type layerReader struct {
 	comp  Compression
 	src   *sourceReader
 	limit *limitReader // nil: no limit
+	zstd  *zstdFrames  // nil: not zstd
 	close func()
 }
 
@@ -417,7 +447,7 @@ func (l *layerReader) drain() error {
 // fail ends a read that found the layer wanting: it stops the read-ahead,
 // reads the rest of the blob so that a source that fails (or checks its
 // digest at the end) has its say, and returns what really ended the read:
-// the source's failure, else the size limit, else err. A verdict on the
+// the source's failure, else a limit, else err. A verdict on the
 // layer (ErrNotTar, ErrLayerTooLarge) therefore always comes from a blob
 // read whole without a source error.
 func (l *layerReader) fail(err error) error {
@@ -429,17 +459,21 @@ func (l *layerReader) fail(err error) error {
 	if l.limit != nil && l.limit.exceeded {
 		return fmt.Errorf("%w: more than %d bytes", ErrLayerTooLarge, l.limit.max)
 	}
+	if l.zstd != nil && l.zstd.declared > 0 {
+		return fmt.Errorf("%w: a frame declares %d bytes, more than %d", ErrZstdWindow, l.zstd.declared, l.zstd.max)
+	}
 	return err
 }
 
 // openLayer detects the compression from the first bytes and opens the
-// decompressed stream, limited to limit bytes when limit > 0.
-func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
+// decompressed stream, within lim.
+func openLayer(blob io.Reader, lim Limits) (*layerReader, error) {
 	src := &sourceReader{r: blob}
 	br := bufio.NewReaderSize(src, 64<<10)
 	head, _ := br.Peek(4)
 	var comp Compression
 	var rc io.ReadCloser
+	var frames *zstdFrames
 	switch {
 	case bytes.HasPrefix(head, gzipMagic):
 		zr, err := gzip.NewReader(br)
@@ -450,7 +484,13 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 		zr.Multistream(true)
 		comp, rc = Gzip, zr
 	case bytes.HasPrefix(head, zstdMagic):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+		// The decoder is handed each frame only once its header is read, and
+		// refuses a bigger window itself too: a window of a few bytes'
+		// declaring is never memory held.
+		window := lim.zstdWindow()
+		frames = &zstdFrames{r: br, max: window}
+		zr, err := zstd.NewReader(frames, zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(uint64(window)), zstd.WithDecoderMaxMemory(uint64(window)))
 		if err != nil {
 			src.drain()
 			return nil, src.cause(fmt.Errorf("%w: zstd: %v", ErrNotTar, err))
@@ -459,10 +499,10 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 	default:
 		comp, rc = Uncompressed, io.NopCloser(br)
 	}
-	l := &layerReader{comp: comp, src: src}
+	l := &layerReader{comp: comp, src: src, zstd: frames}
 	var expanded io.Reader = rc
-	if limit > 0 {
-		l.limit = &limitReader{r: rc, max: limit}
+	if lim.Size > 0 {
+		l.limit = &limitReader{r: rc, max: lim.Size}
 		expanded = l.limit
 	}
 	ar := newAheadReader(expanded)

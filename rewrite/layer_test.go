@@ -160,7 +160,7 @@ func TestLayerRule(t *testing.T) {
 				raw := buildTar(t, tt.entries, tt.format)
 				blob := compress(t, raw, comp)
 
-				scan, err := ScanLayer(bytes.NewReader(blob), 0)
+				scan, err := ScanLayer(bytes.NewReader(blob), Limits{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -171,7 +171,7 @@ func TestLayerRule(t *testing.T) {
 					t.Fatalf("scan found %q, want %q", got, tt.wantRemoved)
 				}
 				var out bytes.Buffer
-				res, err := RepackLayer(&out, bytes.NewReader(blob), 0)
+				res, err := RepackLayer(&out, bytes.NewReader(blob), Limits{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -193,7 +193,7 @@ func checkRepacked(t *testing.T, raw, blob, out []byte, res LayerResult) {
 	if res.DiffID != digest.FromBytes(newRaw) {
 		t.Fatal("diff_id does not verify")
 	}
-	if got, _ := ScanLayer(bytes.NewReader(out), 0); got.Compression != res.Compression {
+	if got, _ := ScanLayer(bytes.NewReader(out), Limits{}); got.Compression != res.Compression {
 		t.Fatalf("compression %s became %s", res.Compression, got.Compression)
 	}
 	removed := map[string][]string{}
@@ -217,11 +217,11 @@ func checkRepacked(t *testing.T, raw, blob, out []byte, res LayerResult) {
 		}
 	}
 	var again bytes.Buffer
-	res2, err := RepackLayer(&again, bytes.NewReader(blob), 0)
+	res2, err := RepackLayer(&again, bytes.NewReader(blob), Limits{})
 	if err != nil || !bytes.Equal(again.Bytes(), out) || res2.Digest != res.Digest {
 		t.Fatal("repacking the same layer twice gave different bytes")
 	}
-	if scan, err := ScanLayer(bytes.NewReader(out), 0); err != nil || !scan.Clean() {
+	if scan, err := ScanLayer(bytes.NewReader(out), Limits{}); err != nil || !scan.Clean() {
 		t.Fatalf("second pass: %+v %v", scan, err)
 	}
 }
@@ -267,7 +267,7 @@ func TestRepackedDigestsGolden(t *testing.T) {
 	got := map[string]string{}
 	for _, comp := range []Compression{Gzip, Zstd, Uncompressed} {
 		var out bytes.Buffer
-		res, err := RepackLayer(&out, bytes.NewReader(compress(t, raw, comp)), 0)
+		res, err := RepackLayer(&out, bytes.NewReader(compress(t, raw, comp)), Limits{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +276,7 @@ func TestRepackedDigestsGolden(t *testing.T) {
 	// The zstd → gzip rule's two transforms of the zstd layer.
 	for _, tr := range []LayerTransform{{To: Gzip}, {Strip: true, To: Gzip}} {
 		var out bytes.Buffer
-		res, err := TransformLayer(&out, bytes.NewReader(compress(t, raw, Zstd)), 0, tr)
+		res, err := TransformLayer(&out, bytes.NewReader(compress(t, raw, Zstd)), Limits{}, tr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -293,10 +293,10 @@ func TestNotATar(t *testing.T) {
 		"gzip of junk":  compress(t, bytes.Repeat([]byte("junk"), 300), Gzip),
 		"truncated tar": buildTar(t, layerCases[0].entries, tar.FormatPAX)[:700],
 	} {
-		if _, err := ScanLayer(bytes.NewReader(blob), 0); err == nil {
+		if _, err := ScanLayer(bytes.NewReader(blob), Limits{}); err == nil {
 			t.Errorf("%s: scan accepted it", name)
 		}
-		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), 0); err == nil {
+		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), Limits{}); err == nil {
 			t.Errorf("%s: repack accepted it", name)
 		}
 	}
@@ -308,11 +308,11 @@ func TestSourceFailureIsNotAVerdict(t *testing.T) {
 	t.Parallel()
 	blob := compress(t, buildTar(t, layerCases[0].entries, tar.FormatPAX), Gzip)
 	failing := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
-	if _, err := ScanLayer(failing, 0); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+	if _, err := ScanLayer(failing, Limits{}); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
 		t.Fatalf("scan: %v", err)
 	}
 	failing = io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
-	if _, err := RepackLayer(io.Discard, failing, 0); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+	if _, err := RepackLayer(io.Discard, failing, Limits{}); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
 		t.Fatalf("repack: %v", err)
 	}
 }
@@ -324,13 +324,13 @@ func TestLayerSizeLimit(t *testing.T) {
 	raw := buildTar(t, []entry{reg("big", strings.Repeat("0", 1<<20), nil)}, tar.FormatPAX)
 	for _, comp := range []Compression{Gzip, Zstd, Uncompressed} {
 		blob := compress(t, raw, comp)
-		if _, err := ScanLayer(bytes.NewReader(blob), int64(len(raw))); err != nil {
+		if _, err := ScanLayer(bytes.NewReader(blob), Limits{Size: int64(len(raw))}); err != nil {
 			t.Errorf("%s: a layer of exactly the limit: %v", comp, err)
 		}
-		if _, err := ScanLayer(bytes.NewReader(blob), 1<<19); !errors.Is(err, ErrLayerTooLarge) {
+		if _, err := ScanLayer(bytes.NewReader(blob), Limits{Size: 1 << 19}); !errors.Is(err, ErrLayerTooLarge) {
 			t.Errorf("%s: scan over the limit: %v, want ErrLayerTooLarge", comp, err)
 		}
-		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), 1<<19); !errors.Is(err, ErrLayerTooLarge) {
+		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), Limits{Size: 1 << 19}); !errors.Is(err, ErrLayerTooLarge) {
 			t.Errorf("%s: repack over the limit: %v, want ErrLayerTooLarge", comp, err)
 		}
 	}
@@ -344,7 +344,7 @@ func TestRemovalsAreCapped(t *testing.T) {
 	for i := range maxRecordedRemovals + 5 {
 		entries = append(entries, special(tar.TypeSymlink, fmt.Sprintf("l%d", i), "t", map[string]string{userX: "v"}))
 	}
-	scan, err := ScanLayer(bytes.NewReader(buildTar(t, entries, tar.FormatPAX)), 0)
+	scan, err := ScanLayer(bytes.NewReader(buildTar(t, entries, tar.FormatPAX)), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestRecordedRemovalsAreBounded(t *testing.T) {
 	}
 	raw := buildTar(t, entries, tar.FormatPAX)
 	var out bytes.Buffer
-	res, err := RepackLayer(&out, bytes.NewReader(raw), 0)
+	res, err := RepackLayer(&out, bytes.NewReader(raw), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +400,7 @@ func TestRecordedRemovalsAreBounded(t *testing.T) {
 	if r := res.Removals[2]; len(r.Keys) != maxRecordedKeys || r.MoreKeys != 3 || !strings.HasSuffix(describeRemovals([]XattrRemoval{r})[0], " and 3 more") {
 		t.Errorf("an entry of %d keys is recorded as %+v", len(manyKeys), r)
 	}
-	again, err := ScanLayer(bytes.NewReader(raw), 0)
+	again, err := ScanLayer(bytes.NewReader(raw), Limits{})
 	if err != nil || !slices.EqualFunc(again.Removals, res.Removals, func(a, b XattrRemoval) bool {
 		return a.Path == b.Path && slices.Equal(a.Keys, b.Keys) && a.MoreKeys == b.MoreKeys
 	}) {
@@ -435,7 +435,7 @@ func TestTruncatedSourceIsAnError(t *testing.T) {
 	}
 	for _, comp := range []Compression{Uncompressed, Gzip, Zstd} {
 		blob := compress(t, raw, comp)
-		if scan, err := ScanLayer(bytes.NewReader(blob), 0); err != nil || scan.Entries != 51 {
+		if scan, err := ScanLayer(bytes.NewReader(blob), Limits{}); err != nil || scan.Entries != 51 {
 			t.Fatalf("%s: whole layer: %+v %v", comp, scan, err)
 		}
 		// Two entries (header and one data block each) in; for the
@@ -448,10 +448,10 @@ func TestTruncatedSourceIsAnError(t *testing.T) {
 			short := func() io.Reader {
 				return io.MultiReader(bytes.NewReader(blob[:at]), iotest.ErrReader(io.ErrUnexpectedEOF))
 			}
-			if scan, err := ScanLayer(short(), 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+			if scan, err := ScanLayer(short(), Limits{}); !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Errorf("%s cut at %d: scan %+v, %v; want io.ErrUnexpectedEOF", comp, at, scan, err)
 			}
-			if res, err := RepackLayer(io.Discard, short(), 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+			if res, err := RepackLayer(io.Discard, short(), Limits{}); !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Errorf("%s cut at %d: repack %d entries, %v; want io.ErrUnexpectedEOF", comp, at, res.Entries, err)
 			}
 		}
@@ -467,10 +467,10 @@ func TestTrailingSourceErrorIsAnError(t *testing.T) {
 	for _, comp := range []Compression{Uncompressed, Gzip, Zstd} {
 		blob := compress(t, raw, comp)
 		bad := func() io.Reader { return io.MultiReader(bytes.NewReader(blob), iotest.ErrReader(errDownload)) }
-		if _, err := ScanLayer(bad(), 0); !errors.Is(err, errDownload) {
+		if _, err := ScanLayer(bad(), Limits{}); !errors.Is(err, errDownload) {
 			t.Errorf("%s: scan: %v, want the source's error", comp, err)
 		}
-		if _, err := RepackLayer(io.Discard, bad(), 0); !errors.Is(err, errDownload) {
+		if _, err := RepackLayer(io.Discard, bad(), Limits{}); !errors.Is(err, errDownload) {
 			t.Errorf("%s: repack: %v, want the source's error", comp, err)
 		}
 	}
@@ -538,7 +538,7 @@ func TestZstdToGzip(t *testing.T) {
 	}, tar.FormatPAX)
 	blob := compress(t, raw, Zstd)
 	var out bytes.Buffer
-	res, err := TransformLayer(&out, bytes.NewReader(blob), 0, LayerTransform{To: Gzip})
+	res, err := TransformLayer(&out, bytes.NewReader(blob), Limits{}, LayerTransform{To: Gzip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -549,12 +549,12 @@ func TestZstdToGzip(t *testing.T) {
 		t.Fatalf("result %+v", res)
 	}
 	var again bytes.Buffer
-	if _, err := TransformLayer(&again, bytes.NewReader(blob), 0, LayerTransform{To: Gzip}); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
+	if _, err := TransformLayer(&again, bytes.NewReader(blob), Limits{}, LayerTransform{To: Gzip}); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
 		t.Fatal("recompressing twice gave other bytes")
 	}
 
 	var both bytes.Buffer
-	res, err = TransformLayer(&both, bytes.NewReader(blob), 0, LayerTransform{Strip: true, To: Gzip})
+	res, err = TransformLayer(&both, bytes.NewReader(blob), Limits{}, LayerTransform{Strip: true, To: Gzip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,10 +565,10 @@ func TestZstdToGzip(t *testing.T) {
 	// A source cut short is an error, never a layer; nor is one that
 	// expands beyond the limit.
 	cut := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(io.ErrUnexpectedEOF))
-	if _, err := TransformLayer(io.Discard, cut, 0, LayerTransform{To: Gzip}); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := TransformLayer(io.Discard, cut, Limits{}, LayerTransform{To: Gzip}); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("recompressing a cut source: %v", err)
 	}
-	if _, err := TransformLayer(io.Discard, bytes.NewReader(blob), 100, LayerTransform{To: Gzip}); !errors.Is(err, ErrLayerTooLarge) {
+	if _, err := TransformLayer(io.Discard, bytes.NewReader(blob), Limits{Size: 100}, LayerTransform{To: Gzip}); !errors.Is(err, ErrLayerTooLarge) {
 		t.Errorf("recompressing beyond the limit: %v", err)
 	}
 
@@ -581,7 +581,7 @@ func TestZstdToGzip(t *testing.T) {
 	}
 	large := compress(t, buildTar(t, []entry{reg("noise", string(noise), nil)}, tar.FormatPAX), Zstd)
 	for _, tr := range []LayerTransform{{To: Gzip}, {Strip: true}, {Strip: true, To: Gzip}} {
-		_, err := TransformLayer(failingWriter{full}, bytes.NewReader(large), 0, tr)
+		_, err := TransformLayer(failingWriter{full}, bytes.NewReader(large), Limits{}, tr)
 		if !errors.Is(err, full) || errors.Is(err, ErrNotTar) {
 			t.Errorf("%+v to a full disk: %v", tr, err)
 		}

@@ -108,6 +108,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
+	maxWindow, _ := parseByteSize(cfg.Normalize.MaxZstdWindow)
 	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
 	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
 	reg := prometheus.NewRegistry()
@@ -127,6 +128,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Deadline:            cfg.Normalize.Deadline,
 		PatientDeadline:     cfg.Normalize.PatientDeadline,
 		MaxLayerSize:        int64(maxLayer),
+		MaxZstdWindow:       int64(maxWindow),
+		LayerWork:           normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
 		ClientAuth:          clientAuth,
 		Eviction:            cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
 		MaintenanceInterval: cfg.Cache.maintenanceInterval(),

@@ -83,6 +83,10 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "attempts", yaml: "upstreamAttempts: 0\n", wantField: "upstreamAttempts"},
 		{name: "stall timeout", yaml: "stallTimeout: -1s\n", wantField: "stallTimeout"},
 		{name: "layer size", yaml: "normalize:\n  maxLayerSize: big\n", wantField: "normalize.maxLayerSize"},
+		{name: "zstd window too small", yaml: "normalize:\n  maxZstdWindow: 512B\n", wantField: "normalize.maxZstdWindow"},
+		{name: "zstd window too large", yaml: "normalize:\n  maxZstdWindow: 4GiB\n", wantField: "normalize.maxZstdWindow"},
+		{name: "layer work", yaml: "normalize:\n  maxLayerWork: 0\n", wantField: "normalize.maxLayerWork"},
+		{name: "queued layer work", yaml: "normalize:\n  maxQueuedLayerWork: -1\n", wantField: "normalize.maxQueuedLayerWork"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
