@@ -27,6 +27,61 @@ type Change struct {
 	Old     string   `json:"old"`
 	New     string   `json:"new"`
 	Details []string `json:"details,omitempty"`
+	// Unlisted is how many more details there were than Details lists.
+	Unlisted int `json:"unlisted,omitempty"`
+}
+
+// What a record keeps of its changes' details. Details come from image
+// content (a layer's paths and xattr keys), and records are read whole into
+// memory, answers and pages: rewrite bounds what one layer lists, and this
+// bounds a record of up to a thousand layers, and records written before
+// either bound.
+const (
+	// maxDetailBytes bounds the details of one record, together.
+	maxDetailBytes = 64 << 10
+	// maxDetailLine bounds one line of details.
+	maxDetailLine = 2 << 10
+)
+
+// BoundChanges returns cs with at most maxDetailBytes of details in all,
+// no line longer than maxDetailLine: the lines beyond, in order, are left
+// out and counted in their change's Unlisted. The same changes always keep
+// the same lines; cs itself is not modified.
+func BoundChanges(cs []Change) []Change {
+	if withinBounds(cs) {
+		return cs
+	}
+	out := slices.Clone(cs)
+	budget := maxDetailBytes
+	for i, c := range out {
+		var kept []string
+		for j, d := range c.Details {
+			if len(d) > maxDetailLine || len(d) > budget {
+				// The list ends here: what follows is counted, not shown.
+				budget = 0
+				c.Unlisted += len(c.Details) - j
+				break
+			}
+			budget -= len(d)
+			kept = append(kept, d)
+		}
+		c.Details = kept
+		out[i] = c
+	}
+	return out
+}
+
+func withinBounds(cs []Change) bool {
+	n := 0
+	for _, c := range cs {
+		for _, d := range c.Details {
+			if len(d) > maxDetailLine {
+				return false
+			}
+			n += len(d)
+		}
+	}
+	return n <= maxDetailBytes
 }
 
 // Normalization is the verdict for one original manifest or index under one
@@ -197,7 +252,9 @@ func (e ReportEntry) Key() string {
 // Merge adds other's counts and times to e. Identity fields are taken from
 // other when set.
 func (e *ReportEntry) Merge(other ReportEntry) {
-	if other.Normalized != "" {
+	if other.Normalized != "" || len(other.Changes) > 0 {
+		// A variant, or the notes of an original served as it is (a layer
+		// left untouched).
 		e.Normalized, e.MediaType, e.Changes = other.Normalized, other.MediaType, other.Changes
 	}
 	// A new slice: e's may be shared with a listing someone else holds.
@@ -235,10 +292,12 @@ type ReportStore interface {
 	ListReports(ctx context.Context) ([]ReportEntry, error)
 }
 
-// XattrRemoval is the xattr keys stripped from one tar entry.
+// XattrRemoval is the xattr keys stripped from one tar entry, as a layer's
+// record lists them (rewrite bounds the paths, keys and their number).
 type XattrRemoval struct {
-	Path string   `json:"path"`
-	Keys []string `json:"keys"`
+	Path     string   `json:"path"`
+	Keys     []string `json:"keys"`
+	MoreKeys int      `json:"moreKeys,omitempty"`
 }
 
 // LayerVerdict is what scanning one original layer found: it is clean
@@ -246,14 +305,20 @@ type XattrRemoval struct {
 // layer's digest alone, so a base layer is scanned once for the whole
 // cluster.
 type LayerVerdict struct {
-	Original    digest.Digest  `json:"original"`
-	Compression string         `json:"compression"`
-	Entries     int            `json:"entries"`
-	Repacked    digest.Digest  `json:"repacked,omitempty"`
-	Size        int64          `json:"size,omitempty"`
-	DiffID      digest.Digest  `json:"diffID,omitempty"`
-	Removals    []XattrRemoval `json:"removals,omitempty"`
-	CreatedAt   time.Time      `json:"createdAt"`
+	Original    digest.Digest `json:"original"`
+	Compression string        `json:"compression"`
+	Entries     int           `json:"entries"`
+	Repacked    digest.Digest `json:"repacked,omitempty"`
+	Size        int64         `json:"size,omitempty"`
+	DiffID      digest.Digest `json:"diffID,omitempty"`
+	// Removals lists the first entries repackaging stripped; Unlisted
+	// counts the others.
+	Removals []XattrRemoval `json:"removals,omitempty"`
+	Unlisted int            `json:"unlisted,omitempty"`
+	// Skipped, when set, is why the layer was left untouched unscanned
+	// (not-tar, too-large, zstd-window).
+	Skipped   string    `json:"skipped,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
 }
 
 // LayerVerdictStore reads and writes layer verdicts.
@@ -321,6 +386,7 @@ func (s *Store) GetNormalization(ctx context.Context, original digest.Digest, ru
 	if n.Original != original || n.Rules != rules {
 		return Normalization{}, fmt.Errorf("get normalization %s [%s]: record is for %s [%s]", original, rules, n.Original, n.Rules)
 	}
+	n.Changes = BoundChanges(n.Changes) // a record written before the bound
 	return n, nil
 }
 
@@ -339,6 +405,7 @@ func (s *Store) PutNormalization(ctx context.Context, n Normalization) error {
 			return fmt.Errorf("put normalization %s: normalized manifest %s: %w", n.Original, n.Normalized, notFound(err))
 		}
 	}
+	n.Changes = BoundChanges(n.Changes)
 	return s.putJSON(ctx, p, n)
 }
 
@@ -348,11 +415,17 @@ func (s *Store) GetReport(ctx context.Context, key string) (ReportEntry, error) 
 	if err := s.getJSON(ctx, reportPath(key), &e); err != nil {
 		return ReportEntry{}, fmt.Errorf("get report %s: %w", key, err)
 	}
+	boundReport(&e)
 	return e, nil
 }
 
+// boundReport bounds what e holds from image content, in a record written
+// before the bound.
+func boundReport(e *ReportEntry) { e.Changes = BoundChanges(e.Changes) }
+
 // PutReport writes e under its key.
 func (s *Store) PutReport(ctx context.Context, e ReportEntry) error {
+	boundReport(&e)
 	if err := s.putJSON(ctx, reportPath(e.Key()), e); err != nil {
 		return fmt.Errorf("put report %s: %w", e.Key(), err)
 	}
@@ -381,6 +454,9 @@ const memoSettled = 10 * time.Second
 // listMemo lists the JSON records under a root, remembering each decoded
 // record with its modification time, so a listing reads only what changed.
 type listMemo[T any] struct {
+	// clean, when set, mends a decoded record before it is kept.
+	clean func(*T)
+
 	mu     sync.Mutex
 	byPath map[string]memoEntry[T]
 }
@@ -433,6 +509,9 @@ func (m *listMemo[T]) list(ctx context.Context, s *Store, root string) ([]T, err
 					return nil // replaced while listing
 				}
 				return err
+			}
+			if m.clean != nil {
+				m.clean(&v)
 			}
 			mu.Lock()
 			read[l.path] = memoEntry[T]{modTime: l.modTime, readAt: readAt, value: v}

@@ -125,7 +125,7 @@ const maxRemembered = 1 << 16
 
 // New returns a Store on driver.
 func New(driver storagedriver.StorageDriver, opts ...Option) *Store {
-	s := &Store{driver: driver, now: time.Now, sizes: newLRU[digest.Digest, int64](), reports: &listMemo[ReportEntry]{}, nodes: &listMemo[NodeReport]{}}
+	s := &Store{driver: driver, now: time.Now, sizes: newLRU[digest.Digest, int64](), reports: &listMemo[ReportEntry]{clean: boundReport}, nodes: &listMemo[NodeReport]{}}
 	for _, o := range opts {
 		o(s)
 	}

@@ -3,7 +3,10 @@ package cache_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -334,6 +338,37 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			}
 			if _, err := s.GetLayerVerdict(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("missing verdict: %v", err)
+			}
+		}},
+		{"records bound the details of their changes", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			// As a version without the bound wrote it: a layer's paths, whole.
+			e := cache.ReportEntry{Upstream: "docker.io", Repository: "library/x", Original: dgst, Rules: "symlink-xattrs",
+				Changes: []cache.Change{{Kind: "symlink-xattrs", Details: slices.Repeat([]string{strings.Repeat("p", 512<<10)}, 16)}}}
+			raw, _ := json.Marshal(e)
+			sum := sha256.Sum256([]byte(e.Key()))
+			h := hex.EncodeToString(sum[:])
+			if err := d.PutContent(ctx, "/reports/"+h[:2]+"/"+h, raw); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.GetReport(ctx, e.Key())
+			if err != nil {
+				t.Fatal(err)
+			}
+			listed, err := s.ListReports(ctx)
+			if err != nil || len(listed) != 1 {
+				t.Fatalf("listed %d, %v", len(listed), err)
+			}
+			if err := s.PutReport(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+			stored, _ := d.GetContent(ctx, "/reports/"+h[:2]+"/"+h)
+			for what, c := range map[string]cache.Change{"read": got.Changes[0], "listed": listed[0].Changes[0]} {
+				if len(c.Details) != 0 || c.Unlisted != 16 {
+					t.Errorf("%s: %d details, %d unlisted; want 0 and 16", what, len(c.Details), c.Unlisted)
+				}
+			}
+			if len(stored) > 4<<10 {
+				t.Errorf("written: %d bytes", len(stored))
 			}
 		}},
 		{"usage counts published blobs only", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
@@ -753,5 +788,46 @@ func TestDerivedOrigins(t *testing.T) {
 	}
 	if got, _ := s.GetDerived(ctx, d); len(got.Origins()) > 16 {
 		t.Fatalf("%d origins recorded", len(got.Origins()))
+	}
+}
+
+// TestBoundChanges: the details of a record's changes are cut to a budget,
+// in order, a line too long for a page is left out, and what is left out is
+// counted; the input is left alone, and the same input keeps the same lines.
+func TestBoundChanges(t *testing.T) {
+	t.Parallel()
+	line := strings.Repeat("x", 1000)
+	many := slices.Repeat([]string{line}, 100) // 100 KB
+	tests := []struct {
+		name         string
+		in           []cache.Change
+		wantDetails  []int // per change
+		wantUnlisted []int
+	}{
+		{"within bounds", []cache.Change{{Details: []string{"a", "b"}, Unlisted: 3}}, []int{2}, []int{3}},
+		{"one change over the budget", []cache.Change{{Details: many, Unlisted: 7}}, []int{65}, []int{35 + 7}},
+		{"the budget spans changes", []cache.Change{{Details: many[:60]}, {Details: many[:60]}, {Details: []string{"y"}}},
+			[]int{60, 5, 0}, []int{0, 55, 1}},
+		{"a line too long", []cache.Change{{Details: []string{"a", strings.Repeat("z", 3000), "b"}}}, []int{1}, []int{2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			before := slices.Clone(tt.in)
+			got := cache.BoundChanges(tt.in)
+			size := 0
+			for i, c := range got {
+				size += len(strings.Join(c.Details, ""))
+				if len(c.Details) != tt.wantDetails[i] || c.Unlisted != tt.wantUnlisted[i] {
+					t.Errorf("change %d: %d details, %d unlisted; want %d and %d", i, len(c.Details), c.Unlisted, tt.wantDetails[i], tt.wantUnlisted[i])
+				}
+			}
+			if size > 64<<10 {
+				t.Errorf("%d bytes of details", size)
+			}
+			if !reflect.DeepEqual(tt.in, before) || !reflect.DeepEqual(cache.BoundChanges(tt.in), got) {
+				t.Error("the input changed, or a second bound differs")
+			}
+		})
 	}
 }

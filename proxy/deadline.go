@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -14,6 +15,22 @@ import (
 // retryAfterNormalizing is the Retry-After sent with a 503 when
 // normalization outlives the deadline.
 const retryAfterNormalizing = 10 * time.Second
+
+// retryAfterBusy is the Retry-After sent with a 503 when the layer work
+// queue is full.
+const retryAfterBusy = 5 * time.Second
+
+// engineError is what a client is answered for an error of the engine: a
+// full layer work queue is 503 with Retry-After, as a full download queue
+// is; the rest as it is.
+func engineError(err error) error {
+	if errors.Is(err, normalize.ErrBusy) {
+		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "too much layer work in progress; retry shortly", err)
+		e.RetryAfter = retryAfterBusy
+		return e
+	}
+	return err
+}
 
 // deadlineFor is how long a client may wait for a manifest answer, from
 // what its User-Agent says of its timeouts (CONTAINERD.md):
@@ -60,7 +77,7 @@ func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.M
 	defer stop()
 	select {
 	case r := <-done:
-		return r.n, r.err
+		return r.n, engineError(r.err)
 	case <-expired:
 		s.metrics.deadlineExceeded.Inc()
 		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "regnorm is still normalizing this image; retry shortly", nil)

@@ -56,6 +56,7 @@ type harnessOptions struct {
 	eviction     cache.EvictionPolicy
 	stall        time.Duration
 	maxLayerSize int64
+	layerWork    normalize.WorkLimits
 	clientAuth   *proxy.ClientAuth
 	// noReportToken configures no node report token: every report is
 	// refused. Otherwise reporter's token is the one.
@@ -142,6 +143,7 @@ func (h *harness) restart(t testing.TB) {
 		Eviction:              h.opts.eviction,
 		StallTimeout:          h.opts.stall,
 		MaxLayerSize:          h.opts.maxLayerSize,
+		LayerWork:             h.opts.layerWork,
 		Retry:                 h.opts.retry,
 		SpoolDir:              t.TempDir(),
 		Metrics:               proxy.NewMetrics(promReg),

@@ -5,17 +5,22 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy/normalize"
 )
 
 // hostileLayer is a layer blob for TestHostileLayers.
@@ -150,19 +155,243 @@ func bomb(t *testing.T, n int64) []byte {
 // its manifest.
 func pushRawImage(t *testing.T, h *harness, repo, tag string, layer []byte) []byte {
 	t.Helper()
+	return pushRawLayerImage(t, h, repo, tag, regtest.MediaTypeDockerLayer, layer)
+}
+
+// pushRawLayerImage pushes an image with one given layer blob of
+// mediaType (an OCI image for an OCI layer type, else a Docker one) and
+// returns its manifest.
+func pushRawLayerImage(t *testing.T, h *harness, repo, tag, mediaType string, layer []byte) []byte {
+	t.Helper()
 	ctx := context.Background()
+	manifestType, configType := regtest.MediaTypeDockerManifest, regtest.MediaTypeDockerConfig
+	if strings.HasPrefix(mediaType, "application/vnd.oci.") {
+		manifestType, configType = ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig
+	}
 	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + digest.FromString("unknown").String() + `"]}}`)
 	manifest := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
-		regtest.MediaTypeDockerManifest, regtest.MediaTypeDockerConfig, digest.FromBytes(config), len(config),
-		regtest.MediaTypeDockerLayer, digest.FromBytes(layer), len(layer)))
+		manifestType, configType, digest.FromBytes(config), len(config),
+		mediaType, digest.FromBytes(layer), len(layer)))
 	c := h.reg.Client()
 	for _, b := range [][]byte{layer, config} {
 		if err := c.PushBlob(ctx, repo, b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := c.PushManifest(ctx, repo, tag, regtest.MediaTypeDockerManifest, manifest); err != nil {
+	if err := c.PushManifest(ctx, repo, tag, manifestType, manifest); err != nil {
 		t.Fatal(err)
 	}
 	return manifest
+}
+
+// TestLayerPathsDoNotSizeRecords: a small layer of symlinks with long paths
+// and xattrs is repackaged for containerd 1.6.8, and its layer record, the
+// rewrite report and the status page stay small: each path is cut, the list
+// is bounded, and the record says how many entries it leaves out. The
+// repackaged layer keeps every path whole. (The issue's layer had paths of
+// 512 KiB, and made records of 67 MB; 64 KiB paths make 8 MB ones without
+// the bounds, at an eighth of the test's time under the race detector.)
+func TestLayerPathsDoNotSizeRecords(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	const links, pathLen = 128, 64 << 10
+	var files []regtest.File
+	for i := range links {
+		files = append(files, regtest.File{Name: fmt.Sprintf("%03d/", i) + strings.Repeat("p", pathLen-4), Typeflag: tar.TypeSymlink,
+			Linkname: "target", PAXRecords: map[string]string{"SCHILY.xattr.user.x": "y"}})
+	}
+	img := h.push(t, "library/longpaths", "v1", regtest.ImageOptions{}, files)
+	t.Logf("layer blob: %d bytes", len(img.Layers[0]))
+
+	dgst := headDigest(t, h, "/v2/library/longpaths/manifests/v1", containerdHeader("1.6.8"))
+	if dgst == img.ManifestDigest {
+		t.Fatal("containerd 1.6.8 got the original: the layer was not repackaged")
+	}
+
+	// What each place may hold, whatever the layer's paths.
+	const maxRecord, maxReport, maxStatus = 64 << 10, 128 << 10, 256 << 10
+	type change struct {
+		Kind     string   `json:"kind"`
+		Details  []string `json:"details"`
+		Unlisted int      `json:"unlisted"`
+	}
+	report := h.do(t, http.MethodGet, "/api/v1/rewrites", nil)
+	if report.status != http.StatusOK || len(report.body) > maxReport {
+		t.Fatalf("/api/v1/rewrites: %d, %d bytes; want 200 and at most %d", report.status, len(report.body), maxReport)
+	}
+	var body struct {
+		Rewrites []struct {
+			Changes []change `json:"changes"`
+		} `json:"rewrites"`
+	}
+	if err := json.Unmarshal(report.body, &body); err != nil || len(body.Rewrites) != 1 || len(body.Rewrites[0].Changes) != 1 {
+		t.Fatalf("report: %v %.500s", err, report.body)
+	}
+	c := body.Rewrites[0].Changes[0]
+	if c.Kind != "symlink-xattrs" || len(c.Details) == 0 || len(c.Details)+c.Unlisted != links {
+		t.Fatalf("change %s lists %d entries and says %d more; want %d in all", c.Kind, len(c.Details), c.Unlisted, links)
+	}
+	if !strings.HasPrefix(c.Details[0], "000/ppp") || !strings.Contains(c.Details[0], "…: SCHILY.xattr.user.x") {
+		t.Errorf("first entry %.80q…: want the path cut, marked, then its key", c.Details[0])
+	}
+
+	status := h.do(t, http.MethodGet, "/status", nil)
+	if status.status != http.StatusOK || len(status.body) > maxStatus {
+		t.Fatalf("/status: %d, %d bytes; want 200 and at most %d", status.status, len(status.body), maxStatus)
+	}
+	if want := fmt.Sprintf("and %d more not listed", c.Unlisted); !strings.Contains(string(status.body), want) {
+		t.Errorf("/status does not say %q", want)
+	}
+
+	var orig ocispec.Manifest
+	json.Unmarshal(img.Manifest, &orig)
+	v, err := h.store.GetLayerVerdict(context.Background(), orig.Layers[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	record, _ := json.Marshal(v)
+	var counts struct {
+		Removals []json.RawMessage `json:"removals"`
+		Unlisted int               `json:"unlisted"`
+	}
+	json.Unmarshal(record, &counts)
+	if len(record) > maxRecord || len(counts.Removals)+counts.Unlisted != links {
+		t.Fatalf("layer record: %d bytes, %d entries listed and %d said left out; want at most %d bytes and %d entries in all",
+			len(record), len(counts.Removals), counts.Unlisted, maxRecord, links)
+	}
+
+	// The record is cut, the layer is not.
+	m := variantOf(t, h, "library/longpaths", "1.6.8")
+	layer := h.do(t, http.MethodGet, "/v2/library/longpaths/blobs/"+m.Layers[0].Digest.String(), nil)
+	tr := tar.NewReader(bytes.NewReader(gunzip(t, layer.body)))
+	for i := 0; ; i++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			if i != links {
+				t.Fatalf("repackaged layer has %d entries, want %d", i, links)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Name != files[i].Name || hdr.PAXRecords["SCHILY.xattr.user.x"] != "" {
+			t.Fatalf("entry %d: a %d-byte name, want %d; xattr %q, want none", i, len(hdr.Name), len(files[i].Name), hdr.PAXRecords["SCHILY.xattr.user.x"])
+		}
+	}
+}
+
+// rleZstdLayer is a zstd layer of one frame that declares a window of
+// 1<<windowLog bytes and holds blocks run-length blocks of 128 KiB of
+// zeros (an empty tar): a few bytes a block, and a decoder that trusts the
+// header keeps a window of that size while it decodes.
+func rleZstdLayer(windowLog, blocks int) []byte {
+	out := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, byte(windowLog-10) << 3} // magic; no content size; Window_Descriptor
+	for i := range blocks {
+		h := uint32(1)<<1 | uint32(128<<10)<<3 // RLE, 128 KiB
+		if i == blocks-1 {
+			h |= 1 // last
+		}
+		out = append(out, byte(h), byte(h>>8), byte(h>>16), 0x00)
+	}
+	return out
+}
+
+// TestZstdWindowLeavesLayerUntouched: a zstd layer whose frame declares a
+// 128 MiB window (4 KB of run-length blocks) is never decoded: it is left
+// untouched, for the symlink rule (containerd 1.6.8) and for the zstd →
+// gzip rule (1.4), served as upstream has it, counted as skipped for its
+// window, and named in the rewrite report.
+func TestZstdWindowLeavesLayerUntouched(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	layer := rleZstdLayer(27, 1024)
+	manifest := pushRawLayerImage(t, h, "library/window", "v1", ocispec.MediaTypeImageLayerZstd, layer)
+
+	for _, version := range []string{"1.6.8", "1.4.13"} {
+		r := h.do(t, http.MethodGet, "/v2/library/window/manifests/v1", containerdHeader(version))
+		if r.status != http.StatusOK || !bytes.Equal(r.body, manifest) {
+			t.Fatalf("containerd %s: got %d %.200s, want the manifest untouched", version, r.status, r.body)
+		}
+	}
+	// Scanned once: the layer's record says it was left untouched, and why.
+	if got := h.metric(t, "regnorm_layers_skipped_total", `reason="zstd-window"`); got != 1 {
+		t.Errorf("layers skipped for their zstd window: %v, want 1", got)
+	}
+	r := h.do(t, http.MethodGet, "/v2/library/window/blobs/"+digest.FromBytes(layer).String(), nil)
+	if r.status != http.StatusOK || !bytes.Equal(r.body, layer) {
+		t.Fatalf("layer: got %d, %d bytes; want it byte for byte", r.status, len(r.body))
+	}
+	entries := h.report(t)
+	if len(entries) == 0 {
+		t.Fatal("the report does not name the layer left untouched")
+	}
+	for _, e := range entries {
+		if e.Normalized != "" || len(e.Changes) != 1 || e.Changes[0].Kind != "layer-untouched" ||
+			e.Changes[0].Old != digest.FromBytes(layer).String() || !strings.HasPrefix(strings.Join(e.Changes[0].Details, ""), "zstd-window: ") {
+			t.Errorf("report entry for rules %s: %+v", e.Rules, e)
+		}
+	}
+}
+
+// TestLayerWorkIsBounded: layer scans take turns. With two turns and two
+// places in the queue, four images pulled at once run two scans and queue
+// two (their downloads held upstream, so nothing ends meanwhile): the
+// others have not even opened their layer. A fifth is answered 503 with
+// Retry-After at once. Released, every pull gets its normalized image.
+func TestLayerWorkIsBounded(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock() // no request reaches its deadline
+	h := newHarness(t, harnessOptions{clock: clk, layerWork: normalize.WorkLimits{Running: 2, Queued: 2}})
+	for i := range 5 {
+		h.push(t, fmt.Sprintf("library/work%d", i), "v1", regtest.ImageOptions{},
+			append(slices.Clone(xattrLayer), regtest.File{Name: fmt.Sprintf("id%d", i), Content: []byte("x")}))
+	}
+	release, unblock := gate(t)
+	var held atomic.Int64
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			held.Add(1)
+			<-release
+		}
+		h.front.relay(w, r)
+	})
+	answers := make(chan response, 4)
+	for i := range 4 {
+		go func() {
+			answers <- h.do(t, http.MethodHead, fmt.Sprintf("/v2/library/work%d/manifests/v1", i), containerdHeader("1.6.8"))
+		}()
+	}
+	waitFor(t, "two scans to run and two to wait", func() bool {
+		return h.metric(t, "regnorm_layer_work_inflight", "") == 2 && h.metric(t, "regnorm_layer_work_queued", "") == 2
+	})
+	if n := held.Load(); n != 2 {
+		t.Errorf("%d layer downloads started, want 2: waiting work must not open its layer", n)
+	}
+	r := h.do(t, http.MethodHead, "/v2/library/work4/manifests/v1", containerdHeader("1.6.8"))
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "5" {
+		t.Fatalf("past the queue: %d, Retry-After %q; want 503 and 5", r.status, r.header.Get("Retry-After"))
+	}
+	if n := h.metric(t, "regnorm_layer_work_rejected_total", ""); n != 1 {
+		t.Errorf("rejected layer work: %v, want 1", n)
+	}
+	if n := h.metric(t, "regnorm_layer_work_inflight", ""); n != 2 {
+		t.Errorf("layer work running: %v, want 2", n)
+	}
+
+	unblock()
+	for range 4 {
+		if r := <-answers; r.status != http.StatusOK {
+			t.Errorf("a queued pull: %d %s", r.status, r.body)
+		}
+	}
+	if got := h.metric(t, "regnorm_normalizations_total", `result="normalized"`); got != 4 {
+		t.Errorf("normalized %v images, want 4", got)
+	}
+	if r := h.do(t, http.MethodHead, "/v2/library/work4/manifests/v1", containerdHeader("1.6.8")); r.status != http.StatusOK {
+		t.Errorf("the refused pull, again: %d", r.status)
+	}
+	if h.metric(t, "regnorm_layer_work_inflight", "") != 0 || h.metric(t, "regnorm_layer_work_queued", "") != 0 {
+		t.Error("layer work left running or waiting")
+	}
 }

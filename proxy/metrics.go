@@ -7,6 +7,7 @@ import (
 
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/maintain"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -36,6 +37,9 @@ type Metrics struct {
 	deadlineExceeded  prometheus.Counter
 	normalizations    *prometheus.CounterVec
 	rebuilds          prometheus.Counter
+	layerWorkInflight prometheus.Gauge
+	layerWorkQueued   prometheus.Gauge
+	layerWorkRejected prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -100,7 +104,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		layersSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_layers_skipped_total",
-			Help: "Layers left untouched without a full scan, by reason: not-tar (not a tar stream regnorm reads) or too-large (decompresses beyond normalize.maxLayerSize).",
+			Help: "Layers left untouched without a full scan, by reason: not-tar (not a tar stream regnorm reads), too-large (decompresses beyond normalize.maxLayerSize) or zstd-window (a zstd frame declares a window beyond normalize.maxZstdWindow).",
 		}, []string{"reason"}),
 		bytesScanned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layer_scanned_bytes_total",
@@ -122,8 +126,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_layer_rebuilds_total",
 			Help: "Repackaged layers rebuilt from their original after eviction.",
 		}),
+		layerWorkInflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_layer_work_inflight",
+			Help: "Layer scans, repackagings and recompressions running (at most normalize.maxLayerWork).",
+		}),
+		layerWorkQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_layer_work_queued",
+			Help: "Layer scans, repackagings and recompressions waiting for a turn (at most normalize.maxQueuedLayerWork).",
+		}),
+		layerWorkRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_layer_work_rejected_total",
+			Help: "Layer work refused because normalize.maxQueuedLayerWork pieces were already waiting: the request was answered 503 with Retry-After.",
+		}),
 	}
-	reg.MustRegister(m.normalizations, m.rebuilds)
+	reg.MustRegister(m.normalizations, m.rebuilds, m.layerWorkInflight, m.layerWorkQueued, m.layerWorkRejected)
 	reg.MustRegister(m.maintain.Collectors()...)
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)
@@ -142,7 +158,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, result := range []string{"normalized", "clean", "invalid", "error"} {
 		m.normalizations.WithLabelValues(result)
 	}
-	for _, reason := range []string{"not-tar", "too-large"} {
+	for _, reason := range normalize.SkipReasons {
 		m.layersSkipped.WithLabelValues(reason)
 	}
 	for _, kind := range []string{"manifest", "blob"} {

@@ -82,6 +82,13 @@ type Options struct {
 	// MaxBlobSize is 0 (default 16 GiB): one announced larger is refused, one
 	// that sends more is stopped, and nothing of it is cached.
 	MaxBlobSize int64
+	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
+	// memory its decoder takes: a layer that declares more is served
+	// untouched. Default rewrite.DefaultZstdWindow (8 MiB).
+	MaxZstdWindow int64
+	// LayerWork bounds the layer scans, repackagings and recompressions
+	// that run and wait at once; zero fields take defaults.
+	LayerWork normalize.WorkLimits
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
 	// AuthFailuresPerMinute bounds the failed authentication attempts
@@ -288,13 +295,16 @@ func New(opts Options) (*Server, error) {
 		Reports: s.reports,
 		Metrics: normalize.Metrics{Rewrites: m.rewrites, RewriteErrors: m.rewriteErrors, Normalizations: m.normalizations,
 			NormalizeDuration: m.normalizeDuration, LayersScanned: m.layersScanned, LayersRepackaged: m.layersRepackaged,
-			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds},
-		Log:          opts.Logger,
-		Now:          opts.Clock.Now,
-		Timeout:      opts.FetchTimeout,
-		MaxLayerSize: opts.MaxLayerSize,
-		Platforms:    platforms,
-		Ingested:     s.maintainer.Ingested,
+			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds,
+			LayerWorkInflight: m.layerWorkInflight, LayerWorkQueued: m.layerWorkQueued, LayerWorkRejected: m.layerWorkRejected},
+		Log:           opts.Logger,
+		Now:           opts.Clock.Now,
+		Timeout:       opts.FetchTimeout,
+		MaxLayerSize:  opts.MaxLayerSize,
+		MaxZstdWindow: opts.MaxZstdWindow,
+		Work:          opts.LayerWork,
+		Platforms:     platforms,
+		Ingested:      s.maintainer.Ingested,
 	})
 	return s, nil
 }

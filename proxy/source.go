@@ -73,7 +73,7 @@ func (s *Server) rebuildLayer(ctx context.Context, req distRequest, d cache.Deri
 	if err := s.admit(ctx, src); err != nil {
 		return err
 	}
-	return s.engine.RebuildLayer(ctx, s.readingAs(req.upstream, req.repo), d)
+	return engineError(s.engine.RebuildLayer(ctx, s.readingAs(req.upstream, req.repo), d))
 }
 
 // askingAs names who a piece of single-flight work asks upstream as: the

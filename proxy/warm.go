@@ -162,7 +162,7 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	for _, g := range applicableGroups(m, groups) {
 		n, err := s.engine.Normalize(ctx, s.readingAs(up, req.repo), m, g.rules)
 		if err != nil {
-			return fail(err)
+			return fail(engineError(err))
 		}
 		v := WarmVariant{Clients: g.clients, Rules: g.rules.Key()}
 		if n.Changed() {

@@ -49,7 +49,7 @@ func TestRepackedLayerExtractsTheSame(t *testing.T) {
 	}
 	raw := buildTar(t, uniq, tar.FormatPAX)
 	var out bytes.Buffer
-	res, err := RepackLayer(&out, bytes.NewReader(raw), 0)
+	res, err := RepackLayer(&out, bytes.NewReader(raw), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}

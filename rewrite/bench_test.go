@@ -132,7 +132,7 @@ func BenchmarkLayerRules(b *testing.B) {
 			return err
 		})
 		scan += timeIt(b, func() error {
-			s, err := ScanLayer(bytes.NewReader(gz.Bytes()), 0)
+			s, err := ScanLayer(bytes.NewReader(gz.Bytes()), Limits{})
 			if err == nil && s.Clean() {
 				err = fmt.Errorf("the generated layer has nothing to strip")
 			}
@@ -140,7 +140,7 @@ func BenchmarkLayerRules(b *testing.B) {
 		})
 		compress += timeIt(b, func() error { return gzipTo(io.Discard, raw.Bytes()) })
 		repack += timeIt(b, func() error {
-			_, err := RepackLayer(io.Discard, bytes.NewReader(gz.Bytes()), 0)
+			_, err := RepackLayer(io.Discard, bytes.NewReader(gz.Bytes()), Limits{})
 			return err
 		})
 	}
@@ -180,7 +180,7 @@ func BenchmarkZstdToGzip(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		compress += timeIt(b, func() error { return gzipTo(io.Discard, raw.Bytes()) })
 		recompress += timeIt(b, func() error {
-			_, err := TransformLayer(io.Discard, bytes.NewReader(zst.Bytes()), 0, LayerTransform{To: Gzip})
+			_, err := TransformLayer(io.Discard, bytes.NewReader(zst.Bytes()), Limits{}, LayerTransform{To: Gzip})
 			return err
 		})
 	}
@@ -226,7 +226,7 @@ func BenchmarkRepackMemory(b *testing.B) {
 			}
 			pw.CloseWithError(err)
 		}()
-		res, err := RepackLayer(io.Discard, pr, 0)
+		res, err := RepackLayer(io.Discard, pr, Limits{})
 		close(stop)
 		<-sampled
 		if err != nil {

@@ -108,10 +108,10 @@ func FuzzRepackLayer(f *testing.F) {
 		// A source that ends in an error is never a layer, whatever it
 		// held before (a body cut short).
 		cut := io.MultiReader(bytes.NewReader(blob), iotest.ErrReader(io.ErrUnexpectedEOF))
-		if scan, err := ScanLayer(cut, 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+		if scan, err := ScanLayer(cut, Limits{}); !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Fatalf("a source cut short scanned as %+v, %v", scan, err)
 		}
-		scan, err := ScanLayer(bytes.NewReader(blob), 0)
+		scan, err := ScanLayer(bytes.NewReader(blob), Limits{})
 		if err != nil {
 			return
 		}
@@ -122,7 +122,7 @@ func FuzzRepackLayer(f *testing.F) {
 			}
 		}
 		var out bytes.Buffer
-		res, err := RepackLayer(&out, bytes.NewReader(blob), 0)
+		res, err := RepackLayer(&out, bytes.NewReader(blob), Limits{})
 		if err != nil {
 			return // the Go tar writer refuses some headers its reader accepts
 		}
@@ -132,7 +132,7 @@ func FuzzRepackLayer(f *testing.F) {
 		if res.Digest != digest.FromBytes(out.Bytes()) || res.Size != int64(out.Len()) {
 			t.Fatal("digest does not verify")
 		}
-		again, err := ScanLayer(bytes.NewReader(out.Bytes()), 0)
+		again, err := ScanLayer(bytes.NewReader(out.Bytes()), Limits{})
 		if err != nil || !again.Clean() || again.Entries != scan.Entries {
 			t.Fatalf("second pass: %+v %v", again, err)
 		}

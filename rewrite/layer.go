@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -46,10 +47,13 @@ var (
 	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 )
 
-// XattrRemoval is the xattr keys removed from one tar entry.
+// XattrRemoval is the xattr keys removed from one tar entry, as recorded:
+// a path or key longer than the record keeps ends in "…", and MoreKeys
+// counts the keys beyond those listed.
 type XattrRemoval struct {
-	Path string   `json:"path"`
-	Keys []string `json:"keys"`
+	Path     string   `json:"path"`
+	Keys     []string `json:"keys"`
+	MoreKeys int      `json:"moreKeys,omitempty"`
 }
 
 // LayerScan is what scanning a layer found.
@@ -60,12 +64,34 @@ type LayerScan struct {
 	// and is served untouched.
 	Stripped int
 	// Removals lists what the symlink xattr rule removes, for the first
-	// 1000 such entries.
+	// entries, within the bounds below; Unlisted counts the others.
 	Removals []XattrRemoval
+	// removalBytes is what Removals holds: its paths and keys.
+	removalBytes int
 }
 
 // Clean reports whether the layer needs nothing.
 func (s LayerScan) Clean() bool { return s.Stripped == 0 }
+
+// Unlisted is how many stripped entries Removals leaves out.
+func (s LayerScan) Unlisted() int { return max(0, s.Stripped-len(s.Removals)) }
+
+// What a scan lists of the entries it strips. Paths, keys and their number
+// come from the layer (tar allows paths and PAX records of a megabyte), and
+// the list goes into records, reports and pages: each is bounded, in bytes
+// and in number, so that a layer's size is never a record's. Only what is
+// listed is cut; what the layer becomes is not.
+const (
+	// maxRecordedRemovals bounds the entries listed; Stripped counts all.
+	maxRecordedRemovals = 100
+	// maxRecordedBytes bounds the paths and keys listed, together.
+	maxRecordedBytes = 16 << 10
+	// maxRecordedPath and maxRecordedKey bound one path and one key.
+	maxRecordedPath = 256
+	maxRecordedKey  = 128
+	// maxRecordedKeys bounds the keys listed for one entry.
+	maxRecordedKeys = 8
+)
 
 // record notes an entry whose xattrs keys the rule removes.
 func (s *LayerScan) record(path string, keys []string) {
@@ -73,9 +99,42 @@ func (s *LayerScan) record(path string, keys []string) {
 		return
 	}
 	s.Stripped++
-	if len(s.Removals) < maxRecordedRemovals {
-		s.Removals = append(s.Removals, XattrRemoval{Path: path, Keys: keys})
+	if len(s.Removals) >= maxRecordedRemovals {
+		return
 	}
+	r := XattrRemoval{Path: clip(path, maxRecordedPath), MoreKeys: max(0, len(keys)-maxRecordedKeys)}
+	size := len(r.Path)
+	for _, k := range keys[:len(keys)-r.MoreKeys] {
+		k = clip(k, maxRecordedKey)
+		r.Keys = append(r.Keys, k)
+		size += len(k)
+	}
+	if s.removalBytes+size > maxRecordedBytes {
+		s.removalBytes = maxRecordedBytes // the list ends here
+		return
+	}
+	s.removalBytes += size
+	s.Removals = append(s.Removals, r)
+}
+
+// clipMark ends a recorded string that was cut.
+const clipMark = "…"
+
+// clip cuts s to at most n bytes (n > len(clipMark)), at a rune boundary
+// where s is UTF-8, ending it in clipMark when it cut: the same s always
+// gives the same result.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len(clipMark)
+	for i := cut; i > cut-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			cut = i
+			break
+		}
+	}
+	return s[:cut] + clipMark
 }
 
 // LayerResult describes a repackaged layer.
@@ -98,22 +157,47 @@ var ErrNotTar = errors.New("not a tar layer")
 // read with: a decompression bomb, or a layer too large to be worth it.
 var ErrLayerTooLarge = errors.New("layer decompresses beyond the limit")
 
-// maxRecordedRemovals bounds the paths a scan lists, so that a layer of a
-// million symlinks with xattrs cannot make the report (or memory) grow
-// without bound; LayerScan.Stripped still counts them all.
-const maxRecordedRemovals = 1000
+// ErrZstdWindow means a zstd frame of the layer declares a window larger
+// than the limit it was read with: decoding it would take that much memory.
+var ErrZstdWindow = errors.New("zstd window beyond the limit")
+
+// Limits bound what reading a layer may take, whatever the layer says.
+type Limits struct {
+	// Size bounds the decompressed stream (0: no bound); a layer that
+	// expands further is ErrLayerTooLarge.
+	Size int64
+	// ZstdWindow bounds the window a zstd frame may declare, and so the
+	// memory its decoder holds (0: DefaultZstdWindow); a layer with a frame
+	// that declares more is ErrZstdWindow, found from the frame's header
+	// before anything is allocated for it.
+	ZstdWindow int64
+}
+
+// DefaultZstdWindow is the window every zstd decoder is asked to support
+// (RFC 8878, section 3.1.1.1.2): the reference levels 1 to 19, and
+// klauspost/compress at every level (containerd's and buildkit's encoder),
+// stay within it. Levels 20 to 22 (--ultra) and long-distance matching
+// (--long) declare more.
+const DefaultZstdWindow = 8 << 20
+
+func (l Limits) zstdWindow() int64 {
+	if l.ZstdWindow <= 0 {
+		return DefaultZstdWindow
+	}
+	return min(max(l.ZstdWindow, zstd.MinWindowSize), 1<<40) // what the decoder accepts
+}
 
 // ScanLayer reads a layer blob (gzip, zstd or plain tar) and reports what
 // the symlink xattr rule would remove. It decompresses but never compresses,
-// so a clean layer costs one decompression. A layer that decompresses to
-// more than limit bytes (limit > 0) is ErrLayerTooLarge.
+// so a clean layer costs one decompression. A layer beyond lim is
+// ErrLayerTooLarge or ErrZstdWindow.
 //
 // It reads blob to its end, past the end of the archive, so that a source
 // that checks what it delivers (a digest at the end of the stream) has its
 // say; an error from blob is returned as it is (wrapped), never taken for
 // the end of the layer.
-func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
-	l, err := openLayer(blob, limit)
+func ScanLayer(blob io.Reader, lim Limits) (LayerScan, error) {
+	l, err := openLayer(blob, lim)
 	if err != nil {
 		return LayerScan{}, err
 	}
@@ -147,11 +231,10 @@ func ScanLayer(blob io.Reader, limit int64) (LayerScan, error) {
 // sparse files are written expanded, and numeric fields use its own
 // encoding. What an extraction produces is unchanged.
 //
-// A layer that decompresses to more than limit bytes (limit > 0) is
-// ErrLayerTooLarge. Like ScanLayer, it reads blob to its end and returns
-// blob's errors.
-func RepackLayer(dst io.Writer, blob io.Reader, limit int64) (LayerResult, error) {
-	return TransformLayer(dst, blob, limit, LayerTransform{Strip: true})
+// A layer beyond lim is ErrLayerTooLarge or ErrZstdWindow. Like ScanLayer,
+// it reads blob to its end and returns blob's errors.
+func RepackLayer(dst io.Writer, blob io.Reader, lim Limits) (LayerResult, error) {
+	return TransformLayer(dst, blob, lim, LayerTransform{Strip: true})
 }
 
 // LayerTransform is what is done to a layer: the symlink xattr rule's
@@ -192,8 +275,8 @@ func ParseLayerTransform(key string) (LayerTransform, error) {
 // same pass. With Strip it is RepackLayer, writing t.To when set. Without,
 // the decompressed stream is recompressed to t.To byte for byte: the tar
 // and its diff ID are the layer's own. Deterministic, like RepackLayer.
-func TransformLayer(dst io.Writer, blob io.Reader, limit int64, t LayerTransform) (LayerResult, error) {
-	l, err := openLayer(blob, limit)
+func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform) (LayerResult, error) {
+	l, err := openLayer(blob, lim)
 	if err != nil {
 		return LayerResult{}, err
 	}
@@ -348,6 +431,7 @@ type layerReader struct {
 	comp  Compression
 	src   *sourceReader
 	limit *limitReader // nil: no limit
+	zstd  *zstdFrames  // nil: not zstd
 	close func()
 }
 
@@ -363,7 +447,7 @@ func (l *layerReader) drain() error {
 // fail ends a read that found the layer wanting: it stops the read-ahead,
 // reads the rest of the blob so that a source that fails (or checks its
 // digest at the end) has its say, and returns what really ended the read:
-// the source's failure, else the size limit, else err. A verdict on the
+// the source's failure, else a limit, else err. A verdict on the
 // layer (ErrNotTar, ErrLayerTooLarge) therefore always comes from a blob
 // read whole without a source error.
 func (l *layerReader) fail(err error) error {
@@ -375,17 +459,21 @@ func (l *layerReader) fail(err error) error {
 	if l.limit != nil && l.limit.exceeded {
 		return fmt.Errorf("%w: more than %d bytes", ErrLayerTooLarge, l.limit.max)
 	}
+	if l.zstd != nil && l.zstd.declared > 0 {
+		return fmt.Errorf("%w: a frame declares %d bytes, more than %d", ErrZstdWindow, l.zstd.declared, l.zstd.max)
+	}
 	return err
 }
 
 // openLayer detects the compression from the first bytes and opens the
-// decompressed stream, limited to limit bytes when limit > 0.
-func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
+// decompressed stream, within lim.
+func openLayer(blob io.Reader, lim Limits) (*layerReader, error) {
 	src := &sourceReader{r: blob}
 	br := bufio.NewReaderSize(src, 64<<10)
 	head, _ := br.Peek(4)
 	var comp Compression
 	var rc io.ReadCloser
+	var frames *zstdFrames
 	switch {
 	case bytes.HasPrefix(head, gzipMagic):
 		zr, err := gzip.NewReader(br)
@@ -396,7 +484,13 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 		zr.Multistream(true)
 		comp, rc = Gzip, zr
 	case bytes.HasPrefix(head, zstdMagic):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+		// The decoder is handed each frame only once its header is read, and
+		// refuses a bigger window itself too: a window of a few bytes'
+		// declaring is never memory held.
+		window := lim.zstdWindow()
+		frames = &zstdFrames{r: br, max: window}
+		zr, err := zstd.NewReader(frames, zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(uint64(window)), zstd.WithDecoderMaxMemory(uint64(window)))
 		if err != nil {
 			src.drain()
 			return nil, src.cause(fmt.Errorf("%w: zstd: %v", ErrNotTar, err))
@@ -405,10 +499,10 @@ func openLayer(blob io.Reader, limit int64) (*layerReader, error) {
 	default:
 		comp, rc = Uncompressed, io.NopCloser(br)
 	}
-	l := &layerReader{comp: comp, src: src}
+	l := &layerReader{comp: comp, src: src, zstd: frames}
 	var expanded io.Reader = rc
-	if limit > 0 {
-		l.limit = &limitReader{r: rc, max: limit}
+	if lim.Size > 0 {
+		l.limit = &limitReader{r: rc, max: lim.Size}
 		expanded = l.limit
 	}
 	ar := newAheadReader(expanded)
@@ -620,7 +714,11 @@ func digestOf(h hash.Hash) digest.Digest {
 func describeRemovals(rs []XattrRemoval) []string {
 	out := make([]string, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, r.Path+": "+strings.Join(r.Keys, ", "))
+		line := r.Path + ": " + strings.Join(r.Keys, ", ")
+		if r.MoreKeys > 0 {
+			line += fmt.Sprintf(" and %d more", r.MoreKeys)
+		}
+		out = append(out, line)
 	}
 	return out
 }

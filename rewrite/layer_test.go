@@ -16,6 +16,7 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -159,7 +160,7 @@ func TestLayerRule(t *testing.T) {
 				raw := buildTar(t, tt.entries, tt.format)
 				blob := compress(t, raw, comp)
 
-				scan, err := ScanLayer(bytes.NewReader(blob), 0)
+				scan, err := ScanLayer(bytes.NewReader(blob), Limits{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -170,7 +171,7 @@ func TestLayerRule(t *testing.T) {
 					t.Fatalf("scan found %q, want %q", got, tt.wantRemoved)
 				}
 				var out bytes.Buffer
-				res, err := RepackLayer(&out, bytes.NewReader(blob), 0)
+				res, err := RepackLayer(&out, bytes.NewReader(blob), Limits{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -192,7 +193,7 @@ func checkRepacked(t *testing.T, raw, blob, out []byte, res LayerResult) {
 	if res.DiffID != digest.FromBytes(newRaw) {
 		t.Fatal("diff_id does not verify")
 	}
-	if got, _ := ScanLayer(bytes.NewReader(out), 0); got.Compression != res.Compression {
+	if got, _ := ScanLayer(bytes.NewReader(out), Limits{}); got.Compression != res.Compression {
 		t.Fatalf("compression %s became %s", res.Compression, got.Compression)
 	}
 	removed := map[string][]string{}
@@ -216,11 +217,11 @@ func checkRepacked(t *testing.T, raw, blob, out []byte, res LayerResult) {
 		}
 	}
 	var again bytes.Buffer
-	res2, err := RepackLayer(&again, bytes.NewReader(blob), 0)
+	res2, err := RepackLayer(&again, bytes.NewReader(blob), Limits{})
 	if err != nil || !bytes.Equal(again.Bytes(), out) || res2.Digest != res.Digest {
 		t.Fatal("repacking the same layer twice gave different bytes")
 	}
-	if scan, err := ScanLayer(bytes.NewReader(out), 0); err != nil || !scan.Clean() {
+	if scan, err := ScanLayer(bytes.NewReader(out), Limits{}); err != nil || !scan.Clean() {
 		t.Fatalf("second pass: %+v %v", scan, err)
 	}
 }
@@ -266,7 +267,7 @@ func TestRepackedDigestsGolden(t *testing.T) {
 	got := map[string]string{}
 	for _, comp := range []Compression{Gzip, Zstd, Uncompressed} {
 		var out bytes.Buffer
-		res, err := RepackLayer(&out, bytes.NewReader(compress(t, raw, comp)), 0)
+		res, err := RepackLayer(&out, bytes.NewReader(compress(t, raw, comp)), Limits{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -275,7 +276,7 @@ func TestRepackedDigestsGolden(t *testing.T) {
 	// The zstd → gzip rule's two transforms of the zstd layer.
 	for _, tr := range []LayerTransform{{To: Gzip}, {Strip: true, To: Gzip}} {
 		var out bytes.Buffer
-		res, err := TransformLayer(&out, bytes.NewReader(compress(t, raw, Zstd)), 0, tr)
+		res, err := TransformLayer(&out, bytes.NewReader(compress(t, raw, Zstd)), Limits{}, tr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -292,10 +293,10 @@ func TestNotATar(t *testing.T) {
 		"gzip of junk":  compress(t, bytes.Repeat([]byte("junk"), 300), Gzip),
 		"truncated tar": buildTar(t, layerCases[0].entries, tar.FormatPAX)[:700],
 	} {
-		if _, err := ScanLayer(bytes.NewReader(blob), 0); err == nil {
+		if _, err := ScanLayer(bytes.NewReader(blob), Limits{}); err == nil {
 			t.Errorf("%s: scan accepted it", name)
 		}
-		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), 0); err == nil {
+		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), Limits{}); err == nil {
 			t.Errorf("%s: repack accepted it", name)
 		}
 	}
@@ -307,11 +308,11 @@ func TestSourceFailureIsNotAVerdict(t *testing.T) {
 	t.Parallel()
 	blob := compress(t, buildTar(t, layerCases[0].entries, tar.FormatPAX), Gzip)
 	failing := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
-	if _, err := ScanLayer(failing, 0); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+	if _, err := ScanLayer(failing, Limits{}); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
 		t.Fatalf("scan: %v", err)
 	}
 	failing = io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(errDownload))
-	if _, err := RepackLayer(io.Discard, failing, 0); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
+	if _, err := RepackLayer(io.Discard, failing, Limits{}); !errors.Is(err, errDownload) || errors.Is(err, ErrNotTar) {
 		t.Fatalf("repack: %v", err)
 	}
 }
@@ -323,13 +324,13 @@ func TestLayerSizeLimit(t *testing.T) {
 	raw := buildTar(t, []entry{reg("big", strings.Repeat("0", 1<<20), nil)}, tar.FormatPAX)
 	for _, comp := range []Compression{Gzip, Zstd, Uncompressed} {
 		blob := compress(t, raw, comp)
-		if _, err := ScanLayer(bytes.NewReader(blob), int64(len(raw))); err != nil {
+		if _, err := ScanLayer(bytes.NewReader(blob), Limits{Size: int64(len(raw))}); err != nil {
 			t.Errorf("%s: a layer of exactly the limit: %v", comp, err)
 		}
-		if _, err := ScanLayer(bytes.NewReader(blob), 1<<19); !errors.Is(err, ErrLayerTooLarge) {
+		if _, err := ScanLayer(bytes.NewReader(blob), Limits{Size: 1 << 19}); !errors.Is(err, ErrLayerTooLarge) {
 			t.Errorf("%s: scan over the limit: %v, want ErrLayerTooLarge", comp, err)
 		}
-		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), 1<<19); !errors.Is(err, ErrLayerTooLarge) {
+		if _, err := RepackLayer(io.Discard, bytes.NewReader(blob), Limits{Size: 1 << 19}); !errors.Is(err, ErrLayerTooLarge) {
 			t.Errorf("%s: repack over the limit: %v, want ErrLayerTooLarge", comp, err)
 		}
 	}
@@ -343,12 +344,72 @@ func TestRemovalsAreCapped(t *testing.T) {
 	for i := range maxRecordedRemovals + 5 {
 		entries = append(entries, special(tar.TypeSymlink, fmt.Sprintf("l%d", i), "t", map[string]string{userX: "v"}))
 	}
-	scan, err := ScanLayer(bytes.NewReader(buildTar(t, entries, tar.FormatPAX)), 0)
+	scan, err := ScanLayer(bytes.NewReader(buildTar(t, entries, tar.FormatPAX)), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if scan.Stripped != len(entries) || len(scan.Removals) != maxRecordedRemovals {
-		t.Fatalf("stripped %d, listed %d; want %d and %d", scan.Stripped, len(scan.Removals), len(entries), maxRecordedRemovals)
+	if scan.Stripped != len(entries) || len(scan.Removals) != maxRecordedRemovals || scan.Unlisted() != 5 {
+		t.Fatalf("stripped %d, listed %d, unlisted %d; want %d, %d and 5", scan.Stripped, len(scan.Removals), scan.Unlisted(), len(entries), maxRecordedRemovals)
+	}
+}
+
+// TestRecordedRemovalsAreBounded: what a layer's paths and keys put in its
+// list is bounded per entry and in all, the same way every time, and only
+// the list is cut: the repackaged layer keeps every name whole.
+func TestRecordedRemovalsAreBounded(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é", 1000) // two bytes a rune: a cut can fall inside one
+	manyKeys := map[string]string{}
+	for i := range maxRecordedKeys + 3 {
+		manyKeys[fmt.Sprintf("SCHILY.xattr.user.%02d", i)] = "v"
+	}
+	var entries []entry
+	entries = append(entries,
+		special(tar.TypeSymlink, "short", "t", map[string]string{userX: "v"}),
+		special(tar.TypeSymlink, long, "t", map[string]string{"SCHILY.xattr.user." + long: "v"}),
+		special(tar.TypeSymlink, "keys", "t", manyKeys))
+	for i := range 200 {
+		entries = append(entries, special(tar.TypeSymlink, fmt.Sprintf("%03d", i)+long, "t", map[string]string{userX: "v"}))
+	}
+	raw := buildTar(t, entries, tar.FormatPAX)
+	var out bytes.Buffer
+	res, err := RepackLayer(&out, bytes.NewReader(raw), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := 0
+	for _, r := range res.Removals {
+		size += len(r.Path)
+		for _, k := range r.Keys {
+			size += len(k)
+			if len(k) > maxRecordedKey || !utf8.ValidString(k) {
+				t.Errorf("key %q: more than %d bytes, or cut inside a rune", k, maxRecordedKey)
+			}
+		}
+		if len(r.Path) > maxRecordedPath || !utf8.ValidString(r.Path) || len(r.Keys) > maxRecordedKeys {
+			t.Errorf("entry %.40q…: %d bytes, %d keys", r.Path, len(r.Path), len(r.Keys))
+		}
+	}
+	if size > maxRecordedBytes || res.Stripped != len(entries) || len(res.Removals)+res.Unlisted() != len(entries) || res.Unlisted() == 0 {
+		t.Fatalf("listed %d entries of %d bytes, %d unlisted; want at most %d bytes and %d entries in all",
+			len(res.Removals), size, res.Unlisted(), maxRecordedBytes, len(entries))
+	}
+	if r := res.Removals[1]; !strings.HasSuffix(r.Path, clipMark) || !strings.HasPrefix(long, strings.TrimSuffix(r.Path, clipMark)) {
+		t.Errorf("a long path is recorded as %q: want its start, marked as cut", r.Path)
+	}
+	if r := res.Removals[2]; len(r.Keys) != maxRecordedKeys || r.MoreKeys != 3 || !strings.HasSuffix(describeRemovals([]XattrRemoval{r})[0], " and 3 more") {
+		t.Errorf("an entry of %d keys is recorded as %+v", len(manyKeys), r)
+	}
+	again, err := ScanLayer(bytes.NewReader(raw), Limits{})
+	if err != nil || !slices.EqualFunc(again.Removals, res.Removals, func(a, b XattrRemoval) bool {
+		return a.Path == b.Path && slices.Equal(a.Keys, b.Keys) && a.MoreKeys == b.MoreKeys
+	}) {
+		t.Fatalf("a second scan lists otherwise: %v", err)
+	}
+	for i, e := range readEntries(t, decompress(t, out.Bytes())) {
+		if e.hdr.Name != entries[i].hdr.Name {
+			t.Fatalf("entry %d renamed in the layer: %d bytes, want %d", i, len(e.hdr.Name), len(entries[i].hdr.Name))
+		}
 	}
 }
 
@@ -374,7 +435,7 @@ func TestTruncatedSourceIsAnError(t *testing.T) {
 	}
 	for _, comp := range []Compression{Uncompressed, Gzip, Zstd} {
 		blob := compress(t, raw, comp)
-		if scan, err := ScanLayer(bytes.NewReader(blob), 0); err != nil || scan.Entries != 51 {
+		if scan, err := ScanLayer(bytes.NewReader(blob), Limits{}); err != nil || scan.Entries != 51 {
 			t.Fatalf("%s: whole layer: %+v %v", comp, scan, err)
 		}
 		// Two entries (header and one data block each) in; for the
@@ -387,10 +448,10 @@ func TestTruncatedSourceIsAnError(t *testing.T) {
 			short := func() io.Reader {
 				return io.MultiReader(bytes.NewReader(blob[:at]), iotest.ErrReader(io.ErrUnexpectedEOF))
 			}
-			if scan, err := ScanLayer(short(), 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+			if scan, err := ScanLayer(short(), Limits{}); !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Errorf("%s cut at %d: scan %+v, %v; want io.ErrUnexpectedEOF", comp, at, scan, err)
 			}
-			if res, err := RepackLayer(io.Discard, short(), 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+			if res, err := RepackLayer(io.Discard, short(), Limits{}); !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Errorf("%s cut at %d: repack %d entries, %v; want io.ErrUnexpectedEOF", comp, at, res.Entries, err)
 			}
 		}
@@ -406,10 +467,10 @@ func TestTrailingSourceErrorIsAnError(t *testing.T) {
 	for _, comp := range []Compression{Uncompressed, Gzip, Zstd} {
 		blob := compress(t, raw, comp)
 		bad := func() io.Reader { return io.MultiReader(bytes.NewReader(blob), iotest.ErrReader(errDownload)) }
-		if _, err := ScanLayer(bad(), 0); !errors.Is(err, errDownload) {
+		if _, err := ScanLayer(bad(), Limits{}); !errors.Is(err, errDownload) {
 			t.Errorf("%s: scan: %v, want the source's error", comp, err)
 		}
-		if _, err := RepackLayer(io.Discard, bad(), 0); !errors.Is(err, errDownload) {
+		if _, err := RepackLayer(io.Discard, bad(), Limits{}); !errors.Is(err, errDownload) {
 			t.Errorf("%s: repack: %v, want the source's error", comp, err)
 		}
 	}
@@ -477,7 +538,7 @@ func TestZstdToGzip(t *testing.T) {
 	}, tar.FormatPAX)
 	blob := compress(t, raw, Zstd)
 	var out bytes.Buffer
-	res, err := TransformLayer(&out, bytes.NewReader(blob), 0, LayerTransform{To: Gzip})
+	res, err := TransformLayer(&out, bytes.NewReader(blob), Limits{}, LayerTransform{To: Gzip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,12 +549,12 @@ func TestZstdToGzip(t *testing.T) {
 		t.Fatalf("result %+v", res)
 	}
 	var again bytes.Buffer
-	if _, err := TransformLayer(&again, bytes.NewReader(blob), 0, LayerTransform{To: Gzip}); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
+	if _, err := TransformLayer(&again, bytes.NewReader(blob), Limits{}, LayerTransform{To: Gzip}); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
 		t.Fatal("recompressing twice gave other bytes")
 	}
 
 	var both bytes.Buffer
-	res, err = TransformLayer(&both, bytes.NewReader(blob), 0, LayerTransform{Strip: true, To: Gzip})
+	res, err = TransformLayer(&both, bytes.NewReader(blob), Limits{}, LayerTransform{Strip: true, To: Gzip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,10 +565,10 @@ func TestZstdToGzip(t *testing.T) {
 	// A source cut short is an error, never a layer; nor is one that
 	// expands beyond the limit.
 	cut := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(io.ErrUnexpectedEOF))
-	if _, err := TransformLayer(io.Discard, cut, 0, LayerTransform{To: Gzip}); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := TransformLayer(io.Discard, cut, Limits{}, LayerTransform{To: Gzip}); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("recompressing a cut source: %v", err)
 	}
-	if _, err := TransformLayer(io.Discard, bytes.NewReader(blob), 100, LayerTransform{To: Gzip}); !errors.Is(err, ErrLayerTooLarge) {
+	if _, err := TransformLayer(io.Discard, bytes.NewReader(blob), Limits{Size: 100}, LayerTransform{To: Gzip}); !errors.Is(err, ErrLayerTooLarge) {
 		t.Errorf("recompressing beyond the limit: %v", err)
 	}
 
@@ -520,7 +581,7 @@ func TestZstdToGzip(t *testing.T) {
 	}
 	large := compress(t, buildTar(t, []entry{reg("noise", string(noise), nil)}, tar.FormatPAX), Zstd)
 	for _, tr := range []LayerTransform{{To: Gzip}, {Strip: true}, {Strip: true, To: Gzip}} {
-		_, err := TransformLayer(failingWriter{full}, bytes.NewReader(large), 0, tr)
+		_, err := TransformLayer(failingWriter{full}, bytes.NewReader(large), Limits{}, tr)
 		if !errors.Is(err, full) || errors.Is(err, ErrNotTar) {
 			t.Errorf("%+v to a full disk: %v", tr, err)
 		}

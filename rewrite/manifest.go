@@ -49,8 +49,11 @@ type Change struct {
 	Old  string `json:"old"`
 	New  string `json:"new"`
 	// Details says more where a kind needs it: for symlink-xattrs, one
-	// "path: key, key" line per entry stripped.
+	// "path: key, key" line per entry stripped, for the entries a layer's
+	// record lists.
 	Details []string `json:"details,omitempty"`
+	// Unlisted is how many more there were than Details lists.
+	Unlisted int `json:"unlisted,omitempty"`
 }
 
 // Result is a normalized document. When Changes is empty, Content is the
@@ -227,7 +230,7 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 		switch {
 		case fix.Stripped > 0 || !retyped:
 			changes = append(changes, Change{Kind: KindSymlinkXattrs, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
-				Details: describeRemovals(fix.Removals)})
+				Details: describeRemovals(fix.Removals), Unlisted: fix.Unlisted()})
 			if retyped {
 				changes = append(changes, Change{Kind: KindZstdGzip, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: fix.MediaType})
 			}

@@ -224,11 +224,10 @@ func ConvertSchema1(mediaType string, manifest []byte, blobs map[digest.Digest]S
 
 // LayerDiffID reads a layer blob (gzip, zstd or plain tar) to its end and
 // returns its diff ID: the digest of the decompressed stream, as containerd
-// computes it. A layer that decompresses to more than limit bytes (limit >
-// 0) is ErrLayerTooLarge; a source error is returned as it is, never taken
-// for the end of the layer.
-func LayerDiffID(blob io.Reader, limit int64) (digest.Digest, Compression, error) {
-	l, err := openLayer(blob, limit)
+// computes it. A layer beyond lim is ErrLayerTooLarge or ErrZstdWindow; a
+// source error is returned as it is, never taken for the end of the layer.
+func LayerDiffID(blob io.Reader, lim Limits) (digest.Digest, Compression, error) {
+	l, err := openLayer(blob, lim)
 	if err != nil {
 		return "", "", err
 	}

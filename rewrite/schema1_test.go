@@ -162,14 +162,14 @@ func TestConvertSchema1(t *testing.T) {
 func TestLayerDiffID(t *testing.T) {
 	t.Parallel()
 	blob, want := gzipTar(t, map[string]string{"a": strings.Repeat("x", 100000)})
-	if got, comp, err := LayerDiffID(bytes.NewReader(blob), 0); err != nil || got != want || comp != Gzip {
+	if got, comp, err := LayerDiffID(bytes.NewReader(blob), Limits{}); err != nil || got != want || comp != Gzip {
 		t.Fatalf("gzip: %s %s %v; want %s", got, comp, err, want)
 	}
 	cut := io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), iotest.ErrReader(io.ErrUnexpectedEOF))
-	if _, _, err := LayerDiffID(cut, 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, _, err := LayerDiffID(cut, Limits{}); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("a source cut short: %v", err)
 	}
-	if _, _, err := LayerDiffID(bytes.NewReader(blob), 1000); !errors.Is(err, ErrLayerTooLarge) {
+	if _, _, err := LayerDiffID(bytes.NewReader(blob), Limits{Size: 1000}); !errors.Is(err, ErrLayerTooLarge) {
 		t.Fatalf("beyond the limit: %v", err)
 	}
 }

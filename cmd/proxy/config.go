@@ -110,6 +110,14 @@ type AuthConfig struct {
 
 func (a AuthConfig) enabled() bool { return a.HtpasswdFile != "" || a.TokensFile != "" }
 
+// The zstd windows normalize.maxZstdWindow may allow: the format's least
+// (1 KiB), and a bound well past the largest the reference encoder writes
+// (--long=31 is 2 GiB).
+const (
+	minZstdWindow = 1 << 10
+	maxZstdWindow = 2 << 30
+)
+
 // NormalizeConfig configures normalization.
 type NormalizeConfig struct {
 	// ConfigMediaType retypes octet-stream image configs.
@@ -143,6 +151,16 @@ type NormalizeConfig struct {
 	// 16GiB: a layer that expands further (a decompression bomb) is served
 	// untouched.
 	MaxLayerSize string `yaml:"maxLayerSize"`
+	// MaxZstdWindow bounds the window a zstd layer's frames may declare,
+	// e.g. 8MiB: it is the memory decoding takes, and a layer that declares
+	// more is served untouched.
+	MaxZstdWindow string `yaml:"maxZstdWindow"`
+	// MaxLayerWork is how many layer scans, repackagings and recompressions
+	// run at once; with MaxZstdWindow it bounds the memory they take.
+	MaxLayerWork int `yaml:"maxLayerWork"`
+	// MaxQueuedLayerWork is how many more may wait for a turn; beyond, the
+	// request gets 503 with Retry-After.
+	MaxQueuedLayerWork int `yaml:"maxQueuedLayerWork"`
 }
 
 // NodesConfig configures the fleet view (/api/v1/nodes, the status page).
@@ -291,7 +309,8 @@ func defaultConfig() Config {
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour, HostsDir: proxy.DefaultHostsDir},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
-			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB"},
+			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB",
+			MaxZstdWindow: "8MiB", MaxLayerWork: 4, MaxQueuedLayerWork: 128},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -481,6 +500,15 @@ func (c Config) validate() error {
 	}
 	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)
+	}
+	if b, err := parseByteSize(c.Normalize.MaxZstdWindow); err != nil || b < minZstdWindow || b > maxZstdWindow {
+		bad("normalize.maxZstdWindow", "%q is not a size from 1KiB to 2GiB such as 8MiB", c.Normalize.MaxZstdWindow)
+	}
+	if c.Normalize.MaxLayerWork < 1 {
+		bad("normalize.maxLayerWork", "must be at least 1")
+	}
+	if c.Normalize.MaxQueuedLayerWork < 1 {
+		bad("normalize.maxQueuedLayerWork", "must be at least 1")
 	}
 	if c.Normalize.Clients != "auto" && c.Normalize.Clients != "all" {
 		bad("normalize.clients", "%q is neither auto nor all", c.Normalize.Clients)

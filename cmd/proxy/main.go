@@ -112,6 +112,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	maxBytes, _ := cfg.Cache.maxBytes() // validated
 	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
+	maxWindow, _ := parseByteSize(cfg.Normalize.MaxZstdWindow)
 	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
 	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
 	maxBlob, _ := parseByteSize(cfg.MaxBlobSize)
@@ -133,6 +134,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		PatientDeadline:       cfg.Normalize.PatientDeadline,
 		MaxLayerSize:          int64(maxLayer),
 		MaxBlobSize:           int64(maxBlob),
+		MaxZstdWindow:         int64(maxWindow),
+		LayerWork:             normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
 		ClientAuth:            clientAuth,
 		AuthFailuresPerMinute: cfg.Auth.FailuresPerMinute,
 		NodeReportTokens:      reportTokens,

@@ -89,6 +89,10 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "hosts directory a list", yaml: "nodes:\n  hostsDir: /etc/containerd/certs.d:/etc/docker/certs.d\n", wantField: "nodes.hostsDir"},
 		{name: "hosts directory relative", yaml: "nodes:\n  hostsDir: certs.d\n", wantField: "nodes.hostsDir"},
 		{name: "no failed attempts allowed", yaml: "auth:\n  failuresPerMinute: 0\n", wantField: "auth.failuresPerMinute"},
+		{name: "zstd window too small", yaml: "normalize:\n  maxZstdWindow: 512B\n", wantField: "normalize.maxZstdWindow"},
+		{name: "zstd window too large", yaml: "normalize:\n  maxZstdWindow: 4GiB\n", wantField: "normalize.maxZstdWindow"},
+		{name: "layer work", yaml: "normalize:\n  maxLayerWork: 0\n", wantField: "normalize.maxLayerWork"},
+		{name: "queued layer work", yaml: "normalize:\n  maxQueuedLayerWork: -1\n", wantField: "normalize.maxQueuedLayerWork"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

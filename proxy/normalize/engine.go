@@ -102,6 +102,9 @@ type Metrics struct {
 	BytesScanned      prometheus.Counter
 	BytesRepackaged   prometheus.Counter
 	Rebuilds          prometheus.Counter
+	LayerWorkInflight prometheus.Gauge
+	LayerWorkQueued   prometheus.Gauge
+	LayerWorkRejected prometheus.Counter
 }
 
 // Options configure an Engine.
@@ -117,6 +120,13 @@ type Options struct {
 	Timeout time.Duration
 	// MaxLayerSize bounds how far a layer is decompressed to scan it.
 	MaxLayerSize int64
+	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
+	// memory its decoder holds (0: rewrite.DefaultZstdWindow); a layer
+	// that declares more is left untouched.
+	MaxZstdWindow int64
+	// Work bounds the scans, repackagings and recompressions that run and
+	// wait at once.
+	Work WorkLimits
 	// Platforms are the children of an index that are read.
 	Platforms Platforms
 	// Ingested is told the size of every blob the engine writes.
@@ -131,6 +141,7 @@ type Engine struct {
 
 	normalizations singleflight.Group // by original, rule set and identity
 	layers         singleflight.Group // scans and rebuilds, by layer and identity
+	work           *workQueue         // turns to read and write layers
 }
 
 // New returns an engine.
@@ -138,7 +149,7 @@ func New(opts Options) *Engine {
 	if opts.Ingested == nil {
 		opts.Ingested = func(int64) {}
 	}
-	return &Engine{opts: opts, m: opts.Metrics, log: opts.Log}
+	return &Engine{opts: opts, m: opts.Metrics, log: opts.Log, work: newWorkQueue(opts.Work, opts.Metrics)}
 }
 
 // Result is what to serve for one original manifest under one rule set,
@@ -276,12 +287,13 @@ func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (Result, error) {
 	start := time.Now()
 	var res rewrite.Result
+	var notes []cache.Change // what the report says beside the changes
 	var err error
 	switch {
 	case schema1.Is(m.MediaType):
 		res, err = e.convertSchema1(ctx, src, m)
 	case rewrite.IsManifest(m.MediaType):
-		res, err = e.normalizeImage(ctx, src, m, rules)
+		res, notes, err = e.normalizeImage(ctx, src, m, rules)
 	default:
 		res, err = e.normalizeIndex(ctx, src, m, rules, depth)
 	}
@@ -314,11 +326,9 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 		// original's variant is a Docker schema 2 manifest), as the report does.
 		verdict.Normalized, verdict.MediaType = res.Digest, res.MediaType
 		for _, c := range res.Changes {
-			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details})
+			verdict.Changes = append(verdict.Changes, cache.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details, Unlisted: c.Unlisted})
 			e.m.Rewrites.WithLabelValues(c.Kind).Inc()
 		}
-		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: rules.Key(),
-			Normalized: res.Digest, MediaType: res.MediaType, Changes: verdict.Changes})
 		e.log.Info("normalized manifest", "upstream", src.Upstream(), "repo", src.Repository(), "original", m.Digest, "rules", verdict.Rules,
 			"normalized", res.Digest, "changes", len(res.Changes))
 		// Normalizing a normalized manifest changes nothing: say so now (under
@@ -330,6 +340,12 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 				e.log.Error("caching normalization verdict failed", "digest", res.Digest, "error", err)
 			}
 		}
+	}
+	if err == nil && (res.Changed() || len(notes) > 0) {
+		// Bounded before anyone sees it: the report takes it as it is.
+		verdict.Changes = cache.BoundChanges(append(verdict.Changes, notes...))
+		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: rules.Key(),
+			Normalized: verdict.Normalized, MediaType: verdict.MediaType, Changes: verdict.Changes})
 	}
 	if err := store.PutNormalization(ctx, verdict); err != nil {
 		e.log.Error("caching normalization verdict failed", "digest", m.Digest, "error", err)
@@ -343,47 +359,51 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 // (and repackages those that need it) only for the layer rule, and reads the
 // config (through the cache, where containerd will find it next) only when
 // a rule needs it.
-func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set) (rewrite.Result, error) {
+//
+// Beside the result, it returns the report's notes of the layers it left
+// untouched.
+func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set) (rewrite.Result, []cache.Change, error) {
 	plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
 	if err != nil {
-		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+		return rewrite.Result{}, nil, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
 	if plan.Config.Size > maxConfigSize {
 		// Refused before any layer is fetched for nothing.
-		return rewrite.Result{}, fmt.Errorf("%w: config is %d bytes, more than %d", errInvalidContent, plan.Config.Size, maxConfigSize)
+		return rewrite.Result{}, nil, fmt.Errorf("%w: config is %d bytes, more than %d", errInvalidContent, plan.Config.Size, maxConfigSize)
 	}
 	var layers map[digest.Digest]rewrite.LayerResult
+	var untouched untouchedLayers
 	if rules.SymlinkXattrs {
-		if layers, err = e.repackagedLayers(ctx, src, plan.Layers); err != nil {
-			return rewrite.Result{}, err
+		if layers, err = e.repackagedLayers(ctx, src, plan.Layers, &untouched); err != nil {
+			return rewrite.Result{}, nil, err
 		}
 	}
 	if rules.ZstdGzip {
-		if layers, err = e.gzipLayers(ctx, src, plan.Layers, layers); err != nil {
-			return rewrite.Result{}, err
+		if layers, err = e.gzipLayers(ctx, src, plan.Layers, layers, &untouched); err != nil {
+			return rewrite.Result{}, nil, err
 		}
 	}
 	var config []byte
 	if (rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
 		if config, err = e.readBlob(ctx, src, plan.Config, maxConfigSize); err != nil {
-			return rewrite.Result{}, err
+			return rewrite.Result{}, nil, err
 		}
 	}
 	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
 		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType, RetypeDockerZstd: rules.ZstdMediaType})
 	if err != nil {
-		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
+		return rewrite.Result{}, nil, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
 	if res.Config != nil {
 		if err := e.putConfig(ctx, res.Config, res.ConfigDesc.Digest, plan.Config.Digest, false); err != nil {
-			return rewrite.Result{}, fmt.Errorf("store new config: %w", err)
+			return rewrite.Result{}, nil, fmt.Errorf("store new config: %w", err)
 		}
 		src.Learn(ctx, res.ConfigDesc.Digest, plan.Config.Digest)
 	}
 	for original, l := range layers {
 		src.Learn(ctx, l.Digest, original)
 	}
-	return res, nil
+	return res, untouched.notes(plan.Layers), nil
 }
 
 // normalizeIndex normalizes the children of the configured platforms (a

@@ -135,6 +135,7 @@ func (r *reports) Add(e cache.ReportEntry) {
 
 func newEngine(store *cache.Store) *Engine {
 	counter := func() prometheus.Counter { return prometheus.NewCounter(prometheus.CounterOpts{Name: "c"}) }
+	gauge := func() prometheus.Gauge { return prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"}) }
 	vec := func() *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v"}, []string{"l"})
 	}
@@ -143,7 +144,8 @@ func newEngine(store *cache.Store) *Engine {
 		Reports: &reports{},
 		Metrics: Metrics{Rewrites: vec(), RewriteErrors: vec(), Normalizations: vec(), LayersSkipped: vec(),
 			NormalizeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h"}),
-			LayersScanned:     counter(), LayersRepackaged: counter(), BytesScanned: counter(), BytesRepackaged: counter(), Rebuilds: counter()},
+			LayersScanned:     counter(), LayersRepackaged: counter(), BytesScanned: counter(), BytesRepackaged: counter(), Rebuilds: counter(),
+			LayerWorkInflight: gauge(), LayerWorkQueued: gauge(), LayerWorkRejected: counter()},
 		Log:       slog.New(slog.DiscardHandler),
 		Now:       func() time.Time { return time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC) },
 		Timeout:   time.Minute,

@@ -17,10 +17,11 @@ import (
 
 // repackagedLayers returns the repackaged form of every layer that the
 // symlink xattr rule changes, fetching and scanning layers a few at a time
-// (stopping at the first that fails).
+// (stopping at the first that fails), and adds those it leaves untouched to
+// untouched, with the reason.
 // Verdicts come from the cache when another pull, replica or earlier
 // process already scanned the layer.
-func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocispec.Descriptor) (map[digest.Digest]rewrite.LayerResult, error) {
+func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, untouched *untouchedLayers) (map[digest.Digest]rewrite.LayerResult, error) {
 	var scan []ocispec.Descriptor
 	for _, desc := range layers {
 		if rewrite.IsScannableLayer(desc.MediaType) {
@@ -34,6 +35,7 @@ func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocis
 		if err != nil {
 			return err
 		}
+		untouched.add(desc.Digest, v.Skipped)
 		if v.Repacked != "" {
 			mu.Lock()
 			fixes[desc.Digest] = layerResult(v)
@@ -42,6 +44,55 @@ func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocis
 		return nil
 	})
 	return fixes, err
+}
+
+// KindLayerUntouched is the report's note of a layer a rule would read
+// that was left as upstream has it; its details say why. It is not a
+// change: the manifest may be served unchanged with it.
+const KindLayerUntouched = "layer-untouched"
+
+// untouchedWhy is what the report says of a layer left untouched, by reason.
+var untouchedWhy = map[string]string{
+	"not-tar":     "not a tar stream regnorm reads: served as upstream has it",
+	"too-large":   "decompresses beyond normalize.maxLayerSize: served as upstream has it",
+	"zstd-window": "a zstd frame declares a window beyond normalize.maxZstdWindow: served as upstream has it",
+}
+
+// untouchedLayers collects the layers of one image left untouched, and why.
+type untouchedLayers struct {
+	mu     sync.Mutex
+	reason map[digest.Digest]string
+}
+
+func (u *untouchedLayers) add(dgst digest.Digest, reason string) {
+	if reason == "" {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.reason == nil {
+		u.reason = map[digest.Digest]string{}
+	}
+	u.reason[dgst] = reason
+}
+
+func (u *untouchedLayers) has(dgst digest.Digest) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	_, ok := u.reason[dgst]
+	return ok
+}
+
+// notes are the report's notes of the untouched layers among layers.
+func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
+	var out []cache.Change
+	for i, desc := range layers {
+		if reason, ok := u.reason[desc.Digest]; ok {
+			out = append(out, cache.Change{Kind: KindLayerUntouched, Path: fmt.Sprintf("layers[%d]", i), Old: desc.Digest.String(),
+				New: desc.Digest.String(), Details: []string{reason + ": " + untouchedWhy[reason]}})
+		}
+	}
+	return out
 }
 
 // layerVerdict scans one layer once, however many images and requests want it.
@@ -65,10 +116,11 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	scan, err := e.scanLayer(ctx, src, dgst)
 	switch reason := skipReason(err); {
 	case reason != "":
-		// Not a tar regnorm reads, or a decompression bomb: served as it is,
-		// and never scanned again.
+		// Not a tar regnorm reads, or beyond a limit: served as it is, and
+		// never scanned again.
 		e.m.LayersSkipped.WithLabelValues(reason).Inc()
 		e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", dgst, "reason", reason, "error", err)
+		v.Skipped = reason
 		return v, e.opts.Store.PutLayerVerdict(ctx, v)
 	case err != nil:
 		return cache.LayerVerdict{}, err
@@ -86,6 +138,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 		for _, r := range res.Removals {
 			v.Removals = append(v.Removals, cache.XattrRemoval(r))
 		}
+		v.Unlisted = res.Unlisted()
 		e.log.Info("repackaged layer", "repo", src.Repository(), "original", dgst, "repacked", res.Digest, "entries_stripped", res.Stripped)
 	}
 	if err := e.opts.Store.PutLayerVerdict(ctx, v); err != nil {
@@ -99,7 +152,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) (rewrite.LayerScan, error) {
 	var scan rewrite.LayerScan
 	_, err := e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {
-		scan, err = rewrite.ScanLayer(r, e.opts.MaxLayerSize)
+		scan, err = rewrite.ScanLayer(r, e.limits())
 		return err
 	})
 	return scan, err
@@ -121,6 +174,13 @@ func (e *Engine) readLayer(ctx context.Context, src Source, dgst digest.Digest, 
 }
 
 func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Digest, read func(io.Reader) error) (int64, error) {
+	// The turn comes first: nothing is opened (no download started, no
+	// decoder allocated) for work that waits.
+	done, err := e.work.turn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	b, err := openVerified(ctx, src, dgst)
 	if err != nil {
 		return 0, err
@@ -140,6 +200,11 @@ func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Dige
 // new blob, from the cached original, verified as it is read. want, when
 // set, is the digest the result must have (a rebuild).
 func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
+	done, err := e.work.turn(ctx)
+	if err != nil {
+		return rewrite.LayerResult{}, err
+	}
+	defer done()
 	store := e.opts.Store
 	rc, _, err := store.OpenVerified(ctx, dgst)
 	if err != nil {
@@ -155,7 +220,7 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
-	res, err := rewrite.TransformLayer(in, rc, e.opts.MaxLayerSize, t)
+	res, err := rewrite.TransformLayer(in, rc, e.limits(), t)
 	if err != nil {
 		// The layer may have stopped the read early (at a bad header, say):
 		// read the rest, so that a damaged original says so and is fetched
@@ -259,6 +324,7 @@ func layerResult(v cache.LayerVerdict) rewrite.LayerResult {
 	for _, r := range v.Removals {
 		res.Removals = append(res.Removals, rewrite.XattrRemoval(r))
 	}
+	res.Stripped = len(res.Removals) + v.Unlisted
 	return res
 }
 
@@ -279,7 +345,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // key of it) says the rule changes it; the first layer that fails stops
 // the rest. It returns stripped with those
 // layers replaced and added, each with its new media type.
-func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, stripped map[digest.Digest]rewrite.LayerResult) (map[digest.Digest]rewrite.LayerResult, error) {
+func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, stripped map[digest.Digest]rewrite.LayerResult, untouched *untouchedLayers) (map[digest.Digest]rewrite.LayerResult, error) {
 	var mu sync.Mutex
 	out := maps.Clone(stripped)
 	if out == nil {
@@ -288,7 +354,8 @@ func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.De
 	var zstd []ocispec.Descriptor
 	seen := map[digest.Digest]bool{}
 	for _, desc := range layers {
-		if isZstdLayer(desc.MediaType) && !seen[desc.Digest] {
+		if isZstdLayer(desc.MediaType) && !seen[desc.Digest] && !untouched.has(desc.Digest) {
+			// (one the scan left untouched is not read again)
 			seen[desc.Digest] = true
 			zstd = append(zstd, desc)
 		}
@@ -297,10 +364,11 @@ func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.De
 		_, strip := stripped[desc.Digest]
 		res, err := e.transformLayer(ctx, src, desc.Digest, rewrite.LayerTransform{Strip: strip, To: rewrite.Gzip})
 		if skip := skipReason(err); skip != "" {
-			// Not a tar regnorm reads, or a decompression bomb: left as
-			// it is, as the symlink rule leaves it.
+			// Not a tar regnorm reads, or beyond a limit: left as it is,
+			// as the symlink rule leaves it.
 			e.m.LayersSkipped.WithLabelValues(skip).Inc()
 			e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", desc.Digest, "reason", skip, "error", err)
+			untouched.add(desc.Digest, skip)
 			return nil
 		}
 		if err != nil {
@@ -332,15 +400,26 @@ func (e *Engine) transformLayer(ctx context.Context, src Source, dgst digest.Dig
 }
 
 // skipReason is why a layer is left as it is, from the error reading it
-// ended with: "not-tar", "too-large", or "" for any other outcome.
+// ended with: "not-tar", "too-large", "zstd-window", or "" for any other
+// outcome.
 func skipReason(err error) string {
 	switch {
 	case errors.Is(err, rewrite.ErrNotTar):
 		return "not-tar"
 	case errors.Is(err, rewrite.ErrLayerTooLarge):
 		return "too-large"
+	case errors.Is(err, rewrite.ErrZstdWindow):
+		return "zstd-window"
 	}
 	return ""
+}
+
+// SkipReasons are every reason skipReason gives.
+var SkipReasons = []string{"not-tar", "too-large", "zstd-window"}
+
+// limits are what reading one layer may take.
+func (e *Engine) limits() rewrite.Limits {
+	return rewrite.Limits{Size: e.opts.MaxLayerSize, ZstdWindow: e.opts.MaxZstdWindow}
 }
 
 // isZstdLayer reports whether mediaType is a zstd layer containerd unpacks.

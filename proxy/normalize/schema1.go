@@ -2,7 +2,6 @@ package normalize
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -56,15 +55,15 @@ func (e *Engine) convertSchema1(ctx context.Context, src Source, m cache.Manifes
 }
 
 // schema1Blob reads one layer whole, verified, for what conversion needs.
-// A layer that is not a tar regnorm reads, or expands beyond MaxLayerSize,
-// makes the image one regnorm cannot convert.
+// A layer that is not a tar regnorm reads, or is beyond its limits, makes
+// the image one regnorm cannot convert.
 func (e *Engine) schema1Blob(ctx context.Context, src Source, dgst digest.Digest) (rewrite.Schema1Blob, error) {
 	var b rewrite.Schema1Blob
 	n, err := e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {
-		b.DiffID, b.Compression, err = rewrite.LayerDiffID(r, e.opts.MaxLayerSize)
+		b.DiffID, b.Compression, err = rewrite.LayerDiffID(r, e.limits())
 		return err
 	})
-	if errors.Is(err, rewrite.ErrNotTar) || errors.Is(err, rewrite.ErrLayerTooLarge) {
+	if skipReason(err) != "" {
 		return b, fmt.Errorf("%w: layer %s: %w", errInvalidContent, dgst, err)
 	}
 	b.Size = n
