@@ -122,10 +122,12 @@ const clipMark = "…"
 
 // clip cuts s to at most n bytes (n > len(clipMark)), at a rune boundary
 // where s is UTF-8, ending it in clipMark when it cut: the same s always
-// gives the same result.
+// gives the same result. The result is always a copy: archive/tar's names
+// and keys are slices of the entry's whole PAX header (up to a megabyte),
+// which a record must not keep alive.
 func clip(s string, n int) string {
 	if len(s) <= n {
-		return s
+		return strings.Clone(s)
 	}
 	cut := n - len(clipMark)
 	for i := cut; i > cut-utf8.UTFMax && i > 0; i-- {

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -602,3 +603,37 @@ func TestZstdToGzip(t *testing.T) {
 type failingWriter struct{ err error }
 
 func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }
+
+// TestRecordedRemovalsKeepNoHeaderAlive: archive/tar's names and keys are
+// slices of the entry's whole PAX header, so a record that kept one kept a
+// megabyte. What a scan lists is copied: after the scan, the heap holds
+// the layer and little more. Not parallel: it measures the heap.
+func TestRecordedRemovalsKeepNoHeaderAlive(t *testing.T) {
+	long := strings.Repeat("p", 256<<10)
+	var entries []entry
+	for i := range 50 { // all listed: 50 clipped paths and keys fit maxRecordedBytes
+		entries = append(entries, special(tar.TypeSymlink, fmt.Sprintf("%03d", i)+long, "t", map[string]string{userX: "v"}))
+	}
+	raw := buildTar(t, entries, tar.FormatPAX)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	scan, err := ScanLayer(bytes.NewReader(raw), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grown := int64(heap()) - int64(before)
+	if len(scan.Removals) != len(entries) {
+		t.Fatalf("listed %d removals, want %d", len(scan.Removals), len(entries))
+	}
+	// The list itself is within maxRecordedBytes (16 KiB).
+	if grown > 4<<20 {
+		t.Errorf("the scan's record keeps %d MiB alive, want well under 4", grown>>20)
+	}
+	runtime.KeepAlive(raw)
+	runtime.KeepAlive(scan)
+}
