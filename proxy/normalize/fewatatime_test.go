@@ -42,8 +42,15 @@ func TestFewAtATime(t *testing.T) {
 				most = max(most, running)
 				mu.Unlock()
 				defer func() { mu.Lock(); running--; mu.Unlock() }()
-				if i == tt.failAt {
+				switch {
+				case i == tt.failAt:
 					return errFirst
+				case tt.failAt >= 0 && i > tt.failAt:
+					// Started beside or after the failing read: it ends
+					// only when the failure is known, so none frees a turn
+					// for another read before then.
+					<-ctx.Done()
+					return ctx.Err()
 				}
 				return nil
 			})
