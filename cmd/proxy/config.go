@@ -56,7 +56,7 @@ type Config struct {
 	SpoolDir string `yaml:"spoolDir"`
 	// SpoolMaxSize bounds the spool files together, e.g. 8GiB. A download
 	// that does not fit goes to the cache only; its clients wait for it.
-	SpoolMaxSize string `yaml:"spoolMaxSize"`
+	SpoolMaxSize Size `yaml:"spoolMaxSize"`
 	// MaxDownloads is how many blob downloads from upstream run at once.
 	MaxDownloads int `yaml:"maxDownloads"`
 	// MaxQueuedDownloads is how many more may wait for a turn; beyond,
@@ -65,7 +65,7 @@ type Config struct {
 	// MaxBlobSize bounds one blob downloaded from upstream, e.g. 16GiB: one
 	// announced larger is refused, one that sends more is stopped, and
 	// nothing of it is cached. upstreams[].maxBlobSize overrides it.
-	MaxBlobSize string `yaml:"maxBlobSize"`
+	MaxBlobSize Size `yaml:"maxBlobSize"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`
 	// Auth makes clients authenticate; off by default.
@@ -150,11 +150,11 @@ type NormalizeConfig struct {
 	// MaxLayerSize bounds how far a layer is decompressed to scan it, e.g.
 	// 16GiB: a layer that expands further (a decompression bomb) is served
 	// untouched.
-	MaxLayerSize string `yaml:"maxLayerSize"`
+	MaxLayerSize Size `yaml:"maxLayerSize"`
 	// MaxZstdWindow bounds the window a zstd layer's frames may declare,
 	// e.g. 8MiB: it is the memory decoding takes, and a layer that declares
 	// more is served untouched.
-	MaxZstdWindow string `yaml:"maxZstdWindow"`
+	MaxZstdWindow Size `yaml:"maxZstdWindow"`
 	// MaxLayerWork is how many layer scans, repackagings and recompressions
 	// run at once; with MaxZstdWindow it bounds the memory they take.
 	MaxLayerWork int `yaml:"maxLayerWork"`
@@ -183,9 +183,9 @@ type CacheConfig struct {
 	// Driver is filesystem, s3 or inmemory.
 	Driver string `yaml:"driver"`
 	// MaxSize bounds the blobs' total size, e.g. 50GiB (least recently used
-	// go first); empty is no limit. Measuring it walks every blob: meant for
+	// go first); 0 is no limit. Measuring it walks every blob: meant for
 	// the filesystem.
-	MaxSize string `yaml:"maxSize"`
+	MaxSize Size `yaml:"maxSize"`
 	// MaxAge evicts blobs unused for longer; 0 is no limit. Meant for S3.
 	MaxAge time.Duration `yaml:"maxAge"`
 	// EvictionGrace keeps blobs used within it from eviction: another
@@ -220,15 +220,6 @@ func (c CacheConfig) maintenanceInterval() time.Duration {
 		return time.Hour
 	}
 	return time.Minute
-}
-
-// maxBytes is MaxSize in bytes; 0 is no limit.
-func (c CacheConfig) maxBytes() (int64, error) {
-	if c.MaxSize == "" {
-		return 0, nil
-	}
-	b, err := parseByteSize(c.MaxSize)
-	return int64(b), err
 }
 
 // S3Config configures the S3 driver (distribution's s3-aws), for several
@@ -279,8 +270,9 @@ type UpstreamConfig struct {
 	// lead to addresses inside the network, for a registry whose storage or
 	// token service is there; its own URL is always allowed.
 	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
-	// MaxBlobSize overrides the top-level maxBlobSize for this upstream.
-	MaxBlobSize string `yaml:"maxBlobSize"`
+	// MaxBlobSize overrides the top-level maxBlobSize for this upstream;
+	// 0 takes that one.
+	MaxBlobSize Size `yaml:"maxBlobSize"`
 	// MaxDownloads is how many of the maxDownloads slots this upstream's
 	// downloads may hold at once; 0 is three quarters of them (all, with
 	// one upstream), so that one upstream that stalls leaves the others
@@ -301,16 +293,16 @@ func defaultConfig() Config {
 		ShutdownTimeout:    30 * time.Second,
 		ReadTimeout:        time.Minute,
 		IdleTimeout:        2 * time.Minute,
-		SpoolMaxSize:       "8GiB",
+		SpoolMaxSize:       8 << 30,
 		MaxDownloads:       32,
 		MaxQueuedDownloads: 128,
-		MaxBlobSize:        "16GiB",
+		MaxBlobSize:        16 << 30,
 		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
 		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour, HostsDir: proxy.DefaultHostsDir},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
-			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB",
-			MaxZstdWindow: "8MiB", MaxLayerWork: 4, MaxQueuedLayerWork: 128},
+			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: 16 << 30,
+			MaxZstdWindow: 8 << 20, MaxLayerWork: 4, MaxQueuedLayerWork: 128},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -377,7 +369,12 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		{*listen, "REGNORM_LISTEN", func(v string) error { cfg.Listen = v; return nil }},
 		{*dataDir, "REGNORM_DATA_DIR", func(v string) error { cfg.Cache.Filesystem.RootDirectory = v; return nil }},
 		{*driver, "REGNORM_CACHE_DRIVER", func(v string) error { cfg.Cache.Driver = v; return nil }},
-		{*maxSize, "REGNORM_CACHE_MAX_SIZE", func(v string) error { cfg.Cache.MaxSize = v; return nil }},
+		{*maxSize, "REGNORM_CACHE_MAX_SIZE", func(v string) error {
+			if err := cfg.Cache.MaxSize.Set(v); err != nil {
+				return fmt.Errorf("config: cache.maxSize: %w", err)
+			}
+			return nil
+		}},
 		{*defaultUp, "REGNORM_DEFAULT_UPSTREAM", func(v string) error { cfg.DefaultUpstream, defaultSet = v, true; return nil }},
 		{*logLevel, "REGNORM_LOG_LEVEL", func(v string) error { cfg.LogLevel = v; return nil }},
 		{*logFormat, "REGNORM_LOG_FORMAT", func(v string) error { cfg.LogFormat = v; return nil }},
@@ -465,9 +462,6 @@ func (c Config) validate() error {
 	if c.UpstreamAttempts < 1 || c.UpstreamAttempts > 10 {
 		bad("upstreamAttempts", "%d is not between 1 and 10", c.UpstreamAttempts)
 	}
-	if _, err := c.Cache.maxBytes(); err != nil {
-		bad("cache.maxSize", "%v", err)
-	}
 	if c.Cache.MaxAge < 0 || (c.Cache.MaxAge > 0 && c.Cache.MaxAge < 2*cache.AccessInterval) {
 		bad("cache.maxAge", "must be 0 (no limit) or at least %s: uses are recorded up to %s late", 2*cache.AccessInterval, cache.AccessInterval)
 	}
@@ -477,7 +471,7 @@ func (c Config) validate() error {
 	if c.Cache.maintenanceInterval() < time.Second {
 		bad("cache.maintenanceInterval", "must be at least 1s")
 	}
-	if b, err := parseByteSize(c.SpoolMaxSize); err != nil || b == 0 {
+	if c.SpoolMaxSize <= 0 {
 		bad("spoolMaxSize", "%q is not a positive size such as 8GiB", c.SpoolMaxSize)
 	}
 	if c.MaxDownloads < 1 {
@@ -486,7 +480,7 @@ func (c Config) validate() error {
 	if c.MaxQueuedDownloads < 1 {
 		bad("maxQueuedDownloads", "must be at least 1")
 	}
-	if b, err := parseByteSize(c.MaxBlobSize); err != nil || b == 0 {
+	if c.MaxBlobSize <= 0 {
 		bad("maxBlobSize", "%q is not a positive size such as 16GiB", c.MaxBlobSize)
 	}
 	if c.Nodes.ForgetAfter < time.Minute {
@@ -498,10 +492,10 @@ func (c Config) validate() error {
 	if c.Auth.FailuresPerMinute < 1 {
 		bad("auth.failuresPerMinute", "must be at least 1")
 	}
-	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
+	if c.Normalize.MaxLayerSize <= 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)
 	}
-	if b, err := parseByteSize(c.Normalize.MaxZstdWindow); err != nil || b < minZstdWindow || b > maxZstdWindow {
+	if w := c.Normalize.MaxZstdWindow; w < minZstdWindow || w > maxZstdWindow {
 		bad("normalize.maxZstdWindow", "%q is not a size from 1KiB to 2GiB such as 8MiB", c.Normalize.MaxZstdWindow)
 	}
 	if c.Normalize.MaxLayerWork < 1 {
@@ -581,11 +575,6 @@ func (c Config) validate() error {
 		seen[u.Name] = true
 		if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || parsed.RawQuery != "" {
 			bad(field+".url", "%q is not an http(s) URL", u.URL)
-		}
-		if u.MaxBlobSize != "" {
-			if b, err := parseByteSize(u.MaxBlobSize); err != nil || b == 0 {
-				bad(field+".maxBlobSize", "%q is not a positive size such as 16GiB", u.MaxBlobSize)
-			}
 		}
 		if u.MaxDownloads < 0 || u.MaxDownloads > c.MaxDownloads {
 			bad(field+".maxDownloads", "%d is not between 0 (the default share) and maxDownloads (%d)", u.MaxDownloads, c.MaxDownloads)

@@ -102,19 +102,6 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 	}
 }
 
-func TestByteSize(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]ByteSize{"1024": 1024, "500MB": 500e6, "10GiB": 10 << 30, "1.5 KiB": 1536, "0": 0} {
-		if got, err := parseByteSize(in); err != nil || got != want {
-			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
-		}
-	}
-	cfg, err := loadConfig([]string{"--cache-max-size", "64MiB"}, env(nil))
-	if b, _ := cfg.Cache.maxBytes(); err != nil || b != 64<<20 {
-		t.Fatalf("flag: %v %v", b, err)
-	}
-}
-
 // TestConfigErrorsSayWhatToFix: a mistake in the file is named by its field
 // path, with what was expected and, for a misspelt field, the one meant.
 func TestConfigErrorsSayWhatToFix(t *testing.T) {

@@ -57,12 +57,7 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 	if err != nil {
 		return err
 	}
-	maxBytes, _ := cfg.Cache.maxBytes() // validated
-	maxLayer, _ := parseByteSize(cfg.Normalize.MaxLayerSize)
-	maxWindow, _ := parseByteSize(cfg.Normalize.MaxZstdWindow)
 	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
-	spoolMax, _ := parseByteSize(cfg.SpoolMaxSize)
-	maxBlob, _ := parseByteSize(cfg.MaxBlobSize)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfoMetric(readBuildInfo()))
@@ -79,18 +74,18 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		Platforms:             &platforms,
 		Deadline:              cfg.Normalize.Deadline,
 		PatientDeadline:       cfg.Normalize.PatientDeadline,
-		MaxLayerSize:          int64(maxLayer),
-		MaxBlobSize:           int64(maxBlob),
-		MaxZstdWindow:         int64(maxWindow),
+		MaxLayerSize:          int64(cfg.Normalize.MaxLayerSize),
+		MaxBlobSize:           int64(cfg.MaxBlobSize),
+		MaxZstdWindow:         int64(cfg.Normalize.MaxZstdWindow),
 		LayerWork:             normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
 		ClientAuth:            clientAuth,
 		AuthFailuresPerMinute: cfg.Auth.FailuresPerMinute,
 		NodeReportTokens:      reportTokens,
 		NodeHostsDir:          cfg.Nodes.HostsDir,
-		Eviction:              cache.EvictionPolicy{MaxBytes: maxBytes, MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
+		Eviction:              cache.EvictionPolicy{MaxBytes: int64(cfg.Cache.MaxSize), MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
 		MaintenanceInterval:   cfg.Cache.maintenanceInterval(),
 		ForgetNodesAfter:      cfg.Nodes.ForgetAfter,
-		Fetches:               blobfetch.Limits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(spoolMax)},
+		Fetches:               blobfetch.Limits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(cfg.SpoolMaxSize)},
 		Metrics:               proxy.NewMetrics(reg),
 		Logger:                log,
 	})
@@ -270,11 +265,7 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstre
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
 		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects,
-			MaxDownloads: c.MaxDownloads}
-		if c.MaxBlobSize != "" {
-			b, _ := parseByteSize(c.MaxBlobSize) // validated
-			up.MaxBlobSize = int64(b)
-		}
+			MaxBlobSize: int64(c.MaxBlobSize), MaxDownloads: c.MaxDownloads}
 		if c.CAFile != "" {
 			pool, err := certPool(c.CAFile)
 			if err != nil {
