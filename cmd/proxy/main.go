@@ -79,7 +79,7 @@ Run "regnorm warm --help" or "regnorm node-config --help" for theirs.
 
 Flags:
 `)
-	fs, _ := configFlags(func(string) string { return "" })
+	fs, _, _ := configFlags(func(string) string { return "" })
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fmt.Fprint(w, `
