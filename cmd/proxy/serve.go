@@ -223,6 +223,13 @@ func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) 
 	return d, uploads, nil
 }
 
+// The environment variables the S3 keys come from when the configuration
+// names none: the AWS SDK's own.
+const (
+	awsAccessKeyEnv = "AWS_ACCESS_KEY_ID"
+	awsSecretKeyEnv = "AWS_SECRET_ACCESS_KEY"
+)
+
 // s3Keys reads the S3 keys from the files or environment variables the
 // configuration names. Both empty means the AWS SDK's own chain (instance
 // roles); one without the other, or a variable named but unset, is an error.
@@ -247,7 +254,7 @@ func s3Keys(c S3Config, getenv func(string) string) (access, secret string, err 
 			return "", "", fmt.Errorf("config: cache.s3.%s: environment variable %s is empty", named.field, named.name)
 		}
 	}
-	access, secret = getenv(firstNonEmpty(c.AccessKeyEnv, "AWS_ACCESS_KEY_ID")), getenv(firstNonEmpty(c.SecretKeyEnv, "AWS_SECRET_ACCESS_KEY"))
+	access, secret = getenv(firstNonEmpty(c.AccessKeyEnv, awsAccessKeyEnv)), getenv(firstNonEmpty(c.SecretKeyEnv, awsSecretKeyEnv))
 	if (access == "") != (secret == "") {
 		return "", "", errors.New("config: cache.s3: one of the access and secret keys is set in the environment without the other")
 	}

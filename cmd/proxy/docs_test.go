@@ -1,0 +1,218 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// configField is one setting of the file: its path as errors and the docs
+// name it (upstreams[].url for a field of the list's elements), and its
+// default (the zero value for a field of a list's elements).
+type configField struct {
+	path string
+	def  reflect.Value
+}
+
+// configFields walks the Config type by its yaml tags: every leaf, and
+// every list of mappings (whose elements' fields follow as list[].field).
+func configFields() []configField {
+	var out []configField
+	var walk func(v reflect.Value, prefix string)
+	walk = func(v reflect.Value, prefix string) {
+		t := v.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			path := join(prefix, name)
+			switch {
+			case f.Type.Kind() == reflect.Struct:
+				walk(v.Field(i), path)
+			case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct:
+				out = append(out, configField{path, v.Field(i)})
+				walk(reflect.New(f.Type.Elem()).Elem(), path+"[]")
+			default:
+				out = append(out, configField{path, v.Field(i)})
+			}
+		}
+	}
+	walk(reflect.ValueOf(defaultConfig()), "")
+	return out
+}
+
+// fieldAt is the field of v (a Config) at a path configFields names.
+func fieldAt(v reflect.Value, path string) (reflect.Value, bool) {
+	for _, name := range strings.Split(path, ".") {
+		if v.Kind() != reflect.Struct {
+			return reflect.Value{}, false
+		}
+		f, ok := yamlFields(v.Type())[name]
+		if !ok {
+			return reflect.Value{}, false
+		}
+		v = v.FieldByIndex(f.Index)
+	}
+	return v, true
+}
+
+// docRow is a row of docs/configuration.md's table.
+type docRow struct {
+	flag, def string
+}
+
+var codeSpan = regexp.MustCompile("`([^`]+)`")
+
+// readConfigTable reads docs/configuration.md's table, by field path: the
+// first column names one or more fields, each in backquotes.
+func readConfigTable(t *testing.T) map[string]docRow {
+	t.Helper()
+	b, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]docRow{}
+	inTable := false
+	for n, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.HasPrefix(line, "| YAML field |"):
+			inTable = true
+			continue
+		case !strings.HasPrefix(line, "|"):
+			inTable = false
+		}
+		if !inTable || strings.HasPrefix(line, "|---") {
+			continue
+		}
+		cells := strings.Split(strings.TrimSuffix(strings.TrimPrefix(line, "|"), "|"), "|")
+		if len(cells) != 4 {
+			t.Fatalf("docs/configuration.md:%d: %d cells, want 4 (field, flag / environment, default, meaning)", n+1, len(cells))
+		}
+		for _, m := range codeSpan.FindAllStringSubmatch(cells[0], -1) {
+			if _, dup := rows[m[1]]; dup {
+				t.Errorf("docs/configuration.md:%d: %s has a second row", n+1, m[1])
+			}
+			rows[m[1]] = docRow{flag: strings.TrimSpace(cells[1]), def: strings.TrimSpace(cells[2])}
+		}
+	}
+	if len(rows) == 0 {
+		t.Fatal("docs/configuration.md has no table headed | YAML field |")
+	}
+	return rows
+}
+
+// TestConfigurationIsDocumented keeps docs/configuration.md's table in
+// step with the Config type: every field has a row and every row a field;
+// a field the environment and a flag set says which; and the default a row
+// states is defaultConfig's.
+//
+// A default cell is read thus: one that starts with a value in backquotes
+// states that value, read as the file would read it; one that starts with
+// another field's path in backquotes says the field follows that one, and
+// its own default is zero; prose ("no limit", "system temp dir") says what
+// the zero value means. The defaults that depend on other settings are
+// written out by the code below, from the functions that decide them.
+func TestConfigurationIsDocumented(t *testing.T) {
+	t.Parallel()
+	rows := readConfigTable(t)
+	fields := configFields()
+	known := map[string]bool{}
+	for _, f := range fields {
+		known[f.path] = true
+	}
+	for path := range rows {
+		if !known[path] {
+			t.Errorf("docs/configuration.md documents %s, which Config does not have", path)
+		}
+	}
+
+	var upstreams []string
+	for _, u := range defaultConfig().Upstreams {
+		upstreams = append(upstreams, "`"+u.Name+"`")
+	}
+	byDriver := func(of func(CacheConfig) string) string {
+		return fmt.Sprintf("`%s` with `s3`, `%s` otherwise", of(CacheConfig{Driver: "s3"}), of(CacheConfig{Driver: "filesystem"}))
+	}
+	s3Keys := fmt.Sprintf("`%s`, `%s`", awsAccessKeyEnv, awsSecretKeyEnv)
+	derived := map[string]string{
+		"upstreams":                 strings.Join(upstreams, ", "),
+		"cache.evictionGrace":       byDriver(func(c CacheConfig) string { return shortDuration(c.evictionGrace()) }),
+		"cache.maintenanceInterval": byDriver(func(c CacheConfig) string { return shortDuration(c.maintenanceInterval()) }),
+		"cache.s3.accessKeyEnv":     s3Keys,
+		"cache.s3.secretKeyEnv":     s3Keys,
+	}
+
+	flags := map[string]string{}
+	for _, o := range overrides() {
+		flags[o.field] = fmt.Sprintf("`--%s` / `%s`", o.flag, o.env)
+	}
+	for _, f := range fields {
+		row, ok := rows[f.path]
+		if !ok {
+			t.Errorf("docs/configuration.md has no row for %s", f.path)
+			continue
+		}
+		if row.flag != flags[f.path] {
+			t.Errorf("docs/configuration.md: %s's flag / environment is %q, want %q", f.path, row.flag, flags[f.path])
+		}
+		if want, ok := derived[f.path]; ok {
+			if row.def != want {
+				t.Errorf("docs/configuration.md: %s's default is %q, want %q", f.path, row.def, want)
+			}
+			continue
+		}
+		stated := codeSpan.FindStringSubmatch(row.def)
+		switch {
+		case stated == nil || !strings.HasPrefix(row.def, "`"):
+			if !f.def.IsZero() {
+				t.Errorf("docs/configuration.md: %s's default is %q, want `%v`", f.path, row.def, f.def)
+			}
+		case known[stated[1]]: // another field's value
+			if !f.def.IsZero() {
+				t.Errorf("docs/configuration.md: %s's default is %s's, but defaultConfig sets %v", f.path, stated[1], f.def)
+			}
+		default:
+			got, err := readValue(stated[1], f.def.Type())
+			if err != nil {
+				t.Errorf("docs/configuration.md: %s's default %q does not read as its type: %v", f.path, stated[1], err)
+			} else if !reflect.DeepEqual(got.Interface(), f.def.Interface()) {
+				t.Errorf("docs/configuration.md: %s's default is %q, but defaultConfig's is %v", f.path, stated[1], f.def)
+			}
+		}
+	}
+}
+
+// readValue reads s as the file would read a value of type t.
+func readValue(s string, t reflect.Type) (reflect.Value, error) {
+	p := reflect.New(t)
+	var err error
+	if t.Kind() == reflect.Slice {
+		err = yaml.Unmarshal([]byte(s), p.Interface())
+	} else {
+		err = (&yaml.Node{Kind: yaml.ScalarNode, Value: s}).Decode(p.Interface())
+	}
+	return p.Elem(), err
+}
+
+// TestOverridesNameTheirFields: the field an override's error names is the
+// one it sets.
+func TestOverridesNameTheirFields(t *testing.T) {
+	t.Parallel()
+	var cfg Config
+	for _, o := range overrides() {
+		f, ok := fieldAt(reflect.ValueOf(&cfg).Elem(), o.field)
+		if !ok || f.Addr().Pointer() != reflect.ValueOf(o.at(&cfg)).Pointer() {
+			t.Errorf("--%s names %s but sets another field", o.flag, o.field)
+		}
+	}
+}
