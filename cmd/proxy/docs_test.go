@@ -216,3 +216,174 @@ func TestOverridesNameTheirFields(t *testing.T) {
 		}
 	}
 }
+
+// chartDir is the Helm chart, which renders regnorm.yaml from its values.
+const chartDir = "../../deploy/helm/regnorm"
+
+// TestChartSetsEveryConfigField keeps the chart's values.yaml in step with
+// the Config type. The chart renders some top-level fields itself (its
+// ConfigMap's $managed list); every other one is set through config.extra,
+// as given. So each field under a rendered one needs a value: config.FIELD,
+// FIELD (auth.*, cache.*, upstreams), or one of another name below; a field
+// of upstreams' elements may instead be named in the comment above the
+// list. A field the chart deliberately leaves out is listed with the
+// reason, and a value whose default is not regnorm's, too.
+func TestChartSetsEveryConfigField(t *testing.T) {
+	t.Parallel()
+	// Fields the chart sets from a value of another name.
+	renamed := map[string]string{
+		"tls.certFile":             "tls.secretName", // a kubernetes.io/tls Secret, mounted
+		"tls.keyFile":              "tls.secretName",
+		"auth.htpasswdFile":        "auth.htpasswdSecret",
+		"auth.tokensFile":          "auth.tokensSecret",
+		"cache.s3.accessKeyFile":   "cache.s3.existingSecret",
+		"cache.s3.secretKeyFile":   "cache.s3.existingSecret",
+		"nodes.hostsDir":           "nodeConfig.configPath", // node-config's, which regnorm's must equal
+		"nodes.reportTokenFile":    "nodeConfig.reportToken",
+		"upstreams[].passwordFile": "upstreams[].passwordKey", // a key of the credentials Secret
+		"upstreams[].caFile":       "upstreams[].caKey",
+	}
+	// Fields the chart deliberately leaves out, and why.
+	leftOut := map[string]string{
+		"listen":                         "fixed at :5000, the container port the Service and the probes use (service.port is the Service's)",
+		"spoolDir":                       "fixed on the cache volume: the root filesystem is read-only",
+		"cache.filesystem.rootDirectory": "fixed at the cache volume's mount (cache.persistence chooses the volume)",
+		"cache.s3.skipVerify":            "for test servers only",
+		"cache.s3.accessKeyEnv":          "the keys come from cache.s3.existingSecret as files, or else the pod's own AWS credentials",
+		"cache.s3.secretKeyEnv":          "the keys come from cache.s3.existingSecret as files, or else the pod's own AWS credentials",
+		"upstreams[].passwordEnv":        "passwords come from the credentials Secret as files (upstreams[].passwordKey)",
+	}
+	// Values whose default is deliberately not regnorm's, and why.
+	differs := map[string]string{
+		"logFormat":              "json: in a cluster, logs go to a collector",
+		"cache.s3.region":        "s3 needs a region, and most S3-compatible servers take any",
+		"cache.s3.rootDirectory": "a prefix, so that the bucket can hold other things too",
+	}
+
+	raw, err := os.ReadFile(chartDir + "/values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values yaml.Node
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	managed := chartManaged(t)
+	top := yamlFields(reflect.TypeFor[Config]())
+	for key := range managed {
+		if _, ok := top[key]; !ok {
+			t.Errorf("the chart's $managed list names %s, which Config does not have", key)
+		}
+	}
+	for _, f := range configFields() {
+		first, _, _ := strings.Cut(f.path, ".")
+		first = strings.TrimSuffix(first, "[]")
+		valuePath, direct := renamed[f.path], false
+		if valuePath == "" {
+			for _, p := range []string{"config." + f.path, f.path} {
+				if _, ok := chartValue(&values, p); ok {
+					valuePath, direct = p, true
+					break
+				}
+			}
+		}
+		settable := valuePath != "" || !managed[first]
+		reason, left := leftOut[f.path]
+		switch {
+		case left && settable:
+			t.Errorf("the chart sets %s, which the test lists as left out (%s): drop it from the list", f.path, reason)
+			continue
+		case left, valuePath == "" && settable: // left out, or through config.extra
+			continue
+		case valuePath == "":
+			t.Errorf("values.yaml has no value for %s, which the chart renders (%s is on its $managed list): add one, and a row in the chart's README, or list it as left out, with the reason", f.path, first)
+			continue
+		}
+		node, ok := chartValue(&values, valuePath)
+		if !ok {
+			t.Errorf("values.yaml has no %s, which sets %s", valuePath, f.path)
+			continue
+		}
+		if !direct || node == nil || strings.Contains(f.path, "[]") || (node.Kind == yaml.ScalarNode && node.Value == "") {
+			continue // not the field's own value, or empty: regnorm's default
+		}
+		got := reflect.New(f.def.Type())
+		if err := node.Decode(got.Interface()); err != nil {
+			t.Errorf("values.yaml: %s (line %d) does not read as %s's type: %v", valuePath, node.Line, f.path, err)
+			continue
+		}
+		same := reflect.DeepEqual(got.Elem().Interface(), f.def.Interface())
+		if why, ok := differs[f.path]; ok && same {
+			t.Errorf("values.yaml: %s is regnorm's default now, not different (%s): drop it from the list", valuePath, why)
+		} else if !ok && !same {
+			t.Errorf("values.yaml: %s is %v, regnorm's default %v: make them equal, or list the difference, with the reason", valuePath, got.Elem(), f.def)
+		}
+	}
+}
+
+// chartManaged is the top-level fields the chart's ConfigMap renders
+// itself: its $managed list, which config.extra may not name.
+func chartManaged(t *testing.T) map[string]bool {
+	t.Helper()
+	tmpl, err := os.ReadFile(chartDir + "/templates/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := regexp.MustCompile(`\$managed := list((?: "[^"]+")+)`).FindSubmatch(tmpl)
+	if list == nil {
+		t.Fatal(`templates/configmap.yaml has no "$managed := list ..."`)
+	}
+	managed := map[string]bool{}
+	for _, m := range regexp.MustCompile(`"([^"]+)"`).FindAllSubmatch(list[1], -1) {
+		managed[string(m[1])] = true
+	}
+	return managed
+}
+
+// chartValue is the value at a dotted path of values.yaml. For list[].field
+// it is that field of the first element that sets it; when none does, the
+// field counts as there (with a nil node) if the comment above the list
+// names it.
+func chartValue(doc *yaml.Node, path string) (*yaml.Node, bool) {
+	n := doc
+	if n.Kind == yaml.DocumentNode {
+		n = n.Content[0]
+	}
+	parts := strings.Split(path, ".")
+	for i, part := range parts {
+		name, isList := strings.CutSuffix(part, "[]")
+		key, value := mappingEntry(n, name)
+		if value == nil {
+			return nil, false
+		}
+		if !isList {
+			n = value
+			continue
+		}
+		if i+2 != len(parts) {
+			return nil, false // a list's elements' fields are one level deep
+		}
+		field := parts[i+1]
+		for _, el := range value.Content {
+			if _, v := mappingEntry(el, field); v != nil {
+				return v, true
+			}
+		}
+		// The word itself, not config.field.
+		return nil, regexp.MustCompile(`(?:^|[^.\w])` + regexp.QuoteMeta(field) + `\b`).MatchString(key.HeadComment)
+	}
+	return n, true
+}
+
+// mappingEntry is the key and value of name in the mapping n.
+func mappingEntry(n *yaml.Node, name string) (key, value *yaml.Node) {
+	if n.Kind != yaml.MappingNode {
+		return nil, nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == name {
+			return n.Content[i], n.Content[i+1]
+		}
+	}
+	return nil, nil
+}
