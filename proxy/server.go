@@ -112,8 +112,8 @@ type Options struct {
 	Eviction cache.EvictionPolicy
 	// MaintenanceInterval is how often the cache is measured, kept within
 	// Eviction and cleaned of what dead writers left (default
-	// DefaultMaintenanceInterval).
-	// Each pass lists the blobs: make it long on S3, where listing costs.
+	// DefaultMaintenanceInterval). Each pass lists the blobs: make it long
+	// on S3, where listing costs.
 	MaintenanceInterval time.Duration
 	// Fetches bound the downloads from upstream; zero fields take
 	// blobfetch.DefaultLimits().

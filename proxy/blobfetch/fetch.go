@@ -124,9 +124,8 @@ type Limits struct {
 // when Limits.Queued is not given.
 const queuedPerDownload = 4
 
-// DefaultLimits are what zero Limits fields take: 32 downloads at once,
-// 128 waiting, 8 GiB of spool files; PerUpstream is derived from
-// Downloads.
+// DefaultLimits are what zero Limits fields take, but for PerUpstream,
+// which is derived from Downloads.
 func DefaultLimits() Limits {
 	const downloads = 32
 	return Limits{Downloads: downloads, Queued: queuedPerDownload * downloads, SpoolBytes: 8 << 30}

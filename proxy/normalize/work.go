@@ -25,8 +25,7 @@ type WorkLimits struct {
 	Queued int
 }
 
-// DefaultWorkLimits are what zero WorkLimits fields take: 4 running, 128
-// waiting.
+// DefaultWorkLimits are what zero WorkLimits fields take.
 func DefaultWorkLimits() WorkLimits { return WorkLimits{Running: 4, Queued: 128} }
 
 func (l WorkLimits) withDefaults() WorkLimits {
