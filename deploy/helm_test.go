@@ -62,6 +62,8 @@ replicaCount: 3
 cache:
   driver: s3
   maxAge: 720h
+  evictionGrace: 3h
+  maintenanceInterval: 2h
   s3: {bucket: regnorm-cache, region: eu-west-1, endpoint: "http://minio.storage:9000", forcePathStyle: true, existingSecret: regnorm-s3}`,
 	"credentials in an existing secret, no persistence": `
 upstreams:
@@ -498,7 +500,8 @@ func TestChartDetails(t *testing.T) {
 		t.Errorf("strategy %s with S3", st)
 	}
 	s3cfg := configMapData(t, s3, "regnorm", "regnorm.yaml")
-	for _, want := range []string{"driver: s3", "bucket: regnorm-cache", "endpoint: http://minio.storage:9000", "accessKeyFile: /etc/regnorm/s3/accessKey"} {
+	for _, want := range []string{"driver: s3", "bucket: regnorm-cache", "endpoint: http://minio.storage:9000", "accessKeyFile: /etc/regnorm/s3/accessKey",
+		"evictionGrace: 3h", "maintenanceInterval: 2h"} {
 		if !strings.Contains(s3cfg, want) {
 			t.Errorf("S3 config lacks %q:\n%s", want, s3cfg)
 		}

@@ -53,10 +53,11 @@ type Options struct {
 	// while it downloads. Empty means os.TempDir().
 	SpoolDir string
 	// FetchTimeout bounds one blob download from upstream, however many
-	// clients are waiting for it.
+	// clients are waiting for it. Default DefaultFetchTimeout.
 	FetchTimeout time.Duration
 	// StallTimeout abandons an upstream response that sends nothing for
-	// this long: headers, or the next bytes of a body. Default 30 s.
+	// this long: headers, or the next bytes of a body. Default
+	// DefaultStallTimeout.
 	StallTimeout time.Duration
 	// Retry bounds retries of failed upstream requests; the zero value
 	// means DefaultRetryPolicy().
@@ -68,26 +69,28 @@ type Options struct {
 	// DefaultPlatforms().
 	Platforms *normalize.Platforms
 	// Deadline is how long a request by tag waits for normalization before
-	// it gets 503 with Retry-After (the work goes on). Default 25 s, under
-	// containerd 2.3's 30 s response header timeout.
+	// it gets 503 with Retry-After (the work goes on). Default
+	// DefaultDeadline.
 	Deadline time.Duration
 	// PatientDeadline replaces Deadline for containerd versions that have no
-	// response header timeout (before 2.3); see deadlineFor.
+	// response header timeout (before 2.3); see deadlineFor. Zero, or less
+	// than Deadline, means Deadline.
 	PatientDeadline time.Duration
 	// MaxLayerSize bounds how far a layer is decompressed to scan it: one
 	// that expands further (a decompression bomb) is served untouched.
-	// Default 16 GiB.
+	// Default DefaultMaxLayerSize.
 	MaxLayerSize int64
 	// MaxBlobSize bounds a blob downloaded from an upstream whose own
-	// MaxBlobSize is 0 (default 16 GiB): one announced larger is refused, one
-	// that sends more is stopped, and nothing of it is cached.
+	// MaxBlobSize is 0 (default DefaultMaxBlobSize): one announced larger is
+	// refused, one that sends more is stopped, and nothing of it is cached.
 	MaxBlobSize int64
 	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
 	// memory its decoder takes: a layer that declares more is served
 	// untouched. Default rewrite.DefaultZstdWindow (8 MiB).
 	MaxZstdWindow int64
 	// LayerWork bounds the layer scans, repackagings and recompressions
-	// that run and wait at once; zero fields take defaults.
+	// that run and wait at once; zero fields take
+	// normalize.DefaultWorkLimits().
 	LayerWork normalize.WorkLimits
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
@@ -108,13 +111,16 @@ type Options struct {
 	// Eviction bounds the cache; the zero policy keeps everything.
 	Eviction cache.EvictionPolicy
 	// MaintenanceInterval is how often the cache is measured, kept within
-	// Eviction and cleaned of what dead writers left (default 1 minute).
-	// Each pass lists the blobs: make it long on S3, where listing costs.
+	// Eviction and cleaned of what dead writers left (default
+	// DefaultMaintenanceInterval). Each pass lists the blobs: make it long
+	// on S3, where listing costs.
 	MaintenanceInterval time.Duration
-	// Fetches bound the downloads from upstream; zero fields take defaults.
+	// Fetches bound the downloads from upstream; zero fields take
+	// blobfetch.DefaultLimits().
 	Fetches blobfetch.Limits
 	// ForgetNodesAfter drops a node from the fleet view when it has neither
-	// pulled nor been reported on for this long (default 24 h).
+	// pulled nor been reported on for this long (default
+	// DefaultForgetNodesAfter).
 	ForgetNodesAfter time.Duration
 	// Clock is the time the server goes by (default the system clock).
 	Clock   Clock
@@ -177,34 +183,34 @@ func New(opts Options) (*Server, error) {
 		opts.SpoolDir = os.TempDir()
 	}
 	if opts.FetchTimeout <= 0 {
-		opts.FetchTimeout = time.Hour
+		opts.FetchTimeout = DefaultFetchTimeout
 	}
 	if opts.StallTimeout <= 0 {
-		opts.StallTimeout = 30 * time.Second
+		opts.StallTimeout = DefaultStallTimeout
 	}
 	if opts.MaxLayerSize <= 0 {
-		opts.MaxLayerSize = 16 << 30
+		opts.MaxLayerSize = DefaultMaxLayerSize
 	}
 	if opts.MaxBlobSize <= 0 {
-		opts.MaxBlobSize = 16 << 30
+		opts.MaxBlobSize = DefaultMaxBlobSize
 	}
 	if opts.Retry == (upstream.RetryPolicy{}) {
 		opts.Retry = upstream.DefaultRetryPolicy()
 	}
 	if opts.Deadline <= 0 {
-		opts.Deadline = 25 * time.Second
+		opts.Deadline = DefaultDeadline
 	}
 	if opts.PatientDeadline < opts.Deadline {
 		opts.PatientDeadline = opts.Deadline
 	}
 	if opts.MaintenanceInterval <= 0 {
-		opts.MaintenanceInterval = time.Minute
+		opts.MaintenanceInterval = DefaultMaintenanceInterval
 	}
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
 	}
 	if opts.ForgetNodesAfter <= 0 {
-		opts.ForgetNodesAfter = 24 * time.Hour
+		opts.ForgetNodesAfter = DefaultForgetNodesAfter
 	}
 	if opts.NodeHostsDir == "" {
 		opts.NodeHostsDir = DefaultHostsDir

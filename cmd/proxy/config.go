@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -15,8 +16,11 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
+	"github.com/regnorm/regnorm/rewrite"
 )
 
 // Config is regnorm's whole configuration. Precedence, lowest first: the
@@ -56,7 +60,7 @@ type Config struct {
 	SpoolDir string `yaml:"spoolDir"`
 	// SpoolMaxSize bounds the spool files together, e.g. 8GiB. A download
 	// that does not fit goes to the cache only; its clients wait for it.
-	SpoolMaxSize string `yaml:"spoolMaxSize"`
+	SpoolMaxSize Size `yaml:"spoolMaxSize"`
 	// MaxDownloads is how many blob downloads from upstream run at once.
 	MaxDownloads int `yaml:"maxDownloads"`
 	// MaxQueuedDownloads is how many more may wait for a turn; beyond,
@@ -65,7 +69,7 @@ type Config struct {
 	// MaxBlobSize bounds one blob downloaded from upstream, e.g. 16GiB: one
 	// announced larger is refused, one that sends more is stopped, and
 	// nothing of it is cached. upstreams[].maxBlobSize overrides it.
-	MaxBlobSize string `yaml:"maxBlobSize"`
+	MaxBlobSize Size `yaml:"maxBlobSize"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`
 	// Auth makes clients authenticate; off by default.
@@ -150,11 +154,11 @@ type NormalizeConfig struct {
 	// MaxLayerSize bounds how far a layer is decompressed to scan it, e.g.
 	// 16GiB: a layer that expands further (a decompression bomb) is served
 	// untouched.
-	MaxLayerSize string `yaml:"maxLayerSize"`
+	MaxLayerSize Size `yaml:"maxLayerSize"`
 	// MaxZstdWindow bounds the window a zstd layer's frames may declare,
 	// e.g. 8MiB: it is the memory decoding takes, and a layer that declares
 	// more is served untouched.
-	MaxZstdWindow string `yaml:"maxZstdWindow"`
+	MaxZstdWindow Size `yaml:"maxZstdWindow"`
 	// MaxLayerWork is how many layer scans, repackagings and recompressions
 	// run at once; with MaxZstdWindow it bounds the memory they take.
 	MaxLayerWork int `yaml:"maxLayerWork"`
@@ -183,9 +187,9 @@ type CacheConfig struct {
 	// Driver is filesystem, s3 or inmemory.
 	Driver string `yaml:"driver"`
 	// MaxSize bounds the blobs' total size, e.g. 50GiB (least recently used
-	// go first); empty is no limit. Measuring it walks every blob: meant for
+	// go first); 0 is no limit. Measuring it walks every blob: meant for
 	// the filesystem.
-	MaxSize string `yaml:"maxSize"`
+	MaxSize Size `yaml:"maxSize"`
 	// MaxAge evicts blobs unused for longer; 0 is no limit. Meant for S3.
 	MaxAge time.Duration `yaml:"maxAge"`
 	// EvictionGrace keeps blobs used within it from eviction: another
@@ -210,26 +214,20 @@ func (c CacheConfig) evictionGrace() time.Duration {
 	return 0
 }
 
-// maintenanceInterval is MaintenanceInterval, or the driver's default:
-// on S3 every pass lists the bucket, which is billed.
+// maintenanceInterval is MaintenanceInterval, or the driver's default.
 func (c CacheConfig) maintenanceInterval() time.Duration {
 	if c.MaintenanceInterval != nil {
 		return *c.MaintenanceInterval
 	}
 	if c.Driver == "s3" {
-		return time.Hour
+		return s3MaintenanceInterval
 	}
-	return time.Minute
+	return proxy.DefaultMaintenanceInterval
 }
 
-// maxBytes is MaxSize in bytes; 0 is no limit.
-func (c CacheConfig) maxBytes() (int64, error) {
-	if c.MaxSize == "" {
-		return 0, nil
-	}
-	b, err := parseByteSize(c.MaxSize)
-	return int64(b), err
-}
+// s3MaintenanceInterval is the maintenance interval on S3, where each pass
+// lists the bucket, which is billed.
+const s3MaintenanceInterval = time.Hour
 
 // S3Config configures the S3 driver (distribution's s3-aws), for several
 // replicas sharing one cache.
@@ -279,8 +277,9 @@ type UpstreamConfig struct {
 	// lead to addresses inside the network, for a registry whose storage or
 	// token service is there; its own URL is always allowed.
 	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
-	// MaxBlobSize overrides the top-level maxBlobSize for this upstream.
-	MaxBlobSize string `yaml:"maxBlobSize"`
+	// MaxBlobSize overrides the top-level maxBlobSize for this upstream;
+	// 0 takes that one.
+	MaxBlobSize Size `yaml:"maxBlobSize"`
 	// MaxDownloads is how many of the maxDownloads slots this upstream's
 	// downloads may hold at once; 0 is three quarters of them (all, with
 	// one upstream), so that one upstream that stalls leaves the others
@@ -288,29 +287,49 @@ type UpstreamConfig struct {
 	MaxDownloads int `yaml:"maxDownloads"`
 }
 
+// defaultConfig is the configuration before the file, the environment and
+// the flags. A default a component also falls back to is that component's
+// constant (proxy.DefaultDeadline, blobfetch.DefaultLimits...), so the two
+// cannot differ; the others are written here, and only here.
 func defaultConfig() Config {
+	fetches := blobfetch.DefaultLimits()
+	work := normalize.DefaultWorkLimits()
+	rules := ruleset.DefaultPolicy().Enabled
 	return Config{
 		Listen:             ":5000",
 		LogLevel:           "info",
 		LogFormat:          "text",
 		DefaultUpstream:    "docker.io",
 		TagTTL:             5 * time.Minute,
-		FetchTimeout:       time.Hour,
-		StallTimeout:       30 * time.Second,
-		UpstreamAttempts:   3,
+		FetchTimeout:       proxy.DefaultFetchTimeout,
+		StallTimeout:       proxy.DefaultStallTimeout,
+		UpstreamAttempts:   upstream.DefaultRetryPolicy().Attempts,
 		ShutdownTimeout:    30 * time.Second,
 		ReadTimeout:        time.Minute,
 		IdleTimeout:        2 * time.Minute,
-		SpoolMaxSize:       "8GiB",
-		MaxDownloads:       32,
-		MaxQueuedDownloads: 128,
-		MaxBlobSize:        "16GiB",
+		SpoolMaxSize:       Size(fetches.SpoolBytes),
+		MaxDownloads:       fetches.Downloads,
+		MaxQueuedDownloads: fetches.Queued,
+		MaxBlobSize:        proxy.DefaultMaxBlobSize,
 		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
-		Nodes:              NodesConfig{ForgetAfter: 24 * time.Hour, HostsDir: proxy.DefaultHostsDir},
+		Nodes:              NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
-		Normalize: NormalizeConfig{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, Clients: "auto",
-			UnknownClients: ruleset.Names(), Platforms: []string{"linux/amd64", "linux/arm64"}, Deadline: 25 * time.Second, PatientDeadline: 10 * time.Minute, MaxLayerSize: "16GiB",
-			MaxZstdWindow: "8MiB", MaxLayerWork: 4, MaxQueuedLayerWork: 128},
+		Normalize: NormalizeConfig{
+			ConfigMediaType:    rules.ConfigMediaType,
+			SymlinkXattrs:      rules.SymlinkXattrs,
+			ZstdMediaType:      rules.ZstdMediaType,
+			Schema1:            rules.Schema1,
+			ZstdGzip:           rules.ZstdGzip,
+			Clients:            "auto",
+			UnknownClients:     ruleset.Names(),
+			Platforms:          normalize.DefaultPlatformNames(),
+			Deadline:           proxy.DefaultDeadline,
+			PatientDeadline:    10 * time.Minute,
+			MaxLayerSize:       proxy.DefaultMaxLayerSize,
+			MaxZstdWindow:      rewrite.DefaultZstdWindow,
+			MaxLayerWork:       work.Running,
+			MaxQueuedLayerWork: work.Queued,
+		},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "quay.io", URL: "https://quay.io"},
@@ -321,34 +340,104 @@ func defaultConfig() Config {
 	}
 }
 
-// flagValues are the command line's settings, before the environment.
-type flagValues struct {
-	configFile, listen, dataDir, maxSize, driver, defaultUp, tagTTL, logLevel, logFormat *string
-	checkOnly                                                                            *bool
+// override is a setting the environment and a flag give, over the file.
+type override struct {
+	flag, env string
+	// field is the setting's path in the file, which errors name.
+	field string
+	usage string
+	// at is the field in c: a *string, a *time.Duration or a flag.Value.
+	at func(c *Config) any
 }
 
-// configFlags declares the main command's flags.
-func configFlags(getenv func(string) string) (*flag.FlagSet, flagValues) {
-	fs := flag.NewFlagSet("regnorm", flag.ContinueOnError)
-	v := flagValues{
-		configFile: fs.String("config", getenv("REGNORM_CONFIG"), "YAML configuration file (env REGNORM_CONFIG)"),
-		listen:     fs.String("listen", "", "listen address (env REGNORM_LISTEN; default :5000)"),
-		dataDir:    fs.String("data-dir", "", "filesystem cache directory (env REGNORM_DATA_DIR; default ./data)"),
-		maxSize:    fs.String("cache-max-size", "", "bound the cache, e.g. 50GiB (env REGNORM_CACHE_MAX_SIZE)"),
-		driver:     fs.String("cache-driver", "", "cache storage driver: filesystem, s3 or inmemory (env REGNORM_CACHE_DRIVER; s3 takes its settings from the file)"),
-		defaultUp:  fs.String("default-upstream", "", "upstream for requests without ns (env REGNORM_DEFAULT_UPSTREAM; default docker.io, or the only upstream)"),
-		tagTTL:     fs.String("tag-ttl", "", "how long a tag is served from cache, e.g. 5m (env REGNORM_TAG_TTL)"),
-		logLevel:   fs.String("log-level", "", "debug, info, warn or error (env REGNORM_LOG_LEVEL)"),
-		logFormat:  fs.String("log-format", "", "text or json (env REGNORM_LOG_FORMAT)"),
-		checkOnly:  fs.Bool("check-config", false, "load the configuration and everything it refers to, print it, and exit"),
+// overrides are the settings the environment and flags give.
+func overrides() []override {
+	return []override{
+		{"listen", "REGNORM_LISTEN", "listen", "listen address",
+			func(c *Config) any { return &c.Listen }},
+		{"data-dir", "REGNORM_DATA_DIR", "cache.filesystem.rootDirectory", "filesystem cache directory",
+			func(c *Config) any { return &c.Cache.Filesystem.RootDirectory }},
+		{"cache-max-size", "REGNORM_CACHE_MAX_SIZE", "cache.maxSize", "bound the cache, e.g. 50GiB",
+			func(c *Config) any { return &c.Cache.MaxSize }},
+		{"cache-driver", "REGNORM_CACHE_DRIVER", "cache.driver", "cache storage driver: filesystem, s3 or inmemory; s3 takes its settings from the file",
+			func(c *Config) any { return &c.Cache.Driver }},
+		{"default-upstream", "REGNORM_DEFAULT_UPSTREAM", "defaultUpstream", "upstream for requests without ns; with one upstream configured, that one",
+			func(c *Config) any { return &c.DefaultUpstream }},
+		{"tag-ttl", "REGNORM_TAG_TTL", "tagTTL", "how long a tag is served from cache, e.g. 10m",
+			func(c *Config) any { return &c.TagTTL }},
+		{"log-level", "REGNORM_LOG_LEVEL", "logLevel", "debug, info, warn or error",
+			func(c *Config) any { return &c.LogLevel }},
+		{"log-format", "REGNORM_LOG_FORMAT", "logFormat", "text or json",
+			func(c *Config) any { return &c.LogFormat }},
 	}
-	return fs, v
+}
+
+// set reads v into the field at p, as the file would.
+func set(p any, v string) error {
+	switch p := p.(type) {
+	case *string:
+		*p = v
+	case *time.Duration:
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		*p = d
+	case flag.Value:
+		return p.Set(v)
+	default:
+		panic(fmt.Sprintf("config: cannot set a %T", p))
+	}
+	return nil
+}
+
+// text is the field at p as the help shows it; empty for a zero value.
+func text(p any) string {
+	if reflect.ValueOf(p).Elem().IsZero() {
+		return ""
+	}
+	switch p := p.(type) {
+	case *string:
+		return *p
+	case *time.Duration:
+		return shortDuration(*p)
+	}
+	return fmt.Sprint(p)
+}
+
+// shortDuration is d as a person writes it: 5m, not 5m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// configFlags declares the main command's flags: --config, --check-config,
+// and one for each override, whose help states its default.
+func configFlags(getenv func(string) string) (fs *flag.FlagSet, configFile *string, checkOnly *bool) {
+	fs = flag.NewFlagSet("regnorm", flag.ContinueOnError)
+	configFile = fs.String("config", getenv("REGNORM_CONFIG"), "YAML configuration file (env REGNORM_CONFIG)")
+	checkOnly = fs.Bool("check-config", false, "load the configuration and everything it refers to, print it, and exit")
+	defaults := defaultConfig()
+	for _, o := range overrides() {
+		usage := fmt.Sprintf("%s (env %s)", o.usage, o.env)
+		if d := text(o.at(&defaults)); d != "" {
+			usage = fmt.Sprintf("%s (env %s; default %s)", o.usage, o.env, d)
+		}
+		fs.String(o.flag, "", usage)
+	}
+	return fs, configFile, checkOnly
 }
 
 // loadConfig builds the configuration from args and the environment.
 func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	cfg := defaultConfig()
-	fs, f := configFlags(getenv)
+	fs, configFile, checkOnly := configFlags(getenv)
 	fs.SetOutput(io.Discard) // run prints the usage for --help; errors are returned
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -359,8 +448,6 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %v (regnorm --help lists the commands)", fs.Args())
 	}
-	configFile, listen, dataDir, maxSize, driver, defaultUp, tagTTL, logLevel, logFormat, checkOnly :=
-		f.configFile, f.listen, f.dataDir, f.maxSize, f.driver, f.defaultUp, f.tagTTL, f.logLevel, f.logFormat, f.checkOnly
 	cfg.CheckOnly = *checkOnly
 	defaultSet := false
 	if *configFile != "" {
@@ -370,33 +457,15 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 	}
 	// Environment, then flags: the later one wins.
-	for _, o := range []struct {
-		flag, env string
-		set       func(string) error
-	}{
-		{*listen, "REGNORM_LISTEN", func(v string) error { cfg.Listen = v; return nil }},
-		{*dataDir, "REGNORM_DATA_DIR", func(v string) error { cfg.Cache.Filesystem.RootDirectory = v; return nil }},
-		{*driver, "REGNORM_CACHE_DRIVER", func(v string) error { cfg.Cache.Driver = v; return nil }},
-		{*maxSize, "REGNORM_CACHE_MAX_SIZE", func(v string) error { cfg.Cache.MaxSize = v; return nil }},
-		{*defaultUp, "REGNORM_DEFAULT_UPSTREAM", func(v string) error { cfg.DefaultUpstream, defaultSet = v, true; return nil }},
-		{*logLevel, "REGNORM_LOG_LEVEL", func(v string) error { cfg.LogLevel = v; return nil }},
-		{*logFormat, "REGNORM_LOG_FORMAT", func(v string) error { cfg.LogFormat = v; return nil }},
-		{*tagTTL, "REGNORM_TAG_TTL", func(v string) error {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				return fmt.Errorf("config: tagTTL: %w", err)
-			}
-			cfg.TagTTL = d
-			return nil
-		}},
-	} {
-		for _, v := range []string{getenv(o.env), o.flag} {
+	for _, o := range overrides() {
+		for _, v := range []string{getenv(o.env), fs.Lookup(o.flag).Value.String()} {
 			if v == "" {
 				continue
 			}
-			if err := o.set(v); err != nil {
-				return Config{}, err
+			if err := set(o.at(&cfg), v); err != nil {
+				return Config{}, fmt.Errorf("config: %s: %w", o.field, err)
 			}
+			defaultSet = defaultSet || o.field == "defaultUpstream"
 		}
 	}
 	// With one upstream and no default named, that upstream is the default.
@@ -465,9 +534,6 @@ func (c Config) validate() error {
 	if c.UpstreamAttempts < 1 || c.UpstreamAttempts > 10 {
 		bad("upstreamAttempts", "%d is not between 1 and 10", c.UpstreamAttempts)
 	}
-	if _, err := c.Cache.maxBytes(); err != nil {
-		bad("cache.maxSize", "%v", err)
-	}
 	if c.Cache.MaxAge < 0 || (c.Cache.MaxAge > 0 && c.Cache.MaxAge < 2*cache.AccessInterval) {
 		bad("cache.maxAge", "must be 0 (no limit) or at least %s: uses are recorded up to %s late", 2*cache.AccessInterval, cache.AccessInterval)
 	}
@@ -477,7 +543,7 @@ func (c Config) validate() error {
 	if c.Cache.maintenanceInterval() < time.Second {
 		bad("cache.maintenanceInterval", "must be at least 1s")
 	}
-	if b, err := parseByteSize(c.SpoolMaxSize); err != nil || b == 0 {
+	if c.SpoolMaxSize <= 0 {
 		bad("spoolMaxSize", "%q is not a positive size such as 8GiB", c.SpoolMaxSize)
 	}
 	if c.MaxDownloads < 1 {
@@ -486,7 +552,7 @@ func (c Config) validate() error {
 	if c.MaxQueuedDownloads < 1 {
 		bad("maxQueuedDownloads", "must be at least 1")
 	}
-	if b, err := parseByteSize(c.MaxBlobSize); err != nil || b == 0 {
+	if c.MaxBlobSize <= 0 {
 		bad("maxBlobSize", "%q is not a positive size such as 16GiB", c.MaxBlobSize)
 	}
 	if c.Nodes.ForgetAfter < time.Minute {
@@ -498,10 +564,10 @@ func (c Config) validate() error {
 	if c.Auth.FailuresPerMinute < 1 {
 		bad("auth.failuresPerMinute", "must be at least 1")
 	}
-	if b, err := parseByteSize(c.Normalize.MaxLayerSize); err != nil || b == 0 {
+	if c.Normalize.MaxLayerSize <= 0 {
 		bad("normalize.maxLayerSize", "%q is not a positive size such as 16GiB", c.Normalize.MaxLayerSize)
 	}
-	if b, err := parseByteSize(c.Normalize.MaxZstdWindow); err != nil || b < minZstdWindow || b > maxZstdWindow {
+	if w := c.Normalize.MaxZstdWindow; w < minZstdWindow || w > maxZstdWindow {
 		bad("normalize.maxZstdWindow", "%q is not a size from 1KiB to 2GiB such as 8MiB", c.Normalize.MaxZstdWindow)
 	}
 	if c.Normalize.MaxLayerWork < 1 {
@@ -581,11 +647,6 @@ func (c Config) validate() error {
 		seen[u.Name] = true
 		if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || parsed.RawQuery != "" {
 			bad(field+".url", "%q is not an http(s) URL", u.URL)
-		}
-		if u.MaxBlobSize != "" {
-			if b, err := parseByteSize(u.MaxBlobSize); err != nil || b == 0 {
-				bad(field+".maxBlobSize", "%q is not a positive size such as 16GiB", u.MaxBlobSize)
-			}
 		}
 		if u.MaxDownloads < 0 || u.MaxDownloads > c.MaxDownloads {
 			bad(field+".maxDownloads", "%d is not between 0 (the default share) and maxDownloads (%d)", u.MaxDownloads, c.MaxDownloads)

@@ -158,6 +158,8 @@ func expected(t reflect.Type) string {
 	switch {
 	case t == reflect.TypeFor[time.Duration]():
 		return "a duration such as 90s, 10m or 1h30m"
+	case t == reflect.TypeFor[Size]():
+		return "a size such as 500MB or 10GiB"
 	case t.Kind() == reflect.Bool:
 		return "true or false"
 	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:

@@ -103,14 +103,14 @@ func New(opts Options) *Fetcher {
 
 // Limits bound the downloads from upstream.
 type Limits struct {
-	// Downloads is how many blob downloads run at once (default 32).
+	// Downloads is how many blob downloads run at once.
 	Downloads int
-	// Queued is how many more may wait for a turn (default 4 × Downloads);
-	// beyond that a request is answered 503 with Retry-After.
+	// Queued is how many more may wait for a turn (4 × Downloads when
+	// zero); beyond that a request is answered 503 with Retry-After.
 	Queued int
-	// SpoolBytes bounds the spool files of the downloads in progress
-	// (default 8 GiB). A download that does not fit writes to the cache
-	// only; its readers wait for it to finish.
+	// SpoolBytes bounds the spool files of the downloads in progress. A
+	// download that does not fit writes to the cache only; its readers wait
+	// for it to finish.
 	SpoolBytes int64
 	// PerUpstream is how many of Downloads one upstream's downloads may
 	// hold at once, unless the upstream says (upstream.Config.MaxDownloads):
@@ -120,19 +120,31 @@ type Limits struct {
 	PerUpstream int
 }
 
+// queuedPerDownload is how many downloads may wait for each that may run,
+// when Limits.Queued is not given.
+const queuedPerDownload = 4
+
+// DefaultLimits are what zero Limits fields take, but for PerUpstream,
+// which is derived from Downloads.
+func DefaultLimits() Limits {
+	const downloads = 32
+	return Limits{Downloads: downloads, Queued: queuedPerDownload * downloads, SpoolBytes: 8 << 30}
+}
+
 func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
 	if l.Downloads <= 0 {
-		l.Downloads = 32
+		l.Downloads = d.Downloads
 	}
 	if l.Queued <= 0 {
-		l.Queued = 4 * l.Downloads
+		l.Queued = queuedPerDownload * l.Downloads
 	}
 	if l.PerUpstream <= 0 {
 		l.PerUpstream = max(1, l.Downloads*3/4)
 	}
 	l.PerUpstream = min(l.PerUpstream, l.Downloads)
 	if l.SpoolBytes <= 0 {
-		l.SpoolBytes = 8 << 30
+		l.SpoolBytes = d.SpoolBytes
 	}
 	return l
 }

@@ -24,9 +24,12 @@ type Platforms struct {
 
 // DefaultPlatforms is linux/amd64 and linux/arm64.
 func DefaultPlatforms() Platforms {
-	p, _ := ParsePlatforms([]string{"linux/amd64", "linux/arm64"})
+	p, _ := ParsePlatforms(DefaultPlatformNames())
 	return p
 }
+
+// DefaultPlatformNames are DefaultPlatforms as ParsePlatforms reads them.
+func DefaultPlatformNames() []string { return []string{"linux/amd64", "linux/arm64"} }
 
 // ParsePlatforms reads os/architecture[/variant] entries; "all" reads every
 // platform (attestations still not).

@@ -17,20 +17,24 @@ var ErrBusy = errors.New("too much layer work in progress")
 // by the layer limits (the zstd window above all); these bound how many
 // hold theirs at once, and so what they take together.
 type WorkLimits struct {
-	// Running is how many run at once (default 4).
+	// Running is how many run at once.
 	Running int
-	// Queued is how many more may wait for a turn (default 128); beyond,
-	// the work fails with ErrBusy. A waiting piece holds nothing yet: its
-	// layer is opened once it has its turn.
+	// Queued is how many more may wait for a turn; beyond, the work fails
+	// with ErrBusy. A waiting piece holds nothing yet: its layer is opened
+	// once it has its turn.
 	Queued int
 }
 
+// DefaultWorkLimits are what zero WorkLimits fields take.
+func DefaultWorkLimits() WorkLimits { return WorkLimits{Running: 4, Queued: 128} }
+
 func (l WorkLimits) withDefaults() WorkLimits {
+	d := DefaultWorkLimits()
 	if l.Running <= 0 {
-		l.Running = 4
+		l.Running = d.Running
 	}
 	if l.Queued <= 0 {
-		l.Queued = 128
+		l.Queued = d.Queued
 	}
 	return l
 }

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	s3 "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/upstream"
+)
+
+// serve runs the mirror with cfg until ctx ends (SIGINT, SIGTERM), then
+// drains: it builds the cache, the upstreams and the server, and serves.
+func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr io.Writer) error {
+	log := newLogger(cfg, stderr)
+
+	upstreams, err := buildUpstreams(cfg.Upstreams, getenv)
+	if err != nil {
+		return err
+	}
+	driver, uploads, err := buildDriver(ctx, cfg.Cache, getenv)
+	if err != nil {
+		return err
+	}
+	var storeOpts []cache.Option
+	if uploads != nil {
+		storeOpts = append(storeOpts, cache.WithMultipartUploads(uploads))
+	}
+	store := cache.New(driver, storeOpts...)
+	clientAuth, err := loadClientAuth(cfg.Auth)
+	if err != nil {
+		return err
+	}
+	reportTokens, err := loadReportTokens(cfg.Nodes)
+	if err != nil {
+		return err
+	}
+	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfoMetric(readBuildInfo()))
+	srv, err := proxy.New(proxy.Options{
+		Store:                 store,
+		Upstreams:             upstreams,
+		DefaultUpstream:       cfg.DefaultUpstream,
+		TagTTL:                cfg.TagTTL,
+		SpoolDir:              cfg.SpoolDir,
+		FetchTimeout:          cfg.FetchTimeout,
+		StallTimeout:          cfg.StallTimeout,
+		Retry:                 retryPolicy(cfg.UpstreamAttempts),
+		Rules:                 cfg.Normalize.policy(),
+		Platforms:             &platforms,
+		Deadline:              cfg.Normalize.Deadline,
+		PatientDeadline:       cfg.Normalize.PatientDeadline,
+		MaxLayerSize:          int64(cfg.Normalize.MaxLayerSize),
+		MaxBlobSize:           int64(cfg.MaxBlobSize),
+		MaxZstdWindow:         int64(cfg.Normalize.MaxZstdWindow),
+		LayerWork:             normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
+		ClientAuth:            clientAuth,
+		AuthFailuresPerMinute: cfg.Auth.FailuresPerMinute,
+		NodeReportTokens:      reportTokens,
+		NodeHostsDir:          cfg.Nodes.HostsDir,
+		Eviction:              cache.EvictionPolicy{MaxBytes: int64(cfg.Cache.MaxSize), MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
+		MaintenanceInterval:   cfg.Cache.maintenanceInterval(),
+		ForgetNodesAfter:      cfg.Nodes.ForgetAfter,
+		Fetches:               blobfetch.Limits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(cfg.SpoolMaxSize)},
+		Metrics:               proxy.NewMetrics(reg),
+		Logger:                log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	httpSrv := newHTTPServer(cfg, srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})), log)
+	if cfg.TLS.CertFile != "" {
+		certs, err := newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		ln = tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12})
+	}
+	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(), "node_reports", len(reportTokens) > 0,
+		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		srv.Run(gctx)
+		return nil
+	})
+	g.Go(func() error {
+		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", "drain_timeout", cfg.ShutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
+		defer cancel()
+		return httpSrv.Shutdown(sctx)
+	})
+	return g.Wait()
+}
+
+// readHeaderTimeout bounds how long a client may take to send a request's
+// headers.
+const readHeaderTimeout = 10 * time.Second
+
+// newHTTPServer is the server serve serves h with. Its limits bound what a
+// client can hold without sending: headers (readHeaderTimeout), a whole
+// request (cfg.ReadTimeout: a body not in by then is answered 408, or the
+// connection closed), an idle keep-alive connection (cfg.IdleTimeout). No
+// limit bounds an answer (there is no WriteTimeout): a blob download takes
+// as long as it takes while the client reads it, and net/http lifts the
+// read deadline once a request is read.
+func newHTTPServer(cfg Config, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		// The proxy refuses headers over 60 KiB with an OCI error; this cap
+		// (answered in plain text by net/http) bounds each connection's
+		// memory.
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+func retryPolicy(attempts int) upstream.RetryPolicy {
+	p := upstream.DefaultRetryPolicy()
+	p.Attempts = attempts
+	return p
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel)) // validated already
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// buildDriver builds the cache's storage driver and, on S3, what ends the
+// multipart uploads a crash leaves (the driver cannot see them).
+func buildDriver(ctx context.Context, c CacheConfig, getenv func(string) string) (storagedriver.StorageDriver, cache.MultipartUploads, error) {
+	switch c.Driver {
+	case "s3":
+		return buildS3Driver(ctx, c.S3, getenv)
+	case "inmemory":
+		return inmemory.New(), nil, nil
+	case "filesystem":
+		root, err := filepath.Abs(c.Filesystem.RootDirectory)
+		if err != nil {
+			return nil, nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
+		}
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return nil, nil, fmt.Errorf("config: cache.filesystem.rootDirectory: %w", err)
+		}
+		return filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100}), nil, nil
+	}
+	return nil, nil, fmt.Errorf("config: cache.driver: %q is not supported", c.Driver)
+}
+
+// buildS3Driver constructs distribution's s3-aws driver directly, and an S3
+// client on the same bucket for multipart uploads.
+func buildS3Driver(ctx context.Context, c S3Config, getenv func(string) string) (storagedriver.StorageDriver, cache.MultipartUploads, error) {
+	access, secret, err := s3Keys(c, getenv)
+	if err != nil {
+		return nil, nil, err
+	}
+	params := map[string]any{
+		"bucket":         c.Bucket,
+		"region":         c.Region,
+		"regionendpoint": c.Endpoint,
+		"forcepathstyle": c.ForcePathStyle,
+		"rootdirectory":  c.RootDirectory,
+		"secure":         !strings.HasPrefix(c.Endpoint, "http://"),
+		"skipverify":     c.SkipVerify,
+		"accesskey":      access,
+		"secretkey":      secret,
+	}
+	d, err := s3.FromParameters(ctx, params)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: cache.s3: %w", err)
+	}
+	uploads, err := cache.NewS3Uploads(cache.S3Params{Bucket: c.Bucket, Region: c.Region, Endpoint: c.Endpoint,
+		ForcePathStyle: c.ForcePathStyle, Secure: params["secure"].(bool), SkipVerify: c.SkipVerify,
+		AccessKey: access, SecretKey: secret, RootDirectory: c.RootDirectory})
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: cache.s3: %w", err)
+	}
+	return d, uploads, nil
+}
+
+// The environment variables the S3 keys come from when the configuration
+// names none: the AWS SDK's own.
+const (
+	awsAccessKeyEnv = "AWS_ACCESS_KEY_ID"
+	awsSecretKeyEnv = "AWS_SECRET_ACCESS_KEY"
+)
+
+// s3Keys reads the S3 keys from the files or environment variables the
+// configuration names. Both empty means the AWS SDK's own chain (instance
+// roles); one without the other, or a variable named but unset, is an error.
+func s3Keys(c S3Config, getenv func(string) string) (access, secret string, err error) {
+	if c.AccessKeyFile != "" {
+		a, err := os.ReadFile(c.AccessKeyFile)
+		if err != nil {
+			return "", "", fmt.Errorf("config: cache.s3.accessKeyFile: %w", err)
+		}
+		sk, err := os.ReadFile(c.SecretKeyFile)
+		if err != nil {
+			return "", "", fmt.Errorf("config: cache.s3.secretKeyFile: %w", err)
+		}
+		access, secret = strings.TrimSpace(string(a)), strings.TrimSpace(string(sk))
+		if access == "" || secret == "" {
+			return "", "", errors.New("config: cache.s3.accessKeyFile: a key file is empty")
+		}
+		return access, secret, nil
+	}
+	for _, named := range []struct{ field, name string }{{"accessKeyEnv", c.AccessKeyEnv}, {"secretKeyEnv", c.SecretKeyEnv}} {
+		if named.name != "" && getenv(named.name) == "" {
+			return "", "", fmt.Errorf("config: cache.s3.%s: environment variable %s is empty", named.field, named.name)
+		}
+	}
+	access, secret = getenv(firstNonEmpty(c.AccessKeyEnv, awsAccessKeyEnv)), getenv(firstNonEmpty(c.SecretKeyEnv, awsSecretKeyEnv))
+	if (access == "") != (secret == "") {
+		return "", "", errors.New("config: cache.s3: one of the access and secret keys is set in the environment without the other")
+	}
+	return access, secret, nil
+}
+
+// buildUpstreams reads CA files and passwords: the files and environment
+// variables the configuration names.
+func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstream.Config, error) {
+	var out []upstream.Config
+	for i, c := range cfgs {
+		field := fmt.Sprintf("config: upstreams[%d]", i)
+		u, err := url.Parse(c.URL)
+		if err != nil {
+			return nil, fmt.Errorf("%s.url: %w", field, err)
+		}
+		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects,
+			MaxBlobSize: int64(c.MaxBlobSize), MaxDownloads: c.MaxDownloads}
+		if c.CAFile != "" {
+			pool, err := certPool(c.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("%s.caFile: %w", field, err)
+			}
+			up.RootCAs = pool
+		}
+		switch {
+		case c.PasswordFile != "":
+			pw, err := readSecret(c.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("%s.passwordFile: %w", field, err)
+			}
+			up.Credentials = upstream.Credentials{Username: c.Username, Password: pw}
+		case c.PasswordEnv != "":
+			pw := getenv(c.PasswordEnv)
+			if pw == "" {
+				return nil, fmt.Errorf("%s.passwordEnv: environment variable %s is empty", field, c.PasswordEnv)
+			}
+			up.Credentials = upstream.Credentials{Username: c.Username, Password: pw}
+		}
+		out = append(out, up)
+	}
+	return out, nil
+}
