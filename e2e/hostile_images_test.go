@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"archive/tar"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,16 +25,18 @@ import (
 	"github.com/regnorm/regnorm/internal/regtest"
 )
 
-// TestHostileImagesAndUpstream: while clients pull a good upstream's image,
-// another upstream serves hostile images (symlinks with 512 KiB paths,
-// zstd frames that declare 128 MiB windows, an index of 1000 children it
-// does not have) and misbehaves as an upstream (the good image's bytes typed
-// as an index, a manifest typed as an HTML page, redirects inward, a blob
-// that never ends), and clients send made-up methods. It fails if regnorm's
-// memory grows more than 256 MiB above idle, if the good image is ever
-// served other than byte for byte with its media type, if a redirect is
-// followed inward, if an HTML type is ever served, or if a report, a page,
-// the metrics or the upstream requests grow past their bounds. Bounded in
+// TestHostileImagesAndUpstream: while clients pull a good upstream's images
+// (one as it is, one that containerd 1.6.8 needs fixed), another upstream
+// serves hostile images (symlinks with 512 KiB paths, zstd frames that
+// declare 128 MiB windows, an index of 1000 children it does not have,
+// layers it never sends) and misbehaves as an upstream (the good image's
+// bytes typed as an index, a manifest typed as an HTML page, redirects
+// inward, a blob that never ends), and clients send made-up methods. It
+// fails if regnorm's memory grows more than 256 MiB above idle, if the good
+// images are ever served other than byte for byte with their media type or
+// not fixed, if a redirect is followed inward, if an HTML type is ever
+// served, or if a report, a page, the metrics or the upstream requests grow
+// past their bounds. Bounded in
 // time (REGNORM_HOSTILE_DURATION, default 10s) and count.
 func TestHostileImagesAndUpstream(t *testing.T) {
 	duration := envOr("REGNORM_HOSTILE_DURATION", 10*time.Second, time.ParseDuration)
@@ -52,6 +55,18 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := (&regtest.Client{Base: goodURL}).PushImage(ctx, "good/app", "v1", good); err != nil {
+		t.Fatal(err)
+	}
+	// And one that containerd 1.6.8 needs fixed: its layers are scanned
+	// and repackaged beside the hostile images'.
+	goodXattr, err := regtest.BuildImage(regtest.ImageOptions{}, []regtest.File{
+		{Name: "bin/app", Content: regtest.RandomBytes(1 << 20)},
+		{Name: "bin/link", Typeflag: tar.TypeSymlink, Linkname: "app", PAXRecords: map[string]string{"SCHILY.xattr.user.a": "b"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&regtest.Client{Base: goodURL}).PushImage(ctx, "good/xattr", "v1", goodXattr); err != nil {
 		t.Fatal(err)
 	}
 
@@ -79,6 +94,21 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 		}
 		hostileTags = append(hostileTags, fmt.Sprintf("bomb/window:v%d", i))
 	}
+	// Images whose layers the hostile upstream never sends: scans of them
+	// wait for downloads that do not come.
+	stalled := map[string]bool{}
+	var slowTags []string
+	for i := range 6 {
+		img, err := regtest.BuildImage(regtest.ImageOptions{}, []regtest.File{{Name: fmt.Sprintf("slow-%d", i), Content: regtest.RandomBytes(64)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bad.PushImage(ctx, "bomb/slow", fmt.Sprintf("v%d", i), img); err != nil {
+			t.Fatal(err)
+		}
+		stalled["/v2/bomb/slow/blobs/"+digest.FromBytes(img.Layers[0]).String()] = true
+		slowTags = append(slowTags, fmt.Sprintf("v%d", i))
+	}
 	wide := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex}
 	for i := range wideIndex {
 		wide.Manifests = append(wide.Manifests, ocispec.Descriptor{
@@ -99,8 +129,8 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 	// Another host name for it than the upstreams', as an upstream names one.
 	inwardBase := "http://localhost:" + inwardURL.Port()
 
-	var wideChildGets atomic.Int64
-	hostileURL := serveLocal(t, hostileUpstream(t, badURL, good.Manifest, wideBytes, inwardBase, &wideChildGets))
+	var wideChildGets, stalledGets atomic.Int64
+	hostileURL := serveLocal(t, hostileUpstream(t, badURL, good.Manifest, wideBytes, stalled, &stalledGets, inwardBase, &wideChildGets))
 	proxyURL, p := startRegnorm(t, goodURL, fmt.Sprintf(`- name: hostile.example
   url: %s
   maxBlobSize: %d
@@ -126,9 +156,7 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 	}()
 	defer func() { close(stopSampling); <-sampled }()
 
-	runCtx, cancel := context.WithTimeout(ctx, duration)
-	defer cancel()
-	var goodServed, hostileAsked, wideAsked, spam atomic.Int64
+	var goodServed, goodFixed, hostileAsked, wideAsked, spam atomic.Int64
 	var mu sync.Mutex
 	var failures []string
 	fail := func(format string, args ...any) {
@@ -156,15 +184,33 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 		body, err := io.ReadAll(io.LimitReader(resp.Body, 2*maxBlob))
 		return resp, body, err
 	}
-	get := func(method, path, ua string) (*http.Response, []byte, error) {
-		return getIn(runCtx, method, path, ua)
-	}
 	checkType := func(path string, resp *http.Response) {
 		if ct := resp.Header.Get("Content-Type"); strings.Contains(ct, "html") && !strings.HasPrefix(path, "/status") {
 			fail("%s served as %q", path, ct)
 		}
 	}
 
+	// First, scans that wait for downloads that never come: more of them
+	// than layer work may run at once (4). They must not hold up the rest.
+	slowCtx, stopSlow := context.WithCancel(ctx)
+	var slow sync.WaitGroup
+	defer func() { stopSlow(); slow.Wait() }()
+	for _, tag := range slowTags {
+		slow.Go(func() {
+			getIn(slowCtx, http.MethodGet, "/v2/bomb/slow/manifests/"+tag+"?ns=hostile.example", "containerd/1.6.8")
+		})
+	}
+	for deadline := time.Now().Add(time.Minute); stalledGets.Load() < 4; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the stalled layers were asked for within a minute, want 4", stalledGets.Load())
+		}
+	}
+
+	runCtx, cancel := context.WithTimeout(ctx, duration)
+	defer cancel()
+	get := func(method, path, ua string) (*http.Response, []byte, error) {
+		return getIn(runCtx, method, path, ua)
+	}
 	var wg sync.WaitGroup
 	loop := func(f func(n int)) {
 		wg.Go(func() {
@@ -199,6 +245,19 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 			goodServed.Add(1)
 		})
 	}
+	// A client of the good upstream that needs a layer fixed: it gets the
+	// variant, however many scans wait on the hostile upstream.
+	loop(func(int) {
+		resp, body, err := get(http.MethodGet, "/v2/good/xattr/manifests/v1", "containerd/1.6.8")
+		if err != nil {
+			return
+		}
+		if resp.StatusCode != http.StatusOK || string(body) == string(goodXattr.Manifest) {
+			fail("good xattr image for containerd 1.6.8: %d %.200s, want the variant", resp.StatusCode, body)
+			return
+		}
+		goodFixed.Add(1)
+	})
 	// Hostile images, pulled as containerd 1.6.8 (every rule that scans
 	// layers) and as a client that names no version, two at once.
 	for i := range 4 {
@@ -232,6 +291,9 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 			checkType(path, resp)
 			if strings.Contains(string(body), "metadata") {
 				fail("%s: the client got the inward redirect's body", path)
+			}
+			if len(body) > maxBlob {
+				fail("%s: the client got %d bytes, beyond maxBlobSize", path, len(body))
 			}
 			if strings.Contains(path, "bomb/wide") {
 				wideAsked.Add(1)
@@ -286,8 +348,8 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 	seriesAfter := countSeries(scrape(t, proxyURL))
 
 	fmt.Printf("\nHOSTILE IMAGES AND UPSTREAM: %s\n", duration)
-	fmt.Printf("  requests:      %d good pulls, %d hostile image pulls, %d wide index pulls, %d made-up methods\n",
-		goodServed.Load(), hostileAsked.Load(), wideAsked.Load(), spam.Load())
+	fmt.Printf("  requests:      %d good pulls (%d fixed for 1.6.8), %d hostile image pulls, %d wide index pulls, %d made-up methods\n",
+		goodServed.Load(), goodFixed.Load(), hostileAsked.Load(), wideAsked.Load(), spam.Load())
 	fmt.Printf("  regnorm RSS:   %d MiB idle, %d MiB peak (+%d MiB, bound +%d MiB)\n",
 		idleRSS>>10, peakRSS.Load()>>10, (peakRSS.Load()-idleRSS)>>10, rssBound>>10)
 	fmt.Printf("  largest page:  %d KiB of /api/v1/rewrites or /status\n", peakReport.Load()>>10)
@@ -296,6 +358,9 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 
 	for _, f := range failures {
 		t.Error(f)
+	}
+	if goodFixed.Load() == 0 {
+		t.Error("the good image containerd 1.6.8 needs fixed was never served: work waiting on the hostile upstream held up the rest")
 	}
 	if goodServed.Load() == 0 || hostileAsked.Load() == 0 || wideAsked.Load() == 0 || spam.Load() == 0 {
 		t.Error("a kind of client made no request: the test measured less than it says")
@@ -322,9 +387,9 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 // hostileUpstream relays to the registry at target, except for the tricks
 // TestHostileImagesAndUpstream plays: goodManifest served as an index, an
 // HTML page as a manifest, redirects to inward, a blob of unknown length
-// that never ends, and the index wide whose children it does not have (it
-// counts the GETs of those).
-func hostileUpstream(t *testing.T, target string, goodManifest, wide []byte, inward string, wideChildGets *atomic.Int64) http.Handler {
+// that never ends, blobs (the paths in stalled) it never sends, and the
+// index wide whose children it does not have (it counts the GETs of those).
+func hostileUpstream(t *testing.T, target string, goodManifest, wide []byte, stalled map[string]bool, stalledGets *atomic.Int64, inward string, wideChildGets *atomic.Int64) http.Handler {
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatal(err)
@@ -341,6 +406,9 @@ func hostileUpstream(t *testing.T, target string, goodManifest, wide []byte, inw
 			io.WriteString(w, `<html><body><script>alert(document.domain)</script></body></html>`)
 		case strings.HasPrefix(path, "/v2/trap/redirect/"):
 			http.Redirect(w, r, inward+"/latest/meta-data/"+strings.TrimPrefix(path, "/v2/trap/redirect/"), http.StatusTemporaryRedirect)
+		case stalled[path]:
+			stalledGets.Add(1)
+			<-r.Context().Done() // headers and all: nothing, until regnorm gives up
 		case strings.HasPrefix(path, "/v2/trap/endless/blobs/"):
 			w.Header().Set("Content-Type", "application/octet-stream")
 			w.WriteHeader(http.StatusOK)
