@@ -33,7 +33,7 @@ func engineError(err error) error {
 }
 
 // deadlineFor is how long a client may wait for a manifest answer, from
-// what its User-Agent says of its timeouts (CONTAINERD.md):
+// what its User-Agent says of its timeouts (docs/containerd.md):
 //
 //	containerd 1.4 – 1.6     no limit on response headers          patient deadline
 //	1.7.0 – 1.7.9            CRI gives up after 1 min without progress   at most 50 s

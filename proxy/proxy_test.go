@@ -22,8 +22,8 @@ import (
 
 var oneFile = []regtest.File{{Name: "hello.txt", Content: []byte("hello from regnorm\n")}}
 
-// TestPullLikeContainerd makes containerd's requests (CONTAINERD.md) and
-// checks every header it relies on, then that a second pull never reaches
+// TestPullLikeContainerd makes containerd's requests (docs/containerd.md)
+// and checks every header it relies on, then that a second pull never reaches
 // upstream.
 func TestPullLikeContainerd(t *testing.T) {
 	t.Parallel()

@@ -20,7 +20,7 @@ import (
 
 // TestS3RequestCounts counts the requests regnorm sends a real S3 server
 // (versitygw) for the operations that repeat: serving a cached blob, a
-// maintenance pass, and a status page load. The README states these counts.
+// maintenance pass, and a status page load. docs/operations.md states these counts.
 func TestS3RequestCounts(t *testing.T) {
 	if s3Server == nil {
 		t.Skip("no S3 server (REGNORM_VERSITYGW_BIN unset; scripts/test.sh sets it and REGNORM_REQUIRE_ALL)")

@@ -4,10 +4,10 @@
 // writes. If not, it says why, what to add, and can make a drop-in that
 // fixes it where the configuration imports drop-ins.
 //
-// The facts it encodes are containerd's (../shared/CONTAINERD.md in the
-// team's notes): 1.x reads hosts.toml only with registry.config_path set;
-// from 2.1, CRI pulls go through the transfer service, which reads
-// config_path as one directory, so the list that 2.2+ uses by default
+// The facts it encodes are containerd's (docs/containerd.md): 1.x reads
+// hosts.toml only with registry.config_path set; from 2.1, CRI pulls go
+// through the transfer service, which reads config_path as one directory,
+// so the list that 2.2+ uses by default
 // ("/etc/containerd/certs.d:/etc/docker/certs.d") means no hosts.toml is
 // read; legacy registry.mirrors replace hosts.toml altogether.
 //

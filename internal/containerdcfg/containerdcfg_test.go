@@ -19,8 +19,8 @@ func write(t *testing.T, dir, name, content string) string {
 	return p
 }
 
-// TestCheck: the table of CONTAINERD.md, version by version and setting by
-// setting.
+// TestCheck: the table of docs/containerd.md, version by version and
+// setting by setting.
 func TestCheck(t *testing.T) {
 	t.Parallel()
 	const dir = "/etc/containerd/certs.d"

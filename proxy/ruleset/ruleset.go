@@ -1,7 +1,7 @@
 // Package ruleset decides which normalization rules a client gets: the
 // rules an operator enabled, narrowed to those the client's containerd
-// version needs (CONTAINERD.md). A node that can pull an original gets the
-// original; a node that cannot gets the variant made for its rule set.
+// version needs (docs/containerd.md). A node that can pull an original gets
+// the original; a node that cannot gets the variant made for its rule set.
 //
 // It knows versions and rule names, not HTTP, caches or manifests.
 package ruleset
@@ -108,7 +108,7 @@ func (s Set) Intersect(o Set) Set {
 		ZstdGzip: s.ZstdGzip && o.ZstdGzip}
 }
 
-// Needs is the rules a containerd version needs (CONTAINERD.md):
+// Needs is the rules a containerd version needs (docs/containerd.md):
 //
 //	config media type   1.4 and every version since: CRI never fetches the
 //	                    layers of an image whose config is octet-stream

@@ -7,8 +7,8 @@ import (
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 )
 
-// TestNeeds is CONTAINERD.md's table of which containerd versions fail on
-// what, version by version at each edge.
+// TestNeeds is docs/containerd.md's table of which containerd versions fail
+// on what, version by version at each edge.
 func TestNeeds(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
