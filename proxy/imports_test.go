@@ -26,7 +26,7 @@ func TestSubpackagesStayApart(t *testing.T) {
 		{dir: "errcode"},
 		{dir: "ruleset", own: []string{"internal/containerdcfg"}, denied: []string{"net/http", "os"}},
 		{dir: "label"},
-		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label"}},
+		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label", "internal/mediatype", "internal/schema1"}},
 		{dir: "blobfetch", own: []string{"cache", "proxy/errcode", "proxy/upstream"}},
 		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset", "internal/schema1"}, denied: []string{"net/http", "os"}},
 		{dir: "maintain", own: []string{"cache"}, denied: []string{"net/http"}},
