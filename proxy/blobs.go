@@ -141,11 +141,12 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 	if err := upstream.Spend(ctx); err != nil {
 		return nil, err
 	}
-	f, err := s.fetches.Join(req.upstream, req.repo, req.digest)
+	remote := req.upstream.Repository(req.repo)
+	f, err := s.fetches.Join(remote, req.digest)
 	if err != nil {
 		return nil, err
 	}
-	if !admitted && !f.StartedBy(req.upstream, req.repo) {
+	if !admitted && !f.StartedBy(remote) {
 		// Someone else's download: its answer is not this client's.
 		if err := s.ask(ctx, req, sub); err != nil {
 			f.Done()
@@ -153,7 +154,7 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 		}
 		admitted = true
 	}
-	if f, err = s.fetches.Ready(ctx, f, req.upstream, req.repo); err != nil {
+	if f, err = s.fetches.Ready(ctx, f, remote); err != nil {
 		return nil, err
 	}
 	if !admitted && !f.Answered() {

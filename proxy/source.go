@@ -50,7 +50,7 @@ func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
 	if err := src.s.admit(ctx, src.request(dgst, true)); err != nil {
 		return err
 	}
-	return src.s.fetches.Ensure(ctx, src.up, src.repo, dgst)
+	return src.s.fetches.Ensure(ctx, src.up.Repository(src.repo), dgst)
 }
 
 func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
