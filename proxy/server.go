@@ -153,9 +153,6 @@ type Server struct {
 	clock            Clock
 }
 
-// Manifests larger than this are refused: they are held in memory.
-const maxManifestSize = 4 << 20
-
 // upstreamBudget is how many upstream requests one client request may cause
 // (for warm, each image): manifest and HEAD requests, retries included, and
 // one for each blob it reads that is not cached. An index pulled by tag
