@@ -10,7 +10,6 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
-	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Who may read what. The cache is global by digest, but an object is served
@@ -82,9 +81,8 @@ func (s *Server) learn(ctx context.Context, upstream, repo string, dgst digest.D
 // upstream about: the digest itself, or the upstream object regnorm made it
 // from.
 func (s *Server) admitted(ctx context.Context, req distRequest) (ok bool, ask subject, err error) {
-	up := req.upstream
-	credsOK := up.Confirmed(req.repo, s.clock.Now())
-	linked, err := s.holds(ctx, up.Name(), req.repo, req.digest)
+	credsOK := req.remote.Confirmed(s.clock.Now())
+	linked, err := s.holds(ctx, req.remote.Upstream(), req.repo, req.digest)
 	if err != nil {
 		return false, subject{}, err
 	}
@@ -100,7 +98,7 @@ func (s *Server) admitted(ctx context.Context, req distRequest) (ok bool, ask su
 	if err != nil || linked || !held {
 		return false, src, err
 	}
-	s.learn(ctx, up.Name(), req.repo, req.digest)
+	s.learn(ctx, req.remote.Upstream(), req.repo, req.digest)
 	return credsOK, src, nil
 }
 
@@ -124,7 +122,7 @@ func (s *Server) derivedRecord(ctx context.Context, req distRequest) (cache.Deri
 func (s *Server) heldOrigin(ctx context.Context, req distRequest, d cache.Derived) (o cache.Origin, held bool, err error) {
 	origins := d.Origins()
 	for _, o := range origins {
-		held, err := s.holds(ctx, req.upstream.Name(), req.repo, o.Source)
+		held, err := s.holds(ctx, req.remote.Upstream(), req.repo, o.Source)
 		if err != nil {
 			return origins[0], false, err
 		}
@@ -149,12 +147,18 @@ func (s *Server) admit(ctx context.Context, req distRequest) error {
 }
 
 // admitTag lets req's client read tags of req.repo: only the credentials
-// matter, since the tag record is the repository's own.
+// matter, since the tag record is the repository's own. A yes is
+// remembered for the client's credentials.
 func (s *Server) admitTag(ctx context.Context, req distRequest) error {
-	if req.upstream.Confirmed(req.repo, s.clock.Now()) {
+	if req.remote.Confirmed(s.clock.Now()) {
 		return nil
 	}
-	return s.askPath(ctx, req, "/v2/"+req.repo+"/manifests/"+req.tag, true, "")
+	// Asked for with schema 1 too: the tag may be one.
+	if _, err := req.remote.HeadManifest(ctx, req.tag, nil); err != nil {
+		return err
+	}
+	req.remote.Confirm(s.clock.Now())
+	return nil
 }
 
 // ask has the upstream tell req's client whether req.repo holds sub, with
@@ -162,42 +166,39 @@ func (s *Server) admitTag(ctx context.Context, req distRequest) error {
 // req.digest, made from it), and the client's credentials for the
 // repository.
 func (s *Server) ask(ctx context.Context, req distRequest, sub subject) error {
-	kind := "/blobs/"
+	var err error
 	if sub.manifest {
-		kind = "/manifests/"
+		// Asked for with schema 1 too: a source may be one.
+		_, err = req.remote.HeadManifest(ctx, sub.dgst.String(), nil)
+	} else {
+		_, err = req.remote.HeadBlob(ctx, sub.dgst)
 	}
-	if err := s.askPath(ctx, req, "/v2/"+req.repo+kind+sub.dgst.String(), sub.manifest, sub.dgst); err != nil {
-		return err
+	if err != nil {
+		return unknownAsAsked(err, req)
 	}
+	s.learn(ctx, req.remote.Upstream(), req.repo, sub.dgst)
+	req.remote.Confirm(s.clock.Now())
 	if req.digest != "" && req.digest != sub.dgst {
-		s.learn(ctx, req.upstream.Name(), req.repo, req.digest)
+		s.learn(ctx, req.remote.Upstream(), req.repo, req.digest)
 	}
 	return nil
 }
 
-func (s *Server) askPath(ctx context.Context, req distRequest, path string, manifest bool, dgst digest.Digest) error {
-	up := req.upstream
-	var header http.Header
-	if manifest {
-		header = acceptHeader(nil) // schema 1 too: a tag or source may be one
+// unknownAsAsked words an upstream's "not found" about what ask asked it
+// as what the client asked for: the source of a blob may be a manifest,
+// and the client is told of an unknown blob all the same.
+func unknownAsAsked(err error, req distRequest) error {
+	code := errcode.ManifestUnknown
+	if req.blob {
+		code = errcode.BlobUnknown
 	}
-	resp, err := up.Do(ctx, http.MethodHead, req.repo, path, nil, header)
-	if err != nil {
+	var e *errcode.Error
+	if !errors.As(err, &e) || e.Status != http.StatusNotFound || e.Code == code {
 		return err
 	}
-	if resp.StatusCode != http.StatusOK {
-		notFound := errcode.BlobUnknown
-		if !req.blob {
-			notFound = errcode.ManifestUnknown
-		}
-		return up.StatusError(resp, notFound)
-	}
-	upstream.Drain(resp)
-	if dgst != "" {
-		s.learn(ctx, up.Name(), req.repo, dgst)
-	}
-	up.Confirm(req.repo, s.clock.Now())
-	return nil
+	asked := *e
+	asked.Code = code
+	return &asked
 }
 
 // learnDerived records that repo holds dgst, which regnorm made from

@@ -24,7 +24,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	logAttrs(ctx, slog.String("upstream", req.upstream.Name()), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	logAttrs(ctx, slog.String("upstream", req.remote.Upstream()), slog.String("repo", req.repo), slog.String("ref", req.ref()))
 	if r.Method == http.MethodHead {
 		return s.headBlob(w, r, req)
 	}
@@ -141,11 +141,11 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 	if err := upstream.Spend(ctx); err != nil {
 		return nil, err
 	}
-	f, err := s.fetches.Join(req.upstream, req.repo, req.digest)
+	f, err := s.fetches.Join(req.remote, req.digest)
 	if err != nil {
 		return nil, err
 	}
-	if !admitted && !f.StartedBy(req.upstream, req.repo) {
+	if !admitted && !f.StartedBy(req.remote) {
 		// Someone else's download: its answer is not this client's.
 		if err := s.ask(ctx, req, sub); err != nil {
 			f.Done()
@@ -153,7 +153,7 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 		}
 		admitted = true
 	}
-	if f, err = s.fetches.Ready(ctx, f, req.upstream, req.repo); err != nil {
+	if f, err = s.fetches.Ready(ctx, f, req.remote); err != nil {
 		return nil, err
 	}
 	if !admitted && !f.Answered() {
@@ -249,25 +249,21 @@ func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Di
 // headBlobUpstream answers a HEAD for an uncached blob without downloading
 // it: the upstream's answer to the client is the answer.
 func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req distRequest) error {
-	resp, err := req.upstream.Do(r.Context(), http.MethodHead, req.repo, "/v2/"+req.repo+"/blobs/"+req.digest.String(), nil, nil)
+	size, err := req.remote.HeadBlob(r.Context(), req.digest)
 	if err != nil {
 		return err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return req.upstream.StatusError(resp, errcode.BlobUnknown)
-	}
-	upstream.Drain(resp)
-	if err := req.upstream.CheckBlobSize(resp.ContentLength); err != nil {
+	if err := req.remote.CheckBlobSize(size); err != nil {
 		return err // a GET would be refused: say so now
 	}
-	s.learn(r.Context(), req.upstream.Name(), req.repo, req.digest)
-	req.upstream.Confirm(req.repo, s.clock.Now())
+	s.learn(r.Context(), req.remote.Upstream(), req.repo, req.digest)
+	req.remote.Confirm(s.clock.Now())
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", req.digest.String())
 	h.Set("ETag", `"`+req.digest.String()+`"`)
-	if resp.ContentLength >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	if size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
 	}
 	w.WriteHeader(http.StatusOK)
 	logAttrs(r.Context(), slog.String("source", "upstream"))

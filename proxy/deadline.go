@@ -69,7 +69,7 @@ func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.M
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := s.engine.Normalize(context.WithoutCancel(ctx), s.readingAs(req.upstream, req.repo), m, rules)
+		n, err := s.engine.Normalize(context.WithoutCancel(ctx), s.readingAs(req.remote), m, rules)
 		done <- result{n, err}
 	}()
 	expired := make(chan struct{})

@@ -1,8 +1,10 @@
 package proxy_test
 
 import (
+	"go/ast"
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -26,7 +28,7 @@ func TestSubpackagesStayApart(t *testing.T) {
 		{dir: "errcode"},
 		{dir: "ruleset", own: []string{"internal/containerdcfg"}, denied: []string{"net/http", "os"}},
 		{dir: "label"},
-		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label"}},
+		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label", "internal/mediatype", "internal/schema1"}},
 		{dir: "blobfetch", own: []string{"cache", "proxy/errcode", "proxy/upstream"}},
 		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset", "internal/schema1"}, denied: []string{"net/http", "os"}},
 		{dir: "maintain", own: []string{"cache"}, denied: []string{"net/http"}},
@@ -64,5 +66,65 @@ func TestSubpackagesStayApart(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestOnlyUpstreamBuildsRegistryPaths keeps the registry protocol in one
+// place (STYLE.md): no string in the module's code names a /v2/ path but in
+// proxy/upstream, which asks upstreams, and the router, which serves
+// clients. Everyone else asks an upstream.Repository. internal/regtest is
+// test support that pushes to test registries as a client of its own; only
+// tests import it, which this test checks too.
+func TestOnlyUpstreamBuildsRegistryPaths(t *testing.T) {
+	t.Parallel()
+	const root = ".."
+	allowed := func(path string) bool {
+		return strings.HasPrefix(path, "proxy/upstream/") || path == "proxy/routes.go"
+	}
+	const testSupport = "internal/regtest/"
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(file string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && strings.HasPrefix(d.Name(), ".") && file != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(file, ".go") || strings.HasSuffix(file, "_test.go") {
+			return nil
+		}
+		rel, err := filepath.Rel(root, file)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		f, err := parser.ParseFile(fset, file, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		imports := map[*ast.BasicLit]bool{}
+		for _, imp := range f.Imports {
+			imports[imp.Path] = true
+			if path, _ := strconv.Unquote(imp.Path.Value); strings.HasSuffix(path, "/"+strings.TrimSuffix(testSupport, "/")) {
+				t.Errorf("%s imports %s, which is for tests only", rel, path)
+			}
+		}
+		if allowed(rel) || strings.HasPrefix(rel, testSupport) {
+			return nil
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			lit, ok := n.(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING || imports[lit] {
+				return true
+			}
+			if v, err := strconv.Unquote(lit.Value); err == nil && strings.Contains(v, "/v2") {
+				t.Errorf("%s: %s builds a registry path: ask an upstream.Repository", fset.Position(lit.Pos()), lit.Value)
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -3,7 +3,9 @@ package proxy
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -51,11 +53,11 @@ const (
 // distRequest is a distribution API request, parsed and validated before any
 // I/O happens.
 type distRequest struct {
-	upstream *upstream.Registry
-	repo     string
-	tag      string        // set for a manifest by tag
-	digest   digest.Digest // set for a manifest by digest, and for blobs
-	blob     bool          // a blob request
+	remote *upstream.Repository // repo on its upstream, asked as the client
+	repo   string               // remote.Name()
+	tag    string               // set for a manifest by tag
+	digest digest.Digest        // set for a manifest by digest, and for blobs
+	blob   bool                 // a blob request
 }
 
 // ref is the reference as it appears in the path.
@@ -79,7 +81,7 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	if up, err = up.As(r); err != nil {
 		return distRequest{}, err
 	}
-	req := distRequest{upstream: up, repo: repo, blob: vars["digest"] != ""}
+	req := distRequest{remote: up.Repository(repo), repo: repo, blob: vars["digest"] != ""}
 	ref := vars["reference"]
 	if ref == "" {
 		ref = vars["digest"]
@@ -237,6 +239,21 @@ func nameProblem(name string) string {
 		return fmt.Sprintf("repository name %q: each component is lower-case letters and digits, joined by '.', '_', '__' or '-'", name)
 	}
 	return ""
+}
+
+// nextTagsLink is the Link to the page of repo's tags that starts after
+// last, with n tags (n < 0: as many as the upstream gives) and ns, so that
+// it goes to the same upstream.
+func nextTagsLink(repo, last string, n int, ns string) string {
+	q := url.Values{}
+	q.Set("last", last)
+	if n >= 0 {
+		q.Set("n", strconv.Itoa(n))
+	}
+	if ns != "" {
+		q.Set("ns", ns)
+	}
+	return "</v2/" + repo + "/tags/list?" + q.Encode() + `>; rel="next"`
 }
 
 // maxHeaderBytes bounds a request's headers. net/http's own limit, which

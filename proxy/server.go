@@ -159,9 +159,6 @@ type Server struct {
 	clock            Clock
 }
 
-// Manifests larger than this are refused: they are held in memory.
-const maxManifestSize = 4 << 20
-
 // upstreamBudget is how many upstream requests one client request may cause
 // (for warm, each image): manifest and HEAD requests, retries included, and
 // one for each blob it reads that is not cached. An index pulled by tag
@@ -285,9 +282,13 @@ func New(opts Options) (*Server, error) {
 		Clock:    opts.Clock,
 		Metrics:  opts.Metrics.fetch,
 		Log:      opts.Logger,
-		OnHolds: func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) {
-			s.learn(ctx, up.Name(), repo, dgst)
-			up.Confirm(repo, s.clock.Now())
+		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+			s.learn(ctx, r.Upstream(), r.Name(), dgst)
+			// The fetcher is handed upstream handles only; another Remote
+			// would go unconfirmed, which costs a HEAD later, nothing more.
+			if up, ok := r.(*upstream.Repository); ok {
+				up.Confirm(s.clock.Now())
+			}
 		},
 		OnCommit: s.maintainer.Ingested,
 	})

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 
@@ -18,23 +17,22 @@ import (
 // repository, as one client. Every read is admitted (access.go) and
 // verified, exactly as the client's own reads are.
 type source struct {
-	s    *Server
-	up   *upstream.Registry
-	repo string
+	s      *Server
+	remote *upstream.Repository
 }
 
 var _ normalize.Source = source{}
 
-func (s *Server) readingAs(up *upstream.Registry, repo string) source {
-	return source{s: s, up: up, repo: repo}
+func (s *Server) readingAs(remote *upstream.Repository) source {
+	return source{s: s, remote: remote}
 }
 
-func (src source) Upstream() string   { return src.up.Name() }
-func (src source) Repository() string { return src.repo }
-func (src source) Identity() string   { return askingAs(src.up, src.repo) }
+func (src source) Upstream() string   { return src.remote.Upstream() }
+func (src source) Repository() string { return src.remote.Name() }
+func (src source) Identity() string   { return src.remote.Identity() }
 
 func (src source) request(dgst digest.Digest, blob bool) distRequest {
-	return distRequest{upstream: src.up, repo: src.repo, digest: dgst, blob: blob}
+	return distRequest{remote: src.remote, repo: src.remote.Name(), digest: dgst, blob: blob}
 }
 
 func (src source) Manifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error) {
@@ -50,11 +48,11 @@ func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
 	if err := src.s.admit(ctx, src.request(dgst, true)); err != nil {
 		return err
 	}
-	return src.s.fetches.Ensure(ctx, src.up, src.repo, dgst)
+	return src.s.fetches.Ensure(ctx, src.remote, dgst)
 }
 
 func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
-	src.s.learnDerived(ctx, src.up.Name(), src.repo, derived, from)
+	src.s.learnDerived(ctx, src.remote.Upstream(), src.remote.Name(), derived, from)
 }
 
 // rebuildLayer makes an evicted repackaged layer again from its original,
@@ -73,11 +71,5 @@ func (s *Server) rebuildLayer(ctx context.Context, req distRequest, d cache.Deri
 	if err := s.admit(ctx, src); err != nil {
 		return err
 	}
-	return engineError(s.engine.RebuildLayer(ctx, s.readingAs(req.upstream, req.repo), d))
-}
-
-// askingAs names who a piece of single-flight work asks upstream as: the
-// upstream, the repository, and with forwarded credentials the client's.
-func askingAs(up *upstream.Registry, repo string) string {
-	return fmt.Sprintf("%s/%s %x", up.Name(), repo, up.Identity())
+	return engineError(s.engine.RebuildLayer(ctx, s.readingAs(req.remote), d))
 }

@@ -148,7 +148,7 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	if up, err = up.As(r); err != nil {
 		return fail(err)
 	}
-	req := distRequest{upstream: up, repo: repo, tag: tag, digest: dgst}
+	req := distRequest{remote: up.Repository(repo), repo: repo, tag: tag, digest: dgst}
 	var m cache.Manifest
 	if dgst != "" {
 		m, _, err = s.manifestByDigest(ctx, req, nil)
@@ -160,7 +160,7 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	}
 	res.OriginalDigest = m.Digest.String()
 	for _, g := range applicableGroups(m, groups) {
-		n, err := s.engine.Normalize(ctx, s.readingAs(up, req.repo), m, g.rules)
+		n, err := s.engine.Normalize(ctx, s.readingAs(req.remote), m, g.rules)
 		if err != nil {
 			return fail(engineError(err))
 		}

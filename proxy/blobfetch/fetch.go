@@ -2,9 +2,11 @@
 // into the cache: one download per digest, however many clients ask, each
 // of them reading the download's spool as it grows, the cache filled beside
 // it and published only once the digest verifies. Every resource it holds
-// is bounded (see Fetcher). It does not decide who may read a blob: its
-// caller admits clients, and asks StartedBy and Answered to know when a
-// download's upstream answer stands for a client too.
+// is bounded (see Fetcher). It reads the upstream through a Remote (an
+// upstream.Repository, for one client) and builds no request of its own.
+// It does not decide who may read a blob: its caller admits clients, and
+// asks StartedBy and Answered to know when a download's upstream answer
+// stands for a client too.
 package blobfetch
 
 import (
@@ -69,6 +71,25 @@ type Store interface {
 	cache.BlobIngester
 }
 
+// Remote is the upstream repository a download reads from, as the client
+// that starts it (an *upstream.Repository).
+type Remote interface {
+	// GetBlob opens the blob's body upstream: resumed where it stops, and
+	// bounded by the upstream's maxBlobSize; not verified.
+	GetBlob(ctx context.Context, dgst digest.Digest) (*upstream.Blob, error)
+	// Upstream names the upstream: its share of the limits, and the
+	// metrics' and the log's label.
+	Upstream() string
+	// Name is the repository's, for the log.
+	Name() string
+	// Identity tells apart who asks: the upstream's answer to a download
+	// stands for every reader with the same Identity, and only for them.
+	Identity() string
+	// MaxDownloads is the upstream's own share of Limits.Downloads; 0
+	// takes Limits.PerUpstream.
+	MaxDownloads() int
+}
+
 // Clock is the time orphaned downloads are cancelled by.
 type Clock interface {
 	// AfterFunc is time.AfterFunc on this clock; stop is its Stop.
@@ -87,9 +108,9 @@ type Options struct {
 	Clock   Clock
 	Metrics *Metrics
 	Log     *slog.Logger
-	// OnHolds is called when upstream said repo holds dgst (it answered
-	// 200 to a download).
-	OnHolds func(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest)
+	// OnHolds is called when upstream said r's repository holds dgst (it
+	// answered 200 to a download), to r's client.
+	OnHolds func(ctx context.Context, r Remote, dgst digest.Digest)
 	// OnCommit is called when a blob of size bytes entered the cache.
 	OnCommit func(size int64)
 }
@@ -157,23 +178,11 @@ const orphanGrace = 10 * time.Second
 // downloads are waiting.
 const retryAfterBusy = 5 * time.Second
 
-// fetchOwner is who started a download: the upstream's yes to it answers
-// for every later reader with the same credentials and repository.
-type fetchOwner struct {
-	registry string
-	repo     string
-	creds    [32]byte
-}
-
-func ownerOf(up *upstream.Registry, repo string) fetchOwner {
-	return fetchOwner{registry: up.Name(), repo: repo, creds: up.Identity()}
-}
-
 // Download is one download. Fields above mu are set before ready closes and
 // never change afterwards.
 type Download struct {
 	dgst   digest.Digest
-	owner  fetchOwner
+	owner  string // the Identity of who started it: its upstream's yes answers for them
 	clock  Clock
 	ctx    context.Context // ends when the download is over, or abandoned
 	cancel context.CancelCauseFunc
@@ -199,9 +208,9 @@ type Download struct {
 
 var errOrphaned = errors.New("no client is reading the download any more")
 
-// Join returns the download of dgst, starting it as up/repo if none runs.
-// The caller must release it with Done.
-func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) (*Download, error) {
+// Join returns the download of dgst, starting it from r if none runs. The
+// caller must release it with Done.
+func (fs *Fetcher) Join(r Remote, dgst digest.Digest) (*Download, error) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if f, ok := fs.inflight[dgst]; ok && f.attach() {
@@ -210,7 +219,7 @@ func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) 
 	// Running and waiting downloads together, so the bound does not depend
 	// on how soon the waiting ones were scheduled; one that was cancelled
 	// and replaced counts until it is over.
-	sh := fs.shareOf(up)
+	sh := fs.shareOf(r)
 	if fs.active >= fs.limits.Downloads+fs.limits.Queued || sh.active >= sh.limit {
 		fs.opts.Metrics.fetchesRejected.Inc()
 		msg := "too many downloads in progress; retry shortly"
@@ -223,30 +232,31 @@ func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), fs.opts.Timeout)
 	ctx, cancelCause := context.WithCancelCause(ctx)
-	f := &Download{dgst: dgst, owner: ownerOf(up, repo), clock: fs.opts.Clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
+	f := &Download{dgst: dgst, owner: r.Identity(), clock: fs.opts.Clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
 		cancel: func(cause error) { cancelCause(cause); cancel() }, refs: 1}
 	fs.inflight[dgst] = f
 	fs.active++
 	sh.active++
 	fs.opts.Metrics.queuedFetches.Inc()
 	fs.opts.Metrics.downloads.WithLabelValues(sh.name, "waiting").Inc()
-	go fs.run(ctx, f, up, repo, sh)
+	go fs.run(ctx, f, r, sh)
 	return f, nil
 }
 
-// shareOf is up's share of the limits, made on its first download. Called
-// with fs.mu held; up is a configured upstream, so the map stays small.
-func (fs *Fetcher) shareOf(up *upstream.Registry) *share {
-	if sh, ok := fs.shares[up.Name()]; ok {
+// shareOf is r's upstream's share of the limits, made on its first
+// download. Called with fs.mu held; r's upstream is a configured one, so
+// the map stays small.
+func (fs *Fetcher) shareOf(r Remote) *share {
+	if sh, ok := fs.shares[r.Upstream()]; ok {
 		return sh
 	}
 	n := fs.limits.PerUpstream
-	if own := up.MaxDownloads(); own > 0 {
+	if own := r.MaxDownloads(); own > 0 {
 		n = min(own, fs.limits.Downloads)
 	}
-	sh := &share{name: up.Name(), slots: make(chan struct{}, n),
+	sh := &share{name: r.Upstream(), slots: make(chan struct{}, n),
 		limit: max(1, (fs.limits.Downloads+fs.limits.Queued)*n/fs.limits.Downloads)}
-	fs.shares[up.Name()] = sh
+	fs.shares[r.Upstream()] = sh
 	return sh
 }
 
@@ -270,13 +280,13 @@ func (f *Download) attach() bool {
 	return true
 }
 
-// Ready waits until f, joined as up/repo, knows its size. A download that
+// Ready waits until f, joined from r, knows its size. A download that
 // someone else started and that the upstream refused them (401, 403, 404)
 // says nothing about this caller, who was admitted on its own: it waits for
 // that one to end and starts its own. On an error, f has been released.
-func (fs *Fetcher) Ready(ctx context.Context, f *Download, up *upstream.Registry, repo string) (*Download, error) {
+func (fs *Fetcher) Ready(ctx context.Context, f *Download, r Remote) (*Download, error) {
 	err := f.waitReady(ctx)
-	if err == nil || f.StartedBy(up, repo) || !upstream.Refused(err) {
+	if err == nil || f.StartedBy(r) || !upstream.Refused(err) {
 		if err != nil {
 			f.Done()
 		}
@@ -287,7 +297,7 @@ func (fs *Fetcher) Ready(ctx context.Context, f *Download, up *upstream.Registry
 	if ctx.Err() != nil {
 		return nil, waitErr
 	}
-	if f, err = fs.Join(up, repo, f.dgst); err != nil {
+	if f, err = fs.Join(r, f.dgst); err != nil {
 		return nil, err
 	}
 	if err := f.waitReady(ctx); err != nil {
@@ -299,7 +309,7 @@ func (fs *Fetcher) Ready(ctx context.Context, f *Download, up *upstream.Registry
 
 // Ensure returns once dgst is in the cache, downloading it (or joining the
 // download under way) if it is not. The caller has admitted the client.
-func (fs *Fetcher) Ensure(ctx context.Context, up *upstream.Registry, repo string, dgst digest.Digest) error {
+func (fs *Fetcher) Ensure(ctx context.Context, r Remote, dgst digest.Digest) error {
 	if _, err := fs.opts.Store.StatBlob(ctx, dgst); err == nil {
 		return nil
 	}
@@ -308,24 +318,24 @@ func (fs *Fetcher) Ensure(ctx context.Context, up *upstream.Registry, repo strin
 	if err := upstream.Spend(ctx); err != nil {
 		return err
 	}
-	f, err := fs.Join(up, repo, dgst)
+	f, err := fs.Join(r, dgst)
 	if err != nil {
 		return err
 	}
-	if f, err = fs.Ready(ctx, f, up, repo); err != nil {
+	if f, err = fs.Ready(ctx, f, r); err != nil {
 		return err
 	}
 	defer f.Done()
 	return f.waitDone(ctx)
 }
 
-func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, repo string, sh *share) {
+func (fs *Fetcher) run(ctx context.Context, f *Download, r Remote, sh *share) {
 	defer f.cancel(nil)
 	err := fs.wait(ctx, sh)
 	if err == nil {
 		fs.opts.Metrics.inflightFetches.Inc()
 		fs.opts.Metrics.downloads.WithLabelValues(sh.name, "running").Inc()
-		err = fs.download(ctx, f, up, repo)
+		err = fs.download(ctx, f, r)
 		fs.opts.Metrics.inflightFetches.Dec()
 		fs.opts.Metrics.downloads.WithLabelValues(sh.name, "running").Dec()
 		<-fs.slots
@@ -336,9 +346,9 @@ func (fs *Fetcher) run(ctx context.Context, f *Download, up *upstream.Registry, 
 	}
 	if err != nil && errors.Is(context.Cause(ctx), errOrphaned) {
 		fs.opts.Metrics.fetchesAbandoned.Inc()
-		fs.opts.Log.Info("blob download abandoned: no client is reading it", "upstream", up.Name(), "repo", repo, "digest", f.dgst)
+		fs.opts.Log.Info("blob download abandoned: no client is reading it", "upstream", r.Upstream(), "repo", r.Name(), "digest", f.dgst)
 	} else if err != nil {
-		fs.opts.Log.Warn("blob download failed", "upstream", up.Name(), "repo", repo, "digest", f.dgst, "error", err)
+		fs.opts.Log.Warn("blob download failed", "upstream", r.Upstream(), "repo", r.Name(), "digest", f.dgst, "error", err)
 	}
 	fs.mu.Lock()
 	fs.active--
@@ -396,7 +406,7 @@ func (fs *Fetcher) reserveSpool(size int64) (release func(), ok bool) {
 // download fetches the blob into the cache and, when it fits the budget,
 // the spool. The blob is published in the cache only if its size and digest
 // verify.
-func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Registry, repo string) error {
+func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 	fail := func(err error) error {
 		f.early = err
 		close(f.ready)
@@ -407,13 +417,13 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Regis
 	if _, err := fs.opts.Store.StatBlob(ctx, f.dgst); err == nil {
 		return fail(nil)
 	}
-	body, err := up.GetBlob(ctx, repo, f.dgst)
+	body, err := r.GetBlob(ctx, f.dgst)
 	if err != nil {
 		return fail(err)
 	}
 	defer body.Close()
 	f.answered = true
-	fs.opts.OnHolds(ctx, up, repo, f.dgst)
+	fs.opts.OnHolds(ctx, r, f.dgst)
 	in, err := fs.opts.Store.IngestBlob(ctx, f.dgst, body.Size)
 	if err != nil {
 		return fail(err)
@@ -421,7 +431,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, up *upstream.Regis
 	var spool *os.File
 	release, ok := fs.reserveSpool(body.Size)
 	if !ok {
-		fs.opts.Log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", up.Name(),
+		fs.opts.Log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", r.Upstream(),
 			"digest", f.dgst, "size", body.Size, "spool_limit", fs.limits.SpoolBytes)
 	}
 	if ok {
@@ -630,10 +640,10 @@ func (f *Download) closeSpoolLocked() {
 	}
 }
 
-// StartedBy reports whether the download asks the upstream as up/repo
-// would: its answer then answers for them too.
-func (f *Download) StartedBy(up *upstream.Registry, repo string) bool {
-	return f.owner == ownerOf(up, repo)
+// StartedBy reports whether the download asks the upstream as r would:
+// its answer then answers for r's client too.
+func (f *Download) StartedBy(r Remote) bool {
+	return f.owner == r.Identity()
 }
 
 // Answered reports whether the upstream said yes to the download's owner.

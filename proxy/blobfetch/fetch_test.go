@@ -29,7 +29,8 @@ func (realClock) AfterFunc(d time.Duration, f func()) func() bool { return time.
 
 // origin serves blob under every digest it is asked for, counting GETs;
 // release, when not nil, holds each body's second half until it is closed.
-func origin(t *testing.T, blob []byte, gets *atomic.Int32, release chan struct{}) *upstream.Registry {
+// Its repository is lib/x.
+func origin(t *testing.T, blob []byte, gets *atomic.Int32, release chan struct{}) *upstream.Repository {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gets.Add(1)
@@ -44,14 +45,14 @@ func origin(t *testing.T, blob []byte, gets *atomic.Int32, release chan struct{}
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
 	return upstream.New(upstream.Config{Name: "example", URL: u}, upstream.Options{
-		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: slog.New(slog.DiscardHandler)})
+		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: slog.New(slog.DiscardHandler)}).Repository("lib/x")
 }
 
 func newFetcher(t *testing.T, store *cache.Store) *blobfetch.Fetcher {
 	return blobfetch.New(blobfetch.Options{
 		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: realClock{},
 		Metrics: blobfetch.NewMetrics(), Log: slog.New(slog.DiscardHandler),
-		OnHolds: func(context.Context, *upstream.Registry, string, digest.Digest) {}, OnCommit: func(int64) {},
+		OnHolds: func(context.Context, blobfetch.Remote, digest.Digest) {}, OnCommit: func(int64) {},
 	})
 }
 
@@ -78,9 +79,9 @@ func TestReadersShareOneDownload(t *testing.T) {
 	tailing.Add(readers)
 	for i := range readers {
 		wg.Go(func() {
-			f, err := fs.Join(up, "lib/x", dgst)
+			f, err := fs.Join(up, dgst)
 			if err == nil {
-				f, err = fs.Ready(ctx, f, up, "lib/x")
+				f, err = fs.Ready(ctx, f, up)
 			}
 			var r *blobfetch.Reader
 			if err == nil {
@@ -124,11 +125,11 @@ func TestWrongBytesAreNeverCompleted(t *testing.T) {
 	fs := newFetcher(t, store)
 	ctx := context.Background()
 
-	f, err := fs.Join(up, "lib/x", dgst)
+	f, err := fs.Join(up, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f, err = fs.Ready(ctx, f, up, "lib/x"); err != nil {
+	if f, err = fs.Ready(ctx, f, up); err != nil {
 		t.Fatal(err)
 	}
 	r, err := f.Tail(ctx)

@@ -25,6 +25,7 @@ type Blob struct {
 	ctx     context.Context
 	u       *Registry
 	repo    string
+	path    string // the blob's, for resuming
 	dgst    digest.Digest
 	body    io.ReadCloser // nil between an interrupted body and its resumption
 	off     int64
@@ -40,8 +41,11 @@ var errClosed = errors.New("read blob: body closed")
 var errBlobTooLarge = errors.New("blob is larger than the upstream's maxBlobSize")
 
 // CheckBlobSize refuses a blob whose announced size (-1: none) is larger
-// than the upstream's MaxBlobSize, with the error a client gets.
-func (u *Registry) CheckBlobSize(size int64) error {
+// than the upstream's MaxBlobSize, with the error a client gets: HeadBlob
+// leaves that to its caller, GetBlob does it itself.
+func (r *Repository) CheckBlobSize(size int64) error { return r.reg.checkBlobSize(size) }
+
+func (u *Registry) checkBlobSize(size int64) error {
 	if u.maxBlob > 0 && size > u.maxBlob {
 		return u.tooLarge(fmt.Errorf("%w: upstream %s announced %d bytes, the limit is %d", errBlobTooLarge, u.name, size, u.maxBlob))
 	}
@@ -57,25 +61,38 @@ func (u *Registry) tooLarge(cause error) *errcode.Error {
 		fmt.Sprintf("blob is larger than upstream %s's maxBlobSize (%d bytes)", u.name, u.maxBlob), cause)
 }
 
-// GetBlob asks upstream for dgst in repo. A refusal or failure is the
+// HeadBlob asks upstream whether the repository holds dgst, and returns
+// the size it announced (-1: none). A refusal or failure is the
 // *errcode.Error a client would get (code BLOB_UNKNOWN for a 404).
-func (u *Registry) GetBlob(ctx context.Context, repo string, dgst digest.Digest) (*Blob, error) {
-	resp, err := u.Do(ctx, http.MethodGet, repo, blobPath(repo, dgst), nil, nil)
+func (r *Repository) HeadBlob(ctx context.Context, dgst digest.Digest) (size int64, err error) {
+	resp, err := r.reg.do(ctx, http.MethodHead, r.name, r.path("blobs", dgst.String()), nil, nil)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, r.reg.statusError(resp, errcode.BlobUnknown)
+	}
+	drain(resp)
+	return resp.ContentLength, nil
+}
+
+// GetBlob asks upstream for dgst in the repository: its body, bounded by
+// MaxBlobSize and resumed where it stops (see Blob). A refusal or failure is
+// the *errcode.Error a client would get (code BLOB_UNKNOWN for a 404).
+func (r *Repository) GetBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
+	u, path := r.reg, r.path("blobs", dgst.String())
+	resp, err := u.do(ctx, http.MethodGet, r.name, path, nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, u.StatusError(resp, errcode.BlobUnknown)
+		return nil, u.statusError(resp, errcode.BlobUnknown)
 	}
-	if err := u.CheckBlobSize(resp.ContentLength); err != nil {
+	if err := u.checkBlobSize(resp.ContentLength); err != nil {
 		resp.Body.Close() // not drained: it is too large to read
 		return nil, err
 	}
-	return &Blob{Size: resp.ContentLength, ctx: ctx, u: u, repo: repo, dgst: dgst, body: resp.Body, attempt: 1}, nil
-}
-
-func blobPath(repo string, dgst digest.Digest) string {
-	return "/v2/" + repo + "/blobs/" + dgst.String()
+	return &Blob{Size: resp.ContentLength, ctx: ctx, u: u, repo: r.name, path: path, dgst: dgst, body: resp.Body, attempt: 1}, nil
 }
 
 func (b *Blob) Read(p []byte) (int, error) {
@@ -154,7 +171,7 @@ func (b *Blob) mayResume(cause error) error {
 // resume asks upstream for the rest of the blob from where it stopped.
 func (b *Blob) resume() (io.ReadCloser, error) {
 	header := http.Header{"Range": {fmt.Sprintf("bytes=%d-", b.off)}}
-	resp, err := b.u.Do(b.ctx, http.MethodGet, b.repo, blobPath(b.repo, b.dgst), nil, header)
+	resp, err := b.u.do(b.ctx, http.MethodGet, b.repo, b.path, nil, header)
 	if err != nil {
 		return nil, err
 	}
@@ -162,10 +179,10 @@ func (b *Blob) resume() (io.ReadCloser, error) {
 		if resp.StatusCode == http.StatusOK && b.off == 0 {
 			return resp.Body, nil
 		}
-		return nil, fmt.Errorf("resume blob %s at %d: %w", b.dgst, b.off, b.u.StatusError(resp, errcode.BlobUnknown))
+		return nil, fmt.Errorf("resume blob %s at %d: %w", b.dgst, b.off, b.u.statusError(resp, errcode.BlobUnknown))
 	}
 	if !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", b.off)) {
-		Drain(resp)
+		drain(resp)
 		return nil, fmt.Errorf("resume blob %s at %d: upstream answered range %q", b.dgst, b.off, resp.Header.Get("Content-Range"))
 	}
 	return resp.Body, nil

@@ -78,7 +78,7 @@ func TestBlobResumesThenGivesUp(t *testing.T) {
 	ctx := context.Background()
 
 	c := &cutting{blob: blob, cut: 100 << 10, cuts: 2}
-	b, err := blobRegistry(t, c, 3, time.Millisecond).GetBlob(ctx, "lib/x", dgst)
+	b, err := blobRegistry(t, c, 3, time.Millisecond).Repository("lib/x").GetBlob(ctx, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestBlobResumesThenGivesUp(t *testing.T) {
 	b.Close()
 
 	c = &cutting{blob: blob, cut: 100 << 10, cuts: 99}
-	b, err = blobRegistry(t, c, 3, time.Millisecond).GetBlob(ctx, "lib/x", dgst)
+	b, err = blobRegistry(t, c, 3, time.Millisecond).Repository("lib/x").GetBlob(ctx, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestBlobResumeChecksTheRange(t *testing.T) {
 	ctx := context.Background()
 
 	c := &cutting{blob: blob, cut: 100 << 10, cuts: 1, rangeAnswer: "bytes 0-99/100"}
-	b, err := blobRegistry(t, c, 3, time.Millisecond).GetBlob(ctx, "lib/x", dgst)
+	b, err := blobRegistry(t, c, 3, time.Millisecond).Repository("lib/x").GetBlob(ctx, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestBlobResumeChecksTheRange(t *testing.T) {
 	}
 
 	c = &cutting{blob: blob, cut: 0, cuts: 1}
-	b, err = blobRegistry(t, c, 3, time.Millisecond).GetBlob(ctx, "lib/x", dgst)
+	b, err = blobRegistry(t, c, 3, time.Millisecond).Repository("lib/x").GetBlob(ctx, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestBlobCancelCause(t *testing.T) {
 	cause := errors.New("nobody reads it")
 	ctx, cancel := context.WithCancelCause(context.Background())
 	c := &cutting{blob: blob, cut: 100 << 10, cuts: 1}
-	b, err := blobRegistry(t, c, 3, time.Hour).GetBlob(ctx, "lib/x", dgst)
+	b, err := blobRegistry(t, c, 3, time.Hour).Repository("lib/x").GetBlob(ctx, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,10 +64,8 @@ func (u *Registry) As(r *http.Request) (*Registry, error) {
 	return &v, nil
 }
 
-// Confirmed reports whether the upstream said yes to these credentials
-// for repo within confirmTTL. Without forwarding, every client reads with
-// regnorm's own credentials, and the answer is always yes.
-func (u *Registry) Confirmed(repo string, now time.Time) bool {
+// confirmed is Repository.Confirmed for repo.
+func (u *Registry) confirmed(repo string, now time.Time) bool {
 	if u.forward == nil {
 		return true
 	}
@@ -77,8 +75,8 @@ func (u *Registry) Confirmed(repo string, now time.Time) bool {
 	return ok && now.Before(until)
 }
 
-// Confirm remembers the upstream's yes to these credentials for repo.
-func (u *Registry) Confirm(repo string, now time.Time) {
+// confirm is Repository.Confirm for repo.
+func (u *Registry) confirm(repo string, now time.Time) {
 	if u.forward == nil {
 		return
 	}

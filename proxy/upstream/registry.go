@@ -1,12 +1,17 @@
-// Package upstream is regnorm's client for the upstream registries: one
-// Registry per configured upstream, with its authentication (bearer tokens
-// per repository scope, Basic auth, a client's own credentials when they are
-// forwarded), retries of failures that may pass, a guard that ends a body
-// that stops, a dialer that keeps the upstream's redirects and token realms
-// out of the network regnorm runs in, the bound on a blob's size, and the
-// upstream's answers as OCI errors (errcode) a client can be given as they
-// are. It knows nothing of the cache or of clients beyond the credentials it
-// is handed.
+// Package upstream is regnorm's client for the upstream registries, and
+// the only place that speaks the registry protocol to them: callers ask a
+// Repository (one repository of one upstream, as one client) for a
+// manifest, a blob or a page of tags, and never build a /v2/ path. It owns
+// one Registry per configured upstream, with its authentication (bearer
+// tokens per repository scope, Basic auth, a client's own credentials when
+// they are forwarded), retries of failures that may pass, a guard that ends
+// a body that stops, a dialer that keeps the upstream's redirects and token
+// realms out of the network regnorm runs in, and the per-request budget of
+// upstream requests; and it checks what comes back as part of speaking the
+// protocol: a manifest's digest, size and media type, a blob's size bound,
+// a tag list's shape. The upstream's refusals are OCI errors (errcode) a
+// client can be given as they are. It knows nothing of the cache or of
+// clients beyond the credentials it is handed.
 package upstream
 
 import (
@@ -168,16 +173,8 @@ func (u *Registry) Name() string { return u.name }
 // status page.
 func (u *Registry) Endpoint() string { return u.base.Scheme + "://" + u.base.Host + u.base.Path }
 
-// MaxDownloads is how many of the fetcher's downloads this upstream may
-// hold at once; 0 leaves it to the fetcher.
-func (u *Registry) MaxDownloads() int { return u.share }
-
 // Forwards reports whether clients' own credentials are used upstream.
 func (u *Registry) Forwards() bool { return u.forward != nil }
-
-// Identity tells apart the credentials a view asks with: two views with the
-// same Identity get the same answers from the upstream.
-func (u *Registry) Identity() [sha256.Size]byte { return u.credsKey }
 
 // Health is when the upstream last answered well and badly, and how.
 func (u *Registry) Health() (lastOK, lastFail time.Time, failure string) { return u.health.snapshot() }
@@ -206,11 +203,11 @@ func newTransport(cfg Config, stall time.Duration) *http.Transport {
 	return t
 }
 
-// Do sends a request for repo to the upstream, retrying as u.retry allows
+// do sends a request for repo to the upstream, retrying as u.retry allows
 // when the failure may pass. A response it returns may still be a failure
 // (the last attempt's); the caller closes the body, or hands the response
-// to StatusError. An error is an *errcode.Error, or the context's.
-func (u *Registry) Do(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+// to statusError. An error is an *errcode.Error, or the context's.
+func (u *Registry) do(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
 	for attempt := 1; ; attempt++ {
 		resp, err := u.doOnce(ctx, method, repo, path, query, header)
 		reason, asked := retryReason(resp, err)
@@ -225,7 +222,7 @@ func (u *Registry) Do(ctx context.Context, method, repo, path string, query url.
 			return resp, err
 		}
 		if resp != nil {
-			Drain(resp)
+			drain(resp)
 		}
 		u.metrics.Retry(u.name, reason)
 		u.log.Debug("retrying upstream request", "path", path, "reason", reason, "wait", wait, "attempt", attempt+1)
@@ -313,7 +310,7 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 	}
 	// A 401: learn the challenge, get what it asks for, and try once more.
 	c, ok := parseChallenge(resp.Header.Get("WWW-Authenticate"))
-	Drain(resp)
+	drain(resp)
 	if !ok {
 		return nil, u.unauthorized("upstream "+u.name+" requires authentication", nil)
 	}
@@ -418,10 +415,10 @@ func (h *health) snapshot() (lastOK, lastFail time.Time, failure string) {
 // maxErrorBody caps how much of an upstream error body is read for the log.
 const maxErrorBody = 4 << 10
 
-// StatusError maps a non-2xx upstream response to the OCI error the client
+// statusError maps a non-2xx upstream response to the OCI error the client
 // gets. notFound is the code for a 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN...).
 // It reads a capped part of the body for the log and closes it.
-func (u *Registry) StatusError(resp *http.Response, notFound string) *errcode.Error {
+func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
 	cause := fmt.Errorf("upstream %s answered %d: %s", u.name, resp.StatusCode, strings.TrimSpace(string(body)))
@@ -477,9 +474,9 @@ func Refused(err error) bool {
 	return false
 }
 
-// Drain reads what is left of a response body, up to a small cap, so that
+// drain reads what is left of a response body, up to a small cap, so that
 // its connection can be reused, and closes it.
-func Drain(resp *http.Response) {
+func drain(resp *http.Response) {
 	io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
 }

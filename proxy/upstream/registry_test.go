@@ -142,7 +142,7 @@ func TestForwardedCredentials(t *testing.T) {
 		return v
 	}
 	alice, bob := as("alice"), as("bob")
-	if alice.Identity() == bob.Identity() {
+	if alice.Repository("private").Identity() == bob.Repository("private").Identity() {
 		t.Fatal("two clients' views share an identity")
 	}
 	resp, err := get(t, alice, "private")
@@ -161,11 +161,11 @@ func TestForwardedCredentials(t *testing.T) {
 	}
 
 	now := time.Now()
-	alice.Confirm("private", now)
-	if !alice.Confirmed("private", now) || bob.Confirmed("private", now) || alice.Confirmed("other", now) {
+	alice.Repository("private").Confirm(now)
+	if !alice.Repository("private").Confirmed(now) || bob.Repository("private").Confirmed(now) || alice.Repository("other").Confirmed(now) {
 		t.Error("a confirmation reached past its credentials and repository")
 	}
-	if alice.Confirmed("private", now.Add(2*time.Minute)) {
+	if alice.Repository("private").Confirmed(now.Add(2 * time.Minute)) {
 		t.Error("a confirmation outlived its lifetime")
 	}
 }
