@@ -271,27 +271,28 @@ const reportChallenge = `Bearer realm="regnorm node reports"`
 // reportersOnly lets through the requests that carry one of the node
 // report tokens, which only node-config holds: the fleet view tells
 // operators what to change on their nodes, so no other client may write
-// it. Without a token configured, no report is taken. Failures count
-// against the address's allowance, like client authentication's.
+// it. Without a token configured, no report is taken. A right token always
+// gets in (it costs no bcrypt, and is too long to guess); a wrong one
+// counts against the address's allowance of report failures, which is not
+// that of client authentication: a node's failing reports do not stop its
+// pulls, nor failing pulls its reports.
 func (s *Server) reportersOnly(h handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		if len(s.reportTokens) == 0 {
 			return errcode.New(http.StatusForbidden, errcode.Denied, "node reports are off: regnorm has no report token (nodes.reportTokenFile)", nil)
 		}
-		addr := attemptKey(r)
-		if wait := s.attempts.wait(addr); wait > 0 {
-			return tooManyFailures(wait)
+		tok, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if tok = strings.TrimSpace(tok); bearer && tokenIn(s.reportTokens, tok) {
+			return h(w, r)
 		}
-		tok, sent := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !sent || !tokenIn(s.reportTokens, strings.TrimSpace(tok)) {
-			if tok != "" {
-				s.attempts.take(addr) // a guess; no credentials is none
+		if tok != "" { // a guess; no credentials is none
+			if err := s.reportAttempts.fail(attemptKey(r)); err != nil {
+				return err
 			}
-			e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "a node report needs the report token (node-config --report-token-file)", nil)
-			e.Challenge = reportChallenge
-			return e
 		}
-		return h(w, r)
+		e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "a node report needs the report token (node-config --report-token-file)", nil)
+		e.Challenge = reportChallenge
+		return e
 	}
 }
 
