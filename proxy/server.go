@@ -145,7 +145,6 @@ type Server struct {
 	links            *linkMemory
 	fleet            *fleet
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
-	nodeVersions     []string   // its label values, as last set
 	clientAuth       *clientAuth
 	reportAttempts   *attemptLimiter // failed node report tokens by address
 	reportTokens     [][sha256.Size]byte
