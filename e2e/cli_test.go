@@ -119,9 +119,9 @@ func TestWarmASecuredRegnorm(t *testing.T) {
 	dir := t.TempDir()
 	cert, key, ca := writeCert(t, dir)
 	tokens := filepath.Join(dir, "tokens")
-	os.WriteFile(tokens, []byte("robot-token\n"), 0o600)
+	os.WriteFile(tokens, []byte("robot-token-0123456789\n"), 0o600)
 	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte("robot-token\n"), 0o600)
+	os.WriteFile(tokenFile, []byte("robot-token-0123456789\n"), 0o600)
 	closed := freeAddr(t) // nothing listens there
 	addr := freeAddr(t)
 	cfg := fmt.Sprintf(`listen: %s
@@ -170,7 +170,7 @@ upstreams:
 	}
 
 	// The token as a Basic password, from the environment.
-	if stdout, stderr, code := regnormCLI(t, []string{"REGNORM_SERVER=" + server, "REGNORM_CA_FILE=" + ca, "REGNORM_PASSWORD=robot-token"},
+	if stdout, stderr, code := regnormCLI(t, []string{"REGNORM_SERVER=" + server, "REGNORM_CA_FILE=" + ca, "REGNORM_PASSWORD=robot-token-0123456789"},
 		"warm", "--username", "ops", "library/legacy:v1"); code != 0 || !strings.Contains(stdout, "normalized") {
 		t.Errorf("with Basic credentials from the environment: exit %d\n%s%s", code, stdout, stderr)
 	}
@@ -184,7 +184,7 @@ upstreams:
 	// Replicas must run one build: the metric says which.
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfigFor(t, ca)}}
 	req, _ := http.NewRequest(http.MethodGet, server+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer robot-token")
+	req.Header.Set("Authorization", "Bearer robot-token-0123456789")
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)

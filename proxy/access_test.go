@@ -222,15 +222,15 @@ func TestUnknownUsersCostWhatKnownOnesDo(t *testing.T) {
 }
 
 // TestFailedAttemptsAreLimited: past its allowance of failed attempts, an
-// address gets 429 TOOMANYREQUESTS with Retry-After, and no credential it
-// sends is checked (no bcrypt comparison is run), right ones included,
-// until the allowance refills. A success costs none of it.
+// address gets 429 TOOMANYREQUESTS with Retry-After to what would cost a
+// bcrypt comparison (which is not run) and to wrong tokens, until the
+// allowance refills. A success costs none of it.
 func TestFailedAttemptsAreLimited(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock()
-	hash, _ := bcrypt.GenerateFromPassword([]byte("alice-pass"), bcrypt.MinCost)
 	h := newHarness(t, harnessOptions{clock: clk, authFailures: 3, clientAuth: &proxy.ClientAuth{
-		Users: map[string][]byte{"alice": hash}, Tokens: [][sha256.Size]byte{sha256.Sum256([]byte("robot-token"))}}})
+		Users:  map[string][]byte{"alice": mustHash(t, "alice-pass"), "carol": mustHash(t, "carol-pass")},
+		Tokens: [][sha256.Size]byte{sha256.Sum256([]byte(robotToken))}}})
 	checks := h.srv.CountPasswordChecks()
 	try := func(header http.Header, want int, comparisons int64) response {
 		t.Helper()
@@ -248,26 +248,21 @@ func TestFailedAttemptsAreLimited(t *testing.T) {
 	// answered with the challenge) cost nothing.
 	try(basic("alice", "alice-pass"), http.StatusOK, 1)
 	try(nil, http.StatusUnauthorized, 0)
-	try(bearer("robot-token"), http.StatusOK, 0)
-	// Three failures: the allowance (3 a minute).
+	try(bearer(robotToken), http.StatusOK, 0)
+	// Three failures: the allowance (3 a minute). A wrong token is one.
 	try(basic("alice", "guess-1"), http.StatusUnauthorized, 1)
 	try(basic("mallory", "guess-2"), http.StatusUnauthorized, 1)
-	try(bearer("wrong-token"), http.StatusUnauthorized, 0)
-	for _, header := range []http.Header{basic("alice", "guess-3"), basic("alice", "alice-pass"), bearer("robot-token"), bearer(testReportToken)} {
+	try(bearer("wrong-token-0123456789"), http.StatusUnauthorized, 0)
+	for _, header := range []http.Header{basic("alice", "guess-3"), basic("carol", "carol-pass"), bearer("wrong-token-0123456789"), bearer(testReportToken)} {
 		r := try(header, http.StatusTooManyRequests, 0)
 		if code := r.ociError(t); code != errcode.TooManyRequests || r.header.Get("Retry-After") != "20" {
 			t.Fatalf("past the allowance: %s, Retry-After %q; want TOOMANYREQUESTS, 20", code, r.header.Get("Retry-After"))
 		}
 	}
-	// Node reports count against the same allowance.
-	rep := h.postReport(t, cache.NodeReport{Node: "n", HostsDir: "/etc/containerd/certs.d"}, http.Header{"Authorization": {"Bearer " + testReportToken}})
-	if rep.status != http.StatusTooManyRequests {
-		t.Fatalf("a node report past the allowance: %d", rep.status)
-	}
 
 	// One attempt back every 20 s; a success gives it back.
 	clk.Advance(20 * time.Second)
-	try(basic("alice", "alice-pass"), http.StatusOK, 0) // remembered before
+	try(basic("carol", "carol-pass"), http.StatusOK, 1)
 	try(basic("alice", "guess-4"), http.StatusUnauthorized, 1)
 	try(basic("alice", "guess-5"), http.StatusTooManyRequests, 0)
 	clk.Advance(time.Minute)
@@ -275,4 +270,106 @@ func TestFailedAttemptsAreLimited(t *testing.T) {
 		try(basic("alice", fmt.Sprint("guess-", 6+i)), http.StatusUnauthorized, 1)
 	}
 	try(basic("alice", "guess-9"), http.StatusTooManyRequests, 0)
+}
+
+// robotToken is a client token of the tests, as long as a token file
+// must hold (proxy.MinTokenLength).
+const robotToken = "robot-token-0123456789"
+
+func mustHash(t *testing.T, password string) []byte {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hash
+}
+
+// TestSharedAddressIsNotLockedOut: nodes behind one address (SNAT through
+// a NodePort, an ingress or a load balancer) share its allowance of
+// failures, but one client that spends it (a stale token after a
+// rotation) locks out none of them: a right bearer token, a token as a
+// Basic password and a remembered user:password pair still get in, and so
+// does a node report with the report token. What would cost a bcrypt
+// comparison (a pair not yet verified) is still turned away. Failed node
+// reports spend an allowance of their own: they lock out no pull.
+func TestSharedAddressIsNotLockedOut(t *testing.T) {
+	t.Parallel()
+	auth := func() *proxy.ClientAuth {
+		return &proxy.ClientAuth{Users: map[string][]byte{"alice": mustHash(t, "alice-pass"), "carol": mustHash(t, "carol-pass")},
+			Tokens: [][sha256.Size]byte{sha256.Sum256([]byte(robotToken))}}
+	}
+	report := cache.NodeReport{Node: "worker-1", HostsDir: proxy.DefaultHostsDir}
+	reportToken := http.Header{"Authorization": {"Bearer " + testReportToken}}
+	wrongReportToken := http.Header{"Authorization": {"Bearer wrong-report-token-0123"}}
+
+	t.Run("client failures", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t, harnessOptions{clock: newFakeClock(), authFailures: 3, clientAuth: auth()})
+		h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+		checks := h.srv.CountPasswordChecks()
+		if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", basic("alice", "alice-pass")); r.status != http.StatusOK {
+			t.Fatalf("alice's first pull: %d", r.status)
+		}
+		// The stale client, from the same address, spends the allowance.
+		for i := range 5 {
+			want := http.StatusUnauthorized
+			if i >= 3 {
+				want = http.StatusTooManyRequests
+			}
+			if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", bearer("stale-token-0123456789")); r.status != want {
+				t.Fatalf("stale token, attempt %d: %d, want %d", i+1, r.status, want)
+			}
+		}
+		before := checks.Load()
+		for name, header := range map[string]http.Header{
+			"a bearer token":         bearer(robotToken),
+			"a token as password":    basic("anyone", robotToken),
+			"a remembered user pair": basic("alice", "alice-pass"),
+		} {
+			if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", header); r.status != http.StatusOK {
+				t.Errorf("%s from the locked-out address: %d, want 200 (%s)", name, r.status, r.body)
+			}
+		}
+		if r := h.postReport(t, report, reportToken); r.status != http.StatusNoContent {
+			t.Errorf("a node report with the report token from the locked-out address: %d, want 204 (%s)", r.status, r.body)
+		}
+		// A pair not verified before would cost a comparison: refused,
+		// right or wrong, and none runs.
+		for _, header := range []http.Header{basic("carol", "carol-pass"), basic("alice", "guess")} {
+			if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", header); r.status != http.StatusTooManyRequests {
+				t.Errorf("a new Basic pair from the locked-out address: %d, want 429", r.status)
+			}
+		}
+		if got := checks.Load() - before; got != 0 {
+			t.Errorf("%d bcrypt comparisons for a locked-out address, want 0", got)
+		}
+	})
+
+	t.Run("report failures", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t, harnessOptions{clock: newFakeClock(), authFailures: 3, clientAuth: auth()})
+		for i := range 5 {
+			want := http.StatusUnauthorized
+			if i >= 3 {
+				want = http.StatusTooManyRequests
+			}
+			if r := h.postReport(t, report, wrongReportToken); r.status != want {
+				t.Fatalf("wrong report token, attempt %d: %d, want %d", i+1, r.status, want)
+			}
+		}
+		if r := h.postReport(t, report, reportToken); r.status != http.StatusNoContent {
+			t.Errorf("a node report with the report token: %d, want 204 (%s)", r.status, r.body)
+		}
+		// The client allowance is whole: a pair never verified gets its
+		// comparison, and failures are still counted from the first.
+		if r := h.do(t, http.MethodGet, "/v2/", basic("carol", "carol-pass")); r.status != http.StatusOK {
+			t.Errorf("a new, right Basic pair after failed reports: %d, want 200", r.status)
+		}
+		for i := range 3 {
+			if r := h.do(t, http.MethodGet, "/v2/", basic("alice", fmt.Sprint("guess-", i))); r.status != http.StatusUnauthorized {
+				t.Errorf("guess %d after failed reports: %d, want 401", i+1, r.status)
+			}
+		}
+	})
 }

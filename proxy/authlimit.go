@@ -14,8 +14,12 @@ import (
 
 // Failed authentication attempts are limited per client address. A bcrypt
 // comparison costs tens of milliseconds of CPU by design: without a limit,
-// one client could spend all of it, and guess passwords or tokens as fast
-// as regnorm answers.
+// one client could spend all of it, and guess passwords as fast as regnorm
+// answers. The limit holds back only what would cost a comparison: a right
+// token or a remembered pair is checked first and always gets in, so that
+// one failing client does not lock out every other behind the same
+// address (a NAT, a load balancer, a NodePort with externalTrafficPolicy
+// Cluster). A wrong token is still a failure of its address.
 
 // maxAttemptAddresses bounds the client addresses whose attempts are
 // remembered. Past it, the addresses that do not fit share one allowance.
@@ -91,24 +95,6 @@ func (l *attemptLimiter) bucket(key string, now time.Time) *attemptBucket {
 	return b
 }
 
-// wait is how long key must wait before its next attempt; 0 if it may
-// make one now. An address with no bucket of its own is never held up
-// here, whoever drained the overflow bucket: only what it would cost
-// (take) is.
-func (l *attemptLimiter) wait(key string) time.Duration {
-	now := l.clock.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets.Get(key)
-	if !ok {
-		return 0
-	}
-	if l.refill(b, now); b.tokens >= 1 {
-		return 0
-	}
-	return time.Duration((1 - b.tokens) * float64(l.every))
-}
-
 // take spends one of key's attempts. It returns 0 when it did, else how
 // long key must wait (and spends nothing).
 func (l *attemptLimiter) take(key string) time.Duration {
@@ -121,6 +107,15 @@ func (l *attemptLimiter) take(key string) time.Duration {
 	}
 	b.tokens--
 	return 0
+}
+
+// fail counts a failure that cost no comparison (a wrong token): nil, or
+// the 429 of an address that had no failure left.
+func (l *attemptLimiter) fail(key string) error {
+	if wait := l.take(key); wait > 0 {
+		return tooManyFailures(wait)
+	}
+	return nil
 }
 
 // giveBack returns an attempt take spent: the credentials were right.
@@ -139,8 +134,8 @@ func (l *attemptLimiter) giveBack(key string) {
 	}
 }
 
-// tooManyFailures is the answer to an address past its allowance: no
-// credential is checked.
+// tooManyFailures is the answer to an address past its allowance, to
+// credentials that would cost a comparison or were wrong.
 func tooManyFailures(wait time.Duration) error {
 	e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "too many failed authentication attempts from this address: try again later", nil)
 	e.RetryAfter = max(wait, time.Second)

@@ -23,7 +23,8 @@ import (
 type ClientAuth struct {
 	// Users maps a user name to its bcrypt hash, as in an htpasswd file.
 	Users map[string][]byte
-	// Tokens are the SHA-256 hashes of the accepted bearer tokens.
+	// Tokens are the SHA-256 hashes of the accepted bearer tokens, each
+	// at least MinTokenLength bytes.
 	Tokens [][sha256.Size]byte
 	// ProtectMetrics puts /metrics behind authentication too.
 	ProtectMetrics bool
@@ -86,31 +87,46 @@ const clientChallenge = `Basic realm="regnorm"`
 
 // check returns nil when r carries valid credentials, and otherwise the 401
 // the client gets, which never says which part was wrong, or the 429 of an
-// address past its allowance of failures, whose credentials are not even
-// looked at.
+// address past its allowance of failures.
+//
+// What costs no bcrypt comparison (a token, a remembered pair) is checked
+// before the allowance and always gets in when right: behind a NAT, a load
+// balancer or a NodePort that hides client addresses, one client with a
+// stale token must not lock out every node that shares its address. Every
+// failure still spends the address's allowance, a wrong token too, and
+// only what would cost a comparison is turned away once it is spent.
+// Tokens are at least MinTokenLength bytes: guessing one is no use, with
+// or without a limit.
 func (a *clientAuth) check(r *http.Request) error {
 	addr := attemptKey(r)
-	if wait := a.limit.wait(addr); wait > 0 {
-		return tooManyFailures(wait)
-	}
-	h := r.Header.Get("Authorization")
-	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
+	var err error
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
 		if tokenIn(a.Tokens, strings.TrimSpace(tok)) {
 			return nil
 		}
-		a.limit.take(addr)
+		err = a.limit.fail(addr)
 	} else if user, pass, ok := r.BasicAuth(); ok {
 		if tokenIn(a.Tokens, pass) {
 			return nil
 		}
-		if err := a.userOK(addr, user, pass); err == nil || errcode.StatusOf(err) == http.StatusTooManyRequests {
-			return err
+		if err = a.userOK(addr, user, pass); err == nil {
+			return nil
 		}
+	}
+	if errcode.StatusOf(err) == http.StatusTooManyRequests {
+		return err
 	}
 	e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "authentication required", nil)
 	e.Challenge = clientChallenge
 	return e
 }
+
+// MinTokenLength is the shortest client or node report token regnorm
+// takes (cmd/proxy refuses a token file with a shorter one). A right token
+// gets in whatever its address's failures (see check), so what keeps
+// tokens from being guessed is their length: 16 random bytes are past any
+// guessing, limited or not.
+const MinTokenLength = 16
 
 // tokenIn compares tok with every one of tokens in constant time.
 func tokenIn(tokens [][sha256.Size]byte, tok string) bool {
@@ -129,11 +145,15 @@ func tokenIn(tokens [][sha256.Size]byte, tok string) bool {
 var errWrongPassword = errors.New("wrong user or password")
 
 // userOK checks a user's password: nil when right, errWrongPassword, or
-// the 429 of an address with no attempt left.
+// the 429 of an address with no attempt left. A remembered pair is checked
+// before the address's allowance: it costs no comparison.
 func (a *clientAuth) userOK(addr, user, pass string) error {
 	if len(a.Users) == 0 {
-		a.limit.take(addr)
-		return errWrongPassword // no user to find, nor a comparison to make
+		// No user to find, nor a comparison to make: a wrong token.
+		if err := a.limit.fail(addr); err != nil {
+			return err
+		}
+		return errWrongPassword
 	}
 	hash, known := a.Users[user]
 	// The user's length first: "ab"+"c" and "a"+"bc" are different pairs.

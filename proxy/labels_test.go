@@ -3,6 +3,8 @@ package proxy_test
 import (
 	"crypto/sha256"
 	"fmt"
+	"maps"
+	"net"
 	"net/http"
 	"path"
 	"regexp"
@@ -10,12 +12,14 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/label"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -153,4 +157,64 @@ func scrapeSeries(t *testing.T, h *harness, header http.Header) map[string]bool 
 		t.Fatal("/metrics exports no series")
 	}
 	return out
+}
+
+// TestNodesCannotChooseLabelValues: nodes pulling with made-up containerd
+// versions, each from an address of its own, add no regnorm_nodes series:
+// its series are the minor versions ruleset knows, other and unknown,
+// from the first scrape on, and the made-up versions count as other.
+func TestNodesCannotChooseLabelValues(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	want := map[string]bool{}
+	for _, v := range append(ruleset.Minors(), label.Other, "unknown") {
+		want[`regnorm_nodes{containerd="`+v+`"}`] = true
+	}
+	nodeSeries := func() map[string]bool {
+		t.Helper()
+		got := map[string]bool{}
+		for s := range scrapeSeries(t, h, nil) {
+			if strings.HasPrefix(s, "regnorm_nodes{") {
+				got[s] = true
+			}
+		}
+		return got
+	}
+	if got := nodeSeries(); !maps.Equal(got, want) {
+		t.Fatalf("regnorm_nodes on the first scrape: %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+	}
+	// 30 nodes (127.0.0.2 to 127.0.0.31) with made-up versions, and one
+	// (127.0.0.1) with a real one.
+	for i := range 30 {
+		node := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: (&net.Dialer{
+			LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i))}}).DialContext}}
+		req, _ := http.NewRequest(http.MethodHead, h.url+"/v2/library/app/manifests/v1", nil)
+		req.Header = containerdAccept.Clone()
+		req.Header.Set("User-Agent", fmt.Sprintf("containerd/%d.%d.0", 3+i, 31337+i))
+		resp, err := node.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		node.CloseIdleConnections()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("node %d: %d", i, resp.StatusCode)
+		}
+	}
+	ua := containerdAccept.Clone()
+	ua.Set("User-Agent", "containerd/1.6.20")
+	if r := h.do(t, http.MethodHead, "/v2/library/app/manifests/v1", ua); r.status != http.StatusOK {
+		t.Fatalf("the real node: %d", r.status)
+	}
+	if n := len(h.nodes(t)); n != 31 {
+		t.Fatalf("%d nodes in the fleet view, want 31", n)
+	}
+	h.srv.CountNodes()
+	if got := nodeSeries(); !maps.Equal(got, want) {
+		t.Fatalf("regnorm_nodes after made-up versions: %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+	}
+	if other, real := h.metric(t, "regnorm_nodes", `containerd="other"`), h.metric(t, "regnorm_nodes", `containerd="1.6"`); other != 30 || real != 1 {
+		t.Fatalf("regnorm_nodes: other %v, 1.6 %v; want 30, 1", other, real)
+	}
 }

@@ -71,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"upstream"}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "regnorm_nodes",
-			Help: "Nodes that pulled through this regnorm within nodes.forgetAfter, by containerd minor version (other: not containerd).",
+			Help: "Nodes that pulled through this regnorm within nodes.forgetAfter, by containerd minor version (those regnorm knows; other: another version; unknown: not containerd).",
 		}, []string{"containerd"}),
 		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrites_total",
@@ -173,7 +173,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		routeReport, routeWarm, routeNodes, routeStatus, routeNotFound, routeTooLarge, routeForbidden} {
 		m.requestDuration.WithLabelValues(route)
 	}
-	m.nodes.WithLabelValues("other")
+	for _, v := range containerdVersions.Values() {
+		m.nodes.WithLabelValues(v)
+	}
 	for _, route := range []string{routeManifest, routeBlob} {
 		for _, method := range []string{http.MethodGet, http.MethodHead} {
 			m.requests.WithLabelValues(route, method, "200")

@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"bufio"
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net"
 	"net/http"
 	"path"
@@ -21,6 +19,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/label"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -208,14 +207,26 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 	return list, nil
 }
 
-// minorVersion is "1.6" for "1.6.20~ds1", or "other" for a client that is
-// not containerd.
+// containerdVersions are the values nodes are counted by, in
+// regnorm_nodes' containerd label and on the status page: the minor
+// versions ruleset knows, unknownVersion for a client that names no
+// containerd version, and label.Other for any other version, which a
+// client may make up. Their series are a fixed set, whatever the
+// User-Agents.
+var containerdVersions = label.NewSet(append(ruleset.Minors(), unknownVersion)...)
+
+// unknownVersion counts the clients that are not containerd.
+const unknownVersion = "unknown"
+
+// minorVersion is "1.6" for "1.6.20~ds1", label.Other for a version
+// outside containerdVersions, or unknownVersion for a client that is not
+// containerd.
 func minorVersion(n NodeStatus) string {
 	v := containerdcfg.ParseVersion(n.ContainerdVersion)
 	if !v.Known || n.LastPull.IsZero() {
-		return "other"
+		return unknownVersion
 	}
-	return fmt.Sprintf("%d.%d", v.Major, v.Minor)
+	return containerdVersions.Of(fmt.Sprintf("%d.%d", v.Major, v.Minor))
 }
 
 // serveNodes answers GET /api/v1/nodes. The list is written a node at a
@@ -271,27 +282,28 @@ const reportChallenge = `Bearer realm="regnorm node reports"`
 // reportersOnly lets through the requests that carry one of the node
 // report tokens, which only node-config holds: the fleet view tells
 // operators what to change on their nodes, so no other client may write
-// it. Without a token configured, no report is taken. Failures count
-// against the address's allowance, like client authentication's.
+// it. Without a token configured, no report is taken. A right token always
+// gets in (it costs no bcrypt, and is too long to guess); a wrong one
+// counts against the address's allowance of report failures, which is not
+// that of client authentication: a node's failing reports do not stop its
+// pulls, nor failing pulls its reports.
 func (s *Server) reportersOnly(h handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		if len(s.reportTokens) == 0 {
 			return errcode.New(http.StatusForbidden, errcode.Denied, "node reports are off: regnorm has no report token (nodes.reportTokenFile)", nil)
 		}
-		addr := attemptKey(r)
-		if wait := s.attempts.wait(addr); wait > 0 {
-			return tooManyFailures(wait)
+		tok, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if tok = strings.TrimSpace(tok); bearer && tokenIn(s.reportTokens, tok) {
+			return h(w, r)
 		}
-		tok, sent := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !sent || !tokenIn(s.reportTokens, strings.TrimSpace(tok)) {
-			if tok != "" {
-				s.attempts.take(addr) // a guess; no credentials is none
+		if tok != "" { // a guess; no credentials is none
+			if err := s.reportAttempts.fail(attemptKey(r)); err != nil {
+				return err
 			}
-			e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "a node report needs the report token (node-config --report-token-file)", nil)
-			e.Challenge = reportChallenge
-			return e
 		}
-		return h(w, r)
+		e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "a node report needs the report token (node-config --report-token-file)", nil)
+		e.Challenge = reportChallenge
+		return e
 	}
 }
 
@@ -443,7 +455,7 @@ func (s *Server) countNodes(ctx context.Context) {
 // process within the forget period, by containerd minor version. It reads
 // no storage.
 func (s *Server) countNodesOnce() {
-	counts := map[string]int{"other": 0}
+	counts := map[string]int{}
 	for _, seen := range s.fleet.snapshot() {
 		n := NodeStatus{LastPull: seen.LastPull}
 		if v, ok := ruleset.Containerd(seen.UserAgent); ok {
@@ -451,38 +463,14 @@ func (s *Server) countNodesOnce() {
 		}
 		counts[minorVersion(n)]++
 	}
-	// The versions come from clients' User-Agents: the most common
-	// maxVersionLabels get a series, the rest count as other.
-	versions := slices.Collect(maps.Keys(counts))
-	slices.SortFunc(versions, func(a, b string) int { return cmp.Or(counts[b]-counts[a], strings.Compare(a, b)) })
-	kept := 0
-	for _, v := range versions {
-		switch {
-		case v == "other":
-		case kept < maxVersionLabels:
-			kept++
-		default:
-			counts["other"] += counts[v]
-			delete(counts, v)
-		}
-	}
-	// Set the new values, then drop only the versions gone: a scrape in
-	// between sees every series, never none.
+	// Every value of the set is set, to 0 when no node has it: a scrape
+	// in between two counts sees every series, never none.
 	s.nodeCount.Lock()
 	defer s.nodeCount.Unlock()
-	for v, c := range counts {
-		s.metrics.nodes.WithLabelValues(v).Set(float64(c))
+	for _, v := range containerdVersions.Values() {
+		s.metrics.nodes.WithLabelValues(v).Set(float64(counts[v]))
 	}
-	for _, v := range s.nodeVersions {
-		if _, ok := counts[v]; !ok {
-			s.metrics.nodes.DeleteLabelValues(v)
-		}
-	}
-	s.nodeVersions = slices.Collect(maps.Keys(counts))
 }
-
-// maxVersionLabels bounds regnorm_nodes' series.
-const maxVersionLabels = 20
 
 // nodeCountInterval is how often regnorm_nodes is recomputed.
 const nodeCountInterval = 30 * time.Second

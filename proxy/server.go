@@ -94,10 +94,12 @@ type Options struct {
 	LayerWork normalize.WorkLimits
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
-	// AuthFailuresPerMinute bounds the failed authentication attempts
-	// (client credentials, node-report tokens) of one client address: that
-	// many at once, and that many more a minute. Past it, 429. Default
-	// DefaultAuthFailuresPerMinute.
+	// AuthFailuresPerMinute bounds the failed authentication attempts of
+	// one client address, client credentials and node report tokens each
+	// on their own: that many at once, and that many more a minute. Past
+	// it, 429 to wrong credentials and to those that would cost a bcrypt
+	// comparison; a right token or a remembered pair always gets in.
+	// Default DefaultAuthFailuresPerMinute.
 	AuthFailuresPerMinute int
 	// NodeReportTokens are the SHA-256 hashes of the tokens node-config's
 	// reports (POST /api/v1/nodes) must carry, a credential only
@@ -149,9 +151,8 @@ type Server struct {
 	links            *linkMemory
 	fleet            *fleet
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
-	nodeVersions     []string   // its label values, as last set
 	clientAuth       *clientAuth
-	attempts         *attemptLimiter // failed authentication attempts by address
+	reportAttempts   *attemptLimiter // failed node report tokens by address
 	reportTokens     [][sha256.Size]byte
 	hostsDir         string
 	metrics          *Metrics
@@ -215,7 +216,6 @@ func New(opts Options) (*Server, error) {
 	if !ValidHostsDir(opts.NodeHostsDir) {
 		return nil, fmt.Errorf("proxy: hosts directory %q is not a clean absolute path without ':' or quotes", opts.NodeHostsDir)
 	}
-	attempts := newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute)
 	s := &Server{
 		store:           opts.Store,
 		upstreams:       map[string]*upstream.Registry{},
@@ -231,8 +231,8 @@ func New(opts Options) (*Server, error) {
 		patientDeadline: opts.PatientDeadline,
 		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
-		clientAuth:      newClientAuth(opts.ClientAuth, attempts),
-		attempts:        attempts,
+		clientAuth:      newClientAuth(opts.ClientAuth, newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute)),
+		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute),
 		reportTokens:    opts.NodeReportTokens,
 		hostsDir:        opts.NodeHostsDir,
 		lookups:         make(chan struct{}, originalLookups),

@@ -26,21 +26,18 @@ func loadClientAuth(c AuthConfig) (*proxy.ClientAuth, error) {
 		err := eachLine(c.HtpasswdFile, func(n int, line string) error {
 			user, hash, ok := strings.Cut(line, ":")
 			if !ok || user == "" || !strings.HasPrefix(hash, "$2") {
-				return fmt.Errorf("config: auth.htpasswdFile: line %d is not user:bcrypt-hash (htpasswd -B)", n)
+				return fmt.Errorf("%s line %d is not user:bcrypt-hash (htpasswd -B)", c.HtpasswdFile, n)
 			}
 			a.Users[user] = []byte(hash)
 			return nil
 		})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("config: auth.htpasswdFile: %w", err)
 		}
 	}
 	if c.TokensFile != "" {
-		err := eachLine(c.TokensFile, func(_ int, line string) error {
-			a.Tokens = append(a.Tokens, sha256.Sum256([]byte(line)))
-			return nil
-		})
-		if err != nil {
+		var err error
+		if a.Tokens, err = loadTokens(c.TokensFile, "auth.tokensFile"); err != nil {
 			return nil, err
 		}
 	}
@@ -57,16 +54,31 @@ func loadReportTokens(c NodesConfig) ([][sha256.Size]byte, error) {
 	if c.ReportTokenFile == "" {
 		return nil, nil
 	}
+	tokens, err := loadTokens(c.ReportTokenFile, "nodes.reportTokenFile")
+	if err != nil {
+		return nil, err
+	}
+	if len(tokens) == 0 {
+		return nil, fmt.Errorf("config: nodes.reportTokenFile: %s holds no token: every node report would be refused", c.ReportTokenFile)
+	}
+	return tokens, nil
+}
+
+// loadTokens reads a token file, one token a line, into the SHA-256 of
+// each. A right token gets in however many failures its address made, so
+// a token shorter than proxy.MinTokenLength, which could be guessed, is a
+// configuration error (naming the line, never the token).
+func loadTokens(path, field string) ([][sha256.Size]byte, error) {
 	var tokens [][sha256.Size]byte
-	err := eachLine(c.ReportTokenFile, func(_ int, line string) error {
+	err := eachLine(path, func(n int, line string) error {
+		if len(line) < proxy.MinTokenLength {
+			return fmt.Errorf("%s line %d is a token of %d bytes, shorter than %d: make tokens random and long (openssl rand -hex 24)", path, n, len(line), proxy.MinTokenLength)
+		}
 		tokens = append(tokens, sha256.Sum256([]byte(line)))
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w (nodes.reportTokenFile)", err)
-	}
-	if len(tokens) == 0 {
-		return nil, fmt.Errorf("config: nodes.reportTokenFile: %s holds no token: every node report would be refused", c.ReportTokenFile)
+		return nil, fmt.Errorf("config: %s: %w", field, err)
 	}
 	return tokens, nil
 }
@@ -75,7 +87,7 @@ func loadReportTokens(c NodesConfig) ([][sha256.Size]byte, error) {
 func eachLine(path string, fn func(n int, line string) error) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return err
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {

@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 named cn.
@@ -31,7 +33,7 @@ func TestTLSAndClientAuth(t *testing.T) {
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	writeCert(t, certFile, keyFile, "first")
 	tokens := filepath.Join(dir, "tokens")
-	os.WriteFile(tokens, []byte("# robots\nrobot-token\n"), 0o600)
+	os.WriteFile(tokens, []byte("# robots\nrobot-token-0123456789\n"), 0o600)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +88,7 @@ func TestTLSAndClientAuth(t *testing.T) {
 		want        int
 	}{
 		{"/v2/", "", http.StatusUnauthorized},
-		{"/v2/", "robot-token", http.StatusOK},
+		{"/v2/", "robot-token-0123456789", http.StatusOK},
 		{"/healthz", "", http.StatusOK},
 		{"/metrics", "", http.StatusOK},
 	} {
@@ -102,5 +104,43 @@ func TestTLSAndClientAuth(t *testing.T) {
 		if resp.StatusCode != tt.want {
 			t.Errorf("%s with token %q: %d, want %d", tt.path, tt.token, resp.StatusCode, tt.want)
 		}
+	}
+}
+
+// TestShortTokensAreRefused: a client or node report token shorter than
+// proxy.MinTokenLength is a configuration error that names the field, the
+// file and the line, never the token: a right token gets in whatever its
+// address's failures, so only its length keeps it from being guessed.
+func TestShortTokensAreRefused(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("k", proxy.MinTokenLength)
+	for _, tt := range []struct {
+		name, field string
+	}{
+		{"client tokens", "auth.tokensFile"},
+		{"node report tokens", "nodes.reportTokenFile"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			tokens := filepath.Join(dir, "tokens")
+			config := filepath.Join(dir, "regnorm.yaml")
+			section, key, _ := strings.Cut(tt.field, ".")
+			os.WriteFile(config, []byte(section+":\n  "+key+": "+tokens+"\n"), 0o600)
+			check := func(content string) error {
+				os.WriteFile(tokens, []byte(content), 0o600)
+				return run(context.Background(), []string{"--check-config", "--config", config, "--data-dir", dir}, env(nil), io.Discard, io.Discard)
+			}
+			if err := check("# long enough\n" + long + "\n"); err != nil {
+				t.Fatalf("a token of %d bytes: %v", len(long), err)
+			}
+			err := check(long + "\nshort-secret-1\n")
+			if err == nil {
+				t.Fatal("a token of 14 bytes was accepted")
+			}
+			if msg := err.Error(); !strings.Contains(msg, "config: "+tt.field+": "+tokens+" line 2 is a token of 14 bytes, shorter than 16") || strings.Contains(msg, "short-secret-1") {
+				t.Errorf("the error does not name the field, file and line, or shows the token: %v", err)
+			}
+		})
 	}
 }

@@ -99,16 +99,19 @@ type TLSConfig struct {
 type AuthConfig struct {
 	// HtpasswdFile holds user:bcrypt-hash lines (htpasswd -B).
 	HtpasswdFile string `yaml:"htpasswdFile"`
-	// TokensFile holds one accepted bearer token per line.
+	// TokensFile holds one accepted bearer token per line, each at least
+	// proxy.MinTokenLength bytes.
 	TokensFile string `yaml:"tokensFile"`
 	// ProtectMetrics puts /metrics behind authentication too.
 	ProtectMetrics bool `yaml:"protectMetrics"`
 	// ProtectReport puts /status and /api/v1/rewrites behind authentication
 	// too: they name the images pulled.
 	ProtectReport bool `yaml:"protectReport"`
-	// FailuresPerMinute bounds the failed authentication attempts (client
-	// credentials, node report tokens) of one client address: that many at
-	// once and that many more a minute; past it, 429 without a check.
+	// FailuresPerMinute bounds the failed authentication attempts of one
+	// client address (client credentials; node report tokens apart): that
+	// many at once and that many more a minute; past it, 429 to wrong
+	// tokens and to pairs that would cost a bcrypt comparison. A right
+	// token or a verified pair always gets in.
 	FailuresPerMinute int `yaml:"failuresPerMinute"`
 }
 
@@ -173,8 +176,8 @@ type NodesConfig struct {
 	// for this long.
 	ForgetAfter time.Duration `yaml:"forgetAfter"`
 	// ReportTokenFile holds the tokens node-config's reports must carry,
-	// one a line (node-config --report-token-file). Without it, every
-	// report is refused.
+	// one a line, each at least proxy.MinTokenLength bytes (node-config
+	// --report-token-file). Without it, every report is refused.
 	ReportTokenFile string `yaml:"reportTokenFile"`
 	// HostsDir is the directory node-config writes hosts.toml files to
 	// (its --config-path): the fleet view's fix names it, and a report

@@ -124,7 +124,7 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 		return p
 	}
 	reportToken := write("report-token", "node-report-secret\n")
-	write("tokens", "client-secret\n")
+	write("tokens", "client-secret-0123456789\n")
 	config := write("regnorm.yaml", "auth:\n  tokensFile: "+filepath.Join(dir, "tokens")+"\nnodes:\n  reportTokenFile: "+reportToken+"\n  hostsDir: "+hostsDir+"\n")
 	containerdConfig := write("config.toml", "version = 2\n")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

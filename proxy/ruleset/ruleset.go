@@ -139,6 +139,14 @@ func Needs(v containerdcfg.Version) Set {
 	}
 }
 
+// Minors are the containerd minor versions released when these rules were
+// written, each of which Needs was checked against (CONTAINERD.md): the
+// versions regnorm knows by name. A later one gets the rules of the
+// newest, but is not named here until it has been checked.
+func Minors() []string {
+	return []string{"1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.7", "2.0", "2.1", "2.2", "2.3"}
+}
+
 var containerdUserAgent = regexp.MustCompile(`containerd/v?(\d+\.\d+\.\d+)`)
 
 // Containerd is the containerd version a User-Agent names, if any.
