@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -334,25 +336,31 @@ func TestZstdWindowLeavesLayerUntouched(t *testing.T) {
 	}
 }
 
-// TestLayerWorkIsBounded: layer scans take turns. With two turns and two
-// places in the queue, four images pulled at once run two scans and queue
-// two (their downloads held upstream, so nothing ends meanwhile): the
-// others have not even opened their layer. A fifth is answered 503 with
+// TestLayerWorkIsBounded: layer scans take turns, and a scan takes its
+// turn only once its layer is in the cache. Four images pulled at once
+// with their downloads held upstream hold no turn. Let go, with two turns
+// and two places in the queue, they run two scans and queue two (the two
+// running held on their cache reads, so nothing ends meanwhile): the
+// waiting ones have not opened their layer. A fifth is answered 503 with
 // Retry-After at once. Released, every pull gets its normalized image.
 func TestLayerWorkIsBounded(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock() // no request reaches its deadline
-	h := newHarness(t, harnessOptions{clock: clk, layerWork: normalize.WorkLimits{Running: 2, Queued: 2}})
+	d := &gatedReads{StorageDriver: filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 50}), gated: map[string]bool{}}
+	h := newHarness(t, harnessOptions{clock: clk, store: cache.New(d), layerWork: normalize.WorkLimits{Running: 2, Queued: 2}})
 	for i := range 5 {
-		h.push(t, fmt.Sprintf("library/work%d", i), "v1", regtest.ImageOptions{},
+		img := h.push(t, fmt.Sprintf("library/work%d", i), "v1", regtest.ImageOptions{},
 			append(slices.Clone(xattrLayer), regtest.File{Name: fmt.Sprintf("id%d", i), Content: []byte("x")}))
+		d.gate(digest.FromBytes(img.Layers[0]))
 	}
-	release, unblock := gate(t)
+	reads, unblockReads := gate(t)
+	d.release = reads
+	downloads, unblockDownloads := gate(t)
 	var held atomic.Int64
 	h.front.set(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
 			held.Add(1)
-			<-release
+			<-downloads
 		}
 		h.front.relay(w, r)
 	})
@@ -362,11 +370,22 @@ func TestLayerWorkIsBounded(t *testing.T) {
 			answers <- h.do(t, http.MethodHead, fmt.Sprintf("/v2/library/work%d/manifests/v1", i), containerdHeader("1.6.8"))
 		}()
 	}
+	waitFor(t, "the four layer downloads to reach the upstream", func() bool {
+		if h.metric(t, "regnorm_layer_work_inflight", "") > 0 {
+			t.Fatal("a scan took its turn before its layer was downloaded: it holds the turn while upstream takes its time")
+		}
+		return held.Load() == 4
+	})
+	if n := h.metric(t, "regnorm_layer_work_queued", ""); n != 0 {
+		t.Errorf("layer work waiting while its layers download: %v, want 0", n)
+	}
+
+	unblockDownloads()
 	waitFor(t, "two scans to run and two to wait", func() bool {
 		return h.metric(t, "regnorm_layer_work_inflight", "") == 2 && h.metric(t, "regnorm_layer_work_queued", "") == 2
 	})
-	if n := held.Load(); n != 2 {
-		t.Errorf("%d layer downloads started, want 2: waiting work must not open its layer", n)
+	if n := d.opened.Load(); n != 2 {
+		t.Errorf("%d layers opened, want 2: waiting work must not open its layer", n)
 	}
 	r := h.do(t, http.MethodHead, "/v2/library/work4/manifests/v1", containerdHeader("1.6.8"))
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "5" {
@@ -379,7 +398,7 @@ func TestLayerWorkIsBounded(t *testing.T) {
 		t.Errorf("layer work running: %v, want 2", n)
 	}
 
-	unblock()
+	unblockReads()
 	for range 4 {
 		if r := <-answers; r.status != http.StatusOK {
 			t.Errorf("a queued pull: %d %s", r.status, r.body)
@@ -394,4 +413,29 @@ func TestLayerWorkIsBounded(t *testing.T) {
 	if h.metric(t, "regnorm_layer_work_inflight", "") != 0 || h.metric(t, "regnorm_layer_work_queued", "") != 0 {
 		t.Error("layer work left running or waiting")
 	}
+}
+
+// gatedReads is a cache driver whose reads of the gated blobs wait until
+// release is closed, counting the readers that opened one.
+type gatedReads struct {
+	storagedriver.StorageDriver
+	gated   map[string]bool // blob data paths; set before any read
+	release <-chan struct{}
+	opened  atomic.Int64
+}
+
+func (d *gatedReads) gate(dgst digest.Digest) {
+	d.gated["/blobs/sha256/"+dgst.Encoded()[:2]+"/"+dgst.Encoded()+"/data"] = true
+}
+
+func (d *gatedReads) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
+	if d.gated[p] {
+		d.opened.Add(1)
+		select {
+		case <-d.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return d.StorageDriver.Reader(ctx, p, offset)
 }

@@ -47,8 +47,16 @@ func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadClos
 }
 
 func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
-	if err := src.s.admit(ctx, src.request(dgst, true)); err != nil {
+	req := src.request(dgst, true)
+	if err := src.s.admit(ctx, req); err != nil {
 		return err
+	}
+	if _, err := src.s.store.StatBlob(ctx, dgst); err == nil {
+		return nil
+	}
+	// Upstream never had a layer regnorm made: rebuild it, as openBlob does.
+	if d, err := src.s.store.GetDerived(ctx, dgst); err == nil && d.Kind == cache.DerivedLayer {
+		return src.s.rebuildLayer(ctx, req, d)
 	}
 	return src.s.fetches.Ensure(ctx, src.up, src.repo, dgst)
 }

@@ -64,7 +64,10 @@ type Source interface {
 	// spool while it downloads, or from the cache. A short or wrong blob
 	// is an error at the end of the read.
 	OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error)
-	// Ensure makes sure the cache holds dgst, fetching it again if needed.
+	// Ensure makes sure the cache holds dgst: it downloads it (or joins
+	// the download under way), or rebuilds it when it is a repackaged
+	// layer that was evicted. Layer work calls it before it takes its
+	// turn, never under one.
 	Ensure(ctx context.Context, dgst digest.Digest) error
 	// Learn records that the repository holds derived, made from source
 	// (which it holds upstream).

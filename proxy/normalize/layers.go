@@ -147,7 +147,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	return v, nil
 }
 
-// scanLayer reads a layer as it arrives, through the source, for what the
+// scanLayer reads a layer, fetched through the source, for what the
 // symlink xattr rule would remove.
 func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) (rewrite.LayerScan, error) {
 	var scan rewrite.LayerScan
@@ -158,35 +158,49 @@ func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) 
 	return scan, err
 }
 
-// readLayer reads layer dgst through src, verified as it is read, and
-// hands the stream to read. Whatever read concludes counts only once the
-// whole blob has verified: what read leaves is read too, and a short or
-// wrong blob is an error, never a verdict. A cached copy that fails
-// verification is gone: it is fetched again, once. It returns the blob's
-// size.
+// readLayer reads layer dgst, fetched through src into the cache and read
+// from there verified, and hands the stream to read. Whatever read
+// concludes counts only once the whole blob has verified: what read leaves
+// is read too, and a short or wrong blob is an error, never a verdict. A
+// cached copy that fails verification, or that was evicted before it was
+// opened, is fetched again, once. It returns the blob's size.
 func (e *Engine) readLayer(ctx context.Context, src Source, dgst digest.Digest, read func(io.Reader) error) (int64, error) {
 	n, err := e.readLayerOnce(ctx, src, dgst, read)
-	if damaged(err) {
-		e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
+	if damaged(err) || errors.Is(err, errGone) {
+		e.log.Warn("cached layer failed verification or went; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
 		n, err = e.readLayerOnce(ctx, src, dgst, read)
 	}
 	return n, err
 }
 
+// errGone is a layer that left the cache between its fetch and its read
+// (evicted meanwhile).
+var errGone = errors.New("layer left the cache before it was read")
+
 func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Digest, read func(io.Reader) error) (int64, error) {
-	// The turn comes first: nothing is opened (no download started, no
-	// decoder allocated) for work that waits.
-	done, err := e.work.turn(ctx)
+	// The download first, holding no turn: downloads are bounded on their
+	// own (a queue, and a share of it per upstream), and an upstream that
+	// answers slowly must hold only its own share of them, never the turns
+	// that every other upstream's layers wait for.
+	if err := src.Ensure(ctx, dgst); err != nil {
+		return 0, err
+	}
+	// Then the turn, before the layer is opened: work that waits holds no
+	// decoder.
+	ctx, done, err := e.work.turn(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
-	b, err := openVerified(ctx, src, dgst)
+	rc, _, err := e.opts.Store.OpenVerified(ctx, dgst)
+	if errors.Is(err, cache.ErrNotFound) {
+		return 0, fmt.Errorf("read layer %s: %w: %w", dgst, errGone, err)
+	}
 	if err != nil {
 		return 0, err
 	}
-	defer b.Close()
-	counted := &countingReader{r: b}
+	defer rc.Close()
+	counted := &countingReader{r: rc}
 	err = read(counted)
 	if _, rerr := io.Copy(io.Discard, counted); rerr != nil {
 		return counted.n, fmt.Errorf("read layer %s: %w", dgst, rerr)
@@ -200,13 +214,16 @@ func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Dige
 // new blob, from the cached original, verified as it is read. want, when
 // set, is the digest the result must have (a rebuild).
 func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
-	done, err := e.work.turn(ctx)
+	ctx, done, err := e.work.turn(ctx)
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
 	defer done()
 	store := e.opts.Store
 	rc, _, err := store.OpenVerified(ctx, dgst)
+	if errors.Is(err, cache.ErrNotFound) {
+		return rewrite.LayerResult{}, fmt.Errorf("repackage layer %s: %w: %w", dgst, errGone, err)
+	}
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
@@ -243,14 +260,15 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 }
 
 // repackFromOriginal repackages the cached layer dgst. If the cached copy
-// fails verification (it is then removed), the layer is fetched again
-// through the source and repackaged from that.
+// fails verification (it is then removed), or was evicted since it was
+// fetched, the layer is fetched again through the source (holding no turn)
+// and repackaged from that.
 func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
 	res, err := e.repackLayer(ctx, dgst, want, t)
-	if !damaged(err) {
+	if !damaged(err) && !errors.Is(err, errGone) {
 		return res, err
 	}
-	e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
+	e.log.Warn("cached layer failed verification or went; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
 	if err := src.Ensure(ctx, dgst); err != nil {
 		return rewrite.LayerResult{}, err
 	}
