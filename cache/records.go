@@ -96,8 +96,38 @@ type Normalization struct {
 	MediaType string   `json:"mediaType"`
 	Changes   []Change `json:"changes,omitempty"`
 	// Rules is the key of the rule set the verdict is for.
-	Rules     string    `json:"rules"`
-	CreatedAt time.Time `json:"createdAt"`
+	Rules string `json:"rules"`
+	// Limited, when set, are the limits under which a layer the verdict
+	// depends on (its own, or a child's) was left untouched: under larger
+	// limits the verdict is made again.
+	Limited   LayerLimits `json:"limited,omitzero"`
+	CreatedAt time.Time   `json:"createdAt"`
+}
+
+// LayerLimits are limits a layer was left untouched under: ZstdWindow for
+// a layer whose zstd frames declare a larger window, LayerSize for one
+// that decompresses further. Zero: no layer was left for that limit.
+type LayerLimits struct {
+	ZstdWindow int64 `json:"zstdWindow,omitempty"`
+	LayerSize  int64 `json:"layerSize,omitempty"`
+}
+
+// RaisedBy reports whether current raises a limit l records: a layer left
+// untouched under l may be read under current.
+func (l LayerLimits) RaisedBy(current LayerLimits) bool {
+	return l.ZstdWindow > 0 && current.ZstdWindow > l.ZstdWindow || l.LayerSize > 0 && current.LayerSize > l.LayerSize
+}
+
+// Min is the lower of each limit that l and o record: the first of them to
+// be raised decides.
+func (l LayerLimits) Min(o LayerLimits) LayerLimits {
+	lower := func(a, b int64) int64 {
+		if a == 0 || b > 0 && b < a {
+			return b
+		}
+		return a
+	}
+	return LayerLimits{ZstdWindow: lower(l.ZstdWindow, o.ZstdWindow), LayerSize: lower(l.LayerSize, o.LayerSize)}
 }
 
 // Derived kinds: content regnorm made, which upstream does not have.
@@ -317,7 +347,11 @@ type LayerVerdict struct {
 	Unlisted int            `json:"unlisted,omitempty"`
 	// Skipped, when set, is why the layer was left untouched unscanned
 	// (not-tar, too-large, zstd-window).
-	Skipped   string    `json:"skipped,omitempty"`
+	Skipped string `json:"skipped,omitempty"`
+	// Limit, for a layer skipped for a limit (too-large, zstd-window), is
+	// that limit as it was when the layer was judged: under a larger one it
+	// is judged again.
+	Limit     int64     `json:"limit,omitempty"`
 	CreatedAt time.Time `json:"createdAt"`
 }
 

@@ -336,6 +336,78 @@ func TestZstdWindowLeavesLayerUntouched(t *testing.T) {
 	}
 }
 
+// TestRaisedLimitsJudgeLayersAgain: a layer left untouched for a limit
+// (its zstd window, its decompressed size) is judged again once the limit
+// is raised, and so are the verdicts that depended on it: the image's and
+// the index's that lists it. Under the small limit containerd 1.6.8 gets
+// both as upstream has them; after a restart with a larger limit on the
+// same cache, it gets them normalized (the layer's xattr on a symlink
+// stripped).
+func TestRaisedLimitsJudgeLayersAgain(t *testing.T) {
+	t.Parallel()
+	raw, _, err := regtest.Layer(xattrLayer, ocispec.MediaTypeImageLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, mediaType string
+		layer           []byte
+		small, large    harnessOptions
+		reason          string
+	}{
+		{"zstd window", ocispec.MediaTypeImageLayerZstd, regtest.ZstdRawFrame(21, raw), // a 2 MiB window
+			harnessOptions{maxZstdWindow: 1 << 20}, harnessOptions{maxZstdWindow: 4 << 20}, "zstd-window"},
+		{"layer size", regtest.MediaTypeDockerLayer, bomb(t, 2<<20),
+			harnessOptions{maxLayerSize: 1 << 20}, harnessOptions{maxLayerSize: 8 << 20}, "too-large"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, tt.small)
+			manifest := pushRawLayerImage(t, h, "library/limits", "v1", tt.mediaType, tt.layer)
+			index := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"manifests":[{"mediaType":%q,"digest":%q,"size":%d,"platform":{"architecture":"amd64","os":"linux"}}]}`,
+				ocispec.MediaTypeImageIndex, mediaTypeOf(t, manifest), digest.FromBytes(manifest), len(manifest)))
+			if err := h.reg.Client().PushManifest(context.Background(), "library/limits", "multi", ocispec.MediaTypeImageIndex, index); err != nil {
+				t.Fatal(err)
+			}
+			for tag, want := range map[string][]byte{"v1": manifest, "multi": index} {
+				r := h.do(t, http.MethodGet, "/v2/library/limits/manifests/"+tag, containerdHeader("1.6.8"))
+				if r.status != http.StatusOK || !bytes.Equal(r.body, want) {
+					t.Fatalf("%s under the small limit: %d %.200s, want it untouched", tag, r.status, r.body)
+				}
+			}
+			if got := h.metric(t, "regnorm_layers_skipped_total", `reason="`+tt.reason+`"`); got != 1 {
+				t.Fatalf("layers skipped for %s: %v, want 1", tt.reason, got)
+			}
+
+			h.opts.maxZstdWindow, h.opts.maxLayerSize = tt.large.maxZstdWindow, tt.large.maxLayerSize
+			h.restart(t)
+			r := h.do(t, http.MethodGet, "/v2/library/limits/manifests/v1", containerdHeader("1.6.8"))
+			var m ocispec.Manifest
+			if r.status != http.StatusOK || json.Unmarshal(r.body, &m) != nil || len(m.Layers) != 1 || m.Layers[0].Digest == digest.FromBytes(tt.layer) {
+				t.Fatalf("the image under the larger limit: %d %.300s; want its layer repackaged", r.status, r.body)
+			}
+			normalized := digest.FromBytes(r.body)
+			r = h.do(t, http.MethodGet, "/v2/library/limits/manifests/multi", containerdHeader("1.6.8"))
+			var idx ocispec.Index
+			if r.status != http.StatusOK || json.Unmarshal(r.body, &idx) != nil || len(idx.Manifests) != 1 || idx.Manifests[0].Digest != normalized {
+				t.Fatalf("the index under the larger limit: %d %.300s; want it to list the normalized image", r.status, r.body)
+			}
+		})
+	}
+}
+
+// mediaTypeOf is a manifest's own mediaType field.
+func mediaTypeOf(t *testing.T, manifest []byte) string {
+	t.Helper()
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	if err := json.Unmarshal(manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m.MediaType
+}
+
 // TestLayerWorkIsBounded: layer scans take turns, and a scan takes its
 // turn only once its layer is in the cache. Four images pulled at once
 // with their downloads held upstream hold no turn. Let go, with two turns

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -35,7 +36,7 @@ func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocis
 		if err != nil {
 			return err
 		}
-		untouched.add(desc.Digest, v.Skipped)
+		untouched.add(desc.Digest, v.Skipped, v.Limit)
 		if v.Repacked != "" {
 			mu.Lock()
 			fixes[desc.Digest] = layerResult(v)
@@ -58,13 +59,19 @@ var untouchedWhy = map[string]string{
 	"zstd-window": "a zstd frame declares a window beyond normalize.maxZstdWindow: served as upstream has it",
 }
 
-// untouchedLayers collects the layers of one image left untouched, and why.
+// untouchedLayers collects the layers of one image left untouched, and
+// why; and the limits under which any layer a verdict depends on was left
+// untouched (its own, or for an index its children's), which the verdict
+// records.
 type untouchedLayers struct {
-	mu     sync.Mutex
-	reason map[digest.Digest]string
+	mu      sync.Mutex
+	reason  map[digest.Digest]string
+	limited cache.LayerLimits
 }
 
-func (u *untouchedLayers) add(dgst digest.Digest, reason string) {
+// add notes layer dgst left untouched for reason (none: it was not), under
+// limit when the reason is a limit.
+func (u *untouchedLayers) add(dgst digest.Digest, reason string, limit int64) {
 	if reason == "" {
 		return
 	}
@@ -74,6 +81,26 @@ func (u *untouchedLayers) add(dgst digest.Digest, reason string) {
 		u.reason = map[digest.Digest]string{}
 	}
 	u.reason[dgst] = reason
+	switch reason {
+	case "zstd-window":
+		u.limited = u.limited.Min(cache.LayerLimits{ZstdWindow: limit})
+	case "too-large":
+		u.limited = u.limited.Min(cache.LayerLimits{LayerSize: limit})
+	}
+}
+
+// addLimits notes the limits a verdict this one depends on was made under.
+func (u *untouchedLayers) addLimits(l cache.LayerLimits) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.limited = u.limited.Min(l)
+}
+
+// limits are the limits under which the layers were left untouched.
+func (u *untouchedLayers) limits() cache.LayerLimits {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.limited
 }
 
 func (u *untouchedLayers) has(dgst digest.Digest) bool {
@@ -95,9 +122,11 @@ func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 	return out
 }
 
-// layerVerdict scans one layer once, however many images and requests want it.
+// layerVerdict scans one layer once, however many images and requests
+// want it; again only when it was left untouched for a limit that has been
+// raised since.
 func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
-	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil {
+	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil && !e.raised(v) {
 		return v, nil
 	}
 	v, err, _ := e.layers.Do(dgst.String()+" "+src.Identity(), func() (any, error) {
@@ -117,10 +146,10 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	switch reason := skipReason(err); {
 	case reason != "":
 		// Not a tar regnorm reads, or beyond a limit: served as it is, and
-		// never scanned again.
+		// not scanned again (under a larger limit, it is).
 		e.m.LayersSkipped.WithLabelValues(reason).Inc()
 		e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", dgst, "reason", reason, "error", err)
-		v.Skipped = reason
+		v.Skipped, v.Limit = reason, e.limitOf(reason)
 		return v, e.opts.Store.PutLayerVerdict(ctx, v)
 	case err != nil:
 		return cache.LayerVerdict{}, err
@@ -386,7 +415,7 @@ func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.De
 			// as the symlink rule leaves it.
 			e.m.LayersSkipped.WithLabelValues(skip).Inc()
 			e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", desc.Digest, "reason", skip, "error", err)
-			untouched.add(desc.Digest, skip)
+			untouched.add(desc.Digest, skip, e.limitOf(skip))
 			return nil
 		}
 		if err != nil {
@@ -438,6 +467,37 @@ var SkipReasons = []string{"not-tar", "too-large", "zstd-window"}
 // limits are what reading one layer may take.
 func (e *Engine) limits() rewrite.Limits {
 	return rewrite.Limits{Size: e.opts.MaxLayerSize, ZstdWindow: e.opts.MaxZstdWindow}
+}
+
+// current are the limits in force, as verdicts record them.
+func (e *Engine) current() cache.LayerLimits {
+	l := cache.LayerLimits{ZstdWindow: e.opts.MaxZstdWindow, LayerSize: e.opts.MaxLayerSize}
+	if l.ZstdWindow <= 0 {
+		l.ZstdWindow = rewrite.DefaultZstdWindow
+	}
+	if l.LayerSize <= 0 {
+		l.LayerSize = math.MaxInt64 // no bound
+	}
+	return l
+}
+
+// limitOf is the limit a layer left untouched for reason was judged
+// under: 0 when reason is not a limit.
+func (e *Engine) limitOf(reason string) int64 {
+	switch reason {
+	case "zstd-window":
+		return e.current().ZstdWindow
+	case "too-large":
+		return e.current().LayerSize
+	}
+	return 0
+}
+
+// raised reports whether v left its layer untouched for a limit that is
+// larger now (or that it does not record: written before limits were).
+func (e *Engine) raised(v cache.LayerVerdict) bool {
+	limit := e.limitOf(v.Skipped)
+	return limit > 0 && (v.Limit == 0 || limit > v.Limit)
 }
 
 // isZstdLayer reports whether mediaType is a zstd layer containerd unpacks.
