@@ -283,6 +283,103 @@ func TestLayerPathsDoNotSizeRecords(t *testing.T) {
 	}
 }
 
+// TestUntouchedLayersDoNotSizeRecords: what a manifest lists decides the
+// number of notes and changes a record keeps no more than what its layers
+// hold does. A tiny zstd layer that declares a 128 MiB window, listed a
+// thousand times, is one note (per digest); 150 different ones are the
+// first 100 notes and a count of the rest. The report and the status page
+// stay small either way. (The issue's review saw 381 KB of
+// /api/v1/rewrites and 206 KB of /status for the thousand.)
+func TestUntouchedLayersDoNotSizeRecords(t *testing.T) {
+	t.Parallel()
+	const maxReport, maxStatus = 64 << 10, 128 << 10
+	one := rleZstdLayer(27, 1)
+	var distinct [][]byte
+	for i := range 150 {
+		distinct = append(distinct, rleZstdLayer(27, i+1))
+	}
+	for _, tt := range []struct {
+		name         string
+		layers       [][]byte
+		wantNotes    int
+		wantUnlisted int
+	}{
+		{"one layer listed a thousand times", slices.Repeat([][]byte{one}, 1000), 1, 0},
+		{"150 layers", distinct, 100, 50},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, harnessOptions{})
+			pushLayersImage(t, h, "library/many", "v1", ocispec.MediaTypeImageLayerZstd, tt.layers)
+			if r := h.do(t, http.MethodHead, "/v2/library/many/manifests/v1", containerdHeader("1.6.8")); r.status != http.StatusOK {
+				t.Fatalf("pull as 1.6.8: %d", r.status)
+			}
+			report := h.do(t, http.MethodGet, "/api/v1/rewrites", nil)
+			if report.status != http.StatusOK || len(report.body) > maxReport {
+				t.Fatalf("/api/v1/rewrites: %d, %d bytes; want 200 and at most %d", report.status, len(report.body), maxReport)
+			}
+			var body struct {
+				Rewrites []struct {
+					Changes         []cache.Change `json:"changes"`
+					UnlistedChanges int            `json:"unlistedChanges"`
+				} `json:"rewrites"`
+			}
+			if err := json.Unmarshal(report.body, &body); err != nil || len(body.Rewrites) != 1 {
+				t.Fatalf("report: %v %.300s", err, report.body)
+			}
+			e := body.Rewrites[0]
+			if len(e.Changes) != tt.wantNotes || e.UnlistedChanges != tt.wantUnlisted {
+				t.Fatalf("the report lists %d notes and says %d more; want %d and %d", len(e.Changes), e.UnlistedChanges, tt.wantNotes, tt.wantUnlisted)
+			}
+			seen := map[string]bool{}
+			for _, c := range e.Changes {
+				if c.Kind != normalize.KindLayerUntouched || seen[c.Old] {
+					t.Fatalf("note %+v: want one layer-untouched note per layer", c)
+				}
+				seen[c.Old] = true
+			}
+			status := h.do(t, http.MethodGet, "/status", nil)
+			if status.status != http.StatusOK || len(status.body) > maxStatus {
+				t.Fatalf("/status: %d, %d bytes; want 200 and at most %d", status.status, len(status.body), maxStatus)
+			}
+			if want := fmt.Sprintf("and %d more changes not listed", tt.wantUnlisted); tt.wantUnlisted > 0 && !strings.Contains(string(status.body), want) {
+				t.Errorf("/status does not say %q", want)
+			}
+		})
+	}
+}
+
+// pushLayersImage pushes an image whose manifest lists layers, in order
+// (one blob may be listed more than once), all of mediaType.
+func pushLayersImage(t *testing.T, h *harness, repo, tag, mediaType string, layers [][]byte) {
+	t.Helper()
+	ctx := context.Background()
+	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest,
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))}}
+	m.SchemaVersion = 2
+	pushed := map[digest.Digest]bool{}
+	c := h.reg.Client()
+	for _, b := range append([][]byte{config}, layers...) {
+		if d := digest.FromBytes(b); !pushed[d] {
+			pushed[d] = true
+			if err := c.PushBlob(ctx, repo, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, b := range layers {
+		m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))})
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PushManifest(ctx, repo, tag, ocispec.MediaTypeImageManifest, raw); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // rleZstdLayer is a zstd layer of one frame that declares a window of
 // 1<<windowLog bytes and holds blocks run-length blocks of 128 KiB of
 // zeros (an empty tar): a few bytes a block, and a decoder that trusts the

@@ -350,9 +350,9 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 	}
 	if err == nil && (res.Changed() || len(notes) > 0) {
 		// Bounded before anyone sees it: the report takes it as it is.
-		verdict.Changes = cache.BoundChanges(append(verdict.Changes, notes...))
+		verdict.Changes, verdict.UnlistedChanges = cache.BoundChanges(append(verdict.Changes, notes...))
 		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: rules.Key(),
-			Normalized: verdict.Normalized, MediaType: verdict.MediaType, Changes: verdict.Changes})
+			Normalized: verdict.Normalized, MediaType: verdict.MediaType, Changes: verdict.Changes, UnlistedChanges: verdict.UnlistedChanges})
 	}
 	if err := store.PutNormalization(ctx, verdict); err != nil {
 		e.log.Error("caching normalization verdict failed", "digest", m.Digest, "error", err)

@@ -110,11 +110,15 @@ func (u *untouchedLayers) has(dgst digest.Digest) bool {
 	return ok
 }
 
-// notes are the report's notes of the untouched layers among layers.
+// notes are the report's notes of the untouched layers among layers: one
+// per layer digest, at its first place, however often the manifest lists
+// it.
 func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 	var out []cache.Change
+	noted := map[digest.Digest]bool{}
 	for i, desc := range layers {
-		if reason, ok := u.reason[desc.Digest]; ok {
+		if reason, ok := u.reason[desc.Digest]; ok && !noted[desc.Digest] {
+			noted[desc.Digest] = true
 			out = append(out, cache.Change{Kind: KindLayerUntouched, Path: fmt.Sprintf("layers[%d]", i), Old: desc.Digest.String(),
 				New: desc.Digest.String(), Details: []string{reason + ": " + untouchedWhy[reason]}})
 		}
