@@ -104,8 +104,8 @@ func TestStalledUpstreamLeavesSlotsForOthers(t *testing.T) {
 
 	// The stalled upstream has its two; a third is refused, not queued.
 	r = h.do(t, http.MethodGet, stalledPaths[2], nil)
-	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(string(r.body), "upstream docker.io") {
-		t.Errorf("a third download from the stalled upstream: got %d %.200s, want 503 naming it, with Retry-After", r.status, r.body)
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "5" || !strings.Contains(string(r.body), "upstream docker.io") {
+		t.Errorf("a third download from the stalled upstream: got %d %.200s, want 503 naming it, with Retry-After 5 (as a full layer work queue)", r.status, r.body)
 	}
 }
 

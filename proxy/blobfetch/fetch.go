@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -141,10 +140,6 @@ func (l Limits) withDefaults() Limits {
 // a client that retries to find it again.
 const orphanGrace = 10 * time.Second
 
-// retryAfterBusy is the Retry-After of a request refused because too many
-// downloads are waiting.
-const retryAfterBusy = 5 * time.Second
-
 // fetchOwner is who started a download: the upstream's yes to it answers
 // for every later reader with the same credentials and repository.
 type fetchOwner struct {
@@ -205,9 +200,7 @@ func (fs *Fetcher) Join(up *upstream.Registry, repo string, dgst digest.Digest) 
 		if sh.active >= sh.limit {
 			msg = "too many downloads in progress from upstream " + sh.name + "; retry shortly"
 		}
-		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, msg, nil)
-		e.RetryAfter = retryAfterBusy
-		return nil, e
+		return nil, errcode.Busy(msg, nil)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), fs.opts.Timeout)
 	ctx, cancelCause := context.WithCancelCause(ctx)
