@@ -9,6 +9,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -46,19 +47,20 @@ func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadClos
 	return src.s.openBlob(ctx, src.request(dgst, true), 0, true)
 }
 
+// Ensure is openBlob's way, so that the engine's reads are admitted as the
+// client's own are (a download this client starts answers for it, with no
+// HEAD beside it), and an evicted repackaged layer is rebuilt: it waits for
+// a download to end instead of reading it.
 func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
-	req := src.request(dgst, true)
-	if err := src.s.admit(ctx, req); err != nil {
+	b, err := src.s.openBlob(ctx, src.request(dgst, true), 0, false)
+	if err != nil {
 		return err
 	}
-	if _, err := src.s.store.StatBlob(ctx, dgst); err == nil {
-		return nil
+	defer b.Close()
+	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
+		return sr.Wait()
 	}
-	// Upstream never had a layer regnorm made: rebuild it, as openBlob does.
-	if d, err := src.s.store.GetDerived(ctx, dgst); err == nil && d.Kind == cache.DerivedLayer {
-		return src.s.rebuildLayer(ctx, req, d)
-	}
-	return src.s.fetches.Ensure(ctx, src.up, src.repo, dgst)
+	return nil // in the cache
 }
 
 func (src source) Learn(ctx context.Context, derived, from digest.Digest) {

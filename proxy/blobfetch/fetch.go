@@ -734,6 +734,11 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	return offset, nil
 }
 
+// Wait waits for the download to end, and returns its outcome: without an
+// error, the blob is in the cache. The reader's hold keeps the download
+// going meanwhile.
+func (r *Reader) Wait() error { return r.f.waitDone(r.ctx) }
+
 // Close releases the reader's hold on the download.
 func (r *Reader) Close() error {
 	r.f.Done()
