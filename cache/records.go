@@ -31,25 +31,32 @@ type Change struct {
 	Unlisted int `json:"unlisted,omitempty"`
 }
 
-// What a record keeps of its changes' details. Details come from image
-// content (a layer's paths and xattr keys), and records are read whole into
-// memory, answers and pages: rewrite bounds what one layer lists, and this
-// bounds a record of up to a thousand layers, and records written before
-// either bound.
+// What a record keeps of its changes. Changes and their details come from
+// image content (one change or note per layer, a layer's paths and xattr
+// keys), and records are read whole into memory, answers and pages: rewrite
+// bounds what one layer lists, and these bound a record of up to thousands
+// of layers, and records written before either bound.
 const (
+	// maxChanges bounds the changes one record lists.
+	maxChanges = 100
 	// maxDetailBytes bounds the details of one record, together.
 	maxDetailBytes = 64 << 10
 	// maxDetailLine bounds one line of details.
 	maxDetailLine = 2 << 10
 )
 
-// BoundChanges returns cs with at most maxDetailBytes of details in all,
-// no line longer than maxDetailLine: the lines beyond, in order, are left
-// out and counted in their change's Unlisted. The same changes always keep
-// the same lines; cs itself is not modified.
-func BoundChanges(cs []Change) []Change {
+// BoundChanges returns cs with at most maxChanges changes (the first
+// ones), at most maxDetailBytes of details in all, no line longer than
+// maxDetailLine: the lines beyond, in order, are left out and counted in
+// their change's Unlisted. It returns too how many changes it left out.
+// The same changes always keep the same lines; cs itself is not modified.
+func BoundChanges(cs []Change) ([]Change, int) {
+	cut := 0
+	if len(cs) > maxChanges {
+		cs, cut = cs[:maxChanges:maxChanges], len(cs)-maxChanges
+	}
 	if withinBounds(cs) {
-		return cs
+		return cs, cut
 	}
 	out := slices.Clone(cs)
 	budget := maxDetailBytes
@@ -68,7 +75,7 @@ func BoundChanges(cs []Change) []Change {
 		c.Details = kept
 		out[i] = c
 	}
-	return out
+	return out, cut
 }
 
 func withinBounds(cs []Change) bool {
@@ -95,9 +102,41 @@ type Normalization struct {
 	// MediaType is the variant's: Normalized's when set, else Original's.
 	MediaType string   `json:"mediaType"`
 	Changes   []Change `json:"changes,omitempty"`
+	// UnlistedChanges counts the changes beyond those Changes lists.
+	UnlistedChanges int `json:"unlistedChanges,omitempty"`
 	// Rules is the key of the rule set the verdict is for.
-	Rules     string    `json:"rules"`
-	CreatedAt time.Time `json:"createdAt"`
+	Rules string `json:"rules"`
+	// Limited, when set, are the limits under which a layer the verdict
+	// depends on (its own, or a child's) was left untouched: under larger
+	// limits the verdict is made again.
+	Limited   LayerLimits `json:"limited,omitzero"`
+	CreatedAt time.Time   `json:"createdAt"`
+}
+
+// LayerLimits are limits a layer was left untouched under: ZstdWindow for
+// a layer whose zstd frames declare a larger window, LayerSize for one
+// that decompresses further. Zero: no layer was left for that limit.
+type LayerLimits struct {
+	ZstdWindow int64 `json:"zstdWindow,omitempty"`
+	LayerSize  int64 `json:"layerSize,omitempty"`
+}
+
+// RaisedBy reports whether current raises a limit l records: a layer left
+// untouched under l may be read under current.
+func (l LayerLimits) RaisedBy(current LayerLimits) bool {
+	return l.ZstdWindow > 0 && current.ZstdWindow > l.ZstdWindow || l.LayerSize > 0 && current.LayerSize > l.LayerSize
+}
+
+// Min is the lower of each limit that l and o record: the first of them to
+// be raised decides.
+func (l LayerLimits) Min(o LayerLimits) LayerLimits {
+	lower := func(a, b int64) int64 {
+		if a == 0 || b > 0 && b < a {
+			return b
+		}
+		return a
+	}
+	return LayerLimits{ZstdWindow: lower(l.ZstdWindow, o.ZstdWindow), LayerSize: lower(l.LayerSize, o.LayerSize)}
 }
 
 // Derived kinds: content regnorm made, which upstream does not have.
@@ -226,6 +265,8 @@ type ReportEntry struct {
 	// original itself (its clients need none of the rules that change it).
 	Normalized digest.Digest `json:"normalizedDigest,omitempty"`
 	Changes    []Change      `json:"changes"`
+	// UnlistedChanges counts the changes beyond those Changes lists.
+	UnlistedChanges int `json:"unlistedChanges,omitempty"`
 	// Clients are the containerd versions this variant was served to
 	// ("unidentified" for a client that names none): the MaxReportClients
 	// most recent, most recent last.
@@ -243,6 +284,10 @@ type ReportEntry struct {
 // MaxReportClients bounds the client versions an entry lists.
 const MaxReportClients = 16
 
+// MaxReportTags bounds the tags an entry lists: an upstream may answer any
+// tag with the same image.
+const MaxReportTags = 32
+
 // Key identifies the entry: one per upstream, repository, original digest
 // and rule set.
 func (e ReportEntry) Key() string {
@@ -255,12 +300,16 @@ func (e *ReportEntry) Merge(other ReportEntry) {
 	if other.Normalized != "" || len(other.Changes) > 0 {
 		// A variant, or the notes of an original served as it is (a layer
 		// left untouched).
-		e.Normalized, e.MediaType, e.Changes = other.Normalized, other.MediaType, other.Changes
+		e.Normalized, e.MediaType, e.Changes, e.UnlistedChanges = other.Normalized, other.MediaType, other.Changes, other.UnlistedChanges
 	}
 	// A new slice: e's may be shared with a listing someone else holds.
-	tags := slices.Clone(e.Tags)
+	// The tags just served stay; past MaxReportTags, the others go from
+	// the end.
+	tags := slices.DeleteFunc(slices.Clone(e.Tags), func(t string) bool { return slices.Contains(other.Tags, t) })
+	slices.Sort(tags)
+	tags = tags[:max(0, min(len(tags), MaxReportTags-len(other.Tags)))]
 	for _, t := range other.Tags {
-		if !slices.Contains(tags, t) {
+		if !slices.Contains(tags, t) && len(tags) < MaxReportTags {
 			tags = append(tags, t)
 		}
 	}
@@ -290,6 +339,7 @@ type ReportStore interface {
 	GetReport(ctx context.Context, key string) (ReportEntry, error)
 	PutReport(ctx context.Context, e ReportEntry) error
 	ListReports(ctx context.Context) ([]ReportEntry, error)
+	PruneReports(ctx context.Context, maxEntries int, maxBytes int64) (int, error)
 }
 
 // XattrRemoval is the xattr keys stripped from one tar entry, as a layer's
@@ -317,7 +367,11 @@ type LayerVerdict struct {
 	Unlisted int            `json:"unlisted,omitempty"`
 	// Skipped, when set, is why the layer was left untouched unscanned
 	// (not-tar, too-large, zstd-window).
-	Skipped   string    `json:"skipped,omitempty"`
+	Skipped string `json:"skipped,omitempty"`
+	// Limit, for a layer skipped for a limit (too-large, zstd-window), is
+	// that limit as it was when the layer was judged: under a larger one it
+	// is judged again.
+	Limit     int64     `json:"limit,omitempty"`
 	CreatedAt time.Time `json:"createdAt"`
 }
 
@@ -386,7 +440,7 @@ func (s *Store) GetNormalization(ctx context.Context, original digest.Digest, ru
 	if n.Original != original || n.Rules != rules {
 		return Normalization{}, fmt.Errorf("get normalization %s [%s]: record is for %s [%s]", original, rules, n.Original, n.Rules)
 	}
-	n.Changes = BoundChanges(n.Changes) // a record written before the bound
+	n.bound() // a record written before the bound
 	return n, nil
 }
 
@@ -405,7 +459,7 @@ func (s *Store) PutNormalization(ctx context.Context, n Normalization) error {
 			return fmt.Errorf("put normalization %s: normalized manifest %s: %w", n.Original, n.Normalized, notFound(err))
 		}
 	}
-	n.Changes = BoundChanges(n.Changes)
+	n.bound()
 	return s.putJSON(ctx, p, n)
 }
 
@@ -419,9 +473,26 @@ func (s *Store) GetReport(ctx context.Context, key string) (ReportEntry, error) 
 	return e, nil
 }
 
-// boundReport bounds what e holds from image content, in a record written
-// before the bound.
-func boundReport(e *ReportEntry) { e.Changes = BoundChanges(e.Changes) }
+// bound bounds what n holds from image content.
+func (n *Normalization) bound() {
+	var cut int
+	n.Changes, cut = BoundChanges(n.Changes)
+	n.UnlistedChanges += cut
+}
+
+// boundReport bounds what e holds from image content and upstream answers,
+// in a record written before the bounds.
+func boundReport(e *ReportEntry) {
+	var cut int
+	e.Changes, cut = BoundChanges(e.Changes)
+	e.UnlistedChanges += cut
+	if len(e.Tags) > MaxReportTags {
+		e.Tags = e.Tags[:MaxReportTags]
+	}
+	if len(e.Clients) > MaxReportClients {
+		e.Clients = e.Clients[len(e.Clients)-MaxReportClients:]
+	}
+}
 
 // PutReport writes e under its key.
 func (s *Store) PutReport(ctx context.Context, e ReportEntry) error {
@@ -442,6 +513,49 @@ func (s *Store) ListReports(ctx context.Context) ([]ReportEntry, error) {
 		return nil, fmt.Errorf("list reports: %w", err)
 	}
 	return out, nil
+}
+
+// PruneReports removes the report entries written least recently (every
+// served count merged into an entry rewrites it) until at most maxEntries
+// remain, together at most maxBytes, and returns how many it removed. It
+// lists the entries and reads none: on S3, one LIST request per 1000
+// entries, and a DELETE per entry removed.
+func (s *Store) PruneReports(ctx context.Context, maxEntries int, maxBytes int64) (int, error) {
+	type listed struct {
+		path    string
+		modTime time.Time
+		size    int64
+	}
+	var all []listed
+	err := s.driver.Walk(ctx, "/reports", func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() && !strings.Contains(fi.Path(), ".tmp") {
+			all = append(all, listed{fi.Path(), fi.ModTime(), fi.Size()})
+		}
+		return nil
+	})
+	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+		return 0, fmt.Errorf("prune reports: %w", err)
+	}
+	slices.SortFunc(all, func(a, b listed) int {
+		if c := b.modTime.Compare(a.modTime); c != 0 {
+			return c
+		}
+		return strings.Compare(a.path, b.path)
+	})
+	kept, bytes, removed := 0, int64(0), 0
+	for _, l := range all {
+		if removed == 0 && kept < maxEntries && bytes+l.size <= maxBytes {
+			kept++
+			bytes += l.size
+			continue
+		}
+		// Full: this entry and every older one go.
+		if err := s.driver.Delete(ctx, l.path); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return removed, fmt.Errorf("prune reports: %w", err)
+		}
+		removed++
+	}
+	return removed, nil
 }
 
 // memoReads is how many records a listing reads at once.

@@ -791,30 +791,37 @@ func TestDerivedOrigins(t *testing.T) {
 	}
 }
 
-// TestBoundChanges: the details of a record's changes are cut to a budget,
-// in order, a line too long for a page is left out, and what is left out is
-// counted; the input is left alone, and the same input keeps the same lines.
+// TestBoundChanges: a record lists at most 100 changes, and the details of
+// its changes are cut to a budget, in order, a line too long for a page is
+// left out, and what is left out is counted; the input is left alone, and
+// the same input keeps the same lines.
 func TestBoundChanges(t *testing.T) {
 	t.Parallel()
 	line := strings.Repeat("x", 1000)
 	many := slices.Repeat([]string{line}, 100) // 100 KB
+	notes := slices.Repeat([]cache.Change{{Kind: "layer-untouched", Details: []string{"zstd-window"}}}, 150)
 	tests := []struct {
 		name         string
 		in           []cache.Change
 		wantDetails  []int // per change
 		wantUnlisted []int
+		wantCut      int // changes left out
 	}{
-		{"within bounds", []cache.Change{{Details: []string{"a", "b"}, Unlisted: 3}}, []int{2}, []int{3}},
-		{"one change over the budget", []cache.Change{{Details: many, Unlisted: 7}}, []int{65}, []int{35 + 7}},
+		{"within bounds", []cache.Change{{Details: []string{"a", "b"}, Unlisted: 3}}, []int{2}, []int{3}, 0},
+		{"one change over the budget", []cache.Change{{Details: many, Unlisted: 7}}, []int{65}, []int{35 + 7}, 0},
 		{"the budget spans changes", []cache.Change{{Details: many[:60]}, {Details: many[:60]}, {Details: []string{"y"}}},
-			[]int{60, 5, 0}, []int{0, 55, 1}},
-		{"a line too long", []cache.Change{{Details: []string{"a", strings.Repeat("z", 3000), "b"}}}, []int{1}, []int{2}},
+			[]int{60, 5, 0}, []int{0, 55, 1}, 0},
+		{"a line too long", []cache.Change{{Details: []string{"a", strings.Repeat("z", 3000), "b"}}}, []int{1}, []int{2}, 0},
+		{"too many changes", notes, slices.Repeat([]int{1}, 100), make([]int, 100), 50},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			before := slices.Clone(tt.in)
-			got := cache.BoundChanges(tt.in)
+			got, cut := cache.BoundChanges(tt.in)
+			if len(got) != len(tt.wantDetails) || cut != tt.wantCut {
+				t.Fatalf("%d changes kept, %d left out; want %d and %d", len(got), cut, len(tt.wantDetails), tt.wantCut)
+			}
 			size := 0
 			for i, c := range got {
 				size += len(strings.Join(c.Details, ""))
@@ -825,9 +832,70 @@ func TestBoundChanges(t *testing.T) {
 			if size > 64<<10 {
 				t.Errorf("%d bytes of details", size)
 			}
-			if !reflect.DeepEqual(tt.in, before) || !reflect.DeepEqual(cache.BoundChanges(tt.in), got) {
+			if again, _ := cache.BoundChanges(tt.in); !reflect.DeepEqual(tt.in, before) || !reflect.DeepEqual(again, got) {
 				t.Error("the input changed, or a second bound differs")
 			}
 		})
+	}
+}
+
+// TestPruneReports: pruning keeps the entries written last, as many as the
+// count and the bytes allow, and removes the others.
+func TestPruneReports(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := cache.New(inmemory.New())
+	entry := func(i int) cache.ReportEntry {
+		return cache.ReportEntry{Upstream: "docker.io", Repository: fmt.Sprintf("team/app%d", i), Original: digest.FromString(fmt.Sprint(i)), Rules: "none"}
+	}
+	var newest int64
+	for i := range 8 {
+		if err := s.PutReport(ctx, entry(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i >= 5 {
+			b, _ := json.Marshal(entry(i))
+			newest += int64(len(b))
+		}
+	}
+	kept := func() []string {
+		t.Helper()
+		all, err := s.ListReports(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var repos []string
+		for _, e := range all {
+			repos = append(repos, e.Repository)
+		}
+		slices.Sort(repos)
+		return repos
+	}
+	if n, err := s.PruneReports(ctx, 6, 1<<20); err != nil || n != 2 {
+		t.Fatalf("pruned %d, %v; want 2", n, err)
+	}
+	if got := kept(); len(got) != 6 || got[0] != "team/app2" {
+		t.Fatalf("kept %v; want app2 to app7", got)
+	}
+	if n, err := s.PruneReports(ctx, 100, newest); err != nil || n != 3 {
+		t.Fatalf("pruned %d, %v; want 3", n, err)
+	}
+	if got := kept(); !slices.Equal(got, []string{"team/app5", "team/app6", "team/app7"}) {
+		t.Fatalf("kept %v; want the three written last", got)
+	}
+}
+
+// TestMergeBoundsTags: an entry lists at most MaxReportTags tags, the one
+// just served always among them: an upstream may answer any tag with the
+// same image.
+func TestMergeBoundsTags(t *testing.T) {
+	t.Parallel()
+	var e cache.ReportEntry
+	for i := range 100 {
+		tag := fmt.Sprintf("t%03d", 99-i) // each new tag sorts first
+		e.Merge(cache.ReportEntry{Tags: []string{tag}})
+		if len(e.Tags) > cache.MaxReportTags || !slices.Contains(e.Tags, tag) || !slices.IsSorted(e.Tags) {
+			t.Fatalf("after %s: tags %v", tag, e.Tags)
+		}
 	}
 }

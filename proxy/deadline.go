@@ -16,18 +16,12 @@ import (
 // normalization outlives the deadline.
 const retryAfterNormalizing = 10 * time.Second
 
-// retryAfterBusy is the Retry-After sent with a 503 when the layer work
-// queue is full.
-const retryAfterBusy = 5 * time.Second
-
 // engineError is what a client is answered for an error of the engine: a
 // full layer work queue is 503 with Retry-After, as a full download queue
 // is; the rest as it is.
 func engineError(err error) error {
 	if errors.Is(err, normalize.ErrBusy) {
-		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "too much layer work in progress; retry shortly", err)
-		e.RetryAfter = retryAfterBusy
-		return e
+		return errcode.Busy("too much layer work in progress; retry shortly", err)
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy/normalize"
 )
 
 // pullAll fetches an image like containerd (tag, manifest, config, layers)
@@ -148,5 +150,49 @@ func TestEvictionDoesNotFollowEveryDownload(t *testing.T) {
 	waitFor(t, "a pass after 16 MiB more", func() bool { return d.walks.Load() > first })
 	if got := d.walks.Load() - first; got != 1 || first > 2 {
 		t.Fatalf("walks of /blobs: %d at the start and after 20 small downloads, %d after the big one; want 1 or 2, then 1", first, got)
+	}
+}
+
+// TestScanOfEvictedRepackagedLayerTakesOneTurn: an image may list a layer
+// regnorm made (here another tag of the same repository lists the
+// repackaged layer of the first). When that layer was evicted, its scan
+// rebuilds it first, and only then takes its turn: with one turn of layer
+// work, a scan that took its turn and then rebuilt the layer (which takes
+// a turn too) would wait on itself, and the pull would hang.
+func TestScanOfEvictedRepackagedLayerTakesOneTurn(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{clock: newFakeClock(), layerWork: normalize.WorkLimits{Running: 1}})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, xattrLayer)
+	_, body := h.pullByTag(t, "library/app", "v1")
+	var m ocispec.Manifest
+	json.Unmarshal(body, &m)
+	repacked := h.do(t, http.MethodGet, "/v2/library/app/blobs/"+m.Layers[0].Digest.String(), nil)
+	if repacked.status != http.StatusOK || digest.FromBytes(repacked.body) != m.Layers[0].Digest {
+		t.Fatalf("repackaged layer: %d", repacked.status)
+	}
+	listing := pushRawImage(t, h, "library/app", "v2", repacked.body)
+	if _, err := h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan response, 1)
+	go func() { done <- h.do(t, http.MethodGet, "/v2/library/app/manifests/v2", containerdHeader("1.6.8")) }()
+	var r response
+	waitFor(t, "the image that lists the evicted layer to be answered", func() bool {
+		select {
+		case r = <-done:
+			return true
+		default:
+		}
+		if h.metric(t, "regnorm_layer_work_queued", "") > 0 {
+			t.Fatal("layer work waits for a turn while the only turn is held: a scan waits on its own rebuild")
+		}
+		return false
+	})
+	if r.status != http.StatusOK || !bytes.Equal(r.body, listing) {
+		t.Fatalf("got %d %.200s, want the image as it is (its layer is clean)", r.status, r.body)
+	}
+	if n := h.metric(t, "regnorm_layer_rebuilds_total", ""); n != 1 {
+		t.Errorf("rebuilds = %v, want 1", n)
 	}
 }

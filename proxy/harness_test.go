@@ -56,8 +56,10 @@ type harnessOptions struct {
 	eviction     cache.EvictionPolicy
 	stall        time.Duration
 	maxLayerSize int64
-	layerWork    normalize.WorkLimits
-	clientAuth   *proxy.ClientAuth
+	// maxZstdWindow is normalize.maxZstdWindow (default 8 MiB).
+	maxZstdWindow int64
+	layerWork     normalize.WorkLimits
+	clientAuth    *proxy.ClientAuth
 	// noReportToken configures no node report token: every report is
 	// refused. Otherwise reporter's token is the one.
 	noReportToken bool
@@ -143,6 +145,7 @@ func (h *harness) restart(t testing.TB) {
 		Eviction:              h.opts.eviction,
 		StallTimeout:          h.opts.stall,
 		MaxLayerSize:          h.opts.maxLayerSize,
+		MaxZstdWindow:         h.opts.maxZstdWindow,
 		LayerWork:             h.opts.layerWork,
 		Retry:                 h.opts.retry,
 		SpoolDir:              t.TempDir(),

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -281,6 +283,103 @@ func TestLayerPathsDoNotSizeRecords(t *testing.T) {
 	}
 }
 
+// TestUntouchedLayersDoNotSizeRecords: what a manifest lists decides the
+// number of notes and changes a record keeps no more than what its layers
+// hold does. A tiny zstd layer that declares a 128 MiB window, listed a
+// thousand times, is one note (per digest); 150 different ones are the
+// first 100 notes and a count of the rest. The report and the status page
+// stay small either way. (The issue's review saw 381 KB of
+// /api/v1/rewrites and 206 KB of /status for the thousand.)
+func TestUntouchedLayersDoNotSizeRecords(t *testing.T) {
+	t.Parallel()
+	const maxReport, maxStatus = 64 << 10, 128 << 10
+	one := rleZstdLayer(27, 1)
+	var distinct [][]byte
+	for i := range 150 {
+		distinct = append(distinct, rleZstdLayer(27, i+1))
+	}
+	for _, tt := range []struct {
+		name         string
+		layers       [][]byte
+		wantNotes    int
+		wantUnlisted int
+	}{
+		{"one layer listed a thousand times", slices.Repeat([][]byte{one}, 1000), 1, 0},
+		{"150 layers", distinct, 100, 50},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, harnessOptions{})
+			pushLayersImage(t, h, "library/many", "v1", ocispec.MediaTypeImageLayerZstd, tt.layers)
+			if r := h.do(t, http.MethodHead, "/v2/library/many/manifests/v1", containerdHeader("1.6.8")); r.status != http.StatusOK {
+				t.Fatalf("pull as 1.6.8: %d", r.status)
+			}
+			report := h.do(t, http.MethodGet, "/api/v1/rewrites", nil)
+			if report.status != http.StatusOK || len(report.body) > maxReport {
+				t.Fatalf("/api/v1/rewrites: %d, %d bytes; want 200 and at most %d", report.status, len(report.body), maxReport)
+			}
+			var body struct {
+				Rewrites []struct {
+					Changes         []cache.Change `json:"changes"`
+					UnlistedChanges int            `json:"unlistedChanges"`
+				} `json:"rewrites"`
+			}
+			if err := json.Unmarshal(report.body, &body); err != nil || len(body.Rewrites) != 1 {
+				t.Fatalf("report: %v %.300s", err, report.body)
+			}
+			e := body.Rewrites[0]
+			if len(e.Changes) != tt.wantNotes || e.UnlistedChanges != tt.wantUnlisted {
+				t.Fatalf("the report lists %d notes and says %d more; want %d and %d", len(e.Changes), e.UnlistedChanges, tt.wantNotes, tt.wantUnlisted)
+			}
+			seen := map[string]bool{}
+			for _, c := range e.Changes {
+				if c.Kind != normalize.KindLayerUntouched || seen[c.Old] {
+					t.Fatalf("note %+v: want one layer-untouched note per layer", c)
+				}
+				seen[c.Old] = true
+			}
+			status := h.do(t, http.MethodGet, "/status", nil)
+			if status.status != http.StatusOK || len(status.body) > maxStatus {
+				t.Fatalf("/status: %d, %d bytes; want 200 and at most %d", status.status, len(status.body), maxStatus)
+			}
+			if want := fmt.Sprintf("and %d more changes not listed", tt.wantUnlisted); tt.wantUnlisted > 0 && !strings.Contains(string(status.body), want) {
+				t.Errorf("/status does not say %q", want)
+			}
+		})
+	}
+}
+
+// pushLayersImage pushes an image whose manifest lists layers, in order
+// (one blob may be listed more than once), all of mediaType.
+func pushLayersImage(t *testing.T, h *harness, repo, tag, mediaType string, layers [][]byte) {
+	t.Helper()
+	ctx := context.Background()
+	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest,
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))}}
+	m.SchemaVersion = 2
+	pushed := map[digest.Digest]bool{}
+	c := h.reg.Client()
+	for _, b := range append([][]byte{config}, layers...) {
+		if d := digest.FromBytes(b); !pushed[d] {
+			pushed[d] = true
+			if err := c.PushBlob(ctx, repo, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, b := range layers {
+		m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))})
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PushManifest(ctx, repo, tag, ocispec.MediaTypeImageManifest, raw); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // rleZstdLayer is a zstd layer of one frame that declares a window of
 // 1<<windowLog bytes and holds blocks run-length blocks of 128 KiB of
 // zeros (an empty tar): a few bytes a block, and a decoder that trusts the
@@ -334,25 +433,103 @@ func TestZstdWindowLeavesLayerUntouched(t *testing.T) {
 	}
 }
 
-// TestLayerWorkIsBounded: layer scans take turns. With two turns and two
-// places in the queue, four images pulled at once run two scans and queue
-// two (their downloads held upstream, so nothing ends meanwhile): the
-// others have not even opened their layer. A fifth is answered 503 with
+// TestRaisedLimitsJudgeLayersAgain: a layer left untouched for a limit
+// (its zstd window, its decompressed size) is judged again once the limit
+// is raised, and so are the verdicts that depended on it: the image's and
+// the index's that lists it. Under the small limit containerd 1.6.8 gets
+// both as upstream has them; after a restart with a larger limit on the
+// same cache, it gets them normalized (the layer's xattr on a symlink
+// stripped).
+func TestRaisedLimitsJudgeLayersAgain(t *testing.T) {
+	t.Parallel()
+	raw, _, err := regtest.Layer(xattrLayer, ocispec.MediaTypeImageLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, mediaType string
+		layer           []byte
+		small, large    harnessOptions
+		reason          string
+	}{
+		{"zstd window", ocispec.MediaTypeImageLayerZstd, regtest.ZstdRawFrame(21, raw), // a 2 MiB window
+			harnessOptions{maxZstdWindow: 1 << 20}, harnessOptions{maxZstdWindow: 4 << 20}, "zstd-window"},
+		{"layer size", regtest.MediaTypeDockerLayer, bomb(t, 2<<20),
+			harnessOptions{maxLayerSize: 1 << 20}, harnessOptions{maxLayerSize: 8 << 20}, "too-large"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, tt.small)
+			manifest := pushRawLayerImage(t, h, "library/limits", "v1", tt.mediaType, tt.layer)
+			index := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"manifests":[{"mediaType":%q,"digest":%q,"size":%d,"platform":{"architecture":"amd64","os":"linux"}}]}`,
+				ocispec.MediaTypeImageIndex, mediaTypeOf(t, manifest), digest.FromBytes(manifest), len(manifest)))
+			if err := h.reg.Client().PushManifest(context.Background(), "library/limits", "multi", ocispec.MediaTypeImageIndex, index); err != nil {
+				t.Fatal(err)
+			}
+			for tag, want := range map[string][]byte{"v1": manifest, "multi": index} {
+				r := h.do(t, http.MethodGet, "/v2/library/limits/manifests/"+tag, containerdHeader("1.6.8"))
+				if r.status != http.StatusOK || !bytes.Equal(r.body, want) {
+					t.Fatalf("%s under the small limit: %d %.200s, want it untouched", tag, r.status, r.body)
+				}
+			}
+			if got := h.metric(t, "regnorm_layers_skipped_total", `reason="`+tt.reason+`"`); got != 1 {
+				t.Fatalf("layers skipped for %s: %v, want 1", tt.reason, got)
+			}
+
+			h.opts.maxZstdWindow, h.opts.maxLayerSize = tt.large.maxZstdWindow, tt.large.maxLayerSize
+			h.restart(t)
+			r := h.do(t, http.MethodGet, "/v2/library/limits/manifests/v1", containerdHeader("1.6.8"))
+			var m ocispec.Manifest
+			if r.status != http.StatusOK || json.Unmarshal(r.body, &m) != nil || len(m.Layers) != 1 || m.Layers[0].Digest == digest.FromBytes(tt.layer) {
+				t.Fatalf("the image under the larger limit: %d %.300s; want its layer repackaged", r.status, r.body)
+			}
+			normalized := digest.FromBytes(r.body)
+			r = h.do(t, http.MethodGet, "/v2/library/limits/manifests/multi", containerdHeader("1.6.8"))
+			var idx ocispec.Index
+			if r.status != http.StatusOK || json.Unmarshal(r.body, &idx) != nil || len(idx.Manifests) != 1 || idx.Manifests[0].Digest != normalized {
+				t.Fatalf("the index under the larger limit: %d %.300s; want it to list the normalized image", r.status, r.body)
+			}
+		})
+	}
+}
+
+// mediaTypeOf is a manifest's own mediaType field.
+func mediaTypeOf(t *testing.T, manifest []byte) string {
+	t.Helper()
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	if err := json.Unmarshal(manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m.MediaType
+}
+
+// TestLayerWorkIsBounded: layer scans take turns, and a scan takes its
+// turn only once its layer is in the cache. Four images pulled at once
+// with their downloads held upstream hold no turn. Let go, with two turns
+// and two places in the queue, they run two scans and queue two (the two
+// running held on their cache reads, so nothing ends meanwhile): the
+// waiting ones have not opened their layer. A fifth is answered 503 with
 // Retry-After at once. Released, every pull gets its normalized image.
 func TestLayerWorkIsBounded(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock() // no request reaches its deadline
-	h := newHarness(t, harnessOptions{clock: clk, layerWork: normalize.WorkLimits{Running: 2, Queued: 2}})
+	d := &gatedReads{StorageDriver: filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 50}), gated: map[string]bool{}}
+	h := newHarness(t, harnessOptions{clock: clk, store: cache.New(d), layerWork: normalize.WorkLimits{Running: 2, Queued: 2}})
 	for i := range 5 {
-		h.push(t, fmt.Sprintf("library/work%d", i), "v1", regtest.ImageOptions{},
+		img := h.push(t, fmt.Sprintf("library/work%d", i), "v1", regtest.ImageOptions{},
 			append(slices.Clone(xattrLayer), regtest.File{Name: fmt.Sprintf("id%d", i), Content: []byte("x")}))
+		d.gate(digest.FromBytes(img.Layers[0]))
 	}
-	release, unblock := gate(t)
+	reads, unblockReads := gate(t)
+	d.release = reads
+	downloads, unblockDownloads := gate(t)
 	var held atomic.Int64
 	h.front.set(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
 			held.Add(1)
-			<-release
+			<-downloads
 		}
 		h.front.relay(w, r)
 	})
@@ -362,11 +539,22 @@ func TestLayerWorkIsBounded(t *testing.T) {
 			answers <- h.do(t, http.MethodHead, fmt.Sprintf("/v2/library/work%d/manifests/v1", i), containerdHeader("1.6.8"))
 		}()
 	}
+	waitFor(t, "the four layer downloads to reach the upstream", func() bool {
+		if h.metric(t, "regnorm_layer_work_inflight", "") > 0 {
+			t.Fatal("a scan took its turn before its layer was downloaded: it holds the turn while upstream takes its time")
+		}
+		return held.Load() == 4
+	})
+	if n := h.metric(t, "regnorm_layer_work_queued", ""); n != 0 {
+		t.Errorf("layer work waiting while its layers download: %v, want 0", n)
+	}
+
+	unblockDownloads()
 	waitFor(t, "two scans to run and two to wait", func() bool {
 		return h.metric(t, "regnorm_layer_work_inflight", "") == 2 && h.metric(t, "regnorm_layer_work_queued", "") == 2
 	})
-	if n := held.Load(); n != 2 {
-		t.Errorf("%d layer downloads started, want 2: waiting work must not open its layer", n)
+	if n := d.opened.Load(); n != 2 {
+		t.Errorf("%d layers opened, want 2: waiting work must not open its layer", n)
 	}
 	r := h.do(t, http.MethodHead, "/v2/library/work4/manifests/v1", containerdHeader("1.6.8"))
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "5" {
@@ -379,7 +567,7 @@ func TestLayerWorkIsBounded(t *testing.T) {
 		t.Errorf("layer work running: %v, want 2", n)
 	}
 
-	unblock()
+	unblockReads()
 	for range 4 {
 		if r := <-answers; r.status != http.StatusOK {
 			t.Errorf("a queued pull: %d %s", r.status, r.body)
@@ -394,4 +582,29 @@ func TestLayerWorkIsBounded(t *testing.T) {
 	if h.metric(t, "regnorm_layer_work_inflight", "") != 0 || h.metric(t, "regnorm_layer_work_queued", "") != 0 {
 		t.Error("layer work left running or waiting")
 	}
+}
+
+// gatedReads is a cache driver whose reads of the gated blobs wait until
+// release is closed, counting the readers that opened one.
+type gatedReads struct {
+	storagedriver.StorageDriver
+	gated   map[string]bool // blob data paths; set before any read
+	release <-chan struct{}
+	opened  atomic.Int64
+}
+
+func (d *gatedReads) gate(dgst digest.Digest) {
+	d.gated["/blobs/sha256/"+dgst.Encoded()[:2]+"/"+dgst.Encoded()+"/data"] = true
+}
+
+func (d *gatedReads) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
+	if d.gated[p] {
+		d.opened.Add(1)
+		select {
+		case <-d.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return d.StorageDriver.Reader(ctx, p, offset)
 }

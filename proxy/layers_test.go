@@ -41,6 +41,10 @@ func TestRepackagesSymlinkXattrLayer(t *testing.T) {
 	if dgst == img.ManifestDigest {
 		t.Fatal("served under the original digest")
 	}
+	// The scans' downloads admitted the client: no HEAD was sent beside them.
+	if n := h.reg.Requests(http.MethodHead, "blobs"); n != 0 {
+		t.Errorf("%d blob HEADs upstream for a cold pull, want 0", n)
+	}
 	var m, orig ocispec.Manifest
 	json.Unmarshal(body, &m)
 	json.Unmarshal(img.Manifest, &orig)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,10 @@ type reporter struct {
 	store cache.ReportStore
 	clock Clock
 	log   *slog.Logger
+	// The bounds of the stored entries, together (maxReportEntries and
+	// maxReportBytes), and of the pending ones.
+	maxEntries int
+	maxBytes   int64
 
 	mu      sync.Mutex
 	pending map[string]cache.ReportEntry
@@ -34,8 +39,19 @@ type reporter struct {
 }
 
 func newReporter(store cache.ReportStore, clock Clock, log *slog.Logger) *reporter {
-	return &reporter{store: store, clock: clock, log: log, pending: map[string]cache.ReportEntry{}, listed: newRecent[[]cache.ReportEntry](clock)}
+	return &reporter{store: store, clock: clock, log: log, maxEntries: maxReportEntries, maxBytes: maxReportBytes,
+		pending: map[string]cache.ReportEntry{}, listed: newRecent[[]cache.ReportEntry](clock)}
 }
+
+// The report keeps at most maxReportEntries entries, together at most
+// maxReportBytes as stored (each entry is bounded too: cache.BoundChanges,
+// MaxReportTags, MaxReportClients): beyond, the entries written least
+// recently go. So its listing, which every page is cut from, is bounded
+// in memory however many images and repositories are pulled.
+const (
+	maxReportEntries = 10000
+	maxReportBytes   = 64 << 20
+)
 
 // stored lists the stored entries, or reuses a recent listing.
 func (r *reporter) stored(ctx context.Context) ([]cache.ReportEntry, error) {
@@ -82,13 +98,18 @@ func (r *recent[T]) forget() {
 	r.mu.Unlock()
 }
 
-// Add merges delta into the pending changes of its entry.
+// Add merges delta into the pending changes of its entry. A new entry
+// past maxEntries pending (the store failing to take them) is dropped: the
+// next answer adds it again.
 func (r *reporter) Add(delta cache.ReportEntry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := delta.Key()
 	e, ok := r.pending[key]
 	if !ok {
+		if len(r.pending) >= r.maxEntries {
+			return
+		}
 		e = identity(delta)
 	}
 	e.Merge(delta)
@@ -112,10 +133,11 @@ func (r *reporter) flush(ctx context.Context) error {
 	}
 	defer r.listed.forget()
 	var errs []error
+	created := false
 	for key, delta := range pending {
 		cur, err := r.store.GetReport(ctx, key)
 		if errors.Is(err, cache.ErrNotFound) {
-			cur, err = identity(delta), nil
+			cur, err, created = identity(delta), nil, true
 		}
 		if err == nil {
 			cur.Merge(delta)
@@ -124,6 +146,17 @@ func (r *reporter) flush(ctx context.Context) error {
 		if err != nil {
 			errs = append(errs, err)
 			r.Add(delta)
+		}
+	}
+	if created {
+		// Only a new entry makes the report grow: each is bounded.
+		n, err := r.store.PruneReports(ctx, r.maxEntries, r.maxBytes)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if n > 0 {
+			r.log.Info("rewrite report full: removed the entries written least recently", "removed", n,
+				"max_entries", r.maxEntries, "max_bytes", r.maxBytes)
 		}
 	}
 	return errors.Join(errs...)
@@ -223,7 +256,7 @@ func (s *Server) served(req distRequest, original cache.Manifest, client ruleset
 	now := s.clock.Now().UTC()
 	return cache.ReportEntry{Upstream: req.remote.Upstream(), Repository: req.repo, Original: original.Digest,
 		Rules:      reportRules(normalize.Applicable(original, client.Rules)),
-		Normalized: verdict.Normalized, Changes: verdict.Changes, MediaType: verdict.MediaType,
+		Normalized: verdict.Normalized, Changes: verdict.Changes, UnlistedChanges: verdict.UnlistedChanges, MediaType: verdict.MediaType,
 		Tags: []string{req.tag}, Clients: clientNames(client), FirstServed: now, LastServed: now, TimesServed: 1}
 }
 
@@ -303,7 +336,7 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 	s.metrics.unnormalizedPulls.Inc()
 	s.reports.Add(cache.ReportEntry{Upstream: req.remote.Upstream(), Repository: req.repo, Original: m.Digest,
 		Rules:      reportRules(normalize.Applicable(m, client.Rules)),
-		Normalized: n.Normalized, MediaType: n.MediaType, Changes: n.Changes, // the digest to pin instead
+		Normalized: n.Normalized, MediaType: n.MediaType, Changes: n.Changes, UnlistedChanges: n.UnlistedChanges, // the digest to pin instead
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
 		"upstream", req.remote.Upstream(), "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
@@ -311,15 +344,24 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 	return true
 }
 
-// serveReport answers GET /api/v1/rewrites with every rewrite entry.
+// reportPageSize is how many entries a page of /api/v1/rewrites lists.
+const reportPageSize = 50
+
+// serveReport answers GET /api/v1/rewrites with a page of the rewrite
+// entries (?page=N, from 1), most recently served first.
 func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) error {
 	entries, hidden, err := s.visibleReport(r.Context())
 	if err != nil {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
 	}
-	if entries == nil {
-		entries = []cache.ReportEntry{}
+	pages := max(1, (len(entries)+reportPageSize-1)/reportPageSize)
+	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	page = min(max(page, 1), pages)
+	start := (page - 1) * reportPageSize
+	listed := entries[start:min(start+reportPageSize, len(entries))]
+	if listed == nil {
+		listed = []cache.ReportEntry{}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	return writeJSON(w, map[string]any{"rewrites": entries, "hidden": hidden})
+	return writeJSON(w, map[string]any{"rewrites": listed, "hidden": hidden, "total": len(entries), "page": page, "pages": pages})
 }

@@ -3,8 +3,10 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -101,7 +104,85 @@ func TestStalledUpstreamLeavesSlotsForOthers(t *testing.T) {
 
 	// The stalled upstream has its two; a third is refused, not queued.
 	r = h.do(t, http.MethodGet, stalledPaths[2], nil)
-	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(string(r.body), "upstream docker.io") {
-		t.Errorf("a third download from the stalled upstream: got %d %.200s, want 503 naming it, with Retry-After", r.status, r.body)
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "5" || !strings.Contains(string(r.body), "upstream docker.io") {
+		t.Errorf("a third download from the stalled upstream: got %d %.200s, want 503 naming it, with Retry-After 5 (as a full layer work queue)", r.status, r.body)
+	}
+}
+
+// TestStalledUpstreamLeavesLayerWorkForOthers: with two turns of layer
+// work, an upstream that never answers blob downloads holds none of them,
+// however many of its images are being normalized: a scan takes its turn
+// only once its layer is in the cache. Another upstream's image that needs
+// its layers scanned (containerd 1.6.8, an xattr on a symlink) is
+// normalized meanwhile. (Before, each of the stalled upstream's scans took
+// a turn and then waited for its download: two of them held every turn, up
+// to the fetch timeout.) No timing: the stalled upstream's handler blocks
+// until the test lets it go, and no request reaches its deadline.
+func TestStalledUpstreamLeavesLayerWorkForOthers(t *testing.T) {
+	t.Parallel()
+	other := regtest.Start(t, regtest.Options{})
+	otherURL, _ := url.Parse(other.URL)
+	h := newHarness(t, harnessOptions{
+		clock:     newFakeClock(),
+		layerWork: normalize.WorkLimits{Running: 2, Queued: 2},
+		more:      []upstream.Config{{Name: "quay.io", URL: otherURL}},
+	})
+	for i := range 2 {
+		h.push(t, fmt.Sprintf("library/stalled%d", i), "v1", regtest.ImageOptions{},
+			append(slices.Clone(xattrLayer), regtest.File{Name: fmt.Sprintf("id%d", i), Content: []byte("x")}))
+	}
+	good, err := regtest.BuildImage(regtest.ImageOptions{}, baseLayer, xattrLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Client().PushImage(context.Background(), "library/good", "v1", good); err != nil {
+		t.Fatal(err)
+	}
+
+	var entered atomic.Int64
+	release := make(chan struct{})
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			entered.Add(1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		h.front.relay(w, r)
+	})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(release); wg.Wait() })
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.do(t, http.MethodHead, fmt.Sprintf("/v2/library/stalled%d/manifests/v1", i), containerdHeader("1.6.8"))
+		}()
+	}
+	waitFor(t, "both stalled layer downloads to reach the upstream", func() bool { return entered.Load() == 2 })
+
+	done := make(chan response, 1)
+	go func() {
+		done <- h.do(t, http.MethodHead, "/v2/library/good/manifests/v1?ns=quay.io", containerdHeader("1.6.8"))
+	}()
+	var r response
+	waitFor(t, "the other upstream's image to be normalized, or to be kept waiting", func() bool {
+		select {
+		case r = <-done:
+			return true
+		default:
+		}
+		if h.metric(t, "regnorm_layer_work_inflight", "") == 2 && h.metric(t, "regnorm_layer_work_queued", "") >= 1 {
+			t.Fatal("the stalled upstream's scans hold every turn of layer work: the other upstream's scan waits")
+		}
+		return false
+	})
+	if r.status != http.StatusOK || digest.Digest(r.header.Get("Docker-Content-Digest")) == good.ManifestDigest {
+		t.Fatalf("the other upstream's image for 1.6.8: %d, %s; want it normalized", r.status, r.header.Get("Docker-Content-Digest"))
+	}
+	if n := h.metric(t, "regnorm_layer_work_inflight", ""); n != 0 {
+		t.Errorf("layer work running while only the stalled downloads are under way: %v, want 0", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -44,11 +45,20 @@ func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadClos
 	return src.s.openBlob(ctx, src.request(dgst, true), 0, true)
 }
 
+// Ensure is openBlob's way, so that the engine's reads are admitted as the
+// client's own are (a download this client starts answers for it, with no
+// HEAD beside it), and an evicted repackaged layer is rebuilt: it waits for
+// a download to end instead of reading it.
 func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
-	if err := src.s.admit(ctx, src.request(dgst, true)); err != nil {
+	b, err := src.s.openBlob(ctx, src.request(dgst, true), 0, false)
+	if err != nil {
 		return err
 	}
-	return src.s.fetches.Ensure(ctx, src.remote, dgst)
+	defer b.Close()
+	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
+		return sr.Wait()
+	}
+	return nil // in the cache
 }
 
 func (src source) Learn(ctx context.Context, derived, from digest.Digest) {

@@ -93,7 +93,10 @@ type statusData struct {
 	Matching   int
 	Shown      int
 	Entries    []cache.ReportEntry
-	NeedRepin  []cache.ReportEntry
+	// NeedRepin are the first statusPageSize entries pulled by an original
+	// digest, of NeedRepinCount.
+	NeedRepin      []cache.ReportEntry
+	NeedRepinCount int
 	// The fleet: nodes pulling through, by containerd version; nodes that
 	// node-config found do not use the mirror (at most a page of them).
 	NodesPulling  int
@@ -146,7 +149,9 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	var matching []cache.ReportEntry
 	for _, e := range entries {
 		if e.UnnormalizedPulls > 0 {
-			d.NeedRepin = append(d.NeedRepin, e)
+			if d.NeedRepinCount++; len(d.NeedRepin) < statusPageSize {
+				d.NeedRepin = append(d.NeedRepin, e)
+			}
 		}
 		if matches(e, d.Query) {
 			matching = append(matching, e)

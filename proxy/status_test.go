@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"html"
 	"net/http"
@@ -43,6 +44,9 @@ func TestStatusPage(t *testing.T) {
 	}
 }
 
+// TestStatusPageWithAThousandEntries: the status page and the report's API
+// list a thousand entries a page at a time, most recently served first:
+// the entries, and the pulls that need re-pinning (all of them here).
 func TestStatusPageWithAThousandEntries(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
@@ -51,7 +55,7 @@ func TestStatusPageWithAThousandEntries(t *testing.T) {
 		e := cache.ReportEntry{Upstream: "docker.io", Repository: fmt.Sprintf("team/app%04d", i), Tags: []string{"v1"},
 			Original: digest.FromString(fmt.Sprint("o", i)), Normalized: digest.FromString(fmt.Sprint("n", i)),
 			Changes:    []cache.Change{{Kind: "symlink-xattrs", Path: "layers[0]"}},
-			LastServed: now.Add(-time.Duration(i) * time.Minute), TimesServed: 1}
+			LastServed: now.Add(-time.Duration(i) * time.Minute), TimesServed: 1, UnnormalizedPulls: 1}
 		if err := h.store.PutReport(context.Background(), e); err != nil {
 			t.Fatal(err)
 		}
@@ -60,11 +64,42 @@ func TestStatusPageWithAThousandEntries(t *testing.T) {
 	if n := strings.Count(page, `<tr class="entry">`); n != 50 {
 		t.Fatalf("page 2 lists %d entries, want 50", n)
 	}
-	if !strings.Contains(page, "team/app0050") || strings.Contains(page, "team/app0049<") || !strings.Contains(page, "page 2 of 20") {
+	_, rewrites, _ := strings.Cut(page, `<section id="rewrites">`)
+	if !strings.Contains(rewrites, "team/app0050") || strings.Contains(rewrites, "team/app0049<") || !strings.Contains(rewrites, "page 2 of 20") {
 		t.Fatal("page 2 is not the second fifty, most recent first")
 	}
 	filtered := string(h.do(t, http.MethodGet, "/status?q=app0999", nil).body)
 	if n := strings.Count(filtered, `<tr class="entry">`); n != 1 {
 		t.Fatalf("filter found %d entries, want 1", n)
+	}
+	_, repin, _ := strings.Cut(page, `<section id="repin">`)
+	repin, _, _ = strings.Cut(repin, "</section>")
+	if n := strings.Count(repin, "<tr>") - 1; n != 50 || !strings.Contains(repin, "of 1000") {
+		t.Fatalf("the pulls to re-pin list %d rows, want the first 50 of 1000", n)
+	}
+
+	for _, tt := range []struct {
+		query      string
+		page       int
+		first      string
+		wantListed int
+	}{
+		{"", 1, "team/app0000", 50},
+		{"?page=2", 2, "team/app0050", 50},
+		{"?page=20", 20, "team/app0950", 50},
+		{"?page=99", 20, "team/app0950", 50},
+	} {
+		r := h.do(t, http.MethodGet, "/api/v1/rewrites"+tt.query, nil)
+		var body struct {
+			Rewrites           []cache.ReportEntry `json:"rewrites"`
+			Total, Page, Pages int
+		}
+		if err := json.Unmarshal(r.body, &body); err != nil || r.status != http.StatusOK {
+			t.Fatalf("/api/v1/rewrites%s: %d %v", tt.query, r.status, err)
+		}
+		if len(body.Rewrites) != tt.wantListed || body.Rewrites[0].Repository != tt.first || body.Total != 1000 || body.Page != tt.page || body.Pages != 20 {
+			t.Errorf("/api/v1/rewrites%s: %d entries from %s, total %d, page %d of %d; want %d from %s, total 1000, page %d of 20",
+				tt.query, len(body.Rewrites), body.Rewrites[0].Repository, body.Total, body.Page, body.Pages, tt.wantListed, tt.first, tt.page)
+		}
 	}
 }

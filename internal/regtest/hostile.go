@@ -37,6 +37,36 @@ func ZstdWindowBomb(windowLog uint, size int64) []byte {
 	return b.Bytes()
 }
 
+// ZstdRawFrame returns a zstd frame whose header declares a window of
+// 1<<windowLog bytes and whose raw (stored) blocks hold content: a decoder
+// that accepts the window gets content back, whatever the window.
+func ZstdRawFrame(windowLog uint, content []byte) []byte {
+	if windowLog < 17 || windowLog > 41 {
+		panic(fmt.Sprintf("zstd window log %d out of range for 128 KiB blocks", windowLog))
+	}
+	const maxBlock = 128 << 10
+	var b bytes.Buffer
+	b.Write([]byte{0x28, 0xb5, 0x2f, 0xfd}) // magic
+	b.WriteByte(0x00)                       // no content size, not single segment, no checksum, no dictionary
+	b.WriteByte(byte(windowLog-10) << 3)    // window descriptor: exponent, mantissa 0
+	for left := content; ; {
+		n := min(len(left), maxBlock)
+		last := uint32(0)
+		if n == len(left) {
+			last = 1
+		}
+		hdr := uint32(n)<<3 | last // a raw block of n bytes
+		var h [4]byte
+		binary.LittleEndian.PutUint32(h[:], hdr)
+		b.Write(h[:3])
+		b.Write(left[:n])
+		left = left[n:]
+		if last == 1 {
+			return b.Bytes()
+		}
+	}
+}
+
 // LongSymlinks returns n symlinks whose names are pathLen bytes long, each
 // with a user.* xattr: the symlink xattr rule removes the xattrs
 // and records each entry's path.

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -174,10 +173,6 @@ func (l Limits) withDefaults() Limits {
 // a client that retries to find it again.
 const orphanGrace = 10 * time.Second
 
-// retryAfterBusy is the Retry-After of a request refused because too many
-// downloads are waiting.
-const retryAfterBusy = 5 * time.Second
-
 // Download is one download. Fields above mu are set before ready closes and
 // never change afterwards.
 type Download struct {
@@ -226,9 +221,7 @@ func (fs *Fetcher) Join(r Remote, dgst digest.Digest) (*Download, error) {
 		if sh.active >= sh.limit {
 			msg = "too many downloads in progress from upstream " + sh.name + "; retry shortly"
 		}
-		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, msg, nil)
-		e.RetryAfter = retryAfterBusy
-		return nil, e
+		return nil, errcode.Busy(msg, nil)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), fs.opts.Timeout)
 	ctx, cancelCause := context.WithCancelCause(ctx)
@@ -762,6 +755,11 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	r.off = offset
 	return offset, nil
 }
+
+// Wait waits for the download to end, and returns its outcome: without an
+// error, the blob is in the cache. The reader's hold keeps the download
+// going meanwhile.
+func (r *Reader) Wait() error { return r.f.waitDone(r.ctx) }
 
 // Close releases the reader's hold on the download.
 func (r *Reader) Close() error {

@@ -57,6 +57,20 @@ func New(status int, code, msg string, cause error) *Error {
 	return &Error{Status: status, Code: code, Message: msg, Err: cause}
 }
 
+// RetryAfterBusy is the Retry-After of a request refused because as much
+// work of its kind as regnorm allows is running and waiting already
+// (downloads, layer work): soon enough for a client that retries to find a
+// place, late enough not to make the queue busier.
+const RetryAfterBusy = 5 * time.Second
+
+// Busy is the answer to such a request: 503 UNAVAILABLE with msg and
+// Retry-After RetryAfterBusy; cause is for the log.
+func Busy(msg string, cause error) *Error {
+	e := New(http.StatusServiceUnavailable, Unavailable, msg, cause)
+	e.RetryAfter = RetryAfterBusy
+	return e
+}
+
 // Public is the *Error a client is answered with for err: err's own, or a
 // generic internal error (its cause is for the log only).
 func Public(err error) *Error {

@@ -64,7 +64,10 @@ type Source interface {
 	// spool while it downloads, or from the cache. A short or wrong blob
 	// is an error at the end of the read.
 	OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error)
-	// Ensure makes sure the cache holds dgst, fetching it again if needed.
+	// Ensure makes sure the cache holds dgst: it downloads it (or joins
+	// the download under way), or rebuilds it when it is a repackaged
+	// layer that was evicted. Layer work calls it before it takes its
+	// turn, never under one.
 	Ensure(ctx context.Context, dgst digest.Digest) error
 	// Learn records that the repository holds derived, made from source
 	// (which it holds upstream).
@@ -177,7 +180,7 @@ func (e *Engine) Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Se
 		return cache.Normalization{}, false
 	}
 	n, err := e.opts.Store.GetNormalization(ctx, m.Digest, e.verdictKey(m, rules))
-	return n, err == nil
+	return n, err == nil && !n.Limited.RaisedBy(e.current())
 }
 
 // verdictKey is what m's verdict under rules is kept under: the rule set
@@ -197,7 +200,9 @@ func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, ru
 	if !mayNeed(m, rules, depth) {
 		return clean, nil
 	}
-	if n, err := e.opts.Store.GetNormalization(ctx, m.Digest, key); err == nil {
+	// A verdict that left a layer untouched for a limit raised since is
+	// made again: the layer may be read now.
+	if n, err := e.opts.Store.GetNormalization(ctx, m.Digest, key); err == nil && !n.Limited.RaisedBy(e.current()) {
 		if n.Normalized == "" {
 			return Result{Manifest: m, Verdict: n}, nil
 		}
@@ -288,17 +293,19 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 	start := time.Now()
 	var res rewrite.Result
 	var notes []cache.Change // what the report says beside the changes
+	var untouched untouchedLayers
 	var err error
 	switch {
 	case schema1.Is(m.MediaType):
-		res, err = e.convertSchema1(ctx, src, m)
+		res, err = e.convertSchema1(ctx, src, m, &untouched)
 	case rewrite.IsManifest(m.MediaType):
-		res, notes, err = e.normalizeImage(ctx, src, m, rules)
+		res, notes, err = e.normalizeImage(ctx, src, m, rules, &untouched)
 	default:
-		res, err = e.normalizeIndex(ctx, src, m, rules, depth)
+		res, err = e.normalizeIndex(ctx, src, m, rules, depth, &untouched)
 	}
 	store := e.opts.Store
-	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: e.verdictKey(m, rules), CreatedAt: e.opts.Now().UTC()}
+	verdict := cache.Normalization{Original: m.Digest, MediaType: m.MediaType, Rules: e.verdictKey(m, rules), Limited: untouched.limits(),
+		CreatedAt: e.opts.Now().UTC()}
 	out := m
 	result := "clean"
 	switch {
@@ -336,16 +343,16 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 		// work.
 		if again := Applicable(out, rules); !again.Empty() {
 			if err := store.PutNormalization(ctx, cache.Normalization{Original: res.Digest, MediaType: res.MediaType,
-				Rules: e.verdictKey(out, again), CreatedAt: verdict.CreatedAt}); err != nil {
+				Rules: e.verdictKey(out, again), Limited: verdict.Limited, CreatedAt: verdict.CreatedAt}); err != nil {
 				e.log.Error("caching normalization verdict failed", "digest", res.Digest, "error", err)
 			}
 		}
 	}
 	if err == nil && (res.Changed() || len(notes) > 0) {
 		// Bounded before anyone sees it: the report takes it as it is.
-		verdict.Changes = cache.BoundChanges(append(verdict.Changes, notes...))
+		verdict.Changes, verdict.UnlistedChanges = cache.BoundChanges(append(verdict.Changes, notes...))
 		e.opts.Reports.Add(cache.ReportEntry{Upstream: src.Upstream(), Repository: src.Repository(), Original: m.Digest, Rules: rules.Key(),
-			Normalized: verdict.Normalized, MediaType: verdict.MediaType, Changes: verdict.Changes})
+			Normalized: verdict.Normalized, MediaType: verdict.MediaType, Changes: verdict.Changes, UnlistedChanges: verdict.UnlistedChanges})
 	}
 	if err := store.PutNormalization(ctx, verdict); err != nil {
 		e.log.Error("caching normalization verdict failed", "digest", m.Digest, "error", err)
@@ -361,8 +368,8 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 // a rule needs it.
 //
 // Beside the result, it returns the report's notes of the layers it left
-// untouched.
-func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set) (rewrite.Result, []cache.Change, error) {
+// untouched, which it adds to untouched.
+func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, untouched *untouchedLayers) (rewrite.Result, []cache.Change, error) {
 	plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
 	if err != nil {
 		return rewrite.Result{}, nil, fmt.Errorf("%w: %w", errInvalidContent, err)
@@ -372,14 +379,13 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 		return rewrite.Result{}, nil, fmt.Errorf("%w: config is %d bytes, more than %d", errInvalidContent, plan.Config.Size, maxConfigSize)
 	}
 	var layers map[digest.Digest]rewrite.LayerResult
-	var untouched untouchedLayers
 	if rules.SymlinkXattrs {
-		if layers, err = e.repackagedLayers(ctx, src, plan.Layers, &untouched); err != nil {
+		if layers, err = e.repackagedLayers(ctx, src, plan.Layers, untouched); err != nil {
 			return rewrite.Result{}, nil, err
 		}
 	}
 	if rules.ZstdGzip {
-		if layers, err = e.gzipLayers(ctx, src, plan.Layers, layers, &untouched); err != nil {
+		if layers, err = e.gzipLayers(ctx, src, plan.Layers, layers, untouched); err != nil {
 			return rewrite.Result{}, nil, err
 		}
 	}
@@ -409,8 +415,9 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 // normalizeIndex normalizes the children of the configured platforms (a
 // few at a time, stopping at the first that fails) and points the index at
 // those that changed. The others are not read: each read is an upstream
-// pull.
-func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int) (rewrite.Result, error) {
+// pull. The limits under which the children's verdicts left layers
+// untouched go to untouched: the index's verdict depends on them.
+func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int, untouched *untouchedLayers) (rewrite.Result, error) {
 	children, err := rewrite.IndexChildren(m.MediaType, m.Content)
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
@@ -432,6 +439,7 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 		if err != nil {
 			return err
 		}
+		untouched.addLimits(n.Verdict.Limited)
 		if n.Changed() {
 			mu.Lock()
 			changed[child.Digest] = ocispec.Descriptor{MediaType: n.Manifest.MediaType, Digest: n.Manifest.Digest, Size: int64(len(n.Manifest.Content))}

@@ -82,14 +82,12 @@ func (s *memSource) Manifest(_ context.Context, dgst digest.Digest) (cache.Manif
 }
 
 func (s *memSource) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error) {
-	s.mu.Lock()
-	s.reads = append(s.reads, dgst)
-	s.mu.Unlock()
+	s.read(dgst)
 	if dgst == s.short {
 		b := s.blobs[dgst]
 		return io.NopCloser(bytes.NewReader(b[:len(b)/2])), nil
 	}
-	if err := s.Ensure(ctx, dgst); err != nil {
+	if err := s.ensure(ctx, dgst); err != nil {
 		return nil, err
 	}
 	rc, _, err := s.store.OpenVerified(ctx, dgst)
@@ -97,6 +95,17 @@ func (s *memSource) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCl
 }
 
 func (s *memSource) Ensure(ctx context.Context, dgst digest.Digest) error {
+	s.read(dgst)
+	return s.ensure(ctx, dgst)
+}
+
+func (s *memSource) read(dgst digest.Digest) {
+	s.mu.Lock()
+	s.reads = append(s.reads, dgst)
+	s.mu.Unlock()
+}
+
+func (s *memSource) ensure(ctx context.Context, dgst digest.Digest) error {
 	if _, err := s.store.StatBlob(ctx, dgst); err == nil {
 		return nil
 	}
@@ -270,26 +279,55 @@ func TestVerdictsAreReused(t *testing.T) {
 	}
 }
 
-// TestShortLayerIsNoVerdict: a layer that arrives short, even with a clean
-// end of stream, is an error: the engine verifies what it reads itself, and
-// neither a layer verdict nor a normalization is recorded.
-func TestShortLayerIsNoVerdict(t *testing.T) {
+// TestShortBlobIsNoVerdict: a blob that arrives short through the source,
+// even with a clean end of stream, is an error: the engine verifies what
+// it reads itself, and no normalization is recorded.
+func TestShortBlobIsNoVerdict(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	store := cache.New(inmemory.New())
+	img := build(t, legacy, baseLayer)
+	src := newSource(store, img)
+	src.short = digest.FromBytes(img.Config)
+	if res, err := newEngine(store).Normalize(ctx, src, manifestOf(img), both); err == nil {
+		t.Fatalf("normalized from a short config: %+v", res.Verdict)
+	}
+	if n, err := store.GetNormalization(ctx, img.ManifestDigest, both.Key()); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("normalization from a short read: %+v, %v", n, err)
+	}
+}
+
+// TestDamagedLayerIsFetchedAgain: a layer is read from the cache once
+// fetched, verified as it is read. A cached copy whose bytes went bad is
+// no verdict: it is removed and fetched again, once, and the verdict is
+// made from the good copy.
+func TestDamagedLayerIsFetchedAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	driver := inmemory.New()
+	store := cache.New(driver)
 	img := build(t, regtest.ImageOptions{}, baseLayer, xattrLayer)
 	src := newSource(store, img)
 	var m ocispec.Manifest
 	json.Unmarshal(img.Manifest, &m)
-	src.short = m.Layers[1].Digest
-	if res, err := newEngine(store).Normalize(ctx, src, manifestOf(img), both); err == nil {
-		t.Fatalf("normalized from a short layer: %+v", res.Verdict)
+	layer := m.Layers[1].Digest
+	if err := src.ensure(ctx, layer); err != nil {
+		t.Fatal(err)
 	}
-	if v, err := store.GetLayerVerdict(ctx, m.Layers[1].Digest); !errors.Is(err, cache.ErrNotFound) {
-		t.Fatalf("layer verdict from a short read: %+v, %v", v, err)
+	good := src.blobs[layer]
+	bad := append([]byte{good[0] ^ 0xff}, good[1:]...)
+	if err := driver.PutContent(ctx, "/blobs/sha256/"+layer.Encoded()[:2]+"/"+layer.Encoded()+"/data", bad); err != nil {
+		t.Fatal(err)
 	}
-	if n, err := store.GetNormalization(ctx, img.ManifestDigest, both.Key()); !errors.Is(err, cache.ErrNotFound) {
-		t.Fatalf("normalization from a short read: %+v, %v", n, err)
+	res, err := newEngine(store).Normalize(ctx, src, manifestOf(img), both)
+	if err != nil || !res.Changed() {
+		t.Fatalf("normalized from a damaged cached layer: %+v, %v", res.Verdict, err)
+	}
+	if v, err := store.GetLayerVerdict(ctx, layer); err != nil || v.Repacked == "" {
+		t.Fatalf("layer verdict: %+v, %v; want it repackaged", v, err)
+	}
+	if n := slices.Index(src.blobReads(), layer); n < 0 || slices.Index(src.blobReads()[n+1:], layer) < 0 {
+		t.Fatalf("reads %v: want the layer fetched twice", src.blobReads())
 	}
 }
 

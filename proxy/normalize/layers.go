@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -35,7 +36,7 @@ func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocis
 		if err != nil {
 			return err
 		}
-		untouched.add(desc.Digest, v.Skipped)
+		untouched.add(desc.Digest, v.Skipped, v.Limit)
 		if v.Repacked != "" {
 			mu.Lock()
 			fixes[desc.Digest] = layerResult(v)
@@ -58,13 +59,19 @@ var untouchedWhy = map[string]string{
 	"zstd-window": "a zstd frame declares a window beyond normalize.maxZstdWindow: served as upstream has it",
 }
 
-// untouchedLayers collects the layers of one image left untouched, and why.
+// untouchedLayers collects the layers of one image left untouched, and
+// why; and the limits under which any layer a verdict depends on was left
+// untouched (its own, or for an index its children's), which the verdict
+// records.
 type untouchedLayers struct {
-	mu     sync.Mutex
-	reason map[digest.Digest]string
+	mu      sync.Mutex
+	reason  map[digest.Digest]string
+	limited cache.LayerLimits
 }
 
-func (u *untouchedLayers) add(dgst digest.Digest, reason string) {
+// add notes layer dgst left untouched for reason (none: it was not), under
+// limit when the reason is a limit.
+func (u *untouchedLayers) add(dgst digest.Digest, reason string, limit int64) {
 	if reason == "" {
 		return
 	}
@@ -74,6 +81,26 @@ func (u *untouchedLayers) add(dgst digest.Digest, reason string) {
 		u.reason = map[digest.Digest]string{}
 	}
 	u.reason[dgst] = reason
+	switch reason {
+	case "zstd-window":
+		u.limited = u.limited.Min(cache.LayerLimits{ZstdWindow: limit})
+	case "too-large":
+		u.limited = u.limited.Min(cache.LayerLimits{LayerSize: limit})
+	}
+}
+
+// addLimits notes the limits a verdict this one depends on was made under.
+func (u *untouchedLayers) addLimits(l cache.LayerLimits) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.limited = u.limited.Min(l)
+}
+
+// limits are the limits under which the layers were left untouched.
+func (u *untouchedLayers) limits() cache.LayerLimits {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.limited
 }
 
 func (u *untouchedLayers) has(dgst digest.Digest) bool {
@@ -83,11 +110,15 @@ func (u *untouchedLayers) has(dgst digest.Digest) bool {
 	return ok
 }
 
-// notes are the report's notes of the untouched layers among layers.
+// notes are the report's notes of the untouched layers among layers: one
+// per layer digest, at its first place, however often the manifest lists
+// it.
 func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 	var out []cache.Change
+	noted := map[digest.Digest]bool{}
 	for i, desc := range layers {
-		if reason, ok := u.reason[desc.Digest]; ok {
+		if reason, ok := u.reason[desc.Digest]; ok && !noted[desc.Digest] {
+			noted[desc.Digest] = true
 			out = append(out, cache.Change{Kind: KindLayerUntouched, Path: fmt.Sprintf("layers[%d]", i), Old: desc.Digest.String(),
 				New: desc.Digest.String(), Details: []string{reason + ": " + untouchedWhy[reason]}})
 		}
@@ -95,9 +126,11 @@ func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 	return out
 }
 
-// layerVerdict scans one layer once, however many images and requests want it.
+// layerVerdict scans one layer once, however many images and requests
+// want it; again only when it was left untouched for a limit that has been
+// raised since.
 func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
-	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil {
+	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil && !e.raised(v) {
 		return v, nil
 	}
 	v, err, _ := e.layers.Do(dgst.String()+" "+src.Identity(), func() (any, error) {
@@ -117,10 +150,10 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	switch reason := skipReason(err); {
 	case reason != "":
 		// Not a tar regnorm reads, or beyond a limit: served as it is, and
-		// never scanned again.
+		// not scanned again (under a larger limit, it is).
 		e.m.LayersSkipped.WithLabelValues(reason).Inc()
 		e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", dgst, "reason", reason, "error", err)
-		v.Skipped = reason
+		v.Skipped, v.Limit = reason, e.limitOf(reason)
 		return v, e.opts.Store.PutLayerVerdict(ctx, v)
 	case err != nil:
 		return cache.LayerVerdict{}, err
@@ -147,7 +180,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	return v, nil
 }
 
-// scanLayer reads a layer as it arrives, through the source, for what the
+// scanLayer reads a layer, fetched through the source, for what the
 // symlink xattr rule would remove.
 func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) (rewrite.LayerScan, error) {
 	var scan rewrite.LayerScan
@@ -158,35 +191,49 @@ func (e *Engine) scanLayer(ctx context.Context, src Source, dgst digest.Digest) 
 	return scan, err
 }
 
-// readLayer reads layer dgst through src, verified as it is read, and
-// hands the stream to read. Whatever read concludes counts only once the
-// whole blob has verified: what read leaves is read too, and a short or
-// wrong blob is an error, never a verdict. A cached copy that fails
-// verification is gone: it is fetched again, once. It returns the blob's
-// size.
+// readLayer reads layer dgst, fetched through src into the cache and read
+// from there verified, and hands the stream to read. Whatever read
+// concludes counts only once the whole blob has verified: what read leaves
+// is read too, and a short or wrong blob is an error, never a verdict. A
+// cached copy that fails verification, or that was evicted before it was
+// opened, is fetched again, once. It returns the blob's size.
 func (e *Engine) readLayer(ctx context.Context, src Source, dgst digest.Digest, read func(io.Reader) error) (int64, error) {
 	n, err := e.readLayerOnce(ctx, src, dgst, read)
-	if damaged(err) {
-		e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
+	if damaged(err) || errors.Is(err, errGone) {
+		e.log.Warn("cached layer failed verification or went; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
 		n, err = e.readLayerOnce(ctx, src, dgst, read)
 	}
 	return n, err
 }
 
+// errGone is a layer that left the cache between its fetch and its read
+// (evicted meanwhile).
+var errGone = errors.New("layer left the cache before it was read")
+
 func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Digest, read func(io.Reader) error) (int64, error) {
-	// The turn comes first: nothing is opened (no download started, no
-	// decoder allocated) for work that waits.
-	done, err := e.work.turn(ctx)
+	// The download first, holding no turn: downloads are bounded on their
+	// own (a queue, and a share of it per upstream), and an upstream that
+	// answers slowly must hold only its own share of them, never the turns
+	// that every other upstream's layers wait for.
+	if err := src.Ensure(ctx, dgst); err != nil {
+		return 0, err
+	}
+	// Then the turn, before the layer is opened: work that waits holds no
+	// decoder.
+	ctx, done, err := e.work.turn(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
-	b, err := openVerified(ctx, src, dgst)
+	rc, _, err := e.opts.Store.OpenVerified(ctx, dgst)
+	if errors.Is(err, cache.ErrNotFound) {
+		return 0, fmt.Errorf("read layer %s: %w: %w", dgst, errGone, err)
+	}
 	if err != nil {
 		return 0, err
 	}
-	defer b.Close()
-	counted := &countingReader{r: b}
+	defer rc.Close()
+	counted := &countingReader{r: rc}
 	err = read(counted)
 	if _, rerr := io.Copy(io.Discard, counted); rerr != nil {
 		return counted.n, fmt.Errorf("read layer %s: %w", dgst, rerr)
@@ -200,13 +247,16 @@ func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Dige
 // new blob, from the cached original, verified as it is read. want, when
 // set, is the digest the result must have (a rebuild).
 func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
-	done, err := e.work.turn(ctx)
+	ctx, done, err := e.work.turn(ctx)
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
 	defer done()
 	store := e.opts.Store
 	rc, _, err := store.OpenVerified(ctx, dgst)
+	if errors.Is(err, cache.ErrNotFound) {
+		return rewrite.LayerResult{}, fmt.Errorf("repackage layer %s: %w: %w", dgst, errGone, err)
+	}
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
@@ -243,14 +293,15 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 }
 
 // repackFromOriginal repackages the cached layer dgst. If the cached copy
-// fails verification (it is then removed), the layer is fetched again
-// through the source and repackaged from that.
+// fails verification (it is then removed), or was evicted since it was
+// fetched, the layer is fetched again through the source (holding no turn)
+// and repackaged from that.
 func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
 	res, err := e.repackLayer(ctx, dgst, want, t)
-	if !damaged(err) {
+	if !damaged(err) && !errors.Is(err, errGone) {
 		return res, err
 	}
-	e.log.Warn("cached layer failed verification; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
+	e.log.Warn("cached layer failed verification or went; fetching it again", "repo", src.Repository(), "digest", dgst, "error", err)
 	if err := src.Ensure(ctx, dgst); err != nil {
 		return rewrite.LayerResult{}, err
 	}
@@ -368,7 +419,7 @@ func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.De
 			// as the symlink rule leaves it.
 			e.m.LayersSkipped.WithLabelValues(skip).Inc()
 			e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", desc.Digest, "reason", skip, "error", err)
-			untouched.add(desc.Digest, skip)
+			untouched.add(desc.Digest, skip, e.limitOf(skip))
 			return nil
 		}
 		if err != nil {
@@ -420,6 +471,37 @@ var SkipReasons = []string{"not-tar", "too-large", "zstd-window"}
 // limits are what reading one layer may take.
 func (e *Engine) limits() rewrite.Limits {
 	return rewrite.Limits{Size: e.opts.MaxLayerSize, ZstdWindow: e.opts.MaxZstdWindow}
+}
+
+// current are the limits in force, as verdicts record them.
+func (e *Engine) current() cache.LayerLimits {
+	l := cache.LayerLimits{ZstdWindow: e.opts.MaxZstdWindow, LayerSize: e.opts.MaxLayerSize}
+	if l.ZstdWindow <= 0 {
+		l.ZstdWindow = rewrite.DefaultZstdWindow
+	}
+	if l.LayerSize <= 0 {
+		l.LayerSize = math.MaxInt64 // no bound
+	}
+	return l
+}
+
+// limitOf is the limit a layer left untouched for reason was judged
+// under: 0 when reason is not a limit.
+func (e *Engine) limitOf(reason string) int64 {
+	switch reason {
+	case "zstd-window":
+		return e.current().ZstdWindow
+	case "too-large":
+		return e.current().LayerSize
+	}
+	return 0
+}
+
+// raised reports whether v left its layer untouched for a limit that is
+// larger now (or that it does not record: written before limits were).
+func (e *Engine) raised(v cache.LayerVerdict) bool {
+	limit := e.limitOf(v.Skipped)
+	return limit > 0 && (v.Limit == 0 || limit > v.Limit)
 }
 
 // isZstdLayer reports whether mediaType is a zstd layer containerd unpacks.

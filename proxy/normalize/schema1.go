@@ -16,7 +16,7 @@ import (
 // every layer that is not a throwaway (a few at a time, verified as they
 // are read) for its size and diff ID, and stores the new config, made from
 // the manifest, as a blob derived from it.
-func (e *Engine) convertSchema1(ctx context.Context, src Source, m cache.Manifest) (rewrite.Result, error) {
+func (e *Engine) convertSchema1(ctx context.Context, src Source, m cache.Manifest, untouched *untouchedLayers) (rewrite.Result, error) {
 	layers, err := rewrite.PlanSchema1(m.Content)
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
@@ -32,6 +32,11 @@ func (e *Engine) convertSchema1(ctx context.Context, src Source, m cache.Manifes
 	var mu sync.Mutex
 	err = fewAtATime(ctx, layerFetches, read, func(ctx context.Context, dgst digest.Digest) error {
 		b, err := e.schema1Blob(ctx, src, dgst)
+		if reason := skipReason(err); reason != "" {
+			// The image is served as it is: so it is judged again under
+			// larger limits.
+			untouched.add(dgst, reason, e.limitOf(reason))
+		}
 		if err != nil {
 			return err
 		}

@@ -12,6 +12,16 @@ import (
 // try again shortly.
 var ErrBusy = errors.New("too much layer work in progress")
 
+// errNestedTurn is a piece of work that asks for a turn while it holds
+// one. It would wait on itself: with as many such pieces as there are
+// turns, every turn would wait for one of them. A turn is therefore taken
+// only around reading and writing the cache; whatever may take one (a
+// download, a rebuild) comes before it.
+var errNestedTurn = errors.New("layer work asked for a turn while holding one")
+
+// holdsTurn marks the context of work that holds a turn.
+type holdsTurn struct{}
+
 // WorkLimits bound the layer work: scans, repackagings and recompressions.
 // Each holds a decompressor and maybe a compressor, whose memory is bounded
 // by the layer limits (the zstd window above all); these bound how many
@@ -19,9 +29,11 @@ var ErrBusy = errors.New("too much layer work in progress")
 type WorkLimits struct {
 	// Running is how many run at once.
 	Running int
-	// Queued is how many more may wait for a turn; beyond, the work fails
-	// with ErrBusy. A waiting piece holds nothing yet: its layer is opened
-	// once it has its turn.
+	// Queued is how many more may wait for a turn; beyond,
+	// the work fails with ErrBusy. A waiting piece holds no decoder: its
+	// layer is fetched into the cache before it asks for a turn (the
+	// downloads have bounds of their own, per upstream), and opened once
+	// it has one.
 	Queued int
 }
 
@@ -55,20 +67,27 @@ func newWorkQueue(l WorkLimits, m Metrics) *workQueue {
 	return &workQueue{limits: l.withDefaults(), m: m}
 }
 
-// turn waits for a turn to run, and returns the function that ends it. It
-// fails at once with ErrBusy when the queue is full, or with ctx's error.
-func (q *workQueue) turn(ctx context.Context) (done func(), err error) {
+// turn waits for a turn to run, and returns the context to run it with
+// (the work done under the turn uses it, so that a turn asked for under it
+// is refused) and the function that ends it. It fails at once with ErrBusy
+// when the queue is full, with errNestedTurn when ctx holds a turn
+// already, or with ctx's error.
+func (q *workQueue) turn(ctx context.Context) (context.Context, func(), error) {
+	if ctx.Value(holdsTurn{}) != nil {
+		return nil, nil, errNestedTurn
+	}
+	held := context.WithValue(ctx, holdsTurn{}, true)
 	q.mu.Lock()
 	if q.running < q.limits.Running && len(q.waiting) == 0 {
 		q.running++
 		q.mu.Unlock()
 		q.m.LayerWorkInflight.Inc()
-		return q.ender(), nil
+		return held, q.ender(), nil
 	}
 	if len(q.waiting) >= q.limits.Queued {
 		q.mu.Unlock()
 		q.m.LayerWorkRejected.Inc()
-		return nil, ErrBusy
+		return nil, nil, ErrBusy
 	}
 	given := make(chan struct{})
 	q.waiting = append(q.waiting, given)
@@ -76,7 +95,7 @@ func (q *workQueue) turn(ctx context.Context) (done func(), err error) {
 	q.m.LayerWorkQueued.Inc()
 	select {
 	case <-given:
-		return q.ender(), nil
+		return held, q.ender(), nil
 	case <-ctx.Done():
 	}
 	q.mu.Lock()
@@ -90,7 +109,7 @@ func (q *workQueue) turn(ctx context.Context) (done func(), err error) {
 		q.mu.Unlock()
 		q.m.LayerWorkQueued.Dec()
 	}
-	return nil, context.Cause(ctx)
+	return nil, nil, context.Cause(ctx)
 }
 
 // ender is the end of a running turn: it goes to the first waiting piece,

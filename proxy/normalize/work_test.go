@@ -3,8 +3,8 @@ package normalize
 import (
 	"context"
 	"errors"
-	"runtime"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -41,22 +41,28 @@ func TestWorkQueue(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	endA, err := q.turn(ctx)
+	heldA, endA, err := q.turn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Work that holds a turn is refused another at once: it would wait on
+	// itself.
+	if _, _, err := q.turn(heldA); !errors.Is(err, errNestedTurn) {
+		t.Fatalf("a turn under a turn: %v, want errNestedTurn", err)
+	}
+	gauges(1, 0)
 	type result struct {
 		done func()
 		err  error
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	b, c := make(chan result, 1), make(chan result, 1)
-	go func() { done, err := q.turn(cctx); b <- result{done, err} }()
+	go func() { _, done, err := q.turn(cctx); b <- result{done, err} }()
 	waitQueued(t, q, 1)
-	go func() { done, err := q.turn(ctx); c <- result{done, err} }()
+	go func() { _, done, err := q.turn(ctx); c <- result{done, err} }()
 	waitQueued(t, q, 2)
 	gauges(1, 2)
-	if _, err := q.turn(ctx); !errors.Is(err, ErrBusy) || value("r") != 1 {
+	if _, _, err := q.turn(ctx); !errors.Is(err, ErrBusy) || value("r") != 1 {
 		t.Fatalf("past the queue: %v", err)
 	}
 	cancel()
@@ -75,8 +81,12 @@ func TestWorkQueue(t *testing.T) {
 	gauges(0, 0)
 }
 
+// waitQueued waits until n pieces wait for a turn, and fails the test if
+// they do not within a minute: a bound on liveness, never a verdict on
+// speed.
 func waitQueued(t *testing.T, q *workQueue, n int) {
 	t.Helper()
+	deadline := time.Now().Add(time.Minute)
 	for {
 		q.mu.Lock()
 		got := len(q.waiting)
@@ -84,6 +94,9 @@ func waitQueued(t *testing.T, q *workQueue, n int) {
 		if got == n {
 			return
 		}
-		runtime.Gosched()
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %d pieces to wait for a turn: %d do", n, got)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
