@@ -59,6 +59,13 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 	}
 	// And one that containerd 1.6.8 needs fixed: its layers are scanned
 	// and repackaged beside the hostile images'.
+	// A layer of the good upstream's that nobody has pulled yet, whose digest
+	// the hostile upstream claims to have too, and drips.
+	coldLayer := regtest.RandomBytes(256 << 10)
+	if err := (&regtest.Client{Base: goodURL}).PushBlob(ctx, "good/cold", coldLayer); err != nil {
+		t.Fatal(err)
+	}
+	coldDigest := digest.FromBytes(coldLayer)
 	goodXattr, err := regtest.BuildImage(regtest.ImageOptions{}, []regtest.File{
 		{Name: "bin/app", Content: regtest.RandomBytes(1 << 20)},
 		{Name: "bin/link", Typeflag: tar.TypeSymlink, Linkname: "app", PAXRecords: map[string]string{"SCHILY.xattr.user.a": "b"}},
@@ -320,6 +327,23 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 	})
 	<-runCtx.Done()
 	wg.Wait()
+	// A download the hostile upstream drips never reaches the good
+	// upstream's clients: they get the good bytes, whole and at once.
+	func() {
+		drip, stopDrip := context.WithTimeout(ctx, time.Second)
+		defer stopDrip()
+		getIn(drip, http.MethodGet, "/v2/evil/x/blobs/"+coldDigest.String()+"?ns=hostile.example", "containerd/2.3.4")
+		fetch, stopFetch := context.WithTimeout(ctx, time.Minute)
+		defer stopFetch()
+		resp, body, err := getIn(fetch, http.MethodGet, "/v2/good/cold/blobs/"+coldDigest.String(), "containerd/2.3.4")
+		switch {
+		case err != nil:
+			t.Errorf("the good upstream's blob, while the hostile one drips it: %v", err)
+		case resp.StatusCode != http.StatusOK || digest.FromBytes(body) != coldDigest:
+			t.Errorf("the good upstream's blob, while the hostile one drips it: %d, %d bytes, want it whole", resp.StatusCode, len(body))
+		}
+	}()
+
 	// Then every hostile image is pulled to the end, and the pages show
 	// what the scans recorded.
 	settle, stop := context.WithTimeout(ctx, 5*time.Minute)
@@ -387,8 +411,9 @@ func TestHostileImagesAndUpstream(t *testing.T) {
 // hostileUpstream relays to the registry at target, except for the tricks
 // TestHostileImagesAndUpstream plays: goodManifest served as an index, an
 // HTML page as a manifest, redirects to inward, a blob of unknown length
-// that never ends, blobs (the paths in stalled) it never sends, and the
-// index wide whose children it does not have (it counts the GETs of those).
+// that never ends, any blob of evil/x a byte at a time, blobs (the paths in
+// stalled) it never sends, and the index wide whose children it does not
+// have (it counts the GETs of those).
 func hostileUpstream(t *testing.T, target string, goodManifest, wide []byte, stalled map[string]bool, stalledGets *atomic.Int64, inward string, wideChildGets *atomic.Int64) http.Handler {
 	u, err := url.Parse(target)
 	if err != nil {
@@ -406,6 +431,21 @@ func hostileUpstream(t *testing.T, target string, goodManifest, wide []byte, sta
 			io.WriteString(w, `<html><body><script>alert(document.domain)</script></body></html>`)
 		case strings.HasPrefix(path, "/v2/trap/redirect/"):
 			http.Redirect(w, r, inward+"/latest/meta-data/"+strings.TrimPrefix(path, "/v2/trap/redirect/"), http.StatusTemporaryRedirect)
+		case strings.HasPrefix(path, "/v2/evil/x/blobs/"):
+			// Any digest, a byte at a time: a download that is never done.
+			w.Header().Set("Content-Length", "1000000")
+			w.WriteHeader(http.StatusOK)
+			for range 1000 {
+				if _, err := w.Write([]byte("A")); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
 		case stalled[path]:
 			stalledGets.Add(1)
 			<-r.Context().Done() // headers and all: nothing, until regnorm gives up
