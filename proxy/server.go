@@ -95,11 +95,11 @@ type Options struct {
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
 	// AuthFailuresPerMinute bounds the failed authentication attempts of
-	// one client address, client credentials and node report tokens each
-	// on their own: that many at once, and that many more a minute. Past
-	// it, 429 to wrong credentials and to those that would cost a bcrypt
-	// comparison; a right token or a remembered pair always gets in.
-	// Default DefaultAuthFailuresPerMinute.
+	// one client address, password checks, wrong client tokens and wrong
+	// node report tokens each on their own: that many at once, and that
+	// many more a minute. Past it, 429 to wrong tokens and to credentials
+	// that would cost a bcrypt comparison; a right token or a remembered
+	// pair always gets in. Default DefaultAuthFailuresPerMinute.
 	AuthFailuresPerMinute int
 	// NodeReportTokens are the SHA-256 hashes of the tokens node-config's
 	// reports (POST /api/v1/nodes) must carry, a credential only
@@ -231,8 +231,8 @@ func New(opts Options) (*Server, error) {
 		patientDeadline: opts.PatientDeadline,
 		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
-		clientAuth:      newClientAuth(opts.ClientAuth, newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute)),
-		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute),
+		clientAuth:      newClientAuth(opts.ClientAuth, opts.Clock, opts.AuthFailuresPerMinute, opts.Metrics),
+		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute, false),
 		reportTokens:    opts.NodeReportTokens,
 		hostsDir:        opts.NodeHostsDir,
 		lookups:         make(chan struct{}, originalLookups),

@@ -108,10 +108,11 @@ type AuthConfig struct {
 	// too: they name the images pulled.
 	ProtectReport bool `yaml:"protectReport"`
 	// FailuresPerMinute bounds the failed authentication attempts of one
-	// client address (client credentials; node report tokens apart): that
-	// many at once and that many more a minute; past it, 429 to wrong
-	// tokens and to pairs that would cost a bcrypt comparison. A right
-	// token or a verified pair always gets in.
+	// client address, counted apart for bcrypt comparisons, wrong client
+	// tokens and wrong node report tokens: that many at once and that
+	// many more a minute; past it, 429 to wrong tokens and to pairs that
+	// would cost a bcrypt comparison. A right token or a verified pair
+	// always gets in.
 	FailuresPerMinute int `yaml:"failuresPerMinute"`
 }
 
