@@ -10,12 +10,20 @@ import (
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+
+	"github.com/regnorm/regnorm/internal/containerdcfg"
 )
 
 // NodeReport is what regnorm node-config found on one node: whether its
 // containerd reads the hosts.toml that sends it to regnorm, and if not, why
 // and what would fix it. Reports are shared by every replica through the
 // cache.
+//
+// Why is said by Reasons, codes of a fixed set with the values they need;
+// Reason and Fix are words made from them and the facts by whoever shows a
+// report (node-config in its status file, regnorm in its fleet view), never
+// sent nor kept: what an operator reads is the words of the one who shows
+// it, not of the sender.
 type NodeReport struct {
 	Node              string `json:"node"`
 	Address           string `json:"address"`
@@ -23,14 +31,17 @@ type NodeReport struct {
 	HostsDir          string `json:"hostsDir"`
 	// ConfigVersion is the configuration version whose plugin names
 	// containerd reads (a drop-in's on 1.x may differ from the main file's).
-	ConfigVersion   int       `json:"configVersion"`
-	ConfigPath      string    `json:"configPath"`
-	TransferService bool      `json:"transferService"`
-	ReadsHostsToml  bool      `json:"readsHostsToml"`
-	Reason          string    `json:"reason,omitempty"`
-	Fix             string    `json:"fix,omitempty"`
-	DropIn          string    `json:"dropIn,omitempty"`
-	ReportedAt      time.Time `json:"reportedAt"`
+	ConfigVersion   int                    `json:"configVersion"`
+	ConfigPath      string                 `json:"configPath"`
+	TransferService bool                   `json:"transferService"`
+	ReadsHostsToml  bool                   `json:"readsHostsToml"`
+	Reasons         []containerdcfg.Reason `json:"reasons,omitempty"`
+	Reason          string                 `json:"reason,omitempty"`
+	Fix             string                 `json:"fix,omitempty"`
+	// DropIn is node-config's own drop-in (containerdcfg.DropInName),
+	// where containerd's configuration imports it.
+	DropIn     string    `json:"dropIn,omitempty"`
+	ReportedAt time.Time `json:"reportedAt"`
 }
 
 // NodeStore keeps node-config's reports.

@@ -465,6 +465,7 @@ func TestChartDetails(t *testing.T) {
 		`{auth: {protectReport: true}}`:  "need auth.htpasswdSecret or auth.tokensSecret",
 		`{config: {extra: {cache: {}}}}`: "config.extra.cache: the chart renders cache itself",
 		`{service: {clusterIP: 10.96.0.9}, nodeConfig: {enabled: true, configPath: "/etc/containerd/certs.d:/etc/docker/certs.d"}}`: "must be one directory",
+		`{service: {clusterIP: 10.96.0.9}, nodeConfig: {enabled: true, fix: {enabled: true, dropInDir: /etc/containerd.d}}}`:        "must be under the directory of nodeConfig.containerdConfig",
 	} {
 		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want %q", values, err, want)
@@ -523,8 +524,9 @@ func TestChartDetails(t *testing.T) {
 // checkReportToken: node-config's reports carry a token only regnorm and
 // node-config hold: the chart makes a random one (or takes the operator's
 // Secret) and mounts the same Secret and key in both; regnorm's
-// nodes.hostsDir is node-config's configPath. Without reports, neither
-// holds a token.
+// nodes.hostsDir is node-config's configPath, and its
+// nodes.containerdConfigDir the directory of node-config's
+// containerdConfig. Without reports, neither holds a token.
 func checkReportToken(t *testing.T) {
 	t.Helper()
 	// The Secret and key each workload mounts the file it is given from.
@@ -556,8 +558,9 @@ func checkReportToken(t *testing.T) {
 		objs := render(t, chartCases[name])
 		cfg := configMapData(t, objs, "regnorm", "regnorm.yaml")
 		file := regexp.MustCompile(`reportTokenFile: (\S+)`).FindStringSubmatch(cfg)
-		if file == nil || !strings.Contains(cfg, "hostsDir: "+want.hostsDir+"\n") {
-			t.Errorf("%s: regnorm's configuration lacks reportTokenFile, or hostsDir %s:\n%s", name, want.hostsDir, cfg)
+		configDir := filepath.Dir(want.hostsDir) // certs.d is in containerd's configuration directory in both
+		if file == nil || !strings.Contains(cfg, "hostsDir: "+want.hostsDir+"\n") || !strings.Contains(cfg, "containerdConfigDir: "+configDir+"\n") {
+			t.Errorf("%s: regnorm's configuration lacks reportTokenFile, or hostsDir %s, or containerdConfigDir %s:\n%s", name, want.hostsDir, configDir, cfg)
 			continue
 		}
 		var reportArg string

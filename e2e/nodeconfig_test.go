@@ -84,13 +84,14 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 			node := startContainerdVersion(t, tt.kind, tt.opts)
 			// A regnorm of its own: every node here pulls from 127.0.0.1.
 			// It takes node-config's reports with the report token, about
-			// the node's hosts directory.
+			// the node's hosts directory, with the drop-in in the node's
+			// containerd configuration directory.
 			reportToken := filepath.Join(t.TempDir(), "report-token")
 			if err := os.WriteFile(reportToken, []byte("e2e-node-report-token\n"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			mirror := startRegnormForWith(t, upstreamHost, registryURL,
-				fmt.Sprintf("nodes:\n  reportTokenFile: %s\n  hostsDir: %s\n", reportToken, node.hostsDir))
+				fmt.Sprintf("nodes:\n  reportTokenFile: %s\n  hostsDir: %s\n  containerdConfigDir: %s\n", reportToken, node.hostsDir, filepath.Dir(node.configFile)))
 			status := filepath.Join(t.TempDir(), "status.json")
 			args := []string{"node-config", "--interval=1s", "--config-path=" + node.hostsDir, "--mirror=" + mirror,
 				"--containerd-config=" + node.configFile, "--containerd-socket=" + node.socket, "--status-file=" + status,
@@ -115,7 +116,15 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 				t.Errorf("reason %q, fix %q; want %q and the lines to add", rep.Reason, rep.Fix, tt.reason)
 			}
 			checkProbe(t, status, want)
-			checkFleet(t, mirror, "node-"+tt.kind.name, map[bool]string{true: "no pull seen yet", false: "does not use the mirror"}[want])
+			// The fleet view says why in regnorm's words, made from
+			// node-config's codes: the same as node-config's.
+			n := checkFleet(t, mirror, "node-"+tt.kind.name, map[bool]string{true: "no pull seen yet", false: "does not use the mirror"}[want])
+			if !want && (n.NodeConfig == nil || !strings.Contains(n.NodeConfig.Reason, tt.reason) || n.NodeConfig.Fix == "") {
+				t.Errorf("the fleet view's report %+v; want the reason %q and the lines to add", n.NodeConfig, tt.reason)
+			}
+			if tt.fixes && (n.NodeConfig == nil || n.NodeConfig.DropIn != filepath.Join(node.confDir, "99-regnorm.toml") || !strings.Contains(n.NodeConfig.Reason, "restart containerd")) {
+				t.Errorf("the fleet view's report %+v; want the drop-in written, and a restart", n.NodeConfig)
+			}
 
 			dropIn := filepath.Join(node.confDir, "99-regnorm.toml")
 			if tt.fix && !tt.fixes {

@@ -1,11 +1,14 @@
 package proxy_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"maps"
 	"net/http"
+	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -223,13 +226,15 @@ func TestUnknownUsersCostWhatKnownOnesDo(t *testing.T) {
 
 // TestFailedAttemptsAreLimited: past its allowance of failed attempts, an
 // address gets 429 TOOMANYREQUESTS with Retry-After to what would cost a
-// bcrypt comparison (which is not run) and to wrong tokens, until the
-// allowance refills. A success costs none of it.
+// bcrypt comparison (which is not run), until the allowance refills. A
+// success costs none of it. Wrong tokens cost no comparison: they have an
+// allowance of their own, past which they get 429 too, and which spends
+// nothing of the allowance of comparisons.
 func TestFailedAttemptsAreLimited(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock()
 	h := newHarness(t, harnessOptions{clock: clk, authFailures: 3, clientAuth: &proxy.ClientAuth{
-		Users:  map[string][]byte{"alice": mustHash(t, "alice-pass"), "carol": mustHash(t, "carol-pass")},
+		Users:  map[string][]byte{"alice": mustHash(t, "alice-pass"), "carol": mustHash(t, "carol-pass"), "dave": mustHash(t, "dave-pass")},
 		Tokens: [][sha256.Size]byte{sha256.Sum256([]byte(robotToken))}}})
 	checks := h.srv.CountPasswordChecks()
 	try := func(header http.Header, want int, comparisons int64) response {
@@ -244,21 +249,34 @@ func TestFailedAttemptsAreLimited(t *testing.T) {
 		}
 		return r
 	}
+	tooMany := func(header http.Header, retryAfter string) {
+		t.Helper()
+		r := try(header, http.StatusTooManyRequests, 0)
+		if code := r.ociError(t); code != errcode.TooManyRequests || r.header.Get("Retry-After") != retryAfter {
+			t.Fatalf("past the allowance: %s, Retry-After %q; want TOOMANYREQUESTS, %s", code, r.header.Get("Retry-After"), retryAfter)
+		}
+	}
 	// Successes and requests without credentials (a client's first,
 	// answered with the challenge) cost nothing.
 	try(basic("alice", "alice-pass"), http.StatusOK, 1)
 	try(nil, http.StatusUnauthorized, 0)
 	try(bearer(robotToken), http.StatusOK, 0)
-	// Three failures: the allowance (3 a minute). A wrong token is one.
+	// Three wrong tokens: their allowance (3 a minute); then 429, the
+	// report token too (it is no client token).
+	for range 3 {
+		try(bearer("wrong-token-0123456789"), http.StatusUnauthorized, 0)
+	}
+	tooMany(bearer("wrong-token-0123456789"), "20")
+	tooMany(bearer(testReportToken), "20")
+	// The allowance of comparisons is whole: a new pair is compared.
+	try(basic("dave", "dave-pass"), http.StatusOK, 1)
+	// Three failed comparisons: that allowance. Past it, right or wrong,
+	// a pair not verified before gets 429 and no comparison.
 	try(basic("alice", "guess-1"), http.StatusUnauthorized, 1)
 	try(basic("mallory", "guess-2"), http.StatusUnauthorized, 1)
-	try(bearer("wrong-token-0123456789"), http.StatusUnauthorized, 0)
-	for _, header := range []http.Header{basic("alice", "guess-3"), basic("carol", "carol-pass"), bearer("wrong-token-0123456789"), bearer(testReportToken)} {
-		r := try(header, http.StatusTooManyRequests, 0)
-		if code := r.ociError(t); code != errcode.TooManyRequests || r.header.Get("Retry-After") != "20" {
-			t.Fatalf("past the allowance: %s, Retry-After %q; want TOOMANYREQUESTS, 20", code, r.header.Get("Retry-After"))
-		}
-	}
+	try(basic("alice", "guess-3"), http.StatusUnauthorized, 1)
+	tooMany(basic("alice", "guess-4"), "20")
+	tooMany(basic("carol", "carol-pass"), "20")
 
 	// One attempt back every 20 s; a success gives it back.
 	clk.Advance(20 * time.Second)
@@ -270,6 +288,103 @@ func TestFailedAttemptsAreLimited(t *testing.T) {
 		try(basic("alice", fmt.Sprint("guess-", 6+i)), http.StatusUnauthorized, 1)
 	}
 	try(basic("alice", "guess-9"), http.StatusTooManyRequests, 0)
+}
+
+// serveFrom answers a request to handler as if it came from addr (an
+// address and port), within a minute: a request that waits longer fails.
+func serveFrom(handler http.Handler, addr, method, path string, header http.Header) response {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req := httptest.NewRequestWithContext(ctx, method, path, nil)
+	req.RemoteAddr = addr
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	rec := httptest.NewRecorder()
+	handler.ServeHTTP(rec, req)
+	return response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
+}
+
+// TestChurnedAddressesDoNotLockOutANewcomer: wrong tokens from more
+// addresses than regnorm remembers (an IPv6 client taking a new /64 for
+// each) cost no comparison and take nothing from anyone's allowance of
+// comparisons: a new address with a right password, never verified
+// before, still gets its comparison and gets in.
+func TestChurnedAddressesDoNotLockOutANewcomer(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{clock: newFakeClock(), clientAuth: &proxy.ClientAuth{
+		Users:  map[string][]byte{"alice": mustHash(t, "alice-pass")},
+		Tokens: [][sha256.Size]byte{sha256.Sum256([]byte(robotToken))}}})
+	handler := h.srv.Handler(http.NotFoundHandler())
+	checks := h.srv.CountPasswordChecks()
+	for i := range 10010 {
+		addr := fmt.Sprintf("[2001:db8:%x:%x::1]:4000", i>>16, i&0xffff)
+		if r := serveFrom(handler, addr, http.MethodGet, "/v2/", bearer("stale-token-0123456789")); r.status != http.StatusUnauthorized {
+			t.Fatalf("a wrong token from address %d: %d, want 401", i, r.status)
+		}
+	}
+	if r := serveFrom(handler, "[2001:db8:ffff:1::1]:4000", http.MethodGet, "/v2/", basic("alice", "alice-pass")); r.status != http.StatusOK {
+		t.Fatalf("a new address with the right password: %d, want 200 (%s)", r.status, r.body)
+	}
+	if got := checks.Load(); got != 1 {
+		t.Fatalf("%d bcrypt comparisons, want 1", got)
+	}
+}
+
+// TestPasswordChecksAreBoundedForAll: however many addresses guess, at
+// most half of GOMAXPROCS (at least one) bcrypt comparisons run at once and
+// 64 more wait for a turn; past that, a guess gets 503 UNAVAILABLE with
+// Retry-After at once, and no comparison. Meanwhile a token and a
+// remembered pair get in without waiting for a turn.
+func TestPasswordChecksAreBoundedForAll(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{clientAuth: &proxy.ClientAuth{
+		Users:  map[string][]byte{"alice": mustHash(t, "alice-pass")},
+		Tokens: [][sha256.Size]byte{sha256.Sum256([]byte(robotToken))}}})
+	handler := h.srv.Handler(http.NotFoundHandler())
+	if r := serveFrom(handler, "10.1.0.1:4000", http.MethodGet, "/v2/", basic("alice", "alice-pass")); r.status != http.StatusOK {
+		t.Fatalf("alice's first request: %d", r.status)
+	}
+	running, most, release := h.srv.HoldPasswordChecks()
+	t.Cleanup(release)
+	turns := max(1, runtime.GOMAXPROCS(0)/2)
+	const queued = 64
+	statuses := make(chan int, turns+queued)
+	for i := range turns + queued {
+		go func() {
+			addr := fmt.Sprintf("10.2.%d.%d:4000", i>>8, i&255)
+			statuses <- serveFrom(handler, addr, http.MethodGet, "/v2/", basic("alice", fmt.Sprint("guess-", i))).status
+		}()
+	}
+	waitFor(t, "the guesses to compare and wait for a turn", func() bool {
+		if n := most(); n > int64(turns) {
+			t.Fatalf("%d comparisons ran at once, want at most %d", n, turns)
+		}
+		return running() == int64(turns) && h.metric(t, "regnorm_password_checks_queued", "") == queued
+	})
+
+	r := serveFrom(handler, "10.3.0.1:4000", http.MethodGet, "/v2/", basic("alice", "one-more-guess"))
+	if r.status != http.StatusServiceUnavailable || r.ociError(t) != errcode.Unavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("a guess past the bound: %d %s, Retry-After %q; want 503 UNAVAILABLE with Retry-After", r.status, r.body, r.header.Get("Retry-After"))
+	}
+	if got := h.metric(t, "regnorm_password_checks_rejected_total", ""); got != 1 {
+		t.Errorf("regnorm_password_checks_rejected_total = %v, want 1", got)
+	}
+	for name, header := range map[string]http.Header{"a token": bearer(robotToken), "a remembered pair": basic("alice", "alice-pass")} {
+		if r := serveFrom(handler, "10.2.0.1:4000", http.MethodGet, "/v2/", header); r.status != http.StatusOK {
+			t.Errorf("%s while the comparisons are taken: %d, want 200 (%s)", name, r.status, r.body)
+		}
+	}
+
+	release()
+	for range turns + queued {
+		if got := <-statuses; got != http.StatusUnauthorized {
+			t.Errorf("a guess: %d, want 401", got)
+		}
+	}
+	if got := most(); got != int64(turns) {
+		t.Errorf("%d comparisons ran at once, want %d", got, turns)
+	}
 }
 
 // robotToken is a client token of the tests, as long as a token file
@@ -286,13 +401,14 @@ func mustHash(t *testing.T, password string) []byte {
 }
 
 // TestSharedAddressIsNotLockedOut: nodes behind one address (SNAT through
-// a NodePort, an ingress or a load balancer) share its allowance of
-// failures, but one client that spends it (a stale token after a
+// a NodePort, an ingress or a load balancer) share its allowances of
+// failures, but one client that spends them (a stale token after a
 // rotation) locks out none of them: a right bearer token, a token as a
 // Basic password and a remembered user:password pair still get in, and so
-// does a node report with the report token. What would cost a bcrypt
-// comparison (a pair not yet verified) is still turned away. Failed node
-// reports spend an allowance of their own: they lock out no pull.
+// does a node report with the report token. A wrong token costs no
+// comparison and spends nothing of the allowance of comparisons: a pair
+// not verified before still gets its comparison. Failed node reports spend
+// an allowance of their own: they lock out no pull.
 func TestSharedAddressIsNotLockedOut(t *testing.T) {
 	t.Parallel()
 	auth := func() *proxy.ClientAuth {
@@ -334,15 +450,19 @@ func TestSharedAddressIsNotLockedOut(t *testing.T) {
 		if r := h.postReport(t, report, reportToken); r.status != http.StatusNoContent {
 			t.Errorf("a node report with the report token from the locked-out address: %d, want 204 (%s)", r.status, r.body)
 		}
-		// A pair not verified before would cost a comparison: refused,
-		// right or wrong, and none runs.
-		for _, header := range []http.Header{basic("carol", "carol-pass"), basic("alice", "guess")} {
-			if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", header); r.status != http.StatusTooManyRequests {
-				t.Errorf("a new Basic pair from the locked-out address: %d, want 429", r.status)
-			}
-		}
 		if got := checks.Load() - before; got != 0 {
-			t.Errorf("%d bcrypt comparisons for a locked-out address, want 0", got)
+			t.Errorf("%d bcrypt comparisons for tokens and a remembered pair, want 0", got)
+		}
+		// A pair not verified before costs a comparison, which the wrong
+		// tokens took nothing from.
+		if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", basic("carol", "carol-pass")); r.status != http.StatusOK {
+			t.Errorf("a new, right Basic pair after failing tokens: %d, want 200", r.status)
+		}
+		if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", basic("alice", "guess")); r.status != http.StatusUnauthorized {
+			t.Errorf("a wrong Basic pair after failing tokens: %d, want 401", r.status)
+		}
+		if got := checks.Load() - before; got != 2 {
+			t.Errorf("%d bcrypt comparisons for two new pairs, want 2", got)
 		}
 	})
 

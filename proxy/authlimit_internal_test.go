@@ -1,10 +1,17 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regnorm/regnorm/proxy/errcode"
 )
 
 // stepClock is a clock that moves only when told to.
@@ -15,38 +22,70 @@ func (c *stepClock) After(time.Duration) <-chan time.Time        { return nil }
 func (c *stepClock) AfterFunc(time.Duration, func()) func() bool { return func() bool { return false } }
 
 // TestAttemptLimiterIsBounded: however many addresses fail, at most
-// maxAttemptAddresses buckets are kept. When they are all in use, the
-// addresses that do not fit share one more allowance (so spreading guesses
-// over addresses buys nothing more). Buckets that have refilled make room.
+// maxAttemptAddresses buckets are kept; past it, the least recently used
+// address is forgotten and a newcomer gets an allowance of its own.
 func TestAttemptLimiterIsBounded(t *testing.T) {
 	t.Parallel()
 	clk := &stepClock{now: time.Unix(1e9, 0)}
-	l := newAttemptLimiter(clk, 2)
-	for i := range maxAttemptAddresses {
-		if wait := l.take(fmt.Sprintf("10.0.%d.%d", i>>8, i&255)); wait != 0 {
-			t.Fatalf("address %d's first failure: wait %v", i, wait)
+	l := newAttemptLimiter(clk, 2, false)
+	for i := range maxAttemptAddresses + 10 {
+		if err := l.fail(fmt.Sprintf("10.0.%d.%d", i>>8, i&255)); err != nil {
+			t.Fatalf("address %d's first failure: %v", i, err)
+		}
+		if n := l.buckets.Len(); n > maxAttemptAddresses {
+			t.Fatalf("%d buckets, more than %d", n, maxAttemptAddresses)
 		}
 	}
-	if n := l.buckets.Len(); n != maxAttemptAddresses {
-		t.Fatalf("%d buckets, want %d", n, maxAttemptAddresses)
-	}
-	// The table is full of buckets in use: newcomers share the overflow.
 	for i := range 2 {
-		if wait := l.take(fmt.Sprintf("192.168.0.%d", i)); wait != 0 {
-			t.Fatalf("newcomer %d: wait %v", i, wait)
+		if err := l.fail("192.168.0.1"); err != nil {
+			t.Fatalf("a newcomer's failure %d: %v", i+1, err)
 		}
 	}
-	if wait := l.take("192.168.0.9"); wait != 30*time.Second {
-		t.Fatalf("a newcomer past the shared allowance: wait %v, want 30s", wait)
+	if err := l.fail("192.168.0.1"); errcode.StatusOf(err) != http.StatusTooManyRequests {
+		t.Fatalf("a newcomer past its own allowance: %v, want 429", err)
 	}
-	if n := l.buckets.Len(); n != maxAttemptAddresses {
-		t.Fatalf("%d buckets, want %d", n, maxAttemptAddresses)
+}
+
+// TestComparisonsNeverForgetAnAddressThatOwes: comparisons are bounded
+// for all addresses together (passwordChecksPerMinute), so tightly that
+// the table of addresses never has to forget one that has not got its
+// whole allowance back: each comparison from a new address, as fast as
+// the bounds let them through for five minutes, finds the least recently
+// used address (the one it makes room by forgetting) refilled. Past the
+// global bound, a comparison is refused with 503 and Retry-After.
+func TestComparisonsNeverForgetAnAddressThatOwes(t *testing.T) {
+	t.Parallel()
+	clk := &stepClock{now: time.Unix(1e9, 0)}
+	l := newAttemptLimiter(clk, DefaultAuthFailuresPerMinute, true)
+	next, refused := 0, 0
+	for range 5 * 60 * 10 { // five minutes in steps of 100 ms
+		clk.now = clk.now.Add(100 * time.Millisecond)
+		for {
+			if l.buckets.Len() == maxAttemptAddresses {
+				_, oldest, _ := l.buckets.GetOldest()
+				b := *oldest
+				if refill(&b, l.burst, l.every, clk.now); b.tokens < l.burst {
+					t.Fatalf("after %d addresses, the table would forget one that owes %.2f attempts", next, l.burst-b.tokens)
+				}
+			}
+			_, err := l.take(fmt.Sprintf("2001:db8:%x::/64", next))
+			if err != nil {
+				var e *errcode.Error
+				if !errors.As(err, &e) || e.Status != http.StatusServiceUnavailable || e.RetryAfter <= 0 {
+					t.Fatalf("a comparison past the global bound: %v, want 503 with Retry-After", err)
+				}
+				refused++
+				break
+			}
+			next++
+		}
 	}
-	// A minute on, every bucket is full again: a newcomer gets its own.
-	clk.now = clk.now.Add(time.Minute)
-	l.take("192.168.0.9")
-	if _, ok := l.buckets.Peek("192.168.0.9"); !ok || l.buckets.Len() != maxAttemptAddresses {
-		t.Fatalf("a refilled bucket did not make room (%d buckets)", l.buckets.Len())
+	// The first step starts the clock: a tenth of a second's refill short.
+	if want := passwordChecksPerMinute * 6; next < want-10 || next > want || refused == 0 {
+		t.Fatalf("%d comparisons in five minutes (%d refused), want %d: the whole global allowance, and no more", next, refused, want)
+	}
+	if l.buckets.Len() != maxAttemptAddresses {
+		t.Fatalf("%d addresses remembered, want the table full (%d)", l.buckets.Len(), maxAttemptAddresses)
 	}
 }
 
@@ -74,11 +113,13 @@ func TestAttemptKey(t *testing.T) {
 // within maxVerified, however many right pairs come.
 func TestVerifiedPairsAreBounded(t *testing.T) {
 	t.Parallel()
+	clk := &stepClock{now: time.Unix(1e9, 0)}
 	a := newClientAuth(&ClientAuth{Users: map[string][]byte{"alice": []byte("$2a$04$notarealhashnotarealhashnotarealhashnotarealhashnot")}},
-		newAttemptLimiter(&stepClock{now: time.Unix(1e9, 0)}, 10))
+		clk, 10, NewMetrics(prometheus.NewRegistry()))
 	a.compare = func(hash, password []byte) error { return nil } // every password is right
 	for i := range 2*maxVerified + 10 {
-		if err := a.userOK("10.0.0.1", "alice", fmt.Sprint("pass-", i)); err != nil {
+		clk.now = clk.now.Add(time.Minute / passwordChecksPerMinute) // within the global bound
+		if err := a.userOK(context.Background(), fmt.Sprintf("10.%d.%d.1", i>>8, i&255), "alice", fmt.Sprint("pass-", i)); err != nil {
 			t.Fatal(err)
 		}
 		if len(a.verified) > maxVerified {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -37,11 +38,15 @@ type ClientAuth struct {
 // by design, and containerd sends its credentials with every request, so a
 // verified user:password pair is remembered (as a hash, never in clear).
 // Every other Basic attempt costs one bcrypt comparison, for a user that
-// exists or not (so that timing tells no user name), and is counted
-// against its address's allowance of failures before it runs.
+// exists or not (so that timing tells no user name): it is counted against
+// its address's allowance and all addresses' before it runs, and waits for
+// one of the few turns to compare (passwordTurns).
 type clientAuth struct {
 	ClientAuth
-	limit *attemptLimiter
+	// passwords limits comparisons, tokens wrong tokens (authlimit.go).
+	passwords, tokens *attemptLimiter
+	turns             *passwordTurns
+	metrics           *Metrics
 	// compare is bcrypt.CompareHashAndPassword; tests count its calls.
 	compare func(hash, password []byte) error
 	// dummy is a hash of no one's password, of the users' highest cost:
@@ -58,11 +63,13 @@ type clientAuth struct {
 // maxVerified bounds the memory of verified pairs; beyond it, it starts over.
 const maxVerified = 4096
 
-func newClientAuth(c *ClientAuth, limit *attemptLimiter) *clientAuth {
+func newClientAuth(c *ClientAuth, clock Clock, failuresPerMinute int, m *Metrics) *clientAuth {
 	if c == nil {
 		return nil
 	}
-	a := &clientAuth{ClientAuth: *c, limit: limit, compare: bcrypt.CompareHashAndPassword, verified: map[[sha256.Size]byte]bool{}}
+	a := &clientAuth{ClientAuth: *c, compare: bcrypt.CompareHashAndPassword, verified: map[[sha256.Size]byte]bool{},
+		passwords: newAttemptLimiter(clock, failuresPerMinute, true), tokens: newAttemptLimiter(clock, failuresPerMinute, false),
+		turns: newPasswordTurns(m), metrics: m}
 	if len(a.Users) > 0 {
 		cost := bcrypt.MinCost
 		for _, h := range a.Users {
@@ -86,15 +93,17 @@ func newClientAuth(c *ClientAuth, limit *attemptLimiter) *clientAuth {
 const clientChallenge = `Basic realm="regnorm"`
 
 // check returns nil when r carries valid credentials, and otherwise the 401
-// the client gets, which never says which part was wrong, or the 429 of an
-// address past its allowance of failures.
+// the client gets, which never says which part was wrong, the 429 of an
+// address past its allowance of failures, or the 503 of password checks
+// past their global bounds.
 //
 // What costs no bcrypt comparison (a token, a remembered pair) is checked
-// before the allowance and always gets in when right: behind a NAT, a load
+// before any allowance and always gets in when right: behind a NAT, a load
 // balancer or a NodePort that hides client addresses, one client with a
-// stale token must not lock out every node that shares its address. Every
-// failure still spends the address's allowance, a wrong token too, and
-// only what would cost a comparison is turned away once it is spent.
+// stale token must not lock out every node that shares its address. A
+// wrong token spends its address's allowance of wrong tokens, which holds
+// back nothing but more wrong tokens; what would cost a comparison spends
+// the allowance of comparisons, and is turned away once that is spent.
 // Tokens are at least MinTokenLength bytes: guessing one is no use, with
 // or without a limit.
 func (a *clientAuth) check(r *http.Request) error {
@@ -104,16 +113,16 @@ func (a *clientAuth) check(r *http.Request) error {
 		if tokenIn(a.Tokens, strings.TrimSpace(tok)) {
 			return nil
 		}
-		err = a.limit.fail(addr)
+		err = a.tokens.fail(addr)
 	} else if user, pass, ok := r.BasicAuth(); ok {
 		if tokenIn(a.Tokens, pass) {
 			return nil
 		}
-		if err = a.userOK(addr, user, pass); err == nil {
+		if err = a.userOK(r.Context(), addr, user, pass); err == nil {
 			return nil
 		}
 	}
-	if errcode.StatusOf(err) == http.StatusTooManyRequests {
+	if s := errcode.StatusOf(err); s == http.StatusTooManyRequests || s == http.StatusServiceUnavailable {
 		return err
 	}
 	e := errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "authentication required", nil)
@@ -144,13 +153,14 @@ func tokenIn(tokens [][sha256.Size]byte, tok string) bool {
 // errWrongPassword is a Basic attempt that failed.
 var errWrongPassword = errors.New("wrong user or password")
 
-// userOK checks a user's password: nil when right, errWrongPassword, or
-// the 429 of an address with no attempt left. A remembered pair is checked
-// before the address's allowance: it costs no comparison.
-func (a *clientAuth) userOK(addr, user, pass string) error {
+// userOK checks a user's password: nil when right, errWrongPassword, the
+// 429 of an address with no attempt left, or the 503 of comparisons past
+// their global bounds. A remembered pair is checked before any allowance:
+// it costs no comparison.
+func (a *clientAuth) userOK(ctx context.Context, addr, user, pass string) error {
 	if len(a.Users) == 0 {
 		// No user to find, nor a comparison to make: a wrong token.
-		if err := a.limit.fail(addr); err != nil {
+		if err := a.tokens.fail(addr); err != nil {
 			return err
 		}
 		return errWrongPassword
@@ -168,26 +178,46 @@ func (a *clientAuth) userOK(addr, user, pass string) error {
 	} else {
 		hash = a.dummy
 	}
-	err, _, _ := a.verifying.Do(string(key[:]), func() (any, error) {
-		if wait := a.limit.take(addr); wait > 0 {
-			return tooManyFailures(wait), nil
+	for {
+		v, _, _ := a.verifying.Do(string(key[:]), func() (any, error) {
+			return a.verify(ctx, addr, hash, known, key, pass), nil
+		})
+		err, _ := v.(error)
+		if (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && ctx.Err() == nil {
+			continue // another request's comparison, which ended while it waited for a turn
 		}
-		if a.compare(hash, []byte(pass)) != nil || !known {
-			return errWrongPassword, nil
-		}
-		a.limit.giveBack(addr)
-		a.mu.Lock()
-		if len(a.verified) >= maxVerified {
-			clear(a.verified)
-		}
-		a.verified[key] = true
-		a.mu.Unlock()
-		return nil, nil
-	})
-	if err == nil {
-		return nil
+		return err
 	}
-	return err.(error)
+}
+
+// verify compares pass with hash once the allowances and a turn allow it,
+// and remembers the pair when it is right (and its user known).
+func (a *clientAuth) verify(ctx context.Context, addr string, hash []byte, known bool, key [sha256.Size]byte, pass string) error {
+	giveBack, err := a.passwords.take(addr)
+	if err != nil {
+		if errcode.StatusOf(err) == http.StatusServiceUnavailable {
+			a.metrics.passwordChecksRejected.Inc()
+		}
+		return err
+	}
+	done, err := a.turns.turn(ctx)
+	if err != nil {
+		giveBack() // nothing was compared
+		return err
+	}
+	wrong := a.compare(hash, []byte(pass)) != nil || !known
+	done()
+	if wrong {
+		return errWrongPassword
+	}
+	giveBack()
+	a.mu.Lock()
+	if len(a.verified) >= maxVerified {
+		clear(a.verified)
+	}
+	a.verified[key] = true
+	a.mu.Unlock()
+	return nil
 }
 
 // protect wraps h with authentication when client auth is on and on says

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
@@ -41,4 +42,23 @@ func (s *Server) CountPasswordChecks() *atomic.Int64 {
 		return compare(hash, password)
 	}
 	return n
+}
+
+// HoldPasswordChecks makes s's bcrypt comparisons wait until release is
+// called, and counts them: running is how many are in a comparison now,
+// most the most there were at once. Call it before the requests it holds.
+func (s *Server) HoldPasswordChecks() (running, most func() int64, release func()) {
+	var now, peak atomic.Int64
+	held := make(chan struct{})
+	var once sync.Once
+	compare := s.clientAuth.compare
+	s.clientAuth.compare = func(hash, password []byte) error {
+		n := now.Add(1)
+		defer now.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		<-held
+		return compare(hash, password)
+	}
+	return now.Load, peak.Load, func() { once.Do(func() { close(held) }) }
 }

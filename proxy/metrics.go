@@ -40,6 +40,10 @@ type Metrics struct {
 	layerWorkInflight prometheus.Gauge
 	layerWorkQueued   prometheus.Gauge
 	layerWorkRejected prometheus.Counter
+
+	passwordChecksInflight prometheus.Gauge
+	passwordChecksQueued   prometheus.Gauge
+	passwordChecksRejected prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -138,8 +142,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_layer_work_rejected_total",
 			Help: "Layer work refused because normalize.maxQueuedLayerWork pieces were already waiting: the request was answered 503 with Retry-After.",
 		}),
+		passwordChecksInflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_password_checks_inflight",
+			Help: "bcrypt comparisons of client passwords running (at most half of GOMAXPROCS, at least 1).",
+		}),
+		passwordChecksQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_password_checks_queued",
+			Help: "bcrypt comparisons of client passwords waiting for a turn (at most 64).",
+		}),
+		passwordChecksRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regnorm_password_checks_rejected_total",
+			Help: "Basic credentials not checked because 64 comparisons were already waiting, or 4000 had run in the last minute: the request was answered 503 with Retry-After.",
+		}),
 	}
 	reg.MustRegister(m.normalizations, m.rebuilds, m.layerWorkInflight, m.layerWorkQueued, m.layerWorkRejected)
+	reg.MustRegister(m.passwordChecksInflight, m.passwordChecksQueued, m.passwordChecksRejected)
 	reg.MustRegister(m.maintain.Collectors()...)
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
 	reg.MustRegister(m.rewrites, m.rewriteErrors, m.normalizeDuration, m.normalizedServed, m.unnormalizedPulls)

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"path"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -150,13 +152,14 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 		if now.Sub(r.ReportedAt) > s.fleet.forget {
 			continue // pruneNodeReports deletes it
 		}
-		if r.HostsDir != s.hostsDir {
-			continue // taken before nodes.hostsDir was what it is
+		// What an operator reads is made here, from the report's codes
+		// and regnorm's own hosts directory: never words a report brought
+		// (an older regnorm kept a report's reason).
+		r.Reason, r.Fix = "", ""
+		if s.checkNodeReport(r) != nil {
+			continue // taken before nodes.hostsDir or containerdConfigDir was what it is
 		}
-		r := r
-		// The lines to add are made here, from regnorm's own hosts
-		// directory: never text, nor a path, that a report brought.
-		r.Fix = ""
+		r.Reason = containerdcfg.Explain(r.Reasons, r.ConfigPath, s.hostsDir)
 		if !r.ReadsHostsToml && r.ConfigVersion > 0 {
 			r.Fix = containerdcfg.FixFor(r.ConfigVersion, s.hostsDir)
 		}
@@ -268,6 +271,10 @@ func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
 // told otherwise: containerd's conventional config_path.
 const DefaultHostsDir = "/etc/containerd/certs.d"
 
+// DefaultContainerdConfigDir is the directory of containerd's
+// configuration, unless told otherwise.
+const DefaultContainerdConfigDir = "/etc/containerd"
+
 // ValidHostsDir reports whether dir can be a hosts directory that the
 // fleet view names in a line of TOML: one clean absolute path, with
 // nothing that would end the string or make a list.
@@ -310,8 +317,14 @@ func (s *Server) reportersOnly(h handlerFunc) handlerFunc {
 // maxNodeReport caps a node-config report's body.
 const maxNodeReport = 16 << 10
 
-// nodeReportLimits bound each field of a report: one over its limit is
-// refused, not cut, so what the fleet view shows is what was sent.
+// maxNodeReasons bounds a report's reasons: node-config gives at most four
+// (an assumed version, a verdict, what --fix did and what the drop-in
+// does).
+const maxNodeReasons = 8
+
+// nodeReportLimits bound each field of a report that is shown as it came
+// (as data, in its own column or quoted): one over its limit is refused,
+// not cut, so what the fleet view shows is what was sent.
 var nodeReportLimits = []struct {
 	field string
 	value func(*cache.NodeReport) string
@@ -321,18 +334,73 @@ var nodeReportLimits = []struct {
 	{"containerdVersion", func(r *cache.NodeReport) string { return r.ContainerdVersion }, 128},
 	{"hostsDir", func(r *cache.NodeReport) string { return r.HostsDir }, 1024},
 	{"configPath", func(r *cache.NodeReport) string { return r.ConfigPath }, 1024},
-	{"reason", func(r *cache.NodeReport) string { return r.Reason }, 2048},
-	{"dropIn", func(r *cache.NodeReport) string { return r.DropIn }, 1024},
 }
 
-// FitNodeReport cuts a report's fields to what regnorm accepts, so that a
-// long reason does not make a node's report refused (and the node vanish
-// from the fleet view). It is what node-config does before sending.
+// checkNodeReport says what makes rep a report regnorm does not take, or
+// nil. Nothing in it is words for an operator: the reasons are codes of a
+// fixed set, each with values of a small set or a number, and the paths
+// they and dropIn name are node-config's drop-in under nodes.containerdConfigDir;
+// the other strings are bounded and shown as data.
+func (s *Server) checkNodeReport(rep cache.NodeReport) error {
+	if rep.Node == "" {
+		return errors.New("the report names no node")
+	}
+	for _, l := range nodeReportLimits {
+		if v := l.value(&rep); len(v) > l.max || strings.ContainsFunc(v, unicode.IsControl) {
+			return fmt.Errorf("%s is longer than %d bytes or holds control characters", l.field, l.max)
+		}
+	}
+	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
+		return fmt.Errorf("address %q is not an IP address", rep.Address)
+	}
+	if rep.HostsDir != s.hostsDir {
+		// The fleet view's fix names regnorm's hosts directory: a node
+		// whose files go elsewhere would be told to read a directory it
+		// does not write.
+		return fmt.Errorf("hostsDir is not %s, the one regnorm is configured with (nodes.hostsDir): run node-config with --config-path %s, or set nodes.hostsDir", s.hostsDir, s.hostsDir)
+	}
+	if rep.ConfigVersion < 0 || rep.ConfigVersion > 99 {
+		return fmt.Errorf("configVersion %d is not a containerd configuration version", rep.ConfigVersion)
+	}
+	if rep.Reason != "" || rep.Fix != "" {
+		return errors.New("a report carries reasons (codes), not reason or fix: regnorm makes its own words (node-config of the same release sends them)")
+	}
+	if len(rep.Reasons) > maxNodeReasons {
+		return fmt.Errorf("more than %d reasons", maxNodeReasons)
+	}
+	for _, r := range rep.Reasons {
+		if err := r.Valid(); err != nil {
+			return err
+		}
+		if r.Path != "" && !s.validDropIn(r.Path) {
+			return fmt.Errorf("reason %s names %q, not node-config's drop-in (%s) in a directory under %s (nodes.containerdConfigDir)", r.Code, r.Path, containerdcfg.DropInName, s.configDir)
+		}
+	}
+	if rep.DropIn != "" && !s.validDropIn(rep.DropIn) {
+		return fmt.Errorf("dropIn %q is not node-config's drop-in (%s) in a directory under %s (nodes.containerdConfigDir)", rep.DropIn, containerdcfg.DropInName, s.configDir)
+	}
+	return nil
+}
+
+// validDropIn reports whether p can be node-config's drop-in: a file named
+// containerdcfg.DropInName in a directory under nodes.containerdConfigDir,
+// as a clean path without quotes.
+func (s *Server) validDropIn(p string) bool {
+	return ValidHostsDir(p) && path.Base(p) == containerdcfg.DropInName &&
+		strings.HasPrefix(p, strings.TrimSuffix(s.configDir, "/")+"/")
+}
+
+// FitNodeReport makes a report what regnorm takes: without words, which
+// are regnorm's to make (Reason and Fix), and with the fields it shows as
+// they came cut to their bounds, so that a long configPath does not make a
+// node's report refused (and the node vanish from the fleet view). It is
+// what node-config does before sending.
 func FitNodeReport(r *cache.NodeReport) {
+	r.Reason, r.Fix = "", ""
 	for _, f := range []struct {
 		p   *string
 		max int
-	}{{&r.ContainerdVersion, 128}, {&r.ConfigPath, 1024}, {&r.Reason, 2048}, {&r.DropIn, 1024}} {
+	}{{&r.ContainerdVersion, 128}, {&r.ConfigPath, 1024}} {
 		if len(*f.p) > f.max {
 			*f.p = strings.ToValidUTF8((*f.p)[:f.max-3], "") + "..."
 		}
@@ -347,31 +415,17 @@ func FitNodeReport(r *cache.NodeReport) {
 
 // receiveNodeReport answers POST /api/v1/nodes (behind reportersOnly):
 // node-config's report of one node, kept in the cache for every replica.
-// The lines to add that the fleet view shows are never taken from the
-// sender: fleetView makes them from regnorm's own hosts directory.
+// The words the fleet view shows, and the lines to add, are never taken
+// from the sender: fleetView makes them from the report's codes and
+// regnorm's own hosts directory.
 func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error {
 	var rep cache.NodeReport
 	if err := readJSON(w, r, maxNodeReport, &rep, true, "a node report (regnorm node-config sends it)"); err != nil {
 		return err
 	}
-	if rep.Node == "" {
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "the report names no node", nil)
+	if err := s.checkNodeReport(rep); err != nil {
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, err.Error(), nil)
 	}
-	for _, l := range nodeReportLimits {
-		if v := l.value(&rep); len(v) > l.max || strings.ContainsFunc(v, unicode.IsControl) {
-			return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("%s is longer than %d bytes or holds control characters", l.field, l.max), nil)
-		}
-	}
-	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("address %q is not an IP address", rep.Address), nil)
-	}
-	if rep.HostsDir != s.hostsDir {
-		// The fleet view's fix names regnorm's hosts directory: a node
-		// whose files go elsewhere would be told to read a directory it
-		// does not write.
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("hostsDir is not %s, the one regnorm is configured with (nodes.hostsDir): run node-config with --config-path %s, or set nodes.hostsDir", s.hostsDir, s.hostsDir), nil)
-	}
-	rep.Fix = "" // the fleet view makes it
 	now := s.clock.Now()
 	known, err := s.fleet.reports.get(func() ([]cache.NodeReport, error) { return s.store.ListNodeReports(r.Context()) })
 	if err != nil {
@@ -405,8 +459,12 @@ func (s *Server) receiveNodeReport(w http.ResponseWriter, r *http.Request) error
 // sameState reports whether two reports of a node say the same, their
 // times apart.
 func sameState(a, b cache.NodeReport) bool {
+	if !slices.Equal(a.Reasons, b.Reasons) {
+		return false
+	}
 	a.ReportedAt, b.ReportedAt = time.Time{}, time.Time{}
-	return a == b
+	a.Reasons, b.Reasons = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // pruneNodeReports deletes the reports of nodes forgotten (not reported on

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
@@ -52,10 +53,10 @@ func TestFleetView(t *testing.T) {
 	}
 	reports := []cache.NodeReport{
 		{Node: "node-a", Address: "127.0.0.1", ContainerdVersion: "v1.6.20", ReadsHostsToml: true, HostsDir: "/etc/containerd/certs.d", ConfigVersion: 2},
-		// The sender's Fix is not what the fleet view shows: regnorm
-		// makes the lines from the report's facts.
+		// The report says why in codes; regnorm makes the words and the
+		// lines to add from them and the report's facts.
 		{Node: "node-b", Address: "10.0.0.9", ContainerdVersion: "v2.3.4", ConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d",
-			HostsDir: "/etc/containerd/certs.d", ConfigVersion: 3, Reason: "config_path is the list", Fix: "[plugins.evil]\n  x = 1"},
+			HostsDir: "/etc/containerd/certs.d", ConfigVersion: 3, Reasons: []containerdcfg.Reason{{Code: containerdcfg.ConfigPathList, Major: 2, Minor: 3}}},
 	}
 	for _, rep := range reports {
 		if err := h.reporter().ReportNode(context.Background(), rep); err != nil {
@@ -74,7 +75,7 @@ func TestFleetView(t *testing.T) {
 		t.Fatalf("the node that pulled: %+v", n)
 	}
 	page := string(h.do(t, http.MethodGet, "/status", nil).body)
-	for _, want := range []string{"node-b", "config_path is the list", "1.6: 1"} {
+	for _, want := range []string{"node-b", "config_path is the list &#34;/etc/containerd/certs.d:/etc/docker/certs.d&#34;: containerd 2.3 pulls through the transfer service", "1.6: 1"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the status page lacks %q", want)
 		}
@@ -99,7 +100,10 @@ func TestFleetView(t *testing.T) {
 
 // TestNodeReportsAreChecked: a report that is not JSON, names no node,
 // has a bad address or hosts directory, an unknown, oversized or
-// control-character field is refused, and nothing is kept.
+// control-character field, words (reason, fix), a reason outside the fixed
+// set or with values it does not take, or a drop-in that is not
+// node-config's under nodes.containerdConfigDir is refused, and nothing is
+// kept.
 func TestNodeReportsAreChecked(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{hostsDir: "/d"})
@@ -129,7 +133,25 @@ func TestNodeReportsAreChecked(t *testing.T) {
 		`{"node":"n","hostsDir":"/d'\n[plugins.x]"}`,
 		`{"node":"n","hostsDir":"/e"}`, // not nodes.hostsDir
 		`{"node":"n","hostsDir":"/d","bogus":1}`,
-		`{"node":"n","hostsDir":"/d","reason":"` + strings.Repeat("x", 2049) + `"}`,
+		`{"node":"n","hostsDir":"/d","configPath":"` + strings.Repeat("x", 1025) + `"}`,
+		`{"node":"n","hostsDir":"/d","reason":"config_path is not set"}`,
+		`{"node":"n","hostsDir":"/d","fix":"[plugins.x]"}`,
+		`{"node":"n","hostsDir":"/d","configVersion":1000}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"restart-now"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"no-drop-in-dir"}]}`, // only a why
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"fix-refused"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"fix-refused","why":"no-config-path"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"no-config-path","path":"/etc/containerd/conf.d/99-regnorm.toml"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"legacy-mirrors","section":"evil"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"fix-refused","why":"legacy-settings","key":"run this"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"no-config-path","major":-1}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"drop-in-written","path":"/var/lib/kubelet/pods/1/99-regnorm.toml"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"drop-in-written","path":"/etc/containerd/conf.d/other.toml"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[{"code":"drop-in-written"}]}`,
+		`{"node":"n","hostsDir":"/d","reasons":[` + strings.Repeat(`{"code":"no-config-path"},`, 8) + `{"code":"no-config-path"}]}`,
+		`{"node":"n","hostsDir":"/d","dropIn":"/etc/containerd/../../tmp/99-regnorm.toml"}`,
+		`{"node":"n","hostsDir":"/d","dropIn":"/etc/containerdx/99-regnorm.toml"}`,
+		`{"node":"n","hostsDir":"/d","dropIn":"/etc/containerd/conf.d/evil.toml"}`,
 		`{"node":"` + strings.Repeat("n", 254) + `","hostsDir":"/d"}`,
 		`{"node":"n\u0007","hostsDir":"/d"}`,
 		`not json`,
@@ -139,14 +161,17 @@ func TestNodeReportsAreChecked(t *testing.T) {
 			t.Errorf("%.80s: %d, want 400", body, got)
 		}
 	}
-	if got := post("application/json", `{"node":"n","hostsDir":"/d","reason":"`+strings.Repeat("x", 20<<10)+`"}`); got != http.StatusRequestEntityTooLarge {
+	if got := post("application/json", `{"node":"n","hostsDir":"/d","configPath":"`+strings.Repeat("x", 20<<10)+`"}`); got != http.StatusRequestEntityTooLarge {
 		t.Errorf("a report over 16 KiB: %d, want 413", got)
 	}
 	if nodes := h.nodes(t); len(nodes) != 0 {
 		t.Fatalf("refused reports were kept: %+v", nodes)
 	}
-	if got := post("application/json; charset=utf-8", good); got != http.StatusNoContent {
-		t.Fatalf("a good report: %d", got)
+	for _, body := range []string{good, `{"node":"n","hostsDir":"/d","dropIn":"/etc/containerd/conf.d/99-regnorm.toml","reasons":[{"code":"version-assumed","major":2,"minor":3,"configVersion":3},` +
+		`{"code":"config-path-list","major":2,"minor":3},{"code":"drop-in-no-fix","why":"legacy-mirrors","section":"io.containerd.cri.v1.images","path":"/etc/containerd/conf.d/99-regnorm.toml"}]}`} {
+		if got := post("application/json; charset=utf-8", body); got != http.StatusNoContent {
+			t.Fatalf("a good report: %d (%s)", got, body)
+		}
 	}
 }
 
@@ -220,12 +245,12 @@ func TestNodeReportsNeedTheReportToken(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
 	genuine := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", HostsDir: "/etc/containerd/certs.d",
-		ConfigVersion: 3, ConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d", Reason: "config_path is the list"}
+		ConfigVersion: 3, ConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d", Reasons: []containerdcfg.Reason{{Code: containerdcfg.ConfigPathList, Major: 2, Minor: 3}}}
 	if err := h.reporter().ReportNode(context.Background(), genuine); err != nil {
 		t.Fatal(err)
 	}
 	forged := genuine
-	forged.ReadsHostsToml, forged.Reason, forged.ConfigPath = true, "forged", "/forged"
+	forged.ReadsHostsToml, forged.Reasons, forged.ConfigPath = true, nil, "/forged"
 	for name, header := range map[string]http.Header{
 		"no credentials":                   nil,
 		"a wrong token":                    {"Authorization": {"Bearer not-the-report-token"}},
@@ -241,7 +266,7 @@ func TestNodeReportsNeedTheReportToken(t *testing.T) {
 		t.Error("node-config's client without the token: accepted")
 	}
 	nodes := h.nodes(t)
-	if len(nodes) != 1 || nodes[0].NodeConfig == nil || nodes[0].NodeConfig.Reason != genuine.Reason || nodes[0].State != "does not use the mirror" {
+	if len(nodes) != 1 || nodes[0].NodeConfig == nil || !strings.HasPrefix(nodes[0].NodeConfig.Reason, "config_path is the list") || nodes[0].State != "does not use the mirror" {
 		t.Fatalf("the fleet view after refused reports: %+v", nodes)
 	}
 	if page := string(h.do(t, http.MethodGet, "/status", nil).body); strings.Contains(page, "forged") {
@@ -271,15 +296,16 @@ func TestNodeReportsOffWithoutAToken(t *testing.T) {
 // TestFleetFixNamesOnlyTheConfiguredHostsDir: the lines the fleet view
 // tells operators to add name nodes.hostsDir, never a path a report
 // brought. A report about another hosts directory (a pod-writable one,
-// say) is refused, even with the token; one stored before (an older
-// regnorm took it) is not shown; a sender's fix is ignored.
+// say) is refused, even with the token, and so is one with a fix of its
+// own; one stored before (an older regnorm took it) is not shown.
 func TestFleetFixNamesOnlyTheConfiguredHostsDir(t *testing.T) {
 	t.Parallel()
 	const hostsDir = "/var/lib/rancher/k3s/agent/etc/containerd/certs.d"
 	const foreign = "/var/lib/kubelet/pods/0b1c/volumes/kubernetes.io~empty-dir/certs.d"
 	h := newHarness(t, harnessOptions{hostsDir: hostsDir})
 	ctx := context.Background()
-	base := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", ConfigVersion: 3, Reason: "config_path is not set"}
+	base := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", ConfigVersion: 3,
+		Reasons: []containerdcfg.Reason{{Code: containerdcfg.NoConfigPath, Major: 2, Minor: 3}}}
 
 	rep := base
 	rep.HostsDir = foreign
@@ -293,6 +319,10 @@ func TestFleetFixNamesOnlyTheConfiguredHostsDir(t *testing.T) {
 	}
 	rep = base
 	rep.Node, rep.HostsDir, rep.Fix = "worker-3", hostsDir, "[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '"+foreign+"'"
+	if r := h.postReport(t, rep, http.Header{"Authorization": {"Bearer " + testReportToken}}); r.status != http.StatusBadRequest {
+		t.Errorf("a report with a fix of its own: %d %s, want 400", r.status, r.body)
+	}
+	rep.Fix = ""
 	if err := h.reporter().ReportNode(ctx, rep); err != nil {
 		t.Fatal(err)
 	}
@@ -309,5 +339,80 @@ func TestFleetFixNamesOnlyTheConfiguredHostsDir(t *testing.T) {
 	}
 	if page := string(h.do(t, http.MethodGet, "/status", nil).body); !strings.Contains(page, "config_path = &#39;"+hostsDir+"&#39;") {
 		t.Errorf("the status page does not tell to add config_path = '%s'", hostsDir)
+	}
+}
+
+// TestNodeReportsCarryNoWords: whoever holds the report token (one token,
+// mounted on every node) can write any node's row, but only within a
+// fixed set: a report with words of its own (a reason, a fix) or a drop-in
+// that is not node-config's under nodes.containerdConfigDir is refused, so
+// that a pod-writable path never reaches the status page as what to
+// restart containerd for. What /status and the API say about a node is
+// regnorm's text, made from the report's codes; a value of the report
+// (its config_path, its drop-in) is quoted in it. A report an older
+// regnorm stored with words is shown without them, and one with a foreign
+// drop-in not at all.
+func TestNodeReportsCarryNoWords(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	ctx := context.Background()
+	const foreign = "/var/lib/kubelet/pods/1234/volumes/kubernetes.io~empty-dir/certs.d/99-regnorm.toml"
+	token := http.Header{"Authorization": {"Bearer " + testReportToken}}
+	attack := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", HostsDir: proxy.DefaultHostsDir, ConfigVersion: 3}
+	for name, set := range map[string]func(*cache.NodeReport){
+		"a reason and a drop-in": func(r *cache.NodeReport) {
+			r.Reason, r.DropIn = "a drop-in fixing it is written to "+foreign+": restart containerd", foreign
+		},
+		"a reason naming a path": func(r *cache.NodeReport) { r.Reason = "config_path must be " + foreign },
+		"a foreign drop-in":      func(r *cache.NodeReport) { r.DropIn = foreign },
+	} {
+		rep := attack
+		set(&rep)
+		if r := h.postReport(t, rep, token); r.status != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", name, r.status)
+		}
+	}
+
+	dropIn := "/etc/containerd/conf.d/99-regnorm.toml"
+	genuine := attack
+	genuine.Node, genuine.ConfigPath, genuine.DropIn = "worker-2", "/etc/containerd/certs.d:/etc/docker/certs.d", dropIn
+	genuine.Reasons = []containerdcfg.Reason{{Code: containerdcfg.ConfigPathList, Major: 2, Minor: 3}, {Code: containerdcfg.DropInWritten, Path: dropIn}}
+	if err := h.reporter().ReportNode(ctx, genuine); err != nil {
+		t.Fatal(err)
+	}
+	// Stored by an older regnorm, which kept a report's words.
+	old := attack
+	old.Node, old.Address, old.Reason, old.Fix, old.ReportedAt = "worker-3", "10.0.0.3", "restart containerd with "+foreign, "[plugins.evil]", time.Now()
+	older := old
+	older.Node, older.Address, older.Reason, older.Fix, older.DropIn = "worker-4", "10.0.0.4", "", "", foreign
+	for _, rep := range []cache.NodeReport{old, older} {
+		if err := h.store.PutNodeReport(ctx, rep); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	want := `config_path is the list "/etc/containerd/certs.d:/etc/docker/certs.d": containerd 2.3 pulls through the transfer service, which reads it as one directory, so no hosts.toml is read; ` +
+		`a drop-in fixing it is written to "/etc/containerd/conf.d/99-regnorm.toml": restart containerd to apply it (systemctl restart containerd)`
+	byNode := map[string]proxy.NodeStatus{}
+	for _, n := range h.nodes(t) {
+		byNode[n.Node] = n
+	}
+	if len(byNode) != 2 || byNode["worker-2"].NodeConfig == nil || byNode["worker-3"].NodeConfig == nil {
+		t.Fatalf("fleet view: %+v, want worker-2 and worker-3", byNode)
+	}
+	if got := byNode["worker-2"].NodeConfig.Reason; got != want {
+		t.Errorf("worker-2's reason:\n%s\nwant\n%s", got, want)
+	}
+	if got := byNode["worker-3"].NodeConfig; got.Reason != "" || got.Fix != "[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d'" {
+		t.Errorf("worker-3, stored with words: reason %q, fix %q; want no reason, and regnorm's fix", got.Reason, got.Fix)
+	}
+	page := string(h.do(t, http.MethodGet, "/status", nil).body)
+	if !strings.Contains(page, "a drop-in fixing it is written to &#34;/etc/containerd/conf.d/99-regnorm.toml&#34;: restart containerd") {
+		t.Errorf("the status page does not say, in regnorm's words, where the drop-in is written")
+	}
+	for place, body := range map[string]string{"/status": page, "/api/v1/nodes": string(h.do(t, http.MethodGet, "/api/v1/nodes", nil).body)} {
+		if strings.Contains(body, "kubelet") || strings.Contains(body, "evil") {
+			t.Errorf("%s shows words or a path a report brought", place)
+		}
 	}
 }

@@ -95,11 +95,11 @@ type Options struct {
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
 	// AuthFailuresPerMinute bounds the failed authentication attempts of
-	// one client address, client credentials and node report tokens each
-	// on their own: that many at once, and that many more a minute. Past
-	// it, 429 to wrong credentials and to those that would cost a bcrypt
-	// comparison; a right token or a remembered pair always gets in.
-	// Default DefaultAuthFailuresPerMinute.
+	// one client address, password checks, wrong client tokens and wrong
+	// node report tokens each on their own: that many at once, and that
+	// many more a minute. Past it, 429 to wrong tokens and to credentials
+	// that would cost a bcrypt comparison; a right token or a remembered
+	// pair always gets in. Default DefaultAuthFailuresPerMinute.
 	AuthFailuresPerMinute int
 	// NodeReportTokens are the SHA-256 hashes of the tokens node-config's
 	// reports (POST /api/v1/nodes) must carry, a credential only
@@ -110,6 +110,11 @@ type Options struct {
 	// the fleet view says to add to containerd's configuration name this
 	// one, never a path a report brought. Default /etc/containerd/certs.d.
 	NodeHostsDir string
+	// NodeContainerdConfigDir is the directory of containerd's
+	// configuration on the nodes: node-config's drop-in, which a report
+	// may name, is in a directory under it. A report naming one elsewhere
+	// is refused. Default /etc/containerd.
+	NodeContainerdConfigDir string
 	// Eviction bounds the cache; the zero policy keeps everything.
 	Eviction cache.EvictionPolicy
 	// MaintenanceInterval is how often the cache is measured, kept within
@@ -155,6 +160,7 @@ type Server struct {
 	reportAttempts   *attemptLimiter // failed node report tokens by address
 	reportTokens     [][sha256.Size]byte
 	hostsDir         string
+	configDir        string // nodes.containerdConfigDir
 	metrics          *Metrics
 	log              *slog.Logger
 	clock            Clock
@@ -216,6 +222,12 @@ func New(opts Options) (*Server, error) {
 	if !ValidHostsDir(opts.NodeHostsDir) {
 		return nil, fmt.Errorf("proxy: hosts directory %q is not a clean absolute path without ':' or quotes", opts.NodeHostsDir)
 	}
+	if opts.NodeContainerdConfigDir == "" {
+		opts.NodeContainerdConfigDir = DefaultContainerdConfigDir
+	}
+	if !ValidHostsDir(opts.NodeContainerdConfigDir) {
+		return nil, fmt.Errorf("proxy: containerd configuration directory %q is not a clean absolute path without ':' or quotes", opts.NodeContainerdConfigDir)
+	}
 	s := &Server{
 		store:           opts.Store,
 		upstreams:       map[string]*upstream.Registry{},
@@ -231,10 +243,11 @@ func New(opts Options) (*Server, error) {
 		patientDeadline: opts.PatientDeadline,
 		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
-		clientAuth:      newClientAuth(opts.ClientAuth, newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute)),
-		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute),
+		clientAuth:      newClientAuth(opts.ClientAuth, opts.Clock, opts.AuthFailuresPerMinute, opts.Metrics),
+		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute, false),
 		reportTokens:    opts.NodeReportTokens,
 		hostsDir:        opts.NodeHostsDir,
+		configDir:       opts.NodeContainerdConfigDir,
 		lookups:         make(chan struct{}, originalLookups),
 	}
 	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)

@@ -108,10 +108,11 @@ type AuthConfig struct {
 	// too: they name the images pulled.
 	ProtectReport bool `yaml:"protectReport"`
 	// FailuresPerMinute bounds the failed authentication attempts of one
-	// client address (client credentials; node report tokens apart): that
-	// many at once and that many more a minute; past it, 429 to wrong
-	// tokens and to pairs that would cost a bcrypt comparison. A right
-	// token or a verified pair always gets in.
+	// client address, counted apart for bcrypt comparisons, wrong client
+	// tokens and wrong node report tokens: that many at once and that
+	// many more a minute; past it, 429 to wrong tokens and to pairs that
+	// would cost a bcrypt comparison. A right token or a verified pair
+	// always gets in.
 	FailuresPerMinute int `yaml:"failuresPerMinute"`
 }
 
@@ -183,6 +184,10 @@ type NodesConfig struct {
 	// (its --config-path): the fleet view's fix names it, and a report
 	// about another is refused.
 	HostsDir string `yaml:"hostsDir"`
+	// ContainerdConfigDir is the directory of containerd's configuration on
+	// the nodes (that of node-config's --containerd-config): a report may
+	// name node-config's drop-in only in a directory under it.
+	ContainerdConfigDir string `yaml:"containerdConfigDir"`
 }
 
 // CacheConfig selects the storage driver.
@@ -315,7 +320,7 @@ func defaultConfig() Config {
 		MaxQueuedDownloads: fetches.Queued,
 		MaxBlobSize:        proxy.DefaultMaxBlobSize,
 		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
-		Nodes:              NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir},
+		Nodes:              NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir, ContainerdConfigDir: proxy.DefaultContainerdConfigDir},
 		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{
 			ConfigMediaType:    rules.ConfigMediaType,
@@ -563,6 +568,9 @@ func (c Config) validate() error {
 	}
 	if !proxy.ValidHostsDir(c.Nodes.HostsDir) {
 		bad("nodes.hostsDir", "%q is not one clean absolute directory (no ':' list, no quotes): node-config's --config-path", c.Nodes.HostsDir)
+	}
+	if !proxy.ValidHostsDir(c.Nodes.ContainerdConfigDir) {
+		bad("nodes.containerdConfigDir", "%q is not one clean absolute directory (no ':' list, no quotes): that of node-config's --containerd-config", c.Nodes.ContainerdConfigDir)
 	}
 	if c.Auth.FailuresPerMinute < 1 {
 		bad("auth.failuresPerMinute", "must be at least 1")

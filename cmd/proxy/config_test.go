@@ -79,6 +79,7 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "upstream blob size", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  maxBlobSize: huge\n", wantField: "upstreams[0].maxBlobSize"},
 		{name: "hosts directory a list", yaml: "nodes:\n  hostsDir: /etc/containerd/certs.d:/etc/docker/certs.d\n", wantField: "nodes.hostsDir"},
 		{name: "hosts directory relative", yaml: "nodes:\n  hostsDir: certs.d\n", wantField: "nodes.hostsDir"},
+		{name: "containerd configuration directory relative", yaml: "nodes:\n  containerdConfigDir: etc/containerd\n", wantField: "nodes.containerdConfigDir"},
 		{name: "no failed attempts allowed", yaml: "auth:\n  failuresPerMinute: 0\n", wantField: "auth.failuresPerMinute"},
 		{name: "zstd window too small", yaml: "normalize:\n  maxZstdWindow: 512B\n", wantField: "normalize.maxZstdWindow"},
 		{name: "zstd window too large", yaml: "normalize:\n  maxZstdWindow: 4GiB\n", wantField: "normalize.maxZstdWindow"},

@@ -232,16 +232,17 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 	t.Parallel()
 	// Fields the chart sets from a value of another name.
 	renamed := map[string]string{
-		"tls.certFile":             "tls.secretName", // a kubernetes.io/tls Secret, mounted
-		"tls.keyFile":              "tls.secretName",
-		"auth.htpasswdFile":        "auth.htpasswdSecret",
-		"auth.tokensFile":          "auth.tokensSecret",
-		"cache.s3.accessKeyFile":   "cache.s3.existingSecret",
-		"cache.s3.secretKeyFile":   "cache.s3.existingSecret",
-		"nodes.hostsDir":           "nodeConfig.configPath", // node-config's, which regnorm's must equal
-		"nodes.reportTokenFile":    "nodeConfig.reportToken",
-		"upstreams[].passwordFile": "upstreams[].passwordKey", // a key of the credentials Secret
-		"upstreams[].caFile":       "upstreams[].caKey",
+		"tls.certFile":              "tls.secretName", // a kubernetes.io/tls Secret, mounted
+		"tls.keyFile":               "tls.secretName",
+		"auth.htpasswdFile":         "auth.htpasswdSecret",
+		"auth.tokensFile":           "auth.tokensSecret",
+		"cache.s3.accessKeyFile":    "cache.s3.existingSecret",
+		"cache.s3.secretKeyFile":    "cache.s3.existingSecret",
+		"nodes.hostsDir":            "nodeConfig.configPath",       // node-config's, which regnorm's must equal
+		"nodes.containerdConfigDir": "nodeConfig.containerdConfig", // its directory
+		"nodes.reportTokenFile":     "nodeConfig.reportToken",
+		"upstreams[].passwordFile":  "upstreams[].passwordKey", // a key of the credentials Secret
+		"upstreams[].caFile":        "upstreams[].caKey",
 	}
 	// Fields the chart deliberately leaves out, and why.
 	leftOut := map[string]string{

@@ -245,6 +245,7 @@ func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error
 // in the status file, and to regnorm. It returns what it found.
 func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 	rep := nc.inspect(ctx)
+	rep.Reason = containerdcfg.Explain(rep.Reasons, rep.ConfigPath, nc.configPath)
 	state := fmt.Sprintf("%v|%s|%s", rep.ReadsHostsToml, rep.Reason, rep.DropIn)
 	if state != nc.lastState {
 		nc.lastState = state
@@ -268,7 +269,7 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 		defer cancel()
 		regnorm := proxy.Client{Server: nc.reportTo, HTTP: nc.client, Token: nc.reportToken}
 		sent := rep
-		proxy.FitNodeReport(&sent)
+		proxy.FitNodeReport(&sent) // no words: regnorm makes its own
 		if err := regnorm.ReportNode(rctx, sent); err != nil {
 			nc.log.Warn("reporting to regnorm failed", "error", err, "regnorm", nc.reportTo)
 		} else {
@@ -293,22 +294,23 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 	rep.ContainerdVersion = version
 	cfg, err := containerdcfg.Load(nc.containerdConfig)
 	if err != nil {
-		rep.Reason = "cannot read containerd's configuration: " + err.Error()
+		rep.Reasons = []containerdcfg.Reason{{Code: containerdcfg.ConfigUnreadable, Detail: err.Error()}}
 		return rep
 	}
 	v := containerdcfg.ParseVersion(version)
 	dropIn, written := nc.ownDropIn(cfg)
 	loaded := dropIn != "" && started.After(written)
-	var unsafe error // why our drop-in should no longer be there
+	var unsafe *containerdcfg.Reason // why our drop-in should no longer be there
 	if dropIn != "" && v.Known {
 		// The configuration may have changed since the drop-in was
 		// written (on 1.x, CRI settings in the main file it would hide).
-		if _, _, err := containerdcfg.DropIn(cfg.Without(dropIn), v, nc.configPath); err != nil {
-			unsafe = err
+		var refused *containerdcfg.Refusal
+		if _, _, err := containerdcfg.DropIn(cfg.Without(dropIn), v, nc.configPath); errors.As(err, &refused) {
+			unsafe = &refused.Reason
 			if !loaded {
 				// It never took effect: take it back.
-				if err := os.Remove(dropIn); err == nil {
-					nc.log.Warn("removed the drop-in: it is no longer a safe fix", "path", dropIn, "reason", unsafe)
+				if rmErr := os.Remove(dropIn); rmErr == nil {
+					nc.log.Warn("removed the drop-in: it is no longer a safe fix", "path", dropIn, "reason", err)
 					cfg, dropIn, unsafe = cfg.Without(dropIn), "", nil
 				}
 			}
@@ -320,10 +322,14 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 	}
 	verdict := containerdcfg.Check(running, v, nc.configPath)
 	rep.ConfigVersion = cfg.PluginsVersion(v)
-	rep.ConfigPath, rep.TransferService, rep.ReadsHostsToml, rep.Reason, rep.Fix =
-		verdict.ConfigPath, verdict.TransferService, verdict.Reads, verdict.Reason, verdict.Fix
-	if verr != nil && rep.Reason != "" {
-		rep.Reason += " (" + verr.Error() + ")"
+	rep.ConfigPath, rep.TransferService, rep.ReadsHostsToml, rep.Reasons, rep.Fix =
+		verdict.ConfigPath, verdict.TransferService, verdict.Reads, verdict.Reasons, verdict.Fix
+	if verr != nil {
+		for i := range rep.Reasons {
+			if rep.Reasons[i].Code == containerdcfg.VersionAssumed {
+				rep.Reasons[i].Detail = verr.Error()
+			}
+		}
 	}
 	if !verdict.Reads && nc.fix {
 		base := cfg
@@ -332,20 +338,23 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 		}
 		path, content, err := containerdcfg.DropIn(base, v, nc.configPath)
 		old, _ := os.ReadFile(path)
+		var refused *containerdcfg.Refusal
 		switch {
+		case errors.As(err, &refused):
+			rep.Reasons = append(rep.Reasons, because(containerdcfg.FixRefused, "", refused.Reason))
 		case err != nil:
-			rep.Reason += "; --fix cannot: " + err.Error()
+			rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.FixWriteFailed, Path: path, Detail: err.Error()})
 		case path != dropIn && fileExists(path):
-			rep.Reason += "; --fix leaves " + path + " alone: it was not written by regnorm"
+			rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.FixForeignFile, Path: path})
 		case !bytes.Equal(old, content):
 			if err := writeFileAtomic(path, content, 0o644); err != nil {
-				rep.Reason += "; --fix could not write " + path + ": " + err.Error()
+				rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.FixWriteFailed, Path: path, Detail: err.Error()})
 				break
 			}
 			nc.log.Warn("wrote a containerd drop-in: restart containerd to apply it (systemctl restart containerd)", "path", path)
 			dropIn, loaded = path, false
 			if cfg, err = containerdcfg.Load(nc.containerdConfig); err != nil {
-				rep.Reason += "; " + err.Error()
+				rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.ConfigUnreadable, Detail: err.Error()})
 				return rep
 			}
 		}
@@ -355,16 +364,23 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 	}
 	rep.DropIn = dropIn
 	if unsafe != nil {
-		rep.Reason = strings.TrimPrefix(rep.Reason+"; ", "; ") + "the drop-in " + dropIn + " is no longer a safe fix (" + unsafe.Error() + "): delete it, add the lines to the main file, and restart containerd"
+		rep.Reasons = append(rep.Reasons, because(containerdcfg.DropInUnsafe, dropIn, *unsafe))
 	}
 	if !loaded && !verdict.Reads && unsafe == nil {
 		if after := containerdcfg.Check(cfg, v, nc.configPath); after.Reads {
-			rep.Reason += "; a drop-in fixing it is written to " + dropIn + ": restart containerd to apply it (systemctl restart containerd)"
+			rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.DropInWritten, Path: dropIn})
 		} else {
-			rep.Reason += "; the drop-in " + dropIn + " would not fix it: " + after.Reason
+			rep.Reasons = append(rep.Reasons, because(containerdcfg.DropInNoFix, dropIn, after.Reasons[len(after.Reasons)-1]))
 		}
 	}
 	return rep
+}
+
+// because is a reason of code about the drop-in at path, explained by why.
+func because(code containerdcfg.Code, path string, why containerdcfg.Reason) containerdcfg.Reason {
+	r := why
+	r.Code, r.Why, r.Path = code, why.Code, path
+	return r
 }
 
 // ownDropIn finds a drop-in node-config wrote (by any pod) where the

@@ -108,10 +108,13 @@ func TestNodeConfigOnceAndProbe(t *testing.T) {
 }
 
 // TestNodeConfigReportsWithTheReportToken: regnorm configured with
-// nodes.reportTokenFile and nodes.hostsDir takes node-config's report sent
-// with --report-token-file (not the client token of --mirror-token-file),
-// and its fleet view tells the node to read nodes.hostsDir. Without
-// --report-token-file, node-config reports nothing.
+// nodes.reportTokenFile, nodes.hostsDir and nodes.containerdConfigDir
+// takes node-config's report sent with --report-token-file (not the client
+// token of --mirror-token-file), and its fleet view tells the node to read
+// nodes.hostsDir, and why, in words regnorm makes from node-config's codes:
+// those of this release's node-config are all regnorm's to read, a drop-in
+// under nodes.containerdConfigDir included. Without --report-token-file,
+// node-config reports nothing.
 func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -125,8 +128,14 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 	}
 	reportToken := write("report-token", "node-report-secret\n")
 	write("tokens", "client-secret-0123456789\n")
-	config := write("regnorm.yaml", "auth:\n  tokensFile: "+filepath.Join(dir, "tokens")+"\nnodes:\n  reportTokenFile: "+reportToken+"\n  hostsDir: "+hostsDir+"\n")
+	config := write("regnorm.yaml", "auth:\n  tokensFile: "+filepath.Join(dir, "tokens")+"\nnodes:\n  reportTokenFile: "+reportToken+"\n  hostsDir: "+hostsDir+"\n  containerdConfigDir: "+dir+"\n")
 	containerdConfig := write("config.toml", "version = 2\n")
+	// worker-2's configuration imports drop-ins, and node-config's own is
+	// there, not yet loaded (containerd has not restarted since).
+	withDropIns := write("config-2.toml", "version = 2\nimports = [\""+filepath.Join(dir, "conf.d", "*.toml")+"\"]\n")
+	dropIn := filepath.Join(dir, "conf.d", "99-regnorm.toml")
+	os.MkdirAll(filepath.Dir(dropIn), 0o755)
+	write("conf.d/99-regnorm.toml", "# Written by regnorm node-config: config_path\nversion = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \""+hostsDir+"\"\n")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +165,7 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	nodeConfig := func(node string, extra ...string) string {
+	nodeConfig := func(node, containerdConfig string, extra ...string) string {
 		var log strings.Builder
 		args := append([]string{"node-config", "--once", "--config-path", hostsDir, "--containerd-config", containerdConfig,
 			"--containerd-socket", filepath.Join(dir, "none.sock"), "--mirror", base, "--node-name", node,
@@ -166,11 +175,13 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 		}
 		return log.String()
 	}
-	if log := nodeConfig("without-token"); !strings.Contains(log, "--report-token-file") {
+	if log := nodeConfig("without-token", containerdConfig); !strings.Contains(log, "--report-token-file") {
 		t.Errorf("node-config without a report token does not say why it does not report:\n%s", log)
 	}
-	if log := nodeConfig("worker-1", "--report-token-file", reportToken); strings.Contains(log, "reporting to regnorm failed") {
-		t.Fatalf("the report was refused:\n%s", log)
+	for node, containerdConfig := range map[string]string{"worker-1": containerdConfig, "worker-2": withDropIns} {
+		if log := nodeConfig(node, containerdConfig, "--report-token-file", reportToken, "--fix"); strings.Contains(log, "reporting to regnorm failed") {
+			t.Fatalf("%s's report was refused:\n%s", node, log)
+		}
 	}
 	req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/nodes", nil)
 	resp, err := http.DefaultClient.Do(req)
@@ -185,7 +196,22 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"" + hostsDir + "\""
-	if len(view.Nodes) != 1 || view.Nodes[0].Node != "worker-1" || view.Nodes[0].NodeConfig == nil || view.Nodes[0].NodeConfig.Fix != want {
-		t.Fatalf("fleet view %+v, want worker-1 alone, told to add %q", view.Nodes, want)
+	byNode := map[string]proxy.NodeStatus{}
+	for _, n := range view.Nodes {
+		byNode[n.Node] = n
+	}
+	assumed := "containerd's version is unknown (its socket did not answer): assuming 1.7 from the configuration's version 2; "
+	for node, why := range map[string]string{
+		"worker-1": assumed + "config_path is not set: containerd 1.7 reads no hosts.toml; --fix cannot: the configuration imports no drop-in directory",
+		"worker-2": assumed + "config_path is not set: containerd 1.7 reads no hosts.toml; --fix cannot: containerd's version is unknown (its socket did not answer): the drop-in depends on it; " +
+			"a drop-in fixing it is written to \"" + dropIn + "\": restart containerd",
+	} {
+		n, ok := byNode[node]
+		if !ok || n.NodeConfig == nil || n.NodeConfig.Fix != want || !strings.HasPrefix(n.NodeConfig.Reason, why) {
+			t.Errorf("fleet view of %s: %+v\nwant told to add %q, because %q", node, n.NodeConfig, want, why)
+		}
+	}
+	if len(view.Nodes) != 2 || byNode["worker-2"].NodeConfig == nil || byNode["worker-2"].NodeConfig.DropIn != dropIn {
+		t.Fatalf("fleet view %+v, want worker-1 and worker-2, with its drop-in %s", view.Nodes, dropIn)
 	}
 }

@@ -1,8 +1,9 @@
 // Package containerdcfg reads a node's containerd configuration as
 // containerd does, and says whether containerd will read the hosts.toml
 // files in a directory: the mirror configuration regnorm's node-config
-// writes. If not, it says why, what to add, and can make a drop-in that
-// fixes it where the configuration imports drop-ins.
+// writes. If not, it says why (as codes of a fixed set, which Explain puts
+// in words: reasons.go), what to add, and can make a drop-in that fixes it
+// where the configuration imports drop-ins.
 //
 // The facts it encodes are containerd's (docs/containerd.md): 1.x reads
 // hosts.toml only with registry.config_path set; from 2.1, CRI pulls go
@@ -269,8 +270,9 @@ type Verdict struct {
 	// TransferService is true when CRI pulls go through containerd 2.1+'s
 	// transfer service, which reads config_path as one directory.
 	TransferService bool `json:"transferService"`
-	// Reason says why not, or what was assumed.
-	Reason string `json:"reason,omitempty"`
+	// Reasons say why not (one of Check's codes), and what was assumed
+	// (VersionAssumed); Explain puts them in words.
+	Reasons []Reason `json:"reasons,omitempty"`
 	// Fix is the exact configuration to add to containerd's config, when
 	// one fixes it.
 	Fix string `json:"fix,omitempty"`
@@ -296,16 +298,17 @@ func (c *Config) registry(v Version) (section string, settings map[string]any, r
 }
 
 // assume is the version to judge by when containerd did not say: 2.3 for
-// a configuration of version 3 or more, else 1.7.
-func (c *Config) assume(v Version) (Version, string) {
+// a configuration of version 3 or more, else 1.7; and, then, the reason
+// that says so.
+func (c *Config) assume(v Version) (Version, []Reason) {
 	if v.Known {
-		return v, ""
+		return v, nil
 	}
 	guess := Version{Major: 1, Minor: 7, Known: true}
 	if c.Version >= 3 {
 		guess = Version{Major: 2, Minor: 3, Known: true}
 	}
-	return guess, fmt.Sprintf("containerd's version is unknown (its socket did not answer); assuming %d.%d from the config's version %d. ", guess.Major, guess.Minor, c.Version)
+	return guess, []Reason{{Code: VersionAssumed, Major: guess.Major, Minor: guess.Minor, ConfigVersion: c.Version}}
 }
 
 // Check says whether containerd v, with this configuration, reads the
@@ -317,34 +320,32 @@ func Check(c *Config, v Version, dir string) Verdict {
 	configPath, _ := reg["config_path"].(string)
 	fix := FixFor(c.PluginsVersion(v), dir)
 	if len(anyMap(reg["mirrors"])) > 0 {
-		return Verdict{ConfigPath: configPath, Reason: assumed + fmt.Sprintf("the legacy registry.mirrors in [plugins.%q.registry] replace hosts.toml: remove them (and registry.configs and auths), then set config_path", section), Fix: fix}
+		return Verdict{ConfigPath: configPath, Reasons: append(assumed, Reason{Code: LegacyMirrors, Section: section}), Fix: fix}
 	}
-	what := "config_path is the list"
+	list := ConfigPathList
 	if configPath == "" && v.atLeast(2, 2) {
 		configPath = defaultV2
-		what = fmt.Sprintf("config_path is not set, so containerd %d.%d uses its default, the list", v.Major, v.Minor)
+		list = DefaultConfigPathList
 	}
-	verdict := Verdict{ConfigPath: configPath}
+	verdict := Verdict{ConfigPath: configPath, Reasons: assumed}
 	local := v.Major < 2 || (v.Major == 2 && v.Minor == 0) || localPull(settings)
 	verdict.TransferService = !local
+	var why Reason
 	switch {
 	case configPath == "":
-		verdict.Reason = assumed + fmt.Sprintf("config_path is not set: containerd %d.%d reads no hosts.toml", v.Major, v.Minor)
-		verdict.Fix = fix
+		why = Reason{Code: NoConfigPath, Major: v.Major, Minor: v.Minor}
 	case local && slices.Contains(splitPath(configPath), dir):
 		verdict.Reads = true
-		verdict.Reason = assumed
 	case !local && filepath.Clean(configPath) == dir:
 		verdict.Reads = true
-		verdict.Reason = assumed
 	case !local && len(splitPath(configPath)) > 1:
-		verdict.Reason = assumed + fmt.Sprintf("%s %q: containerd %d.%d pulls through the transfer service, which reads it as one directory, so no hosts.toml is read", what, configPath, v.Major, v.Minor)
-		verdict.Fix = fix
+		why = Reason{Code: list, Major: v.Major, Minor: v.Minor}
 	default:
-		verdict.Reason = assumed + fmt.Sprintf("config_path is %q, not %q: run node-config with --config-path set to it, or set config_path", configPath, dir)
-		verdict.Fix = fix
+		why = Reason{Code: OtherConfigPath}
 	}
-	verdict.Reason = strings.TrimSpace(verdict.Reason)
+	if !verdict.Reads {
+		verdict.Reasons, verdict.Fix = append(verdict.Reasons, why), fix
+	}
 	return verdict
 }
 
@@ -422,15 +423,17 @@ const DropInMarker = "# Written by regnorm node-config"
 // drop-ins: config_path set to dir alone, for 2.x in a version 3 file's
 // images section (merged over the main file's, migrated or not), for 1.x in
 // the CRI section of the version it reads. It returns where to write it,
-// or why a drop-in cannot fix it and a person must:
-//   - containerd's version is unknown;
-//   - a version 1 configuration (its plugins have other names);
+// or, as a *Refusal, why a drop-in cannot fix it and a person must:
+//   - the configuration imports no drop-ins (NoDropInDir);
+//   - containerd's version is unknown (VersionUnknown);
+//   - a version 1 configuration, whose plugins have other names
+//     (ConfigVersion1);
 //   - legacy registry settings (mirrors, configs, auths), which may hold
-//     credentials that must move to hosts.toml;
+//     credentials that must move to hosts.toml (LegacySettings);
 //   - containerd 1.x with CRI settings of its own: 1.x replaces a plugin
 //     section whole with an imported file's, so a drop-in would have to
 //     freeze a copy of them that later edits of the main file would not
-//     reach. (2.x merges sections key by key.)
+//     reach (SectionReplaced). (2.x merges sections key by key.)
 func DropIn(c *Config, v Version, dir string) (path string, content []byte, err error) {
 	var target string
 	for _, imp := range c.Imports {
@@ -440,18 +443,18 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 		}
 	}
 	if target == "" {
-		return "", nil, fmt.Errorf("the configuration imports no drop-in directory (an imports entry such as \"/etc/containerd/conf.d/*.toml\"): add the lines to the main file and restart containerd")
+		return "", nil, &Refusal{Reason{Code: NoDropInDir}}
 	}
 	if !v.Known {
-		return "", nil, fmt.Errorf("containerd's version is unknown (its socket did not answer): the drop-in depends on it")
+		return "", nil, &Refusal{Reason{Code: VersionUnknown}}
 	}
 	if c.Version <= 1 || (v.Major < 2 && c.effectiveVersion() <= 1) {
-		return "", nil, fmt.Errorf("the configuration is version 1: add the lines to it, or migrate it (containerd config migrate)")
+		return "", nil, &Refusal{Reason{Code: ConfigVersion1}}
 	}
 	section, settings, reg := c.registry(v)
-	for _, key := range []string{"mirrors", "configs", "auths"} {
+	for _, key := range LegacyKeys {
 		if len(anyMap(reg[key])) > 0 {
-			return "", nil, fmt.Errorf("the registry settings have legacy %s: move them to hosts.toml files by hand (they may hold credentials), then set config_path", key)
+			return "", nil, &Refusal{Reason{Code: LegacySettings, Key: key}}
 		}
 	}
 	version := 3
@@ -459,7 +462,7 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 		version = c.effectiveVersion()
 		for key, value := range settings {
 			if key != "registry" || len(anyMap(value)) > 1 || (len(anyMap(value)) == 1 && anyMap(value)["config_path"] == nil) {
-				return "", nil, fmt.Errorf("containerd %d.%d replaces [plugins.%q] whole with an imported file's, and the configuration sets more in it: a drop-in would freeze a copy of those settings; add the lines to the main file", v.Major, v.Minor, section)
+				return "", nil, &Refusal{Reason{Code: SectionReplaced, Major: v.Major, Minor: v.Minor, Section: section}}
 			}
 		}
 	}
@@ -468,7 +471,7 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 	fmt.Fprintf(&buf, "# the hosts.toml files in %s (one directory). node-config leaves it in place when it stops.\n", dir)
 	doc := map[string]any{"version": version, "plugins": map[string]any{section: map[string]any{"registry": map[string]any{"config_path": filepath.Clean(dir)}}}}
 	if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
-		return "", nil, err
+		return target, nil, err
 	}
 	return target, buf.Bytes(), nil
 }

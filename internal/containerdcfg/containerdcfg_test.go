@@ -65,7 +65,7 @@ func TestCheck(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := Check(cfg, ParseVersion(tt.version), dir)
-			if got.Reads != tt.reads || got.TransferService != tt.transfer || !strings.Contains(got.Reason, tt.reason) {
+			if got.Reads != tt.reads || got.TransferService != tt.transfer || !strings.Contains(Explain(got.Reasons, got.ConfigPath, dir), tt.reason) {
 				t.Fatalf("got %+v, want reads %v, transfer %v, reason %q", got, tt.reads, tt.transfer, tt.reason)
 			}
 			if !got.Reads && !strings.Contains(got.Fix, "config_path = ") {
@@ -168,7 +168,7 @@ imports = ["conf.d/*.toml"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := Check(cfg, ParseVersion("1.7.2"), "/etc/containerd/certs.d"); got.Reads || !strings.Contains(got.Reason, "config_path is not set") {
+	if got := Check(cfg, ParseVersion("1.7.2"), "/etc/containerd/certs.d"); got.Reads || !strings.Contains(Explain(got.Reasons, got.ConfigPath, "/etc/containerd/certs.d"), "config_path is not set") {
 		t.Errorf("1.7: the drop-in replaced the section, config_path with it: %+v", got)
 	}
 	if got := Check(cfg, ParseVersion("v2.3.4"), "/etc/containerd/certs.d"); !got.Reads {
@@ -269,7 +269,7 @@ imports = ["conf.d/*.toml"]
 	if cfg, err = Load(main); err != nil {
 		t.Fatal(err)
 	}
-	if got := Check(cfg, ParseVersion("v2.3.4"), dir); got.Reads || !strings.Contains(got.Reason, "is the list") {
+	if got := Check(cfg, ParseVersion("v2.3.4"), dir); got.Reads || !strings.Contains(Explain(got.Reasons, got.ConfigPath, dir), "is the list") {
 		t.Errorf("a migrated version 2 drop-in's list: %+v", got)
 	}
 	// The fix is a version 3 drop-in, last: it wins over both.
