@@ -93,6 +93,61 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			}
 			assertAbsent(t, d, s, dgst)
 		}},
+		{"two ingests of one digest both commit", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			// Two upstreams' downloads of one digest run apart and both
+			// commit: the second replaces the first with the same verified
+			// bytes, and a reader of the first reads it whole.
+			first, err := s.IngestBlob(ctx, dgst, int64(len(content)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			second, err := s.IngestBlob(ctx, dgst, int64(len(content)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			half := len(content) / 2
+			for _, step := range []struct {
+				in *cache.Ingest
+				p  []byte
+			}{{first, content[:half]}, {second, content[:half]}, {first, content[half:]}, {second, content[half:]}} {
+				if _, err := step.in.Write(step.p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := first.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			rc, _, err := s.OpenVerified(ctx, dgst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			head := make([]byte, 100)
+			if _, err := io.ReadFull(rc, head); err != nil {
+				t.Fatal(err)
+			}
+			if err := second.Commit(ctx); err != nil {
+				t.Fatalf("the second commit: %v", err)
+			}
+			rest, err := io.ReadAll(rc)
+			if err != nil || !bytes.Equal(append(head, rest...), content) {
+				t.Fatalf("the reader of the first commit: %d bytes, %v", len(head)+len(rest), err)
+			}
+			assertBlob(t, s, dgst, content)
+			var left []string
+			err = d.Walk(ctx, "/_uploads", func(fi storagedriver.FileInfo) error {
+				if !fi.IsDir() {
+					left = append(left, fi.Path())
+				}
+				return nil
+			})
+			if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				t.Fatalf("walk uploads: %v", err)
+			}
+			if len(left) > 0 {
+				t.Fatalf("temporary objects left behind: %v", left)
+			}
+		}},
 		{"cancel leaves nothing", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			in, err := s.IngestBlob(ctx, dgst, -1)
 			if err != nil {
