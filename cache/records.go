@@ -315,8 +315,9 @@ type LayerVerdict struct {
 	// counts the others.
 	Removals []XattrRemoval `json:"removals,omitempty"`
 	Unlisted int            `json:"unlisted,omitempty"`
-	// Skipped, when set, is why the layer was left untouched unscanned
-	// (not-tar, too-large, zstd-window).
+	// Skipped, when set, is why the layer was left untouched: not read
+	// whole (not-tar, too-large, zstd-window), or repackaged it would be
+	// beyond the bound of a layer regnorm makes (amplifies, too-large).
 	Skipped   string    `json:"skipped,omitempty"`
 	CreatedAt time.Time `json:"createdAt"`
 }

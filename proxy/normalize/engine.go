@@ -58,6 +58,9 @@ type Source interface {
 	// shared only between callers of one identity, whose refusal must not
 	// become another client's answer.
 	Identity() string
+	// MaxBlobSize is the upstream's bound on one blob (0: none): no layer
+	// made from its blobs may be larger either.
+	MaxBlobSize() int64
 	// Manifest returns a child manifest of an index.
 	Manifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error)
 	// OpenBlob opens a blob, verified as it is read: from the download's
