@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,13 +30,13 @@ import (
 )
 
 // TestMadeLayersAreBounded: a layer regnorm makes is bounded by its source,
-// 8 times its size and 1 MiB, and by its upstream's maxBlobSize. A zstd
+// 8 times its size and 1 MiB, and by the upstreams' maxBlobSize. A zstd
 // layer that repeats a 64 KiB random block (zstd finds the repeats, gzip's
 // 32 KiB window cannot) would gzip, for containerd 1.4, to 250 times its
 // size; a gzip layer repackaged by the symlink rule (containerd 1.6.8)
-// would be larger than its upstream's maxBlobSize. Each is left untouched
-// and says why (metric and report); the write of the made layer stopped at
-// its bound, and nothing of it stays in the cache.
+// would be larger than maxBlobSize. Each is left untouched and says why
+// (metric and report); the write of the made layer stopped at its bound,
+// and nothing of it stays in the cache.
 func TestMadeLayersAreBounded(t *testing.T) {
 	t.Parallel()
 	block := regtest.RandomBytes(64 << 10)
@@ -57,7 +58,7 @@ func TestMadeLayersAreBounded(t *testing.T) {
 		tar       []byte // the layer uncompressed
 		mediaType string
 		client    string
-		maxBlob   int64 // the upstream's maxBlobSize; 0: the default
+		maxBlob   int64 // the (one) upstream's maxBlobSize; 0: the default
 		bound     int64 // what the made layer may take
 		reason    string
 	}{
@@ -107,6 +108,36 @@ func TestMadeLayersAreBounded(t *testing.T) {
 				t.Errorf("blobs and uploads in the cache: %v, want the layer %s alone", files, dgst)
 			}
 		})
+	}
+}
+
+// TestMadeLayerBoundIsOneForAllUpstreams: the cap on a made layer is the
+// largest maxBlobSize of the upstreams, not its source upstream's: what is
+// concluded of a layer is shared by digest, so the upstream whose client
+// asks first must not decide it for the others. A layer repackaged beyond
+// docker.io's own maxBlobSize, but within another upstream's, is made.
+func TestMadeLayerBoundIsOneForAllUpstreams(t *testing.T) {
+	t.Parallel()
+	text, textTar := compressed(t, "gzip", []regtest.File{
+		{Name: "notes", Content: words(256 << 10)},
+		{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "notes", PAXRecords: map[string]string{"SCHILY.xattr.user.x": "y"}},
+	})
+	repacked, err := rewrite.RepackLayer(io.Discard, bytes.NewReader(text), rewrite.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := url.Parse("http://127.0.0.1:1") // never asked
+	h := newHarness(t, harnessOptions{
+		upstream: func(c *upstream.Config) { c.MaxBlobSize = (int64(len(text)) + repacked.Size) / 2 },
+		more:     []upstream.Config{{Name: "quay.io", URL: other, MaxBlobSize: 16 << 30}},
+	})
+	manifest := pushLayerImage(t, h, "library/made", ocispec.MediaTypeImageLayerGzip, text, textTar)
+	got := headDigest(t, h, "/v2/library/made/manifests/v1", containerdHeader("1.6.8"))
+	if got == digest.FromBytes(manifest) {
+		t.Errorf("containerd 1.6.8 got the original: the layer was left untouched for docker.io's own maxBlobSize")
+	}
+	if n := h.metric(t, "regnorm_layers_skipped_total", `reason="too-large"`); n != 0 {
+		t.Errorf("layers skipped as too large: %v, want 0", n)
 	}
 }
 

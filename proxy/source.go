@@ -30,7 +30,6 @@ func (s *Server) readingAs(remote *upstream.Repository) source {
 func (src source) Upstream() string   { return src.remote.Upstream() }
 func (src source) Repository() string { return src.remote.Name() }
 func (src source) Identity() string   { return src.remote.Identity() }
-func (src source) MaxBlobSize() int64 { return src.remote.MaxBlobSize() }
 
 func (src source) request(dgst digest.Digest, blob bool) distRequest {
 	return distRequest{remote: src.remote, repo: src.remote.Name(), digest: dgst, blob: blob}

@@ -11,7 +11,10 @@ import (
 // very large one: zstd's matches reach back as far as its window (8 MiB
 // here), gzip's 32 KiB, so a zstd layer that repeats a 1 MiB block gzips to
 // about a thousand times its size. maxBlobSize bounds what an upstream
-// sends; this bounds what regnorm writes to the cache in its name.
+// sends; this bounds what regnorm writes to the cache in its name. Both
+// bounds are the same for every upstream: a layer's verdict (and an image's)
+// is shared by digest, so which upstream's client asked first must not
+// decide whether another upstream's clients get a layer fixed.
 const (
 	// madeRatio and madeSlack bound a made layer to madeRatio times its
 	// source's size, plus madeSlack. Real layers gzip to 1.1× their zstd
@@ -29,18 +32,18 @@ var (
 	// errAmplifies: the layer made would be more than madeRatio times its
 	// source, and madeSlack.
 	errAmplifies = fmt.Errorf("the layer made would be more than %d times its source's size, and %d bytes", madeRatio, madeSlack)
-	// errMadeTooLarge: the layer made would be larger than its upstream's
-	// maxBlobSize.
-	errMadeTooLarge = errors.New("the layer made would be larger than the upstream's maxBlobSize")
+	// errMadeTooLarge: the layer made would be larger than any blob an
+	// upstream may send (Options.MaxMadeSize).
+	errMadeTooLarge = errors.New("the layer made would be larger than maxBlobSize")
 )
 
-// madeBound is how large a layer made from a source of srcSize bytes, of
-// an upstream whose maxBlobSize is maxBlob (0: none), may be, and the error
-// past it: whichever bound is the smaller.
-func madeBound(srcSize, maxBlob int64) (int64, error) {
+// madeBound is how large a layer made from a source of srcSize bytes may
+// be, within maxMade (0: no bound but the ratio), and the error past it:
+// whichever bound is the smaller.
+func madeBound(srcSize, maxMade int64) (int64, error) {
 	limit := madeRatio*max(srcSize, 0) + madeSlack
-	if maxBlob > 0 && maxBlob < limit {
-		return maxBlob, errMadeTooLarge
+	if maxMade > 0 && maxMade < limit {
+		return maxMade, errMadeTooLarge
 	}
 	return limit, errAmplifies
 }
@@ -56,10 +59,10 @@ type boundedWriter struct {
 	err  error // set once the bound was crossed
 }
 
-// boundMade is w bounded for a layer made from a source of srcSize bytes
-// of an upstream whose maxBlobSize is maxBlob.
-func boundMade(w io.Writer, srcSize, maxBlob int64) *boundedWriter {
-	limit, over := madeBound(srcSize, maxBlob)
+// boundMade is w bounded for a layer made from a source of srcSize bytes,
+// within maxMade.
+func boundMade(w io.Writer, srcSize, maxMade int64) *boundedWriter {
+	limit, over := madeBound(srcSize, maxMade)
 	return &boundedWriter{w: w, max: limit, over: over}
 }
 

@@ -58,9 +58,6 @@ type Source interface {
 	// shared only between callers of one identity, whose refusal must not
 	// become another client's answer.
 	Identity() string
-	// MaxBlobSize is the upstream's bound on one blob (0: none): no layer
-	// made from its blobs may be larger either.
-	MaxBlobSize() int64
 	// Manifest returns a child manifest of an index.
 	Manifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error)
 	// OpenBlob opens a blob, verified as it is read: from the download's
@@ -122,6 +119,11 @@ type Options struct {
 	Timeout time.Duration
 	// MaxLayerSize bounds how far a layer is decompressed to scan it.
 	MaxLayerSize int64
+	// MaxMadeSize bounds a layer the engine makes (0: none), beside
+	// madeRatio times its source: the largest blob an upstream may send.
+	// It is the same for every upstream, since what the engine concludes
+	// of a layer or an image (left untouched, or not) is shared by digest.
+	MaxMadeSize int64
 	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
 	// memory its decoder holds (0: rewrite.DefaultZstdWindow); a layer
 	// that declares more is left untouched.

@@ -72,7 +72,6 @@ func (s *memSource) add(img regtest.Image) {
 func (s *memSource) Upstream() string   { return "docker.io" }
 func (s *memSource) Repository() string { return "library/app" }
 func (s *memSource) Identity() string   { return "docker.io/library/app" }
-func (s *memSource) MaxBlobSize() int64 { return 0 }
 
 func (s *memSource) Manifest(_ context.Context, dgst digest.Digest) (cache.Manifest, error) {
 	m, ok := s.manifests[dgst]

@@ -54,7 +54,7 @@ const KindLayerUntouched = "layer-untouched"
 // untouchedWhy is what the report says of a layer left untouched, by reason.
 var untouchedWhy = map[string]string{
 	"not-tar":     "not a tar stream regnorm reads: served as upstream has it",
-	"too-large":   "decompresses beyond normalize.maxLayerSize, or rewritten would be larger than the upstream's maxBlobSize: served as upstream has it",
+	"too-large":   "decompresses beyond normalize.maxLayerSize, or rewritten would be larger than maxBlobSize: served as upstream has it",
 	"zstd-window": "a zstd frame declares a window beyond normalize.maxZstdWindow: served as upstream has it",
 	"amplifies":   fmt.Sprintf("rewritten would be more than %d times its size and %d MiB: served as upstream has it", madeRatio, madeSlack>>20),
 }
@@ -209,9 +209,8 @@ func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Dige
 // repackLayer writes the layer transformed as t says into the cache as a
 // new blob, from the cached original, verified as it is read. want, when
 // set, is the digest the result must have (a rebuild). The new blob is
-// bounded by madeBound (maxBlob is its upstream's maxBlobSize): past it,
-// the write stops and nothing of it stays.
-func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t rewrite.LayerTransform, maxBlob int64) (rewrite.LayerResult, error) {
+// bounded by madeBound: past it, the write stops and nothing of it stays.
+func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
 	done, err := e.work.turn(ctx)
 	if err != nil {
 		return rewrite.LayerResult{}, err
@@ -232,7 +231,7 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
-	out := boundMade(in, info.Size, maxBlob)
+	out := boundMade(in, info.Size, e.opts.MaxMadeSize)
 	res, err := rewrite.TransformLayer(out, rc, e.limits(), t)
 	if err != nil {
 		if crossed := out.crossed(); crossed != nil {
@@ -263,7 +262,7 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 // fails verification (it is then removed), the layer is fetched again
 // through the source and repackaged from that.
 func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
-	res, err := e.repackLayer(ctx, dgst, want, t, src.MaxBlobSize())
+	res, err := e.repackLayer(ctx, dgst, want, t)
 	if !damaged(err) {
 		return res, err
 	}
@@ -271,7 +270,7 @@ func (e *Engine) repackFromOriginal(ctx context.Context, src Source, dgst, want 
 	if err := src.Ensure(ctx, dgst); err != nil {
 		return rewrite.LayerResult{}, err
 	}
-	return e.repackLayer(ctx, dgst, want, t, src.MaxBlobSize())
+	return e.repackLayer(ctx, dgst, want, t)
 }
 
 // RebuildLayer makes an evicted repackaged layer d again from its original,

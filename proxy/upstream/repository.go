@@ -36,10 +36,6 @@ func (r *Repository) Identity() string {
 	return fmt.Sprintf("%s/%s %x", r.reg.name, r.name, r.reg.credsKey)
 }
 
-// MaxBlobSize is the upstream's maxBlobSize: what it may send of one blob,
-// and so what regnorm may make of one (0: no bound).
-func (r *Repository) MaxBlobSize() int64 { return r.reg.maxBlob }
-
 // MaxDownloads is how many of the fetcher's downloads the repository's
 // upstream may hold at once; 0 leaves it to the fetcher.
 func (r *Repository) MaxDownloads() int { return r.reg.share }
