@@ -243,6 +243,12 @@ func (in *Ingest) Write(p []byte) (int, error) {
 
 // Commit verifies size and digest and publishes the blob. On any error the
 // temporary object is removed.
+//
+// Two ingests of one digest (two upstreams' downloads) may both commit:
+// each writes its own temporary object, and the move replaces one verified
+// blob with the same bytes whole (a rename on the filesystem, an object put
+// whole on S3), so a reader sees either, never a mix, and one that opened
+// the first reads it to its end.
 func (in *Ingest) Commit(ctx context.Context) error {
 	if in.done {
 		return errors.New("ingest already finished")

@@ -13,6 +13,9 @@ import (
 //
 //	/blobs/<alg>/<hex[:2]>/<hex>/data          blob bytes
 //	/manifests/<alg>/<hex[:2]>/<hex>           manifest envelope (media type + bytes)
+//	/schema1/<upstream>/<repository>/_manifests/<alg>/<hex>
+//	                                           a schema 1 manifest's envelope, as that repository
+//	                                           served it (its digest does not decide its bytes)
 //	/variants/<alg>/<hex[:2]>/<hex>/<rules>    normalization verdict of a manifest under one rule set
 //	                                           (<rules>: the set's key, ',' written '_'; "none" when empty)
 //	/layers/<alg>/<hex[:2]>/<hex>              verdict of a layer
@@ -76,6 +79,10 @@ func digestFromPath(root, p string) (digest.Digest, bool) {
 
 func linkPath(upstream, repo string, dgst digest.Digest) string {
 	return path.Join("/links", escapeSegment(upstream), repo, "_links", dgst.Algorithm().String(), dgst.Encoded())
+}
+
+func schema1Path(upstream, repo string, dgst digest.Digest) string {
+	return path.Join("/schema1", escapeSegment(upstream), repo, "_manifests", dgst.Algorithm().String(), dgst.Encoded())
 }
 
 func tagPath(upstream, repo, tag string) string {

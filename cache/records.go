@@ -365,8 +365,9 @@ type LayerVerdict struct {
 	// counts the others.
 	Removals []XattrRemoval `json:"removals,omitempty"`
 	Unlisted int            `json:"unlisted,omitempty"`
-	// Skipped, when set, is why the layer was left untouched unscanned
-	// (not-tar, too-large, zstd-window).
+	// Skipped, when set, is why the layer was left untouched: not read
+	// whole (not-tar, too-large, zstd-window), or repackaged it would be
+	// beyond the bound of a layer regnorm makes (amplifies, too-large).
 	Skipped string `json:"skipped,omitempty"`
 	// Limit, for a layer skipped for a limit (too-large, zstd-window), is
 	// that limit as it was when the layer was judged: under a larger one it

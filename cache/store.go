@@ -71,10 +71,11 @@ type BlobIngester interface {
 	NewBlob(ctx context.Context) (*Ingest, error)
 }
 
-// ManifestStore reads and writes manifests by digest.
+// ManifestStore reads and writes manifests by digest, as a repository of
+// an upstream serves them.
 type ManifestStore interface {
-	GetManifest(ctx context.Context, dgst digest.Digest) (Manifest, error)
-	PutManifest(ctx context.Context, m Manifest) error
+	GetManifest(ctx context.Context, upstream, repo string, dgst digest.Digest) (Manifest, error)
+	PutManifest(ctx context.Context, upstream, repo string, m Manifest) error
 }
 
 // TagStore reads and writes tag records.
@@ -148,13 +149,37 @@ type manifestEnvelope struct {
 	Content   []byte `json:"content"`
 }
 
-// GetManifest returns a cached manifest, verified against its digest (for
-// schema 1, the digest of its payload).
-func (s *Store) GetManifest(ctx context.Context, dgst digest.Digest) (Manifest, error) {
+// GetManifest returns the cached manifest dgst as upstream's repository
+// repo serves it, verified against its digest (for schema 1, the digest of
+// its payload).
+//
+// A manifest whose digest decides its bytes (every type but schema 1) is
+// one entry, shared by every repository of every upstream. A schema 1
+// manifest's digest covers its payload only: other bytes (other signatures,
+// or none) have the same digest, so each repository keeps its own copy, and
+// what one upstream or repository sends never replaces what another one's
+// clients get. (A schema 1 entry at the shared path, from before, is not
+// read: any upstream may have written it.)
+func (s *Store) GetManifest(ctx context.Context, upstream, repo string, dgst digest.Digest) (Manifest, error) {
 	if err := dgst.Validate(); err != nil {
 		return Manifest{}, fmt.Errorf("get manifest %q: %w", dgst, err)
 	}
-	b, err := s.driver.GetContent(ctx, manifestPath(dgst))
+	m, err := s.readManifest(ctx, manifestPath(dgst), dgst)
+	switch {
+	case err == nil && !schema1.Is(m.MediaType):
+		return m, nil
+	case err != nil && !errors.Is(err, ErrNotFound):
+		return Manifest{}, err
+	}
+	if m, err = s.readManifest(ctx, schema1Path(upstream, repo, dgst), dgst); err == nil && !schema1.Is(m.MediaType) {
+		return Manifest{}, fmt.Errorf("get manifest %s of %s/%s: a %s among schema 1 manifests: %w", dgst, upstream, repo, m.MediaType, ErrMediaTypeMismatch)
+	}
+	return m, err
+}
+
+// readManifest reads and verifies the envelope at p.
+func (s *Store) readManifest(ctx context.Context, p string, dgst digest.Digest) (Manifest, error) {
+	b, err := s.driver.GetContent(ctx, p)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("get manifest %s: %w", dgst, notFound(err))
 	}
@@ -174,11 +199,12 @@ func (s *Store) GetManifest(ctx context.Context, dgst digest.Digest) (Manifest, 
 	return Manifest{MediaType: mediaType, Digest: dgst, Content: env.Content}, nil
 }
 
-// PutManifest stores m after checking that its content matches its digest
-// and its media type is the one its content decides (mediatype.Of): the
-// cache is shared by digest, so no writer can store a type of its own for
-// bytes another writer put there.
-func (s *Store) PutManifest(ctx context.Context, m Manifest) error {
+// PutManifest stores m, as upstream's repository repo served it, after
+// checking that its content matches its digest and its media type is the
+// one its content decides (mediatype.Of): the cache is shared by digest, so
+// no writer can store a type of its own for bytes another writer put there.
+// A schema 1 manifest is the repository's own copy (see GetManifest).
+func (s *Store) PutManifest(ctx context.Context, upstream, repo string, m Manifest) error {
 	if err := m.Digest.Validate(); err != nil {
 		return fmt.Errorf("put manifest %q: %w", m.Digest, err)
 	}
@@ -192,7 +218,11 @@ func (s *Store) PutManifest(ctx context.Context, m Manifest) error {
 	if err != nil {
 		return fmt.Errorf("put manifest %s: %w", m.Digest, err)
 	}
-	if err := s.driver.PutContent(ctx, manifestPath(m.Digest), b); err != nil {
+	p := manifestPath(m.Digest)
+	if schema1.Is(m.MediaType) {
+		p = schema1Path(upstream, repo, m.Digest)
+	}
+	if err := s.driver.PutContent(ctx, p, b); err != nil {
 		return fmt.Errorf("put manifest %s: %w", m.Digest, err)
 	}
 	return nil

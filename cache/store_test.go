@@ -26,6 +26,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/internal/schema1"
 )
 
 // drivers is every driver the store suite runs on. S3 joins with the issue
@@ -93,6 +95,61 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			}
 			assertAbsent(t, d, s, dgst)
 		}},
+		{"two ingests of one digest both commit", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			// Two upstreams' downloads of one digest run apart and both
+			// commit: the second replaces the first with the same verified
+			// bytes, and a reader of the first reads it whole.
+			first, err := s.IngestBlob(ctx, dgst, int64(len(content)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			second, err := s.IngestBlob(ctx, dgst, int64(len(content)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			half := len(content) / 2
+			for _, step := range []struct {
+				in *cache.Ingest
+				p  []byte
+			}{{first, content[:half]}, {second, content[:half]}, {first, content[half:]}, {second, content[half:]}} {
+				if _, err := step.in.Write(step.p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := first.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			rc, _, err := s.OpenVerified(ctx, dgst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			head := make([]byte, 100)
+			if _, err := io.ReadFull(rc, head); err != nil {
+				t.Fatal(err)
+			}
+			if err := second.Commit(ctx); err != nil {
+				t.Fatalf("the second commit: %v", err)
+			}
+			rest, err := io.ReadAll(rc)
+			if err != nil || !bytes.Equal(append(head, rest...), content) {
+				t.Fatalf("the reader of the first commit: %d bytes, %v", len(head)+len(rest), err)
+			}
+			assertBlob(t, s, dgst, content)
+			var left []string
+			err = d.Walk(ctx, "/_uploads", func(fi storagedriver.FileInfo) error {
+				if !fi.IsDir() {
+					left = append(left, fi.Path())
+				}
+				return nil
+			})
+			if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				t.Fatalf("walk uploads: %v", err)
+			}
+			if len(left) > 0 {
+				t.Fatalf("temporary objects left behind: %v", left)
+			}
+		}},
 		{"cancel leaves nothing", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			in, err := s.IngestBlob(ctx, dgst, -1)
 			if err != nil {
@@ -135,10 +192,10 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 		{"manifest round trip keeps bytes", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			body := []byte(`{"schemaVersion":2,  "mediaType":"application/vnd.oci.image.manifest.v1+json"}`)
 			want := cache.Manifest{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest.FromBytes(body), Content: body}
-			if err := s.PutManifest(ctx, want); err != nil {
+			if err := s.PutManifest(ctx, "docker.io", "library/app", want); err != nil {
 				t.Fatal(err)
 			}
-			got, err := s.GetManifest(ctx, want.Digest)
+			got, err := s.GetManifest(ctx, "docker.io", "library/app", want.Digest)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,11 +204,11 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			}
 		}},
 		{"manifest under a wrong digest is refused", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
-			err := s.PutManifest(ctx, cache.Manifest{MediaType: ocispec.MediaTypeImageIndex, Digest: dgst, Content: []byte(`{"manifests":[]}`)})
+			err := s.PutManifest(ctx, "docker.io", "library/app", cache.Manifest{MediaType: ocispec.MediaTypeImageIndex, Digest: dgst, Content: []byte(`{"manifests":[]}`)})
 			if !errors.Is(err, cache.ErrDigestMismatch) {
 				t.Fatalf("put: got %v, want ErrDigestMismatch", err)
 			}
-			if _, err := s.GetManifest(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
+			if _, err := s.GetManifest(ctx, "docker.io", "library/app", dgst); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("get: got %v, want ErrNotFound", err)
 			}
 		}},
@@ -161,10 +218,10 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			// types came from content) is read with the content's.
 			body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}`)
 			m := cache.Manifest{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(body), Content: body}
-			if err := s.PutManifest(ctx, m); !errors.Is(err, cache.ErrMediaTypeMismatch) {
+			if err := s.PutManifest(ctx, "docker.io", "library/app", m); !errors.Is(err, cache.ErrMediaTypeMismatch) {
 				t.Fatalf("put as an index: got %v, want ErrMediaTypeMismatch", err)
 			}
-			if err := s.PutManifest(ctx, cache.Manifest{MediaType: "text/html", Digest: digest.FromString("<p>"), Content: []byte("<p>")}); !errors.Is(err, cache.ErrMediaTypeMismatch) {
+			if err := s.PutManifest(ctx, "docker.io", "library/app", cache.Manifest{MediaType: "text/html", Digest: digest.FromString("<p>"), Content: []byte("<p>")}); !errors.Is(err, cache.ErrMediaTypeMismatch) {
 				t.Fatalf("put a page: got %v, want ErrMediaTypeMismatch", err)
 			}
 			enc := m.Digest.Encoded()
@@ -172,9 +229,48 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			if err := d.PutContent(ctx, "/manifests/sha256/"+enc[:2]+"/"+enc, []byte(poisoned)); err != nil {
 				t.Fatal(err)
 			}
-			got, err := s.GetManifest(ctx, m.Digest)
+			got, err := s.GetManifest(ctx, "docker.io", "library/app", m.Digest)
 			if err != nil || got.MediaType != "application/vnd.docker.distribution.manifest.v2+json" || !bytes.Equal(got.Content, body) {
 				t.Fatalf("got %q, %v; want the Docker manifest type", got.MediaType, err)
+			}
+		}},
+		{"schema 1 copies are per repository", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			// A schema 1 digest covers the payload: the signed manifest and
+			// its bare payload share it. Each repository keeps the bytes it
+			// was given, and an entry at the shared path (written before
+			// copies were per repository) is not read.
+			img, err := regtest.BuildSchema1(regtest.Schema1Options{}, regtest.Schema1Layer{Files: []regtest.File{{Name: "a", Content: []byte("a")}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			signed := cache.Manifest{MediaType: schema1.MediaTypeSigned, Digest: img.Digest, Content: img.Manifest}
+			bare := cache.Manifest{MediaType: schema1.MediaTypeUnsigned, Digest: img.Digest, Content: img.Payload}
+			if err := s.PutManifest(ctx, "docker.io", "old/app", signed); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.PutManifest(ctx, "hostile", "any/repo", bare); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.PutManifest(ctx, "docker.io", "evil/app", bare); err != nil {
+				t.Fatal(err)
+			}
+			enc := img.Digest.Encoded()
+			legacy := fmt.Sprintf(`{"mediaType":%q,"content":%q}`, bare.MediaType, base64.StdEncoding.EncodeToString(bare.Content))
+			if err := d.PutContent(ctx, "/manifests/sha256/"+enc[:2]+"/"+enc, []byte(legacy)); err != nil {
+				t.Fatal(err)
+			}
+			for _, tt := range []struct {
+				upstream, repo string
+				want           cache.Manifest
+			}{{"docker.io", "old/app", signed}, {"hostile", "any/repo", bare}, {"docker.io", "evil/app", bare}} {
+				got, err := s.GetManifest(ctx, tt.upstream, tt.repo, img.Digest)
+				if err != nil || got.MediaType != tt.want.MediaType || !bytes.Equal(got.Content, tt.want.Content) {
+					t.Errorf("%s/%s: got %s, %d bytes, %v; want %s, %d bytes", tt.upstream, tt.repo, got.MediaType, len(got.Content), err,
+						tt.want.MediaType, len(tt.want.Content))
+				}
+			}
+			if _, err := s.GetManifest(ctx, "docker.io", "library/app", img.Digest); !errors.Is(err, cache.ErrNotFound) {
+				t.Errorf("a repository that holds no copy: got %v, want ErrNotFound", err)
 			}
 		}},
 		{"tag records per upstream", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
@@ -205,7 +301,7 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			if err := s.PutNormalization(ctx, n); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("verdict pointing at a missing manifest: got %v, want ErrNotFound", err)
 			}
-			if err := s.PutManifest(ctx, normalized); err != nil {
+			if err := s.PutManifest(ctx, "docker.io", "library/app", normalized); err != nil {
 				t.Fatal(err)
 			}
 			if err := s.PutNormalization(ctx, n); err != nil {

@@ -1,8 +1,10 @@
 package proxy_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -19,12 +21,19 @@ import (
 // the children's bytes by digest.
 func wideIndex(t *testing.T, n int) ([]byte, map[digest.Digest][]byte) {
 	t.Helper()
+	return wideIndexOf(t, n, "")
+}
+
+// wideIndexOf is wideIndex, its children told apart from another index's
+// by salt.
+func wideIndexOf(t *testing.T, n int, salt string) ([]byte, map[digest.Digest][]byte) {
+	t.Helper()
 	children := map[digest.Digest][]byte{}
 	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
 	index.SchemaVersion = 2
 	for i := range n {
 		child := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":2},"layers":[]}`,
-			ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig, digest.FromString(fmt.Sprint(i))))
+			ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig, digest.FromString(salt+fmt.Sprint(i))))
 		dgst := digest.FromBytes(child)
 		children[dgst] = child
 		index.Manifests = append(index.Manifests, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: dgst,
@@ -112,5 +121,78 @@ func TestUpstreamRequestBudget(t *testing.T) {
 	}
 	if n := childReads.Load(); n != children {
 		t.Fatalf("%d child reads in all, want each of the %d children once", n, children)
+	}
+}
+
+// TestWarmHasOneBudget: one warm request causes at most WarmBudget upstream
+// requests, all its images together, each at most what a pull may. Eight
+// images, each an index of 400 children (401 upstream requests each, 3208
+// in all): the first are warmed, the rest get an error naming the budget;
+// the same warm again goes on from what was fetched.
+func TestWarmHasOneBudget(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	const images, children = 8, 400
+	if children >= proxy.UpstreamBudget || images*(children+1) <= proxy.WarmBudget {
+		t.Fatalf("the test needs images within a pull's budget (%d) and more than the warm's (%d) together", proxy.UpstreamBudget, proxy.WarmBudget)
+	}
+	indexes := map[string][]byte{}
+	all := map[digest.Digest][]byte{}
+	var names []string
+	for i := range images {
+		repo := fmt.Sprintf("library/wide%d", i)
+		index, have := wideIndexOf(t, children, repo)
+		indexes[repo] = index
+		maps.Copy(all, have)
+		names = append(names, repo+":v1")
+	}
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		repo, ref, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/v2/"), "/manifests/")
+		if index := indexes[repo]; ok && (ref == "v1" || ref == digest.FromBytes(index).String()) {
+			w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+			w.Header().Set("Docker-Content-Digest", digest.FromBytes(index).String())
+			w.Write(index)
+			return
+		}
+		child, found := all[digest.Digest(ref)]
+		if !ok || !found {
+			http.Error(w, `{"errors":[{"code":"MANIFEST_UNKNOWN"}]}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", ocispec.MediaTypeImageManifest)
+		w.Write(child)
+	})
+
+	before := h.front.count()
+	res, err := proxy.Client{Server: h.url}.Warm(context.Background(), names, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := h.front.count() - before; n > proxy.WarmBudget {
+		t.Errorf("one warm sent %d upstream requests, more than its budget of %d", n, proxy.WarmBudget)
+	}
+	warmed, refused := 0, 0
+	for _, r := range res {
+		switch {
+		case r.Error == "":
+			warmed++
+		case strings.Contains(r.Error, "upstream requests"):
+			refused++
+		default:
+			t.Errorf("%s: %s, want it warmed or refused for the budget", r.Image, r.Error)
+		}
+	}
+	if warmed == 0 || refused == 0 {
+		t.Fatalf("%d images warmed, %d refused for the budget; want some of each", warmed, refused)
+	}
+
+	res, err = proxy.Client{Server: h.url}.Warm(context.Background(), names, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Error != "" {
+			t.Errorf("the same warm again, %s: %s", r.Image, r.Error)
+		}
 	}
 }

@@ -26,6 +26,9 @@ func (s *Server) CountNodes() { s.countNodesOnce() }
 // PruneNodeReports runs the background pass that forgets nodes' reports.
 func (s *Server) PruneNodeReports(ctx context.Context) { s.pruneNodeReports(ctx) }
 
+// WarmBudget is warmBudget.
+const WarmBudget = warmBudget
+
 // MaxNodes is maxNodes.
 const MaxNodes = maxNodes
 

@@ -113,7 +113,7 @@ func TestHostileManifests(t *testing.T) {
 				if r.status != http.StatusBadGateway || r.ociError(t) != "MANIFEST_INVALID" {
 					t.Fatalf("got %d (%.200s), want 502 MANIFEST_INVALID", r.status, r.body)
 				}
-				if _, err := h.store.GetManifest(context.Background(), digest.FromString(tt.body)); !errors.Is(err, cache.ErrNotFound) {
+				if _, err := h.store.GetManifest(context.Background(), "docker.io", "library/hostile", digest.FromString(tt.body)); !errors.Is(err, cache.ErrNotFound) {
 					t.Fatalf("the refused document is in the cache: %v", err)
 				}
 				return

@@ -89,7 +89,7 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 	if err != nil {
 		return cache.Manifest{}, "", errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
-	m, err := s.store.GetManifest(ctx, req.digest)
+	m, err := s.store.GetManifest(ctx, req.remote.Upstream(), req.repo, req.digest)
 	if err == nil {
 		if !admitted {
 			if err := s.ask(ctx, req, sub); err != nil {
@@ -117,7 +117,7 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 		if err != nil {
 			return nil, err
 		}
-		if err := s.store.PutManifest(ctx, m); err != nil {
+		if err := s.store.PutManifest(ctx, req.remote.Upstream(), req.repo, m); err != nil {
 			s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
 		}
 		return m, nil
@@ -137,7 +137,7 @@ func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []st
 	rec, err := s.store.GetTag(ctx, req.remote.Upstream(), req.repo, req.tag)
 	haveRec := err == nil && accepts(accept, rec.MediaType)
 	if haveRec && s.clock.Now().Sub(rec.CheckedAt) < s.tagTTL {
-		if m, err := s.store.GetManifest(ctx, rec.Digest); err == nil {
+		if m, err := s.store.GetManifest(ctx, req.remote.Upstream(), req.repo, rec.Digest); err == nil {
 			s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
 			// The tag record is the repository's own: upstream said so.
 			s.learn(ctx, req.remote.Upstream(), req.repo, m.Digest)
@@ -170,7 +170,7 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 	var cached cache.Manifest
 	if haveRec {
 		var err error
-		if cached, err = s.store.GetManifest(ctx, rec.Digest); err != nil {
+		if cached, err = s.store.GetManifest(ctx, remote.Upstream(), req.repo, rec.Digest); err != nil {
 			haveRec = false
 		}
 	}
@@ -204,7 +204,7 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 		}
 		return cache.Manifest{}, "", err
 	}
-	if err := s.store.PutManifest(ctx, m); err != nil {
+	if err := s.store.PutManifest(ctx, remote.Upstream(), req.repo, m); err != nil {
 		s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
 		return m, "upstream", nil
 	}

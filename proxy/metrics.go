@@ -108,7 +108,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		layersSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_layers_skipped_total",
-			Help: "Layers left untouched without a full scan, by reason: not-tar (not a tar stream regnorm reads), too-large (decompresses beyond normalize.maxLayerSize) or zstd-window (a zstd frame declares a window beyond normalize.maxZstdWindow).",
+			Help: "Layers left untouched, by reason: not-tar (not a tar stream regnorm reads), too-large (decompresses beyond normalize.maxLayerSize, or rewritten would be larger than maxBlobSize), zstd-window (a zstd frame declares a window beyond normalize.maxZstdWindow) or amplifies (rewritten would be more than 8 times its size and 1 MiB).",
 		}, []string{"reason"}),
 		bytesScanned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layer_scanned_bytes_total",

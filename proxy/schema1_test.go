@@ -1,10 +1,14 @@
 package proxy_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/internal/schema1"
 	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
 	"github.com/regnorm/regnorm/rewrite"
 )
 
@@ -198,5 +203,61 @@ func TestNarrowAcceptDoesNotConvertTheTagDown(t *testing.T) {
 	h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", ociOnly)
 	if got := headDigest(t, h, "/v2/library/app/manifests/v1", containerdHeader("1.6.20")); got != img.ManifestDigest {
 		t.Fatalf("after an OCI-only request, 1.6.20 got %s, want the upstream's schema 2 %s", got, img.ManifestDigest)
+	}
+}
+
+// TestSchema1CopiesArePerRepository: a schema 1 manifest's digest covers
+// its payload, not its bytes, so an upstream that answers with the bare
+// payload of another upstream's signed manifest has the same digest for
+// other bytes. What it sends is its own repository's copy: the good
+// upstream's image is still served as it signed it, by tag and by digest,
+// and after a restart.
+func TestSchema1CopiesArePerRepository(t *testing.T) {
+	t.Parallel()
+	var payload atomic.Pointer[[]byte]
+	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := payload.Load()
+		if p == nil || !strings.Contains(r.URL.Path, "/manifests/") {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Docker-Content-Digest", digest.FromBytes(*p).String())
+		if r.Method == http.MethodGet {
+			w.Write(*p)
+		}
+	}))
+	t.Cleanup(hostile.Close)
+	hostileURL, _ := url.Parse(hostile.URL)
+	h := newHarness(t, harnessOptions{more: []upstream.Config{{Name: "hostile", URL: hostileURL}}})
+	img := pushSchema1(t, h, "old/app", "v1")
+	if img.MediaType != schema1.MediaTypeSigned || bytes.Equal(img.Payload, img.Manifest) {
+		t.Fatal("the fixture is not a signed schema 1 manifest")
+	}
+	good := func(when string) {
+		t.Helper()
+		for _, ref := range []string{"v1", img.Digest.String()} {
+			r := h.do(t, http.MethodGet, "/v2/old/app/manifests/"+ref, containerdHeader("1.6.20"))
+			if r.status != http.StatusOK || !bytes.Equal(r.body, img.Manifest) || r.header.Get("Content-Type") != schema1.MediaTypeSigned ||
+				r.header.Get("Docker-Content-Digest") != img.Digest.String() {
+				t.Errorf("%s, old/app by %s: %d, %s, %d bytes; want the signed manifest, %d bytes", when, ref, r.status,
+					r.header.Get("Content-Type"), len(r.body), len(img.Manifest))
+			}
+		}
+	}
+	good("first")
+
+	payload.Store(&img.Payload)
+	r := h.do(t, http.MethodGet, "/v2/any/repo/manifests/anytag?ns=hostile", containerdHeader("1.6.20"))
+	if r.status != http.StatusOK || !bytes.Equal(r.body, img.Payload) || r.header.Get("Docker-Content-Digest") != img.Digest.String() {
+		t.Fatalf("the hostile upstream's answer: %d %s %.100s", r.status, r.header.Get("Docker-Content-Digest"), r.body)
+	}
+	good("after the hostile upstream's answer")
+	h.restart(t)
+	good("after a restart")
+	// The hostile upstream's clients get its own bytes, by digest too.
+	r = h.do(t, http.MethodGet, "/v2/any/repo/manifests/"+img.Digest.String()+"?ns=hostile", containerdHeader("1.6.20"))
+	if r.status != http.StatusOK || !bytes.Equal(r.body, img.Payload) {
+		t.Errorf("the hostile upstream's repository by digest: %d, %d bytes", r.status, len(r.body))
 	}
 }

@@ -83,6 +83,7 @@ type Options struct {
 	// MaxBlobSize bounds a blob downloaded from an upstream whose own
 	// MaxBlobSize is 0 (default DefaultMaxBlobSize): one announced larger is
 	// refused, one that sends more is stopped, and nothing of it is cached.
+	// A layer regnorm makes is bounded by the largest upstream's bound.
 	MaxBlobSize int64
 	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
 	// memory its decoder takes: a layer that declares more is served
@@ -254,6 +255,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
 	}
+	var maxMade int64 // the largest blob an upstream may send
 	for _, cfg := range opts.Upstreams {
 		if cfg.ForwardCredentials && opts.ClientAuth != nil {
 			// Both read the Authorization header: a client's regnorm token
@@ -266,6 +268,7 @@ func New(opts Options) (*Server, error) {
 		if cfg.MaxBlobSize <= 0 {
 			cfg.MaxBlobSize = opts.MaxBlobSize
 		}
+		maxMade = max(maxMade, cfg.MaxBlobSize)
 		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream, Log: opts.Logger})
 		opts.Metrics.preset(cfg.Name)
 	}
@@ -321,6 +324,7 @@ func New(opts Options) (*Server, error) {
 		Now:           opts.Clock.Now,
 		Timeout:       opts.FetchTimeout,
 		MaxLayerSize:  opts.MaxLayerSize,
+		MaxMadeSize:   maxMade,
 		MaxZstdWindow: opts.MaxZstdWindow,
 		Work:          opts.LayerWork,
 		Platforms:     platforms,

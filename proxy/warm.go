@@ -58,6 +58,13 @@ const (
 	maxWarmImages   = 1000
 	maxWarmClients  = 32
 	warmConcurrency = 2
+	// warmBudget is how many upstream requests one warm request may cause,
+	// all its images together: a few cold images' worth (each image at most
+	// upstreamBudget, as a pull), so one POST cannot make regnorm send up
+	// to maxWarmImages × upstreamBudget. Images past it get an error of
+	// their own; what was fetched is kept, so the same warm again goes on
+	// from there.
+	warmBudget = 4 * upstreamBudget
 )
 
 // serveWarm normalizes images ahead of time, waiting as long as it takes, so
@@ -74,6 +81,8 @@ func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// One budget for the whole request, in place of a pull's.
+	r = r.WithContext(upstream.WithBudget(r.Context(), warmBudget))
 	results := make([]WarmResult, len(req.Images))
 	var mu sync.Mutex
 	g := errgroup.Group{}
@@ -129,8 +138,9 @@ func (s *Server) warmGroups(clients []string) ([]warmGroup, error) {
 // who must be allowed to pull it: with forwarded credentials, its own
 // credentials are asked, as for a pull.
 func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmResult {
-	// Each image is a pull: it gets a pull's budget, not a share of one.
-	ctx := upstream.WithBudget(r.Context(), upstreamBudget)
+	// Each image costs at most a pull, and all of them at most the
+	// request's budget.
+	ctx := upstream.WithShare(r.Context(), upstreamBudget)
 	res := WarmResult{Image: image}
 	fail := func(err error) WarmResult {
 		s.log.Warn("warming an image failed", "image", image, "error", err)

@@ -68,7 +68,9 @@ type Config struct {
 	MaxQueuedDownloads int `yaml:"maxQueuedDownloads"`
 	// MaxBlobSize bounds one blob downloaded from upstream, e.g. 16GiB: one
 	// announced larger is refused, one that sends more is stopped, and
-	// nothing of it is cached. upstreams[].maxBlobSize overrides it.
+	// nothing of it is cached. upstreams[].maxBlobSize overrides it. A
+	// layer regnorm makes is bounded by the largest of them (past it, left
+	// untouched).
 	MaxBlobSize Size `yaml:"maxBlobSize"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`

@@ -1,9 +1,10 @@
 // Package blobfetch is the single-flight download of blobs from upstream
-// into the cache: one download per digest, however many clients ask, each
-// of them reading the download's spool as it grows, the cache filled beside
-// it and published only once the digest verifies. Every resource it holds
-// is bounded (see Fetcher). It reads the upstream through a Remote (an
-// upstream.Repository, for one client) and builds no request of its own.
+// into the cache: one download per upstream and digest, however many of
+// that upstream's clients ask, each of them reading the download's spool as
+// it grows, the cache filled beside it and published only once the digest
+// verifies. Every resource it holds is bounded (see Fetcher). It reads the
+// upstream through a Remote (an upstream.Repository, for one client) and
+// builds no request of its own.
 // It does not decide who may read a blob: its caller admits clients, and
 // asks StartedBy and Answered to know when a download's upstream answer
 // stands for a client too.
@@ -26,12 +27,18 @@ import (
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
-// Fetcher runs at most one upstream download per digest. Every client
-// asking for a blob that is downloading reads it from the download's spool:
-// an unlinked temporary file that the download appends to and readers tail.
-// So the first client streams at upstream speed without waiting for the whole
-// blob, N clients cost one upstream request, and a slow client never slows
-// the download or the others.
+// Fetcher runs at most one download per upstream and digest. Every client
+// of that upstream asking for a blob that is downloading reads it from the
+// download's spool: an unlinked temporary file that the download appends to
+// and readers tail. So the first client streams at upstream speed without
+// waiting for the whole blob, N clients cost one upstream request, and a
+// slow client never slows the download or the others.
+//
+// A download is shared by the clients of its upstream only: what one
+// upstream sends (slowly, or wrong) reaches no other upstream's clients.
+// Those download the digest from their own upstream, or read it from the
+// cache once one download has verified and committed it; two downloads of
+// one digest may both commit, and the cache's commit keeps either whole.
 //
 // Everything is bounded: at most limits.Downloads run at once and at most
 // limits.Queued wait for a turn (beyond, a request is refused with 503 and
@@ -48,10 +55,18 @@ type Fetcher struct {
 	slots chan struct{} // one per running download
 
 	mu         sync.Mutex
-	inflight   map[digest.Digest]*Download // running and waiting, by digest
-	active     int                         // every download not yet over, those replaced in inflight too
-	shares     map[string]*share           // by upstream name: configured upstreams only
+	inflight   map[key]*Download // running and waiting
+	active     int               // every download not yet over, those replaced in inflight too
+	shares     map[string]*share // by upstream name: configured upstreams only
 	spoolBytes int64
+}
+
+// key is what a download is shared by: the upstream it reads from, and
+// the digest. Never the digest alone: a hostile upstream's download of a
+// digest would then be what another upstream's clients read.
+type key struct {
+	upstream string
+	dgst     digest.Digest
 }
 
 // share is one upstream's part of the limits: its downloads wait for one of
@@ -117,7 +132,7 @@ type Options struct {
 // New is a Fetcher with opts; zero limits take their defaults.
 func New(opts Options) *Fetcher {
 	limits := opts.Limits.withDefaults()
-	return &Fetcher{opts: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[digest.Digest]*Download{},
+	return &Fetcher{opts: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[key]*Download{},
 		shares: map[string]*share{}}
 }
 
@@ -176,6 +191,7 @@ const orphanGrace = 10 * time.Second
 // Download is one download. Fields above mu are set before ready closes and
 // never change afterwards.
 type Download struct {
+	key    key
 	dgst   digest.Digest
 	owner  string // the Identity of who started it: its upstream's yes answers for them
 	clock  Clock
@@ -203,12 +219,13 @@ type Download struct {
 
 var errOrphaned = errors.New("no client is reading the download any more")
 
-// Join returns the download of dgst, starting it from r if none runs. The
-// caller must release it with Done.
+// Join returns the download of dgst from r's upstream, starting it from r
+// if none runs. The caller must release it with Done.
 func (fs *Fetcher) Join(r Remote, dgst digest.Digest) (*Download, error) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	if f, ok := fs.inflight[dgst]; ok && f.attach() {
+	k := key{upstream: r.Upstream(), dgst: dgst}
+	if f, ok := fs.inflight[k]; ok && f.attach() {
 		return f, nil
 	}
 	// Running and waiting downloads together, so the bound does not depend
@@ -225,9 +242,9 @@ func (fs *Fetcher) Join(r Remote, dgst digest.Digest) (*Download, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), fs.opts.Timeout)
 	ctx, cancelCause := context.WithCancelCause(ctx)
-	f := &Download{dgst: dgst, owner: r.Identity(), clock: fs.opts.Clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
+	f := &Download{key: k, dgst: dgst, owner: r.Identity(), clock: fs.opts.Clock, ctx: ctx, ready: make(chan struct{}), changed: make(chan struct{}),
 		cancel: func(cause error) { cancelCause(cause); cancel() }, refs: 1}
-	fs.inflight[dgst] = f
+	fs.inflight[k] = f
 	fs.active++
 	sh.active++
 	fs.opts.Metrics.queuedFetches.Inc()
@@ -346,8 +363,8 @@ func (fs *Fetcher) run(ctx context.Context, f *Download, r Remote, sh *share) {
 	fs.mu.Lock()
 	fs.active--
 	sh.active--
-	if fs.inflight[f.dgst] == f {
-		delete(fs.inflight, f.dgst)
+	if fs.inflight[f.key] == f {
+		delete(fs.inflight, f.key)
 	}
 	fs.mu.Unlock()
 	f.finish(err)

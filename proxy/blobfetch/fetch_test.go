@@ -29,8 +29,14 @@ func (realClock) AfterFunc(d time.Duration, f func()) func() bool { return time.
 
 // origin serves blob under every digest it is asked for, counting GETs;
 // release, when not nil, holds each body's second half until it is closed.
-// Its repository is lib/x.
+// Its repository is lib/x, of the upstream "example".
 func origin(t *testing.T, blob []byte, gets *atomic.Int32, release chan struct{}) *upstream.Repository {
+	t.Helper()
+	return namedOrigin(t, "example", blob, gets, release)
+}
+
+// namedOrigin is origin, as the upstream name.
+func namedOrigin(t *testing.T, name string, blob []byte, gets *atomic.Int32, release chan struct{}) *upstream.Repository {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gets.Add(1)
@@ -44,7 +50,7 @@ func origin(t *testing.T, blob []byte, gets *atomic.Int32, release chan struct{}
 	}))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	return upstream.New(upstream.Config{Name: "example", URL: u}, upstream.Options{
+	return upstream.New(upstream.Config{Name: name, URL: u}, upstream.Options{
 		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: slog.New(slog.DiscardHandler)}).Repository("lib/x")
 }
 
@@ -143,5 +149,68 @@ func TestWrongBytesAreNeverCompleted(t *testing.T) {
 	}
 	if _, err := store.StatBlob(ctx, dgst); err == nil {
 		t.Error("the wrong bytes were published in the cache")
+	}
+}
+
+// Two upstreams' downloads of one digest are two downloads, each read by
+// its own upstream's clients only; both verify and commit, one after the
+// other, and the cache holds the blob whole.
+func TestUpstreamsDownloadApart(t *testing.T) {
+	t.Parallel()
+	blob := make([]byte, 1<<20)
+	rand.Read(blob)
+	dgst := digest.FromBytes(blob)
+	var getsA, getsB atomic.Int32
+	release := make(chan struct{})
+	a := namedOrigin(t, "a.example", blob, &getsA, release)
+	b := namedOrigin(t, "b.example", blob, &getsB, release)
+	store := cache.New(inmemory.New())
+	var commits atomic.Int32
+	fs := blobfetch.New(blobfetch.Options{
+		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: realClock{},
+		Metrics: blobfetch.NewMetrics(), Log: slog.New(slog.DiscardHandler),
+		OnHolds: func(context.Context, blobfetch.Remote, digest.Digest) {}, OnCommit: func(int64) { commits.Add(1) },
+	})
+	ctx := context.Background()
+
+	var readers []*blobfetch.Reader
+	for _, up := range []*upstream.Repository{a, b} {
+		f, err := fs.Join(up, dgst)
+		if err == nil {
+			f, err = fs.Ready(ctx, f, up)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !f.StartedBy(up) || !f.Answered() {
+			t.Fatalf("%s's client joined a download its upstream did not answer", up.Upstream())
+		}
+		r, err := f.Tail(ctx)
+		if err != nil || r == nil {
+			t.Fatalf("tail: %v, %v", r, err)
+		}
+		readers = append(readers, r)
+	}
+	close(release) // both downloads are under way: now they finish together
+	for i, r := range readers {
+		got, err := io.ReadAll(r)
+		r.Close()
+		if err != nil || !bytes.Equal(got, blob) {
+			t.Errorf("reader %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	if getsA.Load() != 1 || getsB.Load() != 1 {
+		t.Errorf("upstream GETs: %d and %d, want one each", getsA.Load(), getsB.Load())
+	}
+	if commits.Load() != 2 {
+		t.Errorf("%d commits, want both downloads' (one replacing the other)", commits.Load())
+	}
+	rc, _, err := store.OpenVerified(ctx, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, blob) {
+		t.Errorf("cache after both commits: %d bytes, %v", len(got), err)
 	}
 }

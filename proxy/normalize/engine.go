@@ -79,8 +79,7 @@ type Store interface {
 	cache.NormalizationStore
 	cache.LayerVerdictStore
 	cache.DerivedStore
-	GetManifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error)
-	PutManifest(ctx context.Context, m cache.Manifest) error
+	cache.ManifestStore
 	OpenVerified(ctx context.Context, dgst digest.Digest) (io.ReadCloser, cache.BlobInfo, error)
 	NewBlob(ctx context.Context) (*cache.Ingest, error)
 	IngestBlob(ctx context.Context, want digest.Digest, size int64) (*cache.Ingest, error)
@@ -123,6 +122,11 @@ type Options struct {
 	Timeout time.Duration
 	// MaxLayerSize bounds how far a layer is decompressed to scan it.
 	MaxLayerSize int64
+	// MaxMadeSize bounds a layer the engine makes (0: none), beside
+	// madeRatio times its source: the largest blob an upstream may send.
+	// It is the same for every upstream, since what the engine concludes
+	// of a layer or an image (left untouched, or not) is shared by digest.
+	MaxMadeSize int64
 	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
 	// memory its decoder holds (0: rewrite.DefaultZstdWindow); a layer
 	// that declares more is left untouched.
@@ -206,7 +210,7 @@ func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, ru
 		if n.Normalized == "" {
 			return Result{Manifest: m, Verdict: n}, nil
 		}
-		if nm, err := e.opts.Store.GetManifest(ctx, n.Normalized); err == nil {
+		if nm, err := e.opts.Store.GetManifest(ctx, src.Upstream(), src.Repository(), n.Normalized); err == nil {
 			return Result{Manifest: nm, Verdict: n}, nil
 		}
 		// The verdict outlived its manifest: compute both again.
@@ -325,7 +329,7 @@ func (e *Engine) compute(ctx context.Context, src Source, m cache.Manifest, rule
 		if err := store.PutDerived(ctx, cache.Derived{Digest: res.Digest, Kind: cache.DerivedManifest, Source: m.Digest}); err != nil {
 			return Result{}, fmt.Errorf("record normalized manifest: %w", err)
 		}
-		if err := store.PutManifest(ctx, out); err != nil {
+		if err := store.PutManifest(ctx, src.Upstream(), src.Repository(), out); err != nil {
 			return Result{}, fmt.Errorf("cache normalized manifest: %w", err)
 		}
 		src.Learn(ctx, res.Digest, m.Digest)

@@ -55,8 +55,9 @@ const KindLayerUntouched = "layer-untouched"
 // untouchedWhy is what the report says of a layer left untouched, by reason.
 var untouchedWhy = map[string]string{
 	"not-tar":     "not a tar stream regnorm reads: served as upstream has it",
-	"too-large":   "decompresses beyond normalize.maxLayerSize: served as upstream has it",
+	"too-large":   "decompresses beyond normalize.maxLayerSize, or rewritten would be larger than maxBlobSize: served as upstream has it",
 	"zstd-window": "a zstd frame declares a window beyond normalize.maxZstdWindow: served as upstream has it",
+	"amplifies":   fmt.Sprintf("rewritten would be more than %d times its size and %d MiB: served as upstream has it", madeRatio, madeSlack>>20),
 }
 
 // untouchedLayers collects the layers of one image left untouched, and
@@ -151,16 +152,17 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	case reason != "":
 		// Not a tar regnorm reads, or beyond a limit: served as it is, and
 		// not scanned again (under a larger limit, it is).
-		e.m.LayersSkipped.WithLabelValues(reason).Inc()
-		e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", dgst, "reason", reason, "error", err)
-		v.Skipped, v.Limit = reason, e.limitOf(reason)
-		return v, e.opts.Store.PutLayerVerdict(ctx, v)
+		return e.skipLayer(ctx, src, v, reason, err)
 	case err != nil:
 		return cache.LayerVerdict{}, err
 	}
 	v.Compression, v.Entries = string(scan.Compression), scan.Entries
 	if !scan.Clean() {
 		res, err := e.repackFromOriginal(ctx, src, dgst, "", rewrite.LayerTransform{Strip: true})
+		if reason := skipReason(err); reason != "" {
+			// Repackaged, it would be beyond the bound of a made layer.
+			return e.skipLayer(ctx, src, v, reason, err)
+		}
 		if err != nil {
 			return cache.LayerVerdict{}, err
 		}
@@ -178,6 +180,14 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 		return cache.LayerVerdict{}, fmt.Errorf("record layer verdict: %w", err)
 	}
 	return v, nil
+}
+
+// skipLayer records v's layer as left untouched, for reason.
+func (e *Engine) skipLayer(ctx context.Context, src Source, v cache.LayerVerdict, reason string, err error) (cache.LayerVerdict, error) {
+	e.m.LayersSkipped.WithLabelValues(reason).Inc()
+	e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", v.Original, "reason", reason, "error", err)
+	v.Skipped, v.Limit = reason, e.limitOf(reason)
+	return v, e.opts.Store.PutLayerVerdict(ctx, v)
 }
 
 // scanLayer reads a layer, fetched through the source, for what the
@@ -245,7 +255,8 @@ func (e *Engine) readLayerOnce(ctx context.Context, src Source, dgst digest.Dige
 
 // repackLayer writes the layer transformed as t says into the cache as a
 // new blob, from the cached original, verified as it is read. want, when
-// set, is the digest the result must have (a rebuild).
+// set, is the digest the result must have (a rebuild). The new blob is
+// bounded by madeBound: past it, the write stops and nothing of it stays.
 func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t rewrite.LayerTransform) (rewrite.LayerResult, error) {
 	ctx, done, err := e.work.turn(ctx)
 	if err != nil {
@@ -253,7 +264,7 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 	}
 	defer done()
 	store := e.opts.Store
-	rc, _, err := store.OpenVerified(ctx, dgst)
+	rc, info, err := store.OpenVerified(ctx, dgst)
 	if errors.Is(err, cache.ErrNotFound) {
 		return rewrite.LayerResult{}, fmt.Errorf("repackage layer %s: %w: %w", dgst, errGone, err)
 	}
@@ -270,11 +281,16 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 	if err != nil {
 		return rewrite.LayerResult{}, err
 	}
-	res, err := rewrite.TransformLayer(in, rc, e.limits(), t)
+	out := boundMade(in, info.Size, e.opts.MaxMadeSize)
+	res, err := rewrite.TransformLayer(out, rc, e.limits(), t)
 	if err != nil {
-		// The layer may have stopped the read early (at a bad header, say):
-		// read the rest, so that a damaged original says so and is fetched
-		// again, rather than failing every rebuild for good.
+		if crossed := out.crossed(); crossed != nil {
+			err = crossed // whatever the write's failure became on its way
+		}
+		// The layer may have stopped the read early (at a bad header, or at
+		// the bound, say): read the rest, so that a damaged original says
+		// so and is fetched again, rather than failing every rebuild for
+		// good, and a verdict is on a verified original.
 		if _, rerr := io.Copy(io.Discard, rc); damaged(rerr) {
 			err = rerr
 		}
@@ -451,22 +467,24 @@ func (e *Engine) transformLayer(ctx context.Context, src Source, dgst digest.Dig
 }
 
 // skipReason is why a layer is left as it is, from the error reading it
-// ended with: "not-tar", "too-large", "zstd-window", or "" for any other
-// outcome.
+// or making another from it ended with: "not-tar", "too-large",
+// "zstd-window", "amplifies", or "" for any other outcome.
 func skipReason(err error) string {
 	switch {
 	case errors.Is(err, rewrite.ErrNotTar):
 		return "not-tar"
-	case errors.Is(err, rewrite.ErrLayerTooLarge):
+	case errors.Is(err, rewrite.ErrLayerTooLarge), errors.Is(err, errMadeTooLarge):
 		return "too-large"
 	case errors.Is(err, rewrite.ErrZstdWindow):
 		return "zstd-window"
+	case errors.Is(err, errAmplifies):
+		return "amplifies"
 	}
 	return ""
 }
 
 // SkipReasons are every reason skipReason gives.
-var SkipReasons = []string{"not-tar", "too-large", "zstd-window"}
+var SkipReasons = []string{"not-tar", "too-large", "zstd-window", "amplifies"}
 
 // limits are what reading one layer may take.
 func (e *Engine) limits() rewrite.Limits {

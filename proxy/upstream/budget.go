@@ -17,8 +17,9 @@ var ErrBudgetSpent = errors.New("upstream request budget spent")
 type budgetKey struct{}
 
 type budget struct {
-	limit int64
-	spent atomic.Int64
+	limit  int64
+	spent  atomic.Int64
+	within *budget // the budget this one is a share of, if any
 }
 
 // WithBudget returns ctx with a budget of n upstream requests: each request
@@ -31,18 +32,28 @@ func WithBudget(ctx context.Context, n int) context.Context {
 	return context.WithValue(ctx, budgetKey{}, &budget{limit: int64(n)})
 }
 
+// WithShare returns ctx with a budget of n upstream requests within ctx's
+// own (warm's images, within the warm request): each request spends from
+// both, so the share never causes more than n, and all shares together
+// never more than the budget they are in. Without a budget in ctx it is
+// WithBudget.
+func WithShare(ctx context.Context, n int) context.Context {
+	within, _ := ctx.Value(budgetKey{}).(*budget)
+	return context.WithValue(ctx, budgetKey{}, &budget{limit: int64(n), within: within})
+}
+
 // Spend takes one upstream request from ctx's budget (nothing when ctx has
-// none). Past the budget it is a 503 the client can act on: what was fetched
-// so far is cached, so a retry goes on from there.
+// none), and from every budget it is a share of. Past one of them it is a
+// 503 the client can act on: what was fetched so far is cached, so a retry
+// goes on from there.
 func Spend(ctx context.Context) error {
-	b, ok := ctx.Value(budgetKey{}).(*budget)
-	if !ok {
-		return nil
+	b, _ := ctx.Value(budgetKey{}).(*budget)
+	for ; b != nil; b = b.within {
+		if b.spent.Add(1) > b.limit {
+			return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable,
+				fmt.Sprintf("this request needs more than %d upstream requests; what was fetched is kept, so a retry goes on from there", b.limit),
+				ErrBudgetSpent)
+		}
 	}
-	if b.spent.Add(1) <= b.limit {
-		return nil
-	}
-	return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable,
-		fmt.Sprintf("this request needs more than %d upstream requests; what was fetched is kept, so a retry goes on from there", b.limit),
-		ErrBudgetSpent)
+	return nil
 }

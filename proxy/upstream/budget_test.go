@@ -42,3 +42,33 @@ func TestBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBudgetShares: a share spends from its own budget and from the one it
+// is in: no share spends more than its own, and all of them together no
+// more than the budget they share.
+func TestBudgetShares(t *testing.T) {
+	t.Parallel()
+	whole := upstream.WithBudget(context.Background(), 5)
+	a, b := upstream.WithShare(whole, 3), upstream.WithShare(whole, 3)
+	spend := func(ctx context.Context, n int) (ok int) {
+		for range n {
+			if err := upstream.Spend(ctx); err != nil {
+				if !errors.Is(err, upstream.ErrBudgetSpent) {
+					t.Fatal(err)
+				}
+				return ok
+			}
+			ok++
+		}
+		return ok
+	}
+	if got := spend(a, 4); got != 3 {
+		t.Errorf("a share of 3 spent %d", got)
+	}
+	if got := spend(b, 3); got != 2 {
+		t.Errorf("the second share spent %d, want what was left of the whole: 2", got)
+	}
+	if got := spend(upstream.WithShare(context.Background(), 2), 3); got != 2 {
+		t.Errorf("a share of no budget spent %d, want its own 2", got)
+	}
+}
