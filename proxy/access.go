@@ -9,7 +9,9 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Who may read what. The cache is global by digest, but an object is served
@@ -24,12 +26,13 @@ import (
 //     credentials for the repository within confirmTTL.
 //
 // What is not known is asked of the upstream, as the client: a HEAD of the
-// object, or of the source regnorm made it from.
+// object, or of the source regnorm made it from. Every reader asks through
+// a repository (repository.go), so this is decided here and nowhere else.
 
-// subject is an upstream object to ask about.
-type subject struct {
-	dgst     digest.Digest
-	manifest bool
+// object is what a client asks for by digest: a manifest or a blob.
+type object struct {
+	dgst digest.Digest
+	blob bool
 }
 
 // linkMemory remembers links known to exist, so the hot path reads none
@@ -76,53 +79,71 @@ func (s *Server) learn(ctx context.Context, upstream, repo string, dgst digest.D
 	s.links.Add(key, struct{}{})
 }
 
-// admitted reports, without asking upstream, whether req's client may read
-// req.digest under req.repo. When it may not (yet), ask is what to ask the
-// upstream about: the digest itself, or the upstream object regnorm made it
-// from.
-func (s *Server) admitted(ctx context.Context, req distRequest) (ok bool, ask subject, err error) {
-	credsOK := req.remote.Confirmed(s.clock.Now())
-	linked, err := s.holds(ctx, req.remote.Upstream(), req.repo, req.digest)
+// held is told by the fetcher that upstream said r's repository holds dgst
+// (it answered 200 to a download), to r's client.
+func (s *Server) held(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+	s.learn(ctx, r.Upstream(), r.Name(), dgst)
+	// The fetcher is handed upstream handles only; another Remote would go
+	// unconfirmed, which costs a HEAD later, nothing more.
+	if up, ok := r.(*upstream.Repository); ok {
+		up.Confirm(s.clock.Now())
+	}
+}
+
+func (r *repository) holds(ctx context.Context, dgst digest.Digest) (bool, error) {
+	return r.s.holds(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
+}
+
+func (r *repository) learn(ctx context.Context, dgst digest.Digest) {
+	r.s.learn(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
+}
+
+// admitted reports, without asking upstream, whether the client may read o
+// here. When it may not (yet), ask is what to ask the upstream about: o
+// itself, or the upstream object regnorm made it from.
+func (r *repository) admitted(ctx context.Context, o object) (ok bool, ask object, err error) {
+	credsOK := r.remote.Confirmed(r.s.clock.Now())
+	linked, err := r.holds(ctx, o.dgst)
 	if err != nil {
-		return false, subject{}, err
+		return false, object{}, err
 	}
 	if linked && credsOK {
-		return true, subject{}, nil
+		return true, object{}, nil
 	}
-	d, derived, err := s.derivedRecord(ctx, req)
+	d, derived, err := r.derivedRecord(ctx, o)
 	if err != nil || !derived {
-		return false, subject{dgst: req.digest, manifest: !req.blob}, err
+		return false, o, err
 	}
-	o, held, err := s.heldOrigin(ctx, req, d)
-	src := subject{dgst: o.Source, manifest: d.From(o).SourceIsManifest()}
+	origin, held, err := r.heldOrigin(ctx, d)
+	src := object{dgst: origin.Source, blob: !d.From(origin).SourceIsManifest()}
 	if err != nil || linked || !held {
 		return false, src, err
 	}
-	s.learn(ctx, req.remote.Upstream(), req.repo, req.digest)
+	r.learn(ctx, o.dgst)
 	return credsOK, src, nil
 }
 
-// derivedRecord is how req.digest was made, when regnorm made it as the
-// kind of object req asks for.
-func (s *Server) derivedRecord(ctx context.Context, req distRequest) (cache.Derived, bool, error) {
-	d, err := s.store.GetDerived(ctx, req.digest)
+// derivedRecord is how o was made, when regnorm made it as the kind of
+// object o is.
+func (r *repository) derivedRecord(ctx context.Context, o object) (cache.Derived, bool, error) {
+	d, err := r.s.store.GetDerived(ctx, o.dgst)
 	switch {
 	case errors.Is(err, cache.ErrNotFound):
 		return cache.Derived{}, false, nil
 	case err != nil:
 		return cache.Derived{}, false, err
-	case (d.Kind == cache.DerivedManifest) == req.blob:
+	case (d.Kind == cache.DerivedManifest) == o.blob:
 		return cache.Derived{}, false, nil // a blob asked for as a manifest, or the reverse
 	}
 	return d, true, nil
 }
 
-// heldOrigin is the way d was made from an upstream object that req's
+// heldOrigin is the way d was made from an upstream object that the
 // repository holds, as far as regnorm knows (held); else the first way.
-func (s *Server) heldOrigin(ctx context.Context, req distRequest, d cache.Derived) (o cache.Origin, held bool, err error) {
+func (r *repository) heldOrigin(ctx context.Context, d cache.Derived) (o cache.Origin, held bool, err error) {
 	origins := d.Origins()
 	for _, o := range origins {
-		held, err := s.holds(ctx, req.remote.Upstream(), req.repo, o.Source)
+		held, err := r.holds(ctx, o.Source)
 		if err != nil {
 			return origins[0], false, err
 		}
@@ -133,53 +154,53 @@ func (s *Server) heldOrigin(ctx context.Context, req distRequest, d cache.Derive
 	return origins[0], false, nil
 }
 
-// admit lets req's client read req.digest under req.repo, asking the
-// upstream when regnorm does not know (see the top of this file).
-func (s *Server) admit(ctx context.Context, req distRequest) error {
-	ok, sub, err := s.admitted(ctx, req)
+// admit lets the client read o here, asking the upstream when regnorm does
+// not know (see the top of this file).
+func (r *repository) admit(ctx context.Context, o object) error {
+	ok, sub, err := r.admitted(ctx, o)
 	if err != nil {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
 	if ok {
 		return nil
 	}
-	return s.ask(ctx, req, sub)
+	return r.ask(ctx, o, sub)
 }
 
-// admitTag lets req's client read tags of req.repo: only the credentials
-// matter, since the tag record is the repository's own. A yes is
-// remembered for the client's credentials.
-func (s *Server) admitTag(ctx context.Context, req distRequest) error {
-	if req.remote.Confirmed(s.clock.Now()) {
+// admitTag lets the client read tag: only the credentials matter, since
+// the tag record is the repository's own. A yes is remembered for the
+// client's credentials.
+func (r *repository) admitTag(ctx context.Context, tag string) error {
+	if r.remote.Confirmed(r.s.clock.Now()) {
 		return nil
 	}
 	// Asked for with schema 1 too: the tag may be one.
-	if _, err := req.remote.HeadManifest(ctx, req.tag, nil); err != nil {
+	if _, err := r.remote.HeadManifest(ctx, tag, nil); err != nil {
 		return err
 	}
-	req.remote.Confirm(s.clock.Now())
+	r.remote.Confirm(r.s.clock.Now())
 	return nil
 }
 
-// ask has the upstream tell req's client whether req.repo holds sub, with
-// a HEAD. A yes is remembered: the repository's link to sub (and to
-// req.digest, made from it), and the client's credentials for the
-// repository.
-func (s *Server) ask(ctx context.Context, req distRequest, sub subject) error {
+// ask has the upstream tell the client whether the repository holds sub,
+// with a HEAD, for the client's read of o. A yes is remembered: the
+// repository's link to sub (and to o, made from it), and the client's
+// credentials for the repository.
+func (r *repository) ask(ctx context.Context, o, sub object) error {
 	var err error
-	if sub.manifest {
-		// Asked for with schema 1 too: a source may be one.
-		_, err = req.remote.HeadManifest(ctx, sub.dgst.String(), nil)
+	if sub.blob {
+		_, err = r.remote.HeadBlob(ctx, sub.dgst)
 	} else {
-		_, err = req.remote.HeadBlob(ctx, sub.dgst)
+		// Asked for with schema 1 too: a source may be one.
+		_, err = r.remote.HeadManifest(ctx, sub.dgst.String(), nil)
 	}
 	if err != nil {
-		return unknownAsAsked(err, req)
+		return unknownAsAsked(err, o)
 	}
-	s.learn(ctx, req.remote.Upstream(), req.repo, sub.dgst)
-	req.remote.Confirm(s.clock.Now())
-	if req.digest != "" && req.digest != sub.dgst {
-		s.learn(ctx, req.remote.Upstream(), req.repo, req.digest)
+	r.learn(ctx, sub.dgst)
+	r.remote.Confirm(r.s.clock.Now())
+	if o.dgst != sub.dgst {
+		r.learn(ctx, o.dgst)
 	}
 	return nil
 }
@@ -187,9 +208,9 @@ func (s *Server) ask(ctx context.Context, req distRequest, sub subject) error {
 // unknownAsAsked words an upstream's "not found" about what ask asked it
 // as what the client asked for: the source of a blob may be a manifest,
 // and the client is told of an unknown blob all the same.
-func unknownAsAsked(err error, req distRequest) error {
+func unknownAsAsked(err error, o object) error {
 	code := errcode.ManifestUnknown
-	if req.blob {
+	if o.blob {
 		code = errcode.BlobUnknown
 	}
 	var e *errcode.Error
@@ -201,11 +222,11 @@ func unknownAsAsked(err error, req distRequest) error {
 	return &asked
 }
 
-// learnDerived records that repo holds dgst, which regnorm made from
-// source, when repo is known to hold source. No upstream request: what is
-// not known here is asked when a client wants it.
-func (s *Server) learnDerived(ctx context.Context, upstream, repo string, dgst, source digest.Digest) {
-	if held, err := s.holds(ctx, upstream, repo, source); err == nil && held {
-		s.learn(ctx, upstream, repo, dgst)
+// learnDerived records that the repository holds dgst, which regnorm made
+// from source, when it is known to hold source. No upstream request: what
+// is not known here is asked when a client wants it.
+func (r *repository) learnDerived(ctx context.Context, dgst, source digest.Digest) {
+	if held, err := r.holds(ctx, source); err == nil && held {
+		r.learn(ctx, dgst)
 	}
 }

@@ -24,11 +24,11 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	logAttrs(ctx, slog.String("upstream", req.remote.Upstream()), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	logAttrs(ctx, slog.String("upstream", req.repo.Upstream()), slog.String("repo", req.repo.Name()), slog.String("ref", req.ref()))
 	if r.Method == http.MethodHead {
 		return s.headBlob(w, r, req)
 	}
-	b, err := s.openBlob(ctx, req, rangeStart(r.Header.Get("Range")), false)
+	b, err := req.repo.openBlob(ctx, req.digest, rangeStart(r.Header.Get("Range")))
 	if err != nil {
 		return err
 	}
@@ -39,41 +39,70 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.metrics.cacheRequests.WithLabelValues("blob", result).Inc()
 	s.sendBlob(w, r, req.digest, b, b.source)
-	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
-		return sr.Err()
-	}
-	return nil
+	return b.err()
 }
 
-// headBlob answers a HEAD without reading the blob: from the cache for an
-// admitted client, else with the upstream's answer to the client. A
-// repackaged layer that was evicted is rebuilt first: upstream never had it.
+// headBlob answers a HEAD without reading the blob (see repository.statBlob).
 func (s *Server) headBlob(w http.ResponseWriter, r *http.Request, req distRequest) error {
-	ctx := r.Context()
-	info, err := s.store.StatBlob(ctx, req.digest)
+	info, err := req.repo.statBlob(r.Context(), req.digest)
 	if err != nil {
-		if d, derr := s.store.GetDerived(ctx, req.digest); derr != nil || d.Kind != cache.DerivedLayer {
-			return s.headBlobUpstream(w, r, req)
-		}
-		b, err := s.openBlob(ctx, req, 0, false) // admits, and rebuilds
-		if err != nil {
-			return err
-		}
-		b.Close()
-		if info, err = s.store.StatBlob(ctx, req.digest); err != nil {
-			return errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", err)
-		}
-	} else if err := s.admit(ctx, req); err != nil {
 		return err
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", req.digest.String())
 	h.Set("ETag", `"`+req.digest.String()+`"`)
-	h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
+	if info.size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(info.size, 10))
+	}
 	w.WriteHeader(http.StatusOK)
-	logAttrs(ctx, slog.String("source", "cache"))
+	logAttrs(r.Context(), slog.String("source", info.source))
 	return nil
+}
+
+// blobInfo is what a HEAD of a blob answers.
+type blobInfo struct {
+	size   int64  // -1 when the upstream did not say
+	source string // "cache" or "upstream"
+}
+
+// statBlob is dgst's size, without reading the blob: from the cache for an
+// admitted client, else the upstream's answer to the client. A repackaged
+// layer that was evicted is rebuilt first: upstream never had it.
+func (r *repository) statBlob(ctx context.Context, dgst digest.Digest) (blobInfo, error) {
+	s := r.s
+	info, err := s.store.StatBlob(ctx, dgst)
+	if err != nil {
+		if d, derr := s.store.GetDerived(ctx, dgst); derr != nil || d.Kind != cache.DerivedLayer {
+			return r.statUpstream(ctx, dgst)
+		}
+		b, err := r.open(ctx, dgst, 0, false) // admits, and rebuilds
+		if err != nil {
+			return blobInfo{}, err
+		}
+		b.Close()
+		if info, err = s.store.StatBlob(ctx, dgst); err != nil {
+			return blobInfo{}, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", err)
+		}
+	} else if err := r.admit(ctx, object{dgst: dgst, blob: true}); err != nil {
+		return blobInfo{}, err
+	}
+	return blobInfo{size: info.Size, source: "cache"}, nil
+}
+
+// statUpstream is the upstream's answer to the client about an uncached
+// blob, without downloading it.
+func (r *repository) statUpstream(ctx context.Context, dgst digest.Digest) (blobInfo, error) {
+	size, err := r.remote.HeadBlob(ctx, dgst)
+	if err != nil {
+		return blobInfo{}, err
+	}
+	if err := r.remote.CheckBlobSize(size); err != nil {
+		return blobInfo{}, err // a GET would be refused: say so now
+	}
+	r.learn(ctx, dgst)
+	r.remote.Confirm(r.s.clock.Now())
+	return blobInfo{size: size, source: "upstream"}, nil
 }
 
 // openedBlob is a blob to read: from the cache, or from the spool of the
@@ -87,8 +116,22 @@ type openedBlob struct {
 
 func (b *openedBlob) Close() error { return b.close() }
 
-// openBlob opens req's blob for req's client, from offset on: the one way
-// to read a blob, for clients and rules alike.
+// err is why a read from a download's spool ended early, which
+// http.ServeContent does not say; nil for a cached blob.
+func (b *openedBlob) err() error {
+	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
+		return sr.Err()
+	}
+	return nil
+}
+
+// openBlob opens dgst for the client, from offset on.
+func (r *repository) openBlob(ctx context.Context, dgst digest.Digest, offset int64) (*openedBlob, error) {
+	return r.open(ctx, dgst, offset, false)
+}
+
+// open opens dgst for the client, from offset on: the one way to read a
+// blob, for clients and rules alike.
 //
 // The client is admitted first (access.go): from what regnorm knows, else by
 // asking the upstream as the client; a download it starts asks the upstream
@@ -98,37 +141,39 @@ func (b *openedBlob) Close() error { return b.close() }
 // digest (for content a rule builds on): a cached blob is hashed as it is
 // read, and a download's spool is verified by construction, since its last
 // byte waits for the download's own check.
-func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, verified bool) (*openedBlob, error) {
-	admitted, sub, err := s.admitted(ctx, req)
+func (r *repository) open(ctx context.Context, dgst digest.Digest, offset int64, verified bool) (*openedBlob, error) {
+	s := r.s
+	o := object{dgst: dgst, blob: true}
+	admitted, sub, err := r.admitted(ctx, o)
 	if err != nil {
 		return nil, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
-	if !admitted && sub.dgst != req.digest {
+	if !admitted && sub.dgst != dgst {
 		// Made here: only the upstream can say whether its source is held.
-		if err := s.ask(ctx, req, sub); err != nil {
+		if err := r.ask(ctx, o, sub); err != nil {
 			return nil, err
 		}
 		admitted = true
 	}
 	if !admitted {
-		if _, err := s.store.StatBlob(ctx, req.digest); err == nil {
-			if err := s.ask(ctx, req, sub); err != nil {
+		if _, err := s.store.StatBlob(ctx, dgst); err == nil {
+			if err := r.ask(ctx, o, sub); err != nil {
 				return nil, err
 			}
 			admitted = true
 		}
 	}
 	if admitted {
-		if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
+		if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
 			return b, err
 		}
-		switch d, err := s.store.GetDerived(ctx, req.digest); {
+		switch d, err := s.store.GetDerived(ctx, dgst); {
 		case err == nil && d.Kind == cache.DerivedLayer:
 			// A repackaged layer exists only here: it was evicted; rebuild it.
-			if err := s.rebuildLayer(ctx, req, d); err != nil {
+			if err := r.rebuildLayer(ctx, d); err != nil {
 				return nil, err
 			}
-			if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
+			if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
 				return fetched(b), err
 			}
 			return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", nil)
@@ -137,29 +182,29 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 		}
 	}
 
-	// The download runs on its own context: req pays for it here.
+	// The download runs on its own context: the request pays for it here.
 	if err := upstream.Spend(ctx); err != nil {
 		return nil, err
 	}
-	f, err := s.fetches.Join(req.remote, req.digest)
+	f, err := s.fetches.Join(r.remote, dgst)
 	if err != nil {
 		return nil, err
 	}
-	if !admitted && !f.StartedBy(req.remote) {
+	if !admitted && !f.StartedBy(r.remote) {
 		// Someone else's download: its answer is not this client's.
-		if err := s.ask(ctx, req, sub); err != nil {
+		if err := r.ask(ctx, o, sub); err != nil {
 			f.Done()
 			return nil, err
 		}
 		admitted = true
 	}
-	if f, err = s.fetches.Ready(ctx, f, req.remote); err != nil {
+	if f, err = s.fetches.Ready(ctx, f, r.remote); err != nil {
 		return nil, err
 	}
 	if !admitted && !f.Answered() {
 		// The download found the blob already cached (another one had just
 		// published it) and asked nobody: ask for this client.
-		if err := s.ask(ctx, req, sub); err != nil {
+		if err := r.ask(ctx, o, sub); err != nil {
 			f.Done()
 			return nil, err
 		}
@@ -172,7 +217,7 @@ func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, ve
 		return &openedBlob{ReadSeeker: sr, source: "upstream", fetched: true, close: sr.Close}, nil
 	}
 	// Nothing to tail: read the verified blob from the cache.
-	if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
+	if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
 		return fetched(b), err
 	}
 	return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob vanished from the cache", nil)
@@ -244,28 +289,4 @@ func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Di
 	http.ServeContent(w, r, "", time.Time{}, content)
 	s.metrics.servedBytes.WithLabelValues(source).Add(float64(rw.written - before))
 	logAttrs(r.Context(), slog.String("source", source))
-}
-
-// headBlobUpstream answers a HEAD for an uncached blob without downloading
-// it: the upstream's answer to the client is the answer.
-func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req distRequest) error {
-	size, err := req.remote.HeadBlob(r.Context(), req.digest)
-	if err != nil {
-		return err
-	}
-	if err := req.remote.CheckBlobSize(size); err != nil {
-		return err // a GET would be refused: say so now
-	}
-	s.learn(r.Context(), req.remote.Upstream(), req.repo, req.digest)
-	req.remote.Confirm(s.clock.Now())
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", req.digest.String())
-	h.Set("ETag", `"`+req.digest.String()+`"`)
-	if size >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(size, 10))
-	}
-	w.WriteHeader(http.StatusOK)
-	logAttrs(r.Context(), slog.String("source", "upstream"))
-	return nil
 }

@@ -56,10 +56,18 @@ func (s *Server) deadlineFor(userAgent string) time.Duration {
 	return s.deadline
 }
 
-// normalizeWithin normalizes m for a request, waiting at most d. Past d the
-// client gets 503 with Retry-After; the work goes on, and the next request
-// gets its result at once.
-func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, rules ruleset.Set, d time.Duration) (normalize.Result, error) {
+// variant is the client's variant of m, an original the repository
+// answered, for rules: what the engine makes of it, reading through source.
+// With a wait, the request waits at most that long: past it the client gets
+// 503 with Retry-After, the work goes on, and the next request gets its
+// result at once. Without one (warm), the caller waits as long as it takes,
+// and the work stops with ctx.
+func (r *repository) variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error) {
+	s := r.s
+	if wait <= 0 {
+		n, err := s.engine.Normalize(ctx, r.source(), m, rules)
+		return n, engineError(err)
+	}
 	if !normalize.MayNeed(m, rules) {
 		return normalize.Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}, nil
 	}
@@ -69,15 +77,15 @@ func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.M
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := s.engine.Normalize(context.WithoutCancel(ctx), s.readingAs(req.remote), m, rules)
+		n, err := s.engine.Normalize(context.WithoutCancel(ctx), r.source(), m, rules)
 		done <- result{n, err}
 	}()
 	expired := make(chan struct{})
-	stop := s.clock.AfterFunc(d, func() { close(expired) })
+	stop := s.clock.AfterFunc(wait, func() { close(expired) })
 	defer stop()
 	select {
-	case r := <-done:
-		return r.n, engineError(r.err)
+	case res := <-done:
+		return res.n, engineError(res.err)
 	case <-expired:
 		s.metrics.deadlineExceeded.Inc()
 		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "regnorm is still normalizing this image; retry shortly", nil)

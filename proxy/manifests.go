@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -27,41 +28,38 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	logAttrs(ctx, slog.String("upstream", req.remote.Upstream()), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	logAttrs(ctx, slog.String("upstream", req.repo.Upstream()), slog.String("repo", req.repo.Name()), slog.String("ref", req.ref()))
 	accept := parseAccept(r.Header.Values("Accept"))
 	client := s.rules.ForUserAgent(r.UserAgent())
 
-	var m cache.Manifest
-	var source string
+	orig, err := req.repo.manifest(ctx, req.ref(), accept)
+	if err != nil {
+		return err
+	}
+	if orig.stale {
+		logAttrs(ctx, slog.Bool("stale", true))
+	}
+	m := orig.Manifest
 	if req.tag != "" {
-		if err := s.admitTag(ctx, req); err != nil {
-			return err
-		}
-		if m, source, err = s.manifestByTag(ctx, req, accept); err != nil {
-			return err
-		}
 		s.fleet.sawPull(r, false)
-		n, err := s.normalizeWithin(ctx, req, m, client.Rules, s.deadlineFor(r.UserAgent()))
+		n, err := req.repo.variant(ctx, orig.Manifest, client.Rules, s.deadlineFor(r.UserAgent()))
 		if err != nil {
 			return err
 		}
 		if n.Changed() {
 			s.metrics.normalizedServed.Inc()
-			s.reports.Add(s.served(req, m, client, n.Verdict))
-			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", m.Digest.String()))
+			s.reports.Add(s.served(req, orig.Manifest, client, n.Verdict))
+			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", orig.Digest.String()))
 		} else if client.Rules != s.rules.Enabled {
 			// The original may be another client's to fix: the report says
 			// who got it as it is, looked up beside the answer.
-			s.noteOriginalServed(ctx, req, m, client)
+			s.noteOriginalServed(ctx, req, orig.Manifest, client)
 		}
 		m = n.Manifest
 	} else {
-		if m, source, err = s.manifestByDigest(ctx, req, accept); err != nil {
-			return err
-		}
-		s.fleet.sawPull(r, s.noteDigestPull(ctx, req, m, client))
+		s.fleet.sawPull(r, s.noteDigestPull(ctx, req, orig.Manifest, client))
 	}
-	logAttrs(ctx, slog.String("source", source), slog.String("digest", m.Digest.String()))
+	logAttrs(ctx, slog.String("source", orig.source), slog.String("digest", m.Digest.String()))
 
 	etag := `"` + m.Digest.String() + `"`
 	h := w.Header()
@@ -76,44 +74,68 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
 		n, _ := w.Write(m.Content)
-		s.metrics.servedBytes.WithLabelValues(source).Add(float64(n))
+		s.metrics.servedBytes.WithLabelValues(orig.source).Add(float64(n))
 	}
 	return nil
 }
 
-// manifestByDigest returns the manifest req names for req's client: from
+// manifest is the manifest ref names (a tag or a digest) for the client, as
+// the upstream has it: admitted (access.go), from the cache or the upstream.
+// A tag's record is revalidated once it is older than the tag TTL, and
+// served stale when the upstream cannot answer. accept is the media types
+// the client takes; none, any.
+func (r *repository) manifest(ctx context.Context, ref string, accept []string) (manifestAnswer, error) {
+	if strings.Contains(ref, ":") {
+		dgst, err := digest.Parse(ref)
+		if err != nil {
+			return manifestAnswer{}, errcode.New(http.StatusBadRequest, errcode.DigestInvalid, "invalid digest "+ref, err)
+		}
+		return r.manifestByDigest(ctx, dgst, accept)
+	}
+	if !anchoredTag.MatchString(ref) {
+		return manifestAnswer{}, errcode.New(http.StatusBadRequest, errcode.TagInvalid, fmt.Sprintf("%q is not a tag", ref), nil)
+	}
+	if err := r.admitTag(ctx, ref); err != nil {
+		return manifestAnswer{}, err
+	}
+	return r.manifestByTag(ctx, ref, accept)
+}
+
+// manifestByDigest returns the manifest dgst names for the client: from
 // the cache once the client is admitted (access.go), else from the upstream,
 // as the client, whose answer admits it.
-func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
-	admitted, sub, err := s.admitted(ctx, req)
+func (r *repository) manifestByDigest(ctx context.Context, dgst digest.Digest, accept []string) (manifestAnswer, error) {
+	s := r.s
+	o := object{dgst: dgst}
+	admitted, sub, err := r.admitted(ctx, o)
 	if err != nil {
-		return cache.Manifest{}, "", errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		return manifestAnswer{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}
-	m, err := s.store.GetManifest(ctx, req.digest)
+	m, err := s.store.GetManifest(ctx, dgst)
 	if err == nil {
 		if !admitted {
-			if err := s.ask(ctx, req, sub); err != nil {
-				return cache.Manifest{}, "", err
+			if err := r.ask(ctx, o, sub); err != nil {
+				return manifestAnswer{}, err
 			}
 		}
 		s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
-		return m, "cache", nil
+		return manifestAnswer{Manifest: m, source: "cache"}, nil
 	}
 	if !errors.Is(err, cache.ErrNotFound) {
-		s.log.Warn("cache read failed, trying upstream", "digest", req.digest, "error", err)
+		s.log.Warn("cache read failed, trying upstream", "digest", dgst, "error", err)
 	}
 	s.metrics.cacheRequests.WithLabelValues("manifest", "miss").Inc()
-	if d, err := s.store.GetDerived(ctx, req.digest); err == nil && d.Kind == cache.DerivedManifest {
+	if d, err := s.store.GetDerived(ctx, dgst); err == nil && d.Kind == cache.DerivedManifest {
 		// Made here, and lost: upstream never had it.
-		return cache.Manifest{}, "", errcode.New(http.StatusNotFound, errcode.ManifestUnknown, "manifest unknown; pull by tag to make it again", nil)
+		return manifestAnswer{}, errcode.New(http.StatusNotFound, errcode.ManifestUnknown, "manifest unknown; pull by tag to make it again", nil)
 	}
 	// One fetch per client identity: the upstream's answer is for these
 	// credentials.
-	key := "digest " + req.remote.Identity() + " " + req.digest.String()
+	key := "digest " + r.remote.Identity() + " " + dgst.String()
 	v, err, _ := s.manifests.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
 		defer cancel()
-		m, err := fetchManifest(ctx, req.remote, req.digest.String(), accept, req.digest)
+		m, err := fetchManifest(ctx, r.remote, dgst.String(), accept, dgst)
 		if err != nil {
 			return nil, err
 		}
@@ -123,50 +145,46 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 		return m, nil
 	})
 	if err != nil {
-		return cache.Manifest{}, "", err
+		return manifestAnswer{}, err
 	}
-	s.learn(ctx, req.remote.Upstream(), req.repo, req.digest)
-	req.remote.Confirm(s.clock.Now())
-	return v.(cache.Manifest), "upstream", nil
+	r.learn(ctx, dgst)
+	r.remote.Confirm(s.clock.Now())
+	return manifestAnswer{Manifest: v.(cache.Manifest), source: "upstream"}, nil
 }
 
 // manifestByTag answers from a fresh tag record, else asks upstream: a HEAD
 // to revalidate what is cached, a GET for what is not. When upstream cannot
 // answer, a stale record is better than a failed pull.
-func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []string) (cache.Manifest, string, error) {
-	rec, err := s.store.GetTag(ctx, req.remote.Upstream(), req.repo, req.tag)
+func (r *repository) manifestByTag(ctx context.Context, tag string, accept []string) (manifestAnswer, error) {
+	s := r.s
+	rec, err := s.store.GetTag(ctx, r.remote.Upstream(), r.remote.Name(), tag)
 	haveRec := err == nil && accepts(accept, rec.MediaType)
 	if haveRec && s.clock.Now().Sub(rec.CheckedAt) < s.tagTTL {
 		if m, err := s.store.GetManifest(ctx, rec.Digest); err == nil {
 			s.metrics.cacheRequests.WithLabelValues("manifest", "hit").Inc()
 			// The tag record is the repository's own: upstream said so.
-			s.learn(ctx, req.remote.Upstream(), req.repo, m.Digest)
-			return m, "cache", nil
+			r.learn(ctx, m.Digest)
+			return manifestAnswer{Manifest: m, source: "cache"}, nil
 		}
 	}
 	s.metrics.cacheRequests.WithLabelValues("manifest", "miss").Inc()
 
-	type result struct {
-		m      cache.Manifest
-		source string
-	}
-	key := "tag " + req.remote.Upstream() + "/" + req.repo + ":" + req.tag + " " + strings.Join(accept, ",")
+	key := "tag " + r.remote.Upstream() + "/" + r.remote.Name() + ":" + tag + " " + strings.Join(accept, ",")
 	v, err, _ := s.manifests.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
 		defer cancel()
-		m, source, err := s.refreshTag(ctx, req, accept, rec, haveRec)
-		return result{m, source}, err
+		return r.refreshTag(ctx, tag, accept, rec, haveRec)
 	})
 	if err != nil {
-		return cache.Manifest{}, "", err
+		return manifestAnswer{}, err
 	}
-	res := v.(result)
-	s.learn(ctx, req.remote.Upstream(), req.repo, res.m.Digest)
-	return res.m, res.source, nil
+	m := v.(manifestAnswer)
+	r.learn(ctx, m.Digest)
+	return m, nil
 }
 
-func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []string, rec cache.TagRecord, haveRec bool) (cache.Manifest, string, error) {
-	remote := req.remote
+func (r *repository) refreshTag(ctx context.Context, tag string, accept []string, rec cache.TagRecord, haveRec bool) (manifestAnswer, error) {
+	s, remote := r.s, r.remote
 	var cached cache.Manifest
 	if haveRec {
 		var err error
@@ -174,45 +192,44 @@ func (s *Server) refreshTag(ctx context.Context, req distRequest, accept []strin
 			haveRec = false
 		}
 	}
-	stale := func(cause error) (cache.Manifest, string, error) {
+	stale := func(cause error) (manifestAnswer, error) {
 		s.metrics.staleServes.WithLabelValues(remote.Upstream()).Inc()
-		s.log.Warn("upstream unavailable, serving stale tag", "upstream", remote.Upstream(), "repo", req.repo, "tag", req.tag,
+		s.log.Warn("upstream unavailable, serving stale tag", "upstream", remote.Upstream(), "repo", remote.Name(), "tag", tag,
 			"digest", rec.Digest, "checked_at", rec.CheckedAt, "error", cause)
-		logAttrs(ctx, slog.Bool("stale", true))
-		return cached, "cache", nil
+		return manifestAnswer{Manifest: cached, source: "cache", stale: true}, nil
 	}
 	if haveRec {
-		dgst, err := remote.HeadManifest(ctx, req.tag, accept)
+		dgst, err := remote.HeadManifest(ctx, tag, accept)
 		switch {
 		case err != nil && upstream.Unavailable(err):
 			return stale(err)
 		case err != nil:
-			return cache.Manifest{}, "", err
+			return manifestAnswer{}, err
 		case dgst == rec.Digest:
 			rec.CheckedAt = s.clock.Now()
-			if err := s.store.PutTag(ctx, remote.Upstream(), req.repo, req.tag, rec); err != nil {
-				s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
+			if err := s.store.PutTag(ctx, remote.Upstream(), remote.Name(), tag, rec); err != nil {
+				s.log.Error("caching tag failed", "repo", remote.Name(), "tag", tag, "error", err)
 			}
-			return cached, "cache", nil
+			return manifestAnswer{Manifest: cached, source: "cache"}, nil
 		}
 		// The tag moved: fetch what it points to now.
 	}
-	m, err := fetchManifest(ctx, remote, req.tag, accept, "")
+	m, err := fetchManifest(ctx, remote, tag, accept, "")
 	if err != nil {
 		if haveRec && upstream.Unavailable(err) {
 			return stale(err)
 		}
-		return cache.Manifest{}, "", err
+		return manifestAnswer{}, err
 	}
 	if err := s.store.PutManifest(ctx, m); err != nil {
 		s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
-		return m, "upstream", nil
+		return manifestAnswer{Manifest: m, source: "upstream"}, nil
 	}
 	rec = cache.TagRecord{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(m.Content)), CheckedAt: s.clock.Now()}
-	if err := s.store.PutTag(ctx, remote.Upstream(), req.repo, req.tag, rec); err != nil {
-		s.log.Error("caching tag failed", "repo", req.repo, "tag", req.tag, "error", err)
+	if err := s.store.PutTag(ctx, remote.Upstream(), remote.Name(), tag, rec); err != nil {
+		s.log.Error("caching tag failed", "repo", remote.Name(), "tag", tag, "error", err)
 	}
-	return m, "upstream", nil
+	return manifestAnswer{Manifest: m, source: "upstream"}, nil
 }
 
 // fetchManifest is ref from remote, verified (upstream.Repository.GetManifest),

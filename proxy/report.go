@@ -221,7 +221,7 @@ func writeJSON(w io.Writer, v any) error {
 // apply to the original, which clients with other rule sets may share.
 func (s *Server) served(req distRequest, original cache.Manifest, client ruleset.Client, verdict cache.Normalization) cache.ReportEntry {
 	now := s.clock.Now().UTC()
-	return cache.ReportEntry{Upstream: req.remote.Upstream(), Repository: req.repo, Original: original.Digest,
+	return cache.ReportEntry{Upstream: req.repo.Upstream(), Repository: req.repo.Name(), Original: original.Digest,
 		Rules:      reportRules(normalize.Applicable(original, client.Rules)),
 		Normalized: verdict.Normalized, Changes: verdict.Changes, MediaType: verdict.MediaType,
 		Tags: []string{req.tag}, Clients: clientNames(client), FirstServed: now, LastServed: now, TimesServed: 1}
@@ -301,12 +301,12 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 		return false
 	}
 	s.metrics.unnormalizedPulls.Inc()
-	s.reports.Add(cache.ReportEntry{Upstream: req.remote.Upstream(), Repository: req.repo, Original: m.Digest,
+	s.reports.Add(cache.ReportEntry{Upstream: req.repo.Upstream(), Repository: req.repo.Name(), Original: m.Digest,
 		Rules:      reportRules(normalize.Applicable(m, client.Rules)),
 		Normalized: n.Normalized, MediaType: n.MediaType, Changes: n.Changes, // the digest to pin instead
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
-		"upstream", req.remote.Upstream(), "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
+		"upstream", req.repo.Upstream(), "repo", req.repo.Name(), "digest", m.Digest, "normalized", n.Normalized)
 	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
 	return true
 }

@@ -53,11 +53,9 @@ const (
 // distRequest is a distribution API request, parsed and validated before any
 // I/O happens.
 type distRequest struct {
-	remote *upstream.Repository // repo on its upstream, asked as the client
-	repo   string               // remote.Name()
-	tag    string               // set for a manifest by tag
-	digest digest.Digest        // set for a manifest by digest, and for blobs
-	blob   bool                 // a blob request
+	repo   *repository   // the repository, read as the client
+	tag    string        // set for a manifest by tag
+	digest digest.Digest // set for a manifest by digest, and for blobs
 }
 
 // ref is the reference as it appears in the path.
@@ -81,7 +79,7 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	if up, err = up.As(r); err != nil {
 		return distRequest{}, err
 	}
-	req := distRequest{remote: up.Repository(repo), repo: repo, blob: vars["digest"] != ""}
+	req := distRequest{repo: s.repository(up.Repository(repo))}
 	ref := vars["reference"]
 	if ref == "" {
 		ref = vars["digest"]

@@ -282,14 +282,7 @@ func New(opts Options) (*Server, error) {
 		Clock:    opts.Clock,
 		Metrics:  opts.Metrics.fetch,
 		Log:      opts.Logger,
-		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
-			s.learn(ctx, r.Upstream(), r.Name(), dgst)
-			// The fetcher is handed upstream handles only; another Remote
-			// would go unconfirmed, which costs a HEAD later, nothing more.
-			if up, ok := r.(*upstream.Repository); ok {
-				up.Confirm(s.clock.Now())
-			}
-		},
+		OnHolds:  s.held,
 		OnCommit: s.maintainer.Ingested,
 	})
 	platforms := normalize.DefaultPlatforms()
