@@ -267,7 +267,7 @@ func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cach
 		defer cancel()
 		// Rules only add changes: the original changes for some client
 		// exactly when it changes under every enabled rule.
-		n, ok := s.engine.Verdict(ctx, m, s.rules.Enabled)
+		n, ok := s.mirror.Verdict(ctx, m, s.rules.Enabled)
 		if !ok {
 			return
 		}
@@ -296,7 +296,7 @@ func clientNames(c ruleset.Client) []string {
 // normalizes for this client's rules: a node that needs no rule pulls the
 // original by design.
 func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) bool {
-	n, ok := s.engine.Verdict(ctx, m, client.Rules)
+	n, ok := s.mirror.Verdict(ctx, m, client.Rules)
 	if !ok || n.Normalized == "" {
 		return false
 	}

@@ -13,6 +13,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -53,9 +54,9 @@ const (
 // distRequest is a distribution API request, parsed and validated before any
 // I/O happens.
 type distRequest struct {
-	repo   *repository   // the repository, read as the client
-	tag    string        // set for a manifest by tag
-	digest digest.Digest // set for a manifest by digest, and for blobs
+	repo   *mirror.Repository // the repository, read as the client
+	tag    string             // set for a manifest by tag
+	digest digest.Digest      // set for a manifest by digest, and for blobs
 }
 
 // ref is the reference as it appears in the path.
@@ -79,7 +80,7 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	if up, err = up.As(r); err != nil {
 		return distRequest{}, err
 	}
-	req := distRequest{repo: s.repository(up.Repository(repo))}
+	req := distRequest{repo: s.mirror.Repository(up.Repository(repo))}
 	ref := vars["reference"]
 	if ref == "" {
 		ref = vars["digest"]

@@ -15,12 +15,12 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/maintain"
+	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -136,11 +136,8 @@ type Server struct {
 	store            Store
 	upstreams        map[string]*upstream.Registry
 	defaultUpstream  string
-	tagTTL           time.Duration
-	fetches          *blobfetch.Fetcher
+	mirror           *mirror.Service // every read of a repository's content
 	maintainer       *maintain.Maintainer
-	manifests        singleflight.Group
-	engine           *normalize.Engine
 	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
 	lookups          chan struct{}                   // noteOriginalServed's, at most originalLookups
 	reports          *reporter
@@ -148,7 +145,6 @@ type Server struct {
 	started          time.Time
 	deadline         time.Duration
 	patientDeadline  time.Duration
-	links            *linkMemory
 	fleet            *fleet
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
 	clientAuth       *clientAuth
@@ -220,7 +216,6 @@ func New(opts Options) (*Server, error) {
 		store:           opts.Store,
 		upstreams:       map[string]*upstream.Registry{},
 		defaultUpstream: opts.DefaultUpstream,
-		tagTTL:          opts.TagTTL,
 		metrics:         opts.Metrics,
 		log:             opts.Logger,
 		clock:           opts.Clock,
@@ -229,7 +224,6 @@ func New(opts Options) (*Server, error) {
 		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
-		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
 		clientAuth:      newClientAuth(opts.ClientAuth, newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute)),
 		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute),
@@ -274,7 +268,9 @@ func New(opts Options) (*Server, error) {
 		// one upstream may have every slot.
 		opts.Fetches.PerUpstream = math.MaxInt
 	}
-	s.fetches = blobfetch.New(blobfetch.Options{
+	// The fetcher tells the service what upstream said about downloads; the
+	// service is built from the fetcher, so OnHolds reaches it through s.
+	fetches := blobfetch.New(blobfetch.Options{
 		Store:    opts.Store,
 		SpoolDir: opts.SpoolDir,
 		Timeout:  opts.FetchTimeout,
@@ -282,7 +278,9 @@ func New(opts Options) (*Server, error) {
 		Clock:    opts.Clock,
 		Metrics:  opts.Metrics.fetch,
 		Log:      opts.Logger,
-		OnHolds:  s.held,
+		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+			s.mirror.Held(ctx, r, dgst)
+		},
 		OnCommit: s.maintainer.Ingested,
 	})
 	platforms := normalize.DefaultPlatforms()
@@ -290,7 +288,7 @@ func New(opts Options) (*Server, error) {
 		platforms = *opts.Platforms
 	}
 	m := opts.Metrics
-	s.engine = normalize.New(normalize.Options{
+	engine := normalize.New(normalize.Options{
 		Store:   opts.Store,
 		Reports: s.reports,
 		Metrics: normalize.Metrics{Rewrites: m.rewrites, RewriteErrors: m.rewriteErrors, Normalizations: m.normalizations,
@@ -305,6 +303,15 @@ func New(opts Options) (*Server, error) {
 		Work:          opts.LayerWork,
 		Platforms:     platforms,
 		Ingested:      s.maintainer.Ingested,
+	})
+	s.mirror = mirror.New(mirror.Options{
+		Store:   opts.Store,
+		Fetches: fetches,
+		Engine:  engine,
+		TagTTL:  opts.TagTTL,
+		Clock:   opts.Clock,
+		Metrics: mirror.Metrics{CacheRequests: m.cacheRequests, StaleServes: m.staleServes, DeadlineExceeded: m.deadlineExceeded},
+		Log:     opts.Logger,
 	})
 	return s, nil
 }

@@ -35,7 +35,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 			return errcode.New(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", nil)
 		}
 	}
-	page, err := req.repo.tags(r.Context(), n, in.Get("last"))
+	page, err := req.repo.Tags(r.Context(), n, in.Get("last"))
 	if err != nil {
 		return err
 	}

@@ -149,21 +149,21 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	if up, err = up.As(r); err != nil {
 		return fail(err)
 	}
-	repository := s.repository(up.Repository(repo))
+	repository := s.mirror.Repository(up.Repository(repo))
 	ref := tag
 	if dgst != "" {
 		ref = dgst.String()
 	}
-	m, err := repository.manifest(ctx, ref, nil)
+	m, err := repository.Manifest(ctx, ref, nil)
 	if err != nil {
 		return fail(err)
 	}
-	if m.stale {
+	if m.Stale {
 		logAttrs(ctx, slog.Bool("stale", true))
 	}
 	res.OriginalDigest = m.Digest.String()
 	for _, g := range applicableGroups(m.Manifest, groups) {
-		n, err := repository.variant(ctx, m.Manifest, g.rules, 0)
+		n, err := repository.Variant(ctx, m.Manifest, g.rules, 0)
 		if err != nil {
 			return fail(err)
 		}

@@ -1,4 +1,4 @@
-package proxy
+package mirror
 
 import (
 	"context"
@@ -27,7 +27,7 @@ import (
 //
 // What is not known is asked of the upstream, as the client: a HEAD of the
 // object, or of the source regnorm made it from. Every reader asks through
-// a repository (repository.go), so this is decided here and nowhere else.
+// a Repository (repository.go), so this is decided here and nowhere else.
 
 // object is what a client asks for by digest: a manifest or a blob.
 type object struct {
@@ -39,20 +39,12 @@ type object struct {
 // from the store. Bounded; a forgotten link costs one store read.
 type linkMemory = lru.Cache[string, struct{}]
 
-func newLinkMemory() *linkMemory {
-	c, err := lru.New[string, struct{}](1 << 16)
-	if err != nil {
-		panic(err)
-	}
-	return c
-}
-
 func linkKey(upstream, repo string, dgst digest.Digest) string {
 	return upstream + "\x00" + repo + "\x00" + dgst.String()
 }
 
 // holds reports whether upstream/repo is known to hold dgst.
-func (s *Server) holds(ctx context.Context, upstream, repo string, dgst digest.Digest) (bool, error) {
+func (s *Service) holds(ctx context.Context, upstream, repo string, dgst digest.Digest) (bool, error) {
 	key := linkKey(upstream, repo, dgst)
 	if s.links.Contains(key) {
 		return true, nil
@@ -67,7 +59,7 @@ func (s *Server) holds(ctx context.Context, upstream, repo string, dgst digest.D
 // learn records that upstream/repo holds dgst. A link that fails to be
 // written costs a HEAD upstream later, nothing more: it is logged, not
 // returned.
-func (s *Server) learn(ctx context.Context, upstream, repo string, dgst digest.Digest) {
+func (s *Service) learn(ctx context.Context, upstream, repo string, dgst digest.Digest) {
 	key := linkKey(upstream, repo, dgst)
 	if s.links.Contains(key) {
 		return
@@ -79,9 +71,9 @@ func (s *Server) learn(ctx context.Context, upstream, repo string, dgst digest.D
 	s.links.Add(key, struct{}{})
 }
 
-// held is told by the fetcher that upstream said r's repository holds dgst
+// Held is the fetcher's OnHolds: upstream said r's repository holds dgst
 // (it answered 200 to a download), to r's client.
-func (s *Server) held(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+func (s *Service) Held(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
 	s.learn(ctx, r.Upstream(), r.Name(), dgst)
 	// The fetcher is handed upstream handles only; another Remote would go
 	// unconfirmed, which costs a HEAD later, nothing more.
@@ -90,18 +82,18 @@ func (s *Server) held(ctx context.Context, r blobfetch.Remote, dgst digest.Diges
 	}
 }
 
-func (r *repository) holds(ctx context.Context, dgst digest.Digest) (bool, error) {
+func (r *Repository) holds(ctx context.Context, dgst digest.Digest) (bool, error) {
 	return r.s.holds(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
 }
 
-func (r *repository) learn(ctx context.Context, dgst digest.Digest) {
+func (r *Repository) learn(ctx context.Context, dgst digest.Digest) {
 	r.s.learn(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
 }
 
 // admitted reports, without asking upstream, whether the client may read o
 // here. When it may not (yet), ask is what to ask the upstream about: o
 // itself, or the upstream object regnorm made it from.
-func (r *repository) admitted(ctx context.Context, o object) (ok bool, ask object, err error) {
+func (r *Repository) admitted(ctx context.Context, o object) (ok bool, ask object, err error) {
 	credsOK := r.remote.Confirmed(r.s.clock.Now())
 	linked, err := r.holds(ctx, o.dgst)
 	if err != nil {
@@ -125,7 +117,7 @@ func (r *repository) admitted(ctx context.Context, o object) (ok bool, ask objec
 
 // derivedRecord is how o was made, when regnorm made it as the kind of
 // object o is.
-func (r *repository) derivedRecord(ctx context.Context, o object) (cache.Derived, bool, error) {
+func (r *Repository) derivedRecord(ctx context.Context, o object) (cache.Derived, bool, error) {
 	d, err := r.s.store.GetDerived(ctx, o.dgst)
 	switch {
 	case errors.Is(err, cache.ErrNotFound):
@@ -140,7 +132,7 @@ func (r *repository) derivedRecord(ctx context.Context, o object) (cache.Derived
 
 // heldOrigin is the way d was made from an upstream object that the
 // repository holds, as far as regnorm knows (held); else the first way.
-func (r *repository) heldOrigin(ctx context.Context, d cache.Derived) (o cache.Origin, held bool, err error) {
+func (r *Repository) heldOrigin(ctx context.Context, d cache.Derived) (o cache.Origin, held bool, err error) {
 	origins := d.Origins()
 	for _, o := range origins {
 		held, err := r.holds(ctx, o.Source)
@@ -156,7 +148,7 @@ func (r *repository) heldOrigin(ctx context.Context, d cache.Derived) (o cache.O
 
 // admit lets the client read o here, asking the upstream when regnorm does
 // not know (see the top of this file).
-func (r *repository) admit(ctx context.Context, o object) error {
+func (r *Repository) admit(ctx context.Context, o object) error {
 	ok, sub, err := r.admitted(ctx, o)
 	if err != nil {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
@@ -170,7 +162,7 @@ func (r *repository) admit(ctx context.Context, o object) error {
 // admitTag lets the client read tag: only the credentials matter, since
 // the tag record is the repository's own. A yes is remembered for the
 // client's credentials.
-func (r *repository) admitTag(ctx context.Context, tag string) error {
+func (r *Repository) admitTag(ctx context.Context, tag string) error {
 	if r.remote.Confirmed(r.s.clock.Now()) {
 		return nil
 	}
@@ -186,7 +178,7 @@ func (r *repository) admitTag(ctx context.Context, tag string) error {
 // with a HEAD, for the client's read of o. A yes is remembered: the
 // repository's link to sub (and to o, made from it), and the client's
 // credentials for the repository.
-func (r *repository) ask(ctx context.Context, o, sub object) error {
+func (r *Repository) ask(ctx context.Context, o, sub object) error {
 	var err error
 	if sub.blob {
 		_, err = r.remote.HeadBlob(ctx, sub.dgst)
@@ -225,7 +217,7 @@ func unknownAsAsked(err error, o object) error {
 // learnDerived records that the repository holds dgst, which regnorm made
 // from source, when it is known to hold source. No upstream request: what
 // is not known here is asked when a client wants it.
-func (r *repository) learnDerived(ctx context.Context, dgst, source digest.Digest) {
+func (r *Repository) learnDerived(ctx context.Context, dgst, source digest.Digest) {
 	if held, err := r.holds(ctx, source); err == nil && held {
 		r.learn(ctx, dgst)
 	}

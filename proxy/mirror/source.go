@@ -1,4 +1,4 @@
-package proxy
+package mirror
 
 import (
 	"context"
@@ -15,19 +15,21 @@ import (
 // source is what the rule engine reads an image through: a repository, as
 // its client. It is an ordinary caller of the repository: every read is
 // admitted (access.go) and verified, exactly as the client's own reads are.
-type source struct{ r *repository }
+type source struct{ r *Repository }
 
 var _ normalize.Source = source{}
 
-// source is r as the engine reads it.
-func (r *repository) source() source { return source{r: r} }
+// Source is the repository as the rule engine reads it, as this client:
+// child manifests, blobs read verified, downloads to make sure of, and
+// links to what the engine made.
+func (r *Repository) Source() normalize.Source { return source{r: r} }
 
 func (src source) Upstream() string   { return src.r.remote.Upstream() }
 func (src source) Repository() string { return src.r.remote.Name() }
 func (src source) Identity() string   { return src.r.remote.Identity() }
 
 func (src source) Manifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error) {
-	m, err := src.r.manifest(ctx, dgst.String(), nil)
+	m, err := src.r.Manifest(ctx, dgst.String(), nil)
 	return m.Manifest, err
 }
 
@@ -53,7 +55,7 @@ func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
 // rebuildLayer makes an evicted repackaged layer again from its original,
 // as the client, who must be admitted for the original: a repository holds
 // a derived blob only where it holds its source.
-func (r *repository) rebuildLayer(ctx context.Context, d cache.Derived) error {
+func (r *Repository) rebuildLayer(ctx context.Context, d cache.Derived) error {
 	// From what the repository holds: another repository's source would be
 	// asked for in vain.
 	o, _, err := r.heldOrigin(ctx, d)
@@ -64,5 +66,5 @@ func (r *repository) rebuildLayer(ctx context.Context, d cache.Derived) error {
 	if err := r.admit(ctx, object{dgst: d.Source, blob: true}); err != nil {
 		return err
 	}
-	return engineError(r.s.engine.RebuildLayer(ctx, r.source(), d))
+	return engineError(r.s.engine.RebuildLayer(ctx, r.Source(), d))
 }
