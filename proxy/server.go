@@ -26,23 +26,23 @@ import (
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
-// Store is what the proxy needs from the cache: the rule engine's part,
-// and what serving, the report, the fleet view and maintenance use.
+// Store is what the Server itself needs of the cache: the rewrite report's
+// entries, node-config's reports, and a blob's stat to tell the cache
+// answers (/readyz). A repository's content is read through the repository
+// service (proxy/mirror), which states its own needs (mirror.Store), as do
+// the fetcher, the engine and maintenance.
 type Store interface {
-	normalize.Store
-	cache.BlobProvider
-	cache.BlobIngester
-	cache.ManifestStore
-	cache.TagStore
-	cache.LinkStore
+	StatBlob(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
 	cache.ReportStore
 	cache.NodeStore
-	maintain.Store
 }
 
 // Options configure a Server. cmd/proxy builds them from the configuration.
 type Options struct {
-	Store     Store
+	// Store is the cache. New hands each part the few methods it uses: the
+	// Server its Store, the repository service its mirror.Store, and the
+	// fetcher, the engine and maintenance theirs.
+	Store     *cache.Store
 	Upstreams []upstream.Config
 	// DefaultUpstream answers requests that carry no ns parameter.
 	DefaultUpstream string
