@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
+	"net/http"
 	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/proxy/normalize"
 )
 
 // MaintainOnce runs one cache maintenance pass, for tests that count what
@@ -41,4 +44,18 @@ func (s *Server) CountPasswordChecks() *atomic.Int64 {
 		return compare(hash, password)
 	}
 	return n
+}
+
+// EngineSource is what the rule engine reads repo through for the client of
+// r (the upstream its ns names, its credentials): the repository service's
+// Source, as a pull by tag hands it to the engine.
+func (s *Server) EngineSource(r *http.Request, repo string) (normalize.Source, error) {
+	up, err := s.upstreamFor(r.URL.Query().Get("ns"))
+	if err != nil {
+		return nil, err
+	}
+	if up, err = up.As(r); err != nil {
+		return nil, err
+	}
+	return s.mirror.Repository(up.Repository(repo)).Source(), nil
 }
