@@ -50,12 +50,9 @@ func (s *Server) CountPasswordChecks() *atomic.Int64 {
 // r (the upstream its ns names, its credentials): the repository service's
 // Source, as a pull by tag hands it to the engine.
 func (s *Server) EngineSource(r *http.Request, repo string) (normalize.Source, error) {
-	up, err := s.upstreamFor(r.URL.Query().Get("ns"))
+	mirrored, err := s.repositoryFor(r, r.URL.Query().Get("ns"), repo)
 	if err != nil {
 		return nil, err
 	}
-	if up, err = up.As(r); err != nil {
-		return nil, err
-	}
-	return s.mirror.Repository(up.Repository(repo)).Source(), nil
+	return mirrored.Source(), nil
 }

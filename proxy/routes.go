@@ -73,14 +73,11 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	if len(repo) > reference.NameTotalLengthMax {
 		return distRequest{}, errcode.New(http.StatusBadRequest, errcode.NameInvalid, fmt.Sprintf("repository name longer than %d characters", reference.NameTotalLengthMax), nil)
 	}
-	up, err := s.upstreamFor(r.URL.Query().Get("ns"))
+	mirrored, err := s.repositoryFor(r, r.URL.Query().Get("ns"), repo)
 	if err != nil {
 		return distRequest{}, err
 	}
-	if up, err = up.As(r); err != nil {
-		return distRequest{}, err
-	}
-	req := distRequest{repo: s.mirror.Repository(up.Repository(repo))}
+	req := distRequest{repo: mirrored}
 	ref := vars["reference"]
 	if ref == "" {
 		ref = vars["digest"]
@@ -97,6 +94,20 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 		req.digest = dgst
 	}
 	return req, nil
+}
+
+// repositoryFor is the repository service's name on the upstream ns names,
+// read as the client of r (see upstream.Registry.As): how a request, warm,
+// or a test reaches a repository.
+func (s *Server) repositoryFor(r *http.Request, ns, name string) (*mirror.Repository, error) {
+	up, err := s.upstreamFor(ns)
+	if err != nil {
+		return nil, err
+	}
+	if up, err = up.As(r); err != nil {
+		return nil, err
+	}
+	return s.mirror.Repository(up.Repository(name)), nil
 }
 
 // upstreamFor picks the upstream named by ns. Only configured upstreams are

@@ -142,14 +142,10 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	if err != nil {
 		return fail(err)
 	}
-	up, err := s.upstreamFor(upName)
+	repository, err := s.repositoryFor(r, upName, repo)
 	if err != nil {
 		return fail(err)
 	}
-	if up, err = up.As(r); err != nil {
-		return fail(err)
-	}
-	repository := s.mirror.Repository(up.Repository(repo))
 	ref := tag
 	if dgst != "" {
 		ref = dgst.String()
