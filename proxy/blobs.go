@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,11 +9,6 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
-
-	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy/blobfetch"
-	"github.com/regnorm/regnorm/proxy/errcode"
-	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
@@ -24,195 +17,40 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	logAttrs(ctx, slog.String("upstream", req.remote.Upstream()), slog.String("repo", req.repo), slog.String("ref", req.ref()))
+	logAttrs(ctx, slog.String("upstream", req.repo.Upstream()), slog.String("repo", req.repo.Name()), slog.String("ref", req.ref()))
 	if r.Method == http.MethodHead {
 		return s.headBlob(w, r, req)
 	}
-	b, err := s.openBlob(ctx, req, rangeStart(r.Header.Get("Range")), false)
+	b, err := req.repo.OpenBlob(ctx, req.digest, rangeStart(r.Header.Get("Range")))
 	if err != nil {
 		return err
 	}
 	defer b.Close()
 	result := "hit"
-	if b.fetched {
+	if b.Fetched {
 		result = "miss"
 	}
 	s.metrics.cacheRequests.WithLabelValues("blob", result).Inc()
-	s.sendBlob(w, r, req.digest, b, b.source)
-	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
-		return sr.Err()
-	}
-	return nil
+	s.sendBlob(w, r, req.digest, b, b.Source)
+	return b.Err()
 }
 
-// headBlob answers a HEAD without reading the blob: from the cache for an
-// admitted client, else with the upstream's answer to the client. A
-// repackaged layer that was evicted is rebuilt first: upstream never had it.
+// headBlob answers a HEAD without reading the blob (see mirror.Repository.StatBlob).
 func (s *Server) headBlob(w http.ResponseWriter, r *http.Request, req distRequest) error {
-	ctx := r.Context()
-	info, err := s.store.StatBlob(ctx, req.digest)
+	info, err := req.repo.StatBlob(r.Context(), req.digest)
 	if err != nil {
-		if d, derr := s.store.GetDerived(ctx, req.digest); derr != nil || d.Kind != cache.DerivedLayer {
-			return s.headBlobUpstream(w, r, req)
-		}
-		b, err := s.openBlob(ctx, req, 0, false) // admits, and rebuilds
-		if err != nil {
-			return err
-		}
-		b.Close()
-		if info, err = s.store.StatBlob(ctx, req.digest); err != nil {
-			return errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", err)
-		}
-	} else if err := s.admit(ctx, req); err != nil {
 		return err
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", req.digest.String())
 	h.Set("ETag", `"`+req.digest.String()+`"`)
-	h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
+	if info.Size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
+	}
 	w.WriteHeader(http.StatusOK)
-	logAttrs(ctx, slog.String("source", "cache"))
+	logAttrs(r.Context(), slog.String("source", info.Source))
 	return nil
-}
-
-// openedBlob is a blob to read: from the cache, or from the spool of the
-// download that is fetching it.
-type openedBlob struct {
-	io.ReadSeeker
-	source  string // "cache" or "upstream"
-	fetched bool   // not in the cache when asked for: downloaded or rebuilt
-	close   func() error
-}
-
-func (b *openedBlob) Close() error { return b.close() }
-
-// openBlob opens req's blob for req's client, from offset on: the one way
-// to read a blob, for clients and rules alike.
-//
-// The client is admitted first (access.go): from what regnorm knows, else by
-// asking the upstream as the client; a download it starts asks the upstream
-// itself. Then the blob comes from the cache; a repackaged layer that was
-// evicted is rebuilt, as the client; anything else is downloaded, or read
-// from the download under way. verified asks for a read that checks the
-// digest (for content a rule builds on): a cached blob is hashed as it is
-// read, and a download's spool is verified by construction, since its last
-// byte waits for the download's own check.
-func (s *Server) openBlob(ctx context.Context, req distRequest, offset int64, verified bool) (*openedBlob, error) {
-	admitted, sub, err := s.admitted(ctx, req)
-	if err != nil {
-		return nil, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
-	}
-	if !admitted && sub.dgst != req.digest {
-		// Made here: only the upstream can say whether its source is held.
-		if err := s.ask(ctx, req, sub); err != nil {
-			return nil, err
-		}
-		admitted = true
-	}
-	if !admitted {
-		if _, err := s.store.StatBlob(ctx, req.digest); err == nil {
-			if err := s.ask(ctx, req, sub); err != nil {
-				return nil, err
-			}
-			admitted = true
-		}
-	}
-	if admitted {
-		if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
-			return b, err
-		}
-		switch d, err := s.store.GetDerived(ctx, req.digest); {
-		case err == nil && d.Kind == cache.DerivedLayer:
-			// A repackaged layer exists only here: it was evicted; rebuild it.
-			if err := s.rebuildLayer(ctx, req, d); err != nil {
-				return nil, err
-			}
-			if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
-				return fetched(b), err
-			}
-			return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", nil)
-		case err == nil:
-			return nil, errcode.New(http.StatusNotFound, errcode.BlobUnknown, "blob unknown", nil)
-		}
-	}
-
-	// The download runs on its own context: req pays for it here.
-	if err := upstream.Spend(ctx); err != nil {
-		return nil, err
-	}
-	f, err := s.fetches.Join(req.remote, req.digest)
-	if err != nil {
-		return nil, err
-	}
-	if !admitted && !f.StartedBy(req.remote) {
-		// Someone else's download: its answer is not this client's.
-		if err := s.ask(ctx, req, sub); err != nil {
-			f.Done()
-			return nil, err
-		}
-		admitted = true
-	}
-	if f, err = s.fetches.Ready(ctx, f, req.remote); err != nil {
-		return nil, err
-	}
-	if !admitted && !f.Answered() {
-		// The download found the blob already cached (another one had just
-		// published it) and asked nobody: ask for this client.
-		if err := s.ask(ctx, req, sub); err != nil {
-			f.Done()
-			return nil, err
-		}
-	}
-	sr, err := f.Tail(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if sr != nil {
-		return &openedBlob{ReadSeeker: sr, source: "upstream", fetched: true, close: sr.Close}, nil
-	}
-	// Nothing to tail: read the verified blob from the cache.
-	if b, err := s.openFromCache(ctx, req.digest, offset, verified); b != nil || err != nil {
-		return fetched(b), err
-	}
-	return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob vanished from the cache", nil)
-}
-
-func fetched(b *openedBlob) *openedBlob {
-	if b != nil {
-		b.fetched = true
-	}
-	return b
-}
-
-// openFromCache opens a cached blob; nil and no error when it is not
-// there. A cache that fails to answer is logged and treated as a miss:
-// upstream can still serve.
-func (s *Server) openFromCache(ctx context.Context, dgst digest.Digest, offset int64, verified bool) (*openedBlob, error) {
-	var rc io.ReadSeekCloser
-	var err error
-	if verified {
-		var vr io.ReadCloser
-		if vr, _, err = s.store.OpenVerified(ctx, dgst); err == nil {
-			rc = forwardOnly{vr}
-		}
-	} else {
-		rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
-	}
-	if err != nil {
-		if !errors.Is(err, cache.ErrNotFound) {
-			s.log.Warn("cache read failed, trying upstream", "digest", dgst, "error", err)
-		}
-		return nil, nil
-	}
-	return &openedBlob{ReadSeeker: rc, source: "cache", close: rc.Close}, nil
-}
-
-// forwardOnly is a verified read: it never seeks.
-type forwardOnly struct{ io.ReadCloser }
-
-func (forwardOnly) Seek(int64, int) (int64, error) {
-	return 0, errors.New("a verified read does not seek")
 }
 
 // rangeStart is where a single-range request starts ("bytes=N-" or
@@ -244,28 +82,4 @@ func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Di
 	http.ServeContent(w, r, "", time.Time{}, content)
 	s.metrics.servedBytes.WithLabelValues(source).Add(float64(rw.written - before))
 	logAttrs(r.Context(), slog.String("source", source))
-}
-
-// headBlobUpstream answers a HEAD for an uncached blob without downloading
-// it: the upstream's answer to the client is the answer.
-func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req distRequest) error {
-	size, err := req.remote.HeadBlob(r.Context(), req.digest)
-	if err != nil {
-		return err
-	}
-	if err := req.remote.CheckBlobSize(size); err != nil {
-		return err // a GET would be refused: say so now
-	}
-	s.learn(r.Context(), req.remote.Upstream(), req.repo, req.digest)
-	req.remote.Confirm(s.clock.Now())
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", req.digest.String())
-	h.Set("ETag", `"`+req.digest.String()+`"`)
-	if size >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(size, 10))
-	}
-	w.WriteHeader(http.StatusOK)
-	logAttrs(r.Context(), slog.String("source", "upstream"))
-	return nil
 }

@@ -1,30 +1,10 @@
 package proxy
 
 import (
-	"context"
-	"errors"
-	"net/http"
 	"time"
 
-	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy/errcode"
-	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
-
-// retryAfterNormalizing is the Retry-After sent with a 503 when
-// normalization outlives the deadline.
-const retryAfterNormalizing = 10 * time.Second
-
-// engineError is what a client is answered for an error of the engine: a
-// full layer work queue is 503 with Retry-After, as a full download queue
-// is; the rest as it is.
-func engineError(err error) error {
-	if errors.Is(err, normalize.ErrBusy) {
-		return errcode.Busy("too much layer work in progress; retry shortly", err)
-	}
-	return err
-}
 
 // deadlineFor is how long a client may wait for a manifest answer, from
 // what its User-Agent says of its timeouts (docs/containerd.md):
@@ -48,36 +28,4 @@ func (s *Server) deadlineFor(userAgent string) time.Duration {
 		return min(s.patientDeadline, 4*time.Minute+30*time.Second)
 	}
 	return s.deadline
-}
-
-// normalizeWithin normalizes m for a request, waiting at most d. Past d the
-// client gets 503 with Retry-After; the work goes on, and the next request
-// gets its result at once.
-func (s *Server) normalizeWithin(ctx context.Context, req distRequest, m cache.Manifest, rules ruleset.Set, d time.Duration) (normalize.Result, error) {
-	if !normalize.MayNeed(m, rules) {
-		return normalize.Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}, nil
-	}
-	type result struct {
-		n   normalize.Result
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := s.engine.Normalize(context.WithoutCancel(ctx), s.readingAs(req.remote), m, rules)
-		done <- result{n, err}
-	}()
-	expired := make(chan struct{})
-	stop := s.clock.AfterFunc(d, func() { close(expired) })
-	defer stop()
-	select {
-	case r := <-done:
-		return r.n, engineError(r.err)
-	case <-expired:
-		s.metrics.deadlineExceeded.Inc()
-		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "regnorm is still normalizing this image; retry shortly", nil)
-		e.RetryAfter = retryAfterNormalizing
-		return normalize.Result{}, e
-	case <-ctx.Done():
-		return normalize.Result{}, ctx.Err()
-	}
 }

@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/proxy/normalize"
 )
 
 // MaintainOnce runs one cache maintenance pass, for tests that count what
@@ -64,4 +67,15 @@ func (s *Server) HoldPasswordChecks() (running, most func() int64, release func(
 		return compare(hash, password)
 	}
 	return now.Load, peak.Load, func() { once.Do(func() { close(held) }) }
+}
+
+// EngineSource is what the rule engine reads repo through for the client of
+// r (the upstream its ns names, its credentials): the repository service's
+// Source, as a pull by tag hands it to the engine.
+func (s *Server) EngineSource(r *http.Request, repo string) (normalize.Source, error) {
+	mirrored, err := s.repositoryFor(r, r.URL.Query().Get("ns"), repo)
+	if err != nil {
+		return nil, err
+	}
+	return mirrored.Source(), nil
 }

@@ -32,6 +32,7 @@ func TestSubpackagesStayApart(t *testing.T) {
 		{dir: "blobfetch", own: []string{"cache", "proxy/errcode", "proxy/upstream"}},
 		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset", "internal/schema1"}, denied: []string{"net/http", "os"}},
 		{dir: "maintain", own: []string{"cache"}, denied: []string{"net/http"}},
+		{dir: "mirror", own: []string{"cache", "internal/schema1", "proxy/blobfetch", "proxy/errcode", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 	}
 	// A new room gets its line in the table.
 	dirs, err := filepath.Glob("*/*.go")
@@ -126,5 +127,58 @@ func TestOnlyUpstreamBuildsRegistryPaths(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOnlyTheMirrorReadsRepositories keeps admission in one place: proxy/'s
+// own code (the handlers, warm, the report and status page) reads a
+// repository's content only through a mirror.Repository. It never asks an
+// upstream handle for an object or a confirmation, nor runs the fetcher or
+// the engine itself; the cache it holds (proxy.Store) has no content to
+// read.
+func TestOnlyTheMirrorReadsRepositories(t *testing.T) {
+	t.Parallel()
+	mirrorOnly := []string{
+		"HeadManifest", "GetManifest", "HeadBlob", "GetBlob", "CheckBlobSize", "Confirm", "Confirmed", // upstream.Repository
+		"Join", "Ready", "Ensure", // blobfetch.Fetcher
+		"Normalize", "RebuildLayer", // normalize.Engine
+	}
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	for _, file := range files {
+		if strings.HasSuffix(file, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, file, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		packages := map[string]bool{} // errors.Join is no download
+		for _, imp := range f.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			name := filepath.Base(p)
+			if imp.Name != nil {
+				name = imp.Name.Name
+			}
+			packages[name] = true
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			call, ok := n.(*ast.CallExpr)
+			if !ok {
+				return true
+			}
+			sel, ok := call.Fun.(*ast.SelectorExpr)
+			if !ok || !slices.Contains(mirrorOnly, sel.Sel.Name) {
+				return true
+			}
+			if id, ok := sel.X.(*ast.Ident); ok && packages[id.Name] {
+				return true
+			}
+			t.Errorf("%s: proxy/ calls %s itself: ask a mirror.Repository", fset.Position(sel.Pos()), sel.Sel.Name)
+			return true
+		})
 	}
 }

@@ -254,7 +254,7 @@ func writeJSON(w io.Writer, v any) error {
 // apply to the original, which clients with other rule sets may share.
 func (s *Server) served(req distRequest, original cache.Manifest, client ruleset.Client, verdict cache.Normalization) cache.ReportEntry {
 	now := s.clock.Now().UTC()
-	return cache.ReportEntry{Upstream: req.remote.Upstream(), Repository: req.repo, Original: original.Digest,
+	return cache.ReportEntry{Upstream: req.repo.Upstream(), Repository: req.repo.Name(), Original: original.Digest,
 		Rules:      reportRules(normalize.Applicable(original, client.Rules)),
 		Normalized: verdict.Normalized, Changes: verdict.Changes, UnlistedChanges: verdict.UnlistedChanges, MediaType: verdict.MediaType,
 		Tags: []string{req.tag}, Clients: clientNames(client), FirstServed: now, LastServed: now, TimesServed: 1}
@@ -300,7 +300,7 @@ func (s *Server) noteOriginalServed(ctx context.Context, req distRequest, m cach
 		defer cancel()
 		// Rules only add changes: the original changes for some client
 		// exactly when it changes under every enabled rule.
-		n, ok := s.engine.Verdict(ctx, m, s.rules.Enabled)
+		n, ok := s.mirror.Verdict(ctx, m, s.rules.Enabled)
 		if !ok {
 			return
 		}
@@ -329,17 +329,17 @@ func clientNames(c ruleset.Client) []string {
 // normalizes for this client's rules: a node that needs no rule pulls the
 // original by design.
 func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Manifest, client ruleset.Client) bool {
-	n, ok := s.engine.Verdict(ctx, m, client.Rules)
+	n, ok := s.mirror.Verdict(ctx, m, client.Rules)
 	if !ok || n.Normalized == "" {
 		return false
 	}
 	s.metrics.unnormalizedPulls.Inc()
-	s.reports.Add(cache.ReportEntry{Upstream: req.remote.Upstream(), Repository: req.repo, Original: m.Digest,
+	s.reports.Add(cache.ReportEntry{Upstream: req.repo.Upstream(), Repository: req.repo.Name(), Original: m.Digest,
 		Rules:      reportRules(normalize.Applicable(m, client.Rules)),
 		Normalized: n.Normalized, MediaType: n.MediaType, Changes: n.Changes, UnlistedChanges: n.UnlistedChanges, // the digest to pin instead
 		UnnormalizedPulls: 1, LastUnnormalizedPull: s.clock.Now().UTC()})
 	s.log.Warn("pull by an original digest gets the unnormalized image; pin the normalized digest instead",
-		"upstream", req.remote.Upstream(), "repo", req.repo, "digest", m.Digest, "normalized", n.Normalized)
+		"upstream", req.repo.Upstream(), "repo", req.repo.Name(), "digest", m.Digest, "normalized", n.Normalized)
 	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
 	return true
 }

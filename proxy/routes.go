@@ -13,6 +13,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -53,11 +54,9 @@ const (
 // distRequest is a distribution API request, parsed and validated before any
 // I/O happens.
 type distRequest struct {
-	remote *upstream.Repository // repo on its upstream, asked as the client
-	repo   string               // remote.Name()
-	tag    string               // set for a manifest by tag
-	digest digest.Digest        // set for a manifest by digest, and for blobs
-	blob   bool                 // a blob request
+	repo   *mirror.Repository // the repository, read as the client
+	tag    string             // set for a manifest by tag
+	digest digest.Digest      // set for a manifest by digest, and for blobs
 }
 
 // ref is the reference as it appears in the path.
@@ -74,14 +73,11 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 	if len(repo) > reference.NameTotalLengthMax {
 		return distRequest{}, errcode.New(http.StatusBadRequest, errcode.NameInvalid, fmt.Sprintf("repository name longer than %d characters", reference.NameTotalLengthMax), nil)
 	}
-	up, err := s.upstreamFor(r.URL.Query().Get("ns"))
+	mirrored, err := s.repositoryFor(r, r.URL.Query().Get("ns"), repo)
 	if err != nil {
 		return distRequest{}, err
 	}
-	if up, err = up.As(r); err != nil {
-		return distRequest{}, err
-	}
-	req := distRequest{remote: up.Repository(repo), repo: repo, blob: vars["digest"] != ""}
+	req := distRequest{repo: mirrored}
 	ref := vars["reference"]
 	if ref == "" {
 		ref = vars["digest"]
@@ -98,6 +94,20 @@ func (s *Server) parse(r *http.Request) (distRequest, error) {
 		req.digest = dgst
 	}
 	return req, nil
+}
+
+// repositoryFor is the repository service's name on the upstream ns names,
+// read as the client of r (see upstream.Registry.As): how a request, warm,
+// or a test reaches a repository.
+func (s *Server) repositoryFor(r *http.Request, ns, name string) (*mirror.Repository, error) {
+	up, err := s.upstreamFor(ns)
+	if err != nil {
+		return nil, err
+	}
+	if up, err = up.As(r); err != nil {
+		return nil, err
+	}
+	return s.mirror.Repository(up.Repository(name)), nil
 }
 
 // upstreamFor picks the upstream named by ns. Only configured upstreams are

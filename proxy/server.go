@@ -15,34 +15,34 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/maintain"
+	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
-// Store is what the proxy needs from the cache: the rule engine's part,
-// and what serving, the report, the fleet view and maintenance use.
+// Store is what the Server itself needs of the cache: the rewrite report's
+// entries, node-config's reports, and a blob's stat to tell the cache
+// answers (/readyz). A repository's content is read through the repository
+// service (proxy/mirror), which states its own needs (mirror.Store), as do
+// the fetcher, the engine and maintenance.
 type Store interface {
-	normalize.Store
-	cache.BlobProvider
-	cache.BlobIngester
-	cache.ManifestStore
-	cache.TagStore
-	cache.LinkStore
+	StatBlob(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
 	cache.ReportStore
 	cache.NodeStore
-	maintain.Store
 }
 
 // Options configure a Server. cmd/proxy builds them from the configuration.
 type Options struct {
-	Store     Store
+	// Store is the cache. New hands each part the few methods it uses: the
+	// Server its Store, the repository service its mirror.Store, and the
+	// fetcher, the engine and maintenance theirs.
+	Store     *cache.Store
 	Upstreams []upstream.Config
 	// DefaultUpstream answers requests that carry no ns parameter.
 	DefaultUpstream string
@@ -142,11 +142,8 @@ type Server struct {
 	store            Store
 	upstreams        map[string]*upstream.Registry
 	defaultUpstream  string
-	tagTTL           time.Duration
-	fetches          *blobfetch.Fetcher
+	mirror           *mirror.Service // every read of a repository's content
 	maintainer       *maintain.Maintainer
-	manifests        singleflight.Group
-	engine           *normalize.Engine
 	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
 	lookups          chan struct{}                   // noteOriginalServed's, at most originalLookups
 	reports          *reporter
@@ -154,7 +151,6 @@ type Server struct {
 	started          time.Time
 	deadline         time.Duration
 	patientDeadline  time.Duration
-	links            *linkMemory
 	fleet            *fleet
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
 	clientAuth       *clientAuth
@@ -233,7 +229,6 @@ func New(opts Options) (*Server, error) {
 		store:           opts.Store,
 		upstreams:       map[string]*upstream.Registry{},
 		defaultUpstream: opts.DefaultUpstream,
-		tagTTL:          opts.TagTTL,
 		metrics:         opts.Metrics,
 		log:             opts.Logger,
 		clock:           opts.Clock,
@@ -242,7 +237,6 @@ func New(opts Options) (*Server, error) {
 		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
-		links:           newLinkMemory(),
 		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
 		clientAuth:      newClientAuth(opts.ClientAuth, opts.Clock, opts.AuthFailuresPerMinute, opts.Metrics),
 		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute, false),
@@ -290,7 +284,9 @@ func New(opts Options) (*Server, error) {
 		// one upstream may have every slot.
 		opts.Fetches.PerUpstream = math.MaxInt
 	}
-	s.fetches = blobfetch.New(blobfetch.Options{
+	// The fetcher tells the service what upstream said about downloads; the
+	// service is built from the fetcher, so OnHolds reaches it through s.
+	fetches := blobfetch.New(blobfetch.Options{
 		Store:    opts.Store,
 		SpoolDir: opts.SpoolDir,
 		Timeout:  opts.FetchTimeout,
@@ -299,12 +295,7 @@ func New(opts Options) (*Server, error) {
 		Metrics:  opts.Metrics.fetch,
 		Log:      opts.Logger,
 		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
-			s.learn(ctx, r.Upstream(), r.Name(), dgst)
-			// The fetcher is handed upstream handles only; another Remote
-			// would go unconfirmed, which costs a HEAD later, nothing more.
-			if up, ok := r.(*upstream.Repository); ok {
-				up.Confirm(s.clock.Now())
-			}
+			s.mirror.Held(ctx, r, dgst)
 		},
 		OnCommit: s.maintainer.Ingested,
 	})
@@ -313,7 +304,7 @@ func New(opts Options) (*Server, error) {
 		platforms = *opts.Platforms
 	}
 	m := opts.Metrics
-	s.engine = normalize.New(normalize.Options{
+	engine := normalize.New(normalize.Options{
 		Store:   opts.Store,
 		Reports: s.reports,
 		Metrics: normalize.Metrics{Rewrites: m.rewrites, RewriteErrors: m.rewriteErrors, Normalizations: m.normalizations,
@@ -329,6 +320,15 @@ func New(opts Options) (*Server, error) {
 		Work:          opts.LayerWork,
 		Platforms:     platforms,
 		Ingested:      s.maintainer.Ingested,
+	})
+	s.mirror = mirror.New(mirror.Options{
+		Store:   opts.Store,
+		Fetches: fetches,
+		Engine:  engine,
+		TagTTL:  opts.TagTTL,
+		Clock:   opts.Clock,
+		Metrics: mirror.Metrics{CacheRequests: m.cacheRequests, StaleServes: m.staleServes, DeadlineExceeded: m.deadlineExceeded},
+		Log:     opts.Logger,
 	})
 	return s, nil
 }

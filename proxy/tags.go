@@ -27,7 +27,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	logAttrs(r.Context(), slog.String("upstream", req.remote.Upstream()), slog.String("repo", req.repo))
+	logAttrs(r.Context(), slog.String("upstream", req.repo.Upstream()), slog.String("repo", req.repo.Name()))
 	in := r.URL.Query()
 	n := -1
 	if v := in.Get("n"); v != "" {
@@ -35,11 +35,11 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 			return errcode.New(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", nil)
 		}
 	}
-	page, err := req.remote.Tags(r.Context(), n, in.Get("last"))
+	page, err := req.repo.Tags(r.Context(), n, in.Get("last"))
 	if err != nil {
 		return err
 	}
-	body, err := json.Marshal(tagList{Name: req.repo, Tags: page.Tags})
+	body, err := json.Marshal(tagList{Name: req.repo.Name(), Tags: page.Tags})
 	if err != nil {
 		return fmt.Errorf("encode tags list: %w", err)
 	}
@@ -47,7 +47,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	if page.Next != "" {
-		h.Set("Link", nextTagsLink(req.repo, page.Next, page.NextN, in.Get("ns")))
+		h.Set("Link", nextTagsLink(req.repo.Name(), page.Next, page.NextN, in.Get("ns")))
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {

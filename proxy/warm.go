@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -151,28 +152,26 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 	if err != nil {
 		return fail(err)
 	}
-	up, err := s.upstreamFor(upName)
+	repository, err := s.repositoryFor(r, upName, repo)
 	if err != nil {
 		return fail(err)
 	}
-	if up, err = up.As(r); err != nil {
-		return fail(err)
-	}
-	req := distRequest{remote: up.Repository(repo), repo: repo, tag: tag, digest: dgst}
-	var m cache.Manifest
+	ref := tag
 	if dgst != "" {
-		m, _, err = s.manifestByDigest(ctx, req, nil)
-	} else if err = s.admitTag(ctx, req); err == nil {
-		m, _, err = s.manifestByTag(ctx, req, nil)
+		ref = dgst.String()
 	}
+	m, err := repository.Manifest(ctx, ref, nil)
 	if err != nil {
 		return fail(err)
+	}
+	if m.Stale {
+		logAttrs(ctx, slog.Bool("stale", true))
 	}
 	res.OriginalDigest = m.Digest.String()
-	for _, g := range applicableGroups(m, groups) {
-		n, err := s.engine.Normalize(ctx, s.readingAs(req.remote), m, g.rules)
+	for _, g := range applicableGroups(m.Manifest, groups) {
+		n, err := repository.Variant(ctx, m.Manifest, g.rules, 0)
 		if err != nil {
-			return fail(engineError(err))
+			return fail(err)
 		}
 		v := WarmVariant{Clients: g.clients, Rules: g.rules.Key()}
 		if n.Changed() {

@@ -1,0 +1,224 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
+)
+
+// Who may read what. The cache is global by digest, but an object is served
+// under a repository only where both hold:
+//
+//  1. the repository holds it upstream. regnorm learns that from the
+//     upstream's own answers for that repository (a download, a manifest
+//     fetch, a HEAD) and keeps it as a link, like distribution's repository
+//     links. Content regnorm made (a normalized manifest, a rewritten config,
+//     a repackaged layer) is held where its source is held.
+//  2. with forwarded credentials, the upstream said yes to the client's own
+//     credentials for the repository within confirmTTL.
+//
+// What is not known is asked of the upstream, as the client: a HEAD of the
+// object, or of the source regnorm made it from. Every reader asks through
+// a Repository (repository.go), so this is decided here and nowhere else.
+
+// object is what a client asks for by digest: a manifest or a blob.
+type object struct {
+	dgst digest.Digest
+	blob bool
+}
+
+// linkMemory remembers links known to exist, so the hot path reads none
+// from the store. Bounded; a forgotten link costs one store read.
+type linkMemory = lru.Cache[string, struct{}]
+
+func linkKey(upstream, repo string, dgst digest.Digest) string {
+	return upstream + "\x00" + repo + "\x00" + dgst.String()
+}
+
+// holds reports whether upstream/repo is known to hold dgst.
+func (s *Service) holds(ctx context.Context, upstream, repo string, dgst digest.Digest) (bool, error) {
+	key := linkKey(upstream, repo, dgst)
+	if s.links.Contains(key) {
+		return true, nil
+	}
+	ok, err := s.store.HasLink(ctx, upstream, repo, dgst)
+	if ok {
+		s.links.Add(key, struct{}{})
+	}
+	return ok, err
+}
+
+// learn records that upstream/repo holds dgst. A link that fails to be
+// written costs a HEAD upstream later, nothing more: it is logged, not
+// returned.
+func (s *Service) learn(ctx context.Context, upstream, repo string, dgst digest.Digest) {
+	key := linkKey(upstream, repo, dgst)
+	if s.links.Contains(key) {
+		return
+	}
+	if err := s.store.PutLink(context.WithoutCancel(ctx), upstream, repo, dgst); err != nil {
+		s.log.Warn("recording a repository link failed", "upstream", upstream, "repo", repo, "digest", dgst, "error", err)
+		return
+	}
+	s.links.Add(key, struct{}{})
+}
+
+// Held is the fetcher's OnHolds: upstream said r's repository holds dgst
+// (it answered 200 to a download), to r's client.
+func (s *Service) Held(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+	s.learn(ctx, r.Upstream(), r.Name(), dgst)
+	// The fetcher is handed upstream handles only; another Remote would go
+	// unconfirmed, which costs a HEAD later, nothing more.
+	if up, ok := r.(*upstream.Repository); ok {
+		up.Confirm(s.clock.Now())
+	}
+}
+
+func (r *Repository) holds(ctx context.Context, dgst digest.Digest) (bool, error) {
+	return r.s.holds(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
+}
+
+func (r *Repository) learn(ctx context.Context, dgst digest.Digest) {
+	r.s.learn(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
+}
+
+// admitted reports, without asking upstream, whether the client may read o
+// here. When it may not (yet), ask is what to ask the upstream about: o
+// itself, or the upstream object regnorm made it from.
+func (r *Repository) admitted(ctx context.Context, o object) (ok bool, ask object, err error) {
+	credsOK := r.remote.Confirmed(r.s.clock.Now())
+	linked, err := r.holds(ctx, o.dgst)
+	if err != nil {
+		return false, object{}, err
+	}
+	if linked && credsOK {
+		return true, object{}, nil
+	}
+	d, derived, err := r.derivedRecord(ctx, o)
+	if err != nil || !derived {
+		return false, o, err
+	}
+	origin, held, err := r.heldOrigin(ctx, d)
+	src := object{dgst: origin.Source, blob: !d.From(origin).SourceIsManifest()}
+	if err != nil || linked || !held {
+		return false, src, err
+	}
+	r.learn(ctx, o.dgst)
+	return credsOK, src, nil
+}
+
+// derivedRecord is how o was made, when regnorm made it as the kind of
+// object o is.
+func (r *Repository) derivedRecord(ctx context.Context, o object) (cache.Derived, bool, error) {
+	d, err := r.s.store.GetDerived(ctx, o.dgst)
+	switch {
+	case errors.Is(err, cache.ErrNotFound):
+		return cache.Derived{}, false, nil
+	case err != nil:
+		return cache.Derived{}, false, err
+	case (d.Kind == cache.DerivedManifest) == o.blob:
+		return cache.Derived{}, false, nil // a blob asked for as a manifest, or the reverse
+	}
+	return d, true, nil
+}
+
+// heldOrigin is the way d was made from an upstream object that the
+// repository holds, as far as regnorm knows (held); else the first way.
+func (r *Repository) heldOrigin(ctx context.Context, d cache.Derived) (o cache.Origin, held bool, err error) {
+	origins := d.Origins()
+	for _, o := range origins {
+		held, err := r.holds(ctx, o.Source)
+		if err != nil {
+			return origins[0], false, err
+		}
+		if held {
+			return o, true, nil
+		}
+	}
+	return origins[0], false, nil
+}
+
+// admit lets the client read o here, asking the upstream when regnorm does
+// not know (see the top of this file).
+func (r *Repository) admit(ctx context.Context, o object) error {
+	ok, sub, err := r.admitted(ctx, o)
+	if err != nil {
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+	}
+	if ok {
+		return nil
+	}
+	return r.ask(ctx, o, sub)
+}
+
+// admitTag lets the client read tag: only the credentials matter, since
+// the tag record is the repository's own. A yes is remembered for the
+// client's credentials.
+func (r *Repository) admitTag(ctx context.Context, tag string) error {
+	if r.remote.Confirmed(r.s.clock.Now()) {
+		return nil
+	}
+	// Asked for with schema 1 too: the tag may be one.
+	if _, err := r.remote.HeadManifest(ctx, tag, nil); err != nil {
+		return err
+	}
+	r.remote.Confirm(r.s.clock.Now())
+	return nil
+}
+
+// ask has the upstream tell the client whether the repository holds sub,
+// with a HEAD, for the client's read of o. A yes is remembered: the
+// repository's link to sub (and to o, made from it), and the client's
+// credentials for the repository.
+func (r *Repository) ask(ctx context.Context, o, sub object) error {
+	var err error
+	if sub.blob {
+		_, err = r.remote.HeadBlob(ctx, sub.dgst)
+	} else {
+		// Asked for with schema 1 too: a source may be one.
+		_, err = r.remote.HeadManifest(ctx, sub.dgst.String(), nil)
+	}
+	if err != nil {
+		return unknownAsAsked(err, o)
+	}
+	r.learn(ctx, sub.dgst)
+	r.remote.Confirm(r.s.clock.Now())
+	if o.dgst != sub.dgst {
+		r.learn(ctx, o.dgst)
+	}
+	return nil
+}
+
+// unknownAsAsked words an upstream's "not found" about what ask asked it
+// as what the client asked for: the source of a blob may be a manifest,
+// and the client is told of an unknown blob all the same.
+func unknownAsAsked(err error, o object) error {
+	code := errcode.ManifestUnknown
+	if o.blob {
+		code = errcode.BlobUnknown
+	}
+	var e *errcode.Error
+	if !errors.As(err, &e) || e.Status != http.StatusNotFound || e.Code == code {
+		return err
+	}
+	asked := *e
+	asked.Code = code
+	return &asked
+}
+
+// learnDerived records that the repository holds dgst, which regnorm made
+// from source, when it is known to hold source. No upstream request: what
+// is not known here is asked when a client wants it.
+func (r *Repository) learnDerived(ctx context.Context, dgst, source digest.Digest) {
+	if held, err := r.holds(ctx, source); err == nil && held {
+		r.learn(ctx, dgst)
+	}
+}

@@ -1,0 +1,221 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
+)
+
+// Blob is a blob opened for a client: from the cache, or from the spool of
+// the download that is fetching it.
+type Blob struct {
+	io.ReadSeeker
+	// Source is where it is read from: "cache" or "upstream".
+	Source string
+	// Fetched is set when it was not in the cache when asked for: it was
+	// downloaded or rebuilt.
+	Fetched bool
+	close   func() error
+}
+
+// Close releases the blob.
+func (b *Blob) Close() error { return b.close() }
+
+// Err is why a read from a download's spool ended early, which
+// http.ServeContent does not say; nil for a cached blob.
+func (b *Blob) Err() error {
+	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
+		return sr.Err()
+	}
+	return nil
+}
+
+// BlobInfo is what a blob's HEAD answers.
+type BlobInfo struct {
+	// Size is -1 when the upstream did not say.
+	Size int64
+	// Source is who answered: "cache" or "upstream".
+	Source string
+}
+
+// StatBlob is dgst's size, without reading the blob: from the cache for an
+// admitted client, else the upstream's answer to the client. A repackaged
+// layer that was evicted is rebuilt first: upstream never had it.
+func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
+	s := r.s
+	info, err := s.store.StatBlob(ctx, dgst)
+	if err != nil {
+		if d, derr := s.store.GetDerived(ctx, dgst); derr != nil || d.Kind != cache.DerivedLayer {
+			return r.statUpstream(ctx, dgst)
+		}
+		b, err := r.open(ctx, dgst, 0, false) // admits, and rebuilds
+		if err != nil {
+			return BlobInfo{}, err
+		}
+		b.Close()
+		if info, err = s.store.StatBlob(ctx, dgst); err != nil {
+			return BlobInfo{}, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", err)
+		}
+	} else if err := r.admit(ctx, object{dgst: dgst, blob: true}); err != nil {
+		return BlobInfo{}, err
+	}
+	return BlobInfo{Size: info.Size, Source: "cache"}, nil
+}
+
+// statUpstream is the upstream's answer to the client about an uncached
+// blob, without downloading it.
+func (r *Repository) statUpstream(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
+	size, err := r.remote.HeadBlob(ctx, dgst)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	if err := r.remote.CheckBlobSize(size); err != nil {
+		return BlobInfo{}, err // a GET would be refused: say so now
+	}
+	r.learn(ctx, dgst)
+	r.remote.Confirm(r.s.clock.Now())
+	return BlobInfo{Size: size, Source: "upstream"}, nil
+}
+
+// OpenBlob opens dgst for the client, from offset on (see open).
+func (r *Repository) OpenBlob(ctx context.Context, dgst digest.Digest, offset int64) (*Blob, error) {
+	return r.open(ctx, dgst, offset, false)
+}
+
+// open opens dgst for the client, from offset on: the one way to read a
+// blob, for clients and rules alike.
+//
+// The client is admitted first (access.go): from what regnorm knows, else by
+// asking the upstream as the client; a download it starts asks the upstream
+// itself. Then the blob comes from the cache; a repackaged layer that was
+// evicted is rebuilt, as the client; anything else is downloaded, or read
+// from the download under way. verified asks for a read that checks the
+// digest (for content a rule builds on): a cached blob is hashed as it is
+// read, and a download's spool is verified by construction, since its last
+// byte waits for the download's own check.
+func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64, verified bool) (*Blob, error) {
+	s := r.s
+	o := object{dgst: dgst, blob: true}
+	admitted, sub, err := r.admitted(ctx, o)
+	if err != nil {
+		return nil, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+	}
+	if !admitted && sub.dgst != dgst {
+		// Made here: only the upstream can say whether its source is held.
+		if err := r.ask(ctx, o, sub); err != nil {
+			return nil, err
+		}
+		admitted = true
+	}
+	if !admitted {
+		if _, err := s.store.StatBlob(ctx, dgst); err == nil {
+			if err := r.ask(ctx, o, sub); err != nil {
+				return nil, err
+			}
+			admitted = true
+		}
+	}
+	if admitted {
+		if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
+			return b, err
+		}
+		switch d, err := s.store.GetDerived(ctx, dgst); {
+		case err == nil && d.Kind == cache.DerivedLayer:
+			// A repackaged layer exists only here: it was evicted; rebuild it.
+			if err := r.rebuildLayer(ctx, d); err != nil {
+				return nil, err
+			}
+			if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
+				return fetched(b), err
+			}
+			return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", nil)
+		case err == nil:
+			return nil, errcode.New(http.StatusNotFound, errcode.BlobUnknown, "blob unknown", nil)
+		}
+	}
+
+	// The download runs on its own context: the request pays for it here.
+	if err := upstream.Spend(ctx); err != nil {
+		return nil, err
+	}
+	f, err := s.fetches.Join(r.remote, dgst)
+	if err != nil {
+		return nil, err
+	}
+	if !admitted && !f.StartedBy(r.remote) {
+		// Someone else's download: its answer is not this client's.
+		if err := r.ask(ctx, o, sub); err != nil {
+			f.Done()
+			return nil, err
+		}
+		admitted = true
+	}
+	if f, err = s.fetches.Ready(ctx, f, r.remote); err != nil {
+		return nil, err
+	}
+	if !admitted && !f.Answered() {
+		// The download found the blob already cached (another one had just
+		// published it) and asked nobody: ask for this client.
+		if err := r.ask(ctx, o, sub); err != nil {
+			f.Done()
+			return nil, err
+		}
+	}
+	sr, err := f.Tail(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if sr != nil {
+		return &Blob{ReadSeeker: sr, Source: "upstream", Fetched: true, close: sr.Close}, nil
+	}
+	// Nothing to tail: read the verified blob from the cache.
+	if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
+		return fetched(b), err
+	}
+	return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob vanished from the cache", nil)
+}
+
+func fetched(b *Blob) *Blob {
+	if b != nil {
+		b.Fetched = true
+	}
+	return b
+}
+
+// openFromCache opens a cached blob; nil and no error when it is not
+// there. A cache that fails to answer is logged and treated as a miss:
+// upstream can still serve.
+func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset int64, verified bool) (*Blob, error) {
+	var rc io.ReadSeekCloser
+	var err error
+	if verified {
+		var vr io.ReadCloser
+		if vr, _, err = s.store.OpenVerified(ctx, dgst); err == nil {
+			rc = forwardOnly{vr}
+		}
+	} else {
+		rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
+	}
+	if err != nil {
+		if !errors.Is(err, cache.ErrNotFound) {
+			s.log.Warn("cache read failed, trying upstream", "digest", dgst, "error", err)
+		}
+		return nil, nil
+	}
+	return &Blob{ReadSeeker: rc, Source: "cache", close: rc.Close}, nil
+}
+
+// forwardOnly is a verified read: it never seeks.
+type forwardOnly struct{ io.ReadCloser }
+
+func (forwardOnly) Seek(int64, int) (int64, error) {
+	return 0, errors.New("a verified read does not seek")
+}

@@ -1,0 +1,198 @@
+package mirror_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/mirror"
+	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
+)
+
+type clock struct{}
+
+func (clock) Now() time.Time                                  { return time.Now() }
+func (clock) AfterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+
+// engine is a rule engine that makes nothing: Normalize waits for release
+// (when set) and answers the original.
+type engine struct {
+	release chan struct{}
+	sources chan normalize.Source // what Normalize was handed
+}
+
+func (e *engine) Normalize(ctx context.Context, src normalize.Source, m cache.Manifest, _ ruleset.Set) (normalize.Result, error) {
+	if e.sources != nil {
+		e.sources <- src
+	}
+	if e.release != nil {
+		select {
+		case <-e.release:
+		case <-ctx.Done():
+			return normalize.Result{}, ctx.Err()
+		}
+	}
+	return normalize.Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}, nil
+}
+
+func (e *engine) RebuildLayer(context.Context, normalize.Source, cache.Derived) error {
+	return errors.New("nothing to rebuild")
+}
+
+func (e *engine) Verdict(context.Context, cache.Manifest, ruleset.Set) (cache.Normalization, bool) {
+	return cache.Normalization{}, false
+}
+
+// fixture is a service over an in-memory cache, in front of a registry
+// holding library/app:v1.
+type fixture struct {
+	svc     *mirror.Service
+	up      *upstream.Registry
+	img     regtest.Image
+	layer   digest.Digest
+	metrics mirror.Metrics
+}
+
+func newFixture(t *testing.T, e mirror.Engine) *fixture {
+	t.Helper()
+	reg := regtest.Start(t, regtest.Options{})
+	img, err := regtest.BuildImage(regtest.ImageOptions{ConfigMediaType: "application/octet-stream"},
+		[]regtest.File{{Name: "hello.txt", Content: []byte("hello\n")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Client().PushImage(context.Background(), "library/app", "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	u, _ := url.Parse(reg.URL)
+	log := slog.New(slog.DiscardHandler)
+	up := upstream.New(upstream.Config{Name: "docker.io", URL: u}, upstream.Options{
+		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: log})
+	store := cache.New(inmemory.New())
+	var svc *mirror.Service
+	fetches := blobfetch.New(blobfetch.Options{
+		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: clock{},
+		Metrics: blobfetch.NewMetrics(), Log: log, OnCommit: func(int64) {},
+		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Held(ctx, r, dgst) },
+	})
+	metrics := mirror.Metrics{
+		CacheRequests:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cache_requests"}, []string{"kind", "result"}),
+		StaleServes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stale_serves"}, []string{"upstream"}),
+		DeadlineExceeded: prometheus.NewCounter(prometheus.CounterOpts{Name: "deadline_exceeded"}),
+	}
+	svc = mirror.New(mirror.Options{Store: store, Fetches: fetches, Engine: e, Clock: clock{}, Metrics: metrics, Log: log})
+	return &fixture{svc: svc, up: up, img: img, layer: m.Layers[0].Digest, metrics: metrics}
+}
+
+func wantRefused(t *testing.T, what string, err error, status int, code string) {
+	t.Helper()
+	var e *errcode.Error
+	if !errors.As(err, &e) || e.Status != status || e.Code != code {
+		t.Errorf("%s: %v, want %d %s", what, err, status, code)
+	}
+}
+
+// TestReadsAreHeldByTheirRepository: what one repository read, through the
+// service alone, is cached for all, and another repository that does not
+// hold it upstream is refused it as the upstream would refuse it, however
+// it is asked: by a client or by the engine's Source.
+func TestReadsAreHeldByTheirRepository(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, &engine{})
+	ctx := context.Background()
+	app := f.svc.Repository(f.up.Repository("library/app"))
+	m, err := app.Manifest(ctx, "v1", nil)
+	if err != nil || m.Digest != f.img.ManifestDigest || m.Source != "upstream" {
+		t.Fatalf("library/app:v1: %v %s from %q", err, m.Digest, m.Source)
+	}
+	b, err := app.OpenBlob(ctx, f.layer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(b)
+	b.Close()
+	if err != nil || digest.FromBytes(got) != f.layer || !b.Fetched {
+		t.Fatalf("the layer: %v, fetched %v", err, b.Fetched)
+	}
+	if m, err := app.Manifest(ctx, f.img.ManifestDigest.String(), nil); err != nil || m.Source != "cache" {
+		t.Fatalf("library/app by digest: %v from %q", err, m.Source)
+	}
+
+	other := f.svc.Repository(f.up.Repository("library/other"))
+	_, err = other.Manifest(ctx, f.img.ManifestDigest.String(), nil)
+	wantRefused(t, "manifest", err, http.StatusNotFound, errcode.ManifestUnknown)
+	_, err = other.OpenBlob(ctx, f.layer, 0)
+	wantRefused(t, "blob", err, http.StatusNotFound, errcode.BlobUnknown)
+	_, err = other.StatBlob(ctx, f.layer)
+	wantRefused(t, "blob's stat", err, http.StatusNotFound, errcode.BlobUnknown)
+	_, err = other.Source().Manifest(ctx, f.img.ManifestDigest)
+	wantRefused(t, "engine's manifest", err, http.StatusNotFound, errcode.ManifestUnknown)
+	_, err = other.Source().OpenBlob(ctx, f.layer)
+	wantRefused(t, "engine's blob", err, http.StatusNotFound, errcode.BlobUnknown)
+}
+
+// TestVariantWaitsAtMostItsWait: a client waits for its variant no longer
+// than its wait, and is told to come back; the engine reads through the
+// repository's own Source. Without a wait (warm), the caller waits for the
+// engine's answer.
+func TestVariantWaitsAtMostItsWait(t *testing.T) {
+	t.Parallel()
+	e := &engine{release: make(chan struct{}), sources: make(chan normalize.Source, 2)}
+	f := newFixture(t, e)
+	ctx := context.Background()
+	app := f.svc.Repository(f.up.Repository("library/app"))
+	m, err := app.Manifest(ctx, "v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := ruleset.Set{ConfigMediaType: true}
+	_, err = app.Variant(ctx, m.Manifest, rules, time.Millisecond)
+	wantRefused(t, "past the wait", err, http.StatusServiceUnavailable, errcode.Unavailable)
+	var e503 *errcode.Error
+	if errors.As(err, &e503) && e503.RetryAfter <= 0 {
+		t.Error("no Retry-After past the wait")
+	}
+	if n := counted(t, f.metrics.DeadlineExceeded); n != 1 {
+		t.Errorf("deadline exceeded = %v, want 1", n)
+	}
+	if src := <-e.sources; src.Repository() != "library/app" || src.Upstream() != "docker.io" {
+		t.Errorf("the engine read %s/%s", src.Upstream(), src.Repository())
+	}
+	close(e.release)
+	n, err := app.Variant(ctx, m.Manifest, rules, 0)
+	if err != nil || !bytes.Equal(n.Manifest.Content, m.Content) {
+		t.Fatalf("without a wait: %v", err)
+	}
+}
+
+// counted is c's value.
+func counted(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	families, err := reg.Gather()
+	if err != nil || len(families) != 1 {
+		t.Fatalf("gather: %v", err)
+	}
+	return families[0].GetMetric()[0].GetCounter().GetValue()
+}

@@ -1,0 +1,137 @@
+package mirror
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
+)
+
+// Store is what the service needs of the cache: the repositories' links,
+// how what regnorm made was made, manifests and tag records, and blobs to
+// read.
+type Store interface {
+	cache.LinkStore
+	cache.ManifestStore
+	cache.TagStore
+	cache.BlobProvider
+	GetDerived(ctx context.Context, dgst digest.Digest) (cache.Derived, error)
+}
+
+// Fetcher is the single-flight download of blobs (a *blobfetch.Fetcher).
+// The service admits the client before and around it: blobfetch decides
+// nothing about who may read.
+type Fetcher interface {
+	Join(r blobfetch.Remote, dgst digest.Digest) (*blobfetch.Download, error)
+	Ready(ctx context.Context, f *blobfetch.Download, r blobfetch.Remote) (*blobfetch.Download, error)
+	Ensure(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) error
+}
+
+// Engine is the rule engine (a *normalize.Engine). It reads images through
+// a Repository's Source, so its reads are admitted as the client's own.
+type Engine interface {
+	Normalize(ctx context.Context, src normalize.Source, m cache.Manifest, rules ruleset.Set) (normalize.Result, error)
+	RebuildLayer(ctx context.Context, src normalize.Source, d cache.Derived) error
+	Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool)
+}
+
+// Clock is the time the service goes by: tag freshness, confirmations of
+// forwarded credentials, and how long a client waits for its variant.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc is time.AfterFunc on this clock; stop is its Stop.
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+// Metrics are the service's; the caller registers them.
+type Metrics struct {
+	// CacheRequests counts manifest look-ups by kind ("manifest") and
+	// result (hit, miss).
+	CacheRequests *prometheus.CounterVec
+	// StaleServes counts tags answered from an expired record, by upstream.
+	StaleServes *prometheus.CounterVec
+	// DeadlineExceeded counts requests that stopped waiting for their
+	// variant.
+	DeadlineExceeded prometheus.Counter
+}
+
+// Options configure a Service. Every field is required but TagTTL.
+type Options struct {
+	Store   Store
+	Fetches Fetcher
+	Engine  Engine
+	// TagTTL is how long a tag's record answers before the upstream is
+	// asked again.
+	TagTTL  time.Duration
+	Clock   Clock
+	Metrics Metrics
+	Log     *slog.Logger
+}
+
+// Service makes the Repositories every reader asks. It holds what they
+// share: the links known to exist, and the manifest fetches under way.
+type Service struct {
+	store     Store
+	fetches   Fetcher
+	engine    Engine
+	links     *linkMemory
+	manifests singleflight.Group // by tag and Accept list, or by digest and identity
+	tagTTL    time.Duration
+	clock     Clock
+	metrics   Metrics
+	log       *slog.Logger
+}
+
+// New is a Service with opts.
+func New(opts Options) *Service {
+	links, err := lru.New[string, struct{}](1 << 16)
+	if err != nil {
+		panic(err)
+	}
+	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
+		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log}
+}
+
+// Repository is one repository of an upstream, read as one client: the one
+// way anything reads a repository's content. Every read is admitted
+// (access.go) before anything is served. It is cheap: make one per request.
+type Repository struct {
+	s      *Service
+	remote *upstream.Repository
+}
+
+// Repository is remote's repository, read as remote's client (see
+// upstream.Registry.As).
+func (s *Service) Repository(remote *upstream.Repository) *Repository {
+	return &Repository{s: s, remote: remote}
+}
+
+// Upstream is the upstream's name, as containerd sends it in ns.
+func (r *Repository) Upstream() string { return r.remote.Upstream() }
+
+// Name is the repository's name, e.g. library/redis.
+func (r *Repository) Name() string { return r.remote.Name() }
+
+// Tags is a page of the repository's tags, from the upstream as the client
+// (tags change, so they are not cached), checked and bounded by
+// upstream.Repository.Tags. The upstream decides who may list them.
+func (r *Repository) Tags(ctx context.Context, n int, last string) (upstream.TagPage, error) {
+	return r.remote.Tags(ctx, n, last)
+}
+
+// Verdict is the verdict recorded for m under rules, if any: the report's
+// look-up of an original it has just served. It never computes one, and
+// reads no upstream.
+func (s *Service) Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool) {
+	return s.engine.Verdict(ctx, m, rules)
+}

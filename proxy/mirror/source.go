@@ -1,0 +1,80 @@
+package mirror
+
+import (
+	"context"
+	"io"
+	"net/http"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/normalize"
+)
+
+// source is what the rule engine reads an image through: a repository, as
+// its client. It is an ordinary caller of the repository: every read is
+// admitted (access.go) and verified, exactly as the client's own reads are.
+type source struct{ r *Repository }
+
+var _ normalize.Source = source{}
+
+// Source is the repository as the rule engine reads it, as this client:
+// child manifests, blobs read verified, downloads to make sure of, and
+// links to what the engine made.
+func (r *Repository) Source() normalize.Source { return source{r: r} }
+
+func (src source) Upstream() string   { return src.r.remote.Upstream() }
+func (src source) Repository() string { return src.r.remote.Name() }
+func (src source) Identity() string   { return src.r.remote.Identity() }
+
+func (src source) Manifest(ctx context.Context, dgst digest.Digest) (cache.Manifest, error) {
+	m, err := src.r.Manifest(ctx, dgst.String(), nil)
+	return m.Manifest, err
+}
+
+func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error) {
+	b, err := src.r.open(ctx, dgst, 0, true)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Ensure is open's way, so that the engine's reads are admitted as the
+// client's own are (a download this client starts answers for it, with no
+// HEAD beside it), and an evicted repackaged layer is rebuilt: it waits for
+// a download to end instead of reading it.
+func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
+	b, err := src.r.open(ctx, dgst, 0, false)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
+		return sr.Wait()
+	}
+	return nil // in the cache
+}
+
+func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
+	src.r.learnDerived(ctx, derived, from)
+}
+
+// rebuildLayer makes an evicted repackaged layer again from its original,
+// as the client, who must be admitted for the original: a repository holds
+// a derived blob only where it holds its source.
+func (r *Repository) rebuildLayer(ctx context.Context, d cache.Derived) error {
+	// From what the repository holds: another repository's source would be
+	// asked for in vain.
+	o, _, err := r.heldOrigin(ctx, d)
+	if err != nil {
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+	}
+	d = d.From(o)
+	if err := r.admit(ctx, object{dgst: d.Source, blob: true}); err != nil {
+		return err
+	}
+	return engineError(r.s.engine.RebuildLayer(ctx, r.Source(), d))
+}

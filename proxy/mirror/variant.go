@@ -1,0 +1,67 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+)
+
+// retryAfterNormalizing is the Retry-After sent with a 503 when
+// normalization outlives the deadline.
+const retryAfterNormalizing = 10 * time.Second
+
+// engineError is what a client is answered for an error of the engine: a
+// full layer work queue is 503 with Retry-After, as a full download queue
+// is; the rest as it is.
+func engineError(err error) error {
+	if errors.Is(err, normalize.ErrBusy) {
+		return errcode.Busy("too much layer work in progress; retry shortly", err)
+	}
+	return err
+}
+
+// Variant is the client's variant of m, an original the repository
+// answered, for rules: what the engine makes of it, reading through its Source.
+// With a wait, the request waits at most that long: past it the client gets
+// 503 with Retry-After, the work goes on, and the next request gets its
+// result at once. Without one (warm), the caller waits as long as it takes,
+// and the work stops with ctx.
+func (r *Repository) Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error) {
+	s := r.s
+	if wait <= 0 {
+		n, err := s.engine.Normalize(ctx, r.Source(), m, rules)
+		return n, engineError(err)
+	}
+	if !normalize.MayNeed(m, rules) {
+		return normalize.Result{Manifest: m, Verdict: cache.Normalization{Original: m.Digest, MediaType: m.MediaType}}, nil
+	}
+	type result struct {
+		n   normalize.Result
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := s.engine.Normalize(context.WithoutCancel(ctx), r.Source(), m, rules)
+		done <- result{n, err}
+	}()
+	expired := make(chan struct{})
+	stop := s.clock.AfterFunc(wait, func() { close(expired) })
+	defer stop()
+	select {
+	case res := <-done:
+		return res.n, engineError(res.err)
+	case <-expired:
+		s.metrics.DeadlineExceeded.Inc()
+		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "regnorm is still normalizing this image; retry shortly", nil)
+		e.RetryAfter = retryAfterNormalizing
+		return normalize.Result{}, e
+	case <-ctx.Done():
+		return normalize.Result{}, ctx.Err()
+	}
+}
