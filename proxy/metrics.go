@@ -5,8 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regnorm/regnorm/cache/maintain"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
-	"github.com/regnorm/regnorm/proxy/maintain"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
