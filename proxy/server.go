@@ -22,6 +22,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/maintain"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/operator"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -152,7 +153,8 @@ type Server struct {
 	deadline         time.Duration
 	patientDeadline  time.Duration
 	fleet            *fleet
-	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
+	status           *operator.Status // the status page
+	nodeCount        sync.Mutex       // one count of regnorm_nodes at a time
 	clientAuth       *clientAuth
 	reportAttempts   *attemptLimiter // failed node report tokens by address
 	reportTokens     [][sha256.Size]byte
@@ -330,6 +332,18 @@ func New(opts Options) (*Server, error) {
 		Metrics: mirror.Metrics{CacheRequests: m.cacheRequests, StaleServes: m.staleServes, DeadlineExceeded: m.deadlineExceeded},
 		Log:     opts.Logger,
 	})
+	s.status = &operator.Status{
+		Report:    s.visibleReport,
+		Nodes:     s.fleetView,
+		Usage:     s.maintainer.Usage,
+		Upstreams: map[string]operator.Upstream{},
+		Rules:     s.rules,
+		Started:   s.started,
+		Now:       opts.Clock.Now,
+	}
+	for name, up := range s.upstreams {
+		s.status.Upstreams[name] = up
+	}
 	return s, nil
 }
 
