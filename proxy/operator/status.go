@@ -7,8 +7,10 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"html/template"
+	"io"
 	"maps"
 	"net/http"
 	"regexp"
@@ -120,7 +122,7 @@ type Upstream interface {
 	Health() (lastOK, lastFail time.Time, failure string)
 }
 
-// Status is the status page. Its sources are functions the server hands in,
+// Status is the status page and the rewrite report's API. Their sources are functions the server hands in,
 // so the page needs none of the server's types.
 type Status struct {
 	// Report lists the rewrite report's entries the page may show, and how
@@ -258,4 +260,33 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// reportPageSize is how many entries a page of /api/v1/rewrites lists.
+const reportPageSize = 50
+
+// ServeReport answers GET /api/v1/rewrites with a page of the rewrite
+// entries (?page=N, from 1), most recently served first.
+func (s *Status) ServeReport(w http.ResponseWriter, r *http.Request) error {
+	entries, hidden, err := s.Report(r.Context())
+	if err != nil {
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
+	}
+	pages := max(1, (len(entries)+reportPageSize-1)/reportPageSize)
+	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	page = min(max(page, 1), pages)
+	start := (page - 1) * reportPageSize
+	listed := entries[start:min(start+reportPageSize, len(entries))]
+	if listed == nil {
+		listed = []cache.ReportEntry{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return WriteJSON(w, map[string]any{"rewrites": listed, "hidden": hidden, "total": len(entries), "page": page, "pages": pages})
+}
+
+// WriteJSON writes v as the operator's APIs answer: indented JSON.
+func WriteJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
