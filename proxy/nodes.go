@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -195,41 +193,6 @@ var containerdVersions = operator.ContainerdVersions
 
 // minorVersion is operator.MinorVersion.
 var minorVersion = operator.MinorVersion
-
-// serveNodes answers GET /api/v1/nodes. The list is written a node at a
-// time: its size follows the number of nodes, its memory does not.
-func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
-	nodes, err := s.fleetView(r.Context())
-	if err != nil {
-		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
-	}
-	byVersion := map[string]int{}
-	for _, n := range nodes {
-		if !n.LastPull.IsZero() {
-			byVersion[minorVersion(n)]++
-		}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff") // reporters' text, unescaped
-	bw := bufio.NewWriter(w)
-	enc := json.NewEncoder(bw)
-	enc.SetEscapeHTML(false)
-	bw.WriteString(`{"nodes":[`)
-	for i, n := range nodes {
-		if i > 0 {
-			bw.WriteByte(',')
-		}
-		if err := enc.Encode(n); err != nil {
-			return err
-		}
-	}
-	bw.WriteString(`],"pullingByContainerd":`)
-	if err := enc.Encode(byVersion); err != nil {
-		return err
-	}
-	bw.WriteString("}\n")
-	return bw.Flush()
-}
 
 // DefaultHostsDir is where node-config writes hosts.toml files unless
 // told otherwise: containerd's conventional config_path.

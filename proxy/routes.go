@@ -148,7 +148,7 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle("/", http.RedirectHandler("/status", http.StatusFound)).Methods(read...)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.warm.Serve))).Methods(http.MethodPost)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.warmNeedsPost)).Methods(read...)
-	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(report, s.serveNodes))).Methods(read...)
+	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(report, s.status.ServeNodes))).Methods(read...)
 	// Node reports need a token of their own, which only node-config has.
 	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.reportersOnly(s.receiveNodeReport))).Methods(http.MethodPost)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
