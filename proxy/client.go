@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/regnorm/regnorm/proxy/operator"
 )
 
 // Client calls a running regnorm's API: warm, and node-config's reports.
@@ -71,3 +73,23 @@ func (c Client) post(ctx context.Context, path string, in any, want int, out any
 	}
 	return json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out)
 }
+
+// Warm asks regnorm to normalize images ahead of time, for the named
+// containerd versions (none: for a client that names none), and returns
+// what each became.
+func (c Client) Warm(ctx context.Context, images, clients []string) ([]WarmResult, error) {
+	var out struct {
+		Results []WarmResult `json:"results"`
+	}
+	if err := c.post(ctx, "/api/v1/warm", WarmRequest{Images: images, Clients: clients}, http.StatusOK, &out); err != nil {
+		return nil, fmt.Errorf("warm: %w", err)
+	}
+	return out.Results, nil
+}
+
+// The bodies of POST /api/v1/warm; the operator's package owns them.
+type (
+	WarmRequest = operator.WarmRequest
+	WarmResult  = operator.WarmResult
+	WarmVariant = operator.WarmVariant
+)

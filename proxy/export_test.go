@@ -20,7 +20,7 @@ func (s *Server) FlushReport(ctx context.Context) error { return s.reports.flush
 
 // ParseImage is parseImage, for a table test.
 func (s *Server) ParseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
-	return s.parseImage(image)
+	return s.warm.ParseImage(image)
 }
 
 // CountNodes sets regnorm_nodes now.

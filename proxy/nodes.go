@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -21,7 +19,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy/errcode"
-	"github.com/regnorm/regnorm/proxy/label"
+	"github.com/regnorm/regnorm/proxy/operator"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -107,35 +105,14 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// NodeStatus is one node of the fleet, as GET /api/v1/nodes lists it.
-type NodeStatus struct {
-	// Node is the node's name, from node-config.
-	Node string `json:"node,omitempty"`
-	// Address is where its pulls come from.
-	Address string `json:"address"`
-	// ContainerdVersion is from the User-Agent of its pulls, else from
-	// node-config.
-	ContainerdVersion string `json:"containerdVersion,omitempty"`
-	UserAgent         string `json:"userAgent,omitempty"`
-	// Rules are the normalizations its pulls get.
-	Rules string `json:"rules"`
-	// State is "uses the mirror" (a pull came through), "no pull seen yet"
-	// (node-config expects containerd to use it), or "does not use the
-	// mirror" (node-config found why not: Reason, and Fix).
-	State    string    `json:"state"`
-	LastPull time.Time `json:"lastPull,omitzero"`
-	// Pulls counts its manifest requests (an index and its child are two),
-	// OriginalDigestPulls those by an original digest regnorm normalizes.
-	Pulls               int64             `json:"pulls"`
-	OriginalDigestPulls int64             `json:"originalDigestPulls"`
-	NodeConfig          *cache.NodeReport `json:"nodeConfig,omitempty"`
-}
+// NodeStatus is one node of the fleet; the operator's package owns it.
+type NodeStatus = operator.NodeStatus
 
 // Node states.
 const (
-	stateUses    = "uses the mirror"
-	stateNoPull  = "no pull seen yet"
-	stateDoesNot = "does not use the mirror"
+	stateUses    = operator.StateUses
+	stateNoPull  = operator.StateNoPull
+	stateDoesNot = operator.StateDoesNot
 )
 
 // fleetView merges what node-config reported with what this process saw,
@@ -210,62 +187,12 @@ func (s *Server) fleetView(ctx context.Context) ([]NodeStatus, error) {
 	return list, nil
 }
 
-// containerdVersions are the values nodes are counted by, in
-// regnorm_nodes' containerd label and on the status page: the minor
-// versions ruleset knows, unknownVersion for a client that names no
-// containerd version, and label.Other for any other version, which a
-// client may make up. Their series are a fixed set, whatever the
-// User-Agents.
-var containerdVersions = label.NewSet(append(ruleset.Minors(), unknownVersion)...)
+// containerdVersions are the values nodes are counted by
+// (operator.ContainerdVersions).
+var containerdVersions = operator.ContainerdVersions
 
-// unknownVersion counts the clients that are not containerd.
-const unknownVersion = "unknown"
-
-// minorVersion is "1.6" for "1.6.20~ds1", label.Other for a version
-// outside containerdVersions, or unknownVersion for a client that is not
-// containerd.
-func minorVersion(n NodeStatus) string {
-	v := containerdcfg.ParseVersion(n.ContainerdVersion)
-	if !v.Known || n.LastPull.IsZero() {
-		return unknownVersion
-	}
-	return containerdVersions.Of(fmt.Sprintf("%d.%d", v.Major, v.Minor))
-}
-
-// serveNodes answers GET /api/v1/nodes. The list is written a node at a
-// time: its size follows the number of nodes, its memory does not.
-func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) error {
-	nodes, err := s.fleetView(r.Context())
-	if err != nil {
-		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
-	}
-	byVersion := map[string]int{}
-	for _, n := range nodes {
-		if !n.LastPull.IsZero() {
-			byVersion[minorVersion(n)]++
-		}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff") // reporters' text, unescaped
-	bw := bufio.NewWriter(w)
-	enc := json.NewEncoder(bw)
-	enc.SetEscapeHTML(false)
-	bw.WriteString(`{"nodes":[`)
-	for i, n := range nodes {
-		if i > 0 {
-			bw.WriteByte(',')
-		}
-		if err := enc.Encode(n); err != nil {
-			return err
-		}
-	}
-	bw.WriteString(`],"pullingByContainerd":`)
-	if err := enc.Encode(byVersion); err != nil {
-		return err
-	}
-	bw.WriteString("}\n")
-	return bw.Flush()
-}
+// minorVersion is operator.MinorVersion.
+var minorVersion = operator.MinorVersion
 
 // DefaultHostsDir is where node-config writes hosts.toml files unless
 // told otherwise: containerd's conventional config_path.

@@ -2,19 +2,14 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
-	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -242,12 +237,6 @@ func (s *Server) visibleReport(ctx context.Context) (entries []cache.ReportEntry
 	return entries, hidden, nil
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // served is the report's record of one answer by tag with the variant of
 // original for client's rule set; verdict says what the variant is (none:
 // the original itself). The entry is the variant's under the rules that
@@ -342,26 +331,4 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 		"upstream", req.repo.Upstream(), "repo", req.repo.Name(), "digest", m.Digest, "normalized", n.Normalized)
 	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
 	return true
-}
-
-// reportPageSize is how many entries a page of /api/v1/rewrites lists.
-const reportPageSize = 50
-
-// serveReport answers GET /api/v1/rewrites with a page of the rewrite
-// entries (?page=N, from 1), most recently served first.
-func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) error {
-	entries, hidden, err := s.visibleReport(r.Context())
-	if err != nil {
-		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
-	}
-	pages := max(1, (len(entries)+reportPageSize-1)/reportPageSize)
-	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
-	page = min(max(page, 1), pages)
-	start := (page - 1) * reportPageSize
-	listed := entries[start:min(start+reportPageSize, len(entries))]
-	if listed == nil {
-		listed = []cache.ReportEntry{}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	return writeJSON(w, map[string]any{"rewrites": listed, "hidden": hidden, "total": len(entries), "page": page, "pages": pages})
 }

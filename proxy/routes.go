@@ -143,12 +143,12 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle(name+"/blobs/{digest:"+digestPattern+"}", s.handle(routeBlob, s.protect(api, s.serveBlob))).Methods(read...)
 	r.Handle(name+"/tags/list", s.handle(routeTags, s.protect(api, s.serveTags))).Methods(read...)
 	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
-	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.protect(report, s.serveReport))).Methods(read...)
-	r.Handle("/status", s.handle(routeStatus, s.protect(report, s.serveStatus))).Methods(read...)
+	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.protect(report, s.status.ServeReport))).Methods(read...)
+	r.Handle("/status", s.handle(routeStatus, s.protect(report, s.status.Serve))).Methods(read...)
 	r.Handle("/", http.RedirectHandler("/status", http.StatusFound)).Methods(read...)
-	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.serveWarm))).Methods(http.MethodPost)
+	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.warm.Serve))).Methods(http.MethodPost)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.warmNeedsPost)).Methods(read...)
-	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(report, s.serveNodes))).Methods(read...)
+	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.protect(report, s.status.ServeNodes))).Methods(read...)
 	// Node reports need a token of their own, which only node-config has.
 	r.Handle("/api/v1/nodes", s.handle(routeNodes, s.reportersOnly(s.receiveNodeReport))).Methods(http.MethodPost)
 	r.Handle("/healthz", s.handle(routeHealth, s.serveHealthz)).Methods(read...)
@@ -165,7 +165,7 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 }
 
 // apiCSP is the Content-Security-Policy of every answer but the status
-// page's (statusCSP): none of them is a page, so a browser may run, load,
+// page's (operator.StatusCSP): none of them is a page, so a browser may run, load,
 // frame or submit nothing from one.
 const apiCSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 

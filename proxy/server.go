@@ -22,6 +22,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/operator"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -152,6 +153,8 @@ type Server struct {
 	deadline         time.Duration
 	patientDeadline  time.Duration
 	fleet            *fleet
+	status           *operator.Status // the status page and the rewrite report
+	warm             *operator.Warm
 	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
 	clientAuth       *clientAuth
 	reportAttempts   *attemptLimiter // failed node report tokens by address
@@ -171,6 +174,12 @@ type Server struct {
 // layers. Past it the request gets 503; what was fetched is cached, so a
 // retry goes on from there.
 const upstreamBudget = 512
+
+// warmBudget is how many upstream requests one warm request may cause, all
+// its images together: a few cold images' worth (each image at most
+// upstreamBudget, as a pull), so one POST cannot make regnorm send up to
+// maxWarmImages × upstreamBudget.
+const warmBudget = 4 * upstreamBudget
 
 // New validates opts and builds a Server.
 func New(opts Options) (*Server, error) {
@@ -330,6 +339,29 @@ func New(opts Options) (*Server, error) {
 		Metrics: mirror.Metrics{CacheRequests: m.cacheRequests, StaleServes: m.staleServes, DeadlineExceeded: m.deadlineExceeded},
 		Log:     opts.Logger,
 	})
+	s.status = &operator.Status{
+		Report:    s.visibleReport,
+		Nodes:     s.fleetView,
+		Usage:     s.maintainer.Usage,
+		Upstreams: map[string]operator.Upstream{},
+		Rules:     s.rules,
+		Started:   s.started,
+		Now:       opts.Clock.Now,
+	}
+	for name, up := range s.upstreams {
+		s.status.Upstreams[name] = up
+	}
+	s.warm = &operator.Warm{
+		Repository:      s.repositoryFor,
+		IsUpstream:      func(name string) bool { return s.upstreams[name] != nil },
+		DefaultUpstream: s.defaultUpstream,
+		Rules:           s.rules,
+		Budget:          warmBudget,
+		ImageBudget:     upstreamBudget,
+		ReadJSON:        readJSON,
+		Note:            logAttrs,
+		Log:             opts.Logger,
+	}
 	return s, nil
 }
 

@@ -1,4 +1,4 @@
-package proxy
+package operator
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -59,20 +60,38 @@ const (
 	maxWarmImages   = 1000
 	maxWarmClients  = 32
 	warmConcurrency = 2
-	// warmBudget is how many upstream requests one warm request may cause,
-	// all its images together: a few cold images' worth (each image at most
-	// upstreamBudget, as a pull), so one POST cannot make regnorm send up
-	// to maxWarmImages × upstreamBudget. Images past it get an error of
-	// their own; what was fetched is kept, so the same warm again goes on
-	// from there.
-	warmBudget = 4 * upstreamBudget
 )
 
-// serveWarm normalizes images ahead of time, waiting as long as it takes, so
+// Warm is POST /api/v1/warm. It is a client of the repository service: it
+// reaches a repository as the server hands it one, so a warm is admitted
+// as a pull of the same client would be.
+type Warm struct {
+	// Repository is the repository name on upstream ns, read as the client
+	// of r.
+	Repository func(r *http.Request, ns, name string) (*mirror.Repository, error)
+	// IsUpstream tells a configured upstream's name; DefaultUpstream is
+	// where a name without one is.
+	IsUpstream      func(name string) bool
+	DefaultUpstream string
+	Rules           ruleset.Policy
+	// Budget is how many upstream requests one warm request may cause, all
+	// its images together, and ImageBudget how many one image may (as a
+	// pull). Images past Budget get an error of their own; what was fetched
+	// is kept, so the same warm again goes on from there.
+	Budget, ImageBudget int
+	// ReadJSON reads the request's body, the server's one way of taking
+	// one.
+	ReadJSON func(w http.ResponseWriter, r *http.Request, limit int64, v any, strict bool, shape string) error
+	// Note adds attributes to the request's access-log line.
+	Note func(ctx context.Context, attrs ...slog.Attr)
+	Log  *slog.Logger
+}
+
+// Serve normalizes images ahead of time, waiting as long as it takes, so
 // that nodes asking later get the answer at once.
-func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
+func (s *Warm) Serve(w http.ResponseWriter, r *http.Request) error {
 	var req WarmRequest
-	if err := readJSON(w, r, maxWarmBody, &req, false, `{"images": [...]}`); err != nil {
+	if err := s.ReadJSON(w, r, maxWarmBody, &req, false, `{"images": [...]}`); err != nil {
 		return err
 	}
 	if len(req.Images) == 0 || len(req.Images) > maxWarmImages {
@@ -83,7 +102,7 @@ func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// One budget for the whole request, in place of a pull's.
-	r = r.WithContext(upstream.WithBudget(r.Context(), warmBudget))
+	r = r.WithContext(upstream.WithBudget(r.Context(), s.Budget))
 	results := make([]WarmResult, len(req.Images))
 	var mu sync.Mutex
 	g := errgroup.Group{}
@@ -99,7 +118,7 @@ func (s *Server) serveWarm(w http.ResponseWriter, r *http.Request) error {
 	}
 	g.Wait()
 	w.Header().Set("Content-Type", "application/json")
-	return writeJSON(w, map[string]any{"results": results})
+	return WriteJSON(w, map[string]any{"results": results})
 }
 
 // warmGroup is the client versions that share one rule set.
@@ -110,9 +129,9 @@ type warmGroup struct {
 
 // warmGroups groups the named containerd versions by rule set; none is the
 // one group of a client that names no version.
-func (s *Server) warmGroups(clients []string) ([]warmGroup, error) {
+func (s *Warm) warmGroups(clients []string) ([]warmGroup, error) {
 	if len(clients) == 0 {
-		return []warmGroup{{rules: s.rules.ForUserAgent("").Rules}}, nil
+		return []warmGroup{{rules: s.Rules.ForUserAgent("").Rules}}, nil
 	}
 	if len(clients) > maxWarmClients {
 		return nil, errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("give at most %d clients", maxWarmClients), nil)
@@ -123,7 +142,7 @@ func (s *Server) warmGroups(clients []string) ([]warmGroup, error) {
 		if !v.Known {
 			return nil, errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("client %q is not a containerd version such as 1.6.8", c), nil)
 		}
-		client := s.rules.ForVersion(v)
+		client := s.Rules.ForVersion(v)
 		i := slices.IndexFunc(groups, func(g warmGroup) bool { return g.rules == client.Rules })
 		if i < 0 {
 			groups, i = append(groups, warmGroup{rules: client.Rules}), len(groups)
@@ -138,21 +157,21 @@ func (s *Server) warmGroups(clients []string) ([]warmGroup, error) {
 // warm normalizes one image for each group of clients, as the client of r,
 // who must be allowed to pull it: with forwarded credentials, its own
 // credentials are asked, as for a pull.
-func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmResult {
+func (s *Warm) warm(r *http.Request, image string, groups []warmGroup) WarmResult {
 	// Each image costs at most a pull, and all of them at most the
 	// request's budget.
-	ctx := upstream.WithShare(r.Context(), upstreamBudget)
+	ctx := upstream.WithShare(r.Context(), s.ImageBudget)
 	res := WarmResult{Image: image}
 	fail := func(err error) WarmResult {
-		s.log.Warn("warming an image failed", "image", image, "error", err)
+		s.Log.Warn("warming an image failed", "image", image, "error", err)
 		res.Error = publicMessage(err)
 		return res
 	}
-	upName, repo, tag, dgst, err := s.parseImage(image)
+	upName, repo, tag, dgst, err := s.ParseImage(image)
 	if err != nil {
 		return fail(err)
 	}
-	repository, err := s.repositoryFor(r, upName, repo)
+	repository, err := s.Repository(r, upName, repo)
 	if err != nil {
 		return fail(err)
 	}
@@ -165,7 +184,7 @@ func (s *Server) warm(r *http.Request, image string, groups []warmGroup) WarmRes
 		return fail(err)
 	}
 	if m.Stale {
-		logAttrs(ctx, slog.Bool("stale", true))
+		s.Note(ctx, slog.Bool("stale", true))
 	}
 	res.OriginalDigest = m.Digest.String()
 	for _, g := range applicableGroups(m.Manifest, groups) {
@@ -202,15 +221,15 @@ func applicableGroups(m cache.Manifest, groups []warmGroup) []warmGroup {
 	return out
 }
 
-// parseImage reads an image reference as warm takes it. Its first
+// ParseImage reads an image reference as warm takes it. Its first
 // component names the registry when it is a configured upstream, or looks
 // like a host (a dot, a port, localhost); otherwise the name is on the
 // default upstream ("redis:2.8.23", "team/app"). On docker.io a one-part name
 // is an official image (library/redis).
-func (s *Server) parseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
-	upstream, rest := s.defaultUpstream, image
+func (s *Warm) ParseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
+	upstream, rest := s.DefaultUpstream, image
 	if first, after, ok := strings.Cut(image, "/"); ok {
-		if name := strings.ToLower(first); s.upstreams[name] != nil || strings.ContainsAny(name, ".:") || name == "localhost" {
+		if name := strings.ToLower(first); s.IsUpstream(name) || strings.ContainsAny(name, ".:") || name == "localhost" {
 			upstream, rest = name, after
 		}
 	}
@@ -233,15 +252,9 @@ func (s *Server) parseImage(image string) (upstream, repo, tag string, dgst dige
 	return upstream, repo, tag, "", nil
 }
 
-// Warm asks regnorm to normalize images ahead of time, for the named
-// containerd versions (none: for a client that names none), and returns
-// what each became.
-func (c Client) Warm(ctx context.Context, images, clients []string) ([]WarmResult, error) {
-	var out struct {
-		Results []WarmResult `json:"results"`
-	}
-	if err := c.post(ctx, "/api/v1/warm", WarmRequest{Images: images, Clients: clients}, http.StatusOK, &out); err != nil {
-		return nil, fmt.Errorf("warm: %w", err)
-	}
-	return out.Results, nil
+// publicMessage is what a client may be told of err: the code and message
+// of an *errcode.Error, never its cause; the log has the rest.
+func publicMessage(err error) string {
+	e := errcode.Public(err)
+	return e.Code + ": " + e.Message
 }

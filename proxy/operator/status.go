@@ -1,13 +1,17 @@
-package proxy
+package operator
 
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"html/template"
+	"io"
+	"maps"
 	"net/http"
 	"regexp"
 	"slices"
@@ -20,6 +24,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/cache/maintain"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 //go:embed templates/status.html
@@ -38,10 +43,10 @@ var statusTemplate = template.Must(template.New("status.html").Funcs(template.Fu
 	"dec":   func(i int) int { return i - 1 },
 }).ParseFS(templates, "templates/status.html"))
 
-// statusCSP lets the status page run its own inline style and script, by
+// StatusCSP lets the status page run its own inline style and script, by
 // their hashes, and nothing else: no other script, no inline handler, no
 // loads, no framing; its filter form submits to itself.
-var statusCSP = func() string {
+var StatusCSP = func() string {
 	src, err := templates.ReadFile("templates/status.html")
 	if err != nil {
 		panic(err)
@@ -110,23 +115,47 @@ type versionCount struct {
 	Count   int
 }
 
-// serveStatus renders the status page: rewritten images (filtered and paged
-// on the server, so a thousand entries stay readable), pulls that need
+// Upstream is what the status page shows of an upstream: where it is and
+// how its requests went lately (*upstream.Registry).
+type Upstream interface {
+	Endpoint() string
+	Health() (lastOK, lastFail time.Time, failure string)
+}
+
+// Status is the status page and the rewrite report's API. Their sources are functions the server hands in,
+// so the page needs none of the server's types.
+type Status struct {
+	// Report lists the rewrite report's entries the page may show, and how
+	// many it may not (those of upstreams that forward credentials).
+	Report func(ctx context.Context) (entries []cache.ReportEntry, hidden int, err error)
+	// Nodes is the fleet view.
+	Nodes func(ctx context.Context) ([]NodeStatus, error)
+	// Usage is the cache's size as last measured (nil before the first
+	// measure).
+	Usage     func() *maintain.Usage
+	Upstreams map[string]Upstream
+	Rules     ruleset.Policy
+	Started   time.Time
+	Now       func() time.Time
+}
+
+// Serve renders the status page: rewritten images (filtered and paged on
+// the server, so a thousand entries stay readable), pulls that need
 // re-pinning, and cache and upstream health.
-func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
-	entries, hidden, err := s.visibleReport(r.Context())
+func (s *Status) Serve(w http.ResponseWriter, r *http.Request) error {
+	entries, hidden, err := s.Report(r.Context())
 	if err != nil {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
 	}
-	d := statusData{Now: s.clock.Now().UTC(), Uptime: s.clock.Now().Sub(s.started).Round(time.Second).String(), Rules: s.rules.Enabled.Key(), AllClients: s.rules.AllClients,
-		Cache: s.maintainer.Usage(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
-	for _, name := range sortedKeys(s.upstreams) {
-		up := s.upstreams[name]
+	d := statusData{Now: s.Now().UTC(), Uptime: s.Now().Sub(s.Started).Round(time.Second).String(), Rules: s.Rules.Enabled.Key(), AllClients: s.Rules.AllClients,
+		Cache: s.Usage(), Total: len(entries), Hidden: hidden, Query: strings.TrimSpace(r.URL.Query().Get("q"))}
+	for _, name := range slices.Sorted(maps.Keys(s.Upstreams)) {
+		up := s.Upstreams[name]
 		ok, fail, why := up.Health()
 		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Endpoint: up.Endpoint(), LastOK: ok, LastFail: fail,
 			Failure: why, Failing: fail.After(ok)})
 	}
-	nodes, err := s.fleetView(r.Context())
+	nodes, err := s.Nodes(r.Context())
 	if err != nil {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
 	}
@@ -135,15 +164,15 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 		switch {
 		case !n.LastPull.IsZero():
 			d.NodesPulling++
-			counts[minorVersion(n)]++
-		case n.State == stateDoesNot:
+			counts[MinorVersion(n)]++
+		case n.State == StateDoesNot:
 			d.NodesNotCount++
 			if len(d.NodesNot) < statusPageSize {
 				d.NodesNot = append(d.NodesNot, n)
 			}
 		}
 	}
-	for _, v := range sortedKeys(counts) {
+	for _, v := range slices.Sorted(maps.Keys(counts)) {
 		d.NodeVersions = append(d.NodeVersions, versionCount{v, counts[v]})
 	}
 	var matching []cache.ReportEntry
@@ -167,7 +196,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	d.Shown = len(d.Entries)
 
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", statusCSP)
+	w.Header().Set("Content-Security-Policy", StatusCSP)
 	return statusTemplate.Execute(w, d)
 }
 
@@ -231,4 +260,33 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// reportPageSize is how many entries a page of /api/v1/rewrites lists.
+const reportPageSize = 50
+
+// ServeReport answers GET /api/v1/rewrites with a page of the rewrite
+// entries (?page=N, from 1), most recently served first.
+func (s *Status) ServeReport(w http.ResponseWriter, r *http.Request) error {
+	entries, hidden, err := s.Report(r.Context())
+	if err != nil {
+		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the rewrite report failed", err)
+	}
+	pages := max(1, (len(entries)+reportPageSize-1)/reportPageSize)
+	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	page = min(max(page, 1), pages)
+	start := (page - 1) * reportPageSize
+	listed := entries[start:min(start+reportPageSize, len(entries))]
+	if listed == nil {
+		listed = []cache.ReportEntry{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return WriteJSON(w, map[string]any{"rewrites": listed, "hidden": hidden, "total": len(entries), "page": page, "pages": pages})
+}
+
+// WriteJSON writes v as the operator's APIs answer: indented JSON.
+func WriteJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
