@@ -296,7 +296,9 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		u.metrics.requests.WithLabelValues(u.name, label.Status(resp.StatusCode)).Inc()
 		u.metrics.noteRateLimit(u.name, resp.Header)
-		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, resp.Status)
+		// The code, as its metric label gives it, never the reason phrase:
+		// that is the upstream's own text, as long as it likes.
+		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, "HTTP "+label.Status(resp.StatusCode))
 		resp.Body = newStallGuard(resp.Body, u.stall, cancel)
 		return resp, nil
 	}
@@ -326,7 +328,10 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		u.basic.Store(true)
 	default:
-		return nil, errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "upstream "+u.name+" asks for unsupported auth scheme "+c.scheme, nil)
+		// The scheme is the upstream's text: the log gets a little of it,
+		// the client none.
+		return nil, errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "upstream "+u.name+" asks for an unsupported auth scheme",
+			fmt.Errorf("WWW-Authenticate scheme %.64q", c.scheme))
 	}
 	resp, err = send()
 	if err != nil {
@@ -393,7 +398,7 @@ type health struct {
 	mu       sync.Mutex
 	lastOK   time.Time
 	lastFail time.Time
-	failure  string // status or "unreachable": never a URL or a credential
+	failure  string // regnorm's own words: "HTTP 503", "unreachable"; never the upstream's
 }
 
 func (h *health) record(ok bool, what string) {
