@@ -150,7 +150,9 @@ func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []st
 		m      cache.Manifest
 		source string
 	}
-	key := "tag " + req.remote.Upstream() + "/" + req.repo + ":" + req.tag + " " + strings.Join(accept, ",")
+	// One refresh per client identity, as by digest: with forwarded
+	// credentials the upstream's answer (a 401, a 404) is for these.
+	key := "tag " + req.remote.Identity() + " " + req.tag + " " + strings.Join(accept, ",")
 	v, err, _ := s.manifests.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
 		defer cancel()
