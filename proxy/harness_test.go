@@ -116,8 +116,10 @@ func (h *harness) restart(t testing.TB) {
 	}
 	// regtest's token service listens on a port of its own: a realm on
 	// another host inside the network, which its operator would allow.
-	up := upstream.Config{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward,
-		AllowPrivateRedirects: h.opts.registry.TokenAuth}
+	up := upstream.Config{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}
+	if h.opts.registry.TokenAuth {
+		up.AllowRedirectsTo = allowList(t, "127.0.0.0/8")
+	}
 	if h.opts.upstream != nil {
 		h.opts.upstream(&up)
 	}
@@ -164,6 +166,16 @@ func (h *harness) restart(t testing.TB) {
 		go func() { srv.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
+}
+
+// allowList is upstreams[].allowRedirectsTo's entries, parsed.
+func allowList(t testing.TB, entries ...string) upstream.AllowList {
+	t.Helper()
+	l, err := upstream.ParseAllowList(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 // testReportToken is the node report token of the harness.

@@ -276,10 +276,12 @@ type UpstreamConfig struct {
 	// upstream instead of username/password, and serves cached content to a
 	// client only after the upstream confirms that client may read it.
 	ForwardCredentials bool `yaml:"forwardCredentials"`
-	// AllowPrivateRedirects lets the upstream's redirects and token realm
-	// lead to addresses inside the network, for a registry whose storage or
-	// token service is there; its own URL is always allowed.
-	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
+	// AllowRedirectsTo lists where the upstream's redirects and token realm
+	// may lead inside the network, for a registry whose storage or token
+	// service is there: CIDR prefixes (checked on the address dialled) and
+	// host names (registry-auth.internal, *.storage.internal). Its own URL
+	// is always allowed.
+	AllowRedirectsTo []string `yaml:"allowRedirectsTo"`
 	// MaxBlobSize overrides the top-level maxBlobSize for this upstream;
 	// 0 takes that one.
 	MaxBlobSize Size `yaml:"maxBlobSize"`
@@ -650,6 +652,9 @@ func (c Config) validate() error {
 		seen[u.Name] = true
 		if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || parsed.RawQuery != "" {
 			bad(field+".url", "%q is not an http(s) URL", u.URL)
+		}
+		if _, err := upstream.ParseAllowList(u.AllowRedirectsTo); err != nil {
+			bad(field+".allowRedirectsTo", "%v", err)
 		}
 		if u.MaxDownloads < 0 || u.MaxDownloads > c.MaxDownloads {
 			bad(field+".maxDownloads", "%d is not between 0 (the default share) and maxDownloads (%d)", u.MaxDownloads, c.MaxDownloads)

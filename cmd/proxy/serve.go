@@ -271,7 +271,11 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstre
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
-		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects,
+		allow, err := upstream.ParseAllowList(c.AllowRedirectsTo)
+		if err != nil {
+			return nil, fmt.Errorf("%s.allowRedirectsTo: %w", field, err)
+		}
+		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowRedirectsTo: allow,
 			MaxBlobSize: int64(c.MaxBlobSize), MaxDownloads: c.MaxDownloads}
 		if c.CAFile != "" {
 			pool, err := certPool(c.CAFile)

@@ -51,11 +51,11 @@ type Config struct {
 	// instead of Credentials, and serves cached content to a client only
 	// after the upstream confirms that client may read the repository.
 	ForwardCredentials bool
-	// AllowPrivateRedirects lets the upstream's redirects and token realm
-	// lead to addresses inside the network (loopback, link-local, private):
-	// for a registry whose storage or token service is there too. The
-	// upstream's own host and port are always allowed (see dialGuard).
-	AllowPrivateRedirects bool
+	// AllowRedirectsTo is where the upstream's redirects and token realm
+	// may lead inside the network (ranges, host names): for a registry
+	// whose storage or token service is there too. The upstream's own host
+	// and port are always allowed (see dialGuard).
+	AllowRedirectsTo AllowList
 	// MaxBlobSize bounds a blob read from this upstream, in bytes: one
 	// announced larger is refused, one that sends more is stopped. 0 is no
 	// bound (cmd/proxy and proxy.New always set one).
@@ -192,15 +192,14 @@ func (u *Registry) newTokenSource(creds Credentials) *tokenSource {
 // large blob may take as long as it takes while bytes keep flowing (the
 // stall guard ends a body that stops). It dials through a dialGuard: where
 // the upstream sends regnorm, not where the operator did, is checked.
-func newTransport(cfg Config, stall time.Duration) *http.Transport {
+func newTransport(cfg Config, stall time.Duration) http.RoundTripper {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = stall
 	t.MaxIdleConnsPerHost = 32
 	if cfg.RootCAs != nil {
 		t.TLSClientConfig = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
 	}
-	newDialGuard(cfg.URL, cfg.AllowPrivateRedirects).install(t)
-	return t
+	return newDialGuard(cfg.URL, cfg.AllowRedirectsTo).wrap(t)
 }
 
 // do sends a request for repo to the upstream, retrying as u.retry allows
