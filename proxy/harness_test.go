@@ -84,6 +84,8 @@ type harnessOptions struct {
 	upstream func(*upstream.Config)
 	// more are upstreams besides docker.io.
 	more []upstream.Config
+	// bodyMemory is MaxUpstreamBodyMemory.
+	bodyMemory int64
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -145,6 +147,7 @@ func (h *harness) restart(t testing.TB) {
 		Eviction:              h.opts.eviction,
 		StallTimeout:          h.opts.stall,
 		MaxLayerSize:          h.opts.maxLayerSize,
+		MaxUpstreamBodyMemory: h.opts.bodyMemory,
 		LayerWork:             h.opts.layerWork,
 		Retry:                 h.opts.retry,
 		SpoolDir:              t.TempDir(),

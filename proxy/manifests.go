@@ -18,8 +18,16 @@ import (
 )
 
 // manifestFetchTimeout bounds one upstream manifest request, which many
-// clients may be waiting on.
+// clients may be waiting on. It runs apart from each client's cancellation
+// (one leaving does not fail the others), and ends manifestFetchGrace after
+// the last has left (flight.Group): a fetch nobody waits for lets go of its
+// memory and its upstream connection.
 const manifestFetchTimeout = 2 * time.Minute
+
+// manifestFetchGrace is how long a manifest fetch nobody waits for goes
+// on: long enough for a client that retries, or the next request of one
+// that ran out of its budget, to find it, as a download's orphan grace.
+const manifestFetchGrace = 10 * time.Second
 
 func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	req, err := s.parse(r)
@@ -110,8 +118,8 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 	// One fetch per client identity: the upstream's answer is for these
 	// credentials.
 	key := "digest " + req.remote.Identity() + " " + req.digest.String()
-	v, err, _ := s.manifests.Do(key, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
+	v, err := s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
 		defer cancel()
 		m, err := fetchManifest(ctx, req.remote, req.digest.String(), accept, req.digest)
 		if err != nil {
@@ -120,13 +128,15 @@ func (s *Server) manifestByDigest(ctx context.Context, req distRequest, accept [
 		if err := s.store.PutManifest(ctx, m); err != nil {
 			s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
 		}
+		// Learnt here, not by the callers: the fetch may outlive them all
+		// (its grace), and what it cached must still be admitted.
+		s.learn(ctx, req.remote.Upstream(), req.repo, req.digest)
+		req.remote.Confirm(s.clock.Now())
 		return m, nil
 	})
 	if err != nil {
 		return cache.Manifest{}, "", err
 	}
-	s.learn(ctx, req.remote.Upstream(), req.repo, req.digest)
-	req.remote.Confirm(s.clock.Now())
 	return v.(cache.Manifest), "upstream", nil
 }
 
@@ -153,8 +163,8 @@ func (s *Server) manifestByTag(ctx context.Context, req distRequest, accept []st
 	// One refresh per client identity, as by digest: with forwarded
 	// credentials the upstream's answer (a 401, a 404) is for these.
 	key := "tag " + req.remote.Identity() + " " + req.tag + " " + strings.Join(accept, ",")
-	v, err, _ := s.manifests.Do(key, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
+	v, err := s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
 		defer cancel()
 		m, source, err := s.refreshTag(ctx, req, accept, rec, haveRec)
 		return result{m, source}, err

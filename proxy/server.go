@@ -15,9 +15,9 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/flight"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/maintain"
@@ -84,6 +84,12 @@ type Options struct {
 	// MaxBlobSize is 0 (default DefaultMaxBlobSize): one announced larger is
 	// refused, one that sends more is stopped, and nothing of it is cached.
 	MaxBlobSize int64
+	// MaxUpstreamBodyMemory bounds the memory upstream answers read whole
+	// (manifests, tag lists, token answers, error bodies) hold while they
+	// are read, all upstreams together; each may hold three quarters of it
+	// (all, with one upstream). Past it a request gets 503 with
+	// Retry-After. Default upstream.DefaultBodyMemory.
+	MaxUpstreamBodyMemory int64
 	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
 	// memory its decoder takes: a layer that declares more is served
 	// untouched. Default rewrite.DefaultZstdWindow (8 MiB).
@@ -139,7 +145,7 @@ type Server struct {
 	tagTTL           time.Duration
 	fetches          *blobfetch.Fetcher
 	maintainer       *maintain.Maintainer
-	manifests        singleflight.Group
+	manifests        flight.Group[any] // upstream manifest fetches, cancelled when no client waits
 	engine           *normalize.Engine
 	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
 	lookups          chan struct{}                   // noteOriginalServed's, at most originalLookups
@@ -192,6 +198,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxBlobSize <= 0 {
 		opts.MaxBlobSize = DefaultMaxBlobSize
 	}
+	if opts.MaxUpstreamBodyMemory <= 0 {
+		opts.MaxUpstreamBodyMemory = upstream.DefaultBodyMemory
+	}
 	if opts.Retry == (upstream.RetryPolicy{}) {
 		opts.Retry = upstream.DefaultRetryPolicy()
 	}
@@ -236,11 +245,13 @@ func New(opts Options) (*Server, error) {
 		reportTokens:    opts.NodeReportTokens,
 		hostsDir:        opts.NodeHostsDir,
 		lookups:         make(chan struct{}, originalLookups),
+		manifests:       flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc},
 	}
 	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
 	}
+	bodies := upstream.NewBodyMemory(opts.MaxUpstreamBodyMemory, len(opts.Upstreams))
 	for _, cfg := range opts.Upstreams {
 		if cfg.ForwardCredentials && opts.ClientAuth != nil {
 			// Both read the Authorization header: a client's regnorm token
@@ -253,7 +264,8 @@ func New(opts Options) (*Server, error) {
 		if cfg.MaxBlobSize <= 0 {
 			cfg.MaxBlobSize = opts.MaxBlobSize
 		}
-		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream, Log: opts.Logger})
+		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream,
+			Memory: bodies, Log: opts.Logger})
 		opts.Metrics.preset(cfg.Name)
 	}
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {

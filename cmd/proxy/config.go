@@ -70,6 +70,11 @@ type Config struct {
 	// announced larger is refused, one that sends more is stopped, and
 	// nothing of it is cached. upstreams[].maxBlobSize overrides it.
 	MaxBlobSize Size `yaml:"maxBlobSize"`
+	// MaxUpstreamBodyMemory bounds the memory that upstream answers read
+	// whole (manifests, tag lists, token answers, error bodies) hold at
+	// once, e.g. 64MiB; each upstream may hold three quarters of it. Past
+	// it, requests get 503 with Retry-After.
+	MaxUpstreamBodyMemory Size `yaml:"maxUpstreamBodyMemory"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`
 	// Auth makes clients authenticate; off by default.
@@ -301,24 +306,25 @@ func defaultConfig() Config {
 	work := normalize.DefaultWorkLimits()
 	rules := ruleset.DefaultPolicy().Enabled
 	return Config{
-		Listen:             ":5000",
-		LogLevel:           "info",
-		LogFormat:          "text",
-		DefaultUpstream:    "docker.io",
-		TagTTL:             5 * time.Minute,
-		FetchTimeout:       proxy.DefaultFetchTimeout,
-		StallTimeout:       proxy.DefaultStallTimeout,
-		UpstreamAttempts:   upstream.DefaultRetryPolicy().Attempts,
-		ShutdownTimeout:    30 * time.Second,
-		ReadTimeout:        time.Minute,
-		IdleTimeout:        2 * time.Minute,
-		SpoolMaxSize:       Size(fetches.SpoolBytes),
-		MaxDownloads:       fetches.Downloads,
-		MaxQueuedDownloads: fetches.Queued,
-		MaxBlobSize:        proxy.DefaultMaxBlobSize,
-		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
-		Nodes:              NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir},
-		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
+		Listen:                ":5000",
+		LogLevel:              "info",
+		LogFormat:             "text",
+		DefaultUpstream:       "docker.io",
+		TagTTL:                5 * time.Minute,
+		FetchTimeout:          proxy.DefaultFetchTimeout,
+		StallTimeout:          proxy.DefaultStallTimeout,
+		UpstreamAttempts:      upstream.DefaultRetryPolicy().Attempts,
+		ShutdownTimeout:       30 * time.Second,
+		ReadTimeout:           time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		SpoolMaxSize:          Size(fetches.SpoolBytes),
+		MaxDownloads:          fetches.Downloads,
+		MaxQueuedDownloads:    fetches.Queued,
+		MaxBlobSize:           proxy.DefaultMaxBlobSize,
+		MaxUpstreamBodyMemory: upstream.DefaultBodyMemory,
+		Auth:                  AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
+		Nodes:                 NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir},
+		Cache:                 CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{
 			ConfigMediaType:    rules.ConfigMediaType,
 			SymlinkXattrs:      rules.SymlinkXattrs,
@@ -559,6 +565,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxBlobSize <= 0 {
 		bad("maxBlobSize", "%q is not a positive size such as 16GiB", c.MaxBlobSize)
+	}
+	if c.MaxUpstreamBodyMemory < upstream.MinBodyMemory {
+		bad("maxUpstreamBodyMemory", "%q is less than 8MiB: an upstream's share must hold the largest manifest (4 MiB)", c.MaxUpstreamBodyMemory)
 	}
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")

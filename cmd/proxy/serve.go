@@ -76,6 +76,7 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		PatientDeadline:       cfg.Normalize.PatientDeadline,
 		MaxLayerSize:          int64(cfg.Normalize.MaxLayerSize),
 		MaxBlobSize:           int64(cfg.MaxBlobSize),
+		MaxUpstreamBodyMemory: int64(cfg.MaxUpstreamBodyMemory),
 		MaxZstdWindow:         int64(cfg.Normalize.MaxZstdWindow),
 		LayerWork:             normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
 		ClientAuth:            clientAuth,

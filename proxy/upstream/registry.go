@@ -110,7 +110,10 @@ type Options struct {
 	Now func() time.Time
 	// Metrics count requests, retries and token fetches (NewMetrics).
 	Metrics *Metrics
-	Log     *slog.Logger
+	// Memory bounds the answers read whole, of every Registry it is
+	// given to (nil: a DefaultBodyMemory of this one's own).
+	Memory *BodyMemory
+	Log    *slog.Logger
 }
 
 // Registry is the client for one upstream registry. A Registry made by As
@@ -130,6 +133,7 @@ type Registry struct {
 	forward *forwarding
 	maxBlob int64 // 0: no bound
 	share   int   // downloads at once; 0: the fetcher's default
+	mem     *memShare
 	// credsKey identifies creds in a view made by As.
 	credsKey [sha256.Size]byte
 	now      func() time.Time
@@ -142,6 +146,9 @@ func New(cfg Config, opts Options) *Registry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Memory == nil {
+		opts.Memory = NewBodyMemory(DefaultBodyMemory, 1)
+	}
 	client := &http.Client{Transport: newTransport(cfg, opts.Stall), CheckRedirect: checkRedirect}
 	u := &Registry{
 		name:    cfg.Name,
@@ -153,6 +160,7 @@ func New(cfg Config, opts Options) *Registry {
 		basic:   &atomic.Bool{},
 		maxBlob: cfg.MaxBlobSize,
 		share:   cfg.MaxDownloads,
+		mem:     opts.Memory.shareFor(cfg.Name, opts.Metrics),
 		health:  &health{},
 		now:     opts.Now,
 		metrics: opts.Metrics,
@@ -182,6 +190,7 @@ func (u *Registry) Health() (lastOK, lastFail time.Time, failure string) { retur
 func (u *Registry) newTokenSource(creds Credentials) *tokenSource {
 	return &tokenSource{
 		client:  u.client,
+		mem:     u.mem,
 		creds:   creds,
 		now:     u.now,
 		onFetch: func(result string) { u.metrics.tokenFetches.WithLabelValues(u.name, result).Inc() },
@@ -371,6 +380,9 @@ func (u *Registry) unreachable(err error) error {
 }
 
 func (u *Registry) tokenFailed(err error) error {
+	if errors.Is(err, ErrBodyMemorySpent) {
+		return err // already the 503 a client gets
+	}
 	if refusedHop(err) {
 		return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" names a token service regnorm does not follow", err)
 	}
@@ -423,9 +435,16 @@ const maxErrorBody = 4 << 10
 // gets. notFound is the code for a 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN...).
 // It reads a capped part of the body for the log and closes it.
 func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Error {
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	// For the log only: when the memory for answers is spent, the answer
+	// stands without it.
+	h := u.mem.hold()
+	body, err := readWhole(io.LimitReader(resp.Body, maxErrorBody), -1, maxErrorBody, h)
 	resp.Body.Close()
+	if errors.Is(err, ErrBodyMemorySpent) {
+		body = []byte("(not read: memory for upstream answers spent)")
+	}
 	cause := fmt.Errorf("upstream %s answered %d: %s", u.name, resp.StatusCode, strings.TrimSpace(string(body)))
+	h.release()
 	switch s := resp.StatusCode; {
 	case s == http.StatusNotFound:
 		return errcode.New(http.StatusNotFound, notFound, "not found upstream", cause)
