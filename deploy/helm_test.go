@@ -91,7 +91,7 @@ nodeConfig:
   reportToken: {secretName: regnorm-report, key: report-token}`,
 	"forwarded credentials and a private CA": `
 upstreams:
-  - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true, allowPrivateRedirects: true}
+  - {name: registry.example.com, url: https://registry.example.com, caKey: registry-ca.pem, forwardCredentials: true, allowRedirectsTo: [registry-auth.internal, 10.20.0.0/16]}
 credentials: {existingSecret: registry-ca}`,
 	"one upstream, nodes fixed, tuned downloads": `
 upstreams:

@@ -86,6 +86,8 @@ type harnessOptions struct {
 	upstream func(*upstream.Config)
 	// more are upstreams besides docker.io.
 	more []upstream.Config
+	// bodyMemory is MaxUpstreamBodyMemory.
+	bodyMemory int64
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -118,8 +120,10 @@ func (h *harness) restart(t testing.TB) {
 	}
 	// regtest's token service listens on a port of its own: a realm on
 	// another host inside the network, which its operator would allow.
-	up := upstream.Config{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward,
-		AllowPrivateRedirects: h.opts.registry.TokenAuth}
+	up := upstream.Config{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}
+	if h.opts.registry.TokenAuth {
+		up.AllowRedirectsTo = allowList(t, "127.0.0.0/8")
+	}
 	if h.opts.upstream != nil {
 		h.opts.upstream(&up)
 	}
@@ -146,6 +150,7 @@ func (h *harness) restart(t testing.TB) {
 		StallTimeout:          h.opts.stall,
 		MaxLayerSize:          h.opts.maxLayerSize,
 		MaxZstdWindow:         h.opts.maxZstdWindow,
+		MaxUpstreamBodyMemory: h.opts.bodyMemory,
 		LayerWork:             h.opts.layerWork,
 		Retry:                 h.opts.retry,
 		SpoolDir:              t.TempDir(),
@@ -167,6 +172,16 @@ func (h *harness) restart(t testing.TB) {
 		go func() { srv.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
+}
+
+// allowList is upstreams[].allowRedirectsTo's entries, parsed.
+func allowList(t testing.TB, entries ...string) upstream.AllowList {
+	t.Helper()
+	l, err := upstream.ParseAllowList(entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 // testReportToken is the node report token of the harness.

@@ -38,34 +38,36 @@ func newMetadataService(t *testing.T) (url string, hits *atomic.Int64) {
 // TestUpstreamCannotLeadInward: an upstream's redirects and token realm are
 // followed only to addresses outside the network, checked on the address
 // dialled; a different host:port than the configured upstream's is such a
-// target even on loopback, as the tests' servers are. With
-// allowPrivateRedirects on for the upstream, the same answers are followed:
-// the setting, not the test's addresses, is what refuses them.
+// target even on loopback, as the tests' servers are. What the upstream's
+// allowRedirectsTo lists is followed, and nothing more: a range that does
+// not hold the address allows nothing, and a host name allows that host
+// only. The setting, not the test's addresses, is what refuses them.
 func TestUpstreamCannotLeadInward(t *testing.T) {
 	t.Parallel()
 	blob := digest.FromString("a layer")
 	for _, tt := range []struct {
 		name     string
 		path     string
+		byName   bool // the target is named localhost, not 127.0.0.1
 		upstream func(meta string) http.HandlerFunc
 	}{
-		{"tags/list redirected", "/v2/library/app/tags/list", func(meta string) http.HandlerFunc {
+		{"tags/list redirected", "/v2/library/app/tags/list", false, func(meta string) http.HandlerFunc {
 			return func(w http.ResponseWriter, r *http.Request) {
 				http.Redirect(w, r, meta+"/latest/meta-data/tags", http.StatusTemporaryRedirect)
 			}
 		}},
-		{"blob redirected", "/v2/library/app/blobs/" + blob.String(), func(meta string) http.HandlerFunc {
+		{"blob redirected", "/v2/library/app/blobs/" + blob.String(), false, func(meta string) http.HandlerFunc {
 			return func(w http.ResponseWriter, r *http.Request) {
 				http.Redirect(w, r, meta+"/latest/meta-data/iam/security-credentials/node", http.StatusTemporaryRedirect)
 			}
 		}},
-		{"blob redirected by name", "/v2/library/app/blobs/" + blob.String(), func(meta string) http.HandlerFunc {
+		{"blob redirected by name", "/v2/library/app/blobs/" + blob.String(), true, func(meta string) http.HandlerFunc {
 			// localhost is resolved, then refused at the dial.
 			return func(w http.ResponseWriter, r *http.Request) {
 				http.Redirect(w, r, strings.Replace(meta, "127.0.0.1", "localhost", 1)+"/latest/meta-data/", http.StatusTemporaryRedirect)
 			}
 		}},
-		{"token realm", "/v2/library/app/manifests/v1", func(meta string) http.HandlerFunc {
+		{"token realm", "/v2/library/app/manifests/v1", false, func(meta string) http.HandlerFunc {
 			return func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="`+meta+`/latest/meta-data/token",service="x"`)
 				w.WriteHeader(http.StatusUnauthorized)
@@ -74,26 +76,27 @@ func TestUpstreamCannotLeadInward(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			for _, allow := range []bool{false, true} {
+			for _, allow := range [][]string{nil, {"10.0.0.0/8", "registry-auth.internal"}, {"127.0.0.0/8"}, {"localhost"}} {
+				followed := len(allow) == 1 && (allow[0] == "127.0.0.0/8" || tt.byName)
 				meta, hits := newMetadataService(t)
 				hostile := httptest.NewServer(tt.upstream(meta))
 				t.Cleanup(hostile.Close)
 				h := newHarness(t, harnessOptions{upstreamURL: hostile.URL, retry: upstream.RetryPolicy{Attempts: 1},
-					upstream: func(c *upstream.Config) { c.AllowPrivateRedirects = allow }})
+					upstream: func(c *upstream.Config) { c.AllowRedirectsTo = allowList(t, allow...) }})
 
 				r := h.do(t, http.MethodGet, tt.path, containerdAccept)
-				if !allow {
+				if !followed {
 					if got := hits.Load(); got != 0 {
-						t.Errorf("the address inside the network got %d requests, want none", got)
+						t.Errorf("allowRedirectsTo %q: the address inside the network got %d requests, want none", allow, got)
 					}
 					if r.status != http.StatusBadGateway || r.ociError(t) != "UNAVAILABLE" {
-						t.Errorf("got %d %s, want 502 UNAVAILABLE", r.status, r.body)
+						t.Errorf("allowRedirectsTo %q: got %d %s, want 502 UNAVAILABLE", allow, r.status, r.body)
+					}
+					if bytes.Contains(r.body, []byte(metadataSecret)) {
+						t.Errorf("allowRedirectsTo %q: the client got the metadata service's answer: %s", allow, r.body)
 					}
 				} else if hits.Load() == 0 {
-					t.Errorf("with allowPrivateRedirects, the redirect or realm was not followed (%d %s)", r.status, r.body)
-				}
-				if !allow && bytes.Contains(r.body, []byte(metadataSecret)) {
-					t.Errorf("the client got the metadata service's answer: %s", r.body)
+					t.Errorf("allowRedirectsTo %q: the redirect or realm was not followed (%d %s)", allow, r.status, r.body)
 				}
 			}
 		})

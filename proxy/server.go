@@ -86,6 +86,12 @@ type Options struct {
 	// refused, one that sends more is stopped, and nothing of it is cached.
 	// A layer regnorm makes is bounded by the largest upstream's bound.
 	MaxBlobSize int64
+	// MaxUpstreamBodyMemory bounds the memory upstream answers read whole
+	// (manifests, tag lists, token answers, error bodies) hold while they
+	// are read, all upstreams together; each may hold three quarters of it
+	// (all, with one upstream). Past it a request gets 503 with
+	// Retry-After. Default upstream.DefaultBodyMemory.
+	MaxUpstreamBodyMemory int64
 	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
 	// memory its decoder takes: a layer that declares more is served
 	// untouched. Default rewrite.DefaultZstdWindow (8 MiB).
@@ -204,6 +210,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxBlobSize <= 0 {
 		opts.MaxBlobSize = DefaultMaxBlobSize
 	}
+	if opts.MaxUpstreamBodyMemory <= 0 {
+		opts.MaxUpstreamBodyMemory = upstream.DefaultBodyMemory
+	}
 	if opts.Retry == (upstream.RetryPolicy{}) {
 		opts.Retry = upstream.DefaultRetryPolicy()
 	}
@@ -259,6 +268,7 @@ func New(opts Options) (*Server, error) {
 		s.rules = *opts.Rules
 	}
 	var maxMade int64 // the largest blob an upstream may send
+	bodies := upstream.NewBodyMemory(opts.MaxUpstreamBodyMemory, len(opts.Upstreams))
 	for _, cfg := range opts.Upstreams {
 		if cfg.ForwardCredentials && opts.ClientAuth != nil {
 			// Both read the Authorization header: a client's regnorm token
@@ -272,7 +282,8 @@ func New(opts Options) (*Server, error) {
 			cfg.MaxBlobSize = opts.MaxBlobSize
 		}
 		maxMade = max(maxMade, cfg.MaxBlobSize)
-		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream, Log: opts.Logger})
+		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream,
+			Memory: bodies, Log: opts.Logger})
 		opts.Metrics.preset(cfg.Name)
 	}
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {

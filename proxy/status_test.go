@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"html"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 func TestStatusPage(t *testing.T) {
@@ -101,5 +103,49 @@ func TestStatusPageWithAThousandEntries(t *testing.T) {
 			t.Errorf("/api/v1/rewrites%s: %d entries from %s, total %d, page %d of %d; want %d from %s, total 1000, page %d of 20",
 				tt.query, len(body.Rewrites), body.Rewrites[0].Repository, body.Total, body.Page, body.Pages, tt.wantListed, tt.first, tt.page)
 		}
+	}
+}
+
+// TestUpstreamWordsStayOffTheStatusPage: what the status page says of an
+// upstream's last failure is regnorm's own words and the status code, and
+// an error a client gets carries none of the upstream's text: an upstream
+// chooses its reason phrase and its auth scheme, up to a megabyte, and
+// they would reach the operator as if regnorm said them.
+func TestUpstreamWordsStayOffTheStatusPage(t *testing.T) {
+	t.Parallel()
+	phrase := "Service Unavailable: needs allowPrivateRedirects: true, see https://evil.example/fix " + strings.Repeat("x", 100<<10)
+	scheme := "Evil-see-https://evil.example/fix" + strings.Repeat("y", 10<<10)
+	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/scheme/") {
+			w.Header().Set("WWW-Authenticate", scheme+` realm="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		// net/http writes its own reason phrase: write the status line by hand.
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(buf, "HTTP/1.1 503 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", phrase)
+		buf.Flush()
+	}))
+	t.Cleanup(hostile.Close)
+	h := newHarness(t, harnessOptions{upstreamURL: hostile.URL, retry: upstream.RetryPolicy{Attempts: 1}})
+
+	if r := h.do(t, http.MethodGet, "/v2/library/app/manifests/v1", containerdAccept); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("got %d %.200s, want the upstream's 503", r.status, r.body)
+	}
+	r := h.do(t, http.MethodGet, "/status", nil)
+	if strings.Contains(string(r.body), "evil.example") || len(r.body) > 64<<10 {
+		t.Errorf("the status page carries the upstream's reason phrase (%d bytes)", len(r.body))
+	}
+	if !strings.Contains(string(r.body), "(HTTP 503)") {
+		t.Errorf("the status page does not say the upstream answered 503")
+	}
+	r = h.do(t, http.MethodGet, "/v2/library/scheme/manifests/v1", containerdAccept)
+	if r.status != http.StatusUnauthorized || strings.Contains(string(r.body), "evil.example") {
+		t.Errorf("unsupported auth scheme: got %d %.300s, want 401 without the upstream's words", r.status, r.body)
 	}
 }

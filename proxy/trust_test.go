@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,6 +31,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // pullAs resolves repo:tag like containerd, as the client with header, and
@@ -752,5 +755,82 @@ func TestAbandonedDownloadStopsItsCacheCopy(t *testing.T) {
 	}
 	if _, err := h.store.StatBlob(context.Background(), dgst); !errors.Is(err, cache.ErrNotFound) {
 		t.Fatalf("an abandoned download left %v", err)
+	}
+}
+
+// TestTagRefreshIsPerClient: with forwarded credentials, a tag refresh is
+// shared only by clients with the same credentials. Alice and Bob may both
+// read team/app, and have been confirmed; then Bob's access is revoked
+// upstream. While Bob's refresh of the stale tag waits on the upstream,
+// Alice asks for the same tag: she gets her own answer, at once, and
+// Bob's refusal stays his.
+func TestTagRefreshIsPerClient(t *testing.T) {
+	t.Parallel()
+	img, err := regtest.BuildImage(regtest.ImageOptions{}, oneFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs := map[string][]byte{digest.FromBytes(img.Config).String(): img.Config}
+	for _, l := range img.Layers {
+		blobs[digest.FromBytes(l).String()] = l
+	}
+	var bobRevoked atomic.Bool
+	var bobHeld atomic.Int64
+	var release <-chan struct{}
+	upstreamSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, pass, _ := r.BasicAuth()
+		if !(user == "alice" && pass == "alice-pw" || user == "bob" && pass == "bob-pw" && !bobRevoked.Load()) {
+			if user == "bob" && bobRevoked.Load() && strings.Contains(r.URL.Path, "/manifests/") {
+				bobHeld.Add(1)
+				<-release
+			}
+			w.Header().Set("WWW-Authenticate", `Basic realm="upstream"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch {
+		case r.URL.Path == "/v2/team/app/manifests/v1" || r.URL.Path == "/v2/team/app/manifests/"+img.ManifestDigest.String():
+			w.Header().Set("Content-Type", regtest.MediaTypeDockerManifest)
+			w.Header().Set("Docker-Content-Digest", img.ManifestDigest.String())
+			w.Write(img.Manifest)
+		case strings.HasPrefix(r.URL.Path, "/v2/team/app/blobs/") && blobs[path.Base(r.URL.Path)] != nil:
+			w.Write(blobs[path.Base(r.URL.Path)])
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(upstreamSrv.Close)
+	clock := newFakeClock()
+	// No stall timeout ends Bob's wait: only the upstream's answer does.
+	h := newHarness(t, harnessOptions{upstreamURL: upstreamSrv.URL, forward: true, clock: clock, tagTTL: 10 * time.Second,
+		retry: upstream.RetryPolicy{Attempts: 1}, stall: 10 * time.Minute})
+	// Made after the servers, so that it is unblocked before they close.
+	release, unblock := gate(t)
+	alice, bob := basic("alice", "alice-pw"), basic("bob", "bob-pw")
+	for _, who := range []http.Header{alice, bob} {
+		if r := h.do(t, http.MethodGet, "/v2/team/app/manifests/v1", who); r.status != http.StatusOK {
+			t.Fatalf("first pull: %d %s", r.status, r.body)
+		}
+	}
+	// The tag goes stale; both stay confirmed for the repository.
+	clock.Advance(30 * time.Second)
+	bobRevoked.Store(true)
+
+	bobDone := make(chan response, 1)
+	go func() { bobDone <- h.do(t, http.MethodGet, "/v2/team/app/manifests/v1", bob) }()
+	waitFor(t, "Bob's refresh to reach the upstream", func() bool { return bobHeld.Load() == 1 })
+	aliceDone := make(chan response, 1)
+	go func() { aliceDone <- h.do(t, http.MethodGet, "/v2/team/app/manifests/v1", alice) }()
+	select {
+	case r := <-aliceDone:
+		if r.status != http.StatusOK || digest.FromBytes(r.body) != img.ManifestDigest {
+			t.Errorf("Alice got %d %s, want her manifest", r.status, r.body)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Alice waited on Bob's refresh (gave up after a minute)")
+	}
+	unblock()
+	if r := <-bobDone; r.status != http.StatusUnauthorized {
+		t.Errorf("Bob, revoked: got %d %s, want 401", r.status, r.body)
 	}
 }

@@ -72,6 +72,11 @@ type Config struct {
 	// layer regnorm makes is bounded by the largest of them (past it, left
 	// untouched).
 	MaxBlobSize Size `yaml:"maxBlobSize"`
+	// MaxUpstreamBodyMemory bounds the memory that upstream answers read
+	// whole (manifests, tag lists, token answers, error bodies) hold at
+	// once, e.g. 64MiB; each upstream may hold three quarters of it. Past
+	// it, requests get 503 with Retry-After.
+	MaxUpstreamBodyMemory Size `yaml:"maxUpstreamBodyMemory"`
 	// TLS serves HTTPS when set.
 	TLS TLSConfig `yaml:"tls"`
 	// Auth makes clients authenticate; off by default.
@@ -283,10 +288,12 @@ type UpstreamConfig struct {
 	// upstream instead of username/password, and serves cached content to a
 	// client only after the upstream confirms that client may read it.
 	ForwardCredentials bool `yaml:"forwardCredentials"`
-	// AllowPrivateRedirects lets the upstream's redirects and token realm
-	// lead to addresses inside the network, for a registry whose storage or
-	// token service is there; its own URL is always allowed.
-	AllowPrivateRedirects bool `yaml:"allowPrivateRedirects"`
+	// AllowRedirectsTo lists where the upstream's redirects and token realm
+	// may lead inside the network, for a registry whose storage or token
+	// service is there: CIDR prefixes (checked on the address dialled) and
+	// host names (registry-auth.internal, *.storage.internal). Its own URL
+	// is always allowed.
+	AllowRedirectsTo []string `yaml:"allowRedirectsTo"`
 	// MaxBlobSize overrides the top-level maxBlobSize for this upstream;
 	// 0 takes that one.
 	MaxBlobSize Size `yaml:"maxBlobSize"`
@@ -306,24 +313,25 @@ func defaultConfig() Config {
 	work := normalize.DefaultWorkLimits()
 	rules := ruleset.DefaultPolicy().Enabled
 	return Config{
-		Listen:             ":5000",
-		LogLevel:           "info",
-		LogFormat:          "text",
-		DefaultUpstream:    "docker.io",
-		TagTTL:             5 * time.Minute,
-		FetchTimeout:       proxy.DefaultFetchTimeout,
-		StallTimeout:       proxy.DefaultStallTimeout,
-		UpstreamAttempts:   upstream.DefaultRetryPolicy().Attempts,
-		ShutdownTimeout:    30 * time.Second,
-		ReadTimeout:        time.Minute,
-		IdleTimeout:        2 * time.Minute,
-		SpoolMaxSize:       Size(fetches.SpoolBytes),
-		MaxDownloads:       fetches.Downloads,
-		MaxQueuedDownloads: fetches.Queued,
-		MaxBlobSize:        proxy.DefaultMaxBlobSize,
-		Auth:               AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
-		Nodes:              NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir, ContainerdConfigDir: proxy.DefaultContainerdConfigDir},
-		Cache:              CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
+		Listen:                ":5000",
+		LogLevel:              "info",
+		LogFormat:             "text",
+		DefaultUpstream:       "docker.io",
+		TagTTL:                5 * time.Minute,
+		FetchTimeout:          proxy.DefaultFetchTimeout,
+		StallTimeout:          proxy.DefaultStallTimeout,
+		UpstreamAttempts:      upstream.DefaultRetryPolicy().Attempts,
+		ShutdownTimeout:       30 * time.Second,
+		ReadTimeout:           time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		SpoolMaxSize:          Size(fetches.SpoolBytes),
+		MaxDownloads:          fetches.Downloads,
+		MaxQueuedDownloads:    fetches.Queued,
+		MaxBlobSize:           proxy.DefaultMaxBlobSize,
+		MaxUpstreamBodyMemory: upstream.DefaultBodyMemory,
+		Auth:                  AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
+		Nodes:                 NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir, ContainerdConfigDir: proxy.DefaultContainerdConfigDir},
+		Cache:                 CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{
 			ConfigMediaType:    rules.ConfigMediaType,
 			SymlinkXattrs:      rules.SymlinkXattrs,
@@ -565,6 +573,9 @@ func (c Config) validate() error {
 	if c.MaxBlobSize <= 0 {
 		bad("maxBlobSize", "%q is not a positive size such as 16GiB", c.MaxBlobSize)
 	}
+	if c.MaxUpstreamBodyMemory < upstream.MinBodyMemory {
+		bad("maxUpstreamBodyMemory", "%q is less than 8MiB: an upstream's share must hold the largest manifest (4 MiB)", c.MaxUpstreamBodyMemory)
+	}
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")
 	}
@@ -660,6 +671,9 @@ func (c Config) validate() error {
 		seen[u.Name] = true
 		if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || parsed.RawQuery != "" {
 			bad(field+".url", "%q is not an http(s) URL", u.URL)
+		}
+		if _, err := upstream.ParseAllowList(u.AllowRedirectsTo); err != nil {
+			bad(field+".allowRedirectsTo", "%v", err)
 		}
 		if u.MaxDownloads < 0 || u.MaxDownloads > c.MaxDownloads {
 			bad(field+".maxDownloads", "%d is not between 0 (the default share) and maxDownloads (%d)", u.MaxDownloads, c.MaxDownloads)

@@ -76,6 +76,7 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "layer size", yaml: "normalize:\n  maxLayerSize: big\n", wantField: "normalize.maxLayerSize"},
 		{name: "blob size", yaml: "maxBlobSize: 0\n", wantField: "maxBlobSize"},
 		{name: "upstream downloads", yaml: "maxDownloads: 4\nupstreams:\n- name: docker.io\n  url: https://a\n  maxDownloads: 5\n", wantField: "upstreams[0].maxDownloads"},
+		{name: "redirects allowed to a URL", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  allowRedirectsTo: [\"https://auth.internal\"]\n", wantField: "upstreams[0].allowRedirectsTo"},
 		{name: "upstream blob size", yaml: "upstreams:\n- name: docker.io\n  url: https://a\n  maxBlobSize: huge\n", wantField: "upstreams[0].maxBlobSize"},
 		{name: "hosts directory a list", yaml: "nodes:\n  hostsDir: /etc/containerd/certs.d:/etc/docker/certs.d\n", wantField: "nodes.hostsDir"},
 		{name: "hosts directory relative", yaml: "nodes:\n  hostsDir: certs.d\n", wantField: "nodes.hostsDir"},

@@ -76,6 +76,7 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		PatientDeadline:         cfg.Normalize.PatientDeadline,
 		MaxLayerSize:            int64(cfg.Normalize.MaxLayerSize),
 		MaxBlobSize:             int64(cfg.MaxBlobSize),
+		MaxUpstreamBodyMemory:   int64(cfg.MaxUpstreamBodyMemory),
 		MaxZstdWindow:           int64(cfg.Normalize.MaxZstdWindow),
 		LayerWork:               normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
 		ClientAuth:              clientAuth,
@@ -272,7 +273,11 @@ func buildUpstreams(cfgs []UpstreamConfig, getenv func(string) string) ([]upstre
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", field, err)
 		}
-		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowPrivateRedirects: c.AllowPrivateRedirects,
+		allow, err := upstream.ParseAllowList(c.AllowRedirectsTo)
+		if err != nil {
+			return nil, fmt.Errorf("%s.allowRedirectsTo: %w", field, err)
+		}
+		up := upstream.Config{Name: c.Name, URL: u, ForwardCredentials: c.ForwardCredentials, AllowRedirectsTo: allow,
 			MaxBlobSize: int64(c.MaxBlobSize), MaxDownloads: c.MaxDownloads}
 		if c.CAFile != "" {
 			pool, err := certPool(c.CAFile)

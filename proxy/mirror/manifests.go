@@ -19,8 +19,16 @@ import (
 )
 
 // manifestFetchTimeout bounds one upstream manifest request, which many
-// clients may be waiting on.
+// clients may be waiting on. It runs apart from each client's cancellation
+// (one leaving does not fail the others), and ends manifestFetchGrace after
+// the last has left (flight.Group): a fetch nobody waits for lets go of its
+// memory and its upstream connection.
 const manifestFetchTimeout = 2 * time.Minute
+
+// manifestFetchGrace is how long a manifest fetch nobody waits for goes
+// on: long enough for a client that retries, or the next request of one
+// that ran out of its budget, to find it, as a download's orphan grace.
+const manifestFetchGrace = 10 * time.Second
 
 // anchoredTag is the grammar of a tag: what the router lets through, and
 // what reaches the upstream in a path.
@@ -89,8 +97,8 @@ func (r *Repository) manifestByDigest(ctx context.Context, dgst digest.Digest, a
 	// One fetch per client identity: the upstream's answer is for these
 	// credentials.
 	key := "digest " + r.remote.Identity() + " " + dgst.String()
-	v, err, _ := s.manifests.Do(key, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
+	v, err := s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
 		defer cancel()
 		m, err := fetchManifest(ctx, r.remote, dgst.String(), accept, dgst)
 		if err != nil {
@@ -99,13 +107,15 @@ func (r *Repository) manifestByDigest(ctx context.Context, dgst digest.Digest, a
 		if err := s.store.PutManifest(ctx, r.remote.Upstream(), r.remote.Name(), m); err != nil {
 			s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
 		}
+		// Learnt here, not by the callers: the fetch may outlive them all
+		// (its grace), and what it cached must still be admitted.
+		r.learn(ctx, dgst)
+		r.remote.Confirm(s.clock.Now())
 		return m, nil
 	})
 	if err != nil {
 		return Manifest{}, err
 	}
-	r.learn(ctx, dgst)
-	r.remote.Confirm(s.clock.Now())
 	return Manifest{Manifest: v.(cache.Manifest), Source: "upstream"}, nil
 }
 
@@ -126,9 +136,11 @@ func (r *Repository) manifestByTag(ctx context.Context, tag string, accept []str
 	}
 	s.metrics.CacheRequests.WithLabelValues("manifest", "miss").Inc()
 
-	key := "tag " + r.remote.Upstream() + "/" + r.remote.Name() + ":" + tag + " " + strings.Join(accept, ",")
-	v, err, _ := s.manifests.Do(key, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), manifestFetchTimeout)
+	// One refresh per client identity, as by digest: with forwarded
+	// credentials the upstream's answer (a 401, a 404) is for these.
+	key := "tag " + r.remote.Identity() + " " + tag + " " + strings.Join(accept, ",")
+	v, err := s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
 		defer cancel()
 		return r.refreshTag(ctx, tag, accept, rec, haveRec)
 	})

@@ -8,9 +8,9 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/flight"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
@@ -85,7 +85,7 @@ type Service struct {
 	fetches   Fetcher
 	engine    Engine
 	links     *linkMemory
-	manifests singleflight.Group // by tag and Accept list, or by digest and identity
+	manifests flight.Group[any] // by tag and Accept list, or by digest, and identity; cancelled when no client waits
 	tagTTL    time.Duration
 	clock     Clock
 	metrics   Metrics
@@ -99,7 +99,8 @@ func New(opts Options) *Service {
 		panic(err)
 	}
 	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
-		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log}
+		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log,
+		manifests: flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc}}
 }
 
 // Repository is one repository of an upstream, read as one client: the one

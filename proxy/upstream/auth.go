@@ -3,8 +3,8 @@ package upstream
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/url"
@@ -74,6 +74,7 @@ func parseChallenge(h string) (challenge, bool) {
 // each until shortly before it expires.
 type tokenSource struct {
 	client  *http.Client
+	mem     *memShare
 	creds   Credentials
 	now     func() time.Time
 	onFetch func(result string)
@@ -91,6 +92,11 @@ type cachedToken struct {
 
 // maxTokens bounds the tokens one source keeps (one per repository scope).
 const maxTokens = 4096
+
+// maxTokenResponse caps a token service's answer. A token goes into an
+// Authorization header, which servers cap at 8 to 16 KiB; an answer holds
+// it twice at most (token, access_token), with a refresh token.
+const maxTokenResponse = 64 << 10
 
 // The token spec says to assume 60 s when expires_in is absent.
 const defaultTokenLifetime = 60 * time.Second
@@ -170,7 +176,16 @@ func (ts *tokenSource) fetch(ctx context.Context, c challenge, scope string) (st
 		ExpiresIn   int       `json:"expires_in"`
 		IssuedAt    time.Time `json:"issued_at"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
+	h := ts.mem.hold()
+	defer h.release()
+	b, err := readWhole(resp.Body, resp.ContentLength, maxTokenResponse, h)
+	if errors.Is(err, ErrBodyMemorySpent) {
+		return "", err
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &body)
+	}
+	if err != nil {
 		return "", fmt.Errorf("token response from %s: %w", realm.Host, err)
 	}
 	tok := body.Token

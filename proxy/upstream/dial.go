@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -22,7 +23,7 @@ const maxRedirects = 5
 var (
 	// errInward refuses a connection that an upstream's redirect or token
 	// realm would have regnorm open inside the network.
-	errInward = errors.New("refused: the address is inside the network (allowPrivateRedirects is off for this upstream)")
+	errInward = errors.New("refused: the address is inside the network and not in this upstream's allowRedirectsTo")
 	// errRedirects refuses a chain of redirects longer than maxRedirects.
 	errRedirects = fmt.Errorf("refused: more than %d redirects", maxRedirects)
 )
@@ -39,28 +40,52 @@ func refusedHop(err error) bool {
 // The operator chose the upstream's own URL, and a registry inside the
 // cluster is an ordinary one: connections to exactly that host and port
 // (and to the HTTP proxy the environment names, which is the operator's
-// too) are never checked. Every other connection exists only because the
-// upstream said so, in a redirect or in the realm of a bearer challenge:
-// its resolved addresses are checked when each is dialled, in the dialer's
-// Control hook, so that a name that resolves outward when looked at and
-// inward when dialled (DNS rebinding) is caught. The transport pools
-// connections by host and port, so a connection dialled unchecked for the
-// upstream's own host is never reused for another one.
+// too) are never checked, nor are those to a host the upstream's
+// allowRedirectsTo names. Every other connection exists only because the
+// upstream said so, in a redirect or in the realm of a bearer challenge,
+// and goes only to an address outside the network (see AllowList.permits)
+// or in a range allowRedirectsTo lists.
 //
-// allowPrivate (upstreams[].allowPrivateRedirects) turns the check off, for
-// a registry whose CDN or token service is itself inside the network.
+// Dialled directly, the resolved addresses are checked as each is dialled,
+// in the dialer's Control hook, so that a name that resolves outward when
+// looked at and inward when dialled (DNS rebinding) is caught. The
+// transport pools connections by host and port, so a connection dialled
+// unchecked for the upstream's own host is never reused for another one.
+//
+// Through an HTTP proxy, the proxy would resolve the name and connect: so
+// regnorm resolves it first, checks the address, and sends the proxy that
+// address (CONNECT 203.0.113.7:443, or GET http://203.0.113.7/...), with
+// the name still in the Host header and the TLS server name, so that the
+// certificate is checked against the name. The proxy connects where
+// regnorm checked, whatever its own DNS says. A host allowRedirectsTo
+// names goes to the proxy by name, for a proxy that allows destinations by
+// name only.
 type dialGuard struct {
-	allowPrivate bool
-	own          string // the upstream's host:port, as the transport dials it
+	allow AllowList
+	own   string // the upstream's host:port, as the transport dials it
+	// lookup resolves a name for a target sent through a proxy.
+	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+
+	base     *http.Transport
+	envProxy func(*http.Request) (*url.URL, error) // the environment's choice of proxy; nil: none
 
 	mu      sync.Mutex
-	proxies map[string]bool // host:port of proxies the environment named
+	proxies map[string]bool            // host:port of proxies the environment named
+	pinned  map[string]*http.Transport // by proxy and host name, for targets sent to a proxy by address
 
 	plain, checked net.Dialer
 }
 
-func newDialGuard(base *url.URL, allowPrivate bool) *dialGuard {
-	g := &dialGuard{allowPrivate: allowPrivate, own: dialAddr(base), proxies: map[string]bool{}}
+// maxPinned bounds the transports kept for targets sent through a proxy by
+// address (one per proxy and host name: a registry's token service and
+// CDN, a few at most); beyond it they start over.
+const maxPinned = 16
+
+func newDialGuard(base *url.URL, allow AllowList) *dialGuard {
+	g := &dialGuard{allow: allow, own: dialAddr(base), proxies: map[string]bool{}, pinned: map[string]*http.Transport{},
+		lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}}
 	// As http.DefaultTransport's dialer.
 	g.plain = net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	g.checked = g.plain
@@ -68,36 +93,145 @@ func newDialGuard(base *url.URL, allowPrivate bool) *dialGuard {
 	return g
 }
 
-// install makes t dial through g, and wraps t's proxy selection so that
-// the proxy's address is trusted and a target it would reach for regnorm
-// is checked as far as it can be from here.
-func (g *dialGuard) install(t *http.Transport) {
+// wrap makes t dial through g, and returns the round tripper that sends
+// requests to hosts other than the upstream's own through a proxy by
+// checked address (see dialGuard).
+func (g *dialGuard) wrap(t *http.Transport) http.RoundTripper {
 	t.DialContext = g.dial
-	envProxy := t.Proxy
-	if envProxy == nil {
-		return
+	g.base = t
+	g.envProxy = t.Proxy
+	if g.envProxy == nil {
+		return t
 	}
 	t.Proxy = func(req *http.Request) (*url.URL, error) {
-		p, err := envProxy(req)
+		p, err := g.envProxy(req)
 		if err != nil || p == nil {
 			return p, err
 		}
-		g.mu.Lock()
-		if len(g.proxies) < 16 { // the environment names a few at most
-			g.proxies[dialAddr(p)] = true
-		}
-		g.mu.Unlock()
-		// Through a proxy, the proxy resolves the name and connects: only
-		// an address written in the URL can be checked here.
-		if !g.allowPrivate && !strings.EqualFold(dialAddr(req.URL), g.own) && inwardHost(req.URL.Hostname()) {
-			return nil, fmt.Errorf("proxy to %s: %w", req.URL.Host, errInward)
+		g.trustProxy(p)
+		// RoundTrip sends every other target by address; one that gets
+		// here by name would be resolved by the proxy, unchecked.
+		if !g.trusted(req.URL) {
+			a, err := netip.ParseAddr(req.URL.Hostname())
+			if err != nil || !g.allow.permits(a) {
+				return nil, fmt.Errorf("proxy to %s: %w", req.URL.Host, errInward)
+			}
 		}
 		return p, nil
+	}
+	return g
+}
+
+// RoundTrip sends req: through the transport as it is, unless the
+// environment names a proxy for a target the operator did not choose;
+// then through that proxy, to the address regnorm resolved and checked.
+func (g *dialGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if g.trusted(req.URL) {
+		return g.base.RoundTrip(req)
+	}
+	p, err := g.envProxy(req)
+	if err != nil || p == nil {
+		return g.base.RoundTrip(req) // direct: checked as it is dialled
+	}
+	g.trustProxy(p)
+	host := req.URL.Hostname()
+	addr, err := g.resolve(req.Context(), host)
+	if err != nil {
+		return nil, err
+	}
+	out := req.Clone(req.Context())
+	out.URL.Host = addr.String()
+	if addr.Is6() {
+		out.URL.Host = "[" + out.URL.Host + "]"
+	}
+	if port := req.URL.Port(); port != "" {
+		out.URL.Host = net.JoinHostPort(addr.String(), port)
+	}
+	if out.URL.Scheme == "https" {
+		// CONNECT names the address; the Host header and the TLS server
+		// name (pinnedTransport) keep the name.
+		if out.Host == "" {
+			out.Host = req.URL.Host
+		}
+	} else {
+		// A proxied plain-HTTP request names its target once, in the
+		// request line, which net/http writes from the Host header: both
+		// carry the address. Registries redirect and name realms over
+		// HTTPS; a plain-HTTP host that needs its name (signed storage
+		// URLs) is listed in allowRedirectsTo by name.
+		out.Host = out.URL.Host
+	}
+	resp, err := g.pinnedTransport(p, host).RoundTrip(out)
+	if resp != nil {
+		resp.Request = req
+	}
+	return resp, err
+}
+
+// resolve is the first address of host that the guard lets the upstream
+// send regnorm to.
+func (g *dialGuard) resolve(ctx context.Context, host string) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		if !g.allow.permits(a) {
+			return netip.Addr{}, fmt.Errorf("proxy to %s: %w", host, errInward)
+		}
+		return a, nil
+	}
+	addrs, err := g.lookup(ctx, host)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("resolve %s to check it before the proxy connects (list it in allowRedirectsTo to send it to the proxy by name): %w", host, err)
+	}
+	for _, a := range addrs {
+		if g.allow.permits(a) {
+			return a.Unmap(), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("proxy to %s: %w", host, errInward)
+}
+
+// pinnedTransport is the transport that sends requests for host through
+// proxy p by address: the TLS server name is host, so the certificate is
+// checked against the name, not the address.
+func (g *dialGuard) pinnedTransport(p *url.URL, host string) *http.Transport {
+	key := p.String() + " " + host
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t, ok := g.pinned[key]; ok {
+		return t
+	}
+	if len(g.pinned) >= maxPinned {
+		for _, t := range g.pinned {
+			t.CloseIdleConnections()
+		}
+		clear(g.pinned)
+	}
+	t := g.base.Clone()
+	t.Proxy = http.ProxyURL(p)
+	if t.TLSClientConfig == nil {
+		t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	t.TLSClientConfig.ServerName = host
+	g.pinned[key] = t
+	return t
+}
+
+// trusted reports whether u is where the operator sent regnorm: the
+// upstream's own host and port, or a host allowRedirectsTo names.
+func (g *dialGuard) trusted(u *url.URL) bool {
+	return strings.EqualFold(dialAddr(u), g.own) || g.allow.names(u.Hostname())
+}
+
+func (g *dialGuard) trustProxy(p *url.URL) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.proxies) < 16 { // the environment names a few at most
+		g.proxies[dialAddr(p)] = true
 	}
 }
 
 func (g *dialGuard) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	if g.allowPrivate || strings.EqualFold(addr, g.own) || g.isProxy(addr) {
+	host, _, _ := net.SplitHostPort(addr)
+	if strings.EqualFold(addr, g.own) || g.allow.names(host) || g.isProxy(addr) {
 		return g.plain.DialContext(ctx, network, addr)
 	}
 	return g.checked.DialContext(ctx, network, addr)
@@ -116,52 +250,10 @@ func (g *dialGuard) control(_ context.Context, _, address string, _ syscall.RawC
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", address, errInward) // not an IP: nothing to vouch for it
 	}
-	if inward(ap.Addr()) {
+	if !g.allow.permits(ap.Addr()) {
 		return fmt.Errorf("dial %s: %w", address, errInward)
 	}
 	return nil
-}
-
-// inward reports whether a is an address regnorm must not be sent to by an
-// upstream: loopback, link-local (the cloud metadata services),
-// private (RFC 1918, fc00::/7 unique local, which holds AWS's fd00:ec2::254),
-// shared (RFC 6598's 100.64.0.0/10, where Alibaba Cloud's metadata service
-// and many cluster networks live), unspecified or "this network", and
-// multicast or broadcast.
-func inward(a netip.Addr) bool {
-	a = a.Unmap()
-	if a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() ||
-		a.IsMulticast() || a.IsPrivate() || a.IsUnspecified() {
-		return true
-	}
-	for _, p := range inwardPrefixes {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-var inwardPrefixes = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("100.64.0.0/10"),
-	netip.MustParsePrefix("255.255.255.255/32"),
-	// IPv4 addresses embedded in IPv6 (NAT64, the deprecated compatible
-	// form) reach the IPv4 network behind them.
-	netip.MustParsePrefix("64:ff9b::/96"),
-	netip.MustParsePrefix("64:ff9b:1::/48"),
-	netip.MustParsePrefix("::/96"),
-}
-
-// inwardHost is inward for a host written in a URL: an IP literal, or a
-// name that always means this machine.
-func inwardHost(host string) bool {
-	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return true
-	}
-	a, err := netip.ParseAddr(host)
-	return err == nil && inward(a)
 }
 
 // dialAddr is the host:port the transport dials for u (net/http's

@@ -2,8 +2,8 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -71,16 +71,18 @@ func (r *Repository) GetManifest(ctx context.Context, ref string, accept []strin
 		return Manifest{}, u.statusError(resp, errcode.ManifestUnknown)
 	}
 	defer resp.Body.Close()
-	tooLarge := errcode.New(http.StatusBadGateway, errcode.ManifestInvalid, fmt.Sprintf("upstream manifest is larger than %d bytes", maxManifestSize), nil)
-	if resp.ContentLength > maxManifestSize {
-		return Manifest{}, tooLarge
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
-	if err != nil {
+	// Held, and charged to the upstream's memory, while it is read and
+	// checked; then it is the caller's.
+	h := u.mem.hold()
+	defer h.release()
+	body, err := readWhole(resp.Body, resp.ContentLength, maxManifestSize, h)
+	switch {
+	case errors.Is(err, errTooLong):
+		return Manifest{}, errcode.New(http.StatusBadGateway, errcode.ManifestInvalid, fmt.Sprintf("upstream manifest is larger than %d bytes", maxManifestSize), nil)
+	case errors.Is(err, ErrBodyMemorySpent):
+		return Manifest{}, err
+	case err != nil:
 		return Manifest{}, errcode.New(http.StatusBadGateway, errcode.Unavailable, "reading manifest from upstream "+u.name+" failed", err)
-	}
-	if len(body) > maxManifestSize {
-		return Manifest{}, tooLarge
 	}
 
 	// The type is the content's (mediatype.Of): the cache is shared by

@@ -20,6 +20,8 @@ type Metrics struct {
 	rateRemaining *prometheus.GaugeVec
 	rateWindow    *prometheus.GaugeVec
 	blobsTooLarge *prometheus.CounterVec
+	bodyBytes     *prometheus.GaugeVec
+	bodiesRefused *prometheus.CounterVec
 }
 
 // NewMetrics builds the upstream metrics, registered nowhere.
@@ -58,12 +60,21 @@ func NewMetrics() *Metrics {
 			Name: "regnorm_upstream_blobs_too_large_total",
 			Help: "Blob downloads refused (announced) or stopped (sent) for being larger than the upstream's maxBlobSize, by upstream.",
 		}, []string{"upstream"}),
+		bodyBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "regnorm_upstream_body_memory_bytes",
+			Help: "Memory held by upstream answers being read whole (manifests, tag lists, token answers, error bodies), by upstream; bounded by maxUpstreamBodyMemory.",
+		}, []string{"upstream"}),
+		bodiesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_upstream_body_memory_refused_total",
+			Help: "Upstream answers not read because the memory for them (maxUpstreamBodyMemory, or the upstream's share of it) was spent: the client got 503 with Retry-After, by upstream.",
+		}, []string{"upstream"}),
 	}
 }
 
 // Collectors are the metrics to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.duration, m.retries, m.tokenFetches, m.rateLimit, m.rateRemaining, m.rateWindow, m.blobsTooLarge}
+	return []prometheus.Collector{m.requests, m.duration, m.retries, m.tokenFetches, m.rateLimit, m.rateRemaining, m.rateWindow, m.blobsTooLarge,
+		m.bodyBytes, m.bodiesRefused}
 }
 
 // Retry counts a request sent again to upstream, and why: also a resumed
@@ -83,6 +94,8 @@ func (m *Metrics) preset(upstream string) {
 	}
 	m.duration.WithLabelValues(upstream)
 	m.blobsTooLarge.WithLabelValues(upstream)
+	m.bodyBytes.WithLabelValues(upstream)
+	m.bodiesRefused.WithLabelValues(upstream)
 	// Unknown until the upstream says: NaN, not a 0 that would read as an
 	// exhausted budget.
 	for _, g := range []*prometheus.GaugeVec{m.rateLimit, m.rateRemaining, m.rateWindow} {

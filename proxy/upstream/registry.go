@@ -51,11 +51,11 @@ type Config struct {
 	// instead of Credentials, and serves cached content to a client only
 	// after the upstream confirms that client may read the repository.
 	ForwardCredentials bool
-	// AllowPrivateRedirects lets the upstream's redirects and token realm
-	// lead to addresses inside the network (loopback, link-local, private):
-	// for a registry whose storage or token service is there too. The
-	// upstream's own host and port are always allowed (see dialGuard).
-	AllowPrivateRedirects bool
+	// AllowRedirectsTo is where the upstream's redirects and token realm
+	// may lead inside the network (ranges, host names): for a registry
+	// whose storage or token service is there too. The upstream's own host
+	// and port are always allowed (see dialGuard).
+	AllowRedirectsTo AllowList
 	// MaxBlobSize bounds a blob read from this upstream, in bytes: one
 	// announced larger is refused, one that sends more is stopped. 0 is no
 	// bound (cmd/proxy and proxy.New always set one).
@@ -110,7 +110,10 @@ type Options struct {
 	Now func() time.Time
 	// Metrics count requests, retries and token fetches (NewMetrics).
 	Metrics *Metrics
-	Log     *slog.Logger
+	// Memory bounds the answers read whole, of every Registry it is
+	// given to (nil: a DefaultBodyMemory of this one's own).
+	Memory *BodyMemory
+	Log    *slog.Logger
 }
 
 // Registry is the client for one upstream registry. A Registry made by As
@@ -130,6 +133,7 @@ type Registry struct {
 	forward *forwarding
 	maxBlob int64 // 0: no bound
 	share   int   // downloads at once; 0: the fetcher's default
+	mem     *memShare
 	// credsKey identifies creds in a view made by As.
 	credsKey [sha256.Size]byte
 	now      func() time.Time
@@ -142,6 +146,9 @@ func New(cfg Config, opts Options) *Registry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Memory == nil {
+		opts.Memory = NewBodyMemory(DefaultBodyMemory, 1)
+	}
 	client := &http.Client{Transport: newTransport(cfg, opts.Stall), CheckRedirect: checkRedirect}
 	u := &Registry{
 		name:    cfg.Name,
@@ -153,6 +160,7 @@ func New(cfg Config, opts Options) *Registry {
 		basic:   &atomic.Bool{},
 		maxBlob: cfg.MaxBlobSize,
 		share:   cfg.MaxDownloads,
+		mem:     opts.Memory.shareFor(cfg.Name, opts.Metrics),
 		health:  &health{},
 		now:     opts.Now,
 		metrics: opts.Metrics,
@@ -182,6 +190,7 @@ func (u *Registry) Health() (lastOK, lastFail time.Time, failure string) { retur
 func (u *Registry) newTokenSource(creds Credentials) *tokenSource {
 	return &tokenSource{
 		client:  u.client,
+		mem:     u.mem,
 		creds:   creds,
 		now:     u.now,
 		onFetch: func(result string) { u.metrics.tokenFetches.WithLabelValues(u.name, result).Inc() },
@@ -192,15 +201,14 @@ func (u *Registry) newTokenSource(creds Credentials) *tokenSource {
 // large blob may take as long as it takes while bytes keep flowing (the
 // stall guard ends a body that stops). It dials through a dialGuard: where
 // the upstream sends regnorm, not where the operator did, is checked.
-func newTransport(cfg Config, stall time.Duration) *http.Transport {
+func newTransport(cfg Config, stall time.Duration) http.RoundTripper {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = stall
 	t.MaxIdleConnsPerHost = 32
 	if cfg.RootCAs != nil {
 		t.TLSClientConfig = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
 	}
-	newDialGuard(cfg.URL, cfg.AllowPrivateRedirects).install(t)
-	return t
+	return newDialGuard(cfg.URL, cfg.AllowRedirectsTo).wrap(t)
 }
 
 // do sends a request for repo to the upstream, retrying as u.retry allows
@@ -296,7 +304,9 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		u.metrics.requests.WithLabelValues(u.name, label.Status(resp.StatusCode)).Inc()
 		u.metrics.noteRateLimit(u.name, resp.Header)
-		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, resp.Status)
+		// The code, as its metric label gives it, never the reason phrase:
+		// that is the upstream's own text, as long as it likes.
+		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, "HTTP "+label.Status(resp.StatusCode))
 		resp.Body = newStallGuard(resp.Body, u.stall, cancel)
 		return resp, nil
 	}
@@ -326,7 +336,10 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		u.basic.Store(true)
 	default:
-		return nil, errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "upstream "+u.name+" asks for unsupported auth scheme "+c.scheme, nil)
+		// The scheme is the upstream's text: the log gets a little of it,
+		// the client none.
+		return nil, errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "upstream "+u.name+" asks for an unsupported auth scheme",
+			fmt.Errorf("WWW-Authenticate scheme %.64q", c.scheme))
 	}
 	resp, err = send()
 	if err != nil {
@@ -367,6 +380,9 @@ func (u *Registry) unreachable(err error) error {
 }
 
 func (u *Registry) tokenFailed(err error) error {
+	if errors.Is(err, ErrBodyMemorySpent) {
+		return err // already the 503 a client gets
+	}
 	if refusedHop(err) {
 		return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" names a token service regnorm does not follow", err)
 	}
@@ -393,7 +409,7 @@ type health struct {
 	mu       sync.Mutex
 	lastOK   time.Time
 	lastFail time.Time
-	failure  string // status or "unreachable": never a URL or a credential
+	failure  string // regnorm's own words: "HTTP 503", "unreachable"; never the upstream's
 }
 
 func (h *health) record(ok bool, what string) {
@@ -419,9 +435,16 @@ const maxErrorBody = 4 << 10
 // gets. notFound is the code for a 404 (MANIFEST_UNKNOWN, BLOB_UNKNOWN...).
 // It reads a capped part of the body for the log and closes it.
 func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Error {
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	// For the log only: when the memory for answers is spent, the answer
+	// stands without it.
+	h := u.mem.hold()
+	body, err := readWhole(io.LimitReader(resp.Body, maxErrorBody), -1, maxErrorBody, h)
 	resp.Body.Close()
+	if errors.Is(err, ErrBodyMemorySpent) {
+		body = []byte("(not read: memory for upstream answers spent)")
+	}
 	cause := fmt.Errorf("upstream %s answered %d: %s", u.name, resp.StatusCode, strings.TrimSpace(string(body)))
+	h.release()
 	switch s := resp.StatusCode; {
 	case s == http.StatusNotFound:
 		return errcode.New(http.StatusNotFound, notFound, "not found upstream", cause)
