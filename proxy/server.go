@@ -145,7 +145,7 @@ type Server struct {
 	tagTTL           time.Duration
 	fetches          *blobfetch.Fetcher
 	maintainer       *maintain.Maintainer
-	manifests        flight.Group[any] // upstream manifest fetches, cancelled when no client waits
+	manifests        flight.Group[any] // upstream manifest fetches, ended a grace after the last client waiting has gone
 	engine           *normalize.Engine
 	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
 	lookups          chan struct{}                   // noteOriginalServed's, at most originalLookups
