@@ -158,6 +158,9 @@ func TestTagsListIsReencoded(t *testing.T) {
 		{name: "invalid tag", answer: `{"name":"library/app","tags":["<script>"]}`, wantStatus: 502},
 		{name: "trailing bytes", answer: `{"name":"library/app","tags":["a"]}<script>`, wantStatus: 502},
 		{name: "too long", answer: `{"tags":["a"],"pad":"` + strings.Repeat("x", 16<<20) + `"}`, wantStatus: 502},
+		{name: "longer than a page may be", answer: `{"tags":[` + strings.Repeat(`"`+strings.Repeat("t", 128)+`",`, 9000) + `"a"]}`, wantStatus: 502},
+		{name: "more tags than a page may hold", answer: `{"tags":[` + strings.Repeat(`"t",`, 10_000) + `"a"]}`, wantStatus: 502},
+		{name: "nested past reason", answer: `{"tags":["a"],"x":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}`, wantStatus: 502},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -251,12 +251,12 @@ func nameProblem(name string) string {
 	return ""
 }
 
-// nextTagsLink is the Link to the page of repo's tags that starts after
-// last, with n tags (n < 0: as many as the upstream gives) and ns, so that
-// it goes to the same upstream.
-func nextTagsLink(repo, last string, n int, ns string) string {
+// nextTagsLink is the Link to the page of repo's tags that starts where
+// from says, with n tags (n < 0: as many as the upstream gives) and ns, so
+// that it goes to the same upstream.
+func nextTagsLink(repo string, from upstream.Cursor, n int, ns string) string {
 	q := url.Values{}
-	q.Set("last", last)
+	q.Set(from.Name, from.Value)
 	if n >= 0 {
 		q.Set("n", strconv.Itoa(n))
 	}

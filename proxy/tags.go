@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // tagList is the whole of a tags/list answer: what is relayed is these two
@@ -35,7 +36,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 			return errcode.New(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", nil)
 		}
 	}
-	page, err := req.repo.Tags(r.Context(), n, in.Get("last"))
+	page, err := req.repo.Tags(r.Context(), n, upstream.CursorFrom(in))
 	if err != nil {
 		return err
 	}
@@ -46,7 +47,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request) error {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	if page.Next != "" {
+	if page.Next != (upstream.Cursor{}) {
 		h.Set("Link", nextTagsLink(req.repo.Name(), page.Next, page.NextN, in.Get("ns")))
 	}
 	w.WriteHeader(http.StatusOK)

@@ -126,8 +126,8 @@ func (r *Repository) Name() string { return r.remote.Name() }
 // Tags is a page of the repository's tags, from the upstream as the client
 // (tags change, so they are not cached), checked and bounded by
 // upstream.Repository.Tags. The upstream decides who may list them.
-func (r *Repository) Tags(ctx context.Context, n int, last string) (upstream.TagPage, error) {
-	return r.remote.Tags(ctx, n, last)
+func (r *Repository) Tags(ctx context.Context, n int, from upstream.Cursor) (upstream.TagPage, error) {
+	return r.remote.Tags(ctx, n, from)
 }
 
 // Verdict is the verdict recorded for m under rules, if any: the report's

@@ -66,16 +66,17 @@ func (l AllowList) names(host string) bool {
 // permits reports whether an upstream may send regnorm to a: an address
 // outside the network (see global), or in one of the list's prefixes.
 // Behind an IPv6 translation prefix, the IPv4 address it reaches is what
-// is checked.
+// is checked, and only it: a listed IPv6 range that holds the translated
+// address (::/0) does not open the metadata service behind it.
 func (l AllowList) permits(a netip.Addr) bool {
 	a = a.Unmap()
+	if v4, ok := embeddedIPv4(a); ok {
+		return l.permits(v4)
+	}
 	for _, p := range l.Prefixes {
 		if p.Contains(a) && !beyond(p, a) {
 			return true
 		}
-	}
-	if v4, ok := embeddedIPv4(a); ok {
-		return l.permits(v4)
 	}
 	return global(a)
 }

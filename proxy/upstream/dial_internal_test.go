@@ -77,6 +77,8 @@ func TestAddressesOutsideTheNetwork(t *testing.T) {
 		{list("10.0.0.0/8"), "10.1.2.3", true},
 		{list("10.0.0.0/8"), "172.16.0.1", false},
 		{list("10.0.0.0/8"), "64:ff9b::a01:203", true}, // NAT64 of 10.1.2.3
+		{list("::/0"), "64:ff9b::a9fe:a9fe", false},    // the metadata service behind NAT64
+		{list("2002::/16"), "2002:7f00:1::", false},    // loopback behind 6to4
 		{list("127.0.0.0/8"), "127.0.0.1", true},
 		{list("127.0.0.0/8"), "169.254.169.254", false},
 		{list("0.0.0.0/0"), "169.254.169.254", false}, // metadata only when listed as such

@@ -166,3 +166,38 @@ func readWhole(r io.Reader, announced, limit int64, h *hold) ([]byte, error) {
 		}
 	}
 }
+
+// chargedReader charges h for what a streaming decoder may hold of r, and
+// ends r at limit bytes (errTooLong past it). Before each Read it charges
+// what has been read and the buffer offered: a decoder's buffer (what it
+// has read and not consumed, and room for the read) and what it made of
+// the consumed part (tags, no longer than their text) together hold no
+// more than that.
+type chargedReader struct {
+	r     io.Reader
+	h     *hold
+	limit int64
+	read  int64
+	peak  int64 // the most charged for reading: read + len(p)
+}
+
+func (c *chargedReader) Read(p []byte) (int, error) {
+	if c.read > c.limit {
+		return 0, errTooLong
+	}
+	if room := c.limit + 1 - c.read; int64(len(p)) > room {
+		p = p[:room] // one byte more than allowed tells an answer that is too long
+	}
+	if want := c.read + int64(len(p)); want > c.peak {
+		if err := c.h.add(want - c.peak); err != nil {
+			return 0, err
+		}
+		c.peak = want
+	}
+	n, err := c.r.Read(p)
+	c.read += int64(n)
+	if c.read > c.limit {
+		return n, errTooLong
+	}
+	return n, err
+}

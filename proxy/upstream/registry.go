@@ -6,8 +6,9 @@
 // tokens per repository scope, Basic auth, a client's own credentials when
 // they are forwarded), retries of failures that may pass, a guard that ends
 // a body that stops, a dialer that keeps the upstream's redirects and token
-// realms out of the network regnorm runs in, and the per-request budget of
-// upstream requests; and it checks what comes back as part of speaking the
+// realms out of the network regnorm runs in (behind an HTTP proxy too), the
+// per-request budget of upstream requests, and the bound on the memory the
+// answers it reads whole hold (BodyMemory); and it checks what comes back as part of speaking the
 // protocol: a manifest's digest, size and media type, a blob's size bound,
 // a tag list's shape. The upstream's refusals are OCI errors (errcode) a
 // client can be given as they are. It knows nothing of the cache or of
