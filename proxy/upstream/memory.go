@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"time"
 
 	"golang.org/x/sync/semaphore"
 
@@ -55,10 +53,6 @@ func NewBodyMemory(limit int64, upstreams int) *BodyMemory {
 // ErrBodyMemorySpent is the cause of the error a read gets when the
 // upstream answers held in memory take all the memory allowed.
 var ErrBodyMemorySpent = errors.New("memory for upstream answers spent")
-
-// retryAfterBusy is the Retry-After of a read refused for memory: reads
-// end within the stall timeout or sooner.
-const retryAfterBusy = 5 * time.Second
 
 // memShare is one upstream's share of a BodyMemory.
 type memShare struct {
@@ -115,11 +109,8 @@ func (h *hold) release() {
 
 func (s *memShare) spent(whose string) error {
 	s.metrics.bodiesRefused.WithLabelValues(s.name).Inc()
-	e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable,
-		"regnorm holds as many upstream answers in memory as maxUpstreamBodyMemory allows; retry shortly",
+	return errcode.Busy("regnorm holds as many upstream answers in memory as maxUpstreamBodyMemory allows; retry shortly",
 		fmt.Errorf("%w: %s", ErrBodyMemorySpent, whose))
-	e.RetryAfter = retryAfterBusy
-	return e
 }
 
 // errTooLong is the cause of an answer longer than its cap.
