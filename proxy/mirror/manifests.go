@@ -142,14 +142,19 @@ func (r *Repository) manifestByTag(ctx context.Context, tag string, accept []str
 	v, err := s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
 		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
 		defer cancel()
-		return r.refreshTag(ctx, tag, accept, rec, haveRec)
+		m, err := r.refreshTag(ctx, tag, accept, rec, haveRec)
+		if err == nil {
+			// Learnt here, as by digest: the refresh may outlive every
+			// client that waited for it, and what it cached must still be
+			// admitted.
+			r.learn(ctx, m.Digest)
+		}
+		return m, err
 	})
 	if err != nil {
 		return Manifest{}, err
 	}
-	m := v.(Manifest)
-	r.learn(ctx, m.Digest)
-	return m, nil
+	return v.(Manifest), nil
 }
 
 func (r *Repository) refreshTag(ctx context.Context, tag string, accept []string, rec cache.TagRecord, haveRec bool) (Manifest, error) {

@@ -26,7 +26,6 @@ import (
 // a connection upstream.
 type BodyMemory struct {
 	all   *semaphore.Weighted
-	limit int64
 	share int64
 }
 
@@ -47,7 +46,7 @@ func NewBodyMemory(limit int64, upstreams int) *BodyMemory {
 	if upstreams > 1 {
 		share = limit / 4 * 3
 	}
-	return &BodyMemory{all: semaphore.NewWeighted(limit), limit: limit, share: share}
+	return &BodyMemory{all: semaphore.NewWeighted(limit), share: share}
 }
 
 // ErrBodyMemorySpent is the cause of the error a read gets when the

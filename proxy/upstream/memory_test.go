@@ -72,8 +72,10 @@ func TestEachUpstreamHasAShareOfTheMemory(t *testing.T) {
 		_, err := slow.GetManifest(ctx, "first", nil, "")
 		done <- err
 	}()
-	for held.Load() != 1 || heldBy(t, promReg, "slow") != 40<<10 {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); held.Load() != 1 || heldBy(t, promReg, "slow") != 40<<10; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the first manifest was not held within a minute: %d held, %.0f bytes charged", held.Load(), heldBy(t, promReg, "slow"))
+		}
 	}
 	_, err := slow.GetManifest(ctx, "second", nil, "")
 	var e *errcode.Error
