@@ -1,12 +1,12 @@
 package deploy_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
-	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,14 +14,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
-	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 const dashboardPath = "grafana/regnorm-dashboard.json"
@@ -138,36 +135,60 @@ func TestDashboardMatchesGrafanaSchema(t *testing.T) {
 }
 
 // TestDashboardHasDataFromTheFirstScrape: every metric a panel queries is
-// in the first /metrics of a proxy that has served nothing yet, so no panel
-// shows "no data" until traffic happens to create a series.
+// in the first /metrics of a regnorm that has served nothing yet (the
+// binary, as cmd/proxy wires it), so no panel shows "no data" until traffic
+// happens to create a series.
 func TestDashboardHasDataFromTheFirstScrape(t *testing.T) {
 	t.Parallel()
-	reg := prometheus.NewRegistry()
-	u, _ := url.Parse("http://127.0.0.1:1")
-	srv, err := proxy.New(proxy.Options{
-		Store:           cache.New(inmemory.New()),
-		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u}, {Name: "quay.io", URL: u}},
-		DefaultUpstream: "docker.io",
-		Metrics:         proxy.NewMetrics(reg),
-		Logger:          slog.New(slog.DiscardHandler),
-	})
+	bin := buildRegnorm(t)
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
-	defer ts.Close()
-	resp, err := http.Get(ts.URL + "/metrics")
-	if err != nil {
+	addr := ln.Addr().String()
+	ln.Close()
+	// Two upstreams, never contacted: nothing is pulled.
+	config := fmt.Sprintf(`listen: %q
+cache:
+  filesystem:
+    rootDirectory: %q
+spoolDir: %q
+defaultUpstream: docker.io
+upstreams:
+  - name: docker.io
+    url: http://127.0.0.1:1
+  - name: quay.io
+    url: http://127.0.0.1:1
+`, addr, filepath.Join(dir, "cache"), dir)
+	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
+	cmd := exec.Command(bin, "--config", filepath.Join(dir, "config.yaml"))
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var body []byte
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if i == 300 {
+			t.Fatalf("regnorm did not serve /metrics: %v\n%s", err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	for m, panel := range dashboardQueries(t) {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(m) + `[{ ]`).Match(body) {
-			t.Errorf("panel %q queries %s, which a fresh proxy does not export yet", panel, m)
+			t.Errorf("panel %q queries %s, which a fresh regnorm does not export yet", panel, m)
 		}
 	}
 }

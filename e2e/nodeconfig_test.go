@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
 // TestNodeConfigKnowsWhetherContainerdReadsIt runs `regnorm node-config`
@@ -232,7 +232,7 @@ func checkProbe(t *testing.T, status string, ready bool) {
 // checkFleet waits until regnorm's fleet view lists node in state, and
 // returns it; it fails the test with the last view if it does not within
 // 30 s (node-config reports a new state at once, the view is reused for 5 s).
-func checkFleet(t *testing.T, base, node, state string) proxy.NodeStatus {
+func checkFleet(t *testing.T, base, node, state string) fleet.NodeStatus {
 	t.Helper()
 	var last string
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
@@ -241,7 +241,7 @@ func checkFleet(t *testing.T, base, node, state string) proxy.NodeStatus {
 			t.Fatal(err)
 		}
 		var view struct {
-			Nodes []proxy.NodeStatus `json:"nodes"`
+			Nodes []fleet.NodeStatus `json:"nodes"`
 		}
 		err = json.NewDecoder(resp.Body).Decode(&view)
 		resp.Body.Close()
@@ -257,5 +257,5 @@ func checkFleet(t *testing.T, base, node, state string) proxy.NodeStatus {
 		}
 	}
 	t.Fatalf("the fleet view never listed %s as %q; last: %s", node, state, last)
-	return proxy.NodeStatus{}
+	return fleet.NodeStatus{}
 }

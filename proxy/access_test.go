@@ -19,6 +19,7 @@ import (
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
 func basic(user, pass string) http.Header {
@@ -415,7 +416,7 @@ func TestSharedAddressIsNotLockedOut(t *testing.T) {
 		return &proxy.ClientAuth{Users: map[string][]byte{"alice": mustHash(t, "alice-pass"), "carol": mustHash(t, "carol-pass")},
 			Tokens: [][sha256.Size]byte{sha256.Sum256([]byte(robotToken))}}
 	}
-	report := cache.NodeReport{Node: "worker-1", HostsDir: proxy.DefaultHostsDir}
+	report := cache.NodeReport{Node: "worker-1", HostsDir: fleet.DefaultHostsDir}
 	reportToken := http.Header{"Authorization": {"Bearer " + testReportToken}}
 	wrongReportToken := http.Header{"Authorization": {"Bearer wrong-report-token-0123"}}
 

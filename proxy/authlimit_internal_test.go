@@ -21,7 +21,7 @@ import (
 func TestAttemptLimiterIsBounded(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) { // time moves only when the test sleeps
-		l := newAttemptLimiter(realClock{}, 2, false)
+		l := newAttemptLimiter(SystemClock{}, 2, false)
 		for i := range maxAttemptAddresses + 10 {
 			if err := l.fail(fmt.Sprintf("10.0.%d.%d", i>>8, i&255)); err != nil {
 				t.Fatalf("address %d's first failure: %v", i, err)
@@ -51,7 +51,7 @@ func TestAttemptLimiterIsBounded(t *testing.T) {
 func TestComparisonsNeverForgetAnAddressThatOwes(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) { // time moves only when the test sleeps
-		l := newAttemptLimiter(realClock{}, DefaultAuthFailuresPerMinute, true)
+		l := newAttemptLimiter(SystemClock{}, DefaultAuthFailuresPerMinute, true)
 		next, refused := 0, 0
 		for range 5 * 60 * 10 { // five minutes in steps of 100 ms
 			time.Sleep(100 * time.Millisecond)
@@ -111,7 +111,7 @@ func TestVerifiedPairsAreBounded(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) { // time moves only when the test sleeps
 		a := newClientAuth(&ClientAuth{Users: map[string][]byte{"alice": []byte("$2a$04$notarealhashnotarealhashnotarealhashnotarealhashnot")}},
-			realClock{}, 10, NewMetrics(prometheus.NewRegistry()))
+			SystemClock{}, 10, NewMetrics(prometheus.NewRegistry()))
 		a.compare = func(hash, password []byte) error { return nil } // every password is right
 		for i := range 2*maxVerified + 10 {
 			time.Sleep(time.Minute / passwordChecksPerMinute) // within the global bound

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -20,10 +19,8 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	digest "github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -48,16 +45,7 @@ func BenchmarkCachedBlobVsFileServer(b *testing.B) {
 	blobFile := filepath.Join(root, "blobs", "sha256", dgst.Encoded()[:2], dgst.Encoded(), "data")
 
 	upstreamURL, _ := url.Parse("http://127.0.0.1:1") // never contacted: the blob is cached
-	srv, err := proxy.New(proxy.Options{
-		Store:           store,
-		Upstreams:       []upstream.Config{{Name: "docker.io", URL: upstreamURL}},
-		DefaultUpstream: "docker.io",
-		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),
-		Logger:          slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
+	srv := buildServer(b, serverParts{store: store, upstreams: []upstream.Config{{Name: "docker.io", URL: upstreamURL}}}).srv
 	proxySrv := httptest.NewServer(srv.Handler(nil))
 	defer proxySrv.Close()
 	fileSrv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(blobFile))))
@@ -134,17 +122,7 @@ func BenchmarkColdBlobVsRelay(b *testing.B) {
 	defer origin.Close()
 	upstreamURL, _ := url.Parse(origin.URL)
 	store := cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: b.TempDir(), MaxThreads: 100}))
-	srv, err := proxy.New(proxy.Options{
-		Store:           store,
-		Upstreams:       []upstream.Config{{Name: "docker.io", URL: upstreamURL}},
-		DefaultUpstream: "docker.io",
-		SpoolDir:        b.TempDir(),
-		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),
-		Logger:          slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
+	srv := buildServer(b, serverParts{store: store, upstreams: []upstream.Config{{Name: "docker.io", URL: upstreamURL}}, spoolDir: b.TempDir()}).srv
 	proxySrv := httptest.NewServer(srv.Handler(nil))
 	defer proxySrv.Close()
 	relaySrv := httptest.NewServer(httputil.NewSingleHostReverseProxy(upstreamURL))

@@ -3,8 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -15,10 +13,8 @@ import (
 	"testing"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -53,18 +49,8 @@ func FuzzRequestPath(f *testing.F) {
 	}))
 	f.Cleanup(up.Close)
 	u, _ := url.Parse(up.URL)
-	srv, err := proxy.New(proxy.Options{
-		Store:           cache.New(inmemory.New()),
-		Upstreams:       []upstream.Config{{Name: "docker.io", URL: u}},
-		DefaultUpstream: "docker.io",
-		Retry:           upstream.RetryPolicy{Attempts: 1},
-		SpoolDir:        f.TempDir(),
-		Metrics:         proxy.NewMetrics(prometheus.NewRegistry()),
-		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		f.Fatal(err)
-	}
+	srv := buildServer(f, serverParts{harnessOptions: harnessOptions{retry: upstream.RetryPolicy{Attempts: 1}},
+		store: cache.New(inmemory.New()), upstreams: []upstream.Config{{Name: "docker.io", URL: u}}, spoolDir: f.TempDir()}).srv
 	handler := srv.Handler(http.NotFoundHandler())
 
 	f.Fuzz(func(t *testing.T, method, target string) {

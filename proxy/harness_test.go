@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -41,6 +40,7 @@ type harness struct {
 	root  string // the filesystem cache's directory, when the harness made it
 	url   string
 	srv   *proxy.Server
+	built built // srv's parts
 	logs  *syncBuffer
 	opts  harnessOptions
 }
@@ -114,10 +114,6 @@ func (h *harness) restart(t testing.TB) {
 	}
 	h.logs = &syncBuffer{}
 	promReg := prometheus.NewRegistry()
-	var clock proxy.Clock
-	if h.opts.clock != nil {
-		clock = h.opts.clock
-	}
 	// regtest's token service listens on a port of its own: a realm on
 	// another host inside the network, which its operator would allow.
 	up := upstream.Config{Name: "docker.io", URL: u, Credentials: h.opts.credentials, ForwardCredentials: h.opts.forward}
@@ -127,49 +123,24 @@ func (h *harness) restart(t testing.TB) {
 	if h.opts.upstream != nil {
 		h.opts.upstream(&up)
 	}
-	var reportTokens [][sha256.Size]byte
-	if !h.opts.noReportToken {
-		reportTokens = [][sha256.Size]byte{sha256.Sum256([]byte(testReportToken))}
+	token := testReportToken
+	if h.opts.noReportToken {
+		token = ""
 	}
-	srv, err := proxy.New(proxy.Options{
-		Clock:                 clock,
-		Fetches:               h.opts.fetches,
-		Store:                 h.store,
-		Upstreams:             append([]upstream.Config{up}, h.opts.more...),
-		ClientAuth:            h.opts.clientAuth,
-		NodeReportTokens:      reportTokens,
-		NodeHostsDir:          h.opts.hostsDir,
-		AuthFailuresPerMinute: h.opts.authFailures,
-		DefaultUpstream:       "docker.io",
-		TagTTL:                h.opts.tagTTL,
-		Rules:                 h.opts.rules,
-		Platforms:             h.opts.platforms,
-		Deadline:              h.opts.deadline,
-		PatientDeadline:       h.opts.patient,
-		Eviction:              h.opts.eviction,
-		StallTimeout:          h.opts.stall,
-		MaxLayerSize:          h.opts.maxLayerSize,
-		MaxZstdWindow:         h.opts.maxZstdWindow,
-		MaxUpstreamBodyMemory: h.opts.bodyMemory,
-		LayerWork:             h.opts.layerWork,
-		Retry:                 h.opts.retry,
-		SpoolDir:              t.TempDir(),
-		Metrics:               proxy.NewMetrics(promReg),
-		Logger:                slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := buildServer(t, serverParts{harnessOptions: h.opts, store: h.store, upstreams: append([]upstream.Config{up}, h.opts.more...),
+		spoolDir: t.TempDir(), reportToken: token, reg: promReg,
+		log: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	srv := b.srv
 	ps := httptest.NewServer(srv.Handler(promhttp.HandlerFor(promReg, promhttp.HandlerOpts{})))
 	t.Cleanup(ps.Close)
 	// Downloads outlive the requests that start them: let them end before
 	// the cache's directory is removed.
 	t.Cleanup(func() { waitFor(t, "downloads to end", func() bool { return downloadsIdle(t, promReg) }) })
-	h.srv, h.url = srv, ps.URL
+	h.srv, h.url, h.built = srv, ps.URL, b
 	if h.opts.eviction != (cache.EvictionPolicy{}) && !h.opts.manualMaintenance {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
-		go func() { srv.Run(ctx); close(done) }()
+		go func() { b.maintainer.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
 }

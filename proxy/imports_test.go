@@ -32,7 +32,9 @@ func TestSubpackagesStayApart(t *testing.T) {
 		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label", "internal/mediatype", "internal/schema1"}},
 		{dir: "blobfetch", own: []string{"cache", "proxy/errcode", "proxy/upstream"}},
 		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset", "internal/schema1"}, denied: []string{"net/http", "os"}},
-		{dir: "operator", own: []string{"cache", "internal/containerdcfg", "proxy/errcode", "proxy/label", "cache/maintain", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
+		{dir: "fleet", own: []string{"cache", "internal/containerdcfg", "internal/recent", "proxy/label", "proxy/ruleset"}, denied: []string{"os"}},
+		{dir: "rewrites", own: []string{"cache", "internal/recent", "proxy/normalize", "proxy/ruleset"}, denied: []string{"net/http", "os"}},
+		{dir: "operator", own: []string{"cache", "internal/containerdcfg", "proxy/errcode", "proxy/fleet", "cache/maintain", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "mirror", own: []string{"cache", "internal/flight", "internal/schema1", "proxy/blobfetch", "proxy/errcode", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "../cache/maintain", own: []string{"cache"}, denied: []string{"net/http"}}, // beside the cache, kept apart from proxy/ all the same
 	}

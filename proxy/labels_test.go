@@ -210,7 +210,7 @@ func TestNodesCannotChooseLabelValues(t *testing.T) {
 	if n := len(h.nodes(t)); n != 31 {
 		t.Fatalf("%d nodes in the fleet view, want 31", n)
 	}
-	h.srv.CountNodes()
+	h.built.fleet.Count()
 	if got := nodeSeries(); !maps.Equal(got, want) {
 		t.Fatalf("regnorm_nodes after made-up versions: %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 	}

@@ -29,23 +29,23 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	}
 	m := orig.Manifest
 	if req.tag != "" {
-		s.fleet.sawPull(r, false)
+		s.fleet.SawPull(r, false)
 		n, err := req.repo.Variant(ctx, orig.Manifest, client.Rules, s.deadlineFor(r.UserAgent()))
 		if err != nil {
 			return err
 		}
 		if n.Changed() {
 			s.metrics.normalizedServed.Inc()
-			s.reports.Add(s.served(req, orig.Manifest, client, n.Verdict))
+			s.reports.Served(answer(req, orig.Manifest, client), n.Verdict)
 			logAttrs(ctx, slog.Bool("rewrite", true), slog.String("original", orig.Digest.String()))
 		} else if client.Rules != s.rules.Enabled {
 			// The original may be another client's to fix: the report says
 			// who got it as it is, looked up beside the answer.
-			s.noteOriginalServed(ctx, req, orig.Manifest, client)
+			s.reports.ServedOriginal(ctx, answer(req, orig.Manifest, client), s.rules.Enabled, s.mirror.Verdict)
 		}
 		m = n.Manifest
 	} else {
-		s.fleet.sawPull(r, s.noteDigestPull(ctx, req, orig.Manifest, client))
+		s.fleet.SawPull(r, s.noteDigestPull(ctx, req, orig.Manifest, client))
 	}
 	logAttrs(ctx, slog.String("source", orig.Source), slog.String("digest", m.Digest.String()))
 

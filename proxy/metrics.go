@@ -7,6 +7,8 @@ import (
 
 	"github.com/regnorm/regnorm/cache/maintain"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/fleet"
+	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -190,7 +192,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		routeReport, routeWarm, routeNodes, routeStatus, routeNotFound, routeTooLarge, routeForbidden} {
 		m.requestDuration.WithLabelValues(route)
 	}
-	for _, v := range containerdVersions.Values() {
+	for _, v := range fleet.ContainerdVersions.Values() {
 		m.nodes.WithLabelValues(v)
 	}
 	for _, route := range []string{routeManifest, routeBlob} {
@@ -206,4 +208,32 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) preset(upstream string) {
 	m.staleServes.WithLabelValues(upstream)
 	m.fetch.Preset(upstream)
+}
+
+// The parts' metrics, registered with the Server's by NewMetrics: cmd/proxy
+// hands each part its own when it builds it.
+
+// Upstream are the upstream clients' (upstream.Options.Metrics).
+func (m *Metrics) Upstream() *upstream.Metrics { return m.upstream }
+
+// Fetch are the blob fetcher's (blobfetch.Options.Metrics).
+func (m *Metrics) Fetch() *blobfetch.Metrics { return m.fetch }
+
+// Maintain are cache maintenance's (maintain.Options.Metrics).
+func (m *Metrics) Maintain() *maintain.Metrics { return m.maintain }
+
+// Nodes is regnorm_nodes (fleet.Options.Nodes).
+func (m *Metrics) Nodes() *prometheus.GaugeVec { return m.nodes }
+
+// Mirror are the repository service's (mirror.Options.Metrics).
+func (m *Metrics) Mirror() mirror.Metrics {
+	return mirror.Metrics{CacheRequests: m.cacheRequests, StaleServes: m.staleServes, DeadlineExceeded: m.deadlineExceeded}
+}
+
+// Engine are the rule engine's (normalize.Options.Metrics).
+func (m *Metrics) Engine() normalize.Metrics {
+	return normalize.Metrics{Rewrites: m.rewrites, RewriteErrors: m.rewriteErrors, Normalizations: m.normalizations,
+		NormalizeDuration: m.normalizeDuration, LayersScanned: m.layersScanned, LayersRepackaged: m.layersRepackaged,
+		LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds,
+		LayerWorkInflight: m.layerWorkInflight, LayerWorkQueued: m.layerWorkQueued, LayerWorkRejected: m.layerWorkRejected}
 }

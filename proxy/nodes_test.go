@@ -16,13 +16,14 @@ import (
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
-func (h *harness) nodes(t *testing.T) []proxy.NodeStatus {
+func (h *harness) nodes(t *testing.T) []fleet.NodeStatus {
 	t.Helper()
 	r := h.do(t, http.MethodGet, "/api/v1/nodes", nil)
 	var body struct {
-		Nodes []proxy.NodeStatus `json:"nodes"`
+		Nodes []fleet.NodeStatus `json:"nodes"`
 	}
 	if r.status != http.StatusOK || json.Unmarshal(r.body, &body) != nil {
 		t.Fatalf("nodes: %d %s", r.status, r.body)
@@ -80,7 +81,7 @@ func TestFleetView(t *testing.T) {
 			t.Errorf("the status page lacks %q", want)
 		}
 	}
-	h.srv.CountNodes()
+	h.built.fleet.Count()
 	if got := h.metric(t, "regnorm_nodes", `containerd="1.6"`); got != 1 {
 		t.Fatalf("regnorm_nodes{containerd=1.6} = %v", got)
 	}
@@ -89,7 +90,7 @@ func TestFleetView(t *testing.T) {
 	if nodes := h.nodes(t); len(nodes) != 0 {
 		t.Fatalf("after the forget period: %+v", nodes)
 	}
-	h.srv.CountNodes()
+	h.built.fleet.Count()
 	if got := h.metric(t, "regnorm_nodes", ""); got != 0 {
 		t.Fatalf("regnorm_nodes sums to %v after the forget period", got)
 	}
@@ -184,7 +185,7 @@ func TestNodeReportsAreBounded(t *testing.T) {
 	clk := newFakeClock()
 	h := newHarness(t, harnessOptions{clock: clk, hostsDir: "/d"})
 	ctx := context.Background()
-	for i := range proxy.MaxNodes {
+	for i := range fleet.MaxNodes {
 		if err := h.store.PutNodeReport(ctx, cache.NodeReport{Node: fmt.Sprintf("node-%d", i), HostsDir: "/d", ReportedAt: clk.Now()}); err != nil {
 			t.Fatal(err)
 		}
@@ -208,7 +209,7 @@ func TestNodeReportsAreBounded(t *testing.T) {
 	if err := h.store.PutNodeReport(ctx, cache.NodeReport{Node: "node-7", HostsDir: "/d", ReportedAt: clk.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	h.srv.PruneNodeReports(ctx)
+	h.built.fleet.Prune(ctx)
 	left, err := h.store.ListNodeReports(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -358,7 +359,7 @@ func TestNodeReportsCarryNoWords(t *testing.T) {
 	ctx := context.Background()
 	const foreign = "/var/lib/kubelet/pods/1234/volumes/kubernetes.io~empty-dir/certs.d/99-regnorm.toml"
 	token := http.Header{"Authorization": {"Bearer " + testReportToken}}
-	attack := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", HostsDir: proxy.DefaultHostsDir, ConfigVersion: 3}
+	attack := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v2.3.4", HostsDir: fleet.DefaultHostsDir, ConfigVersion: 3}
 	for name, set := range map[string]func(*cache.NodeReport){
 		"a reason and a drop-in": func(r *cache.NodeReport) {
 			r.Reason, r.DropIn = "a drop-in fixing it is written to "+foreign+": restart containerd", foreign
@@ -393,7 +394,7 @@ func TestNodeReportsCarryNoWords(t *testing.T) {
 
 	want := `config_path is the list "/etc/containerd/certs.d:/etc/docker/certs.d": containerd 2.3 pulls through the transfer service, which reads it as one directory, so no hosts.toml is read; ` +
 		`a drop-in fixing it is written to "/etc/containerd/conf.d/99-regnorm.toml": restart containerd to apply it (systemctl restart containerd)`
-	byNode := map[string]proxy.NodeStatus{}
+	byNode := map[string]fleet.NodeStatus{}
 	for _, n := range h.nodes(t) {
 		byNode[n.Node] = n
 	}

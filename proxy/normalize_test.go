@@ -232,7 +232,7 @@ func TestNormalizationSurvivesRestart(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	h.srv.Run(ctx) // returns after its final flush
+	h.built.report.Run(ctx) // returns after its final flush
 
 	blobGets := h.reg.Requests(http.MethodGet, "blobs")
 	h.restart(t)

@@ -58,7 +58,7 @@ func TestS3RequestCounts(t *testing.T) {
 	h.push(t, "library/redis", "2.8.23", legacy, oneFile)
 	h.pullAll(t, "library/app", "v1")
 	h.pullAll(t, "library/redis", "2.8.23")
-	if err := h.srv.FlushReport(ctx); err != nil {
+	if err := h.built.report.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	var m ocispec.Manifest
@@ -111,7 +111,7 @@ func TestS3RequestCounts(t *testing.T) {
 	// one-second resolution); a minute on, only the listing is needed.
 	clk.Advance(time.Minute)
 	measure("a later status page load, nothing changed", map[string]int64{"ListObjectsV2": 2}, func() { h.do(t, http.MethodGet, "/status", nil) })
-	measure("an idle maintenance pass", map[string]int64{"ListObjectsV2": 4, "ListMultipartUploads": 1}, func() { h.srv.MaintainOnce(ctx) })
+	measure("an idle maintenance pass", map[string]int64{"ListObjectsV2": 4, "ListMultipartUploads": 1}, func() { h.built.maintainer.Once(ctx) })
 
 	// A new process on the same bucket knows no link, size or listing yet.
 	h.store = restarted

@@ -6,69 +6,55 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/http"
-	"os"
 	"slices"
-	"sync"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/cache/maintain"
-	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
-	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/operator"
+	"github.com/regnorm/regnorm/proxy/rewrites"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
-// Store is what the Server itself needs of the cache: the rewrite report's
-// entries, node-config's reports, and a blob's stat to tell the cache
-// answers (/readyz). A repository's content is read through the repository
-// service (proxy/mirror), which states its own needs (mirror.Store), as do
-// the fetcher, the engine and maintenance.
-type Store interface {
+// Storage is what the Server itself asks of the cache: a blob's stat, to
+// tell that the cache answers (/readyz). A repository's content is read
+// through the repository service (proxy/mirror), which states its own
+// needs, as do the fetcher, the engine, maintenance, the fleet and the
+// rewrite report.
+type Storage interface {
 	StatBlob(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error)
-	cache.ReportStore
-	cache.NodeStore
 }
 
-// Options configure a Server. cmd/proxy builds them from the configuration.
+// Options are what a Server is made of. cmd/proxy builds the parts (the
+// repository service over the fetcher and the rule engine, the upstreams,
+// the rewrite report, the fleet, cache maintenance) and hands them in; the
+// Server routes requests to them, authenticates clients, and translates
+// answers and errors.
 type Options struct {
-	// Store is the cache. New hands each part the few methods it uses: the
-	// Server its Store, the repository service its mirror.Store, and the
-	// fetcher, the engine and maintenance theirs.
-	Store     *cache.Store
-	Upstreams []upstream.Config
-	// DefaultUpstream answers requests that carry no ns parameter.
+	// Mirror is every read of a repository's content.
+	Mirror *mirror.Service
+	// Upstreams are the configured upstreams; DefaultUpstream, one of
+	// them, answers requests that carry no ns parameter.
+	Upstreams       []*upstream.Registry
 	DefaultUpstream string
-	// TagTTL is how long a tag is served from cache before upstream is asked
-	// again.
-	TagTTL time.Duration
-	// SpoolDir holds the unlinked files that let many clients read a blob
-	// while it downloads. Empty means os.TempDir().
-	SpoolDir string
-	// FetchTimeout bounds one blob download from upstream, however many
-	// clients are waiting for it. Default DefaultFetchTimeout.
-	FetchTimeout time.Duration
-	// StallTimeout abandons an upstream response that sends nothing for
-	// this long: headers, or the next bytes of a body. Default
-	// DefaultStallTimeout.
-	StallTimeout time.Duration
-	// Retry bounds retries of failed upstream requests; the zero value
-	// means DefaultRetryPolicy().
-	Retry upstream.RetryPolicy
+	// Reports is the rewrite report, Fleet the nodes.
+	Reports *rewrites.Report
+	Fleet   *fleet.Fleet
+	// Usage is the cache's size as last measured (the maintainer's), for
+	// the status page.
+	Usage func() *maintain.Usage
+	// Storage is the cache, for /readyz.
+	Storage Storage
 	// Rules are the normalizations that are on, and which clients get
 	// which; nil means ruleset.DefaultPolicy().
 	Rules *ruleset.Policy
-	// Platforms are the index children normalization reads; nil means
-	// DefaultPlatforms().
-	Platforms *normalize.Platforms
 	// Deadline is how long a request by tag waits for normalization before
 	// it gets 503 with Retry-After (the work goes on). Default
 	// DefaultDeadline.
@@ -77,29 +63,6 @@ type Options struct {
 	// response header timeout (before 2.3); see deadlineFor. Zero, or less
 	// than Deadline, means Deadline.
 	PatientDeadline time.Duration
-	// MaxLayerSize bounds how far a layer is decompressed to scan it: one
-	// that expands further (a decompression bomb) is served untouched.
-	// Default DefaultMaxLayerSize.
-	MaxLayerSize int64
-	// MaxBlobSize bounds a blob downloaded from an upstream whose own
-	// MaxBlobSize is 0 (default DefaultMaxBlobSize): one announced larger is
-	// refused, one that sends more is stopped, and nothing of it is cached.
-	// A layer regnorm makes is bounded by the largest upstream's bound.
-	MaxBlobSize int64
-	// MaxUpstreamBodyMemory bounds the memory upstream answers read whole
-	// (manifests, tag lists, token answers, error bodies) hold while they
-	// are read, all upstreams together; each may hold three quarters of it
-	// (all, with one upstream). Past it a request gets 503 with
-	// Retry-After. Default upstream.DefaultBodyMemory.
-	MaxUpstreamBodyMemory int64
-	// MaxZstdWindow bounds the window of a zstd layer's frames, and so the
-	// memory its decoder takes: a layer that declares more is served
-	// untouched. Default rewrite.DefaultZstdWindow (8 MiB).
-	MaxZstdWindow int64
-	// LayerWork bounds the layer scans, repackagings and recompressions
-	// that run and wait at once; zero fields take
-	// normalize.DefaultWorkLimits().
-	LayerWork normalize.WorkLimits
 	// ClientAuth, when set, makes clients authenticate; nil is open.
 	ClientAuth *ClientAuth
 	// AuthFailuresPerMinute bounds the failed authentication attempts of
@@ -113,30 +76,6 @@ type Options struct {
 	// reports (POST /api/v1/nodes) must carry, a credential only
 	// node-config holds. With none, every report is refused.
 	NodeReportTokens [][sha256.Size]byte
-	// NodeHostsDir is the directory node-config writes hosts.toml files to
-	// (its --config-path). A report about another is refused, and the lines
-	// the fleet view says to add to containerd's configuration name this
-	// one, never a path a report brought. Default /etc/containerd/certs.d.
-	NodeHostsDir string
-	// NodeContainerdConfigDir is the directory of containerd's
-	// configuration on the nodes: node-config's drop-in, which a report
-	// may name, is in a directory under it. A report naming one elsewhere
-	// is refused. Default /etc/containerd.
-	NodeContainerdConfigDir string
-	// Eviction bounds the cache; the zero policy keeps everything.
-	Eviction cache.EvictionPolicy
-	// MaintenanceInterval is how often the cache is measured, kept within
-	// Eviction and cleaned of what dead writers left (default
-	// DefaultMaintenanceInterval). Each pass lists the blobs: make it long
-	// on S3, where listing costs.
-	MaintenanceInterval time.Duration
-	// Fetches bound the downloads from upstream; zero fields take
-	// blobfetch.DefaultLimits().
-	Fetches blobfetch.Limits
-	// ForgetNodesAfter drops a node from the fleet view when it has neither
-	// pulled nor been reported on for this long (default
-	// DefaultForgetNodesAfter).
-	ForgetNodesAfter time.Duration
 	// Clock is the time the server goes by (default the system clock).
 	Clock   Clock
 	Metrics *Metrics
@@ -146,30 +85,22 @@ type Options struct {
 // Server serves the read side of the OCI distribution API as a pull-through
 // mirror of the configured upstreams.
 type Server struct {
-	store            Store
-	upstreams        map[string]*upstream.Registry
-	defaultUpstream  string
-	mirror           *mirror.Service // every read of a repository's content
-	maintainer       *maintain.Maintainer
-	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original, for the report
-	lookups          chan struct{}                   // noteOriginalServed's, at most originalLookups
-	reports          *reporter
-	rules            ruleset.Policy
-	started          time.Time
-	deadline         time.Duration
-	patientDeadline  time.Duration
-	fleet            *fleet
-	status           *operator.Status // the status page and the rewrite report
-	warm             *operator.Warm
-	nodeCount        sync.Mutex // one count of regnorm_nodes at a time
-	clientAuth       *clientAuth
-	reportAttempts   *attemptLimiter // failed node report tokens by address
-	reportTokens     [][sha256.Size]byte
-	hostsDir         string
-	configDir        string // nodes.containerdConfigDir
-	metrics          *Metrics
-	log              *slog.Logger
-	clock            Clock
+	storage         Storage
+	upstreams       map[string]*upstream.Registry
+	defaultUpstream string
+	mirror          *mirror.Service // every read of a repository's content
+	reports         *rewrites.Report
+	fleet           *fleet.Fleet
+	rules           ruleset.Policy
+	deadline        time.Duration
+	patientDeadline time.Duration
+	status          *operator.Status // the status page and the rewrite report
+	warm            *operator.Warm
+	clientAuth      *clientAuth
+	reportAttempts  *attemptLimiter // failed node report tokens by address
+	reportTokens    [][sha256.Size]byte
+	metrics         *Metrics
+	log             *slog.Logger
 }
 
 // upstreamBudget is how many upstream requests one client request may cause
@@ -187,34 +118,13 @@ const upstreamBudget = 512
 // maxWarmImages × upstreamBudget.
 const warmBudget = 4 * upstreamBudget
 
-// New validates opts and builds a Server.
+// New checks opts and builds a Server.
 func New(opts Options) (*Server, error) {
-	if opts.Store == nil {
-		return nil, errors.New("proxy: no store")
+	if opts.Mirror == nil || opts.Reports == nil || opts.Fleet == nil || opts.Storage == nil || opts.Usage == nil {
+		return nil, errors.New("proxy: the repository service, the rewrite report, the fleet, the cache and its usage are required")
 	}
 	if opts.Metrics == nil || opts.Logger == nil {
 		return nil, errors.New("proxy: metrics and logger are required")
-	}
-	if opts.SpoolDir == "" {
-		opts.SpoolDir = os.TempDir()
-	}
-	if opts.FetchTimeout <= 0 {
-		opts.FetchTimeout = DefaultFetchTimeout
-	}
-	if opts.StallTimeout <= 0 {
-		opts.StallTimeout = DefaultStallTimeout
-	}
-	if opts.MaxLayerSize <= 0 {
-		opts.MaxLayerSize = DefaultMaxLayerSize
-	}
-	if opts.MaxBlobSize <= 0 {
-		opts.MaxBlobSize = DefaultMaxBlobSize
-	}
-	if opts.MaxUpstreamBodyMemory <= 0 {
-		opts.MaxUpstreamBodyMemory = upstream.DefaultBodyMemory
-	}
-	if opts.Retry == (upstream.RetryPolicy{}) {
-		opts.Retry = upstream.DefaultRetryPolicy()
 	}
 	if opts.Deadline <= 0 {
 		opts.Deadline = DefaultDeadline
@@ -222,141 +132,50 @@ func New(opts Options) (*Server, error) {
 	if opts.PatientDeadline < opts.Deadline {
 		opts.PatientDeadline = opts.Deadline
 	}
-	if opts.MaintenanceInterval <= 0 {
-		opts.MaintenanceInterval = DefaultMaintenanceInterval
-	}
 	if opts.Clock == nil {
-		opts.Clock = realClock{}
-	}
-	if opts.ForgetNodesAfter <= 0 {
-		opts.ForgetNodesAfter = DefaultForgetNodesAfter
-	}
-	if opts.NodeHostsDir == "" {
-		opts.NodeHostsDir = DefaultHostsDir
-	}
-	if !ValidHostsDir(opts.NodeHostsDir) {
-		return nil, fmt.Errorf("proxy: hosts directory %q is not a clean absolute path without ':' or quotes", opts.NodeHostsDir)
-	}
-	if opts.NodeContainerdConfigDir == "" {
-		opts.NodeContainerdConfigDir = DefaultContainerdConfigDir
-	}
-	if !ValidHostsDir(opts.NodeContainerdConfigDir) {
-		return nil, fmt.Errorf("proxy: containerd configuration directory %q is not a clean absolute path without ':' or quotes", opts.NodeContainerdConfigDir)
+		opts.Clock = SystemClock{}
 	}
 	s := &Server{
-		store:           opts.Store,
+		storage:         opts.Storage,
 		upstreams:       map[string]*upstream.Registry{},
 		defaultUpstream: opts.DefaultUpstream,
-		metrics:         opts.Metrics,
-		log:             opts.Logger,
-		clock:           opts.Clock,
-		reports:         newReporter(opts.Store, opts.Clock, opts.Logger),
+		mirror:          opts.Mirror,
+		reports:         opts.Reports,
+		fleet:           opts.Fleet,
 		rules:           ruleset.DefaultPolicy(),
-		started:         opts.Clock.Now(),
 		deadline:        opts.Deadline,
 		patientDeadline: opts.PatientDeadline,
-		fleet:           newFleet(opts.Clock, opts.ForgetNodesAfter),
 		clientAuth:      newClientAuth(opts.ClientAuth, opts.Clock, opts.AuthFailuresPerMinute, opts.Metrics),
 		reportAttempts:  newAttemptLimiter(opts.Clock, opts.AuthFailuresPerMinute, false),
 		reportTokens:    opts.NodeReportTokens,
-		hostsDir:        opts.NodeHostsDir,
-		configDir:       opts.NodeContainerdConfigDir,
-		lookups:         make(chan struct{}, originalLookups),
+		metrics:         opts.Metrics,
+		log:             opts.Logger,
 	}
-	s.changedOriginals, _ = lru.New[digest.Digest, bool](1 << 14)
 	if opts.Rules != nil {
 		s.rules = *opts.Rules
 	}
-	var maxMade int64 // the largest blob an upstream may send
-	bodies := upstream.NewBodyMemory(opts.MaxUpstreamBodyMemory, len(opts.Upstreams))
-	for _, cfg := range opts.Upstreams {
-		if cfg.ForwardCredentials && opts.ClientAuth != nil {
+	for _, up := range opts.Upstreams {
+		if up.Forwards() && opts.ClientAuth != nil {
 			// Both read the Authorization header: a client's regnorm token
 			// would go upstream.
-			return nil, fmt.Errorf("proxy: upstream %q forwards credentials: client authentication cannot be on too", cfg.Name)
+			return nil, fmt.Errorf("proxy: upstream %q forwards credentials: client authentication cannot be on too", up.Name())
 		}
-		if _, dup := s.upstreams[cfg.Name]; dup {
-			return nil, fmt.Errorf("proxy: upstream %q configured twice", cfg.Name)
+		if _, dup := s.upstreams[up.Name()]; dup {
+			return nil, fmt.Errorf("proxy: upstream %q configured twice", up.Name())
 		}
-		if cfg.MaxBlobSize <= 0 {
-			cfg.MaxBlobSize = opts.MaxBlobSize
-		}
-		maxMade = max(maxMade, cfg.MaxBlobSize)
-		s.upstreams[cfg.Name] = upstream.New(cfg, upstream.Options{Retry: opts.Retry, Stall: opts.StallTimeout, Now: opts.Clock.Now, Metrics: opts.Metrics.upstream,
-			Memory: bodies, Log: opts.Logger})
-		opts.Metrics.preset(cfg.Name)
+		s.upstreams[up.Name()] = up
+		opts.Metrics.preset(up.Name())
 	}
 	if _, ok := s.upstreams[opts.DefaultUpstream]; !ok {
 		return nil, fmt.Errorf("proxy: default upstream %q is not configured", opts.DefaultUpstream)
 	}
-	s.maintainer = maintain.New(maintain.Options{
-		Store:          opts.Store,
-		Policy:         opts.Eviction,
-		Every:          opts.MaintenanceInterval,
-		UploadIdle:     4 * opts.StallTimeout,
-		UploadLifetime: opts.FetchTimeout + uploadMargin,
-		Clock:          opts.Clock,
-		Metrics:        opts.Metrics.maintain,
-		Log:            opts.Logger,
-	})
-	if len(opts.Upstreams) == 1 && opts.Fetches.PerUpstream == 0 {
-		// A share keeps other upstreams' downloads going: with none, the
-		// one upstream may have every slot.
-		opts.Fetches.PerUpstream = math.MaxInt
-	}
-	// The fetcher tells the service what upstream said about downloads; the
-	// service is built from the fetcher, so OnHolds reaches it through s.
-	fetches := blobfetch.New(blobfetch.Options{
-		Store:    opts.Store,
-		SpoolDir: opts.SpoolDir,
-		Timeout:  opts.FetchTimeout,
-		Limits:   opts.Fetches,
-		Clock:    opts.Clock,
-		Metrics:  opts.Metrics.fetch,
-		Log:      opts.Logger,
-		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
-			s.mirror.Held(ctx, r, dgst)
-		},
-		OnCommit: s.maintainer.Ingested,
-	})
-	platforms := normalize.DefaultPlatforms()
-	if opts.Platforms != nil {
-		platforms = *opts.Platforms
-	}
-	m := opts.Metrics
-	engine := normalize.New(normalize.Options{
-		Store:   opts.Store,
-		Reports: s.reports,
-		Metrics: normalize.Metrics{Rewrites: m.rewrites, RewriteErrors: m.rewriteErrors, Normalizations: m.normalizations,
-			NormalizeDuration: m.normalizeDuration, LayersScanned: m.layersScanned, LayersRepackaged: m.layersRepackaged,
-			LayersSkipped: m.layersSkipped, BytesScanned: m.bytesScanned, BytesRepackaged: m.bytesRepackaged, Rebuilds: m.rebuilds,
-			LayerWorkInflight: m.layerWorkInflight, LayerWorkQueued: m.layerWorkQueued, LayerWorkRejected: m.layerWorkRejected},
-		Log:           opts.Logger,
-		Now:           opts.Clock.Now,
-		Timeout:       opts.FetchTimeout,
-		MaxLayerSize:  opts.MaxLayerSize,
-		MaxMadeSize:   maxMade,
-		MaxZstdWindow: opts.MaxZstdWindow,
-		Work:          opts.LayerWork,
-		Platforms:     platforms,
-		Ingested:      s.maintainer.Ingested,
-	})
-	s.mirror = mirror.New(mirror.Options{
-		Store:   opts.Store,
-		Fetches: fetches,
-		Engine:  engine,
-		TagTTL:  opts.TagTTL,
-		Clock:   opts.Clock,
-		Metrics: mirror.Metrics{CacheRequests: m.cacheRequests, StaleServes: m.staleServes, DeadlineExceeded: m.deadlineExceeded},
-		Log:     opts.Logger,
-	})
 	s.status = &operator.Status{
-		Report:    s.visibleReport,
-		Nodes:     s.fleetView,
-		Usage:     s.maintainer.Usage,
+		Report:    s.reports.List,
+		Nodes:     s.fleet.View,
+		Usage:     opts.Usage,
 		Upstreams: map[string]operator.Upstream{},
 		Rules:     s.rules,
-		Started:   s.started,
+		Started:   opts.Clock.Now(),
 		Now:       opts.Clock.Now,
 	}
 	for name, up := range s.upstreams {
@@ -375,23 +194,6 @@ func New(opts Options) (*Server, error) {
 	}
 	return s, nil
 }
-
-// reportFlushInterval is how often served counts reach the stored report.
-const reportFlushInterval = 10 * time.Second
-
-// Run does the server's background work until ctx ends: it flushes the
-// rewrite report (once more on the way out), measures the cache and keeps
-// it within its eviction policy, and counts the nodes.
-func (s *Server) Run(ctx context.Context) {
-	go s.maintainer.Run(ctx)
-	go s.countNodes(ctx)
-	s.reports.run(ctx, reportFlushInterval)
-}
-
-// uploadMargin is added to the fetch timeout to tell a dead writer's
-// multipart upload from a live one: every writer (a download, a repack, a
-// rewritten config) ends within the fetch timeout.
-const uploadMargin = 10 * time.Minute
 
 // Handler returns the HTTP handler. metrics, when not nil, is mounted at
 // /metrics.
@@ -416,7 +218,7 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	// Any digest will do: a clean "not found" proves the storage answers.
-	_, err := s.store.StatBlob(ctx, "sha256:0000000000000000000000000000000000000000000000000000000000000000")
+	_, err := s.storage.StatBlob(ctx, "sha256:0000000000000000000000000000000000000000000000000000000000000000")
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	}

@@ -2,14 +2,12 @@ package proxy_test
 
 import (
 	"context"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
@@ -28,12 +26,8 @@ func TestWarmImageNames(t *testing.T) {
 	dgst := digest.FromString("x")
 	for _, def := range []string{"docker.io", "registry.example.com", "internal"} {
 		u, _ := url.Parse("https://" + def)
-		srv, err := proxy.New(proxy.Options{Store: cache.New(inmemory.New()), DefaultUpstream: def,
-			Upstreams: []upstream.Config{{Name: def, URL: u}, {Name: "quay.io", URL: u}, {Name: "harbor", URL: u}},
-			Metrics:   proxy.NewMetrics(prometheus.NewRegistry()), Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		srv := buildServer(t, serverParts{store: cache.New(inmemory.New()), defaultUp: def,
+			upstreams: []upstream.Config{{Name: def, URL: u}, {Name: "quay.io", URL: u}, {Name: "harbor", URL: u}}}).srv
 		tests := []struct{ image, upstream, repo, tag string }{
 			{"redis:2.8.23", def, map[bool]string{true: "library/redis", false: "redis"}[def == "docker.io"], "2.8.23"},
 			{"team/app", def, "team/app", "latest"},

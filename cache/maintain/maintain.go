@@ -35,13 +35,14 @@ type Options struct {
 	// Policy bounds the cache; the zero policy keeps everything, and
 	// maintenance only measures.
 	Policy cache.EvictionPolicy
-	// Every is how often a pass runs.
+	// Every is how often a pass runs. Default DefaultEvery.
 	Every time.Duration
 	// UploadIdle: an upload not written to for this long is a dead
-	// process's.
+	// process's. Default DefaultUploadIdle.
 	UploadIdle time.Duration
 	// UploadLifetime: a multipart upload started longer ago than this is
 	// a dead writer's, whatever it last wrote (every writer ends within it).
+	// Default DefaultUploadLifetime.
 	UploadLifetime time.Duration
 	Clock          Clock
 	Metrics        *Metrics
@@ -63,8 +64,30 @@ type Usage struct {
 	At time.Time
 }
 
-// New is a Maintainer with opts.
+// Defaults of Options' zero fields.
+const (
+	// DefaultEvery is how often a cache of one process is measured,
+	// evicted and cleaned.
+	DefaultEvery = time.Minute
+	// DefaultUploadIdle is four times an upstream's default stall bound:
+	// a live download writes more often.
+	DefaultUploadIdle = 2 * time.Minute
+	// DefaultUploadLifetime is a download's default time bound, and a
+	// margin.
+	DefaultUploadLifetime = 70 * time.Minute
+)
+
+// New is a Maintainer with opts; zero durations take their defaults.
 func New(opts Options) *Maintainer {
+	if opts.Every <= 0 {
+		opts.Every = DefaultEvery
+	}
+	if opts.UploadIdle <= 0 {
+		opts.UploadIdle = DefaultUploadIdle
+	}
+	if opts.UploadLifetime <= 0 {
+		opts.UploadLifetime = DefaultUploadLifetime
+	}
 	m := &Maintainer{opts: opts, wake: make(chan struct{}, 1)}
 	m.wakeAbove.Store(opts.Policy.MaxBytes)
 	return m

@@ -15,8 +15,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/cache/maintain"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -237,7 +239,7 @@ func (c CacheConfig) maintenanceInterval() time.Duration {
 	if c.Driver == "s3" {
 		return s3MaintenanceInterval
 	}
-	return proxy.DefaultMaintenanceInterval
+	return maintain.DefaultEvery
 }
 
 // s3MaintenanceInterval is the maintenance interval on S3, where each pass
@@ -318,8 +320,8 @@ func defaultConfig() Config {
 		LogFormat:             "text",
 		DefaultUpstream:       "docker.io",
 		TagTTL:                5 * time.Minute,
-		FetchTimeout:          proxy.DefaultFetchTimeout,
-		StallTimeout:          proxy.DefaultStallTimeout,
+		FetchTimeout:          blobfetch.DefaultTimeout,
+		StallTimeout:          upstream.DefaultStall,
 		UpstreamAttempts:      upstream.DefaultRetryPolicy().Attempts,
 		ShutdownTimeout:       30 * time.Second,
 		ReadTimeout:           time.Minute,
@@ -327,10 +329,10 @@ func defaultConfig() Config {
 		SpoolMaxSize:          Size(fetches.SpoolBytes),
 		MaxDownloads:          fetches.Downloads,
 		MaxQueuedDownloads:    fetches.Queued,
-		MaxBlobSize:           proxy.DefaultMaxBlobSize,
+		MaxBlobSize:           upstream.DefaultMaxBlobSize,
 		MaxUpstreamBodyMemory: upstream.DefaultBodyMemory,
 		Auth:                  AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
-		Nodes:                 NodesConfig{ForgetAfter: proxy.DefaultForgetNodesAfter, HostsDir: proxy.DefaultHostsDir, ContainerdConfigDir: proxy.DefaultContainerdConfigDir},
+		Nodes:                 NodesConfig{ForgetAfter: fleet.DefaultForgetAfter, HostsDir: fleet.DefaultHostsDir, ContainerdConfigDir: fleet.DefaultContainerdConfigDir},
 		Cache:                 CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Normalize: NormalizeConfig{
 			ConfigMediaType:    rules.ConfigMediaType,
@@ -343,7 +345,7 @@ func defaultConfig() Config {
 			Platforms:          normalize.DefaultPlatformNames(),
 			Deadline:           proxy.DefaultDeadline,
 			PatientDeadline:    10 * time.Minute,
-			MaxLayerSize:       proxy.DefaultMaxLayerSize,
+			MaxLayerSize:       normalize.DefaultMaxLayerSize,
 			MaxZstdWindow:      rewrite.DefaultZstdWindow,
 			MaxLayerWork:       work.Running,
 			MaxQueuedLayerWork: work.Queued,
@@ -579,10 +581,10 @@ func (c Config) validate() error {
 	if c.Nodes.ForgetAfter < time.Minute {
 		bad("nodes.forgetAfter", "must be at least 1m")
 	}
-	if !proxy.ValidHostsDir(c.Nodes.HostsDir) {
+	if !fleet.ValidDir(c.Nodes.HostsDir) {
 		bad("nodes.hostsDir", "%q is not one clean absolute directory (no ':' list, no quotes): node-config's --config-path", c.Nodes.HostsDir)
 	}
-	if !proxy.ValidHostsDir(c.Nodes.ContainerdConfigDir) {
+	if !fleet.ValidDir(c.Nodes.ContainerdConfigDir) {
 		bad("nodes.containerdConfigDir", "%q is not one clean absolute directory (no ':' list, no quotes): that of node-config's --containerd-config", c.Nodes.ContainerdConfigDir)
 	}
 	if c.Auth.FailuresPerMinute < 1 {

@@ -27,6 +27,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
 // nodeConfigMarker starts every file that node-config writes, so it only
@@ -269,7 +270,7 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 		defer cancel()
 		regnorm := proxy.Client{Server: nc.reportTo, HTTP: nc.client, Token: nc.reportToken}
 		sent := rep
-		proxy.FitNodeReport(&sent) // no words: regnorm makes its own
+		fleet.Fit(&sent) // no words: regnorm makes its own
 		if err := regnorm.ReportNode(rctx, sent); err != nil {
 			nc.log.Warn("reporting to regnorm failed", "error", err, "regnorm", nc.reportTo)
 		} else {

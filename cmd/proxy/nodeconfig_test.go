@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
 func TestNodeConfigWritesAndRemovesItsOwnFiles(t *testing.T) {
@@ -190,13 +190,13 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	var view struct {
-		Nodes []proxy.NodeStatus `json:"nodes"`
+		Nodes []fleet.NodeStatus `json:"nodes"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&view); err != nil {
 		t.Fatal(err)
 	}
 	want := "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"" + hostsDir + "\""
-	byNode := map[string]proxy.NodeStatus{}
+	byNode := map[string]fleet.NodeStatus{}
 	for _, n := range view.Nodes {
 		byNode[n.Node] = n
 	}

@@ -26,13 +26,12 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
-	"github.com/regnorm/regnorm/proxy/blobfetch"
-	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // serve runs the mirror with cfg until ctx ends (SIGINT, SIGTERM), then
-// drains: it builds the cache, the upstreams and the server, and serves.
+// drains: it builds the cache and the upstreams' configuration, has wire
+// build the mirror over them, and serves.
 func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 
@@ -57,43 +56,14 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 	if err != nil {
 		return err
 	}
-	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfoMetric(readBuildInfo()))
-	srv, err := proxy.New(proxy.Options{
-		Store:                   store,
-		Upstreams:               upstreams,
-		DefaultUpstream:         cfg.DefaultUpstream,
-		TagTTL:                  cfg.TagTTL,
-		SpoolDir:                cfg.SpoolDir,
-		FetchTimeout:            cfg.FetchTimeout,
-		StallTimeout:            cfg.StallTimeout,
-		Retry:                   retryPolicy(cfg.UpstreamAttempts),
-		Rules:                   cfg.Normalize.policy(),
-		Platforms:               &platforms,
-		Deadline:                cfg.Normalize.Deadline,
-		PatientDeadline:         cfg.Normalize.PatientDeadline,
-		MaxLayerSize:            int64(cfg.Normalize.MaxLayerSize),
-		MaxBlobSize:             int64(cfg.MaxBlobSize),
-		MaxUpstreamBodyMemory:   int64(cfg.MaxUpstreamBodyMemory),
-		MaxZstdWindow:           int64(cfg.Normalize.MaxZstdWindow),
-		LayerWork:               normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
-		ClientAuth:              clientAuth,
-		AuthFailuresPerMinute:   cfg.Auth.FailuresPerMinute,
-		NodeReportTokens:        reportTokens,
-		NodeHostsDir:            cfg.Nodes.HostsDir,
-		NodeContainerdConfigDir: cfg.Nodes.ContainerdConfigDir,
-		Eviction:                cache.EvictionPolicy{MaxBytes: int64(cfg.Cache.MaxSize), MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
-		MaintenanceInterval:     cfg.Cache.maintenanceInterval(),
-		ForgetNodesAfter:        cfg.Nodes.ForgetAfter,
-		Fetches:                 blobfetch.Limits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(cfg.SpoolMaxSize)},
-		Metrics:                 proxy.NewMetrics(reg),
-		Logger:                  log,
-	})
+	mirror, err := wire(cfg, store, upstreams, clientAuth, reportTokens, proxy.NewMetrics(reg), log)
 	if err != nil {
 		return err
 	}
+	srv := mirror.server
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -112,10 +82,12 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		srv.Run(gctx)
-		return nil
-	})
+	for _, run := range mirror.run {
+		g.Go(func() error {
+			run(gctx)
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err

@@ -77,14 +77,13 @@ func TestServerLetsNoClientHoldAConnection(t *testing.T) {
 	}))
 	t.Cleanup(slowUpstream.Close)
 	u, _ := url.Parse(slowUpstream.URL)
-	srv, err := proxy.New(proxy.Options{Store: cache.New(inmemory.New()), DefaultUpstream: "docker.io",
-		Upstreams: []upstream.Config{{Name: "docker.io", URL: u}},
-		Metrics:   proxy.NewMetrics(prometheus.NewRegistry()), Logger: slog.New(slog.DiscardHandler)})
+	mirror, err := wire(cfg, cache.New(inmemory.New()), []upstream.Config{{Name: "docker.io", URL: u}}, nil, nil,
+		proxy.NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", srv.Handler(nil))
+	mux.Handle("/", mirror.server.Handler(nil))
 	// An answer sent slowly, as a large blob to a slow client is.
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		for range 4 {

@@ -94,9 +94,10 @@ type Clock interface {
 type Options struct {
 	Store Store
 	// SpoolDir holds the spool files (unlinked at once: a crash leaves
-	// nothing behind).
+	// nothing behind). Default os.TempDir().
 	SpoolDir string
-	// Timeout bounds one download, however many clients read it.
+	// Timeout bounds one download, however many clients read it. Default
+	// DefaultTimeout.
 	Timeout time.Duration
 	Limits  Limits
 	Clock   Clock
@@ -109,8 +110,23 @@ type Options struct {
 	OnCommit func(size int64)
 }
 
-// New is a Fetcher with opts; zero limits take their defaults.
+// DefaultTimeout bounds one download unless Options say otherwise.
+const DefaultTimeout = time.Hour
+
+// New is a Fetcher with opts; zero fields and limits take their defaults.
 func New(opts Options) *Fetcher {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = os.TempDir()
+	}
+	if opts.OnHolds == nil {
+		opts.OnHolds = func(context.Context, Remote, digest.Digest) {}
+	}
+	if opts.OnCommit == nil {
+		opts.OnCommit = func(int64) {}
+	}
 	limits := opts.Limits.withDefaults()
 	return &Fetcher{opts: opts, limits: limits, slots: make(chan struct{}, limits.Downloads), inflight: map[key]*Download{},
 		shares: map[string]*share{}}

@@ -119,8 +119,11 @@ type Options struct {
 	Now func() time.Time
 	// Timeout bounds one piece of shared work, like the downloads it waits
 	// for: clients are answered by their own deadline, not by this one.
+	// Default DefaultTimeout.
 	Timeout time.Duration
-	// MaxLayerSize bounds how far a layer is decompressed to scan it.
+	// MaxLayerSize bounds how far a layer is decompressed to scan it: one
+	// that expands further (a decompression bomb) is served untouched.
+	// Default DefaultMaxLayerSize.
 	MaxLayerSize int64
 	// MaxMadeSize bounds a layer the engine makes (0: none), beside
 	// madeRatio times its source: the largest blob an upstream may send.
@@ -151,8 +154,25 @@ type Engine struct {
 	work           *workQueue         // turns to read and write layers
 }
 
-// New returns an engine.
+// Defaults of Options' zero fields.
+const (
+	// DefaultTimeout bounds one piece of shared work.
+	DefaultTimeout = time.Hour
+	// DefaultMaxLayerSize bounds how far a layer is decompressed to scan it.
+	DefaultMaxLayerSize = 16 << 30
+)
+
+// New returns an engine; zero fields of opts take their defaults.
 func New(opts Options) *Engine {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.MaxLayerSize <= 0 {
+		opts.MaxLayerSize = DefaultMaxLayerSize
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if opts.Ingested == nil {
 		opts.Ingested = func(int64) {}
 	}

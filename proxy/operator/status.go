@@ -24,6 +24,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/cache/maintain"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -107,7 +108,7 @@ type statusData struct {
 	NodesPulling  int
 	NodeVersions  []versionCount
 	NodesNotCount int
-	NodesNot      []NodeStatus
+	NodesNot      []fleet.NodeStatus
 }
 
 type versionCount struct {
@@ -129,7 +130,7 @@ type Status struct {
 	// many it may not (those of upstreams that forward credentials).
 	Report func(ctx context.Context) (entries []cache.ReportEntry, hidden int, err error)
 	// Nodes is the fleet view.
-	Nodes func(ctx context.Context) ([]NodeStatus, error)
+	Nodes func(ctx context.Context) ([]fleet.NodeStatus, error)
 	// Usage is the cache's size as last measured (nil before the first
 	// measure).
 	Usage     func() *maintain.Usage
@@ -164,8 +165,8 @@ func (s *Status) Serve(w http.ResponseWriter, r *http.Request) error {
 		switch {
 		case !n.LastPull.IsZero():
 			d.NodesPulling++
-			counts[MinorVersion(n)]++
-		case n.State == StateDoesNot:
+			counts[fleet.MinorVersion(n)]++
+		case n.State == fleet.StateDoesNot:
 			d.NodesNotCount++
 			if len(d.NodesNot) < statusPageSize {
 				d.NodesNot = append(d.NodesNot, n)

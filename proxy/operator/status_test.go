@@ -11,6 +11,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/cache/maintain"
+	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/operator"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -31,10 +32,10 @@ func TestStatusWithoutServer(t *testing.T) {
 		Report: func(context.Context) ([]cache.ReportEntry, int, error) {
 			return []cache.ReportEntry{{Upstream: "docker.io", Repository: "library/redis", Rules: "none"}}, 2, nil
 		},
-		Nodes: func(context.Context) ([]operator.NodeStatus, error) {
-			return []operator.NodeStatus{
-				{Address: "10.0.0.1", ContainerdVersion: "1.6.8", LastPull: now, State: operator.StateUses},
-				{Address: "10.0.0.2", State: operator.StateDoesNot},
+		Nodes: func(context.Context) ([]fleet.NodeStatus, error) {
+			return []fleet.NodeStatus{
+				{Address: "10.0.0.1", ContainerdVersion: "1.6.8", LastPull: now, State: fleet.StateUses},
+				{Address: "10.0.0.2", State: fleet.StateDoesNot},
 			}, nil
 		},
 		Usage:     func() *maintain.Usage { return nil },
@@ -72,7 +73,7 @@ func TestStatusWithoutServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	var nodes struct {
-		Nodes               []operator.NodeStatus
+		Nodes               []fleet.NodeStatus
 		PullingByContainerd map[string]int
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &nodes); err != nil {

@@ -58,8 +58,8 @@ type Config struct {
 	// and port are always allowed (see dialGuard).
 	AllowRedirectsTo AllowList
 	// MaxBlobSize bounds a blob read from this upstream, in bytes: one
-	// announced larger is refused, one that sends more is stopped. 0 is no
-	// bound (cmd/proxy and proxy.New always set one).
+	// announced larger is refused, one that sends more is stopped. 0 means
+	// DefaultMaxBlobSize.
 	MaxBlobSize int64
 	// MaxDownloads is how many blob downloads from this upstream may run at
 	// once, within the global bound; 0 takes the fetcher's default share.
@@ -100,12 +100,21 @@ func (p RetryPolicy) Wait(next int, asked time.Duration) (d time.Duration, ok bo
 	return min(d, p.MaxWait), true
 }
 
+// Defaults of zero fields of Options and Config.
+const (
+	// DefaultStall abandons a response silent this long.
+	DefaultStall = 30 * time.Second
+	// DefaultMaxBlobSize bounds one blob downloaded from an upstream.
+	DefaultMaxBlobSize = 16 << 30
+)
+
 // Options are what every Registry shares.
 type Options struct {
-	// Retry bounds retries of failed requests.
+	// Retry bounds retries of failed requests; the zero value means
+	// DefaultRetryPolicy().
 	Retry RetryPolicy
 	// Stall abandons a response that sends nothing for this long, before
-	// its headers or in its body.
+	// its headers or in its body. Default DefaultStall.
 	Stall time.Duration
 	// Now is the time tokens and confirmations go by (time.Now if nil).
 	Now func() time.Time
@@ -147,6 +156,15 @@ func New(cfg Config, opts Options) *Registry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Retry == (RetryPolicy{}) {
+		opts.Retry = DefaultRetryPolicy()
+	}
+	if opts.Stall <= 0 {
+		opts.Stall = DefaultStall
+	}
+	if cfg.MaxBlobSize <= 0 {
+		cfg.MaxBlobSize = DefaultMaxBlobSize
+	}
 	if opts.Memory == nil {
 		opts.Memory = NewBodyMemory(DefaultBodyMemory, 1)
 	}
@@ -184,6 +202,9 @@ func (u *Registry) Endpoint() string { return u.base.Scheme + "://" + u.base.Hos
 
 // Forwards reports whether clients' own credentials are used upstream.
 func (u *Registry) Forwards() bool { return u.forward != nil }
+
+// MaxBlobSize is the largest blob this upstream may send (Config.MaxBlobSize).
+func (u *Registry) MaxBlobSize() int64 { return u.maxBlob }
 
 // Health is when the upstream last answered well and badly, and how.
 func (u *Registry) Health() (lastOK, lastFail time.Time, failure string) { return u.health.snapshot() }

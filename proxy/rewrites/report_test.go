@@ -1,4 +1,4 @@
-package proxy
+package rewrites
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	digest "github.com/opencontainers/go-digest"
@@ -20,7 +21,7 @@ func TestReportIsBounded(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	store := cache.New(inmemory.New())
-	r := newReporter(store, realClock{}, slog.New(slog.DiscardHandler))
+	r := New(Options{Store: store, Now: time.Now, Log: slog.New(slog.DiscardHandler)})
 	r.maxEntries = 5
 	entry := func(i int) cache.ReportEntry {
 		return cache.ReportEntry{Upstream: "docker.io", Repository: fmt.Sprintf("team/app%d", i), Original: digest.FromString(fmt.Sprint(i)),
@@ -31,7 +32,7 @@ func TestReportIsBounded(t *testing.T) {
 		for i := from; i < to; i++ {
 			r.Add(entry(i))
 		}
-		if err := r.flush(ctx); err != nil {
+		if err := r.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}

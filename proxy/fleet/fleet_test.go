@@ -1,11 +1,10 @@
-package proxy
+package fleet
 
 import (
 	"fmt"
 	"log/slog"
 	"maps"
 	"net/http/httptest"
-	"net/url"
 	"testing"
 	"time"
 
@@ -13,21 +12,38 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/proxy/upstream"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+func newTestFleet(t *testing.T, reg prometheus.Registerer) *Fleet {
+	t.Helper()
+	nodes := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "regnorm_nodes", Help: "test"}, []string{"containerd"})
+	reg.MustRegister(nodes)
+	f, err := New(Options{Store: cache.New(inmemory.New()), Rules: ruleset.DefaultPolicy(), Clock: systemClock{},
+		Nodes: nodes, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestFleetIsBounded: however many addresses pull, the fleet remembers at
-// most maxNodes of them.
+// most MaxNodes of them.
 func TestFleetIsBounded(t *testing.T) {
 	t.Parallel()
-	f := newFleet(realClock{}, time.Hour)
-	for i := range maxNodes + 5000 {
+	f := newTestFleet(t, prometheus.NewRegistry())
+	for i := range MaxNodes + 5000 {
 		r := httptest.NewRequest("HEAD", "/v2/x/manifests/v1", nil)
 		r.RemoteAddr = fmt.Sprintf("10.%d.%d.%d:1234", i>>16&255, i>>8&255, i&255)
-		f.sawPull(r, false)
+		f.SawPull(r, false)
 	}
-	if n := len(f.snapshot()); n != maxNodes {
-		t.Fatalf("%d nodes remembered, want %d", n, maxNodes)
+	if n := len(f.snapshot()); n != MaxNodes {
+		t.Fatalf("%d nodes remembered, want %d", n, MaxNodes)
 	}
 }
 
@@ -38,18 +54,13 @@ func TestFleetIsBounded(t *testing.T) {
 func TestNodeVersionSeriesAreBounded(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
-	u, _ := url.Parse("http://127.0.0.1:1")
-	s, err := New(Options{Store: cache.New(inmemory.New()), Upstreams: []upstream.Config{{Name: "docker.io", URL: u}}, DefaultUpstream: "docker.io",
-		Metrics: NewMetrics(reg), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newTestFleet(t, reg)
 	nodes := 0
 	pull := func(ua string) { // from a node of its own
 		r := httptest.NewRequest("HEAD", "/v2/x/manifests/v1", nil)
 		r.RemoteAddr = fmt.Sprintf("10.0.%d.%d:1234", nodes>>8, nodes&255)
 		r.Header.Set("User-Agent", ua)
-		s.fleet.sawPull(r, false)
+		f.SawPull(r, false)
 		nodes++
 	}
 	for i := range 30 {
@@ -60,19 +71,23 @@ func TestNodeVersionSeriesAreBounded(t *testing.T) {
 	for range 7 {
 		pull("crane/0.20")
 	}
-	s.countNodesOnce()
+	f.Count()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	series, total := map[string]float64{}, 0.0
-	for _, f := range families {
-		if f.GetName() == "regnorm_nodes" {
-			for _, m := range f.GetMetric() {
+	series, total, found := map[string]float64{}, 0.0, false
+	for _, fam := range families {
+		if fam.GetName() == "regnorm_nodes" {
+			found = true
+			for _, m := range fam.GetMetric() {
 				series[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
 				total += m.GetGauge().GetValue()
 			}
 		}
+	}
+	if !found {
+		t.Fatal("regnorm_nodes is not gathered")
 	}
 	want := map[string]float64{"1.0": 30, "1.1": 29, "1.2": 28, "1.3": 27, "1.4": 26, "1.5": 25, "1.6": 24, "1.7": 23,
 		"2.0": 0, "2.1": 0, "2.2": 0, "2.3": 0, "other": 22 * 23 / 2, "unknown": 7} // other: versions 1.8-1.29

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"log/slog"
+	"math"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/cache/maintain"
+	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/fleet"
+	"github.com/regnorm/regnorm/proxy/mirror"
+	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/rewrites"
+	"github.com/regnorm/regnorm/proxy/upstream"
+)
+
+// uploadMargin is added to the fetch timeout to tell a dead writer's
+// multipart upload from a live one: every writer (a download, a repack, a
+// rewritten config) ends within the fetch timeout.
+const uploadMargin = 10 * time.Minute
+
+// wired is the mirror as wire builds it: the server, and the work that
+// runs beside it until the context ends.
+type wired struct {
+	server *proxy.Server
+	run    []func(ctx context.Context)
+}
+
+// wire builds the mirror's parts from cfg, over the cache and the upstreams
+// serve built, and hands them to the server: the upstream clients, cache
+// maintenance, the blob fetcher, the rule engine, the repository service
+// over both, the rewrite report and the fleet. It is the one place that
+// knows how the parts fit; each states what it needs of the others.
+func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAuth *proxy.ClientAuth,
+	reportTokens [][sha256.Size]byte, metrics *proxy.Metrics, log *slog.Logger) (*wired, error) {
+	clock := proxy.SystemClock{}
+
+	bodies := upstream.NewBodyMemory(int64(cfg.MaxUpstreamBodyMemory), len(upstreams))
+	regs := make([]*upstream.Registry, 0, len(upstreams))
+	var maxMade int64 // the largest blob an upstream may send
+	for _, up := range upstreams {
+		if up.MaxBlobSize <= 0 {
+			up.MaxBlobSize = int64(cfg.MaxBlobSize)
+		}
+		maxMade = max(maxMade, up.MaxBlobSize)
+		regs = append(regs, upstream.New(up, upstream.Options{Retry: retryPolicy(cfg.UpstreamAttempts), Stall: cfg.StallTimeout,
+			Now: clock.Now, Metrics: metrics.Upstream(), Memory: bodies, Log: log}))
+	}
+
+	maintainer := maintain.New(maintain.Options{
+		Store:          store,
+		Policy:         cache.EvictionPolicy{MaxBytes: int64(cfg.Cache.MaxSize), MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
+		Every:          cfg.Cache.maintenanceInterval(),
+		UploadIdle:     4 * cfg.StallTimeout,
+		UploadLifetime: cfg.FetchTimeout + uploadMargin,
+		Clock:          clock,
+		Metrics:        metrics.Maintain(),
+		Log:            log,
+	})
+
+	limits := blobfetch.Limits{Downloads: cfg.MaxDownloads, Queued: cfg.MaxQueuedDownloads, SpoolBytes: int64(cfg.SpoolMaxSize)}
+	if len(upstreams) == 1 {
+		// A share keeps other upstreams' downloads going: with none, the
+		// one upstream may have every slot.
+		limits.PerUpstream = math.MaxInt
+	}
+	// The fetcher tells the repository service what upstream said about
+	// downloads; the service is built from the fetcher, so it is named
+	// here first.
+	var service *mirror.Service
+	fetches := blobfetch.New(blobfetch.Options{
+		Store:    store,
+		SpoolDir: cfg.SpoolDir,
+		Timeout:  cfg.FetchTimeout,
+		Limits:   limits,
+		Clock:    clock,
+		Metrics:  metrics.Fetch(),
+		Log:      log,
+		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+			service.Held(ctx, r, dgst)
+		},
+		OnCommit: maintainer.Ingested,
+	})
+
+	private := map[string]bool{}
+	for _, r := range regs {
+		private[r.Name()] = r.Forwards()
+	}
+	report := rewrites.New(rewrites.Options{Store: store, Now: clock.Now, Log: log,
+		Private: func(upstream string) bool { return private[upstream] }})
+
+	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
+	engine := normalize.New(normalize.Options{
+		Store:         store,
+		Reports:       report,
+		Metrics:       metrics.Engine(),
+		Log:           log,
+		Now:           clock.Now,
+		Timeout:       cfg.FetchTimeout,
+		MaxLayerSize:  int64(cfg.Normalize.MaxLayerSize),
+		MaxMadeSize:   maxMade,
+		MaxZstdWindow: int64(cfg.Normalize.MaxZstdWindow),
+		Work:          normalize.WorkLimits{Running: cfg.Normalize.MaxLayerWork, Queued: cfg.Normalize.MaxQueuedLayerWork},
+		Platforms:     platforms,
+		Ingested:      maintainer.Ingested,
+	})
+	service = mirror.New(mirror.Options{
+		Store:   store,
+		Fetches: fetches,
+		Engine:  engine,
+		TagTTL:  cfg.TagTTL,
+		Clock:   clock,
+		Metrics: metrics.Mirror(),
+		Log:     log,
+	})
+
+	rules := cfg.Normalize.policy()
+	nodes, err := fleet.New(fleet.Options{
+		Store:               store,
+		HostsDir:            cfg.Nodes.HostsDir,
+		ContainerdConfigDir: cfg.Nodes.ContainerdConfigDir,
+		ForgetAfter:         cfg.Nodes.ForgetAfter,
+		Rules:               *rules,
+		Clock:               clock,
+		Nodes:               metrics.Nodes(),
+		Log:                 log,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	srv, err := proxy.New(proxy.Options{
+		Mirror:                service,
+		Upstreams:             regs,
+		DefaultUpstream:       cfg.DefaultUpstream,
+		Reports:               report,
+		Fleet:                 nodes,
+		Usage:                 maintainer.Usage,
+		Storage:               store,
+		Rules:                 rules,
+		Deadline:              cfg.Normalize.Deadline,
+		PatientDeadline:       cfg.Normalize.PatientDeadline,
+		ClientAuth:            clientAuth,
+		AuthFailuresPerMinute: cfg.Auth.FailuresPerMinute,
+		NodeReportTokens:      reportTokens,
+		Clock:                 clock,
+		Metrics:               metrics,
+		Logger:                log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &wired{server: srv, run: []func(context.Context){maintainer.Run, nodes.Run, report.Run}}, nil
+}

@@ -1,0 +1,182 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/containerdcfg"
+)
+
+// Why Receive refuses a report.
+var (
+	// ErrInvalidReport: the report is not one regnorm takes (what is
+	// wrong is in the error).
+	ErrInvalidReport = errors.New("invalid node report")
+	// ErrTooManyNodes: MaxNodes nodes are known, and the report is of a
+	// new one.
+	ErrTooManyNodes = errors.New("too many nodes")
+)
+
+// MaxReport caps a node-config report's body.
+const MaxReport = 16 << 10
+
+// maxReasons bounds a report's reasons: node-config gives at most four (an
+// assumed version, a verdict, what --fix did and what the drop-in does).
+const maxReasons = 8
+
+// reportLimits bound each field of a report that is shown as it came (as
+// data, in its own column or quoted): one over its limit is refused, not
+// cut, so what the fleet view shows is what was sent.
+var reportLimits = []struct {
+	field string
+	value func(*cache.NodeReport) string
+	max   int
+}{
+	{"node", func(r *cache.NodeReport) string { return r.Node }, 253},
+	{"containerdVersion", func(r *cache.NodeReport) string { return r.ContainerdVersion }, 128},
+	{"hostsDir", func(r *cache.NodeReport) string { return r.HostsDir }, 1024},
+	{"configPath", func(r *cache.NodeReport) string { return r.ConfigPath }, 1024},
+}
+
+// Receive keeps node-config's report of one node in the cache, for every
+// replica. The words the fleet view shows, and the lines to add, are never
+// taken from the sender: View makes them from the report's codes and
+// regnorm's own hosts directory. A report regnorm does not take is
+// ErrInvalidReport; a new node past MaxNodes, ErrTooManyNodes.
+func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
+	if err := f.check(rep); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidReport, err)
+	}
+	now := f.clock.Now()
+	known, err := f.listReports(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the node reports: %w", err)
+	}
+	// A known node may always report again; a new one only while fewer
+	// than MaxNodes are remembered (forgotten ones do not count).
+	live, i := 0, slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == rep.Node })
+	for _, k := range known {
+		if now.Sub(k.ReportedAt) <= f.forget {
+			live++
+		}
+	}
+	if live >= MaxNodes && i < 0 {
+		return fmt.Errorf("%w: %d nodes are known already", ErrTooManyNodes, MaxNodes)
+	}
+	rep.ReportedAt = now.UTC()
+	if err := f.store.PutNodeReport(ctx, rep); err != nil {
+		return fmt.Errorf("recording the node report: %w", err)
+	}
+	// A new node, or a node whose state changed, shows at once: the
+	// listing in use is dropped. The reports every node repeats (every 5
+	// minutes) leave it, or each would cost a walk of all of them.
+	if i < 0 || !sameState(known[i], rep) {
+		f.reports.Forget()
+	}
+	return nil
+}
+
+// sameState reports whether two reports of a node say the same, their
+// times apart.
+func sameState(a, b cache.NodeReport) bool {
+	if !slices.Equal(a.Reasons, b.Reasons) {
+		return false
+	}
+	a.ReportedAt, b.ReportedAt = time.Time{}, time.Time{}
+	a.Reasons, b.Reasons = nil, nil
+	return reflect.DeepEqual(a, b)
+}
+
+// check says what makes rep a report regnorm does not take, or nil.
+// Nothing in it is words for an operator: the reasons are codes of a fixed
+// set, each with values of a small set or a number, and the paths they and
+// dropIn name are node-config's drop-in under the containerd configuration
+// directory; the other strings are bounded and shown as data.
+func (f *Fleet) check(rep cache.NodeReport) error {
+	if rep.Node == "" {
+		return errors.New("the report names no node")
+	}
+	for _, l := range reportLimits {
+		if v := l.value(&rep); len(v) > l.max || strings.ContainsFunc(v, unicode.IsControl) {
+			return fmt.Errorf("%s is longer than %d bytes or holds control characters", l.field, l.max)
+		}
+	}
+	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
+		return fmt.Errorf("address %q is not an IP address", rep.Address)
+	}
+	if rep.HostsDir != f.hostsDir {
+		// The fleet view's fix names regnorm's hosts directory: a node
+		// whose files go elsewhere would be told to read a directory it
+		// does not write.
+		return fmt.Errorf("hostsDir is not %s, the one regnorm is configured with (nodes.hostsDir): run node-config with --config-path %s, or set nodes.hostsDir", f.hostsDir, f.hostsDir)
+	}
+	if rep.ConfigVersion < 0 || rep.ConfigVersion > 99 {
+		return fmt.Errorf("configVersion %d is not a containerd configuration version", rep.ConfigVersion)
+	}
+	if rep.Reason != "" || rep.Fix != "" {
+		return errors.New("a report carries reasons (codes), not reason or fix: regnorm makes its own words (node-config of the same release sends them)")
+	}
+	if len(rep.Reasons) > maxReasons {
+		return fmt.Errorf("more than %d reasons", maxReasons)
+	}
+	for _, r := range rep.Reasons {
+		if err := r.Valid(); err != nil {
+			return err
+		}
+		if r.Path != "" && !f.validDropIn(r.Path) {
+			return fmt.Errorf("reason %s names %q, not node-config's drop-in (%s) in a directory under %s (nodes.containerdConfigDir)", r.Code, r.Path, containerdcfg.DropInName, f.configDir)
+		}
+	}
+	if rep.DropIn != "" && !f.validDropIn(rep.DropIn) {
+		return fmt.Errorf("dropIn %q is not node-config's drop-in (%s) in a directory under %s (nodes.containerdConfigDir)", rep.DropIn, containerdcfg.DropInName, f.configDir)
+	}
+	return nil
+}
+
+// validDropIn reports whether p can be node-config's drop-in: a file named
+// containerdcfg.DropInName in a directory under the containerd
+// configuration directory, as a clean path without quotes.
+func (f *Fleet) validDropIn(p string) bool {
+	return ValidDir(p) && path.Base(p) == containerdcfg.DropInName &&
+		strings.HasPrefix(p, strings.TrimSuffix(f.configDir, "/")+"/")
+}
+
+// ValidDir reports whether dir can be a directory that the fleet view
+// names in a line of TOML: one clean absolute path, with nothing that would
+// end the string or make a list.
+func ValidDir(dir string) bool {
+	return path.IsAbs(dir) && path.Clean(dir) == dir && len(dir) <= 1024 &&
+		!strings.ContainsAny(dir, ":'\"\\") && !strings.ContainsFunc(dir, unicode.IsControl)
+}
+
+// Fit makes a report what regnorm takes: without words, which are
+// regnorm's to make (Reason and Fix), and with the fields it shows as they
+// came cut to their bounds, so that a long configPath does not make a
+// node's report refused (and the node vanish from the fleet view). It is
+// what node-config does before sending.
+func Fit(r *cache.NodeReport) {
+	r.Reason, r.Fix = "", ""
+	for _, f := range []struct {
+		p   *string
+		max int
+	}{{&r.ContainerdVersion, 128}, {&r.ConfigPath, 1024}} {
+		if len(*f.p) > f.max {
+			*f.p = strings.ToValidUTF8((*f.p)[:f.max-3], "") + "..."
+		}
+		*f.p = strings.Map(func(c rune) rune {
+			if unicode.IsControl(c) {
+				return ' '
+			}
+			return c
+		}, *f.p)
+	}
+}
