@@ -180,8 +180,8 @@ func TestChartRendersValidObjects(t *testing.T) {
 
 // checkNodeConfigArgs runs the DaemonSet's node-config command once, with
 // the node's paths under a temporary root: the binary must accept every
-// argument the chart renders, write a hosts.toml per upstream, and check
-// the (absent) containerd.
+// argument the chart renders, name a hosts.toml per upstream (--once
+// writes none), and check the (absent) containerd.
 func checkNodeConfigArgs(t *testing.T, regnorm string, ds *unstructured.Unstructured, secrets *secretFiles) {
 	t.Helper()
 	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")

@@ -3,18 +3,25 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
@@ -112,8 +119,10 @@ func TestNodeConfigKnowsWhetherContainerdReadsIt(t *testing.T) {
 			if !strings.Contains(rep.ContainerdVersion, tt.kind.name) {
 				t.Errorf("containerd version %q, want %s", rep.ContainerdVersion, tt.kind.name)
 			}
-			if !want && (!strings.Contains(rep.Reason, tt.reason) || rep.Fix == "") {
-				t.Errorf("reason %q, fix %q; want %q and the lines to add", rep.Reason, rep.Fix, tt.reason)
+			// Once --fix wrote the drop-in, what is left is the restart:
+			// no lines to add.
+			if !want && (!strings.Contains(rep.Reason, tt.reason) || (rep.Fix == "") != tt.fixes) {
+				t.Errorf("reason %q, fix %q; want %q, and the lines to add unless --fix wrote the drop-in", rep.Reason, rep.Fix, tt.reason)
 			}
 			checkProbe(t, status, want)
 			// The fleet view says why in regnorm's words, made from
@@ -258,4 +267,240 @@ func checkFleet(t *testing.T, base, node, state string) fleet.NodeStatus {
 	}
 	t.Fatalf("the fleet view never listed %s as %q; last: %s", node, state, last)
 	return fleet.NodeStatus{}
+}
+
+// nodeHeaders is a reverse proxy in front of regnorm that records, for
+// each request containerd sends it, the Regnorm-Node header.
+type nodeHeaders struct {
+	url string
+	mu  sync.Mutex
+	got []string // "METHOD PATH: value"
+}
+
+func startNodeHeaders(t *testing.T, target string) *nodeHeaders {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &nodeHeaders{}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	transport := &http.Transport{DisableCompression: true}
+	t.Cleanup(transport.CloseIdleConnections)
+	rp.Transport = transport
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		h.got = append(h.got, fmt.Sprintf("%s %s: %s", r.Method, r.URL.Path, strings.Join(r.Header.Values("Regnorm-Node"), ",")))
+		h.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	h.url = srv.URL
+	return h
+}
+
+func (h *nodeHeaders) requests() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.got)
+}
+
+// TestNodeConfigOnceBesideTheDaemonSet runs node-config as the DaemonSet
+// does next to a real containerd (1.6.20 and v2.3.4) that reads its files,
+// and then `node-config --once` with the DaemonSet's own arguments, as an
+// operator checks a node: --once prints the node's state as JSON alone on
+// stdout, and changes nothing (the hosts.toml file and the status file
+// are as before, the probe still passes). A hosts.toml removed (as --once
+// did before) is put back at the next check. Then the node pulls through
+// regnorm (its manifest requests go up) and the image runs; and every
+// request containerd sent to regnorm carried the node's name in the
+// Regnorm-Node header, from the hosts.toml node-config wrote.
+func TestNodeConfigOnceBesideTheDaemonSet(t *testing.T) {
+	registryURL, _ := startRegistry(t)
+	pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
+	upstreamHost := strings.TrimPrefix(registryURL, "http://")
+	ref := upstreamHost + "/library/legacy:v1"
+	for _, kind := range []containerdKind{containerd1620, containerd234} {
+		t.Run(kind.name, func(t *testing.T) {
+			node := startContainerdVersion(t, kind, containerdOptions{Hosts: map[string]string{}})
+			reportToken := filepath.Join(t.TempDir(), "report-token")
+			if err := os.WriteFile(reportToken, []byte("e2e-node-report-token\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			regnorm := startRegnormForWith(t, upstreamHost, registryURL,
+				fmt.Sprintf("nodes:\n  reportTokenFile: %s\n  hostsDir: %s\n  containerdConfigDir: %s\n", reportToken, node.hostsDir, filepath.Dir(node.configFile)))
+			// containerd reaches regnorm through the recorder; node-config
+			// reports to regnorm directly.
+			recorder := startNodeHeaders(t, regnorm)
+			nodeName := "node-" + strings.ReplaceAll(kind.name, ".", "-")
+			status := filepath.Join(t.TempDir(), "status.json")
+			args := []string{"node-config", "--interval=1s", "--config-path=" + node.hostsDir, "--mirror=" + recorder.url, "--report-to=" + regnorm,
+				"--containerd-config=" + node.configFile, "--containerd-socket=" + node.socket, "--status-file=" + status,
+				"--node-name=" + nodeName, "--node-address=127.0.0.1", "--report-token-file=" + reportToken, upstreamHost + "=" + registryURL}
+			start(t, "node-config", regnormBin, args...)
+			waitNodeStatus(t, status, func(r cache.NodeReport) bool { return r.ReadsHostsToml })
+			hosts := filepath.Join(node.hostsDir, upstreamHost, "hosts.toml")
+			want, err := os.ReadFile(hosts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			statusBefore, _ := os.ReadFile(status)
+
+			// --once beside it, with the DaemonSet's arguments.
+			var stdout, stderr bytes.Buffer
+			once := exec.Command(regnormBin, slices.Insert(slices.Clone(args), 1, "--once")...)
+			once.Stdout, once.Stderr = &stdout, &stderr
+			if err := once.Run(); err != nil {
+				t.Fatalf("node-config --once: %v\n%s", err, stderr.String())
+			}
+			dec := json.NewDecoder(&stdout)
+			var rep cache.NodeReport
+			if err := dec.Decode(&rep); err != nil {
+				t.Fatalf("--once's stdout is not JSON: %v\n%s", err, stdout.String())
+			}
+			if _, err := dec.Token(); err != io.EOF {
+				t.Fatalf("--once's stdout holds more than its JSON: %v", err)
+			}
+			if !rep.ReadsHostsToml || rep.ReportedAt.IsZero() {
+				t.Errorf("--once's state: %+v", rep)
+			}
+			if got, err := os.ReadFile(hosts); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("after --once, %s: %v\n%s", hosts, err, got)
+			}
+			if got, _ := os.ReadFile(status); !bytes.Equal(got, statusBefore) {
+				t.Errorf("--once changed the DaemonSet's status file:\n%s", got)
+			}
+			checkProbe(t, status, true)
+
+			// A hosts.toml removed is put back at the next check.
+			if err := os.Remove(hosts); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				if got, _ := os.ReadFile(hosts); bytes.Equal(got, want) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("node-config did not put %s back", hosts)
+				}
+			}
+
+			before := metric(t, regnorm, "regnorm_http_requests_total", `route="manifest"`)
+			if _, err := node.pull(t, ref); err != nil {
+				t.Fatalf("pull through regnorm: %v", err)
+			}
+			if got := node.run(t, ref); got != "hello from regnorm e2e" {
+				t.Fatalf("container printed %q", got)
+			}
+			if after := metric(t, regnorm, "regnorm_http_requests_total", `route="manifest"`); after <= before {
+				t.Fatalf("the pull did not go through regnorm: %v manifest requests before, %v after", before, after)
+			}
+			got := recorder.requests()
+			if len(got) == 0 {
+				t.Fatal("containerd sent nothing to regnorm")
+			}
+			for _, r := range got {
+				if !strings.HasSuffix(r, ": "+nodeName) {
+					t.Errorf("a request without the node's name (Regnorm-Node: %s): %s", nodeName, r)
+				}
+			}
+			t.Logf("containerd %s sent %d requests, each with Regnorm-Node: %s (first: %s)", kind.name, len(got), nodeName, got[0])
+			checkFleet(t, regnorm, nodeName, "uses the mirror")
+		})
+	}
+}
+
+// TestNodeConfigAdviceOnContainerdConfigDefault: on a node whose
+// configuration is what `containerd config default` writes (1.6.20 and
+// v2.3.4: the registry table is there, with config_path = ""), node-config
+// quotes the empty config_path and says to change that line; followed to
+// the letter (regtest.FollowAdvice), containerd starts (a second registry
+// table would make it refuse the file) and then pulls through regnorm.
+func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
+	registryURL, _ := startRegistry(t)
+	pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
+	upstreamHost := strings.TrimPrefix(registryURL, "http://")
+	ref := upstreamHost + "/library/legacy:v1"
+	for _, tt := range []struct {
+		kind   containerdKind
+		reason string
+	}{
+		{containerd1620, `config_path is "" (empty): containerd 1.6 reads no hosts.toml`},
+		{containerd234, `config_path is "" (empty), so containerd 2.3 uses its default, the list "/etc/containerd/certs.d:/etc/docker/certs.d"`},
+	} {
+		t.Run(tt.kind.name, func(t *testing.T) {
+			node := startContainerdDefault(t, tt.kind)
+			regnorm := startRegnormFor(t, upstreamHost, registryURL)
+			status := filepath.Join(t.TempDir(), "status.json")
+			start(t, "node-config", regnormBin, "node-config", "--interval=1s", "--config-path="+node.hostsDir, "--mirror="+regnorm, "--report=false",
+				"--containerd-config="+node.configFile, "--containerd-socket="+node.socket, "--status-file="+status, upstreamHost+"="+registryURL)
+			rep := waitNodeStatus(t, status, func(r cache.NodeReport) bool { return r.ContainerdVersion != "" })
+			if rep.ReadsHostsToml || !strings.Contains(rep.Reason, tt.reason) {
+				t.Fatalf("on containerd config default: reads %v, reason %q; want %q", rep.ReadsHostsToml, rep.Reason, tt.reason)
+			}
+			t.Logf("containerd %s, containerd config default: %s\n%s", tt.kind.name, rep.Reason, rep.Fix)
+			if err := regtest.FollowAdvice(rep.Fix); err != nil {
+				t.Fatalf("the advice cannot be followed as printed: %v\n%s", err, rep.Fix)
+			}
+			node.restart(t) // fails the test if containerd refuses the file
+			waitNodeStatus(t, status, func(r cache.NodeReport) bool { return r.ReadsHostsToml })
+			if _, err := node.pull(t, ref); err != nil {
+				t.Fatalf("pull through regnorm: %v", err)
+			}
+			if got := node.run(t, ref); got != "hello from regnorm e2e" {
+				t.Fatalf("container printed %q", got)
+			}
+			if got := metric(t, regnorm, "regnorm_http_requests_total", `route="manifest"`); got == 0 {
+				t.Fatal("the pull did not go through regnorm")
+			}
+		})
+	}
+}
+
+// startContainerdDefault starts a containerd of kind on the configuration
+// `containerd config default` prints, changed only where a test must be
+// apart from the machine's containerd: its root, state, sockets and
+// drop-in directory, and (2.3.4) no NRI socket shared by every daemon.
+func startContainerdDefault(t *testing.T, kind containerdKind) *containerd {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rn-ctd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &containerd{kind: kind, socket: filepath.Join(dir, "c.sock"), hostsDir: filepath.Join(dir, "certs.d"),
+		configFile: filepath.Join(dir, "config.toml"), confDir: filepath.Join(dir, "conf.d"), path: os.Getenv("PATH")}
+	if kind.shimDir != "" {
+		c.path = kind.shimDir + string(os.PathListSeparator) + c.path
+	}
+	out, err := exec.Command(kind.bin, "config", "default").Output()
+	if err != nil {
+		t.Fatalf("containerd %s config default: %v", kind.name, err)
+	}
+	cfg := string(out)
+	replace := func(old, new string) {
+		t.Helper()
+		if strings.Count(cfg, old) != 1 {
+			t.Fatalf("containerd %s config default has %d of %q", kind.name, strings.Count(cfg, old), old)
+		}
+		cfg = strings.Replace(cfg, old, new, 1)
+	}
+	if kind.major == 1 {
+		replace(`root = "/var/lib/containerd"`, fmt.Sprintf("root = %q", filepath.Join(dir, "root")))
+		replace(`state = "/run/containerd"`, fmt.Sprintf("state = %q", filepath.Join(dir, "state")))
+		replace(`address = "/run/containerd/containerd.sock"`, fmt.Sprintf("address = %q", c.socket))
+		replace("disabled_plugins = []", `disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]`)
+	} else {
+		replace(`root = '/var/lib/containerd'`, fmt.Sprintf("root = %q", filepath.Join(dir, "root")))
+		replace(`state = '/run/containerd'`, fmt.Sprintf("state = %q", filepath.Join(dir, "state")))
+		replace(`address = '/run/containerd/containerd.sock'`, fmt.Sprintf("address = %q", c.socket))
+		replace(`address = '/run/containerd/containerd.sock.ttrpc'`, fmt.Sprintf("address = %q", c.socket+".ttrpc"))
+		replace("imports = ['/etc/containerd/conf.d/*.toml']", fmt.Sprintf("imports = [%q]", filepath.Join(c.confDir, "*.toml")))
+		replace("disabled_plugins = []", "disabled_plugins = ['io.containerd.nri.v1.nri']")
+	}
+	if err := os.WriteFile(c.configFile, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.startDaemon(t)
+	return c
 }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -47,13 +48,44 @@ type nodeConfig struct {
 	node, address             string
 	fix, report               bool
 	mirrorToken, mirrorCAFile string
-	reportToken               string            // what regnorm takes reports with
-	hostsFiles                map[string]string // path -> content
-	client                    *http.Client
-	log                       *slog.Logger
-	lastReport                time.Time
-	lastState, reportedState  string
+	reportToken               string // what regnorm takes reports with
+	// once is --once: a check that changes nothing on the node.
+	once bool
+	// hosts are the files node-config keeps in place (hosts.toml files,
+	// and the CA next to each); written those this process wrote, which
+	// it removes when it stops, if they are still its own.
+	hosts                    []hostFile
+	written                  map[string]string // path -> content
+	seen                     map[string]string // path -> what was last logged about it
+	client                   *http.Client
+	log                      *slog.Logger
+	stderr                   io.Writer // where the lines to add are printed, as lines
+	lastReport               time.Time
+	lastState, reportedState string
 }
+
+// hostFile is a file node-config keeps in place.
+type hostFile struct {
+	path, content string
+	mode          os.FileMode
+	// marked files start with nodeConfigMarker: one without it is not
+	// node-config's, and is left alone.
+	marked bool
+}
+
+// RegnormNodeHeader is the header node-config has containerd send with
+// every request to regnorm (hosts.toml's [host."...".header]): the node's
+// name, which tells nodes apart that pull from one address.
+const RegnormNodeHeader = "Regnorm-Node"
+
+// validNodeName reports whether name can be a node's name: a DNS-1123
+// subdomain, as Kubernetes names nodes (so nothing that would end a TOML
+// string or a header line).
+func validNodeName(name string) bool {
+	return len(name) <= 253 && nodeNameRe.MatchString(name)
+}
+
+var nodeNameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
 // runNodeConfig is `regnorm node-config`, run by the Helm chart's DaemonSet
 // on every node (see usage below).
@@ -71,12 +103,12 @@ func runNodeConfig(ctx context.Context, args []string, getenv func(string) strin
 	fs.StringVar(&nc.socket, "containerd-socket", "/run/containerd/containerd.sock", "containerd's socket, asked for its version (read-only is enough)")
 	fs.BoolVar(&nc.fix, "fix", false, "when containerd will not read the hosts.toml files, write a drop-in where its configuration imports them (containerd must then be restarted)")
 	fs.StringVar(&nc.statusFile, "status-file", "", "write the node's state here as JSON, for `regnorm node-config probe`")
-	fs.StringVar(&nc.node, "node-name", getenv("NODE_NAME"), "this node's name, for the report (env NODE_NAME)")
+	fs.StringVar(&nc.node, "node-name", getenv("NODE_NAME"), "this node's name (env NODE_NAME): sent by containerd with each request to regnorm (header "+RegnormNodeHeader+"), and in the report")
 	fs.StringVar(&nc.address, "node-address", getenv("NODE_IP"), "the address this node's pulls come from, for the report (env NODE_IP)")
 	fs.BoolVar(&nc.report, "report", true, "send what node-config finds to regnorm (POST /api/v1/nodes), for its fleet view")
 	fs.StringVar(&nc.reportTo, "report-to", "", "regnorm's URL as node-config reaches it, when it differs from --mirror (a pod does not reach a NodePort at 127.0.0.1)")
 	fs.DurationVar(&nc.interval, "interval", time.Minute, "how often containerd is checked again")
-	once := fs.Bool("once", false, "check once, print the node's state as JSON, remove the hosts.toml files written, and exit")
+	fs.BoolVar(&nc.once, "once", false, "check once and print the node's state as JSON; changes nothing on the node (no hosts.toml, drop-in or status file written or removed)")
 	tokenFile := fs.String("mirror-token-file", getenv("REGNORM_TOKEN_FILE"), "token for regnorm's client authentication, written into hosts.toml for containerd")
 	reportTokenFile := fs.String("report-token-file", getenv("REGNORM_REPORT_TOKEN_FILE"), "token regnorm takes node reports with (one of its nodes.reportTokenFile); without it, nothing is reported (env REGNORM_REPORT_TOKEN_FILE)")
 	fs.StringVar(&nc.mirrorCAFile, "mirror-ca-file", getenv("REGNORM_CA_FILE"), "CA that signed regnorm's TLS certificate: copied next to each hosts.toml for containerd, and trusted for reports")
@@ -96,9 +128,16 @@ containerd). It reports to regnorm for its fleet view (with the token of
 --report-token-file, which regnorm's nodes.reportTokenFile holds; regnorm's
 nodes.hostsDir must be --config-path), and writes --status-file
 for the readiness probe ("probe" exits 0 only when containerd reads the files).
+It puts back, at each check, a hosts.toml file that was changed or removed.
 On SIGTERM it removes the hosts.toml files it wrote; the drop-in stays (removing
 it would undo the fix at containerd's next restart): delete it to undo. Files it
-did not write are left alone.
+did not write are left alone. With --node-name, each hosts.toml has containerd
+send the node's name to regnorm (header Regnorm-Node).
+
+With --once it checks once, prints the node's state as JSON on stdout (the log
+goes to stderr), and changes nothing on the node: it writes and removes no file
+(with --fix it says what --fix would do; --status-file is not written), and
+says whether the hosts.toml files are in place.
 
 Flags:
 `)
@@ -125,6 +164,9 @@ Flags:
 		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("node-config: %s %q is not an http(s) URL", flag, v)
 		}
+	}
+	if nc.node != "" && !validNodeName(nc.node) {
+		return fmt.Errorf("node-config: --node-name %q is not a node name (lowercase letters, digits, '-' and '.', as Kubernetes names nodes)", nc.node)
 	}
 	if nc.interval < time.Second {
 		return fmt.Errorf("node-config: --interval %v is under a second", nc.interval)
@@ -166,40 +208,58 @@ Flags:
 		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		nc.client = &http.Client{Transport: t, Timeout: 30 * time.Second}
 	}
-	nc.log = slog.New(slog.NewTextHandler(stderr, nil))
-	if nc.report && nc.reportToken == "" {
+	nc.log, nc.stderr = slog.New(slog.NewTextHandler(stderr, nil)), stderr
+	switch {
+	case !nc.report:
+	case nc.reportToken == "":
 		// regnorm refuses reports without its token: sending them would
 		// only fill both logs.
 		nc.log.Warn("not reporting to regnorm: give --report-token-file (a token of regnorm's nodes.reportTokenFile), or --report=false")
 		nc.report = false
+	case nc.node == "":
+		nc.log.Warn("not reporting to regnorm: no node name (--node-name, or NODE_NAME as the DaemonSet sets it)")
+		nc.report = false
+	}
+	if nc.once && nc.statusFile != "" {
+		nc.log.Info("--once changes nothing on the node: --status-file is not written")
+		nc.statusFile = ""
 	}
 	for _, arg := range pairs {
 		if name, _, ok := strings.Cut(arg, "="); !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
 			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER (flags go before the pairs)", arg)
 		}
 	}
-	defer nc.cleanUp(stdout) // also what a failed writeHosts wrote
-	if err := nc.writeHosts(pairs, stdout, stderr); err != nil {
+	if err := nc.planHosts(pairs); err != nil {
+		return err
+	}
+	if nc.once {
+		nc.checkHosts()
+		b, _ := json.MarshalIndent(nc.check(ctx), "", "  ")
+		fmt.Fprintf(stdout, "%s\n", b)
+		return nil
+	}
+	defer nc.cleanUp() // also what a failed first keepHosts wrote
+	if err := nc.keepHosts(); err != nil {
 		return err
 	}
 	for {
-		rep := nc.check(ctx)
-		if *once {
-			b, _ := json.MarshalIndent(rep, "", "  ")
-			fmt.Fprintf(stdout, "%s\n", b)
-			return nil
-		}
+		nc.check(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(nc.interval):
 		}
+		// A file removed or changed (by an operator, another node-config
+		// stopping, a configuration tool) is put back.
+		if err := nc.keepHosts(); err != nil {
+			nc.log.Warn("restoring the hosts.toml files failed", "error", err)
+		}
 	}
 }
 
-// writeHosts writes a hosts.toml (and the CA, when given) per registry.
-func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error {
-	nc.hostsFiles = map[string]string{}
+// planHosts makes the hosts.toml (and the CA, when given) of each
+// registry, without writing them.
+func (nc *nodeConfig) planHosts(pairs []string) error {
 	var ca []byte
 	if nc.mirrorCAFile != "" {
 		var err error
@@ -210,35 +270,88 @@ func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error
 	for _, arg := range pairs {
 		name, server, _ := strings.Cut(arg, "=") // checked by runNodeConfig
 		dir := filepath.Join(nc.configPath, name)
-		path := filepath.Join(dir, "hosts.toml")
-		if old, err := os.ReadFile(path); err == nil && !bytes.HasPrefix(old, []byte(nodeConfigMarker)) {
-			fmt.Fprintf(stderr, "node-config: %s was not written by regnorm; leaving it alone\n", path)
-			continue
-		}
 		var host strings.Builder
 		fmt.Fprintf(&host, "%sserver = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, server, nc.mirror)
 		if ca != nil {
 			caPath := filepath.Join(dir, "regnorm-ca.crt")
-			if err := writeFileAtomic(caPath, ca, 0o644); err != nil {
-				return fmt.Errorf("node-config: %w", err)
-			}
-			nc.hostsFiles[caPath] = string(ca)
+			nc.hosts = append(nc.hosts, hostFile{path: caPath, content: string(ca), mode: 0o644})
 			fmt.Fprintf(&host, "  ca = %q\n", caPath)
 		}
-		if nc.mirrorToken != "" {
-			fmt.Fprintf(&host, "  [host.%q.header]\n    Authorization = [%q]\n", nc.mirror, "Bearer "+nc.mirrorToken)
+		if nc.mirrorToken != "" || nc.node != "" {
+			// containerd sends these with every request to the host.
+			fmt.Fprintf(&host, "  [host.%q.header]\n", nc.mirror)
+			if nc.mirrorToken != "" {
+				fmt.Fprintf(&host, "    Authorization = [%q]\n", "Bearer "+nc.mirrorToken)
+			}
+			if nc.node != "" {
+				fmt.Fprintf(&host, "    %s = [%q]\n", RegnormNodeHeader, nc.node)
+			}
 		}
 		mode := os.FileMode(0o644)
 		if nc.mirrorToken != "" {
 			mode = 0o600 // the token is a credential: root's alone, as containerd runs
 		}
-		if err := writeFileAtomic(path, []byte(host.String()), mode); err != nil {
-			return fmt.Errorf("node-config: %w", err)
-		}
-		nc.hostsFiles[path] = host.String()
-		fmt.Fprintf(stdout, "node-config: wrote %s\n", path)
+		nc.hosts = append(nc.hosts, hostFile{path: filepath.Join(dir, "hosts.toml"), content: host.String(), mode: mode, marked: true})
 	}
 	return nil
+}
+
+// keepHosts writes each file that is not as node-config writes it: at
+// start, and at each check after, so that a file changed or removed since
+// is put back. A hosts.toml that node-config did not write is left alone.
+func (nc *nodeConfig) keepHosts() error {
+	if nc.written == nil {
+		nc.written, nc.seen = map[string]string{}, map[string]string{}
+	}
+	var errs []error
+	for _, f := range nc.hosts {
+		old, err := os.ReadFile(f.path)
+		switch {
+		case err == nil && string(old) == f.content:
+			// Its own (another node-config's, before a rollout, say):
+			// removed when this one stops, like one it wrote.
+			nc.written[f.path], nc.seen[f.path] = f.content, "in place"
+			continue
+		case err == nil && f.marked && !bytes.HasPrefix(old, []byte(nodeConfigMarker)):
+			if nc.seen[f.path] != "foreign" {
+				nc.log.Warn("a hosts.toml that regnorm did not write is in the way; leaving it alone", "path", f.path)
+				nc.seen[f.path] = "foreign"
+			}
+			continue
+		}
+		if err := writeFileAtomic(f.path, []byte(f.content), f.mode); err != nil {
+			errs = append(errs, fmt.Errorf("node-config: %w", err))
+			continue
+		}
+		nc.written[f.path] = f.content
+		if _, wrote := nc.seen[f.path]; wrote {
+			nc.log.Warn("put back a file that was changed or removed", "path", f.path)
+		} else {
+			nc.log.Info("wrote", "path", f.path)
+		}
+		nc.seen[f.path] = "in place"
+	}
+	return errors.Join(errs...)
+}
+
+// checkHosts says, for --once, whether each file is as node-config writes
+// it, and changes nothing.
+func (nc *nodeConfig) checkHosts() {
+	for _, f := range nc.hosts {
+		old, err := os.ReadFile(f.path)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			nc.log.Warn("missing: the running node-config writes it (--once writes nothing)", "path", f.path)
+		case err != nil:
+			nc.log.Warn("unreadable", "path", f.path, "error", err)
+		case string(old) == f.content:
+			nc.log.Info("in place, as node-config writes it", "path", f.path)
+		case f.marked && !bytes.HasPrefix(old, []byte(nodeConfigMarker)):
+			nc.log.Warn("not written by regnorm: node-config leaves it alone", "path", f.path)
+		default:
+			nc.log.Warn("differs from what node-config writes with these flags (the running node-config puts its own back)", "path", f.path)
+		}
+	}
 }
 
 // check finds out whether containerd reads the hosts.toml files, fixes it
@@ -247,14 +360,19 @@ func (nc *nodeConfig) writeHosts(pairs []string, stdout, stderr io.Writer) error
 func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 	rep := nc.inspect(ctx)
 	rep.Reason = containerdcfg.Explain(rep.Reasons, rep.ConfigPath, nc.configPath)
-	state := fmt.Sprintf("%v|%s|%s", rep.ReadsHostsToml, rep.Reason, rep.DropIn)
+	rep.ReportedAt = time.Now().UTC()
+	state := fmt.Sprintf("%v|%s|%s|%s", rep.ReadsHostsToml, rep.Reason, rep.DropIn, rep.Fix)
 	if state != nc.lastState {
 		nc.lastState = state
 		if rep.ReadsHostsToml {
 			nc.log.Info("containerd reads regnorm's hosts.toml files", "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath)
 		} else {
-			nc.log.Warn("containerd will not use regnorm: "+rep.Reason, "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath,
-				"add_to_containerd_config", rep.Fix, "drop_in", rep.DropIn)
+			nc.log.Warn("containerd will not use regnorm: "+rep.Reason, "containerd", rep.ContainerdVersion, "config_path", rep.ConfigPath, "drop_in", rep.DropIn)
+			if rep.Fix != "" {
+				// As lines, to be read and followed: a log attribute
+				// would quote them into one.
+				fmt.Fprintf(nc.stderr, "%s\nThen restart containerd (systemctl restart containerd).\n", rep.Fix)
+			}
 		}
 	}
 	if nc.statusFile != "" {
@@ -265,7 +383,7 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 	}
 	// Report a new state at once (again at the next check if that fails),
 	// an unchanged one every reportEvery, so that regnorm keeps the node.
-	if nc.report && nc.node != "" && (state != nc.reportedState || time.Since(nc.lastReport) >= reportEvery) {
+	if nc.report && (state != nc.reportedState || time.Since(nc.lastReport) >= reportEvery) {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		regnorm := proxy.Client{Server: nc.reportTo, HTTP: nc.client, Token: nc.reportToken}
@@ -308,7 +426,7 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 		var refused *containerdcfg.Refusal
 		if _, _, err := containerdcfg.DropIn(cfg.Without(dropIn), v, nc.configPath); errors.As(err, &refused) {
 			unsafe = &refused.Reason
-			if !loaded {
+			if !loaded && !nc.once {
 				// It never took effect: take it back.
 				if rmErr := os.Remove(dropIn); rmErr == nil {
 					nc.log.Warn("removed the drop-in: it is no longer a safe fix", "path", dropIn, "reason", err)
@@ -347,6 +465,8 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 			rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.FixWriteFailed, Path: path, Detail: err.Error()})
 		case path != dropIn && fileExists(path):
 			rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.FixForeignFile, Path: path})
+		case !bytes.Equal(old, content) && nc.once:
+			nc.log.Info("--fix would write a containerd drop-in (--once writes nothing)", "path", path)
 		case !bytes.Equal(old, content):
 			if err := writeFileAtomic(path, content, 0o644); err != nil {
 				rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.FixWriteFailed, Path: path, Detail: err.Error()})
@@ -370,6 +490,7 @@ func (nc *nodeConfig) inspect(ctx context.Context) cache.NodeReport {
 	if !loaded && !verdict.Reads && unsafe == nil {
 		if after := containerdcfg.Check(cfg, v, nc.configPath); after.Reads {
 			rep.Reasons = append(rep.Reasons, containerdcfg.Reason{Code: containerdcfg.DropInWritten, Path: dropIn})
+			rep.Fix = "" // done: what is left is the restart
 		} else {
 			rep.Reasons = append(rep.Reasons, because(containerdcfg.DropInNoFix, dropIn, after.Reasons[len(after.Reasons)-1]))
 		}
@@ -439,12 +560,12 @@ func socketBorn(socket string, st unix.Stat_t) time.Time {
 }
 
 // cleanUp removes every file this process wrote, if it is still its own.
-func (nc *nodeConfig) cleanUp(stdout io.Writer) {
-	for path, content := range nc.hostsFiles {
+func (nc *nodeConfig) cleanUp() {
+	for path, content := range nc.written {
 		if b, err := os.ReadFile(path); err == nil && string(b) == content {
 			os.Remove(path)
 			os.Remove(filepath.Dir(path)) // only if empty
-			fmt.Fprintf(stdout, "node-config: removed %s\n", path)
+			nc.log.Info("removed", "path", path)
 		}
 	}
 	if nc.statusFile != "" {
@@ -471,7 +592,10 @@ func runNodeConfigProbe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("node-config probe: %w", err)
 	}
 	if !rep.ReadsHostsToml {
-		return fmt.Errorf("containerd will not use regnorm: %s; add to containerd's config:\n%s", rep.Reason, rep.Fix)
+		if rep.Fix == "" { // a drop-in is written: the reason says to restart
+			return fmt.Errorf("containerd will not use regnorm: %s", rep.Reason)
+		}
+		return fmt.Errorf("containerd will not use regnorm: %s\n%s\nThen restart containerd (systemctl restart containerd)", rep.Reason, rep.Fix)
 	}
 	fmt.Fprintf(stdout, "containerd %s reads %s\n", rep.ContainerdVersion, rep.HostsDir)
 	return nil

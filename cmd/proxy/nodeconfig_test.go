@@ -1,17 +1,30 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/BurntSushi/toml"
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
@@ -213,5 +226,303 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 	}
 	if len(view.Nodes) != 2 || byNode["worker-2"].NodeConfig == nil || byNode["worker-2"].NodeConfig.DropIn != dropIn {
 		t.Fatalf("fleet view %+v, want worker-1 and worker-2, with its drop-in %s", view.Nodes, dropIn)
+	}
+}
+
+// syncBuffer is a buffer a test reads while node-config writes its log.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestNodeConfigOnceChangesNothing: beside a running node-config (the
+// DaemonSet's), `--once` with the same flags, --fix and --status-file
+// included, changes nothing on the node: the hosts.toml files, the status
+// file and the drop-in directory are as before, on start and on exit. Its
+// stdout is one JSON value (the log is on stderr): the node's state, with
+// the time of the check. It says whether the files are in place, and what
+// --fix would do.
+func TestNodeConfigOnceChangesNothing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	hostsDir := filepath.Join(dir, "certs.d")
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte("version = 2\nimports = [\""+filepath.Join(dir, "conf.d", "*.toml")+"\"]\n"), 0o644)
+	os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755)
+	socket := startVersionServer(t, "1.6.20")
+	args := []string{"node-config", "--config-path", hostsDir, "--containerd-config", cfg, "--containerd-socket", socket,
+		"--status-file", filepath.Join(dir, "status.json"), "--fix", "--report=false", "--node-name", "worker-1",
+		"--mirror", "http://10.96.0.50:5000", "docker.io=https://registry-1.docker.io", "quay.io=https://quay.io"}
+
+	// The running node-config: a check, and then its hosts.toml files,
+	// status file and drop-in are in place.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var daemonLog syncBuffer
+	go func() { done <- run(ctx, args, env(nil), io.Discard, &daemonLog) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	var before map[string]string
+	for i := 0; ; i++ {
+		before = snapshot(t, dir)
+		if _, ok := before["status.json"]; ok && strings.Contains(daemonLog.String(), "wrote a containerd drop-in") {
+			break
+		}
+		if i == 3000 {
+			t.Fatalf("the running node-config did not check; files %v, log:\n%s", before, daemonLog.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Undo the drop-in, so that --once finds something --fix would do.
+	os.Remove(filepath.Join(dir, "conf.d", "99-regnorm.toml"))
+	before = snapshot(t, dir)
+
+	stdout, stderr := &strings.Builder{}, &strings.Builder{}
+	if err := run(context.Background(), slices.Insert(slices.Clone(args), 1, "--once"), env(nil), stdout, stderr); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, dir); !maps.Equal(before, after) {
+		t.Errorf("--once changed the node:\nbefore %v\nafter  %v", before, after)
+	}
+	dec := json.NewDecoder(strings.NewReader(stdout.String()))
+	var rep cache.NodeReport
+	if err := dec.Decode(&rep); err != nil {
+		t.Fatalf("stdout is not JSON: %v\n%s", err, stdout)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		t.Fatalf("stdout holds more than the JSON: %v\n%s", err, stdout)
+	}
+	if rep.Node != "worker-1" || rep.ContainerdVersion != "1.6.20" || rep.ReportedAt.IsZero() || strings.Contains(stdout.String(), "0001-01-01") {
+		t.Errorf("--once's state: %+v", rep)
+	}
+	for _, want := range []string{"in place, as node-config writes it", filepath.Join(hostsDir, "quay.io", "hosts.toml"), "--fix would write a containerd drop-in"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("--once's log lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+// snapshot is every file under dir, by path, with its content and mode.
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.Type()&os.ModeSocket != 0 {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			out[rel] = "dir"
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		fi, _ := d.Info()
+		out[rel] = fmt.Sprintf("%v %s", fi.Mode(), b)
+		return err
+	})
+	return out
+}
+
+// versionServer is containerd's version API, answering a fixed version.
+type versionServer struct {
+	versionapi.UnimplementedVersionServer
+	version string
+}
+
+func (v versionServer) Version(context.Context, *emptypb.Empty) (*versionapi.VersionResponse, error) {
+	return &versionapi.VersionResponse{Version: v.version}, nil
+}
+
+// startVersionServer answers containerd's version API on a socket of its
+// own (what node-config asks a node's containerd), until the test ends.
+func startVersionServer(t *testing.T, version string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rn-sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "c.sock")
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	versionapi.RegisterVersionServer(srv, versionServer{version: version})
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return socket
+}
+
+// TestNodeConfigPutsBackItsFiles: the running node-config puts back, at
+// each check, a hosts.toml that was removed or changed (as `--once` of an
+// older release did, or a node-config stopping in a rollout), leaves one
+// that is not regnorm's alone, and removes its own when it stops.
+func TestNodeConfigPutsBackItsFiles(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		hostsDir := filepath.Join(dir, "certs.d")
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		var log syncBuffer
+		go func() {
+			done <- run(ctx, []string{"node-config", "--config-path", hostsDir, "--interval", "1m",
+				"--containerd-config", filepath.Join(dir, "config.toml"), "--containerd-socket", filepath.Join(dir, "none.sock"), "--report=false",
+				"--mirror", "http://10.96.0.50:5000", "docker.io=https://registry-1.docker.io", "quay.io=https://quay.io", "ghcr.io=https://ghcr.io"}, env(nil), io.Discard, &log)
+		}()
+		synctest.Wait() // the first check is done: node-config waits for the next
+		docker, quay, ghcr := filepath.Join(hostsDir, "docker.io", "hosts.toml"), filepath.Join(hostsDir, "quay.io", "hosts.toml"), filepath.Join(hostsDir, "ghcr.io", "hosts.toml")
+		want, err := os.ReadFile(docker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.RemoveAll(filepath.Dir(docker))
+		b, _ := os.ReadFile(quay)
+		os.WriteFile(quay, append(b, "# edited\n"...), 0o644)
+		os.WriteFile(ghcr, []byte("server = \"https://ghcr.io\"\n"), 0o644) // the operator's own
+
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if got, err := os.ReadFile(docker); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("the removed hosts.toml was not put back: %v\n%s", err, got)
+		}
+		if got, _ := os.ReadFile(quay); bytes.Contains(got, []byte("# edited")) {
+			t.Errorf("the changed hosts.toml was not put back:\n%s", got)
+		}
+		if got, _ := os.ReadFile(ghcr); string(got) != "server = \"https://ghcr.io\"\n" {
+			t.Errorf("the operator's file was replaced:\n%s", got)
+		}
+		if !strings.Contains(log.String(), "put back a file that was changed or removed") || !strings.Contains(log.String(), "that regnorm did not write is in the way") {
+			t.Errorf("the log does not say so:\n%s", log.String())
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{docker, quay} {
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Errorf("%s is left after node-config stopped: %v", p, err)
+			}
+		}
+		if _, err := os.Stat(ghcr); err != nil {
+			t.Errorf("the operator's file was removed: %v", err)
+		}
+	})
+}
+
+// TestNodeConfigSendsTheNodeName: with a node name, each hosts.toml has
+// containerd send it to regnorm as the Regnorm-Node header (beside the
+// client token's Authorization, in the one header table containerd
+// reads); a name that is not a node's is refused; without one, no header.
+func TestNodeConfigSendsTheNodeName(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte("client-secret-0123456789\n"), 0o600)
+	hosts := func(extra ...string) (map[string]any, error) {
+		hostsDir := t.TempDir()
+		args := append([]string{"node-config", "--config-path", hostsDir, "--containerd-config", filepath.Join(dir, "config.toml"),
+			"--containerd-socket", filepath.Join(dir, "none.sock"), "--report=false", "--mirror", "http://10.96.0.50:5000"}, extra...)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- run(ctx, append(args, "docker.io=https://registry-1.docker.io"), env(nil), io.Discard, io.Discard)
+		}()
+		var b []byte
+		for i := 0; i < 500 && len(b) == 0; i++ {
+			b, _ = os.ReadFile(filepath.Join(hostsDir, "docker.io", "hosts.toml"))
+			select {
+			case err := <-done:
+				cancel()
+				return nil, err
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			return nil, err
+		}
+		var doc map[string]any
+		if _, err := toml.Decode(string(b), &doc); err != nil {
+			t.Fatalf("hosts.toml: %v\n%s", err, b)
+		}
+		host, _ := doc["host"].(map[string]any)
+		mirror, _ := host["http://10.96.0.50:5000"].(map[string]any)
+		header, _ := mirror["header"].(map[string]any)
+		return header, nil
+	}
+	header, err := hosts("--node-name", "worker-1.eu-west", "--mirror-token-file", tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(header) != "map[Authorization:[Bearer client-secret-0123456789] Regnorm-Node:[worker-1.eu-west]]" {
+		t.Errorf("headers %v", header)
+	}
+	if header, err := hosts(); err != nil || header != nil {
+		t.Errorf("without a node name: headers %v, %v", header, err)
+	}
+	for _, name := range []string{"Worker-1", "worker_1", `a"b`, "a\nb", "-a", strings.Repeat("a", 254)} {
+		if _, err := hosts("--node-name", name); err == nil || !strings.Contains(err.Error(), "is not a node name") {
+			t.Errorf("--node-name %q: %v", name, err)
+		}
+	}
+}
+
+// TestNodeConfigSaysWhatItDoes: without a node name --once says that no
+// report is sent; the lines to add are in the log as lines, to be read and
+// followed; once --fix wrote the drop-in, the probe says to restart
+// containerd, not also to add the lines.
+func TestNodeConfigSaysWhatItDoes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	token := filepath.Join(dir, "report-token")
+	os.WriteFile(token, []byte("node-report-secret\n"), 0o600)
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte("version = 3\nimports = [\""+filepath.Join(dir, "conf.d", "*.toml")+"\"]\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = ''\n"), 0o644)
+	socket := startVersionServer(t, "v2.3.4")
+	var stderr strings.Builder
+	err := run(context.Background(), []string{"node-config", "--once", "--config-path", filepath.Join(dir, "certs.d"), "--containerd-config", cfg,
+		"--containerd-socket", socket, "--report-token-file", token, "--mirror", "http://127.0.0.1:1", "docker.io=https://registry-1.docker.io"}, env(nil), io.Discard, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fix := "In " + cfg + ", under [plugins.'io.containerd.cri.v1.images'.registry], change the line\n  config_path = ''\nto\n  config_path = '" + filepath.Join(dir, "certs.d") + "'\nThen restart containerd"
+	for _, want := range []string{"not reporting to regnorm: no node name", `config_path is \"\" (empty), so containerd 2.3 uses its default`, "\n" + fix} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("the log lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	if strings.Contains(stderr.String(), `\n`) {
+		t.Errorf("the log has a literal \\n:\n%s", stderr.String())
+	}
+
+	// --fix writes the drop-in; until containerd restarts, the probe says
+	// to restart it, and no lines to add.
+	status := filepath.Join(dir, "status.json")
+	nc := &nodeConfig{configPath: filepath.Join(dir, "certs.d"), containerdConfig: cfg, socket: socket, statusFile: status, fix: true,
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), stderr: io.Discard}
+	if rep := nc.check(context.Background()); rep.DropIn == "" || rep.Fix != "" {
+		t.Fatalf("after --fix: drop-in %q, fix %q", rep.DropIn, rep.Fix)
+	}
+	err = run(context.Background(), []string{"node-config", "probe", "--status-file", status}, env(nil), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "restart containerd to apply it") || strings.Contains(err.Error(), "config_path = ") || strings.Contains(err.Error(), "add to containerd") {
+		t.Errorf("probe between the fix and the restart: %v", err)
 	}
 }

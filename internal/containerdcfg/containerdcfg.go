@@ -2,8 +2,10 @@
 // containerd does, and says whether containerd will read the hosts.toml
 // files in a directory: the mirror configuration regnorm's node-config
 // writes. If not, it says why (as codes of a fixed set, which Explain puts
-// in words: reasons.go), what to add, and can make a drop-in that fixes it
-// where the configuration imports drop-ins.
+// in words: reasons.go), what to change where, given the files as they are
+// (where.go: set the config_path line a file has, or add the table where
+// there is none), and can make a drop-in that fixes it where the
+// configuration imports drop-ins.
 //
 // The facts it encodes are containerd's (docs/containerd.md): 1.x reads
 // hosts.toml only with registry.config_path set; from 2.1, CRI pulls go
@@ -34,6 +36,8 @@ import (
 // containerd's order. How they merge depends on the containerd version
 // (Plugins).
 type Config struct {
+	// Path is the main file, which may not exist.
+	Path string
 	// Version is the main file's version (1 or absent: 1; 2; 3).
 	Version int
 	// Files are the files read, main file first.
@@ -48,6 +52,7 @@ type Config struct {
 type layer struct {
 	version int // as the file says; 0 when it says none
 	plugins map[string]map[string]any
+	raw     []byte // the file's text, for the lines advice quotes
 }
 
 // DropInName is the name of the drop-in DropIn makes: last in the
@@ -56,7 +61,7 @@ const DropInName = "99-regnorm.toml"
 
 // Without returns the configuration as it is without one of its files.
 func (c *Config) Without(file string) *Config {
-	out := &Config{Version: c.Version, Imports: c.Imports}
+	out := &Config{Path: c.Path, Version: c.Version, Imports: c.Imports}
 	for i, f := range c.Files {
 		if f != file {
 			out.Files = append(out.Files, f)
@@ -175,7 +180,7 @@ func deepMerge(dst, src map[string]any) map[string]any {
 // Load reads the configuration at path and the files it imports. A missing
 // main file is a configuration of nothing: containerd's defaults.
 func Load(path string) (*Config, error) {
-	cfg := &Config{Version: 1}
+	cfg := &Config{Path: path, Version: 1}
 	loaded := map[string]bool{}
 	pending := []string{path}
 	for len(pending) > 0 {
@@ -204,7 +209,7 @@ func Load(path string) (*Config, error) {
 		if p == path && file.Version > 0 {
 			cfg.Version = file.Version
 		}
-		cfg.layers = append(cfg.layers, layer{version: file.Version, plugins: file.Plugins})
+		cfg.layers = append(cfg.layers, layer{version: file.Version, plugins: file.Plugins, raw: b})
 		for _, imp := range file.Imports {
 			imp = filepath.Clean(imp)
 			if !filepath.IsAbs(imp) {
@@ -273,8 +278,11 @@ type Verdict struct {
 	// Reasons say why not (one of Check's codes), and what was assumed
 	// (VersionAssumed); Explain puts them in words.
 	Reasons []Reason `json:"reasons,omitempty"`
-	// Fix is the exact configuration to add to containerd's config, when
-	// one fixes it.
+	// Where is where the setting that fixes it goes, in the configuration
+	// as it is.
+	Where Where `json:"-"`
+	// Fix is what to do, with the exact lines (Where's Advice), when
+	// containerd does not read them.
 	Fix string `json:"fix,omitempty"`
 }
 
@@ -317,11 +325,19 @@ func Check(c *Config, v Version, dir string) Verdict {
 	dir = filepath.Clean(dir)
 	v, assumed := c.assume(v)
 	section, settings, reg := c.registry(v)
-	configPath, _ := reg["config_path"].(string)
-	fix := FixFor(c.PluginsVersion(v), dir)
+	written, set := reg["config_path"]
+	configPath, _ := written.(string)
+	where := c.where(v)
+	fix := where.Advice(dir)
 	if len(anyMap(reg["mirrors"])) > 0 {
-		return Verdict{ConfigPath: configPath, Reasons: append(assumed, Reason{Code: LegacyMirrors, Section: section}), Fix: fix}
+		if set && filepath.Clean(configPath) == dir {
+			fix = "" // config_path is right: the mirrors are what is left to do
+		}
+		return Verdict{ConfigPath: configPath, Reasons: append(assumed, Reason{Code: LegacyMirrors, Section: section, Table: where.Table}), Where: where, Fix: fix}
 	}
+	// An explicit config_path = "" is said as the file says it: it is
+	// not "not set", though containerd takes it so.
+	empty := set && configPath == ""
 	list := ConfigPathList
 	if configPath == "" && v.atLeast(2, 2) {
 		configPath = defaultV2
@@ -333,7 +349,7 @@ func Check(c *Config, v Version, dir string) Verdict {
 	var why Reason
 	switch {
 	case configPath == "":
-		why = Reason{Code: NoConfigPath, Major: v.Major, Minor: v.Minor}
+		why = Reason{Code: NoConfigPath, Major: v.Major, Minor: v.Minor, Empty: empty}
 	case local && slices.Contains(splitPath(configPath), dir):
 		verdict.Reads = true
 	case !local && filepath.Clean(configPath) == dir:
@@ -343,8 +359,12 @@ func Check(c *Config, v Version, dir string) Verdict {
 	default:
 		why = Reason{Code: OtherConfigPath}
 	}
+	if list == DefaultConfigPathList && why.Code == list {
+		why.Empty = empty
+	}
 	if !verdict.Reads {
-		verdict.Reasons, verdict.Fix = append(verdict.Reasons, why), fix
+		why.Table = where.Table
+		verdict.Reasons, verdict.Where, verdict.Fix = append(verdict.Reasons, why), where, fix
 	}
 	return verdict
 }
@@ -402,17 +422,13 @@ func (c *Config) PluginsVersion(v Version) int {
 	return c.Version
 }
 
-// FixFor is what to add to containerd's configuration, read by the plugin
-// names of configVersion (PluginsVersion), for it to read the hosts.toml
-// files in dir.
+// FixFor is the registry table that sets config_path to dir, with the
+// plugin names of configVersion (PluginsVersion): the lines to add to a
+// configuration that has no such table. Where the table may be there
+// already (`containerd config default` writes it), it is no advice: use
+// Check's Fix, or FixForReport.
 func FixFor(configVersion int, dir string) string {
-	switch {
-	case configVersion <= 1:
-		return fmt.Sprintf("[plugins.cri.registry]\n  config_path = %q", dir)
-	case configVersion >= 3:
-		return fmt.Sprintf("[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '%s'", dir)
-	}
-	return fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q", dir)
+	return fmt.Sprintf("%s\n  config_path = %s", tableFor(configVersion), quote(configVersion, dir))
 }
 
 // DropInMarker starts every drop-in DropIn makes: node-config knows its own
@@ -424,17 +440,26 @@ const DropInMarker = "# Written by regnorm node-config"
 // images section (merged over the main file's, migrated or not), for 1.x in
 // the CRI section of the version it reads. It returns where to write it,
 // or, as a *Refusal, why a drop-in cannot fix it and a person must:
+//   - legacy registry settings (mirrors, configs, auths), which may hold
+//     credentials that must move to hosts.toml (LegacySettings);
 //   - the configuration imports no drop-ins (NoDropInDir);
 //   - containerd's version is unknown (VersionUnknown);
 //   - a version 1 configuration, whose plugins have other names
 //     (ConfigVersion1);
-//   - legacy registry settings (mirrors, configs, auths), which may hold
-//     credentials that must move to hosts.toml (LegacySettings);
 //   - containerd 1.x with CRI settings of its own: 1.x replaces a plugin
 //     section whole with an imported file's, so a drop-in would have to
 //     freeze a copy of them that later edits of the main file would not
 //     reach (SectionReplaced). (2.x merges sections key by key.)
 func DropIn(c *Config, v Version, dir string) (path string, content []byte, err error) {
+	// Legacy settings first: they are what a person must deal with, with
+	// or without a drop-in directory.
+	assumed, _ := c.assume(v)
+	_, _, legacy := c.registry(assumed)
+	for _, key := range LegacyKeys {
+		if len(anyMap(legacy[key])) > 0 {
+			return "", nil, &Refusal{Reason{Code: LegacySettings, Key: key}}
+		}
+	}
 	var target string
 	for _, imp := range c.Imports {
 		if d, pattern := filepath.Split(imp); pattern == "*.toml" {
@@ -451,12 +476,7 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 	if c.Version <= 1 || (v.Major < 2 && c.effectiveVersion() <= 1) {
 		return "", nil, &Refusal{Reason{Code: ConfigVersion1}}
 	}
-	section, settings, reg := c.registry(v)
-	for _, key := range LegacyKeys {
-		if len(anyMap(reg[key])) > 0 {
-			return "", nil, &Refusal{Reason{Code: LegacySettings, Key: key}}
-		}
-	}
+	section, settings, _ := c.registry(v)
 	version := 3
 	if v.Major < 2 {
 		version = c.effectiveVersion()

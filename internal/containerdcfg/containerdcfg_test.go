@@ -199,6 +199,12 @@ imports = ["/etc/containerd/conf.d/*.toml"]
 [plugins.'io.containerd.cri.v1.images'.registry.mirrors."docker.io"]
   endpoint = ["https://mirror"]
 `, "legacy mirrors"},
+		// With no drop-in directory either, what a person must do first
+		// is move the mirrors: the refusal names them.
+		{"legacy mirrors, no imports", "1.6.20", `version = 2
+[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]
+  endpoint = ["https://mirror"]
+`, "legacy mirrors"},
 	} {
 		cfg, err := Load(write(t, t.TempDir(), "config.toml", tt.config))
 		if err != nil {

@@ -21,14 +21,15 @@ const (
 	VersionAssumed Code = "version-assumed"
 	// LegacyMirrors: registry.mirrors in Section replace hosts.toml.
 	LegacyMirrors Code = "legacy-mirrors"
-	// NoConfigPath: containerd Major.Minor has no config_path.
+	// NoConfigPath: containerd Major.Minor has no config_path (Empty: the
+	// configuration says config_path = "").
 	NoConfigPath Code = "no-config-path"
 	// ConfigPathList: config_path is a list (the node's, reported apart),
 	// which containerd Major.Minor's transfer service reads as one
 	// directory.
 	ConfigPathList Code = "config-path-list"
-	// DefaultConfigPathList: config_path is not set, and containerd
-	// Major.Minor's default is such a list.
+	// DefaultConfigPathList: config_path is not set (Empty: it is ""),
+	// and containerd Major.Minor's default is such a list.
 	DefaultConfigPathList Code = "default-config-path-list"
 	// OtherConfigPath: config_path (the node's, reported apart) is not
 	// the directory node-config writes to.
@@ -90,6 +91,13 @@ type Reason struct {
 	Key string `json:"key,omitempty"`
 	// Path is the drop-in the reason is about: a file named DropInName.
 	Path string `json:"path,omitempty"`
+	// Empty is true when the configuration says config_path = "" (a
+	// NoConfigPath or DefaultConfigPathList): it is there, and empty.
+	Empty bool `json:"empty,omitempty"`
+	// Table is true, on a verdict of Check, when the file to fix has the
+	// registry table already: config_path goes in it, and a second table
+	// would make containerd refuse the file.
+	Table bool `json:"table,omitempty"`
 	// Detail is what only node-config shows, in its own log and status
 	// file (an error's text): never part of a report.
 	Detail string `json:"-"`
@@ -110,6 +118,8 @@ const (
 	section
 	key
 	path
+	empty
+	table
 )
 
 type reasonKind struct {
@@ -131,19 +141,19 @@ var reasonKinds = map[Code]reasonKind{
 	VersionAssumed: {uses: version | configVersion, text: func(r Reason, _, _, _ string) string {
 		return fmt.Sprintf("containerd's version is unknown (its socket did not answer): assuming %d.%d from the configuration's version %d", r.Major, r.Minor, r.ConfigVersion)
 	}},
-	LegacyMirrors: {uses: section, text: func(r Reason, _, _, _ string) string {
+	LegacyMirrors: {uses: section | table, text: func(r Reason, _, _, _ string) string {
 		return fmt.Sprintf("the legacy registry.mirrors in [plugins.%q.registry] replace hosts.toml: remove them (and registry.configs and auths), then set config_path", r.Section)
 	}},
-	NoConfigPath: {uses: version, text: func(r Reason, _, _, _ string) string {
-		return fmt.Sprintf("config_path is not set: containerd %d.%d reads no hosts.toml", r.Major, r.Minor)
+	NoConfigPath: {uses: version | empty | table, text: func(r Reason, _, _, _ string) string {
+		return fmt.Sprintf("%s: containerd %d.%d reads no hosts.toml", notSet(r), r.Major, r.Minor)
 	}},
-	ConfigPathList: {uses: version, text: func(r Reason, _, configPath, _ string) string {
+	ConfigPathList: {uses: version | table, text: func(r Reason, _, configPath, _ string) string {
 		return fmt.Sprintf("config_path is the list %q: containerd %d.%d pulls through the transfer service, which reads it as one directory, so no hosts.toml is read", configPath, r.Major, r.Minor)
 	}},
-	DefaultConfigPathList: {uses: version, text: func(r Reason, _, _, _ string) string {
-		return fmt.Sprintf("config_path is not set, so containerd %d.%d uses its default, the list %q: containerd %d.%d pulls through the transfer service, which reads it as one directory, so no hosts.toml is read", r.Major, r.Minor, defaultV2, r.Major, r.Minor)
+	DefaultConfigPathList: {uses: version | empty | table, text: func(r Reason, _, _, _ string) string {
+		return fmt.Sprintf("%s, so containerd %d.%d uses its default, the list %q: containerd %d.%d pulls through the transfer service, which reads it as one directory, so no hosts.toml is read", notSet(r), r.Major, r.Minor, defaultV2, r.Major, r.Minor)
 	}},
-	OtherConfigPath: {text: func(_ Reason, _, configPath, dir string) string {
+	OtherConfigPath: {uses: table, text: func(_ Reason, _, configPath, dir string) string {
 		return fmt.Sprintf("config_path is %q, not %q: containerd reads none of the hosts.toml files node-config writes", configPath, dir)
 	}},
 
@@ -184,6 +194,15 @@ var reasonKinds = map[Code]reasonKind{
 	DropInNoFix: {uses: path, why: checkCodes, text: func(r Reason, why, _, _ string) string {
 		return fmt.Sprintf("the drop-in %q would not fix it: %s", r.Path, why)
 	}},
+}
+
+// notSet is how a configuration without a config_path says so: as it is
+// written, when it is.
+func notSet(r Reason) string {
+	if r.Empty {
+		return `config_path is "" (empty)`
+	}
+	return "config_path is not set"
 }
 
 // Explain is reasons in words, for a node whose config_path is configPath
@@ -243,6 +262,8 @@ func (r Reason) Valid() error {
 		{"a section", section, r.Section != "", slices.Contains(Sections, r.Section)},
 		{"a legacy key", key, r.Key != "", slices.Contains(LegacyKeys, r.Key)},
 		{"a path", path, r.Path != "", strings.HasSuffix(r.Path, "/"+DropInName)},
+		{"an empty config_path", empty, r.Empty, true},
+		{"a registry table", table, r.Table, true},
 	} {
 		switch {
 		case uses&v.of == 0 && v.set:

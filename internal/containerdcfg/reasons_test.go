@@ -19,9 +19,12 @@ func TestReasonsAreAFixedSet(t *testing.T) {
 		{Code: VersionAssumed, Major: 1, Minor: 7, ConfigVersion: 2},
 		{Code: LegacyMirrors, Section: criV2},
 		{Code: NoConfigPath, Major: 1, Minor: 6},
-		{Code: ConfigPathList, Major: 2, Minor: 3},
+		{Code: NoConfigPath, Major: 1, Minor: 6, Empty: true, Table: true},
+		{Code: ConfigPathList, Major: 2, Minor: 3, Table: true},
 		{Code: DefaultConfigPathList, Major: 2, Minor: 3},
-		{Code: OtherConfigPath},
+		{Code: DefaultConfigPathList, Major: 2, Minor: 3, Empty: true, Table: true},
+		{Code: OtherConfigPath, Table: true},
+		{Code: LegacyMirrors, Section: imagesV3, Table: true},
 		{Code: ConfigUnreadable},
 		{Code: FixRefused, Why: NoDropInDir},
 		{Code: FixRefused, Why: VersionUnknown},
@@ -33,6 +36,7 @@ func TestReasonsAreAFixedSet(t *testing.T) {
 		{Code: DropInWritten, Path: drop},
 		{Code: DropInUnsafe, Why: SectionReplaced, Major: 1, Minor: 7, Section: criV1, Path: drop},
 		{Code: DropInNoFix, Why: ConfigPathList, Major: 2, Minor: 3, Path: drop},
+		{Code: DropInNoFix, Why: DefaultConfigPathList, Major: 2, Minor: 3, Empty: true, Table: true, Path: drop},
 	}
 	seen := map[Code]bool{}
 	for _, r := range valid {
@@ -64,6 +68,11 @@ func TestReasonsAreAFixedSet(t *testing.T) {
 		{Code: VersionAssumed, ConfigVersion: 100},
 		{Code: DropInWritten},
 		{Code: DropInWritten, Path: "/etc/containerd/conf.d/evil.toml"},
+		{Code: OtherConfigPath, Empty: true},
+		{Code: ConfigPathList, Major: 2, Minor: 3, Empty: true},
+		{Code: DropInWritten, Path: drop, Table: true},
+		{Code: FixRefused, Why: NoDropInDir, Table: true},
+		{Code: VersionAssumed, Major: 1, Minor: 7, ConfigVersion: 2, Empty: true},
 	} {
 		if r.Valid() == nil {
 			t.Errorf("%+v is valid", r)
@@ -71,6 +80,10 @@ func TestReasonsAreAFixedSet(t *testing.T) {
 		if got := Explain([]Reason{r}, "", ""); got != "" {
 			t.Errorf("%+v in words: %q, want nothing", r, got)
 		}
+	}
+
+	if got := Explain([]Reason{{Code: NoConfigPath, Major: 1, Minor: 6, Empty: true}}, "", ""); got != `config_path is "" (empty): containerd 1.6 reads no hosts.toml` {
+		t.Errorf("an empty config_path in words: %q", got)
 	}
 
 	r := Reason{Code: ConfigUnreadable, Detail: "open /etc/containerd/config.toml: permission denied"}

@@ -1,0 +1,110 @@
+package regtest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// FollowAdvice does what node-config's advice (containerdcfg's
+// Where.Advice) says, to the letter, as an operator would: it creates the
+// file it names, adds the lines at its end, changes the one line it
+// quotes under the table header it quotes, or adds a line right under that
+// header. Anything else, or a file that does not hold what the advice
+// quotes, is an error: advice that cannot be followed as written is wrong.
+func FollowAdvice(advice string) error {
+	first, rest, _ := strings.Cut(advice, "\n")
+	switch {
+	case strings.HasPrefix(first, "Create ") && strings.HasSuffix(first, " with these lines:"):
+		file := strings.TrimSuffix(strings.TrimPrefix(first, "Create "), " with these lines:")
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.WriteString(rest + "\n")
+		return err
+	case strings.HasPrefix(first, "Add these lines at the end of ") && strings.HasSuffix(first, ":"):
+		file := strings.TrimSuffix(strings.TrimPrefix(first, "Add these lines at the end of "), ":")
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			b = append(b, '\n')
+		}
+		return os.WriteFile(file, append(b, "\n"+rest+"\n"...), 0o644)
+	case strings.HasPrefix(first, "In ") && strings.HasSuffix(first, "change the line"):
+		old, replacement, ok := strings.Cut(rest, "\nto\n")
+		if !ok || strings.Contains(old, "\n") || strings.Contains(replacement, "\n") {
+			return fmt.Errorf("not one line changed to another: %q", advice)
+		}
+		file, header := fileAndHeader(strings.TrimSuffix(strings.TrimPrefix(first, "In "), " change the line"), ", under ")
+		return editLines(file, header, func(lines []string, from int) ([]string, error) {
+			for i := from; i < len(lines); i++ {
+				s := strings.TrimSpace(lines[i])
+				if header != "" && i > from && strings.HasPrefix(s, "[") {
+					break // the next table
+				}
+				if s == strings.TrimSpace(old) {
+					indent := lines[i][:len(lines[i])-len(strings.TrimLeft(lines[i], " \t"))]
+					lines[i] = indent + strings.TrimSpace(replacement)
+					return lines, nil
+				}
+			}
+			return nil, fmt.Errorf("no line %q", strings.TrimSpace(old))
+		})
+	case strings.HasPrefix(first, "In ") && strings.Contains(first, ", add this line right under ") && strings.HasSuffix(first, ":"):
+		file, header := fileAndHeader(strings.TrimSuffix(strings.TrimPrefix(first, "In "), ":"), ", add this line right under ")
+		if header == "" || strings.Contains(rest, "\n") {
+			return fmt.Errorf("not one line under a header: %q", advice)
+		}
+		return editLines(file, header, func(lines []string, at int) ([]string, error) {
+			indent := lines[at][:len(lines[at])-len(strings.TrimLeft(lines[at], " \t"))]
+			return append(lines[:at+1], append([]string{indent + "  " + strings.TrimSpace(rest)}, lines[at+1:]...)...), nil
+		})
+	}
+	return fmt.Errorf("advice not understood: %q", advice)
+}
+
+// fileAndHeader splits "FILE<sep>HEADER" (or "FILE,": no header).
+func fileAndHeader(s, sep string) (file, header string) {
+	if file, header, ok := strings.Cut(s, sep); ok {
+		return file, strings.TrimSuffix(header, ",")
+	}
+	return strings.TrimSuffix(s, ","), ""
+}
+
+// editLines edits file's lines with edit, from the one line that is
+// header (or from the first line, without a header).
+func editLines(file, header string, edit func(lines []string, from int) ([]string, error)) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(string(b), "\n")
+	from := 0
+	if header != "" {
+		from = -1
+		for i, l := range lines {
+			if strings.TrimSpace(l) == header {
+				if from >= 0 {
+					return fmt.Errorf("%s: header %s twice", file, header)
+				}
+				from = i
+			}
+		}
+		if from < 0 {
+			return fmt.Errorf("%s: no header %s", file, header)
+		}
+	}
+	lines, err = edit(lines, from)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	if lines == nil {
+		return errors.New("nothing edited")
+	}
+	return os.WriteFile(file, []byte(strings.Join(lines, "\n")), 0o644)
+}
