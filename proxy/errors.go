@@ -18,15 +18,6 @@ type errorEntry struct {
 	Message string `json:"message"`
 }
 
-// publicMessage is what a client may be told of err, wherever it is told:
-// the code and message of an *errcode.Error, never its cause (upstream
-// addresses, bodies, paths); for anything else, a generic line. The log has
-// the rest.
-func publicMessage(err error) string {
-	e := errcode.Public(err)
-	return e.Code + ": " + e.Message
-}
-
 // writeError is the one place that turns an error into an OCI error response.
 // Errors that are not *errcode.Error are internal: the client sees a generic
 // message, the log sees the cause.

@@ -81,6 +81,15 @@ func Public(err error) *Error {
 	return e
 }
 
+// PublicMessage is what a client may be told of err, wherever it is told
+// (an answer's body, a line of warm's results): the code and message of
+// Public(err), never its cause (upstream addresses, bodies, paths). The log
+// has the rest.
+func PublicMessage(err error) string {
+	e := Public(err)
+	return e.Code + ": " + e.Message
+}
+
 // StatusOf is the HTTP status err is answered with, 0 when err is not an
 // *Error.
 func StatusOf(err error) int {

@@ -164,7 +164,7 @@ func (s *Warm) warm(r *http.Request, image string, groups []warmGroup) WarmResul
 	res := WarmResult{Image: image}
 	fail := func(err error) WarmResult {
 		s.Log.Warn("warming an image failed", "image", image, "error", err)
-		res.Error = publicMessage(err)
+		res.Error = errcode.PublicMessage(err)
 		return res
 	}
 	upName, repo, tag, dgst, err := s.ParseImage(image)
@@ -252,9 +252,3 @@ func (s *Warm) ParseImage(image string) (upstream, repo, tag string, dgst digest
 	return upstream, repo, tag, "", nil
 }
 
-// publicMessage is what a client may be told of err: the code and message
-// of an *errcode.Error, never its cause; the log has the rest.
-func publicMessage(err error) string {
-	e := errcode.Public(err)
-	return e.Code + ": " + e.Message
-}
