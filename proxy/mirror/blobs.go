@@ -56,7 +56,7 @@ func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo
 		if d, derr := s.store.GetDerived(ctx, dgst); derr != nil || d.Kind != cache.DerivedLayer {
 			return r.statUpstream(ctx, dgst)
 		}
-		b, err := r.open(ctx, dgst, 0, false) // admits, and rebuilds
+		b, err := r.open(ctx, dgst, 0, statOnly) // admits, and rebuilds
 		if err != nil {
 			return BlobInfo{}, err
 		}
@@ -87,7 +87,7 @@ func (r *Repository) statUpstream(ctx context.Context, dgst digest.Digest) (Blob
 
 // OpenBlob opens dgst for the client, from offset on (see open).
 func (r *Repository) OpenBlob(ctx context.Context, dgst digest.Digest, offset int64) (*Blob, error) {
-	return r.open(ctx, dgst, offset, false)
+	return r.open(ctx, dgst, offset, plainRead)
 }
 
 // open opens dgst for the client, from offset on: the one way to read a
@@ -97,11 +97,8 @@ func (r *Repository) OpenBlob(ctx context.Context, dgst digest.Digest, offset in
 // asking the upstream as the client; a download it starts asks the upstream
 // itself. Then the blob comes from the cache; a repackaged layer that was
 // evicted is rebuilt, as the client; anything else is downloaded, or read
-// from the download under way. verified asks for a read that checks the
-// digest (for content a rule builds on): a cached blob is hashed as it is
-// read, and a download's spool is verified by construction, since its last
-// byte waits for the download's own check.
-func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64, verified bool) (*Blob, error) {
+// from the download under way. how says what the caller reads (readMode).
+func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64, how readMode) (*Blob, error) {
 	s := r.s
 	o := object{dgst: dgst, blob: true}
 	admitted, sub, err := r.admitted(ctx, o)
@@ -124,7 +121,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		}
 	}
 	if admitted {
-		if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
+		if b, err := s.openFromCache(ctx, dgst, offset, how); b != nil || err != nil {
 			return b, err
 		}
 		switch d, err := s.store.GetDerived(ctx, dgst); {
@@ -133,7 +130,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 			if err := r.rebuildLayer(ctx, d); err != nil {
 				return nil, err
 			}
-			if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
+			if b, err := s.openFromCache(ctx, dgst, offset, how); b != nil || err != nil {
 				return fetched(b), err
 			}
 			return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", nil)
@@ -177,7 +174,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		return &Blob{ReadSeeker: sr, Source: "upstream", Fetched: true, close: sr.Close}, nil
 	}
 	// Nothing to tail: read the verified blob from the cache.
-	if b, err := s.openFromCache(ctx, dgst, offset, verified); b != nil || err != nil {
+	if b, err := s.openFromCache(ctx, dgst, offset, how); b != nil || err != nil {
 		return fetched(b), err
 	}
 	return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob vanished from the cache", nil)
@@ -190,18 +187,42 @@ func fetched(b *Blob) *Blob {
 	return b
 }
 
-// openFromCache opens a cached blob; nil and no error when it is not
-// there. A cache that fails to answer is logged and treated as a miss:
-// upstream can still serve.
-func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset int64, verified bool) (*Blob, error) {
+// readMode is what a caller of open reads.
+type readMode int
+
+const (
+	// plainRead reads the blob as it is stored (a client's GET: the client
+	// checks the digest itself).
+	plainRead readMode = iota
+	// verifiedRead checks the digest (for content a rule builds on): a
+	// cached blob is hashed as it is read, and a download's spool is
+	// verified by construction, since its last byte waits for the
+	// download's own check.
+	verifiedRead
+	// statOnly reads nothing from the cache: the caller wants the blob
+	// there (admitted, downloaded or rebuilt), and a cached one answers
+	// with a Blob that holds no reader. A download under way is still
+	// returned, to be waited for.
+	statOnly
+)
+
+// openFromCache opens a cached blob as how says; nil and no error when it
+// is not there. A cache that fails to answer is logged and treated as a
+// miss: upstream can still serve.
+func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset int64, how readMode) (*Blob, error) {
 	var rc io.ReadSeekCloser
 	var err error
-	if verified {
+	switch how {
+	case statOnly:
+		if _, err = s.store.StatBlob(ctx, dgst); err == nil {
+			return &Blob{Source: "cache", close: func() error { return nil }}, nil
+		}
+	case verifiedRead:
 		var vr io.ReadCloser
 		if vr, _, err = s.store.OpenVerified(ctx, dgst); err == nil {
 			rc = forwardOnly{vr}
 		}
-	} else {
+	default:
 		rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
 	}
 	if err != nil {

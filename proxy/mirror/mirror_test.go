@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,9 +62,26 @@ func (e *engine) Verdict(context.Context, cache.Manifest, ruleset.Set) (cache.No
 	return cache.Normalization{}, false
 }
 
+// countingStore is the cache, counting the blobs opened.
+type countingStore struct {
+	*cache.Store
+	opens atomic.Int64
+}
+
+func (s *countingStore) OpenBlob(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadSeekCloser, cache.BlobInfo, error) {
+	s.opens.Add(1)
+	return s.Store.OpenBlob(ctx, dgst, offset)
+}
+
+func (s *countingStore) OpenVerified(ctx context.Context, dgst digest.Digest) (io.ReadCloser, cache.BlobInfo, error) {
+	s.opens.Add(1)
+	return s.Store.OpenVerified(ctx, dgst)
+}
+
 // fixture is a service over an in-memory cache, in front of a registry
 // holding library/app:v1.
 type fixture struct {
+	store   *countingStore
 	svc     *mirror.Service
 	up      *upstream.Registry
 	img     regtest.Image
@@ -88,7 +106,7 @@ func newFixture(t *testing.T, e mirror.Engine) *fixture {
 	log := slog.New(slog.DiscardHandler)
 	up := upstream.New(upstream.Config{Name: "docker.io", URL: u}, upstream.Options{
 		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: log})
-	store := cache.New(inmemory.New())
+	store := &countingStore{Store: cache.New(inmemory.New())}
 	var svc *mirror.Service
 	fetches := blobfetch.New(blobfetch.Options{
 		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: clock{},
@@ -101,7 +119,7 @@ func newFixture(t *testing.T, e mirror.Engine) *fixture {
 		DeadlineExceeded: prometheus.NewCounter(prometheus.CounterOpts{Name: "deadline_exceeded"}),
 	}
 	svc = mirror.New(mirror.Options{Store: store, Fetches: fetches, Engine: e, Clock: clock{}, Metrics: metrics, Log: log})
-	return &fixture{svc: svc, up: up, img: img, layer: m.Layers[0].Digest, metrics: metrics}
+	return &fixture{store: store, svc: svc, up: up, img: img, layer: m.Layers[0].Digest, metrics: metrics}
 }
 
 func wantRefused(t *testing.T, what string, err error, status int, code string) {
@@ -149,6 +167,28 @@ func TestReadsAreHeldByTheirRepository(t *testing.T) {
 	wantRefused(t, "engine's manifest", err, http.StatusNotFound, errcode.ManifestUnknown)
 	_, err = other.Source().OpenBlob(ctx, f.layer)
 	wantRefused(t, "engine's blob", err, http.StatusNotFound, errcode.BlobUnknown)
+}
+
+// TestEnsureOpensNothingCached: the engine's Ensure of a blob the
+// repository holds in the cache is admitted and opens nothing (on S3, an
+// open is a billed request); one the repository does not hold is refused.
+func TestEnsureOpensNothingCached(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, &engine{})
+	ctx := context.Background()
+	app := f.svc.Repository(f.up.Repository("library/app"))
+	if err := app.Source().Ensure(ctx, f.layer); err != nil { // downloads it
+		t.Fatal(err)
+	}
+	before := f.store.opens.Load()
+	if err := app.Source().Ensure(ctx, f.layer); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.store.opens.Load() - before; n != 0 {
+		t.Errorf("Ensure of a cached blob opened it %d times, want 0", n)
+	}
+	other := f.svc.Repository(f.up.Repository("library/other"))
+	wantRefused(t, "another repository's Ensure", other.Source().Ensure(ctx, f.layer), http.StatusNotFound, errcode.BlobUnknown)
 }
 
 // TestVariantWaitsAtMostItsWait: a client waits for its variant no longer

@@ -35,7 +35,7 @@ func (src source) Manifest(ctx context.Context, dgst digest.Digest) (cache.Manif
 }
 
 func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error) {
-	b, err := src.r.open(ctx, dgst, 0, true)
+	b, err := src.r.open(ctx, dgst, 0, verifiedRead)
 	if err != nil {
 		return nil, err
 	}
@@ -45,9 +45,10 @@ func (src source) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadClos
 // Ensure is open's way, so that the engine's reads are admitted as the
 // client's own are (a download this client starts answers for it, with no
 // HEAD beside it), and an evicted repackaged layer is rebuilt: it waits for
-// a download to end instead of reading it.
+// a download to end instead of reading it, and opens nothing that is
+// cached (on S3, an open is a request).
 func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
-	b, err := src.r.open(ctx, dgst, 0, false)
+	b, err := src.r.open(ctx, dgst, 0, statOnly)
 	if err != nil {
 		return err
 	}
