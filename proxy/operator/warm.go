@@ -251,4 +251,3 @@ func (s *Warm) ParseImage(image string) (upstream, repo, tag string, dgst digest
 	}
 	return upstream, repo, tag, "", nil
 }
-
