@@ -85,11 +85,11 @@ func buildServer(tb testing.TB, p serverParts) built {
 	fetches := blobfetch.New(blobfetch.Options{Store: p.store, SpoolDir: p.spoolDir, Limits: limits, Clock: clock,
 		Metrics: metrics.Fetch(), Log: p.log, OnCommit: maintainer.Ingested,
 		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { service.Held(ctx, r, dgst) }})
-	private := map[string]bool{}
+	public := map[string]bool{}
 	for _, r := range regs {
-		private[r.Name()] = r.Forwards()
+		public[r.Name()] = !r.Forwards()
 	}
-	report := rewrites.New(rewrites.Options{Store: p.store, Now: clock.Now, Log: p.log, Private: func(name string) bool { return private[name] }})
+	report := rewrites.New(rewrites.Options{Store: p.store, Now: clock.Now, Log: p.log, Shown: func(name string) bool { return public[name] }})
 	platforms := normalize.DefaultPlatforms()
 	if p.platforms != nil {
 		platforms = *p.platforms

@@ -88,12 +88,12 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		OnCommit: maintainer.Ingested,
 	})
 
-	private := map[string]bool{}
+	public := map[string]bool{} // the upstreams whose entries anyone may see
 	for _, r := range regs {
-		private[r.Name()] = r.Forwards()
+		public[r.Name()] = !r.Forwards()
 	}
 	report := rewrites.New(rewrites.Options{Store: store, Now: clock.Now, Log: log,
-		Private: func(upstream string) bool { return private[upstream] }})
+		Shown: func(upstream string) bool { return public[upstream] }})
 
 	platforms, _ := normalize.ParsePlatforms(cfg.Normalize.Platforms) // validated
 	engine := normalize.New(normalize.Options{

@@ -29,22 +29,25 @@ const (
 // FlushInterval is how often served counts reach the stored report.
 const FlushInterval = 10 * time.Second
 
-// Options configure a Report. Every field is required but Private.
+// Options configure a Report. Every field is required.
 type Options struct {
 	Store cache.ReportStore
 	Now   func() time.Time
-	// Private reports whether an upstream's entries are left out of what
-	// List shows (its repositories are behind forwarded credentials).
-	Private func(upstream string) bool
-	Log     *slog.Logger
+	// Shown reports whether List may show an upstream's entries: those of
+	// an upstream configured without forwarded credentials. It fails
+	// closed: entries of an upstream that forwards, or that is no longer
+	// configured (renamed, removed: the cache keeps its entries), are
+	// hidden.
+	Shown func(upstream string) bool
+	Log   *slog.Logger
 }
 
 // Report is the rewrite report.
 type Report struct {
-	store   cache.ReportStore
-	now     func() time.Time
-	private func(string) bool
-	log     *slog.Logger
+	store cache.ReportStore
+	now   func() time.Time
+	shown func(string) bool
+	log   *slog.Logger
 	// The bounds of the stored entries, together, and of the pending ones.
 	maxEntries int
 	maxBytes   int64
@@ -61,14 +64,11 @@ type Report struct {
 
 // New builds an empty report over opts.Store.
 func New(opts Options) *Report {
-	if opts.Private == nil {
-		opts.Private = func(string) bool { return false }
-	}
 	changed, err := lru.New[digest.Digest, bool](1 << 14)
 	if err != nil {
 		panic(err)
 	}
-	return &Report{store: opts.Store, now: opts.Now, private: opts.Private, log: opts.Log, maxEntries: maxEntries, maxBytes: maxBytes,
+	return &Report{store: opts.Store, now: opts.Now, shown: opts.Shown, log: opts.Log, maxEntries: maxEntries, maxBytes: maxBytes,
 		pending: map[string]cache.ReportEntry{}, listed: recent.New[[]cache.ReportEntry](opts.Now),
 		changedOriginals: changed, lookups: make(chan struct{}, originalLookups)}
 }
@@ -199,18 +199,18 @@ func (r *Report) all(ctx context.Context) ([]cache.ReportEntry, error) {
 }
 
 // List lists the report as anyone who may read it may see it, most
-// recently served first. Entries of private upstreams (Options.Private)
-// are left out, and counted in hidden: the report is not behind those
-// credentials (client authentication cannot be combined with forwarding),
-// and they would name private repositories, digests and the paths inside
-// private layers.
+// recently served first. Entries Options.Shown does not show are left out,
+// and counted in hidden: the report is not behind forwarded credentials
+// (client authentication cannot be combined with forwarding), and they
+// would name private repositories, digests and the paths inside private
+// layers.
 func (r *Report) List(ctx context.Context) (entries []cache.ReportEntry, hidden int, err error) {
 	all, err := r.all(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
 	for _, e := range all {
-		if r.private(e.Upstream) {
+		if !r.shown(e.Upstream) {
 			hidden++
 			continue
 		}
