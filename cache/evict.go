@@ -245,10 +245,26 @@ func (s *Store) remove(ctx context.Context, dgst digest.Digest) error {
 	return nil
 }
 
+// walk is the driver's Walk of root, stopped when ctx ends: the
+// filesystem driver's own walk does not look at ctx, and a pass over a large
+// cache must not hold a shutdown past its drain.
+func walk(ctx context.Context, d storagedriver.StorageDriver, root string, f storagedriver.WalkFn) error {
+	err := d.Walk(ctx, root, func(fi storagedriver.FileInfo) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return f(fi)
+	})
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr // the driver wraps it in an error of its own
+	}
+	return err
+}
+
 // walkDigests calls f for every object under root laid out by digestPath,
 // with the digest its path names. A missing root is empty.
 func walkDigests(ctx context.Context, d storagedriver.StorageDriver, root string, f func(digest.Digest, storagedriver.FileInfo)) error {
-	err := d.Walk(ctx, root, func(fi storagedriver.FileInfo) error {
+	err := walk(ctx, d, root, func(fi storagedriver.FileInfo) error {
 		if fi.IsDir() {
 			return nil
 		}

@@ -528,7 +528,7 @@ func (s *Store) PruneReports(ctx context.Context, maxEntries int, maxBytes int64
 		size    int64
 	}
 	var all []listed
-	err := s.driver.Walk(ctx, "/reports", func(fi storagedriver.FileInfo) error {
+	err := walk(ctx, s.driver, "/reports", func(fi storagedriver.FileInfo) error {
 		if !fi.IsDir() && !strings.Contains(fi.Path(), ".tmp") {
 			all = append(all, listed{fi.Path(), fi.ModTime(), fi.Size()})
 		}
@@ -588,7 +588,7 @@ func (m *listMemo[T]) list(ctx context.Context, s *Store, root string) ([]T, err
 		modTime time.Time
 	}
 	var all []listed
-	err := s.driver.Walk(ctx, root, func(fi storagedriver.FileInfo) error {
+	err := walk(ctx, s.driver, root, func(fi storagedriver.FileInfo) error {
 		if !fi.IsDir() && !strings.Contains(fi.Path(), ".tmp") {
 			all = append(all, listed{fi.Path(), fi.ModTime()})
 		}

@@ -327,7 +327,7 @@ type Usage struct {
 // whole blob tree: call it now and then, not per request.
 func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	var u Usage
-	err := s.driver.Walk(ctx, "/blobs", func(fi storagedriver.FileInfo) error {
+	err := walk(ctx, s.driver, "/blobs", func(fi storagedriver.FileInfo) error {
 		if !fi.IsDir() {
 			u.Bytes += fi.Size()
 			u.Blobs++

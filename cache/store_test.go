@@ -995,3 +995,24 @@ func TestMergeBoundsTags(t *testing.T) {
 		}
 	}
 }
+
+// TestWalksStopWhenTheContextEnds: the listings maintenance makes (usage,
+// eviction, the records) stop when their context ends, though the
+// filesystem driver's walk does not look at it: a pass over a large cache
+// does not hold a shutdown past its drain.
+func TestWalksStopWhenTheContextEnds(t *testing.T) {
+	t.Parallel()
+	s := cache.New(filesystem.New(filesystem.DriverParameters{RootDirectory: t.TempDir(), MaxThreads: 10}))
+	for i := range 3 {
+		content := []byte(fmt.Sprintf("blob %d", i))
+		ingest(t, s, digest.FromBytes(content), int64(len(content)), content)
+	}
+	if u, err := s.Usage(context.Background()); err != nil || u.Blobs != 3 {
+		t.Fatalf("usage: %+v, %v; want 3 blobs", u, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Usage(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("usage on an ended context: %v, want context.Canceled", err)
+	}
+}
