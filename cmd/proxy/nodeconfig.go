@@ -17,6 +17,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"google.golang.org/grpc"
@@ -77,6 +79,12 @@ type hostFile struct {
 // every request to regnorm (hosts.toml's [host."...".header]): the node's
 // name, which tells nodes apart that pull from one address.
 const RegnormNodeHeader = "Regnorm-Node"
+
+// plainText reports whether s is valid UTF-8 without control characters:
+// text that a TOML string and a header line can carry as it is.
+func plainText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl)
+}
 
 // validNodeName reports whether name can be a node's name: a DNS-1123
 // subdomain, as Kubernetes names nodes (so nothing that would end a TOML
@@ -154,15 +162,23 @@ Flags:
 	if nc.reportTo == "" {
 		nc.reportTo = nc.mirror
 	}
-	if abs, err := filepath.Abs(nc.configPath); err == nil {
-		nc.configPath = abs
-	}
-	if len(nc.configPath) > 1024 || strings.ContainsAny(nc.configPath, ":'\"\\\n") {
-		return fmt.Errorf("node-config: --config-path %q must be one directory (no ':' list, no quotes)", nc.configPath)
+	// These paths go into TOML (config_path in the advice and the
+	// drop-in, the CA's path in hosts.toml) and into regnorm's report,
+	// which takes them as fleet.ValidDir says: the same rule here.
+	for _, p := range []struct {
+		flag string
+		path *string
+	}{{"--config-path", &nc.configPath}, {"--containerd-config", &nc.containerdConfig}} {
+		if abs, err := filepath.Abs(*p.path); err == nil {
+			*p.path = abs
+		}
+		if !fleet.ValidDir(*p.path) {
+			return fmt.Errorf("node-config: %s %q must be a clean absolute path of at most 1024 bytes: no ':' (one directory, not a list), no quote, backslash or control character", p.flag, *p.path)
+		}
 	}
 	for flag, v := range map[string]string{"--mirror": nc.mirror, "--report-to": nc.reportTo} {
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("node-config: %s %q is not an http(s) URL", flag, v)
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !plainText(v) {
+			return fmt.Errorf("node-config: %s %q is not an http(s) URL (in valid UTF-8, without control characters)", flag, v)
 		}
 	}
 	if nc.node != "" && !validNodeName(nc.node) {
@@ -198,6 +214,13 @@ Flags:
 		}
 		nc.reportToken = tok
 	}
+	// Tokens are sent as a header, and the client token is written into
+	// hosts.toml: neither can hold a control character or invalid UTF-8.
+	for flag, tok := range map[string]string{"--mirror-token-file": nc.mirrorToken, "--report-token-file": nc.reportToken} {
+		if !plainText(tok) {
+			return fmt.Errorf("node-config: %s: the token holds a control character or invalid UTF-8", flag)
+		}
+	}
 	nc.client = http.DefaultClient
 	if nc.mirrorCAFile != "" {
 		pool, err := certPool(nc.mirrorCAFile)
@@ -225,8 +248,13 @@ Flags:
 		nc.statusFile = ""
 	}
 	for _, arg := range pairs {
-		if name, _, ok := strings.Cut(arg, "="); !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
+		name, server, ok := strings.Cut(arg, "=")
+		if !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
 			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER (flags go before the pairs)", arg)
+		}
+		// Both are written into hosts.toml (the registry in the CA's path).
+		if !plainText(name) || !plainText(server) {
+			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER: registry %q or server %q holds a control character or invalid UTF-8", arg, name, server)
 		}
 	}
 	if err := nc.planHosts(pairs); err != nil {
@@ -271,20 +299,21 @@ func (nc *nodeConfig) planHosts(pairs []string) error {
 		name, server, _ := strings.Cut(arg, "=") // checked by runNodeConfig
 		dir := filepath.Join(nc.configPath, name)
 		var host strings.Builder
-		fmt.Fprintf(&host, "%sserver = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, server, nc.mirror)
+		// containerdcfg.String, not %q: Go's escapes are not all TOML's.
+		fmt.Fprintf(&host, "%sserver = %s\n\n[host.%s]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, containerdcfg.String(server), containerdcfg.String(nc.mirror))
 		if ca != nil {
 			caPath := filepath.Join(dir, "regnorm-ca.crt")
 			nc.hosts = append(nc.hosts, hostFile{path: caPath, content: string(ca), mode: 0o644})
-			fmt.Fprintf(&host, "  ca = %q\n", caPath)
+			fmt.Fprintf(&host, "  ca = %s\n", containerdcfg.String(caPath))
 		}
 		if nc.mirrorToken != "" || nc.node != "" {
 			// containerd sends these with every request to the host.
-			fmt.Fprintf(&host, "  [host.%q.header]\n", nc.mirror)
+			fmt.Fprintf(&host, "  [host.%s.header]\n", containerdcfg.String(nc.mirror))
 			if nc.mirrorToken != "" {
-				fmt.Fprintf(&host, "    Authorization = [%q]\n", "Bearer "+nc.mirrorToken)
+				fmt.Fprintf(&host, "    Authorization = [%s]\n", containerdcfg.String("Bearer "+nc.mirrorToken))
 			}
 			if nc.node != "" {
-				fmt.Fprintf(&host, "    %s = [%q]\n", RegnormNodeHeader, nc.node)
+				fmt.Fprintf(&host, "    %s = [%s]\n", RegnormNodeHeader, containerdcfg.String(nc.node))
 			}
 		}
 		mode := os.FileMode(0o644)

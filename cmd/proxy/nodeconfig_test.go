@@ -13,18 +13,19 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
@@ -77,6 +78,62 @@ func TestNodeConfigRejectsBadArguments(t *testing.T) {
 		if err := run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+// TestNodeConfigRefusesWhatTOMLCannotCarry: node-config writes its paths,
+// URLs and token into TOML (hosts.toml, the drop-in, the advice's lines),
+// so it takes --config-path and --containerd-config only as regnorm takes a
+// node's directories (fleet.ValidDir: a clean absolute path, no ':',
+// quote, backslash or control character: a "\r" in --config-path made the
+// drop-in one that containerd 2.3.4 refuses), and no control character or
+// invalid UTF-8 (which Go's %q writes as "\x01", "\xff": not TOML 1.0) in
+// --mirror, the token or a REGISTRY=SERVER pair. Each is refused by name,
+// before anything is written.
+func TestNodeConfigRefusesWhatTOMLCannotCarry(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	secret := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tt := range []struct {
+		want string // in the error
+		args []string
+	}{
+		{"--config-path", []string{"--config-path", dir + "/certs\r.d"}},
+		{"--config-path", []string{"--config-path", dir + "/certs\x7f.d"}},
+		{"--config-path", []string{"--config-path", dir + "/certs\x01.d"}},
+		{"--config-path", []string{"--config-path", dir + "/certs:/etc/docker/certs.d"}},
+		{"--containerd-config", []string{"--containerd-config", dir + "/config\r.toml"}},
+		{"--containerd-config", []string{"--containerd-config", dir + "/it's.toml"}},
+		{"--containerd-config", []string{"--containerd-config", dir + "/conf\x01ig.toml"}},
+		{"--mirror", []string{"--mirror", "http://10.96.0.50:5000/\xff"}},
+		{"--mirror-token-file", []string{"--mirror-token-file", secret("token-utf8", "secret\xff\n")}},
+		{"--mirror-token-file", []string{"--mirror-token-file", secret("token-ctl", "sec\x01ret\n")}},
+		{"docker.io=https://registry-1.docker.io/\xff", []string{"docker.io=https://registry-1.docker.io/\xff"}},
+		{"docker.io=https://registry-1.docker.io\x01", []string{"docker.io=https://registry-1.docker.io\x01"}},
+		{"dock\x01er.io", []string{"dock\x01er.io=https://registry-1.docker.io"}},
+		{"\xff.io", []string{"\xff.io=https://registry-1.docker.io"}},
+	} {
+		args := []string{"node-config", "--once", "--report=false", "--config-path", filepath.Join(dir, "certs.d"), "--containerd-config", filepath.Join(dir, "config.toml"),
+			"--containerd-socket", filepath.Join(dir, "none.sock"), "--mirror", "http://10.96.0.50:5000"}
+		pairs := []string{"quay.io=https://quay.io"}
+		if strings.Contains(tt.args[0], "=") {
+			pairs = tt.args
+		} else {
+			args = append(args, tt.args...)
+		}
+		err := run(context.Background(), append(args, pairs...), env(nil), io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), strconv.Quote(tt.want)) && !strings.Contains(err.Error(), "node-config: "+tt.want) {
+			t.Errorf("%q: %v; want it refused, naming %q", tt.args, err, tt.want)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "certs.d")); len(entries) > 0 {
+		t.Errorf("something was written: %v", entries)
 	}
 }
 
@@ -435,7 +492,7 @@ func TestNodeConfigSendsTheNodeName(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	tokens := filepath.Join(dir, "tokens")
-	os.WriteFile(tokens, []byte("client-secret-0123456789\n"), 0o600)
+	os.WriteFile(tokens, []byte("client-\"secret\\-é0123456789\n"), 0o600) // what a TOML string must escape, and more
 	hosts := func(extra ...string) (map[string]any, error) {
 		hostsDir := t.TempDir()
 		args := append([]string{"node-config", "--config-path", hostsDir, "--containerd-config", filepath.Join(dir, "config.toml"),
@@ -459,8 +516,8 @@ func TestNodeConfigSendsTheNodeName(t *testing.T) {
 		if err := <-done; err != nil {
 			return nil, err
 		}
-		var doc map[string]any
-		if _, err := toml.Decode(string(b), &doc); err != nil {
+		doc, err := regtest.ContainerdTOML(b)
+		if err != nil {
 			t.Fatalf("hosts.toml: %v\n%s", err, b)
 		}
 		host, _ := doc["host"].(map[string]any)
@@ -472,7 +529,7 @@ func TestNodeConfigSendsTheNodeName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(header) != "map[Authorization:[Bearer client-secret-0123456789] Regnorm-Node:[worker-1.eu-west]]" {
+	if fmt.Sprint(header) != "map[Authorization:[Bearer client-\"secret\\-é0123456789] Regnorm-Node:[worker-1.eu-west]]" {
 		t.Errorf("headers %v", header)
 	}
 	if header, err := hosts(); err != nil || header != nil {
