@@ -136,7 +136,9 @@ containerd). It reports to regnorm for its fleet view (with the token of
 --report-token-file, which regnorm's nodes.reportTokenFile holds; regnorm's
 nodes.hostsDir must be --config-path), and writes --status-file
 for the readiness probe ("probe" exits 0 only when containerd reads the files).
-It puts back, at each check, a hosts.toml file that was changed or removed.
+At each check it puts back a file that was removed; one that was changed
+(by another node-config on the same directory, or by hand) it leaves alone,
+and says so: delete it to have it written again.
 On SIGTERM it removes the hosts.toml files it wrote; the drop-in stays (removing
 it would undo the fix at containerd's next restart): delete it to undo. Files it
 did not write are left alone. With --node-name, each hosts.toml has containerd
@@ -267,7 +269,7 @@ Flags:
 		return nil
 	}
 	defer nc.cleanUp() // also what a failed first keepHosts wrote
-	if err := nc.keepHosts(); err != nil {
+	if err := nc.keepHosts(true); err != nil {
 		return err
 	}
 	for {
@@ -277,9 +279,9 @@ Flags:
 			return nil
 		case <-time.After(nc.interval):
 		}
-		// A file removed or changed (by an operator, another node-config
-		// stopping, a configuration tool) is put back.
-		if err := nc.keepHosts(); err != nil {
+		// A file removed (by an operator, another node-config stopping,
+		// --once of an older release) is put back; one changed is not.
+		if err := nc.keepHosts(false); err != nil {
 			nc.log.Warn("restoring the hosts.toml files failed", "error", err)
 		}
 	}
@@ -325,16 +327,25 @@ func (nc *nodeConfig) planHosts(pairs []string) error {
 	return nil
 }
 
-// keepHosts writes each file that is not as node-config writes it: at
-// start, and at each check after, so that a file changed or removed since
-// is put back. A hosts.toml that node-config did not write is left alone.
-func (nc *nodeConfig) keepHosts() error {
+// keepHosts writes the files node-config keeps in place.
+//
+// At start it writes each that is not as this node-config writes it: a
+// marked hosts.toml of an older release, or of a node-config with other
+// flags, it takes over. After that, at each check, it writes only a file
+// that is missing (removed by --once of an older release, a node-config
+// stopping, an operator): a file that is there and differs was written
+// since by someone else (another node-config on the same directory, an
+// operator who edited it), and writing it back at every check would fight
+// them for good. It says so once for each new content, and leaves it. A
+// hosts.toml without node-config's marker is never node-config's.
+func (nc *nodeConfig) keepHosts(start bool) error {
 	if nc.written == nil {
 		nc.written, nc.seen = map[string]string{}, map[string]string{}
 	}
 	var errs []error
 	for _, f := range nc.hosts {
 		old, err := os.ReadFile(f.path)
+		missing := errors.Is(err, os.ErrNotExist)
 		switch {
 		case err == nil && string(old) == f.content:
 			// Its own (another node-config's, before a rollout, say):
@@ -347,14 +358,26 @@ func (nc *nodeConfig) keepHosts() error {
 				nc.seen[f.path] = "foreign"
 			}
 			continue
+		case !start && err != nil && !missing:
+			if nc.seen[f.path] != "unreadable" {
+				nc.log.Warn("cannot read a file node-config keeps; leaving it alone", "path", f.path, "error", err)
+				nc.seen[f.path] = "unreadable"
+			}
+			continue
+		case !start && err == nil:
+			if seen := "differs:" + string(old); nc.seen[f.path] != seen {
+				nc.log.Warn("a file node-config keeps differs from what this node-config writes (another node-config's on this directory, or edited): left alone; delete it to have it written again", "path", f.path)
+				nc.seen[f.path] = seen
+			}
+			continue
 		}
 		if err := writeFileAtomic(f.path, []byte(f.content), f.mode); err != nil {
 			errs = append(errs, fmt.Errorf("node-config: %w", err))
 			continue
 		}
 		nc.written[f.path] = f.content
-		if _, wrote := nc.seen[f.path]; wrote {
-			nc.log.Warn("put back a file that was changed or removed", "path", f.path)
+		if _, wrote := nc.seen[f.path]; wrote && missing {
+			nc.log.Warn("put back a file that was removed", "path", f.path)
 		} else {
 			nc.log.Info("wrote", "path", f.path)
 		}
@@ -378,7 +401,7 @@ func (nc *nodeConfig) checkHosts() {
 		case f.marked && !bytes.HasPrefix(old, []byte(nodeConfigMarker)):
 			nc.log.Warn("not written by regnorm: node-config leaves it alone", "path", f.path)
 		default:
-			nc.log.Warn("differs from what node-config writes with these flags (the running node-config puts its own back)", "path", f.path)
+			nc.log.Warn("differs from what node-config writes with these flags (another node-config's, or edited): the running node-config leaves it alone; delete it to have it written again", "path", f.path)
 		}
 	}
 }

@@ -428,9 +428,10 @@ func startVersionServer(t *testing.T, version string) string {
 }
 
 // TestNodeConfigPutsBackItsFiles: the running node-config puts back, at
-// each check, a hosts.toml that was removed or changed (as `--once` of an
-// older release did, or a node-config stopping in a rollout), leaves one
-// that is not regnorm's alone, and removes its own when it stops.
+// each check, a hosts.toml that was removed (as `--once` of an older
+// release did, or a node-config stopping in a rollout), leaves one that is
+// not regnorm's alone, and removes its own when it stops. (One that was
+// changed it leaves alone: TestNodeConfigNeverFights.)
 func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -451,8 +452,6 @@ func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.RemoveAll(filepath.Dir(docker))
-		b, _ := os.ReadFile(quay)
-		os.WriteFile(quay, append(b, "# edited\n"...), 0o644)
 		os.WriteFile(ghcr, []byte("server = \"https://ghcr.io\"\n"), 0o644) // the operator's own
 
 		time.Sleep(time.Minute)
@@ -460,13 +459,10 @@ func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 		if got, err := os.ReadFile(docker); err != nil || !bytes.Equal(got, want) {
 			t.Errorf("the removed hosts.toml was not put back: %v\n%s", err, got)
 		}
-		if got, _ := os.ReadFile(quay); bytes.Contains(got, []byte("# edited")) {
-			t.Errorf("the changed hosts.toml was not put back:\n%s", got)
-		}
 		if got, _ := os.ReadFile(ghcr); string(got) != "server = \"https://ghcr.io\"\n" {
 			t.Errorf("the operator's file was replaced:\n%s", got)
 		}
-		if !strings.Contains(log.String(), "put back a file that was changed or removed") || !strings.Contains(log.String(), "that regnorm did not write is in the way") {
+		if !strings.Contains(log.String(), "put back a file that was removed") || !strings.Contains(log.String(), "that regnorm did not write is in the way") {
 			t.Errorf("the log does not say so:\n%s", log.String())
 		}
 		cancel()
@@ -480,6 +476,98 @@ func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 		}
 		if _, err := os.Stat(ghcr); err != nil {
 			t.Errorf("the operator's file was removed: %v", err)
+		}
+	})
+}
+
+// TestNodeConfigNeverFights: two node-configs on one --config-path (two
+// releases, with different --mirror) and an operator who edits a
+// hosts.toml and keeps its marker line do not make node-config rewrite the
+// file at every check (over 10 minutes it was put back 12 times): the one
+// that starts last writes its files; a file that differs from what a
+// node-config writes is left alone, with one warning for each change.
+// What removes a file (--once of an older release, a node-config stopping,
+// an operator) is still undone at the next check: when the second
+// node-config stops and removes its file, the first writes its own.
+func TestNodeConfigNeverFights(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		hostsDir := filepath.Join(dir, "certs.d")
+		nodeConfig := func(mirror string, log *syncBuffer, pairs ...string) (stop func()) {
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() {
+				done <- run(ctx, append([]string{"node-config", "--config-path", hostsDir, "--interval", "1m",
+					"--containerd-config", filepath.Join(dir, "config.toml"), "--containerd-socket", filepath.Join(dir, "none.sock"), "--report=false",
+					"--mirror", mirror}, pairs...), env(nil), io.Discard, log)
+			}()
+			synctest.Wait()
+			return func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Error(err)
+				}
+				synctest.Wait()
+			}
+		}
+		docker, quay := filepath.Join(hostsDir, "docker.io", "hosts.toml"), filepath.Join(hostsDir, "quay.io", "hosts.toml")
+		var logA, logB syncBuffer
+		stopA := nodeConfig("http://10.96.0.50:5000", &logA, "docker.io=https://registry-1.docker.io", "quay.io=https://quay.io")
+		fromA, _ := os.ReadFile(docker)
+		stopB := nodeConfig("http://10.96.0.60:5000", &logB, "docker.io=https://registry-1.docker.io")
+		fromB, _ := os.ReadFile(docker)
+		if bytes.Equal(fromA, fromB) || !bytes.Contains(fromB, []byte("10.96.0.60")) {
+			t.Fatalf("the second node-config did not write its file:\n%s", fromB)
+		}
+		b, _ := os.ReadFile(quay)
+		edited := append(b, "# the team's own note\n"...)
+		os.WriteFile(quay, edited, 0o644)
+
+		for minute := 1; minute <= 10; minute++ {
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			if got, _ := os.ReadFile(docker); !bytes.Equal(got, fromB) {
+				t.Fatalf("minute %d: docker.io's hosts.toml changed hands:\n%s", minute, got)
+			}
+			if got, _ := os.ReadFile(quay); !bytes.Equal(got, edited) {
+				t.Fatalf("minute %d: the operator's edit was undone:\n%s", minute, got)
+			}
+		}
+		for name, log := range map[string]string{"first": logA.String(), "second": logB.String()} {
+			if strings.Contains(log, "put back") {
+				t.Errorf("the %s node-config put a file back:\n%s", name, log)
+			}
+		}
+		for _, p := range []string{docker, quay} {
+			if n := strings.Count(logA.String(), "path="+p); n != 2 { // wrote, then one warning
+				t.Errorf("the first node-config's log names %s %d times, want 2 (wrote, and one warning):\n%s", p, n, logA.String())
+			}
+		}
+		if !strings.Contains(logA.String(), "left alone") {
+			t.Errorf("the first node-config does not say it leaves the files alone:\n%s", logA.String())
+		}
+
+		// A file removed is put back at the next check; when the second
+		// node-config stops (removing its own), the first writes its own.
+		os.Remove(quay)
+		stopB()
+		if _, err := os.Stat(docker); !os.IsNotExist(err) {
+			t.Fatalf("the second node-config left its file: %v", err)
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if got, _ := os.ReadFile(docker); !bytes.Equal(got, fromA) {
+			t.Errorf("docker.io's hosts.toml, once the second node-config stopped:\n%s", got)
+		}
+		if got, err := os.ReadFile(quay); err != nil || bytes.Contains(got, []byte("the team's own note")) {
+			t.Errorf("the removed quay.io hosts.toml was not put back: %v\n%s", err, got)
+		}
+		stopA()
+		for _, p := range []string{docker, quay} {
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Errorf("%s is left after node-config stopped: %v", p, err)
+			}
 		}
 	})
 }
