@@ -147,7 +147,10 @@ send the node's name to regnorm (header Regnorm-Node).
 With --once it checks once, prints the node's state as JSON on stdout (the log
 goes to stderr), and changes nothing on the node: it writes and removes no file
 (with --fix it says what --fix would do; --status-file is not written), and
-says whether the hosts.toml files are in place.
+says whether the hosts.toml files are in place. It still reports to regnorm
+(with --report-token-file and a node name): until the node's running
+node-config reports again (within 5 minutes), regnorm's fleet view shows
+that report for the node; --report=false sends none.
 
 Flags:
 `)
@@ -445,6 +448,11 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 			nc.log.Warn("reporting to regnorm failed", "error", err, "regnorm", nc.reportTo)
 		} else {
 			nc.lastReport, nc.reportedState = time.Now(), state
+			if nc.once {
+				// regnorm keeps one report a node: this one, until the
+				// node's running node-config reports again.
+				nc.log.Info(fmt.Sprintf("sent this node's report to regnorm: its fleet view shows it for the node until the node's running node-config (the DaemonSet's) reports again, within %v; --report=false to send none", reportEvery), "node", nc.node, "regnorm", nc.reportTo)
+			}
 		}
 	}
 	return rep

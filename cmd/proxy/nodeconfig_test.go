@@ -245,12 +245,18 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 		}
 		return log.String()
 	}
-	if log := nodeConfig("without-token", containerdConfig); !strings.Contains(log, "--report-token-file") {
+	if log := nodeConfig("without-token", containerdConfig); !strings.Contains(log, "--report-token-file") || strings.Contains(log, "sent this node's report") {
 		t.Errorf("node-config without a report token does not say why it does not report:\n%s", log)
 	}
 	for node, containerdConfig := range map[string]string{"worker-1": containerdConfig, "worker-2": withDropIns} {
-		if log := nodeConfig(node, containerdConfig, "--report-token-file", reportToken, "--fix"); strings.Contains(log, "reporting to regnorm failed") {
+		log := nodeConfig(node, containerdConfig, "--report-token-file", reportToken, "--fix")
+		if strings.Contains(log, "reporting to regnorm failed") {
 			t.Fatalf("%s's report was refused:\n%s", node, log)
+		}
+		// --once's report stands for the node in the fleet view until the
+		// DaemonSet's node-config reports again: it says it sent one.
+		if !strings.Contains(log, "sent this node's report to regnorm") || !strings.Contains(log, "until") {
+			t.Errorf("--once does not say it sent %s's report:\n%s", node, log)
 		}
 	}
 	req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/nodes", nil)
