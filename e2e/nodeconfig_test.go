@@ -364,6 +364,11 @@ func TestNodeConfigOnceBesideTheDaemonSet(t *testing.T) {
 			if !rep.ReadsHostsToml || rep.ReportedAt.IsZero() {
 				t.Errorf("--once's state: %+v", rep)
 			}
+			// Its report stands for the node until the DaemonSet's next:
+			// it says it sent one.
+			if !strings.Contains(stderr.String(), "sent this node's report to regnorm") {
+				t.Errorf("--once does not say it reported:\n%s", stderr.String())
+			}
 			if got, err := os.ReadFile(hosts); err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("after --once, %s: %v\n%s", hosts, err, got)
 			}
