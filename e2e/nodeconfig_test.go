@@ -364,6 +364,11 @@ func TestNodeConfigOnceBesideTheDaemonSet(t *testing.T) {
 			if !rep.ReadsHostsToml || rep.ReportedAt.IsZero() {
 				t.Errorf("--once's state: %+v", rep)
 			}
+			// Its report stands for the node until the DaemonSet's next:
+			// it says it sent one.
+			if !strings.Contains(stderr.String(), "sent this node's report to regnorm") {
+				t.Errorf("--once does not say it reported:\n%s", stderr.String())
+			}
 			if got, err := os.ReadFile(hosts); err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("after --once, %s: %v\n%s", hosts, err, got)
 			}
@@ -416,20 +421,34 @@ func TestNodeConfigOnceBesideTheDaemonSet(t *testing.T) {
 // quotes the empty config_path and says to change that line; followed to
 // the letter (regtest.FollowAdvice), containerd starts (a second registry
 // table would make it refuse the file) and then pulls through regnorm.
+// The same with that config_path written over two lines (a multi-line string):
+// the advice changes both lines (its first alone left the closing quotes
+// behind, and containerd refused the file).
 func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
 	registryURL, _ := startRegistry(t)
 	pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
 	upstreamHost := strings.TrimPrefix(registryURL, "http://")
 	ref := upstreamHost + "/library/legacy:v1"
+	const reason1620 = `config_path is "" (empty): containerd 1.6 reads no hosts.toml`
+	const reason234 = `config_path is "" (empty), so containerd 2.3 uses its default, the list "/etc/containerd/certs.d:/etc/docker/certs.d"`
 	for _, tt := range []struct {
 		kind   containerdKind
 		reason string
+		// multiLine writes config_path = "" over two lines, as a
+		// multi-line string with this delimiter.
+		multiLine string
 	}{
-		{containerd1620, `config_path is "" (empty): containerd 1.6 reads no hosts.toml`},
-		{containerd234, `config_path is "" (empty), so containerd 2.3 uses its default, the list "/etc/containerd/certs.d:/etc/docker/certs.d"`},
+		{containerd1620, reason1620, ""},
+		{containerd234, reason234, ""},
+		{containerd1620, reason1620, `"""`},
+		{containerd234, reason234, `'''`},
 	} {
-		t.Run(tt.kind.name, func(t *testing.T) {
-			node := startContainerdDefault(t, tt.kind)
+		name := tt.kind.name
+		if tt.multiLine != "" {
+			name += " config_path over two lines"
+		}
+		t.Run(name, func(t *testing.T) {
+			node := startContainerdDefault(t, tt.kind, tt.multiLine)
 			regnorm := startRegnormFor(t, upstreamHost, registryURL)
 			status := filepath.Join(t.TempDir(), "status.json")
 			start(t, "node-config", regnormBin, "node-config", "--interval=1s", "--config-path="+node.hostsDir, "--mirror="+regnorm, "--report=false",
@@ -437,6 +456,9 @@ func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
 			rep := waitNodeStatus(t, status, func(r cache.NodeReport) bool { return r.ContainerdVersion != "" })
 			if rep.ReadsHostsToml || !strings.Contains(rep.Reason, tt.reason) {
 				t.Fatalf("on containerd config default: reads %v, reason %q; want %q", rep.ReadsHostsToml, rep.Reason, tt.reason)
+			}
+			if tt.multiLine != "" && !strings.Contains(rep.Fix, "change these 2 lines") {
+				t.Fatalf("the advice for a config_path over two lines:\n%s", rep.Fix)
 			}
 			t.Logf("containerd %s, containerd config default: %s\n%s", tt.kind.name, rep.Reason, rep.Fix)
 			if err := regtest.FollowAdvice(rep.Fix); err != nil {
@@ -461,7 +483,9 @@ func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
 // `containerd config default` prints, changed only where a test must be
 // apart from the machine's containerd: its root, state, sockets and
 // drop-in directory, and (2.3.4) no NRI socket shared by every daemon.
-func startContainerdDefault(t *testing.T, kind containerdKind) *containerd {
+// With multiLine, its config_path = "" is written over two lines, as a
+// multi-line string with that delimiter.
+func startContainerdDefault(t *testing.T, kind containerdKind, multiLine string) *containerd {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "rn-ctd")
 	if err != nil {
@@ -497,6 +521,19 @@ func startContainerdDefault(t *testing.T, kind containerdKind) *containerd {
 		replace(`address = '/run/containerd/containerd.sock.ttrpc'`, fmt.Sprintf("address = %q", c.socket+".ttrpc"))
 		replace("imports = ['/etc/containerd/conf.d/*.toml']", fmt.Sprintf("imports = [%q]", filepath.Join(c.confDir, "*.toml")))
 		replace("disabled_plugins = []", "disabled_plugins = ['io.containerd.nri.v1.nri']")
+	}
+	if multiLine != "" {
+		// The registry's (2.3.4's transfer service has one of its own).
+		table, empty := `[plugins."io.containerd.grpc.v1.cri".registry]`, `config_path = ""`
+		if kind.major != 1 {
+			table, empty = `[plugins.'io.containerd.cri.v1.images'.registry]`, `config_path = ''`
+		}
+		at := strings.Index(cfg, table)
+		end := at + strings.Index(cfg[max(at, 0):], empty)
+		if at < 0 || end < at {
+			t.Fatalf("containerd %s config default has no %s under %s", kind.name, empty, table)
+		}
+		cfg = cfg[:end] + "config_path = " + multiLine + "\n" + multiLine + cfg[end+len(empty):]
 	}
 	if err := os.WriteFile(c.configFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

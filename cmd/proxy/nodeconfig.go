@@ -17,6 +17,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"google.golang.org/grpc"
@@ -78,6 +80,12 @@ type hostFile struct {
 // name, which tells nodes apart that pull from one address.
 const RegnormNodeHeader = "Regnorm-Node"
 
+// plainText reports whether s is valid UTF-8 without control characters:
+// text that a TOML string and a header line can carry as it is.
+func plainText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl)
+}
+
 // validNodeName reports whether name can be a node's name: a DNS-1123
 // subdomain, as Kubernetes names nodes (so nothing that would end a TOML
 // string or a header line).
@@ -128,7 +136,9 @@ containerd). It reports to regnorm for its fleet view (with the token of
 --report-token-file, which regnorm's nodes.reportTokenFile holds; regnorm's
 nodes.hostsDir must be --config-path), and writes --status-file
 for the readiness probe ("probe" exits 0 only when containerd reads the files).
-It puts back, at each check, a hosts.toml file that was changed or removed.
+At each check it puts back a file that was removed; one that was changed
+(by another node-config on the same directory, or by hand) it leaves alone,
+and says so: delete it to have it written again.
 On SIGTERM it removes the hosts.toml files it wrote; the drop-in stays (removing
 it would undo the fix at containerd's next restart): delete it to undo. Files it
 did not write are left alone. With --node-name, each hosts.toml has containerd
@@ -137,7 +147,10 @@ send the node's name to regnorm (header Regnorm-Node).
 With --once it checks once, prints the node's state as JSON on stdout (the log
 goes to stderr), and changes nothing on the node: it writes and removes no file
 (with --fix it says what --fix would do; --status-file is not written), and
-says whether the hosts.toml files are in place.
+says whether the hosts.toml files are in place. It still reports to regnorm
+(with --report-token-file and a node name): until the node's running
+node-config reports again (within 5 minutes), regnorm's fleet view shows
+that report for the node; --report=false sends none.
 
 Flags:
 `)
@@ -154,15 +167,23 @@ Flags:
 	if nc.reportTo == "" {
 		nc.reportTo = nc.mirror
 	}
-	if abs, err := filepath.Abs(nc.configPath); err == nil {
-		nc.configPath = abs
-	}
-	if len(nc.configPath) > 1024 || strings.ContainsAny(nc.configPath, ":'\"\\\n") {
-		return fmt.Errorf("node-config: --config-path %q must be one directory (no ':' list, no quotes)", nc.configPath)
+	// These paths go into TOML (config_path in the advice and the
+	// drop-in, the CA's path in hosts.toml) and into regnorm's report,
+	// which takes them as fleet.ValidDir says: the same rule here.
+	for _, p := range []struct {
+		flag string
+		path *string
+	}{{"--config-path", &nc.configPath}, {"--containerd-config", &nc.containerdConfig}} {
+		if abs, err := filepath.Abs(*p.path); err == nil {
+			*p.path = abs
+		}
+		if !fleet.ValidDir(*p.path) {
+			return fmt.Errorf("node-config: %s %q must be a clean absolute path of at most 1024 bytes: no ':' (one directory, not a list), no quote, backslash or control character", p.flag, *p.path)
+		}
 	}
 	for flag, v := range map[string]string{"--mirror": nc.mirror, "--report-to": nc.reportTo} {
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("node-config: %s %q is not an http(s) URL", flag, v)
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !plainText(v) {
+			return fmt.Errorf("node-config: %s %q is not an http(s) URL (in valid UTF-8, without control characters)", flag, v)
 		}
 	}
 	if nc.node != "" && !validNodeName(nc.node) {
@@ -198,6 +219,13 @@ Flags:
 		}
 		nc.reportToken = tok
 	}
+	// Tokens are sent as a header, and the client token is written into
+	// hosts.toml: neither can hold a control character or invalid UTF-8.
+	for flag, tok := range map[string]string{"--mirror-token-file": nc.mirrorToken, "--report-token-file": nc.reportToken} {
+		if !plainText(tok) {
+			return fmt.Errorf("node-config: %s: the token holds a control character or invalid UTF-8", flag)
+		}
+	}
 	nc.client = http.DefaultClient
 	if nc.mirrorCAFile != "" {
 		pool, err := certPool(nc.mirrorCAFile)
@@ -225,8 +253,13 @@ Flags:
 		nc.statusFile = ""
 	}
 	for _, arg := range pairs {
-		if name, _, ok := strings.Cut(arg, "="); !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
+		name, server, ok := strings.Cut(arg, "=")
+		if !ok || name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
 			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER (flags go before the pairs)", arg)
+		}
+		// Both are written into hosts.toml (the registry in the CA's path).
+		if !plainText(name) || !plainText(server) {
+			return fmt.Errorf("node-config: %q is not REGISTRY=SERVER: registry %q or server %q holds a control character or invalid UTF-8", arg, name, server)
 		}
 	}
 	if err := nc.planHosts(pairs); err != nil {
@@ -239,7 +272,7 @@ Flags:
 		return nil
 	}
 	defer nc.cleanUp() // also what a failed first keepHosts wrote
-	if err := nc.keepHosts(); err != nil {
+	if err := nc.keepHosts(true); err != nil {
 		return err
 	}
 	for {
@@ -249,9 +282,9 @@ Flags:
 			return nil
 		case <-time.After(nc.interval):
 		}
-		// A file removed or changed (by an operator, another node-config
-		// stopping, a configuration tool) is put back.
-		if err := nc.keepHosts(); err != nil {
+		// A file removed (by an operator, another node-config stopping,
+		// --once of an older release) is put back; one changed is not.
+		if err := nc.keepHosts(false); err != nil {
 			nc.log.Warn("restoring the hosts.toml files failed", "error", err)
 		}
 	}
@@ -271,20 +304,21 @@ func (nc *nodeConfig) planHosts(pairs []string) error {
 		name, server, _ := strings.Cut(arg, "=") // checked by runNodeConfig
 		dir := filepath.Join(nc.configPath, name)
 		var host strings.Builder
-		fmt.Fprintf(&host, "%sserver = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, server, nc.mirror)
+		// containerdcfg.String, not %q: Go's escapes are not all TOML's.
+		fmt.Fprintf(&host, "%sserver = %s\n\n[host.%s]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, containerdcfg.String(server), containerdcfg.String(nc.mirror))
 		if ca != nil {
 			caPath := filepath.Join(dir, "regnorm-ca.crt")
 			nc.hosts = append(nc.hosts, hostFile{path: caPath, content: string(ca), mode: 0o644})
-			fmt.Fprintf(&host, "  ca = %q\n", caPath)
+			fmt.Fprintf(&host, "  ca = %s\n", containerdcfg.String(caPath))
 		}
 		if nc.mirrorToken != "" || nc.node != "" {
 			// containerd sends these with every request to the host.
-			fmt.Fprintf(&host, "  [host.%q.header]\n", nc.mirror)
+			fmt.Fprintf(&host, "  [host.%s.header]\n", containerdcfg.String(nc.mirror))
 			if nc.mirrorToken != "" {
-				fmt.Fprintf(&host, "    Authorization = [%q]\n", "Bearer "+nc.mirrorToken)
+				fmt.Fprintf(&host, "    Authorization = [%s]\n", containerdcfg.String("Bearer "+nc.mirrorToken))
 			}
 			if nc.node != "" {
-				fmt.Fprintf(&host, "    %s = [%q]\n", RegnormNodeHeader, nc.node)
+				fmt.Fprintf(&host, "    %s = [%s]\n", RegnormNodeHeader, containerdcfg.String(nc.node))
 			}
 		}
 		mode := os.FileMode(0o644)
@@ -296,16 +330,25 @@ func (nc *nodeConfig) planHosts(pairs []string) error {
 	return nil
 }
 
-// keepHosts writes each file that is not as node-config writes it: at
-// start, and at each check after, so that a file changed or removed since
-// is put back. A hosts.toml that node-config did not write is left alone.
-func (nc *nodeConfig) keepHosts() error {
+// keepHosts writes the files node-config keeps in place.
+//
+// At start it writes each that is not as this node-config writes it: a
+// marked hosts.toml of an older release, or of a node-config with other
+// flags, it takes over. After that, at each check, it writes only a file
+// that is missing (removed by --once of an older release, a node-config
+// stopping, an operator): a file that is there and differs was written
+// since by someone else (another node-config on the same directory, an
+// operator who edited it), and writing it back at every check would fight
+// them for good. It says so once for each new content, and leaves it. A
+// hosts.toml without node-config's marker is never node-config's.
+func (nc *nodeConfig) keepHosts(start bool) error {
 	if nc.written == nil {
 		nc.written, nc.seen = map[string]string{}, map[string]string{}
 	}
 	var errs []error
 	for _, f := range nc.hosts {
 		old, err := os.ReadFile(f.path)
+		missing := errors.Is(err, os.ErrNotExist)
 		switch {
 		case err == nil && string(old) == f.content:
 			// Its own (another node-config's, before a rollout, say):
@@ -318,14 +361,26 @@ func (nc *nodeConfig) keepHosts() error {
 				nc.seen[f.path] = "foreign"
 			}
 			continue
+		case !start && err != nil && !missing:
+			if nc.seen[f.path] != "unreadable" {
+				nc.log.Warn("cannot read a file node-config keeps; leaving it alone", "path", f.path, "error", err)
+				nc.seen[f.path] = "unreadable"
+			}
+			continue
+		case !start && err == nil:
+			if seen := "differs:" + string(old); nc.seen[f.path] != seen {
+				nc.log.Warn("a file node-config keeps differs from what this node-config writes (another node-config's on this directory, or edited): left alone; delete it to have it written again", "path", f.path)
+				nc.seen[f.path] = seen
+			}
+			continue
 		}
 		if err := writeFileAtomic(f.path, []byte(f.content), f.mode); err != nil {
 			errs = append(errs, fmt.Errorf("node-config: %w", err))
 			continue
 		}
 		nc.written[f.path] = f.content
-		if _, wrote := nc.seen[f.path]; wrote {
-			nc.log.Warn("put back a file that was changed or removed", "path", f.path)
+		if _, wrote := nc.seen[f.path]; wrote && missing {
+			nc.log.Warn("put back a file that was removed", "path", f.path)
 		} else {
 			nc.log.Info("wrote", "path", f.path)
 		}
@@ -349,7 +404,7 @@ func (nc *nodeConfig) checkHosts() {
 		case f.marked && !bytes.HasPrefix(old, []byte(nodeConfigMarker)):
 			nc.log.Warn("not written by regnorm: node-config leaves it alone", "path", f.path)
 		default:
-			nc.log.Warn("differs from what node-config writes with these flags (the running node-config puts its own back)", "path", f.path)
+			nc.log.Warn("differs from what node-config writes with these flags (another node-config's, or edited): the running node-config leaves it alone; delete it to have it written again", "path", f.path)
 		}
 	}
 }
@@ -393,6 +448,11 @@ func (nc *nodeConfig) check(ctx context.Context) cache.NodeReport {
 			nc.log.Warn("reporting to regnorm failed", "error", err, "regnorm", nc.reportTo)
 		} else {
 			nc.lastReport, nc.reportedState = time.Now(), state
+			if nc.once {
+				// regnorm keeps one report a node: this one, until the
+				// node's running node-config reports again.
+				nc.log.Info(fmt.Sprintf("sent this node's report to regnorm: its fleet view shows it for the node until the node's running node-config (the DaemonSet's) reports again, within %v; --report=false to send none", reportEvery), "node", nc.node, "regnorm", nc.reportTo)
+			}
 		}
 	}
 	return rep

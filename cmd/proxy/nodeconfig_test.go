@@ -13,18 +13,19 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/fleet"
 )
 
@@ -77,6 +78,62 @@ func TestNodeConfigRejectsBadArguments(t *testing.T) {
 		if err := run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+// TestNodeConfigRefusesWhatTOMLCannotCarry: node-config writes its paths,
+// URLs and token into TOML (hosts.toml, the drop-in, the advice's lines),
+// so it takes --config-path and --containerd-config only as regnorm takes a
+// node's directories (fleet.ValidDir: a clean absolute path, no ':',
+// quote, backslash or control character: a "\r" in --config-path made the
+// drop-in one that containerd 2.3.4 refuses), and no control character or
+// invalid UTF-8 (which Go's %q writes as "\x01", "\xff": not TOML 1.0) in
+// --mirror, the token or a REGISTRY=SERVER pair. Each is refused by name,
+// before anything is written.
+func TestNodeConfigRefusesWhatTOMLCannotCarry(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	secret := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tt := range []struct {
+		want string // in the error
+		args []string
+	}{
+		{"--config-path", []string{"--config-path", dir + "/certs\r.d"}},
+		{"--config-path", []string{"--config-path", dir + "/certs\x7f.d"}},
+		{"--config-path", []string{"--config-path", dir + "/certs\x01.d"}},
+		{"--config-path", []string{"--config-path", dir + "/certs:/etc/docker/certs.d"}},
+		{"--containerd-config", []string{"--containerd-config", dir + "/config\r.toml"}},
+		{"--containerd-config", []string{"--containerd-config", dir + "/it's.toml"}},
+		{"--containerd-config", []string{"--containerd-config", dir + "/conf\x01ig.toml"}},
+		{"--mirror", []string{"--mirror", "http://10.96.0.50:5000/\xff"}},
+		{"--mirror-token-file", []string{"--mirror-token-file", secret("token-utf8", "secret\xff\n")}},
+		{"--mirror-token-file", []string{"--mirror-token-file", secret("token-ctl", "sec\x01ret\n")}},
+		{"docker.io=https://registry-1.docker.io/\xff", []string{"docker.io=https://registry-1.docker.io/\xff"}},
+		{"docker.io=https://registry-1.docker.io\x01", []string{"docker.io=https://registry-1.docker.io\x01"}},
+		{"dock\x01er.io", []string{"dock\x01er.io=https://registry-1.docker.io"}},
+		{"\xff.io", []string{"\xff.io=https://registry-1.docker.io"}},
+	} {
+		args := []string{"node-config", "--once", "--report=false", "--config-path", filepath.Join(dir, "certs.d"), "--containerd-config", filepath.Join(dir, "config.toml"),
+			"--containerd-socket", filepath.Join(dir, "none.sock"), "--mirror", "http://10.96.0.50:5000"}
+		pairs := []string{"quay.io=https://quay.io"}
+		if strings.Contains(tt.args[0], "=") {
+			pairs = tt.args
+		} else {
+			args = append(args, tt.args...)
+		}
+		err := run(context.Background(), append(args, pairs...), env(nil), io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), strconv.Quote(tt.want)) && !strings.Contains(err.Error(), "node-config: "+tt.want) {
+			t.Errorf("%q: %v; want it refused, naming %q", tt.args, err, tt.want)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "certs.d")); len(entries) > 0 {
+		t.Errorf("something was written: %v", entries)
 	}
 }
 
@@ -188,12 +245,18 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 		}
 		return log.String()
 	}
-	if log := nodeConfig("without-token", containerdConfig); !strings.Contains(log, "--report-token-file") {
+	if log := nodeConfig("without-token", containerdConfig); !strings.Contains(log, "--report-token-file") || strings.Contains(log, "sent this node's report") {
 		t.Errorf("node-config without a report token does not say why it does not report:\n%s", log)
 	}
 	for node, containerdConfig := range map[string]string{"worker-1": containerdConfig, "worker-2": withDropIns} {
-		if log := nodeConfig(node, containerdConfig, "--report-token-file", reportToken, "--fix"); strings.Contains(log, "reporting to regnorm failed") {
+		log := nodeConfig(node, containerdConfig, "--report-token-file", reportToken, "--fix")
+		if strings.Contains(log, "reporting to regnorm failed") {
 			t.Fatalf("%s's report was refused:\n%s", node, log)
+		}
+		// --once's report stands for the node in the fleet view until the
+		// DaemonSet's node-config reports again: it says it sent one.
+		if !strings.Contains(log, "sent this node's report to regnorm") || !strings.Contains(log, "until") {
+			t.Errorf("--once does not say it sent %s's report:\n%s", node, log)
 		}
 	}
 	req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/nodes", nil)
@@ -371,9 +434,10 @@ func startVersionServer(t *testing.T, version string) string {
 }
 
 // TestNodeConfigPutsBackItsFiles: the running node-config puts back, at
-// each check, a hosts.toml that was removed or changed (as `--once` of an
-// older release did, or a node-config stopping in a rollout), leaves one
-// that is not regnorm's alone, and removes its own when it stops.
+// each check, a hosts.toml that was removed (as `--once` of an older
+// release did, or a node-config stopping in a rollout), leaves one that is
+// not regnorm's alone, and removes its own when it stops. (One that was
+// changed it leaves alone: TestNodeConfigNeverFights.)
 func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -394,8 +458,6 @@ func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.RemoveAll(filepath.Dir(docker))
-		b, _ := os.ReadFile(quay)
-		os.WriteFile(quay, append(b, "# edited\n"...), 0o644)
 		os.WriteFile(ghcr, []byte("server = \"https://ghcr.io\"\n"), 0o644) // the operator's own
 
 		time.Sleep(time.Minute)
@@ -403,13 +465,10 @@ func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 		if got, err := os.ReadFile(docker); err != nil || !bytes.Equal(got, want) {
 			t.Errorf("the removed hosts.toml was not put back: %v\n%s", err, got)
 		}
-		if got, _ := os.ReadFile(quay); bytes.Contains(got, []byte("# edited")) {
-			t.Errorf("the changed hosts.toml was not put back:\n%s", got)
-		}
 		if got, _ := os.ReadFile(ghcr); string(got) != "server = \"https://ghcr.io\"\n" {
 			t.Errorf("the operator's file was replaced:\n%s", got)
 		}
-		if !strings.Contains(log.String(), "put back a file that was changed or removed") || !strings.Contains(log.String(), "that regnorm did not write is in the way") {
+		if !strings.Contains(log.String(), "put back a file that was removed") || !strings.Contains(log.String(), "that regnorm did not write is in the way") {
 			t.Errorf("the log does not say so:\n%s", log.String())
 		}
 		cancel()
@@ -427,6 +486,98 @@ func TestNodeConfigPutsBackItsFiles(t *testing.T) {
 	})
 }
 
+// TestNodeConfigNeverFights: two node-configs on one --config-path (two
+// releases, with different --mirror) and an operator who edits a
+// hosts.toml and keeps its marker line do not make node-config rewrite the
+// file at every check (over 10 minutes it was put back 12 times): the one
+// that starts last writes its files; a file that differs from what a
+// node-config writes is left alone, with one warning for each change.
+// What removes a file (--once of an older release, a node-config stopping,
+// an operator) is still undone at the next check: when the second
+// node-config stops and removes its file, the first writes its own.
+func TestNodeConfigNeverFights(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		hostsDir := filepath.Join(dir, "certs.d")
+		nodeConfig := func(mirror string, log *syncBuffer, pairs ...string) (stop func()) {
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() {
+				done <- run(ctx, append([]string{"node-config", "--config-path", hostsDir, "--interval", "1m",
+					"--containerd-config", filepath.Join(dir, "config.toml"), "--containerd-socket", filepath.Join(dir, "none.sock"), "--report=false",
+					"--mirror", mirror}, pairs...), env(nil), io.Discard, log)
+			}()
+			synctest.Wait()
+			return func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Error(err)
+				}
+				synctest.Wait()
+			}
+		}
+		docker, quay := filepath.Join(hostsDir, "docker.io", "hosts.toml"), filepath.Join(hostsDir, "quay.io", "hosts.toml")
+		var logA, logB syncBuffer
+		stopA := nodeConfig("http://10.96.0.50:5000", &logA, "docker.io=https://registry-1.docker.io", "quay.io=https://quay.io")
+		fromA, _ := os.ReadFile(docker)
+		stopB := nodeConfig("http://10.96.0.60:5000", &logB, "docker.io=https://registry-1.docker.io")
+		fromB, _ := os.ReadFile(docker)
+		if bytes.Equal(fromA, fromB) || !bytes.Contains(fromB, []byte("10.96.0.60")) {
+			t.Fatalf("the second node-config did not write its file:\n%s", fromB)
+		}
+		b, _ := os.ReadFile(quay)
+		edited := append(b, "# the team's own note\n"...)
+		os.WriteFile(quay, edited, 0o644)
+
+		for minute := 1; minute <= 10; minute++ {
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			if got, _ := os.ReadFile(docker); !bytes.Equal(got, fromB) {
+				t.Fatalf("minute %d: docker.io's hosts.toml changed hands:\n%s", minute, got)
+			}
+			if got, _ := os.ReadFile(quay); !bytes.Equal(got, edited) {
+				t.Fatalf("minute %d: the operator's edit was undone:\n%s", minute, got)
+			}
+		}
+		for name, log := range map[string]string{"first": logA.String(), "second": logB.String()} {
+			if strings.Contains(log, "put back") {
+				t.Errorf("the %s node-config put a file back:\n%s", name, log)
+			}
+		}
+		for _, p := range []string{docker, quay} {
+			if n := strings.Count(logA.String(), "path="+p); n != 2 { // wrote, then one warning
+				t.Errorf("the first node-config's log names %s %d times, want 2 (wrote, and one warning):\n%s", p, n, logA.String())
+			}
+		}
+		if !strings.Contains(logA.String(), "left alone") {
+			t.Errorf("the first node-config does not say it leaves the files alone:\n%s", logA.String())
+		}
+
+		// A file removed is put back at the next check; when the second
+		// node-config stops (removing its own), the first writes its own.
+		os.Remove(quay)
+		stopB()
+		if _, err := os.Stat(docker); !os.IsNotExist(err) {
+			t.Fatalf("the second node-config left its file: %v", err)
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if got, _ := os.ReadFile(docker); !bytes.Equal(got, fromA) {
+			t.Errorf("docker.io's hosts.toml, once the second node-config stopped:\n%s", got)
+		}
+		if got, err := os.ReadFile(quay); err != nil || bytes.Contains(got, []byte("the team's own note")) {
+			t.Errorf("the removed quay.io hosts.toml was not put back: %v\n%s", err, got)
+		}
+		stopA()
+		for _, p := range []string{docker, quay} {
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Errorf("%s is left after node-config stopped: %v", p, err)
+			}
+		}
+	})
+}
+
 // TestNodeConfigSendsTheNodeName: with a node name, each hosts.toml has
 // containerd send it to regnorm as the Regnorm-Node header (beside the
 // client token's Authorization, in the one header table containerd
@@ -435,7 +586,7 @@ func TestNodeConfigSendsTheNodeName(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	tokens := filepath.Join(dir, "tokens")
-	os.WriteFile(tokens, []byte("client-secret-0123456789\n"), 0o600)
+	os.WriteFile(tokens, []byte("client-\"secret\\-é0123456789\n"), 0o600) // what a TOML string must escape, and more
 	hosts := func(extra ...string) (map[string]any, error) {
 		hostsDir := t.TempDir()
 		args := append([]string{"node-config", "--config-path", hostsDir, "--containerd-config", filepath.Join(dir, "config.toml"),
@@ -459,8 +610,8 @@ func TestNodeConfigSendsTheNodeName(t *testing.T) {
 		if err := <-done; err != nil {
 			return nil, err
 		}
-		var doc map[string]any
-		if _, err := toml.Decode(string(b), &doc); err != nil {
+		doc, err := regtest.ContainerdTOML(b)
+		if err != nil {
 			t.Fatalf("hosts.toml: %v\n%s", err, b)
 		}
 		host, _ := doc["host"].(map[string]any)
@@ -472,7 +623,7 @@ func TestNodeConfigSendsTheNodeName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(header) != "map[Authorization:[Bearer client-secret-0123456789] Regnorm-Node:[worker-1.eu-west]]" {
+	if fmt.Sprint(header) != "map[Authorization:[Bearer client-\"secret\\-é0123456789] Regnorm-Node:[worker-1.eu-west]]" {
 		t.Errorf("headers %v", header)
 	}
 	if header, err := hosts(); err != nil || header != nil {

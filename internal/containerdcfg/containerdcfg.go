@@ -488,7 +488,10 @@ func DropIn(c *Config, v Version, dir string) (path string, content []byte, err 
 	}
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "%s: config_path for containerd's CRI registry, so that it reads\n", DropInMarker)
-	fmt.Fprintf(&buf, "# the hosts.toml files in %s (one directory). node-config leaves it in place when it stops.\n", dir)
+	// The directory as a TOML string even in the comment: a path written
+	// as it is could end the comment, or hold a character containerd
+	// refuses there.
+	fmt.Fprintf(&buf, "# the hosts.toml files in %s (one directory). node-config leaves it in place when it stops.\n", String(dir))
 	doc := map[string]any{"version": version, "plugins": map[string]any{section: map[string]any{"registry": map[string]any{"config_path": filepath.Clean(dir)}}}}
 	if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
 		return target, nil, err

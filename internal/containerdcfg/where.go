@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Where is where the setting that fixes a configuration goes, given the
@@ -34,6 +35,10 @@ type Where struct {
 	Under string
 	// Line is File's config_path line, as written ("" when it has none).
 	Line string
+	// More are the further lines of config_path's value, as written, when
+	// it spans lines (a multi-line string or array): the line alone is
+	// not the setting, and changing it alone would leave them behind.
+	More []string
 	// Key is config_path's key as it is, or is to be, written under Under:
 	// "config_path", or a dotted key such as "registry.config_path" when
 	// the registry table is made by dotted keys.
@@ -42,12 +47,50 @@ type Where struct {
 
 // quote is dir as a TOML string the way a file of this version writes
 // strings (containerd config default writes version 3 files with single
-// quotes).
+// quotes), where such a string can hold it.
 func quote(configVersion int, dir string) string {
-	if configVersion >= 3 {
+	if configVersion >= 3 && literal(dir) {
 		return "'" + dir + "'"
 	}
-	return strconv.Quote(dir)
+	return String(dir)
+}
+
+// literal reports whether s can be a TOML literal string ('...'), which
+// has no escapes: no quote, no control character but a tab, valid UTF-8.
+func literal(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool {
+		return r == '\'' || (r < 0x20 && r != '\t') || r == 0x7f
+	})
+}
+
+// String is s as a TOML basic string ("..."), which TOML 1.0 readers
+// take, as containerd's are: Go's %q is not TOML (it writes "\x01" for a
+// control character and "\xff" for a byte of invalid UTF-8, and TOML 1.0
+// has no \x escape). Control characters are escaped (\n, \u007F...);
+// invalid UTF-8 becomes U+FFFD, so callers that must keep s as it is
+// refuse it first.
+func String(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04X`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 // tableFor is the registry table's header in a file of configVersion.
@@ -74,6 +117,15 @@ func (w Where) Advice(dir string) string {
 	case w.Missing:
 		version := max(w.ConfigVersion, 2)
 		return fmt.Sprintf("Create %s with these lines:\nversion = %d\n\n%s\n  config_path = %s", file, version, tableFor(version), quote(version, dir))
+	case w.Line != "" && len(w.More) > 0:
+		// Every line of the value goes: its first alone would leave the
+		// rest behind, and containerd would refuse the file.
+		under := ""
+		if w.Under != "" {
+			under = " under " + w.Under + ","
+		}
+		return fmt.Sprintf("In %s,%s change these %d lines (config_path's value spans them)\n  %s\n  %s\nto the one line\n  %s = %s",
+			file, under, 1+len(w.More), w.Line, strings.Join(w.More, "\n  "), w.Key, q)
 	case w.Line != "" && w.Under != "":
 		return fmt.Sprintf("In %s, under %s, change the line\n  %s\nto\n  %s = %s", file, w.Under, w.Line, w.Key, q)
 	case w.Line != "":
@@ -198,7 +250,7 @@ func (w *Where) place(raw []byte, path []string, set bool) {
 		case e.header && slices.Equal(e.key, path):
 			header = &e
 		case !e.header && slices.Equal(e.key, want) && !e.inline:
-			w.Table, w.Under, w.Line, w.Key = true, e.table, e.text, e.keyText
+			w.Table, w.Under, w.Line, w.Key, w.More = true, e.table, e.text, e.keyText, e.more
 			return
 		case !e.header && e.inline && len(e.key) <= len(path) && slices.Equal(e.key, path[:len(e.key)]):
 			inline = true // registry = {...}, or a table above it inline
@@ -236,6 +288,9 @@ type tomlEntry struct {
 	tablePath []string
 	// inline is true for a key whose value is an inline table.
 	inline bool
+	// more are the further lines of a key's value that spans lines,
+	// trimmed.
+	more []string
 }
 
 // scanTOML lists a TOML file's table headers and keys, line by line, as
@@ -272,12 +327,17 @@ func scanTOML(raw string) []tomlEntry {
 			continue
 		}
 		value := strings.TrimSpace(rest[1:])
-		out = append(out, tomlEntry{
+		e := tomlEntry{
 			key: append(slices.Clone(tablePath), key...), text: s,
 			keyText: strings.TrimSpace(s[:len(s)-len(rest)]),
 			table:   table, tablePath: tablePath, inline: strings.HasPrefix(value, "{"),
-		})
-		i = skipValue(lines, i, value)
+		}
+		last := skipValue(lines, i, value)
+		for _, l := range lines[i+1 : last+1] {
+			e.more = append(e.more, strings.TrimSpace(l))
+		}
+		out = append(out, e)
+		i = last
 	}
 	return out
 }
@@ -334,7 +394,7 @@ func dottedKey(parts []string) string {
 		if bareKey.FindString(p) == p {
 			out[i] = p
 		} else {
-			out[i] = strconv.Quote(p)
+			out[i] = String(p)
 		}
 	}
 	return strings.Join(out, ".")

@@ -1,6 +1,7 @@
 package containerdcfg
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -95,6 +96,25 @@ func TestAdviceFollowed(t *testing.T) {
 			},
 			advice: "In {dir}/conf.d/10-old.toml, under [plugins.\"io.containerd.grpc.v1.cri\".registry], change the line\n  config_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\nto\n  config_path = \"/etc/containerd/certs.d\"",
 			reason: "is the list"},
+		// A value that spans lines: changing its first line alone would
+		// leave the rest behind (1.6.20: "unclosed string"; 2.3.4:
+		// "expected character =").
+		{name: "config_path = \"\"\" over two lines, 2.3.4", version: "v2.3.4",
+			files:  map[string]string{"config.toml": "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = \"\"\"\n\"\"\"\n  [plugins.'io.containerd.cri.v1.images'.registry.headers]\n"},
+			advice: "In {dir}/config.toml, under [plugins.'io.containerd.cri.v1.images'.registry], change these 2 lines (config_path's value spans them)\n  config_path = \"\"\"\n  \"\"\"\nto the one line\n  config_path = '/etc/containerd/certs.d'",
+			reason: `config_path is "" (empty), so containerd 2.3 uses its default`},
+		{name: "config_path = ''' over two lines, 1.6.20", version: "1.6.20",
+			files:  map[string]string{"config.toml": strings.Replace(string(default1620), `config_path = ""`, "config_path = '''\n'''", 1)},
+			advice: "In {dir}/config.toml, under [plugins.\"io.containerd.grpc.v1.cri\".registry], change these 2 lines (config_path's value spans them)\n  config_path = '''\n  '''\nto the one line\n  config_path = \"/etc/containerd/certs.d\"",
+			reason: `config_path is "" (empty): containerd 1.6 reads no hosts.toml`},
+		{name: "a list over three lines, with a comment, 2.3.4", version: "v2.3.4",
+			files:  map[string]string{"config.toml": strings.Replace(string(default234), "config_path = ''", "config_path = '''\n/etc/containerd/certs.d:\n/etc/docker/certs.d''' # the list", 1)},
+			advice: "In {dir}/config.toml, under [plugins.'io.containerd.cri.v1.images'.registry], change these 3 lines (config_path's value spans them)\n  config_path = '''\n  /etc/containerd/certs.d:\n  /etc/docker/certs.d''' # the list\nto the one line\n  config_path = '/etc/containerd/certs.d'",
+			reason: `config_path is the list "/etc/containerd/certs.d:\n/etc/docker/certs.d"`},
+		{name: "a dotted key over two lines, 2.3.4", version: "v2.3.4",
+			files:  map[string]string{"config.toml": "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  registry.config_path = \"\"\"\n\"\"\"\n  snapshotter = 'overlayfs'\n"},
+			advice: "In {dir}/config.toml, under [plugins.'io.containerd.cri.v1.images'], change these 2 lines (config_path's value spans them)\n  registry.config_path = \"\"\"\n  \"\"\"\nto the one line\n  registry.config_path = '/etc/containerd/certs.d'",
+			reason: `config_path is "" (empty)`},
 		{name: "2.3.4, a version 2 main file", version: "v2.3.4",
 			files:  map[string]string{"config.toml": string(default1620)},
 			advice: "In {dir}/config.toml, under [plugins.\"io.containerd.grpc.v1.cri\".registry], change the line\n  config_path = \"\"\nto\n  config_path = \"/etc/containerd/certs.d\"",
@@ -121,6 +141,12 @@ func TestAdviceFollowed(t *testing.T) {
 			}
 			if err := regtest.FollowAdvice(got.Fix); err != nil {
 				t.Fatalf("following the advice: %v", err)
+			}
+			for name := range tt.files {
+				b, _ := os.ReadFile(filepath.Join(d, name))
+				if _, err := regtest.ContainerdTOML(b); err != nil {
+					t.Fatalf("advice followed, containerd refuses %s: %v\n%s", name, err, b)
+				}
 			}
 			cfg, err = Load(main)
 			if err != nil {
@@ -198,4 +224,65 @@ list = [
 	if w.Under != `[plugins."io.containerd.cri.v1.images".registry]  # the registry` || w.Line != "config_path = '' # empty" || w.Key != "config_path" || !w.Table {
 		t.Errorf("%+v", w)
 	}
+}
+
+// TestPathsWrittenAsTOML: whatever the directory (a quote, a backslash,
+// a control character: node-config refuses those, and this is the
+// second line of defence), the drop-in and the advice's lines, followed,
+// are TOML that containerd reads (a path written as it is into the
+// drop-in's comment made containerd 2.3.4 refuse it: "toml: invalid
+// character in comment"), and config_path is that directory.
+func TestPathsWrittenAsTOML(t *testing.T) {
+	t.Parallel()
+	for _, dir := range []string{"/a\rb", "/a\x7fb", "/a\x01b", "/it's", `/a"b\c`, "/é\tx"} {
+		for version, configVersion := range map[string]string{"1.6.20": "2", "v2.3.4": "3"} {
+			t.Run(fmt.Sprintf("%q %s", dir, version), func(t *testing.T) {
+				t.Parallel()
+				d := t.TempDir()
+				main := write(t, d, "config.toml", "version = "+configVersion+"\nimports = [\""+filepath.Join(d, "conf.d", "*.toml")+"\"]\n")
+				os.MkdirAll(filepath.Join(d, "conf.d"), 0o755)
+				cfg, err := Load(main)
+				if err != nil {
+					t.Fatal(err)
+				}
+				v := ParseVersion(version)
+				_, content, err := DropIn(cfg, v, dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				doc, err := regtest.ContainerdTOML(content)
+				if err != nil {
+					t.Fatalf("the drop-in: %v\n%s", err, content)
+				}
+				if got := configPathOf(doc); got != dir {
+					t.Errorf("the drop-in's config_path is %q, want %q\n%s", got, dir, content)
+				}
+				got := Check(cfg, v, dir)
+				if err := regtest.FollowAdvice(got.Fix); err != nil {
+					t.Fatalf("following the advice: %v\n%s", err, got.Fix)
+				}
+				b, _ := os.ReadFile(main)
+				if doc, err = regtest.ContainerdTOML(b); err != nil {
+					t.Fatalf("advice followed: %v\n%s", err, b)
+				}
+				if got := configPathOf(doc); got != dir {
+					t.Errorf("advice followed, config_path is %q, want %q\n%s", got, dir, b)
+				}
+			})
+		}
+	}
+}
+
+// configPathOf is the registry's config_path in a version 2 or 3
+// document.
+func configPathOf(doc map[string]any) string {
+	plugins, _ := doc["plugins"].(map[string]any)
+	for _, section := range []string{criV2, imagesV3} {
+		s, _ := plugins[section].(map[string]any)
+		reg, _ := s["registry"].(map[string]any)
+		if p, ok := reg["config_path"].(string); ok {
+			return p
+		}
+	}
+	return ""
 }

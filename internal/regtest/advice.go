@@ -4,14 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 )
 
 // FollowAdvice does what node-config's advice (containerdcfg's
 // Where.Advice) says, to the letter, as an operator would: it creates the
 // file it names, adds the lines at its end, changes the one line it
-// quotes under the table header it quotes, or adds a line right under that
-// header. Anything else, or a file that does not hold what the advice
+// quotes under the table header it quotes (or the lines of a value that
+// spans several, to one), or adds a line right under that header. Anything else, or a file that does not hold what the advice
 // quotes, is an error: advice that cannot be followed as written is wrong.
 func FollowAdvice(advice string) error {
 	first, rest, _ := strings.Cut(advice, "\n")
@@ -41,20 +44,16 @@ func FollowAdvice(advice string) error {
 			return fmt.Errorf("not one line changed to another: %q", advice)
 		}
 		file, header := fileAndHeader(strings.TrimSuffix(strings.TrimPrefix(first, "In "), " change the line"), ", under ")
-		return editLines(file, header, func(lines []string, from int) ([]string, error) {
-			for i := from; i < len(lines); i++ {
-				s := strings.TrimSpace(lines[i])
-				if header != "" && i > from && strings.HasPrefix(s, "[") {
-					break // the next table
-				}
-				if s == strings.TrimSpace(old) {
-					indent := lines[i][:len(lines[i])-len(strings.TrimLeft(lines[i], " \t"))]
-					lines[i] = indent + strings.TrimSpace(replacement)
-					return lines, nil
-				}
-			}
-			return nil, fmt.Errorf("no line %q", strings.TrimSpace(old))
-		})
+		return replaceLines(file, header, []string{old}, replacement)
+	case strings.HasPrefix(first, "In ") && changeLines.MatchString(first):
+		m := changeLines.FindStringSubmatch(first)
+		block, replacement, ok := strings.Cut(rest, "\nto the one line\n")
+		old := strings.Split(block, "\n")
+		if n, _ := strconv.Atoi(m[2]); !ok || len(old) != n || n < 2 || strings.Contains(replacement, "\n") {
+			return fmt.Errorf("not %s lines changed to one: %q", m[2], advice)
+		}
+		file, header := fileAndHeader(strings.TrimPrefix(m[1], "In "), ", under ")
+		return replaceLines(file, header, old, replacement)
 	case strings.HasPrefix(first, "In ") && strings.Contains(first, ", add this line right under ") && strings.HasSuffix(first, ":"):
 		file, header := fileAndHeader(strings.TrimSuffix(strings.TrimPrefix(first, "In "), ":"), ", add this line right under ")
 		if header == "" || strings.Contains(rest, "\n") {
@@ -66,6 +65,36 @@ func FollowAdvice(advice string) error {
 		})
 	}
 	return fmt.Errorf("advice not understood: %q", advice)
+}
+
+// changeLines is the first line of advice that changes the lines of a
+// value spanning several.
+var changeLines = regexp.MustCompile(`^(.*) change these (\d+) lines \(config_path's value spans them\)$`)
+
+// replaceLines replaces, in file under header (or anywhere, without one),
+// the lines that are old (each trimmed, one after the other, before the
+// next table) with the one line replacement, indented as the first was.
+func replaceLines(file, header string, old []string, replacement string) error {
+	return editLines(file, header, func(lines []string, from int) ([]string, error) {
+		for i := from; i < len(lines); i++ {
+			s := strings.TrimSpace(lines[i])
+			if header != "" && i > from && strings.HasPrefix(s, "[") {
+				break // the next table
+			}
+			if i+len(old) > len(lines) {
+				break
+			}
+			match := true
+			for j, o := range old {
+				match = match && strings.TrimSpace(lines[i+j]) == strings.TrimSpace(o)
+			}
+			if match {
+				indent := lines[i][:len(lines[i])-len(strings.TrimLeft(lines[i], " \t"))]
+				return slices.Concat(lines[:i], []string{indent + strings.TrimSpace(replacement)}, lines[i+len(old):]), nil
+			}
+		}
+		return nil, fmt.Errorf("no lines %q", old)
+	})
 }
 
 // fileAndHeader splits "FILE<sep>HEADER" (or "FILE,": no header).
