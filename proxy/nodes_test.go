@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"html"
 	"net/http"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/fleet"
+	"github.com/regnorm/regnorm/proxy/operator"
 )
 
 func (h *harness) nodes(t *testing.T) []fleet.NodeStatus {
@@ -415,5 +417,312 @@ func TestNodeReportsCarryNoWords(t *testing.T) {
 		if strings.Contains(body, "kubelet") || strings.Contains(body, "evil") {
 			t.Errorf("%s shows words or a path a report brought", place)
 		}
+	}
+}
+
+// viewedNode is a node of GET /api/v1/nodes, as an operator's script reads
+// it.
+type viewedNode struct {
+	Node              string `json:"node"`
+	Address           string `json:"address"`
+	AddressSharedBy   int    `json:"addressSharedBy"`
+	PullsMatchedBy    string `json:"pullsMatchedBy"`
+	ContainerdVersion string `json:"containerdVersion"`
+	UserAgent         string `json:"userAgent"`
+	Rules             string `json:"rules"`
+	State             string `json:"state"`
+	Pulls             int64  `json:"pulls"`
+	OriginalDigest    int64  `json:"originalDigestPulls"`
+	NodeConfigFix     *struct {
+		Can string `json:"can"`
+		Why string `json:"why"`
+	} `json:"nodeConfigFix"`
+}
+
+// viewed is GET /api/v1/nodes by node name, or "@address" for a row of
+// pulls that named no node.
+func (h *harness) viewed(t *testing.T) map[string]viewedNode {
+	t.Helper()
+	r := h.do(t, http.MethodGet, "/api/v1/nodes", nil)
+	var body struct {
+		Nodes []viewedNode `json:"nodes"`
+	}
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &body) != nil {
+		t.Fatalf("nodes: %d %s", r.status, r.body)
+	}
+	out := map[string]viewedNode{}
+	for _, n := range body.Nodes {
+		key := n.Node
+		if key == "" {
+			key = "@" + n.Address
+		}
+		if _, dup := out[key]; dup {
+			t.Fatalf("two rows for %s: %s", key, r.body)
+		}
+		out[key] = n
+	}
+	return out
+}
+
+// pullFrom makes a containerd manifest request (HEAD by tag) for ref with
+// userAgent and, unless nil, these Regnorm-Node values.
+func (h *harness) pullFrom(t *testing.T, ref, userAgent string, node ...string) {
+	t.Helper()
+	header := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {userAgent}}
+	if node != nil {
+		header["Regnorm-Node"] = node // the name node-config writes into hosts.toml, as containerd sends it
+	}
+	if r := h.do(t, http.MethodHead, "/v2/library/"+ref, header); r.status != http.StatusOK {
+		t.Fatalf("pull %s: %d", ref, r.status)
+	}
+}
+
+// TestThreeNodesOneAddress: three nodes reach regnorm from one address (a
+// shared egress, SNAT) and name themselves in Regnorm-Node, as the
+// hosts.toml files node-config writes make containerd do. They are three
+// rows, each with its own User-Agent, containerd version, rules, pulls and
+// state (the one that has not pulled says so), each marked as sharing its
+// address, and the status page lists all three with the note that pulls
+// without the header cannot be told apart; regnorm_nodes counts the two
+// that pulled, by their own versions.
+func TestThreeNodesOneAddress(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	img := h.push(t, "library/redis", "old", legacy, oneFile)
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	ctx := context.Background()
+	for _, rep := range []cache.NodeReport{
+		{Node: "node-a", Address: "127.0.0.1", ContainerdVersion: "v1.6.8", ReadsHostsToml: true, HostsDir: fleet.DefaultHostsDir, ConfigVersion: 2},
+		{Node: "node-b", Address: "127.0.0.1", ContainerdVersion: "v1.6.20", ReadsHostsToml: true, HostsDir: fleet.DefaultHostsDir, ConfigVersion: 2},
+		{Node: "node-c", Address: "127.0.0.1", ContainerdVersion: "v2.3.4", ReadsHostsToml: true, HostsDir: fleet.DefaultHostsDir, ConfigVersion: 3},
+	} {
+		if err := h.reporter().ReportNode(ctx, rep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.pullFrom(t, "redis/manifests/old", "containerd/v1.6.8", "node-a")
+	h.pullFrom(t, "app/manifests/v1", "containerd/v1.6.8", "node-a")
+	h.pullFrom(t, "redis/manifests/old", "containerd/1.6.20~ds1", "node-b") // normalized for node-b's rules, then
+	h.pullFrom(t, "redis/manifests/"+img.ManifestDigest.String(), "containerd/1.6.20~ds1", "node-b")
+
+	got := h.viewed(t)
+	want := map[string]viewedNode{
+		"node-a": {Node: "node-a", Address: "127.0.0.1", AddressSharedBy: 3, PullsMatchedBy: "node header", ContainerdVersion: "1.6.8", UserAgent: "containerd/v1.6.8",
+			Rules: "config-media-type,symlink-xattrs,zstd-media-type", State: "uses the mirror", Pulls: 2},
+		"node-b": {Node: "node-b", Address: "127.0.0.1", AddressSharedBy: 3, PullsMatchedBy: "node header", ContainerdVersion: "1.6.20", UserAgent: "containerd/1.6.20~ds1",
+			Rules: "config-media-type,zstd-media-type", State: "uses the mirror", Pulls: 2, OriginalDigest: 1},
+		"node-c": {Node: "node-c", Address: "127.0.0.1", AddressSharedBy: 3, ContainerdVersion: "v2.3.4", Rules: "config-media-type,schema1", State: "no pull seen yet"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("rows %+v, want node-a, node-b and node-c", got)
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s:\n%+v\nwant\n%+v", name, got[name], w)
+		}
+	}
+
+	page := html.UnescapeString(string(h.do(t, http.MethodGet, "/status", nil).body))
+	for _, want := range []string{
+		"uses the mirror</span>: 2 nodes", "no pull seen yet</span>: 1 node<",
+		`<code class="name">node-a</code>`, `<code class="name">node-b</code>`, `<code class="name">node-c</code>`,
+		"containerd/v1.6.8", "containerd/1.6.20~ds1", "(1 by an original digest)",
+		"address shared by 3 nodes", "3 nodes share an address with another node", "Regnorm-Node", "cannot be told apart",
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the status page lacks %q", want)
+		}
+	}
+	h.built.fleet.Count()
+	if got := h.metric(t, "regnorm_nodes", `containerd="1.6"`); got != 2 {
+		t.Errorf("regnorm_nodes{containerd=1.6} = %v, want 2", got)
+	}
+	if got := h.metric(t, "regnorm_nodes", ""); got != 2 {
+		t.Errorf("regnorm_nodes sums to %v, want 2", got)
+	}
+}
+
+// TestSharedAddressNote: two nodes report one address and their pulls do
+// not name them (hosts.toml files of an older node-config, or written by
+// hand). The pulls are not given to either: they are a row of the address,
+// and the three rows say that they share it, on the page too. A node alone
+// at its address still gets the pulls from it, as before the header.
+func TestSharedAddressNote(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	ctx := context.Background()
+	for _, rep := range []cache.NodeReport{
+		{Node: "node-x", Address: "127.0.0.1", ContainerdVersion: "v1.7.0", ReadsHostsToml: true, HostsDir: fleet.DefaultHostsDir, ConfigVersion: 2},
+		{Node: "node-y", Address: "127.0.0.1", ContainerdVersion: "v1.7.0", ReadsHostsToml: true, HostsDir: fleet.DefaultHostsDir, ConfigVersion: 2},
+	} {
+		if err := h.reporter().ReportNode(ctx, rep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.pullFrom(t, "app/manifests/v1", "containerd/v1.7.2")
+	got := h.viewed(t)
+	if len(got) != 3 {
+		t.Fatalf("rows %+v, want node-x, node-y and the address's", got)
+	}
+	for _, name := range []string{"node-x", "node-y"} {
+		if n := got[name]; n.State != "no pull seen yet" || n.Pulls != 0 || n.AddressSharedBy != 3 {
+			t.Errorf("%s: %+v, want no pull seen yet, its address shared by 3", name, n)
+		}
+	}
+	if n := got["@127.0.0.1"]; n.State != "uses the mirror" || n.Pulls != 1 || n.ContainerdVersion != "1.7.2" || n.PullsMatchedBy != "address" || n.AddressSharedBy != 3 {
+		t.Errorf("the address's row: %+v", n)
+	}
+	page := html.UnescapeString(string(h.do(t, http.MethodGet, "/status", nil).body))
+	for _, want := range []string{"3 nodes share an address with another node", "cannot be told apart", "no node name", "pulls matched by address", "address shared by 3 nodes"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the status page lacks %q", want)
+		}
+	}
+}
+
+// TestBadNodeHeaderFallsBackToAddress: a Regnorm-Node value that no report
+// could carry as a node name (empty, over 253 bytes, a control character,
+// not UTF-8), or two of them, is ignored: the pull is counted by its
+// address, here for the one node reported there; a good value beside them
+// is a node of its own.
+func TestBadNodeHeaderFallsBackToAddress(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	if err := h.reporter().ReportNode(context.Background(), cache.NodeReport{Node: "node-r", Address: "127.0.0.1", ReadsHostsToml: true,
+		HostsDir: fleet.DefaultHostsDir, ConfigVersion: 2}); err != nil {
+		t.Fatal(err)
+	}
+	bad := [][]string{{""}, {strings.Repeat("n", 254)}, {"node\tr"}, {"node-\xff"}, {"node-r", "node-s"}}
+	for _, values := range bad {
+		h.pullFrom(t, "app/manifests/v1", "containerd/v1.7.2", values...)
+	}
+	h.pullFrom(t, "app/manifests/v1", "containerd/v2.3.4", "node-s")
+	got := h.viewed(t)
+	if len(got) != 2 {
+		t.Fatalf("rows %+v, want node-r and node-s", got)
+	}
+	if n := got["node-r"]; n.Pulls != int64(len(bad)) || n.PullsMatchedBy != "address" || n.ContainerdVersion != "1.7.2" {
+		t.Errorf("node-r: %+v, want the %d pulls with a bad header, by address", n, len(bad))
+	}
+	if n := got["node-s"]; n.Pulls != 1 || n.PullsMatchedBy != "node header" || n.ContainerdVersion != "2.3.4" {
+		t.Errorf("node-s: %+v, want its one pull, by its header", n)
+	}
+}
+
+// TestNodeNamesAreBounded: a client sending a new Regnorm-Node name with
+// each pull (any client may send any name) makes at most fleet.MaxNodes
+// rows, and regnorm_nodes keeps its fixed series and counts no more.
+func TestNodeNamesAreBounded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	h.pullFrom(t, "app/manifests/v1", "containerd/v1.7.2") // the tag is cached
+	const senders = 16
+	total := fleet.MaxNodes + 500
+	errs := make(chan error, senders)
+	for s := range senders {
+		go func() {
+			for i := s; i < total; i += senders {
+				req, _ := http.NewRequest(http.MethodHead, h.url+"/v2/library/app/manifests/v1", nil)
+				req.Header.Set("User-Agent", fmt.Sprintf("containerd/v1.%d.0", i))
+				req.Header.Set("Regnorm-Node", fmt.Sprintf("made-up-%d", i))
+				resp, err := boundedClient.Do(req)
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("pull %d: %d", i, resp.StatusCode)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range senders {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(h.viewed(t)); got != fleet.MaxNodes {
+		t.Fatalf("%d rows, want %d", got, fleet.MaxNodes)
+	}
+	h.built.fleet.Count()
+	if got := h.metric(t, "regnorm_nodes", ""); got != fleet.MaxNodes {
+		t.Fatalf("regnorm_nodes sums to %v, want %d", got, fleet.MaxNodes)
+	}
+	if got := h.metric(t, "regnorm_nodes", `containerd="other"`); got < fleet.MaxNodes-10 {
+		t.Fatalf("regnorm_nodes{containerd=other} = %v: the made-up versions are not in other", got)
+	}
+}
+
+// TestStatusPageListsEveryNode: the status page lists every node by state,
+// the ones that have not pulled yet included, more than 20 of a state
+// behind a summary line (<details>); for a node that does not use the
+// mirror, whether node-config --fix could fix it (from its report's codes)
+// and the lines to add.
+func TestStatusPageListsEveryNode(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	ctx := context.Background()
+	dropIn := "/etc/containerd/conf.d/99-regnorm.toml"
+	reports := []cache.NodeReport{
+		{Node: "fixable", Address: "10.0.1.1", ContainerdVersion: "v2.3.4", ConfigVersion: 3, ConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d",
+			Reasons: []containerdcfg.Reason{{Code: containerdcfg.ConfigPathList, Major: 2, Minor: 3}}},
+		{Node: "legacy", Address: "10.0.1.2", ContainerdVersion: "v1.7.0", ConfigVersion: 2,
+			Reasons: []containerdcfg.Reason{{Code: containerdcfg.LegacyMirrors, Section: "io.containerd.grpc.v1.cri"}}},
+		{Node: "restart", Address: "10.0.1.3", ContainerdVersion: "v1.6.20", ConfigVersion: 2, DropIn: dropIn,
+			Reasons: []containerdcfg.Reason{{Code: containerdcfg.NoConfigPath, Major: 1, Minor: 6}, {Code: containerdcfg.DropInWritten, Path: dropIn}}},
+	}
+	for i := range 25 {
+		reports = append(reports, cache.NodeReport{Node: fmt.Sprintf("waiting-%02d", i), Address: fmt.Sprintf("10.0.2.%d", i), ContainerdVersion: "v1.7.0",
+			ConfigVersion: 2, ReadsHostsToml: true})
+	}
+	reports = append(reports, cache.NodeReport{Node: "pulling", Address: "10.0.3.1", ConfigVersion: 2, ReadsHostsToml: true})
+	for _, rep := range reports {
+		rep.HostsDir = fleet.DefaultHostsDir
+		if err := h.reporter().ReportNode(ctx, rep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.pullFrom(t, "app/manifests/v1", "containerd/v1.7.2", "pulling")
+
+	got := h.viewed(t)
+	for name, want := range map[string]string{"fixable": "may", "legacy": "cannot", "restart": "written"} {
+		if n := got[name]; n.State != "does not use the mirror" || n.NodeConfigFix == nil || n.NodeConfigFix.Can != want {
+			t.Errorf("%s: %+v, want --fix: %s", name, n, want)
+		}
+	}
+	r := h.do(t, http.MethodGet, "/status", nil)
+	page := html.UnescapeString(string(r.body))
+	for _, want := range []string{
+		"does not use the mirror</span>: 3 nodes</h3>",
+		"<details><summary><span class=\"state-nopull\">no pull seen yet</span>: 25 nodes</summary>",
+		"uses the mirror</span>: 1 node</h3>",
+		`<code class="name">pulling</code>`,
+		`<span class="fix-may">may fix it</span>`, "--fix (nodeConfig.fix.enabled) writes these lines as a drop-in",
+		`<span class="fix-cannot">cannot fix it</span>`, "--fix cannot: the registry settings have legacy mirrors",
+		`<span class="fix-written">written</span>`, `--fix wrote it: a drop-in fixing it is written to "` + dropIn + `": restart containerd`,
+		"[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d'",
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the status page lacks %q", want)
+		}
+	}
+	for i := range 25 {
+		if name := fmt.Sprintf(`<code class="name">waiting-%02d</code>`, i); !strings.Contains(page, name) {
+			t.Errorf("the status page does not list %s", name)
+		}
+	}
+	if strings.Contains(page, "share an address") {
+		t.Error("the page says nodes share an address; none do")
+	}
+	if r.header.Get("Content-Security-Policy") != operator.StatusCSP {
+		t.Errorf("CSP %q", r.header.Get("Content-Security-Policy"))
 	}
 }

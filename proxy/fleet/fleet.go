@@ -25,6 +25,14 @@ import (
 // and a report of a new node is refused.
 const MaxNodes = 10000
 
+// NodeHeader is the header node-config has containerd send with every
+// request to regnorm (it writes it into each hosts.toml): the node's name,
+// as its report names it. A pull that carries one valid value is counted
+// in that node's row, wherever it comes from; any other pull in the row of
+// its address. It is not a credential: any client may send any name, and
+// all it decides is the row a pull is counted in.
+const NodeHeader = "Regnorm-Node"
+
 // Defaults of Options' zero fields.
 const (
 	// DefaultForgetAfter drops a node from the fleet view.
@@ -91,13 +99,21 @@ type Fleet struct {
 	reports *recent.Listing[[]cache.NodeReport]
 
 	mu   sync.Mutex
-	seen *lru.Cache[string, *seen]
+	seen *lru.Cache[seenKey, *seen]
 
 	counting sync.Mutex // one count of regnorm_nodes at a time
 }
 
-// seen is what this process saw of one client address.
+// seenKey names what pulls are counted by: the node named by NodeHeader,
+// else the address (one of the two is set).
+type seenKey struct{ node, addr string }
+
+// seen is what this process saw of one node, by its name, or of one
+// address whose pulls named none.
 type seen struct {
+	// Node is the name the pulls carried (NodeHeader), if any.
+	Node string
+	// Address is where the last pull came from.
 	Address             string
 	UserAgent           string
 	FirstPull, LastPull time.Time
@@ -122,7 +138,7 @@ func New(opts Options) (*Fleet, error) {
 	if opts.ForgetAfter <= 0 {
 		opts.ForgetAfter = DefaultForgetAfter
 	}
-	seenNodes, err := lru.New[string, *seen](MaxNodes)
+	seenNodes, err := lru.New[seenKey, *seen](MaxNodes)
 	if err != nil {
 		return nil, err
 	}
@@ -132,37 +148,52 @@ func New(opts Options) (*Fleet, error) {
 }
 
 // SawPull notes a manifest request from the client of r, and whether it
-// was by an original digest (whose pull regnorm cannot fix).
+// was by an original digest (whose pull regnorm cannot fix): for the node
+// r names (pullNode), else for its address.
 func (f *Fleet) SawPull(r *http.Request, byOriginalDigest bool) {
 	addr, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		addr = r.RemoteAddr
 	}
+	key := seenKey{node: pullNode(r)}
+	if key.node == "" {
+		key.addr = addr
+	}
 	now := f.clock.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n, ok := f.seen.Get(addr)
+	n, ok := f.seen.Get(key)
 	if !ok {
-		n = &seen{Address: addr, FirstPull: now}
-		f.seen.Add(addr, n)
+		n = &seen{Node: key.node, FirstPull: now}
+		f.seen.Add(key, n)
 	}
-	n.UserAgent, n.LastPull = truncate(r.UserAgent(), 200), now
+	n.Address, n.UserAgent, n.LastPull = addr, truncate(r.UserAgent(), 200), now
 	n.Pulls++
 	if byOriginalDigest {
 		n.OriginalDigestPulls++
 	}
 }
 
-// snapshot returns the clients seen within the forget period.
+// pullNode is the node r names in NodeHeader: one value, a valid node
+// name (ValidNodeName). Any other, or none, is "": the pull is counted by
+// its address.
+func pullNode(r *http.Request) string {
+	if v := r.Header.Values(NodeHeader); len(v) == 1 && ValidNodeName(v[0]) {
+		return v[0]
+	}
+	return ""
+}
+
+// snapshot returns the nodes and addresses seen within the forget period.
 func (f *Fleet) snapshot() []seen {
 	now := f.clock.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []seen
-	for _, addr := range f.seen.Keys() {
-		n, _ := f.seen.Peek(addr)
+	for _, key := range f.seen.Keys() {
+		n, _ := f.seen.Peek(key)
 		if now.Sub(n.LastPull) > f.forget {
-			f.seen.Remove(addr)
+			f.seen.Remove(key)
 			continue
 		}
 		out = append(out, *n)
@@ -184,13 +215,22 @@ func (f *Fleet) listReports(ctx context.Context) ([]cache.NodeReport, error) {
 
 // View merges what node-config reported with what this process saw, most
 // recent first: nodes that do not use the mirror first of all.
+//
+// A node's pulls are those that named it (NodeHeader), wherever they came
+// from. Pulls that named no node are matched by address: to the one report
+// of that address whose node has no pulls by name, else (several reports
+// share it, or its node's pulls carry its name) they are a row of their
+// own, the address's, since nothing tells whose they are. Nodes that share
+// an address, by their reports or their pulls, say how many they are
+// (AddressSharedBy).
 func (f *Fleet) View(ctx context.Context) ([]NodeStatus, error) {
 	reports, err := f.listReports(ctx)
 	if err != nil {
 		return nil, err
 	}
 	now := f.clock.Now()
-	byAddr := map[string]*NodeStatus{}
+	byNode := map[string]*NodeStatus{}
+	byAddr := map[string][]*NodeStatus{} // the reported nodes at an address
 	var out []*NodeStatus
 	for _, r := range reports {
 		if now.Sub(r.ReportedAt) > f.forget {
@@ -208,22 +248,42 @@ func (f *Fleet) View(ctx context.Context) ([]NodeStatus, error) {
 			r.Fix = containerdcfg.FixFor(r.ConfigVersion, f.hostsDir)
 		}
 		n := &NodeStatus{Node: r.Node, Address: r.Address, ContainerdVersion: r.ContainerdVersion, NodeConfig: &r}
+		if !r.ReadsHostsToml {
+			n.NodeConfigFix = fixOutlook(r)
+		}
 		out = append(out, n)
+		byNode[r.Node] = n
 		if r.Address != "" {
-			byAddr[r.Address] = n
+			byAddr[r.Address] = append(byAddr[r.Address], n)
 		}
 	}
+	var unnamed []seen
 	for _, seen := range f.snapshot() {
-		n, ok := byAddr[seen.Address]
+		if seen.Node == "" {
+			unnamed = append(unnamed, seen)
+			continue
+		}
+		n, ok := byNode[seen.Node]
 		if !ok {
+			n = &NodeStatus{Node: seen.Node}
+			byNode[seen.Node] = n
+			out = append(out, n)
+		}
+		n.Address, n.PullsMatchedBy = seen.Address, MatchedByHeader // where its pulls come from
+		n.sawPulls(seen)
+	}
+	for _, seen := range unnamed {
+		var n *NodeStatus
+		if at := byAddr[seen.Address]; len(at) == 1 && at[0].PullsMatchedBy == "" {
+			n = at[0]
+		} else {
 			n = &NodeStatus{Address: seen.Address}
 			out = append(out, n)
 		}
-		n.UserAgent, n.LastPull, n.Pulls, n.OriginalDigestPulls = seen.UserAgent, seen.LastPull, seen.Pulls, seen.OriginalDigestPulls
-		if v, ok := ruleset.Containerd(seen.UserAgent); ok {
-			n.ContainerdVersion = v.Text
-		}
+		n.PullsMatchedBy = MatchedByAddress
+		n.sawPulls(seen)
 	}
+	markShared(out)
 	for _, n := range out {
 		n.Rules = f.rules.ForVersion(containerdcfg.ParseVersion(n.ContainerdVersion)).Rules.Key()
 	}
@@ -254,6 +314,39 @@ func (f *Fleet) View(ctx context.Context) ([]NodeStatus, error) {
 	return list, nil
 }
 
+// sawPulls sets what n's pulls say of it.
+func (n *NodeStatus) sawPulls(s seen) {
+	n.UserAgent, n.LastPull, n.Pulls, n.OriginalDigestPulls = s.UserAgent, s.LastPull, s.Pulls, s.OriginalDigestPulls
+	if v, ok := ruleset.Containerd(s.UserAgent); ok {
+		n.ContainerdVersion = v.Text
+	}
+}
+
+// markShared sets AddressSharedBy on the nodes whose address, that of their
+// pulls or of their report, is another's too.
+func markShared(nodes []*NodeStatus) {
+	addresses := func(n *NodeStatus) []string {
+		a := []string{n.Address}
+		if n.NodeConfig != nil && n.NodeConfig.Address != n.Address {
+			a = append(a, n.NodeConfig.Address)
+		}
+		return slices.DeleteFunc(a, func(s string) bool { return s == "" })
+	}
+	count := map[string]int{}
+	for _, n := range nodes {
+		for _, a := range addresses(n) {
+			count[a]++
+		}
+	}
+	for _, n := range nodes {
+		for _, a := range addresses(n) {
+			if c := count[a]; c > 1 {
+				n.AddressSharedBy = max(n.AddressSharedBy, c)
+			}
+		}
+	}
+}
+
 // countInterval is how often regnorm_nodes is recomputed and forgotten
 // nodes' reports are deleted.
 const countInterval = 30 * time.Second
@@ -273,8 +366,9 @@ func (f *Fleet) Run(ctx context.Context) {
 }
 
 // Count sets regnorm_nodes: the nodes that pulled through this process
-// within the forget period, by containerd minor version. It reads no
-// storage.
+// within the forget period, by containerd minor version: a node by its
+// name when its pulls carry it (wherever they come from), else an address.
+// It reads no storage.
 func (f *Fleet) Count() {
 	counts := map[string]int{}
 	for _, seen := range f.snapshot() {

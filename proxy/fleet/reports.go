@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
@@ -41,7 +42,6 @@ var reportLimits = []struct {
 	value func(*cache.NodeReport) string
 	max   int
 }{
-	{"node", func(r *cache.NodeReport) string { return r.Node }, 253},
 	{"containerdVersion", func(r *cache.NodeReport) string { return r.ContainerdVersion }, 128},
 	{"hostsDir", func(r *cache.NodeReport) string { return r.HostsDir }, 1024},
 	{"configPath", func(r *cache.NodeReport) string { return r.ConfigPath }, 1024},
@@ -105,6 +105,9 @@ func (f *Fleet) check(rep cache.NodeReport) error {
 	if rep.Node == "" {
 		return errors.New("the report names no node")
 	}
+	if !ValidNodeName(rep.Node) {
+		return fmt.Errorf("node is longer than %d bytes or holds control characters", maxNodeName)
+	}
 	for _, l := range reportLimits {
 		if v := l.value(&rep); len(v) > l.max || strings.ContainsFunc(v, unicode.IsControl) {
 			return fmt.Errorf("%s is longer than %d bytes or holds control characters", l.field, l.max)
@@ -148,6 +151,16 @@ func (f *Fleet) check(rep cache.NodeReport) error {
 func (f *Fleet) validDropIn(p string) bool {
 	return ValidDir(p) && path.Base(p) == containerdcfg.DropInName &&
 		strings.HasPrefix(p, strings.TrimSuffix(f.configDir, "/")+"/")
+}
+
+// maxNodeName bounds a node's name: a Kubernetes node name is at most 253.
+const maxNodeName = 253
+
+// ValidNodeName reports whether s can name a node, in a report or a pull
+// (NodeHeader): not empty, at most 253 bytes of UTF-8, no control
+// characters. It is shown as data, quoted.
+func ValidNodeName(s string) bool {
+	return s != "" && len(s) <= maxNodeName && utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl)
 }
 
 // ValidDir reports whether dir can be a directory that the fleet view

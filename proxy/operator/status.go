@@ -103,13 +103,34 @@ type statusData struct {
 	// digest, of NeedRepinCount.
 	NeedRepin      []cache.ReportEntry
 	NeedRepinCount int
-	// The fleet: nodes pulling through, by containerd version; nodes that
-	// node-config found do not use the mirror (at most a page of them).
+	// The fleet: nodes pulling through, by containerd version; every node,
+	// by state (at most maxNodeRows of each); how many share an address
+	// with another.
 	NodesPulling  int
 	NodeVersions  []versionCount
 	NodesNotCount int
-	NodesNot      []fleet.NodeStatus
+	NodeGroups    []nodeGroup
+	SharedNodes   int
 }
+
+// nodeGroup is the nodes of one state, as the page lists them.
+type nodeGroup struct {
+	// Kind is "not", "nopull" or "uses": which columns the page shows.
+	Kind, State string
+	Count       int
+	Nodes       []fleet.NodeStatus
+	// Collapsed: more than collapseNodes, shown when opened.
+	Collapsed bool
+}
+
+const (
+	// maxNodeRows is how many nodes of a state the page lists; the API
+	// lists all of them.
+	maxNodeRows = 1000
+	// collapseNodes is how many nodes of a state the page lists open;
+	// more are behind a summary line.
+	collapseNodes = 20
+)
 
 type versionCount struct {
 	Version string
@@ -160,22 +181,7 @@ func (s *Status) Serve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
 	}
-	counts := map[string]int{}
-	for _, n := range nodes {
-		switch {
-		case !n.LastPull.IsZero():
-			d.NodesPulling++
-			counts[fleet.MinorVersion(n)]++
-		case n.State == fleet.StateDoesNot:
-			d.NodesNotCount++
-			if len(d.NodesNot) < statusPageSize {
-				d.NodesNot = append(d.NodesNot, n)
-			}
-		}
-	}
-	for _, v := range slices.Sorted(maps.Keys(counts)) {
-		d.NodeVersions = append(d.NodeVersions, versionCount{v, counts[v]})
-	}
+	d.nodes(nodes)
 	var matching []cache.ReportEntry
 	for _, e := range entries {
 		if e.UnnormalizedPulls > 0 {
@@ -199,6 +205,41 @@ func (s *Status) Serve(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Content-Security-Policy", StatusCSP)
 	return statusTemplate.Execute(w, d)
+}
+
+// nodes fills in the page's fleet: counts, and the nodes by state (the
+// view's order within each).
+func (d *statusData) nodes(nodes []fleet.NodeStatus) {
+	groups := []nodeGroup{{Kind: "not", State: fleet.StateDoesNot}, {Kind: "nopull", State: fleet.StateNoPull}, {Kind: "uses", State: fleet.StateUses}}
+	counts := map[string]int{}
+	for _, n := range nodes {
+		if !n.LastPull.IsZero() {
+			d.NodesPulling++
+			counts[fleet.MinorVersion(n)]++
+		}
+		if n.AddressSharedBy > 0 {
+			d.SharedNodes++
+		}
+		for i := range groups {
+			if g := &groups[i]; g.State == n.State {
+				if g.Count++; len(g.Nodes) < maxNodeRows {
+					g.Nodes = append(g.Nodes, n)
+				}
+			}
+		}
+	}
+	for _, v := range slices.Sorted(maps.Keys(counts)) {
+		d.NodeVersions = append(d.NodeVersions, versionCount{v, counts[v]})
+	}
+	for _, g := range groups {
+		if g.Kind == "not" {
+			d.NodesNotCount = g.Count
+		}
+		if g.Count > 0 {
+			g.Collapsed = g.Count > collapseNodes
+			d.NodeGroups = append(d.NodeGroups, g)
+		}
+	}
 }
 
 // groupVariants puts the variants of one original together, the original
