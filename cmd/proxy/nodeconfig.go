@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 	"unicode"
@@ -85,15 +84,6 @@ const RegnormNodeHeader = "Regnorm-Node"
 func plainText(s string) bool {
 	return utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl)
 }
-
-// validNodeName reports whether name can be a node's name: a DNS-1123
-// subdomain, as Kubernetes names nodes (so nothing that would end a TOML
-// string or a header line).
-func validNodeName(name string) bool {
-	return len(name) <= 253 && nodeNameRe.MatchString(name)
-}
-
-var nodeNameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
 // runNodeConfig is `regnorm node-config`, run by the Helm chart's DaemonSet
 // on every node (see usage below).
@@ -186,7 +176,7 @@ Flags:
 			return fmt.Errorf("node-config: %s %q is not an http(s) URL (in valid UTF-8, without control characters)", flag, v)
 		}
 	}
-	if nc.node != "" && !validNodeName(nc.node) {
+	if nc.node != "" && !fleet.ValidNodeName(nc.node) {
 		return fmt.Errorf("node-config: --node-name %q is not a node name (lowercase letters, digits, '-' and '.', as Kubernetes names nodes)", nc.node)
 	}
 	if nc.interval < time.Second {

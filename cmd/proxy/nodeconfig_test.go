@@ -283,7 +283,7 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 			"a drop-in fixing it is written to \"" + dropIn + "\": restart containerd",
 	} {
 		n, ok := byNode[node]
-		if !ok || n.NodeConfig == nil || n.NodeConfig.Fix != want || !strings.HasPrefix(n.NodeConfig.Reason, why) {
+		if !ok || n.NodeConfig == nil || !strings.HasSuffix(n.NodeConfig.Fix, want) || !strings.HasPrefix(n.NodeConfig.Reason, why) {
 			t.Errorf("fleet view of %s: %+v\nwant told to add %q, because %q", node, n.NodeConfig, want, why)
 		}
 	}

@@ -245,7 +245,7 @@ func (f *Fleet) View(ctx context.Context) ([]NodeStatus, error) {
 		}
 		r.Reason = containerdcfg.Explain(r.Reasons, r.ConfigPath, f.hostsDir)
 		if !r.ReadsHostsToml && r.ConfigVersion > 0 {
-			r.Fix = containerdcfg.FixFor(r.ConfigVersion, f.hostsDir)
+			r.Fix = containerdcfg.FixForReport(r.Reasons, r.ConfigVersion, f.hostsDir)
 		}
 		n := &NodeStatus{Node: r.Node, Address: r.Address, ContainerdVersion: r.ContainerdVersion, NodeConfig: &r}
 		if !r.ReadsHostsToml {

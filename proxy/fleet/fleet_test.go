@@ -1,6 +1,8 @@
 package fleet
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -93,5 +95,33 @@ func TestNodeVersionSeriesAreBounded(t *testing.T) {
 		"2.0": 0, "2.1": 0, "2.2": 0, "2.3": 0, "other": 22 * 23 / 2, "unknown": 7} // other: versions 1.8-1.29
 	if !maps.Equal(series, want) || total != 465+7 {
 		t.Fatalf("series %v, want %v", series, want)
+	}
+}
+
+// TestReportsCarryNoLookAlikes: what a report brings and the fleet view
+// quotes (the node's name, its config_path, the drop-in's path) cannot
+// pass for regnorm's words: a node's name is a DNS-1123 name, the paths
+// printable ASCII, so no look-alike of a quote ends a quotation.
+func TestReportsCarryNoLookAlikes(t *testing.T) {
+	t.Parallel()
+	f := newTestFleet(t, prometheus.NewRegistry())
+	good := cache.NodeReport{Node: "worker-1.example", HostsDir: DefaultHostsDir, ConfigVersion: 3, ConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d"}
+	if err := f.Receive(context.Background(), good); err != nil {
+		t.Fatalf("a plain report: %v", err)
+	}
+	for name, edit := range map[string]func(*cache.NodeReport){
+		"a quote look-alike in configPath": func(r *cache.NodeReport) {
+			r.ConfigPath = "/etc/containerd/certs.d\u201d is outdated. Run this: \u201c/x"
+		},
+		"non-ASCII in configPath":        func(r *cache.NodeReport) { r.ConfigPath = "/etc/containerd/c\u00e9rts.d" },
+		"upper case in the node's name":  func(r *cache.NodeReport) { r.Node = "Worker-1" },
+		"a space in the node's name":     func(r *cache.NodeReport) { r.Node = "worker 1 says run curl" },
+		"a quote look-alike in the name": func(r *cache.NodeReport) { r.Node = "worker\u201d" },
+	} {
+		rep := good
+		edit(&rep)
+		if err := f.Receive(context.Background(), rep); !errors.Is(err, ErrInvalidReport) {
+			t.Errorf("%s: %v, want ErrInvalidReport", name, err)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
+	"github.com/regnorm/regnorm/internal/regtest"
 )
 
 // pullFrom is a manifest request from addr, with a User-Agent and, when
@@ -317,5 +318,73 @@ func TestFixOutlook(t *testing.T) {
 	got := view(t, f)
 	if got["reads"].NodeConfigFix != nil || got["list"].State != StateDoesNot || got["list"].NodeConfigFix == nil || got["list"].NodeConfigFix.Can != FixMay {
 		t.Fatalf("reads: %+v; list: %s, %+v", got["reads"].NodeConfigFix, got["list"].State, got["list"].NodeConfigFix)
+	}
+}
+
+// TestFleetFixFitsTheFile: the lines the fleet view says to change are
+// those the node's configuration needs as it is: a registry table to add
+// where there is none (followed, containerd then reads the hosts
+// directory), and where the file has the table already (as `containerd
+// config default` writes it, 1.6.20 and 2.3.4), never the table again,
+// which would make containerd refuse the file.
+func TestFleetFixFitsTheFile(t *testing.T) {
+	t.Parallel()
+	const dir = DefaultHostsDir
+	ctx := context.Background()
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("..", "..", "internal", "containerdcfg", "testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	for _, c := range []struct {
+		name, toml string
+		version    containerdcfg.Version
+		hasTable   bool
+	}{
+		{"1.6.20, config default", read("default-1.6.20.toml"), containerdcfg.Version{Major: 1, Minor: 6, Patch: 20, Known: true}, true},
+		{"2.3.4, config default", read("default-2.3.4.toml"), containerdcfg.Version{Major: 2, Minor: 3, Patch: 4, Known: true}, true},
+		{"1.6.20, no registry table", "version = 2\n", containerdcfg.Version{Major: 1, Minor: 6, Patch: 20, Known: true}, false},
+		{"2.3.4, no registry table", "version = 3\n", containerdcfg.Version{Major: 2, Minor: 3, Patch: 4, Known: true}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "config.toml")
+			if err := os.WriteFile(path, []byte(c.toml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := containerdcfg.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := containerdcfg.Check(cfg, c.version, dir)
+			f := newTestFleet(t, prometheus.NewRegistry())
+			rep := cache.NodeReport{Node: "worker-1", HostsDir: dir, ConfigVersion: cfg.PluginsVersion(c.version), ConfigPath: v.ConfigPath, Reasons: v.Reasons}
+			if err := f.Receive(ctx, rep); err != nil {
+				t.Fatal(err)
+			}
+			nodes, err := f.View(ctx)
+			if err != nil || len(nodes) != 1 || nodes[0].NodeConfig == nil {
+				t.Fatalf("view: %v, %+v", err, nodes)
+			}
+			fix := nodes[0].NodeConfig.Fix
+			if c.hasTable {
+				if strings.HasPrefix(fix, "Add these lines") || !strings.Contains(fix, "do not add that table again") {
+					t.Fatalf("for a file that has the registry table, the fix is\n%s", fix)
+				}
+				return
+			}
+			if err := regtest.FollowAdvice(strings.Replace(fix, "containerd's configuration file", path, 1)); err != nil {
+				t.Fatalf("following %q: %v", fix, err)
+			}
+			cfg, err = containerdcfg.Load(path)
+			if err != nil {
+				t.Fatalf("the file after the fix: %v", err)
+			}
+			if v := containerdcfg.Check(cfg, c.version, dir); !v.Reads {
+				t.Fatalf("after the fix %q, containerd reads no hosts.toml: %+v", fix, v.Reasons)
+			}
+		})
 	}
 }

@@ -7,11 +7,11 @@ import (
 	"net"
 	"path"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
@@ -106,12 +106,17 @@ func (f *Fleet) check(rep cache.NodeReport) error {
 		return errors.New("the report names no node")
 	}
 	if !ValidNodeName(rep.Node) {
-		return fmt.Errorf("node is longer than %d bytes or holds control characters", maxNodeName)
+		return fmt.Errorf("node %q is not a node's name: a DNS-1123 subdomain of at most %d characters", rep.Node, maxNodeName)
 	}
 	for _, l := range reportLimits {
 		if v := l.value(&rep); len(v) > l.max || strings.ContainsFunc(v, unicode.IsControl) {
 			return fmt.Errorf("%s is longer than %d bytes or holds control characters", l.field, l.max)
 		}
+	}
+	if !printableASCII(rep.ConfigPath) {
+		// Quoted in the reason regnorm shows: a look-alike of a quote
+		// would let the value pass for regnorm's own words.
+		return errors.New("configPath holds characters other than printable ASCII")
 	}
 	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
 		return fmt.Errorf("address %q is not an IP address", rep.Address)
@@ -147,9 +152,10 @@ func (f *Fleet) check(rep cache.NodeReport) error {
 
 // validDropIn reports whether p can be node-config's drop-in: a file named
 // containerdcfg.DropInName in a directory under the containerd
-// configuration directory, as a clean path without quotes.
+// configuration directory, as a clean path of printable ASCII without
+// quotes.
 func (f *Fleet) validDropIn(p string) bool {
-	return ValidDir(p) && path.Base(p) == containerdcfg.DropInName &&
+	return ValidDir(p) && printableASCII(p) && path.Base(p) == containerdcfg.DropInName &&
 		strings.HasPrefix(p, strings.TrimSuffix(f.configDir, "/")+"/")
 }
 
@@ -157,10 +163,18 @@ func (f *Fleet) validDropIn(p string) bool {
 const maxNodeName = 253
 
 // ValidNodeName reports whether s can name a node, in a report or a pull
-// (NodeHeader): not empty, at most 253 bytes of UTF-8, no control
-// characters. It is shown as data, quoted.
+// (NodeHeader): a DNS-1123 subdomain of at most 253 characters, as
+// Kubernetes names nodes (node-config sends nothing else), so nothing in it
+// can pass for words of regnorm's, end a TOML string or a header line.
 func ValidNodeName(s string) bool {
-	return s != "" && len(s) <= maxNodeName && utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl)
+	return len(s) <= maxNodeName && nodeName.MatchString(s)
+}
+
+var nodeName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+
+// printableASCII reports whether s is printable ASCII only.
+func printableASCII(s string) bool {
+	return !strings.ContainsFunc(s, func(c rune) bool { return c < ' ' || c > '~' })
 }
 
 // ValidDir reports whether dir can be a directory that the fleet view
