@@ -39,6 +39,9 @@ const (
 	// KindZstdGzip: a zstd layer was recompressed with gzip (its tar, and
 	// so its diff ID, unchanged unless the symlink rule changed it too).
 	KindZstdGzip = "zstd-gzip"
+	// KindIndexSize: an index entry got the size of the child it names,
+	// as fetched and verified by its digest.
+	KindIndexSize = "index-size"
 )
 
 // Change is one thing normalization changed, and where.
@@ -261,16 +264,39 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 	return out, nil
 }
 
+// IndexInput is what NormalizeIndex reads.
+type IndexInput struct {
+	MediaType string
+	Index     []byte
+	// Children maps an original child digest to its normalized descriptor
+	// (digest, size, and media type when it changed); entries not in the
+	// map keep their digest.
+	Children map[digest.Digest]ocispec.Descriptor
+	// Fetched holds the children read to normalize the index, by digest,
+	// as fetched: with FixSizes, an entry that names one of them with
+	// another size gets the size of its bytes. Bytes that do not hash to
+	// the digest they are filed under are an error (ErrChildMismatch):
+	// an entry is given the size of the child it names, never of another.
+	Fetched map[digest.Digest][]byte
+	// FixSizes turns the index sizes rule on.
+	FixSizes bool
+}
+
+// ErrChildMismatch means a child handed to NormalizeIndex is not the
+// child its digest names.
+var ErrChildMismatch = errors.New("child manifest does not match its digest")
+
 // NormalizeIndex points an index's entries at their children's normalized
-// manifests. children maps an original child digest to its normalized
-// descriptor (digest, size, and media type when it changed); entries not in
-// the map stay as they are. Platform, annotations and every other field are
-// kept.
-func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]ocispec.Descriptor) (Result, error) {
+// manifests and, with FixSizes, gives an entry that keeps its child the
+// size of the child as fetched (Docker's "docker manifest" before 18.09
+// wrote wrong sizes, and every containerd refuses the child: "failed size
+// validation"). Platform, annotations and every other field are kept.
+func NormalizeIndex(in IndexInput) (Result, error) {
+	mediaType := in.MediaType
 	if !IsIndex(mediaType) {
 		return Result{}, fmt.Errorf("%w: %s is not an index", ErrNotImage, mediaType)
 	}
-	doc, err := parseDoc(index)
+	doc, err := parseDoc(in.Index)
 	if err != nil {
 		return Result{}, err
 	}
@@ -286,8 +312,23 @@ func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]o
 		if err != nil {
 			return Result{}, err
 		}
-		next, ok := children[desc.Digest]
+		next, ok := in.Children[desc.Digest]
 		if !ok || next.Digest == desc.Digest {
+			if !in.FixSizes {
+				continue
+			}
+			child, fetched := in.Fetched[desc.Digest]
+			if !fetched {
+				continue
+			}
+			if desc.Digest.Algorithm().FromBytes(child) != desc.Digest {
+				return Result{}, fmt.Errorf("%w: manifests[%d] names %s", ErrChildMismatch, i, desc.Digest)
+			}
+			if size := int64(len(child)); size != desc.Size {
+				edits = append(edits, edit{path: []string{"manifests", idx, "size"}, value: []byte(strconv.FormatInt(size, 10))})
+				changes = append(changes, Change{Kind: KindIndexSize, Path: "manifests[" + idx + "].size",
+					Old: strconv.FormatInt(desc.Size, 10), New: strconv.FormatInt(size, 10)})
+			}
 			continue
 		}
 		edits = append(edits,

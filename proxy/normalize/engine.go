@@ -282,9 +282,10 @@ func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
 // for an image manifest, the config media type rule if its config is
 // declared octet-stream, the layer rule if it has a layer the rule reads,
 // the zstd media type rule if it has a layer of Docker's zstd type, the
-// zstd → gzip rule if it has a zstd layer; for a
+// zstd → gzip rule if it has a zstd layer (never the index sizes rule); for a
 // schema 1 manifest, the schema 1 rule alone; for an index, every rule its
-// children's types allow (the children decide the rest). A variant is the original's
+// children's types allow (the children, and for the index sizes rule their
+// sizes, decide the rest). A variant is the original's
 // under its applicable rules: clients whose rule sets differ only in rules
 // that cannot touch an image share its verdict, its report entry and the
 // work.
@@ -438,7 +439,8 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 
 // normalizeIndex normalizes the children of the configured platforms (a
 // few at a time, stopping at the first that fails) and points the index at
-// those that changed. The others are not read: each read is an upstream
+// those that changed; with the index sizes rule, an entry that keeps its
+// child gets the size of the child as fetched. The others are not read: each read is an upstream
 // pull. The limits under which the children's verdicts left layers
 // untouched go to untouched: the index's verdict depends on them.
 func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int, untouched *untouchedLayers) (rewrite.Result, error) {
@@ -454,10 +456,19 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 	}
 	var mu sync.Mutex
 	changed := map[digest.Digest]ocispec.Descriptor{}
+	fetched := map[digest.Digest][]byte{}
 	err = fewAtATime(ctx, childFetches, read, func(ctx context.Context, child ocispec.Descriptor) error {
 		cm, err := src.Manifest(ctx, child.Digest)
 		if err != nil {
 			return fmt.Errorf("child manifest %s: %w", child.Digest, err)
+		}
+		if rules.IndexSizes && !schema1.Is(cm.MediaType) {
+			// Verified against its digest on the way in: the index sizes
+			// rule gives the entry its size. (A schema 1 child's digest is
+			// not that of its bytes, which differ between reads.)
+			mu.Lock()
+			fetched[child.Digest] = cm.Content
+			mu.Unlock()
 		}
 		n, err := e.normalize(ctx, src, cm, rules, depth+1)
 		if err != nil {
@@ -474,7 +485,12 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 	if err != nil {
 		return rewrite.Result{}, err
 	}
-	res, err := rewrite.NormalizeIndex(m.MediaType, m.Content, changed)
+	res, err := rewrite.NormalizeIndex(rewrite.IndexInput{MediaType: m.MediaType, Index: m.Content, Children: changed,
+		Fetched: fetched, FixSizes: rules.IndexSizes})
+	if errors.Is(err, rewrite.ErrChildMismatch) {
+		// Not the image's fault, and nothing to record: the read was wrong.
+		return rewrite.Result{}, err
+	}
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}

@@ -60,3 +60,20 @@ children = [{"mediaType": DOCKER, "digest": sha(b"child%d" % i), "size": 500 + i
 children[1]["annotations"] = {"keep": "this"}
 os.makedirs("index", exist_ok=True)
 with open("index/list.json", "wb") as f: f.write(index(children, "application/vnd.docker.distribution.manifest.list.v2+json"))
+
+# The index sizes rule: an OCI index (as "docker manifest" before 18.09 wrote
+# them) whose entries name real children with wrong sizes. child-*.json are
+# the children as fetched; the s390x entry's child is not fetched (not a
+# platform regnorm reads), so its size stays, wrong as it is.
+fetched = [open("manifest/docker-clean/manifest.json", "rb").read(),
+           open("manifest/oci-octet-stream/manifest.json", "rb").read()]
+os.makedirs("index/sizes", exist_ok=True)
+for i, b in enumerate(fetched):
+    with open("index/sizes/child-%d.json" % i, "wb") as f: f.write(b)
+sized = [{"mediaType": DOCKER, "digest": sha(fetched[0]), "size": len(fetched[0]) - 100,
+          "platform": {"architecture": "amd64", "os": "linux"}},
+         {"mediaType": OCI, "digest": sha(fetched[1]), "size": len(fetched[1]),
+          "platform": {"architecture": "arm64", "os": "linux"}},
+         {"mediaType": DOCKER, "digest": sha(b"child2"), "size": 427,
+          "platform": {"architecture": "s390x", "os": "linux"}}]
+with open("index/sizes/index.json", "wb") as f: f.write(index(sized, "application/vnd.oci.image.index.v1+json"))
