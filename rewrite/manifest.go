@@ -42,6 +42,9 @@ const (
 	// KindIndexSize: an index entry got the size of the child it names,
 	// as fetched and verified by its digest.
 	KindIndexSize = "index-size"
+	// KindLayerMediaType: a layer declared as OCI's plain tar whose blob is
+	// compressed got the type of its compression; the blob is the same.
+	KindLayerMediaType = "layer-media-type"
 )
 
 // Change is one thing normalization changed, and where.
@@ -151,6 +154,13 @@ type ManifestInput struct {
 	KeepConfigMediaType bool
 	// RetypeDockerZstd turns the zstd media type rule on.
 	RetypeDockerZstd bool
+	// Compressions maps a layer digest to the compression of its blob, as
+	// read (and verified) by the caller, for the layer media type rule.
+	Compressions map[digest.Digest]Compression
+	// RetypeCompressedTar turns the layer media type rule on: a layer
+	// declared as OCI's plain tar whose blob Compressions says is gzip or
+	// zstd gets the OCI type of that compression.
+	RetypeCompressedTar bool
 }
 
 // NormalizeManifest applies the rules to an image manifest.
@@ -164,6 +174,11 @@ type ManifestInput struct {
 // The zstd media type rule: a layer of Docker's zstd type
 // (application/vnd.docker.image.rootfs.diff.tar.zstd) gets the OCI zstd layer
 // type; its digest, size and blob stay.
+//
+// The layer media type rule: a layer declared as OCI's plain tar
+// (application/vnd.oci.image.layer.v1.tar) whose blob is gzip or zstd, as
+// Compressions says, gets the OCI type of that compression; its digest,
+// size and blob stay. A layer of that type that is plain tar stays.
 //
 // The layer rule: each repackaged layer's descriptor gets its new digest and
 // size, and its rootfs.diff_ids entry in the config the new uncompressed
@@ -203,6 +218,18 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 			idx := strconv.Itoa(i)
 			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(ocispec.MediaTypeImageLayerZstd)})
 			changes = append(changes, Change{Kind: KindZstdMediaType, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: ocispec.MediaTypeImageLayerZstd})
+		}
+	}
+	if in.RetypeCompressedTar {
+		for i, desc := range plan.Layers {
+			comp := in.Compressions[desc.Digest]
+			if desc.MediaType != ocispec.MediaTypeImageLayer || comp == "" || comp == Uncompressed || layers[desc.Digest].MediaType != "" {
+				continue // not OCI's plain type, really plain, or recompressed (below)
+			}
+			idx := strconv.Itoa(i)
+			want := LayerMediaType(desc.MediaType, comp)
+			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(want)})
+			changes = append(changes, Change{Kind: KindLayerMediaType, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: want})
 		}
 	}
 	for i, desc := range plan.Layers {

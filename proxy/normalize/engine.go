@@ -282,7 +282,8 @@ func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
 // for an image manifest, the config media type rule if its config is
 // declared octet-stream, the layer rule if it has a layer the rule reads,
 // the zstd media type rule if it has a layer of Docker's zstd type, the
-// zstd → gzip rule if it has a zstd layer (never the index sizes rule); for a
+// zstd → gzip rule if it has a zstd layer, the layer media type rule if it
+// has a layer declared as OCI's plain tar (never the index sizes rule); for a
 // schema 1 manifest, the schema 1 rule alone; for an index, every rule its
 // children's types allow (the children, and for the index sizes rule their
 // sizes, decide the rest). A variant is the original's
@@ -310,6 +311,7 @@ func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 		may.SymlinkXattrs = may.SymlinkXattrs || rewrite.IsScannableLayer(l.MediaType)
 		may.ZstdMediaType = may.ZstdMediaType || l.MediaType == rewrite.MediaTypeDockerLayerZstd
 		may.ZstdGzip = may.ZstdGzip || isZstdLayer(l.MediaType)
+		may.LayerMediaType = may.LayerMediaType || l.MediaType == ocispec.MediaTypeImageLayer
 	}
 	return rules.Intersect(may)
 }
@@ -414,6 +416,12 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 			return rewrite.Result{}, nil, err
 		}
 	}
+	var comps map[digest.Digest]rewrite.Compression
+	if rules.LayerMediaType {
+		if comps, err = e.tarCompressions(ctx, src, plan.Layers, layers); err != nil {
+			return rewrite.Result{}, nil, err
+		}
+	}
 	var config []byte
 	if (rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
 		if config, err = e.readBlob(ctx, src, plan.Config, maxConfigSize); err != nil {
@@ -421,7 +429,8 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 		}
 	}
 	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
-		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType, RetypeDockerZstd: rules.ZstdMediaType})
+		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType, RetypeDockerZstd: rules.ZstdMediaType,
+		Compressions: comps, RetypeCompressedTar: rules.LayerMediaType})
 	if err != nil {
 		return rewrite.Result{}, nil, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}

@@ -22,11 +22,12 @@ const (
 	Schema1         = "schema1"
 	ZstdGzip        = "zstd-gzip"
 	IndexSizes      = "index-sizes"
+	LayerMediaType  = "layer-media-type"
 )
 
 // Names lists every rule, in the order keys name them.
 func Names() []string {
-	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip, IndexSizes}
+	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip, IndexSizes, LayerMediaType}
 }
 
 // Set is a set of rules.
@@ -50,12 +51,16 @@ type Set struct {
 	// fetched and verified by digest. It reads the children an index's
 	// normalization reads anyway (those of normalize.platforms).
 	IndexSizes bool
+	// LayerMediaType types a layer declared as OCI's plain tar by the
+	// compression its blob has (gzip, zstd); the blob stays. It reads
+	// every layer of that type, verified whole before the type counts.
+	LayerMediaType bool
 }
 
 // All is every rule.
 func All() Set {
 	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true,
-		IndexSizes: true}
+		IndexSizes: true, LayerMediaType: true}
 }
 
 // Parse reads a list of rule names.
@@ -75,6 +80,8 @@ func Parse(names []string) (Set, error) {
 			s.ZstdGzip = true
 		case IndexSizes:
 			s.IndexSizes = true
+		case LayerMediaType:
+			s.LayerMediaType = true
 		default:
 			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
@@ -106,6 +113,9 @@ func (s Set) names() []string {
 	if s.IndexSizes {
 		on = append(on, IndexSizes)
 	}
+	if s.LayerMediaType {
+		on = append(on, LayerMediaType)
+	}
 	return on
 }
 
@@ -116,7 +126,8 @@ func (s Set) Empty() bool { return s == Set{} }
 func (s Set) Intersect(o Set) Set {
 	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs,
 		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType, Schema1: s.Schema1 && o.Schema1,
-		ZstdGzip: s.ZstdGzip && o.ZstdGzip, IndexSizes: s.IndexSizes && o.IndexSizes}
+		ZstdGzip: s.ZstdGzip && o.ZstdGzip, IndexSizes: s.IndexSizes && o.IndexSizes,
+		LayerMediaType: s.LayerMediaType && o.LayerMediaType}
 }
 
 // Needs is the rules a containerd version needs (docs/containerd.md):
@@ -134,6 +145,10 @@ func (s Set) Intersect(o Set) Set {
 //	index sizes         every version: a child fetched through an index
 //	                    entry of the wrong size fails
 //	                    ("failed size validation")
+//	layer media type    every version: a compressed layer typed as OCI's
+//	                    plain tar is read as tar (Docker's plain type is
+//	                    sniffed, OCI's is not: "archive/tar: invalid tar
+//	                    header")
 func Needs(v containerdcfg.Version) Set {
 	before := func(major, minor, patch int) bool {
 		if v.Major != major {
@@ -151,6 +166,7 @@ func Needs(v containerdcfg.Version) Set {
 		Schema1:         !before(2, 0, 0),
 		ZstdGzip:        before(1, 5, 0),
 		IndexSizes:      true,
+		LayerMediaType:  true,
 	}
 }
 
