@@ -37,6 +37,31 @@ var (
 	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 )
 
+// DetectCompression reads a layer blob's first bytes and says how it is
+// compressed: gzip or zstd by their magic numbers, anything else
+// Uncompressed (as containerd's own sniffing does). It reads at most four
+// bytes; a blob shorter than that is Uncompressed. It does not verify
+// anything: the caller reads the rest and checks the digest before the
+// answer counts.
+func DetectCompression(blob io.Reader) (Compression, error) {
+	head := make([]byte, len(zstdMagic))
+	n, err := io.ReadFull(blob, head)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return "", err
+	}
+	return compressionOf(head[:n]), nil
+}
+
+func compressionOf(head []byte) Compression {
+	switch {
+	case bytes.HasPrefix(head, gzipMagic):
+		return Gzip
+	case bytes.HasPrefix(head, zstdMagic):
+		return Zstd
+	}
+	return Uncompressed
+}
+
 // LayerMediaType is mediaType (a layer type of Docker's or OCI's) for a
 // layer compressed with comp, in the same family.
 func LayerMediaType(mediaType string, comp Compression) string {
@@ -109,8 +134,8 @@ func openLayer(blob io.Reader, lim Limits) (*layerReader, error) {
 	var comp Compression
 	var rc io.ReadCloser
 	var frames *zstdFrames
-	switch {
-	case bytes.HasPrefix(head, gzipMagic):
+	switch compressionOf(head) {
+	case Gzip:
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			src.drain()
@@ -118,7 +143,7 @@ func openLayer(blob io.Reader, lim Limits) (*layerReader, error) {
 		}
 		zr.Multistream(true)
 		comp, rc = Gzip, zr
-	case bytes.HasPrefix(head, zstdMagic):
+	case Zstd:
 		// The decoder is handed each frame only once its header is read, and
 		// refuses a bigger window itself too: a window of a few bytes'
 		// declaring is never memory held.

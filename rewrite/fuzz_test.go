@@ -160,7 +160,7 @@ func FuzzNormalizeIndex(f *testing.F) {
 				next[c.Digest] = ocispec.Descriptor{Digest: digest.FromString(c.Digest.String() + string(rune(salt))), Size: c.Size + 1}
 			}
 		}
-		got, err := NormalizeIndex(mt, index, next)
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: index, Children: next})
 		if err != nil {
 			return
 		}
@@ -198,9 +198,68 @@ func FuzzNormalizeIndex(f *testing.F) {
 		for _, n := range next {
 			identity[n.Digest] = n
 		}
-		again, err := NormalizeIndex(mt, got.Content, identity)
+		again, err := NormalizeIndex(IndexInput{MediaType: mt, Index: got.Content, Children: identity})
 		if err != nil || again.Changed() || !bytes.Equal(again.Content, got.Content) {
 			t.Fatalf("second pass: %v %+v", err, again.Changes)
+		}
+	})
+}
+
+// FuzzIndexSizes: with the index sizes rule, every entry that names the
+// fetched child has its size and nothing else changes; the digest verifies;
+// a second pass changes nothing; and the child filed under another digest
+// is never taken for it.
+func FuzzIndexSizes(f *testing.F) {
+	index, _ := os.ReadFile("testdata/index/sizes/index.json")
+	for _, name := range []string{"child-0.json", "child-1.json"} {
+		child, _ := os.ReadFile(filepath.Join("testdata/index/sizes", name))
+		f.Add(index, child)
+	}
+	f.Fuzz(func(t *testing.T, index, child []byte) {
+		const mt = ocispec.MediaTypeImageIndex
+		children, err := IndexChildren(mt, index)
+		if err != nil {
+			return
+		}
+		dgst := digest.FromBytes(child)
+		fetched := map[digest.Digest][]byte{dgst: child}
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: index, Fetched: fetched, FixSizes: true})
+		if err != nil {
+			return
+		}
+		if got.Digest != digest.FromBytes(got.Content) {
+			t.Fatal("digest does not verify")
+		}
+		var before, after struct {
+			Manifests []map[string]any `json:"manifests"`
+		}
+		if json.Unmarshal(index, &before) != nil || json.Unmarshal(got.Content, &after) != nil || len(before.Manifests) != len(after.Manifests) {
+			t.Fatalf("output is not the same index:\n%s\n%s", index, got.Content)
+		}
+		for i := range before.Manifests {
+			if children[i].Digest == dgst {
+				if size, _ := after.Manifests[i]["size"].(float64); size != float64(len(child)) {
+					t.Fatalf("entry %d: size %v, want %d", i, after.Manifests[i]["size"], len(child))
+				}
+				delete(before.Manifests[i], "size")
+				delete(after.Manifests[i], "size")
+			}
+			if !reflect.DeepEqual(before.Manifests[i], after.Manifests[i]) {
+				t.Fatalf("entry %d: more than its size changed", i)
+			}
+		}
+		again, err := NormalizeIndex(IndexInput{MediaType: mt, Index: got.Content, Fetched: fetched, FixSizes: true})
+		if err != nil || again.Changed() || !bytes.Equal(again.Content, got.Content) {
+			t.Fatalf("second pass: %v %+v", err, again.Changes)
+		}
+		for _, c := range children {
+			if c.Digest != dgst {
+				_, err := NormalizeIndex(IndexInput{MediaType: mt, Index: index, Fetched: map[digest.Digest][]byte{c.Digest: child}, FixSizes: true})
+				if !errors.Is(err, ErrChildMismatch) {
+					t.Fatalf("bytes filed under %s were taken for that child: %v", c.Digest, err)
+				}
+				break
+			}
 		}
 	})
 }

@@ -39,6 +39,12 @@ const (
 	// KindZstdGzip: a zstd layer was recompressed with gzip (its tar, and
 	// so its diff ID, unchanged unless the symlink rule changed it too).
 	KindZstdGzip = "zstd-gzip"
+	// KindIndexSize: an index entry got the size of the child it names,
+	// as fetched and verified by its digest.
+	KindIndexSize = "index-size"
+	// KindLayerMediaType: a layer declared as OCI's plain tar whose blob is
+	// compressed got the type of its compression; the blob is the same.
+	KindLayerMediaType = "layer-media-type"
 )
 
 // Change is one thing normalization changed, and where.
@@ -148,6 +154,13 @@ type ManifestInput struct {
 	KeepConfigMediaType bool
 	// RetypeDockerZstd turns the zstd media type rule on.
 	RetypeDockerZstd bool
+	// Compressions maps a layer digest to the compression of its blob, as
+	// read (and verified) by the caller, for the layer media type rule.
+	Compressions map[digest.Digest]Compression
+	// RetypeCompressedTar turns the layer media type rule on: a layer
+	// declared as OCI's plain tar whose blob Compressions says is gzip or
+	// zstd gets the OCI type of that compression.
+	RetypeCompressedTar bool
 }
 
 // NormalizeManifest applies the rules to an image manifest.
@@ -161,6 +174,11 @@ type ManifestInput struct {
 // The zstd media type rule: a layer of Docker's zstd type
 // (application/vnd.docker.image.rootfs.diff.tar.zstd) gets the OCI zstd layer
 // type; its digest, size and blob stay.
+//
+// The layer media type rule: a layer declared as OCI's plain tar
+// (application/vnd.oci.image.layer.v1.tar) whose blob is gzip or zstd, as
+// Compressions says, gets the OCI type of that compression; its digest,
+// size and blob stay. A layer of that type that is plain tar stays.
 //
 // The layer rule: each repackaged layer's descriptor gets its new digest and
 // size, and its rootfs.diff_ids entry in the config the new uncompressed
@@ -200,6 +218,18 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 			idx := strconv.Itoa(i)
 			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(ocispec.MediaTypeImageLayerZstd)})
 			changes = append(changes, Change{Kind: KindZstdMediaType, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: ocispec.MediaTypeImageLayerZstd})
+		}
+	}
+	if in.RetypeCompressedTar {
+		for i, desc := range plan.Layers {
+			comp := in.Compressions[desc.Digest]
+			if desc.MediaType != ocispec.MediaTypeImageLayer || comp == "" || comp == Uncompressed || layers[desc.Digest].MediaType != "" {
+				continue // not OCI's plain type, really plain, or recompressed (below)
+			}
+			idx := strconv.Itoa(i)
+			want := LayerMediaType(desc.MediaType, comp)
+			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(want)})
+			changes = append(changes, Change{Kind: KindLayerMediaType, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: want})
 		}
 	}
 	for i, desc := range plan.Layers {
@@ -261,16 +291,39 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 	return out, nil
 }
 
+// IndexInput is what NormalizeIndex reads.
+type IndexInput struct {
+	MediaType string
+	Index     []byte
+	// Children maps an original child digest to its normalized descriptor
+	// (digest, size, and media type when it changed); entries not in the
+	// map keep their digest.
+	Children map[digest.Digest]ocispec.Descriptor
+	// Fetched holds the children read to normalize the index, by digest,
+	// as fetched: with FixSizes, an entry that names one of them with
+	// another size gets the size of its bytes. Bytes that do not hash to
+	// the digest they are filed under are an error (ErrChildMismatch):
+	// an entry is given the size of the child it names, never of another.
+	Fetched map[digest.Digest][]byte
+	// FixSizes turns the index sizes rule on.
+	FixSizes bool
+}
+
+// ErrChildMismatch means a child handed to NormalizeIndex is not the
+// child its digest names.
+var ErrChildMismatch = errors.New("child manifest does not match its digest")
+
 // NormalizeIndex points an index's entries at their children's normalized
-// manifests. children maps an original child digest to its normalized
-// descriptor (digest, size, and media type when it changed); entries not in
-// the map stay as they are. Platform, annotations and every other field are
-// kept.
-func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]ocispec.Descriptor) (Result, error) {
+// manifests and, with FixSizes, gives an entry that keeps its child the
+// size of the child as fetched (Docker's "docker manifest" before 18.09
+// wrote wrong sizes, and every containerd refuses the child: "failed size
+// validation"). Platform, annotations and every other field are kept.
+func NormalizeIndex(in IndexInput) (Result, error) {
+	mediaType := in.MediaType
 	if !IsIndex(mediaType) {
 		return Result{}, fmt.Errorf("%w: %s is not an index", ErrNotImage, mediaType)
 	}
-	doc, err := parseDoc(index)
+	doc, err := parseDoc(in.Index)
 	if err != nil {
 		return Result{}, err
 	}
@@ -286,8 +339,23 @@ func NormalizeIndex(mediaType string, index []byte, children map[digest.Digest]o
 		if err != nil {
 			return Result{}, err
 		}
-		next, ok := children[desc.Digest]
+		next, ok := in.Children[desc.Digest]
 		if !ok || next.Digest == desc.Digest {
+			if !in.FixSizes {
+				continue
+			}
+			child, fetched := in.Fetched[desc.Digest]
+			if !fetched {
+				continue
+			}
+			if desc.Digest.Algorithm().FromBytes(child) != desc.Digest {
+				return Result{}, fmt.Errorf("%w: manifests[%d] names %s", ErrChildMismatch, i, desc.Digest)
+			}
+			if size := int64(len(child)); size != desc.Size {
+				edits = append(edits, edit{path: []string{"manifests", idx, "size"}, value: []byte(strconv.FormatInt(size, 10))})
+				changes = append(changes, Change{Kind: KindIndexSize, Path: "manifests[" + idx + "].size",
+					Old: strconv.FormatInt(desc.Size, 10), New: strconv.FormatInt(size, 10)})
+			}
 			continue
 		}
 		edits = append(edits,

@@ -108,7 +108,7 @@ func TestIndex(t *testing.T) {
 
 	t.Run("no child changed", func(t *testing.T) {
 		t.Parallel()
-		got, err := NormalizeIndex(mt, in, map[digest.Digest]ocispec.Descriptor{children[1].Digest: children[1]})
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Children: map[digest.Digest]ocispec.Descriptor{children[1].Digest: children[1]}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func TestIndex(t *testing.T) {
 	t.Run("one broken child among clean ones", func(t *testing.T) {
 		t.Parallel()
 		fixed := ocispec.Descriptor{MediaType: children[1].MediaType, Digest: digest.FromString("normalized child"), Size: 777}
-		got, err := NormalizeIndex(mt, in, map[digest.Digest]ocispec.Descriptor{children[1].Digest: fixed})
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Children: map[digest.Digest]ocispec.Descriptor{children[1].Digest: fixed}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,9 +137,96 @@ func TestIndex(t *testing.T) {
 		if got.Digest != digest.FromBytes(got.Content) {
 			t.Fatal("digest does not verify")
 		}
-		again, err := NormalizeIndex(mt, got.Content, map[digest.Digest]ocispec.Descriptor{children[1].Digest: fixed})
+		again, err := NormalizeIndex(IndexInput{MediaType: mt, Index: got.Content, Children: map[digest.Digest]ocispec.Descriptor{children[1].Digest: fixed}})
 		if err != nil || again.Changed() {
 			t.Fatalf("second pass: %v %+v", err, again.Changes)
+		}
+	})
+}
+
+// indexSizesCase reads testdata/index/sizes: an index whose entries name
+// real children (child-N.json) with wrong sizes.
+func indexSizesCase(t *testing.T) (index []byte, fetched map[digest.Digest][]byte) {
+	t.Helper()
+	const dir = "testdata/index/sizes"
+	fetched = map[digest.Digest][]byte{}
+	for i := 0; ; i++ {
+		b := readFile(t, dir, fmt.Sprintf("child-%d.json", i))
+		if b == nil {
+			break
+		}
+		fetched[digest.FromBytes(b)] = b
+	}
+	return readFile(t, dir, "index.json"), fetched
+}
+
+// TestIndexSizes: an entry of the wrong size gets the size of the child it
+// names, as fetched; an entry whose child was not fetched, or whose size is
+// right, stays; nothing else changes (golden); and bytes that are not the
+// child the entry names are an error, never a size.
+func TestIndexSizes(t *testing.T) {
+	t.Parallel()
+	in, fetched := indexSizesCase(t)
+	const mt = ocispec.MediaTypeImageIndex
+	children, err := IndexChildren(mt, in)
+	if err != nil || len(children) != 3 || len(fetched) != 2 {
+		t.Fatalf("case: %d children, %d fetched, %v", len(children), len(fetched), err)
+	}
+
+	t.Run("wrong sizes", func(t *testing.T) {
+		t.Parallel()
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: fetched, FixSizes: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		changes, _ := json.MarshalIndent(got.Changes, "", "  ")
+		golden(t, "testdata/index/sizes/want.json", got.Content)
+		golden(t, "testdata/index/sizes/changes.json", append(changes, '\n'))
+		want := []Change{{Kind: KindIndexSize, Path: "manifests[0].size", Old: strconv.FormatInt(children[0].Size, 10),
+			New: strconv.Itoa(len(fetched[children[0].Digest]))}}
+		if !reflect.DeepEqual(got.Changes, want) {
+			t.Fatalf("changes = %+v, want %+v", got.Changes, want)
+		}
+		var before, after ocispec.Index
+		json.Unmarshal(in, &before)
+		json.Unmarshal(got.Content, &after)
+		before.Manifests[0].Size = int64(len(fetched[children[0].Digest]))
+		if !reflect.DeepEqual(before, after) {
+			t.Fatalf("more than the entry's size changed:\n%s", got.Content)
+		}
+		if got.Digest != digest.FromBytes(got.Content) {
+			t.Fatal("digest does not verify")
+		}
+		again, err := NormalizeIndex(IndexInput{MediaType: mt, Index: got.Content, Fetched: fetched, FixSizes: true})
+		if err != nil || again.Changed() || !bytes.Equal(again.Content, got.Content) {
+			t.Fatalf("second pass: %v %+v", err, again.Changes)
+		}
+	})
+	t.Run("rule off", func(t *testing.T) {
+		t.Parallel()
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: fetched})
+		if err != nil || got.Changed() || !bytes.Equal(got.Content, in) {
+			t.Fatalf("without the rule: %v %+v", err, got.Changes)
+		}
+	})
+	t.Run("a child that is not the one named", func(t *testing.T) {
+		t.Parallel()
+		other := map[digest.Digest][]byte{children[0].Digest: fetched[children[1].Digest]}
+		_, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: other, FixSizes: true})
+		if !errors.Is(err, ErrChildMismatch) {
+			t.Fatalf("got %v, want ErrChildMismatch", err)
+		}
+	})
+	t.Run("a normalized child brings its own size", func(t *testing.T) {
+		t.Parallel()
+		fixed := ocispec.Descriptor{MediaType: children[0].MediaType, Digest: digest.FromString("normalized child"), Size: 777}
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: fetched, FixSizes: true,
+			Children: map[digest.Digest]ocispec.Descriptor{children[0].Digest: fixed}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Changes) != 1 || got.Changes[0].Kind != KindChildManifest {
+			t.Fatalf("changes = %+v, want the child-manifest change alone", got.Changes)
 		}
 	})
 }

@@ -147,6 +147,11 @@ type NormalizeConfig struct {
 	Schema1 bool `yaml:"schema1"`
 	// ZstdGzip recompresses zstd layers with gzip.
 	ZstdGzip bool `yaml:"zstdGzip"`
+	// IndexSizes gives index entries the size of the child they name.
+	IndexSizes bool `yaml:"indexSizes"`
+	// LayerMediaType types compressed layers declared as OCI's plain tar
+	// by their compression.
+	LayerMediaType bool `yaml:"layerMediaType"`
 	// Clients is "auto": each client gets the enabled rules its containerd
 	// version needs (the others get the original); or "all": every client
 	// gets every enabled rule.
@@ -340,6 +345,8 @@ func defaultConfig() Config {
 			ZstdMediaType:      rules.ZstdMediaType,
 			Schema1:            rules.Schema1,
 			ZstdGzip:           rules.ZstdGzip,
+			IndexSizes:         rules.IndexSizes,
+			LayerMediaType:     rules.LayerMediaType,
 			Clients:            "auto",
 			UnknownClients:     ruleset.Names(),
 			Platforms:          normalize.DefaultPlatformNames(),
@@ -708,7 +715,8 @@ func (n NormalizeConfig) policy() *ruleset.Policy {
 	unknown, _ := ruleset.Parse(n.UnknownClients) // validated
 	return &ruleset.Policy{
 		Enabled: ruleset.Set{ConfigMediaType: n.ConfigMediaType, SymlinkXattrs: n.SymlinkXattrs, ZstdMediaType: n.ZstdMediaType,
-			Schema1: n.Schema1, ZstdGzip: n.ZstdGzip},
+			Schema1: n.Schema1, ZstdGzip: n.ZstdGzip, IndexSizes: n.IndexSizes,
+			LayerMediaType: n.LayerMediaType},
 		AllClients: n.Clients == "all",
 		Unknown:    unknown,
 	}

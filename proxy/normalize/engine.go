@@ -282,9 +282,11 @@ func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
 // for an image manifest, the config media type rule if its config is
 // declared octet-stream, the layer rule if it has a layer the rule reads,
 // the zstd media type rule if it has a layer of Docker's zstd type, the
-// zstd → gzip rule if it has a zstd layer; for a
+// zstd → gzip rule if it has a zstd layer, the layer media type rule if it
+// has a layer declared as OCI's plain tar (never the index sizes rule); for a
 // schema 1 manifest, the schema 1 rule alone; for an index, every rule its
-// children's types allow (the children decide the rest). A variant is the original's
+// children's types allow (the children, and for the index sizes rule their
+// sizes, decide the rest). A variant is the original's
 // under its applicable rules: clients whose rule sets differ only in rules
 // that cannot touch an image share its verdict, its report entry and the
 // work.
@@ -309,6 +311,7 @@ func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 		may.SymlinkXattrs = may.SymlinkXattrs || rewrite.IsScannableLayer(l.MediaType)
 		may.ZstdMediaType = may.ZstdMediaType || l.MediaType == rewrite.MediaTypeDockerLayerZstd
 		may.ZstdGzip = may.ZstdGzip || isZstdLayer(l.MediaType)
+		may.LayerMediaType = may.LayerMediaType || l.MediaType == ocispec.MediaTypeImageLayer
 	}
 	return rules.Intersect(may)
 }
@@ -413,6 +416,12 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 			return rewrite.Result{}, nil, err
 		}
 	}
+	var comps map[digest.Digest]rewrite.Compression
+	if rules.LayerMediaType {
+		if comps, err = e.tarCompressions(ctx, src, plan.Layers, layers); err != nil {
+			return rewrite.Result{}, nil, err
+		}
+	}
 	var config []byte
 	if (rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
 		if config, err = e.readBlob(ctx, src, plan.Config, maxConfigSize); err != nil {
@@ -420,7 +429,8 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 		}
 	}
 	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
-		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType, RetypeDockerZstd: rules.ZstdMediaType})
+		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType, RetypeDockerZstd: rules.ZstdMediaType,
+		Compressions: comps, RetypeCompressedTar: rules.LayerMediaType})
 	if err != nil {
 		return rewrite.Result{}, nil, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
@@ -438,7 +448,8 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 
 // normalizeIndex normalizes the children of the configured platforms (a
 // few at a time, stopping at the first that fails) and points the index at
-// those that changed. The others are not read: each read is an upstream
+// those that changed; with the index sizes rule, an entry that keeps its
+// child gets the size of the child as fetched. The others are not read: each read is an upstream
 // pull. The limits under which the children's verdicts left layers
 // untouched go to untouched: the index's verdict depends on them.
 func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifest, rules ruleset.Set, depth int, untouched *untouchedLayers) (rewrite.Result, error) {
@@ -454,10 +465,19 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 	}
 	var mu sync.Mutex
 	changed := map[digest.Digest]ocispec.Descriptor{}
+	fetched := map[digest.Digest][]byte{}
 	err = fewAtATime(ctx, childFetches, read, func(ctx context.Context, child ocispec.Descriptor) error {
 		cm, err := src.Manifest(ctx, child.Digest)
 		if err != nil {
 			return fmt.Errorf("child manifest %s: %w", child.Digest, err)
+		}
+		if rules.IndexSizes && !schema1.Is(cm.MediaType) {
+			// Verified against its digest on the way in: the index sizes
+			// rule gives the entry its size. (A schema 1 child's digest is
+			// not that of its bytes, which differ between reads.)
+			mu.Lock()
+			fetched[child.Digest] = cm.Content
+			mu.Unlock()
 		}
 		n, err := e.normalize(ctx, src, cm, rules, depth+1)
 		if err != nil {
@@ -474,7 +494,12 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 	if err != nil {
 		return rewrite.Result{}, err
 	}
-	res, err := rewrite.NormalizeIndex(m.MediaType, m.Content, changed)
+	res, err := rewrite.NormalizeIndex(rewrite.IndexInput{MediaType: m.MediaType, Index: m.Content, Children: changed,
+		Fetched: fetched, FixSizes: rules.IndexSizes})
+	if errors.Is(err, rewrite.ErrChildMismatch) {
+		// Not the image's fault, and nothing to record: the read was wrong.
+		return rewrite.Result{}, err
+	}
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}

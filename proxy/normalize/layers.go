@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"slices"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -525,4 +526,59 @@ func (e *Engine) raised(v cache.LayerVerdict) bool {
 // isZstdLayer reports whether mediaType is a zstd layer containerd unpacks.
 func isZstdLayer(mediaType string) bool {
 	return mediaType == ocispec.MediaTypeImageLayerZstd || mediaType == rewrite.MediaTypeDockerLayerZstd
+}
+
+// tarCompressions is the compression of every layer of layers declared as
+// OCI's plain tar, for the layer media type rule, read a few at a time (the
+// first that fails stops the rest): what a scan or repackaging already
+// found (known, or a layer verdict), else the layer's first bytes.
+func (e *Engine) tarCompressions(ctx context.Context, src Source, layers []ocispec.Descriptor, known map[digest.Digest]rewrite.LayerResult) (map[digest.Digest]rewrite.Compression, error) {
+	out := map[digest.Digest]rewrite.Compression{}
+	var read []ocispec.Descriptor
+	for _, desc := range layers {
+		if desc.MediaType != ocispec.MediaTypeImageLayer {
+			continue
+		}
+		if _, done := out[desc.Digest]; done || slices.ContainsFunc(read, func(d ocispec.Descriptor) bool { return d.Digest == desc.Digest }) {
+			continue
+		}
+		if r, ok := known[desc.Digest]; ok && r.Compression != "" {
+			out[desc.Digest] = r.Compression // a repackaged layer keeps it
+			continue
+		}
+		read = append(read, desc)
+	}
+	var mu sync.Mutex
+	err := fewAtATime(ctx, layerFetches, read, func(ctx context.Context, desc ocispec.Descriptor) error {
+		comp, err := e.layerCompression(ctx, src, desc.Digest)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		out[desc.Digest] = comp
+		mu.Unlock()
+		return nil
+	})
+	return out, err
+}
+
+// layerCompression is how layer dgst's blob is compressed. The answer is
+// built upon, so it is taken from verified bytes only: a layer verdict
+// (its scan read the blob whole, verified), else the blob's first bytes,
+// read through the source into the cache and from there verified as the
+// rest is read (readLayer): a blob that fails its digest gives no answer,
+// however right its first bytes looked.
+func (e *Engine) layerCompression(ctx context.Context, src Source, dgst digest.Digest) (rewrite.Compression, error) {
+	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil && v.Compression != "" {
+		return rewrite.Compression(v.Compression), nil
+	}
+	var comp rewrite.Compression
+	_, err := e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {
+		comp, err = rewrite.DetectCompression(r)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("read layer %s: %w", dgst, err)
+	}
+	return comp, nil
 }

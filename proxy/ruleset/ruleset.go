@@ -21,11 +21,13 @@ const (
 	ZstdMediaType   = "zstd-media-type"
 	Schema1         = "schema1"
 	ZstdGzip        = "zstd-gzip"
+	IndexSizes      = "index-sizes"
+	LayerMediaType  = "layer-media-type"
 )
 
 // Names lists every rule, in the order keys name them.
 func Names() []string {
-	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip}
+	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip, IndexSizes, LayerMediaType}
 }
 
 // Set is a set of rules.
@@ -45,11 +47,20 @@ type Set struct {
 	// ZstdGzip recompresses zstd layers with gzip. It reads every zstd
 	// layer.
 	ZstdGzip bool
+	// IndexSizes gives an index entry the size of the child it names, as
+	// fetched and verified by digest. It reads the children an index's
+	// normalization reads anyway (those of normalize.platforms).
+	IndexSizes bool
+	// LayerMediaType types a layer declared as OCI's plain tar by the
+	// compression its blob has (gzip, zstd); the blob stays. It reads
+	// every layer of that type, verified whole before the type counts.
+	LayerMediaType bool
 }
 
 // All is every rule.
 func All() Set {
-	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true}
+	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true,
+		IndexSizes: true, LayerMediaType: true}
 }
 
 // Parse reads a list of rule names.
@@ -67,6 +78,10 @@ func Parse(names []string) (Set, error) {
 			s.Schema1 = true
 		case ZstdGzip:
 			s.ZstdGzip = true
+		case IndexSizes:
+			s.IndexSizes = true
+		case LayerMediaType:
+			s.LayerMediaType = true
 		default:
 			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
@@ -95,6 +110,12 @@ func (s Set) names() []string {
 	if s.ZstdGzip {
 		on = append(on, ZstdGzip)
 	}
+	if s.IndexSizes {
+		on = append(on, IndexSizes)
+	}
+	if s.LayerMediaType {
+		on = append(on, LayerMediaType)
+	}
 	return on
 }
 
@@ -105,7 +126,8 @@ func (s Set) Empty() bool { return s == Set{} }
 func (s Set) Intersect(o Set) Set {
 	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs,
 		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType, Schema1: s.Schema1 && o.Schema1,
-		ZstdGzip: s.ZstdGzip && o.ZstdGzip}
+		ZstdGzip: s.ZstdGzip && o.ZstdGzip, IndexSizes: s.IndexSizes && o.IndexSizes,
+		LayerMediaType: s.LayerMediaType && o.LayerMediaType}
 }
 
 // Needs is the rules a containerd version needs (docs/containerd.md):
@@ -120,6 +142,13 @@ func (s Set) Intersect(o Set) Set {
 //	                    2.1 removed it (1.x converts it itself)
 //	zstd to gzip        before 1.5: zstd layers are read as plain tar
 //	                    ("archive/tar: invalid tar header")
+//	index sizes         every version: a child fetched through an index
+//	                    entry of the wrong size fails
+//	                    ("failed size validation")
+//	layer media type    every version: a compressed layer typed as OCI's
+//	                    plain tar is read as tar (Docker's plain type is
+//	                    sniffed, OCI's is not: "archive/tar: invalid tar
+//	                    header")
 func Needs(v containerdcfg.Version) Set {
 	before := func(major, minor, patch int) bool {
 		if v.Major != major {
@@ -136,6 +165,8 @@ func Needs(v containerdcfg.Version) Set {
 		ZstdMediaType:   !before(1, 5, 0) && before(2, 0, 0),
 		Schema1:         !before(2, 0, 0),
 		ZstdGzip:        before(1, 5, 0),
+		IndexSizes:      true,
+		LayerMediaType:  true,
 	}
 }
 

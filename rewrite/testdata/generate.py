@@ -60,3 +60,34 @@ children = [{"mediaType": DOCKER, "digest": sha(b"child%d" % i), "size": 500 + i
 children[1]["annotations"] = {"keep": "this"}
 os.makedirs("index", exist_ok=True)
 with open("index/list.json", "wb") as f: f.write(index(children, "application/vnd.docker.distribution.manifest.list.v2+json"))
+
+# The index sizes rule: an OCI index (as "docker manifest" before 18.09 wrote
+# them) whose entries name real children with wrong sizes. child-*.json are
+# the children as fetched; the s390x entry's child is not fetched (not a
+# platform regnorm reads), so its size stays, wrong as it is.
+fetched = [open("manifest/docker-clean/manifest.json", "rb").read(),
+           open("manifest/oci-octet-stream/manifest.json", "rb").read()]
+os.makedirs("index/sizes", exist_ok=True)
+for i, b in enumerate(fetched):
+    with open("index/sizes/child-%d.json" % i, "wb") as f: f.write(b)
+sized = [{"mediaType": DOCKER, "digest": sha(fetched[0]), "size": len(fetched[0]) - 100,
+          "platform": {"architecture": "amd64", "os": "linux"}},
+         {"mediaType": OCI, "digest": sha(fetched[1]), "size": len(fetched[1]),
+          "platform": {"architecture": "arm64", "os": "linux"}},
+         {"mediaType": DOCKER, "digest": sha(b"child2"), "size": 427,
+          "platform": {"architecture": "s390x", "os": "linux"}}]
+with open("index/sizes/index.json", "wb") as f: f.write(index(sized, "application/vnd.oci.image.index.v1+json"))
+
+# The layer media type rule: an OCI manifest (buildah 1.8 - 1.9) whose layers
+# are all typed as plain tar, compressed with gzip, zstd, and not at all; and
+# one typed gzip. compressions.json is what the blobs' first bytes say.
+TAR = "application/vnd.oci.image.layer.v1.tar"
+typed = [{"mediaType": TAR, "size": 200 + i, "digest": sha(b"typed%d" % i)} for i in range(3)]
+typed.append({"mediaType": TAR + "+gzip", "size": 203, "digest": sha(b"typed3")})
+os.makedirs("layertype", exist_ok=True)
+with open("layertype/manifest.json", "wb") as f:
+    f.write(manifest(OCI, config(diff_ids * 2), "application/vnd.oci.image.config.v1+json", typed))
+with open("layertype/compressions.json", "w") as f:
+    json.dump({typed[0]["digest"]: "gzip", typed[1]["digest"]: "zstd", typed[2]["digest"]: "none",
+               typed[3]["digest"]: "gzip"}, f, indent=2)
+    f.write("\n")
