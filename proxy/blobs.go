@@ -31,7 +31,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 		result = "miss"
 	}
 	s.metrics.cacheRequests.WithLabelValues("blob", result).Inc()
-	s.sendBlob(w, r, req.digest, b, b.Source, b.MediaType)
+	s.sendBlob(w, r, req.digest, b, b.Source)
 	return b.Err()
 }
 
@@ -42,7 +42,7 @@ func (s *Server) headBlob(w http.ResponseWriter, r *http.Request, req distReques
 		return err
 	}
 	h := w.Header()
-	h.Set("Content-Type", contentType(info.MediaType))
+	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", req.digest.String())
 	h.Set("ETag", `"`+req.digest.String()+`"`)
 	if info.Size >= 0 {
@@ -69,20 +69,11 @@ func rangeStart(h string) int64 {
 	return n
 }
 
-// contentType is what a blob is sent as: a manifest's own media type (a
-// manifest asked for through /blobs/), else application/octet-stream.
-func contentType(manifestType string) string {
-	if manifestType != "" {
-		return manifestType
-	}
-	return "application/octet-stream"
-}
-
 // sendBlob answers GET and HEAD, with ranges and conditional requests, from
-// content that seeks; manifestType is set for a manifest.
-func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, content io.ReadSeeker, source, manifestType string) {
+// content that seeks.
+func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, content io.ReadSeeker, source string) {
 	h := w.Header()
-	h.Set("Content-Type", contentType(manifestType))
+	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", dgst.String())
 	h.Set("ETag", `"`+dgst.String()+`"`)
 	h.Set("Cache-Control", "max-age=31536000, immutable")

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -24,11 +23,7 @@ type Blob struct {
 	// Fetched is set when it was not in the cache when asked for: it was
 	// downloaded or rebuilt.
 	Fetched bool
-	// MediaType is set when the digest names a manifest the cache holds:
-	// it is answered as that manifest, of the type its bytes say.
-	MediaType string
-	size      int64 // a manifest's
-	close     func() error
+	close   func() error
 }
 
 // Close releases the blob.
@@ -49,8 +44,6 @@ type BlobInfo struct {
 	Size int64
 	// Source is who answered: "cache" or "upstream".
 	Source string
-	// MediaType is set when the digest names a manifest the cache holds.
-	MediaType string
 }
 
 // StatBlob is dgst's size, without reading the blob: from the cache for an
@@ -60,12 +53,6 @@ func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo
 	s := r.s
 	info, err := s.store.StatBlob(ctx, dgst)
 	if err != nil {
-		if b, err := r.manifestAsBlob(ctx, dgst); b != nil || err != nil {
-			if err != nil {
-				return BlobInfo{}, err
-			}
-			return BlobInfo{Size: b.size, Source: b.Source, MediaType: b.MediaType}, nil
-		}
 		if d, derr := s.store.GetDerived(ctx, dgst); derr != nil || d.Kind != cache.DerivedLayer {
 			return r.statUpstream(ctx, dgst)
 		}
@@ -137,14 +124,6 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		if b, err := s.openFromCache(ctx, dgst, offset, how); b != nil || err != nil {
 			return b, err
 		}
-	}
-	// Not a cached blob: a manifest the cache holds (an original, or a
-	// variant regnorm made, which upstream never had) is answered as that
-	// manifest.
-	if b, err := r.manifestAsBlob(ctx, dgst); b != nil || err != nil {
-		return b, err
-	}
-	if admitted {
 		switch d, err := s.store.GetDerived(ctx, dgst); {
 		case err == nil && d.Kind == cache.DerivedLayer:
 			// A repackaged layer exists only here: it was evicted; rebuild it.
@@ -260,22 +239,4 @@ type forwardOnly struct{ io.ReadCloser }
 
 func (forwardOnly) Seek(int64, int) (int64, error) {
 	return 0, errors.New("a verified read does not seek")
-}
-
-// manifestAsBlob is the manifest dgst names, as a Blob of its media type,
-// when the cache holds it; nil when it does not. containerd asks for a
-// manifest through /blobs/ when /manifests/ failed (its resolver's
-// fallback), and keeps the Content-Type it is given as the image's type
-// for good (containerd#13007): a manifest is never served as
-// octet-stream. The client is admitted as for the manifest by digest.
-func (r *Repository) manifestAsBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
-	m, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
-	if err != nil {
-		return nil, nil // not a manifest it holds (or a cache that fails): a blob
-	}
-	if err := r.admit(ctx, object{dgst: dgst}); err != nil {
-		return nil, err
-	}
-	return &Blob{ReadSeeker: bytes.NewReader(m.Content), Source: "cache", MediaType: m.MediaType, size: int64(len(m.Content)),
-		close: func() error { return nil }}, nil
 }
