@@ -299,19 +299,29 @@ type IndexInput struct {
 	// (digest, size, and media type when it changed); entries not in the
 	// map keep their digest.
 	Children map[digest.Digest]ocispec.Descriptor
-	// Fetched holds the children read to normalize the index, by digest,
-	// as fetched: with FixSizes, an entry that names one of them with
-	// another size gets the size of its bytes. Bytes that do not hash to
-	// the digest they are filed under are an error (ErrChildMismatch):
-	// an entry is given the size of the child it names, never of another.
-	Fetched map[digest.Digest][]byte
+	// Sizes are the sizes of the children read to normalize the index, by
+	// digest: with FixSizes, an entry that names one of them with another
+	// size gets that size. The caller read each child verified against its
+	// digest (VerifiedSize): an entry is given the size of the child it
+	// names, never of another, and the index holds no child's bytes.
+	Sizes map[digest.Digest]int64
 	// FixSizes turns the index sizes rule on.
 	FixSizes bool
 }
 
-// ErrChildMismatch means a child handed to NormalizeIndex is not the
-// child its digest names.
+// ErrChildMismatch means a child read for an index is not the child its
+// digest names.
 var ErrChildMismatch = errors.New("child manifest does not match its digest")
+
+// VerifiedSize is the size of a child manifest read for an index (its
+// Sizes entry), once its bytes are checked against the digest its entry
+// names; ErrChildMismatch if they are another's.
+func VerifiedSize(dgst digest.Digest, child []byte) (int64, error) {
+	if !dgst.Algorithm().Available() || dgst.Algorithm().FromBytes(child) != dgst {
+		return 0, fmt.Errorf("%w: %s", ErrChildMismatch, dgst)
+	}
+	return int64(len(child)), nil
+}
 
 // NormalizeIndex points an index's entries at their children's normalized
 // manifests and, with FixSizes, gives an entry that keeps its child the
@@ -344,14 +354,11 @@ func NormalizeIndex(in IndexInput) (Result, error) {
 			if !in.FixSizes {
 				continue
 			}
-			child, fetched := in.Fetched[desc.Digest]
+			size, fetched := in.Sizes[desc.Digest]
 			if !fetched {
 				continue
 			}
-			if desc.Digest.Algorithm().FromBytes(child) != desc.Digest {
-				return Result{}, fmt.Errorf("%w: manifests[%d] names %s", ErrChildMismatch, i, desc.Digest)
-			}
-			if size := int64(len(child)); size != desc.Size {
+			if size != desc.Size {
 				edits = append(edits, edit{path: []string{"manifests", idx, "size"}, value: []byte(strconv.FormatInt(size, 10))})
 				changes = append(changes, Change{Kind: KindIndexSize, Path: "manifests[" + idx + "].size",
 					Old: strconv.FormatInt(desc.Size, 10), New: strconv.FormatInt(size, 10)})

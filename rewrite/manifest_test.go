@@ -160,6 +160,20 @@ func indexSizesCase(t *testing.T) (index []byte, fetched map[digest.Digest][]byt
 	return readFile(t, dir, "index.json"), fetched
 }
 
+// sizesOf is the Sizes of fetched children, each checked by VerifiedSize.
+func sizesOf(t testing.TB, fetched map[digest.Digest][]byte) map[digest.Digest]int64 {
+	t.Helper()
+	sizes := map[digest.Digest]int64{}
+	for d, b := range fetched {
+		size, err := VerifiedSize(d, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes[d] = size
+	}
+	return sizes
+}
+
 // TestIndexSizes: an entry of the wrong size gets the size of the child it
 // names, as fetched; an entry whose child was not fetched, or whose size is
 // right, stays; nothing else changes (golden); and bytes that are not the
@@ -175,7 +189,7 @@ func TestIndexSizes(t *testing.T) {
 
 	t.Run("wrong sizes", func(t *testing.T) {
 		t.Parallel()
-		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: fetched, FixSizes: true})
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Sizes: sizesOf(t, fetched), FixSizes: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,30 +211,31 @@ func TestIndexSizes(t *testing.T) {
 		if got.Digest != digest.FromBytes(got.Content) {
 			t.Fatal("digest does not verify")
 		}
-		again, err := NormalizeIndex(IndexInput{MediaType: mt, Index: got.Content, Fetched: fetched, FixSizes: true})
+		again, err := NormalizeIndex(IndexInput{MediaType: mt, Index: got.Content, Sizes: sizesOf(t, fetched), FixSizes: true})
 		if err != nil || again.Changed() || !bytes.Equal(again.Content, got.Content) {
 			t.Fatalf("second pass: %v %+v", err, again.Changes)
 		}
 	})
 	t.Run("rule off", func(t *testing.T) {
 		t.Parallel()
-		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: fetched})
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Sizes: sizesOf(t, fetched)})
 		if err != nil || got.Changed() || !bytes.Equal(got.Content, in) {
 			t.Fatalf("without the rule: %v %+v", err, got.Changes)
 		}
 	})
 	t.Run("a child that is not the one named", func(t *testing.T) {
 		t.Parallel()
-		other := map[digest.Digest][]byte{children[0].Digest: fetched[children[1].Digest]}
-		_, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: other, FixSizes: true})
-		if !errors.Is(err, ErrChildMismatch) {
+		if _, err := VerifiedSize(children[0].Digest, fetched[children[1].Digest]); !errors.Is(err, ErrChildMismatch) {
 			t.Fatalf("got %v, want ErrChildMismatch", err)
+		}
+		if size, err := VerifiedSize(children[0].Digest, fetched[children[0].Digest]); err != nil || size != int64(len(fetched[children[0].Digest])) {
+			t.Fatalf("the child itself: %d, %v", size, err)
 		}
 	})
 	t.Run("a normalized child brings its own size", func(t *testing.T) {
 		t.Parallel()
 		fixed := ocispec.Descriptor{MediaType: children[0].MediaType, Digest: digest.FromString("normalized child"), Size: 777}
-		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Fetched: fetched, FixSizes: true,
+		got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Sizes: sizesOf(t, fetched), FixSizes: true,
 			Children: map[digest.Digest]ocispec.Descriptor{children[0].Digest: fixed}})
 		if err != nil {
 			t.Fatal(err)

@@ -465,18 +465,23 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 	}
 	var mu sync.Mutex
 	changed := map[digest.Digest]ocispec.Descriptor{}
-	fetched := map[digest.Digest][]byte{}
+	sizes := map[digest.Digest]int64{} // only sizes: an index holds no child's bytes
 	err = fewAtATime(ctx, childFetches, read, func(ctx context.Context, child ocispec.Descriptor) error {
 		cm, err := src.Manifest(ctx, child.Digest)
 		if err != nil {
 			return fmt.Errorf("child manifest %s: %w", child.Digest, err)
 		}
 		if rules.IndexSizes && !schema1.Is(cm.MediaType) {
-			// Verified against its digest on the way in: the index sizes
-			// rule gives the entry its size. (A schema 1 child's digest is
-			// not that of its bytes, which differ between reads.)
+			// Verified against its digest on the way in, and again here:
+			// the index sizes rule gives the entry its size. (A schema 1
+			// child's digest is not that of its bytes, which differ
+			// between reads.)
+			size, err := rewrite.VerifiedSize(child.Digest, cm.Content)
+			if err != nil {
+				return err // not the image's fault: the read was wrong
+			}
 			mu.Lock()
-			fetched[child.Digest] = cm.Content
+			sizes[child.Digest] = size
 			mu.Unlock()
 		}
 		n, err := e.normalize(ctx, src, cm, rules, depth+1)
@@ -495,11 +500,7 @@ func (e *Engine) normalizeIndex(ctx context.Context, src Source, m cache.Manifes
 		return rewrite.Result{}, err
 	}
 	res, err := rewrite.NormalizeIndex(rewrite.IndexInput{MediaType: m.MediaType, Index: m.Content, Children: changed,
-		Fetched: fetched, FixSizes: rules.IndexSizes})
-	if errors.Is(err, rewrite.ErrChildMismatch) {
-		// Not the image's fault, and nothing to record: the read was wrong.
-		return rewrite.Result{}, err
-	}
+		Sizes: sizes, FixSizes: rules.IndexSizes})
 	if err != nil {
 		return rewrite.Result{}, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}
