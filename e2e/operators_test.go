@@ -38,6 +38,17 @@ func TestOperatorsView(t *testing.T) {
 		return containerdOptions{Hosts: map[string]string{"docker.io": mirrorHosts("https://registry-1.docker.io", proxyURL) +
 			fmt.Sprintf("  [host.%q.header]\n    Regnorm-Node = %q\n", proxyURL, name)}}
 	}
+	// node-config reports on a node before its containerd pulls through
+	// regnorm (it writes the hosts.toml, then reports): a Regnorm-Node
+	// name counts only for a node reported on.
+	const reads = `"hostsDir":"/etc/containerd/certs.d","readsHostsToml":true`
+	for _, rep := range []string{
+		`{"node":"node-a","address":"127.0.0.1","containerdVersion":"v1.6.20","configVersion":2,` + reads + `}`,
+		`{"node":"node-b","address":"127.0.0.1","containerdVersion":"v1.6.8","configVersion":2,` + reads + `}`,
+		`{"node":"node-c","address":"127.0.0.1","containerdVersion":"v2.3.4","configVersion":3,` + reads + `}`,
+	} {
+		postViewReport(t, proxyURL, rep)
+	}
 	node := startContainerdVersion(t, containerd1620, named("node-a"))
 	if _, err := node.pull(t, "docker.io/library/redis:2.8.23"); err != nil {
 		t.Fatalf("pull: %v", err)
@@ -57,18 +68,14 @@ func TestOperatorsView(t *testing.T) {
 	})
 
 	// Two more nodes at the same address, then node-config's reports: of
-	// the three, of a fourth there that has not pulled, of two that do not
+	// a fourth there that has not pulled, of two that do not
 	// use the mirror, and of a rollout's nodes that have not pulled yet.
 	for name, kind := range map[string]containerdKind{"node-b": containerd168, "node-c": containerd234} {
 		if _, err := startContainerdVersion(t, kind, named(name)).pull(t, "docker.io/library/redis:2.8.23"); err != nil {
 			t.Fatalf("pull on %s (containerd %s): %v", name, kind.name, err)
 		}
 	}
-	const reads = `"hostsDir":"/etc/containerd/certs.d","readsHostsToml":true`
 	for _, rep := range []string{
-		`{"node":"node-a","address":"127.0.0.1","containerdVersion":"v1.6.20","configVersion":2,` + reads + `}`,
-		`{"node":"node-b","address":"127.0.0.1","containerdVersion":"v1.6.8","configVersion":2,` + reads + `}`,
-		`{"node":"node-c","address":"127.0.0.1","containerdVersion":"v2.3.4","configVersion":3,` + reads + `}`,
 		`{"node":"node-d","address":"127.0.0.1","containerdVersion":"v2.3.4","configVersion":3,` + reads + `}`,
 		`{"node":"node-e","address":"10.0.0.9","containerdVersion":"v2.3.4","hostsDir":"/etc/containerd/certs.d","configVersion":3,` +
 			`"configPath":"/etc/containerd/certs.d:/etc/docker/certs.d","reasons":[{"code":"config-path-list","major":2,"minor":3}]}`,

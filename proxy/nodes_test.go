@@ -508,10 +508,10 @@ func TestThreeNodesOneAddress(t *testing.T) {
 	got := h.viewed(t)
 	want := map[string]viewedNode{
 		"node-a": {Node: "node-a", Address: "127.0.0.1", AddressSharedBy: 3, PullsMatchedBy: "node header", ContainerdVersion: "1.6.8", UserAgent: "containerd/v1.6.8",
-			Rules: "config-media-type,symlink-xattrs,zstd-media-type", State: "uses the mirror", Pulls: 2},
+			Rules: "config-media-type,symlink-xattrs,zstd-media-type,index-sizes,layer-media-type", State: "uses the mirror", Pulls: 2},
 		"node-b": {Node: "node-b", Address: "127.0.0.1", AddressSharedBy: 3, PullsMatchedBy: "node header", ContainerdVersion: "1.6.20", UserAgent: "containerd/1.6.20~ds1",
-			Rules: "config-media-type,zstd-media-type", State: "uses the mirror", Pulls: 2, OriginalDigest: 1},
-		"node-c": {Node: "node-c", Address: "127.0.0.1", AddressSharedBy: 3, ContainerdVersion: "v2.3.4", Rules: "config-media-type,schema1", State: "no pull seen yet"},
+			Rules: "config-media-type,zstd-media-type,index-sizes,layer-media-type", State: "uses the mirror", Pulls: 2, OriginalDigest: 1},
+		"node-c": {Node: "node-c", Address: "127.0.0.1", AddressSharedBy: 3, ContainerdVersion: "v2.3.4", Rules: "config-media-type,schema1,index-sizes,layer-media-type", State: "no pull seen yet"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("rows %+v, want node-a, node-b and node-c", got)
@@ -584,15 +584,19 @@ func TestSharedAddressNote(t *testing.T) {
 // TestBadNodeHeaderFallsBackToAddress: a Regnorm-Node value that no report
 // could carry as a node name (empty, over 253 bytes, a control character,
 // not UTF-8), or two of them, is ignored: the pull is counted by its
-// address, here for the one node reported there; a good value beside them
-// is a node of its own.
+// address, here for the one node reported there; a good value beside them,
+// a node node-config reported on, is a node of its own.
 func TestBadNodeHeaderFallsBackToAddress(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
 	h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
-	if err := h.reporter().ReportNode(context.Background(), cache.NodeReport{Node: "node-r", Address: "127.0.0.1", ReadsHostsToml: true,
-		HostsDir: fleet.DefaultHostsDir, ConfigVersion: 2}); err != nil {
-		t.Fatal(err)
+	for _, rep := range []cache.NodeReport{
+		{Node: "node-r", Address: "127.0.0.1", ReadsHostsToml: true, HostsDir: fleet.DefaultHostsDir, ConfigVersion: 2},
+		{Node: "node-s", ReadsHostsToml: true, HostsDir: fleet.DefaultHostsDir, ConfigVersion: 3},
+	} {
+		if err := h.reporter().ReportNode(context.Background(), rep); err != nil {
+			t.Fatal(err)
+		}
 	}
 	bad := [][]string{{""}, {strings.Repeat("n", 254)}, {"node\tr"}, {"node-\xff"}, {"node-r", "node-s"}}
 	for _, values := range bad {
@@ -612,8 +616,10 @@ func TestBadNodeHeaderFallsBackToAddress(t *testing.T) {
 }
 
 // TestNodeNamesAreBounded: a client sending a new Regnorm-Node name with
-// each pull (any client may send any name) makes at most fleet.MaxNodes
-// rows, and regnorm_nodes keeps its fixed series and counts no more.
+// each pull (any client may send any name), more than fleet.MaxNodes of
+// them, makes no rows: a name counts only for a node node-config reported
+// on, so every pull is counted for the client's address, one row, and
+// regnorm_nodes counts one node.
 func TestNodeNamesAreBounded(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
@@ -648,15 +654,13 @@ func TestNodeNamesAreBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := len(h.viewed(t)); got != fleet.MaxNodes {
-		t.Fatalf("%d rows, want %d", got, fleet.MaxNodes)
+	rows := h.viewed(t)
+	if n, ok := rows["@127.0.0.1"]; len(rows) != 1 || !ok || n.Pulls != int64(total+1) {
+		t.Fatalf("rows %+v, want one, of 127.0.0.1, with all %d pulls", rows, total+1)
 	}
 	h.built.fleet.Count()
-	if got := h.metric(t, "regnorm_nodes", ""); got != fleet.MaxNodes {
-		t.Fatalf("regnorm_nodes sums to %v, want %d", got, fleet.MaxNodes)
-	}
-	if got := h.metric(t, "regnorm_nodes", `containerd="other"`); got < fleet.MaxNodes-10 {
-		t.Fatalf("regnorm_nodes{containerd=other} = %v: the made-up versions are not in other", got)
+	if got := h.metric(t, "regnorm_nodes", ""); got != 1 {
+		t.Fatalf("regnorm_nodes sums to %v, want 1", got)
 	}
 }
 

@@ -100,6 +100,11 @@ type Fleet struct {
 
 	mu   sync.Mutex
 	seen *lru.Cache[seenKey, *seen]
+	// reported are the names of the nodes node-config reported on, as
+	// last listed (and received since): a pull is counted for the node its
+	// NodeHeader names only if it is one of them, so made-up names make no
+	// rows (a report needs the report token).
+	reported map[string]bool
 
 	counting sync.Mutex // one count of regnorm_nodes at a time
 }
@@ -155,13 +160,13 @@ func (f *Fleet) SawPull(r *http.Request, byOriginalDigest bool) {
 	if err != nil {
 		addr = r.RemoteAddr
 	}
-	key := seenKey{node: pullNode(r)}
-	if key.node == "" {
-		key.addr = addr
-	}
 	now := f.clock.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	key := seenKey{node: pullNode(r)}
+	if !f.reported[key.node] {
+		key = seenKey{addr: addr}
+	}
 	n, ok := f.seen.Get(key)
 	if !ok {
 		n = &seen{Node: key.node, FirstPull: now}
@@ -175,8 +180,8 @@ func (f *Fleet) SawPull(r *http.Request, byOriginalDigest bool) {
 }
 
 // pullNode is the node r names in NodeHeader: one value, a valid node
-// name (ValidNodeName). Any other, or none, is "": the pull is counted by
-// its address.
+// name (ValidNodeName). Any other, or none, is "", and so is a name no
+// report has: the pull is counted by its address.
 func pullNode(r *http.Request) string {
 	if v := r.Header.Values(NodeHeader); len(v) == 1 && ValidNodeName(v[0]) {
 		return v[0]
@@ -210,7 +215,20 @@ func truncate(s string, n int) string {
 
 // listReports lists node-config's reports, or reuses a recent listing.
 func (f *Fleet) listReports(ctx context.Context) ([]cache.NodeReport, error) {
-	return f.reports.Get(func() ([]cache.NodeReport, error) { return f.store.ListNodeReports(ctx) })
+	return f.reports.Get(func() ([]cache.NodeReport, error) {
+		reports, err := f.store.ListNodeReports(ctx)
+		if err != nil {
+			return nil, err
+		}
+		reported := make(map[string]bool, len(reports))
+		for _, r := range reports {
+			reported[r.Node] = true
+		}
+		f.mu.Lock()
+		f.reported = reported
+		f.mu.Unlock()
+		return reports, nil
+	})
 }
 
 // View merges what node-config reported with what this process saw, most

@@ -76,6 +76,7 @@ func TestPullsAreMatchedByNodeHeader(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
 	f := newTestFleet(t, reg)
+	reportNodes(t, f, "node-a", "node-b", "node-c")
 	for range 3 {
 		f.SawPull(pullFrom("10.0.0.1", "containerd/v1.6.8", "node-a"), false)
 	}
@@ -144,37 +145,44 @@ func TestBadNodeHeaderFallsBackToAddress(t *testing.T) {
 	// The bound is a report's: a name of 253 bytes is one.
 	f := newTestFleet(t, prometheus.NewRegistry())
 	long := strings.Repeat("n", 253)
+	reportNodes(t, f, long)
 	f.SawPull(pullFrom("10.0.0.7", "containerd/v1.6.8", long), false)
 	if got := view(t, f); got[long].Pulls != 1 {
 		t.Fatalf("a 253-byte name: %+v", got)
 	}
 }
 
-// TestFleetIsBoundedByNodeNames: however many names one client sends in
-// Regnorm-Node, the fleet remembers at most MaxNodes pulling nodes, its
-// view lists no more, and regnorm_nodes counts no more, in its fixed
-// series.
-func TestFleetIsBoundedByNodeNames(t *testing.T) {
+// TestMadeUpNodeNamesMakeNoRows: a Regnorm-Node name counts a pull for
+// its node only when node-config reported on that node (a report needs the
+// report token): however many names one client makes up, its pulls are
+// one row, of its address, and regnorm_nodes counts one node.
+func TestMadeUpNodeNamesMakeNoRows(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
 	f := newTestFleet(t, reg)
+	reportNodes(t, f, "worker-1")
+	f.SawPull(pullFrom("10.0.0.9", "containerd/v1.6.8", "worker-1"), false)
 	for i := range MaxNodes + 5000 {
 		f.SawPull(pullFrom("10.0.0.1", fmt.Sprintf("containerd/v1.%d.0", i), fmt.Sprintf("node-%d", i)), false)
 	}
-	if n := len(f.snapshot()); n != MaxNodes {
-		t.Fatalf("%d nodes remembered, want %d", n, MaxNodes)
-	}
-	nodes, err := f.View(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(nodes) != MaxNodes || nodes[0].AddressSharedBy != MaxNodes {
-		t.Fatalf("the view lists %d nodes (the first sharing its address with %d), want %d", len(nodes), nodes[0].AddressSharedBy, MaxNodes)
+	got := view(t, f)
+	if len(got) != 2 || got["@10.0.0.1"].Pulls != MaxNodes+5000 || got["worker-1"].Pulls != 1 || got["worker-1"].State != StateUses {
+		t.Fatalf("rows %+v, want worker-1's and one of 10.0.0.1 with every made-up pull", got)
 	}
 	f.Count()
-	total, series := gauge(t, reg)
-	if total != MaxNodes || len(series) != len(ContainerdVersions.Values()) {
-		t.Fatalf("regnorm_nodes sums to %v in %d series, want %d in %d", total, len(series), MaxNodes, len(ContainerdVersions.Values()))
+	if total, _ := gauge(t, reg); total != 2 {
+		t.Fatalf("regnorm_nodes sums to %v, want 2", total)
+	}
+}
+
+// reportNodes has node-config report on each of names, as a node that
+// reads the hosts.toml files.
+func reportNodes(t *testing.T, f *Fleet, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		if err := f.Receive(context.Background(), cache.NodeReport{Node: name, HostsDir: DefaultHostsDir, ConfigVersion: 3, ReadsHostsToml: true}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

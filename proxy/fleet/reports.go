@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"path"
 	"reflect"
@@ -76,6 +77,15 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	if err := f.store.PutNodeReport(ctx, rep); err != nil {
 		return fmt.Errorf("recording the node report: %w", err)
 	}
+	f.mu.Lock()
+	if !f.reported[rep.Node] {
+		f.reported = maps.Clone(f.reported) // the listing's set is shared by nobody, but stays whole
+		if f.reported == nil {
+			f.reported = map[string]bool{}
+		}
+		f.reported[rep.Node] = true
+	}
+	f.mu.Unlock()
 	// A new node, or a node whose state changed, shows at once: the
 	// listing in use is dropped. The reports every node repeats (every 5
 	// minutes) leave it, or each would cost a walk of all of them.
