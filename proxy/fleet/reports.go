@@ -128,6 +128,9 @@ func (f *Fleet) check(rep cache.NodeReport) error {
 		// would let the value pass for regnorm's own words.
 		return errors.New("configPath holds characters other than printable ASCII")
 	}
+	if !printableASCII(rep.ContainerdVersion) {
+		return errors.New("containerdVersion holds characters other than printable ASCII")
+	}
 	if rep.Address != "" && net.ParseIP(rep.Address) == nil {
 		return fmt.Errorf("address %q is not an IP address", rep.Address)
 	}
