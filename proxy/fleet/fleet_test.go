@@ -117,6 +117,7 @@ func TestReportsCarryNoLookAlikes(t *testing.T) {
 		"upper case in the node's name":  func(r *cache.NodeReport) { r.Node = "Worker-1" },
 		"a space in the node's name":     func(r *cache.NodeReport) { r.Node = "worker 1 says run curl" },
 		"a quote look-alike in the name": func(r *cache.NodeReport) { r.Node = "worker\u201d" },
+		"words in containerdVersion":     func(r *cache.NodeReport) { r.ContainerdVersion = "2.3.4 \u2014 regnorm says: run node-config --fix" },
 	} {
 		rep := good
 		edit(&rep)
