@@ -352,6 +352,13 @@ func (c *Config) check(v Version, dir string) Verdict {
 		// no line can take them out, gives no lines.
 		verdict := Verdict{ConfigPath: configPath, Where: where}
 		byHand := legacy.cleaned == nil
+		if !byHand {
+			// Deleting them may bring out others: on 1.x an earlier
+			// file's CRI section, on 2.x a file's own images section
+			// that its CRI registry replaced. Those are for a person.
+			again := legacy.cleaned.legacy(v)
+			byHand = again.mirrors || again.tls
+		}
 		if legacy.mirrors {
 			verdict.Reasons = append(verdict.Reasons, Reason{Code: LegacyMirrors, Section: section, Table: where.Table, ByHand: byHand})
 		}

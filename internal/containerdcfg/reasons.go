@@ -105,9 +105,10 @@ type Reason struct {
 	// would make containerd refuse the file.
 	Table bool `json:"table,omitempty"`
 	// ByHand is true, on a LegacyMirrors or LegacyConfigsTLS, when
-	// node-config cannot quote the lines that set them (an inline table
-	// or a dotted key holds them with other settings): it gives no lines
-	// to follow.
+	// node-config cannot quote lines that take them all out (an inline
+	// table or a dotted key holds them with other settings, or deleting
+	// them brings out more from another file): it gives no lines to
+	// follow.
 	ByHand bool `json:"byHand,omitempty"`
 	// Detail is what only node-config shows, in its own log and status
 	// file (an error's text): never part of a report.
@@ -216,7 +217,7 @@ func byHandText(r Reason) string {
 	if !r.ByHand {
 		return ""
 	}
-	return "; node-config cannot quote the lines that set them (an inline table or a dotted key holds them with other settings), so it gives no lines to follow: edit them out by hand"
+	return "; node-config cannot quote lines that take them all out (an inline table or a dotted key holds them with other settings, or more are behind them in another file), so it gives no lines to follow: edit them out by hand"
 }
 
 // notSet is how a configuration without a config_path says so: as it is

@@ -407,3 +407,40 @@ func configPathOf(doc map[string]any) string {
 	}
 	return ""
 }
+
+// TestLegacyBehindLegacy: where deleting the legacy settings brings out
+// others (1.x: an earlier file's CRI section, which the last one replaced;
+// 2.x: a version 2 file's images registry, which its CRI registry
+// replaced), the advice gives no lines: followed, it would leave
+// containerd refusing config_path.
+func TestLegacyBehindLegacy(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, version string
+		files         map[string]string
+	}{
+		{"1.6.20, an earlier file's mirrors", "1.6.20", map[string]string{
+			"config.toml":      "version = 2\nimports = [\"conf.d/*.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://a\"]\n",
+			"conf.d/10-m.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"quay.io\"]\n  endpoint = [\"https://b\"]\n",
+		}},
+		{"2.3.4, a version 2 file's images mirrors under its CRI ones", "v2.3.4", map[string]string{
+			"config.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://a\"]\n[plugins.'io.containerd.cri.v1.images'.registry.mirrors.'quay.io']\n  endpoint = ['https://b']\n",
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d := t.TempDir()
+			for name, content := range tt.files {
+				write(t, d, name, content)
+			}
+			cfg, err := Load(filepath.Join(d, "config.toml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := Check(cfg, ParseVersion(tt.version), "/etc/containerd/certs.d")
+			if got.Reads || got.Fix != "" || len(got.Reasons) == 0 || !got.Reasons[0].ByHand {
+				t.Errorf("%+v", got)
+			}
+		})
+	}
+}
