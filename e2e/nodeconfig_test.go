@@ -423,7 +423,13 @@ func TestNodeConfigOnceBesideTheDaemonSet(t *testing.T) {
 // table would make it refuse the file) and then pulls through regnorm.
 // The same with that config_path written over two lines (a multi-line string):
 // the advice changes both lines (its first alone left the closing quotes
-// behind, and containerd refused the file).
+// behind, and containerd refused the file). And with legacy mirrors (which
+// send the image's registry straight to itself) and a configs."<host>".tls
+// table: containerd refuses both beside config_path (1.6.20 leaves its CRI
+// plugin out: "`mirrors` cannot be set when `config_path` is provided",
+// "`configs.tls` ..."; 2.3.4 the same for mirrors, and ignores the tls
+// table), so the advice deletes them first; followed, containerd starts
+// with CRI and pulls through regnorm (2.3.4 with the tls table left).
 func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
 	registryURL, _ := startRegistry(t)
 	pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
@@ -437,18 +443,28 @@ func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
 		// multiLine writes config_path = "" over two lines, as a
 		// multi-line string with this delimiter.
 		multiLine string
+		// legacy adds the legacy mirrors (to the image's own registry)
+		// and a configs."<host>".tls table.
+		legacy bool
 	}{
-		{containerd1620, reason1620, ""},
-		{containerd234, reason234, ""},
-		{containerd1620, reason1620, `"""`},
-		{containerd234, reason234, `'''`},
+		{kind: containerd1620, reason: reason1620},
+		{kind: containerd234, reason: reason234},
+		{kind: containerd1620, reason: reason1620, multiLine: `"""`},
+		{kind: containerd234, reason: reason234, multiLine: `'''`},
+		{kind: containerd1620, reason: `the legacy registry.mirrors in [plugins."io.containerd.grpc.v1.cri".registry] replace hosts.toml, and containerd refuses them beside config_path`, legacy: true},
+		{kind: containerd234, reason: `the legacy registry.mirrors in [plugins."io.containerd.cri.v1.images".registry] replace hosts.toml, and containerd refuses them beside config_path`, legacy: true},
 	} {
 		name := tt.kind.name
 		if tt.multiLine != "" {
 			name += " config_path over two lines"
 		}
+		var legacy string
+		if tt.legacy {
+			name += " legacy mirrors and configs.tls"
+			legacy = registryURL
+		}
 		t.Run(name, func(t *testing.T) {
-			node := startContainerdDefault(t, tt.kind, tt.multiLine)
+			node := startContainerdDefault(t, tt.kind, tt.multiLine, legacy)
 			regnorm := startRegnormFor(t, upstreamHost, registryURL)
 			status := filepath.Join(t.TempDir(), "status.json")
 			start(t, "node-config", regnormBin, "node-config", "--interval=1s", "--config-path="+node.hostsDir, "--mirror="+regnorm, "--report=false",
@@ -459,6 +475,9 @@ func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
 			}
 			if tt.multiLine != "" && !strings.Contains(rep.Fix, "change these 2 lines") {
 				t.Fatalf("the advice for a config_path over two lines:\n%s", rep.Fix)
+			}
+			if tt.legacy && (!strings.HasPrefix(rep.Fix, "1. In "+node.configFile+", delete these") || (tt.kind.major == 1) != strings.Contains(rep.Reason, "`configs.tls` cannot be set")) {
+				t.Fatalf("with legacy mirrors and configs.tls, containerd %s: %s\n%s", tt.kind.name, rep.Reason, rep.Fix)
 			}
 			t.Logf("containerd %s, containerd config default: %s\n%s", tt.kind.name, rep.Reason, rep.Fix)
 			if err := regtest.FollowAdvice(rep.Fix); err != nil {
@@ -484,8 +503,10 @@ func TestNodeConfigAdviceOnContainerdConfigDefault(t *testing.T) {
 // apart from the machine's containerd: its root, state, sockets and
 // drop-in directory, and (2.3.4) no NRI socket shared by every daemon.
 // With multiLine, its config_path = "" is written over two lines, as a
-// multi-line string with that delimiter.
-func startContainerdDefault(t *testing.T, kind containerdKind, multiLine string) *containerd {
+// multi-line string with that delimiter. With legacyMirror (a registry's
+// URL), legacy mirrors send that registry to itself, and the registry
+// settings have a configs."<host>".tls table.
+func startContainerdDefault(t *testing.T, kind containerdKind, multiLine, legacyMirror string) *containerd {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "rn-ctd")
 	if err != nil {
@@ -534,6 +555,29 @@ func startContainerdDefault(t *testing.T, kind containerdKind, multiLine string)
 			t.Fatalf("containerd %s config default has no %s under %s", kind.name, empty, table)
 		}
 		cfg = cfg[:end] + "config_path = " + multiLine + "\n" + multiLine + cfg[end+len(empty):]
+	}
+	if legacyMirror != "" {
+		host := strings.TrimPrefix(legacyMirror, "http://")
+		if kind.major == 1 {
+			replace(`      [plugins."io.containerd.grpc.v1.cri".registry.configs]`+"\n", fmt.Sprintf(`      [plugins."io.containerd.grpc.v1.cri".registry.configs]
+        [plugins."io.containerd.grpc.v1.cri".registry.configs.%q.tls]
+          insecure_skip_verify = true
+`, host))
+			replace(`      [plugins."io.containerd.grpc.v1.cri".registry.mirrors]`+"\n", fmt.Sprintf(`      [plugins."io.containerd.grpc.v1.cri".registry.mirrors]
+        [plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
+          endpoint = [%q]
+`, host, legacyMirror))
+		} else {
+			replace("    [plugins.'io.containerd.cri.v1.images'.registry]\n      config_path = ''\n", fmt.Sprintf(`    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = ''
+
+      [plugins.'io.containerd.cri.v1.images'.registry.mirrors.'%s']
+        endpoint = ['%s']
+
+      [plugins.'io.containerd.cri.v1.images'.registry.configs.'%s'.tls]
+        insecure_skip_verify = true
+`, host, legacyMirror, host))
+		}
 	}
 	if err := os.WriteFile(c.configFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

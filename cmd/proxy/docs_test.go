@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -387,4 +388,36 @@ func mappingEntry(n *yaml.Node, name string) (key, value *yaml.Node) {
 		}
 	}
 	return nil, nil
+}
+
+// TestOnceIsNotCalledSafeAlone: wherever the docs call `node-config
+// --once` safe beside the DaemonSet's node-config (it changes nothing on
+// the node), they also say that it sends the node's report, which the
+// fleet view then shows for the node until the DaemonSet's node-config
+// reports again: a check that seems to change nothing does change that.
+func TestOnceIsNotCalledSafeAlone(t *testing.T) {
+	t.Parallel()
+	files, _ := filepath.Glob("../../docs/*.md")
+	files = append(files, "../../README.md", "../../deploy/helm/regnorm/README.md")
+	safe := regexp.MustCompile(`(?i)(safe|can run) beside the DaemonSet`)
+	found := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A paragraph, or a table's row.
+		for _, p := range regexp.MustCompile(`\n\s*\n|\n\|`).Split(string(b), -1) {
+			if !strings.Contains(p, "--once") || !safe.MatchString(p) {
+				continue
+			}
+			found++
+			if !strings.Contains(p, "report") || !strings.Contains(p, "fleet view") {
+				t.Errorf("%s calls --once safe beside the DaemonSet without saying it sends the node's report, shown in the fleet view until the DaemonSet's next one:\n%s", f, p)
+			}
+		}
+	}
+	if found == 0 {
+		t.Error("no doc calls --once safe beside the DaemonSet: this test looks for nothing")
+	}
 }

@@ -72,6 +72,18 @@ type hostFile struct {
 	// marked files start with nodeConfigMarker: one without it is not
 	// node-config's, and is left alone.
 	marked bool
+	// hosts is, for the CA, the hosts.toml it goes with: while that one
+	// is not node-config's, the directory is the operator's, and
+	// node-config writes and removes nothing in it.
+	hosts string
+}
+
+// foreign reports whether the file at path is a hosts.toml that is not
+// node-config's: there, not empty, and without its marker. An empty file
+// (what a crash can leave of a write) is no one's: node-config's to write.
+func foreign(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && len(b) > 0 && !bytes.HasPrefix(b, []byte(nodeConfigMarker))
 }
 
 // RegnormNodeHeader is the header node-config has containerd send with
@@ -109,7 +121,7 @@ func runNodeConfig(ctx context.Context, args []string, getenv func(string) strin
 	fs.BoolVar(&nc.once, "once", false, "check once and print the node's state as JSON; changes nothing on the node (no hosts.toml, drop-in or status file written or removed)")
 	tokenFile := fs.String("mirror-token-file", getenv("REGNORM_TOKEN_FILE"), "token for regnorm's client authentication, written into hosts.toml for containerd")
 	reportTokenFile := fs.String("report-token-file", getenv("REGNORM_REPORT_TOKEN_FILE"), "token regnorm takes node reports with (one of its nodes.reportTokenFile); without it, nothing is reported (env REGNORM_REPORT_TOKEN_FILE)")
-	fs.StringVar(&nc.mirrorCAFile, "mirror-ca-file", getenv("REGNORM_CA_FILE"), "CA that signed regnorm's TLS certificate: copied next to each hosts.toml for containerd, and trusted for reports")
+	fs.StringVar(&nc.mirrorCAFile, "mirror-ca-file", getenv("REGNORM_CA_FILE"), "CA that signed regnorm's TLS certificate: copied next to each hosts.toml node-config writes, for containerd, and trusted for reports")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: regnorm node-config --mirror URL [flags] [REGISTRY=SERVER...]
        regnorm node-config probe --status-file FILE
@@ -131,7 +143,8 @@ At each check it puts back a file that was removed; one that was changed
 and says so: delete it to have it written again.
 On SIGTERM it removes the hosts.toml files it wrote; the drop-in stays (removing
 it would undo the fix at containerd's next restart): delete it to undo. Files it
-did not write are left alone. With --node-name, each hosts.toml has containerd
+did not write are left alone, and so is the directory of a hosts.toml it did not
+write (no CA is written there). An empty file counts as missing. With --node-name, each hosts.toml has containerd
 send the node's name to regnorm (header Regnorm-Node).
 
 With --once it checks once, prints the node's state as JSON on stdout (the log
@@ -298,7 +311,7 @@ func (nc *nodeConfig) planHosts(pairs []string) error {
 		fmt.Fprintf(&host, "%sserver = %s\n\n[host.%s]\n  capabilities = [\"pull\", \"resolve\"]\n", nodeConfigMarker, containerdcfg.String(server), containerdcfg.String(nc.mirror))
 		if ca != nil {
 			caPath := filepath.Join(dir, "regnorm-ca.crt")
-			nc.hosts = append(nc.hosts, hostFile{path: caPath, content: string(ca), mode: 0o644})
+			nc.hosts = append(nc.hosts, hostFile{path: caPath, content: string(ca), mode: 0o644, hosts: filepath.Join(dir, "hosts.toml")})
 			fmt.Fprintf(&host, "  ca = %s\n", containerdcfg.String(caPath))
 		}
 		if nc.mirrorToken != "" || nc.node != "" {
@@ -330,26 +343,36 @@ func (nc *nodeConfig) planHosts(pairs []string) error {
 // since by someone else (another node-config on the same directory, an
 // operator who edited it), and writing it back at every check would fight
 // them for good. It says so once for each new content, and leaves it. A
-// hosts.toml without node-config's marker is never node-config's.
+// hosts.toml without node-config's marker is never node-config's, and
+// neither is anything in its directory: the CA beside it is not written
+// (nor removed). An empty file is missing: a crash can leave one, and
+// containerd skips the mirror of an empty hosts.toml.
 func (nc *nodeConfig) keepHosts(start bool) error {
 	if nc.written == nil {
 		nc.written, nc.seen = map[string]string{}, map[string]string{}
 	}
 	var errs []error
 	for _, f := range nc.hosts {
+		if f.hosts != "" && foreign(f.hosts) {
+			// Not node-config's any more, if it was: never removed.
+			delete(nc.written, f.path)
+			nc.seen[f.path] = "foreign"
+			continue
+		}
 		old, err := os.ReadFile(f.path)
-		missing := errors.Is(err, os.ErrNotExist)
+		missing := errors.Is(err, os.ErrNotExist) || (err == nil && len(old) == 0)
 		switch {
 		case err == nil && string(old) == f.content:
 			// Its own (another node-config's, before a rollout, say):
 			// removed when this one stops, like one it wrote.
 			nc.written[f.path], nc.seen[f.path] = f.content, "in place"
 			continue
-		case err == nil && f.marked && !bytes.HasPrefix(old, []byte(nodeConfigMarker)):
+		case f.marked && foreign(f.path):
 			if nc.seen[f.path] != "foreign" {
-				nc.log.Warn("a hosts.toml that regnorm did not write is in the way; leaving it alone", "path", f.path)
+				nc.log.Warn("a hosts.toml that regnorm did not write is in the way; leaving it alone, and its directory", "path", f.path)
 				nc.seen[f.path] = "foreign"
 			}
+			delete(nc.written, f.path)
 			continue
 		case !start && err != nil && !missing:
 			if nc.seen[f.path] != "unreadable" {
@@ -357,7 +380,7 @@ func (nc *nodeConfig) keepHosts(start bool) error {
 				nc.seen[f.path] = "unreadable"
 			}
 			continue
-		case !start && err == nil:
+		case !start && !missing:
 			if seen := "differs:" + string(old); nc.seen[f.path] != seen {
 				nc.log.Warn("a file node-config keeps differs from what this node-config writes (another node-config's on this directory, or edited): left alone; delete it to have it written again", "path", f.path)
 				nc.seen[f.path] = seen
@@ -370,7 +393,7 @@ func (nc *nodeConfig) keepHosts(start bool) error {
 		}
 		nc.written[f.path] = f.content
 		if _, wrote := nc.seen[f.path]; wrote && missing {
-			nc.log.Warn("put back a file that was removed", "path", f.path)
+			nc.log.Warn("put back a file that was removed (or left empty)", "path", f.path)
 		} else {
 			nc.log.Info("wrote", "path", f.path)
 		}
@@ -383,16 +406,22 @@ func (nc *nodeConfig) keepHosts(start bool) error {
 // it, and changes nothing.
 func (nc *nodeConfig) checkHosts() {
 	for _, f := range nc.hosts {
+		if f.hosts != "" && foreign(f.hosts) {
+			nc.log.Info("beside a hosts.toml not written by regnorm: node-config writes nothing there", "path", f.path)
+			continue
+		}
 		old, err := os.ReadFile(f.path)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
 			nc.log.Warn("missing: the running node-config writes it (--once writes nothing)", "path", f.path)
 		case err != nil:
 			nc.log.Warn("unreadable", "path", f.path, "error", err)
+		case len(old) == 0:
+			nc.log.Warn("empty, as if missing (containerd skips such a mirror): the running node-config writes it (--once writes nothing)", "path", f.path)
 		case string(old) == f.content:
 			nc.log.Info("in place, as node-config writes it", "path", f.path)
-		case f.marked && !bytes.HasPrefix(old, []byte(nodeConfigMarker)):
-			nc.log.Warn("not written by regnorm: node-config leaves it alone", "path", f.path)
+		case f.marked && foreign(f.path):
+			nc.log.Warn("not written by regnorm: node-config leaves it alone, and its directory", "path", f.path)
 		default:
 			nc.log.Warn("differs from what node-config writes with these flags (another node-config's, or edited): the running node-config leaves it alone; delete it to have it written again", "path", f.path)
 		}
@@ -609,9 +638,17 @@ func socketBorn(socket string, st unix.Stat_t) time.Time {
 	return time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
 }
 
-// cleanUp removes every file this process wrote, if it is still its own.
+// cleanUp removes every file this process wrote, if it is still its own
+// (and, for the CA, its hosts.toml is not the operator's by now).
 func (nc *nodeConfig) cleanUp() {
+	beside := map[string]string{}
+	for _, f := range nc.hosts {
+		beside[f.path] = f.hosts
+	}
 	for path, content := range nc.written {
+		if hosts := beside[path]; hosts != "" && foreign(hosts) {
+			continue
+		}
 		if b, err := os.ReadFile(path); err == nil && string(b) == content {
 			os.Remove(path)
 			os.Remove(filepath.Dir(path)) // only if empty
@@ -652,15 +689,48 @@ func runNodeConfigProbe(args []string, stdout, stderr io.Writer) error {
 }
 
 // writeFileAtomic writes path through a temporary file in its directory,
-// so that a reader never sees it half written.
-func writeFileAtomic(path string, content []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// so that a reader never sees it half written, and a crash leaves the old
+// file or the new one: the temporary file is synced before the rename,
+// the directory after it (without, a crash could leave a hosts.toml of
+// zero bytes). Each call has a temporary file of its own: two writers
+// never write one.
+func writeFileAtomic(path string, content []byte, mode os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".regnorm.tmp"
-	os.Remove(tmp) // a dead process's; WriteFile keeps an old file's mode
-	if err := os.WriteFile(tmp, content, mode); err != nil {
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".regnorm-*.tmp")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if _, err := f.Write(content); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil // written; only its durability is unsure
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }

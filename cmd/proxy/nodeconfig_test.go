@@ -677,3 +677,180 @@ func TestNodeConfigSaysWhatItDoes(t *testing.T) {
 		t.Errorf("probe between the fix and the restart: %v", err)
 	}
 }
+
+// TestNodeConfigLeavesTheOperatorsDirectoryAlone: a registry's directory
+// whose hosts.toml is not node-config's is the operator's, and node-config
+// writes and removes nothing in it: no CA (--mirror-ca-file) beside it at
+// start or at any check, and an identical CA the operator put there stays
+// when node-config stops, and is not put back when the operator removes
+// it. (Before, the CA was written beside a foreign hosts.toml, put back at
+// every check and removed on SIGTERM.) In node-config's own directory the
+// CA keeps the hosts.toml rule: a changed CA is left alone, a removed one
+// put back at the next check, and it is removed on SIGTERM.
+func TestNodeConfigLeavesTheOperatorsDirectoryAlone(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		hostsDir := filepath.Join(dir, "certs.d")
+		caPEM, _ := regtest.SelfSigned(t, "regnorm", "10.96.0.50")
+		caFile := filepath.Join(dir, "ca.pem")
+		os.WriteFile(caFile, caPEM, 0o644)
+		operators := map[string][]byte{}
+		for _, registry := range []string{"docker.io", "ghcr.io"} {
+			p := filepath.Join(hostsDir, registry, "hosts.toml")
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			operators[p] = []byte("server = \"https://" + registry + "\"\n")
+			os.WriteFile(p, operators[p], 0o644)
+		}
+		dockerCA, ghcrCA, quayCA := filepath.Join(hostsDir, "docker.io", "regnorm-ca.crt"), filepath.Join(hostsDir, "ghcr.io", "regnorm-ca.crt"), filepath.Join(hostsDir, "quay.io", "regnorm-ca.crt")
+		os.WriteFile(ghcrCA, caPEM, 0o644) // the operator's copy of regnorm's CA
+
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		var log syncBuffer
+		go func() {
+			done <- run(ctx, []string{"node-config", "--config-path", hostsDir, "--interval", "1m", "--mirror-ca-file", caFile,
+				"--containerd-config", filepath.Join(dir, "config.toml"), "--containerd-socket", filepath.Join(dir, "none.sock"), "--report=false",
+				"--mirror", "https://10.96.0.50:5000", "docker.io=https://registry-1.docker.io", "quay.io=https://quay.io", "ghcr.io=https://ghcr.io"}, env(nil), io.Discard, &log)
+		}()
+		synctest.Wait()
+		if fileExists(dockerCA) {
+			t.Errorf("node-config wrote its CA beside the operator's hosts.toml")
+		}
+		if got, err := os.ReadFile(quayCA); err != nil || !bytes.Equal(got, caPEM) {
+			t.Fatalf("node-config's own directory has no CA: %v", err)
+		}
+
+		// The operator removes the CA beside their hosts.toml, and changes
+		// the one in node-config's directory.
+		os.Remove(ghcrCA)
+		os.WriteFile(quayCA, []byte("the team's CA\n"), 0o644)
+		for minute := 1; minute <= 3; minute++ {
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			if fileExists(dockerCA) || fileExists(ghcrCA) {
+				t.Fatalf("minute %d: a CA was written beside the operator's hosts.toml", minute)
+			}
+			if got, _ := os.ReadFile(quayCA); string(got) != "the team's CA\n" {
+				t.Fatalf("minute %d: the changed CA was written back:\n%s", minute, got)
+			}
+		}
+		os.Remove(quayCA)
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if got, err := os.ReadFile(quayCA); err != nil || !bytes.Equal(got, caPEM) {
+			t.Errorf("the removed CA was not put back: %v", err)
+		}
+
+		os.WriteFile(ghcrCA, caPEM, 0o644) // the operator's again
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(ghcrCA); err != nil || !bytes.Equal(got, caPEM) {
+			t.Errorf("the CA beside the operator's hosts.toml was removed on stop: %v", err)
+		}
+		for p, want := range operators {
+			if got, _ := os.ReadFile(p); !bytes.Equal(got, want) {
+				t.Errorf("the operator's %s changed:\n%s", p, got)
+			}
+		}
+		if fileExists(quayCA) || fileExists(filepath.Join(hostsDir, "quay.io", "hosts.toml")) {
+			t.Errorf("node-config's own files are left after it stopped")
+		}
+	})
+}
+
+// TestNodeConfigRepairsAnEmptyHostsToml: an empty hosts.toml (what a
+// crash between creating and writing a file could leave; containerd then
+// skips the mirror) is node-config's to write, at start and at each check:
+// it has no marker, and was taken for the operator's and never repaired.
+func TestNodeConfigRepairsAnEmptyHostsToml(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		hostsDir := filepath.Join(dir, "certs.d")
+		docker, quay := filepath.Join(hostsDir, "docker.io", "hosts.toml"), filepath.Join(hostsDir, "quay.io", "hosts.toml")
+		os.MkdirAll(filepath.Dir(docker), 0o755)
+		os.WriteFile(docker, nil, 0o644)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		var log syncBuffer
+		go func() {
+			done <- run(ctx, []string{"node-config", "--config-path", hostsDir, "--interval", "1m",
+				"--containerd-config", filepath.Join(dir, "config.toml"), "--containerd-socket", filepath.Join(dir, "none.sock"), "--report=false",
+				"--mirror", "http://10.96.0.50:5000", "docker.io=https://registry-1.docker.io", "quay.io=https://quay.io"}, env(nil), io.Discard, &log)
+		}()
+		synctest.Wait()
+		if got, _ := os.ReadFile(docker); !bytes.HasPrefix(got, []byte(nodeConfigMarker)) {
+			t.Fatalf("the empty hosts.toml was not written at start:\n%s\n%s", got, log.String())
+		}
+		os.WriteFile(quay, nil, 0o644)
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if got, _ := os.ReadFile(quay); !bytes.HasPrefix(got, []byte(nodeConfigMarker)) {
+			t.Errorf("the hosts.toml left empty was not put back:\n%s\n%s", got, log.String())
+		}
+		if strings.Contains(log.String(), "did not write") {
+			t.Errorf("an empty hosts.toml was taken for the operator's:\n%s", log.String())
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestWriteFileAtomic: writers of one file at once (two node-configs on
+// one directory, or a node-config and its --once) each write through a
+// temporary file of their own: none fails, the file is always one
+// writer's whole content, with the mode asked for, and no temporary file
+// is left. (With one temporary path for all, a writer renamed another's
+// file away, or one half written.)
+func TestWriteFileAtomic(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "docker.io", "hosts.toml")
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*50)
+	contents := map[string]bool{}
+	for w := range 8 {
+		contents[strings.Repeat(fmt.Sprintf("writer %d\n", w), 2000)] = true
+	}
+	for content := range contents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				if err := writeFileAtomic(path, []byte(content), 0o640); err != nil {
+					errs <- err
+				}
+				if b, err := os.ReadFile(path); err != nil || !contents[string(b)] {
+					errs <- fmt.Errorf("read %d bytes, not one writer's whole content: %v", len(b), err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n++; n <= 3 {
+			t.Error(err)
+		}
+	}
+	if n > 3 {
+		t.Errorf("and %d more errors", n-3)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640: %v", fi.Mode(), err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("files left beside it: %v", names)
+	}
+}

@@ -12,7 +12,9 @@
 // through the transfer service, which reads config_path as one directory,
 // so the list that 2.2+ uses by default
 // ("/etc/containerd/certs.d:/etc/docker/certs.d") means no hosts.toml is
-// read; legacy registry.mirrors replace hosts.toml altogether.
+// read; legacy registry.mirrors replace hosts.toml altogether, and
+// containerd refuses them beside config_path (1.x a configs."<host>".tls
+// table too), so advice deletes them first (legacy.go).
 //
 // It reads files and writes none itself; it imports no HTTP and no other
 // package of regnorm's.
@@ -197,12 +199,8 @@ func Load(path string) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read containerd config: %w", err)
 		}
-		var file struct {
-			Version int                       `toml:"version"`
-			Imports []string                  `toml:"imports"`
-			Plugins map[string]map[string]any `toml:"plugins"`
-		}
-		if _, err := toml.NewDecoder(bytes.NewReader(b)).Decode(&file); err != nil {
+		file, err := parseFile(b)
+		if err != nil {
 			return nil, fmt.Errorf("parse %s: %w", p, err)
 		}
 		cfg.Files = append(cfg.Files, p)
@@ -230,6 +228,19 @@ func Load(path string) (*Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// configFile is what a configuration file says that Load reads.
+type configFile struct {
+	Version int                       `toml:"version"`
+	Imports []string                  `toml:"imports"`
+	Plugins map[string]map[string]any `toml:"plugins"`
+}
+
+func parseFile(b []byte) (configFile, error) {
+	var file configFile
+	_, err := toml.NewDecoder(bytes.NewReader(b)).Decode(&file)
+	return file, err
 }
 
 // Plugin names of the sections that hold registry settings.
@@ -322,18 +333,46 @@ func (c *Config) assume(v Version) (Version, []Reason) {
 // Check says whether containerd v, with this configuration, reads the
 // hosts.toml files under dir.
 func Check(c *Config, v Version, dir string) Verdict {
-	dir = filepath.Clean(dir)
 	v, assumed := c.assume(v)
+	verdict := c.check(v, filepath.Clean(dir))
+	verdict.Reasons = append(assumed, verdict.Reasons...)
+	return verdict
+}
+
+// check is Check with v known.
+func (c *Config) check(v Version, dir string) Verdict {
 	section, settings, reg := c.registry(v)
 	written, set := reg["config_path"]
 	configPath, _ := written.(string)
 	where := c.where(v)
 	fix := where.Advice(dir)
-	if len(anyMap(reg["mirrors"])) > 0 {
-		if set && filepath.Clean(configPath) == dir {
-			fix = "" // config_path is right: the mirrors are what is left to do
+	if legacy := c.legacy(v); legacy.mirrors || legacy.tls {
+		// containerd refuses them beside config_path: the advice takes
+		// them out first, then sets config_path if it must; or, where
+		// no line can take them out, gives no lines.
+		verdict := Verdict{ConfigPath: configPath, Where: where}
+		byHand := legacy.cleaned == nil
+		if !byHand {
+			// Deleting them may bring out others: on 1.x an earlier
+			// file's CRI section, on 2.x a file's own images section
+			// that its CRI registry replaced. Those are for a person.
+			again := legacy.cleaned.legacy(v)
+			byHand = again.mirrors || again.tls
 		}
-		return Verdict{ConfigPath: configPath, Reasons: append(assumed, Reason{Code: LegacyMirrors, Section: section, Table: where.Table}), Where: where, Fix: fix}
+		if legacy.mirrors {
+			verdict.Reasons = append(verdict.Reasons, Reason{Code: LegacyMirrors, Section: section, Table: where.Table, ByHand: byHand})
+		}
+		if legacy.tls {
+			verdict.Reasons = append(verdict.Reasons, Reason{Code: LegacyConfigsTLS, Major: v.Major, Minor: v.Minor, Section: section, Table: where.Table, ByHand: byHand})
+		}
+		if !byHand {
+			steps := legacy.steps
+			if after := legacy.cleaned.check(v, dir); !after.Reads {
+				steps = append(steps, after.Fix)
+			}
+			verdict.Fix = numbered(steps)
+		}
+		return verdict
 	}
 	// An explicit config_path = "" is said as the file says it: it is
 	// not "not set", though containerd takes it so.
@@ -343,7 +382,7 @@ func Check(c *Config, v Version, dir string) Verdict {
 		configPath = defaultV2
 		list = DefaultConfigPathList
 	}
-	verdict := Verdict{ConfigPath: configPath, Reasons: assumed}
+	verdict := Verdict{ConfigPath: configPath}
 	local := v.Major < 2 || (v.Major == 2 && v.Minor == 0) || localPull(settings)
 	verdict.TransferService = !local
 	var why Reason

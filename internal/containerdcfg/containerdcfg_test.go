@@ -41,6 +41,10 @@ func TestCheck(t *testing.T) {
 		{"1.6, a list holding it", "1.6.20", v2(`config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"`), true, false, ""},
 		{"1.6, another directory", "1.6.20", v2(`config_path = "/other"`), false, false, `config_path is "/other"`},
 		{"1.6, legacy mirrors", "1.6.20", v2("[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n"), false, false, "legacy registry.mirrors"},
+		{"1.6, configs.tls beside config_path", "1.6.20", v2("config_path = \"/etc/containerd/certs.d\"\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r.example\".tls]\n"), false, false, "containerd 1.6 refuses them beside config_path"},
+		{"1.6, configs.auth beside config_path", "1.6.20", v2("config_path = \"/etc/containerd/certs.d\"\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r.example\".auth]\nusername = \"bot\"\n"), true, false, ""},
+		{"2.3, mirrors beside config_path", "v2.3.4", v3("[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d'\n[plugins.'io.containerd.cri.v1.images'.registry.mirrors.'docker.io']\nendpoint = ['https://m']\n"), false, false, "containerd refuses them beside config_path"},
+		{"2.3, configs.tls beside config_path: ignored, local pull", "v2.3.4", v3("[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d'\n[plugins.'io.containerd.cri.v1.images'.registry.configs.'r.example'.tls]\n"), true, false, ""},
 		{"2.0, a list", "v2.0.5", v3("[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n"), true, false, ""},
 		{"2.1, unset", "v2.1.4", "version = 3\n", false, true, "config_path is not set"},
 		{"2.3, unset: the default list", "v2.3.4", "version = 3\n", false, true, "config_path is not set, so containerd 2.3 uses its default, the list \"/etc/containerd/certs.d:/etc/docker/certs.d\": containerd 2.3 pulls through the transfer service, which reads it as one directory"},
@@ -68,7 +72,7 @@ func TestCheck(t *testing.T) {
 			if got.Reads != tt.reads || got.TransferService != tt.transfer || !strings.Contains(Explain(got.Reasons, got.ConfigPath, dir), tt.reason) {
 				t.Fatalf("got %+v, want reads %v, transfer %v, reason %q", got, tt.reads, tt.transfer, tt.reason)
 			}
-			if !got.Reads && !strings.Contains(got.Fix, "config_path = ") {
+			if !got.Reads && !strings.Contains(got.Fix, "config_path = ") && !strings.Contains(got.Fix, "delete") {
 				t.Fatalf("no fix: %+v", got)
 			}
 		})

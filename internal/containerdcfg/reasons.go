@@ -19,8 +19,14 @@ const (
 	// VersionAssumed: containerd did not say its version; Major.Minor was
 	// assumed from the main file's ConfigVersion.
 	VersionAssumed Code = "version-assumed"
-	// LegacyMirrors: registry.mirrors in Section replace hosts.toml.
+	// LegacyMirrors: registry.mirrors in Section replace hosts.toml, and
+	// containerd refuses them beside config_path (ByHand: no line can be
+	// quoted to take them out).
 	LegacyMirrors Code = "legacy-mirrors"
+	// LegacyConfigsTLS: a registry.configs."<host>".tls table in Section,
+	// which containerd Major.Minor (1.x) refuses beside config_path
+	// (ByHand: no line can be quoted to take it out). 2.x ignores it.
+	LegacyConfigsTLS Code = "legacy-configs-tls"
 	// NoConfigPath: containerd Major.Minor has no config_path (Empty: the
 	// configuration says config_path = "").
 	NoConfigPath Code = "no-config-path"
@@ -98,6 +104,12 @@ type Reason struct {
 	// registry table already: config_path goes in it, and a second table
 	// would make containerd refuse the file.
 	Table bool `json:"table,omitempty"`
+	// ByHand is true, on a LegacyMirrors or LegacyConfigsTLS, when
+	// node-config cannot quote lines that take them all out (an inline
+	// table or a dotted key holds them with other settings, or deleting
+	// them brings out more from another file): it gives no lines to
+	// follow.
+	ByHand bool `json:"byHand,omitempty"`
 	// Detail is what only node-config shows, in its own log and status
 	// file (an error's text): never part of a report.
 	Detail string `json:"-"`
@@ -120,6 +132,7 @@ const (
 	path
 	empty
 	table
+	byHand
 )
 
 type reasonKind struct {
@@ -133,7 +146,7 @@ type reasonKind struct {
 }
 
 var (
-	checkCodes  = []Code{LegacyMirrors, NoConfigPath, ConfigPathList, DefaultConfigPathList, OtherConfigPath}
+	checkCodes  = []Code{LegacyMirrors, LegacyConfigsTLS, NoConfigPath, ConfigPathList, DefaultConfigPathList, OtherConfigPath}
 	dropInCodes = []Code{NoDropInDir, VersionUnknown, ConfigVersion1, LegacySettings, SectionReplaced}
 )
 
@@ -141,8 +154,11 @@ var reasonKinds = map[Code]reasonKind{
 	VersionAssumed: {uses: version | configVersion, text: func(r Reason, _, _, _ string) string {
 		return fmt.Sprintf("containerd's version is unknown (its socket did not answer): assuming %d.%d from the configuration's version %d", r.Major, r.Minor, r.ConfigVersion)
 	}},
-	LegacyMirrors: {uses: section | table, text: func(r Reason, _, _, _ string) string {
-		return fmt.Sprintf("the legacy registry.mirrors in [plugins.%q.registry] replace hosts.toml: remove them (and registry.configs and auths), then set config_path", r.Section)
+	LegacyMirrors: {uses: section | table | byHand, text: func(r Reason, _, _, _ string) string {
+		return fmt.Sprintf("the legacy registry.mirrors in [plugins.%q.registry] replace hosts.toml, and containerd refuses them beside config_path (\"`mirrors` cannot be set when `config_path` is provided\"): move what they set to hosts.toml files (node-config writes those of the registries regnorm mirrors), delete them, then set config_path%s", r.Section, byHandText(r))
+	}},
+	LegacyConfigsTLS: {uses: version | section | table | byHand, text: func(r Reason, _, _, _ string) string {
+		return fmt.Sprintf("the legacy TLS settings of registry.configs in [plugins.%q.registry] (a configs.\"<host>\".tls table): containerd %d.%d refuses them beside config_path (\"`configs.tls` cannot be set when `config_path` is provided\"): move them to hosts.toml files (ca, client, skip_verify), delete them, then set config_path%s", r.Section, r.Major, r.Minor, byHandText(r))
 	}},
 	NoConfigPath: {uses: version | empty | table, text: func(r Reason, _, _, _ string) string {
 		return fmt.Sprintf("%s: containerd %d.%d reads no hosts.toml", notSet(r), r.Major, r.Minor)
@@ -194,6 +210,14 @@ var reasonKinds = map[Code]reasonKind{
 	DropInNoFix: {uses: path, why: checkCodes, text: func(r Reason, why, _, _ string) string {
 		return fmt.Sprintf("the drop-in %q would not fix it: %s", r.Path, why)
 	}},
+}
+
+// byHandText says why there are no lines to follow, when there are none.
+func byHandText(r Reason) string {
+	if !r.ByHand {
+		return ""
+	}
+	return "; node-config cannot quote lines that take them all out (an inline table or a dotted key holds them with other settings, or more are behind them in another file), so it gives no lines to follow: edit them out by hand"
 }
 
 // notSet is how a configuration without a config_path says so: as it is
@@ -264,6 +288,7 @@ func (r Reason) Valid() error {
 		{"a path", path, r.Path != "", strings.HasSuffix(r.Path, "/"+DropInName)},
 		{"an empty config_path", empty, r.Empty, true},
 		{"a registry table", table, r.Table, true},
+		{"settings to edit by hand", byHand, r.ByHand, true},
 	} {
 		switch {
 		case uses&v.of == 0 && v.set:

@@ -25,6 +25,10 @@ func TestReasonsAreAFixedSet(t *testing.T) {
 		{Code: DefaultConfigPathList, Major: 2, Minor: 3, Empty: true, Table: true},
 		{Code: OtherConfigPath, Table: true},
 		{Code: LegacyMirrors, Section: imagesV3, Table: true},
+		{Code: LegacyMirrors, Section: criV2, ByHand: true},
+		{Code: LegacyConfigsTLS, Major: 1, Minor: 6, Section: criV2, Table: true},
+		{Code: LegacyConfigsTLS, Major: 1, Minor: 7, Section: criV1, ByHand: true},
+		{Code: DropInNoFix, Why: LegacyConfigsTLS, Major: 1, Minor: 6, Section: criV2, Path: drop},
 		{Code: ConfigUnreadable},
 		{Code: FixRefused, Why: NoDropInDir},
 		{Code: FixRefused, Why: VersionUnknown},
@@ -73,6 +77,8 @@ func TestReasonsAreAFixedSet(t *testing.T) {
 		{Code: DropInWritten, Path: drop, Table: true},
 		{Code: FixRefused, Why: NoDropInDir, Table: true},
 		{Code: VersionAssumed, Major: 1, Minor: 7, ConfigVersion: 2, Empty: true},
+		{Code: NoConfigPath, Major: 1, Minor: 6, ByHand: true},
+		{Code: LegacyConfigsTLS, Section: "evil", Major: 1, Minor: 6},
 	} {
 		if r.Valid() == nil {
 			t.Errorf("%+v is valid", r)

@@ -144,14 +144,31 @@ func (w Where) Advice(dir string) string {
 // (a verdict of Check says whether the registry table is in the
 // configuration) and ConfigVersion. It names no file: a report carries
 // none.
+//
+// Where the configuration has what containerd refuses beside config_path
+// (LegacyMirrors, LegacyConfigsTLS), setting config_path alone would make
+// containerd leave its CRI plugin out: the advice deletes them first. A
+// report does not carry their lines; node-config's log on the node quotes
+// them.
 func FixForReport(reasons []Reason, configVersion int, dir string) string {
 	w := Where{ConfigVersion: configVersion}
+	var legacy []string
 	for _, r := range reasons {
 		if slices.Contains(checkCodes, r.Code) || slices.Contains(checkCodes, r.Why) {
 			w.Table = w.Table || r.Table
 		}
+		switch {
+		case r.Code == LegacyMirrors || r.Why == LegacyMirrors:
+			legacy = append(legacy, "the legacy registry.mirrors")
+		case r.Code == LegacyConfigsTLS || r.Why == LegacyConfigsTLS:
+			legacy = append(legacy, `every registry.configs."<host>".tls table`)
+		}
 	}
-	return w.Advice(dir)
+	if len(legacy) == 0 {
+		return w.Advice(dir)
+	}
+	return fmt.Sprintf("1. Delete %s from containerd's configuration, after moving what they set to hosts.toml files: containerd refuses them beside config_path (node-config's log on the node quotes their lines).\n2. %s",
+		strings.Join(legacy, " and "), w.Advice(dir))
 }
 
 // where finds, in the configuration as containerd v reads it, the file
@@ -247,7 +264,7 @@ func (w *Where) place(raw []byte, path []string, set bool) {
 	inline := false
 	for _, e := range scanTOML(string(raw)) {
 		switch {
-		case e.header && slices.Equal(e.key, path):
+		case e.header && !e.array && slices.Equal(e.key, path):
 			header = &e
 		case !e.header && slices.Equal(e.key, want) && !e.inline:
 			w.Table, w.Under, w.Line, w.Key, w.More = true, e.table, e.text, e.keyText, e.more
@@ -291,6 +308,11 @@ type tomlEntry struct {
 	// more are the further lines of a key's value that spans lines,
 	// trimmed.
 	more []string
+	// array is true for an array of tables' header ([[...]]).
+	array bool
+	// line and last are the first and last lines (0-based) of the entry:
+	// a key's value may span several.
+	line, last int
 }
 
 // scanTOML lists a TOML file's table headers and keys, line by line, as
@@ -316,9 +338,7 @@ func scanTOML(raw string) []tomlEntry {
 				continue
 			}
 			table, tablePath = s, key
-			if !array {
-				out = append(out, tomlEntry{header: true, key: key, text: s})
-			}
+			out = append(out, tomlEntry{header: true, array: array, key: key, text: s, line: i, last: i})
 			continue
 		}
 		key, rest, ok := parseKey(s)
@@ -336,6 +356,7 @@ func scanTOML(raw string) []tomlEntry {
 		for _, l := range lines[i+1 : last+1] {
 			e.more = append(e.more, strings.TrimSpace(l))
 		}
+		e.line, e.last = i, last
 		out = append(out, e)
 		i = last
 	}

@@ -16,9 +16,39 @@ import (
 // quotes under the table header it quotes (or the lines of a value that
 // spans several, to one), or adds a line right under that header. Anything else, or a file that does not hold what the advice
 // quotes, is an error: advice that cannot be followed as written is wrong.
+//
+// Advice of several steps numbers them ("1. ", "2. "...): each is followed
+// in order, as advice of its own.
 func FollowAdvice(advice string) error {
+	if strings.HasPrefix(advice, "1. ") {
+		starts := stepRe.FindAllStringSubmatchIndex(advice, -1)
+		for i, m := range starts {
+			if n, _ := strconv.Atoi(advice[m[2]:m[3]]); n != i+1 {
+				return fmt.Errorf("step %d numbered %d: %q", i+1, n, advice)
+			}
+			end := len(advice)
+			if i+1 < len(starts) {
+				end = starts[i+1][0]
+			}
+			if err := FollowAdvice(strings.TrimSuffix(advice[m[1]:end], "\n")); err != nil {
+				return fmt.Errorf("step %d: %w", i+1, err)
+			}
+		}
+		return nil
+	}
 	first, rest, _ := strings.Cut(advice, "\n")
 	switch {
+	case deleteLines.MatchString(first):
+		m := deleteLines.FindStringSubmatch(first)
+		old := strings.Split(rest, "\n")
+		n, _ := strconv.Atoi(m[4])
+		if m[3] == "this line" {
+			n = 1
+		}
+		if len(old) != n || rest == "" || (n == 1) != (m[3] == "this line") {
+			return fmt.Errorf("not %q to delete: %q", m[3], advice)
+		}
+		return deleteQuoted(m[1], m[2], old)
 	case strings.HasPrefix(first, "Create ") && strings.HasSuffix(first, " with these lines:"):
 		file := strings.TrimSuffix(strings.TrimPrefix(first, "Create "), " with these lines:")
 		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
@@ -65,6 +95,56 @@ func FollowAdvice(advice string) error {
 		})
 	}
 	return fmt.Errorf("advice not understood: %q", advice)
+}
+
+// stepRe starts a step of numbered advice.
+var stepRe = regexp.MustCompile(`(?m)^(\d+)\. `)
+
+// deleteLines is the first line of advice that deletes lines: FILE, the
+// table they are under (none: a table's own header leads them, or they
+// are at the top of the file), how many, and what they are.
+var deleteLines = regexp.MustCompile(`^In (.+?)(?:, under (\[.*\]))?, delete (this line|these (\d+) lines) \([^()]*\):$`)
+
+// deleteQuoted deletes from file the lines old (each trimmed), one after
+// the other (blank lines between them are left): found under header, or
+// led by a table header of their own, which is found wherever it is, or
+// else before the file's first table.
+func deleteQuoted(file, header string, old []string) error {
+	for i := range old {
+		old[i] = strings.TrimSpace(old[i])
+	}
+	return editLines(file, header, func(lines []string, from int) ([]string, error) {
+		for i := from; i < len(lines); i++ {
+			s := strings.TrimSpace(lines[i])
+			if i > from && strings.HasPrefix(s, "[") && (header != "" || !strings.HasPrefix(old[0], "[")) {
+				break // the next table: the lines are not under this one
+			}
+			if s != old[0] {
+				continue
+			}
+			matched := []int{i}
+			for j := i + 1; j < len(lines) && len(matched) < len(old); j++ {
+				switch t := strings.TrimSpace(lines[j]); {
+				case t == "":
+				case t == old[len(matched)]:
+					matched = append(matched, j)
+				default:
+					j = len(lines)
+				}
+			}
+			if len(matched) < len(old) {
+				continue
+			}
+			var out []string
+			for j, l := range lines {
+				if !slices.Contains(matched, j) {
+					out = append(out, l)
+				}
+			}
+			return out, nil
+		}
+		return nil, fmt.Errorf("no lines %q to delete", old)
+	})
 }
 
 // changeLines is the first line of advice that changes the lines of a
