@@ -358,9 +358,12 @@ type LayerVerdict struct {
 	Original    digest.Digest `json:"original"`
 	Compression string        `json:"compression"`
 	Entries     int           `json:"entries"`
-	Repacked    digest.Digest `json:"repacked,omitempty"`
-	Size        int64         `json:"size,omitempty"`
-	DiffID      digest.Digest `json:"diffID,omitempty"`
+	// OriginalDiffID is the diff ID of the original layer, as its scan
+	// computed it (empty in verdicts written before scans did).
+	OriginalDiffID digest.Digest `json:"originalDiffID,omitempty"`
+	Repacked       digest.Digest `json:"repacked,omitempty"`
+	Size           int64         `json:"size,omitempty"`
+	DiffID         digest.Digest `json:"diffID,omitempty"`
 	// Removals lists the first entries repackaging stripped; Unlisted
 	// counts the others.
 	Removals []XattrRemoval `json:"removals,omitempty"`

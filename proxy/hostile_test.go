@@ -23,6 +23,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/rewrite"
 )
 
 // hostileLayer is a layer blob for TestHostileLayers.
@@ -170,7 +171,13 @@ func pushRawLayerImage(t *testing.T, h *harness, repo, tag, mediaType string, la
 	if strings.HasPrefix(mediaType, "application/vnd.oci.") {
 		manifestType, configType = ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig
 	}
-	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + digest.FromString("unknown").String() + `"]}}`)
+	// The layer's own diff ID where it has one (the image is otherwise
+	// right: the diff IDs rule has nothing to mend); garbage has none.
+	diffID, _, err := rewrite.LayerDiffID(bytes.NewReader(layer), rewrite.Limits{})
+	if err != nil {
+		diffID = digest.FromString("unknown")
+	}
+	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + diffID.String() + `"]}}`)
 	manifest := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
 		manifestType, configType, digest.FromBytes(config), len(config),
 		mediaType, digest.FromBytes(layer), len(layer)))

@@ -81,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"containerd"}),
 		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrites_total",
-			Help: "Changes made by normalization, by kind (config-media-type, child-manifest, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-size, layer-media-type), counted once per normalized document.",
+			Help: "Changes made by normalization, by kind (config-media-type, child-manifest, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-size, layer-media-type, diff-ids), counted once per normalized document.",
 		}, []string{"kind"}),
 		rewriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrite_errors_total",
@@ -168,7 +168,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.fetch.Collectors()...)
 	// Every label value known up front is there from the first scrape, so
 	// that a dashboard panel (and a test) sees 0 rather than nothing.
-	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs", "zstd-media-type", "schema1", "zstd-gzip", "index-size", "layer-media-type"} {
+	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs", "zstd-media-type", "schema1", "zstd-gzip", "index-size", "layer-media-type", "diff-ids"} {
 		m.rewrites.WithLabelValues(kind)
 	}
 	for _, reason := range []string{"invalid", "fetch"} {

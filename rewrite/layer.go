@@ -1,6 +1,8 @@
 package rewrite
 
 import (
+	"archive/tar"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,11 @@ import (
 type LayerScan struct {
 	Compression Compression
 	Entries     int
+	// OriginalDiffID is the diff ID of the layer as read: the digest of its
+	// whole decompressed stream, as containerd computes it on extraction.
+	// ScanLayer sets it, in the same pass (the diff IDs rule takes it from
+	// there for free).
+	OriginalDiffID digest.Digest
 	// Stripped is how many entries lose xattrs; 0 means the layer is clean
 	// and is served untouched.
 	Stripped int
@@ -95,6 +102,11 @@ func ScanLayer(blob io.Reader, lim Limits) (LayerScan, error) {
 		return LayerScan{}, err
 	}
 	defer l.close()
+	// The diff ID is hashed on this goroutine as the tar reader (and then
+	// drain) reads, while the read-ahead decompresses on its own.
+	h := sha256.New()
+	l.rest = io.TeeReader(l.rest, h)
+	l.tr = tar.NewReader(l.rest)
 	tr := l.tr
 	scan := LayerScan{Compression: l.comp}
 	for {
@@ -103,6 +115,7 @@ func ScanLayer(blob io.Reader, lim Limits) (LayerScan, error) {
 			if err := l.drain(); err != nil {
 				return LayerScan{}, err
 			}
+			scan.OriginalDiffID = digest.NewDigest(digest.SHA256, h)
 			return scan, nil
 		}
 		if err != nil {

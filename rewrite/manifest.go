@@ -161,6 +161,16 @@ type ManifestInput struct {
 	// declared as OCI's plain tar whose blob Compressions says is gzip or
 	// zstd gets the OCI type of that compression.
 	RetypeCompressedTar bool
+	// DiffIDs maps an original layer digest to the diff ID of its blob, as
+	// computed (from the blob read whole and verified) by the caller, for
+	// the diff IDs rule: the layers CheckDiffIDs names, and any others the
+	// caller's rules read.
+	DiffIDs map[digest.Digest]digest.Digest
+	// FixDiffIDs turns the diff IDs rule on: a config whose rootfs.diff_ids
+	// entry is not the diff ID DiffIDs gives for the layer at its place
+	// gets that diff ID; a list of another length than the layers' is
+	// made anew from DiffIDs (only when it gives every layer's).
+	FixDiffIDs bool
 }
 
 // NormalizeManifest applies the rules to an image manifest.
@@ -179,6 +189,10 @@ type ManifestInput struct {
 // (application/vnd.oci.image.layer.v1.tar) whose blob is gzip or zstd, as
 // Compressions says, gets the OCI type of that compression; its digest,
 // size and blob stay. A layer of that type that is plain tar stays.
+//
+// The diff IDs rule: each rootfs.diff_ids entry that is not the diff ID
+// DiffIDs gives for its layer gets it (see FixDiffIDs and CheckDiffIDs);
+// the config gets a new digest. Layers stay.
 //
 // The layer rule: each repackaged layer's descriptor gets its new digest and
 // size, and its rootfs.diff_ids entry in the config the new uncompressed
@@ -204,12 +218,16 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 	}
 	var edits, configEdits []edit
 	var changes []Change
-
-	if !in.KeepConfigMediaType && plan.ConfigMediaTypeSuspect && cdoc != nil && isImageConfig(cdoc, len(plan.Layers)) {
-		want := configMediaTypeFor(mediaType)
-		edits = append(edits, edit{path: []string{"config", "mediaType"}, value: quote(want)})
-		changes = append(changes, Change{Kind: KindConfigMediaType, Path: "config.mediaType", Old: MediaTypeOctetStream, New: want})
+	var diffs *diffIDList
+	if cdoc != nil {
+		if existing, ok := configDiffIDs(cdoc); ok {
+			diffs = newDiffIDList(existing, len(plan.Layers))
+		}
 	}
+	repacked, remade := false, false
+
+	// (The config media type rule is decided below, once the diff IDs
+	// rule has said whether the config's list will match the layers.)
 	if in.RetypeDockerZstd {
 		for i, desc := range plan.Layers {
 			if desc.MediaType != MediaTypeDockerLayerZstd || layers[desc.Digest].MediaType != "" {
@@ -237,22 +255,25 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 		if !ok || fix.Digest == desc.Digest {
 			continue
 		}
-		if cdoc == nil || !isImageConfig(cdoc, len(plan.Layers)) {
+		if diffs == nil || (len(diffs.existing) != len(plan.Layers) && !in.FixDiffIDs) {
 			return Result{}, fmt.Errorf("%w: layer %d is repackaged but the config has no matching rootfs.diff_ids", ErrNotImage, i)
 		}
+		repacked = true
 		idx := strconv.Itoa(i)
 		edits = append(edits,
 			edit{path: []string{"layers", idx, "digest"}, value: quote(fix.Digest.String())},
 			edit{path: []string{"layers", idx, "size"}, value: []byte(strconv.FormatInt(fix.Size, 10))},
 		)
 		retyped := fix.MediaType != "" && fix.MediaType != desc.MediaType
-		if old, _ := cdoc.str("rootfs", "diff_ids", idx); old != fix.DiffID.String() {
-			if retyped && fix.Stripped == 0 {
-				// Recompressed byte for byte: the tar is the one the config
-				// names, or the image was broken before regnorm saw it.
+		diffs.want[i] = fix.DiffID.String()
+		if old, _ := cdoc.str("rootfs", "diff_ids", idx); old != fix.DiffID.String() && retyped && fix.Stripped == 0 {
+			// Recompressed byte for byte: the tar is the one the config
+			// names, or the image was broken before regnorm saw it: mended
+			// by the diff IDs rule, else refused.
+			if !in.FixDiffIDs {
 				return Result{}, fmt.Errorf("%w: layer %d's tar is %s, its config says %s", ErrNotImage, i, fix.DiffID, old)
 			}
-			configEdits = append(configEdits, edit{path: []string{"rootfs", "diff_ids", idx}, value: quote(fix.DiffID.String())})
+			diffs.byRule[i] = true
 		}
 		if retyped {
 			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(fix.MediaType)})
@@ -268,6 +289,29 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 			changes = append(changes, Change{Kind: KindZstdGzip, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
 				Details: []string{"mediaType " + desc.MediaType + " -> " + fix.MediaType}})
 		}
+	}
+	if diffs != nil {
+		if in.FixDiffIDs && !listsOneBlobTwice(plan.Layers, diffs.existing) {
+			for i, desc := range plan.Layers {
+				if id, ok := in.DiffIDs[desc.Digest]; ok && diffs.want[i] == "" {
+					diffs.want[i], diffs.byRule[i] = id.String(), true
+				}
+			}
+		}
+		e, c, ok := diffs.edits()
+		if !ok && repacked {
+			return Result{}, fmt.Errorf("%w: layers are repackaged but the config's rootfs.diff_ids cannot be made to match them", ErrNotImage)
+		}
+		configEdits = append(configEdits, e...)
+		changes = append(changes, c...)
+		// A list made anew for the layers makes an image config of a
+		// config that was one but for its length.
+		remade = ok && len(e) > 0 && len(diffs.existing) != len(plan.Layers)
+	}
+	if !in.KeepConfigMediaType && plan.ConfigMediaTypeSuspect && cdoc != nil && (isImageConfig(cdoc, len(plan.Layers)) || remade) {
+		want := configMediaTypeFor(mediaType)
+		edits = append(edits, edit{path: []string{"config", "mediaType"}, value: quote(want)})
+		changes = append([]Change{{Kind: KindConfigMediaType, Path: "config.mediaType", Old: MediaTypeOctetStream, New: want}}, changes...)
 	}
 
 	var res Result

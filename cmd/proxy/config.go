@@ -152,6 +152,9 @@ type NormalizeConfig struct {
 	// LayerMediaType types compressed layers declared as OCI's plain tar
 	// by their compression.
 	LayerMediaType bool `yaml:"layerMediaType"`
+	// DiffIDs gives configs the diff IDs of their layers where they are
+	// wrong or missing.
+	DiffIDs bool `yaml:"diffIDs"`
 	// Clients is "auto": each client gets the enabled rules its containerd
 	// version needs (the others get the original); or "all": every client
 	// gets every enabled rule.
@@ -347,6 +350,7 @@ func defaultConfig() Config {
 			ZstdGzip:           rules.ZstdGzip,
 			IndexSizes:         rules.IndexSizes,
 			LayerMediaType:     rules.LayerMediaType,
+			DiffIDs:            rules.DiffIDs,
 			Clients:            "auto",
 			UnknownClients:     ruleset.Names(),
 			Platforms:          normalize.DefaultPlatformNames(),
@@ -716,7 +720,7 @@ func (n NormalizeConfig) policy() *ruleset.Policy {
 	return &ruleset.Policy{
 		Enabled: ruleset.Set{ConfigMediaType: n.ConfigMediaType, SymlinkXattrs: n.SymlinkXattrs, ZstdMediaType: n.ZstdMediaType,
 			Schema1: n.Schema1, ZstdGzip: n.ZstdGzip, IndexSizes: n.IndexSizes,
-			LayerMediaType: n.LayerMediaType},
+			LayerMediaType: n.LayerMediaType, DiffIDs: n.DiffIDs},
 		AllClients: n.Clients == "all",
 		Unknown:    unknown,
 	}

@@ -283,7 +283,8 @@ func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
 // declared octet-stream, the layer rule if it has a layer the rule reads,
 // the zstd media type rule if it has a layer of Docker's zstd type, the
 // zstd → gzip rule if it has a zstd layer, the layer media type rule if it
-// has a layer declared as OCI's plain tar (never the index sizes rule); for a
+// has a layer declared as OCI's plain tar, the diff IDs rule if it has a
+// layer and an image config (never the index sizes rule); for a
 // schema 1 manifest, the schema 1 rule alone; for an index, every rule its
 // children's types allow (the children, and for the index sizes rule their
 // sizes, decide the rest). A variant is the original's
@@ -307,6 +308,9 @@ func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 	}
 	var may ruleset.Set
 	may.ConfigMediaType = plan.ConfigMediaTypeSuspect
+	// Whether the diff IDs are right cannot be told from the manifest: the
+	// config of every image is read (see checkDiffIDs).
+	may.DiffIDs = len(plan.Layers) > 0 && rewrite.IsImageConfigType(plan.Config.MediaType)
 	for _, l := range plan.Layers {
 		may.SymlinkXattrs = may.SymlinkXattrs || rewrite.IsScannableLayer(l.MediaType)
 		may.ZstdMediaType = may.ZstdMediaType || l.MediaType == rewrite.MediaTypeDockerLayerZstd
@@ -416,21 +420,31 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 			return rewrite.Result{}, nil, err
 		}
 	}
-	var comps map[digest.Digest]rewrite.Compression
-	if rules.LayerMediaType {
-		if comps, err = e.tarCompressions(ctx, src, plan.Layers, layers); err != nil {
+	var config []byte
+	if (rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 || rules.DiffIDs {
+		if config, err = e.readBlob(ctx, src, plan.Config, maxConfigSize); err != nil {
 			return rewrite.Result{}, nil, err
 		}
 	}
-	var config []byte
-	if (rules.ConfigMediaType && plan.ConfigMediaTypeSuspect) || len(layers) > 0 {
-		if config, err = e.readBlob(ctx, src, plan.Config, maxConfigSize); err != nil {
+	known := map[digest.Digest]rewrite.Compression{}
+	for d, l := range layers {
+		known[d] = l.Compression // a repackaged layer keeps it
+	}
+	var diffIDs map[digest.Digest]digest.Digest
+	if rules.DiffIDs {
+		if diffIDs, err = e.checkDiffIDs(ctx, src, plan, config, rules, layers, known, untouched); err != nil {
+			return rewrite.Result{}, nil, err
+		}
+	}
+	var comps map[digest.Digest]rewrite.Compression
+	if rules.LayerMediaType {
+		if comps, err = e.tarCompressions(ctx, src, plan.Layers, known); err != nil {
 			return rewrite.Result{}, nil, err
 		}
 	}
 	res, err := rewrite.NormalizeManifest(rewrite.ManifestInput{MediaType: m.MediaType, Manifest: m.Content, Config: config,
 		Layers: layers, KeepConfigMediaType: !rules.ConfigMediaType, RetypeDockerZstd: rules.ZstdMediaType,
-		Compressions: comps, RetypeCompressedTar: rules.LayerMediaType})
+		Compressions: comps, RetypeCompressedTar: rules.LayerMediaType, DiffIDs: diffIDs, FixDiffIDs: rules.DiffIDs})
 	if err != nil {
 		return rewrite.Result{}, nil, fmt.Errorf("%w: %w", errInvalidContent, err)
 	}

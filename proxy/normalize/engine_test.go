@@ -241,10 +241,14 @@ func TestVariantsPerRuleSet(t *testing.T) {
 	first, second := variants(), variants()
 
 	// Rules that cannot touch the image share the variant of those that
-	// can: All (with the zstd rule) is both's variant here.
+	// can: All (with the zstd rule) is both's variant here, under both's
+	// rules and the diff IDs rule (which applies to every image, and finds
+	// its diff IDs right).
 	store := cache.New(inmemory.New())
 	res, err := newEngine(store).Normalize(ctx, newSource(store, img), manifestOf(img), ruleset.All())
-	if err != nil || res.Manifest.Digest != first[both.Key()] || res.Verdict.Rules != both.Key() {
+	withDiffIDs := both
+	withDiffIDs.DiffIDs = true
+	if err != nil || res.Manifest.Digest != first[both.Key()] || res.Verdict.Rules != withDiffIDs.Key() {
 		t.Fatalf("every rule: %+v, %v; want the variant of %s", res.Verdict, err, both.Key())
 	}
 

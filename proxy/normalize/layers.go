@@ -157,7 +157,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	case err != nil:
 		return cache.LayerVerdict{}, err
 	}
-	v.Compression, v.Entries = string(scan.Compression), scan.Entries
+	v.Compression, v.Entries, v.OriginalDiffID = string(scan.Compression), scan.Entries, scan.OriginalDiffID
 	if !scan.Clean() {
 		res, err := e.repackFromOriginal(ctx, src, dgst, "", rewrite.LayerTransform{Strip: true})
 		if reason := skipReason(err); reason != "" {
@@ -530,9 +530,10 @@ func isZstdLayer(mediaType string) bool {
 
 // tarCompressions is the compression of every layer of layers declared as
 // OCI's plain tar, for the layer media type rule, read a few at a time (the
-// first that fails stops the rest): what a scan or repackaging already
-// found (known, or a layer verdict), else the layer's first bytes.
-func (e *Engine) tarCompressions(ctx context.Context, src Source, layers []ocispec.Descriptor, known map[digest.Digest]rewrite.LayerResult) (map[digest.Digest]rewrite.Compression, error) {
+// first that fails stops the rest): what a scan, repackaging or diff ID
+// read already found (known, or a layer verdict), else the layer's first
+// bytes.
+func (e *Engine) tarCompressions(ctx context.Context, src Source, layers []ocispec.Descriptor, known map[digest.Digest]rewrite.Compression) (map[digest.Digest]rewrite.Compression, error) {
 	out := map[digest.Digest]rewrite.Compression{}
 	var read []ocispec.Descriptor
 	for _, desc := range layers {
@@ -542,8 +543,8 @@ func (e *Engine) tarCompressions(ctx context.Context, src Source, layers []ocisp
 		if _, done := out[desc.Digest]; done || slices.ContainsFunc(read, func(d ocispec.Descriptor) bool { return d.Digest == desc.Digest }) {
 			continue
 		}
-		if r, ok := known[desc.Digest]; ok && r.Compression != "" {
-			out[desc.Digest] = r.Compression // a repackaged layer keeps it
+		if c := known[desc.Digest]; c != "" {
+			out[desc.Digest] = c
 			continue
 		}
 		read = append(read, desc)

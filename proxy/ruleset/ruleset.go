@@ -23,11 +23,12 @@ const (
 	ZstdGzip        = "zstd-gzip"
 	IndexSizes      = "index-sizes"
 	LayerMediaType  = "layer-media-type"
+	DiffIDs         = "diff-ids"
 )
 
 // Names lists every rule, in the order keys name them.
 func Names() []string {
-	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip, IndexSizes, LayerMediaType}
+	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip, IndexSizes, LayerMediaType, DiffIDs}
 }
 
 // Set is a set of rules.
@@ -55,12 +56,17 @@ type Set struct {
 	// compression its blob has (gzip, zstd); the blob stays. It reads
 	// every layer of that type, verified whole before the type counts.
 	LayerMediaType bool
+	// DiffIDs gives the config the diff IDs of the layers the manifest
+	// lists, where they are wrong or missing. It reads the config of every
+	// image manifest, and a layer only when the config makes its diff ID
+	// suspect (or another rule of the set reads it anyway).
+	DiffIDs bool
 }
 
 // All is every rule.
 func All() Set {
 	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true,
-		IndexSizes: true, LayerMediaType: true}
+		IndexSizes: true, LayerMediaType: true, DiffIDs: true}
 }
 
 // Parse reads a list of rule names.
@@ -82,6 +88,8 @@ func Parse(names []string) (Set, error) {
 			s.IndexSizes = true
 		case LayerMediaType:
 			s.LayerMediaType = true
+		case DiffIDs:
+			s.DiffIDs = true
 		default:
 			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
@@ -116,6 +124,9 @@ func (s Set) names() []string {
 	if s.LayerMediaType {
 		on = append(on, LayerMediaType)
 	}
+	if s.DiffIDs {
+		on = append(on, DiffIDs)
+	}
 	return on
 }
 
@@ -127,7 +138,7 @@ func (s Set) Intersect(o Set) Set {
 	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs,
 		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType, Schema1: s.Schema1 && o.Schema1,
 		ZstdGzip: s.ZstdGzip && o.ZstdGzip, IndexSizes: s.IndexSizes && o.IndexSizes,
-		LayerMediaType: s.LayerMediaType && o.LayerMediaType}
+		LayerMediaType: s.LayerMediaType && o.LayerMediaType, DiffIDs: s.DiffIDs && o.DiffIDs}
 }
 
 // Needs is the rules a containerd version needs (docs/containerd.md):
@@ -149,6 +160,10 @@ func (s Set) Intersect(o Set) Set {
 //	                    plain tar is read as tar (Docker's plain type is
 //	                    sniffed, OCI's is not: "archive/tar: invalid tar
 //	                    header")
+//	diff IDs            every version: a layer whose diff ID the config
+//	                    does not list rightly fails ("wrong diff id
+//	                    calculated on extraction", "number of layers and
+//	                    diffIDs don't match")
 func Needs(v containerdcfg.Version) Set {
 	before := func(major, minor, patch int) bool {
 		if v.Major != major {
@@ -167,6 +182,7 @@ func Needs(v containerdcfg.Version) Set {
 		ZstdGzip:        before(1, 5, 0),
 		IndexSizes:      true,
 		LayerMediaType:  true,
+		DiffIDs:         true,
 	}
 }
 

@@ -91,3 +91,21 @@ with open("layertype/compressions.json", "w") as f:
     json.dump({typed[0]["digest"]: "gzip", typed[1]["digest"]: "zstd", typed[2]["digest"]: "none",
                typed[3]["digest"]: "gzip"}, f, indent=2)
     f.write("\n")
+
+# The diff IDs rule: a Docker manifest of three gzip layers whose config
+# gives the second layer the digest of its compressed blob as diff ID
+# (buildpacks lifecycle 0.21.11), and the same whose config lists one diff
+# ID for the three (the list short). diffids.json is what the layers' blobs
+# decompress to, as the engine computes it.
+GZ = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+gz = [{"mediaType": GZ, "size": 300 + i, "digest": sha(b"gz%d" % i)} for i in range(3)]
+tars = [sha(b"tar%d" % i) for i in range(3)]
+for name, ids in [("wrong", [tars[0], gz[1]["digest"], tars[2]]), ("short", tars[:1])]:
+    c = config(ids)
+    os.makedirs("diffids/" + name, exist_ok=True)
+    with open("diffids/%s/config.json" % name, "wb") as f: f.write(c)
+    with open("diffids/%s/manifest.json" % name, "wb") as f:
+        f.write(manifest(DOCKER, c, "application/vnd.docker.container.image.v1+json", gz))
+with open("diffids/diffids.json", "w") as f:
+    json.dump({l["digest"]: t for l, t in zip(gz, tars)}, f, indent=2)
+    f.write("\n")
