@@ -573,11 +573,6 @@ func (e *Engine) layerCompression(ctx context.Context, src Source, dgst digest.D
 	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil && v.Compression != "" {
 		return rewrite.Compression(v.Compression), nil
 	}
-	if e.looksPlain(ctx, src, dgst) {
-		// Nothing is built: the layer stays as it is, and nobody waits
-		// for it to download whole.
-		return rewrite.Uncompressed, nil
-	}
 	var comp rewrite.Compression
 	_, err := e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {
 		comp, err = rewrite.DetectCompression(r)
@@ -587,21 +582,4 @@ func (e *Engine) layerCompression(ctx context.Context, src Source, dgst digest.D
 		return "", fmt.Errorf("read layer %s: %w", dgst, err)
 	}
 	return comp, nil
-}
-
-// looksPlain is a first look at a layer's first bytes as they arrive (a
-// cached blob's, or a download's as its spool fills), before they are
-// verified: a layer whose first bytes are no compression's magic is a
-// plain tar, as declared, and left as it is. Only a layer that looks
-// compressed is read whole and verified (layerCompression), since the rule
-// builds on that. A failed look says nothing (false): the verified read
-// decides.
-func (e *Engine) looksPlain(ctx context.Context, src Source, dgst digest.Digest) bool {
-	rc, err := src.OpenBlob(ctx, dgst)
-	if err != nil {
-		return false
-	}
-	defer rc.Close()
-	comp, err := rewrite.DetectCompression(rc)
-	return err == nil && comp == rewrite.Uncompressed
 }

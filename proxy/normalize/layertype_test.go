@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
@@ -112,69 +110,4 @@ func TestLayerMediaType(t *testing.T) {
 			t.Fatalf("layers %+v: the type was taken from bytes that fail the layer's digest", got.Layers)
 		}
 	})
-}
-
-// countingSource counts the bytes the engine reads of each blob, and the
-// blobs it waits to have whole (Ensure: with the repository service, the
-// whole download).
-type countingSource struct {
-	*memSource
-	mu      sync.Mutex
-	read    map[digest.Digest]int64
-	ensured []digest.Digest
-}
-
-func (s *countingSource) Ensure(ctx context.Context, dgst digest.Digest) error {
-	s.mu.Lock()
-	s.ensured = append(s.ensured, dgst)
-	s.mu.Unlock()
-	return s.memSource.Ensure(ctx, dgst)
-}
-
-func (s *countingSource) OpenBlob(ctx context.Context, dgst digest.Digest) (io.ReadCloser, error) {
-	rc, err := s.memSource.OpenBlob(ctx, dgst)
-	if err != nil {
-		return nil, err
-	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{readFunc(func(p []byte) (int, error) {
-		n, err := rc.Read(p)
-		s.mu.Lock()
-		s.read[dgst] += int64(n)
-		s.mu.Unlock()
-		return n, err
-	}), rc}, nil
-}
-
-type readFunc func([]byte) (int, error)
-
-func (f readFunc) Read(p []byte) (int, error) { return f(p) }
-
-// TestPlainLayersAreNotReadWhole: a layer declared plain tar that is one
-// is left as it is after a look at its first bytes: the answer does not
-// wait for the layer to be read whole (a 2.x client, which needs no layer
-// rule, would otherwise wait for every such layer's download).
-func TestPlainLayersAreNotReadWhole(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	img, m := typedAsTar(t, ocispec.MediaTypeImageLayer)
-	store := cache.New(inmemory.New())
-	src := &countingSource{memSource: newSource(store, img), read: map[digest.Digest]int64{}}
-	res, err := newEngine(store).Normalize(ctx, src, m, ruleset.Set{LayerMediaType: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Changed() {
-		t.Fatalf("a plain tar layer was retyped: %s", res.Manifest.Content)
-	}
-	for _, l := range img.Layers {
-		if n := src.read[digest.FromBytes(l)]; n >= int64(len(l)) || n > 512 {
-			t.Errorf("layer %s: %d of its %d bytes read", digest.FromBytes(l), n, len(l))
-		}
-		if slices.Contains(src.ensured, digest.FromBytes(l)) {
-			t.Errorf("layer %s: the answer waited for it whole", digest.FromBytes(l))
-		}
-	}
 }
