@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"path"
 	"reflect"
@@ -78,13 +77,10 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 		return fmt.Errorf("recording the node report: %w", err)
 	}
 	f.mu.Lock()
-	if !f.reported[rep.Node] {
-		f.reported = maps.Clone(f.reported) // the listing's set is shared by nobody, but stays whole
-		if f.reported == nil {
-			f.reported = map[string]bool{}
-		}
-		f.reported[rep.Node] = true
+	if f.reported == nil {
+		f.reported = map[string]bool{}
 	}
+	f.reported[rep.Node] = true // its pulls count for it from now on
 	f.mu.Unlock()
 	// A new node, or a node whose state changed, shows at once: the
 	// listing in use is dropped. The reports every node repeats (every 5
