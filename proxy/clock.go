@@ -2,10 +2,12 @@ package proxy
 
 import "time"
 
-// Clock is the time the server goes by: for tag freshness, token and
-// confirmation lifetimes, verdict and report times, cache maintenance and
-// the deadline a client waits for normalization. Tests inject a fake one,
-// so no test decides pass or fail by how fast the machine is.
+// Clock is the time the server goes by (authentication failures, the
+// status page's times) and, handed to each part by cmd/proxy's wire, the
+// parts: tag freshness, confirmations, verdict and report times, the fleet,
+// cache maintenance and the wait for normalization. It has every method any
+// of them asks for. Tests inject a fake one, so no test decides pass or
+// fail by how fast the machine is.
 type Clock interface {
 	Now() time.Time
 	// After is time.After on this clock.
