@@ -9,6 +9,7 @@ package ruleset
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/regnorm/regnorm/internal/containerdcfg"
@@ -26,9 +27,32 @@ const (
 	DiffIDs         = "diff-ids"
 )
 
+// rule is a rule's name and its switch in a Set.
+type rule struct {
+	name string
+	in   func(*Set) *bool
+}
+
+// rules are the rules by name, each with its switch in a Set, in the order
+// keys name them: the one list Names, All, Parse, Key and Intersect go by.
+var rules = []rule{
+	{ConfigMediaType, func(s *Set) *bool { return &s.ConfigMediaType }},
+	{SymlinkXattrs, func(s *Set) *bool { return &s.SymlinkXattrs }},
+	{ZstdMediaType, func(s *Set) *bool { return &s.ZstdMediaType }},
+	{Schema1, func(s *Set) *bool { return &s.Schema1 }},
+	{ZstdGzip, func(s *Set) *bool { return &s.ZstdGzip }},
+	{IndexSizes, func(s *Set) *bool { return &s.IndexSizes }},
+	{LayerMediaType, func(s *Set) *bool { return &s.LayerMediaType }},
+	{DiffIDs, func(s *Set) *bool { return &s.DiffIDs }},
+}
+
 // Names lists every rule, in the order keys name them.
 func Names() []string {
-	return []string{ConfigMediaType, SymlinkXattrs, ZstdMediaType, Schema1, ZstdGzip, IndexSizes, LayerMediaType, DiffIDs}
+	names := make([]string, len(rules))
+	for i, r := range rules {
+		names[i] = r.name
+	}
+	return names
 }
 
 // Set is a set of rules.
@@ -65,34 +89,22 @@ type Set struct {
 
 // All is every rule.
 func All() Set {
-	return Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true,
-		IndexSizes: true, LayerMediaType: true, DiffIDs: true}
+	var s Set
+	for _, r := range rules {
+		*r.in(&s) = true
+	}
+	return s
 }
 
 // Parse reads a list of rule names.
 func Parse(names []string) (Set, error) {
 	var s Set
 	for _, n := range names {
-		switch n {
-		case ConfigMediaType:
-			s.ConfigMediaType = true
-		case SymlinkXattrs:
-			s.SymlinkXattrs = true
-		case ZstdMediaType:
-			s.ZstdMediaType = true
-		case Schema1:
-			s.Schema1 = true
-		case ZstdGzip:
-			s.ZstdGzip = true
-		case IndexSizes:
-			s.IndexSizes = true
-		case LayerMediaType:
-			s.LayerMediaType = true
-		case DiffIDs:
-			s.DiffIDs = true
-		default:
+		i := slices.IndexFunc(rules, func(r rule) bool { return r.name == n })
+		if i < 0 {
 			return Set{}, fmt.Errorf("unknown rule %q (known: %s)", n, strings.Join(Names(), ", "))
 		}
+		*rules[i].in(&s) = true
 	}
 	return s, nil
 }
@@ -103,29 +115,10 @@ func (s Set) Key() string { return strings.Join(s.names(), ",") }
 
 func (s Set) names() []string {
 	var on []string
-	if s.ConfigMediaType {
-		on = append(on, ConfigMediaType)
-	}
-	if s.SymlinkXattrs {
-		on = append(on, SymlinkXattrs)
-	}
-	if s.ZstdMediaType {
-		on = append(on, ZstdMediaType)
-	}
-	if s.Schema1 {
-		on = append(on, Schema1)
-	}
-	if s.ZstdGzip {
-		on = append(on, ZstdGzip)
-	}
-	if s.IndexSizes {
-		on = append(on, IndexSizes)
-	}
-	if s.LayerMediaType {
-		on = append(on, LayerMediaType)
-	}
-	if s.DiffIDs {
-		on = append(on, DiffIDs)
+	for _, r := range rules {
+		if *r.in(&s) {
+			on = append(on, r.name)
+		}
 	}
 	return on
 }
@@ -135,10 +128,11 @@ func (s Set) Empty() bool { return s == Set{} }
 
 // Intersect is the rules in both s and o.
 func (s Set) Intersect(o Set) Set {
-	return Set{ConfigMediaType: s.ConfigMediaType && o.ConfigMediaType, SymlinkXattrs: s.SymlinkXattrs && o.SymlinkXattrs,
-		ZstdMediaType: s.ZstdMediaType && o.ZstdMediaType, Schema1: s.Schema1 && o.Schema1,
-		ZstdGzip: s.ZstdGzip && o.ZstdGzip, IndexSizes: s.IndexSizes && o.IndexSizes,
-		LayerMediaType: s.LayerMediaType && o.LayerMediaType, DiffIDs: s.DiffIDs && o.DiffIDs}
+	var both Set
+	for _, r := range rules {
+		*r.in(&both) = *r.in(&s) && *r.in(&o)
+	}
+	return both
 }
 
 // Needs is the rules a containerd version needs (docs/containerd.md):

@@ -1,6 +1,7 @@
 package ruleset
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -89,5 +90,25 @@ func TestKeyAndParse(t *testing.T) {
 	}
 	if _, err := Parse([]string{"symlink-xattr"}); err == nil {
 		t.Error("Parse accepted an unknown rule")
+	}
+}
+
+// TestEveryRuleIsListed: the rules table names every switch of Set once, so
+// that All, Parse, Key and Intersect know every rule.
+func TestEveryRuleIsListed(t *testing.T) {
+	all := reflect.ValueOf(All())
+	for i := range all.NumField() {
+		if !all.Field(i).Bool() {
+			t.Errorf("Set.%s is not in the rules table", all.Type().Field(i).Name)
+		}
+	}
+	if all.NumField() != len(Names()) {
+		t.Errorf("%d switches, %d names", all.NumField(), len(Names()))
+	}
+	for _, n := range Names() {
+		s, err := Parse([]string{n})
+		if err != nil || s.Key() != n || s.Intersect(All()) != s || s.Intersect(Set{}) != (Set{}) {
+			t.Errorf("rule %s: Parse %+v %v, key %q", n, s, err, s.Key())
+		}
 	}
 }
