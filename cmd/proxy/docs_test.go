@@ -29,12 +29,9 @@ func configFields() []configField {
 		t := v.Type()
 		for i := range t.NumField() {
 			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if name == "-" || !f.IsExported() {
+			name, ok := yamlName(f)
+			if !ok {
 				continue
-			}
-			if name == "" {
-				name = strings.ToLower(f.Name)
 			}
 			path := join(prefix, name)
 			switch {

@@ -136,19 +136,26 @@ func (c *checker) node(n *yaml.Node, t reflect.Type, path string) {
 	}
 }
 
+// yamlName is f's name in YAML, as yaml.v3 reads it; false for a field
+// YAML does not see.
+func yamlName(f reflect.StructField) (string, bool) {
+	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	if name == "-" || !f.IsExported() {
+		return "", false
+	}
+	if name == "" {
+		name = strings.ToLower(f.Name)
+	}
+	return name, true
+}
+
 // yamlFields maps the YAML names of t's fields to the fields.
 func yamlFields(t reflect.Type) map[string]reflect.StructField {
 	out := map[string]reflect.StructField{}
 	for i := range t.NumField() {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "-" || !f.IsExported() {
-			continue
+		if name, ok := yamlName(t.Field(i)); ok {
+			out[name] = t.Field(i)
 		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		out[name] = f
 	}
 	return out
 }
