@@ -153,3 +153,33 @@ func TestDiffIDs(t *testing.T) {
 		}
 	})
 }
+
+// TestDiffIDsSkipWhatAScanLeft: a layer the symlink rule's scan left
+// untouched for a limit (too large here) is not read again for its diff ID
+// in the same computation: it would fail the same way.
+func TestDiffIDsSkipWhatAScanLeft(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	good := build(t, regtest.ImageOptions{}, baseLayer, xattrLayer)
+	var gc ocispec.Image
+	json.Unmarshal(good.Config, &gc)
+	img := withDiffIDs(t, good, gc.RootFS.DiffIDs[:1]) // short: every layer is suspect
+	store := cache.New(inmemory.New())
+	src := newSource(store, img)
+	e := newEngine(store)
+	e.opts.MaxLayerSize = 16 // every layer expands further
+	if _, err := e.Normalize(ctx, src, manifestOf(img), ruleset.Set{DiffIDs: true, SymlinkXattrs: true}); err != nil {
+		t.Fatal(err)
+	}
+	count := map[digest.Digest]int{}
+	for _, d := range src.blobReads() {
+		count[d]++
+	}
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	for _, l := range m.Layers {
+		if count[l.Digest] != 1 {
+			t.Errorf("layer %s read %d times, want once (its scan)", l.Digest, count[l.Digest])
+		}
+	}
+}
