@@ -170,6 +170,9 @@ func New(opts Options) *Engine {
 	if opts.MaxLayerSize <= 0 {
 		opts.MaxLayerSize = DefaultMaxLayerSize
 	}
+	if opts.MaxZstdWindow <= 0 {
+		opts.MaxZstdWindow = rewrite.DefaultZstdWindow
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math"
 	"slices"
 	"sync"
 
@@ -494,14 +493,7 @@ func (e *Engine) limits() rewrite.Limits {
 
 // current are the limits in force, as verdicts record them.
 func (e *Engine) current() cache.LayerLimits {
-	l := cache.LayerLimits{ZstdWindow: e.opts.MaxZstdWindow, LayerSize: e.opts.MaxLayerSize}
-	if l.ZstdWindow <= 0 {
-		l.ZstdWindow = rewrite.DefaultZstdWindow
-	}
-	if l.LayerSize <= 0 {
-		l.LayerSize = math.MaxInt64 // no bound
-	}
-	return l
+	return cache.LayerLimits{ZstdWindow: e.opts.MaxZstdWindow, LayerSize: e.opts.MaxLayerSize}
 }
 
 // limitOf is the limit a layer left untouched for reason was judged
