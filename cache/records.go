@@ -294,6 +294,16 @@ func (e ReportEntry) Key() string {
 	return e.Upstream + "/" + e.Repository + "@" + e.Original.String() + " rules=" + e.Rules
 }
 
+// mostRecent is have with recent moved or added to its end, cut to the
+// last max: a list kept in the order its values were last seen.
+func mostRecent(have, recent []string, max int) []string {
+	out := slices.Clone(have)
+	for _, v := range recent {
+		out = append(slices.DeleteFunc(out, func(h string) bool { return h == v }), v)
+	}
+	return out[len(out)-min(len(out), max):]
+}
+
 // Merge adds other's counts and times to e. Identity fields are taken from
 // other when set.
 func (e *ReportEntry) Merge(other ReportEntry) {
@@ -302,25 +312,10 @@ func (e *ReportEntry) Merge(other ReportEntry) {
 		// left untouched).
 		e.Normalized, e.MediaType, e.Changes, e.UnlistedChanges = other.Normalized, other.MediaType, other.Changes, other.UnlistedChanges
 	}
-	// A new slice: e's may be shared with a listing someone else holds.
-	// The tags just served stay; past MaxReportTags, the others go from
-	// the end.
-	tags := slices.DeleteFunc(slices.Clone(e.Tags), func(t string) bool { return slices.Contains(other.Tags, t) })
-	slices.Sort(tags)
-	tags = tags[:max(0, min(len(tags), MaxReportTags-len(other.Tags)))]
-	for _, t := range other.Tags {
-		if !slices.Contains(tags, t) && len(tags) < MaxReportTags {
-			tags = append(tags, t)
-		}
-	}
-	slices.Sort(tags)
-	e.Tags = tags
-	// Most recent last; the oldest leave first.
-	clients := slices.Clone(e.Clients)
-	for _, c := range other.Clients {
-		clients = append(slices.DeleteFunc(clients, func(have string) bool { return have == c }), c)
-	}
-	e.Clients = clients[max(0, len(clients)-MaxReportClients):]
+	// New slices: e's may be shared with a listing someone else holds.
+	// Most recently served last; past the bound, the least recent go.
+	e.Tags = mostRecent(e.Tags, other.Tags, MaxReportTags)
+	e.Clients = mostRecent(e.Clients, other.Clients, MaxReportClients)
 	if !other.FirstServed.IsZero() && (e.FirstServed.IsZero() || other.FirstServed.Before(e.FirstServed)) {
 		e.FirstServed = other.FirstServed
 	}

@@ -830,7 +830,7 @@ func TestMergeLeavesItsInputAlone(t *testing.T) {
 	listed := cache.ReportEntry{Tags: tags}
 	e := listed
 	e.Merge(cache.ReportEntry{Tags: []string{"0"}})
-	if !slices.Equal(listed.Tags, []string{"a", "b", "c"}) || !slices.Equal(e.Tags, []string{"0", "a", "b", "c"}) {
+	if !slices.Equal(listed.Tags, []string{"a", "b", "c"}) || !slices.Equal(e.Tags, []string{"a", "b", "c", "0"}) {
 		t.Fatalf("listing %v, merged %v", listed.Tags, e.Tags)
 	}
 }
@@ -981,18 +981,22 @@ func TestPruneReports(t *testing.T) {
 	}
 }
 
-// TestMergeBoundsTags: an entry lists at most MaxReportTags tags, the one
-// just served always among them: an upstream may answer any tag with the
-// same image.
+// TestMergeBoundsTags: an entry lists at most MaxReportTags tags, the most
+// recently served, the one just served last: an upstream may answer any tag
+// with the same image, and a tag served again stays, whatever its name.
 func TestMergeBoundsTags(t *testing.T) {
 	t.Parallel()
 	var e cache.ReportEntry
 	for i := range 100 {
 		tag := fmt.Sprintf("t%03d", 99-i) // each new tag sorts first
 		e.Merge(cache.ReportEntry{Tags: []string{tag}})
-		if len(e.Tags) > cache.MaxReportTags || !slices.Contains(e.Tags, tag) || !slices.IsSorted(e.Tags) {
+		e.Merge(cache.ReportEntry{Tags: []string{"latest"}}) // served again and again
+		if len(e.Tags) > cache.MaxReportTags || e.Tags[len(e.Tags)-1] != "latest" || !slices.Contains(e.Tags, tag) {
 			t.Fatalf("after %s: tags %v", tag, e.Tags)
 		}
+	}
+	if want := fmt.Sprintf("t%03d", cache.MaxReportTags-2); e.Tags[0] != want {
+		t.Fatalf("tags %v: the oldest kept is %s, want %s", e.Tags, e.Tags[0], want)
 	}
 }
 
