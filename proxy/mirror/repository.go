@@ -8,9 +8,11 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/flight"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
@@ -25,6 +27,9 @@ type Store interface {
 	cache.ManifestStore
 	cache.TagStore
 	cache.BlobProvider
+	// BlobSize is a cached blob's size, remembered or stat'ed
+	// (cache.Store.BlobSize).
+	BlobSize(ctx context.Context, dgst digest.Digest) (int64, error)
 	GetDerived(ctx context.Context, dgst digest.Digest) (cache.Derived, error)
 }
 
@@ -72,11 +77,19 @@ type Options struct {
 	Engine  Engine
 	// TagTTL is how long a tag's record answers before the upstream is
 	// asked again.
-	TagTTL  time.Duration
-	Clock   Clock
-	Metrics Metrics
-	Log     *slog.Logger
+	TagTTL time.Duration
+	// HeldBlobBytes bounds the small blobs held in memory at once (see
+	// plainRead); a read that does not fit waits for room. Default
+	// DefaultHeldBlobBytes; never less than one manifest's worth.
+	HeldBlobBytes int64
+	Clock         Clock
+	Metrics       Metrics
+	Log           *slog.Logger
 }
+
+// DefaultHeldBlobBytes is Options.HeldBlobBytes unless set: sixteen blobs
+// of the largest manifest's size, or hundreds of configs.
+const DefaultHeldBlobBytes = 16 * mediatype.MaxManifestSize
 
 // Service makes the Repositories every reader asks. It holds what they
 // share: the links known to exist, and the manifest fetches under way.
@@ -85,7 +98,8 @@ type Service struct {
 	fetches   Fetcher
 	engine    Engine
 	links     *linkMemory
-	manifests flight.Group[any] // by tag and Accept list, or by digest, and identity; cancelled when no client waits
+	manifests flight.Group[any]   // by tag and Accept list, or by digest, and identity; cancelled when no client waits
+	held      *semaphore.Weighted // bytes of the small blobs held in memory for clients
 	tagTTL    time.Duration
 	clock     Clock
 	metrics   Metrics
@@ -98,7 +112,13 @@ func New(opts Options) *Service {
 	if err != nil {
 		panic(err)
 	}
-	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
+	if opts.HeldBlobBytes <= 0 {
+		opts.HeldBlobBytes = DefaultHeldBlobBytes
+	}
+	// One blob that may be a manifest must fit, or its read would wait
+	// for ever.
+	held := semaphore.NewWeighted(max(opts.HeldBlobBytes, mediatype.MaxManifestSize))
+	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL, held: held,
 		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log,
 		manifests: flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc}}
 }
