@@ -1,16 +1,20 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -250,5 +254,54 @@ func TestColdSmallBlobDownloadedOnce(t *testing.T) {
 	}
 	if n := gets.Load(); n != 1 {
 		t.Fatalf("upstream GETs of the index's blob: %d, want 1", n)
+	}
+}
+
+// TestStalledReadersHoldNoTypingRoom: a client that asks for blobs that may
+// be manifests and never reads the answer holds nothing another client
+// needs. Their bytes are held only while they are typed, never while a
+// client sets the pace: forty such clients, on blobs of the largest size a
+// manifest can have (forty times what typing may hold at once), leave
+// another client's index to be answered as itself.
+func TestStalledReadersHoldNoTypingRoom(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	blobs := pushTypedBlobs(t, h, "library/app")
+	large := regtest.RandomBytes(mediatype.MaxManifestSize)
+	dgst := h.pushBlob(t, "library/app", large)
+	path := "/v2/library/app/blobs/" + dgst.String()
+	// One full read, so that every stalled client reads from the cache.
+	if r := h.do(t, http.MethodGet, path, nil); r.status != http.StatusOK || !bytes.Equal(r.body, large) {
+		t.Fatalf("GET %s: %d, %d bytes", path, r.status, len(r.body))
+	}
+	u, err := url.Parse(h.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 40 {
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		// The smallest receive buffer the kernel allows: the server's
+		// writes stop after a few kilobytes.
+		conn.(*net.TCPConn).SetReadBuffer(1)
+		if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, u.Host); err != nil {
+			t.Fatal(err)
+		}
+		// Its headers come only once the blob was typed: read them, and
+		// then nothing more. (The deadline only turns a hang into a
+		// failure: a stalled client holding typing room would keep the
+		// next one from its headers.)
+		conn.SetReadDeadline(time.Now().Add(time.Minute))
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil || !strings.Contains(line, " 200 ") {
+			t.Fatalf("stalled client: %q, %v", line, err)
+		}
+	}
+	for _, b := range blobs[:1] { // the index, never typed before
+		r := h.do(t, http.MethodGet, "/v2/library/app/blobs/"+b.dgst.String(), nil)
+		checkBlobAnswer(t, http.MethodGet, b, r)
 	}
 }

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -84,10 +83,16 @@ func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo
 	} else if err := r.admit(ctx, object{dgst: dgst, blob: true}); err != nil {
 		return BlobInfo{}, err
 	}
-	if info.Size <= mediatype.MaxManifestSize {
-		return r.statSmall(ctx, dgst)
+	mt, err := s.cachedType(ctx, dgst, info.Size)
+	switch {
+	case err == nil:
+		return BlobInfo{Size: info.Size, Source: "cache", MediaType: mt}, nil
+	case ctx.Err() != nil:
+		return BlobInfo{}, ctx.Err()
 	}
-	return BlobInfo{Size: info.Size, Source: "cache", MediaType: mediatype.OctetStream}, nil
+	// Gone or damaged since the stat (a damaged copy is removed): read it
+	// as a GET would, which fetches it again.
+	return r.statSmall(ctx, dgst)
 }
 
 // statSmall answers a HEAD of a blob that may be a manifest from its bytes,
@@ -207,10 +212,13 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 	}
 	if sr != nil {
 		b := &Blob{ReadSeeker: sr, Source: "upstream", Fetched: true, MediaType: mediatype.OctetStream, close: sr.Close}
-		if how != plainRead {
-			return b, nil
+		if how == plainRead {
+			if err := s.typeDownload(ctx, dgst, b, sr); err != nil {
+				sr.Close()
+				return nil, err
+			}
 		}
-		return s.typed(ctx, b)
+		return b, nil
 	}
 	// Nothing to tail: read the verified blob from the cache.
 	if b, err := s.openFromCache(ctx, dgst, offset, how); b != nil || err != nil {
@@ -230,11 +238,9 @@ func fetched(b *Blob) *Blob {
 type readMode int
 
 const (
-	// plainRead is a client's read: a blob larger than a manifest can be
-	// (mediatype.MaxManifestSize) is read as it is stored (the client
-	// checks the digest itself) and sent as application/octet-stream; a
-	// smaller one is read whole, verified, into memory (held), and sent as
-	// what its bytes are (mediatype.OfBlob).
+	// plainRead is a client's read: the blob as it is stored (the client
+	// checks the digest itself), sent as what its bytes are
+	// (mediatype.OfBlob; see typeOf).
 	plainRead readMode = iota
 	// verifiedRead checks the digest (for content a rule builds on): a
 	// cached blob is hashed as it is read, and a download's spool is
@@ -254,6 +260,7 @@ const (
 func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset int64, how readMode) (*Blob, error) {
 	var rc io.ReadSeekCloser
 	var err error
+	mt := mediatype.OctetStream
 	switch how {
 	case statOnly:
 		if _, err = s.store.StatBlob(ctx, dgst); err == nil {
@@ -265,85 +272,100 @@ func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset 
 			rc = forwardOnly{vr}
 		}
 	default:
-		// The size decides how it is read: asked first, it costs OpenBlob
-		// nothing more (cache.Store.BlobSize).
+		// The size says whether it may be a manifest: asked first, it costs
+		// OpenBlob nothing more (cache.Store.BlobSize). A blob whose type
+		// is not known yet is read once, verified, to learn it.
 		var size int64
-		if size, err = s.store.BlobSize(ctx, dgst); err == nil && size <= mediatype.MaxManifestSize {
-			return s.readSmall(ctx, dgst, size)
-		}
-		if err == nil {
-			rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
+		if size, err = s.store.BlobSize(ctx, dgst); err == nil {
+			if mt, err = s.cachedType(ctx, dgst, size); err == nil {
+				rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
+			}
 		}
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		if !errors.Is(err, cache.ErrNotFound) {
 			s.log.Warn("cache read failed, trying upstream", "digest", dgst, "error", err)
 		}
 		return nil, nil
 	}
-	return &Blob{ReadSeeker: rc, Source: "cache", MediaType: mediatype.OctetStream, close: rc.Close}, nil
+	return &Blob{ReadSeeker: rc, Source: "cache", MediaType: mt, close: rc.Close}, nil
 }
 
-// readSmall reads a cached blob of size bytes (no larger than a manifest)
-// whole, verified, and types it; nil and no error when it is not there, or
-// no longer (a blob that fails verification is removed, and fetched again).
-func (s *Service) readSmall(ctx context.Context, dgst digest.Digest, size int64) (*Blob, error) {
-	if err := s.held.Acquire(ctx, size); err != nil {
-		return nil, err
-	}
-	release := func() error { s.held.Release(size); return nil }
-	vr, info, err := s.store.OpenVerified(ctx, dgst)
-	if err == nil && info.Size != size {
-		vr.Close()
-		err = fmt.Errorf("cached blob %s: %d bytes, was %d", dgst, info.Size, size)
-	}
-	var content []byte
-	if err == nil {
-		content, err = readAll(vr, size)
-		vr.Close()
-	}
-	if err != nil {
-		release()
-		if !errors.Is(err, cache.ErrNotFound) {
-			s.log.Warn("cache read failed, trying upstream", "digest", dgst, "error", err)
-		}
-		return nil, nil
-	}
-	return &Blob{ReadSeeker: bytes.NewReader(content), Source: "cache", MediaType: mediatype.OfBlob(content), close: release}, nil
+// A blob's type is a function of its verified bytes alone (mediatype.OfBlob),
+// so it holds for every repository, upstream and client: a blob that may be
+// a manifest is read once to learn it, and the type is remembered by
+// digest. Its bytes are held in memory only while they are typed, from the
+// cache or a finished download's spool, both local and verified; never
+// while a client or an upstream sets the pace.
+
+// cachedType is the type of a cached blob of size bytes.
+func (s *Service) cachedType(ctx context.Context, dgst digest.Digest, size int64) (string, error) {
+	return s.typeOf(ctx, dgst, size, func() (io.ReadCloser, error) {
+		vr, _, err := s.store.OpenVerified(ctx, dgst)
+		return vr, err
+	})
 }
 
-// typed is b, a download's spool, for a client: a blob that may be a
-// manifest is read whole (its last byte comes once the download has
-// verified it) and sent from memory as what it is; a larger one is sent as
-// it comes.
-func (s *Service) typed(ctx context.Context, b *Blob) (*Blob, error) {
-	size, err := b.Seek(0, io.SeekEnd)
-	if err == nil {
-		_, err = b.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		b.Close()
-		return nil, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob size unknown", err)
-	}
+// typeOf is the type of dgst, of size bytes: remembered, else read from
+// what open opens (a verified read).
+func (s *Service) typeOf(ctx context.Context, dgst digest.Digest, size int64, open func() (io.ReadCloser, error)) (string, error) {
 	if size > mediatype.MaxManifestSize {
-		return b, nil
+		return mediatype.OctetStream, nil
 	}
-	defer b.Close()
-	if err := s.held.Acquire(ctx, size); err != nil {
-		return nil, err
+	if mt, ok := s.types.Get(dgst); ok {
+		return mt, nil
 	}
-	content, err := readAll(b, size)
+	if err := s.typing.Acquire(ctx, size); err != nil {
+		return "", err
+	}
+	defer s.typing.Release(size)
+	rc, err := open()
 	if err != nil {
-		s.held.Release(size)
-		// Before any header: the client gets an error, not a short body.
-		var e *errcode.Error
-		if errors.As(err, &e) || ctx.Err() != nil {
-			return nil, err
-		}
-		return nil, errcode.New(http.StatusBadGateway, errcode.Unavailable, "blob download failed", err)
+		return "", err
 	}
-	return &Blob{ReadSeeker: bytes.NewReader(content), Source: b.Source, Fetched: b.Fetched, MediaType: mediatype.OfBlob(content),
-		close: func() error { s.held.Release(size); return nil }}, nil
+	content, err := readAll(rc, size)
+	rc.Close()
+	if err != nil {
+		return "", err
+	}
+	mt := mediatype.OfBlob(content)
+	s.types.Add(dgst, mt)
+	return mt, nil
+}
+
+// typeDownload sets the type of b, which reads sr, a download's spool of
+// dgst. A blob that may be a manifest waits for the download to end
+// (verified) before any header is sent, and is typed from the spool; a
+// larger one is sent as it comes, as application/octet-stream.
+func (s *Service) typeDownload(ctx context.Context, dgst digest.Digest, b *Blob, sr *blobfetch.Reader) error {
+	size, err := sr.Seek(0, io.SeekEnd)
+	if err != nil {
+		return errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob size unknown", err)
+	}
+	if size <= mediatype.MaxManifestSize {
+		if err := sr.Wait(); err != nil {
+			// Before any header: the client gets an error, not a short body.
+			var e *errcode.Error
+			if errors.As(err, &e) || ctx.Err() != nil {
+				return err
+			}
+			return errcode.New(http.StatusBadGateway, errcode.Unavailable, "blob download failed", err)
+		}
+		if _, err := sr.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		if b.MediaType, err = s.typeOf(ctx, dgst, size, func() (io.ReadCloser, error) { return io.NopCloser(sr), nil }); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return errcode.New(http.StatusBadGateway, errcode.Unavailable, "read downloaded blob", err)
+		}
+	}
+	_, err = sr.Seek(0, io.SeekStart)
+	return err
 }
 
 // readAll reads r, which must hold exactly size bytes, to its end: for a

@@ -77,19 +77,19 @@ type Options struct {
 	Engine  Engine
 	// TagTTL is how long a tag's record answers before the upstream is
 	// asked again.
-	TagTTL time.Duration
-	// HeldBlobBytes bounds the small blobs held in memory at once (see
-	// plainRead); a read that does not fit waits for room. Default
-	// DefaultHeldBlobBytes; never less than one manifest's worth.
-	HeldBlobBytes int64
-	Clock         Clock
-	Metrics       Metrics
-	Log           *slog.Logger
+	TagTTL  time.Duration
+	Clock   Clock
+	Metrics Metrics
+	Log     *slog.Logger
 }
 
-// DefaultHeldBlobBytes is Options.HeldBlobBytes unless set: sixteen blobs
-// of the largest manifest's size, or hundreds of configs.
-const DefaultHeldBlobBytes = 16 * mediatype.MaxManifestSize
+// What typing blobs may hold (see typeOf): the bytes read at once, sixteen
+// of the largest manifests (or hundreds of configs), and the types
+// remembered.
+const (
+	maxTypingBytes = 16 * mediatype.MaxManifestSize
+	maxTypes       = 1 << 14
+)
 
 // Service makes the Repositories every reader asks. It holds what they
 // share: the links known to exist, and the manifest fetches under way.
@@ -98,8 +98,9 @@ type Service struct {
 	fetches   Fetcher
 	engine    Engine
 	links     *linkMemory
-	manifests flight.Group[any]   // by tag and Accept list, or by digest, and identity; cancelled when no client waits
-	held      *semaphore.Weighted // bytes of the small blobs held in memory for clients
+	manifests flight.Group[any]                 // by tag and Accept list, or by digest, and identity; cancelled when no client waits
+	typing    *semaphore.Weighted               // bytes of the blobs being read for their type
+	types     *lru.Cache[digest.Digest, string] // blob types learnt, by digest
 	tagTTL    time.Duration
 	clock     Clock
 	metrics   Metrics
@@ -112,13 +113,12 @@ func New(opts Options) *Service {
 	if err != nil {
 		panic(err)
 	}
-	if opts.HeldBlobBytes <= 0 {
-		opts.HeldBlobBytes = DefaultHeldBlobBytes
+	types, err := lru.New[digest.Digest, string](maxTypes)
+	if err != nil {
+		panic(err)
 	}
-	// One blob that may be a manifest must fit, or its read would wait
-	// for ever.
-	held := semaphore.NewWeighted(max(opts.HeldBlobBytes, mediatype.MaxManifestSize))
-	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL, held: held,
+	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
+		typing: semaphore.NewWeighted(maxTypingBytes), types: types,
 		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log,
 		manifests: flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc}}
 }
