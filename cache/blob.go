@@ -32,6 +32,22 @@ func (s *Store) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo, err
 	return BlobInfo{Digest: dgst, Size: fi.Size()}, nil
 }
 
+// BlobSize is a cached blob's size: remembered from an earlier stat, open
+// or ingest, else StatBlob's. A caller that decides how to read a blob by
+// its size asks this before OpenBlob: OpenBlob then needs no stat of its
+// own, so the two cost what OpenBlob alone would (on S3, the GET, and a
+// HEAD only when the size is not remembered).
+func (s *Store) BlobSize(ctx context.Context, dgst digest.Digest) (int64, error) {
+	if err := dgst.Validate(); err != nil {
+		return 0, fmt.Errorf("blob size %q: %w", dgst, err)
+	}
+	if size, ok := s.sizes.Get(dgst); ok && !s.use.evicting(dgst) {
+		return size, nil
+	}
+	info, err := s.StatBlob(ctx, dgst)
+	return info.Size, err
+}
+
 // OpenBlob opens a cached blob for reading from offset on (a range
 // request's start; 0 for the whole blob). The reader seeks, so it can serve
 // range requests; on the filesystem driver it reads the file itself, which

@@ -31,18 +31,19 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) error {
 		result = "miss"
 	}
 	s.metrics.cacheRequests.WithLabelValues("blob", result).Inc()
-	s.sendBlob(w, r, req.digest, b, b.Source)
+	s.sendBlob(w, r, req.digest, b, b.Source, b.MediaType)
 	return b.Err()
 }
 
-// headBlob answers a HEAD without reading the blob (see mirror.Repository.StatBlob).
+// headBlob answers a HEAD as a GET would, without sending the blob (see
+// mirror.Repository.StatBlob for what it reads).
 func (s *Server) headBlob(w http.ResponseWriter, r *http.Request, req distRequest) error {
 	info, err := req.repo.StatBlob(r.Context(), req.digest)
 	if err != nil {
 		return err
 	}
 	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Type", info.MediaType)
 	h.Set("Docker-Content-Digest", req.digest.String())
 	h.Set("ETag", `"`+req.digest.String()+`"`)
 	if info.Size >= 0 {
@@ -70,10 +71,12 @@ func rangeStart(h string) int64 {
 }
 
 // sendBlob answers GET and HEAD, with ranges and conditional requests, from
-// content that seeks.
-func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, content io.ReadSeeker, source string) {
+// content that seeks, sent as mediaType: a manifest's own type (a manifest
+// asked for through /blobs/, as containerd's resolver does when /manifests/
+// failed), else application/octet-stream.
+func (s *Server) sendBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, content io.ReadSeeker, source, mediaType string) {
 	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Type", mediaType)
 	h.Set("Docker-Content-Digest", dgst.String())
 	h.Set("ETag", `"`+dgst.String()+`"`)
 	h.Set("Cache-Control", "max-age=31536000, immutable")

@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -232,11 +233,25 @@ func TestRanges(t *testing.T) {
 }
 
 // TestUpstreamFaults: a broken upstream gives the client an error and leaves
-// nothing in the cache.
+// nothing in the cache. A blob larger than a manifest can be is sent as it
+// comes, so its error is a short body; a smaller one is read whole before
+// its headers (to be typed), so its error is a 502.
 func TestUpstreamFaults(t *testing.T) {
 	t.Parallel()
-	content := regtest.RandomBytes(2 << 20)
+	for _, size := range []int{2 << 20, mediatype.MaxManifestSize + 1<<20} {
+		t.Run(fmt.Sprintf("%d bytes", size), func(t *testing.T) {
+			t.Parallel()
+			testUpstreamFaults(t, regtest.RandomBytes(size), size > mediatype.MaxManifestSize)
+		})
+	}
+}
+
+func testUpstreamFaults(t *testing.T, content []byte, streamed bool) {
 	dgst := digest.FromBytes(content)
+	broken := http.StatusBadGateway
+	if streamed {
+		broken = 0
+	}
 	tests := []struct {
 		name       string
 		fault      http.HandlerFunc
@@ -246,13 +261,13 @@ func TestUpstreamFaults(t *testing.T) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(content)))
 			w.WriteHeader(http.StatusOK)
 			w.Write(content[:len(content)/2])
-		}, 0},
+		}, broken},
 		{"wrong bytes", func(w http.ResponseWriter, r *http.Request) {
 			bad := bytes.Clone(content)
 			bad[len(bad)-1] ^= 0xff
 			w.Header().Set("Content-Length", strconv.Itoa(len(bad)))
 			w.Write(bad)
-		}, 0},
+		}, broken},
 		{"500", func(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "boom", http.StatusInternalServerError)
 		}, http.StatusBadGateway},

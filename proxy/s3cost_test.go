@@ -15,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/regtest"
 )
 
@@ -54,7 +55,10 @@ func TestS3RequestCounts(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{store: first, clock: clk, tagTTL: time.Hour, manualMaintenance: true,
 		eviction: cache.EvictionPolicy{MaxAge: 720 * time.Hour, Grace: cache.DefaultSharedGrace}})
-	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile, []regtest.File{{Name: "b", Content: regtest.RandomBytes(256 << 10)}})
+	// A small layer (it might be a manifest by its size: read whole to be
+	// typed) and a large one (it cannot be: read as today).
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile, []regtest.File{{Name: "b", Content: regtest.RandomBytes(256 << 10)}},
+		[]regtest.File{{Name: "c", Content: regtest.RandomBytes(mediatype.MaxManifestSize + 256<<10)}})
 	h.push(t, "library/redis", "2.8.23", legacy, oneFile)
 	h.pullAll(t, "library/app", "v1")
 	h.pullAll(t, "library/redis", "2.8.23")
@@ -63,7 +67,11 @@ func TestS3RequestCounts(t *testing.T) {
 	}
 	var m ocispec.Manifest
 	json.Unmarshal(img.Manifest, &m)
-	layer := "/v2/library/app/blobs/" + m.Layers[1].Digest.String()
+	small := "/v2/library/app/blobs/" + m.Layers[1].Digest.String()
+	layer := "/v2/library/app/blobs/" + m.Layers[2].Digest.String()
+	if m.Layers[1].Size > mediatype.MaxManifestSize || m.Layers[2].Size <= mediatype.MaxManifestSize {
+		t.Fatalf("layer sizes %d and %d: want one on each side of %d", m.Layers[1].Size, m.Layers[2].Size, mediatype.MaxManifestSize)
+	}
 
 	measure := func(name string, want map[string]int64, do func()) {
 		t.Helper()
@@ -75,14 +83,21 @@ func TestS3RequestCounts(t *testing.T) {
 			t.Errorf("%s: %v, want %v", name, got, want)
 		}
 	}
-	get := func(header http.Header) func() {
+	getOf := func(method, path string, header http.Header) func() {
 		return func() {
-			if r := h.do(t, http.MethodGet, layer, header); r.status/100 != 2 {
-				t.Fatalf("GET %s: %d", layer, r.status)
+			if r := h.do(t, method, path, header); r.status/100 != 2 {
+				t.Fatalf("%s %s: %d", method, path, r.status)
 			}
 		}
 	}
+	get := func(header http.Header) func() { return getOf(http.MethodGet, layer, header) }
 	measure("a cached blob GET", map[string]int64{"GetObject": 1}, get(nil))
+	measure("a cached blob HEAD", map[string]int64{"HeadObject": 1}, getOf(http.MethodHead, layer, nil))
+	// A small blob's type was learnt when it was downloaded: its GET and
+	// HEAD cost what a large one's do.
+	measure("a cached small blob GET", map[string]int64{"GetObject": 1}, getOf(http.MethodGet, small, nil))
+	measure("a cached small blob GET of a range", map[string]int64{"GetObject": 1}, getOf(http.MethodGet, small, http.Header{"Range": {"bytes=1000-1999"}}))
+	measure("a cached small blob HEAD", map[string]int64{"HeadObject": 1}, getOf(http.MethodHead, small, nil))
 	clk.Advance(cache.AccessInterval)
 	measure("the first cached blob GET in an hour (its use recorded)", map[string]int64{"GetObject": 1, "PutObject": 1}, get(nil))
 	measure("a cached blob GET of a range", map[string]int64{"GetObject": 1}, get(http.Header{"Range": {"bytes=1000-1999"}}))
@@ -118,4 +133,9 @@ func TestS3RequestCounts(t *testing.T) {
 	h.restart(t)
 	measure("the first GET of a cached blob after a restart", map[string]int64{"GetObject": 2, "HeadObject": 1, "PutObject": 1}, get(nil))
 	measure("the next one", map[string]int64{"GetObject": 1}, get(nil))
+	// A small blob's type is learnt again, once, from a verified read: the
+	// one GetObject a large blob's HEAD does not make (the other reads its
+	// link, as for the GET above).
+	measure("the first HEAD of a cached small blob after a restart", map[string]int64{"GetObject": 2, "HeadObject": 1, "PutObject": 1}, getOf(http.MethodHead, small, nil))
+	measure("its GET then", map[string]int64{"GetObject": 1}, getOf(http.MethodGet, small, nil))
 }

@@ -26,6 +26,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
@@ -420,7 +421,9 @@ func TestAbandonedDownloadIsCancelled(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock()
 	h := newHarness(t, harnessOptions{clock: clk})
-	content := regtest.RandomBytes(1 << 20)
+	// Larger than a manifest can be, so that it streams (a smaller blob
+	// is read whole before its headers).
+	content := regtest.RandomBytes(mediatype.MaxManifestSize + 1<<20)
 	dgst := h.pushBlob(t, "library/x", content)
 	h.front.set(func(w http.ResponseWriter, r *http.Request) {
 		if strings.Contains(r.URL.Path, "/blobs/") {

@@ -29,6 +29,13 @@ const (
 	DockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
+// MaxManifestSize is the largest manifest regnorm reads and serves: an
+// upstream's larger answer is refused, so a larger blob is never a manifest.
+const MaxManifestSize = 4 << 20
+
+// OctetStream is the Content-Type of a blob that is not a manifest.
+const OctetStream = "application/octet-stream"
+
 // ErrNotManifest is a document regnorm does not serve as a manifest: not a
 // JSON object, of a type regnorm does not know, ambiguous, or sent with a
 // Content-Type that contradicts it.
@@ -97,6 +104,41 @@ func Of(manifest []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return m.mediaTypeOf()
+}
+
+// OfBlob is the Content-Type of content served as a blob (asked for through
+// /blobs/): the manifest type it names itself, when it is an OCI image
+// manifest or index or a Docker schema 2 manifest or list that Of agrees
+// with; else OctetStream. containerd's resolver, when /manifests/ fails for
+// a digest, asks /blobs/ and keeps the Content-Type as the image's type for
+// good (containerd/containerd#13007), so a manifest must not go out as
+// OctetStream there; anything else must not go out as a manifest.
+//
+// Only a type the document names counts: the shape of a document with no
+// mediaType (an OCI manifest may omit it) is not enough to call a blob a
+// manifest, since any JSON blob (a config, an artifact) may have members
+// named config or layers. Schema 1 names no type and stays OctetStream.
+// What Of refuses (a type its members contradict, a member twice) is
+// OctetStream too: /manifests/ would not serve it as a manifest either.
+// It is a function of the bytes alone, like Of.
+func OfBlob(content []byte) string {
+	if len(content) > MaxManifestSize {
+		return OctetStream
+	}
+	m, err := readMembers(content)
+	if err != nil || m.mediaType == nil {
+		return OctetStream
+	}
+	mt, err := m.mediaTypeOf()
+	if k := kindOf(mt); err != nil || (k != index && k != image) {
+		return OctetStream
+	}
+	return mt
+}
+
+// mediaTypeOf is Of for the document whose deciding members are m.
+func (m members) mediaTypeOf() (string, error) {
 	isSchema1 := (m.schemaVersion != nil && *m.schemaVersion == 1) || m.fsLayers
 	switch {
 	case m.mediaType != nil:

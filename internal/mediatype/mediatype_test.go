@@ -76,6 +76,49 @@ func TestOf(t *testing.T) {
 	}
 }
 
+// TestOfBlob: a blob goes out as a manifest only when it names one of the
+// four schema 2 types itself and Of agrees; everything else, and what Of
+// refuses, is a plain blob.
+func TestOfBlob(t *testing.T) {
+	t.Parallel()
+	typed := func(mt, members string) string {
+		return `{"schemaVersion":2,"mediaType":"` + mt + `",` + members + `}`
+	}
+	tests := []struct {
+		name, doc string
+		want      string
+	}{
+		{"docker manifest", dockerManifest, mediatype.DockerManifest},
+		{"docker list", dockerList, mediatype.DockerManifestList},
+		{"OCI manifest, typed", typed(ocispec.MediaTypeImageManifest, `"config":{},"layers":[]`), ocispec.MediaTypeImageManifest},
+		{"OCI index, typed", typed(ocispec.MediaTypeImageIndex, `"manifests":[]`), ocispec.MediaTypeImageIndex},
+		{"leading whitespace", "\n\t " + dockerList, mediatype.DockerManifestList},
+
+		{"OCI manifest by its shape only", ociManifest, mediatype.OctetStream},
+		{"OCI index by its shape only", ociIndex, mediatype.OctetStream},
+		{"a config", `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}`, mediatype.OctetStream},
+		{"schema 1 signed", schema1Signed, mediatype.OctetStream},
+		{"schema 1 unsigned", schema1Plain, mediatype.OctetStream},
+		{"index type with layers", typed(ocispec.MediaTypeImageIndex, `"manifests":[],"layers":[]`), mediatype.OctetStream},
+		{"manifest type with manifests", typed(mediatype.DockerManifest, `"config":{},"manifests":[]`), mediatype.OctetStream},
+		{"schema 1 with a schema 2 type", `{"schemaVersion":1,"mediaType":"application/vnd.oci.image.manifest.v1+json","fsLayers":[]}`, mediatype.OctetStream},
+		{"mediaType twice", `{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"mediaType":"application/vnd.oci.image.index.v1+json"}`, mediatype.OctetStream},
+		{"a config's type", typed(ocispec.MediaTypeImageConfig, `"config":{}`), mediatype.OctetStream},
+		{"unknown type", typed("text/html", `"config":{}`), mediatype.OctetStream},
+		{"gzip", "\x1f\x8b\x08\x00\x00\x00\x00\x00", mediatype.OctetStream},
+		{"empty", "", mediatype.OctetStream},
+		{"larger than a manifest can be", typed(mediatype.DockerManifest, `"config":{},"layers":[],"pad":"`+strings.Repeat("x", mediatype.MaxManifestSize)+`"`), mediatype.OctetStream},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := mediatype.OfBlob([]byte(tt.doc)); got != tt.want {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
 // TestFromUpstream: the content decides; the Content-Type may only agree.
 func TestFromUpstream(t *testing.T) {
 	t.Parallel()
@@ -131,6 +174,10 @@ func FuzzOf(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, doc, contentType string) {
 		mt, err := mediatype.Of([]byte(doc))
+		// A blob is served as a manifest only as Of types it.
+		if blob := mediatype.OfBlob([]byte(doc)); blob != mediatype.OctetStream && (err != nil || blob != mt || schema1.Is(mt)) {
+			t.Fatalf("OfBlob = %q; Of = %q, %v", blob, mt, err)
+		}
 		up, upErr := mediatype.FromUpstream(contentType, []byte(doc))
 		if err != nil {
 			if !errors.Is(err, mediatype.ErrNotManifest) || upErr == nil {

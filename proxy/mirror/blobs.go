@@ -3,12 +3,14 @@ package mirror
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -23,7 +25,11 @@ type Blob struct {
 	// Fetched is set when it was not in the cache when asked for: it was
 	// downloaded or rebuilt.
 	Fetched bool
-	close   func() error
+	// MediaType is what it is sent as (mediatype.OfBlob): a manifest's own
+	// type, else application/octet-stream. Set for a client's read
+	// (OpenBlob) only.
+	MediaType string
+	close     func() error
 }
 
 // Close releases the blob.
@@ -44,17 +50,27 @@ type BlobInfo struct {
 	Size int64
 	// Source is who answered: "cache" or "upstream".
 	Source string
+	// MediaType is what a GET sends it as (Blob.MediaType).
+	MediaType string
 }
 
-// StatBlob is dgst's size, without reading the blob: from the cache for an
-// admitted client, else the upstream's answer to the client. A repackaged
-// layer that was evicted is rebuilt first: upstream never had it.
+// StatBlob is dgst's size and type: from the cache for an admitted client,
+// else the upstream's answer to the client. A repackaged layer that was
+// evicted is rebuilt first: upstream never had it. A blob larger than a
+// manifest can be is not read. One that may be a manifest is read as a GET
+// reads it (OpenBlob), since its type is its bytes': a HEAD of an uncached
+// one downloads and caches it.
 func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
 	s := r.s
 	info, err := s.store.StatBlob(ctx, dgst)
 	if err != nil {
 		if d, derr := s.store.GetDerived(ctx, dgst); derr != nil || d.Kind != cache.DerivedLayer {
-			return r.statUpstream(ctx, dgst)
+			up, err := r.statUpstream(ctx, dgst)
+			if err != nil || up.Size > mediatype.MaxManifestSize {
+				return up, err
+			}
+			// Small, or of a size the upstream did not say.
+			return r.statSmall(ctx, dgst)
 		}
 		b, err := r.open(ctx, dgst, 0, statOnly) // admits, and rebuilds
 		if err != nil {
@@ -67,7 +83,31 @@ func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo
 	} else if err := r.admit(ctx, object{dgst: dgst, blob: true}); err != nil {
 		return BlobInfo{}, err
 	}
-	return BlobInfo{Size: info.Size, Source: "cache"}, nil
+	mt, err := s.cachedType(ctx, dgst, info.Size)
+	switch {
+	case err == nil:
+		return BlobInfo{Size: info.Size, Source: "cache", MediaType: mt}, nil
+	case ctx.Err() != nil:
+		return BlobInfo{}, ctx.Err()
+	}
+	// Gone or damaged since the stat (a damaged copy is removed): read it
+	// as a GET would, which fetches it again.
+	return r.statSmall(ctx, dgst)
+}
+
+// statSmall answers a HEAD of a blob that may be a manifest from its bytes,
+// read as a GET reads them.
+func (r *Repository) statSmall(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
+	b, err := r.open(ctx, dgst, 0, plainRead)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	defer b.Close()
+	size, err := b.Seek(0, io.SeekEnd)
+	if err != nil {
+		return BlobInfo{}, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob size unknown", err)
+	}
+	return BlobInfo{Size: size, Source: b.Source, MediaType: b.MediaType}, nil
 }
 
 // statUpstream is the upstream's answer to the client about an uncached
@@ -82,7 +122,7 @@ func (r *Repository) statUpstream(ctx context.Context, dgst digest.Digest) (Blob
 	}
 	r.learn(ctx, dgst)
 	r.remote.Confirm(r.s.clock.Now())
-	return BlobInfo{Size: size, Source: "upstream"}, nil
+	return BlobInfo{Size: size, Source: "upstream", MediaType: mediatype.OctetStream}, nil
 }
 
 // OpenBlob opens dgst for the client, from offset on (see open).
@@ -171,7 +211,14 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		return nil, err
 	}
 	if sr != nil {
-		return &Blob{ReadSeeker: sr, Source: "upstream", Fetched: true, close: sr.Close}, nil
+		b := &Blob{ReadSeeker: sr, Source: "upstream", Fetched: true, MediaType: mediatype.OctetStream, close: sr.Close}
+		if how == plainRead {
+			if err := s.typeDownload(ctx, dgst, b, sr); err != nil {
+				sr.Close()
+				return nil, err
+			}
+		}
+		return b, nil
 	}
 	// Nothing to tail: read the verified blob from the cache.
 	if b, err := s.openFromCache(ctx, dgst, offset, how); b != nil || err != nil {
@@ -191,8 +238,9 @@ func fetched(b *Blob) *Blob {
 type readMode int
 
 const (
-	// plainRead reads the blob as it is stored (a client's GET: the client
-	// checks the digest itself).
+	// plainRead is a client's read: the blob as it is stored (the client
+	// checks the digest itself), sent as what its bytes are
+	// (mediatype.OfBlob; see typeOf).
 	plainRead readMode = iota
 	// verifiedRead checks the digest (for content a rule builds on): a
 	// cached blob is hashed as it is read, and a download's spool is
@@ -212,6 +260,7 @@ const (
 func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset int64, how readMode) (*Blob, error) {
 	var rc io.ReadSeekCloser
 	var err error
+	mt := mediatype.OctetStream
 	switch how {
 	case statOnly:
 		if _, err = s.store.StatBlob(ctx, dgst); err == nil {
@@ -223,15 +272,121 @@ func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset 
 			rc = forwardOnly{vr}
 		}
 	default:
-		rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
+		// The size says whether it may be a manifest: asked first, it costs
+		// OpenBlob nothing more (cache.Store.BlobSize). A blob whose type
+		// is not known yet is read once, verified, to learn it.
+		var size int64
+		if size, err = s.store.BlobSize(ctx, dgst); err == nil {
+			if mt, err = s.cachedType(ctx, dgst, size); err == nil {
+				rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
+			}
+		}
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		if !errors.Is(err, cache.ErrNotFound) {
 			s.log.Warn("cache read failed, trying upstream", "digest", dgst, "error", err)
 		}
 		return nil, nil
 	}
-	return &Blob{ReadSeeker: rc, Source: "cache", close: rc.Close}, nil
+	return &Blob{ReadSeeker: rc, Source: "cache", MediaType: mt, close: rc.Close}, nil
+}
+
+// A blob's type is a function of its verified bytes alone (mediatype.OfBlob),
+// so it holds for every repository, upstream and client: a blob that may be
+// a manifest is read once to learn it, and the type is remembered by
+// digest. Its bytes are held in memory only while they are typed, from the
+// cache or a finished download's spool, both local and verified; never
+// while a client or an upstream sets the pace.
+
+// cachedType is the type of a cached blob of size bytes.
+func (s *Service) cachedType(ctx context.Context, dgst digest.Digest, size int64) (string, error) {
+	return s.typeOf(ctx, dgst, size, func() (io.ReadCloser, error) {
+		vr, _, err := s.store.OpenVerified(ctx, dgst)
+		return vr, err
+	})
+}
+
+// typeOf is the type of dgst, of size bytes: remembered, else read from
+// what open opens (a verified read).
+func (s *Service) typeOf(ctx context.Context, dgst digest.Digest, size int64, open func() (io.ReadCloser, error)) (string, error) {
+	if size > mediatype.MaxManifestSize {
+		return mediatype.OctetStream, nil
+	}
+	if mt, ok := s.types.Get(dgst); ok {
+		return mt, nil
+	}
+	if err := s.typing.Acquire(ctx, size); err != nil {
+		return "", err
+	}
+	defer s.typing.Release(size)
+	rc, err := open()
+	if err != nil {
+		return "", err
+	}
+	content, err := readAll(rc, size)
+	rc.Close()
+	if err != nil {
+		return "", err
+	}
+	mt := mediatype.OfBlob(content)
+	s.types.Add(dgst, mt)
+	return mt, nil
+}
+
+// typeDownload sets the type of b, which reads sr, a download's spool of
+// dgst. A blob that may be a manifest waits for the download to end
+// (verified) before any header is sent, and is typed from the spool; a
+// larger one is sent as it comes, as application/octet-stream.
+func (s *Service) typeDownload(ctx context.Context, dgst digest.Digest, b *Blob, sr *blobfetch.Reader) error {
+	size, err := sr.Seek(0, io.SeekEnd)
+	if err != nil {
+		return errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "blob size unknown", err)
+	}
+	if size <= mediatype.MaxManifestSize {
+		if err := sr.Wait(); err != nil {
+			// Before any header: the client gets an error, not a short body.
+			var e *errcode.Error
+			if errors.As(err, &e) || ctx.Err() != nil {
+				return err
+			}
+			return errcode.New(http.StatusBadGateway, errcode.Unavailable, "blob download failed", err)
+		}
+		if _, err := sr.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		if b.MediaType, err = s.typeOf(ctx, dgst, size, func() (io.ReadCloser, error) { return io.NopCloser(sr), nil }); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return errcode.New(http.StatusBadGateway, errcode.Unavailable, "read downloaded blob", err)
+		}
+	}
+	_, err = sr.Seek(0, io.SeekStart)
+	return err
+}
+
+// readAll reads r, which must hold exactly size bytes, to its end: for a
+// verified reader, that end is where the digest is checked.
+func readAll(r io.Reader, size int64) ([]byte, error) {
+	content := make([]byte, size)
+	if _, err := io.ReadFull(r, content); err != nil {
+		return nil, err
+	}
+	var one [1]byte
+	for {
+		n, err := r.Read(one[:])
+		switch {
+		case n > 0:
+			return nil, fmt.Errorf("more than %d bytes", size)
+		case err == io.EOF:
+			return content, nil
+		case err != nil:
+			return nil, err
+		}
+	}
 }
 
 // forwardOnly is a verified read: it never seeks.

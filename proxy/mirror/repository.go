@@ -8,9 +8,11 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/flight"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
@@ -25,6 +27,9 @@ type Store interface {
 	cache.ManifestStore
 	cache.TagStore
 	cache.BlobProvider
+	// BlobSize is a cached blob's size, remembered or stat'ed
+	// (cache.Store.BlobSize).
+	BlobSize(ctx context.Context, dgst digest.Digest) (int64, error)
 	GetDerived(ctx context.Context, dgst digest.Digest) (cache.Derived, error)
 }
 
@@ -78,6 +83,14 @@ type Options struct {
 	Log     *slog.Logger
 }
 
+// What typing blobs may hold (see typeOf): the bytes read at once, sixteen
+// of the largest manifests (or hundreds of configs), and the types
+// remembered.
+const (
+	maxTypingBytes = 16 * mediatype.MaxManifestSize
+	maxTypes       = 1 << 14
+)
+
 // Service makes the Repositories every reader asks. It holds what they
 // share: the links known to exist, and the manifest fetches under way.
 type Service struct {
@@ -85,7 +98,9 @@ type Service struct {
 	fetches   Fetcher
 	engine    Engine
 	links     *linkMemory
-	manifests flight.Group[any] // by tag and Accept list, or by digest, and identity; cancelled when no client waits
+	manifests flight.Group[any]                 // by tag and Accept list, or by digest, and identity; cancelled when no client waits
+	typing    *semaphore.Weighted               // bytes of the blobs being read for their type
+	types     *lru.Cache[digest.Digest, string] // blob types learnt, by digest
 	tagTTL    time.Duration
 	clock     Clock
 	metrics   Metrics
@@ -98,7 +113,12 @@ func New(opts Options) *Service {
 	if err != nil {
 		panic(err)
 	}
+	types, err := lru.New[digest.Digest, string](maxTypes)
+	if err != nil {
+		panic(err)
+	}
 	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
+		typing: semaphore.NewWeighted(maxTypingBytes), types: types,
 		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log,
 		manifests: flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc}}
 }

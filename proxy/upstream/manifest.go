@@ -27,7 +27,7 @@ type Manifest struct {
 
 // maxManifestSize caps a manifest read from upstream: manifests are held in
 // memory. A larger one is refused.
-const maxManifestSize = 4 << 20
+const maxManifestSize = mediatype.MaxManifestSize
 
 // defaultAccept is what upstream is asked for when the client names nothing
 // usable: every manifest type containerd understands.
