@@ -23,6 +23,10 @@ import (
 // and ctr, built by scripts/test-deps.sh.
 var containerd2Dir = os.Getenv("REGNORM_CONTAINERD2_DIR")
 
+// containerd17Dir holds containerd v1.7.16's containerd and ctr, built by
+// scripts/test-deps.sh.
+var containerd17Dir = os.Getenv("REGNORM_CONTAINERD17_DIR")
+
 // containerdKind is a containerd build the tests can start.
 type containerdKind struct {
 	// name is the version, for test names and messages.
@@ -47,6 +51,12 @@ var (
 	containerd1620 = containerdKind{name: "1.6.20", major: 1, bin: containerdBin, ctr: ctrBin, configVersion: 2}
 	// containerd168 is the last containerd that aborts on xattrs on symlinks.
 	containerd168 = containerdKind{name: "1.6.8", major: 1, bin: oldContainerdBin, ctr: ctrBin, configVersion: 2}
+	// containerd1716 is the last 1.7 whose unpacker refuses an image whose
+	// config names a platform it was not asked to unpack (1.7.17 fetches
+	// it instead). Its own ctr: Debian's (1.6) has no transfer service
+	// client. Debian's runc shim runs its containers, as it does 1.6.8's.
+	containerd1716 = containerdKind{name: "1.7.16", major: 1, bin: filepath.Join(containerd17Dir, "containerd"),
+		ctr: filepath.Join(containerd17Dir, "ctr"), configVersion: 2}
 	// containerd234 pulls over CRI through the transfer service, reads
 	// config_path as one directory there, and can fetch a blob in ranges.
 	containerd234 = containerdKind{name: "2.3.4", major: 2, bin: filepath.Join(containerd2Dir, "containerd"),
@@ -83,6 +93,9 @@ type containerdOptions struct {
 	// may also define [plugins.'io.containerd.cri.v1.images'] (the config
 	// only defines its registry subtable); on 1.x the CRI tables are taken.
 	Config string
+	// Env are more variables of the daemon's environment (NAME=value), e.g.
+	// SSL_CERT_FILE for a registry it reaches with no hosts.toml.
+	Env []string
 }
 
 // hostsDirToken stands for the node's hosts directory in
@@ -110,7 +123,8 @@ type containerd struct {
 	// configFile is its config.toml; confDir the drop-in directory
 	// opts.ImportDropIns makes it import.
 	configFile, confDir string
-	path                string // the daemon's PATH
+	path                string   // the daemon's PATH
+	env                 []string // and the rest of its environment
 	proc                *process
 }
 
@@ -199,6 +213,7 @@ func startContainerdVersion(t *testing.T, kind containerdKind, opts containerdOp
 	if kind.shimDir != "" {
 		c.path = kind.shimDir + string(os.PathListSeparator) + c.path
 	}
+	c.env = opts.Env
 	c.startDaemon(t)
 	return c
 }
@@ -207,7 +222,8 @@ func startContainerdVersion(t *testing.T, kind containerdKind, opts containerdOp
 // answers.
 func (c *containerd) startDaemon(t *testing.T) {
 	t.Helper()
-	c.proc = start(t, "containerd "+c.kind.name, "/usr/bin/env", "PATH="+c.path, c.kind.bin, "--config", c.configFile)
+	args := append(append([]string{"PATH=" + c.path}, c.env...), c.kind.bin, "--config", c.configFile)
+	c.proc = start(t, "containerd "+c.kind.name, "/usr/bin/env", args...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

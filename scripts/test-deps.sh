@@ -12,6 +12,9 @@ mkdir -p "$BIN"
 REGISTRY_VERSION=v3.1.2
 # The last containerd that aborts on xattrs on symlinks (fixed in 1.6.9).
 OLD_CONTAINERD_VERSION=v1.6.8
+# The last containerd 1.7 whose unpacker refuses a config of another platform
+# than the pull asked for (1.7.17 fetches the layers instead).
+CONTAINERD17_VERSION=v1.7.16
 # A containerd 2.x: CRI pulls through the transfer service, ranged blob reads.
 CONTAINERD2_VERSION=v2.3.4
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
@@ -66,6 +69,36 @@ old_containerd() {
   (cd "$src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -tags "no_btrfs no_devmapper no_aufs no_zfs" -o "$out.tmp" ./cmd/containerd) >&2
   mv "$out.tmp" "$out"
   rm -rf "$src"
+}
+
+# containerd17: containerd v1.7.16's daemon and ctr from the Go module proxy,
+# in one directory (its ctr has the transfer service client Debian's 1.6 ctr
+# lacks). Its go.mod has an exclude directive, so `go install pkg@version`
+# refuses it; build in a writable copy of the module as old_containerd does
+# (about 4 minutes on 2 busy cores from empty module and build caches, once). The module's
+# vendor directory holds only modules.txt, so it goes and go.mod is read.
+containerd17() {
+  local out="$BIN/containerd-${CONTAINERD17_VERSION#v}" cmd built=yes
+  for cmd in containerd ctr; do [ -x "$out/$cmd" ] || built=no; done
+  [ $built = yes ] && [ "$(cat "$out/.version" 2>/dev/null)" = "$CONTAINERD17_VERSION" ] && return 0
+  log "building containerd $CONTAINERD17_VERSION (once; about 4 minutes)"
+  local mod src tmp
+  mod=$(GOFLAGS=-mod=mod go mod download -json "github.com/containerd/containerd@$CONTAINERD17_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  src=$(mktemp -d "$CACHE/containerd17-src.XXXXXX")
+  tmp=$(mktemp -d "$out.tmp.XXXXXX")
+  chmod 755 "$tmp"
+  cp -r "$mod/." "$src/"
+  chmod -R u+w "$src"
+  rm -rf "$src/vendor"
+  if ! (cd "$src" && for cmd in containerd ctr; do
+    CGO_ENABLED=0 GOFLAGS=-mod=mod go build -tags "no_btrfs no_devmapper no_aufs no_zfs" -o "$tmp/$cmd" "./cmd/$cmd" || exit 1
+  done) >&2; then
+    rm -rf "$src" "$tmp"
+    return 1
+  fi
+  echo "$CONTAINERD17_VERSION" > "$tmp/.version"
+  rm -rf "$out" "$src"
+  mv "$tmp" "$out"
 }
 
 # containerd2: containerd v2.3.4's daemon, runc shim and ctr from the Go
@@ -176,6 +209,7 @@ go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CO
 # A real S3-compatible server for the S3 cache (about 2 minutes, once).
 go_tool versitygw "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 old_containerd
+containerd17
 containerd2
 registry2
 npm_tools
@@ -189,5 +223,6 @@ echo "export REGNORM_PROMETHEUS_BIN=$(command -v prometheus)"
 echo "export REGNORM_CHROMIUM_BIN=$(command -v chromium)"
 echo "export REGNORM_NPM_MODULES=$CACHE/npm/node_modules"
 echo "export REGNORM_OLD_CONTAINERD_BIN=$BIN/containerd-${OLD_CONTAINERD_VERSION#v}"
+echo "export REGNORM_CONTAINERD17_DIR=$BIN/containerd-${CONTAINERD17_VERSION#v}"
 echo "export REGNORM_CONTAINERD2_DIR=$BIN/containerd-${CONTAINERD2_VERSION#v}"
 echo "export REGNORM_REGISTRY2_BIN=$BIN/registry-${REGISTRY2_VERSION#v}"

@@ -55,6 +55,9 @@ type ImageOptions struct {
 	// type); the layers are compressed as it says (gzip, zstd, or none). An
 	// OCI layer type makes an OCI image manifest with an OCI config.
 	LayerMediaType string
+	// Architecture is what the config says the image is for (default
+	// amd64), whatever its binaries are.
+	Architecture string
 }
 
 // BuildImage makes a Docker schema 2 image whose layers hold files.
@@ -90,8 +93,11 @@ func BuildImage(opts ImageOptions, layers ...[]File) (Image, error) {
 		}
 		manifest.Layers = append(manifest.Layers, desc)
 	}
+	if opts.Architecture == "" {
+		opts.Architecture = "amd64"
+	}
 	config := ocispec.Image{
-		Platform: ocispec.Platform{Architecture: "amd64", OS: "linux"},
+		Platform: ocispec.Platform{Architecture: opts.Architecture, OS: "linux"},
 		Config:   ocispec.ImageConfig{Entrypoint: opts.Entrypoint, Env: []string{"PATH=/usr/bin:/bin"}},
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
 	}
