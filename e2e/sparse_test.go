@@ -179,6 +179,10 @@ func TestGNUSparseEntries(t *testing.T) {
 	if !strings.Contains(report, `"gnu-sparse"`) || !strings.Contains(report, "data/big: written as a regular file, holes filled") {
 		t.Fatalf("report: %s", report)
 	}
+	page := string(getBody(t, proxyURL+"/status"))
+	if !strings.Contains(page, "gnu-sparse") || !strings.Contains(page, "data/big: written as a regular file, holes filled") || !strings.Contains(page, variant) {
+		t.Fatal("the status page does not name the rule's change")
+	}
 
 	// The operator turned the rule off: every version gets the original,
 	// byte for byte.
