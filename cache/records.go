@@ -370,8 +370,34 @@ type LayerVerdict struct {
 	// Limit, for a layer skipped for a limit (too-large, zstd-window), is
 	// that limit as it was when the layer was judged: under a larger one it
 	// is judged again.
-	Limit     int64     `json:"limit,omitempty"`
-	CreatedAt time.Time `json:"createdAt"`
+	Limit int64 `json:"limit,omitempty"`
+	// Scan is the version of the scan that made the verdict: 0 for one made
+	// before scans counted GNU sparse entries, whose Sparse says nothing.
+	Scan int `json:"scan,omitempty"`
+	// Sparse counts the layer's GNU sparse entries (typeflag 'S');
+	// Expanded lists the first of their paths, Unexpanded counts the
+	// others (rewrite bounds them).
+	Sparse     int      `json:"sparse,omitempty"`
+	Expanded   []string `json:"expanded,omitempty"`
+	Unexpanded int      `json:"unexpanded,omitempty"`
+	// Made are the layer's repackagings other than the symlink rule's alone
+	// (Repacked), one for each transform a rule set asked for (the sparse
+	// rule's, alone or with the symlink rule's), made when first asked.
+	Made      []MadeLayer `json:"made,omitempty"`
+	CreatedAt time.Time   `json:"createdAt"`
+}
+
+// MadeLayer is one repackaging of a layer, or why there is none.
+type MadeLayer struct {
+	// Transform is how it is made (a rewrite.LayerTransform key).
+	Transform string        `json:"transform"`
+	Digest    digest.Digest `json:"digest,omitempty"`
+	Size      int64         `json:"size,omitempty"`
+	DiffID    digest.Digest `json:"diffID,omitempty"`
+	// Skipped and Limit, when set, say why this repackaging was not made
+	// (amplifies, too-large), as the verdict's own do for the layer.
+	Skipped string `json:"skipped,omitempty"`
+	Limit   int64  `json:"limit,omitempty"`
 }
 
 // LayerVerdictStore reads and writes layer verdicts.
@@ -411,6 +437,14 @@ func (s *Store) PutLayerVerdict(ctx context.Context, v LayerVerdict) error {
 	if v.Repacked != "" {
 		if _, err := s.StatBlob(ctx, v.Repacked); err != nil {
 			return fmt.Errorf("put layer verdict %s: repacked blob: %w", v.Original, err)
+		}
+	}
+	for _, m := range v.Made {
+		if m.Digest == "" {
+			continue
+		}
+		if _, err := s.StatBlob(ctx, m.Digest); err != nil {
+			return fmt.Errorf("put layer verdict %s: %s blob: %w", v.Original, m.Transform, err)
 		}
 	}
 	return s.putJSON(ctx, layerVerdictPath(v.Original), v)

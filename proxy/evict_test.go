@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -194,5 +195,35 @@ func TestScanOfEvictedRepackagedLayerTakesOneTurn(t *testing.T) {
 	}
 	if n := h.metric(t, "regnorm_layer_rebuilds_total", ""); n != 1 {
 		t.Errorf("rebuilds = %v, want 1", n)
+	}
+}
+
+// TestEvictedExpandedLayerIsRebuilt: a layer repackaged for the GNU sparse
+// rule (made when a rule set first asked, recorded as the "expand"
+// transform) is rebuilt from its original after eviction, byte for byte.
+func TestEvictedExpandedLayerIsRebuilt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	sparse := []regtest.File{{Name: "var/big", Typeflag: tar.TypeGNUSparse, SparseSize: 1 << 20,
+		Sparse: []regtest.SparseData{{Offset: 700000, Data: []byte("X")}}}}
+	img := h.push(t, "gnu/sparse", "v1", regtest.ImageOptions{}, baseLayer, sparse)
+	dgst, body := h.pullByTag(t, "gnu/sparse", "v1")
+	if dgst == img.ManifestDigest {
+		t.Fatal("served the original")
+	}
+	var m ocispec.Manifest
+	json.Unmarshal(body, &m)
+
+	res, err := h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1}, time.Now())
+	if err != nil || res.Remaining.Blobs != 1 {
+		t.Fatalf("evict all but the rewritten config: %+v %v", res, err)
+	}
+	head := h.do(t, http.MethodHead, "/v2/gnu/sparse/blobs/"+m.Layers[1].Digest.String(), nil)
+	if head.status != http.StatusOK || head.header.Get("Content-Length") != fmt.Sprint(m.Layers[1].Size) {
+		t.Fatalf("HEAD of the evicted expanded layer: %d, Content-Length %q", head.status, head.header.Get("Content-Length"))
+	}
+	h.pullAll(t, "gnu/sparse", "v1")
+	if n := h.metric(t, "regnorm_layer_rebuilds_total", ""); n != 1 {
+		t.Fatalf("rebuilds = %v, want 1", n)
 	}
 }

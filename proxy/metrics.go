@@ -81,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"containerd"}),
 		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrites_total",
-			Help: "Changes made by normalization, by kind (config-media-type, child-manifest, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-size, layer-media-type, diff-ids), counted once per normalized document.",
+			Help: "Changes made by normalization, by kind (config-media-type, child-manifest, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-size, layer-media-type, diff-ids, gnu-sparse), counted once per normalized document.",
 		}, []string{"kind"}),
 		rewriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_rewrite_errors_total",
@@ -102,11 +102,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		layersScanned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layers_scanned_total",
-			Help: "Layers read whole for a rule: scanned for xattrs on symlinks (each layer digest once for the whole cache), or read for a schema 1 diff ID.",
+			Help: "Layers read whole for a rule: scanned for xattrs on symlinks and GNU sparse entries (each layer digest once for the whole cache), or read for a diff ID.",
 		}),
 		layersRepackaged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_layers_repackaged_total",
-			Help: "Layers written anew: repackaged without xattrs on symlinks and other special files, or recompressed with gzip (zstd to gzip).",
+			Help: "Layers written anew: repackaged without xattrs on symlinks and other special files, or with GNU sparse entries written as regular files, or recompressed with gzip (zstd to gzip).",
 		}),
 		layersSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_layers_skipped_total",
@@ -168,7 +168,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.fetch.Collectors()...)
 	// Every label value known up front is there from the first scrape, so
 	// that a dashboard panel (and a test) sees 0 rather than nothing.
-	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs", "zstd-media-type", "schema1", "zstd-gzip", "index-size", "layer-media-type", "diff-ids"} {
+	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs", "zstd-media-type", "schema1", "zstd-gzip", "index-size", "layer-media-type", "diff-ids", "gnu-sparse"} {
 		m.rewrites.WithLabelValues(kind)
 	}
 	for _, reason := range []string{"invalid", "fetch"} {

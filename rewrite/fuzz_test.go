@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"archive/tar"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -101,6 +102,8 @@ func FuzzRepackLayer(f *testing.F) {
 		f.Add(raw)
 		f.Add(compress(f, raw, Gzip))
 	}
+	f.Add(sparseLayer(f))
+	f.Add(compress(f, sparseLayer(f), Gzip))
 	f.Fuzz(func(t *testing.T, blob []byte) {
 		if len(blob) > 64<<10 {
 			return // bounded: gzip can expand a large input a thousandfold
@@ -126,7 +129,7 @@ func FuzzRepackLayer(f *testing.F) {
 		if err != nil {
 			return // the Go tar writer refuses some headers its reader accepts
 		}
-		if res.Entries != scan.Entries || len(res.Removals) != len(scan.Removals) {
+		if res.Entries != scan.Entries || len(res.Removals) != len(scan.Removals) || res.Sparse != scan.Sparse || len(res.Expanded) != len(scan.Expanded) {
 			t.Fatalf("scan %+v, repack %+v", scan, res.LayerScan)
 		}
 		if res.Digest != digest.FromBytes(out.Bytes()) || res.Size != int64(out.Len()) {
@@ -135,6 +138,28 @@ func FuzzRepackLayer(f *testing.F) {
 		again, err := ScanLayer(bytes.NewReader(out.Bytes()), Limits{})
 		if err != nil || !again.Clean() || again.Entries != scan.Entries {
 			t.Fatalf("second pass: %+v %v", again, err)
+		}
+		// The sparse rule alone: sparse entries become regular files of
+		// the content the reader gives, xattrs stay, nothing else changes.
+		if scan.Sparse == 0 {
+			return
+		}
+		out.Reset()
+		res, err = TransformLayer(&out, bytes.NewReader(blob), Limits{}, LayerTransform{Expand: true})
+		if err != nil {
+			return
+		}
+		again, err = ScanLayer(bytes.NewReader(out.Bytes()), Limits{})
+		if err != nil || again.Sparse != 0 || again.Stripped != scan.Stripped || again.Entries != scan.Entries || res.Sparse != scan.Sparse {
+			t.Fatalf("second pass after expanding: %+v %v", again, err)
+		}
+		before, after := readEntries(t, decompress(t, blob)), readEntries(t, decompress(t, out.Bytes()))
+		for i := range before {
+			b, a := before[i], after[i]
+			if b.hdr.Name != a.hdr.Name || b.body != a.body || a.hdr.Size != int64(len(a.body)) ||
+				(b.hdr.Typeflag != a.hdr.Typeflag && (b.hdr.Typeflag != tar.TypeGNUSparse || a.hdr.Typeflag != tar.TypeReg)) {
+				t.Fatalf("entry %d: %+v became %+v", i, b.hdr, a.hdr)
+			}
 		}
 	})
 }

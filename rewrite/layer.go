@@ -29,13 +29,28 @@ type LayerScan struct {
 	Removals []XattrRemoval
 	// removalBytes is what Removals holds: its paths and keys.
 	removalBytes int
+	// Sparse is how many GNU sparse entries (typeflag 'S') the layer has,
+	// which a repackaging writes as regular files; Expanded lists the
+	// first of their paths, within the bounds of Removals.
+	Sparse   int
+	Expanded []string
+	// expandedBytes is what Expanded holds.
+	expandedBytes int
 }
 
-// Clean reports whether the layer needs nothing.
-func (s LayerScan) Clean() bool { return s.Stripped == 0 }
+// Clean reports whether the layer needs nothing: no xattr to strip, no
+// GNU sparse entry.
+func (s LayerScan) Clean() bool { return s.Stripped == 0 && s.Sparse == 0 }
 
 // Unlisted is how many stripped entries Removals leaves out.
 func (s LayerScan) Unlisted() int { return max(0, s.Stripped-len(s.Removals)) }
+
+// Unexpanded is how many GNU sparse entries Expanded leaves out.
+func (s LayerScan) Unexpanded() int { return max(0, s.Sparse-len(s.Expanded)) }
+
+// Rewrote reports whether the layer's tar was rewritten (xattrs stripped or
+// sparse entries expanded), rather than recompressed byte for byte.
+func (s LayerScan) Rewrote() bool { return s.Stripped > 0 || s.Sparse > 0 }
 
 // LayerResult describes a repackaged layer.
 type LayerResult struct {
@@ -48,6 +63,8 @@ type LayerResult struct {
 	// MediaType, when set, is the layer's new media type (its compression
 	// changed).
 	MediaType string
+	// Transform is what was done to make it.
+	Transform LayerTransform
 }
 
 // ErrNotTar means a layer blob is not a (compressed) tar stream regnorm reads.
@@ -88,7 +105,8 @@ func (l Limits) zstdWindow() int64 {
 }
 
 // ScanLayer reads a layer blob (gzip, zstd or plain tar) and reports what
-// the symlink xattr rule would remove. It decompresses but never compresses,
+// the symlink xattr rule would remove and the GNU sparse entries the sparse
+// rule would expand, from the headers alone. It decompresses but never compresses,
 // so a clean layer costs one decompression. A layer beyond lim is
 // ErrLayerTooLarge or ErrZstdWindow.
 //
@@ -123,6 +141,9 @@ func ScanLayer(blob io.Reader, lim Limits) (LayerScan, error) {
 		}
 		scan.Entries++
 		scan.record(hdr.Name, strippableXattrs(hdr))
+		if isGNUSparse(hdr) {
+			scan.recordSparse(hdr.Name)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package rewrite
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	stdgzip "compress/gzip"
 	"encoding/json"
 	"errors"
@@ -282,6 +283,16 @@ func TestRepackedDigestsGolden(t *testing.T) {
 			t.Fatal(err)
 		}
 		got["zstd to "+tr.Key()] = fmt.Sprintf("digest %s size %d diff_id %s", res.Digest, res.Size, res.DiffID)
+	}
+	// The sparse rule's transforms of a layer with a GNU sparse entry.
+	sparse := sparseLayer(t)
+	for _, tr := range []LayerTransform{{Expand: true}, {Strip: true}, {Strip: true, Expand: true}, {Expand: true, To: Gzip}} {
+		var out bytes.Buffer
+		res, err := TransformLayer(&out, bytes.NewReader(compress(t, sparse, Zstd)), Limits{}, tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got["sparse zstd "+cmp.Or(tr.Key(), "strip")] = fmt.Sprintf("digest %s size %d diff_id %s", res.Digest, res.Size, res.DiffID)
 	}
 	b, _ := json.MarshalIndent(got, "", "  ")
 	golden(t, filepath.Join("testdata", "layer", "repacked-digests.json"), append(b, '\n'))

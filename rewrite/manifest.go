@@ -194,9 +194,12 @@ type ManifestInput struct {
 // DiffIDs gives for its layer gets it (see FixDiffIDs and CheckDiffIDs);
 // the config gets a new digest. Layers stay.
 //
-// The layer rule: each repackaged layer's descriptor gets its new digest and
-// size, and its rootfs.diff_ids entry in the config the new uncompressed
-// digest; the config then gets a new digest, and the manifest points at it.
+// The layer rules (symlink xattrs, GNU sparse entries): each repackaged
+// layer's descriptor gets its new digest and size, and its rootfs.diff_ids
+// entry in the config the new uncompressed digest; the config then gets a
+// new digest, and the manifest points at it. A layer's change is reported
+// under the kind of each rule that changed it (symlink-xattrs with the
+// xattrs removed, gnu-sparse with the entries expanded).
 func NormalizeManifest(in ManifestInput) (Result, error) {
 	mediaType, manifest, config, layers := in.MediaType, in.Manifest, in.Config, in.Layers
 	doc, err := parseManifest(mediaType, manifest)
@@ -266,7 +269,7 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 		)
 		retyped := fix.MediaType != "" && fix.MediaType != desc.MediaType
 		diffs.want[i] = fix.DiffID.String()
-		if old, _ := cdoc.str("rootfs", "diff_ids", idx); old != fix.DiffID.String() && retyped && fix.Stripped == 0 {
+		if old, _ := cdoc.str("rootfs", "diff_ids", idx); old != fix.DiffID.String() && retyped && !fix.Rewrote() {
 			// Recompressed byte for byte: the tar is the one the config
 			// names, or the image was broken before regnorm saw it: mended
 			// by the diff IDs rule, else refused.
@@ -279,9 +282,15 @@ func NormalizeManifest(in ManifestInput) (Result, error) {
 			edits = append(edits, edit{path: []string{"layers", idx, "mediaType"}, value: quote(fix.MediaType)})
 		}
 		switch {
-		case fix.Stripped > 0 || !retyped:
-			changes = append(changes, Change{Kind: KindSymlinkXattrs, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
-				Details: describeRemovals(fix.Removals), Unlisted: fix.Unlisted()})
+		case fix.Rewrote() || !retyped:
+			if fix.Stripped > 0 || fix.Sparse == 0 {
+				changes = append(changes, Change{Kind: KindSymlinkXattrs, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
+					Details: describeRemovals(fix.Removals), Unlisted: fix.Unlisted()})
+			}
+			if fix.Sparse > 0 {
+				changes = append(changes, Change{Kind: KindGNUSparse, Path: "layers[" + idx + "]", Old: desc.Digest.String(), New: fix.Digest.String(),
+					Details: describeExpansions(fix.Expanded), Unlisted: fix.Unexpanded()})
+			}
 			if retyped {
 				changes = append(changes, Change{Kind: KindZstdGzip, Path: "layers[" + idx + "].mediaType", Old: desc.MediaType, New: fix.MediaType})
 			}

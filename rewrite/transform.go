@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -15,54 +16,87 @@ import (
 // the output are computed in the same pass that writes it.
 //
 // Every entry goes through archive/tar's writer, which cannot reproduce
-// every header byte for byte: PAX records are written in sorted order, GNU
-// sparse files are written expanded, and numeric fields use its own
+// every header byte for byte: PAX records are written in sorted order,
+// sparse files (GNU's typeflag 'S', or PAX's GNU.sparse.* records) are
+// written expanded, as regular files, and numeric fields use its own
 // encoding. What an extraction produces is unchanged.
 //
-// A layer beyond lim is ErrLayerTooLarge or ErrZstdWindow. Like ScanLayer,
-// it reads blob to its end and returns blob's errors.
+// A layer beyond lim is ErrLayerTooLarge or ErrZstdWindow; lim.Size bounds
+// the tar written too, sparse files expanded. Like ScanLayer, it reads blob
+// to its end and returns blob's errors.
 func RepackLayer(dst io.Writer, blob io.Reader, lim Limits) (LayerResult, error) {
 	return TransformLayer(dst, blob, lim, LayerTransform{Strip: true})
 }
 
 // LayerTransform is what is done to a layer: the symlink xattr rule's
-// repackaging (Strip), a new compression (To; empty keeps the layer's), or
-// both. Without Strip the tar stream is copied byte for byte, so its diff
-// ID stays.
+// repackaging (Strip), the sparse rule's (Expand), a new compression (To;
+// empty keeps the layer's), or some of them together. With Strip or
+// Expand, every entry is written anew by archive/tar's writer, which
+// writes GNU sparse entries expanded whichever of the two asked; Expand
+// alone keeps every xattr. With neither, the tar stream is copied byte for
+// byte, so its diff ID stays.
 type LayerTransform struct {
-	Strip bool
-	To    Compression
+	Strip  bool
+	Expand bool
+	To     Compression
 }
 
-// Key names t in records ("" for the symlink rule's repackaging alone).
+// Rewrites reports whether t writes the tar anew (rather than recompress
+// it byte for byte).
+func (t LayerTransform) Rewrites() bool { return t.Strip || t.Expand }
+
+// Key names t in records: "" for the symlink rule's repackaging alone (the
+// key it had before there were others), else its parts in a fixed order,
+// comma-separated: "strip", "expand", then the compression.
 func (t LayerTransform) Key() string {
-	switch {
-	case t.To == "":
+	if t.Strip && !t.Expand && t.To == "" {
 		return ""
-	case t.Strip:
-		return "strip," + string(t.To)
 	}
-	return string(t.To)
+	var parts []string
+	if t.Strip {
+		parts = append(parts, "strip")
+	}
+	if t.Expand {
+		parts = append(parts, "expand")
+	}
+	if t.To != "" {
+		parts = append(parts, string(t.To))
+	}
+	return strings.Join(parts, ",")
 }
 
 // ParseLayerTransform reads a Key.
 func ParseLayerTransform(key string) (LayerTransform, error) {
-	strip, to, found := strings.Cut(key, ",")
-	switch {
-	case key == "":
+	if key == "" {
 		return LayerTransform{Strip: true}, nil
-	case found && strip == "strip":
-		return LayerTransform{Strip: true, To: Compression(to)}, nil
-	case !found:
-		return LayerTransform{To: Compression(key)}, nil
 	}
-	return LayerTransform{}, fmt.Errorf("unknown layer transform %q", key)
+	var t LayerTransform
+	parts := strings.Split(key, ",")
+	if p := parts[0]; p == "strip" {
+		t.Strip, parts = true, parts[1:]
+	}
+	if len(parts) > 0 && parts[0] == "expand" {
+		t.Expand, parts = true, parts[1:]
+	}
+	switch {
+	case len(parts) == 1 && slices.Contains([]Compression{Gzip, Zstd, Uncompressed}, Compression(parts[0])):
+		t.To = Compression(parts[0])
+	case len(parts) > 0:
+		return LayerTransform{}, fmt.Errorf("unknown layer transform %q", key)
+	}
+	if t.Key() != key {
+		return LayerTransform{}, fmt.Errorf("unknown layer transform %q", key)
+	}
+	return t, nil
 }
 
 // TransformLayer writes blob to dst as t says, hashing the output in the
-// same pass. With Strip it is RepackLayer, writing t.To when set. Without,
-// the decompressed stream is recompressed to t.To byte for byte: the tar
-// and its diff ID are the layer's own. Deterministic, like RepackLayer.
+// same pass. With Strip it is RepackLayer, writing t.To when set; with
+// Expand, GNU sparse entries become regular files, xattrs stay unless
+// Strip. With neither, the decompressed stream is recompressed to t.To
+// byte for byte: the tar and its diff ID are the layer's own.
+// Deterministic, like RepackLayer. The result lists what was stripped
+// (with Strip) and expanded.
 func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform) (LayerResult, error) {
 	l, err := openLayer(blob, lim)
 	if err != nil {
@@ -83,8 +117,10 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 		}
 		return l.fail(fmt.Errorf("%w: %v", ErrNotTar, err))
 	}
-	if !t.Strip {
-		return recompress(out, l, comp, notTar)
+	if !t.Rewrites() {
+		res, err := recompress(out, l, comp, notTar)
+		res.Transform = t
+		return res, err
 	}
 
 	compressedHash, compressedSize := sha256.New(), &countWriter{}
@@ -93,9 +129,19 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 		return LayerResult{}, err
 	}
 	diffIDHash := sha256.New()
-	tw := tar.NewWriter(io.MultiWriter(zw, diffIDHash))
+	// The tar written is bounded like the one read: a sparse entry of a few
+	// bytes may declare a terabyte.
+	written := &tarBound{w: io.MultiWriter(zw, diffIDHash), max: lim.Size}
+	tw := tar.NewWriter(written)
+	tooLarge := func() error {
+		l.fail(ErrLayerTooLarge) //nolint:errcheck // what the source says counts, below
+		if l.src.err != nil {
+			return l.src.cause(nil)
+		}
+		return fmt.Errorf("%w: more than %d bytes written", ErrLayerTooLarge, lim.Size)
+	}
 
-	res := LayerResult{LayerScan: LayerScan{Compression: comp}}
+	res := LayerResult{LayerScan: LayerScan{Compression: comp}, Transform: t}
 	buf := make([]byte, 256<<10)
 	for {
 		hdr, err := tr.Next()
@@ -109,21 +155,39 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 			return LayerResult{}, l.fail(fmt.Errorf("%w: %v", ErrNotTar, err))
 		}
 		res.Entries++
-		if keys := strippableXattrs(hdr); len(keys) > 0 {
+		if keys := strippableXattrs(hdr); t.Strip && len(keys) > 0 {
 			res.record(hdr.Name, keys)
 			for _, k := range keys {
 				delete(hdr.PAXRecords, k)
 			}
 		}
+		if isGNUSparse(hdr) {
+			// archive/tar cannot write a sparse entry: whichever rule
+			// asked for the rewrite, it is written expanded.
+			res.recordSparse(hdr.Name)
+			expand(hdr)
+		}
+		if lim.Size > 0 && hdr.Size > lim.Size-written.n {
+			return LayerResult{}, tooLarge() // known before a byte of it is written
+		}
 		hdr.Xattrs = nil //nolint:staticcheck // PAXRecords holds the same records; both would be written
 		if err := tw.WriteHeader(hdr); err != nil {
+			if written.exceeded {
+				return LayerResult{}, tooLarge()
+			}
 			return LayerResult{}, notTar(fmt.Errorf("rewrite %s: %v", hdr.Name, err))
 		}
 		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
+			if written.exceeded {
+				return LayerResult{}, tooLarge()
+			}
 			return LayerResult{}, notTar(fmt.Errorf("copy %s: %v", hdr.Name, err))
 		}
 	}
 	if err := tw.Close(); err != nil {
+		if written.exceeded {
+			return LayerResult{}, tooLarge()
+		}
 		return LayerResult{}, err
 	}
 	if err := zw.Close(); err != nil {
@@ -133,6 +197,24 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 	res.Size = compressedSize.n
 	res.DiffID = digestOf(diffIDHash)
 	return res, nil
+}
+
+// tarBound counts the tar a repackaging writes and refuses to write past
+// max bytes (0: no bound) with ErrLayerTooLarge.
+type tarBound struct {
+	w        io.Writer
+	max, n   int64
+	exceeded bool
+}
+
+func (b *tarBound) Write(p []byte) (int, error) {
+	if b.max > 0 && int64(len(p)) > b.max-b.n {
+		b.exceeded = true
+		return 0, ErrLayerTooLarge
+	}
+	n, err := b.w.Write(p)
+	b.n += int64(n)
+	return n, err
 }
 
 // recompress copies l's decompressed stream to dst, compressed with comp;

@@ -155,6 +155,9 @@ type NormalizeConfig struct {
 	// DiffIDs gives configs the diff IDs of their layers where they are
 	// wrong or missing.
 	DiffIDs bool `yaml:"diffIDs"`
+	// GNUSparse repackages layers with GNU sparse entries (tar -S) as
+	// regular files.
+	GNUSparse bool `yaml:"gnuSparse"`
 	// Clients is "auto": each client gets the enabled rules its containerd
 	// version needs (the others get the original); or "all": every client
 	// gets every enabled rule.
@@ -351,6 +354,7 @@ func defaultConfig() Config {
 			IndexSizes:         rules.IndexSizes,
 			LayerMediaType:     rules.LayerMediaType,
 			DiffIDs:            rules.DiffIDs,
+			GNUSparse:          rules.GNUSparse,
 			Clients:            "auto",
 			UnknownClients:     ruleset.Names(),
 			Platforms:          normalize.DefaultPlatformNames(),
@@ -720,7 +724,7 @@ func (n NormalizeConfig) policy() *ruleset.Policy {
 	return &ruleset.Policy{
 		Enabled: ruleset.Set{ConfigMediaType: n.ConfigMediaType, SymlinkXattrs: n.SymlinkXattrs, ZstdMediaType: n.ZstdMediaType,
 			Schema1: n.Schema1, ZstdGzip: n.ZstdGzip, IndexSizes: n.IndexSizes,
-			LayerMediaType: n.LayerMediaType, DiffIDs: n.DiffIDs},
+			LayerMediaType: n.LayerMediaType, DiffIDs: n.DiffIDs, GNUSparse: n.GNUSparse},
 		AllClients: n.Clients == "all",
 		Unknown:    unknown,
 	}

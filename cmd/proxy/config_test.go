@@ -121,7 +121,7 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"mapping for a list", "upstreams:\n  name: a\n", []string{"upstreams (line 2): expected a list, got a mapping"}},
 		{"fleet memory too short", "nodes:\n  forgetAfter: 10s\n", []string{"nodes.forgetAfter: must be at least 1m"}},
 		{"unknown client policy", "normalize:\n  clients: some\n", []string{`normalize.clients: "some" is neither auto nor all`}},
-		{"unknown rule", "normalize:\n  unknownClients: [symlink-xattr]\n", []string{`normalize.unknownClients: unknown rule "symlink-xattr" (known: config-media-type, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-sizes, layer-media-type, diff-ids)`}},
+		{"unknown rule", "normalize:\n  unknownClients: [symlink-xattr]\n", []string{`normalize.unknownClients: unknown rule "symlink-xattr" (known: config-media-type, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-sizes, layer-media-type, diff-ids, gnu-sparse)`}},
 		{"platform without architecture", "normalize:\n  platforms: [linux]\n", []string{`normalize.platforms: "linux" is not a platform such as linux/amd64 or linux/arm/v7, nor all`}},
 		{"two mistakes at once", "listne: :5000\ncache:\n  maxAge: forever\n", []string{"listne (line 1): unknown field; did you mean listen?", `cache.maxAge (line 3): "forever" is not a duration`}},
 	}
@@ -156,7 +156,9 @@ func TestClientPolicy(t *testing.T) {
 		{"normalize:\n  clients: all\n", ruleset.Policy{Enabled: ruleset.All(), AllClients: true, Unknown: ruleset.All()}},
 		{"normalize:\n  unknownClients: []\n", ruleset.Policy{Enabled: ruleset.All()}},
 		{"normalize:\n  symlinkXattrs: false\n  unknownClients: [config-media-type]\n",
-			ruleset.Policy{Enabled: ruleset.Set{ConfigMediaType: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}, Unknown: ruleset.Set{ConfigMediaType: true}}},
+			ruleset.Policy{Enabled: ruleset.Set{ConfigMediaType: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}, Unknown: ruleset.Set{ConfigMediaType: true}}},
+		{"normalize:\n  gnuSparse: false\n",
+			ruleset.Policy{Enabled: ruleset.Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}, Unknown: ruleset.All()}},
 	} {
 		file := filepath.Join(dir, "c.yaml")
 		os.WriteFile(file, []byte(tc.yaml), 0o600)

@@ -3,6 +3,7 @@ package regtest
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"crypto/rand"
@@ -35,6 +36,11 @@ type File struct {
 	Linkname string
 	// PAXRecords such as "SCHILY.xattr.user.x".
 	PAXRecords map[string]string
+	// Sparse and SparseSize make a GNU sparse entry (Typeflag
+	// tar.TypeGNUSparse): its data regions and logical size
+	// (WriteGNUSparse). Content is unused.
+	Sparse     []SparseData
+	SparseSize int64
 }
 
 // Image is a generated image, ready to push.
@@ -153,6 +159,15 @@ func tarOf(files []File) ([]byte, error) {
 	tw := tar.NewWriter(&raw)
 	epoch := time.Unix(1700000000, 0)
 	for _, f := range files {
+		if f.Typeflag == tar.TypeGNUSparse {
+			if err := tw.Flush(); err != nil {
+				return nil, err
+			}
+			if err := WriteGNUSparse(&raw, f.Name, cmp.Or(f.Mode, 0o644), f.SparseSize, f.Sparse); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		hdr := &tar.Header{Name: f.Name, Mode: f.Mode, Typeflag: f.Typeflag, Linkname: f.Linkname, ModTime: epoch, PAXRecords: f.PAXRecords}
 		if hdr.Typeflag == 0 {
 			hdr.Typeflag = tar.TypeReg

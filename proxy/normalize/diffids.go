@@ -18,7 +18,8 @@ import (
 // the layers worth knowing, computed from verified blobs only. Those are
 // the layers the config alone makes suspect (rewrite.CheckDiffIDs: every
 // layer when the list's length is wrong), and the layers another rule of
-// rules reads anyway (the symlink rule's scans record the diff ID; the
+// rules reads anyway (the layer scans of the symlink and sparse rules
+// record the diff ID; the
 // layer media type rule reads its layers whole; a zstd layer recompressed
 // byte for byte keeps its tar). Which layers are checked depends on the
 // image and the rule set alone, never on what the cache happens to hold, so
@@ -40,7 +41,7 @@ func (e *Engine) checkDiffIDs(ctx context.Context, src Source, plan rewrite.Mani
 	// a zstd window past the bound) would fail the same way: not read again.
 	want := slices.DeleteFunc(slices.Clone(check.Suspect), untouched.has)
 	for _, desc := range plan.Layers {
-		readAnyway := (rules.SymlinkXattrs && rewrite.IsScannableLayer(desc.MediaType)) ||
+		readAnyway := ((rules.SymlinkXattrs || rules.GNUSparse) && rewrite.IsScannableLayer(desc.MediaType)) ||
 			(rules.LayerMediaType && desc.MediaType == ocispec.MediaTypeImageLayer) ||
 			(rules.ZstdGzip && isZstdLayer(desc.MediaType))
 		if readAnyway && !untouched.has(desc.Digest) && !slices.Contains(want, desc.Digest) {
@@ -50,7 +51,7 @@ func (e *Engine) checkDiffIDs(ctx context.Context, src Source, plan rewrite.Mani
 	out := map[digest.Digest]digest.Digest{}
 	var read []digest.Digest
 	for _, dgst := range want {
-		if l, ok := layers[dgst]; ok && l.Stripped == 0 && l.DiffID != "" {
+		if l, ok := layers[dgst]; ok && !l.Transform.Rewrites() && l.DiffID != "" {
 			out[dgst] = l.DiffID // recompressed byte for byte: the same tar
 			continue
 		}

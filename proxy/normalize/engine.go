@@ -316,6 +316,7 @@ func Applicable(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 	may.DiffIDs = len(plan.Layers) > 0 && rewrite.IsImageConfigType(plan.Config.MediaType)
 	for _, l := range plan.Layers {
 		may.SymlinkXattrs = may.SymlinkXattrs || rewrite.IsScannableLayer(l.MediaType)
+		may.GNUSparse = may.GNUSparse || rewrite.IsScannableLayer(l.MediaType)
 		may.ZstdMediaType = may.ZstdMediaType || l.MediaType == rewrite.MediaTypeDockerLayerZstd
 		may.ZstdGzip = may.ZstdGzip || isZstdLayer(l.MediaType)
 		may.LayerMediaType = may.LayerMediaType || l.MediaType == ocispec.MediaTypeImageLayer
@@ -413,8 +414,8 @@ func (e *Engine) normalizeImage(ctx context.Context, src Source, m cache.Manifes
 		return rewrite.Result{}, nil, fmt.Errorf("%w: config is %d bytes, more than %d", errInvalidContent, plan.Config.Size, maxConfigSize)
 	}
 	var layers map[digest.Digest]rewrite.LayerResult
-	if rules.SymlinkXattrs {
-		if layers, err = e.repackagedLayers(ctx, src, plan.Layers, untouched); err != nil {
+	if rules.SymlinkXattrs || rules.GNUSparse {
+		if layers, err = e.repackagedLayers(ctx, src, plan.Layers, rules, untouched); err != nil {
 			return rewrite.Result{}, nil, err
 		}
 	}

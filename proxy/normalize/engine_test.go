@@ -242,12 +242,13 @@ func TestVariantsPerRuleSet(t *testing.T) {
 
 	// Rules that cannot touch the image share the variant of those that
 	// can: All (with the zstd rule) is both's variant here, under both's
-	// rules and the diff IDs rule (which applies to every image, and finds
-	// its diff IDs right).
+	// rules, the diff IDs rule (which applies to every image, and finds
+	// its diff IDs right) and the sparse rule (which applies to every image
+	// with layers, and finds no sparse entry).
 	store := cache.New(inmemory.New())
 	res, err := newEngine(store).Normalize(ctx, newSource(store, img), manifestOf(img), ruleset.All())
 	withDiffIDs := both
-	withDiffIDs.DiffIDs = true
+	withDiffIDs.DiffIDs, withDiffIDs.GNUSparse = true, true
 	if err != nil || res.Manifest.Digest != first[both.Key()] || res.Verdict.Rules != withDiffIDs.Key() {
 		t.Fatalf("every rule: %+v, %v; want the variant of %s", res.Verdict, err, both.Key())
 	}

@@ -13,16 +13,24 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/rewrite"
 )
 
+// scanVersion is the version of the layer scan: 1 counts GNU sparse
+// entries. A verdict of an older scan says nothing of them, and is made
+// again (once) for a rule set with the sparse rule.
+const scanVersion = 1
+
 // repackagedLayers returns the repackaged form of every layer that the
-// symlink xattr rule changes, fetching and scanning layers a few at a time
-// (stopping at the first that fails), and adds those it leaves untouched to
-// untouched, with the reason.
+// layer rules of rules (symlink xattrs, GNU sparse) change, fetching and
+// scanning layers a few at a time (stopping at the first that fails), and
+// adds those it leaves untouched to untouched, with the reason. Each layer
+// is repackaged as rules ask and only so (layerTransform): one scan for
+// both rules, one repackaging of each kind a rule set asks for.
 // Verdicts come from the cache when another pull, replica or earlier
 // process already scanned the layer.
-func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, untouched *untouchedLayers) (map[digest.Digest]rewrite.LayerResult, error) {
+func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, rules ruleset.Set, untouched *untouchedLayers) (map[digest.Digest]rewrite.LayerResult, error) {
 	var scan []ocispec.Descriptor
 	for _, desc := range layers {
 		if rewrite.IsScannableLayer(desc.MediaType) {
@@ -32,19 +40,113 @@ func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocis
 	var mu sync.Mutex
 	fixes := map[digest.Digest]rewrite.LayerResult{}
 	err := fewAtATime(ctx, layerFetches, scan, func(ctx context.Context, desc ocispec.Descriptor) error {
-		v, err := e.layerVerdict(ctx, src, desc.Digest)
+		v, err := e.layerVerdict(ctx, src, desc.Digest, rules.GNUSparse)
 		if err != nil {
 			return err
 		}
 		untouched.add(desc.Digest, v.Skipped, v.Limit)
-		if v.Repacked != "" {
-			mu.Lock()
-			fixes[desc.Digest] = layerResult(v)
-			mu.Unlock()
+		t := layerTransform(rules, v)
+		if v.Skipped != "" || !t.Rewrites() {
+			return nil
 		}
+		res, skip, limit, err := e.madeLayer(ctx, src, v, t)
+		if err != nil {
+			return err
+		}
+		if skip != "" {
+			untouched.add(desc.Digest, skip, limit)
+			return nil
+		}
+		mu.Lock()
+		fixes[desc.Digest] = res
+		mu.Unlock()
 		return nil
 	})
 	return fixes, err
+}
+
+// layerTransform is what rules ask of the layer v judged: the symlink
+// rule's stripping if it has xattrs to strip, the sparse rule's expansion
+// if it has GNU sparse entries; nothing else. (Stripping cannot leave a
+// sparse entry as it is: archive/tar writes it expanded either way.)
+func layerTransform(rules ruleset.Set, v cache.LayerVerdict) rewrite.LayerTransform {
+	return rewrite.LayerTransform{
+		Strip:  rules.SymlinkXattrs && len(v.Removals)+v.Unlisted > 0,
+		Expand: rules.GNUSparse && v.Sparse > 0,
+	}
+}
+
+// madeLayer is layer v repackaged as t says: the symlink rule's own
+// (v.Repacked, made with the scan) or one of v.Made, else made now from
+// the cached original and recorded in the verdict. When it is not made
+// (beyond a bound of a made layer, or the layer is no tar after all), skip
+// says why and limit under which limit.
+func (e *Engine) madeLayer(ctx context.Context, src Source, v cache.LayerVerdict, t rewrite.LayerTransform) (res rewrite.LayerResult, skip string, limit int64, err error) {
+	key := t.Key()
+	if key == "" && v.Repacked != "" {
+		return layerResult(v, t, cache.MadeLayer{Digest: v.Repacked, Size: v.Size, DiffID: v.DiffID}), "", 0, nil
+	}
+	if m, ok := madeAs(v, key); ok && !e.raisedLimit(m.Skipped, m.Limit) {
+		if m.Skipped != "" {
+			return rewrite.LayerResult{}, m.Skipped, m.Limit, nil
+		}
+		return layerResult(v, t, m), "", 0, nil
+	}
+	got, err, _ := e.layers.Do("make "+key+" "+v.Original.String()+" "+src.Identity(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.Timeout)
+		defer cancel()
+		return e.makeLayer(ctx, src, v.Original, t)
+	})
+	if err != nil {
+		return rewrite.LayerResult{}, "", 0, err
+	}
+	m := got.(cache.MadeLayer)
+	if m.Skipped != "" {
+		return rewrite.LayerResult{}, m.Skipped, m.Limit, nil
+	}
+	return layerResult(v, t, m), "", 0, nil
+}
+
+// makeLayer repackages layer dgst as t says and records the outcome in its
+// verdict, a repackaging beyond a bound as such.
+func (e *Engine) makeLayer(ctx context.Context, src Source, dgst digest.Digest, t rewrite.LayerTransform) (cache.MadeLayer, error) {
+	m := cache.MadeLayer{Transform: t.Key()}
+	res, err := e.transformLayer(ctx, src, dgst, t)
+	if reason := skipReason(err); reason != "" {
+		// Repackaged, it would be beyond the bound of a made layer (a
+		// sparse file that expands past normalize.maxLayerSize, say).
+		e.m.LayersSkipped.WithLabelValues(reason).Inc()
+		e.log.Warn("layer left untouched", "repo", src.Repository(), "digest", dgst, "transform", m.Transform, "reason", reason, "error", err)
+		m.Skipped, m.Limit = reason, e.limitOf(reason)
+	} else if err != nil {
+		return cache.MadeLayer{}, err
+	} else {
+		m.Digest, m.Size, m.DiffID = res.Digest, res.Size, res.DiffID
+		e.log.Info("repackaged layer", "repo", src.Repository(), "original", dgst, "repacked", res.Digest, "transform", m.Transform,
+			"entries_stripped", res.Stripped, "entries_expanded", res.Sparse)
+	}
+	// Recorded in the verdict as it is now (another transform may have
+	// been added meanwhile); a lost record only costs a repackaging.
+	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil {
+		if m.Transform == "" && m.Digest != "" {
+			v.Repacked, v.Size, v.DiffID = m.Digest, m.Size, m.DiffID
+		} else {
+			v.Made = append(slices.DeleteFunc(v.Made, func(o cache.MadeLayer) bool { return o.Transform == m.Transform }), m)
+		}
+		if err := e.opts.Store.PutLayerVerdict(ctx, v); err != nil {
+			e.log.Error("recording a repackaged layer in its verdict failed", "digest", dgst, "transform", m.Transform, "error", err)
+		}
+	}
+	return m, nil
+}
+
+// madeAs is v's repackaging as key says, if it has one.
+func madeAs(v cache.LayerVerdict, key string) (cache.MadeLayer, bool) {
+	i := slices.IndexFunc(v.Made, func(m cache.MadeLayer) bool { return m.Transform == key })
+	if i < 0 {
+		return cache.MadeLayer{}, false
+	}
+	return v.Made[i], true
 }
 
 // KindLayerUntouched is the report's note of a layer a rule would read
@@ -129,10 +231,13 @@ func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 
 // layerVerdict scans one layer once, however many images and requests
 // want it; again only when it was left untouched for a limit that has been
-// raised since.
-func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
-	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil && !e.raised(v) {
-		return v, nil
+// raised since, or, when sparse says the sparse rule asks, when the
+// verdict's scan did not count GNU sparse entries (a verdict recorded
+// before that rule is not a layer without them).
+func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest, sparse bool) (cache.LayerVerdict, error) {
+	old, err := e.opts.Store.GetLayerVerdict(ctx, dgst)
+	if err == nil && !e.raised(old) && (!sparse || old.Scan >= scanVersion || old.Skipped != "") {
+		return old, nil
 	}
 	v, err, _ := e.layers.Do(dgst.String()+" "+src.Identity(), func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.Timeout)
@@ -146,7 +251,11 @@ func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Diges
 }
 
 func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
-	v := cache.LayerVerdict{Original: dgst, CreatedAt: e.opts.Now().UTC()}
+	v := cache.LayerVerdict{Original: dgst, CreatedAt: e.opts.Now().UTC(), Scan: scanVersion}
+	// A verdict of an older scan keeps its symlink repackaging, unless the
+	// layer has sparse entries: that scan's repackaging wrote them as
+	// broken 'S' headers, and is made anew.
+	old, oerr := e.opts.Store.GetLayerVerdict(ctx, dgst)
 	scan, err := e.scanLayer(ctx, src, dgst)
 	switch reason := skipReason(err); {
 	case reason != "":
@@ -157,7 +266,15 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 		return cache.LayerVerdict{}, err
 	}
 	v.Compression, v.Entries, v.OriginalDiffID = string(scan.Compression), scan.Entries, scan.OriginalDiffID
-	if !scan.Clean() {
+	v.Sparse, v.Expanded, v.Unexpanded = scan.Sparse, scan.Expanded, scan.Unexpanded()
+	switch {
+	case scan.Stripped == 0:
+	case oerr == nil && old.Skipped == "" && old.Repacked != "" && scan.Sparse == 0:
+		v.Repacked, v.Size, v.DiffID, v.Removals, v.Unlisted = old.Repacked, old.Size, old.DiffID, old.Removals, old.Unlisted
+	default:
+		// The symlink rule's repackaging is made with the scan, as before
+		// the sparse rule: a replica of an earlier version reads the
+		// verdict as it always did.
 		res, err := e.repackFromOriginal(ctx, src, dgst, "", rewrite.LayerTransform{Strip: true})
 		if reason := skipReason(err); reason != "" {
 			// Repackaged, it would be beyond the bound of a made layer.
@@ -174,7 +291,8 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 			v.Removals = append(v.Removals, cache.XattrRemoval(r))
 		}
 		v.Unlisted = res.Unlisted()
-		e.log.Info("repackaged layer", "repo", src.Repository(), "original", dgst, "repacked", res.Digest, "entries_stripped", res.Stripped)
+		e.log.Info("repackaged layer", "repo", src.Repository(), "original", dgst, "repacked", res.Digest, "entries_stripped", res.Stripped,
+			"entries_expanded", res.Sparse)
 	}
 	if err := e.opts.Store.PutLayerVerdict(ctx, v); err != nil {
 		return cache.LayerVerdict{}, fmt.Errorf("record layer verdict: %w", err)
@@ -385,13 +503,21 @@ func (e *Engine) putConfig(ctx context.Context, content []byte, want, source dig
 	return nil
 }
 
-func layerResult(v cache.LayerVerdict) rewrite.LayerResult {
-	res := rewrite.LayerResult{Digest: v.Repacked, Size: v.Size, DiffID: v.DiffID}
+// layerResult is layer v made as t says (m): what t stripped and
+// expanded, as v's scan found it. Any rewrite writes the sparse entries
+// expanded.
+func layerResult(v cache.LayerVerdict, t rewrite.LayerTransform, m cache.MadeLayer) rewrite.LayerResult {
+	res := rewrite.LayerResult{Digest: m.Digest, Size: m.Size, DiffID: m.DiffID, Transform: t}
 	res.Compression, res.Entries = rewrite.Compression(v.Compression), v.Entries
-	for _, r := range v.Removals {
-		res.Removals = append(res.Removals, rewrite.XattrRemoval(r))
+	if t.Strip {
+		for _, r := range v.Removals {
+			res.Removals = append(res.Removals, rewrite.XattrRemoval(r))
+		}
+		res.Stripped = len(res.Removals) + v.Unlisted
 	}
-	res.Stripped = len(res.Removals) + v.Unlisted
+	if t.Rewrites() {
+		res.Sparse, res.Expanded = v.Sparse, v.Expanded
+	}
 	return res
 }
 
@@ -407,10 +533,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // gzipLayers recompresses every zstd layer of layers with gzip, for the
-// zstd → gzip rule, a few at a time: byte for byte when the symlink rule
-// left it alone, or repackaged and gzipped in one pass when stripped (a
-// key of it) says the rule changes it; the first layer that fails stops
-// the rest. It returns stripped with those
+// zstd → gzip rule, a few at a time: byte for byte when the layer rules
+// left it alone, or repackaged and gzipped in one pass, as the layer
+// rules' transform of it in stripped says; the first layer that fails
+// stops the rest. It returns stripped with those
 // layers replaced and added, each with its new media type.
 func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.Descriptor, stripped map[digest.Digest]rewrite.LayerResult, untouched *untouchedLayers) (map[digest.Digest]rewrite.LayerResult, error) {
 	var mu sync.Mutex
@@ -428,8 +554,9 @@ func (e *Engine) gzipLayers(ctx context.Context, src Source, layers []ocispec.De
 		}
 	}
 	err := fewAtATime(ctx, layerFetches, zstd, func(ctx context.Context, desc ocispec.Descriptor) error {
-		_, strip := stripped[desc.Digest]
-		res, err := e.transformLayer(ctx, src, desc.Digest, rewrite.LayerTransform{Strip: strip, To: rewrite.Gzip})
+		t := stripped[desc.Digest].Transform // the layer rules' part, if any
+		t.To = rewrite.Gzip
+		res, err := e.transformLayer(ctx, src, desc.Digest, t)
 		if skip := skipReason(err); skip != "" {
 			// Not a tar regnorm reads, or beyond a limit: left as it is,
 			// as the symlink rule leaves it.
@@ -510,9 +637,13 @@ func (e *Engine) limitOf(reason string) int64 {
 
 // raised reports whether v left its layer untouched for a limit that is
 // larger now (or that it does not record: written before limits were).
-func (e *Engine) raised(v cache.LayerVerdict) bool {
-	limit := e.limitOf(v.Skipped)
-	return limit > 0 && (v.Limit == 0 || limit > v.Limit)
+func (e *Engine) raised(v cache.LayerVerdict) bool { return e.raisedLimit(v.Skipped, v.Limit) }
+
+// raisedLimit reports whether something left untouched for reason under
+// limit (0: not recorded) may be made now.
+func (e *Engine) raisedLimit(reason string, limit int64) bool {
+	now := e.limitOf(reason)
+	return now > 0 && (limit == 0 || now > limit)
 }
 
 // isZstdLayer reports whether mediaType is a zstd layer containerd unpacks.

@@ -34,9 +34,9 @@ func TestNeeds(t *testing.T) {
 		{"2.3.4", true, false, false, true, false},
 	} {
 		got := Needs(containerdcfg.ParseVersion(tc.version))
-		// Every version needs the index sizes, layer media type and diff IDs rules.
+		// Every version needs the index sizes, layer media type, diff IDs and GNU sparse rules.
 		if want := (Set{ConfigMediaType: tc.config, SymlinkXattrs: tc.xattr, ZstdMediaType: tc.zstd, Schema1: tc.schema1, ZstdGzip: tc.gzip,
-			IndexSizes: true, LayerMediaType: true, DiffIDs: true}); got != want {
+			IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}); got != want {
 			t.Errorf("Needs(%s) = %+v, want %+v", tc.version, got, want)
 		}
 	}
@@ -44,8 +44,8 @@ func TestNeeds(t *testing.T) {
 
 func TestPolicy(t *testing.T) {
 	t.Parallel()
-	for17 := Set{ConfigMediaType: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}
-	for2 := Set{ConfigMediaType: true, Schema1: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}
+	for17 := Set{ConfigMediaType: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}
+	for2 := Set{ConfigMediaType: true, Schema1: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}
 	for _, tc := range []struct {
 		name      string
 		policy    Policy
@@ -53,7 +53,7 @@ func TestPolicy(t *testing.T) {
 		version   string
 		want      Set
 	}{
-		{"old node gets all of 1.x's", DefaultPolicy(), "containerd/1.6.8", "1.6.8", Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}},
+		{"old node gets all of 1.x's", DefaultPolicy(), "containerd/1.6.8", "1.6.8", Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}},
 		{"distro suffix", DefaultPolicy(), "containerd/1.6.20~ds1", "1.6.20", for17},
 		{"v prefix", DefaultPolicy(), "containerd/v2.3.4-12-gabc", "2.3.4", for2},
 		{"unknown client gets the default", DefaultPolicy(), "go-containerregistry/v0.20", "", All()},
@@ -64,7 +64,7 @@ func TestPolicy(t *testing.T) {
 		{"all clients", Policy{Enabled: All(), AllClients: true}, "containerd/2.3.4", "2.3.4", All()},
 		{"2.x needs no zstd retype", DefaultPolicy(), "containerd/2.1.0", "2.1.0", for2},
 		{"all clients, unknown too", Policy{Enabled: All(), AllClients: true, Unknown: Set{}}, "crane", "", All()},
-		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}},
+		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}},
 	} {
 		got := tc.policy.ForUserAgent(tc.userAgent)
 		if got.Rules != tc.want || got.Version != tc.version {
@@ -75,7 +75,7 @@ func TestPolicy(t *testing.T) {
 
 func TestKeyAndParse(t *testing.T) {
 	t.Parallel()
-	for _, s := range []Set{{}, {ConfigMediaType: true}, {SymlinkXattrs: true}, {ZstdMediaType: true}, {Schema1: true}, {ZstdGzip: true}, {IndexSizes: true}, {LayerMediaType: true}, {DiffIDs: true}, All()} {
+	for _, s := range []Set{{}, {ConfigMediaType: true}, {SymlinkXattrs: true}, {ZstdMediaType: true}, {Schema1: true}, {ZstdGzip: true}, {IndexSizes: true}, {LayerMediaType: true}, {DiffIDs: true}, {GNUSparse: true}, All()} {
 		var names []string
 		if s.Key() != "" {
 			names = strings.Split(s.Key(), ",")
@@ -85,7 +85,7 @@ func TestKeyAndParse(t *testing.T) {
 			t.Errorf("Parse(%q) = %+v, %v; want %+v", names, back, err, s)
 		}
 	}
-	if All().Key() != "config-media-type,symlink-xattrs,zstd-media-type,schema1,zstd-gzip,index-sizes,layer-media-type,diff-ids" {
+	if All().Key() != "config-media-type,symlink-xattrs,zstd-media-type,schema1,zstd-gzip,index-sizes,layer-media-type,diff-ids,gnu-sparse" {
 		t.Errorf("All().Key() = %q", All().Key())
 	}
 	if _, err := Parse([]string{"symlink-xattr"}); err == nil {
