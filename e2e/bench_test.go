@@ -156,8 +156,7 @@ func TestPullBenchmark(t *testing.T) {
 	// 4. Cold pull of images that need normalization: regnorm against a
 	// direct pull of the original and distribution's proxy, by a node that
 	// needs the layer rule (1.6.8) and one that does not (2.3.4): the xattr
-	// image is the original for 2.3.4, answered once the GNU sparse rule's
-	// scan has read its layers.
+	// image is the original for 2.3.4, answered without a layer download.
 	for _, img := range []string{"bench/legacy", "bench/xattr"} {
 		for range o.reps {
 			r := must(pull(ctx, relayURL, img, "v1"))

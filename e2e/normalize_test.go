@@ -59,9 +59,9 @@ func TestOctetStreamConfigImages(t *testing.T) {
 	// children decide which apply): 1.6.20's include the zstd media type.
 	report := variantReport(t, proxyURL)
 	for key, want := range map[string]string{
-		legacy.ManifestDigest.String() + " config-media-type,diff-ids,gnu-sparse":                                    "1.6.20,2.3.4",
-		indexDigest.String() + " config-media-type,zstd-media-type,index-sizes,layer-media-type,diff-ids,gnu-sparse": "1.6.20",
-		indexDigest.String() + " config-media-type,index-sizes,layer-media-type,diff-ids,gnu-sparse":                 "2.3.4",
+		legacy.ManifestDigest.String() + " config-media-type,diff-ids":                                    "1.6.20,2.3.4",
+		indexDigest.String() + " config-media-type,zstd-media-type,index-sizes,layer-media-type,diff-ids": "1.6.20",
+		indexDigest.String() + " config-media-type,index-sizes,layer-media-type,diff-ids":                 "2.3.4",
 	} {
 		if got := report[key]; got != want {
 			t.Fatalf("report entry %s: clients %q, want %s (report %v)", key, got, want, report)

@@ -112,13 +112,13 @@ func TestSymlinkXattrImages(t *testing.T) {
 	// The report: two variants of each image, and which nodes got which
 	// (the original's variant is recorded beside the answer: poll briefly).
 	// Each variant is named by the rules that apply to the image: of
-	// 1.6.20's and 2.3.4's, only the diff IDs and GNU sparse rules (which
-	// find nothing to mend) apply to the xattr image.
+	// 1.6.20's and 2.3.4's, only the diff IDs rule (which finds nothing to
+	// mend) applies to the xattr image.
 	want := map[string]string{
-		xattr.ManifestDigest.String() + " symlink-xattrs,diff-ids,gnu-sparse":                  "1.6.8",
-		xattr.ManifestDigest.String() + " diff-ids,gnu-sparse":                                 "1.6.20,2.3.4 (original)",
-		both.ManifestDigest.String() + " config-media-type,symlink-xattrs,diff-ids,gnu-sparse": "1.6.8",
-		both.ManifestDigest.String() + " config-media-type,diff-ids,gnu-sparse":                "1.6.20,2.3.4",
+		xattr.ManifestDigest.String() + " symlink-xattrs,diff-ids":                  "1.6.8",
+		xattr.ManifestDigest.String() + " diff-ids":                                 "1.6.20,2.3.4 (original)",
+		both.ManifestDigest.String() + " config-media-type,symlink-xattrs,diff-ids": "1.6.8",
+		both.ManifestDigest.String() + " config-media-type,diff-ids":                "1.6.20,2.3.4",
 	}
 	var got map[string]string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {

@@ -508,10 +508,10 @@ func TestThreeNodesOneAddress(t *testing.T) {
 	got := h.viewed(t)
 	want := map[string]viewedNode{
 		"node-a": {Node: "node-a", Address: "127.0.0.1", AddressSharedBy: 3, PullsMatchedBy: "node header", ContainerdVersion: "1.6.8", UserAgent: "containerd/v1.6.8",
-			Rules: "config-media-type,symlink-xattrs,zstd-media-type,index-sizes,layer-media-type,diff-ids,gnu-sparse", State: "uses the mirror", Pulls: 2},
+			Rules: "config-media-type,symlink-xattrs,zstd-media-type,index-sizes,layer-media-type,diff-ids", State: "uses the mirror", Pulls: 2},
 		"node-b": {Node: "node-b", Address: "127.0.0.1", AddressSharedBy: 3, PullsMatchedBy: "node header", ContainerdVersion: "1.6.20", UserAgent: "containerd/1.6.20~ds1",
-			Rules: "config-media-type,zstd-media-type,index-sizes,layer-media-type,diff-ids,gnu-sparse", State: "uses the mirror", Pulls: 2, OriginalDigest: 1},
-		"node-c": {Node: "node-c", Address: "127.0.0.1", AddressSharedBy: 3, ContainerdVersion: "v2.3.4", Rules: "config-media-type,schema1,index-sizes,layer-media-type,diff-ids,gnu-sparse", State: "no pull seen yet"},
+			Rules: "config-media-type,zstd-media-type,index-sizes,layer-media-type,diff-ids", State: "uses the mirror", Pulls: 2, OriginalDigest: 1},
+		"node-c": {Node: "node-c", Address: "127.0.0.1", AddressSharedBy: 3, ContainerdVersion: "v2.3.4", Rules: "config-media-type,schema1,index-sizes,layer-media-type,diff-ids", State: "no pull seen yet"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("rows %+v, want node-a, node-b and node-c", got)

@@ -153,12 +153,11 @@ func TestClientPolicy(t *testing.T) {
 		want ruleset.Policy
 	}{
 		{"", ruleset.DefaultPolicy()},
-		{"normalize:\n  clients: all\n", ruleset.Policy{Enabled: ruleset.All(), AllClients: true, Unknown: ruleset.All()}},
-		{"normalize:\n  unknownClients: []\n", ruleset.Policy{Enabled: ruleset.All()}},
+		{"normalize:\n  clients: all\n", ruleset.Policy{Enabled: ruleset.Default(), AllClients: true, Unknown: ruleset.All()}},
+		{"normalize:\n  unknownClients: []\n", ruleset.Policy{Enabled: ruleset.Default()}},
 		{"normalize:\n  symlinkXattrs: false\n  unknownClients: [config-media-type]\n",
-			ruleset.Policy{Enabled: ruleset.Set{ConfigMediaType: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}, Unknown: ruleset.Set{ConfigMediaType: true}}},
-		{"normalize:\n  gnuSparse: false\n",
-			ruleset.Policy{Enabled: ruleset.Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}, Unknown: ruleset.All()}},
+			ruleset.Policy{Enabled: ruleset.Set{ConfigMediaType: true, ZstdMediaType: true, Schema1: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}, Unknown: ruleset.Set{ConfigMediaType: true}}},
+		{"normalize:\n  gnuSparse: true\n", ruleset.Policy{Enabled: ruleset.All(), Unknown: ruleset.All()}},
 	} {
 		file := filepath.Join(dir, "c.yaml")
 		os.WriteFile(file, []byte(tc.yaml), 0o600)

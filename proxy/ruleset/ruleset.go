@@ -32,20 +32,26 @@ const (
 type rule struct {
 	name string
 	in   func(*Set) *bool
+	// optIn rules are off unless the operator turns them on (Default).
+	optIn bool
 }
 
 // rules are the rules by name, each with its switch in a Set, in the order
-// keys name them: the one list Names, All, Parse, Key and Intersect go by.
+// keys name them: the one list Names, All, Default, Parse, Key and
+// Intersect go by.
 var rules = []rule{
-	{ConfigMediaType, func(s *Set) *bool { return &s.ConfigMediaType }},
-	{SymlinkXattrs, func(s *Set) *bool { return &s.SymlinkXattrs }},
-	{ZstdMediaType, func(s *Set) *bool { return &s.ZstdMediaType }},
-	{Schema1, func(s *Set) *bool { return &s.Schema1 }},
-	{ZstdGzip, func(s *Set) *bool { return &s.ZstdGzip }},
-	{IndexSizes, func(s *Set) *bool { return &s.IndexSizes }},
-	{LayerMediaType, func(s *Set) *bool { return &s.LayerMediaType }},
-	{DiffIDs, func(s *Set) *bool { return &s.DiffIDs }},
-	{GNUSparse, func(s *Set) *bool { return &s.GNUSparse }},
+	{ConfigMediaType, func(s *Set) *bool { return &s.ConfigMediaType }, false},
+	{SymlinkXattrs, func(s *Set) *bool { return &s.SymlinkXattrs }, false},
+	{ZstdMediaType, func(s *Set) *bool { return &s.ZstdMediaType }, false},
+	{Schema1, func(s *Set) *bool { return &s.Schema1 }, false},
+	{ZstdGzip, func(s *Set) *bool { return &s.ZstdGzip }, false},
+	{IndexSizes, func(s *Set) *bool { return &s.IndexSizes }, false},
+	{LayerMediaType, func(s *Set) *bool { return &s.LayerMediaType }, false},
+	{DiffIDs, func(s *Set) *bool { return &s.DiffIDs }, false},
+	// Opt-in: whether a layer has GNU sparse entries only a read of the
+	// whole layer can tell, so with it every client's first answer by tag
+	// waits for every layer of the image (see Set.GNUSparse).
+	{GNUSparse, func(s *Set) *bool { return &s.GNUSparse }, true},
 }
 
 // Names lists every rule, in the order keys name them.
@@ -89,7 +95,7 @@ type Set struct {
 	DiffIDs bool
 	// GNUSparse repackages layers with GNU sparse entries (tar -S,
 	// typeflag 'S') as regular files, holes filled. It reads every layer
-	// (the symlink rule's scan counts them in the same pass).
+	// (the symlink rule's scan counts them in the same pass). Opt-in.
 	GNUSparse bool
 }
 
@@ -98,6 +104,16 @@ func All() Set {
 	var s Set
 	for _, r := range rules {
 		*r.in(&s) = true
+	}
+	return s
+}
+
+// Default is the rules on unless the operator says otherwise: every rule
+// but the opt-in ones.
+func Default() Set {
+	var s Set
+	for _, r := range rules {
+		*r.in(&s) = !r.optIn
 	}
 	return s
 }
@@ -222,9 +238,9 @@ type Policy struct {
 	Unknown Set
 }
 
-// DefaultPolicy is every rule on, for the clients that need it; clients
-// that name no containerd version get every rule.
-func DefaultPolicy() Policy { return Policy{Enabled: All(), Unknown: All()} }
+// DefaultPolicy is the Default rules on, for the clients that need them;
+// clients that name no containerd version get every rule that is on.
+func DefaultPolicy() Policy { return Policy{Enabled: Default(), Unknown: All()} }
 
 // Client is what a policy decided for one client.
 type Client struct {

@@ -44,8 +44,10 @@ func TestNeeds(t *testing.T) {
 
 func TestPolicy(t *testing.T) {
 	t.Parallel()
-	for17 := Set{ConfigMediaType: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}
-	for2 := Set{ConfigMediaType: true, Schema1: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}
+	for17 := Set{ConfigMediaType: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}
+	for2 := Set{ConfigMediaType: true, Schema1: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}
+	for2sparse := for2
+	for2sparse.GNUSparse = true
 	for _, tc := range []struct {
 		name      string
 		policy    Policy
@@ -53,18 +55,19 @@ func TestPolicy(t *testing.T) {
 		version   string
 		want      Set
 	}{
-		{"old node gets all of 1.x's", DefaultPolicy(), "containerd/1.6.8", "1.6.8", Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}},
+		{"old node gets all of 1.x's", DefaultPolicy(), "containerd/1.6.8", "1.6.8", Set{ConfigMediaType: true, SymlinkXattrs: true, ZstdMediaType: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}},
 		{"distro suffix", DefaultPolicy(), "containerd/1.6.20~ds1", "1.6.20", for17},
 		{"v prefix", DefaultPolicy(), "containerd/v2.3.4-12-gabc", "2.3.4", for2},
-		{"unknown client gets the default", DefaultPolicy(), "go-containerregistry/v0.20", "", All()},
-		{"no User-Agent", DefaultPolicy(), "", "", All()},
+		{"unknown client gets the default", DefaultPolicy(), "go-containerregistry/v0.20", "", Default()},
+		{"no User-Agent", DefaultPolicy(), "", "", Default()},
+		{"the opt-in rule turned on", Policy{Enabled: All(), Unknown: All()}, "containerd/2.3.4", "2.3.4", for2sparse},
 		{"unknown default narrowed", Policy{Enabled: All(), Unknown: Set{}}, "crane", "", Set{}},
 		{"unknown default within enabled", Policy{Enabled: Set{ConfigMediaType: true}, Unknown: All()}, "crane", "", Set{ConfigMediaType: true}},
 		{"enabled bounds what a node needs", Policy{Enabled: Set{SymlinkXattrs: true}, Unknown: All()}, "containerd/1.6.20", "1.6.20", Set{}},
 		{"all clients", Policy{Enabled: All(), AllClients: true}, "containerd/2.3.4", "2.3.4", All()},
 		{"2.x needs no zstd retype", DefaultPolicy(), "containerd/2.1.0", "2.1.0", for2},
 		{"all clients, unknown too", Policy{Enabled: All(), AllClients: true, Unknown: Set{}}, "crane", "", All()},
-		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true, GNUSparse: true}},
+		{"pre-1.4 node", DefaultPolicy(), "containerd/1.3.9", "1.3.9", Set{SymlinkXattrs: true, ZstdGzip: true, IndexSizes: true, LayerMediaType: true, DiffIDs: true}},
 	} {
 		got := tc.policy.ForUserAgent(tc.userAgent)
 		if got.Rules != tc.want || got.Version != tc.version {
@@ -95,6 +98,16 @@ func TestKeyAndParse(t *testing.T) {
 
 // TestEveryRuleIsListed: the rules table names every switch of Set once, so
 // that All, Parse, Key and Intersect know every rule.
+// TestDefault: every rule is on by default but GNU sparse, whose look at
+// every layer would hold up every client's first answer.
+func TestDefault(t *testing.T) {
+	want := All()
+	want.GNUSparse = false
+	if got := Default(); got != want {
+		t.Errorf("Default() = %+v, want %+v", got, want)
+	}
+}
+
 func TestEveryRuleIsListed(t *testing.T) {
 	all := reflect.ValueOf(All())
 	for i := range all.NumField() {
