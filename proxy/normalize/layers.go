@@ -67,13 +67,12 @@ func (e *Engine) repackagedLayers(ctx context.Context, src Source, layers []ocis
 
 // layerTransform is what rules ask of the layer v judged: the symlink
 // rule's stripping if it has xattrs to strip, the sparse rule's expansion
-// if it has GNU sparse entries; nothing else. (Stripping cannot leave a
-// sparse entry as it is: archive/tar writes it expanded either way.)
+// if it has GNU sparse entries; nothing else. Stripping cannot leave a
+// sparse entry as it is (archive/tar writes it expanded either way), so a
+// layer both rules change is the symlink rule's one repackaging.
 func layerTransform(rules ruleset.Set, v cache.LayerVerdict) rewrite.LayerTransform {
-	return rewrite.LayerTransform{
-		Strip:  rules.SymlinkXattrs && len(v.Removals)+v.Unlisted > 0,
-		Expand: rules.GNUSparse && v.Sparse > 0,
-	}
+	strip := rules.SymlinkXattrs && len(v.Removals)+v.Unlisted > 0
+	return rewrite.LayerTransform{Strip: strip, Expand: !strip && rules.GNUSparse && v.Sparse > 0}
 }
 
 // madeLayer is layer v repackaged as t says: the symlink rule's own
@@ -231,12 +230,16 @@ func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 
 // layerVerdict scans one layer once, however many images and requests
 // want it; again only when it was left untouched for a limit that has been
-// raised since, or, when sparse says the sparse rule asks, when the
-// verdict's scan did not count GNU sparse entries (a verdict recorded
-// before that rule is not a layer without them).
+// raised since, or when the verdict's scan did not count GNU sparse
+// entries and either sparse says the sparse rule asks (a verdict recorded
+// before that rule is not a layer without them) or the verdict holds a
+// symlink repackaging (which wrote such entries as broken 'S' headers, and
+// which this version, rebuilding it after an eviction, would not make
+// again byte for byte).
 func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest, sparse bool) (cache.LayerVerdict, error) {
 	old, err := e.opts.Store.GetLayerVerdict(ctx, dgst)
-	if err == nil && !e.raised(old) && (!sparse || old.Scan >= scanVersion || old.Skipped != "") {
+	current := old.Scan >= scanVersion || old.Skipped != "" || (!sparse && old.Repacked == "")
+	if err == nil && !e.raised(old) && current {
 		return old, nil
 	}
 	v, err, _ := e.layers.Do(dgst.String()+" "+src.Identity(), func() (any, error) {

@@ -142,7 +142,7 @@ func TestGNUSparseRule(t *testing.T) {
 		}
 	}
 	v, err := store.GetLayerVerdict(ctx, m.Layers[2].Digest)
-	if err != nil || v.Scan != scanVersion || v.Sparse != 1 || !slices.Equal(v.Expanded, []string{"etc/big"}) || v.Repacked == "" || len(v.Made) != 2 {
+	if err != nil || v.Scan != scanVersion || v.Sparse != 1 || !slices.Equal(v.Expanded, []string{"etc/big"}) || v.Repacked == "" || len(v.Made) != 1 || v.Made[0].Transform != "expand" {
 		t.Fatalf("verdict %+v, %v", v, err)
 	}
 }
@@ -182,6 +182,36 @@ func TestVerdictBeforeSparseRule(t *testing.T) {
 	if res, err := newEngine(store).Normalize(ctx, src, manifestOf(img), ruleset.Set{GNUSparse: true, ConfigMediaType: true}); err != nil || !res.Changed() ||
 		len(src.blobReads()) != reads {
 		t.Fatalf("another rule set with the sparse rule: %+v, %v, read %v", res.Verdict, err, src.blobReads()[reads:])
+	}
+
+	// An earlier scan's verdict with a symlink repackaging is scanned
+	// again even for the symlink rule alone: that repackaging wrote sparse
+	// entries as broken 'S' headers, and could not be rebuilt byte for
+	// byte by this version.
+	store = cache.New(inmemory.New())
+	earlier := []byte("an earlier version's repackaging")
+	in, err := store.IngestBlob(ctx, digest.FromBytes(earlier), int64(len(earlier)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Write(earlier); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	repacked := old
+	repacked.Repacked, repacked.Size, repacked.DiffID = digest.FromBytes(earlier), int64(len(earlier)), digest.FromString("its diff ID")
+	repacked.Removals = []cache.XattrRemoval{{Path: "etc/link", Keys: []string{"SCHILY.xattr.user.rpm"}}}
+	if err := store.PutLayerVerdict(ctx, repacked); err != nil {
+		t.Fatal(err)
+	}
+	src = newSource(store, img)
+	if _, err := newEngine(store).Normalize(ctx, src, manifestOf(img), ruleset.Set{SymlinkXattrs: true}); err != nil || len(src.blobReads()) == 0 {
+		t.Fatalf("the symlink rule over an earlier repackaging: %v, read %v", err, src.blobReads())
+	}
+	if v, err := store.GetLayerVerdict(ctx, layer); err != nil || v.Scan != scanVersion || v.Repacked == repacked.Repacked {
+		t.Fatalf("verdict after the new scan: %+v, %v", v, err)
 	}
 }
 
