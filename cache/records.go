@@ -428,8 +428,10 @@ func (s *Store) GetLayerVerdict(ctx context.Context, layer digest.Digest) (Layer
 	return v, nil
 }
 
-// PutLayerVerdict records a verdict. A repackaged layer must already be in
-// the cache: a verdict never points at a blob that is not there.
+// PutLayerVerdict records a verdict. A verdict never points at a blob that
+// is not there: the symlink repackaging must already be in the cache, and
+// a made layer that is not (evicted since it was recorded) is left out of
+// the record, to be made again when a rule set next asks for it.
 func (s *Store) PutLayerVerdict(ctx context.Context, v LayerVerdict) error {
 	if err := v.Original.Validate(); err != nil {
 		return fmt.Errorf("put layer verdict %q: %w", v.Original, err)
@@ -439,14 +441,18 @@ func (s *Store) PutLayerVerdict(ctx context.Context, v LayerVerdict) error {
 			return fmt.Errorf("put layer verdict %s: repacked blob: %w", v.Original, err)
 		}
 	}
+	var made []MadeLayer
 	for _, m := range v.Made {
-		if m.Digest == "" {
-			continue
+		if m.Digest != "" {
+			if _, err := s.StatBlob(ctx, m.Digest); errors.Is(err, ErrNotFound) {
+				continue
+			} else if err != nil {
+				return fmt.Errorf("put layer verdict %s: %s blob: %w", v.Original, m.Transform, err)
+			}
 		}
-		if _, err := s.StatBlob(ctx, m.Digest); err != nil {
-			return fmt.Errorf("put layer verdict %s: %s blob: %w", v.Original, m.Transform, err)
-		}
+		made = append(made, m)
 	}
+	v.Made = made
 	return s.putJSON(ctx, layerVerdictPath(v.Original), v)
 }
 
