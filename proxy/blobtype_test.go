@@ -260,25 +260,21 @@ func TestColdSmallBlobDownloadedOnce(t *testing.T) {
 // TestStalledReadersHoldNoTypingRoom: a client that asks for blobs that may
 // be manifests and never reads the answer holds nothing another client
 // needs. Their bytes are held only while they are typed, never while a
-// client sets the pace: forty such clients, on blobs of the largest size a
-// manifest can have (forty times what typing may hold at once), leave
-// another client's index to be answered as itself.
+// client sets the pace: forty such clients, each on its own blob of the
+// largest size a manifest can have and never typed before (so that each is
+// typed: forty times what typing may hold at once, were it not given
+// back), leave another client's index to be answered as itself.
 func TestStalledReadersHoldNoTypingRoom(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
 	blobs := pushTypedBlobs(t, h, "library/app")
-	large := regtest.RandomBytes(mediatype.MaxManifestSize)
-	dgst := h.pushBlob(t, "library/app", large)
-	path := "/v2/library/app/blobs/" + dgst.String()
-	// One full read, so that every stalled client reads from the cache.
-	if r := h.do(t, http.MethodGet, path, nil); r.status != http.StatusOK || !bytes.Equal(r.body, large) {
-		t.Fatalf("GET %s: %d, %d bytes", path, r.status, len(r.body))
-	}
 	u, err := url.Parse(h.url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 40 {
+	for i := range 40 {
+		large := regtest.RandomBytes(mediatype.MaxManifestSize)
+		path := "/v2/library/app/blobs/" + h.pushBlob(t, "library/app", large).String()
 		conn, err := net.Dial("tcp", u.Host)
 		if err != nil {
 			t.Fatal(err)
@@ -292,12 +288,12 @@ func TestStalledReadersHoldNoTypingRoom(t *testing.T) {
 		}
 		// Its headers come only once the blob was typed: read them, and
 		// then nothing more. (The deadline only turns a hang into a
-		// failure: a stalled client holding typing room would keep the
-		// next one from its headers.)
+		// failure: typing room still held would keep the next one from
+		// its headers.)
 		conn.SetReadDeadline(time.Now().Add(time.Minute))
 		line, err := bufio.NewReader(conn).ReadString('\n')
 		if err != nil || !strings.Contains(line, " 200 ") {
-			t.Fatalf("stalled client: %q, %v", line, err)
+			t.Fatalf("stalled client %d: %q, %v", i, line, err)
 		}
 	}
 	for _, b := range blobs[:1] { // the index, never typed before

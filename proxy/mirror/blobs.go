@@ -66,10 +66,12 @@ func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo
 	if err != nil {
 		if d, derr := s.store.GetDerived(ctx, dgst); derr != nil || d.Kind != cache.DerivedLayer {
 			up, err := r.statUpstream(ctx, dgst)
-			if err != nil || up.Size > mediatype.MaxManifestSize {
+			if err != nil || up.Size < 0 || up.Size > mediatype.MaxManifestSize {
+				// Too large to be a manifest, or of a size the upstream
+				// did not say (reading it to learn would be a download of
+				// any size for a HEAD): application/octet-stream.
 				return up, err
 			}
-			// Small, or of a size the upstream did not say.
 			return r.statSmall(ctx, dgst)
 		}
 		b, err := r.open(ctx, dgst, 0, statOnly) // admits, and rebuilds
