@@ -20,6 +20,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // pullAll fetches an image like containerd (tag, manifest, config, layers)
@@ -201,9 +202,10 @@ func TestScanOfEvictedRepackagedLayerTakesOneTurn(t *testing.T) {
 // TestEvictedExpandedLayerIsRebuilt: a layer repackaged for the GNU sparse
 // rule (made when a rule set first asked, recorded as the "expand"
 // transform) is rebuilt from its original after eviction, byte for byte.
+// The rule is opt-in: turned on here.
 func TestEvictedExpandedLayerIsRebuilt(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{})
+	h := newHarness(t, harnessOptions{rules: &ruleset.Policy{Enabled: ruleset.All(), Unknown: ruleset.All()}})
 	sparse := []regtest.File{{Name: "var/big", Typeflag: tar.TypeGNUSparse, SparseSize: 1 << 20,
 		Sparse: []regtest.SparseData{{Offset: 700000, Data: []byte("X")}}}}
 	img := h.push(t, "gnu/sparse", "v1", regtest.ImageOptions{}, baseLayer, sparse)

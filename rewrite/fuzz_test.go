@@ -147,7 +147,10 @@ func FuzzRepackLayer(f *testing.F) {
 		out.Reset()
 		res, err = TransformLayer(&out, bytes.NewReader(blob), Limits{}, LayerTransform{Expand: true})
 		if err != nil {
-			return
+			t.Fatalf("expanding a layer that repackaged: %v", err)
+		}
+		if res.Digest != digest.FromBytes(out.Bytes()) || res.Size != int64(out.Len()) {
+			t.Fatalf("expanded result %s (%d bytes) is not what was written", res.Digest, res.Size)
 		}
 		again, err = ScanLayer(bytes.NewReader(out.Bytes()), Limits{})
 		if err != nil || again.Sparse != 0 || again.Stripped != scan.Stripped || again.Entries != scan.Entries || res.Sparse != scan.Sparse {

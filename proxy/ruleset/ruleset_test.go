@@ -98,16 +98,6 @@ func TestKeyAndParse(t *testing.T) {
 
 // TestEveryRuleIsListed: the rules table names every switch of Set once, so
 // that All, Parse, Key and Intersect know every rule.
-// TestDefault: every rule is on by default but GNU sparse, whose look at
-// every layer would hold up every client's first answer.
-func TestDefault(t *testing.T) {
-	want := All()
-	want.GNUSparse = false
-	if got := Default(); got != want {
-		t.Errorf("Default() = %+v, want %+v", got, want)
-	}
-}
-
 func TestEveryRuleIsListed(t *testing.T) {
 	all := reflect.ValueOf(All())
 	for i := range all.NumField() {
@@ -123,5 +113,16 @@ func TestEveryRuleIsListed(t *testing.T) {
 		if err != nil || s.Key() != n || s.Intersect(All()) != s || s.Intersect(Set{}) != (Set{}) {
 			t.Errorf("rule %s: Parse %+v %v, key %q", n, s, err, s.Key())
 		}
+	}
+}
+
+// TestDefault: every rule is on by default but GNU sparse, whose look at
+// every layer would hold up every client's first answer.
+func TestDefault(t *testing.T) {
+	t.Parallel()
+	want := All()
+	want.GNUSparse = false
+	if got := Default(); got != want {
+		t.Errorf("Default() = %+v, want %+v", got, want)
 	}
 }
