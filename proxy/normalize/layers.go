@@ -270,9 +270,16 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	}
 	v.Compression, v.Entries, v.OriginalDiffID = string(scan.Compression), scan.Entries, scan.OriginalDiffID
 	v.Sparse, v.Expanded, v.Unexpanded = scan.Sparse, scan.Expanded, scan.Unexpanded()
+	kept := oerr == nil && old.Skipped == "" && old.Repacked != "" && scan.Sparse == 0
+	if kept {
+		// Only while it is there: evicted, it is made again (the same
+		// bytes, the layer having no sparse entries).
+		_, err := e.opts.Store.StatBlob(ctx, old.Repacked)
+		kept = err == nil
+	}
 	switch {
 	case scan.Stripped == 0:
-	case oerr == nil && old.Skipped == "" && old.Repacked != "" && scan.Sparse == 0:
+	case kept:
 		v.Repacked, v.Size, v.DiffID, v.Removals, v.Unlisted = old.Repacked, old.Size, old.DiffID, old.Removals, old.Unlisted
 	default:
 		// The symlink rule's repackaging is made with the scan, as before

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"path"
 	"slices"
 	"testing"
 
@@ -241,5 +242,47 @@ func TestSparseBombLeftUntouched(t *testing.T) {
 	v, err := store.GetLayerVerdict(ctx, m.Layers[1].Digest)
 	if err != nil || len(v.Made) != 1 || v.Made[0].Skipped != "too-large" || v.Made[0].Limit != 1<<20 {
 		t.Fatalf("verdict %+v, %v", v, err)
+	}
+}
+
+// TestEarlierRepackagingEvicted: an earlier scan's verdict whose symlink
+// repackaging was evicted (as derived layers are, to be rebuilt on demand)
+// is scanned again and its repackaging made again, the same bytes: the
+// images that hold the layer are normalized, not refused for a verdict
+// that names a missing blob.
+func TestEarlierRepackagingEvicted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	img := build(t, regtest.ImageOptions{}, baseLayer, xattrLayer)
+	other := build(t, regtest.ImageOptions{}, xattrLayer)
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	layer := m.Layers[1].Digest
+	drv := inmemory.New()
+	store := cache.New(drv)
+	src := newSource(store, img, other)
+	rules := ruleset.Set{SymlinkXattrs: true}
+	if _, err := newEngine(store).Normalize(ctx, src, manifestOf(img), rules); err != nil {
+		t.Fatal(err)
+	}
+	v, err := store.GetLayerVerdict(ctx, layer)
+	if err != nil || v.Repacked == "" {
+		t.Fatalf("verdict %+v, %v", v, err)
+	}
+	earlier := v
+	earlier.Scan, earlier.Sparse, earlier.Expanded, earlier.Made = 0, 0, nil, nil // as an earlier version wrote it
+	if err := store.PutLayerVerdict(ctx, earlier); err != nil {
+		t.Fatal(err)
+	}
+	r := earlier.Repacked
+	if err := drv.Delete(ctx, path.Join("/blobs", r.Algorithm().String(), r.Encoded()[:2], r.Encoded())); err != nil {
+		t.Fatal(err)
+	}
+	res, err := newEngine(store).Normalize(ctx, src, manifestOf(other), rules)
+	if err != nil || !res.Changed() {
+		t.Fatalf("another image with the layer: %+v, %v", res.Verdict, err)
+	}
+	if v, err := store.GetLayerVerdict(ctx, layer); err != nil || v.Scan != scanVersion || v.Repacked != earlier.Repacked {
+		t.Fatalf("verdict after the new scan: %+v, %v (want the repackaging %s made again)", v, err, earlier.Repacked)
 	}
 }
