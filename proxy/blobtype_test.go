@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,9 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/regtest"
 )
@@ -299,5 +303,53 @@ func TestStalledReadersHoldNoTypingRoom(t *testing.T) {
 	for _, b := range blobs[:1] { // the index, never typed before
 		r := h.do(t, http.MethodGet, "/v2/library/app/blobs/"+b.dgst.String(), nil)
 		checkBlobAnswer(t, http.MethodGet, b, r)
+	}
+}
+
+// slowReads is a storage driver whose reads of paths holding sub wait a
+// little and are counted: long enough that clients that ask together are
+// all waiting on the first read.
+type slowReads struct {
+	driver.StorageDriver
+	sub   atomic.Value // string
+	reads atomic.Int64
+}
+
+func (d *slowReads) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
+	if s, _ := d.sub.Load().(string); s != "" && strings.Contains(path, s) {
+		d.reads.Add(1)
+		time.Sleep(50 * time.Millisecond)
+	}
+	return d.StorageDriver.Reader(ctx, path, offset)
+}
+
+// TestBlobTypedOnceForAll: after a restart (types forgotten), clients that
+// ask for one small cached blob together cost one read to learn its type,
+// and then each its own read to be sent: not a typing read each (on S3, a
+// GET each that a client's HEAD or GET makes).
+func TestBlobTypedOnceForAll(t *testing.T) {
+	t.Parallel()
+	d := &slowReads{StorageDriver: inmemory.New()}
+	h := newHarness(t, harnessOptions{store: cache.New(d), tagTTL: time.Hour})
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	h.pullAll(t, "library/app", "v1")
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	config := m.Config.Digest
+	h.restart(t)
+	d.sub.Store(config.Encoded())
+	const n = 16
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if r := h.do(t, http.MethodGet, "/v2/library/app/blobs/"+config.String(), nil); r.status != http.StatusOK ||
+				r.header.Get("Content-Type") != mediatype.OctetStream || digest.FromBytes(r.body) != config {
+				t.Errorf("GET of the config: %d %s", r.status, r.header.Get("Content-Type"))
+			}
+		})
+	}
+	wg.Wait()
+	if got := d.reads.Load(); got != n+1 {
+		t.Errorf("%d clients at once after a restart: %d reads of the config, want %d (one to type it, one each to send it)", n, got, n+1)
 	}
 }

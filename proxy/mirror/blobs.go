@@ -303,11 +303,21 @@ func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset 
 // cache or a finished download's spool, both local and verified; never
 // while a client or an upstream sets the pace.
 
-// cachedType is the type of a cached blob of size bytes.
+// cachedType is the type of a cached blob of size bytes: learnt once
+// however many ask at the same time (after a restart, every client of a
+// blob asks), by one verified read.
 func (s *Service) cachedType(ctx context.Context, dgst digest.Digest, size int64) (string, error) {
-	return s.typeOf(ctx, dgst, size, func() (io.ReadCloser, error) {
-		vr, _, err := s.store.OpenVerified(ctx, dgst)
-		return vr, err
+	if size > mediatype.MaxManifestSize {
+		return mediatype.OctetStream, nil
+	}
+	if mt, ok := s.types.Get(dgst); ok {
+		return mt, nil
+	}
+	return s.typings.Do(ctx, fmt.Sprintf("%s %d", dgst, size), func(ctx context.Context) (string, error) {
+		return s.typeOf(ctx, dgst, size, func() (io.ReadCloser, error) {
+			vr, _, err := s.store.OpenVerified(ctx, dgst)
+			return vr, err
+		})
 	})
 }
 

@@ -101,6 +101,7 @@ type Service struct {
 	manifests flight.Group[any]                 // by tag and Accept list, or by digest, and identity; cancelled when no client waits
 	typing    *semaphore.Weighted               // bytes of the blobs being read for their type
 	types     *lru.Cache[digest.Digest, string] // blob types learnt, by digest
+	typings   flight.Group[string]              // cached blobs being typed, by digest and size
 	tagTTL    time.Duration
 	clock     Clock
 	metrics   Metrics
