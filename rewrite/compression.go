@@ -91,8 +91,11 @@ type layerReader struct {
 	comp  Compression
 	src   *sourceReader
 	limit *limitReader // nil: no limit
-	zstd  *zstdFrames  // nil: not zstd
-	close func()
+	// decompressed counts the decompressed bytes read, a little ahead of
+	// the tar reader (the read-ahead reads on its own goroutine).
+	decompressed *atomicCounter
+	zstd         *zstdFrames // nil: not zstd
+	close        func()
 }
 
 // drain reads what follows the end of the archive to the end of the
@@ -160,9 +163,10 @@ func openLayer(blob io.Reader, lim Limits) (*layerReader, error) {
 		comp, rc = Uncompressed, io.NopCloser(br)
 	}
 	l := &layerReader{comp: comp, src: src, zstd: frames}
-	var expanded io.Reader = rc
+	l.decompressed = &atomicCounter{r: rc}
+	var expanded io.Reader = l.decompressed
 	if lim.Size > 0 {
-		l.limit = &limitReader{r: rc, max: lim.Size}
+		l.limit = &limitReader{r: l.decompressed, max: lim.Size}
 		expanded = l.limit
 	}
 	ar := newAheadReader(expanded)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -198,4 +199,17 @@ func (c *countWriter) Write(p []byte) (int, error) {
 
 func digestOf(h hash.Hash) digest.Digest {
 	return digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil))
+}
+
+// atomicCounter counts what is read through it, for a reader on another
+// goroutine.
+type atomicCounter struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *atomicCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }

@@ -74,6 +74,10 @@ var ErrNotTar = errors.New("not a tar layer")
 // read with: a decompression bomb, or a layer too large to be worth it.
 var ErrLayerTooLarge = errors.New("layer decompresses beyond the limit")
 
+// ErrHolesBeyondLimit means a repackaging would fill more holes of GNU
+// sparse entries than the limit it was made with (Limits.Holes).
+var ErrHolesBeyondLimit = errors.New("sparse entries' holes beyond the limit")
+
 // ErrZstdWindow means a zstd frame of the layer declares a window larger
 // than the limit it was read with: decoding it would take that much memory.
 var ErrZstdWindow = errors.New("zstd window beyond the limit")
@@ -88,6 +92,12 @@ type Limits struct {
 	// that declares more is ErrZstdWindow, found from the frame's header
 	// before anything is allocated for it.
 	ZstdWindow int64
+	// Holes bounds what a repackaging writes beyond what it reads: the
+	// holes of GNU sparse entries it fills with zeros (0: no bound). An
+	// entry of a few bytes may declare gigabytes of holes, which cost a
+	// repackaging their writing and compressing; a layer that fills more
+	// is ErrHolesBeyondLimit.
+	Holes int64
 }
 
 // DefaultZstdWindow is the window every zstd decoder is asked to support

@@ -230,6 +230,32 @@ func TestSparseBomb(t *testing.T) {
 	}
 }
 
+// TestSparseHolesLimit: Limits.Holes bounds the holes a repackaging fills,
+// whatever the size limit allows: 1 MiB of holes refused under a limit of
+// 64 KiB (the refusal before much is written), taken under 2 MiB.
+func TestSparseHolesLimit(t *testing.T) {
+	t.Parallel()
+	var layer bytes.Buffer
+	if err := regtest.WriteGNUSparse(&layer, "holes", 0o644, 1<<20, []regtest.SparseData{{Offset: 1<<20 - 1, Data: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	layer.Write(make([]byte, 1024))
+	for _, comp := range []Compression{Gzip, Zstd, Uncompressed} {
+		blob := compress(t, layer.Bytes(), comp)
+		var out countWriter
+		_, err := TransformLayer(&out, bytes.NewReader(blob), Limits{Size: 1 << 30, Holes: 64 << 10}, LayerTransform{Expand: true})
+		if !errors.Is(err, ErrHolesBeyondLimit) {
+			t.Fatalf("%s: %v, want ErrHolesBeyondLimit", comp, err)
+		}
+		if out.n > 64<<10 {
+			t.Fatalf("%s: %d bytes written before the refusal", comp, out.n)
+		}
+		if _, err := TransformLayer(io.Discard, bytes.NewReader(blob), Limits{Size: 1 << 30, Holes: 2 << 20}, LayerTransform{Expand: true}); err != nil {
+			t.Fatalf("%s within the limit: %v", comp, err)
+		}
+	}
+}
+
 // TestLayerTransformKeys: every transform's key reads back as itself; the
 // keys recorded before the sparse rule read as they did.
 func TestLayerTransformKeys(t *testing.T) {

@@ -131,7 +131,7 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 	diffIDHash := sha256.New()
 	// The tar written is bounded like the one read: a sparse entry of a few
 	// bytes may declare a terabyte.
-	written := &tarBound{w: io.MultiWriter(zw, diffIDHash), max: lim.Size}
+	written := &tarBound{w: io.MultiWriter(zw, diffIDHash), max: lim.Size, holes: lim.Holes, read: l.decompressed.n.Load}
 	tw := tar.NewWriter(written)
 	tooLarge := func() error {
 		l.fail(ErrLayerTooLarge) //nolint:errcheck // what the source says counts, below
@@ -139,6 +139,20 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 			return l.src.cause(nil)
 		}
 		return fmt.Errorf("%w: more than %d bytes written", ErrLayerTooLarge, lim.Size)
+	}
+	// beyond is the error of a write the bounds refused, or nil.
+	beyond := func() error {
+		switch {
+		case written.exceeded:
+			return tooLarge()
+		case written.holesExceeded:
+			l.fail(ErrHolesBeyondLimit) //nolint:errcheck // what the source says counts, below
+			if l.src.err != nil {
+				return l.src.cause(nil)
+			}
+			return fmt.Errorf("%w: more than %d bytes of holes filled", ErrHolesBeyondLimit, lim.Holes)
+		}
+		return nil
 	}
 
 	res := LayerResult{LayerScan: LayerScan{Compression: comp}, Transform: t}
@@ -172,21 +186,21 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 		}
 		hdr.Xattrs = nil //nolint:staticcheck // PAXRecords holds the same records; both would be written
 		if err := tw.WriteHeader(hdr); err != nil {
-			if written.exceeded {
-				return LayerResult{}, tooLarge()
+			if err := beyond(); err != nil {
+				return LayerResult{}, err
 			}
 			return LayerResult{}, notTar(fmt.Errorf("rewrite %s: %v", hdr.Name, err))
 		}
 		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
-			if written.exceeded {
-				return LayerResult{}, tooLarge()
+			if err := beyond(); err != nil {
+				return LayerResult{}, err
 			}
 			return LayerResult{}, notTar(fmt.Errorf("copy %s: %v", hdr.Name, err))
 		}
 	}
 	if err := tw.Close(); err != nil {
-		if written.exceeded {
-			return LayerResult{}, tooLarge()
+		if err := beyond(); err != nil {
+			return LayerResult{}, err
 		}
 		return LayerResult{}, err
 	}
@@ -200,17 +214,24 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 }
 
 // tarBound counts the tar a repackaging writes and refuses to write past
-// max bytes (0: no bound) with ErrLayerTooLarge.
+// max bytes (0: no bound) with ErrLayerTooLarge, or more than holes bytes
+// (0: no bound) beyond what read says was read, with ErrHolesBeyondLimit.
 type tarBound struct {
-	w        io.Writer
-	max, n   int64
-	exceeded bool
+	w                       io.Writer
+	max, n                  int64
+	holes                   int64
+	read                    func() int64
+	exceeded, holesExceeded bool
 }
 
 func (b *tarBound) Write(p []byte) (int, error) {
 	if b.max > 0 && int64(len(p)) > b.max-b.n {
 		b.exceeded = true
 		return 0, ErrLayerTooLarge
+	}
+	if b.holes > 0 && b.n+int64(len(p))-b.read() > b.holes {
+		b.holesExceeded = true
+		return 0, ErrHolesBeyondLimit
 	}
 	n, err := b.w.Write(p)
 	b.n += int64(n)

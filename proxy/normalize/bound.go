@@ -26,6 +26,15 @@ const (
 	// way (1.04 MB of gzip, from 34 KB of zstd).
 	madeRatio = 8
 	madeSlack = 1 << 20
+	// holeRatio and holeSlack bound the holes of GNU sparse entries a
+	// repackaging fills (rewrite.Limits.Holes) to holeRatio times its
+	// source's size, plus holeSlack: the work of writing and compressing
+	// zeros that a few bytes of tar can ask for (one entry of 113 bytes of
+	// gzip may declare 16 GiB). A zstd source already asks for that much
+	// work at about this ratio (1 GiB of zeros from 34 KB); a real sparse
+	// file (a 1 GB lastlog in a layer of a few MB) stays within it.
+	holeRatio = 1 << 15
+	holeSlack = 64 << 20
 )
 
 var (
@@ -36,6 +45,10 @@ var (
 	// upstream may send (Options.MaxMadeSize).
 	errMadeTooLarge = errors.New("the layer made would be larger than maxBlobSize")
 )
+
+// holesBound is how many bytes of holes a repackaging of a source of
+// srcSize bytes may fill.
+func holesBound(srcSize int64) int64 { return holeRatio*max(srcSize, 0) + holeSlack }
 
 // madeBound is how large a layer made from a source of srcSize bytes may
 // be, within maxMade (0: no bound but the ratio), and the error past it:

@@ -158,7 +158,8 @@ var untouchedWhy = map[string]string{
 	"not-tar":     "not a tar stream regnorm reads: served as upstream has it",
 	"too-large":   "decompresses beyond normalize.maxLayerSize, or rewritten would be larger than maxBlobSize: served as upstream has it",
 	"zstd-window": "a zstd frame declares a window beyond normalize.maxZstdWindow: served as upstream has it",
-	"amplifies":   fmt.Sprintf("rewritten would be more than %d times its size and %d MiB: served as upstream has it", madeRatio, madeSlack>>20),
+	"amplifies": fmt.Sprintf("rewritten would be more than %d times its size and %d MiB, or fill more than %d times its size and %d MiB of sparse files' holes: served as upstream has it",
+		madeRatio, madeSlack>>20, holeRatio, holeSlack>>20),
 }
 
 // untouchedLayers collects the layers of one image left untouched, and
@@ -410,7 +411,9 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 		return rewrite.LayerResult{}, err
 	}
 	out := boundMade(in, info.Size, e.opts.MaxMadeSize)
-	res, err := rewrite.TransformLayer(out, rc, e.limits(), t)
+	lim := e.limits()
+	lim.Holes = holesBound(info.Size)
+	res, err := rewrite.TransformLayer(out, rc, lim, t)
 	if err != nil {
 		if crossed := out.crossed(); crossed != nil {
 			err = crossed // whatever the write's failure became on its way
@@ -614,7 +617,7 @@ func skipReason(err error) string {
 		return "too-large"
 	case errors.Is(err, rewrite.ErrZstdWindow):
 		return "zstd-window"
-	case errors.Is(err, errAmplifies):
+	case errors.Is(err, errAmplifies), errors.Is(err, rewrite.ErrHolesBeyondLimit):
 		return "amplifies"
 	}
 	return ""

@@ -286,3 +286,31 @@ func TestEarlierRepackagingEvicted(t *testing.T) {
 		t.Fatalf("verdict after the new scan: %+v, %v (want the repackaging %s made again)", v, err, earlier.Repacked)
 	}
 }
+
+// TestSparseHolesBounded: a zstd layer of a few hundred bytes whose one
+// sparse entry declares a gigabyte of holes (within normalize.maxLayerSize,
+// and compressing to less than the bound of a made layer) is left as it
+// is, "amplifies", once the holes filled pass holesBound of its size: the
+// work a few bytes ask for is bounded like the bytes a made layer takes.
+func TestSparseHolesBounded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bomb := []regtest.File{{Name: "bomb", Typeflag: tar.TypeGNUSparse, SparseSize: 1 << 30,
+		Sparse: []regtest.SparseData{{Offset: 1<<30 - 1, Data: []byte("x")}}}}
+	img := build(t, regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, baseLayer, bomb)
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	if m.Layers[1].Size > 1<<10 {
+		t.Fatalf("the bomb layer is %d bytes", m.Layers[1].Size)
+	}
+	store := cache.New(inmemory.New())
+	e, src := newEngine(store), newSource(store, img)
+	res, err := e.Normalize(ctx, src, manifestOf(img), ruleset.Set{GNUSparse: true})
+	if err != nil || res.Changed() || len(res.Verdict.Changes) != 1 || res.Verdict.Changes[0].Kind != KindLayerUntouched {
+		t.Fatalf("%+v, %v", res.Verdict, err)
+	}
+	v, err := store.GetLayerVerdict(ctx, m.Layers[1].Digest)
+	if err != nil || len(v.Made) != 1 || v.Made[0].Skipped != "amplifies" {
+		t.Fatalf("verdict %+v, %v", v, err)
+	}
+}
