@@ -375,11 +375,10 @@ type LayerVerdict struct {
 	// before scans counted GNU sparse entries, whose Sparse says nothing.
 	Scan int `json:"scan,omitempty"`
 	// Sparse counts the layer's GNU sparse entries (typeflag 'S');
-	// Expanded lists the first of their paths, Unexpanded counts the
-	// others (rewrite bounds them).
-	Sparse     int      `json:"sparse,omitempty"`
-	Expanded   []string `json:"expanded,omitempty"`
-	Unexpanded int      `json:"unexpanded,omitempty"`
+	// Expanded lists the first of their paths (rewrite bounds them), and
+	// the others are Sparse's rest.
+	Sparse   int      `json:"sparse,omitempty"`
+	Expanded []string `json:"expanded,omitempty"`
 	// Made are the layer's repackagings other than the symlink rule's alone
 	// (Repacked), one for each transform a rule set asked for (the sparse
 	// rule's, alone or with the symlink rule's), made when first asked.

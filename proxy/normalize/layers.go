@@ -270,7 +270,7 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 		return cache.LayerVerdict{}, err
 	}
 	v.Compression, v.Entries, v.OriginalDiffID = string(scan.Compression), scan.Entries, scan.OriginalDiffID
-	v.Sparse, v.Expanded, v.Unexpanded = scan.Sparse, scan.Expanded, scan.Unexpanded()
+	v.Sparse, v.Expanded = scan.Sparse, scan.Expanded
 	kept := oerr == nil && old.Skipped == "" && old.Repacked != "" && scan.Sparse == 0
 	if kept {
 		// Only while it is there: evicted, it is made again (the same
