@@ -91,11 +91,12 @@ type layerReader struct {
 	comp  Compression
 	src   *sourceReader
 	limit *limitReader // nil: no limit
-	// decompressed counts the decompressed bytes read, a little ahead of
-	// the tar reader (the read-ahead reads on its own goroutine).
-	decompressed *atomicCounter
-	zstd         *zstdFrames // nil: not zstd
-	close        func()
+	// consumed counts what the tar reader read of the decompressed
+	// stream: on the reader's goroutine, so the same layer gives the same
+	// count at the same point, whatever the read-ahead did.
+	consumed *countReader
+	zstd     *zstdFrames // nil: not zstd
+	close    func()
 }
 
 // drain reads what follows the end of the archive to the end of the
@@ -163,14 +164,14 @@ func openLayer(blob io.Reader, lim Limits) (*layerReader, error) {
 		comp, rc = Uncompressed, io.NopCloser(br)
 	}
 	l := &layerReader{comp: comp, src: src, zstd: frames}
-	l.decompressed = &atomicCounter{r: rc}
-	var expanded io.Reader = l.decompressed
+	var expanded io.Reader = rc
 	if lim.Size > 0 {
-		l.limit = &limitReader{r: l.decompressed, max: lim.Size}
+		l.limit = &limitReader{r: rc, max: lim.Size}
 		expanded = l.limit
 	}
 	ar := newAheadReader(expanded)
-	l.tr, l.rest = tar.NewReader(ar), ar
+	l.consumed = &countReader{r: ar}
+	l.tr, l.rest = tar.NewReader(l.consumed), ar
 	var once sync.Once
 	l.close = func() {
 		once.Do(func() {

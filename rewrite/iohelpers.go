@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -201,15 +200,14 @@ func digestOf(h hash.Hash) digest.Digest {
 	return digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil))
 }
 
-// atomicCounter counts what is read through it, for a reader on another
-// goroutine.
-type atomicCounter struct {
+// countReader counts what is read through it.
+type countReader struct {
 	r io.Reader
-	n atomic.Int64
+	n int64
 }
 
-func (c *atomicCounter) Read(p []byte) (int, error) {
+func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
+	c.n += int64(n)
 	return n, err
 }

@@ -131,7 +131,7 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 	diffIDHash := sha256.New()
 	// The tar written is bounded like the one read: a sparse entry of a few
 	// bytes may declare a terabyte.
-	written := &tarBound{w: io.MultiWriter(zw, diffIDHash), max: lim.Size, holes: lim.Holes, read: l.decompressed.n.Load}
+	written := &tarBound{w: io.MultiWriter(zw, diffIDHash), max: lim.Size, holes: lim.Holes, read: func() int64 { return l.consumed.n }}
 	tw := tar.NewWriter(written)
 	tooLarge := func() error {
 		l.fail(ErrLayerTooLarge) //nolint:errcheck // what the source says counts, below
