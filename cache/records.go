@@ -427,23 +427,25 @@ func (s *Store) GetLayerVerdict(ctx context.Context, layer digest.Digest) (Layer
 	return v, nil
 }
 
-// PutLayerVerdict records a verdict. A verdict never points at a blob that
-// is not there: the symlink repackaging must already be in the cache, and
-// a made layer that is not (evicted since it was recorded) is left out of
-// the record, to be made again when a rule set next asks for it.
+// PutLayerVerdict records a verdict. A verdict never points at a layer
+// that cannot be had: each repackaging it names is in the cache, or was
+// evicted and can be rebuilt from its original (its derived record says
+// how). A made layer that is neither is left out of the record, to be made
+// again when a rule set next asks for it; a symlink repackaging that is
+// neither is an error.
 func (s *Store) PutLayerVerdict(ctx context.Context, v LayerVerdict) error {
 	if err := v.Original.Validate(); err != nil {
 		return fmt.Errorf("put layer verdict %q: %w", v.Original, err)
 	}
 	if v.Repacked != "" {
-		if _, err := s.StatBlob(ctx, v.Repacked); err != nil {
+		if err := s.rebuildable(ctx, v.Repacked); err != nil {
 			return fmt.Errorf("put layer verdict %s: repacked blob: %w", v.Original, err)
 		}
 	}
 	var made []MadeLayer
 	for _, m := range v.Made {
 		if m.Digest != "" {
-			if _, err := s.StatBlob(ctx, m.Digest); errors.Is(err, ErrNotFound) {
+			if err := s.rebuildable(ctx, m.Digest); errors.Is(err, ErrNotFound) {
 				continue
 			} else if err != nil {
 				return fmt.Errorf("put layer verdict %s: %s blob: %w", v.Original, m.Transform, err)
@@ -453,6 +455,23 @@ func (s *Store) PutLayerVerdict(ctx context.Context, v LayerVerdict) error {
 	}
 	v.Made = made
 	return s.putJSON(ctx, layerVerdictPath(v.Original), v)
+}
+
+// rebuildable is nil when the layer dgst is in the cache, or was evicted
+// and has the derived record it is rebuilt from; ErrNotFound when neither.
+func (s *Store) rebuildable(ctx context.Context, dgst digest.Digest) error {
+	_, err := s.StatBlob(ctx, dgst)
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	d, derr := s.GetDerived(ctx, dgst)
+	switch {
+	case derr == nil && d.Kind == DerivedLayer:
+		return nil
+	case derr == nil || errors.Is(derr, ErrNotFound):
+		return err
+	}
+	return derr
 }
 
 func reportPath(key string) string {

@@ -435,6 +435,22 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			if _, err := s.GetLayerVerdict(ctx, dgst); !errors.Is(err, cache.ErrNotFound) {
 				t.Fatalf("missing verdict: %v", err)
 			}
+			// Evicted, a repackaging with the record it is rebuilt from can
+			// still be named; a made layer with none is left out.
+			made := digest.FromString("a made layer, evicted, without a record")
+			v.Made = []cache.MadeLayer{{Transform: "expand", Digest: made, Size: 1, DiffID: made}, {Transform: "strip,expand", Skipped: "amplifies"}}
+			if err := s.PutDerived(ctx, cache.Derived{Digest: dgst, Kind: cache.DerivedLayer, Source: layer}); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Delete(ctx, "/blobs/sha256/"+dgst.Encoded()[:2]+"/"+dgst.Encoded()); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.PutLayerVerdict(ctx, v); err != nil {
+				t.Fatalf("a verdict naming an evicted repackaging with its record: %v", err)
+			}
+			if got, err := s.GetLayerVerdict(ctx, layer); err != nil || got.Repacked != dgst || len(got.Made) != 1 || got.Made[0].Skipped != "amplifies" {
+				t.Fatalf("got %+v, %v; want the repackaging and the refusal kept, the unrecorded made layer left out", got, err)
+			}
 		}},
 		{"records bound the details of their changes", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			// As a version without the bound wrote it: a layer's paths, whole.
