@@ -273,10 +273,13 @@ func (e *Engine) computeLayerVerdict(ctx context.Context, src Source, dgst diges
 	v.Sparse, v.Expanded = scan.Sparse, scan.Expanded
 	kept := oerr == nil && old.Skipped == "" && old.Repacked != "" && scan.Sparse == 0
 	if kept {
-		// Only while it is there: evicted, it is made again (the same
-		// bytes, the layer having no sparse entries).
-		_, err := e.opts.Store.StatBlob(ctx, old.Repacked)
-		kept = err == nil
+		// Only while it can be had: in the cache, or evicted with the
+		// record it is rebuilt from (the same bytes, the layer having no
+		// sparse entries); else it is made again.
+		if _, err := e.opts.Store.StatBlob(ctx, old.Repacked); err != nil {
+			d, derr := e.opts.Store.GetDerived(ctx, old.Repacked)
+			kept = derr == nil && d.Kind == cache.DerivedLayer && d.Source == dgst && d.Transform == ""
+		}
 	}
 	switch {
 	case scan.Stripped == 0:
@@ -412,7 +415,12 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 	}
 	out := boundMade(in, info.Size, e.opts.MaxMadeSize)
 	lim := e.limits()
-	lim.Holes = holesBound(info.Size)
+	if want == "" {
+		// A new layer's holes are bounded; a rebuild's bytes are pinned by
+		// want, made by a version that may have had no such bound, and
+		// must come out the same (bounded still by the layer size).
+		lim.Holes = holesBound(info.Size)
+	}
 	res, err := rewrite.TransformLayer(out, rc, lim, t)
 	if err != nil {
 		if crossed := out.crossed(); crossed != nil {

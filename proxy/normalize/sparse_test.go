@@ -314,3 +314,47 @@ func TestSparseHolesBounded(t *testing.T) {
 		t.Fatalf("verdict %+v, %v", v, err)
 	}
 }
+
+// TestRebuildNotBoundByHoles: a layer an earlier version made, with more
+// holes filled than holesBound allows now (that version had no such
+// bound), is rebuilt after its eviction as it was: the bytes are pinned by
+// the digest the variant names, and a rebuild that refused them would fail
+// every pull of that variant for good.
+func TestRebuildNotBoundByHoles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	holes := []regtest.File{{Name: "holes", Typeflag: tar.TypeGNUSparse, SparseSize: 96 << 20,
+		Sparse: []regtest.SparseData{{Offset: 96<<20 - 1, Data: []byte("x")}}}}
+	img := build(t, regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, holes)
+	var m ocispec.Manifest
+	json.Unmarshal(img.Manifest, &m)
+	layer := m.Layers[0]
+	if bound := holesBound(layer.Size); bound >= 96<<20 {
+		t.Fatalf("holesBound(%d) = %d: the layer's holes are within it", layer.Size, bound)
+	}
+	store := cache.New(inmemory.New())
+	src := newSource(store, img)
+	// What an earlier version made of it, unbounded.
+	var made bytes.Buffer
+	res, err := rewrite.TransformLayer(&made, bytes.NewReader(img.Layers[0]), rewrite.Limits{}, rewrite.LayerTransform{Expand: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cache.Derived{Digest: res.Digest, Kind: cache.DerivedLayer, Source: layer.Digest, Transform: "expand"}
+	if err := store.PutDerived(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := newEngine(store).RebuildLayer(ctx, src, d); err != nil {
+		t.Fatalf("rebuild of a layer made before the bound: %v", err)
+	}
+	if info, err := store.StatBlob(ctx, res.Digest); err != nil || info.Size != res.Size {
+		t.Fatalf("rebuilt layer: %+v, %v", info, err)
+	}
+	// Made anew now, the same layer is refused.
+	if _, err := newEngine(store).Normalize(ctx, src, manifestOf(img), ruleset.Set{GNUSparse: true}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := store.GetLayerVerdict(ctx, layer.Digest); err != nil || len(v.Made) != 1 || v.Made[0].Skipped != "amplifies" {
+		t.Fatalf("verdict %+v, %v", v, err)
+	}
+}
