@@ -124,8 +124,11 @@ func FuzzRepackLayer(f *testing.F) {
 				t.Fatalf("scan counts %d entries, the standard library %d", scan.Entries, want)
 			}
 		}
+		// A sparse entry of a few bytes may declare a terabyte: what is
+		// written is bounded, as the engine bounds it.
+		lim := Limits{Size: 64 << 20}
 		var out bytes.Buffer
-		res, err := RepackLayer(&out, bytes.NewReader(blob), Limits{})
+		res, err := RepackLayer(&out, bytes.NewReader(blob), lim)
 		if err != nil {
 			return // the Go tar writer refuses some headers its reader accepts
 		}
@@ -145,7 +148,10 @@ func FuzzRepackLayer(f *testing.F) {
 			return
 		}
 		out.Reset()
-		res, err = TransformLayer(&out, bytes.NewReader(blob), Limits{}, LayerTransform{Expand: true})
+		res, err = TransformLayer(&out, bytes.NewReader(blob), lim, LayerTransform{Expand: true})
+		if errors.Is(err, ErrLayerTooLarge) {
+			return // keeping the xattrs stripping removed, at the bound
+		}
 		if err != nil {
 			t.Fatalf("expanding a layer that repackaged: %v", err)
 		}

@@ -84,17 +84,24 @@ var ErrZstdWindow = errors.New("zstd window beyond the limit")
 
 // Limits bound what reading a layer may take, whatever the layer says.
 type Limits struct {
-	// Size bounds the decompressed stream (0: no bound); a layer that
-	// expands further is ErrLayerTooLarge.
+	// Size bounds the decompressed stream (0: no bound), and the tar a
+	// repackaging writes (with sparse files expanded) unless Unwritten; a
+	// layer that expands further is ErrLayerTooLarge.
 	Size int64
+	// Unwritten leaves what a repackaging writes bounded by nothing but
+	// what it reads: for a rebuild, whose bytes are pinned by the digest
+	// they must come out as, made by a version that may have had no bound
+	// on them.
+	Unwritten bool
 	// ZstdWindow bounds the window a zstd frame may declare, and so the
 	// memory its decoder holds (0: DefaultZstdWindow); a layer with a frame
 	// that declares more is ErrZstdWindow, found from the frame's header
 	// before anything is allocated for it.
 	ZstdWindow int64
 	// Holes bounds what a repackaging writes beyond what it reads: the
-	// holes of GNU sparse entries it fills with zeros (0: no bound). An
-	// entry of a few bytes may declare gigabytes of holes, which cost a
+	// holes of sparse files it fills with zeros (GNU 'S' entries, and PAX
+	// sparse files, which archive/tar also writes expanded; 0: no bound).
+	// An entry of a few bytes may declare gigabytes of holes, which cost a
 	// repackaging their writing and compressing; a layer that fills more
 	// is ErrHolesBeyondLimit.
 	Holes int64

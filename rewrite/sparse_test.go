@@ -228,6 +228,12 @@ func TestSparseBomb(t *testing.T) {
 	if _, err := TransformLayer(io.Discard, bytes.NewReader(tight.Bytes()), Limits{Size: 1<<20 + 2048}, LayerTransform{Expand: true}); err != nil {
 		t.Fatalf("within the limit: %v", err)
 	}
+	// Unwritten (a rebuild) bounds only the read: the tight layer, whose
+	// stored tar is a few KiB, is written whole under a limit its expanded
+	// form passes.
+	if _, err := TransformLayer(io.Discard, bytes.NewReader(tight.Bytes()), Limits{Size: 64 << 10, Unwritten: true}, LayerTransform{Expand: true}); err != nil {
+		t.Fatalf("unwritten: %v", err)
+	}
 }
 
 // TestSparseHolesLimit: Limits.Holes bounds the holes a repackaging fills,

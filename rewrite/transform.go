@@ -21,9 +21,10 @@ import (
 // written expanded, as regular files, and numeric fields use its own
 // encoding. What an extraction produces is unchanged.
 //
-// A layer beyond lim is ErrLayerTooLarge or ErrZstdWindow; lim.Size bounds
-// the tar written too, sparse files expanded. Like ScanLayer, it reads blob
-// to its end and returns blob's errors.
+// A layer beyond lim is ErrLayerTooLarge, ErrZstdWindow or
+// ErrHolesBeyondLimit; lim.Size bounds the tar written too, sparse files
+// expanded (unless lim.Unwritten). Like ScanLayer, it reads blob to its end
+// and returns blob's errors.
 func RepackLayer(dst io.Writer, blob io.Reader, lim Limits) (LayerResult, error) {
 	return TransformLayer(dst, blob, lim, LayerTransform{Strip: true})
 }
@@ -131,7 +132,11 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 	diffIDHash := sha256.New()
 	// The tar written is bounded like the one read: a sparse entry of a few
 	// bytes may declare a terabyte.
-	written := &tarBound{w: io.MultiWriter(zw, diffIDHash), max: lim.Size, holes: lim.Holes, read: func() int64 { return l.consumed.n }}
+	writeMax := lim.Size
+	if lim.Unwritten {
+		writeMax = 0 // the read is still bounded, by lim.Size
+	}
+	written := &tarBound{w: io.MultiWriter(zw, diffIDHash), max: writeMax, holes: lim.Holes, read: func() int64 { return l.consumed.n }}
 	tw := tar.NewWriter(written)
 	tooLarge := func() error {
 		l.fail(ErrLayerTooLarge) //nolint:errcheck // what the source says counts, below
@@ -181,7 +186,7 @@ func TransformLayer(dst io.Writer, blob io.Reader, lim Limits, t LayerTransform)
 			res.recordSparse(hdr.Name)
 			expand(hdr)
 		}
-		if lim.Size > 0 && hdr.Size > lim.Size-written.n {
+		if writeMax > 0 && hdr.Size > writeMax-written.n {
 			return LayerResult{}, tooLarge() // known before a byte of it is written
 		}
 		hdr.Xattrs = nil //nolint:staticcheck // PAXRecords holds the same records; both would be written

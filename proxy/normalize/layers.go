@@ -156,7 +156,7 @@ const KindLayerUntouched = "layer-untouched"
 // untouchedWhy is what the report says of a layer left untouched, by reason.
 var untouchedWhy = map[string]string{
 	"not-tar":     "not a tar stream regnorm reads: served as upstream has it",
-	"too-large":   "decompresses beyond normalize.maxLayerSize, or rewritten would be larger than maxBlobSize: served as upstream has it",
+	"too-large":   "decompresses (or, rewritten with its sparse files expanded, writes) beyond normalize.maxLayerSize, or rewritten would be larger than maxBlobSize: served as upstream has it",
 	"zstd-window": "a zstd frame declares a window beyond normalize.maxZstdWindow: served as upstream has it",
 	"amplifies": fmt.Sprintf("rewritten would be more than %d times its size and %d MiB, or fill more than %d times its size and %d MiB of sparse files' holes: served as upstream has it",
 		madeRatio, madeSlack>>20, holeRatio, holeSlack>>20),
@@ -416,10 +416,12 @@ func (e *Engine) repackLayer(ctx context.Context, dgst, want digest.Digest, t re
 	out := boundMade(in, info.Size, e.opts.MaxMadeSize)
 	lim := e.limits()
 	if want == "" {
-		// A new layer's holes are bounded; a rebuild's bytes are pinned by
-		// want, made by a version that may have had no such bound, and
-		// must come out the same (bounded still by the layer size).
+		// A new layer's holes and size are bounded; a rebuild's bytes are
+		// pinned by want, made by a version that may have had no such
+		// bounds, and must come out the same (its read stays bounded).
 		lim.Holes = holesBound(info.Size)
+	} else {
+		lim.Unwritten = true
 	}
 	res, err := rewrite.TransformLayer(out, rc, lim, t)
 	if err != nil {
