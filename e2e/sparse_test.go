@@ -8,6 +8,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,14 +167,22 @@ func TestGNUSparseEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr := tar.NewReader(zr)
+	seen := false
 	for {
 		hdr, err := tr.Next()
-		if err != nil {
+		if err == io.EOF {
 			break
+		}
+		if err != nil {
+			t.Fatalf("the variant's layer: %v", err)
 		}
 		if hdr.Typeflag == tar.TypeGNUSparse || (hdr.Name == "data/big" && (hdr.Typeflag != tar.TypeReg || hdr.Size != 1<<20)) {
 			t.Fatalf("the variant's layer has %+v", hdr)
 		}
+		seen = seen || hdr.Name == "data/big"
+	}
+	if !seen {
+		t.Fatal("the variant's layer has no data/big")
 	}
 	if n := metric(t, proxyURL, "regnorm_rewrites_total", `kind="gnu-sparse"`); n != 2 {
 		t.Fatalf("gnu-sparse rewrites = %v, want 2 (1.6.8's variant and the one of 1.6.20 and 2.3.4)", n)
