@@ -345,8 +345,9 @@ type XattrRemoval struct {
 	MoreKeys int      `json:"moreKeys,omitempty"`
 }
 
-// LayerVerdict is what scanning one original layer found: it is clean
-// (Repacked is empty), or its repackaged form is Repacked. Keyed by the
+// LayerVerdict is what scanning one original layer found: whether it has
+// xattrs the symlink rule strips (its repackaged form is then Repacked) and
+// GNU sparse entries, and the repackagings made of it (Made). Keyed by the
 // layer's digest alone, so a base layer is scanned once for the whole
 // cluster.
 type LayerVerdict struct {
@@ -379,9 +380,9 @@ type LayerVerdict struct {
 	// the others are Sparse's rest.
 	Sparse   int      `json:"sparse,omitempty"`
 	Expanded []string `json:"expanded,omitempty"`
-	// Made are the layer's repackagings other than the symlink rule's alone
+	// Made are the layer's repackagings other than the symlink rule's
 	// (Repacked), one for each transform a rule set asked for (the sparse
-	// rule's, alone or with the symlink rule's), made when first asked.
+	// rule's, or a recompression with one of them), made when first asked.
 	Made      []MadeLayer `json:"made,omitempty"`
 	CreatedAt time.Time   `json:"createdAt"`
 }

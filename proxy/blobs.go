@@ -70,7 +70,7 @@ func rangeStart(h string) int64 {
 	return n
 }
 
-// sendBlob answers GET and HEAD, with ranges and conditional requests, from
+// sendBlob answers a GET (and net/http's HEAD), with ranges and conditional requests, from
 // content that seeks, sent as mediaType: a manifest's own type (a manifest
 // asked for through /blobs/, as containerd's resolver does when /manifests/
 // failed), else application/octet-stream.

@@ -26,8 +26,8 @@ type Blob struct {
 	// downloaded or rebuilt.
 	Fetched bool
 	// MediaType is what it is sent as (mediatype.OfBlob): a manifest's own
-	// type, else application/octet-stream. Set for a client's read
-	// (OpenBlob) only.
+	// type, else application/octet-stream. Only a client's read (OpenBlob)
+	// learns it; a rule's read is always octet-stream, never sent.
 	MediaType string
 	close     func() error
 }

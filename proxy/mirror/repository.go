@@ -92,7 +92,8 @@ const (
 )
 
 // Service makes the Repositories every reader asks. It holds what they
-// share: the links known to exist, and the manifest fetches under way.
+// share: the links known to exist, the manifest fetches under way, and the
+// types of small blobs learnt (and the room to learn them in).
 type Service struct {
 	store     Store
 	fetches   Fetcher
