@@ -22,7 +22,9 @@ func holdPath(upstream string) string { return path.Join("/holds", escapeSegment
 
 // GetHold is the time until which upstream is held after a rate limit (see
 // upstream.HoldStore), as a replica wrote it; the zero time when none is
-// recorded. The reader bounds it again: a record is only a hint.
+// recorded. upstream is the upstream's name, or, for one that forwards
+// credentials, its name and a client's identity. The reader bounds it
+// again: a record is only a hint.
 func (s *Store) GetHold(ctx context.Context, upstream string) (time.Time, error) {
 	p := holdPath(upstream)
 	rc, err := s.driver.Reader(ctx, p, 0)

@@ -42,8 +42,13 @@ type HoldStore interface {
 	PutHold(ctx context.Context, upstream string, until time.Time) error
 }
 
-// rateHold is one upstream's hold, as this replica knows it.
+// rateHold is one upstream's hold, as this replica knows it: one for the
+// upstream, or, when it forwards credentials, one for each client's (a
+// client's spent budget is its own; anonymous clients share one).
 type rateHold struct {
+	// name is what the shared record is kept under: the upstream's name,
+	// and a forwarding client's identity after an '@'.
+	name     string
 	mu       sync.Mutex
 	until    time.Time // nothing counted is sent before
 	lastRead time.Time // when the shared record was last read
@@ -63,7 +68,7 @@ func (u *Registry) held(ctx context.Context) error {
 	h.mu.Unlock()
 	if read {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), holdStoreTimeout)
-		until, err := h.store.GetHold(rctx, u.name)
+		until, err := h.store.GetHold(rctx, h.name)
 		cancel()
 		switch {
 		case err != nil:
@@ -134,7 +139,7 @@ func (u *Registry) noteHold(ctx context.Context, resp *http.Response) {
 	u.log.Warn("upstream rate limit: holding requests it counts", "until", until, "status", resp.StatusCode)
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), holdStoreTimeout)
 	defer cancel()
-	if err := u.hold.store.PutHold(wctx, u.name, until); err != nil {
+	if err := u.hold.store.PutHold(wctx, u.hold.name, until); err != nil {
 		u.log.Warn("sharing the upstream's rate-limit hold failed", "error", fmt.Errorf("put hold: %w", err))
 	}
 }

@@ -187,7 +187,7 @@ func New(cfg Config, opts Options) *Registry {
 		share:   cfg.MaxDownloads,
 		mem:     opts.Memory.shareFor(cfg.Name, opts.Metrics),
 		health:  &health{},
-		hold:    &rateHold{store: opts.Holds},
+		hold:    &rateHold{store: opts.Holds, name: cfg.Name},
 		now:     opts.Now,
 		metrics: opts.Metrics,
 		log:     opts.Log.With("upstream", cfg.Name),
