@@ -27,6 +27,7 @@ import (
 //	/tags/<upstream>/<repository>/_tags/<tag>  tag record
 //	/links/<upstream>/<repository>/_links/<alg>/<hex>
 //	                                           the repository holds that digest upstream (empty)
+//	/holds/<upstream>                          until when the upstream is held after a rate limit
 //	/_uploads/<id>/data                        blobs being written, never read
 //
 // Repository components cannot start with '_' (distribution/reference), so

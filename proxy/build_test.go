@@ -72,7 +72,7 @@ func buildServer(tb testing.TB, p serverParts) built {
 	var regs []*upstream.Registry
 	var maxMade int64
 	for _, cfg := range p.upstreams {
-		r := upstream.New(cfg, upstream.Options{Retry: p.retry, Stall: p.stall, Now: clock.Now, Metrics: metrics.Upstream(), Memory: bodies, Log: p.log})
+		r := upstream.New(cfg, upstream.Options{Retry: p.retry, Stall: p.stall, Now: clock.Now, Metrics: metrics.Upstream(), Memory: bodies, Holds: p.store, Log: p.log})
 		maxMade = max(maxMade, r.MaxBlobSize())
 		regs = append(regs, r)
 	}

@@ -54,6 +54,11 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Content-Type", m.MediaType)
 	h.Set("Docker-Content-Digest", m.Digest.String())
 	h.Set("ETag", etag)
+	if orig.Stale {
+		// The tag's record is past its TTL and the upstream could not be
+		// asked (down, or rate limited): said as HTTP caches say it.
+		h.Set("Warning", `110 - "Response is Stale"`)
+	}
 	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.Contains(inm, etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return nil

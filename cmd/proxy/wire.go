@@ -50,7 +50,7 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		}
 		maxMade = max(maxMade, up.MaxBlobSize)
 		regs = append(regs, upstream.New(up, upstream.Options{Retry: retryPolicy(cfg.UpstreamAttempts), Stall: cfg.StallTimeout,
-			Now: clock.Now, Metrics: metrics.Upstream(), Memory: bodies, Log: log}))
+			Now: clock.Now, Metrics: metrics.Upstream(), Memory: bodies, Holds: store, Log: log}))
 	}
 
 	maintainer := maintain.New(maintain.Options{

@@ -8,11 +8,12 @@ import (
 )
 
 // forwarding is the state of an upstream that forwards client credentials:
-// one token source per client's credentials, and which credentials the
-// upstream lately confirmed for which repository.
+// one token source and one rate-limit hold per client's credentials, and
+// which credentials the upstream lately confirmed for which repository.
 type forwarding struct {
 	mu        sync.Mutex
 	tokens    map[[sha256.Size]byte]*tokenSource
+	holds     map[[sha256.Size]byte]*rateHold
 	confirmed map[confirmKey]time.Time // until when
 }
 
@@ -26,12 +27,12 @@ const (
 	// repository) stands: revoking a client's access upstream takes effect
 	// on the mirror within this time.
 	confirmTTL = time.Minute
-	// maxForwarded bounds both maps; beyond it they start over.
+	// maxForwarded bounds the maps; beyond it they start over.
 	maxForwarded = 4096
 )
 
 func newForwarding() *forwarding {
-	return &forwarding{tokens: map[[sha256.Size]byte]*tokenSource{}, confirmed: map[confirmKey]time.Time{}}
+	return &forwarding{tokens: map[[sha256.Size]byte]*tokenSource{}, holds: map[[sha256.Size]byte]*rateHold{}, confirmed: map[confirmKey]time.Time{}}
 }
 
 // As returns the upstream as the client of r: with the client's own Basic
@@ -58,9 +59,24 @@ func (u *Registry) As(r *http.Request) (*Registry, error) {
 		ts = u.newTokenSource(creds)
 		f.tokens[key] = ts
 	}
+	// A client's spent budget holds its own requests, not another
+	// client's: one hold per credentials. Anonymous clients share one,
+	// with the other replicas too; a client's own stays in this replica
+	// (its record would name its credentials' hash in the shared cache).
+	h, ok := f.holds[key]
+	if !ok {
+		if len(f.holds) >= maxForwarded {
+			clear(f.holds)
+		}
+		h = &rateHold{}
+		if creds.empty() {
+			h.store, h.name = u.hold.store, u.name+"@anonymous"
+		}
+		f.holds[key] = h
+	}
 	f.mu.Unlock()
 	v := *u
-	v.creds, v.tokens, v.credsKey = creds, ts, key
+	v.creds, v.tokens, v.credsKey, v.hold = creds, ts, key, h
 	return &v, nil
 }
 

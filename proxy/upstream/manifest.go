@@ -39,7 +39,7 @@ var defaultAccept = []string{ocispec.MediaTypeImageIndex, ocispec.MediaTypeImage
 // failure is the *errcode.Error a client would get (code MANIFEST_UNKNOWN
 // for a 404).
 func (r *Repository) HeadManifest(ctx context.Context, ref string, accept []string) (digest.Digest, error) {
-	resp, err := r.reg.do(ctx, http.MethodHead, r.name, r.path("manifests", ref), nil, acceptHeader(accept))
+	resp, err := r.reg.doCounted(ctx, http.MethodHead, r.name, r.path("manifests", ref), nil, acceptHeader(accept))
 	if err != nil {
 		return "", err
 	}
@@ -63,7 +63,7 @@ func (r *Repository) HeadManifest(ctx context.Context, ref string, accept []stri
 // the *errcode.Error a client would get (MANIFEST_UNKNOWN for a 404).
 func (r *Repository) GetManifest(ctx context.Context, ref string, accept []string, want digest.Digest) (Manifest, error) {
 	u := r.reg
-	resp, err := u.do(ctx, http.MethodGet, r.name, r.path("manifests", ref), nil, acceptHeader(accept))
+	resp, err := u.doCounted(ctx, http.MethodGet, r.name, r.path("manifests", ref), nil, acceptHeader(accept))
 	if err != nil {
 		return Manifest{}, err
 	}

@@ -22,6 +22,7 @@ type Metrics struct {
 	blobsTooLarge *prometheus.CounterVec
 	bodyBytes     *prometheus.GaugeVec
 	bodiesRefused *prometheus.CounterVec
+	held          *prometheus.CounterVec
 }
 
 // NewMetrics builds the upstream metrics, registered nowhere.
@@ -68,13 +69,17 @@ func NewMetrics() *Metrics {
 			Name: "regnorm_upstream_body_memory_refused_total",
 			Help: "Upstream answers not read because the memory for them (maxUpstreamBodyMemory, or the upstream's share of it) was spent: the client got 503 with Retry-After, by upstream.",
 		}, []string{"upstream"}),
+		held: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_upstream_held_requests_total",
+			Help: "Manifest requests not sent because the upstream is held after a 429 or a RateLimit-Remaining of 0 (by this replica or another): a stale tag was served, or the client got 429 with Retry-After, by upstream.",
+		}, []string{"upstream"}),
 	}
 }
 
 // Collectors are the metrics to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.requests, m.duration, m.retries, m.tokenFetches, m.rateLimit, m.rateRemaining, m.rateWindow, m.blobsTooLarge,
-		m.bodyBytes, m.bodiesRefused}
+		m.bodyBytes, m.bodiesRefused, m.held}
 }
 
 // Retry counts a request sent again to upstream, and why: also a resumed
@@ -96,6 +101,7 @@ func (m *Metrics) preset(upstream string) {
 	m.blobsTooLarge.WithLabelValues(upstream)
 	m.bodyBytes.WithLabelValues(upstream)
 	m.bodiesRefused.WithLabelValues(upstream)
+	m.held.WithLabelValues(upstream)
 	// Unknown until the upstream says: NaN, not a 0 that would read as an
 	// exhausted budget.
 	for _, g := range []*prometheus.GaugeVec{m.rateLimit, m.rateRemaining, m.rateWindow} {

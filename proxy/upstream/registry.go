@@ -7,7 +7,9 @@
 // they are forwarded), retries of failures that may pass, a guard that ends
 // a body that stops, a dialer that keeps the upstream's redirects and token
 // realms out of the network regnorm runs in (behind an HTTP proxy too), the
-// per-request budget of upstream requests, and the bound on the memory the
+// per-request budget of upstream requests, the hold on an upstream's
+// manifests after a rate limit, shared with the other replicas (hold.go),
+// and the bound on the memory the
 // answers it reads whole hold (BodyMemory); and it checks what comes back as part of speaking the
 // protocol: a manifest's digest, size and media type, a blob's size bound,
 // a tag list's shape. The upstream's refusals are OCI errors (errcode) a
@@ -123,7 +125,10 @@ type Options struct {
 	// Memory bounds the answers read whole, of every Registry it is
 	// given to (nil: a DefaultBodyMemory of this one's own).
 	Memory *BodyMemory
-	Log    *slog.Logger
+	// Holds shares each upstream's rate-limit hold with the other
+	// replicas (hold.go); nil keeps it to this one.
+	Holds HoldStore
+	Log   *slog.Logger
 }
 
 // Registry is the client for one upstream registry. A Registry made by As
@@ -138,6 +143,7 @@ type Registry struct {
 	retry  RetryPolicy
 	stall  time.Duration // a response that sends nothing for this long is abandoned
 	health *health
+	hold   *rateHold // shared by the views As makes
 	// forward is set for an upstream that forwards client credentials;
 	// clients then get a view of it with their own (see As).
 	forward *forwarding
@@ -181,6 +187,7 @@ func New(cfg Config, opts Options) *Registry {
 		share:   cfg.MaxDownloads,
 		mem:     opts.Memory.shareFor(cfg.Name, opts.Metrics),
 		health:  &health{},
+		hold:    &rateHold{store: opts.Holds, name: cfg.Name},
 		now:     opts.Now,
 		metrics: opts.Metrics,
 		log:     opts.Log.With("upstream", cfg.Name),
@@ -238,7 +245,25 @@ func newTransport(cfg Config, stall time.Duration) http.RoundTripper {
 // (the last attempt's); the caller closes the body, or hands the response
 // to statusError. An error is an *errcode.Error, or the context's.
 func (u *Registry) do(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+	return u.doHeld(ctx, false, method, repo, path, query, header)
+}
+
+// doCounted is do for a request the upstream counts against its rate
+// limit: while the upstream is held (hold.go), it is not sent, and its
+// caller gets 429 with Retry-After.
+func (u *Registry) doCounted(ctx context.Context, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
+	return u.doHeld(ctx, true, method, repo, path, query, header)
+}
+
+func (u *Registry) doHeld(ctx context.Context, counted bool, method, repo, path string, query url.Values, header http.Header) (*http.Response, error) {
 	for attempt := 1; ; attempt++ {
+		if counted {
+			// Each attempt: a retry after a 429 waits out its Retry-After,
+			// and one for another replica's hold is not sent at all.
+			if err := u.held(ctx); err != nil {
+				return nil, err
+			}
+		}
 		resp, err := u.doOnce(ctx, method, repo, path, query, header)
 		reason, asked := retryReason(resp, err)
 		if reason == "" {
@@ -326,6 +351,7 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		u.metrics.requests.WithLabelValues(u.name, label.Status(resp.StatusCode)).Inc()
 		u.metrics.noteRateLimit(u.name, resp.Header)
+		u.noteHold(ctx, resp)
 		// The code, as its metric label gives it, never the reason phrase:
 		// that is the upstream's own text, as long as it likes.
 		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, "HTTP "+label.Status(resp.StatusCode))
@@ -477,6 +503,10 @@ func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Er
 	case s == http.StatusTooManyRequests:
 		e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "upstream "+u.name+" rate limit", cause)
 		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		if until := u.heldUntil(); e.RetryAfter <= 0 && !until.IsZero() {
+			// Without a Retry-After of its own: when the hold it set ends.
+			e.RetryAfter = max(until.Sub(u.now()), time.Second)
+		}
 		return e
 	case s == http.StatusServiceUnavailable:
 		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "upstream "+u.name+" unavailable", cause)

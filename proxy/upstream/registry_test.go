@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -167,5 +168,51 @@ func TestForwardedCredentials(t *testing.T) {
 	}
 	if alice.Repository("private").Confirmed(now.Add(2 * time.Minute)) {
 		t.Error("a confirmation outlived its lifetime")
+	}
+}
+
+// With forwarding, a client's spent budget holds that client's manifest
+// requests, not another client's: Alice's 429 keeps her next request from
+// the upstream, and Bob's is sent and answered.
+func TestForwardedRateLimitHoldsOnlyItsClient(t *testing.T) {
+	t.Parallel()
+	var alice, bob atomic.Int32
+	dgst := digest.FromString("{}")
+	r := newRegistry(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		switch user, _, _ := req.BasicAuth(); user {
+		case "alice":
+			alice.Add(1)
+			w.Header().Set("Retry-After", "60")
+			w.WriteHeader(http.StatusTooManyRequests)
+		case "bob":
+			bob.Add(1)
+			w.Header().Set("Docker-Content-Digest", dgst.String())
+			w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+			w.Header().Set("Content-Length", "2")
+		default:
+			w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}), upstream.Config{ForwardCredentials: true})
+	as := func(user string) *upstream.Registry {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.SetBasicAuth(user, "pw")
+		v, err := r.As(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	ctx := context.Background()
+	for range 2 {
+		if _, err := as("alice").Repository("app").HeadManifest(ctx, "v1", nil); errcode.StatusOf(err) != http.StatusTooManyRequests {
+			t.Fatalf("alice: %v, want 429", err)
+		}
+	}
+	if n := alice.Load(); n != 1 {
+		t.Fatalf("alice's requests sent: %d, want 1 (the second held)", n)
+	}
+	if got, err := as("bob").Repository("app").HeadManifest(ctx, "v1", nil); err != nil || got != dgst || bob.Load() != 1 {
+		t.Fatalf("bob: %s, %v after %d requests; want his answer", got, err, bob.Load())
 	}
 }
