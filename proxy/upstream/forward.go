@@ -66,7 +66,17 @@ func (u *Registry) As(r *http.Request) (*Registry, error) {
 	h, ok := f.holds[key]
 	if !ok {
 		if len(f.holds) >= maxForwarded {
-			clear(f.holds)
+			// Holds that ended (and those of credentials that never were
+			// held: failed logins) go first; the rest only if still full.
+			now := u.now()
+			for k, old := range f.holds {
+				if old.heldUntil(now).IsZero() {
+					delete(f.holds, k)
+				}
+			}
+			if len(f.holds) >= maxForwarded {
+				clear(f.holds)
+			}
 		}
 		h = &rateHold{}
 		if creds.empty() {

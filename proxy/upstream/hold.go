@@ -32,6 +32,13 @@ const (
 	holdRefresh = 5 * time.Second
 	// holdStoreTimeout bounds one read or write of the shared record.
 	holdStoreTimeout = 5 * time.Second
+	// holdSkew is how far another replica's clock may be ahead: a record
+	// up to maxHold+holdSkew ahead is a hold (clamped to maxHold), beyond
+	// it a damaged record.
+	holdSkew = 5 * time.Minute
+	// maxRetryAfter bounds a Retry-After in seconds before it becomes a
+	// duration (a larger number would wrap around).
+	maxRetryAfter = 1 << 31
 )
 
 // HoldStore keeps each upstream's hold where every replica reads it (a
@@ -75,12 +82,13 @@ func (u *Registry) held(ctx context.Context) error {
 			// Storage that fails holds nothing: the upstream answers for
 			// itself.
 			u.log.Warn("reading the upstream's rate-limit hold failed", "error", err)
-		case until.After(now.Add(maxHold)):
-			// No replica writes a hold longer than maxHold: this record is
-			// damaged, and would hold the upstream again at each read.
+		case until.After(now.Add(maxHold + holdSkew)):
+			// No replica writes a hold longer than maxHold (give or take
+			// its clock): this record is damaged, and would hold the
+			// upstream again at each read.
 			u.log.Warn("ignoring an upstream rate-limit hold beyond the longest one", "until", until, "max", maxHold)
 		case until.After(now):
-			h.extend(until)
+			h.extend(earlier(until, now.Add(maxHold)))
 		}
 	}
 	h.mu.Lock()
@@ -101,15 +109,18 @@ func heldError(name string, wait time.Duration, cause error) *errcode.Error {
 }
 
 // extend holds until t, unless a longer hold is known; it reports whether
-// t is new.
+// t moves the hold's end by holdRefresh or more (what is worth a log line
+// and a write of the shared record: an upstream that says "budget at zero"
+// on every answer moves it a little each time).
 func (h *rateHold) extend(t time.Time) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !t.After(h.until) {
 		return false
 	}
+	moved := t.Sub(h.until) >= holdRefresh
 	h.until = t
-	return true
+	return moved
 }
 
 // noteHold learns a hold from an upstream's answer: a 429, or a budget at
@@ -139,6 +150,12 @@ func (u *Registry) noteHold(ctx context.Context, resp *http.Response) {
 	u.log.Warn("upstream rate limit: holding requests it counts", "until", until, "status", resp.StatusCode)
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), holdStoreTimeout)
 	defer cancel()
+	// Another replica's longer hold stands: the later end is written (S3
+	// has no compare-and-swap; this closes most of the window).
+	if theirs, err := u.hold.store.GetHold(wctx, u.hold.name); err == nil && theirs.After(until) && !theirs.After(now.Add(maxHold+holdSkew)) {
+		until = earlier(theirs, now.Add(maxHold))
+		u.hold.extend(until)
+	}
 	if err := u.hold.store.PutHold(wctx, u.hold.name, until); err != nil {
 		u.log.Warn("sharing the upstream's rate-limit hold failed", "error", fmt.Errorf("put hold: %w", err))
 	}
@@ -146,11 +163,22 @@ func (u *Registry) noteHold(ctx context.Context, resp *http.Response) {
 
 // heldUntil is when u's hold ends, as this replica knows it; the zero
 // time when it is not held.
-func (u *Registry) heldUntil() time.Time {
-	u.hold.mu.Lock()
-	defer u.hold.mu.Unlock()
-	if !u.hold.until.After(u.now()) {
+func (u *Registry) heldUntil() time.Time { return u.hold.heldUntil(u.now()) }
+
+// heldUntil is when h ends, the zero time when it has ended by now.
+func (h *rateHold) heldUntil(now time.Time) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.until.After(now) {
 		return time.Time{}
 	}
-	return u.hold.until
+	return h.until
+}
+
+// earlier is the earlier of a and b.
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }

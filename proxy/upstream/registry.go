@@ -265,6 +265,11 @@ func (u *Registry) doHeld(ctx context.Context, counted bool, method, repo, path 
 			}
 		}
 		resp, err := u.doOnce(ctx, method, repo, path, query, header)
+		if counted && err == nil {
+			// Only what the upstream counts sets a hold: a blob's 429 (its
+			// CDN's, say) or a token step's says nothing of manifests.
+			u.noteHold(ctx, resp)
+		}
 		reason, asked := retryReason(resp, err)
 		if reason == "" {
 			return resp, err
@@ -351,7 +356,6 @@ func (u *Registry) doOnce(ctx context.Context, method, repo, path string, query 
 		}
 		u.metrics.requests.WithLabelValues(u.name, label.Status(resp.StatusCode)).Inc()
 		u.metrics.noteRateLimit(u.name, resp.Header)
-		u.noteHold(ctx, resp)
 		// The code, as its metric label gives it, never the reason phrase:
 		// that is the upstream's own text, as long as it likes.
 		u.health.record(resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests, "HTTP "+label.Status(resp.StatusCode))
@@ -502,7 +506,7 @@ func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Er
 		return errcode.New(http.StatusForbidden, errcode.Denied, "upstream "+u.name+" denied access", cause)
 	case s == http.StatusTooManyRequests:
 		e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "upstream "+u.name+" rate limit", cause)
-		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		e.RetryAfter = min(retryAfter(resp.Header.Get("Retry-After"), u.now()), maxHold)
 		if until := u.heldUntil(); e.RetryAfter <= 0 && !until.IsZero() {
 			// Without a Retry-After of its own: when the hold it set ends.
 			e.RetryAfter = max(until.Sub(u.now()), time.Second)
@@ -523,7 +527,7 @@ func retryAfter(h string, now time.Time) time.Duration {
 		return 0
 	}
 	if s, err := strconv.Atoi(h); err == nil && s >= 0 {
-		return time.Duration(s) * time.Second
+		return time.Duration(min(s, maxRetryAfter)) * time.Second
 	}
 	if t, err := http.ParseTime(h); err == nil && t.After(now) {
 		return t.Sub(now)
