@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -155,5 +156,46 @@ func TestSharedHoldKeepsTheLonger(t *testing.T) {
 	}
 	if got := d.heldUntil().Sub(clock.now()); got != maxHold {
 		t.Fatalf("held for %v, want it clamped to %v", got, maxHold)
+	}
+}
+
+// TestForwardedHoldsOutliveManyClients: with forwarding, clients beyond
+// the bound of the holds kept (failed logins, say) push out holds that
+// ended, not a client's hold still running.
+func TestForwardedHoldsOutliveManyClients(t *testing.T) {
+	t.Parallel()
+	clock := &stepClock{t: time.Unix(1e9, 0)}
+	var alice atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if user, _, _ := req.BasicAuth(); user == "alice" {
+			alice.Add(1)
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="x"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	r := New(Config{Name: "docker.io", URL: u, ForwardCredentials: true}, Options{
+		Retry: RetryPolicy{Attempts: 1}, Now: clock.now, Metrics: NewMetrics(), Log: slog.New(slog.DiscardHandler),
+	})
+	as := func(user string) *Registry {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.SetBasicAuth(user, "pw")
+		v, err := r.As(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	ctx := context.Background()
+	as("alice").Repository("app").HeadManifest(ctx, "v1", nil) //nolint:errcheck // the 429 that holds her
+	for i := range maxForwarded + 10 {
+		as("someone" + strconv.Itoa(i))
+	}
+	if _, err := as("alice").Repository("app").HeadManifest(ctx, "v1", nil); err == nil || alice.Load() != 1 {
+		t.Fatalf("alice after %d other clients: %v, %d sent; want still held", maxForwarded+10, err, alice.Load())
 	}
 }
