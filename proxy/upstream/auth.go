@@ -168,7 +168,7 @@ func (ts *tokenSource) fetch(ctx context.Context, c challenge, scope string) (st
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", &tokenError{status: resp.StatusCode}
+		return "", &tokenError{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
 	}
 	var body struct {
 		Token       string    `json:"token"`
@@ -231,7 +231,10 @@ func (ts *tokenSource) forget(scope string) {
 }
 
 // tokenError is a refusal from the token endpoint.
-type tokenError struct{ status int }
+type tokenError struct {
+	status     int
+	retryAfter string // its Retry-After, as sent
+}
 
 func (e *tokenError) Error() string {
 	return fmt.Sprintf("token endpoint answered %d", e.status)

@@ -442,6 +442,15 @@ func (u *Registry) tokenFailed(err error) error {
 	if errors.As(err, &te) && (te.status == http.StatusUnauthorized || te.status == http.StatusForbidden) {
 		return u.unauthorized("upstream "+u.name+" refused the credentials", err)
 	}
+	if te != nil && te.status == http.StatusTooManyRequests {
+		// A rate limit, not an outage: the client's 429, with the time to
+		// come back, and not asked again at once.
+		e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "upstream "+u.name+" token service rate limit", err)
+		if e.RetryAfter = min(retryAfter(te.retryAfter, u.now()), maxHold); e.RetryAfter <= 0 {
+			e.RetryAfter = defaultHold
+		}
+		return e
+	}
 	return errcode.New(http.StatusBadGateway, errcode.Unavailable, "upstream "+u.name+" token service failed", err)
 }
 

@@ -216,3 +216,33 @@ func TestForwardedRateLimitHoldsOnlyItsClient(t *testing.T) {
 		t.Fatalf("bob: %s, %v after %d requests; want his answer", got, err, bob.Load())
 	}
 }
+
+// A token service's 429 is the client's 429 with its Retry-After, not a
+// 502 retried at once.
+func TestTokenServiceRateLimit(t *testing.T) {
+	t.Parallel()
+	var tokens atomic.Int32
+	var realm string
+	mux := http.NewServeMux()
+	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
+		tokens.Add(1)
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusTooManyRequests)
+	})
+	mux.HandleFunc("/v2/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="example"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	realm = srv.URL + "/token"
+	r := registryAt(srv.URL, upstream.Config{})
+	_, err := r.Repository("a/b").HeadManifest(context.Background(), "v1", nil)
+	var e *errcode.Error
+	if !errors.As(err, &e) || e.Status != http.StatusTooManyRequests || e.Code != errcode.TooManyRequests || e.RetryAfter != 30*time.Second {
+		t.Fatalf("got %v, want 429 TOOMANYREQUESTS with Retry-After 30s", err)
+	}
+	if n := tokens.Load(); n != 1 {
+		t.Fatalf("token requests: %d, want 1 (a rate limit is not retried at once)", n)
+	}
+}
