@@ -680,7 +680,7 @@ func (c Config) validate() error {
 		switch {
 		case u.Name == "":
 			bad(field+".name", "must be set")
-		case strings.ContainsAny(u.Name, "/ ?#"):
+		case strings.ContainsAny(u.Name, "/ ?#@"):
 			bad(field+".name", "%q is not a registry host name", u.Name)
 		case seen[u.Name]:
 			bad(field+".name", "%q is configured twice", u.Name)

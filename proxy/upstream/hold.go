@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -55,11 +56,17 @@ type HoldStore interface {
 type rateHold struct {
 	// name is what the shared record is kept under: the upstream's name,
 	// and a forwarding client's identity after an '@'.
-	name     string
-	mu       sync.Mutex
-	until    time.Time // nothing counted is sent before
-	lastRead time.Time // when the shared record was last read
-	store    HoldStore // nil: this replica's own hold only
+	name       string
+	mu         sync.Mutex
+	until      time.Time // nothing counted is sent before
+	noted      time.Time // the end last logged and given to share
+	lastRead   time.Time // when the shared record was last read
+	lastRecord time.Time // what it said then
+	store      HoldStore // nil: this replica's own hold only
+	// writing makes one write of the record at a time, each of the end
+	// known when it is made: a shorter hold's write cannot land after a
+	// longer one's.
+	writing sync.Mutex
 }
 
 // held is the 429 a request the upstream counts gets while u is held, nil
@@ -87,7 +94,9 @@ func (u *Registry) held(ctx context.Context) error {
 			// its clock): this record is damaged, and would hold the
 			// upstream again at each read.
 			u.log.Warn("ignoring an upstream rate-limit hold beyond the longest one", "until", until, "max", maxHold)
-		case until.After(now):
+		case until.After(now) && h.newRecord(until):
+			// Clamped once per record: read again, the same record does
+			// not push the hold past maxHold from the first reading.
 			h.extend(earlier(until, now.Add(maxHold)))
 		}
 	}
@@ -109,18 +118,32 @@ func heldError(name string, wait time.Duration, cause error) *errcode.Error {
 }
 
 // extend holds until t, unless a longer hold is known; it reports whether
-// t moves the hold's end by holdRefresh or more (what is worth a log line
-// and a write of the shared record: an upstream that says "budget at zero"
-// on every answer moves it a little each time).
+// the hold's end moved by holdRefresh or more since it was last noted
+// (what is worth a log line and a write of the shared record: an upstream
+// that says "budget at zero" on every answer moves it a little each time).
 func (h *rateHold) extend(t time.Time) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !t.After(h.until) {
+	if t.After(h.until) {
+		h.until = t
+	}
+	if h.until.Sub(h.noted) < holdRefresh {
 		return false
 	}
-	moved := t.Sub(h.until) >= holdRefresh
-	h.until = t
-	return moved
+	h.noted = h.until
+	return true
+}
+
+// newRecord reports whether the shared record says until for the first
+// time, and remembers it.
+func (h *rateHold) newRecord(until time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if until.Equal(h.lastRecord) {
+		return false
+	}
+	h.lastRecord = until
+	return true
 }
 
 // noteHold learns a hold from an upstream's answer: a 429, or a budget at
@@ -144,20 +167,35 @@ func (u *Registry) noteHold(ctx context.Context, resp *http.Response) {
 		wait = defaultHold
 	}
 	until := now.Add(min(wait, maxHold))
-	if !u.hold.extend(until) || u.hold.store == nil {
+	if !u.hold.extend(until) {
 		return
 	}
-	u.log.Warn("upstream rate limit: holding requests it counts", "until", until, "status", resp.StatusCode)
+	u.log.Warn("upstream rate limit: holding requests it counts", "until", u.hold.heldUntil(now), "status", resp.StatusCode)
+	if u.hold.store != nil {
+		u.hold.share(ctx, now, u.log)
+	}
+}
+
+// share writes h's end for the other replicas, one write at a time, each
+// of the end known when it is made; an end another replica recorded that
+// is later stands, and is not written over (nor clamped: that is for this
+// replica's own hold).
+func (h *rateHold) share(ctx context.Context, now time.Time, log *slog.Logger) {
+	h.writing.Lock()
+	defer h.writing.Unlock()
+	until := h.heldUntil(now)
+	if until.IsZero() {
+		return
+	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), holdStoreTimeout)
 	defer cancel()
-	// Another replica's longer hold stands: the later end is written (S3
-	// has no compare-and-swap; this closes most of the window).
-	if theirs, err := u.hold.store.GetHold(wctx, u.hold.name); err == nil && theirs.After(until) && !theirs.After(now.Add(maxHold+holdSkew)) {
-		until = earlier(theirs, now.Add(maxHold))
-		u.hold.extend(until)
+	// S3 has no compare-and-swap: reading first closes most of the window.
+	if theirs, err := h.store.GetHold(wctx, h.name); err == nil && !theirs.Before(until) && !theirs.After(now.Add(maxHold+holdSkew)) {
+		h.extend(earlier(theirs, now.Add(maxHold)))
+		return
 	}
-	if err := u.hold.store.PutHold(wctx, u.hold.name, until); err != nil {
-		u.log.Warn("sharing the upstream's rate-limit hold failed", "error", fmt.Errorf("put hold: %w", err))
+	if err := h.store.PutHold(wctx, h.name, until); err != nil {
+		log.Warn("sharing the upstream's rate-limit hold failed", "error", fmt.Errorf("put hold: %w", err))
 	}
 }
 

@@ -199,3 +199,21 @@ func TestForwardedHoldsOutliveManyClients(t *testing.T) {
 		t.Fatalf("alice after %d other clients: %v, %d sent; want still held", maxForwarded+10, err, alice.Load())
 	}
 }
+
+// TestSharedHoldFollowsACreepingEnd: answers that each move the hold's end
+// by less than holdRefresh still get it written once it has moved that far
+// in all: the record never falls behind this replica's hold by more.
+func TestSharedHoldFollowsACreepingEnd(t *testing.T) {
+	t.Parallel()
+	store := &sharedHolds{until: map[string]time.Time{}}
+	clock := &stepClock{t: time.Unix(1e9, 0)}
+	r := heldRegistry(t, func(w http.ResponseWriter, req *http.Request) {}, store, clock)
+	for i := range 30 {
+		r.noteHold(context.Background(), &http.Response{StatusCode: http.StatusTooManyRequests,
+			Header: http.Header{"Retry-After": {strconv.Itoa(60 + 4*i)}}})
+	}
+	local, shared := r.heldUntil(), store.until["docker.io"]
+	if local.Sub(shared) >= holdRefresh || store.writes > 30*4/int(holdRefresh/time.Second)+1 {
+		t.Fatalf("local hold %v past the record after %d writes; want within %v", local.Sub(shared), store.writes, holdRefresh)
+	}
+}

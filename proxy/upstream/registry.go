@@ -523,7 +523,7 @@ func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Er
 		return e
 	case s == http.StatusServiceUnavailable:
 		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "upstream "+u.name+" unavailable", cause)
-		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		e.RetryAfter = min(retryAfter(resp.Header.Get("Retry-After"), u.now()), maxHold)
 		return e
 	default:
 		return errcode.New(http.StatusBadGateway, errcode.Unavailable, fmt.Sprintf("upstream %s answered %d", u.name, s), cause)
@@ -539,7 +539,7 @@ func retryAfter(h string, now time.Time) time.Duration {
 		return time.Duration(min(s, maxRetryAfter)) * time.Second
 	}
 	if t, err := http.ParseTime(h); err == nil && t.After(now) {
-		return t.Sub(now)
+		return min(t.Sub(now), maxRetryAfter*time.Second)
 	}
 	return 0
 }
