@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os/exec"
 	"strings"
 	"sync"
@@ -39,19 +37,10 @@ type resolveFault struct {
 
 func startResolveFault(t *testing.T, target string) *resolveFault {
 	t.Helper()
-	u, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
 	f := &resolveFault{}
-	transport := &http.Transport{DisableCompression: true}
-	t.Cleanup(transport.CloseIdleConnections)
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.Transport = transport
-	rp.ModifyResponse = func(resp *http.Response) error {
+	rp := relayTo(t, target, func(resp *http.Response) {
 		f.add(resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, resp.Header.Get("Content-Type"))
-		return nil
-	}
+	})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/sha256:") {
 			f.add(r.Method, r.URL.Path, 0, "")

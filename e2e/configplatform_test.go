@@ -6,9 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -120,25 +118,7 @@ func startRegistryTLS(t *testing.T, remote, cert, key string) string {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-http:
-  addr: %s
-  secret: regnorm-e2e
-  tls:
-    certificate: %s
-    key: %s
-proxy:
-  remoteurl: %s
-`, filepath.Join(dir, "data"), addr, cert, key, remote)
-	path := filepath.Join(dir, "config.yml")
-	os.WriteFile(path, []byte(cfg), 0o600)
+	path := registryConfig(t, dir, addr, remote, cert, key)
 	start(t, "registry (TLS)", registryBin, "serve", path)
 	waitTLS(t, addr)
 	return addr

@@ -35,21 +35,31 @@ type wireLog struct {
 	log []exchange
 }
 
-func startWireLog(t *testing.T, target string) *wireLog {
+// relayTo is a reverse proxy to target that passes bodies through
+// untouched (no compression) and shows seen each answer it relays.
+func relayTo(t *testing.T, target string, seen func(*http.Response)) *httputil.ReverseProxy {
 	t.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &wireLog{}
 	transport := &http.Transport{DisableCompression: true}
 	t.Cleanup(transport.CloseIdleConnections)
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.Transport = transport
 	rp.ModifyResponse = func(resp *http.Response) error {
-		w.add(resp.Request, resp.StatusCode, resp.Header.Get("Content-Range"))
+		seen(resp)
 		return nil
 	}
+	return rp
+}
+
+func startWireLog(t *testing.T, target string) *wireLog {
+	t.Helper()
+	w := &wireLog{}
+	rp := relayTo(t, target, func(resp *http.Response) {
+		w.add(resp.Request, resp.StatusCode, resp.Header.Get("Content-Range"))
+	})
 	rp.ErrorHandler = func(rw http.ResponseWriter, r *http.Request, err error) {
 		w.add(r, http.StatusBadGateway, "")
 		http.Error(rw, err.Error(), http.StatusBadGateway)

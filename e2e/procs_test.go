@@ -177,6 +177,16 @@ func startRegistryProxy(t *testing.T, remote string) (string, *process) {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
+	p := start(t, "registry", registryBin, "serve", registryConfig(t, dir, addr, remote, "", ""))
+	waitHTTP(t, "http://"+addr+"/v2/")
+	return "http://" + addr, p
+}
+
+// registryConfig writes the distribution registry's config into dir and
+// returns its path: listening on addr, over TLS with cert and key when
+// they are set, a pull-through cache of remote when it is set.
+func registryConfig(t *testing.T, dir, addr, remote, cert, key string) string {
+	t.Helper()
 	cfg := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -189,14 +199,17 @@ http:
   addr: %s
   secret: regnorm-e2e
 `, filepath.Join(dir, "data"), addr)
+	if cert != "" {
+		cfg += fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", cert, key)
+	}
 	if remote != "" {
 		cfg += fmt.Sprintf("proxy:\n  remoteurl: %s\n", remote)
 	}
 	path := filepath.Join(dir, "config.yml")
-	os.WriteFile(path, []byte(cfg), 0o600)
-	p := start(t, "registry", registryBin, "serve", path)
-	waitHTTP(t, "http://"+addr+"/v2/")
-	return "http://" + addr, p
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // startRegnorm runs the built binary with a config whose docker.io upstream

@@ -133,15 +133,7 @@ func TestForwardedCredentials(t *testing.T) {
 		io.WriteString(w, "{}")
 	}), upstream.Config{ForwardCredentials: true})
 
-	as := func(user string) *upstream.Registry {
-		req := httptest.NewRequest(http.MethodGet, "/", nil)
-		req.SetBasicAuth(user, "pw")
-		v, err := r.As(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	as := func(user string) *upstream.Registry { return asClient(t, r, user) }
 	alice, bob := as("alice"), as("bob")
 	if alice.Repository("private").Identity() == bob.Repository("private").Identity() {
 		t.Fatal("two clients' views share an identity")
@@ -194,15 +186,7 @@ func TestForwardedRateLimitHoldsOnlyItsClient(t *testing.T) {
 			w.WriteHeader(http.StatusUnauthorized)
 		}
 	}), upstream.Config{ForwardCredentials: true})
-	as := func(user string) *upstream.Registry {
-		req := httptest.NewRequest(http.MethodGet, "/", nil)
-		req.SetBasicAuth(user, "pw")
-		v, err := r.As(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	as := func(user string) *upstream.Registry { return asClient(t, r, user) }
 	ctx := context.Background()
 	for range 2 {
 		if _, err := as("alice").Repository("app").HeadManifest(ctx, "v1", nil); errcode.StatusOf(err) != http.StatusTooManyRequests {
@@ -245,4 +229,17 @@ func TestTokenServiceRateLimit(t *testing.T) {
 	if n := tokens.Load(); n != 1 {
 		t.Fatalf("token requests: %d, want 1 (a rate limit is not retried at once)", n)
 	}
+}
+
+// asClient is r as a client that forwards user's Basic credentials
+// (password "pw").
+func asClient(t *testing.T, r *upstream.Registry, user string) *upstream.Registry {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.SetBasicAuth(user, "pw")
+	v, err := r.As(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
