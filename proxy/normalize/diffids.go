@@ -37,14 +37,18 @@ func (e *Engine) checkDiffIDs(ctx context.Context, src Source, plan rewrite.Mani
 	if !check.Applies {
 		return nil, nil
 	}
-	// A layer another rule left untouched in this computation (too large,
-	// a zstd window past the bound) would fail the same way: not read again.
-	want := slices.DeleteFunc(slices.Clone(check.Suspect), untouched.has)
+	// A layer another rule left untouched in this computation is not read
+	// again: a read that failed (not a tar, too large, a zstd window past
+	// the bound) would fail the same way. One whose read went well, left
+	// for what a rule would have made of it (it amplifies, say), has its
+	// diff ID in its verdict, and keeps it.
+	unread := func(dgst digest.Digest) bool { return untouched.has(dgst) && !e.knowsDiffID(ctx, dgst) }
+	want := slices.DeleteFunc(slices.Clone(check.Suspect), unread)
 	for _, desc := range plan.Layers {
 		readAnyway := ((rules.SymlinkXattrs || rules.GNUSparse) && rewrite.IsScannableLayer(desc.MediaType)) ||
 			(rules.LayerMediaType && desc.MediaType == ocispec.MediaTypeImageLayer) ||
 			(rules.ZstdGzip && isZstdLayer(desc.MediaType))
-		if readAnyway && !untouched.has(desc.Digest) && !slices.Contains(want, desc.Digest) {
+		if readAnyway && !unread(desc.Digest) && !slices.Contains(want, desc.Digest) {
 			want = append(want, desc.Digest)
 		}
 	}
@@ -78,6 +82,12 @@ func (e *Engine) checkDiffIDs(ctx context.Context, src Source, plan rewrite.Mani
 		return nil
 	})
 	return out, err
+}
+
+// knowsDiffID reports whether layer dgst's verdict records its diff ID.
+func (e *Engine) knowsDiffID(ctx context.Context, dgst digest.Digest) bool {
+	v, err := e.opts.Store.GetLayerVerdict(ctx, dgst)
+	return err == nil && v.OriginalDiffID != ""
 }
 
 // layerDiffID is the diff ID of layer dgst: from its verdict when a scan

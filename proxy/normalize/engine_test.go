@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -171,8 +172,14 @@ func build(t *testing.T, opts regtest.ImageOptions, layers ...[]regtest.File) re
 	return img
 }
 
+// manifestOf is img's manifest as the cache holds it, of the type its
+// content says (Docker's or OCI's, as its layer type made it).
 func manifestOf(img regtest.Image) cache.Manifest {
-	return cache.Manifest{MediaType: regtest.MediaTypeDockerManifest, Digest: img.ManifestDigest, Content: img.Manifest}
+	mt, err := mediatype.Of(img.Manifest)
+	if err != nil {
+		panic(err)
+	}
+	return cache.Manifest{MediaType: mt, Digest: img.ManifestDigest, Content: img.Manifest}
 }
 
 var (

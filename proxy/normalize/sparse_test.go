@@ -359,3 +359,37 @@ func TestRebuildNotBoundByHoles(t *testing.T) {
 		t.Fatalf("verdict %+v, %v", v, err)
 	}
 }
+
+// TestDiffIDsOfALayerLeftForItsHoles: a layer the sparse rule leaves
+// untouched because of what it would make (its holes beyond the bound),
+// not because its read failed, still gives its diff ID from its verdict:
+// a config whose diff IDs are short is mended, not refused.
+func TestDiffIDsOfALayerLeftForItsHoles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bomb := []regtest.File{{Name: "bomb", Typeflag: tar.TypeGNUSparse, SparseSize: 1 << 30,
+		Sparse: []regtest.SparseData{{Offset: 1<<30 - 1, Data: []byte("x")}}}}
+	good := build(t, regtest.ImageOptions{LayerMediaType: ocispec.MediaTypeImageLayerZstd}, baseLayer, bomb)
+	var gc ocispec.Image
+	json.Unmarshal(good.Config, &gc)
+	img := withDiffIDs(t, good, gc.RootFS.DiffIDs[:1]) // short: the bomb's is missing
+	store := cache.New(inmemory.New())
+	res, err := newEngine(store).Normalize(ctx, newSource(store, img), manifestOf(img), ruleset.Set{DiffIDs: true, GNUSparse: true})
+	if err != nil || !res.Changed() {
+		t.Fatalf("%+v, %v; want the diff IDs mended", res.Verdict, err)
+	}
+	var nm ocispec.Manifest
+	json.Unmarshal(res.Manifest.Content, &nm)
+	rc, _, err := store.OpenVerified(ctx, nm.Config.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var nc ocispec.Image
+	if err := json.NewDecoder(rc).Decode(&nc); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(nc.RootFS.DiffIDs, gc.RootFS.DiffIDs) {
+		t.Fatalf("diff IDs %v, want %v", nc.RootFS.DiffIDs, gc.RootFS.DiffIDs)
+	}
+}
