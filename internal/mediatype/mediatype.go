@@ -187,7 +187,7 @@ func FromUpstream(contentType string, manifest []byte) (string, error) {
 		return "", fmt.Errorf("%w: Content-Type %.100q", ErrNotManifest, contentType)
 	}
 	switch ct {
-	case "", "application/json", "text/plain", "application/octet-stream":
+	case "", "application/json", "text/plain", OctetStream:
 		return mt, nil
 	}
 	if k := kindOf(ct); k != kindOf(mt) {

@@ -37,9 +37,6 @@ const (
 	// up to maxHold+holdSkew ahead is a hold (clamped to maxHold), beyond
 	// it a damaged record.
 	holdSkew = 5 * time.Minute
-	// maxRetryAfter bounds a Retry-After in seconds before it becomes a
-	// duration (a larger number would wrap around).
-	maxRetryAfter = 1 << 31
 )
 
 // HoldStore keeps each upstream's hold where every replica reads it (a

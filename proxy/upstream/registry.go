@@ -446,7 +446,7 @@ func (u *Registry) tokenFailed(err error) error {
 		// A rate limit, not an outage: the client's 429, with the time to
 		// come back, and not asked again at once.
 		e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "upstream "+u.name+" token service rate limit", err)
-		if e.RetryAfter = min(retryAfter(te.retryAfter, u.now()), maxHold); e.RetryAfter <= 0 {
+		if e.RetryAfter = retryAfter(te.retryAfter, u.now()); e.RetryAfter <= 0 {
 			e.RetryAfter = defaultHold
 		}
 		return e
@@ -515,7 +515,7 @@ func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Er
 		return errcode.New(http.StatusForbidden, errcode.Denied, "upstream "+u.name+" denied access", cause)
 	case s == http.StatusTooManyRequests:
 		e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "upstream "+u.name+" rate limit", cause)
-		e.RetryAfter = min(retryAfter(resp.Header.Get("Retry-After"), u.now()), maxHold)
+		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), u.now())
 		if until := u.heldUntil(); e.RetryAfter <= 0 && !until.IsZero() {
 			// Without a Retry-After of its own: when the hold it set ends.
 			e.RetryAfter = max(until.Sub(u.now()), time.Second)
@@ -523,23 +523,25 @@ func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Er
 		return e
 	case s == http.StatusServiceUnavailable:
 		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "upstream "+u.name+" unavailable", cause)
-		e.RetryAfter = min(retryAfter(resp.Header.Get("Retry-After"), u.now()), maxHold)
+		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), u.now())
 		return e
 	default:
 		return errcode.New(http.StatusBadGateway, errcode.Unavailable, fmt.Sprintf("upstream %s answered %d", u.name, s), cause)
 	}
 }
 
-// retryAfter parses a Retry-After header: seconds or an HTTP date.
+// retryAfter parses a Retry-After header (seconds or an HTTP date), at
+// most maxHold: what an upstream asks for, a client is told, and a hold
+// lasts are all bounded by it.
 func retryAfter(h string, now time.Time) time.Duration {
 	if h == "" {
 		return 0
 	}
 	if s, err := strconv.Atoi(h); err == nil && s >= 0 {
-		return time.Duration(min(s, maxRetryAfter)) * time.Second
+		return time.Duration(min(s, int(maxHold/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(h); err == nil && t.After(now) {
-		return min(t.Sub(now), maxRetryAfter*time.Second)
+		return min(t.Sub(now), maxHold)
 	}
 	return 0
 }
