@@ -184,9 +184,11 @@ Flags:
 			return fmt.Errorf("node-config: %s %q must be a clean absolute path of at most 1024 bytes: no ':' (one directory, not a list), no quote, backslash or control character", p.flag, *p.path)
 		}
 	}
-	for flag, v := range map[string]string{"--mirror": nc.mirror, "--report-to": nc.reportTo} {
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !plainText(v) {
-			return fmt.Errorf("node-config: %s %q is not an http(s) URL (in valid UTF-8, without control characters)", flag, v)
+	// In this order: --report-to defaults to --mirror, whose name the
+	// operator then needs.
+	for _, f := range []struct{ flag, v string }{{"--mirror", nc.mirror}, {"--report-to", nc.reportTo}} {
+		if u, err := url.Parse(f.v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !plainText(f.v) {
+			return fmt.Errorf("node-config: %s %q is not an http(s) URL (in valid UTF-8, without control characters)", f.flag, f.v)
 		}
 	}
 	if nc.node != "" && !fleet.ValidNodeName(nc.node) {
