@@ -17,6 +17,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/rewrites"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -26,6 +27,7 @@ import (
 // maintenance, the rewrite report and the fleet, whose background work
 // (Run) cmd/proxy starts and a test runs when it needs it.
 type built struct {
+	replicas   *replicas.Set // nil unless serverParts.replicas
 	srv        *proxy.Server
 	maintainer *maintain.Maintainer
 	report     *rewrites.Report
@@ -43,6 +45,9 @@ type serverParts struct {
 	reportToken string // "" configures none
 	reg         prometheus.Registerer
 	log         *slog.Logger
+	// replicas, when set, builds the server as one replica of a Set made
+	// from these options (with the server's metrics and clock).
+	replicas *replicas.Options
 }
 
 // buildServer wires a Server the way cmd/proxy's wire does, from a test's
@@ -97,8 +102,17 @@ func buildServer(tb testing.TB, p serverParts) built {
 	engine := normalize.New(normalize.Options{Store: p.store, Reports: report, Metrics: metrics.Engine(), Log: p.log, Now: clock.Now,
 		MaxLayerSize: p.maxLayerSize, MaxMadeSize: maxMade, MaxZstdWindow: p.maxZstdWindow, Work: p.layerWork,
 		Platforms: platforms, Ingested: maintainer.Ingested})
+	var peers *replicas.Set
+	if p.replicas != nil {
+		o := *p.replicas
+		o.Clock, o.Metrics, o.Log = clock, metrics.Replicas(), p.log
+		var err error
+		if peers, err = replicas.New(o); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	service = mirror.New(mirror.Options{Store: p.store, Fetches: fetches, Engine: engine, TagTTL: p.tagTTL, Clock: clock,
-		Metrics: metrics.Mirror(), Log: p.log})
+		Metrics: metrics.Mirror(), Log: p.log, Replicas: peers})
 	rules := p.rules
 	if rules == nil {
 		def := ruleset.DefaultPolicy()
@@ -119,5 +133,5 @@ func buildServer(tb testing.TB, p serverParts) built {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return built{srv: srv, maintainer: maintainer, report: report, fleet: nodes}
+	return built{srv: srv, maintainer: maintainer, report: report, fleet: nodes, replicas: peers}
 }

@@ -22,8 +22,17 @@ type errorEntry struct {
 // Errors that are not *errcode.Error are internal: the client sees a generic
 // message, the log sees the cause.
 func writeError(w http.ResponseWriter, r *http.Request, err error) *errcode.Error {
+	e, body := errorAnswer(w.Header(), err)
+	w.WriteHeader(e.Status)
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+	return e
+}
+
+// errorAnswer sets h for err's answer and returns it with its body.
+func errorAnswer(h http.Header, err error) (*errcode.Error, []byte) {
 	e := errcode.Public(err)
-	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Del("Content-Length")
 	h.Del("Docker-Content-Digest")
@@ -34,9 +43,6 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) *errcode.Erro
 	if e.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
-	w.WriteHeader(e.Status)
-	if r.Method != http.MethodHead {
-		json.NewEncoder(w).Encode(errorBody{Errors: []errorEntry{{Code: e.Code, Message: e.Message}}})
-	}
-	return e
+	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code, Message: e.Message}}})
+	return e, append(body, '\n')
 }

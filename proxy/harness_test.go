@@ -237,7 +237,21 @@ func (r response) ociError(t *testing.T) string {
 // metric must not read as 0.
 func (h *harness) metric(t testing.TB, name, labels string) float64 {
 	t.Helper()
-	r := h.do(t, http.MethodGet, "/metrics", nil)
+	return metricAt(t, h.url, name, labels)
+}
+
+// metricAt is harness.metric, of the server at base.
+func metricAt(t testing.TB, base, name, labels string) float64 {
+	t.Helper()
+	resp, err := boundedClient.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r response
+	if r.body, err = io.ReadAll(resp.Body); err != nil {
+		t.Fatal(err)
+	}
 	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{([^}]*)\})? (\S+)$`)
 	total, matched := 0.0, 0
 	for _, m := range re.FindAllStringSubmatch(string(r.body), -1) {

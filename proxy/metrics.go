@@ -10,6 +10,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -23,6 +24,7 @@ type Metrics struct {
 	upstream        *upstream.Metrics
 	fetch           *blobfetch.Metrics
 	maintain        *maintain.Metrics
+	replicas        *replicas.Metrics
 	staleServes     *prometheus.CounterVec
 	nodes           *prometheus.GaugeVec
 
@@ -54,6 +56,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		upstream: upstream.NewMetrics(),
 		fetch:    blobfetch.NewMetrics(),
 		maintain: maintain.NewMetrics(),
+		replicas: replicas.NewMetrics(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_http_requests_total",
 			Help: "HTTP requests answered, by route, method (other for a method that is not standard) and status code.",
@@ -166,6 +169,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.staleServes, m.nodes)
 	reg.MustRegister(m.upstream.Collectors()...)
 	reg.MustRegister(m.fetch.Collectors()...)
+	reg.MustRegister(m.replicas.Collectors()...)
 	// Every label value known up front is there from the first scrape, so
 	// that a dashboard panel (and a test) sees 0 rather than nothing.
 	for _, kind := range []string{"config-media-type", "child-manifest", "symlink-xattrs", "zstd-media-type", "schema1", "zstd-gzip", "index-size", "layer-media-type", "diff-ids", "gnu-sparse"} {
@@ -218,6 +222,9 @@ func (m *Metrics) Upstream() *upstream.Metrics { return m.upstream }
 
 // Fetch are the blob fetcher's (blobfetch.Options.Metrics).
 func (m *Metrics) Fetch() *blobfetch.Metrics { return m.fetch }
+
+// Replicas are the replicas' (replicas.Options.Metrics).
+func (m *Metrics) Replicas() *replicas.Metrics { return m.replicas }
 
 // Maintain are cache maintenance's (maintain.Options.Metrics).
 func (m *Metrics) Maintain() *maintain.Metrics { return m.maintain }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/replicas"
 )
 
 // loadClientAuth reads the htpasswd and token files; nil when auth is off.
@@ -165,6 +166,22 @@ func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 
 // readSecret reads a password or token from a file, without its trailing
 // newline.
+// loadReplicaSecret reads the secret the replicas share; nil when there
+// are none.
+func loadReplicaSecret(c ReplicasConfig) ([]byte, error) {
+	if !c.enabled() {
+		return nil, nil
+	}
+	secret, err := readSecret(c.SecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("config: replicas.secretFile: %w", err)
+	}
+	if len(secret) < replicas.MinSecretLength {
+		return nil, fmt.Errorf("config: replicas.secretFile: the secret is %d bytes, at least %d are needed", len(secret), replicas.MinSecretLength)
+	}
+	return []byte(secret), nil
+}
+
 func readSecret(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

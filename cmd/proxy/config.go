@@ -89,6 +89,10 @@ type Config struct {
 	Normalize NormalizeConfig `yaml:"normalize"`
 	// Nodes configures the fleet view.
 	Nodes NodesConfig `yaml:"nodes"`
+	// Replicas shares the cache's work among the replicas serving it: one
+	// upstream download per blob, one fetch per manifest, one making of
+	// each variant. Off unless listen is set.
+	Replicas ReplicasConfig `yaml:"replicas"`
 	// Upstreams are the registries this mirror serves. A list in the file
 	// replaces the default list whole.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
@@ -209,6 +213,29 @@ type NodesConfig struct {
 	// name node-config's drop-in only in a directory under it.
 	ContainerdConfigDir string `yaml:"containerdConfigDir"`
 }
+
+// ReplicasConfig makes the replicas of one cache share its work
+// (proxy/replicas): each blob, manifest and variant has an owner replica,
+// which the others ask over this listener.
+type ReplicasConfig struct {
+	// Listen is the address the other replicas call (plain HTTP, every
+	// request and answer signed with the shared secret). Empty: off.
+	Listen string `yaml:"listen"`
+	// Self is this replica's URL as the others reach it, http://host:port
+	// (env REGNORM_REPLICAS_SELF; in Kubernetes, the pod's IP).
+	Self string `yaml:"self"`
+	// Peers is every replica's URL, Self included; or Service instead.
+	Peers []string `yaml:"peers"`
+	// Service is a DNS name and port whose addresses are the replicas (a
+	// headless Service), resolved every Refresh.
+	Service string `yaml:"service"`
+	// Refresh is how often Service is resolved.
+	Refresh time.Duration `yaml:"refresh"`
+	// SecretFile holds the secret every replica shares, at least 32 bytes.
+	SecretFile string `yaml:"secretFile"`
+}
+
+func (r ReplicasConfig) enabled() bool { return r.Listen != "" }
 
 // CacheConfig selects the storage driver.
 type CacheConfig struct {
@@ -345,6 +372,7 @@ func defaultConfig() Config {
 		Auth:                  AuthConfig{FailuresPerMinute: proxy.DefaultAuthFailuresPerMinute},
 		Nodes:                 NodesConfig{ForgetAfter: fleet.DefaultForgetAfter, HostsDir: fleet.DefaultHostsDir, ContainerdConfigDir: fleet.DefaultContainerdConfigDir},
 		Cache:                 CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
+		Replicas:              ReplicasConfig{Refresh: 10 * time.Second},
 		Normalize: NormalizeConfig{
 			ConfigMediaType:    rules.ConfigMediaType,
 			SymlinkXattrs:      rules.SymlinkXattrs,
@@ -404,6 +432,8 @@ func overrides() []override {
 			func(c *Config) any { return &c.LogLevel }},
 		{"log-format", "REGNORM_LOG_FORMAT", "logFormat", "text or json",
 			func(c *Config) any { return &c.LogFormat }},
+		{"replicas-self", "REGNORM_REPLICAS_SELF", "replicas.self", "this replica's URL as the other replicas reach it, http://host:port",
+			func(c *Config) any { return &c.Replicas.Self }},
 	}
 }
 
@@ -707,6 +737,25 @@ func (c Config) validate() error {
 		if u.ForwardCredentials && c.Auth.enabled() {
 			bad(field+".forwardCredentials", "clients' Authorization header goes upstream: it cannot also authenticate them to regnorm (auth.*)")
 		}
+	}
+	if r := c.Replicas; r.enabled() {
+		if _, _, err := net.SplitHostPort(r.Listen); err != nil {
+			bad("replicas.listen", "%q is not host:port", r.Listen)
+		}
+		if r.Self == "" {
+			bad("replicas.self", "must be set with replicas.listen: this replica's URL as the others reach it")
+		}
+		if (len(r.Peers) == 0) == (r.Service == "") {
+			bad("replicas.peers", "set either replicas.peers or replicas.service")
+		}
+		if r.SecretFile == "" {
+			bad("replicas.secretFile", "must be set with replicas.listen")
+		}
+		if r.Refresh <= 0 {
+			bad("replicas.refresh", "must be positive")
+		}
+	} else if r.Self != "" || len(r.Peers) > 0 || r.Service != "" {
+		bad("replicas.listen", "must be set for replicas.self, replicas.peers or replicas.service to mean anything")
 	}
 	if !seen[c.DefaultUpstream] && len(c.Upstreams) > 0 {
 		var names []string

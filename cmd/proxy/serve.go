@@ -56,10 +56,14 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 	if err != nil {
 		return err
 	}
+	replicaSecret, err := loadReplicaSecret(cfg.Replicas)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfoMetric(readBuildInfo()))
-	mirror, err := wire(cfg, store, upstreams, clientAuth, reportTokens, proxy.NewMetrics(reg), log)
+	mirror, err := wire(cfg, store, upstreams, clientAuth, reportTokens, replicaSecret, proxy.NewMetrics(reg), log)
 	if err != nil {
 		return err
 	}
@@ -82,6 +86,23 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
 
 	g, gctx := errgroup.WithContext(ctx)
+	servers := []*http.Server{httpSrv}
+	if mirror.replicas != nil {
+		rln, err := net.Listen("tcp", cfg.Replicas.Listen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen for replicas: %w", err)
+		}
+		log.Info("listening for replicas", "address", rln.Addr().String(), "self", cfg.Replicas.Self)
+		replicaSrv := newHTTPServer(cfg, mirror.replicas, log)
+		servers = append(servers, replicaSrv)
+		g.Go(func() error {
+			if err := replicaSrv.Serve(rln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	for _, run := range mirror.run {
 		g.Go(func() error {
 			run(gctx)
@@ -99,7 +120,11 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		log.Info("shutting down", "drain_timeout", cfg.ShutdownTimeout)
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
 		defer cancel()
-		return httpSrv.Shutdown(sctx)
+		var errs []error
+		for _, srv := range servers {
+			errs = append(errs, srv.Shutdown(sctx))
+		}
+		return errors.Join(errs...)
 	})
 	return g.Wait()
 }

@@ -77,7 +77,7 @@ func TestServerLetsNoClientHoldAConnection(t *testing.T) {
 	}))
 	t.Cleanup(slowUpstream.Close)
 	u, _ := url.Parse(slowUpstream.URL)
-	mirror, err := wire(cfg, cache.New(inmemory.New()), []upstream.Config{{Name: "docker.io", URL: u}}, nil, nil,
+	mirror, err := wire(cfg, cache.New(inmemory.New()), []upstream.Config{{Name: "docker.io", URL: u}}, nil, nil, nil,
 		proxy.NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -16,6 +18,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/rewrites"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -29,7 +32,10 @@ const uploadMargin = 10 * time.Minute
 // runs beside it until the context ends.
 type wired struct {
 	server *proxy.Server
-	run    []func(ctx context.Context)
+	// replicas serves the other replicas, on replicas.listen; nil when
+	// there are none.
+	replicas http.Handler
+	run      []func(ctx context.Context)
 }
 
 // wire builds the mirror's parts from cfg, over the cache and the upstreams
@@ -38,8 +44,21 @@ type wired struct {
 // over both, the rewrite report and the fleet. It is the one place that
 // knows how the parts fit; each states what it needs of the others.
 func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAuth *proxy.ClientAuth,
-	reportTokens [][sha256.Size]byte, metrics *proxy.Metrics, log *slog.Logger) (*wired, error) {
+	reportTokens [][sha256.Size]byte, replicaSecret []byte, metrics *proxy.Metrics, log *slog.Logger) (*wired, error) {
 	clock := proxy.SystemClock{}
+	var run []func(context.Context)
+
+	var peers *replicas.Set
+	if cfg.Replicas.enabled() {
+		var err error
+		peers, err = replicas.New(replicas.Options{Self: cfg.Replicas.Self, Peers: cfg.Replicas.Peers, Service: cfg.Replicas.Service,
+			Refresh: cfg.Replicas.Refresh, Secret: replicaSecret, StallTimeout: cfg.StallTimeout, Clock: clock,
+			Metrics: metrics.Replicas(), Log: log})
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		run = append(run, peers.Run)
+	}
 
 	bodies := upstream.NewBodyMemory(int64(cfg.MaxUpstreamBodyMemory), len(upstreams))
 	regs := make([]*upstream.Registry, 0, len(upstreams))
@@ -111,13 +130,14 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		Ingested:      maintainer.Ingested,
 	})
 	service = mirror.New(mirror.Options{
-		Store:   store,
-		Fetches: fetches,
-		Engine:  engine,
-		TagTTL:  cfg.TagTTL,
-		Clock:   clock,
-		Metrics: metrics.Mirror(),
-		Log:     log,
+		Store:    store,
+		Fetches:  fetches,
+		Engine:   engine,
+		TagTTL:   cfg.TagTTL,
+		Clock:    clock,
+		Metrics:  metrics.Mirror(),
+		Log:      log,
+		Replicas: peers,
 	})
 
 	rules := cfg.Normalize.policy()
@@ -156,5 +176,9 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 	if err != nil {
 		return nil, err
 	}
-	return &wired{server: srv, run: []func(context.Context){maintainer.Run, nodes.Run, report.Run}}, nil
+	w := &wired{server: srv, run: append(run, maintainer.Run, nodes.Run, report.Run)}
+	if peers != nil {
+		w.replicas = srv.ReplicaHandler(peers)
+	}
+	return w, nil
 }

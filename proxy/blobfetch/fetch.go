@@ -66,11 +66,12 @@ type Store interface {
 }
 
 // Remote is the upstream repository a download reads from, as the client
-// that starts it (an *upstream.Repository).
+// that starts it: an *upstream.Repository, or the mirror's relay of another
+// replica's download of it.
 type Remote interface {
 	// GetBlob opens the blob's body upstream: resumed where it stops, and
 	// bounded by the upstream's maxBlobSize; not verified.
-	GetBlob(ctx context.Context, dgst digest.Digest) (*upstream.Blob, error)
+	GetBlob(ctx context.Context, dgst digest.Digest) (Body, error)
 	// Upstream names the upstream: its share of the limits, and the
 	// metrics' and the log's label.
 	Upstream() string
@@ -82,6 +83,14 @@ type Remote interface {
 	// MaxDownloads is the upstream's own share of Limits.Downloads; 0
 	// takes Limits.PerUpstream.
 	MaxDownloads() int
+}
+
+// Body is a blob's body as a Remote opens it (an *upstream.Blob): an error
+// from Read is final.
+type Body interface {
+	io.ReadCloser
+	// Size is the length announced; -1 when none was.
+	Size() int64
 }
 
 // Clock is the time orphaned downloads are cancelled by.
@@ -267,15 +276,15 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 	defer body.Close()
 	f.answered = true
 	fs.opts.OnHolds(ctx, r, f.dgst)
-	in, err := fs.opts.Store.IngestBlob(ctx, f.dgst, body.Size)
+	in, err := fs.opts.Store.IngestBlob(ctx, f.dgst, body.Size())
 	if err != nil {
 		return fail(err)
 	}
 	var spool *os.File
-	release, ok := fs.reserveSpool(body.Size)
+	release, ok := fs.reserveSpool(body.Size())
 	if !ok {
 		fs.opts.Log.Info("blob download goes to the cache only: its clients wait for all of it", "upstream", r.Upstream(),
-			"digest", f.dgst, "size", body.Size, "spool_limit", fs.limits.SpoolBytes)
+			"digest", f.dgst, "size", body.Size(), "spool_limit", fs.limits.SpoolBytes)
 	}
 	if ok {
 		if spool, err = os.CreateTemp(fs.opts.SpoolDir, "regnorm-spool-*"); err != nil {
@@ -285,7 +294,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 		os.Remove(spool.Name()) // lives while open; nothing to clean up after a crash
 		f.release = release
 	}
-	f.size, f.spool = body.Size, spool
+	f.size, f.spool = body.Size(), spool
 	close(f.ready)
 
 	// With a spool, the cache is written from it, beside the download:

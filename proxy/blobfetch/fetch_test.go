@@ -30,13 +30,13 @@ func (realClock) AfterFunc(d time.Duration, f func()) func() bool { return time.
 // origin serves blob under every digest it is asked for, counting GETs;
 // release, when not nil, holds each body's second half until it is closed.
 // Its repository is lib/x, of the upstream "example".
-func origin(t *testing.T, blob []byte, gets *atomic.Int32, release chan struct{}) *upstream.Repository {
+func origin(t *testing.T, blob []byte, gets *atomic.Int32, release chan struct{}) remote {
 	t.Helper()
 	return namedOrigin(t, "example", blob, gets, release)
 }
 
 // namedOrigin is origin, as the upstream name.
-func namedOrigin(t *testing.T, name string, blob []byte, gets *atomic.Int32, release chan struct{}) *upstream.Repository {
+func namedOrigin(t *testing.T, name string, blob []byte, gets *atomic.Int32, release chan struct{}) remote {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gets.Add(1)
@@ -50,8 +50,19 @@ func namedOrigin(t *testing.T, name string, blob []byte, gets *atomic.Int32, rel
 	}))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	return upstream.New(upstream.Config{Name: name, URL: u}, upstream.Options{
-		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: slog.New(slog.DiscardHandler)}).Repository("lib/x")
+	return remote{upstream.New(upstream.Config{Name: name, URL: u}, upstream.Options{
+		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: slog.New(slog.DiscardHandler)}).Repository("lib/x")}
+}
+
+// remote is an upstream repository as a blobfetch.Remote.
+type remote struct{ *upstream.Repository }
+
+func (r remote) GetBlob(ctx context.Context, dgst digest.Digest) (blobfetch.Body, error) {
+	b, err := r.Repository.GetBlob(ctx, dgst)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 func newFetcher(t *testing.T, store *cache.Store) *blobfetch.Fetcher {
@@ -174,7 +185,7 @@ func TestUpstreamsDownloadApart(t *testing.T) {
 	ctx := context.Background()
 
 	var readers []*blobfetch.Reader
-	for _, up := range []*upstream.Repository{a, b} {
+	for _, up := range []remote{a, b} {
 		f, err := fs.Join(up, dgst)
 		if err == nil {
 			f, err = fs.Ready(ctx, f, up)

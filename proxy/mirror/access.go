@@ -11,7 +11,6 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
-	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Who may read what. The cache is global by digest, but an object is served
@@ -75,9 +74,9 @@ func (s *Service) learn(ctx context.Context, upstream, repo string, dgst digest.
 // (it answered 200 to a download), to r's client.
 func (s *Service) Held(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
 	s.learn(ctx, r.Upstream(), r.Name(), dgst)
-	// The fetcher is handed upstream handles only; another Remote would go
-	// unconfirmed, which costs a HEAD later, nothing more.
-	if up, ok := r.(*upstream.Repository); ok {
+	// The fetcher is handed this package's remotes only; another Remote
+	// would go unconfirmed, which costs a HEAD later, nothing more.
+	if up, ok := r.(remote); ok {
 		up.Confirm(s.clock.Now())
 	}
 }

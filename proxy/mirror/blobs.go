@@ -185,11 +185,12 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 	if err := upstream.Spend(ctx); err != nil {
 		return nil, err
 	}
-	f, err := s.fetches.Join(r.remote, dgst)
+	dl := r.download(dgst)
+	f, err := s.fetches.Join(dl, dgst)
 	if err != nil {
 		return nil, err
 	}
-	if !admitted && !f.StartedBy(r.remote) {
+	if !admitted && !f.StartedBy(dl) {
 		// Someone else's download: its answer is not this client's.
 		if err := r.ask(ctx, o, sub); err != nil {
 			f.Done()
@@ -197,7 +198,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		}
 		admitted = true
 	}
-	if f, err = s.fetches.Ready(ctx, f, r.remote); err != nil {
+	if f, err = s.fetches.Ready(ctx, f, dl); err != nil {
 		return nil, err
 	}
 	if !admitted && !f.Answered() {

@@ -100,12 +100,20 @@ func (r *Repository) manifestByDigest(ctx context.Context, dgst digest.Digest, a
 	v, err := s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
 		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
 		defer cancel()
-		m, err := fetchManifest(ctx, r.remote, dgst.String(), accept, dgst)
-		if err != nil {
-			return nil, err
-		}
-		if err := s.store.PutManifest(ctx, r.remote.Upstream(), r.remote.Name(), m); err != nil {
-			s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
+		var m cache.Manifest
+		if owned, done, err := r.manifestFromOwner(ctx, dgst.String(), accept); done {
+			// The owner fetched and cached it.
+			if err != nil {
+				return nil, err
+			}
+			m = owned.Manifest
+		} else {
+			if m, err = fetchManifest(ctx, r.remote, dgst.String(), accept, dgst); err != nil {
+				return nil, err
+			}
+			if err := s.store.PutManifest(ctx, r.remote.Upstream(), r.remote.Name(), m); err != nil {
+				s.log.Error("caching manifest failed", "digest", m.Digest, "error", err)
+			}
 		}
 		// Learnt here, not by the callers: the fetch may outlive them all
 		// (its grace), and what it cached must still be admitted.
@@ -142,7 +150,11 @@ func (r *Repository) manifestByTag(ctx context.Context, tag string, accept []str
 	v, err := s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
 		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
 		defer cancel()
-		m, err := r.refreshTag(ctx, tag, accept, rec, haveRec)
+		m, done, err := r.manifestFromOwner(ctx, tag, accept)
+		if !done {
+			// This replica owns the tag, or its owner is not answering.
+			m, err = r.refreshTag(ctx, tag, accept, rec, haveRec)
+		}
 		if err == nil {
 			// Learnt here, as by digest: the refresh may outlive every
 			// client that waited for it, and what it cached must still be

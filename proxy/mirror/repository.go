@@ -15,6 +15,7 @@ import (
 	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -81,6 +82,9 @@ type Options struct {
 	Clock   Clock
 	Metrics Metrics
 	Log     *slog.Logger
+	// Replicas are the other replicas of the cache, whose owners do work
+	// once for all (replicas.go); nil with one replica.
+	Replicas *replicas.Set
 }
 
 // What typing blobs may hold (see typeOf): the bytes read at once, sixteen
@@ -103,6 +107,7 @@ type Service struct {
 	typing    *semaphore.Weighted               // bytes of the blobs being read for their type
 	types     *lru.Cache[digest.Digest, string] // blob types learnt, by digest
 	typings   flight.Group[string]              // cached blobs being typed, by digest and size
+	replicas  *replicas.Set
 	tagTTL    time.Duration
 	clock     Clock
 	metrics   Metrics
@@ -121,7 +126,7 @@ func New(opts Options) *Service {
 	}
 	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
 		typing: semaphore.NewWeighted(maxTypingBytes), types: types,
-		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log,
+		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log, replicas: opts.Replicas,
 		manifests: flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc}}
 }
 
@@ -131,6 +136,7 @@ func New(opts Options) *Service {
 type Repository struct {
 	s      *Service
 	remote *upstream.Repository
+	serves string // the kind of work another replica asked of this one (replicas.go)
 }
 
 // Repository is remote's repository, read as remote's client (see

@@ -9,6 +9,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
@@ -34,6 +35,13 @@ func engineError(err error) error {
 // and the work stops with ctx.
 func (r *Repository) Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error) {
 	s := r.s
+	if o := r.owner(replicas.KindVariant, r.remote.Name()+" "+m.Digest.String()+" "+rules.Key()); o != nil && normalize.MayNeed(m, rules) {
+		// Made by its owner, then read from the cache below as if made
+		// here; its answer that it is still at work stands.
+		if err := o.MakeVariant(ctx, r.remote.Upstream(), r.remote.Name(), m.Digest, rules, wait); err != nil && standing(err) {
+			return normalize.Result{}, err
+		}
+	}
 	if wait <= 0 {
 		n, err := s.engine.Normalize(ctx, r.Source(), m, rules)
 		return n, engineError(err)

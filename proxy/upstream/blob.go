@@ -19,9 +19,7 @@ import (
 // policy allows: an error from Read is final. Blob does not verify the
 // digest; the reader does.
 type Blob struct {
-	// Size is the length upstream announced; -1 when it sent none.
-	Size int64
-
+	size    int64 // announced; -1 when upstream sent none
 	ctx     context.Context
 	u       *Registry
 	repo    string
@@ -92,8 +90,18 @@ func (r *Repository) GetBlob(ctx context.Context, dgst digest.Digest) (*Blob, er
 		resp.Body.Close() // not drained: it is too large to read
 		return nil, err
 	}
-	return &Blob{Size: resp.ContentLength, ctx: ctx, u: u, repo: r.name, path: path, dgst: dgst, body: resp.Body, attempt: 1}, nil
+	return &Blob{size: resp.ContentLength, ctx: ctx, u: u, repo: r.name, path: path, dgst: dgst, body: resp.Body, attempt: 1}, nil
 }
+
+// GetBlobFrom is the rest of dgst from offset on, of a blob of size bytes
+// whose beginning came from elsewhere (another replica that stopped): its
+// first Read asks upstream with a range request, as a resumption does.
+func (r *Repository) GetBlobFrom(ctx context.Context, dgst digest.Digest, offset, size int64) *Blob {
+	return &Blob{size: size, ctx: ctx, u: r.reg, repo: r.name, path: r.path("blobs", dgst.String()), dgst: dgst, off: offset, attempt: 1}
+}
+
+// Size is the length upstream announced; -1 when it sent none.
+func (b *Blob) Size() int64 { return b.size }
 
 func (b *Blob) Read(p []byte) (int, error) {
 	for {

@@ -28,6 +28,10 @@ func (r *Repository) Name() string { return r.name }
 // Upstream is the upstream's name, as containerd sends it in ns.
 func (r *Repository) Upstream() string { return r.reg.name }
 
+// Forwards reports whether the repository is read with its client's own
+// credentials (see Registry.Forwards).
+func (r *Repository) Forwards() bool { return r.reg.Forwards() }
+
 // Identity tells apart who asks what: the upstream, the repository and,
 // with forwarded credentials, the client's. Two handles with the same
 // Identity get the same answers, so work done for one stands for the
