@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -92,11 +93,23 @@ func pullAs(ctx context.Context, userAgent, base, repo, tag string) (pullResult,
 	return res, nil
 }
 
+// errWrongContent is a body that does not hash to the digest it was asked by.
+var errWrongContent = errors.New("content does not hash to its digest")
+
 // get fetches url and verifies that the body hashes to want. Manifests are
 // returned; blobs are hashed as they stream and discarded.
 func get(ctx context.Context, url string, want digest.Digest, res *pullResult) ([]byte, error) {
+	return getAs(ctx, "", url, want, res)
+}
+
+// getAs is get with userAgent's User-Agent (Go's when it is empty). A
+// body that hashes to another digest is an errWrongContent.
+func getAs(ctx context.Context, userAgent, url string, want digest.Digest, res *pullResult) ([]byte, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	req.Header.Set("Accept", acceptAll)
+	if userAgent != "" {
+		req.Header.Set("User-Agent", userAgent)
+	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
 		return nil, err
@@ -120,7 +133,7 @@ func get(ctx context.Context, url string, want digest.Digest, res *pullResult) (
 	}
 	res.bytes += n
 	if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != want {
-		return nil, fmt.Errorf("GET %s: content hashes to %s", url, got)
+		return nil, fmt.Errorf("GET %s: %w: it hashes to %s", url, errWrongContent, got)
 	}
 	return body, nil
 }

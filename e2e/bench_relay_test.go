@@ -12,15 +12,37 @@ import (
 
 // relay stands in for the internet between a mirror and its upstream: every
 // response body goes through one shared link of a fixed bandwidth, and
-// every request waits a fixed latency first. It counts the bytes it relays.
+// every request waits a fixed latency first. It counts the bytes it relays
+// and the requests it passes on, by the address they came in on (serve one
+// relay on several listeners to tell its clients apart), and keeps the
+// responses still being relayed.
 type relay struct {
 	target  string
 	latency time.Duration
 	link    *link
 	client  *http.Client
 	bytes   atomic.Int64
+
+	mu   sync.Mutex
+	seen map[relayed]int
+	open map[*flow]struct{}
 }
 
+// relayed is one kind of request the relay passed on: the listener it came
+// in on (its Host), its method and path, and whether it asked for a Range.
+type relayed struct {
+	host, method, path string
+	ranged             bool
+}
+
+// flow is a response being relayed, and how many body bytes have gone so far.
+type flow struct {
+	relayed
+	bytes atomic.Int64
+}
+
+// newRelay relays to target at bytesPerSecond (no limit when it is 0),
+// after latency.
 func newRelay(target string, bytesPerSecond float64, latency time.Duration) *relay {
 	return &relay{
 		target:  target,
@@ -30,10 +52,22 @@ func newRelay(target string, bytesPerSecond float64, latency time.Duration) *rel
 			Transport:     &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
+		seen: map[relayed]int{},
+		open: map[*flow]struct{}{},
 	}
 }
 
 func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f := &flow{relayed: relayed{host: r.Host, method: r.Method, path: r.URL.Path, ranged: r.Header.Get("Range") != ""}}
+	rl.mu.Lock()
+	rl.seen[f.relayed]++
+	rl.open[f] = struct{}{}
+	rl.mu.Unlock()
+	defer func() {
+		rl.mu.Lock()
+		delete(rl.open, f)
+		rl.mu.Unlock()
+	}()
 	time.Sleep(rl.latency)
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, rl.target+r.URL.RequestURI(), r.Body)
 	if err != nil {
@@ -60,6 +94,7 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			rl.bytes.Add(int64(n))
+			f.bytes.Add(int64(n))
 		}
 		if err == io.EOF || err != nil {
 			return
@@ -67,15 +102,41 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// requests returns how many requests of each kind the relay has passed on.
+func (rl *relay) requests() map[relayed]int {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	out := make(map[relayed]int, len(rl.seen))
+	for k, v := range rl.seen {
+		out[k] = v
+	}
+	return out
+}
+
+// inFlight returns the responses being relayed, with the body bytes each
+// has sent so far.
+func (rl *relay) inFlight() map[relayed]int64 {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	out := make(map[relayed]int64, len(rl.open))
+	for f := range rl.open {
+		out[f.relayed] += f.bytes.Load()
+	}
+	return out
+}
+
 // link is a shared bandwidth budget: each chunk books its transmission time
 // after the previous chunk's, across all connections.
 type link struct {
 	mu   sync.Mutex
-	rate float64 // bytes per second
+	rate float64 // bytes per second; 0 is no limit
 	next time.Time
 }
 
 func (l *link) wait(n int) {
+	if l.rate <= 0 {
+		return
+	}
 	l.mu.Lock()
 	now := time.Now()
 	if l.next.Before(now) {

@@ -54,7 +54,10 @@ func (r *results) report(w io.Writer, cleanBytes int64) {
 	fmt.Fprintf(w, "\n%-42s %-38s %10s %21s %s\n", "scenario", "contender", "median", "spread (min–max)", "ratios")
 	for _, sc := range r.order {
 		if bs, ok := r.Bytes[sc]; ok {
-			for _, c := range []string{"direct", "distribution-proxy", "regnorm"} {
+			for _, c := range []string{"direct", "distribution-proxy", "regnorm", oneReplica, threeReplicas} {
+				if _, ok := bs[c]; !ok {
+					continue
+				}
 				fmt.Fprintf(w, "%-42s %-38s %9.1fMB %21s %.2f× the image\n", sc, c, float64(bs[c])/1e6, "", float64(bs[c])/float64(cleanBytes))
 			}
 			continue
@@ -79,6 +82,9 @@ func (r *results) report(w io.Writer, cleanBytes int64) {
 			if d, ok := byC["distribution-proxy"]; ok && c == "regnorm" {
 				ratio += fmt.Sprintf("%.2f× distribution-proxy ", median(ds).Seconds()/median(d).Seconds())
 			}
+			if d, ok := byC[owner]; ok && c == nonOwner {
+				ratio += fmt.Sprintf("%.2f× the owner ", median(ds).Seconds()/median(d).Seconds())
+			}
 			if d, ok := byC["loopback limit"]; ok && c != "loopback limit" {
 				ratio += fmt.Sprintf("%.2f of the loopback limit", median(d).Seconds()/median(ds).Seconds())
 			}
@@ -95,7 +101,7 @@ const (
 
 func sortedContenders(m map[string][]time.Duration) []string {
 	order := []string{"direct", "direct (original)", "distribution-proxy", "distribution-proxy (original)", "regnorm", "regnorm, containerd CRI",
-		"regnorm, containerd 2.3.4", "regnorm, containerd 1.6.8", schema1Direct, schema1Regnorm, "loopback limit"}
+		"regnorm, containerd 2.3.4", "regnorm, containerd 1.6.8", schema1Direct, schema1Regnorm, owner, nonOwner, "loopback limit"}
 	var out []string
 	for _, c := range order {
 		if _, ok := m[c]; ok {

@@ -29,7 +29,8 @@ import (
 // digest, and one scenario is checked against a real containerd CRI pull.
 //
 // scripts/test.sh runs it small (20 MB image, one repetition) to keep it
-// working; the full run (400 MB image, 3 repetitions, about 15 minutes):
+// working; the full run (400 MB image, 3 repetitions, about 15 minutes
+// before scenario 7, replicas on S3):
 //
 //	REGNORM_BENCH_FULL=1 scripts/test.sh   # or, with the tools installed:
 //	REGNORM_BENCH_FULL=1 go test -tags e2e -run TestPullBenchmark -v -timeout 60m ./e2e/
@@ -38,9 +39,11 @@ import (
 // change the relay. It prints a table and writes bench-results.json
 // (REGNORM_BENCH_OUT).
 func TestPullBenchmark(t *testing.T) {
-	o := benchOptions{reps: 1, bandwidth: 50e6, latency: 20 * time.Millisecond, cleanMB: 20, xattrMB: 10, heads: 64 * 5}
+	o := benchOptions{reps: 1, bandwidth: 50e6, latency: 20 * time.Millisecond, cleanMB: 20, xattrMB: 10, heads: 64 * 5,
+		replicaClients: 12, ownerSamples: 3}
 	if os.Getenv("REGNORM_BENCH_FULL") != "" {
-		o = benchOptions{reps: 3, bandwidth: 50e6, latency: 20 * time.Millisecond, cleanMB: 400, xattrMB: 150, heads: 64 * 40}
+		o = benchOptions{reps: 3, bandwidth: 50e6, latency: 20 * time.Millisecond, cleanMB: 400, xattrMB: 150, heads: 64 * 40,
+			replicaClients: 30, ownerSamples: 10}
 	}
 	if v, err := strconv.ParseFloat(os.Getenv("REGNORM_BENCH_BANDWIDTH_MB"), 64); err == nil && v > 0 {
 		o.bandwidth = v * 1e6
@@ -202,6 +205,10 @@ func TestPullBenchmark(t *testing.T) {
 		stop()
 	}
 
+	// 7. Replicas sharing one S3 cache: upstream bytes for 1 and 3, and
+	// the first byte of a cold blob through its owner and another replica.
+	benchReplicas(t, ctx, res, upstreamURL, o)
+
 	var table bytes.Buffer
 	res.report(&table, imgs.cleanBytes)
 	fmt.Print(table.String())
@@ -225,6 +232,8 @@ type benchOptions struct {
 	latency          time.Duration
 	cleanMB, xattrMB int
 	heads            int
+	replicaClients   int // scenario 7's clients pulling at once
+	ownerSamples     int // scenario 7's cold blobs through their owner, and through another replica
 }
 
 // seededImages is what the upstream holds, and an in-memory copy of the

@@ -234,8 +234,27 @@ upstreams:
 	path := filepath.Join(dir, "regnorm.yaml")
 	os.WriteFile(path, []byte(cfg), 0o600)
 	p := start(t, "regnorm", regnormBin, "--config", path)
-	waitHTTP(t, "http://"+addr+"/healthz")
+	waitUp(t, "http://"+addr+"/healthz", p)
 	return "http://" + addr, p
+}
+
+// waitUp is waitHTTP for p's server: if p exits first (a refused config),
+// the test fails at once with what it printed.
+func waitUp(t *testing.T, url string, p *process) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before %s answered: %v\n%s", p.name, url, p.cmd.ProcessState, p.out.tail(4<<10))
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s did not come up", url)
 }
 
 // metric sums the samples of name whose labels contain every want label. A
