@@ -25,6 +25,9 @@ import (
 //	/retained/<alg>/<hex[:2]>/<hex>            a blob eviction never removes (empty)
 //	/access/<alg>/<hex[:2]>/<hex>              a blob's last recorded use: the object's time (empty)
 //	/tags/<upstream>/<repository>/_tags/<tag>  tag record
+//	/referrers/<upstream>/<repository>/_referrers/<alg>/<hex>
+//	                                           a subject's referrers list, as that repository's
+//	                                           upstream last gave it
 //	/links/<upstream>/<repository>/_links/<alg>/<hex>
 //	                                           the repository holds that digest upstream (empty)
 //	/holds/<upstream>                          until when the upstream is held after a rate limit

@@ -26,6 +26,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/internal/schema1"
 )
@@ -290,6 +291,43 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				if _, err := s.GetTag(ctx, other[0], other[1], other[2]); !errors.Is(err, cache.ErrNotFound) {
 					t.Fatalf("get %v: got %v, want ErrNotFound", other, err)
 				}
+			}
+		}},
+		{"referrers records per upstream, repository and subject; bounded and checked", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+			ref := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("sig"), Size: 3, ArtifactType: "a/b"}
+			rec := cache.ReferrersRecord{Subject: dgst, Manifests: []ocispec.Descriptor{ref}, FromTag: true, CheckedAt: now}
+			if err := s.PutReferrers(ctx, "127.0.0.1:5000", "library/redis", rec); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.GetReferrers(ctx, "127.0.0.1:5000", "library/redis", dgst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, rec) {
+				t.Fatalf("got %+v, want %+v", got, rec)
+			}
+			for _, other := range []struct {
+				upstream, repo string
+				subject        digest.Digest
+			}{{"127.0.0.1_5000", "library/redis", dgst}, {"docker.io", "library/redis", dgst}, {"127.0.0.1:5000", "library/other", dgst}, {"127.0.0.1:5000", "library/redis", ref.Digest}} {
+				if _, err := s.GetReferrers(ctx, other.upstream, other.repo, other.subject); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("get %v: got %v, want ErrNotFound", other, err)
+				}
+			}
+			many := rec
+			many.Manifests = slices.Repeat([]ocispec.Descriptor{ref}, mediatype.MaxReferrers+1)
+			if err := s.PutReferrers(ctx, "docker.io", "library/redis", many); err == nil {
+				t.Fatal("a record of more referrers than regnorm serves was written")
+			}
+			// A record at the path of another subject is not its answer.
+			moved, _ := json.Marshal(cache.ReferrersRecord{Subject: ref.Digest, Manifests: rec.Manifests})
+			path := "/referrers/docker.io/library/redis/_referrers/sha256/" + dgst.Encoded()
+			if err := d.PutContent(ctx, path, moved); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.GetReferrers(ctx, "docker.io", "library/redis", dgst); err == nil || errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("a record of another subject: got %v, want an error", err)
 			}
 		}},
 		{"normalization verdicts, one per rule set", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {

@@ -37,13 +37,16 @@ var (
 	prometheusBin    = os.Getenv("REGNORM_PROMETHEUS_BIN")
 	versitygwBin     = os.Getenv("REGNORM_VERSITYGW_BIN")
 	chromiumBin      = os.Getenv("REGNORM_CHROMIUM_BIN")
+	// cosignBin signs in the upstream and verifies through regnorm.
+	cosignBin = os.Getenv("REGNORM_COSIGN_BIN")
 )
 
 func TestMain(m *testing.M) {
 	for name, v := range map[string]string{"REGNORM_REGISTRY_BIN": registryBin, "REGNORM_CONFORMANCE_BIN": conformBin,
 		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin, "REGNORM_OLD_CONTAINERD_BIN": oldContainerdBin,
 		"REGNORM_PROMETHEUS_BIN": prometheusBin, "REGNORM_CHROMIUM_BIN": chromiumBin, "REGNORM_VERSITYGW_BIN": versitygwBin,
-		"REGNORM_CONTAINERD2_DIR": containerd2Dir, "REGNORM_CONTAINERD17_DIR": containerd17Dir, "REGNORM_REGISTRY2_BIN": registry2Bin} {
+		"REGNORM_CONTAINERD2_DIR": containerd2Dir, "REGNORM_CONTAINERD17_DIR": containerd17Dir, "REGNORM_REGISTRY2_BIN": registry2Bin,
+		"REGNORM_COSIGN_BIN": cosignBin} {
 		if _, err := os.Stat(v); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s=%q is not usable (%v); run scripts/test.sh, which installs it\n", name, v, err)
 			os.Exit(2)

@@ -1,10 +1,16 @@
 package proxy
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // serveManifest answers a manifest by tag or digest: the repository's
@@ -89,4 +95,46 @@ func parseAccept(values []string) []string {
 		}
 	}
 	return out
+}
+
+// serveReferrers answers the referrers API (OCI distribution spec 1.1):
+// the repository's list of the manifests that name the digest as their
+// subject (mirror.Repository.Referrers), as an OCI index encoded here,
+// never the upstream's bytes, filtered by artifactType when asked.
+func (s *Server) serveReferrers(w http.ResponseWriter, r *http.Request) error {
+	req, err := s.parse(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	logAttrs(ctx, slog.String("upstream", req.repo.Upstream()), slog.String("repo", req.repo.Name()), slog.String("ref", req.ref()))
+	list, err := req.repo.Referrers(ctx, req.digest, r.URL.Query().Get("artifactType"))
+	if err != nil {
+		return err
+	}
+	logAttrs(ctx, slog.String("source", list.Source), slog.Int("referrers", len(list.Manifests)))
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	// Annotations as the upstream wrote them, not grown sixfold by HTML
+	// escapes.
+	enc.SetEscapeHTML(false)
+	index := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: list.Manifests}
+	if err := enc.Encode(index); err != nil {
+		return fmt.Errorf("encode referrers: %w", err)
+	}
+	h := w.Header()
+	h.Set("Content-Type", ocispec.MediaTypeImageIndex)
+	h.Set("Content-Length", strconv.Itoa(body.Len()))
+	if list.Filtered {
+		h.Set("OCI-Filters-Applied", "artifactType")
+	}
+	if list.Stale {
+		logAttrs(ctx, slog.Bool("stale", true))
+		h.Set("Warning", `110 - "Response is Stale"`)
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		w.Write(body.Bytes())
+	}
+	return nil
 }

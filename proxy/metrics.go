@@ -68,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"route"}),
 		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_cache_requests_total",
-			Help: "Cache look-ups for client requests, by kind (manifest, blob) and result (hit, miss).",
+			Help: "Cache look-ups for client requests, by kind (manifest, blob, referrers) and result (hit, miss).",
 		}, []string{"kind", "result"}),
 		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_served_bytes_total",
@@ -76,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"source"}),
 		staleServes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_stale_serves_total",
-			Help: "Tags answered from an expired cache record because upstream could not be reached, by upstream.",
+			Help: "Tags and referrers lists answered from an expired cache record because upstream could not be reached, by upstream.",
 		}, []string{"upstream"}),
 		nodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "regnorm_nodes",
@@ -184,7 +184,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, reason := range normalize.SkipReasons {
 		m.layersSkipped.WithLabelValues(reason)
 	}
-	for _, kind := range []string{"manifest", "blob"} {
+	for _, kind := range []string{"manifest", "blob", "referrers"} {
 		for _, result := range []string{"hit", "miss"} {
 			m.cacheRequests.WithLabelValues(kind, result)
 		}
@@ -192,7 +192,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, source := range []string{"cache", "upstream"} {
 		m.servedBytes.WithLabelValues(source)
 	}
-	for _, route := range []string{routeBase, routeManifest, routeBlob, routeTags, routeUpload, routeHealth, routeMetrics,
+	for _, route := range []string{routeBase, routeManifest, routeBlob, routeTags, routeReferrers, routeUpload, routeHealth, routeMetrics,
 		routeReport, routeWarm, routeNodes, routeStatus, routeNotFound, routeTooLarge, routeForbidden} {
 		m.requestDuration.WithLabelValues(route)
 	}

@@ -39,6 +39,7 @@ const (
 	routeManifest  = "manifest"
 	routeBlob      = "blob"
 	routeTags      = "tags"
+	routeReferrers = "referrers"
 	routeUpload    = "upload"
 	routeHealth    = "health"
 	routeMetrics   = "metrics"
@@ -142,6 +143,7 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle(name+"/manifests/{reference:"+referencePattern+"}", s.handle(routeManifest, s.protect(api, s.serveManifest))).Methods(read...)
 	r.Handle(name+"/blobs/{digest:"+digestPattern+"}", s.handle(routeBlob, s.protect(api, s.serveBlob))).Methods(read...)
 	r.Handle(name+"/tags/list", s.handle(routeTags, s.protect(api, s.serveTags))).Methods(read...)
+	r.Handle(name+"/referrers/{digest:"+digestPattern+"}", s.handle(routeReferrers, s.protect(api, s.serveReferrers))).Methods(read...)
 	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
 	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.protect(report, s.status.ServeReport))).Methods(read...)
 	r.Handle("/status", s.handle(routeStatus, s.protect(report, s.status.Serve))).Methods(read...)
@@ -215,15 +217,12 @@ func (s *Server) serveNotFound(w http.ResponseWriter, r *http.Request) error {
 			return errcode.New(http.StatusBadRequest, errcode.NameInvalid, why, nil)
 		}
 		switch kind {
-		case "/referrers/":
-			// 404 lets clients fall back to the referrers tag schema.
-			return errcode.New(http.StatusNotFound, errcode.Unsupported, "the referrers API is not served", nil)
 		case "/manifests/":
 			if strings.Contains(ref, ":") {
 				return errcode.New(http.StatusBadRequest, errcode.DigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
 			}
 			return errcode.New(http.StatusBadRequest, errcode.TagInvalid, fmt.Sprintf("%q is not a tag: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'", ref), nil)
-		case "/blobs/":
+		case "/blobs/", "/referrers/":
 			return errcode.New(http.StatusBadRequest, errcode.DigestInvalid, fmt.Sprintf("%q is not a digest such as sha256:<64 hex digits>", ref), nil)
 		}
 		break

@@ -21,6 +21,8 @@ CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 VERSITYGW_VERSION=v1.8.0
 # The last distribution that stores Docker schema 1 manifests (v3 refuses them).
 REGISTRY2_VERSION=v2.8.3
+# Signs in the test upstream and verifies through regnorm (the referrers API).
+COSIGN_VERSION=v3.1.3
 
 log() { echo "test-deps: $*" >&2; }
 
@@ -208,6 +210,8 @@ go_tool registry "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY
 go_tool conformance "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
 # A real S3-compatible server for the S3 cache (about 2 minutes, once).
 go_tool versitygw "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+# cosign signs and verifies offline with a key (about 3 minutes, once).
+go_tool cosign "github.com/sigstore/cosign/v3/cmd/cosign@$COSIGN_VERSION"
 old_containerd
 containerd17
 containerd2
@@ -217,6 +221,7 @@ npm_tools
 echo "export REGNORM_REGISTRY_BIN=$BIN/registry"
 echo "export REGNORM_CONFORMANCE_BIN=$BIN/conformance"
 echo "export REGNORM_VERSITYGW_BIN=$BIN/versitygw"
+echo "export REGNORM_COSIGN_BIN=$BIN/cosign"
 echo "export REGNORM_CONTAINERD_BIN=$(command -v containerd)"
 echo "export REGNORM_CTR_BIN=$(command -v ctr)"
 echo "export REGNORM_PROMETHEUS_BIN=$(command -v prometheus)"

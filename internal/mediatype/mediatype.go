@@ -33,6 +33,13 @@ const (
 // upstream's larger answer is refused, so a larger blob is never a manifest.
 const MaxManifestSize = 4 << 20
 
+// MaxReferrers is the most descriptors regnorm keeps and serves in one
+// subject's referrers list (the OCI distribution spec's referrers API): an
+// upstream's longer list is refused, not cut, since a client cannot tell a
+// cut list from a whole one. Each signing or attestation adds one; a
+// thousand for one digest is an upstream gone wrong, or hostile.
+const MaxReferrers = 1000
+
 // OctetStream is the Content-Type of a blob that is not a manifest.
 const OctetStream = "application/octet-stream"
 

@@ -21,12 +21,13 @@ import (
 )
 
 // Store is what the service needs of the cache: the repositories' links,
-// how what regnorm made was made, manifests and tag records, and blobs to
-// read.
+// how what regnorm made was made, manifests, tag and referrers records,
+// and blobs to read.
 type Store interface {
 	cache.LinkStore
 	cache.ManifestStore
 	cache.TagStore
+	cache.ReferrersStore
 	cache.BlobProvider
 	// BlobSize is a cached blob's size, remembered or stat'ed
 	// (cache.Store.BlobSize).
@@ -61,10 +62,11 @@ type Clock interface {
 
 // Metrics are the service's; the caller registers them.
 type Metrics struct {
-	// CacheRequests counts manifest look-ups by kind ("manifest") and
+	// CacheRequests counts look-ups by kind ("manifest", "referrers") and
 	// result (hit, miss).
 	CacheRequests *prometheus.CounterVec
-	// StaleServes counts tags answered from an expired record, by upstream.
+	// StaleServes counts tags and referrers lists answered from an expired
+	// record, by upstream.
 	StaleServes *prometheus.CounterVec
 	// DeadlineExceeded counts requests that stopped waiting for their
 	// variant.

@@ -54,7 +54,8 @@ func (r *Repository) Confirmed(now time.Time) bool { return r.reg.confirmed(r.na
 func (r *Repository) Confirm(now time.Time) { r.reg.confirm(r.name, now) }
 
 // path is the registry API's path of an object of the repository: kind is
-// "manifests", "blobs" or "tags", ref a reference, a digest, or "list".
+// "manifests", "blobs", "tags" or "referrers", ref a reference, a digest,
+// or "list".
 func (r *Repository) path(kind, ref string) string {
 	return "/v2/" + r.name + "/" + kind + "/" + ref
 }
