@@ -110,10 +110,13 @@ type Service struct {
 	types     *lru.Cache[digest.Digest, string] // blob types learnt, by digest
 	typings   flight.Group[string]              // cached blobs being typed, by digest and size
 	replicas  *replicas.Set
-	tagTTL    time.Duration
-	clock     Clock
-	metrics   Metrics
-	log       *slog.Logger
+	// variantAsks are the variants asked of their owners, by owner,
+	// identity, original, rules and wait.
+	variantAsks flight.Group[struct{}]
+	tagTTL      time.Duration
+	clock       Clock
+	metrics     Metrics
+	log         *slog.Logger
 }
 
 // New is a Service with opts.
