@@ -82,6 +82,9 @@ type upstreamStatus struct {
 	LastOK, LastFail time.Time
 	Failure          string
 	Failing          bool
+	// HeldUntil is when its rate-limit hold ends (zero: none): until then
+	// cached tags are served stale and cold ones refused with 429.
+	HeldUntil time.Time
 }
 
 type statusData struct {
@@ -142,6 +145,8 @@ type versionCount struct {
 type Upstream interface {
 	Endpoint() string
 	Health() (lastOK, lastFail time.Time, failure string)
+	// HeldUntil is when its rate-limit hold ends; zero when none holds it.
+	HeldUntil() time.Time
 }
 
 // Status is the status page and the rewrite report's API. Their sources are functions the server hands in,
@@ -175,7 +180,7 @@ func (s *Status) Serve(w http.ResponseWriter, r *http.Request) error {
 		up := s.Upstreams[name]
 		ok, fail, why := up.Health()
 		d.Upstreams = append(d.Upstreams, upstreamStatus{Name: name, Endpoint: up.Endpoint(), LastOK: ok, LastFail: fail,
-			Failure: why, Failing: fail.After(ok)})
+			Failure: why, Failing: fail.After(ok), HeldUntil: up.HeldUntil().UTC()})
 	}
 	nodes, err := s.Nodes(r.Context())
 	if err != nil {

@@ -23,6 +23,15 @@ func (health) Endpoint() string { return "https://registry-1.docker.io" }
 func (health) Health() (lastOK, lastFail time.Time, failure string) {
 	return time.Time{}, time.Now(), "connection refused"
 }
+func (health) HeldUntil() time.Time { return time.Time{} }
+
+// held is an upstream whose rate limit holds it.
+type held struct {
+	health
+	until time.Time
+}
+
+func (h held) HeldUntil() time.Time { return h.until }
 
 // TestStatusWithoutServer: the operator's pages run on the sources they are
 // handed, with no proxy.Server behind them.
@@ -44,7 +53,7 @@ func TestStatusWithoutServer(t *testing.T) {
 			}, nil
 		},
 		Usage:     func() *maintain.Usage { return nil },
-		Upstreams: map[string]operator.Upstream{"docker.io": health{}},
+		Upstreams: map[string]operator.Upstream{"docker.io": health{}, "quay.io": held{until: now.Add(90 * time.Second)}},
 		Rules:     ruleset.DefaultPolicy(),
 		Started:   now.Add(-time.Hour),
 		Now:       func() time.Time { return now },
@@ -67,6 +76,7 @@ func TestStatusWithoutServer(t *testing.T) {
 		`<code class="name">waiting</code>`, `<code class="name">&lt;script&gt;alert(1)&lt;/script&gt;</code>`,
 		`<span class="fix-cannot">cannot fix it</span><div class="details">--fix cannot: &lt;b&gt;legacy&lt;/b&gt;</div>`,
 		"address shared by 2 nodes", "2 nodes share an address with another node",
+		`<span class="bad">rate limited until 03:05:35 UTC</span>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the page lacks %q", want)

@@ -196,9 +196,11 @@ func (h *rateHold) share(ctx context.Context, now time.Time, log *slog.Logger) {
 	}
 }
 
-// heldUntil is when u's hold ends, as this replica knows it; the zero
-// time when it is not held.
-func (u *Registry) heldUntil() time.Time { return u.hold.heldUntil(u.now()) }
+// HeldUntil is when the upstream's rate-limit hold ends, as this replica
+// knows it (its own, or another replica's it read); the zero time when it
+// is not held. Holds of forwarded clients' own credentials are theirs, and
+// not shown.
+func (u *Registry) HeldUntil() time.Time { return u.hold.heldUntil(u.now()) }
 
 // heldUntil is when h ends, the zero time when it has ended by now.
 func (h *rateHold) heldUntil(now time.Time) time.Time {

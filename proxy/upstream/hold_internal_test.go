@@ -113,12 +113,12 @@ func TestOnlyCountedAnswersHold(t *testing.T) {
 		t.Fatalf("50 held-out answers: %d writes, %d sent; want one each", store.writes, budget.Load())
 	}
 	store.writes = 0
-	first := zero.heldUntil()
+	first := zero.HeldUntil()
 	for range 50 {
 		clock.add(10 * time.Millisecond) // within the hold: what another path might note
 		zero.noteHold(ctx, &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Ratelimit-Remaining": {"0"}}})
 	}
-	if store.writes != 0 || !zero.heldUntil().After(first) {
+	if store.writes != 0 || !zero.HeldUntil().After(first) {
 		t.Fatalf("50 answers each moving the hold by 10 ms: %d writes; want none (the hold still moves)", store.writes)
 	}
 }
@@ -154,7 +154,7 @@ func TestSharedHoldKeepsTheLonger(t *testing.T) {
 	if _, err := d.Repository("library/app").HeadManifest(context.Background(), "v1", nil); err == nil || sent.Load() != 0 {
 		t.Fatalf("a full hold from a clock a second ahead: %v, %d sent; want held", err, sent.Load())
 	}
-	if got := d.heldUntil().Sub(clock.now()); got != maxHold {
+	if got := d.HeldUntil().Sub(clock.now()); got != maxHold {
 		t.Fatalf("held for %v, want it clamped to %v", got, maxHold)
 	}
 }
@@ -212,7 +212,7 @@ func TestSharedHoldFollowsACreepingEnd(t *testing.T) {
 		r.noteHold(context.Background(), &http.Response{StatusCode: http.StatusTooManyRequests,
 			Header: http.Header{"Retry-After": {strconv.Itoa(60 + 4*i)}}})
 	}
-	local, shared := r.heldUntil(), store.until["docker.io"]
+	local, shared := r.HeldUntil(), store.until["docker.io"]
 	if local.Sub(shared) >= holdRefresh || store.writes > 30*4/int(holdRefresh/time.Second)+1 {
 		t.Fatalf("local hold %v past the record after %d writes; want within %v", local.Sub(shared), store.writes, holdRefresh)
 	}

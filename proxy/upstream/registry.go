@@ -516,7 +516,7 @@ func (u *Registry) statusError(resp *http.Response, notFound string) *errcode.Er
 	case s == http.StatusTooManyRequests:
 		e := errcode.New(http.StatusTooManyRequests, errcode.TooManyRequests, "upstream "+u.name+" rate limit", cause)
 		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), u.now())
-		if until := u.heldUntil(); e.RetryAfter <= 0 && !until.IsZero() {
+		if until := u.HeldUntil(); e.RetryAfter <= 0 && !until.IsZero() {
 			// Without a Retry-After of its own: when the hold it set ends.
 			e.RetryAfter = max(until.Sub(u.now()), time.Second)
 		}
