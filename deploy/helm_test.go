@@ -65,6 +65,11 @@ cache:
   evictionGrace: 3h
   maintenanceInterval: 2h
   s3: {bucket: regnorm-cache, region: eu-west-1, endpoint: "http://minio.storage:9000", forcePathStyle: true, existingSecret: regnorm-s3}`,
+	"replicas sharing with a Secret of one's own, behind a network policy": `
+replicaCount: 2
+replicas: {port: 5101, clusterDomain: k8s.example, secret: {secretName: regnorm-replicas-own, key: hmac}}
+cache: {driver: s3, s3: {bucket: regnorm-cache}}
+networkPolicy: {enabled: true, restrictEgress: true}`,
 	"credentials in an existing secret, no persistence": `
 upstreams:
   - {name: registry.example.com, url: https://registry.example.com, username: bot, passwordKey: token}
@@ -160,7 +165,10 @@ func TestChartRendersValidObjects(t *testing.T) {
 			cfg := secrets.mount(t, raw)
 			path := filepath.Join(t.TempDir(), "regnorm.yaml")
 			os.WriteFile(path, []byte(cfg), 0o600)
-			if out, err := exec.Command(regnorm, "--check-config", "--config", path).CombinedOutput(); err != nil {
+			// With the environment the pod gives (REGNORM_REPLICAS_SELF).
+			check := exec.Command(regnorm, "--check-config", "--config", path)
+			check.Env = append(os.Environ(), podEnv(t, find(t, objs, "Deployment"), testPodIP)...)
+			if out, err := check.CombinedOutput(); err != nil {
 				t.Errorf("regnorm rejects the rendered config: %v\n%s\n%s", err, out, cfg)
 			}
 			if kinds["DaemonSet"] > 0 {
@@ -400,6 +408,8 @@ func (f *secretFiles) content(t *testing.T, ref string) []byte {
 			t.Fatal(err)
 		}
 		return []byte("node:" + string(hash) + "\n")
+	case filepath.Base(filepath.Dir(ref)) == "replicas": // the replicas' shared secret, at least 32 bytes
+		return []byte(strings.Repeat("replica-secret-", 4) + "\n")
 	default: // tokens, token, passwords
 		return []byte("placeholder-secret\n")
 	}

@@ -241,6 +241,9 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 		"nodes.reportTokenFile":     "nodeConfig.reportToken",
 		"upstreams[].passwordFile":  "upstreams[].passwordKey", // a key of the credentials Secret
 		"upstreams[].caFile":        "upstreams[].caKey",
+		"replicas.listen":           "replicas.port",          // :port, the container's port replicas
+		"replicas.service":          "replicas.clusterDomain", // the chart's headless Service, in that domain
+		"replicas.secretFile":       "replicas.secret",        // a Secret's key, mounted
 	}
 	// Fields the chart deliberately leaves out, and why.
 	leftOut := map[string]string{
@@ -251,6 +254,9 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 		"cache.s3.accessKeyEnv":          "the keys come from cache.s3.existingSecret as files, or else the pod's own AWS credentials",
 		"cache.s3.secretKeyEnv":          "the keys come from cache.s3.existingSecret as files, or else the pod's own AWS credentials",
 		"upstreams[].passwordEnv":        "passwords come from the credentials Secret as files (upstreams[].passwordKey)",
+		"replicas.self":                  "each pod's own: REGNORM_REPLICAS_SELF, from its IP (status.podIP)",
+		"replicas.peers":                 "the members are the ready pods, found through the headless Service (replicas.service)",
+		"replicas.refresh":               "regnorm's default (10s), how soon a pod that became ready or went away is known",
 	}
 	// Values whose default is deliberately not regnorm's, and why.
 	differs := map[string]string{

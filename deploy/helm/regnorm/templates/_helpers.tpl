@@ -82,3 +82,36 @@ the chart makes. */}}
 {{- define "regnorm.reportTokenKey" -}}
 {{- if .Values.nodeConfig.reportToken.secretName }}{{ .Values.nodeConfig.reportToken.key }}{{ else }}token{{ end }}
 {{- end }}
+
+{{/* Whether the replicas share the cache's work (replicas.share; empty:
+when several replicas serve one S3 cache). */}}
+{{- define "regnorm.sharing" -}}
+{{- $share := .Values.replicas.share }}
+{{- if kindIs "bool" $share }}
+{{- if $share }}
+{{- if ne .Values.cache.driver "s3" }}
+{{- fail "replicas.share: replicas share the work of one S3 cache; with the filesystem cache there is one replica" }}
+{{- end }}
+{{- true }}
+{{- end }}
+{{- else if not (eq (toString $share) "") }}
+{{- fail "replicas.share must be true, false or empty (on with replicaCount > 1 and cache.driver s3)" }}
+{{- else if and (gt (int .Values.replicaCount) 1) (eq .Values.cache.driver "s3") }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service whose addresses are the ready replicas. */}}
+{{- define "regnorm.replicasService" -}}
+{{- printf "%s-replicas" (include "regnorm.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The Secret holding the replicas' shared secret: the operator's, or the
+one the chart makes. */}}
+{{- define "regnorm.replicasSecret" -}}
+{{- .Values.replicas.secret.secretName | default (include "regnorm.replicasService" .) }}
+{{- end }}
+
+{{- define "regnorm.replicasSecretKey" -}}
+{{- if .Values.replicas.secret.secretName }}{{ .Values.replicas.secret.key }}{{ else }}secret{{ end }}
+{{- end }}
