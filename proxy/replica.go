@@ -2,17 +2,11 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
-	"time"
-
-	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/mirror"
@@ -24,15 +18,14 @@ import (
 // routeReplica is the metrics' route label of what replicas ask.
 const routeReplica = "replica"
 
-// maxVariantWait bounds how long an owner works on a variant before it
-// answers that it is still at work (the asker's client waits no longer).
-const maxVariantWait = 10 * time.Minute
-
 // ReplicaHandler serves what the other replicas of the cache ask of this
 // one as the owner of a blob, a manifest or a variant (proxy/replicas), on
 // the replicas' own listener, to replicas only. The work is done as a
 // client of this mirror with the upstream's own credentials would have it
-// done, through the same repository service.
+// done, through the same repository service, within what is left of the
+// asking request's upstream budget. What this replica cannot answer for
+// the asker (an upstream configured otherwise here, a rule not on here, a
+// malformed ask) is answered 421: the asker does the work itself.
 func (s *Server) ReplicaHandler(set *replicas.Set) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET "+replicas.BlobPath, s.replicaRoute(set, replicas.KindBlob, s.serveReplicaBlob))
@@ -46,23 +39,25 @@ type replicaAnswer struct {
 	w      http.ResponseWriter
 	set    *replicas.Set
 	reqMAC string
+	sent   bool // headers are out
 }
 
 // send answers status with body, whole and signed.
-func (a replicaAnswer) send(status int, body []byte) {
+func (a *replicaAnswer) send(status int, body []byte) {
 	h := a.w.Header()
 	if status != http.StatusNoContent {
 		h.Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	a.set.SignAnswer(h, a.reqMAC, status, body)
+	a.sent = true
 	a.w.WriteHeader(status)
 	a.w.Write(body)
 }
 
-type replicaHandler func(ctx context.Context, a replicaAnswer, repo *mirror.Repository, q url.Values) error
+type replicaHandler func(ctx context.Context, a *replicaAnswer, repo *mirror.Repository, ask replicas.Ask) error
 
-// replicaRoute checks that a replica asks, and for which repository of
-// which configured upstream, and answers its error signed.
+// replicaRoute checks that a replica asks, and for which repository of an
+// upstream configured here as on the asker, and answers its error signed.
 func (s *Server) replicaRoute(set *replicas.Set, kind string, h replicaHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reqMAC, err := set.Verify(r)
@@ -71,66 +66,55 @@ func (s *Server) replicaRoute(set *replicas.Set, kind string, h replicaHandler) 
 			writeError(w, r, errcode.New(http.StatusUnauthorized, errcode.Unauthorized, "replicas only", err))
 			return
 		}
-		a := replicaAnswer{w: w, set: set, reqMAC: reqMAC}
-		ctx := upstream.WithBudget(r.Context(), upstreamBudget)
-		q := r.URL.Query()
-		repo, err := s.replicaRepository(q.Get("upstream"), q.Get("repo"))
+		a := &replicaAnswer{w: w, set: set, reqMAC: reqMAC}
+		ctx := r.Context()
+		ask, err := replicas.ParseAsk(r, kind)
+		var repo *mirror.Repository
 		if err == nil {
+			repo, err = s.replicaRepository(set, ask)
+		}
+		if err == nil {
+			ctx = upstream.WithBudget(ctx, min(ask.Budget, upstreamBudget))
 			logAttrs(ctx, slog.String("upstream", repo.Upstream()), slog.String("repo", repo.Name()), slog.String("kind", kind))
-			err = h(ctx, a, repo.ForReplica(kind), q)
+			err = h(ctx, a, repo.ForReplica(kind), ask)
 		}
 		set.Served(kind, err)
 		if err == nil {
 			return
 		}
-		if rw := w.(*responseWriter); rw.status != 0 {
+		logAttrs(ctx, slog.String("error", err.Error()))
+		if a.sent {
 			// The body is cut short: the asker goes on from the upstream.
-			logAttrs(ctx, slog.String("error", err.Error()))
 			return
 		}
 		e, body := errorAnswer(w.Header(), err)
-		logAttrs(ctx, slog.String("error", e.Error()))
 		a.send(e.Status, body)
 	})
 }
 
-// replicaRepository is name on the upstream ns, read with the upstream's
-// own credentials. An upstream with forwarded credentials is never asked
-// for: each client's answer is its own.
-func (s *Server) replicaRepository(ns, name string) (*mirror.Repository, error) {
-	up, ok := s.upstreams[ns]
-	if !ok {
-		return nil, errcode.New(http.StatusNotFound, errcode.NameUnknown, fmt.Sprintf("upstream registry %q is not configured on this replica", ns), nil)
+// replicaRepository is the repository ask names, read with the upstream's
+// own credentials: only of an upstream configured here as on the asker,
+// and never one with forwarded credentials (each client's answer is its
+// own).
+func (s *Server) replicaRepository(set *replicas.Set, ask replicas.Ask) (*mirror.Repository, error) {
+	up, ok := s.upstreams[ask.Upstream]
+	switch {
+	case !ok:
+		return nil, replicas.Misdirected("upstream " + strconv.Quote(ask.Upstream) + " is not configured on this replica")
+	case up.Forwards():
+		return nil, replicas.Misdirected("an upstream with forwarded credentials is not shared between replicas")
+	case !set.SameConfig(ask, up.Fingerprint()):
+		return nil, replicas.Misdirected("upstream " + strconv.Quote(ask.Upstream) + " is configured otherwise on this replica")
+	case nameProblem(ask.Repo) != "":
+		return nil, replicas.Misdirected(nameProblem(ask.Repo))
 	}
-	if up.Forwards() {
-		return nil, errcode.New(http.StatusForbidden, errcode.Denied, "an upstream with forwarded credentials is not shared between replicas", nil)
-	}
-	if problem := nameProblem(name); problem != "" {
-		return nil, errcode.New(http.StatusBadRequest, errcode.NameInvalid, problem, nil)
-	}
-	return s.mirror.Repository(up.Repository(name)), nil
-}
-
-func digestParam(q url.Values) (digest.Digest, error) {
-	v := ""
-	if d := q["digest"]; len(d) == 1 {
-		v = d[0]
-	}
-	dgst, err := digest.Parse(v)
-	if err != nil {
-		return "", errcode.New(http.StatusBadRequest, errcode.DigestInvalid, "invalid digest", err)
-	}
-	return dgst, nil
+	return s.mirror.Repository(up.Repository(ask.Repo)), nil
 }
 
 // serveReplicaBlob sends a blob as it is read: from the cache, or from the
 // download this replica runs of it (its own clients' too).
-func (s *Server) serveReplicaBlob(ctx context.Context, a replicaAnswer, repo *mirror.Repository, q url.Values) error {
-	dgst, err := digestParam(q)
-	if err != nil {
-		return err
-	}
-	b, err := repo.OpenBlob(ctx, dgst, 0)
+func (s *Server) serveReplicaBlob(ctx context.Context, a *replicaAnswer, repo *mirror.Repository, ask replicas.Ask) error {
+	b, err := repo.OpenBlob(ctx, ask.Digest, 0)
 	if err != nil {
 		return err
 	}
@@ -145,8 +129,9 @@ func (s *Server) serveReplicaBlob(ctx context.Context, a replicaAnswer, repo *mi
 	h := a.w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Content-Length", strconv.FormatInt(size, 10))
-	h.Set("Docker-Content-Digest", dgst.String())
+	h.Set("Docker-Content-Digest", ask.Digest.String())
 	a.set.SignAnswer(h, a.reqMAC, http.StatusOK, nil)
+	a.sent = true
 	a.w.WriteHeader(http.StatusOK)
 	if _, err := io.Copy(a.w, b); err != nil {
 		return err
@@ -156,15 +141,11 @@ func (s *Server) serveReplicaBlob(ctx context.Context, a replicaAnswer, repo *mi
 
 // serveReplicaManifest sends a manifest by tag or digest as this replica's
 // repository answers it (fetching and caching it, or from the cache).
-func (s *Server) serveReplicaManifest(ctx context.Context, a replicaAnswer, repo *mirror.Repository, q url.Values) error {
-	ref := ""
-	if r := q["ref"]; len(r) == 1 {
-		ref = r[0]
+func (s *Server) serveReplicaManifest(ctx context.Context, a *replicaAnswer, repo *mirror.Repository, ask replicas.Ask) error {
+	if !strings.Contains(ask.Ref, ":") && !anchoredTag.MatchString(ask.Ref) {
+		return replicas.Misdirected("invalid reference")
 	}
-	if !strings.Contains(ref, ":") && !anchoredTag.MatchString(ref) {
-		return errcode.New(http.StatusBadRequest, errcode.TagInvalid, "invalid reference", nil)
-	}
-	m, err := repo.Manifest(ctx, ref, parseAccept(q["accept"]))
+	m, err := repo.Manifest(ctx, ask.Ref, parseAccept(ask.Accept))
 	if err != nil {
 		return err
 	}
@@ -180,31 +161,21 @@ func (s *Server) serveReplicaManifest(ctx context.Context, a replicaAnswer, repo
 
 // serveReplicaVariant makes the variant of an original for a rule set, and
 // answers once it is in the cache (or, with a wait, that it is still at
-// work).
-func (s *Server) serveReplicaVariant(ctx context.Context, a replicaAnswer, repo *mirror.Repository, q url.Values) error {
-	dgst, err := digestParam(q)
-	if err != nil {
-		return err
-	}
+// work). A rule set this replica would not make is not its to answer.
+func (s *Server) serveReplicaVariant(ctx context.Context, a *replicaAnswer, repo *mirror.Repository, ask replicas.Ask) error {
 	var names []string
-	if v := q.Get("rules"); v != "" {
-		names = strings.Split(v, ",")
+	if ask.Rules != "" {
+		names = strings.Split(ask.Rules, ",")
 	}
 	rules, err := ruleset.Parse(names)
-	if err != nil {
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, "unknown rule", err)
+	if err != nil || s.rules.Enabled.Intersect(rules) != rules {
+		return replicas.Misdirected("rules " + strconv.Quote(ask.Rules) + " are not all on this replica")
 	}
-	var wait time.Duration
-	if v := q.Get("wait"); v != "" {
-		if wait, err = time.ParseDuration(v); err != nil || wait <= 0 || wait > maxVariantWait {
-			return errcode.New(http.StatusBadRequest, errcode.Unsupported, "invalid wait", errors.Join(err, fmt.Errorf("wait %q", v)))
-		}
-	}
-	m, err := repo.Manifest(ctx, dgst.String(), nil)
+	m, err := repo.Manifest(ctx, ask.Digest.String(), nil)
 	if err != nil {
 		return err
 	}
-	if _, err := repo.Variant(ctx, m.Manifest, s.rules.Enabled.Intersect(rules), wait); err != nil {
+	if _, err := repo.Variant(ctx, m.Manifest, rules, ask.Wait); err != nil {
 		return err
 	}
 	a.send(http.StatusNoContent, []byte{})

@@ -47,6 +47,13 @@ func (r *replica) metric(t testing.TB, name, labels string) float64 {
 // (a front between replicas).
 func startReplicas(t *testing.T, h *harness, n int, peerURL func(i int, internal string) string) []*replica {
 	t.Helper()
+	return startReplicasWith(t, h, n, peerURL, nil)
+}
+
+// startReplicasWith is startReplicas, with replica i's parts changed by
+// tweak.
+func startReplicasWith(t *testing.T, h *harness, n int, peerURL func(i int, internal string) string, tweak func(i int, p *serverParts)) []*replica {
+	t.Helper()
 	internals := make([]*httptest.Server, n)
 	peers := make([]string, n)
 	for i := range internals {
@@ -60,8 +67,12 @@ func startReplicas(t *testing.T, h *harness, n int, peerURL func(i int, internal
 	out := make([]*replica, n)
 	for i := range n {
 		reg := prometheus.NewRegistry()
-		b := buildServer(t, serverParts{harnessOptions: h.opts, store: h.store, upstreams: []upstream.Config{{Name: "docker.io", URL: u}},
-			spoolDir: t.TempDir(), reg: reg, replicas: &replicas.Options{Self: peers[i], Peers: peers, Secret: []byte(testReplicaSecret)}})
+		parts := serverParts{harnessOptions: h.opts, store: h.store, upstreams: []upstream.Config{{Name: "docker.io", URL: u}},
+			spoolDir: t.TempDir(), reg: reg, replicas: &replicas.Options{Self: peers[i], Peers: peers, Secret: []byte(testReplicaSecret)}}
+		if tweak != nil {
+			tweak(i, &parts)
+		}
+		b := buildServer(t, parts)
 		out[i] = &replica{internal: internals[i], built: b}
 		handler := b.srv.ReplicaHandler(b.replicas)
 		internals[i].Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -430,4 +441,140 @@ func TestReplicaAnswersAreChecked(t *testing.T) {
 			t.Errorf("Authorization %q: %d %s, want 401", auth, resp.StatusCode, body)
 		}
 	}
+}
+
+// TestReplicasConfiguredOtherwiseDoNotShare: two replicas whose upstream
+// is configured otherwise (another maxBlobSize: what one may download, the
+// other may not) answer each other's asks 421, and each does its own
+// work: a client is never answered what the other replica's configuration
+// allows.
+func TestReplicasConfiguredOtherwiseDoNotShare(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{tagTTL: time.Hour})
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, randomLayer(t, 2<<20))
+	reps := startReplicasWith(t, h, 2, nil, func(i int, p *serverParts) {
+		if i == 1 {
+			p.upstreams[0].MaxBlobSize = 1 << 20 // the layer is larger
+		}
+	})
+	layer := "/v2/library/app/blobs/" + digest.FromBytes(img.Layers[0]).String()
+	// Replica 1 first: once cached, the layer is any replica's to serve.
+	for _, i := range []int{1, 0} {
+		resp, err := boundedClient.Get(reps[i].url + layer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case i == 0 && (resp.StatusCode != http.StatusOK || digest.FromBytes(body) != digest.FromBytes(img.Layers[0])):
+			t.Errorf("replica 0: %d, %d bytes; want the layer", resp.StatusCode, len(body))
+		case i == 1 && resp.StatusCode == http.StatusOK:
+			t.Errorf("replica 1, whose maxBlobSize the layer passes, served it")
+		}
+	}
+	for i := range 16 {
+		tag := fmt.Sprint("t", i)
+		if err := h.reg.Client().PushImage(context.Background(), "library/app", tag, img); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := getManifest(reps[i%2].url, "library/app", tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var asked, refused float64
+	for _, r := range reps {
+		asked += r.metric(t, "regnorm_replica_asks_total", `outcome="ok"`)
+		refused += r.metric(t, "regnorm_replica_asks_total", `outcome="fallback"`)
+	}
+	if asked != 0 || refused == 0 {
+		t.Errorf("asks answered %v, refused %v: want none answered, some refused", asked, refused)
+	}
+}
+
+// getManifest GETs repo:ref through base as containerd 2.3.4.
+func getManifest(base, repo, ref string) ([]byte, http.Header, error) {
+	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/"+ref, nil)
+	req.Header = containerdAccept.Clone()
+	req.Header.Set("User-Agent", "containerd/2.3.4")
+	resp, err := boundedClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%d %s", resp.StatusCode, body)
+	}
+	return body, resp.Header, err
+}
+
+// TestReplicaBlobThatDoesNotVerify: a front between the replicas flips a
+// byte of every blob an owner sends. No client ever gets a whole body
+// that is not the blob; the owner is passed over, so the client's retry
+// is served from the upstream, right.
+func TestReplicaBlobThatDoesNotVerify(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{tagTTL: time.Hour})
+	var flipped atomic.Int32
+	reps := startReplicas(t, h, 2, func(i int, internal string) string {
+		u, _ := url.Parse(internal)
+		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.ModifyResponse = func(resp *http.Response) error {
+			if resp.StatusCode == http.StatusOK && strings.Contains(resp.Request.URL.Path, "blob") {
+				resp.Body = &flipping{ReadCloser: resp.Body}
+				flipped.Add(1)
+			}
+			return nil
+		}
+		front := httptest.NewServer(rp)
+		t.Cleanup(front.Close)
+		return front.URL
+	})
+	// Layers until one is owned by the replica its client does not ask.
+	for n := 0; flipped.Load() == 0; n++ {
+		if n == 16 {
+			t.Fatal("no blob went through the front: the test tested nothing")
+		}
+		layer := make([]byte, 1<<20)
+		rand.Read(layer)
+		dgst := h.pushBlob(t, "library/app", layer)
+		get := func() (int, []byte, error) {
+			resp, err := boundedClient.Get(reps[0].url + "/v2/library/app/blobs/" + dgst.String())
+			if err != nil {
+				return 0, nil, err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			return resp.StatusCode, body, err
+		}
+		status, body, err := get()
+		if err == nil && status == http.StatusOK && digest.FromBytes(body) != dgst {
+			t.Fatalf("a client got a whole body that is not the blob (%d bytes)", len(body))
+		}
+		if flipped.Load() == 0 {
+			continue
+		}
+		if status, body, err = get(); err != nil || status != http.StatusOK || digest.FromBytes(body) != dgst {
+			t.Fatalf("the retry: %d, %d bytes, %v; want the blob", status, len(body), err)
+		}
+		if got := reps[0].metric(t, "regnorm_replica_asks_total", `kind="blob",outcome="fallback"`); got != 1 {
+			t.Errorf("fallbacks = %v, want 1", got)
+		}
+	}
+}
+
+// flipping flips one bit of the first byte it passes.
+type flipping struct {
+	io.ReadCloser
+	done bool
+}
+
+func (f *flipping) Read(p []byte) (int, error) {
+	n, err := f.ReadCloser.Read(p)
+	if n > 0 && !f.done {
+		p[0] ^= 1
+		f.done = true
+	}
+	return n, err
 }

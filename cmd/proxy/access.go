@@ -164,8 +164,6 @@ func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return c.cert, nil
 }
 
-// readSecret reads a password or token from a file, without its trailing
-// newline.
 // loadReplicaSecret reads the secret the replicas share; nil when there
 // are none.
 func loadReplicaSecret(c ReplicasConfig) ([]byte, error) {
@@ -182,6 +180,8 @@ func loadReplicaSecret(c ReplicasConfig) ([]byte, error) {
 	return []byte(secret), nil
 }
 
+// readSecret reads a password or token from a file, without its trailing
+// newline.
 func readSecret(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -115,6 +115,11 @@ func (f *Download) StartedBy(r Remote) bool {
 	return f.owner == r.Identity()
 }
 
+// Spooled reports whether the download spools, so that readers may tail
+// it (Tail); without a spool, they read the cache once it is whole. Valid
+// once Ready returned.
+func (f *Download) Spooled() bool { return f.spool != nil }
+
 // Answered reports whether the upstream said yes to the download's owner.
 // It did not when the blob was found in the cache before any request went
 // out. Valid once Ready returned.

@@ -13,6 +13,7 @@ import (
 	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/errcode"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -127,8 +128,12 @@ func (r *Repository) statUpstream(ctx context.Context, dgst digest.Digest) (Blob
 	return BlobInfo{Size: size, Source: "upstream", MediaType: mediatype.OctetStream}, nil
 }
 
-// OpenBlob opens dgst for the client, from offset on (see open).
+// OpenBlob opens dgst for the client, from offset on (see open). For
+// another replica (ForReplica), it is a relayRead.
 func (r *Repository) OpenBlob(ctx context.Context, dgst digest.Digest, offset int64) (*Blob, error) {
+	if r.serves == replicas.KindBlob {
+		return r.open(ctx, dgst, offset, relayRead)
+	}
 	return r.open(ctx, dgst, offset, plainRead)
 }
 
@@ -209,6 +214,12 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 			return nil, err
 		}
 	}
+	if how == relayRead && !f.Spooled() {
+		// It would be read from the cache once whole: the asker does
+		// better to download it itself than to wait with no answer.
+		f.Done()
+		return nil, errcode.Busy("this replica's download of the blob has no room to spool; download it yourself", nil)
+	}
 	sr, err := f.Tail(ctx)
 	if err != nil {
 		return nil, err
@@ -250,6 +261,10 @@ const (
 	// verified by construction, since its last byte waits for the
 	// download's own check.
 	verifiedRead
+	// relayRead is another replica's read, which relays the blob to its
+	// own clients: as it is stored, or from the download as it comes (its
+	// type is the asker's to learn), and only from a download that spools.
+	relayRead
 	// statOnly reads nothing from the cache: the caller wants the blob
 	// there (admitted, downloaded or rebuilt), and a cached one answers
 	// with a Blob that holds no reader. A download under way is still
@@ -269,6 +284,8 @@ func (s *Service) openFromCache(ctx context.Context, dgst digest.Digest, offset 
 		if _, err = s.store.StatBlob(ctx, dgst); err == nil {
 			return &Blob{Source: "cache", close: func() error { return nil }}, nil
 		}
+	case relayRead:
+		rc, _, err = s.store.OpenBlob(ctx, dgst, offset)
 	case verifiedRead:
 		var vr io.ReadCloser
 		if vr, _, err = s.store.OpenVerified(ctx, dgst); err == nil {

@@ -9,37 +9,12 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
-	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // retryAfterNormalizing is the Retry-After sent with a 503 when
 // normalization outlives the deadline.
 const retryAfterNormalizing = 10 * time.Second
-
-// variantByOwner has the owner of m's variant for rules make it, when
-// another replica owns it and none is recorded yet: it is then read from
-// the cache as if made here. The owner's answer that it is still at work
-// stands; a failure to answer leaves the work to this replica.
-func (r *Repository) variantByOwner(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) error {
-	o := r.owner(replicas.KindVariant, r.remote.Name()+" "+m.Digest.String()+" "+rules.Key())
-	if o == nil || !normalize.MayNeed(m, rules) {
-		return nil
-	}
-	if _, ok := r.s.engine.Verdict(ctx, m, rules); ok {
-		return nil
-	}
-	// One ask for all this replica's clients of the variant (that wait as
-	// long), as one making of it.
-	key := o.URL() + " " + r.remote.Identity() + " " + m.Digest.String() + " " + rules.Key() + " " + wait.String()
-	_, err := r.s.variantAsks.Do(ctx, key, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, o.MakeVariant(ctx, r.remote.Upstream(), r.remote.Name(), m.Digest, rules, wait)
-	})
-	if err != nil && standing(err) {
-		return err
-	}
-	return nil
-}
 
 // engineError is what a client is answered for an error of the engine: a
 // full layer work queue is 503 with Retry-After, as a full download queue
@@ -59,8 +34,13 @@ func engineError(err error) error {
 // and the work stops with ctx.
 func (r *Repository) Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error) {
 	s := r.s
+	start := s.clock.Now()
 	if err := r.variantByOwner(ctx, m, rules, wait); err != nil {
 		return normalize.Result{}, err
+	}
+	if wait > 0 {
+		// What an owner that failed took is the client's too.
+		wait = max(wait-s.clock.Now().Sub(start), time.Millisecond)
 	}
 	if wait <= 0 {
 		n, err := s.engine.Normalize(ctx, r.Source(), m, rules)

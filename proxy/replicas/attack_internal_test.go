@@ -98,7 +98,8 @@ func TestAVariantLongerThanTheStallTimeoutLeavesItsOwnerUp(t *testing.T) {
 		tr.DialContext = ln.dial
 
 		peer := &Peer{set: asker, url: peers[1]}
-		err = peer.MakeVariant(t.Context(), "docker.io", "library/app", digest.FromString("m"), ruleset.Default(), 4*time.Minute+30*time.Second)
+		err = peer.MakeVariant(t.Context(), Ask{Kind: KindVariant, Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("m"),
+			Rules: ruleset.Default().Key(), Wait: 4*time.Minute + 30*time.Second})
 		if err != nil {
 			t.Errorf("the ask of an owner at work for 40 s of a 4.5 min wait: %v", err)
 		}

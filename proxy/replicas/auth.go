@@ -50,15 +50,15 @@ func (s *Set) mac(parts ...string) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-func (s *Set) requestMAC(method, uri string, stamp string) string {
-	return s.mac("request", method, uri, stamp)
+func (s *Set) requestMAC(method, host, uri string, stamp string) string {
+	return s.mac("request", method, host, uri, stamp)
 }
 
 // sign stamps req as this replica's, and returns its MAC (what its answer
 // is bound to).
 func (s *Set) sign(req *http.Request) string {
 	stamp := strconv.FormatInt(s.opts.Clock.Now().Unix(), 10)
-	m := s.requestMAC(req.Method, req.URL.RequestURI(), stamp)
+	m := s.requestMAC(req.Method, req.URL.Host, req.URL.RequestURI(), stamp)
 	req.Header.Set("Authorization", authScheme+" "+stamp+":"+m)
 	return m
 }
@@ -81,7 +81,9 @@ func (s *Set) Verify(req *http.Request) (string, error) {
 	if d := s.opts.Clock.Now().Sub(time.Unix(unix, 0)); d > maxSkew || d < -maxSkew {
 		return "", fmt.Errorf("%w: stamped %s from now", ErrNotReplica, d.Round(time.Second))
 	}
-	want := s.requestMAC(req.Method, req.RequestURI, stamp)
+	// The host it was sent to is this replica's (Self): a request sent to
+	// another replica is not answered here.
+	want := s.requestMAC(req.Method, s.selfHost, req.RequestURI, stamp)
 	if !hmac.Equal([]byte(got), []byte(want)) {
 		return "", ErrNotReplica
 	}
@@ -89,8 +91,8 @@ func (s *Set) Verify(req *http.Request) (string, error) {
 }
 
 // SignAnswer signs an answer to the request whose MAC is reqMAC, once its
-// status, headers and (but for a blob) body are set: body is the body's
-// SHA-256, nil for a blob.
+// status, headers and (but for a blob) body are set: body is the body
+// (nil for a blob, whose digest the asker checks).
 func (s *Set) SignAnswer(h http.Header, reqMAC string, status int, body []byte) {
 	h.Set(AnswerHeader, s.answerMAC(h, reqMAC, status, body))
 }

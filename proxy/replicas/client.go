@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,7 +18,6 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/mediatype"
 	"github.com/regnorm/regnorm/proxy/errcode"
-	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // The owner's routes, on the replicas' own listener.
@@ -42,9 +41,10 @@ const maxErrorBody = 64 << 10
 //
 // What a Peer's methods return is the owner's answer when it is an
 // *errcode.Error: the owner asked the upstream as the asker would (same
-// upstream, repository and credentials), so its no stands. Any other error
-// means the owner could not answer (gone, failing, too slow, or its answer
-// not signed), and the asker does the work itself.
+// upstream, configured alike, same repository and credentials), so its no
+// stands. Any other error means the owner did not answer for the asker
+// (gone, failing, too slow, its answer not signed, or its configuration
+// not the asker's), and the asker does the work itself.
 type Peer struct {
 	set *Set
 	url string
@@ -53,42 +53,63 @@ type Peer struct {
 // URL is the replica's.
 func (p *Peer) URL() string { return p.url }
 
-func (p *Peer) request(ctx context.Context, method, path string, q url.Values, h http.Header) (*http.Request, string, error) {
-	req, err := http.NewRequestWithContext(ctx, method, p.url+path+"?"+q.Encode(), nil)
+// errOwnerSlow is the cause of an ask given up on: the owner took longer
+// than it may.
+var errOwnerSlow = errors.New("the owner did not answer in time")
+
+// ask sends a; an owner that does not answer within headerTimeout (0: as
+// long as ctx allows), or at all, is passed over.
+func (p *Peer) ask(ctx context.Context, a Ask, method string, h http.Header, headerTimeout time.Duration) (*http.Response, string, context.CancelCauseFunc, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	a.Config = p.set.configMAC(a.Config)
+	req, err := http.NewRequestWithContext(ctx, method, p.url+a.path()+"?"+a.query().Encode(), nil)
 	if err != nil {
-		return nil, "", err
+		cancel(nil)
+		return nil, "", nil, err
 	}
 	for k, v := range h {
 		req.Header[k] = v
 	}
-	return req, p.set.sign(req), nil
-}
-
-// do sends req; a failure to answer at all passes the owner over.
-func (p *Peer) do(req *http.Request) (*http.Response, error) {
+	reqMAC := p.set.sign(req)
+	var timer *time.Timer
+	if headerTimeout > 0 {
+		timer = time.AfterFunc(headerTimeout, func() { cancel(errOwnerSlow) })
+	}
 	resp, err := p.set.opts.Client.Do(req)
+	if timer != nil && !timer.Stop() {
+		err = errors.Join(err, errOwnerSlow)
+	}
 	if err != nil {
-		if req.Context().Err() == nil {
+		slow := errors.Is(context.Cause(ctx), errOwnerSlow)
+		if slow || ctx.Err() == nil {
 			p.set.failed(p.url, err)
 		}
-		return nil, fmt.Errorf("ask replica %s: %w", p.url, err)
+		cancel(nil)
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return nil, "", nil, fmt.Errorf("ask replica %s: %w", p.url, err)
 	}
-	return resp, nil
+	return resp, reqMAC, cancel, nil
 }
 
 // answer is an owner's answer that is not a success: an *errcode.Error when
-// it stands (a 4xx, or standing says so), else a failure.
-func (p *Peer) answer(resp *http.Response, reqMAC string, standing bool) error {
+// it stands, else a failure. A 421 (the ask was not the owner's to answer)
+// and a 5xx are failures, but a variant's 503 (still at work, or too busy
+// to start), which stands.
+func (p *Peer) answer(resp *http.Response, reqMAC string, kind string) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
 	if err != nil || len(body) > maxErrorBody {
 		return fmt.Errorf("replica %s answered %d, and its body could not be read", p.url, resp.StatusCode)
 	}
-	if err := p.set.checkAnswer(resp, reqMAC, body); err != nil {
-		return fmt.Errorf("replica %s: %w", p.url, err)
+	if err := p.checkAnswer(resp, reqMAC, body); err != nil {
+		return err
 	}
-	if resp.StatusCode >= 500 && !standing {
-		return fmt.Errorf("replica %s answered %d", p.url, resp.StatusCode)
+	standing := resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusMisdirectedRequest ||
+		kind == KindVariant && resp.StatusCode == http.StatusServiceUnavailable
+	if !standing {
+		return fmt.Errorf("replica %s answered %d: %s", p.url, resp.StatusCode, strings.TrimSpace(string(body)))
 	}
 	var oci struct {
 		Errors []struct {
@@ -96,13 +117,25 @@ func (p *Peer) answer(resp *http.Response, reqMAC string, standing bool) error {
 			Message string `json:"message"`
 		} `json:"errors"`
 	}
-	if json.Unmarshal(body, &oci) != nil || len(oci.Errors) == 0 || resp.StatusCode < 400 {
+	if json.Unmarshal(body, &oci) != nil || len(oci.Errors) == 0 {
 		return fmt.Errorf("replica %s answered %d without an error", p.url, resp.StatusCode)
 	}
+	// No challenge is taken from an owner: owners serve no upstream that
+	// forwards credentials, so none is the client's to follow.
 	e := errcode.New(resp.StatusCode, oci.Errors[0].Code, oci.Errors[0].Message, fmt.Errorf("answered by replica %s", p.url))
 	e.RetryAfter = retryAfter(resp.Header)
-	e.Challenge = resp.Header.Get("WWW-Authenticate")
 	return e
+}
+
+// checkAnswer checks the owner's signature on its answer; an owner whose
+// answers do not verify is passed over.
+func (p *Peer) checkAnswer(resp *http.Response, reqMAC string, body []byte) error {
+	if err := p.set.checkAnswer(resp, reqMAC, body); err != nil {
+		err = fmt.Errorf("replica %s: %w", p.url, err)
+		p.set.failed(p.url, err)
+		return err
+	}
+	return nil
 }
 
 // count records how an ask of kind ended: an error that does not stand
@@ -121,168 +154,163 @@ func (p *Peer) count(kind string, err error) error {
 	return err
 }
 
-func where(upstream, repo string) url.Values {
-	return url.Values{"upstream": {upstream}, "repo": {repo}}
-}
-
-// GetBlob opens dgst, which upstream's repo holds, from its owner: its
-// size and its body as the owner sends it, which the asker verifies. A body
-// that fails is the owner's failure (an error from Read, never a short end):
-// the asker goes on from the upstream itself.
-func (p *Peer) GetBlob(ctx context.Context, upstream, repo string, dgst digest.Digest) (io.ReadCloser, int64, error) {
-	rc, size, err := p.getBlob(ctx, upstream, repo, dgst)
+// GetBlob opens the blob a (KindBlob) names from its owner: its size and
+// its body as the owner sends it, checked against its digest as it is
+// read. A body that fails is the owner's failure (an error from Read,
+// never a short end); one whose digest does not verify ends with an error
+// that wraps ErrUnverified instead of its last bytes.
+func (p *Peer) GetBlob(ctx context.Context, a Ask) (io.ReadCloser, int64, error) {
+	rc, size, err := p.getBlob(ctx, a)
 	return rc, size, p.count(KindBlob, err)
 }
 
-func (p *Peer) getBlob(ctx context.Context, upstream, repo string, dgst digest.Digest) (io.ReadCloser, int64, error) {
-	q := where(upstream, repo)
-	q.Set("digest", dgst.String())
-	ctx, cancel := context.WithCancelCause(ctx)
-	req, reqMAC, err := p.request(ctx, http.MethodGet, BlobPath, q, nil)
+func (p *Peer) getBlob(ctx context.Context, a Ask) (io.ReadCloser, int64, error) {
+	resp, reqMAC, cancel, err := p.ask(ctx, a, http.MethodGet, nil, p.set.opts.StallTimeout)
 	if err != nil {
-		cancel(nil)
-		return nil, 0, err
-	}
-	resp, err := p.do(req)
-	if err != nil {
-		cancel(nil)
 		return nil, 0, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer cancel(nil)
-		return nil, 0, p.answer(resp, reqMAC, false)
+		return nil, 0, p.answer(resp, reqMAC, KindBlob)
 	}
-	if err := p.set.checkAnswer(resp, reqMAC, nil); err != nil {
+	if err := p.checkAnswer(resp, reqMAC, nil); err != nil {
 		resp.Body.Close()
 		cancel(nil)
-		return nil, 0, fmt.Errorf("replica %s: %w", p.url, err)
+		return nil, 0, err
 	}
-	if resp.ContentLength < 0 || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
+	if resp.ContentLength < 0 || resp.Header.Get("Docker-Content-Digest") != a.Digest.String() || a.Digest.Validate() != nil {
 		resp.Body.Close()
 		cancel(nil)
-		return nil, 0, fmt.Errorf("replica %s answered blob %s without its size or digest", p.url, dgst)
+		return nil, 0, fmt.Errorf("replica %s answered blob %s without its size or digest", p.url, a.Digest)
 	}
-	return &relayed{peer: p, body: resp.Body, cancel: cancel, timeout: p.set.opts.StallTimeout}, resp.ContentLength, nil
+	return &ownerBody{peer: p, body: resp.Body, cancel: cancel, timeout: p.set.opts.StallTimeout,
+		want: a.Digest, hash: a.Digest.Algorithm().Hash(), size: resp.ContentLength}, resp.ContentLength, nil
 }
+
+// ErrUnverified is why an owner's blob body ended in error: its bytes do
+// not hash to its digest. The owner is passed over.
+var ErrUnverified = errors.New("the owner sent a blob that does not verify")
 
 // errStalled is why an owner's body was abandoned.
 var errStalled = errors.New("the owner stopped sending")
 
-// relayed is an owner's blob body: one that sends nothing for the stall
-// timeout (only time inside Read counts) is cut, and any failure is counted
-// once as the owner's.
-type relayed struct {
+// ownerBody is an owner's blob body. One that sends nothing for the stall
+// timeout (only time inside Read counts) is cut; its bytes are hashed as
+// they pass, and the end is an error if they do not verify; any failure is
+// counted once as the owner's.
+type ownerBody struct {
 	peer    *Peer
 	body    io.ReadCloser
 	cancel  context.CancelCauseFunc
 	timeout time.Duration
+	want    digest.Digest
+	hash    hash.Hash
+	size    int64
+	read    int64
 	failed  atomic.Bool
 }
 
-func (b *relayed) Read(p []byte) (int, error) {
+func (b *ownerBody) Read(p []byte) (int, error) {
 	stall := time.AfterFunc(b.timeout, func() { b.cancel(errStalled) })
 	n, err := b.body.Read(p)
 	stalled := !stall.Stop()
+	b.hash.Write(p[:n])
+	b.read += int64(n)
+	if err == io.EOF && b.read == b.size {
+		if got := digest.NewDigest(b.want.Algorithm(), b.hash); got != b.want {
+			err = fmt.Errorf("%w: %s hashes to %s", ErrUnverified, b.want, got)
+			b.peer.set.failed(b.peer.url, err)
+			b.fail(err)
+			return 0, err // the last bytes are never handed on
+		}
+	}
 	if err == nil || err == io.EOF {
 		return n, err
 	}
 	if stalled {
 		err = fmt.Errorf("%w for %s", errStalled, b.timeout)
+		b.peer.set.failed(b.peer.url, err)
 	}
-	if b.failed.CompareAndSwap(false, true) {
-		b.peer.set.opts.Metrics.asks.WithLabelValues(KindBlob, "fallback").Inc()
-		b.peer.set.opts.Log.Info("the owner stopped in the middle of a blob; going on from upstream", "replica", b.peer.url, "error", err)
-		if stalled {
-			b.peer.set.failed(b.peer.url, err)
-		}
-	}
+	b.fail(err)
 	return n, fmt.Errorf("relay from replica %s: %w", b.peer.url, err)
 }
 
-func (b *relayed) Close() error {
+func (b *ownerBody) fail(err error) {
+	if b.failed.CompareAndSwap(false, true) {
+		b.peer.set.opts.Metrics.asks.WithLabelValues(KindBlob, "fallback").Inc()
+		b.peer.set.opts.Log.Info("the owner failed in the middle of a blob", "replica", b.peer.url, "error", err)
+	}
+}
+
+func (b *ownerBody) Close() error {
 	err := b.body.Close()
 	b.cancel(nil)
 	return err
 }
 
-// GetManifest is ref (a tag or a digest) of upstream's repo as its owner
-// answers it to a client that accepts accept: verified against ref when
-// ref is a digest, and signed by the owner either way. stale is set when the
-// owner answered from an expired tag record.
-func (p *Peer) GetManifest(ctx context.Context, upstream, repo, ref string, accept []string) (m cache.Manifest, stale bool, err error) {
-	m, stale, err = p.getManifest(ctx, upstream, repo, ref, accept)
+// GetManifest is the manifest a (KindManifest) names as its owner answers
+// it: verified against a.Ref when that is a digest, and signed by the owner
+// either way. stale is set when the owner answered from an expired tag
+// record.
+func (p *Peer) GetManifest(ctx context.Context, a Ask) (m cache.Manifest, stale bool, err error) {
+	m, stale, err = p.getManifest(ctx, a)
 	return m, stale, p.count(KindManifest, err)
 }
 
-func (p *Peer) getManifest(ctx context.Context, upstream, repo, ref string, accept []string) (cache.Manifest, bool, error) {
-	q := where(upstream, repo)
-	q.Set("ref", ref)
-	q["accept"] = accept
-	ctx, cancel := context.WithTimeout(ctx, p.set.opts.StallTimeout)
-	defer cancel()
-	req, reqMAC, err := p.request(ctx, http.MethodGet, ManifestPath, q, nil)
+func (p *Peer) getManifest(ctx context.Context, a Ask) (cache.Manifest, bool, error) {
+	resp, reqMAC, cancel, err := p.ask(ctx, a, http.MethodGet, nil, p.set.opts.StallTimeout)
 	if err != nil {
 		return cache.Manifest{}, false, err
 	}
-	resp, err := p.do(req)
-	if err != nil {
-		return cache.Manifest{}, false, err
-	}
+	defer cancel(nil)
 	if resp.StatusCode != http.StatusOK {
-		return cache.Manifest{}, false, p.answer(resp, reqMAC, false)
+		return cache.Manifest{}, false, p.answer(resp, reqMAC, KindManifest)
 	}
 	defer resp.Body.Close()
+	// The body comes within the stall timeout too.
+	stop := time.AfterFunc(p.set.opts.StallTimeout, func() { cancel(errOwnerSlow) })
 	content, err := io.ReadAll(io.LimitReader(resp.Body, mediatype.MaxManifestSize+1))
+	stop.Stop()
 	if err != nil {
 		return cache.Manifest{}, false, fmt.Errorf("read manifest from replica %s: %w", p.url, err)
 	}
 	if len(content) > mediatype.MaxManifestSize {
 		return cache.Manifest{}, false, fmt.Errorf("replica %s sent a manifest larger than %d bytes", p.url, mediatype.MaxManifestSize)
 	}
-	if err := p.set.checkAnswer(resp, reqMAC, content); err != nil {
-		return cache.Manifest{}, false, fmt.Errorf("replica %s: %w", p.url, err)
+	if err := p.checkAnswer(resp, reqMAC, content); err != nil {
+		return cache.Manifest{}, false, err
 	}
 	got := digest.FromBytes(content)
-	if resp.Header.Get("Docker-Content-Digest") != got.String() || (strings.Contains(ref, ":") && ref != got.String()) {
+	if resp.Header.Get("Docker-Content-Digest") != got.String() || (strings.Contains(a.Ref, ":") && a.Ref != got.String()) {
 		return cache.Manifest{}, false, fmt.Errorf("replica %s sent a manifest that does not match its digest", p.url)
 	}
 	stale, _ := strconv.ParseBool(resp.Header.Get(StaleHeader))
 	return cache.Manifest{MediaType: resp.Header.Get("Content-Type"), Digest: got, Content: content}, stale, nil
 }
 
-// MakeVariant has the owner make the variant of original, which upstream's
-// repo holds, for rules, and returns once it is in the cache. With a wait,
-// the owner works at most that long before it answers 503 with
-// Retry-After, which stands (it goes on working); without one, as long as
-// ctx lets it.
-func (p *Peer) MakeVariant(ctx context.Context, upstream, repo string, original digest.Digest, rules ruleset.Set, wait time.Duration) error {
-	return p.count(KindVariant, p.makeVariant(ctx, upstream, repo, original, rules, wait))
+// MakeVariant has the owner make the variant a (KindVariant) names, and
+// returns once it is in the cache. With a wait (at most MaxWait), the owner
+// works at most that long before it answers 503 with Retry-After, which
+// stands (it goes on working); without one, as long as ctx lets it.
+func (p *Peer) MakeVariant(ctx context.Context, a Ask) error {
+	return p.count(KindVariant, p.makeVariant(ctx, a))
 }
 
-func (p *Peer) makeVariant(ctx context.Context, upstream, repo string, original digest.Digest, rules ruleset.Set, wait time.Duration) error {
-	q := where(upstream, repo)
-	q.Set("digest", original.String())
-	q.Set("rules", rules.Key())
-	if wait > 0 {
-		q.Set("wait", wait.String())
-		// The owner answers within wait; past it and the stall timeout, it
-		// is not answering.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, wait+p.set.opts.StallTimeout)
-		defer cancel()
+func (p *Peer) makeVariant(ctx context.Context, a Ask) error {
+	var timeout time.Duration
+	if a.Wait > 0 {
+		// The owner answers within the wait; past it and the stall
+		// timeout, it is not answering.
+		timeout = min(a.Wait, MaxWait) + p.set.opts.StallTimeout
 	}
-	req, reqMAC, err := p.request(ctx, http.MethodPost, VariantPath, q, nil)
+	resp, reqMAC, cancel, err := p.ask(ctx, a, http.MethodPost, nil, timeout)
 	if err != nil {
 		return err
 	}
-	resp, err := p.do(req)
-	if err != nil {
-		return err
-	}
+	defer cancel(nil)
 	if resp.StatusCode != http.StatusNoContent {
-		// A 503 is the owner still working, or too busy to: it stands.
-		return p.answer(resp, reqMAC, resp.StatusCode == http.StatusServiceUnavailable)
+		return p.answer(resp, reqMAC, KindVariant)
 	}
 	defer resp.Body.Close()
-	return p.set.checkAnswer(resp, reqMAC, []byte{})
+	return p.checkAnswer(resp, reqMAC, []byte{})
 }

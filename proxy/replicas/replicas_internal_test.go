@@ -150,6 +150,7 @@ func TestOptionsRefused(t *testing.T) {
 		"short secret":    {Self: "http://a:1", Peers: []string{"http://a:1"}, Secret: []byte("short"), Clock: c},
 		"self not a peer": {Self: "http://a:1", Peers: []string{"http://b:1"}, Secret: []byte(secret), Clock: c},
 		"both":            {Self: "http://a:1", Peers: []string{"http://a:1"}, Service: "s:1", Secret: []byte(secret), Clock: c},
+		"a named self":    {Self: "http://a:1", Service: "s:1", Secret: []byte(secret), Clock: c},
 		"neither":         {Self: "http://a:1", Secret: []byte(secret), Clock: c},
 		"https":           {Self: "https://a:1", Peers: []string{"https://a:1"}, Secret: []byte(secret), Clock: c},
 		"no port":         {Self: "http://a", Peers: []string{"http://a"}, Secret: []byte(secret), Clock: c},
@@ -175,8 +176,9 @@ func TestRequestsAndAnswersAreSigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	signed := func(uri string) *http.Request {
-		req := httptest.NewRequest(http.MethodGet, uri, nil)
+		req := httptest.NewRequest(http.MethodGet, "http://b:1"+uri, nil)
 		a.sign(req)
+		req.RequestURI = uri // as the server reads it
 		return req
 	}
 	req := signed("/internal/v1/blob?digest=sha256:1&repo=x&upstream=u")
@@ -186,6 +188,10 @@ func TestRequestsAndAnswersAreSigned(t *testing.T) {
 	}
 	if _, err := other.Verify(req); err == nil {
 		t.Error("verified under another secret")
+	}
+	third := newSet(t, "http://c:1", []string{"http://a:1", "http://b:1", "http://c:1"}, c)
+	if _, err := third.Verify(req); err == nil {
+		t.Error("a request sent to replica b verified on replica c")
 	}
 	changed := signed("/internal/v1/blob?digest=sha256:1&repo=x&upstream=u")
 	changed.RequestURI = "/internal/v1/blob?digest=sha256:1&repo=y&upstream=u"

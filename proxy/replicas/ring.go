@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,8 +63,9 @@ type Clock interface{ Now() time.Time }
 
 // Set is the replicas of one cache, as this one sees them.
 type Set struct {
-	opts Options
-	self string
+	opts     Options
+	self     string
+	selfHost string // self's host:port, what a request to this replica is sent to
 
 	mu      sync.Mutex
 	members []string             // sorted; self always among them
@@ -90,13 +92,18 @@ func New(opts Options) (*Set, error) {
 		opts.StallTimeout = 30 * time.Second
 	}
 	if opts.Client == nil {
-		opts.Client = &http.Client{Transport: &http.Transport{
-			Proxy:                 nil, // replicas talk directly
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-			ResponseHeaderTimeout: opts.StallTimeout,
-			MaxIdleConnsPerHost:   64,
-			IdleConnTimeout:       90 * time.Second,
-		}}
+		// No header timeout: each kind of ask has its own (an owner makes
+		// a variant before it answers). No redirect is followed: an owner
+		// answers itself.
+		opts.Client = &http.Client{
+			Transport: &http.Transport{
+				Proxy:               nil, // replicas talk directly
+				DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+				MaxIdleConnsPerHost: 64,
+				IdleConnTimeout:     90 * time.Second,
+			},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	}
 	if opts.Resolver == nil {
 		opts.Resolver = net.DefaultResolver
@@ -110,10 +117,15 @@ func New(opts Options) (*Set, error) {
 	if opts.Clock == nil {
 		return nil, errors.New("replicas: a clock is required")
 	}
-	s := &Set{opts: opts, self: self, down: map[string]time.Time{}}
+	s := &Set{opts: opts, self: self, selfHost: strings.TrimPrefix(self, "http://"), down: map[string]time.Time{}}
 	if opts.Service != "" {
 		if _, _, err := net.SplitHostPort(opts.Service); err != nil {
 			return nil, fmt.Errorf("replicas: service %q: want host:port: %w", opts.Service, err)
+		}
+		// The others know this replica by the address the name resolves
+		// to: a name here would be a member nobody else knows.
+		if host, _, _ := net.SplitHostPort(s.selfHost); net.ParseIP(host) == nil {
+			return nil, fmt.Errorf("replicas: self %s: with a service name, give this replica's IP address", self)
 		}
 		s.setMembers(nil)
 		return s, nil

@@ -184,7 +184,13 @@ func (b *Blob) resume() (io.ReadCloser, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusPartialContent {
-		if resp.StatusCode == http.StatusOK && b.off == 0 {
+		if resp.StatusCode == http.StatusOK {
+			// An upstream that ignores ranges sends it all again: what was
+			// read already is skipped.
+			if _, err := io.CopyN(io.Discard, resp.Body, b.off); err != nil {
+				resp.Body.Close()
+				return nil, fmt.Errorf("resume blob %s at %d: skip what was read: %w", b.dgst, b.off, err)
+			}
 			return resp.Body, nil
 		}
 		return nil, fmt.Errorf("resume blob %s at %d: %w", b.dgst, b.off, b.u.statusError(resp, errcode.BlobUnknown))

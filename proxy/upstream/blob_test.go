@@ -28,18 +28,19 @@ type cutting struct {
 	blob        []byte
 	cut, cuts   int
 	rangeAnswer string
+	ignoreRange bool // every answer is the whole blob, 200
 	gets        atomic.Int32
 }
 
 func (c *cutting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := int(c.gets.Add(1))
 	start := 0
-	if v, ok := strings.CutPrefix(r.Header.Get("Range"), "bytes="); ok {
+	if v, ok := strings.CutPrefix(r.Header.Get("Range"), "bytes="); ok && !c.ignoreRange {
 		start, _ = strconv.Atoi(strings.TrimSuffix(v, "-"))
 	}
 	rest := c.blob[start:]
 	w.Header().Set("Content-Length", strconv.Itoa(len(rest)))
-	if r.Header.Get("Range") != "" && start > 0 {
+	if r.Header.Get("Range") != "" && start > 0 && !c.ignoreRange {
 		cr := fmt.Sprintf("bytes %d-%d/%d", start, len(c.blob)-1, len(c.blob))
 		if c.rangeAnswer != "" {
 			cr = c.rangeAnswer
@@ -130,6 +131,29 @@ func TestBlobResumeChecksTheRange(t *testing.T) {
 	}
 	if got, err := io.ReadAll(b); err != nil || !bytes.Equal(got, blob) {
 		t.Errorf("cut at 0: %d bytes, %v; want all of it", len(got), err)
+	}
+}
+
+// An upstream that ignores ranges answers a resumption with the whole
+// blob: what was read is skipped, and the blob comes out whole, as it does
+// for a replica's download that goes on where its owner stopped
+// (GetBlobFrom).
+func TestBlobResumeFromAnUpstreamThatIgnoresRanges(t *testing.T) {
+	t.Parallel()
+	blob, dgst := testBlob()
+	ctx := context.Background()
+	c := &cutting{blob: blob, cut: 100 << 10, cuts: 1, ignoreRange: true}
+	b, err := blobRegistry(t, c, 3, time.Millisecond).Repository("lib/x").GetBlob(ctx, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(b); err != nil || !bytes.Equal(got, blob) {
+		t.Errorf("resumed: %d bytes, %v; want all of it", len(got), err)
+	}
+	c = &cutting{blob: blob, ignoreRange: true}
+	rest := blobRegistry(t, c, 3, time.Millisecond).Repository("lib/x").GetBlobFrom(ctx, dgst, 1000, int64(len(blob)))
+	if got, err := io.ReadAll(rest); err != nil || !bytes.Equal(got, blob[1000:]) {
+		t.Errorf("from 1000: %d bytes, %v; want the rest", len(got), err)
 	}
 }
 

@@ -42,6 +42,18 @@ func WithShare(ctx context.Context, n int) context.Context {
 	return context.WithValue(ctx, budgetKey{}, &budget{limit: int64(n), within: within})
 }
 
+// Left is how many upstream requests ctx's budget, and every budget it
+// is a share of, still allows; -1 when ctx has none.
+func Left(ctx context.Context) int {
+	left := int64(-1)
+	for b, _ := ctx.Value(budgetKey{}).(*budget); b != nil; b = b.within {
+		if n := max(b.limit-b.spent.Load(), 0); left < 0 || n < left {
+			left = n
+		}
+	}
+	return int(left)
+}
+
 // Spend takes one upstream request from ctx's budget (nothing when ctx has
 // none), and from every budget it is a share of. Past one of them it is a
 // 503 the client can act on: what was fetched so far is cached, so a retry

@@ -22,6 +22,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -209,6 +210,16 @@ func (u *Registry) Endpoint() string { return u.base.Scheme + "://" + u.base.Hos
 
 // Forwards reports whether clients' own credentials are used upstream.
 func (u *Registry) Forwards() bool { return u.forward != nil }
+
+// Fingerprint is what, in this upstream's configuration, shapes its
+// answers: two replicas with the same fingerprint ask it alike, so one's
+// answer stands for the other's clients. It holds a hash of the
+// credentials: keep it among replicas.
+func (u *Registry) Fingerprint() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q %q %q %q %d %t", u.name, u.base.String(), u.creds.Username, u.creds.Password, u.maxBlob, u.forward != nil)
+	return hex.EncodeToString(h.Sum(nil))
+}
 
 // MaxBlobSize is the largest blob this upstream may send (Config.MaxBlobSize).
 func (u *Registry) MaxBlobSize() int64 { return u.maxBlob }

@@ -28,6 +28,9 @@ func (r *Repository) Name() string { return r.name }
 // Upstream is the upstream's name, as containerd sends it in ns.
 func (r *Repository) Upstream() string { return r.reg.name }
 
+// Fingerprint is the upstream's (Registry.Fingerprint).
+func (r *Repository) Fingerprint() string { return r.reg.Fingerprint() }
+
 // Forwards reports whether the repository is read with its client's own
 // credentials (see Registry.Forwards).
 func (r *Repository) Forwards() bool { return r.reg.Forwards() }
