@@ -1,12 +1,14 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"path"
 	"slices"
@@ -17,6 +19,8 @@ import (
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/regnorm/regnorm/internal/mediatype"
 )
 
 // Change is one recorded normalization change (the cache's copy of what
@@ -706,10 +710,24 @@ func (m *listMemo[T]) list(ctx context.Context, s *Store, root string) ([]T, err
 	return out, nil
 }
 
+// maxRecordSize bounds a record read whole into memory, and so the one
+// written. The largest is a referrers record: at most a manifest's worth
+// of descriptors (mirror bounds them so), and the digests of the refused.
+// The others are far smaller (each bounds what it keeps of image content).
+const maxRecordSize = 2 * mediatype.MaxManifestSize
+
 func (s *Store) getJSON(ctx context.Context, p string, v any) error {
-	b, err := s.driver.GetContent(ctx, p)
+	rc, err := s.driver.Reader(ctx, p, 0)
 	if err != nil {
 		return notFound(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxRecordSize+1))
+	switch {
+	case err != nil:
+		return fmt.Errorf("read %s: %w", p, err)
+	case len(b) > maxRecordSize:
+		return fmt.Errorf("decode %s: %w: larger than %d bytes", p, errBadRecord, maxRecordSize)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("decode %s: %w: %w", p, errBadRecord, err)
@@ -721,10 +739,20 @@ func (s *Store) getJSON(ctx context.Context, p string, v any) error {
 // overwrite, not a storage that fails.
 var errBadRecord = errors.New("unreadable record")
 
+// putJSON writes v at p as JSON without HTML escapes: a record is never
+// embedded in a page, and escaped, each '<', '>' or '&' taken from an
+// image or an upstream would cost six bytes. A record without them is
+// byte for byte what json.Marshal writes; every record decodes as before.
 func (s *Store) putJSON(ctx context.Context, p string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return err
+	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	if len(b) > maxRecordSize {
+		return fmt.Errorf("a record of %d bytes, more than %d", len(b), maxRecordSize)
 	}
 	return s.driver.PutContent(ctx, p, b)
 }

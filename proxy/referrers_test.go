@@ -6,13 +6,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -525,5 +529,187 @@ func TestReferrersSignaturesServedAsTheyAre(t *testing.T) {
 				t.Fatalf("%s, blob %s: %d", ua, digest.FromBytes(blob), r.status)
 			}
 		}
+	}
+}
+
+// TestReferrersVerdictsRemembered: a refresh reads again none of the
+// manifests the last one checked, kept or refused (a digest's verdict
+// holds), neither upstream nor from the cache: only the new ones. The
+// list is still the upstream's newest.
+func TestReferrersVerdictsRemembered(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	reads := &manifestReads{StorageDriver: inmemory.New()}
+	h := newHarness(t, harnessOptions{tagTTL: time.Minute, clock: clock, store: cache.New(reads)})
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	other := h.push(t, "library/app", "v2", regtest.ImageOptions{Entrypoint: []string{"/other"}}, oneFile)
+	sig := h.pushReferrer(t, "library/app", subjectOf(img), sigType, "signature")
+	ofOther := h.pushReferrer(t, "library/app", subjectOf(other), sigType, "the other's signature")
+	sbom := h.pushReferrer(t, "library/app", subjectOf(img), sbomType, "sbom")
+	path := "/v2/library/app/referrers/" + img.ManifestDigest.String()
+	var lists atomic.Pointer[[]referrer]
+	lists.Store(&[]referrer{sig, ofOther})
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == path {
+			w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+			w.Write(referrersIndex(t, *lists.Load()...))
+			return
+		}
+		if strings.Contains(r.URL.Path, "/manifests/sha256:") {
+			reads.count(strings.TrimPrefix(r.URL.Path[strings.LastIndex(r.URL.Path, "/"):], "/sha256:"))
+		}
+		h.front.relay(w, r)
+	})
+	r, idx := h.getReferrers(t, "library/app", img.ManifestDigest, "", nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	wantListed(t, idx, sig)
+	if reads.of(sig) == 0 || reads.of(ofOther) == 0 {
+		t.Fatalf("first list: manifests read %d and %d times, want each checked", reads.of(sig), reads.of(ofOther))
+	}
+	before := [3]int64{reads.of(sig), reads.of(ofOther), reads.of(sbom)}
+	lists.Store(&[]referrer{sig, ofOther, sbom})
+	clock.Advance(2 * time.Minute)
+	r, idx = h.getReferrers(t, "library/app", img.ManifestDigest, "", nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("refreshed: %d %s", r.status, r.body)
+	}
+	wantListed(t, idx, sig, sbom)
+	if got := [3]int64{reads.of(sig), reads.of(ofOther), reads.of(sbom)}; got[0] != before[0] || got[1] != before[1] || got[2] == before[2] {
+		t.Fatalf("refresh: manifests read %v times, were %v: want the first two not read again, the new one read", got, before)
+	}
+}
+
+// manifestReads is a storage driver that counts the reads of cached
+// manifests, by encoded digest, and the upstream's that count calls.
+type manifestReads struct {
+	storagedriver.StorageDriver
+	n sync.Map // encoded digest -> *atomic.Int64
+}
+
+func (d *manifestReads) count(encoded string) {
+	n, _ := d.n.LoadOrStore(encoded, &atomic.Int64{})
+	n.(*atomic.Int64).Add(1)
+}
+
+func (d *manifestReads) of(r referrer) int64 {
+	n, ok := d.n.Load(r.desc.Digest.Encoded())
+	if !ok {
+		return 0
+	}
+	return n.(*atomic.Int64).Load()
+}
+
+func (d *manifestReads) GetContent(ctx context.Context, p string) ([]byte, error) {
+	if strings.HasPrefix(p, "/manifests/") {
+		d.count(p[strings.LastIndex(p, "/")+1:])
+	}
+	return d.StorageDriver.GetContent(ctx, p)
+}
+
+func (d *manifestReads) Reader(ctx context.Context, p string, offset int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(p, "/manifests/") {
+		d.count(p[strings.LastIndex(p, "/")+1:])
+	}
+	return d.StorageDriver.Reader(ctx, p, offset)
+}
+
+// TestReferrersListedOnce: pages that overlap (a registry paging a list
+// that changes under it) list a descriptor once, where it came first.
+func TestReferrersListedOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{tagTTL: time.Hour})
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	sig := h.pushReferrer(t, "library/app", subjectOf(img), sigType, "signature")
+	sbom := h.pushReferrer(t, "library/app", subjectOf(img), sbomType, "sbom")
+	path := "/v2/library/app/referrers/" + img.ManifestDigest.String()
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path {
+			h.front.relay(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+		if r.URL.Query().Get("page") == "2" {
+			w.Write(referrersIndex(t, sig, sbom))
+			return
+		}
+		w.Header().Set("Link", "<"+path+`?page=2>; rel="next"`)
+		w.Write(referrersIndex(t, sig, sig))
+	})
+	r, idx := h.getReferrers(t, "library/app", img.ManifestDigest, "", nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	wantListed(t, idx, sig, sbom)
+}
+
+// TestReferrersNoAPIStatuses: an upstream that answers the referrers
+// route with 405 or 501 has no referrers API, like one that answers 404
+// (the spec's word), and its tag schema is read; a 400 is the API
+// refusing the request, and is the client's answer, with no fallback.
+func TestReferrersNoAPIStatuses(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		status   int
+		fallback bool
+	}{{http.StatusNotFound, true}, {http.StatusMethodNotAllowed, true}, {http.StatusNotImplemented, true}, {http.StatusBadRequest, false}} {
+		t.Run(http.StatusText(tt.status), func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, harnessOptions{tagTTL: time.Hour})
+			img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+			sig := h.pushReferrer(t, "library/app", subjectOf(img), sigType, "signature")
+			if err := h.reg.Client().PushManifest(context.Background(), "library/app", upstream.ReferrersTag(img.ManifestDigest), ocispec.MediaTypeImageIndex, referrersIndex(t, sig)); err != nil {
+				t.Fatal(err)
+			}
+			h.front.set(func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(r.URL.Path, "/referrers/") {
+					http.Error(w, "no such route", tt.status)
+					return
+				}
+				h.front.relay(w, r)
+			})
+			r, idx := h.getReferrers(t, "library/app", img.ManifestDigest, "", nil)
+			switch {
+			case tt.fallback && r.status != http.StatusOK:
+				t.Fatalf("%d %s, want the tag schema's list", r.status, r.body)
+			case tt.fallback:
+				wantListed(t, idx, sig)
+			case r.status == http.StatusOK:
+				t.Fatalf("%d %s: fell back to the tag schema on a %d", r.status, r.body, tt.status)
+			}
+		})
+	}
+}
+
+// TestReferrersTagSchemaInvalidIndex: an index under the referrers tag
+// whose descriptors are not valid is not "a valid image index" either:
+// no referrers (the spec's SHOULD), as for a tag that holds an image
+// (TestReferrersTagSchemaNotAnIndex).
+func TestReferrersTagSchemaInvalidIndex(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{tagTTL: time.Hour})
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, oneFile)
+	// Served by the front: the registry takes no such index.
+	bad := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"","digest":"sha256:nope","size":-1}]}`)
+	tag := "/v2/library/app/manifests/" + upstream.ReferrersTag(img.ManifestDigest)
+	var served atomic.Int64
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != tag {
+			h.front.relay(w, r)
+			return
+		}
+		served.Add(1)
+		w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+		w.Header().Set("Docker-Content-Digest", digest.FromBytes(bad).String())
+		w.Write(bad)
+	})
+	r, idx := h.getReferrers(t, "library/app", img.ManifestDigest, "", nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("%d %s, want 200 and an empty index", r.status, r.body)
+	}
+	wantListed(t, idx)
+	if served.Load() == 0 {
+		t.Fatal("the tag was never asked for")
 	}
 }

@@ -32,10 +32,15 @@ const (
 // checked, in the upstream's order.
 type Referrers struct {
 	Manifests []ocispec.Descriptor
-	// FromTag says the upstream has no referrers API (it answered 404) and
-	// the list is the tag schema's index (ReferrersTag), or empty where
-	// that tag does not exist.
+	// FromTag says the upstream has no referrers API (it answered 404, 405
+	// or 501) and the list is the tag schema's index (ReferrersTag), or
+	// empty where that tag does not exist or holds no valid index.
 	FromTag bool
+	// Granted says the upstream answered the client's credentials with a
+	// 200 (the referrers API's, or the tag's): it let them read the
+	// repository. Two 404s (no API, no tag) say nothing of that: a
+	// registry answers a client who may not read a repository just so.
+	Granted bool
 }
 
 // ReferrersTag is the tag under which the distribution spec's tag schema
@@ -46,27 +51,30 @@ func ReferrersTag(subject digest.Digest) string {
 	return alg[:min(len(alg), 32)] + "-" + enc[:min(len(enc), 64)]
 }
 
-// Referrers is subject's referrers list in the repository, unfiltered:
+// Referrers is subject's referrers list in the repository, unfiltered, as
+// the upstream claims it (nothing here fetches the manifests it names):
 // from the referrers API (OCI distribution spec 1.1), its pages followed,
-// or where the upstream answers that API with 404, from the tag schema
-// (ReferrersTag). The answers are read within maxManifestSize in all and
-// the upstream's share of the memory for answers; a list that is not an
-// index of valid descriptors, or lists more than mediatype.MaxReferrers,
-// is a 502 (refused, never cut: a client cannot tell a cut list from a
-// whole one). A refusal or failure upstream is the *errcode.Error a
-// client would get.
+// or where the upstream has no such API (noReferrersAPI), from the tag
+// schema (ReferrersTag). A descriptor listed twice is kept once, where it
+// came first. The answers are read within maxManifestSize in all and the
+// upstream's share of the memory for answers; a list that is not an index
+// of valid descriptors, or lists more than mediatype.MaxReferrers, is a
+// 502 (refused, never cut: a client cannot tell a cut list from a whole
+// one). A refusal or failure upstream is the *errcode.Error a client
+// would get.
 func (r *Repository) Referrers(ctx context.Context, subject digest.Digest) (Referrers, error) {
 	u := r.reg
 	path := r.path("referrers", subject.String())
 	var out Referrers
 	var query url.Values
 	read := int64(0)
+	seen := map[digest.Digest]bool{}
 	for page := 1; ; page++ {
 		resp, err := u.doCounted(ctx, http.MethodGet, r.name, path, query, http.Header{"Accept": {ocispec.MediaTypeImageIndex}})
 		if err != nil {
 			return Referrers{}, err
 		}
-		if resp.StatusCode == http.StatusNotFound && page == 1 {
+		if noReferrersAPI(resp.StatusCode) && page == 1 {
 			// No referrers API: the spec's fallback is the tag schema.
 			drain(resp)
 			return r.referrersFromTag(ctx, subject)
@@ -74,13 +82,14 @@ func (r *Repository) Referrers(ctx context.Context, subject digest.Digest) (Refe
 		if resp.StatusCode != http.StatusOK {
 			return Referrers{}, u.statusError(resp, errcode.ManifestUnknown)
 		}
-		next, nextErr := referrersNext(resp.Header.Values("Link"), path)
+		out.Granted = true
+		next, nextErr := referrersNext(resp.Header.Values("Link"), resp.Request)
 		h := u.mem.hold()
 		body, err := readWhole(resp.Body, resp.ContentLength, maxManifestSize-read, h)
 		resp.Body.Close()
 		if err == nil {
 			read += int64(len(body))
-			out.Manifests, err = appendReferrers(out.Manifests, body)
+			out.Manifests, err = appendReferrers(out.Manifests, seen, body)
 		}
 		h.release()
 		switch {
@@ -103,9 +112,21 @@ func (r *Repository) Referrers(ctx context.Context, subject digest.Digest) (Refe
 	}
 }
 
+// noReferrersAPI says an answer to the referrers API's first page means
+// the upstream has no such API. The spec names 404 (and forbids it of a
+// registry that has the API); 405 and 501 say the same of a route, from
+// registries and fronts that answer an unknown one so. A 400 does not:
+// the spec keeps it for a request the API finds invalid. Falling back
+// costs a tag's GET as the client, whose answer grants nothing more.
+func noReferrersAPI(status int) bool {
+	return status == http.StatusNotFound || status == http.StatusMethodNotAllowed || status == http.StatusNotImplemented
+}
+
 // referrersFromTag is subject's referrers list under the tag schema: the
 // index tagged ReferrersTag(subject), or none where that tag does not
-// exist.
+// exist or "does not return a valid image index" (the spec: the client
+// SHOULD then assume there are no referrers). A tag that holds anything
+// is a 200 to the client's credentials (Granted).
 func (r *Repository) referrersFromTag(ctx context.Context, subject digest.Digest) (Referrers, error) {
 	m, err := r.GetManifest(ctx, ReferrersTag(subject), []string{ocispec.MediaTypeImageIndex}, "")
 	var e *errcode.Error
@@ -115,16 +136,18 @@ func (r *Repository) referrersFromTag(ctx context.Context, subject digest.Digest
 	case err != nil:
 		return Referrers{}, err
 	case m.MediaType != ocispec.MediaTypeImageIndex:
-		return Referrers{}, r.badReferrers(subject, fmt.Sprintf("a %s under the referrers tag, where an OCI index belongs", m.MediaType), nil)
+		// An image tagged with a name that looks like the schema's.
+		return Referrers{FromTag: true, Granted: true}, nil
 	}
-	manifests, err := appendReferrers(nil, m.Content)
+	manifests, err := appendReferrers(nil, map[digest.Digest]bool{}, m.Content)
 	switch {
 	case errors.Is(err, errTooManyReferrers):
 		return Referrers{}, r.badReferrers(subject, fmt.Sprintf("more than %d referrers (regnorm refuses the list rather than cut it)", mediatype.MaxReferrers), err)
 	case err != nil:
-		return Referrers{}, r.badReferrers(subject, "a referrers tag whose index does not list valid descriptors", err)
+		// An index, but not of valid descriptors: not a valid image index.
+		return Referrers{FromTag: true, Granted: true}, nil
 	}
-	return Referrers{Manifests: manifests, FromTag: true}, nil
+	return Referrers{Manifests: manifests, FromTag: true, Granted: true}, nil
 }
 
 func (r *Repository) badReferrers(subject digest.Digest, what string, cause error) error {
@@ -140,13 +163,15 @@ var errTooManyReferrers = errors.New("too many referrers")
 // past mediatype.MaxReferrers: an index of empty objects would otherwise
 // cost far more memory decoded than read. Of each descriptor only what the
 // spec says a referrers list carries is kept (media type, digest, size,
-// artifact type, annotations).
-func appendReferrers(have []ocispec.Descriptor, body []byte) ([]ocispec.Descriptor, error) {
+// artifact type, annotations), and only the first of a digest (seen holds
+// those of have, and is added to): a registry whose pages overlap lists
+// one twice.
+func appendReferrers(have []ocispec.Descriptor, seen map[digest.Digest]bool, body []byte) ([]ocispec.Descriptor, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := delim(dec, '{'); err != nil {
 		return nil, err
 	}
-	seen := false
+	listed := false
 	for dec.More() {
 		key, err := dec.Token()
 		if err != nil {
@@ -162,11 +187,11 @@ func appendReferrers(have []ocispec.Descriptor, body []byte) ([]ocispec.Descript
 				return nil, fmt.Errorf("an index of type %.100q", mt)
 			}
 		case "manifests":
-			if seen {
+			if listed {
 				return nil, errors.New("two manifests fields")
 			}
-			seen = true
-			if have, err = appendDescriptors(dec, have); err != nil {
+			listed = true
+			if have, err = appendDescriptors(dec, have, seen); err != nil {
 				return nil, err
 			}
 		default:
@@ -181,13 +206,13 @@ func appendReferrers(have []ocispec.Descriptor, body []byte) ([]ocispec.Descript
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("something after the index (%v)", err)
 	}
-	if !seen {
+	if !listed {
 		return nil, errors.New("no manifests field")
 	}
 	return have, nil
 }
 
-func appendDescriptors(dec *json.Decoder, have []ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+func appendDescriptors(dec *json.Decoder, have []ocispec.Descriptor, seen map[digest.Digest]bool) ([]ocispec.Descriptor, error) {
 	if err := delim(dec, '['); err != nil {
 		return nil, err
 	}
@@ -202,6 +227,10 @@ func appendDescriptors(dec *json.Decoder, have []ocispec.Descriptor) ([]ocispec.
 		if err := checkReferrer(d); err != nil {
 			return nil, err
 		}
+		if seen[d.Digest] {
+			continue
+		}
+		seen[d.Digest] = true
 		have = append(have, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, ArtifactType: d.ArtifactType, Annotations: d.Annotations})
 	}
 	return have, delim(dec, ']')
@@ -222,20 +251,29 @@ func checkReferrer(d ocispec.Descriptor) error {
 }
 
 // referrersNext is the query of the next page a referrers answer's Link
-// headers name, nil when they name none. Only a link to the same list
-// (path) is followed, and only its query is taken: where it points and
-// the rest are never used.
-func referrersNext(links []string, path string) (url.Values, error) {
+// headers name, nil when they name none. The link is resolved against the
+// URL that answered (req's, RFC 8288), and only a link to the same list
+// is followed: the path regnorm asked for (under the upstream's path
+// prefix, if it has one). Only its query is taken: where it points and the
+// rest are never used.
+func referrersNext(links []string, req *http.Request) (url.Values, error) {
 	target, ok := nextLink(links)
 	if !ok {
 		return nil, nil
 	}
-	u, err := url.Parse(target)
-	switch {
-	case err != nil:
+	ref, err := url.Parse(target)
+	if err != nil {
 		return nil, fmt.Errorf("next link: %w", err)
-	case u.Path != path:
-		return nil, fmt.Errorf("next link to %.200q, not to %s", u.Path, path)
+	}
+	// The path asked for is the first request's, before any redirect.
+	asked := req
+	for asked.Response != nil && asked.Response.Request != nil {
+		asked = asked.Response.Request
+	}
+	u := req.URL.ResolveReference(ref)
+	switch {
+	case u.EscapedPath() != asked.URL.EscapedPath():
+		return nil, fmt.Errorf("next link to %.200q, not to %s", u.Path, asked.URL.Path)
 	case len(u.RawQuery) > maxReferrersQuery:
 		return nil, fmt.Errorf("next link's query is longer than %d bytes", maxReferrersQuery)
 	}
