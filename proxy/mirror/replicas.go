@@ -3,6 +3,7 @@ package mirror
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -100,7 +101,8 @@ func (u remote) GetBlob(ctx context.Context, dgst digest.Digest) (blobfetch.Body
 				rc.Close()
 				return nil, err
 			}
-			return &fromOwner{ctx: ctx, remote: u.Repository, dgst: dgst, size: size, rc: rc, owned: true}, nil
+			return &fromOwner{ctx: ctx, remote: u.Repository, owner: u.owner, dgst: dgst, size: size, rc: rc, owned: true,
+				digester: dgst.Algorithm().Digester()}, nil
 		case standing(err):
 			return nil, err
 		}
@@ -115,25 +117,46 @@ func (u remote) GetBlob(ctx context.Context, dgst digest.Digest) (blobfetch.Body
 // fromOwner is a blob's body from its owner; where the owner stops, it
 // goes on from the upstream with a range request, so the download's
 // readers never see the owner go. The download verifies the whole, as
-// always; bytes the owner sent that do not verify end it in error (the
-// owner is passed over: the client's retry goes to the upstream).
+// always; fromOwner hashes it too, to know whom to blame: a whole that does
+// not verify, of which the owner sent any part, passes the owner over, so
+// the client's retry is not sent it again.
 type fromOwner struct {
-	ctx       context.Context
-	remote    *upstream.Repository
-	dgst      digest.Digest
-	size, off int64
-	rc        io.ReadCloser
-	owned     bool // rc is the owner's
+	ctx        context.Context
+	remote     *upstream.Repository
+	owner      *replicas.Peer
+	dgst       digest.Digest
+	size, off  int64
+	rc         io.ReadCloser
+	owned      bool // rc is the owner's
+	digester   digest.Digester
+	ownerBytes int64 // how many the owner sent
 }
+
+// errOwnerUnverified is why a blob from an owner failed: what it sent,
+// with what the upstream sent after, does not hash to its digest.
+var errOwnerUnverified = errors.New("the blob the owner sent does not verify")
 
 func (b *fromOwner) Size() int64 { return b.size }
 
 func (b *fromOwner) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.off += int64(n)
-	if err == nil || err == io.EOF || !b.owned || b.ctx.Err() != nil || errors.Is(err, replicas.ErrUnverified) {
+	b.digester.Hash().Write(p[:n])
+	if b.owned {
+		b.ownerBytes += int64(n)
+	}
+	if err == io.EOF && b.ownerBytes > 0 && b.digester.Digest() != b.dgst {
+		err = fmt.Errorf("%w: %s hashes to %s", errOwnerUnverified, b.dgst, b.digester.Digest())
+		b.owner.PassOver(err)
+		if b.owned {
+			b.owner.Failed(replicas.KindBlob, err)
+		}
 		return n, err
 	}
+	if err == nil || err == io.EOF || !b.owned || b.ctx.Err() != nil {
+		return n, err
+	}
+	b.owner.Failed(replicas.KindBlob, err)
 	b.rc.Close()
 	b.rc, b.owned = b.remote.GetBlobFrom(b.ctx, b.dgst, b.off, b.size), false
 	if n > 0 {

@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -57,18 +55,23 @@ func (p *Peer) URL() string { return p.url }
 // than it may.
 var errOwnerSlow = errors.New("the owner did not answer in time")
 
+// asked is an owner's answer to an ask: its response, the MAC of the
+// request it answers, and the cancellation of the ask.
+type asked struct {
+	resp   *http.Response
+	reqMAC string
+	cancel context.CancelCauseFunc
+}
+
 // ask sends a; an owner that does not answer within headerTimeout (0: as
 // long as ctx allows), or at all, is passed over.
-func (p *Peer) ask(ctx context.Context, a Ask, method string, h http.Header, headerTimeout time.Duration) (*http.Response, string, context.CancelCauseFunc, error) {
+func (p *Peer) ask(ctx context.Context, a Ask, method string, headerTimeout time.Duration) (asked, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	a.Config = p.set.configMAC(a.Config)
 	req, err := http.NewRequestWithContext(ctx, method, p.url+a.path()+"?"+a.query().Encode(), nil)
 	if err != nil {
 		cancel(nil)
-		return nil, "", nil, err
-	}
-	for k, v := range h {
-		req.Header[k] = v
+		return asked{}, err
 	}
 	reqMAC := p.set.sign(req)
 	var timer *time.Timer
@@ -88,22 +91,49 @@ func (p *Peer) ask(ctx context.Context, a Ask, method string, h http.Header, hea
 		if resp != nil {
 			resp.Body.Close()
 		}
-		return nil, "", nil, fmt.Errorf("ask replica %s: %w", p.url, err)
+		return asked{}, fmt.Errorf("ask replica %s: %w", p.url, err)
 	}
-	return resp, reqMAC, cancel, nil
+	return asked{resp: resp, reqMAC: reqMAC, cancel: cancel}, nil
 }
+
+// body reads the answer's whole body, at most limit bytes, within the
+// stall timeout: an owner that sends headers and then too little, too
+// slowly, is passed over.
+func (p *Peer) body(a asked, limit int64) ([]byte, error) {
+	defer a.resp.Body.Close()
+	stop := time.AfterFunc(p.set.opts.StallTimeout, func() { a.cancel(errOwnerSlow) })
+	body, err := io.ReadAll(io.LimitReader(a.resp.Body, limit+1))
+	if !stop.Stop() {
+		err = errors.Join(err, errOwnerSlow)
+		p.set.failed(p.url, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the answer of replica %s: %w", p.url, err)
+	}
+	if int64(len(body)) > limit {
+		return nil, fmt.Errorf("replica %s answered more than %d bytes", p.url, limit)
+	}
+	return body, nil
+}
+
+// PassOver passes the owner over: what it sent did not verify.
+func (p *Peer) PassOver(err error) { p.set.failed(p.url, err) }
+
+// Failed counts an ask of kind whose answer failed after it began (a blob
+// body cut, or not verifying): the asker does the rest itself.
+func (p *Peer) Failed(kind string, err error) { p.count(kind, err) }
 
 // answer is an owner's answer that is not a success: an *errcode.Error when
 // it stands, else a failure. A 421 (the ask was not the owner's to answer)
 // and a 5xx are failures, but a variant's 503 (still at work, or too busy
 // to start), which stands.
-func (p *Peer) answer(resp *http.Response, reqMAC string, kind string) error {
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
-	if err != nil || len(body) > maxErrorBody {
-		return fmt.Errorf("replica %s answered %d, and its body could not be read", p.url, resp.StatusCode)
+func (p *Peer) answer(a asked, kind string) error {
+	resp := a.resp
+	body, err := p.body(a, maxErrorBody)
+	if err != nil {
+		return fmt.Errorf("replica %s answered %d: %w", p.url, resp.StatusCode, err)
 	}
-	if err := p.checkAnswer(resp, reqMAC, body); err != nil {
+	if err := p.checkAnswer(resp, a.reqMAC, body); err != nil {
 		return err
 	}
 	standing := resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusMisdirectedRequest ||
@@ -155,75 +185,53 @@ func (p *Peer) count(kind string, err error) error {
 }
 
 // GetBlob opens the blob a (KindBlob) names from its owner: its size and
-// its body as the owner sends it, checked against its digest as it is
-// read. A body that fails is the owner's failure (an error from Read,
-// never a short end); one whose digest does not verify ends with an error
-// that wraps ErrUnverified instead of its last bytes.
+// its body as the owner sends it, which the asker verifies (and passes the
+// owner over, PassOver, when it does not). A body that fails is the
+// owner's failure: an error from Read, never a short end.
 func (p *Peer) GetBlob(ctx context.Context, a Ask) (io.ReadCloser, int64, error) {
 	rc, size, err := p.getBlob(ctx, a)
 	return rc, size, p.count(KindBlob, err)
 }
 
 func (p *Peer) getBlob(ctx context.Context, a Ask) (io.ReadCloser, int64, error) {
-	resp, reqMAC, cancel, err := p.ask(ctx, a, http.MethodGet, nil, p.set.opts.StallTimeout)
+	r, err := p.ask(ctx, a, http.MethodGet, p.set.opts.StallTimeout)
 	if err != nil {
 		return nil, 0, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		defer cancel(nil)
-		return nil, 0, p.answer(resp, reqMAC, KindBlob)
+	if r.resp.StatusCode != http.StatusOK {
+		defer r.cancel(nil)
+		return nil, 0, p.answer(r, KindBlob)
 	}
-	if err := p.checkAnswer(resp, reqMAC, nil); err != nil {
-		resp.Body.Close()
-		cancel(nil)
+	if err := p.checkAnswer(r.resp, r.reqMAC, nil); err != nil {
+		r.resp.Body.Close()
+		r.cancel(nil)
 		return nil, 0, err
 	}
-	if resp.ContentLength < 0 || resp.Header.Get("Docker-Content-Digest") != a.Digest.String() || a.Digest.Validate() != nil {
-		resp.Body.Close()
-		cancel(nil)
+	if r.resp.ContentLength < 0 || r.resp.Header.Get("Docker-Content-Digest") != a.Digest.String() {
+		r.resp.Body.Close()
+		r.cancel(nil)
 		return nil, 0, fmt.Errorf("replica %s answered blob %s without its size or digest", p.url, a.Digest)
 	}
-	return &ownerBody{peer: p, body: resp.Body, cancel: cancel, timeout: p.set.opts.StallTimeout,
-		want: a.Digest, hash: a.Digest.Algorithm().Hash(), size: resp.ContentLength}, resp.ContentLength, nil
+	return &ownerBody{peer: p, body: r.resp.Body, cancel: r.cancel, timeout: p.set.opts.StallTimeout}, r.resp.ContentLength, nil
 }
-
-// ErrUnverified is why an owner's blob body ended in error: its bytes do
-// not hash to its digest. The owner is passed over.
-var ErrUnverified = errors.New("the owner sent a blob that does not verify")
 
 // errStalled is why an owner's body was abandoned.
 var errStalled = errors.New("the owner stopped sending")
 
-// ownerBody is an owner's blob body. One that sends nothing for the stall
-// timeout (only time inside Read counts) is cut; its bytes are hashed as
-// they pass, and the end is an error if they do not verify; any failure is
-// counted once as the owner's.
+// ownerBody is an owner's blob body: one that sends nothing for the stall
+// timeout (only time inside Read counts) is cut and its owner passed over.
+// Its reader counts a failure (Failed).
 type ownerBody struct {
 	peer    *Peer
 	body    io.ReadCloser
 	cancel  context.CancelCauseFunc
 	timeout time.Duration
-	want    digest.Digest
-	hash    hash.Hash
-	size    int64
-	read    int64
-	failed  atomic.Bool
 }
 
 func (b *ownerBody) Read(p []byte) (int, error) {
 	stall := time.AfterFunc(b.timeout, func() { b.cancel(errStalled) })
 	n, err := b.body.Read(p)
 	stalled := !stall.Stop()
-	b.hash.Write(p[:n])
-	b.read += int64(n)
-	if err == io.EOF && b.read == b.size {
-		if got := digest.NewDigest(b.want.Algorithm(), b.hash); got != b.want {
-			err = fmt.Errorf("%w: %s hashes to %s", ErrUnverified, b.want, got)
-			b.peer.set.failed(b.peer.url, err)
-			b.fail(err)
-			return 0, err // the last bytes are never handed on
-		}
-	}
 	if err == nil || err == io.EOF {
 		return n, err
 	}
@@ -231,15 +239,7 @@ func (b *ownerBody) Read(p []byte) (int, error) {
 		err = fmt.Errorf("%w for %s", errStalled, b.timeout)
 		b.peer.set.failed(b.peer.url, err)
 	}
-	b.fail(err)
 	return n, fmt.Errorf("relay from replica %s: %w", b.peer.url, err)
-}
-
-func (b *ownerBody) fail(err error) {
-	if b.failed.CompareAndSwap(false, true) {
-		b.peer.set.opts.Metrics.asks.WithLabelValues(KindBlob, "fallback").Inc()
-		b.peer.set.opts.Log.Info("the owner failed in the middle of a blob", "replica", b.peer.url, "error", err)
-	}
 }
 
 func (b *ownerBody) Close() error {
@@ -258,34 +258,27 @@ func (p *Peer) GetManifest(ctx context.Context, a Ask) (m cache.Manifest, stale 
 }
 
 func (p *Peer) getManifest(ctx context.Context, a Ask) (cache.Manifest, bool, error) {
-	resp, reqMAC, cancel, err := p.ask(ctx, a, http.MethodGet, nil, p.set.opts.StallTimeout)
+	r, err := p.ask(ctx, a, http.MethodGet, p.set.opts.StallTimeout)
 	if err != nil {
 		return cache.Manifest{}, false, err
 	}
-	defer cancel(nil)
-	if resp.StatusCode != http.StatusOK {
-		return cache.Manifest{}, false, p.answer(resp, reqMAC, KindManifest)
+	defer r.cancel(nil)
+	if r.resp.StatusCode != http.StatusOK {
+		return cache.Manifest{}, false, p.answer(r, KindManifest)
 	}
-	defer resp.Body.Close()
-	// The body comes within the stall timeout too.
-	stop := time.AfterFunc(p.set.opts.StallTimeout, func() { cancel(errOwnerSlow) })
-	content, err := io.ReadAll(io.LimitReader(resp.Body, mediatype.MaxManifestSize+1))
-	stop.Stop()
+	content, err := p.body(r, mediatype.MaxManifestSize)
 	if err != nil {
-		return cache.Manifest{}, false, fmt.Errorf("read manifest from replica %s: %w", p.url, err)
+		return cache.Manifest{}, false, err
 	}
-	if len(content) > mediatype.MaxManifestSize {
-		return cache.Manifest{}, false, fmt.Errorf("replica %s sent a manifest larger than %d bytes", p.url, mediatype.MaxManifestSize)
-	}
-	if err := p.checkAnswer(resp, reqMAC, content); err != nil {
+	if err := p.checkAnswer(r.resp, r.reqMAC, content); err != nil {
 		return cache.Manifest{}, false, err
 	}
 	got := digest.FromBytes(content)
-	if resp.Header.Get("Docker-Content-Digest") != got.String() || (strings.Contains(a.Ref, ":") && a.Ref != got.String()) {
+	if r.resp.Header.Get("Docker-Content-Digest") != got.String() || (strings.Contains(a.Ref, ":") && a.Ref != got.String()) {
 		return cache.Manifest{}, false, fmt.Errorf("replica %s sent a manifest that does not match its digest", p.url)
 	}
-	stale, _ := strconv.ParseBool(resp.Header.Get(StaleHeader))
-	return cache.Manifest{MediaType: resp.Header.Get("Content-Type"), Digest: got, Content: content}, stale, nil
+	stale, _ := strconv.ParseBool(r.resp.Header.Get(StaleHeader))
+	return cache.Manifest{MediaType: r.resp.Header.Get("Content-Type"), Digest: got, Content: content}, stale, nil
 }
 
 // MakeVariant has the owner make the variant a (KindVariant) names, and
@@ -303,14 +296,14 @@ func (p *Peer) makeVariant(ctx context.Context, a Ask) error {
 		// timeout, it is not answering.
 		timeout = min(a.Wait, MaxWait) + p.set.opts.StallTimeout
 	}
-	resp, reqMAC, cancel, err := p.ask(ctx, a, http.MethodPost, nil, timeout)
+	r, err := p.ask(ctx, a, http.MethodPost, timeout)
 	if err != nil {
 		return err
 	}
-	defer cancel(nil)
-	if resp.StatusCode != http.StatusNoContent {
-		return p.answer(resp, reqMAC, KindVariant)
+	defer r.cancel(nil)
+	if r.resp.StatusCode != http.StatusNoContent {
+		return p.answer(r, KindVariant)
 	}
-	defer resp.Body.Close()
-	return p.checkAnswer(resp, reqMAC, []byte{})
+	r.resp.Body.Close()
+	return p.checkAnswer(r.resp, r.reqMAC, []byte{})
 }
