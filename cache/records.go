@@ -710,11 +710,17 @@ func (m *listMemo[T]) list(ctx context.Context, s *Store, root string) ([]T, err
 	return out, nil
 }
 
-// maxRecordSize bounds a record read whole into memory, and so the one
-// written. The largest is a referrers record: at most a manifest's worth
-// of descriptors (mirror bounds them so), and the digests of the refused.
-// The others are far smaller (each bounds what it keeps of image content).
+// maxRecordSize bounds a record written. The largest is a referrers
+// record: at most a manifest's worth of descriptors (mirror bounds them
+// so), and the digests of the refused. The others are far smaller (each
+// bounds what it keeps of image content).
 const maxRecordSize = 2 * mediatype.MaxManifestSize
+
+// maxRecordRead bounds a record read whole into memory: more than is
+// written now, for records of earlier versions, which bounded less of what
+// they kept (a rewrite report's paths); what is read is bounded again as
+// it is kept, and written back smaller.
+const maxRecordRead = 4 * maxRecordSize
 
 func (s *Store) getJSON(ctx context.Context, p string, v any) error {
 	rc, err := s.driver.Reader(ctx, p, 0)
@@ -722,12 +728,12 @@ func (s *Store) getJSON(ctx context.Context, p string, v any) error {
 		return notFound(err)
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxRecordSize+1))
+	b, err := io.ReadAll(io.LimitReader(rc, maxRecordRead+1))
 	switch {
 	case err != nil:
 		return fmt.Errorf("read %s: %w", p, err)
-	case len(b) > maxRecordSize:
-		return fmt.Errorf("decode %s: %w: larger than %d bytes", p, errBadRecord, maxRecordSize)
+	case len(b) > maxRecordRead:
+		return fmt.Errorf("decode %s: %w: larger than %d bytes", p, errBadRecord, maxRecordRead)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("decode %s: %w: %w", p, errBadRecord, err)
