@@ -13,9 +13,8 @@ import (
 // relay stands in for the internet between a mirror and its upstream: every
 // response body goes through one shared link of a fixed bandwidth, and
 // every request waits a fixed latency first. It counts the bytes it relays
-// and the requests it passes on, by the address they came in on (serve one
-// relay on several listeners to tell its clients apart), and keeps the
-// responses still being relayed.
+// and the requests it passes on, and keeps the responses still being
+// relayed, with the address each came from (connOwner tells whose it is).
 type relay struct {
 	target  string
 	latency time.Duration
@@ -28,17 +27,19 @@ type relay struct {
 	open map[*flow]struct{}
 }
 
-// relayed is one kind of request the relay passed on: the listener it came
-// in on (its Host), its method and path, and whether it asked for a Range.
+// relayed is one kind of request the relay passed on: its method and
+// path, and whether it asked for a Range.
 type relayed struct {
-	host, method, path string
-	ranged             bool
+	method, path string
+	ranged       bool
 }
 
-// flow is a response being relayed, and how many body bytes have gone so far.
+// flow is a response being relayed, where its request came from, and how
+// many body bytes have gone so far.
 type flow struct {
 	relayed
-	bytes atomic.Int64
+	remote string
+	bytes  atomic.Int64
 }
 
 // newRelay relays to target at bytesPerSecond (no limit when it is 0),
@@ -58,7 +59,7 @@ func newRelay(target string, bytesPerSecond float64, latency time.Duration) *rel
 }
 
 func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f := &flow{relayed: relayed{host: r.Host, method: r.Method, path: r.URL.Path, ranged: r.Header.Get("Range") != ""}}
+	f := &flow{relayed: relayed{method: r.Method, path: r.URL.Path, ranged: r.Header.Get("Range") != ""}, remote: r.RemoteAddr}
 	rl.mu.Lock()
 	rl.seen[f.relayed]++
 	rl.open[f] = struct{}{}
@@ -113,16 +114,23 @@ func (rl *relay) requests() map[relayed]int {
 	return out
 }
 
-// inFlight returns the responses being relayed, with the body bytes each
-// has sent so far.
-func (rl *relay) inFlight() map[relayed]int64 {
+// inFlight returns the responses being relayed: what each is, where its
+// request came from, and the body bytes it has sent so far.
+func (rl *relay) inFlight() []inFlight {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
-	out := make(map[relayed]int64, len(rl.open))
+	out := make([]inFlight, 0, len(rl.open))
 	for f := range rl.open {
-		out[f.relayed] += f.bytes.Load()
+		out = append(out, inFlight{relayed: f.relayed, remote: f.remote, bytes: f.bytes.Load()})
 	}
 	return out
+}
+
+// inFlight is a response being relayed (relay.inFlight).
+type inFlight struct {
+	relayed
+	remote string
+	bytes  int64
 }
 
 // link is a shared bandwidth budget: each chunk books its transmission time
