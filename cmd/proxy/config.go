@@ -20,6 +20,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 	"github.com/regnorm/regnorm/rewrite"
@@ -744,6 +745,18 @@ func (c Config) validate() error {
 		}
 		if r.Self == "" {
 			bad("replicas.self", "must be set with replicas.listen: this replica's URL as the others reach it")
+		} else if err := replicas.CheckURL(r.Self); err != nil {
+			bad("replicas.self", "%v", err)
+		}
+		for i, p := range r.Peers {
+			if err := replicas.CheckURL(p); err != nil {
+				bad(fmt.Sprintf("replicas.peers[%d]", i), "%v", err)
+			}
+		}
+		if r.Service != "" {
+			if _, _, err := net.SplitHostPort(r.Service); err != nil {
+				bad("replicas.service", "%q is not host:port", r.Service)
+			}
 		}
 		if (len(r.Peers) == 0) == (r.Service == "") {
 			bad("replicas.peers", "set either replicas.peers or replicas.service")

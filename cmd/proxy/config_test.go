@@ -123,6 +123,9 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"unknown client policy", "normalize:\n  clients: some\n", []string{`normalize.clients: "some" is neither auto nor all`}},
 		{"unknown rule", "normalize:\n  unknownClients: [symlink-xattr]\n", []string{`normalize.unknownClients: unknown rule "symlink-xattr" (known: config-media-type, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-sizes, layer-media-type, diff-ids, gnu-sparse)`}},
 		{"platform without architecture", "normalize:\n  platforms: [linux]\n", []string{`normalize.platforms: "linux" is not a platform such as linux/amd64 or linux/arm/v7, nor all`}},
+		{"replica URL", "replicas:\n  listen: :5001\n  self: https://10.0.0.1:5001\n  peers: [http://10.0.0.1, http://10.0.0.2:5001]\n  secretFile: /s\n",
+			[]string{`replicas.self: "https://10.0.0.1:5001": want http://host:port`, `replicas.peers[0]: "http://10.0.0.1": want http://host:port`}},
+		{"replicas without a listener", "replicas:\n  peers: [http://10.0.0.1:5001]\n", []string{"replicas.listen: must be set"}},
 		{"two mistakes at once", "listne: :5000\ncache:\n  maxAge: forever\n", []string{"listne (line 1): unknown field; did you mean listen?", `cache.maxAge (line 3): "forever" is not a duration`}},
 	}
 	for _, tt := range tests {

@@ -148,6 +148,12 @@ func New(opts Options) (*Set, error) {
 	return s, nil
 }
 
+// CheckURL checks a replica's URL as New does: http://host:port.
+func CheckURL(raw string) error {
+	_, err := canonical(raw)
+	return err
+}
+
 // canonical is a replica's URL as the Set compares it: scheme and host
 // only.
 func canonical(raw string) (string, error) {
