@@ -3,6 +3,9 @@ package proxy_test
 import (
 	"context"
 	"net/http"
+	"os"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -23,7 +26,7 @@ func nodeHeader(version, node string) http.Header {
 
 // reportFleet has node-config report a node of each of these containerd
 // versions, named after it, reading the hosts.toml files.
-func (h *harness) reportFleet(t *testing.T, nodes map[string]string) {
+func (h *harness) reportFleet(t testing.TB, nodes map[string]string) {
 	t.Helper()
 	for node, version := range nodes {
 		rep := cache.NodeReport{Node: node, Address: "127.0.0.1", ContainerdVersion: "v" + version, ReadsHostsToml: true,
@@ -86,4 +89,69 @@ func TestPremadeVariantsForTheFleet(t *testing.T) {
 	if got := h.metric(t, "regnorm_premade_queued", ""); got != 0 {
 		t.Errorf("regnorm_premade_queued = %v, want 0", got)
 	}
+}
+
+// BenchmarkOldClientFirstAnswer: a containerd 2.3.4 node pulls a cold
+// image by tag, then a 1.6.8 node pulls it, whose variant repackages a
+// layer (a symlink with xattrs beside 48 MB of data, or
+// REGNORM_BENCH_PREMADE_MB): through a regnorm with pre-made variants (the
+// fleet knows the 1.6.8 node, and the 1.6.8 node asks once they are made)
+// and through one without, side by side, a fresh image each round. Reports
+// the first answer (HEAD by tag) of each node, and the ratios of the old
+// node's to the modern one's.
+//
+//	go test ./proxy -run '^$' -bench OldClientFirstAnswer -benchtime 3x
+func BenchmarkOldClientFirstAnswer(b *testing.B) {
+	size := 48 << 20
+	if v, err := strconv.Atoi(os.Getenv("REGNORM_BENCH_PREMADE_MB")); err == nil && v > 0 {
+		size = v << 20
+	}
+	with := newHarness(b, harnessOptions{premadeQueue: 8, tagTTL: time.Hour})
+	with.reportFleet(b, map[string]string{"old-node": "1.6.8", "new-node": "2.3.4"})
+	without := newHarness(b, harnessOptions{tagTTL: time.Hour})
+	first := func(h *harness, repo, version, node string) time.Duration {
+		start := time.Now()
+		r := h.do(b, http.MethodHead, "/v2/"+repo+"/manifests/v1", nodeHeader(version, node))
+		if r.status != http.StatusOK {
+			b.Fatalf("containerd %s's first answer: %d", version, r.status)
+		}
+		return time.Since(start)
+	}
+	var modernWith, modernWithout, oldWith, oldWithout time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		repo := "bench/premade" + strconv.Itoa(i)
+		layer := append(slices.Clone(xattrLayer), regtest.File{Name: "data", Content: regtest.RandomBytes(size)})
+		img, err := regtest.BuildImage(regtest.ImageOptions{}, baseLayer, layer)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, h := range []*harness{with, without} {
+			if err := h.reg.Client().PushImage(context.Background(), repo, "v1", img); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		modernWith += first(with, repo, "2.3.4", "new-node")
+		modernWithout += first(without, repo, "2.3.4", "new-node")
+		b.StopTimer()
+		waitFor(b, "the 1.6.8 variant to be made", func() bool {
+			return with.metric(b, "regnorm_premade_variants_total", `result="made"`) == float64(i+1)
+		})
+		b.StartTimer()
+		if i%2 == 0 {
+			oldWith += first(with, repo, "1.6.8", "old-node")
+			oldWithout += first(without, repo, "1.6.8", "old-node")
+		} else {
+			oldWithout += first(without, repo, "1.6.8", "old-node")
+			oldWith += first(with, repo, "1.6.8", "old-node")
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(modernWith.Seconds()/n, "modern_s")
+	b.ReportMetric(oldWithout.Seconds()/n, "old_without_s")
+	b.ReportMetric(oldWith.Seconds()/n, "old_with_s")
+	b.ReportMetric(float64(oldWithout)/float64(modernWithout), "old/modern_without")
+	b.ReportMetric(float64(oldWith)/float64(modernWith), "old/modern_with")
 }
