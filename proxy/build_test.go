@@ -128,7 +128,7 @@ func buildServer(tb testing.TB, p serverParts) built {
 	}
 	srv, err := proxy.New(proxy.Options{Mirror: service, Upstreams: regs, DefaultUpstream: p.defaultUp, Reports: report, Fleet: nodes,
 		Usage: maintainer.Usage, Storage: p.store, Rules: rules, Deadline: p.deadline, PatientDeadline: p.patient,
-		ClientAuth: p.clientAuth, AuthFailuresPerMinute: p.authFailures, NodeReportTokens: tokens, Clock: clock,
+		ClientAuth: p.clientAuth, AuthFailuresPerMinute: p.authFailures, NodeReportTokens: tokens, PremadeQueue: p.premadeQueue, Clock: clock,
 		Metrics: metrics, Logger: p.log})
 	if err != nil {
 		tb.Fatal(err)

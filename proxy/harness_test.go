@@ -88,6 +88,9 @@ type harnessOptions struct {
 	more []upstream.Config
 	// bodyMemory is MaxUpstreamBodyMemory.
 	bodyMemory int64
+	// premadeQueue turns pre-made variants on (proxy.Options.PremadeQueue),
+	// their work running beside the server.
+	premadeQueue int
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -137,6 +140,12 @@ func (h *harness) restart(t testing.TB) {
 	// the cache's directory is removed.
 	t.Cleanup(func() { waitFor(t, "downloads to end", func() bool { return downloadsIdle(t, promReg) }) })
 	h.srv, h.url, h.built = srv, ps.URL, b
+	if h.opts.premadeQueue > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { srv.RunPremade(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 	if h.opts.eviction != (cache.EvictionPolicy{}) && !h.opts.manualMaintenance {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})

@@ -50,6 +50,10 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 			s.reports.ServedOriginal(ctx, answer(req, orig.Manifest, client), s.rules.Enabled, s.mirror.Verdict)
 		}
 		m = n.Manifest
+		if s.premade != nil {
+			// The fleet's other versions will ask for this tag too.
+			s.premade.Offer(req.repo, orig.Manifest, client.Rules)
+		}
 	} else {
 		s.fleet.SawPull(r, s.noteDigestPull(ctx, req, orig.Manifest, client))
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/premade"
 	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -44,6 +45,8 @@ type Metrics struct {
 	layerWorkInflight prometheus.Gauge
 	layerWorkQueued   prometheus.Gauge
 	layerWorkRejected prometheus.Counter
+	premadeVariants   *prometheus.CounterVec
+	premadeQueued     prometheus.Gauge
 
 	passwordChecksInflight prometheus.Gauge
 	passwordChecksQueued   prometheus.Gauge
@@ -147,6 +150,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_layer_work_rejected_total",
 			Help: "Layer work refused because normalize.maxQueuedLayerWork pieces were already waiting: the request was answered 503 with Retry-After.",
 		}),
+		premadeVariants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_premade_variants_total",
+			Help: "Variants made in the background for the fleet's other containerd versions after a pull by tag, by result: made, clean (the rules change nothing), dropped (an image not queued: normalize.premadeQueue full), busy (the layer work queue was full), error.",
+		}, []string{"result"}),
+		premadeQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regnorm_premade_queued",
+			Help: "Images waiting for their pre-made variants (at most normalize.premadeQueue).",
+		}),
 		passwordChecksInflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "regnorm_password_checks_inflight",
 			Help: "bcrypt comparisons of client passwords running (at most half of GOMAXPROCS, at least 1).",
@@ -161,6 +172,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.normalizations, m.rebuilds, m.layerWorkInflight, m.layerWorkQueued, m.layerWorkRejected)
+	reg.MustRegister(m.premadeVariants, m.premadeQueued)
 	reg.MustRegister(m.passwordChecksInflight, m.passwordChecksQueued, m.passwordChecksRejected)
 	reg.MustRegister(m.maintain.Collectors()...)
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
@@ -235,6 +247,11 @@ func (m *Metrics) Nodes() *prometheus.GaugeVec { return m.nodes }
 // Mirror are the repository service's (mirror.Options.Metrics).
 func (m *Metrics) Mirror() mirror.Metrics {
 	return mirror.Metrics{CacheRequests: m.cacheRequests, StaleServes: m.staleServes, DeadlineExceeded: m.deadlineExceeded}
+}
+
+// Premade are the pre-made variants' (premade.Options.Metrics).
+func (m *Metrics) Premade() premade.Metrics {
+	return premade.Metrics{Variants: m.premadeVariants, Queued: m.premadeQueued}
 }
 
 // Engine are the rule engine's (normalize.Options.Metrics).

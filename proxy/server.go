@@ -18,6 +18,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/operator"
+	"github.com/regnorm/regnorm/proxy/premade"
 	"github.com/regnorm/regnorm/proxy/rewrites"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -76,6 +77,11 @@ type Options struct {
 	// reports (POST /api/v1/nodes) must carry, a credential only
 	// node-config holds. With none, every report is refused.
 	NodeReportTokens [][sha256.Size]byte
+	// PremadeQueue, when above 0, turns pre-made variants on: after a
+	// pull by tag, the variants the fleet's other containerd versions need
+	// are made in the background (RunPremade), this many images waiting
+	// at most. 0 is off.
+	PremadeQueue int
 	// Clock is the time the server goes by (default the system clock).
 	Clock   Clock
 	Metrics *Metrics
@@ -96,6 +102,7 @@ type Server struct {
 	patientDeadline time.Duration
 	status          *operator.Status // the status page and the rewrite report
 	warm            *operator.Warm
+	premade         *premade.Maker // nil when off
 	clientAuth      *clientAuth
 	reportAttempts  *attemptLimiter // failed node report tokens by address
 	reportTokens    [][sha256.Size]byte
@@ -192,7 +199,26 @@ func New(opts Options) (*Server, error) {
 		Note:            logAttrs,
 		Log:             opts.Logger,
 	}
+	if opts.PremadeQueue > 0 {
+		s.premade = premade.New(premade.Options{
+			RuleSets: s.fleet.RuleSets,
+			Verdict:  s.mirror.Verdict,
+			Queue:    opts.PremadeQueue,
+			Budget:   upstreamBudget, // a pull's, for each image
+			Now:      opts.Clock.Now,
+			Metrics:  opts.Metrics.Premade(),
+			Log:      opts.Logger,
+		})
+	}
 	return s, nil
+}
+
+// RunPremade makes the pre-made variants until ctx ends (Options.PremadeQueue);
+// it returns at once when they are off.
+func (s *Server) RunPremade(ctx context.Context) {
+	if s.premade != nil {
+		s.premade.Run(ctx)
+	}
 }
 
 // Handler returns the HTTP handler. metrics, when not nil, is mounted at

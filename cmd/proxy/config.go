@@ -20,6 +20,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/premade"
 	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
@@ -140,6 +141,10 @@ const (
 	maxZstdWindow = 2 << 30
 )
 
+// maxPremadeQueue bounds normalize.premadeQueue. The manifests queued are
+// bounded apart (premade.MaxQueuedBytes).
+const maxPremadeQueue = 1000
+
 // NormalizeConfig configures normalization.
 type NormalizeConfig struct {
 	// ConfigMediaType retypes octet-stream image configs.
@@ -194,6 +199,13 @@ type NormalizeConfig struct {
 	// MaxQueuedLayerWork is how many more may wait for a turn; beyond, the
 	// request gets 503 with Retry-After.
 	MaxQueuedLayerWork int `yaml:"maxQueuedLayerWork"`
+	// Premade makes, after a pull by tag, the variants the fleet's other
+	// containerd versions need, in the background (proxy/premade).
+	Premade bool `yaml:"premade"`
+	// PremadeQueue is how many images may wait for their pre-made
+	// variants; beyond, an image is not queued (its nodes' pulls make its
+	// variants, as without).
+	PremadeQueue int `yaml:"premadeQueue"`
 }
 
 // NodesConfig configures the fleet view (/api/v1/nodes, the status page).
@@ -393,6 +405,8 @@ func defaultConfig() Config {
 			MaxZstdWindow:      rewrite.DefaultZstdWindow,
 			MaxLayerWork:       work.Running,
 			MaxQueuedLayerWork: work.Queued,
+			Premade:            true,
+			PremadeQueue:       premade.DefaultQueue,
 		},
 		Upstreams: []UpstreamConfig{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
@@ -647,6 +661,9 @@ func (c Config) validate() error {
 	}
 	if c.Normalize.MaxQueuedLayerWork < 1 {
 		bad("normalize.maxQueuedLayerWork", "must be at least 1")
+	}
+	if q := c.Normalize.PremadeQueue; q < 1 || q > maxPremadeQueue {
+		bad("normalize.premadeQueue", "must be from 1 to %d", maxPremadeQueue)
 	}
 	if c.Normalize.Clients != "auto" && c.Normalize.Clients != "all" {
 		bad("normalize.clients", "%q is neither auto nor all", c.Normalize.Clients)

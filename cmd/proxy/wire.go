@@ -169,6 +169,7 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		ClientAuth:            clientAuth,
 		AuthFailuresPerMinute: cfg.Auth.FailuresPerMinute,
 		NodeReportTokens:      reportTokens,
+		PremadeQueue:          premadeQueue(cfg.Normalize),
 		Clock:                 clock,
 		Metrics:               metrics,
 		Logger:                log,
@@ -176,9 +177,18 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 	if err != nil {
 		return nil, err
 	}
-	w := &wired{server: srv, run: append(run, maintainer.Run, nodes.Run, report.Run)}
+	w := &wired{server: srv, run: append(run, maintainer.Run, nodes.Run, report.Run, srv.RunPremade)}
 	if peers != nil {
 		w.replicas = srv.ReplicaHandler(peers)
 	}
 	return w, nil
+}
+
+// premadeQueue is proxy.Options.PremadeQueue: 0 when pre-made variants are
+// off.
+func premadeQueue(n NormalizeConfig) int {
+	if !n.Premade {
+		return 0
+	}
+	return n.PremadeQueue
 }

@@ -206,6 +206,48 @@ func (f *Fleet) snapshot() []seen {
 	return out
 }
 
+// RuleSets are the distinct rule sets of the containerd versions known in
+// the fleet within the forget period: those of the nodes that pulled
+// through this process (by their User-Agent), and of the nodes node-config
+// reported on that read the hosts.toml files (they will pull through
+// regnorm). Clients that name no containerd version, and nodes that do not
+// use the mirror, are not counted: nothing says what they will pull. What
+// the pre-made variants are made for.
+func (f *Fleet) RuleSets(ctx context.Context) ([]ruleset.Set, error) {
+	var out []ruleset.Set
+	add := func(v containerdcfg.Version) {
+		if !v.Known {
+			return
+		}
+		if rules := f.rules.ForVersion(v).Rules; !slices.Contains(out, rules) {
+			out = append(out, rules)
+		}
+	}
+	now := f.clock.Now()
+	f.mu.Lock()
+	for _, key := range f.seen.Keys() {
+		n, _ := f.seen.Peek(key)
+		if now.Sub(n.LastPull) > f.forget {
+			continue // snapshot removes it
+		}
+		if v, ok := ruleset.Containerd(n.UserAgent); ok {
+			add(v)
+		}
+	}
+	f.mu.Unlock()
+	reports, err := f.listReports(ctx)
+	if err != nil {
+		return out, err
+	}
+	for _, r := range reports {
+		if now.Sub(r.ReportedAt) > f.forget || !r.ReadsHostsToml || f.check(r) != nil {
+			continue
+		}
+		add(containerdcfg.ParseVersion(r.ContainerdVersion))
+	}
+	return out, nil
+}
+
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n]

@@ -15,6 +15,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // pullFrom is a manifest request from addr, with a User-Agent and, when
@@ -394,5 +395,42 @@ func TestFleetFixFitsTheFile(t *testing.T) {
 				t.Fatalf("after the fix %q, containerd reads no hosts.toml: %+v", fix, v.Reasons)
 			}
 		})
+	}
+}
+
+// TestRuleSetsOfTheFleet: the fleet's rule sets are those of the
+// containerd versions that pulled (by User-Agent, one a set however many
+// nodes share it) and of the reported nodes that read the hosts.toml
+// files; a client that names no containerd version and a node that does
+// not use the mirror add none.
+func TestRuleSetsOfTheFleet(t *testing.T) {
+	t.Parallel()
+	f := newTestFleet(t, prometheus.NewRegistry())
+	f.SawPull(pullFrom("10.0.0.1", "containerd/v1.6.8"), false)
+	f.SawPull(pullFrom("10.0.0.2", "containerd/v1.6.7"), false) // 1.6.8's rules
+	f.SawPull(pullFrom("10.0.0.3", "curl/8.0"), false)
+	ctx := context.Background()
+	for _, rep := range []cache.NodeReport{
+		{Node: "uses", ContainerdVersion: "v2.3.4", HostsDir: DefaultHostsDir, ConfigVersion: 3, ReadsHostsToml: true},
+		{Node: "does-not", ContainerdVersion: "v1.4.0", HostsDir: DefaultHostsDir, ConfigVersion: 2},
+	} {
+		if err := f.Receive(ctx, rep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := f.RuleSets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := ruleset.DefaultPolicy()
+	want := []ruleset.Set{policy.ForVersion(containerdcfg.ParseVersion("1.6.8")).Rules, policy.ForVersion(containerdcfg.ParseVersion("2.3.4")).Rules}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		keys := func(sets []ruleset.Set) (k []string) {
+			for _, s := range sets {
+				k = append(k, s.Key())
+			}
+			return k
+		}
+		t.Fatalf("rule sets: %q, want 1.6.8's and 2.3.4's: %q", keys(got), keys(want))
 	}
 }

@@ -156,6 +156,13 @@ func (r *Repository) Upstream() string { return r.remote.Upstream() }
 // Name is the repository's name, e.g. library/redis.
 func (r *Repository) Name() string { return r.remote.Name() }
 
+// Identity tells apart who reads what (upstream.Repository.Identity):
+// Repositories of one Identity get the same answers.
+func (r *Repository) Identity() string { return r.remote.Identity() }
+
+// Forwards reports whether r reads with its client's own credentials.
+func (r *Repository) Forwards() bool { return r.remote.Forwards() }
+
 // Tags is a page of the repository's tags, from the upstream as the client
 // (tags change, so they are not cached), checked and bounded by
 // upstream.Repository.Tags. The upstream decides who may list them.
