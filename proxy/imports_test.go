@@ -27,6 +27,7 @@ func TestSubpackagesStayApart(t *testing.T) {
 	}
 	rooms := []room{
 		{dir: "errcode"},
+		{dir: "attest", denied: []string{"net/http", "os"}},
 		{dir: "ruleset", own: []string{"internal/containerdcfg"}, denied: []string{"net/http", "os"}},
 		{dir: "label"},
 		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label", "internal/mediatype", "internal/schema1"}},
