@@ -22,9 +22,16 @@ const (
 	annotationSignature     = "dev.cosignproject.cosign/signature"
 )
 
+// MediaTypeConfig is the type of the artifact's config: a small JSON
+// object naming the predicate type and the subject. Not the OCI empty
+// config ({}): every artifact shares that blob, and regnorm admits a
+// client to what it made where the source is held (proxy/mirror), which
+// must not decide who reads another artifact's {} in another repository.
+const MediaTypeConfig = "application/vnd.regnorm.attestation.config.v1+json"
+
 // Artifact is an attestation as an OCI artifact: an image manifest whose
-// subject is the variant, with the empty config and one layer, the DSSE
-// envelope.
+// subject is the variant, with a config of its own (MediaTypeConfig) and
+// one layer, the DSSE envelope.
 type Artifact struct {
 	// Manifest is the manifest's bytes, of type ocispec.MediaTypeImageManifest.
 	Manifest []byte
@@ -32,7 +39,7 @@ type Artifact struct {
 	// Envelope is the layer's bytes, of EnvelopeDigest.
 	Envelope       []byte
 	EnvelopeDigest digest.Digest
-	// Config is the config's bytes (the empty JSON object), of ConfigDigest.
+	// Config is the config's bytes, of ConfigDigest.
 	Config       []byte
 	ConfigDigest digest.Digest
 }
@@ -61,13 +68,21 @@ func (m *Maker) Make(ctx context.Context, d Derivation, subject ocispec.Descript
 	if err != nil {
 		return Artifact{}, fmt.Errorf("attest %s: %w", d.Variant.Digest, err)
 	}
-	a := Artifact{Envelope: env, EnvelopeDigest: digest.FromBytes(env), Config: ocispec.DescriptorEmptyJSON.Data, ConfigDigest: ocispec.DescriptorEmptyJSON.Digest}
+	a := Artifact{Envelope: env, EnvelopeDigest: digest.FromBytes(env)}
+	// Fields in sorted order, as the statement's.
+	if a.Config, err = json.Marshal(struct {
+		PredicateType string        `json:"predicateType"`
+		Subject       digest.Digest `json:"subject"`
+	}{PredicateType, subject.Digest}); err != nil {
+		return Artifact{}, err
+	}
+	a.ConfigDigest = digest.FromBytes(a.Config)
 	subj := ocispec.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
 	manifest := ocispec.Manifest{
 		Versioned:    specs.Versioned{SchemaVersion: 2},
 		MediaType:    ocispec.MediaTypeImageManifest,
 		ArtifactType: MediaTypeEnvelope,
-		Config:       ocispec.DescriptorEmptyJSON,
+		Config:       ocispec.Descriptor{MediaType: MediaTypeConfig, Digest: a.ConfigDigest, Size: int64(len(a.Config))},
 		Layers: []ocispec.Descriptor{{MediaType: MediaTypeEnvelope, Digest: a.EnvelopeDigest, Size: int64(len(env)),
 			Annotations: map[string]string{annotationPredicateType: PredicateType, annotationSignature: ""}}},
 		Subject: &subj,

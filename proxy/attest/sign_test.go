@@ -173,7 +173,7 @@ func TestSignerRefusesKeys(t *testing.T) {
 }
 
 // TestArtifact: the attestation's artifact is an OCI image manifest whose
-// subject is the variant, with the empty config and one DSSE envelope
+// subject is the variant, with a config of its own and one DSSE envelope
 // layer annotated with the predicate type, as cosign's classic
 // attestations; its digests are its bytes'; the same input makes the
 // same bytes.
@@ -195,7 +195,8 @@ func TestArtifact(t *testing.T) {
 		got.Subject == nil || got.Subject.Digest != subject.Digest || got.Subject.Size != 1234 || got.Subject.MediaType != subject.MediaType {
 		t.Errorf("manifest %s", a.Manifest)
 	}
-	if got.Config.Digest != a.ConfigDigest || string(a.Config) != "{}" || len(got.Layers) != 1 ||
+	if got.Config.Digest != a.ConfigDigest || got.Config.MediaType != attest.MediaTypeConfig || got.Config.Size != int64(len(a.Config)) ||
+		!bytes.Contains(a.Config, []byte(d.Variant.Digest)) || len(got.Layers) != 1 ||
 		got.Layers[0].Digest != a.EnvelopeDigest || got.Layers[0].MediaType != "application/vnd.dsse.envelope.v1+json" ||
 		got.Layers[0].Annotations["predicateType"] != attest.PredicateType || got.Layers[0].Size != int64(len(a.Envelope)) {
 		t.Errorf("manifest %s", a.Manifest)
