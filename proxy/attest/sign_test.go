@@ -23,7 +23,7 @@ import (
 )
 
 // pemKey is key as an unencrypted PKCS #8 PEM file, as openssl writes it.
-func pemKey(t *testing.T, key crypto.PrivateKey) []byte {
+func pemKey(t testing.TB, key crypto.PrivateKey) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -32,7 +32,7 @@ func pemKey(t *testing.T, key crypto.PrivateKey) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
-func keys(t *testing.T) map[string]crypto.PrivateKey {
+func keys(t testing.TB) map[string]crypto.PrivateKey {
 	t.Helper()
 	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -45,7 +45,7 @@ func keys(t *testing.T) map[string]crypto.PrivateKey {
 	return map[string]crypto.PrivateKey{"ecdsa-p256": ec, "ed25519": ed}
 }
 
-func signer(t *testing.T, key crypto.PrivateKey) *attest.Signer {
+func signer(t testing.TB, key crypto.PrivateKey) *attest.Signer {
 	t.Helper()
 	parsed, err := attest.ParsePrivateKey(pemKey(t, key))
 	if err != nil {
