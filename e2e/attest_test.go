@@ -41,25 +41,8 @@ func TestCosignVerifiesVariantAttestation(t *testing.T) {
 	registryURL, _ := startRegistry(t)
 	img := pushHello(t, registryURL, "library/legacy", "v1", legacyConfig)
 	dir := t.TempDir()
-	writeKey := func(name string) {
-		t.Helper()
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
-		os.WriteFile(filepath.Join(dir, name+".pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
-	}
-	writeKey("regnorm")
-	writeKey("other")
+	writeAttestationKey(t, dir, "regnorm")
+	writeAttestationKey(t, dir, "other")
 	proxyURL, proc := startRegnorm(t, registryURL, "attestations:\n  keyFile: "+filepath.Join(dir, "regnorm.key")+"\n")
 	proxyHost := strings.TrimPrefix(proxyURL, "http://")
 
@@ -159,6 +142,27 @@ func TestCosignVerifiesVariantAttestation(t *testing.T) {
 		t.Fatalf("cosign never read the changed attestation (%v):\n%s", err, out)
 	}
 	t.Logf("a byte changed: %v\n%s", err, lastLines(out, 3))
+}
+
+// writeAttestationKey writes an ECDSA P-256 key pair into dir, as openssl
+// would: name.key (PKCS #8, what attestations.keyFile takes) and name.pub
+// (PKIX, what cosign --key takes).
+func writeAttestationKey(t *testing.T, dir, name string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	os.WriteFile(filepath.Join(dir, name+".pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
 }
 
 // fetchAttestation reads the attestation manifest at path from regnorm,

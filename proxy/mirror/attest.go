@@ -146,8 +146,8 @@ func (r *Repository) madeReferrers(ctx context.Context, variant digest.Digest) (
 }
 
 // attestationByTag answers cosign's tag sha256-<hex>.att when hex names a
-// variant regnorm made (made): its attestation here, admitted as the
-// variant is. Any other such tag is the upstream's (made is false).
+// variant regnorm made and attested here (made): its attestation, admitted
+// as the variant is. Any other such tag is the upstream's (made is false).
 func (r *Repository) attestationByTag(ctx context.Context, tag string) (m Manifest, made bool, err error) {
 	sub := attestationTag.FindStringSubmatch(tag)
 	if sub == nil {
@@ -177,5 +177,8 @@ func (r *Repository) attestationByTag(ctx context.Context, tag string) (m Manife
 		}
 		return Manifest{Manifest: got, Source: "cache"}, true, nil
 	}
-	return Manifest{}, true, errcode.New(http.StatusNotFound, errcode.ManifestUnknown, "no attestation of "+variant.String()+" in this repository yet; pull the variant by tag", nil)
+	// None made here (the variant was never answered by tag in this
+	// repository): the tag is the upstream's, which has it only if someone
+	// pushed the variant's bytes there and attested them.
+	return Manifest{}, false, nil
 }
