@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -32,6 +33,10 @@ import (
 // bytes again. A record, once written, is not made again (a restart reads
 // it back), so an attestation keeps the version that first made it.
 
+// attestTimeout bounds making and storing one attestation (a few small
+// writes), which the answer of the variant waits for.
+const attestTimeout = 30 * time.Second
+
 // attestationTag is cosign's tag of a digest's classic attestations.
 var attestationTag = regexp.MustCompile(`^sha256-([a-f0-9]{64})\.att$`)
 
@@ -48,7 +53,9 @@ func (r *Repository) attest(ctx context.Context, orig cache.Manifest, n normaliz
 	if s.attested.Contains(key) {
 		return
 	}
-	ctx = context.WithoutCancel(ctx)
+	// Apart from the client's cancellation, and bounded: the client waits.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attestTimeout)
+	defer cancel()
 	if rec, err := s.store.GetReferrers(ctx, r.remote.Upstream(), r.remote.Name(), variant.Digest); err == nil && rec.Verified && len(rec.Manifests) > 0 {
 		s.attested.Add(key, struct{}{})
 		return
