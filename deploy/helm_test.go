@@ -2,6 +2,10 @@ package deploy_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -76,10 +80,11 @@ upstreams:
 credentials: {existingSecret: my-registry-credentials}
 cache: {persistence: {enabled: false}}
 config: {defaultUpstream: registry.example.com}`,
-	"TLS, client authentication, protected endpoints, checked nodes": `
+	"TLS, client authentication, protected endpoints, checked nodes, signed attestations": `
 service: {clusterIP: 10.96.100.50}
 tls: {secretName: regnorm-tls}
 auth: {htpasswdSecret: regnorm-htpasswd, tokensSecret: regnorm-tokens, protectMetrics: true, protectReport: true}
+attestations: {keySecret: regnorm-attestation-key}
 metrics:
   serviceMonitor:
     enabled: true
@@ -408,6 +413,16 @@ func (f *secretFiles) content(t *testing.T, ref string) []byte {
 			t.Fatal(err)
 		}
 		return []byte("node:" + string(hash) + "\n")
+	case base == "key.pem": // the attestation key
+		_, key, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	case filepath.Base(filepath.Dir(ref)) == "replicas": // the replicas' shared secret, at least 32 bytes
 		return []byte(strings.Repeat("replica-secret-", 4) + "\n")
 	default: // tokens, token, passwords
@@ -482,7 +497,7 @@ func TestChartDetails(t *testing.T) {
 		}
 	}
 
-	secure := render(t, chartCases["TLS, client authentication, protected endpoints, checked nodes"])
+	secure := render(t, chartCases["TLS, client authentication, protected endpoints, checked nodes, signed attestations"])
 	secureDep := find(t, secure, "Deployment")
 	containers, _, _ := unstructured.NestedSlice(secureDep.Object, "spec", "template", "spec", "containers")
 	if scheme, _, _ := unstructured.NestedString(containers[0].(map[string]any), "readinessProbe", "httpGet", "scheme"); scheme != "HTTPS" {

@@ -28,13 +28,18 @@ import (
 )
 
 // TestReplicasShareAnS3Cache: two regnorm processes on one bucket of a real
-// S3-compatible server act as one mirror, for containerd 1.6.8 and 2.3.4.
+// S3-compatible server act as one mirror, for containerd 1.6.8 and 2.3.4,
+// and attest each variant with the same bytes.
 func TestReplicasShareAnS3Cache(t *testing.T) {
 	registryURL, registry := startRegistry(t)
 	bucket := startS3Bucket(t)
 	cacheYAML := bucket.cacheYAML("regnorm")
 
 	img := pushXattrImage(t, registryURL, "library/both", "v1", legacyConfig)
+	// Both sign attestations with one key: ECDSA, deterministic.
+	keys := t.TempDir()
+	writeAttestationKey(t, keys, "regnorm")
+	cacheYAML += "attestations:\n  keyFile: " + filepath.Join(keys, "regnorm.key") + "\n"
 	a, _ := startRegnorm(t, registryURL, cacheYAML)
 	b, _ := startRegnorm(t, registryURL, cacheYAML)
 
@@ -113,9 +118,11 @@ func TestReplicasShareAnS3Cache(t *testing.T) {
 	if uploads != 0 {
 		t.Errorf("%d temporary objects left in the bucket", uploads)
 	}
-	// Original config and two layers, the repackaged layer and new config.
-	if blobs != 5 {
-		t.Fatalf("%d blobs in the bucket, want 5", blobs)
+	// Original config and two layers, the repackaged layer and new config,
+	// and each variant's attestation (its config and envelope): both
+	// replicas attested each variant, signed, and wrote the same bytes.
+	if blobs != 9 {
+		t.Fatalf("%d blobs in the bucket, want 9", blobs)
 	}
 }
 

@@ -112,7 +112,7 @@ func buildServer(tb testing.TB, p serverParts) built {
 		}
 	}
 	service = mirror.New(mirror.Options{Store: p.store, Fetches: fetches, Engine: engine, TagTTL: p.tagTTL, Clock: clock,
-		Metrics: metrics.Mirror(), Log: p.log, Replicas: peers})
+		Metrics: metrics.Mirror(), Log: p.log, Replicas: peers, Attest: p.attest, Made: p.store})
 	rules := p.rules
 	if rules == nil {
 		def := ruleset.DefaultPolicy()

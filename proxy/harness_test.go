@@ -25,6 +25,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
@@ -68,8 +69,11 @@ type harnessOptions struct {
 	// authFailures is AuthFailuresPerMinute.
 	authFailures int
 	forward      bool
-	retry        upstream.RetryPolicy
-	fetches      blobfetch.Limits
+	// attest, when set, makes the variants' attestations (cmd/proxy
+	// always sets one; the tests that look at them do).
+	attest  *attest.Maker
+	retry   upstream.RetryPolicy
+	fetches blobfetch.Limits
 	// clock, when set, replaces the system clock.
 	clock *fakeClock
 	// manualMaintenance: the test runs maintenance passes itself, with

@@ -455,8 +455,9 @@ func TestReferrersStale(t *testing.T) {
 }
 
 // TestReferrersOfAVariant: a variant regnorm made has no referrers
-// upstream; until its attestation (issue 25, part 2) it has none: an
-// empty index, asked of no upstream.
+// upstream: without attestations (this harness makes none unless asked;
+// TestVariantAttestation lists one) it has none, an empty index, asked of
+// no upstream.
 func TestReferrersOfAVariant(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{tagTTL: time.Hour})

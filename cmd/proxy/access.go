@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/replicas"
 )
 
@@ -178,6 +179,27 @@ func loadReplicaSecret(c ReplicasConfig) ([]byte, error) {
 		return nil, fmt.Errorf("config: replicas.secretFile: the secret is %d bytes, at least %d are needed", len(secret), replicas.MinSecretLength)
 	}
 	return []byte(secret), nil
+}
+
+// loadAttestationSigner reads the key that signs the variants'
+// attestations; nil (unsigned attestations) when none is configured.
+func loadAttestationSigner(c AttestationsConfig) (*attest.Signer, error) {
+	if c.KeyFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("config: attestations.keyFile: %w", err)
+	}
+	key, err := attest.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("config: attestations.keyFile %s: %w", c.KeyFile, err)
+	}
+	s, err := attest.NewSigner(key)
+	if err != nil {
+		return nil, fmt.Errorf("config: attestations.keyFile %s: %w", c.KeyFile, err)
+	}
+	return s, nil
 }
 
 // readSecret reads a password or token from a file, without its trailing

@@ -2,7 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"net"
 	"net/http"
@@ -142,5 +149,49 @@ func TestShortTokensAreRefused(t *testing.T) {
 				t.Errorf("the error does not name the field, file and line, or shows the token: %v", err)
 			}
 		})
+	}
+}
+
+// TestAttestationKey: attestations.keyFile loads an unencrypted PKCS #8
+// ed25519 or ECDSA P-256 key into a signer whose public key is the key's;
+// a missing file, a file that is no key, and a key of another kind are
+// errors that name the field; no key is no signer (unsigned attestations).
+func TestAttestationKey(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name string, key any) string {
+		t.Helper()
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+		return p
+	}
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	for name, tt := range map[string]struct {
+		path string
+		pub  crypto.PublicKey
+	}{"ed25519": {write("ed.pem", ed), ed.Public()}, "ecdsa": {write("ec.pem", ec), ec.Public()}} {
+		s, err := loadAttestationSigner(AttestationsConfig{KeyFile: tt.path})
+		if err != nil || s == nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !s.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(tt.pub) {
+			t.Errorf("%s: the signer's public key is not the file's", name)
+		}
+	}
+	garbage := filepath.Join(dir, "garbage.pem")
+	os.WriteFile(garbage, []byte("not a key\n"), 0o600)
+	for name, path := range map[string]string{"missing": filepath.Join(dir, "none.pem"), "garbage": garbage, "p384": write("p384.pem", p384)} {
+		if _, err := loadAttestationSigner(AttestationsConfig{KeyFile: path}); err == nil || !strings.Contains(err.Error(), "attestations.keyFile") {
+			t.Errorf("%s: %v, want an error naming attestations.keyFile", name, err)
+		}
+	}
+	if s, err := loadAttestationSigner(AttestationsConfig{}); s != nil || err != nil {
+		t.Errorf("no key: %v, %v", s, err)
 	}
 }

@@ -27,7 +27,7 @@ func checkConfig(cfg Config, getenv func(string) string, stdout io.Writer) error
 
 // checkResources loads everything the configuration refers to, as a start
 // would, without starting: the TLS pair, CA files, passwords, the htpasswd
-// and token files, the replicas' secret, the S3 keys, and the directories it writes to. With it,
+// and token files, the replicas' secret, the attestation key, the S3 keys, and the directories it writes to. With it,
 // --check-config's "valid" means regnorm will start.
 func checkResources(cfg Config, getenv func(string) string) error {
 	var errs []error
@@ -41,6 +41,9 @@ func checkResources(cfg Config, getenv func(string) string) error {
 		errs = append(errs, err)
 	}
 	if _, err := loadReplicaSecret(cfg.Replicas); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := loadAttestationSigner(cfg.Attestations); err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.TLS.CertFile != "" {

@@ -95,11 +95,23 @@ type Config struct {
 	// upstream download per blob, one fetch per manifest, one making of
 	// each variant. Off unless listen is set.
 	Replicas ReplicasConfig `yaml:"replicas"`
+	// Attestations configures the derivation attestations of the variants
+	// (docs/signatures.md).
+	Attestations AttestationsConfig `yaml:"attestations"`
 	// Upstreams are the registries this mirror serves. A list in the file
 	// replaces the default list whole.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
 	// CheckOnly (--check-config): validate, print the result, and exit.
 	CheckOnly bool `yaml:"-"`
+}
+
+// AttestationsConfig is how variants are attested. Every variant is
+// attested; without a key, unsigned.
+type AttestationsConfig struct {
+	// KeyFile is the PEM private key (PKCS #8 or SEC 1, unencrypted; ECDSA
+	// P-256 or ed25519) that signs the attestations; every replica needs
+	// the same one. Empty: attestations are made unsigned.
+	KeyFile string `yaml:"keyFile"`
 }
 
 // TLSConfig serves HTTPS. The files are read again when they change, so a

@@ -244,6 +244,7 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 		"replicas.listen":           "replicas.port",          // :port, the container's port replicas
 		"replicas.service":          "replicas.clusterDomain", // the chart's headless Service, in that domain
 		"replicas.secretFile":       "replicas.secret",        // a Secret's key, mounted
+		"attestations.keyFile":      "attestations.keySecret", // a Secret's key.pem, mounted
 	}
 	// Fields the chart deliberately leaves out, and why.
 	leftOut := map[string]string{

@@ -26,6 +26,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -60,10 +61,16 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 	if err != nil {
 		return err
 	}
+	signer, err := loadAttestationSigner(cfg.Attestations)
+	if err != nil {
+		return err
+	}
+	build := readBuildInfo()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		buildInfoMetric(readBuildInfo()))
-	mirror, err := wire(cfg, store, upstreams, clientAuth, reportTokens, replicaSecret, proxy.NewMetrics(reg), log)
+		buildInfoMetric(build))
+	attestations := &attest.Maker{Signer: signer, Version: build.Version}
+	mirror, err := wire(cfg, store, upstreams, clientAuth, reportTokens, replicaSecret, attestations, proxy.NewMetrics(reg), log)
 	if err != nil {
 		return err
 	}

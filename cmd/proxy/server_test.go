@@ -22,6 +22,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
@@ -77,7 +78,7 @@ func TestServerLetsNoClientHoldAConnection(t *testing.T) {
 	}))
 	t.Cleanup(slowUpstream.Close)
 	u, _ := url.Parse(slowUpstream.URL)
-	mirror, err := wire(cfg, cache.New(inmemory.New()), []upstream.Config{{Name: "docker.io", URL: u}}, nil, nil, nil,
+	mirror, err := wire(cfg, cache.New(inmemory.New()), []upstream.Config{{Name: "docker.io", URL: u}}, nil, nil, nil, &attest.Maker{},
 		proxy.NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

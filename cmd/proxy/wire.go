@@ -14,6 +14,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/cache/maintain"
 	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
@@ -44,7 +45,7 @@ type wired struct {
 // over both, the rewrite report and the fleet. It is the one place that
 // knows how the parts fit; each states what it needs of the others.
 func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAuth *proxy.ClientAuth,
-	reportTokens [][sha256.Size]byte, replicaSecret []byte, metrics *proxy.Metrics, log *slog.Logger) (*wired, error) {
+	reportTokens [][sha256.Size]byte, replicaSecret []byte, attestations *attest.Maker, metrics *proxy.Metrics, log *slog.Logger) (*wired, error) {
 	clock := proxy.SystemClock{}
 	var run []func(context.Context)
 
@@ -138,6 +139,8 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		Metrics:  metrics.Mirror(),
 		Log:      log,
 		Replicas: peers,
+		Attest:   attestations,
+		Made:     store,
 	})
 
 	rules := cfg.Normalize.policy()

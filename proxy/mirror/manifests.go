@@ -48,7 +48,8 @@ type Manifest struct {
 // the upstream has it: admitted (access.go), from the cache or the upstream.
 // A tag's record is revalidated once it is older than the tag TTL, and
 // served stale when the upstream cannot answer. accept is the media types
-// the client takes; none, any.
+// the client takes; none, any. cosign's tag sha256-<hex>.att of a variant
+// regnorm made is its attestation (attest.go).
 func (r *Repository) Manifest(ctx context.Context, ref string, accept []string) (Manifest, error) {
 	if strings.Contains(ref, ":") {
 		dgst, err := digest.Parse(ref)
@@ -59,6 +60,9 @@ func (r *Repository) Manifest(ctx context.Context, ref string, accept []string) 
 	}
 	if !anchoredTag.MatchString(ref) {
 		return Manifest{}, errcode.New(http.StatusBadRequest, errcode.TagInvalid, fmt.Sprintf("%q is not a tag", ref), nil)
+	}
+	if m, made, err := r.attestationByTag(ctx, ref); made {
+		return m, err
 	}
 	if err := r.admitTag(ctx, ref); err != nil {
 		return Manifest{}, err

@@ -81,10 +81,10 @@ func (r *Repository) referrers(ctx context.Context, subject digest.Digest) (Refe
 	if _, made, err := r.derivedRecord(ctx, object{dgst: subject}); err != nil {
 		return ReferrersList{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	} else if made {
-		// A variant regnorm made: the upstream knows nothing of it, and its
-		// referrers are regnorm's own. Part 2 of issue 25 fills this list
-		// with the variant's derivation attestation; until then it is empty.
-		return ReferrersList{Source: "cache"}, nil
+		// A variant regnorm made (or its attestation): the upstream knows
+		// nothing of it, and its referrers are regnorm's own, its
+		// derivation attestation (attest.go).
+		return r.madeReferrers(ctx, subject)
 	}
 	rec, err := s.store.GetReferrers(ctx, remote.Upstream(), remote.Name(), subject)
 	// A record of an upstream's unchecked claim is none.

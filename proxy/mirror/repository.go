@@ -13,6 +13,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/flight"
 	"github.com/regnorm/regnorm/internal/mediatype"
+	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/replicas"
@@ -33,6 +34,15 @@ type Store interface {
 	// (cache.Store.BlobSize).
 	BlobSize(ctx context.Context, dgst digest.Digest) (int64, error)
 	GetDerived(ctx context.Context, dgst digest.Digest) (cache.Derived, error)
+}
+
+// MadeStore is what attesting a variant writes beside it: records of what
+// regnorm made, and blobs kept from eviction (they cannot be made again on
+// a read), then written.
+type MadeStore interface {
+	PutDerived(ctx context.Context, d cache.Derived) error
+	Retain(ctx context.Context, dgst digest.Digest) error
+	NewBlob(ctx context.Context) (*cache.Ingest, error)
 }
 
 // Fetcher is the single-flight download of blobs (a *blobfetch.Fetcher).
@@ -87,6 +97,11 @@ type Options struct {
 	// Replicas are the other replicas of the cache, whose owners do work
 	// once for all (replicas.go); nil with one replica.
 	Replicas *replicas.Set
+	// Attest makes the variants' derivation attestations (attest.go),
+	// signed when it has a Signer; nil makes none.
+	Attest *attest.Maker
+	// Made is where attesting writes, with Attest (the Store's cache).
+	Made MadeStore
 }
 
 // What typing blobs may hold (see typeOf): the bytes read at once, sixteen
@@ -113,6 +128,9 @@ type Service struct {
 	// variantAsks are the variants asked of their owners, by owner,
 	// identity, original, rules and wait.
 	variantAsks flight.Group[struct{}]
+	attest      *attest.Maker
+	made        MadeStore
+	attested    *linkMemory // the variants known attested, by upstream, repository and digest
 	tagTTL      time.Duration
 	clock       Clock
 	metrics     Metrics
@@ -129,7 +147,11 @@ func New(opts Options) *Service {
 	if err != nil {
 		panic(err)
 	}
-	return &Service{store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
+	attested, err := lru.New[string, struct{}](1 << 14)
+	if err != nil {
+		panic(err)
+	}
+	return &Service{attest: opts.Attest, made: opts.Made, attested: attested, store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
 		typing: semaphore.NewWeighted(maxTypingBytes), types: types,
 		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log, replicas: opts.Replicas,
 		manifests: flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc}}

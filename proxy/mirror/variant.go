@@ -32,7 +32,19 @@ func engineError(err error) error {
 // 503 with Retry-After, the work goes on, and the next request gets its
 // result at once. Without one (warm), the caller waits as long as it takes,
 // and the work stops with ctx.
+//
+// A variant regnorm made is attested in the repository the first time it
+// is answered (attest.go), before the answer: a client that verifies the
+// variant next finds its attestation.
 func (r *Repository) Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error) {
+	n, err := r.variant(ctx, m, rules, wait)
+	if err == nil {
+		r.attest(ctx, m, n)
+	}
+	return n, err
+}
+
+func (r *Repository) variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error) {
 	s := r.s
 	start := s.clock.Now()
 	if err := r.variantByOwner(ctx, m, rules, wait); err != nil {
