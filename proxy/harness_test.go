@@ -95,6 +95,9 @@ type harnessOptions struct {
 	// premadeQueue turns pre-made variants on (proxy.Options.PremadeQueue),
 	// their work running beside the server.
 	premadeQueue int
+	// premadeByTest: the test runs the server's RunPremade itself, on a
+	// context it ends.
+	premadeByTest bool
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -144,7 +147,7 @@ func (h *harness) restart(t testing.TB) {
 	// the cache's directory is removed.
 	t.Cleanup(func() { waitFor(t, "downloads to end", func() bool { return downloadsIdle(t, promReg) }) })
 	h.srv, h.url, h.built = srv, ps.URL, b
-	if h.opts.premadeQueue > 0 {
+	if h.opts.premadeQueue > 0 && !h.opts.premadeByTest {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { srv.RunPremade(ctx); close(done) }()
