@@ -200,7 +200,8 @@ func New(opts Options) (*Server, error) {
 		Log:             opts.Logger,
 	}
 	if opts.PremadeQueue > 0 {
-		s.premade = premade.New(premade.Options{
+		var err error
+		s.premade, err = premade.New(premade.Options{
 			RuleSets: s.fleet.RuleSets,
 			Verdict:  s.mirror.Verdict,
 			Queue:    opts.PremadeQueue,
@@ -209,6 +210,9 @@ func New(opts Options) (*Server, error) {
 			Metrics:  opts.Metrics.Premade(),
 			Log:      opts.Logger,
 		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }

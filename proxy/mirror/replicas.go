@@ -213,8 +213,12 @@ func (r *Repository) variantByOwner(ctx context.Context, m cache.Manifest, rules
 		a.Digest, a.Rules, a.Wait = m.Digest, rules.Key(), wait
 		return struct{}{}, o.MakeVariant(ctx, a)
 	})
-	if err != nil && standing(err) {
+	switch {
+	case err != nil && standing(err):
 		return err
+	case ctx.Err() != nil:
+		// The caller stopped waiting: not a reason to start the work here.
+		return ctx.Err()
 	}
 	return nil
 }

@@ -238,11 +238,21 @@ func (e *Engine) normalize(ctx context.Context, src Source, m cache.Manifest, ru
 		}
 		// The verdict outlived its manifest: compute both again.
 	}
-	v, err, _ := e.normalizations.Do(m.Digest.String()+" "+key+" "+src.Identity(), func() (any, error) {
+	// The work is shared, and goes on when one caller stops waiting for it
+	// (within the engine's timeout): the caller does not wait past ctx.
+	ch := e.normalizations.DoChan(m.Digest.String()+" "+key+" "+src.Identity(), func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opts.Timeout)
 		defer cancel()
 		return e.compute(ctx, src, m, rules, depth)
 	})
+	var v any
+	var err error
+	select {
+	case r := <-ch:
+		v, err = r.Val, r.Err
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
 	if err != nil {
 		e.m.RewriteErrors.WithLabelValues("fetch").Inc()
 		e.m.Normalizations.WithLabelValues("error").Inc()

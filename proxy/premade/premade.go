@@ -115,6 +115,8 @@ type Maker struct {
 	pending map[string]bool // the images queued or being made, by identity and original
 	bytes   int64           // of the manifests queued
 	recall  *lru.Cache[string, time.Time]
+	sets    []ruleset.Set // the fleet's, as last walked
+	setsAt  time.Time
 }
 
 // job is one image whose variants the fleet needs.
@@ -126,7 +128,10 @@ type job struct {
 }
 
 // New builds a Maker.
-func New(opts Options) *Maker {
+func New(opts Options) (*Maker, error) {
+	if opts.RuleSets == nil || opts.Verdict == nil || opts.Budget <= 0 || opts.Log == nil {
+		return nil, errors.New("premade: the fleet's rule sets, verdicts, a budget and a logger are required")
+	}
 	if opts.Queue <= 0 {
 		opts.Queue = DefaultQueue
 	}
@@ -143,7 +148,7 @@ func New(opts Options) *Maker {
 	for _, r := range Results {
 		opts.Metrics.Variants.WithLabelValues(r)
 	}
-	return &Maker{opts: opts, jobs: make(chan job, opts.Queue), pending: map[string]bool{}, recall: recall}
+	return &Maker{opts: opts, jobs: make(chan job, opts.Queue), pending: map[string]bool{}, recall: recall}, nil
 }
 
 // Offer queues m, an original a client with rules was just answered for
@@ -194,6 +199,11 @@ func (p *Maker) Run(ctx context.Context) {
 					p.mu.Lock()
 					p.bytes -= int64(len(j.m.Content))
 					p.mu.Unlock()
+					if ctx.Err() != nil {
+						// select picks at random among the ready: a job
+						// taken as the context ended is left, as queued.
+						return
+					}
 					p.make(ctx, j)
 				}
 			}
@@ -211,7 +221,7 @@ func (p *Maker) make(ctx context.Context, j job) {
 		delete(p.pending, j.key)
 		p.mu.Unlock()
 	}()
-	sets, err := p.opts.RuleSets(ctx)
+	sets, err := p.ruleSets(ctx)
 	if err != nil {
 		// The nodes that pulled are known all the same.
 		p.opts.Log.Warn("listing the fleet's nodes for pre-made variants failed", "error", err)
@@ -241,6 +251,29 @@ func (p *Maker) make(ctx context.Context, j job) {
 			return
 		}
 	}
+}
+
+// ruleSetsFor is how long the fleet's rule sets are taken as they were:
+// a hot tag's pulls queue a job each, and the fleet's walk takes the lock
+// its pulls take.
+const ruleSetsFor = 10 * time.Second
+
+// ruleSets is the fleet's rule sets, walked at most every ruleSetsFor.
+func (p *Maker) ruleSets(ctx context.Context) ([]ruleset.Set, error) {
+	p.mu.Lock()
+	if now := p.opts.Now(); now.Sub(p.setsAt) < ruleSetsFor {
+		sets := p.sets
+		p.mu.Unlock()
+		return sets, nil
+	}
+	p.mu.Unlock()
+	sets, err := p.opts.RuleSets(ctx)
+	if err == nil {
+		p.mu.Lock()
+		p.sets, p.setsAt = sets, p.opts.Now()
+		p.mu.Unlock()
+	}
+	return sets, err
 }
 
 // makeOne makes j's variant for rules, as the client that pulled it would

@@ -64,13 +64,17 @@ func version(s string) ruleset.Set {
 
 func newMaker(queue int, sets ...ruleset.Set) (*Maker, Metrics) {
 	m := Metrics{Variants: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v"}, []string{"result"}), Queued: prometheus.NewGauge(prometheus.GaugeOpts{Name: "q"})}
-	return New(Options{
+	mk, err := New(Options{
 		RuleSets: func(context.Context) ([]ruleset.Set, error) { return sets, nil },
 		Verdict: func(context.Context, cache.Manifest, ruleset.Set) (cache.Normalization, bool) {
 			return cache.Normalization{}, false
 		},
 		Queue: queue, Budget: 10, Metrics: m, Log: slog.New(slog.DiscardHandler),
-	}), m
+	})
+	if err != nil {
+		panic(err)
+	}
+	return mk, m
 }
 
 // TestOfferIsBounded: an image already queued is not queued again; one
