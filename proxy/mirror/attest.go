@@ -34,26 +34,67 @@ import (
 // it back), so an attestation keeps the version that first made it.
 
 // attestTimeout bounds making and storing one attestation (a few small
-// writes), which the answer of the variant waits for.
+// writes); the answer of the variant waits for it within its client's
+// wait only.
 const attestTimeout = 30 * time.Second
 
 // attestationTag is cosign's tag of a digest's classic attestations.
 var attestationTag = regexp.MustCompile(`^sha256-([a-f0-9]{64})\.att$`)
 
-// attest makes and stores the attestation of n's variant of orig in the
-// repository, unless it has one. A failure is logged: the client has its
-// variant, and the next answer tries again.
-func (r *Repository) attest(ctx context.Context, orig cache.Manifest, n normalize.Result) {
+// attestFailedFor is how long a variant whose attestation failed is not
+// attested again in the repository: a cache that does not answer is not
+// asked again by every answer of the variant.
+const attestFailedFor = time.Minute
+
+// attestWithin has n's variant of orig attested in the repository, unless
+// it is; it waits at most left (0: as long as ctx allows) for that, and
+// the making goes on past it: once for the variant in the repository,
+// however many answer it at once.
+func (r *Repository) attestWithin(ctx context.Context, orig cache.Manifest, n normalize.Result, left time.Duration) {
 	s := r.s
 	if s.attest == nil || s.made == nil || !n.Changed() {
 		return
 	}
-	variant := n.Manifest
-	key := linkKey(r.remote.Upstream(), r.remote.Name(), variant.Digest)
+	key := linkKey(r.remote.Upstream(), r.remote.Name(), n.Manifest.Digest)
 	if s.attested.Contains(key) {
 		return
 	}
-	// Apart from the client's cancellation, and bounded: the client waits.
+	if failed, ok := s.attestFailures.Get(key); ok && s.clock.Now().Sub(failed) < attestFailedFor {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.attestings.Do(context.WithoutCancel(ctx), key, func(ctx context.Context) (struct{}, error) {
+			r.attest(ctx, key, orig, n)
+			return struct{}{}, nil
+		})
+	}()
+	var expired <-chan struct{}
+	if left > 0 {
+		c := make(chan struct{})
+		stop := s.clock.AfterFunc(left, func() { close(c) })
+		defer stop()
+		expired = c
+	}
+	select {
+	case <-done:
+	case <-expired:
+	case <-ctx.Done():
+	}
+}
+
+// attest makes and stores the attestation of n's variant of orig in the
+// repository (key), unless it has one. A failure is logged and remembered
+// for attestFailedFor: the client has its variant, and a later answer
+// tries again.
+func (r *Repository) attest(ctx context.Context, key string, orig cache.Manifest, n normalize.Result) {
+	s := r.s
+	variant := n.Manifest
+	if s.attested.Contains(key) {
+		return
+	}
+	// Apart from every client's cancellation, and bounded.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attestTimeout)
 	defer cancel()
 	if rec, err := s.store.GetReferrers(ctx, r.remote.Upstream(), r.remote.Name(), variant.Digest); err == nil && rec.Verified && len(rec.Manifests) > 0 {
@@ -70,6 +111,7 @@ func (r *Repository) attest(ctx context.Context, orig cache.Manifest, n normaliz
 		err = s.store.PutReferrers(ctx, r.remote.Upstream(), r.remote.Name(), rec)
 	}
 	if err != nil {
+		s.attestFailures.Add(key, s.clock.Now())
 		s.log.Error("attesting a variant failed", "upstream", r.remote.Upstream(), "repo", r.remote.Name(), "variant", variant.Digest, "error", err)
 		return
 	}
@@ -167,9 +209,10 @@ func (r *Repository) attestationByTag(ctx context.Context, tag string) (m Manife
 	} else if !made {
 		return Manifest{}, false, nil
 	}
-	if err := r.admit(ctx, o); err != nil {
-		return Manifest{}, true, err
-	}
+	// This repository's own record says whether regnorm attested the
+	// variant here (it is keyed by repository: it tells nothing of
+	// others); only then is the tag regnorm's, and the client admitted
+	// for it as for the variant.
 	list, err := r.madeReferrers(ctx, variant)
 	if err != nil {
 		return Manifest{}, true, err
@@ -177,6 +220,9 @@ func (r *Repository) attestationByTag(ctx context.Context, tag string) (m Manife
 	for _, d := range list.Manifests {
 		if d.ArtifactType != attest.MediaTypeEnvelope {
 			continue
+		}
+		if err := r.admit(ctx, o); err != nil {
+			return Manifest{}, true, err
 		}
 		got, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), d.Digest)
 		if err != nil {

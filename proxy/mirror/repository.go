@@ -131,10 +131,14 @@ type Service struct {
 	attest      *attest.Maker
 	made        MadeStore
 	attested    *linkMemory // the variants known attested, by upstream, repository and digest
-	tagTTL      time.Duration
-	clock       Clock
-	metrics     Metrics
-	log         *slog.Logger
+	// attestFailures are the variants whose attestation failed lately,
+	// by the same key, and when; attestings those being made.
+	attestFailures *lru.Cache[string, time.Time]
+	attestings     flight.Group[struct{}]
+	tagTTL         time.Duration
+	clock          Clock
+	metrics        Metrics
+	log            *slog.Logger
 }
 
 // New is a Service with opts.
@@ -147,11 +151,15 @@ func New(opts Options) *Service {
 	if err != nil {
 		panic(err)
 	}
+	attestFailures, err := lru.New[string, time.Time](1 << 12)
+	if err != nil {
+		panic(err)
+	}
 	attested, err := lru.New[string, struct{}](1 << 14)
 	if err != nil {
 		panic(err)
 	}
-	return &Service{attest: opts.Attest, made: opts.Made, attested: attested, store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
+	return &Service{attest: opts.Attest, made: opts.Made, attested: attested, attestFailures: attestFailures, store: opts.Store, fetches: opts.Fetches, engine: opts.Engine, links: links, tagTTL: opts.TagTTL,
 		typing: semaphore.NewWeighted(maxTypingBytes), types: types,
 		clock: opts.Clock, metrics: opts.Metrics, log: opts.Log, replicas: opts.Replicas,
 		manifests: flight.Group[any]{Grace: manifestFetchGrace, AfterFunc: opts.Clock.AfterFunc}}

@@ -34,12 +34,19 @@ func engineError(err error) error {
 // and the work stops with ctx.
 //
 // A variant regnorm made is attested in the repository the first time it
-// is answered (attest.go), before the answer: a client that verifies the
-// variant next finds its attestation.
+// is answered (attest.go): the answer waits for that within what is left
+// of its wait (a few milliseconds, usually), so a client that verifies the
+// variant next finds its attestation; past it, the attestation is made in
+// the background.
 func (r *Repository) Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error) {
+	start := r.s.clock.Now()
 	n, err := r.variant(ctx, m, rules, wait)
 	if err == nil {
-		r.attest(ctx, m, n)
+		left := time.Duration(0) // no wait: as long as ctx allows
+		if wait > 0 {
+			left = max(wait-r.s.clock.Now().Sub(start), 0)
+		}
+		r.attestWithin(ctx, m, n, left)
 	}
 	return n, err
 }
