@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 
@@ -34,7 +35,24 @@ type Signer struct {
 // and ed25519 keys sign: both make the same signature of the same bytes
 // every time (NewSigner).
 func ParsePrivateKey(pemBytes []byte) (crypto.PrivateKey, error) {
-	key, err := cryptoutils.UnmarshalPEMToPrivateKey(pemBytes, cryptoutils.SkipPassword)
+	// What openssl writes around a key: an EC PARAMETERS block before it
+	// (ecparam -genkey) is skipped; an encrypted key is named as such.
+	rest := pemBytes
+	for {
+		block, next := pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		switch {
+		case block.Type == "EC PARAMETERS":
+			rest = next
+			continue
+		case block.Type == "ENCRYPTED PRIVATE KEY" || block.Headers["Proc-Type"] == "4,ENCRYPTED":
+			return nil, errors.New("parse the attestation key: it is encrypted, and regnorm reads no password: decrypt it (openssl pkey -in key.pem -out plain.pem)")
+		}
+		break
+	}
+	key, err := cryptoutils.UnmarshalPEMToPrivateKey(rest, cryptoutils.SkipPassword)
 	if err != nil {
 		return nil, fmt.Errorf("parse the attestation key: %w", err)
 	}

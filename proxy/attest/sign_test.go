@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"strings"
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -169,6 +170,21 @@ func TestSignerRefusesKeys(t *testing.T) {
 	}
 	if _, err := attest.ParsePrivateKey([]byte("not a key")); err == nil {
 		t.Error("garbage parsed as a key")
+	}
+	// What openssl writes: an encrypted key is named as such; an EC
+	// PARAMETERS block before a SEC 1 key (ecparam -genkey) is skipped.
+	encrypted := pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{1, 2, 3}})
+	if _, err := attest.ParsePrivateKey(encrypted); err == nil || !strings.Contains(err.Error(), "encrypted") {
+		t.Errorf("an encrypted key: %v, want an error saying it is encrypted", err)
+	}
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sec1, _ := x509.MarshalECPrivateKey(ec)
+	withParams := append(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: []byte{6, 8, 42, 134, 72, 206, 61, 3, 1, 7}}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1})...)
+	if key, err := attest.ParsePrivateKey(withParams); err != nil {
+		t.Errorf("openssl ecparam -genkey's output: %v", err)
+	} else if _, err := attest.NewSigner(key); err != nil {
+		t.Errorf("openssl ecparam -genkey's key does not sign: %v", err)
 	}
 }
 
