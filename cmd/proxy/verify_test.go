@@ -163,11 +163,13 @@ func (f *verifyFixture) pushAttestation(t *testing.T, d attest.Derivation, under
 }
 
 // TestVerify: regnorm verify passes a variant regnorm made and attested,
-// re-deriving it from the upstream in memory; it refuses a wrong key, no
-// key, a variant without an attestation, and a signed attestation whose
-// predicate names another original than the one trusted (2), and says the
-// bytes differ for a predicate whose original or rules do not make the
-// variant (3).
+// re-deriving it from the upstream in memory, read from regnorm or from a
+// copy elsewhere; it refuses (2) a wrong key, a variant without an
+// attestation, a predicate naming another original than --original, one
+// listing other changes, one naming an original its upstream lacks, and an
+// attestation of another digest under the asked digest's tag; it refuses
+// to run without a key unless told (1); and it says the bytes differ (3)
+// for a predicate whose original or rules do not make the variant.
 func TestVerify(t *testing.T) {
 	t.Parallel()
 	f := newVerifyFixture(t)
@@ -253,6 +255,18 @@ func TestVerify(t *testing.T) {
 		holder := f.pushAttestation(t, other)
 		out, code := f.verify(t, "--key", f.key, "--plain-http", "--upstream", up, holder+"/library/app@"+f.variant.String())
 		if code != exitInvalid || !strings.Contains(out, "changes      FAIL") {
+			t.Fatalf("status %d, want %d\n%s", code, exitInvalid, out)
+		}
+	})
+	t.Run("original gone", func(t *testing.T) {
+		t.Parallel()
+		// Signed, but naming an original its upstream does not have (never
+		// had, or deleted since).
+		other := claims
+		other.Original.Digest = digest.FromString("gone")
+		holder := f.pushAttestation(t, other)
+		out, code := f.verify(t, "--key", f.key, "--plain-http", "--upstream", up, holder+"/library/app@"+f.variant.String())
+		if code != exitInvalid || !strings.Contains(out, "original     FAIL docker.io/library/app@"+other.Original.Digest.String()+": not in its upstream") {
 			t.Fatalf("status %d, want %d\n%s", code, exitInvalid, out)
 		}
 	})

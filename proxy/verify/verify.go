@@ -209,18 +209,24 @@ func Verify(ctx context.Context, opts Options, variant digest.Digest) (Report, e
 	if err != nil {
 		return rep, err
 	}
-	got, err := rederive(ctx, opts, origin.Repository(p.Repository), p.Original.Digest, rules)
+	repo := newRederiver(opts, origin.Repository(p.Repository))
+	orig, err := repo.Manifest(ctx, p.Original.Digest.String(), nil)
 	var e *errcode.Error
 	switch {
 	case errors.As(err, &e) && e.Status == http.StatusNotFound:
 		return rep.invalid("original", "%s/%s@%s: not in its upstream (%s): %v", p.Upstream, p.Repository, p.Original.Digest, origin.Endpoint(), err), nil
 	case err != nil:
-		return rep, fmt.Errorf("derive the variant again: %w", err)
-	}
-	if got.original.MediaType != p.Original.MediaType {
-		return rep.invalid("original", "%s is a %s, the predicate says %s", p.Original.Digest, got.original.MediaType, p.Original.MediaType), nil
+		return rep, fmt.Errorf("fetch the original: %w", err)
+	case orig.MediaType != p.Original.MediaType:
+		return rep.invalid("original", "%s is a %s, the predicate says %s", p.Original.Digest, orig.MediaType, p.Original.MediaType), nil
 	}
 	rep.add("original", OK, fmt.Sprintf("fetched from %s, digest verified", origin.Endpoint()))
+
+	n, err := repo.Variant(ctx, orig.Manifest, rules, 0)
+	if err != nil {
+		return rep, fmt.Errorf("derive the variant again: %w", err)
+	}
+	got := derived{original: orig.Manifest, variant: n}
 
 	rep.Rederived = got.variant.Manifest.Digest
 	if got.variant.Verdict.Rules != p.Rules {
@@ -385,12 +391,11 @@ type derived struct {
 	variant  normalize.Result
 }
 
-// rederive fetches the original from its upstream and makes its variant
-// under rules, as the mirror does, over a cache of its own in memory: the
-// repository service reads and verifies every byte (proxy/mirror), the
-// rule engine makes the variant (proxy/normalize). Nothing of a mirror's
-// cache is read.
-func rederive(ctx context.Context, opts Options, remote *upstream.Repository, original digest.Digest, rules ruleset.Set) (derived, error) {
+// newRederiver is the repository remote as the mirror reads it, over a
+// cache of its own in memory: the repository service reads and verifies
+// every byte (proxy/mirror), and its Variant has the rule engine
+// (proxy/normalize) make the variant. Nothing of a mirror's cache is read.
+func newRederiver(opts Options, remote *upstream.Repository) *mirror.Repository {
 	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -406,16 +411,7 @@ func rederive(ctx context.Context, opts Options, remote *upstream.Repository, or
 		Platforms: opts.Platforms,
 	})
 	svc = mirror.New(mirror.Options{Store: store, Fetches: fetches, Engine: engine, Clock: clock{}, Metrics: opts.Metrics.Mirror, Log: log})
-	repo := svc.Repository(remote)
-	m, err := repo.Manifest(ctx, original.String(), nil)
-	if err != nil {
-		return derived{}, err
-	}
-	n, err := repo.Variant(ctx, m.Manifest, rules, 0)
-	if err != nil {
-		return derived{}, err
-	}
-	return derived{original: m.Manifest, variant: n}, nil
+	return svc.Repository(remote)
 }
 
 type noReports struct{}
