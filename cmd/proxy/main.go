@@ -24,17 +24,24 @@ func main() {
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "regnorm:", err)
+		var e *exitError
+		if errors.As(err, &e) {
+			os.Exit(e.code)
+		}
 		os.Exit(1)
 	}
 }
 
 // run is regnorm: it hands args to the program they name and returns its
-// error, which main prints before it exits 1.
+// error, which main prints before it exits 1 (or the status of an
+// exitError: regnorm verify's).
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
 		case "warm":
 			return runWarm(ctx, args[1:], getenv, stdout, stderr)
+		case "verify":
+			return runVerify(ctx, args[1:], getenv, stdout, stderr)
 		case "node-config":
 			return runNodeConfig(ctx, args[1:], getenv, stdout, stderr)
 		case "help":
@@ -74,8 +81,10 @@ Usage:
   regnorm warm [flags] IMAGE...          normalize images ahead of time on a running regnorm
   regnorm node-config [flags] [REGISTRY=SERVER...]
                                          point this node's containerd at regnorm (the chart's DaemonSet)
+  regnorm verify [flags] REGISTRY/REPO@DIGEST
+                                         check a variant's attestation and derive it again from its original
 
-Run "regnorm warm --help" or "regnorm node-config --help" for theirs.
+Run "regnorm warm --help", "regnorm node-config --help" or "regnorm verify --help" for theirs.
 
 Flags:
 `)

@@ -18,7 +18,9 @@ const MediaTypeEnvelope = "application/vnd.dsse.envelope.v1+json"
 // verify-attestation reads the envelope from the layer, and its --type
 // from the statement; the annotation names the type for tools that list.
 const (
-	annotationPredicateType = "predicateType"
+	// AnnotationPredicateType names the predicate type on the envelope
+	// layer.
+	AnnotationPredicateType = "predicateType"
 	annotationSignature     = "dev.cosignproject.cosign/signature"
 )
 
@@ -84,7 +86,7 @@ func (m *Maker) Make(ctx context.Context, d Derivation, subject ocispec.Descript
 		ArtifactType: MediaTypeEnvelope,
 		Config:       ocispec.Descriptor{MediaType: MediaTypeConfig, Digest: a.ConfigDigest, Size: int64(len(a.Config))},
 		Layers: []ocispec.Descriptor{{MediaType: MediaTypeEnvelope, Digest: a.EnvelopeDigest, Size: int64(len(env)),
-			Annotations: map[string]string{annotationPredicateType: PredicateType, annotationSignature: ""}}},
+			Annotations: map[string]string{AnnotationPredicateType: PredicateType, annotationSignature: ""}}},
 		Subject: &subj,
 	}
 	if a.Manifest, err = json.Marshal(manifest); err != nil {

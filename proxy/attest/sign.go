@@ -159,3 +159,37 @@ func Verify(ctx context.Context, envelope []byte, public crypto.PublicKey) ([]by
 	}
 	return bytes.Clone(payload), nil
 }
+
+// Payload is the statement in envelope, a DSSE envelope of an in-toto
+// statement, its signatures not checked: what an attestation says, not
+// who said it (Verify checks that).
+func Payload(envelope []byte) ([]byte, error) {
+	var env ssldsse.Envelope
+	if err := json.Unmarshal(envelope, &env); err != nil {
+		return nil, fmt.Errorf("decode the envelope: %w", err)
+	}
+	if env.PayloadType != PayloadType {
+		return nil, fmt.Errorf("payload type %q, want %q", env.PayloadType, PayloadType)
+	}
+	return env.DecodeB64Payload()
+}
+
+// ParsePublicKey is the public key in a PEM file (PKIX, as openssl pkey
+// -pubout and cosign write it) that verifies attestations: ECDSA P-256 or
+// ed25519.
+func ParsePublicKey(pemBytes []byte) (crypto.PublicKey, error) {
+	key, err := cryptoutils.UnmarshalPEMToPublicKey(pemBytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse the public key: %w", err)
+	}
+	switch k := key.(type) {
+	case ed25519.PublicKey:
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("an ECDSA key on %s: attestations are signed with P-256", k.Curve.Params().Name)
+		}
+	default:
+		return nil, fmt.Errorf("a %T key: attestations are signed with ECDSA P-256 or ed25519 keys", key)
+	}
+	return key, nil
+}

@@ -236,3 +236,53 @@ func TestArtifact(t *testing.T) {
 		t.Error("made an attestation whose subject is not the variant")
 	}
 }
+
+// TestPublicKeyAndPayload: a public key as openssl pkey -pubout writes it
+// (PKIX PEM) verifies its private key's envelopes; one of another curve or
+// algorithm, or a file that is no key, is refused; Payload reads the
+// statement of a signed or unsigned envelope without checking, and refuses
+// another payload type.
+func TestPublicKeyAndPayload(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pubPEM := func(key crypto.PrivateKey) []byte {
+		der, err := x509.MarshalPKIXPublicKey(key.(crypto.Signer).Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	}
+	st, _ := attest.NewStatement(derivation())
+	for name, key := range keys(t) {
+		pub, err := attest.ParsePublicKey(pubPEM(key))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		env, err := signer(t, key).Envelope(ctx, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := attest.Verify(ctx, env, pub); err != nil || !bytes.Equal(got, st) {
+			t.Errorf("%s: verify with the parsed public key: %v", name, err)
+		}
+		if got, err := attest.Payload(env); err != nil || !bytes.Equal(got, st) {
+			t.Errorf("%s: payload %s, %v", name, got, err)
+		}
+	}
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	for name, b := range map[string][]byte{"p384": pubPEM(p384), "rsa": pubPEM(rsaKey), "not a key": []byte("hello")} {
+		if _, err := attest.ParsePublicKey(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	var none *attest.Signer
+	env, _ := none.Envelope(ctx, st)
+	if got, err := attest.Payload(env); err != nil || !bytes.Equal(got, st) {
+		t.Errorf("unsigned: payload %s, %v", got, err)
+	}
+	other := bytes.Replace(env, []byte(attest.PayloadType), []byte("text/plain"), 1)
+	if _, err := attest.Payload(other); err == nil {
+		t.Error("Payload read another payload type")
+	}
+}

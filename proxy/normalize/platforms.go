@@ -53,6 +53,11 @@ func ParsePlatforms(names []string) (Platforms, error) {
 	return p, nil
 }
 
+// Key names the platforms in a verdict key, as the rules of a derivation
+// attestation of an index end with (proxy/attest): "platforms-" and a hash
+// of their canonical list.
+func (p Platforms) Key() string { return p.key() }
+
 // key names the platforms in a verdict key: "platforms-" and a hash of
 // their canonical list.
 func (p Platforms) key() string {
