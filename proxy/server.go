@@ -192,6 +192,7 @@ func New(opts Options) (*Server, error) {
 	s.readiness = &operator.Readiness{
 		Images: s.pulledImages,
 		Check:  s.mirror.Readiness,
+		Cached: s.mirror.ManifestCached,
 		Rules:  s.rules,
 		Now:    opts.Clock.Now,
 	}

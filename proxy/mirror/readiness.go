@@ -65,13 +65,23 @@ func (s *Service) Readiness(ctx context.Context, upstream, repo string, dgst dig
 		return res, nil
 	}
 	res.Variant = n.Normalized
-	switch _, err := s.store.GetManifest(ctx, upstream, repo, n.Normalized); {
-	case err == nil:
-		res.State = Ready
-	case errors.Is(err, cache.ErrNotFound):
-		res.State = NotReady
-	default:
+	cached, err := s.ManifestCached(ctx, upstream, repo, n.Normalized)
+	if err != nil {
 		return Readiness{}, fmt.Errorf("readiness of %s/%s@%s: %w", upstream, repo, dgst, err)
 	}
+	res.State = NotReady
+	if cached {
+		res.State = Ready
+	}
 	return res, nil
+}
+
+// ManifestCached reports whether upstream/repo@dgst is in the cache (and
+// reads whole and verified): a variant that is, is served at once.
+func (s *Service) ManifestCached(ctx context.Context, upstream, repo string, dgst digest.Digest) (bool, error) {
+	_, err := s.store.GetManifest(ctx, upstream, repo, dgst)
+	if errors.Is(err, cache.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
@@ -70,7 +71,7 @@ const (
 	// lists.
 	readinessPageSize = 200
 	// readinessChecks is how many images are looked up at once.
-	readinessChecks = 8
+	readinessChecks = 16
 	// maxReadinessSets is how many rule sets' answers are kept for
 	// recent.TTL.
 	maxReadinessSets = 16
@@ -86,12 +87,23 @@ type Readiness struct {
 	// Check says what rules make of one image, as the cache records it
 	// (mirror.Service.Readiness).
 	Check func(ctx context.Context, upstream, repo string, dgst digest.Digest, rules ruleset.Set) (mirror.Readiness, error)
-	Rules ruleset.Policy
-	Now   func() time.Time
+	// Cached says whether a variant's manifest is in the cache
+	// (mirror.Service.ManifestCached).
+	Cached func(ctx context.Context, upstream, repo string, dgst digest.Digest) (bool, error)
+	Rules  ruleset.Policy
+	Now    func() time.Time
 
 	mu     sync.Mutex
 	recent map[ruleset.Set]*recent.Listing[readinessList]
+	// settled are the images found ready or clean, by rule set and image:
+	// a recorded verdict stays, so only a ready one's variant is looked
+	// for again (unknown and not-ready ones are looked up whole, every
+	// time).
+	settled *lru.Cache[string, mirror.Readiness]
 }
+
+// maxSettled bounds the settled images remembered, all rule sets together.
+const maxSettled = 1 << 15
 
 type readinessList struct {
 	images []ImageReadiness
@@ -128,6 +140,7 @@ func (s *Readiness) list(ctx context.Context, rules ruleset.Set) (readinessList,
 	s.mu.Lock()
 	if s.recent == nil {
 		s.recent = map[ruleset.Set]*recent.Listing[readinessList]{}
+		s.settled, _ = lru.New[string, mirror.Readiness](maxSettled)
 	}
 	l, ok := s.recent[rules]
 	if !ok {
@@ -150,9 +163,27 @@ func (s *Readiness) compute(ctx context.Context, rules ruleset.Set) (readinessLi
 	g.SetLimit(readinessChecks)
 	for i, img := range images {
 		g.Go(func() error {
-			res, err := s.Check(gctx, img.Upstream, img.Repository, img.Original, rules)
-			if err != nil {
-				return err
+			key := rules.Key() + " " + img.Upstream + "/" + img.Repository + "@" + img.Original.String()
+			res, ok := s.settled.Get(key)
+			if ok && res.State == mirror.Ready {
+				// Its verdict stays; its variant is looked for again.
+				cached, err := s.Cached(gctx, img.Upstream, img.Repository, res.Variant)
+				if err != nil {
+					return err
+				}
+				if !cached {
+					s.settled.Remove(key)
+					res.State = mirror.NotReady
+				}
+			}
+			if !ok {
+				var err error
+				if res, err = s.Check(gctx, img.Upstream, img.Repository, img.Original, rules); err != nil {
+					return err
+				}
+				if res.State == mirror.Ready || res.State == mirror.Clean {
+					s.settled.Add(key, res)
+				}
 			}
 			applies := "none"
 			if !res.Rules.Empty() {
