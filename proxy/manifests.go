@@ -49,6 +49,8 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 			// who got it as it is, looked up beside the answer.
 			s.reports.ServedOriginal(ctx, answer(req, orig.Manifest, client), s.rules.Enabled, s.mirror.Verdict)
 		}
+		// Upgrade readiness lists it, whoever it is clean for.
+		s.reports.Pulled(answer(req, orig.Manifest, client), s.rules.Enabled)
 		m = n.Manifest
 		if s.premade != nil {
 			// The fleet's other versions will ask for this tag too.

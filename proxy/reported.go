@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/operator"
 	"github.com/regnorm/regnorm/proxy/rewrites"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -36,4 +37,18 @@ func (s *Server) noteDigestPull(ctx context.Context, req distRequest, m cache.Ma
 		"upstream", req.repo.Upstream(), "repo", req.repo.Name(), "digest", m.Digest, "normalized", n.Normalized)
 	logAttrs(ctx, slog.Bool("unnormalized", true), slog.String("normalized", n.Normalized.String()))
 	return true
+}
+
+// pulledImages are the images regnorm answered that the report may show,
+// as upgrade readiness lists them (rewrites.Report.Originals).
+func (s *Server) pulledImages(ctx context.Context) ([]operator.PulledImage, int, error) {
+	originals, hidden, err := s.reports.Originals(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]operator.PulledImage, len(originals))
+	for i, o := range originals {
+		out[i] = operator.PulledImage{Upstream: o.Upstream, Repository: o.Repository, Original: o.Digest, Tags: o.Tags}
+	}
+	return out, hidden, nil
 }

@@ -146,6 +146,7 @@ func (s *Server) routes(metricsHandler http.Handler) http.Handler {
 	r.Handle(name+"/referrers/{digest:"+digestPattern+"}", s.handle(routeReferrers, s.protect(api, s.serveReferrers))).Methods(read...)
 	r.Handle(name+"/blobs/uploads/{rest:.*}", s.handle(routeUpload, s.readOnly))
 	r.Handle("/api/v1/rewrites", s.handle(routeReport, s.protect(report, s.status.ServeReport))).Methods(read...)
+	r.Handle("/api/v1/readiness", s.handle(routeReport, s.protect(report, s.readiness.ServeReadiness))).Methods(read...)
 	r.Handle("/status", s.handle(routeStatus, s.protect(report, s.status.Serve))).Methods(read...)
 	r.Handle("/", http.RedirectHandler("/status", http.StatusFound)).Methods(read...)
 	r.Handle("/api/v1/warm", s.handle(routeWarm, s.protect(api, s.warm.Serve))).Methods(http.MethodPost)

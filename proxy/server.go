@@ -102,7 +102,8 @@ type Server struct {
 	patientDeadline time.Duration
 	status          *operator.Status // the status page and the rewrite report
 	warm            *operator.Warm
-	premade         *premade.Maker // nil when off
+	readiness       *operator.Readiness // upgrade readiness, its API and the status page's section
+	premade         *premade.Maker      // nil when off
 	clientAuth      *clientAuth
 	reportAttempts  *attemptLimiter // failed node report tokens by address
 	reportTokens    [][sha256.Size]byte
@@ -122,7 +123,7 @@ const upstreamBudget = 512
 // warmBudget is how many upstream requests one warm request may cause, all
 // its images together: a few cold images' worth (each image at most
 // upstreamBudget, as a pull), so one POST cannot make regnorm send up to
-// maxWarmImages × upstreamBudget.
+// MaxWarmImages × upstreamBudget.
 const warmBudget = 4 * upstreamBudget
 
 // New checks opts and builds a Server.
@@ -188,6 +189,14 @@ func New(opts Options) (*Server, error) {
 	for name, up := range s.upstreams {
 		s.status.Upstreams[name] = up
 	}
+	s.readiness = &operator.Readiness{
+		Images: s.pulledImages,
+		Check:  s.mirror.Readiness,
+		Cached: s.mirror.ManifestCached,
+		Rules:  s.rules,
+		Now:    opts.Clock.Now,
+	}
+	s.status.Readiness = s.readiness
 	s.warm = &operator.Warm{
 		Repository:      s.repositoryFor,
 		IsUpstream:      func(name string) bool { return s.upstreams[name] != nil },
@@ -196,6 +205,7 @@ func New(opts Options) (*Server, error) {
 		Budget:          warmBudget,
 		ImageBudget:     upstreamBudget,
 		ReadJSON:        readJSON,
+		Warmed:          s.readiness.Forget,
 		Note:            logAttrs,
 		Log:             opts.Logger,
 	}

@@ -599,8 +599,8 @@ func TestJoinNeverInheritsAnotherClientsRefusal(t *testing.T) {
 
 // TestWarmIsAdmittedLikeAPull: warm asks the upstream about its caller as a
 // pull would; with forwarded credentials an anonymous caller learns nothing
-// of a private image another client cached, and the report does not list
-// the forwarding upstream's entries to anyone.
+// of a private image another client cached, and the report (and upgrade
+// readiness) does not list the forwarding upstream's entries to anyone.
 func TestWarmIsAdmittedLikeAPull(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{
@@ -622,14 +622,18 @@ func TestWarmIsAdmittedLikeAPull(t *testing.T) {
 		}
 	}
 	body := string(h.do(t, http.MethodGet, "/api/v1/rewrites", nil).body)
-	status := string(h.do(t, http.MethodGet, "/status", nil).body)
+	status := string(h.do(t, http.MethodGet, "/status?containerd=1.6.8", nil).body)
+	readiness := string(h.do(t, http.MethodGet, "/api/v1/readiness?containerd=1.6.8", nil).body)
 	for _, secret := range []string{"team/private", normalized.String(), img.ManifestDigest.String(), "crypto-policies"} {
-		if strings.Contains(body, secret) || strings.Contains(status, secret) {
-			t.Errorf("the report shows %q of an upstream that forwards credentials", secret)
+		if strings.Contains(body, secret) || strings.Contains(status, secret) || strings.Contains(readiness, secret) {
+			t.Errorf("the report, the status page or readiness shows %q of an upstream that forwards credentials", secret)
 		}
 	}
 	if !strings.Contains(body, `"hidden": 1`) {
 		t.Errorf("the report does not say an entry is hidden: %s", body)
+	}
+	if !strings.Contains(readiness, `"hidden": 1`) || !strings.Contains(readiness, `"total": 0`) {
+		t.Errorf("readiness does not say an image is hidden: %s", readiness)
 	}
 }
 

@@ -131,8 +131,9 @@ type AuthConfig struct {
 	TokensFile string `yaml:"tokensFile"`
 	// ProtectMetrics puts /metrics behind authentication too.
 	ProtectMetrics bool `yaml:"protectMetrics"`
-	// ProtectReport puts /status and /api/v1/rewrites behind authentication
-	// too: they name the images pulled.
+	// ProtectReport puts /status, /api/v1/rewrites, /api/v1/readiness and
+	// GET /api/v1/nodes behind authentication too: they name the images
+	// pulled and the nodes.
 	ProtectReport bool `yaml:"protectReport"`
 	// FailuresPerMinute bounds the failed authentication attempts of one
 	// client address, counted apart for bcrypt comparisons, wrong client

@@ -26,13 +26,20 @@ func runWarm(ctx context.Context, args []string, getenv func(string) string, std
 	username := fs.String("username", getenv("REGNORM_USERNAME"), "user for Basic auth (auth.htpasswdFile, or forwarded upstream) (env REGNORM_USERNAME)")
 	passwordFile := fs.String("password-file", getenv("REGNORM_PASSWORD_FILE"), "file holding the password for --username; or env REGNORM_PASSWORD")
 	clients := fs.String("clients", getenv("REGNORM_WARM_CLIENTS"), "containerd versions of your nodes, comma-separated (1.6.8,2.3.4): warm the variant each gets (env REGNORM_WARM_CLIENTS)")
+	notReady := fs.Bool("not-ready", false, "warm, besides any IMAGE, every image regnorm served whose variant for a --clients version is not ready (/api/v1/readiness): before an upgrade")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: regnorm warm [flags] IMAGE...
+       regnorm warm --clients VERSION,... --not-ready [IMAGE...]
 
 Asks the regnorm at --server to normalize each IMAGE (docker.io/library/redis:2.8.23,
 quay.io/org/app@sha256:..., or a name without a registry, which is on the
 default upstream) and waits until it has, for a client that names no
 containerd version or, with --clients, for each containerd version named.
+With --not-ready, the images are also those regnorm served whose variant
+for a --clients version is not ready (GET /api/v1/readiness?containerd=2.1
+lists them: not-ready or unknown), by their original digest: run it before
+moving nodes to that version (--clients 2.1). They are asked for 1000 at a
+time.
 Prints one line an image (with --clients, one line a variant, its clients
 first):
   IMAGE<TAB>clean DIGEST
@@ -54,7 +61,16 @@ Flags:
 		}
 		return fmt.Errorf("warm: %w (regnorm warm --help)", err)
 	}
-	if fs.NArg() == 0 {
+	var versions []string
+	for _, v := range strings.Split(*clients, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			versions = append(versions, v)
+		}
+	}
+	if *notReady && len(versions) == 0 {
+		return errors.New("warm: --not-ready needs the versions to get ready for, as --clients 2.1 (regnorm warm --help)")
+	}
+	if fs.NArg() == 0 && !*notReady {
 		return errors.New("warm: no image given (regnorm warm --help)")
 	}
 	// A credential given as a flag wins over one only in the environment.
@@ -86,15 +102,25 @@ Flags:
 		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		client.HTTP = &http.Client{Transport: t}
 	}
-	var versions []string
-	for _, v := range strings.Split(*clients, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			versions = append(versions, v)
+	images := fs.Args()
+	if *notReady {
+		more, err := client.NotReady(ctx, versions)
+		if err != nil {
+			return fmt.Errorf("warm: %w", err)
+		}
+		images = append(slices.Clip(images), more...)
+		if len(images) == 0 {
+			fmt.Fprintf(stdout, "every image regnorm served is ready for containerd %s\n", strings.Join(versions, ","))
+			return nil
 		}
 	}
-	results, err := client.Warm(ctx, fs.Args(), versions)
-	if err != nil {
-		return err
+	var results []proxy.WarmResult
+	for batch := range slices.Chunk(images, proxy.MaxWarmImages) {
+		res, err := client.Warm(ctx, batch, versions)
+		if err != nil {
+			return err
+		}
+		results = append(results, res...)
 	}
 	failed := 0
 	for _, r := range results {

@@ -114,6 +114,10 @@ type statusData struct {
 	NodesNotCount int
 	NodeGroups    []nodeGroup
 	SharedNodes   int
+	// Readiness is upgrade readiness, a row a rule set, for the versions
+	// the fleet may move to and the one asked (Containerd).
+	Readiness  []readinessRow
+	Containerd string
 }
 
 // nodeGroup is the nodes of one state, as the page lists them.
@@ -162,13 +166,15 @@ type Status struct {
 	Usage     func() *maintain.Usage
 	Upstreams map[string]Upstream
 	Rules     ruleset.Policy
+	// Readiness is upgrade readiness, shown on the page when set.
+	Readiness *Readiness
 	Started   time.Time
 	Now       func() time.Time
 }
 
 // Serve renders the status page: rewritten images (filtered and paged on
 // the server, so a thousand entries stay readable), pulls that need
-// re-pinning, and cache and upstream health.
+// re-pinning, upgrade readiness, and cache and upstream health.
 func (s *Status) Serve(w http.ResponseWriter, r *http.Request) error {
 	entries, hidden, err := s.Report(r.Context())
 	if err != nil {
@@ -187,6 +193,10 @@ func (s *Status) Serve(w http.ResponseWriter, r *http.Request) error {
 		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "reading the node reports failed", err)
 	}
 	d.nodes(nodes)
+	if s.Readiness != nil {
+		d.Containerd = strings.TrimSpace(r.URL.Query().Get("containerd"))
+		d.Readiness = s.Readiness.rows(r.Context(), nodes, d.Containerd)
+	}
 	var matching []cache.ReportEntry
 	for _, e := range entries {
 		if e.UnnormalizedPulls > 0 {

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
-	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
@@ -27,9 +26,9 @@ type WarmRequest struct {
 	// Images are references such as docker.io/library/redis:2.8.23; the
 	// registry must be a configured upstream.
 	Images []string `json:"images"`
-	// Clients are containerd versions ("1.6.8"): each image is warmed for
-	// the rule set of each, one variant per distinct set. None warms the
-	// variant of a client that names no version.
+	// Clients are containerd versions ("1.6.8", or "2.1" for 2.1.0): each
+	// image is warmed for the rule set of each, one variant per distinct
+	// set. None warms the variant of a client that names no version.
 	Clients []string `json:"clients,omitempty"`
 }
 
@@ -55,9 +54,11 @@ type WarmVariant struct {
 	Changes          []cache.Change `json:"changes,omitempty"`
 }
 
+// MaxWarmImages is how many images one warm request may name.
+const MaxWarmImages = 1000
+
 const (
 	maxWarmBody     = 1 << 20
-	maxWarmImages   = 1000
 	maxWarmClients  = 32
 	warmConcurrency = 2
 )
@@ -82,6 +83,9 @@ type Warm struct {
 	// ReadJSON reads the request's body, the server's one way of taking
 	// one.
 	ReadJSON func(w http.ResponseWriter, r *http.Request, limit int64, v any, strict bool, shape string) error
+	// Warmed, when set, is told when a warm request is done: what
+	// readiness says may have changed (Readiness.Forget).
+	Warmed func()
 	// Note adds attributes to the request's access-log line.
 	Note func(ctx context.Context, attrs ...slog.Attr)
 	Log  *slog.Logger
@@ -94,8 +98,8 @@ func (s *Warm) Serve(w http.ResponseWriter, r *http.Request) error {
 	if err := s.ReadJSON(w, r, maxWarmBody, &req, false, `{"images": [...]}`); err != nil {
 		return err
 	}
-	if len(req.Images) == 0 || len(req.Images) > maxWarmImages {
-		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("give 1 to %d images", maxWarmImages), nil)
+	if len(req.Images) == 0 || len(req.Images) > MaxWarmImages {
+		return errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("give 1 to %d images", MaxWarmImages), nil)
 	}
 	groups, err := s.warmGroups(req.Clients)
 	if err != nil {
@@ -117,6 +121,9 @@ func (s *Warm) Serve(w http.ResponseWriter, r *http.Request) error {
 		})
 	}
 	g.Wait()
+	if s.Warmed != nil {
+		s.Warmed()
+	}
 	w.Header().Set("Content-Type", "application/json")
 	return WriteJSON(w, map[string]any{"results": results})
 }
@@ -138,8 +145,8 @@ func (s *Warm) warmGroups(clients []string) ([]warmGroup, error) {
 	}
 	var groups []warmGroup
 	for _, c := range clients {
-		v := containerdcfg.ParseVersion(strings.TrimPrefix(c, "v"))
-		if !v.Known {
+		v, err := ParseContainerd(c)
+		if err != nil {
 			return nil, errcode.New(http.StatusBadRequest, errcode.Unsupported, fmt.Sprintf("client %q is not a containerd version such as 1.6.8", c), nil)
 		}
 		client := s.Rules.ForVersion(v)

@@ -60,6 +60,7 @@ type Report struct {
 
 	changedOriginals *lru.Cache[digest.Digest, bool] // whether every enabled rule changes an original
 	lookups          chan struct{}                   // ServedOriginal's, at most originalLookups
+	pulled           *lru.Cache[string, pulled]      // Pulled's, by upstream, repository and original; under mu
 }
 
 // New builds an empty report over opts.Store.
@@ -68,7 +69,11 @@ func New(opts Options) *Report {
 	if err != nil {
 		panic(err)
 	}
-	return &Report{store: opts.Store, now: opts.Now, shown: opts.Shown, log: opts.Log, maxEntries: maxEntries, maxBytes: maxBytes,
+	pulledImages, err := lru.New[string, pulled](maxPulled)
+	if err != nil {
+		panic(err)
+	}
+	return &Report{pulled: pulledImages, store: opts.Store, now: opts.Now, shown: opts.Shown, log: opts.Log, maxEntries: maxEntries, maxBytes: maxBytes,
 		pending: map[string]cache.ReportEntry{}, listed: recent.New[[]cache.ReportEntry](opts.Now),
 		changedOriginals: changed, lookups: make(chan struct{}, originalLookups)}
 }
