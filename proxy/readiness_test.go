@@ -128,18 +128,26 @@ func TestUpgradeReadiness(t *testing.T) {
 
 	// The status page, as the fleet (one 1.7 node) has it: the 2.x
 	// versions share one rule set, one row; 1.6.8 is asked.
-	page := string(h.do(t, http.MethodGet, "/status?containerd=1.6.8", nil).body)
-	flat := regexp.MustCompile(`>\s+<`).ReplaceAllString(page, "><")
-	_, flat, _ = strings.Cut(flat, `<section id="readiness">`)
-	flat, _, _ = strings.Cut(flat, "</section>")
+	// Counts are made only for the version asked; the others link to it.
+	section := func(asked string) string {
+		page := string(h.do(t, http.MethodGet, "/status?containerd="+asked, nil).body)
+		flat := regexp.MustCompile(`>\s+<`).ReplaceAllString(page, "><")
+		_, flat, _ = strings.Cut(flat, `<section id="readiness">`)
+		flat, _, _ = strings.Cut(flat, "</section>")
+		return flat
+	}
+	flat := section("1.6.8")
 	for _, row := range []string{
 		// not-ready, unknown, ready, clean
-		`<td>2.0, 2.1, 2.2, 2.3</td><td>0</td><td>0</td><td>2</td><td>1</td>`,
+		`<td>2.0, 2.1, 2.2, 2.3</td><td colspan="4"><a href="/status?containerd=2.0#readiness">check</a></td>`,
 		`<td>1.6.8</td><td>0</td><td class="warn">2</td><td>0</td><td>1</td>`,
 	} {
 		if !strings.Contains(flat, row) {
 			t.Errorf("the status page has no readiness row %s", row)
 		}
+	}
+	if row := `<td>2.0, 2.1, 2.2, 2.3</td><td>0</td><td>0</td><td>2</td><td>1</td>`; !strings.Contains(section("2.1"), row) {
+		t.Errorf("the status page asked for 2.1 has no readiness row %s", row)
 	}
 	if strings.Contains(flat, "<td>1.7") {
 		t.Error("the status page checks the fleet's own version, 1.7, as one it may move to")

@@ -35,6 +35,18 @@ type Derivation struct {
 	UnlistedChanges int
 	// Version is regnorm's version (its build info).
 	Version string
+	// Limits are the limits a layer was left untouched under (the
+	// verdict's Limited): a re-derivation under them makes the same
+	// variant. Zero when none was.
+	Limits Limits
+}
+
+// Limits are the layer limits a variant was made under, where they left a
+// layer untouched: the largest decompressed layer and zstd window read.
+// Fields in sorted order; zero values are left out.
+type Limits struct {
+	LayerSize  int64 `json:"layerSize,omitempty"`
+	ZstdWindow int64 `json:"zstdWindow,omitempty"`
 }
 
 // Object is a manifest or index: its digest and media type.
@@ -60,6 +72,7 @@ type Change struct {
 // Fields in sorted order.
 type Predicate struct {
 	Changes         []Change `json:"changes"`
+	Limits          *Limits  `json:"limits,omitempty"`
 	Original        Object   `json:"original"`
 	Regnorm         Build    `json:"regnorm"`
 	Repository      string   `json:"repository"`
@@ -105,9 +118,13 @@ func NewStatement(d Derivation) ([]byte, error) {
 	if changes == nil {
 		changes = []Change{}
 	}
+	var limits *Limits
+	if d.Limits != (Limits{}) {
+		limits = &d.Limits
+	}
 	st := Statement{
 		Type: StatementType,
-		Predicate: Predicate{Changes: changes, Original: d.Original, Regnorm: Build{Version: d.Version},
+		Predicate: Predicate{Changes: changes, Limits: limits, Original: d.Original, Regnorm: Build{Version: d.Version},
 			Repository: d.Repository, Rules: d.Rules, UnlistedChanges: d.UnlistedChanges, Upstream: d.Upstream},
 		PredicateType: PredicateType,
 		Subject:       []Subject{{Name: d.Repository, Digest: map[string]string{"sha256": d.Variant.Digest.Encoded()}}},

@@ -136,6 +136,7 @@ func derivation(r *Repository, orig cache.Manifest, n normalize.Result) attest.D
 		Rules:           v.Rules,
 		Changes:         changes,
 		UnlistedChanges: v.UnlistedChanges,
+		Limits:          attest.Limits{LayerSize: v.Limited.LayerSize, ZstdWindow: v.Limited.ZstdWindow},
 	}
 }
 

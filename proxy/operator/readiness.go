@@ -200,6 +200,12 @@ func (s *Readiness) compute(ctx context.Context, rules ruleset.Set) (readinessLi
 	if err := g.Wait(); err != nil {
 		return readinessList{}, err
 	}
+	// By name, not by when last served: a list read page by page (warm
+	// --not-ready) must not see an image move to a page already read
+	// because a node pulled it meanwhile.
+	slices.SortFunc(out, func(a, b ImageReadiness) int {
+		return strings.Compare(a.Upstream+"/"+a.Repository+"@"+a.OriginalDigest, b.Upstream+"/"+b.Repository+"@"+b.OriginalDigest)
+	})
 	return readinessList{images: out, hidden: hidden}, nil
 }
 
@@ -302,6 +308,11 @@ func (s *Readiness) rows(ctx context.Context, nodes []fleet.NodeStatus, asked st
 		rows = append(rows, readinessRow{Versions: []string{ver}, Query: ver})
 	}
 	for i := range rows {
+		// Counted only when asked: a count reads each image's records
+		// (unknown ones every time), which a page load must not cost.
+		if asked == "" || !slices.Contains(rows[i].Versions, asked) {
+			continue
+		}
 		l, err := s.list(ctx, sets[i])
 		if err != nil {
 			rows[i].Err = errcode.PublicMessage(err)

@@ -209,7 +209,7 @@ func Verify(ctx context.Context, opts Options, variant digest.Digest) (Report, e
 	if err != nil {
 		return rep, err
 	}
-	repo := newRederiver(opts, origin.Repository(p.Repository))
+	repo := newRederiver(opts, p.Limits, origin.Repository(p.Repository))
 	orig, err := repo.Manifest(ctx, p.Original.Digest.String(), nil)
 	var e *errcode.Error
 	switch {
@@ -395,7 +395,11 @@ type derived struct {
 // cache of its own in memory: the repository service reads and verifies
 // every byte (proxy/mirror), and its Variant has the rule engine
 // (proxy/normalize) make the variant. Nothing of a mirror's cache is read.
-func newRederiver(opts Options, remote *upstream.Repository) *mirror.Repository {
+//
+// Under the limits the predicate records (a layer the mirror left
+// untouched for its size or zstd window is left untouched here too); past
+// those, the engine's defaults.
+func newRederiver(opts Options, limits *attest.Limits, remote *upstream.Repository) *mirror.Repository {
 	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -406,10 +410,14 @@ func newRederiver(opts Options, remote *upstream.Repository) *mirror.Repository 
 		Store: store, Clock: clock{}, Metrics: opts.Metrics.Fetch, Log: log,
 		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Held(ctx, r, dgst) },
 	})
-	engine := normalize.New(normalize.Options{
+	eopts := normalize.Options{
 		Store: store, Reports: noReports{}, Metrics: opts.Metrics.Engine, Log: log,
 		Platforms: opts.Platforms,
-	})
+	}
+	if limits != nil {
+		eopts.MaxLayerSize, eopts.MaxZstdWindow = limits.LayerSize, limits.ZstdWindow
+	}
+	engine := normalize.New(eopts)
 	svc = mirror.New(mirror.Options{Store: store, Fetches: fetches, Engine: engine, Clock: clock{}, Metrics: opts.Metrics.Mirror, Log: log})
 	return svc.Repository(remote)
 }
