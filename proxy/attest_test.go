@@ -48,7 +48,7 @@ func TestVariantAttestation(t *testing.T) {
 	})
 	// An octet-stream config: the config media type rule makes a variant.
 	img := h.push(t, "team/private", "v1", regtest.ImageOptions{ConfigMediaType: "application/octet-stream"}, oneFile)
-	h.push(t, "team/shared", "v1", regtest.ImageOptions{}, oneFile)
+	shared := h.push(t, "team/shared", "v1", regtest.ImageOptions{}, oneFile)
 	alice, bob := basic("alice", "alice-secret-pw"), basic("bob", "bob-secret-pw")
 	withAuth := func(header http.Header) http.Header {
 		out := header.Clone()
@@ -119,11 +119,20 @@ func TestVariantAttestation(t *testing.T) {
 		"/v2/team/private/referrers/" + variant.String(),
 		"/v2/team/shared/manifests/" + attest.TagOf(variant),
 		"/v2/team/shared/manifests/" + listed.Digest.String(),
-		"/v2/team/shared/blobs/" + m.Layers[0].Digest.String(),
-		"/v2/team/shared/referrers/" + variant.String()} {
+		"/v2/team/shared/blobs/" + m.Layers[0].Digest.String()} {
 		if r := h.do(t, http.MethodGet, path, withAuth(bob)); r.status == http.StatusOK || strings.Contains(string(r.body), "dsse") {
 			t.Errorf("bob read %s: %d %s", path, r.status, r.body)
 		}
+	}
+	// team/shared's own image is, byte for byte, the variant: its
+	// referrers are team/shared's upstream's, which bob may read, and list
+	// nothing of the attestation regnorm made in team/private.
+	if shared.ManifestDigest != variant {
+		t.Fatalf("team/shared's image %s is not the variant %s: the test's premise broke", shared.ManifestDigest, variant)
+	}
+	if r := h.do(t, http.MethodGet, "/v2/team/shared/referrers/"+variant.String(), withAuth(bob)); r.status != http.StatusOK ||
+		strings.Contains(string(r.body), "dsse") || strings.Contains(string(r.body), listed.Digest.Encoded()) {
+		t.Errorf("bob's referrers of team/shared's own image: %d %s", r.status, r.body)
 	}
 	// The same in a repository alice may read but that does not hold the
 	// original.

@@ -20,12 +20,15 @@ import (
 //     upstream's own answers for that repository (a download, a manifest
 //     fetch, a HEAD) and keeps it as a link, like distribution's repository
 //     links. Content regnorm made (a normalized manifest, a rewritten config,
-//     a repackaged layer) is held where its source is held.
+//     a repackaged layer) is held where its source is held, and where the
+//     upstream holds the same bytes themselves: a digest names bytes, and
+//     what regnorm made from one repository's image can be another's own.
 //  2. with forwarded credentials, the upstream said yes to the client's own
 //     credentials for the repository within confirmTTL.
 //
 // What is not known is asked of the upstream, as the client: a HEAD of the
-// object, or of the source regnorm made it from. Every reader asks through
+// object, or of the source regnorm made it from (then of the object, when
+// the repository does not hold that source). Every reader asks through
 // a Repository (repository.go), so this is decided here and nowhere else.
 
 // object is what a client asks for by digest: a manifest or a blob.
@@ -177,13 +180,21 @@ func (r *Repository) admitTag(ctx context.Context, tag string) error {
 // with a HEAD, for the client's read of o. A yes is remembered: the
 // repository's link to sub (and to o, made from it), and the client's
 // credentials for the repository.
+//
+// When sub is the source o was made from and the upstream does not hold
+// it here, o itself is asked about: the same bytes can be the upstream's
+// own in this repository (a config one image's mended diff IDs make is
+// another image's config as it is), and the digest names the bytes, not
+// how regnorm came by them.
 func (r *Repository) ask(ctx context.Context, o, sub object) error {
-	var err error
-	if sub.blob {
-		_, err = r.remote.HeadBlob(ctx, sub.dgst)
-	} else {
-		// Asked for with schema 1 too: a source may be one.
-		_, err = r.remote.HeadManifest(ctx, sub.dgst.String(), nil)
+	err := r.head(ctx, sub)
+	if err != nil && sub != o && errcode.StatusOf(err) == http.StatusNotFound {
+		switch err2 := r.head(ctx, o); {
+		case err2 == nil:
+			sub, err = o, nil
+		case errcode.StatusOf(err2) != http.StatusNotFound:
+			err = err2 // unanswered, rather than unknown
+		}
 	}
 	if err != nil {
 		return unknownAsAsked(err, o)
@@ -194,6 +205,17 @@ func (r *Repository) ask(ctx context.Context, o, sub object) error {
 		r.learn(ctx, o.dgst)
 	}
 	return nil
+}
+
+// head asks the upstream, as the client, whether the repository holds o.
+func (r *Repository) head(ctx context.Context, o object) error {
+	if o.blob {
+		_, err := r.remote.HeadBlob(ctx, o.dgst)
+		return err
+	}
+	// Asked for with schema 1 too: a source may be one.
+	_, err := r.remote.HeadManifest(ctx, o.dgst.String(), nil)
+	return err
 }
 
 // unknownAsAsked words an upstream's "not found" about what ask asked it

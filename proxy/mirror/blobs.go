@@ -57,10 +57,11 @@ type BlobInfo struct {
 
 // StatBlob is dgst's size and type: from the cache for an admitted client,
 // else the upstream's answer to the client. A repackaged layer that was
-// evicted is rebuilt first: upstream never had it. A blob larger than a
-// manifest can be is not read. One that may be a manifest is read as a GET
-// reads it (OpenBlob), since its type is its bytes': a HEAD of an uncached
-// one downloads and caches it.
+// evicted is rebuilt first, unless the repository holds none of its
+// sources (then it is downloaded: the upstream holds it here). A blob
+// larger than a manifest can be is not read. One that may be a manifest is
+// read as a GET reads it (OpenBlob), since its type is its bytes': a HEAD
+// of an uncached one downloads and caches it.
 func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
 	s := r.s
 	info, err := s.store.StatBlob(ctx, dgst)
@@ -75,11 +76,18 @@ func (r *Repository) StatBlob(ctx context.Context, dgst digest.Digest) (BlobInfo
 			}
 			return r.statSmall(ctx, dgst)
 		}
-		b, err := r.open(ctx, dgst, 0, statOnly) // admits, and rebuilds
+		b, err := r.open(ctx, dgst, 0, statOnly) // admits, and rebuilds or downloads
 		if err != nil {
 			return BlobInfo{}, err
 		}
+		if sr, ok := b.ReadSeeker.(*blobfetch.Reader); ok {
+			// Downloaded: the upstream holds it here too (see open).
+			err = sr.Wait()
+		}
 		b.Close()
+		if err != nil {
+			return BlobInfo{}, err
+		}
 		if info, err = s.store.StatBlob(ctx, dgst); err != nil {
 			return BlobInfo{}, errcode.New(http.StatusBadGateway, errcode.BlobUnknown, "rebuilt blob vanished from the cache", err)
 		}
@@ -143,8 +151,9 @@ func (r *Repository) OpenBlob(ctx context.Context, dgst digest.Digest, offset in
 // The client is admitted first (access.go): from what regnorm knows, else by
 // asking the upstream as the client; a download it starts asks the upstream
 // itself. Then the blob comes from the cache; a repackaged layer that was
-// evicted is rebuilt, as the client; anything else is downloaded, or read
-// from the download under way. how says what the caller reads (readMode).
+// evicted is rebuilt, as the client, from a source the repository holds;
+// anything else is downloaded, or read from the download under way. how
+// says what the caller reads (readMode).
 func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64, how readMode) (*Blob, error) {
 	s := r.s
 	o := object{dgst: dgst, blob: true}
@@ -171,7 +180,21 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		if b, err := s.openFromCache(ctx, dgst, offset, how); b != nil || err != nil {
 			return b, err
 		}
-		switch d, err := s.store.GetDerived(ctx, dgst); {
+		d, err := s.store.GetDerived(ctx, dgst)
+		held := false
+		if err == nil && d.Kind == cache.DerivedLayer {
+			var origin cache.Origin
+			if origin, held, err = r.heldOrigin(ctx, d); err != nil {
+				return nil, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+			}
+			d = d.From(origin)
+		}
+		switch {
+		case err == nil && d.Kind == cache.DerivedLayer && !held:
+			// Admitted here, yet made only from what other repositories
+			// hold: the upstream holds the same bytes here (see ask).
+			// Downloaded, not rebuilt from a source this client may not
+			// read.
 		case err == nil && d.Kind == cache.DerivedLayer:
 			// A repackaged layer exists only here: it was evicted; rebuild it.
 			if err := r.rebuildLayer(ctx, d); err != nil {

@@ -78,13 +78,21 @@ func (r *Repository) Referrers(ctx context.Context, subject digest.Digest, artif
 // cannot answer.
 func (r *Repository) referrers(ctx context.Context, subject digest.Digest) (ReferrersList, error) {
 	s, remote := r.s, r.remote
-	if _, made, err := r.derivedRecord(ctx, object{dgst: subject}); err != nil {
+	if d, made, err := r.derivedRecord(ctx, object{dgst: subject}); err != nil {
 		return ReferrersList{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
 	} else if made {
-		// A variant regnorm made (or its attestation): the upstream knows
-		// nothing of it, and its referrers are regnorm's own, its
-		// derivation attestation (attest.go).
-		return r.madeReferrers(ctx, subject)
+		_, held, err := r.heldOrigin(ctx, d)
+		if err != nil {
+			return ReferrersList{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		}
+		if held {
+			// A variant regnorm made here (or its attestation): the
+			// upstream knows nothing of it, and its referrers are
+			// regnorm's own, its derivation attestation (attest.go).
+			return r.madeReferrers(ctx, subject)
+		}
+		// Admitted where regnorm did not make it: the upstream holds the
+		// same bytes here (see ask), and their referrers are its own.
 	}
 	rec, err := s.store.GetReferrers(ctx, remote.Upstream(), remote.Name(), subject)
 	// A record of an upstream's unchecked claim is none.

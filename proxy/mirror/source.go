@@ -3,13 +3,11 @@ package mirror
 import (
 	"context"
 	"io"
-	"net/http"
 
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
-	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 )
 
@@ -64,16 +62,9 @@ func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
 }
 
 // rebuildLayer makes an evicted repackaged layer again from its original,
-// as the client, who must be admitted for the original: a repository holds
-// a derived blob only where it holds its source.
+// d.Source (one the repository holds: another repository's source would be
+// asked for in vain), as the client, who must be admitted for it.
 func (r *Repository) rebuildLayer(ctx context.Context, d cache.Derived) error {
-	// From what the repository holds: another repository's source would be
-	// asked for in vain.
-	o, _, err := r.heldOrigin(ctx, d)
-	if err != nil {
-		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
-	}
-	d = d.From(o)
 	if err := r.admit(ctx, object{dgst: d.Source, blob: true}); err != nil {
 		return err
 	}
