@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	digest "github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -268,6 +270,50 @@ func TestVerify(t *testing.T) {
 		out, code := f.verify(t, "--key", f.key, "--plain-http", "--upstream", up, holder+"/library/app@"+f.variant.String())
 		if code != exitInvalid || !strings.Contains(out, "original     FAIL docker.io/library/app@"+other.Original.Digest.String()+": not in its upstream") {
 			t.Fatalf("status %d, want %d\n%s", code, exitInvalid, out)
+		}
+	})
+	t.Run("another subject listed first", func(t *testing.T) {
+		t.Parallel()
+		// One .att manifest with two envelopes, both signed with the key:
+		// the first is another digest's (v2 named as its variant), the
+		// second this variant's. The one about this digest is taken.
+		ctx := context.Background()
+		holder := regtest.Start(t, regtest.Options{})
+		c := holder.Client()
+		maker := &attest.Maker{Signer: f.signer, Version: "test"}
+		var layers []ocispec.Descriptor
+		var config []byte
+		for _, subject := range []digest.Digest{f.v2, f.variant} {
+			d := claims
+			d.Variant = attest.Object{Digest: subject, MediaType: f.variantMT}
+			a, err := maker.Make(ctx, d, ocispec.Descriptor{MediaType: f.variantMT, Digest: subject, Size: f.variantSz})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m ocispec.Manifest
+			if err := json.Unmarshal(a.Manifest, &m); err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range [][]byte{a.Config, a.Envelope} {
+				if err := c.PushBlob(ctx, "library/app", b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			layers, config = append(layers, m.Layers...), a.Config
+		}
+		m := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
+			Config: ocispec.Descriptor{MediaType: "application/vnd.oci.image.config.v1+json", Digest: digest.FromBytes(config), Size: int64(len(config))},
+			Layers: layers}
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.PushManifest(ctx, "library/app", attest.TagOf(f.variant), ocispec.MediaTypeImageManifest, b); err != nil {
+			t.Fatal(err)
+		}
+		out, code := f.verify(t, "--key", f.key, "--plain-http", "--upstream", up, strings.TrimPrefix(holder.URL, "http://")+"/library/app@"+f.variant.String())
+		if code != 0 {
+			t.Fatalf("status %d, want 0: the attestation of this digest is listed, second\n%s", code, out)
 		}
 	})
 	t.Run("subject elsewhere", func(t *testing.T) {

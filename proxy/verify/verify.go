@@ -137,7 +137,9 @@ func Verify(ctx context.Context, opts Options, variant digest.Digest) (Report, e
 			opts.Holder.Name(), attest.MediaTypeEnvelope, attest.PredicateType, attest.TagOf(variant)), nil
 	}
 
-	// The first that verifies with the key (or, with none, the first).
+	// The first that verifies with the key (or, with none, the first) and
+	// is about this digest: a holder that lists another variant's signed
+	// attestation first does not hide this one's.
 	var statement []byte
 	var at envelope
 	var firstErr error
@@ -148,6 +150,9 @@ func Verify(ctx context.Context, opts Options, variant digest.Digest) (Report, e
 			st, err = attest.Verify(ctx, f.content, opts.Key)
 		} else {
 			st, err = attest.Payload(f.content)
+		}
+		if err == nil && !namesSubject(st, variant) && len(found) > 1 {
+			err = fmt.Errorf("an attestation of another subject")
 		}
 		if err == nil {
 			statement, at = st, f
@@ -389,6 +394,13 @@ func equalChange(a, b attest.Change) bool {
 type derived struct {
 	original cache.Manifest
 	variant  normalize.Result
+}
+
+// namesSubject reports whether statement's one subject is variant (its
+// full check is below, on the one taken).
+func namesSubject(statement []byte, variant digest.Digest) bool {
+	var st attest.Statement
+	return json.Unmarshal(statement, &st) == nil && len(st.Subject) == 1 && st.Subject[0].Digest["sha256"] == variant.Encoded()
 }
 
 // newRederiver is the repository remote as the mirror reads it, over a
