@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -105,4 +106,20 @@ func firstNonEmpty(vals ...string) string {
 		}
 	}
 	return ""
+}
+
+// parseCommand parses a subcommand's flags: help is set when --help asked
+// for its usage, which is printed to stdout; an error names the command
+// and where its flags are listed.
+func parseCommand(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return true, nil
+		}
+		name := strings.TrimPrefix(fs.Name(), "regnorm ")
+		return false, fmt.Errorf("%s: %w (regnorm %s --help)", name, err, name)
+	}
+	return false, nil
 }

@@ -159,13 +159,8 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return nil
-		}
-		return fmt.Errorf("node-config: %w (regnorm node-config --help)", err)
+	if help, err := parseCommand(fs, args, stdout); help || err != nil {
+		return err
 	}
 	if nc.reportTo == "" {
 		nc.reportTo = nc.mirror

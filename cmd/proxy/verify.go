@@ -76,13 +76,8 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return nil
-		}
-		return fmt.Errorf("verify: %w (regnorm verify --help)", err)
+	if help, err := parseCommand(fs, args, stdout); help || err != nil {
+		return err
 	}
 	if fs.NArg() != 1 {
 		return errors.New("verify: give one REGISTRY/REPO@DIGEST (regnorm verify --help)")

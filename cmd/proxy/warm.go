@@ -53,13 +53,8 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return nil
-		}
-		return fmt.Errorf("warm: %w (regnorm warm --help)", err)
+	if help, err := parseCommand(fs, args, stdout); help || err != nil {
+		return err
 	}
 	var versions []string
 	for _, v := range strings.Split(*clients, ",") {
