@@ -66,22 +66,7 @@ func (l *pipeListener) dial(ctx context.Context, _, _ string) (net.Conn, error) 
 // passed over: it was working, not gone.
 func TestAVariantLongerThanTheStallTimeoutLeavesItsOwnerUp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		peers := []string{"http://10.0.0.1:5001", "http://10.0.0.2:5001"}
-		asker, err := New(Options{Self: peers[0], Peers: peers, Secret: []byte(secret), Clock: systemClock{}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		owner, err := New(Options{Self: peers[1], Peers: peers, Secret: []byte(secret), Clock: systemClock{}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln := newPipeListener()
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			mac, err := owner.Verify(r)
-			if err != nil {
-				w.WriteHeader(http.StatusUnauthorized)
-				return
-			}
+		asker, peer := pipeOwner(t, func(owner *Set, mac string, w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-time.After(40 * time.Second): // making the variant
 			case <-r.Context().Done():
@@ -89,16 +74,8 @@ func TestAVariantLongerThanTheStallTimeoutLeavesItsOwnerUp(t *testing.T) {
 			}
 			owner.SignAnswer(w.Header(), mac, http.StatusNoContent, []byte{})
 			w.WriteHeader(http.StatusNoContent)
-		})}
-		go srv.Serve(ln)
-		tr, ok := asker.opts.Client.Transport.(*http.Transport)
-		if !ok {
-			t.Fatalf("the Set's client has transport %T", asker.opts.Client.Transport)
-		}
-		tr.DialContext = ln.dial
-
-		peer := &Peer{set: asker, url: peers[1]}
-		err = peer.MakeVariant(t.Context(), Ask{Kind: KindVariant, Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("m"),
+		})
+		err := peer.MakeVariant(t.Context(), Ask{Kind: KindVariant, Upstream: "docker.io", Repo: "library/app", Digest: digest.FromString("m"),
 			Rules: ruleset.Default().Key(), Wait: 4*time.Minute + 30*time.Second})
 		if err != nil {
 			t.Errorf("the ask of an owner at work for 40 s of a 4.5 min wait: %v", err)
@@ -109,8 +86,5 @@ func TestAVariantLongerThanTheStallTimeoutLeavesItsOwnerUp(t *testing.T) {
 		if down != 0 {
 			t.Errorf("the owner is passed over for %s: it was working, not gone", downFor)
 		}
-		tr.CloseIdleConnections()
-		srv.Close()
-		ln.Close()
 	})
 }
