@@ -83,15 +83,7 @@ func TestReplicaBlobCorruptedThenCutPassesTheOwnerOver(t *testing.T) {
 		<-release
 		w.Write(layer[len(layer)/2:])
 	})
-	get := func() (int, []byte, error) {
-		resp, err := boundedClient.Get(reps[0].url + path)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, body, err
-	}
+	get := func() (int, []byte, error) { return getBody(reps[0].url + path) }
 	status, body, err := get()
 	if err == nil && status == http.StatusOK && digest.FromBytes(body) != dgst {
 		t.Fatalf("a client got a whole body that is not the blob (%d bytes)", len(body))

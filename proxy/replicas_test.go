@@ -539,15 +539,7 @@ func TestReplicaBlobThatDoesNotVerify(t *testing.T) {
 		layer := make([]byte, 1<<20)
 		rand.Read(layer)
 		dgst := h.pushBlob(t, "library/app", layer)
-		get := func() (int, []byte, error) {
-			resp, err := boundedClient.Get(reps[0].url + "/v2/library/app/blobs/" + dgst.String())
-			if err != nil {
-				return 0, nil, err
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			return resp.StatusCode, body, err
-		}
+		get := func() (int, []byte, error) { return getBody(reps[0].url + "/v2/library/app/blobs/" + dgst.String()) }
 		status, body, err := get()
 		if err == nil && status == http.StatusOK && digest.FromBytes(body) != dgst {
 			t.Fatalf("a client got a whole body that is not the blob (%d bytes)", len(body))
@@ -577,4 +569,15 @@ func (f *flipping) Read(p []byte) (int, error) {
 		f.done = true
 	}
 	return n, err
+}
+
+// getBody GETs url: its status and whole body.
+func getBody(url string) (int, []byte, error) {
+	resp, err := boundedClient.Get(url)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
 }
