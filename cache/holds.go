@@ -2,10 +2,8 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"path"
 	"time"
 )
@@ -26,25 +24,12 @@ func holdPath(upstream string) string { return path.Join("/holds", escapeSegment
 // credentials, its name and a client's identity. The reader bounds it
 // again: a record is only a hint.
 func (s *Store) GetHold(ctx context.Context, upstream string) (time.Time, error) {
-	p := holdPath(upstream)
-	rc, err := s.driver.Reader(ctx, p, 0)
-	if err != nil {
-		if errors.Is(notFound(err), ErrNotFound) {
-			return time.Time{}, nil
-		}
-		return time.Time{}, fmt.Errorf("get hold %s: %w", upstream, err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxHoldRecord+1))
-	if err != nil {
-		return time.Time{}, fmt.Errorf("get hold %s: %w", upstream, err)
-	}
 	var rec holdRecord
-	if len(b) > maxHoldRecord {
-		return time.Time{}, fmt.Errorf("get hold %s: %w: larger than %d bytes", upstream, errBadRecord, maxHoldRecord)
-	}
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return time.Time{}, fmt.Errorf("get hold %s: %w: %w", upstream, errBadRecord, err)
+	switch err := s.getJSONWithin(ctx, holdPath(upstream), &rec, maxHoldRecord); {
+	case errors.Is(err, ErrNotFound):
+		return time.Time{}, nil
+	case err != nil:
+		return time.Time{}, fmt.Errorf("get hold %s: %w", upstream, err)
 	}
 	return rec.Until, nil
 }

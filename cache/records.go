@@ -723,17 +723,22 @@ const maxRecordSize = 2 * mediatype.MaxManifestSize
 const maxRecordRead = 4 * maxRecordSize
 
 func (s *Store) getJSON(ctx context.Context, p string, v any) error {
+	return s.getJSONWithin(ctx, p, v, maxRecordRead)
+}
+
+// getJSONWithin is getJSON with a record of at most limit bytes.
+func (s *Store) getJSONWithin(ctx context.Context, p string, v any, limit int) error {
 	rc, err := s.driver.Reader(ctx, p, 0)
 	if err != nil {
 		return notFound(err)
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, maxRecordRead+1))
+	b, err := io.ReadAll(io.LimitReader(rc, int64(limit)+1))
 	switch {
 	case err != nil:
 		return fmt.Errorf("read %s: %w", p, err)
-	case len(b) > maxRecordRead:
-		return fmt.Errorf("decode %s: %w: larger than %d bytes", p, errBadRecord, maxRecordRead)
+	case len(b) > limit:
+		return fmt.Errorf("decode %s: %w: larger than %d bytes", p, errBadRecord, limit)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("decode %s: %w: %w", p, errBadRecord, err)

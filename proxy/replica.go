@@ -105,8 +105,9 @@ func (s *Server) replicaRepository(set *replicas.Set, ask replicas.Ask) (*mirror
 		return nil, replicas.Misdirected("an upstream with forwarded credentials is not shared between replicas")
 	case !set.SameConfig(ask, up.Fingerprint()):
 		return nil, replicas.Misdirected("upstream " + strconv.Quote(ask.Upstream) + " is configured otherwise on this replica")
-	case nameProblem(ask.Repo) != "":
-		return nil, replicas.Misdirected(nameProblem(ask.Repo))
+	}
+	if problem := nameProblem(ask.Repo); problem != "" {
+		return nil, replicas.Misdirected(problem)
 	}
 	return s.mirror.Repository(up.Repository(ask.Repo)), nil
 }

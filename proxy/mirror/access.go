@@ -31,6 +31,12 @@ import (
 // the repository does not hold that source). Every reader asks through
 // a Repository (repository.go), so this is decided here and nowhere else.
 
+// storageFailed is what a client is answered when the cache does not
+// answer a read admission or an answer depends on.
+func storageFailed(err error) *errcode.Error {
+	return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+}
+
 // object is what a client asks for by digest: a manifest or a blob.
 type object struct {
 	dgst digest.Digest
@@ -153,7 +159,7 @@ func (r *Repository) heldOrigin(ctx context.Context, d cache.Derived) (o cache.O
 func (r *Repository) admit(ctx context.Context, o object) error {
 	ok, sub, err := r.admitted(ctx, o)
 	if err != nil {
-		return errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		return storageFailed(err)
 	}
 	if ok {
 		return nil

@@ -124,20 +124,26 @@ func (r *Repository) attest(ctx context.Context, key string, orig cache.Manifest
 // derivation is what the statement says of n's variant of orig here.
 func derivation(r *Repository, orig cache.Manifest, n normalize.Result) attest.Derivation {
 	v := n.Verdict
-	changes := make([]attest.Change, 0, len(v.Changes))
-	for _, c := range v.Changes {
-		changes = append(changes, attest.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details, Unlisted: c.Unlisted})
-	}
 	return attest.Derivation{
 		Repository:      r.remote.Name(),
 		Upstream:        r.remote.Upstream(),
 		Variant:         attest.Object{Digest: n.Manifest.Digest, MediaType: n.Manifest.MediaType},
 		Original:        attest.Object{Digest: orig.Digest, MediaType: orig.MediaType},
 		Rules:           v.Rules,
-		Changes:         changes,
+		Changes:         AttestedChanges(v),
 		UnlistedChanges: v.UnlistedChanges,
 		Limits:          attest.Limits{LayerSize: v.Limited.LayerSize, ZstdWindow: v.Limited.ZstdWindow},
 	}
+}
+
+// AttestedChanges are a verdict's changes as its attestation states them
+// (and as regnorm verify compares them).
+func AttestedChanges(v cache.Normalization) []attest.Change {
+	changes := make([]attest.Change, 0, len(v.Changes))
+	for _, c := range v.Changes {
+		changes = append(changes, attest.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details, Unlisted: c.Unlisted})
+	}
+	return changes
 }
 
 // storeAttestation writes a's blobs and manifest, each recorded as made
@@ -190,7 +196,7 @@ func (r *Repository) madeReferrers(ctx context.Context, variant digest.Digest) (
 	case errors.Is(err, cache.ErrNotFound):
 		return ReferrersList{Source: "cache"}, nil
 	case err != nil:
-		return ReferrersList{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		return ReferrersList{}, storageFailed(err)
 	}
 	return ReferrersList{Manifests: rec.Manifests, Source: "cache"}, nil
 }
@@ -206,7 +212,7 @@ func (r *Repository) attestationByTag(ctx context.Context, tag string) (m Manife
 	variant := digest.NewDigestFromEncoded(digest.SHA256, sub[1])
 	o := object{dgst: variant}
 	if _, made, err := r.derivedRecord(ctx, o); err != nil {
-		return Manifest{}, true, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		return Manifest{}, true, storageFailed(err)
 	} else if !made {
 		return Manifest{}, false, nil
 	}

@@ -159,7 +159,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 	o := object{dgst: dgst, blob: true}
 	admitted, sub, err := r.admitted(ctx, o)
 	if err != nil {
-		return nil, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		return nil, storageFailed(err)
 	}
 	if !admitted && sub.dgst != dgst {
 		// Made here: only the upstream can say whether its source is held.
@@ -185,7 +185,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		if err == nil && d.Kind == cache.DerivedLayer {
 			var origin cache.Origin
 			if origin, held, err = r.heldOrigin(ctx, d); err != nil {
-				return nil, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+				return nil, storageFailed(err)
 			}
 			d = d.From(origin)
 		}

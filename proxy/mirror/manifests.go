@@ -78,7 +78,7 @@ func (r *Repository) manifestByDigest(ctx context.Context, dgst digest.Digest, a
 	o := object{dgst: dgst}
 	admitted, sub, err := r.admitted(ctx, o)
 	if err != nil {
-		return Manifest{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		return Manifest{}, storageFailed(err)
 	}
 	m, err := s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
 	if err == nil {

@@ -79,11 +79,11 @@ func (r *Repository) Referrers(ctx context.Context, subject digest.Digest, artif
 func (r *Repository) referrers(ctx context.Context, subject digest.Digest) (ReferrersList, error) {
 	s, remote := r.s, r.remote
 	if d, made, err := r.derivedRecord(ctx, object{dgst: subject}); err != nil {
-		return ReferrersList{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+		return ReferrersList{}, storageFailed(err)
 	} else if made {
 		_, held, err := r.heldOrigin(ctx, d)
 		if err != nil {
-			return ReferrersList{}, errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "cache storage is not answering", err)
+			return ReferrersList{}, storageFailed(err)
 		}
 		if held {
 			// A variant regnorm made here (or its attestation): the

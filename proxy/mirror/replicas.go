@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -213,7 +214,13 @@ func (r *Repository) variantByOwner(ctx context.Context, m cache.Manifest, rules
 		a.Digest, a.Rules, a.Wait = m.Digest, rules.Key(), wait
 		return struct{}{}, o.MakeVariant(ctx, a)
 	})
+	var answer *errcode.Error
 	switch {
+	case errors.As(err, &answer) && answer.Status == http.StatusServiceUnavailable:
+		// The owner is at work, or too busy to be: as the engine here
+		// would say it (normalize.ErrBusy), the client's answer as sent.
+		answer.Err = errors.Join(answer.Err, normalize.ErrBusy)
+		return answer
 	case err != nil && standing(err):
 		return err
 	case ctx.Err() != nil:

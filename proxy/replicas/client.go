@@ -212,7 +212,10 @@ func (p *Peer) getBlob(ctx context.Context, a Ask) (io.ReadCloser, int64, error)
 		r.cancel(nil)
 		return nil, 0, fmt.Errorf("replica %s answered blob %s without its size or digest", p.url, a.Digest)
 	}
-	return &ownerBody{peer: p, body: r.resp.Body, cancel: r.cancel, timeout: p.set.opts.StallTimeout}, r.resp.ContentLength, nil
+	b := &ownerBody{peer: p, body: r.resp.Body, cancel: r.cancel, timeout: p.set.opts.StallTimeout}
+	b.stall = time.AfterFunc(b.timeout, func() { b.cancel(errStalled) })
+	b.stall.Stop()
+	return b, r.resp.ContentLength, nil
 }
 
 // errStalled is why an owner's body was abandoned.
@@ -226,12 +229,13 @@ type ownerBody struct {
 	body    io.ReadCloser
 	cancel  context.CancelCauseFunc
 	timeout time.Duration
+	stall   *time.Timer // armed while a Read waits
 }
 
 func (b *ownerBody) Read(p []byte) (int, error) {
-	stall := time.AfterFunc(b.timeout, func() { b.cancel(errStalled) })
+	b.stall.Reset(b.timeout)
 	n, err := b.body.Read(p)
-	stalled := !stall.Stop()
+	stalled := !b.stall.Stop()
 	if err == nil || err == io.EOF {
 		return n, err
 	}
@@ -243,6 +247,7 @@ func (b *ownerBody) Read(p []byte) (int, error) {
 }
 
 func (b *ownerBody) Close() error {
+	b.stall.Stop()
 	err := b.body.Close()
 	b.cancel(nil)
 	return err

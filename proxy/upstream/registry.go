@@ -153,9 +153,12 @@ type Registry struct {
 	mem     *memShare
 	// credsKey identifies creds in a view made by As.
 	credsKey [sha256.Size]byte
-	now      func() time.Time
-	metrics  *Metrics
-	log      *slog.Logger
+	// fingerprint is the configuration's (Fingerprint): the upstream's
+	// own credentials, not a view's.
+	fingerprint string
+	now         func() time.Time
+	metrics     *Metrics
+	log         *slog.Logger
 }
 
 // New is the client for the upstream cfg describes.
@@ -197,6 +200,7 @@ func New(cfg Config, opts Options) *Registry {
 	if cfg.ForwardCredentials {
 		u.forward = newForwarding()
 	}
+	u.fingerprint = u.computeFingerprint()
 	opts.Metrics.preset(cfg.Name)
 	return u
 }
@@ -215,7 +219,10 @@ func (u *Registry) Forwards() bool { return u.forward != nil }
 // answers: two replicas with the same fingerprint ask it alike, so one's
 // answer stands for the other's clients. It holds a hash of the
 // credentials: keep it among replicas.
-func (u *Registry) Fingerprint() string {
+func (u *Registry) Fingerprint() string { return u.fingerprint }
+
+// computeFingerprint is Fingerprint's value, computed once in New.
+func (u *Registry) computeFingerprint() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%q %q %q %q %d %t", u.name, u.base.String(), u.creds.Username, u.creds.Password, u.maxBlob, u.forward != nil)
 	return hex.EncodeToString(h.Sum(nil))

@@ -231,11 +231,10 @@ func Verify(ctx context.Context, opts Options, variant digest.Digest) (Report, e
 	if err != nil {
 		return rep, fmt.Errorf("derive the variant again: %w", err)
 	}
-	got := derived{original: orig.Manifest, variant: n}
 
-	rep.Rederived = got.variant.Manifest.Digest
-	if got.variant.Verdict.Rules != p.Rules {
-		rep.add("rederived", Fail, fmt.Sprintf("made under rules %q, the predicate says %q", got.variant.Verdict.Rules, p.Rules))
+	rep.Rederived = n.Manifest.Digest
+	if n.Verdict.Rules != p.Rules {
+		rep.add("rederived", Fail, fmt.Sprintf("made under rules %q, the predicate says %q", n.Verdict.Rules, p.Rules))
 		rep.Outcome = Differs
 		return rep, nil
 	}
@@ -244,7 +243,7 @@ func Verify(ctx context.Context, opts Options, variant digest.Digest) (Report, e
 		rep.Outcome = Differs
 		return rep, nil
 	}
-	if changes := changesOf(got.variant.Verdict); !slices.EqualFunc(changes, p.Changes, equalChange) || got.variant.Verdict.UnlistedChanges != p.UnlistedChanges {
+	if changes := mirror.AttestedChanges(n.Verdict); !slices.EqualFunc(changes, p.Changes, equalChange) || n.Verdict.UnlistedChanges != p.UnlistedChanges {
 		// The predicate misstates what the rules changed.
 		return rep.invalid("changes", "%s derived again, identical, but the predicate lists other changes than its derivation's", variant), nil
 	}
@@ -378,22 +377,8 @@ func validPath(name string) bool {
 	return name != "" && err == nil
 }
 
-func changesOf(n cache.Normalization) []attest.Change {
-	out := make([]attest.Change, 0, len(n.Changes))
-	for _, c := range n.Changes {
-		out = append(out, attest.Change{Kind: c.Kind, Path: c.Path, Old: c.Old, New: c.New, Details: c.Details, Unlisted: c.Unlisted})
-	}
-	return out
-}
-
 func equalChange(a, b attest.Change) bool {
 	return a.Kind == b.Kind && a.Path == b.Path && a.Old == b.Old && a.New == b.New && a.Unlisted == b.Unlisted && slices.Equal(a.Details, b.Details)
-}
-
-// derived is a re-derivation: the original fetched, and its variant.
-type derived struct {
-	original cache.Manifest
-	variant  normalize.Result
 }
 
 // namesSubject reports whether statement's one subject is variant (its
