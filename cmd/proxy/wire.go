@@ -102,8 +102,11 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		Clock:    clock,
 		Metrics:  metrics.Fetch(),
 		Log:      log,
-		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
-			service.Held(ctx, r, dgst)
+		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+			service.Answered(ctx, r, dgst)
+		},
+		OnSent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+			service.Sent(ctx, r, dgst)
 		},
 		OnCommit: maintainer.Ingested,
 	})

@@ -112,9 +112,13 @@ type Options struct {
 	Clock   Clock
 	Metrics *Metrics
 	Log     *slog.Logger
-	// OnHolds is called when upstream said r's repository holds dgst (it
-	// answered 200 to a download), to r's client.
-	OnHolds func(ctx context.Context, r Remote, dgst digest.Digest)
+	// OnAnswered is called when upstream answered 200 to a download of
+	// dgst by r's client: its word, not yet its bytes.
+	OnAnswered func(ctx context.Context, r Remote, dgst digest.Digest)
+	// OnSent is called when the bytes upstream sent for r's download of
+	// dgst verified, before they enter the cache: r's repository holds
+	// dgst.
+	OnSent func(ctx context.Context, r Remote, dgst digest.Digest)
 	// OnCommit is called when a blob of size bytes entered the cache.
 	OnCommit func(size int64)
 }
@@ -130,8 +134,11 @@ func New(opts Options) *Fetcher {
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = os.TempDir()
 	}
-	if opts.OnHolds == nil {
-		opts.OnHolds = func(context.Context, Remote, digest.Digest) {}
+	if opts.OnAnswered == nil {
+		opts.OnAnswered = func(context.Context, Remote, digest.Digest) {}
+	}
+	if opts.OnSent == nil {
+		opts.OnSent = func(context.Context, Remote, digest.Digest) {}
 	}
 	if opts.OnCommit == nil {
 		opts.OnCommit = func(int64) {}
@@ -275,7 +282,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 	}
 	defer body.Close()
 	f.answered = true
-	fs.opts.OnHolds(ctx, r, f.dgst)
+	fs.opts.OnAnswered(ctx, r, f.dgst)
 	in, err := fs.opts.Store.IngestBlob(ctx, f.dgst, body.Size())
 	if err != nil {
 		return fail(err)
@@ -322,6 +329,11 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 		if err := ingest.finish(ctx, got); err != nil {
 			return errors.Join(err, in.Cancel(context.WithoutCancel(ctx)))
 		}
+	}
+	if in.Verify() == nil {
+		// Before the blob is published: whoever finds it in the cache
+		// finds what the upstream's bytes proved, too.
+		fs.opts.OnSent(ctx, r, f.dgst)
 	}
 	if err := in.Commit(ctx); err != nil {
 		return err

@@ -131,7 +131,7 @@ func (r *Repository) statUpstream(ctx context.Context, dgst digest.Digest) (Blob
 	if err := r.remote.CheckBlobSize(size); err != nil {
 		return BlobInfo{}, err // a GET would be refused: say so now
 	}
-	r.learn(ctx, dgst)
+	// Its word only: the link waits for its bytes (access.go).
 	r.remote.Confirm(r.s.clock.Now())
 	return BlobInfo{Size: size, Source: "upstream", MediaType: mediatype.OctetStream}, nil
 }
@@ -219,19 +219,21 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		return nil, err
 	}
 	if !admitted && !f.StartedBy(dl) {
-		// Someone else's download: its answer is not this client's.
-		if err := r.ask(ctx, o, sub); err != nil {
+		// Someone else's download from this upstream: its answer is not
+		// this client's. The bytes are the upstream's own, so its word is
+		// enough, if the download reads them from it (below).
+		if _, err := r.askHead(ctx, o, sub); err != nil {
 			f.Done()
 			return nil, err
 		}
-		admitted = true
 	}
 	if f, err = s.fetches.Ready(ctx, f, dl); err != nil {
 		return nil, err
 	}
 	if !admitted && !f.Answered() {
 		// The download found the blob already cached (another one had just
-		// published it) and asked nobody: ask for this client.
+		// published it) and asked nobody: the client reads the cache, and
+		// is admitted as for a cached blob.
 		if err := r.ask(ctx, o, sub); err != nil {
 			f.Done()
 			return nil, err

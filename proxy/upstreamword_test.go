@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -161,4 +162,109 @@ func testUpstreamsYes(t *testing.T, madeOnly bool) {
 	if asked == 0 {
 		t.Fatal("the hostile upstream was never asked: the test's premise broke")
 	}
+}
+
+// TestUpstreamsWordBeforeTheCacheHasIt: what a hostile upstream says of a
+// blob before anyone cached it must not admit its clients once another
+// upstream's client has. Its 200 to a HEAD of an uncached blob (answered
+// from the HEAD, without a download, for a blob it says is large), or to a
+// GET whose bytes then fail to verify, is its word, not its bytes: neither
+// may stand as the repository's link to bytes that alice's pull caches
+// from docker.io afterwards.
+func TestUpstreamsWordBeforeTheCacheHasIt(t *testing.T) {
+	t.Parallel()
+	for _, first := range []string{"HEAD", "GET"} {
+		t.Run(first, func(t *testing.T) {
+			t.Parallel()
+			hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case r.URL.Path == "/v2/":
+				case r.Method == http.MethodHead:
+					w.Header().Set("Content-Length", strconv.Itoa(8<<20)) // large: answered from the HEAD
+				default:
+					w.Header().Set("Content-Length", "7")
+					w.Write([]byte("garbage"))
+				}
+			}))
+			t.Cleanup(hostile.Close)
+			hostileURL, _ := url.Parse(hostile.URL)
+			h := newHarness(t, harnessOptions{
+				registry: regtest.Options{TokenAuth: true, Accounts: []regtest.Account{
+					{Username: "alice", Password: "alice-secret-pw", Repos: []string{"team/private"}},
+				}},
+				forward: true,
+				retry:   upstream.RetryPolicy{Attempts: 1},
+				more:    []upstream.Config{{Name: "hostile", URL: hostileURL}},
+			})
+			img := h.push(t, "team/private", "v1", regtest.ImageOptions{}, oneFile)
+			layer := digest.FromBytes(img.Layers[0])
+			evil := "/v2/evil/x/blobs/" + layer.String() + "?ns=hostile"
+
+			r := h.do(t, first, evil, nil)
+			if first == http.MethodHead && r.status != http.StatusOK {
+				t.Fatalf("the hostile upstream's HEAD of an uncached blob: %d, want its 200 (the test's premise)", r.status)
+			}
+			if first == http.MethodGet && r.status == http.StatusOK && digest.FromBytes(r.body) == layer {
+				t.Fatal("the hostile upstream's garbage was served as the blob")
+			}
+
+			alice := basic("alice", "alice-secret-pw")
+			if r := h.do(t, http.MethodGet, "/v2/team/private/blobs/"+layer.String(), alice); r.status != http.StatusOK || digest.FromBytes(r.body) != layer {
+				t.Fatalf("alice's layer: %d", r.status)
+			}
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				if r := h.do(t, method, evil, nil); r.status == http.StatusOK {
+					t.Errorf("%s after alice's pull: a client of the upstream that only said yes read alice's private layer (%d bytes)", method, len(r.body))
+				}
+			}
+		})
+	}
+}
+
+// TestAnotherUpstreamSendsACachedBlobOnce: a blob cached from one upstream
+// and asked for through another costs that other upstream one download
+// (its proof), then a HEAD in another of its repositories, and nothing
+// after a restart (the sent record and the links are in the cache). A
+// third upstream proves it again: the record is per upstream.
+func TestAnotherUpstreamSendsACachedBlobOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	files := randomLayer(t, 5<<20)
+	img := h.push(t, "library/app", "v1", regtest.ImageOptions{}, files)
+	h.push(t, "library/other", "v1", regtest.ImageOptions{}, files) // the same layer
+	layer := digest.FromBytes(img.Layers[0])
+	front, _ := url.Parse(h.front.URL)
+	h.opts.more = []upstream.Config{{Name: "mirror.example", URL: front}, {Name: "third.example", URL: front}}
+	h.restart(t)
+
+	get := func(repo, ns string) {
+		t.Helper()
+		r := h.do(t, http.MethodGet, "/v2/"+repo+"/blobs/"+layer.String()+"?ns="+ns, nil)
+		if r.status != http.StatusOK || digest.FromBytes(r.body) != layer {
+			t.Fatalf("%s on %s: %d", repo, ns, r.status)
+		}
+	}
+	app, other := "/v2/library/app/blobs/"+layer.String(), "/v2/library/other/blobs/"+layer.String()
+	check := func(when string, got, want map[string]int) {
+		t.Helper()
+		for _, k := range []string{"GET " + app, "HEAD " + app, "GET " + other, "HEAD " + other} {
+			if got[k] != want[k] {
+				t.Errorf("%s: upstream saw %q %d times, want %d", when, k, got[k], want[k])
+			}
+		}
+	}
+
+	seen := countRequests(h)
+	get("library/app", "docker.io")
+	get("library/app", "mirror.example")
+	get("library/other", "mirror.example")
+	check("one upstream's download, then another's two repositories", seen(),
+		map[string]int{"GET " + app: 2, "HEAD " + app: 1, "HEAD " + other: 1})
+
+	h.restart(t)
+	seen = countRequests(h)
+	get("library/other", "mirror.example")
+	get("library/app", "third.example")
+	check("after a restart, a known repository, then a third upstream", seen(),
+		map[string]int{"GET " + app: 1, "HEAD " + app: 1})
 }
