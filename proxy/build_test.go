@@ -89,6 +89,9 @@ func buildServer(tb testing.TB, p serverParts) built {
 	var service *mirror.Service
 	fetches := blobfetch.New(blobfetch.Options{Store: p.store, SpoolDir: p.spoolDir, Limits: limits, Clock: clock,
 		Metrics: metrics.Fetch(), Log: p.log, OnCommit: maintainer.Ingested,
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return service.SentBy(ctx, r, dgst)
+		},
 		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { service.Answered(ctx, r, dgst) },
 		OnSent:     func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { service.Sent(ctx, r, dgst) }})
 	public := map[string]bool{}

@@ -102,6 +102,9 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		Clock:    clock,
 		Metrics:  metrics.Fetch(),
 		Log:      log,
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return service.SentBy(ctx, r, dgst)
+		},
 		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
 			service.Answered(ctx, r, dgst)
 		},

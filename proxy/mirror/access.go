@@ -117,6 +117,14 @@ func (s *Service) markSent(ctx context.Context, upstream, repo string, dgst dige
 	s.learn(ctx, upstream, repo, dgst)
 }
 
+// SentBy is the fetcher's Sent: whether r's upstream has sent dgst's bytes
+// before. A cache that does not answer says no: the download costs
+// bandwidth, nothing more.
+func (s *Service) SentBy(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+	ok, err := s.sent(ctx, r.Upstream(), dgst)
+	return ok && err == nil
+}
+
 // Answered is the fetcher's OnAnswered: upstream answered 200 to r's
 // client's download of dgst, so it takes the client's credentials for the
 // repository. That the repository holds dgst waits for the bytes (Sent).
@@ -280,10 +288,11 @@ func (r *Repository) askHead(ctx context.Context, o, sub object) (object, error)
 }
 
 // prove makes sure the upstream has sent o's bytes once: if it never did,
-// it is asked to now, as the client, and they must verify (a manifest is
-// small; a blob costs one download per upstream, the price of a cache
-// shared by upstreams that do not trust one another). The clients of one
-// identity share one proof.
+// it is asked to now, as the client, and they must verify. A manifest is
+// small; a blob is downloaded from it as any download is (bounded by the
+// fetcher, shared by the upstream's clients, recorded by OnSent): one
+// download per upstream and digest, the price of a cache shared by
+// upstreams that do not trust one another.
 func (r *Repository) prove(ctx context.Context, o object) error {
 	up := r.remote.Upstream()
 	if ok, err := r.s.sent(ctx, up, o.dgst); err != nil {
@@ -291,21 +300,22 @@ func (r *Repository) prove(ctx context.Context, o object) error {
 	} else if ok {
 		return nil
 	}
+	if o.blob {
+		if err := r.s.fetches.Fetch(ctx, r.download(o.dgst), o.dgst); err != nil {
+			return downloadFailed(ctx, err)
+		}
+		return nil
+	}
+	// The clients of one identity share one manifest fetch.
 	key := "prove " + r.remote.Identity() + " " + o.dgst.String()
 	_, err := r.s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
-		var err error
-		if o.blob {
-			// As long as a download may take, while a client waits.
-			err = r.remote.ProveBlob(ctx, o.dgst)
-		} else {
-			ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
-			defer cancel()
-			_, err = fetchManifest(ctx, r.remote, o.dgst.String(), nil, o.dgst)
+		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
+		defer cancel()
+		if _, err := fetchManifest(ctx, r.remote, o.dgst.String(), nil, o.dgst); err != nil {
+			return nil, err
 		}
-		if err == nil {
-			r.fetched(ctx, o.dgst)
-		}
-		return nil, err
+		r.fetched(ctx, o.dgst)
+		return nil, nil
 	})
 	return err
 }

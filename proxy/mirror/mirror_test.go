@@ -111,6 +111,9 @@ func newFixture(t *testing.T, e mirror.Engine) *fixture {
 	fetches := blobfetch.New(blobfetch.Options{
 		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: clock{},
 		Metrics: blobfetch.NewMetrics(), Log: log, OnCommit: func(int64) {},
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return svc.SentBy(ctx, r, dgst)
+		},
 		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Answered(ctx, r, dgst) },
 		OnSent:     func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Sent(ctx, r, dgst) },
 	})

@@ -93,29 +93,6 @@ func (r *Repository) GetBlob(ctx context.Context, dgst digest.Digest) (*Blob, er
 	return &Blob{size: resp.ContentLength, ctx: ctx, u: u, repo: r.name, path: path, dgst: dgst, body: resp.Body, attempt: 1}, nil
 }
 
-// ProveBlob has the upstream send dgst whole, as the client, and checks
-// the bytes against the digest; nothing is kept. It is how an upstream shows
-// that it holds bytes regnorm has cached from elsewhere: a HEAD's 200 is
-// only its word. Bounded as a download is (MaxBlobSize, the retry policy,
-// stalls).
-func (r *Repository) ProveBlob(ctx context.Context, dgst digest.Digest) error {
-	b, err := r.GetBlob(ctx, dgst)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	v := dgst.Verifier()
-	n, err := io.Copy(v, b)
-	if err != nil {
-		return err
-	}
-	if (b.size >= 0 && n != b.size) || !v.Verified() {
-		return errcode.New(http.StatusBadGateway, errcode.Unavailable,
-			fmt.Sprintf("upstream %s sent bytes that are not blob %s", r.reg.name, dgst), nil)
-	}
-	return nil
-}
-
 // GetBlobFrom is the rest of dgst from offset on, of a blob of size bytes
 // whose beginning came from elsewhere (another replica that stopped): its
 // first Read asks upstream with a range request, as a resumption does.

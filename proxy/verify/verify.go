@@ -405,6 +405,9 @@ func newRederiver(opts Options, limits *attest.Limits, remote *upstream.Reposito
 	var svc *mirror.Service
 	fetches := blobfetch.New(blobfetch.Options{
 		Store: store, Clock: clock{}, Metrics: opts.Metrics.Fetch, Log: log,
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return svc.SentBy(ctx, r, dgst)
+		},
 		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Answered(ctx, r, dgst) },
 		OnSent:     func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Sent(ctx, r, dgst) },
 	})
