@@ -307,6 +307,16 @@ func (in *Ingest) cancel(ctx context.Context) error {
 	return nil
 }
 
+// Verify checks what was written against the expected digest and size
+// without finishing the ingest, so that a caller can record what the bytes
+// being right means before anyone can read them (Commit checks again).
+func (in *Ingest) Verify() error {
+	if in.dgst == "" {
+		return errors.New("verify: produced content has no expected digest")
+	}
+	return in.verify()
+}
+
 func (in *Ingest) verify() error {
 	if in.size >= 0 && in.written != in.size {
 		return fmt.Errorf("blob %s: got %d bytes, want %d: %w", in.dgst, in.written, in.size, ErrSizeMismatch)

@@ -30,6 +30,7 @@ import (
 //	                                           upstream last gave it
 //	/links/<upstream>/<repository>/_links/<alg>/<hex>
 //	                                           the repository holds that digest upstream (empty)
+//	/sent/<upstream>/<alg>/<hex[:2]>/<hex>     the upstream sent bytes that verified against that digest (empty)
 //	/holds/<upstream>                          until when the upstream is held after a rate limit
 //	/_uploads/<id>/data                        blobs being written, never read
 //
@@ -83,6 +84,10 @@ func digestFromPath(root, p string) (digest.Digest, bool) {
 
 func linkPath(upstream, repo string, dgst digest.Digest) string {
 	return path.Join("/links", escapeSegment(upstream), repo, "_links", dgst.Algorithm().String(), dgst.Encoded())
+}
+
+func sentPath(upstream string, dgst digest.Digest) string {
+	return path.Join("/sent", escapeSegment(upstream), dgst.Algorithm().String(), dgst.Encoded()[:2], dgst.Encoded())
 }
 
 func schema1Path(upstream, repo string, dgst digest.Digest) string {

@@ -655,6 +655,29 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				}
 			}
 		}},
+		{"sent records are per upstream", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			if ok, err := s.HasSent(ctx, "docker.io", dgst); err != nil || ok {
+				t.Fatalf("before: %v %v", ok, err)
+			}
+			if err := s.PutSent(ctx, "docker.io", dgst); err != nil {
+				t.Fatal(err)
+			}
+			for _, tt := range []struct {
+				upstream string
+				want     bool
+			}{{"docker.io", true}, {"quay.io", false}, {"docker.io:5000", false}} {
+				if ok, err := s.HasSent(ctx, tt.upstream, dgst); err != nil || ok != tt.want {
+					t.Errorf("%s: %v %v, want %v", tt.upstream, ok, err, tt.want)
+				}
+			}
+			// A link of the same upstream is not a sent record.
+			if err := s.PutLink(ctx, "quay.io", "team/shared", dgst); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := s.HasSent(ctx, "quay.io", dgst); err != nil || ok {
+				t.Errorf("a link reads as sent: %v %v", ok, err)
+			}
+		}},
 		{"clean uploads removes only old leftovers", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			// What a crash leaves: a temporary object written but never
 			// moved. (On S3 an upload not yet committed is no object at all;

@@ -89,7 +89,11 @@ func buildServer(tb testing.TB, p serverParts) built {
 	var service *mirror.Service
 	fetches := blobfetch.New(blobfetch.Options{Store: p.store, SpoolDir: p.spoolDir, Limits: limits, Clock: clock,
 		Metrics: metrics.Fetch(), Log: p.log, OnCommit: maintainer.Ingested,
-		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { service.Held(ctx, r, dgst) }})
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return service.SentBy(ctx, r, dgst)
+		},
+		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { service.Answered(ctx, r, dgst) },
+		OnSent:     func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { service.Sent(ctx, r, dgst) }})
 	public := map[string]bool{}
 	for _, r := range regs {
 		public[r.Name()] = !r.Forwards()

@@ -118,9 +118,11 @@ func TestUpstreamCannotRetypeAnothersManifest(t *testing.T) {
 				t.Fatalf("good pull by tag: %d %s", r.status, r.header.Get("Content-Type"))
 			}
 			hostilePull("latest", tt.wantHostile)
-			// Cached now, and the hostile upstream says it has it: served
-			// as what it is.
-			hostilePull(img.ManifestDigest.String(), http.StatusOK)
+			// Cached now, and the hostile upstream says yes to its HEAD:
+			// its word is not enough where it never sent the bytes (as
+			// the content's type), so it is asked for them, and they fail
+			// as before the good pull.
+			hostilePull(img.ManifestDigest.String(), tt.wantHostile)
 			for _, p := range []string{tag, byDigest} {
 				for _, method := range []string{http.MethodHead, http.MethodGet} {
 					r := h.do(t, method, p, containerdAccept)

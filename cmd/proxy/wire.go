@@ -102,8 +102,14 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		Clock:    clock,
 		Metrics:  metrics.Fetch(),
 		Log:      log,
-		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
-			service.Held(ctx, r, dgst)
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return service.SentBy(ctx, r, dgst)
+		},
+		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+			service.Answered(ctx, r, dgst)
+		},
+		OnSent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+			service.Sent(ctx, r, dgst)
 		},
 		OnCommit: maintainer.Ingested,
 	})

@@ -41,9 +41,35 @@ type Download struct {
 	orphaned func() bool   // stops the orphan timer
 	closed   bool          // the spool is closed
 	release  func()        // gives the spool's space back
+	also     []Remote      // others the upstream said yes to (Also)
+	sent     bool          // OnSent was told: Also is too late
 }
 
+// maxAlso bounds the remotes a download remembers for OnSent (Also): the
+// rest ask their upstream again next time.
+const maxAlso = 64
+
 var errOrphaned = errors.New("no client is reading the download any more")
+
+// Also tells OnSent of r too when the download's bytes verify: r's
+// upstream said yes to r's client (a HEAD), who reads this download, so
+// the bytes are its repository's as well.
+func (f *Download) Also(r Remote) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.sent && len(f.also) < maxAlso {
+		f.also = append(f.also, r)
+	}
+}
+
+// verified returns the remotes to tell OnSent of besides the one that
+// started the download; Also is too late from then on.
+func (f *Download) verified() []Remote {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sent = true
+	return f.also
+}
 
 // attach adds a reader to a download that is not being cancelled. One
 // whose orphan timer already fired, or that timed out, is as good as over:

@@ -112,9 +112,19 @@ type Options struct {
 	Clock   Clock
 	Metrics *Metrics
 	Log     *slog.Logger
-	// OnHolds is called when upstream said r's repository holds dgst (it
-	// answered 200 to a download), to r's client.
-	OnHolds func(ctx context.Context, r Remote, dgst digest.Digest)
+	// Sent reports whether r's upstream has sent dgst's bytes before. A
+	// download of a cached blob is skipped only when it has: else the
+	// blob is downloaded from it all the same, since the caller wants that
+	// upstream's bytes (its proof that it holds them), not only the blob.
+	// Nil: every cached blob is skipped.
+	Sent func(ctx context.Context, r Remote, dgst digest.Digest) bool
+	// OnAnswered is called when upstream answered 200 to a download of
+	// dgst by r's client: its word, not yet its bytes.
+	OnAnswered func(ctx context.Context, r Remote, dgst digest.Digest)
+	// OnSent is called when the bytes upstream sent for r's download of
+	// dgst verified, before they enter the cache: r's repository holds
+	// dgst.
+	OnSent func(ctx context.Context, r Remote, dgst digest.Digest)
 	// OnCommit is called when a blob of size bytes entered the cache.
 	OnCommit func(size int64)
 }
@@ -130,8 +140,14 @@ func New(opts Options) *Fetcher {
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = os.TempDir()
 	}
-	if opts.OnHolds == nil {
-		opts.OnHolds = func(context.Context, Remote, digest.Digest) {}
+	if opts.OnAnswered == nil {
+		opts.OnAnswered = func(context.Context, Remote, digest.Digest) {}
+	}
+	if opts.Sent == nil {
+		opts.Sent = func(context.Context, Remote, digest.Digest) bool { return true }
+	}
+	if opts.OnSent == nil {
+		opts.OnSent = func(context.Context, Remote, digest.Digest) {}
 	}
 	if opts.OnCommit == nil {
 		opts.OnCommit = func(int64) {}
@@ -208,6 +224,13 @@ func (fs *Fetcher) Ensure(ctx context.Context, r Remote, dgst digest.Digest) err
 	if _, err := fs.opts.Store.StatBlob(ctx, dgst); err == nil {
 		return nil
 	}
+	return fs.Fetch(ctx, r, dgst)
+}
+
+// Fetch downloads dgst from r's upstream (or joins the download under way)
+// and waits for it to end: a cached blob too, unless that upstream has
+// sent it before (Options.Sent). The caller has admitted the client.
+func (fs *Fetcher) Fetch(ctx context.Context, r Remote, dgst digest.Digest) error {
 	// The download runs on its own context: the caller's request pays for
 	// it here.
 	if err := upstream.Spend(ctx); err != nil {
@@ -265,8 +288,11 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 		return err
 	}
 	// A download that finished just before this one was started has
-	// already published the blob.
-	if _, err := fs.opts.Store.StatBlob(ctx, f.dgst); err == nil {
+	// already published the blob; one from another upstream has too, but
+	// only this upstream's bytes show that it holds them.
+	_, err := fs.opts.Store.StatBlob(ctx, f.dgst)
+	cached := err == nil
+	if cached && fs.opts.Sent(ctx, r, f.dgst) {
 		return fail(nil)
 	}
 	body, err := r.GetBlob(ctx, f.dgst)
@@ -275,7 +301,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 	}
 	defer body.Close()
 	f.answered = true
-	fs.opts.OnHolds(ctx, r, f.dgst)
+	fs.opts.OnAnswered(ctx, r, f.dgst)
 	in, err := fs.opts.Store.IngestBlob(ctx, f.dgst, body.Size())
 	if err != nil {
 		return fail(err)
@@ -323,10 +349,20 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 			return errors.Join(err, in.Cancel(context.WithoutCancel(ctx)))
 		}
 	}
+	if in.Verify() == nil {
+		// Before the blob is published: whoever finds it in the cache
+		// finds what the upstream's bytes proved, too.
+		fs.opts.OnSent(ctx, r, f.dgst)
+		for _, also := range f.verified() {
+			fs.opts.OnSent(ctx, also, f.dgst)
+		}
+	}
 	if err := in.Commit(ctx); err != nil {
 		return err
 	}
-	fs.opts.OnCommit(in.Size())
+	if !cached {
+		fs.opts.OnCommit(in.Size())
+	}
 	return nil
 }
 

@@ -69,7 +69,7 @@ func newFetcher(t *testing.T, store *cache.Store) *blobfetch.Fetcher {
 	return blobfetch.New(blobfetch.Options{
 		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: realClock{},
 		Metrics: blobfetch.NewMetrics(), Log: slog.New(slog.DiscardHandler),
-		OnHolds: func(context.Context, blobfetch.Remote, digest.Digest) {}, OnCommit: func(int64) {},
+		OnAnswered: func(context.Context, blobfetch.Remote, digest.Digest) {}, OnCommit: func(int64) {},
 	})
 }
 
@@ -180,7 +180,7 @@ func TestUpstreamsDownloadApart(t *testing.T) {
 	fs := blobfetch.New(blobfetch.Options{
 		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: realClock{},
 		Metrics: blobfetch.NewMetrics(), Log: slog.New(slog.DiscardHandler),
-		OnHolds: func(context.Context, blobfetch.Remote, digest.Digest) {}, OnCommit: func(int64) { commits.Add(1) },
+		OnAnswered: func(context.Context, blobfetch.Remote, digest.Digest) {}, OnCommit: func(int64) { commits.Add(1) },
 	})
 	ctx := context.Background()
 

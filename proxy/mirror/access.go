@@ -28,8 +28,15 @@ import (
 //
 // What is not known is asked of the upstream, as the client: a HEAD of the
 // object, or of the source regnorm made it from (then of the object, when
-// the repository does not hold that source). Every reader asks through
-// a Repository (repository.go), so this is decided here and nowhere else.
+// the repository does not hold that source). A HEAD's 200 is the
+// upstream's word about its own repositories, and taken as such only from
+// an upstream that has sent the digest's bytes at least once (the sent
+// record, one per upstream and digest): else it is asked to send them, as
+// the client, and they must verify. So no upstream's word reaches bytes
+// that only another upstream sent: anyone may answer a HEAD with 200.
+//
+// Every reader asks through a Repository (repository.go), so this is
+// decided here and nowhere else.
 
 // storageFailed is what a client is answered when the cache does not
 // answer a read admission or an answer depends on.
@@ -64,9 +71,10 @@ func (s *Service) holds(ctx context.Context, upstream, repo string, dgst digest.
 	return ok, err
 }
 
-// learn records that upstream/repo holds dgst. A link that fails to be
-// written costs a HEAD upstream later, nothing more: it is logged, not
-// returned.
+// learn records that upstream/repo holds dgst: only once the upstream has
+// sent its bytes (sent), or for what regnorm made from them. A link that
+// fails to be written costs a HEAD upstream later, nothing more: it is
+// logged, not returned.
 func (s *Service) learn(ctx context.Context, upstream, repo string, dgst digest.Digest) {
 	key := linkKey(upstream, repo, dgst)
 	if s.links.Contains(key) {
@@ -79,15 +87,59 @@ func (s *Service) learn(ctx context.Context, upstream, repo string, dgst digest.
 	s.links.Add(key, struct{}{})
 }
 
-// Held is the fetcher's OnHolds: upstream said r's repository holds dgst
-// (it answered 200 to a download), to r's client.
-func (s *Service) Held(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
-	s.learn(ctx, r.Upstream(), r.Name(), dgst)
+// sentKey is the key of upstream's sent record of dgst in the link memory:
+// no repository has an empty name.
+func sentKey(upstream string, dgst digest.Digest) string { return linkKey(upstream, "", dgst) }
+
+// sent reports whether upstream has sent bytes that verified against dgst.
+func (s *Service) sent(ctx context.Context, upstream string, dgst digest.Digest) (bool, error) {
+	key := sentKey(upstream, dgst)
+	if s.links.Contains(key) {
+		return true, nil
+	}
+	ok, err := s.store.HasSent(ctx, upstream, dgst)
+	if ok {
+		s.links.Add(key, struct{}{})
+	}
+	return ok, err
+}
+
+// markSent records that upstream sent bytes that verified against dgst,
+// and that repo holds it. Not written: costs the proof again later.
+func (s *Service) markSent(ctx context.Context, upstream, repo string, dgst digest.Digest) {
+	if key := sentKey(upstream, dgst); !s.links.Contains(key) {
+		if err := s.store.PutSent(context.WithoutCancel(ctx), upstream, dgst); err != nil {
+			s.log.Warn("recording what an upstream sent failed", "upstream", upstream, "digest", dgst, "error", err)
+			return
+		}
+		s.links.Add(key, struct{}{})
+	}
+	s.learn(ctx, upstream, repo, dgst)
+}
+
+// SentBy is the fetcher's Sent: whether r's upstream has sent dgst's bytes
+// before. A cache that does not answer says no: the download costs
+// bandwidth, nothing more.
+func (s *Service) SentBy(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+	ok, err := s.sent(ctx, r.Upstream(), dgst)
+	return ok && err == nil
+}
+
+// Answered is the fetcher's OnAnswered: upstream answered 200 to r's
+// client's download of dgst, so it takes the client's credentials for the
+// repository. That the repository holds dgst waits for the bytes (Sent).
+func (s *Service) Answered(_ context.Context, r blobfetch.Remote, _ digest.Digest) {
 	// The fetcher is handed this package's remotes only; another Remote
 	// would go unconfirmed, which costs a HEAD later, nothing more.
 	if up, ok := r.(remote); ok {
 		up.Confirm(s.clock.Now())
 	}
+}
+
+// Sent is the fetcher's OnSent: the bytes upstream sent for r's download
+// of dgst verified.
+func (s *Service) Sent(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) {
+	s.markSent(ctx, r.Upstream(), r.Name(), dgst)
 }
 
 func (r *Repository) holds(ctx context.Context, dgst digest.Digest) (bool, error) {
@@ -96,6 +148,12 @@ func (r *Repository) holds(ctx context.Context, dgst digest.Digest) (bool, error
 
 func (r *Repository) learn(ctx context.Context, dgst digest.Digest) {
 	r.s.learn(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
+}
+
+// fetched records that the upstream sent dgst's bytes for the repository
+// and they verified.
+func (r *Repository) fetched(ctx context.Context, dgst digest.Digest) {
+	r.s.markSent(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
 }
 
 // admitted reports, without asking upstream, whether the client may read o
@@ -183,9 +241,10 @@ func (r *Repository) admitTag(ctx context.Context, tag string) error {
 }
 
 // ask has the upstream tell the client whether the repository holds sub,
-// with a HEAD, for the client's read of o. A yes is remembered: the
-// repository's link to sub (and to o, made from it), and the client's
-// credentials for the repository.
+// with a HEAD, for the client's read of o from the cache. A yes is
+// remembered: the repository's link to sub (and to o, made from it), and
+// the client's credentials for the repository. It stands only once the
+// upstream has sent sub's bytes (prove).
 //
 // When sub is the source o was made from and the upstream does not hold
 // it here, o itself is asked about: the same bytes can be the upstream's
@@ -193,6 +252,25 @@ func (r *Repository) admitTag(ctx context.Context, tag string) error {
 // another image's config as it is), and the digest names the bytes, not
 // how regnorm came by them.
 func (r *Repository) ask(ctx context.Context, o, sub object) error {
+	sub, err := r.askHead(ctx, o, sub)
+	if err != nil {
+		return err
+	}
+	if err := r.prove(ctx, sub); err != nil {
+		return unknownAsAsked(err, o)
+	}
+	r.learn(ctx, sub.dgst)
+	if o.dgst != sub.dgst {
+		r.learn(ctx, o.dgst)
+	}
+	return nil
+}
+
+// askHead is ask's question without the proof: enough for a client that
+// reads the upstream's own download of o, not the cache. It says which of
+// o and sub the upstream holds, and remembers only the client's
+// credentials.
+func (r *Repository) askHead(ctx context.Context, o, sub object) (object, error) {
 	err := r.head(ctx, sub)
 	if err != nil && sub != o && errcode.StatusOf(err) == http.StatusNotFound {
 		switch err2 := r.head(ctx, o); {
@@ -203,14 +281,43 @@ func (r *Repository) ask(ctx context.Context, o, sub object) error {
 		}
 	}
 	if err != nil {
-		return unknownAsAsked(err, o)
+		return object{}, unknownAsAsked(err, o)
 	}
-	r.learn(ctx, sub.dgst)
 	r.remote.Confirm(r.s.clock.Now())
-	if o.dgst != sub.dgst {
-		r.learn(ctx, o.dgst)
+	return sub, nil
+}
+
+// prove makes sure the upstream has sent o's bytes once: if it never did,
+// it is asked to now, as the client, and they must verify. A manifest is
+// small; a blob is downloaded from it as any download is (bounded by the
+// fetcher, shared by the upstream's clients, recorded by OnSent): one
+// download per upstream and digest, the price of a cache shared by
+// upstreams that do not trust one another.
+func (r *Repository) prove(ctx context.Context, o object) error {
+	up := r.remote.Upstream()
+	if ok, err := r.s.sent(ctx, up, o.dgst); err != nil {
+		return storageFailed(err)
+	} else if ok {
+		return nil
 	}
-	return nil
+	if o.blob {
+		if err := r.s.fetches.Fetch(ctx, r.download(o.dgst), o.dgst); err != nil {
+			return downloadFailed(ctx, err)
+		}
+		return nil
+	}
+	// The clients of one identity share one manifest fetch.
+	key := "prove " + r.remote.Identity() + " " + o.dgst.String()
+	_, err := r.s.manifests.Do(ctx, key, func(ctx context.Context) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, manifestFetchTimeout)
+		defer cancel()
+		if _, err := fetchManifest(ctx, r.remote, o.dgst.String(), nil, o.dgst); err != nil {
+			return nil, err
+		}
+		r.fetched(ctx, o.dgst)
+		return nil, nil
+	})
+	return err
 }
 
 // head asks the upstream, as the client, whether the repository holds o.

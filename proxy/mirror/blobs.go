@@ -131,7 +131,7 @@ func (r *Repository) statUpstream(ctx context.Context, dgst digest.Digest) (Blob
 	if err := r.remote.CheckBlobSize(size); err != nil {
 		return BlobInfo{}, err // a GET would be refused: say so now
 	}
-	r.learn(ctx, dgst)
+	// Its word only: the link waits for its bytes (access.go).
 	r.remote.Confirm(r.s.clock.Now())
 	return BlobInfo{Size: size, Source: "upstream", MediaType: mediatype.OctetStream}, nil
 }
@@ -168,12 +168,24 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		}
 		admitted = true
 	}
+	asked := false // the upstream said yes to the client, its word only
 	if !admitted {
 		if _, err := s.store.StatBlob(ctx, dgst); err == nil {
-			if err := r.ask(ctx, o, sub); err != nil {
+			// Cached. The upstream's yes lets the client read the cache
+			// only if it sent these bytes before; else they are
+			// downloaded from it all the same (below), and the client
+			// reads them as they come (access.go).
+			if _, err := r.askHead(ctx, o, sub); err != nil {
 				return nil, err
 			}
-			admitted = true
+			asked = true
+			switch ok, err := s.sent(ctx, r.remote.Upstream(), dgst); {
+			case err != nil:
+				return nil, storageFailed(err)
+			case ok:
+				r.learn(ctx, dgst)
+				admitted = true
+			}
 		}
 	}
 	if admitted {
@@ -219,19 +231,25 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		return nil, err
 	}
 	if !admitted && !f.StartedBy(dl) {
-		// Someone else's download: its answer is not this client's.
-		if err := r.ask(ctx, o, sub); err != nil {
-			f.Done()
-			return nil, err
+		// Someone else's download from this upstream: its answer is not
+		// this client's. The bytes are the upstream's own, so its word is
+		// enough, if the download reads them from it (below); they are
+		// the repository's once they verify.
+		if !asked {
+			if _, err := r.askHead(ctx, o, sub); err != nil {
+				f.Done()
+				return nil, err
+			}
 		}
-		admitted = true
+		f.Also(dl)
 	}
 	if f, err = s.fetches.Ready(ctx, f, dl); err != nil {
 		return nil, err
 	}
 	if !admitted && !f.Answered() {
 		// The download found the blob already cached (another one had just
-		// published it) and asked nobody: ask for this client.
+		// published it) and asked nobody: the client reads the cache, and
+		// is admitted as for a cached blob.
 		if err := r.ask(ctx, o, sub); err != nil {
 			f.Done()
 			return nil, err
@@ -401,11 +419,7 @@ func (s *Service) typeDownload(ctx context.Context, dgst digest.Digest, b *Blob,
 	if size <= mediatype.MaxManifestSize {
 		if err := sr.Wait(); err != nil {
 			// Before any header: the client gets an error, not a short body.
-			var e *errcode.Error
-			if errors.As(err, &e) || ctx.Err() != nil {
-				return err
-			}
-			return errcode.New(http.StatusBadGateway, errcode.Unavailable, "blob download failed", err)
+			return downloadFailed(ctx, err)
 		}
 		if _, err := sr.Seek(0, io.SeekStart); err != nil {
 			return err
@@ -447,4 +461,15 @@ type forwardOnly struct{ io.ReadCloser }
 
 func (forwardOnly) Seek(int64, int) (int64, error) {
 	return 0, errors.New("a verified read does not seek")
+}
+
+// downloadFailed is how a download's failure is told to a client that has
+// no header yet: as the error it is when it is an answer (an upstream's
+// refusal, a limit), else 502.
+func downloadFailed(ctx context.Context, err error) error {
+	var e *errcode.Error
+	if errors.As(err, &e) || ctx.Err() != nil {
+		return err
+	}
+	return errcode.New(http.StatusBadGateway, errcode.Unavailable, "blob download failed", err)
 }

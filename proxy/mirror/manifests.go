@@ -121,7 +121,7 @@ func (r *Repository) manifestByDigest(ctx context.Context, dgst digest.Digest, a
 		}
 		// Learnt here, not by the callers: the fetch may outlive them all
 		// (its grace), and what it cached must still be admitted.
-		r.learn(ctx, dgst)
+		r.fetched(ctx, dgst)
 		r.remote.Confirm(s.clock.Now())
 		return m, nil
 	})
@@ -141,8 +141,8 @@ func (r *Repository) manifestByTag(ctx context.Context, tag string, accept []str
 	if haveRec && s.clock.Now().Sub(rec.CheckedAt) < s.tagTTL {
 		if m, err := s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), rec.Digest); err == nil {
 			s.metrics.CacheRequests.WithLabelValues("manifest", "hit").Inc()
-			// The tag record is the repository's own: upstream said so.
-			r.learn(ctx, m.Digest)
+			// The tag record is the repository's own: upstream sent it.
+			r.fetched(ctx, m.Digest)
 			return Manifest{Manifest: m, Source: "cache"}, nil
 		}
 	}
@@ -163,7 +163,7 @@ func (r *Repository) manifestByTag(ctx context.Context, tag string, accept []str
 			// Learnt here, as by digest: the refresh may outlive every
 			// client that waited for it, and what it cached must still be
 			// admitted.
-			r.learn(ctx, m.Digest)
+			r.fetched(ctx, m.Digest)
 		}
 		return m, err
 	})

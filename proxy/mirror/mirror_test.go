@@ -111,7 +111,11 @@ func newFixture(t *testing.T, e mirror.Engine) *fixture {
 	fetches := blobfetch.New(blobfetch.Options{
 		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: clock{},
 		Metrics: blobfetch.NewMetrics(), Log: log, OnCommit: func(int64) {},
-		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Held(ctx, r, dgst) },
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return svc.SentBy(ctx, r, dgst)
+		},
+		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Answered(ctx, r, dgst) },
+		OnSent:     func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Sent(ctx, r, dgst) },
 	})
 	metrics := mirror.Metrics{
 		CacheRequests:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cache_requests"}, []string{"kind", "result"}),

@@ -52,6 +52,7 @@ type Fetcher interface {
 	Join(r blobfetch.Remote, dgst digest.Digest) (*blobfetch.Download, error)
 	Ready(ctx context.Context, f *blobfetch.Download, r blobfetch.Remote) (*blobfetch.Download, error)
 	Ensure(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) error
+	Fetch(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) error
 }
 
 // Engine is the rule engine (a *normalize.Engine). It reads images through

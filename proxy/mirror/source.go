@@ -57,6 +57,10 @@ func (src source) Ensure(ctx context.Context, dgst digest.Digest) error {
 	return nil // in the cache
 }
 
+func (src source) Admit(ctx context.Context, dgst digest.Digest) error {
+	return src.r.admit(ctx, object{dgst: dgst, blob: true})
+}
+
 func (src source) Learn(ctx context.Context, derived, from digest.Digest) {
 	src.r.learnDerived(ctx, derived, from)
 }

@@ -2,6 +2,7 @@ package normalize
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/rewrite"
 )
@@ -95,9 +97,12 @@ func (e *Engine) knowsDiffID(ctx context.Context, dgst digest.Digest) bool {
 // then recorded in the verdict when there is one, so that the layer is
 // read for it once. comp is the blob's compression when it was read.
 func (e *Engine) layerDiffID(ctx context.Context, src Source, dgst digest.Digest) (id digest.Digest, comp rewrite.Compression, err error) {
-	v, verr := e.opts.Store.GetLayerVerdict(ctx, dgst)
-	if verr == nil && v.OriginalDiffID != "" {
+	v, verr := e.layerRecord(ctx, src, dgst)
+	switch {
+	case verr == nil && v.OriginalDiffID != "":
 		return v.OriginalDiffID, "", nil
+	case verr != nil && !errors.Is(verr, cache.ErrNotFound):
+		return "", "", verr
 	}
 	_, err = e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {
 		id, comp, err = rewrite.LayerDiffID(r, e.limits())

@@ -72,6 +72,11 @@ type Source interface {
 	// Learn records that the repository holds derived, made from source
 	// (which it holds upstream).
 	Learn(ctx context.Context, derived, source digest.Digest)
+	// Admit lets the client read blob dgst here, as a read of it would.
+	// What regnorm recorded of a layer is kept by digest, and an image of
+	// any repository or upstream can name that digest: the engine asks
+	// before it builds on a record (layerRecord).
+	Admit(ctx context.Context, dgst digest.Digest) error
 }
 
 // Store is the part of the cache the engine uses.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -46,9 +47,13 @@ type memSource struct {
 	// clean end of stream (as a source that failed to verify would).
 	short digest.Digest
 
-	mu    sync.Mutex
-	reads []digest.Digest
+	mu     sync.Mutex
+	reads  []digest.Digest
+	admits []digest.Digest
 }
+
+// errNotHeld is memSource's refusal of a blob it does not hold.
+var errNotHeld = errors.New("the repository does not hold the blob")
 
 func newSource(store *cache.Store, imgs ...regtest.Image) *memSource {
 	s := &memSource{store: store, blobs: map[digest.Digest][]byte{}, manifests: map[digest.Digest]cache.Manifest{}}
@@ -125,6 +130,18 @@ func (s *memSource) ensure(ctx context.Context, dgst digest.Digest) error {
 }
 
 func (s *memSource) Learn(context.Context, digest.Digest, digest.Digest) {}
+
+// Admit admits the blobs the source holds, as a repository does those it
+// holds upstream.
+func (s *memSource) Admit(_ context.Context, dgst digest.Digest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.admits = append(s.admits, dgst)
+	if _, ok := s.blobs[dgst]; !ok {
+		return fmt.Errorf("%w: %s", errNotHeld, dgst)
+	}
+	return nil
+}
 
 func (s *memSource) blobReads() []digest.Digest {
 	s.mu.Lock()

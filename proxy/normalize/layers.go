@@ -237,8 +237,28 @@ func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 // symlink repackaging (which wrote such entries as broken 'S' headers, and
 // which this version, rebuilding it after an eviction, would not make
 // again byte for byte).
+// layerRecord is the verdict recorded of layer dgst, for a client that may
+// read the layer here (Source.Admit): the record holds what the layer's
+// bytes say (its entries, its diff ID, its compression, what was made of
+// it), and the image that names dgst may be another repository's. A
+// client that may not read it gets the admission's error; no record is
+// cache.ErrNotFound.
+func (e *Engine) layerRecord(ctx context.Context, src Source, dgst digest.Digest) (cache.LayerVerdict, error) {
+	v, err := e.opts.Store.GetLayerVerdict(ctx, dgst)
+	if err != nil {
+		return cache.LayerVerdict{}, err
+	}
+	if err := src.Admit(ctx, dgst); err != nil {
+		return cache.LayerVerdict{}, err
+	}
+	return v, nil
+}
+
 func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest, sparse bool) (cache.LayerVerdict, error) {
-	old, err := e.opts.Store.GetLayerVerdict(ctx, dgst)
+	old, err := e.layerRecord(ctx, src, dgst)
+	if err != nil && !errors.Is(err, cache.ErrNotFound) {
+		return cache.LayerVerdict{}, err
+	}
 	current := old.Scan >= scanVersion || old.Skipped != "" || (!sparse && old.Repacked == "")
 	if err == nil && !e.raised(old) && current {
 		return old, nil
@@ -716,8 +736,11 @@ func (e *Engine) tarCompressions(ctx context.Context, src Source, layers []ocisp
 // rest is read (readLayer): a blob that fails its digest gives no answer,
 // however right its first bytes looked.
 func (e *Engine) layerCompression(ctx context.Context, src Source, dgst digest.Digest) (rewrite.Compression, error) {
-	if v, err := e.opts.Store.GetLayerVerdict(ctx, dgst); err == nil && v.Compression != "" {
+	switch v, err := e.layerRecord(ctx, src, dgst); {
+	case err == nil && v.Compression != "":
 		return rewrite.Compression(v.Compression), nil
+	case err != nil && !errors.Is(err, cache.ErrNotFound):
+		return "", err
 	}
 	var comp rewrite.Compression
 	_, err := e.readLayer(ctx, src, dgst, func(r io.Reader) (err error) {

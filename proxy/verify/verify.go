@@ -405,7 +405,11 @@ func newRederiver(opts Options, limits *attest.Limits, remote *upstream.Reposito
 	var svc *mirror.Service
 	fetches := blobfetch.New(blobfetch.Options{
 		Store: store, Clock: clock{}, Metrics: opts.Metrics.Fetch, Log: log,
-		OnHolds: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Held(ctx, r, dgst) },
+		Sent: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
+			return svc.SentBy(ctx, r, dgst)
+		},
+		OnAnswered: func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Answered(ctx, r, dgst) },
+		OnSent:     func(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) { svc.Sent(ctx, r, dgst) },
 	})
 	eopts := normalize.Options{
 		Store: store, Reports: noReports{}, Metrics: opts.Metrics.Engine, Log: log,
