@@ -231,3 +231,70 @@ func KeyHint(key crypto.PublicKey) (string, error) {
 	sum := sha256.Sum256(der)
 	return base64.StdEncoding.EncodeToString(sum[:]), nil
 }
+
+// bundleJSON is a key-signed DSSE bundle as cosign v3 writes it, in
+// protobuf's JSON names and in this field order (encoding/json: protojson
+// varies its whitespace on purpose, and what is written must be the same
+// bytes every time).
+type bundleJSON struct {
+	MediaType            string `json:"mediaType"`
+	VerificationMaterial struct {
+		PublicKey struct {
+			Hint string `json:"hint"`
+		} `json:"publicKey"`
+	} `json:"verificationMaterial"`
+	DsseEnvelope struct {
+		Payload     string            `json:"payload"`
+		PayloadType string            `json:"payloadType"`
+		Signatures  []bundleSignature `json:"signatures"`
+	} `json:"dsseEnvelope"`
+}
+
+type bundleSignature struct {
+	Sig   string `json:"sig"`
+	KeyID string `json:"keyid,omitempty"`
+}
+
+// NewBundle is the sigstore bundle (MediaTypeBundle) of envelope, a DSSE
+// envelope signed by the private half of key: the same envelope, its
+// payload and signatures unchanged (so no new signature is made), with
+// key's hint (KeyHint) as its verification material and no transparency
+// log entry, as cosign v3 writes a bundle signed with a key offline. The
+// same envelope and key always make the same bytes.
+func NewBundle(envelope []byte, key crypto.PublicKey) ([]byte, error) {
+	var env ssldsse.Envelope
+	if err := json.Unmarshal(envelope, &env); err != nil {
+		return nil, fmt.Errorf("decode the envelope: %w", err)
+	}
+	if len(env.Signatures) == 0 {
+		return nil, errors.New("a bundle of an unsigned envelope: nothing to verify")
+	}
+	// Normalized to standard base64, as protobuf's JSON writes bytes.
+	payload, err := env.DecodeB64Payload()
+	if err != nil {
+		return nil, err
+	}
+	hint, err := KeyHint(key)
+	if err != nil {
+		return nil, err
+	}
+	var b bundleJSON
+	b.MediaType = MediaTypeBundle
+	b.VerificationMaterial.PublicKey.Hint = hint
+	b.DsseEnvelope.Payload = base64.StdEncoding.EncodeToString(payload)
+	b.DsseEnvelope.PayloadType = env.PayloadType
+	for _, s := range env.Signatures {
+		raw, err := base64.StdEncoding.DecodeString(s.Sig)
+		if err != nil {
+			return nil, fmt.Errorf("a signature that is not base64: %w", err)
+		}
+		b.DsseEnvelope.Signatures = append(b.DsseEnvelope.Signatures, bundleSignature{Sig: base64.StdEncoding.EncodeToString(raw), KeyID: s.KeyID})
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(b); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
+}
