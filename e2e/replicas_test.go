@@ -119,10 +119,11 @@ func TestReplicasShareAnS3Cache(t *testing.T) {
 		t.Errorf("%d temporary objects left in the bucket", uploads)
 	}
 	// Original config and two layers, the repackaged layer and new config,
-	// and each variant's attestation (its config and envelope): both
-	// replicas attested each variant, signed, and wrote the same bytes.
-	if blobs != 9 {
-		t.Fatalf("%d blobs in the bucket, want 9", blobs)
+	// and each variant's attestation (its config, envelope, and the bundle
+	// of the same envelope): both replicas attested each variant, signed,
+	// and wrote the same bytes.
+	if blobs != 11 {
+		t.Fatalf("%d blobs in the bucket, want 11", blobs)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/attest"
+	"github.com/regnorm/regnorm/proxy/cosign"
 )
 
 // TestVariantAttestation: a variant regnorm made is attested in the
@@ -23,7 +24,9 @@ import (
 // image manifest whose subject is the variant), cosign's tag
 // sha256-<hex>.att serves the same manifest, and its envelope blob is a
 // DSSE envelope, signed with the configured key, of a statement whose
-// subject is the variant and whose predicate names the original. With
+// subject is the variant and whose predicate names the original; its
+// second referrer is cosign v3's bundle of the same envelope, which
+// verifies with the key as the same statement. With
 // forwarded credentials, a client the upstream does not let read the
 // original's repository reads none of it (tag, referrers, manifest,
 // blobs), and the original's referrers are still the upstream's.
@@ -65,16 +68,17 @@ func TestVariantAttestation(t *testing.T) {
 	}
 
 	r, idx := h.getReferrers(t, "team/private", variant, "", alice)
-	if r.status != http.StatusOK || len(idx.Manifests) != 1 {
+	if r.status != http.StatusOK || len(idx.Manifests) != 2 {
 		t.Fatalf("referrers of the variant: %d %s", r.status, r.body)
 	}
-	listed := idx.Manifests[0]
-	if listed.ArtifactType != attest.MediaTypeEnvelope || listed.MediaType != ocispec.MediaTypeImageManifest {
-		t.Fatalf("listed %+v", listed)
+	listed, bundled := idx.Manifests[0], idx.Manifests[1]
+	if listed.ArtifactType != attest.MediaTypeEnvelope || listed.MediaType != ocispec.MediaTypeImageManifest ||
+		bundled.ArtifactType != cosign.MediaTypeBundle || bundled.MediaType != ocispec.MediaTypeImageManifest {
+		t.Fatalf("listed %+v", idx.Manifests)
 	}
 	r, filtered := h.getReferrers(t, "team/private", variant, "?artifactType=application/vnd.dev.sigstore.bundle.v0.3%2Bjson", alice)
-	if r.status != http.StatusOK || len(filtered.Manifests) != 0 {
-		t.Fatalf("referrers of another type: %d %s", r.status, r.body)
+	if r.status != http.StatusOK || len(filtered.Manifests) != 1 || filtered.Manifests[0].Digest != bundled.Digest {
+		t.Fatalf("referrers of the bundle's type: %d %s", r.status, r.body)
 	}
 
 	tagPath := "/v2/team/private/manifests/" + attest.TagOf(variant)
@@ -113,10 +117,30 @@ func TestVariantAttestation(t *testing.T) {
 		t.Fatalf("the config: %d", r.status)
 	}
 
+	// cosign v3's bundle of the same envelope: its manifest by digest, a
+	// subject the variant and one layer, the bundle, which verifies with
+	// the key as the same statement.
+	bundlePath := "/v2/team/private/manifests/" + bundled.Digest.String()
+	r = h.do(t, http.MethodGet, bundlePath, withAuth(alice))
+	var bm ocispec.Manifest
+	if r.status != http.StatusOK || digest.FromBytes(r.body) != bundled.Digest || json.Unmarshal(r.body, &bm) != nil ||
+		bm.Subject == nil || bm.Subject.Digest != variant || len(bm.Layers) != 1 || bm.Layers[0].MediaType != cosign.MediaTypeBundle {
+		t.Fatalf("the bundle's manifest: %d %s", r.status, r.body)
+	}
+	bundleBlobPath := "/v2/team/private/blobs/" + bm.Layers[0].Digest.String()
+	r = h.do(t, http.MethodGet, bundleBlobPath, alice)
+	if r.status != http.StatusOK || digest.FromBytes(r.body) != bm.Layers[0].Digest {
+		t.Fatalf("the bundle: %d", r.status)
+	}
+	if got, err := cosign.VerifyBundle(context.Background(), r.body, &key.PublicKey, attest.PredicateType, variant); err != nil || string(got) != string(statement) {
+		t.Fatalf("the bundle does not verify as the same statement: %v\n%s", err, got)
+	}
+
 	// Bob may not read team/private: nothing of the attestation, in it or
 	// under his own repository.
-	for _, path := range []string{tagPath, manifestPath, envPath, configPath,
+	for _, path := range []string{tagPath, manifestPath, envPath, configPath, bundlePath, bundleBlobPath,
 		"/v2/team/private/referrers/" + variant.String(),
+		"/v2/team/shared/manifests/" + bundled.Digest.String(),
 		"/v2/team/shared/manifests/" + attest.TagOf(variant),
 		"/v2/team/shared/manifests/" + listed.Digest.String(),
 		"/v2/team/shared/blobs/" + m.Layers[0].Digest.String()} {

@@ -274,7 +274,9 @@ func TestOctetStreamArtifactUntouched(t *testing.T) {
 // TestIndexReadsOnlyItsPlatforms: normalizing a 10-child index (six
 // platforms and four attestation manifests) reads only the children of
 // the configured platforms, each one upstream manifest GET; the others are
-// listed as they are, even one that the rules would change.
+// listed as they are, even one that the rules would change. Each
+// attestation manifest's vnd.docker.reference.digest names its platform's
+// child as the index lists it (the rewritten one where it was rewritten).
 func TestIndexReadsOnlyItsPlatforms(t *testing.T) {
 	t.Parallel()
 	all, _ := normalize.ParsePlatforms([]string{"all"})
@@ -306,7 +308,9 @@ func TestIndexReadsOnlyItsPlatforms(t *testing.T) {
 					desc.Platform.Variant = parts[2]
 				}
 				if p == "unknown/unknown" {
-					desc.Annotations = map[string]string{"vnd.docker.reference.type": "attestation-manifest"}
+					// buildkit's attestation of the platform child i-6.
+					desc.Annotations = map[string]string{"vnd.docker.reference.type": "attestation-manifest",
+						"vnd.docker.reference.digest": index.Manifests[i-6].Digest.String()}
 				}
 				index.Manifests = append(index.Manifests, desc)
 			}
@@ -353,6 +357,13 @@ func TestIndexReadsOnlyItsPlatforms(t *testing.T) {
 			}
 			if !slices.Equal(fixed, tc.fixed) {
 				t.Fatalf("fixed children %v, want %v", fixed, tc.fixed)
+			}
+			// Each attestation names its platform's child as the index
+			// lists it now: the rewritten one where it was rewritten.
+			for i, c := range out.Manifests[6:] {
+				if got, want := c.Annotations["vnd.docker.reference.digest"], out.Manifests[i].Digest.String(); got != want {
+					t.Errorf("the attestation of %s names %s, want %s (the child listed)", out.Manifests[i].Platform.Architecture, got, want)
+				}
 			}
 		})
 	}

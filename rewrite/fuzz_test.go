@@ -174,7 +174,8 @@ func FuzzRepackLayer(f *testing.F) {
 }
 
 // FuzzNormalizeIndex: pointing children at new manifests changes exactly
-// their digest and size, the result's digest verifies, and applying the
+// their digest and size (and the reference of an entry naming one), the
+// result's digest verifies, and applying the
 // same replacements again changes nothing.
 func FuzzNormalizeIndex(f *testing.F) {
 	files, _ := filepath.Glob("testdata/index/*.json")
@@ -215,6 +216,19 @@ func FuzzNormalizeIndex(f *testing.F) {
 			t.Fatalf("more than the children changed:\n%s\n%s", index, got.Content)
 		}
 		for i := range before.Manifests {
+			// An entry naming a rewritten child (an attestation manifest)
+			// names the rewritten child.
+			if ann, ok := before.Manifests[i]["annotations"].(map[string]any); ok {
+				if ref, ok := ann[AnnotationDockerReferenceDigest].(string); ok {
+					if n, ok := next[digest.Digest(ref)]; ok {
+						afterAnn, _ := after.Manifests[i]["annotations"].(map[string]any)
+						if afterAnn == nil || afterAnn[AnnotationDockerReferenceDigest] != n.Digest.String() {
+							t.Fatalf("child %d: reference %v, want %s", i, afterAnn, n.Digest)
+						}
+						afterAnn[AnnotationDockerReferenceDigest] = ref
+					}
+				}
+			}
 			if n, ok := next[children[i].Digest]; ok {
 				if after.Manifests[i]["digest"] != n.Digest.String() {
 					t.Fatalf("child %d: digest %v, want %s", i, after.Manifests[i]["digest"], n.Digest)

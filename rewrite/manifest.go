@@ -380,7 +380,11 @@ func VerifiedSize(dgst digest.Digest, child []byte) (int64, error) {
 // manifests and, with FixSizes, gives an entry that keeps its child the
 // size of the child as fetched (Docker's "docker manifest" before 18.09
 // wrote wrong sizes, and every containerd refuses the child: "failed size
-// validation"). Platform, annotations and every other field are kept.
+// validation"). An entry whose vnd.docker.reference.digest names a child
+// that was rewritten (buildkit's attestation manifest of a platform) names
+// the rewritten child, so that tools still find a platform's attestations;
+// the attestation manifest itself is listed as it is. Platform, every other
+// annotation and every other field are kept.
 func NormalizeIndex(in IndexInput) (Result, error) {
 	mediaType := in.MediaType
 	if !IsIndex(mediaType) {
@@ -401,6 +405,15 @@ func NormalizeIndex(in IndexInput) (Result, error) {
 		desc, err := descriptorAt(doc, "manifests", idx)
 		if err != nil {
 			return Result{}, err
+		}
+		// An attestation manifest names the child it is about: once that
+		// child is rewritten, it names the child the index lists now.
+		if ref, ok := doc.str("manifests", idx, "annotations", AnnotationDockerReferenceDigest); ok {
+			if next, ok := in.Children[digest.Digest(ref)]; ok && next.Digest.String() != ref {
+				edits = append(edits, edit{path: []string{"manifests", idx, "annotations", AnnotationDockerReferenceDigest}, value: quote(next.Digest.String())})
+				changes = append(changes, Change{Kind: KindChildManifest, Path: "manifests[" + idx + "].annotations." + AnnotationDockerReferenceDigest,
+					Old: ref, New: next.Digest.String()})
+			}
 		}
 		next, ok := in.Children[desc.Digest]
 		if !ok || next.Digest == desc.Digest {
@@ -473,6 +486,10 @@ func IndexChildren(mediaType string, index []byte) ([]ocispec.Descriptor, error)
 // AnnotationDockerReferenceType marks an index entry that is no image of its
 // own: "attestation-manifest" for buildkit's provenance and SBOMs.
 const AnnotationDockerReferenceType = "vnd.docker.reference.type"
+
+// AnnotationDockerReferenceDigest is, on such an entry, the digest of the
+// index's child it is about (buildkit: the platform's image manifest).
+const AnnotationDockerReferenceDigest = "vnd.docker.reference.digest"
 
 func parseManifest(mediaType string, manifest []byte) (*jsonDoc, error) {
 	if !IsManifest(mediaType) {

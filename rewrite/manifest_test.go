@@ -144,6 +144,57 @@ func TestIndex(t *testing.T) {
 	})
 }
 
+// TestIndexAttestationReference: in an index as buildkit writes it (two
+// platforms, each with its attestation manifest), when the amd64 child is
+// rewritten, its attestation manifest's vnd.docker.reference.digest names
+// the rewritten child; the arm64 one, whose child is kept, is untouched, and
+// so are both attestation manifests' own digests. The same input makes the
+// same bytes, and a second pass changes nothing.
+func TestIndexAttestationReference(t *testing.T) {
+	t.Parallel()
+	in := readFile(t, "testdata/index", "buildkit.json")
+	mt := ocispec.MediaTypeImageIndex
+	children, err := IndexChildren(mt, in)
+	if err != nil || len(children) != 4 {
+		t.Fatalf("children: %v %v", children, err)
+	}
+	amd64 := children[0]
+	fixed := ocispec.Descriptor{MediaType: amd64.MediaType, Digest: digest.FromString("normalized amd64"), Size: 1200}
+	next := map[digest.Digest]ocispec.Descriptor{amd64.Digest: fixed}
+	got, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Children: next})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "testdata/index/buildkit-want.json", got.Content)
+	const ref = AnnotationDockerReferenceDigest
+	want := []Change{
+		{Kind: KindChildManifest, Path: "manifests[0]", Old: amd64.Digest.String(), New: fixed.Digest.String()},
+		{Kind: KindChildManifest, Path: "manifests[2].annotations." + ref, Old: amd64.Digest.String(), New: fixed.Digest.String()},
+	}
+	if !reflect.DeepEqual(got.Changes, want) {
+		t.Fatalf("changes = %+v, want %+v", got.Changes, want)
+	}
+	var before, after ocispec.Index
+	json.Unmarshal(in, &before)
+	json.Unmarshal(got.Content, &after)
+	if after.Manifests[2].Annotations[ref] != fixed.Digest.String() {
+		t.Fatalf("the amd64 attestation names %s, want the rewritten child %s", after.Manifests[2].Annotations[ref], fixed.Digest)
+	}
+	before.Manifests[0].Digest, before.Manifests[0].Size = fixed.Digest, fixed.Size
+	before.Manifests[2].Annotations[ref] = fixed.Digest.String()
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("more than the child and its attestation's reference changed:\n%s", got.Content)
+	}
+	again, err := NormalizeIndex(IndexInput{MediaType: mt, Index: in, Children: next})
+	if err != nil || !bytes.Equal(again.Content, got.Content) || again.Digest != got.Digest {
+		t.Fatalf("the same input made other bytes: %v\n%s", err, again.Content)
+	}
+	second, err := NormalizeIndex(IndexInput{MediaType: mt, Index: got.Content, Children: map[digest.Digest]ocispec.Descriptor{fixed.Digest: fixed}})
+	if err != nil || second.Changed() {
+		t.Fatalf("second pass: %v %+v", err, second.Changes)
+	}
+}
+
 // indexSizesCase reads testdata/index/sizes: an index whose entries name
 // real children (child-N.json) with wrong sizes.
 func indexSizesCase(t *testing.T) (index []byte, fetched map[digest.Digest][]byte) {

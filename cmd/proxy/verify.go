@@ -19,6 +19,7 @@ import (
 
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/attest"
+	"github.com/regnorm/regnorm/proxy/cosign"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 	"github.com/regnorm/regnorm/proxy/verify"
@@ -28,6 +29,10 @@ import (
 const (
 	exitInvalid = 2 // no attestation, a bad signature, a statement that does not hold
 	exitDiffers = 3 // derived again, the variant is other bytes
+	// exitOriginal: with --original-key, the original the attestation
+	// names has no cosign signature that verifies with it. Its own status:
+	// the attestation held, the vendor's signature did not.
+	exitOriginal = 4
 )
 
 // exitError is an error that ends regnorm with its own status.
@@ -51,6 +56,7 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 	keyFile := fs.String("key", getenv("REGNORM_VERIFY_KEY"), "PEM public key that signs the attestations (attestations.keyFile's; env REGNORM_VERIFY_KEY)")
 	skipSignature := fs.Bool("insecure-skip-signature", false, "go on without --key: the attestation's signature is not checked")
 	upstreamURL := fs.String("upstream", "", "endpoint of the upstream the attestation names (default: "+hubEndpoint+" for docker.io, else https://NAME)")
+	originalKey := fs.String("original-key", getenv("REGNORM_VERIFY_ORIGINAL_KEY"), "PEM public key the original must be signed with by cosign (the vendor's cosign.pub; env REGNORM_VERIFY_ORIGINAL_KEY)")
 	original := fs.String("original", "", "digest the variant must be made from (the original you trust, e.g. the vendor's signed one)")
 	platforms := fs.String("platforms", strings.Join(normalize.DefaultPlatformNames(), ","), "the mirror's normalize.platforms, comma-separated: an index's variant is made reading those")
 	plainHTTP := fs.Bool("plain-http", false, "reach REGISTRY over http, not https")
@@ -62,15 +68,18 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 Verifies a variant regnorm made without trusting regnorm: reads its
 derivation attestation from REGISTRY (the mirror, or any registry holding a
 copy: the referrers API, else cosign's sha256-<hex>.att tag), checks its
-signature with --key, checks that its statement is about DIGEST, then
-fetches the original it names from that upstream, derives the variant again
-under its rules in memory, and compares the digests. Prints one line a
+signature with --key, checks that its statement is about DIGEST, with
+--original-key checks the vendor's cosign signature of the original it
+names (cosign v3's bundle or the classic .sig, key only, offline), then
+fetches that original from its upstream, derives the variant again under
+its rules in memory, and compares the digests. Prints one line a
 check (OK, FAIL or SKIP); --json prints the report.
 
 Exit status: 0 verified, the bytes identical; 1 a usage or other error
 (a registry that does not answer); 2 no attestation, a signature that does
 not verify, or a statement or predicate that does not hold; 3 the variant
-derived again is other bytes.
+derived again is other bytes; 4 (--original-key) the original has no cosign
+signature that verifies with that key and names its digest.
 
 Flags:
 `)
@@ -102,6 +111,15 @@ Flags:
 		}
 	case !*skipSignature:
 		return errors.New("verify: no --key: without the public key the attestation proves nothing of who made it; give --insecure-skip-signature to go on unsigned")
+	}
+	if *originalKey != "" {
+		pem, err := os.ReadFile(*originalKey)
+		if err != nil {
+			return fmt.Errorf("verify: --original-key: %w", err)
+		}
+		if opts.OriginalKey, err = cosign.ParsePublicKey(pem); err != nil {
+			return fmt.Errorf("verify: --original-key %s: %w", *originalKey, err)
+		}
 	}
 	if *original != "" {
 		if opts.Original, err = digest.Parse(*original); err != nil {
@@ -174,6 +192,8 @@ Flags:
 			fmt.Fprintf(stdout, "verified: %s is what regnorm's rules make of its original\n", canonical.Digest())
 		}
 		return nil
+	case verify.OriginalUnsigned:
+		return &exitError{code: exitOriginal, err: fmt.Errorf("verify: the original that the attestation of %s names is not signed with --original-key", canonical.Digest())}
 	case verify.Differs:
 		return &exitError{code: exitDiffers, err: fmt.Errorf("verify: derived again from its original, %s is other bytes (%s)", canonical.Digest(), rep.Rederived)}
 	default:

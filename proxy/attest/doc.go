@@ -4,7 +4,9 @@
 // signed with the operator's key (or unsigned without one), and the OCI
 // artifact that carries it, whose subject is the variant, laid out as
 // cosign's classic attestations are (cosign verify-attestation finds it
-// under the sha256-<hex>.att tag).
+// under the sha256-<hex>.att tag); with a key, also as cosign v3's sigstore
+// bundle of the same envelope (MakeBundle), found through the referrers
+// API.
 //
 // Same input, same bytes: the statement is encoded with its keys in a
 // fixed, sorted order and holds no time; ed25519 signatures are
@@ -12,6 +14,7 @@
 // replica holding the key makes the same envelope, artifact and digest.
 //
 // It does no I/O: keys come in as PEM bytes (cmd/proxy reads the file),
-// and the caller stores and serves what it makes. It imports no regnorm
-// package (proxy/imports_test.go).
+// and the caller stores and serves what it makes. Of regnorm's packages it
+// imports only proxy/cosign, which knows cosign's formats
+// (proxy/imports_test.go).
 package attest

@@ -25,7 +25,10 @@ import (
 // (cache.Derived), so a client reads them exactly where it may read the
 // variant. The variant's referrers record in the repository lists it
 // (Referrers), and cosign's classic tag sha256-<hex>.att of the variant
-// names it (Manifest).
+// names it (Manifest). Signed, it is also stored as cosign v3 writes one,
+// a sigstore bundle of the same envelope in an artifact of its own
+// (attest.MakeBundle), which the same record lists: cosign v3 reads that
+// one by default, v2 and --new-bundle-format=false the classic one.
 //
 // Its bytes are a function of the original, the rules, the repository and
 // regnorm's version and key (deterministic signatures): replicas make the
@@ -102,12 +105,29 @@ func (r *Repository) attest(ctx context.Context, key string, orig cache.Manifest
 		return
 	}
 	start := s.clock.Now()
-	a, err := s.attest.Make(ctx, derivation(r, orig, n), ocispec.Descriptor{MediaType: variant.MediaType, Digest: variant.Digest, Size: int64(len(variant.Content))})
-	if err == nil {
-		err = r.storeAttestation(ctx, orig.Digest, a)
+	subject := ocispec.Descriptor{MediaType: variant.MediaType, Digest: variant.Digest, Size: int64(len(variant.Content))}
+	a, err := s.attest.Make(ctx, derivation(r, orig, n), subject)
+	made := []attest.Artifact{a}
+	if err == nil && s.attest.Signer != nil {
+		// cosign v3's bundle of the same signed envelope, beside it.
+		var b attest.Artifact
+		b, err = s.attest.MakeBundle(a, subject)
+		made = append(made, b)
 	}
+	stored := 0
+	var listed []ocispec.Descriptor
+	for i, m := range made {
+		if err != nil {
+			break
+		}
+		// The bundle's config is the classic artifact's, stored with it.
+		err = r.storeAttestation(ctx, orig.Digest, m, i == 0)
+		stored += len(m.Manifest) + len(m.Envelope)
+		listed = append(listed, m.Descriptor())
+	}
+	stored += len(a.Config) // one config, shared
 	if err == nil {
-		rec := cache.ReferrersRecord{Subject: variant.Digest, Manifests: []ocispec.Descriptor{a.Descriptor()}, Verified: true, CheckedAt: s.clock.Now()}
+		rec := cache.ReferrersRecord{Subject: variant.Digest, Manifests: listed, Verified: true, CheckedAt: s.clock.Now()}
 		err = s.store.PutReferrers(ctx, r.remote.Upstream(), r.remote.Name(), rec)
 	}
 	if err != nil {
@@ -117,7 +137,7 @@ func (r *Repository) attest(ctx context.Context, key string, orig cache.Manifest
 	}
 	s.attested.Add(key, struct{}{})
 	s.log.Info("attested variant", "upstream", r.remote.Upstream(), "repo", r.remote.Name(), "variant", variant.Digest,
-		"attestation", a.Digest, "signed", s.attest.Signer != nil, "bytes", len(a.Manifest)+len(a.Config)+len(a.Envelope),
+		"attestation", a.Digest, "signed", s.attest.Signer != nil, "artifacts", len(made), "bytes", stored,
 		"seconds", s.clock.Now().Sub(start).Seconds())
 }
 
@@ -146,16 +166,22 @@ func AttestedChanges(v cache.Normalization) []attest.Change {
 	return changes
 }
 
-// storeAttestation writes a's blobs and manifest, each recorded as made
-// from original (so admitted where the variant is), the records first, as
-// the engine writes what it makes; the blobs are retained (never evicted):
-// they cannot be made again on a read.
-func (r *Repository) storeAttestation(ctx context.Context, original digest.Digest, a attest.Artifact) error {
+// storeAttestation writes a's blobs (its config too, with config) and
+// manifest, each recorded as made from original (so admitted where the
+// variant is), the records first, as the engine writes what it makes; the
+// blobs are retained (never evicted): they cannot be made again on a read.
+func (r *Repository) storeAttestation(ctx context.Context, original digest.Digest, a attest.Artifact, config bool) error {
 	s := r.s
-	for _, b := range []struct {
+	type blob struct {
 		dgst    digest.Digest
 		content []byte
-	}{{a.ConfigDigest, a.Config}, {a.EnvelopeDigest, a.Envelope}} {
+	}
+	var blobs []blob
+	if config {
+		blobs = append(blobs, blob{a.ConfigDigest, a.Config})
+	}
+	blobs = append(blobs, blob{a.EnvelopeDigest, a.Envelope})
+	for _, b := range blobs {
 		if err := s.made.Retain(ctx, b.dgst); err != nil {
 			return err
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
+	"github.com/regnorm/regnorm/proxy/cosign"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
@@ -52,6 +53,10 @@ const (
 	// Differs: the attestation holds, but the variant derived again from
 	// the original it names, under its rules, is another digest.
 	Differs Outcome = "differs"
+	// OriginalUnsigned: the attestation holds, but the original it names
+	// has no cosign signature that verifies with the original's key
+	// (Options.OriginalKey) and names it.
+	OriginalUnsigned Outcome = "original-signature-invalid"
 )
 
 // Check statuses.
@@ -109,6 +114,10 @@ type Options struct {
 	// Key verifies the envelope's signature; nil leaves it unchecked (the
 	// report says so).
 	Key crypto.PublicKey
+	// OriginalKey, when set, is the key the original must be signed with
+	// (the vendor's cosign key): a signature of the original's digest in
+	// its upstream, classic or bundle, must verify with it.
+	OriginalKey crypto.PublicKey
 	// Original, when set, is the original the variant must be made from
 	// (the digest the vendor signed, say): a predicate naming another is
 	// refused.
@@ -213,6 +222,24 @@ func Verify(ctx context.Context, opts Options, variant digest.Digest) (Report, e
 	origin, err := opts.Origin(p.Upstream)
 	if err != nil {
 		return rep, err
+	}
+	if opts.OriginalKey != nil {
+		c, err := originalSignature(ctx, origin.Repository(p.Repository), p.Original.Digest, opts.OriginalKey)
+		switch {
+		case err != nil:
+			return rep, fmt.Errorf("check the original's signature: %w", err)
+		case c.verified != "":
+			rep.add("original-sig", OK, fmt.Sprintf("%s verified with the original's key", c.verified))
+		case c.found == 0:
+			rep.add("original-sig", Fail, fmt.Sprintf("%s/%s@%s: no cosign signature in %s (referrers, tag %s)", p.Upstream, p.Repository, p.Original.Digest,
+				origin.Endpoint(), cosign.SignatureTag(p.Original.Digest)))
+			rep.Outcome = OriginalUnsigned
+			return rep, nil
+		default:
+			rep.add("original-sig", Fail, fmt.Sprintf("%d signatures of %s, none verifies with the original's key and names it; the first: %v", c.found, p.Original.Digest, c.firstErr))
+			rep.Outcome = OriginalUnsigned
+			return rep, nil
+		}
 	}
 	repo := newRederiver(opts, p.Limits, origin.Repository(p.Repository))
 	orig, err := repo.Manifest(ctx, p.Original.Digest.String(), nil)
@@ -327,26 +354,26 @@ func envelopes(ctx context.Context, repo *upstream.Repository, m upstream.Manife
 	return out, nil
 }
 
-// readBlob reads the envelope d describes, within maxEnvelopeSize, and
-// checks its size and digest.
+// readBlob reads the blob d describes (an envelope, a signature's bundle
+// or payload), within maxEnvelopeSize, and checks its size and digest.
 func readBlob(ctx context.Context, repo *upstream.Repository, d ocispec.Descriptor) ([]byte, error) {
 	if d.Size < 0 || d.Size > maxEnvelopeSize {
-		return nil, fmt.Errorf("an envelope of %d bytes (at most %d are read)", d.Size, maxEnvelopeSize)
+		return nil, fmt.Errorf("a blob of %d bytes (at most %d are read)", d.Size, maxEnvelopeSize)
 	}
 	if err := d.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("envelope digest: %w", err)
+		return nil, fmt.Errorf("blob digest: %w", err)
 	}
 	b, err := repo.GetBlob(ctx, d.Digest)
 	if err != nil {
-		return nil, fmt.Errorf("read the envelope %s: %w", d.Digest, err)
+		return nil, fmt.Errorf("read the blob %s: %w", d.Digest, err)
 	}
 	defer b.Close()
 	content, err := io.ReadAll(io.LimitReader(b, d.Size+1))
 	if err != nil {
-		return nil, fmt.Errorf("read the envelope %s: %w", d.Digest, err)
+		return nil, fmt.Errorf("read the blob %s: %w", d.Digest, err)
 	}
 	if int64(len(content)) != d.Size || d.Digest.Algorithm().FromBytes(content) != d.Digest {
-		return nil, fmt.Errorf("the envelope read as %s is not %s (%d bytes, %d announced)", d.Digest.Algorithm().FromBytes(content), d.Digest, len(content), d.Size)
+		return nil, fmt.Errorf("the blob read as %s is not %s (%d bytes, %d announced)", d.Digest.Algorithm().FromBytes(content), d.Digest, len(content), d.Size)
 	}
 	return content, nil
 }

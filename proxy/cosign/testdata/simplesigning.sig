@@ -1,0 +1,1 @@
+MEUCIQC1b4bP06+zy165QxHjUy5cJEd5GLlscDGsOZViMGPpbAIgUbhpg1KMAs+ql+Gt4BjFi/ogXDjWsfA5haUaWQwaCDc=
