@@ -40,6 +40,7 @@ func TestSubpackagesStayApart(t *testing.T) {
 		{dir: "premade", own: []string{"cache", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"net/http", "os"}},
 		{dir: "verify", own: []string{"cache", "proxy/attest", "proxy/blobfetch", "proxy/errcode", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "replicas", own: []string{"cache", "internal/mediatype", "proxy/errcode", "proxy/ruleset"}, denied: []string{"os"}},
+		{dir: "webhook", own: []string{"cache", "internal/imageref", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "../cache/maintain", own: []string{"cache"}, denied: []string{"net/http"}}, // beside the cache, kept apart from proxy/ all the same
 	}
 	// A new room gets its line in the table.
