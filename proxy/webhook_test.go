@@ -566,3 +566,44 @@ func TestWebhookBusy(t *testing.T) {
 		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == 1
 	})
 }
+
+// BenchmarkWebhookAdmission: an admission of a Pod whose image's variant
+// is recorded (every Pod of a Deployment after the first), and of one whose
+// image needs nothing (clean), over HTTP as the API server sends them. The
+// first admission of each, which makes the variant (or records the verdict)
+// from a cold cache, is logged.
+//
+//	go test ./proxy -run '^$' -bench WebhookAdmission
+func BenchmarkWebhookAdmission(b *testing.B) {
+	h := newHarness(b, harnessOptions{webhook: fleetWebhook()})
+	broken := h.push(b, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	clean := h.push(b, "library/clean", "v1", regtest.ImageOptions{}, baseLayer)
+	for name, image := range map[string]string{
+		"recorded variant": "ansible/creator-ee@" + broken.ManifestDigest.String(),
+		"clean":            "library/clean@" + clean.ManifestDigest.String(),
+	} {
+		p := newPod([]string{image}, nil, nil)
+		object, _ := json.Marshal(p)
+		dry := false
+		body, _ := json.Marshal(admissionv1.AdmissionReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+			Request: &admissionv1.AdmissionRequest{UID: "u", Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+				Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: object}, DryRun: &dry}})
+		post := func() {
+			resp, err := boundedClient.Post(h.webhookURL+"/mutate", "application/json", bytes.NewReader(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		start := time.Now()
+		post() // the variant made, or the verdict recorded
+		b.Logf("%s: first admission %s", name, time.Since(start))
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				post()
+			}
+		})
+	}
+}
