@@ -135,6 +135,21 @@ func (s *Store) Retain(ctx context.Context, dgst digest.Digest) error {
 	return nil
 }
 
+// Pin keeps a blob from eviction for EvictionPolicy.PinFor from now: the
+// admission webhook pins the blobs of a variant it wrote into a Pod, which
+// no upstream holds. The mark is an empty object whose time is the pin's
+// (like a recorded use), so pinning again renews it, and eviction reads
+// nothing but a listing. The blob need not be cached yet.
+func (s *Store) Pin(ctx context.Context, dgst digest.Digest) error {
+	if err := dgst.Validate(); err != nil {
+		return fmt.Errorf("pin %q: %w", dgst, err)
+	}
+	if err := s.driver.PutContent(ctx, pinnedPath(dgst), nil); err != nil {
+		return fmt.Errorf("pin %s: %w", dgst, err)
+	}
+	return nil
+}
+
 // EvictionPolicy bounds the cache's blobs. Zero fields are no limit.
 type EvictionPolicy struct {
 	// MaxBytes: least recently used blobs go until the blobs fit in it.
@@ -147,6 +162,11 @@ type EvictionPolicy struct {
 	// here. Use DefaultSharedGrace for a cache that replicas share, and 0
 	// for one that a single process owns (its own readers are pinned).
 	Grace time.Duration
+	// PinFor keeps every blob pinned within it (Pin), whatever the
+	// limits; 0 keeps none. Pins older than twice PinFor are removed by
+	// the eviction, so that the records are bounded by the blobs pinned
+	// lately.
+	PinFor time.Duration
 }
 
 // EvictionResult says what an eviction did.
@@ -161,12 +181,13 @@ type EvictionResult struct {
 // last use is the latest of when it was written, when its use was last
 // recorded in the store (by any process, at most AccessInterval late), and
 // when this process last read it. Never evicted: a blob that is open here, a
-// blob used within policy.Grace, and a retained blob (Retain). Manifests and
-// records are not blobs and stay. Evicted blobs are fetched again (or, for
-// repackaged layers, rebuilt) when next asked for.
+// blob used within policy.Grace, a retained blob (Retain), and a blob
+// pinned within policy.PinFor (Pin). Manifests and records are not blobs
+// and stay. Evicted blobs are fetched again (or, for repackaged layers,
+// rebuilt) when next asked for.
 //
-// The cost is three listings (blobs, recorded uses, retained blobs) and a
-// delete per evicted blob: no object is read.
+// The cost is four listings (blobs, recorded uses, retained blobs, pins),
+// a delete per evicted blob and one per expired pin: no object is read.
 func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time) (EvictionResult, error) {
 	type entry struct {
 		dgst    digest.Digest
@@ -198,6 +219,26 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 	}); err != nil {
 		return EvictionResult{}, fmt.Errorf("evict: list retained blobs: %w", err)
 	}
+	pinned := map[digest.Digest]bool{}
+	var expired []string
+	if err := walkDigests(ctx, s.driver, "/pinned", func(dgst digest.Digest, fi storagedriver.FileInfo) {
+		switch age := now.Sub(fi.ModTime()); {
+		case age < policy.PinFor:
+			pinned[dgst] = true
+		case policy.PinFor > 0 && age > 2*policy.PinFor:
+			expired = append(expired, fi.Path())
+		}
+	}); err != nil {
+		return EvictionResult{}, fmt.Errorf("evict: list pins: %w", err)
+	}
+	for _, p := range expired {
+		// Long expired: a Pod admitted since would have pinned it again.
+		// One renewed between the listing and this delete is lost until
+		// the webhook pins it again (at most a day's share of PinFor).
+		if err := s.driver.Delete(ctx, p); err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
+			return EvictionResult{}, fmt.Errorf("evict: remove an expired pin: %w", err)
+		}
+	}
 	for i := range entries {
 		e := &entries[i]
 		if t, ok := recorded[e.dgst]; ok && t.After(e.lastUse) {
@@ -215,7 +256,7 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 		if !tooOld && !tooBig {
 			continue
 		}
-		if retained[e.dgst] || now.Sub(e.lastUse) < policy.Grace || !s.use.claim(e.dgst) {
+		if retained[e.dgst] || pinned[e.dgst] || now.Sub(e.lastUse) < policy.Grace || !s.use.claim(e.dgst) {
 			continue
 		}
 		err := s.remove(ctx, e.dgst)

@@ -24,6 +24,7 @@ import (
 //	/derived/<alg>/<hex[:2]>/<hex>             how a blob or manifest regnorm made was made
 //	/retained/<alg>/<hex[:2]>/<hex>            a blob eviction never removes (empty)
 //	/access/<alg>/<hex[:2]>/<hex>              a blob's last recorded use: the object's time (empty)
+//	/pinned/<alg>/<hex[:2]>/<hex>              a blob a Pod names, last pinned at the object's time (empty)
 //	/tags/<upstream>/<repository>/_tags/<tag>  tag record
 //	/referrers/<upstream>/<repository>/_referrers/<alg>/<hex>
 //	                                           a subject's referrers list, as that repository's
@@ -63,6 +64,7 @@ func normalizationPath(dgst digest.Digest, rules string) (string, error) {
 func derivedPath(dgst digest.Digest) string  { return digestPath("derived", dgst) }
 func retainedPath(dgst digest.Digest) string { return digestPath("retained", dgst) }
 func accessPath(dgst digest.Digest) string   { return digestPath("access", dgst) }
+func pinnedPath(dgst digest.Digest) string   { return digestPath("pinned", dgst) }
 
 // digestFromPath reads the digest back from a path under root laid out by
 // digestPath (a blob's trailing "/data" included).

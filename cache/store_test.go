@@ -602,6 +602,48 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				t.Error("a retained blob was evicted")
 			}
 		}},
+		{"eviction keeps a pinned blob for PinFor", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			var pinned, unpinned digest.Digest
+			for i, dd := range []*digest.Digest{&pinned, &unpinned} {
+				b := bytes.Repeat([]byte{byte('p' + i)}, 1000)
+				*dd = digest.FromBytes(b)
+				ingest(t, s, *dd, -1, b)
+			}
+			if err := s.Pin(ctx, pinned); err != nil {
+				t.Fatal(err)
+			}
+			// The pin's time is the storage's: the evictions' times are
+			// counted from now.
+			const pinFor = 720 * time.Hour
+			policy := cache.EvictionPolicy{MaxBytes: 1, PinFor: pinFor}
+			now := time.Now()
+			if res, err := s.Evict(ctx, policy, now.Add(time.Hour)); err != nil || res.Evicted != 1 {
+				t.Fatalf("within PinFor: %+v %v", res, err)
+			}
+			if _, err := s.StatBlob(ctx, pinned); err != nil {
+				t.Fatalf("a pinned blob was evicted within PinFor: %v", err)
+			}
+			if _, err := s.StatBlob(ctx, unpinned); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("the unpinned blob stayed over the size limit: %v", err)
+			}
+			if res, err := s.Evict(ctx, policy, now.Add(pinFor+time.Hour)); err != nil || res.Evicted != 1 {
+				t.Fatalf("past PinFor: %+v %v", res, err)
+			}
+			if _, err := s.StatBlob(ctx, pinned); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("a pin older than PinFor kept its blob: %v", err)
+			}
+			// A pin long expired is removed: the records stay bounded.
+			pin := "/pinned/sha256/" + pinned.Encoded()[:2] + "/" + pinned.Encoded()
+			if _, err := d.Stat(ctx, pin); err != nil {
+				t.Fatalf("the pin went before it was long expired: %v", err)
+			}
+			if _, err := s.Evict(ctx, policy, now.Add(2*pinFor+time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Stat(ctx, pin); !errors.As(err, new(storagedriver.PathNotFoundError)) {
+				t.Fatalf("a pin expired for PinFor is still recorded: %v", err)
+			}
+		}},
 		{"a verified read of a damaged blob fails and removes it", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			for name, damage := range map[string]func([]byte) []byte{
 				"one byte flipped": func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 1; return b },

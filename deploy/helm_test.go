@@ -120,6 +120,21 @@ nodeConfig:
   containerdConfig: /etc/containerd/config.toml
   importDirs: [/etc/containerd-extra]
   reportTo: http://regnorm.regnorm.svc:5000`,
+	"admission webhook, generated certificate, more of the namespace selector, behind a network policy": `
+webhook:
+  enabled: true
+  clients: ["1.6.8", 2.1]
+  timeoutSeconds: 20
+  namespaceSelector:
+    matchLabels: {team: apps}
+    matchExpressions: [{key: tier, operator: NotIn, values: [system]}]
+networkPolicy: {enabled: true, restrictEgress: true}`,
+	"admission webhook with cert-manager": `
+webhook: {enabled: true, certManager: {enabled: true}}`,
+	"admission webhook with cert-manager and a ClusterIssuer": `
+webhook: {enabled: true, certManager: {enabled: true, issuerRef: {kind: ClusterIssuer, name: internal-ca}}}`,
+	"admission webhook with a certificate of one's own": `
+webhook: {enabled: true, tls: {secretName: regnorm-webhook-own, caBundle: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}`,
 }
 
 func TestChartLints(t *testing.T) {
@@ -145,9 +160,10 @@ func TestChartRendersValidObjects(t *testing.T) {
 			kinds := map[string]int{}
 			for _, obj := range objs {
 				kinds[obj.GetKind()]++
-				if obj.GetKind() == "ServiceMonitor" {
-					// A custom resource: client-go has no schema for it. Its
-					// fields are checked below instead.
+				if obj.GetKind() == "ServiceMonitor" || strings.HasPrefix(obj.GetAPIVersion(), "cert-manager.io/") {
+					// Custom resources: client-go has no schema for them.
+					// Their fields are checked in TestChartDetails and
+					// TestChartWebhook instead.
 					continue
 				}
 				if _, err := tc.ObjectToTyped(obj); err != nil {
@@ -721,6 +737,12 @@ func renderErr(t *testing.T, values string) ([]*unstructured.Unstructured, error
 	if err != nil {
 		return nil, err
 	}
+	return decodeRendered(t, files), nil
+}
+
+// decodeRendered is the objects of the rendered files.
+func decodeRendered(t *testing.T, files map[string]string) []*unstructured.Unstructured {
+	t.Helper()
 	var objs []*unstructured.Unstructured
 	for name, content := range files {
 		if !strings.HasSuffix(name, ".yaml") {
@@ -740,7 +762,7 @@ func renderErr(t *testing.T, values string) ([]*unstructured.Unstructured, error
 			}
 		}
 	}
-	return objs, nil
+	return objs
 }
 
 func find(t *testing.T, objs []*unstructured.Unstructured, kind string) *unstructured.Unstructured {

@@ -130,7 +130,13 @@ func buildServer(tb testing.TB, p serverParts) built {
 	if p.reportToken != "" {
 		tokens = [][sha256.Size]byte{sha256.Sum256([]byte(p.reportToken))}
 	}
-	srv, err := proxy.New(proxy.Options{Mirror: service, Upstreams: regs, DefaultUpstream: p.defaultUp, Reports: report, Fleet: nodes,
+	var wh *proxy.WebhookOptions
+	if p.webhook != nil {
+		o := *p.webhook
+		o.Pins = p.store
+		wh = &o
+	}
+	srv, err := proxy.New(proxy.Options{Webhook: wh, Mirror: service, Upstreams: regs, DefaultUpstream: p.defaultUp, Reports: report, Fleet: nodes,
 		Usage: maintainer.Usage, Storage: p.store, Rules: rules, Deadline: p.deadline, PatientDeadline: p.patient,
 		ClientAuth: p.clientAuth, AuthFailuresPerMinute: p.authFailures, NodeReportTokens: tokens, PremadeQueue: p.premadeQueue, Clock: clock,
 		Metrics: metrics, Logger: p.log})

@@ -42,8 +42,10 @@ type harness struct {
 	url   string
 	srv   *proxy.Server
 	built built // srv's parts
-	logs  *syncBuffer
-	opts  harnessOptions
+	// webhookURL serves the admission webhook, with harnessOptions.webhook.
+	webhookURL string
+	logs       *syncBuffer
+	opts       harnessOptions
 }
 
 type harnessOptions struct {
@@ -98,6 +100,9 @@ type harnessOptions struct {
 	// premadeByTest: the test runs the server's RunPremade itself, on a
 	// context it ends.
 	premadeByTest bool
+	// webhook turns the admission webhook on (its pins go to the store),
+	// served at harness.webhookURL.
+	webhook *proxy.WebhookOptions
 }
 
 func newHarness(t testing.TB, o harnessOptions) *harness {
@@ -147,6 +152,11 @@ func (h *harness) restart(t testing.TB) {
 	// the cache's directory is removed.
 	t.Cleanup(func() { waitFor(t, "downloads to end", func() bool { return downloadsIdle(t, promReg) }) })
 	h.srv, h.url, h.built = srv, ps.URL, b
+	if wh := srv.WebhookHandler(); wh != nil {
+		ws := httptest.NewServer(wh)
+		t.Cleanup(ws.Close)
+		h.webhookURL = ws.URL
+	}
 	if h.opts.premadeQueue > 0 && !h.opts.premadeByTest {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})

@@ -36,11 +36,12 @@ func TestSubpackagesStayApart(t *testing.T) {
 		{dir: "normalize", own: []string{"cache", "rewrite", "proxy/ruleset", "internal/schema1"}, denied: []string{"net/http", "os"}},
 		{dir: "fleet", own: []string{"cache", "internal/containerdcfg", "internal/recent", "proxy/label", "proxy/ruleset"}, denied: []string{"os"}},
 		{dir: "rewrites", own: []string{"cache", "internal/recent", "proxy/normalize", "proxy/ruleset"}, denied: []string{"net/http", "os"}},
-		{dir: "operator", own: []string{"cache", "internal/containerdcfg", "internal/recent", "proxy/errcode", "proxy/fleet", "cache/maintain", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
+		{dir: "operator", own: []string{"cache", "internal/imageref", "internal/containerdcfg", "internal/recent", "proxy/errcode", "proxy/fleet", "cache/maintain", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "mirror", own: []string{"cache", "proxy/attest", "internal/flight", "internal/mediatype", "internal/schema1", "proxy/blobfetch", "proxy/errcode", "proxy/normalize", "proxy/replicas", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "premade", own: []string{"cache", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"net/http", "os"}},
 		{dir: "verify", own: []string{"cache", "proxy/attest", "proxy/blobfetch", "proxy/cosign", "proxy/errcode", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "replicas", own: []string{"cache", "internal/mediatype", "proxy/errcode", "proxy/ruleset"}, denied: []string{"os"}},
+		{dir: "webhook", own: []string{"cache", "internal/imageref", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "../cache/maintain", own: []string{"cache"}, denied: []string{"net/http"}}, // beside the cache, kept apart from proxy/ all the same
 	}
 	// A new room gets its line in the table.

@@ -130,16 +130,7 @@ func TestDeadline(t *testing.T) {
 	h := newHarness(t, harnessOptions{clock: clk, deadline: 100 * time.Millisecond, patient: time.Minute})
 	h.push(t, "library/slow", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	h.push(t, "library/slow2", "v1", regtest.ImageOptions{}, xattrLayer, oneFile)
-	holdLayers := func() func() {
-		release, unblock := gate(t)
-		h.front.set(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-				<-release
-			}
-			h.front.relay(w, r)
-		})
-		return unblock
-	}
+	holdLayers := func() func() { return h.holdBlobs(t) }
 
 	unblock := holdLayers()
 	unidentified := http.Header{"Accept": containerdAccept["Accept"], "User-Agent": {"crane/0.20"}}

@@ -13,6 +13,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/premade"
 	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/upstream"
+	"github.com/regnorm/regnorm/proxy/webhook"
 )
 
 // Metrics are the proxy's Prometheus metrics. Build them once with
@@ -47,6 +48,8 @@ type Metrics struct {
 	layerWorkRejected prometheus.Counter
 	premadeVariants   *prometheus.CounterVec
 	premadeQueued     prometheus.Gauge
+	webhookImages     *prometheus.CounterVec
+	webhookSeconds    prometheus.Histogram
 
 	passwordChecksInflight prometheus.Gauge
 	passwordChecksQueued   prometheus.Gauge
@@ -158,6 +161,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "regnorm_premade_queued",
 			Help: "Images waiting for their pre-made variants (at most normalize.premadeQueue).",
 		}),
+		webhookImages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regnorm_webhook_images_total",
+			Help: "Images of the Pods the admission webhook reviewed, by result: replaced (written as the fleet's variant), clean (the variant is the original, or the image names a variant already), pending (the variant was not ready within webhook.timeout: made in the background, the Pod runs the original), skipped (by tag, an unmirrored registry, forwarded credentials, past 256 images, the webhook busy, or a dry run without a recorded variant), error.",
+		}, []string{"result"}),
+		webhookSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "regnorm_webhook_admission_seconds",
+			Help:    "How long the admission webhook took to answer an AdmissionReview.",
+			Buckets: []float64{0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 15, 25},
+		}),
 		passwordChecksInflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "regnorm_password_checks_inflight",
 			Help: "bcrypt comparisons of client passwords running (at most half of GOMAXPROCS, at least 1).",
@@ -173,6 +185,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.normalizations, m.rebuilds, m.layerWorkInflight, m.layerWorkQueued, m.layerWorkRejected)
 	reg.MustRegister(m.premadeVariants, m.premadeQueued)
+	reg.MustRegister(m.webhookImages, m.webhookSeconds)
 	reg.MustRegister(m.passwordChecksInflight, m.passwordChecksQueued, m.passwordChecksRejected)
 	reg.MustRegister(m.maintain.Collectors()...)
 	reg.MustRegister(m.layersScanned, m.layersRepackaged, m.layersSkipped, m.bytesScanned, m.bytesRepackaged, m.deadlineExceeded)
@@ -252,6 +265,11 @@ func (m *Metrics) Mirror() mirror.Metrics {
 // Premade are the pre-made variants' (premade.Options.Metrics).
 func (m *Metrics) Premade() premade.Metrics {
 	return premade.Metrics{Variants: m.premadeVariants, Queued: m.premadeQueued}
+}
+
+// Webhook are the admission webhook's (webhook.Options.Metrics).
+func (m *Metrics) Webhook() webhook.Metrics {
+	return webhook.Metrics{Images: m.webhookImages, Seconds: m.webhookSeconds}
 }
 
 // Engine are the rule engine's (normalize.Options.Metrics).

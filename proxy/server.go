@@ -14,6 +14,7 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/cache/maintain"
+	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/mirror"
@@ -22,6 +23,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/rewrites"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
+	"github.com/regnorm/regnorm/proxy/webhook"
 )
 
 // Storage is what the Server itself asks of the cache: a blob's stat, to
@@ -82,10 +84,27 @@ type Options struct {
 	// are made in the background (RunPremade), this many images waiting
 	// at most. 0 is off.
 	PremadeQueue int
+	// Webhook, when set, turns the admission webhook on (WebhookHandler).
+	Webhook *WebhookOptions
 	// Clock is the time the server goes by (default the system clock).
 	Clock   Clock
 	Metrics *Metrics
 	Logger  *slog.Logger
+}
+
+// WebhookOptions configure the admission webhook for Pods (proxy/webhook).
+type WebhookOptions struct {
+	// Clients are the containerd versions whose variants the webhook
+	// writes (the union of their rule sets); none: the fleet's
+	// (fleet.Fleet.RuleSets).
+	Clients []containerdcfg.Version
+	// Timeout bounds one admission's work on variants (webhook.Options).
+	Timeout time.Duration
+	// PinFor is how long a variant admitted in a Pod is kept from
+	// eviction after its last admission.
+	PinFor time.Duration
+	// Pins is where the pins are written (the cache).
+	Pins webhook.Pinner
 }
 
 // Server serves the read side of the OCI distribution API as a pull-through
@@ -104,6 +123,7 @@ type Server struct {
 	warm            *operator.Warm
 	readiness       *operator.Readiness // upgrade readiness, its API and the status page's section
 	premade         *premade.Maker      // nil when off
+	webhook         *webhook.Webhook    // nil when off
 	clientAuth      *clientAuth
 	reportAttempts  *attemptLimiter // failed node report tokens by address
 	reportTokens    [][sha256.Size]byte
@@ -224,7 +244,54 @@ func New(opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
+	if opts.Webhook != nil {
+		var err error
+		if s.webhook, err = s.newWebhook(*opts.Webhook, opts.Clock, opts.Metrics, opts.Logger); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// newWebhook builds the admission webhook over the server's repositories,
+// read as regnorm itself, and the fleet's (or the configured) versions.
+func (s *Server) newWebhook(o WebhookOptions, clock Clock, metrics *Metrics, log *slog.Logger) (*webhook.Webhook, error) {
+	ruleSets := s.fleet.RuleSets
+	if len(o.Clients) > 0 {
+		var sets []ruleset.Set
+		for _, v := range o.Clients {
+			sets = append(sets, s.rules.ForVersion(v).Rules)
+		}
+		ruleSets = func(context.Context) ([]ruleset.Set, error) { return sets, nil }
+	}
+	return webhook.New(webhook.Options{
+		Repository: func(ns, name string) (webhook.Repository, error) {
+			up, err := s.upstreamFor(ns)
+			if err != nil {
+				return nil, err
+			}
+			return s.mirror.Repository(up.Repository(name)), nil
+		},
+		IsUpstream:  func(name string) bool { return s.upstreams[name] != nil },
+		RuleSets:    ruleSets,
+		Pins:        o.Pins,
+		Timeout:     o.Timeout,
+		PinFor:      o.PinFor,
+		Budget:      warmBudget, // a few cold images' worth, as a warm request
+		ImageBudget: upstreamBudget,
+		Now:         clock.Now,
+		Metrics:     metrics.Webhook(),
+		Log:         log.With("component", "webhook"),
+	})
+}
+
+// WebhookHandler is the admission webhook's handler, for its own listener
+// (webhook.listen); nil when it is off.
+func (s *Server) WebhookHandler() http.Handler {
+	if s.webhook == nil {
+		return nil
+	}
+	return s.webhook.Handler()
 }
 
 // RunPremade makes the pre-made variants until ctx ends (Options.PremadeQueue);

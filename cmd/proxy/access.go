@@ -109,6 +109,7 @@ func eachLine(path string, fn func(n int, line string) error) error {
 // handshake). A pair that does not load keeps the previous one in service.
 type certReloader struct {
 	certFile, keyFile string
+	now               func() time.Time
 	log               *slog.Logger
 
 	mu      sync.Mutex
@@ -117,17 +118,18 @@ type certReloader struct {
 	checked time.Time
 }
 
-func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
-	c := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
+// newCertReloader loads the pair; now is the clock the checks go by.
+func newCertReloader(certFile, keyFile string, now func() time.Time, log *slog.Logger) (*certReloader, error) {
+	c := &certReloader{certFile: certFile, keyFile: keyFile, now: now, log: log}
 	stamp, err := c.fileStamp()
 	if err != nil {
-		return nil, fmt.Errorf("config: tls: %w", err)
+		return nil, err
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("config: tls: %w", err)
+		return nil, err
 	}
-	c.cert, c.stamp, c.checked = &cert, stamp, time.Now()
+	c.cert, c.stamp, c.checked = &cert, stamp, now()
 	return c, nil
 }
 
@@ -146,10 +148,10 @@ func (c *certReloader) fileStamp() (string, error) {
 func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if time.Since(c.checked) < time.Second {
+	if c.now().Sub(c.checked) < time.Second {
 		return c.cert, nil
 	}
-	c.checked = time.Now()
+	c.checked = c.now()
 	stamp, err := c.fileStamp()
 	if err != nil || stamp == c.stamp {
 		return c.cert, nil

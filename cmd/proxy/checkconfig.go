@@ -26,7 +26,7 @@ func checkConfig(cfg Config, getenv func(string) string, stdout io.Writer) error
 }
 
 // checkResources loads everything the configuration refers to, as a start
-// would, without starting: the TLS pair, CA files, passwords, the htpasswd
+// would, without starting: the TLS pairs (the mirror's, the webhook's), CA files, passwords, the htpasswd
 // and token files, the replicas' secret, the attestation key, the S3 keys, and the directories it writes to. With it,
 // --check-config's "valid" means regnorm will start.
 func checkResources(cfg Config, getenv func(string) string) error {
@@ -49,6 +49,11 @@ func checkResources(cfg Config, getenv func(string) string) error {
 	if cfg.TLS.CertFile != "" {
 		if _, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
 			errs = append(errs, fmt.Errorf("config: tls.certFile, tls.keyFile: %w", err))
+		}
+	}
+	if cfg.Webhook.enabled() {
+		if _, err := tls.LoadX509KeyPair(cfg.Webhook.CertFile, cfg.Webhook.KeyFile); err != nil {
+			errs = append(errs, fmt.Errorf("config: webhook.certFile, webhook.keyFile: %w", err))
 		}
 	}
 	switch cfg.Cache.Driver {

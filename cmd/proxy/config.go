@@ -16,14 +16,17 @@ import (
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/cache/maintain"
+	"github.com/regnorm/regnorm/internal/containerdcfg"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/fleet"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/operator"
 	"github.com/regnorm/regnorm/proxy/premade"
 	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
+	"github.com/regnorm/regnorm/proxy/webhook"
 	"github.com/regnorm/regnorm/rewrite"
 )
 
@@ -95,6 +98,9 @@ type Config struct {
 	// upstream download per blob, one fetch per manifest, one making of
 	// each variant. Off unless listen is set.
 	Replicas ReplicasConfig `yaml:"replicas"`
+	// Webhook serves the admission webhook for Pods (proxy/webhook) on a
+	// listener of its own. Off unless listen is set.
+	Webhook WebhookConfig `yaml:"webhook"`
 	// Attestations configures the derivation attestations of the variants
 	// (docs/signatures.md).
 	Attestations AttestationsConfig `yaml:"attestations"`
@@ -103,6 +109,40 @@ type Config struct {
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
 	// CheckOnly (--check-config): validate, print the result, and exit.
 	CheckOnly bool `yaml:"-"`
+}
+
+// WebhookConfig configures the mutating admission webhook for Pods
+// (docs/webhook.md): Pods that name an image by digest get the variant the
+// fleet's containerd versions can all run.
+type WebhookConfig struct {
+	// Listen is the webhook's HTTPS address. Empty: off.
+	Listen string `yaml:"listen"`
+	// CertFile and KeyFile are its PEM pair, required with listen; read
+	// again when either changes (a renewed certificate).
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+	// Clients are the containerd versions ("1.6.8", "2.1") whose variants
+	// it writes (the union of their rule sets). None: the fleet view's
+	// versions, as the pre-made variants use.
+	Clients []string `yaml:"clients"`
+	// Timeout bounds the making of variants within one admission, all its
+	// images together (at most 25s: the API server waits 30s at most).
+	Timeout time.Duration `yaml:"timeout"`
+	// PinFor keeps a variant admitted in a Pod from eviction this long
+	// after its last admission.
+	PinFor time.Duration `yaml:"pinFor"`
+}
+
+func (w WebhookConfig) enabled() bool { return w.Listen != "" }
+
+// clients is Clients parsed (validated).
+func (w WebhookConfig) clients() []containerdcfg.Version {
+	var out []containerdcfg.Version
+	for _, c := range w.Clients {
+		v, _ := operator.ParseContainerd(c)
+		out = append(out, v)
+	}
+	return out
 }
 
 // AttestationsConfig is how variants are attested. Every variant is
@@ -399,6 +439,7 @@ func defaultConfig() Config {
 		Nodes:                 NodesConfig{ForgetAfter: fleet.DefaultForgetAfter, HostsDir: fleet.DefaultHostsDir, ContainerdConfigDir: fleet.DefaultContainerdConfigDir},
 		Cache:                 CacheConfig{Driver: "filesystem", Filesystem: FilesystemConfig{RootDirectory: "./data"}},
 		Replicas:              ReplicasConfig{Refresh: 10 * time.Second},
+		Webhook:               WebhookConfig{Timeout: webhook.DefaultTimeout, PinFor: webhook.DefaultPinFor},
 		Normalize: NormalizeConfig{
 			ConfigMediaType:    rules.ConfigMediaType,
 			SymlinkXattrs:      rules.SymlinkXattrs,
@@ -462,6 +503,8 @@ func overrides() []override {
 			func(c *Config) any { return &c.LogFormat }},
 		{"replicas-self", "REGNORM_REPLICAS_SELF", "replicas.self", "this replica's URL as the other replicas reach it, http://host:port",
 			func(c *Config) any { return &c.Replicas.Self }},
+		{"webhook-listen", "REGNORM_WEBHOOK_LISTEN", "webhook.listen", "the admission webhook's HTTPS address, e.g. :8443 (needs webhook.certFile and webhook.keyFile)",
+			func(c *Config) any { return &c.Webhook.Listen }},
 	}
 }
 
@@ -799,6 +842,29 @@ func (c Config) validate() error {
 		}
 	} else if r.Self != "" || len(r.Peers) > 0 || r.Service != "" {
 		bad("replicas.listen", "must be set for replicas.self, replicas.peers or replicas.service to mean anything")
+	}
+	if w := c.Webhook; w.enabled() {
+		if _, _, err := net.SplitHostPort(w.Listen); err != nil {
+			bad("webhook.listen", "%q is not host:port", w.Listen)
+		} else if w.Listen == c.Listen || (c.Replicas.enabled() && w.Listen == c.Replicas.Listen) {
+			bad("webhook.listen", "%q is another listener's address: the webhook serves on its own", w.Listen)
+		}
+		if w.CertFile == "" || w.KeyFile == "" {
+			bad("webhook.certFile", "webhook.certFile and webhook.keyFile must be set with webhook.listen: the API server calls webhooks over HTTPS only")
+		}
+	} else if w.CertFile != "" || w.KeyFile != "" {
+		bad("webhook.listen", "must be set for webhook.certFile and webhook.keyFile to mean anything")
+	}
+	for i, client := range c.Webhook.Clients {
+		if _, err := operator.ParseContainerd(client); err != nil {
+			bad(fmt.Sprintf("webhook.clients[%d]", i), "%q is not a containerd version such as 1.6.8 or 2.1", client)
+		}
+	}
+	if t := c.Webhook.Timeout; t <= 0 || t > webhook.MaxTimeout {
+		bad("webhook.timeout", "must be positive and at most %s: the API server waits 30s at most, and the webhook's own answer takes a moment", shortDuration(webhook.MaxTimeout))
+	}
+	if c.Webhook.PinFor < time.Hour {
+		bad("webhook.pinFor", "must be at least 1h")
 	}
 	if !seen[c.DefaultUpstream] && len(c.Upstreams) > 0 {
 		var names []string

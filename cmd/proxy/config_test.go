@@ -86,6 +86,12 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "zstd window too large", yaml: "normalize:\n  maxZstdWindow: 4GiB\n", wantField: "normalize.maxZstdWindow"},
 		{name: "layer work", yaml: "normalize:\n  maxLayerWork: 0\n", wantField: "normalize.maxLayerWork"},
 		{name: "queued layer work", yaml: "normalize:\n  maxQueuedLayerWork: -1\n", wantField: "normalize.maxQueuedLayerWork"},
+		{name: "webhook without a certificate", yaml: "webhook:\n  listen: \":8443\"\n", wantField: "webhook.certFile"},
+		{name: "webhook certificate without listen", yaml: "webhook:\n  certFile: /a\n  keyFile: /b\n", wantField: "webhook.listen"},
+		{name: "webhook on the mirror's address", args: []string{"--webhook-listen", ":5000"}, yaml: "webhook:\n  certFile: /a\n  keyFile: /b\n", wantField: "webhook.listen"},
+		{name: "webhook client", yaml: "webhook:\n  clients: [\"1.6\", \"one\"]\n", wantField: "webhook.clients[1]"},
+		{name: "webhook timeout past the API server's", yaml: "webhook:\n  timeout: 30s\n", wantField: "webhook.timeout"},
+		{name: "webhook pins too short", yaml: "webhook:\n  pinFor: 10m\n", wantField: "webhook.pinFor"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

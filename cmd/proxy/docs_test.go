@@ -245,6 +245,9 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 		"replicas.service":          "replicas.clusterDomain", // the chart's headless Service, in that domain
 		"replicas.secretFile":       "replicas.secret",        // a Secret's key, mounted
 		"attestations.keyFile":      "attestations.keySecret", // a Secret's key.pem, mounted
+		"webhook.listen":            "webhook.port",           // :port, the container's port webhook
+		"webhook.certFile":          "webhook.tls.secretName", // the chart's, cert-manager's or one's own, mounted
+		"webhook.keyFile":           "webhook.tls.secretName",
 	}
 	// Fields the chart deliberately leaves out, and why.
 	leftOut := map[string]string{
@@ -264,6 +267,7 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 		"logFormat":              "json: in a cluster, logs go to a collector",
 		"cache.s3.region":        "s3 needs a region, and most S3-compatible servers take any",
 		"cache.s3.rootDirectory": "a prefix, so that the bucket can hold other things too",
+		"webhook.clients":        "[] for none, which regnorm reads as its own none: the fleet's versions",
 	}
 
 	raw, err := os.ReadFile(chartDir + "/values.yaml")

@@ -82,12 +82,9 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 	}
 	httpSrv := newHTTPServer(cfg, srv.Handler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})), log)
 	if cfg.TLS.CertFile != "" {
-		certs, err := newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
-		if err != nil {
-			ln.Close()
+		if ln, err = tlsListener(ln, cfg.TLS.CertFile, cfg.TLS.KeyFile, "tls", log); err != nil {
 			return err
 		}
-		ln = tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12})
 	}
 	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(), "node_reports", len(reportTokens) > 0,
 		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
@@ -105,6 +102,22 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		servers = append(servers, replicaSrv)
 		g.Go(func() error {
 			if err := replicaSrv.Serve(rln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	if mirror.webhook != nil {
+		wln, err := webhookListener(cfg.Webhook, time.Now, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		log.Info("admission webhook listening", "address", wln.Addr().String(), "clients", cfg.Webhook.Clients, "timeout", cfg.Webhook.Timeout)
+		webhookSrv := newHTTPServer(cfg, mirror.webhook, log)
+		servers = append(servers, webhookSrv)
+		g.Go(func() error {
+			if err := webhookSrv.Serve(wln); !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
@@ -134,6 +147,33 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		return errors.Join(errs...)
 	})
 	return g.Wait()
+}
+
+// tlsListener serves HTTPS on ln with the pair in certFile and keyFile,
+// read again when they change (certReloader); TLS 1.2 at least. field names
+// the pair's setting in errors. ln is closed when the pair does not load.
+func tlsListener(ln net.Listener, certFile, keyFile, field string, log *slog.Logger) (net.Listener, error) {
+	return tlsListenerAt(ln, certFile, keyFile, field, time.Now, log)
+}
+
+// tlsListenerAt is tlsListener on the clock now.
+func tlsListenerAt(ln net.Listener, certFile, keyFile, field string, now func() time.Time, log *slog.Logger) (net.Listener, error) {
+	certs, err := newCertReloader(certFile, keyFile, now, log)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("config: %s: %w", field, err)
+	}
+	return tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12}), nil
+}
+
+// webhookListener is the admission webhook's HTTPS listener (webhook.listen),
+// its pair checked for renewal on the clock now.
+func webhookListener(c WebhookConfig, now func() time.Time, log *slog.Logger) (net.Listener, error) {
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen for the webhook: %w", err)
+	}
+	return tlsListenerAt(ln, c.CertFile, c.KeyFile, "webhook.certFile, webhook.keyFile", now, log)
 }
 
 // readHeaderTimeout bounds how long a client may take to send a request's

@@ -36,7 +36,10 @@ type wired struct {
 	// replicas serves the other replicas, on replicas.listen; nil when
 	// there are none.
 	replicas http.Handler
-	run      []func(ctx context.Context)
+	// webhook serves the admission webhook, on webhook.listen; nil when it
+	// is off.
+	webhook http.Handler
+	run     []func(ctx context.Context)
 }
 
 // wire builds the mirror's parts from cfg, over the cache and the upstreams
@@ -74,8 +77,11 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 	}
 
 	maintainer := maintain.New(maintain.Options{
-		Store:          store,
-		Policy:         cache.EvictionPolicy{MaxBytes: int64(cfg.Cache.MaxSize), MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace()},
+		Store: store,
+		Policy: cache.EvictionPolicy{MaxBytes: int64(cfg.Cache.MaxSize), MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace(),
+			// Pins are honoured with the webhook off too: a Pod admitted
+			// before it was turned off still names its variant.
+			PinFor: cfg.Webhook.PinFor},
 		Every:          cfg.Cache.maintenanceInterval(),
 		UploadIdle:     4 * cfg.StallTimeout,
 		UploadLifetime: cfg.FetchTimeout + uploadMargin,
@@ -164,7 +170,12 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		return nil, err
 	}
 
+	var webhook *proxy.WebhookOptions
+	if cfg.Webhook.enabled() {
+		webhook = &proxy.WebhookOptions{Clients: cfg.Webhook.clients(), Timeout: cfg.Webhook.Timeout, PinFor: cfg.Webhook.PinFor, Pins: store}
+	}
 	srv, err := proxy.New(proxy.Options{
+		Webhook:               webhook,
 		Mirror:                service,
 		Upstreams:             regs,
 		DefaultUpstream:       cfg.DefaultUpstream,
@@ -186,7 +197,7 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 	if err != nil {
 		return nil, err
 	}
-	w := &wired{server: srv, run: append(run, maintainer.Run, nodes.Run, report.Run, srv.RunPremade)}
+	w := &wired{server: srv, webhook: srv.WebhookHandler(), run: append(run, maintainer.Run, nodes.Run, report.Run, srv.RunPremade)}
 	if peers != nil {
 		w.replicas = srv.ReplicaHandler(peers)
 	}

@@ -16,6 +16,10 @@ import (
 // normalization outlives the deadline.
 const retryAfterNormalizing = 10 * time.Second
 
+// ErrNotReady is the cause of the 503 a caller of Variant gets past its
+// wait: the variant is still being made, and the work goes on.
+var ErrNotReady = errors.New("the variant is still being made")
+
 // engineError is what a client is answered for an error of the engine: a
 // full layer work queue is 503 with Retry-After, as a full download queue
 // is; the rest as it is.
@@ -85,7 +89,7 @@ func (r *Repository) variant(ctx context.Context, m cache.Manifest, rules rulese
 		return res.n, engineError(res.err)
 	case <-expired:
 		s.metrics.DeadlineExceeded.Inc()
-		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "regnorm is still normalizing this image; retry shortly", nil)
+		e := errcode.New(http.StatusServiceUnavailable, errcode.Unavailable, "regnorm is still normalizing this image; retry shortly", ErrNotReady)
 		e.RetryAfter = retryAfterNormalizing
 		return normalize.Result{}, e
 	case <-ctx.Done():

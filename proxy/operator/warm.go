@@ -6,14 +6,13 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 
-	"github.com/distribution/reference"
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/imageref"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
@@ -234,27 +233,14 @@ func applicableGroups(m cache.Manifest, groups []warmGroup) []warmGroup {
 // default upstream ("redis:2.8.23", "team/app"). On docker.io a one-part name
 // is an official image (library/redis).
 func (s *Warm) ParseImage(image string) (upstream, repo, tag string, dgst digest.Digest, err error) {
-	upstream, rest := s.DefaultUpstream, image
-	if first, after, ok := strings.Cut(image, "/"); ok {
-		if name := strings.ToLower(first); s.IsUpstream(name) || strings.ContainsAny(name, ".:") || name == "localhost" {
-			upstream, rest = name, after
-		}
-	}
-	// The path, tag and digest are checked by the reference grammar, on a
-	// stand-in registry: upstream names need not look like hosts.
-	named, err := reference.ParseNamed("registry.invalid/" + rest)
+	img, err := imageref.Parse(image, s.DefaultUpstream, func(first string) bool {
+		return s.IsUpstream(first) || imageref.LooksLikeHost(first)
+	})
 	if err != nil {
-		return "", "", "", "", errcode.New(http.StatusBadRequest, errcode.NameInvalid, fmt.Sprintf("%q is not an image reference: %v", image, err), nil)
+		return "", "", "", "", errcode.New(http.StatusBadRequest, errcode.NameInvalid, err.Error(), nil)
 	}
-	repo, tag = reference.Path(named), "latest"
-	if upstream == "docker.io" && !strings.Contains(repo, "/") {
-		repo = "library/" + repo
+	if img.Digest != "" {
+		return img.Registry, img.Repository, "", img.Digest, nil
 	}
-	if ref, ok := named.(reference.Canonical); ok {
-		return upstream, repo, "", ref.Digest(), nil
-	}
-	if ref, ok := named.(reference.Tagged); ok {
-		tag = ref.Tag()
-	}
-	return upstream, repo, tag, "", nil
+	return img.Registry, img.Repository, img.Tag, "", nil
 }

@@ -37,8 +37,8 @@ type rule struct {
 }
 
 // rules are the rules by name, each with its switch in a Set, in the order
-// keys name them: the one list Names, All, Default, Parse, Key and
-// Intersect go by.
+// keys name them: the one list Names, All, Default, Parse, Key,
+// Intersect and Union go by.
 var rules = []rule{
 	{ConfigMediaType, func(s *Set) *bool { return &s.ConfigMediaType }, false},
 	{SymlinkXattrs, func(s *Set) *bool { return &s.SymlinkXattrs }, false},
@@ -155,6 +155,16 @@ func (s Set) Intersect(o Set) Set {
 		*r.in(&both) = *r.in(&s) && *r.in(&o)
 	}
 	return both
+}
+
+// Union is the rules in s or o: the variant a fleet of several versions can
+// all run (what the admission webhook makes) has the rules of each.
+func (s Set) Union(o Set) Set {
+	var either Set
+	for _, r := range rules {
+		*r.in(&either) = *r.in(&s) || *r.in(&o)
+	}
+	return either
 }
 
 // Needs is the rules a containerd version needs (docs/containerd.md):

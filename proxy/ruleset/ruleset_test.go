@@ -97,7 +97,7 @@ func TestKeyAndParse(t *testing.T) {
 }
 
 // TestEveryRuleIsListed: the rules table names every switch of Set once, so
-// that All, Parse, Key and Intersect know every rule.
+// that All, Parse, Key, Intersect and Union know every rule.
 func TestEveryRuleIsListed(t *testing.T) {
 	all := reflect.ValueOf(All())
 	for i := range all.NumField() {
@@ -110,7 +110,8 @@ func TestEveryRuleIsListed(t *testing.T) {
 	}
 	for _, n := range Names() {
 		s, err := Parse([]string{n})
-		if err != nil || s.Key() != n || s.Intersect(All()) != s || s.Intersect(Set{}) != (Set{}) {
+		if err != nil || s.Key() != n || s.Intersect(All()) != s || s.Intersect(Set{}) != (Set{}) ||
+			s.Union(Set{}) != s || s.Union(All()) != All() {
 			t.Errorf("rule %s: Parse %+v %v, key %q", n, s, err, s.Key())
 		}
 	}
@@ -124,5 +125,22 @@ func TestDefault(t *testing.T) {
 	want.GNUSparse = false
 	if got := Default(); got != want {
 		t.Errorf("Default() = %+v, want %+v", got, want)
+	}
+}
+
+// TestUnion: the union of two versions' rule sets holds each rule either
+// needs, and no other.
+func TestUnion(t *testing.T) {
+	t.Parallel()
+	old, modern := Needs(containerdcfg.ParseVersion("1.6.8")), Needs(containerdcfg.ParseVersion("2.3.4"))
+	got := old.Union(modern)
+	if !got.SymlinkXattrs || !got.ZstdMediaType || !got.Schema1 || got.ZstdGzip {
+		t.Errorf("1.6.8 ∪ 2.3.4 = %s", got.Key())
+	}
+	if got.Intersect(old) != old || got.Intersect(modern) != modern {
+		t.Errorf("1.6.8 ∪ 2.3.4 = %s holds neither whole", got.Key())
+	}
+	if (Set{}).Union(Set{}) != (Set{}) {
+		t.Error("the union of empty sets is not empty")
 	}
 }

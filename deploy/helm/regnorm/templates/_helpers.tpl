@@ -115,3 +115,14 @@ one the chart makes. */}}
 {{- define "regnorm.replicasSecretKey" -}}
 {{- if .Values.replicas.secret.secretName }}{{ .Values.replicas.secret.key }}{{ else }}secret{{ end }}
 {{- end }}
+
+{{/* The Secret holding the webhook's serving certificate: the operator's,
+or the one the chart (or cert-manager) makes. */}}
+{{- define "regnorm.webhookSecret" -}}
+{{- .Values.webhook.tls.secretName | default (printf "%s-webhook-tls" (include "regnorm.fullname" . | trunc 51 | trimSuffix "-")) }}
+{{- end }}
+
+{{/* The name the API server calls the webhook by: the Service's DNS name. */}}
+{{- define "regnorm.webhookHost" -}}
+{{- printf "%s.%s.svc" (include "regnorm.fullname" .) .Release.Namespace }}
+{{- end }}

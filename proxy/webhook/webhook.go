@@ -1,0 +1,509 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/imageref"
+	"github.com/regnorm/regnorm/proxy/mirror"
+	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/ruleset"
+	"github.com/regnorm/regnorm/proxy/upstream"
+)
+
+// Bounds of one admission and of the webhook's work.
+const (
+	// MaxBody bounds an AdmissionReview's body: a Pod is at most about
+	// 1.5 MiB in etcd, and an update carries the old object too. Past it
+	// the answer is 413, and the API server applies the failure policy.
+	MaxBody = 4 << 20
+	// MaxImages is how many images of one Pod are looked at; the rest are
+	// left as written (skipped).
+	MaxImages = 256
+	// MaxInFlight is how many admissions are worked on at once; one past
+	// it is answered at once, unchanged.
+	MaxInFlight = 4
+	// imageConcurrency is how many images of one admission are worked on
+	// at once.
+	imageConcurrency = 4
+	// MaxTimeout bounds the webhook's time budget: the API server waits
+	// at most 30 s for a webhook.
+	MaxTimeout = 25 * time.Second
+	// maxWarnings bounds the warnings of one answer (the API server shows
+	// them to the client that created the Pod).
+	maxWarnings = 8
+	// pinMemory is how many variants the webhook remembers pinning.
+	pinMemory = 1 << 14
+	// maxPinnedChildren bounds the children of an index whose blobs are
+	// pinned.
+	maxPinnedChildren = 128
+)
+
+// Defaults of Options' zero fields.
+const (
+	DefaultTimeout = 10 * time.Second
+	DefaultPinFor  = 720 * time.Hour
+)
+
+// Results of one image's admission, regnorm_webhook_images_total's result
+// label.
+const (
+	// Replaced: the image was written as its variant.
+	Replaced = "replaced"
+	// Clean: the variant is the original (or the image names a variant
+	// already); left as written.
+	Clean = "clean"
+	// Pending: the variant was not ready in time; the Pod runs the
+	// original and the variant is made in the background.
+	Pending = "pending"
+	// Skipped: by tag, of a registry regnorm does not mirror, of an
+	// upstream with forwarded credentials, past MaxImages, while the
+	// webhook was busy, or (dry run) without a recorded variant.
+	Skipped = "skipped"
+	// Failed: reading the image or making its variant failed.
+	Failed = "error"
+)
+
+// Results are every result label's value.
+var Results = []string{Replaced, Clean, Pending, Skipped, Failed}
+
+// Repository is what the webhook reads an image through: a
+// *mirror.Repository, read as regnorm itself.
+type Repository interface {
+	// Forwards reports whether the repository is read with its client's
+	// own credentials: the webhook has none.
+	Forwards() bool
+	// Made reports whether dgst names a variant regnorm made.
+	Made(ctx context.Context, dgst digest.Digest) (bool, error)
+	Manifest(ctx context.Context, ref string, accept []string) (mirror.Manifest, error)
+	Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error)
+	// Cached and Verdict read what is recorded, and nothing upstream: a
+	// dry run's.
+	Cached(ctx context.Context, dgst digest.Digest) (cache.Manifest, bool, error)
+	Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool)
+}
+
+// Pinner keeps blobs from eviction (cache.Store.Pin).
+type Pinner interface {
+	Pin(ctx context.Context, dgst digest.Digest) error
+}
+
+// Metrics are the webhook's; the caller registers them.
+type Metrics struct {
+	// Images counts the images admitted, by result (Results).
+	Images *prometheus.CounterVec
+	// Seconds observes how long an admission took.
+	Seconds prometheus.Observer
+}
+
+// Options configure a Webhook. Repository, IsUpstream, RuleSets, Pins,
+// Budget, ImageBudget, Metrics and Log are required.
+type Options struct {
+	// Repository is the repository name on the upstream of that name, read
+	// as regnorm itself.
+	Repository func(upstream, name string) (Repository, error)
+	// IsUpstream tells a configured upstream's name.
+	IsUpstream func(name string) bool
+	// RuleSets are the rule sets of the containerd versions the variants
+	// are made for (the fleet's, fleet.Fleet.RuleSets, or those of
+	// webhook.clients): the webhook makes the variant of their union.
+	RuleSets func(ctx context.Context) ([]ruleset.Set, error)
+	Pins     Pinner
+	// Timeout is how long one admission may take to make variants, all
+	// its images together. Default DefaultTimeout; at most MaxTimeout.
+	Timeout time.Duration
+	// PinFor is how long a variant's blobs are kept after the last
+	// admission that named it (cache.EvictionPolicy.PinFor). Default
+	// DefaultPinFor. The webhook pins a variant again at most every
+	// PinFor/24.
+	PinFor time.Duration
+	// Budget is how many upstream requests one admission may cause, all
+	// its images together, and ImageBudget how many one image may (a
+	// pull's).
+	Budget, ImageBudget int
+	// Now is the time the webhook goes by (default time.Now).
+	Now     func() time.Time
+	Metrics Metrics
+	Log     *slog.Logger
+}
+
+// Webhook is the mutating admission webhook.
+type Webhook struct {
+	opts     Options
+	inFlight chan struct{}
+	pinned   *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+}
+
+// New builds a Webhook.
+func New(opts Options) (*Webhook, error) {
+	if opts.Repository == nil || opts.IsUpstream == nil || opts.RuleSets == nil || opts.Pins == nil ||
+		opts.Budget <= 0 || opts.ImageBudget <= 0 || opts.Metrics.Images == nil || opts.Metrics.Seconds == nil || opts.Log == nil {
+		return nil, errors.New("webhook: repositories, upstreams, rule sets, pins, budgets, metrics and a logger are required")
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Timeout > MaxTimeout {
+		return nil, fmt.Errorf("webhook: a timeout of %s is past %s: the API server waits 30 s at most", opts.Timeout, MaxTimeout)
+	}
+	if opts.PinFor <= 0 {
+		opts.PinFor = DefaultPinFor
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	pinned, err := lru.New[digest.Digest, time.Time](pinMemory)
+	if err != nil {
+		panic(err)
+	}
+	for _, r := range Results {
+		opts.Metrics.Images.WithLabelValues(r)
+	}
+	return &Webhook{opts: opts, inFlight: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
+}
+
+// Handler serves POST /mutate and GET /healthz, and nothing else: the
+// webhook's listener is not the registry's.
+func (w *Webhook) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /mutate", w.serveMutate)
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) { io.WriteString(rw, "ok\n") })
+	return mux
+}
+
+// serveMutate answers an AdmissionReview. A body that is too large or is
+// no AdmissionReview is a plain 413 or 400 (the API server then applies
+// the failure policy, Ignore); every review gets allowed: true.
+func (w *Webhook) serveMutate(rw http.ResponseWriter, r *http.Request) {
+	start := w.opts.Now()
+	defer func() { w.opts.Metrics.Seconds.Observe(w.opts.Now().Sub(start).Seconds()) }()
+	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, MaxBody))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			http.Error(rw, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(rw, "reading the body failed", http.StatusBadRequest)
+		return
+	}
+	var review admissionReview
+	if err := json.Unmarshal(body, &review); err != nil || review.APIVersion != reviewAPIVersion || review.Kind != reviewKind ||
+		review.Request == nil || review.Request.UID == "" {
+		http.Error(rw, "the body is not an "+reviewAPIVersion+" AdmissionReview with a request", http.StatusBadRequest)
+		return
+	}
+	resp := w.admit(r.Context(), review.Request)
+	rw.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(rw).Encode(admissionReview{APIVersion: reviewAPIVersion, Kind: reviewKind, Response: resp})
+}
+
+// admit is the answer to req: allowed, with a patch when an image was
+// replaced.
+func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionResponse {
+	resp := &admissionResponse{UID: req.UID, Allowed: true}
+	ephemeralOnly := false
+	switch {
+	case req.Resource.Group != "" || req.Resource.Resource != "pods":
+		return resp
+	case req.Operation == "CREATE" && req.SubResource == "":
+	case req.Operation == "UPDATE" && req.SubResource == "ephemeralcontainers":
+		ephemeralOnly = true
+	default:
+		return resp
+	}
+	var p pod
+	if err := json.Unmarshal(req.Object, &p); err != nil {
+		w.opts.Log.Warn("admission: the object is not a Pod", "namespace", req.Namespace, "uid", req.UID, "error", err)
+		return resp
+	}
+	slots := p.slots(ephemeralOnly)
+	select {
+	case w.inFlight <- struct{}{}:
+		defer func() { <-w.inFlight }()
+	default:
+		w.count(Skipped, len(slots))
+		resp.Warnings = []string{"regnorm is busy with other admissions: images left as written"}
+		return resp
+	}
+	if len(slots) > MaxImages {
+		w.count(Skipped, len(slots)-MaxImages)
+		slots = slots[:MaxImages]
+	}
+	dryRun := req.DryRun != nil && *req.DryRun
+	outcomes := w.images(ctx, slots, dryRun)
+	replaced := map[int]string{}
+	var warnings []string
+	for i, s := range slots {
+		o := outcomes[s.image]
+		w.count(o.result, 1)
+		switch o.result {
+		case Replaced:
+			replaced[i] = imageref.WithDigest(s.image, o.variant)
+		case Pending:
+			warnings = append(warnings, "regnorm is making the variant of "+shorten(s.image)+" that the fleet's containerd versions can run: this Pod runs the image as written, a later one gets the variant")
+		}
+	}
+	if len(warnings) > maxWarnings {
+		warnings = append(warnings[:maxWarnings-1], fmt.Sprintf("and %d more images", len(warnings)-maxWarnings+1))
+	}
+	resp.Warnings = warnings
+	// Metadata changes through the ephemeralcontainers subresource are
+	// dropped by the API server: no annotation there.
+	patch, err := p.patch(slots, replaced, !ephemeralOnly)
+	if err != nil {
+		w.opts.Log.Error("admission: writing the patch failed", "uid", req.UID, "error", err)
+		return resp
+	}
+	if patch != nil {
+		resp.PatchType, resp.Patch = "JSONPatch", patch
+	}
+	w.opts.Log.Info("admission", "namespace", req.Namespace, "uid", req.UID, "operation", req.Operation,
+		"images", len(slots), "replaced", len(replaced), "pending", len(warnings), "dry_run", dryRun)
+	return resp
+}
+
+// shorten keeps an image reference within a warning's room.
+func shorten(image string) string {
+	if len(image) > 160 {
+		return image[:160] + "…"
+	}
+	return image
+}
+
+func (w *Webhook) count(result string, n int) {
+	if n > 0 {
+		w.opts.Metrics.Images.WithLabelValues(result).Add(float64(n))
+	}
+}
+
+// outcome is what the admission of one image came to.
+type outcome struct {
+	result  string
+	variant digest.Digest // with Replaced
+}
+
+// images works out each distinct image of slots, imageConcurrency at a
+// time, all within one time budget and one upstream budget.
+func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[string]outcome {
+	outcomes := map[string]outcome{}
+	var todo []string
+	for _, s := range slots {
+		if _, ok := outcomes[s.image]; !ok {
+			outcomes[s.image] = outcome{}
+			todo = append(todo, s.image)
+		}
+	}
+	rules, err := w.rules(ctx)
+	if err != nil {
+		// The versions known are used all the same.
+		w.opts.Log.Warn("admission: listing the fleet's containerd versions failed", "error", err)
+	}
+	deadline := w.opts.Now().Add(w.opts.Timeout)
+	ctx = upstream.WithBudget(ctx, w.opts.Budget)
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(imageConcurrency)
+	for _, image := range todo {
+		g.Go(func() error {
+			o := w.image(upstream.WithShare(ctx, w.opts.ImageBudget), image, rules, deadline, dryRun)
+			mu.Lock()
+			outcomes[image] = o
+			mu.Unlock()
+			return nil
+		})
+	}
+	g.Wait()
+	return outcomes
+}
+
+// rules is the union of the rule sets the variants are made for.
+func (w *Webhook) rules(ctx context.Context) (ruleset.Set, error) {
+	sets, err := w.opts.RuleSets(ctx)
+	var union ruleset.Set
+	for _, s := range sets {
+		union = union.Union(s)
+	}
+	return union, err
+}
+
+// image works out one image: whether, and as what, it is replaced.
+func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, deadline time.Time, dryRun bool) outcome {
+	ref, err := imageref.Kubernetes(image)
+	if err != nil || ref.Digest == "" || !w.opts.IsUpstream(ref.Registry) {
+		return outcome{result: Skipped}
+	}
+	repo, err := w.opts.Repository(ref.Registry, ref.Repository)
+	if err != nil {
+		return w.failed(image, err)
+	}
+	if repo.Forwards() {
+		// Its credentials are the Pod's pull secrets, which the webhook
+		// does not have.
+		return outcome{result: Skipped}
+	}
+	if rules.Empty() {
+		return outcome{result: Clean}
+	}
+	made, err := repo.Made(ctx, ref.Digest)
+	if err != nil {
+		return w.failed(image, err)
+	}
+	if made {
+		// A variant already (this webhook's output, reviewed again): kept
+		// as written, and pinned, since a Pod names it.
+		if !dryRun {
+			if m, ok, err := repo.Cached(ctx, ref.Digest); err == nil && ok {
+				w.pin(ctx, repo, m)
+			}
+		}
+		return outcome{result: Clean}
+	}
+	if dryRun {
+		return w.recorded(ctx, image, repo, ref.Digest, rules)
+	}
+	mctx, cancel := context.WithTimeout(ctx, deadline.Sub(w.opts.Now()))
+	m, err := repo.Manifest(mctx, ref.Digest.String(), nil)
+	cancel()
+	if err != nil {
+		return w.failed(image, err)
+	}
+	wait := max(deadline.Sub(w.opts.Now()), time.Millisecond)
+	n, err := repo.Variant(ctx, m.Manifest, rules, wait)
+	switch {
+	case errors.Is(err, mirror.ErrNotReady):
+		return outcome{result: Pending}
+	case err != nil:
+		return w.failed(image, err)
+	case !n.Changed():
+		return outcome{result: Clean}
+	}
+	w.pin(ctx, repo, n.Manifest)
+	return outcome{result: Replaced, variant: n.Verdict.Normalized}
+}
+
+// recorded is a dry run's outcome: the variant when its verdict is
+// recorded and it is cached, and nothing is read upstream or made.
+func (w *Webhook) recorded(ctx context.Context, image string, repo Repository, dgst digest.Digest, rules ruleset.Set) outcome {
+	m, ok, err := repo.Cached(ctx, dgst)
+	switch {
+	case err != nil:
+		return w.failed(image, err)
+	case !ok:
+		return outcome{result: Skipped}
+	case !normalize.MayNeed(m, rules):
+		return outcome{result: Clean}
+	}
+	n, ok := repo.Verdict(ctx, m, rules)
+	switch {
+	case !ok:
+		return outcome{result: Skipped}
+	case n.Normalized == "":
+		return outcome{result: Clean}
+	}
+	if _, ok, err := repo.Cached(ctx, n.Normalized); err != nil || !ok {
+		return outcome{result: Skipped}
+	}
+	return outcome{result: Replaced, variant: n.Normalized}
+}
+
+func (w *Webhook) failed(image string, err error) outcome {
+	w.opts.Log.Warn("admission: an image's variant failed", "image", shorten(image), "error", err)
+	return outcome{result: Failed}
+}
+
+// pin keeps the blobs variant names (for an index, its cached children's)
+// from eviction for PinFor, at most once every PinFor/24 per variant. A
+// pin that fails is logged: the Pod is admitted all the same.
+func (w *Webhook) pin(ctx context.Context, repo Repository, variant cache.Manifest) {
+	now := w.opts.Now()
+	if at, ok := w.pinned.Get(variant.Digest); ok && now.Sub(at) < w.opts.PinFor/24 {
+		return
+	}
+	blobs, err := blobsOf(variant)
+	if err != nil {
+		w.opts.Log.Warn("admission: reading a variant to pin it failed", "digest", variant.Digest, "error", err)
+		return
+	}
+	children, _ := childrenOf(variant)
+	for i, child := range children {
+		if i == maxPinnedChildren {
+			break
+		}
+		// Only what is cached: a child no platform read has no blob here
+		// to keep.
+		m, ok, err := repo.Cached(ctx, child)
+		if err != nil || !ok {
+			continue
+		}
+		if b, err := blobsOf(m); err == nil {
+			blobs = append(blobs, b...)
+		}
+	}
+	for _, dgst := range blobs {
+		if err := w.opts.Pins.Pin(context.WithoutCancel(ctx), dgst); err != nil {
+			w.opts.Log.Warn("admission: pinning a variant's blob failed", "variant", variant.Digest, "blob", dgst, "error", err)
+			return
+		}
+	}
+	w.pinned.Add(variant.Digest, now)
+}
+
+// manifestRefs is what a manifest or an index names (Docker's and OCI's
+// alike).
+type manifestRefs struct {
+	Config *struct {
+		Digest digest.Digest `json:"digest"`
+	} `json:"config"`
+	Layers []struct {
+		Digest digest.Digest `json:"digest"`
+	} `json:"layers"`
+	Manifests []struct {
+		Digest digest.Digest `json:"digest"`
+	} `json:"manifests"`
+}
+
+// blobsOf is the config and layers m names.
+func blobsOf(m cache.Manifest) ([]digest.Digest, error) {
+	var refs manifestRefs
+	if err := json.Unmarshal(m.Content, &refs); err != nil {
+		return nil, err
+	}
+	var out []digest.Digest
+	if refs.Config != nil && refs.Config.Digest.Validate() == nil {
+		out = append(out, refs.Config.Digest)
+	}
+	for _, l := range refs.Layers {
+		if l.Digest.Validate() == nil {
+			out = append(out, l.Digest)
+		}
+	}
+	return out, nil
+}
+
+// childrenOf is the manifests an index names.
+func childrenOf(m cache.Manifest) ([]digest.Digest, error) {
+	var refs manifestRefs
+	if err := json.Unmarshal(m.Content, &refs); err != nil {
+		return nil, err
+	}
+	var out []digest.Digest
+	for _, c := range refs.Manifests {
+		if c.Digest.Validate() == nil {
+			out = append(out, c.Digest)
+		}
+	}
+	return out, nil
+}
