@@ -52,7 +52,7 @@ func testUpstreamsYes(t *testing.T, madeOnly bool) {
 	var mu sync.Mutex
 	originals := map[string]bool{}
 	var heads int
-	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := aliceAndHostile(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v2/" {
 			return
 		}
@@ -72,18 +72,6 @@ func testUpstreamsYes(t *testing.T, madeOnly bool) {
 			w.Header().Set("Docker-Content-Digest", ref)
 		}
 		w.Header().Set("Content-Length", "1")
-	}))
-	t.Cleanup(hostile.Close)
-	hostileURL, _ := url.Parse(hostile.URL)
-	h := newHarness(t, harnessOptions{
-		registry: regtest.Options{TokenAuth: true, Accounts: []regtest.Account{
-			{Username: "alice", Password: "alice-secret-pw", Repos: []string{"team/private"}},
-		}},
-		forward: true,
-		tagTTL:  time.Hour,
-		attest:  &attest.Maker{Version: "v0.test"},
-		retry:   upstream.RetryPolicy{Attempts: 1},
-		more:    []upstream.Config{{Name: "hostile", URL: hostileURL}},
 	})
 	// zstd layers: for containerd 1.4 regnorm makes a variant (a made
 	// manifest and a made gzip layer) and its attestation.
@@ -176,7 +164,7 @@ func TestUpstreamsWordBeforeTheCacheHasIt(t *testing.T) {
 	for _, first := range []string{"HEAD", "GET"} {
 		t.Run(first, func(t *testing.T) {
 			t.Parallel()
-			hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := aliceAndHostile(t, func(w http.ResponseWriter, r *http.Request) {
 				switch {
 				case r.URL.Path == "/v2/":
 				case r.Method == http.MethodHead:
@@ -185,16 +173,6 @@ func TestUpstreamsWordBeforeTheCacheHasIt(t *testing.T) {
 					w.Header().Set("Content-Length", "7")
 					w.Write([]byte("garbage"))
 				}
-			}))
-			t.Cleanup(hostile.Close)
-			hostileURL, _ := url.Parse(hostile.URL)
-			h := newHarness(t, harnessOptions{
-				registry: regtest.Options{TokenAuth: true, Accounts: []regtest.Account{
-					{Username: "alice", Password: "alice-secret-pw", Repos: []string{"team/private"}},
-				}},
-				forward: true,
-				retry:   upstream.RetryPolicy{Attempts: 1},
-				more:    []upstream.Config{{Name: "hostile", URL: hostileURL}},
 			})
 			img := h.push(t, "team/private", "v1", regtest.ImageOptions{}, oneFile)
 			layer := digest.FromBytes(img.Layers[0])
@@ -267,4 +245,25 @@ func TestAnotherUpstreamSendsACachedBlobOnce(t *testing.T) {
 	get("library/app", "third.example")
 	check("after a restart, a known repository, then a third upstream", seen(),
 		map[string]int{"GET " + app: 1, "HEAD " + app: 1})
+}
+
+// aliceAndHostile is the harness of a hostile upstream's attacks: docker.io
+// (with forwarded credentials, where alice may read team/private and make
+// attested variants) and "hostile", an upstream that answers as hostile
+// says.
+func aliceAndHostile(t *testing.T, hostile http.HandlerFunc) *harness {
+	t.Helper()
+	srv := httptest.NewServer(hostile)
+	t.Cleanup(srv.Close)
+	hostileURL, _ := url.Parse(srv.URL)
+	return newHarness(t, harnessOptions{
+		registry: regtest.Options{TokenAuth: true, Accounts: []regtest.Account{
+			{Username: "alice", Password: "alice-secret-pw", Repos: []string{"team/private"}},
+		}},
+		forward: true,
+		tagTTL:  time.Hour,
+		attest:  &attest.Maker{Version: "v0.test"},
+		retry:   upstream.RetryPolicy{Attempts: 1},
+		more:    []upstream.Config{{Name: "hostile", URL: hostileURL}},
+	})
 }

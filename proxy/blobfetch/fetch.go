@@ -116,7 +116,8 @@ type Options struct {
 	// download of a cached blob is skipped only when it has: else the
 	// blob is downloaded from it all the same, since the caller wants that
 	// upstream's bytes (its proof that it holds them), not only the blob.
-	// Nil: every cached blob is skipped.
+	// Nil: none has, and every download goes to its upstream (safe, and
+	// dear: set it).
 	Sent func(ctx context.Context, r Remote, dgst digest.Digest) bool
 	// OnAnswered is called when upstream answered 200 to a download of
 	// dgst by r's client: its word, not yet its bytes.
@@ -144,7 +145,7 @@ func New(opts Options) *Fetcher {
 		opts.OnAnswered = func(context.Context, Remote, digest.Digest) {}
 	}
 	if opts.Sent == nil {
-		opts.Sent = func(context.Context, Remote, digest.Digest) bool { return true }
+		opts.Sent = func(context.Context, Remote, digest.Digest) bool { return false }
 	}
 	if opts.OnSent == nil {
 		opts.OnSent = func(context.Context, Remote, digest.Digest) {}
@@ -216,15 +217,6 @@ func (fs *Fetcher) Ready(ctx context.Context, f *Download, r Remote) (*Download,
 		return nil, err
 	}
 	return f, nil
-}
-
-// Ensure returns once dgst is in the cache, downloading it (or joining the
-// download under way) if it is not. The caller has admitted the client.
-func (fs *Fetcher) Ensure(ctx context.Context, r Remote, dgst digest.Digest) error {
-	if _, err := fs.opts.Store.StatBlob(ctx, dgst); err == nil {
-		return nil
-	}
-	return fs.Fetch(ctx, r, dgst)
 }
 
 // Fetch downloads dgst from r's upstream (or joins the download under way)

@@ -51,7 +51,6 @@ type MadeStore interface {
 type Fetcher interface {
 	Join(r blobfetch.Remote, dgst digest.Digest) (*blobfetch.Download, error)
 	Ready(ctx context.Context, f *blobfetch.Download, r blobfetch.Remote) (*blobfetch.Download, error)
-	Ensure(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) error
 	Fetch(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) error
 }
 

@@ -12,13 +12,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/internal/regtest"
-	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -44,7 +42,7 @@ func TestUpstreamsManifestReusesAnothersLayerVerdict(t *testing.T) {
 	var hostileManifest []byte
 	var hostileManifestDigest, configDigest digest.Digest
 	var config []byte
-	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := aliceAndHostile(t, func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/v2/":
 		case r.URL.Path == "/v2/evil/x/manifests/v1" || r.URL.Path == "/v2/evil/x/manifests/"+hostileManifestDigest.String():
@@ -60,18 +58,6 @@ func TestUpstreamsManifestReusesAnothersLayerVerdict(t *testing.T) {
 		default:
 			http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN"}]}`, http.StatusNotFound)
 		}
-	}))
-	t.Cleanup(hostile.Close)
-	hostileURL, _ := url.Parse(hostile.URL)
-	h := newHarness(t, harnessOptions{
-		registry: regtest.Options{TokenAuth: true, Accounts: []regtest.Account{
-			{Username: "alice", Password: "alice-secret-pw", Repos: []string{"team/private"}},
-		}},
-		forward: true,
-		tagTTL:  time.Hour,
-		attest:  &attest.Maker{Version: "v0.test"},
-		retry:   upstream.RetryPolicy{Attempts: 1},
-		more:    []upstream.Config{{Name: "hostile", URL: hostileURL}},
 	})
 	img := h.push(t, "team/private", "v1", regtest.ImageOptions{}, secretLayer)
 	var orig ocispec.Manifest
