@@ -16,7 +16,7 @@ import (
 
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/attest"
-	"github.com/regnorm/regnorm/proxy/cosign"
+	"github.com/regnorm/regnorm/internal/cosign"
 )
 
 // TestVariantAttestation: a variant regnorm made is attested in the

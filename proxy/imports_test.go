@@ -27,8 +27,7 @@ func TestSubpackagesStayApart(t *testing.T) {
 	}
 	rooms := []room{
 		{dir: "errcode"},
-		{dir: "attest", own: []string{"proxy/cosign"}, denied: []string{"net/http", "os"}},
-		{dir: "cosign", denied: []string{"net/http", "os"}},
+		{dir: "attest", own: []string{"internal/cosign"}, denied: []string{"net/http", "os"}},
 		{dir: "ruleset", own: []string{"internal/containerdcfg"}, denied: []string{"net/http", "os"}},
 		{dir: "label"},
 		{dir: "upstream", own: []string{"proxy/errcode", "proxy/label", "internal/mediatype", "internal/schema1"}},
@@ -39,7 +38,7 @@ func TestSubpackagesStayApart(t *testing.T) {
 		{dir: "operator", own: []string{"cache", "internal/imageref", "internal/containerdcfg", "internal/recent", "proxy/errcode", "proxy/fleet", "cache/maintain", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "mirror", own: []string{"cache", "proxy/attest", "internal/flight", "internal/mediatype", "internal/schema1", "proxy/blobfetch", "proxy/errcode", "proxy/normalize", "proxy/replicas", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "premade", own: []string{"cache", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"net/http", "os"}},
-		{dir: "verify", own: []string{"cache", "proxy/attest", "proxy/blobfetch", "proxy/cosign", "proxy/errcode", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
+		{dir: "verify", own: []string{"cache", "proxy/attest", "proxy/blobfetch", "internal/cosign", "proxy/errcode", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "replicas", own: []string{"cache", "internal/mediatype", "proxy/errcode", "proxy/ruleset"}, denied: []string{"os"}},
 		{dir: "webhook", own: []string{"cache", "internal/imageref", "proxy/mirror", "proxy/normalize", "proxy/ruleset", "proxy/upstream"}, denied: []string{"os"}},
 		{dir: "../cache/maintain", own: []string{"cache"}, denied: []string{"net/http"}}, // beside the cache, kept apart from proxy/ all the same

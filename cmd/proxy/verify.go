@@ -19,7 +19,7 @@ import (
 
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/attest"
-	"github.com/regnorm/regnorm/proxy/cosign"
+	"github.com/regnorm/regnorm/internal/cosign"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 	"github.com/regnorm/regnorm/proxy/verify"

@@ -10,7 +10,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/regnorm/regnorm/proxy/cosign"
+	"github.com/regnorm/regnorm/internal/cosign"
 )
 
 // MediaTypeEnvelope is the media type of a DSSE envelope: the artifact's

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/regnorm/regnorm/proxy/attest"
-	"github.com/regnorm/regnorm/proxy/cosign"
+	"github.com/regnorm/regnorm/internal/cosign"
 )
 
 // TestMakeBundle: a signed attestation's bundle artifact (ECDSA P-256,

@@ -15,6 +15,6 @@
 //
 // It does no I/O: keys come in as PEM bytes (cmd/proxy reads the file),
 // and the caller stores and serves what it makes. Of regnorm's packages it
-// imports only proxy/cosign, which knows cosign's formats
+// imports only internal/cosign, which knows cosign's formats
 // (proxy/imports_test.go).
 package attest

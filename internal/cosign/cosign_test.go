@@ -17,7 +17,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
-	"github.com/regnorm/regnorm/proxy/cosign"
+	"github.com/regnorm/regnorm/internal/cosign"
 )
 
 // The digests cosign signed in testdata (README.md).

@@ -9,7 +9,7 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/signature/payload"
 
-	"github.com/regnorm/regnorm/proxy/cosign"
+	"github.com/regnorm/regnorm/internal/cosign"
 )
 
 // FuzzVerifyBundle: whatever bundle a registry sends, VerifyBundle never
