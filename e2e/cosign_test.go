@@ -41,22 +41,7 @@ func TestCosignVerifyThroughRegnorm(t *testing.T) {
 	proxyHost := strings.TrimPrefix(proxyURL, "http://")
 
 	dir := t.TempDir()
-	cosign := func(args ...string) (string, error) {
-		t.Helper()
-		cmd := exec.Command(cosignBin, args...)
-		cmd.Dir = dir
-		// A password-less key, and sigstore's caches kept in the test's
-		// directory: nothing is asked of sigstore's public services.
-		cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=", "HOME="+dir, "TUF_ROOT="+filepath.Join(dir, "tuf"))
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	for _, sub := range []string{"vendor", "other"} {
-		os.Mkdir(filepath.Join(dir, sub), 0o700)
-		if out, err := cosign("generate-key-pair", "--output-key-prefix", filepath.Join(sub, "cosign")); err != nil {
-			t.Fatalf("generate-key-pair: %v\n%s", err, out)
-		}
-	}
+	cosign := cosignIn(t, dir, "vendor", "other")
 	sign := func(img regtest.Image, repo string, extra ...string) {
 		t.Helper()
 		args := append([]string{"sign", "--key", "vendor/cosign.key", "--use-signing-config=false", "--tlog-upload=false", "-y",
@@ -113,4 +98,26 @@ func TestCosignVerifyThroughRegnorm(t *testing.T) {
 	if digest.FromBytes(bundle) != idx.Manifests[0].Digest {
 		t.Fatalf("the bundle's manifest came as %s, not %s", digest.FromBytes(bundle), idx.Manifests[0].Digest)
 	}
+}
+
+// cosignIn runs the suite's cosign in dir, after making a password-less key
+// pair in each of keys (dir/<key>/cosign.key and .pub). sigstore's caches
+// are kept in dir: nothing is asked of sigstore's public services.
+func cosignIn(t *testing.T, dir string, keys ...string) func(args ...string) (string, error) {
+	t.Helper()
+	cosign := func(args ...string) (string, error) {
+		t.Helper()
+		cmd := exec.Command(cosignBin, args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=", "HOME="+dir, "TUF_ROOT="+filepath.Join(dir, "tuf"))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, sub := range keys {
+		os.Mkdir(filepath.Join(dir, sub), 0o700)
+		if out, err := cosign("generate-key-pair", "--output-key-prefix", filepath.Join(sub, "cosign")); err != nil {
+			t.Fatalf("generate-key-pair: %v\n%s", err, out)
+		}
+	}
+	return cosign
 }

@@ -11,7 +11,6 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -37,20 +36,7 @@ import (
 func TestRegnormVerifyOriginalKey(t *testing.T) {
 	dir := t.TempDir()
 	writeAttestationKey(t, dir, "regnorm")
-	cosign := func(args ...string) (string, error) {
-		t.Helper()
-		cmd := exec.Command(cosignBin, args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=", "HOME="+dir, "TUF_ROOT="+filepath.Join(dir, "tuf"))
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	for _, sub := range []string{"vendor", "other"} {
-		os.Mkdir(filepath.Join(dir, sub), 0o700)
-		if out, err := cosign("generate-key-pair", "--output-key-prefix", filepath.Join(sub, "cosign")); err != nil {
-			t.Fatalf("generate-key-pair: %v\n%s", err, out)
-		}
-	}
+	cosign := cosignIn(t, dir, "vendor", "other")
 
 	ggcr := httptest.NewServer(registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(ggcr.Close)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -76,19 +75,7 @@ func TestRegnormVerifyRederivesVariants(t *testing.T) {
 			proxyURL, proc := startRegnorm(t, registryURL, "attestations:\n  keyFile: "+filepath.Join(dir, "regnorm.key")+"\n")
 			proxyHost := strings.TrimPrefix(proxyURL, "http://")
 			repo, tag, _ := strings.Cut(tt.repo, ":")
-			req, _ := http.NewRequest(http.MethodGet, proxyURL+"/v2/"+repo+"/manifests/"+tag, nil)
-			req.Header.Set("User-Agent", "containerd/"+tt.client)
-			req.Header.Set("Accept", strings.Join([]string{ocispec.MediaTypeImageIndex, ocispec.MediaTypeImageManifest,
-				"application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.docker.distribution.manifest.v2+json"}, ", "))
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			variant := resp.Header.Get("Docker-Content-Digest")
-			if resp.StatusCode != http.StatusOK || variant == "" {
-				t.Fatalf("%s for containerd %s: %d %q", tt.repo, tt.client, resp.StatusCode, variant)
-			}
+			variant := variantFor(t, proxyURL, repo, tag, tt.client)
 			image := proxyHost + "/" + repo + "@" + variant
 			out, code := verify(t, "--key", filepath.Join(dir, "regnorm.pub"), image)
 			if code != 0 || !strings.Contains(out, "rederived    OK   "+variant+", identical") {
