@@ -46,7 +46,8 @@ func TestMain(m *testing.M) {
 		"REGNORM_CONTAINERD_BIN": containerdBin, "REGNORM_CTR_BIN": ctrBin, "REGNORM_OLD_CONTAINERD_BIN": oldContainerdBin,
 		"REGNORM_PROMETHEUS_BIN": prometheusBin, "REGNORM_CHROMIUM_BIN": chromiumBin, "REGNORM_VERSITYGW_BIN": versitygwBin,
 		"REGNORM_CONTAINERD2_DIR": containerd2Dir, "REGNORM_CONTAINERD17_DIR": containerd17Dir, "REGNORM_REGISTRY2_BIN": registry2Bin,
-		"REGNORM_COSIGN_BIN": cosignBin, "REGNORM_ETCD_BIN": etcdBin, "REGNORM_KUBE_APISERVER_BIN": kubeAPIServerBin} {
+		"REGNORM_COSIGN_BIN": cosignBin, "REGNORM_ETCD_BIN": etcdBin, "REGNORM_KUBE_APISERVER_BIN": kubeAPIServerBin,
+		"REGNORM_KYVERNO_BIN": kyvernoBin} {
 		if _, err := os.Stat(v); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s=%q is not usable (%v); run scripts/test.sh, which installs it\n", name, v, err)
 			os.Exit(2)
