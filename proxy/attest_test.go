@@ -14,9 +14,9 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regnorm/regnorm/internal/cosign"
 	"github.com/regnorm/regnorm/internal/regtest"
 	"github.com/regnorm/regnorm/proxy/attest"
-	"github.com/regnorm/regnorm/internal/cosign"
 )
 
 // TestVariantAttestation: a variant regnorm made is attested in the

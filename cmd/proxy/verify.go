@@ -17,9 +17,9 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regnorm/regnorm/internal/cosign"
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/attest"
-	"github.com/regnorm/regnorm/internal/cosign"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/upstream"
 	"github.com/regnorm/regnorm/proxy/verify"

@@ -11,8 +11,8 @@ import (
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/internal/cosign"
+	"github.com/regnorm/regnorm/proxy/attest"
 )
 
 // TestMakeBundle: a signed attestation's bundle artifact (ECDSA P-256,

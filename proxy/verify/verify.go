@@ -19,9 +19,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/cosign"
 	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/blobfetch"
-	"github.com/regnorm/regnorm/internal/cosign"
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
