@@ -290,3 +290,22 @@ func (p fakeProvider) GetClientFor(apiVersion, kind string) (dynamic.Namespaceab
 	}
 	return p.client.Resource(gv.WithResource(strings.ToLower(kind) + "s")), true, nil
 }
+
+// TestChartWebhookTimeoutWithinTheAPIServers: regnorm's own budget
+// (webhook.timeout) must end before the API server stops waiting
+// (webhook.timeoutSeconds), else a slow admission is cut off by the API
+// server: failurePolicy Ignore admits the Pod as written, with no warning,
+// and the pending result regnorm would have given is lost. The chart
+// renders both, so it refuses values where the budget is not below the
+// API server's wait (the README says "keep it above"; nothing checks it).
+func TestChartWebhookTimeoutWithinTheAPIServers(t *testing.T) {
+	t.Parallel()
+	for _, values := range []string{
+		`{webhook: {enabled: true, timeout: 20s}}`,                     // timeoutSeconds 15, the default
+		`{webhook: {enabled: true, timeout: 10s, timeoutSeconds: 10}}`, // no room for the answer
+	} {
+		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), "webhook.timeoutSeconds") {
+			t.Errorf("%s: got %v, want an error naming webhook.timeoutSeconds", values, err)
+		}
+	}
+}
