@@ -129,6 +129,18 @@ webhook:
     matchLabels: {team: apps}
     matchExpressions: [{key: tier, operator: NotIn, values: [system]}]
 networkPolicy: {enabled: true, restrictEgress: true}`,
+	"admission webhook, the API server's client certificate, its control plane only": `
+webhook:
+  enabled: true
+  clients: ["1.6.8"]
+  clientCA: {pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}
+  clientNames: [kube-apiserver]
+  networkPolicy: {from: [{ipBlock: {cidr: 10.0.0.0/28}}]}
+networkPolicy: {enabled: true}`,
+	"admission webhook, kubeadm's CA in kube-root-ca.crt": `
+webhook: {enabled: true, clients: ["2.1"], clientCA: {configMapName: kube-root-ca.crt}, clientNames: [kube-apiserver-kubelet-client]}`,
+	"admission webhook, the client CA in a Secret": `
+webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: apiserver-client-ca, key: ca.pem}}`,
 	"admission webhook with cert-manager": `
 webhook: {enabled: true, certManager: {enabled: true}}`,
 	"admission webhook with cert-manager and a ClusterIssuer": `
@@ -353,7 +365,7 @@ func checkSelectorsSpare(t *testing.T, objs []*unstructured.Unstructured, ds *un
 var secretRefs = regexp.MustCompile(`/etc/regnorm(-node)?/[^\s"']+`)
 
 // checkMounted: the workload mounts a volume at file's directory that
-// holds file: a Secret whose items (if listed) include its name.
+// holds file: a Secret (or ConfigMap) whose items (if listed) include its name.
 func checkMounted(t *testing.T, workload *unstructured.Unstructured, file string) {
 	t.Helper()
 	spec, _, _ := unstructured.NestedMap(workload.Object, "spec", "template", "spec")
@@ -368,11 +380,14 @@ func checkMounted(t *testing.T, workload *unstructured.Unstructured, file string
 		if v["name"] != volume {
 			continue
 		}
-		secret, ok := v["secret"].(map[string]any)
+		source, ok := v["secret"].(map[string]any)
 		if !ok {
-			break
+			// A ConfigMap: a CA, which is no secret.
+			if source, ok = v["configMap"].(map[string]any); !ok {
+				break
+			}
 		}
-		items, listed := secret["items"].([]any)
+		items, listed := source["items"].([]any)
 		if !listed || slices.ContainsFunc(items, func(i any) bool { return i.(map[string]any)["path"] == filepath.Base(file) }) {
 			return
 		}

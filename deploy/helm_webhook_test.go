@@ -309,3 +309,81 @@ func TestChartWebhookTimeoutWithinTheAPIServers(t *testing.T) {
 		}
 	}
 }
+
+// TestChartWebhookCallers: webhook.clientCA, in each of its forms, has
+// regnorm require the API server's client certificate (clientCAFile, and
+// clientNames), mounted whole from where the CA is; webhook.networkPolicy.from
+// opens the webhook's port to those peers only. Without clientCA, regnorm
+// is told of no CA; contradictory values fail with the value's name.
+func TestChartWebhookCallers(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]struct {
+		kind, source, key string
+		names             string
+	}{
+		"admission webhook, the API server's client certificate, its control plane only": {"configMap", "regnorm-webhook-client-ca", "ca.crt", "\n  clientNames:\n    - \"kube-apiserver\"\n"},
+		"admission webhook, kubeadm's CA in kube-root-ca.crt":                            {"configMap", "kube-root-ca.crt", "ca.crt", "\n  clientNames:\n    - \"kube-apiserver-kubelet-client\"\n"},
+		"admission webhook, the client CA in a Secret":                                   {"secret", "apiserver-client-ca", "ca.pem", ""},
+	} {
+		objs := render(t, chartCases[name])
+		cfg := configMapData(t, objs, "regnorm", "regnorm.yaml")
+		if !strings.Contains(cfg, "\n  clientCAFile: /etc/regnorm/webhook-client-ca/ca.crt\n") || !strings.Contains(cfg, want.names) {
+			t.Errorf("%s: regnorm.yaml does not ask for the client certificate (want names %q):\n%s", name, want.names, cfg)
+		}
+		if want.names == "" && strings.Contains(cfg, "clientNames") {
+			t.Errorf("%s: clientNames without webhook.clientNames:\n%s", name, cfg)
+		}
+		deploy := find(t, objs, "Deployment")
+		vol := mountedVolume(t, deploy, "/etc/regnorm/webhook-client-ca")
+		src, _ := vol[want.kind].(map[string]any)
+		srcName := fmt.Sprint(src["name"])
+		if want.kind == "secret" {
+			srcName = fmt.Sprint(src["secretName"])
+		}
+		if srcName != want.source || fmt.Sprint(src["items"]) != fmt.Sprintf("[map[key:%s path:ca.crt]]", want.key) {
+			t.Errorf("%s: the client CA is mounted from %v", name, vol)
+		}
+	}
+	objs := render(t, chartCases["admission webhook, the API server's client certificate, its control plane only"])
+	if got := configMapData(t, objs, "regnorm-webhook-client-ca", "ca.crt"); got != "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" {
+		t.Errorf("the client CA's ConfigMap holds %q", got)
+	}
+	ingress, _, _ := unstructured.NestedSlice(find(t, objs, "NetworkPolicy").Object, "spec", "ingress")
+	if !slices.ContainsFunc(ingress, func(r any) bool {
+		r2 := r.(map[string]any)
+		return strings.Contains(fmt.Sprint(r2["ports"]), "port:webhook") && fmt.Sprint(r2["from"]) == "[map[ipBlock:map[cidr:10.0.0.0/28]]]"
+	}) {
+		t.Errorf("the network policy does not open the webhook's port to webhook.networkPolicy.from only: %v", ingress)
+	}
+	if cfg := configMapData(t, render(t, `{webhook: {enabled: true, clients: ["2.1"]}}`), "regnorm", "regnorm.yaml"); strings.Contains(cfg, "clientCAFile") {
+		t.Errorf("without webhook.clientCA regnorm is told of a client CA:\n%s", cfg)
+	}
+	for values, want := range map[string]string{
+		`{webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: a, pem: b}}}`:                      "webhook.clientCA: set one of",
+		`{webhook: {enabled: true, clients: ["2.1"], clientNames: [kube-apiserver]}}`:                          "webhook.clientNames needs webhook.clientCA",
+		`{webhook: {enabled: true, clients: ["2.1"], networkPolicy: {from: [{ipBlock: {cidr: 10.0.0.0/8}}]}}}`: "webhook.networkPolicy.from needs networkPolicy.enabled",
+	} {
+		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", values, err, want)
+		}
+	}
+}
+
+// mountedVolume is the volume workload mounts at dir.
+func mountedVolume(t *testing.T, workload *unstructured.Unstructured, dir string) map[string]any {
+	t.Helper()
+	var volume any
+	for _, m := range container(t, workload)["volumeMounts"].([]any) {
+		if m := m.(map[string]any); m["mountPath"] == dir {
+			volume = m["name"]
+		}
+	}
+	vols, _, _ := unstructured.NestedSlice(workload.Object, "spec", "template", "spec", "volumes")
+	for _, v := range vols {
+		if v := v.(map[string]any); volume != nil && v["name"] == volume {
+			return v
+		}
+	}
+	t.Fatalf("%s %s mounts nothing at %s", workload.GetKind(), workload.GetName(), dir)
+	return nil
+}

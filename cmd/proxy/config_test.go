@@ -92,6 +92,9 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "webhook client", yaml: "webhook:\n  clients: [\"1.6\", \"one\"]\n", wantField: "webhook.clients[1]"},
 		{name: "webhook timeout past the API server's", yaml: "webhook:\n  timeout: 30s\n", wantField: "webhook.timeout"},
 		{name: "webhook pins too short", yaml: "webhook:\n  pinFor: 10m\n", wantField: "webhook.pinFor"},
+		{name: "webhook pins too long", yaml: "webhook:\n  pinFor: 2161h\n", wantField: "webhook.pinFor"},
+		{name: "webhook client names without a client CA", yaml: "webhook:\n  clientNames: [kube-apiserver]\n", wantField: "webhook.clientNames"},
+		{name: "webhook client CA without listen", yaml: "webhook:\n  clientCAFile: /ca.crt\n", wantField: "webhook.listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

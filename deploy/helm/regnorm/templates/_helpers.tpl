@@ -126,3 +126,20 @@ or the one the chart (or cert-manager) makes. */}}
 {{- define "regnorm.webhookHost" -}}
 {{- printf "%s.%s.svc" (include "regnorm.fullname" .) .Release.Namespace }}
 {{- end }}
+
+{{/* The webhook's client CA (webhook.clientCA): the volume regnorm reads
+webhook.clientCAFile from; empty when none is set. */}}
+{{- define "regnorm.webhookClientCA" -}}
+{{- $c := .Values.webhook.clientCA }}
+{{- $n := 0 }}
+{{- range (list $c.secretName $c.configMapName $c.pem) }}{{ if . }}{{ $n = add1 $n }}{{ end }}{{ end }}
+{{- if gt $n 1 }}
+{{- fail "webhook.clientCA: set one of secretName, configMapName and pem" }}
+{{- end }}
+{{- if $c.secretName }}secret{{ else if $c.configMapName }}configMap{{ else if $c.pem }}pem{{ end }}
+{{- end }}
+
+{{/* The ConfigMap the chart makes for webhook.clientCA.pem. */}}
+{{- define "regnorm.webhookClientCAConfigMap" -}}
+{{- printf "%s-webhook-client-ca" (include "regnorm.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}
