@@ -52,7 +52,7 @@ func TestChartWebhook(t *testing.T) {
 	if data["ca.crt"] != ca {
 		t.Error("the caBundle is not the generated CA")
 	}
-	verifyServing(t, ca, data["tls.crt"], "regnorm.regnorm.svc")
+	verifyServing(t, ca, data["tls.crt"], "regnorm-webhook.regnorm.svc")
 	cfg := configMapData(t, objs, "regnorm", "regnorm.yaml")
 	for _, want := range []string{"webhook:\n  listen: \":8443\"\n  certFile: /etc/regnorm/webhook/tls.crt\n  keyFile: /etc/regnorm/webhook/tls.key\n  clients:\n    - \"1.6.8\"\n    - \"2.1\"\n  timeout: 10s\n  pinFor: 720h\n"} {
 		if !strings.Contains(cfg, want) {
@@ -69,12 +69,21 @@ func TestChartWebhook(t *testing.T) {
 	}) {
 		t.Errorf("the container has no port webhook 8443: %v", ports)
 	}
-	svcPorts, _, _ := unstructured.NestedSlice(named(t, objs, "Service", "regnorm").Object, "spec", "ports")
-	if !slices.ContainsFunc(svcPorts, func(p any) bool {
+	// Its own Service, ClusterIP, the webhook's port only; the main
+	// Service does not carry it.
+	svc := named(t, objs, "Service", "regnorm-webhook")
+	svcPorts, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+	if typ, _, _ := unstructured.NestedString(svc.Object, "spec", "type"); typ != "ClusterIP" || len(svcPorts) != 1 || !slices.ContainsFunc(svcPorts, func(p any) bool {
 		p2 := p.(map[string]any)
 		return p2["name"] == "webhook" && fmt.Sprint(p2["port"]) == "443" && p2["targetPort"] == "webhook"
 	}) {
-		t.Errorf("the Service has no port webhook 443 → webhook: %v", svcPorts)
+		t.Errorf("the webhook's Service is %s with ports %v, want ClusterIP with webhook 443 → webhook only", typ, svcPorts)
+	}
+	if sel, _, _ := unstructured.NestedStringMap(svc.Object, "spec", "selector"); fmt.Sprint(sel) != "map[app.kubernetes.io/instance:regnorm app.kubernetes.io/name:regnorm]" {
+		t.Errorf("the webhook's Service selects %v", sel)
+	}
+	if main, _, _ := unstructured.NestedSlice(named(t, objs, "Service", "regnorm").Object, "spec", "ports"); strings.Contains(fmt.Sprint(main), "webhook") {
+		t.Errorf("the main Service carries the webhook's port: %v", main)
 	}
 	ingress, _, _ := unstructured.NestedSlice(find(t, objs, "NetworkPolicy").Object, "spec", "ingress")
 	if !slices.ContainsFunc(ingress, func(r any) bool {
@@ -100,7 +109,7 @@ func TestChartWebhook(t *testing.T) {
 	if name, _, _ := unstructured.NestedString(serving.Object, "spec", "secretName"); name != "regnorm-webhook-tls" {
 		t.Errorf("the Certificate writes %q, not the Secret the pod mounts", name)
 	}
-	if dns, _, _ := unstructured.NestedStringSlice(serving.Object, "spec", "dnsNames"); !slices.Contains(dns, "regnorm.regnorm.svc") {
+	if dns, _, _ := unstructured.NestedStringSlice(serving.Object, "spec", "dnsNames"); !slices.Equal(dns, []string{"regnorm-webhook.regnorm.svc", "regnorm-webhook.regnorm"}) {
 		t.Errorf("the Certificate names %v", dns)
 	}
 	issuer, _, _ := unstructured.NestedStringMap(serving.Object, "spec", "issuerRef")
@@ -176,7 +185,7 @@ func checkWebhookConfiguration(t *testing.T, objs []*unstructured.Unstructured, 
 		t.Errorf("admissionReviewVersions %s", got)
 	}
 	svc, _, _ := unstructured.NestedMap(hook, "clientConfig", "service")
-	if svc["name"] != "regnorm" || svc["namespace"] != "regnorm" || svc["path"] != "/mutate" || fmt.Sprint(svc["port"]) != "443" {
+	if svc["name"] != "regnorm-webhook" || svc["namespace"] != "regnorm" || svc["path"] != "/mutate" || fmt.Sprint(svc["port"]) != "443" {
 		t.Errorf("clientConfig.service %v", svc)
 	}
 	want := []string{"[] [v1] [CREATE] [pods] Namespaced", "[] [v1] [UPDATE] [pods/ephemeralcontainers] Namespaced"}
@@ -252,6 +261,17 @@ func TestChartWebhookKeepsItsCertificate(t *testing.T) {
 	if fresh["ca.crt"] == was["ca.crt"] {
 		t.Error("two installs made the same CA")
 	}
+	// A pair made for another name (the main Service's, by an earlier
+	// chart) would fail every call: it is made again, for the webhook's
+	// Service.
+	old := secret.DeepCopy()
+	old.SetAnnotations(nil)
+	remade := named(t, renderWithCluster(t, values, old), "Secret", "regnorm-webhook-tls")
+	now, _, _ := unstructured.NestedStringMap(remade.Object, "data")
+	if now["ca.crt"] == was["ca.crt"] {
+		t.Error("an upgrade kept a pair not made for the webhook's Service")
+	}
+	verifyServing(t, now["ca.crt"], now["tls.crt"], "regnorm-webhook.regnorm.svc")
 }
 
 // renderWithCluster renders values as an upgrade, with objs in the

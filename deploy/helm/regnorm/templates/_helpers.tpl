@@ -122,9 +122,15 @@ or the one the chart (or cert-manager) makes. */}}
 {{- .Values.webhook.tls.secretName | default (printf "%s-webhook-tls" (include "regnorm.fullname" . | trunc 51 | trimSuffix "-")) }}
 {{- end }}
 
-{{/* The name the API server calls the webhook by: the Service's DNS name. */}}
+{{/* The webhook's own Service: ClusterIP whatever service.type is, so that
+no node port or load balancer carries the webhook's port. */}}
+{{- define "regnorm.webhookService" -}}
+{{- printf "%s-webhook" (include "regnorm.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The name the API server calls the webhook by: its Service's DNS name. */}}
 {{- define "regnorm.webhookHost" -}}
-{{- printf "%s.%s.svc" (include "regnorm.fullname" .) .Release.Namespace }}
+{{- printf "%s.%s.svc" (include "regnorm.webhookService" .) .Release.Namespace }}
 {{- end }}
 
 {{/* The webhook's client CA (webhook.clientCA): the volume regnorm reads
