@@ -407,3 +407,28 @@ func mountedVolume(t *testing.T, workload *unstructured.Unstructured, dir string
 	t.Fatalf("%s %s mounts nothing at %s", workload.GetKind(), workload.GetName(), dir)
 	return nil
 }
+
+// TestChartWebhookTimeoutForms: webhook.timeout is read in ms, s or m
+// (as regnorm reads it), and a budget at least a second short of the API
+// server's wait renders with both values as given; another form fails
+// with the value's name.
+func TestChartWebhookTimeoutForms(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		timeout string
+		seconds int
+	}{{"9s", 10}, {"1500ms", 3}, {"0.25m", 16}, {"24s", 30}} {
+		values := fmt.Sprintf(`{webhook: {enabled: true, clients: ["2.1"], timeout: %s, timeoutSeconds: %d}}`, tc.timeout, tc.seconds)
+		objs := render(t, values)
+		checkWebhookConfiguration(t, objs, int64(tc.seconds))
+		if cfg := configMapData(t, objs, "regnorm", "regnorm.yaml"); !strings.Contains(cfg, "\n  timeout: "+tc.timeout+"\n") {
+			t.Errorf("%s: regnorm.yaml lacks timeout %s:\n%s", values, tc.timeout, cfg)
+		}
+	}
+	for _, timeout := range []string{"1m30s", "ten", "0s", "26s"} {
+		values := fmt.Sprintf(`{webhook: {enabled: true, clients: ["2.1"], timeout: %s, timeoutSeconds: 30}}`, timeout)
+		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), "webhook.timeout: ") {
+			t.Errorf("%s: got %v, want an error naming webhook.timeout", values, err)
+		}
+	}
+}
