@@ -142,11 +142,11 @@ webhook: {enabled: true, clients: ["2.1"], clientCA: {configMapName: kube-root-c
 	"admission webhook, the client CA in a Secret": `
 webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: apiserver-client-ca, key: ca.pem}}`,
 	"admission webhook with cert-manager": `
-webhook: {enabled: true, certManager: {enabled: true}}`,
+webhook: {enabled: true, clients: ["1.6.8"], certManager: {enabled: true}}`,
 	"admission webhook with cert-manager and a ClusterIssuer": `
-webhook: {enabled: true, certManager: {enabled: true, issuerRef: {kind: ClusterIssuer, name: internal-ca}}}`,
+webhook: {enabled: true, clients: ["1.6.8"], certManager: {enabled: true, issuerRef: {kind: ClusterIssuer, name: internal-ca}}}`,
 	"admission webhook with a certificate of one's own": `
-webhook: {enabled: true, tls: {secretName: regnorm-webhook-own, caBundle: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}`,
+webhook: {enabled: true, clients: ["1.6.8"], tls: {secretName: regnorm-webhook-own, caBundle: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}`,
 }
 
 func TestChartLints(t *testing.T) {

@@ -18,8 +18,8 @@ import (
 func TestChartWebhookStaysInsideTheCluster(t *testing.T) {
 	t.Parallel()
 	for _, values := range []string{
-		`{webhook: {enabled: true}, service: {type: NodePort, nodePort: 30500}}`,
-		`{webhook: {enabled: true}, service: {type: LoadBalancer}}`,
+		`{webhook: {enabled: true, clients: ["1.6.8"]}, service: {type: NodePort, nodePort: 30500}}`,
+		`{webhook: {enabled: true, clients: ["1.6.8"]}, service: {type: LoadBalancer}}`,
 	} {
 		for _, o := range render(t, values) {
 			if o.GetKind() != "Service" {

@@ -151,10 +151,12 @@ func TestChartWebhook(t *testing.T) {
 	}
 
 	for values, want := range map[string]string{
-		`{webhook: {enabled: true, timeoutSeconds: 31}}`:                                 "webhook.timeoutSeconds must be from 1 to 30",
-		`{webhook: {enabled: true, tls: {secretName: x}}}`:                               "webhook.tls.caBundle",
-		`{webhook: {enabled: true, tls: {secretName: x}, certManager: {enabled: true}}}`: "choose one",
-		`{webhook: {enabled: false}, config: {extra: {webhook: {listen: ":8443"}}}}`:     "config.extra.webhook: the chart renders webhook itself",
+		`{webhook: {enabled: true, timeoutSeconds: 31}}`:                                                   "webhook.timeoutSeconds must be from 1 to 30",
+		`{webhook: {enabled: true, clients: ["2.1"], tls: {secretName: x}}}`:                               "webhook.tls.caBundle",
+		`{webhook: {enabled: true, clients: ["2.1"], tls: {secretName: x}, certManager: {enabled: true}}}`: "choose one",
+		`{webhook: {enabled: true}}`:                                                                       "webhook.clients: name the containerd versions of your nodes",
+		`{webhook: {enabled: true, clients: []}}`:                                                          "webhook.clients: name the containerd versions of your nodes",
+		`{webhook: {enabled: false}, config: {extra: {webhook: {listen: ":8443"}}}}`:                       "config.extra.webhook: the chart renders webhook itself",
 	} {
 		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want %q", values, err, want)
@@ -243,7 +245,7 @@ func verifyServing(t *testing.T, ca, crt, host string) {
 // keeps matching the pod's certificate; a first install makes a new one.
 func TestChartWebhookKeepsItsCertificate(t *testing.T) {
 	t.Parallel()
-	values := `{webhook: {enabled: true}}`
+	values := `{webhook: {enabled: true, clients: ["1.6.8"]}}`
 	first := render(t, values)
 	secret := named(t, first, "Secret", "regnorm-webhook-tls")
 	again := renderWithCluster(t, values, secret)

@@ -51,7 +51,7 @@ func TestWebhookPinsVariantsForOldNodes(t *testing.T) {
   timeout: 20s
 `, hookAddr, certFile, keyFile))
 
-	cfg := renderChartObject(t, "webhook: {enabled: true}", "MutatingWebhookConfiguration", "regnorm-pinned-digests")
+	cfg := renderChartObject(t, `webhook: {enabled: true, clients: ["1.6.8", "2.3.4"]}`, "MutatingWebhookConfiguration", "regnorm-pinned-digests")
 	pointWebhooksAt(t, cfg, "https://"+hookAddr+"/mutate", k.CA.PEM)
 	k.create(t, cfg)
 	k.createNamespace(t, "apps", map[string]string{"team": "apps"})
