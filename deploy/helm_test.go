@@ -138,7 +138,8 @@ webhook:
   networkPolicy: {from: [{ipBlock: {cidr: 10.0.0.0/28}}]}
 networkPolicy: {enabled: true}`,
 	"admission webhook, kubeadm's CA in kube-root-ca.crt": `
-webhook: {enabled: true, clients: ["2.1"], clientCA: {configMapName: kube-root-ca.crt}, clientNames: [kube-apiserver-kubelet-client]}`,
+webhook: {enabled: true, clients: ["2.1"], clientCA: {configMapName: kube-root-ca.crt}, clientNames: [kube-apiserver-kubelet-client]}
+cache: {maxSize: 40GiB, maxPinnedSize: 10GiB}`,
 	"admission webhook, the client CA in a Secret": `
 webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: apiserver-client-ca, key: ca.pem}}`,
 	"admission webhook with cert-manager": `

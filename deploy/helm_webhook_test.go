@@ -434,3 +434,14 @@ func TestChartWebhookTimeoutForms(t *testing.T) {
 		}
 	}
 }
+
+// TestChartPinnedSize: cache.maxPinnedSize reaches regnorm's cache
+// settings (the rendered config passes --check-config in
+// TestChartRendersValidObjects).
+func TestChartPinnedSize(t *testing.T) {
+	t.Parallel()
+	cfg := configMapData(t, render(t, chartCases["admission webhook, kubeadm's CA in kube-root-ca.crt"]), "regnorm", "regnorm.yaml")
+	if !strings.Contains(cfg, "\n  maxSize: \"40GiB\"\n  maxPinnedSize: \"10GiB\"\n") {
+		t.Errorf("regnorm.yaml does not bound the pins:\n%s", cfg)
+	}
+}

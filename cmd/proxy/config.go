@@ -326,6 +326,11 @@ type CacheConfig struct {
 	// go first); 0 is no limit. Measuring it walks every blob: meant for
 	// the filesystem.
 	MaxSize Size `yaml:"maxSize"`
+	// MaxPinnedSize bounds the blobs pins keep past MaxSize and MaxAge
+	// (the variants the webhook wrote into Pods), e.g. 20GiB: the pins
+	// renewed longest ago give way first. 0: half of MaxSize when it is
+	// set, else no bound but webhook.pinFor.
+	MaxPinnedSize Size `yaml:"maxPinnedSize"`
 	// MaxAge evicts blobs unused for longer; 0 is no limit. Meant for S3.
 	MaxAge time.Duration `yaml:"maxAge"`
 	// EvictionGrace keeps blobs used within it from eviction: another
@@ -619,6 +624,11 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 			defaultSet = defaultSet || o.field == "defaultUpstream"
 		}
 	}
+	// Pins keep at most half a bounded cache unless told otherwise, whoever
+	// had them made (--check-config prints the bound in force).
+	if cfg.Cache.MaxPinnedSize == 0 {
+		cfg.Cache.MaxPinnedSize = cfg.Cache.MaxSize / 2
+	}
 	// With one upstream and no default named, that upstream is the default.
 	if !defaultSet && len(cfg.Upstreams) == 1 {
 		cfg.DefaultUpstream = cfg.Upstreams[0].Name
@@ -687,6 +697,14 @@ func (c Config) validate() error {
 	}
 	if c.Cache.MaxAge < 0 || (c.Cache.MaxAge > 0 && c.Cache.MaxAge < 2*cache.AccessInterval) {
 		bad("cache.maxAge", "must be 0 (no limit) or at least %s: uses are recorded up to %s late", 2*cache.AccessInterval, cache.AccessInterval)
+	}
+	if p := c.Cache.MaxPinnedSize; p > 0 {
+		switch {
+		case c.Cache.MaxSize == 0 && c.Cache.MaxAge == 0:
+			bad("cache.maxPinnedSize", "needs cache.maxSize or cache.maxAge: without a limit nothing is evicted, pinned or not")
+		case c.Cache.MaxSize > 0 && p > c.Cache.MaxSize:
+			bad("cache.maxPinnedSize", "%q is more than cache.maxSize (%q)", p, c.Cache.MaxSize)
+		}
 	}
 	if c.Cache.evictionGrace() < 0 {
 		bad("cache.evictionGrace", "must not be negative")
