@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -163,10 +164,17 @@ type EvictionPolicy struct {
 	// for one that a single process owns (its own readers are pinned).
 	Grace time.Duration
 	// PinFor keeps every blob pinned within it (Pin), whatever the
-	// limits; 0 keeps none. Pins older than twice PinFor are removed by
-	// the eviction, so that the records are bounded by the blobs pinned
-	// lately.
+	// limits, up to MaxPinnedBytes; 0 keeps none. Pins older than twice
+	// PinFor are removed by the eviction, so that the records are bounded
+	// by the blobs pinned lately.
 	PinFor time.Duration
+	// MaxPinnedBytes bounds what pins keep: the pinned blobs are kept from
+	// the most recently pinned (renewed) on while their sizes add up to at
+	// most this, and the pins renewed longest ago give way first (their
+	// blobs are then evicted as any other). 0: no bound but PinFor. Anyone
+	// who can have blobs pinned (the webhook's callers) can then push no
+	// more than this past the size limit.
+	MaxPinnedBytes int64
 }
 
 // EvictionResult says what an eviction did.
@@ -175,6 +183,10 @@ type EvictionResult struct {
 	Freed   int64
 	// Remaining is the cache after eviction.
 	Remaining Usage
+	// Pinned is the bytes of the blobs pins kept (within PinFor and
+	// MaxPinnedBytes); PinnedOver the bytes of pinned blobs that remain
+	// though MaxPinnedBytes no longer keeps them (the cache had room).
+	Pinned, PinnedOver int64
 }
 
 // Evict removes blobs as policy says, least recently used first. A blob's
@@ -182,25 +194,20 @@ type EvictionResult struct {
 // recorded in the store (by any process, at most AccessInterval late), and
 // when this process last read it. Never evicted: a blob that is open here, a
 // blob used within policy.Grace, a retained blob (Retain), and a blob
-// pinned within policy.PinFor (Pin). Manifests and records are not blobs
+// pinned within policy.PinFor (Pin) that policy.MaxPinnedBytes keeps. Manifests and records are not blobs
 // and stay. Evicted blobs are fetched again (or, for repackaged layers,
 // rebuilt) when next asked for.
 //
 // The cost is four listings (blobs, recorded uses, retained blobs, pins),
 // a delete per evicted blob and one per expired pin: no object is read.
 func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time) (EvictionResult, error) {
-	type entry struct {
-		dgst    digest.Digest
-		size    int64
-		lastUse time.Time
-	}
-	var entries []entry
+	var entries []blobEntry
 	var res EvictionResult
 	err := walkDigests(ctx, s.driver, "/blobs", func(dgst digest.Digest, fi storagedriver.FileInfo) {
 		if path.Base(fi.Path()) != "data" {
 			return
 		}
-		entries = append(entries, entry{dgst: dgst, size: fi.Size(), lastUse: fi.ModTime()})
+		entries = append(entries, blobEntry{dgst: dgst, size: fi.Size(), lastUse: fi.ModTime()})
 		res.Remaining.Bytes += fi.Size()
 		res.Remaining.Blobs++
 	})
@@ -219,12 +226,12 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 	}); err != nil {
 		return EvictionResult{}, fmt.Errorf("evict: list retained blobs: %w", err)
 	}
-	pinned := map[digest.Digest]bool{}
+	pinnedAt := map[digest.Digest]time.Time{}
 	var expired []string
 	if err := walkDigests(ctx, s.driver, "/pinned", func(dgst digest.Digest, fi storagedriver.FileInfo) {
 		switch age := now.Sub(fi.ModTime()); {
 		case age < policy.PinFor:
-			pinned[dgst] = true
+			pinnedAt[dgst] = fi.ModTime()
 		case policy.PinFor > 0 && age > 2*policy.PinFor:
 			expired = append(expired, fi.Path())
 		}
@@ -248,7 +255,16 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 			e.lastUse = t
 		}
 	}
-	slices.SortFunc(entries, func(a, b entry) int { return a.lastUse.Compare(b.lastUse) })
+	pinned, over := keptPins(entries, pinnedAt, retained, policy.MaxPinnedBytes)
+	for _, e := range entries {
+		switch {
+		case pinned[e.dgst]:
+			res.Pinned += e.size
+		case over[e.dgst]:
+			res.PinnedOver += e.size
+		}
+	}
+	slices.SortFunc(entries, func(a, b blobEntry) int { return a.lastUse.Compare(b.lastUse) })
 
 	for _, e := range entries {
 		tooOld := policy.MaxAge > 0 && now.Sub(e.lastUse) > policy.MaxAge
@@ -258,6 +274,9 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 		}
 		if retained[e.dgst] || pinned[e.dgst] || now.Sub(e.lastUse) < policy.Grace || !s.use.claim(e.dgst) {
 			continue
+		}
+		if over[e.dgst] {
+			res.PinnedOver -= e.size
 		}
 		err := s.remove(ctx, e.dgst)
 		s.use.unclaim(e.dgst)
@@ -270,6 +289,48 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 		res.Remaining.Blobs--
 	}
 	return res, nil
+}
+
+// keptPins splits the cached blobs pinned within PinFor (pinnedAt, by pin
+// time) into those the pins keep and those past maxBytes: the most
+// recently pinned first, each kept while the kept sizes add up to at most
+// maxBytes, and every one pinned before the first that does not fit given
+// up too, so that the pins renewed longest ago give way first. Equal pin
+// times go by digest, so that every replica keeps the same. Retained blobs
+// are kept anyway and count for nothing here. maxBytes 0 keeps them all.
+func keptPins(entries []blobEntry, pinnedAt map[digest.Digest]time.Time, retained map[digest.Digest]bool, maxBytes int64) (kept, over map[digest.Digest]bool) {
+	var pins []blobEntry
+	for _, e := range entries {
+		if _, ok := pinnedAt[e.dgst]; ok && !retained[e.dgst] {
+			pins = append(pins, e)
+		}
+	}
+	slices.SortFunc(pins, func(a, b blobEntry) int {
+		if c := pinnedAt[b.dgst].Compare(pinnedAt[a.dgst]); c != 0 {
+			return c
+		}
+		return strings.Compare(string(a.dgst), string(b.dgst))
+	})
+	kept, over = map[digest.Digest]bool{}, map[digest.Digest]bool{}
+	var total int64
+	full := false
+	for _, p := range pins {
+		if !full && (maxBytes <= 0 || total+p.size <= maxBytes) {
+			kept[p.dgst] = true
+			total += p.size
+			continue
+		}
+		full = true
+		over[p.dgst] = true
+	}
+	return kept, over
+}
+
+// blobEntry is a cached blob as eviction sees it.
+type blobEntry struct {
+	dgst    digest.Digest
+	size    int64
+	lastUse time.Time
 }
 
 // remove deletes a blob and its recorded use.

@@ -644,6 +644,72 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				t.Fatalf("a pin expired for PinFor is still recorded: %v", err)
 			}
 		}},
+		{"pins keep blobs up to MaxPinnedBytes, the pins renewed longest ago giving way first", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
+			var blobs [4]digest.Digest // 0, 1, 2 pinned in that order; 3 not
+			for i := range blobs {
+				b := bytes.Repeat([]byte{byte('k' + i)}, 1000)
+				blobs[i] = digest.FromBytes(b)
+				ingest(t, s, blobs[i], -1, b)
+			}
+			pinAfter := func(dgst digest.Digest, prev ...digest.Digest) {
+				t.Helper()
+				// Pin again until the storage's time for it is later than
+				// the others' (a filesystem's times are a clock tick
+				// apart): the order is the test's, not the clock's.
+				for {
+					if err := s.Pin(ctx, dgst); err != nil {
+						t.Fatal(err)
+					}
+					at := pinTime(t, d, dgst)
+					if !slices.ContainsFunc(prev, func(p digest.Digest) bool { return !at.After(pinTime(t, d, p)) }) {
+						return
+					}
+				}
+			}
+			pinAfter(blobs[0])
+			pinAfter(blobs[1], blobs[0])
+			pinAfter(blobs[2], blobs[0], blobs[1])
+			// Without a bound every pin keeps its blob, past the size limit.
+			policy := cache.EvictionPolicy{MaxBytes: 1, PinFor: 720 * time.Hour}
+			now := time.Now().Add(time.Hour)
+			res, err := s.Evict(ctx, policy, now)
+			if err != nil || res.Evicted != 1 || res.Pinned != 3000 || res.PinnedOver != 0 {
+				t.Fatalf("no bound: %+v %v", res, err)
+			}
+			// Two blobs' worth: the one pinned first gives way.
+			policy.MaxPinnedBytes = 2500
+			res, err = s.Evict(ctx, policy, now)
+			if err != nil || res.Evicted != 1 || res.Pinned != 2000 || res.PinnedOver != 0 || res.Remaining.Bytes != 2000 {
+				t.Fatalf("bound 2500: %+v %v", res, err)
+			}
+			for i, want := range []bool{false, true, true, false} {
+				if _, err := s.StatBlob(ctx, blobs[i]); (err == nil) != want {
+					t.Errorf("bound 2500: blob %d present %v, want %v", i, err == nil, want)
+				}
+			}
+			// Renewed, 1 is now the latest pin: with room for one, 2 goes.
+			pinAfter(blobs[1], blobs[2])
+			policy.MaxPinnedBytes = 1000
+			if res, err = s.Evict(ctx, policy, now); err != nil || res.Evicted != 1 || res.Pinned != 1000 {
+				t.Fatalf("bound 1000 after renewing 1: %+v %v", res, err)
+			}
+			if _, err := s.StatBlob(ctx, blobs[1]); err != nil {
+				t.Errorf("the latest pin's blob was evicted: %v", err)
+			}
+			if _, err := s.StatBlob(ctx, blobs[2]); !errors.Is(err, cache.ErrNotFound) {
+				t.Errorf("a pin renewed earlier kept its blob past the bound: %v", err)
+			}
+			// Past the bound but with room in the cache, a pinned blob stays
+			// and is counted as over the bound.
+			b := bytes.Repeat([]byte{'z'}, 500)
+			extra := digest.FromBytes(b)
+			ingest(t, s, extra, -1, b)
+			pinAfter(extra, blobs[1])
+			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 10000, PinFor: 720 * time.Hour, MaxPinnedBytes: 500}, now)
+			if err != nil || res.Evicted != 0 || res.Pinned != 500 || res.PinnedOver != 1000 {
+				t.Fatalf("room in the cache: %+v %v", res, err)
+			}
+		}},
 		{"a verified read of a damaged blob fails and removes it", func(t *testing.T, d storagedriver.StorageDriver, s *cache.Store) {
 			for name, damage := range map[string]func([]byte) []byte{
 				"one byte flipped": func(b []byte) []byte { b = bytes.Clone(b); b[len(b)/2] ^= 1; return b },
@@ -1138,4 +1204,14 @@ func TestWalksStopWhenTheContextEnds(t *testing.T) {
 	if _, err := s.Usage(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("usage on an ended context: %v, want context.Canceled", err)
 	}
+}
+
+// pinTime is the storage's time of dgst's pin.
+func pinTime(t *testing.T, d storagedriver.StorageDriver, dgst digest.Digest) time.Time {
+	t.Helper()
+	fi, err := d.Stat(context.Background(), "/pinned/sha256/"+dgst.Encoded()[:2]+"/"+dgst.Encoded())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.ModTime()
 }

@@ -129,12 +129,25 @@ webhook:
     matchLabels: {team: apps}
     matchExpressions: [{key: tier, operator: NotIn, values: [system]}]
 networkPolicy: {enabled: true, restrictEgress: true}`,
+	"admission webhook, the API server's client certificate, its control plane only": `
+webhook:
+  enabled: true
+  clients: ["1.6.8"]
+  clientCA: {pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}
+  clientNames: [kube-apiserver]
+  networkPolicy: {from: [{ipBlock: {cidr: 10.0.0.0/28}}]}
+networkPolicy: {enabled: true}`,
+	"admission webhook, kubeadm's CA in kube-root-ca.crt": `
+webhook: {enabled: true, clients: ["2.1"], clientCA: {configMapName: kube-root-ca.crt}, clientNames: [kube-apiserver-kubelet-client]}
+cache: {maxSize: 40GiB, maxPinnedSize: 10GiB}`,
+	"admission webhook, the client CA in a Secret": `
+webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: apiserver-client-ca, key: ca.pem}}`,
 	"admission webhook with cert-manager": `
-webhook: {enabled: true, certManager: {enabled: true}}`,
+webhook: {enabled: true, clients: ["1.6.8"], certManager: {enabled: true}}`,
 	"admission webhook with cert-manager and a ClusterIssuer": `
-webhook: {enabled: true, certManager: {enabled: true, issuerRef: {kind: ClusterIssuer, name: internal-ca}}}`,
+webhook: {enabled: true, clients: ["1.6.8"], certManager: {enabled: true, issuerRef: {kind: ClusterIssuer, name: internal-ca}}}`,
 	"admission webhook with a certificate of one's own": `
-webhook: {enabled: true, tls: {secretName: regnorm-webhook-own, caBundle: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}`,
+webhook: {enabled: true, clients: ["1.6.8"], tls: {secretName: regnorm-webhook-own, caBundle: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}`,
 }
 
 func TestChartLints(t *testing.T) {
@@ -353,7 +366,7 @@ func checkSelectorsSpare(t *testing.T, objs []*unstructured.Unstructured, ds *un
 var secretRefs = regexp.MustCompile(`/etc/regnorm(-node)?/[^\s"']+`)
 
 // checkMounted: the workload mounts a volume at file's directory that
-// holds file: a Secret whose items (if listed) include its name.
+// holds file: a Secret (or ConfigMap) whose items (if listed) include its name.
 func checkMounted(t *testing.T, workload *unstructured.Unstructured, file string) {
 	t.Helper()
 	spec, _, _ := unstructured.NestedMap(workload.Object, "spec", "template", "spec")
@@ -368,11 +381,14 @@ func checkMounted(t *testing.T, workload *unstructured.Unstructured, file string
 		if v["name"] != volume {
 			continue
 		}
-		secret, ok := v["secret"].(map[string]any)
+		source, ok := v["secret"].(map[string]any)
 		if !ok {
-			break
+			// A ConfigMap: a CA, which is no secret.
+			if source, ok = v["configMap"].(map[string]any); !ok {
+				break
+			}
 		}
-		items, listed := secret["items"].([]any)
+		items, listed := source["items"].([]any)
 		if !listed || slices.ContainsFunc(items, func(i any) bool { return i.(map[string]any)["path"] == filepath.Base(file) }) {
 			return
 		}

@@ -52,7 +52,7 @@ func TestChartWebhook(t *testing.T) {
 	if data["ca.crt"] != ca {
 		t.Error("the caBundle is not the generated CA")
 	}
-	verifyServing(t, ca, data["tls.crt"], "regnorm.regnorm.svc")
+	verifyServing(t, ca, data["tls.crt"], "regnorm-webhook.regnorm.svc")
 	cfg := configMapData(t, objs, "regnorm", "regnorm.yaml")
 	for _, want := range []string{"webhook:\n  listen: \":8443\"\n  certFile: /etc/regnorm/webhook/tls.crt\n  keyFile: /etc/regnorm/webhook/tls.key\n  clients:\n    - \"1.6.8\"\n    - \"2.1\"\n  timeout: 10s\n  pinFor: 720h\n"} {
 		if !strings.Contains(cfg, want) {
@@ -69,12 +69,21 @@ func TestChartWebhook(t *testing.T) {
 	}) {
 		t.Errorf("the container has no port webhook 8443: %v", ports)
 	}
-	svcPorts, _, _ := unstructured.NestedSlice(named(t, objs, "Service", "regnorm").Object, "spec", "ports")
-	if !slices.ContainsFunc(svcPorts, func(p any) bool {
+	// Its own Service, ClusterIP, the webhook's port only; the main
+	// Service does not carry it.
+	svc := named(t, objs, "Service", "regnorm-webhook")
+	svcPorts, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+	if typ, _, _ := unstructured.NestedString(svc.Object, "spec", "type"); typ != "ClusterIP" || len(svcPorts) != 1 || !slices.ContainsFunc(svcPorts, func(p any) bool {
 		p2 := p.(map[string]any)
 		return p2["name"] == "webhook" && fmt.Sprint(p2["port"]) == "443" && p2["targetPort"] == "webhook"
 	}) {
-		t.Errorf("the Service has no port webhook 443 → webhook: %v", svcPorts)
+		t.Errorf("the webhook's Service is %s with ports %v, want ClusterIP with webhook 443 → webhook only", typ, svcPorts)
+	}
+	if sel, _, _ := unstructured.NestedStringMap(svc.Object, "spec", "selector"); fmt.Sprint(sel) != "map[app.kubernetes.io/instance:regnorm app.kubernetes.io/name:regnorm]" {
+		t.Errorf("the webhook's Service selects %v", sel)
+	}
+	if main, _, _ := unstructured.NestedSlice(named(t, objs, "Service", "regnorm").Object, "spec", "ports"); strings.Contains(fmt.Sprint(main), "webhook") {
+		t.Errorf("the main Service carries the webhook's port: %v", main)
 	}
 	ingress, _, _ := unstructured.NestedSlice(find(t, objs, "NetworkPolicy").Object, "spec", "ingress")
 	if !slices.ContainsFunc(ingress, func(r any) bool {
@@ -100,7 +109,7 @@ func TestChartWebhook(t *testing.T) {
 	if name, _, _ := unstructured.NestedString(serving.Object, "spec", "secretName"); name != "regnorm-webhook-tls" {
 		t.Errorf("the Certificate writes %q, not the Secret the pod mounts", name)
 	}
-	if dns, _, _ := unstructured.NestedStringSlice(serving.Object, "spec", "dnsNames"); !slices.Contains(dns, "regnorm.regnorm.svc") {
+	if dns, _, _ := unstructured.NestedStringSlice(serving.Object, "spec", "dnsNames"); !slices.Equal(dns, []string{"regnorm-webhook.regnorm.svc", "regnorm-webhook.regnorm"}) {
 		t.Errorf("the Certificate names %v", dns)
 	}
 	issuer, _, _ := unstructured.NestedStringMap(serving.Object, "spec", "issuerRef")
@@ -142,10 +151,12 @@ func TestChartWebhook(t *testing.T) {
 	}
 
 	for values, want := range map[string]string{
-		`{webhook: {enabled: true, timeoutSeconds: 31}}`:                                 "webhook.timeoutSeconds must be from 1 to 30",
-		`{webhook: {enabled: true, tls: {secretName: x}}}`:                               "webhook.tls.caBundle",
-		`{webhook: {enabled: true, tls: {secretName: x}, certManager: {enabled: true}}}`: "choose one",
-		`{webhook: {enabled: false}, config: {extra: {webhook: {listen: ":8443"}}}}`:     "config.extra.webhook: the chart renders webhook itself",
+		`{webhook: {enabled: true, timeoutSeconds: 31}}`:                                                   "webhook.timeoutSeconds must be from 1 to 30",
+		`{webhook: {enabled: true, clients: ["2.1"], tls: {secretName: x}}}`:                               "webhook.tls.caBundle",
+		`{webhook: {enabled: true, clients: ["2.1"], tls: {secretName: x}, certManager: {enabled: true}}}`: "choose one",
+		`{webhook: {enabled: true}}`:                                                                       "webhook.clients: name the containerd versions of your nodes",
+		`{webhook: {enabled: true, clients: []}}`:                                                          "webhook.clients: name the containerd versions of your nodes",
+		`{webhook: {enabled: false}, config: {extra: {webhook: {listen: ":8443"}}}}`:                       "config.extra.webhook: the chart renders webhook itself",
 	} {
 		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want %q", values, err, want)
@@ -176,7 +187,7 @@ func checkWebhookConfiguration(t *testing.T, objs []*unstructured.Unstructured, 
 		t.Errorf("admissionReviewVersions %s", got)
 	}
 	svc, _, _ := unstructured.NestedMap(hook, "clientConfig", "service")
-	if svc["name"] != "regnorm" || svc["namespace"] != "regnorm" || svc["path"] != "/mutate" || fmt.Sprint(svc["port"]) != "443" {
+	if svc["name"] != "regnorm-webhook" || svc["namespace"] != "regnorm" || svc["path"] != "/mutate" || fmt.Sprint(svc["port"]) != "443" {
 		t.Errorf("clientConfig.service %v", svc)
 	}
 	want := []string{"[] [v1] [CREATE] [pods] Namespaced", "[] [v1] [UPDATE] [pods/ephemeralcontainers] Namespaced"}
@@ -234,7 +245,7 @@ func verifyServing(t *testing.T, ca, crt, host string) {
 // keeps matching the pod's certificate; a first install makes a new one.
 func TestChartWebhookKeepsItsCertificate(t *testing.T) {
 	t.Parallel()
-	values := `{webhook: {enabled: true}}`
+	values := `{webhook: {enabled: true, clients: ["1.6.8"]}}`
 	first := render(t, values)
 	secret := named(t, first, "Secret", "regnorm-webhook-tls")
 	again := renderWithCluster(t, values, secret)
@@ -252,6 +263,17 @@ func TestChartWebhookKeepsItsCertificate(t *testing.T) {
 	if fresh["ca.crt"] == was["ca.crt"] {
 		t.Error("two installs made the same CA")
 	}
+	// A pair made for another name (the main Service's, by an earlier
+	// chart) would fail every call: it is made again, for the webhook's
+	// Service.
+	old := secret.DeepCopy()
+	old.SetAnnotations(nil)
+	remade := named(t, renderWithCluster(t, values, old), "Secret", "regnorm-webhook-tls")
+	now, _, _ := unstructured.NestedStringMap(remade.Object, "data")
+	if now["ca.crt"] == was["ca.crt"] {
+		t.Error("an upgrade kept a pair not made for the webhook's Service")
+	}
+	verifyServing(t, now["ca.crt"], now["tls.crt"], "regnorm-webhook.regnorm.svc")
 }
 
 // renderWithCluster renders values as an upgrade, with objs in the
@@ -289,4 +311,137 @@ func (p fakeProvider) GetClientFor(apiVersion, kind string) (dynamic.Namespaceab
 		return nil, false, err
 	}
 	return p.client.Resource(gv.WithResource(strings.ToLower(kind) + "s")), true, nil
+}
+
+// TestChartWebhookTimeoutWithinTheAPIServers: regnorm's own budget
+// (webhook.timeout) must end before the API server stops waiting
+// (webhook.timeoutSeconds), else a slow admission is cut off by the API
+// server: failurePolicy Ignore admits the Pod as written, with no warning,
+// and the pending result regnorm would have given is lost. The chart
+// renders both, so it refuses values where the budget is not below the
+// API server's wait (the README says "keep it above"; nothing checks it).
+func TestChartWebhookTimeoutWithinTheAPIServers(t *testing.T) {
+	t.Parallel()
+	for _, values := range []string{
+		`{webhook: {enabled: true, timeout: 20s}}`,                     // timeoutSeconds 15, the default
+		`{webhook: {enabled: true, timeout: 10s, timeoutSeconds: 10}}`, // no room for the answer
+	} {
+		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), "webhook.timeoutSeconds") {
+			t.Errorf("%s: got %v, want an error naming webhook.timeoutSeconds", values, err)
+		}
+	}
+}
+
+// TestChartWebhookCallers: webhook.clientCA, in each of its forms, has
+// regnorm require the API server's client certificate (clientCAFile, and
+// clientNames), mounted whole from where the CA is; webhook.networkPolicy.from
+// opens the webhook's port to those peers only. Without clientCA, regnorm
+// is told of no CA; contradictory values fail with the value's name.
+func TestChartWebhookCallers(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]struct {
+		kind, source, key string
+		names             string
+	}{
+		"admission webhook, the API server's client certificate, its control plane only": {"configMap", "regnorm-webhook-client-ca", "ca.crt", "\n  clientNames:\n    - \"kube-apiserver\"\n"},
+		"admission webhook, kubeadm's CA in kube-root-ca.crt":                            {"configMap", "kube-root-ca.crt", "ca.crt", "\n  clientNames:\n    - \"kube-apiserver-kubelet-client\"\n"},
+		"admission webhook, the client CA in a Secret":                                   {"secret", "apiserver-client-ca", "ca.pem", ""},
+	} {
+		objs := render(t, chartCases[name])
+		cfg := configMapData(t, objs, "regnorm", "regnorm.yaml")
+		if !strings.Contains(cfg, "\n  clientCAFile: /etc/regnorm/webhook-client-ca/ca.crt\n") || !strings.Contains(cfg, want.names) {
+			t.Errorf("%s: regnorm.yaml does not ask for the client certificate (want names %q):\n%s", name, want.names, cfg)
+		}
+		if want.names == "" && strings.Contains(cfg, "clientNames") {
+			t.Errorf("%s: clientNames without webhook.clientNames:\n%s", name, cfg)
+		}
+		deploy := find(t, objs, "Deployment")
+		vol := mountedVolume(t, deploy, "/etc/regnorm/webhook-client-ca")
+		src, _ := vol[want.kind].(map[string]any)
+		srcName := fmt.Sprint(src["name"])
+		if want.kind == "secret" {
+			srcName = fmt.Sprint(src["secretName"])
+		}
+		if srcName != want.source || fmt.Sprint(src["items"]) != fmt.Sprintf("[map[key:%s path:ca.crt]]", want.key) {
+			t.Errorf("%s: the client CA is mounted from %v", name, vol)
+		}
+	}
+	objs := render(t, chartCases["admission webhook, the API server's client certificate, its control plane only"])
+	if got := configMapData(t, objs, "regnorm-webhook-client-ca", "ca.crt"); got != "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" {
+		t.Errorf("the client CA's ConfigMap holds %q", got)
+	}
+	ingress, _, _ := unstructured.NestedSlice(find(t, objs, "NetworkPolicy").Object, "spec", "ingress")
+	if !slices.ContainsFunc(ingress, func(r any) bool {
+		r2 := r.(map[string]any)
+		return strings.Contains(fmt.Sprint(r2["ports"]), "port:webhook") && fmt.Sprint(r2["from"]) == "[map[ipBlock:map[cidr:10.0.0.0/28]]]"
+	}) {
+		t.Errorf("the network policy does not open the webhook's port to webhook.networkPolicy.from only: %v", ingress)
+	}
+	if cfg := configMapData(t, render(t, `{webhook: {enabled: true, clients: ["2.1"]}}`), "regnorm", "regnorm.yaml"); strings.Contains(cfg, "clientCAFile") {
+		t.Errorf("without webhook.clientCA regnorm is told of a client CA:\n%s", cfg)
+	}
+	for values, want := range map[string]string{
+		`{webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: a, pem: b}}}`:                      "webhook.clientCA: set one of",
+		`{webhook: {enabled: true, clients: ["2.1"], clientNames: [kube-apiserver]}}`:                          "webhook.clientNames needs webhook.clientCA",
+		`{webhook: {enabled: true, clients: ["2.1"], networkPolicy: {from: [{ipBlock: {cidr: 10.0.0.0/8}}]}}}`: "webhook.networkPolicy.from needs networkPolicy.enabled",
+	} {
+		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", values, err, want)
+		}
+	}
+}
+
+// mountedVolume is the volume workload mounts at dir.
+func mountedVolume(t *testing.T, workload *unstructured.Unstructured, dir string) map[string]any {
+	t.Helper()
+	var volume any
+	for _, m := range container(t, workload)["volumeMounts"].([]any) {
+		if m := m.(map[string]any); m["mountPath"] == dir {
+			volume = m["name"]
+		}
+	}
+	vols, _, _ := unstructured.NestedSlice(workload.Object, "spec", "template", "spec", "volumes")
+	for _, v := range vols {
+		if v := v.(map[string]any); volume != nil && v["name"] == volume {
+			return v
+		}
+	}
+	t.Fatalf("%s %s mounts nothing at %s", workload.GetKind(), workload.GetName(), dir)
+	return nil
+}
+
+// TestChartWebhookTimeoutForms: webhook.timeout is read in ms, s or m
+// (as regnorm reads it), and a budget at least a second short of the API
+// server's wait renders with both values as given; another form fails
+// with the value's name.
+func TestChartWebhookTimeoutForms(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		timeout string
+		seconds int
+	}{{"9s", 10}, {"1500ms", 3}, {"0.25m", 16}, {"24s", 30}} {
+		values := fmt.Sprintf(`{webhook: {enabled: true, clients: ["2.1"], timeout: %s, timeoutSeconds: %d}}`, tc.timeout, tc.seconds)
+		objs := render(t, values)
+		checkWebhookConfiguration(t, objs, int64(tc.seconds))
+		if cfg := configMapData(t, objs, "regnorm", "regnorm.yaml"); !strings.Contains(cfg, "\n  timeout: "+tc.timeout+"\n") {
+			t.Errorf("%s: regnorm.yaml lacks timeout %s:\n%s", values, tc.timeout, cfg)
+		}
+	}
+	for _, timeout := range []string{"1m30s", "ten", "0s", "26s"} {
+		values := fmt.Sprintf(`{webhook: {enabled: true, clients: ["2.1"], timeout: %s, timeoutSeconds: 30}}`, timeout)
+		if _, err := renderErr(t, values); err == nil || !strings.Contains(err.Error(), "webhook.timeout: ") {
+			t.Errorf("%s: got %v, want an error naming webhook.timeout", values, err)
+		}
+	}
+}
+
+// TestChartPinnedSize: cache.maxPinnedSize reaches regnorm's cache
+// settings (the rendered config passes --check-config in
+// TestChartRendersValidObjects).
+func TestChartPinnedSize(t *testing.T) {
+	t.Parallel()
+	cfg := configMapData(t, render(t, chartCases["admission webhook, kubeadm's CA in kube-root-ca.crt"]), "regnorm", "regnorm.yaml")
+	if !strings.Contains(cfg, "\n  maxSize: \"40GiB\"\n  maxPinnedSize: \"10GiB\"\n") {
+		t.Errorf("regnorm.yaml does not bound the pins:\n%s", cfg)
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -39,19 +41,43 @@ func TestWebhookPinsVariantsForOldNodes(t *testing.T) {
 	brokenRef := "docker.io/ansible/creator-ee@" + broken.ManifestDigest.String()
 	cleanRef := "docker.io/library/hello@" + clean.ManifestDigest.String()
 
-	k := startKube(t)
+	// The API server presents a client certificate to regnorm's webhook
+	// (its AdmissionConfiguration's kubeconfig names one for the webhook's
+	// address), and regnorm answers no caller without one its CA signed.
 	dir := t.TempDir()
-	certFile, keyFile := k.CA.issue(t, "regnorm-webhook", nil, "127.0.0.1").write(t, dir, "webhook")
 	hookAddr := freeAddr(t)
+	callers := newTestCA(t, "regnorm-e2e-webhook-callers")
+	callersCA := filepath.Join(dir, "callers-ca.crt")
+	if err := os.WriteFile(callersCA, callers.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clientCert, clientKey := callers.issue(t, "kube-apiserver", nil).write(t, dir, "apiserver-webhook-client")
+	kubeconfig := filepath.Join(dir, "webhooks.kubeconfig")
+	admission := filepath.Join(dir, "admission.yaml")
+	for file, content := range map[string]string{
+		// The user is the webhook's host:port (a Service-based clientConfig
+		// would use <service>.<namespace>.svc).
+		kubeconfig: fmt.Sprintf("apiVersion: v1\nkind: Config\nusers:\n- name: %q\n  user:\n    client-certificate: %s\n    client-key: %s\n", hookAddr, clientCert, clientKey),
+		admission: "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n- name: MutatingAdmissionWebhook\n  configuration:\n" +
+			"    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: " + kubeconfig + "\n",
+	} {
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := startKube(t, "--admission-control-config-file="+admission)
+	certFile, keyFile := k.CA.issue(t, "regnorm-webhook", nil, "127.0.0.1").write(t, dir, "webhook")
 	proxyURL, proxy := startRegnorm(t, registryURL, fmt.Sprintf(`webhook:
   listen: %s
   certFile: %s
   keyFile: %s
+  clientCAFile: %s
+  clientNames: [kube-apiserver]
   clients: ["1.6.8", "2.3.4"]
   timeout: 20s
-`, hookAddr, certFile, keyFile))
+`, hookAddr, certFile, keyFile, callersCA))
 
-	cfg := renderChartObject(t, "webhook: {enabled: true}", "MutatingWebhookConfiguration", "regnorm-pinned-digests")
+	cfg := renderChartObject(t, `webhook: {enabled: true, clients: ["1.6.8", "2.3.4"]}`, "MutatingWebhookConfiguration", "regnorm-pinned-digests")
 	pointWebhooksAt(t, cfg, "https://"+hookAddr+"/mutate", k.CA.PEM)
 	k.create(t, cfg)
 	k.createNamespace(t, "apps", map[string]string{"team": "apps"})
@@ -62,6 +88,19 @@ func TestWebhookPinsVariantsForOldNodes(t *testing.T) {
 	k.waitAdmission(t, newPod("apps", "probe", cleanRef), func(map[string]any) bool {
 		return metric(t, proxyURL, "regnorm_webhook_images_total") > 0
 	})
+	// Anyone else is refused at the handshake: no certificate, or one
+	// another CA signed for the same name.
+	for name, certs := range map[string][]tls.Certificate{
+		"no client certificate":       nil,
+		"another CA's kube-apiserver": {k.CA.issue(t, "kube-apiserver", nil).tlsCertificate(t)},
+	} {
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: certs}}}
+		if resp, err := c.Post("https://"+hookAddr+"/mutate", "application/json", strings.NewReader(`{}`)); err == nil {
+			resp.Body.Close()
+			t.Errorf("%s: the webhook answered %d", name, resp.StatusCode)
+		}
+		c.CloseIdleConnections()
+	}
 
 	// A pinning webhook after regnorm's (configurations run in name
 	// order): it pins the broken image's tag to the original digest.

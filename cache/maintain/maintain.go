@@ -145,6 +145,8 @@ func (m *Maintainer) evictOrMeasure(ctx context.Context) (cache.Usage, error) {
 	}
 	m.opts.Metrics.evictions.Add(float64(res.Evicted))
 	m.opts.Metrics.evictedBytes.Add(float64(res.Freed))
+	m.opts.Metrics.pinnedBytes.WithLabelValues(pinKept).Set(float64(res.Pinned))
+	m.opts.Metrics.pinnedBytes.WithLabelValues(pinOver).Set(float64(res.PinnedOver))
 	if res.Evicted > 0 {
 		m.opts.Log.Info("evicted from the cache", "blobs", res.Evicted, "bytes", res.Freed, "remaining_bytes", res.Remaining.Bytes)
 	}
@@ -181,11 +183,23 @@ type Metrics struct {
 	cacheBlobs   prometheus.Gauge
 	evictions    prometheus.Counter
 	evictedBytes prometheus.Counter
+	pinnedBytes  *prometheus.GaugeVec
 }
+
+// The states of regnorm_cache_pinned_bytes: kept by their pins, or pinned
+// but past cache.maxPinnedSize (evictable as any blob).
+const (
+	pinKept = "kept"
+	pinOver = "over_limit"
+)
 
 // NewMetrics builds the maintenance metrics, registered nowhere.
 func NewMetrics() *Metrics {
-	return &Metrics{
+	m := &Metrics{
+		pinnedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "regnorm_cache_pinned_bytes",
+			Help: "Bytes of pinned blobs (variants admitted in Pods) in the cache at the last eviction pass: kept by their pins, or over_limit (past cache.maxPinnedSize, evictable).",
+		}, []string{"state"}),
 		cacheBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "regnorm_cache_size_bytes",
 			Help: "Bytes of blobs in the cache, measured every minute.",
@@ -203,9 +217,13 @@ func NewMetrics() *Metrics {
 			Help: "Bytes of blobs evicted from the cache.",
 		}),
 	}
+	for _, state := range []string{pinKept, pinOver} {
+		m.pinnedBytes.WithLabelValues(state)
+	}
+	return m
 }
 
 // Collectors are the metrics to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.cacheBytes, m.cacheBlobs, m.evictions, m.evictedBytes}
+	return []prometheus.Collector{m.cacheBytes, m.cacheBlobs, m.evictions, m.evictedBytes, m.pinnedBytes}
 }

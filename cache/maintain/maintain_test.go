@@ -6,13 +6,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/regnorm/regnorm/cache"
 )
 
 // fullCache is a cache that stays at its size: nothing can be evicted.
 type fullCache struct {
-	bytes  int64
-	passes int
+	bytes              int64
+	passes             int
+	pinned, pinnedOver int64
 }
 
 func (c *fullCache) Upgrade(context.Context) error { return nil }
@@ -24,7 +27,7 @@ func (c *fullCache) CleanUploads(context.Context, time.Duration, time.Duration, 
 }
 func (c *fullCache) Evict(context.Context, cache.EvictionPolicy, time.Time) (cache.EvictionResult, error) {
 	c.passes++
-	return cache.EvictionResult{Remaining: cache.Usage{Bytes: c.bytes}}, nil
+	return cache.EvictionResult{Remaining: cache.Usage{Bytes: c.bytes}, Pinned: c.pinned, PinnedOver: c.pinnedOver}, nil
 }
 
 type fixedClock struct{ now time.Time }
@@ -80,5 +83,42 @@ func TestIngestsWakeAPassOnlyWhenItCanHelp(t *testing.T) {
 	}
 	if store.passes != 2 {
 		t.Errorf("%d eviction passes; want 2", store.passes)
+	}
+}
+
+// TestPinnedBytesMetric: regnorm_cache_pinned_bytes is exported with both
+// its states before any pass, and a pass sets them from the eviction's
+// result.
+func TestPinnedBytesMetric(t *testing.T) {
+	t.Parallel()
+	metrics := NewMetrics()
+	pinned := func() map[string]float64 {
+		t.Helper()
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(metrics.Collectors()...)
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, f := range families {
+			if f.GetName() != "regnorm_cache_pinned_bytes" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				got[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+			}
+		}
+		return got
+	}
+	if got := pinned(); len(got) != 2 || got["kept"] != 0 || got["over_limit"] != 0 {
+		t.Fatalf("before a pass: %v, want kept and over_limit at 0", got)
+	}
+	store := &fullCache{bytes: 10 << 20, pinned: 3 << 20, pinnedOver: 1 << 20}
+	m := New(Options{Store: store, Policy: cache.EvictionPolicy{MaxBytes: 1 << 30, MaxPinnedBytes: 3 << 20}, Clock: fixedClock{time.Unix(1e9, 0)},
+		Metrics: metrics, Log: slog.New(slog.DiscardHandler)})
+	m.Once(context.Background())
+	if got := pinned(); got["kept"] != 3<<20 || got["over_limit"] != 1<<20 {
+		t.Fatalf("after a pass: %v", got)
 	}
 }

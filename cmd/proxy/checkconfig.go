@@ -21,12 +21,32 @@ func checkConfig(cfg Config, getenv func(string) string, stdout io.Writer) error
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "# configuration is valid: everything it refers to loads\n%s", out)
+	fmt.Fprintf(stdout, "# configuration is valid: everything it refers to loads\n")
+	for _, w := range configWarnings(cfg) {
+		fmt.Fprintf(stdout, "# warning: %s\n", w)
+	}
+	fmt.Fprintf(stdout, "%s", out)
 	return nil
 }
 
+// configWarnings are what a valid configuration leaves open that an
+// operator should know of; serve logs them at start, --check-config prints
+// them.
+func configWarnings(cfg Config) []string {
+	var ws []string
+	if cfg.Webhook.enabled() && cfg.Webhook.ClientCAFile == "" && cfg.Auth.enabled() {
+		// Not refused: managed control planes (GKE, EKS, AKS) give no way
+		// to hand the API server a client certificate for a webhook, and
+		// the webhook is worth having there, behind a NetworkPolicy.
+		ws = append(ws, "auth makes the registry port ask clients for credentials, but the admission webhook (webhook.listen) answers any caller "+
+			"that reaches it: it has regnorm read images with its upstream credentials, make and pin their variants, and tells their digests. "+
+			"Set webhook.clientCAFile (the API server's client certificate), or let a NetworkPolicy admit only the API server to that port (docs/security.md)")
+	}
+	return ws
+}
+
 // checkResources loads everything the configuration refers to, as a start
-// would, without starting: the TLS pairs (the mirror's, the webhook's), CA files, passwords, the htpasswd
+// would, without starting: the TLS pairs (the mirror's, the webhook's), CA files (the webhook's client CA too), passwords, the htpasswd
 // and token files, the replicas' secret, the attestation key, the S3 keys, and the directories it writes to. With it,
 // --check-config's "valid" means regnorm will start.
 func checkResources(cfg Config, getenv func(string) string) error {
@@ -54,6 +74,11 @@ func checkResources(cfg Config, getenv func(string) string) error {
 	if cfg.Webhook.enabled() {
 		if _, err := tls.LoadX509KeyPair(cfg.Webhook.CertFile, cfg.Webhook.KeyFile); err != nil {
 			errs = append(errs, fmt.Errorf("config: webhook.certFile, webhook.keyFile: %w", err))
+		}
+		if cfg.Webhook.ClientCAFile != "" {
+			if _, err := clientCAPool(cfg.Webhook.ClientCAFile); err != nil {
+				errs = append(errs, fmt.Errorf("config: webhook.clientCAFile: %w", err))
+			}
 		}
 	}
 	switch cfg.Cache.Driver {

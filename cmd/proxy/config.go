@@ -129,9 +129,24 @@ type WebhookConfig struct {
 	// images together (at most 25s: the API server waits 30s at most).
 	Timeout time.Duration `yaml:"timeout"`
 	// PinFor keeps a variant admitted in a Pod from eviction this long
-	// after its last admission.
+	// after its last admission (at most 90 days; cache.maxPinnedSize
+	// bounds the bytes kept so).
 	PinFor time.Duration `yaml:"pinFor"`
+	// ClientCAFile is a PEM CA: the listener then requires a client
+	// certificate it signed (the API server's, named in its
+	// AdmissionConfiguration's kubeconfig), and a caller without one
+	// fails the handshake. Empty: any caller that reaches the port is
+	// answered (then only a NetworkPolicy keeps callers out).
+	ClientCAFile string `yaml:"clientCAFile"`
+	// ClientNames, with ClientCAFile, are the callers allowed: a client
+	// certificate's common name or one of its DNS names must be one of
+	// them. Empty: any certificate ClientCAFile signed.
+	ClientNames []string `yaml:"clientNames"`
 }
+
+// maxPinFor bounds webhook.pinFor: a pin is renewed by every admission
+// that names the variant, so a longer one only keeps what no Pod names.
+const maxPinFor = 90 * 24 * time.Hour
 
 func (w WebhookConfig) enabled() bool { return w.Listen != "" }
 
@@ -311,6 +326,11 @@ type CacheConfig struct {
 	// go first); 0 is no limit. Measuring it walks every blob: meant for
 	// the filesystem.
 	MaxSize Size `yaml:"maxSize"`
+	// MaxPinnedSize bounds the blobs pins keep past MaxSize and MaxAge
+	// (the variants the webhook wrote into Pods), e.g. 20GiB: the pins
+	// renewed longest ago give way first. 0: half of MaxSize when it is
+	// set, else no bound but webhook.pinFor.
+	MaxPinnedSize Size `yaml:"maxPinnedSize"`
 	// MaxAge evicts blobs unused for longer; 0 is no limit. Meant for S3.
 	MaxAge time.Duration `yaml:"maxAge"`
 	// EvictionGrace keeps blobs used within it from eviction: another
@@ -604,6 +624,11 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 			defaultSet = defaultSet || o.field == "defaultUpstream"
 		}
 	}
+	// Pins keep at most half a bounded cache unless told otherwise, whoever
+	// had them made (--check-config prints the bound in force).
+	if cfg.Cache.MaxPinnedSize == 0 {
+		cfg.Cache.MaxPinnedSize = cfg.Cache.MaxSize / 2
+	}
 	// With one upstream and no default named, that upstream is the default.
 	if !defaultSet && len(cfg.Upstreams) == 1 {
 		cfg.DefaultUpstream = cfg.Upstreams[0].Name
@@ -672,6 +697,14 @@ func (c Config) validate() error {
 	}
 	if c.Cache.MaxAge < 0 || (c.Cache.MaxAge > 0 && c.Cache.MaxAge < 2*cache.AccessInterval) {
 		bad("cache.maxAge", "must be 0 (no limit) or at least %s: uses are recorded up to %s late", 2*cache.AccessInterval, cache.AccessInterval)
+	}
+	if p := c.Cache.MaxPinnedSize; p > 0 {
+		switch {
+		case c.Cache.MaxSize == 0 && c.Cache.MaxAge == 0:
+			bad("cache.maxPinnedSize", "needs cache.maxSize or cache.maxAge: without a limit nothing is evicted, pinned or not")
+		case c.Cache.MaxSize > 0 && p > c.Cache.MaxSize:
+			bad("cache.maxPinnedSize", "%q is more than cache.maxSize (%q)", p, c.Cache.MaxSize)
+		}
 	}
 	if c.Cache.evictionGrace() < 0 {
 		bad("cache.evictionGrace", "must not be negative")
@@ -852,8 +885,16 @@ func (c Config) validate() error {
 		if w.CertFile == "" || w.KeyFile == "" {
 			bad("webhook.certFile", "webhook.certFile and webhook.keyFile must be set with webhook.listen: the API server calls webhooks over HTTPS only")
 		}
-	} else if w.CertFile != "" || w.KeyFile != "" {
-		bad("webhook.listen", "must be set for webhook.certFile and webhook.keyFile to mean anything")
+	} else if w.CertFile != "" || w.KeyFile != "" || w.ClientCAFile != "" {
+		bad("webhook.listen", "must be set for webhook.certFile, webhook.keyFile and webhook.clientCAFile to mean anything")
+	}
+	if len(c.Webhook.ClientNames) > 0 && c.Webhook.ClientCAFile == "" {
+		bad("webhook.clientNames", "needs webhook.clientCAFile: names are read from client certificates that CA signed")
+	}
+	for i, n := range c.Webhook.ClientNames {
+		if strings.TrimSpace(n) == "" {
+			bad(fmt.Sprintf("webhook.clientNames[%d]", i), "must not be empty")
+		}
 	}
 	for i, client := range c.Webhook.Clients {
 		if _, err := operator.ParseContainerd(client); err != nil {
@@ -863,8 +904,8 @@ func (c Config) validate() error {
 	if t := c.Webhook.Timeout; t <= 0 || t > webhook.MaxTimeout {
 		bad("webhook.timeout", "must be positive and at most %s: the API server waits 30s at most, and the webhook's own answer takes a moment", shortDuration(webhook.MaxTimeout))
 	}
-	if c.Webhook.PinFor < time.Hour {
-		bad("webhook.pinFor", "must be at least 1h")
+	if c.Webhook.PinFor < time.Hour || c.Webhook.PinFor > maxPinFor {
+		bad("webhook.pinFor", "must be from 1h to %s (90 days): every admission renews a pin", shortDuration(maxPinFor))
 	}
 	if !seen[c.DefaultUpstream] && len(c.Upstreams) > 0 {
 		var names []string

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,6 +95,11 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{name: "webhook client", yaml: "webhook:\n  clients: [\"1.6\", \"one\"]\n", wantField: "webhook.clients[1]"},
 		{name: "webhook timeout past the API server's", yaml: "webhook:\n  timeout: 30s\n", wantField: "webhook.timeout"},
 		{name: "webhook pins too short", yaml: "webhook:\n  pinFor: 10m\n", wantField: "webhook.pinFor"},
+		{name: "pins bounded past the cache", yaml: "cache:\n  maxSize: 1GiB\n  maxPinnedSize: 2GiB\n", wantField: "cache.maxPinnedSize"},
+		{name: "pins bounded in a cache without limits", yaml: "cache:\n  maxPinnedSize: 2GiB\n", wantField: "cache.maxPinnedSize"},
+		{name: "webhook pins too long", yaml: "webhook:\n  pinFor: 2161h\n", wantField: "webhook.pinFor"},
+		{name: "webhook client names without a client CA", yaml: "webhook:\n  clientNames: [kube-apiserver]\n", wantField: "webhook.clientNames"},
+		{name: "webhook client CA without listen", yaml: "webhook:\n  clientCAFile: /ca.crt\n", wantField: "webhook.listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -251,5 +259,27 @@ defaultUpstream: a.example.com
 	os.WriteFile(file, []byte("upstreams:\n- &a {name: a.example.com, url: https://a, ulr: x}\n- <<: *a\n  name: b.example.com\n"), 0o600)
 	if _, err := loadConfig([]string{"--config", file}, env(nil)); err == nil || !strings.Contains(err.Error(), "did you mean upstreams[0].url?") {
 		t.Fatalf("a typo in an anchored mapping: %v", err)
+	}
+}
+
+// TestPinnedSizeBound: pins keep at most half of cache.maxSize unless
+// cache.maxPinnedSize says otherwise, and --check-config prints the bound
+// in force; a cache bounded by age only has no bound on pins but pinFor.
+func TestPinnedSizeBound(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ yaml, want string }{
+		{"cache:\n  maxSize: 40GiB\n", "maxPinnedSize: 20GiB\n"},
+		{"cache:\n  maxSize: 40GiB\n  maxPinnedSize: 5GiB\n", "maxPinnedSize: 5GiB\n"},
+		{"cache:\n  maxAge: 720h\n", "maxPinnedSize: \"0\"\n"},
+	} {
+		config := filepath.Join(t.TempDir(), "config.yaml")
+		os.WriteFile(config, []byte(tc.yaml), 0o600)
+		var out bytes.Buffer
+		if err := run(context.Background(), []string{"--check-config", "--config", config, "--data-dir", t.TempDir()}, env(nil), &out, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "\n    "+tc.want) {
+			t.Errorf("%q: --check-config lacks %q:\n%s", tc.yaml, tc.want, out.String())
+		}
 	}
 }

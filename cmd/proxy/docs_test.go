@@ -248,6 +248,7 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 		"webhook.listen":            "webhook.port",           // :port, the container's port webhook
 		"webhook.certFile":          "webhook.tls.secretName", // the chart's, cert-manager's or one's own, mounted
 		"webhook.keyFile":           "webhook.tls.secretName",
+		"webhook.clientCAFile":      "webhook.clientCA", // a Secret's or ConfigMap's key, or the PEM in a ConfigMap the chart makes, mounted
 	}
 	// Fields the chart deliberately leaves out, and why.
 	leftOut := map[string]string{
@@ -267,7 +268,8 @@ func TestChartSetsEveryConfigField(t *testing.T) {
 		"logFormat":              "json: in a cluster, logs go to a collector",
 		"cache.s3.region":        "s3 needs a region, and most S3-compatible servers take any",
 		"cache.s3.rootDirectory": "a prefix, so that the bucket can hold other things too",
-		"webhook.clients":        "[] for none, which regnorm reads as its own none: the fleet's versions",
+		"webhook.clients":        "[], which the chart refuses with webhook.enabled: replicas must answer alike, so the fleet's versions are named",
+		"webhook.clientNames":    "[] for none, which regnorm reads as its own none: any certificate webhook.clientCAFile signed",
 	}
 
 	raw, err := os.ReadFile(chartDir + "/values.yaml")

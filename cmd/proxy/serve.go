@@ -86,6 +86,9 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 			return err
 		}
 	}
+	for _, w := range configWarnings(cfg) {
+		log.Warn(w)
+	}
 	log.Info("regnorm listening", "version", readBuildInfo().Version, "address", ln.Addr().String(), "tls", cfg.TLS.CertFile != "", "client_auth", cfg.Auth.enabled(), "node_reports", len(reportTokens) > 0,
 		"cache", cfg.Cache.Driver, "default_upstream", cfg.DefaultUpstream)
 
@@ -113,7 +116,8 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 			ln.Close()
 			return err
 		}
-		log.Info("admission webhook listening", "address", wln.Addr().String(), "clients", cfg.Webhook.Clients, "timeout", cfg.Webhook.Timeout)
+		log.Info("admission webhook listening", "address", wln.Addr().String(), "clients", cfg.Webhook.Clients, "timeout", cfg.Webhook.Timeout,
+			"client_ca", cfg.Webhook.ClientCAFile != "", "client_names", cfg.Webhook.ClientNames)
 		webhookSrv := newHTTPServer(cfg, mirror.webhook, log)
 		servers = append(servers, webhookSrv)
 		g.Go(func() error {
@@ -158,22 +162,46 @@ func tlsListener(ln net.Listener, certFile, keyFile, field string, log *slog.Log
 
 // tlsListenerAt is tlsListener on the clock now.
 func tlsListenerAt(ln net.Listener, certFile, keyFile, field string, now func() time.Time, log *slog.Logger) (net.Listener, error) {
-	certs, err := newCertReloader(certFile, keyFile, now, log)
+	cfg, err := serverTLS(certFile, keyFile, field, now, log)
 	if err != nil {
 		ln.Close()
+		return nil, err
+	}
+	return tls.NewListener(ln, cfg), nil
+}
+
+// serverTLS serves the pair in certFile and keyFile, reloaded on renewal;
+// TLS 1.2 at least.
+func serverTLS(certFile, keyFile, field string, now func() time.Time, log *slog.Logger) (*tls.Config, error) {
+	certs, err := newCertReloader(certFile, keyFile, now, log)
+	if err != nil {
 		return nil, fmt.Errorf("config: %s: %w", field, err)
 	}
-	return tls.NewListener(ln, &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12}), nil
+	return &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12}, nil
 }
 
 // webhookListener is the admission webhook's HTTPS listener (webhook.listen),
-// its pair checked for renewal on the clock now.
+// its pair checked for renewal on the clock now. With webhook.clientCAFile,
+// a caller without a client certificate that CA signed (and, with
+// webhook.clientNames, naming one of them) fails the handshake: nothing it
+// sends is read (webhookCallers).
 func webhookListener(c WebhookConfig, now func() time.Time, log *slog.Logger) (net.Listener, error) {
+	cfg, err := serverTLS(c.CertFile, c.KeyFile, "webhook.certFile, webhook.keyFile", now, log)
+	if err != nil {
+		return nil, err
+	}
+	callers, err := newWebhookCallers(c, now, log)
+	if err != nil {
+		return nil, err
+	}
+	if callers != nil {
+		cfg = callers.require(cfg)
+	}
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen for the webhook: %w", err)
 	}
-	return tlsListenerAt(ln, c.CertFile, c.KeyFile, "webhook.certFile, webhook.keyFile", now, log)
+	return tls.NewListener(ln, cfg), nil
 }
 
 // readHeaderTimeout bounds how long a client may take to send a request's

@@ -81,7 +81,7 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 		Policy: cache.EvictionPolicy{MaxBytes: int64(cfg.Cache.MaxSize), MaxAge: cfg.Cache.MaxAge, Grace: cfg.Cache.evictionGrace(),
 			// Pins are honoured with the webhook off too: a Pod admitted
 			// before it was turned off still names its variant.
-			PinFor: cfg.Webhook.PinFor},
+			PinFor: cfg.Webhook.PinFor, MaxPinnedBytes: int64(cfg.Cache.MaxPinnedSize)},
 		Every:          cfg.Cache.maintenanceInterval(),
 		UploadIdle:     4 * cfg.StallTimeout,
 		UploadLifetime: cfg.FetchTimeout + uploadMargin,

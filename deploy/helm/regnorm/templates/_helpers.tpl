@@ -122,7 +122,30 @@ or the one the chart (or cert-manager) makes. */}}
 {{- .Values.webhook.tls.secretName | default (printf "%s-webhook-tls" (include "regnorm.fullname" . | trunc 51 | trimSuffix "-")) }}
 {{- end }}
 
-{{/* The name the API server calls the webhook by: the Service's DNS name. */}}
+{{/* The webhook's own Service: ClusterIP whatever service.type is, so that
+no node port or load balancer carries the webhook's port. */}}
+{{- define "regnorm.webhookService" -}}
+{{- printf "%s-webhook" (include "regnorm.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The name the API server calls the webhook by: its Service's DNS name. */}}
 {{- define "regnorm.webhookHost" -}}
-{{- printf "%s.%s.svc" (include "regnorm.fullname" .) .Release.Namespace }}
+{{- printf "%s.%s.svc" (include "regnorm.webhookService" .) .Release.Namespace }}
+{{- end }}
+
+{{/* The webhook's client CA (webhook.clientCA): the volume regnorm reads
+webhook.clientCAFile from; empty when none is set. */}}
+{{- define "regnorm.webhookClientCA" -}}
+{{- $c := .Values.webhook.clientCA }}
+{{- $n := 0 }}
+{{- range (list $c.secretName $c.configMapName $c.pem) }}{{ if . }}{{ $n = add1 $n }}{{ end }}{{ end }}
+{{- if gt $n 1 }}
+{{- fail "webhook.clientCA: set one of secretName, configMapName and pem" }}
+{{- end }}
+{{- if $c.secretName }}secret{{ else if $c.configMapName }}configMap{{ else if $c.pem }}pem{{ end }}
+{{- end }}
+
+{{/* The ConfigMap the chart makes for webhook.clientCA.pem. */}}
+{{- define "regnorm.webhookClientCAConfigMap" -}}
+{{- printf "%s-webhook-client-ca" (include "regnorm.fullname" . | trunc 45 | trimSuffix "-") }}
 {{- end }}
