@@ -1,0 +1,289 @@
+package proxy_test
+
+// Attacks on the admission webhook (issue 24 item 1), as failing tests:
+// each says what an attacker or a Pod author does and what must hold.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/internal/regtest"
+	"github.com/regnorm/regnorm/proxy"
+	"github.com/regnorm/regnorm/proxy/upstream"
+	"github.com/regnorm/regnorm/proxy/webhook"
+)
+
+// rawReview is the body of an AdmissionReview the test writes itself (an
+// old object too, or one that no API server sent).
+func rawReview(t *testing.T, req admissionv1.AdmissionRequest) []byte {
+	t.Helper()
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request:  &req,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+// TestWebhookLeavesExistingEphemeralContainersAlone: `kubectl debug` adds
+// an ephemeral container through pods/ephemeralcontainers; the request's
+// object lists every ephemeral container, those added before too, and the
+// API server refuses an update that changes an existing one ("existing
+// ephemeral containers may not be changed"). An earlier debug container
+// that names an original (added while its variant was pending, or before
+// the webhook was on) must be left as it is, or the new debug container is
+// refused whatever the failure policy: the webhook answered, its patch is
+// what the API server validates. Only the new one may be patched.
+func TestWebhookLeavesExistingEphemeralContainersAlone(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	image := "ansible/creator-ee@" + broken.ManifestDigest.String()
+	old := newPod([]string{"redis:7"}, nil, []string{image})
+	updated := newPod([]string{"redis:7"}, nil, []string{image, image})
+	oldObject, _ := json.Marshal(old)
+	object, _ := json.Marshal(updated)
+	dry := false
+	status, answer := h.postReview(t, rawReview(t, admissionv1.AdmissionRequest{
+		UID: "debug-2", Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, SubResource: "ephemeralcontainers",
+		Namespace: "default", Name: "app", Operation: admissionv1.Update,
+		Object: runtime.RawExtension{Raw: object}, OldObject: runtime.RawExtension{Raw: oldObject}, DryRun: &dry,
+	}))
+	if status != http.StatusOK {
+		t.Fatalf("review: %d %s", status, answer)
+	}
+	var got admissionv1.AdmissionReview
+	if err := json.Unmarshal(answer, &got); err != nil || got.Response == nil {
+		t.Fatalf("answer: %v %s", err, answer)
+	}
+	var ops []struct{ Op, Path string }
+	if err := json.Unmarshal(got.Response.Patch, &ops); got.Response.Patch != nil && err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, op := range ops {
+		paths = append(paths, op.Path)
+		if op.Path != "/spec/ephemeralContainers/1/image" {
+			t.Errorf("the patch changes %s, which the API server refuses on this subresource (e0 existed before)", op.Path)
+		}
+	}
+	if len(paths) != 1 {
+		t.Errorf("patch paths %q, want the new debug container's image only", paths)
+	}
+}
+
+// TestWebhookGivesNothingToAnUnauthenticatedCaller: the webhook's port is
+// open to every source (the chart's NetworkPolicy: the API server's
+// address is unknown), and the webhook does not ask who calls it. So
+// anyone who reaches it, with no credentials of the API server's (nor
+// regnorm's client credentials, when client auth is on), has regnorm read
+// an image with its configured upstream credentials, make its variant,
+// and pin its blobs past the cache's size limit for webhook.pinFor; and
+// the answer tells whether a private image exists (a patch, or the
+// "making the variant" warning) and its variant's digest. The registry
+// port refuses that very caller. A review that does not come from the API
+// server must read nothing upstream, pin nothing, and say nothing of the
+// image.
+func TestWebhookGivesNothingToAnUnauthenticatedCaller(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		opts harnessOptions
+	}{
+		{"open registry", harnessOptions{webhook: fleetWebhook()}},
+		{"client auth, private upstream", harnessOptions{webhook: fleetWebhook(),
+			clientAuth:  &proxy.ClientAuth{Tokens: [][sha256.Size]byte{sha256.Sum256([]byte("robot-token-0123456789"))}},
+			registry:    regtest.Options{TokenAuth: true, Username: "puller", Password: "s3cret-pass"},
+			credentials: upstream.Credentials{Username: "puller", Password: "s3cret-pass"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, tc.opts)
+			private := h.push(t, "team/private", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+			image := "team/private@" + private.ManifestDigest.String()
+			if tc.opts.clientAuth != nil {
+				if r := h.do(t, http.MethodGet, "/v2/team/private/manifests/"+private.ManifestDigest.String(), containerdAccept); r.status != http.StatusUnauthorized {
+					t.Fatalf("the registry port answers an anonymous client %d", r.status)
+				}
+			}
+			before := h.front.count()
+			object, _ := json.Marshal(newPod([]string{image}, nil, nil))
+			dry := false
+			// Anyone's review: no client certificate, no token.
+			status, answer := h.postReview(t, rawReview(t, admissionv1.AdmissionRequest{
+				UID: "anyone", Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+				Namespace: "default", Name: "probe", Operation: admissionv1.Create,
+				Object: runtime.RawExtension{Raw: object}, DryRun: &dry,
+			}))
+			if status == http.StatusOK {
+				var got admissionv1.AdmissionReview
+				if err := json.Unmarshal(answer, &got); err == nil && got.Response != nil && (got.Response.Patch != nil || len(got.Response.Warnings) > 0) {
+					t.Errorf("an unauthenticated caller was told about %s: patch %s, warnings %q", image, got.Response.Patch, got.Response.Warnings)
+				}
+			}
+			if n := h.front.count() - before; n > 0 {
+				t.Errorf("an unauthenticated review cost %d upstream requests with regnorm's credentials", n)
+			}
+			if _, err := os.Stat(filepath.Join(h.root, "pinned")); !os.IsNotExist(err) {
+				t.Errorf("an unauthenticated review pinned blobs past the size limit: %v", err)
+			}
+		})
+	}
+}
+
+// TestWebhookLeavesHostsContainerdDoesNotMirror: containerd picks a
+// registry's mirror by the host as the image writes it
+// (certs.d/<host>/hosts.toml, no case folding), so GHCR.io/... is pulled
+// from the upstream itself, not through regnorm's ghcr.io, on every node.
+// The original pulls (the host's DNS name and certificate do not care for
+// case); a variant written there does not exist upstream, and the Pod
+// cannot start anywhere. The webhook must leave an image alone unless its
+// registry is exactly a mirrored upstream's name.
+func TestWebhookLeavesHostsContainerdDoesNotMirror(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	u, _ := url.Parse(h.front.URL)
+	h.opts.more = []upstream.Config{{Name: "ghcr.io", URL: u}}
+	h.restart(t)
+	broken := h.push(t, "team/app", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	// Mirrored as written: replaced (the harness works).
+	if _, patched := h.review(t, newPod([]string{"ghcr.io/team/app@" + broken.ManifestDigest.String()}, nil, nil), reviewOpts{}); !strings.Contains(patched.Spec.Containers[0].Image, "@sha256:") ||
+		strings.HasSuffix(patched.Spec.Containers[0].Image, broken.ManifestDigest.String()) {
+		t.Fatalf("ghcr.io as written was not replaced: %q", patched.Spec.Containers[0].Image)
+	}
+	for _, image := range []string{
+		"GHCR.io/team/app@" + broken.ManifestDigest.String(),
+		"Ghcr.Io/team/app:v1@" + broken.ManifestDigest.String(),
+	} {
+		resp, patched := h.review(t, newPod([]string{image}, nil, nil), reviewOpts{})
+		if got := patched.Spec.Containers[0].Image; got != image {
+			t.Errorf("%s, which containerd pulls from the upstream itself, became %s (patch %s)", image, got, resp.Patch)
+		}
+	}
+}
+
+// TestWebhookAnswersAlikeAcrossReplicas: without webhook.clients (the
+// chart's default) the webhook writes the variant of the containerd
+// versions this process saw pulling, which it holds in memory only.
+// Another replica, or this one after a restart, answers the same Pod
+// otherwise: the same input, other bytes, and a Pod admitted there names
+// the original a 1.6.8 node cannot run. A 1.6.8 node pulled through the
+// first process; the second, on the same cache, must write the same
+// variant.
+func TestWebhookAnswersAlikeAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: &proxy.WebhookOptions{}, tagTTL: time.Hour})
+	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	if r := h.do(t, http.MethodGet, "/v2/ansible/creator-ee/manifests/v0.5.0", containerdHeader("1.6.8")); r.status != http.StatusOK {
+		t.Fatalf("the 1.6.8 node's pull: %d", r.status)
+	}
+	p := newPod([]string{"ansible/creator-ee@" + broken.ManifestDigest.String()}, nil, nil)
+	_, first := h.review(t, p, reviewOpts{})
+	if first.Spec.Containers[0].Image == p.Spec.Containers[0].Image {
+		t.Fatal("the replica the 1.6.8 node pulled through did not replace the image")
+	}
+	h.restart(t) // another replica on the same cache
+	resp, second := h.review(t, p, reviewOpts{})
+	if got, want := second.Spec.Containers[0].Image, first.Spec.Containers[0].Image; got != want {
+		t.Errorf("another replica wrote %q (patch %s, warnings %q), the first %q", got, resp.Patch, resp.Warnings, want)
+	}
+	wantResults(t, h, map[string]float64{webhook.Replaced: 1})
+}
+
+// pushIndex pushes an OCI index of children (amd64, arm64 in that order)
+// as repo:tag.
+func pushIndex(t *testing.T, h *harness, repo, tag string, children ...[]byte) ([]byte, digest.Digest) {
+	t.Helper()
+	var descs []ocispec.Descriptor
+	for i, c := range children {
+		var m struct{ MediaType string }
+		if err := json.Unmarshal(c, &m); err != nil {
+			t.Fatal(err)
+		}
+		descs = append(descs, ocispec.Descriptor{MediaType: m.MediaType, Digest: digest.FromBytes(c), Size: int64(len(c)),
+			Platform: &ocispec.Platform{OS: "linux", Architecture: []string{"amd64", "arm64"}[i]}})
+	}
+	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: descs}
+	index.SchemaVersion = 2
+	raw, err := json.Marshal(index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.reg.Client().PushManifest(context.Background(), repo, tag, ocispec.MediaTypeImageIndex, raw); err != nil {
+		t.Fatal(err)
+	}
+	return raw, digest.FromBytes(raw)
+}
+
+// TestWebhookPinsWhatANestedIndexNames: the engine makes the variant of an
+// index that lists an index (maxIndexDepth 2), and the webhook writes it
+// into the Pod; but it pins only the blobs of the variant's own children,
+// and an index child has none: the made config and layers of the
+// platform manifests below it are evicted like any unpinned blob, though
+// no upstream holds them. Every blob the variant names, however deep, must
+// stay while the pin does.
+func TestWebhookPinsWhatANestedIndexNames(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	amd := h.push(t, "team/multi", "amd64", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	arm := h.push(t, "team/multi", "arm64", regtest.ImageOptions{}, baseLayer)
+	inner, _ := pushIndex(t, h, "team/multi", "inner", amd.Manifest, arm.Manifest)
+	_, top := pushIndex(t, h, "team/multi", "v1", inner)
+	_, patched := h.review(t, newPod([]string{"team/multi@" + top.String()}, nil, nil), reviewOpts{})
+	_, variant, _ := strings.Cut(patched.Spec.Containers[0].Image, "@")
+	if variant == top.String() || variant == "" {
+		t.Fatalf("not replaced: %q", patched.Spec.Containers[0].Image)
+	}
+
+	if _, err := h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1, PinFor: webhook.DefaultPinFor}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	var check func(dgst digest.Digest, depth int)
+	check = func(dgst digest.Digest, depth int) {
+		m, err := h.store.GetManifest(context.Background(), "docker.io", "team/multi", dgst)
+		if err != nil {
+			t.Fatalf("manifest %s: %v", dgst, err)
+		}
+		var refs struct {
+			Config    *struct{ Digest digest.Digest }
+			Layers    []struct{ Digest digest.Digest }
+			Manifests []struct{ Digest digest.Digest }
+		}
+		if err := json.Unmarshal(m.Content, &refs); err != nil {
+			t.Fatal(err)
+		}
+		var blobs []digest.Digest
+		if refs.Config != nil {
+			blobs = append(blobs, refs.Config.Digest)
+		}
+		for _, l := range refs.Layers {
+			blobs = append(blobs, l.Digest)
+		}
+		for _, b := range blobs {
+			if _, err := h.store.StatBlob(context.Background(), b); err != nil {
+				t.Errorf("blob %s of %s (depth %d under the pinned variant) was evicted", b, dgst, depth)
+			}
+		}
+		for _, c := range refs.Manifests {
+			check(c.Digest, depth+1)
+		}
+	}
+	check(digest.Digest(variant), 0)
+}
