@@ -56,6 +56,9 @@ type reviewOpts struct {
 	operation   admissionv1.Operation
 	subResource string
 	dryRun      bool
+	// old is the Pod as it was, for an update (the API server sends it
+	// as oldObject).
+	old *corev1.Pod
 }
 
 // review sends p to the webhook as the API server would, and returns its
@@ -84,6 +87,13 @@ func (h *harness) review(t *testing.T, p *corev1.Pod, o reviewOpts) (*admissionv
 			Object:      runtime.RawExtension{Raw: object},
 			DryRun:      &o.dryRun,
 		},
+	}
+	if o.old != nil {
+		old, err := json.Marshal(o.old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Request.OldObject = runtime.RawExtension{Raw: old}
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -457,6 +467,31 @@ func TestWebhookEphemeralContainers(t *testing.T) {
 	// Another update of the Pod itself is no business of the webhook's.
 	if resp, _ := h.review(t, p, reviewOpts{operation: admissionv1.Update}); resp.Patch != nil {
 		t.Fatalf("an update of the Pod was patched: %s", resp.Patch)
+	}
+}
+
+// TestWebhookEphemeralLeavesExistingOnes: an update through the
+// ephemeralcontainers subresource may add ephemeral containers, never
+// change one that is there already: the API server's validation
+// (ValidatePodEphemeralContainersUpdate) refuses the whole update with
+// "existing ephemeral containers ... may not be changed", and runs after
+// the mutating webhooks. So a second kubectl debug of a Pod whose first
+// debug container still names an original (admitted while its variant
+// was pending, or before the webhook was on) must get a patch of the new
+// container only; else the webhook makes kubectl debug fail.
+func TestWebhookEphemeralLeavesExistingOnes(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	image := "ansible/creator-ee@" + broken.ManifestDigest.String()
+	old := newPod([]string{image}, nil, []string{image}) // e0, added before
+	p := newPod([]string{image}, nil, []string{image, image})
+	_, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers", old: old})
+	if got := patched.Spec.EphemeralContainers[0].Image; got != image {
+		t.Errorf("the existing ephemeral container e0 was changed to %q: the API server refuses the update", got)
+	}
+	if got := patched.Spec.EphemeralContainers[1].Image; got == image {
+		t.Errorf("the new ephemeral container e1 kept the original %q, want its variant", got)
 	}
 }
 
