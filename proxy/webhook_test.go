@@ -602,6 +602,49 @@ func TestWebhookBusy(t *testing.T) {
 	})
 }
 
+// TestWebhookBusyWithColdImagesStillAnswersReadyOnes: four admissions
+// waiting on cold images (their variants take the whole webhook.timeout)
+// must not turn away a Pod whose variant is made and cached already, an
+// answer of a few cache reads. Today every admission past MaxInFlight is
+// skipped at once, so for up to webhook.timeout (10 s by default) each Pod
+// created in the cluster runs its original, ready variant or not: a
+// ReplicaSet's batch of Pods after a few cold images, or a rollout beside
+// a new image, gets originals that the fleet's old containerd nodes cannot
+// run. The clock is the test's and upstream holds the cold layers.
+func TestWebhookBusyWithColdImagesStillAnswersReadyOnes(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook(), clock: clk})
+	ready := h.push(t, "team/ready", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	readyPod := newPod([]string{"team/ready@" + ready.ManifestDigest.String()}, nil, nil)
+	if resp, _ := h.review(t, readyPod, reviewOpts{}); resp.Patch == nil {
+		t.Fatal("the ready image's first admission was not replaced")
+	}
+	cold := h.push(t, "team/cold", "v1", regtest.ImageOptions{}, oneFile)
+	coldPod := newPod([]string{"team/cold@" + cold.ManifestDigest.String()}, nil, nil)
+	unblock := h.holdBlobs(t)
+	done := make(chan struct{}, webhook.MaxInFlight)
+	for range webhook.MaxInFlight {
+		go func() {
+			h.review(t, coldPod, reviewOpts{})
+			done <- struct{}{}
+		}()
+	}
+	waitFor(t, "the cold admissions to wait for their variant", func() bool { return clk.Waiting() == webhook.MaxInFlight })
+	resp, patched := h.review(t, readyPod, reviewOpts{})
+	if resp.Patch == nil || patched.Spec.Containers[0].Image == readyPod.Spec.Containers[0].Image {
+		t.Errorf("a Pod whose variant is cached, while cold images are at work: patch %s, warnings %q", resp.Patch, resp.Warnings)
+	}
+	clk.Advance(webhook.DefaultTimeout)
+	for range webhook.MaxInFlight {
+		<-done
+	}
+	unblock()
+	waitFor(t, "the cold variant to be made in the background", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", "") == 2
+	})
+}
+
 // BenchmarkWebhookAdmission: an admission of a Pod whose image's variant
 // is recorded (every Pod of a Deployment after the first), and of one whose
 // image needs nothing (clean), over HTTP as the API server sends them. The
