@@ -42,53 +42,6 @@ func rawReview(t *testing.T, req admissionv1.AdmissionRequest) []byte {
 	return body
 }
 
-// TestWebhookLeavesExistingEphemeralContainersAlone: `kubectl debug` adds
-// an ephemeral container through pods/ephemeralcontainers; the request's
-// object lists every ephemeral container, those added before too, and the
-// API server refuses an update that changes an existing one ("existing
-// ephemeral containers may not be changed"). An earlier debug container
-// that names an original (added while its variant was pending, or before
-// the webhook was on) must be left as it is, or the new debug container is
-// refused whatever the failure policy: the webhook answered, its patch is
-// what the API server validates. Only the new one may be patched.
-func TestWebhookLeavesExistingEphemeralContainersAlone(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
-	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
-	image := "ansible/creator-ee@" + broken.ManifestDigest.String()
-	old := newPod([]string{"redis:7"}, nil, []string{image})
-	updated := newPod([]string{"redis:7"}, nil, []string{image, image})
-	oldObject, _ := json.Marshal(old)
-	object, _ := json.Marshal(updated)
-	dry := false
-	status, answer := h.postReview(t, rawReview(t, admissionv1.AdmissionRequest{
-		UID: "debug-2", Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, SubResource: "ephemeralcontainers",
-		Namespace: "default", Name: "app", Operation: admissionv1.Update,
-		Object: runtime.RawExtension{Raw: object}, OldObject: runtime.RawExtension{Raw: oldObject}, DryRun: &dry,
-	}))
-	if status != http.StatusOK {
-		t.Fatalf("review: %d %s", status, answer)
-	}
-	var got admissionv1.AdmissionReview
-	if err := json.Unmarshal(answer, &got); err != nil || got.Response == nil {
-		t.Fatalf("answer: %v %s", err, answer)
-	}
-	var ops []struct{ Op, Path string }
-	if err := json.Unmarshal(got.Response.Patch, &ops); got.Response.Patch != nil && err != nil {
-		t.Fatal(err)
-	}
-	var paths []string
-	for _, op := range ops {
-		paths = append(paths, op.Path)
-		if op.Path != "/spec/ephemeralContainers/1/image" {
-			t.Errorf("the patch changes %s, which the API server refuses on this subresource (e0 existed before)", op.Path)
-		}
-	}
-	if len(paths) != 1 {
-		t.Errorf("patch paths %q, want the new debug container's image only", paths)
-	}
-}
-
 // TestWebhookGivesNothingToAnUnauthenticatedCaller: the webhook's port is
 // open to every source (the chart's NetworkPolicy: the API server's
 // address is unknown), and the webhook does not ask who calls it. So

@@ -450,7 +450,7 @@ func TestWebhookEphemeralContainers(t *testing.T) {
 	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	image := "ansible/creator-ee@" + broken.ManifestDigest.String()
 	p := newPod([]string{image}, []string{image}, []string{image})
-	resp, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers"})
+	resp, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers", old: newPod([]string{image}, []string{image}, nil)})
 	if resp.Patch == nil {
 		t.Fatal("no patch")
 	}
@@ -486,7 +486,14 @@ func TestWebhookEphemeralLeavesExistingOnes(t *testing.T) {
 	image := "ansible/creator-ee@" + broken.ManifestDigest.String()
 	old := newPod([]string{image}, nil, []string{image}) // e0, added before
 	p := newPod([]string{image}, nil, []string{image, image})
-	_, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers", old: old})
+	resp, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers", old: old})
+	var ops []struct{ Path string }
+	if err := json.Unmarshal(resp.Patch, &ops); err != nil {
+		t.Fatalf("patch %s: %v", resp.Patch, err)
+	}
+	if len(ops) != 1 || ops[0].Path != "/spec/ephemeralContainers/1/image" {
+		t.Errorf("patch %s, want e1's image only: the API server compares the rest with oldObject", resp.Patch)
+	}
 	if got := patched.Spec.EphemeralContainers[0].Image; got != image {
 		t.Errorf("the existing ephemeral container e0 was changed to %q: the API server refuses the update", got)
 	}

@@ -36,6 +36,7 @@ type admissionRequest struct {
 	Name        string               `json:"name"`
 	Operation   string               `json:"operation"`
 	Object      json.RawMessage      `json:"object"`
+	OldObject   json.RawMessage      `json:"oldObject"`
 	DryRun      *bool                `json:"dryRun"`
 }
 
@@ -48,6 +49,7 @@ type admissionResponse struct {
 }
 
 type container struct {
+	Name  string `json:"name"`
 	Image string `json:"image"`
 }
 
@@ -75,21 +77,32 @@ type slot struct {
 }
 
 // slots are the images of p that the request may change: every container,
-// init container and ephemeral container's on a Pod's creation; the
-// ephemeral containers' only on an update through the ephemeralcontainers
-// subresource (the others cannot change).
-func (p *pod) slots(ephemeralOnly bool) []slot {
+// init container and ephemeral container's on a Pod's creation. On an
+// update through the ephemeralcontainers subresource, old is the Pod as it
+// was: only the ephemeral containers it did not have (by name) are the
+// request's; the API server refuses any change to the others ("existing
+// ephemeral containers may not be changed"), and the other containers
+// cannot change at all.
+func (p *pod) slots(old *pod) []slot {
 	var out []slot
-	add := func(list string, cs []container) {
+	add := func(list string, cs []container, existed map[string]bool) {
 		for i, c := range cs {
-			out = append(out, slot{path: "/spec/" + list + "/" + strconv.Itoa(i) + "/image", image: c.Image})
+			if !existed[c.Name] {
+				out = append(out, slot{path: "/spec/" + list + "/" + strconv.Itoa(i) + "/image", image: c.Image})
+			}
 		}
 	}
-	if !ephemeralOnly {
-		add("containers", p.Spec.Containers)
-		add("initContainers", p.Spec.InitContainers)
+	if old == nil {
+		add("containers", p.Spec.Containers, nil)
+		add("initContainers", p.Spec.InitContainers, nil)
+		add("ephemeralContainers", p.Spec.EphemeralContainers, nil)
+		return out
 	}
-	add("ephemeralContainers", p.Spec.EphemeralContainers)
+	existed := make(map[string]bool, len(old.Spec.EphemeralContainers))
+	for _, c := range old.Spec.EphemeralContainers {
+		existed[c.Name] = true
+	}
+	add("ephemeralContainers", p.Spec.EphemeralContainers, existed)
 	return out
 }
 

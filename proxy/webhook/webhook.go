@@ -229,7 +229,17 @@ func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionRe
 		w.opts.Log.Warn("admission: the object is not a Pod", "namespace", req.Namespace, "uid", req.UID, "error", err)
 		return resp
 	}
-	slots := p.slots(ephemeralOnly)
+	var old *pod
+	if ephemeralOnly {
+		// Which ephemeral containers are new is told by the Pod as it was:
+		// without it, none is known to be, and none is changed.
+		old = new(pod)
+		if err := json.Unmarshal(req.OldObject, old); err != nil || string(req.OldObject) == "null" {
+			w.opts.Log.Warn("admission: an update without the Pod as it was", "namespace", req.Namespace, "uid", req.UID, "error", err)
+			return resp
+		}
+	}
+	slots := p.slots(old)
 	select {
 	case w.inFlight <- struct{}{}:
 		defer func() { <-w.inFlight }()
