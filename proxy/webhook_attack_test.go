@@ -133,12 +133,15 @@ func TestWebhookLeavesHostsContainerdDoesNotMirror(t *testing.T) {
 }
 
 // TestWebhookAnswersAlikeAcrossReplicas: without webhook.clients (the
-// chart's default) the webhook writes the variant of the containerd
+// chart's default) the webhook wrote the variant of the containerd
 // versions this process saw pulling, which it holds in memory only.
-// Another replica, or this one after a restart, answers the same Pod
+// Another replica, or this one after a restart, answered the same Pod
 // otherwise: the same input, other bytes, and a Pod admitted there names
-// the original a 1.6.8 node cannot run. A 1.6.8 node pulled through the
-// first process; the second, on the same cache, must write the same
+// the original a 1.6.8 node cannot run. The versions must come from what
+// every replica reads alike: node-config's reports, records in the cache.
+// A 1.6.8 node that pulled through one replica changes nothing (both
+// answer alike: skipped, with a warning, not clean: nothing says what the
+// fleet runs); once node-config reported on it, both write the same
 // variant.
 func TestWebhookAnswersAlikeAcrossReplicas(t *testing.T) {
 	t.Parallel()
@@ -148,13 +151,24 @@ func TestWebhookAnswersAlikeAcrossReplicas(t *testing.T) {
 		t.Fatalf("the 1.6.8 node's pull: %d", r.status)
 	}
 	p := newPod([]string{"ansible/creator-ee@" + broken.ManifestDigest.String()}, nil, nil)
-	_, first := h.review(t, p, reviewOpts{})
-	if first.Spec.Containers[0].Image == p.Spec.Containers[0].Image {
-		t.Fatal("the replica the 1.6.8 node pulled through did not replace the image")
+	resp, first := h.review(t, p, reviewOpts{})
+	if first.Spec.Containers[0].Image != p.Spec.Containers[0].Image || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "no containerd version") {
+		t.Errorf("the replica a 1.6.8 node pulled through, with no node reported on: image %q, warnings %q; want it as written, and a warning", first.Spec.Containers[0].Image, resp.Warnings)
+	}
+	wantResults(t, h, map[string]float64{webhook.Skipped: 1})
+
+	report := cache.NodeReport{Node: "worker-1", Address: "10.0.0.1", ContainerdVersion: "v1.6.8", ReadsHostsToml: true,
+		HostsDir: "/etc/containerd/certs.d", ConfigVersion: 2}
+	if err := h.reporter().ReportNode(context.Background(), report); err != nil {
+		t.Fatal(err)
+	}
+	_, reported := h.review(t, p, reviewOpts{})
+	if reported.Spec.Containers[0].Image == p.Spec.Containers[0].Image {
+		t.Fatal("with a 1.6.8 node reported on, the image was not replaced")
 	}
 	h.restart(t) // another replica on the same cache
 	resp, second := h.review(t, p, reviewOpts{})
-	if got, want := second.Spec.Containers[0].Image, first.Spec.Containers[0].Image; got != want {
+	if got, want := second.Spec.Containers[0].Image, reported.Spec.Containers[0].Image; got != want {
 		t.Errorf("another replica wrote %q (patch %s, warnings %q), the first %q", got, resp.Patch, resp.Warnings, want)
 	}
 	wantResults(t, h, map[string]float64{webhook.Replaced: 1})

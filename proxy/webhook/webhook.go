@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -70,7 +71,8 @@ const (
 	// original and the variant is made in the background.
 	Pending = "pending"
 	// Skipped: by tag, of a registry regnorm does not mirror, of an
-	// upstream with forwarded credentials, past MaxImages, while the
+	// upstream with forwarded credentials, with no containerd version of
+	// the fleet known, past MaxImages, while the
 	// webhook was busy, or (dry run) without a recorded variant.
 	Skipped = "skipped"
 	// Failed: reading the image or making its variant failed.
@@ -118,8 +120,12 @@ type Options struct {
 	// IsUpstream tells a configured upstream's name.
 	IsUpstream func(name string) bool
 	// RuleSets are the rule sets of the containerd versions the variants
-	// are made for (the fleet's, fleet.Fleet.RuleSets, or those of
-	// webhook.clients): the webhook makes the variant of their union.
+	// are made for (those of webhook.clients, or the fleet's as node-config
+	// reported it, fleet.Fleet.ReportedRuleSets): the webhook makes the
+	// variant of their union. They must be read from what every replica
+	// reads alike (configuration, records in the cache), never from what
+	// one process saw: the same Pod gets the same answer from each. None:
+	// images are skipped.
 	RuleSets func(ctx context.Context) ([]ruleset.Set, error)
 	Pins     Pinner
 	// Timeout is how long one admission may take to make variants, all
@@ -255,7 +261,7 @@ func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionRe
 	dryRun := req.DryRun != nil && *req.DryRun
 	outcomes := w.images(ctx, slots, dryRun)
 	replaced := map[int]string{}
-	var warnings []string
+	var notes, warnings []string
 	for i, s := range slots {
 		o := outcomes[s.image]
 		w.count(o.result, 1)
@@ -265,11 +271,15 @@ func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionRe
 		case Pending:
 			warnings = append(warnings, "regnorm is making the variant of "+shorten(s.image)+" that the fleet's containerd versions can run: this Pod runs the image as written, a later one gets the variant")
 		}
+		if o.note != "" && !slices.Contains(notes, o.note) {
+			notes = append(notes, o.note)
+		}
 	}
+	pending := len(warnings)
 	if len(warnings) > maxWarnings {
 		warnings = append(warnings[:maxWarnings-1], fmt.Sprintf("and %d more images", len(warnings)-maxWarnings+1))
 	}
-	resp.Warnings = warnings
+	resp.Warnings = append(notes, warnings...)
 	// Metadata changes through the ephemeralcontainers subresource are
 	// dropped by the API server: no annotation there.
 	patch, err := p.patch(slots, replaced, !ephemeralOnly)
@@ -281,7 +291,7 @@ func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionRe
 		resp.PatchType, resp.Patch = "JSONPatch", patch
 	}
 	w.opts.Log.Info("admission", "namespace", req.Namespace, "uid", req.UID, "operation", req.Operation,
-		"images", len(slots), "replaced", len(replaced), "pending", len(warnings), "dry_run", dryRun)
+		"images", len(slots), "replaced", len(replaced), "pending", pending, "dry_run", dryRun)
 	return resp
 }
 
@@ -303,7 +313,14 @@ func (w *Webhook) count(result string, n int) {
 type outcome struct {
 	result  string
 	variant digest.Digest // with Replaced
+	// note is why the image was skipped, when the Pod's creator should be
+	// told (once for all its images).
+	note string
 }
+
+// noFleet is the note of an image skipped because no containerd version of
+// the fleet is known.
+const noFleet = "regnorm knows no containerd version of the fleet (webhook.clients, or node-config's reports): images left as written"
 
 // images works out each distinct image of slots, imageConcurrency at a
 // time, all within one time budget and one upstream budget.
@@ -316,7 +333,7 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 			todo = append(todo, s.image)
 		}
 	}
-	rules, err := w.rules(ctx)
+	rules, known, err := w.rules(ctx)
 	if err != nil {
 		// The versions known are used all the same.
 		w.opts.Log.Warn("admission: listing the fleet's containerd versions failed", "error", err)
@@ -328,7 +345,7 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 	g.SetLimit(imageConcurrency)
 	for _, image := range todo {
 		g.Go(func() error {
-			o := w.image(upstream.WithShare(ctx, w.opts.ImageBudget), image, rules, deadline, dryRun)
+			o := w.image(upstream.WithShare(ctx, w.opts.ImageBudget), image, rules, known, deadline, dryRun)
 			mu.Lock()
 			outcomes[image] = o
 			mu.Unlock()
@@ -339,18 +356,19 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 	return outcomes
 }
 
-// rules is the union of the rule sets the variants are made for.
-func (w *Webhook) rules(ctx context.Context) (ruleset.Set, error) {
+// rules is the union of the rule sets the variants are made for; known is
+// false when there are none (no version is known, which is not a fleet
+// that needs no rule).
+func (w *Webhook) rules(ctx context.Context) (union ruleset.Set, known bool, err error) {
 	sets, err := w.opts.RuleSets(ctx)
-	var union ruleset.Set
 	for _, s := range sets {
 		union = union.Union(s)
 	}
-	return union, err
+	return union, len(sets) > 0, err
 }
 
 // image works out one image: whether, and as what, it is replaced.
-func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, deadline time.Time, dryRun bool) outcome {
+func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, known bool, deadline time.Time, dryRun bool) outcome {
 	ref, err := imageref.Kubernetes(image)
 	if err != nil || ref.Digest == "" || !w.opts.IsUpstream(ref.Registry) {
 		return outcome{result: Skipped}
@@ -364,7 +382,11 @@ func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, de
 		// does not have.
 		return outcome{result: Skipped}
 	}
-	if rules.Empty() {
+	switch {
+	case !known:
+		// Not clean: nothing says what the fleet runs.
+		return outcome{result: Skipped, note: noFleet}
+	case rules.Empty():
 		return outcome{result: Clean}
 	}
 	made, err := repo.Made(ctx, ref.Digest)
