@@ -440,6 +440,42 @@ func TestWebhookDryRun(t *testing.T) {
 	wantResults(t, h, map[string]float64{webhook.Skipped: 1, webhook.Replaced: 2})
 }
 
+// TestWebhookDryRunWritesNoLink: a dry run's answer from what is recorded
+// writes nothing, not even the repository link that admitting a variant
+// through its source remembers (sideEffects: NoneOnDryRun). The variant is
+// made for one repository; another holds the same original (a node pulled
+// it there by digest), so the variant is admitted there through its source:
+// the dry run replaces the image, and the link stays unwritten.
+func TestWebhookDryRunWritesNoLink(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	copied := h.push(t, "team/copy", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	if copied.ManifestDigest != broken.ManifestDigest {
+		t.Fatal("the copy is another image")
+	}
+	_, made := h.review(t, newPod([]string{"ansible/creator-ee@" + broken.ManifestDigest.String()}, nil, nil), reviewOpts{})
+	_, variant, _ := strings.Cut(made.Spec.Containers[0].Image, "@")
+	if variant == broken.ManifestDigest.String() {
+		t.Fatal("not replaced")
+	}
+	if r := h.do(t, http.MethodGet, "/v2/team/copy/manifests/"+broken.ManifestDigest.String(), containerdHeader("2.3.4")); r.status != http.StatusOK {
+		t.Fatalf("the node's pull of team/copy by digest: %d", r.status)
+	}
+	ctx := context.Background()
+	if linked, err := h.store.HasLink(ctx, "docker.io", "team/copy", digest.Digest(variant)); err != nil || linked {
+		t.Fatalf("before the dry run, team/copy's link to the variant: %v %v", linked, err)
+	}
+	image := "team/copy@" + broken.ManifestDigest.String()
+	_, dry := h.review(t, newPod([]string{image}, nil, nil), reviewOpts{dryRun: true})
+	if got := dry.Spec.Containers[0].Image; got != "team/copy@"+variant {
+		t.Fatalf("the dry run wrote %q, want the variant", got)
+	}
+	if linked, err := h.store.HasLink(ctx, "docker.io", "team/copy", digest.Digest(variant)); err != nil || linked {
+		t.Errorf("a dry run wrote team/copy's link to the variant (%v)", err)
+	}
+}
+
 // TestWebhookEphemeralContainers: an update through the
 // ephemeralcontainers subresource patches the ephemeral containers only:
 // the other images cannot change (and the API server drops metadata

@@ -48,9 +48,6 @@ const (
 	maxWarnings = 8
 	// pinMemory is how many variants the webhook remembers pinning.
 	pinMemory = 1 << 14
-	// maxPinnedChildren bounds the children of an index whose blobs are
-	// pinned.
-	maxPinnedChildren = 128
 )
 
 // Defaults of Options' zero fields.
@@ -88,14 +85,15 @@ type Repository interface {
 	// Forwards reports whether the repository is read with its client's
 	// own credentials: the webhook has none.
 	Forwards() bool
-	// Made reports whether dgst names a variant regnorm made.
-	Made(ctx context.Context, dgst digest.Digest) (bool, error)
+	// Recorded is the variant of dgst as far as the cache records it,
+	// without reading upstream, making or writing anything: a dry run's
+	// answer, and every answer whose variant is there already.
+	Recorded(ctx context.Context, dgst digest.Digest, rules ruleset.Set) (mirror.Recorded, bool, error)
 	Manifest(ctx context.Context, ref string, accept []string) (mirror.Manifest, error)
 	Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error)
-	// Cached and Verdict read what is recorded, and nothing upstream: a
-	// dry run's.
-	Cached(ctx context.Context, dgst digest.Digest) (cache.Manifest, bool, error)
-	Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool)
+	// Blobs are the blobs a variant names (for an index, its cached
+	// children's, nested ones too), bounded: what is pinned.
+	Blobs(ctx context.Context, m cache.Manifest) ([]digest.Digest, error)
 }
 
 // Pinner keeps blobs from eviction (cache.Store.Pin).
@@ -389,22 +387,15 @@ func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, kn
 	case rules.Empty():
 		return outcome{result: Clean}
 	}
-	made, err := repo.Made(ctx, ref.Digest)
-	if err != nil {
+	rec, ok, err := repo.Recorded(ctx, ref.Digest, rules)
+	switch {
+	case err != nil:
 		return w.failed(image, err)
-	}
-	if made {
-		// A variant already (this webhook's output, reviewed again): kept
-		// as written, and pinned, since a Pod names it.
-		if !dryRun {
-			if m, ok, err := repo.Cached(ctx, ref.Digest); err == nil && ok {
-				w.pin(ctx, repo, m)
-			}
-		}
-		return outcome{result: Clean}
-	}
-	if dryRun {
-		return w.recorded(ctx, image, repo, ref.Digest, rules)
+	case ok:
+		return w.answer(ctx, repo, rec, dryRun)
+	case dryRun:
+		// Nothing is read upstream or made.
+		return outcome{result: Skipped}
 	}
 	mctx, cancel := context.WithTimeout(ctx, deadline.Sub(w.opts.Now()))
 	m, err := repo.Manifest(mctx, ref.Digest.String(), nil)
@@ -426,29 +417,18 @@ func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, kn
 	return outcome{result: Replaced, variant: n.Verdict.Normalized}
 }
 
-// recorded is a dry run's outcome: the variant when its verdict is
-// recorded and it is cached, and nothing is read upstream or made.
-func (w *Webhook) recorded(ctx context.Context, image string, repo Repository, dgst digest.Digest, rules ruleset.Set) outcome {
-	m, ok, err := repo.Cached(ctx, dgst)
-	switch {
-	case err != nil:
-		return w.failed(image, err)
-	case !ok:
-		return outcome{result: Skipped}
-	case !normalize.MayNeed(m, rules):
+// answer is the outcome of an image whose variant is recorded: replaced by
+// it, or kept when the rules leave it or it names a variant already (this
+// webhook's output, reviewed again). A variant a Pod is to name is pinned,
+// but by a dry run.
+func (w *Webhook) answer(ctx context.Context, repo Repository, rec mirror.Recorded, dryRun bool) outcome {
+	if !dryRun && rec.Variant.Digest != "" {
+		w.pin(ctx, repo, rec.Variant)
+	}
+	if rec.Made || rec.Variant.Digest == "" {
 		return outcome{result: Clean}
 	}
-	n, ok := repo.Verdict(ctx, m, rules)
-	switch {
-	case !ok:
-		return outcome{result: Skipped}
-	case n.Normalized == "":
-		return outcome{result: Clean}
-	}
-	if _, ok, err := repo.Cached(ctx, n.Normalized); err != nil || !ok {
-		return outcome{result: Skipped}
-	}
-	return outcome{result: Replaced, variant: n.Normalized}
+	return outcome{result: Replaced, variant: rec.Variant.Digest}
 }
 
 func (w *Webhook) failed(image string, err error) outcome {
@@ -456,33 +436,19 @@ func (w *Webhook) failed(image string, err error) outcome {
 	return outcome{result: Failed}
 }
 
-// pin keeps the blobs variant names (for an index, its cached children's)
-// from eviction for PinFor, at most once every PinFor/24 per variant. A
-// pin that fails is logged: the Pod is admitted all the same.
+// pin keeps the blobs variant names (Repository.Blobs: for an index,
+// those of its cached children, however deep the engine made them) from
+// eviction for PinFor, at most once every PinFor/24 per variant. A pin
+// that fails is logged: the Pod is admitted all the same.
 func (w *Webhook) pin(ctx context.Context, repo Repository, variant cache.Manifest) {
 	now := w.opts.Now()
 	if at, ok := w.pinned.Get(variant.Digest); ok && now.Sub(at) < w.opts.PinFor/24 {
 		return
 	}
-	blobs, err := blobsOf(variant)
+	blobs, err := repo.Blobs(ctx, variant)
 	if err != nil {
 		w.opts.Log.Warn("admission: reading a variant to pin it failed", "digest", variant.Digest, "error", err)
 		return
-	}
-	children, _ := childrenOf(variant)
-	for i, child := range children {
-		if i == maxPinnedChildren {
-			break
-		}
-		// Only what is cached: a child no platform read has no blob here
-		// to keep.
-		m, ok, err := repo.Cached(ctx, child)
-		if err != nil || !ok {
-			continue
-		}
-		if b, err := blobsOf(m); err == nil {
-			blobs = append(blobs, b...)
-		}
 	}
 	for _, dgst := range blobs {
 		if err := w.opts.Pins.Pin(context.WithoutCancel(ctx), dgst); err != nil {
@@ -491,51 +457,4 @@ func (w *Webhook) pin(ctx context.Context, repo Repository, variant cache.Manife
 		}
 	}
 	w.pinned.Add(variant.Digest, now)
-}
-
-// manifestRefs is what a manifest or an index names (Docker's and OCI's
-// alike).
-type manifestRefs struct {
-	Config *struct {
-		Digest digest.Digest `json:"digest"`
-	} `json:"config"`
-	Layers []struct {
-		Digest digest.Digest `json:"digest"`
-	} `json:"layers"`
-	Manifests []struct {
-		Digest digest.Digest `json:"digest"`
-	} `json:"manifests"`
-}
-
-// blobsOf is the config and layers m names.
-func blobsOf(m cache.Manifest) ([]digest.Digest, error) {
-	var refs manifestRefs
-	if err := json.Unmarshal(m.Content, &refs); err != nil {
-		return nil, err
-	}
-	var out []digest.Digest
-	if refs.Config != nil && refs.Config.Digest.Validate() == nil {
-		out = append(out, refs.Config.Digest)
-	}
-	for _, l := range refs.Layers {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	return out, nil
-}
-
-// childrenOf is the manifests an index names.
-func childrenOf(m cache.Manifest) ([]digest.Digest, error) {
-	var refs manifestRefs
-	if err := json.Unmarshal(m.Content, &refs); err != nil {
-		return nil, err
-	}
-	var out []digest.Digest
-	for _, c := range refs.Manifests {
-		if c.Digest.Validate() == nil {
-			out = append(out, c.Digest)
-		}
-	}
-	return out, nil
 }
