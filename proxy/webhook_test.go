@@ -611,8 +611,10 @@ func TestWebhookLeavesVariantsAlone(t *testing.T) {
 	wantResults(t, h, map[string]float64{webhook.Clean: 1})
 }
 
-// TestWebhookBusy: past webhook.MaxInFlight admissions at work, the next
-// one is answered at once, unchanged, with a warning. The clock is the
+// TestWebhookBusy: past webhook.MaxInFlight admissions making variants,
+// the next one's image whose variant is not recorded is left as written at
+// once, with a warning (one whose variant is recorded is answered all the
+// same: TestWebhookBusyWithColdImagesStillAnswersReadyOnes). The clock is the
 // test's and upstream holds the layers until the test releases them.
 func TestWebhookBusy(t *testing.T) {
 	t.Parallel()

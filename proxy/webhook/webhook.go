@@ -34,8 +34,9 @@ const (
 	// MaxImages is how many images of one Pod are looked at; the rest are
 	// left as written (skipped).
 	MaxImages = 256
-	// MaxInFlight is how many admissions are worked on at once; one past
-	// it is answered at once, unchanged.
+	// MaxInFlight is how many admissions make variants at once; in one
+	// past it, the images whose variant is not recorded are left as
+	// written at once (those whose variant is are answered all the same).
 	MaxInFlight = 4
 	// imageConcurrency is how many images of one admission are worked on
 	// at once.
@@ -146,9 +147,9 @@ type Options struct {
 
 // Webhook is the mutating admission webhook.
 type Webhook struct {
-	opts     Options
-	inFlight chan struct{}
-	pinned   *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	opts   Options
+	making chan struct{}                        // making slots: admissions making variants (MaxInFlight)
+	pinned *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
 }
 
 // New builds a Webhook.
@@ -176,7 +177,7 @@ func New(opts Options) (*Webhook, error) {
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	return &Webhook{opts: opts, inFlight: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
+	return &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
 }
 
 // Handler serves POST /mutate and GET /healthz, and nothing else: the
@@ -244,14 +245,6 @@ func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionRe
 		}
 	}
 	slots := p.slots(old)
-	select {
-	case w.inFlight <- struct{}{}:
-		defer func() { <-w.inFlight }()
-	default:
-		w.count(Skipped, len(slots))
-		resp.Warnings = []string{"regnorm is busy with other admissions: images left as written"}
-		return resp
-	}
 	if len(slots) > MaxImages {
 		w.count(Skipped, len(slots)-MaxImages)
 		slots = slots[:MaxImages]
@@ -320,6 +313,45 @@ type outcome struct {
 // the fleet is known.
 const noFleet = "regnorm knows no containerd version of the fleet (webhook.clients, or node-config's reports): images left as written"
 
+// busy is the note of an image skipped because MaxInFlight other
+// admissions are making variants.
+const busy = "regnorm is busy making variants for other admissions: images whose variant is not made yet are left as written"
+
+// admission is what the images of one admission share.
+type admission struct {
+	rules    ruleset.Set
+	known    bool // some containerd version of the fleet is known
+	deadline time.Time
+	dryRun   bool
+
+	mu           sync.Mutex
+	tried, maker bool // whether a making slot was asked for, and got
+}
+
+// mayMake reports whether the admission may make variants: it takes one of
+// MaxInFlight making slots the first time it is asked, and never waits
+// for one. An image whose variant is recorded takes none (answer).
+func (a *admission) mayMake(w *Webhook) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.tried {
+		a.tried = true
+		select {
+		case w.making <- struct{}{}:
+			a.maker = true
+		default:
+		}
+	}
+	return a.maker
+}
+
+// done gives back the admission's making slot, if it took one.
+func (a *admission) done(w *Webhook) {
+	if a.maker {
+		<-w.making
+	}
+}
+
 // images works out each distinct image of slots, imageConcurrency at a
 // time, all within one time budget and one upstream budget.
 func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[string]outcome {
@@ -336,14 +368,15 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 		// The versions known are used all the same.
 		w.opts.Log.Warn("admission: listing the fleet's containerd versions failed", "error", err)
 	}
-	deadline := w.opts.Now().Add(w.opts.Timeout)
+	a := &admission{rules: rules, known: known, deadline: w.opts.Now().Add(w.opts.Timeout), dryRun: dryRun}
+	defer a.done(w)
 	ctx = upstream.WithBudget(ctx, w.opts.Budget)
 	var mu sync.Mutex
 	var g errgroup.Group
 	g.SetLimit(imageConcurrency)
 	for _, image := range todo {
 		g.Go(func() error {
-			o := w.image(upstream.WithShare(ctx, w.opts.ImageBudget), image, rules, known, deadline, dryRun)
+			o := w.image(upstream.WithShare(ctx, w.opts.ImageBudget), image, a)
 			mu.Lock()
 			outcomes[image] = o
 			mu.Unlock()
@@ -366,7 +399,7 @@ func (w *Webhook) rules(ctx context.Context) (union ruleset.Set, known bool, err
 }
 
 // image works out one image: whether, and as what, it is replaced.
-func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, known bool, deadline time.Time, dryRun bool) outcome {
+func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome {
 	ref, err := imageref.Kubernetes(image)
 	if err != nil || ref.Digest == "" || !w.opts.IsUpstream(ref.Registry) {
 		return outcome{result: Skipped}
@@ -381,30 +414,32 @@ func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, kn
 		return outcome{result: Skipped}
 	}
 	switch {
-	case !known:
+	case !a.known:
 		// Not clean: nothing says what the fleet runs.
 		return outcome{result: Skipped, note: noFleet}
-	case rules.Empty():
+	case a.rules.Empty():
 		return outcome{result: Clean}
 	}
-	rec, ok, err := repo.Recorded(ctx, ref.Digest, rules)
+	rec, ok, err := repo.Recorded(ctx, ref.Digest, a.rules)
 	switch {
 	case err != nil:
 		return w.failed(image, err)
 	case ok:
-		return w.answer(ctx, repo, rec, dryRun)
-	case dryRun:
+		return w.answer(ctx, repo, rec, a.dryRun)
+	case a.dryRun:
 		// Nothing is read upstream or made.
 		return outcome{result: Skipped}
+	case !a.mayMake(w):
+		return outcome{result: Skipped, note: busy}
 	}
-	mctx, cancel := context.WithTimeout(ctx, deadline.Sub(w.opts.Now()))
+	mctx, cancel := context.WithTimeout(ctx, a.deadline.Sub(w.opts.Now()))
 	m, err := repo.Manifest(mctx, ref.Digest.String(), nil)
 	cancel()
 	if err != nil {
 		return w.failed(image, err)
 	}
-	wait := max(deadline.Sub(w.opts.Now()), time.Millisecond)
-	n, err := repo.Variant(ctx, m.Manifest, rules, wait)
+	wait := max(a.deadline.Sub(w.opts.Now()), time.Millisecond)
+	n, err := repo.Variant(ctx, m.Manifest, a.rules, wait)
 	switch {
 	case errors.Is(err, mirror.ErrNotReady):
 		return outcome{result: Pending}
