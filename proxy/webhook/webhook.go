@@ -41,6 +41,10 @@ const (
 	// imageConcurrency is how many images of one admission are worked on
 	// at once.
 	imageConcurrency = 4
+	// ReadTimeout bounds the reading of a review, headers and body, on the
+	// webhook's listener: the API server sends it at once, and a body
+	// being read holds one of MaxInFlight reading slots.
+	ReadTimeout = 10 * time.Second
 	// MaxTimeout bounds the webhook's time budget: the API server waits
 	// at most 30 s for a webhook.
 	MaxTimeout = 25 * time.Second
@@ -147,9 +151,10 @@ type Options struct {
 
 // Webhook is the mutating admission webhook.
 type Webhook struct {
-	opts   Options
-	making chan struct{}                        // making slots: admissions making variants (MaxInFlight)
-	pinned *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	opts    Options
+	making  chan struct{}                        // making slots: admissions making variants (MaxInFlight)
+	reading chan struct{}                        // reading slots: bodies being read and decoded (MaxInFlight)
+	pinned  *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
 }
 
 // New builds a Webhook.
@@ -177,7 +182,7 @@ func New(opts Options) (*Webhook, error) {
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	return &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
+	return &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
 }
 
 // Handler serves POST /mutate and GET /healthz, and nothing else: the
@@ -192,58 +197,106 @@ func (w *Webhook) Handler() http.Handler {
 // serveMutate answers an AdmissionReview. A body that is too large or is
 // no AdmissionReview is a plain 413 or 400 (the API server then applies
 // the failure policy, Ignore); every review gets allowed: true.
+//
+// At most MaxInFlight bodies are read and decoded at once: a request past
+// them is answered 503 at once, before its body is read. It cannot be
+// answered allowed: the review's uid, which the answer must carry, is in
+// the body. The API server takes 503 as the webhook failing and applies
+// the failure policy, Ignore: the Pod is admitted as written (and the API
+// server logs the failure), as when the webhook is busy making variants.
+// What an admission holds past its body is the Pod's images and
+// annotations, decoded.
 func (w *Webhook) serveMutate(rw http.ResponseWriter, r *http.Request) {
 	start := w.opts.Now()
 	defer func() { w.opts.Metrics.Seconds.Observe(w.opts.Now().Sub(start).Seconds()) }()
-	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, MaxBody))
-	if err != nil {
-		if errors.As(err, new(*http.MaxBytesError)) {
-			http.Error(rw, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody), http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(rw, "reading the body failed", http.StatusBadRequest)
+	select {
+	case w.reading <- struct{}{}:
+	default:
+		rw.Header().Set("Retry-After", "1")
+		http.Error(rw, "regnorm's webhook is reading as many reviews as it takes at once", http.StatusServiceUnavailable)
 		return
 	}
-	var review admissionReview
-	if err := json.Unmarshal(body, &review); err != nil || review.APIVersion != reviewAPIVersion || review.Kind != reviewKind ||
-		review.Request == nil || review.Request.UID == "" {
-		http.Error(rw, "the body is not an "+reviewAPIVersion+" AdmissionReview with a request", http.StatusBadRequest)
+	rv, status, msg := w.read(rw, r)
+	<-w.reading
+	if status != http.StatusOK {
+		http.Error(rw, msg, status)
 		return
 	}
-	resp := w.admit(r.Context(), review.Request)
+	resp := w.admit(r.Context(), rv)
 	rw.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(rw).Encode(admissionReview{APIVersion: reviewAPIVersion, Kind: reviewKind, Response: resp})
 }
 
-// admit is the answer to req: allowed, with a patch when an image was
-// replaced.
-func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionResponse {
-	resp := &admissionResponse{UID: req.UID, Allowed: true}
+// reviewed is a review as the webhook works on it, read and decoded under
+// a reading slot: the body and the raw objects are dropped by then.
+type reviewed struct {
+	req *admissionRequest // without Object and OldObject
+	// pod is the Pod, nil when the review is no business of the webhook's
+	// (another resource or operation, an object that is not a Pod, an
+	// update without the Pod as it was).
+	pod *pod
+	// old is the Pod as it was, on an update through the
+	// ephemeralcontainers subresource (only the ephemeral containers it
+	// did not have may be patched, and no annotation).
+	old *pod
+}
+
+// read reads and decodes r's review: the status to answer, and its
+// message, unless it is 200.
+func (w *Webhook) read(rw http.ResponseWriter, r *http.Request) (reviewed, int, string) {
+	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, MaxBody))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return reviewed{}, http.StatusRequestEntityTooLarge, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody)
+		}
+		return reviewed{}, http.StatusBadRequest, "reading the body failed"
+	}
+	var review admissionReview
+	if err := json.Unmarshal(body, &review); err != nil || review.APIVersion != reviewAPIVersion || review.Kind != reviewKind ||
+		review.Request == nil || review.Request.UID == "" {
+		return reviewed{}, http.StatusBadRequest, "the body is not an " + reviewAPIVersion + " AdmissionReview with a request"
+	}
+	req := review.Request
+	rv := reviewed{req: req}
+	defer func() { req.Object, req.OldObject = nil, nil }()
 	ephemeralOnly := false
 	switch {
 	case req.Resource.Group != "" || req.Resource.Resource != "pods":
-		return resp
+		return rv, http.StatusOK, ""
 	case req.Operation == "CREATE" && req.SubResource == "":
 	case req.Operation == "UPDATE" && req.SubResource == "ephemeralcontainers":
 		ephemeralOnly = true
 	default:
-		return resp
+		return rv, http.StatusOK, ""
 	}
 	var p pod
 	if err := json.Unmarshal(req.Object, &p); err != nil {
 		w.opts.Log.Warn("admission: the object is not a Pod", "namespace", req.Namespace, "uid", req.UID, "error", err)
-		return resp
+		return rv, http.StatusOK, ""
 	}
-	var old *pod
 	if ephemeralOnly {
 		// Which ephemeral containers are new is told by the Pod as it was:
 		// without it, none is known to be, and none is changed.
-		old = new(pod)
+		old := new(pod)
 		if err := json.Unmarshal(req.OldObject, old); err != nil || string(req.OldObject) == "null" {
 			w.opts.Log.Warn("admission: an update without the Pod as it was", "namespace", req.Namespace, "uid", req.UID, "error", err)
-			return resp
+			return rv, http.StatusOK, ""
 		}
+		rv.old = old
 	}
+	rv.pod = &p
+	return rv, http.StatusOK, ""
+}
+
+// admit is the answer to rv: allowed, with a patch when an image was
+// replaced.
+func (w *Webhook) admit(ctx context.Context, rv reviewed) *admissionResponse {
+	req := rv.req
+	resp := &admissionResponse{UID: req.UID, Allowed: true}
+	if rv.pod == nil {
+		return resp
+	}
+	p, old, ephemeralOnly := rv.pod, rv.old, rv.old != nil
 	slots := p.slots(old)
 	if len(slots) > MaxImages {
 		w.count(Skipped, len(slots)-MaxImages)
