@@ -326,10 +326,13 @@ func (w *Webhook) admit(ctx context.Context, rv reviewed) *admissionResponse {
 	resp.Warnings = append(notes, warnings...)
 	// Metadata changes through the ephemeralcontainers subresource are
 	// dropped by the API server: no annotation there.
-	patch, err := p.patch(slots, replaced, !ephemeralOnly)
+	patch, dropped, err := p.patch(slots, replaced, !ephemeralOnly)
 	if err != nil {
 		w.opts.Log.Error("admission: writing the patch failed", "uid", req.UID, "error", err)
 		return resp
+	}
+	if dropped > 0 {
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf("%s leaves out %d replaced images: the Pod's annotations are bounded", VariantsAnnotation, dropped))
 	}
 	if patch != nil {
 		resp.PatchType, resp.Patch = "JSONPatch", patch
