@@ -95,8 +95,8 @@ type Options struct {
 // WebhookOptions configure the admission webhook for Pods (proxy/webhook).
 type WebhookOptions struct {
 	// Clients are the containerd versions whose variants the webhook
-	// writes (the union of their rule sets); none: the fleet's
-	// (fleet.Fleet.RuleSets).
+	// writes (the union of their rule sets); none: the fleet's, as
+	// node-config reported it (fleet.Fleet.ReportedRuleSets).
 	Clients []containerdcfg.Version
 	// Timeout bounds one admission's work on variants (webhook.Options).
 	Timeout time.Duration
@@ -254,9 +254,11 @@ func New(opts Options) (*Server, error) {
 }
 
 // newWebhook builds the admission webhook over the server's repositories,
-// read as regnorm itself, and the fleet's (or the configured) versions.
+// read as regnorm itself, and the configured versions, or the fleet's as
+// node-config reported them: records every replica reads alike, never
+// the User-Agents this process saw (another replica answers the same Pod).
 func (s *Server) newWebhook(o WebhookOptions, clock Clock, metrics *Metrics, log *slog.Logger) (*webhook.Webhook, error) {
-	ruleSets := s.fleet.RuleSets
+	ruleSets := s.fleet.ReportedRuleSets
 	if len(o.Clients) > 0 {
 		var sets []ruleset.Set
 		for _, v := range o.Clients {

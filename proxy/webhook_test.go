@@ -56,6 +56,9 @@ type reviewOpts struct {
 	operation   admissionv1.Operation
 	subResource string
 	dryRun      bool
+	// old is the Pod as it was, for an update (the API server sends it
+	// as oldObject).
+	old *corev1.Pod
 }
 
 // review sends p to the webhook as the API server would, and returns its
@@ -84,6 +87,13 @@ func (h *harness) review(t *testing.T, p *corev1.Pod, o reviewOpts) (*admissionv
 			Object:      runtime.RawExtension{Raw: object},
 			DryRun:      &o.dryRun,
 		},
+	}
+	if o.old != nil {
+		old, err := json.Marshal(o.old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Request.OldObject = runtime.RawExtension{Raw: old}
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -430,6 +440,42 @@ func TestWebhookDryRun(t *testing.T) {
 	wantResults(t, h, map[string]float64{webhook.Skipped: 1, webhook.Replaced: 2})
 }
 
+// TestWebhookDryRunWritesNoLink: a dry run's answer from what is recorded
+// writes nothing, not even the repository link that admitting a variant
+// through its source remembers (sideEffects: NoneOnDryRun). The variant is
+// made for one repository; another holds the same original (a node pulled
+// it there by digest), so the variant is admitted there through its source:
+// the dry run replaces the image, and the link stays unwritten.
+func TestWebhookDryRunWritesNoLink(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	copied := h.push(t, "team/copy", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	if copied.ManifestDigest != broken.ManifestDigest {
+		t.Fatal("the copy is another image")
+	}
+	_, made := h.review(t, newPod([]string{"ansible/creator-ee@" + broken.ManifestDigest.String()}, nil, nil), reviewOpts{})
+	_, variant, _ := strings.Cut(made.Spec.Containers[0].Image, "@")
+	if variant == broken.ManifestDigest.String() {
+		t.Fatal("not replaced")
+	}
+	if r := h.do(t, http.MethodGet, "/v2/team/copy/manifests/"+broken.ManifestDigest.String(), containerdHeader("2.3.4")); r.status != http.StatusOK {
+		t.Fatalf("the node's pull of team/copy by digest: %d", r.status)
+	}
+	ctx := context.Background()
+	if linked, err := h.store.HasLink(ctx, "docker.io", "team/copy", digest.Digest(variant)); err != nil || linked {
+		t.Fatalf("before the dry run, team/copy's link to the variant: %v %v", linked, err)
+	}
+	image := "team/copy@" + broken.ManifestDigest.String()
+	_, dry := h.review(t, newPod([]string{image}, nil, nil), reviewOpts{dryRun: true})
+	if got := dry.Spec.Containers[0].Image; got != "team/copy@"+variant {
+		t.Fatalf("the dry run wrote %q, want the variant", got)
+	}
+	if linked, err := h.store.HasLink(ctx, "docker.io", "team/copy", digest.Digest(variant)); err != nil || linked {
+		t.Errorf("a dry run wrote team/copy's link to the variant (%v)", err)
+	}
+}
+
 // TestWebhookEphemeralContainers: an update through the
 // ephemeralcontainers subresource patches the ephemeral containers only:
 // the other images cannot change (and the API server drops metadata
@@ -440,7 +486,7 @@ func TestWebhookEphemeralContainers(t *testing.T) {
 	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
 	image := "ansible/creator-ee@" + broken.ManifestDigest.String()
 	p := newPod([]string{image}, []string{image}, []string{image})
-	resp, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers"})
+	resp, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers", old: newPod([]string{image}, []string{image}, nil)})
 	if resp.Patch == nil {
 		t.Fatal("no patch")
 	}
@@ -457,6 +503,38 @@ func TestWebhookEphemeralContainers(t *testing.T) {
 	// Another update of the Pod itself is no business of the webhook's.
 	if resp, _ := h.review(t, p, reviewOpts{operation: admissionv1.Update}); resp.Patch != nil {
 		t.Fatalf("an update of the Pod was patched: %s", resp.Patch)
+	}
+}
+
+// TestWebhookEphemeralLeavesExistingOnes: an update through the
+// ephemeralcontainers subresource may add ephemeral containers, never
+// change one that is there already: the API server's validation
+// (ValidatePodEphemeralContainersUpdate) refuses the whole update with
+// "existing ephemeral containers ... may not be changed", and runs after
+// the mutating webhooks. So a second kubectl debug of a Pod whose first
+// debug container still names an original (admitted while its variant
+// was pending, or before the webhook was on) must get a patch of the new
+// container only; else the webhook makes kubectl debug fail.
+func TestWebhookEphemeralLeavesExistingOnes(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	image := "ansible/creator-ee@" + broken.ManifestDigest.String()
+	old := newPod([]string{image}, nil, []string{image}) // e0, added before
+	p := newPod([]string{image}, nil, []string{image, image})
+	resp, patched := h.review(t, p, reviewOpts{operation: admissionv1.Update, subResource: "ephemeralcontainers", old: old})
+	var ops []struct{ Path string }
+	if err := json.Unmarshal(resp.Patch, &ops); err != nil {
+		t.Fatalf("patch %s: %v", resp.Patch, err)
+	}
+	if len(ops) != 1 || ops[0].Path != "/spec/ephemeralContainers/1/image" {
+		t.Errorf("patch %s, want e1's image only: the API server compares the rest with oldObject", resp.Patch)
+	}
+	if got := patched.Spec.EphemeralContainers[0].Image; got != image {
+		t.Errorf("the existing ephemeral container e0 was changed to %q: the API server refuses the update", got)
+	}
+	if got := patched.Spec.EphemeralContainers[1].Image; got == image {
+		t.Errorf("the new ephemeral container e1 kept the original %q, want its variant", got)
 	}
 }
 
@@ -533,8 +611,10 @@ func TestWebhookLeavesVariantsAlone(t *testing.T) {
 	wantResults(t, h, map[string]float64{webhook.Clean: 1})
 }
 
-// TestWebhookBusy: past webhook.MaxInFlight admissions at work, the next
-// one is answered at once, unchanged, with a warning. The clock is the
+// TestWebhookBusy: past webhook.MaxInFlight admissions making variants,
+// the next one's image whose variant is not recorded is left as written at
+// once, with a warning (one whose variant is recorded is answered all the
+// same: TestWebhookBusyWithColdImagesStillAnswersReadyOnes). The clock is the
 // test's and upstream holds the layers until the test releases them.
 func TestWebhookBusy(t *testing.T) {
 	t.Parallel()
@@ -564,6 +644,49 @@ func TestWebhookBusy(t *testing.T) {
 	unblock()
 	waitFor(t, "the variant to be made in the background", func() bool {
 		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == 1
+	})
+}
+
+// TestWebhookBusyWithColdImagesStillAnswersReadyOnes: four admissions
+// waiting on cold images (their variants take the whole webhook.timeout)
+// must not turn away a Pod whose variant is made and cached already, an
+// answer of a few cache reads. Today every admission past MaxInFlight is
+// skipped at once, so for up to webhook.timeout (10 s by default) each Pod
+// created in the cluster runs its original, ready variant or not: a
+// ReplicaSet's batch of Pods after a few cold images, or a rollout beside
+// a new image, gets originals that the fleet's old containerd nodes cannot
+// run. The clock is the test's and upstream holds the cold layers.
+func TestWebhookBusyWithColdImagesStillAnswersReadyOnes(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook(), clock: clk})
+	ready := h.push(t, "team/ready", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	readyPod := newPod([]string{"team/ready@" + ready.ManifestDigest.String()}, nil, nil)
+	if resp, _ := h.review(t, readyPod, reviewOpts{}); resp.Patch == nil {
+		t.Fatal("the ready image's first admission was not replaced")
+	}
+	cold := h.push(t, "team/cold", "v1", regtest.ImageOptions{}, oneFile)
+	coldPod := newPod([]string{"team/cold@" + cold.ManifestDigest.String()}, nil, nil)
+	unblock := h.holdBlobs(t)
+	done := make(chan struct{}, webhook.MaxInFlight)
+	for range webhook.MaxInFlight {
+		go func() {
+			h.review(t, coldPod, reviewOpts{})
+			done <- struct{}{}
+		}()
+	}
+	waitFor(t, "the cold admissions to wait for their variant", func() bool { return clk.Waiting() == webhook.MaxInFlight })
+	resp, patched := h.review(t, readyPod, reviewOpts{})
+	if resp.Patch == nil || patched.Spec.Containers[0].Image == readyPod.Spec.Containers[0].Image {
+		t.Errorf("a Pod whose variant is cached, while cold images are at work: patch %s, warnings %q", resp.Patch, resp.Warnings)
+	}
+	clk.Advance(webhook.DefaultTimeout)
+	for range webhook.MaxInFlight {
+		<-done
+	}
+	unblock()
+	waitFor(t, "the cold variant to be made in the background", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", "") == 2
 	})
 }
 

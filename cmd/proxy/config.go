@@ -122,8 +122,8 @@ type WebhookConfig struct {
 	CertFile string `yaml:"certFile"`
 	KeyFile  string `yaml:"keyFile"`
 	// Clients are the containerd versions ("1.6.8", "2.1") whose variants
-	// it writes (the union of their rule sets). None: the fleet view's
-	// versions, as the pre-made variants use.
+	// it writes (the union of their rule sets). None: the versions of the
+	// nodes node-config reported on (records every replica reads alike).
 	Clients []string `yaml:"clients"`
 	// Timeout bounds the making of variants within one admission, all its
 	// images together (at most 25s: the API server waits 30s at most).

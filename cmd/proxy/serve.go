@@ -28,6 +28,7 @@ import (
 	"github.com/regnorm/regnorm/proxy"
 	"github.com/regnorm/regnorm/proxy/attest"
 	"github.com/regnorm/regnorm/proxy/upstream"
+	"github.com/regnorm/regnorm/proxy/webhook"
 )
 
 // serve runs the mirror with cfg until ctx ends (SIGINT, SIGTERM), then
@@ -119,6 +120,11 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		log.Info("admission webhook listening", "address", wln.Addr().String(), "clients", cfg.Webhook.Clients, "timeout", cfg.Webhook.Timeout,
 			"client_ca", cfg.Webhook.ClientCAFile != "", "client_names", cfg.Webhook.ClientNames)
 		webhookSrv := newHTTPServer(cfg, mirror.webhook, log)
+		// The API server sends a review at once: a slow body only holds
+		// one of the webhook's few reading slots.
+		if webhookSrv.ReadTimeout <= 0 || webhookSrv.ReadTimeout > webhook.ReadTimeout {
+			webhookSrv.ReadTimeout = webhook.ReadTimeout
+		}
 		servers = append(servers, webhookSrv)
 		g.Go(func() error {
 			if err := webhookSrv.Serve(wln); !errors.Is(err, http.ErrServerClosed) {

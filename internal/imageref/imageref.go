@@ -19,8 +19,8 @@ const DockerHub = "docker.io"
 
 // Image is a parsed image reference.
 type Image struct {
-	// Registry is the registry's name, lower case: a host, or a configured
-	// upstream's name.
+	// Registry is the registry's name: a host, or a configured upstream's
+	// name; lower case from Parse, as written from Kubernetes.
 	Registry string
 	// Repository is the path in the registry (library/redis on docker.io
 	// for a one-part name).
@@ -45,9 +45,15 @@ func LooksLikeHost(first string) bool {
 // defaultRegistry. On docker.io a one-part name is an official image
 // (library/redis), and index.docker.io is docker.io.
 func Parse(image, defaultRegistry string, isRegistry func(first string) bool) (Image, error) {
+	return parse(image, defaultRegistry, isRegistry, strings.ToLower)
+}
+
+// parse is Parse with the registry's first component read through host
+// (lower-cased, or as written).
+func parse(image, defaultRegistry string, isRegistry func(first string) bool, host func(string) string) (Image, error) {
 	registry, rest := defaultRegistry, image
 	if first, after, ok := strings.Cut(image, "/"); ok {
-		if name := strings.ToLower(first); isRegistry(name) {
+		if name := host(first); isRegistry(name) {
 			registry, rest = name, after
 		}
 	}
@@ -77,10 +83,17 @@ func Parse(image, defaultRegistry string, isRegistry func(first string) bool) (I
 	return img, nil
 }
 
-// Kubernetes reads image as a Pod names it: a registry only by a first
-// component that looks like a host, else docker.io.
+// Kubernetes reads image as containerd's CRI does for a Pod
+// (distribution/reference's ParseNormalizedNamed): a registry only by a
+// first component that looks like a host or has an upper-case letter, else
+// docker.io; and the registry as written, since containerd picks a
+// registry's configuration (certs.d/<host>/hosts.toml, so whether it pulls
+// through regnorm) by the host as written: GHCR.io is not ghcr.io there.
+// index.docker.io, as written, is docker.io.
 func Kubernetes(image string) (Image, error) {
-	return Parse(image, DockerHub, LooksLikeHost)
+	return parse(image, DockerHub, func(first string) bool {
+		return LooksLikeHost(first) || strings.ToLower(first) != first
+	}, func(first string) string { return first })
 }
 
 // WithDigest is image, as written, naming dgst in place of the digest it

@@ -27,7 +27,10 @@ func TestKubernetes(t *testing.T) {
 		{"ghcr.io/team/app:v1@" + d, Image{"ghcr.io", "team/app", "v1", d}},
 		{"localhost:5000/app@" + d, Image{"localhost:5000", "app", "", d}},
 		{"localhost/app", Image{"localhost", "app", "latest", ""}},
-		{"GHCR.io/team/app", Image{"ghcr.io", "team/app", "latest", ""}},
+		// The host as written: containerd does not fold its case.
+		{"GHCR.io/team/app", Image{"GHCR.io", "team/app", "latest", ""}},
+		{"INDEX.docker.io/app@" + d, Image{"INDEX.docker.io", "app", "", d}},
+		{"Registry/app@" + d, Image{"Registry", "app", "", d}},
 	} {
 		got, err := Kubernetes(tt.image)
 		if err != nil || got != tt.want {

@@ -215,14 +215,6 @@ func (f *Fleet) snapshot() []seen {
 // the pre-made variants are made for.
 func (f *Fleet) RuleSets(ctx context.Context) ([]ruleset.Set, error) {
 	var out []ruleset.Set
-	add := func(v containerdcfg.Version) {
-		if !v.Known {
-			return
-		}
-		if rules := f.rules.ForVersion(v).Rules; !slices.Contains(out, rules) {
-			out = append(out, rules)
-		}
-	}
 	now := f.clock.Now()
 	f.mu.Lock()
 	for _, key := range f.seen.Keys() {
@@ -231,21 +223,50 @@ func (f *Fleet) RuleSets(ctx context.Context) ([]ruleset.Set, error) {
 			continue // snapshot removes it
 		}
 		if v, ok := ruleset.Containerd(n.UserAgent); ok {
-			add(v)
+			out = f.addRules(out, v)
 		}
 	}
 	f.mu.Unlock()
+	reported, err := f.ReportedRuleSets(ctx)
+	for _, rules := range reported {
+		if !slices.Contains(out, rules) {
+			out = append(out, rules)
+		}
+	}
+	return out, err
+}
+
+// ReportedRuleSets are RuleSets of the nodes node-config reported on
+// alone: records in the cache, which every replica reads alike, and
+// nothing of what this process saw. What the admission webhook writes into
+// Pods is decided by them (or by webhook.clients), so that every replica
+// answers a Pod alike.
+func (f *Fleet) ReportedRuleSets(ctx context.Context) ([]ruleset.Set, error) {
 	reports, err := f.listReports(ctx)
 	if err != nil {
-		return out, err
+		return nil, err
 	}
+	now := f.clock.Now()
+	var out []ruleset.Set
 	for _, r := range reports {
 		if now.Sub(r.ReportedAt) > f.forget || !r.ReadsHostsToml || f.check(r) != nil {
 			continue
 		}
-		add(containerdcfg.ParseVersion(r.ContainerdVersion))
+		out = f.addRules(out, containerdcfg.ParseVersion(r.ContainerdVersion))
 	}
 	return out, nil
+}
+
+// addRules adds the rule set of v to sets, when v is known and its set is
+// not there yet.
+func (f *Fleet) addRules(sets []ruleset.Set, v containerdcfg.Version) []ruleset.Set {
+	if !v.Known {
+		return sets
+	}
+	if rules := f.rules.ForVersion(v).Rules; !slices.Contains(sets, rules) {
+		sets = append(sets, rules)
+	}
+	return sets
 }
 
 func truncate(s string, n int) string {

@@ -158,27 +158,39 @@ func (r *Repository) fetched(ctx context.Context, dgst digest.Digest) {
 
 // admitted reports, without asking upstream, whether the client may read o
 // here. When it may not (yet), ask is what to ask the upstream about: o
-// itself, or the upstream object regnorm made it from.
+// itself, or the upstream object regnorm made it from. What regnorm made
+// and the repository holds through its source is remembered as held (a
+// link), so that the next read finds it at once.
 func (r *Repository) admitted(ctx context.Context, o object) (ok bool, ask object, err error) {
+	ok, ask, bySource, err := r.judge(ctx, o)
+	if bySource {
+		r.learn(ctx, o.dgst)
+	}
+	return ok, ask, err
+}
+
+// judge is admitted without writing anything: bySource says the repository
+// holds o, which regnorm made, through the source it was made from (not
+// by a link of its own).
+func (r *Repository) judge(ctx context.Context, o object) (ok bool, ask object, bySource bool, err error) {
 	credsOK := r.remote.Confirmed(r.s.clock.Now())
 	linked, err := r.holds(ctx, o.dgst)
 	if err != nil {
-		return false, object{}, err
+		return false, object{}, false, err
 	}
 	if linked && credsOK {
-		return true, object{}, nil
+		return true, object{}, false, nil
 	}
 	d, derived, err := r.derivedRecord(ctx, o)
 	if err != nil || !derived {
-		return false, o, err
+		return false, o, false, err
 	}
 	origin, held, err := r.heldOrigin(ctx, d)
 	src := object{dgst: origin.Source, blob: !d.From(origin).SourceIsManifest()}
 	if err != nil || linked || !held {
-		return false, src, err
+		return false, src, false, err
 	}
-	r.learn(ctx, o.dgst)
-	return credsOK, src, nil
+	return credsOK, src, true, nil
 }
 
 // derivedRecord is how o was made, when regnorm made it as the kind of

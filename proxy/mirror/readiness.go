@@ -85,38 +85,3 @@ func (s *Service) ManifestCached(ctx context.Context, upstream, repo string, dgs
 	}
 	return err == nil, err
 }
-
-// Made reports whether dgst names a manifest regnorm made (a variant): the
-// webhook leaves a Pod's image that names one as it is. It reads one
-// record, never an upstream.
-func (r *Repository) Made(ctx context.Context, dgst digest.Digest) (bool, error) {
-	d, err := r.s.store.GetDerived(ctx, dgst)
-	if errors.Is(err, cache.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return d.Kind == cache.DerivedManifest, nil
-}
-
-// Cached is the manifest dgst names when the cache holds it and the client
-// is known to be admitted to it here (access.go), without asking the
-// upstream: what a dry run may use. ok is false when either is not known.
-func (r *Repository) Cached(ctx context.Context, dgst digest.Digest) (m cache.Manifest, ok bool, err error) {
-	admitted, _, err := r.admitted(ctx, object{dgst: dgst})
-	if err != nil || !admitted {
-		return cache.Manifest{}, false, err
-	}
-	m, err = r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), dgst)
-	if errors.Is(err, cache.ErrNotFound) {
-		return cache.Manifest{}, false, nil
-	}
-	return m, err == nil, err
-}
-
-// Verdict is the verdict recorded for m, an original the repository
-// answered, under rules, if any: the variant's digest without making it.
-func (r *Repository) Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool) {
-	return r.s.engine.Verdict(ctx, m, rules)
-}

@@ -29,11 +29,16 @@ import (
 	"github.com/regnorm/regnorm/rewrite"
 )
 
+// MaxIndexDepth is how deep in indexes of indexes the engine makes
+// variants: the top index is at depth 0, and an index at this depth or
+// deeper is served as it is (its children are the upstream's own).
+const MaxIndexDepth = 2
+
 const (
 	// maxConfigSize caps a config blob read into memory for normalization.
 	maxConfigSize = 8 << 20
 	// maxIndexDepth: an index may list indexes; deeper nesting is served as is.
-	maxIndexDepth = 2
+	maxIndexDepth = MaxIndexDepth
 	// childFetches is how many children of an index are fetched at once.
 	childFetches = 4
 	// layerFetches is how many layers of one image are fetched and scanned at once.
@@ -609,3 +614,29 @@ func (r *verifyingReader) Close() error { return r.rc.Close() }
 // damaged reports whether err is a cached blob that failed verification
 // as it was read. The cache has removed it, so the next read fetches it.
 func damaged(err error) bool { return errors.Is(err, cache.ErrDamaged) }
+
+// Names is what m names, read as the engine reads it: an image manifest's
+// config and layers (blobs), an index's children (manifests). A document
+// the engine does not read (schema 1, an invalid one) names nothing.
+func Names(m cache.Manifest) (blobs, children []digest.Digest) {
+	switch {
+	case rewrite.IsManifest(m.MediaType):
+		plan, err := rewrite.PlanManifest(m.MediaType, m.Content)
+		if err != nil {
+			return nil, nil
+		}
+		blobs = append(blobs, plan.Config.Digest)
+		for _, l := range plan.Layers {
+			blobs = append(blobs, l.Digest)
+		}
+	case rewrite.IsIndex(m.MediaType):
+		descs, err := rewrite.IndexChildren(m.MediaType, m.Content)
+		if err != nil {
+			return nil, nil
+		}
+		for _, d := range descs {
+			children = append(children, d.Digest)
+		}
+	}
+	return blobs, children
+}

@@ -2,6 +2,8 @@ package webhook
 
 import (
 	"encoding/json"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,6 +38,7 @@ type admissionRequest struct {
 	Name        string               `json:"name"`
 	Operation   string               `json:"operation"`
 	Object      json.RawMessage      `json:"object"`
+	OldObject   json.RawMessage      `json:"oldObject"`
 	DryRun      *bool                `json:"dryRun"`
 }
 
@@ -48,6 +51,7 @@ type admissionResponse struct {
 }
 
 type container struct {
+	Name  string `json:"name"`
 	Image string `json:"image"`
 }
 
@@ -75,21 +79,32 @@ type slot struct {
 }
 
 // slots are the images of p that the request may change: every container,
-// init container and ephemeral container's on a Pod's creation; the
-// ephemeral containers' only on an update through the ephemeralcontainers
-// subresource (the others cannot change).
-func (p *pod) slots(ephemeralOnly bool) []slot {
+// init container and ephemeral container's on a Pod's creation. On an
+// update through the ephemeralcontainers subresource, old is the Pod as it
+// was: only the ephemeral containers it did not have (by name) are the
+// request's; the API server refuses any change to the others ("existing
+// ephemeral containers may not be changed"), and the other containers
+// cannot change at all.
+func (p *pod) slots(old *pod) []slot {
 	var out []slot
-	add := func(list string, cs []container) {
+	add := func(list string, cs []container, existed map[string]bool) {
 		for i, c := range cs {
-			out = append(out, slot{path: "/spec/" + list + "/" + strconv.Itoa(i) + "/image", image: c.Image})
+			if !existed[c.Name] {
+				out = append(out, slot{path: "/spec/" + list + "/" + strconv.Itoa(i) + "/image", image: c.Image})
+			}
 		}
 	}
-	if !ephemeralOnly {
-		add("containers", p.Spec.Containers)
-		add("initContainers", p.Spec.InitContainers)
+	if old == nil {
+		add("containers", p.Spec.Containers, nil)
+		add("initContainers", p.Spec.InitContainers, nil)
+		add("ephemeralContainers", p.Spec.EphemeralContainers, nil)
+		return out
 	}
-	add("ephemeralContainers", p.Spec.EphemeralContainers)
+	existed := make(map[string]bool, len(old.Spec.EphemeralContainers))
+	for _, c := range old.Spec.EphemeralContainers {
+		existed[c.Name] = true
+	}
+	add("ephemeralContainers", p.Spec.EphemeralContainers, existed)
 	return out
 }
 
@@ -106,13 +121,27 @@ func escapePointer(token string) string {
 	return strings.NewReplacer("~", "~0", "/", "~1").Replace(token)
 }
 
+// Bounds of the annotation the webhook writes.
+const (
+	// annotationsLimit is Kubernetes' bound on all of an object's
+	// annotations, keys and values together (TotalAnnotationSizeLimitB):
+	// past it the API server refuses the Pod.
+	annotationsLimit = 256 << 10
+	// maxVariantsValue bounds the value of VariantsAnnotation.
+	maxVariantsValue = 64 << 10
+)
+
 // patch is the JSONPatch that writes replaced (slot → image) into the Pod,
 // and, when annotate, the replacements into the annotation, merged with
 // what it held (a value that is not such a map is replaced). Nil when
-// nothing changes.
-func (p *pod) patch(slots []slot, replaced map[int]string, annotate bool) ([]byte, error) {
+// nothing changes. The annotation stays within maxVariantsValue and leaves
+// the Pod's annotations within annotationsLimit: the replacements that do
+// not fit are left out of it (this admission's first, then those it held,
+// each in the order of their images), and dropped says how many; when
+// none of this admission's fits, the annotation is left as it was.
+func (p *pod) patch(slots []slot, replaced map[int]string, annotate bool) (patch []byte, dropped int, err error) {
 	if len(replaced) == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	var ops []patchOp
 	idx := make([]int, 0, len(replaced))
@@ -120,26 +149,78 @@ func (p *pod) patch(slots []slot, replaced map[int]string, annotate bool) ([]byt
 		idx = append(idx, i)
 	}
 	sort.Ints(idx)
-	variants := map[string]string{}
+	held := map[string]string{}
 	if old, ok := p.Metadata.Annotations[VariantsAnnotation]; ok {
-		if json.Unmarshal([]byte(old), &variants) != nil {
-			variants = map[string]string{}
+		if json.Unmarshal([]byte(old), &held) != nil {
+			held = map[string]string{}
 		}
 	}
+	now := map[string]string{}
 	for _, i := range idx {
 		ops = append(ops, patchOp{Op: "replace", Path: slots[i].path, Value: replaced[i]})
-		variants[slots[i].image] = replaced[i]
+		now[slots[i].image] = replaced[i]
 	}
 	if annotate {
-		value, err := json.Marshal(variants) // keys sorted: the same Pod, the same bytes
-		if err != nil {
-			return nil, err
-		}
-		if p.Metadata.Annotations == nil {
-			ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations", Value: map[string]string{VariantsAnnotation: string(value)}})
+		value, kept, left := variantsValue(now, held, p.annotationRoom())
+		dropped = left
+		if kept == 0 {
+			dropped = len(now) // what it held stays
 		} else {
-			ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations/" + escapePointer(VariantsAnnotation), Value: string(value)})
+			if p.Metadata.Annotations == nil {
+				ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations", Value: map[string]string{VariantsAnnotation: value}})
+			} else {
+				ops = append(ops, patchOp{Op: "add", Path: "/metadata/annotations/" + escapePointer(VariantsAnnotation), Value: value})
+			}
 		}
 	}
-	return json.Marshal(ops)
+	patch, err = json.Marshal(ops)
+	return patch, dropped, err
+}
+
+// annotationRoom is how long VariantsAnnotation's value may be: within
+// maxVariantsValue, and within annotationsLimit with the Pod's other
+// annotations.
+func (p *pod) annotationRoom() int {
+	others := 0
+	for k, v := range p.Metadata.Annotations {
+		if k != VariantsAnnotation {
+			others += len(k) + len(v)
+		}
+	}
+	return min(maxVariantsValue, annotationsLimit-others-len(VariantsAnnotation))
+}
+
+// variantsValue is the JSON object of the entries of now and held (now's
+// where both have an image) that fit in room bytes: now's first, then
+// held's, each by image; the object's keys sorted, as json.Marshal writes
+// a map (the same Pod, the same bytes). kept is how many of now's it
+// holds, left how many entries did not fit.
+func variantsValue(now, held map[string]string, room int) (value string, kept, left int) {
+	chosen := map[string]string{}
+	size := len("{}")
+	add := func(entries map[string]string, skip map[string]string) (n int) {
+		for _, image := range slices.Sorted(maps.Keys(entries)) {
+			if _, ok := skip[image]; ok {
+				continue
+			}
+			k, _ := json.Marshal(image)
+			v, _ := json.Marshal(entries[image])
+			grow := len(k) + 1 + len(v)
+			if len(chosen) > 0 {
+				grow++ // the comma
+			}
+			if size+grow > room {
+				left++
+				continue
+			}
+			size += grow
+			chosen[image] = entries[image]
+			n++
+		}
+		return n
+	}
+	kept = add(now, nil)
+	add(held, now)
+	out, _ := json.Marshal(chosen) // keys sorted
+	return string(out), kept, left
 }

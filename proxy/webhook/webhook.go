@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,12 +34,17 @@ const (
 	// MaxImages is how many images of one Pod are looked at; the rest are
 	// left as written (skipped).
 	MaxImages = 256
-	// MaxInFlight is how many admissions are worked on at once; one past
-	// it is answered at once, unchanged.
+	// MaxInFlight is how many admissions make variants at once; in one
+	// past it, the images whose variant is not recorded are left as
+	// written at once (those whose variant is are answered all the same).
 	MaxInFlight = 4
 	// imageConcurrency is how many images of one admission are worked on
 	// at once.
 	imageConcurrency = 4
+	// ReadTimeout bounds the reading of a review, headers and body, on the
+	// webhook's listener: the API server sends it at once, and a body
+	// being read holds one of MaxInFlight reading slots.
+	ReadTimeout = 10 * time.Second
 	// MaxTimeout bounds the webhook's time budget: the API server waits
 	// at most 30 s for a webhook.
 	MaxTimeout = 25 * time.Second
@@ -47,9 +53,6 @@ const (
 	maxWarnings = 8
 	// pinMemory is how many variants the webhook remembers pinning.
 	pinMemory = 1 << 14
-	// maxPinnedChildren bounds the children of an index whose blobs are
-	// pinned.
-	maxPinnedChildren = 128
 )
 
 // Defaults of Options' zero fields.
@@ -70,7 +73,8 @@ const (
 	// original and the variant is made in the background.
 	Pending = "pending"
 	// Skipped: by tag, of a registry regnorm does not mirror, of an
-	// upstream with forwarded credentials, past MaxImages, while the
+	// upstream with forwarded credentials, with no containerd version of
+	// the fleet known, past MaxImages, while the
 	// webhook was busy, or (dry run) without a recorded variant.
 	Skipped = "skipped"
 	// Failed: reading the image or making its variant failed.
@@ -86,14 +90,15 @@ type Repository interface {
 	// Forwards reports whether the repository is read with its client's
 	// own credentials: the webhook has none.
 	Forwards() bool
-	// Made reports whether dgst names a variant regnorm made.
-	Made(ctx context.Context, dgst digest.Digest) (bool, error)
+	// Recorded is the variant of dgst as far as the cache records it,
+	// without reading upstream, making or writing anything: a dry run's
+	// answer, and every answer whose variant is there already.
+	Recorded(ctx context.Context, dgst digest.Digest, rules ruleset.Set) (mirror.Recorded, bool, error)
 	Manifest(ctx context.Context, ref string, accept []string) (mirror.Manifest, error)
 	Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error)
-	// Cached and Verdict read what is recorded, and nothing upstream: a
-	// dry run's.
-	Cached(ctx context.Context, dgst digest.Digest) (cache.Manifest, bool, error)
-	Verdict(ctx context.Context, m cache.Manifest, rules ruleset.Set) (cache.Normalization, bool)
+	// Blobs are the blobs a variant names (for an index, its cached
+	// children's, nested ones too), bounded: what is pinned.
+	Blobs(ctx context.Context, m cache.Manifest) ([]digest.Digest, error)
 }
 
 // Pinner keeps blobs from eviction (cache.Store.Pin).
@@ -118,8 +123,12 @@ type Options struct {
 	// IsUpstream tells a configured upstream's name.
 	IsUpstream func(name string) bool
 	// RuleSets are the rule sets of the containerd versions the variants
-	// are made for (the fleet's, fleet.Fleet.RuleSets, or those of
-	// webhook.clients): the webhook makes the variant of their union.
+	// are made for (those of webhook.clients, or the fleet's as node-config
+	// reported it, fleet.Fleet.ReportedRuleSets): the webhook makes the
+	// variant of their union. They must be read from what every replica
+	// reads alike (configuration, records in the cache), never from what
+	// one process saw: the same Pod gets the same answer from each. None:
+	// images are skipped.
 	RuleSets func(ctx context.Context) ([]ruleset.Set, error)
 	Pins     Pinner
 	// Timeout is how long one admission may take to make variants, all
@@ -142,9 +151,10 @@ type Options struct {
 
 // Webhook is the mutating admission webhook.
 type Webhook struct {
-	opts     Options
-	inFlight chan struct{}
-	pinned   *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	opts    Options
+	making  chan struct{}                        // making slots: admissions making variants (MaxInFlight)
+	reading chan struct{}                        // reading slots: bodies being read and decoded (MaxInFlight)
+	pinned  *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
 }
 
 // New builds a Webhook.
@@ -172,7 +182,7 @@ func New(opts Options) (*Webhook, error) {
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	return &Webhook{opts: opts, inFlight: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
+	return &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
 }
 
 // Handler serves POST /mutate and GET /healthz, and nothing else: the
@@ -187,57 +197,107 @@ func (w *Webhook) Handler() http.Handler {
 // serveMutate answers an AdmissionReview. A body that is too large or is
 // no AdmissionReview is a plain 413 or 400 (the API server then applies
 // the failure policy, Ignore); every review gets allowed: true.
+//
+// At most MaxInFlight bodies are read and decoded at once: a request past
+// them is answered 503 at once, before its body is read. It cannot be
+// answered allowed: the review's uid, which the answer must carry, is in
+// the body. The API server takes 503 as the webhook failing and applies
+// the failure policy, Ignore: the Pod is admitted as written (and the API
+// server logs the failure), as when the webhook is busy making variants.
+// What an admission holds past its body is the Pod's images and
+// annotations, decoded.
 func (w *Webhook) serveMutate(rw http.ResponseWriter, r *http.Request) {
 	start := w.opts.Now()
 	defer func() { w.opts.Metrics.Seconds.Observe(w.opts.Now().Sub(start).Seconds()) }()
-	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, MaxBody))
-	if err != nil {
-		if errors.As(err, new(*http.MaxBytesError)) {
-			http.Error(rw, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody), http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(rw, "reading the body failed", http.StatusBadRequest)
+	select {
+	case w.reading <- struct{}{}:
+	default:
+		rw.Header().Set("Retry-After", "1")
+		http.Error(rw, "regnorm's webhook is reading as many reviews as it takes at once", http.StatusServiceUnavailable)
 		return
 	}
-	var review admissionReview
-	if err := json.Unmarshal(body, &review); err != nil || review.APIVersion != reviewAPIVersion || review.Kind != reviewKind ||
-		review.Request == nil || review.Request.UID == "" {
-		http.Error(rw, "the body is not an "+reviewAPIVersion+" AdmissionReview with a request", http.StatusBadRequest)
+	rv, status, msg := w.read(rw, r)
+	<-w.reading
+	if status != http.StatusOK {
+		http.Error(rw, msg, status)
 		return
 	}
-	resp := w.admit(r.Context(), review.Request)
+	resp := w.admit(r.Context(), rv)
 	rw.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(rw).Encode(admissionReview{APIVersion: reviewAPIVersion, Kind: reviewKind, Response: resp})
 }
 
-// admit is the answer to req: allowed, with a patch when an image was
-// replaced.
-func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionResponse {
-	resp := &admissionResponse{UID: req.UID, Allowed: true}
+// reviewed is a review as the webhook works on it, read and decoded under
+// a reading slot: the body and the raw objects are dropped by then.
+type reviewed struct {
+	req *admissionRequest // without Object and OldObject
+	// pod is the Pod, nil when the review is no business of the webhook's
+	// (another resource or operation, an object that is not a Pod, an
+	// update without the Pod as it was).
+	pod *pod
+	// old is the Pod as it was, on an update through the
+	// ephemeralcontainers subresource (only the ephemeral containers it
+	// did not have may be patched, and no annotation).
+	old *pod
+}
+
+// read reads and decodes r's review: the status to answer, and its
+// message, unless it is 200.
+func (w *Webhook) read(rw http.ResponseWriter, r *http.Request) (reviewed, int, string) {
+	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, MaxBody))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return reviewed{}, http.StatusRequestEntityTooLarge, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody)
+		}
+		return reviewed{}, http.StatusBadRequest, "reading the body failed"
+	}
+	var review admissionReview
+	if err := json.Unmarshal(body, &review); err != nil || review.APIVersion != reviewAPIVersion || review.Kind != reviewKind ||
+		review.Request == nil || review.Request.UID == "" {
+		return reviewed{}, http.StatusBadRequest, "the body is not an " + reviewAPIVersion + " AdmissionReview with a request"
+	}
+	req := review.Request
+	rv := reviewed{req: req}
+	defer func() { req.Object, req.OldObject = nil, nil }()
 	ephemeralOnly := false
 	switch {
 	case req.Resource.Group != "" || req.Resource.Resource != "pods":
-		return resp
+		return rv, http.StatusOK, ""
 	case req.Operation == "CREATE" && req.SubResource == "":
 	case req.Operation == "UPDATE" && req.SubResource == "ephemeralcontainers":
 		ephemeralOnly = true
 	default:
-		return resp
+		return rv, http.StatusOK, ""
 	}
 	var p pod
 	if err := json.Unmarshal(req.Object, &p); err != nil {
 		w.opts.Log.Warn("admission: the object is not a Pod", "namespace", req.Namespace, "uid", req.UID, "error", err)
+		return rv, http.StatusOK, ""
+	}
+	if ephemeralOnly {
+		// Which ephemeral containers are new is told by the Pod as it was:
+		// without it, none is known to be, and none is changed.
+		old := new(pod)
+		if err := json.Unmarshal(req.OldObject, old); err != nil || string(req.OldObject) == "null" {
+			w.opts.Log.Warn("admission: an update without the Pod as it was", "namespace", req.Namespace, "uid", req.UID, "error", err)
+			return rv, http.StatusOK, ""
+		}
+		rv.old = old
+	}
+	rv.pod = &p
+	return rv, http.StatusOK, ""
+}
+
+// admit is the answer to rv: allowed, with a patch when an image was
+// replaced.
+func (w *Webhook) admit(ctx context.Context, rv reviewed) *admissionResponse {
+	req := rv.req
+	resp := &admissionResponse{UID: req.UID, Allowed: true}
+	if rv.pod == nil {
 		return resp
 	}
-	slots := p.slots(ephemeralOnly)
-	select {
-	case w.inFlight <- struct{}{}:
-		defer func() { <-w.inFlight }()
-	default:
-		w.count(Skipped, len(slots))
-		resp.Warnings = []string{"regnorm is busy with other admissions: images left as written"}
-		return resp
-	}
+	p, old, ephemeralOnly := rv.pod, rv.old, rv.old != nil
+	slots := p.slots(old)
 	if len(slots) > MaxImages {
 		w.count(Skipped, len(slots)-MaxImages)
 		slots = slots[:MaxImages]
@@ -245,7 +305,7 @@ func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionRe
 	dryRun := req.DryRun != nil && *req.DryRun
 	outcomes := w.images(ctx, slots, dryRun)
 	replaced := map[int]string{}
-	var warnings []string
+	var notes, warnings []string
 	for i, s := range slots {
 		o := outcomes[s.image]
 		w.count(o.result, 1)
@@ -255,23 +315,30 @@ func (w *Webhook) admit(ctx context.Context, req *admissionRequest) *admissionRe
 		case Pending:
 			warnings = append(warnings, "regnorm is making the variant of "+shorten(s.image)+" that the fleet's containerd versions can run: this Pod runs the image as written, a later one gets the variant")
 		}
+		if o.note != "" && !slices.Contains(notes, o.note) {
+			notes = append(notes, o.note)
+		}
 	}
+	pending := len(warnings)
 	if len(warnings) > maxWarnings {
 		warnings = append(warnings[:maxWarnings-1], fmt.Sprintf("and %d more images", len(warnings)-maxWarnings+1))
 	}
-	resp.Warnings = warnings
+	resp.Warnings = append(notes, warnings...)
 	// Metadata changes through the ephemeralcontainers subresource are
 	// dropped by the API server: no annotation there.
-	patch, err := p.patch(slots, replaced, !ephemeralOnly)
+	patch, dropped, err := p.patch(slots, replaced, !ephemeralOnly)
 	if err != nil {
 		w.opts.Log.Error("admission: writing the patch failed", "uid", req.UID, "error", err)
 		return resp
+	}
+	if dropped > 0 {
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf("%s leaves out %d replaced images: the Pod's annotations are bounded", VariantsAnnotation, dropped))
 	}
 	if patch != nil {
 		resp.PatchType, resp.Patch = "JSONPatch", patch
 	}
 	w.opts.Log.Info("admission", "namespace", req.Namespace, "uid", req.UID, "operation", req.Operation,
-		"images", len(slots), "replaced", len(replaced), "pending", len(warnings), "dry_run", dryRun)
+		"images", len(slots), "replaced", len(replaced), "pending", pending, "dry_run", dryRun)
 	return resp
 }
 
@@ -293,6 +360,52 @@ func (w *Webhook) count(result string, n int) {
 type outcome struct {
 	result  string
 	variant digest.Digest // with Replaced
+	// note is why the image was skipped, when the Pod's creator should be
+	// told (once for all its images).
+	note string
+}
+
+// noFleet is the note of an image skipped because no containerd version of
+// the fleet is known.
+const noFleet = "regnorm knows no containerd version of the fleet (webhook.clients, or node-config's reports): images left as written"
+
+// busy is the note of an image skipped because MaxInFlight other
+// admissions are making variants.
+const busy = "regnorm is busy making variants for other admissions: images whose variant is not made yet are left as written"
+
+// admission is what the images of one admission share.
+type admission struct {
+	rules    ruleset.Set
+	known    bool // some containerd version of the fleet is known
+	deadline time.Time
+	dryRun   bool
+
+	mu           sync.Mutex
+	tried, maker bool // whether a making slot was asked for, and got
+}
+
+// mayMake reports whether the admission may make variants: it takes one of
+// MaxInFlight making slots the first time it is asked, and never waits
+// for one. An image whose variant is recorded takes none (answer).
+func (a *admission) mayMake(w *Webhook) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.tried {
+		a.tried = true
+		select {
+		case w.making <- struct{}{}:
+			a.maker = true
+		default:
+		}
+	}
+	return a.maker
+}
+
+// done gives back the admission's making slot, if it took one.
+func (a *admission) done(w *Webhook) {
+	if a.maker {
+		<-w.making
+	}
 }
 
 // images works out each distinct image of slots, imageConcurrency at a
@@ -306,19 +419,20 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 			todo = append(todo, s.image)
 		}
 	}
-	rules, err := w.rules(ctx)
+	rules, known, err := w.rules(ctx)
 	if err != nil {
 		// The versions known are used all the same.
 		w.opts.Log.Warn("admission: listing the fleet's containerd versions failed", "error", err)
 	}
-	deadline := w.opts.Now().Add(w.opts.Timeout)
+	a := &admission{rules: rules, known: known, deadline: w.opts.Now().Add(w.opts.Timeout), dryRun: dryRun}
+	defer a.done(w)
 	ctx = upstream.WithBudget(ctx, w.opts.Budget)
 	var mu sync.Mutex
 	var g errgroup.Group
 	g.SetLimit(imageConcurrency)
 	for _, image := range todo {
 		g.Go(func() error {
-			o := w.image(upstream.WithShare(ctx, w.opts.ImageBudget), image, rules, deadline, dryRun)
+			o := w.image(upstream.WithShare(ctx, w.opts.ImageBudget), image, a)
 			mu.Lock()
 			outcomes[image] = o
 			mu.Unlock()
@@ -329,18 +443,19 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 	return outcomes
 }
 
-// rules is the union of the rule sets the variants are made for.
-func (w *Webhook) rules(ctx context.Context) (ruleset.Set, error) {
+// rules is the union of the rule sets the variants are made for; known is
+// false when there are none (no version is known, which is not a fleet
+// that needs no rule).
+func (w *Webhook) rules(ctx context.Context) (union ruleset.Set, known bool, err error) {
 	sets, err := w.opts.RuleSets(ctx)
-	var union ruleset.Set
 	for _, s := range sets {
 		union = union.Union(s)
 	}
-	return union, err
+	return union, len(sets) > 0, err
 }
 
 // image works out one image: whether, and as what, it is replaced.
-func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, deadline time.Time, dryRun bool) outcome {
+func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome {
 	ref, err := imageref.Kubernetes(image)
 	if err != nil || ref.Digest == "" || !w.opts.IsUpstream(ref.Registry) {
 		return outcome{result: Skipped}
@@ -354,34 +469,33 @@ func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, de
 		// does not have.
 		return outcome{result: Skipped}
 	}
-	if rules.Empty() {
+	switch {
+	case !a.known:
+		// Not clean: nothing says what the fleet runs.
+		return outcome{result: Skipped, note: noFleet}
+	case a.rules.Empty():
 		return outcome{result: Clean}
 	}
-	made, err := repo.Made(ctx, ref.Digest)
-	if err != nil {
+	rec, ok, err := repo.Recorded(ctx, ref.Digest, a.rules)
+	switch {
+	case err != nil:
 		return w.failed(image, err)
+	case ok:
+		return w.answer(ctx, repo, rec, a.dryRun)
+	case a.dryRun:
+		// Nothing is read upstream or made.
+		return outcome{result: Skipped}
+	case !a.mayMake(w):
+		return outcome{result: Skipped, note: busy}
 	}
-	if made {
-		// A variant already (this webhook's output, reviewed again): kept
-		// as written, and pinned, since a Pod names it.
-		if !dryRun {
-			if m, ok, err := repo.Cached(ctx, ref.Digest); err == nil && ok {
-				w.pin(ctx, repo, m)
-			}
-		}
-		return outcome{result: Clean}
-	}
-	if dryRun {
-		return w.recorded(ctx, image, repo, ref.Digest, rules)
-	}
-	mctx, cancel := context.WithTimeout(ctx, deadline.Sub(w.opts.Now()))
+	mctx, cancel := context.WithTimeout(ctx, a.deadline.Sub(w.opts.Now()))
 	m, err := repo.Manifest(mctx, ref.Digest.String(), nil)
 	cancel()
 	if err != nil {
 		return w.failed(image, err)
 	}
-	wait := max(deadline.Sub(w.opts.Now()), time.Millisecond)
-	n, err := repo.Variant(ctx, m.Manifest, rules, wait)
+	wait := max(a.deadline.Sub(w.opts.Now()), time.Millisecond)
+	n, err := repo.Variant(ctx, m.Manifest, a.rules, wait)
 	switch {
 	case errors.Is(err, mirror.ErrNotReady):
 		return outcome{result: Pending}
@@ -394,29 +508,18 @@ func (w *Webhook) image(ctx context.Context, image string, rules ruleset.Set, de
 	return outcome{result: Replaced, variant: n.Verdict.Normalized}
 }
 
-// recorded is a dry run's outcome: the variant when its verdict is
-// recorded and it is cached, and nothing is read upstream or made.
-func (w *Webhook) recorded(ctx context.Context, image string, repo Repository, dgst digest.Digest, rules ruleset.Set) outcome {
-	m, ok, err := repo.Cached(ctx, dgst)
-	switch {
-	case err != nil:
-		return w.failed(image, err)
-	case !ok:
-		return outcome{result: Skipped}
-	case !normalize.MayNeed(m, rules):
+// answer is the outcome of an image whose variant is recorded: replaced by
+// it, or kept when the rules leave it or it names a variant already (this
+// webhook's output, reviewed again). A variant a Pod is to name is pinned,
+// but by a dry run.
+func (w *Webhook) answer(ctx context.Context, repo Repository, rec mirror.Recorded, dryRun bool) outcome {
+	if !dryRun && rec.Variant.Digest != "" {
+		w.pin(ctx, repo, rec.Variant)
+	}
+	if rec.Made || rec.Variant.Digest == "" {
 		return outcome{result: Clean}
 	}
-	n, ok := repo.Verdict(ctx, m, rules)
-	switch {
-	case !ok:
-		return outcome{result: Skipped}
-	case n.Normalized == "":
-		return outcome{result: Clean}
-	}
-	if _, ok, err := repo.Cached(ctx, n.Normalized); err != nil || !ok {
-		return outcome{result: Skipped}
-	}
-	return outcome{result: Replaced, variant: n.Normalized}
+	return outcome{result: Replaced, variant: rec.Variant.Digest}
 }
 
 func (w *Webhook) failed(image string, err error) outcome {
@@ -424,33 +527,19 @@ func (w *Webhook) failed(image string, err error) outcome {
 	return outcome{result: Failed}
 }
 
-// pin keeps the blobs variant names (for an index, its cached children's)
-// from eviction for PinFor, at most once every PinFor/24 per variant. A
-// pin that fails is logged: the Pod is admitted all the same.
+// pin keeps the blobs variant names (Repository.Blobs: for an index,
+// those of its cached children, however deep the engine made them) from
+// eviction for PinFor, at most once every PinFor/24 per variant. A pin
+// that fails is logged: the Pod is admitted all the same.
 func (w *Webhook) pin(ctx context.Context, repo Repository, variant cache.Manifest) {
 	now := w.opts.Now()
 	if at, ok := w.pinned.Get(variant.Digest); ok && now.Sub(at) < w.opts.PinFor/24 {
 		return
 	}
-	blobs, err := blobsOf(variant)
+	blobs, err := repo.Blobs(ctx, variant)
 	if err != nil {
 		w.opts.Log.Warn("admission: reading a variant to pin it failed", "digest", variant.Digest, "error", err)
 		return
-	}
-	children, _ := childrenOf(variant)
-	for i, child := range children {
-		if i == maxPinnedChildren {
-			break
-		}
-		// Only what is cached: a child no platform read has no blob here
-		// to keep.
-		m, ok, err := repo.Cached(ctx, child)
-		if err != nil || !ok {
-			continue
-		}
-		if b, err := blobsOf(m); err == nil {
-			blobs = append(blobs, b...)
-		}
 	}
 	for _, dgst := range blobs {
 		if err := w.opts.Pins.Pin(context.WithoutCancel(ctx), dgst); err != nil {
@@ -459,51 +548,4 @@ func (w *Webhook) pin(ctx context.Context, repo Repository, variant cache.Manife
 		}
 	}
 	w.pinned.Add(variant.Digest, now)
-}
-
-// manifestRefs is what a manifest or an index names (Docker's and OCI's
-// alike).
-type manifestRefs struct {
-	Config *struct {
-		Digest digest.Digest `json:"digest"`
-	} `json:"config"`
-	Layers []struct {
-		Digest digest.Digest `json:"digest"`
-	} `json:"layers"`
-	Manifests []struct {
-		Digest digest.Digest `json:"digest"`
-	} `json:"manifests"`
-}
-
-// blobsOf is the config and layers m names.
-func blobsOf(m cache.Manifest) ([]digest.Digest, error) {
-	var refs manifestRefs
-	if err := json.Unmarshal(m.Content, &refs); err != nil {
-		return nil, err
-	}
-	var out []digest.Digest
-	if refs.Config != nil && refs.Config.Digest.Validate() == nil {
-		out = append(out, refs.Config.Digest)
-	}
-	for _, l := range refs.Layers {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	return out, nil
-}
-
-// childrenOf is the manifests an index names.
-func childrenOf(m cache.Manifest) ([]digest.Digest, error) {
-	var refs manifestRefs
-	if err := json.Unmarshal(m.Content, &refs); err != nil {
-		return nil, err
-	}
-	var out []digest.Digest
-	for _, c := range refs.Manifests {
-		if c.Digest.Validate() == nil {
-			out = append(out, c.Digest)
-		}
-	}
-	return out, nil
 }
