@@ -74,8 +74,8 @@ const (
 	Pending = "pending"
 	// Skipped: by tag, of a registry regnorm does not mirror, of an
 	// upstream with forwarded credentials, with no containerd version of
-	// the fleet known, past MaxImages, while the
-	// webhook was busy, or (dry run) without a recorded variant.
+	// the fleet known, past MaxImages, while the webhook was busy making
+	// variants, or (dry run) without a recorded variant.
 	Skipped = "skipped"
 	// Failed: reading the image or making its variant failed.
 	Failed = "error"
