@@ -137,7 +137,7 @@ func pushIndex(t *testing.T, h *harness, repo, tag string, children ...[]byte) (
 }
 
 // TestWebhookPinsWhatANestedIndexNames: the engine makes the variant of an
-// index that lists an index (maxIndexDepth 2), and the webhook writes it
+// index that lists an index (normalize.MaxIndexDepth, 2), and the webhook writes it
 // into the Pod; but it pins only the blobs of the variant's own children,
 // and an index child has none: the made config and layers of the
 // platform manifests below it are evicted like any unpinned blob, though

@@ -34,7 +34,8 @@ echo "== fuzzing (each target for REGNORM_FUZZTIME, default 20s)"
 fuzzlog=$(mktemp)
 trap 'rm -f "$fuzzlog"' EXIT
 for target in rewrite:FuzzNormalizeManifest rewrite:FuzzNormalizeIndex rewrite:FuzzRewriteConfig \
-  rewrite:FuzzJSONDoc rewrite:FuzzRepackLayer proxy:FuzzRequestPath internal/mediatype:FuzzOf; do
+  rewrite:FuzzJSONDoc rewrite:FuzzRepackLayer proxy:FuzzRequestPath internal/mediatype:FuzzOf \
+  internal/cosign:FuzzVerifyBundle internal/cosign:FuzzVerifySimpleSigning; do
   name=${target#*:} pkg=./${target%%:*}
   if ! go test -run '^$' -fuzz "^$name\$" -fuzztime "${REGNORM_FUZZTIME:-20s}" "$pkg" 2>&1 | tee "$fuzzlog"; then
     if grep -q 'Failing input written' "$fuzzlog" || ! grep -q '^    context deadline exceeded$' "$fuzzlog"; then

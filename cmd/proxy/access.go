@@ -133,9 +133,13 @@ func newCertReloader(certFile, keyFile string, now func() time.Time, log *slog.L
 	return c, nil
 }
 
-func (c *certReloader) fileStamp() (string, error) {
+func (c *certReloader) fileStamp() (string, error) { return fileStamp(c.certFile, c.keyFile) }
+
+// fileStamp is the files' sizes and modification times: what tells a
+// reloader that a file changed.
+func fileStamp(paths ...string) (string, error) {
 	var parts []string
-	for _, p := range []string{c.certFile, c.keyFile} {
+	for _, p := range paths {
 		fi, err := os.Stat(p)
 		if err != nil {
 			return "", err

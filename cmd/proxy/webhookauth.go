@@ -64,14 +64,6 @@ func clientCAPool(path string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-func fileStamp(path string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", err
-	}
-	return fmt.Sprint(fi.Size(), fi.ModTime().UnixNano()), nil
-}
-
 // current is the CA pool, read again when the file changed.
 func (w *webhookCallers) current() *x509.CertPool {
 	w.mu.Lock()

@@ -183,7 +183,7 @@ func VerifyBundle(ctx context.Context, bundleJSON []byte, key crypto.PublicKey, 
 	for _, s := range env.GetSignatures() {
 		e.Signatures = append(e.Signatures, ssldsse.Signature{KeyID: s.GetKeyid(), Sig: base64.StdEncoding.EncodeToString(s.GetSig())})
 	}
-	statement, err := VerifyEnvelope(ctx, &e, key)
+	statement, err := verifyEnvelope(ctx, &e, key)
 	if err != nil {
 		return nil, err
 	}
@@ -202,10 +202,10 @@ func VerifyBundle(ctx context.Context, bundleJSON []byte, key crypto.PublicKey, 
 	return statement, nil
 }
 
-// VerifyEnvelope checks that env is signed by key (secure-systems-lab's
+// verifyEnvelope checks that env is signed by key (secure-systems-lab's
 // DSSE over sigstore's verifier: the signature is over the envelope's
 // pre-authentication encoding) and returns its payload.
-func VerifyEnvelope(ctx context.Context, env *ssldsse.Envelope, key crypto.PublicKey) ([]byte, error) {
+func verifyEnvelope(ctx context.Context, env *ssldsse.Envelope, key crypto.PublicKey) ([]byte, error) {
 	v, err := verifier(key)
 	if err != nil {
 		return nil, err

@@ -62,9 +62,10 @@ func (f *Download) Also(r Remote) {
 	}
 }
 
-// verified returns the remotes to tell OnSent of besides the one that
-// started the download; Also is too late from then on.
-func (f *Download) verified() []Remote {
+// takeAlso returns the remotes to tell OnSent of besides the one that
+// started the download, once its bytes verified; Also is too late from
+// then on.
+func (f *Download) takeAlso() []Remote {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sent = true

@@ -345,7 +345,7 @@ func (fs *Fetcher) download(ctx context.Context, f *Download, r Remote) error {
 		// Before the blob is published: whoever finds it in the cache
 		// finds what the upstream's bytes proved, too.
 		fs.opts.OnSent(ctx, r, f.dgst)
-		for _, also := range f.verified() {
+		for _, also := range f.takeAlso() {
 			fs.opts.OnSent(ctx, also, f.dgst)
 		}
 	}

@@ -72,7 +72,7 @@ func (s *Service) holds(ctx context.Context, upstream, repo string, dgst digest.
 }
 
 // learn records that upstream/repo holds dgst: only once the upstream has
-// sent its bytes (sent), or for what regnorm made from them. A link that
+// sent its bytes (hasSent), or for what regnorm made from them. A link that
 // fails to be written costs a HEAD upstream later, nothing more: it is
 // logged, not returned.
 func (s *Service) learn(ctx context.Context, upstream, repo string, dgst digest.Digest) {
@@ -91,8 +91,8 @@ func (s *Service) learn(ctx context.Context, upstream, repo string, dgst digest.
 // no repository has an empty name.
 func sentKey(upstream string, dgst digest.Digest) string { return linkKey(upstream, "", dgst) }
 
-// sent reports whether upstream has sent bytes that verified against dgst.
-func (s *Service) sent(ctx context.Context, upstream string, dgst digest.Digest) (bool, error) {
+// hasSent reports whether upstream has sent bytes that verified against dgst.
+func (s *Service) hasSent(ctx context.Context, upstream string, dgst digest.Digest) (bool, error) {
 	key := sentKey(upstream, dgst)
 	if s.links.Contains(key) {
 		return true, nil
@@ -121,7 +121,7 @@ func (s *Service) markSent(ctx context.Context, upstream, repo string, dgst dige
 // before. A cache that does not answer says no: the download costs
 // bandwidth, nothing more.
 func (s *Service) SentBy(ctx context.Context, r blobfetch.Remote, dgst digest.Digest) bool {
-	ok, err := s.sent(ctx, r.Upstream(), dgst)
+	ok, err := s.hasSent(ctx, r.Upstream(), dgst)
 	return ok && err == nil
 }
 
@@ -307,7 +307,7 @@ func (r *Repository) askHead(ctx context.Context, o, sub object) (object, error)
 // upstreams that do not trust one another.
 func (r *Repository) prove(ctx context.Context, o object) error {
 	up := r.remote.Upstream()
-	if ok, err := r.s.sent(ctx, up, o.dgst); err != nil {
+	if ok, err := r.s.hasSent(ctx, up, o.dgst); err != nil {
 		return storageFailed(err)
 	} else if ok {
 		return nil

@@ -179,7 +179,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 				return nil, err
 			}
 			asked = true
-			switch ok, err := s.sent(ctx, r.remote.Upstream(), dgst); {
+			switch ok, err := s.hasSent(ctx, r.remote.Upstream(), dgst); {
 			case err != nil:
 				return nil, storageFailed(err)
 			case ok:

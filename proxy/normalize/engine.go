@@ -37,8 +37,6 @@ const MaxIndexDepth = 2
 const (
 	// maxConfigSize caps a config blob read into memory for normalization.
 	maxConfigSize = 8 << 20
-	// maxIndexDepth: an index may list indexes; deeper nesting is served as is.
-	maxIndexDepth = MaxIndexDepth
 	// childFetches is how many children of an index are fetched at once.
 	childFetches = 4
 	// layerFetches is how many layers of one image are fetched and scanned at once.
@@ -295,7 +293,7 @@ func applicableToIndex(m cache.Manifest, rules ruleset.Set) ruleset.Set {
 func MayNeed(m cache.Manifest, rules ruleset.Set) bool { return mayNeed(m, rules, 0) }
 
 func mayNeed(m cache.Manifest, rules ruleset.Set, depth int) bool {
-	if rewrite.IsIndex(m.MediaType) && depth >= maxIndexDepth {
+	if rewrite.IsIndex(m.MediaType) && depth >= MaxIndexDepth {
 		return false
 	}
 	return !Applicable(m, rules).Empty()

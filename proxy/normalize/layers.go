@@ -229,14 +229,6 @@ func (u *untouchedLayers) notes(layers []ocispec.Descriptor) []cache.Change {
 	return out
 }
 
-// layerVerdict scans one layer once, however many images and requests
-// want it; again only when it was left untouched for a limit that has been
-// raised since, or when the verdict's scan did not count GNU sparse
-// entries and either sparse says the sparse rule asks (a verdict recorded
-// before that rule is not a layer without them) or the verdict holds a
-// symlink repackaging (which wrote such entries as broken 'S' headers, and
-// which this version, rebuilding it after an eviction, would not make
-// again byte for byte).
 // layerRecord is the verdict recorded of layer dgst, for a client that may
 // read the layer here (Source.Admit): the record holds what the layer's
 // bytes say (its entries, its diff ID, its compression, what was made of
@@ -254,6 +246,14 @@ func (e *Engine) layerRecord(ctx context.Context, src Source, dgst digest.Digest
 	return v, nil
 }
 
+// layerVerdict scans one layer once, however many images and requests
+// want it; again only when it was left untouched for a limit that has been
+// raised since, or when the verdict's scan did not count GNU sparse
+// entries and either sparse says the sparse rule asks (a verdict recorded
+// before that rule is not a layer without them) or the verdict holds a
+// symlink repackaging (which wrote such entries as broken 'S' headers, and
+// which this version, rebuilding it after an eviction, would not make
+// again byte for byte).
 func (e *Engine) layerVerdict(ctx context.Context, src Source, dgst digest.Digest, sparse bool) (cache.LayerVerdict, error) {
 	old, err := e.layerRecord(ctx, src, dgst)
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {

@@ -74,8 +74,8 @@ const (
 	Pending = "pending"
 	// Skipped: by tag, of a registry regnorm does not mirror, of an
 	// upstream with forwarded credentials, with no containerd version of
-	// the fleet known, past MaxImages, while the
-	// webhook was busy, or (dry run) without a recorded variant.
+	// the fleet known, past MaxImages, while the webhook was busy making
+	// variants, or (dry run) without a recorded variant.
 	Skipped = "skipped"
 	// Failed: reading the image or making its variant failed.
 	Failed = "error"
@@ -94,7 +94,11 @@ type Repository interface {
 	// without reading upstream, making or writing anything: a dry run's
 	// answer, and every answer whose variant is there already.
 	Recorded(ctx context.Context, dgst digest.Digest, rules ruleset.Set) (mirror.Recorded, bool, error)
+	// Manifest is the original by digest, read (from the cache, or the
+	// upstream) as any pull is.
 	Manifest(ctx context.Context, ref string, accept []string) (mirror.Manifest, error)
+	// Variant makes m's variant under rules, waiting at most wait
+	// (mirror.ErrNotReady past it: the work goes on).
 	Variant(ctx context.Context, m cache.Manifest, rules ruleset.Set, wait time.Duration) (normalize.Result, error)
 	// Blobs are the blobs a variant names (for an index, its cached
 	// children's, nested ones too), bounded: what is pinned.
@@ -130,7 +134,8 @@ type Options struct {
 	// one process saw: the same Pod gets the same answer from each. None:
 	// images are skipped.
 	RuleSets func(ctx context.Context) ([]ruleset.Set, error)
-	Pins     Pinner
+	// Pins keeps the blobs of the variants written into Pods (the cache).
+	Pins Pinner
 	// Timeout is how long one admission may take to make variants, all
 	// its images together. Default DefaultTimeout; at most MaxTimeout.
 	Timeout time.Duration
