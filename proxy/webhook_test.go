@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -396,6 +397,42 @@ func TestWebhookPendingVariant(t *testing.T) {
 		t.Fatalf("a later Pod: patch %s, image %q", resp.Patch, patched.Spec.Containers[0].Image)
 	}
 	wantResults(t, h, map[string]float64{webhook.Pending: 1, webhook.Replaced: 1})
+}
+
+// TestWebhookOutOfTime: images of one admission are worked on four at a
+// time; an image whose turn comes once webhook.timeout is spent (four cold
+// images before it, each waiting its variant to the end) is left as written
+// with a warning that says so, not counted an error.
+func TestWebhookOutOfTime(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	wh := fleetWebhook()
+	wh.Timeout = 10 * time.Second
+	h := newHarness(t, harnessOptions{webhook: wh, clock: clk})
+	var images []string
+	for i := range 5 {
+		repo := fmt.Sprintf("team/app%d", i)
+		img := h.push(t, repo, "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+		images = append(images, repo+"@"+img.ManifestDigest.String())
+	}
+	unblock := h.holdBlobs(t)
+	defer unblock()
+
+	answers := make(chan *admissionv1.AdmissionResponse, 1)
+	go func() {
+		resp, _ := h.review(t, newPod(images, nil, nil), reviewOpts{})
+		answers <- resp
+	}()
+	waitFor(t, "four images to wait for their variants", func() bool { return clk.Waiting() == 4 })
+	clk.Advance(10 * time.Second)
+	resp := <-answers
+	if resp.Patch != nil {
+		t.Fatalf("past the timeout: patch %s", resp.Patch)
+	}
+	if !slices.ContainsFunc(resp.Warnings, func(w string) bool { return strings.Contains(w, "webhook.timeout") }) {
+		t.Errorf("warnings %q: none says the admission's time was spent", resp.Warnings)
+	}
+	wantResults(t, h, map[string]float64{webhook.Pending: 4, webhook.Skipped: 1})
 }
 
 // TestWebhookDryRun: a dry run starts no work (nothing is asked upstream,

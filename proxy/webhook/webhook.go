@@ -378,6 +378,10 @@ const noFleet = "regnorm knows no containerd version of the fleet (webhook.clien
 // admissions are making variants.
 const busy = "regnorm is busy making variants for other admissions: images whose variant is not made yet are left as written"
 
+// outOfTime is the note of an image skipped because the admission's time
+// (webhook.timeout) was spent on its other images before its turn.
+const outOfTime = "regnorm's time for this admission (webhook.timeout) was spent before some images' turn: they are left as written"
+
 // admission is what the images of one admission share.
 type admission struct {
 	rules    ruleset.Set
@@ -493,10 +497,17 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 	case !a.mayMake(w):
 		return outcome{result: Skipped, note: busy}
 	}
-	mctx, cancel := context.WithTimeout(ctx, a.deadline.Sub(w.opts.Now()))
+	left := a.deadline.Sub(w.opts.Now())
+	if left <= 0 {
+		return outcome{result: Skipped, note: outOfTime}
+	}
+	mctx, cancel := context.WithTimeout(ctx, left)
 	m, err := repo.Manifest(mctx, ref.Digest.String(), nil)
 	cancel()
-	if err != nil {
+	switch {
+	case err != nil && errors.Is(mctx.Err(), context.DeadlineExceeded):
+		return outcome{result: Skipped, note: outOfTime}
+	case err != nil:
 		return w.failed(image, err)
 	}
 	wait := max(a.deadline.Sub(w.opts.Now()), time.Millisecond)
