@@ -50,7 +50,7 @@ func originalSignature(ctx context.Context, repo *upstream.Repository, dgst dige
 	if refs.FromTag {
 		where = "tag " + upstream.ReferrersTag(dgst)
 	}
-	read := 0
+	read, bundles := 0, 0 // referrers' manifests, and bundles, read: each at most maxCandidates
 	for _, d := range refs.Manifests {
 		// A registry that lists an artifact by its config's type (the
 		// empty one, as go-containerregistry's does) hides a bundle's
@@ -74,6 +74,10 @@ func originalSignature(ctx context.Context, repo *upstream.Repository, dgst dige
 			if l.MediaType != cosign.MediaTypeBundle {
 				continue
 			}
+			if bundles == maxCandidates {
+				break
+			}
+			bundles++
 			b, err := readBlob(ctx, repo, l)
 			if err != nil {
 				return c, fmt.Errorf("the signature %s of the original: %w", m.Digest, err)
