@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -36,5 +37,34 @@ func TestChartWebhookStaysInsideTheCluster(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestChartWebhookClusterCANeedsCallerNames: values.yaml offers kube-root-ca.crt
+// (the cluster CA, published in every namespace) as webhook.clientCA, and
+// says "set clientNames: that CA signs every node's client certificate
+// too"; but nothing makes the operator do it. Without clientNames regnorm
+// answers any certificate that CA signed for client authentication: every
+// kubelet's (/var/lib/kubelet/pki/kubelet-client-current.pem on each node,
+// so any node or any Pod with a hostPath of it), kubeadm's admin.conf, any
+// CSR approved for kubernetes.io/kube-apiserver-client. Each of them can
+// then have regnorm read images with its upstream credentials, make and
+// pin variants (docs/security.md). With the cluster CA (kube-root-ca.crt
+// by ConfigMap) the chart must refuse to render without webhook.clientNames.
+func TestChartWebhookClusterCANeedsCallerNames(t *testing.T) {
+	t.Parallel()
+	values := `{webhook: {enabled: true, clients: ["2.1"], clientCA: {configMapName: kube-root-ca.crt}}}`
+	objs, err := renderErr(t, values)
+	if err == nil {
+		for _, o := range objs {
+			if o.GetKind() == "ConfigMap" && o.GetName() == "regnorm" {
+				cfg, _, _ := unstructured.NestedString(o.Object, "data", "regnorm.yaml")
+				t.Errorf("%s rendered; regnorm answers every certificate the cluster CA signed:\n%s", values, cfg)
+			}
+		}
+		return
+	}
+	if !strings.Contains(err.Error(), "webhook.clientNames") {
+		t.Errorf("%s: got %v, want an error naming webhook.clientNames", values, err)
 	}
 }
