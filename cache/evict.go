@@ -295,7 +295,9 @@ func (s *Store) Evict(ctx context.Context, policy EvictionPolicy, now time.Time)
 // time) into those the pins keep and those past maxBytes: the most
 // recently pinned first, each kept while the kept sizes add up to at most
 // maxBytes, and every one pinned before the first that does not fit given
-// up too, so that the pins renewed longest ago give way first. Equal pin
+// up too, so that the pins renewed longest ago give way first; a blob
+// larger than maxBytes alone gives way alone (it could never fit, and must
+// not take older pins with it). Equal pin
 // times go by digest, so that every replica keeps the same. Retained blobs
 // are kept anyway and count for nothing here. maxBytes 0 keeps them all.
 func keptPins(entries []blobEntry, pinnedAt map[digest.Digest]time.Time, retained map[digest.Digest]bool, maxBytes int64) (kept, over map[digest.Digest]bool) {
@@ -315,6 +317,12 @@ func keptPins(entries []blobEntry, pinnedAt map[digest.Digest]time.Time, retaine
 	var total int64
 	full := false
 	for _, p := range pins {
+		if maxBytes > 0 && p.size > maxBytes {
+			// It can never fit: it gives way alone, and takes no other
+			// pin with it.
+			over[p.dgst] = true
+			continue
+		}
 		if !full && (maxBytes <= 0 || total+p.size <= maxBytes) {
 			kept[p.dgst] = true
 			total += p.size

@@ -141,7 +141,7 @@ networkPolicy: {enabled: true}`,
 webhook: {enabled: true, clients: ["2.1"], clientCA: {configMapName: kube-root-ca.crt}, clientNames: [kube-apiserver-kubelet-client]}
 cache: {maxSize: 40GiB, maxPinnedSize: 10GiB}`,
 	"admission webhook, the client CA in a Secret": `
-webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: apiserver-client-ca, key: ca.pem}}`,
+webhook: {enabled: true, clients: ["2.1"], clientCA: {secretName: apiserver-client-ca, key: ca.pem}, clientNames: [kube-apiserver]}`,
 	"admission webhook with cert-manager": `
 webhook: {enabled: true, clients: ["1.6.8"], certManager: {enabled: true}}`,
 	"admission webhook with cert-manager and a ClusterIssuer": `

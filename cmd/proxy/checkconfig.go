@@ -42,6 +42,11 @@ func configWarnings(cfg Config) []string {
 			"that reaches it: it has regnorm read images with its upstream credentials, make and pin their variants, and tells their digests. "+
 			"Set webhook.clientCAFile (the API server's client certificate), or let a NetworkPolicy admit only the API server to that port (docs/security.md)")
 	}
+	if cfg.Webhook.ClientCAFile != "" && len(cfg.Webhook.ClientNames) == 0 {
+		ws = append(ws, "webhook.clientCAFile without webhook.clientNames: the webhook answers any client certificate that CA signed, "+
+			"and the CA that signed the API server's usually signs others too (a kubeadm cluster's signs every kubelet's). "+
+			"Set webhook.clientNames to the API server's certificate names")
+	}
 	return ws
 }
 

@@ -171,12 +171,14 @@ func TestWebhookWithoutCallerAuthenticationWarns(t *testing.T) {
 	for _, tc := range []struct {
 		name, yaml string
 		warns      bool
+		namesWarn  bool // the client CA answers any certificate it signed
 		wantErr    string
 	}{
-		{"client auth, webhook open to anyone", auth + webhook, true, ""},
-		{"client auth, webhook asks a client certificate", auth + webhook + "  clientCAFile: " + caFile + "\n", false, ""},
-		{"no client auth", webhook, false, ""},
-		{"a client CA file without a certificate", webhook + "  clientCAFile: " + junk + "\n", false, "webhook.clientCAFile"},
+		{"client auth, webhook open to anyone", auth + webhook, true, false, ""},
+		{"client auth, webhook asks a client certificate", auth + webhook + "  clientCAFile: " + caFile + "\n", false, true, ""},
+		{"client auth, webhook asks the API server's certificate", auth + webhook + "  clientCAFile: " + caFile + "\n  clientNames: [kube-apiserver]\n", false, false, ""},
+		{"no client auth", webhook, false, false, ""},
+		{"a client CA file without a certificate", webhook + "  clientCAFile: " + junk + "\n", false, false, "webhook.clientCAFile"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -195,6 +197,9 @@ func TestWebhookWithoutCallerAuthenticationWarns(t *testing.T) {
 			}
 			if got := strings.Contains(out.String(), "# warning: auth makes the registry port ask clients for credentials, but the admission webhook"); got != tc.warns {
 				t.Errorf("warned %v, want %v:\n%s", got, tc.warns, out.String())
+			}
+			if got := strings.Contains(out.String(), "# warning: webhook.clientCAFile without webhook.clientNames"); got != tc.namesWarn {
+				t.Errorf("warned of the names %v, want %v:\n%s", got, tc.namesWarn, out.String())
 			}
 		})
 	}
