@@ -191,3 +191,57 @@ func TestWebhookPinsWhatANestedIndexNames(t *testing.T) {
 	}
 	check(digest.Digest(variant), 0)
 }
+
+// TestWebhookOneSlowImageDoesNotHoldEveryMakingSlot: an admission takes a
+// making slot whenever one of its images has no recorded variant, even
+// when that variant is being made already (it only waits for that work,
+// adding none). Anyone who can create Pods in any namespace the webhook
+// watches (even Pods that then fail validation: mutation comes first,
+// nothing is stored) names one slow image (many large layers on
+// docker.io) in four Pods at a time: the four admissions hold all
+// MaxInFlight slots for the whole webhook.timeout, again and again for as
+// long as that one variant takes to make (minutes for a large image).
+// Meanwhile every other tenant's Pod whose variant is not made yet is
+// answered "busy" and skipped, and its variant is not even made in the
+// background, so the next Pod is skipped as well. An admission that waits
+// for work already under way must not keep another image's variant from
+// being made. The clock is the test's; upstream holds only the slow
+// image's layers.
+func TestWebhookOneSlowImageDoesNotHoldEveryMakingSlot(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook(), clock: clk})
+	slow := h.push(t, "mallory/slow", "v1", regtest.ImageOptions{}, motdLayer)
+	victim := h.push(t, "team/app", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	release, unblock := gate(t)
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/mallory/slow/blobs/") {
+			<-release
+		}
+		h.front.relay(w, r)
+	})
+	slowPod := newPod([]string{"mallory/slow@" + slow.ManifestDigest.String()}, nil, nil)
+	done := make(chan struct{}, webhook.MaxInFlight)
+	for range webhook.MaxInFlight {
+		go func() {
+			h.review(t, slowPod, reviewOpts{})
+			done <- struct{}{}
+		}()
+	}
+	waitFor(t, "the slow image's admissions to wait for its variant", func() bool { return clk.Waiting() == webhook.MaxInFlight })
+	victimPod := newPod([]string{"team/app@" + victim.ManifestDigest.String()}, nil, nil)
+	resp, patched := h.review(t, victimPod, reviewOpts{})
+	made := 2.0 // the slow variant, and the victim's
+	if resp.Patch == nil || patched.Spec.Containers[0].Image == victimPod.Spec.Containers[0].Image {
+		t.Errorf("another tenant's Pod, while four admissions wait on one slow variant: patch %s, warnings %q", resp.Patch, resp.Warnings)
+		made = 1
+	}
+	clk.Advance(webhook.DefaultTimeout)
+	for range webhook.MaxInFlight {
+		<-done
+	}
+	unblock()
+	waitFor(t, "the slow variant to be made in the background", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", "") == made
+	})
+}
