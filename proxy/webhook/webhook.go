@@ -160,6 +160,8 @@ type Webhook struct {
 	making  chan struct{}                        // making slots: admissions making variants (MaxInFlight)
 	reading chan struct{}                        // reading slots: bodies being read and decoded (MaxInFlight)
 	pinned  *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	pins    *pinner                              // the pins being written, in the background
+	stop    context.CancelFunc                   // ends the pinning (Run)
 }
 
 // New builds a Webhook.
@@ -187,7 +189,19 @@ func New(opts Options) (*Webhook, error) {
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	return &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
+	w := &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: make(chan struct{}, MaxInFlight), pinned: pinned}
+	ctx, stop := context.WithCancel(context.Background())
+	w.pins, w.stop = newPinner(ctx, w.pinBlobs), stop
+	return w, nil
+}
+
+// Run holds the webhook's background work, the pins it writes past an
+// admission's deadline, until ctx ends; then it stops that work and
+// returns once it has. Without Run, that work ends with the process.
+func (w *Webhook) Run(ctx context.Context) {
+	<-ctx.Done()
+	w.stop()
+	w.pins.wg.Wait()
 }
 
 // Handler serves POST /mutate and GET /healthz, and nothing else: the
@@ -390,7 +404,36 @@ type admission struct {
 	dryRun   bool
 
 	mu           sync.Mutex
-	tried, maker bool // whether a making slot was asked for, and got
+	tried, maker bool      // whether a making slot was asked for, and got
+	pins         []*pinJob // the pins of the variants the answer names
+}
+
+// pin has the blobs of variant pinned (Webhook.pin), and the answer wait
+// for them within the admission's deadline (wait).
+func (a *admission) pin(w *Webhook, repo Repository, variant cache.Manifest) {
+	if j := w.pin(repo, variant); j != nil {
+		a.mu.Lock()
+		a.pins = append(a.pins, j)
+		a.mu.Unlock()
+	}
+}
+
+// wait waits for the admission's pins until its deadline (or ctx's end):
+// those not written by then are written in the background, and the
+// answer goes on without them.
+func (a *admission) wait(ctx context.Context, w *Webhook) {
+	if len(a.pins) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.deadline.Sub(w.opts.Now()))
+	defer cancel()
+	for _, j := range a.pins {
+		select {
+		case <-j.done:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // mayMake reports whether the admission may make variants: it takes one of
@@ -449,6 +492,7 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 		})
 	}
 	g.Wait()
+	a.wait(ctx, w)
 	return outcomes
 }
 
@@ -490,7 +534,7 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 	case err != nil:
 		return w.failed(image, err)
 	case ok:
-		return w.answer(ctx, repo, rec, a.dryRun)
+		return w.answer(repo, rec, a)
 	case a.dryRun:
 		// Nothing is read upstream or made.
 		return outcome{result: Skipped}
@@ -520,7 +564,7 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 	case !n.Changed():
 		return outcome{result: Clean}
 	}
-	w.pin(ctx, repo, n.Manifest)
+	a.pin(w, repo, n.Manifest)
 	return outcome{result: Replaced, variant: n.Verdict.Normalized}
 }
 
@@ -528,9 +572,9 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 // it, or kept when the rules leave it or it names a variant already (this
 // webhook's output, reviewed again). A variant a Pod is to name is pinned,
 // but by a dry run.
-func (w *Webhook) answer(ctx context.Context, repo Repository, rec mirror.Recorded, dryRun bool) outcome {
-	if !dryRun && rec.Variant.Digest != "" {
-		w.pin(ctx, repo, rec.Variant)
+func (w *Webhook) answer(repo Repository, rec mirror.Recorded, a *admission) outcome {
+	if !a.dryRun && rec.Variant.Digest != "" {
+		a.pin(w, repo, rec.Variant)
 	}
 	if rec.Made || rec.Variant.Digest == "" {
 		return outcome{result: Clean}
@@ -543,25 +587,20 @@ func (w *Webhook) failed(image string, err error) outcome {
 	return outcome{result: Failed}
 }
 
-// pin keeps the blobs variant names (Repository.Blobs: for an index,
-// those of its cached children, however deep the engine made them) from
-// eviction for PinFor, at most once every PinFor/24 per variant. A pin
-// that fails is logged: the Pod is admitted all the same.
-func (w *Webhook) pin(ctx context.Context, repo Repository, variant cache.Manifest) {
-	now := w.opts.Now()
-	if at, ok := w.pinned.Get(variant.Digest); ok && now.Sub(at) < w.opts.PinFor/24 {
-		return
+// pin has the blobs variant names (Repository.Blobs: for an index, those
+// of its cached children, however deep the engine made them) kept from
+// eviction for PinFor, at most once every PinFor/24 per variant: the job
+// that writes the pins, in the background (pinner), or nil when there is
+// none to wait for. A pin that fails, or finds the queue full, is logged:
+// the Pod is admitted all the same, and the next admission that names the
+// variant tries again.
+func (w *Webhook) pin(repo Repository, variant cache.Manifest) *pinJob {
+	if at, ok := w.pinned.Get(variant.Digest); ok && w.opts.Now().Sub(at) < w.opts.PinFor/24 {
+		return nil
 	}
-	blobs, err := repo.Blobs(ctx, variant)
-	if err != nil {
-		w.opts.Log.Warn("admission: reading a variant to pin it failed", "digest", variant.Digest, "error", err)
-		return
+	j := w.pins.add(repo, variant)
+	if j == nil {
+		w.opts.Log.Warn("admission: too many variants are waiting to be pinned: this one is not, this time", "digest", variant.Digest)
 	}
-	for _, dgst := range blobs {
-		if err := w.opts.Pins.Pin(context.WithoutCancel(ctx), dgst); err != nil {
-			w.opts.Log.Warn("admission: pinning a variant's blob failed", "variant", variant.Digest, "blob", dgst, "error", err)
-			return
-		}
-	}
-	w.pinned.Add(variant.Digest, now)
+	return j
 }
