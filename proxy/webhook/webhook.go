@@ -16,6 +16,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/imageref"
@@ -41,10 +42,15 @@ const (
 	// imageConcurrency is how many images of one admission are worked on
 	// at once.
 	imageConcurrency = 4
+	// MaxReading bounds the bytes of the bodies being read and decoded at
+	// once, all together: a body holds what it has sent (its buffer, in
+	// steps that at most double it), and then as much again while its
+	// objects are decoded. A request that finds no room is answered 503.
+	MaxReading = 16 << 20
 	// ReadTimeout bounds the reading of a review, headers and body, on the
-	// webhook's listener: the API server sends it at once, and a body
-	// being read holds one of MaxInFlight reading slots.
-	ReadTimeout = 10 * time.Second
+	// webhook's listener: the API server sends it at once, and a stalled
+	// body holds what it sent of MaxReading until then.
+	ReadTimeout = 5 * time.Second
 	// MaxTimeout bounds the webhook's time budget: the API server waits
 	// at most 30 s for a webhook.
 	MaxTimeout = 25 * time.Second
@@ -158,7 +164,7 @@ type Options struct {
 type Webhook struct {
 	opts    Options
 	making  chan struct{}                        // making slots: admissions making variants (MaxInFlight)
-	reading chan struct{}                        // reading slots: bodies being read and decoded (MaxInFlight)
+	reading *semaphore.Weighted                  // bytes of the bodies being read and decoded (MaxReading)
 	pinned  *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
 	pins    *pinner                              // the pins being written, in the background
 	stop    context.CancelFunc                   // ends the pinning (Run)
@@ -189,7 +195,7 @@ func New(opts Options) (*Webhook, error) {
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	w := &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: make(chan struct{}, MaxInFlight), pinned: pinned}
+	w := &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: semaphore.NewWeighted(MaxReading), pinned: pinned}
 	ctx, stop := context.WithCancel(context.Background())
 	w.pins, w.stop = newPinner(ctx, w.pinBlobs), stop
 	return w, nil
@@ -217,26 +223,23 @@ func (w *Webhook) Handler() http.Handler {
 // no AdmissionReview is a plain 413 or 400 (the API server then applies
 // the failure policy, Ignore); every review gets allowed: true.
 //
-// At most MaxInFlight bodies are read and decoded at once: a request past
-// them is answered 503 at once, before its body is read. It cannot be
-// answered allowed: the review's uid, which the answer must carry, is in
-// the body. The API server takes 503 as the webhook failing and applies
-// the failure policy, Ignore: the Pod is admitted as written (and the API
-// server logs the failure), as when the webhook is busy making variants.
-// What an admission holds past its body is the Pod's images and
-// annotations, decoded.
+// The bodies being read and decoded hold at most MaxReading bytes
+// together, counted as they arrive: a request that finds no room for its
+// next bytes is answered 503 at once. It cannot be answered allowed: the
+// review's uid, which the answer must carry, is in the body. The API
+// server takes 503 as the webhook failing and applies the failure policy,
+// Ignore: the Pod is admitted as written (and the API server logs the
+// failure), as when the webhook is busy making variants. A body that
+// stalls holds what it sent, until the listener's ReadTimeout. What an
+// admission holds past its body is the Pod's images and annotations,
+// decoded.
 func (w *Webhook) serveMutate(rw http.ResponseWriter, r *http.Request) {
 	start := w.opts.Now()
 	defer func() { w.opts.Metrics.Seconds.Observe(w.opts.Now().Sub(start).Seconds()) }()
-	select {
-	case w.reading <- struct{}{}:
-	default:
+	rv, status, msg := w.read(r)
+	if status == http.StatusServiceUnavailable {
 		rw.Header().Set("Retry-After", "1")
-		http.Error(rw, "regnorm's webhook is reading as many reviews as it takes at once", http.StatusServiceUnavailable)
-		return
 	}
-	rv, status, msg := w.read(rw, r)
-	<-w.reading
 	if status != http.StatusOK {
 		http.Error(rw, msg, status)
 		return
@@ -260,16 +263,65 @@ type reviewed struct {
 	old *pod
 }
 
-// read reads and decodes r's review: the status to answer, and its
-// message, unless it is 200.
-func (w *Webhook) read(rw http.ResponseWriter, r *http.Request) (reviewed, int, string) {
-	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, MaxBody))
-	if err != nil {
-		if errors.As(err, new(*http.MaxBytesError)) {
-			return reviewed{}, http.StatusRequestEntityTooLarge, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody)
-		}
+// errNoRoom is a body's read past MaxReading, all bodies together.
+var errNoRoom = errors.New("no room for another body")
+
+// read reads and decodes r's review, within MaxReading: the status to
+// answer, and its message, unless it is 200.
+func (w *Webhook) read(r *http.Request) (reviewed, int, string) {
+	body, held, err := w.readBody(r.Body)
+	defer func() { w.reading.Release(held) }()
+	switch {
+	case errors.Is(err, errNoRoom):
+		return reviewed{}, http.StatusServiceUnavailable, "regnorm's webhook is reading as many reviews as it takes at once"
+	case errors.As(err, new(*http.MaxBytesError)):
+		return reviewed{}, http.StatusRequestEntityTooLarge, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody)
+	case err != nil:
 		return reviewed{}, http.StatusBadRequest, "reading the body failed"
 	}
+	// Decoding copies the objects out of the body: as much again.
+	if !w.reading.TryAcquire(int64(len(body))) {
+		return reviewed{}, http.StatusServiceUnavailable, "regnorm's webhook is reading as many reviews as it takes at once"
+	}
+	held += int64(len(body))
+	return w.decode(body)
+}
+
+// readBody reads a body of at most MaxBody bytes, taking room for them
+// from MaxReading as they arrive (its buffer grows in steps that at most
+// double it): held is what it took, to give back once the body is done
+// with, also on an error.
+func (w *Webhook) readBody(r io.Reader) (body []byte, held int64, err error) {
+	const firstStep = 4 << 10
+	for {
+		if len(body) == cap(body) {
+			if len(body) > MaxBody {
+				return nil, held, &http.MaxBytesError{Limit: MaxBody}
+			}
+			grown := min(max(2*cap(body), firstStep), MaxBody+1)
+			step := int64(grown - cap(body))
+			if !w.reading.TryAcquire(step) {
+				return nil, held, errNoRoom
+			}
+			held += step
+			body = append(make([]byte, 0, grown), body...)
+		}
+		n, err := r.Read(body[len(body):cap(body)])
+		body = body[:len(body)+n]
+		switch {
+		case errors.Is(err, io.EOF):
+			if len(body) > MaxBody {
+				return nil, held, &http.MaxBytesError{Limit: MaxBody}
+			}
+			return body, held, nil
+		case err != nil:
+			return nil, held, err
+		}
+	}
+}
+
+// decode decodes a review's body.
+func (w *Webhook) decode(body []byte) (reviewed, int, string) {
 	var review admissionReview
 	if err := json.Unmarshal(body, &review); err != nil || review.APIVersion != reviewAPIVersion || review.Kind != reviewKind ||
 		review.Request == nil || review.Request.UID == "" {
