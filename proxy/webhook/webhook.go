@@ -35,10 +35,17 @@ const (
 	// MaxImages is how many images of one Pod are looked at; the rest are
 	// left as written (skipped).
 	MaxImages = 256
-	// MaxInFlight is how many admissions make variants at once; in one
-	// past it, the images whose variant is not recorded are left as
-	// written at once (those whose variant is are answered all the same).
+	// MaxInFlight is how many variants admissions wait for at once (the
+	// making slots): an image whose variant is being made for another
+	// admission waits for that work and takes no slot of its own. Past
+	// them, the variant is made in the background (MaxBackground) and
+	// the image is left as written (pending); those whose variant is
+	// recorded are answered all the same.
 	MaxInFlight = 4
+	// MaxBackground is how many variants the webhook makes at once that
+	// no admission waits for, started when every making slot is taken;
+	// past it too, the image is left as written at once (skipped, busy).
+	MaxBackground = 4
 	// imageConcurrency is how many images of one admission are worked on
 	// at once.
 	imageConcurrency = 4
@@ -75,13 +82,15 @@ const (
 	// Clean: the variant is the original (or the image names a variant
 	// already); left as written.
 	Clean = "clean"
-	// Pending: the variant was not ready in time; the Pod runs the
-	// original and the variant is made in the background.
+	// Pending: the variant was not ready in time, or every making slot
+	// was taken by other variants; the Pod runs the original and the
+	// variant is made in the background.
 	Pending = "pending"
 	// Skipped: by tag, of a registry regnorm does not mirror, of an
 	// upstream with forwarded credentials, with no containerd version of
-	// the fleet known, past MaxImages, while the webhook was busy making
-	// variants, or (dry run) without a recorded variant.
+	// the fleet known, past MaxImages, while every making slot and every
+	// slot behind them was taken (MaxInFlight, MaxBackground), or (dry
+	// run) without a recorded variant.
 	Skipped = "skipped"
 	// Failed: reading the image or making its variant failed.
 	Failed = "error"
@@ -162,12 +171,16 @@ type Options struct {
 
 // Webhook is the mutating admission webhook.
 type Webhook struct {
-	opts    Options
-	making  chan struct{}                        // making slots: admissions making variants (MaxInFlight)
-	reading *semaphore.Weighted                  // bytes of the bodies being read and decoded (MaxReading)
-	pinned  *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
-	pins    *pinner                              // the pins being written, in the background
-	stop    context.CancelFunc                   // ends the pinning (Run)
+	opts     Options
+	mu       sync.Mutex
+	making   map[string]int                       // variants admissions wait for (at most MaxInFlight), by makingKey: the images waiting
+	behind   map[string]struct{}                  // variants made with no admission waiting (at most MaxBackground)
+	reading  *semaphore.Weighted                  // bytes of the bodies being read and decoded (MaxReading)
+	pinned   *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	pins     *pinner                              // the pins being written, in the background
+	ctx      context.Context                      // of the background work: the pins, the variants made behind
+	stop     context.CancelFunc                   // ends the background work (Run)
+	behindWG sync.WaitGroup                       // the variants made behind
 }
 
 // New builds a Webhook.
@@ -195,19 +208,21 @@ func New(opts Options) (*Webhook, error) {
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	w := &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: semaphore.NewWeighted(MaxReading), pinned: pinned}
-	ctx, stop := context.WithCancel(context.Background())
-	w.pins, w.stop = newPinner(ctx, w.pinBlobs), stop
+	w := &Webhook{opts: opts, making: map[string]int{}, behind: map[string]struct{}{}, reading: semaphore.NewWeighted(MaxReading), pinned: pinned}
+	w.ctx, w.stop = context.WithCancel(context.Background())
+	w.pins = newPinner(w.ctx, w.pinBlobs)
 	return w, nil
 }
 
-// Run holds the webhook's background work, the pins it writes past an
-// admission's deadline, until ctx ends; then it stops that work and
-// returns once it has. Without Run, that work ends with the process.
+// Run holds the webhook's background work (the pins it writes past an
+// admission's deadline, the variants it makes with no admission waiting)
+// until ctx ends; then it stops that work and returns once it has.
+// Without Run, that work ends with the process.
 func (w *Webhook) Run(ctx context.Context) {
 	<-ctx.Done()
 	w.stop()
 	w.pins.wg.Wait()
+	w.behindWG.Wait()
 }
 
 // Handler serves POST /mutate and GET /healthz, and nothing else: the
@@ -441,7 +456,8 @@ type outcome struct {
 const noFleet = "regnorm knows no containerd version of the fleet (webhook.clients, or node-config's reports): images left as written"
 
 // busy is the note of an image skipped because MaxInFlight other
-// admissions are making variants.
+// variants are being made for admissions, and MaxBackground more behind
+// them.
 const busy = "regnorm is busy making variants for other admissions: images whose variant is not made yet are left as written"
 
 // outOfTime is the note of an image skipped because the admission's time
@@ -455,9 +471,8 @@ type admission struct {
 	deadline time.Time
 	dryRun   bool
 
-	mu           sync.Mutex
-	tried, maker bool      // whether a making slot was asked for, and got
-	pins         []*pinJob // the pins of the variants the answer names
+	mu   sync.Mutex
+	pins []*pinJob // the pins of the variants the answer names
 }
 
 // pin has the blobs of variant pinned (Webhook.pin), and the answer wait
@@ -488,28 +503,68 @@ func (a *admission) wait(ctx context.Context, w *Webhook) {
 	}
 }
 
-// mayMake reports whether the admission may make variants: it takes one of
-// MaxInFlight making slots the first time it is asked, and never waits
-// for one. An image whose variant is recorded takes none (answer).
-func (a *admission) mayMake(w *Webhook) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.tried {
-		a.tried = true
-		select {
-		case w.making <- struct{}{}:
-			a.maker = true
-		default:
-		}
-	}
-	return a.maker
+// makingKey is what a variant's making is known by: as the engine's work
+// is (the original, the rules, the repository it is read through), so
+// that the admissions that wait for the same work share one slot.
+func makingKey(ref imageref.Image, rules ruleset.Set) string {
+	return ref.Registry + "/" + ref.Repository + "@" + ref.Digest.String() + " " + rules.Key()
 }
 
-// done gives back the admission's making slot, if it took one.
-func (a *admission) done(w *Webhook) {
-	if a.maker {
-		<-w.making
+// take has an image wait for the making of key's variant: it joins the
+// admissions waiting for it already, or takes one of MaxInFlight making
+// slots, never waiting for one. ok is false when every slot is taken by
+// another variant; else give it back with give.
+func (w *Webhook) take(key string) (ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n := w.making[key]; n > 0 || len(w.making) < MaxInFlight {
+		w.making[key] = n + 1
+		return true
 	}
+	return false
+}
+
+func (w *Webhook) give(key string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.making[key]--; w.making[key] == 0 {
+		delete(w.making, key)
+	}
+}
+
+// behindAdmissions makes ref's variant with no admission waiting for it,
+// when every making slot is taken: at most MaxBackground at once, each
+// variant once, within an image's upstream budget, on the webhook's own
+// context (Run). It reports whether the variant is being made so; past
+// MaxBackground it is not.
+func (w *Webhook) behindAdmissions(repo Repository, ref imageref.Image, rules ruleset.Set, key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.behind[key]; ok {
+		return true
+	}
+	if len(w.behind) >= MaxBackground || w.ctx.Err() != nil {
+		return false
+	}
+	w.behind[key] = struct{}{}
+	w.behindWG.Add(1)
+	go func() {
+		defer w.behindWG.Done()
+		defer func() {
+			w.mu.Lock()
+			delete(w.behind, key)
+			w.mu.Unlock()
+		}()
+		ctx := upstream.WithBudget(w.ctx, w.opts.ImageBudget)
+		m, err := repo.Manifest(ctx, ref.Digest.String(), nil)
+		if err == nil {
+			_, err = repo.Variant(ctx, m.Manifest, rules, 0)
+		}
+		if err != nil && w.ctx.Err() == nil {
+			w.opts.Log.Warn("making a variant behind the admissions failed", "repository", ref.Registry+"/"+ref.Repository, "digest", ref.Digest, "error", err)
+		}
+	}()
+	return true
 }
 
 // images works out each distinct image of slots, imageConcurrency at a
@@ -529,7 +584,6 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 		w.opts.Log.Warn("admission: listing the fleet's containerd versions failed", "error", err)
 	}
 	a := &admission{rules: rules, known: known, deadline: w.opts.Now().Add(w.opts.Timeout), dryRun: dryRun}
-	defer a.done(w)
 	ctx = upstream.WithBudget(ctx, w.opts.Budget)
 	var mu sync.Mutex
 	var g errgroup.Group
@@ -590,13 +644,19 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 	case a.dryRun:
 		// Nothing is read upstream or made.
 		return outcome{result: Skipped}
-	case !a.mayMake(w):
-		return outcome{result: Skipped, note: busy}
 	}
 	left := a.deadline.Sub(w.opts.Now())
 	if left <= 0 {
 		return outcome{result: Skipped, note: outOfTime}
 	}
+	key := makingKey(ref, a.rules)
+	if !w.take(key) {
+		if w.behindAdmissions(repo, ref, a.rules, key) {
+			return outcome{result: Pending}
+		}
+		return outcome{result: Skipped, note: busy}
+	}
+	defer w.give(key)
 	mctx, cancel := context.WithTimeout(ctx, left)
 	m, err := repo.Manifest(mctx, ref.Digest.String(), nil)
 	cancel()
