@@ -416,7 +416,6 @@ func TestWebhookOutOfTime(t *testing.T) {
 		images = append(images, repo+"@"+img.ManifestDigest.String())
 	}
 	unblock := h.holdBlobs(t)
-	defer unblock()
 
 	answers := make(chan *admissionv1.AdmissionResponse, 1)
 	go func() {
@@ -433,6 +432,12 @@ func TestWebhookOutOfTime(t *testing.T) {
 		t.Errorf("warnings %q: none says the admission's time was spent", resp.Warnings)
 	}
 	wantResults(t, h, map[string]float64{webhook.Pending: 4, webhook.Skipped: 1})
+	// The four go on in the background: they end before the cache's
+	// directory is removed.
+	unblock()
+	waitFor(t, "the four variants to be made in the background", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == 4
+	})
 }
 
 // TestWebhookDryRun: a dry run starts no work (nothing is asked upstream,
