@@ -220,7 +220,12 @@ func New(opts Options) (*Webhook, error) {
 // Without Run, that work ends with the process.
 func (w *Webhook) Run(ctx context.Context) {
 	<-ctx.Done()
+	// Under the locks that start work: none starts once the waits begin.
+	w.mu.Lock()
+	w.pins.mu.Lock()
 	w.stop()
+	w.pins.mu.Unlock()
+	w.mu.Unlock()
 	w.pins.wg.Wait()
 	w.behindWG.Wait()
 }
