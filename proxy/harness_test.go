@@ -156,6 +156,12 @@ func (h *harness) restart(t testing.TB) {
 		ws := httptest.NewServer(wh)
 		t.Cleanup(ws.Close)
 		h.webhookURL = ws.URL
+		// Its pins are written beside the admissions: they end before the
+		// cache's directory is removed.
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { srv.RunWebhook(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
 	}
 	if h.opts.premadeQueue > 0 && !h.opts.premadeByTest {
 		ctx, cancel := context.WithCancel(context.Background())

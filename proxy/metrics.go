@@ -163,7 +163,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		webhookImages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regnorm_webhook_images_total",
-			Help: "Images of the Pods the admission webhook reviewed, by result: replaced (written as the fleet's variant), clean (the variant is the original, or the image names a variant already), pending (the variant was not ready within webhook.timeout: made in the background, the Pod runs the original), skipped (by tag, an unmirrored registry, forwarded credentials, no containerd version of the fleet known, past 256 images, no slot to make a variant in, its turn after webhook.timeout was spent, or a dry run without a recorded variant), error.",
+			Help: "Images of the Pods the admission webhook reviewed, by result: replaced (written as the fleet's variant), clean (the variant is the original, or the image names a variant already), pending (the variant was not ready within webhook.timeout, or every making slot was taken by other variants: made in the background, the Pod runs the original), skipped (by tag, an unmirrored registry, forwarded credentials, no containerd version of the fleet known, past 256 images, no slot to make a variant in nor room to make it in the background, its turn after webhook.timeout was spent, or a dry run without a recorded variant), error.",
 		}, []string{"result"}),
 		webhookSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "regnorm_webhook_admission_seconds",

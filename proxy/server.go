@@ -296,6 +296,15 @@ func (s *Server) WebhookHandler() http.Handler {
 	return s.webhook.Handler()
 }
 
+// RunWebhook holds the admission webhook's background work (the pins it
+// writes past an admission's deadline) until ctx ends, then stops it; it
+// returns at once when the webhook is off.
+func (s *Server) RunWebhook(ctx context.Context) {
+	if s.webhook != nil {
+		s.webhook.Run(ctx)
+	}
+}
+
 // RunPremade makes the pre-made variants until ctx ends (Options.PremadeQueue);
 // it returns at once when they are off.
 func (s *Server) RunPremade(ctx context.Context) {

@@ -191,3 +191,120 @@ func TestWebhookPinsWhatANestedIndexNames(t *testing.T) {
 	}
 	check(digest.Digest(variant), 0)
 }
+
+// TestWebhookOneSlowImageDoesNotHoldEveryMakingSlot: an admission takes a
+// making slot whenever one of its images has no recorded variant, even
+// when that variant is being made already (it only waits for that work,
+// adding none). Anyone who can create Pods in any namespace the webhook
+// watches (even Pods that then fail validation: mutation comes first,
+// nothing is stored) names one slow image (many large layers on
+// docker.io) in four Pods at a time: the four admissions hold all
+// MaxInFlight slots for the whole webhook.timeout, again and again for as
+// long as that one variant takes to make (minutes for a large image).
+// Meanwhile every other tenant's Pod whose variant is not made yet is
+// answered "busy" and skipped, and its variant is not even made in the
+// background, so the next Pod is skipped as well. An admission that waits
+// for work already under way must not keep another image's variant from
+// being made. The clock is the test's; upstream holds only the slow
+// image's layers.
+func TestWebhookOneSlowImageDoesNotHoldEveryMakingSlot(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook(), clock: clk})
+	slow := h.push(t, "mallory/slow", "v1", regtest.ImageOptions{}, motdLayer)
+	victim := h.push(t, "team/app", "v1", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	release, unblock := gate(t)
+	h.front.set(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/mallory/slow/blobs/") {
+			<-release
+		}
+		h.front.relay(w, r)
+	})
+	slowPod := newPod([]string{"mallory/slow@" + slow.ManifestDigest.String()}, nil, nil)
+	done := make(chan struct{}, webhook.MaxInFlight)
+	for range webhook.MaxInFlight {
+		go func() {
+			h.review(t, slowPod, reviewOpts{})
+			done <- struct{}{}
+		}()
+	}
+	waitFor(t, "the slow image's admissions to wait for its variant", func() bool { return clk.Waiting() == webhook.MaxInFlight })
+	victimPod := newPod([]string{"team/app@" + victim.ManifestDigest.String()}, nil, nil)
+	resp, patched := h.review(t, victimPod, reviewOpts{})
+	made := 2.0 // the slow variant, and the victim's
+	if resp.Patch == nil || patched.Spec.Containers[0].Image == victimPod.Spec.Containers[0].Image {
+		t.Errorf("another tenant's Pod, while four admissions wait on one slow variant: patch %s, warnings %q", resp.Patch, resp.Warnings)
+		made = 1
+	}
+	clk.Advance(webhook.DefaultTimeout)
+	for range webhook.MaxInFlight {
+		<-done
+	}
+	unblock()
+	waitFor(t, "the slow variant to be made in the background", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", "") == made
+	})
+}
+
+// TestWebhookPinsAVariantMadeInAnotherRepository: Blobs pins an index
+// variant's children only when they are "cached here", which judge
+// decides by the repository holding each child's original. The same
+// index in a second repository (an image pushed to two repositories, a
+// team's copy of a vendor's image) has its variant recorded already, made
+// from the first (a 1.6.8 node pulled it there by tag: no pin); the
+// second repository holds the index but not yet the children. The
+// webhook writes the variant into the Pod and pins what Blobs names: the
+// index's own blobs, none. Its platform manifests' configs and layers,
+// which no upstream holds, are evicted as any unpinned blob, and the
+// webhook does not try again for PinFor/24 (30 hours by default: the
+// variant is remembered as pinned). Every blob the variant names must be
+// pinned when the Pod is admitted.
+func TestWebhookPinsAVariantMadeInAnotherRepository(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{webhook: fleetWebhook()})
+	var top digest.Digest
+	for _, repo := range []string{"vendor/app", "team/app"} {
+		amd := h.push(t, repo, "amd64", regtest.ImageOptions{}, baseLayer, xattrLayer)
+		arm := h.push(t, repo, "arm64", regtest.ImageOptions{}, baseLayer)
+		_, top = pushIndex(t, h, repo, "v1", amd.Manifest, arm.Manifest)
+	}
+	if r := h.do(t, http.MethodGet, "/v2/vendor/app/manifests/v1", containerdHeader("1.6.8")); r.status != http.StatusOK {
+		t.Fatalf("the 1.6.8 node's pull of vendor/app: %d", r.status)
+	}
+	_, patched := h.review(t, newPod([]string{"team/app@" + top.String()}, nil, nil), reviewOpts{})
+	_, variant, _ := strings.Cut(patched.Spec.Containers[0].Image, "@")
+	if variant == top.String() || variant == "" {
+		t.Fatalf("not replaced: %q", patched.Spec.Containers[0].Image)
+	}
+	if _, err := h.store.Evict(context.Background(), cache.EvictionPolicy{MaxBytes: 1, PinFor: webhook.DefaultPinFor}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	index, err := h.store.GetManifest(context.Background(), "docker.io", "vendor/app", digest.Digest(variant))
+	if err != nil {
+		t.Fatalf("the variant's manifest: %v", err)
+	}
+	var children struct {
+		Manifests []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal(index.Content, &children); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range children.Manifests {
+		m, err := h.store.GetManifest(context.Background(), "docker.io", "vendor/app", c.Digest)
+		if err != nil {
+			t.Fatalf("child %s: %v", c.Digest, err)
+		}
+		var refs struct {
+			Config struct{ Digest digest.Digest }
+			Layers []struct{ Digest digest.Digest }
+		}
+		if err := json.Unmarshal(m.Content, &refs); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range append([]struct{ Digest digest.Digest }{{refs.Config.Digest}}, refs.Layers...) {
+			if _, err := h.store.StatBlob(context.Background(), b.Digest); err != nil {
+				t.Errorf("blob %s of child %s of the variant team/app's Pod names was evicted: %v", b.Digest, c.Digest, err)
+			}
+		}
+	}
+}

@@ -416,7 +416,6 @@ func TestWebhookOutOfTime(t *testing.T) {
 		images = append(images, repo+"@"+img.ManifestDigest.String())
 	}
 	unblock := h.holdBlobs(t)
-	defer unblock()
 
 	answers := make(chan *admissionv1.AdmissionResponse, 1)
 	go func() {
@@ -433,6 +432,12 @@ func TestWebhookOutOfTime(t *testing.T) {
 		t.Errorf("warnings %q: none says the admission's time was spent", resp.Warnings)
 	}
 	wantResults(t, h, map[string]float64{webhook.Pending: 4, webhook.Skipped: 1})
+	// The four go on in the background: they end before the cache's
+	// directory is removed.
+	unblock()
+	waitFor(t, "the four variants to be made in the background", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == 4
+	})
 }
 
 // TestWebhookDryRun: a dry run starts no work (nothing is asked upstream,
@@ -648,40 +653,66 @@ func TestWebhookLeavesVariantsAlone(t *testing.T) {
 	wantResults(t, h, map[string]float64{webhook.Clean: 1})
 }
 
-// TestWebhookBusy: past webhook.MaxInFlight admissions making variants,
-// the next one's image whose variant is not recorded is left as written at
-// once, with a warning (one whose variant is recorded is answered all the
-// same: TestWebhookBusyWithColdImagesStillAnswersReadyOnes). The clock is the
+// TestWebhookBusy: the making slots count variants, not admissions. With
+// webhook.MaxInFlight cold variants waited for, an admission of one of
+// them waits for that work too, taking no slot; one of another image is
+// answered at once, left as written with the "making the variant"
+// warning (pending), and its variant made in the background, up to
+// webhook.MaxBackground of them; past those, an image is left as written
+// at once with the "busy" warning (skipped), and nothing is made for it
+// (one whose variant is recorded is answered all the same:
+// TestWebhookBusyWithColdImagesStillAnswersReadyOnes). The clock is the
 // test's and upstream holds the layers until the test releases them.
 func TestWebhookBusy(t *testing.T) {
 	t.Parallel()
 	clk := newFakeClock()
 	h := newHarness(t, harnessOptions{webhook: fleetWebhook(), clock: clk})
-	broken := h.push(t, "ansible/creator-ee", "v0.5.0", regtest.ImageOptions{}, baseLayer, xattrLayer)
+	var pods []*corev1.Pod
+	for i := range webhook.MaxInFlight + webhook.MaxBackground + 1 {
+		repo := fmt.Sprintf("team/app%d", i)
+		img := h.push(t, repo, "v1", regtest.ImageOptions{Entrypoint: []string{repo}}, baseLayer, xattrLayer)
+		pods = append(pods, newPod([]string{repo + "@" + img.ManifestDigest.String()}, nil, nil))
+	}
 	unblock := h.holdBlobs(t)
-	p := newPod([]string{"ansible/creator-ee@" + broken.ManifestDigest.String()}, nil, nil)
-	done := make(chan *admissionv1.AdmissionResponse, webhook.MaxInFlight)
-	for range webhook.MaxInFlight {
+	waiting, behind, past := pods[:webhook.MaxInFlight], pods[webhook.MaxInFlight:webhook.MaxInFlight+webhook.MaxBackground], pods[len(pods)-1]
+	done := make(chan *admissionv1.AdmissionResponse, len(waiting)+1)
+	for _, p := range waiting {
 		go func() {
 			resp, _ := h.review(t, p, reviewOpts{})
 			done <- resp
 		}()
 	}
-	waitFor(t, "the admissions to wait for their variant", func() bool { return clk.Waiting() == webhook.MaxInFlight })
-	resp, _ := h.review(t, p, reviewOpts{})
-	if resp.Patch != nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "busy") {
-		t.Fatalf("past %d admissions: patch %s, warnings %q", webhook.MaxInFlight, resp.Patch, resp.Warnings)
+	waitFor(t, "the admissions to wait for their variants", func() bool { return clk.Waiting() == webhook.MaxInFlight })
+	go func() {
+		resp, _ := h.review(t, waiting[0], reviewOpts{})
+		done <- resp
+	}()
+	waitFor(t, "a second admission of a variant under way to wait for it, with no slot of its own", func() bool { return clk.Waiting() == webhook.MaxInFlight+1 })
+	for i, p := range behind {
+		resp, _ := h.review(t, p, reviewOpts{})
+		if resp.Patch != nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "making the variant") {
+			t.Fatalf("image %d past %d variants waited for: patch %s, warnings %q; want it made behind them", i, webhook.MaxInFlight, resp.Patch, resp.Warnings)
+		}
 	}
-	wantResults(t, h, map[string]float64{webhook.Skipped: 1})
+	wantResults(t, h, map[string]float64{webhook.Pending: webhook.MaxBackground})
+	resp, _ := h.review(t, past, reviewOpts{})
+	if resp.Patch != nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "busy") {
+		t.Fatalf("past %d variants waited for and %d made behind: patch %s, warnings %q", webhook.MaxInFlight, webhook.MaxBackground, resp.Patch, resp.Warnings)
+	}
+	wantResults(t, h, map[string]float64{webhook.Pending: webhook.MaxBackground, webhook.Skipped: 1})
 	clk.Advance(webhook.DefaultTimeout)
-	for range webhook.MaxInFlight {
+	for range len(waiting) + 1 {
 		<-done
 	}
-	wantResults(t, h, map[string]float64{webhook.Skipped: 1, webhook.Pending: webhook.MaxInFlight})
+	wantResults(t, h, map[string]float64{webhook.Skipped: 1, webhook.Pending: webhook.MaxBackground + webhook.MaxInFlight + 1})
 	unblock()
-	waitFor(t, "the variant to be made in the background", func() bool {
-		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == 1
+	waitFor(t, "the variants to be made in the background", func() bool {
+		return h.metric(t, "regnorm_normalizations_total", `result="normalized"`) == webhook.MaxInFlight+webhook.MaxBackground
 	})
+	// The one skipped was not made: its next admission makes it.
+	if got := h.metric(t, "regnorm_normalizations_total", ""); got != webhook.MaxInFlight+webhook.MaxBackground {
+		t.Errorf("%v normalizations, want %d: the image skipped as busy was made", got, webhook.MaxInFlight+webhook.MaxBackground)
+	}
 }
 
 // TestWebhookBusyWithColdImagesStillAnswersReadyOnes: four admissions

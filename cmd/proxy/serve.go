@@ -120,8 +120,9 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 		log.Info("admission webhook listening", "address", wln.Addr().String(), "clients", cfg.Webhook.Clients, "timeout", cfg.Webhook.Timeout,
 			"client_ca", cfg.Webhook.ClientCAFile != "", "client_names", cfg.Webhook.ClientNames)
 		webhookSrv := newHTTPServer(cfg, mirror.webhook, log)
-		// The API server sends a review at once: a slow body only holds
-		// one of the webhook's few reading slots.
+		// The API server sends a review at once: a slow body holds what it
+		// sent of the webhook's reading room (webhook.MaxReading) until
+		// then.
 		if webhookSrv.ReadTimeout <= 0 || webhookSrv.ReadTimeout > webhook.ReadTimeout {
 			webhookSrv.ReadTimeout = webhook.ReadTimeout
 		}

@@ -197,7 +197,7 @@ func wire(cfg Config, store *cache.Store, upstreams []upstream.Config, clientAut
 	if err != nil {
 		return nil, err
 	}
-	w := &wired{server: srv, webhook: srv.WebhookHandler(), run: append(run, maintainer.Run, nodes.Run, report.Run, srv.RunPremade)}
+	w := &wired{server: srv, webhook: srv.WebhookHandler(), run: append(run, maintainer.Run, nodes.Run, report.Run, srv.RunPremade, srv.RunWebhook)}
 	if peers != nil {
 		w.replicas = srv.ReplicaHandler(peers)
 	}

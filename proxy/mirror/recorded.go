@@ -90,15 +90,24 @@ const (
 	MaxBlobsNamed = 4096
 )
 
-// Blobs are the blobs a client that pulls m here reads from the cache:
-// the config and layers of an image manifest; for an index, those of its
-// children that are cached here (a child no platform read has nothing
-// cached to keep), down to the depth the engine makes variants at
-// (normalize.MaxIndexDepth: an index deeper is the upstream's own).
-// Bounded: MaxChildrenRead children read, MaxBlobsNamed blobs. A document
-// regnorm does not read (schema 1, say) names nothing here. It reads the
-// cache only, and an error is the cache's: what the webhook pins so that
-// a variant stays while Pods name it.
+// Blobs are the blobs a Pod that names m here depends on, so that they
+// can be kept from eviction (what the webhook pins): the config and layers
+// of an image manifest; for an index, those of its children the cache
+// holds (a child no platform read has nothing cached to keep), down to the
+// depth the engine makes variants at (normalize.MaxIndexDepth: an index
+// deeper is the upstream's own). Bounded: MaxChildrenRead children read,
+// MaxBlobsNamed blobs. A document regnorm does not read (schema 1, say)
+// names nothing here. It reads the cache only, and an error is the
+// cache's.
+//
+// Children are found by content, not through the repository's admission
+// (judge): pinning serves nothing to anyone, and the children are what m,
+// which the repository was admitted to, names. A variant recorded from
+// another repository's pull has children that the repository is not known
+// to hold yet (their originals are linked there only once a node pulls
+// them): through admission none would be found, and the Pod's variant
+// would be pinned without its configs and layers. Serving them is
+// admitted as ever, when a node asks.
 func (r *Repository) Blobs(ctx context.Context, m cache.Manifest) ([]digest.Digest, error) {
 	var out []digest.Digest
 	read := 0
@@ -114,12 +123,12 @@ func (r *Repository) Blobs(ctx context.Context, m cache.Manifest) ([]digest.Dige
 				return nil
 			}
 			read++
-			cm, ok, err := r.cached(ctx, c)
-			if err != nil {
-				return err
-			}
-			if !ok {
+			cm, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), c)
+			switch {
+			case errors.Is(err, cache.ErrNotFound):
 				continue
+			case err != nil:
+				return err
 			}
 			if err := walk(cm, depth+1); err != nil {
 				return err

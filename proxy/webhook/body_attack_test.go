@@ -24,32 +24,45 @@ func (noPins) Pin(context.Context, digest.Digest) error { return nil }
 
 // stallingBody sends the start of an AdmissionReview, then nothing until
 // release is closed: a slow client (or one that sends 4 MiB slowly).
+// While it stalls, stalled counts it and held (when set) the bytes it
+// sent.
 type stallingBody struct {
 	prefix  io.Reader
 	release <-chan struct{}
 	stalled *atomic.Int64
+	held    *atomic.Int64
+	sent    int64
 }
 
 func (b *stallingBody) Read(p []byte) (int, error) {
 	if n, err := b.prefix.Read(p); n > 0 || !errors.Is(err, io.EOF) {
+		b.sent += int64(n)
 		return n, err
 	}
 	b.stalled.Add(1)
+	if b.held != nil {
+		b.held.Add(b.sent)
+	}
 	<-b.release
 	b.stalled.Add(-1)
+	if b.held != nil {
+		b.held.Add(-b.sent)
+	}
 	return 0, io.EOF
 }
 
 // TestWebhookBoundsTheBodiesItHolds: the webhook reads a whole body (up to
-// MaxBody, 4 MiB, into memory, then decodes it twice) before it counts the
-// admission against MaxInFlight, and its listener takes any number of
-// connections, each given readTimeout (a minute) to send its body. Anyone
-// who reaches the port (open to every source) holds as many 4 MiB buffers
-// as it opens connections: a few hundred exceed the chart's 1 GiB memory
-// limit, and the registry, in the same process, goes down with it. The
-// bodies being read at once must be bounded (here: by MaxInFlight), a
-// request past the bound answered at once without its body. The clock is
-// synctest's: a stalled body is a goroutine blocked on a channel.
+// MaxBody, 4 MiB) into memory, then decodes it, and its listener takes any
+// number of connections, each given ReadTimeout to send its body. Anyone
+// who reaches the port (open to every source) would hold as many 4 MiB
+// buffers as it opens connections: a few hundred exceed the chart's 1 GiB
+// memory limit, and the registry, in the same process, goes down with it.
+// The bytes of the bodies being read at once must be bounded (MaxReading,
+// all bodies together, counted as they arrive), a request past the bound
+// answered at once without the rest of its body. Here 64 clients each
+// send 1 MiB of a review and stall: what the stalled ones sent, and the
+// webhook holds, is at most MaxReading. The clock is synctest's: a stalled
+// body is a goroutine blocked on a channel.
 func TestWebhookBoundsTheBodiesItHolds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w, err := New(Options{
@@ -66,29 +79,34 @@ func TestWebhookBoundsTheBodiesItHolds(t *testing.T) {
 		}
 		h := w.Handler()
 		release := make(chan struct{})
-		var stalled, answered atomic.Int64
-		const clients = 4 * MaxInFlight
+		var stalled, held, refused atomic.Int64
+		const clients, each = 64, 1 << 20
+		prefix := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","object":{"spec":{"containers":[{"image":"` +
+			strings.Repeat("a", each)
 		done := make(chan struct{}, clients)
 		for range clients {
-			body := &stallingBody{
-				prefix:  strings.NewReader(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","object":{"spec":{"containers":[`),
-				release: release, stalled: &stalled,
-			}
+			body := &stallingBody{prefix: strings.NewReader(prefix), release: release, stalled: &stalled, held: &held}
 			go func() {
 				defer func() { done <- struct{}{} }()
 				rec := httptest.NewRecorder()
 				h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/mutate", body))
-				answered.Add(1)
+				if rec.Code == http.StatusServiceUnavailable {
+					refused.Add(1)
+				}
 			}()
 		}
 		synctest.Wait()
-		held, early := stalled.Load(), answered.Load()
+		gotStalled, gotHeld, early := stalled.Load(), held.Load(), refused.Load()
 		close(release)
 		for range clients {
 			<-done
 		}
-		if held > MaxInFlight {
-			t.Errorf("%d bodies held in memory at once, from %d clients that send nothing more; want at most %d (%d answered)", held, clients, MaxInFlight, early)
+		if gotHeld > MaxReading {
+			t.Errorf("%d bodies of %d clients that send nothing more hold %d bytes at once; want at most %d (%d answered 503 at once)",
+				gotStalled, clients, gotHeld, MaxReading, early)
+		}
+		if gotStalled == 0 || early == 0 {
+			t.Errorf("%d bodies stalled and %d answered 503: the test sent no more than the bound", gotStalled, early)
 		}
 	})
 }

@@ -13,7 +13,8 @@
 // regnorm itself (the upstream's configured credentials), so that what it
 // writes into a Pod is admitted like any pull by digest. It pins the blobs
 // of the variants it writes (cache.Store.Pin) so that eviction keeps them
-// while Pods name them. It serves POST /mutate (and GET /healthz) on a
+// while Pods name them: beside the admission, which waits for the pins
+// within its deadline only, the rest written in the background (Run). It serves POST /mutate (and GET /healthz) on a
 // listener of its own and nothing else; it does not import proxy/ and does
 // not use gorilla/mux.
 package webhook

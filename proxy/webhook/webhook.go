@@ -16,6 +16,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/imageref"
@@ -34,17 +35,29 @@ const (
 	// MaxImages is how many images of one Pod are looked at; the rest are
 	// left as written (skipped).
 	MaxImages = 256
-	// MaxInFlight is how many admissions make variants at once; in one
-	// past it, the images whose variant is not recorded are left as
-	// written at once (those whose variant is are answered all the same).
+	// MaxInFlight is how many variants admissions wait for at once (the
+	// making slots): an image whose variant is being made for another
+	// admission waits for that work and takes no slot of its own. Past
+	// them, the variant is made in the background (MaxBackground) and
+	// the image is left as written (pending); those whose variant is
+	// recorded are answered all the same.
 	MaxInFlight = 4
+	// MaxBackground is how many variants the webhook makes at once that
+	// no admission waits for, started when every making slot is taken;
+	// past it too, the image is left as written at once (skipped, busy).
+	MaxBackground = 4
 	// imageConcurrency is how many images of one admission are worked on
 	// at once.
 	imageConcurrency = 4
+	// MaxReading bounds the bytes of the bodies being read and decoded at
+	// once, all together: a body holds what it has sent (its buffer, in
+	// steps that at most double it), and then as much again while its
+	// objects are decoded. A request that finds no room is answered 503.
+	MaxReading = 16 << 20
 	// ReadTimeout bounds the reading of a review, headers and body, on the
-	// webhook's listener: the API server sends it at once, and a body
-	// being read holds one of MaxInFlight reading slots.
-	ReadTimeout = 10 * time.Second
+	// webhook's listener: the API server sends it at once, and a stalled
+	// body holds what it sent of MaxReading until then.
+	ReadTimeout = 5 * time.Second
 	// MaxTimeout bounds the webhook's time budget: the API server waits
 	// at most 30 s for a webhook.
 	MaxTimeout = 25 * time.Second
@@ -69,13 +82,15 @@ const (
 	// Clean: the variant is the original (or the image names a variant
 	// already); left as written.
 	Clean = "clean"
-	// Pending: the variant was not ready in time; the Pod runs the
-	// original and the variant is made in the background.
+	// Pending: the variant was not ready in time, or every making slot
+	// was taken by other variants; the Pod runs the original and the
+	// variant is made in the background.
 	Pending = "pending"
 	// Skipped: by tag, of a registry regnorm does not mirror, of an
 	// upstream with forwarded credentials, with no containerd version of
-	// the fleet known, past MaxImages, while the webhook was busy making
-	// variants, or (dry run) without a recorded variant.
+	// the fleet known, past MaxImages, while every making slot and every
+	// slot behind them was taken (MaxInFlight, MaxBackground), or (dry
+	// run) without a recorded variant.
 	Skipped = "skipped"
 	// Failed: reading the image or making its variant failed.
 	Failed = "error"
@@ -156,10 +171,16 @@ type Options struct {
 
 // Webhook is the mutating admission webhook.
 type Webhook struct {
-	opts    Options
-	making  chan struct{}                        // making slots: admissions making variants (MaxInFlight)
-	reading chan struct{}                        // reading slots: bodies being read and decoded (MaxInFlight)
-	pinned  *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	opts     Options
+	mu       sync.Mutex
+	making   map[string]int                       // variants admissions wait for (at most MaxInFlight), by makingKey: the images waiting
+	behind   map[string]struct{}                  // variants made with no admission waiting (at most MaxBackground)
+	reading  *semaphore.Weighted                  // bytes of the bodies being read and decoded (MaxReading)
+	pinned   *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	pins     *pinner                              // the pins being written, in the background
+	ctx      context.Context                      // of the background work: the pins, the variants made behind
+	stop     context.CancelFunc                   // ends the background work (Run)
+	behindWG sync.WaitGroup                       // the variants made behind
 }
 
 // New builds a Webhook.
@@ -187,7 +208,26 @@ func New(opts Options) (*Webhook, error) {
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	return &Webhook{opts: opts, making: make(chan struct{}, MaxInFlight), reading: make(chan struct{}, MaxInFlight), pinned: pinned}, nil
+	w := &Webhook{opts: opts, making: map[string]int{}, behind: map[string]struct{}{}, reading: semaphore.NewWeighted(MaxReading), pinned: pinned}
+	w.ctx, w.stop = context.WithCancel(context.Background())
+	w.pins = newPinner(w.ctx, w.pinBlobs)
+	return w, nil
+}
+
+// Run holds the webhook's background work (the pins it writes past an
+// admission's deadline, the variants it makes with no admission waiting)
+// until ctx ends; then it stops that work and returns once it has.
+// Without Run, that work ends with the process.
+func (w *Webhook) Run(ctx context.Context) {
+	<-ctx.Done()
+	// Under the locks that start work: none starts once the waits begin.
+	w.mu.Lock()
+	w.pins.mu.Lock()
+	w.stop()
+	w.pins.mu.Unlock()
+	w.mu.Unlock()
+	w.pins.wg.Wait()
+	w.behindWG.Wait()
 }
 
 // Handler serves POST /mutate and GET /healthz, and nothing else: the
@@ -203,26 +243,23 @@ func (w *Webhook) Handler() http.Handler {
 // no AdmissionReview is a plain 413 or 400 (the API server then applies
 // the failure policy, Ignore); every review gets allowed: true.
 //
-// At most MaxInFlight bodies are read and decoded at once: a request past
-// them is answered 503 at once, before its body is read. It cannot be
-// answered allowed: the review's uid, which the answer must carry, is in
-// the body. The API server takes 503 as the webhook failing and applies
-// the failure policy, Ignore: the Pod is admitted as written (and the API
-// server logs the failure), as when the webhook is busy making variants.
-// What an admission holds past its body is the Pod's images and
-// annotations, decoded.
+// The bodies being read and decoded hold at most MaxReading bytes
+// together, counted as they arrive: a request that finds no room for its
+// next bytes is answered 503 at once. It cannot be answered allowed: the
+// review's uid, which the answer must carry, is in the body. The API
+// server takes 503 as the webhook failing and applies the failure policy,
+// Ignore: the Pod is admitted as written (and the API server logs the
+// failure), as when the webhook is busy making variants. A body that
+// stalls holds what it sent, until the listener's ReadTimeout. What an
+// admission holds past its body is the Pod's images and annotations,
+// decoded.
 func (w *Webhook) serveMutate(rw http.ResponseWriter, r *http.Request) {
 	start := w.opts.Now()
 	defer func() { w.opts.Metrics.Seconds.Observe(w.opts.Now().Sub(start).Seconds()) }()
-	select {
-	case w.reading <- struct{}{}:
-	default:
+	rv, status, msg := w.read(r)
+	if status == http.StatusServiceUnavailable {
 		rw.Header().Set("Retry-After", "1")
-		http.Error(rw, "regnorm's webhook is reading as many reviews as it takes at once", http.StatusServiceUnavailable)
-		return
 	}
-	rv, status, msg := w.read(rw, r)
-	<-w.reading
 	if status != http.StatusOK {
 		http.Error(rw, msg, status)
 		return
@@ -246,16 +283,65 @@ type reviewed struct {
 	old *pod
 }
 
-// read reads and decodes r's review: the status to answer, and its
-// message, unless it is 200.
-func (w *Webhook) read(rw http.ResponseWriter, r *http.Request) (reviewed, int, string) {
-	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, MaxBody))
-	if err != nil {
-		if errors.As(err, new(*http.MaxBytesError)) {
-			return reviewed{}, http.StatusRequestEntityTooLarge, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody)
-		}
+// errNoRoom is a body's read past MaxReading, all bodies together.
+var errNoRoom = errors.New("no room for another body")
+
+// read reads and decodes r's review, within MaxReading: the status to
+// answer, and its message, unless it is 200.
+func (w *Webhook) read(r *http.Request) (reviewed, int, string) {
+	body, held, err := w.readBody(r.Body)
+	defer func() { w.reading.Release(held) }()
+	switch {
+	case errors.Is(err, errNoRoom):
+		return reviewed{}, http.StatusServiceUnavailable, "regnorm's webhook is reading as many reviews as it takes at once"
+	case errors.As(err, new(*http.MaxBytesError)):
+		return reviewed{}, http.StatusRequestEntityTooLarge, fmt.Sprintf("an AdmissionReview is at most %d bytes", MaxBody)
+	case err != nil:
 		return reviewed{}, http.StatusBadRequest, "reading the body failed"
 	}
+	// Decoding copies the objects out of the body: as much again.
+	if !w.reading.TryAcquire(int64(len(body))) {
+		return reviewed{}, http.StatusServiceUnavailable, "regnorm's webhook is reading as many reviews as it takes at once"
+	}
+	held += int64(len(body))
+	return w.decode(body)
+}
+
+// readBody reads a body of at most MaxBody bytes, taking room for them
+// from MaxReading as they arrive (its buffer grows in steps that at most
+// double it): held is what it took, to give back once the body is done
+// with, also on an error.
+func (w *Webhook) readBody(r io.Reader) (body []byte, held int64, err error) {
+	const firstStep = 4 << 10
+	for {
+		if len(body) == cap(body) {
+			if len(body) > MaxBody {
+				return nil, held, &http.MaxBytesError{Limit: MaxBody}
+			}
+			grown := min(max(2*cap(body), firstStep), MaxBody+1)
+			step := int64(grown - cap(body))
+			if !w.reading.TryAcquire(step) {
+				return nil, held, errNoRoom
+			}
+			held += step
+			body = append(make([]byte, 0, grown), body...)
+		}
+		n, err := r.Read(body[len(body):cap(body)])
+		body = body[:len(body)+n]
+		switch {
+		case errors.Is(err, io.EOF):
+			if len(body) > MaxBody {
+				return nil, held, &http.MaxBytesError{Limit: MaxBody}
+			}
+			return body, held, nil
+		case err != nil:
+			return nil, held, err
+		}
+	}
+}
+
+// decode decodes a review's body.
+func (w *Webhook) decode(body []byte) (reviewed, int, string) {
 	var review admissionReview
 	if err := json.Unmarshal(body, &review); err != nil || review.APIVersion != reviewAPIVersion || review.Kind != reviewKind ||
 		review.Request == nil || review.Request.UID == "" {
@@ -375,7 +461,8 @@ type outcome struct {
 const noFleet = "regnorm knows no containerd version of the fleet (webhook.clients, or node-config's reports): images left as written"
 
 // busy is the note of an image skipped because MaxInFlight other
-// admissions are making variants.
+// variants are being made for admissions, and MaxBackground more behind
+// them.
 const busy = "regnorm is busy making variants for other admissions: images whose variant is not made yet are left as written"
 
 // outOfTime is the note of an image skipped because the admission's time
@@ -389,32 +476,100 @@ type admission struct {
 	deadline time.Time
 	dryRun   bool
 
-	mu           sync.Mutex
-	tried, maker bool // whether a making slot was asked for, and got
+	mu   sync.Mutex
+	pins []*pinJob // the pins of the variants the answer names
 }
 
-// mayMake reports whether the admission may make variants: it takes one of
-// MaxInFlight making slots the first time it is asked, and never waits
-// for one. An image whose variant is recorded takes none (answer).
-func (a *admission) mayMake(w *Webhook) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.tried {
-		a.tried = true
+// pin has the blobs of variant pinned (Webhook.pin), and the answer wait
+// for them within the admission's deadline (wait).
+func (a *admission) pin(w *Webhook, repo Repository, variant cache.Manifest) {
+	if j := w.pin(repo, variant); j != nil {
+		a.mu.Lock()
+		a.pins = append(a.pins, j)
+		a.mu.Unlock()
+	}
+}
+
+// wait waits for the admission's pins until its deadline (or ctx's end):
+// those not written by then are written in the background, and the
+// answer goes on without them.
+func (a *admission) wait(ctx context.Context, w *Webhook) {
+	if len(a.pins) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.deadline.Sub(w.opts.Now()))
+	defer cancel()
+	for _, j := range a.pins {
 		select {
-		case w.making <- struct{}{}:
-			a.maker = true
-		default:
+		case <-j.done:
+		case <-ctx.Done():
+			return
 		}
 	}
-	return a.maker
 }
 
-// done gives back the admission's making slot, if it took one.
-func (a *admission) done(w *Webhook) {
-	if a.maker {
-		<-w.making
+// makingKey is what a variant's making is known by: as the engine's work
+// is (the original, the rules, the repository it is read through), so
+// that the admissions that wait for the same work share one slot.
+func makingKey(ref imageref.Image, rules ruleset.Set) string {
+	return ref.Registry + "/" + ref.Repository + "@" + ref.Digest.String() + " " + rules.Key()
+}
+
+// take has an image wait for the making of key's variant: it joins the
+// admissions waiting for it already, or takes one of MaxInFlight making
+// slots, never waiting for one. ok is false when every slot is taken by
+// another variant; else give it back with give.
+func (w *Webhook) take(key string) (ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n := w.making[key]; n > 0 || len(w.making) < MaxInFlight {
+		w.making[key] = n + 1
+		return true
 	}
+	return false
+}
+
+func (w *Webhook) give(key string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.making[key]--; w.making[key] == 0 {
+		delete(w.making, key)
+	}
+}
+
+// behindAdmissions makes ref's variant with no admission waiting for it,
+// when every making slot is taken: at most MaxBackground at once, each
+// variant once, within an image's upstream budget, on the webhook's own
+// context (Run). It reports whether the variant is being made so; past
+// MaxBackground it is not.
+func (w *Webhook) behindAdmissions(repo Repository, ref imageref.Image, rules ruleset.Set, key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.behind[key]; ok {
+		return true
+	}
+	if len(w.behind) >= MaxBackground || w.ctx.Err() != nil {
+		return false
+	}
+	w.behind[key] = struct{}{}
+	w.behindWG.Add(1)
+	go func() {
+		defer w.behindWG.Done()
+		defer func() {
+			w.mu.Lock()
+			delete(w.behind, key)
+			w.mu.Unlock()
+		}()
+		ctx := upstream.WithBudget(w.ctx, w.opts.ImageBudget)
+		m, err := repo.Manifest(ctx, ref.Digest.String(), nil)
+		if err == nil {
+			_, err = repo.Variant(ctx, m.Manifest, rules, 0)
+		}
+		if err != nil && w.ctx.Err() == nil {
+			w.opts.Log.Warn("making a variant behind the admissions failed", "repository", ref.Registry+"/"+ref.Repository, "digest", ref.Digest, "error", err)
+		}
+	}()
+	return true
 }
 
 // images works out each distinct image of slots, imageConcurrency at a
@@ -434,7 +589,6 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 		w.opts.Log.Warn("admission: listing the fleet's containerd versions failed", "error", err)
 	}
 	a := &admission{rules: rules, known: known, deadline: w.opts.Now().Add(w.opts.Timeout), dryRun: dryRun}
-	defer a.done(w)
 	ctx = upstream.WithBudget(ctx, w.opts.Budget)
 	var mu sync.Mutex
 	var g errgroup.Group
@@ -449,6 +603,7 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 		})
 	}
 	g.Wait()
+	a.wait(ctx, w)
 	return outcomes
 }
 
@@ -490,17 +645,23 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 	case err != nil:
 		return w.failed(image, err)
 	case ok:
-		return w.answer(ctx, repo, rec, a.dryRun)
+		return w.answer(repo, rec, a)
 	case a.dryRun:
 		// Nothing is read upstream or made.
 		return outcome{result: Skipped}
-	case !a.mayMake(w):
-		return outcome{result: Skipped, note: busy}
 	}
 	left := a.deadline.Sub(w.opts.Now())
 	if left <= 0 {
 		return outcome{result: Skipped, note: outOfTime}
 	}
+	key := makingKey(ref, a.rules)
+	if !w.take(key) {
+		if w.behindAdmissions(repo, ref, a.rules, key) {
+			return outcome{result: Pending}
+		}
+		return outcome{result: Skipped, note: busy}
+	}
+	defer w.give(key)
 	mctx, cancel := context.WithTimeout(ctx, left)
 	m, err := repo.Manifest(mctx, ref.Digest.String(), nil)
 	cancel()
@@ -520,7 +681,7 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 	case !n.Changed():
 		return outcome{result: Clean}
 	}
-	w.pin(ctx, repo, n.Manifest)
+	a.pin(w, repo, n.Manifest)
 	return outcome{result: Replaced, variant: n.Verdict.Normalized}
 }
 
@@ -528,9 +689,9 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 // it, or kept when the rules leave it or it names a variant already (this
 // webhook's output, reviewed again). A variant a Pod is to name is pinned,
 // but by a dry run.
-func (w *Webhook) answer(ctx context.Context, repo Repository, rec mirror.Recorded, dryRun bool) outcome {
-	if !dryRun && rec.Variant.Digest != "" {
-		w.pin(ctx, repo, rec.Variant)
+func (w *Webhook) answer(repo Repository, rec mirror.Recorded, a *admission) outcome {
+	if !a.dryRun && rec.Variant.Digest != "" {
+		a.pin(w, repo, rec.Variant)
 	}
 	if rec.Made || rec.Variant.Digest == "" {
 		return outcome{result: Clean}
@@ -543,25 +704,20 @@ func (w *Webhook) failed(image string, err error) outcome {
 	return outcome{result: Failed}
 }
 
-// pin keeps the blobs variant names (Repository.Blobs: for an index,
-// those of its cached children, however deep the engine made them) from
-// eviction for PinFor, at most once every PinFor/24 per variant. A pin
-// that fails is logged: the Pod is admitted all the same.
-func (w *Webhook) pin(ctx context.Context, repo Repository, variant cache.Manifest) {
-	now := w.opts.Now()
-	if at, ok := w.pinned.Get(variant.Digest); ok && now.Sub(at) < w.opts.PinFor/24 {
-		return
+// pin has the blobs variant names (Repository.Blobs: for an index, those
+// of its cached children, however deep the engine made them) kept from
+// eviction for PinFor, at most once every PinFor/24 per variant: the job
+// that writes the pins, in the background (pinner), or nil when there is
+// none to wait for. A pin that fails, or finds the queue full, is logged:
+// the Pod is admitted all the same, and the next admission that names the
+// variant tries again.
+func (w *Webhook) pin(repo Repository, variant cache.Manifest) *pinJob {
+	if at, ok := w.pinned.Get(variant.Digest); ok && w.opts.Now().Sub(at) < w.opts.PinFor/24 {
+		return nil
 	}
-	blobs, err := repo.Blobs(ctx, variant)
-	if err != nil {
-		w.opts.Log.Warn("admission: reading a variant to pin it failed", "digest", variant.Digest, "error", err)
-		return
+	j := w.pins.add(repo, variant)
+	if j == nil {
+		w.opts.Log.Warn("admission: too many variants are waiting to be pinned: this one is not, this time", "digest", variant.Digest)
 	}
-	for _, dgst := range blobs {
-		if err := w.opts.Pins.Pin(context.WithoutCancel(ctx), dgst); err != nil {
-			w.opts.Log.Warn("admission: pinning a variant's blob failed", "variant", variant.Digest, "blob", dgst, "error", err)
-			return
-		}
-	}
-	w.pinned.Add(variant.Digest, now)
+	return j
 }
