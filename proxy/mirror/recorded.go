@@ -7,6 +7,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/normalize"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
@@ -97,24 +98,33 @@ const (
 // depth the engine makes variants at (normalize.MaxIndexDepth: an index
 // deeper is the upstream's own). Bounded: MaxChildrenRead children read,
 // MaxBlobsNamed blobs. A document regnorm does not read (schema 1, say)
-// names nothing here. It reads the cache only, and an error is the
-// cache's.
+// names nothing here. It reads the cache, and asks the upstream only to
+// admit a child (below); an error is the cache's or the upstream's.
 //
-// Children are found by content, not through the repository's admission
-// (judge): pinning serves nothing to anyone, and the children are what m,
-// which the repository was admitted to, names. A variant recorded from
-// another repository's pull has children that the repository is not known
-// to hold yet (their originals are linked there only once a node pulls
-// them): through admission none would be found, and the Pod's variant
-// would be pinned without its configs and layers. Serving them is
-// admitted as ever, when a node asks.
+// Children are admitted as a read of them would be (access.go): from
+// what regnorm knows, else by asking the upstream as the repository's
+// client (a HEAD, and its bytes once). An index can list any digest as a
+// child, another repository's private manifest too: what the repository
+// may not read is not pinned for it. A variant recorded from another
+// repository's pull has children not linked here yet: the upstream is
+// asked about each once (the pinner's budget), and links are learnt.
+// Each blob is named once.
 func (r *Repository) Blobs(ctx context.Context, m cache.Manifest) ([]digest.Digest, error) {
 	var out []digest.Digest
+	named := map[digest.Digest]bool{}
 	read := 0
 	var walk func(m cache.Manifest, depth int) error
 	walk = func(m cache.Manifest, depth int) error {
 		blobs, children := normalize.Names(m)
-		out = append(out, blobs[:min(len(blobs), MaxBlobsNamed-len(out))]...)
+		for _, b := range blobs {
+			if len(out) == MaxBlobsNamed {
+				break
+			}
+			if !named[b] {
+				named[b] = true
+				out = append(out, b)
+			}
+		}
 		if depth >= normalize.MaxIndexDepth {
 			return nil // an index this deep is the upstream's own
 		}
@@ -123,6 +133,15 @@ func (r *Repository) Blobs(ctx context.Context, m cache.Manifest) ([]digest.Dige
 				return nil
 			}
 			read++
+			if _, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), c); errors.Is(err, cache.ErrNotFound) {
+				continue // nothing cached to keep
+			}
+			if err := r.admit(ctx, object{dgst: c}); err != nil {
+				if s := errcode.StatusOf(err); s >= 400 && s < 500 {
+					continue // not this repository's to read: not pinned for it
+				}
+				return err
+			}
 			cm, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), c)
 			switch {
 			case errors.Is(err, cache.ErrNotFound):

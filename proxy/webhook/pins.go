@@ -8,6 +8,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/regnorm/regnorm/cache"
+	"github.com/regnorm/regnorm/proxy/mirror"
+	"github.com/regnorm/regnorm/proxy/upstream"
 )
 
 // Bounds of the pinning, which runs beside the admissions: a variant
@@ -107,15 +109,35 @@ func (p *pinner) work() {
 // variant is remembered as pinned only once every pin is written.
 func (w *Webhook) pinBlobs(ctx context.Context, j *pinJob) {
 	now := w.opts.Now()
-	blobs, err := j.repo.Blobs(ctx, j.variant)
+	// A child not known to be the Pod's repository's is asked of the
+	// upstream, once: at most two requests each (a HEAD, and the bytes of
+	// one its upstream never sent).
+	blobs, err := j.repo.Blobs(upstream.WithBudget(ctx, 2*mirror.MaxChildrenRead), j.variant)
 	if err != nil {
 		w.opts.Log.Warn("pinning: reading a variant failed", "digest", j.variant.Digest, "error", err)
 		return
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pinConcurrency)
+	seen := map[digest.Digest]bool{}
 	for _, dgst := range blobs {
-		g.Go(func() error { return w.opts.Pins.Pin(gctx, dgst) })
+		// Each blob once, and not again within PinFor/24 whatever names
+		// it: what one variant names many times, or many variants name,
+		// costs one write.
+		if seen[dgst] {
+			continue
+		}
+		seen[dgst] = true
+		if at, ok := w.blobsPin.Get(dgst); ok && now.Sub(at) < w.opts.PinFor/24 {
+			continue
+		}
+		g.Go(func() error {
+			if err := w.opts.Pins.Pin(gctx, dgst); err != nil {
+				return err
+			}
+			w.blobsPin.Add(dgst, now)
+			return nil
+		})
 	}
 	if err := g.Wait(); err != nil {
 		w.opts.Log.Warn("pinning a variant's blobs failed", "variant", j.variant.Digest, "error", err)

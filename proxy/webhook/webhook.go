@@ -66,6 +66,10 @@ const (
 	maxWarnings = 8
 	// pinMemory is how many variants the webhook remembers pinning.
 	pinMemory = 1 << 14
+	// blobPinMemory is how many blobs the webhook remembers pinning: a
+	// blob that many variants name (a base layer) is written once per
+	// PinFor/24, however many variants name it.
+	blobPinMemory = 1 << 16
 )
 
 // Defaults of Options' zero fields.
@@ -177,6 +181,7 @@ type Webhook struct {
 	behind   map[string]struct{}                  // variants made with no admission waiting (at most MaxBackground)
 	reading  *semaphore.Weighted                  // bytes of the bodies being read and decoded (MaxReading)
 	pinned   *lru.Cache[digest.Digest, time.Time] // when each variant was last pinned
+	blobsPin *lru.Cache[digest.Digest, time.Time] // when each blob was last pinned
 	pins     *pinner                              // the pins being written, in the background
 	ctx      context.Context                      // of the background work: the pins, the variants made behind
 	stop     context.CancelFunc                   // ends the background work (Run)
@@ -205,10 +210,14 @@ func New(opts Options) (*Webhook, error) {
 	if err != nil {
 		panic(err)
 	}
+	blobsPin, err := lru.New[digest.Digest, time.Time](blobPinMemory)
+	if err != nil {
+		panic(err)
+	}
 	for _, r := range Results {
 		opts.Metrics.Images.WithLabelValues(r)
 	}
-	w := &Webhook{opts: opts, making: map[string]int{}, behind: map[string]struct{}{}, reading: semaphore.NewWeighted(MaxReading), pinned: pinned}
+	w := &Webhook{opts: opts, making: map[string]int{}, behind: map[string]struct{}{}, reading: semaphore.NewWeighted(MaxReading), pinned: pinned, blobsPin: blobsPin}
 	w.ctx, w.stop = context.WithCancel(context.Background())
 	w.pins = newPinner(w.ctx, w.pinBlobs)
 	return w, nil
