@@ -186,8 +186,7 @@ func (fs *Fetcher) Join(r Remote, dgst digest.Digest) (*Download, error) {
 	fs.inflight[k] = f
 	fs.active++
 	sh.active++
-	fs.opts.Metrics.queuedFetches.Inc()
-	fs.opts.Metrics.downloads.WithLabelValues(sh.name, "waiting").Inc()
+	fs.opts.Metrics.downloads.queued(sh.name)
 	go fs.run(ctx, f, r, sh)
 	return f, nil
 }
@@ -243,14 +242,13 @@ func (fs *Fetcher) run(ctx context.Context, f *Download, r Remote, sh *share) {
 	defer f.cancel(nil)
 	err := fs.wait(ctx, sh)
 	if err == nil {
-		fs.opts.Metrics.inflightFetches.Inc()
-		fs.opts.Metrics.downloads.WithLabelValues(sh.name, "running").Inc()
+		fs.opts.Metrics.downloads.started(sh.name)
 		err = fs.download(ctx, f, r)
-		fs.opts.Metrics.inflightFetches.Dec()
-		fs.opts.Metrics.downloads.WithLabelValues(sh.name, "running").Dec()
+		fs.opts.Metrics.downloads.ended(sh.name, running)
 		<-fs.slots
 		<-sh.slots
 	} else {
+		fs.opts.Metrics.downloads.ended(sh.name, waiting)
 		f.early = err
 		close(f.ready)
 	}

@@ -84,8 +84,6 @@ func (fs *Fetcher) shareOf(r Remote) *share {
 // slots, then a global one. A download waiting for its upstream's slot
 // holds no global one.
 func (fs *Fetcher) wait(ctx context.Context, sh *share) error {
-	defer fs.opts.Metrics.queuedFetches.Dec()
-	defer fs.opts.Metrics.downloads.WithLabelValues(sh.name, "waiting").Dec()
 	select {
 	case sh.slots <- struct{}{}:
 	case <-ctx.Done():
