@@ -3,7 +3,6 @@ package cache_test
 import (
 	"bytes"
 	"context"
-	"slices"
 	"testing"
 	"time"
 
@@ -36,21 +35,9 @@ func TestOnePinTooLargeForTheBoundDoesNotUnpinTheRest(t *testing.T) {
 	}
 	victims := []digest.Digest{put(bytes.Repeat([]byte{'a'}, 1000)), put(bytes.Repeat([]byte{'b'}, 1000))}
 	huge := put(bytes.Repeat([]byte{'h'}, 3000))
-	pinAfter := func(dgst digest.Digest, prev ...digest.Digest) {
-		t.Helper()
-		for {
-			if err := s.Pin(ctx, dgst); err != nil {
-				t.Fatal(err)
-			}
-			at := pinTime(t, d, dgst)
-			if !slices.ContainsFunc(prev, func(p digest.Digest) bool { return !at.After(pinTime(t, d, p)) }) {
-				return
-			}
-		}
-	}
-	pinAfter(victims[0])
-	pinAfter(victims[1], victims[0])
-	pinAfter(huge, victims...)
+	pinAfter(t, s, d, victims[0])
+	pinAfter(t, s, d, victims[1], victims[0])
+	pinAfter(t, s, d, huge, victims...)
 	// The cache is over its size (5000 > 4000): eviction must take unpinned
 	// or unkept blobs, least recently used first.
 	res, err := s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 4000, PinFor: 720 * time.Hour, MaxPinnedBytes: 2500}, time.Now().Add(time.Hour))

@@ -651,24 +651,9 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				blobs[i] = digest.FromBytes(b)
 				ingest(t, s, blobs[i], -1, b)
 			}
-			pinAfter := func(dgst digest.Digest, prev ...digest.Digest) {
-				t.Helper()
-				// Pin again until the storage's time for it is later than
-				// the others' (a filesystem's times are a clock tick
-				// apart): the order is the test's, not the clock's.
-				for {
-					if err := s.Pin(ctx, dgst); err != nil {
-						t.Fatal(err)
-					}
-					at := pinTime(t, d, dgst)
-					if !slices.ContainsFunc(prev, func(p digest.Digest) bool { return !at.After(pinTime(t, d, p)) }) {
-						return
-					}
-				}
-			}
-			pinAfter(blobs[0])
-			pinAfter(blobs[1], blobs[0])
-			pinAfter(blobs[2], blobs[0], blobs[1])
+			pinAfter(t, s, d, blobs[0])
+			pinAfter(t, s, d, blobs[1], blobs[0])
+			pinAfter(t, s, d, blobs[2], blobs[0], blobs[1])
 			// Without a bound every pin keeps its blob, past the size limit.
 			policy := cache.EvictionPolicy{MaxBytes: 1, PinFor: 720 * time.Hour}
 			now := time.Now().Add(time.Hour)
@@ -688,7 +673,7 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 				}
 			}
 			// Renewed, 1 is now the latest pin: with room for one, 2 goes.
-			pinAfter(blobs[1], blobs[2])
+			pinAfter(t, s, d, blobs[1], blobs[2])
 			policy.MaxPinnedBytes = 1000
 			if res, err = s.Evict(ctx, policy, now); err != nil || res.Evicted != 1 || res.Pinned != 1000 {
 				t.Fatalf("bound 1000 after renewing 1: %+v %v", res, err)
@@ -704,7 +689,7 @@ func runStoreSuite(t *testing.T, newDriver func(t *testing.T) storagedriver.Stor
 			b := bytes.Repeat([]byte{'z'}, 500)
 			extra := digest.FromBytes(b)
 			ingest(t, s, extra, -1, b)
-			pinAfter(extra, blobs[1])
+			pinAfter(t, s, d, extra, blobs[1])
 			res, err = s.Evict(ctx, cache.EvictionPolicy{MaxBytes: 10000, PinFor: 720 * time.Hour, MaxPinnedBytes: 500}, now)
 			if err != nil || res.Evicted != 0 || res.Pinned != 500 || res.PinnedOver != 1000 {
 				t.Fatalf("room in the cache: %+v %v", res, err)
@@ -1207,6 +1192,23 @@ func TestWalksStopWhenTheContextEnds(t *testing.T) {
 }
 
 // pinTime is the storage's time of dgst's pin.
+// pinAfter pins dgst, again until the storage's time for it is later than
+// prev's (a filesystem's times are a clock tick apart): the order is the
+// test's, not the clock's.
+func pinAfter(t *testing.T, s *cache.Store, d storagedriver.StorageDriver, dgst digest.Digest, prev ...digest.Digest) {
+	t.Helper()
+	for {
+		if err := s.Pin(context.Background(), dgst); err != nil {
+			t.Fatal(err)
+		}
+		at := pinTime(t, d, dgst)
+		if !slices.ContainsFunc(prev, func(p digest.Digest) bool { return !at.After(pinTime(t, d, p)) }) {
+			return
+		}
+	}
+}
+
+// pinTime is when dgst was last pinned, by the storage's clock.
 func pinTime(t *testing.T, d storagedriver.StorageDriver, dgst digest.Digest) time.Time {
 	t.Helper()
 	fi, err := d.Stat(context.Background(), "/pinned/sha256/"+dgst.Encoded()[:2]+"/"+dgst.Encoded())

@@ -401,6 +401,51 @@ func (k *kubeAPIServer) waitAdmission(t *testing.T, probe map[string]any, admitt
 	t.Fatalf("admission did not change the probe within 30 s; last answer: %v", last)
 }
 
+// podReview is what the test's own webhooks read of an AdmissionReview of
+// a Pod.
+type podReview struct {
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	DryRun    bool   `json:"dryRun"`
+	Object    struct {
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+		Spec struct {
+			Containers []struct {
+				Image string `json:"image"`
+			} `json:"containers"`
+		} `json:"spec"`
+	} `json:"object"`
+}
+
+// readReview reads the AdmissionReview r carries; on an error it has
+// answered 400 and ok is false.
+func readReview(w http.ResponseWriter, r *http.Request) (review podReview, ok bool) {
+	var doc struct {
+		Request podReview `json:"request"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&doc); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return podReview{}, false
+	}
+	return doc.Request, true
+}
+
+// answerReview allows the reviewed object uid, with patch (JSONPatch
+// operations) when there is one.
+func answerReview(w http.ResponseWriter, uid string, patch []map[string]any) {
+	response := map[string]any{"uid": uid, "allowed": true}
+	if patch != nil {
+		b, _ := json.Marshal(patch)
+		response["patchType"] = "JSONPatch"
+		response["patch"] = base64.StdEncoding.EncodeToString(b)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+}
+
 // newPod is a Pod with one container for each image (c0, c1...).
 func newPod(namespace, name string, images ...string) map[string]any {
 	containers := []any{}

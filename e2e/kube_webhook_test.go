@@ -3,8 +3,6 @@
 package e2e
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
@@ -33,31 +31,10 @@ const (
 )
 
 func (s *smokeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var review struct {
-		APIVersion string `json:"apiVersion"`
-		Kind       string `json:"kind"`
-		Request    struct {
-			UID       string `json:"uid"`
-			Namespace string `json:"namespace"`
-			Name      string `json:"name"`
-			DryRun    bool   `json:"dryRun"`
-			Object    struct {
-				Metadata struct {
-					Annotations map[string]string `json:"annotations"`
-				} `json:"metadata"`
-				Spec struct {
-					Containers []struct {
-						Image string `json:"image"`
-					} `json:"containers"`
-				} `json:"spec"`
-			} `json:"object"`
-		} `json:"request"`
-	}
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&review); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	req, ok := readReview(w, r)
+	if !ok {
 		return
 	}
-	req := review.Request
 	image := req.Object.Spec.Containers[0].Image
 	s.mu.Lock()
 	s.reviews = append(s.reviews, smokeReview{r.URL.Path, req.Namespace, req.Name, image, req.DryRun})
@@ -76,14 +53,7 @@ func (s *smokeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			patch = []map[string]any{{"op": "replace", "path": "/spec/containers/0/image", "value": image + "@" + pinnedDigest}}
 		}
 	}
-	response := map[string]any{"uid": req.UID, "allowed": true}
-	if patch != nil {
-		b, _ := json.Marshal(patch)
-		response["patchType"] = "JSONPatch"
-		response["patch"] = base64.StdEncoding.EncodeToString(b)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]any{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+	answerReview(w, req.UID, patch)
 }
 
 // seen lists the reviews of path for the object namespace/name.

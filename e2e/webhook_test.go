@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -252,35 +251,16 @@ webhooks:
 // its digest.
 func pinTags(pins map[string]string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var review struct {
-			Request struct {
-				UID    string `json:"uid"`
-				Object struct {
-					Spec struct {
-						Containers []struct {
-							Image string `json:"image"`
-						} `json:"containers"`
-					} `json:"spec"`
-				} `json:"object"`
-			} `json:"request"`
-		}
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&review); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+		review, ok := readReview(w, r)
+		if !ok {
 			return
 		}
 		var patch []map[string]any
-		for i, c := range review.Request.Object.Spec.Containers {
+		for i, c := range review.Object.Spec.Containers {
 			if dgst, ok := pins[c.Image]; ok {
 				patch = append(patch, map[string]any{"op": "replace", "path": fmt.Sprintf("/spec/containers/%d/image", i), "value": c.Image + "@" + dgst})
 			}
 		}
-		response := map[string]any{"uid": review.Request.UID, "allowed": true}
-		if patch != nil {
-			b, _ := json.Marshal(patch)
-			response["patchType"] = "JSONPatch"
-			response["patch"] = base64.StdEncoding.EncodeToString(b)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+		answerReview(w, review.UID, patch)
 	})
 }

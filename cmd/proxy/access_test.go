@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -41,30 +40,15 @@ func TestTLSAndClientAuth(t *testing.T) {
 	writeCert(t, certFile, keyFile, "first")
 	tokens := filepath.Join(dir, "tokens")
 	os.WriteFile(tokens, []byte("# robots\nrobot-token-0123456789\n"), 0o600)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddrs(t, 1)[0]
 	config := filepath.Join(dir, "config.yaml")
 	os.WriteFile(config, []byte("tls:\n  certFile: "+certFile+"\n  keyFile: "+keyFile+"\nauth:\n  tokensFile: "+tokens+"\n"), 0o600)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--config", config, "--listen", addr, "--data-dir", t.TempDir()}, env(nil), io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	runUntilDone(t, []string{"--config", config, "--listen", addr}, env(nil))
 
 	servedName := func() string {
 		t.Helper()
 		var conn *tls.Conn
+		var err error
 		for range 100 {
 			if conn, err = tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}); err == nil {
 				break

@@ -17,6 +17,38 @@ func env(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
+// freeAddrs are n addresses on 127.0.0.1 that were free a moment ago.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = ln.Addr().String()
+		ln.Close()
+	}
+	return addrs
+}
+
+// runUntilDone runs regnorm with args and getenv (a data directory of the
+// test's own added) until the test ends, and fails it if run then
+// returns an error.
+func runUntilDone(t *testing.T, args []string, getenv func(string) string) {
+	t.Helper()
+	args = append(args, "--data-dir", t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, getenv, io.Discard, io.Discard) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+}
+
 func TestPasswordFromEnvironmentOrFile(t *testing.T) {
 	t.Parallel()
 	file := filepath.Join(t.TempDir(), "pw")

@@ -206,23 +206,8 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 	dropIn := filepath.Join(dir, "conf.d", "99-regnorm.toml")
 	os.MkdirAll(filepath.Dir(dropIn), 0o755)
 	write("conf.d/99-regnorm.toml", "# Written by regnorm node-config: config_path\nversion = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \""+hostsDir+"\"\n")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--config", config, "--listen", addr, "--data-dir", t.TempDir()}, env(nil), io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	addr := freeAddrs(t, 1)[0]
+	runUntilDone(t, []string{"--config", config, "--listen", addr}, env(nil))
 	base := "http://" + addr
 	for i := 0; ; i++ {
 		resp, err := http.Get(base + "/healthz")
@@ -240,7 +225,7 @@ func TestNodeConfigReportsWithTheReportToken(t *testing.T) {
 		args := append([]string{"node-config", "--once", "--config-path", hostsDir, "--containerd-config", containerdConfig,
 			"--containerd-socket", filepath.Join(dir, "none.sock"), "--mirror", base, "--node-name", node,
 			"--mirror-token-file", filepath.Join(dir, "tokens")}, extra...)
-		if err := run(ctx, append(args, "docker.io=https://registry-1.docker.io"), env(nil), io.Discard, &log); err != nil {
+		if err := run(context.Background(), append(args, "docker.io=https://registry-1.docker.io"), env(nil), io.Discard, &log); err != nil {
 			t.Fatal(err)
 		}
 		return log.String()

@@ -2,13 +2,11 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -75,30 +73,11 @@ func TestWebhookListener(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	writeCert(t, certFile, keyFile, "webhook")
-	addrs := make([]string, 2)
-	for i := range addrs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[i] = ln.Addr().String()
-		ln.Close()
-	}
+	addrs := freeAddrs(t, 2)
 	mirrorAddr, webhookAddr := addrs[0], addrs[1]
 	config := filepath.Join(dir, "config.yaml")
 	os.WriteFile(config, []byte("webhook:\n  certFile: "+certFile+"\n  keyFile: "+keyFile+"\n  clients: [\"1.6.8\"]\n"), 0o600)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--config", config, "--listen", mirrorAddr, "--data-dir", t.TempDir()},
-			env(map[string]string{"REGNORM_WEBHOOK_LISTEN": webhookAddr}), io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	runUntilDone(t, []string{"--config", config, "--listen", mirrorAddr}, env(map[string]string{"REGNORM_WEBHOOK_LISTEN": webhookAddr}))
 
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","resource":{"version":"v1","resource":"pods"},"operation":"CREATE",` +

@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -80,30 +79,12 @@ func TestWebhookAuthenticatesItsCallers(t *testing.T) {
 	ca, stranger := newTestCA(t, "apiserver-client-ca"), newTestCA(t, "someone-else")
 	caFile := filepath.Join(dir, "client-ca.crt")
 	os.WriteFile(caFile, ca.pem, 0o600)
-	addrs := make([]string, 2)
-	for i := range addrs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[i] = ln.Addr().String()
-		ln.Close()
-	}
+	addrs := freeAddrs(t, 2)
 	mirrorAddr, webhookAddr := addrs[0], addrs[1]
 	config := filepath.Join(dir, "config.yaml")
 	os.WriteFile(config, []byte("webhook:\n  listen: "+webhookAddr+"\n  certFile: "+certFile+"\n  keyFile: "+keyFile+
 		"\n  clientCAFile: "+caFile+"\n  clientNames: [kube-apiserver, apiserver.control-plane]\n  clients: [\"1.6.8\"]\n"), 0o600)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--config", config, "--listen", mirrorAddr, "--data-dir", t.TempDir()}, env(nil), io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	runUntilDone(t, []string{"--config", config, "--listen", mirrorAddr}, env(nil))
 
 	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","resource":{"version":"v1","resource":"pods"},"operation":"CREATE",` +
 		`"object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"redis:7"}]}}}}`
