@@ -20,7 +20,7 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		fetchesRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_upstream_fetches_rejected_total",
-			Help: "Requests answered 503 because maxQueuedDownloads downloads were already waiting.",
+			Help: "Requests answered 503 because maxDownloads + maxQueuedDownloads downloads were already running and waiting, or the upstream's share of them.",
 		}),
 		fetchesAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regnorm_upstream_fetches_abandoned_total",
@@ -117,10 +117,16 @@ func (d *downloadGauges) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (d *downloadGauges) Collect(ch chan<- prometheus.Metric) {
+	// Copied under the lock, sent after it: a slow scrape holds up no
+	// download.
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	var total [2]int
+	byUpstream := make(map[string][2]int, len(d.byUpstream))
 	for upstream, n := range d.byUpstream {
+		byUpstream[upstream] = *n
+	}
+	d.mu.Unlock()
+	var total [2]int
+	for upstream, n := range byUpstream {
 		for s, v := range n {
 			total[s] += v
 			ch <- prometheus.MustNewConstMetric(d.downloads, prometheus.GaugeValue, float64(v), upstream, state(s).String())

@@ -16,17 +16,24 @@ func TestDownloadGaugesAreOneMoment(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.Collectors()...)
 
-	const alive, turns = 2, 20000
+	// The writer turns over until the scraper has looked often enough.
+	const alive, scrapes = 2, 200
 	d := m.downloads
 	for range alive {
 		d.queued("a")
 		d.started("a")
 	}
 	var wg sync.WaitGroup
-	done := make(chan struct{})
+	stop := make(chan struct{})
+	defer wg.Wait()
+	defer close(stop)
 	wg.Go(func() {
-		defer close(done)
-		for i := range turns {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
 			upstream := []string{"a", "b"}[i%2]
 			d.ended("a", running) // one ends before the next is counted
 			d.queued(upstream)
@@ -36,14 +43,7 @@ func TestDownloadGaugesAreOneMoment(t *testing.T) {
 			d.started("a")
 		}
 	})
-	for scrapes := 0; ; scrapes++ {
-		select {
-		case <-done:
-			wg.Wait()
-			t.Logf("%d scrapes", scrapes)
-			return
-		default:
-		}
+	for n := range scrapes {
 		families, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)
@@ -58,7 +58,11 @@ func TestDownloadGaugesAreOneMoment(t *testing.T) {
 					seen[f.GetName()] = true
 				case "regnorm_upstream_downloads":
 					byUpstream += v
-					seen[s.GetLabel()[1].GetValue()+"/"+s.GetLabel()[0].GetValue()] = true
+					labels := map[string]string{}
+					for _, l := range s.GetLabel() {
+						labels[l.GetName()] = l.GetValue()
+					}
+					seen[labels["upstream"]+"/"+labels["state"]] = true
 				}
 			}
 		}
@@ -66,7 +70,7 @@ func TestDownloadGaugesAreOneMoment(t *testing.T) {
 			t.Fatalf("a series is missing: %v", seen)
 		}
 		if total > alive || total != byUpstream {
-			t.Fatalf("scrape %d: %v downloads running and waiting (at most %d alive), %v by upstream", scrapes, total, alive, byUpstream)
+			t.Fatalf("scrape %d: %v downloads running and waiting (at most %d alive), %v by upstream", n, total, alive, byUpstream)
 		}
 	}
 }
