@@ -107,6 +107,10 @@ type Fleet struct {
 	reported map[string]bool
 
 	counting sync.Mutex // one count of regnorm_nodes at a time
+	// newcomers is held by a new node's report from the listing it is
+	// counted against to its record: two at once would both find the last
+	// place under MaxNodes free.
+	newcomers sync.Mutex
 }
 
 // seenKey names what pulls are counted by: the node named by NodeHeader,

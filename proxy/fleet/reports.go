@@ -56,22 +56,19 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	if err := f.check(rep); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidReport, err)
 	}
-	now := f.clock.Now()
-	known, err := f.listReports(ctx)
+	known, i, err := f.place(ctx, rep.Node)
+	if i < 0 && err == nil {
+		// A new node: its place is counted and taken under newcomers,
+		// from a listing that has every earlier newcomer in it (each
+		// drops the listing in use, below).
+		f.newcomers.Lock()
+		defer f.newcomers.Unlock()
+		known, i, err = f.place(ctx, rep.Node)
+	}
 	if err != nil {
-		return fmt.Errorf("reading the node reports: %w", err)
+		return err
 	}
-	// A known node may always report again; a new one only while fewer
-	// than MaxNodes are remembered (forgotten ones do not count).
-	live, i := 0, slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == rep.Node })
-	for _, k := range known {
-		if now.Sub(k.ReportedAt) <= f.forget {
-			live++
-		}
-	}
-	if live >= MaxNodes && i < 0 {
-		return fmt.Errorf("%w: %d nodes are known already", ErrTooManyNodes, MaxNodes)
-	}
+	now := f.clock.Now()
 	rep.ReportedAt = now.UTC()
 	if err := f.store.PutNodeReport(ctx, rep); err != nil {
 		return fmt.Errorf("recording the node report: %w", err)
@@ -89,6 +86,30 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 		f.reports.Forget()
 	}
 	return nil
+}
+
+// place finds node in the reports known: known[i] is its last report, or
+// i is -1 for a new node, which is refused (ErrTooManyNodes) while
+// MaxNodes are remembered (forgotten ones do not count). A known node may
+// always report again.
+func (f *Fleet) place(ctx context.Context, node string) (known []cache.NodeReport, i int, err error) {
+	known, err = f.listReports(ctx)
+	if err != nil {
+		return nil, -1, fmt.Errorf("reading the node reports: %w", err)
+	}
+	if i = slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == node }); i >= 0 {
+		return known, i, nil
+	}
+	now, live := f.clock.Now(), 0
+	for _, k := range known {
+		if now.Sub(k.ReportedAt) <= f.forget {
+			live++
+		}
+	}
+	if live >= MaxNodes {
+		return nil, -1, fmt.Errorf("%w: %d nodes are known already", ErrTooManyNodes, MaxNodes)
+	}
+	return known, -1, nil
 }
 
 // sameState reports whether two reports of a node say the same, their
