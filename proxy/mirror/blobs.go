@@ -249,15 +249,24 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 	if !admitted && !f.Answered() {
 		// The download found the blob already cached (another one had just
 		// published it) and asked nobody: the client reads the cache, and
-		// is admitted as for a cached blob.
-		if err := r.ask(ctx, o, sub); err != nil {
+		// is admitted as for a cached blob: by the link that download
+		// recorded, else by asking.
+		if admitted, sub, err = r.admitted(ctx, o); err != nil {
 			f.Done()
-			return nil, err
+			return nil, storageFailed(err)
+		}
+		if !admitted {
+			if err := r.ask(ctx, o, sub); err != nil {
+				f.Done()
+				return nil, err
+			}
 		}
 	}
-	if how == relayRead && !f.Spooled() {
+	if how == relayRead && !f.Spooled() && f.Answered() {
 		// It would be read from the cache once whole: the asker does
-		// better to download it itself than to wait with no answer.
+		// better to download it itself than to wait with no answer. (A
+		// download that found the blob cached asked nobody, and is over:
+		// the cache has it now.)
 		f.Done()
 		return nil, errcode.Busy("this replica's download of the blob has no room to spool; download it yourself", nil)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/regnorm/regnorm/proxy/errcode"
 	"github.com/regnorm/regnorm/proxy/mirror"
 	"github.com/regnorm/regnorm/proxy/normalize"
+	"github.com/regnorm/regnorm/proxy/replicas"
 	"github.com/regnorm/regnorm/proxy/ruleset"
 	"github.com/regnorm/regnorm/proxy/upstream"
 )
@@ -62,15 +63,45 @@ func (e *engine) Verdict(context.Context, cache.Manifest, ruleset.Set) (cache.No
 	return cache.Normalization{}, false
 }
 
-// countingStore is the cache, counting the blobs opened.
+// countingStore is the cache, counting the blobs opened. The next
+// failOpens opens of a blob fail, as a storage's read may; the next
+// missLinks and missBlobs looks for a link or a blob find none, as a
+// replica does that looks while another's download of the blob is ending.
 type countingStore struct {
 	*cache.Store
-	opens atomic.Int64
+	opens                           atomic.Int64
+	failOpens, missLinks, missBlobs atomic.Int64
+}
+
+// next takes one of n's turns, if any is left.
+func next(n *atomic.Int64) bool {
+	if n.Add(-1) >= 0 {
+		return true
+	}
+	n.Store(0)
+	return false
 }
 
 func (s *countingStore) OpenBlob(ctx context.Context, dgst digest.Digest, offset int64) (io.ReadSeekCloser, cache.BlobInfo, error) {
 	s.opens.Add(1)
+	if next(&s.failOpens) {
+		return nil, cache.BlobInfo{}, errors.New("storage read failed")
+	}
 	return s.Store.OpenBlob(ctx, dgst, offset)
+}
+
+func (s *countingStore) HasLink(ctx context.Context, upstream, repo string, dgst digest.Digest) (bool, error) {
+	if next(&s.missLinks) {
+		return false, nil
+	}
+	return s.Store.HasLink(ctx, upstream, repo, dgst)
+}
+
+func (s *countingStore) StatBlob(ctx context.Context, dgst digest.Digest) (cache.BlobInfo, error) {
+	if next(&s.missBlobs) {
+		return cache.BlobInfo{}, cache.ErrNotFound
+	}
+	return s.Store.StatBlob(ctx, dgst)
 }
 
 func (s *countingStore) OpenVerified(ctx context.Context, dgst digest.Digest) (io.ReadCloser, cache.BlobInfo, error) {
@@ -81,12 +112,14 @@ func (s *countingStore) OpenVerified(ctx context.Context, dgst digest.Digest) (i
 // fixture is a service over an in-memory cache, in front of a registry
 // holding library/app:v1.
 type fixture struct {
-	store   *countingStore
-	svc     *mirror.Service
-	up      *upstream.Registry
-	img     regtest.Image
-	layer   digest.Digest
-	metrics mirror.Metrics
+	store *countingStore
+	svc   *mirror.Service
+	up    *upstream.Registry
+	// upMetrics count the requests sent upstream (upstreamRequests).
+	upMetrics *upstream.Metrics
+	img       regtest.Image
+	layer     digest.Digest
+	metrics   mirror.Metrics
 }
 
 func newFixture(t *testing.T, e mirror.Engine) *fixture {
@@ -104,9 +137,19 @@ func newFixture(t *testing.T, e mirror.Engine) *fixture {
 	json.Unmarshal(img.Manifest, &m)
 	u, _ := url.Parse(reg.URL)
 	log := slog.New(slog.DiscardHandler)
+	upMetrics := upstream.NewMetrics()
 	up := upstream.New(upstream.Config{Name: "docker.io", URL: u}, upstream.Options{
-		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upstream.NewMetrics(), Log: log})
+		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upMetrics, Log: log})
 	store := &countingStore{Store: cache.New(inmemory.New())}
+	svc, metrics := newService(t, store, e)
+	return &fixture{store: store, svc: svc, up: up, upMetrics: upMetrics, img: img, layer: m.Layers[0].Digest, metrics: metrics}
+}
+
+// newService is a service over store, as one replica of several sharing
+// it would be.
+func newService(t *testing.T, store *countingStore, e mirror.Engine) (*mirror.Service, mirror.Metrics) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
 	var svc *mirror.Service
 	fetches := blobfetch.New(blobfetch.Options{
 		Store: store, SpoolDir: t.TempDir(), Timeout: time.Minute, Clock: clock{},
@@ -123,7 +166,7 @@ func newFixture(t *testing.T, e mirror.Engine) *fixture {
 		DeadlineExceeded: prometheus.NewCounter(prometheus.CounterOpts{Name: "deadline_exceeded"}),
 	}
 	svc = mirror.New(mirror.Options{Store: store, Fetches: fetches, Engine: e, Clock: clock{}, Metrics: metrics, Log: log})
-	return &fixture{store: store, svc: svc, up: up, img: img, layer: m.Layers[0].Digest, metrics: metrics}
+	return svc, metrics
 }
 
 func wantRefused(t *testing.T, what string, err error, status int, code string) {
@@ -171,6 +214,82 @@ func TestReadsAreHeldByTheirRepository(t *testing.T) {
 	wantRefused(t, "engine's manifest", err, http.StatusNotFound, errcode.ManifestUnknown)
 	_, err = other.Source().OpenBlob(ctx, f.layer)
 	wantRefused(t, "engine's blob", err, http.StatusNotFound, errcode.BlobUnknown)
+}
+
+// TestRelayOfABlobFoundCachedIsServed: another replica asks this one for a
+// blob the repository holds; the cache read fails once, so the blob goes
+// the download's way, and that download finds it in the cache, sent by
+// this upstream before, and asks nobody. The asking replica gets the blob
+// from the cache, not a 503 telling it to download the blob itself (one
+// more upstream download).
+func TestRelayOfABlobFoundCachedIsServed(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, &engine{})
+	ctx := context.Background()
+	app := f.svc.Repository(f.up.Repository("library/app"))
+	if err := app.Source().Ensure(ctx, f.layer); err != nil { // downloads it
+		t.Fatal(err)
+	}
+	f.store.failOpens.Store(1)
+	b, err := app.ForReplica(replicas.KindBlob).OpenBlob(ctx, f.layer, 0)
+	if err != nil {
+		t.Fatalf("the relay of a blob the download found cached: %v", err)
+	}
+	got, err := io.ReadAll(b)
+	b.Close()
+	if err != nil || digest.FromBytes(got) != f.layer {
+		t.Fatalf("the relayed layer: %v, %d bytes that are not it", err, len(got))
+	}
+}
+
+// TestRelayAfterTheDownloadEndedAsksNobody: another replica asks this one
+// for a blob while this replica's download of it ends: the relay finds
+// neither the repository's link nor the blob, joins a download that finds
+// them both, and is served from the cache without a question to the
+// upstream (a HEAD) that the link it now finds answers.
+func TestRelayAfterTheDownloadEndedAsksNobody(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, &engine{})
+	ctx := context.Background()
+	if err := f.svc.Repository(f.up.Repository("library/app")).Source().Ensure(ctx, f.layer); err != nil { // downloads it
+		t.Fatal(err)
+	}
+	replica, _ := newService(t, f.store, &engine{}) // remembers no link
+	before := upstreamRequests(t, f.upMetrics)
+	f.store.missLinks.Store(1)
+	f.store.missBlobs.Store(1)
+	b, err := replica.Repository(f.up.Repository("library/app")).ForReplica(replicas.KindBlob).OpenBlob(ctx, f.layer, 0)
+	if err != nil {
+		t.Fatalf("the relay: %v", err)
+	}
+	got, err := io.ReadAll(b)
+	b.Close()
+	if err != nil || digest.FromBytes(got) != f.layer {
+		t.Fatalf("the relayed layer: %v, %d bytes that are not it", err, len(got))
+	}
+	if n := upstreamRequests(t, f.upMetrics) - before; n != 0 {
+		t.Errorf("the relay sent %v requests upstream, want 0", n)
+	}
+}
+
+// upstreamRequests is how many requests were sent upstream.
+func upstreamRequests(t *testing.T, m *upstream.Metrics) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m.Collectors()...)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, f := range families {
+		if f.GetName() == "regnorm_upstream_requests_total" {
+			for _, s := range f.GetMetric() {
+				total += s.GetCounter().GetValue()
+			}
+		}
+	}
+	return total
 }
 
 // TestEnsureOpensNothingCached: the engine's Ensure of a blob the
