@@ -1191,7 +1191,6 @@ func TestWalksStopWhenTheContextEnds(t *testing.T) {
 	}
 }
 
-// pinTime is the storage's time of dgst's pin.
 // pinAfter pins dgst, again until the storage's time for it is later than
 // prev's (a filesystem's times are a clock tick apart): the order is the
 // test's, not the clock's.

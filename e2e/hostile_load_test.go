@@ -137,9 +137,14 @@ cache:
 	// are cancelled after their grace, the others finish; the spool goes
 	// with the last request still sending from it, at once.
 	deadline := time.Now().Add(2 * time.Minute)
-	for metric(t, proxyURL, "regnorm_upstream_inflight_fetches")+metric(t, proxyURL, "regnorm_upstream_queued_fetches") > 0 {
+	for {
+		scraped := scrape(t, proxyURL)
+		running, waiting := metricIn(t, scraped, "regnorm_upstream_inflight_fetches"), metricIn(t, scraped, "regnorm_upstream_queued_fetches")
+		if running+waiting == 0 {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("downloads were still running two minutes after the last client left")
+			t.Fatalf("two minutes after the last client left, %.0f downloads were still running and %.0f waiting", running, waiting)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -22,7 +22,9 @@ import (
 
 // MaxNodes bounds the nodes remembered, those seen pulling and those
 // reported on, each: beyond it the least recently seen pulling go first,
-// and a report of a new node is refused.
+// and a report of a new node is refused. Each replica holds its reports
+// to it: several replicas taking new nodes' reports at the same moment
+// may each take one more.
 const MaxNodes = 10000
 
 // NodeHeader is the header node-config has containerd send with every
@@ -107,10 +109,12 @@ type Fleet struct {
 	reported map[string]bool
 
 	counting sync.Mutex // one count of regnorm_nodes at a time
-	// newcomers is held by a new node's report from the listing it is
-	// counted against to its record: two at once would both find the last
-	// place under MaxNodes free.
-	newcomers sync.Mutex
+	// newcomers is held (a slot of one) by a new node's report from the
+	// listing it is counted against to its record: two at once would both
+	// find the last place under maxReported free.
+	newcomers chan struct{}
+	// maxReported is MaxNodes, but in tests.
+	maxReported int
 }
 
 // seenKey names what pulls are counted by: the node named by NodeHeader,
@@ -153,7 +157,8 @@ func New(opts Options) (*Fleet, error) {
 	}
 	return &Fleet{store: opts.Store, hostsDir: opts.HostsDir, configDir: opts.ContainerdConfigDir, forget: opts.ForgetAfter,
 		rules: opts.Rules, clock: opts.Clock, nodes: opts.Nodes, log: opts.Log,
-		reports: recent.New[[]cache.NodeReport](opts.Clock.Now), seen: seenNodes}, nil
+		reports: recent.New[[]cache.NodeReport](opts.Clock.Now), seen: seenNodes,
+		newcomers: make(chan struct{}, 1), maxReported: MaxNodes}, nil
 }
 
 // SawPull notes a manifest request from the client of r, and whether it

@@ -51,7 +51,7 @@ var reportLimits = []struct {
 // replica. The words the fleet view shows, and the lines to add, are never
 // taken from the sender: View makes them from the report's codes and
 // regnorm's own hosts directory. A report regnorm does not take is
-// ErrInvalidReport; a new node past MaxNodes, ErrTooManyNodes.
+// ErrInvalidReport; a new node past MaxNodes, ErrTooManyNodes (see place).
 func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	if err := f.check(rep); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidReport, err)
@@ -61,8 +61,12 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 		// A new node: its place is counted and taken under newcomers,
 		// from a listing that has every earlier newcomer in it (each
 		// drops the listing in use, below).
-		f.newcomers.Lock()
-		defer f.newcomers.Unlock()
+		select {
+		case f.newcomers <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		defer func() { <-f.newcomers }()
 		known, i, err = f.place(ctx, rep.Node)
 	}
 	if err != nil {
@@ -88,26 +92,30 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	return nil
 }
 
-// place finds node in the reports known: known[i] is its last report, or
-// i is -1 for a new node, which is refused (ErrTooManyNodes) while
-// MaxNodes are remembered (forgotten ones do not count). A known node may
-// always report again.
+// place finds node among the live reports (those not yet forgotten):
+// known[i] is its last report, or i is -1 for a node that has none, which
+// is refused (ErrTooManyNodes) while maxReported are live. A node whose
+// report is forgotten but not yet pruned is a new node: else a sender
+// could let nodes be forgotten, report new ones in their places, and then
+// the forgotten ones again. A live node may always report again.
 func (f *Fleet) place(ctx context.Context, node string) (known []cache.NodeReport, i int, err error) {
 	known, err = f.listReports(ctx)
 	if err != nil {
 		return nil, -1, fmt.Errorf("reading the node reports: %w", err)
 	}
-	if i = slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == node }); i >= 0 {
+	now := f.clock.Now()
+	isLive := func(k cache.NodeReport) bool { return now.Sub(k.ReportedAt) <= f.forget }
+	if i = slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == node }); i >= 0 && isLive(known[i]) {
 		return known, i, nil
 	}
-	now, live := f.clock.Now(), 0
+	live := 0
 	for _, k := range known {
-		if now.Sub(k.ReportedAt) <= f.forget {
+		if isLive(k) {
 			live++
 		}
 	}
-	if live >= MaxNodes {
-		return nil, -1, fmt.Errorf("%w: %d nodes are known already", ErrTooManyNodes, MaxNodes)
+	if live >= f.maxReported {
+		return nil, -1, fmt.Errorf("%w: %d nodes are known already", ErrTooManyNodes, f.maxReported)
 	}
 	return known, -1, nil
 }
