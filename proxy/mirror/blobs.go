@@ -250,8 +250,9 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 		// The download found the blob already cached (another one had just
 		// published it) and asked nobody: the client reads the cache, and
 		// is admitted as for a cached blob: by the link that download
-		// recorded, else by asking.
-		if admitted, sub, err = r.admitted(ctx, o); err != nil {
+		// recorded, else by asking about the blob itself (the upstream
+		// sent it).
+		if admitted, _, err = r.admitted(ctx, o); err != nil {
 			f.Done()
 			return nil, storageFailed(err)
 		}
