@@ -727,8 +727,8 @@ func (c Config) validate() error {
 	if c.MaxUpstreamBodyMemory < upstream.MinBodyMemory {
 		bad("maxUpstreamBodyMemory", "%q is less than 8MiB: an upstream's share must hold the largest manifest (4 MiB)", c.MaxUpstreamBodyMemory)
 	}
-	if c.Nodes.ForgetAfter < time.Minute {
-		bad("nodes.forgetAfter", "must be at least 1m")
+	if c.Nodes.ForgetAfter < 3*reportEvery {
+		bad("nodes.forgetAfter", "must be at least %s: three of node-config's report periods (%s), or reporting nodes would be forgotten between reports", 3*reportEvery, reportEvery)
 	}
 	if !fleet.ValidDir(c.Nodes.HostsDir) {
 		bad("nodes.hostsDir", "%q is not one clean absolute directory (no ':' list, no quotes): node-config's --config-path", c.Nodes.HostsDir)

@@ -133,7 +133,7 @@ func TestConfigErrorsSayWhatToFix(t *testing.T) {
 		{"bool", "normalize:\n  symlinkXattrs: sometimes\n", []string{`normalize.symlinkXattrs (line 2): "sometimes" is not true or false`}},
 		{"number", "upstreamAttempts: three\n", []string{`upstreamAttempts (line 1): "three" is not a whole number`}},
 		{"mapping for a list", "upstreams:\n  name: a\n", []string{"upstreams (line 2): expected a list, got a mapping"}},
-		{"fleet memory too short", "nodes:\n  forgetAfter: 10s\n", []string{"nodes.forgetAfter: must be at least 1m"}},
+		{"fleet memory too short", "nodes:\n  forgetAfter: 10m\n", []string{"nodes.forgetAfter: must be at least 15m0s"}},
 		{"unknown client policy", "normalize:\n  clients: some\n", []string{`normalize.clients: "some" is neither auto nor all`}},
 		{"unknown rule", "normalize:\n  unknownClients: [symlink-xattr]\n", []string{`normalize.unknownClients: unknown rule "symlink-xattr" (known: config-media-type, symlink-xattrs, zstd-media-type, schema1, zstd-gzip, index-sizes, layer-media-type, diff-ids, gnu-sparse)`}},
 		{"platform without architecture", "normalize:\n  platforms: [linux]\n", []string{`normalize.platforms: "linux" is not a platform such as linux/amd64 or linux/arm/v7, nor all`}},

@@ -478,7 +478,8 @@ func (f *Fleet) Count() {
 }
 
 // Prune deletes the reports of nodes forgotten (not reported on for the
-// forget period), in the background rather than on a request.
+// forget period) once they no longer count against the bound on new nodes
+// (lingers), in the background rather than on a request.
 func (f *Fleet) Prune(ctx context.Context) {
 	reports, err := f.listReports(ctx)
 	if err != nil {
@@ -487,10 +488,10 @@ func (f *Fleet) Prune(ctx context.Context) {
 	}
 	now, pruned := f.clock.Now(), false
 	for _, r := range reports {
-		if now.Sub(r.ReportedAt) > f.forget {
+		if now.Sub(r.ReportedAt) > f.forget+lingers {
 			// The listing may be seconds old: a report that has come since
 			// (to another replica, say) stays.
-			if cur, err := f.store.GetNodeReport(ctx, r.Node); err != nil || now.Sub(cur.ReportedAt) <= f.forget {
+			if cur, err := f.store.GetNodeReport(ctx, r.Node); err != nil || now.Sub(cur.ReportedAt) <= f.forget+lingers {
 				continue
 			}
 			if err := f.store.DeleteNodeReport(ctx, r.Node); err != nil {

@@ -56,6 +56,8 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	if err := f.check(rep); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidReport, err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
 	known, i, err := f.place(ctx, rep.Node)
 	if i < 0 && err == nil {
 		// A new node: its place is counted and taken under newcomers,
@@ -92,29 +94,39 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	return nil
 }
 
+// reportTimeout bounds the taking of one report, its record written.
+const reportTimeout = 30 * time.Second
+
+// lingers is how long past the forget period a record still counts
+// against the bound on new nodes, and is kept: a report of its node that
+// began while it was live lands within reportTimeout, and the listing in
+// use sees it within recent.TTL. Else a newcomer could take the place of
+// a node that is reporting again at that moment.
+const lingers = time.Minute
+
 // place finds node among the live reports (those not yet forgotten):
 // known[i] is its last report, or i is -1 for a node that has none, which
-// is refused (ErrTooManyNodes) while maxReported are live. A node whose
-// report is forgotten but not yet pruned is a new node: else a sender
-// could let nodes be forgotten, report new ones in their places, and then
-// the forgotten ones again. A live node may always report again.
+// is refused (ErrTooManyNodes) while maxReported others count against the
+// bound (for lingers past their forget period). A node whose report is
+// forgotten but not yet pruned is a new node: else a sender could let
+// nodes be forgotten, report new ones in their places, and then the
+// forgotten ones again. A live node may always report again.
 func (f *Fleet) place(ctx context.Context, node string) (known []cache.NodeReport, i int, err error) {
 	known, err = f.listReports(ctx)
 	if err != nil {
 		return nil, -1, fmt.Errorf("reading the node reports: %w", err)
 	}
 	now := f.clock.Now()
-	isLive := func(k cache.NodeReport) bool { return now.Sub(k.ReportedAt) <= f.forget }
-	if i = slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == node }); i >= 0 && isLive(known[i]) {
+	if i = slices.IndexFunc(known, func(k cache.NodeReport) bool { return k.Node == node }); i >= 0 && now.Sub(known[i].ReportedAt) <= f.forget {
 		return known, i, nil
 	}
-	live := 0
+	counted := 0
 	for _, k := range known {
-		if isLive(k) {
-			live++
+		if k.Node != node && now.Sub(k.ReportedAt) <= f.forget+lingers {
+			counted++
 		}
 	}
-	if live >= f.maxReported {
+	if counted >= f.maxReported {
 		return nil, -1, fmt.Errorf("%w: %d nodes are known already", ErrTooManyNodes, f.maxReported)
 	}
 	return known, -1, nil

@@ -257,7 +257,7 @@ func (r *Repository) open(ctx context.Context, dgst digest.Digest, offset int64,
 			return nil, storageFailed(err)
 		}
 		if !admitted {
-			if err := r.ask(ctx, o, sub); err != nil {
+			if err := r.ask(ctx, o, o); err != nil {
 				f.Done()
 				return nil, err
 			}

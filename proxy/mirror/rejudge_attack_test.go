@@ -28,7 +28,8 @@ import (
 // record exist, and alice is confirmed. eve (granted nothing) and an
 // anonymous client then ask for it while the cache misses the blob once, so
 // their own download finds it cached and asks nobody: the re-judge must not
-// admit them by alice's link.
+// admit them by alice's link. (Their HEAD is refused too, before open: the
+// miss sends StatBlob to the upstream, which refuses them.)
 func TestAttackRejudgeForwardedUnconfirmedClient(t *testing.T) {
 	t.Parallel()
 	reg := regtest.Start(t, regtest.Options{TokenAuth: true, Accounts: []regtest.Account{
