@@ -17,6 +17,7 @@ type Listing[T any] struct {
 	mu    sync.Mutex
 	value T
 	at    time.Time
+	began time.Time
 	ok    bool
 }
 
@@ -26,18 +27,25 @@ func New[T any](now func() time.Time) *Listing[T] { return &Listing[T]{now: now}
 // Get returns the listing, fetching it anew when it is older than TTL.
 // Callers at the same moment share one fetch; a failed fetch is not kept.
 func (l *Listing[T]) Get(fetch func() (T, error)) (T, error) {
+	v, _, err := l.GetAt(fetch)
+	return v, err
+}
+
+// GetAt is Get, with when the listing's fetch began.
+func (l *Listing[T]) GetAt(fetch func() (T, error)) (T, time.Time, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ok && l.now().Sub(l.at) < TTL {
-		return l.value, nil
+		return l.value, l.began, nil
 	}
+	began := l.now()
 	v, err := fetch()
 	if err != nil {
 		var zero T
-		return zero, err
+		return zero, time.Time{}, err
 	}
-	l.value, l.at, l.ok = v, l.now(), true
-	return v, nil
+	l.value, l.at, l.began, l.ok = v, l.now(), began, true
+	return v, began, nil
 }
 
 // Forget drops the listing: the storage changed.

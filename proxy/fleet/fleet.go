@@ -287,7 +287,12 @@ func truncate(s string, n int) string {
 
 // listReports lists node-config's reports, or reuses a recent listing.
 func (f *Fleet) listReports(ctx context.Context) ([]cache.NodeReport, error) {
-	return f.reports.Get(func() ([]cache.NodeReport, error) {
+	r, _, err := f.listReportsAt(ctx)
+	return r, err
+}
+
+func (f *Fleet) listReportsAt(ctx context.Context) ([]cache.NodeReport, time.Time, error) {
+	return f.reports.GetAt(func() ([]cache.NodeReport, error) {
 		reports, err := f.store.ListNodeReports(ctx)
 		if err != nil {
 			return nil, err

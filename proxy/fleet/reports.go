@@ -56,8 +56,6 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	if err := f.check(rep); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidReport, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, reportTimeout)
-	defer cancel()
 	known, i, err := f.place(ctx, rep.Node)
 	if i < 0 && err == nil {
 		// A new node: its place is counted and taken under newcomers,
@@ -76,7 +74,13 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	}
 	now := f.clock.Now()
 	rep.ReportedAt = now.UTC()
-	if err := f.store.PutNodeReport(ctx, rep); err != nil {
+	putCtx, cancel := context.WithTimeout(ctx, reportTimeout)
+	err = f.store.PutNodeReport(putCtx, rep)
+	cancel()
+	if err != nil {
+		if i < 0 {
+			f.reports.Forget() // it may have landed all the same
+		}
 		return fmt.Errorf("recording the node report: %w", err)
 	}
 	f.mu.Lock()
@@ -94,25 +98,29 @@ func (f *Fleet) Receive(ctx context.Context, rep cache.NodeReport) error {
 	return nil
 }
 
-// reportTimeout bounds the taking of one report, its record written.
+// reportTimeout bounds the writing of one report's record (a store that
+// honours its context: S3 does, distribution's filesystem driver does not).
 const reportTimeout = 30 * time.Second
 
 // lingers is how long past the forget period a record still counts
-// against the bound on new nodes, and is kept: a report of its node that
-// began while it was live lands within reportTimeout, and the listing in
-// use sees it within recent.TTL. Else a newcomer could take the place of
-// a node that is reporting again at that moment.
+// against the bound on new nodes, and is kept. A report of its node that
+// began while it was live (its record then at most the forget period old)
+// lands within reportTimeout; a listing that began before it landed is
+// what misses it, so records are counted by the time their listing began:
+// the old record of a node reporting again is in any listing that misses
+// the new one, at most the forget period and reportTimeout old. Else a
+// newcomer could take the place of a node that is reporting again.
 const lingers = time.Minute
 
 // place finds node among the live reports (those not yet forgotten):
 // known[i] is its last report, or i is -1 for a node that has none, which
 // is refused (ErrTooManyNodes) while maxReported others count against the
-// bound (for lingers past their forget period). A node whose report is
+// bound (for lingers past their forget period, when the listing began). A node whose report is
 // forgotten but not yet pruned is a new node: else a sender could let
 // nodes be forgotten, report new ones in their places, and then the
 // forgotten ones again. A live node may always report again.
 func (f *Fleet) place(ctx context.Context, node string) (known []cache.NodeReport, i int, err error) {
-	known, err = f.listReports(ctx)
+	known, listed, err := f.listReportsAt(ctx)
 	if err != nil {
 		return nil, -1, fmt.Errorf("reading the node reports: %w", err)
 	}
@@ -122,7 +130,7 @@ func (f *Fleet) place(ctx context.Context, node string) (known []cache.NodeRepor
 	}
 	counted := 0
 	for _, k := range known {
-		if k.Node != node && now.Sub(k.ReportedAt) <= f.forget+lingers {
+		if k.Node != node && listed.Sub(k.ReportedAt) <= f.forget+lingers {
 			counted++
 		}
 	}
