@@ -125,16 +125,7 @@ type fixture struct {
 func newFixture(t *testing.T, e mirror.Engine) *fixture {
 	t.Helper()
 	reg := regtest.Start(t, regtest.Options{})
-	img, err := regtest.BuildImage(regtest.ImageOptions{ConfigMediaType: "application/octet-stream"},
-		[]regtest.File{{Name: "hello.txt", Content: []byte("hello\n")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Client().PushImage(context.Background(), "library/app", "v1", img); err != nil {
-		t.Fatal(err)
-	}
-	var m ocispec.Manifest
-	json.Unmarshal(img.Manifest, &m)
+	img, layer := pushApp(t, reg, "hello\n")
 	u, _ := url.Parse(reg.URL)
 	log := slog.New(slog.DiscardHandler)
 	upMetrics := upstream.NewMetrics()
@@ -142,7 +133,26 @@ func newFixture(t *testing.T, e mirror.Engine) *fixture {
 		Retry: upstream.RetryPolicy{Attempts: 1}, Stall: 10 * time.Second, Metrics: upMetrics, Log: log})
 	store := &countingStore{Store: cache.New(inmemory.New())}
 	svc, metrics := newService(t, store, e)
-	return &fixture{store: store, svc: svc, up: up, upMetrics: upMetrics, img: img, layer: m.Layers[0].Digest, metrics: metrics}
+	return &fixture{store: store, svc: svc, up: up, upMetrics: upMetrics, img: img, layer: layer, metrics: metrics}
+}
+
+// pushApp pushes library/app:v1 to reg, an image of one layer holding
+// content, with the config type old Docker images have.
+func pushApp(t *testing.T, reg *regtest.Registry, content string) (regtest.Image, digest.Digest) {
+	t.Helper()
+	img, err := regtest.BuildImage(regtest.ImageOptions{ConfigMediaType: "application/octet-stream"},
+		[]regtest.File{{Name: "hello.txt", Content: []byte(content)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Client().PushImage(context.Background(), "library/app", "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(img.Manifest, &m); err != nil || len(m.Layers) != 1 {
+		t.Fatalf("the image's manifest: %v", err)
+	}
+	return img, m.Layers[0].Digest
 }
 
 // newService is a service over store, as one replica of several sharing

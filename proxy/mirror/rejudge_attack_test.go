@@ -2,7 +2,6 @@ package mirror_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	digest "github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/internal/regtest"
@@ -36,17 +34,7 @@ func TestAttackRejudgeForwardedUnconfirmedClient(t *testing.T) {
 		{Username: "alice", Password: "a", Repos: []string{"library/app"}},
 		{Username: "eve", Password: "e", Repos: []string{"eve/own"}},
 	}})
-	img, err := regtest.BuildImage(regtest.ImageOptions{ConfigMediaType: "application/octet-stream"},
-		[]regtest.File{{Name: "secret.txt", Content: []byte("alice's secret\n")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.Client().PushImage(context.Background(), "library/app", "v1", img); err != nil {
-		t.Fatal(err)
-	}
-	var m ocispec.Manifest
-	json.Unmarshal(img.Manifest, &m)
-	layer := m.Layers[0].Digest
+	_, layer := pushApp(t, reg, "alice's secret\n")
 	u, _ := url.Parse(reg.URL)
 	log := slog.New(slog.DiscardHandler)
 	allow, err := upstream.ParseAllowList([]string{"127.0.0.0/8"})
