@@ -79,9 +79,9 @@ func TestSlowListingHidesAKnownNodesReport(t *testing.T) {
 
 // TestNewcomerWhoseWriteFailedLateDropsTheListing: a new node's write that
 // reports an error may still have landed (an S3 PUT whose context ended
-// after the object was committed). Receive then returns without Forget,
-// the slot is let go, and the next newcomer counts against the listing
-// that does not have the first: one over the bound.
+// after the object was committed). Receive used to return without Forget:
+// the slot let go, the next newcomer counted against the listing that
+// does not have the first, one over the bound.
 func TestNewcomerWhoseWriteFailedLateDropsTheListing(t *testing.T) {
 	t.Parallel()
 	const bound = 3
