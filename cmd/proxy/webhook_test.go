@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"io"
@@ -79,22 +78,7 @@ func TestWebhookListener(t *testing.T) {
 	os.WriteFile(config, []byte("webhook:\n  certFile: "+certFile+"\n  keyFile: "+keyFile+"\n  clients: [\"1.6.8\"]\n"), 0o600)
 	runUntilDone(t, []string{"--config", config, "--listen", mirrorAddr}, env(map[string]string{"REGNORM_WEBHOOK_LISTEN": webhookAddr}))
 
-	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","resource":{"version":"v1","resource":"pods"},"operation":"CREATE",` +
-		`"object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"redis:7"}]}}}}`
-	var resp *http.Response
-	var err error
-	for range 250 {
-		if resp, err = client.Post("https://"+webhookAddr+"/mutate", "application/json", strings.NewReader(review)); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	status, body := firstReview(t, webhookAddr)
 	var got struct {
 		Response struct {
 			UID     string
@@ -102,15 +86,16 @@ func TestWebhookListener(t *testing.T) {
 			Patch   []byte
 		}
 	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &got) != nil || got.Response.UID != "u-1" || !got.Response.Allowed || got.Response.Patch != nil {
-		t.Fatalf("POST /mutate: %d %s", resp.StatusCode, body)
+	if status != http.StatusOK || json.Unmarshal(body, &got) != nil || got.Response.UID != "u-1" || !got.Response.Allowed || got.Response.Patch != nil {
+		t.Fatalf("POST /mutate: %d %s", status, body)
 	}
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	for _, tt := range []struct{ url, method string }{
 		{"https://" + webhookAddr + "/v2/", http.MethodGet},
 		{"https://" + webhookAddr + "/api/v1/warm", http.MethodPost},
 		{"http://" + mirrorAddr + "/mutate", http.MethodPost},
 	} {
-		req, _ := http.NewRequest(tt.method, tt.url, bytes.NewReader([]byte(review)))
+		req, _ := http.NewRequest(tt.method, tt.url, strings.NewReader(testReview))
 		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -120,4 +105,40 @@ func TestWebhookListener(t *testing.T) {
 			t.Errorf("%s %s: %d", tt.method, tt.url, resp.StatusCode)
 		}
 	}
+}
+
+// testReview is an AdmissionReview of a Pod running redis:7, uid u-1.
+const testReview = `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","resource":{"version":"v1","resource":"pods"},"operation":"CREATE",` +
+	`"object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"redis:7"}]}}}}`
+
+// postReview posts testReview to the webhook at addr, as a client
+// presenting certs.
+func postReview(addr string, certs ...tls.Certificate) (*http.Response, error) {
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: certs}}}
+	defer client.CloseIdleConnections()
+	return client.Post("https://"+addr+"/mutate", "application/json", strings.NewReader(testReview))
+}
+
+// firstReview is postReview, again until the webhook listens (5 s at
+// most): the answer's status and body.
+func firstReview(t *testing.T, addr string, certs ...tls.Certificate) (int, []byte) {
+	t.Helper()
+	var resp *http.Response
+	var err error
+	for range 250 {
+		if resp, err = postReview(addr, certs...); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
 }

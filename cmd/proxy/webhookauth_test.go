@@ -86,31 +86,11 @@ func TestWebhookAuthenticatesItsCallers(t *testing.T) {
 		"\n  clientCAFile: "+caFile+"\n  clientNames: [kube-apiserver, apiserver.control-plane]\n  clients: [\"1.6.8\"]\n"), 0o600)
 	runUntilDone(t, []string{"--config", config, "--listen", mirrorAddr}, env(nil))
 
-	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","resource":{"version":"v1","resource":"pods"},"operation":"CREATE",` +
-		`"object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"redis:7"}]}}}}`
-	post := func(certs ...tls.Certificate) (*http.Response, error) {
-		client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: certs}}}
-		defer client.CloseIdleConnections()
-		return client.Post("https://"+webhookAddr+"/mutate", "application/json", strings.NewReader(review))
-	}
-	apiserver := ca.client(t, "kube-apiserver", x509.ExtKeyUsageClientAuth)
-	var resp *http.Response
-	var err error
-	for range 250 {
-		if resp, err = post(apiserver); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	post := func(certs ...tls.Certificate) (*http.Response, error) { return postReview(webhookAddr, certs...) }
+	status, body := firstReview(t, webhookAddr, ca.client(t, "kube-apiserver", x509.ExtKeyUsageClientAuth))
 	var got struct{ Response struct{ UID string } }
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &got) != nil || got.Response.UID != "u-1" {
-		t.Fatalf("the API server's certificate: %d %s", resp.StatusCode, body)
+	if status != http.StatusOK || json.Unmarshal(body, &got) != nil || got.Response.UID != "u-1" {
+		t.Fatalf("the API server's certificate: %d %s", status, body)
 	}
 	if resp, err := post(ca.client(t, "webhook-caller", x509.ExtKeyUsageClientAuth, "apiserver.control-plane")); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("a certificate whose DNS name is allowed: %v %v", resp, err)

@@ -18,6 +18,28 @@ import (
 	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
+// testMetrics are a webhook's metrics, registered nowhere.
+func testMetrics() Metrics {
+	return Metrics{Images: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "images"}, []string{"result"}),
+		Seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "seconds"})}
+}
+
+// bodiesOnly is a webhook for tests of how it reads bodies: it reads no
+// repository, and no image names an upstream.
+func bodiesOnly(t *testing.T) *Webhook {
+	t.Helper()
+	w, err := New(Options{
+		Repository: func(string, string) (Repository, error) { return nil, errors.New("not read") },
+		IsUpstream: func(string) bool { return false },
+		RuleSets:   func(context.Context) ([]ruleset.Set, error) { return nil, nil },
+		Pins:       noPins{}, Budget: 1, ImageBudget: 1, Metrics: testMetrics(), Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 type noPins struct{}
 
 func (noPins) Pin(context.Context, digest.Digest) error { return nil }
@@ -65,19 +87,7 @@ func (b *stallingBody) Read(p []byte) (int, error) {
 // body is a goroutine blocked on a channel.
 func TestWebhookBoundsTheBodiesItHolds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		w, err := New(Options{
-			Repository: func(string, string) (Repository, error) { return nil, errors.New("not read") },
-			IsUpstream: func(string) bool { return false },
-			RuleSets:   func(context.Context) ([]ruleset.Set, error) { return nil, nil },
-			Pins:       noPins{}, Budget: 1, ImageBudget: 1,
-			Metrics: Metrics{Images: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "images"}, []string{"result"}),
-				Seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "seconds"})},
-			Log: slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := w.Handler()
+		h := bodiesOnly(t).Handler()
 		release := make(chan struct{})
 		var stalled, held, refused atomic.Int64
 		const clients, each = 64, 1 << 20

@@ -14,7 +14,6 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/regnorm/regnorm/cache"
 	"github.com/regnorm/regnorm/proxy/mirror"
@@ -103,9 +102,8 @@ func TestWebhookOnePodDoesNotHoldEveryonesPins(t *testing.T) {
 			RuleSets:   func(context.Context) ([]ruleset.Set, error) { return []ruleset.Set{ruleset.All()}, nil },
 			Pins:       pins, Budget: 10, ImageBudget: 10,
 			Timeout: timeout,
-			Metrics: Metrics{Images: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "images"}, []string{"result"}),
-				Seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "seconds"})},
-			Log: slog.New(slog.DiscardHandler),
+			Metrics: testMetrics(),
+			Log:     slog.New(slog.DiscardHandler),
 		})
 		if err != nil {
 			t.Fatal(err)

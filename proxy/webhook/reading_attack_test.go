@@ -1,19 +1,12 @@
 package webhook
 
 import (
-	"context"
-	"errors"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
-
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/regnorm/regnorm/proxy/ruleset"
 )
 
 // TestWebhookStalledBodiesDoNotTurnAwayReviews: the reading slots bound
@@ -30,19 +23,7 @@ import (
 // bytes must not take the room of a 4 MiB one. The clock is synctest's.
 func TestWebhookStalledBodiesDoNotTurnAwayReviews(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		w, err := New(Options{
-			Repository: func(string, string) (Repository, error) { return nil, errors.New("not read") },
-			IsUpstream: func(string) bool { return false },
-			RuleSets:   func(context.Context) ([]ruleset.Set, error) { return nil, nil },
-			Pins:       noPins{}, Budget: 1, ImageBudget: 1,
-			Metrics: Metrics{Images: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "images"}, []string{"result"}),
-				Seconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "seconds"})},
-			Log: slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := w.Handler()
+		h := bodiesOnly(t).Handler()
 		release := make(chan struct{})
 		var stalled atomic.Int64
 		done := make(chan struct{}, MaxInFlight)
