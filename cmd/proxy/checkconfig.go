@@ -47,6 +47,10 @@ func configWarnings(cfg Config) []string {
 			"and the CA that signed the API server's usually signs others too (a kubeadm cluster's signs every kubelet's). "+
 			"Set webhook.clientNames to the API server's certificate names")
 	}
+	if cfg.Webhook.enabled() && cfg.Cache.MaxAge > 0 && cfg.Cache.MaxPinnedSize == 0 {
+		ws = append(ws, "cache.maxAge without cache.maxSize or cache.maxPinnedSize: the webhook's pins keep blobs from eviction "+
+			"for webhook.pinFor with no bound on their bytes. Set cache.maxPinnedSize")
+	}
 	return ws
 }
 

@@ -117,7 +117,8 @@ func TestWebhookAuthenticatesItsCallers(t *testing.T) {
 // control planes cannot present a client certificate to a webhook) but
 // said, by --check-config as by a start; with webhook.clientCAFile, or
 // without client auth, nothing is said. A client CA file that holds no
-// certificate does not pass --check-config.
+// certificate does not pass --check-config. Pins with no bound on their
+// bytes (a cache bounded by age alone) are said too.
 func TestWebhookWithoutCallerAuthenticationWarns(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -134,12 +135,15 @@ func TestWebhookWithoutCallerAuthenticationWarns(t *testing.T) {
 		warns      bool
 		namesWarn  bool // the client CA answers any certificate it signed
 		wantErr    string
+		pinsWarn   bool // pins keep blobs with no bound on their bytes
 	}{
-		{"client auth, webhook open to anyone", auth + webhook, true, false, ""},
-		{"client auth, webhook asks a client certificate", auth + webhook + "  clientCAFile: " + caFile + "\n", false, true, ""},
-		{"client auth, webhook asks the API server's certificate", auth + webhook + "  clientCAFile: " + caFile + "\n  clientNames: [kube-apiserver]\n", false, false, ""},
-		{"no client auth", webhook, false, false, ""},
-		{"a client CA file without a certificate", webhook + "  clientCAFile: " + junk + "\n", false, false, "webhook.clientCAFile"},
+		{"client auth, webhook open to anyone", auth + webhook, true, false, "", false},
+		{"client auth, webhook asks a client certificate", auth + webhook + "  clientCAFile: " + caFile + "\n", false, true, "", false},
+		{"client auth, webhook asks the API server's certificate", auth + webhook + "  clientCAFile: " + caFile + "\n  clientNames: [kube-apiserver]\n", false, false, "", false},
+		{"no client auth", webhook, false, false, "", false},
+		{"cache by age, pins unbounded", webhook + "cache:\n  maxAge: 720h\n", false, false, "", true},
+		{"cache by age, pins bounded", webhook + "cache:\n  maxAge: 720h\n  maxPinnedSize: 10GiB\n", false, false, "", false},
+		{"a client CA file without a certificate", webhook + "  clientCAFile: " + junk + "\n", false, false, "webhook.clientCAFile", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -161,6 +165,9 @@ func TestWebhookWithoutCallerAuthenticationWarns(t *testing.T) {
 			}
 			if got := strings.Contains(out.String(), "# warning: webhook.clientCAFile without webhook.clientNames"); got != tc.namesWarn {
 				t.Errorf("warned of the names %v, want %v:\n%s", got, tc.namesWarn, out.String())
+			}
+			if got := strings.Contains(out.String(), "# warning: cache.maxAge without cache.maxSize or cache.maxPinnedSize"); got != tc.pinsWarn {
+				t.Errorf("warned of the pins %v, want %v:\n%s", got, tc.pinsWarn, out.String())
 			}
 		})
 	}

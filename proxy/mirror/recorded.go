@@ -133,20 +133,18 @@ func (r *Repository) Blobs(ctx context.Context, m cache.Manifest) ([]digest.Dige
 				return nil
 			}
 			read++
-			if _, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), c); errors.Is(err, cache.ErrNotFound) {
+			cm, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), c)
+			switch {
+			case errors.Is(err, cache.ErrNotFound):
 				continue // nothing cached to keep
+			case err != nil:
+				return err
 			}
+			// Read before the client is admitted, used only once it is.
 			if err := r.admit(ctx, object{dgst: c}); err != nil {
 				if s := errcode.StatusOf(err); s >= 400 && s < 500 {
 					continue // not this repository's to read: not pinned for it
 				}
-				return err
-			}
-			cm, err := r.s.store.GetManifest(ctx, r.remote.Upstream(), r.remote.Name(), c)
-			switch {
-			case errors.Is(err, cache.ErrNotFound):
-				continue
-			case err != nil:
 				return err
 			}
 			if err := walk(cm, depth+1); err != nil {
