@@ -141,3 +141,41 @@ func TestWebhookOnePodDoesNotHoldEveryonesPins(t *testing.T) {
 		<-ran
 	})
 }
+
+// stalledRepo is a repository whose cache does not answer: its records are
+// read until the reader gives up.
+type stalledRepo struct{ manyRepo }
+
+func (stalledRepo) Recorded(ctx context.Context, _ digest.Digest, _ ruleset.Set) (mirror.Recorded, bool, error) {
+	<-ctx.Done()
+	return mirror.Recorded{}, false, ctx.Err()
+}
+
+// TestWebhookAnswersWithinItsTimeWhenTheCacheStalls: the records an
+// admission reads (the variant's) are read within webhook.timeout: a
+// store that stalls does not hold the answer past it, where the API
+// server would give up and admit the Pod with no word of why. The clock is
+// synctest's.
+func TestWebhookAnswersWithinItsTimeWhenTheCacheStalls(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const timeout = 5 * time.Second
+		w, err := New(Options{
+			Repository: func(string, string) (Repository, error) { return stalledRepo{}, nil },
+			IsUpstream: func(name string) bool { return name == "docker.io" },
+			RuleSets:   func(context.Context) ([]ruleset.Set, error) { return []ruleset.Set{ruleset.All()}, nil },
+			Pins:       noPins{}, Budget: 10, ImageBudget: 10, Timeout: timeout,
+			Metrics: testMetrics(), Log: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","resource":{"version":"v1","resource":"pods"},"operation":"CREATE",` +
+			`"object":{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"docker.io/team/app@` + digest.FromString("index").String() + `"}]}}}}`
+		began := time.Now()
+		rec := httptest.NewRecorder()
+		w.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/mutate", strings.NewReader(body)))
+		if took := time.Since(began); rec.Code != http.StatusOK || took > timeout {
+			t.Fatalf("answered %d after %s (timeout %s): %s", rec.Code, took, timeout, rec.Body)
+		}
+	})
+}

@@ -592,7 +592,11 @@ func (w *Webhook) images(ctx context.Context, slots []slot, dryRun bool) map[str
 			todo = append(todo, s.image)
 		}
 	}
-	rules, known, err := w.rules(ctx)
+	// The records are read within the admission's time too: a stalled
+	// store must not hold the answer past it.
+	rctx, cancel := context.WithTimeout(ctx, w.opts.Timeout)
+	rules, known, err := w.rules(rctx)
+	cancel()
 	if err != nil {
 		// The versions known are used all the same.
 		w.opts.Log.Warn("admission: listing the fleet's containerd versions failed", "error", err)
@@ -649,7 +653,9 @@ func (w *Webhook) image(ctx context.Context, image string, a *admission) outcome
 	case a.rules.Empty():
 		return outcome{result: Clean}
 	}
-	rec, ok, err := repo.Recorded(ctx, ref.Digest, a.rules)
+	rctx, cancel := context.WithTimeout(ctx, max(a.deadline.Sub(w.opts.Now()), time.Millisecond))
+	rec, ok, err := repo.Recorded(rctx, ref.Digest, a.rules)
+	cancel()
 	switch {
 	case err != nil:
 		return w.failed(image, err)
