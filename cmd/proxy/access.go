@@ -104,36 +104,35 @@ func eachLine(path string, fn func(n int, line string) error) error {
 	return sc.Err()
 }
 
-// certReloader serves the certificate in certFile and keyFile, reading them
-// again when either changes (checked at most once per second, on a
-// handshake). A pair that does not load keeps the previous one in service.
-type certReloader struct {
-	certFile, keyFile string
-	now               func() time.Time
-	log               *slog.Logger
+// reloaded is a value loaded from files, loaded again when they change
+// (checked at most once a second, when it is asked for): a TLS pair, a CA.
+// A change that does not load keeps the previous value in service (often
+// the moment between writing a certificate and its key).
+type reloaded[T any] struct {
+	what  string // for the log
+	paths []string
+	load  func() (T, error)
+	now   func() time.Time
+	log   *slog.Logger
 
 	mu      sync.Mutex
-	cert    *tls.Certificate
-	stamp   string // the files' size and modification times
+	value   T
+	stamp   string // the files' sizes and modification times
 	checked time.Time
 }
 
-// newCertReloader loads the pair; now is the clock the checks go by.
-func newCertReloader(certFile, keyFile string, now func() time.Time, log *slog.Logger) (*certReloader, error) {
-	c := &certReloader{certFile: certFile, keyFile: keyFile, now: now, log: log}
-	stamp, err := c.fileStamp()
+// newReloaded loads what from paths; now is the clock the checks go by.
+func newReloaded[T any](what string, load func() (T, error), now func() time.Time, log *slog.Logger, paths ...string) (*reloaded[T], error) {
+	stamp, err := fileStamp(paths...)
 	if err != nil {
 		return nil, err
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	v, err := load()
 	if err != nil {
 		return nil, err
 	}
-	c.cert, c.stamp, c.checked = &cert, stamp, now()
-	return c, nil
+	return &reloaded[T]{what: what, paths: paths, load: load, now: now, log: log, value: v, stamp: stamp, checked: now()}, nil
 }
-
-func (c *certReloader) fileStamp() (string, error) { return fileStamp(c.certFile, c.keyFile) }
 
 // fileStamp is the files' sizes and modification times: what tells a
 // reloader that a file changed.
@@ -149,26 +148,35 @@ func fileStamp(paths ...string) (string, error) {
 	return strings.Join(parts, "/"), nil
 }
 
-func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.now().Sub(c.checked) < time.Second {
-		return c.cert, nil
+// get is the value, loaded again if the files changed.
+func (r *reloaded[T]) get() T {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.now().Sub(r.checked) < time.Second {
+		return r.value
 	}
-	c.checked = c.now()
-	stamp, err := c.fileStamp()
-	if err != nil || stamp == c.stamp {
-		return c.cert, nil
+	r.checked = r.now()
+	stamp, err := fileStamp(r.paths...)
+	if err != nil || stamp == r.stamp {
+		return r.value
 	}
-	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	v, err := r.load()
 	if err != nil {
-		// Often the moment between writing the certificate and the key.
-		c.log.Warn("TLS certificate did not load; serving the previous one", "error", err)
-		return c.cert, nil
+		r.log.Warn(r.what+" did not load; keeping the previous one in service", "error", err)
+		return r.value
 	}
-	c.cert, c.stamp = &cert, stamp
-	c.log.Info("TLS certificate reloaded", "file", c.certFile)
-	return c.cert, nil
+	r.value, r.stamp = v, stamp
+	r.log.Info(r.what+" reloaded", "file", r.paths[0])
+	return r.value
+}
+
+// newCertReloader serves the pair in certFile and keyFile, read again on
+// renewal.
+func newCertReloader(certFile, keyFile string, now func() time.Time, log *slog.Logger) (*reloaded[*tls.Certificate], error) {
+	return newReloaded("TLS certificate", func() (*tls.Certificate, error) {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		return &cert, err
+	}, now, log, certFile, keyFile)
 }
 
 // loadReplicaSecret reads the secret the replicas share; nil when there

@@ -161,7 +161,7 @@ func serve(ctx context.Context, cfg Config, getenv func(string) string, stderr i
 }
 
 // tlsListener serves HTTPS on ln with the pair in certFile and keyFile,
-// read again when they change (certReloader); TLS 1.2 at least. field names
+// read again when they change (reloaded); TLS 1.2 at least. field names
 // the pair's setting in errors. ln is closed when the pair does not load.
 func tlsListener(ln net.Listener, certFile, keyFile, field string, log *slog.Logger) (net.Listener, error) {
 	return tlsListenerAt(ln, certFile, keyFile, field, time.Now, log)
@@ -184,7 +184,7 @@ func serverTLS(certFile, keyFile, field string, now func() time.Time, log *slog.
 	if err != nil {
 		return nil, fmt.Errorf("config: %s: %w", field, err)
 	}
-	return &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12}, nil
+	return &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get(), nil }, MinVersion: tls.VersionTLS12}, nil
 }
 
 // webhookListener is the admission webhook's HTTPS listener (webhook.listen),

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -21,15 +20,8 @@ import (
 // changes (checked at most once a second, on a handshake); a CA that does
 // not load keeps the previous one.
 type webhookCallers struct {
-	caFile string
-	names  []string
-	now    func() time.Time
-	log    *slog.Logger
-
-	mu      sync.Mutex
-	pool    *x509.CertPool
-	stamp   string
-	checked time.Time
+	names []string
+	cas   *reloaded[*x509.CertPool]
 }
 
 // newWebhookCallers loads c's CA; nil when c asks no client certificate.
@@ -37,17 +29,11 @@ func newWebhookCallers(c WebhookConfig, now func() time.Time, log *slog.Logger) 
 	if c.ClientCAFile == "" {
 		return nil, nil
 	}
-	w := &webhookCallers{caFile: c.ClientCAFile, names: c.ClientNames, now: now, log: log}
-	stamp, err := fileStamp(c.ClientCAFile)
+	cas, err := newReloaded("webhook client CA", func() (*x509.CertPool, error) { return clientCAPool(c.ClientCAFile) }, now, log, c.ClientCAFile)
 	if err != nil {
 		return nil, fmt.Errorf("config: webhook.clientCAFile: %w", err)
 	}
-	pool, err := clientCAPool(c.ClientCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("config: webhook.clientCAFile: %w", err)
-	}
-	w.pool, w.stamp, w.checked = pool, stamp, now()
-	return w, nil
+	return &webhookCallers{names: c.ClientNames, cas: cas}, nil
 }
 
 // clientCAPool is the certificates in path, and only those: the system's
@@ -64,28 +50,6 @@ func clientCAPool(path string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// current is the CA pool, read again when the file changed.
-func (w *webhookCallers) current() *x509.CertPool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.now().Sub(w.checked) < time.Second {
-		return w.pool
-	}
-	w.checked = w.now()
-	stamp, err := fileStamp(w.caFile)
-	if err != nil || stamp == w.stamp {
-		return w.pool
-	}
-	pool, err := clientCAPool(w.caFile)
-	if err != nil {
-		w.log.Warn("webhook client CA did not load; verifying callers with the previous one", "error", err)
-		return w.pool
-	}
-	w.pool, w.stamp = pool, stamp
-	w.log.Info("webhook client CA reloaded", "file", w.caFile)
-	return w.pool
-}
-
 // require makes base ask every caller for a client certificate and verify
 // it (chain to the CA, client authentication usage, validity), and, with
 // names, the name it holds: a handshake without one fails, before any
@@ -96,7 +60,7 @@ func (w *webhookCallers) require(base *tls.Config) *tls.Config {
 		c := base.Clone()
 		c.GetConfigForClient = nil
 		c.ClientAuth = tls.RequireAndVerifyClientCert
-		c.ClientCAs = w.current()
+		c.ClientCAs = w.cas.get()
 		c.VerifyConnection = w.verifyName
 		return c, nil
 	}
